@@ -1,0 +1,9 @@
+"""The one error type a user can cause."""
+
+
+class PanoptemError(Exception):
+    """A problem the user can fix (bad path, bad parameter, unknown model...).
+
+    The message is one sentence that says what to do. The command line prints
+    it without a traceback and exits with status 2.
+    """

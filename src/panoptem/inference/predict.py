@@ -1,0 +1,68 @@
+"""Run the network on a batch of 2D planes: normalise, downsample, pad,
+forward, crop. Outputs stay at the network's input resolution."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .preprocess import downsample, normalize, pad_to_multiple
+
+STRIDE = 4
+
+
+@dataclass
+class ModelOutput:
+    """Network outputs for N planes of (downsampled) size ``H x W``.
+
+    ``semantic_probability``: (N, C, H, W) float32, sigmoid (C = 1) or
+    softmax over background + classes (C > 1).
+    ``heatmap``: (N, 1, ceil(H/4), ceil(W/4)) centre confidence.
+    ``offsets``: (N, 2, ceil(H/4), ceil(W/4)) dy, dx in pixels of the H x W grid.
+    """
+
+    semantic_probability: np.ndarray
+    heatmap: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return self.semantic_probability.shape[0]
+
+    def __getitem__(self, i) -> "ModelOutput":
+        s = slice(i, i + 1) if isinstance(i, int) else i
+        return ModelOutput(self.semantic_probability[s], self.heatmap[s], self.offsets[s])
+
+
+def _forward(model, x: torch.Tensor) -> dict:
+    out = model(x)
+    if isinstance(out, (tuple, list)):
+        out = dict(zip(("sem_logits", "ctr_hmp", "offsets"), out))
+    return out
+
+
+def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], device: str = "cpu",
+                  downsampling: int = 1, padding_factor: int = 32) -> ModelOutput:
+    """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
+
+    ``intensity`` is the (low, high) range mapped to [0, 1] (see
+    :func:`~panoptem.inference.preprocess.intensity_range`).
+    """
+    x = torch.from_numpy(normalize(planes, *intensity))[:, None]
+    x = downsample(x, downsampling)
+    h, w = x.shape[-2:]
+    x, _ = pad_to_multiple(x, padding_factor)
+    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    use_amp = device.startswith("cuda")
+    with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+        out = _forward(model, x)
+    logits = out["sem_logits"].float()
+    if logits.shape[-2:] != x.shape[-2:]:
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    logits = logits[..., :h, :w]
+    prob = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+    hh, ww = -(-h // STRIDE), -(-w // STRIDE)
+    hm = out["ctr_hmp"].float()[..., :hh, :ww]
+    off = out["offsets"].float()[..., :hh, :ww]
+    return ModelOutput(prob.cpu().numpy(), hm.cpu().numpy(), off.cpu().numpy())

@@ -1,0 +1,86 @@
+"""Intensity normalisation, downsampling and padding before the network."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import PanoptemError
+
+#: percentiles that map to 0 and 1 before standardisation
+LOW_PCT, HIGH_PCT = 0.5, 99.5
+#: after percentile scaling to [0, 1], the network sees (x - MEAN) / STD
+MEAN, STD = 0.5, 0.25
+
+DOWNSAMPLING_CHOICES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
+                    low_pct: float = LOW_PCT, high_pct: float = HIGH_PCT) -> tuple[float, float]:
+    """Robust intensity range (low, high percentiles) of an image or volume.
+
+    Works for any integer or float dtype; large arrays are subsampled on a
+    regular grid so a lazy volume is read only partly.
+
+    >>> intensity_range(np.arange(1000, 1101, dtype=np.uint16))
+    (1000.5, 1099.5)
+    """
+    a = np.asarray(image) if not hasattr(image, "shape") or image.size <= max_samples else None
+    if a is None:
+        step = max(1, int(math.ceil((image.size / max_samples) ** (1 / image.ndim))))
+        a = np.asarray(image[tuple(slice(None, None, step) for _ in range(image.ndim))])
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == bool):
+        raise PanoptemError(f"Images of dtype {a.dtype} are not supported; convert to an integer or float type.")
+    a = a.astype(np.float32, copy=False)
+    finite = a[np.isfinite(a)]
+    if finite.size == 0:
+        raise PanoptemError("The image holds no finite values; check the input file.")
+    lo, hi = np.percentile(finite, [low_pct, high_pct])
+    if hi <= lo:  # near-constant image: fall back to min/max
+        lo, hi = float(finite.min()), float(finite.max())
+    return float(lo), float(hi)
+
+
+def normalize(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``[low, high]`` to ``[0, 1]`` then standardise; returns float32.
+
+    Values outside the range are clipped to a small margin, so a 16-bit image
+    with a narrow range becomes as contrasty as an 8-bit one.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    scale = 1.0 / (high - low) if high > low else 1.0
+    x = (x - low) * scale
+    np.clip(x, -0.5, 1.5, out=x)
+    x = np.nan_to_num(x, nan=0.5)
+    return (x - MEAN) / STD
+
+
+def check_downsampling(factor: int) -> int:
+    """Validate an Image Downsampling factor (a power of two from 1 to 64)."""
+    if factor not in DOWNSAMPLING_CHOICES:
+        raise PanoptemError(f"Image Downsampling must be one of {DOWNSAMPLING_CHOICES}, got {factor}.")
+    return factor
+
+
+def downsample(batch: torch.Tensor, factor: int) -> torch.Tensor:
+    """Shrink ``(N, C, H, W)`` by ``factor`` to ``ceil(H/f) x ceil(W/f)`` (area-averaged)."""
+    if factor == 1:
+        return batch
+    h, w = batch.shape[-2:]
+    size = (math.ceil(h / factor), math.ceil(w / factor))
+    return F.interpolate(batch, size=size, mode="area")
+
+
+def pad_to_multiple(batch: torch.Tensor, factor: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad bottom/right by reflection so H and W are multiples of ``factor``.
+
+    Returns the padded batch and the original ``(H, W)``.
+    """
+    h, w = batch.shape[-2:]
+    ph, pw = (-h) % factor, (-w) % factor
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        batch = F.pad(batch, (0, pw, 0, ph), mode=mode)
+    return batch, (h, w)

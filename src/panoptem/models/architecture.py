@@ -1,0 +1,114 @@
+"""The panoptic network: a small residual encoder, a light FPN-style decoder at
+output stride 4, and three heads (semantic logits, centre heatmap, offsets).
+
+Built for accuracy per CPU second: plain 3x3 convolutions (fast on CPU with
+channels-last), few channels at high resolution, more at low resolution.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _Residual(nn.Module):
+    """Basic residual block (two 3x3 convolutions)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = _conv_bn(cin, cout, stride)
+        self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = None
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.conv1(x))
+        s = x if self.skip is None else self.skip(x)
+        return F.relu(y + s, inplace=True)
+
+
+class _Head(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int):
+        super().__init__()
+        self.body = _conv_bn(cin, mid)
+        self.out = nn.Conv2d(mid, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+class PanopticNet(nn.Module):
+    """Panoptic-DeepLab-style network.
+
+    Input ``(N, 1, H, W)`` normalised image with H, W multiples of 32.
+    Returns a dict of tensors at output stride 4 (``H/4 x W/4``):
+    ``sem_logits`` (N, C, ...), ``ctr_hmp`` (N, 1, ...) and ``offsets``
+    (N, 2, ...; dy, dx in input pixels).
+    """
+
+    stages: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4")
+
+    def __init__(
+        self,
+        num_classes: int = 1,
+        widths: Sequence[int] = (24, 32, 64, 128, 192),
+        depths: Sequence[int] = (1, 1, 2, 2),
+        decoder_channels: int = 64,
+        head_channels: int = 32,
+    ):
+        super().__init__()
+        w = list(widths)
+        self.config = dict(num_classes=num_classes, widths=list(widths), depths=list(depths),
+                           decoder_channels=decoder_channels, head_channels=head_channels)
+        self.stem = _conv_bn(1, w[0], stride=2)  # 1/2
+        enc = []
+        cin = w[0]
+        for i, (cout, d) in enumerate(zip(w[1:], depths)):
+            blocks = [_Residual(cin, cout, stride=2)] + [_Residual(cout, cout) for _ in range(d - 1)]
+            enc.append(nn.Sequential(*blocks))
+            cin = cout
+        self.stage1, self.stage2, self.stage3, self.stage4 = enc  # 1/4, 1/8, 1/16, 1/32
+        # context: global pooling branch + 1x1 at 1/32
+        self.context = _conv_bn(w[4] * 2, decoder_channels, k=1)
+        self.lat3 = _conv_bn(w[3], decoder_channels, k=1)
+        self.lat2 = _conv_bn(w[2], decoder_channels, k=1)
+        self.lat1 = _conv_bn(w[1], decoder_channels, k=1)
+        self.fuse3 = _conv_bn(decoder_channels, decoder_channels)
+        self.fuse2 = _conv_bn(decoder_channels, decoder_channels)
+        self.fuse1 = _conv_bn(decoder_channels, decoder_channels)
+        self.sem_head = _Head(decoder_channels, head_channels, num_classes)
+        self.ctr_head = _Head(decoder_channels, head_channels, 1)
+        self.off_head = _Head(decoder_channels, head_channels, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stem(x)
+        c1 = self.stage1(x)
+        c2 = self.stage2(c1)
+        c3 = self.stage3(c2)
+        c4 = self.stage4(c3)
+        g = c4.mean(dim=(2, 3), keepdim=True).expand_as(c4)
+        p = self.context(torch.cat([c4, g], 1))
+        p = self.fuse3(self.lat3(c3) + F.interpolate(p, size=c3.shape[-2:], mode="bilinear", align_corners=False))
+        p = self.fuse2(self.lat2(c2) + F.interpolate(p, size=c2.shape[-2:], mode="bilinear", align_corners=False))
+        p = self.fuse1(self.lat1(c1) + F.interpolate(p, size=c1.shape[-2:], mode="bilinear", align_corners=False))
+        return {
+            "sem_logits": self.sem_head(p),
+            "ctr_hmp": torch.sigmoid(self.ctr_head(p)),
+            "offsets": self.off_head(p),
+        }
+
+
+def build_model(config: dict) -> PanopticNet:
+    """Build a :class:`PanopticNet` from its ``architecture`` config dict."""
+    return PanopticNet(**config)

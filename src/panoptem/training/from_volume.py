@@ -1,0 +1,35 @@
+"""Train a single-class instance model from an image volume and 2D instance
+labels (e.g. the Lucchi training volume), holding out a validation block."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .train import SliceDataset, TrainConfig, train
+
+
+def parse_range(text: str) -> slice:
+    """``"0:125"`` -> ``slice(0, 125)``."""
+    a, b = text.split(":")
+    return slice(int(a) if a else None, int(b) if b else None)
+
+
+def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_slices: str,
+                      val_slices: str | None, cfg: TrainConfig, resume: bool = True, log=print) -> Path:
+    """Train on ``train_slices`` of a ZYX volume; report semantic IoU on
+    ``val_slices`` (every 4th slice) while training."""
+    from ..io import read_image
+    img = read_image(image_path).data
+    lab = read_image(labels_path).data
+    if img.shape != lab.shape:
+        from ..errors import PanoptemError
+        raise PanoptemError(f"Image {img.shape} and labels {lab.shape} must have the same shape.")
+    tr = parse_range(train_slices)
+    ds = SliceDataset([np.asarray(s) for s in img[tr]], [np.asarray(s) for s in lab[tr]])
+    val = None
+    if val_slices:
+        vs = parse_range(val_slices)
+        vi, vl = np.asarray(img[vs])[::4], np.asarray(lab[vs])[::4]
+        val = (list(vi), list(vl))
+    return train(ds, out_dir, cfg, resume=resume, val=val, log=log)

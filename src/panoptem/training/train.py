@@ -1,0 +1,144 @@
+"""Training loop for panoptic models: resumable, checkpointed, CPU or GPU."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import PanoptemError
+from ..inference.preprocess import intensity_range
+from ..models.architecture import build_model
+from .augment import intensity_augment, sample_patch
+from .loss import panoptic_loss
+from .targets import make_targets
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (saved beside the checkpoints)."""
+
+    iterations: int = 4000
+    batch_size: int = 8
+    patch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    scale_range: tuple[float, float] = (0.33, 1.25)
+    sigma: float = 6.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    validate_every: int = 500
+    architecture: dict = field(default_factory=lambda: dict(num_classes=1))
+    device: str = "cpu"
+    threads: int = 0
+
+
+class SliceDataset:
+    """2D training slices (image + instance labels) held in memory, each with
+    its own percentile intensity range."""
+
+    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray]):
+        if len(images) != len(labels) or not images:
+            raise PanoptemError("Training needs the same, non-zero number of image and label slices.")
+        self.images, self.labels = [], []
+        for im, lab in zip(images, labels):
+            if im.shape != lab.shape:
+                raise PanoptemError(f"An image slice {im.shape} and its labels {lab.shape} differ in shape.")
+            lo, hi = intensity_range(im)
+            self.images.append(((im.astype(np.float32) - lo) / max(hi - lo, 1e-6)))
+            self.labels.append(np.asarray(lab))
+
+    def batch(self, rng: np.random.Generator, cfg: TrainConfig):
+        imgs, sems, hms, offs, wts = [], [], [], [], []
+        for _ in range(cfg.batch_size):
+            i = int(rng.integers(len(self.images)))
+            img, lab = sample_patch(rng, self.images[i], self.labels[i], cfg.patch_size, cfg.scale_range)
+            sem, hm, off, wt = make_targets(lab, cfg.sigma)
+            imgs.append(intensity_augment(rng, img))
+            sems.append(sem); hms.append(hm); offs.append(off); wts.append(wt)
+        t = lambda a: torch.from_numpy(np.stack(a))
+        return t(imgs)[:, None], t(sems), t(hms), t(offs), t(wts)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def semantic_iou(model, images: list[np.ndarray], masks: list[np.ndarray], device="cpu") -> float:
+    """Foreground IoU of thresholded semantic output on whole slices."""
+    from ..inference.predict import predict_batch
+    inter = union = 0
+    for im, m in zip(images, masks):
+        lo, hi = intensity_range(im)
+        out = predict_batch(model, im[None], (lo, hi), device=device)
+        pred = out.semantic_probability[0, 0] >= 0.5
+        gt = m > 0
+        inter += int((pred & gt).sum()); union += int((pred | gt).sum())
+    return inter / max(union, 1)
+
+
+def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
+          val: tuple[list, list] | None = None, log=print) -> Path:
+    """Train a :class:`PanopticNet` and return the path of the final weights.
+
+    Checkpoints (model, optimiser, schedule, random state) go to
+    ``out_dir/checkpoint.pt`` every ``cfg.checkpoint_every`` steps; with
+    ``resume`` an interrupted run continues from there.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.architecture).to(cfg.device).to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.iterations, pct_start=0.1)
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=cfg.device, weights_only=False)
+        model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"]); rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        log(f"resumed from step {step}")
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    logf = open(out / "log.jsonl", "a")
+    t0 = time.time()
+    model.train()
+    while step < cfg.iterations:
+        x, sem, hm, off, wt = (a.to(cfg.device) for a in dataset.batch(rng, cfg))
+        x = x.contiguous(memory_format=torch.channels_last)
+        outp = model(x)
+        loss, parts = panoptic_loss(outp, sem, hm, off, wt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step(); sched.step()
+        step += 1
+        rec = {"step": step, "loss": round(float(loss.detach()), 5), **parts, "lr": sched.get_last_lr()[0],
+               "elapsed_s": round(time.time() - t0, 1)}
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                          "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+                          "architecture": cfg.architecture}, ckpt)
+        if val is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
+            model.eval()
+            rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
+            model.train()
+        if step % 20 == 0 or "val_iou" in rec:
+            logf.write(json.dumps(rec) + "\n"); logf.flush()
+            log(json.dumps(rec))
+    model.eval()
+    final = out / "weights.pt"
+    _atomic_save({"architecture": cfg.architecture, "state_dict": model.state_dict()}, final)
+    return final
