@@ -13,3 +13,26 @@ def lucchi():
     if not LUCCHI.exists():
         pytest.skip("../shared/data/lucchi is not present (only on project machines and CI)")
     return LUCCHI
+
+
+TINY_ARCH = dict(num_classes=1, widths=[8, 8, 8, 8, 8], depths=[1, 1, 1, 1], decoder_channels=8, head_channels=8)
+
+
+@pytest.fixture
+def tiny_card(tmp_path):
+    """Card path of a tiny randomly initialised PanopticNet (nothing downloaded)."""
+    import torch
+    import yaml
+
+    from panoptem.models.architecture import build_model
+    from panoptem.models.load import sha256_of
+
+    torch.manual_seed(0)
+    m = build_model(TINY_ARCH)
+    w = tmp_path / "tiny.pt"
+    torch.save({"architecture": TINY_ARCH, "state_dict": m.state_dict()}, w)
+    card = {"name": "tiny", "description": "tiny random test model", "architecture": TINY_ARCH,
+            "label_divisor": None, "weights": {"file": "tiny.pt", "sha256": sha256_of(w)}}
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(card))
+    return p

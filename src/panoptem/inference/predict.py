@@ -43,13 +43,17 @@ def _forward(model, x: torch.Tensor) -> dict:
 
 
 def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], device: str = "cpu",
-                  downsampling: int = 1, padding_factor: int = 32) -> ModelOutput:
+                  downsampling: int = 1, padding_factor: int = 32,
+                  mean_std: tuple[float, float] = (0.5, 0.25)) -> ModelOutput:
     """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
 
-    ``intensity`` is the (low, high) range mapped to [0, 1] (see
+    ``intensity`` is the (low, high) range mapped to [0, 1], or one per plane (N, 2) (see
     :func:`~panoptem.inference.preprocess.intensity_range`).
     """
-    x = torch.from_numpy(normalize(planes, *intensity))[:, None]
+    rng = np.asarray(intensity, np.float32)
+    if rng.ndim == 2:  # one (low, high) per plane
+        rng = rng[:, :, None, None].transpose(1, 0, 2, 3)
+    x = torch.from_numpy(normalize(planes, rng[0], rng[1], *mean_std))[:, None]
     x = downsample(x, downsampling)
     h, w = x.shape[-2:]
     x, _ = pad_to_multiple(x, padding_factor)

@@ -43,18 +43,26 @@ def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
     return float(lo), float(hi)
 
 
-def normalize(image: np.ndarray, low: float, high: float) -> np.ndarray:
+def dtype_range(image) -> tuple[float, float]:
+    """``(0, dtype maximum)`` for integer images, ``(0, 1)`` for float ones."""
+    dt = np.dtype(image.dtype)
+    if np.issubdtype(dt, np.integer):
+        return 0.0, float(np.iinfo(dt).max)
+    return 0.0, 1.0
+
+
+def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, std: float = STD) -> np.ndarray:
     """Map ``[low, high]`` to ``[0, 1]`` then standardise; returns float32.
 
     Values outside the range are clipped to a small margin, so a 16-bit image
     with a narrow range becomes as contrasty as an 8-bit one.
     """
     x = np.asarray(image, dtype=np.float32)
-    scale = 1.0 / (high - low) if high > low else 1.0
-    x = (x - low) * scale
+    span = np.asarray(high, np.float32) - np.asarray(low, np.float32)
+    x = (x - low) / np.where(span > 0, span, 1.0)
     np.clip(x, -0.5, 1.5, out=x)
     x = np.nan_to_num(x, nan=0.5)
-    return (x - MEAN) / STD
+    return (x - mean) / std
 
 
 def check_downsampling(factor: int) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import PanoptemError
+from ..inference.predict import predict_batch
 from ..inference.preprocess import intensity_range
 from ..models.architecture import build_model
 from .augment import intensity_augment, sample_patch
@@ -72,7 +73,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 def semantic_iou(model, images: list[np.ndarray], masks: list[np.ndarray], device="cpu") -> float:
     """Foreground IoU of thresholded semantic output on whole slices."""
-    from ..inference.predict import predict_batch
+
     inter = union = 0
     for im, m in zip(images, masks):
         lo, hi = intensity_range(im)

@@ -1,0 +1,235 @@
+"""The ``panoptem`` command line: one sub-command per job.
+
+User errors print one sentence (no traceback) and exit with status 2.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Optional, get_args, get_origin, Literal
+
+import typer
+
+from .errors import PanoptemError
+from .params import Params2D, Params3D, make_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Panoptic segmentation of organelles in EM images and volumes.")
+model_app = typer.Typer(no_args_is_help=True, help="List and inspect models.")
+app.add_typer(model_app, name="model")
+
+
+def _param_options(cls) -> list[inspect.Parameter]:
+    """typer options generated from a pydantic parameter schema, so the CLI,
+    the API and the widgets share one list of names, defaults and help."""
+    out = []
+    for name, f in cls.model_fields.items():
+        ann = f.annotation
+        helptext = f.description or ""
+        if get_origin(ann) is Literal:
+            helptext += f" [choices: {', '.join(get_args(ann))}]"
+            ann = str
+        dashed, snake = "--" + name.replace("_", "-"), "--" + name
+        names = (dashed, snake) if dashed != snake else (dashed,)
+        if ann is bool:
+            opt = typer.Option(f.default, *names, help=helptext, rich_help_panel="Parameters")
+        else:
+            opt = typer.Option(f.default, *names, help=helptext, rich_help_panel="Parameters")
+        out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann))
+    return out
+
+
+def _with_params(cls):
+    """Decorator: append the schema's options to a command's signature; the
+    command receives them as ``params`` (a validated ``cls`` instance)."""
+    def deco(func):
+        sig = inspect.signature(func)
+        own = [p for p in sig.parameters.values() if p.name != "params"]
+        names = set(cls.model_fields)
+
+        def wrapper(**kwargs):
+            pv = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            return func(params=make_params(cls, **pv), **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=own + _param_options(cls))
+        wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
+        return wrapper
+    return deco
+
+
+def _input(path: str):
+    from .io import read_image
+    from .sample import SAMPLE_PATH
+    if path == "sample" and not Path(path).exists():
+        path = str(SAMPLE_PATH)
+    return read_image(path)
+
+
+@app.command("segment2d")
+@_with_params(Params2D)
+def segment2d_cmd(
+    input: str = typer.Argument(..., help="Image: TIFF, PNG/JPEG, MRC, Zarr, HDF5, a folder of 2D images, "
+                                "or 'sample' for the bundled EM crop."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output labels (.tif or .zarr)."),
+    model: str = typer.Option("MitoLite_v1", "--model", "-m", help="Model name or card path."),
+    slice_index: Optional[int] = typer.Option(None, "--slice", help="For a 3D input: the slice to segment "
+                                              "(default: the middle one)."),
+    plane: str = typer.Option("xy", "--plane", help="For --slice: xy, xz or yz."),
+    batch: bool = typer.Option(False, "--batch", help="Segment every slice of a stack independently."),
+    unique_ids: bool = typer.Option(False, "--unique-ids", help="With --batch: ids unique across the stack "
+                                    "(default: restart in every slice, as empanada)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    params: Params2D = None,
+):
+    """2D inference (empanada's "2D Inference (Parameter Testing)")."""
+    from .inference.segment2d import segment_2d, take_plane
+    from .io import write_labels
+    img = _input(input)
+    data = img.data
+    vs = img.voxel_size
+    if data.ndim == 3 and not batch:
+        ax = {"xy": 0, "xz": 1, "yz": 2}.get(plane)
+        if ax is None:
+            raise PanoptemError(f"--plane must be xy, xz or yz, not '{plane}'.")
+        idx = data.shape[ax] // 2 if slice_index is None else slice_index
+        data = take_plane(data, idx, plane)
+        if vs is not None:
+            vs = tuple(v for i, v in enumerate(vs) if i != ax)
+        typer.echo(f"segmenting {plane} slice {idx}", err=True)
+    labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device,
+                        progress=True, **params.model_dump())
+    out = write_labels(output, labels, voxel_size=vs, overwrite=overwrite, inputs=[img.path] if img.path else [])
+    _report(labels, params.label_divisor, out)
+
+
+def _report(labels, divisor, out):
+    import numpy as np
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    typer.echo(json.dumps({"output": str(out), "objects": int(ids.size), "shape": list(labels.shape),
+                           "dtype": str(labels.dtype)}))
+
+
+@app.command("segment3d")
+@_with_params(Params3D)
+def segment3d_cmd(
+    input: str = typer.Argument(..., help="Volume: TIFF, MRC, Zarr, HDF5, a folder of 2D images, "
+                                "or 'sample' for the bundled EM crop."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output labels (.tif or .zarr); a multi-class "
+                                "model writes NAME_<class>.tif per class."),
+    model: str = typer.Option("MitoLite_v1", "--model", "-m", help="Model name or card path."),
+    ortho: bool = typer.Option(False, "--ortho", help="Same as --orthoplane."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Slices per network call."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    params: Params3D = None,
+):
+    """3D inference along one plane or ortho-plane (empanada's "3D Inference")."""
+    from .inference.segment3d import segment_3d, write_result
+    img = _input(input)
+    if ortho:
+        params.orthoplane = True
+    res = segment_3d(img.data, model, device=device, batch_size=batch_size, progress=True,
+                     voxel_size=img.voxel_size, **params.model_dump())
+    paths = write_result(res, output, voxel_size=img.voxel_size, overwrite=overwrite,
+                         inputs=[img.path] if img.path else [])
+    for p in paths:
+        typer.echo(json.dumps(p))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    prediction: Path = typer.Argument(..., help="Predicted labels (any readable format)."),
+    ground_truth: Path = typer.Argument(..., help="Ground-truth labels of the same shape."),
+    label_divisor: Optional[int] = typer.Option(None, "--label-divisor", help="Evaluate per class "
+                                                "(class = label // divisor)."),
+):
+    """Foreground IoU, precision/recall/F1 at IoU 0.5 and 0.75, PQ and mean AP as JSON."""
+    from .evaluate import evaluate_files
+    typer.echo(json.dumps(evaluate_files(str(prediction), str(ground_truth), label_divisor=label_divisor)))
+
+
+@app.command("train")
+def train_cmd(
+    image: str = typer.Argument(..., help="Training image volume (ZYX) or 2D stack."),
+    labels: str = typer.Argument(..., help="Instance labels of the same shape (2D ids per slice are fine)."),
+    out_dir: Path = typer.Option(..., "-o", "--out-dir", help="Folder for checkpoints and final weights."),
+    train_slices: str = typer.Option(":", "--train-slices", help="Slices to train on, e.g. 0:125."),
+    val_slices: Optional[str] = typer.Option(None, "--val-slices", help="Held-out slices, e.g. 135:165."),
+    iterations: int = typer.Option(4000, "--iterations"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    patch_size: int = typer.Option(256, "--patch-size"),
+    lr: float = typer.Option(2e-3, "--lr"),
+    min_scale: float = typer.Option(0.33, "--min-scale", help="Smallest zoom of scale augmentation."),
+    max_scale: float = typer.Option(1.25, "--max-scale", help="Largest zoom of scale augmentation."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from out_dir/checkpoint.pt."),
+):
+    """Train a single-class instance model (resumable; checkpoints every 200 steps)."""
+    from .models.load import pick_device
+    from .training.from_volume import train_from_volume
+    from .training.train import TrainConfig
+    if patch_size % 32:
+        raise PanoptemError("--patch-size must be a multiple of 32.")
+    cfg = TrainConfig(iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr,
+                      scale_range=(min_scale, max_scale), seed=seed, device=pick_device(device))
+    path = train_from_volume(image, labels, str(out_dir), train_slices, val_slices, cfg, resume=resume,
+                             log=lambda s: typer.echo(s, err=True))
+    typer.echo(json.dumps({"weights": str(path)}))
+
+
+@model_app.command("list")
+def model_list():
+    """Registered models, one per line."""
+    from .models.load import card_paths, get_card
+    for name in card_paths():
+        card = get_card(name)
+        typer.echo(f"{name}\t{card.description.splitlines()[0] if card.description else ''}")
+
+
+@model_app.command("info")
+def model_info(name: str = typer.Argument(..., help="Model name or card path.")):
+    """Description, classes, label divisor to annotate with, patch-size divisibility."""
+    from .models.load import get_card
+    card = get_card(name)
+    typer.echo(f"name: {card.name}")
+    typer.echo(f"description: {card.description.strip()}")
+    typer.echo("classes:")
+    div = card.label_divisor
+    for c in card.classes:
+        first = c.id * div + 1 if (div and c.kind == 'instance') else (c.id * div if div else c.id)
+        typer.echo(f"  {c.id}: {c.name} ({c.kind}); first label to paint: {first}")
+    typer.echo(f"label divisor to annotate with: {div}")
+    typer.echo(f"patch size must be divisible by: {card.padding_factor}")
+    if card.voxel_size_nm:
+        typer.echo(f"training pixel size: {card.voxel_size_nm} nm")
+    if card.validation:
+        typer.echo("validation: " + json.dumps(card.validation))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; user errors print one line and exit 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except PanoptemError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; re-run the same command to resume.", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

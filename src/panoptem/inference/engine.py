@@ -1,0 +1,102 @@
+"""The network side of inference: a loaded model plus the parameters that
+shape its input (downsampling, tiling), producing :class:`ModelOutput`s."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..models.load import LoadedModel, load_model
+from .predict import STRIDE, ModelOutput, predict_batch
+from .preprocess import dtype_range, intensity_range
+
+
+class Predictor:
+    """Runs one model on 2D planes, whole or in overlapping tiles.
+
+    Tiles are laid on a grid aligned to the network's padding factor; each
+    tile's outputs are cropped to its core (half the overlap removed on inner
+    sides) and pasted, so every output pixel comes from a tile in which it is
+    at least ``overlap/2`` pixels from the edge: no seams, no object merging.
+    """
+
+    def __init__(self, model: str | LoadedModel = "MitoLite_v1", device: str = "auto",
+                 downsampling: int = 1, tile_size: int = 0, batch_size: int = 4):
+        self.model = load_model(model, device) if not isinstance(model, LoadedModel) else model
+        self.card = self.model.card
+        self.downsampling = downsampling
+        self.tile_size = tile_size
+        self.batch_size = batch_size
+
+    def intensity(self, image) -> tuple[float, float]:
+        """The intensity range used to normalise ``image`` (plane or volume)."""
+        n = self.card.normalization
+        if n.mode == "dtype_max":
+            return dtype_range(image)
+        return intensity_range(image, low_pct=n.low_pct, high_pct=n.high_pct)
+
+    def _predict(self, planes: np.ndarray, intensity) -> ModelOutput:
+        n = self.card.normalization
+        return predict_batch(self.model.module, planes, intensity, device=self.model.device,
+                             downsampling=self.downsampling, padding_factor=self.card.padding_factor,
+                             mean_std=(n.mean, n.std))
+
+    def predict(self, planes: np.ndarray, intensity: tuple[float, float] | None = None) -> ModelOutput:
+        """Outputs for (N, H, W) planes, at network-input resolution."""
+        planes = np.asarray(planes)
+        if planes.ndim == 2:
+            planes = planes[None]
+        if intensity is None:
+            intensity = self.intensity(planes)
+        h, w = planes.shape[-2:]
+        if self.tile_size and max(h, w) > self.tile_size:
+            return self._predict_tiled(planes, intensity)
+        rng = np.asarray(intensity, np.float32)
+        per_plane = rng.ndim == 2
+        outs = [self._predict(planes[i:i + self.batch_size], rng[i:i + self.batch_size] if per_plane else rng)
+                for i in range(0, len(planes), self.batch_size)]
+        if len(outs) == 1:
+            return outs[0]
+        return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
+                             for f in ("semantic_probability", "heatmap", "offsets")))
+
+    def _predict_tiled(self, planes: np.ndarray, intensity) -> ModelOutput:
+        f = self.downsampling
+        align = max(self.card.padding_factor, STRIDE) * f  # tile origins on the network grid
+        h, w = planes.shape[-2:]
+        tile = max(align, (self.tile_size // align) * align)
+        overlap = max(align, int(math.ceil(min(128 * f, 0.1 * tile) / align)) * align)
+        step = tile - overlap
+        hn, wn = -(-h // f), -(-w // f)
+        hs, ws = -(-hn // STRIDE), -(-wn // STRIDE)
+        n = len(planes)
+        prob = None
+        hm = np.zeros((n, 1, hs, ws), np.float32)
+        off = np.zeros((n, 2, hs, ws), np.float32)
+
+        def starts(size):
+            s = list(range(0, max(size - tile, 0) + 1, step))
+            if s[-1] + tile < size:
+                s.append(s[-1] + step)
+            return s
+
+        for y0 in starts(h):
+            for x0 in starts(w):
+                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                o = self._predict(planes[:, y0:y1, x0:x1], intensity)
+                if prob is None:
+                    prob = np.zeros((n, o.semantic_probability.shape[1], hn, wn), np.float32)
+                # core of this tile in original pixels
+                cy0 = 0 if y0 == 0 else y0 + overlap // 2
+                cx0 = 0 if x0 == 0 else x0 + overlap // 2
+                cy1 = h if y1 == h else y1 - overlap // 2
+                cx1 = w if x1 == w else x1 - overlap // 2
+                # network-resolution core, then stride-grid core
+                ny0, ny1, nx0, nx1 = cy0 // f, -(-cy1 // f), cx0 // f, -(-cx1 // f)
+                prob[:, :, ny0:ny1, nx0:nx1] = o.semantic_probability[:, :, ny0 - y0 // f:ny1 - y0 // f,
+                                                                      nx0 - x0 // f:nx1 - x0 // f]
+                gy0, gy1, gx0, gx1 = ny0 // STRIDE, -(-ny1 // STRIDE), nx0 // STRIDE, -(-nx1 // STRIDE)
+                oy, ox = (y0 // f) // STRIDE, (x0 // f) // STRIDE
+                hm[:, :, gy0:gy1, gx0:gx1] = o.heatmap[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]
+                off[:, :, gy0:gy1, gx0:gx1] = o.offsets[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]
+        return ModelOutput(prob, hm, off)

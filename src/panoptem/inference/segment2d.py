@@ -1,0 +1,151 @@
+"""2D inference: one image, one chosen plane of a volume, or every slice of a stack."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import PanoptemError
+from ..models.load import DEFAULT_MODEL, LoadedModel
+from ..params import Params2D, make_params
+from .decode import decode_panoptic
+from .engine import Predictor
+from .predict import ModelOutput
+
+PLANE_AXIS = {"xy": 0, "xz": 1, "yz": 2}
+
+
+@dataclass
+class Result2D:
+    """Labels of one image or a stack of independent slices, plus, when asked,
+    the semantic probabilities (network resolution) and centres (heatmap cells)."""
+
+    labels: np.ndarray
+    semantic_probability: np.ndarray | None = None
+    centers: list[np.ndarray] | None = None
+
+
+def take_plane(volume, index: int, plane: str = "xy") -> np.ndarray:
+    """Slice ``index`` of a ZYX volume along ``plane`` (xy: z, xz: y, yz: x)."""
+    if plane not in PLANE_AXIS:
+        raise PanoptemError(f"Plane must be one of xy, xz, yz, not '{plane}'.")
+    ax = PLANE_AXIS[plane]
+    if not 0 <= index < volume.shape[ax]:
+        raise PanoptemError(f"Slice {index} is outside the volume ({volume.shape[ax]} slices along {plane}); "
+                            f"choose 0..{volume.shape[ax] - 1}.")
+    sl = [slice(None)] * 3
+    sl[ax] = index
+    return np.asarray(volume[tuple(sl)])
+
+
+def decode_output(out: ModelOutput, i: int, params: Params2D, card, out_shape, return_centers=False):
+    """Decode plane ``i`` of a :class:`ModelOutput` to panoptic labels."""
+    return decode_panoptic(
+        out.semantic_probability[i], out.heatmap[i], out.offsets[i],
+        class_ids=[c.id for c in card.classes], thing_ids=card.thing_ids,
+        confidence_thr=params.confidence_thr, center_confidence_thr=params.center_confidence_thr,
+        min_distance_object_centers=params.min_distance_object_centers,
+        fine_boundaries=params.fine_boundaries, semantic_only=params.semantic_only,
+        label_divisor=params.label_divisor, out_shape=out_shape, stride=card.output_stride,
+        return_centers=return_centers)
+
+
+def make_unique(stack: np.ndarray, label_divisor: int | None) -> np.ndarray:
+    """Shift the ids of each slice so no id repeats across the stack.
+
+    With a divisor the class stays ``label // divisor``; raises if a class
+    runs out of ids (raise Max objects per class)."""
+    out = np.zeros(stack.shape, np.uint64)
+    used: dict[int, int] = {}
+    for z, sl in enumerate(stack):
+        sl = sl.astype(np.uint64)
+        fg = sl > 0
+        if not fg.any():
+            continue
+        if label_divisor:
+            cls = sl // label_divisor
+            n = sl % label_divisor
+            new = np.zeros_like(sl)
+            for c in np.unique(cls[fg]):
+                m = fg & (cls == c) & (n > 0)
+                base = used.get(int(c), 0)
+                new[m] = c * label_divisor + base + n[m]
+                top = base + int(n[m].max()) if m.any() else base
+                if top >= label_divisor:
+                    raise PanoptemError("Too many objects across the stack for Max objects per class = "
+                                        f"{label_divisor}; raise it.")
+                used[int(c)] = top
+                stuff = fg & (cls == c) & (n == 0)
+                new[stuff] = sl[stuff]
+            out[z] = new
+        else:
+            base = used.get(0, 0)
+            out[z][fg] = sl[fg] + base
+            used[0] = int(out[z].max())
+    return out.astype(np.uint32) if out.max() < 2**32 else out
+
+
+def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool = False,
+               unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
+               return_outputs: bool = False, progress: bool = False, **params) -> np.ndarray | Result2D:
+    """Panoptic segmentation of a 2D image, or of every slice of a stack.
+
+    Parameters
+    ----------
+    image : (H, W) array, or (Z, H, W) with ``batch=True`` (each slice on its own).
+    model : registered model name, card path or a loaded model.
+    batch : treat a 3D input as independent 2D slices; ids restart at
+        ``divisor + 1`` in every slice (as empanada) unless ``unique_ids``.
+    return_outputs : return a :class:`Result2D` with probabilities and centres.
+    **params : any field of :class:`~panoptem.params.Params2D`
+        (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
+        ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
+        ``maximum_objects_per_class``, ``tile_size``).
+
+    Returns
+    -------
+    labels : uint32 array the shape of ``image``; ``class * divisor + n``.
+
+    Examples
+    --------
+    >>> import panoptem
+    >>> img = panoptem.load_sample()[0]
+    >>> labels = panoptem.segment_2d(img, confidence_thr=0.5)
+    """
+    p = params if isinstance(params, Params2D) else make_params(Params2D, **params)
+    image = np.asarray(image) if not hasattr(image, "ndim") else image
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
+        raise PanoptemError("This looks like an RGB image; convert it to greyscale first.")
+    if image.ndim == 3 and not batch:
+        raise PanoptemError("A 3D input needs batch=True (every slice on its own), or pick one plane "
+                            "with take_plane(volume, index, plane), or use segment_3d.")
+    if image.ndim not in (2, 3):
+        raise PanoptemError(f"Expected a 2D image or a 3D stack, got shape {tuple(image.shape)}.")
+    planes = image[None] if image.ndim == 2 else image
+    pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
+                     batch_size=batch_size)
+    labels, probs, centers = [], [], []
+    it = range(0, planes.shape[0], batch_size)
+    if progress and planes.shape[0] > 1:
+        from tqdm import tqdm
+        it = tqdm(it, total=-(-planes.shape[0] // batch_size), unit="batch", desc="2D inference")
+    for i0 in it:
+        chunk = np.asarray(planes[i0:i0 + batch_size])
+        # each slice is its own image: its own intensity range
+        o = pred.predict(chunk, np.array([pred.intensity(sl) for sl in chunk]))
+        for j in range(len(chunk)):
+            lab, ctr = decode_output(o, j, p, pred.card, chunk.shape[-2:], return_centers=True)
+            labels.append(lab)
+            centers.append(ctr)
+            if return_outputs:
+                probs.append(o.semantic_probability[j])
+    out = np.stack(labels) if image.ndim == 3 else labels[0]
+    if image.ndim == 3 and unique_ids:
+        out = make_unique(out, p.label_divisor)
+    elif image.ndim == 3:
+        dt = max((l.dtype for l in labels), key=lambda d: d.itemsize)
+        out = out.astype(dt)
+    if return_outputs:
+        sp = np.stack(probs) if image.ndim == 3 else probs[0]
+        return Result2D(out, sp, centers if image.ndim == 3 else centers[0])
+    return out

@@ -1,0 +1,253 @@
+"""3D inference: stacks of 2D planes along xy, xz or yz, a true running
+median of the semantic probabilities, 2D decoding, linking into 3D objects,
+size filters and, for ortho-plane, a consensus of the three stacks.
+
+Streaming: the network output of at most ``median_slices`` planes is held
+at a time; decoded planes are linked on the fly and relabelled once at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PanoptemError
+from ..models.load import DEFAULT_MODEL, LoadedModel
+from ..params import Params3D, make_params
+from .decode import decode_panoptic
+from .engine import Predictor
+from .segment2d import PLANE_AXIS
+from .stack import RunningMedian, SliceLinker
+
+
+@dataclass
+class Result3D:
+    """Output of :func:`segment_3d`.
+
+    ``labels``: class name -> ZYX volume with instance ids 1..N (semantic
+    classes: 1 where present). ``panoptic``: the linked panoptic volume
+    (``class * divisor + n``). ``stacks``: plane -> per-plane panoptic volume
+    when ``return_panoptic``. ``objects``: number of objects per class.
+    """
+
+    labels: dict[str, np.ndarray]
+    panoptic: np.ndarray
+    stacks: dict[str, np.ndarray] = field(default_factory=dict)
+    objects: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
+    sl = [slice(None)] * 3
+    sl[axis] = slice(start, stop)
+    return np.moveaxis(np.asarray(volume[tuple(sl)]), axis, 0)
+
+
+def _remap(provisional: np.ndarray, mapping: np.ndarray, out_dtype) -> np.ndarray:
+    """Apply a provisional-id -> final-id lookup table slice by slice."""
+    out = np.empty(provisional.shape, out_dtype)
+    for z in range(provisional.shape[0]):
+        out[z] = mapping[provisional[z]]
+    return out
+
+
+def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
+              intensity=None, progress: bool = False, extra_probability=None,
+              probability_sink=None, timings: dict | None = None) -> np.ndarray:
+    """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
+    filtered panoptic volume in ZYX order.
+
+    ``extra_probability``: optional list of ZYX uint8 volumes (probability x
+    255) averaged with this stack's raw semantic probability before the
+    median (probability fusion). ``probability_sink``: optional ZYX uint8
+    array that receives this stack's raw semantic probability (x 255).
+    """
+    import time
+    card = predictor.card
+    if card.num_classes != 1 and (extra_probability or probability_sink is not None):
+        raise PanoptemError("Probability fusion is implemented for single-class models only; use fusion=consensus.")
+    axis = PLANE_AXIS[plane]
+    n = volume.shape[axis]
+    if intensity is None:
+        intensity = predictor.intensity(volume)
+    median = RunningMedian(params.median_slices)
+    linker = SliceLinker(iou_thr=params.iou_thr, ioa_thr=params.ioa_thr,
+                         label_divisor=params.label_divisor or None, bridge_gaps=params.bridge_gaps)
+    shape = tuple(s for i, s in enumerate(volume.shape) if i != axis)
+    provisional = None
+    class_ids = [c.id for c in card.classes]
+    tm = timings if timings is not None else {}
+    tm.setdefault("network_s", 0.0)
+    tm.setdefault("decode_link_s", 0.0)
+
+    def consume(items):
+        nonlocal provisional
+        t = time.perf_counter()
+        for idx, prob, (hm, off) in items:
+            lab = decode_panoptic(prob, hm, off, class_ids=class_ids, thing_ids=card.thing_ids,
+                                  confidence_thr=params.confidence_thr,
+                                  center_confidence_thr=params.center_confidence_thr,
+                                  min_distance_object_centers=params.min_distance_object_centers,
+                                  fine_boundaries=params.fine_boundaries, semantic_only=params.semantic_only,
+                                  label_divisor=params.label_divisor, out_shape=shape,
+                                  stride=card.output_stride)
+            prov = linker.add(lab)
+            if provisional is None:
+                provisional = np.zeros((n, *shape), prov.dtype)
+            elif prov.dtype.itemsize > provisional.dtype.itemsize:
+                provisional = provisional.astype(prov.dtype)
+            provisional[idx] = prov
+        tm["decode_link_s"] += time.perf_counter() - t
+
+    it = range(0, n, predictor.batch_size)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
+    for i0 in it:
+        i1 = min(i0 + predictor.batch_size, n)
+        planes = _planes(volume, axis, i0, i1)
+        t = time.perf_counter()
+        out = predictor.predict(planes, intensity)
+        tm["network_s"] += time.perf_counter() - t
+        for j in range(i1 - i0):
+            prob = out.semantic_probability[j]
+            if prob.shape[-2:] != shape:  # downsampled: bring probabilities to full size before the median
+                from .decode import _upsample_linear
+                prob = _upsample_linear(prob, shape)
+            if probability_sink is not None:
+                sl = [slice(None)] * 3
+                sl[axis] = i0 + j
+                probability_sink[tuple(sl)] = np.round(prob[0] * 255).astype(np.uint8)
+            if extra_probability:
+                sl = [slice(None)] * 3
+                sl[axis] = i0 + j
+                acc = prob[0].copy()
+                for vol in extra_probability:
+                    acc += vol[tuple(sl)].astype(np.float32) / 255.0
+                prob = (acc / (1 + len(extra_probability)))[None]
+            consume(median.push(prob, extra=(out.heatmap[j], out.offsets[j])))
+        if bar is not None:
+            bar.update(i1 - i0)
+    consume(median.flush())
+    if bar is not None:
+        bar.close()
+    t = time.perf_counter()
+    res = linker.finish(min_size=params.min_size, min_extent=params.min_extent)
+    mapping = np.asarray(res.mapping)
+    from .decode import label_dtype
+    labels = _remap(provisional, mapping, label_dtype(int(mapping.max()) if mapping.size else 0))
+    tm["decode_link_s"] += time.perf_counter() - t
+    return np.moveaxis(labels, 0, axis)
+
+
+def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tuple[dict, dict]:
+    """Per-class volumes with instance ids renumbered 1..N (semantic classes: 0/1)."""
+    import fastremap
+    labels, counts = {}, {}
+    for c in card.classes:
+        if label_divisor:
+            m = (panoptic // label_divisor) == c.id
+        else:
+            m = panoptic > 0 if card.num_classes == 1 else np.zeros(panoptic.shape, bool)
+        if c.kind == "semantic":
+            labels[c.name] = m.astype(np.uint8)
+            counts[c.name] = int(m.any())
+            continue
+        vol = np.where(m, panoptic, 0)
+        vol, remap = fastremap.renumber(vol, in_place=True, preserve_zero=True)
+        vol = vol.astype(np.uint32) if int(vol.max(initial=0)) < 2**32 else vol
+        labels[c.name] = vol
+        counts[c.name] = len(remap) - (1 if 0 in remap else 0)
+    return labels, counts
+
+
+def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "auto",
+               batch_size: int = 4, progress: bool = False, voxel_size=None, **params) -> Result3D:
+    """Panoptic 3D segmentation of a ZYX volume.
+
+    Parameters
+    ----------
+    volume : (Z, Y, X) array or lazy array (zarr, h5py, memmap, dask).
+    model : registered model name, card path or a loaded model.
+    **params : any field of :class:`~panoptem.params.Params3D`: the 2D
+        parameters plus ``median_slices``, ``min_size``, ``min_extent``,
+        ``inference_plane``, ``orthoplane``, ``pixel_vote_thr``,
+        ``allow_one_view``, ``return_panoptic``, ``fusion``, ``iou_thr``,
+        ``ioa_thr``, ``bridge_gaps``.
+
+    Returns
+    -------
+    :class:`Result3D`; ``result.labels["mitochondria"]`` holds ids 1..N.
+
+    Examples
+    --------
+    >>> import panoptem
+    >>> res = panoptem.segment_3d(panoptem.load_sample(), median_slices=3)
+    >>> mito = res.labels["mitochondria"]
+    """
+    import time
+    p = params if isinstance(params, Params3D) else make_params(Params3D, **params)
+    if getattr(volume, "ndim", None) != 3:
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise PanoptemError(f"3D inference needs a ZYX volume, got shape {volume.shape}; "
+                                "use segment2d for 2D images.")
+    if min(volume.shape) < 2:
+        raise PanoptemError(f"The volume {volume.shape} is too thin for 3D inference; use segment2d --batch.")
+    predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
+                          batch_size=batch_size)
+    intensity = predictor.intensity(volume)  # one range for the whole volume
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    stacks: dict[str, np.ndarray] = {}
+    if not p.orthoplane:
+        panoptic = run_stack(volume, predictor, p, p.inference_plane, intensity, progress, timings=timings)
+        if p.return_panoptic:
+            stacks[p.inference_plane] = panoptic
+    elif p.fusion == "probability":
+        sinks = {pl: np.zeros(volume.shape, np.uint8) for pl in ("xz", "yz")}
+        for pl, sink in sinks.items():
+            s = run_stack(volume, predictor, p, pl, intensity, progress, probability_sink=sink, timings=timings)
+            if p.return_panoptic:
+                stacks[pl] = s
+        panoptic = run_stack(volume, predictor, p, "xy", intensity, progress,
+                             extra_probability=list(sinks.values()), timings=timings)
+        del sinks
+    else:
+        from .consensus import orthoplane_consensus
+        for pl in ("xy", "xz", "yz"):
+            stacks[pl] = run_stack(volume, predictor, p, pl, intensity, progress, timings=timings)
+        t = time.perf_counter()
+        panoptic = orthoplane_consensus([stacks["xy"], stacks["xz"], stacks["yz"]],
+                                        label_divisor=p.label_divisor, pixel_vote_thr=p.pixel_vote_thr,
+                                        allow_one_view=p.allow_one_view, min_size=p.min_size,
+                                        min_extent=p.min_extent)
+        timings["consensus_s"] = time.perf_counter() - t
+        if not p.return_panoptic:
+            stacks = {}
+    labels, counts = split_classes(panoptic, predictor.card, p.label_divisor)
+    timings["total_s"] = time.perf_counter() - t0
+    return Result3D(labels, panoptic, stacks, counts, timings)
+
+
+def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False, inputs=()) -> list[dict]:
+    """Write a :class:`Result3D`: one volume for a single-class model at
+    ``output``, else ``NAME_<class>.EXT`` per class; ``NAME_xy.EXT`` etc. for
+    returned stacks. Returns one summary dict per file written."""
+    from ..io import write_labels
+    out = Path(output)
+    stem, ext = out.name[: -len("".join(out.suffixes))] or out.name, "".join(out.suffixes) or ".tif"
+    written = []
+    items = list(res.labels.items())
+    for name, vol in items:
+        path = out if len(items) == 1 else out.with_name(f"{stem}_{name}{ext}")
+        p = write_labels(path, vol, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs)
+        written.append({"output": str(p), "class": name, "objects": res.objects.get(name, 0),
+                        "shape": list(vol.shape), "dtype": str(vol.dtype)})
+    for plane, vol in res.stacks.items():
+        p = write_labels(out.with_name(f"{stem}_{plane}{ext}"), vol, voxel_size=voxel_size,
+                         overwrite=overwrite, inputs=inputs)
+        written.append({"output": str(p), "stack": plane, "shape": list(vol.shape), "dtype": str(vol.dtype)})
+    return written

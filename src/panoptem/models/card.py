@@ -1,0 +1,122 @@
+"""Model cards: what a model is, how to feed it and where its weights are.
+
+Two YAML formats load: panoptem's own (below) and empanada's model configs
+(keys ``model``, ``norms``, ``padding_factor``, ``thing_list``, ``labels``,
+``class_names``), so MitoNet users can bring their files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from ..errors import PanoptemError
+
+
+class ClassInfo(BaseModel):
+    id: int
+    name: str
+    kind: Literal["instance", "semantic"] = "instance"
+
+
+class Normalization(BaseModel):
+    """How raw intensities become network input.
+
+    ``percentile``: the ``low_pct``..``high_pct`` percentiles of the image (2D)
+    or volume (3D) map to 0..1. ``dtype_max``: divide by the dtype's maximum
+    (empanada's rule; integer images only). Then ``(x - mean) / std``.
+    """
+
+    mode: Literal["percentile", "dtype_max"] = "percentile"
+    low_pct: float = 0.5
+    high_pct: float = 99.5
+    mean: float = 0.5
+    std: float = 0.25
+
+
+class Weights(BaseModel):
+    file: str
+    sha256: str | None = None
+    format: Literal["state_dict", "torchscript", "empanada_torchscript", "onnx"] = "state_dict"
+
+
+class ModelCard(BaseModel):
+    name: str
+    description: str = ""
+    classes: list[ClassInfo] = Field(default_factory=lambda: [ClassInfo(id=1, name="mitochondria")])
+    label_divisor: int | None = None
+    normalization: Normalization = Field(default_factory=Normalization)
+    padding_factor: int = 32
+    output_stride: int = 4
+    voxel_size_nm: float | None = None
+    architecture: dict = Field(default_factory=dict)
+    weights: Weights
+    validation: dict = Field(default_factory=dict)
+    training: dict = Field(default_factory=dict)
+    exports: list[Weights] = Field(default_factory=list)
+    #: folder the card was read from; relative weight paths resolve against it
+    source_dir: str | None = Field(default=None, exclude=True)
+
+    @property
+    def thing_ids(self) -> list[int]:
+        return [c.id for c in self.classes if c.kind == "instance"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def weights_path(self, w: Weights | None = None) -> str:
+        f = (w or self.weights).file
+        if "://" in f or Path(f).is_absolute() or self.source_dir is None:
+            return f
+        return str(Path(self.source_dir) / f)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude={"source_dir"}), sort_keys=False)
+
+
+def _from_empanada(d: dict, name: str) -> ModelCard:
+    thing = set(int(t) for t in d.get("thing_list", []))
+    names = {int(k): v for k, v in (d.get("class_names") or {}).items()}
+    labels = [int(x) for x in d.get("labels", sorted(names) or [1])]
+    classes = [ClassInfo(id=i, name=str(names.get(i, f"class{i}")),
+                         kind="instance" if i in thing else "semantic") for i in labels]
+    norms = d.get("norms") or {}
+    ft = (d.get("FINETUNE") or {}).get("dataset_params") or {}
+    return ModelCard(
+        name=name,
+        description=str(d.get("description", "")),
+        classes=classes,
+        label_divisor=ft.get("label_divisor"),
+        normalization=Normalization(mode="dtype_max", mean=float(norms.get("mean", 0.0)),
+                                    std=float(norms.get("std", 1.0))),
+        padding_factor=int(d.get("padding_factor", 16)),
+        weights=Weights(file=str(d["model"]), format="empanada_torchscript"),
+        exports=[Weights(file=str(d["model_quantized"]), format="empanada_torchscript")]
+        if d.get("model_quantized") else [],
+    )
+
+
+def load_card(path: str | Path) -> ModelCard:
+    """Read a model card (panoptem or empanada YAML)."""
+    p = Path(path)
+    if not p.exists():
+        raise PanoptemError(f"Model card {p} does not exist; check the path.")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise PanoptemError(f"Model card {p} is not valid YAML ({e}); fix or replace the file.") from None
+    if not isinstance(d, dict):
+        raise PanoptemError(f"Model card {p} is not a YAML mapping; fix or replace the file.")
+    try:
+        if "model" in d and "norms" in d:
+            card = _from_empanada(d, d.get("name") or p.stem)
+        else:
+            card = ModelCard(**d)
+    except (ValidationError, KeyError, TypeError, ValueError) as e:
+        raise PanoptemError(f"Model card {p} is incomplete or malformed: {e}".split("\n")[0]
+                            + "; compare it with `panoptem model info`'s output.") from None
+    card.source_dir = str(p.parent)
+    return card

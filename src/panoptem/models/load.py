@@ -1,0 +1,138 @@
+"""Find a model by name or card path and load it onto a device."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import PanoptemError
+from .architecture import build_model
+from .card import ModelCard, load_card
+
+ZOO = Path(__file__).parent / "zoo"
+DEFAULT_MODEL = "MitoLite_v1"
+
+
+def user_home() -> Path:
+    """panoptem's user folder (``PANOPTEM_HOME`` or the platform's data dir)."""
+    env = os.environ.get("PANOPTEM_HOME")
+    if env:
+        return Path(env)
+    import platformdirs
+    return Path(platformdirs.user_data_dir("panoptem"))
+
+
+def card_paths() -> dict[str, Path]:
+    """Every known model name and its card: built-in first, then the user's."""
+    found = {p.stem: p for p in sorted(ZOO.glob("*.yaml"))}
+    user = user_home() / "models"
+    if user.exists():
+        for p in sorted(user.glob("*/card.yaml")):
+            found[p.parent.name] = p
+    return found
+
+
+def get_card(name_or_path: str) -> ModelCard:
+    """Model card for a registered model name or a card file path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return load_card(p)
+    paths = card_paths()
+    if name_or_path not in paths:
+        raise PanoptemError(f"Unknown model '{name_or_path}'; choose one of {sorted(paths)} "
+                            "(see `panoptem model list`) or pass the path of a .yaml card.")
+    return load_card(paths[name_or_path])
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> cuda if present, else mps, else cpu; anything else is checked."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PanoptemError("CUDA was requested but no CUDA GPU is visible; use --device cpu or auto.")
+    return device
+
+
+class _EmpanadaAdapter(torch.nn.Module):
+    """Calls an empanada TorchScript model with its (x, render_steps, interpolate_ins)
+    signature and returns outputs at stride 4 like panoptem's own networks."""
+
+    def __init__(self, scripted):
+        super().__init__()
+        self.scripted = scripted
+
+    def forward(self, x):
+        out = self.scripted(x, 2, False)
+        return {"sem_logits": out["sem_logits"], "ctr_hmp": out["ctr_hmp"], "offsets": out["offsets"]}
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, its card and device."""
+
+    card: ModelCard
+    module: torch.nn.Module
+    device: str
+
+
+def _check_sha(path: str, expected: str | None) -> None:
+    if expected and sha256_of(path) != expected:
+        raise PanoptemError(f"Weights file {path} does not match the sha256 in its model card; "
+                            "the file is corrupt or not the one the card describes: re-download or re-export it.")
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto") -> LoadedModel:
+    """Load a model by registry name or card path.
+
+    >>> m = load_model()            # the bundled mitochondria model on the best device
+    """
+    if isinstance(name_or_path, LoadedModel):
+        return name_or_path
+    card = get_card(name_or_path)
+    dev = pick_device(device)
+    w = card.weights
+    path = card.weights_path()
+    if "://" in path:
+        from .registry import fetch_weights  # downloads once into the cache
+        path = str(fetch_weights(card))
+    if not Path(path).exists():
+        raise PanoptemError(f"Weights file {path} of model '{card.name}' is missing; re-register the model.")
+    _check_sha(path, w.sha256)
+    if w.format == "state_dict":
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file for the user
+            raise PanoptemError(f"Could not read weights {path} ({type(e).__name__}); the file is corrupt.") from None
+        state = blob.get("state_dict", blob)
+        arch = card.architecture or blob.get("architecture", {})
+        module = build_model(arch)
+        module.load_state_dict(state)
+    elif w.format in ("torchscript", "empanada_torchscript"):
+        try:
+            module = torch.jit.load(path, map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise PanoptemError(f"Could not load TorchScript model {path} ({type(e).__name__}).") from None
+        if w.format == "empanada_torchscript":
+            module = _EmpanadaAdapter(module)
+    else:
+        raise PanoptemError(f"Weights format '{w.format}' cannot run in PyTorch; export a TorchScript "
+                            "or state-dict version of the model.")
+    module = module.eval().to(dev)
+    if dev == "cpu":
+        module = module.to(memory_format=torch.channels_last)
+    return LoadedModel(card, module, dev)

@@ -1,0 +1,87 @@
+"""One typed parameter schema for the API, the command line and the widgets.
+
+Names follow empanada-napari's labels in snake_case, with the same defaults.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import PanoptemError
+
+DOWNSAMPLING = (1, 2, 4, 8, 16, 32, 64)
+MEDIAN_SIZES = (1, 3, 5, 7, 9, 11)
+
+
+class Params2D(BaseModel):
+    """Parameters of 2D inference (empanada's "2D Inference (Parameter Testing)")."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    downsampling: int = Field(1, description="Image Downsampling: shrink the image by this factor "
+                              "(1, 2, 4, ... 64) before the network; results come back at full size.")
+    confidence_thr: float = Field(0.5, ge=0.0, le=1.0, description="Segmentation Confidence Thr: "
+                                  "probability above which a pixel is organelle (single-class models).")
+    center_confidence_thr: float = Field(0.1, ge=0.0, le=1.0, description="Center Confidence Thr: "
+                                         "minimum centre-heatmap value for an object centre.")
+    min_distance_object_centers: int = Field(3, ge=1, le=35, description="Centers Min Distance, in "
+                                             "heatmap cells (1 cell = 4 x downsampling image pixels, with or "
+                                             "without fine boundaries): centres closer than this merge.")
+    fine_boundaries: bool = Field(False, description="Fine boundaries: group pixels at full network "
+                                  "resolution instead of 1/4 (sharper borders between touching objects).")
+    semantic_only: bool = Field(False, description="Semantic only: skip instance separation.")
+    maximum_objects_per_class: int = Field(10000, ge=0, description="Max objects per class (the label "
+                                           "divisor): label = class x divisor + n; 0 gives ids 1..N.")
+    tile_size: int = Field(0, ge=0, description="Tile size in pixels for large 2D images (0 = whole image).")
+
+    @field_validator("downsampling")
+    @classmethod
+    def _ds(cls, v: int) -> int:
+        if v not in DOWNSAMPLING:
+            raise ValueError(f"Image Downsampling must be one of {DOWNSAMPLING}")
+        return v
+
+    @property
+    def label_divisor(self) -> int | None:
+        return self.maximum_objects_per_class or None
+
+
+class Params3D(Params2D):
+    """Parameters of 3D inference (empanada's "3D Inference"), plus linking controls."""
+
+    median_slices: int = Field(3, description="Median Filter Size: running median of the semantic "
+                               "probabilities over this many neighbouring slices (1, 3, ... 11).")
+    min_size: int = Field(500, ge=0, description="Min Size in voxels: smaller 3D objects are removed.")
+    min_extent: int = Field(5, ge=0, description="Min Extent in voxels: objects whose bounding box is "
+                            "thinner than this along any axis are removed.")
+    inference_plane: Literal["xy", "xz", "yz"] = Field("xy", description="Inference plane of a one-plane stack.")
+    orthoplane: bool = Field(False, description="Run ortho-plane: xy, xz and yz stacks, then a consensus.")
+    pixel_vote_thr: int = Field(2, ge=1, le=3, description="Voxel Vote Thr Out of 3.")
+    allow_one_view: bool = Field(False, description="Permit detections found in 1 stack into consensus.")
+    return_panoptic: bool = Field(False, description="Return xy, xz, yz stacks as well as the consensus.")
+    fusion: Literal["consensus", "probability"] = Field("consensus", description="Ortho-plane fusion: "
+                                                        "'consensus' votes on 3 label volumes; 'probability' "
+                                                        "averages the 3 network outputs, then decodes once.")
+    iou_thr: float = Field(0.25, ge=0.0, le=1.0, description="Linking: IoU for one-to-one matches between slices.")
+    ioa_thr: float = Field(0.25, ge=0.0, le=1.0, description="Linking: overlap / own area that joins a fragment.")
+    bridge_gaps: int = Field(0, ge=0, le=1, description="Linking: bridge one missing slice (0 or 1).")
+
+    @field_validator("median_slices")
+    @classmethod
+    def _median(cls, v: int) -> int:
+        if v not in MEDIAN_SIZES:
+            raise ValueError(f"Median Filter Size must be one of {MEDIAN_SIZES}")
+        return v
+
+
+def make_params(cls, **kwargs):
+    """Build ``cls(**kwargs)``, turning validation errors into one clear PanoptemError."""
+    from pydantic import ValidationError
+    try:
+        return cls(**kwargs)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise PanoptemError(f"Parameter '{where}': {msg}; see --help for allowed values.") from None

@@ -1,0 +1,179 @@
+"""Decoding against hand-built heatmaps and offsets with known answers."""
+import numpy as np
+import pytest
+
+from panoptem.errors import PanoptemError
+from panoptem.inference.decode import (decode_panoptic, find_centers, group_pixels, merge_panoptic,
+                                       semantic_classes)
+
+S = 4  # output stride
+
+
+def _blob_heatmap(shape, centers, sigma=1.5):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    hm = np.zeros(shape, np.float32)
+    for (r, c, a) in centers:
+        hm = np.maximum(hm, a * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * sigma**2)))
+    return hm
+
+
+def _offsets_to(assign, centers_px, shape):
+    """Offsets on the stride grid pointing to the centre (input px) given per cell."""
+    h, w = shape
+    gy = np.arange(h)[:, None] * S + (S - 1) / 2
+    gx = np.arange(w)[None, :] * S + (S - 1) / 2
+    off = np.zeros((2, h, w), np.float32)
+    for k, (cy, cx) in enumerate(centers_px):
+        m = assign == k
+        off[0][m] = (cy - gy + 0 * gx)[m]
+        off[1][m] = (cx - gx + 0 * gy)[m]
+    return off
+
+
+def test_find_centers_threshold_and_order():
+    hm = _blob_heatmap((16, 16), [(4, 4, 0.9), (11, 11, 0.3), (4, 12, 0.05)])
+    c = find_centers(hm, threshold=0.1, min_distance=3)
+    assert c.tolist() == [[4, 4], [11, 11]]
+    assert find_centers(hm, threshold=0.5, min_distance=3).tolist() == [[4, 4]]
+    assert find_centers(hm, threshold=0.95).shape == (0, 2)
+
+
+def test_centers_min_distance_suppresses_close_peaks():
+    hm = np.zeros((20, 20), np.float32)
+    hm[5, 5], hm[5, 7], hm[15, 15] = 0.9, 0.8, 0.7  # 2 cells apart, and a far one
+    assert len(find_centers(hm, 0.1, min_distance=1)) == 3
+    assert len(find_centers(hm, 0.1, min_distance=3)) == 3   # 3x3 window: 2 cells apart survive
+    got = find_centers(hm, 0.1, min_distance=5)               # 5x5 window: the weaker one goes
+    assert got.tolist() == [[5, 5], [15, 15]]
+
+
+def test_plateau_gives_one_center():
+    hm = np.zeros((10, 10), np.float32)
+    hm[4:6, 4:6] = 0.5
+    assert len(find_centers(hm, 0.1, 3)) == 1
+
+
+def test_group_pixels_nearest_center():
+    # two centres; offsets of the left half point to A, right half to B, even
+    # though the right half's nearest centre by position would be A near the border
+    h, w = 8, 16
+    A, B = (15.5, 15.5), (15.5, 47.5)
+    assign = np.zeros((h, w), int)
+    assign[:, 6:] = 1  # the split line is where the offsets say (col 6), not the midpoint (col 8)
+    off = _offsets_to(assign, [A, B], (h, w))
+    ids = group_pixels(np.array([A, B]), off, stride=S)
+    assert (ids == assign + 1).all()
+    assert (group_pixels(np.zeros((0, 2)), off) == 0).all()
+
+
+def test_touching_objects_split_where_offsets_say():
+    h, w = 8, 16
+    A, B = (15.5, 19.5), (15.5, 43.5)  # centres in input px -> cells (3.5?, ...)
+    assign = np.zeros((h, w), int)
+    assign[:, 7:] = 1
+    off = _offsets_to(assign, [A, B], (h, w))
+    hm = np.zeros((h, w), np.float32)
+    hm[3, 4] = hm[3, 10] = 0.9  # cell centres 13.5,17.5 and 13.5,41.5 -- near A and B
+    prob = np.ones((1, h * S, w * S), np.float32)  # everything is foreground; one touching blob
+    lab = decode_panoptic(prob, hm, off, label_divisor=1000, center_confidence_thr=0.1)
+    assert set(np.unique(lab)) == {1001, 1002}
+    # the border lies between input columns 27 and 28 (cell 7 starts at px 28)
+    assert len(np.unique(lab[:, :28])) == 1 and len(np.unique(lab[:, 28:])) == 1
+    assert lab[0, 0] != lab[0, -1]
+
+
+def test_segmentation_threshold():
+    prob = np.full((1, 8, 8), 0.4, np.float32)
+    prob[0, :4] = 0.7
+    assert (semantic_classes(prob, [1], 0.5) == np.r_[[1] * 4, [0] * 4][:, None]).all()
+    assert (semantic_classes(prob, [1], 0.3) == 1).all()
+
+
+def test_divisor_arithmetic_and_no_divisor():
+    sem = np.zeros((4, 8), int)
+    sem[:, :3] = 1
+    sem[:, 5:] = 1
+    inst = np.zeros((4, 8), int)
+    inst[:, :4] = 1
+    inst[:, 4:] = 2
+    lab = merge_panoptic(sem, inst, thing_ids=[1], label_divisor=10000)
+    assert lab.dtype == np.uint32
+    assert set(np.unique(lab)) == {0, 10001, 10002}
+    lab0 = merge_panoptic(sem, inst, thing_ids=[1], label_divisor=None)
+    assert set(np.unique(lab0)) == {0, 1, 2}
+
+
+def test_disconnected_pieces_become_separate_objects():
+    sem = np.zeros((5, 9), int)
+    sem[:, :3] = 1
+    sem[:, 6:] = 1
+    inst = np.ones((5, 9), int)  # one centre claims both pieces
+    lab = merge_panoptic(sem, inst, thing_ids=[1], label_divisor=100)
+    assert set(np.unique(lab)) == {0, 101, 102}
+
+
+def test_max_objects_per_class_overflow_is_an_error():
+    sem = np.zeros((3, 9), int)
+    sem[:, ::2] = 1  # 5 separate columns
+    with pytest.raises(PanoptemError, match="Max objects per class"):
+        merge_panoptic(sem, np.ones((3, 9), int), thing_ids=[1], label_divisor=4)
+
+
+def test_multiclass_majority_and_stuff():
+    # classes: 1 = thing (mito), 2 = thing (nucleus), 3 = stuff (cytoplasm)
+    sem = np.full((10, 10), 3)
+    sem[:5, :5] = 1
+    sem[0, 0] = 2              # a minority pixel of class 2 inside instance 1
+    sem[6:, 6:] = 2
+    inst = np.zeros((10, 10), int)
+    inst[:5, :5] = 1
+    inst[6:, 6:] = 2
+    lab = merge_panoptic(sem, inst, thing_ids=[1, 2], stuff_ids=[3], label_divisor=1000, stuff_area=10)
+    assert lab[2, 2] == 1001 and lab[0, 0] == 1001      # majority class wins
+    assert lab[8, 8] == 2001
+    assert lab[9, 0] == 3000                             # stuff: class * divisor
+    lab_small = merge_panoptic(sem, inst, [1, 2], [3], 1000, stuff_area=1000)
+    assert lab_small[9, 0] == 0                          # stuff below stuff_area dropped
+
+
+def test_multiclass_softmax_argmax():
+    p = np.zeros((3, 2, 2), np.float32)
+    p[0] = 0.6
+    p[1, 0, 0] = 0.9
+    p[2, 1, 1] = 0.7
+    assert semantic_classes(p, [1, 2]).tolist() == [[1, 0], [0, 2]]
+
+
+def test_fine_vs_coarse_boundaries():
+    # two objects split by a diagonal line; offsets exact on the coarse grid
+    h, w = 16, 16
+    H, W = h * S, w * S
+    A, B = (10.0, 54.0), (54.0, 10.0)
+    gy = np.arange(h)[:, None] * S + 1.5 + 0 * np.arange(w)[None, :]
+    gx = np.arange(w)[None, :] * S + 1.5 + 0 * np.arange(h)[:, None]
+    side_a = gx > gy  # above the diagonal -> A
+    off = np.where(side_a, np.stack([A[0] - gy, A[1] - gx]), np.stack([B[0] - gy, B[1] - gx])).astype(np.float32)
+    hm = np.zeros((h, w), np.float32)
+    hm[2, 13] = hm[13, 2] = 0.9
+    prob = np.ones((1, H, W), np.float32)
+    coarse = decode_panoptic(prob, hm, off, label_divisor=0)
+    fine = decode_panoptic(prob, hm, off, label_divisor=0, fine_boundaries=True)
+    blocks = lambda a: a.reshape(h, S, w, S).transpose(0, 2, 1, 3).reshape(h, w, -1)
+    mixed = lambda a: (blocks(a).min(-1) != blocks(a).max(-1)).sum()
+    assert mixed(coarse) == 0          # coarse: ids constant on 4x4 blocks (staircase border)
+    assert mixed(fine) >= h - 2        # fine: the border cuts through the diagonal blocks
+    assert set(np.unique(coarse)) == set(np.unique(fine)) == {1, 2}
+    assert coarse[0, -1] == fine[0, -1] and coarse[-1, 0] == fine[-1, 0]
+    assert (coarse != fine).mean() < 0.05  # they differ only along the border
+
+
+def test_semantic_only_and_downsampled_output_size():
+    h, w = 4, 4
+    prob = np.ones((1, 16, 16), np.float32)
+    hm = np.zeros((h, w), np.float32)
+    hm[1, 1] = 1
+    off = np.zeros((2, h, w), np.float32)
+    lab = decode_panoptic(prob, hm, off, semantic_only=True, label_divisor=1000)
+    assert set(np.unique(lab)) == {1000}
+    big = decode_panoptic(prob, hm, off, label_divisor=1000, out_shape=(32, 32))
+    assert big.shape == (32, 32) and set(np.unique(big)) == {1001}

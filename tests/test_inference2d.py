@@ -1,0 +1,135 @@
+"""Preprocessing, tiling and the 2D API with small local models."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from panoptem.errors import PanoptemError
+from panoptem.inference.engine import Predictor
+from panoptem.inference.preprocess import intensity_range, normalize
+from panoptem.inference.segment2d import segment_2d, take_plane, make_unique
+from panoptem.models.card import ModelCard, Weights
+from panoptem.models.load import LoadedModel, load_model
+
+
+class DarkBlobNet(nn.Module):
+    """A hand-set network with a small receptive field: dark pixels are
+    foreground, the centre heatmap is a blurred darkness map, offsets are 0.
+    Outputs at stride 4, like the real networks."""
+
+    def forward(self, x):
+        dark = F.relu(-x - 0.5)                       # x is normalised: dark < 0
+        d4 = F.avg_pool2d(dark, 4)
+        blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
+        return {"sem_logits": 20 * (d4 - 0.75), "ctr_hmp": blur,
+                "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
+
+
+def dark_blob_model():
+    card = ModelCard(name="darkblob", weights=Weights(file="none"), padding_factor=32, label_divisor=None)
+    return LoadedModel(card, DarkBlobNet().eval(), "cpu")
+
+
+def blobs_image(shape=(256, 320), centers=((60, 60), (150, 200), (200, 80)), r=18, dtype=np.uint8,
+                lo=40, hi=220):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, hi, np.float64)
+    for cy, cx in centers:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = lo
+    return img.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype,lo,hi", [(np.uint8, 40, 220), (np.uint16, 1000, 1100),
+                                         (np.int32, -5000, 90000), (np.float32, 0.1, 0.2)])
+def test_normalisation_any_dtype_same_result(dtype, lo, hi):
+    img = blobs_image(dtype=dtype, lo=lo, hi=hi)
+    x = normalize(img, *intensity_range(img))
+    ref = blobs_image()
+    xr = normalize(ref, *intensity_range(ref))
+    assert np.allclose(x, xr, atol=1e-3)
+    # a narrow-range 16-bit image must not come out empty
+    labels = segment_2d(img, dark_blob_model(), maximum_objects_per_class=0)
+    assert len(np.unique(labels)) - 1 == 3
+
+
+def test_normalize_constant_image_is_finite():
+    img = np.full((8, 8), 7, np.uint16)
+    assert np.isfinite(normalize(img, *intensity_range(img))).all()
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_downsampling_round_trip_keeps_size_and_objects(factor):
+    img = blobs_image(shape=(250, 333), r=30)  # not multiples of anything
+    lab = segment_2d(img, dark_blob_model(), downsampling=factor, maximum_objects_per_class=0)
+    assert lab.shape == img.shape and lab.dtype == np.uint32
+    assert len(np.unique(lab)) - 1 == 3
+    fg = lab > 0
+    truth = img < 100
+    assert (fg & truth).sum() / (fg | truth).sum() > (0.85 if factor < 4 else 0.75)  # 16-px semantic cells at 4x
+
+
+def test_bad_downsampling_is_refused():
+    with pytest.raises(PanoptemError, match="Image Downsampling"):
+        segment_2d(blobs_image(), dark_blob_model(), downsampling=3)
+
+
+def test_tiles_give_the_same_outputs_as_one_pass():
+    centers = [(y, x) for y in range(40, 600, 90) for x in range(40, 700, 110)]
+    img = blobs_image(shape=(620, 700), centers=centers, r=20)
+    model = dark_blob_model()
+    whole = Predictor(model).predict(img)
+    tiled = Predictor(model, tile_size=256).predict(img, Predictor(model).intensity(img[None]))
+    assert np.allclose(whole.semantic_probability, tiled.semantic_probability, atol=1e-5)
+    assert np.allclose(whole.heatmap, tiled.heatmap, atol=1e-5)
+    one = segment_2d(img, model, maximum_objects_per_class=0)
+    tl = segment_2d(img, model, tile_size=256, maximum_objects_per_class=0)
+    assert (one == tl).all() and len(np.unique(one)) - 1 == len(centers)
+
+
+def test_batch_mode_ids_restart_or_unique():
+    stack = np.stack([blobs_image(), blobs_image(centers=((60, 60),))])
+    lab = segment_2d(stack, dark_blob_model(), batch=True)
+    assert lab.shape == stack.shape
+    assert set(np.unique(lab[0])) == {0, 10001, 10002, 10003}
+    assert set(np.unique(lab[1])) == {0, 10001}
+    uniq = segment_2d(stack, dark_blob_model(), batch=True, unique_ids=True)
+    assert set(np.unique(uniq[1])) == {0, 10004}
+    assert (uniq // 10000 == lab // 10000).all()
+
+
+def test_make_unique_without_divisor():
+    s = np.array([[[1, 2]], [[1, 0]]], np.uint32)
+    assert make_unique(s, None).tolist() == [[[1, 2]], [[3, 0]]]
+
+
+def test_3d_input_without_batch_is_an_error():
+    with pytest.raises(PanoptemError, match="batch=True"):
+        segment_2d(np.zeros((3, 64, 64), np.uint8), dark_blob_model())
+
+
+def test_take_plane():
+    vol = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    assert (take_plane(vol, 1, "xy") == vol[1]).all()
+    assert (take_plane(vol, 2, "xz") == vol[:, 2]).all()
+    assert (take_plane(vol, 3, "yz") == vol[:, :, 3]).all()
+    with pytest.raises(PanoptemError, match="outside"):
+        take_plane(vol, 5, "xy")
+
+
+def test_tiny_real_architecture_runs_from_card(tiny_card):
+    m = load_model(str(tiny_card), "cpu")
+    lab = segment_2d(blobs_image(), m, return_outputs=True)
+    assert lab.labels.shape == (256, 320) and lab.labels.dtype == np.uint32
+    assert lab.semantic_probability.shape == (1, 256, 320)
+
+
+def test_corrupt_weights_are_refused(tiny_card):
+    (tiny_card.parent / "tiny.pt").write_bytes(b"not a model")
+    with pytest.raises(PanoptemError, match="sha256"):
+        load_model(str(tiny_card), "cpu")
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(PanoptemError, match="Unknown model"):
+        load_model("NoSuchModel")
