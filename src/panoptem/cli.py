@@ -2,7 +2,6 @@
 
 User errors print one sentence (no traceback) and exit with status 2.
 """
-from __future__ import annotations
 
 import inspect
 import json
@@ -124,6 +123,9 @@ def segment3d_cmd(
     ortho: bool = typer.Option(False, "--ortho", help="Same as --orthoplane."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     batch_size: int = typer.Option(4, "--batch-size", help="Slices per network call."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep network outputs here: re-running "
+                                             "with the same folder resumes an interrupted run, and re-decodes "
+                                             "with new thresholds without running the network again."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     params: Params3D = None,
 ):
@@ -133,7 +135,7 @@ def segment3d_cmd(
     if ortho:
         params.orthoplane = True
     res = segment_3d(img.data, model, device=device, batch_size=batch_size, progress=True,
-                     voxel_size=img.voxel_size, **params.model_dump())
+                     voxel_size=img.voxel_size, cache_dir=cache_dir, **params.model_dump())
     paths = write_result(res, output, voxel_size=img.voxel_size, overwrite=overwrite,
                          inputs=[img.path] if img.path else [])
     for p in paths:

@@ -52,9 +52,24 @@ def _remap(provisional: np.ndarray, mapping: np.ndarray, out_dtype) -> np.ndarra
     return out
 
 
+class Cancelled(Exception):
+    """Raised when a progress callback asks to stop."""
+
+
+def _fingerprint(volume) -> str:
+    """A cheap identity of a volume: shape, dtype and a strided sample of its voxels."""
+    import hashlib
+    step = max(1, volume.shape[0] // 8)
+    sample = np.asarray(volume[::step, ::7, ::7])
+    h = hashlib.sha1(sample.tobytes())
+    h.update(str((tuple(volume.shape), str(volume.dtype))).encode())
+    return h.hexdigest()
+
+
 def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               intensity=None, progress: bool = False, extra_probability=None,
-              probability_sink=None, timings: dict | None = None) -> np.ndarray:
+              probability_sink=None, timings: dict | None = None, cache_dir=None,
+              callback=None) -> np.ndarray:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
 
@@ -62,6 +77,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     255) averaged with this stack's raw semantic probability before the
     median (probability fusion). ``probability_sink``: optional ZYX uint8
     array that receives this stack's raw semantic probability (x 255).
+    ``cache_dir``: keep network outputs there (see :mod:`.cache`); slices
+    already there are not recomputed, so an interrupted run resumes.
+    ``callback(plane, done, total)``: called after every batch; returning
+    False stops the run with :class:`Cancelled`.
     """
     import time
     card = predictor.card
@@ -100,6 +119,17 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             provisional[idx] = prov
         tm["decode_link_s"] += time.perf_counter() - t
 
+    cache = None
+    if cache_dir is not None:
+        from .cache import OutputCache
+        f = predictor.downsampling
+        hn, wn = -(-shape[0] // f), -(-shape[1] // f)
+        st = card.output_stride
+        key = {"model": card.name, "weights": card.weights.sha256 or card.weights.file, "plane": plane,
+               "downsampling": f, "intensity": [round(float(v), 4) for v in np.ravel(intensity)],
+               "volume": _fingerprint(volume), "tile_size": predictor.tile_size}
+        cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
+                            (-(-hn // st), -(-wn // st)), key)
     it = range(0, n, predictor.batch_size)
     bar = None
     if progress:
@@ -107,10 +137,15 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
     for i0 in it:
         i1 = min(i0 + predictor.batch_size, n)
-        planes = _planes(volume, axis, i0, i1)
-        t = time.perf_counter()
-        out = predictor.predict(planes, intensity)
-        tm["network_s"] += time.perf_counter() - t
+        if cache is not None and all(cache.done(i) for i in range(i0, i1)):
+            out = cache.get(i0, i1)
+        else:
+            planes = _planes(volume, axis, i0, i1)
+            t = time.perf_counter()
+            out = predictor.predict(planes, intensity)
+            tm["network_s"] += time.perf_counter() - t
+            if cache is not None:
+                cache.put(i0, out)
         for j in range(i1 - i0):
             prob = out.semantic_probability[j]
             if prob.shape[-2:] != shape:  # downsampled: bring probabilities to full size before the median
@@ -130,6 +165,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             consume(median.push(prob, extra=(out.heatmap[j], out.offsets[j])))
         if bar is not None:
             bar.update(i1 - i0)
+        if callback is not None and callback(plane, i1, n) is False:
+            if bar is not None:
+                bar.close()
+            raise Cancelled(f"stopped after {i1} of {n} {plane} slices")
     consume(median.flush())
     if bar is not None:
         bar.close()
@@ -164,7 +203,8 @@ def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tupl
 
 
 def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "auto",
-               batch_size: int = 4, progress: bool = False, voxel_size=None, **params) -> Result3D:
+               batch_size: int = 4, progress: bool = False, voxel_size=None, cache_dir=None,
+               callback=None, **params) -> Result3D:
     """Panoptic 3D segmentation of a ZYX volume.
 
     Parameters
@@ -176,6 +216,9 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         ``inference_plane``, ``orthoplane``, ``pixel_vote_thr``,
         ``allow_one_view``, ``return_panoptic``, ``fusion``, ``iou_thr``,
         ``ioa_thr``, ``bridge_gaps``.
+    cache_dir : folder for network outputs; re-running with the same folder
+        resumes an interrupted run and re-decodes a finished one without the network.
+    callback : ``callback(plane, done, total)`` after every batch; return False to cancel.
 
     Returns
     -------
@@ -203,22 +246,26 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     t0 = time.perf_counter()
     stacks: dict[str, np.ndarray] = {}
     if not p.orthoplane:
-        panoptic = run_stack(volume, predictor, p, p.inference_plane, intensity, progress, timings=timings)
+        panoptic = run_stack(volume, predictor, p, p.inference_plane, intensity, progress, timings=timings,
+                             cache_dir=cache_dir, callback=callback)
         if p.return_panoptic:
             stacks[p.inference_plane] = panoptic
     elif p.fusion == "probability":
         sinks = {pl: np.zeros(volume.shape, np.uint8) for pl in ("xz", "yz")}
         for pl, sink in sinks.items():
-            s = run_stack(volume, predictor, p, pl, intensity, progress, probability_sink=sink, timings=timings)
+            s = run_stack(volume, predictor, p, pl, intensity, progress, probability_sink=sink, timings=timings,
+                          cache_dir=cache_dir, callback=callback)
             if p.return_panoptic:
                 stacks[pl] = s
         panoptic = run_stack(volume, predictor, p, "xy", intensity, progress,
-                             extra_probability=list(sinks.values()), timings=timings)
+                             extra_probability=list(sinks.values()), timings=timings,
+                             cache_dir=cache_dir, callback=callback)
         del sinks
     else:
         from .consensus import orthoplane_consensus
         for pl in ("xy", "xz", "yz"):
-            stacks[pl] = run_stack(volume, predictor, p, pl, intensity, progress, timings=timings)
+            stacks[pl] = run_stack(volume, predictor, p, pl, intensity, progress, timings=timings,
+                                   cache_dir=cache_dir, callback=callback)
         t = time.perf_counter()
         panoptic = orthoplane_consensus([stacks["xy"], stacks["xz"], stacks["yz"]],
                                         label_divisor=p.label_divisor, pixel_vote_thr=p.pixel_vote_thr,

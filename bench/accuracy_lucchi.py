@@ -1,0 +1,81 @@
+"""Accuracy on the held-out validation block of Lucchi (slices 135-164 of the
+training volume; the bundled model trained on slices 0-124 only).
+
+2D: every validation slice segmented on its own, scored against the 2D
+ground-truth objects (pooled TP/FP/FN over slices), foreground IoU over the
+block. 3D: the block segmented as a volume with several settings, scored
+against the 3D connected components of the ground-truth mask of the block.
+Prints one JSON line per configuration. Usage:
+    python bench/accuracy_lucchi.py [--model NAME] [--only 2d|3d] [--z0 135 --z1 165]
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from _common import LUCCHI, Timer, emit, machine
+
+CONFIGS_3D = [
+    ("xy stack, median 1", dict(inference_plane="xy", median_slices=1)),
+    ("xy stack, median 3", dict(inference_plane="xy", median_slices=3)),
+    ("xy stack, median 7", dict(inference_plane="xy", median_slices=7)),
+    ("xz stack, median 3", dict(inference_plane="xz", median_slices=3)),
+    ("yz stack, median 3", dict(inference_plane="yz", median_slices=3)),
+    ("ortho consensus, median 3", dict(orthoplane=True, median_slices=3)),
+    ("ortho consensus, median 7", dict(orthoplane=True, median_slices=7)),
+    ("ortho probability fusion, median 3", dict(orthoplane=True, fusion="probability", median_slices=3)),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="MitoLite_v1")
+    ap.add_argument("--only", choices=["2d", "3d"], default=None)
+    ap.add_argument("--z0", type=int, default=135)
+    ap.add_argument("--z1", type=int, default=165)
+    ap.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS_3D")
+    a = ap.parse_args()
+    import cc3d
+    import tifffile
+
+    import panoptem
+    from panoptem.evaluate import evaluate
+
+    zs = range(a.z0, a.z1)
+    img = tifffile.imread(LUCCHI / "training_image.tif", key=zs)
+    gt2d = tifffile.imread(LUCCHI / "training_instances2d.tif", key=zs)
+    mask = tifffile.imread(LUCCHI / "training_mask.tif", key=zs) > 0
+    model = panoptem.load_model(a.model)
+    if a.only in (None, "2d"):
+        with Timer() as t:
+            lab = panoptem.segment_2d(img, model, batch=True)
+        tp = fp = fn = 0
+        for z in range(len(img)):
+            r = evaluate(lab[z], gt2d[z])
+            tpz = round(r["recall_50"] * r["n_gt"])
+            tp += tpz
+            fp += r["n_pred"] - tpz
+            fn += r["n_gt"] - tpz
+        fg = lab > 0
+        emit(what="accuracy 2d", data=f"lucchi z{a.z0}-{a.z1 - 1} (validation)", model=a.model,
+             foreground_iou=round(float((fg & mask).sum() / (fg | mask).sum()), 4),
+             f1_50=round(tp / max(tp + (fp + fn) / 2, 1e-9), 4), precision_50=round(tp / max(tp + fp, 1), 4),
+             recall_50=round(tp / max(tp + fn, 1), 4), n_gt=int(tp + fn), n_pred=int(tp + fp),
+             seconds=round(t.s, 1), machine=machine())
+    if a.only in (None, "3d"):
+        gt3d = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
+        chosen = CONFIGS_3D if a.configs is None else [CONFIGS_3D[int(i)] for i in a.configs.split(",")]
+        for name, cfg in chosen:
+            with Timer() as t:
+                res = panoptem.segment_3d(img, model, **cfg)
+            pred = next(iter(res.labels.values()))
+            r = evaluate(pred, gt3d)
+            emit(what="accuracy 3d", config=name, data=f"lucchi z{a.z0}-{a.z1 - 1} (validation)",
+                 model=a.model, foreground_iou=round(r["foreground_iou"], 4), f1_50=round(r["f1_50"], 4),
+                 f1_75=round(r["f1_75"], 4), pq=round(r["pq"], 4), n_pred=r["n_pred"], n_gt=r["n_gt"],
+                 seconds=round(t.s, 1), timings={k: round(v, 2) for k, v in res.timings.items()})
+
+
+if __name__ == "__main__":
+    main()

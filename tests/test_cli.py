@@ -1,0 +1,70 @@
+"""Command-line behaviour: outputs, and one clear line for every user error."""
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from panoptem.cli import main
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_missing_input_is_one_line_error(capsys, tmp_path):
+    code, out, err = run(capsys, "segment2d", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o.tif"))
+    assert code == 2
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_model_is_one_line_error(capsys, tmp_path):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, np.zeros((64, 64), np.uint8))
+    code, _, err = run(capsys, "segment2d", str(img), "-o", str(tmp_path / "o.tif"), "--model", "Nope")
+    assert code == 2 and "Unknown model" in err and "Traceback" not in err
+
+
+def test_impossible_parameter_is_one_line_error(capsys, tmp_path, tiny_card):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, np.zeros((64, 64), np.uint8))
+    code, _, err = run(capsys, "segment2d", str(img), "-o", str(tmp_path / "o.tif"), "--model", str(tiny_card),
+                       "--downsampling", "3")
+    assert code == 2 and "downsampling" in err and "Traceback" not in err
+    code, _, err = run(capsys, "segment2d", str(img), "-o", str(tmp_path / "o.tif"), "--model", str(tiny_card),
+                       "--confidence_thr", "1.5")
+    assert code == 2 and "confidence_thr" in err
+
+
+def test_segment2d_slice_of_volume_and_no_overwrite(capsys, tmp_path, tiny_card):
+    vol = tmp_path / "vol.tif"
+    tifffile.imwrite(vol, np.random.default_rng(0).integers(0, 255, (5, 64, 96), dtype=np.uint8))
+    out = tmp_path / "lab.tif"
+    code, stdout, err = run(capsys, "segment2d", str(vol), "-o", str(out), "--model", str(tiny_card),
+                            "--slice", "2", "--plane", "xz")
+    assert code == 0, err
+    rec = json.loads(stdout.strip().splitlines()[-1])
+    assert rec["shape"] == [5, 96]
+    assert tifffile.imread(out).shape == (5, 96)
+    code, _, err = run(capsys, "segment2d", str(vol), "-o", str(out), "--model", str(tiny_card))
+    assert code == 2 and "exists" in err
+    code, _, err = run(capsys, "segment2d", str(vol), "-o", str(vol), "--model", str(tiny_card), "--overwrite")
+    assert code == 2  # never overwrite the input
+    assert tifffile.imread(vol).shape == (5, 64, 96)
+
+
+def test_segment2d_batch(capsys, tmp_path, tiny_card):
+    vol = tmp_path / "vol.tif"
+    tifffile.imwrite(vol, np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    code, stdout, err = run(capsys, "segment2d", str(vol), "-o", str(tmp_path / "b.tif"), "--model",
+                            str(tiny_card), "--batch", "--unique-ids")
+    assert code == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["shape"] == [3, 64, 64]
+
+
+def test_model_list_and_info(capsys, tiny_card):
+    code, out, _ = run(capsys, "model", "info", str(tiny_card))
+    assert code == 0
+    assert "mitochondria (instance)" in out and "patch size must be divisible by: 32" in out
