@@ -57,7 +57,7 @@ def test_segment2d_slice_of_volume_and_no_overwrite(capsys, tmp_path, tiny_card)
 
 def test_segment2d_batch(capsys, tmp_path, tiny_card):
     vol = tmp_path / "vol.tif"
-    tifffile.imwrite(vol, np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    tifffile.imwrite(vol, np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8), photometric="minisblack")
     code, stdout, err = run(capsys, "segment2d", str(vol), "-o", str(tmp_path / "b.tif"), "--model",
                             str(tiny_card), "--batch", "--unique-ids")
     assert code == 0, err

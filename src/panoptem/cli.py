@@ -16,7 +16,7 @@ from .params import Params2D, Params3D, make_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Panoptic segmentation of organelles in EM images and volumes.")
-model_app = typer.Typer(no_args_is_help=True, help="List and inspect models.")
+from .models.commands import model_app  # noqa: E402
 app.add_typer(model_app, name="model")
 
 
@@ -182,35 +182,6 @@ def train_cmd(
     path = train_from_volume(image, labels, str(out_dir), train_slices, val_slices, cfg, resume=resume,
                              log=lambda s: typer.echo(s, err=True))
     typer.echo(json.dumps({"weights": str(path)}))
-
-
-@model_app.command("list")
-def model_list():
-    """Registered models, one per line."""
-    from .models.load import card_paths, get_card
-    for name in card_paths():
-        card = get_card(name)
-        typer.echo(f"{name}\t{card.description.splitlines()[0] if card.description else ''}")
-
-
-@model_app.command("info")
-def model_info(name: str = typer.Argument(..., help="Model name or card path.")):
-    """Description, classes, label divisor to annotate with, patch-size divisibility."""
-    from .models.load import get_card
-    card = get_card(name)
-    typer.echo(f"name: {card.name}")
-    typer.echo(f"description: {card.description.strip()}")
-    typer.echo("classes:")
-    div = card.label_divisor
-    for c in card.classes:
-        first = c.id * div + 1 if (div and c.kind == 'instance') else (c.id * div if div else c.id)
-        typer.echo(f"  {c.id}: {c.name} ({c.kind}); first label to paint: {first}")
-    typer.echo(f"label divisor to annotate with: {div}")
-    typer.echo(f"patch size must be divisible by: {card.padding_factor}")
-    if card.voxel_size_nm:
-        typer.echo(f"training pixel size: {card.voxel_size_nm} nm")
-    if card.validation:
-        typer.echo("validation: " + json.dumps(card.validation))
 
 
 def main(argv: list[str] | None = None) -> int:

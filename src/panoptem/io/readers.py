@@ -1,24 +1,359 @@
-"""Image readers (placeholder: TIFF only, being extended)."""
+"""Image readers: TIFF/BigTIFF, PNG/JPEG, folders of 2D images, MRC, Zarr/OME-Zarr and HDF5.
+
+Every reader returns an :class:`ImageData` holding a 2D (YX) or 3D (ZYX) array, read lazily
+where the format allows, and the voxel size in nm when the file records it.
+"""
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from ..errors import PanoptemError
+from . import _meta
+from ._lazy import ImageStack, StoreArray
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf")
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
+MRC_SUFFIXES = (".mrc", ".rec", ".map", ".st")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+ZARR_SUFFIXES = (".zarr",)
+SUPPORTED = TIFF_SUFFIXES + PLAIN_SUFFIXES + MRC_SUFFIXES + HDF5_SUFFIXES + ZARR_SUFFIXES
+SLICE_SUFFIXES = TIFF_SUFFIXES + PLAIN_SUFFIXES
+
+# Weights of skimage.color.rgb2gray (ITU-R BT.709 luma).
+_LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)
 
 
 @dataclass
 class ImageData:
-    data: np.ndarray
+    """An image and its physical metadata.
+
+    Attributes
+    ----------
+    data : numpy array or lazy array-like (``shape``, ``dtype``, ``ndim``, numpy indexing
+        that returns numpy), 2D (YX) or 3D (ZYX).
+    voxel_size : nm per voxel, one entry per axis of ``data``; None when unknown.
+    path : where it was read from.
+    axes : "YX" or "ZYX" (derived from ``data.ndim`` when not given).
+    """
+
+    data: object
     voxel_size: tuple[float, ...] | None = None
     path: str | None = None
+    axes: str = ""
+
+    def __post_init__(self):
+        if not self.axes:
+            self.axes = "ZYX"[-self.data.ndim:] if self.data.ndim in (2, 3) else ""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
 
 
-def read_image(path) -> ImageData:
-    p = Path(path)
+def read_image(path, key: str | None = None, lazy: bool = True) -> ImageData:
+    """Read a 2D or 3D image with its voxel size (nm).
+
+    Parameters
+    ----------
+    path : file or folder: TIFF/BigTIFF (.tif, .tiff, .btf), PNG/JPEG, MRC (.mrc, .rec, .map,
+        .st), HDF5 (.h5, .hdf5, .hdf), Zarr / OME-Zarr (.zarr or any folder holding zarr
+        metadata), or a folder of 2D TIFF/PNG/JPEG slices (stacked in natural name order).
+    key : HDF5 dataset or Zarr array/group inside ``path``; needed only when there are several.
+    lazy : return an array-like that reads on demand (memmap, :class:`StoreArray`,
+        :class:`ImageStack`) instead of loading everything. PNG/JPEG are always read at once.
+
+    Returns
+    -------
+    ImageData
+        Singleton axes are dropped; RGB(A) becomes grey (see :func:`to_grey`).
+        ``voxel_size`` comes from OME-XML, panoptem's TIFF description, ImageJ metadata or
+        resolution tags (TIFF), the MRC header, NGFF scales (OME-Zarr) or ``element_size_um`` /
+        ``voxel_size`` / ``resolution`` attributes (HDF5, Zarr); it is None unless every axis is known.
+
+    Examples
+    --------
+    >>> img = read_image("volume.tif")            # doctest: +SKIP
+    >>> img.data.shape, img.voxel_size            # doctest: +SKIP
+    ((165, 768, 1024), (5.0, 5.0, 5.0))
+    """
+    p = Path(path).expanduser()
     if not p.exists():
-        raise PanoptemError(f"No such file or folder: {p}; check the path.")
-    return ImageData(tifffile.imread(p), None, str(p))
+        raise PanoptemError(f"No file or folder at '{p}'; check the path.")
+    kind = _kind(p)
+    reader = {"tiff": _read_tiff, "plain": _read_plain, "mrc": _read_mrc, "hdf5": _read_hdf5,
+              "zarr": _read_zarr, "folder": _read_folder}[kind]
+    try:
+        data, voxel = reader(p, key, lazy) if kind in ("hdf5", "zarr") else reader(p, lazy)
+    except PanoptemError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
+        raise PanoptemError(f"Could not read '{p}' as {kind.upper()} ({type(e).__name__}: {e}); "
+                            "check that the file is complete and in the format its name says.") from e
+    return ImageData(data, voxel, str(p))
+
+
+def _kind(p: Path) -> str:
+    suffix = p.suffix.lower()
+    if p.is_dir():
+        if suffix in ZARR_SUFFIXES or any((p / f).exists() for f in (".zarray", ".zgroup", "zarr.json")):
+            return "zarr"
+        return "folder"
+    for kind, suffixes in (("tiff", TIFF_SUFFIXES), ("plain", PLAIN_SUFFIXES), ("mrc", MRC_SUFFIXES),
+                           ("hdf5", HDF5_SUFFIXES)):
+        if suffix in suffixes:
+            return kind
+    raise PanoptemError(f"Cannot read '{p.name}': unsupported extension '{suffix}'; use one of "
+                        f"{', '.join(SUPPORTED)}, or a folder of 2D images.")
+
+
+def _squeezed(p: Path, shape, voxel) -> tuple[list[int], tuple[float, ...] | None]:
+    """Axes kept after dropping singletons, and the voxel size of those axes."""
+    keep = [i for i, n in enumerate(shape) if n != 1]
+    if len(keep) not in (2, 3):
+        raise PanoptemError(f"'{p.name}' holds data of shape {tuple(shape)}, which is not 2D (YX) or 3D (ZYX) "
+                            "once singleton axes are dropped; save one channel / time point as a 2D or 3D image.")
+    if voxel is None or len(voxel) != len(shape):
+        return keep, None
+    return keep, _meta.complete([voxel[i] for i in keep])
+
+
+def to_grey(a: np.ndarray) -> np.ndarray:
+    """Grey version of an image whose last axis holds 2-4 channels (LA, RGB, RGBA).
+
+    Alpha is dropped. When R, G and B are equal the first channel is returned unchanged;
+    otherwise luminance with skimage's ``rgb2gray`` weights, rounded back to the input dtype.
+    """
+    if a.shape[-1] == 2:
+        return np.ascontiguousarray(a[..., 0])
+    rgb = a[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0])
+    g = rgb.astype(np.float32) @ _LUMA
+    if np.issubdtype(a.dtype, np.integer):
+        info = np.iinfo(a.dtype)
+        return np.clip(np.rint(g), info.min, info.max).astype(a.dtype)
+    return g.astype(a.dtype)
+
+
+# ---- TIFF -----------------------------------------------------------------------------------
+
+def _tiff_voxel(tif, series) -> dict[str, float]:
+    if tif.is_ome and tif.ome_metadata:
+        sizes = _meta.ome_xml_sizes(tif.ome_metadata)
+        if sizes:
+            return sizes
+    if tif.is_shaped and tif.shaped_metadata:
+        md = tif.shaped_metadata[0]
+        vs, axes = md.get("voxel_size_nm"), md.get("axes", series.axes)
+        if vs is not None and len(vs) == len(axes):
+            return {ax: float(v) for ax, v in zip(axes, vs) if ax in "XYZ" and v and float(v) > 0}
+    return _meta.tiff_tag_sizes(series.keyframe, tif.imagej_metadata if tif.is_imagej else None)
+
+
+def _open_tiff_zarr(path: str):
+    import tifffile
+    import zarr
+    return zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
+
+
+def _read_tiff(p: Path, lazy: bool):
+    import tifffile
+    with tifffile.TiffFile(p) as tif:
+        series = tif.series[0]
+        axes, shape, dtype = series.axes, tuple(series.shape), series.dtype
+        sizes = _tiff_voxel(tif, series)
+        rgb = "S" in axes and shape[axes.index("S")] in (2, 3, 4)
+        if rgb or not lazy:
+            arr = series.asarray()
+    voxel = [sizes.get(ax) for ax in axes]
+    if rgb:  # colour TIFFs are small in EM; convert at once
+        s = axes.index("S")
+        arr = to_grey(np.moveaxis(arr, s, -1))
+        shape, voxel = arr.shape, voxel[:s] + voxel[s + 1:]
+    keep, vs = _squeezed(p, shape, voxel)
+    new_shape = tuple(shape[i] for i in keep)
+    if rgb or not lazy:
+        return arr.reshape(new_shape), vs
+    try:
+        mm = tifffile.memmap(p, series=0, mode="r")
+        return mm.reshape(new_shape), vs
+    except ValueError:  # compressed or not contiguous: read pages / tiles on demand
+        return StoreArray(partial(_open_tiff_zarr, str(p)), shape, dtype), vs
+
+
+# ---- PNG / JPEG and folders of slices ---------------------------------------------------
+
+def read_plane(path: str) -> np.ndarray:
+    """One 2D slice file (TIFF, PNG or JPEG) as a grey 2D array."""
+    path = str(path)
+    if path.lower().endswith(TIFF_SUFFIXES):
+        import tifffile
+        a = tifffile.imread(path)
+    else:
+        import imageio.v3 as iio
+        a = iio.imread(path)
+    a = np.squeeze(a)
+    if a.ndim == 3 and a.shape[-1] in (2, 3, 4):
+        a = to_grey(a)
+    if a.ndim != 2:
+        raise PanoptemError(f"'{Path(path).name}' has shape {a.shape}, not a 2D image; "
+                            "use a 2D grey or RGB image.")
+    return a
+
+
+def _read_plain(p: Path, lazy: bool):
+    return read_plane(str(p)), None
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _header(path: Path):
+    """Cheap (shape, type) fingerprint of a slice file, without decoding the pixels."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+        with tifffile.TiffFile(path) as tif:
+            s = tif.series[0]
+            return tuple(s.shape), str(s.dtype)
+    from PIL import Image
+    with Image.open(path) as im:
+        return im.size, im.mode
+
+
+def _read_folder(p: Path, lazy: bool):
+    files = sorted((f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                    and f.suffix.lower() in SLICE_SUFFIXES), key=lambda f: _natural_key(f.name))
+    if not files:
+        raise PanoptemError(f"Folder '{p}' holds no images ({', '.join(SLICE_SUFFIXES)}); "
+                            "point to a folder of 2D slices or to an image file.")
+    first = _header(files[0])
+    for f in files[1:]:
+        if _header(f) != first:
+            raise PanoptemError(f"'{f.name}' differs in size or type from '{files[0].name}'; "
+                                "make every image in the folder the same size and type.")
+    plane = read_plane(str(files[0]))
+    stack = ImageStack([str(f) for f in files], read_plane, plane.shape, plane.dtype)
+    return (stack if lazy else stack[:]), None
+
+
+# ---- MRC ------------------------------------------------------------------------------------
+
+def _read_mrc(p: Path, lazy: bool):
+    import mrcfile
+    from mrcfile.utils import data_dtype_from_header, data_shape_from_header
+    with mrcfile.open(p, mode="r", header_only=True) as mrc:
+        header = mrc.header
+        vs_xyz = mrc.voxel_size
+        dtype = data_dtype_from_header(header)
+        shape = data_shape_from_header(header)
+        offset = header.nbytes + int(header.nsymbt)
+    need = offset + int(np.prod(shape)) * dtype.itemsize
+    if os.path.getsize(p) < need:
+        raise PanoptemError(f"'{p.name}' is shorter than its MRC header says ({os.path.getsize(p)} < {need} "
+                            "bytes); the file is truncated, copy it again.")
+    # MRC stores x, y, z in Å; arrays are (z, y, x)
+    zyx = [_meta.to_nm(float(vs_xyz[ax]), "Å") for ax in ("z", "y", "x")]
+    voxel = zyx[-len(shape):]
+    keep, vs = _squeezed(p, shape, voxel)
+    arr = np.memmap(p, dtype=dtype, mode="r", offset=offset, shape=shape)
+    arr = arr.reshape(tuple(shape[i] for i in keep))
+    return (arr if lazy else np.array(arr)), vs
+
+
+# ---- HDF5 -----------------------------------------------------------------------------------
+
+def _open_h5(path: str, key: str):
+    import h5py
+    return h5py.File(path, "r")[key]
+
+
+def _read_hdf5(p: Path, key: str | None, lazy: bool):
+    import h5py
+    with h5py.File(p, "r") as f:
+        names: list[str] = []
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        names.sort()
+        if key is None:
+            if len(names) != 1:
+                raise PanoptemError(f"'{p.name}' holds {len(names)} datasets ({', '.join(names) or 'none'}); "
+                                    "name the one to read with key=... (--key).")
+            key = names[0]
+        elif not isinstance(f.get(key), h5py.Dataset):
+            raise PanoptemError(f"'{p.name}' has no dataset '{key}'; choose one of: {', '.join(names) or 'none'}.")
+        ds = f[key]
+        shape, dtype = ds.shape, ds.dtype
+        voxel = _meta.attrs_sizes(ds.attrs, len(shape)) or _meta.attrs_sizes(f.attrs, len(shape))
+        keep, vs = _squeezed(p, shape, voxel)
+        if not lazy:
+            return ds[()].reshape(tuple(shape[i] for i in keep)), vs
+    return StoreArray(partial(_open_h5, str(p), key), shape, dtype), vs
+
+
+# ---- Zarr / OME-Zarr ------------------------------------------------------------------------
+
+def _open_zarr(path: str, key: str):
+    import zarr
+    node = zarr.open(path, mode="r")
+    return node[key] if key else node
+
+
+def _array_keys(group) -> list[str]:
+    import zarr
+    return sorted(name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array))
+
+
+def _resolve_zarr(p: Path, root, key: str | None):
+    """(array path inside the store, the array, per-axis voxel sizes or None)."""
+    import zarr
+    prefix = ""
+    node = root
+    if key:
+        if isinstance(root, zarr.Array):
+            raise PanoptemError(f"'{p.name}' is a single array; read it without key=... (--key).")
+        try:
+            node = root[key]
+        except KeyError:
+            raise PanoptemError(f"'{p.name}' has no array or group '{key}'; choose one of: "
+                                f"{', '.join(_array_keys(root)) or 'none'}.") from None
+        prefix = key.strip("/")
+        # an array that is one level of an OME-Zarr multiscale keeps that level's scale
+        parent_path, _, name = prefix.rpartition("/")
+        parent = root[parent_path] if parent_path else root
+        if isinstance(node, zarr.Array) and isinstance(parent, zarr.Group):
+            for ms in _meta.ngff_multiscales(parent.attrs) or []:
+                for ds in ms.get("datasets", []):
+                    if ds.get("path") == name:
+                        return prefix, node, _meta.ngff_sizes(ms, ds)
+    if isinstance(node, zarr.Array):
+        return prefix, node, _meta.attrs_sizes(node.attrs, node.ndim)
+    multiscales = _meta.ngff_multiscales(node.attrs)
+    if multiscales:
+        ms = multiscales[0]
+        ds = ms["datasets"][0]
+        path = "/".join(s for s in (prefix, ds["path"]) if s)
+        return path, node[ds["path"]], _meta.ngff_sizes(ms, ds)
+    names = _array_keys(node)
+    if len(names) != 1:
+        raise PanoptemError(f"'{p.name}' holds {len(names)} arrays ({', '.join(names) or 'none'}); "
+                            "name the one to read with key=... (--key).")
+    arr = node[names[0]]
+    path = "/".join(s for s in (prefix, names[0]) if s)
+    return path, arr, _meta.attrs_sizes(arr.attrs, arr.ndim)
+
+
+def _read_zarr(p: Path, key: str | None, lazy: bool):
+    import zarr
+    root = zarr.open(str(p), mode="r")
+    path, arr, voxel = _resolve_zarr(p, root, key)
+    shape = tuple(arr.shape)
+    keep, vs = _squeezed(p, shape, voxel)
+    if not lazy:
+        return np.asarray(arr[...]).reshape(tuple(shape[i] for i in keep)), vs
+    return StoreArray(partial(_open_zarr, str(p), path), shape, arr.dtype), vs

@@ -85,15 +85,19 @@ def _from_empanada(d: dict, name: str) -> ModelCard:
                          kind="instance" if i in thing else "semantic") for i in labels]
     norms = d.get("norms") or {}
     ft = (d.get("FINETUNE") or {}).get("dataset_params") or {}
+    # written by panoptem's empanada export, so its models keep their own normalisation here
+    extra = d.get("panoptem") or {}
+    norm = (Normalization(**extra["normalization"]) if "normalization" in extra else
+            Normalization(mode="dtype_max", mean=float(norms.get("mean", 0.0)), std=float(norms.get("std", 1.0))))
     return ModelCard(
         name=name,
         description=str(d.get("description", "")),
         classes=classes,
         label_divisor=ft.get("label_divisor"),
-        normalization=Normalization(mode="dtype_max", mean=float(norms.get("mean", 0.0)),
-                                    std=float(norms.get("std", 1.0))),
+        normalization=norm,
         padding_factor=int(d.get("padding_factor", 16)),
-        weights=Weights(file=str(d["model"]), format="empanada_torchscript"),
+        voxel_size_nm=extra.get("voxel_size_nm"),
+        weights=Weights(file=str(d["model"]), sha256=extra.get("sha256"), format="empanada_torchscript"),
         exports=[Weights(file=str(d["model_quantized"]), format="empanada_torchscript")]
         if d.get("model_quantized") else [],
     )

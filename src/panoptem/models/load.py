@@ -25,9 +25,24 @@ def user_home() -> Path:
     return Path(platformdirs.user_data_dir("panoptem"))
 
 
+def archived_builtins() -> set[str]:
+    """Names of built-in models the user archived (``<home>/archived.json``)."""
+    f = user_home() / "archived.json"
+    if not f.exists():
+        return set()
+    import json
+    try:
+        names = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return set()  # unreadable: show every built-in rather than fail everywhere
+    return {str(n) for n in names} if isinstance(names, list) else set()
+
+
 def card_paths() -> dict[str, Path]:
-    """Every known model name and its card: built-in first, then the user's."""
-    found = {p.stem: p for p in sorted(ZOO.glob("*.yaml"))}
+    """Every known model name and its card: built-in first, then the user's
+    (archived models are left out)."""
+    hidden = archived_builtins()
+    found = {p.stem: p for p in sorted(ZOO.glob("*.yaml")) if p.stem not in hidden}
     user = user_home() / "models"
     if user.exists():
         for p in sorted(user.glob("*/card.yaml")):
@@ -42,6 +57,9 @@ def get_card(name_or_path: str) -> ModelCard:
         return load_card(p)
     paths = card_paths()
     if name_or_path not in paths:
+        if name_or_path in archived_builtins() or (user_home() / "archived" / name_or_path).is_dir():
+            raise PanoptemError(f"Model '{name_or_path}' is archived; bring it back with "
+                                f"`panoptem model restore {name_or_path}`.")
         raise PanoptemError(f"Unknown model '{name_or_path}'; choose one of {sorted(paths)} "
                             "(see `panoptem model list`) or pass the path of a .yaml card.")
     return load_card(paths[name_or_path])
@@ -107,12 +125,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto") -> Loade
     dev = pick_device(device)
     w = card.weights
     path = card.weights_path()
-    if "://" in path:
-        from .registry import fetch_weights  # downloads once into the cache
+    remote = "://" in path
+    if remote:
+        from .registry import fetch_weights  # downloads once into the cache, checks sha256
         path = str(fetch_weights(card))
     if not Path(path).exists():
         raise PanoptemError(f"Weights file {path} of model '{card.name}' is missing; re-register the model.")
-    _check_sha(path, w.sha256)
+    if not remote:
+        _check_sha(path, w.sha256)
     if w.format == "state_dict":
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)

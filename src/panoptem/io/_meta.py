@@ -1,0 +1,152 @@
+"""Voxel-size metadata: units, OME-XML, ImageJ, TIFF resolution tags, HDF5/Zarr attributes.
+
+Every function returns sizes in nm, or None when the file does not say.
+"""
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+
+# nm per unit; keys are lower case (UDUNITS names as used by OME-NGFF, OME-XML symbols, ImageJ words)
+_NM_PER_UNIT = {
+    "pm": 1e-3, "picometer": 1e-3,
+    "å": 0.1, "a": 0.1, "angstrom": 0.1, "ångström": 0.1,
+    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "nanometers": 1.0,
+    "µm": 1e3, "μm": 1e3, "um": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3,
+    "micrometre": 1e3, "micrometers": 1e3,
+    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
+    "cm": 1e7, "centimeter": 1e7, "centimetre": 1e7,
+    "m": 1e9, "meter": 1e9, "metre": 1e9,
+    "in": 2.54e7, "inch": 2.54e7,
+}
+
+# A pixel larger than 0.1 mm is a display resolution (72 dpi...), not an EM voxel size.
+_MAX_PLAUSIBLE_NM = 1e5
+
+
+def to_nm(value, unit: str | None) -> float | None:
+    """``value`` in ``unit`` converted to nm; None for an unknown unit or a non-positive value."""
+    if unit is None or value is None:
+        return None
+    u = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+    factor = _NM_PER_UNIT.get(u.lower())
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    if factor is None or not math.isfinite(v) or v <= 0:
+        return None
+    return v * factor
+
+
+def complete(sizes: Sequence[float | None] | None) -> tuple[float, ...] | None:
+    """``tuple(sizes)`` when every entry is known, else None."""
+    if sizes is None or any(s is None for s in sizes):
+        return None
+    return tuple(float(s) for s in sizes)
+
+
+def ome_xml_sizes(xml: str) -> dict[str, float]:
+    """``{'X': nm, 'Y': nm, 'Z': nm}`` (known entries only) of the first image of an OME-XML string."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return {}
+    out = {}
+    for ax in "XYZ":
+        nm = to_nm(pixels.get(f"PhysicalSize{ax}"), pixels.get(f"PhysicalSize{ax}Unit", "µm"))
+        if nm is not None:
+            out[ax] = nm
+    return out
+
+
+def _rational(value) -> float | None:
+    try:
+        num, den = value
+        return num / den if num > 0 and den > 0 else None
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def tiff_tag_sizes(page, imagej: Mapping | None) -> dict[str, float]:
+    """Sizes from the X/YResolution tags (pixels per unit) of a TIFF page, with the unit from
+    ResolutionUnit, or from ImageJ's ``unit`` when ResolutionUnit is NONE; ImageJ's
+    ``spacing`` gives Z."""
+    tags = page.tags
+    ij = dict(imagej or {})
+    res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    unit = {2: "inch", 3: "cm", 4: "mm", 5: "µm"}.get(res_unit, ij.get("unit"))
+    out = {}
+    for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
+        per_unit = _rational(tags[tag].value) if tag in tags else None
+        nm = to_nm(1.0 / per_unit, ij.get(f"{ax.lower()}unit", unit)) if per_unit else None
+        if nm is not None and nm <= _MAX_PLAUSIBLE_NM:
+            out[ax] = nm
+    if "spacing" in ij:
+        nm = to_nm(ij["spacing"], ij.get("zunit", ij.get("unit")))
+        if nm is not None:
+            out["Z"] = nm
+    return out
+
+
+def attrs_sizes(attrs: Mapping, ndim: int) -> tuple[float, ...] | None:
+    """Voxel size from HDF5/Zarr attributes: ``element_size_um`` (µm), or ``voxel_size`` /
+    ``resolution`` (nm unless a ``unit``/``units`` attribute says otherwise), one per axis."""
+    candidates = []
+    if "element_size_um" in attrs:
+        candidates.append((attrs["element_size_um"], "µm"))
+    for name in ("voxel_size", "resolution", "voxel_size_nm"):
+        if name in attrs:
+            unit = attrs.get(f"{name}_unit", attrs.get("unit", attrs.get("units", "nm")))
+            if not isinstance(unit, str):
+                unit = "nm"
+            candidates.append((attrs[name], unit))
+    for values, unit in candidates:
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            continue
+        if len(values) == ndim:
+            sizes = complete([to_nm(v, unit) for v in values])
+            if sizes is not None:
+                return sizes
+    return None
+
+
+def ngff_multiscales(attrs: Mapping) -> list | None:
+    """The ``multiscales`` list of an OME-Zarr group (NGFF 0.4 at the top level, 0.5 under ``ome``)."""
+    ms = attrs.get("multiscales")
+    if ms is None and isinstance(attrs.get("ome"), Mapping):
+        ms = attrs["ome"].get("multiscales")
+    return ms if isinstance(ms, list) and ms else None
+
+
+def _scale(transforms) -> list[float] | None:
+    for t in transforms or ():
+        if isinstance(t, Mapping) and t.get("type") == "scale" and "scale" in t:
+            return [float(s) for s in t["scale"]]
+    return None
+
+
+def ngff_sizes(multiscale: Mapping, dataset: Mapping) -> list[float | None] | None:
+    """Per-axis size in nm of one dataset of an NGFF multiscale (None for axes that are not
+    space or have no unit); None when the metadata has no scale."""
+    scale = _scale(dataset.get("coordinateTransformations"))
+    if scale is None:
+        return None
+    outer = _scale(multiscale.get("coordinateTransformations"))
+    if outer is not None and len(outer) == len(scale):
+        scale = [a * b for a, b in zip(scale, outer)]
+    axes = multiscale.get("axes") or []
+    out = []
+    for i, s in enumerate(scale):
+        ax = axes[i] if i < len(axes) else None
+        if isinstance(ax, Mapping) and ax.get("type", "space") == "space":
+            out.append(to_nm(s, ax.get("unit")))
+        else:
+            out.append(None)
+    return out

@@ -1,0 +1,277 @@
+"""Export a model for other runtimes: TorchScript, empanada-napari, ONNX.
+
+Every export writes the model file atomically, never overwrites one that
+exists, writes a card next to it (``<out>.yaml``) so the file can be
+registered or loaded as it is, and is recorded in the ``exports`` of the
+source card when that card lives in the user's registry.
+
+>>> export_torchscript("MitoLite_v1", "MitoLite_v1.pth", empanada_interface=True)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from ..errors import PanoptemError
+from .card import ModelCard, Weights
+from .load import LoadedModel, _EmpanadaAdapter, load_model, sha256_of, user_home
+
+NORMALISATION_NOTE = (
+    "Normalisation differs from panoptem's: panoptem maps the {low}-{high} percentiles of each image "
+    "to 0..1 before (x - mean) / std, empanada-napari divides by the dtype's maximum instead. Images "
+    "that span their dtype's range (most 8-bit EM) behave alike; for low-contrast or 16-bit data, "
+    "stretch the contrast to the full 8-bit range before running this model in empanada-napari."
+)
+
+
+class EmpanadaInterface(torch.nn.Module):
+    """A panoptem network behind empanada's TorchScript calling convention.
+
+    ``forward(x, render_steps=2, interpolate_ins=True)`` returns a dict:
+    ``sem_logits`` bilinearly upsampled to ``2**render_steps / 4`` times the
+    input size (the input size for the usual ``render_steps=2``; empanada asks
+    ``2 + log2(downsampling)`` to get the original size back), ``ctr_hmp`` and
+    ``offsets`` (dy, dx in input pixels) at 1/4 of the input, or at the input
+    size when ``interpolate_ins``.
+    """
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, render_steps: int = 2,
+                interpolate_ins: bool = True) -> Dict[str, torch.Tensor]:
+        out = self.net(x)
+        sem, ctr, off = out["sem_logits"], out["ctr_hmp"], out["offsets"]
+        f = 1
+        for _ in range(render_steps):
+            f = f * 2
+        h, w = x.shape[-2] * f // 4, x.shape[-1] * f // 4
+        if sem.shape[-2] != h or sem.shape[-1] != w:
+            sem = F.interpolate(sem, size=[h, w], mode="bilinear", align_corners=False)
+        if interpolate_ins:
+            size = [x.shape[-2], x.shape[-1]]
+            ctr = F.interpolate(ctr, size=size, mode="bilinear", align_corners=False)
+            off = F.interpolate(off, size=size, mode="bilinear", align_corners=False)
+        return {"sem_logits": sem, "ctr_hmp": ctr, "offsets": off}
+
+
+class _TupleOutputs(torch.nn.Module):
+    """(sem_logits, ctr_hmp, offsets) as a tuple, for ONNX."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        out = self.net(x)
+        return out["sem_logits"], out["ctr_hmp"], out["offsets"]
+
+
+OUTPUTS = ("sem_logits", "ctr_hmp", "offsets")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _load_cpu(name_or_card: str | Path | LoadedModel) -> LoadedModel:
+    lm = load_model(str(name_or_card) if isinstance(name_or_card, Path) else name_or_card, device="cpu")
+    lm.module.to(memory_format=torch.contiguous_format).eval()
+    return lm
+
+
+def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    if isinstance(module, torch.jit.ScriptModule):
+        return module
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecation notices; TorchScript is what empanada loads
+        try:
+            return torch.jit.script(module.eval())
+        except Exception as e:  # noqa: BLE001 - any scripting failure means: not exportable as is
+            raise PanoptemError(f"This network cannot be exported to TorchScript ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0]}).") from None
+
+
+def _check_out(out_file: str | Path, overwrite: bool) -> Path:
+    out = Path(out_file)
+    if out.suffix in (".yaml", ".yml"):
+        raise PanoptemError(f"{out} would clash with the card written next to the export; use another suffix.")
+    if not out.parent.is_dir():
+        raise PanoptemError(f"Folder {out.parent} does not exist; create it first.")
+    for p in (out, out.with_suffix(".yaml")):
+        if p.exists() and not overwrite:
+            raise PanoptemError(f"{p} already exists; choose another output file or pass --overwrite.")
+    return out
+
+
+@contextmanager
+def _atomic(out: Path):
+    """Yield a temporary path next to ``out``; rename it to ``out`` on success."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_yaml(path: Path, data: dict | str) -> None:
+    with _atomic(path) as tmp:
+        tmp.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+
+
+def _record(card: ModelCard, out: Path, fmt: str) -> Weights:
+    """Card entry for an export; appended to the source card when that card is
+    a registered user model (built-in cards and the user's own files are left alone)."""
+    w = Weights(file=str(out.resolve()), sha256=sha256_of(out), format=fmt)
+    src = Path(card.source_dir or "")
+    models = (user_home() / "models").resolve()
+    if card.source_dir and src.resolve().parent == models and (src / "card.yaml").exists():
+        new = card.model_copy(deep=True)
+        new.exports = [e for e in new.exports if e.file != w.file] + [w]
+        _write_yaml(src / "card.yaml", new.to_yaml())
+    return w
+
+
+def _companion_card(card: ModelCard, out: Path, w: Weights) -> Path:
+    new = card.model_copy(deep=True)
+    new.weights = Weights(file=out.name, sha256=w.sha256, format=w.format)
+    new.exports = []
+    path = out.with_suffix(".yaml")
+    _write_yaml(path, new.to_yaml())
+    return path
+
+
+def empanada_config(card: ModelCard, model_file: str, sha256: str | None = None) -> dict:
+    """empanada-napari's model YAML for ``card`` with weights ``model_file``.
+
+    Includes a ``panoptem`` section (ignored by empanada) that keeps
+    panoptem's own normalisation when the file is loaded back into panoptem.
+    """
+    n = card.normalization
+    desc = card.description.strip()
+    if n.mode == "percentile":
+        desc = (desc + "\n\n" if desc else "") + NORMALISATION_NOTE.format(low=n.low_pct, high=n.high_pct)
+    cfg = {
+        "description": desc,
+        "model": model_file,
+        "model_quantized": None,
+        "norms": {"mean": float(n.mean), "std": float(n.std)},
+        "padding_factor": int(card.padding_factor),
+        "thing_list": [int(i) for i in card.thing_ids],
+        "labels": [int(c.id) for c in card.classes],
+        "class_names": {int(c.id): c.name for c in card.classes},
+    }
+    if card.label_divisor:
+        cfg["FINETUNE"] = {"dataset_params": {"label_divisor": int(card.label_divisor)}}
+    cfg["panoptem"] = {"source_model": card.name, "normalization": n.model_dump(),
+                       "voxel_size_nm": card.voxel_size_nm, "sha256": sha256}
+    return cfg
+
+
+# ---------------------------------------------------------------- exports
+
+
+def export_torchscript(name_or_card: str | Path, out_file: str | Path, empanada_interface: bool = False,
+                       overwrite: bool = False) -> Path:
+    """Save a model as TorchScript.
+
+    Parameters
+    ----------
+    name_or_card : registered model name or card path.
+    out_file : the ``.pth`` / ``.pt`` file to write; a card is written next to
+        it (``<out>.yaml``): panoptem's format, or with ``empanada_interface``
+        empanada's format (``model``, ``norms``, ``padding_factor``,
+        ``thing_list``, ``labels``, ``class_names``, ``description``).
+    empanada_interface : wrap the network in :class:`EmpanadaInterface` so
+        empanada-napari can run it (register the yaml there).
+
+    Returns
+    -------
+    The written model file.
+    """
+    out = _check_out(out_file, overwrite)
+    lm = _load_cpu(name_or_card)
+    card = lm.card
+    module = lm.module
+    if empanada_interface:
+        # an empanada model already has the interface: keep its original network
+        scripted = module.scripted if isinstance(module, _EmpanadaAdapter) else _script(EmpanadaInterface(module))
+        fmt = "empanada_torchscript"
+    else:
+        scripted = _script(module)
+        fmt = "torchscript"
+    with _atomic(out) as tmp:
+        torch.jit.save(scripted, str(tmp))
+    w = _record(card, out, fmt)
+    if empanada_interface:
+        _write_yaml(out.with_suffix(".yaml"), empanada_config(card, str(out.resolve()), w.sha256))
+    else:
+        _companion_card(card, out, w)
+    return out
+
+
+def export_onnx(name_or_card: str | Path, out_file: str | Path, overwrite: bool = False,
+                opset: int = 17) -> Path:
+    """Save a model as ONNX (input ``image`` (N, 1, H, W); outputs
+    ``sem_logits``, ``ctr_hmp``, ``offsets``; batch, height and width dynamic).
+
+    When onnxruntime is installed, its outputs are checked against PyTorch's
+    on an input of another size than the one traced; a mismatch deletes the
+    file and raises. A panoptem card is written next to it (``<out>.yaml``).
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise PanoptemError("ONNX export needs the onnx package: pip install 'panoptem[onnx]'.") from None
+    out = _check_out(out_file, overwrite)
+    lm = _load_cpu(name_or_card)
+    net = _TupleOutputs(lm.module).eval()
+    step = max(32, lm.card.padding_factor)
+    size = max(64, 2 * step)
+    kw = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    axes = {"image": {0: "batch", 2: "height", 3: "width"},
+            "sem_logits": {0: "batch", 2: "sem_height", 3: "sem_width"},
+            "ctr_hmp": {0: "batch", 2: "out_height", 3: "out_width"},
+            "offsets": {0: "batch", 2: "out_height", 3: "out_width"}}
+    with _atomic(out) as tmp:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(net, (torch.zeros(1, 1, size, size),), str(tmp), input_names=["image"],
+                                  output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=opset, **kw)
+            except Exception as e:  # noqa: BLE001
+                raise PanoptemError(f"This network cannot be exported to ONNX ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''}).") from None
+        onnx.checker.check_model(str(tmp))
+        _verify_onnx(tmp, net, (2, 1, size, size + step))
+    w = _record(lm.card, out, "onnx")
+    _companion_card(lm.card, out, w)
+    return out
+
+
+def _verify_onnx(path: Path, net: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+    with torch.no_grad():
+        ref = [t.numpy() for t in net(x)]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(list(OUTPUTS), {"image": x.numpy()})
+    for name, a, b in zip(OUTPUTS, ref, got):
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(a).max()))):
+            raise PanoptemError(f"The ONNX export's {name} differs from PyTorch's; the model cannot be "
+                                "exported to ONNX faithfully.")

@@ -1,0 +1,435 @@
+"""The user's model registry: register, download, package, archive.
+
+Layout under :func:`~panoptem.models.load.user_home`::
+
+    models/<name>/card.yaml      registered models (card + copied weights)
+    archived/<name>/             archived user models
+    archived.json                names of archived built-in models
+    cache/<sha256 or name>/      downloaded weights
+    tmp/                         staging area; every write ends in an atomic rename
+
+>>> register("MitoNet_v1", "MitoNet_v1.yaml", weights="MitoNet_v1.pth")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import PanoptemError
+from .card import ModelCard, Weights, load_card
+from . import load as _load
+from .load import archived_builtins, card_paths, sha256_of, user_home
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+URL_SCHEMES = ("http", "https", "file")
+PACKAGE_SUFFIX = ".panoptem"
+
+
+@dataclass
+class ModelEntry:
+    """One model known to panoptem."""
+
+    name: str
+    source: str  # "built-in" or "user"
+    card_path: Path
+    archived: bool = False
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _is_url(s: str) -> bool:
+    return "://" in s
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name (letters, digits, ``_ . -``)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise PanoptemError(f"Model name '{name}' is not allowed; use letters, digits, '_', '.' and '-' only "
+                            "(starting with a letter or digit, at most 100 characters).")
+    return name
+
+
+def _check_url(url: str) -> str:
+    scheme = urllib.parse.urlparse(url).scheme.lower()
+    if scheme not in URL_SCHEMES:
+        raise PanoptemError(f"Weights URL '{url}' must start with http://, https:// or file://.")
+    if scheme == "file":
+        p = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        if not p.is_file():
+            raise PanoptemError(f"Weights URL '{url}' points to no file; check the path.")
+    return url
+
+
+def _zoo() -> Path:
+    return _load.ZOO  # looked up on each call so tests can point it elsewhere
+
+
+def _models_dir() -> Path:
+    return user_home() / "models"
+
+
+def _archived_dir() -> Path:
+    return user_home() / "archived"
+
+
+def _archived_json() -> Path:
+    return user_home() / "archived.json"
+
+
+@contextmanager
+def _staging(prefix: str):
+    """A fresh folder under ``<home>/tmp`` (same file system as the registry, so
+    a finished folder moves into place with one atomic rename); removed on exit."""
+    tmp = user_home() / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _move_dir_into_place(src: Path, dest: Path, replace: bool = False) -> None:
+    """Rename folder ``src`` to ``dest``; with ``replace`` an existing ``dest``
+    is first renamed aside, then deleted once the new one is in place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if dest.exists():
+        if not replace:
+            raise PanoptemError(f"{dest} already exists.")
+        old = src.parent / (src.name + ".old")
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_archived(names: set[str]) -> None:
+    _write_text_atomic(_archived_json(), json.dumps(sorted(names), indent=1) + "\n")
+
+
+def is_user_model(name: str) -> bool:
+    """Whether ``name`` is a model registered in the user's folder."""
+    return (_models_dir() / name / "card.yaml").exists()
+
+
+# ---------------------------------------------------------------- register
+
+
+def _stage_model(card: ModelCard, weights: str, stage: Path) -> ModelCard:
+    """Copy local weights (and local export files) into ``stage`` and return the
+    card to write there, with relative file names and the weights' sha256."""
+    card = card.model_copy(deep=True)
+    if _is_url(weights):
+        card.weights = Weights(file=_check_url(weights), sha256=card.weights.sha256, format=card.weights.format)
+    else:
+        src = Path(weights).expanduser()
+        if not src.is_file():
+            raise PanoptemError(f"Weights file {src} does not exist; check the path or pass --weights.")
+        fname = src.name if src.name != "card.yaml" else "weights" + src.suffix
+        dst = stage / fname
+        shutil.copyfile(src, dst)
+        digest = sha256_of(dst)
+        if card.weights.sha256 and card.weights.sha256.lower() != digest:
+            raise PanoptemError(f"Weights file {src} does not match the sha256 in its model card (card "
+                                f"{card.weights.sha256[:12]}..., file {digest[:12]}...); use the weights the card "
+                                "describes, or remove sha256 from the card if you trust this file.")
+        card.weights = Weights(file=fname, sha256=digest, format=card.weights.format)
+    exports = []
+    for w in card.exports:
+        path = card.weights_path(w)
+        if _is_url(path):
+            exports.append(w)
+        elif Path(path).is_file():
+            fname = Path(path).name
+            if not (stage / fname).exists():
+                shutil.copyfile(path, stage / fname)
+            exports.append(Weights(file=fname, sha256=w.sha256 or sha256_of(stage / fname), format=w.format))
+        else:
+            warnings.warn(f"export {path} of the card does not exist; it was left out", stacklevel=3)
+    card.exports = exports
+    card.source_dir = None
+    return card
+
+
+def register(name: str, card_path: str | Path, weights: str | None = None, overwrite: bool = False) -> Path:
+    """Register a model under ``name`` in the user's folder.
+
+    Parameters
+    ----------
+    name : new model name (letters, digits, ``_ . -``).
+    card_path : panoptem or empanada YAML card.
+    weights : weights file or http(s)/file URL; default: the card's own.
+        Local files are copied (their sha256 is checked against the card's, or
+        recorded if the card has none); URLs are recorded and downloaded on
+        first use.
+    overwrite : replace a user model of the same name.
+
+    Returns
+    -------
+    Path of the registered card (``<home>/models/<name>/card.yaml``).
+    """
+    check_name(name)
+    card = load_card(card_path)
+    if (_zoo() / f"{name}.yaml").exists():
+        raise PanoptemError(f"'{name}' is the name of a built-in model; choose another name.")
+    dest = _models_dir() / name
+    if dest.exists() and not overwrite:
+        raise PanoptemError(f"A model named '{name}' is already registered; choose another name, or "
+                            "pass --overwrite to replace it.")
+    src = weights if weights is not None else card.weights_path()
+    if not _is_url(src) and weights is None and not Path(src).is_file():
+        raise PanoptemError(f"Weights file {src} named by card {card_path} does not exist; pass --weights "
+                            "with the file's path or URL.")
+    with _staging(f"register-{name}-") as stage:
+        new = _stage_model(card, src, stage)
+        new.name = name
+        (stage / "card.yaml").write_text(new.to_yaml())
+        load_card(stage / "card.yaml")  # what we wrote must read back
+        _move_dir_into_place(stage, dest, replace=overwrite)
+    return dest / "card.yaml"
+
+
+# ---------------------------------------------------------------- download
+
+
+def _cache_dir(card: ModelCard, url: str) -> Path:
+    key = card.weights.sha256 or f"{card.name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+    return user_home() / "cache" / key
+
+
+def _verified(path: Path, expected: str | None) -> bool:
+    """Whether ``path`` matches ``expected`` (remembered by size and mtime so a
+    large cached file is hashed once, not on every load)."""
+    if not expected:
+        return True
+    marker = path.with_name(path.name + ".sha256")
+    st = path.stat()
+    stamp = f"{expected} {st.st_size} {st.st_mtime_ns}"
+    if marker.exists() and marker.read_text().strip() == stamp:
+        return True
+    if sha256_of(path) != expected.lower():
+        return False
+    _write_text_atomic(marker, stamp + "\n")
+    return True
+
+
+def fetch_weights(card: ModelCard, timeout: float = 60.0) -> Path:
+    """Local path of a card's weights, downloading a URL once into
+    ``<home>/cache/<sha256 or name>/`` and checking the card's sha256.
+
+    A cached file that no longer matches is downloaded again; a download that
+    does not match is deleted and raises :class:`PanoptemError`.
+    """
+    url = card.weights_path()
+    if not _is_url(url):
+        return Path(url)
+    _check_url(url)
+    expected = (card.weights.sha256 or "").lower() or None
+    folder = _cache_dir(card, url)
+    fname = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "weights.bin"
+    dest = folder / fname
+    if dest.exists() and _verified(dest, expected):
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=folder)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+            from tqdm import tqdm
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {fname}", disable=None,
+                      leave=False) as bar:
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    f.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
+        digest = h.hexdigest()
+        if expected and digest != expected:
+            raise PanoptemError(f"Downloaded {url} does not match the sha256 in model card '{card.name}' "
+                                f"(card {expected[:12]}..., file {digest[:12]}...); the file was deleted: check "
+                                "the URL or the card.")
+        os.replace(tmp, dest)
+        if expected:
+            _verified(dest, expected)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        raise PanoptemError(f"Could not download {url} ({e}); check the URL and your connection, or download "
+                            "the file yourself and register it with --weights FILE.") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+# ---------------------------------------------------------------- packages
+
+
+def _resolve(card: ModelCard, w: Weights) -> Path:
+    path = card.weights_path(w)
+    if _is_url(path):
+        if w is card.weights:
+            return fetch_weights(card)
+        raise ValueError(path)
+    if not Path(path).is_file():
+        raise PanoptemError(f"File {path} of model '{card.name}' is missing; re-register the model.")
+    return Path(path)
+
+
+def export_package(name: str, out_file: str | Path) -> Path:
+    """Write model ``name`` (registered name or card path) as one ``.panoptem``
+    file: a zip holding ``card.yaml``, the weights and local export files.
+    Remote weights are downloaded first. Never overwrites ``out_file``."""
+    from .load import get_card
+    card = get_card(name)
+    out = Path(out_file)
+    if not out.suffix:
+        out = out.with_suffix(PACKAGE_SUFFIX)
+    if out.exists():
+        raise PanoptemError(f"{out} already exists; choose another output file or delete it.")
+    if not out.parent.is_dir():
+        raise PanoptemError(f"Folder {out.parent} does not exist; create it first.")
+    pack = card.model_copy(deep=True)
+    files: dict[str, Path] = {}
+    wpath = _resolve(card, card.weights)
+    pack.weights = Weights(file=wpath.name, sha256=card.weights.sha256 or sha256_of(wpath), format=card.weights.format)
+    files[wpath.name] = wpath
+    exports = []
+    for w in card.exports:
+        try:
+            p = _resolve(card, w)
+        except (ValueError, PanoptemError):  # remote or missing extras stay as they are in the card
+            exports.append(w)
+            continue
+        if p.name not in files:
+            files[p.name] = p
+            exports.append(Weights(file=p.name, sha256=w.sha256 or sha256_of(p), format=w.format))
+    pack.exports = exports
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+            z.writestr("card.yaml", pack.to_yaml())
+            for arc, p in files.items():
+                z.write(p, arc)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+def import_package(file: str | Path, name: str | None = None) -> str:
+    """Register the model in a ``.panoptem`` package; returns its name.
+
+    ``name`` defaults to the name in the package's card; an existing name is
+    refused (pass another ``name``)."""
+    f = Path(file)
+    if not f.is_file():
+        raise PanoptemError(f"Model package {f} does not exist; check the path.")
+    try:
+        z = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError):
+        raise PanoptemError(f"{f} is not a panoptem model package (not a zip file); export it again.") from None
+    with z, _staging("import-") as stage:
+        members = z.namelist()
+        if "card.yaml" not in members:
+            raise PanoptemError(f"{f} holds no card.yaml, so it is not a panoptem model package.")
+        for m in members:
+            if "/" in m or "\\" in m or m.startswith(".") or m != Path(m).name:
+                raise PanoptemError(f"{f} contains an unexpected entry '{m}'; it is not a panoptem model package.")
+        try:
+            z.extractall(stage)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise PanoptemError(f"{f} is damaged ({e}); export it again.") from None
+        card = load_card(stage / "card.yaml")
+        new_name = check_name(name or card.name)
+        if new_name in card_paths() or (_models_dir() / new_name).exists():
+            raise PanoptemError(f"A model named '{new_name}' already exists; import it under another name "
+                                "with --name NEW_NAME.")
+        register(new_name, stage / "card.yaml")
+    return new_name
+
+
+# ---------------------------------------------------------------- archive
+
+
+def archive(name: str) -> Path:
+    """Hide model ``name`` from the list of models.
+
+    A user model moves to ``<home>/archived/<name>``; a built-in one is
+    recorded in ``<home>/archived.json`` (the package is never modified).
+    Returns where the model now is. Undo with :func:`restore`.
+    """
+    check_name(name)
+    if is_user_model(name):
+        dest = _archived_dir() / name
+        if dest.exists():
+            raise PanoptemError(f"An archived model '{name}' already exists in {dest}; restore it or delete "
+                                "that folder first.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(_models_dir() / name, dest)
+        return dest
+    if (_zoo() / f"{name}.yaml").exists():
+        hidden = archived_builtins()
+        if name in hidden:
+            raise PanoptemError(f"Model '{name}' is already archived; `panoptem model restore {name}` brings it back.")
+        _write_archived(hidden | {name})
+        return _archived_json()
+    if name in archived_builtins() or (_archived_dir() / name).exists():
+        raise PanoptemError(f"Model '{name}' is already archived; `panoptem model restore {name}` brings it back.")
+    raise PanoptemError(f"Unknown model '{name}'; `panoptem model list` shows the models you can archive.")
+
+
+def restore(name: str) -> Path:
+    """Bring an archived model back; returns its card path."""
+    check_name(name)
+    src = _archived_dir() / name
+    if src.exists():
+        dest = _models_dir() / name
+        if dest.exists() or ((_zoo() / f"{name}.yaml").exists() and name not in archived_builtins()):
+            raise PanoptemError(f"A model named '{name}' exists again; archive or rename it before restoring.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        return dest / "card.yaml"
+    hidden = archived_builtins()
+    if name in hidden:
+        _write_archived(hidden - {name})
+        return _zoo() / f"{name}.yaml"
+    raise PanoptemError(f"Model '{name}' is not archived; `panoptem model list --all` shows archived models.")
+
+
+def list_models(include_archived: bool = False) -> list[ModelEntry]:
+    """Known models: built-in first, then the user's; archived ones last when asked."""
+    out = [ModelEntry(n, "user" if p.parent.parent == _models_dir() else "built-in", p)
+           for n, p in card_paths().items()]
+    if include_archived:
+        out += [ModelEntry(n, "built-in", _zoo() / f"{n}.yaml", archived=True)
+                for n in sorted(archived_builtins()) if (_zoo() / f"{n}.yaml").exists()]
+        if _archived_dir().exists():
+            out += [ModelEntry(p.parent.name, "user", p, archived=True)
+                    for p in sorted(_archived_dir().glob("*/card.yaml"))]
+    return out

@@ -1,0 +1,327 @@
+"""Readers and writers: round trips with voxel size, lazy indexing, streaming, atomicity, errors."""
+import os
+import pickle
+
+import h5py
+import mrcfile
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from panoptem.errors import PanoptemError
+from panoptem.io import (ImageStack, StoreArray, open_label_writer, read_image, write_image,
+                         write_labels)
+
+RNG = np.random.default_rng(0)
+
+
+def _files(folder):
+    return sorted(os.listdir(folder))
+
+
+# ---- TIFF -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape,vs", [((20, 30), (4.0, 5.0)), ((3, 20, 30), (30.0, 4.0, 5.0))])
+def test_tiff_image_round_trip_keeps_dtype_and_voxel(tmp_path, dtype, shape, vs):
+    img = RNG.integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+    out = write_image(tmp_path / "img.tif", img, voxel_size=vs)
+    r = read_image(out)
+    assert r.data.dtype == dtype and r.data.shape == shape
+    np.testing.assert_array_equal(np.asarray(r.data), img)
+    assert r.voxel_size == vs and r.axes == "ZYX"[-len(shape):]
+    with tifffile.TiffFile(out) as tif:  # compressed OME-TIFF
+        assert tif.is_ome and tif.pages[0].compression == 8
+
+
+@pytest.mark.parametrize("shape", [(25, 31), (4, 25, 31)])
+def test_tiff_labels_uint32_above_65535_exact(tmp_path, shape):
+    lab = RNG.integers(0, 2**32 - 1, shape, dtype=np.uint32)
+    lab.flat[:3] = [0, 65536, 2**32 - 1]
+    vs = (8.0, 2.5, 2.5)[-len(shape):]
+    r = read_image(write_labels(tmp_path / "lab.tiff", lab, voxel_size=vs))
+    assert r.data.dtype == np.uint32 and r.voxel_size == vs
+    np.testing.assert_array_equal(np.asarray(r.data), lab)
+
+
+def test_labels_dtype_rules(tmp_path):
+    small = np.array([[0, 1], [2, 255]], np.uint8)
+    r = read_image(write_labels(tmp_path / "a.tif", small), lazy=False)
+    assert r.data.dtype == np.uint32 and r.data.tolist() == [[0, 1], [2, 255]]
+    big = np.array([[0, 2**32], [5, 2**40 + 3]], np.int64)  # needs uint64
+    r = read_image(write_labels(tmp_path / "b.tif", big), lazy=False)
+    assert r.data.dtype == np.uint64 and r.data.tolist() == big.tolist()
+    whole = np.array([[0.0, 3.0], [70000.0, 1.0]])
+    r = read_image(write_labels(tmp_path / "c.tif", whole), lazy=False)
+    assert r.data.dtype == np.uint32 and r.data.tolist() == [[0, 3], [70000, 1]]
+    with pytest.raises(PanoptemError, match=">= 0"):
+        write_labels(tmp_path / "d.tif", np.array([[0, -1], [2, 3]], np.int32))
+    with pytest.raises(PanoptemError, match="whole numbers"):
+        write_labels(tmp_path / "e.tif", np.array([[0, 1.5], [2, 3]]))
+    assert not (tmp_path / "d.tif").exists() and not (tmp_path / "e.tif").exists()
+
+
+def test_tiff_voxel_from_imagej_and_ome_micrometres(tmp_path):
+    vol = np.zeros((3, 8, 8), np.uint8)
+    tifffile.imwrite(tmp_path / "ij.tif", vol, imagej=True, resolution=(1 / 0.004, 1 / 0.005),
+                     metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"})
+    assert read_image(tmp_path / "ij.tif").voxel_size == pytest.approx((30.0, 5.0, 4.0))
+    tifffile.imwrite(tmp_path / "o.ome.tif", vol, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.004, "PhysicalSizeY": 0.005,
+                               "PhysicalSizeZ": 3.0, "PhysicalSizeZUnit": "Å"})
+    assert read_image(tmp_path / "o.ome.tif").voxel_size == pytest.approx((0.3, 5.0, 4.0))
+    tifffile.imwrite(tmp_path / "plain.tif", vol, photometric="minisblack")
+    assert read_image(tmp_path / "plain.tif").voxel_size is None
+
+
+def test_tiff_singleton_axes_dropped_and_4d_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", np.ones((1, 6, 1, 7, 9), np.uint16), photometric="minisblack")
+    r = read_image(tmp_path / "s.tif")
+    assert r.data.shape == (6, 7, 9) and r.axes == "ZYX"
+    tifffile.imwrite(tmp_path / "4d.tif", np.zeros((2, 3, 8, 8), np.uint8), photometric="minisblack")
+    with pytest.raises(PanoptemError, match=r"\(2, 3, 8, 8\)"):
+        read_image(tmp_path / "4d.tif")
+
+
+def test_lazy_tiff_indexing_matches_eager(tmp_path):
+    vol = RNG.integers(0, 60000, (40, 64, 48), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "c.tif", vol, compression="zlib")
+    lazy = read_image(tmp_path / "c.tif").data
+    assert isinstance(lazy, StoreArray) and lazy.shape == vol.shape and lazy.dtype == vol.dtype
+    mask = np.zeros(40, bool)
+    mask[[3, 17]] = True
+    keys = [5, -1, slice(2, 30, 3), slice(None, None, -2), (Ellipsis, 5), (slice(None), 10),
+            [3, 1, 3], (5, [1, 2], 3), (0, slice(None), [4, 2]), mask, (slice(4, 4),),
+            (np.int64(7), slice(60, 10, -7), slice(1, None))]
+    for k in keys:
+        np.testing.assert_array_equal(lazy[k], vol[k], err_msg=str(k))
+    np.testing.assert_array_equal(np.asarray(lazy), vol)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(lazy))[11], vol[11])
+    with pytest.raises(IndexError):
+        lazy[40]
+    # uncompressed files are memory-mapped
+    tifffile.imwrite(tmp_path / "u.tif", vol)
+    mm = read_image(tmp_path / "u.tif").data
+    assert isinstance(mm, np.memmap)
+    np.testing.assert_array_equal(mm[7], vol[7])
+
+
+# ---- Zarr -------------------------------------------------------------------------------
+
+def test_zarr_labels_round_trip_with_ome_metadata(tmp_path):
+    lab = RNG.integers(0, 300000, (5, 40, 33)).astype(np.uint32)
+    out = write_labels(tmp_path / "lab.zarr", lab, voxel_size=(40.0, 6.0, 6.0))
+    r = read_image(out)
+    assert r.voxel_size == (40.0, 6.0, 6.0) and r.data.dtype == np.uint32
+    np.testing.assert_array_equal(np.asarray(r.data), lab)
+    g = zarr.open_group(str(out), mode="r")
+    ms = g.attrs["multiscales"][0]
+    assert [a["unit"] for a in ms["axes"]] == ["nanometer"] * 3
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [40.0, 6.0, 6.0]
+    assert "image-label" in g.attrs
+    assert _files(tmp_path) == ["lab.zarr"]  # no temp folder left
+
+
+def test_ome_zarr_5d_micrometre_and_group_keys(tmp_path):
+    g = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=2)
+    data = RNG.integers(0, 255, (1, 1, 4, 10, 12), dtype=np.uint8)
+    g.create_array("s0", data=data, chunks=(1, 1, 2, 10, 12))
+    g.create_array("s1", data=data[..., ::2, ::2], chunks=(1, 1, 2, 5, 6))
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + \
+        [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.05, 0.01, 0.01]}]},
+        {"path": "s1", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.05, 0.02, 0.02]}]}]}]
+    r = read_image(tmp_path / "img.zarr")
+    assert r.data.shape == (4, 10, 12) and r.voxel_size == pytest.approx((50.0, 10.0, 10.0))
+    np.testing.assert_array_equal(r.data[1], data[0, 0, 1])
+    r1 = read_image(tmp_path / "img.zarr", key="s1")
+    assert r1.data.shape == (4, 5, 6) and r1.voxel_size == pytest.approx((50.0, 20.0, 20.0))
+    # a plain group with two arrays needs a key
+    h = zarr.open_group(str(tmp_path / "two.zarr"), mode="w")
+    h.create_array("raw", data=np.zeros((3, 4, 5), np.uint8))
+    h.create_array("seg", data=np.ones((3, 4, 5), np.uint16))
+    with pytest.raises(PanoptemError, match="raw, seg"):
+        read_image(tmp_path / "two.zarr")
+    assert read_image(tmp_path / "two.zarr", key="seg", lazy=False).data.dtype == np.uint16
+
+
+# ---- MRC, HDF5 --------------------------------------------------------------------------
+
+def test_mrc_round_trip_angstrom_to_nm(tmp_path):
+    vol = RNG.integers(-100, 100, (6, 20, 24), dtype=np.int16)
+    with mrcfile.new(tmp_path / "t.mrc") as m:
+        m.set_data(vol)
+        m.voxel_size = (4.0, 5.0, 30.0)  # x, y, z in Å
+    r = read_image(tmp_path / "t.mrc")
+    assert isinstance(r.data, np.memmap) and r.voxel_size == pytest.approx((3.0, 0.5, 0.4))
+    np.testing.assert_array_equal(r.data, vol)
+    with mrcfile.new(tmp_path / "2d.rec") as m:
+        m.set_data(vol[0].astype(np.float32))
+        m.voxel_size = 10.0
+    r = read_image(tmp_path / "2d.rec", lazy=False)
+    assert r.data.shape == (20, 24) and r.voxel_size == pytest.approx((1.0, 1.0))
+
+
+def test_hdf5_key_auto_key_and_voxel_attrs(tmp_path):
+    vol = RNG.integers(0, 1000, (4, 9, 11), dtype=np.uint16)
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        d = f.create_dataset("volumes/raw", data=vol)
+        d.attrs["element_size_um"] = [0.03, 0.005, 0.005]
+    r = read_image(tmp_path / "one.h5")
+    assert isinstance(r.data, StoreArray) and r.voxel_size == pytest.approx((30.0, 5.0, 5.0))
+    np.testing.assert_array_equal(r.data[2:4, ::-1], vol[2:4, ::-1])
+    with h5py.File(tmp_path / "two.hdf5", "w") as f:
+        f["raw"] = vol
+        f["labels"] = vol.astype(np.uint32)
+        f["labels"].attrs["resolution"] = [40, 4, 4]
+    with pytest.raises(PanoptemError, match="labels, raw"):
+        read_image(tmp_path / "two.hdf5")
+    with pytest.raises(PanoptemError, match="no dataset 'nope'"):
+        read_image(tmp_path / "two.hdf5", key="nope")
+    r = read_image(tmp_path / "two.hdf5", key="labels", lazy=False)
+    assert r.data.dtype == np.uint32 and r.voxel_size == (40.0, 4.0, 4.0)
+    np.testing.assert_array_equal(r.data, vol)
+
+
+# ---- PNG and folders --------------------------------------------------------------------
+
+def test_png_grey_and_rgb(tmp_path):
+    import imageio.v3 as iio
+    grey = RNG.integers(0, 255, (12, 14), dtype=np.uint8)
+    iio.imwrite(tmp_path / "g.png", grey)
+    np.testing.assert_array_equal(read_image(tmp_path / "g.png").data, grey)
+    iio.imwrite(tmp_path / "same.png", np.stack([grey] * 3, -1))  # equal channels: exact
+    np.testing.assert_array_equal(read_image(tmp_path / "same.png").data, grey)
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    rgb[1, 1] = (0, 0, 200)
+    iio.imwrite(tmp_path / "c.png", rgb)
+    r = read_image(tmp_path / "c.png").data
+    assert r.dtype == np.uint8 and r.tolist() == [[54, 0], [0, 14]]  # 0.2125*255, 0.0721*200
+
+
+def test_folder_of_pngs_natural_order_lazy(tmp_path):
+    import imageio.v3 as iio
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for i in (10, 2, 1, 33):
+        iio.imwrite(folder / f"img{i}.png", np.full((5, 7), i, np.uint8))
+    (folder / "notes.txt").write_text("ignored")
+    r = read_image(folder)
+    assert isinstance(r.data, ImageStack) and r.data.shape == (4, 5, 7) and r.axes == "ZYX"
+    assert [int(r.data[z, 0, 0]) for z in range(4)] == [1, 2, 10, 33]
+    np.testing.assert_array_equal(r.data[1:3, 2], np.array([[2] * 7, [10] * 7], np.uint8))
+    eager = read_image(folder, lazy=False).data
+    assert isinstance(eager, np.ndarray) and eager[:, 0, 0].tolist() == [1, 2, 10, 33]
+    iio.imwrite(folder / "img40.png", np.zeros((6, 7), np.uint8))
+    with pytest.raises(PanoptemError, match="img40.png"):
+        read_image(folder)
+
+
+# ---- streaming, atomicity, protection -----------------------------------------------------
+
+def test_streaming_tiff_writer_in_order(tmp_path):
+    vol = RNG.integers(0, 2**20, (7, 16, 12)).astype(np.uint32)
+    with open_label_writer(tmp_path / "s.tif", vol.shape, np.uint32, voxel_size=(3, 2, 1)) as w:
+        w[0:3] = vol[0:3]
+        w[3] = vol[3]
+        w[4:7] = vol[4:7]
+        assert _files(tmp_path)[0].startswith(".s.tif.")  # only a temp file while writing
+    r = read_image(tmp_path / "s.tif")
+    np.testing.assert_array_equal(np.asarray(r.data), vol)
+    assert r.voxel_size == (3.0, 2.0, 1.0) and _files(tmp_path) == ["s.tif"]
+    with pytest.raises(PanoptemError, match="slice order"):
+        with open_label_writer(tmp_path / "o.tif", vol.shape, np.uint32) as w:
+            w[2:4] = vol[2:4]
+    with pytest.raises(PanoptemError, match="Only 3 of 7"):
+        with open_label_writer(tmp_path / "o.tif", vol.shape, np.uint32) as w:
+            w[0:3] = vol[0:3]
+    with pytest.raises(PanoptemError, match="do not fit in uint16"):
+        with open_label_writer(tmp_path / "o.tif", vol.shape, np.uint16) as w:
+            w[0:3] = vol[0:3]
+    assert _files(tmp_path) == ["s.tif"]
+
+
+def test_streaming_zarr_writer_any_order(tmp_path):
+    vol = RNG.integers(1, 2**31, (23, 9, 10)).astype(np.uint32)
+    order = [(20, 23), (0, 2), (5, 6), (2, 5), (12, 20), (8, 12), (6, 8)]
+    with open_label_writer(tmp_path / "s.zarr", vol.shape, np.uint32, chunks=(4, 5, 5)) as w:
+        for z0, z1 in order:
+            w[z0:z1] = vol[z0:z1]
+        w[7, 1:3, 2] = 5  # partial write
+    vol[7, 1:3, 2] = 5
+    r = read_image(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(np.asarray(r.data), vol)
+    assert r.voxel_size is None and _files(tmp_path) == ["s.zarr"]
+    # many partially filled chunk rows at once: buffered rows are flushed as they are
+    with open_label_writer(tmp_path / "p.zarr", vol.shape, np.uint32, chunks=(4, 9, 10)) as w:
+        for z in list(range(0, 23, 2)) + list(range(1, 23, 2)):
+            w[z] = vol[z]
+    np.testing.assert_array_equal(read_image(tmp_path / "p.zarr", lazy=False).data, vol)
+
+
+@pytest.mark.parametrize("name", ["x.tif", "x.zarr"])
+def test_exception_inside_writer_leaves_no_file(tmp_path, name):
+    with pytest.raises(RuntimeError):
+        with open_label_writer(tmp_path / name, (4, 8, 8), np.uint32) as w:
+            w[0:2] = np.ones((2, 8, 8), np.uint32)
+            raise RuntimeError("crash")
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["y.tif", "y.zarr"])
+def test_overwrite_refused_unless_asked_and_inputs_always(tmp_path, name):
+    a = np.ones((6, 6), np.uint8)
+    out = write_labels(tmp_path / name, a)
+    with pytest.raises(PanoptemError, match="overwrite=True"):
+        write_labels(tmp_path / name, a * 2)
+    write_labels(tmp_path / name, a * 2, overwrite=True)
+    assert read_image(out, lazy=False).data.max() == 2
+    assert _files(tmp_path) == [name]
+    rel = os.path.relpath(out)
+    with pytest.raises(PanoptemError, match="input"):
+        write_labels(out, a, overwrite=True, inputs=[rel])
+    if name.endswith(".zarr"):  # nothing inside an input store either
+        with pytest.raises(PanoptemError, match="input"):
+            write_labels(out / "labels.zarr", a, inputs=[out])
+    os.symlink(out, tmp_path / ("link" + out.suffix))
+    with pytest.raises(PanoptemError, match="input"):
+        write_labels(tmp_path / ("link" + out.suffix), a, overwrite=True, inputs=[out])
+    assert read_image(out, lazy=False).data.max() == 2
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+def test_read_errors_say_what_to_do(tmp_path):
+    with pytest.raises(PanoptemError, match="No file or folder"):
+        read_image(tmp_path / "missing.tif")
+    (tmp_path / "a.xyz").write_bytes(b"x")
+    with pytest.raises(PanoptemError, match=r"unsupported extension '\.xyz'.*\.tif.*\.zarr"):
+        read_image(tmp_path / "a.xyz")
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff at all" * 10)
+    with pytest.raises(PanoptemError, match="Could not read"):
+        read_image(tmp_path / "bad.tif")
+    with pytest.raises(PanoptemError, match="unsupported extension"):
+        write_labels(tmp_path / "o.png", np.ones((3, 3), np.uint8))
+    with pytest.raises(PanoptemError, match="2D .* or 3D"):
+        write_labels(tmp_path / "o.tif", np.ones((2, 2, 3, 3), np.uint8))
+    with mrcfile.new(tmp_path / "t.mrc") as m:
+        m.set_data(np.zeros((4, 8, 8), np.int8))
+    with open(tmp_path / "t.mrc", "r+b") as f:
+        f.truncate(1024 + 100)
+    with pytest.raises(PanoptemError, match="truncated"):
+        read_image(tmp_path / "t.mrc")
+
+
+@pytest.mark.slow
+def test_lucchi_lazy(lucchi):
+    path = lucchi / "training_image.tif"
+    img = read_image(path)
+    assert img.data.shape == (165, 768, 1024) and img.data.dtype == np.uint8 and img.axes == "ZYX"
+    assert img.voxel_size is None  # the file records no voxel size (5 nm per SOURCE.md)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[100].asarray()
+    np.testing.assert_array_equal(img.data[100], page)
+    np.testing.assert_array_equal(img.data[98:101:2, 5], np.stack([tifffile.imread(path, key=98)[5], page[5]]))
