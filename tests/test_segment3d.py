@@ -109,3 +109,17 @@ def test_write_result_single_class_and_stacks(tmp_path):
 def test_2d_input_is_refused():
     with pytest.raises(PanoptemError, match="ZYX"):
         segment_3d(np.zeros((64, 64), np.uint8), dark_blob_model())
+
+
+@pytest.mark.parametrize("plane,ext", [("xy", ".tif"), ("yz", ".zarr")])
+def test_streamed_output_equals_in_memory(tmp_path, plane, ext):
+    vol, truth = phantom()
+    mem = segment_3d(vol, dark_blob_model(), inference_plane=plane, **P)
+    out = tmp_path / f"labels{ext}"
+    st = segment_3d(vol, dark_blob_model(), inference_plane=plane, output=out, voxel_size=(5.0, 5.0, 5.0), **P)
+    assert st.streamed and out.exists()
+    assert (np.asarray(st.labels["mitochondria"][:]) == mem.labels["mitochondria"]).all()
+    assert st.objects == mem.objects
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no work files left behind
+    with pytest.raises(PanoptemError, match="exists"):
+        segment_3d(vol, dark_blob_model(), output=out, **P)

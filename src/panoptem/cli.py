@@ -134,10 +134,16 @@ def segment3d_cmd(
     img = _input(input)
     if ortho:
         params.orthoplane = True
+    inputs = [img.path] if img.path else []
     res = segment_3d(img.data, model, device=device, batch_size=batch_size, progress=True,
-                     voxel_size=img.voxel_size, cache_dir=cache_dir, **params.model_dump())
-    paths = write_result(res, output, voxel_size=img.voxel_size, overwrite=overwrite,
-                         inputs=[img.path] if img.path else [])
+                     voxel_size=img.voxel_size, cache_dir=cache_dir, output=output, overwrite=overwrite,
+                     inputs=inputs, **params.model_dump())
+    if res.streamed:
+        name, vol = next(iter(res.labels.items()))
+        paths = [{"output": str(output), "class": name, "objects": res.objects[name], "shape": list(vol.shape),
+                  "dtype": str(vol.dtype)}]
+    else:
+        paths = write_result(res, output, voxel_size=img.voxel_size, overwrite=overwrite, inputs=inputs)
     for p in paths:
         typer.echo(json.dumps(p))
 

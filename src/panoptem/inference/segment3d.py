@@ -36,6 +36,8 @@ class Result3D:
     stacks: dict[str, np.ndarray] = field(default_factory=dict)
     objects: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: True when the labels were streamed to the ``output`` file (and are read from it lazily)
+    streamed: bool = False
 
 
 def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
@@ -69,7 +71,7 @@ def _fingerprint(volume) -> str:
 def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               intensity=None, progress: bool = False, extra_probability=None,
               probability_sink=None, timings: dict | None = None, cache_dir=None,
-              callback=None) -> np.ndarray:
+              callback=None, work_dir=None, output=None) -> np.ndarray:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
 
@@ -81,6 +83,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     already there are not recomputed, so an interrupted run resumes.
     ``callback(plane, done, total)``: called after every batch; returning
     False stops the run with :class:`Cancelled`.
+    ``work_dir`` + ``output``: stream instead of holding the volume: linked
+    provisional ids go to a Zarr array in ``work_dir`` and the final labels
+    are written block by block to ``output`` (an open label writer); then
+    memory grows with the slice size, not the depth, and None is returned.
     """
     import time
     card = predictor.card
@@ -112,7 +118,12 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                                   label_divisor=params.label_divisor, out_shape=shape,
                                   stride=card.output_stride)
             prov = linker.add(lab)
-            if provisional is None:
+            if provisional is None and work_dir is not None:
+                import zarr
+                provisional = zarr.open_array(str(Path(work_dir) / f"provisional_{plane}.zarr"), mode="w",
+                                              shape=(n, *shape), chunks=(1, min(32, shape[0]), shape[1]),
+                                              dtype="uint64", fill_value=0)
+            elif provisional is None:
                 provisional = np.zeros((n, *shape), prov.dtype)
             elif prov.dtype.itemsize > provisional.dtype.itemsize:
                 provisional = provisional.astype(prov.dtype)
@@ -176,9 +187,36 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     res = linker.finish(min_size=params.min_size, min_extent=params.min_extent)
     mapping = np.asarray(res.mapping)
     from .decode import label_dtype
-    labels = _remap(provisional, mapping, label_dtype(int(mapping.max()) if mapping.size else 0))
+    dt = label_dtype(int(mapping.max()) if mapping.size else 0)
+    if output is not None:
+        _remap_to_writer(provisional, mapping, axis, output, volume.shape)
+        tm["decode_link_s"] += time.perf_counter() - t
+        return None
+    labels = _remap(provisional, mapping, dt)
     tm["decode_link_s"] += time.perf_counter() - t
     return np.moveaxis(labels, 0, axis)
+
+
+def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_shape, block: int = 32) -> None:
+    """Write final labels in Z blocks: read the provisional stack (stored in
+    stack order) for those Z, map ids, put the block in ZYX order."""
+    nz = zyx_shape[0]
+    for z0 in range(0, nz, block):
+        z1 = min(z0 + block, nz)
+        if axis == 0:
+            prov = np.asarray(provisional[z0:z1])
+        else:  # stack order (n, Z, other): Z is axis 1 of the store
+            prov = np.moveaxis(np.asarray(provisional[:, z0:z1]), 0, axis)
+        writer[z0:z1] = mapping[prov.astype(np.int64)]
+
+
+def _count_ids(labels, block: int = 32) -> int:
+    """Number of distinct non-zero ids of a (lazy) volume, read in Z blocks."""
+    ids = set()
+    for z0 in range(0, labels.shape[0], block):
+        u = np.unique(np.asarray(labels[z0:z0 + block]))
+        ids.update(u[u > 0].tolist())
+    return len(ids)
 
 
 def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tuple[dict, dict]:
@@ -204,7 +242,7 @@ def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tupl
 
 def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "auto",
                batch_size: int = 4, progress: bool = False, voxel_size=None, cache_dir=None,
-               callback=None, **params) -> Result3D:
+               callback=None, output=None, overwrite: bool = False, inputs=(), **params) -> Result3D:
     """Panoptic 3D segmentation of a ZYX volume.
 
     Parameters
@@ -219,6 +257,10 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     cache_dir : folder for network outputs; re-running with the same folder
         resumes an interrupted run and re-decodes a finished one without the network.
     callback : ``callback(plane, done, total)`` after every batch; return False to cancel.
+    output : path (.tif or .zarr): stream the labels of a single-class,
+        one-plane run there without holding the volume in memory; the
+        result's ``labels`` then holds the written array opened lazily. Other
+        runs (ortho-plane, several classes) are computed in memory, then written.
 
     Returns
     -------
@@ -245,6 +287,25 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     stacks: dict[str, np.ndarray] = {}
+    card = predictor.card
+    if output is not None and not p.orthoplane and card.num_classes == 1 and not p.return_panoptic:
+        import shutil
+        import tempfile
+        from ..io import open_label_writer, read_image
+        out = Path(output)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+        try:
+            with open_label_writer(out, volume.shape, np.uint32, voxel_size=voxel_size,
+                                   overwrite=overwrite, inputs=inputs) as w:
+                run_stack(volume, predictor, p, p.inference_plane, intensity, progress, timings=timings,
+                          cache_dir=cache_dir, callback=callback, work_dir=work, output=w)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        written = read_image(out).data
+        timings["total_s"] = time.perf_counter() - t0
+        name = card.classes[0].name
+        n_obj = _count_ids(written)
+        return Result3D({name: written}, written, {}, {name: n_obj}, timings, streamed=True)
     if not p.orthoplane:
         panoptic = run_stack(volume, predictor, p, p.inference_plane, intensity, progress, timings=timings,
                              cache_dir=cache_dir, callback=callback)

@@ -1,0 +1,195 @@
+"""Ortho-plane consensus: one label volume from the xy, xz and yz stacks.
+
+Rule ("one-to-one groups, then voxel vote"):
+
+1. Objects of the stacks are grouped per thing class so that a group holds
+   at most one object of each stack. Stacks are taken in turn: every object
+   of the next stack joins the existing group it matches best, one to one,
+   greedily by the mean IoU with the group's members (a member that does not
+   overlap counts 0), when that mean is >= ``match_iou``; otherwise it starts
+   a group. Neighbouring objects are never merged because their groups touch
+   (the reference's greedy cluster merge does that, §2.8): an object that one
+   stack under-segmented joins the group it matches best, and the voxels it
+   wrongly covers get too few votes there.
+2. Within a group, a voxel is kept when at least ``pixel_vote_thr`` members
+   cover it (1: union, 2: majority, 3: intersection of three). Groups with a
+   single member survive only with ``allow_one_view`` and then need 1 vote.
+3. A voxel kept by two groups goes to the one with more votes there, ties to
+   the group with more member voxels, then to the earlier group.
+4. Objects smaller than ``min_size`` voxels or thinner than ``min_extent``
+   along any axis are removed; the rest are numbered ``class * divisor +
+   1..N`` per class (1..N without a divisor). Semantic ("stuff") classes
+   ``class * divisor`` are a plain vote of ``pixel_vote_thr`` stacks, painted
+   where no object is.
+
+Memory and time: everything is vectorised over voxels; the label volumes and
+one int32 copy per stack are held in memory, the overlap tables and votes are
+computed in chunks of ``chunk`` planes along axis 0. The cost is linear in the
+number of voxels plus the (sparse) number of overlapping object pairs; there
+is no loop over pairs of objects.
+"""
+from __future__ import annotations
+
+import fastremap
+import numpy as np
+
+from ..errors import PanoptemError
+from .stack import _dtype_for, _keep_mask, _rank_within, compact, greedy_match, object_stats, overlap_table
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray, na: int, nb: int, chunk: int):
+    """:func:`overlap_table` of two volumes, accumulated over chunks of planes."""
+    parts = [overlap_table(a[i:i + chunk], b[i:i + chunk], na, nb) for i in range(0, a.shape[0], chunk)]
+    ia = np.concatenate([p[0] for p in parts])
+    ib = np.concatenate([p[1] for p in parts])
+    c = np.concatenate([p[2] for p in parts])
+    if len(parts) == 1 or ia.size == 0:
+        return ia, ib, c
+    u, inv = np.unique(ia * (nb + 1) + ib, return_inverse=True)
+    return u // (nb + 1), u % (nb + 1), np.bincount(inv, weights=c).astype(np.int64)
+
+
+def _group(stacks: list[dict], match_iou: float, chunk: int) -> tuple[np.ndarray, int]:
+    """Group id (0-based, -1 = none) of every node; stacks hold their nodes at ``offset``."""
+    n = sum(s["k"] for s in stacks)
+    cls = np.concatenate([s["cls"] for s in stacks])
+    thing = np.concatenate([s["thing"] for s in stacks])
+    size = np.concatenate([s["size"] for s in stacks])
+    group = np.full(n, -1, np.int64)
+    s0 = stacks[0]
+    t0 = np.flatnonzero(thing[: s0["k"]])
+    group[t0] = np.arange(t0.size)
+    n_groups = t0.size
+    members = np.ones(n_groups, np.int64)
+    edges_i, edges_j, edges_iou = [], [], []
+    for t in range(1, len(stacks)):
+        st = stacks[t]
+        for s in stacks[:t]:  # overlaps of stack t with every earlier stack
+            ia, ib, inter = _overlaps(s["local"], st["local"], s["k"], st["k"], chunk)
+            gi, gj = ia - 1 + s["offset"], ib - 1 + st["offset"]
+            ok = (cls[gi] == cls[gj]) & thing[gi] & thing[gj]
+            gi, gj, inter = gi[ok], gj[ok], inter[ok]
+            edges_i.append(gi)
+            edges_j.append(gj)
+            edges_iou.append(inter / (size[gi] + size[gj] - inter))
+        gi = np.concatenate(edges_i[-t:])
+        gj = np.concatenate(edges_j[-t:])
+        iou = np.concatenate(edges_iou[-t:])
+        g = group[gi]
+        ok = g >= 0
+        g, gj, iou = g[ok], gj[ok], iou[ok]
+        # mean IoU of object j with the members of group g
+        code, inv = np.unique(g * n + gj, return_inverse=True)
+        score = np.bincount(inv, weights=iou) / members[code // n]
+        cg, cj = code // n, code % n
+        keep = score >= match_iou
+        cg, cj, score = cg[keep], cj[keep], score[keep]
+        sel = greedy_match(cg, cj, score)
+        group[cj[sel]] = cg[sel]
+        members[cg[sel]] += 1
+        new = np.arange(st["offset"], st["offset"] + st["k"])
+        new = new[thing[new] & (group[new] < 0)]
+        group[new] = n_groups + np.arange(new.size)
+        n_groups += new.size
+        members = np.concatenate([members, np.ones(new.size, np.int64)])
+    return group, n_groups
+
+
+def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_thr: int = 2,
+                         allow_one_view: bool = False, min_size: int = 500, min_extent: int = 5,
+                         match_iou: float = 0.25, chunk: int = 16) -> np.ndarray:
+    """Consensus labels of the xy, xz and yz stacks of one volume.
+
+    Parameters
+    ----------
+    volumes : list of label volumes (Z, Y, X), all in ZYX orientation (usually
+        three: xy, xz, yz), ids ``class * label_divisor + n``.
+    label_divisor : "Max objects per class"; None/0 when ids are 1..N.
+    pixel_vote_thr : votes (stacks) a voxel needs inside a group, 1..len(volumes).
+    allow_one_view : keep objects found in a single stack ("Permit detections
+        found in 1 stack").
+    min_size, min_extent : filters in voxels (see :func:`.stack.filter_objects`).
+    match_iou : least mean IoU for an object to join a group of other stacks.
+    chunk : planes per chunk for overlaps and votes (memory).
+
+    Returns
+    -------
+    (Z, Y, X) uint32 (uint64 if needed) labels, see the module docstring for the rule.
+
+    Examples
+    --------
+    >>> v = np.zeros((4, 4, 4), np.uint32); v[1:3, 1:3, 1:3] = 10007
+    >>> out = orthoplane_consensus([v, v, v], min_size=0, min_extent=0)
+    >>> int(out.max()), int((out > 0).sum())
+    (10001, 8)
+    """
+    vols = [np.asarray(v) for v in volumes]
+    if not vols or any(v.ndim != 3 for v in vols) or any(v.shape != vols[0].shape for v in vols):
+        raise PanoptemError("Consensus needs label volumes of one (Z, Y, X) shape, one per stack; got shapes "
+                            f"{[v.shape for v in vols]}.")
+    n_views = len(vols)
+    if int(pixel_vote_thr) != pixel_vote_thr or not 1 <= pixel_vote_thr <= n_views:
+        raise PanoptemError(f"Voxel Vote Thr must be a whole number from 1 to {n_views}, got {pixel_vote_thr}.")
+    div = int(label_divisor or 0)
+    stacks, offset = [], 0
+    for v in vols:
+        local, ids, size = compact(v, return_counts=True)
+        ids = ids.astype(np.int64)
+        k = int(ids.size)
+        stacks.append({"local": local, "k": k, "offset": offset, "ids": ids,
+                       "cls": ids // div if div else np.zeros(k, np.int64),
+                       "thing": ids % div != 0 if div else np.ones(k, bool),
+                       "size": size})
+        offset += k
+    group, n_groups = _group(stacks, float(match_iou), chunk)
+    node_cls = np.concatenate([s["cls"] for s in stacks])
+    node_size = np.concatenate([s["size"] for s in stacks])
+    g_ok = group >= 0
+    members = np.bincount(group[g_ok], minlength=n_groups)
+    g_size = np.bincount(group[g_ok], weights=node_size[g_ok], minlength=n_groups)
+    g_cls = np.zeros(n_groups, np.int64)
+    g_cls[group[g_ok]] = node_cls[g_ok]
+    # per group (1-based, index 0 = none): votes needed (never reached when dropped), tie priority
+    alive = (members >= 2) | (bool(allow_one_view) & (members == 1))
+    need = np.r_[n_views + 1, np.where(alive, np.where(members == 1, 1, int(pixel_vote_thr)), n_views + 1)]
+    order = np.lexsort((np.arange(n_groups), -g_size))
+    prio = np.zeros(n_groups + 1, np.int64)
+    prio[order + 1] = n_groups - np.arange(n_groups)
+    luts = [np.r_[0, group[s["offset"]:s["offset"] + s["k"]] + 1].astype(np.int32) for s in stacks]
+
+    out = np.zeros(vols[0].shape, np.int32)
+    for z0 in range(0, out.shape[0], chunk):
+        gs = [lut[s["local"][z0:z0 + chunk]].ravel() for lut, s in zip(luts, stacks)]
+        fg = np.flatnonzero(np.bitwise_or.reduce(gs)) if len(gs) > 1 else np.flatnonzero(gs[0])
+        g = np.stack([x[fg] for x in gs])  # (views, foreground voxels)
+        best = np.full(fg.size, -1, np.int64)
+        win = np.zeros(fg.size, np.int32)
+        for cand in g:
+            votes = (g == cand).sum(axis=0)
+            key = np.where(votes >= need[cand], votes * (n_groups + 1) + prio[cand], -1)
+            better = key > best
+            best[better] = key[better]
+            win[better] = cand[better]
+        out[z0:z0 + chunk].reshape(-1)[fg] = win
+    del stacks, luts
+
+    ids, voxels, bbox = object_stats(out)
+    keep = _keep_mask(voxels, bbox, out.shape, min_size, min_extent)
+    rank = _rank_within(g_cls[ids - 1], keep)
+    if div and keep.any() and rank.max() >= div:
+        raise PanoptemError(f"More than {div - 1} objects of one class; raise Max objects per class (label_divisor).")
+    final = np.where(keep, g_cls[ids - 1] * div + rank if div else rank, 0)
+    lut = np.zeros(n_groups + 1, np.int64)
+    lut[ids] = final
+    labels = lut.astype(_dtype_for(int(lut.max(initial=0))))[out]
+    if div:
+        _stuff_vote(labels, vols, div, int(pixel_vote_thr))
+    return labels
+
+
+def _stuff_vote(labels: np.ndarray, vols: list[np.ndarray], div: int, thr: int) -> None:
+    """Paint semantic segments ``class * div`` kept by ``thr`` stacks where no object is."""
+    ids = np.unique(np.concatenate([np.asarray(fastremap.unique(v), np.int64) for v in vols]))
+    for sid in ids[(ids > 0) & (ids % div == 0)]:  # a handful of semantic classes
+        votes = sum((v == sid).astype(np.uint8) for v in vols)
+        labels[(votes >= thr) & (labels == 0)] = sid

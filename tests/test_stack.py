@@ -1,0 +1,299 @@
+"""Running median and 3D linking of 2D panoptic slices, on hand-built stacks."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from panoptem.errors import PanoptemError
+from panoptem.inference.stack import (RunningMedian, SliceLinker, filter_objects, greedy_match, link_stack,
+                                      object_stats, overlap_table, relabel_sequential_per_class)
+
+DIV = 10000
+YY, XX = np.mgrid[:48, :48]
+
+
+def disk(cy, cx, r):
+    return (YY - cy) ** 2 + (XX - cx) ** 2 <= r * r
+
+
+def label_slices(masks, cls=1, seed=0):
+    """2D panoptic slices from boolean masks: 4-connected pieces get ids
+    ``cls * DIV + n`` with n random per slice (ids change every slice)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(masks), *masks[0].shape), np.uint32)
+    for z, m in enumerate(masks):
+        lab, k = ndimage.label(m)
+        ids = rng.choice(np.arange(1, 900), size=k, replace=False) + cls * DIV
+        out[z] = np.r_[0, ids][lab]
+    return out
+
+
+def n_objects(labels):
+    return len(np.unique(labels)) - 1
+
+
+# ---------------------------------------------------------------- running median
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
+def test_running_median_equals_numpy_median_with_shrunken_edges(size):
+    rng = np.random.default_rng(size)
+    stack = rng.random((9, 2, 4, 5)).astype(np.float32)
+    rm = RunningMedian(size)
+    out, held = [], []
+    for item in stack:
+        out += rm.push(item)
+        held.append(rm.held)
+    out += rm.flush()
+    r = size // 2
+    assert [i for i, _ in out] == list(range(9))
+    for i, f in out:
+        expect = np.median(stack[max(0, i - r): i + r + 1], axis=0)
+        assert f.dtype == np.float32
+        np.testing.assert_allclose(f, expect, rtol=0, atol=1e-7)
+    assert max(held) <= size
+
+
+def test_running_median_memory_and_extras():
+    rm = RunningMedian(5)
+    stack = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    got, peak = [], 0
+    for i, item in enumerate(stack):
+        got += rm.push(item, extra=("hm", i))
+        peak = max(peak, rm.held)
+        if i >= 4:
+            assert rm.held == 4  # raw slices i-3..i after emitting slice i-2
+    got += rm.flush()
+    assert peak == 4 and rm.held == 0
+    assert [(i, e) for i, _, e in got] == [(i, ("hm", i)) for i in range(7)]
+    # slice 0 uses raw slices 0..2, slice 1 uses 0..3 (even: mean of the two middle values)
+    np.testing.assert_array_equal(got[0][1], stack[1])
+    np.testing.assert_array_equal(got[1][1], (stack[1] + stack[2]) / 2)
+
+
+def test_running_median_short_stack_and_bad_size():
+    rm = RunningMedian(7)
+    a, b = np.zeros(2, np.float32), np.ones(2, np.float32)
+    assert rm.push(a) == [] and rm.push(b) == []
+    out = rm.flush()
+    assert [i for i, _ in out] == [0, 1]
+    np.testing.assert_array_equal(out[0][1], [0.5, 0.5])
+    for bad in (0, 2, 13, 4):
+        with pytest.raises(PanoptemError):
+            RunningMedian(bad)
+
+
+# ---------------------------------------------------------------- linking
+
+def test_tube_with_new_ids_every_slice_is_one_object():
+    masks = [disk(20 + z * 0.5, 20, 5) for z in range(20)]
+    stack = label_slices(masks)
+    assert n_objects(stack) == 20
+    labels, res = link_stack(stack, min_size=0, min_extent=0)
+    assert labels.dtype == np.uint32
+    np.testing.assert_array_equal(labels, np.array(masks) * (DIV + 1))
+    assert res.n_objects == 1 and res.ids.tolist() == [DIV + 1] and res.classes.tolist() == [1]
+    assert res.voxels.tolist() == [int(np.sum(masks))]
+    ys = np.nonzero(np.array(masks))[1]
+    assert res.bbox.tolist() == [[0, ys.min(), 15, 20, ys.max() + 1, 26]]
+
+
+def test_touching_parallel_tubes_stay_two_objects():
+    rng = np.random.default_rng(1)
+    stack = np.zeros((20, 48, 48), np.uint32)
+    left = np.zeros(stack.shape, bool)
+    for z in range(20):
+        b = 20 + (z % 3) - 1  # the shared border wiggles
+        left[z, 10:30, 8:b] = True
+        ids = rng.choice(np.arange(1, 900), 2, replace=False) + DIV
+        stack[z, 10:30, 8:b] = ids[0]
+        stack[z, 10:30, b:32] = ids[1]
+    labels, res = link_stack(stack, min_size=0, min_extent=0)
+    assert res.n_objects == 2
+    assert len(np.unique(labels[left])) == 1 and len(np.unique(labels[(stack > 0) & ~left])) == 1
+    assert labels[left][0] != labels[(stack > 0) & ~left][0]
+
+
+def y_branch():
+    masks = []
+    for z in range(20):
+        if z < 10:
+            masks.append(disk(24, 24, 5))
+        else:
+            d = 2 + 1.5 * (z - 10)
+            masks.append(disk(24, 24 - d, 4) | disk(24, 24 + d, 4))
+    return masks
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_y_branch_is_one_object(reverse):
+    masks = y_branch()[::-1] if reverse else y_branch()
+    stack = label_slices(masks, seed=2)
+    assert max(n_objects(s) for s in stack) == 2  # the branches are separate 2D objects
+    labels, res = link_stack(stack, min_size=0, min_extent=0)
+    assert res.n_objects == 1
+    np.testing.assert_array_equal(labels > 0, np.array(masks))
+
+
+def test_fragment_join_of_a_2d_oversplit():
+    masks = [disk(24, 24, 6) for _ in range(12)]
+    stack = label_slices(masks)
+    stack[6][(stack[6] > 0) & (XX > 26)] = DIV + 950  # one slice split in two pieces
+    assert n_objects(stack[6]) == 2
+    labels, res = link_stack(stack, min_size=0, min_extent=0)
+    assert res.n_objects == 1
+    np.testing.assert_array_equal(labels, np.array(masks) * (DIV + 1))
+
+
+def test_split_guard_keeps_a_bulging_neighbour_separate():
+    # A ends at slice 9; its neighbour B then bulges into 40 % of A's footprint
+    stack = np.zeros((20, 32, 32), np.uint32)
+    stack[:10, 10:20, 4:14] = DIV + 1
+    stack[:10, 10:20, 14:24] = DIV + 2
+    stack[10:, 10:20, 10:24] = DIV + 3
+    _, res = link_stack(stack, min_size=0, min_extent=0)
+    assert res.n_objects == 2
+    assert sorted(res.voxels.tolist()) == [1000, 1000 + 1400]
+    # the plain reference rule (IoA >= 0.25 joins) would merge them: the guard matters
+    _, res = link_stack(stack, min_size=0, min_extent=0, split_ioa=0.25)
+    assert res.n_objects == 1
+
+
+def test_x_repair_one_slice_2d_merge_of_touching_tubes():
+    stack = np.zeros((20, 32, 32), np.uint32)
+    stack[:, 8:20, 4:12] = DIV + 1
+    stack[:, 8:20, 12:20] = DIV + 2
+    stack[10, 8:20, 4:20] = DIV + 5  # 2D decoding merged the two in one slice
+    labels, res = link_stack(stack, min_size=0, min_extent=0)
+    assert res.n_objects == 2
+    left, right = labels[:, 10, 6], labels[:, 10, 16]
+    assert len(set(left.tolist())) == 1
+    assert set(right[np.arange(20) != 10].tolist()) == {right[0]} and right[0] != left[0]
+
+
+@pytest.mark.parametrize("bridge, expect", [(0, 2), (1, 1)])
+def test_bridge_gaps(bridge, expect):
+    masks = [disk(20, 20, 5) for _ in range(15)]
+    masks[7] = np.zeros_like(masks[7])  # missed in one slice
+    stack = label_slices(masks)
+    labels, res = link_stack(stack, bridge_gaps=bridge, min_size=0, min_extent=0)
+    assert res.n_objects == expect
+    assert n_objects(labels) == expect
+    if expect == 2:
+        assert labels[6, 20, 20] == DIV + 1 and labels[8, 20, 20] == DIV + 2
+
+
+def test_bridge_gaps_not_across_two_missing_slices():
+    masks = [disk(20, 20, 5) for _ in range(15)]
+    masks[6] = masks[7] = np.zeros_like(masks[7])
+    _, res = link_stack(label_slices(masks), bridge_gaps=1, min_size=0, min_extent=0)
+    assert res.n_objects == 2
+
+
+def test_different_classes_never_link():
+    masks = [disk(20, 20, 6) for _ in range(10)]
+    stack = np.concatenate([label_slices(masks[:5], cls=1), label_slices(masks[5:], cls=2)])
+    labels, res = link_stack(stack, min_size=0, min_extent=0)
+    assert res.n_objects == 2
+    assert sorted(np.unique(labels).tolist()) == [0, DIV + 1, 2 * DIV + 1]
+    assert res.classes.tolist() == [1, 2]
+    lk = SliceLinker()
+    prov = [lk.add(s) for s in stack]
+    assert lk.provisional_classes[prov[4][20, 20]] == 1 and lk.provisional_classes[prov[5][20, 20]] == 2
+
+
+def test_ids_per_class_and_without_divisor():
+    stack = np.zeros((6, 30, 30), np.uint32)
+    stack[:, 2:8, 2:8] = 2 * DIV + 7      # class 2, first
+    stack[:, 2:8, 20:26] = DIV + 3        # class 1
+    stack[:, 20:26, 2:8] = 2 * DIV + 1    # class 2, second
+    stack[:, 20:26, 20:26] = 3 * DIV      # semantic class 3 (stuff): kept as is
+    labels, res = link_stack(stack, min_size=0, min_extent=0)
+    assert labels[0, 4, 4] == 2 * DIV + 2 and labels[0, 22, 4] == 2 * DIV + 1  # order: first seen, by id
+    assert labels[0, 4, 22] == DIV + 1 and labels[0, 22, 22] == 3 * DIV
+    assert res.n_objects == 3 and res.ids.tolist() == [DIV + 1, 2 * DIV + 1, 2 * DIV + 2]
+    plain = np.where(stack == 3 * DIV, 0, stack % DIV)
+    labels, res = link_stack(plain, label_divisor=None, min_size=0, min_extent=0)
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2, 3] and res.classes.tolist() == [0, 0, 0]
+
+
+def test_min_extent_removes_pancakes_and_thin_stacks_keep_crossing_objects():
+    stack = np.zeros((10, 40, 40), np.uint32)
+    stack[4, 5:30, 5:30] = DIV + 1          # one-slice pancake, 625 voxels
+    stack[1:9, 32:38, 32:38] = DIV + 2      # 8 slices deep
+    labels, res = link_stack(stack, min_size=0, min_extent=5)
+    assert res.n_objects == 1 and labels[4, 10, 10] == 0 and labels[3, 33, 33] == DIV + 1
+    # a stack of 3 slices: the requirement along the stack axis is its depth
+    thin = np.zeros((3, 20, 20), np.uint32)
+    thin[:, 2:10, 2:10] = DIV + 1
+    thin[:2, 12:19, 12:19] = DIV + 2
+    labels, res = link_stack(thin, min_size=0, min_extent=5)
+    assert res.n_objects == 1 and labels[0, 5, 5] == DIV + 1 and labels[0, 15, 15] == 0
+
+
+def test_min_size_removes_small_keeps_large():
+    stack = np.zeros((8, 40, 40), np.uint32)
+    stack[:, 2:10, 2:10] = DIV + 1    # 512 voxels
+    stack[:, 20:28, 20:27] = DIV + 2  # 448 voxels
+    labels, res = link_stack(stack, min_size=500, min_extent=5)
+    assert res.n_objects == 1 and res.voxels.tolist() == [512]
+    assert labels[0, 5, 5] == DIV + 1 and labels[0, 22, 22] == 0
+    res2 = SliceLinker()
+    for s in stack:
+        res2.add(s)
+    assert res2.finish(min_size=449).n_objects == 1 and res2.finish(min_size=448).n_objects == 2
+
+
+def test_linker_streaming_provisional_ids_and_errors():
+    lk = SliceLinker(label_divisor=None)
+    p0 = lk.add(np.array([[1, 0, 2]], np.uint16))
+    p1 = lk.add(np.array([[0, 0, 0]], np.uint16))
+    p2 = lk.add(np.array([[5, 0, 0]], np.uint16))
+    assert p0.tolist() == [[1, 0, 2]] and p1.tolist() == [[0, 0, 0]] and p2.tolist() == [[0 + 3, 0, 0]]
+    assert p0.dtype == np.uint32 and lk.n_slices == 3
+    res = lk.finish(min_size=0, min_extent=0)
+    assert res.n_provisional == 3 and res.mapping.tolist() == [0, 1, 2, 3]
+    with pytest.raises(PanoptemError):
+        lk.add(np.zeros((2, 3), np.uint16))
+    with pytest.raises(PanoptemError):
+        SliceLinker().add(np.zeros((2, 2), np.float32))
+    with pytest.raises(PanoptemError):
+        link_stack(np.zeros((4, 4), np.uint32))
+    empty = SliceLinker().finish()
+    assert empty.n_objects == 0 and empty.mapping.tolist() == [0]
+
+
+# ---------------------------------------------------------------- helpers
+
+def test_greedy_match_equals_sequential_greedy():
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
+    w = rng.random(200)
+    got = set(greedy_match(a, b, w).tolist())
+    used_a, used_b, expect = set(), set(), set()
+    for i in np.lexsort((b, a, -w)):
+        if a[i] not in used_a and b[i] not in used_b:
+            used_a.add(a[i]), used_b.add(b[i]), expect.add(int(i))
+    assert got == expect
+
+
+def test_overlap_table_both_paths():
+    a = np.array([[1, 1, 2], [0, 3, 3]])
+    b = np.array([[2, 1, 1], [1, 1, 0]])
+    expect = {(1, 2): 1, (1, 1): 1, (2, 1): 1, (3, 1): 1}
+    for mask in (None, np.ones(a.shape, bool)):
+        ia, ib, c = overlap_table(a, b, 3, 2, mask)
+        assert dict(zip(zip(ia.tolist(), ib.tolist()), c.tolist())) == expect
+
+
+def test_object_stats_filter_and_relabel():
+    vol = np.zeros((6, 10, 10), np.uint32)
+    vol[0:6, 0:5, 0:5] = 10003
+    vol[2, 6:9, 6:9] = 20001
+    vol[1:3, 0:2, 8:10] = 20000  # stuff
+    ids, vox, bbox = object_stats(vol)
+    assert ids.tolist() == [10003, 20000, 20001] and vox.tolist() == [150, 8, 9]
+    assert bbox.tolist() == [[0, 0, 0, 6, 5, 5], [1, 0, 8, 3, 2, 10], [2, 6, 6, 3, 9, 9]]
+    kept = filter_objects(vol, min_size=10, min_extent=2, label_divisor=DIV)
+    assert sorted(np.unique(kept).tolist()) == [0, 10003, 20000]
+    rel = relabel_sequential_per_class(vol, DIV)
+    assert sorted(np.unique(rel).tolist()) == [0, 10001, 20000, 20001] and rel.dtype == np.uint32
+    assert sorted(np.unique(relabel_sequential_per_class(vol, None)).tolist()) == [0, 1, 2, 3]
