@@ -68,3 +68,20 @@ def test_model_list_and_info(capsys, tiny_card):
     code, out, _ = run(capsys, "model", "info", str(tiny_card))
     assert code == 0
     assert "mitochondria (instance)" in out and "patch size must be divisible by: 32" in out
+
+
+def test_measure_and_evaluate_commands(capsys, tmp_path):
+    from panoptem.io import write_labels
+    lab = np.zeros((10, 20, 20), np.uint32)
+    lab[2:6, 2:8, 2:10] = 1
+    lab[5:9, 10:18, 10:18] = 2
+    p = write_labels(tmp_path / "lab.tif", lab, voxel_size=(10.0, 5.0, 5.0))
+    code, out, err = run(capsys, "measure", str(p), "-o", str(tmp_path / "t.csv"))
+    assert code == 0, err
+    rec = json.loads(out.strip().splitlines()[-1])
+    assert rec["objects"] == 2 and rec["voxel_size_nm"] == [10.0, 5.0, 5.0]
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert float(rows[0]["volume_nm3"]) == 4 * 6 * 8 * 10 * 5 * 5
+    code, out, err = run(capsys, "evaluate", str(p), str(p))
+    assert code == 0 and json.loads(out)["f1_50"] == 1.0

@@ -1,0 +1,301 @@
+"""Per-object measurements in physical units (nm), as a table of columns.
+
+A table is a ``dict`` of column name -> 1D numpy array, one row per label, sorted by label.
+Counts, boxes, centroids, second moments and mean intensities are gathered for all objects at
+once from the runs of equal labels along the last axis (closed-form sums per run, then
+``np.bincount`` over runs; the volume is read slab by slab). Only the surface meshes are computed
+object by object, each on its own bounding-box crop.
+
+Conventions: voxel ``(i, j, k)`` has its centre at ``(i, j, k) * voxel_size`` nm; bounding boxes
+are voxel indices, ``min`` inclusive and ``max`` exclusive; the extent along an axis is
+``(max - min) * voxel_size``. Surfaces are closed at the border of the image (an object cut by the
+border gets the cut face as part of its surface).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage.measure import find_contours, marching_cubes, mesh_surface_area
+
+from .errors import PanoptemError
+from .evaluate import _as_labels
+
+__all__ = ["measure", "summarize", "to_rows", "write_table"]
+
+_SLAB_VOXELS = 1 << 24  # voxels per slab while finding runs (bounds temporary memory)
+# The mask is smoothed (Gaussian, sigma in voxels) before the mesh is traced: a mesh of the raw
+# voxel staircase overestimates the area of smooth shapes by about 9 % (a ball of radius 20
+# voxels: +8.5 % raw, +0.6 % smoothed; radius 5: +8 % raw, -5 % smoothed).
+_SIGMA = 0.7
+_PAD = 3
+
+
+def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
+            image: np.ndarray | None = None, label_divisor: int | None = None,
+            surface: bool = True) -> dict[str, np.ndarray]:
+    """Measure every object of a 2D or 3D label image.
+
+    Parameters
+    ----------
+    labels : integer label image, 2D (YX) or 3D (ZYX); 0 is background.
+    voxel_size : nm per voxel along each axis of ``labels``. None means 1 nm per voxel, so the
+        "nm" columns are then in voxel units.
+    image : grey image of the same shape; adds ``mean_intensity``.
+    label_divisor : when set, ``class_id = label // label_divisor``; otherwise every object is
+        class 1.
+    surface : compute ``surface_area_nm2`` and ``sphericity`` (3D) or ``perimeter_nm`` and
+        ``circularity`` (2D). These are the only per-object loops; turn them off on huge volumes
+        when only sizes and positions are needed.
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray
+        Columns, one row per label, sorted by label:
+
+        - ``label``, ``class_id``, ``voxels`` (voxel count);
+        - ``volume_nm3`` (3D) or ``area_nm2`` (2D): ``voxels * prod(voxel_size)``;
+        - ``centroid_z_nm``, ``centroid_y_nm``, ``centroid_x_nm`` (``z`` only in 3D);
+        - ``bbox_min_z``, ``bbox_min_y``, ``bbox_min_x``, ``bbox_max_z``, ... (voxel indices);
+        - ``extent_z_nm``, ``extent_y_nm``, ``extent_x_nm``;
+        - ``equivalent_diameter_nm``: diameter of the sphere (disc in 2D) of the same volume (area);
+        - ``major_axis_length_nm``, ``minor_axis_length_nm``: full axis lengths of the ellipsoid
+          (ellipse) with the same second moments, in physical units (``sqrt(20 l)`` in 3D and
+          ``4 sqrt(l)`` in 2D for the largest/smallest eigenvalue ``l`` of the covariance);
+        - 3D: ``surface_area_nm2``, area of the marching-cubes mesh (level 0.5,
+          ``spacing=voxel_size``) of the object's zero-padded crop after a Gaussian smoothing of
+          0.7 voxel, which removes the voxel staircase (sharp edges and objects a few voxels
+          across come out slightly small); ``sphericity`` =
+          ``pi^(1/3) (6 V)^(2/3) / A`` with ``V = volume_nm3`` (1 for a ball, less otherwise);
+        - 2D: ``perimeter_nm``, length of the marching-squares contours (level 0.5, holes
+          included, same smoothing) scaled by the pixel size, so anisotropic pixels are handled;
+          ``circularity`` = ``4 pi A / P^2``;
+        - ``mean_intensity`` when ``image`` is given.
+
+    Examples
+    --------
+    >>> lab = np.zeros((10, 20, 30), np.uint32); lab[2:7, 5:15, 10:20] = 4
+    >>> t = measure(lab, voxel_size=(2.0, 1.0, 1.0))
+    >>> t["label"], t["volume_nm3"], t["centroid_z_nm"]
+    (array([4], dtype=uint32), array([1000.]), array([8.]))
+    """
+    lab = _as_labels(labels, "label image")
+    ndim = lab.ndim
+    axes = "zyx"[-ndim:]
+    vs = _voxel_size(voxel_size, ndim)
+    if image is not None:
+        image = np.asarray(image)
+        if image.shape != lab.shape:
+            raise PanoptemError(f"The image has shape {image.shape} but the labels have shape "
+                                f"{lab.shape}; give an image of the same size as the labels.")
+    if label_divisor is not None and int(label_divisor) < 1:
+        raise PanoptemError(f"label_divisor must be a positive integer or None, not {label_divisor}.")
+
+    runs = _runs(lab, image)
+    ids, obj = np.unique(runs["value"], return_inverse=True)
+    n = len(ids)
+    counts = np.bincount(obj, runs["length"], minlength=n).astype(np.int64)
+    lo, hi = _boxes(runs, obj, n, ndim)
+    mean, cov = _moments(runs, obj, n, lo, ndim)
+
+    table: dict[str, np.ndarray] = {"label": ids.astype(lab.dtype, copy=False)}
+    table["class_id"] = (ids // int(label_divisor) if label_divisor is not None
+                         else np.ones(n, ids.dtype)).astype(lab.dtype, copy=False)
+    table["voxels"] = counts
+    size = counts * float(np.prod(vs))
+    table["volume_nm3" if ndim == 3 else "area_nm2"] = size
+
+    for a, ax in enumerate(axes):
+        table[f"centroid_{ax}_nm"] = (lo[:, a] + mean[:, a]) * vs[a]
+    for a, ax in enumerate(axes):
+        table[f"bbox_min_{ax}"] = lo[:, a]
+    for a, ax in enumerate(axes):
+        table[f"bbox_max_{ax}"] = hi[:, a]
+    for a, ax in enumerate(axes):
+        table[f"extent_{ax}_nm"] = (hi[:, a] - lo[:, a]) * vs[a]
+
+    if ndim == 3:
+        table["equivalent_diameter_nm"] = np.cbrt(6.0 * size / np.pi)
+    else:
+        table["equivalent_diameter_nm"] = np.sqrt(4.0 * size / np.pi)
+    phys = cov * np.outer(vs, vs)
+    eig = np.clip(np.linalg.eigvalsh(phys) if n else np.zeros((0, ndim)), 0, None)
+    factor = 20.0 if ndim == 3 else 16.0
+    table["major_axis_length_nm"] = np.sqrt(factor * eig[:, -1])
+    table["minor_axis_length_nm"] = np.sqrt(factor * eig[:, 0])
+
+    if surface:
+        boundary = _boundaries(lab, ids, lo, hi, vs)
+        if ndim == 3:
+            table["surface_area_nm2"] = boundary
+            with np.errstate(divide="ignore", invalid="ignore"):
+                table["sphericity"] = np.where(
+                    boundary > 0, np.cbrt(np.pi) * np.cbrt(6.0 * size) ** 2 / boundary, 0.0)
+        else:
+            table["perimeter_nm"] = boundary
+            with np.errstate(divide="ignore", invalid="ignore"):
+                table["circularity"] = np.where(boundary > 0, 4 * np.pi * size / boundary ** 2, 0.0)
+    if image is not None:
+        sums = np.bincount(obj, runs["intensity"], minlength=n)
+        table["mean_intensity"] = sums / np.maximum(counts, 1)
+    return table
+
+
+def to_rows(table: dict[str, np.ndarray]) -> list[dict]:
+    """The table as a list of row dicts with plain Python numbers (for JSON or printing)."""
+    cols = list(table)
+    lists = [np.asarray(table[c]).tolist() for c in cols]
+    return [dict(zip(cols, vals)) for vals in zip(*lists)]
+
+
+def write_table(table: dict[str, np.ndarray], path) -> Path:
+    """Write the table as CSV (header row, then one row per object); returns the path.
+
+    The file is written to a temporary name first and then renamed, so a crash never leaves a
+    half-written table. Floats keep full precision.
+    """
+    path = Path(path).expanduser()
+    if not path.parent.exists():
+        raise PanoptemError(f"The folder '{path.parent}' does not exist; create it or choose another path.")
+    lengths = {len(np.asarray(v)) for v in table.values()}
+    if len(lengths) > 1:
+        raise PanoptemError("The table's columns have different lengths; "
+                            "give one value per row in every column.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(list(table))
+            w.writerows(zip(*(np.asarray(v).tolist() for v in table.values())))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def summarize(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-class summary of a :func:`measure` table (itself a table, one row per class).
+
+    Columns: ``class_id``, ``count``, and ``total_``, ``mean_``, ``median_`` of ``volume_nm3``
+    (3D) or ``area_nm2`` (2D).
+    """
+    key = "volume_nm3" if "volume_nm3" in table else "area_nm2"
+    if key not in table or "class_id" not in table:
+        raise PanoptemError("summarize needs a table made by measure() "
+                            "(with class_id and volume_nm3 or area_nm2).")
+    cls = np.asarray(table["class_id"])
+    size = np.asarray(table[key], float)
+    classes, inverse, count = np.unique(cls, return_inverse=True, return_counts=True)
+    total = np.bincount(inverse, weights=size, minlength=len(classes))
+    median = np.array([np.median(size[inverse == k]) for k in range(len(classes))])  # per class
+    return {"class_id": classes, "count": count.astype(np.int64), f"total_{key}": total,
+            f"mean_{key}": total / np.maximum(count, 1), f"median_{key}": median}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _voxel_size(voxel_size, ndim: int) -> np.ndarray:
+    if voxel_size is None:
+        return np.ones(ndim)
+    vs = np.asarray(voxel_size, float).ravel()
+    if len(vs) != ndim or not np.all(np.isfinite(vs)) or np.any(vs <= 0):
+        raise PanoptemError(f"voxel_size must give {ndim} positive sizes in nm (one per axis of the "
+                            f"labels), not {voxel_size}.")
+    return vs
+
+
+def _runs(lab: np.ndarray, image: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Runs of equal non-zero labels along the last axis: label, start voxel, length and the
+    sum of ``image`` over the run. All per-object sums are then taken over runs, not voxels."""
+    width = lab.shape[-1]
+    plane = int(np.prod(lab.shape[1:]))
+    step = max(1, _SLAB_VOXELS // max(plane, 1))
+    parts = []
+    for z0 in range(0, lab.shape[0], step):  # slabs bound the temporary memory
+        rows = np.ascontiguousarray(lab[z0:z0 + step]).reshape(-1, width)
+        start = np.ones(rows.shape, bool)
+        np.not_equal(rows[:, 1:], rows[:, :-1], out=start[:, 1:])  # every row starts a run
+        first = np.flatnonzero(start)
+        del start
+        length = np.diff(first, append=rows.size)
+        value = rows.ravel()[first]
+        keep = value != 0
+        first, length, value = first[keep], length[keep], value[keep]
+        row, x = np.divmod(first, width)
+        part = {"value": value, "length": length, "x": x}
+        if lab.ndim == 3:
+            z, y = np.divmod(row, lab.shape[1])
+            part.update(z=z + z0, y=y)
+        else:
+            part["y"] = row + z0
+        if image is not None:
+            cs = np.concatenate([[0.0], np.cumsum(image[z0:z0 + step], dtype=np.float64).ravel()])
+            part["intensity"] = cs[first + length] - cs[first]
+        parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _boxes(runs: dict, obj: np.ndarray, n: int, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding boxes (min inclusive, max exclusive) of the objects, from their runs."""
+    lo, hi = np.zeros((n, ndim), np.int64), np.zeros((n, ndim), np.int64)
+    if not n:
+        return lo, hi
+    order = np.argsort(obj, kind="stable")
+    first = np.flatnonzero(np.r_[True, np.diff(obj[order]) != 0])
+    for a, ax in enumerate("zyx"[-ndim:]):
+        c = runs[ax][order]
+        end = c + runs["length"][order] if ax == "x" else c + 1
+        lo[:, a] = np.minimum.reduceat(c, first)
+        hi[:, a] = np.maximum.reduceat(end, first)
+    return lo, hi
+
+
+def _moments(runs: dict, obj: np.ndarray, n: int, lo: np.ndarray, ndim: int):
+    """Mean and covariance (voxel units) of each object's voxel coordinates, relative to its box
+    corner. Coordinates along a run are consecutive integers, so its sums have closed forms."""
+    L = runs["length"].astype(np.float64)
+    axes = "zyx"[-ndim:]
+    c = [(runs[ax] - lo[obj, a]).astype(np.float64) for a, ax in enumerate(axes)]
+    x0 = c[-1]
+    sx = L * x0 + L * (L - 1) / 2  # sum of x0 .. x0+L-1
+    sxx = L * x0 ** 2 + x0 * L * (L - 1) + (L - 1) * L * (2 * L - 1) / 6
+    first = [ci * L for ci in c[:-1]] + [sx]
+    cnt = np.maximum(np.bincount(obj, L, minlength=n), 1)
+    mean = np.stack([np.bincount(obj, f, minlength=n) for f in first], axis=1) / cnt[:, None]
+    second = np.zeros((n, ndim, ndim))
+    for a in range(ndim):
+        for b in range(a, ndim):
+            if b < ndim - 1:
+                w = c[a] * c[b] * L
+            elif a < ndim - 1:
+                w = c[a] * sx
+            else:
+                w = sxx
+            second[:, a, b] = second[:, b, a] = np.bincount(obj, w, minlength=n) / cnt
+    cov = second - mean[:, :, None] * mean[:, None, :]
+    return mean, cov
+
+
+def _boundaries(lab: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                vs: np.ndarray) -> np.ndarray:
+    """Surface area (3D, marching cubes) or perimeter (2D, marching squares) of each object."""
+    out = np.zeros(len(lo))
+    for i in range(len(lo)):  # meshes are per object by nature; crops keep each one small
+        mask = lab[tuple(slice(a, b) for a, b in zip(lo[i], hi[i]))] == ids[i]
+        crop = np.pad(mask, _PAD).astype(np.float32)
+        smooth = ndimage.gaussian_filter(crop, _SIGMA, mode="constant")
+        if smooth.max() > 0.5:  # objects of about one voxel vanish when smoothed: keep them binary
+            crop = smooth
+        if lab.ndim == 3:
+            verts, faces, _, _ = marching_cubes(crop, level=0.5, spacing=tuple(vs))
+            out[i] = mesh_surface_area(verts, faces)
+        else:
+            out[i] = sum(np.linalg.norm(np.diff(c * vs, axis=0), axis=1).sum()
+                         for c in find_contours(crop, 0.5))
+    return out

@@ -1,0 +1,131 @@
+import csv
+
+import numpy as np
+import pytest
+
+from panoptem.errors import PanoptemError
+from panoptem.measure import measure, summarize, to_rows, write_table
+
+
+def box_volume():
+    lab = np.zeros((16, 30, 40), np.uint32)
+    lab[3:13, 4:24, 5:35] = 9  # 10 x 20 x 30 voxels
+    return lab
+
+
+def ball(r, shape, vs=(1, 1, 1)):
+    """Label 1 inside a ball of radius r nm on a grid of voxel size vs, centred."""
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    d2 = sum(((g - (s - 1) / 2) * v) ** 2 for g, s, v in zip(grids, shape, vs))
+    return (d2 <= r * r).astype(np.uint16)
+
+
+def test_box_volume_extent_centroid():
+    t = measure(box_volume(), voxel_size=(2, 1, 1))
+    assert t["label"].tolist() == [9] and t["label"].dtype == np.uint32
+    assert t["class_id"].tolist() == [1]
+    assert t["voxels"].tolist() == [6000]
+    assert t["volume_nm3"].tolist() == [12000.0]
+    assert (t["extent_z_nm"][0], t["extent_y_nm"][0], t["extent_x_nm"][0]) == (20.0, 20.0, 30.0)
+    # voxel centres at index * size: z (3 + 4.5) * 2, y 4 + 9.5, x 5 + 14.5
+    assert (t["centroid_z_nm"][0], t["centroid_y_nm"][0], t["centroid_x_nm"][0]) == (15.0, 13.5, 19.5)
+    assert [t[f"bbox_min_{a}"][0] for a in "zyx"] == [3, 4, 5]
+    assert [t[f"bbox_max_{a}"][0] for a in "zyx"] == [13, 24, 35]
+    assert t["equivalent_diameter_nm"][0] == pytest.approx((6 * 12000 / np.pi) ** (1 / 3))
+    # second moments of 30 consecutive x: variance (30^2 - 1) / 12, major axis sqrt(20 var)
+    assert t["major_axis_length_nm"][0] == pytest.approx(np.sqrt(20 * (30 ** 2 - 1) / 12))
+
+
+def test_voxel_size_none_means_one_nm():
+    t = measure(box_volume())
+    assert t["volume_nm3"].tolist() == [6000.0] and t["extent_z_nm"].tolist() == [10.0]
+
+
+def test_ball_surface_and_sphericity():
+    r = 20.0
+    t = measure(ball(r, (47, 47, 47)), voxel_size=(1, 1, 1))
+    assert t["volume_nm3"][0] == pytest.approx(4 / 3 * np.pi * r ** 3, rel=0.01)
+    assert t["surface_area_nm2"][0] == pytest.approx(4 * np.pi * r ** 2, rel=0.05)
+    assert abs(t["sphericity"][0] - 1) < 0.1
+    assert t["major_axis_length_nm"][0] == pytest.approx(2 * r, rel=0.02)
+
+
+def test_anisotropic_ball_in_physical_units():
+    r = 40.0  # nm, on 4 x 2 x 2 nm voxels
+    t = measure(ball(r, (25, 47, 47), vs=(4, 2, 2)), voxel_size=(4, 2, 2))
+    assert t["volume_nm3"][0] == pytest.approx(4 / 3 * np.pi * r ** 3, rel=0.02)
+    assert t["surface_area_nm2"][0] == pytest.approx(4 * np.pi * r ** 2, rel=0.05)
+    assert abs(t["sphericity"][0] - 1) < 0.1
+    assert t["centroid_z_nm"][0] == 48.0 and t["centroid_x_nm"][0] == 46.0
+
+
+def test_axes_match_skimage_with_spacing():
+    skm = pytest.importorskip("skimage.measure")
+    z, y, x = np.ogrid[-12:13, -22:23, -9:10]
+    lab = (((z / 10) ** 2 + (y / 20) ** 2 + (x / 7) ** 2) <= 1).astype(np.uint8) * 3
+    vs = (2.0, 1.5, 1.0)
+    t = measure(lab, voxel_size=vs, surface=False)
+    ref = skm.regionprops_table(lab, spacing=vs,
+                                properties=("axis_major_length", "axis_minor_length", "centroid"))
+    assert t["major_axis_length_nm"][0] == pytest.approx(ref["axis_major_length"][0])
+    assert t["minor_axis_length_nm"][0] == pytest.approx(ref["axis_minor_length"][0])
+    assert t["centroid_y_nm"][0] == pytest.approx(ref["centroid-1"][0])
+    assert "surface_area_nm2" not in t
+
+
+def test_2d_disc_area_and_perimeter():
+    r = 10.0
+    lab = ball(r, (41, 41), vs=(0.5, 0.5)) * 7
+    n = int((lab > 0).sum())
+    t = measure(lab, voxel_size=(0.5, 0.5))
+    assert t["voxels"][0] == n and t["area_nm2"][0] == n * 0.25
+    assert t["area_nm2"][0] == pytest.approx(np.pi * r ** 2, rel=0.01)
+    assert t["perimeter_nm"][0] == pytest.approx(2 * np.pi * r, rel=0.05)
+    assert abs(t["circularity"][0] - 1) < 0.1
+    assert "centroid_z_nm" not in t and t["centroid_y_nm"][0] == 10.0
+    assert t["equivalent_diameter_nm"][0] == pytest.approx(2 * np.sqrt(n * 0.25 / np.pi))
+
+
+def test_mean_intensity_and_classes():
+    lab = np.zeros((6, 8), np.uint32)
+    lab[0:2, 0:3] = 1003
+    lab[4:6, 2:8] = 2001
+    lab[3, 0] = 1001
+    img = np.arange(48, dtype=np.uint16).reshape(6, 8)
+    t = measure(lab, image=img, label_divisor=1000)
+    assert t["label"].tolist() == [1001, 1003, 2001]
+    assert t["class_id"].tolist() == [1, 1, 2]
+    assert t["voxels"].tolist() == [1, 6, 12]
+    assert t["mean_intensity"].tolist() == [24.0, np.mean([0, 1, 2, 8, 9, 10]), np.mean(img[4:6, 2:8])]
+    s = summarize(t)
+    assert s["class_id"].tolist() == [1, 2] and s["count"].tolist() == [2, 1]
+    assert s["total_area_nm2"].tolist() == [7.0, 12.0]
+    assert s["mean_area_nm2"].tolist() == [3.5, 12.0]
+    assert s["median_area_nm2"].tolist() == [3.5, 12.0]
+
+
+def test_csv_written_and_reread(tmp_path):
+    lab = box_volume()
+    lab[0:2, 0:2, 0:3] = 2
+    t = measure(lab, voxel_size=(2, 1, 1))
+    path = write_table(t, tmp_path / "objects.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(t)
+    assert [int(r["label"]) for r in rows] == [2, 9]
+    for col in t:
+        assert [float(r[col]) for r in rows] == [float(v) for v in t[col]], col
+    assert to_rows(t)[1]["volume_nm3"] == 12000.0 and isinstance(to_rows(t)[1]["label"], int)
+    assert [p.name for p in tmp_path.iterdir()] == ["objects.csv"]  # no temporary left behind
+
+
+def test_empty_and_bad_inputs():
+    t = measure(np.zeros((4, 5, 6), np.uint8))
+    assert len(t["label"]) == 0 and len(t["surface_area_nm2"]) == 0
+    assert summarize(t)["count"].tolist() == []
+    with pytest.raises(PanoptemError, match="voxel_size"):
+        measure(box_volume(), voxel_size=(1, 1))
+    with pytest.raises(PanoptemError, match="voxel_size"):
+        measure(box_volume(), voxel_size=(1, 0, 1))
+    with pytest.raises(PanoptemError, match="shape"):
+        measure(box_volume(), image=np.zeros((2, 2, 2)))
