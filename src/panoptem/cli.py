@@ -201,6 +201,10 @@ def train_cmd(
     min_scale: float = typer.Option(0.33, "--min-scale", help="Smallest zoom of scale augmentation."),
     max_scale: float = typer.Option(1.25, "--max-scale", help="Largest zoom of scale augmentation."),
     seed: int = typer.Option(0, "--seed"),
+    schedule_steps: int = typer.Option(0, "--schedule-steps", help="Length of the one-cycle learning-rate "
+                                       "schedule (0: --iterations)."),
+    anneal_from: int = typer.Option(0, "--anneal-from", help="From this step, anneal the learning rate "
+                                    "(cosine) to 0 at --iterations (0: off)."),
     device: str = typer.Option("cpu", "--device"),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue from out_dir/checkpoint.pt."),
 ):
@@ -211,10 +215,14 @@ def train_cmd(
     if patch_size % 32:
         raise PanoptemError("--patch-size must be a multiple of 32.")
     cfg = TrainConfig(iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr,
-                      scale_range=(min_scale, max_scale), seed=seed, device=pick_device(device))
+                      scale_range=(min_scale, max_scale), seed=seed, device=pick_device(device),
+                      schedule_steps=schedule_steps, anneal_from=anneal_from)
     path = train_from_volume(image, labels, str(out_dir), train_slices, val_slices, cfg, resume=resume,
                              log=lambda s: typer.echo(s, err=True))
     typer.echo(json.dumps({"weights": str(path)}))
+
+
+from .training.commands import training_app; app.add_typer(training_app)  # noqa: E402,E702
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ from ..inference.predict import predict_batch
 from ..inference.preprocess import intensity_range
 from ..models.architecture import build_model
 from .augment import intensity_augment, sample_patch
-from .loss import panoptic_loss
+from .loss import panoptic_loss, panoptic_loss_ce
 from .targets import make_targets
 
 
@@ -36,6 +37,10 @@ class TrainConfig:
     architecture: dict = field(default_factory=lambda: dict(num_classes=1))
     device: str = "cpu"
     threads: int = 0
+    #: length of the one-cycle schedule (0: ``iterations``)
+    schedule_steps: int = 0
+    #: from this step on, the learning rate anneals (cosine) from its value there to 0 at ``iterations``
+    anneal_from: int = 0
 
 
 class SliceDataset:
@@ -78,19 +83,46 @@ def semantic_iou(model, images: list[np.ndarray], masks: list[np.ndarray], devic
     for im, m in zip(images, masks):
         lo, hi = intensity_range(im)
         out = predict_batch(model, im[None], (lo, hi), device=device)
-        pred = out.semantic_probability[0, 0] >= 0.5
+        prob = out.semantic_probability[0]
+        # several channels: softmax over background + classes, foreground = not background
+        pred = prob[0] >= 0.5 if prob.shape[0] == 1 else prob.argmax(0) > 0
         gt = m > 0
         inter += int((pred & gt).sum()); union += int((pred | gt).sum())
     return inter / max(union, 1)
 
 
+def _one_cycle_lr(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of the one-cycle schedule after ``step`` steps."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    o = torch.optim.SGD([p], lr=cfg.lr)
+    sc = torch.optim.lr_scheduler.OneCycleLR(o, max_lr=cfg.lr, total_steps=cfg.schedule_steps or cfg.iterations,
+                                             pct_start=0.1)
+    for _ in range(step):
+        o.step(); sc.step()
+    return sc.get_last_lr()[0]
+
+
+def _train_mode(model, frozen=()) -> None:
+    """Training mode, except frozen modules (their BatchNorm statistics stay put)."""
+    model.train()
+    for name in frozen:
+        model.get_submodule(name).eval()
+
+
 def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
-          val: tuple[list, list] | None = None, log=print) -> Path:
+          val: tuple[list, list] | None = None, log=print, *, init_state: dict | None = None,
+          frozen: tuple[str, ...] = (), on_step=None) -> Path:
     """Train a :class:`PanopticNet` and return the path of the final weights.
 
     Checkpoints (model, optimiser, schedule, random state) go to
     ``out_dir/checkpoint.pt`` every ``cfg.checkpoint_every`` steps; with
     ``resume`` an interrupted run continues from there.
+
+    ``init_state`` starts from these weights (fine-tuning); the top-level
+    modules named in ``frozen`` (e.g. ``"stem"``, ``"stage1"``) are not trained
+    and keep their BatchNorm statistics; ``on_step`` is called with every
+    step's record. A dataset whose semantic targets are integer channel
+    indices trains with cross-entropy (:func:`panoptic_loss_ce`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,11 +130,17 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture).to(cfg.device).to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    for name in frozen:
+        model.get_submodule(name).requires_grad_(False)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 and p.requires_grad]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.iterations, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.schedule_steps or cfg.iterations,
+                                                pct_start=0.1)
+    lr_cut = _one_cycle_lr(cfg, cfg.anneal_from) if cfg.anneal_from else None
     rng = np.random.default_rng(cfg.seed)
     step = 0
     ckpt = out / "checkpoint.pt"
@@ -116,17 +154,21 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     logf = open(out / "log.jsonl", "a")
     t0 = time.time()
-    model.train()
+    _train_mode(model, frozen)
     while step < cfg.iterations:
         x, sem, hm, off, wt = (a.to(cfg.device) for a in dataset.batch(rng, cfg))
         x = x.contiguous(memory_format=torch.channels_last)
         outp = model(x)
-        loss, parts = panoptic_loss(outp, sem, hm, off, wt)
+        loss, parts = (panoptic_loss if sem.is_floating_point() else panoptic_loss_ce)(outp, sem, hm, off, wt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step(); sched.step()
         step += 1
-        rec = {"step": step, "loss": round(float(loss.detach()), 5), **parts, "lr": sched.get_last_lr()[0],
+        if lr_cut is not None and step >= cfg.anneal_from:
+            frac = (step - cfg.anneal_from) / max(cfg.iterations - cfg.anneal_from, 1)
+            for g in opt.param_groups:
+                g["lr"] = lr_cut * 0.5 * (1 + math.cos(math.pi * frac))
+        rec = {"step": step, "loss": round(float(loss.detach()), 5), **parts, "lr": opt.param_groups[0]["lr"],
                "elapsed_s": round(time.time() - t0, 1)}
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
             _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -135,7 +177,9 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
         if val is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
             model.eval()
             rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
-            model.train()
+            _train_mode(model, frozen)
+        if on_step is not None:
+            on_step(rec)
         if step % 20 == 0 or "val_iou" in rec:
             logf.write(json.dumps(rec) + "\n"); logf.flush()
             log(json.dumps(rec))

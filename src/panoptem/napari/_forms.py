@@ -1,0 +1,97 @@
+"""magicgui forms generated from the pydantic parameter schema, so names, defaults,
+ranges and tooltips live in one place (:mod:`panoptem.params`)."""
+from __future__ import annotations
+
+import re
+from typing import Literal, get_args, get_origin
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, SpinBox
+from pydantic import BaseModel
+
+from ..params import DOWNSAMPLING, MEDIAN_SIZES
+
+#: fields whose allowed values are a fixed list (checked by a validator in params.py)
+CHOICES = {"downsampling": DOWNSAMPLING, "median_slices": MEDIAN_SIZES}
+
+
+def row(*widgets, layout: str = "horizontal") -> Container:
+    """Widgets side by side (or stacked) without a label column."""
+    return Container(widgets=list(widgets), layout=layout, labels=False)
+
+
+def status_label() -> Label:
+    """A word-wrapped line for messages (results, errors)."""
+    lab = Label(value="", name="status")
+    lab.native.setWordWrap(True)
+    return lab
+
+
+def _bounds(field) -> tuple[float | None, float | None]:
+    lo = hi = None
+    for m in field.metadata:
+        lo = getattr(m, "ge", lo)
+        hi = getattr(m, "le", hi)
+    return lo, hi
+
+
+def short_label(description: str) -> str:
+    """The reference's name at the head of a description: the text before the first ':',
+    without a parenthesis, a ', in <unit>' tail or a final full stop."""
+    head = description.split(":", 1)[0]
+    head = re.split(r"\s*\(|,\s+in\s+", head)[0]
+    return head.strip().rstrip(".")
+
+
+def field_labels(model_cls: type[BaseModel]) -> dict[str, str]:
+    """Label shown for each field: :func:`short_label` of its description (e.g. 'Image
+    Downsampling'); a label shared by several fields gets the field name added."""
+    raw = {n: short_label(f.description or n) for n, f in model_cls.model_fields.items()}
+    dup = {v for v in raw.values() if list(raw.values()).count(v) > 1}
+    return {n: (f"{v} ({n.replace('_', ' ')})" if v in dup else v) for n, v in raw.items()}
+
+
+def field_widget(name: str, field, label: str):
+    """One magicgui widget for one pydantic field, with its default and description as tooltip."""
+    ann, default, tip = field.annotation, field.default, field.description or ""
+    kw = {"name": name, "label": label, "tooltip": tip}
+    if name in CHOICES:
+        return ComboBox(choices=list(CHOICES[name]), value=default, **kw)
+    if get_origin(ann) is Literal:
+        return ComboBox(choices=list(get_args(ann)), value=default, **kw)
+    if ann is bool:
+        return CheckBox(value=default, **kw)
+    lo, hi = _bounds(field)
+    if ann is int:
+        return SpinBox(value=default, min=int(lo if lo is not None else 0),
+                       max=int(hi if hi is not None else 10**9), **kw)
+    if ann is float:
+        return FloatSpinBox(value=default, min=lo if lo is not None else 0.0,
+                            max=hi if hi is not None else 1e9, step=0.05, **kw)
+    raise TypeError(f"no widget for field {name}: {ann}")  # a new field type needs a case here
+
+
+class ParamsForm:
+    """Widgets for every field of a parameter model (``widgets``, to put into a container),
+    ``form[name]`` for one of them, and ``values()`` / ``params()`` to read them back."""
+
+    def __init__(self, model_cls: type[BaseModel], exclude: tuple[str, ...] = ()):
+        labels = field_labels(model_cls)
+        self.model_cls = model_cls
+        self.widgets = [field_widget(n, f, labels[n]) for n, f in model_cls.model_fields.items()
+                        if n not in exclude]
+        self._by_name = {w.name: w for w in self.widgets}
+
+    def __getitem__(self, name: str):
+        return self._by_name[name]
+
+    def values(self) -> dict:
+        return {w.name: w.value for w in self.widgets}
+
+    def set_values(self, **values) -> None:
+        for k, v in values.items():
+            self[k].value = v
+
+    def params(self):
+        """The validated parameter object (a PanoptemError says which field is wrong)."""
+        from ..params import make_params
+        return make_params(self.model_cls, **self.values())

@@ -1,0 +1,249 @@
+"""Widgets "2D Inference (Parameter Testing)" and "3D Inference".
+
+They gather parameters, run :func:`segment_2d` / :func:`segment_3d` in a worker
+thread with a model loaded once per (model, device), and add the results as
+labels layers scaled like the image.
+"""
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+import napari
+import napari.layers
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, ProgressBar, PushButton
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Signal
+
+from ..errors import PanoptemError
+from ..params import Params2D, Params3D
+from ._forms import ParamsForm, row, status_label
+from ._layers import PLANE_OF_AXIS, add_or_replace, current_plane, image_array, layer_voxel_size, place_plane
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@lru_cache(maxsize=2)
+def cached_model(name: str, device: str):
+    """The loaded model for (name, device), loaded once per session (cleared by ``cached_model.cache_clear()``)."""
+    from ..models.load import load_model
+    return load_model(name, device)
+
+
+def model_names(*_) -> list[str]:
+    from ..models.load import card_paths
+    return sorted(card_paths())
+
+
+def layer_picker(viewer, kind, label: str, nullable: bool = False, name: str | None = None) -> ComboBox:
+    """A ComboBox of the viewer's layers of type ``kind``, refreshed when layers change.
+
+    A required picker starts on the selected layer when it has the right type; an
+    optional one (``nullable``) starts empty, so a layer is never used unless chosen."""
+    def choices(_w):
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+    box = ComboBox(label=label, name=name or label.lower().replace(" ", "_"), choices=choices, nullable=nullable)
+    active = viewer.layers.selection.active
+    if not nullable and isinstance(active, kind):
+        box.value = active
+    return box
+
+
+class _InferenceBase(Container):
+    """Image picker, model and device, a parameter form, Run and a status line."""
+
+    params_cls: type = Params2D
+    title = ""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(scrollable=False)
+        self.viewer = viewer
+        self.image = layer_picker(viewer, napari.layers.Image, "Image")
+        from ..models.load import DEFAULT_MODEL
+        self.model = ComboBox(label="Model", name="model", choices=model_names,
+                              tooltip="Registered models: built-in and `panoptem model register`-ed ones.")
+        if DEFAULT_MODEL in self.model.choices:
+            self.model.value = DEFAULT_MODEL
+        self.device = ComboBox(label="Device", name="device", choices=list(DEVICES), value="auto",
+                               tooltip="auto: CUDA if present, else Apple MPS, else CPU.")
+        self.form = ParamsForm(self.params_cls)
+        self.run_button = PushButton(text=f"Run {self.title}", name="run")
+        self.status = status_label()
+        self.worker = None
+        self.result_layers: list = []
+        self.run_button.changed.connect(self.run)
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            ev.connect(self.reset_choices)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _fail(self, err: BaseException) -> None:
+        msg = str(err) if isinstance(err, PanoptemError) else f"{type(err).__name__}: {err}"
+        self.status.value = f"Error: {msg}"
+        napari.utils.notifications.show_error(msg)
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.run_button.enabled = True
+
+    def _start(self, func, on_result, *args, **kwargs) -> None:
+        self.run_button.enabled = False
+        self.worker = create_worker(func, *args, **kwargs, _start_thread=False,
+                                    _connect={"returned": on_result, "errored": self._fail,
+                                              "finished": self._finished})
+        self.worker.start()
+
+    def _model_name(self) -> str:
+        if not self.model.value:
+            raise PanoptemError("No model is registered; register one with `panoptem model register`.")
+        return self.model.value
+
+
+def _segment_2d(array, model: str, device: str, params: Params2D, batch: bool):
+    from ..inference.segment2d import segment_2d
+    return segment_2d(np.asarray(array), cached_model(model, device), batch=batch, **params.model_dump())
+
+
+class Inference2DWidget(_InferenceBase):
+    """Run a model on the plane shown in the viewer (xy, xz or yz), on a 2D image, or
+    on every slice of a stack ("Batch mode"), to tune parameters before a 3D run."""
+
+    params_cls = Params2D
+    title = "2D inference"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer)
+        self.batch = CheckBox(text="Batch mode (every slice on its own)", name="batch", value=False,
+                              tooltip="Segment every slice of a stack independently; ids restart in each slice.")
+        self.extend([self.image, self.model, self.device, *self.form.widgets, self.batch,
+                     row(self.run_button, self.status, layout="vertical")])
+
+    def run(self) -> None:
+        try:
+            layer = self.image.value
+            data = image_array(layer)
+            params = self.form.params()
+            model = self._model_name()
+            batch = self.batch.value
+            axis = index = None
+            if batch:
+                if data.ndim != 3:
+                    raise PanoptemError("Batch mode needs a 3D stack; untick it for a 2D image.")
+                array = data
+            elif data.ndim == 2:
+                array = data
+            else:
+                from ..inference.segment2d import take_plane
+                axis, index = current_plane(self.viewer, layer)
+                array = take_plane(data, index, PLANE_OF_AXIS[axis])
+        except PanoptemError as e:
+            self._fail(e)
+            return
+        where = ("every slice" if batch else
+                 f"{PLANE_OF_AXIS[axis]} plane {index}" if axis is not None else "the image")
+        self.status.value = f"Running on {where}..."
+
+        def show(labels):
+            if batch:
+                out = add_or_replace(self.viewer, f"{layer.name}-batch-prediction", labels,
+                                     scale=tuple(layer.scale), translate=tuple(layer.translate))
+            else:
+                kw = place_plane(labels, axis, index, layer)
+                out = add_or_replace(self.viewer, f"{layer.name}-2D-prediction", kw.pop("data"), **kw)
+            self.result_layers = [out]
+            n = len(np.unique(labels)) - 1
+            self.status.value = f"Done: {n} labels on {where}."
+
+        self._start(_segment_2d, show, array, model, self.device.value, params, batch)
+
+
+class _Progress(QObject):
+    """Carries (plane, done, total) from the worker thread to the widget in the GUI thread."""
+
+    step = Signal(str, int, int)
+
+
+def _segment_3d(volume, model: str, device: str, params: Params3D, voxel_size, callback):
+    from ..inference.segment3d import segment_3d
+    return segment_3d(volume, cached_model(model, device), voxel_size=voxel_size, callback=callback,
+                      **params.model_dump())
+
+
+class Inference3DWidget(_InferenceBase):
+    """Segment a whole volume as a stack along one plane or along xy, xz and yz with a
+    consensus; adds one labels layer per class: ``<image>-<class>-prediction``."""
+
+    params_cls = Params3D
+    title = "3D inference"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer)
+        self.progress = ProgressBar(value=0, min=0, max=1, name="progress", label="Progress")
+        self.cancel_button = PushButton(text="Cancel", name="cancel", enabled=False)
+        self.cancel_button.changed.connect(self.cancel)
+        self._stop = threading.Event()
+        self._bridge = _Progress()
+        self._bridge.step.connect(self._on_step)
+        self.extend([self.image, self.model, self.device, *self.form.widgets,
+                     row(self.run_button, self.cancel_button), self.progress, row(self.status)])
+
+    def _on_step(self, plane: str, done: int, total: int) -> None:
+        self.progress.max = total
+        self.progress.value = done
+        self.status.value = f"{plane}: {done}/{total} slices"
+
+    def _callback(self, plane: str, done: int, total: int) -> bool:
+        """Called by the engine after every batch in the worker thread; False stops the run."""
+        self._bridge.step.emit(plane, done, total)
+        return not self._stop.is_set()
+
+    def cancel(self) -> None:
+        """Stop the running job after the batch of slices in progress."""
+        if self.worker is not None:
+            self._stop.set()
+            self.status.value = "Cancelling..."
+            self.worker.quit()
+
+    def _finished(self) -> None:
+        super()._finished()
+        self.cancel_button.enabled = False
+
+    def _fail(self, err: BaseException) -> None:
+        from ..inference.segment3d import Cancelled
+        if isinstance(err, Cancelled):
+            self.status.value = f"Cancelled ({err})."
+            return
+        super()._fail(err)
+
+    def run(self) -> None:
+        try:
+            layer = self.image.value
+            data = image_array(layer)
+            if data.ndim != 3:
+                raise PanoptemError(f"Layer '{layer.name}' is 2D; 3D inference needs a ZYX volume "
+                                    "(use 2D Inference for single images).")
+            params = self.form.params()
+            model = self._model_name()
+        except PanoptemError as e:
+            self._fail(e)
+            return
+        self._stop.clear()
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.status.value = "Running 3D inference..."
+
+        def show(res):
+            kw = {"scale": tuple(layer.scale), "translate": tuple(layer.translate),
+                  "metadata": {"voxel_size": layer_voxel_size(layer)}}
+            self.result_layers = [self.viewer.add_labels(vol, name=f"{layer.name}-{cls}-prediction", **kw)
+                                  for cls, vol in res.labels.items()]
+            self.result_layers += [self.viewer.add_labels(vol, name=f"{layer.name}-panoptic-stack-{plane}", **kw)
+                                   for plane, vol in res.stacks.items()]
+            found = ", ".join(f"{n} {c}" for c, n in res.objects.items())
+            self.status.value = f"Done: {found} in {res.timings.get('total_s', 0):.1f} s."
+
+        self._start(_segment_3d, show, data, model, self.device.value, params, layer_voxel_size(layer),
+                    self._callback)

@@ -1,0 +1,92 @@
+"""Small helpers between napari layers / viewer state and the engine's arrays (no Qt)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import PanoptemError
+
+#: inference plane of each ZYX axis (the axis that is *not* displayed)
+PLANE_OF_AXIS = {0: "xy", 1: "xz", 2: "yz"}
+
+
+def voxel_size_from_meta(meta: dict, ndim: int) -> tuple[float, ...] | None:
+    """Voxel size (nm) of a layer from its ``metadata['voxel_size']``, else its scale
+    unless that is all ones (napari's default, i.e. unknown)."""
+    vs = (meta.get("metadata") or {}).get("voxel_size")
+    if vs is not None and len(vs) == ndim:
+        return tuple(float(v) for v in vs)
+    scale = meta.get("scale")
+    if scale is not None and len(scale) == ndim and not np.allclose(scale, 1):
+        return tuple(float(s) for s in scale)
+    return None
+
+
+def layer_voxel_size(layer) -> tuple[float, ...] | None:
+    """:func:`voxel_size_from_meta` for a layer object."""
+    return voxel_size_from_meta({"metadata": layer.metadata, "scale": tuple(layer.scale)}, layer.ndim)
+
+
+def image_array(layer):
+    """The array of an image layer the engine can take: level 0 of a multiscale, 2D or 3D, grey."""
+    if layer is None:
+        raise PanoptemError("Choose an image layer first (open an image or File > Open Sample > panoptem).")
+    if getattr(layer, "rgb", False):
+        raise PanoptemError(f"Layer '{layer.name}' is RGB; convert it to greyscale first.")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if data.ndim not in (2, 3):
+        raise PanoptemError(f"Layer '{layer.name}' has {data.ndim} dimensions; panoptem takes 2D (YX) or "
+                            "3D (ZYX) images: split channels or time points into separate layers.")
+    return data
+
+
+def current_plane(viewer, layer) -> tuple[int, int]:
+    """(axis, index) in ``layer``'s data of the plane a 2D view of the 3D layer shows."""
+    if layer.ndim != 3:
+        raise PanoptemError(f"Layer '{layer.name}' is {layer.ndim}D; the current plane needs a 3D layer.")
+    if viewer.dims.ndisplay != 2:
+        raise PanoptemError("The viewer shows 3D; switch to the 2D view to work on one plane "
+                            "(or tick Apply in 3D / use 3D Inference).")
+    offset = viewer.dims.ndim - layer.ndim
+    hidden = [a - offset for a in viewer.dims.not_displayed if a >= offset]
+    axis = hidden[0]
+    index = int(np.round(layer.world_to_data(viewer.dims.point)[axis]))
+    shape = (layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape
+    if not 0 <= index < shape[axis]:
+        raise PanoptemError(f"The viewer's slice is outside layer '{layer.name}'; move the slider onto it.")
+    return axis, index
+
+
+def place_plane(labels2d: np.ndarray, axis: int | None, index: int, layer) -> dict:
+    """Array and layer kwargs that put a 2D result at plane ``index`` along ``axis`` of ``layer``."""
+    kw = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
+    if axis is None:
+        return {"data": labels2d, **kw}
+    translate = list(layer.translate)
+    translate[axis] += index * layer.scale[axis]
+    return {"data": np.expand_dims(labels2d, axis), "scale": kw["scale"], "translate": tuple(translate)}
+
+
+def coords_in(src, dst, coords) -> np.ndarray:
+    """(N, D) data coordinates of layer ``src`` -> data coordinates of layer ``dst``."""
+    coords = np.asarray(coords, dtype=float).reshape(-1, src.ndim) if len(coords) else np.zeros((0, dst.ndim))
+    out = [dst.world_to_data(src.data_to_world(c)) for c in coords]  # a handful of clicked points
+    return np.asarray(out, dtype=float).reshape(-1, dst.ndim)
+
+
+def add_or_replace(viewer, name: str, data, **kwargs):
+    """Put ``data`` into the labels layer ``name`` (replacing its data) or add a new one."""
+    old = viewer.layers[name] if name in viewer.layers else None
+    if old is not None and old.__class__.__name__ == "Labels" and old.ndim == np.ndim(data):
+        old.data = data
+        for k, v in kwargs.items():
+            setattr(old, k, v)
+        return old
+    if old is not None:
+        viewer.layers.remove(old)
+    return viewer.add_labels(data, name=name, **kwargs)
+
+
+def camera_of(viewer):
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera

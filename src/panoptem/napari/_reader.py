@@ -1,0 +1,92 @@
+"""Reader contribution: EM images and panoptem outputs, with their voxel size as layer scale."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: label arrays up to this size are loaded into memory so they can be proofread
+IN_MEMORY_LABELS_BYTES = 4 * 2**30
+
+
+def _suffixes() -> tuple[str, ...]:
+    from ..io.readers import SUPPORTED
+    return SUPPORTED
+
+
+def get_reader(path):
+    """napari reader hook: a reader function for one supported file or folder, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if p.suffix.lower() in _suffixes() or (p.is_dir() and _is_zarr(p)):
+        return read_layers
+    return None
+
+
+def _is_zarr(p: Path) -> bool:
+    return any((p / f).exists() for f in (".zgroup", ".zarray", "zarr.json"))
+
+
+def _zarr_attrs(p: Path) -> dict:
+    import json
+    for name in (".zattrs", "zarr.json"):
+        f = p / name
+        if f.exists():
+            try:
+                d = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return {}
+            return d.get("attributes", {}).get("ome", d.get("attributes", d)) if name == "zarr.json" else d
+    return {}
+
+
+def _written_by_panoptem_as_labels(p: Path, dtype) -> bool:
+    """OME-Zarr 'image-label' groups, and 32/64-bit TIFFs whose Software tag is panoptem
+    (panoptem writes labels as uint32/uint64, grey images in their own dtype)."""
+    if p.is_dir():
+        return "image-label" in _zarr_attrs(p)
+    if p.suffix.lower() in (".tif", ".tiff", ".btf") and np.dtype(dtype).itemsize >= 4:
+        import tifffile
+        try:
+            with tifffile.TiffFile(p) as tif:
+                return (tif.pages[0].software or "").startswith("panoptem")
+        except Exception:  # noqa: BLE001 - unreadable tags just mean "not ours"
+            return False
+    return False
+
+
+def is_labels(path, dtype) -> bool:
+    """An integer array named like labels ('label' in the file name) or written by panoptem as labels."""
+    if not np.issubdtype(np.dtype(dtype), np.integer):
+        return False
+    p = Path(path)
+    return "label" in p.name.lower() or _written_by_panoptem_as_labels(p, dtype)
+
+
+def _layer_name(p: Path) -> str:
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if p.name.lower().endswith(suffix):
+            return p.name[: -len(suffix)]
+    return p.stem
+
+
+def read_layers(path) -> list[tuple]:
+    """Read ``path`` with :func:`panoptem.io.read_image` into one image or labels layer."""
+    from ..io import read_image
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    img = read_image(path)
+    p = Path(path)
+    meta = {"name": _layer_name(p), "metadata": {"voxel_size": img.voxel_size, "path": img.path}}
+    if img.voxel_size is not None:
+        meta["scale"] = tuple(img.voxel_size)
+    data = img.data
+    if is_labels(path, data.dtype):
+        nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+        if nbytes <= IN_MEMORY_LABELS_BYTES:  # editable in memory; larger ones stay lazy (view only)
+            data = np.asarray(data)
+        return [(data, meta, "labels")]
+    return [(data, meta, "image")]

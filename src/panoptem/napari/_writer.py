@@ -1,0 +1,15 @@
+"""Writer contribution: a labels layer to OME-TIFF or OME-Zarr with its voxel size."""
+from __future__ import annotations
+
+from ._layers import voxel_size_from_meta
+
+
+def write_labels(path: str, data, meta: dict) -> list[str]:
+    """Write one labels layer with :func:`panoptem.io.write_labels`; returns the path written.
+
+    The voxel size comes from the layer's ``metadata['voxel_size']`` (set by
+    panoptem's reader), else from its scale unless that is all ones.
+    """
+    from ..io import write_labels as _write
+    out = _write(path, data, voxel_size=voxel_size_from_meta(meta, data.ndim), overwrite=True)
+    return [str(out)]

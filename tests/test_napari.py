@@ -1,0 +1,469 @@
+"""The napari plugin in a real viewer (on a private Xvfb, nothing on screen): manifest, sample,
+reader/writer, and the widgets driven by clicking their buttons (a hand-set TorchScript model
+finds dark blobs).
+
+Qt's offscreen platform creates GL contexts through the X server but renders nothing (black
+canvas), so with an X server we use the xcb platform when it loads, else offscreen."""
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("napari", reason="napari is not installed: pip install 'panoptem[napari]'")
+pytest.importorskip("pytestqt", reason="pytest-qt is not installed: pip install 'panoptem[test]'")
+
+
+_KEEP: list = []
+
+
+def _ensure_display() -> str | None:
+    """napari's canvas needs OpenGL, which Qt's offscreen platform takes from an X server:
+    use $DISPLAY, else start a private Xvfb that a watchdog stops when this process ends."""
+    if os.environ.get("DISPLAY"):
+        return None
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        return "no X display and no Xvfb for OpenGL: apt-get install xvfb (or run under xvfb-run)"
+    r, w = os.pipe()
+    watchdog = (f"'{xvfb}' -displayfd {w} -screen 0 1920x1200x24 -nolisten tcp 2>/dev/null & x=$!; "
+                f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill $x")
+    subprocess.Popen(["sh", "-c", watchdog], pass_fds=(w,), stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, start_new_session=True)
+    os.close(w)
+    got = b""
+    while not got.endswith(b"\n"):  # Xvfb writes "N\n" once it accepts clients
+        chunk = os.read(r, 32)
+        if not chunk:
+            break
+        got += chunk
+    _KEEP.append(r)  # never close: a later write by Xvfb must not kill it with SIGPIPE
+    num = got.decode().strip()
+    if not num:
+        return "Xvfb did not start"
+    os.environ["DISPLAY"] = f":{num}"
+    return None
+
+
+def _qt_platform() -> str:
+    """xcb when Qt can open a window on the display (libxcb-* present), else offscreen."""
+    probe = subprocess.run([sys.executable, "-c", "from qtpy.QtWidgets import QApplication; QApplication([])"],
+                           env={**os.environ, "QT_QPA_PLATFORM": "xcb"}, capture_output=True, timeout=120)
+    return "xcb" if probe.returncode == 0 else "offscreen"
+
+
+_NO_DISPLAY = _ensure_display()
+if not os.environ.get("QT_QPA_PLATFORM"):
+    os.environ["QT_QPA_PLATFORM"] = "offscreen" if _NO_DISPLAY else _qt_platform()
+pytestmark = [pytest.mark.gui, pytest.mark.skipif(_NO_DISPLAY is not None, reason=str(_NO_DISPLAY))]
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import yaml  # noqa: E402
+
+MANIFEST = Path(__file__).resolve().parents[1] / "src" / "panoptem" / "napari" / "napari.yaml"
+
+
+class DarkBlobNet(nn.Module):
+    """Dark pixels are foreground; the centre heatmap is blurred darkness; offsets 0 (stride 4)."""
+
+    def forward(self, x):
+        dark = F.relu(-x - 0.5)
+        d4 = F.avg_pool2d(dark, 4)
+        blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
+        return {"sem_logits": 20 * (d4 - 0.75), "ctr_hmp": blur,
+                "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """PANOPTEM_HOME with one registered model, 'darkblob' (TorchScript, nothing downloaded)."""
+    from panoptem.models.load import sha256_of
+    from panoptem.napari._inference import cached_model
+    d = tmp_path / "home" / "models" / "darkblob"
+    d.mkdir(parents=True)
+    torch.jit.script(DarkBlobNet()).save(str(d / "model.pt"))
+    card = {"name": "darkblob", "description": "test model: dark blobs", "label_divisor": None,
+            "weights": {"file": "model.pt", "sha256": sha256_of(d / "model.pt"), "format": "torchscript"}}
+    (d / "card.yaml").write_text(yaml.safe_dump(card))
+    monkeypatch.setenv("PANOPTEM_HOME", str(tmp_path / "home"))
+    cached_model.cache_clear()
+    yield
+    cached_model.cache_clear()
+
+
+@pytest.fixture
+def registered():
+    """The plugin known to napari (installed: by its entry point; else from the manifest file)."""
+    from npe2 import PluginManager, PluginManifest
+    pm = PluginManager.instance()
+    if "panoptem" not in pm:
+        pm.register(PluginManifest.from_file(MANIFEST))
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, registered):
+    return make_napari_viewer()
+
+
+def blobs(shape=(4, 128, 160), centers=((30, 40), (64, 110), (100, 40)), r=14):
+    """Dark discs (40) on a bright background (220), the same in every slice."""
+    yy, xx = np.mgrid[: shape[1], : shape[2]]
+    img = np.full(shape[1:], 220, np.uint8)
+    for cy, cx in centers:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 40
+    return np.broadcast_to(img, shape).copy()
+
+
+def dock(viewer, cls):
+    w = cls(viewer)
+    viewer.window.add_dock_widget(w, name=cls.__name__)
+    return w
+
+
+def run_and_wait(qtbot, w, timeout=60_000):
+    w.run_button.native.click()
+    qtbot.waitUntil(lambda: not w.running, timeout=timeout)
+
+
+# ------------------------------------------------------------------ manifest, sample, reader, writer
+
+def test_manifest_is_valid_and_importable():
+    from npe2 import PluginManifest
+    m = PluginManifest.from_file(MANIFEST)
+    m.validate_imports()
+    assert m.name == "panoptem"
+    assert [w.display_name for w in m.contributions.widgets] == [
+        "2D Inference (Parameter Testing)", "3D Inference", "Proofread Labels", "Measure Labels"]
+    assert [s.key for s in m.contributions.sample_data] == ["sample"]
+    assert m.contributions.writers[0].layer_types == ["labels"]
+
+
+def test_sample_opens_with_voxel_size(viewer):
+    viewer.open_sample("panoptem", "sample")
+    layer = viewer.layers["panoptem sample"]
+    assert layer.data.shape == (30, 384, 384) and layer.data.dtype == np.uint8
+    assert tuple(layer.scale) == (5.0, 5.0, 5.0)
+
+
+def test_reader_and_writer_round_trip_labels(viewer, tmp_path):
+    import tifffile
+
+    from panoptem.napari._reader import get_reader
+    from panoptem.napari._writer import write_labels
+    lab = np.zeros((3, 20, 30), np.uint32)
+    lab[1, 5:10, 5:12] = 7
+    lab[2, 1:3, 20:25] = 70000
+    out = write_labels(str(tmp_path / "cells.tif"), lab, {"scale": (40.0, 4.0, 4.0), "metadata": {}})
+    assert out == [str(tmp_path / "cells.tif")]
+    layer = viewer.open(out[0], plugin="panoptem")[0]
+    assert layer.__class__.__name__ == "Labels"            # panoptem wrote it as labels
+    assert np.array_equal(layer.data, lab) and tuple(layer.scale) == (40.0, 4.0, 4.0)
+    # a plain integer image is an image; the same named *_labels is labels
+    tifffile.imwrite(tmp_path / "em.tif", (lab % 251).astype(np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "em_labels.tif", (lab % 251).astype(np.uint8), photometric="minisblack")
+    em = viewer.open(str(tmp_path / "em.tif"), plugin="panoptem")[0]
+    assert em.__class__.__name__ == "Image" and em.data.shape == (3, 20, 30)
+    em_labels = viewer.open(str(tmp_path / "em_labels.tif"), plugin="panoptem")[0]
+    assert em_labels.__class__.__name__ == "Labels" and np.array_equal(em_labels.data, lab % 251)
+    z = write_labels(str(tmp_path / "cells.zarr"), lab, {"scale": (1.0, 1.0, 1.0), "metadata": {"voxel_size": (8, 8, 8)}})
+    zl = viewer.open(z[0], plugin="panoptem")[0]              # OME-Zarr 'image-label' -> labels
+    assert zl.__class__.__name__ == "Labels" and np.array_equal(zl.data, lab) and tuple(zl.scale) == (8, 8, 8)
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
+
+
+# ------------------------------------------------------------------ parameter forms
+
+def test_forms_come_from_the_parameter_schema(viewer, home):
+    from panoptem.models.load import DEFAULT_MODEL
+    from panoptem.napari._inference import Inference2DWidget, Inference3DWidget
+    from panoptem.params import Params2D, Params3D
+    for cls, params in ((Inference2DWidget, Params2D), (Inference3DWidget, Params3D)):
+        w = dock(viewer, cls)
+        assert list(w.form.values()) == list(params.model_fields)
+        for name, field in params.model_fields.items():
+            assert w.form[name].value == field.default
+            assert w.form[name].tooltip == field.description
+        assert "darkblob" in w.model.choices
+        assert w.model.value == (DEFAULT_MODEL if DEFAULT_MODEL in w.model.choices else "darkblob")
+    assert w.form["downsampling"].label == "Image Downsampling"
+    assert w.form["median_slices"].choices == (1, 3, 5, 7, 9, 11)
+    assert w.form["inference_plane"].choices == ("xy", "xz", "yz")
+    w.form.set_values(min_size=123, orthoplane=True)
+    p = w.form.params()
+    assert isinstance(p, Params3D) and p.min_size == 123 and p.orthoplane
+
+
+# ------------------------------------------------------------------ 2D inference
+
+def test_2d_inference_on_the_current_plane_xy_xz_and_batch(viewer, qtbot, home):
+    from panoptem.napari._inference import Inference2DWidget
+    img = viewer.add_image(blobs(), name="blobs", scale=(10.0, 5.0, 5.0))
+    w = dock(viewer, Inference2DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.form.set_values(maximum_objects_per_class=0)
+    viewer.dims.set_point(0, 20.0)                     # z = 2 (scale 10)
+    run_and_wait(qtbot, w)
+    out = viewer.layers["blobs-2D-prediction"]
+    assert out.data.shape == (1, 128, 160) and out.data.dtype == np.uint32
+    assert tuple(out.scale) == (10.0, 5.0, 5.0) and tuple(out.translate) == (20.0, 0.0, 0.0)
+    assert np.unique(out.data).tolist() == [0, 1, 2, 3]
+    assert w.status.value.startswith("Done: 3 labels on xy plane 2")
+
+    viewer.dims.order = (1, 0, 2)                      # show xz: y is the slider
+    viewer.dims.set_point(1, 64 * 5.0)                 # y = 64 crosses the middle blob only
+    run_and_wait(qtbot, w)
+    out = viewer.layers["blobs-2D-prediction"]        # same layer, new plane
+    assert out.data.shape == (4, 1, 160) and tuple(out.translate) == (0.0, 320.0, 0.0)
+    assert len(np.unique(out.data)) - 1 == 1
+    assert "xz plane 64" in w.status.value
+
+    w.batch.value = True
+    run_and_wait(qtbot, w)
+    stack = viewer.layers["blobs-batch-prediction"]
+    assert stack.data.shape == (4, 128, 160) and tuple(stack.scale) == (10.0, 5.0, 5.0)
+    assert all(len(np.unique(s)) - 1 == 3 for s in stack.data)
+
+
+def test_2d_inference_reports_errors_in_the_widget(viewer, qtbot, home):
+    from panoptem.napari._inference import Inference2DWidget
+    w = dock(viewer, Inference2DWidget)
+    run_and_wait(qtbot, w)
+    assert w.status.value.startswith("Error: Choose an image layer")
+    viewer.add_image(blobs()[0], name="one")
+    w.image.value = viewer.layers["one"]
+    w.batch.value = True
+    run_and_wait(qtbot, w)
+    assert "Batch mode needs a 3D stack" in w.status.value
+
+
+# ------------------------------------------------------------------ 3D inference
+
+def test_3d_inference_on_the_sample_with_screenshot(make_napari_viewer, registered, qtbot, home):
+    from panoptem.models.load import DEFAULT_MODEL
+    from panoptem.napari._inference import Inference3DWidget
+    from panoptem.napari._layers import camera_of
+    viewer = make_napari_viewer(show=True)             # a shown window renders (under Xvfb: off screen)
+    viewer.open_sample("panoptem", "sample")
+    w = dock(viewer, Inference3DWidget)
+    w.image.value = viewer.layers["panoptem sample"]
+    w.device.value = "cpu"
+    # the docs picture shows the shipped model when it is there; the test itself uses the test model
+    docs = os.environ.get("PANOPTEM_SCREENSHOT") and DEFAULT_MODEL in w.model.choices
+    w.model.value = DEFAULT_MODEL if docs else "darkblob"
+    w.form.set_values(return_panoptic=True)
+    run_and_wait(qtbot, w, timeout=120_000)
+    assert w.status.value.startswith("Done:"), w.status.value
+    mito = viewer.layers["panoptem sample-mitochondria-prediction"]
+    stack = viewer.layers["panoptem sample-panoptic-stack-xy"]
+    assert mito.data.shape == (30, 384, 384) and mito.data.dtype == np.uint32
+    assert tuple(mito.scale) == (5.0, 5.0, 5.0) and tuple(stack.scale) == (5.0, 5.0, 5.0)
+    assert mito.data.max() > 0 and len(np.unique(mito.data)) - 1 == int(mito.data.max())  # ids 1..N
+    assert w.progress.value == 30 and w.progress.max == 30
+    viewer.layers.remove("panoptem sample-panoptic-stack-xy")
+    viewer.window.resize(1600, 950)
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    camera_of(viewer).angles = (-15, 30, 70)
+    shot = viewer.screenshot(canvas_only=True)
+    assert shot.ndim == 3 and shot.shape[-1] == 4
+    if os.environ["QT_QPA_PLATFORM"] != "offscreen":   # offscreen draws nothing
+        assert shot[..., :3].std() > 10
+    if os.environ.get("PANOPTEM_SCREENSHOT"):               # refresh docs/screenshot.png on demand
+        viewer.screenshot(os.environ["PANOPTEM_SCREENSHOT"], canvas_only=False)
+
+
+def test_3d_inference_finds_exactly_the_synthetic_objects(viewer, qtbot, home):
+    from panoptem.napari._inference import Inference3DWidget
+    img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0), translate=(100.0, 0, 0))
+    w = dock(viewer, Inference3DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.form.set_values(min_size=50, min_extent=2)
+    run_and_wait(qtbot, w)
+    out = viewer.layers["tubes-mitochondria-prediction"]
+    assert np.unique(out.data).tolist() == [0, 1, 2, 3]
+    assert tuple(out.scale) == (20.0, 5.0, 5.0) and tuple(out.translate) == (100.0, 0.0, 0.0)
+    assert "Done: 3 mitochondria" in w.status.value
+
+
+def test_3d_cancel_really_stops(viewer, qtbot, home):
+    from panoptem.napari._inference import Inference3DWidget
+    img = viewer.add_image(blobs((40, 64, 64), centers=((32, 32),), r=10), name="long")
+    w = dock(viewer, Inference3DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.run_button.native.click()
+    assert w.cancel_button.enabled
+    w.cancel_button.native.click()                 # before the first batch of 4 slices ends
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    assert w.status.value == "Cancelled (stopped after 4 of 40 xy slices)."
+    assert "long-mitochondria-prediction" not in viewer.layers
+    assert not w.cancel_button.enabled and w.run_button.enabled
+
+
+# ------------------------------------------------------------------ proofreading
+
+def rooms(z=3):
+    """Per plane: label 1 = two rooms joined by a corridor (row 4), label 2 aside, label 3 in a corner."""
+    a = np.zeros((9, 20), np.uint32)
+    a[1:8, 1:7] = 1
+    a[1:8, 9:15] = 1
+    a[4, 7:9] = 1
+    a[2:6, 17:19] = 2
+    a[8, 0] = 3
+    return np.stack([a] * z)
+
+
+def test_proofread_merge_plane_then_3d_with_undo(viewer):
+    from panoptem.napari._proofread import ProofreadWidget
+    data = rooms()
+    lab = viewer.add_labels(data.copy(), name="lab", scale=(30.0, 5.0, 5.0))
+    pts = viewer.add_points([[1 * 30.0, 4 * 5.0, 3 * 5.0], [1 * 30.0, 3 * 5.0, 17 * 5.0]], name="p")  # world coords
+    w = dock(viewer, ProofreadWidget)
+    assert w.points.value is None and w.shapes.value is None   # never picked silently
+    w.labels.value = lab
+    w.buttons["merge"].native.click()
+    assert "Choose a points or shapes layer" in w.status.value
+    w.points.value = pts
+    viewer.dims.set_point(0, 30.0)                     # plane z = 1
+    w.buttons["merge"].native.click()
+    exp = data.copy()
+    exp[1][exp[1] == 2] = 1
+    assert np.array_equal(lab.data, exp), w.status.value
+    assert "Merged [1, 2] -> 1 in plane 1 of axis 0" in w.status.value
+    w.buttons["undo"].native.click()
+    assert np.array_equal(lab.data, data)
+    w.buttons["redo"].native.click()
+    assert np.array_equal(lab.data, exp)
+    w.buttons["undo"].native.click()
+    lab.selected_label = 2                             # the selected label wins when it is among them
+    w.apply_3d.value = True
+    w.buttons["merge"].native.click()
+    assert np.array_equal(lab.data, np.where(data == 1, 2, data))
+
+
+def test_proofread_delete_with_a_line_split_and_morph(viewer):
+    from panoptem.napari._proofread import ProofreadWidget
+    data = rooms()
+    lab = viewer.add_labels(data.copy(), name="lab")
+    line = viewer.add_shapes([np.array([[2, 3, 16], [2, 3, 19]])], shape_type="path", name="cut")
+    w = dock(viewer, ProofreadWidget)
+    w.labels.value = lab
+    w.shapes.value = line
+    viewer.dims.set_point(0, 2)
+    w.buttons["delete"].native.click()             # the line crosses label 2 in plane 2
+    exp = data.copy()
+    exp[2][exp[2] == 2] = 0
+    assert np.array_equal(lab.data, exp)
+
+    w.shapes.value = None
+    pts = viewer.add_points([[2, 4, 3], [2, 4, 12]], name="seeds")
+    w.points.value = pts
+    w.use_points.value = True
+    w.buttons["split"].native.click()
+    assert "Mark exactly one label" not in w.status.value, w.status.value
+    assert np.unique(lab.data[2]).tolist() == [0, 3, 4, 5]                    # new ids after the max (3)
+    assert np.unique(lab.data[2][1:8, 1:7]).tolist() == [4] and np.unique(lab.data[2][1:8, 9:15]).tolist() == [5]
+    assert lab.data[2, 4, 7] == 4 and lab.data[2, 4, 8] == 5
+    assert np.array_equal(lab.data[:2], data[:2])
+    w.buttons["undo"].native.click()
+    w.buttons["undo"].native.click()
+    assert np.array_equal(lab.data, data)
+
+    w.new_ids_start.value = 2                          # 2, 3 exist: refused, nothing changes
+    w.buttons["split"].native.click()
+    assert "collide" in w.status.value and np.array_equal(lab.data, data)
+
+    # dilate label 3 (corner) in 3D: it grows into background only
+    viewer.layers.remove(pts)
+    w.points.value = viewer.add_points([[0, 8, 0]], name="corner")
+    w.apply_3d.value = True
+    w.op.value, w.radius.value = "dilate", 1
+    w.buttons["morph"].native.click()
+    assert lab.data[1, 8, 1] == 3 and lab.data[0, 7, 0] == 3 and lab.data[1, 7, 1] == 1  # the room is kept
+    assert (lab.data == 1).sum() == (data == 1).sum() and (lab.data == 2).sum() == (data == 2).sum()
+
+
+def test_proofread_filter_count_jump_next(viewer):
+    from panoptem.napari._proofread import ProofreadWidget
+    data = rooms()
+    lab = viewer.add_labels(data.copy(), name="lab", scale=(30.0, 5.0, 5.0))
+    w = dock(viewer, ProofreadWidget)
+    w.labels.value = lab
+    w.apply_3d.value = True
+    w.min_size.value = 4                               # label 3 has 3 voxels: removed; 4 would stay
+    w.buttons["filter"].native.click()
+    out = viewer.layers["lab-filtered"]
+    assert np.array_equal(out.data, np.where(data == 3, 0, data)) and np.array_equal(lab.data, data)
+    assert tuple(out.scale) == (30.0, 5.0, 5.0) and "Removed 1 labels" in w.status.value
+    assert w.labels.value is lab
+    w.buttons["count"].native.click()
+    assert w.status.value == "Labels per class: class 1: 3"
+    w.label_id.value = 2
+    lab.data[:2][lab.data[:2] == 2] = 0                # label 2 only in plane z=2 now
+    w.buttons["jump"].native.click()
+    assert viewer.dims.point[0] == 60.0 and lab.selected_label == 2
+    w.buttons["next_label"].native.click()
+    assert lab.selected_label == 4
+    w.divisor.value, w.class_id.value = 1000, 2
+    w.buttons["next_label"].native.click()
+    assert lab.selected_label == 2001
+
+
+def test_proofread_new_points_layer_is_picked_and_scaled(viewer):
+    from panoptem.napari._proofread import ProofreadWidget
+    lab = viewer.add_labels(rooms(), name="lab", scale=(30.0, 5.0, 5.0))
+    w = dock(viewer, ProofreadWidget)
+    w.labels.value = lab
+    w.new_points_layer()
+    pts = viewer.layers["proofread points"]
+    assert w.points.value is pts and tuple(pts.scale) == (30.0, 5.0, 5.0) and w.labels.value is lab
+
+
+# ------------------------------------------------------------------ measure
+
+def test_measure_widget_fills_features_and_csv(viewer, tmp_path, monkeypatch):
+    from panoptem.napari._measure import MeasureWidget
+    calls = []
+
+    def fake_measure(labels, voxel_size, **kw):
+        calls.append(voxel_size)
+        ids, counts = np.unique(labels[labels > 0], return_counts=True)
+        return {"label": ids, "volume_nm3": counts * float(np.prod(voxel_size))}
+
+    monkeypatch.setitem(sys.modules, "panoptem.measure", types.SimpleNamespace(measure=fake_measure))
+    lab = viewer.add_labels(rooms(2), name="lab", scale=(30.0, 5.0, 5.0))
+    w = dock(viewer, MeasureWidget)
+    w.labels.value = lab
+    w.csv.value = tmp_path / "objects.csv"
+    w.run_button.native.click()
+    assert calls == [(30.0, 5.0, 5.0)]
+    assert lab.features["index"].tolist() == [1, 2, 3]
+    assert lab.features["volume_nm3"].tolist() == [2 * 86 * 750.0, 2 * 8 * 750.0, 2 * 750.0]
+    lines = (tmp_path / "objects.csv").read_text().splitlines()
+    assert lines == ["index,label,volume_nm3", "1,1,129000.0", "2,2,12000.0", "3,3,1500.0"]
+    assert w.status.value.startswith("Measured 3 objects (nm)")
+
+
+def test_measure_widget_with_the_real_measure(viewer):
+    pytest.importorskip("panoptem.measure")
+    from panoptem.napari._measure import MeasureWidget
+    lab = viewer.add_labels(rooms(2), name="lab", scale=(30.0, 5.0, 5.0))
+    img = viewer.add_image(np.where(rooms(2) > 0, 100, 0).astype(np.uint8), name="em")
+    w = dock(viewer, MeasureWidget)
+    w.labels.value = lab
+    assert w.image.value is None                       # optional: never picked silently
+    w.image.value = img
+    w.run_button.native.click()
+    assert lab.features["index"].tolist() == [1, 2, 3]
+    assert lab.features["voxels"].tolist() == [172, 16, 2]
+    assert lab.features["volume_nm3"].tolist() == [172 * 750.0, 16 * 750.0, 2 * 750.0]
+    assert lab.features["mean_intensity"].tolist() == [100.0, 100.0, 100.0]
