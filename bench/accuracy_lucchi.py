@@ -28,6 +28,32 @@ CONFIGS_3D = [
 ]
 
 
+def validate_2d(model, z0: int = 135, z1: int = 165) -> dict:
+    """2D validation figures of a model on Lucchi slices z0..z1-1 (each slice on its own)."""
+    import tifffile
+
+    import panoptem
+    from panoptem.evaluate import evaluate
+    zs = range(z0, z1)
+    img = tifffile.imread(LUCCHI / "training_image.tif", key=zs)
+    gt2d = tifffile.imread(LUCCHI / "training_instances2d.tif", key=zs)
+    mask = tifffile.imread(LUCCHI / "training_mask.tif", key=zs) > 0
+    with Timer() as t:
+        lab = panoptem.segment_2d(img, model, batch=True)
+    tp = fp = fn = 0
+    for z in range(len(img)):
+        r = evaluate(lab[z], gt2d[z])
+        tp += r["tp_50"]
+        fp += r["fp_50"]
+        fn += r["fn_50"]
+    fg = lab > 0
+    return dict(data=f"lucchi z{z0}-{z1 - 1} (validation)",
+                foreground_iou=round(float((fg & mask).sum() / (fg | mask).sum()), 4),
+                f1_50=round(tp / max(tp + (fp + fn) / 2, 1e-9), 4), precision_50=round(tp / max(tp + fp, 1), 4),
+                recall_50=round(tp / max(tp + fn, 1), 4), n_gt=int(tp + fn), n_pred=int(tp + fp),
+                seconds=round(t.s, 1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="MitoLite_v1")
@@ -44,25 +70,10 @@ def main():
 
     zs = range(a.z0, a.z1)
     img = tifffile.imread(LUCCHI / "training_image.tif", key=zs)
-    gt2d = tifffile.imread(LUCCHI / "training_instances2d.tif", key=zs)
     mask = tifffile.imread(LUCCHI / "training_mask.tif", key=zs) > 0
     model = panoptem.load_model(a.model)
     if a.only in (None, "2d"):
-        with Timer() as t:
-            lab = panoptem.segment_2d(img, model, batch=True)
-        tp = fp = fn = 0
-        for z in range(len(img)):
-            r = evaluate(lab[z], gt2d[z])
-            tpz = round(r["recall_50"] * r["n_gt"])
-            tp += tpz
-            fp += r["n_pred"] - tpz
-            fn += r["n_gt"] - tpz
-        fg = lab > 0
-        emit(what="accuracy 2d", data=f"lucchi z{a.z0}-{a.z1 - 1} (validation)", model=a.model,
-             foreground_iou=round(float((fg & mask).sum() / (fg | mask).sum()), 4),
-             f1_50=round(tp / max(tp + (fp + fn) / 2, 1e-9), 4), precision_50=round(tp / max(tp + fp, 1), 4),
-             recall_50=round(tp / max(tp + fn, 1), 4), n_gt=int(tp + fn), n_pred=int(tp + fp),
-             seconds=round(t.s, 1), machine=machine())
+        emit(what="accuracy 2d", model=a.model, **validate_2d(model, a.z0, a.z1), machine=machine())
     if a.only in (None, "3d"):
         gt3d = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
         chosen = CONFIGS_3D if a.configs is None else [CONFIGS_3D[int(i)] for i in a.configs.split(",")]

@@ -33,7 +33,7 @@ class Params2D(BaseModel):
     semantic_only: bool = Field(False, description="Semantic only: skip instance separation.")
     maximum_objects_per_class: int = Field(10000, ge=0, description="Max objects per class (the label "
                                            "divisor): label = class x divisor + n; 0 gives ids 1..N.")
-    tile_size: int = Field(0, ge=0, description="Tile size in pixels for large 2D images (0 = whole image).")
+    tile_size: int = Field(0, ge=0, description="Tile size: tile large 2D images into tiles of this many pixels (0 = whole image).")
 
     @field_validator("downsampling")
     @classmethod
@@ -52,20 +52,20 @@ class Params3D(Params2D):
 
     median_slices: int = Field(3, description="Median Filter Size: running median of the semantic "
                                "probabilities over this many neighbouring slices (1, 3, ... 11).")
-    min_size: int = Field(500, ge=0, description="Min Size in voxels: smaller 3D objects are removed.")
-    min_extent: int = Field(5, ge=0, description="Min Extent in voxels: objects whose bounding box is "
-                            "thinner than this along any axis are removed.")
-    inference_plane: Literal["xy", "xz", "yz"] = Field("xy", description="Inference plane of a one-plane stack.")
+    min_size: int = Field(500, ge=0, description="Min Size: 3D objects with fewer voxels than this are removed.")
+    min_extent: int = Field(5, ge=0, description="Min Extent: objects whose bounding box is thinner "
+                            "than this many voxels along any axis are removed.")
+    inference_plane: Literal["xy", "xz", "yz"] = Field("xy", description="Inference plane: the stack axis of one-plane 3D inference (xy, xz or yz).")
     orthoplane: bool = Field(False, description="Run ortho-plane: xy, xz and yz stacks, then a consensus.")
-    pixel_vote_thr: int = Field(2, ge=1, le=3, description="Voxel Vote Thr Out of 3.")
-    allow_one_view: bool = Field(False, description="Permit detections found in 1 stack into consensus.")
-    return_panoptic: bool = Field(False, description="Return xy, xz, yz stacks as well as the consensus.")
+    pixel_vote_thr: int = Field(2, ge=1, le=3, description="Voxel Vote Thr Out of 3: stacks that must agree on a voxel of a matched object.")
+    allow_one_view: bool = Field(False, description="Permit detections found in 1 stack: keep objects seen by one stack only.")
+    return_panoptic: bool = Field(False, description="Return xy, xz, yz stacks: return the per-plane volumes as well.")
     fusion: Literal["consensus", "probability"] = Field("consensus", description="Ortho-plane fusion: "
                                                         "'consensus' votes on 3 label volumes; 'probability' "
                                                         "averages the 3 network outputs, then decodes once.")
-    iou_thr: float = Field(0.25, ge=0.0, le=1.0, description="Linking: IoU for one-to-one matches between slices.")
-    ioa_thr: float = Field(0.25, ge=0.0, le=1.0, description="Linking: overlap / own area that joins a fragment.")
-    bridge_gaps: int = Field(0, ge=0, le=1, description="Linking: bridge one missing slice (0 or 1).")
+    iou_thr: float = Field(0.25, ge=0.0, le=1.0, description="Link IoU Thr: IoU for one-to-one matches between neighbouring slices.")
+    ioa_thr: float = Field(0.25, ge=0.0, le=1.0, description="Link IoA Thr: overlap / own area that joins a fragment or branch.")
+    bridge_gaps: int = Field(0, ge=0, le=1, description="Bridge gaps: link objects across this many missing slices (0 or 1).")
 
     @field_validator("median_slices")
     @classmethod

@@ -33,3 +33,26 @@ def panoptic_loss(out: dict, semantic: torch.Tensor, heatmap: torch.Tensor, offs
     l_l1 = (torch.abs(out["offsets"] - offsets) * wgt).sum() / (2 * wgt.sum()).clamp(min=1.0)
     total = w_bce * l_bce + w_dice * l_dice + w_mse * l_mse + w_l1 * l_l1
     return total, {k: round(float(v.detach()), 5) for k, v in (("bce", l_bce), ("dice", l_dice), ("mse", l_mse), ("l1", l_l1))}
+
+
+def bootstrapped_ce(logits: torch.Tensor, target: torch.Tensor, top_k: float = 0.2) -> torch.Tensor:
+    """Cross-entropy (``logits`` (N, C, H, W), ``target`` (N, H, W) channel
+    indices) averaged over the hardest ``top_k`` fraction of pixels."""
+    loss = F.cross_entropy(logits, target, reduction="none").flatten(1)
+    k = max(1, int(top_k * loss.shape[1]))
+    return loss.topk(k, dim=1).values.mean()
+
+
+def panoptic_loss_ce(out: dict, semantic: torch.Tensor, heatmap: torch.Tensor, offsets: torch.Tensor,
+                     offset_weight: torch.Tensor, weights=(1.0, 200.0, 0.01)) -> tuple[torch.Tensor, dict]:
+    """Multi-class variant of :func:`panoptic_loss`: bootstrapped cross-entropy
+    on the softmax channels (background + classes; ``semantic`` holds channel
+    indices), heatmap MSE and foreground L1 on offsets. Returns the total and its parts."""
+    w_ce, w_mse, w_l1 = weights
+    sem = F.interpolate(out["sem_logits"], size=semantic.shape[-2:], mode="bilinear", align_corners=False)
+    l_ce = bootstrapped_ce(sem, semantic.long())
+    l_mse = F.mse_loss(out["ctr_hmp"], heatmap.unsqueeze(1))
+    wgt = offset_weight.unsqueeze(1)
+    l_l1 = (torch.abs(out["offsets"] - offsets) * wgt).sum() / (2 * wgt.sum()).clamp(min=1.0)
+    total = w_ce * l_ce + w_mse * l_mse + w_l1 * l_l1
+    return total, {k: round(float(v.detach()), 5) for k, v in (("ce", l_ce), ("mse", l_mse), ("l1", l_l1))}

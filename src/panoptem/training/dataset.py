@@ -1,0 +1,425 @@
+"""Training datasets on disk, and a sampler over several of them.
+
+A dataset folder holds ``images/<name>.tif`` and ``masks/<name>.tif`` with the
+same names (PNG works too), and ``dataset.json``: the classes, the label divisor
+the masks were painted with, and where every patch came from. Flipbook patches
+also leave their planes in ``flipbooks/<name>.tif`` for the annotator; only
+the middle plane is an image to train on. The layout is empanada's, so its
+dataset folders (and a root holding several of them) load too.
+
+>>> names = store_dataset(patches, "mydata")                       # doctest: +SKIP
+>>> images, masks, meta = load_dataset("mydata")                   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import PanoptemError
+from ..inference.preprocess import MEAN, STD, dtype_range, intensity_range
+from .augment import intensity_augment, sample_patch
+from .patches import Patch
+from .targets import make_panoptic_targets
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+META = "dataset.json"
+KINDS = ("instance", "semantic")
+
+
+# ---------------------------------------------------------------- classes
+
+
+def parse_classes(classes) -> list[tuple[int, str, str]]:
+    """Normalise a class list to ``[(id, name, kind), ...]``.
+
+    Accepts ``{id: name}``, ``{id: (name, kind)}``, ``[(id, name, kind)]``,
+    ``["id,name,kind"]`` (kind defaults to instance) or model-card ``ClassInfo``s.
+    """
+    if isinstance(classes, dict):
+        items = [(k, *((v,) if isinstance(v, str) else tuple(v))) for k, v in classes.items()]
+    else:
+        items = []
+        for c in classes:
+            if hasattr(c, "kind") and hasattr(c, "id"):
+                items.append((c.id, c.name, c.kind))
+            elif isinstance(c, str):
+                items.append(tuple(t.strip() for t in c.split(",")))
+            elif isinstance(c, dict):
+                items.append((c["id"], c.get("name", f"class{c['id']}"), c.get("kind", "instance")))
+            else:
+                items.append(tuple(c))
+    out = []
+    for it in items:
+        if not 1 <= len(it) <= 3:
+            raise PanoptemError(f"Class {it!r} must be 'id,name,instance|semantic'.")
+        try:
+            cid = int(it[0])
+        except ValueError:
+            raise PanoptemError(f"Class id '{it[0]}' is not an integer; write classes as 'id,name,kind'.") from None
+        name = str(it[1]) if len(it) > 1 else f"class{cid}"
+        kind = str(it[2]).lower() if len(it) > 2 else "instance"
+        if kind not in KINDS:
+            raise PanoptemError(f"Class {cid} has kind '{kind}'; use 'instance' or 'semantic'.")
+        if cid < 1:
+            raise PanoptemError(f"Class ids start at 1 (0 is background), not {cid}.")
+        out.append((cid, name, kind))
+    ids = [c[0] for c in out]
+    if not out or len(set(ids)) != len(ids):
+        raise PanoptemError(f"Give at least one class and each id once (got ids {ids}).")
+    return out
+
+
+def class_map(mask: np.ndarray, label_divisor: int | None) -> np.ndarray:
+    """Class id of every pixel (``label // divisor``; 1 for any object without a divisor)."""
+    if label_divisor:
+        return mask // int(label_divisor)
+    return (mask > 0).astype(np.int64)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _read_meta(folder: Path) -> dict | None:
+    f = folder / META
+    if not f.exists():
+        return None
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise PanoptemError(f"{f} is not valid JSON ({e}); fix or delete it.") from None
+    if not isinstance(d, dict):
+        raise PanoptemError(f"{f} is not a panoptem dataset description; fix or delete it.")
+    return d
+
+
+def _write_json_atomic(path: Path, d: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(d, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_pair(name: str, img: np.ndarray, lab: np.ndarray, divisor: int | None, ids: set[int]) -> None:
+    if img.shape != lab.shape:
+        raise PanoptemError(f"Patch '{name}': image {img.shape} and mask {lab.shape} differ in shape; "
+                            "crop both from the same place.")
+    if lab.dtype.kind not in "iub" and not (lab.dtype.kind == "f" and np.all(np.mod(lab, 1) == 0)):
+        raise PanoptemError(f"Patch '{name}': the mask holds non-integer values; masks are label images.")
+    if lab.min() < 0:
+        raise PanoptemError(f"Patch '{name}': the mask holds negative labels; use 0 for background.")
+    if not lab.any():
+        raise PanoptemError(f"Patch '{name}' has an empty mask; paint its objects, or leave the patch out.")
+    cls = np.unique(class_map(lab.astype(np.int64), divisor))
+    bad = sorted(set(cls[cls > 0].tolist()) - ids)
+    if bad:
+        hint = f" with label divisor {divisor}" if divisor else ""
+        raise PanoptemError(f"Patch '{name}': its mask holds class(es) {bad}{hint}, not among the dataset's "
+                            f"classes {sorted(ids)}; check the label divisor.")
+
+
+def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None,
+                  label_divisor: int | None = None, overwrite: bool = False) -> list[str]:
+    """Write patches as a training dataset folder.
+
+    Parameters
+    ----------
+    patches : :class:`~panoptem.training.patches.Patch` objects. Those with
+        labels give ``images/<name>.tif`` + ``masks/<name>.tif``; those without
+        give only the image (its mask is to be painted and saved as
+        ``masks/<name>.tif``). Flipbooks give their middle plane (the planes
+        go to ``flipbooks/<name>.tif`` for context); padding is left out.
+    folder : dataset folder; created, or appended to.
+    class_names : ``{id: name}`` or ``{id: (name, "instance"|"semantic")}``;
+        default ``{1: "mitochondria"}``.
+    label_divisor : divisor the masks are painted with (``class * divisor + n``),
+        or None (every object is an instance of the one class).
+    overwrite : a patch whose name exists replaces its files; otherwise it is
+        stored under a new name (``<name>_2``, ...), so nothing is clobbered.
+
+    Returns
+    -------
+    The names written (file stems).
+
+    Raises
+    ------
+    PanoptemError
+        for an empty mask, an image/mask shape mismatch, a class not in
+        ``class_names``, or a folder holding another label divisor or classes;
+        nothing is written then.
+    """
+    from ..io import write_image, write_labels
+    classes = parse_classes(class_names if class_names is not None else {1: "mitochondria"})
+    if label_divisor is not None and int(label_divisor) < 1:
+        raise PanoptemError(f"label_divisor must be a positive integer or None, not {label_divisor}.")
+    if len(classes) > 1 and not label_divisor:
+        raise PanoptemError("Several classes need a label divisor (masks painted as class * divisor + n).")
+    root = Path(folder)
+    meta = _read_meta(root) or {}
+    cls_json = [dict(id=c, name=n, kind=k) for c, n, k in classes]
+    if meta:
+        if meta.get("label_divisor") != label_divisor or meta.get("classes", cls_json) != cls_json:
+            raise PanoptemError(f"Dataset {root} holds masks with label divisor {meta.get('label_divisor')} and "
+                                f"classes {meta.get('classes')}; store these patches in another folder or "
+                                "with the same divisor and classes.")
+    ids = {c[0] for c in classes}
+    pairs = []
+    for p in patches:
+        img, lab = p.annotated()
+        if lab is not None:
+            _check_pair(p.name, img, lab, label_divisor, ids)
+        pairs.append((p, img, lab))
+
+    images, masks, books = root / "images", root / "masks", root / "flipbooks"
+    images.mkdir(parents=True, exist_ok=True)
+    entries = dict(meta.get("patches", {}))
+    taken = {f.stem for d in (images, masks) if d.is_dir() for f in d.iterdir()}
+    written = []
+    for p, img, lab in pairs:
+        name = p.name
+        if not overwrite:
+            k = 2
+            while name in taken or name in written:
+                name, k = f"{p.name}_{k}", k + 1
+        write_image(images / f"{name}.tif", img, overwrite=True)
+        if p.is_flipbook:
+            books.mkdir(exist_ok=True)
+            h, w = p.valid
+            write_image(books / f"{name}.tif", p.image[:, :h, :w], overwrite=True)
+        if lab is not None:
+            masks.mkdir(exist_ok=True)
+            write_labels(masks / f"{name}.tif", lab.astype(np.uint32) if lab.dtype.kind in "bf" else lab,
+                         overwrite=True)
+        entries[name] = p.provenance()
+        written.append(name)
+    masks.mkdir(exist_ok=True)
+    _write_json_atomic(root / META, {"format": "panoptem-dataset", "version": 1, "classes": cls_json,
+                                     "label_divisor": label_divisor, "patches": entries})
+    return written
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _files(d: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for f in sorted(d.iterdir()):
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+            if f.stem in out:
+                raise PanoptemError(f"{d} holds two files named '{f.stem}' ({out[f.stem].name}, {f.name}); "
+                                    "keep one.")
+            out[f.stem] = f
+    return out
+
+
+def load_dataset(folder: str | Path) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """Read a dataset folder's image/mask pairs.
+
+    Returns
+    -------
+    images : 2D arrays in their own dtype (sorted by name).
+    masks : 2D integer label arrays.
+    meta : ``names``, ``folder``, ``classes`` and ``label_divisor`` (None when
+        the folder has no ``dataset.json``: unknown), ``patches`` (provenance).
+
+    Raises
+    ------
+    PanoptemError
+        when images/ or masks/ is missing or empty, a name has no partner, or
+        a pair differs in shape.
+    """
+    from ..io.readers import read_plane
+    root = Path(folder)
+    im_dir, mk_dir = root / "images", root / "masks"
+    if not im_dir.is_dir():
+        raise PanoptemError(f"{root} has no images/ folder; a dataset folder holds images/ and masks/ with "
+                            "files of the same names.")
+    ims = _files(im_dir)
+    mks = _files(mk_dir) if mk_dir.is_dir() else {}
+    if not ims:
+        raise PanoptemError(f"{im_dir} holds no .tif or .png images.")
+    lonely = sorted(set(ims) - set(mks))
+    extra = sorted(set(mks) - set(ims))
+    if lonely:
+        raise PanoptemError(f"Image(s) {lonely[:5]}{' ...' if len(lonely) > 5 else ''} in {root} have no mask "
+                            "in masks/ with the same name; paint and save them, or remove the images.")
+    if extra:
+        raise PanoptemError(f"Mask(s) {extra[:5]}{' ...' if len(extra) > 5 else ''} in {root} have no image in "
+                            "images/ with the same name; rename or remove them.")
+    meta = _read_meta(root)
+    images, masks = [], []
+    for name in sorted(ims):
+        img, lab = read_plane(str(ims[name])), read_plane(str(mks[name]))
+        if img.shape != lab.shape:
+            raise PanoptemError(f"Patch '{name}' in {root}: image {img.shape} and mask {lab.shape} differ in "
+                                "shape.")
+        if lab.dtype.kind == "f":
+            if not np.all(np.mod(lab, 1) == 0) or lab.min() < 0:
+                raise PanoptemError(f"Mask '{name}' in {root} holds non-integer or negative values.")
+            lab = lab.astype(np.uint32)
+        elif lab.dtype.kind == "b":
+            lab = lab.astype(np.uint8)
+        elif lab.dtype.kind == "i" and lab.min() < 0:
+            raise PanoptemError(f"Mask '{name}' in {root} holds negative labels; use 0 for background.")
+        images.append(img)
+        masks.append(lab)
+    info = {"folder": str(root), "names": sorted(ims), "classes": None, "label_divisor": None, "patches": {},
+            "has_meta": meta is not None}
+    if meta:
+        info.update({k: meta[k] for k in ("classes", "label_divisor", "patches") if k in meta})
+    return images, masks, info
+
+
+def dataset_folders(paths: Iterable[str | Path]) -> list[Path]:
+    """Dataset folders under ``paths``: a folder with images/ is one; a folder
+    without it stands for its sub-folders that have one (empanada's layout)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        if (p / "images").is_dir():
+            out.append(p)
+            continue
+        subs = sorted(s for s in p.iterdir() if (s / "images").is_dir()) if p.is_dir() else []
+        if not subs:
+            raise PanoptemError(f"{p} is not a dataset folder: it holds no images/ folder (nor sub-folders with "
+                                "one); create it with `panoptem patches` or store_dataset.")
+        out += subs
+    return out
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _range(image: np.ndarray, normalization) -> tuple[float, float]:
+    """The (low, high) intensities inference maps to 0..1 for this image (card normalisation)."""
+    if normalization is not None and normalization.mode == "dtype_max":
+        return dtype_range(image)
+    kw = {} if normalization is None else dict(low_pct=normalization.low_pct, high_pct=normalization.high_pct)
+    return intensity_range(image, **kw)
+
+
+def _unit(image: np.ndarray, normalization, rng: tuple[float, float] | None = None) -> np.ndarray:
+    """Image scaled like inference scales it (card normalisation), clipped as there."""
+    lo, hi = rng if rng is not None else _range(image, normalization)
+    x = (np.asarray(image, np.float32) - lo) / max(hi - lo, 1e-6)
+    return np.clip(x, -0.5, 1.5)
+
+
+class DatasetFolders:
+    """Image/mask pairs of several dataset folders, sampled for training.
+
+    Each image of folder ``f`` is drawn with weight ``(1 / count_f) ** gamma``:
+    gamma 0 draws every image equally often, gamma 1 every folder equally often.
+    Images are scaled with the model's normalisation (the same rule inference
+    uses, for any dtype), masks become the model's channels: background + one
+    per class (a single class gives one sigmoid channel).
+
+    Parameters
+    ----------
+    folders : dataset folders (or roots holding several, see :func:`dataset_folders`).
+    classes : the model's classes in channel order (see :func:`parse_classes`).
+    label_divisor : divisor of masks in folders without ``dataset.json``;
+        a folder's own ``dataset.json`` wins.
+    gamma : re-weighting exponent.
+    normalization : the model card's :class:`~panoptem.models.card.Normalization`
+        (default: percentiles 0.5 / 99.5, mean 0.5, std 0.25).
+    """
+
+    def __init__(self, folders, classes=((1, "mitochondria", "instance"),), label_divisor: int | None = None,
+                 gamma: float = 0.7, normalization=None):
+        self.classes = parse_classes(classes)
+        self.normalization = normalization
+        ids = [c[0] for c in self.classes]
+        self.thing_channels = [i + 1 for i, c in enumerate(self.classes) if c[2] == "instance"]
+        self.folders = dataset_folders([folders] if isinstance(folders, (str, Path)) else folders)
+        self.images, self.masks, self.divisors, self.names = [], [], [], []
+        self._ranges, self._codes, self._code_div = [], [], []
+        counts = []
+        for f in self.folders:
+            imgs, msks, meta = load_dataset(f)
+            div = meta["label_divisor"] if meta["has_meta"] else label_divisor
+            if len(ids) > 1 and not div:
+                raise PanoptemError(f"The masks of {f} carry no label divisor, but the model has {len(ids)} "
+                                    "classes: paint masks as class * divisor + n and give the divisor.")
+            for name, im, m in zip(meta["names"], imgs, msks):
+                code, cdiv = self._encode(f, name, m, div, ids)
+                self.images.append(im); self.masks.append(m); self.divisors.append(div)
+                self.names.append(f"{f.name}/{name}")
+                self._ranges.append(_range(im, normalization))
+                self._codes.append(code); self._code_div.append(cdiv)
+            counts.append(len(imgs))
+        self.counts = counts
+        w = np.concatenate([np.full(c, (1.0 / c) ** gamma) for c in counts])
+        self.probabilities = w / w.sum()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _encode(self, folder, name, mask, div, ids):
+        """Mask -> ``channel * code_div + instance rank`` (small enough to survive the
+        float32 resampling of the augmentation exactly)."""
+        m = mask.astype(np.int64)
+        cls = class_map(m, div)
+        if len(ids) == 1:
+            cls = np.where(cls > 0, ids[0], 0) if not div else cls
+        present = np.unique(cls)
+        bad = sorted(set(present[present > 0].tolist()) - set(ids))
+        if bad:
+            raise PanoptemError(f"Mask '{name}' in {folder} holds class(es) {bad}, but the model's classes are "
+                                f"{ids}; check the label divisor ({div}) and the classes.")
+        lut = np.zeros(max(ids + [int(present.max())]) + 1, np.int64)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        chan = lut[cls]
+        thing = np.isin(chan, self.thing_channels)
+        if div:
+            thing &= (m % int(div)) != 0
+        import fastremap
+        rank, _ = fastremap.renumber(np.where(thing, m, 0), preserve_zero=True)
+        rank = rank.astype(np.int64)
+        code_div = 1 << max(1, int(rank.max()).bit_length())
+        if (len(ids) + 1) * code_div > 1 << 24:
+            raise PanoptemError(f"Mask '{name}' in {folder} holds too many objects to train on; cut it into "
+                                "smaller patches.")
+        code = chan * code_div + rank
+        return code.astype(np.uint16 if code.max() < 1 << 16 else np.int32), code_div
+
+    def batch(self, rng: np.random.Generator, cfg) -> tuple:
+        """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` and their targets, as
+        :class:`~panoptem.training.train.SliceDataset` gives them (semantic targets are
+        channel indices when the model has several channels)."""
+        import torch
+        idx = rng.choice(len(self.images), size=cfg.batch_size, p=self.probabilities)
+        mean, std = (MEAN, STD) if self.normalization is None else (self.normalization.mean, self.normalization.std)
+        imgs, sems, hms, offs, wts = [], [], [], [], []
+        channels = list(range(1, len(self.classes) + 1))
+        for i in idx:
+            im, code = _pad_to(_unit(self.images[i], None, self._ranges[i]), self._codes[i], cfg.patch_size)
+            img, lab = sample_patch(rng, im, code, cfg.patch_size, cfg.scale_range)
+            sem, hm, off, wt = make_panoptic_targets(lab, self._code_div[i], self.thing_channels, channels, cfg.sigma)
+            x = intensity_augment(rng, img)
+            if (mean, std) != (MEAN, STD):  # intensity_augment standardises with the default mean / std
+                x = ((x * STD + MEAN - mean) / std).astype(np.float32)
+            imgs.append(x)
+            sems.append(sem.astype(np.float32) if len(self.classes) == 1 else sem)
+            hms.append(hm); offs.append(off); wts.append(wt)
+        t = lambda a: torch.from_numpy(np.stack(a))  # noqa: E731
+        return t(imgs)[:, None], t(sems), t(hms), t(offs), t(wts)
+
+
+def _pad_to(image01: np.ndarray, code: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad an image smaller than the training patch (with its median; labels 0)
+    rather than let the crop zoom it up."""
+    h, w = image01.shape
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if not (ph or pw):
+        return image01, code
+    return (np.pad(image01, ((0, ph), (0, pw)), constant_values=float(np.median(image01))),
+            np.pad(code, ((0, ph), (0, pw))))

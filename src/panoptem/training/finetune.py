@@ -1,0 +1,296 @@
+"""Fine-tune a model on a few annotated patches, or train a new one from
+dataset folders; either way the result is scored and registered as a user model.
+
+Unlike empanada, any number of patches works (batches of ``min(8, n)`` drawn
+with replacement, counted in iterations, never in epochs), and images of any
+dtype are scaled by the model card's rule in training exactly as in inference.
+
+>>> r = finetune("MitoLite_v1", "my_patches", name="MitoLite_myTissue", iterations=200)  # doctest: +SKIP
+>>> r["before"]["foreground_iou"], r["after"]["foreground_iou"]                         # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PanoptemError
+from ..models.card import ClassInfo, ModelCard, Normalization, Weights
+
+LAYERS = ("none", "stage4", "stage3", "stage2", "stage1", "all")
+ENCODER = ("stem", "stage1", "stage2", "stage3", "stage4")
+
+
+def frozen_modules(layers: str) -> tuple[str, ...]:
+    """Encoder modules kept fixed for a "Finetunable layers" choice: ``stageK``
+    trains stage K and deeper; ``none`` trains only decoder and heads; ``all`` everything.
+
+    >>> frozen_modules("stage3")
+    ('stem', 'stage1', 'stage2')
+    """
+    if layers not in LAYERS:
+        raise PanoptemError(f"layers must be one of {', '.join(LAYERS)}, not '{layers}'.")
+    if layers == "all":
+        return ()
+    if layers == "none":
+        return ENCODER
+    return ENCODER[:ENCODER.index(layers)]
+
+
+def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
+    """Segment every image with ``model`` (:func:`~panoptem.segment_2d`) and
+    pool the scores over all of them.
+
+    Returns ``foreground_iou`` (pixels pooled), ``precision_50``, ``recall_50``,
+    ``f1_50`` (objects matched at IoU 0.5, counts pooled), ``n_images``,
+    ``n_gt``, ``n_pred``. With several classes, objects match within their
+    class (``divisors`` gives each mask's label divisor).
+    """
+    from ..evaluate import evaluate
+    from ..inference.segment2d import segment_2d
+    from ..params import Params2D, make_params
+    pdiv = make_params(Params2D, **params).label_divisor
+    multi = model.card.num_classes > 1 and pdiv is not None
+    divisors = divisors if divisors is not None else [None] * len(images)
+    tp = fp = fn = n_gt = n_pred = inter = union = 0
+    for im, gt, div in zip(images, masks, divisors):
+        pred = segment_2d(im, model, **params)
+        gt = np.asarray(gt).astype(np.int64)
+        if multi and div:  # the masks' divisor -> the prediction's
+            gt = np.where(gt > 0, (gt // div) * pdiv + gt % div, 0)
+        r = evaluate(pred, gt, iou_thresholds=(0.5,), label_divisor=pdiv if multi else None)
+        tp, fp, fn = tp + r["tp_50"], fp + r["fp_50"], fn + r["fn_50"]
+        n_gt, n_pred = n_gt + r["n_gt"], n_pred + r["n_pred"]
+        p, g = pred > 0, gt > 0
+        inter += int(np.count_nonzero(p & g))
+        union += int(np.count_nonzero(p | g))
+    empty = n_gt == 0 and n_pred == 0 and union == 0
+
+    def ratio(a, b):  # nothing to find and nothing found is a perfect score, as in evaluate()
+        return round(a / b, 4) if b else (1.0 if empty else 0.0)
+    return dict(foreground_iou=ratio(inter, union), f1_50=ratio(tp, tp + fp / 2 + fn / 2),
+                precision_50=ratio(tp, tp + fp), recall_50=ratio(tp, tp + fn), n_images=len(images),
+                n_gt=int(n_gt), n_pred=int(n_pred))
+
+
+def _check_new_name(name: str, overwrite: bool) -> None:
+    """Refuse a taken model name before any training time is spent."""
+    from ..models import load as _load
+    from ..models.registry import check_name, is_user_model
+    check_name(name)
+    if (_load.ZOO / f"{name}.yaml").exists():
+        raise PanoptemError(f"'{name}' is the name of a built-in model; choose another name.")
+    if is_user_model(name) and not overwrite:
+        raise PanoptemError(f"A model named '{name}' is already registered; choose another name, or pass "
+                            "overwrite=True (--overwrite) to replace it.")
+
+
+def _register(card: ModelCard, weights: Path, name: str, overwrite: bool) -> Path:
+    from ..models.registry import register
+    card = card.model_copy(deep=True)
+    card.name = name
+    card.weights = Weights(file=str(Path(weights).resolve()), format="state_dict")
+    card.exports = []  # exports of a base model do not hold these weights
+    card.source_dir = None
+    with tempfile.TemporaryDirectory(prefix="panoptem-card-") as d:
+        path = Path(d) / "card.yaml"
+        path.write_text(card.to_yaml())
+        return register(name, path, overwrite=overwrite)
+
+
+def _loaded(card: ModelCard, weights: Path, device: str):
+    """A :class:`LoadedModel` from freshly trained weights (nothing registered yet)."""
+    import torch
+    from ..models.architecture import build_model
+    from ..models.load import LoadedModel
+    blob = torch.load(weights, map_location="cpu", weights_only=True)
+    module = build_model(blob["architecture"])
+    module.load_state_dict(blob["state_dict"])
+    module = module.eval().to(device)
+    if device == "cpu":
+        module = module.to(memory_format=torch.channels_last)
+    return LoadedModel(card, module, device)
+
+
+def _eval_set(val_dir, train: "DatasetFolders"):
+    """(images, masks, divisors, description) to score on: the validation
+    folder, or the training patches themselves."""
+    from .dataset import dataset_folders, load_dataset
+    if val_dir is None:
+        return train.images, train.masks, train.divisors, "training patches (no validation folder given)"
+    ims, mks, divs = [], [], []
+    for f in dataset_folders([val_dir]):
+        i, m, meta = load_dataset(f)
+        ims += i; mks += m; divs += [meta["label_divisor"]] * len(i)
+    return ims, mks, divs, f"validation folder {val_dir}"
+
+
+def _check_patch_size(patch_size: int, card: ModelCard | None = None) -> int:
+    pf = max(32, card.padding_factor if card else 32)
+    if patch_size < pf or patch_size % pf:
+        raise PanoptemError(f"Patch size must be a positive multiple of {pf}, not {patch_size}.")
+    return int(patch_size)
+
+
+def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedModel", iterations: int = 100,
+             patch_size: int = 256, layers: str = "none", lr: float = 1e-3, device: str = "auto",
+             batch_size: int = 8, gamma: float = 0.7, scale_range: tuple[float, float] = (0.75, 1.33),
+             seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print) -> dict:
+    """Fine-tune a registered model on a dataset folder and register the result.
+
+    Parameters
+    ----------
+    model_name : registered name or card path of a panoptem (state-dict) model.
+    train_dir : dataset folder (``images/`` + ``masks/``, see
+        :func:`~panoptem.training.dataset.store_dataset`), or a root of several.
+    val_dir : dataset folder to score on before and after; without it the
+        training patches are scored (said in ``evaluated_on``).
+    name : name of the new model.
+    iterations : optimiser steps, each on ``min(batch_size, n_patches)``
+        patches drawn with replacement (1 patch works as well as 1000).
+    patch_size : training crop in pixels (multiple of 32); smaller images are
+        padded, larger ones cropped at random.
+    layers : "Finetunable layers": ``none`` trains decoder and heads only,
+        ``stage4`` ... ``stage1`` also the encoder from that stage on, ``all`` everything.
+    lr : peak learning rate (one-cycle schedule).
+    device : "auto", "cpu", "cuda", "cuda:N" or "mps".
+    segment_params : inference parameters for the scoring (``segment_2d``'s).
+
+    Returns
+    -------
+    dict with ``before`` and ``after`` scores (``foreground_iou``, ``f1_50``,
+    ...; see :func:`evaluate_pairs`), ``evaluated_on``, ``weights`` and
+    ``card`` (paths of the registered model), ``name``, ``losses`` (one per iteration).
+    """
+    from ..models.load import get_card, load_model, pick_device, user_home
+    from .dataset import DatasetFolders
+    from .train import TrainConfig, train
+    _check_new_name(name, overwrite)
+    card = get_card(model_name)
+    if card.weights.format != "state_dict":
+        raise PanoptemError(f"Model '{card.name}' is a {card.weights.format} model, which panoptem cannot "
+                            "fine-tune; fine-tune a panoptem model (e.g. MitoLite_v1) or train a new one with "
+                            "`panoptem train-new`.")
+    frozen = frozen_modules(layers)
+    _check_patch_size(patch_size, card)
+    if iterations < 1:
+        raise PanoptemError("iterations must be at least 1.")
+    dev = pick_device(device)
+    base = load_model(model_name, device=dev)
+    data = DatasetFolders([train_dir], card.classes, card.label_divisor, gamma, card.normalization)
+    params = segment_params or {}
+    ims, mks, divs, where = _eval_set(val_dir, data)
+    before = evaluate_pairs(base, ims, mks, divs, **params)
+    log(f"before: {before} on {where}")
+    cfg = TrainConfig(iterations=int(iterations), batch_size=min(batch_size, len(data)), patch_size=patch_size,
+                      lr=lr, weight_decay=1e-4, scale_range=tuple(scale_range), seed=seed,
+                      checkpoint_every=int(iterations), validate_every=int(iterations) + 1,
+                      architecture=dict(base.module.config), device=dev)
+    losses: list[float] = []
+    work = user_home() / "tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"finetune-{name}-", dir=work))
+    try:
+        state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
+        weights = train(data, stage, cfg, resume=False, log=log, init_state=state, frozen=frozen,
+                        on_step=lambda r: losses.append(r["loss"]))
+        new_card = card.model_copy(deep=True)
+        after = evaluate_pairs(_loaded(new_card, weights, dev), ims, mks, divs, **params)
+        log(f"after: {after}")
+        new_card.description = (f"{card.name} fine-tuned on {len(data)} patch(es) from {Path(train_dir).name} "
+                                f"({iterations} iterations, finetunable layers: {layers}).\n"
+                                f"Base model: {card.description.strip()}").strip()
+        new_card.architecture = cfg.architecture
+        new_card.validation = {"evaluated_on": where, "before": before, "after": after}
+        new_card.training = {"base_model": card.name, "train_dirs": [str(train_dir)], "n_patches": len(data),
+                             "iterations": int(iterations), "layers": layers, "lr": lr, "patch_size": patch_size,
+                             "batch_size": cfg.batch_size, "final_loss": float(np.mean(losses[-5:]))}
+        path = _register(new_card, weights, name, overwrite)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"name": name, "before": before, "after": after, "evaluated_on": where,
+            "weights": get_card(name).weights_path(), "card": str(path), "losses": losses}
+
+
+def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), label_divisor: int | None = None,
+              iterations: int = 2000, patch_size: int = 256, architecture: dict | None = None, val_dir=None,
+              lr: float = 2e-3, batch_size: int = 8, gamma: float = 0.7, device: str = "auto",
+              description: str = "", voxel_size_nm: float | None = None, out_dir=None, resume: bool = True,
+              seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print) -> dict:
+    """Train a new model from dataset folders and register it.
+
+    Parameters
+    ----------
+    train_dirs : one or several dataset folders (roots of several work too);
+        each folder's images are drawn with weight ``(1/count) ** gamma``.
+    name : name of the new model.
+    labels : the classes, ``[(id, name, "instance"|"semantic"), ...]`` or
+        ``["1,mitochondria,instance", ...]``. One class gives a sigmoid
+        channel, several give background + one softmax channel each;
+        semantic-only classes get no instance targets.
+    label_divisor : divisor the masks are painted with (``class * divisor + n``;
+        needed for several classes; a folder's ``dataset.json`` wins for its masks).
+        Also written to the card as the divisor to annotate with.
+    architecture : :class:`~panoptem.models.architecture.PanopticNet` settings
+        (``widths``, ``depths``, ``decoder_channels``, ``head_channels``);
+        ``num_classes`` follows from ``labels``.
+    val_dir : dataset folder scored at the end (and for the semantic IoU in
+        the training log); without it the training images are scored.
+    out_dir : checkpoints and logs; default ``<PANOPTEM_HOME>/training/<name>``.
+        With ``resume`` an interrupted run continues from its checkpoint.
+
+    Returns
+    -------
+    dict with ``after`` scores, ``evaluated_on``, ``weights``, ``card``, ``name``, ``losses``.
+    """
+    from ..models.load import pick_device, user_home
+    from .dataset import DatasetFolders, dataset_folders, load_dataset, parse_classes
+    from .train import TrainConfig, train
+    _check_new_name(name, overwrite)
+    classes = parse_classes(labels)
+    if len(classes) > 1 and not label_divisor:
+        raise PanoptemError("Several classes need --label-divisor: the divisor the masks were painted with "
+                            "(label = class * divisor + n).")
+    _check_patch_size(patch_size)
+    if iterations < 1:
+        raise PanoptemError("iterations must be at least 1.")
+    dirs = [train_dirs] if isinstance(train_dirs, (str, Path)) else list(train_dirs)
+    arch = dict(architecture or {})
+    n_ch = 1 if len(classes) == 1 else len(classes) + 1
+    if arch.get("num_classes", n_ch) != n_ch:
+        raise PanoptemError(f"{len(classes)} class(es) need num_classes={n_ch} (background + classes when "
+                            "there are several); leave num_classes out of the architecture.")
+    arch["num_classes"] = n_ch
+    dev = pick_device(device)
+    norm = Normalization()
+    data = DatasetFolders(dirs, classes, label_divisor, gamma, norm)
+    out = Path(out_dir) if out_dir else user_home() / "training" / name
+    cfg = TrainConfig(iterations=int(iterations), batch_size=min(batch_size, len(data)), patch_size=patch_size,
+                      lr=lr, seed=seed, architecture=arch, device=dev,
+                      validate_every=max(1, min(500, int(iterations) // 5)))
+    ims, mks, divs, where = _eval_set(val_dir, data)
+    val = None
+    if val_dir is not None:
+        vals = [load_dataset(f) for f in dataset_folders([val_dir])]
+        val = ([i for v in vals for i in v[0]], [m for v in vals for m in v[1]])
+    losses: list[float] = []
+    weights = train(data, out, cfg, resume=resume, val=val, log=log, on_step=lambda r: losses.append(r["loss"]))
+    card = ModelCard(
+        name=name,
+        description=description or (f"Trained from scratch on {len(data)} image(s) of "
+                                    f"{', '.join(Path(d).name for d in dirs)} ({iterations} iterations)."),
+        classes=[ClassInfo(id=c, name=n, kind=k) for c, n, k in classes],
+        label_divisor=label_divisor, normalization=norm, voxel_size_nm=voxel_size_nm, architecture=arch,
+        weights=Weights(file=str(weights), format="state_dict"))
+    after = evaluate_pairs(_loaded(card, weights, dev), ims, mks, divs, **(segment_params or {}))
+    log(f"after: {after} on {where}")
+    card.validation = {"evaluated_on": where, "after": after}
+    card.training = {"train_dirs": [str(d) for d in dirs], "n_images": len(data), "iterations": int(iterations),
+                     "lr": lr, "patch_size": patch_size, "batch_size": cfg.batch_size, "gamma": gamma,
+                     "label_divisor": label_divisor}
+    path = _register(card, weights, name, overwrite)
+    from ..models.load import get_card
+    return {"name": name, "after": after, "evaluated_on": where, "weights": get_card(name).weights_path(),
+            "card": str(path), "losses": losses}

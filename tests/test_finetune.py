@@ -1,0 +1,278 @@
+"""Multi-class targets, the dataset sampler, fine-tuning and training new models (tiny models)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from panoptem.errors import PanoptemError
+from panoptem.models import load as load_mod
+from panoptem.models.load import get_card
+from panoptem.training.dataset import DatasetFolders, store_dataset
+from panoptem.training.finetune import finetune, frozen_modules, train_new
+from panoptem.training.patches import Patch
+from panoptem.training.targets import make_panoptic_targets
+from panoptem.training.train import TrainConfig
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """Empty PANOPTEM_HOME and built-in zoo, one torch thread (the machine is shared)."""
+    monkeypatch.setenv("PANOPTEM_HOME", str(tmp_path / "home"))
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    monkeypatch.setattr(load_mod, "ZOO", zoo)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path / "home"
+    torch.set_num_threads(threads)
+
+
+def discs(seed, size=64, n=4, dtype=np.uint8, bright=200, dark=50):
+    """Dark discs on a bright background and their instance labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size))
+    img = np.full((size, size), bright, dtype)
+    lab = np.zeros((size, size), np.uint32)
+    for k in range(n):
+        cy, cx = rng.integers(10, size - 10, 2)
+        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= int(rng.integers(5, 9)) ** 2
+        img[d], lab[d] = dark, k + 1
+    return img, lab
+
+
+def disc_dataset(folder, n=3, **kw):
+    ps = []
+    for i in range(n):
+        img, lab = discs(i, **kw)
+        ps.append(Patch(img, lab, img.shape, "xy", i, 0, 0, img.shape[0], img.shape, source="discs"))
+    store_dataset(ps, folder)
+    return folder
+
+
+# ---------------------------------------------------------------- targets
+
+
+def test_panoptic_targets_exact_on_a_hand_made_mask():
+    lab = np.zeros((32, 32), np.int64)
+    lab[0:12, 0:12] = 1001            # class 1 (instance): centroid (5.5, 5.5) = centre of cell (1, 1)
+    lab[20:28, 20:28] = 2000          # class 2 (semantic only)
+    sem, hm, off, wt = make_panoptic_targets(lab, 1000, thing_ids=[1], class_ids=[1, 2])
+    assert sem.dtype == np.int64
+    assert np.all(sem[0:12, 0:12] == 1) and np.all(sem[20:28, 20:28] == 2)
+    assert sem.sum() == 144 + 2 * 64
+    assert hm.shape == (8, 8) and hm[1, 1] == 1.0 and np.unravel_index(hm.argmax(), hm.shape) == (1, 1)
+    np.testing.assert_allclose(hm[1, 2], np.exp(-16 / 72), rtol=1e-6)   # 4 px away, sigma 6
+    np.testing.assert_array_equal(wt[:3, :3], 1)
+    assert wt.sum() == 9
+    np.testing.assert_allclose(off[:, 0, 0], [4, 4])      # cell centre (1.5, 1.5) -> centroid
+    np.testing.assert_allclose(off[:, 2, 2], [-4, -4])
+    np.testing.assert_allclose(off[:, 1, 1], [0, 0])
+    assert not off[:, 3:, :].any() and not off[:, :, 3:].any()
+    # the semantic-only class contributes nothing to heatmap and offsets
+    only_stuff = np.where(lab == 2000, 2000, 0)
+    _, hm2, off2, wt2 = make_panoptic_targets(only_stuff, 1000, thing_ids=[1], class_ids=[1, 2])
+    assert not hm2.any() and not off2.any() and not wt2.any()
+    no_stuff = np.where(lab == 1001, 1001, 0)
+    np.testing.assert_array_equal(make_panoptic_targets(no_stuff, 1000, [1], [1, 2])[1], hm)
+
+
+def test_panoptic_targets_channel_order_and_errors():
+    lab = np.zeros((8, 8), np.int64)
+    lab[:4] = 3001
+    lab[4:] = 1002
+    sem, hm, _, _ = make_panoptic_targets(lab, 1000, thing_ids=[1, 3], class_ids=[3, 1])
+    assert np.all(sem[:4] == 1) and np.all(sem[4:] == 2)   # channel i = class_ids[i - 1]
+    with pytest.raises(PanoptemError, match=r"class\(es\) \[2\]"):
+        make_panoptic_targets(np.full((8, 8), 2001), 1000, thing_ids=[1], class_ids=[1])
+    # no divisor: every object is an instance of the one class
+    sem, hm, _, wt = make_panoptic_targets(np.pad(np.full((4, 4), 7), ((0, 4), (0, 4))), None, [1])
+    assert sem.sum() == 16 and hm.max() > 0.9 and wt[0, 0] == 1
+
+
+def test_dataset_folders_weights_and_batches(tmp_path):
+    a = disc_dataset(tmp_path / "a", n=1)
+    b = disc_dataset(tmp_path / "b", n=4)
+    ds = DatasetFolders([a, b], gamma=0.7)
+    w_b = 0.25 ** 0.7
+    np.testing.assert_allclose(ds.probabilities, np.array([1, w_b, w_b, w_b, w_b]) / (1 + 4 * w_b))
+    assert DatasetFolders([a, b], gamma=1.0).probabilities[0] == pytest.approx(0.5)
+    assert DatasetFolders([a, b], gamma=0.0).probabilities[0] == pytest.approx(0.2)
+    x, sem, hm, off, wt = ds.batch(np.random.default_rng(0), TrainConfig(batch_size=3, patch_size=64))
+    assert x.shape == (3, 1, 64, 64) and sem.dtype == torch.float32 and hm.shape == (3, 16, 16)
+    assert set(torch.unique(sem).tolist()) == {0.0, 1.0}
+
+
+def test_dataset_folders_multi_class_channels(tmp_path):
+    img, lab = discs(0, n=2)
+    lab = np.where(lab > 0, 1000 + lab, 0).astype(np.uint32)
+    lab[:, :6] = 2000                       # a semantic-only band
+    p = Patch(img, lab, img.shape, "xy", None, 0, 0, 64, (64, 64), source="mc")
+    store_dataset([p], tmp_path, class_names={1: "mito", 2: ("er", "semantic")}, label_divisor=1000)
+    ds = DatasetFolders(tmp_path, classes=["1,mito,instance", "2,er,semantic"])
+    cfg = TrainConfig(batch_size=2, patch_size=64, scale_range=(1.0, 1.0))
+    x, sem, hm, off, wt = ds.batch(np.random.default_rng(0), cfg)
+    assert sem.dtype == torch.int64 and set(torch.unique(sem).tolist()) == {0, 1, 2}
+    assert int((sem == 2).sum()) == 2 * 64 * 6      # the band survives flips and rotations whole
+    assert int((sem == 1).sum()) == 2 * int(((lab > 1000) & (lab < 2000)).sum())
+    with pytest.raises(PanoptemError, match="holds class"):
+        DatasetFolders(tmp_path, classes=["1,mito,instance", "3,other,semantic"])
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+def test_finetune_lowers_the_loss_registers_and_segments(home, tmp_path, tiny_card):
+    import panoptem
+    data = disc_dataset(tmp_path / "ds", n=3)
+    r = finetune(str(tiny_card), data, name="tiny_ft", iterations=30, patch_size=64, layers="all", lr=5e-3,
+                 log=lambda s: None)
+    losses = r["losses"]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert r["evaluated_on"].startswith("training patches")
+    assert r["after"]["foreground_iou"] > r["before"]["foreground_iou"]
+    card = get_card("tiny_ft")
+    assert card.training["base_model"] == "tiny" and card.training["n_patches"] == 3
+    assert "tiny fine-tuned on 3 patch(es)" in card.description
+    assert card.validation["after"] == r["after"]
+    img, _ = discs(5)
+    out = panoptem.segment_2d(img, "tiny_ft", device="cpu")
+    assert out.shape == img.shape and out.dtype == np.uint32
+
+
+def test_finetune_with_one_patch_and_a_validation_folder(home, tmp_path, tiny_card):
+    data = disc_dataset(tmp_path / "one", n=1)
+    val = disc_dataset(tmp_path / "val", n=2)
+    r = finetune(str(tiny_card), data, val_dir=val, name="one", iterations=3, patch_size=64, log=lambda s: None)
+    assert len(r["losses"]) == 3 and r["before"]["n_images"] == 2 and r["after"]["n_gt"] == 8
+    assert r["evaluated_on"] == f"validation folder {val}"
+    assert get_card("one").training["batch_size"] == 1
+
+
+def _tensors(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("layers", ["none", "stage3", "all"])
+def test_layer_freezing_really_freezes(home, tmp_path, tiny_card, layers):
+    data = disc_dataset(tmp_path / "ds", n=2)
+    r = finetune(str(tiny_card), data, name=f"f_{layers}", iterations=3, patch_size=64, layers=layers, lr=1e-2,
+                 log=lambda s: None)
+    old, new = _tensors(tiny_card.parent / "tiny.pt"), _tensors(r["weights"])
+    frozen = frozen_modules(layers)
+    for k in old:
+        if not old[k].is_floating_point():
+            continue   # BatchNorm's num_batches_tracked
+        same = torch.equal(old[k], new[k])
+        if k.split(".")[0] in frozen:
+            assert same, f"{k} changed although {layers} freezes it"
+        elif k.split(".")[0] in ("stem", "stage1", "stage2", "stage3", "stage4") or "head" in k:
+            assert not same, f"{k} did not train with layers={layers}"
+
+
+def test_frozen_modules_choices():
+    assert frozen_modules("none") == ("stem", "stage1", "stage2", "stage3", "stage4")
+    assert frozen_modules("stage4") == ("stem", "stage1", "stage2", "stage3")
+    assert frozen_modules("stage1") == ("stem",)
+    assert frozen_modules("all") == ()
+    with pytest.raises(PanoptemError, match="layers must be one of"):
+        frozen_modules("decoder")
+
+
+def test_finetune_refusals(home, tmp_path, tiny_card):
+    data = disc_dataset(tmp_path / "ds", n=1)
+    ts = yaml.safe_load(tiny_card.read_text())
+    ts["weights"]["format"] = "torchscript"
+    (tmp_path / "ts.yaml").write_text(yaml.safe_dump(ts))
+    with pytest.raises(PanoptemError, match="cannot fine-tune"):
+        finetune(str(tmp_path / "ts.yaml"), data, name="x", iterations=1, patch_size=64)
+    finetune(str(tiny_card), data, name="taken", iterations=1, patch_size=64, log=lambda s: None)
+    with pytest.raises(PanoptemError, match="already registered"):
+        finetune(str(tiny_card), data, name="taken", iterations=1, patch_size=64)
+    with pytest.raises(PanoptemError, match="multiple of 32"):
+        finetune(str(tiny_card), data, name="y", patch_size=100)
+    with pytest.raises(PanoptemError, match="not a dataset folder"):
+        finetune(str(tiny_card), tmp_path / "nothing", name="y", patch_size=64)
+
+
+def test_sixteen_bit_data_trains_like_eight_bit(tmp_path):
+    """The same picture in uint8 and in a narrow uint16 range gives the same network input."""
+    a = disc_dataset(tmp_path / "u8", n=1)
+    b = disc_dataset(tmp_path / "u16", n=1, dtype=np.uint16, bright=31000, dark=30100)
+    cfg = TrainConfig(batch_size=1, patch_size=64)
+    xa = DatasetFolders(a).batch(np.random.default_rng(0), cfg)[0]
+    xb = DatasetFolders(b).batch(np.random.default_rng(0), cfg)[0]
+    torch.testing.assert_close(xa, xb, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- new models
+
+
+def test_train_new_multi_class_registers_a_softmax_model(home, tmp_path):
+    from conftest import TINY_ARCH
+    import panoptem
+    ps = []
+    for i in range(2):
+        img, lab = discs(i, n=2)
+        lab = np.where(lab > 0, 1000 + lab, 0).astype(np.uint32)
+        lab[:, :8], img[:, :8] = 2000, 120
+        ps.append(Patch(img, lab, img.shape, "xy", i, 0, 0, 64, (64, 64), source="mc"))
+    store_dataset(ps, tmp_path / "mc", class_names={1: "mito", 2: ("er", "semantic")}, label_divisor=1000)
+    arch = {k: v for k, v in TINY_ARCH.items() if k != "num_classes"}
+    r = train_new([tmp_path / "mc"], "mc_model", labels=["1,mito,instance", "2,er,semantic"], label_divisor=1000,
+                  iterations=4, patch_size=64, architecture=arch, out_dir=tmp_path / "run", log=lambda s: None)
+    card = get_card("mc_model")
+    assert [(c.id, c.name, c.kind) for c in card.classes] == [(1, "mito", "instance"), (2, "er", "semantic")]
+    assert card.architecture["num_classes"] == 3 and card.label_divisor == 1000
+    assert len(r["losses"]) == 4 and (tmp_path / "run" / "checkpoint.pt").exists()
+    res = panoptem.segment_2d(ps[0].image, "mc_model", device="cpu", return_outputs=True)
+    assert res.semantic_probability.shape == (3, 64, 64)
+    with pytest.raises(PanoptemError, match="label-divisor"):
+        train_new([tmp_path / "mc"], "x", labels=["1,mito,instance", "2,er,semantic"], iterations=1)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_patches_and_finetune(home, tmp_path, tiny_card):
+    import tifffile
+    from panoptem.cli import app
+    vol = np.stack([discs(i)[0] for i in range(6)])
+    lab = np.stack([discs(i)[1] for i in range(6)])
+    tifffile.imwrite(tmp_path / "vol.tif", vol)
+    tifffile.imwrite(tmp_path / "lab.tif", lab)
+    (tmp_path / "pts.csv").write_text("index,axis-0,axis-1,axis-2\n0,1,16,16\n")
+    run = CliRunner().invoke
+    res = run(app, ["patches", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "todo"), "--n", "2",
+                    "--patch-size", "32", "--points", str(tmp_path / "pts.csv"), "--flipbook", "--flipbook-depth", "3"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[0])
+    assert out["images"] == 2 and out["masks"] == 0 and out["names"][0] == "vol_xy-1_y0_x0"
+    assert "masks are to be painted" in res.output
+    assert len(list((tmp_path / "todo" / "flipbooks").iterdir())) == 2
+    assert not list((tmp_path / "todo" / "masks").iterdir())
+    res = run(app, ["patches", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "pairs"), "--n", "3",
+                    "--patch-size", "64", "--is-2d-stack", "--labels", str(tmp_path / "lab.tif")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip())["masks"] == 3
+    res = run(app, ["finetune", str(tiny_card), "--train-dir", str(tmp_path / "pairs"), "--name", "cli_ft",
+                    "--iterations", "2", "--patch-size", "64"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["name"] == "cli_ft" and {"before", "after", "loss_first5", "card"} <= set(out)
+    res = run(app, ["finetune", str(tiny_card), "--train-dir", str(tmp_path / "todo"), "--name", "z"])
+    assert res.exit_code == 2 and "no mask" in res.output
+
+
+@pytest.mark.parametrize("mode", ["percentile", "dtype_max"])
+def test_training_scales_images_as_inference_does(mode):
+    from panoptem.inference.preprocess import MEAN, STD, dtype_range, intensity_range, normalize
+    from panoptem.models.card import Normalization
+    from panoptem.training.dataset import _unit
+    img = np.random.default_rng(0).integers(1000, 5000, (32, 32)).astype(np.uint16)
+    norm = Normalization(mode=mode)
+    lo, hi = dtype_range(img) if mode == "dtype_max" else intensity_range(img)
+    np.testing.assert_allclose((_unit(img, norm) - MEAN) / STD, normalize(img, lo, hi), atol=1e-5)
