@@ -28,7 +28,6 @@ def main():
     from panoptem.training.publish import publish
     run = Path(a.run_dir)
     cfg = json.loads((run / "train_config.json").read_text())
-    log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     training = dict(data="Lucchi training volume, slices 0-124 (2D instance labels)", iterations=cfg["iterations"],
                     schedule=f"one-cycle (max lr {cfg['lr']}, {cfg['schedule_steps'] or cfg['iterations']} steps)"
                              + (f", cosine anneal to 0 from step {cfg['anneal_from']}" if cfg["anneal_from"] else ""),

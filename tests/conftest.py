@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -36,3 +35,15 @@ def tiny_card(tmp_path):
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(card))
     return p
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty PANOPTEM_HOME and an empty built-in zoo (tests must not see MitoLite_v1)."""
+    from panoptem.models import load as load_mod
+    h = tmp_path / "home"
+    monkeypatch.setenv("PANOPTEM_HOME", str(h))
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    monkeypatch.setattr(load_mod, "ZOO", zoo)
+    return h

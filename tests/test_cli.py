@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 import tifffile
 
 from panoptem.cli import main

@@ -12,20 +12,9 @@ from typer.testing import CliRunner
 from panoptem.cli import app
 from panoptem.errors import PanoptemError
 from panoptem.inference.segment2d import segment_2d
-from panoptem.models import load as load_mod
 from panoptem.models import registry
 from panoptem.models.export import export_onnx, export_torchscript
 from panoptem.models.load import get_card, load_model, sha256_of
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("PANOPTEM_HOME", str(h))
-    zoo = tmp_path / "zoo"
-    zoo.mkdir()
-    monkeypatch.setattr(load_mod, "ZOO", zoo)
-    return h
 
 
 X = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 1, 64, 96), dtype=np.float32))

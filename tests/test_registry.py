@@ -21,17 +21,6 @@ from panoptem.models.card import load_card
 from panoptem.models.load import card_paths, get_card, load_model, sha256_of
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """An empty PANOPTEM_HOME and an empty built-in zoo (tests must not see MitoLite_v1)."""
-    h = tmp_path / "home"
-    monkeypatch.setenv("PANOPTEM_HOME", str(h))
-    zoo = tmp_path / "zoo"
-    zoo.mkdir()
-    monkeypatch.setattr(load_mod, "ZOO", zoo)
-    return h
-
-
 def outputs(name_or_card, x):
     m = load_model(str(name_or_card), device="cpu")
     with torch.no_grad():

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 from ..errors import PanoptemError
