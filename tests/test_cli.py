@@ -84,3 +84,17 @@ def test_measure_and_evaluate_commands(capsys, tmp_path):
     assert float(rows[0]["volume_nm3"]) == 4 * 6 * 8 * 10 * 5 * 5
     code, out, err = run(capsys, "evaluate", str(p), str(p))
     assert code == 0 and json.loads(out)["f1_50"] == 1.0
+
+
+def test_segment3d_hdf5_key_streams_to_zarr(capsys, tmp_path, tiny_card):
+    import h5py
+    src = tmp_path / "vol.h5"
+    with h5py.File(src, "w") as f:
+        f["raw"] = np.random.default_rng(1).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+        f["other"] = np.zeros((2, 2), np.uint8)
+    code, _, err = run(capsys, "segment3d", str(src), "-o", str(tmp_path / "o.zarr"), "--model", str(tiny_card))
+    assert code == 2 and "key" in err.lower()
+    code, out, err = run(capsys, "segment3d", str(src), "--key", "raw", "-o", str(tmp_path / "o.zarr"),
+                         "--model", str(tiny_card), "--min-size", "0", "--min-extent", "0")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["shape"] == [6, 64, 64]

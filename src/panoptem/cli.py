@@ -58,12 +58,15 @@ def _with_params(cls):
     return deco
 
 
-def _input(path: str):
+def _input(path: str, key: Optional[str] = None):
     from .io import read_image
     from .sample import SAMPLE_PATH
     if path == "sample" and not Path(path).exists():
         path = str(SAMPLE_PATH)
-    return read_image(path)
+    return read_image(path, key=key)
+
+
+KEY_HELP = "Dataset inside an HDF5 file or Zarr group (default: the only one, or OME-Zarr level 0)."
 
 
 @app.command("segment2d")
@@ -76,6 +79,7 @@ def segment2d_cmd(
     slice_index: Optional[int] = typer.Option(None, "--slice", help="For a 3D input: the slice to segment "
                                               "(default: the middle one)."),
     plane: str = typer.Option("xy", "--plane", help="For --slice: xy, xz or yz."),
+    key: Optional[str] = typer.Option(None, "--key", help=KEY_HELP),
     batch: bool = typer.Option(False, "--batch", help="Segment every slice of a stack independently."),
     unique_ids: bool = typer.Option(False, "--unique-ids", help="With --batch: ids unique across the stack "
                                     "(default: restart in every slice, as empanada)."),
@@ -86,7 +90,7 @@ def segment2d_cmd(
     """2D inference (empanada's "2D Inference (Parameter Testing)")."""
     from .inference.segment2d import segment_2d, take_plane
     from .io import write_labels
-    img = _input(input)
+    img = _input(input, key)
     data = img.data
     vs = img.voxel_size
     if data.ndim == 3 and not batch:
@@ -120,6 +124,7 @@ def segment3d_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Output labels (.tif or .zarr); a multi-class "
                                 "model writes NAME_<class>.tif per class."),
     model: str = typer.Option("MitoLite_v1", "--model", "-m", help="Model name or card path."),
+    key: Optional[str] = typer.Option(None, "--key", help=KEY_HELP),
     ortho: bool = typer.Option(False, "--ortho", help="Same as --orthoplane."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     batch_size: int = typer.Option(4, "--batch-size", help="Slices per network call."),
@@ -131,7 +136,7 @@ def segment3d_cmd(
 ):
     """3D inference along one plane or ortho-plane (empanada's "3D Inference")."""
     from .inference.segment3d import segment_3d, write_result
-    img = _input(input)
+    img = _input(input, key)
     if ortho:
         params.orthoplane = True
     inputs = [img.path] if img.path else []
