@@ -113,3 +113,24 @@ def test_corrupt_weights_are_refused(tiny_card):
 def test_unknown_model_is_refused():
     with pytest.raises(PanoptemError, match="Unknown model"):
         load_model("NoSuchModel")
+
+
+def _same_partition(a, b):
+    """Same objects (as pixel sets), whatever their ids."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return (len(pairs[0]) == len(np.unique(a)) == len(np.unique(b))) and ((pairs[0] == 0) == (pairs[1] == 0)).all()
+
+
+@pytest.mark.parametrize("fine", [False, True])
+def test_large_image_decoded_tile_by_tile_equals_one_pass(fine, monkeypatch):
+    from panoptem.inference import large2d
+    monkeypatch.setattr(large2d, "DECODE_TILE", 96)  # many decode tiles, objects across their borders
+    centers = [(y, x) for y in range(40, 600, 90) for x in range(40, 700, 110)]
+    img = blobs_image(shape=(620, 700), centers=centers, r=20)
+    img[300:320, :] = 40  # a long object across every tile column
+    model = dark_blob_model()
+    one = segment_2d(img, model, maximum_objects_per_class=0, fine_boundaries=fine)
+    big = segment_2d(img, model, tile_size=256, maximum_objects_per_class=0, fine_boundaries=fine)
+    assert big.shape == one.shape and big.dtype == np.uint32
+    assert _same_partition(one, big)
+    assert len(np.unique(big)) - 1 == len(np.unique(one)) - 1

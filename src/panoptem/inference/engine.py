@@ -60,7 +60,9 @@ class Predictor:
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
                              for f in ("semantic_probability", "heatmap", "offsets")))
 
-    def _predict_tiled(self, planes: np.ndarray, intensity) -> ModelOutput:
+    def _predict_tiled(self, planes: np.ndarray, intensity, compact: bool = False) -> ModelOutput:
+        """Stitched outputs of overlapping tiles; ``compact`` keeps the semantic
+        probability as uint8 (x 255) to hold large images in 1 byte per pixel."""
         f = self.downsampling
         align = max(self.card.padding_factor, STRIDE) * f  # tile origins on the network grid
         h, w = planes.shape[-2:]
@@ -85,7 +87,7 @@ class Predictor:
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
                 o = self._predict(planes[:, y0:y1, x0:x1], intensity)
                 if prob is None:
-                    prob = np.zeros((n, o.semantic_probability.shape[1], hn, wn), np.float32)
+                    prob = np.zeros((n, o.semantic_probability.shape[1], hn, wn), np.uint8 if compact else np.float32)
                 # core of this tile in original pixels
                 cy0 = 0 if y0 == 0 else y0 + overlap // 2
                 cx0 = 0 if x0 == 0 else x0 + overlap // 2
@@ -93,8 +95,8 @@ class Predictor:
                 cx1 = w if x1 == w else x1 - overlap // 2
                 # network-resolution core, then stride-grid core
                 ny0, ny1, nx0, nx1 = cy0 // f, -(-cy1 // f), cx0 // f, -(-cx1 // f)
-                prob[:, :, ny0:ny1, nx0:nx1] = o.semantic_probability[:, :, ny0 - y0 // f:ny1 - y0 // f,
-                                                                      nx0 - x0 // f:nx1 - x0 // f]
+                core = o.semantic_probability[:, :, ny0 - y0 // f:ny1 - y0 // f, nx0 - x0 // f:nx1 - x0 // f]
+                prob[:, :, ny0:ny1, nx0:nx1] = np.round(core * 255) if compact else core
                 gy0, gy1, gx0, gx1 = ny0 // STRIDE, -(-ny1 // STRIDE), nx0 // STRIDE, -(-nx1 // STRIDE)
                 oy, ox = (y0 // f) // STRIDE, (x0 // f) // STRIDE
                 hm[:, :, gy0:gy1, gx0:gx1] = o.heatmap[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]

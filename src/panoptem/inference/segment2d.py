@@ -50,6 +50,22 @@ def decode_output(out: ModelOutput, i: int, params: Params2D, card, out_shape, r
         return_centers=return_centers)
 
 
+def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, p: Params2D) -> list[np.ndarray]:
+    """Planes larger than a tile: compact stitched outputs, then tile-wise decoding."""
+    from .large2d import decode_large
+    out = []
+    for j in range(len(chunk)):
+        o = pred._predict_tiled(chunk[j:j + 1], rng[j], compact=True)
+        card = pred.card
+        out.append(decode_large(
+            o.semantic_probability[0], o.heatmap[0], o.offsets[0], chunk.shape[-2:],
+            class_ids=[c.id for c in card.classes], thing_ids=card.thing_ids, confidence_thr=p.confidence_thr,
+            center_confidence_thr=p.center_confidence_thr, min_distance_object_centers=p.min_distance_object_centers,
+            fine_boundaries=p.fine_boundaries, semantic_only=p.semantic_only, label_divisor=p.label_divisor,
+            stride=card.output_stride, downsampling=p.downsampling))
+    return out
+
+
 def make_unique(stack: np.ndarray, label_divisor: int | None) -> np.ndarray:
     """Shift the ids of each slice so no id repeats across the stack.
 
@@ -132,7 +148,12 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool =
     for i0 in it:
         chunk = np.asarray(planes[i0:i0 + batch_size])
         # each slice is its own image: its own intensity range
-        o = pred.predict(chunk, np.array([pred.intensity(sl) for sl in chunk]))
+        rng = np.array([pred.intensity(sl) for sl in chunk])
+        if p.tile_size and max(chunk.shape[-2:]) > p.tile_size and not return_outputs:
+            labels.extend(_segment_large(pred, chunk, rng, p))  # bounded memory, decoded per tile
+            centers.extend([None] * len(chunk))
+            continue
+        o = pred.predict(chunk, rng)
         for j in range(len(chunk)):
             lab, ctr = decode_output(o, j, p, pred.card, chunk.shape[-2:], return_centers=True)
             labels.append(lab)

@@ -1,0 +1,222 @@
+"""Decoding of 2D images too large to decode at once, tile by tile.
+
+The network runs on overlapping tiles (:class:`~.engine.Predictor`) whose
+outputs are stitched compactly: semantic probability as uint8 at network
+resolution, centre heatmap and offsets on the stride-4 grid. Centres are found
+once on the whole heatmap. Then every decode tile groups its pixels against
+the global centre list, and connected pieces are found per tile and joined
+across tile borders with a union-find, so objects that span tiles keep one id.
+Memory: the input, about 1 byte per pixel of probabilities, 0.75 bytes of
+heatmap/offsets and the 4-byte labels; decoding temporaries are per tile.
+"""
+from __future__ import annotations
+
+import cc3d
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from ..errors import PanoptemError
+from .decode import _upsample_linear, find_centers, semantic_classes
+
+DECODE_TILE = 2048
+
+
+def _tile_starts(size: int, tile: int) -> list[int]:
+    return list(range(0, size, tile))
+
+
+def _crop_upsampled(a: np.ndarray, r0: int, r1: int, c0: int, c1: int, factor: int) -> np.ndarray:
+    """Rows r0:r1, cols c0:c1 (output pixels) of ``a`` (C, h, w) bilinearly upsampled by
+    ``factor`` (pixel centres aligned), computed from a crop with a one-cell margin."""
+    if factor == 1:
+        return a[:, r0:r1, c0:c1].astype(np.float32)
+    h, w = a.shape[-2:]
+    g0, g1 = max(r0 // factor - 1, 0), min(-(-r1 // factor) + 1, h)
+    k0, k1 = max(c0 // factor - 1, 0), min(-(-c1 // factor) + 1, w)
+    up = _upsample_linear(a[:, g0:g1, k0:k1].astype(np.float32), ((g1 - g0) * factor, (k1 - k0) * factor))
+    return up[:, r0 - g0 * factor:r1 - g0 * factor, c0 - k0 * factor:c1 - k0 * factor]
+
+
+class _UnionFind:
+    """Edges between global piece ids, solved once."""
+
+    def __init__(self):
+        self.a, self.b = [], []
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        m = (a > 0) & (b > 0)
+        if m.any():
+            pairs = np.unique(np.stack([a[m], b[m]], 1), axis=0)
+            self.a.append(pairs[:, 0])
+            self.b.append(pairs[:, 1])
+
+    def roots(self, n: int) -> np.ndarray:
+        a = np.concatenate(self.a) if self.a else np.zeros(0, np.int64)
+        b = np.concatenate(self.b) if self.b else np.zeros(0, np.int64)
+        g = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n + 1, n + 1))
+        return connected_components(g, directed=False)[1]
+
+
+def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out_shape: tuple[int, int], *,
+                 class_ids, thing_ids, confidence_thr: float = 0.5, center_confidence_thr: float = 0.1,
+                 min_distance_object_centers: int = 3, fine_boundaries: bool = False,
+                 semantic_only: bool = False, label_divisor: int | None = 10000, stride: int = 4,
+                 downsampling: int = 1, stuff_area: int = 64, tile: int | None = None) -> np.ndarray:
+    """Panoptic labels of one large plane, decoded tile by tile (same rules as
+    :func:`~.decode.decode_panoptic`). ``prob`` (C, h, w) uint8 (x 255) or float
+    at network resolution; ``heatmap`` (1, gh, gw); ``offsets`` (2, gh, gw)."""
+    H, W = out_shape
+    f = int(downsampling)
+    cell = stride * f  # output pixels per grid cell
+    tile = tile or DECODE_TILE
+    tile = max(cell, (tile // cell) * cell)
+    scale = 1 / 255.0 if prob.dtype == np.uint8 else 1.0
+    things = [] if semantic_only else [int(t) for t in thing_ids]
+    stuff = [int(c) for c in class_ids if int(c) not in things]
+    div = int(label_divisor or 0)
+    n_cls = int(max([0, *class_ids])) + 1
+    hm = np.asarray(heatmap, np.float32).reshape(heatmap.shape[-2:])
+    centers = find_centers(hm, center_confidence_thr, min_distance_object_centers) if things else np.zeros((0, 2))
+    centers_px = centers.astype(np.float32) * stride + (stride - 1) / 2.0  # network-input pixels
+    tree = cKDTree(centers_px) if len(centers_px) else None
+    K = len(centers_px)
+    ids_dtype = np.uint32
+    labels = np.zeros((H, W), ids_dtype)
+    votes = np.zeros((K + 1, n_cls), np.int64)
+    ys, xs = _tile_starts(H, tile), _tile_starts(W, tile)
+
+    def semantic(y0, y1, x0, x1):
+        p = _crop_upsampled(prob, y0, y1, x0, x1, f) * scale
+        return semantic_classes(p, class_ids, confidence_thr)
+
+    def centre_ids(y0, y1, x0, x1):
+        if tree is None:
+            return np.zeros((y1 - y0, x1 - x0), np.uint32)
+        if fine_boundaries:  # group at network resolution
+            n0, n1, m0, m1 = y0 // f, -(-y1 // f), x0 // f, -(-x1 // f)
+            off = _crop_upsampled(offsets, n0, n1, m0, m1, stride)
+            yy = np.arange(n0, n1, dtype=np.float32)[:, None] + 0 * np.arange(m0, m1)[None, :]
+            xx = np.arange(m0, m1, dtype=np.float32)[None, :] + 0 * np.arange(n0, n1)[:, None]
+            r0, c0, unit = n0, m0, f
+        else:
+            n0, n1, m0, m1 = y0 // cell, -(-y1 // cell), x0 // cell, -(-x1 // cell)
+            off = offsets[:, n0:n1, m0:m1].astype(np.float32)
+            c = (stride - 1) / 2.0
+            yy = np.arange(n0, n1, dtype=np.float32)[:, None] * stride + c + 0 * np.arange(m0, m1)[None, :]
+            xx = np.arange(m0, m1, dtype=np.float32)[None, :] * stride + c + 0 * np.arange(n0, n1)[:, None]
+            r0, c0, unit = n0, m0, cell
+        _, nearest = tree.query(np.stack([(yy + off[0]).ravel(), (xx + off[1]).ravel()], 1), k=1)
+        grid = (nearest.astype(np.uint32) + 1).reshape(yy.shape)
+        ri = np.arange(y0, y1) // unit - r0
+        ci = np.arange(x0, x1) // unit - c0
+        return grid[np.ix_(ri, ci)]
+
+    # pass 1: centre id of every thing pixel, and class votes per centre
+    for y0 in ys:
+        for x0 in xs:
+            y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
+            sem = semantic(y0, y1, x0, x1)
+            is_thing = np.isin(sem, things) if things else np.zeros(sem.shape, bool)
+            inst = np.where(is_thing, centre_ids(y0, y1, x0, x1), 0).astype(ids_dtype)
+            labels[y0:y1, x0:x1] = inst
+            if things:
+                np.add.at(votes, (inst[is_thing].astype(np.int64), sem[is_thing]), 1)
+    major = votes.argmax(1)
+
+    # pass 2: connected pieces per tile, joined across tile borders
+    uf = _UnionFind()
+    offsets_of, n_total, piece_centre = {}, 0, [np.zeros(1, np.int64)]
+    prev_row_bottom: dict[int, np.ndarray] = {}
+    for y0 in ys:
+        left = None
+        row_bottom = {}
+        for x0 in xs:
+            y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
+            lab = labels[y0:y1, x0:x1]
+            pcs = cc3d.connected_components(lab, connectivity=8).astype(np.int64)
+            n = int(pcs.max())
+            g = np.where(pcs > 0, pcs + n_total, 0)
+            pc = np.zeros(n + 1, np.int64)
+            pc[pcs.ravel()] = lab.ravel()
+            piece_centre.append(pc[1:])
+            offsets_of[(y0, x0)] = n_total
+            n_total += n
+            if left is not None:  # vertical border, 8-connected
+                a_col, a_lab, b_col, b_lab = left[0][:, -1], left[1][:, -1], g[:, 0], lab[:, 0]
+                for d in (-1, 0, 1):
+                    a = a_col[max(0, -d):len(a_col) - max(0, d)]
+                    al = a_lab[max(0, -d):len(a_col) - max(0, d)]
+                    b = b_col[max(0, d):len(b_col) - max(0, -d)]
+                    bl = b_lab[max(0, d):len(b_col) - max(0, -d)]
+                    same = al == bl
+                    uf.add(a[same], b[same])
+            if x0 in prev_row_bottom:  # horizontal border with the tile above
+                top_g, top_l = prev_row_bottom[x0]
+                a_row, a_lab, b_row, b_lab = top_g, top_l, g[0], lab[0]
+                for d in (-1, 0, 1):
+                    a = a_row[max(0, -d):len(a_row) - max(0, d)]
+                    al = a_lab[max(0, -d):len(a_row) - max(0, d)]
+                    b = b_row[max(0, d):len(b_row) - max(0, -d)]
+                    bl = b_lab[max(0, d):len(b_row) - max(0, -d)]
+                    same = al == bl
+                    uf.add(a[same], b[same])
+                # diagonal neighbours across the tile corners
+                for xn, (ai, bi) in ((x0 - tile, (-1, 0)), (x0 + tile, (0, -1))):
+                    if xn in prev_row_bottom:
+                        tg, tl = prev_row_bottom[xn]
+                        if tl[ai] == lab[0, bi]:
+                            uf.add(np.array([tg[ai]]), np.array([g[0, bi]]))
+            row_bottom[x0] = (g[-1].copy(), lab[-1].copy())
+            left = (g, lab)
+        prev_row_bottom = row_bottom
+    root = uf.roots(n_total)
+    centre_of = np.concatenate(piece_centre)
+    cls_of_piece = major[centre_of]
+    cls_of_piece[0] = 0
+    # final ids per class, in order of each object's first piece
+    _, first = np.unique(root[1:], return_index=True)
+    obj_root = root[1:][first]
+    obj_cls = cls_of_piece[1:][first]
+    final_of_root = np.zeros(root.max() + 1, np.uint64)
+    if div:
+        for c in things:
+            sel = obj_root[obj_cls == c]
+            if len(sel) >= div:
+                raise PanoptemError(f"{len(sel)} objects of class {c} do not fit under Max objects per class "
+                                    f"= {div}; raise it.")
+            final_of_root[sel] = c * div + np.arange(1, len(sel) + 1, dtype=np.uint64)
+    else:
+        final_of_root[obj_root] = np.arange(1, len(obj_root) + 1, dtype=np.uint64)
+    lut = final_of_root[root]
+    lut[0] = 0
+    if int(lut.max(initial=0)) >= 2**32 or (stuff and div and max(stuff) * div >= 2**32):
+        raise PanoptemError("Labels exceed 32 bits; lower Max objects per class.")
+
+    # pass 3: write final ids (pieces recomputed per tile: deterministic)
+    for y0 in ys:
+        for x0 in xs:
+            y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
+            lab = labels[y0:y1, x0:x1]
+            pcs = cc3d.connected_components(lab, connectivity=8).astype(np.int64)
+            g = np.where(pcs > 0, pcs + offsets_of[(y0, x0)], 0)
+            labels[y0:y1, x0:x1] = lut[g].astype(ids_dtype)
+
+    if stuff:  # stuff classes fill where no instance is, if large enough overall
+        area = dict.fromkeys(stuff, 0)
+        for y0 in ys:
+            for x0 in xs:
+                y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
+                sem = semantic(y0, y1, x0, x1)
+                for s_ in stuff:
+                    area[s_] += int(((sem == s_) & (labels[y0:y1, x0:x1] == 0)).sum())
+        for y0 in ys:
+            for x0 in xs:
+                y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
+                sem = semantic(y0, y1, x0, x1)
+                view = labels[y0:y1, x0:x1]
+                for s_ in stuff:
+                    if area[s_] >= stuff_area:
+                        view[(sem == s_) & (view == 0)] = s_ * div if div else s_
+    return labels
