@@ -59,6 +59,17 @@ class _UnionFind:
         return connected_components(g, directed=False)[1]
 
 
+def _join_border(uf: _UnionFind, a_pcs, a_lab, b_pcs, b_lab) -> None:
+    """Join pieces facing each other across a tile border (8-connected: the
+    pixel opposite and its two neighbours along the border) with equal centre ids."""
+    n = len(a_pcs)
+    for d in (-1, 0, 1):
+        ia = slice(max(0, -d), n - max(0, d))
+        ib = slice(max(0, d), n - max(0, -d))
+        same = a_lab[ia] == b_lab[ib]
+        uf.add(a_pcs[ia][same], b_pcs[ib][same])
+
+
 def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out_shape: tuple[int, int], *,
                  class_ids, thing_ids, confidence_thr: float = 0.5, center_confidence_thr: float = 0.1,
                  min_distance_object_centers: int = 3, fine_boundaries: bool = False,
@@ -143,25 +154,10 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
             piece_centre.append(pc[1:])
             offsets_of[(y0, x0)] = n_total
             n_total += n
-            if left is not None:  # vertical border, 8-connected
-                a_col, a_lab, b_col, b_lab = left[0][:, -1], left[1][:, -1], g[:, 0], lab[:, 0]
-                for d in (-1, 0, 1):
-                    a = a_col[max(0, -d):len(a_col) - max(0, d)]
-                    al = a_lab[max(0, -d):len(a_col) - max(0, d)]
-                    b = b_col[max(0, d):len(b_col) - max(0, -d)]
-                    bl = b_lab[max(0, d):len(b_col) - max(0, -d)]
-                    same = al == bl
-                    uf.add(a[same], b[same])
+            if left is not None:  # vertical border with the tile on the left
+                _join_border(uf, left[0][:, -1], left[1][:, -1], g[:, 0], lab[:, 0])
             if x0 in prev_row_bottom:  # horizontal border with the tile above
-                top_g, top_l = prev_row_bottom[x0]
-                a_row, a_lab, b_row, b_lab = top_g, top_l, g[0], lab[0]
-                for d in (-1, 0, 1):
-                    a = a_row[max(0, -d):len(a_row) - max(0, d)]
-                    al = a_lab[max(0, -d):len(a_row) - max(0, d)]
-                    b = b_row[max(0, d):len(b_row) - max(0, -d)]
-                    bl = b_lab[max(0, d):len(b_row) - max(0, -d)]
-                    same = al == bl
-                    uf.add(a[same], b[same])
+                _join_border(uf, *prev_row_bottom[x0], g[0], lab[0])
                 # diagonal neighbours across the tile corners
                 for xn, (ai, bi) in ((x0 - tile, (-1, 0)), (x0 + tile, (0, -1))):
                     if xn in prev_row_bottom:
