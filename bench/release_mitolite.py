@@ -32,7 +32,7 @@ def main():
                     schedule=f"one-cycle (max lr {cfg['lr']}, {cfg['schedule_steps'] or cfg['iterations']} steps)"
                              + (f", cosine anneal to 0 from step {cfg['anneal_from']}" if cfg["anneal_from"] else ""),
                     batch_size=cfg["batch_size"], patch_size=cfg["patch_size"], scale_range=cfg["scale_range"],
-                    machine=machine(), command="panoptem train training_image.tif training_instances2d.tif -o "
+                    machine=machine(), command="panoptem train-volume training_image.tif training_instances2d.tif -o "
                     "runs/mito_v1 --train-slices 0:125 --val-slices 135:165 --iterations "
                     f"{cfg['iterations']} --schedule-steps {cfg['schedule_steps']} --anneal-from {cfg['anneal_from']}")
     card = publish(run / "weights.pt", a.name, DESCRIPTION, voxel_size_nm=5.0, training=training)

@@ -192,7 +192,7 @@ def measure_cmd(
                            "summary": summ}))
 
 
-@app.command("train")
+@app.command("train-volume")
 def train_cmd(
     image: str = typer.Argument(..., help="Training image volume (ZYX) or 2D stack."),
     labels: str = typer.Argument(..., help="Instance labels of the same shape (2D ids per slice are fine)."),
@@ -213,7 +213,7 @@ def train_cmd(
     device: str = typer.Option("cpu", "--device"),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue from out_dir/checkpoint.pt."),
 ):
-    """Train a single-class instance model (resumable; checkpoints every 200 steps)."""
+    """Train a single-class instance model from an image volume + instance labels (resumable)."""
     from .models.load import pick_device
     from .training.from_volume import train_from_volume
     from .training.train import TrainConfig

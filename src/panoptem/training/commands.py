@@ -1,4 +1,4 @@
-"""``panoptem patches``, ``panoptem finetune`` and ``panoptem train-new``.
+"""``panoptem patches``, ``panoptem finetune`` and ``panoptem train``.
 
 Heavy imports (torch) happen inside the commands, so ``panoptem --help`` stays fast.
 """
@@ -139,7 +139,7 @@ def finetune_cmd(
     typer.echo(_summary(r))
 
 
-@training_app.command("train-new")
+@training_app.command("train")
 @_user_errors
 def train_new_cmd(
     train_dir: List[Path] = typer.Option(..., "--train-dir", help="Dataset folder; repeat for several."),

@@ -177,7 +177,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     if card.weights.format != "state_dict":
         raise PanoptemError(f"Model '{card.name}' is a {card.weights.format} model, which panoptem cannot "
                             "fine-tune; fine-tune a panoptem model (e.g. MitoLite_v1) or train a new one with "
-                            "`panoptem train-new`.")
+                            "`panoptem train`.")
     frozen = frozen_modules(layers)
     _check_patch_size(patch_size, card)
     if iterations < 1:
