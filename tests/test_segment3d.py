@@ -123,3 +123,12 @@ def test_streamed_output_equals_in_memory(tmp_path, plane, ext):
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no work files left behind
     with pytest.raises(PanoptemError, match="exists"):
         segment_3d(vol, dark_blob_model(), output=out, **P)
+
+
+@pytest.mark.parametrize("fusion", [None, "probability"])
+def test_downsampled_3d_keeps_objects_in_place(fusion):
+    vol, truth = phantom(shape=(48, 128, 128), balls=[(14, 30, 30), (30, 90, 40), (24, 60, 96)], r=14)
+    kw = dict(orthoplane=True, fusion=fusion) if fusion else {}
+    res = segment_3d(vol, dark_blob_model(), downsampling=2, batch_size=8, **kw, **P)
+    r = evaluate(res.labels["mitochondria"], truth)
+    assert r["n_pred"] == 3 and r["f1_75"] == 1.0 and r["foreground_iou"] > 0.75

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import PanoptemError
 from ..models.load import DEFAULT_MODEL, LoadedModel
 from ..params import Params3D, make_params
-from .decode import decode_panoptic
+from .decode import _upsample_linear, decode_panoptic
 from .engine import Predictor
 from .segment2d import PLANE_AXIS
 from .stack import RunningMedian, SliceLinker
@@ -44,6 +44,15 @@ def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
     sl = [slice(None)] * 3
     sl[axis] = slice(start, stop)
     return np.moveaxis(np.asarray(volume[tuple(sl)]), axis, 0)
+
+
+def _resize_area(a: np.ndarray, shape) -> np.ndarray:
+    """Area-average a 2D array to ``shape`` (as the network input is downsampled)."""
+    if a.shape == tuple(shape):
+        return a
+    import torch
+    import torch.nn.functional as F
+    return F.interpolate(torch.from_numpy(a)[None, None], size=tuple(shape), mode="area")[0, 0].numpy()
 
 
 def _remap(provisional: np.ndarray, mapping: np.ndarray, out_dtype) -> np.ndarray:
@@ -158,20 +167,18 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             if cache is not None:
                 cache.put(i0, out)
         for j in range(i1 - i0):
+            # probabilities stay at network resolution (the median is cheaper there);
+            # decoding brings them to full size. Fusion volumes are full size.
             prob = out.semantic_probability[j]
-            if prob.shape[-2:] != shape:  # downsampled: bring probabilities to full size before the median
-                from .decode import _upsample_linear
-                prob = _upsample_linear(prob, shape)
+            sl = [slice(None)] * 3
+            sl[axis] = i0 + j
             if probability_sink is not None:
-                sl = [slice(None)] * 3
-                sl[axis] = i0 + j
-                probability_sink[tuple(sl)] = np.round(prob[0] * 255).astype(np.uint8)
+                full = prob if prob.shape[-2:] == shape else _upsample_linear(prob, shape)
+                probability_sink[tuple(sl)] = np.round(full[0] * 255).astype(np.uint8)
             if extra_probability:
-                sl = [slice(None)] * 3
-                sl[axis] = i0 + j
                 acc = prob[0].copy()
                 for vol in extra_probability:
-                    acc += vol[tuple(sl)].astype(np.float32) / 255.0
+                    acc += _resize_area(vol[tuple(sl)].astype(np.float32) / 255.0, prob.shape[-2:])
                 prob = (acc / (1 + len(extra_probability)))[None]
             consume(median.push(prob, extra=(out.heatmap[j], out.offsets[j])))
         if bar is not None:
