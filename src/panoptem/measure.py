@@ -171,6 +171,7 @@ def write_table(table: dict[str, np.ndarray], path) -> Path:
             w = csv.writer(f)
             w.writerow(list(table))
             w.writerows(zip(*(np.asarray(v).tolist() for v in table.values())))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -121,6 +121,7 @@ def _atomic(out: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; exported models are meant to be shared
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -109,6 +109,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -275,6 +276,7 @@ def fetch_weights(card: ModelCard, timeout: float = 60.0) -> Path:
             raise PanoptemError(f"Downloaded {url} does not match the sha256 in model card '{card.name}' "
                                 f"(card {expected[:12]}..., file {digest[:12]}...); the file was deleted: check "
                                 "the URL or the card.")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, dest)
         if expected:
             _verified(dest, expected)
@@ -336,6 +338,7 @@ def export_package(name: str, out_file: str | Path) -> Path:
             z.writestr("card.yaml", pack.to_yaml())
             for arc, p in files.items():
                 z.write(p, arc)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -102,6 +102,7 @@ def _write_json_atomic(path: Path, d: dict) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(d, f, indent=1)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
