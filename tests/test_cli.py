@@ -98,3 +98,34 @@ def test_segment3d_hdf5_key_streams_to_zarr(capsys, tmp_path, tiny_card):
                          "--model", str(tiny_card), "--min-size", "0", "--min-extent", "0")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["shape"] == [6, 64, 64]
+
+
+def test_segment3d_interrupted_run_resumes_from_its_cache(capsys, tmp_path, tiny_card, monkeypatch):
+    vol = tmp_path / "vol.tif"
+    tifffile.imwrite(vol, np.random.default_rng(2).integers(0, 255, (12, 64, 64), dtype=np.uint8),
+                     photometric="minisblack")
+    out = tmp_path / "lab.tif"
+    args = ("segment3d", str(vol), "-o", str(out), "--model", str(tiny_card), "--batch-size", "4",
+            "--min-size", "0", "--min-extent", "0")
+    from panoptem.inference import segment3d as s3
+    real = s3.Predictor.predict
+    calls = []
+
+    def dying(self, planes, *a, **k):
+        calls.append(len(planes))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, planes, *a, **k)
+
+    monkeypatch.setattr(s3.Predictor, "predict", dying)
+    code, _, err = run(capsys, *args)
+    assert code == 130 and "resume" in err and not out.exists()
+    cache = tmp_path / ".lab.tif.panoptem-cache"
+    assert cache.exists()
+    calls.clear()
+    monkeypatch.setattr(s3.Predictor, "predict", lambda self, planes, *a, **k: calls.append(len(planes))
+                        or real(self, planes, *a, **k))
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert calls == [4, 4]  # the first batch came from the cache
+    assert out.exists() and not cache.exists()

@@ -128,9 +128,11 @@ def segment3d_cmd(
     ortho: bool = typer.Option(False, "--ortho", help="Same as --orthoplane."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     batch_size: int = typer.Option(4, "--batch-size", help="Slices per network call."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep network outputs here: re-running "
-                                             "with the same folder resumes an interrupted run, and re-decodes "
-                                             "with new thresholds without running the network again."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep network outputs here (default: "
+                                             "a hidden folder beside OUTPUT, removed on success). Re-running the "
+                                             "same command resumes an interrupted run; with --keep-cache, "
+                                             "re-decodes with new thresholds without running the network."),
+    keep_cache: bool = typer.Option(False, "--keep-cache", help="Keep the cache folder after success."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     params: Params3D = None,
 ):
@@ -140,6 +142,9 @@ def segment3d_cmd(
     if ortho:
         params.orthoplane = True
     inputs = [img.path] if img.path else []
+    auto_cache = cache_dir is None
+    if auto_cache:
+        cache_dir = Path(output).parent / f".{Path(output).name}.panoptem-cache"
     res = segment_3d(img.data, model, device=device, batch_size=batch_size, progress=True,
                      voxel_size=img.voxel_size, cache_dir=cache_dir, output=output, overwrite=overwrite,
                      inputs=inputs, **params.model_dump())
@@ -149,6 +154,9 @@ def segment3d_cmd(
                   "dtype": str(vol.dtype)}]
     else:
         paths = write_result(res, output, voxel_size=img.voxel_size, overwrite=overwrite, inputs=inputs)
+    if auto_cache and not keep_cache:
+        import shutil
+        shutil.rmtree(cache_dir, ignore_errors=True)
     for p in paths:
         typer.echo(json.dumps(p))
 
@@ -230,6 +238,10 @@ def train_cmd(
 from .training.commands import training_app; app.add_typer(training_app)  # noqa: E402,E702
 
 
+INTERRUPTED = "interrupted; nothing was written to the output. Re-run the same command to resume (segment3d " \
+              "keeps the network outputs computed so far)."
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; user errors print one line and exit 2."""
     try:
@@ -238,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {e}", err=True)
         return 2
     except SystemExit as e:
+        if e.code == 130:  # Ctrl-C, turned into an exit by click
+            typer.echo(INTERRUPTED, err=True)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
-        typer.echo("interrupted; re-run the same command to resume.", err=True)
+        typer.echo(INTERRUPTED, err=True)
         return 130
     return 0
 
