@@ -139,7 +139,8 @@ def test_manifest_is_valid_and_importable():
     m.validate_imports()
     assert m.name == "panoptem"
     assert [w.display_name for w in m.contributions.widgets] == [
-        "2D Inference (Parameter Testing)", "3D Inference", "Proofread Labels", "Measure Labels"]
+        "2D Inference (Parameter Testing)", "3D Inference", "Proofread Labels", "Measure Labels", "Models",
+        "Pick Patches + Store Dataset", "Fine-tune"]
     assert [s.key for s in m.contributions.sample_data] == ["sample"]
     assert m.contributions.writers[0].layer_types == ["labels"]
 

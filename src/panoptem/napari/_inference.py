@@ -14,12 +14,20 @@ import napari.layers
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, ProgressBar, PushButton
 from napari.qt.threading import create_worker
+from psygnal import Signal as Event
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
 from ..params import Params2D, Params3D
 from ._forms import ParamsForm, row, status_label
-from ._layers import PLANE_OF_AXIS, add_or_replace, current_plane, image_array, layer_voxel_size, place_plane
+from ._layers import (
+    PLANE_OF_AXIS,
+    add_or_replace,
+    current_plane,
+    image_array,
+    layer_voxel_size,
+    place_plane,
+)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -29,6 +37,27 @@ def cached_model(name: str, device: str):
     """The loaded model for (name, device), loaded once per session (cleared by ``cached_model.cache_clear()``)."""
     from ..models.load import load_model
     return load_model(name, device)
+
+
+class _RegistryEvents:
+    """``changed`` is emitted after the model registry changes, so model pickers refresh."""
+
+    changed = Event()
+
+
+registry_events = _RegistryEvents()
+
+
+def follow_registry(box: ComboBox) -> None:
+    """Refresh ``box``'s choices whenever the model registry changes, until its Qt widget is deleted."""
+    def refresh():
+        try:
+            box.reset_choices()
+        except RuntimeError:  # the Qt widget is gone but ``destroyed`` has not been delivered yet
+            pass
+
+    registry_events.changed.connect(refresh)
+    box.native.destroyed.connect(lambda *_: registry_events.changed.disconnect(refresh, missing_ok=True))
 
 
 def model_names(*_) -> list[str]:
@@ -67,6 +96,7 @@ class _InferenceBase(Container):
             self.model.value = DEFAULT_MODEL
         self.device = ComboBox(label="Device", name="device", choices=list(DEVICES), value="auto",
                                tooltip="auto: CUDA if present, else Apple MPS, else CPU.")
+        follow_registry(self.model)
         self.form = ParamsForm(self.params_cls)
         self.run_button = PushButton(text=f"Run {self.title}", name="run")
         self.status = status_label()

@@ -142,7 +142,8 @@ def _check_patch_size(patch_size: int, card: ModelCard | None = None) -> int:
 def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedModel", iterations: int = 100,
              patch_size: int = 256, layers: str = "none", lr: float = 1e-3, device: str = "auto",
              batch_size: int = 8, gamma: float = 0.7, scale_range: tuple[float, float] = (0.75, 1.33),
-             seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print) -> dict:
+             seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print,
+             on_step=None) -> dict:
     """Fine-tune a registered model on a dataset folder and register the result.
 
     Parameters
@@ -162,6 +163,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     lr : peak learning rate (one-cycle schedule).
     device : "auto", "cpu", "cuda", "cuda:N" or "mps".
     segment_params : inference parameters for the scoring (``segment_2d``'s).
+    log : receives progress lines; ``on_step`` receives every step's record
+        (``step``, ``loss``, ...); raising from it stops the run.
 
     Returns
     -------
@@ -200,7 +203,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     try:
         state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
         weights = train(data, stage, cfg, resume=False, log=log, init_state=state, frozen=frozen,
-                        on_step=lambda r: losses.append(r["loss"]))
+                        on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)))
         new_card = card.model_copy(deep=True)
         after = evaluate_pairs(_loaded(new_card, weights, dev), ims, mks, divs, **params)
         log(f"after: {after}")

@@ -1,0 +1,200 @@
+"""Widget "Models": inspect, register, export, import, archive and restore models
+(a thin layer over :mod:`panoptem.models.registry` and :mod:`panoptem.models.export`)."""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import napari
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    LineEdit,
+    PushButton,
+    TextEdit,
+)
+from napari.qt.threading import create_worker
+
+from ..errors import PanoptemError
+from ._forms import row, status_label
+from ._inference import cached_model, follow_registry, model_names, registry_events
+
+FORMATS = ("package", "torchscript", "empanada", "onnx")
+
+
+def model_info_text(name: str) -> str:
+    """The text ``panoptem model info NAME`` prints."""
+    from ..models.commands import model_info
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        model_info.__wrapped__(name)  # unwrapped: a PanoptemError propagates instead of exiting
+    return buf.getvalue()
+
+
+def archived_names(*_) -> list[str]:
+    from ..models.registry import list_models
+    return [m.name for m in list_models(include_archived=True) if m.archived]
+
+
+def export_model(name: str, out_file: str | Path, fmt: str) -> Path:
+    """Write model ``name`` as ``fmt`` (package, torchscript, empanada or onnx); returns the file."""
+    if fmt not in FORMATS:
+        raise PanoptemError(f"Format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
+    if fmt == "package":
+        from ..models.registry import export_package
+        return export_package(name, out_file)
+    from ..models.export import export_onnx, export_torchscript
+    if fmt == "onnx":
+        return export_onnx(name, out_file)
+    return export_torchscript(name, out_file, empanada_interface=fmt == "empanada")
+
+
+def _path(value) -> str:
+    """A FileEdit's value as a string, '' when nothing was chosen."""
+    s = str(value or "")
+    return "" if s in ("", ".") else s
+
+
+class ModelsWidget(Container):
+    """Pick a model to show its card, export or archive it; register a card, import a
+    package, restore an archived model. Every action runs in a worker thread."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(scrollable=False)
+        self.viewer = viewer
+        self.model = ComboBox(label="Model", name="model", choices=model_names)
+        self.info_button = PushButton(text="Get model info", name="info")
+        self.info = TextEdit(name="info_text", value="")
+        self.info.native.setReadOnly(True)
+        self.new_name = LineEdit(label="New name", name="new_name",
+                                 tooltip="Register / Import: letters, digits, '_', '.' and '-'.")
+        self.card = FileEdit(label="Card file", name="card", mode="r", filter="*.yaml *.yml", value="")
+        self.weights = LineEdit(label="Weights (optional)", name="weights",
+                                tooltip="Weights file or http(s)/file URL; empty: the one the card names.")
+        self.register_button = PushButton(text="Register", name="register")
+        self.out_file = FileEdit(label="Output file", name="out_file", mode="w", value="")
+        self.format = ComboBox(label="Format", name="format", choices=list(FORMATS), value="package",
+                               tooltip="package: one .panoptem file to share; torchscript; empanada: TorchScript "
+                                       "+ yaml for empanada-napari; onnx.")
+        self.export_button = PushButton(text="Export", name="export")
+        self.package = FileEdit(label="Package", name="package", mode="r", filter="*.panoptem", value="")
+        self.import_button = PushButton(text="Import", name="import_")
+        self.archive_button = PushButton(text="Archive model", name="archive")
+        self.archived = ComboBox(label="Archived", name="archived", choices=archived_names)
+        self.restore_button = PushButton(text="Restore", name="restore")
+        self.status = status_label()
+        self.worker = None
+        self.buttons = {"info": self.info_button, "register": self.register_button, "export": self.export_button,
+                        "import": self.import_button, "archive": self.archive_button,
+                        "restore": self.restore_button}
+        for key, b in self.buttons.items():
+            b.changed.connect(getattr(self, f"do_{key}"))
+        self.extend([self.model, row(self.info_button, self.archive_button), self.info,
+                     self.out_file, self.format, self.export_button,
+                     self.new_name, self.card, self.weights, self.register_button,
+                     self.package, self.import_button,
+                     self.archived, self.restore_button, self.status])
+        follow_registry(self.model)
+        follow_registry(self.archived)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _fail(self, err: BaseException) -> None:
+        msg = str(err) if isinstance(err, PanoptemError) else f"{type(err).__name__}: {err}"
+        self.status.value = f"Error: {msg}"
+        napari.utils.notifications.show_error(msg)
+
+    def _finished(self) -> None:
+        self.worker = None
+        for b in self.buttons.values():
+            b.enabled = True
+
+    def _start(self, func, done, changes: bool, *args) -> None:
+        def on_result(res):
+            if changes:
+                cached_model.cache_clear()
+                registry_events.changed.emit()
+            done(res)
+
+        for b in self.buttons.values():
+            b.enabled = False
+        self.worker = create_worker(func, *args, _start_thread=False,
+                                    _connect={"returned": on_result, "errored": self._fail,
+                                              "finished": self._finished})
+        self.worker.start()
+
+    def _name(self) -> str:
+        if not self.model.value:
+            raise PanoptemError("Choose a model first (none is registered: use Register or Import).")
+        return self.model.value
+
+    def _guard(self, action) -> None:
+        try:
+            action()
+        except PanoptemError as e:
+            self._fail(e)
+
+    def do_info(self) -> None:
+        def go():
+            name = self._name()
+
+            def show(text):
+                self.info.value = text
+                self.status.value = f"Model '{name}'."
+            self._start(model_info_text, show, False, name)
+        self._guard(go)
+
+    def do_register(self) -> None:
+        def go():
+            from ..models.registry import register
+            name, card = self.new_name.value.strip(), _path(self.card.value)
+            if not name or not card:
+                raise PanoptemError("Fill in New name and Card file to register a model.")
+            weights = self.weights.value.strip() or None
+            self._start(register, lambda p: self._done(f"Registered '{name}' ({p}).", name), True,
+                        name, card, weights)
+        self._guard(go)
+
+    def do_export(self) -> None:
+        def go():
+            name, out = self._name(), _path(self.out_file.value)
+            if not out:
+                raise PanoptemError("Choose an output file to export to.")
+            self._start(export_model, lambda p: self._done(f"Exported '{name}' to {p}."), False,
+                        name, out, self.format.value)
+        self._guard(go)
+
+    def do_import(self) -> None:
+        def go():
+            from ..models.registry import import_package
+            pkg = _path(self.package.value)
+            if not pkg:
+                raise PanoptemError("Choose a .panoptem package to import.")
+            self._start(import_package, lambda n: self._done(f"Imported '{n}'.", n), True,
+                        pkg, self.new_name.value.strip() or None)
+        self._guard(go)
+
+    def do_archive(self) -> None:
+        def go():
+            from ..models.registry import archive
+            name = self._name()
+            self._start(archive, lambda _: self._done(f"Archived '{name}'."), True, name)
+        self._guard(go)
+
+    def do_restore(self) -> None:
+        def go():
+            from ..models.registry import restore
+            name = self.archived.value
+            if not name:
+                raise PanoptemError("No model is archived.")
+            self._start(restore, lambda _: self._done(f"Restored '{name}'.", name), True, name)
+        self._guard(go)
+
+    def _done(self, msg: str, select: str | None = None) -> None:
+        if select is not None and select in self.model.choices:
+            self.model.value = select
+        self.status.value = msg
