@@ -140,7 +140,7 @@ def test_manifest_is_valid_and_importable():
     assert m.name == "panoptem"
     assert [w.display_name for w in m.contributions.widgets] == [
         "2D Inference (Parameter Testing)", "3D Inference", "Proofread Labels", "Measure Labels", "Models",
-        "Pick Patches + Store Dataset", "Fine-tune"]
+        "Pick Patches + Store Dataset", "Fine-tune", "Train", "Export Segmentations"]
     assert [s.key for s in m.contributions.sample_data] == ["sample"]
     assert m.contributions.writers[0].layer_types == ["labels"]
 
@@ -245,6 +245,111 @@ def test_2d_inference_reports_errors_in_the_widget(viewer, qtbot, home):
     assert "Batch mode needs a 3D stack" in w.status.value
 
 
+def test_2d_inference_confined_to_a_polygon_roi_on_a_3d_plane(viewer, qtbot, home):
+    from skimage.draw import polygon2mask
+
+    from panoptem.napari._inference import Inference2DWidget
+    img = viewer.add_image(blobs(), name="blobs", scale=(10.0, 5.0, 5.0))
+    # a square around the middle blob (64, 110) plus part of the left one (100, 40), on plane z = 2
+    square = np.array([[2, 40, 84], [2, 40, 136], [2, 88, 136], [2, 88, 84]], float)
+    cut = np.array([[2, 92, 20], [2, 92, 60], [2, 104, 60], [2, 104, 20]], float)
+    other_plane = square + [1, 0, 0]
+    roi = viewer.add_shapes([square, cut, other_plane], shape_type="polygon", name="roi", scale=(10.0, 5.0, 5.0))
+    w = dock(viewer, Inference2DWidget)
+    assert w.roi.value is None and w.output.value is None      # never picked silently
+    w.image.value, w.roi.value = img, roi
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.form.set_values(maximum_objects_per_class=0)
+    viewer.dims.set_point(0, 20.0)
+    run_and_wait(qtbot, w)
+    out = viewer.layers["blobs-2D-prediction"].data.copy()
+    assert out.shape == (1, 128, 160)
+    inside = polygon2mask((128, 160), square[:, 1:]) | polygon2mask((128, 160), cut[:, 1:])
+    assert not out[0][~inside].any() and out[0][inside].any()
+    assert np.unique(out).tolist() == [0, 1, 2]        # renumbered after the cut-away objects
+    assert out[0][98, 40] > 0 and out[0][91, 40] == 0 and out[0][108, 40] == 0
+    w.roi.value = None                                 # the whole plane: the middle blob is the same
+    run_and_wait(qtbot, w)
+    full = viewer.layers["blobs-2D-prediction"].data
+    assert np.unique(full).tolist() == [0, 1, 2, 3]
+    assert np.array_equal(out[0] == out[0][64, 110], full[0] == full[0][64, 110])   # exact placement
+    w.roi.value = roi
+
+    viewer.dims.set_point(0, 0.0)                      # no ROI on plane 0: said, not guessed
+    run_and_wait(qtbot, w)
+    assert "covers this plane" in w.status.value
+
+
+def test_confine_helpers_ellipse_renumber_viewport(viewer):
+    from panoptem.errors import PanoptemError
+    from panoptem.napari._confine import mask_box, renumber, shapes_mask, viewport_box
+    img = viewer.add_image(np.zeros((40, 50), np.uint8), name="img")
+    ell = viewer.add_shapes([np.array([[10, 10], [10, 30], [20, 30], [20, 10]], float)], shape_type="ellipse",
+                            name="ell")
+    m = shapes_mask(ell, img, None, 0, (40, 50))
+    assert mask_box(m) == (slice(10, 21), slice(10, 31)) and m[15, 20] and m[10, 20] and m[15, 10]
+    assert not m[11, 11] and not m[19, 29]              # an ellipse, not its box
+    viewer.add_shapes([np.array([[0, 0], [0, 5]], float)], shape_type="path", name="line")
+    with pytest.raises(PanoptemError, match="covers this plane"):
+        shapes_mask(viewer.layers["line"], img, None, 0, (40, 50))
+    assert renumber(np.array([0, 5, 5, 9], np.uint32), None).tolist() == [0, 1, 1, 2]
+    assert renumber(np.array([0, 1003, 2007, 1001], np.uint32), 1000).tolist() == [0, 1002, 2001, 1001]
+    assert viewport_box([[0, 5, 7], [3, 20, 80]], 0, 3, (30, 60)) == (slice(5, 21), slice(7, 60))
+    with pytest.raises(PanoptemError, match="visible part"):
+        viewport_box(np.zeros((2, 2), int), None, 2, (30, 60))
+
+
+def test_2d_inference_output_to_a_chosen_layer_at_the_current_plane(viewer, qtbot, home):
+    from panoptem.napari._inference import Inference2DWidget
+    img = viewer.add_image(blobs(), name="blobs")
+    keep = np.zeros((4, 128, 160), np.uint32)
+    keep[0, :5, :5], keep[3, 60:70, 100:120] = 7, 9
+    target = viewer.add_labels(keep.copy(), name="target")
+    wrong = viewer.add_labels(np.zeros((4, 10, 10), np.uint32), name="wrong")
+    w = dock(viewer, Inference2DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.form.set_values(maximum_objects_per_class=0)
+    viewer.dims.set_point(0, 2)
+    run_and_wait(qtbot, w)                             # a new layer, to compare with
+    expected = viewer.layers["blobs-2D-prediction"].data[0].copy()
+    viewer.layers.remove("blobs-2D-prediction")
+    w.output.value = wrong
+    run_and_wait(qtbot, w)
+    assert "choose a labels layer of the same shape" in w.status.value and not wrong.data.any()
+    w.output.value = target
+    run_and_wait(qtbot, w)
+    assert "blobs-2D-prediction" not in viewer.layers
+    assert np.array_equal(target.data[[0, 1, 3]], keep[[0, 1, 3]])      # other planes untouched
+    assert np.unique(target.data[2]).tolist() == [0, 1, 2, 3]
+    assert np.array_equal(target.data[2], expected)
+    assert w.status.value == "Done: 3 labels on xy plane 2 into 'target'."
+    target.undo()                                      # one undoable edit
+    assert np.array_equal(target.data, keep)
+
+
+def test_2d_inference_confined_to_the_viewport(make_napari_viewer, registered, qtbot, home):
+    from panoptem.napari._inference import Inference2DWidget
+    viewer = make_napari_viewer(show=True)             # corner_pixels are set when the canvas draws
+    img = viewer.add_image(blobs()[0], name="one")
+    w = dock(viewer, Inference2DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.form.set_values(maximum_objects_per_class=0)
+    w.viewport.value = True
+    from panoptem.napari._layers import camera_of
+    cam = camera_of(viewer)
+    cam.center, cam.zoom = (64, 110), 8.0
+    qtbot.waitUntil(lambda: img.corner_pixels[1, 1] - img.corner_pixels[0, 1] < 100, timeout=5000)
+    (r0, c0), (r1, c1) = img.corner_pixels
+    run_and_wait(qtbot, w)
+    out = viewer.layers["one-2D-prediction"].data
+    assert out.shape == (128, 160)
+    seen = np.zeros(out.shape, bool)
+    seen[r0:r1 + 1, c0:c1 + 1] = True
+    assert not out[~seen].any() and out[64, 110] > 0 and out[30, 40] == 0 and out[100, 40] == 0
+
+
 # ------------------------------------------------------------------ 3D inference
 
 def test_3d_inference_on_the_sample_with_screenshot(make_napari_viewer, registered, qtbot, home):
@@ -293,6 +398,34 @@ def test_3d_inference_finds_exactly_the_synthetic_objects(viewer, qtbot, home):
     assert np.unique(out.data).tolist() == [0, 1, 2, 3]
     assert tuple(out.scale) == (20.0, 5.0, 5.0) and tuple(out.translate) == (100.0, 0.0, 0.0)
     assert "Done: 3 mitochondria" in w.status.value
+
+
+def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
+    from panoptem.napari._inference import Inference3DWidget
+    img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0))
+    w = dock(viewer, Inference3DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.form.set_values(min_size=50, min_extent=2)
+    run_and_wait(qtbot, w)
+    in_memory = np.asarray(viewer.layers["tubes-mitochondria-prediction"].data).copy()
+    assert not w.result.streamed
+    viewer.layers.remove("tubes-mitochondria-prediction")
+    w.zarr_dir.value = tmp_path / "out"
+    run_and_wait(qtbot, w)
+    path = tmp_path / "out" / "tubes_darkblob.zarr"
+    assert path.is_dir() and w.result.streamed, w.status.value
+    out = viewer.layers["tubes-mitochondria-prediction"]
+    assert not isinstance(out.data, np.ndarray)        # read lazily from the file
+    streamed = np.asarray(out.data)
+    assert np.unique(in_memory).tolist() == [0, 1, 2, 3] and len(np.unique(streamed)) == 4
+    # the same objects voxel for voxel (the streamed ids may be numbered class * divisor + n)
+    pairs = np.unique(np.stack([in_memory.ravel(), streamed.ravel()]), axis=1)
+    assert pairs.shape[1] == 4 and pairs[:, 0].tolist() == [0, 0]
+    assert tuple(out.scale) == (20.0, 5.0, 5.0)
+    assert w.status.value.endswith(f"(written to {path}).")
+    run_and_wait(qtbot, w)                             # never overwritten
+    assert w.status.value.startswith("Error: ") and "already exists" in w.status.value
 
 
 def test_3d_cancel_really_stops(viewer, qtbot, home):
@@ -468,3 +601,48 @@ def test_measure_widget_with_the_real_measure(viewer):
     assert lab.features["voxels"].tolist() == [172, 16, 2]
     assert lab.features["volume_nm3"].tolist() == [172 * 750.0, 16 * 750.0, 2 * 750.0]
     assert lab.features["mean_intensity"].tolist() == [100.0, 100.0, 100.0]
+
+
+# ------------------------------------------------------------------ export segmentations
+
+def test_export_widget_writes_masks_and_images(viewer, tmp_path):
+    import tifffile
+
+    from panoptem.io import read_image
+    from panoptem.napari._export import ExportWidget
+    lab_data = rooms()
+    img_data = (np.arange(3 * 9 * 20) % 200).astype(np.uint8).reshape(3, 9, 20)
+    lab = viewer.add_labels(lab_data, name="lab", scale=(30.0, 5.0, 5.0))
+    img = viewer.add_image(img_data, name="em")
+    w = dock(viewer, ExportWidget)
+    assert w.image.value is None                       # optional: never picked silently
+    w.labels.value = lab
+    w.run_button.native.click()
+    assert w.status.value == "Error: Choose the folder to export into."
+    w.folder.value = tmp_path
+    w.image.value = img
+    w.run_button.native.click()                        # one volume, voxel size from the layer
+    root = tmp_path / "lab"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.tif")) == ["images/lab.tif", "masks/lab.tif"]
+    assert w.status.value == f"Exported 1 mask file(s) and 1 image file(s) to {root}."
+    m = read_image(root / "masks" / "lab.tif")
+    assert np.array_equal(np.asarray(m.data), lab_data) and tuple(m.voxel_size) == (30.0, 5.0, 5.0)
+    assert np.array_equal(tifffile.imread(root / "images" / "lab.tif"), img_data)
+
+    w.run_button.native.click()                        # never overwritten
+    assert "already exists" in w.status.value
+    w.name.value, w.slices.value, w.image.value, w.voxel_size.value = "slices", True, None, "40, 4, 4"
+    w.run_button.native.click()
+    assert sorted(p.name for p in (tmp_path / "slices" / "masks").iterdir()) == [
+        "slices_0000.tif", "slices_0001.tif", "slices_0002.tif"]
+    assert not (tmp_path / "slices" / "images").exists()
+    s1 = read_image(tmp_path / "slices" / "masks" / "slices_0001.tif")
+    assert np.array_equal(np.asarray(s1.data), lab_data[1]) and tuple(s1.voxel_size) == (4.0, 4.0)
+
+    w.name.value, w.slices.value, w.format.value = "vol", False, "zarr"
+    w.run_button.native.click()
+    z = read_image(tmp_path / "vol" / "masks" / "vol.zarr")
+    assert np.array_equal(np.asarray(z.data), lab_data) and tuple(z.voxel_size) == (40.0, 4.0, 4.0)
+    w.name.value, w.voxel_size.value = "bad", "4, 4"
+    w.run_button.native.click()
+    assert w.status.value.startswith("Error: Voxel size needs 3 positive numbers")

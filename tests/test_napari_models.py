@@ -190,3 +190,42 @@ def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, 
                         f"{w.result['after']['foreground_iou']:.3f}")
     assert get_card("tiny_ft").training["iterations"] == 5
     assert "tiny_ft" in inf.model.choices and "tiny_ft" in w.model.choices
+
+
+# ------------------------------------------------------------------ train a new model
+
+def test_train_widget_trains_and_registers_a_new_model(viewer, qtbot, home, tmp_path):
+    import torch
+    from conftest import TINY_ARCH
+
+    from panoptem.models.load import get_card
+    from panoptem.napari._inference import Inference2DWidget
+    from panoptem.napari._train import TrainWidget, step_of
+    from panoptem.training.dataset import store_dataset
+    from panoptem.training.patches import pick_patches
+    assert step_of('{"step": 20, "loss": 0.5, "lr": 0.1}') == (20, 0.5) and step_of("before: {}") is None
+    vol = blobs((2, 64, 64), centers=((20, 20), (44, 40)), r=8)
+    patches = pick_patches(vol, n=2, patch_size=64, labels=(vol < 100).astype(np.uint32), source="blobs")
+    store_dataset(patches, tmp_path / "ds")
+    inf = dock(viewer, Inference2DWidget)
+    w = dock(viewer, TrainWidget)
+    w.run_button.native.click()
+    assert w.status.value.startswith("Error: Choose the training dataset folder")
+    w.train_dir.value = tmp_path / "ds"
+    w.name.value, w.iterations.value, w.patch_size.value, w.device.value = "fresh", 5, 64, "cpu"
+    w.architecture = {k: v for k, v in TINY_ARCH.items() if k != "num_classes"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        w.run_button.native.click()
+        assert not w.run_button.enabled
+        qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    finally:
+        torch.set_num_threads(threads)
+    assert w.status.value.startswith("Done: registered 'fresh' (last loss "), w.status.value
+    assert len(w.result["losses"]) == 5 and w.progress.value == w.progress.max == 5
+    assert w.status.value.endswith(f"{w.result['losses'][-1]:.4f}).")
+    assert w.results.value.splitlines()[0] == f"evaluated on {w.result['evaluated_on']}"
+    card = get_card("fresh")
+    assert card.training["iterations"] == 5 and [c.name for c in card.classes] == ["mitochondria"]
+    assert "fresh" in inf.model.choices

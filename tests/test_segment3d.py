@@ -22,7 +22,7 @@ def phantom(shape=(48, 100, 100), balls=BALLS, r=11):
     return vol, truth
 
 
-P = dict(min_size=200, min_extent=3, maximum_objects_per_class=0)
+P = dict(min_size=200, min_extent=3)
 
 
 @pytest.mark.parametrize("plane", ["xy", "xz", "yz"])
@@ -111,12 +111,14 @@ def test_2d_input_is_refused():
         segment_3d(np.zeros((64, 64), np.uint8), dark_blob_model())
 
 
-@pytest.mark.parametrize("plane,ext", [("xy", ".tif"), ("yz", ".zarr")])
-def test_streamed_output_equals_in_memory(tmp_path, plane, ext):
+@pytest.mark.parametrize("plane,ext,extra", [("xy", ".tif", {}), ("yz", ".zarr", {}),
+                                             ("xy", ".zarr", {"maximum_objects_per_class": 0})])
+def test_streamed_output_equals_in_memory(tmp_path, plane, ext, extra):
     vol, truth = phantom()
-    mem = segment_3d(vol, dark_blob_model(), inference_plane=plane, **P)
+    mem = segment_3d(vol, dark_blob_model(), inference_plane=plane, **P, **extra)
     out = tmp_path / f"labels{ext}"
-    st = segment_3d(vol, dark_blob_model(), inference_plane=plane, output=out, voxel_size=(5.0, 5.0, 5.0), **P)
+    st = segment_3d(vol, dark_blob_model(), inference_plane=plane, output=out, voxel_size=(5.0, 5.0, 5.0),
+                    **P, **extra)
     assert st.streamed and out.exists()
     assert (np.asarray(st.labels["mitochondria"][:]) == mem.labels["mitochondria"]).all()
     assert st.objects == mem.objects

@@ -196,6 +196,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     from .decode import label_dtype
     dt = label_dtype(int(mapping.max()) if mapping.size else 0)
     if output is not None:
+        # streamed runs are single-class: write instance numbers 1..N, as split_classes does
+        div = params.label_divisor
+        if div:
+            mapping = np.where(mapping > 0, mapping % div, 0).astype(mapping.dtype)
         _remap_to_writer(provisional, mapping, axis, output, volume.shape)
         tm["decode_link_s"] += time.perf_counter() - t
         return None

@@ -3,7 +3,6 @@
 before / after scores at the end; the new model is registered and offered in every picker."""
 from __future__ import annotations
 
-
 import napari
 from magicgui.widgets import (
     ComboBox,

@@ -6,19 +6,29 @@ labels layers scaled like the image.
 """
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
+from pathlib import Path
 
 import napari
 import napari.layers
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, ProgressBar, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    ProgressBar,
+    PushButton,
+)
 from napari.qt.threading import create_worker
 from psygnal import Signal as Event
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
 from ..params import Params2D, Params3D
+from ._confine import mask_box, place_in_plane, shapes_mask, viewport_box, write_plane
 from ._forms import ParamsForm, row, status_label
 from ._layers import (
     PLANE_OF_AXIS,
@@ -148,8 +158,30 @@ class Inference2DWidget(_InferenceBase):
         super().__init__(viewer)
         self.batch = CheckBox(text="Batch mode (every slice on its own)", name="batch", value=False,
                               tooltip="Segment every slice of a stack independently; ids restart in each slice.")
-        self.extend([self.image, self.model, self.device, *self.form.widgets, self.batch,
-                     row(self.run_button, self.status, layout="vertical")])
+        self.roi = layer_picker(viewer, napari.layers.Shapes, "Confine to ROI", nullable=True, name="roi")
+        self.roi.tooltip = ("Shapes layer whose rectangles / polygons / ellipses on the shown plane bound the run; "
+                            "pixels outside them get label 0.")
+        self.viewport = CheckBox(text="Confine to viewport", name="viewport", value=False,
+                                 tooltip="Segment only the part of the plane visible on the canvas.")
+        self.output = layer_picker(viewer, napari.layers.Labels, "Output to layer", nullable=True, name="output")
+        self.output.tooltip = ("Write the result into this labels layer (same shape as the image) at the shown "
+                               "plane, as one undoable edit; empty: a new '<image>-2D-prediction' layer.")
+        self.extend([self.image, self.model, self.device, *self.form.widgets, self.batch, self.roi,
+                     self.viewport, self.output, row(self.run_button, self.status, layout="vertical")])
+
+    def _region(self, layer, axis, index, plane_shape):
+        """(box, mask): the crop of the plane to segment and the ROI mask (None without ROI)."""
+        full = (slice(0, plane_shape[0]), slice(0, plane_shape[1]))
+        box, mask = full, None
+        if self.roi.value is not None:
+            mask = shapes_mask(self.roi.value, layer, axis, index, plane_shape)
+            box = mask_box(mask)
+        if self.viewport.value:
+            vb = viewport_box(layer.corner_pixels, axis, layer.ndim, plane_shape)
+            box = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, vb))
+            if any(s.stop <= s.start for s in box):
+                raise PanoptemError("The ROI is outside the visible part of the image; pan onto it.")
+        return box, mask
 
     def run(self) -> None:
         try:
@@ -169,6 +201,18 @@ class Inference2DWidget(_InferenceBase):
                 from ..inference.segment2d import take_plane
                 axis, index = current_plane(self.viewer, layer)
                 array = take_plane(data, index, PLANE_OF_AXIS[axis])
+            confined = self.roi.value is not None or self.viewport.value
+            target = self.output.value
+            if batch and (confined or target is not None):
+                raise PanoptemError("Confine to ROI / viewport and Output to layer work on one plane; "
+                                    "untick Batch mode.")
+            if target is not None and tuple(target.data.shape) != tuple(data.shape):
+                raise PanoptemError(f"Labels layer '{target.name}' has shape {tuple(target.data.shape)} but the "
+                                    f"image has {tuple(data.shape)}; choose a labels layer of the same shape.")
+            plane_shape = array.shape
+            box, mask = ((slice(0, plane_shape[0]), slice(0, plane_shape[1])), None) if batch else \
+                self._region(layer, axis, index, plane_shape)
+            array = array if batch else np.asarray(array)[box]
         except PanoptemError as e:
             self._fail(e)
             return
@@ -180,12 +224,26 @@ class Inference2DWidget(_InferenceBase):
             if batch:
                 out = add_or_replace(self.viewer, f"{layer.name}-batch-prediction", labels,
                                      scale=tuple(layer.scale), translate=tuple(layer.translate))
+                n = len(np.unique(labels)) - 1
             else:
-                kw = place_plane(labels, axis, index, layer)
-                out = add_or_replace(self.viewer, f"{layer.name}-2D-prediction", kw.pop("data"), **kw)
+                plane = place_in_plane(labels, box, plane_shape, mask, params.label_divisor)
+                n = len(np.unique(plane)) - 1
+                if target is not None:
+                    region = np.zeros(plane_shape, bool)
+                    region[box] = True
+                    if mask is not None:
+                        region &= mask
+                    try:
+                        write_plane(target, plane, region, axis, index, data.shape)
+                    except PanoptemError as e:
+                        self._fail(e)
+                        return
+                    out = target
+                else:
+                    kw = place_plane(plane, axis, index, layer)
+                    out = add_or_replace(self.viewer, f"{layer.name}-2D-prediction", kw.pop("data"), **kw)
             self.result_layers = [out]
-            n = len(np.unique(labels)) - 1
-            self.status.value = f"Done: {n} labels on {where}."
+            self.status.value = f"Done: {n} labels on {where}" + (f" into '{out.name}'." if target is not None else ".")
 
         self._start(_segment_2d, show, array, model, self.device.value, params, batch)
 
@@ -196,10 +254,10 @@ class _Progress(QObject):
     step = Signal(str, int, int)
 
 
-def _segment_3d(volume, model: str, device: str, params: Params3D, voxel_size, callback):
+def _segment_3d(volume, model: str, device: str, params: Params3D, voxel_size, callback, output=None):
     from ..inference.segment3d import segment_3d
     return segment_3d(volume, cached_model(model, device), voxel_size=voxel_size, callback=callback,
-                      **params.model_dump())
+                      output=output, **params.model_dump())
 
 
 class Inference3DWidget(_InferenceBase):
@@ -215,10 +273,23 @@ class Inference3DWidget(_InferenceBase):
         self.cancel_button = PushButton(text="Cancel", name="cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
         self._stop = threading.Event()
+        self.result = None
         self._bridge = _Progress()
         self._bridge.step.connect(self._on_step)
-        self.extend([self.image, self.model, self.device, *self.form.widgets,
+        self.zarr_dir = FileEdit(label="Zarr output folder (optional)", name="zarr_dir", mode="d", value="",
+                                 tooltip="Stream the labels to <folder>/<image>_<model>.zarr instead of "
+                                         "holding them in memory (one-plane, one-class runs); the layer "
+                                         "reads them from there.")
+        self.extend([self.image, self.model, self.device, *self.form.widgets, self.zarr_dir,
                      row(self.run_button, self.cancel_button), self.progress, row(self.status)])
+
+    def output_path(self, image_name: str, model: str) -> Path | None:
+        """``<folder>/<image>_<model>.zarr`` for the chosen Zarr folder, else None."""
+        folder = str(self.zarr_dir.value or "")
+        if folder in ("", "."):
+            return None
+        stem = re.sub(r"[^\w.-]+", "_", f"{image_name}_{model}")
+        return Path(folder) / f"{stem}.zarr"
 
     def _on_step(self, plane: str, done: int, total: int) -> None:
         self.progress.max = total
@@ -257,6 +328,11 @@ class Inference3DWidget(_InferenceBase):
                                     "(use 2D Inference for single images).")
             params = self.form.params()
             model = self._model_name()
+            output = self.output_path(layer.name, model)
+            if output is not None:
+                if output.exists():
+                    raise PanoptemError(f"{output} already exists; remove it or choose another Zarr folder.")
+                output.parent.mkdir(parents=True, exist_ok=True)
         except PanoptemError as e:
             self._fail(e)
             return
@@ -273,7 +349,9 @@ class Inference3DWidget(_InferenceBase):
             self.result_layers += [self.viewer.add_labels(vol, name=f"{layer.name}-panoptic-stack-{plane}", **kw)
                                    for plane, vol in res.stacks.items()]
             found = ", ".join(f"{n} {c}" for c, n in res.objects.items())
-            self.status.value = f"Done: {found} in {res.timings.get('total_s', 0):.1f} s."
+            where = f" (written to {output})" if output is not None else ""
+            self.status.value = f"Done: {found} in {res.timings.get('total_s', 0):.1f} s{where}."
+            self.result = res
 
         self._start(_segment_3d, show, data, model, self.device.value, params, layer_voxel_size(layer),
-                    self._callback)
+                    self._callback, output)

@@ -1,0 +1,59 @@
+"""Write a segmentation (and optionally its image) as a dataset-like folder (no Qt)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PanoptemError
+
+FORMATS = {"tiff": ".tif", "zarr": ".zarr"}
+
+
+def parse_voxel_size(text: str, ndim: int) -> tuple[float, ...] | None:
+    """``"40, 5, 5"`` -> (40.0, 5.0, 5.0); empty -> None; a wrong count or a non-number is refused."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        vs = tuple(float(v) for v in text.replace(";", ",").split(","))
+    except ValueError:
+        raise PanoptemError(f"Voxel size '{text}' is not numbers; write it like '40, 5, 5' (nm).") from None
+    if len(vs) != ndim or min(vs) <= 0:
+        raise PanoptemError(f"Voxel size needs {ndim} positive numbers (nm, ordered like the axes), got '{text}'.")
+    return vs
+
+
+def export_segmentation(folder, name: str, labels, image=None, voxel_size=None, fmt: str = "tiff",
+                        slices: bool = False) -> list[Path]:
+    """Write ``labels`` to ``<folder>/<name>/masks`` (and ``image`` to ``.../images``) as TIFF
+    or Zarr: one file ``<name>.<ext>``, or with ``slices`` one 2D file ``<name>_<z:04d>.<ext>``
+    per plane of a 3D array. Returns the files written; an existing ``<folder>/<name>`` is refused."""
+    from ..io import write_image, write_labels
+    if fmt not in FORMATS:
+        raise PanoptemError(f"Format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
+    name = name.strip()
+    if not name or Path(name).name != name:
+        raise PanoptemError("Fill in a name without '/' for the export folder.")
+    root = Path(folder) / name
+    if root.exists():
+        raise PanoptemError(f"{root} already exists; choose another name or folder.")
+    if image is not None and tuple(image.shape) != tuple(labels.shape):
+        raise PanoptemError(f"The image has shape {tuple(image.shape)} but the labels {tuple(labels.shape)}; "
+                            "choose the image the labels were made on.")
+    if slices and labels.ndim != 3:
+        raise PanoptemError("2D slices need a 3D labels layer; untick 2D slices for a 2D one.")
+    ext = FORMATS[fmt]
+    if slices:
+        vs = None if voxel_size is None else tuple(voxel_size)[1:]
+        items = [(f"{name}_{z:04d}{ext}", z) for z in range(labels.shape[0])]
+    else:
+        vs, items = voxel_size, [(f"{name}{ext}", None)]
+    written = []
+    for sub, arr, write in (("masks", labels, write_labels), ("images", image, write_image)):
+        if arr is None:
+            continue
+        (root / sub).mkdir(parents=True)
+        for fname, z in items:
+            written.append(write(root / sub / fname, np.asarray(arr if z is None else arr[z]), voxel_size=vs))
+    return written
