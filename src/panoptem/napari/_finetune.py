@@ -20,6 +20,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
 from ._forms import status_label
+from ._worker import WorkerMixin
 from ._inference import (
     DEVICES,
     cached_model,
@@ -56,7 +57,7 @@ def _dir(value) -> str:
     return "" if s in ("", ".") else s
 
 
-class FinetuneWidget(Container):
+class FinetuneWidget(WorkerMixin, Container):
     """Fine-tune a model on the patches of a dataset folder (see Pick Patches + Store Dataset)."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -91,10 +92,6 @@ class FinetuneWidget(Container):
         self.extend([self.model, self.train_dir, self.val_dir, self.name, self.iterations, self.patch_size,
                      self.layers, self.lr, self.device, self.run_button, self.progress, self.status, self.results])
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
     def _on_step(self, step: int, loss: float) -> None:
         self.progress.value = step
         self.status.value = f"Step {step}/{self.progress.max}, loss {loss:.4f}"
@@ -102,15 +99,6 @@ class FinetuneWidget(Container):
     def _on_line(self, line: str) -> None:
         if line.startswith("before:"):
             self.status.value = "Training..."
-
-    def _fail(self, err: BaseException) -> None:
-        msg = str(err) if isinstance(err, PanoptemError) else f"{type(err).__name__}: {err}"
-        self.status.value = f"Error: {msg}"
-        napari.utils.notifications.show_error(msg)
-
-    def _finished(self) -> None:
-        self.worker = None
-        self.run_button.enabled = True
 
     def run(self) -> None:
         try:

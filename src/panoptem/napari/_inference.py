@@ -22,13 +22,13 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
 )
-from napari.qt.threading import create_worker
 from psygnal import Signal as Event
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
 from ..params import Params2D, Params3D
 from ._confine import mask_box, place_in_plane, shapes_mask, viewport_box, write_plane
+from ._worker import WorkerMixin
 from ._forms import ParamsForm, row, status_label
 from ._layers import (
     PLANE_OF_AXIS,
@@ -89,7 +89,7 @@ def layer_picker(viewer, kind, label: str, nullable: bool = False, name: str | N
     return box
 
 
-class _InferenceBase(Container):
+class _InferenceBase(WorkerMixin, Container):
     """Image picker, model and device, a parameter form, Run and a status line."""
 
     params_cls: type = Params2D
@@ -115,26 +115,6 @@ class _InferenceBase(Container):
         self.run_button.changed.connect(self.run)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(self.reset_choices)
-
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
-    def _fail(self, err: BaseException) -> None:
-        msg = str(err) if isinstance(err, PanoptemError) else f"{type(err).__name__}: {err}"
-        self.status.value = f"Error: {msg}"
-        napari.utils.notifications.show_error(msg)
-
-    def _finished(self) -> None:
-        self.worker = None
-        self.run_button.enabled = True
-
-    def _start(self, func, on_result, *args, **kwargs) -> None:
-        self.run_button.enabled = False
-        self.worker = create_worker(func, *args, **kwargs, _start_thread=False,
-                                    _connect={"returned": on_result, "errored": self._fail,
-                                              "finished": self._finished})
-        self.worker.start()
 
     def _model_name(self) -> str:
         if not self.model.value:

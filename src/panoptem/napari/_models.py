@@ -15,10 +15,10 @@ from magicgui.widgets import (
     PushButton,
     TextEdit,
 )
-from napari.qt.threading import create_worker
 
 from ..errors import PanoptemError
 from ._forms import row, status_label
+from ._worker import WorkerMixin
 from ._inference import cached_model, follow_registry, model_names, registry_events
 
 FORMATS = ("package", "torchscript", "empanada", "onnx")
@@ -57,7 +57,7 @@ def _path(value) -> str:
     return "" if s in ("", ".") else s
 
 
-class ModelsWidget(Container):
+class ModelsWidget(WorkerMixin, Container):
     """Pick a model to show its card, export or archive it; register a card, import a
     package, restore an archived model. Every action runs in a worker thread."""
 
@@ -99,20 +99,6 @@ class ModelsWidget(Container):
         follow_registry(self.model)
         follow_registry(self.archived)
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
-    def _fail(self, err: BaseException) -> None:
-        msg = str(err) if isinstance(err, PanoptemError) else f"{type(err).__name__}: {err}"
-        self.status.value = f"Error: {msg}"
-        napari.utils.notifications.show_error(msg)
-
-    def _finished(self) -> None:
-        self.worker = None
-        for b in self.buttons.values():
-            b.enabled = True
-
     def _start(self, func, done, changes: bool, *args) -> None:
         def on_result(res):
             if changes:
@@ -120,12 +106,7 @@ class ModelsWidget(Container):
                 registry_events.changed.emit()
             done(res)
 
-        for b in self.buttons.values():
-            b.enabled = False
-        self.worker = create_worker(func, *args, _start_thread=False,
-                                    _connect={"returned": on_result, "errored": self._fail,
-                                              "finished": self._finished})
-        self.worker.start()
+        super()._start(func, on_result, *args)
 
     def _name(self) -> str:
         if not self.model.value:

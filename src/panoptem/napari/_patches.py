@@ -16,10 +16,10 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.qt.threading import create_worker
 
 from ..errors import PanoptemError
 from ._forms import row, status_label
+from ._worker import WorkerMixin
 from ._inference import layer_picker
 from ._layers import add_or_replace, coords_in, image_array
 
@@ -58,7 +58,7 @@ def with_painted_labels(patches, painted: np.ndarray) -> list:
     return out
 
 
-class PatchesWidget(Container):
+class PatchesWidget(WorkerMixin, Container):
     """Pick patches from an image (optional points to centre them on, optional labels to
     pair), paint them in ``<image>-patches-labels``, then store them as a dataset folder."""
 
@@ -95,28 +95,6 @@ class PatchesWidget(Container):
                      self.folder, self.label_divisor, self.store_button, self.status])
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(self.reset_choices)
-
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
-    def _fail(self, err: BaseException) -> None:
-        msg = str(err) if isinstance(err, PanoptemError) else f"{type(err).__name__}: {err}"
-        self.status.value = f"Error: {msg}"
-        napari.utils.notifications.show_error(msg)
-
-    def _finished(self) -> None:
-        self.worker = None
-        for b in self.buttons.values():
-            b.enabled = True
-
-    def _start(self, func, on_result, *args, **kwargs) -> None:
-        for b in self.buttons.values():
-            b.enabled = False
-        self.worker = create_worker(func, *args, **kwargs, _start_thread=False,
-                                    _connect={"returned": on_result, "errored": self._fail,
-                                              "finished": self._finished})
-        self.worker.start()
 
     def pick(self) -> None:
         from ..training.patches import pick_patches

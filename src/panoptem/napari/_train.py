@@ -22,6 +22,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
 from ._finetune import _dir
+from ._worker import WorkerMixin
 from ._forms import status_label
 from ._inference import DEVICES, cached_model, registry_events
 
@@ -53,7 +54,7 @@ def _train_new(on_step, **kw) -> dict:
     return train_new(log=log, **kw)
 
 
-class TrainWidget(Container):
+class TrainWidget(WorkerMixin, Container):
     """Train a new one-class model from scratch on dataset folders (see Pick Patches + Store Dataset).
 
     ``architecture`` (a :class:`~panoptem.models.architecture.PanopticNet` settings dict, None:
@@ -89,22 +90,9 @@ class TrainWidget(Container):
                      self.patch_size, self.lr, self.device, self.run_button, self.progress, self.status,
                      self.results])
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
     def _on_step(self, step: int, loss: float) -> None:
         self.progress.value = step
         self.status.value = f"Step {step}/{self.progress.max}, loss {loss:.4f}"
-
-    def _fail(self, err: BaseException) -> None:
-        msg = str(err) if isinstance(err, PanoptemError) else f"{type(err).__name__}: {err}"
-        self.status.value = f"Error: {msg}"
-        napari.utils.notifications.show_error(msg)
-
-    def _finished(self) -> None:
-        self.worker = None
-        self.run_button.enabled = True
 
     def run(self) -> None:
         try:
