@@ -15,7 +15,6 @@ from magicgui.widgets import (
     SpinBox,
     TextEdit,
 )
-from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
@@ -46,10 +45,30 @@ def scores_table(before: dict, after: dict) -> str:
     return "\n".join(f"{k}: {fmt(before.get(k))} -> {fmt(after.get(k))}" for k in after)
 
 
-def _finetune(on_step, on_line, **kw) -> dict:
-    from ..training.finetune import finetune
-    return finetune(log=lambda msg: on_line(str(msg)),
-                    on_step=lambda rec: on_step(int(rec["step"]), float(rec["loss"])), **kw)
+def _run_training(func_name: str, on_step, on_line, **kw) -> dict:
+    """``panoptem.training.finetune.<func_name>(**kw)`` reporting (step, loss) and log lines."""
+    from ..training import finetune as ft
+    return getattr(ft, func_name)(log=lambda msg: on_line(str(msg)),
+                                  on_step=lambda rec: on_step(int(rec["step"]), float(rec["loss"])), **kw)
+
+
+def start_training(widget, func_name: str, kw: dict, results_text) -> None:
+    """Run a training function in a worker for ``widget`` (which has ``progress``,
+    ``status``, ``results`` and a ``_bridge``); on success register-refresh the
+    model pickers and show ``results_text(result)``."""
+    widget.progress.max, widget.progress.value = kw["iterations"], 0
+    widget.results.value = ""
+
+    def done(res: dict) -> None:
+        widget.result = res
+        cached_model.cache_clear()
+        registry_events.changed.emit()
+        widget.progress.value = widget.progress.max
+        last = res["losses"][-1] if res.get("losses") else float("nan")
+        widget.status.value = f"Done: registered '{res['name']}' (last loss {last:.4f})."
+        widget.results.value = f"evaluated on {res['evaluated_on']}\n" + results_text(res)
+
+    widget._start(_run_training, done, func_name, widget._bridge.step.emit, widget._bridge.line.emit, **kw)
 
 
 def _dir(value) -> str:
@@ -116,22 +135,5 @@ class FinetuneWidget(WorkerMixin, Container):
         kw = {"model_name": self.model.value, "train_dir": train_dir, "val_dir": _dir(self.val_dir.value) or None,
               "name": name, "iterations": self.iterations.value, "patch_size": self.patch_size.value,
               "layers": self.layers.value, "lr": self.lr.value, "device": self.device.value}
-        self.progress.max, self.progress.value = self.iterations.value, 0
         self.status.value = "Scoring the model before fine-tuning..."
-        self.results.value = ""
-
-        def done(res: dict) -> None:
-            self.result = res
-            cached_model.cache_clear()
-            registry_events.changed.emit()
-            self.progress.value = self.progress.max
-            last = res["losses"][-1] if res.get("losses") else float("nan")
-            self.status.value = f"Done: registered '{res['name']}' (last loss {last:.4f})."
-            self.results.value = (f"evaluated on {res['evaluated_on']}\n"
-                                  + scores_table(res["before"], res["after"]))
-
-        self.run_button.enabled = False
-        self.worker = create_worker(_finetune, self._bridge.step.emit, self._bridge.line.emit, **kw,
-                                    _start_thread=False,
-                                    _connect={"returned": done, "errored": self._fail, "finished": self._finished})
-        self.worker.start()
+        start_training(self, "finetune", kw, lambda res: scores_table(res["before"], res["after"]))

@@ -17,20 +17,12 @@ from magicgui.widgets import (
     SpinBox,
     TextEdit,
 )
-from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
-from ._finetune import _dir
+from ._finetune import _Bridge, _dir, start_training
 from ._worker import WorkerMixin
 from ._forms import status_label
-from ._inference import DEVICES, cached_model, registry_events
-
-
-class _Bridge(QObject):
-    """Carries (step, loss) from the worker thread to the GUI thread."""
-
-    step = Signal(int, float)
+from ._inference import DEVICES
 
 
 def step_of(line: str) -> tuple[int, float] | None:
@@ -42,16 +34,6 @@ def step_of(line: str) -> tuple[int, float] | None:
     if isinstance(rec, dict) and "step" in rec and "loss" in rec:
         return int(rec["step"]), float(rec["loss"])
     return None
-
-
-def _train_new(on_step, **kw) -> dict:
-    from ..training.finetune import train_new
-
-    def log(msg) -> None:
-        got = step_of(str(msg))
-        if got is not None:
-            on_step(*got)
-    return train_new(log=log, **kw)
 
 
 class TrainWidget(WorkerMixin, Container):
@@ -109,22 +91,9 @@ class TrainWidget(WorkerMixin, Container):
               "val_dir": _dir(self.val_dir.value) or None, "iterations": self.iterations.value,
               "patch_size": self.patch_size.value, "lr": self.lr.value, "device": self.device.value,
               "architecture": self.architecture}
-        self.progress.max, self.progress.value = self.iterations.value, 0
         self.status.value = "Training..."
-        self.results.value = ""
 
-        def done(res: dict) -> None:
-            self.result = res
-            cached_model.cache_clear()
-            registry_events.changed.emit()
-            self.progress.value = self.progress.max
-            last = res["losses"][-1] if res.get("losses") else float("nan")
-            self.status.value = f"Done: registered '{res['name']}' (last loss {last:.4f})."
-            after = res.get("after") or {}
-            self.results.value = f"evaluated on {res['evaluated_on']}\n" + "\n".join(
-                f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in after.items())
-
-        self.run_button.enabled = False
-        self.worker = create_worker(_train_new, self._bridge.step.emit, **kw, _start_thread=False,
-                                    _connect={"returned": done, "errored": self._fail, "finished": self._finished})
-        self.worker.start()
+        def scores(res: dict) -> str:
+            return "\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
+                             for k, v in (res.get("after") or {}).items())
+        start_training(self, "train_new", kw, scores)

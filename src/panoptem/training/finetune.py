@@ -226,8 +226,10 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
               iterations: int = 2000, patch_size: int = 256, architecture: dict | None = None, val_dir=None,
               lr: float = 2e-3, batch_size: int = 8, gamma: float = 0.7, device: str = "auto",
               description: str = "", voxel_size_nm: float | None = None, out_dir=None, resume: bool = True,
-              seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print) -> dict:
-    """Train a new model from dataset folders and register it.
+              seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print,
+              on_step=None) -> dict:
+    """Train a new model from dataset folders and register it (``log`` and
+    ``on_step`` as in :func:`finetune`).
 
     Parameters
     ----------
@@ -284,7 +286,8 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
         vals = [load_dataset(f) for f in dataset_folders([val_dir])]
         val = ([i for v in vals for i in v[0]], [m for v in vals for m in v[1]])
     losses: list[float] = []
-    weights = train(data, out, cfg, resume=resume, val=val, log=log, on_step=lambda r: losses.append(r["loss"]))
+    weights = train(data, out, cfg, resume=resume, val=val, log=log,
+                    on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)))
     card = ModelCard(
         name=name,
         description=description or (f"Trained from scratch on {len(data)} image(s) of "
