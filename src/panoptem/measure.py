@@ -14,14 +14,13 @@ border gets the cut face as part of its surface).
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from skimage.measure import find_contours, marching_cubes, mesh_surface_area
 
+from ._atomic import atomic_path
 from .errors import PanoptemError
 from .evaluate import _as_labels
 
@@ -165,17 +164,10 @@ def write_table(table: dict[str, np.ndarray], path) -> Path:
     if len(lengths) > 1:
         raise PanoptemError("The table's columns have different lengths; "
                             "give one value per row in every column.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(list(table))
-            w.writerows(zip(*(np.asarray(v).tolist() for v in table.values())))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(table))
+        w.writerows(zip(*(np.asarray(v).tolist() for v in table.values())))
     return path
 
 

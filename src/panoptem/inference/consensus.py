@@ -34,7 +34,8 @@ import fastremap
 import numpy as np
 
 from ..errors import PanoptemError
-from .stack import _dtype_for, _keep_mask, _rank_within, compact, greedy_match, object_stats, overlap_table
+from .decode import dtype_for_max_label
+from .stack import _keep_mask, _rank_within, compact, greedy_match, object_stats, overlap_table
 
 
 def _overlaps(a: np.ndarray, b: np.ndarray, na: int, nb: int, chunk: int):
@@ -181,7 +182,7 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     final = np.where(keep, g_cls[ids - 1] * div + rank if div else rank, 0)
     lut = np.zeros(n_groups + 1, np.int64)
     lut[ids] = final
-    labels = lut.astype(_dtype_for(int(lut.max(initial=0))))[out]
+    labels = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))[out]
     if div:
         _stuff_vote(labels, vols, div, int(pixel_vote_thr))
     return labels

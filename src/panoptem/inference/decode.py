@@ -72,7 +72,7 @@ def group_pixels(centers: np.ndarray, offsets: np.ndarray, stride: float = STRID
     return (nearest.astype(np.int32) + 1).reshape(h, w)
 
 
-def label_dtype(max_label: int) -> np.dtype:
+def dtype_for_max_label(max_label: int) -> np.dtype:
     """uint32 when ``max_label`` fits, else uint64."""
     return np.dtype(np.uint32) if max_label < 2**32 else np.dtype(np.uint64)
 
@@ -126,7 +126,7 @@ def merge_panoptic(semantic: np.ndarray, instances: np.ndarray, thing_ids, stuff
     max_label = int(lut.max()) if lut.size else 0
     for s in stuff_ids:
         max_label = max(max_label, int(s) * div if div else int(s))
-    out = lut[pieces].astype(label_dtype(max_label))
+    out = lut[pieces].astype(dtype_for_max_label(max_label))
     for s in stuff_ids:
         m = (semantic == s) & (out == 0)
         if m.sum() >= stuff_area:

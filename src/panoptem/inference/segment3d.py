@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import PanoptemError
 from ..models.load import DEFAULT_MODEL, LoadedModel
 from ..params import Params3D, make_params
-from .decode import _upsample_linear, decode_panoptic
+from .decode import _upsample_linear, decode_panoptic, dtype_for_max_label
 from .engine import Predictor
 from .segment2d import PLANE_AXIS
 from .stack import RunningMedian, SliceLinker
@@ -193,8 +193,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     t = time.perf_counter()
     res = linker.finish(min_size=params.min_size, min_extent=params.min_extent)
     mapping = np.asarray(res.mapping)
-    from .decode import label_dtype
-    dt = label_dtype(int(mapping.max()) if mapping.size else 0)
+    dt = dtype_for_max_label(int(mapping.max()) if mapping.size else 0)
     if output is not None:
         # streamed runs are single-class: write instance numbers 1..N, as split_classes does
         div = params.label_divisor

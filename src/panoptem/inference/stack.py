@@ -24,6 +24,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import PanoptemError
+from .decode import dtype_for_max_label
 
 # Split guard of the linking rule (see SliceLinker): a second branch must lie
 # mostly inside the object it leaves, when it is not a small fragment.
@@ -218,10 +219,6 @@ def compact(labels: np.ndarray, return_counts: bool = False):
     return (local, ids, counts) if return_counts else (local, ids)
 
 
-def _dtype_for(max_label: int) -> np.dtype:
-    return np.dtype(np.uint32) if max_label < 2**32 else np.dtype(np.uint64)
-
-
 def object_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ids, voxel counts and bounding boxes of the objects of a 2D/3D label array.
 
@@ -295,7 +292,7 @@ def relabel_sequential_per_class(labels: np.ndarray, label_divisor: int | None) 
         new = np.where(thing, cls * div + rank, ids)
     else:
         new = np.arange(1, ids.size + 1, dtype=np.int64)
-    lut = np.concatenate([[0], new]).astype(_dtype_for(int(new.max(initial=0))))
+    lut = np.concatenate([[0], new]).astype(dtype_for_max_label(int(new.max(initial=0))))
     return lut[local]
 
 
@@ -467,7 +464,7 @@ class SliceLinker:
             self._gap.append((ia[m] + prev2["offset"] + 1, ib[m] + cur["offset"] + 1, iou[m]))
         self._prev2, self._prev = prev, cur
         self._z += 1
-        lut = np.arange(offset, offset + k + 1, dtype=_dtype_for(self._n))
+        lut = np.arange(offset, offset + k + 1, dtype=dtype_for_max_label(self._n))
         lut[0] = 0
         return lut[local]
 
@@ -625,7 +622,7 @@ class SliceLinker:
             stuff = stuff[stuff > 0]
             mapping[stuff] = cls[stuff] * div
         mapping[0] = 0
-        mapping = mapping.astype(_dtype_for(int(mapping.max(initial=0))))
+        mapping = mapping.astype(dtype_for_max_label(int(mapping.max(initial=0))))
         kept = order[keep[order]]
         kept = kept[np.argsort(final[kept], kind="stable")]
         return LinkResult(mapping=mapping, n_objects=int(kept.size), ids=final[kept].astype(mapping.dtype),

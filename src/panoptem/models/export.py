@@ -10,10 +10,7 @@ source card when that card lives in the user's registry.
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict
 
@@ -22,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from .._atomic import atomic_path
 from ..errors import PanoptemError
 from .card import ModelCard, Weights
 from .load import LoadedModel, _EmpanadaAdapter, load_model, sha256_of, user_home
@@ -114,17 +112,8 @@ def _check_out(out_file: str | Path, overwrite: bool) -> Path:
     return out
 
 
-@contextmanager
 def _atomic(out: Path):
-    """Yield a temporary path next to ``out``; rename it to ``out`` on success."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; exported models are meant to be shared
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return atomic_path(out, suffix=out.suffix)  # keeps the suffix: torch / onnx look at it
 
 
 def _write_yaml(path: Path, data: dict | str) -> None:

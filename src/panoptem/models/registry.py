@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._atomic import atomic_path
 from ..errors import PanoptemError
 from .card import ModelCard, Weights, load_card
 from . import load as _load
@@ -105,15 +106,8 @@ def _staging(prefix: str):
 
 def _write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _move_dir_into_place(src: Path, dest: Path, replace: bool = False) -> None:
@@ -259,10 +253,10 @@ def fetch_weights(card: ModelCard, timeout: float = 60.0) -> Path:
     if dest.exists() and _verified(dest, expected):
         return dest
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=folder)
     h = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+        with atomic_path(dest, suffix=".part") as tmp, open(tmp, "wb") as f, \
+                urllib.request.urlopen(url, timeout=timeout) as r:
             from tqdm import tqdm
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {fname}", disable=None,
@@ -271,20 +265,17 @@ def fetch_weights(card: ModelCard, timeout: float = 60.0) -> Path:
                     f.write(chunk)
                     h.update(chunk)
                     bar.update(len(chunk))
-        digest = h.hexdigest()
-        if expected and digest != expected:
-            raise PanoptemError(f"Downloaded {url} does not match the sha256 in model card '{card.name}' "
-                                f"(card {expected[:12]}..., file {digest[:12]}...); the file was deleted: check "
-                                "the URL or the card.")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, dest)
+            f.flush()
+            digest = h.hexdigest()
+            if expected and digest != expected:
+                raise PanoptemError(f"Downloaded {url} does not match the sha256 in model card '{card.name}' "
+                                    f"(card {expected[:12]}..., file {digest[:12]}...); the file was deleted: "
+                                    "check the URL or the card.")
         if expected:
             _verified(dest, expected)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         raise PanoptemError(f"Could not download {url} ({e}); check the URL and your connection, or download "
                             "the file yourself and register it with --weights FILE.") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest
 
 
@@ -331,17 +322,10 @@ def export_package(name: str, out_file: str | Path) -> Path:
             files[p.name] = p
             exports.append(Weights(file=p.name, sha256=w.sha256 or sha256_of(p), format=w.format))
     pack.exports = exports
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-            z.writestr("card.yaml", pack.to_yaml())
-            for arc, p in files.items():
-                z.write(p, arc)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("card.yaml", pack.to_yaml())
+        for arc, p in files.items():
+            z.write(p, arc)
     return out
 
 

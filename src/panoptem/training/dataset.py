@@ -13,13 +13,12 @@ dataset folders (and a root holding several of them) load too.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..errors import PanoptemError
 from ..inference.preprocess import MEAN, STD, dtype_range, intensity_range
 from .augment import intensity_augment, sample_patch
@@ -98,15 +97,8 @@ def _read_meta(folder: Path) -> dict | None:
 
 
 def _write_json_atomic(path: Path, d: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(d, f, indent=1)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(d, indent=1))
 
 
 def _check_pair(name: str, img: np.ndarray, lab: np.ndarray, divisor: int | None, ids: set[int]) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._atomic import atomic_path
 from ..errors import PanoptemError
 from ..inference.predict import predict_batch
 from ..inference.preprocess import intensity_range
@@ -71,9 +71,8 @@ class SliceDataset:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp") as tmp:
+        torch.save(obj, tmp)
 
 
 def semantic_iou(model, images: list[np.ndarray], masks: list[np.ndarray], device="cpu") -> float:
