@@ -153,8 +153,24 @@ def test_pick_paired_patches_and_errors(viewer, qtbot, tmp_path):
 
 # ------------------------------------------------------------------ fine-tune
 
-def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, tmp_path, tiny_card):
+def _run_and_check_training(w, qtbot, name: str, iterations: int) -> None:
+    """Click Run on a Fine-tune/Train widget (1 torch thread), wait, check the report."""
     import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        w.run_button.native.click()
+        assert not w.run_button.enabled
+        qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    finally:
+        torch.set_num_threads(threads)
+    assert w.status.value.startswith(f"Done: registered '{name}' (last loss "), w.status.value
+    assert len(w.result["losses"]) == iterations and w.progress.value == w.progress.max == iterations
+    assert w.status.value.endswith(f"{w.result['losses'][-1]:.4f}).")
+
+
+
+def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, tmp_path, tiny_card):
 
     from panoptem.models.load import get_card
     from panoptem.models.registry import register
@@ -173,17 +189,7 @@ def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, 
     w.model.value, w.device.value = "tiny", "cpu"
     w.train_dir.value = tmp_path / "ds"
     w.name.value, w.iterations.value, w.patch_size.value, w.layers.value = "tiny_ft", 5, 64, "all"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        w.run_button.native.click()
-        assert not w.run_button.enabled
-        qtbot.waitUntil(lambda: not w.running, timeout=120_000)
-    finally:
-        torch.set_num_threads(threads)
-    assert w.status.value.startswith("Done: registered 'tiny_ft' (last loss "), w.status.value
-    assert len(w.result["losses"]) == 5 and w.progress.value == w.progress.max == 5
-    assert w.status.value.endswith(f"{w.result['losses'][-1]:.4f}).")
+    _run_and_check_training(w, qtbot, 'tiny_ft', iterations=5)
     lines = w.results.value.splitlines()
     assert lines[0] == f"evaluated on {w.result['evaluated_on']}"
     assert lines[1] == (f"foreground_iou: {w.result['before']['foreground_iou']:.3f} -> "
@@ -195,7 +201,6 @@ def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, 
 # ------------------------------------------------------------------ train a new model
 
 def test_train_widget_trains_and_registers_a_new_model(viewer, qtbot, home, tmp_path):
-    import torch
     from conftest import TINY_ARCH
 
     from panoptem.models.load import get_card
@@ -214,17 +219,7 @@ def test_train_widget_trains_and_registers_a_new_model(viewer, qtbot, home, tmp_
     w.train_dir.value = tmp_path / "ds"
     w.name.value, w.iterations.value, w.patch_size.value, w.device.value = "fresh", 5, 64, "cpu"
     w.architecture = {k: v for k, v in TINY_ARCH.items() if k != "num_classes"}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        w.run_button.native.click()
-        assert not w.run_button.enabled
-        qtbot.waitUntil(lambda: not w.running, timeout=120_000)
-    finally:
-        torch.set_num_threads(threads)
-    assert w.status.value.startswith("Done: registered 'fresh' (last loss "), w.status.value
-    assert len(w.result["losses"]) == 5 and w.progress.value == w.progress.max == 5
-    assert w.status.value.endswith(f"{w.result['losses'][-1]:.4f}).")
+    _run_and_check_training(w, qtbot, 'fresh', iterations=5)
     assert w.results.value.splitlines()[0] == f"evaluated on {w.result['evaluated_on']}"
     card = get_card("fresh")
     assert card.training["iterations"] == 5 and [c.name for c in card.classes] == ["mitochondria"]
