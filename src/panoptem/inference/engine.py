@@ -22,6 +22,8 @@ class Predictor:
 
     def __init__(self, model: str | LoadedModel = "MitoLite_v1", device: str = "auto",
                  downsampling: int = 1, tile_size: int = 0, batch_size: int = 4):
+        from .._memory import fix_mmap_threshold
+        fix_mmap_threshold()  # slice after slice, keep the heap from fragmenting (see _memory.py)
         self.model = load_model(model, device) if not isinstance(model, LoadedModel) else model
         self.card = self.model.card
         self.downsampling = downsampling

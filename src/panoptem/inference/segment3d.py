@@ -283,9 +283,6 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     >>> mito = res.labels["mitochondria"]
     """
     import time
-
-    from .._memory import fix_mmap_threshold
-    fix_mmap_threshold()
     p = params if isinstance(params, Params3D) else make_params(Params3D, **params)
     if getattr(volume, "ndim", None) != 3:
         volume = np.asarray(volume)
