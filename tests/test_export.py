@@ -139,7 +139,8 @@ def test_torchscript_export_and_record_in_registered_card(home, tmp_path, tiny_c
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6)
     exports = get_card("tiny_reg").exports
-    assert [(e.file, e.format, e.sha256) for e in exports] == [(str(out.resolve()), "torchscript", sha256_of(out))]
+    assert [(e.file, e.format, e.sha256) for e in exports] == [("tiny_ts.pt", "torchscript", sha256_of(out))]
+    assert (home / "models" / "tiny_reg" / "tiny_ts.pt").read_bytes() == out.read_bytes()  # a copy in the store
     # an empanada model exported again keeps its own network
     cfg, pth = empanada_files(tmp_path)
     registry.register("Oracle_v1", cfg, weights=str(pth))

@@ -119,12 +119,13 @@ def test_url_weights_are_recorded_and_checked(home, tiny_card):
     assert not (home / "models" / "u" / "w.pt").exists()  # nothing downloaded at register time
 
 
-def test_file_url_is_fetched_into_cache(home, tmp_path, tiny_card):
+def test_file_url_is_copied_like_a_path(home, tmp_path, tiny_card):
     url = (tmp_path / "tiny.pt").as_uri()
     registry.register("f", tiny_card, weights=url)
     assert_same_outputs("f", tiny_card)
-    sha = load_card(tiny_card).weights.sha256
-    assert (home / "cache" / sha / "tiny.pt").read_bytes() == (tmp_path / "tiny.pt").read_bytes()
+    assert get_card("f").weights.file == "tiny.pt"  # a bare name in the model's folder, not a URL
+    assert (home / "models" / "f" / "tiny.pt").read_bytes() == (tmp_path / "tiny.pt").read_bytes()
+    assert not (home / "cache").exists()
 
 
 # ---------------------------------------------------------------- download over http

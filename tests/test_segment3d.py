@@ -87,11 +87,26 @@ def test_cache_resumes_and_redecodes(tmp_path):
     assert done.sum() == 16
     full = segment_3d(vol, dark_blob_model(), cache_dir=tmp_path, **P)
     assert full.timings["network_s"] > 0  # the rest was computed
-    again = segment_3d(vol, dark_blob_model(), cache_dir=tmp_path, confidence_thr=0.5, **P)
+    fresh = segment_3d(vol, dark_blob_model(), **P)  # no cache at all
+    np.testing.assert_array_equal(full.labels["mitochondria"], fresh.labels["mitochondria"])
+    # re-decoding with other thresholds: no network, and the labels of a fresh run with them
+    kw = dict(P, confidence_thr=0.9, center_confidence_thr=0.3, min_size=400)
+    again = segment_3d(vol, dark_blob_model(), cache_dir=tmp_path, **kw)
     assert again.timings["network_s"] == 0  # everything from the cache
-    assert (again.labels["mitochondria"] == full.labels["mitochondria"]).all()
+    changed = segment_3d(vol, dark_blob_model(), **kw).labels["mitochondria"]
+    np.testing.assert_array_equal(again.labels["mitochondria"], changed)
+    assert not np.array_equal(changed, fresh.labels["mitochondria"])  # the thresholds did change something
+    # one edited voxel: only the batch holding that slice is computed again
+    edited = vol.copy()
+    edited[30, 5, 5] = 201
+    calls = []
+    net = dark_blob_model()
+    orig = net.module.forward
+    net.module.forward = lambda x: (calls.append(x.shape[0]), orig(x))[1]
+    segment_3d(edited, net, cache_dir=tmp_path, **P)
+    assert calls == [4]  # slices 28-31
     with pytest.raises(PanoptemError, match="different run"):
-        segment_3d(vol[:, :, ::-1].copy(), dark_blob_model(), cache_dir=tmp_path, **P)
+        segment_3d(vol[:, :, :90].copy(), dark_blob_model(), cache_dir=tmp_path, **P)
 
 
 def test_write_result_single_class_and_stacks(tmp_path):

@@ -137,27 +137,14 @@ def segment3d_cmd(
     params: Params3D = None,
 ):
     """3D inference along one plane or ortho-plane (empanada's "3D Inference")."""
-    from .inference.segment3d import segment_3d, write_result
+    from .inference.segment3d import segment_3d
     img = _input(input, key)
     if ortho:
         params.orthoplane = True
-    inputs = [img.path] if img.path else []
-    auto_cache = cache_dir is None
-    if auto_cache:
-        cache_dir = Path(output).parent / f".{Path(output).name}.panoptem-cache"
     res = segment_3d(img.data, model, device=device, batch_size=batch_size, progress=True,
-                     voxel_size=img.voxel_size, cache_dir=cache_dir, output=output, overwrite=overwrite,
-                     inputs=inputs, **params.model_dump())
-    if res.streamed:
-        name, vol = next(iter(res.labels.items()))
-        paths = [{"output": str(output), "class": name, "objects": res.objects[name], "shape": list(vol.shape),
-                  "dtype": str(vol.dtype)}]
-    else:
-        paths = write_result(res, output, voxel_size=img.voxel_size, overwrite=overwrite, inputs=inputs)
-    if auto_cache and not keep_cache:
-        import shutil
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    for p in paths:
+                     voxel_size=img.voxel_size, cache_dir=cache_dir, keep_cache=keep_cache, output=output,
+                     overwrite=overwrite, inputs=[img.path] if img.path else [], **params.model_dump())
+    for p in res.written:
         typer.echo(json.dumps(p))
 
 

@@ -1,15 +1,23 @@
 """On-disk cache of network outputs per plane (Zarr), with a per-slice
-completion mask: an interrupted 3D run resumes where it stopped, and a
-finished one can be re-decoded with other thresholds without the network.
+completion mark and content hash: an interrupted 3D run resumes where it
+stopped, and a finished one can be re-decoded with other thresholds without
+the network.
 
 Layout: ``<cache>/<plane>.zarr`` with arrays ``probability`` (N, C, H, W)
 uint8 (probability x 255), ``heatmap`` (N, 1, h, w) and ``offsets``
-(N, 2, h, w) float16, ``done`` (N,) bool, and attrs describing what was run;
-a cache made with a different model, input or downsampling is refused.
+(N, 2, h, w) float16, ``hash`` (N, 16) uint8 (BLAKE2b of the input plane),
+``done`` (N,) bool, and attrs describing what was run. A cache made with a
+different model, downsampling or input shape is refused (or reset); a slice
+whose input plane changed since it was cached is computed again.
+
+Every run decodes outputs at the cache's precision (:func:`at_cache_precision`),
+cached or not, so a resumed run gives the same bytes as an uninterrupted one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,43 +25,91 @@ import numpy as np
 from ..errors import PanoptemError
 from .predict import ModelOutput
 
+HASH_BYTES = 16
+
+
+def _quantize(out: ModelOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.round(out.semantic_probability * 255).astype(np.uint8),
+            out.heatmap.astype(np.float16), out.offsets.astype(np.float16))
+
+
+def _dequantize(prob: np.ndarray, hm: np.ndarray, off: np.ndarray) -> ModelOutput:
+    return ModelOutput(prob.astype(np.float32) / np.float32(255.0), hm.astype(np.float32), off.astype(np.float32))
+
+
+def at_cache_precision(out: ModelOutput) -> ModelOutput:
+    """``out`` rounded exactly as the cache stores it (uint8 probabilities,
+    float16 heatmap and offsets) and read back as float32."""
+    return _dequantize(*_quantize(out))
+
+
+def plane_hashes(planes: np.ndarray) -> np.ndarray:
+    """(N, 16) BLAKE2b digests of N planes (their bytes, shape and dtype)."""
+    planes = np.ascontiguousarray(planes)
+    out = np.zeros((len(planes), HASH_BYTES), np.uint8)
+    for i, p in enumerate(planes):
+        h = hashlib.blake2b(p.tobytes(), digest_size=HASH_BYTES)
+        h.update(f"{p.shape}{p.dtype.str}".encode())
+        out[i] = np.frombuffer(h.digest(), np.uint8)
+    return out
+
 
 class OutputCache:
-    """Network outputs of one stack, stored slice by slice."""
+    """Network outputs of one stack, stored slice by slice.
 
-    def __init__(self, path: str | Path, plane: str, n: int, prob_shape, grid_shape, key: dict):
+    ``reset_stale``: a cache made by a different run (``key`` differs) is
+    emptied instead of refused (for caches panoptem manages itself).
+    """
+
+    def __init__(self, path: str | Path, plane: str, n: int, prob_shape, grid_shape, key: dict,
+                 reset_stale: bool = False):
         import zarr
         self.path = Path(path) / f"{plane}.zarr"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         g = zarr.open_group(str(self.path), mode="a")
         stored = g.attrs.get("key")
         if stored is not None and json.loads(json.dumps(stored)) != json.loads(json.dumps(key)):
-            raise PanoptemError(f"The cache {self.path} was made by a different run (model, input or "
-                                "downsampling differ); choose another --cache-dir or delete that folder.")
+            if not reset_stale:
+                raise PanoptemError(f"The cache {self.path} was made by a different run (model, input or "
+                                    "downsampling differ); choose another --cache-dir or delete that folder.")
+            shutil.rmtree(self.path)
+            g = zarr.open_group(str(self.path), mode="a")
         if "done" not in g:
             c, h, w = prob_shape
             gh, gw = grid_shape
             g.create_array("probability", shape=(n, c, h, w), chunks=(1, c, h, w), dtype="uint8", fill_value=0)
             g.create_array("heatmap", shape=(n, 1, gh, gw), chunks=(1, 1, gh, gw), dtype="float16", fill_value=0)
             g.create_array("offsets", shape=(n, 2, gh, gw), chunks=(1, 2, gh, gw), dtype="float16", fill_value=0)
+            g.create_array("hash", shape=(n, HASH_BYTES), chunks=(n, HASH_BYTES), dtype="uint8", fill_value=0)
             g.create_array("done", shape=(n,), chunks=(n,), dtype="bool", fill_value=False)
             g.attrs["key"] = key
         self.group = g
         self._done = np.asarray(g["done"][:])
+        self._hash = np.asarray(g["hash"][:])
 
     def done(self, i: int) -> bool:
+        """Whether slice ``i`` has been stored (whatever its input)."""
         return bool(self._done[i])
 
-    def put(self, i0: int, out: ModelOutput) -> None:
-        """Store outputs of slices i0.. and mark them complete (data first, then the mark)."""
+    def valid(self, i0: int, hashes: np.ndarray) -> bool:
+        """Whether slices ``i0..`` are stored for input planes with these hashes."""
+        i1 = i0 + len(hashes)
+        return bool(self._done[i0:i1].all() and np.array_equal(self._hash[i0:i1], hashes))
+
+    def put(self, i0: int, out: ModelOutput, hashes: np.ndarray) -> ModelOutput:
+        """Store outputs of slices i0.. and mark them complete (data first,
+        then the mark); returns them at cache precision."""
         i1 = i0 + len(out)
-        self.group["probability"][i0:i1] = np.round(out.semantic_probability * 255).astype(np.uint8)
-        self.group["heatmap"][i0:i1] = out.heatmap.astype(np.float16)
-        self.group["offsets"][i0:i1] = out.offsets.astype(np.float16)
+        q = _quantize(out)
+        self.group["probability"][i0:i1] = q[0]
+        self.group["heatmap"][i0:i1] = q[1]
+        self.group["offsets"][i0:i1] = q[2]
+        self._hash[i0:i1] = hashes
+        self.group["hash"][:] = self._hash
         self._done[i0:i1] = True
         self.group["done"][:] = self._done
+        return _dequantize(*q)
 
     def get(self, i0: int, i1: int) -> ModelOutput:
-        return ModelOutput(self.group["probability"][i0:i1].astype(np.float32) / 255.0,
-                           self.group["heatmap"][i0:i1].astype(np.float32),
-                           self.group["offsets"][i0:i1].astype(np.float32))
+        return _dequantize(self.group["probability"][i0:i1], self.group["heatmap"][i0:i1],
+                           self.group["offsets"][i0:i1])

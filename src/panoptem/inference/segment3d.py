@@ -18,6 +18,7 @@ from ..params import Params3D, make_params
 from .decode import _upsample_linear, decode_panoptic, dtype_for_max_label
 from .engine import Predictor
 from .segment2d import PLANE_AXIS
+from .cache import at_cache_precision, plane_hashes
 from .stack import RunningMedian, SliceLinker
 
 
@@ -38,6 +39,8 @@ class Result3D:
     timings: dict[str, float] = field(default_factory=dict)
     #: True when the labels were streamed to the ``output`` file (and are read from it lazily)
     streamed: bool = False
+    #: one summary dict per file written (with ``output``)
+    written: list[dict] = field(default_factory=list)
 
 
 def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
@@ -67,20 +70,10 @@ class Cancelled(Exception):
     """Raised when a progress callback asks to stop."""
 
 
-def _fingerprint(volume) -> str:
-    """A cheap identity of a volume: shape, dtype and a strided sample of its voxels."""
-    import hashlib
-    step = max(1, volume.shape[0] // 8)
-    sample = np.asarray(volume[::step, ::7, ::7])
-    h = hashlib.sha1(sample.tobytes())
-    h.update(str((tuple(volume.shape), str(volume.dtype))).encode())
-    return h.hexdigest()
-
-
 def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               intensity=None, progress: bool = False, extra_probability=None,
               probability_sink=None, timings: dict | None = None, cache_dir=None,
-              callback=None, work_dir=None, output=None) -> np.ndarray:
+              callback=None, work_dir=None, output=None, reset_stale: bool = False) -> np.ndarray:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
 
@@ -89,7 +82,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     median (probability fusion). ``probability_sink``: optional ZYX uint8
     array that receives this stack's raw semantic probability (x 255).
     ``cache_dir``: keep network outputs there (see :mod:`.cache`); slices
-    already there are not recomputed, so an interrupted run resumes.
+    already there for the same input planes are not recomputed, so an
+    interrupted run resumes (``reset_stale``: empty a cache made by another
+    run instead of refusing it). Outputs are decoded at the cache's precision
+    with or without a cache, so every path gives the same labels.
     ``callback(plane, done, total)``: called after every batch; returning
     False stops the run with :class:`Cancelled`.
     ``work_dir`` + ``output``: stream instead of holding the volume: linked
@@ -146,10 +142,11 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         hn, wn = -(-shape[0] // f), -(-shape[1] // f)
         st = card.output_stride
         key = {"model": card.name, "weights": card.weights.sha256 or card.weights.file, "plane": plane,
-               "downsampling": f, "intensity": [round(float(v), 4) for v in np.ravel(intensity)],
-               "volume": _fingerprint(volume), "tile_size": predictor.tile_size}
+               "downsampling": f, "intensity": [float(v) for v in np.ravel(intensity)],
+               "shape": [int(v) for v in volume.shape], "dtype": str(np.dtype(volume.dtype)),
+               "tile_size": predictor.tile_size}
         cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
-                            (-(-hn // st), -(-wn // st)), key)
+                            (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale)
     it = range(0, n, predictor.batch_size)
     bar = None
     if progress:
@@ -157,15 +154,16 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
     for i0 in it:
         i1 = min(i0 + predictor.batch_size, n)
-        if cache is not None and all(cache.done(i) for i in range(i0, i1)):
+        planes = _planes(volume, axis, i0, i1)
+        hashes = plane_hashes(planes) if cache is not None else None
+        if cache is not None and cache.valid(i0, hashes):
             out = cache.get(i0, i1)
         else:
-            planes = _planes(volume, axis, i0, i1)
             t = time.perf_counter()
             out = predictor.predict(planes, intensity)
             tm["network_s"] += time.perf_counter() - t
-            if cache is not None:
-                cache.put(i0, out)
+            out = cache.put(i0, out, hashes) if cache is not None else at_cache_precision(out)
+        del planes
         for j in range(i1 - i0):
             # probabilities stay at network resolution (the median is cheaper there);
             # decoding brings them to full size. Fusion volumes are full size.
@@ -252,7 +250,8 @@ def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tupl
 
 def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "auto",
                batch_size: int = 4, progress: bool = False, voxel_size=None, cache_dir=None,
-               callback=None, output=None, overwrite: bool = False, inputs=(), **params) -> Result3D:
+               keep_cache: bool = False, callback=None, output=None, overwrite: bool = False, inputs=(),
+               **params) -> Result3D:
     """Panoptic 3D segmentation of a ZYX volume.
 
     Parameters
@@ -266,15 +265,21 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         ``ioa_thr``, ``bridge_gaps``.
     cache_dir : folder for network outputs; re-running with the same folder
         resumes an interrupted run and re-decodes a finished one without the network.
+        With ``output`` and no ``cache_dir``, a hidden cache beside the output
+        is used and removed on success (unless ``keep_cache``), so re-running
+        an interrupted call resumes it.
     callback : ``callback(plane, done, total)`` after every batch; return False to cancel.
-    output : path (.tif or .zarr): stream the labels of a single-class,
-        one-plane run there without holding the volume in memory; the
-        result's ``labels`` then holds the written array opened lazily. Other
-        runs (ortho-plane, several classes) are computed in memory, then written.
+    output : path (.tif or .zarr) to write the result to: a single-class,
+        one-plane run streams its labels there without holding the volume in
+        memory (the result's ``labels`` then holds the written array opened
+        lazily); other runs are computed in memory, then written (one file per
+        class for several classes, ``NAME_xy`` etc. for returned stacks, see
+        :func:`write_result`). What a killed run left beside the output is removed.
 
     Returns
     -------
-    :class:`Result3D`; ``result.labels["mitochondria"]`` holds ids 1..N.
+    :class:`Result3D`; ``result.labels["mitochondria"]`` holds ids 1..N;
+    ``result.written`` describes the files written.
 
     Examples
     --------
@@ -282,7 +287,6 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     >>> res = panoptem.segment_3d(panoptem.load_sample(), median_slices=3)
     >>> mito = res.labels["mitochondria"]
     """
-    import time
     p = params if isinstance(params, Params3D) else make_params(Params3D, **params)
     if getattr(volume, "ndim", None) != 3:
         volume = np.asarray(volume)
@@ -293,50 +297,91 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         raise PanoptemError(f"The volume {volume.shape} is too thin for 3D inference; use segment2d --batch.")
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                           batch_size=batch_size)
+    if output is None:
+        return _segment(volume, predictor, p, progress, cache_dir, callback)
+    import shutil
+    from .._atomic import exclusive_output
+    out = Path(output)
+    for path in output_paths(out, predictor.card, p):
+        _check_new(path, overwrite, inputs)
+    with exclusive_output(out):  # also removes what a killed run left for this output
+        own_cache = cache_dir is None
+        if own_cache:
+            cache_dir = out.parent / f".{out.name}.panoptem-cache"
+        work = out.parent / f".{out.name}.work"
+        try:
+            res = _segment(volume, predictor, p, progress, cache_dir, callback, reset_stale=own_cache,
+                           work=work, output=out, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if own_cache and not keep_cache:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+    return res
+
+
+def output_paths(output: Path, card, p: Params3D) -> list[Path]:
+    """The files a run with ``output`` writes (see :func:`write_result`)."""
+    stem, ext = _stem_ext(output)
+    names = [c.name for c in card.classes]
+    paths = [output] if len(names) == 1 else [output.with_name(f"{stem}_{n}{ext}") for n in names]
+    if p.return_panoptic:
+        planes = (["xy", "xz", "yz"] if p.fusion == "consensus" else ["xz", "yz"]) if p.orthoplane \
+            else [p.inference_plane]
+        paths += [output.with_name(f"{stem}_{pl}{ext}") for pl in planes]
+    return paths
+
+
+def _stem_ext(out: Path) -> tuple[str, str]:
+    return out.name[: -len("".join(out.suffixes))] or out.name, "".join(out.suffixes) or ".tif"
+
+
+def _check_new(path: Path, overwrite: bool, inputs) -> None:
+    """Refuse early (before any work) an output that exists or is an input."""
+    from ..io.writers import _prepare_target
+    _prepare_target(path, overwrite, inputs)
+
+
+def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_dir, callback,
+             reset_stale: bool = False, work: Path | None = None, output: Path | None = None,
+             voxel_size=None, overwrite: bool = False, inputs=()) -> Result3D:
+    """The run itself; with ``output`` (and a ``work`` folder), results are written there."""
+    import time
     intensity = predictor.intensity(volume)  # one range for the whole volume
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     stacks: dict[str, np.ndarray] = {}
     card = predictor.card
+    kw = dict(timings=timings, cache_dir=cache_dir, callback=callback, reset_stale=reset_stale)
     if output is not None and not p.orthoplane and card.num_classes == 1 and not p.return_panoptic:
-        import shutil
-        import tempfile
         from ..io import open_label_writer, read_image
-        out = Path(output)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-        try:
-            with open_label_writer(out, volume.shape, np.uint32, voxel_size=voxel_size,
-                                   overwrite=overwrite, inputs=inputs) as w:
-                run_stack(volume, predictor, p, p.inference_plane, intensity, progress, timings=timings,
-                          cache_dir=cache_dir, callback=callback, work_dir=work, output=w)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        written = read_image(out).data
+        work.mkdir(parents=True, exist_ok=True)
+        with open_label_writer(output, volume.shape, np.uint32, voxel_size=voxel_size,
+                               overwrite=overwrite, inputs=inputs) as w:
+            run_stack(volume, predictor, p, p.inference_plane, intensity, progress, work_dir=work, output=w, **kw)
+        written = read_image(output).data
         timings["total_s"] = time.perf_counter() - t0
         name = card.classes[0].name
         n_obj = _count_ids(written)
-        return Result3D({name: written}, written, {}, {name: n_obj}, timings, streamed=True)
+        summary = [{"output": str(output), "class": name, "objects": n_obj, "shape": list(written.shape),
+                    "dtype": str(written.dtype)}]
+        return Result3D({name: written}, written, {}, {name: n_obj}, timings, streamed=True, written=summary)
     if not p.orthoplane:
-        panoptic = run_stack(volume, predictor, p, p.inference_plane, intensity, progress, timings=timings,
-                             cache_dir=cache_dir, callback=callback)
+        panoptic = run_stack(volume, predictor, p, p.inference_plane, intensity, progress, **kw)
         if p.return_panoptic:
             stacks[p.inference_plane] = panoptic
     elif p.fusion == "probability":
         sinks = {pl: np.zeros(volume.shape, np.uint8) for pl in ("xz", "yz")}
         for pl, sink in sinks.items():
-            s = run_stack(volume, predictor, p, pl, intensity, progress, probability_sink=sink, timings=timings,
-                          cache_dir=cache_dir, callback=callback)
+            s = run_stack(volume, predictor, p, pl, intensity, progress, probability_sink=sink, **kw)
             if p.return_panoptic:
                 stacks[pl] = s
         panoptic = run_stack(volume, predictor, p, "xy", intensity, progress,
-                             extra_probability=list(sinks.values()), timings=timings,
-                             cache_dir=cache_dir, callback=callback)
+                             extra_probability=list(sinks.values()), **kw)
         del sinks
     else:
         from .consensus import orthoplane_consensus
         for pl in ("xy", "xz", "yz"):
-            stacks[pl] = run_stack(volume, predictor, p, pl, intensity, progress, timings=timings,
-                                   cache_dir=cache_dir, callback=callback)
+            stacks[pl] = run_stack(volume, predictor, p, pl, intensity, progress, **kw)
         t = time.perf_counter()
         panoptic = orthoplane_consensus([stacks["xy"], stacks["xz"], stacks["yz"]],
                                         label_divisor=p.label_divisor, pixel_vote_thr=p.pixel_vote_thr,
@@ -345,9 +390,12 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         timings["consensus_s"] = time.perf_counter() - t
         if not p.return_panoptic:
             stacks = {}
-    labels, counts = split_classes(panoptic, predictor.card, p.label_divisor)
+    labels, counts = split_classes(panoptic, card, p.label_divisor)
+    res = Result3D(labels, panoptic, stacks, counts, timings)
+    if output is not None:
+        res.written = write_result(res, output, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs)
     timings["total_s"] = time.perf_counter() - t0
-    return Result3D(labels, panoptic, stacks, counts, timings)
+    return res
 
 
 def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False, inputs=()) -> list[dict]:
@@ -356,7 +404,7 @@ def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False
     returned stacks. Returns one summary dict per file written."""
     from ..io import write_labels
     out = Path(output)
-    stem, ext = out.name[: -len("".join(out.suffixes))] or out.name, "".join(out.suffixes) or ".tif"
+    stem, ext = _stem_ext(out)
     written = []
     items = list(res.labels.items())
     for name, vol in items:

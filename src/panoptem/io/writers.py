@@ -12,10 +12,12 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import exclusive_output
 from ..errors import PanoptemError
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf")
@@ -181,12 +183,15 @@ class LabelWriter:
         self.path = _prepare_target(path, overwrite, inputs)
         self.labels = labels
         self._overwrite = overwrite
+        self._guard = ExitStack()  # one writer per target; removes what killed writers left
+        self._guard.enter_context(exclusive_output(self.path))
         self._tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.part"
         self._done = False
         try:
             self._open(chunks)
         except BaseException:
             self._remove_tmp()
+            self._guard.close()
             raise
 
     @property
@@ -217,6 +222,7 @@ class LabelWriter:
             self.abort()
             raise
         self._done = True
+        self._guard.close()
         return self.path
 
     def abort(self) -> None:
@@ -224,6 +230,7 @@ class LabelWriter:
         self._done = True
         self._close_handles()
         self._remove_tmp()
+        self._guard.close()
 
     def _remove_tmp(self):
         if self._tmp.is_dir():

@@ -14,6 +14,69 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import PanoptemError
 
+#: a card is a few kB; anything much larger is not a card (and may be a YAML bomb)
+MAX_CARD_BYTES = 1 << 20
+REMOTE_SCHEMES = ("https://", "http://")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*ref`` can expand a few hundred
+    bytes into gigabytes ("billion laughs"), and cards never need them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"aliases (*name) are not allowed (line {mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: str | Path, what: str = "Model card", max_bytes: int = MAX_CARD_BYTES):
+    """Parse a small YAML file safely: size-capped, no aliases, no Python tags.
+
+    Any problem raises one :class:`PanoptemError` line naming the file.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise PanoptemError(f"{what} {p} is {size} bytes, more than a card can be ({max_bytes}); "
+                                "check that you passed the right file.")
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PanoptemError(f"{what} {p} cannot be read ({type(e).__name__}); check the file.") from None
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PanoptemError(f"{what} {p} is not valid YAML{where}: {problem}; fix or replace the file.") from None
+
+
+def resolve_reference(folder: str | Path, ref: str) -> str:
+    """Where a file named in a card lives: an http(s) URL as it is, or a file
+    directly inside the card's ``folder``.
+
+    Absolute paths elsewhere, ``..``, subfolders, other URL schemes and symbolic
+    links leading out of the folder are refused, so a card or package cannot
+    pull other local files into the model store.
+    """
+    if ref.startswith(REMOTE_SCHEMES):
+        return ref
+    if "://" in ref:
+        raise PanoptemError(f"Model card file '{ref}': only https:// or http:// addresses or file names "
+                            "beside the card are allowed; pass a local file with --weights.")
+    base = Path(folder).resolve()
+    p = Path(ref)
+    if ".." in p.parts or (not p.is_absolute() and len(p.parts) != 1):
+        raise PanoptemError(f"Model card file '{ref}' must be a bare file name beside the card (no folders, "
+                            "no '..'); move the file next to the card or pass it with --weights.")
+    full = p if p.is_absolute() else base / p
+    if full.parent.resolve() != base or full.resolve().parent != base:
+        raise PanoptemError(f"Model card file '{ref}' is not a file in the card's folder {base} (or is a link "
+                            "leading out of it); move the file next to the card or pass it with --weights.")
+    return str(full)
+
 
 class ClassInfo(BaseModel):
     id: int
@@ -68,10 +131,12 @@ class ModelCard(BaseModel):
         return len(self.classes)
 
     def weights_path(self, w: Weights | None = None) -> str:
+        """URL or local path of the weights (or of export ``w``); local files
+        must lie in the card's folder (see :func:`resolve_reference`)."""
         f = (w or self.weights).file
-        if "://" in f or Path(f).is_absolute() or self.source_dir is None:
+        if self.source_dir is None:  # a card built in code
             return f
-        return str(Path(self.source_dir) / f)
+        return resolve_reference(self.source_dir, f)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude={"source_dir"}), sort_keys=False)
@@ -106,12 +171,9 @@ def _from_empanada(d: dict, name: str) -> ModelCard:
 def load_card(path: str | Path) -> ModelCard:
     """Read a model card (panoptem or empanada YAML)."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise PanoptemError(f"Model card {p} does not exist; check the path.")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise PanoptemError(f"Model card {p} is not valid YAML ({e}); fix or replace the file.") from None
+    d = read_yaml(p)
     if not isinstance(d, dict):
         raise PanoptemError(f"Model card {p} is not a YAML mapping; fix or replace the file.")
     try:

@@ -75,10 +75,12 @@ def model_register(
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file or http(s)/file URL "
                                           "(default: the one the card names)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a registered model of the same name."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Weights URL whose card gives no "
+                                          "sha256: download it now and record its sha256 (otherwise refused)."),
 ):
     """Register a model (e.g. MitoNet_v1: --card MitoNet_v1.yaml --weights MitoNet_v1.pth)."""
     from .registry import register
-    path = register(name, card, weights=weights, overwrite=overwrite)
+    path = register(name, card, weights=weights, overwrite=overwrite, allow_unverified=allow_unverified)
     typer.echo(json.dumps({"registered": name, "card": str(path)}))
 
 

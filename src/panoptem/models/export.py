@@ -10,6 +10,7 @@ source card when that card lives in the user's registry.
 from __future__ import annotations
 
 import inspect
+import shutil
 import warnings
 from pathlib import Path
 from typing import Dict
@@ -22,7 +23,7 @@ import yaml
 from .._atomic import atomic_path
 from ..errors import PanoptemError
 from .card import ModelCard, Weights
-from .load import LoadedModel, _EmpanadaAdapter, load_model, sha256_of, user_home
+from .load import LoadedModel, _EmpanadaAdapter, check_outside_store, load_model, sha256_of, user_home
 
 NORMALISATION_NOTE = (
     "Normalisation differs from panoptem's: panoptem maps the {low}-{high} percentiles of each image "
@@ -102,6 +103,8 @@ def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:
 
 def _check_out(out_file: str | Path, overwrite: bool) -> Path:
     out = Path(out_file)
+    check_outside_store(out)
+    check_outside_store(out.with_suffix(".yaml"))
     if out.suffix in (".yaml", ".yml"):
         raise PanoptemError(f"{out} would clash with the card written next to the export; use another suffix.")
     if not out.parent.is_dir():
@@ -122,14 +125,20 @@ def _write_yaml(path: Path, data: dict | str) -> None:
 
 
 def _record(card: ModelCard, out: Path, fmt: str) -> Weights:
-    """Card entry for an export; appended to the source card when that card is
-    a registered user model (built-in cards and the user's own files are left alone)."""
+    """Card entry for an export. When the source card is a registered user
+    model, a copy of the export joins the model's folder (under a bare name,
+    as every file a card names) and is listed in its ``exports``, so a package
+    of the model carries it; built-in cards and the user's own files are left alone."""
     w = Weights(file=str(out.resolve()), sha256=sha256_of(out), format=fmt)
     src = Path(card.source_dir or "")
     models = (user_home() / "models").resolve()
     if card.source_dir and src.resolve().parent == models and (src / "card.yaml").exists():
+        taken = {card.weights.file, "card.yaml"}
+        fname = out.name if out.name not in taken else f"export-{fmt}{out.suffix}"
+        with _atomic(src / fname) as tmp:
+            shutil.copyfile(out, tmp)
         new = card.model_copy(deep=True)
-        new.exports = [e for e in new.exports if e.file != w.file] + [w]
+        new.exports = [e for e in new.exports if e.file != fname] + [Weights(file=fname, sha256=w.sha256, format=fmt)]
         _write_yaml(src / "card.yaml", new.to_yaml())
     return w
 

@@ -25,6 +25,20 @@ def user_home() -> Path:
     return Path(platformdirs.user_data_dir("panoptem"))
 
 
+def check_outside_store(path: str | Path) -> None:
+    """Refuse to write ``path`` inside the model store (built-in models, the
+    user's models, archived models, downloads): an export must never replace
+    a model's own files."""
+    home = user_home()
+    p = Path(path).expanduser().absolute()
+    target = p.resolve()
+    for root in (ZOO, home / "models", home / "archived", home / "cache"):
+        r = Path(root).resolve()
+        if target == r or r in target.parents:
+            raise PanoptemError(f"Refusing to write {p}: it is inside panoptem's model store ({r}); "
+                                "write exports somewhere else.")
+
+
 def archived_builtins() -> set[str]:
     """Names of built-in models the user archived (``<home>/archived.json``)."""
     f = user_home() / "archived.json"

@@ -32,7 +32,7 @@ from .._atomic import atomic_path
 from ..errors import PanoptemError
 from .card import ModelCard, Weights, load_card
 from . import load as _load
-from .load import archived_builtins, card_paths, sha256_of, user_home
+from .load import archived_builtins, card_paths, check_outside_store, sha256_of, user_home
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 URL_SCHEMES = ("http", "https", "file")
@@ -68,11 +68,13 @@ def _check_url(url: str) -> str:
     scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme not in URL_SCHEMES:
         raise PanoptemError(f"Weights URL '{url}' must start with http://, https:// or file://.")
-    if scheme == "file":
-        p = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-        if not p.is_file():
-            raise PanoptemError(f"Weights URL '{url}' points to no file; check the path.")
+    if scheme == "file" and not _file_url_path(url).is_file():
+        raise PanoptemError(f"Weights URL '{url}' points to no file; check the path.")
     return url
+
+
+def _file_url_path(url: str) -> Path:
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
 
 
 def _zoo() -> Path:
@@ -137,12 +139,36 @@ def is_user_model(name: str) -> bool:
 # ---------------------------------------------------------------- register
 
 
-def _stage_model(card: ModelCard, weights: str, stage: Path) -> ModelCard:
-    """Copy local weights (and local export files) into ``stage`` and return the
-    card to write there, with relative file names and the weights' sha256."""
+def _stage_model(card: ModelCard, weights: str, stage: Path, allow_unverified: bool = False) -> ModelCard:
+    """Copy local weights (and the card's export files) into ``stage`` and return the
+    card to write there, with bare file names and the weights' sha256.
+
+    ``weights`` is the user's own choice (a path or URL); file references inside
+    the card itself must be files beside it (see :func:`~.card.resolve_reference`).
+    A remote file is recorded with its sha256: from the card, or, with
+    ``allow_unverified``, from downloading it now.
+    """
     card = card.model_copy(deep=True)
+    if _is_url(weights) and urllib.parse.urlparse(weights).scheme.lower() == "file":
+        weights = str(_file_url_path(_check_url(weights)))  # a local file after all: copy it in
     if _is_url(weights):
-        card.weights = Weights(file=_check_url(weights), sha256=card.weights.sha256, format=card.weights.format)
+        url = _check_url(weights)
+        sha = card.weights.sha256
+        if not sha:
+            if not allow_unverified:
+                raise PanoptemError(f"The card gives no sha256 for {url}, so the download could not be checked; "
+                                    "add `sha256:` under `weights:` in the card, download the file and pass it "
+                                    "with --weights FILE, or pass --allow-unverified to download it now and "
+                                    "record its sha256.")
+            probe = card.model_copy(deep=True)
+            probe.weights = Weights(file=url, sha256=None, format=card.weights.format)
+            got = fetch_weights(probe, allow_unverified=True)
+            sha = sha256_of(got)
+            kept = user_home() / "cache" / sha / got.name  # where later loads look for it
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(got, kept)
+            shutil.rmtree(got.parent, ignore_errors=True)
+        card.weights = Weights(file=url, sha256=sha, format=card.weights.format)
     else:
         src = Path(weights).expanduser()
         if not src.is_file():
@@ -160,12 +186,19 @@ def _stage_model(card: ModelCard, weights: str, stage: Path) -> ModelCard:
     for w in card.exports:
         path = card.weights_path(w)
         if _is_url(path):
+            if not w.sha256:
+                warnings.warn(f"export {path} of the card has no sha256; it was left out", stacklevel=3)
+                continue
             exports.append(w)
         elif Path(path).is_file():
             fname = Path(path).name
             if not (stage / fname).exists():
                 shutil.copyfile(path, stage / fname)
-            exports.append(Weights(file=fname, sha256=w.sha256 or sha256_of(stage / fname), format=w.format))
+            digest = sha256_of(stage / fname)
+            if w.sha256 and w.sha256.lower() != digest:
+                raise PanoptemError(f"Export file {path} does not match the sha256 in its model card; "
+                                    "re-export it or remove it from the card.")
+            exports.append(Weights(file=fname, sha256=digest, format=w.format))
         else:
             warnings.warn(f"export {path} of the card does not exist; it was left out", stacklevel=3)
     card.exports = exports
@@ -173,7 +206,8 @@ def _stage_model(card: ModelCard, weights: str, stage: Path) -> ModelCard:
     return card
 
 
-def register(name: str, card_path: str | Path, weights: str | None = None, overwrite: bool = False) -> Path:
+def register(name: str, card_path: str | Path, weights: str | None = None, overwrite: bool = False,
+             allow_unverified: bool = False) -> Path:
     """Register a model under ``name`` in the user's folder.
 
     Parameters
@@ -182,9 +216,11 @@ def register(name: str, card_path: str | Path, weights: str | None = None, overw
     card_path : panoptem or empanada YAML card.
     weights : weights file or http(s)/file URL; default: the card's own.
         Local files are copied (their sha256 is checked against the card's, or
-        recorded if the card has none); URLs are recorded and downloaded on
-        first use.
+        recorded if the card has none); URLs are recorded with the card's
+        sha256 and downloaded on first use.
     overwrite : replace a user model of the same name.
+    allow_unverified : a URL whose card gives no sha256 is downloaded now and
+        its sha256 recorded (without it such a URL is refused).
 
     Returns
     -------
@@ -203,7 +239,7 @@ def register(name: str, card_path: str | Path, weights: str | None = None, overw
         raise PanoptemError(f"Weights file {src} named by card {card_path} does not exist; pass --weights "
                             "with the file's path or URL.")
     with _staging(f"register-{name}-") as stage:
-        new = _stage_model(card, src, stage)
+        new = _stage_model(card, src, stage, allow_unverified=allow_unverified)
         new.name = name
         (stage / "card.yaml").write_text(new.to_yaml())
         load_card(stage / "card.yaml")  # what we wrote must read back
@@ -235,18 +271,24 @@ def _verified(path: Path, expected: str | None) -> bool:
     return True
 
 
-def fetch_weights(card: ModelCard, timeout: float = 60.0) -> Path:
+def fetch_weights(card: ModelCard, timeout: float = 60.0, allow_unverified: bool = False) -> Path:
     """Local path of a card's weights, downloading a URL once into
     ``<home>/cache/<sha256 or name>/`` and checking the card's sha256.
 
     A cached file that no longer matches is downloaded again; a download that
-    does not match is deleted and raises :class:`PanoptemError`.
+    does not match is deleted and raises :class:`PanoptemError`. A URL without
+    a sha256 is refused unless ``allow_unverified`` (used by :func:`register`,
+    which then records the hash).
     """
     url = card.weights_path()
     if not _is_url(url):
         return Path(url)
     _check_url(url)
     expected = (card.weights.sha256 or "").lower() or None
+    if expected is None and not allow_unverified:
+        raise PanoptemError(f"Model '{card.name}' downloads {url} but its card gives no sha256 to check it "
+                            "with; register it with `panoptem model register NAME --card CARD "
+                            "--allow-unverified` (which records the hash), or add `sha256:` to the card.")
     folder = _cache_dir(card, url)
     fname = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "weights.bin"
     dest = folder / fname
@@ -293,6 +335,15 @@ def _resolve(card: ModelCard, w: Weights) -> Path:
     return Path(path)
 
 
+def _verified_sha(card: ModelCard, w: Weights, path: Path) -> str:
+    """sha256 of ``path``, refusing a file that no longer matches its card."""
+    digest = sha256_of(path)
+    if w.sha256 and w.sha256.lower() != digest:
+        raise PanoptemError(f"File {path} of model '{card.name}' does not match the sha256 in its card (it was "
+                            "changed after registration); nothing was exported: re-register the model.")
+    return digest
+
+
 def export_package(name: str, out_file: str | Path) -> Path:
     """Write model ``name`` (registered name or card path) as one ``.panoptem``
     file: a zip holding ``card.yaml``, the weights and local export files.
@@ -306,10 +357,12 @@ def export_package(name: str, out_file: str | Path) -> Path:
         raise PanoptemError(f"{out} already exists; choose another output file or delete it.")
     if not out.parent.is_dir():
         raise PanoptemError(f"Folder {out.parent} does not exist; create it first.")
+    check_outside_store(out)
     pack = card.model_copy(deep=True)
     files: dict[str, Path] = {}
     wpath = _resolve(card, card.weights)
-    pack.weights = Weights(file=wpath.name, sha256=card.weights.sha256 or sha256_of(wpath), format=card.weights.format)
+    pack.weights = Weights(file=wpath.name, sha256=_verified_sha(card, card.weights, wpath),
+                           format=card.weights.format)
     files[wpath.name] = wpath
     exports = []
     for w in card.exports:
@@ -320,7 +373,7 @@ def export_package(name: str, out_file: str | Path) -> Path:
             continue
         if p.name not in files:
             files[p.name] = p
-            exports.append(Weights(file=p.name, sha256=w.sha256 or sha256_of(p), format=w.format))
+            exports.append(Weights(file=p.name, sha256=_verified_sha(card, w, p), format=w.format))
     pack.exports = exports
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr("card.yaml", pack.to_yaml())

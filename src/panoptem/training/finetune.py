@@ -96,13 +96,13 @@ def _register(card: ModelCard, weights: Path, name: str, overwrite: bool) -> Pat
     from ..models.registry import register
     card = card.model_copy(deep=True)
     card.name = name
-    card.weights = Weights(file=str(Path(weights).resolve()), format="state_dict")
+    card.weights = Weights(file=Path(weights).name, format="state_dict")
     card.exports = []  # exports of a base model do not hold these weights
     card.source_dir = None
     with tempfile.TemporaryDirectory(prefix="panoptem-card-") as d:
         path = Path(d) / "card.yaml"
         path.write_text(card.to_yaml())
-        return register(name, path, overwrite=overwrite)
+        return register(name, path, weights=str(weights), overwrite=overwrite)
 
 
 def _loaded(card: ModelCard, weights: Path, device: str):

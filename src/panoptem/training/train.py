@@ -90,6 +90,34 @@ def semantic_iou(model, images: list[np.ndarray], masks: list[np.ndarray], devic
     return inter / max(union, 1)
 
 
+def load_checkpoint(path: Path, device: str = "cpu") -> dict:
+    """Read a training checkpoint with ``weights_only=True``: tensors, numbers,
+    strings and containers only, so a crafted file cannot run code."""
+    import pickle
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PanoptemError(f"Checkpoint {path} cannot be read safely ({first[:160]}); delete it or pass "
+                            "--restart to start training afresh.") from None
+    if not isinstance(state, dict) or not {"model", "opt", "sched", "rng", "torch_rng", "step"} <= set(state):
+        raise PanoptemError(f"Checkpoint {path} is not a panoptem training checkpoint; delete it or pass --restart.")
+    return state
+
+
+def _resume(ckpt: Path, cfg: TrainConfig, model, opt, sched, rng) -> int:
+    """Restore model, optimiser, schedule and random states; returns the step."""
+    state = load_checkpoint(ckpt, cfg.device)
+    try:
+        model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"]); rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise PanoptemError(f"Checkpoint {ckpt} does not fit this training run ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120]}); use another output folder or pass --restart.") from None
+
+
 def _one_cycle_lr(cfg: TrainConfig, step: int) -> float:
     """Learning rate of the one-cycle schedule after ``step`` steps."""
     p = torch.nn.Parameter(torch.zeros(1))
@@ -144,11 +172,7 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     step = 0
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=cfg.device, weights_only=False)
-        model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"]); rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
+        step = _resume(ckpt, cfg, model, opt, sched, rng)
         log(f"resumed from step {step}")
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     logf = open(out / "log.jsonl", "a")
