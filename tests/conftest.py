@@ -1,3 +1,6 @@
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,30 @@ def home(tmp_path, monkeypatch):
     zoo.mkdir()
     monkeypatch.setattr(load_mod, "ZOO", zoo)
     return h
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server (127.0.0.1, random port) serving tmp_path/served; counts GETs."""
+    served = tmp_path / "served"
+    served.mkdir()
+    hits = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    httpd.timeout = 5
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        yield served, f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(timeout=5)

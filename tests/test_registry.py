@@ -1,9 +1,6 @@
 """Model registry: register, download, package, archive, and the `panoptem model` commands."""
-import functools
 import hashlib
-import http.server
 import json
-import threading
 import zipfile
 from pathlib import Path
 
@@ -129,33 +126,6 @@ def test_file_url_is_copied_like_a_path(home, tmp_path, tiny_card):
 
 
 # ---------------------------------------------------------------- download over http
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A local HTTP server (127.0.0.1, random port) serving tmp_path/served; counts GETs."""
-    served = tmp_path / "served"
-    served.mkdir()
-    hits = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
-    httpd.timeout = 5
-    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    try:
-        yield served, f"http://127.0.0.1:{httpd.server_address[1]}", hits
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(timeout=5)
 
 
 def test_fetch_weights_downloads_once_and_verifies(home, tmp_path, tiny_card, server):

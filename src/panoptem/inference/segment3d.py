@@ -402,18 +402,20 @@ def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False
     """Write a :class:`Result3D`: one volume for a single-class model at
     ``output``, else ``NAME_<class>.EXT`` per class; ``NAME_xy.EXT`` etc. for
     returned stacks. Returns one summary dict per file written."""
-    from ..io import write_labels
+    from ..io.writers import write_labels_together
     out = Path(output)
     stem, ext = _stem_ext(out)
-    written = []
     items = list(res.labels.items())
+    files, written = [], []
     for name, vol in items:
         path = out if len(items) == 1 else out.with_name(f"{stem}_{name}{ext}")
-        p = write_labels(path, vol, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs)
-        written.append({"output": str(p), "class": name, "objects": res.objects.get(name, 0),
+        files.append((path, vol))
+        written.append({"output": str(path), "class": name, "objects": res.objects.get(name, 0),
                         "shape": list(vol.shape), "dtype": str(vol.dtype)})
     for plane, vol in res.stacks.items():
-        p = write_labels(out.with_name(f"{stem}_{plane}{ext}"), vol, voxel_size=voxel_size,
-                         overwrite=overwrite, inputs=inputs)
-        written.append({"output": str(p), "stack": plane, "shape": list(vol.shape), "dtype": str(vol.dtype)})
+        path = out.with_name(f"{stem}_{plane}{ext}")
+        files.append((path, vol))
+        written.append({"output": str(path), "stack": plane, "shape": list(vol.shape), "dtype": str(vol.dtype)})
+    for w, p in zip(written, write_labels_together(files, voxel_size, overwrite, inputs)):
+        w["output"] = str(p)
     return written

@@ -463,11 +463,24 @@ def write_labels(path, labels, voxel_size=None, overwrite: bool = False, inputs:
     >>> write_labels("mito.tif", labels, voxel_size=(5.0, 5.0, 5.0))  # doctest: +SKIP
     PosixPath('mito.tif')
     """
-    dt = label_dtype(labels)
-    with open_label_writer(path, labels.shape, dt, voxel_size, None, overwrite, inputs) as w:
-        for index, block in _blocks(labels):
-            w[index] = block.astype(dt, copy=False)  # values were checked by label_dtype
-    return w.path
+    return write_labels_together([(path, labels)], voxel_size, overwrite, inputs)[0]
+
+
+def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bool = False,
+                          inputs: Iterable = ()) -> list[Path]:
+    """Write several label arrays (``[(path, labels), ...]``) as :func:`write_labels` does,
+    moving them into place only once all are complete: a run killed while writing leaves
+    none of them, so running it again writes them all afresh."""
+    inputs = list(inputs or ())
+    with ExitStack() as stack:
+        writers = []
+        for path, labels in items:
+            dt = label_dtype(labels)
+            w = stack.enter_context(open_label_writer(path, labels.shape, dt, voxel_size, None, overwrite, inputs))
+            for index, block in _blocks(labels):
+                w[index] = block.astype(dt, copy=False)  # values were checked by label_dtype
+            writers.append(w)
+    return [w.path for w in writers]
 
 
 def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: Iterable = ()) -> Path:

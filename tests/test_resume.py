@@ -1,0 +1,115 @@
+"""Kill a 3D run with SIGKILL, run the same command again: the output equals an
+uninterrupted run's to the last bit, and nothing is left beside it."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from panoptem.io import read_image
+from panoptem.models.load import sha256_of
+
+from _models import DarkBlobNet
+from test_segment3d import phantom
+
+# Runs the CLI, SIGKILLing itself at the N-th network call ("predict") or the
+# N-th write of output slices ("write"): the points where a real run dies.
+RUNNER = textwrap.dedent("""
+    import os, signal, sys
+    where, n = sys.argv[1], int(sys.argv[2])
+    calls = [0]
+    def killer(orig):
+        def f(*a, **k):
+            calls[0] += 1
+            if calls[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return orig(*a, **k)
+        return f
+    if where == "predict":
+        from panoptem.inference import engine
+        engine.Predictor.predict = killer(engine.Predictor.predict)
+    elif where == "write":
+        from panoptem.io import writers
+        for cls in (writers._TiffWriter, writers._ZarrWriter):
+            cls.__setitem__ = killer(cls.__setitem__)
+    from panoptem.cli import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+# (where, n): after the first batch, in the middle (for ortho-plane: inside the
+# second plane's stack), and after the last slice, while the labels are written
+KILLS = {"xy": [("predict", 2), ("predict", 4), ("write", 1)],
+         "ortho": [("predict", 2), ("predict", 12), ("write", 2)]}  # 6 + 16 + 16 batches
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Input volume and an oracle model as a TorchScript card (loadable by a fresh process)."""
+    d = tmp_path_factory.mktemp("resume")
+    vol, _ = phantom((24, 64, 64), [(8, 16, 16), (8, 44, 20), (16, 28, 46), (17, 48, 48)], r=7)
+    tifffile.imwrite(d / "vol.tif", vol)
+    torch.jit.save(torch.jit.script(DarkBlobNet()), str(d / "oracle.pt"))
+    card = {"name": "oracle", "label_divisor": None, "padding_factor": 32,
+            "weights": {"file": "oracle.pt", "sha256": sha256_of(d / "oracle.pt"), "format": "torchscript"}}
+    (d / "oracle.yaml").write_text(yaml.safe_dump(card))
+    return d
+
+
+def _cli(workspace, out, plane, kill=None) -> subprocess.Popen:
+    """Start the CLI in a fresh process (killing itself at ``kill``)."""
+    args = ["segment3d", str(workspace / "vol.tif"), "-o", str(out), "--model", str(workspace / "oracle.yaml"),
+            "--device", "cpu", "--min-size", "200", "--min-extent", "3", "--batch-size", "4"]
+    if plane == "ortho":
+        args += ["--orthoplane", "--return-panoptic"]
+    where, n = kill or ("none", 0)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", RUNNER, where, str(n), *args], cwd=workspace, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(procs):
+    """Return codes and stderr of processes started together (they share the cores)."""
+    return [(p.wait(timeout=240), p.communicate()[1]) for p in procs]
+
+
+def _outputs(out, plane):
+    names = [out.name]
+    if plane == "ortho":
+        stem, ext = out.name.split(".", 1)
+        names += [f"{stem}_{p}.{ext}" for p in ("xy", "xz", "yz")]
+    return sorted(names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ext", [".tif", ".zarr"])
+@pytest.mark.parametrize("plane", ["xy", "ortho"])
+def test_kill_and_resume_gives_the_same_bytes(workspace, tmp_path, plane, ext):
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    dirs = [tmp_path / f"k{i}" for i in range(len(KILLS[plane]))]
+    for d in dirs:
+        d.mkdir()
+    first = _wait([_cli(workspace, ref_dir / f"mito{ext}", plane)]
+                  + [_cli(workspace, d / f"mito{ext}", plane, kill) for d, kill in zip(dirs, KILLS[plane])])
+    assert first[0][0] == 0, first[0][1]
+    for d, kill, (code, err) in zip(dirs, KILLS[plane], first[1:]):
+        assert code == -9, (kill, err)  # really killed there
+        assert not (d / f"mito{ext}").exists()
+        assert any(p.name.startswith(".mito") for p in d.iterdir())  # it left work behind
+    again = _wait([_cli(workspace, d / f"mito{ext}", plane) for d in dirs])
+    for d, kill, (code, err) in zip(dirs, KILLS[plane], again):
+        assert code == 0, (kill, err)
+        out = d / f"mito{ext}"
+        assert sorted(p.name for p in d.iterdir()) == _outputs(out, plane), kill  # nothing else left
+        for name in _outputs(out, plane):
+            a, b = read_image(ref_dir / name), read_image(d / name)
+            assert a.voxel_size == b.voxel_size
+            x, y = np.asarray(a.data[:]), np.asarray(b.data[:])
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert np.array_equal(x, y), (kill, name, int((x != y).sum()))
+        assert np.asarray(read_image(out).data[:]).max() >= 4  # the oracle finds the 4 balls
