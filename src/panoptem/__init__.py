@@ -4,7 +4,7 @@ from .errors import PanoptemError
 __version__ = "0.1.0"
 
 __all__ = ["PanoptemError", "segment_2d", "segment_3d", "load_model", "load_sample", "read_image",
-           "write_labels", "evaluate", "measure", "__version__"]
+           "write_labels", "evaluate", "measure", "preview", "report", "__version__"]
 
 
 def __getattr__(name):  # lazy: importing panoptem must not pull torch
@@ -29,4 +29,7 @@ def __getattr__(name):  # lazy: importing panoptem must not pull torch
     if name == "measure":
         from .measure import measure
         return measure
+    if name in ("preview", "report"):
+        from . import reporting
+        return getattr(reporting, name)
     raise AttributeError(name)

@@ -67,6 +67,9 @@ def _input(path: str, key: Optional[str] = None):
 
 
 KEY_HELP = "Dataset inside an HDF5 file or Zarr group (default: the only one, or OME-Zarr level 0)."
+PREVIEW_HELP = ("Also write a PNG picture of the result: a few planes of the labels over the image, a scale bar, "
+                "the model, the main parameters and the object count (needs matplotlib: pip install "
+                "'panoptem[report]').")
 
 
 @app.command("segment2d")
@@ -84,6 +87,7 @@ def segment2d_cmd(
     unique_ids: bool = typer.Option(False, "--unique-ids", help="With --batch: ids unique across the stack "
                                     "(default: restart in every slice, as empanada)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help=PREVIEW_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     params: Params2D = None,
 ):
@@ -102,18 +106,24 @@ def segment2d_cmd(
         if vs is not None:
             vs = tuple(v for i, v in enumerate(vs) if i != ax)
         typer.echo(f"segmenting {plane} slice {idx}", err=True)
-    labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device,
-                        progress=True, **params.model_dump())
-    out = write_labels(output, labels, voxel_size=vs, overwrite=overwrite, inputs=[img.path] if img.path else [])
-    _report(labels, params.label_divisor, out)
+    inputs = [img.path] if img.path else []
+    if preview is not None:  # never over an input or the output
+        from .reporting._preview import prepare_preview
+        prepare_preview(preview, overwrite, inputs + [str(output)])
+    labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
+                        preview=preview, voxel_size=vs, overwrite=overwrite, **params.model_dump())
+    out = write_labels(output, labels, voxel_size=vs, overwrite=overwrite, inputs=inputs)
+    _report(labels, params.label_divisor, out, preview)
 
 
-def _report(labels, divisor, out):
+def _report(labels, divisor, out, preview=None):
     import numpy as np
     ids = np.unique(labels)
     ids = ids[ids > 0]
-    typer.echo(json.dumps({"output": str(out), "objects": int(ids.size), "shape": list(labels.shape),
-                           "dtype": str(labels.dtype)}))
+    rec = {"output": str(out), "objects": int(ids.size), "shape": list(labels.shape), "dtype": str(labels.dtype)}
+    if preview is not None:
+        rec["preview"] = str(preview)
+    typer.echo(json.dumps(rec))
 
 
 @app.command("segment3d")
@@ -133,6 +143,7 @@ def segment3d_cmd(
                                              "same command resumes an interrupted run; with --keep-cache, "
                                              "re-decodes with new thresholds without running the network."),
     keep_cache: bool = typer.Option(False, "--keep-cache", help="Keep the cache folder after success."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help=PREVIEW_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     params: Params3D = None,
 ):
@@ -143,7 +154,10 @@ def segment3d_cmd(
         params.orthoplane = True
     res = segment_3d(img.data, model, device=device, batch_size=batch_size, progress=True,
                      voxel_size=img.voxel_size, cache_dir=cache_dir, keep_cache=keep_cache, output=output,
-                     overwrite=overwrite, inputs=[img.path] if img.path else [], **params.model_dump())
+                     overwrite=overwrite, inputs=[img.path] if img.path else [], preview=preview,
+                     **params.model_dump())
+    if preview is not None and res.written:
+        res.written[0]["preview"] = str(preview)
     for p in res.written:
         typer.echo(json.dumps(p))
 
@@ -154,10 +168,81 @@ def evaluate_cmd(
     ground_truth: Path = typer.Argument(..., help="Ground-truth labels of the same shape."),
     label_divisor: Optional[int] = typer.Option(None, "--label-divisor", help="Evaluate per class "
                                                 "(class = label // divisor)."),
+    per_slice: bool = typer.Option(False, "--per-slice", help="Compare every z slice on its own and pool the "
+                                   "counts (for segment2d --batch outputs, whose ids restart in every slice)."),
+    ignore_smaller: int = typer.Option(0, "--ignore-smaller", help="Ground-truth objects under this many voxels "
+                                       "are neither targets nor misses; predictions that found them are "
+                                       "dropped too."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write an HTML report with the scores "
+                                          "and pictures of the largest false objects, misses, splits and "
+                                          "merges (needs matplotlib: pip install 'panoptem[report]')."),
+    image: Optional[str] = typer.Option(None, "--image", help="With --report: the grey image, drawn under "
+                                        "the labels."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
 ):
-    """Foreground IoU, precision/recall/F1 at IoU 0.5 and 0.75, PQ and mean AP as JSON."""
-    from .evaluate import evaluate_files
-    typer.echo(json.dumps(evaluate_files(str(prediction), str(ground_truth), label_divisor=label_divisor)))
+    """Foreground IoU, precision/recall/F1 at IoU 0.5 and 0.75, PQ, mean AP and a breakdown of errors
+    (false objects, misses, splits, merges) as JSON."""
+    import numpy as np
+
+    from .evaluate import evaluate
+    from .io import read_image
+    kw = dict(label_divisor=label_divisor, per_slice=per_slice, ignore_smaller=ignore_smaller)
+    inputs = [str(prediction), str(ground_truth)] + ([image] if image else [])
+    if report is not None:  # checked before the work
+        from .reporting._files import check_target
+        from .reporting._mpl import require_matplotlib
+        require_matplotlib()
+        check_target(report, (".html", ".htm"), overwrite, inputs)
+    pred = np.asarray(read_image(prediction).data)
+    gt = np.asarray(read_image(ground_truth).data)
+    scores = evaluate(pred, gt, **kw)
+    if report is not None:
+        from .reporting import evaluation_report
+        img = None if image is None else read_image(image).data
+        evaluation_report(pred, gt, report, image=img, scores=scores, overwrite=overwrite, inputs=inputs,
+                          names=(prediction.name, ground_truth.name), **kw)
+        scores["report"] = str(report)
+    typer.echo(json.dumps(scores))
+
+
+@app.command("report")
+def report_cmd(
+    labels: str = typer.Argument(..., help="Label image or volume (any readable format)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Report file: .html (self-contained) or .pdf."),
+    image: Optional[str] = typer.Option(None, "--image", help="Grey image of the same shape: drawn under the "
+                                        "labels; adds mean intensity."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="html or pdf (default: from the output's suffix)."),
+    voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel, 'z,y,x' (default: "
+                                             "from the file's metadata, else 1 nm)."),
+    label_divisor: Optional[int] = typer.Option(None, "--label-divisor", help="class = label // divisor."),
+    top: int = typer.Option(20, "--top", help="Rows of the table of largest objects."),
+    surface: bool = typer.Option(True, "--surface/--no-surface", help="Surface area and sphericity (slower)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+):
+    """A report of a label image: planes, histograms of volume and extent in nm, objects per slice and
+    the largest objects with the measurements of `panoptem measure` (needs matplotlib)."""
+    from .io import read_image
+    from .reporting import report
+    vs = _voxel_size_option(voxel_size, read_image(labels))
+    out = Path(output)
+    if fmt is not None and not out.suffix:
+        out = out.with_suffix("." + fmt.lower())
+    path = report(labels, out, image=image, voxel_size=vs, label_divisor=label_divisor, top=top, format=fmt,
+                  surface=surface, overwrite=overwrite)
+    typer.echo(json.dumps({"output": str(path), "voxel_size_nm": vs}))
+
+
+def _voxel_size_option(text: Optional[str], img):
+    """--voxel-size 'z,y,x' (nm), else the file's."""
+    if not text:
+        return img.voxel_size
+    try:
+        vs = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise PanoptemError(f"--voxel-size must be numbers separated by commas (nm, e.g. 5,5,5), not '{text}'.") from None
+    if len(vs) != img.data.ndim:
+        raise PanoptemError(f"--voxel-size needs {img.data.ndim} values, got {len(vs)}.")
+    return vs
 
 
 @app.command("measure")

@@ -103,7 +103,8 @@ def make_unique(stack: np.ndarray, label_divisor: int | None) -> np.ndarray:
 
 def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool = False,
                unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
-               return_outputs: bool = False, progress: bool = False, **params) -> np.ndarray | Result2D:
+               return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
+               overwrite: bool = False, **params) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
     Parameters
@@ -113,6 +114,10 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool =
     batch : treat a 3D input as independent 2D slices; ids restart at
         ``divisor + 1`` in every slice (as empanada) unless ``unique_ids``.
     return_outputs : return a :class:`Result2D` with probabilities and centres.
+    preview : PNG file: a picture of the labels over the image with the model, the parameters
+        and the object count (:func:`panoptem.reporting.preview`; needs matplotlib).
+    voxel_size : nm per pixel (per voxel for a stack), for the preview's scale bar.
+    overwrite : replace an existing ``preview`` file.
     **params : any field of :class:`~panoptem.params.Params2D`
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
@@ -137,6 +142,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool =
                             "with take_plane(volume, index, plane), or use segment_3d.")
     if image.ndim not in (2, 3):
         raise PanoptemError(f"Expected a 2D image or a 3D stack, got shape {tuple(image.shape)}.")
+    if preview is not None:
+        from ..reporting._preview import prepare_preview
+        preview = prepare_preview(preview, overwrite)  # before the work: fail fast
     planes = image[None] if image.ndim == 2 else image
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                      batch_size=batch_size)
@@ -166,6 +174,11 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool =
     elif image.ndim == 3:
         dt = max((l.dtype for l in labels), key=lambda d: d.itemsize)
         out = out.astype(dt)
+    if preview is not None:
+        from ..reporting import preview as draw
+        n = sum(len(np.unique(l)) - int((l == 0).any()) for l in labels)  # objects of every slice
+        draw(out, preview, image=image, voxel_size=voxel_size, model=pred.card.name, params=p.model_dump(),
+             n_objects=n, overwrite=True)
     if return_outputs:
         sp = np.stack(probs) if image.ndim == 3 else probs[0]
         return Result2D(out, sp, centers if image.ndim == 3 else centers[0])

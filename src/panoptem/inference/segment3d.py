@@ -251,7 +251,7 @@ def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tupl
 def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "auto",
                batch_size: int = 4, progress: bool = False, voxel_size=None, cache_dir=None,
                keep_cache: bool = False, callback=None, output=None, overwrite: bool = False, inputs=(),
-               **params) -> Result3D:
+               preview=None, **params) -> Result3D:
     """Panoptic 3D segmentation of a ZYX volume.
 
     Parameters
@@ -275,6 +275,9 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         lazily); other runs are computed in memory, then written (one file per
         class for several classes, ``NAME_xy`` etc. for returned stacks, see
         :func:`write_result`). What a killed run left beside the output is removed.
+    preview : PNG file: evenly spaced xy planes (and xz, yz for ortho-plane) of the labels over
+        the volume, with a scale bar from ``voxel_size``, the model, the parameters and the object
+        count (:func:`panoptem.reporting.preview`; needs matplotlib). Reads only those planes.
 
     Returns
     -------
@@ -295,10 +298,14 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
                                 "use segment2d for 2D images.")
     if min(volume.shape) < 2:
         raise PanoptemError(f"The volume {volume.shape} is too thin for 3D inference; use segment2d --batch.")
+    if preview is not None:
+        from ..reporting._preview import prepare_preview
+        preview = prepare_preview(preview, overwrite, [*inputs, output])  # before the work: fail fast
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                           batch_size=batch_size)
     if output is None:
-        return _segment(volume, predictor, p, progress, cache_dir, callback)
+        res = _segment(volume, predictor, p, progress, cache_dir, callback)
+        return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
     import shutil
     from .._atomic import exclusive_output
     out = Path(output)
@@ -316,7 +323,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
             shutil.rmtree(work, ignore_errors=True)
         if own_cache and not keep_cache:
             shutil.rmtree(cache_dir, ignore_errors=True)
-    return res
+    return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
 
 
 def output_paths(output: Path, card, p: Params3D) -> list[Path]:
@@ -395,6 +402,16 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     if output is not None:
         res.written = write_result(res, output, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs)
     timings["total_s"] = time.perf_counter() - t0
+    return res
+
+
+def _with_preview(res: Result3D, path, volume, voxel_size, card, p: Params3D) -> Result3D:
+    """Draw the preview of a finished run (when asked) from its panoptic volume."""
+    if path is not None:
+        from ..reporting import preview
+        planes = ("xy", "xz", "yz") if p.orthoplane else tuple(dict.fromkeys(("xy", p.inference_plane)))
+        preview(res.panoptic, path, image=volume, voxel_size=voxel_size, planes=planes, model=card.name,
+                params=p.model_dump(), n_objects=sum(res.objects.values()), overwrite=True)
     return res
 
 

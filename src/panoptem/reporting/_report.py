@@ -1,0 +1,267 @@
+"""A report of a label image: montage, size histograms, objects per slice, table of the largest."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PanoptemError
+from . import _html
+from ._files import check_target, write_bytes
+from ._mpl import figure, png_bytes, require_matplotlib
+from ._preview import _png, preview
+
+FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf"}
+_FLUSH = 1 << 23  # codes gathered before they are de-duplicated (bounds memory)
+
+
+def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | None = None, top: int = 20,
+           format: str | None = None, title: str | None = None, surface: bool = True,
+           overwrite: bool = False, inputs=()) -> Path:
+    """Write a report of a label image: one self-contained HTML file (or a PDF).
+
+    Contents: a summary (objects, voxel size, volumes per class), a montage of planes (xy, xz and
+    yz for 3D), histograms of object volume (area in 2D) and extent in nm, the number of objects
+    in every slice along each axis, and a table of the ``top`` largest objects with every
+    column of :func:`panoptem.measure.measure` (the numbers ``panoptem measure`` writes, shown with
+    6 significant digits). The HTML embeds its pictures and the full table as a CSV download.
+
+    Parameters
+    ----------
+    labels : 2D or 3D label array, or a path read with :func:`panoptem.io.read_image` (its voxel
+        size is used unless ``voxel_size`` is given).
+    path : output file, ``.html``/``.htm`` or ``.pdf``.
+    image : grey image of the same shape (array or path): drawn under the labels and adds
+        ``mean_intensity``.
+    voxel_size : nm per voxel; None (and none in the file) means voxel units.
+    label_divisor : ``class_id = label // label_divisor``.
+    top : rows of the table of largest objects.
+    format : "html" or "pdf"; by default from the suffix of ``path``.
+    title : page title (default: from the file name).
+    surface : measure surface area and sphericity (slower on very many objects).
+    overwrite : replace an existing ``path``.
+    inputs : paths never to write over (the input files are added automatically).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> report("mito.tif", "mito_report.html", image="volume.tif")   # doctest: +SKIP
+    PosixPath('/data/mito_report.html')
+    """
+    require_matplotlib()
+    from ..measure import measure, summarize
+
+    inputs = list(inputs)
+    name = "labels"
+    if isinstance(labels, (str, Path)):
+        from ..io import read_image
+        inputs.append(str(labels))
+        name = Path(labels).name
+        img = read_image(labels)
+        labels, voxel_size = img.data, voxel_size if voxel_size is not None else img.voxel_size
+    if isinstance(image, (str, Path)):
+        from ..io import read_image
+        inputs.append(str(image))
+        image = read_image(image).data
+    fmt = _format(path, format)
+    path = check_target(path, tuple(k for k, v in FORMATS.items() if v == fmt), overwrite, inputs)
+    if int(top) < 0:
+        raise PanoptemError(f"top must be 0 or more rows, not {top}.")
+
+    lab = np.asarray(labels)
+    img = None if image is None else np.asarray(image)
+    table = measure(lab, voxel_size=voxel_size, image=img, label_divisor=label_divisor, surface=surface)
+    summary = summarize(table)
+    ndim = lab.ndim
+    pv = preview(lab, image=img, voxel_size=voxel_size, planes=("xy", "xz", "yz") if ndim == 3 else None,
+                 n_slices=4, n_objects=len(table["label"]), model=name)
+    figs = {"sizes": _size_figure(table, ndim, voxel_size is not None),
+            "per_slice": _per_slice_figure(objects_per_slice(lab, table["label"]), voxel_size)}
+    order = np.argsort(-np.asarray(table["voxels"]), kind="stable")[:int(top)]
+    title = title or f"panoptem report: {name}"
+    if fmt == "pdf":
+        return _write_pdf(path, title, pv.rgb, figs, table, summary, order, lab.shape, voxel_size)
+    body = _html_body(pv.rgb, figs, table, summary, order, lab.shape, voxel_size)
+    return write_bytes(path, _html.page(title, body).encode("utf-8"))
+
+
+def objects_per_slice(labels: np.ndarray, ids: np.ndarray | None = None) -> list[np.ndarray]:
+    """Number of distinct objects in every slice along each axis (z, y, x; y, x in 2D).
+
+    Parameters
+    ----------
+    labels : 2D or 3D label array.
+    ids : its non-zero labels, sorted (computed when None).
+
+    Examples
+    --------
+    >>> lab = np.zeros((2, 3, 4), np.uint8); lab[0, :, 0] = 1; lab[1, 0, :] = 2
+    >>> [c.tolist() for c in objects_per_slice(lab)]
+    [[1, 1], [2, 1, 1], [2, 1, 1, 1]]
+    """
+    lab = np.asarray(labels)
+    if ids is None:
+        ids = np.unique(lab)
+        ids = ids[ids != 0]
+    ids = np.asarray(ids)
+    vol = lab[None] if lab.ndim == 2 else lab
+    counts = [np.zeros(n, np.int64) for n in vol.shape]
+    codes: list[list[np.ndarray]] = [[], []]
+    pending = 0
+    for z in range(vol.shape[0]):  # one plane at a time: memory stays at one plane
+        plane = vol[z]
+        ys, xs = np.nonzero(plane)
+        if not len(ys):
+            continue
+        obj = np.searchsorted(ids, plane[ys, xs]).astype(np.int64)
+        counts[0][z] = len(np.unique(obj))
+        for a, (coord, n) in enumerate(((ys, vol.shape[1]), (xs, vol.shape[2]))):
+            codes[a].append(np.unique(obj * n + coord))
+        pending += len(ys)
+        if pending > _FLUSH:
+            codes = [[np.unique(np.concatenate(c))] for c in codes]
+            pending = 0
+    for a, n in enumerate(vol.shape[1:]):
+        if codes[a]:
+            u = np.unique(np.concatenate(codes[a]))
+            counts[a + 1] = np.bincount(u % n, minlength=n)
+    return counts if lab.ndim == 3 else counts[1:]
+
+
+def _format(path, fmt: str | None) -> str:
+    suffix = Path(path).suffix.lower()
+    if fmt is None:
+        if suffix not in FORMATS:
+            raise PanoptemError(f"Cannot tell the report format from '{Path(path).name}'; name it .html or .pdf.")
+        return FORMATS[suffix]
+    fmt = fmt.lower()
+    if fmt not in ("html", "pdf"):
+        raise PanoptemError(f"The report format must be html or pdf, not '{fmt}'.")
+    if FORMATS.get(suffix) != fmt:
+        raise PanoptemError(f"A {fmt} report needs a file name ending in "
+                            f"{'.pdf' if fmt == 'pdf' else '.html'}, not '{Path(path).name}'.")
+    return fmt
+
+
+def _size_figure(table: dict, ndim: int, physical: bool) -> bytes:
+    size_key = "volume_nm3" if ndim == 3 else "area_nm2"
+    unit = ("nm³" if ndim == 3 else "nm²") if physical else ("voxels" if ndim == 3 else "pixels")
+    axes = "zyx"[-ndim:]
+    from matplotlib.ticker import MaxNLocator
+    fig = figure(3.2 * (1 + ndim), 2.8)
+    sub = fig.subplots(1, 1 + ndim)
+    size = np.asarray(table[size_key], float)
+    ax = sub[0]
+    if len(size):
+        pos = size[size > 0]
+        wide = len(pos) and pos.max() / pos.min() > 100
+        bins = np.geomspace(pos.min(), pos.max() * 1.0001, 30) if wide else 30
+        ax.hist(size, bins=bins, color="#4c72b0")
+        if wide:
+            ax.set_xscale("log")
+    ax.set_xlabel(f"{'volume' if ndim == 3 else 'area'} ({unit})")
+    ax.set_ylabel("objects")
+    for ax in sub:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for a, name in enumerate(axes):
+        ax = sub[a + 1]
+        ext = np.asarray(table[f"extent_{name}_nm"], float)
+        if len(ext):
+            ax.hist(ext, bins=30, color="#55a868")
+        ax.set_xlabel(f"extent along {name} ({'nm' if physical else 'voxels'})")
+    fig.tight_layout()
+    return png_bytes(fig, dpi=100)
+
+
+def _per_slice_figure(counts: list[np.ndarray], voxel_size) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+    axes = "zyx"[-len(counts):]
+    fig = figure(3.6 * len(counts), 2.6)
+    sub = fig.subplots(1, len(counts))
+    for ax, c, name in zip(np.atleast_1d(sub), counts, axes):
+        ax.step(np.arange(len(c)), c, where="mid", color="#c44e52")
+        ax.set_xlabel(f"{name} (slice index)")
+        ax.set_ylabel("objects in slice")
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return png_bytes(fig, dpi=100)
+
+
+def _summary_rows(table, shape, voxel_size) -> list[tuple[str, str]]:
+    return [("objects", str(len(table["label"]))), ("shape", " x ".join(str(n) for n in shape)),
+            ("voxel size", " x ".join(f"{v:g}" for v in voxel_size) + " nm" if voxel_size is not None
+             else "unknown (measurements in voxel units)")]
+
+
+def _html_body(montage, figs, table, summary, order, shape, voxel_size) -> str:
+    parts = ["<h2>Summary</h2>",
+             _html.table(["", "value"], _summary_rows(table, shape, voxel_size)),
+             "<h3>Per class</h3>",
+             _html.table(list(summary), zip(*(np.asarray(v).tolist() for v in summary.values())), cls="num"),
+             "<h2>Planes</h2>", _html.img(_png(montage), "montage of planes",
+                                           "Evenly spaced planes; one colour per object."),
+             "<h2>Object sizes</h2>", _html.img(figs["sizes"], "histograms of object size and extent"),
+             "<h2>Objects per slice</h2>",
+             _html.img(figs["per_slice"], "objects per slice along each axis",
+                       "Distinct objects present in every slice along each axis.")]
+    cols = list(table)
+    rows = [[np.asarray(table[c])[i] for c in cols] for i in order]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(cols)
+    w.writerows(zip(*(np.asarray(v).tolist() for v in table.values())))
+    link = (f'<a download="objects.csv" href="{_html.data_uri(buf.getvalue().encode(), "text/csv")}">'
+            f"all {len(table['label'])} objects as CSV</a>")
+    parts += [f"<h2>Largest objects</h2><p class=\"note\">The {len(order)} largest objects by voxel count, "
+              f"with the measurements of <code>panoptem measure</code> (positions and extents in nm, "
+              f"bounding boxes in voxels); {link}.</p>",
+              _html.table(cols, rows, cls="num objects")]
+    return "\n".join(parts)
+
+
+def _write_pdf(path, title, montage, figs, table, summary, order, shape, voxel_size) -> Path:
+    from matplotlib.backends.backend_pdf import PdfPages
+    from matplotlib.image import imread
+
+    from .._atomic import atomic_path
+    with atomic_path(path, suffix=".tmp") as tmp:
+        with PdfPages(tmp) as pdf:
+            fig = figure(8.27, 11.69)
+            fig.text(0.06, 0.96, title, fontsize=14, va="top")
+            lines = [f"{k}: {v}" for k, v in _summary_rows(table, shape, voxel_size)]
+            cols = list(summary)
+            for vals in zip(*(np.asarray(v).tolist() for v in summary.values())):
+                lines.append(", ".join(f"{c} {_html.cell(v)}" for c, v in zip(cols, vals)))
+            fig.text(0.06, 0.92, "\n".join(lines), fontsize=9, va="top", family="monospace")
+            ax = fig.add_axes([0.04, 0.05, 0.92, 0.78])
+            ax.imshow(montage, interpolation="nearest")
+            ax.axis("off")
+            pdf.savefig(fig)
+            for key in ("sizes", "per_slice"):
+                pic = imread(io.BytesIO(figs[key]), format="png")
+                fig = figure(11.69, 11.69 * pic.shape[0] / pic.shape[1] + 0.4)
+                ax = fig.add_axes([0, 0, 1, 1])
+                ax.imshow(pic)
+                ax.axis("off")
+                pdf.savefig(fig)
+            cols = [c for c in ("label", "class_id", "voxels", "volume_nm3", "area_nm2", "extent_z_nm",
+                                "extent_y_nm", "extent_x_nm", "equivalent_diameter_nm", "sphericity",
+                                "circularity", "mean_intensity") if c in table]
+            fig = figure(11.69, 8.27)
+            fig.text(0.04, 0.96, f"The {len(order)} largest objects (all columns: panoptem measure)",
+                     fontsize=11, va="top")
+            if len(order):
+                ax = fig.add_axes([0.02, 0.02, 0.96, 0.88])
+                ax.axis("off")
+                cells = [[_html.cell(np.asarray(table[c])[i]) for c in cols] for i in order]
+                t = ax.table(cellText=cells, colLabels=cols, loc="upper center")
+                t.auto_set_font_size(False)
+                t.set_fontsize(6.5)
+            pdf.savefig(fig)
+    return path
