@@ -53,20 +53,22 @@ def find_centers(heatmap: np.ndarray, threshold: float = 0.1, min_distance: int 
     return rc[order]
 
 
-def group_pixels(centers: np.ndarray, offsets: np.ndarray, stride: float = STRIDE) -> np.ndarray:
+def group_pixels(centers: np.ndarray, offsets: np.ndarray, stride: float = STRIDE,
+                 origin: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Assign every cell of the offset grid to its nearest centre.
 
     ``centers`` (K, 2) are (row, col) positions in input pixels, ``offsets``
     (2, h, w) the predicted (dy, dx) from each cell to its object's centre in
-    input pixels, on a grid of the given ``stride``. Returns (h, w) int32 ids
-    1..K (index into ``centers`` + 1); 0 everywhere when K == 0.
+    input pixels, on a grid of the given ``stride`` whose first cell starts at
+    input pixel ``origin`` (a window of a larger image). Returns (h, w) int32
+    ids 1..K (index into ``centers`` + 1); 0 everywhere when K == 0.
     """
     _, h, w = offsets.shape
     if len(centers) == 0:
         return np.zeros((h, w), np.int32)
     c0 = (stride - 1) / 2.0
-    yy = np.arange(h, dtype=np.float32)[:, None] * stride + c0
-    xx = np.arange(w, dtype=np.float32)[None, :] * stride + c0
+    yy = np.arange(h, dtype=np.float32)[:, None] * stride + np.float32(c0 + origin[0])
+    xx = np.arange(w, dtype=np.float32)[None, :] * stride + np.float32(c0 + origin[1])
     target = np.stack([(yy + offsets[0]).ravel(), (xx + offsets[1]).ravel()], axis=1)
     _, nearest = cKDTree(np.asarray(centers, np.float32)).query(target, k=1)
     return (nearest.astype(np.int32) + 1).reshape(h, w)
@@ -103,7 +105,8 @@ def merge_panoptic(semantic: np.ndarray, instances: np.ndarray, thing_ids, stuff
         major = counts.argmax(axis=1)
         cls_of_pixel = major[inst]
         # connected pieces, separately per (instance, class)
-        pieces = cc3d.connected_components(np.where(inst > 0, inst, 0).astype(np.uint32), connectivity=8)
+        # C order: pieces are numbered in raster order whatever the input's memory layout
+        pieces = cc3d.connected_components(np.ascontiguousarray(inst, dtype=np.uint32), connectivity=8)
         n_pieces = int(pieces.max())
         piece_cls = np.zeros(n_pieces + 1, np.int64)
         piece_cls[pieces.ravel()] = cls_of_pixel.ravel()
@@ -162,25 +165,15 @@ def semantic_classes(probability: np.ndarray, class_ids, confidence_thr: float =
     return lut[p.argmax(axis=0)]
 
 
-def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, *,
-                    class_ids=(1,), thing_ids=(1,), confidence_thr: float = 0.5,
-                    center_confidence_thr: float = 0.1, min_distance_object_centers: int = 3,
-                    fine_boundaries: bool = False, semantic_only: bool = False,
-                    label_divisor: int | None = 10000, out_shape: tuple[int, int] | None = None,
-                    stride: int = STRIDE, stuff_area: int = 64, return_centers: bool = False):
-    """Panoptic labels for one plane from the network's outputs.
-
-    ``probability`` (C, H, W) at the network-input resolution; ``heatmap``
-    (1 or none, h, w) and ``offsets`` (2, h, w) at ``stride``. ``out_shape``
-    (default (H, W)) is the size of the returned labels: the semantic map is
-    interpolated bilinearly to it, instance ids by nearest neighbour, so
-    object outlines follow the smooth semantic map.
-
-    Centers Min Distance is always in heatmap cells (``stride`` network-input
-    pixels each), with or without Fine boundaries; Fine boundaries only moves
-    the grouping from the stride grid to every network-input pixel, which
-    sharpens borders between touching objects.
-    """
+def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, *,
+                 class_ids=(1,), thing_ids=(1,), confidence_thr: float = 0.5,
+                 center_confidence_thr: float = 0.1, min_distance_object_centers: int = 3,
+                 fine_boundaries: bool = False, semantic_only: bool = False,
+                 out_shape: tuple[int, int] | None = None, stride: int = STRIDE):
+    """The steps of :func:`decode_panoptic` before the merge: ``(semantic,
+    ids, centers, things, stuff)`` with ``semantic`` the class per output
+    pixel, ``ids`` the centre index + 1 per output pixel (0: none), ``centers``
+    (K, 2) heatmap cells, and the thing and stuff class ids in use."""
     prob = np.asarray(probability, np.float32)
     hm = np.asarray(heatmap, np.float32)
     hm = hm.reshape(hm.shape[-2:])
@@ -205,6 +198,32 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
             ids = _upsample_nearest(ids, out_shape, stride * scale)
     else:
         ids = np.zeros(out_shape, np.int32)
+    return semantic, ids, centers, things, stuff
+
+
+def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, *,
+                    class_ids=(1,), thing_ids=(1,), confidence_thr: float = 0.5,
+                    center_confidence_thr: float = 0.1, min_distance_object_centers: int = 3,
+                    fine_boundaries: bool = False, semantic_only: bool = False,
+                    label_divisor: int | None = 10000, out_shape: tuple[int, int] | None = None,
+                    stride: int = STRIDE, stuff_area: int = 64, return_centers: bool = False):
+    """Panoptic labels for one plane from the network's outputs.
+
+    ``probability`` (C, H, W) at the network-input resolution; ``heatmap``
+    (1 or none, h, w) and ``offsets`` (2, h, w) at ``stride``. ``out_shape``
+    (default (H, W)) is the size of the returned labels: the semantic map is
+    interpolated bilinearly to it, instance ids by nearest neighbour, so
+    object outlines follow the smooth semantic map.
+
+    Centers Min Distance is always in heatmap cells (``stride`` network-input
+    pixels each), with or without Fine boundaries; Fine boundaries only moves
+    the grouping from the stride grid to every network-input pixel, which
+    sharpens borders between touching objects.
+    """
+    semantic, ids, centers, things, stuff = decode_parts(
+        probability, heatmap, offsets, class_ids=class_ids, thing_ids=thing_ids, confidence_thr=confidence_thr,
+        center_confidence_thr=center_confidence_thr, min_distance_object_centers=min_distance_object_centers,
+        fine_boundaries=fine_boundaries, semantic_only=semantic_only, out_shape=out_shape, stride=stride)
     labels = merge_panoptic(semantic, ids, things, stuff, label_divisor, stuff_area)
     if return_centers:
         return labels, centers

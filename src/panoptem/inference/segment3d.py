@@ -58,6 +58,11 @@ def _resize_area(a: np.ndarray, shape) -> np.ndarray:
     return F.interpolate(torch.from_numpy(a)[None, None], size=tuple(shape), mode="area")[0, 0].numpy()
 
 
+def fused_probability(total: np.ndarray, n: int) -> np.ndarray:
+    """The mean of ``n`` stacks' probabilities, at cache precision (1/255), as (1, H, W)."""
+    return (np.round(total / n * 255) / np.float32(255)).astype(np.float32)[None]
+
+
 def _remap(provisional: np.ndarray, mapping: np.ndarray, out_dtype) -> np.ndarray:
     """Apply a provisional-id -> final-id lookup table slice by slice."""
     out = np.empty(provisional.shape, out_dtype)
@@ -177,7 +182,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                 acc = prob[0].copy()
                 for vol in extra_probability:
                     acc += _resize_area(vol[tuple(sl)].astype(np.float32) / 255.0, prob.shape[-2:])
-                prob = (acc / (1 + len(extra_probability)))[None]
+                prob = fused_probability(acc, 1 + len(extra_probability))
             consume(median.push(prob, extra=(out.heatmap[j], out.offsets[j])))
         if bar is not None:
             bar.update(i1 - i0)
@@ -228,7 +233,8 @@ def _count_ids(labels, block: int = 32) -> int:
 
 
 def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tuple[dict, dict]:
-    """Per-class volumes with instance ids renumbered 1..N (semantic classes: 0/1)."""
+    """Per-class volumes with instance ids renumbered 1..N in the order of their
+    panoptic ids (semantic classes: 0/1)."""
     import fastremap
     labels, counts = {}, {}
     for c in card.classes:
@@ -241,10 +247,12 @@ def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tupl
             counts[c.name] = int(m.any())
             continue
         vol = np.where(m, panoptic, 0)
-        vol, remap = fastremap.renumber(vol, in_place=True, preserve_zero=True)
-        vol = vol.astype(np.uint32) if int(vol.max(initial=0)) < 2**32 else vol
-        labels[c.name] = vol
-        counts[c.name] = len(remap) - (1 if 0 in remap else 0)
+        ids = np.asarray(fastremap.unique(vol))
+        ids = ids[ids > 0]
+        dt = np.uint32 if ids.size < 2**32 else np.uint64
+        rank = {int(i): r for r, i in enumerate(ids.tolist(), start=1)}
+        labels[c.name] = fastremap.remap(vol, rank, preserve_missing_labels=True).astype(dt, copy=False)
+        counts[c.name] = int(ids.size)
     return labels, counts
 
 

@@ -478,12 +478,63 @@ class SliceLinker:
 
     def _link_neighbours(self, p: dict, c: dict) -> None:
         ia, ib, inter, iou = self._pairs(p, c)
+        self._record_neighbours(ia + p["offset"] + 1, ib + c["offset"] + 1, inter, iou,
+                                p["area"][ia], c["area"][ib])
+
+    def _record_neighbours(self, a, b, inter, iou, area_a, area_b) -> None:
+        """One-to-one IoU matches and IoA candidates among the overlaps ``a``-``b``
+        of objects in neighbouring slices (global provisional ids)."""
         m = iou >= self.iou_thr
-        sel = np.flatnonzero(m)[greedy_match(ia[m], ib[m], iou[m])]
-        self._match.append((ia[sel] + p["offset"] + 1, ib[sel] + c["offset"] + 1))
-        ioa = inter / np.minimum(p["area"][ia], c["area"][ib])
+        sel = np.flatnonzero(m)[greedy_match(a[m], b[m], iou[m])]
+        self._match.append((a[sel], b[sel]))
+        ioa = inter / np.minimum(area_a, area_b)
         keep = ioa >= self.ioa_thr
-        self._adj.append((ia[keep] + p["offset"] + 1, ib[keep] + c["offset"] + 1, inter[keep]))
+        self._adj.append((a[keep], b[keep], inter[keep]))
+
+    @classmethod
+    def from_statistics(cls, shape: tuple[int, int, int], z, classes, thing, area, rows, cols,
+                        neighbours, gaps=None, **kwargs) -> "SliceLinker":
+        """A linker fed with statistics gathered elsewhere (e.g. block by block),
+        ready for :meth:`finish`; the same rule as :meth:`add`, slice after slice.
+
+        Objects are provisional ids 1..n in stack order (``z`` non-decreasing;
+        within a slice in the order :meth:`add` would number them). Per object:
+        ``z``, ``classes``, ``thing`` (bool), ``area``, ``rows`` = (r0, r1) and
+        ``cols`` = (c0, c1) bounding ranges. ``neighbours`` = (a, b, intersection)
+        for every overlapping pair in slices z and z + 1 (a in z), ``gaps`` the
+        same for slices z and z + 2; each pair listed once.
+        """
+        lk = cls(**kwargs)
+        z = np.asarray(z, np.int64)
+        n = z.size
+        lk._shape = tuple(int(v) for v in shape[1:])
+        lk._z, lk._n = int(shape[0]), n
+        if n and np.any(np.diff(z) < 0):
+            raise PanoptemError("Linking statistics must list objects in slice order.")
+        counts = np.bincount(z, minlength=lk._z) if n else np.zeros(lk._z, np.int64)
+        for key, val in (("cls", classes), ("thing", thing), ("area", area), ("r0", rows[0]), ("r1", rows[1]),
+                         ("c0", cols[0]), ("c1", cols[1]), ("count", counts)):
+            lk._nodes[key].append(np.asarray(val))
+        nodes = {k: np.concatenate([[0 if k != "thing" else False], v[0]]) for k, v in lk._nodes.items()
+                 if k != "count"}
+
+        def pairs(p, dz):
+            a, b, inter = (np.asarray(x, np.int64) for x in p)
+            if a.size and not np.all(z[b - 1] - z[a - 1] == dz):
+                raise PanoptemError("Linking statistics pair objects of the wrong slices.")
+            ok = (nodes["cls"][a] == nodes["cls"][b]) & nodes["thing"][a].astype(bool) & nodes["thing"][b].astype(bool)
+            a, b, inter = a[ok], b[ok], inter[ok]
+            order = np.lexsort((b, a))  # the order add() meets them in
+            a, b, inter = a[order], b[order], inter[order]
+            return a, b, inter, inter / (nodes["area"][a] + nodes["area"][b] - inter)
+
+        a, b, inter, iou = pairs(neighbours, 1)
+        lk._record_neighbours(a, b, inter, iou, nodes["area"][a], nodes["area"][b])
+        if gaps is not None:
+            a, b, inter, iou = pairs(gaps, 2)
+            m = iou >= lk.iou_thr
+            lk._gap.append((a[m], b[m], iou[m]))
+        return lk
 
     def finish(self, min_size: int = 500, min_extent: int = 5) -> LinkResult:
         """Decide all links, build 3D objects, filter and number them.

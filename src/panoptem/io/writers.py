@@ -348,23 +348,11 @@ def _default_chunks(shape, itemsize: int) -> tuple[int, ...]:
     return min(z, cz), min(y, 256), min(x, 256)
 
 
-def ome_zarr_attrs(ndim: int, voxel_size, name: str, labels: bool) -> dict:
-    """OME-NGFF 0.4 attributes of a single-scale image (dataset ``"0"``) with scale in nm."""
-    axes = [{"name": n, "type": "space", **({"unit": "nanometer"} if voxel_size else {})}
-            for n in "zyx"[-ndim:]]
-    scale = [float(v) for v in voxel_size] if voxel_size else [1.0] * ndim
-    ms = {"version": "0.4", "name": name, "axes": axes,
-          "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}
-    attrs = {"multiscales": [ms]}
-    if labels:
-        attrs["image-label"] = {"version": "0.4"}
-    return attrs
-
-
 class _ZarrWriter(LabelWriter):
-    """OME-Zarr (NGFF 0.4, zarr format 2, Blosc-zstd) with the array at ``"0"``; slices in
-    any order. Whole-slice writes are gathered per chunk row so each chunk is compressed once;
-    unwritten regions read as 0. On an exception the temporary folder is deleted (no resume)."""
+    """OME-Zarr (NGFF 0.4, zarr format 2, Blosc-zstd) with the array at ``"0"`` and a
+    multiscale pyramid below it (see :mod:`.ome`); slices in any order. Whole-slice writes
+    are gathered per chunk row so each chunk is compressed once; unwritten regions read as 0.
+    On an exception the temporary folder is deleted (no resume)."""
 
     def _open(self, chunks):
         import numcodecs
@@ -374,7 +362,6 @@ class _ZarrWriter(LabelWriter):
         if len(chunks) != self.ndim or min(chunks) < 1:
             raise PanoptemError(f"chunks must be {self.ndim} positive sizes, not {chunks}.")
         group = zarr.open_group(str(self._tmp), mode="w", zarr_format=2)
-        group.attrs.update(ome_zarr_attrs(self.ndim, self.voxel_size, self.path.stem, self.labels))
         self._arr = group.create_array(
             "0", shape=self.shape, chunks=chunks, dtype=self.dtype, fill_value=0,
             compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
@@ -421,7 +408,9 @@ class _ZarrWriter(LabelWriter):
                 self._arr[c0 + a:c0 + b] = buf[a:b]
 
     def _finish(self):
+        from .ome import write_pyramid_and_metadata
         self._flush(list(self._slabs))
+        write_pyramid_and_metadata(str(self._tmp), self.voxel_size, self.path.stem, labels=self.labels)
 
 
 def open_label_writer(path, shape: Sequence[int], dtype=np.uint32, voxel_size=None, chunks=None,

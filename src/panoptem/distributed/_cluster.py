@@ -1,0 +1,127 @@
+"""The Dask side: a client on a LocalCluster (or a running scheduler), one
+worker per device, and running block tasks with a progress bar."""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+from ..errors import PanoptemError
+
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+
+class _WorkerSetup(WorkerPlugin):
+    """Worker plugin: pins each worker to its device and sets torch's threads."""
+
+    name = "panoptem-setup"
+
+    def __init__(self, devices: list[str] | None, threads: int):
+        self.devices = devices
+        self.threads = threads
+
+    def setup(self, worker):
+        from ._source import set_worker_device
+        if self.devices:
+            try:
+                i = int(worker.name)
+            except (TypeError, ValueError):
+                i = abs(hash(worker.name))
+            set_worker_device(self.devices[i % len(self.devices)])
+        if self.threads:
+            import torch
+            torch.set_num_threads(self.threads)
+
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """``cuda:i`` for every GPU torch sees (none on a CPU machine)."""
+    import torch
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def plan_workers(n_workers: int | None, devices: list[str] | None, bytes_per_worker: int) -> tuple[int, int]:
+    """(workers, torch threads per worker) for a local cluster: one worker per
+    device; on CPUs as many as cores and memory allow, unless given."""
+    cores = _cpu_count()
+    if devices:
+        return len(devices), max(1, cores // len(devices))
+    if n_workers is None:
+        import psutil
+        avail = psutil.virtual_memory().available
+        n_workers = max(1, min(cores, int(avail * 0.8) // max(bytes_per_worker, 1)))
+    if n_workers < 1:
+        raise PanoptemError(f"--workers must be 1 or more, not {n_workers}.")
+    return n_workers, max(1, cores // n_workers)
+
+
+@contextmanager
+def client_for(n_workers: int | None = None, scheduler: str | None = None, devices: list[str] | None = None,
+               bytes_per_worker: int = 2 << 30, processes: bool = True, log=None):
+    """A distributed client: on ``scheduler`` when given, else on a new
+    LocalCluster (closed on exit) with one worker per device or CPU worker."""
+    from distributed import Client, LocalCluster
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as e:
+            raise PanoptemError(f"Cannot reach the Dask scheduler at {scheduler} ({e}); check the address "
+                                "and that the scheduler is running.") from None
+        try:
+            if devices:
+                client.register_plugin(_WorkerSetup(devices, 0))
+            if log:
+                log(f"dask: scheduler {scheduler}, {len(client.scheduler_info()['workers'])} worker(s)")
+            yield client
+        finally:
+            client.close()
+        return
+    n, threads = plan_workers(n_workers, devices, bytes_per_worker)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0",
+                           silence_logs=logging.ERROR)
+    client = Client(cluster)
+    try:
+        client.register_plugin(_WorkerSetup(devices, threads if processes else 0))
+        if log:
+            where = f", dashboard {client.dashboard_link}" if client.dashboard_link else ""
+            log(f"dask: {n} worker(s){' on ' + ', '.join(devices) if devices else ''}{where}")
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
+    """``fn(job, item)`` for every item on the cluster; results in item order.
+    The job is sent to every worker once."""
+    from distributed import as_completed
+    if not items:
+        return []
+    job_f = client.scatter(job, broadcast=True, hash=False)
+    futures = client.map(fn, [job_f] * len(items), items, pure=False)
+    pos = {f.key: i for i, f in enumerate(futures)}
+    results: list = [None] * len(items)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), unit="block", desc=desc)
+    try:
+        for fut in as_completed(futures):
+            results[pos[fut.key]] = fut.result()
+            if bar is not None:
+                bar.update(1)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return results

@@ -1,0 +1,458 @@
+"""The block passes of a blockwise stack, before stitching.
+
+1. **network** (:func:`network_block`): a block reads its core plus a halo
+   in-plane (the network's context), runs the network on its slices and
+   stores the outputs of its core at cache precision (``net/`` arrays in
+   stack order: probability, centre heatmap, offsets). These arrays are the
+   run's network cache: re-decoding with other thresholds starts after them.
+2. **centres** (:func:`centre_block`): centres of the block's core from the
+   stored heatmap (read with a margin for the non-maximum suppression). All
+   blocks' centres form one table per slice, in the order a whole slice
+   would list them.
+3. **decode** (:func:`decode_block`): running median over the stored
+   probabilities, pixel grouping against the slice's *whole* centre table
+   (so a pixel joins the centre a whole-slice decoding would give it, however
+   far), and the 2D pieces of the core: per piece (a connected part of one
+   centre's pixels in one slice) its slice, centre key, area, bounding box,
+   first pixel in raster order and class counts; per pair of pieces one (and
+   two) slices apart, their overlap. Those statistics add up over blocks.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cc3d
+import numpy as np
+
+from ..inference.cache import at_cache_precision
+from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, _upsample_linear, \
+    _upsample_nearest
+from ..params import Params3D
+from ._source import VolumeSource, read_region, worker_device, worker_model
+from .blocks import Block
+
+#: provisional ids at or above this mark stuff pixels (STUFF + class id)
+STUFF = np.uint32(0xFFFFFF00)
+#: network-resolution pixels read around a block's core when decoding (interpolation)
+MARGIN = 2
+#: heatmap cells read around a block's core beyond Centers Min Distance (plateaus)
+CENTRE_MARGIN = 16
+
+
+@dataclass
+class StackJob:
+    """Everything the block tasks of one stack need (sent once to every worker)."""
+
+    source: VolumeSource
+    model: object
+    device: str
+    params: dict
+    intensity: tuple
+    axis: int
+    shape: tuple  # ZYX of the volume
+    halo: tuple  # ZYX network context along the image axes
+    align: int  # block starts along image axes are multiples of this
+    work: str
+    net: str  # folder of the network outputs (the cache)
+    block_shape: tuple = (64, 512, 512)
+    batch_size: int = 4
+    skip_empty: bool = True
+    fusion: bool = False
+    n_channels: int = 1
+    class_ids: tuple = (1,)
+    thing_ids: tuple = (1,)
+    mask: VolumeSource | None = None
+
+    @property
+    def p(self) -> Params3D:
+        return Params3D(**self.params)
+
+    def classes(self) -> tuple[list[int], list[int], list[int]]:
+        """Class ids, thing classes in use, stuff classes (as 2D decoding sees them)."""
+        things = [] if self.p.semantic_only else [int(t) for t in self.thing_ids]
+        return [int(c) for c in self.class_ids], things, [int(c) for c in self.class_ids if int(c) not in things]
+
+    def inplane(self) -> list[int]:
+        return [ax for ax in range(3) if ax != self.axis]
+
+    def net_shape(self) -> tuple[tuple, tuple]:
+        """Shapes of the stored probability (n, C, h, w) and heatmap grid (n, 1, gh, gw)."""
+        f = self.p.downsampling
+        n = self.shape[self.axis]
+        h, w = (-(-self.shape[ax] // f) for ax in self.inplane())
+        return (n, self.n_channels, h, w), (n, 1, -(-h // STRIDE), -(-w // STRIDE))
+
+    def net_chunks(self) -> tuple[tuple, tuple]:
+        f = self.p.downsampling
+        bn = self.block_shape[self.axis]
+        bh, bw = (self.block_shape[ax] // f for ax in self.inplane())
+        return (bn, self.n_channels, bh, bw), (bn, 1, bh // STRIDE, bw // STRIDE)
+
+    def network_region(self, block: Block) -> tuple[slice, ...]:
+        """The voxels block ``block`` feeds the network: its core along the stack
+        axis (plus context there for probability fusion), core + halo in-plane."""
+        out = []
+        for ax, (c, n) in enumerate(zip(block.core, self.shape)):
+            if ax == self.axis and not self.fusion:
+                out.append(c)
+                continue
+            lo = max(0, c.start - self.halo[ax])
+            lo -= lo % self.align
+            out.append(slice(lo, min(n, c.stop + self.halo[ax])))
+        return tuple(out)
+
+
+def marker(work: str | Path, step: str, index: int) -> Path:
+    return Path(work) / step / str(index)
+
+
+def _done(work, step: str, index: int) -> bool:
+    return marker(work, step, index).exists()
+
+
+def _mark(work, step: str, index: int) -> None:
+    m = marker(work, step, index)
+    m.parent.mkdir(parents=True, exist_ok=True)
+    m.touch()
+
+
+def block_file(work: str | Path, index: int) -> Path:
+    return Path(work) / "blocks" / f"{index}.npz"
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """Write atomically (a table is read only once it is complete)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _net_arrays(job: StackJob, mode: str = "r"):
+    import zarr
+    g = zarr.open_group(job.net, mode=mode)
+    return g["probability"], g["heatmap"], g["offsets"]
+
+
+def create_net_arrays(job: StackJob) -> None:
+    """The stack's network-output arrays (kept when they exist: a cache)."""
+    import numcodecs
+    import zarr
+    g = zarr.open_group(job.net, mode="a", zarr_format=2)
+    if "offsets" in g:
+        return
+    (ps, hs), (pc, hc) = job.net_shape(), job.net_chunks()
+    comp = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+    clip = lambda c, s: tuple(max(1, min(a, b)) for a, b in zip(c, s))  # noqa: E731
+    g.create_array("probability", shape=ps, chunks=clip(pc, ps), dtype="uint8", fill_value=0, compressors=comp)
+    g.create_array("heatmap", shape=hs, chunks=clip(hc, hs), dtype="float16", fill_value=0, compressors=comp)
+    os_ = (hs[0], 2, *hs[2:])
+    g.create_array("offsets", shape=os_, chunks=clip((hc[0], 2, *hc[2:]), os_), dtype="float16", fill_value=0,
+                   compressors=comp)
+
+
+def _empty(job: StackJob, block: Block, data: np.ndarray | None) -> bool:
+    if job.mask is not None:
+        from ._write import mask_of
+        if not mask_of(job.mask, job.shape, block.core).any():
+            return True
+    return job.skip_empty and data is not None and (data.size == 0 or data.min() == data.max())
+
+
+# ---------------------------------------------------------------- pass 1: network
+
+
+def _fused(job: StackJob, predictor, region: np.ndarray, xy) -> np.ndarray:
+    """Probability fusion of the xy slices of ``region``: the mean of the three
+    stacks' raw probabilities, as a whole-volume run computes it."""
+    from ..inference.segment3d import _resize_area, fused_probability
+    sinks = []
+    for ax in (1, 2):
+        planes = np.moveaxis(region, ax, 0)
+        out = at_cache_precision(predictor.predict(planes, job.intensity))
+        full = np.zeros(region.shape, np.uint8)
+        for j in range(len(planes)):
+            pr = out.semantic_probability[j]
+            f = pr if pr.shape[-2:] == planes.shape[1:] else _upsample_linear(pr, planes.shape[1:])
+            sl = [slice(None)] * 3
+            sl[ax] = j
+            full[tuple(sl)] = np.round(f[0] * 255).astype(np.uint8)
+        sinks.append(full)
+    probs = []
+    for z in range(region.shape[0]):
+        pr = xy.semantic_probability[z]
+        acc = pr[0].copy()
+        for s in sinks:
+            acc += _resize_area(s[z].astype(np.float32) / 255.0, pr.shape[-2:])
+        probs.append(fused_probability(acc, 3))
+    return np.stack(probs)
+
+
+def network_block(job: StackJob, block: Block) -> dict:
+    """Pass 1: network outputs of ``block``'s core, stored at cache precision."""
+    done_dir = Path(job.net).with_suffix(".done")
+    if _done(done_dir, "", block.index):
+        return {"index": block.index, "resumed": True}
+    t0 = time.perf_counter()
+    region = job.network_region(block)
+    data = read_region(job.source.open(), region)
+    summary = {"index": block.index, "network_s": 0.0, "skipped": False}
+    if _empty(job, block, data):
+        summary["skipped"] = True  # the stored outputs stay 0: background
+        _mark(done_dir, "", block.index)
+        return summary
+    lm = worker_model(job.model, worker_device(job.device))
+    from ..inference.engine import Predictor
+    p = job.p
+    predictor = Predictor(lm, device=lm.device, downsampling=p.downsampling, batch_size=job.batch_size)
+    a = job.axis
+    rm = np.moveaxis(data, a, 0)
+    out = at_cache_precision(predictor.predict(rm, job.intensity))
+    prob = _fused(job, predictor, rm, out) if job.fusion else out.semantic_probability
+    # keep the core: along the stack axis, and in-plane at network resolution
+    f = p.downsampling
+    k0 = block.core[a].start - region[a].start
+    k1 = k0 + (block.core[a].stop - block.core[a].start)
+    ip = job.inplane()
+    rows = [(block.core[ax].start - region[ax].start) // f for ax in ip]
+    size = [-(-(block.core[ax].stop) // f) - block.core[ax].start // f for ax in ip]
+    cells = [r // STRIDE for r in rows]
+    csize = [-(-(block.core[ax].start // f + s) // STRIDE) - block.core[ax].start // f // STRIDE
+             for ax, s in zip(ip, size)]
+    P, H, O = _net_arrays(job, "r+")
+    n0, n1 = block.core[a].start, block.core[a].stop
+    g0 = [block.core[ax].start // f for ax in ip]
+    P[n0:n1, :, g0[0]:g0[0] + size[0], g0[1]:g0[1] + size[1]] = np.round(
+        prob[k0:k1, :, rows[0]:rows[0] + size[0], rows[1]:rows[1] + size[1]] * 255).astype(np.uint8)
+    c0 = [g // STRIDE for g in g0]
+    H[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.heatmap[
+        k0:k1, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
+    O[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.offsets[
+        k0:k1, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
+    summary["network_s"] = time.perf_counter() - t0
+    _mark(done_dir, "", block.index)
+    return summary
+
+
+# ---------------------------------------------------------------- pass 2: centres
+
+
+def _cell_range(job: StackJob, block: Block) -> list[tuple[int, int]]:
+    f = job.p.downsampling
+    return [(block.core[ax].start // f // STRIDE, -(-(-(-block.core[ax].stop // f)) // STRIDE))
+            for ax in job.inplane()]
+
+
+def centre_block(job: StackJob, block: Block) -> np.ndarray:
+    """Pass 2: centres of ``block``'s core, (K, 4) int64 rows of (slice, cell
+    row, cell col, heatmap value as float16 bits)."""
+    p = job.p
+    _, (n, _, gh, gw) = job.net_shape()
+    (r0, r1), (q0, q1) = _cell_range(job, block)
+    m = CENTRE_MARGIN + p.min_distance_object_centers
+    a0, a1, b0, b1 = max(0, r0 - m), min(gh, r1 + m), max(0, q0 - m), min(gw, q1 + m)
+    _, H, _ = _net_arrays(job)
+    s0, s1 = block.core[job.axis].start, block.core[job.axis].stop
+    hm = np.asarray(H[s0:s1, 0, a0:a1, b0:b1])
+    out = []
+    for i in range(hm.shape[0]):
+        c = find_centers(hm[i].astype(np.float32), p.center_confidence_thr, p.min_distance_object_centers)
+        if not len(c):
+            continue
+        gy, gx = c[:, 0] + a0, c[:, 1] + b0
+        own = (gy >= r0) & (gy < r1) & (gx >= q0) & (gx < q1)
+        v = hm[i][c[own, 0], c[own, 1]].astype(np.float16).view(np.uint16).astype(np.int64)
+        out.append(np.stack([np.full(own.sum(), s0 + i), gy[own], gx[own], v], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 4), np.int64)
+
+
+def centre_table(job: StackJob, parts: list[np.ndarray]) -> None:
+    """All centres in the order whole-slice decoding lists them (per slice:
+    strongest first, ties in raster order), saved with per-slice offsets."""
+    c = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+    _, (n, _, gh, gw) = job.net_shape()
+    value = c[:, 3].astype(np.uint16).view(np.float16).astype(np.float32)
+    order = np.lexsort((c[:, 1] * gw + c[:, 2], -value, c[:, 0]))
+    c = c[order]
+    starts = np.searchsorted(c[:, 0], np.arange(n + 1))
+    np.save(Path(job.work) / "centres.npy", c[:, :3])
+    np.save(Path(job.work) / "centre_starts.npy", starts)
+
+
+# ---------------------------------------------------------------- pass 3: decode
+
+
+def decode_block(job: StackJob, block: Block) -> dict:
+    """Pass 3: median, grouping against the slice's centres, 2D pieces of the
+    core with their statistics; provisional labels of the core."""
+    path = block_file(job.work, block.index)
+    if path.exists():
+        return {"index": block.index, "resumed": True}
+    t0 = time.perf_counter()
+    p = job.p
+    a, ip, f = job.axis, job.inplane(), p.downsampling
+    r = p.median_slices // 2
+    c0, c1 = block.core[a].start, block.core[a].stop
+    n = job.shape[a]
+    d0 = max(0, c0 - 1 - p.bridge_gaps)
+    lo, hi = max(0, d0 - r), min(n, c1 + r)
+    # in-plane window at network resolution: the core and a margin for interpolation
+    g = [(block.core[ax].start // f, -(-block.core[ax].stop // f)) for ax in ip]
+    (_, C, nh, nw), (_, _, gh, gw) = job.net_shape()
+    w0 = [max(0, g[0][0] - MARGIN * STRIDE), max(0, g[1][0] - MARGIN * STRIDE)]
+    w0 = [v - v % STRIDE for v in w0]
+    w1 = [min(nh, g[0][1] + MARGIN * STRIDE), min(nw, g[1][1] + MARGIN * STRIDE)]
+    P, _, O = _net_arrays(job)
+    prob = np.asarray(P[lo:hi, :, w0[0]:w1[0], w0[1]:w1[1]]).astype(np.float32) / np.float32(255.0)
+    cw0 = [v // STRIDE for v in w0]
+    cw1 = [-(-v // STRIDE) for v in w1]
+    off = np.asarray(O[lo:hi, :, cw0[0]:cw1[0], cw0[1]:cw1[1]]).astype(np.float32)
+    centres = np.load(Path(job.work) / "centres.npy", mmap_mode="r")
+    starts = np.load(Path(job.work) / "centre_starts.npy")
+    card_classes, things, stuff = job.classes()
+    full_win = [(w0[i] * f, min(job.shape[ip[i]], w1[i] * f)) for i in range(2)]
+    out_shape = (full_win[0][1] - full_win[0][0], full_win[1][1] - full_win[1][0])
+    core_rc = tuple(slice(block.core[ax].start - full_win[i][0], block.core[ax].stop - full_win[i][0])
+                    for i, ax in enumerate(ip))
+    origin = tuple(block.core[ax].start for ax in ip)
+    builder = _Pieces(things, origin, tuple(job.shape[ax] for ax in ip))
+    from ..inference.stack import RunningMedian
+    median = RunningMedian(p.median_slices)
+    emitted = []
+    for i in range(hi - lo):
+        emitted += median.push(prob[i])
+    emitted += median.flush()
+    for i, pm in emitted:
+        d = lo + i
+        if d < d0 or d >= c1:
+            continue
+        ids, keys = _group(p, centres[starts[d]:starts[d + 1]], off[i], cw0, pm.shape[-2:], out_shape, d,
+                           (gh, gw), bool(things))
+        pm_full = pm if pm.shape[-2:] == out_shape else _upsample_linear(pm, out_shape)
+        sem = semantic_classes(pm_full, card_classes, p.confidence_thr)
+        builder.add(d, d < c0, sem[core_rc], ids[core_rc], keys, things, stuff)
+    table, core_labels = builder.finish(c0, c1, p.bridge_gaps)
+    if core_labels is not None:
+        import zarr
+        arr = zarr.open_array(str(Path(job.work) / "provisional.zarr"), mode="r+")
+        arr[tuple(block.core)] = np.moveaxis(core_labels, 0, a)
+    save_npz(path, **table)
+    return {"index": block.index, "decode_s": time.perf_counter() - t0}
+
+
+def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things):
+    """Centre index + 1 per output pixel of the window (0: none) and the keys of
+    the slice's centres (index - 1 -> key). Centres are in slice coordinates,
+    as a whole-slice decoding holds them; the window's pixels are shifted there."""
+    keys = (np.int64(d) * grid_hw[0] + centres[:, 1]) * grid_hw[1] + centres[:, 2] if len(centres) else \
+        np.zeros(0, np.int64)
+    if not has_things or len(centres) == 0:
+        return np.zeros(out_shape, np.int32), keys
+    cpx = np.asarray(centres[:, 1:3], np.float32) * STRIDE + (STRIDE - 1) / 2.0
+    scale = out_shape[0] / net_hw[0]
+    origin = (cw0[0] * STRIDE, cw0[1] * STRIDE)  # window origin in network pixels
+    if p.fine_boundaries:
+        o = _upsample_linear(off, (off.shape[1] * STRIDE, off.shape[2] * STRIDE))
+        ids = group_pixels(cpx, o, stride=1, origin=origin)
+        ids = _upsample_nearest(ids, out_shape, scale)
+    else:
+        ids = group_pixels(cpx, off, stride=STRIDE, origin=origin)
+        ids = _upsample_nearest(ids, out_shape, STRIDE * scale)
+    return ids, keys
+
+
+class _Pieces:
+    """Collects the 2D pieces of a block's decoded slices (in-plane core only)."""
+
+    def __init__(self, things, origin, full_hw):
+        self.things = list(things)
+        self.origin, self.full_hw = origin, full_hw
+        self.planes: list[int] = []
+        self.labels: list[np.ndarray] = []
+        self.halo: list[bool] = []
+        self.rows: dict[str, list] = {k: [] for k in ("plane", "key", "area", "r0", "r1", "c0", "c1", "first",
+                                                      "halo", "cls_counts")}
+        self.stuff: list[tuple] = []
+        self.n = 0
+
+    def add(self, d: int, is_halo: bool, sem: np.ndarray, ids: np.ndarray, keys: np.ndarray, things, stuff) -> None:
+        is_thing = np.isin(sem, things) if things else np.zeros(sem.shape, bool)
+        inst = np.where(is_thing & (ids > 0), ids, 0).astype(np.uint32)
+        pieces = cc3d.connected_components(inst, connectivity=8)
+        k = int(pieces.max())
+        lab = np.zeros(sem.shape, np.uint32)
+        if k:
+            lab = np.where(pieces > 0, pieces.astype(np.uint32) + np.uint32(self.n), 0).astype(np.uint32)
+            u, first = np.unique(pieces.ravel(), return_index=True)
+            first = first[u > 0]
+            h, w = sem.shape
+            fr, fc = first // w, first % w
+            centre = inst.ravel()[first].astype(np.int64) - 1
+            st = cc3d.statistics(np.ascontiguousarray(pieces), no_slice_conversion=True)
+            area = np.asarray(st["voxel_counts"][1:], np.int64)
+            bb = np.asarray(st["bounding_boxes"][1:], np.int64)
+            n_cls = max(things) + 1
+            counts = np.bincount(pieces[is_thing].astype(np.int64) * n_cls + sem[is_thing],
+                                 minlength=(k + 1) * n_cls).reshape(k + 1, n_cls)[1:][:, things]
+            oy, ox = self.origin
+            rows = self.rows
+            rows["plane"].append(np.full(k, d, np.int64))
+            rows["key"].append(keys[centre].astype(np.int64))
+            rows["area"].append(area)
+            rows["r0"].append(bb[:, 0] + oy)
+            rows["r1"].append(bb[:, 1] + 1 + oy)
+            rows["c0"].append(bb[:, 2] + ox)
+            rows["c1"].append(bb[:, 3] + 1 + ox)
+            rows["first"].append((fr + oy) * self.full_hw[1] + fc + ox)
+            rows["halo"].append(np.full(k, is_halo))
+            rows["cls_counts"].append(counts.astype(np.int64))
+            self.n += k
+        for s in stuff:
+            m = (sem == s) & (lab == 0)
+            c = int(m.sum())
+            if c:
+                lab[m] = STUFF + np.uint32(s)
+                if not is_halo:
+                    self.stuff.append((d, s, c))
+        self.planes.append(d)
+        self.labels.append(lab)
+        self.halo.append(is_halo)
+
+    def finish(self, c0: int, c1: int, gaps: int) -> tuple[dict, np.ndarray | None]:
+        nt = len(self.things)
+        cat = {k: (np.concatenate(v) if v else (np.zeros((0, nt), np.int64) if k == "cls_counts" else
+                                                 np.zeros(0, bool if k == "halo" else np.int64)))
+               for k, v in self.rows.items()}
+        by_plane = dict(zip(self.planes, self.labels))
+        pa, pb, pc, pk = [], [], [], []
+        for d in range(c0, c1):
+            for dz in range(1, 2 + gaps):
+                a, b = by_plane.get(d - dz), by_plane.get(d)
+                if a is None or b is None:
+                    continue
+                m = (a > 0) & (b > 0) & (a < STUFF) & (b < STUFF)
+                if not m.any():
+                    continue
+                code = (a[m].astype(np.int64) << 32) | b[m].astype(np.int64)
+                u, c = np.unique(code, return_counts=True)
+                pa.append(u >> 32)
+                pb.append(u & 0xFFFFFFFF)
+                pc.append(c.astype(np.int64))
+                pk.append(np.full(u.size, dz, np.int64))
+        e = np.zeros(0, np.int64)
+        halo_planes = [d for d, h in zip(self.planes, self.halo) if h]
+        core = [lab for lab, h in zip(self.labels, self.halo) if not h]
+        table = dict(cat, pa=np.concatenate(pa) if pa else e, pb=np.concatenate(pb) if pb else e,
+                     pc=np.concatenate(pc) if pc else e, pkind=np.concatenate(pk) if pk else e,
+                     halo_planes=np.asarray(halo_planes, np.int64),
+                     halo_maps=np.stack([by_plane[d] for d in halo_planes]) if halo_planes
+                     else np.zeros((0, 0, 0), np.uint32),
+                     stuff_plane=np.asarray([s[0] for s in self.stuff], np.int64),
+                     stuff_cls=np.asarray([s[1] for s in self.stuff], np.int64),
+                     stuff_count=np.asarray([s[2] for s in self.stuff], np.int64))
+        labels = np.stack(core) if core and any(lab.any() for lab in core) else None
+        return table, labels

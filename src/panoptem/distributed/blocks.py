@@ -1,0 +1,78 @@
+"""A volume cut into blocks aligned to the output chunks, each read with a halo.
+
+>>> grid = BlockGrid((100, 300, 300), block_shape=(50, 128, 128), halo=(0, 32, 32))
+>>> len(grid), grid[4].core, grid[4].region
+(18, (slice(0, 50, None), slice(128, 256, None), slice(128, 256, None)), (slice(0, 50, None), slice(96, 288, None), slice(96, 288, None)))
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from ..errors import PanoptemError
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block: ``index`` in the grid, its ``position`` (block coordinates),
+    the ``core`` it owns and the ``region`` read for it (core + halo, clipped)."""
+
+    index: int
+    position: tuple[int, ...]
+    core: tuple[slice, ...]
+    region: tuple[slice, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(s.stop - s.start for s in self.core)
+
+    def core_in_region(self) -> tuple[slice, ...]:
+        """Where the core lies inside the region's array."""
+        return tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(self.core, self.region))
+
+
+def _triple(v, name: str) -> tuple[int, int, int]:
+    if isinstance(v, int):
+        v = (v, v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) != 3:
+        raise PanoptemError(f"{name} needs 3 numbers (Z, Y, X), not {v}.")
+    return v
+
+
+class BlockGrid:
+    """Blocks of ``block_shape`` over a ZYX ``shape``; the last block along an
+    axis may be smaller. ``halo`` (Z, Y, X) is added on every side of the core
+    where the volume goes on."""
+
+    def __init__(self, shape, block_shape, halo=(0, 0, 0)):
+        self.shape = _triple(shape, "shape")
+        self.block_shape = _triple(block_shape, "block_shape")
+        self.halo = _triple(halo, "halo")
+        if min(self.block_shape) < 1:
+            raise PanoptemError(f"Block shape must be positive along every axis, not {self.block_shape}.")
+        if min(self.halo) < 0:
+            raise PanoptemError(f"Halo must be 0 or more voxels along every axis, not {self.halo}.")
+        self.counts = tuple(-(-n // b) for n, b in zip(self.shape, self.block_shape))
+        self._positions = list(itertools.product(*(range(c) for c in self.counts)))
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, i: int) -> Block:
+        pos = self._positions[i]
+        core = tuple(slice(p * b, min((p + 1) * b, n)) for p, b, n in zip(pos, self.block_shape, self.shape))
+        region = tuple(slice(max(0, c.start - h), min(n, c.stop + h)) for c, h, n in zip(core, self.halo, self.shape))
+        return Block(i, pos, core, region)
+
+    def index_of(self, position) -> int | None:
+        """Index of the block at ``position`` (None outside the grid)."""
+        if any(p < 0 or p >= c for p, c in zip(position, self.counts)):
+            return None
+        i = 0
+        for p, c in zip(position, self.counts):
+            i = i * c + p
+        return i

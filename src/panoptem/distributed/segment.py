@@ -1,0 +1,371 @@
+"""Blockwise 3D segmentation on Dask: volumes larger than memory, on one
+machine or a cluster, resumable, with the objects of a whole-volume run.
+
+Passes (each a set of block tasks on the cluster):
+
+1. per block: network, running median and 2D decoding with a halo; the
+   block's core is kept as provisional pieces, with additive statistics
+   (see :mod:`._pass1`);
+2. per face: pieces that touch across block faces (see :mod:`._stitch`);
+   then, once, on the client: pieces joined into 2D objects and the slice
+   linker solved over the whole volume, size filters on the stitched objects;
+3. per block: final ids written to the OME-Zarr output; then its pyramid.
+
+Every finished block leaves a record in a work folder beside the output
+(``.NAME.blockwise``); running the same call again after a crash skips
+finished blocks and gives the same bytes. The folder is removed on success.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PanoptemError
+from ..models.load import DEFAULT_MODEL, LoadedModel
+from ..params import Params3D, make_params
+from ._pass1 import StackJob, centre_block, centre_table, create_net_arrays, decode_block, network_block
+from ._source import VolumeSource
+from .blocks import BlockGrid
+
+PLANE_AXIS = {"xy": 0, "xz": 1, "yz": 2}
+PLANES = {v: k for k, v in PLANE_AXIS.items()}
+DEFAULT_BLOCK = (64, 512, 512)
+DEFAULT_HALO = (16, 64, 64)
+
+
+@dataclass
+class BlockwiseResult:
+    """Outcome of :func:`segment_blockwise`: class name -> the written labels
+    (opened lazily), objects per class, files written, seconds per pass."""
+
+    labels: dict
+    objects: dict
+    written: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    blocks: int = 0
+    skipped_blocks: int = 0
+
+
+def _triple(v, name) -> tuple[int, int, int]:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            v = [int(x) for x in v.split(",")]
+        except ValueError:
+            raise PanoptemError(f"{name} must be three integers 'Z,Y,X', not '{v}'.") from None
+    if isinstance(v, int):
+        v = (v, v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) != 3:
+        raise PanoptemError(f"{name} must be three integers 'Z,Y,X', not {v}.")
+    return v
+
+
+def _open_volume(volume, key):
+    """(VolumeSource, lazy array, voxel size, input path or None)."""
+    if isinstance(volume, (str, os.PathLike)):
+        from ..io import read_image
+        from ..sample import SAMPLE_PATH
+        path = str(SAMPLE_PATH) if str(volume) == "sample" and not Path(volume).exists() else str(volume)
+        img = read_image(path, key=key)
+        return VolumeSource(path=path, key=key), img.data, img.voxel_size, path
+    arr = volume if hasattr(volume, "shape") and hasattr(volume, "dtype") else np.asarray(volume)
+    return VolumeSource(array=arr), arr, None, None
+
+
+def _card(model):
+    if isinstance(model, LoadedModel):
+        return model.card
+    from ..models.load import get_card
+    return get_card(str(model))
+
+
+def _input_stamp(path: str | None) -> list:
+    if path is None:
+        return []
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())[:64]
+    return [[str(q.relative_to(p) if q != p else q.name), q.stat().st_size, q.stat().st_mtime_ns] for q in files]
+
+
+def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=DEFAULT_BLOCK,
+                      halo=DEFAULT_HALO, n_workers: int | None = None, scheduler: str | None = None,
+                      devices=None, mask=None, key: str | None = None, device: str = "auto", batch_size: int = 4,
+                      skip_empty: bool = True, voxel_size=None, chunks=None, cache_dir=None, overwrite: bool = False,
+                      keep_work: bool = False, processes: bool = True, progress: bool = False,
+                      verbose: bool = False, client=None, **params) -> BlockwiseResult:
+    """Segment a 3D volume block by block on a Dask cluster.
+
+    Parameters
+    ----------
+    volume : path of a volume (TIFF, MRC, Zarr/OME-Zarr, HDF5 with ``key``...), read
+        lazily by each worker, or an array (sent to the workers).
+    model : registered model name, card path, or a loaded model (only with
+        ``processes=False`` or a picklable model).
+    output : ``.zarr`` path: an OME-Zarr label image with a pyramid (one per class,
+        ``NAME_<class>.zarr``, for several classes).
+    block_shape : (Z, Y, X) voxels per block; the output chunks divide it.
+    halo : (Z, Y, X) context added around each block along the image axes (the
+        stack axis gets what the median and linking need automatically).
+    n_workers, scheduler, devices : a LocalCluster with this many workers
+        (default: from cores and memory), or a running scheduler's address;
+        ``devices`` (e.g. ``["cuda:0", "cuda:1"]`` or ``"all"``) puts one worker on each.
+    mask : array (the volume's shape, or smaller by whole factors): blocks without
+        mask are skipped, labels outside it are 0.
+    skip_empty : blocks whose region holds a single value are background, without the network.
+    cache_dir : keep the network outputs there (default: in the run's work folder, removed
+        on success); a later run with other thresholds then re-decodes without the network.
+    **params : the fields of :class:`~panoptem.params.Params3D`; a stack along
+        ``inference_plane``, or ``orthoplane=True`` with ``fusion="probability"``.
+
+    Returns
+    -------
+    :class:`BlockwiseResult`
+
+    Examples
+    --------
+    >>> res = segment_blockwise("big.zarr", output="mito.zarr", block_shape=(64, 512, 512),
+    ...                         n_workers=2)  # doctest: +SKIP
+    """
+    t_all = time.perf_counter()
+    p = make_params(Params3D, **params)
+    if output is None or Path(output).suffix.lower() != ".zarr":
+        raise PanoptemError("Blockwise runs write OME-Zarr: give an output path ending in .zarr.")
+    out = Path(output).expanduser().absolute()
+    block_shape = _triple(block_shape, "--block-shape")
+    halo = _triple(halo, "--halo")
+    if min(block_shape) < 1 or min(halo) < 0:
+        raise PanoptemError(f"Block shape must be positive and halo 0 or more, not {block_shape} / {halo}.")
+    if p.orthoplane and p.fusion != "probability":
+        raise PanoptemError("Blockwise ortho-plane runs use probability fusion: pass fusion='probability' "
+                            "(--fusion probability), or run the consensus on the whole volume.")
+    if p.return_panoptic:
+        raise PanoptemError("Blockwise runs do not return the per-plane stacks; drop return_panoptic.")
+    if batch_size < 1:
+        raise PanoptemError(f"Batch size must be 1 or more, not {batch_size}.")
+    source, vol, vs, in_path = _open_volume(volume, key)
+    if vol.ndim != 3:
+        raise PanoptemError(f"Blockwise inference needs a ZYX volume, got shape {tuple(vol.shape)}.")
+    voxel_size = voxel_size or vs
+    card = _card(model)
+    axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
+    align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
+    if isinstance(devices, str):
+        from ._cluster import visible_gpus
+        devices = visible_gpus() if devices == "all" else [d for d in devices.split(",") if d]
+        if not devices:
+            raise PanoptemError("--devices all: no GPU is visible; leave --devices out to run on CPU workers.")
+    # outputs
+    stem = out.name[: -len(".zarr")]
+    classes = card.classes
+    outputs = [(out if len(classes) == 1 else out.with_name(f"{stem}_{c.name}.zarr"), c) for c in classes]
+    from ..io.writers import _prepare_target
+    for path, _ in outputs:
+        _prepare_target(path, overwrite, [in_path] if in_path else [])
+    from .._atomic import exclusive_output
+    with exclusive_output(out):
+        intensity = _intensity(card, vol)
+        work = out.parent / f".{out.name}.blockwise"
+        net_key = {"model": card.name, "weights": card.weights.sha256 or card.weights.file,
+                   "downsampling": p.downsampling, "plane": p.inference_plane, "orthoplane": p.orthoplane,
+                   "block": block_shape, "halo": halo, "shape": list(vol.shape), "dtype": str(np.dtype(vol.dtype)),
+                   "intensity": list(intensity), "input": _input_stamp(in_path), "mask": mask is not None,
+                   "skip_empty": skip_empty}
+        run_key = {"net": net_key, "params": p.model_dump()}
+        _prepare_work(work, run_key, array_source=in_path is None)
+        block_shape = _aligned(block_shape, align, axis, p.orthoplane)
+        grid = BlockGrid(vol.shape, block_shape, halo)
+        net = Path(cache_dir) / f"{PLANES[axis] if not p.orthoplane else 'fused'}.zarr" if cache_dir else \
+            work / "net.zarr"
+        job = StackJob(source=source, model=model, device=device, params=p.model_dump(), intensity=intensity,
+                       axis=axis, shape=tuple(vol.shape), halo=halo, align=align, work=str(work / "stack"),
+                       net=str(net), block_shape=block_shape, batch_size=batch_size, skip_empty=skip_empty,
+                       fusion=p.orthoplane, n_channels=card.num_classes if card.num_classes > 1 else 1,
+                       class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids))
+        msource = None
+        if mask is not None:
+            msource = VolumeSource(array=mask) if hasattr(mask, "shape") else VolumeSource(path=str(mask))
+            job.mask = msource
+        if cache_dir:
+            _check_cache(Path(cache_dir), net, net_key)
+        create_net_arrays(job)
+        _create_provisional(Path(job.work), vol.shape, block_shape)
+        log = print if verbose else None
+        from ._cluster import client_for, run_tasks
+        timings = {}
+        with (_given(client) if client is not None else
+              client_for(n_workers, scheduler, devices, processes=processes, log=log)) as cl:
+            t = time.perf_counter()
+            blocks = list(grid)
+            summaries = run_tasks(cl, network_block, job, blocks, "network", progress)
+            timings["network_pass_s"] = time.perf_counter() - t
+            timings["network_s"] = sum(s.get("network_s", 0.0) for s in summaries)
+            t = time.perf_counter()
+            centre_table(job, run_tasks(cl, centre_block, job, blocks, "centres", False))
+            decoded = run_tasks(cl, decode_block, job, blocks, "decoding", progress)
+            timings["decode_pass_s"] = time.perf_counter() - t
+            timings["decode_s"] = sum(s.get("decode_s", 0.0) for s in decoded)
+            t = time.perf_counter()
+            from ._stitch import faces, solve
+            pairs = run_tasks(cl, _face_task, (job, grid), faces(grid, axis), "faces", False)
+            halos = run_tasks(cl, _halo_task, (job, grid), [b.index for b in grid], "halos", False)
+            info = solve(job, grid, pairs, halos, list(card.thing_ids) or [1], p.min_size, p.min_extent)
+            timings["stitch_link_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            dtype = np.dtype(info["dtype"]) if info["max_id"] >= 2**32 else np.dtype(np.uint32)
+            chunk_shape = _chunks(chunks, block_shape)
+            tmp_outputs = []
+            for path, c in outputs:
+                tmp = work / f"out_{c.name}.zarr"
+                _create_output(tmp, vol.shape, chunk_shape, np.uint8 if c.kind == "semantic" else dtype)
+                tmp_outputs.append((str(tmp), c.id, c.kind))
+            from ._write import WriteJob, write_block
+            wjob = WriteJob(job, tmp_outputs, p.label_divisor, len(classes) == 1, msource)
+            run_tasks(cl, write_block, wjob, list(grid), "writing", progress)
+            from ..io.ome import write_pyramid_and_metadata
+            for (tmp, _, kind), (path, c) in zip(tmp_outputs, outputs):
+                write_pyramid_and_metadata(tmp, voxel_size, path.name[: -len(".zarr")], labels=True)
+            timings["write_s"] = time.perf_counter() - t
+        written, labels, objects = [], {}, {}
+        for (tmp, _, kind), (path, c) in zip(tmp_outputs, outputs):
+            _replace_dir(Path(tmp), path)
+            from ..io import read_image
+            labels[c.name] = read_image(path).data
+            objects[c.name] = (_count(path, c) if msource is not None or c.kind == "semantic"
+                               else info["per_class"].get(c.id if p.label_divisor else 0, 0))
+            written.append({"output": str(path), "class": c.name, "objects": objects[c.name],
+                            "shape": list(vol.shape), "dtype": str(labels[c.name].dtype)})
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    timings["total_s"] = time.perf_counter() - t_all
+    skipped = sum(1 for s in summaries if s.get("skipped"))
+    return BlockwiseResult(labels, objects, written, timings, len(grid), skipped)
+
+
+class _given:
+    """A client the caller owns: used, not closed."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def __enter__(self):
+        return self.client
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _face_task(job_grid, face):
+    from ._stitch import face_pairs
+    job, grid = job_grid
+    return face_pairs(job, grid, face)
+
+
+def _halo_task(job_grid, index):
+    from ._stitch import halo_matches
+    job, grid = job_grid
+    return halo_matches(job, grid, index)
+
+
+def _intensity(card, vol) -> tuple[float, float]:
+    from ..inference.preprocess import dtype_range, intensity_range
+    n = card.normalization
+    if n.mode == "dtype_max":
+        return dtype_range(vol)
+    return intensity_range(vol, low_pct=n.low_pct, high_pct=n.high_pct)
+
+
+def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
+    """The work folder of this run: kept as it is from an interrupted run of the
+    same call; with only the decoding parameters changed, its network outputs
+    are kept; otherwise made afresh. (An in-memory input cannot be recognised
+    again, so its runs always start afresh.)"""
+    stamp = work / "run.json"
+    old = json.loads(stamp.read_text()) if stamp.exists() and not array_source else None
+    text = json.dumps(run_key, sort_keys=True, default=str)
+    if old is not None and json.dumps(old, sort_keys=True, default=str) == text:
+        return
+    if old is not None and json.dumps(old.get("net"), sort_keys=True, default=str) == \
+            json.dumps(run_key["net"], sort_keys=True, default=str):
+        shutil.rmtree(work / "stack", ignore_errors=True)
+    elif work.exists():
+        shutil.rmtree(work)
+    (work / "stack").mkdir(parents=True, exist_ok=True)
+    stamp.write_text(text)
+
+
+def _aligned(block_shape, align: int, axis: int, all_axes: bool) -> tuple[int, int, int]:
+    """Block shape rounded up to multiples of ``align`` along the image axes, so
+    blocks start on the network's grid."""
+    return tuple(b if (ax == axis and not all_axes) else -(-b // align) * align
+                 for ax, b in enumerate(block_shape))
+
+
+def _check_cache(cache: Path, net: Path, key: dict) -> None:
+    """A network cache made by another run (model, input, blocks...) is refused."""
+    stamp = cache / f"{net.stem}.json"
+    text = json.dumps(key, sort_keys=True, default=str)
+    if stamp.exists() and stamp.read_text() != text:
+        raise PanoptemError(f"The cache {cache} holds network outputs of a different run (model, input, "
+                            "blocks or downsampling differ); choose another --cache-dir or delete that folder.")
+    cache.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(text)
+
+
+def _create_provisional(work: Path, shape, block_shape) -> None:
+    import zarr
+    path = work / "provisional.zarr"
+    if not path.exists():
+        zarr.create_array(str(path), shape=tuple(shape), chunks=tuple(min(b, n) for b, n in zip(block_shape, shape)),
+                          dtype="uint32", fill_value=0, zarr_format=2)
+
+
+def _chunks(chunks, block_shape) -> tuple[int, ...]:
+    if chunks is None:
+        return tuple(math.gcd(b, c) for b, c in zip(block_shape, (64, 256, 256)))
+    c = _triple(chunks, "--chunks")
+    if any(b % k for b, k in zip(block_shape, c)):
+        raise PanoptemError(f"Output chunks {c} must divide the block shape {block_shape}.")
+    return c
+
+
+def _create_output(path: Path, shape, chunks, dtype) -> None:
+    import numcodecs
+    import zarr
+    if (path / "0").exists():
+        return
+    g = zarr.open_group(str(path), mode="a", zarr_format=2)
+    g.create_array("0", shape=tuple(shape), chunks=tuple(min(c, n) for c, n in zip(chunks, shape)), dtype=dtype,
+                   fill_value=0, compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
+                   chunk_key_encoding={"name": "v2", "separator": "/"})
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        old = target.parent / f".{target.name}.{os.getpid()}.old"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def _count(path: Path, c) -> int:
+    """Objects of class ``c`` in the written output (read in blocks)."""
+    from ..io import read_image
+    arr = read_image(path).data
+    if c.kind == "semantic":
+        return int(any(np.asarray(arr[z:z + 16]).any() for z in range(0, arr.shape[0], 16)))
+    ids = set()
+    for z in range(0, arr.shape[0], 16):
+        u = np.unique(np.asarray(arr[z:z + 16]))
+        ids.update(u[u > 0].tolist())
+    return len(ids)

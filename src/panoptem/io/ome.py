@@ -1,0 +1,77 @@
+"""OME-Zarr (NGFF 0.4) label and image groups: a multiscale pyramid below
+level ``"0"`` and the metadata, written with the ome-zarr library.
+
+Levels halve the axes whose voxels are not much coarser than the finest axis
+(so anisotropic stacks shrink in-plane first), by taking every second voxel:
+nearest-neighbour, which keeps label ids intact.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+#: stop adding levels once every axis of the next level would be this small
+MIN_LEVEL_SIZE = 64
+MAX_LEVELS = 8
+
+
+def pyramid_factors(shape: Sequence[int], voxel_size: Sequence[float] | None) -> list[tuple[int, ...]]:
+    """Per level after ``"0"``, the factor (1 or 2) of every axis from the level above.
+
+    >>> pyramid_factors((30, 1024, 1024), (30.0, 5.0, 5.0))[:3]
+    [(1, 2, 2), (1, 2, 2), (2, 2, 2)]
+    """
+    size = [float(v) for v in (voxel_size or [1.0] * len(shape))]
+    dims = [int(n) for n in shape]
+    out = []
+    while len(out) < MAX_LEVELS and max(dims) // 2 >= MIN_LEVEL_SIZE:
+        finest = min(size)
+        f = tuple(2 if (s <= 1.5 * finest and n // 2 >= 1) else 1 for s, n in zip(size, dims))
+        if all(v == 1 for v in f):
+            break
+        out.append(f)
+        dims = [-(-n // v) for n, v in zip(dims, f)]
+        size = [s * v for s, v in zip(size, f)]
+    return out
+
+
+def write_pyramid_and_metadata(path: str, voxel_size: Sequence[float] | None, name: str, labels: bool = True,
+                               levels: bool = True) -> int:
+    """Add pyramid levels below array ``"0"`` of the zarr group at ``path``
+    (computed with dask, on the active distributed client if there is one)
+    and write its NGFF 0.4 metadata; returns the number of levels."""
+    import dask.array as da
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import add_metadata, write_multiscales_metadata
+
+    group = zarr.open_group(path, mode="a", zarr_format=2)
+    base = group["0"]
+    ndim = base.ndim
+    scale = [float(v) for v in voxel_size] if voxel_size else [1.0] * ndim
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}]
+    prev = base
+    for i, f in enumerate(pyramid_factors(base.shape, voxel_size) if levels else [], start=1):
+        src = da.from_zarr(prev)[tuple(slice(None, None, v) for v in f)]
+        chunks = tuple(min(c, n) for c, n in zip(base.chunks, src.shape))
+        arr = group.create_array(str(i), shape=src.shape, chunks=chunks, dtype=base.dtype, fill_value=0,
+                                 compressors=base.compressors, chunk_key_encoding={"name": "v2", "separator": "/"},
+                                 overwrite=True)
+        da.to_zarr(src.rechunk(chunks), arr)
+        scale = [s * v for s, v in zip(scale, f)]
+        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]})
+        prev = arr
+    axes = [{"name": n, "type": "space", **({"unit": "nanometer"} if voxel_size else {})} for n in "zyx"[-ndim:]]
+    fmt = FormatV04()
+    write_multiscales_metadata(group, datasets, fmt=fmt, axes=axes, name=name)
+    if labels:
+        add_metadata(group, {"image-label": {"version": fmt.version}}, fmt=fmt)
+    return len(datasets)
+
+
+def level_arrays(path: str) -> list[np.ndarray]:
+    """The arrays of a multiscale group, finest first (for tests and viewers)."""
+    import zarr
+    g = zarr.open_group(path, mode="r")
+    return [g[d["path"]] for d in g.attrs["multiscales"][0]["datasets"]]
