@@ -145,17 +145,43 @@ def segment3d_cmd(
     keep_cache: bool = typer.Option(False, "--keep-cache", help="Keep the cache folder after success."),
     preview: Optional[Path] = typer.Option(None, "--preview", help=PREVIEW_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    blockwise: bool = typer.Option(False, "--blockwise", help="Run block by block on Dask (OUTPUT must be "
+                                   ".zarr): volumes larger than memory, several workers or GPUs, a cluster; "
+                                   "resumes after a crash.", rich_help_panel="Blockwise"),
+    block_shape: Optional[str] = typer.Option(None, "--block-shape", help="Z,Y,X voxels per block "
+                                              "(default 64,512,512).", rich_help_panel="Blockwise"),
+    halo: Optional[str] = typer.Option(None, "--halo", help="Z,Y,X voxels of context around each block along "
+                                       "the image axes (default 16,64,64).", rich_help_panel="Blockwise"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (default: from "
+                                          "cores and memory; one per device with --devices).",
+                                          rich_help_panel="Blockwise"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler "
+                                            "(e.g. tcp://host:8786) instead of local workers.",
+                                            rich_help_panel="Blockwise"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="One worker per device: cuda:0,cuda:1 or "
+                                          "'all' visible GPUs.", rich_help_panel="Blockwise"),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Volume (same shape or smaller by whole factors): "
+                                       "only blocks with mask are segmented, labels outside it are 0.",
+                                       rich_help_panel="Blockwise"),
     params: Params3D = None,
 ):
     """3D inference along one plane or ortho-plane (empanada's "3D Inference")."""
     from .inference.segment3d import segment_3d
-    img = _input(input, key)
     if ortho:
         params.orthoplane = True
-    res = segment_3d(img.data, model, device=device, batch_size=batch_size, progress=True,
+    img = _input(input, key)
+    extra = {}
+    volume = img.data
+    if blockwise:
+        volume = img
+        extra = dict(blockwise=True, block_shape=block_shape, halo=halo, n_workers=workers, scheduler=scheduler,
+                     devices=devices, mask=mask)
+    elif any(v is not None for v in (block_shape, halo, workers, scheduler, devices, mask)):
+        raise PanoptemError("--block-shape, --halo, --workers, --scheduler, --devices and --mask need --blockwise.")
+    res = segment_3d(volume, model, device=device, batch_size=batch_size, progress=True,
                      voxel_size=img.voxel_size, cache_dir=cache_dir, keep_cache=keep_cache, output=output,
                      overwrite=overwrite, inputs=[img.path] if img.path else [], preview=preview,
-                     **params.model_dump())
+                     **extra, **params.model_dump())
     if preview is not None and res.written:
         res.written[0]["preview"] = str(preview)
     for p in res.written:

@@ -71,6 +71,9 @@ def _triple(v, name) -> tuple[int, int, int]:
 
 def _open_volume(volume, key):
     """(VolumeSource, lazy array, voxel size, input path or None)."""
+    from ..io import ImageData
+    if isinstance(volume, ImageData) and volume.path:
+        return VolumeSource(path=volume.path, key=volume.key), volume.data, volume.voxel_size, volume.path
     if isinstance(volume, (str, os.PathLike)):
         from ..io import read_image
         from ..sample import SAMPLE_PATH

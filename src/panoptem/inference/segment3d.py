@@ -259,7 +259,8 @@ def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tupl
 def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "auto",
                batch_size: int = 4, progress: bool = False, voxel_size=None, cache_dir=None,
                keep_cache: bool = False, callback=None, output=None, overwrite: bool = False, inputs=(),
-               preview=None, **params) -> Result3D:
+               preview=None, blockwise: bool = False, block_shape=None, halo=None, n_workers=None,
+               scheduler=None, devices=None, mask=None, **params) -> Result3D:
     """Panoptic 3D segmentation of a ZYX volume.
 
     Parameters
@@ -271,6 +272,10 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         ``inference_plane``, ``orthoplane``, ``pixel_vote_thr``,
         ``allow_one_view``, ``return_panoptic``, ``fusion``, ``iou_thr``,
         ``ioa_thr``, ``bridge_gaps``.
+    blockwise : run block by block on Dask (see :func:`panoptem.distributed.segment_blockwise`):
+        ``volume`` may then be a file path (each worker reads its blocks), ``output``
+        must be ``.zarr``; ``block_shape``, ``halo`` (Z, Y, X), ``n_workers`` or
+        ``scheduler``, ``devices`` and ``mask`` apply.
     cache_dir : folder for network outputs; re-running with the same folder
         resumes an interrupted run and re-decodes a finished one without the network.
         With ``output`` and no ``cache_dir``, a hidden cache beside the output
@@ -299,6 +304,11 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     >>> mito = res.labels["mitochondria"]
     """
     p = params if isinstance(params, Params3D) else make_params(Params3D, **params)
+    if blockwise:
+        return _blockwise(volume, model, output, p, dict(
+            block_shape=block_shape, halo=halo, n_workers=n_workers, scheduler=scheduler, devices=devices,
+            mask=mask, device=device, batch_size=batch_size, voxel_size=voxel_size, cache_dir=cache_dir,
+            overwrite=overwrite, progress=progress), preview, inputs)
     if getattr(volume, "ndim", None) != 3:
         volume = np.asarray(volume)
         if volume.ndim != 3:
@@ -332,6 +342,28 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         if own_cache and not keep_cache:
             shutil.rmtree(cache_dir, ignore_errors=True)
     return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
+
+
+def _blockwise(volume, model, output, p: Params3D, kw: dict, preview, inputs) -> Result3D:
+    """:func:`segment_3d` with ``blockwise=True``: the result of the distributed runner."""
+    from ..distributed.segment import DEFAULT_BLOCK, DEFAULT_HALO, segment_blockwise
+    if preview is not None:
+        from ..reporting._preview import prepare_preview
+        preview = prepare_preview(preview, kw["overwrite"], [*inputs, output])
+    kw["block_shape"] = kw["block_shape"] or DEFAULT_BLOCK
+    kw["halo"] = kw["halo"] if kw["halo"] is not None else DEFAULT_HALO
+    r = segment_blockwise(volume, model, output, **kw, **p.model_dump())
+    first = next(iter(r.labels.values()))
+    res = Result3D(r.labels, first, {}, r.objects, r.timings, streamed=True, written=r.written)
+    if preview is not None:
+        from ..io import read_image
+        from ..models.load import get_card
+        card = model.card if isinstance(model, LoadedModel) else get_card(str(model))
+        from ..io import ImageData
+        image = (volume.data if isinstance(volume, ImageData) else
+                 read_image(str(volume)).data if isinstance(volume, (str, Path)) else volume)
+        _with_preview(res, preview, image, kw["voxel_size"], card, p)
+    return res
 
 
 def output_paths(output: Path, card, p: Params3D) -> list[Path]:

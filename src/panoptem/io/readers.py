@@ -40,12 +40,14 @@ class ImageData:
     voxel_size : nm per voxel, one entry per axis of ``data``; None when unknown.
     path : where it was read from.
     axes : "YX" or "ZYX" (derived from ``data.ndim`` when not given).
+    key : the dataset inside ``path`` it was read from (HDF5, Zarr), if one was named.
     """
 
     data: object
     voxel_size: tuple[float, ...] | None = None
     path: str | None = None
     axes: str = ""
+    key: str | None = None
 
     def __post_init__(self):
         if not self.axes:
@@ -95,7 +97,7 @@ def read_image(path, key: str | None = None, lazy: bool = True) -> ImageData:
     except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
         raise PanoptemError(f"Could not read '{p}' as {kind.upper()} ({type(e).__name__}: {e}); "
                             "check that the file is complete and in the format its name says.") from e
-    return ImageData(data, voxel, str(p))
+    return ImageData(data, voxel, str(p), key=key)
 
 
 def _kind(p: Path) -> str:

@@ -1,0 +1,228 @@
+"""Blockwise 3D inference on Dask: the objects of a whole-volume run, resumable,
+the same with 1 or 2 workers or an external scheduler."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from panoptem.distributed import segment_blockwise
+from panoptem.errors import PanoptemError
+from panoptem.inference.segment3d import segment_3d
+from panoptem.io import read_image
+from panoptem.models.load import sha256_of
+
+from _models import DarkBlobNet, dark_blob_model
+
+P = dict(min_size=100, min_extent=3)
+
+
+def scene(shape=(40, 120, 120)):
+    """Touching balls, a ball on a block corner, a small ball, a slanted tube
+    through many blocks and a long rod lying in the xy planes."""
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    vol = np.full(shape, 200, np.uint8)
+    for c, r in [((10, 30, 30), 10), ((10, 30, 49), 10), ((20, 64, 64), 12), ((30, 95, 20), 9)]:
+        vol[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < r * r] = 40
+    for z in range(shape[0]):
+        vol[z][(yy[0] - 10 - 2.2 * z) ** 2 + (xx[0] - 100 + 1.5 * z) ** 2 < 16] = 35
+    vol[28:33, 104:109, 10:110] = 45  # a rod along x across every block
+    return vol
+
+
+@pytest.fixture(scope="module")
+def vol():
+    return scene()
+
+
+@pytest.fixture(scope="module")
+def client():
+    """One in-process cluster for the module (its start-up costs more than a small run)."""
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as c:
+        yield c
+
+
+def _blockwise(vol, tmp_path, name="out.zarr", model=None, client=None, **kw):
+    kw = {**P, **kw}
+    if client is None:
+        kw.setdefault("n_workers", 1)
+        kw.setdefault("processes", False)
+    r = segment_blockwise(vol, model or dark_blob_model(), tmp_path / name, client=client, **kw)
+    return r, np.asarray(r.labels["mitochondria"][:])
+
+
+CASES = [({}, (16, 64, 64), (32, 32, 32)), ({}, (8, 32, 48), (32, 32, 32)), ({}, (40, 40, 120), (0, 32, 0)),
+         ({"inference_plane": "xz"}, (16, 64, 64), (32, 32, 32)), ({"inference_plane": "yz"}, (8, 32, 48), (32, 32, 32)),
+         ({"inference_plane": "yz"}, (40, 40, 120), (0, 32, 0)),
+         ({"median_slices": 5, "bridge_gaps": 1}, (8, 64, 64), (32, 32, 32)),
+         ({"fine_boundaries": True, "maximum_objects_per_class": 0}, (16, 32, 64), (32, 32, 32)),
+         ({"orthoplane": True, "fusion": "probability"}, (16, 64, 64), (32, 32, 32))]
+
+
+@pytest.mark.parametrize("params,block,halo", CASES)
+def test_blockwise_equals_whole_volume(vol, tmp_path, client, params, block, halo):
+    whole = segment_3d(vol, dark_blob_model(), **P, **params).labels["mitochondria"]
+    res, got = _blockwise(vol, tmp_path, client=client, block_shape=block, halo=halo, **params)
+    assert res.blocks > 1
+    assert got.dtype == whole.dtype and got.shape == whole.shape
+    np.testing.assert_array_equal(got, whole)  # same objects, same ids
+    assert res.objects["mitochondria"] == len(np.unique(whole)) - 1 >= 3
+
+
+def test_touching_pair_across_a_face_stays_two_objects(tmp_path, client):
+    zz, yy, xx = np.mgrid[:32, :64, :96]
+    v = np.full((32, 64, 96), 200, np.uint8)
+    for c in ((16, 32, 37), (16, 32, 59)):  # one dark region, two centres, the face at x = 48 between them
+        v[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < 144] = 40
+    whole = segment_3d(v, dark_blob_model(), **P).labels["mitochondria"]
+    _, got = _blockwise(v, tmp_path, client=client, block_shape=(16, 32, 48), halo=(32, 32, 32))
+    np.testing.assert_array_equal(got, whole)
+    assert (v[16, 32, 30:66] < 100).all()  # touching in every slice through the middle
+    a, b = got[16, 32, 37], got[16, 32, 59]
+    assert a > 0 and b > 0 and a != b and len(np.unique(got)) == 3
+
+
+def test_ome_zarr_output_has_pyramid_and_voxel_size(tmp_path, client):
+    big = np.full((32, 160, 160), 200, np.uint8)
+    big[8:20, 40:120, 40:120] = 40
+    r = segment_blockwise(big, dark_blob_model(), tmp_path / "m.zarr", block_shape=(16, 64, 64), halo=(8, 32, 32),
+                          voxel_size=(10.0, 5.0, 5.0), client=client, min_size=10, min_extent=1)
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    nodes = list(Reader(parse_url(str(tmp_path / "m.zarr")))())
+    assert nodes and len(nodes[0].data) == 2  # level 0 and one level halved in-plane
+    assert [tuple(d.shape) for d in nodes[0].data] == [(32, 160, 160), (32, 80, 80)]
+    ms = nodes[0].metadata
+    assert ms["coordinateTransformations"][0][0]["scale"] == [10.0, 5.0, 5.0]
+    assert ms["coordinateTransformations"][1][0]["scale"] == [10.0, 10.0, 10.0]
+    import zarr
+    assert "image-label" in zarr.open_group(str(tmp_path / "m.zarr")).attrs
+    assert read_image(tmp_path / "m.zarr").voxel_size == (10.0, 5.0, 5.0)
+    lvl1 = np.asarray(nodes[0].data[1])
+    np.testing.assert_array_equal(lvl1, np.asarray(r.labels["mitochondria"][:])[:, ::2, ::2])
+
+
+def test_empty_blocks_are_skipped_and_mask_limits_the_run(vol, tmp_path, client):
+    v = vol.copy()
+    v = np.concatenate([v, np.full((40, 120, 120), 200, np.uint8)], axis=2)  # a blank half
+    whole = segment_3d(v, dark_blob_model(), **P).labels["mitochondria"]
+    res, got = _blockwise(v, tmp_path, client=client, block_shape=(40, 120, 120), halo=(0, 0, 0))
+    assert res.skipped_blocks == 1 and res.blocks == 2
+    np.testing.assert_array_equal(got, whole)
+    mask = np.zeros((40, 30, 60), bool)  # 4x smaller in-plane: the left half only
+    mask[:, :, :30] = True
+    res, got = _blockwise(v, tmp_path, "masked.zarr", client=client, block_shape=(40, 120, 120), halo=(0, 0, 0),
+                          mask=mask)
+    assert res.skipped_blocks == 1
+    assert not got[:, :, 120:].any() and (got[:, :, :120] > 0).sum() == (whole[:, :, :120] > 0).sum()
+
+
+def test_cache_re_decodes_without_the_network(vol, tmp_path, client):
+    cache = tmp_path / "cache"
+    first, _ = _blockwise(vol, tmp_path, "a.zarr", client=client, block_shape=(16, 64, 64), halo=(32, 32, 32),
+                          cache_dir=cache)
+    assert first.timings["network_s"] > 0
+    kw = dict(confidence_thr=0.8, center_confidence_thr=0.3, min_size=300)
+    again, got = _blockwise(vol, tmp_path, "b.zarr", client=client, block_shape=(16, 64, 64), halo=(32, 32, 32),
+                            cache_dir=cache, **kw)
+    assert again.timings["network_s"] == 0
+    whole = segment_3d(vol, dark_blob_model(), **{**P, **kw}).labels["mitochondria"]
+    np.testing.assert_array_equal(got, whole)
+    with pytest.raises(PanoptemError, match="different run"):
+        _blockwise(vol, tmp_path, "c.zarr", client=client, block_shape=(8, 64, 64), halo=(32, 32, 32),
+                   cache_dir=cache)
+
+
+def test_refusals(vol, tmp_path):
+    with pytest.raises(PanoptemError, match=".zarr"):
+        segment_blockwise(vol, dark_blob_model(), tmp_path / "x.tif")
+    with pytest.raises(PanoptemError, match="probability"):
+        segment_blockwise(vol, dark_blob_model(), tmp_path / "x.zarr", orthoplane=True)
+    with pytest.raises(PanoptemError, match="Z,Y,X"):
+        segment_blockwise(vol, dark_blob_model(), tmp_path / "x.zarr", block_shape="8,8")
+    (tmp_path / "y.zarr").mkdir()
+    with pytest.raises(PanoptemError, match="exists"):
+        segment_blockwise(vol, dark_blob_model(), tmp_path / "y.zarr")
+
+
+# ---------------------------------------------------------------- processes, schedulers, kills
+
+
+@pytest.fixture(scope="module")
+def on_disk(tmp_path_factory, vol):
+    """The scene as a TIFF and the oracle as a TorchScript card: what separate processes can open."""
+    d = tmp_path_factory.mktemp("bw")
+    tifffile.imwrite(d / "vol.tif", vol, metadata={"axes": "ZYX"})
+    torch.jit.save(torch.jit.script(DarkBlobNet()), str(d / "oracle.pt"))
+    card = {"name": "oracle", "label_divisor": None, "padding_factor": 32,
+            "weights": {"file": "oracle.pt", "sha256": sha256_of(d / "oracle.pt"), "format": "torchscript"}}
+    (d / "oracle.yaml").write_text(yaml.safe_dump(card))
+    return d
+
+
+@pytest.mark.slow
+def test_worker_processes_and_external_scheduler_agree(on_disk, tmp_path, vol):
+    """Two local worker processes, and a scheduler started elsewhere (one worker
+    process), give the labels of a whole-volume run (1 in-process worker: the tests above)."""
+    from distributed import LocalCluster
+    card = str(on_disk / "oracle.yaml")
+    kw = dict(block_shape=(16, 64, 64), halo=(32, 32, 32), processes=True, **P)
+    two = segment_blockwise(str(on_disk / "vol.tif"), card, tmp_path / "two.zarr", n_workers=2, **kw)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+        ext = segment_blockwise(str(on_disk / "vol.tif"), card, tmp_path / "ext.zarr", scheduler=lc.scheduler_address,
+                                **kw)
+    ref = segment_3d(vol, dark_blob_model(), **P).labels["mitochondria"]
+    np.testing.assert_array_equal(np.asarray(two.labels["mitochondria"][:]), ref)
+    np.testing.assert_array_equal(np.asarray(ext.labels["mitochondria"][:]), ref)
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from panoptem.distributed import segment as seg
+    stage, n, count = sys.argv[1], int(sys.argv[2]), Path(sys.argv[6])
+    def killer(orig):
+        def f(*a, **k):
+            with open(count, "a") as fh:  # a file: the task function is copied for every block
+                fh.write("x")
+            if count.stat().st_size == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return orig(*a, **k)
+        return f
+    if stage == "network":
+        seg.network_block = killer(seg.network_block)
+    elif stage == "decode":
+        seg.decode_block = killer(seg.decode_block)
+    elif stage == "write":
+        from panoptem.distributed import _write
+        seg.write_block = _write.write_block = killer(_write.write_block)
+    seg.segment_blockwise(sys.argv[3], sys.argv[4], sys.argv[5], block_shape=(16, 64, 64), halo=(32, 32, 32),
+                          n_workers=1, processes=False, min_size=100, min_extent=3)
+""")
+
+
+@pytest.mark.slow
+def test_kill_at_a_random_block_and_resume(on_disk, tmp_path, vol):
+    rng = np.random.default_rng(7)
+    ref = segment_3d(vol, dark_blob_model(), **P).labels["mitochondria"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    for stage in ("network", "decode", "write"):
+        n = int(rng.integers(2, 12))  # of 12 blocks
+        out = tmp_path / f"{stage}.zarr"
+        args = [sys.executable, "-c", KILLER, stage, str(n), str(on_disk / "vol.tif"), str(on_disk / "oracle.yaml"),
+                str(out), str(tmp_path / f"{stage}.count")]
+        killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        assert not out.exists() and (tmp_path / f".{out.name}.blockwise").exists()
+        again = subprocess.run([*args[:3], "none", "0", *args[5:]], env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        np.testing.assert_array_equal(np.asarray(read_image(out).data[:]), ref)
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{stage}")) == []  # work removed
