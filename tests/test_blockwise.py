@@ -168,19 +168,56 @@ def on_disk(tmp_path_factory, vol):
 
 
 @pytest.mark.slow
-def test_worker_processes_and_external_scheduler_agree(on_disk, tmp_path, vol):
-    """Two local worker processes, and a scheduler started elsewhere (one worker
-    process), give the labels of a whole-volume run (1 in-process worker: the tests above)."""
+def test_worker_processes_and_external_scheduler_agree(on_disk, tmp_path, vol, capsys):
+    """The command line with two local worker processes, and a scheduler started
+    elsewhere (one worker process), give the labels of a whole-volume run (one
+    in-process worker: the tests above); so does blockwise measurement."""
     from distributed import LocalCluster
+
+    from panoptem.cli import main
+    from panoptem.measure import measure
     card = str(on_disk / "oracle.yaml")
+    code = main(["segment3d", str(on_disk / "vol.tif"), "-o", str(tmp_path / "two.zarr"), "--model", card,
+                 "--blockwise", "--block-shape", "16,64,64", "--halo", "32,32,32", "--workers", "2",
+                 "--min-size", "100", "--min-extent", "3", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
     kw = dict(block_shape=(16, 64, 64), halo=(32, 32, 32), processes=True, **P)
-    two = segment_blockwise(str(on_disk / "vol.tif"), card, tmp_path / "two.zarr", n_workers=2, **kw)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
         ext = segment_blockwise(str(on_disk / "vol.tif"), card, tmp_path / "ext.zarr", scheduler=lc.scheduler_address,
                                 **kw)
     ref = segment_3d(vol, dark_blob_model(), **P).labels["mitochondria"]
-    np.testing.assert_array_equal(np.asarray(two.labels["mitochondria"][:]), ref)
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "two.zarr").data[:]), ref)
     np.testing.assert_array_equal(np.asarray(ext.labels["mitochondria"][:]), ref)
+    code = main(["measure", str(tmp_path / "two.zarr"), "-o", str(tmp_path / "t.csv"), "--blockwise",
+                 "--block-shape", "16,32,64", "--workers", "2", "--voxel-size", "30,5,5"])
+    assert code == 0, capsys.readouterr().err
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    want = measure(ref, voxel_size=(30, 5, 5))
+    assert [int(r["label"]) for r in rows] == want["label"].tolist()
+    for col in ("volume_nm3", "centroid_x_nm", "surface_area_nm2", "major_axis_length_nm"):
+        np.testing.assert_allclose([float(r[col]) for r in rows], want[col], rtol=1e-6)
+
+
+def test_blockwise_measure_equals_measure(client):
+    from panoptem.distributed.measure import measure_blockwise
+    from panoptem.measure import measure
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:40, :90, :100]
+    lab = np.zeros((40, 90, 100), np.uint32)
+    for i in range(1, 15):  # ellipsoids, many across block faces and the volume's border
+        c, r = rng.uniform([0, 0, 0], [40, 90, 100]), rng.uniform(2, 12, 3)
+        lab[((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 < 1] = i * 7
+    lab[0, 0, 0], lab[39, 89, 99], lab[20, 45, 50] = 200, 201, 202  # single voxels: not smoothed
+    img = rng.integers(0, 255, lab.shape).astype(np.uint8)
+    ref = measure(lab, voxel_size=(30, 5, 5), image=img, label_divisor=100)
+    for bs in [(16, 32, 40), (40, 45, 100)]:
+        got = measure_blockwise(lab, voxel_size=(30, 5, 5), image=img, label_divisor=100, block_shape=bs,
+                                client=client)
+        assert list(got) == list(ref)
+        for k in ref:
+            np.testing.assert_allclose(np.asarray(got[k], float), np.asarray(ref[k], float), rtol=1e-7, atol=1e-6,
+                                       err_msg=k)
 
 
 KILLER = textwrap.dedent("""

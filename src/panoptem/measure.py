@@ -152,7 +152,8 @@ def to_rows(table: dict[str, np.ndarray]) -> list[dict]:
 
 
 def write_table(table: dict[str, np.ndarray], path) -> Path:
-    """Write the table as CSV (header row, then one row per object); returns the path.
+    """Write the table as CSV (header row, then one row per object), or as Parquet
+    for a ``.parquet`` path (needs pyarrow); returns the path.
 
     The file is written to a temporary name first and then renamed, so a crash never leaves a
     half-written table. Floats keep full precision.
@@ -164,6 +165,16 @@ def write_table(table: dict[str, np.ndarray], path) -> Path:
     if len(lengths) > 1:
         raise PanoptemError("The table's columns have different lengths; "
                             "give one value per row in every column.")
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise PanoptemError("Parquet tables need pyarrow, which is not installed; install it with: "
+                                "pip install pyarrow (or write a .csv table).") from None
+        with atomic_path(path, suffix=".tmp") as tmp:
+            pq.write_table(pa.table({k: np.asarray(v) for k, v in table.items()}), str(tmp))
+        return path
     with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(list(table))

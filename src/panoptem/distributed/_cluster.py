@@ -105,7 +105,7 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     from distributed import as_completed
     if not items:
         return []
-    job_f = client.scatter(job, broadcast=True, hash=False)
+    job_f = client.scatter([job], broadcast=True, hash=False)[0]  # a list: a dict would be scattered by keys
     futures = client.map(fn, [job_f] * len(items), items, pure=False)
     pos = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(items)
