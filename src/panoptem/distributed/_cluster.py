@@ -105,7 +105,10 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     from distributed import as_completed
     if not items:
         return []
-    job_f = client.scatter([job], broadcast=True, hash=False)[0]  # a list: a dict would be scattered by keys
+    import pickle
+    if len(pickle.dumps(job)) > 1 << 20:  # big (an in-memory volume): send it to every worker once
+        job = client.scatter([job], broadcast=True, hash=False)[0]  # a list: a dict would be scattered by keys
+    job_f = job  # small: goes with every task, so a restarted worker loses nothing
     futures = client.map(fn, [job_f] * len(items), items, pure=False)
     pos = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(items)

@@ -21,6 +21,7 @@ class WriteJob:
     divisor: int | None
     single_class: bool
     mask: VolumeSource | None = None
+    factors: list = None  # pyramid levels written with level 0 (see io.ome.pyramid_factors)
 
 
 def mask_of(mask: VolumeSource, shape, core) -> np.ndarray:
@@ -70,14 +71,22 @@ def write_block(job: WriteJob, block: Block) -> int:
     panoptic = final_labels(job, block)
     div = job.divisor
     for path, cls, kind in job.outputs:
-        arr = zarr.open_array(str(Path(path) / "0"), mode="r+")
+        group = zarr.open_group(str(path), mode="r+")
+        arr = group["0"]
         if kind == "semantic":
             vol = ((panoptic // div == cls) & (panoptic % div == 0)) if div else panoptic == cls
         elif div:
             vol = np.where(panoptic // div == cls, panoptic % div, 0)
         else:
             vol = panoptic if job.single_class else np.zeros_like(panoptic)
-        arr[tuple(block.core)] = vol.astype(arr.dtype)
+        vol = vol.astype(arr.dtype)
+        arr[tuple(block.core)] = vol
+        # the block's part of every pyramid level (nearest: every n-th voxel from the level above)
+        start = [s.start for s in block.core]
+        for i, f in enumerate(job.factors, start=1):
+            vol = vol[tuple(slice((-a) % k, None, k) for a, k in zip(start, f))]
+            start = [-(-a // k) for a, k in zip(start, f)]
+            group[str(i)][tuple(slice(a, a + n) for a, n in zip(start, vol.shape))] = vol
     marker.parent.mkdir(exist_ok=True)
     marker.touch()
     return 1

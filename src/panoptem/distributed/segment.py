@@ -225,17 +225,22 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
             t = time.perf_counter()
             dtype = np.dtype(info["dtype"]) if info["max_id"] >= 2**32 else np.dtype(np.uint32)
             chunk_shape = _chunks(chunks, block_shape)
+            factors = _block_pyramid(vol.shape, voxel_size, block_shape)
             tmp_outputs = []
             for path, c in outputs:
                 tmp = work / f"out_{c.name}.zarr"
-                _create_output(tmp, vol.shape, chunk_shape, np.uint8 if c.kind == "semantic" else dtype)
+                _create_output(tmp, vol.shape, chunk_shape, np.uint8 if c.kind == "semantic" else dtype, factors,
+                               block_shape)
                 tmp_outputs.append((str(tmp), c.id, c.kind))
             from ._write import WriteJob, write_block
-            wjob = WriteJob(job, tmp_outputs, p.label_divisor, len(classes) == 1, msource)
+            wjob = WriteJob(job, tmp_outputs, p.label_divisor, len(classes) == 1, msource, factors)
             run_tasks(cl, write_block, wjob, list(grid), "writing", progress)
-            from ..io.ome import write_pyramid_and_metadata
+            import zarr
+
+            from ..io.ome import write_metadata
             for (tmp, _, kind), (path, c) in zip(tmp_outputs, outputs):
-                write_pyramid_and_metadata(tmp, voxel_size, path.name[: -len(".zarr")], labels=True)
+                write_metadata(zarr.open_group(tmp, mode="a", zarr_format=2), voxel_size, factors,
+                               path.name[: -len(".zarr")], labels=True)
             timings["write_s"] = time.perf_counter() - t
         written, labels, objects = [], {}, {}
         for (tmp, _, kind), (path, c) in zip(tmp_outputs, outputs):
@@ -340,15 +345,37 @@ def _chunks(chunks, block_shape) -> tuple[int, ...]:
     return c
 
 
-def _create_output(path: Path, shape, chunks, dtype) -> None:
+def _block_pyramid(shape, voxel_size, block_shape) -> list[tuple[int, ...]]:
+    """The pyramid levels every block can write itself: those whose total
+    factors divide the block shape."""
+    from ..io.ome import pyramid_factors
+    out, total = [], [1, 1, 1]
+    for f in pyramid_factors(shape, voxel_size):
+        total = [t * v for t, v in zip(total, f)]
+        if any(b % t for b, t in zip(block_shape, total)):
+            break
+        out.append(f)
+    return out
+
+
+def _create_output(path: Path, shape, chunks, dtype, factors, block_shape) -> None:
+    """The output group with level ``"0"`` and the pyramid levels, chunked so
+    that every chunk of every level belongs to one block."""
     import numcodecs
     import zarr
+
+    from ..io.ome import create_level, level_shapes
     if (path / "0").exists():
         return
     g = zarr.open_group(str(path), mode="a", zarr_format=2)
-    g.create_array("0", shape=tuple(shape), chunks=tuple(min(c, n) for c, n in zip(chunks, shape)), dtype=dtype,
-                   fill_value=0, compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
-                   chunk_key_encoding={"name": "v2", "separator": "/"})
+    base = g.create_array("0", shape=tuple(shape), chunks=tuple(min(c, n) for c, n in zip(chunks, shape)),
+                          dtype=dtype, fill_value=0,
+                          compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
+                          chunk_key_encoding={"name": "v2", "separator": "/"})
+    total = [1, 1, 1]
+    for i, (f, lshape) in enumerate(zip(factors, level_shapes(shape, factors)), start=1):
+        total = [t * v for t, v in zip(total, f)]
+        create_level(g, i, lshape, [math.gcd(c, b // t) for c, b, t in zip(chunks, block_shape, total)], base)
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:

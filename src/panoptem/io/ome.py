@@ -36,6 +36,40 @@ def pyramid_factors(shape: Sequence[int], voxel_size: Sequence[float] | None) ->
     return out
 
 
+def write_metadata(group, voxel_size: Sequence[float] | None, factors: list[tuple[int, ...]], name: str,
+                   labels: bool = True) -> None:
+    """NGFF 0.4 multiscale metadata of a zarr group holding arrays ``"0"``, ``"1"``..."""
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import add_metadata, write_multiscales_metadata
+    ndim = group["0"].ndim
+    scale = [float(v) for v in voxel_size] if voxel_size else [1.0] * ndim
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}]
+    for i, f in enumerate(factors, start=1):
+        scale = [s * v for s, v in zip(scale, f)]
+        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]})
+    axes = [{"name": n, "type": "space", **({"unit": "nanometer"} if voxel_size else {})} for n in "zyx"[-ndim:]]
+    fmt = FormatV04()
+    write_multiscales_metadata(group, datasets, fmt=fmt, axes=axes, name=name)
+    if labels:
+        add_metadata(group, {"image-label": {"version": fmt.version}}, fmt=fmt)
+
+
+def level_shapes(shape: Sequence[int], factors: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Shapes of levels ``"1"``... for ``factors`` (see :func:`pyramid_factors`)."""
+    out, cur = [], tuple(int(n) for n in shape)
+    for f in factors:
+        cur = tuple(-(-n // v) for n, v in zip(cur, f))
+        out.append(cur)
+    return out
+
+
+def create_level(group, i: int, shape, chunks, like):
+    """Array ``str(i)`` of ``group``, empty, with the codecs of array ``like``."""
+    return group.create_array(str(i), shape=tuple(shape), chunks=tuple(max(1, min(c, n)) for c, n in zip(chunks, shape)),
+                              dtype=like.dtype, fill_value=0, compressors=like.compressors,
+                              chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True)
+
+
 def write_pyramid_and_metadata(path: str, voxel_size: Sequence[float] | None, name: str, labels: bool = True,
                                levels: bool = True) -> int:
     """Add pyramid levels below array ``"0"`` of the zarr group at ``path``
@@ -43,31 +77,18 @@ def write_pyramid_and_metadata(path: str, voxel_size: Sequence[float] | None, na
     and write its NGFF 0.4 metadata; returns the number of levels."""
     import dask.array as da
     import zarr
-    from ome_zarr.format import FormatV04
-    from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
     group = zarr.open_group(path, mode="a", zarr_format=2)
     base = group["0"]
-    ndim = base.ndim
-    scale = [float(v) for v in voxel_size] if voxel_size else [1.0] * ndim
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}]
+    factors = pyramid_factors(base.shape, voxel_size) if levels else []
     prev = base
-    for i, f in enumerate(pyramid_factors(base.shape, voxel_size) if levels else [], start=1):
+    for i, (f, shape) in enumerate(zip(factors, level_shapes(base.shape, factors)), start=1):
         src = da.from_zarr(prev)[tuple(slice(None, None, v) for v in f)]
-        chunks = tuple(min(c, n) for c, n in zip(base.chunks, src.shape))
-        arr = group.create_array(str(i), shape=src.shape, chunks=chunks, dtype=base.dtype, fill_value=0,
-                                 compressors=base.compressors, chunk_key_encoding={"name": "v2", "separator": "/"},
-                                 overwrite=True)
-        da.to_zarr(src.rechunk(chunks), arr)
-        scale = [s * v for s, v in zip(scale, f)]
-        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]})
+        arr = create_level(group, i, shape, base.chunks, base)
+        da.to_zarr(src.rechunk(arr.chunks), arr)
         prev = arr
-    axes = [{"name": n, "type": "space", **({"unit": "nanometer"} if voxel_size else {})} for n in "zyx"[-ndim:]]
-    fmt = FormatV04()
-    write_multiscales_metadata(group, datasets, fmt=fmt, axes=axes, name=name)
-    if labels:
-        add_metadata(group, {"image-label": {"version": fmt.version}}, fmt=fmt)
-    return len(datasets)
+    write_metadata(group, voxel_size, factors, name, labels)
+    return 1 + len(factors)
 
 
 def level_arrays(path: str) -> list[np.ndarray]:
