@@ -28,6 +28,24 @@ LAYERS = ("none", "stage4", "stage3", "stage2", "stage1", "all")
 ENCODER = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
+def parse_widths(text: str | None) -> list[int] | None:
+    """Channel widths of the stem and the 4 encoder stages from ``"24,32,64,128,192"``
+    (the network's size); empty: None (the default network).
+
+    >>> parse_widths("16, 24,48,96,128")
+    [16, 24, 48, 96, 128]
+    """
+    if text is None or not str(text).strip():
+        return None
+    try:
+        widths = [int(w) for w in str(text).replace(";", ",").split(",")]
+    except ValueError:
+        raise PanoptemError(f"Widths must be 5 comma-separated integers, not '{text}'.") from None
+    if len(widths) != 5 or min(widths) < 1:
+        raise PanoptemError(f"Widths need 5 positive numbers (stem and 4 stages), not {len(widths)}: '{text}'.")
+    return widths
+
+
 def frozen_modules(layers: str) -> tuple[str, ...]:
     """Encoder modules kept fixed for a "Finetunable layers" choice: ``stageK``
     trains stage K and deeper; ``none`` trains only decoder and heads; ``all`` everything.
