@@ -20,7 +20,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
-from ._forms import Group, row
+from ._forms import Group, labelled, row
 from ._inference import (
     DEVICE_TIP,
     DEVICES,
@@ -87,7 +87,7 @@ class _TrainingDock(Dock):
         self.cancel_button.changed.connect(self.cancel)
 
     def _footer(self) -> list:
-        return [row(self.run_button, self.cancel_button, self.help_button), self.progress, self.status,
+        return [row(self.run_button, self.cancel_button, self.help_button), labelled(self.progress), self.status,
                 Group("Results", [self.results])]
 
     def _on_step(self, step: int, loss: float) -> None:

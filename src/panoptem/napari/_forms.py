@@ -29,6 +29,11 @@ def row(*widgets, layout: str = "horizontal") -> Container:
     return Container(widgets=list(widgets), layout=layout, labels=False)
 
 
+def labelled(*widgets) -> Container:
+    """Widgets stacked with their names beside them (outside a group)."""
+    return Container(widgets=list(widgets), labels=True)
+
+
 def status_label() -> Label:
     """A word-wrapped line for messages (results, errors), selectable for copying.
 

@@ -36,10 +36,13 @@ def readme_dir() -> Path | None:
     return None
 
 
-def help_section(title: str, text: str | None = None) -> str:
+def help_section(title: str, text: str | None = None, within: str | None = "napari") -> str:
     """The README section whose heading is ``title`` (any level), up to the next heading
-    of the same or a higher level, as Markdown."""
+    of the same or a higher level, as Markdown; searched inside the section ``within``
+    (the README's napari part; None: anywhere)."""
     text = readme_text() if text is None else text
+    if within is not None:
+        text = help_section(within, text, within=None)
     lines = text.splitlines()
     pat = re.compile(r"^(#+)\s+(.*?)\s*$")
     for i, line in enumerate(lines):

@@ -27,7 +27,7 @@ from qtpy.QtCore import QObject, Signal
 from ..errors import PanoptemError
 from ..params import Params2D, Params3D
 from ._confine import mask_box, place_in_plane, shapes_mask, viewport_box, write_plane
-from ._forms import Group, ParamsForm, row
+from ._forms import Group, ParamsForm, labelled, row
 from ._layers import (
     PLANE_OF_AXIS,
     current_plane,
@@ -362,7 +362,7 @@ class Inference3DWidget(_InferenceBase):
             self._group("Ortho-plane Parameters"),
             Group("Output", [self.zarr_dir, *self.form.take(*GROUPS_3D["Output"])]),
             self._group("Advanced", folded=True),
-            row(self.run_button, self.cancel_button, self.help_button), self.progress, self.status])
+            row(self.run_button, self.cancel_button, self.help_button), labelled(self.progress), self.status])
 
     def output_path(self, image_name: str, model: str) -> Path | None:
         """``<folder>/<image>_<model>.zarr`` for the chosen Zarr folder, else None."""
@@ -426,11 +426,14 @@ class Inference3DWidget(_InferenceBase):
 
         def show(result):
             res, layers = result
-            self.result_layers = [self.viewer.add_layer(lay) for lay in layers]
             found = ", ".join(f"{n} {c}" for c, n in res.objects.items())
             where = f" (written to {output})" if output is not None else ""
-            self.status.value = f"Done: {found} in {res.timings.get('total_s', 0):.1f} s{where}."
             self.result = res
+
+            def shown(added):
+                self.result_layers = added
+                self.status.value = f"Done: {found} in {res.timings.get('total_s', 0):.1f} s{where}."
+            self.add_layers(layers, shown)
 
         self._start(_run_3d, show, data, model, self.device.value, params, vs, self._callback, output, layer_kw,
                     layer.name)

@@ -148,11 +148,14 @@ class PatchesWidget(Dock):
             for old in (name, f"{name}-labels"):
                 if old in self.viewer.layers:
                     self.viewer.layers.remove(old)
-            self.patch_layers = (self.viewer.add_layer(img_layer), self.viewer.add_layer(lab_layer))
-            self.viewer.layers.selection.active = lab_layer
-            self.status.value = (f"Picked {len(patches)} patches of {img_layer.data.shape[-1]} pixels; paint them "
-                                 f"in '{lab_layer.name}' (an unpainted patch is a true negative), drop unwanted "
-                                 "ones, then Store dataset.")
+
+            def shown(added):
+                self.patch_layers = tuple(added)
+                self.viewer.layers.selection.active = lab_layer
+                self.status.value = (f"Picked {len(patches)} patches of {img_layer.data.shape[-1]} pixels; paint "
+                                     f"them in '{lab_layer.name}' (an unpainted patch is a true negative), drop "
+                                     "unwanted ones, then Store dataset.")
+            self.add_layers([img_layer, lab_layer], shown)
 
         self._start(_pick, show, name, image=data, n=self.n.value, patch_size=self.patch_size.value, points=pts,
                     plane=self.plane.value, is_2d_stack=self.is_2d_stack.value, flipbook=self.flipbook.value,

@@ -53,7 +53,8 @@ class Dock(WorkerMixin, Container):
     help_title = ""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=False, scrollable=True)
+        super().__init__(labels=False)
+        _scroll_contents(self.native)
         self.viewer = viewer
         self.status = status_label()
         self.worker = None
@@ -62,6 +63,28 @@ class Dock(WorkerMixin, Container):
                                       tooltip=f"Show the README section on {self.help_title or 'this module'}.")
         self.help_button.changed.connect(self.show_help)
         follow_layers(viewer, self)
+
+    @property
+    def running(self) -> bool:
+        """Busy: a worker runs, or its result layers are still being added."""
+        return self.worker is not None or getattr(self, "_adding", False)
+
+    def add_layers(self, layers: list, done=None) -> None:
+        """Add prepared layers one per turn of the event loop (napari's own work for each new
+        layer is the only main-thread cost left), then call ``done(added_layers)``."""
+        from qtpy.QtCore import QTimer
+        todo, added = list(layers), []
+        self._adding = True
+
+        def step():
+            if todo:
+                added.append(self.viewer.add_layer(todo.pop(0)))
+                QTimer.singleShot(10, step)  # timers, input and painting get their turn in between
+                return
+            self._adding = False
+            if done is not None:
+                done(added)
+        step()
 
     def show_help(self) -> None:
         """Open a window with this dock's README section (pictures included in a checkout)."""
@@ -86,6 +109,26 @@ class Dock(WorkerMixin, Container):
         dlg.resize(720, 640)
         dlg.show()
         self.help_dialog = dlg
+
+
+def _scroll_contents(outer) -> None:
+    """Move ``outer``'s layout (and every widget added to it later) into a scroll area that
+    fills ``outer``: the dock can then be shorter than its contents. (napari docks a
+    magicgui widget's ``native`` QWidget, so magicgui's own ``scrollable`` is lost there.)"""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+    contents = QWidget()
+    contents.setLayout(outer.layout())  # Qt detaches the layout from ``outer`` and keeps it working
+    scroll = QScrollArea(outer)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    scroll.setWidget(contents)
+    scroll.setMinimumHeight(40)  # below the scroll bar's own minimum: many docks stack on a small screen
+    lay = QVBoxLayout(outer)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(scroll)
+    outer.scroll_area = scroll
 
 
 def follow_layers(viewer, widget) -> None:
