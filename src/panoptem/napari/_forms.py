@@ -45,7 +45,16 @@ def status_label() -> Label:
     lab.native.setWordWrap(True)
     lab.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     lab.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+    lab.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
     return lab
+
+
+def compact_combo(box):
+    """A ComboBox that does not widen the dock to its longest item (long layer names)."""
+    from qtpy.QtWidgets import QComboBox
+    box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.native.setMinimumContentsLength(12)
+    return box
 
 
 class Group(Container):

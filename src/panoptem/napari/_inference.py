@@ -27,7 +27,7 @@ from qtpy.QtCore import QObject, Signal
 from ..errors import PanoptemError
 from ..params import Params2D, Params3D
 from ._confine import mask_box, place_in_plane, shapes_mask, viewport_box, write_plane
-from ._forms import Group, ParamsForm, labelled, row
+from ._forms import Group, ParamsForm, compact_combo, labelled, row
 from ._layers import (
     PLANE_OF_AXIS,
     current_plane,
@@ -94,7 +94,7 @@ def model_names(*_) -> list[str]:
 def model_picker(tooltip: str = "Registered models: the built-in ones and those added in the Models "
                                 "dock (or with `panoptem model register`).") -> ComboBox:
     """A ComboBox of the registered models that follows the registry."""
-    box = ComboBox(label="Model", name="model", choices=model_names, tooltip=tooltip)
+    box = compact_combo(ComboBox(label="Model", name="model", choices=model_names, tooltip=tooltip))
     follow_registry(box)
     return box
 
@@ -109,6 +109,7 @@ def layer_picker(viewer, kind, label: str, nullable: bool = False, name: str | N
         return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
     box = ComboBox(label=label, name=name or label.lower().replace(" ", "_"), choices=choices, nullable=nullable,
                    tooltip=tooltip or f"The {kind.__name__.lower()} layer to use.")
+    compact_combo(box)
     active = viewer.layers.selection.active
     if not nullable and isinstance(active, kind):
         box.value = active

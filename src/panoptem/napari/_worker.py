@@ -128,6 +128,7 @@ def _scroll_contents(outer) -> None:
     lay = QVBoxLayout(outer)
     lay.setContentsMargins(0, 0, 0, 0)
     lay.addWidget(scroll)
+    contents.layout().addStretch(1)  # stays last (magicgui inserts before it): extra height goes below
     outer.scroll_area = scroll
 
 
