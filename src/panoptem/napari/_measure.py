@@ -24,12 +24,6 @@ def _measure_function():
     return measure
 
 
-def write_csv(path, table: dict) -> Path:
-    """Write a dict of equal-length columns as CSV, or .xlsx by the file name (header = column names)."""
-    from .._table import write_table
-    return write_table(table, path)
-
-
 def _measure(measure, labels, voxel_size, kw: dict, path: str) -> dict:
     """The table (with napari's 'index' column), written to ``path`` when given (worker thread)."""
     table = measure(np.asarray(labels), voxel_size, **kw)
@@ -37,7 +31,8 @@ def _measure(measure, labels, voxel_size, kw: dict, path: str) -> dict:
     if "index" not in table and "label" in table:  # napari looks labels up by an 'index' column
         table = {"index": table["label"], **table}
     if path:
-        write_csv(path, table)
+        from .._table import write_table
+        write_table(table, path)
     return table
 
 
