@@ -319,12 +319,10 @@ class _Progress(QObject):
 
 def _run_3d(volume, model: str, device: str, params: Params3D, voxel_size, callback, output, layer_kw: dict,
             image_name: str):
-    """Segment, write a Zarr output when asked, and build the result layers (worker thread)."""
-    from ..inference.segment3d import segment_3d, write_result
+    """Segment (and write the Zarr output when asked), and build the result layers (worker thread)."""
+    from ..inference.segment3d import segment_3d
     res = segment_3d(volume, cached_model(model, device), voxel_size=voxel_size, callback=callback,
                      output=output, **params.model_dump())
-    if output is not None and not res.streamed:  # ortho-plane or several classes: computed, then written
-        write_result(res, output, voxel_size=voxel_size, chunk_size=params.chunk_size)
     layers = [_labels_layer(vol, name=f"{image_name}-{cls}-prediction", **layer_kw)
               for cls, vol in res.labels.items()]
     layers += [_labels_layer(vol, name=f"{image_name}-panoptic-stack-{plane}", **layer_kw)
