@@ -152,6 +152,11 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                             "(--fusion probability), or run the consensus on the whole volume.")
     if p.return_panoptic:
         raise PanoptemError("Blockwise runs do not return the per-plane stacks; drop return_panoptic.")
+    if p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation:
+        raise PanoptemError("Erode/Dilate labels and Fill holes are not available in blockwise runs yet; run "
+                            "without them, or on the whole volume.")
+    if p.chunk_size and chunks is None:
+        chunks = (p.chunk_size,) * 3
     if batch_size < 1:
         raise PanoptemError(f"Batch size must be 1 or more, not {batch_size}.")
     source, vol, vs, in_path = _open_volume(volume, key)
