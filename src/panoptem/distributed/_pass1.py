@@ -65,6 +65,7 @@ class StackJob:
     class_ids: tuple = (1,)
     thing_ids: tuple = (1,)
     mask: VolumeSource | None = None
+    context: bool = False  # give the network each whole slice's global context (see context_block)
 
     @property
     def p(self) -> Params3D:
@@ -90,6 +91,13 @@ class StackJob:
         bn = self.block_shape[self.axis]
         bh, bw = (self.block_shape[ax] // f for ax in self.inplane())
         return (bn, self.n_channels, bh, bw), (bn, 1, bh // STRIDE, bw // STRIDE)
+
+    def views(self) -> list[int]:
+        """Stack axes the network runs along (all three for probability fusion)."""
+        return [0, 1, 2] if self.fusion else [self.axis]
+
+    def context_dir(self) -> Path:
+        return Path(self.net).with_suffix(".context")
 
     def network_region(self, block: Block) -> tuple[slice, ...]:
         """The voxels block ``block`` feeds the network: its core along the stack
@@ -163,17 +171,87 @@ def _empty(job: StackJob, block: Block, data: np.ndarray | None) -> bool:
     return job.skip_empty and data is not None and (data.size == 0 or data.min() == data.max())
 
 
+# ---------------------------------------------------------------- pass 0: global context
+
+CONTEXT_STRIDE = 32  # a cell of the network's deepest features, in network-input pixels
+
+
+def context_block(job: StackJob, block: Block) -> None:
+    """Pass 0, for networks with a global-context branch (the mean of their
+    deepest features over the whole slice): per view, the sums of those
+    features over the cells of this block's core, for the slices of its core.
+    Summed over blocks they give every whole slice's context, so a block sees
+    what a whole-slice run sees, not just its tile's."""
+    out = job.context_dir() / f"{block.index}.npz"
+    if out.exists():
+        return
+    region = job.network_region(block)
+    data = read_region(job.source.open(), region)
+    lm = worker_model(job.model, worker_device(job.device))
+    from ..inference.engine import Predictor
+    f = job.p.downsampling
+    predictor = Predictor(lm, device=lm.device, downsampling=f, batch_size=job.batch_size)
+    cell = CONTEXT_STRIDE * f
+    res = {}
+    for v in job.views():
+        planes = np.moveaxis(data, v, 0)
+        k0 = block.core[v].start - region[v].start
+        k1 = k0 + block.core[v].stop - block.core[v].start
+        c4 = predictor.encode(planes[k0:k1], job.intensity)  # (n, C, h, w)
+        sel = []
+        for i, ax in enumerate(ax for ax in range(3) if ax != v):
+            first = (block.core[ax].start - region[ax].start) // cell
+            last = c4.shape[2 + i] if block.core[ax].stop == job.shape[ax] else \
+                first + -(-(block.core[ax].stop - block.core[ax].start) // cell)
+            sel.append(slice(first, last))
+        part = c4[:, :, sel[0], sel[1]].astype(np.float64)
+        res[f"sum{v}"] = part.sum(axis=(2, 3))
+        res[f"count{v}"] = np.full(len(part), part.shape[2] * part.shape[3], np.int64)
+        res[f"start{v}"] = np.int64(block.core[v].start)
+    save_npz(out, **res)
+
+
+def context_table(job: StackJob, grid) -> None:
+    """Each view's per-slice global context from the blocks' sums."""
+    d = job.context_dir()
+    for v in job.views():
+        n = job.shape[v]
+        total, count = None, np.zeros(n, np.int64)
+        for b in grid:
+            t = np.load(d / f"{b.index}.npz")
+            s0 = int(t[f"start{v}"])
+            s = t[f"sum{v}"]
+            if total is None:
+                total = np.zeros((n, s.shape[1]), np.float64)
+            total[s0:s0 + len(s)] += s
+            count[s0:s0 + len(s)] += t[f"count{v}"]
+        np.save(d / f"view{v}.npy", (total / np.maximum(count, 1)[:, None]).astype(np.float32))
+
+
+def _context(job: StackJob, v: int, region) -> np.ndarray | None:
+    if not job.context:
+        return None
+    return np.load(job.context_dir() / f"view{v}.npy", mmap_mode="r")[region[v]]
+
+
+def _predict(job: StackJob, predictor, planes: np.ndarray, v: int, region):
+    ctx = _context(job, v, region)
+    out = predictor.predict(planes, job.intensity) if ctx is None else \
+        predictor.predict_with_context(planes, job.intensity, np.asarray(ctx))
+    return at_cache_precision(out)
+
+
 # ---------------------------------------------------------------- pass 1: network
 
 
-def _fused(job: StackJob, predictor, region: np.ndarray, xy) -> np.ndarray:
+def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarray:
     """Probability fusion of the xy slices of ``region``: the mean of the three
     stacks' raw probabilities, as a whole-volume run computes it."""
     from ..inference.segment3d import _resize_area, fused_probability
     sinks = []
     for ax in (1, 2):
         planes = np.moveaxis(region, ax, 0)
-        out = at_cache_precision(predictor.predict(planes, job.intensity))
+        out = _predict(job, predictor, planes, ax, where)
         full = np.zeros(region.shape, np.uint8)
         for j in range(len(planes)):
             pr = out.semantic_probability[j]
@@ -211,8 +289,8 @@ def network_block(job: StackJob, block: Block) -> dict:
     predictor = Predictor(lm, device=lm.device, downsampling=p.downsampling, batch_size=job.batch_size)
     a = job.axis
     rm = np.moveaxis(data, a, 0)
-    out = at_cache_precision(predictor.predict(rm, job.intensity))
-    prob = _fused(job, predictor, rm, out) if job.fusion else out.semantic_probability
+    out = _predict(job, predictor, rm, a, region)
+    prob = _fused(job, predictor, rm, out, region) if job.fusion else out.semantic_probability
     # keep the core: along the stack axis, and in-plane at network resolution
     f = p.downsampling
     k0 = block.core[a].start - region[a].start

@@ -30,7 +30,8 @@ import numpy as np
 from ..errors import PanoptemError
 from ..models.load import DEFAULT_MODEL, LoadedModel
 from ..params import Params3D, make_params
-from ._pass1 import StackJob, centre_block, centre_table, create_net_arrays, decode_block, network_block
+from ._pass1 import (StackJob, _done, centre_block, centre_table, context_block, context_table, create_net_arrays,
+                     decode_block, network_block)
 from ._source import VolumeSource
 from .blocks import BlockGrid
 
@@ -104,6 +105,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                       devices=None, mask=None, key: str | None = None, device: str = "auto", batch_size: int = 4,
                       skip_empty: bool = True, voxel_size=None, chunks=None, cache_dir=None, overwrite: bool = False,
                       keep_work: bool = False, processes: bool = True, progress: bool = False,
+                      exact_context: bool = True,
                       verbose: bool = False, client=None, **params) -> BlockwiseResult:
     """Segment a 3D volume block by block on a Dask cluster.
 
@@ -124,6 +126,10 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     mask : array (the volume's shape, or smaller by whole factors): blocks without
         mask are skipped, labels outside it are 0.
     skip_empty : blocks whose region holds a single value are background, without the network.
+    exact_context : for networks with a global-context branch (panoptem's own), first
+        gather each whole slice's context so blocks see what a whole-slice run sees
+        (about 60 % more network time; off: each block's own context, slightly
+        different outputs near faces).
     cache_dir : keep the network outputs there (default: in the run's work folder, removed
         on success); a later run with other thresholds then re-decodes without the network.
     **params : the fields of :class:`~panoptem.params.Params3D`; a stack along
@@ -186,7 +192,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                    "downsampling": p.downsampling, "plane": p.inference_plane, "orthoplane": p.orthoplane,
                    "block": block_shape, "halo": halo, "shape": list(vol.shape), "dtype": str(np.dtype(vol.dtype)),
                    "intensity": list(intensity), "input": _input_stamp(in_path), "mask": mask is not None,
-                   "skip_empty": skip_empty}
+                   "skip_empty": skip_empty, "exact_context": exact_context}
         run_key = {"net": net_key, "params": p.model_dump()}
         _prepare_work(work, run_key, array_source=in_path is None)
         block_shape = _aligned(block_shape, align, axis, p.orthoplane)
@@ -197,7 +203,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                        axis=axis, shape=tuple(vol.shape), halo=halo, align=align, work=str(work / "stack"),
                        net=str(net), block_shape=block_shape, batch_size=batch_size, skip_empty=skip_empty,
                        fusion=p.orthoplane, n_channels=card.num_classes if card.num_classes > 1 else 1,
-                       class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids))
+                       class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
+                       context=exact_context and _has_context(model, card) and _tiles_slices(vol.shape, block_shape,
+                                                                                            axis, p.orthoplane))
         msource = None
         if mask is not None:
             msource = VolumeSource(array=mask) if hasattr(mask, "shape") else VolumeSource(path=str(mask))
@@ -213,6 +221,13 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
               client_for(n_workers, scheduler, devices, processes=processes, log=log)) as cl:
             t = time.perf_counter()
             blocks = list(grid)
+            if job.context:
+                job.context_dir().mkdir(parents=True, exist_ok=True)
+                todo = [b for b in blocks if not _done(Path(job.net).with_suffix(".done"), "", b.index)]
+                run_tasks(cl, context_block, job, todo if len(todo) < len(blocks) else blocks, "context", progress)
+                if todo:
+                    context_table(job, grid)
+            timings["context_pass_s"] = time.perf_counter() - t
             summaries = run_tasks(cl, network_block, job, blocks, "network", progress)
             timings["network_pass_s"] = time.perf_counter() - t
             timings["network_s"] = sum(s.get("network_s", 0.0) for s in summaries)
@@ -313,6 +328,20 @@ def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
         shutil.rmtree(work)
     (work / "stack").mkdir(parents=True, exist_ok=True)
     stamp.write_text(text)
+
+
+def _has_context(model, card) -> bool:
+    """Whether the network has a global-context branch it can be given."""
+    from ..inference.predict import supports_context
+    if isinstance(model, LoadedModel):
+        return supports_context(model.module)
+    return card.weights.format == "state_dict" and card.padding_factor % 32 == 0
+
+
+def _tiles_slices(shape, block_shape, axis: int, fusion: bool) -> bool:
+    """Whether blocks cut slices into tiles (else every block sees whole slices)."""
+    views = [0, 1, 2] if fusion else [axis]
+    return any(block_shape[ax] < shape[ax] for v in views for ax in range(3) if ax != v)
 
 
 def _aligned(block_shape, align: int, axis: int, all_axes: bool) -> tuple[int, int, int]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..models.load import LoadedModel, load_model
-from .predict import STRIDE, ModelOutput, predict_batch
+from .predict import STRIDE, ModelOutput, encode_batch, predict_batch
 from .preprocess import dtype_range, intensity_range
 
 
@@ -37,11 +37,27 @@ class Predictor:
             return dtype_range(image)
         return intensity_range(image, low_pct=n.low_pct, high_pct=n.high_pct)
 
-    def _predict(self, planes: np.ndarray, intensity) -> ModelOutput:
+    def _predict(self, planes: np.ndarray, intensity, context=None) -> ModelOutput:
         n = self.card.normalization
         return predict_batch(self.model.module, planes, intensity, device=self.model.device,
                              downsampling=self.downsampling, padding_factor=self.card.padding_factor,
-                             mean_std=(n.mean, n.std))
+                             mean_std=(n.mean, n.std), context=context)
+
+    def encode(self, planes: np.ndarray, intensity) -> np.ndarray:
+        """Deepest features (N, C, h, w) of (N, H, W) planes, in batches."""
+        n = self.card.normalization
+        return np.concatenate([encode_batch(self.model.module, planes[i:i + self.batch_size], intensity,
+                                            device=self.model.device, downsampling=self.downsampling,
+                                            padding_factor=self.card.padding_factor, mean_std=(n.mean, n.std))
+                               for i in range(0, len(planes), self.batch_size)])
+
+    def predict_with_context(self, planes: np.ndarray, intensity, context: np.ndarray) -> ModelOutput:
+        """:meth:`predict` of planes that are tiles of larger images whose global
+        context (N, C) is known."""
+        outs = [self._predict(planes[i:i + self.batch_size], intensity, context[i:i + self.batch_size])
+                for i in range(0, len(planes), self.batch_size)]
+        return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
+                             for f in ("semantic_probability", "heatmap", "offsets")))
 
     def predict(self, planes: np.ndarray, intensity: tuple[float, float] | None = None) -> ModelOutput:
         """Outputs for (N, H, W) planes, at network-input resolution."""

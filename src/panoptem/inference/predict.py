@@ -35,21 +35,20 @@ class ModelOutput:
         return ModelOutput(self.semantic_probability[s], self.heatmap[s], self.offsets[s])
 
 
-def _forward(model, x: torch.Tensor) -> dict:
-    out = model(x)
+def _forward(model, x: torch.Tensor, context: torch.Tensor | None = None) -> dict:
+    out = model(x) if context is None else model(x, context=context)
     if isinstance(out, (tuple, list)):
         out = dict(zip(("sem_logits", "ctr_hmp", "offsets"), out))
     return out
 
 
-def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], device: str = "cpu",
-                  downsampling: int = 1, padding_factor: int = 32,
-                  mean_std: tuple[float, float] = (0.5, 0.25)) -> ModelOutput:
-    """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
+def supports_context(model) -> bool:
+    """Whether ``model`` can take the global context of a larger image (see
+    :meth:`~panoptem.models.architecture.PanopticNet.encode`)."""
+    return callable(getattr(model, "encode", None))
 
-    ``intensity`` is the (low, high) range mapped to [0, 1], or one per plane (N, 2) (see
-    :func:`~panoptem.inference.preprocess.intensity_range`).
-    """
+
+def _input(planes, intensity, downsampling, padding_factor, mean_std, device):
     rng = np.asarray(intensity, np.float32)
     if rng.ndim == 2:  # one (low, high) per plane
         rng = rng[:, :, None, None].transpose(1, 0, 2, 3)
@@ -57,10 +56,33 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     x = downsample(x, downsampling)
     h, w = x.shape[-2:]
     x, _ = pad_to_multiple(x, padding_factor)
-    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    return x.to(device).contiguous(memory_format=torch.channels_last), h, w
+
+
+def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", downsampling: int = 1,
+                 padding_factor: int = 32, mean_std: tuple[float, float] = (0.5, 0.25)) -> np.ndarray:
+    """The deepest features (N, C, h, w) of ``planes``, prepared as :func:`predict_batch`
+    prepares them (for the global context of a tiled image)."""
+    x, _, _ = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
+    with torch.inference_mode():
+        return model.encode(x).float().cpu().numpy()
+
+
+def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], device: str = "cpu",
+                  downsampling: int = 1, padding_factor: int = 32,
+                  mean_std: tuple[float, float] = (0.5, 0.25), context: np.ndarray | None = None) -> ModelOutput:
+    """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
+
+    ``intensity`` is the (low, high) range mapped to [0, 1], or one per plane (N, 2) (see
+    :func:`~panoptem.inference.preprocess.intensity_range`). ``context`` (N, C): the
+    global context of each plane's whole image, when the planes are tiles of it
+    (models that :func:`supports_context` only).
+    """
+    x, h, w = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
+    ctx = None if context is None else torch.from_numpy(np.asarray(context, np.float32))[:, :, None, None].to(device)
     use_amp = device.startswith("cuda")
     with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-        out = _forward(model, x)
+        out = _forward(model, x, ctx)
     logits = out["sem_logits"].float()
     if logits.shape[-2:] != x.shape[-2:]:
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -6,7 +6,7 @@ channels-last), few channels at high resolution, more at low resolution.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Optional
 
 import torch
 import torch.nn as nn
@@ -91,13 +91,24 @@ class PanopticNet(nn.Module):
         self.ctr_head = _Head(decoder_channels, head_channels, 1)
         self.off_head = _Head(decoder_channels, head_channels, 2)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The deepest features (N, C, H/32, W/32), whose mean over the image is
+        the network's global context."""
+        return self.stage4(self.stage3(self.stage2(self.stage1(self.stem(x)))))
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """``context`` (N, C, 1, 1): the global context to use instead of this
+        input's own (the mean of :meth:`encode` over a larger image, when ``x``
+        is a tile of it)."""
         x = self.stem(x)
         c1 = self.stage1(x)
         c2 = self.stage2(c1)
         c3 = self.stage3(c2)
         c4 = self.stage4(c3)
-        g = c4.mean(dim=(2, 3), keepdim=True).expand_as(c4)
+        if context is None:
+            g = c4.mean(dim=(2, 3), keepdim=True).expand_as(c4)
+        else:
+            g = context.to(c4.dtype).expand_as(c4)
         p = self.context(torch.cat([c4, g], 1))
         p = self.fuse3(self.lat3(c3) + F.interpolate(p, size=c3.shape[-2:], mode="bilinear", align_corners=False))
         p = self.fuse2(self.lat2(c2) + F.interpolate(p, size=c2.shape[-2:], mode="bilinear", align_corners=False))
