@@ -11,7 +11,7 @@ from typing import Optional, get_args, get_origin, Literal
 
 import typer
 
-from .errors import PanoptemError
+from .errors import PanoptemError, one_line
 from .params import Params2D, Params3D, make_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -59,11 +59,15 @@ def _with_params(cls):
 
 
 def _input(path: str, key: Optional[str] = None):
+    """Read an input image (``sample``: the bundled crop); print what the reader assumed."""
     from .io import read_image
     from .sample import SAMPLE_PATH
     if path == "sample" and not Path(path).exists():
         path = str(SAMPLE_PATH)
-    return read_image(path, key=key)
+    img = read_image(path, key=key)
+    for note in img.notes:
+        typer.echo(f"note: {note}", err=True)
+    return img
 
 
 KEY_HELP = "Dataset inside an HDF5 file or Zarr group (default: the only one, or OME-Zarr level 0)."
@@ -258,18 +262,33 @@ def measure_cmd(
     """Per-object measurements in physical units (volume, surface, extents, centroid...) to CSV."""
     import numpy as np
 
-    from .io import read_image
     from .measure import measure, summarize, write_table
-    lab = read_image(labels)
-    vs = tuple(float(v) for v in voxel_size.split(",")) if voxel_size else lab.voxel_size
+    given = _voxel_size_option(voxel_size)
+    lab = _input(labels)
+    vs = given or lab.voxel_size
     if vs is not None and len(vs) != lab.data.ndim:
         raise PanoptemError(f"--voxel-size needs {lab.data.ndim} values, got {len(vs)}.")
-    img = np.asarray(read_image(image).data) if image else None
+    img = np.asarray(_input(image).data) if image else None
     table = measure(np.asarray(lab.data), voxel_size=vs, image=img, label_divisor=label_divisor, surface=surface)
     out = write_table(table, output)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
     typer.echo(json.dumps({"output": str(out), "objects": int(len(table["label"])), "voxel_size_nm": vs,
                            "summary": summ}))
+
+
+def _voxel_size_option(text: Optional[str]) -> Optional[tuple[float, ...]]:
+    """``--voxel-size 'z,y,x'`` as positive finite numbers (nm), or None."""
+    if not text:
+        return None
+    import math
+    try:
+        vs = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vs = ()
+    if not vs or not all(math.isfinite(v) and v > 0 for v in vs):
+        raise PanoptemError(f"--voxel-size must be positive numbers in nm separated by commas (e.g. 10,5,5), "
+                            f"not '{text}'.")
+    return vs
 
 
 @app.command("train-volume")
@@ -295,13 +314,15 @@ def train_cmd(
 ):
     """Train a single-class instance model from an image volume + instance labels (resumable)."""
     from .models.load import pick_device
+    from .params import VolumeTrainParams
     from .training.from_volume import train_from_volume
     from .training.train import TrainConfig
-    if patch_size % 32:
-        raise PanoptemError("--patch-size must be a multiple of 32.")
-    cfg = TrainConfig(iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr,
-                      scale_range=(min_scale, max_scale), seed=seed, device=pick_device(device),
-                      schedule_steps=schedule_steps, anneal_from=anneal_from)
+    p = make_params(VolumeTrainParams, iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr,
+                    min_scale=min_scale, max_scale=max_scale, seed=seed, schedule_steps=schedule_steps,
+                    anneal_from=anneal_from)
+    cfg = TrainConfig(iterations=p.iterations, batch_size=p.batch_size, patch_size=p.patch_size, lr=p.lr,
+                      scale_range=(p.min_scale, p.max_scale), seed=p.seed, device=pick_device(device),
+                      schedule_steps=p.schedule_steps, anneal_from=p.anneal_from)
     path = train_from_volume(image, labels, str(out_dir), train_slices, val_slices, cfg, resume=resume,
                              log=lambda s: typer.echo(s, err=True))
     typer.echo(json.dumps({"weights": str(path)}))
@@ -314,12 +335,36 @@ INTERRUPTED = "interrupted; nothing was written to the output. Re-run the same c
               "keeps the network outputs computed so far)."
 
 
+# Libraries that decode input files: an error of theirs that escaped the readers' own checks
+# is still a file the user can fix (or replace), so it gets one line, not a traceback.
+_READER_LIBRARIES = ("tifffile", "imagecodecs", "PIL", "imageio", "zarr", "numcodecs", "h5py", "mrcfile")
+
+
+def _known_error(e: BaseException) -> str | None:
+    """One line for an error that a bad input, not a bug, explains; None otherwise."""
+    first = one_line(e)[:200]
+    if isinstance(e, MemoryError):
+        return (f"not enough memory for this input ({first or 'MemoryError'}); crop it, use --tile-size for a "
+                "large 2D image, or run on a machine with more memory.")
+    if type(e).__module__.split(".")[0] in _READER_LIBRARIES:
+        return (f"could not read an input file ({type(e).__name__}: {first}); check that it is complete and in "
+                "the format its name says.")
+    return None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {one_line(message)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; user errors print one line and exit 2."""
+    import warnings
     try:
-        app(args=argv, standalone_mode=True)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            app(args=argv, standalone_mode=True)
     except PanoptemError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(e)}", err=True)
         return 2
     except SystemExit as e:
         if e.code == 130:  # Ctrl-C, turned into an exit by click
@@ -328,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)
         return 130
+    except Exception as e:  # noqa: BLE001 - only errors that a bad input explains; the rest re-raise
+        msg = _known_error(e)
+        if msg is None:
+            raise
+        typer.echo(f"error: {msg}", err=True)
+        return 2
     return 0
 
 
