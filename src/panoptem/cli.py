@@ -109,7 +109,9 @@ def segment2d_cmd(
         data = take_plane(data, idx, plane)
         if vs is not None:
             vs = tuple(v for i, v in enumerate(vs) if i != ax)
-        typer.echo(f"segmenting {plane} slice {idx}", err=True)
+        if slice_index is None:
+            typer.echo(f"note: segmenting the middle {plane} slice ({idx}) of the volume; choose another with "
+                       "--slice and --plane, or every slice with --batch.", err=True)
     inputs = [img.path] if img.path else []
     if preview is not None:  # never over an input or the output
         from .reporting._preview import prepare_preview

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._memory import human_bytes
 from ..errors import PanoptemError
 from . import _meta
 from ._lazy import ImageStack, StoreArray
@@ -210,10 +211,6 @@ class _TiffLog:
         return False
 
 
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
-
-
 def _check_tiff_data(p: Path, tif, series, log: list[str]) -> None:
     """Refuse a TIFF whose header describes more data than the file holds
     (truncated, or a header claiming a huge image), before any pixel is allocated."""
@@ -222,7 +219,7 @@ def _check_tiff_data(p: Path, tif, series, log: list[str]) -> None:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes == 0:
         raise PanoptemError(f"'{p.name}' holds no pixels (shape {shape}); give an image with data.")
-    claim = f"its header describes {' x '.join(map(str, shape))} {dtype} pixels ({_gib(nbytes)})"
+    claim = f"its header describes {' x '.join(map(str, shape))} {dtype} pixels ({human_bytes(nbytes)})"
 
     def refuse(why: str):
         raise PanoptemError(f"'{p.name}' is truncated or corrupt: {why}; copy the file again or re-save it.")
