@@ -358,18 +358,44 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     typer.echo(f"warning: {one_line(message)}", err=True)
 
 
+def _click_error(name: str) -> type:
+    """An exception class of the click that typer runs on (its own copy in recent typer)."""
+    import importlib
+    module = importlib.import_module(typer.BadParameter.__module__)
+    return getattr(module, name, type(f"_No{name}", (Exception,), {}))
+
+
+_UsageError, _ClickException = _click_error("UsageError"), _click_error("ClickException")
+_NoArgsIsHelp, _ClickAbort = _click_error("NoArgsIsHelpError"), _click_error("Abort")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app; user errors print one line and exit 2."""
+    """Entry point: run the app; user errors, unknown options and values that do
+    not parse print one line and exit 2."""
     import warnings
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            app(args=argv, standalone_mode=True)
+            warnings.simplefilter("ignore", RuntimeWarning)  # numpy on degenerate data: nothing a user can act on
+            code = app(args=argv, prog_name="panoptem", standalone_mode=False)
+    except _NoArgsIsHelp as e:  # `panoptem` or `panoptem model` alone: the help
+        e.show()
+        return 2
+    except _UsageError as e:  # unknown option, missing argument, value of the wrong type
+        where = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
+        typer.echo(f"error: {one_line(e.format_message()).rstrip('.')}{where}.", err=True)
+        return 2
+    except _ClickException as e:
+        typer.echo(f"error: {one_line(e.format_message())}", err=True)
+        return e.exit_code
+    except (typer.Abort, _ClickAbort):
+        typer.echo("aborted.", err=True)
+        return 1
     except PanoptemError as e:
         typer.echo(f"error: {one_line(e)}", err=True)
         return 2
     except SystemExit as e:
-        if e.code == 130:  # Ctrl-C, turned into an exit by click
+        if e.code == 130:
             typer.echo(INTERRUPTED, err=True)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
@@ -381,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"error: {msg}", err=True)
         return 2
-    return 0
+    if code == 130:  # Ctrl-C, turned into exit status 130 by the command-line library
+        typer.echo(INTERRUPTED, err=True)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

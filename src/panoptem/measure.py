@@ -102,7 +102,7 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
     mean, cov = _moments(runs, obj, n, lo, ndim)
 
     table: dict[str, np.ndarray] = {"label": ids.astype(lab.dtype, copy=False)}
-    table["class_id"] = (ids // int(label_divisor) if label_divisor is not None
+    table["class_id"] = (ids.astype(np.uint64) // np.uint64(label_divisor) if label_divisor is not None
                          else np.ones(n, ids.dtype)).astype(lab.dtype, copy=False)
     table["voxels"] = counts
     size = counts * float(np.prod(vs))

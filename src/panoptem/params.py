@@ -115,7 +115,8 @@ class _TrainingParams(BaseModel):
     model_config = _TRAIN_CONFIG
 
     iterations: int = Field(100, ge=1, description="Optimiser steps.")
-    patch_size: int = Field(256, ge=32, multiple_of=32, description="Training crop in pixels (multiple of 32).")
+    patch_size: int = Field(256, ge=64, multiple_of=32, description="Training crop in pixels (a multiple of 32, "
+                            "64 or more: the network's deepest layer needs 2 x 2 pixels to train).")
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="Peak learning rate (0 < lr <= 1).")
     batch_size: int = Field(8, ge=1, description="Patches per step (at most the number of patches).")
     gamma: float = Field(0.7, ge=0.0, le=10.0, description="Folder re-weighting: each image of a folder "

@@ -130,7 +130,7 @@ def finetune_cmd(
                                            "(default: the training patches)."),
     name: str = typer.Option(..., "--name", help="Name of the new model (letters, digits, _ . -)."),
     iterations: int = typer.Option(100, "--iterations", help="Optimiser steps."),
-    patch_size: int = typer.Option(256, "--patch-size", help="Training crop in pixels (multiple of 32)."),
+    patch_size: int = typer.Option(256, "--patch-size", help="Training crop in pixels (multiple of 32, at least 64)."),
     layers: str = typer.Option("none", "--layers", help="Finetunable layers: none (decoder and heads), stage4, "
                                "stage3, stage2, stage1 or all."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
@@ -158,7 +158,7 @@ def train_new_cmd(
                                                 "with (class * divisor + n); needed for several classes."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Dataset folder to score on."),
     iterations: int = typer.Option(2000, "--iterations"),
-    patch_size: int = typer.Option(256, "--patch-size", help="Training crop in pixels (multiple of 32)."),
+    patch_size: int = typer.Option(256, "--patch-size", help="Training crop in pixels (multiple of 32, at least 64)."),
     batch_size: int = typer.Option(8, "--batch-size"),
     lr: float = typer.Option(2e-3, "--lr"),
     gamma: float = typer.Option(0.7, "--gamma", help="Folder re-weighting: image weight (1/count)^gamma."),

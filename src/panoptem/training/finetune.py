@@ -151,9 +151,11 @@ def _eval_set(val_dir, train: "DatasetFolders"):
 
 
 def _check_patch_size(patch_size: int, card: ModelCard | None = None) -> int:
+    """A multiple of the padding factor, 2 of them at least (the deepest layer needs 2 x 2 pixels
+    to train with batch norm on one patch)."""
     pf = max(32, card.padding_factor if card else 32)
-    if patch_size < pf or patch_size % pf:
-        raise PanoptemError(f"Patch size must be a positive multiple of {pf}, not {patch_size}.")
+    if patch_size < 2 * pf or patch_size % pf:
+        raise PanoptemError(f"Patch size must be a multiple of {pf} and at least {2 * pf}, not {patch_size}.")
     return int(patch_size)
 
 
@@ -174,7 +176,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     name : name of the new model.
     iterations : optimiser steps, each on ``min(batch_size, n_patches)``
         patches drawn with replacement (1 patch works as well as 1000).
-    patch_size : training crop in pixels (multiple of 32); smaller images are
+    patch_size : training crop in pixels (multiple of 32, at least 64); smaller images are
         padded, larger ones cropped at random.
     layers : "Finetunable layers": ``none`` trains decoder and heads only,
         ``stage4`` ... ``stage1`` also the encoder from that stage on, ``all`` everything.
