@@ -247,7 +247,7 @@ def test_finetune_bad_numbers(capsys, space, tiny_card, home, option, value, wor
 
 
 @pytest.mark.parametrize("option, value, word", [
-    ("--widths", "-1,2,3,4,5", "widths"), ("--widths", "8,8,8", "widths"), ("--widths", "a,b", "--widths"),
+    ("--widths", "-1,2,3,4,5", "idths"), ("--widths", "8,8,8", "idths"), ("--widths", "a,b", "idths"),
     ("--gamma", "nan", "gamma"), ("--gamma", "-1", "gamma"), ("--lr", "nan", "lr"),
     ("--label-divisor", "0", "label_divisor"), ("--voxel-size-nm", "-5", "voxel_size_nm"),
     ("--voxel-size-nm", "nan", "voxel_size_nm"), ("--batch-size", "-3", "batch_size"),
@@ -333,6 +333,22 @@ def test_known_reader_errors_that_escape_are_one_line(capsys, space, tiny_card, 
             words=("TiffFileError", "corrupted page second line"))
 
 
+@pytest.mark.parametrize("args, word", [
+    (("--confidence-thr", "abc"), "--confidence-thr"), (("--tile-size", "1.5"), "--tile-size"),
+    (("--no-such-option",), "No such option"), (("-o",), "requires an argument"),
+])
+def test_usage_errors_are_one_line(capsys, space, tiny_card, args, word):
+    inp, out = space
+    volume(inp / "v.tif", (64, 64))
+    refused(capsys, space, "segment2d", inp / "v.tif", "--model", tiny_card, "-o", out / "o.tif", *args,
+            words=(word,))
+
+
+def test_missing_argument_is_one_line(capsys, space):
+    line = refused(capsys, space, "segment2d", words=("Missing argument",))
+    assert "panoptem segment2d --help" in line
+
+
 def test_warnings_are_one_line(capsys, space):
     import warnings
     from panoptem import cli
@@ -348,12 +364,25 @@ def test_warnings_are_one_line(capsys, space):
     assert code == 0 and err == "warning: first second\n"
 
 
+@pytest.mark.parametrize("cmd", ["measure", "evaluate"])
+def test_label_divisor_larger_than_the_label_dtype(capsys, tmp_path, cmd):
+    """Found by the fuzz test: uint8 labels with --label-divisor 1000 overflowed numpy."""
+    lab = np.zeros((16, 16), np.uint8)
+    lab[2:6, 2:6], lab[9:14, 9:14] = 1, 2
+    tifffile.imwrite(tmp_path / "lab.tif", lab)
+    args = [tmp_path / "lab.tif", "-o", tmp_path / "t.csv"] if cmd == "measure" else [tmp_path / "lab.tif"] * 2
+    code, out, err = run(capsys, cmd, *args, "--label-divisor", "1000")
+    assert code == 0, err
+    rec = json.loads(out.strip().splitlines()[-1])
+    assert rec["objects"] == 2 if cmd == "measure" else rec["f1_50"] == 1.0
+
+
 # ---------------------------------------------------------------- 3. refused or handled
 
 
 def test_all_empty_masks_refused_some_empty_fine(tmp_path, home):
     from panoptem.training.dataset import DatasetFolders
-    with pytest.raises(PanoptemError, match="All 2 mask"):
+    with pytest.raises(PanoptemError, match="is empty"):
         DatasetFolders([disc_dataset(tmp_path / "none", empty=(0, 1))])
     data = DatasetFolders([disc_dataset(tmp_path / "some", empty=(0,))])
     assert len(data) == 2 and not data.masks[0].any() and data.masks[1].any()
@@ -379,7 +408,8 @@ def test_train_gamma_nan_registers_nothing(tmp_path, home):
 def test_qsyx_tiff_is_refused_naming_its_axes(capsys, space, tiny_card):
     from panoptem.io import read_image
     inp, out = space
-    volume(inp / "q.tif", (2, 4, 256, 256))
+    with pytest.warns(DeprecationWarning):  # tifffile stores the 4 as separate RGBA planes
+        volume(inp / "q.tif", (2, 4, 256, 256))
     with tifffile.TiffFile(inp / "q.tif") as tif:
         assert tif.series[0].axes == "QSYX"  # what the reproducer is about
     for cmd in ("segment2d", "segment3d"):
@@ -402,7 +432,20 @@ def test_three_or_four_slices_without_metadata_stay_a_stack(capsys, tmp_path, ti
                          "--min-size", "0", "--min-extent", "0")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["shape"] == [n, 64, 64]
-    assert f"note: 's.tif' stores its {n} planes as separate colour planes" in err
+    assert f"note: 's.tif' marks its {n} planes as separate colour planes" in err
+
+
+def test_channel_axis_read_as_slices_is_said_and_samples_not_last_refused(tmp_path):
+    from panoptem.io import read_image
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((2, 16, 16), np.uint8), metadata={"axes": "CYX"})
+    img = read_image(tmp_path / "c.tif")
+    assert img.data.shape == (2, 16, 16) and "axes CYX" in img.notes[0] and "channel" in img.notes[0]
+    tifffile.imwrite(tmp_path / "m.tif", np.zeros((16, 16, 5), np.uint8), photometric="minisblack",
+                     planarconfig="contig", extrasamples=[0, 0, 0, 0])
+    with tifffile.TiffFile(tmp_path / "m.tif") as tif:
+        assert tif.series[0].axes == "YXS"
+    with pytest.raises(PanoptemError, match="axes YXS"):
+        read_image(tmp_path / "m.tif")
 
 
 def test_contiguous_rgb_is_still_colour(tmp_path):

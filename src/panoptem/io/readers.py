@@ -276,11 +276,18 @@ def _read_tiff(p: Path, lazy: bool):
         shape, voxel, axes = arr.shape, voxel[:-1], axes[:-1]
     keep, vs = _squeezed(p, shape, voxel, axes)
     kept = "".join(axes[i] for i in keep) if len(axes) == len(shape) else ""
-    if len(keep) == 3 and kept and kept[0] not in "ZQI":
-        what = (f"its {shape[keep[0]]} planes as separate colour planes, without other axis metadata"
-                if kept[0] == "S" else f"axis {kept[0]} ({_AXIS_NAMES.get(kept[0], 'unknown')}) first")
-        note = (f"'{p.name}' stores {what}; read them as {shape[keep[0]]} grey slices (Z). If it is one colour "
-                "image, save it with the colour samples last (height, width, 3).")
+    if kept and kept[-2:] != "YX":
+        raise PanoptemError(f"'{p.name}' stores its pixels with axes {kept} (shape {tuple(shape[i] for i in keep)}), "
+                            "whose last two are not height and width (Y, X); save it as a YX image or ZYX volume.")
+    if len(keep) == 3 and kept[:1] not in ("", "Z", "Q", "I"):
+        n = shape[keep[0]]
+        if kept[0] == "S":
+            note = (f"'{p.name}' marks its {n} planes as separate colour planes (and has no other axis metadata); "
+                    f"they are read as {n} grey slices (Z). If it is one colour image, save it with the colour "
+                    "samples last (height, width, 3).")
+        else:
+            note = (f"'{p.name}' has axes {kept}: its {n} {_AXIS_NAMES.get(kept[0], 'unknown')} planes are read "
+                    f"as {n} slices (Z).")
     new_shape = tuple(shape[i] for i in keep)
     if colour or not lazy:
         return arr.reshape(new_shape), vs, note

@@ -348,11 +348,6 @@ class DatasetFolders:
                 self._ranges.append(_range(im, normalization))
                 self._codes.append(code); self._code_div.append(cdiv)
             counts.append(len(imgs))
-        if not any(m.any() for m in self.masks):
-            where = ", ".join(str(f) for f in self.folders[:3]) + (" ..." if len(self.folders) > 3 else "")
-            raise PanoptemError(f"All {len(self.masks)} mask(s) in {where} are empty: there is nothing to learn; "
-                                "paint the objects in masks/ (empty masks are fine beside painted ones, as "
-                                "examples without objects).")
         self.counts = counts
         if not any(m.any() for m in self.masks):
             raise PanoptemError(f"Every mask in {', '.join(str(f) for f in self.folders)} is empty, so there is "
