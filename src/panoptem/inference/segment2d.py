@@ -157,9 +157,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool =
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, overwrite)  # before the work: fail fast
     planes = image[None] if image.ndim == 2 else image
-    _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                      batch_size=batch_size)
+    _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
     labels, probs, centers = [], [], []
     it = range(0, planes.shape[0], batch_size)
     if progress and planes.shape[0] > 1:

@@ -276,9 +276,9 @@ def _read_tiff(p: Path, lazy: bool):
         shape, voxel, axes = arr.shape, voxel[:-1], axes[:-1]
     keep, vs = _squeezed(p, shape, voxel, axes)
     kept = "".join(axes[i] for i in keep) if len(axes) == len(shape) else ""
-    if kept and kept[-2:] != "YX":
-        raise PanoptemError(f"'{p.name}' stores its pixels with axes {kept} (shape {tuple(shape[i] for i in keep)}), "
-                            "whose last two are not height and width (Y, X); save it as a YX image or ZYX volume.")
+    if kept.endswith("S"):  # more than 4 samples per pixel: neither colour nor planes
+        raise PanoptemError(f"'{p.name}' stores {shape[-1]} samples per pixel (axes {kept}, shape "
+                            f"{tuple(shape[i] for i in keep)}); save one sample per file as a YX image or ZYX volume.")
     if len(keep) == 3 and kept[:1] not in ("", "Z", "Q", "I"):
         n = shape[keep[0]]
         if kept[0] == "S":
