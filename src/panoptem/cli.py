@@ -239,13 +239,17 @@ def report_cmd(
 
 
 def _voxel_size_option(text: Optional[str], img):
-    """--voxel-size 'z,y,x' (nm), else the file's."""
+    """--voxel-size 'z,y,x' (nm: positive, finite, one per axis of ``img``), else the file's."""
     if not text:
         return img.voxel_size
+    import math
     try:
         vs = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise PanoptemError(f"--voxel-size must be numbers separated by commas (nm, e.g. 5,5,5), not '{text}'.") from None
+        vs = ()
+    if not vs or not all(math.isfinite(v) and v > 0 for v in vs):
+        raise PanoptemError(f"--voxel-size must be positive numbers in nm separated by commas (e.g. 10,5,5), "
+                            f"not '{text}'.")
     if len(vs) != img.data.ndim:
         raise PanoptemError(f"--voxel-size needs {img.data.ndim} values, got {len(vs)}.")
     return vs
@@ -265,32 +269,14 @@ def measure_cmd(
     import numpy as np
 
     from .measure import measure, summarize, write_table
-    given = _voxel_size_option(voxel_size)
     lab = _input(labels)
-    vs = given or lab.voxel_size
-    if vs is not None and len(vs) != lab.data.ndim:
-        raise PanoptemError(f"--voxel-size needs {lab.data.ndim} values, got {len(vs)}.")
+    vs = _voxel_size_option(voxel_size, lab)
     img = np.asarray(_input(image).data) if image else None
     table = measure(np.asarray(lab.data), voxel_size=vs, image=img, label_divisor=label_divisor, surface=surface)
     out = write_table(table, output)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
     typer.echo(json.dumps({"output": str(out), "objects": int(len(table["label"])), "voxel_size_nm": vs,
                            "summary": summ}))
-
-
-def _voxel_size_option(text: Optional[str]) -> Optional[tuple[float, ...]]:
-    """``--voxel-size 'z,y,x'`` as positive finite numbers (nm), or None."""
-    if not text:
-        return None
-    import math
-    try:
-        vs = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        vs = ()
-    if not vs or not all(math.isfinite(v) and v > 0 for v in vs):
-        raise PanoptemError(f"--voxel-size must be positive numbers in nm separated by commas (e.g. 10,5,5), "
-                            f"not '{text}'.")
-    return vs
 
 
 @app.command("train-volume")
