@@ -112,10 +112,6 @@ def run_case(env: Env, family: str, args: list, inputs: Path, outputs: Path, may
     with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
         code = main(argv)
     err = err.getvalue()
-    import os
-    if os.environ.get("FUZZ_LOG"):
-        with open(os.environ["FUZZ_LOG"], "a") as log:
-            log.write(f"{code}\t{' '.join(a.replace(str(env.root), '') for a in argv)}\t{error_lines(err)[-1:] }\n")
     where = f"panoptem {' '.join(argv)}\n--- stderr:\n{err}"
     assert code in (0, 2), f"exit status {code}: {where}"
     assert "Traceback" not in err, where
