@@ -81,6 +81,8 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
     (array([4], dtype=uint32), array([1000.]), array([8.]))
     """
     lab = _as_labels(labels, "label image")
+    if lab.size == 0:
+        raise PanoptemError(f"The label image holds no pixels (shape {lab.shape}); give labels with data.")
     ndim = lab.ndim
     axes = "zyx"[-ndim:]
     vs = _voxel_size(voxel_size, ndim)
@@ -100,7 +102,7 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
     mean, cov = _moments(runs, obj, n, lo, ndim)
 
     table: dict[str, np.ndarray] = {"label": ids.astype(lab.dtype, copy=False)}
-    table["class_id"] = (ids // int(label_divisor) if label_divisor is not None
+    table["class_id"] = (ids.astype(np.uint64) // np.uint64(label_divisor) if label_divisor is not None
                          else np.ones(n, ids.dtype)).astype(lab.dtype, copy=False)
     table["voxels"] = counts
     size = counts * float(np.prod(vs))

@@ -87,10 +87,10 @@ class StackJob:
         return (n, self.n_channels, h, w), (n, 1, -(-h // STRIDE), -(-w // STRIDE))
 
     def net_chunks(self) -> tuple[tuple, tuple]:
+        """One chunk per slice of a block's core: a block writes its slices batch by batch."""
         f = self.p.downsampling
-        bn = self.block_shape[self.axis]
         bh, bw = (self.block_shape[ax] // f for ax in self.inplane())
-        return (bn, self.n_channels, bh, bw), (bn, 1, bh // STRIDE, bw // STRIDE)
+        return (1, self.n_channels, bh, bw), (1, 1, bh // STRIDE, bw // STRIDE)
 
     def views(self) -> list[int]:
         """Stack axes the network runs along (all three for probability fusion)."""
@@ -236,8 +236,12 @@ def _context(job: StackJob, v: int, region) -> np.ndarray | None:
 
 def _predict(job: StackJob, predictor, planes: np.ndarray, v: int, region):
     ctx = _context(job, v, region)
+    return _predict_planes(job, predictor, planes, None if ctx is None else np.asarray(ctx))
+
+
+def _predict_planes(job: StackJob, predictor, planes: np.ndarray, ctx):
     out = predictor.predict(planes, job.intensity) if ctx is None else \
-        predictor.predict_with_context(planes, job.intensity, np.asarray(ctx))
+        predictor.predict_with_context(planes, job.intensity, ctx)
     return at_cache_precision(out)
 
 
@@ -289,28 +293,39 @@ def network_block(job: StackJob, block: Block) -> dict:
     predictor = Predictor(lm, device=lm.device, downsampling=p.downsampling, batch_size=job.batch_size)
     a = job.axis
     rm = np.moveaxis(data, a, 0)
-    out = _predict(job, predictor, rm, a, region)
-    prob = _fused(job, predictor, rm, out, region) if job.fusion else out.semantic_probability
-    # keep the core: along the stack axis, and in-plane at network resolution
     f = p.downsampling
-    k0 = block.core[a].start - region[a].start
+    k0 = block.core[a].start - region[a].start  # the core's slices in the region
     k1 = k0 + (block.core[a].stop - block.core[a].start)
     ip = job.inplane()
-    rows = [(block.core[ax].start - region[ax].start) // f for ax in ip]
+    rows = [(block.core[ax].start - region[ax].start) // f for ax in ip]  # the core in-plane, network pixels
     size = [-(-(block.core[ax].stop) // f) - block.core[ax].start // f for ax in ip]
     cells = [r // STRIDE for r in rows]
     csize = [-(-(block.core[ax].start // f + s) // STRIDE) - block.core[ax].start // f // STRIDE
              for ax, s in zip(ip, size)]
-    P, H, O = _net_arrays(job, "r+")
-    n0, n1 = block.core[a].start, block.core[a].stop
     g0 = [block.core[ax].start // f for ax in ip]
-    P[n0:n1, :, g0[0]:g0[0] + size[0], g0[1]:g0[1] + size[1]] = np.round(
-        prob[k0:k1, :, rows[0]:rows[0] + size[0], rows[1]:rows[1] + size[1]] * 255).astype(np.uint8)
     c0 = [g // STRIDE for g in g0]
-    H[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.heatmap[
-        k0:k1, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
-    O[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.offsets[
-        k0:k1, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
+    P, H, O = _net_arrays(job, "r+")
+
+    def store(first: int, prob, out) -> None:
+        """Keep slices ``first``.. (region order) of the core, in-plane core only."""
+        n0 = block.core[a].start + first - k0
+        n1 = n0 + len(prob)
+        P[n0:n1, :, g0[0]:g0[0] + size[0], g0[1]:g0[1] + size[1]] = np.round(
+            prob[:, :, rows[0]:rows[0] + size[0], rows[1]:rows[1] + size[1]] * 255).astype(np.uint8)
+        H[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.heatmap[
+            :, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
+        O[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.offsets[
+            :, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
+
+    if job.fusion:  # the xz and yz stacks need every slice of the region at once
+        out = _predict(job, predictor, rm, a, region)
+        store(k0, _fused(job, predictor, rm, out, region)[k0:k1], out[k0:k1])
+    else:  # batch by batch: memory holds one batch of outputs
+        ctx = _context(job, a, region)
+        for i0 in range(k0, k1, job.batch_size):
+            i1 = min(i0 + job.batch_size, k1)
+            out = _predict_planes(job, predictor, rm[i0:i1], None if ctx is None else np.asarray(ctx[i0:i1]))
+            store(i0, out.semantic_probability, out)
     summary["network_s"] = time.perf_counter() - t0
     _mark(done_dir, "", block.index)
     return summary

@@ -37,8 +37,8 @@ from .blocks import BlockGrid
 
 PLANE_AXIS = {"xy": 0, "xz": 1, "yz": 2}
 PLANES = {v: k for k, v in PLANE_AXIS.items()}
-DEFAULT_BLOCK = (64, 512, 512)
-DEFAULT_HALO = (16, 64, 64)
+DEFAULT_BLOCK = (64, 1024, 1024)
+DEFAULT_HALO = (16, 128, 128)
 
 
 @dataclass
