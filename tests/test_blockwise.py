@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -263,3 +265,25 @@ def test_kill_at_a_random_block_and_resume(on_disk, tmp_path, vol):
         assert again.returncode == 0, again.stderr[-2000:]
         np.testing.assert_array_equal(np.asarray(read_image(out).data[:]), ref)
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{stage}")) == []  # work removed
+
+
+@pytest.mark.slow
+def test_shipped_model_on_real_data_agrees_with_a_whole_volume_run(lucchi, client):
+    """Lucchi, 64 x 384 x 384, blocks 32 x 128 x 128 (each slice cut in 9 tiles), halo
+    128 in-plane, exact global context: the whole-volume run's objects."""
+    vol = np.ascontiguousarray(np.asarray(read_image(lucchi / "training_image.tif").data[:64, :384, :384]))
+    whole = segment_3d(vol, "MitoLite_v1", device="cpu").labels["mitochondria"]
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        res = segment_blockwise(vol, "MitoLite_v1", Path(tmp) / "m.zarr", block_shape=(32, 128, 128),
+                                halo=(16, 128, 128), client=client, device="cpu")
+        got = np.asarray(res.labels["mitochondria"][:])
+    assert res.timings["context_pass_s"] > 0
+    fa, fb = whole > 0, got > 0
+    assert (fa == fb).mean() >= 0.999
+    from panoptem.inference.stack import compact, overlap_table
+    la, ia, ca = compact(whole, return_counts=True)
+    lb, ib, cb = compact(got, return_counts=True)
+    x, y, inter = overlap_table(la, lb, ia.size, ib.size)
+    matched = np.unique(x[inter / (ca[x - 1] + cb[y - 1] - inter) >= 0.9]).size
+    assert ia.size >= 4 and matched / ia.size >= 0.95

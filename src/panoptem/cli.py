@@ -58,19 +58,25 @@ def _with_params(cls):
     return deco
 
 
-def _input(path: str, key: Optional[str] = None):
-    """Read an input image (``sample``: the bundled crop); print what the reader assumed."""
+def _input(path: str, key: Optional[str] = None, model: Optional[str] = None):
+    """Read an input image (``sample``: the bundled crop); print what the reader assumed.
+    With ``model``, an OME-Zarr multiscale is read at the level nearest the model's pixel size."""
     from .io import read_image
     from .sample import SAMPLE_PATH
     if path == "sample" and not Path(path).exists():
         path = str(SAMPLE_PATH)
-    img = read_image(path, key=key)
+    pixel = None
+    if model is not None:
+        from .models.load import get_card
+        pixel = get_card(model).voxel_size_nm
+    img = read_image(path, key=key, pixel_size_nm=pixel)
     for note in img.notes:
         typer.echo(f"note: {note}", err=True)
     return img
 
 
-KEY_HELP = "Dataset inside an HDF5 file or Zarr group (default: the only one, or OME-Zarr level 0)."
+KEY_HELP = ("Dataset inside an HDF5 file, Zarr group or N5 container (default: the only one; for OME-Zarr "
+            "the level nearest the model's pixel size).")
 PREVIEW_HELP = ("Also write a PNG picture of the result: a few planes of the labels over the image, a scale bar, "
                 "the model, the main parameters and the object count (needs matplotlib: pip install "
                 "'panoptem[report]').")
@@ -98,7 +104,7 @@ def segment2d_cmd(
     """2D inference (empanada's "2D Inference (Parameter Testing)")."""
     from .inference.segment2d import segment_2d, take_plane
     from .io import write_labels
-    img = _input(input, key)
+    img = _input(input, key, model)
     data = img.data
     vs = img.voxel_size
     if data.ndim == 3 and not batch:
@@ -175,7 +181,7 @@ def segment3d_cmd(
     from .inference.segment3d import segment_3d
     if ortho:
         params.orthoplane = True
-    img = _input(input, key)
+    img = _input(input, key, model)
     extra = {}
     volume = img.data
     if blockwise:

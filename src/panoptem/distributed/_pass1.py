@@ -236,7 +236,7 @@ def _context(job: StackJob, v: int, region) -> np.ndarray | None:
 
 def _predict(job: StackJob, predictor, planes: np.ndarray, v: int, region):
     ctx = _context(job, v, region)
-    return _predict_planes(job, predictor, planes, None if ctx is None else np.asarray(ctx))
+    return _predict_planes(job, predictor, planes, None if ctx is None else np.array(ctx))
 
 
 def _predict_planes(job: StackJob, predictor, planes: np.ndarray, ctx):
@@ -324,7 +324,7 @@ def network_block(job: StackJob, block: Block) -> dict:
         ctx = _context(job, a, region)
         for i0 in range(k0, k1, job.batch_size):
             i1 = min(i0 + job.batch_size, k1)
-            out = _predict_planes(job, predictor, rm[i0:i1], None if ctx is None else np.asarray(ctx[i0:i1]))
+            out = _predict_planes(job, predictor, rm[i0:i1], None if ctx is None else np.array(ctx[i0:i1]))
             store(i0, out.semantic_probability, out)
     summary["network_s"] = time.perf_counter() - t0
     _mark(done_dir, "", block.index)

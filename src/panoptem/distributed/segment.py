@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +215,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
             _check_cache(Path(cache_dir), net, net_key)
         create_net_arrays(job)
         _create_provisional(Path(job.work), vol.shape, block_shape)
-        log = print if verbose else None
+        log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else None
         from ._cluster import client_for, run_tasks
         timings = {}
         with (_given(client) if client is not None else

@@ -363,7 +363,7 @@ def _blockwise(volume, model, output, p: Params3D, kw: dict, preview, inputs) ->
         preview = prepare_preview(preview, kw["overwrite"], [*inputs, output])
     kw["block_shape"] = kw["block_shape"] or DEFAULT_BLOCK
     kw["halo"] = kw["halo"] if kw["halo"] is not None else DEFAULT_HALO
-    r = segment_blockwise(volume, model, output, **kw, **p.model_dump())
+    r = segment_blockwise(volume, model, output, verbose=kw["progress"], **kw, **p.model_dump())
     first = next(iter(r.labels.values()))
     res = Result3D(r.labels, first, {}, r.objects, r.timings, streamed=True, written=r.written)
     if preview is not None:

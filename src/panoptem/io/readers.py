@@ -23,7 +23,8 @@ PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 MRC_SUFFIXES = (".mrc", ".rec", ".map", ".st")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 ZARR_SUFFIXES = (".zarr",)
-SUPPORTED = TIFF_SUFFIXES + PLAIN_SUFFIXES + MRC_SUFFIXES + HDF5_SUFFIXES + ZARR_SUFFIXES
+N5_SUFFIXES = (".n5",)
+SUPPORTED = TIFF_SUFFIXES + PLAIN_SUFFIXES + MRC_SUFFIXES + HDF5_SUFFIXES + ZARR_SUFFIXES + N5_SUFFIXES
 SLICE_SUFFIXES = TIFF_SUFFIXES + PLAIN_SUFFIXES
 
 # Weights of skimage.color.rgb2gray (ITU-R BT.709 luma).
@@ -62,7 +63,7 @@ class ImageData:
         return tuple(self.data.shape)
 
 
-def read_image(path, key: str | None = None, lazy: bool = True) -> ImageData:
+def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: float | None = None) -> ImageData:
     """Read a 2D or 3D image with its voxel size (nm).
 
     Parameters
@@ -73,6 +74,8 @@ def read_image(path, key: str | None = None, lazy: bool = True) -> ImageData:
     key : HDF5 dataset or Zarr array/group inside ``path``; needed only when there are several.
     lazy : return an array-like that reads on demand (memmap, :class:`StoreArray`,
         :class:`ImageStack`) instead of loading everything. PNG/JPEG are always read at once.
+    pixel_size_nm : for an OME-Zarr multiscale image read without ``key``: the level whose
+        in-plane pixel size is nearest this (e.g. the model's) is read instead of level 0.
 
     Returns
     -------
@@ -93,9 +96,13 @@ def read_image(path, key: str | None = None, lazy: bool = True) -> ImageData:
         raise PanoptemError(f"No file or folder at '{p}'; check the path.")
     kind = _kind(p)
     reader = {"tiff": _read_tiff, "plain": _read_plain, "mrc": _read_mrc, "hdf5": _read_hdf5,
-              "zarr": _read_zarr, "folder": _read_folder}[kind]
+              "zarr": partial(_read_zarr, pixel_size_nm=pixel_size_nm), "folder": _read_folder,
+              "n5": _read_n5}[kind]
     try:
-        data, voxel, *notes = reader(p, key, lazy) if kind in ("hdf5", "zarr") else reader(p, lazy)
+        if kind in ("zarr", "n5"):  # the array actually read is named, so it can be opened again
+            data, voxel, key, *notes = reader(p, key, lazy)
+        else:
+            data, voxel, *notes = reader(p, key, lazy) if kind == "hdf5" else reader(p, lazy)
     except (PanoptemError, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
@@ -103,7 +110,7 @@ def read_image(path, key: str | None = None, lazy: bool = True) -> ImageData:
     return ImageData(data, voxel, str(p), notes=tuple(n for n in notes if n), key=key)
 
 
-_KIND_NAMES = {"tiff": "TIFF", "plain": "PNG/JPEG", "mrc": "MRC", "hdf5": "HDF5", "zarr": "Zarr",
+_KIND_NAMES = {"tiff": "TIFF", "plain": "PNG/JPEG", "mrc": "MRC", "hdf5": "HDF5", "zarr": "Zarr", "n5": "N5",
                "folder": "a folder of images"}
 
 
@@ -119,6 +126,8 @@ def unreadable(path, kind: str, error: BaseException) -> PanoptemError:
 def _kind(p: Path) -> str:
     suffix = p.suffix.lower()
     if p.is_dir():
+        if suffix in N5_SUFFIXES or _is_n5(p):
+            return "n5"
         if suffix in ZARR_SUFFIXES or any((p / f).exists() for f in (".zarray", ".zgroup", "zarr.json")):
             return "zarr"
         return "folder"
@@ -443,8 +452,27 @@ def _array_keys(group) -> list[str]:
     return sorted(name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array))
 
 
-def _resolve_zarr(p: Path, root, key: str | None):
-    """(array path inside the store, the array, per-axis voxel sizes or None)."""
+def _nearest_level(ms, target: float) -> tuple[dict, str | None]:
+    """The dataset of multiscale ``ms`` whose in-plane pixel size is nearest
+    ``target`` nm (by ratio), and a note saying so (None when level 0 is kept)."""
+    best, best_d, best_size = ms["datasets"][0], None, None
+    for ds in ms["datasets"]:
+        sizes = _meta.ngff_sizes(ms, ds) or []
+        yx = [v for v in sizes[-2:] if v]
+        if len(yx) != 2:
+            return ms["datasets"][0], None
+        size = float(np.mean(yx))
+        d = abs(np.log(size / target))
+        if best_d is None or d < best_d - 1e-9:
+            best, best_d, best_size = ds, d, size
+    if best is ms["datasets"][0]:
+        return best, None
+    return best, (f"read OME-Zarr level '{best['path']}' ({best_size:g} nm pixels), the nearest to the model's "
+                  f"{target:g} nm; pass --key to read another level")
+
+
+def _resolve_zarr(p: Path, root, key: str | None, pixel_size_nm: float | None = None):
+    """(array path inside the store, the array, per-axis voxel sizes or None, note)."""
     import zarr
     prefix = ""
     node = root
@@ -464,30 +492,54 @@ def _resolve_zarr(p: Path, root, key: str | None):
             for ms in _meta.ngff_multiscales(parent.attrs) or []:
                 for ds in ms.get("datasets", []):
                     if ds.get("path") == name:
-                        return prefix, node, _meta.ngff_sizes(ms, ds)
+                        return prefix, node, _meta.ngff_sizes(ms, ds), None
     if isinstance(node, zarr.Array):
-        return prefix, node, _meta.attrs_sizes(node.attrs, node.ndim)
+        return prefix, node, _meta.attrs_sizes(node.attrs, node.ndim), None
     multiscales = _meta.ngff_multiscales(node.attrs)
     if multiscales:
         ms = multiscales[0]
-        ds = ms["datasets"][0]
+        ds, note = _nearest_level(ms, pixel_size_nm) if pixel_size_nm else (ms["datasets"][0], None)
         path = "/".join(s for s in (prefix, ds["path"]) if s)
-        return path, node[ds["path"]], _meta.ngff_sizes(ms, ds)
+        return path, node[ds["path"]], _meta.ngff_sizes(ms, ds), note
     names = _array_keys(node)
     if len(names) != 1:
         raise PanoptemError(f"'{p.name}' holds {len(names)} arrays ({', '.join(names) or 'none'}); "
                             "name the one to read with key=... (--key).")
     arr = node[names[0]]
     path = "/".join(s for s in (prefix, names[0]) if s)
-    return path, arr, _meta.attrs_sizes(arr.attrs, arr.ndim)
+    return path, arr, _meta.attrs_sizes(arr.attrs, arr.ndim), None
 
 
-def _read_zarr(p: Path, key: str | None, lazy: bool):
+def _read_zarr(p: Path, key: str | None, lazy: bool, pixel_size_nm: float | None = None):
     import zarr
     root = zarr.open(str(p), mode="r")
-    path, arr, voxel = _resolve_zarr(p, root, key)
+    path, arr, voxel, note = _resolve_zarr(p, root, key, pixel_size_nm)
     shape = tuple(arr.shape)
     keep, vs = _squeezed(p, shape, voxel)
     if not lazy:
-        return np.asarray(arr[...]).reshape(tuple(shape[i] for i in keep)), vs
-    return StoreArray(partial(_open_zarr, str(p), path), shape, arr.dtype), vs
+        return np.asarray(arr[...]).reshape(tuple(shape[i] for i in keep)), vs, path or None, note
+    return StoreArray(partial(_open_zarr, str(p), path), shape, arr.dtype), vs, path or None, note
+
+
+# ---- N5 ----------------------------------------------------------------------------------------
+
+def _is_n5(p: Path) -> bool:
+    from ._n5 import is_n5
+    return is_n5(p)
+
+
+def _read_n5(p: Path, key: str | None, lazy: bool):
+    from ._n5 import N5Array, datasets, open_dataset
+    names = datasets(p)
+    if key is None:
+        if len(names) != 1:
+            raise PanoptemError(f"'{p.name}' holds {len(names)} N5 datasets ({', '.join(names) or 'none'}); "
+                                "name the one to read with key=... (--key).")
+        key = names[0]
+    elif key.strip("/") not in names:
+        raise PanoptemError(f"'{p.name}' has no N5 dataset '{key}'; choose one of: {', '.join(names) or 'none'}.")
+    key = key.strip("/")
+    arr = open_dataset(p, key)
+    keep, vs = _squeezed(p, arr.shape, arr.voxel_size())
+    data = StoreArray(partial(open_dataset, str(p), key), arr.shape, arr.dtype)
+    return (data if lazy else data[...]), vs, key
