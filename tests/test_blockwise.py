@@ -65,7 +65,9 @@ CASES = [({}, (16, 64, 64), (32, 32, 32)), ({}, (8, 32, 48), (32, 32, 32)), ({},
          ({"inference_plane": "yz"}, (40, 40, 120), (0, 32, 0)),
          ({"median_slices": 5, "bridge_gaps": 1}, (8, 64, 64), (32, 32, 32)),
          ({"fine_boundaries": True, "maximum_objects_per_class": 0}, (16, 32, 64), (32, 32, 32)),
-         ({"orthoplane": True, "fusion": "probability"}, (16, 64, 64), (32, 32, 32))]
+         ({"orthoplane": True, "fusion": "probability"}, (16, 64, 64), (32, 32, 32)),
+         ({"orthoplane": True}, (16, 64, 64), (32, 32, 32)),  # consensus
+         ({"orthoplane": True, "allow_one_view": True, "pixel_vote_thr": 3}, (8, 32, 48), (32, 32, 32))]
 
 
 @pytest.mark.parametrize("params,block,halo", CASES)
@@ -145,8 +147,8 @@ def test_cache_re_decodes_without_the_network(vol, tmp_path, client):
 def test_refusals(vol, tmp_path):
     with pytest.raises(PanoptemError, match=".zarr"):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "x.tif")
-    with pytest.raises(PanoptemError, match="probability"):
-        segment_blockwise(vol, dark_blob_model(), tmp_path / "x.zarr", orthoplane=True)
+    with pytest.raises(PanoptemError, match="stacks"):
+        segment_blockwise(vol, dark_blob_model(), tmp_path / "x.zarr", return_panoptic=True)
     with pytest.raises(PanoptemError, match="Z,Y,X"):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "x.zarr", block_shape="8,8")
     (tmp_path / "y.zarr").mkdir()

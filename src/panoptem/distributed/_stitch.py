@@ -251,6 +251,8 @@ def solve(job: StackJob, grid: BlockGrid, pairs: list[np.ndarray], halos: list[n
         tot = np.bincount(inv.ravel(), weights=sn)
         paint = u[tot >= 64]  # merge_panoptic's stuff_area
     np.save(Path(job.work) / "stuff_paint.npy", paint)
+    from ._pass1 import save_npz
+    save_npz(Path(job.work) / "objects.npz", ids=res.ids.astype(np.int64), voxels=res.voxels, classes=res.classes)
     kc, kn = np.unique(res.classes, return_counts=True)
     return {"pieces": int(n), "objects_2d": int(n_obj), "objects": int(res.n_objects),
             "per_class": {int(c): int(k) for c, k in zip(kc, kn)},

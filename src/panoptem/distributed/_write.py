@@ -22,6 +22,7 @@ class WriteJob:
     single_class: bool
     mask: VolumeSource | None = None
     factors: list = None  # pyramid levels written with level 0 (see io.ome.pyramid_factors)
+    consensus: object = None  # a ConsensusJob: write the ortho-plane consensus instead of the stack
 
 
 def mask_of(mask: VolumeSource, shape, core) -> np.ndarray:
@@ -43,6 +44,12 @@ def mask_of(mask: VolumeSource, shape, core) -> np.ndarray:
 def final_labels(job: WriteJob, block: Block) -> np.ndarray:
     """Linked panoptic labels (``class * divisor + n``) of ``block``'s core."""
     import zarr
+    if job.consensus is not None:
+        from ._consensus import consensus_labels
+        out = consensus_labels(job.consensus, block)
+        if job.mask is not None:
+            out[~mask_of(job.mask, job.stack.shape, block.core)] = 0
+        return out
     sj = job.stack
     lab = np.asarray(zarr.open_array(str(Path(sj.work) / "provisional.zarr"), mode="r")[tuple(block.core)])
     lut = np.load(Path(sj.work) / "maps" / f"{block.index}.npy")

@@ -154,9 +154,6 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     halo = _triple(halo, "--halo")
     if min(block_shape) < 1 or min(halo) < 0:
         raise PanoptemError(f"Block shape must be positive and halo 0 or more, not {block_shape} / {halo}.")
-    if p.orthoplane and p.fusion != "probability":
-        raise PanoptemError("Blockwise ortho-plane runs use probability fusion: pass fusion='probability' "
-                            "(--fusion probability), or run the consensus on the whole volume.")
     if p.return_panoptic:
         raise PanoptemError("Blockwise runs do not return the per-plane stacks; drop return_panoptic.")
     if p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation:
@@ -198,53 +195,55 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         _prepare_work(work, run_key, array_source=in_path is None)
         block_shape = _aligned(block_shape, align, axis, p.orthoplane)
         grid = BlockGrid(vol.shape, block_shape, halo)
-        net = Path(cache_dir) / f"{PLANES[axis] if not p.orthoplane else 'fused'}.zarr" if cache_dir else \
-            work / "net.zarr"
-        job = StackJob(source=source, model=model, device=device, params=p.model_dump(), intensity=intensity,
-                       axis=axis, shape=tuple(vol.shape), halo=halo, align=align, work=str(work / "stack"),
-                       net=str(net), block_shape=block_shape, batch_size=batch_size, skip_empty=skip_empty,
-                       fusion=p.orthoplane, n_channels=card.num_classes if card.num_classes > 1 else 1,
-                       class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
-                       context=exact_context and _has_context(model, card) and _tiles_slices(vol.shape, block_shape,
-                                                                                            axis, p.orthoplane))
+        consensus = p.orthoplane and p.fusion == "consensus"
+        views = ["xy", "xz", "yz"] if consensus else ["fused" if p.orthoplane else p.inference_plane]
         msource = None
         if mask is not None:
             msource = VolumeSource(array=mask) if hasattr(mask, "shape") else VolumeSource(path=str(mask))
-            job.mask = msource
-        if cache_dir:
-            _check_cache(Path(cache_dir), net, net_key)
-        create_net_arrays(job)
-        _create_provisional(Path(job.work), vol.shape, block_shape)
+        jobs = []
+        for view in views:
+            a = 0 if view == "fused" else PLANE_AXIS[view]
+            net = Path(cache_dir) / f"{view}.zarr" if cache_dir else work / f"net_{view}.zarr"
+            job = StackJob(source=source, model=model, device=device, params=p.model_dump(), intensity=intensity,
+                           axis=a, shape=tuple(vol.shape), halo=halo, align=align, work=str(work / f"stack_{view}"),
+                           net=str(net), block_shape=block_shape, batch_size=batch_size, skip_empty=skip_empty,
+                           fusion=view == "fused", n_channels=card.num_classes if card.num_classes > 1 else 1,
+                           class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
+                           context=exact_context and _has_context(model, card) and
+                           _tiles_slices(vol.shape, block_shape, a, view == "fused"), mask=msource)
+            if cache_dir:
+                _check_cache(Path(cache_dir), net, {**net_key, "view": view})
+            Path(job.work).mkdir(parents=True, exist_ok=True)
+            create_net_arrays(job)
+            _create_provisional(Path(job.work), vol.shape, block_shape)
+            jobs.append(job)
         log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else None
         from ._cluster import client_for, run_tasks
-        timings = {}
+        timings: dict[str, float] = {}
         with (_given(client) if client is not None else
               client_for(n_workers, scheduler, devices, processes=processes, log=log)) as cl:
+            infos, summaries = [], []
+            for job in jobs:
+                info, summ = _run_stack(cl, job, grid, card, p, progress, timings)
+                infos.append(info)
+                summaries += summ
             t = time.perf_counter()
-            blocks = list(grid)
-            if job.context:
-                job.context_dir().mkdir(parents=True, exist_ok=True)
-                todo = [b for b in blocks if not _done(Path(job.net).with_suffix(".done"), "", b.index)]
-                run_tasks(cl, context_block, job, todo if len(todo) < len(blocks) else blocks, "context", progress)
-                if todo:
-                    context_table(job, grid)
-            timings["context_pass_s"] = time.perf_counter() - t
-            summaries = run_tasks(cl, network_block, job, blocks, "network", progress)
-            timings["network_pass_s"] = time.perf_counter() - t
-            timings["network_s"] = sum(s.get("network_s", 0.0) for s in summaries)
+            cjob = None
+            if consensus:
+                from ._consensus import ConsensusJob, group, number, overlaps_block, stats_block
+                cjob = ConsensusJob(jobs, str(work / "consensus"), p.label_divisor, p.pixel_vote_thr,
+                                    p.allow_one_view)
+                Path(cjob.work).mkdir(exist_ok=True)
+                group(cjob, run_tasks(cl, overlaps_block, cjob, list(grid), "consensus", progress))
+                n_obj = number(cjob, run_tasks(cl, stats_block, cjob, list(grid), "consensus", False), vol.shape,
+                               p.min_size, p.min_extent)
+                info = {"max_id": (max(c.id for c in classes) + 1) * (p.label_divisor or 0) + n_obj,
+                        "dtype": "uint64", "per_class": None}
+                timings["consensus_s"] = time.perf_counter() - t
+            else:
+                info = infos[0]
             t = time.perf_counter()
-            centre_table(job, run_tasks(cl, centre_block, job, blocks, "centres", False))
-            decoded = run_tasks(cl, decode_block, job, blocks, "decoding", progress)
-            timings["decode_pass_s"] = time.perf_counter() - t
-            timings["decode_s"] = sum(s.get("decode_s", 0.0) for s in decoded)
-            t = time.perf_counter()
-            from ._stitch import faces, solve
-            pairs = run_tasks(cl, _face_task, (job, grid), faces(grid, axis), "faces", False)
-            halos = run_tasks(cl, _halo_task, (job, grid), [b.index for b in grid], "halos", False)
-            info = solve(job, grid, pairs, halos, list(card.thing_ids) or [1], p.min_size, p.min_extent)
-            timings["stitch_link_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            dtype = np.dtype(info["dtype"]) if info["max_id"] >= 2**32 else np.dtype(np.uint32)
+            dtype = np.dtype(np.uint64) if info["max_id"] >= 2**32 else np.dtype(np.uint32)
             chunk_shape = _chunks(chunks, block_shape)
             factors = _block_pyramid(vol.shape, voxel_size, block_shape)
             tmp_outputs = []
@@ -254,7 +253,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                                block_shape)
                 tmp_outputs.append((str(tmp), c.id, c.kind))
             from ._write import WriteJob, write_block
-            wjob = WriteJob(job, tmp_outputs, p.label_divisor, len(classes) == 1, msource, factors)
+            wjob = WriteJob(jobs[0], tmp_outputs, p.label_divisor, len(classes) == 1, msource, factors, cjob)
             run_tasks(cl, write_block, wjob, list(grid), "writing", progress)
             import zarr
 
@@ -268,7 +267,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
             _replace_dir(Path(tmp), path)
             from ..io import read_image
             labels[c.name] = read_image(path).data
-            objects[c.name] = (_count(path, c) if msource is not None or c.kind == "semantic"
+            objects[c.name] = (_count(path, c) if msource is not None or c.kind == "semantic" or not info["per_class"]
                                else info["per_class"].get(c.id if p.label_divisor else 0, 0))
             written.append({"output": str(path), "class": c.name, "objects": objects[c.name],
                             "shape": list(vol.shape), "dtype": str(labels[c.name].dtype)})
@@ -277,6 +276,42 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     timings["total_s"] = time.perf_counter() - t_all
     skipped = sum(1 for s in summaries if s.get("skipped"))
     return BlockwiseResult(labels, objects, written, timings, len(grid), skipped)
+
+
+def _run_stack(cl, job: StackJob, grid: BlockGrid, card, p: Params3D, progress: bool, timings: dict):
+    """The block passes of one stack, then its stitching and linking; returns
+    the linking's summary and the network pass's per-block summaries."""
+    from ._cluster import run_tasks
+    from ._stitch import faces, solve
+    view = "fused" if job.fusion else PLANES[job.axis]
+
+    def add(k, v):
+        timings[k] = timings.get(k, 0.0) + v
+
+    t = time.perf_counter()
+    blocks = list(grid)
+    if job.context:
+        job.context_dir().mkdir(parents=True, exist_ok=True)
+        todo = [b for b in blocks if not _done(Path(job.net).with_suffix(".done"), "", b.index)]
+        if todo:
+            run_tasks(cl, context_block, job, todo, f"{view} context", progress)
+            context_table(job, grid)
+    add("context_pass_s", time.perf_counter() - t)
+    t = time.perf_counter()
+    summaries = run_tasks(cl, network_block, job, blocks, f"{view} network", progress)
+    add("network_pass_s", time.perf_counter() - t)
+    add("network_s", sum(s.get("network_s", 0.0) for s in summaries))
+    t = time.perf_counter()
+    centre_table(job, run_tasks(cl, centre_block, job, blocks, "centres", False))
+    decoded = run_tasks(cl, decode_block, job, blocks, f"{view} decoding", progress)
+    add("decode_pass_s", time.perf_counter() - t)
+    add("decode_s", sum(s.get("decode_s", 0.0) for s in decoded))
+    t = time.perf_counter()
+    pairs = run_tasks(cl, _face_task, (job, grid), faces(grid, job.axis), "faces", False)
+    halos = run_tasks(cl, _halo_task, (job, grid), [b.index for b in grid], "halos", False)
+    info = solve(job, grid, pairs, halos, list(card.thing_ids) or [1], p.min_size, p.min_extent)
+    add("stitch_link_s", time.perf_counter() - t)
+    return info, summaries
 
 
 class _given:
@@ -324,10 +359,12 @@ def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
         return
     if old is not None and json.dumps(old.get("net"), sort_keys=True, default=str) == \
             json.dumps(run_key["net"], sort_keys=True, default=str):
-        shutil.rmtree(work / "stack", ignore_errors=True)
+        for child in work.iterdir():  # keep the network's outputs (net_*), redo the rest
+            if not child.name.startswith("net_"):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     elif work.exists():
         shutil.rmtree(work)
-    (work / "stack").mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     stamp.write_text(text)
 
 

@@ -50,8 +50,10 @@ def _overlaps(a: np.ndarray, b: np.ndarray, na: int, nb: int, chunk: int):
     return u // (nb + 1), u % (nb + 1), np.bincount(inv, weights=c).astype(np.int64)
 
 
-def _group(stacks: list[dict], match_iou: float, chunk: int) -> tuple[np.ndarray, int]:
-    """Group id (0-based, -1 = none) of every node; stacks hold their nodes at ``offset``."""
+def _group(stacks: list[dict], match_iou: float, overlaps) -> tuple[np.ndarray, int]:
+    """Group id (0-based, -1 = none) of every node; stacks hold their nodes at
+    ``offset``; ``overlaps(s, t)`` gives the overlaps ``(ia, ib, count)`` of the
+    objects of stacks ``s`` and ``t`` (1-based ids within each stack)."""
     n = sum(s["k"] for s in stacks)
     cls = np.concatenate([s["cls"] for s in stacks])
     thing = np.concatenate([s["thing"] for s in stacks])
@@ -65,8 +67,8 @@ def _group(stacks: list[dict], match_iou: float, chunk: int) -> tuple[np.ndarray
     edges_i, edges_j, edges_iou = [], [], []
     for t in range(1, len(stacks)):
         st = stacks[t]
-        for s in stacks[:t]:  # overlaps of stack t with every earlier stack
-            ia, ib, inter = _overlaps(s["local"], st["local"], s["k"], st["k"], chunk)
+        for si, s in enumerate(stacks[:t]):  # overlaps of stack t with every earlier stack
+            ia, ib, inter = overlaps(si, t)
             gi, gj = ia - 1 + s["offset"], ib - 1 + st["offset"]
             ok = (cls[gi] == cls[gj]) & thing[gi] & thing[gj]
             gi, gj, inter = gi[ok], gj[ok], inter[ok]
@@ -142,36 +144,13 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
                        "thing": ids % div != 0 if div else np.ones(k, bool),
                        "size": size})
         offset += k
-    group, n_groups = _group(stacks, float(match_iou), chunk)
-    node_cls = np.concatenate([s["cls"] for s in stacks])
-    node_size = np.concatenate([s["size"] for s in stacks])
-    g_ok = group >= 0
-    members = np.bincount(group[g_ok], minlength=n_groups)
-    g_size = np.bincount(group[g_ok], weights=node_size[g_ok], minlength=n_groups)
-    g_cls = np.zeros(n_groups, np.int64)
-    g_cls[group[g_ok]] = node_cls[g_ok]
-    # per group (1-based, index 0 = none): votes needed (never reached when dropped), tie priority
-    alive = (members >= 2) | (bool(allow_one_view) & (members == 1))
-    need = np.r_[n_views + 1, np.where(alive, np.where(members == 1, 1, int(pixel_vote_thr)), n_views + 1)]
-    order = np.lexsort((np.arange(n_groups), -g_size))
-    prio = np.zeros(n_groups + 1, np.int64)
-    prio[order + 1] = n_groups - np.arange(n_groups)
-    luts = [np.r_[0, group[s["offset"]:s["offset"] + s["k"]] + 1].astype(np.int32) for s in stacks]
-
+    group, n_groups = _group(stacks, float(match_iou), lambda a, b: _overlaps(
+        stacks[a]["local"], stacks[b]["local"], stacks[a]["k"], stacks[b]["k"], chunk))
+    need, prio, g_cls, luts = vote_rules(stacks, group, n_groups, n_views, pixel_vote_thr, allow_one_view)
     out = np.zeros(vols[0].shape, np.int32)
     for z0 in range(0, out.shape[0], chunk):
-        gs = [lut[s["local"][z0:z0 + chunk]].ravel() for lut, s in zip(luts, stacks)]
-        fg = np.flatnonzero(np.bitwise_or.reduce(gs)) if len(gs) > 1 else np.flatnonzero(gs[0])
-        g = np.stack([x[fg] for x in gs])  # (views, foreground voxels)
-        best = np.full(fg.size, -1, np.int64)
-        win = np.zeros(fg.size, np.int32)
-        for cand in g:
-            votes = (g == cand).sum(axis=0)
-            key = np.where(votes >= need[cand], votes * (n_groups + 1) + prio[cand], -1)
-            better = key > best
-            best[better] = key[better]
-            win[better] = cand[better]
-        out[z0:z0 + chunk].reshape(-1)[fg] = win
+        out[z0:z0 + chunk] = vote([lut[s["local"][z0:z0 + chunk]] for lut, s in zip(luts, stacks)], need, prio,
+                                  n_groups)
     del stacks, luts
 
     ids, voxels, bbox = object_stats(out)
@@ -186,6 +165,48 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     if div:
         _stuff_vote(labels, vols, div, int(pixel_vote_thr))
     return labels
+
+
+def vote_rules(stacks: list[dict], group: np.ndarray, n_groups: int, n_views: int, pixel_vote_thr: int,
+               allow_one_view: bool):
+    """What the voxel vote needs: per group (1-based, 0 = none) the votes a voxel
+    needs (more than the views for dropped groups) and the tie priority (more
+    member voxels first, then the earlier group); per group its class; per
+    stack a lookup local id -> group + 1."""
+    node_cls = np.concatenate([s["cls"] for s in stacks])
+    node_size = np.concatenate([s["size"] for s in stacks])
+    g_ok = group >= 0
+    members = np.bincount(group[g_ok], minlength=n_groups)
+    g_size = np.bincount(group[g_ok], weights=node_size[g_ok], minlength=n_groups)
+    g_cls = np.zeros(n_groups, np.int64)
+    g_cls[group[g_ok]] = node_cls[g_ok]
+    alive = (members >= 2) | (bool(allow_one_view) & (members == 1))
+    need = np.r_[n_views + 1, np.where(alive, np.where(members == 1, 1, int(pixel_vote_thr)), n_views + 1)]
+    order = np.lexsort((np.arange(n_groups), -g_size))
+    prio = np.zeros(n_groups + 1, np.int64)
+    prio[order + 1] = n_groups - np.arange(n_groups)
+    luts = [np.r_[0, group[s["offset"]:s["offset"] + s["k"]] + 1].astype(np.int32) for s in stacks]
+    return need, prio, g_cls, luts
+
+
+def vote(groups: list[np.ndarray], need: np.ndarray, prio: np.ndarray, n_groups: int) -> np.ndarray:
+    """The voxel vote: ``groups`` holds, per stack, the group (1-based, 0 =
+    none) of each voxel's object; returns the winning group per voxel (0: none)."""
+    shape = groups[0].shape
+    gs = [np.asarray(g).ravel() for g in groups]
+    fg = np.flatnonzero(np.bitwise_or.reduce(gs)) if len(gs) > 1 else np.flatnonzero(gs[0])
+    g = np.stack([x[fg] for x in gs])  # (views, foreground voxels)
+    best = np.full(fg.size, -1, np.int64)
+    win = np.zeros(fg.size, np.int32)
+    for cand in g:
+        votes = (g == cand).sum(axis=0)
+        key = np.where(votes >= need[cand], votes * (n_groups + 1) + prio[cand], -1)
+        better = key > best
+        best[better] = key[better]
+        win[better] = cand[better]
+    out = np.zeros(int(np.prod(shape)), np.int32)
+    out[fg] = win
+    return out.reshape(shape)
 
 
 def _stuff_vote(labels: np.ndarray, vols: list[np.ndarray], div: int, thr: int) -> None:
