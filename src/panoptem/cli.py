@@ -175,6 +175,10 @@ def segment3d_cmd(
     mask: Optional[str] = typer.Option(None, "--mask", help="Volume (same shape or smaller by whole factors): "
                                        "only blocks with mask are segmented, labels outside it are 0.",
                                        rich_help_panel="Blockwise"),
+    exact_context: bool = typer.Option(True, "--exact-context/--block-context", help="Give the network each "
+                                       "whole slice's global context (panoptem's own models; about 60 % more "
+                                       "network time) or each block's own (faster, slightly different near "
+                                       "block faces).", rich_help_panel="Blockwise"),
     params: Params3D = None,
 ):
     """3D inference along one plane or ortho-plane (empanada's "3D Inference")."""
@@ -187,7 +191,7 @@ def segment3d_cmd(
     if blockwise:
         volume = img
         extra = dict(blockwise=True, block_shape=block_shape, halo=halo, n_workers=workers, scheduler=scheduler,
-                     devices=devices, mask=mask)
+                     devices=devices, mask=mask, exact_context=exact_context)
     elif any(v is not None for v in (block_shape, halo, workers, scheduler, devices, mask)):
         raise PanoptemError("--block-shape, --halo, --workers, --scheduler, --devices and --mask need --blockwise.")
     res = segment_3d(volume, model, device=device, batch_size=batch_size, progress=True,

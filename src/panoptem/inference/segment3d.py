@@ -268,7 +268,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
                batch_size: int = 4, progress: bool = False, voxel_size=None, cache_dir=None,
                keep_cache: bool = False, callback=None, output=None, overwrite: bool = False, inputs=(),
                preview=None, blockwise: bool = False, block_shape=None, halo=None, n_workers=None,
-               scheduler=None, devices=None, mask=None, **params) -> Result3D:
+               scheduler=None, devices=None, mask=None, exact_context: bool = True, **params) -> Result3D:
     """Panoptic 3D segmentation of a ZYX volume.
 
     Parameters
@@ -286,7 +286,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     blockwise : run block by block on Dask (see :func:`panoptem.distributed.segment_blockwise`):
         ``volume`` may then be a file path (each worker reads its blocks), ``output``
         must be ``.zarr``; ``block_shape``, ``halo`` (Z, Y, X), ``n_workers`` or
-        ``scheduler``, ``devices`` and ``mask`` apply.
+        ``scheduler``, ``devices``, ``mask`` and ``exact_context`` apply.
     cache_dir : folder for network outputs; re-running with the same folder
         resumes an interrupted run and re-decodes a finished one without the network.
         With ``output`` and no ``cache_dir``, a hidden cache beside the output
@@ -319,7 +319,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         return _blockwise(volume, model, output, p, dict(
             block_shape=block_shape, halo=halo, n_workers=n_workers, scheduler=scheduler, devices=devices,
             mask=mask, device=device, batch_size=batch_size, voxel_size=voxel_size, cache_dir=cache_dir,
-            overwrite=overwrite, progress=progress), preview, inputs)
+            overwrite=overwrite, progress=progress, exact_context=exact_context), preview, inputs)
     if not hasattr(volume, "ndim"):
         volume = np.asarray(volume)
     if volume.ndim != 3:  # checked before reading: a lazy 2D input may be far larger than memory
