@@ -33,7 +33,7 @@ def validate_2d(model, z0: int = 135, z1: int = 165) -> dict:
     import tifffile
 
     import panoptem
-    from panoptem.evaluate import evaluate
+    from panoptem import evaluate
     zs = range(z0, z1)
     img = tifffile.imread(LUCCHI / "training_image.tif", key=zs)
     gt2d = tifffile.imread(LUCCHI / "training_instances2d.tif", key=zs)
@@ -66,7 +66,7 @@ def main():
     import tifffile
 
     import panoptem
-    from panoptem.evaluate import evaluate
+    from panoptem import evaluate
 
     zs = range(a.z0, a.z1)
     img = tifffile.imread(LUCCHI / "training_image.tif", key=zs)

@@ -266,7 +266,7 @@ def run_panoptem(model, volume: np.ndarray, stage: str, slice_index: int, repeat
 
 
 def score(pred: np.ndarray, gt: np.ndarray) -> dict:
-    from panoptem.evaluate import evaluate
+    from panoptem import evaluate
     r = evaluate(pred, gt)
     return {k: (round(r[k], 4) if isinstance(r[k], float) else r[k])
             for k in ("foreground_iou", "f1_50", "f1_75", "pq", "n_pred", "n_gt")}

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from panoptem.errors import PanoptemError
-from panoptem.evaluate import evaluate
+from panoptem import evaluate
 from panoptem.inference.segment3d import Cancelled, segment_3d, write_result
 
 from _models import dark_blob_model

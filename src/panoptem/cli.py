@@ -12,7 +12,7 @@ from typing import Optional, get_args, get_origin, Literal
 import typer
 
 from .errors import PanoptemError
-from .params import Params2D, Params3D, make_params
+from .params import PLANE_AXIS, Params2D, Params3D, make_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Panoptic segmentation of organelles in EM images and volumes.")
@@ -98,7 +98,7 @@ def segment2d_cmd(
     data = img.data
     vs = img.voxel_size
     if data.ndim == 3 and not batch:
-        ax = {"xy": 0, "xz": 1, "yz": 2}.get(plane)
+        ax = PLANE_AXIS.get(plane)
         if ax is None:
             raise PanoptemError(f"--plane must be xy, xz or yz, not '{plane}'.")
         idx = data.shape[ax] // 2 if slice_index is None else slice_index
@@ -184,7 +184,7 @@ def evaluate_cmd(
     (false objects, misses, splits, merges) as JSON."""
     import numpy as np
 
-    from .evaluate import evaluate
+    from ._evaluate import evaluate
     from .io import read_image
     kw = dict(label_divisor=label_divisor, per_slice=per_slice, ignore_smaller=ignore_smaller)
     inputs = [str(prediction), str(ground_truth)] + ([image] if image else [])
@@ -259,7 +259,7 @@ def measure_cmd(
     import numpy as np
 
     from .io import read_image
-    from .measure import measure, summarize, write_table
+    from ._measure import measure, summarize, write_table
     lab = read_image(labels)
     vs = tuple(float(v) for v in voxel_size.split(",")) if voxel_size else lab.voxel_size
     if vs is not None and len(vs) != lab.data.ndim:

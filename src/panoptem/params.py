@@ -85,3 +85,26 @@ def make_params(cls, **kwargs):
         where = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         raise PanoptemError(f"Parameter '{where}': {msg}; see --help for allowed values.") from None
+
+
+def params_with(cls, params=None, **overrides):
+    """A validated ``cls`` from a parameter object or mapping, with keyword overrides.
+
+    A parameter object of another schema (e.g. :class:`Params3D` given to 2D
+    inference) contributes the fields ``cls`` has.
+
+    >>> params_with(Params3D, Params3D(min_size=100), median_slices=5).min_size
+    100
+    """
+    if params is None:
+        base = {}
+    elif isinstance(params, BaseModel):
+        base = {k: v for k, v in params.model_dump().items() if k in cls.model_fields}
+    else:
+        base = dict(params)
+    return make_params(cls, **{**base, **overrides})
+
+
+#: the planes of a ZYX volume, and the axis each one cuts (xy: z, xz: y, yz: x)
+PLANES = ("xy", "xz", "yz")
+PLANE_AXIS = {"xy": 0, "xz": 1, "yz": 2}

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import PanoptemError
+from .labels import class_map, filter_objects
 
 Plane = tuple[int, int]
 MORPH_OPS = ("dilate", "erode", "open", "close", "fill_holes")
@@ -409,18 +410,8 @@ def filter_labels(labels: np.ndarray, min_size: int | None = None, boundary: boo
     """
     out = _check(labels).copy()
     view = _view(out, plane)
-    ids, counts = np.unique(view, return_counts=True)
-    drop = np.zeros(ids.shape, bool)
-    if min_size is not None:
-        drop |= counts < int(min_size)
-    if boundary:
-        edge = np.unique(np.concatenate([np.take(view, i, axis=a).ravel()
-                                         for a in range(view.ndim) for i in (0, -1)]))
-        drop |= np.isin(ids, edge)
-    drop &= ids != 0
-    removed = ids[drop]
-    if removed.size:
-        view[np.isin(view, removed)] = 0
+    kept, removed = filter_objects(view, min_size or 0, 0, boundary=boundary, return_removed=True)
+    view[...] = kept
     return (out, removed) if return_removed else out
 
 
@@ -437,7 +428,7 @@ def count_labels(labels: np.ndarray, label_divisor: int | None = None,
     view = _view(labels, plane)
     ids = np.unique(view)
     ids = ids[ids != 0]
-    classes = ids // label_divisor if label_divisor else np.ones(ids.shape, np.int64)
+    classes = class_map(ids, label_divisor)
     out = {}
     for c in np.unique(classes):
         mine = ids[classes == c]

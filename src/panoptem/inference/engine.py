@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
+from ..models.card import OUTPUT_STRIDE as STRIDE
 from ..models.load import LoadedModel, load_model
-from .predict import STRIDE, ModelOutput, predict_batch
+from .predict import ModelOutput, predict_batch
 from .preprocess import dtype_range, intensity_range
 
 

@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import PanoptemError
 
+#: output stride of panoptem's networks: heatmap and offsets come at 1/4 of the network input
+OUTPUT_STRIDE = 4
 #: a card is a few kB; anything much larger is not a card (and may be a YAML bomb)
 MAX_CARD_BYTES = 1 << 20
 REMOTE_SCHEMES = ("https://", "http://")
@@ -112,7 +114,7 @@ class ModelCard(BaseModel):
     label_divisor: int | None = None
     normalization: Normalization = Field(default_factory=Normalization)
     padding_factor: int = 32
-    output_stride: int = 4
+    output_stride: int = OUTPUT_STRIDE
     voxel_size_nm: float | None = None
     architecture: dict = Field(default_factory=dict)
     weights: Weights

@@ -15,8 +15,6 @@ from ..errors import PanoptemError
 
 model_app = typer.Typer(no_args_is_help=True, help="List, inspect, register, export, import and archive models.")
 
-FORMATS = ("package", "torchscript", "empanada", "onnx")
-
 
 def _user_errors(func):
     """Print a :class:`PanoptemError` as one line and exit 2 (also when the
@@ -95,20 +93,14 @@ def model_export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing TorchScript/ONNX outputs."),
 ):
     """Write a model for sharing or for another runtime."""
+    from .export import FORMATS, export_model
     if format not in FORMATS:
         raise PanoptemError(f"--format must be one of {', '.join(FORMATS)}, not '{format}'.")
-    if format == "package":
-        from .registry import export_package
-        out = export_package(name, output)
-        typer.echo(json.dumps({"exported": name, "format": format, "file": str(out)}))
-        return
-    from .export import export_onnx, export_torchscript
-    if format == "onnx":
-        out = export_onnx(name, output, overwrite=overwrite)
-    else:
-        out = export_torchscript(name, output, empanada_interface=format == "empanada", overwrite=overwrite)
-    typer.echo(json.dumps({"exported": name, "format": format, "file": str(out),
-                           "card": str(out.with_suffix(".yaml"))}))
+    out = export_model(name, output, format, overwrite=overwrite)
+    rec = {"exported": name, "format": format, "file": str(out)}
+    if format != "package":
+        rec["card"] = str(out.with_suffix(".yaml"))
+    typer.echo(json.dumps(rec))
 
 
 @model_app.command("import")

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, move_into_place, write_text
 from ..errors import PanoptemError
 from .card import ModelCard, Weights, load_card
 from . import load as _load
@@ -106,29 +106,16 @@ def _staging(prefix: str):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def _move_dir_into_place(src: Path, dest: Path, replace: bool = False) -> None:
     """Rename folder ``src`` to ``dest``; with ``replace`` an existing ``dest``
-    is first renamed aside, then deleted once the new one is in place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if dest.exists():
-        if not replace:
-            raise PanoptemError(f"{dest} already exists.")
-        old = src.parent / (src.name + ".old")
-        os.replace(dest, old)
-    os.replace(src, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    is first renamed aside (into the staging area), then deleted once the new one is in place."""
+    if dest.exists() and not replace:
+        raise PanoptemError(f"{dest} already exists.")
+    move_into_place(src, dest, aside=src.parent / (src.name + ".old"))
 
 
 def _write_archived(names: set[str]) -> None:
-    _write_text_atomic(_archived_json(), json.dumps(sorted(names), indent=1) + "\n")
+    write_text(_archived_json(), json.dumps(sorted(names), indent=1) + "\n")
 
 
 def is_user_model(name: str) -> bool:
@@ -182,6 +169,11 @@ def _stage_model(card: ModelCard, weights: str, stage: Path, allow_unverified: b
                                 f"{card.weights.sha256[:12]}..., file {digest[:12]}...); use the weights the card "
                                 "describes, or remove sha256 from the card if you trust this file.")
         card.weights = Weights(file=fname, sha256=digest, format=card.weights.format)
+        if card.weights.format == "state_dict" and not card.architecture:
+            card.architecture = _architecture_in(dst)
+    if card.weights.format == "state_dict" and card.architecture:
+        from .architecture import architecture_config
+        card.architecture = architecture_config(card.architecture)  # every setting, not only those given
     exports = []
     for w in card.exports:
         path = card.weights_path(w)
@@ -204,6 +196,18 @@ def _stage_model(card: ModelCard, weights: str, stage: Path, allow_unverified: b
     card.exports = exports
     card.source_dir = None
     return card
+
+
+def _architecture_in(weights: Path) -> dict:
+    """The ``architecture`` saved with panoptem state-dict weights ({} when there is none or
+    the file cannot be read: loading the model reports that)."""
+    import torch
+    try:
+        blob = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: left to load_model to explain
+        return {}
+    arch = blob.get("architecture") if isinstance(blob, dict) else None
+    return dict(arch) if isinstance(arch, dict) else {}
 
 
 def register(name: str, card_path: str | Path, weights: str | None = None, overwrite: bool = False,
@@ -267,7 +271,7 @@ def _verified(path: Path, expected: str | None) -> bool:
         return True
     if sha256_of(path) != expected.lower():
         return False
-    _write_text_atomic(marker, stamp + "\n")
+    write_text(marker, stamp + "\n")
     return True
 
 

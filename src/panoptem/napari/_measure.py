@@ -17,7 +17,7 @@ from ._layers import layer_voxel_size
 
 def _measure_function():
     try:
-        from ..measure import measure
+        from .._measure import measure
     except ImportError:
         raise PanoptemError("This panoptem has no measure module yet; update panoptem to measure labels.") from None
     return measure
@@ -36,7 +36,7 @@ def write_csv(path, table: dict) -> Path:
 
 
 class MeasureWidget(Container):
-    """Measure every object of a labels layer with :func:`panoptem.measure.measure`
+    """Measure every object of a labels layer with :func:`panoptem.measure`
     (voxel size from the layer), show the table as the layer's features and save a CSV."""
 
     def __init__(self, viewer: napari.viewer.Viewer):

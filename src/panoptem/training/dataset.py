@@ -7,8 +7,14 @@ also leave their planes in ``flipbooks/<name>.tif`` for the annotator; only
 the middle plane is an image to train on. The layout is empanada's, so its
 dataset folders (and a root holding several of them) load too.
 
->>> names = store_dataset(patches, "mydata")                       # doctest: +SKIP
->>> images, masks, meta = load_dataset("mydata")                   # doctest: +SKIP
+>>> from panoptem.training.patches import pick_patches
+>>> stack = np.random.default_rng(0).integers(0, 255, (2, 128, 128), dtype=np.uint8)
+>>> labels = np.zeros(stack.shape, np.uint32); labels[:, 8:120, 8:120] = 1
+>>> patches = pick_patches(stack, n=2, patch_size=64, labels=labels, is_2d_stack=True)
+>>> names = store_dataset(patches, "mydata")
+>>> images, masks, meta = load_dataset("mydata")
+>>> len(images), masks[0].shape, meta["label_divisor"]
+(2, (64, 64), None)
 """
 from __future__ import annotations
 
@@ -18,9 +24,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .._atomic import atomic_path
+from .._atomic import write_text
 from ..errors import PanoptemError
 from ..inference.preprocess import MEAN, STD, dtype_range, intensity_range
+from ..labels import class_map
 from .augment import intensity_augment, sample_patch
 from .patches import Patch
 from .targets import make_panoptic_targets
@@ -73,13 +80,6 @@ def parse_classes(classes) -> list[tuple[int, str, str]]:
     return out
 
 
-def class_map(mask: np.ndarray, label_divisor: int | None) -> np.ndarray:
-    """Class id of every pixel (``label // divisor``; 1 for any object without a divisor)."""
-    if label_divisor:
-        return mask // int(label_divisor)
-    return (mask > 0).astype(np.int64)
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -94,11 +94,6 @@ def _read_meta(folder: Path) -> dict | None:
     if not isinstance(d, dict):
         raise PanoptemError(f"{f} is not a panoptem dataset description; fix or delete it.")
     return d
-
-
-def _write_json_atomic(path: Path, d: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(d, indent=1))
 
 
 def _check_pair(name: str, img: np.ndarray, lab: np.ndarray, divisor: int | None, ids: set[int]) -> None:
@@ -194,8 +189,8 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
         entries[name] = p.provenance()
         written.append(name)
     masks.mkdir(exist_ok=True)
-    _write_json_atomic(root / META, {"format": "panoptem-dataset", "version": 1, "classes": cls_json,
-                                     "label_divisor": label_divisor, "patches": entries})
+    write_text(root / META, json.dumps({"format": "panoptem-dataset", "version": 1, "classes": cls_json,
+                                        "label_divisor": label_divisor, "patches": entries}, indent=1))
     return written
 
 

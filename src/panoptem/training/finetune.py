@@ -53,7 +53,7 @@ def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
     ``n_gt``, ``n_pred``. With several classes, objects match within their
     class (``divisors`` gives each mask's label divisor).
     """
-    from ..evaluate import evaluate
+    from .._evaluate import evaluate
     from ..inference.segment2d import segment_2d
     from ..params import Params2D, make_params
     pdiv = make_params(Params2D, **params).label_divisor
@@ -172,6 +172,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     ...; see :func:`evaluate_pairs`), ``evaluated_on``, ``weights`` and
     ``card`` (paths of the registered model), ``name``, ``losses`` (one per iteration).
     """
+    from ..models.architecture import architecture_config
     from ..models.load import get_card, load_model, pick_device, user_home
     from .dataset import DatasetFolders
     from .train import TrainConfig, train
@@ -195,7 +196,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     cfg = TrainConfig(iterations=int(iterations), batch_size=min(batch_size, len(data)), patch_size=patch_size,
                       lr=lr, weight_decay=1e-4, scale_range=tuple(scale_range), seed=seed,
                       checkpoint_every=int(iterations), validate_every=int(iterations) + 1,
-                      architecture=dict(base.module.config), device=dev)
+                      architecture=architecture_config(base.module.config), device=dev)
     losses: list[float] = []
     work = user_home() / "tmp"
     work.mkdir(parents=True, exist_ok=True)
@@ -255,6 +256,7 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
     -------
     dict with ``after`` scores, ``evaluated_on``, ``weights``, ``card``, ``name``, ``losses``.
     """
+    from ..models.architecture import architecture_config
     from ..models.load import pick_device, user_home
     from .dataset import DatasetFolders, dataset_folders, load_dataset, parse_classes
     from .train import TrainConfig, train
@@ -273,6 +275,7 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
         raise PanoptemError(f"{len(classes)} class(es) need num_classes={n_ch} (background + classes when "
                             "there are several); leave num_classes out of the architecture.")
     arch["num_classes"] = n_ch
+    arch = architecture_config(arch)  # the card records every setting, not only those given
     dev = pick_device(device)
     norm = Normalization()
     data = DatasetFolders(dirs, classes, label_divisor, gamma, norm)

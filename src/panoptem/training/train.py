@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, write_text
 from ..errors import PanoptemError
 from ..inference.predict import predict_batch
 from ..inference.preprocess import intensity_range
-from ..models.architecture import build_model
+from ..models.architecture import architecture_config, build_model
 from .augment import intensity_augment, sample_patch
 from .loss import panoptic_loss, panoptic_loss_ce
 from .targets import make_targets
@@ -156,7 +156,8 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.architecture).to(cfg.device).to(memory_format=torch.channels_last)
+    arch = architecture_config(cfg.architecture)  # every setting, saved with the weights
+    model = build_model(arch).to(cfg.device).to(memory_format=torch.channels_last)
     if init_state is not None:
         model.load_state_dict(init_state)
     for name in frozen:
@@ -174,7 +175,7 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     if resume and ckpt.exists():
         step = _resume(ckpt, cfg, model, opt, sched, rng)
         log(f"resumed from step {step}")
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    write_text(out / "train_config.json", json.dumps({**asdict(cfg), "architecture": arch}, indent=1))
     logf = open(out / "log.jsonl", "a")
     t0 = time.time()
     _train_mode(model, frozen)
@@ -196,7 +197,7 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
             _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                           "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                          "architecture": cfg.architecture}, ckpt)
+                          "architecture": arch}, ckpt)
         if val is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
             model.eval()
             rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
@@ -208,5 +209,5 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
             log(json.dumps(rec))
     model.eval()
     final = out / "weights.pt"
-    _atomic_save({"architecture": cfg.architecture, "state_dict": model.state_dict()}, final)
+    _atomic_save({"architecture": arch, "state_dict": model.state_dict()}, final)
     return final
