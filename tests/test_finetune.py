@@ -276,3 +276,18 @@ def test_training_scales_images_as_inference_does(mode):
     norm = Normalization(mode=mode)
     lo, hi = dtype_range(img) if mode == "dtype_max" else intensity_range(img)
     np.testing.assert_allclose((_unit(img, norm) - MEAN) / STD, normalize(img, lo, hi), atol=1e-5)
+
+
+def test_cards_and_weights_record_the_whole_architecture(home, tmp_path, tiny_card):
+    """Weights never depend on constructor defaults: what training writes names every setting."""
+    from panoptem.models.architecture import architecture_config
+    every = set(architecture_config())
+    r = train_new([disc_dataset(tmp_path / "d", n=1)], "partial", architecture={"widths": [8, 8, 8, 8, 8]},
+                  iterations=1, patch_size=64, out_dir=tmp_path / "run", log=lambda s: None)
+    arch = get_card("partial").architecture
+    assert set(arch) == every and arch["widths"] == [8] * 5 and arch["decoder_channels"] == 64
+    blob = torch.load(r["weights"], weights_only=True)
+    assert blob["architecture"] == arch
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["architecture"] == arch
+    r = finetune(str(tiny_card), tmp_path / "d", name="ft", iterations=1, patch_size=64, log=lambda s: None)
+    assert set(get_card("ft").architecture) == every

@@ -291,3 +291,27 @@ def test_cli_errors_are_one_line(home, tmp_path, tiny_card):
     assert_one_line_error(*cli("model", "archive", "nope")[::2], "Unknown model")
     assert_one_line_error(*cli("model", "restore", "t")[::2], "not archived")
     assert_one_line_error(*cli("model", "import", tmp_path / "none.panoptem")[::2], "does not exist")
+
+
+def test_shipped_card_names_every_architecture_setting():
+    from panoptem.models.architecture import architecture_config
+    card = load_card(load_mod.ZOO / "MitoLite_v1.yaml")
+    assert card.architecture == architecture_config(card.architecture)  # nothing left to a default
+    assert card.weights.sha256 == sha256_of(load_mod.ZOO / card.weights.file)
+
+
+@pytest.mark.parametrize("given", ["partial", "none"])
+def test_register_records_the_whole_architecture(home, tmp_path, tiny_card, given):
+    from conftest import TINY_ARCH
+    from panoptem.models.architecture import architecture_config
+    d = yaml.safe_load(tiny_card.read_text())
+    if given == "partial":  # only what differs from the defaults of today
+        d["architecture"] = {"widths": TINY_ARCH["widths"], "depths": TINY_ARCH["depths"], "decoder_channels": 8,
+                             "head_channels": 8}
+    else:  # none in the card: the one saved with the weights
+        del d["architecture"]
+    card = tmp_path / "card.yaml"
+    card.write_text(yaml.safe_dump(d))
+    path = registry.register("arch", card, weights=str(tiny_card.parent / "tiny.pt"))
+    assert load_card(path).architecture == architecture_config(TINY_ARCH)
+    assert load_model("arch", "cpu").module.config == architecture_config(TINY_ARCH)
