@@ -4,7 +4,7 @@ validation figures measured on the held-out Lucchi block in its card.
 A release tool of this repository: it writes the weights and the card into
 ``src/panoptem/models/zoo`` of the source tree (or ``--out-dir``).
 
-Usage: python bench/release_mitolite.py runs/mito_v1 [--name MitoLite_v1] [--out-dir DIR]
+Usage: python bench/release_mitolite.py runs/mito_v1 --lucchi DIR [--name MitoLite_v1] [--out-dir DIR]
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from accuracy_lucchi import validate_2d
-from _common import machine
+from _common import add_lucchi_argument, lucchi_dir, machine
 
 ZOO = Path(__file__).resolve().parents[1] / "src" / "panoptem" / "models" / "zoo"
 
@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--name", default="MitoLite_v1")
     ap.add_argument("--out-dir", default=str(ZOO), help="where the weights and the card go (default: the zoo "
                     "of this source tree)")
+    add_lucchi_argument(ap)
     a = ap.parse_args()
     import panoptem
     run = Path(a.run_dir)
@@ -68,7 +69,7 @@ def main():
                     f"{cfg['iterations']} --schedule-steps {cfg['schedule_steps']} --anneal-from {cfg['anneal_from']}")
     card = publish(run / "weights.pt", a.name, DESCRIPTION, voxel_size_nm=5.0, training=training, out_dir=a.out_dir)
     model = panoptem.load_model(str(card), device="cpu")
-    v = validate_2d(model)
+    v = validate_2d(model, lucchi_dir(a.lucchi))
     validation = {"foreground_iou_2d": v["foreground_iou"], "f1_50_2d": v["f1_50"],
                   "precision_50_2d": v["precision_50"], "recall_50_2d": v["recall_50"],
                   "how": "bench/accuracy_lucchi.py --only 2d: default parameters, every slice of Lucchi "

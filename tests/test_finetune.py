@@ -19,7 +19,7 @@ from panoptem.training.train import TrainConfig
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """Empty PANOPTEM_HOME and built-in zoo, one torch thread (the machine is shared)."""
+    """Empty PANOPTEM_HOME and built-in zoo, one torch thread (the suite stays light on small machines)."""
     monkeypatch.setenv("PANOPTEM_HOME", str(tmp_path / "home"))
     zoo = tmp_path / "zoo"
     zoo.mkdir()
