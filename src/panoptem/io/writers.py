@@ -18,9 +18,10 @@ import numpy as np
 
 from .._atomic import check_output, exclusive_output, move_into_place
 from ..errors import PanoptemError
+from .readers import TIFF_SUFFIXES, ZARR_SUFFIXES
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf")
-ZARR_SUFFIXES = (".zarr",)
+#: what labels and images are written as, and the suffix each format gets by default
+FORMATS = {"tiff": TIFF_SUFFIXES[0], "zarr": ZARR_SUFFIXES[0]}
 # OME-XML pixel types; other dtypes (uint64, int64) get a tifffile JSON description instead.
 _OME_DTYPES = {"uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64"}
 _UINT32_MAX = 2**32 - 1
