@@ -291,3 +291,96 @@ def test_cards_and_weights_record_the_whole_architecture(home, tmp_path, tiny_ca
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["architecture"] == arch
     r = finetune(str(tiny_card), tmp_path / "d", name="ft", iterations=1, patch_size=64, log=lambda s: None)
     assert set(get_card("ft").architecture) == every
+
+
+# ---------------------------------------------------------------- schedule, empty patches, cancel
+
+
+@pytest.mark.parametrize("steps", [20, 100, 1000])
+def test_one_cycle_is_torchs_curve_where_torch_works(steps):
+    from panoptem.training.train import OneCycle
+    p1, p2 = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    o1, o2 = torch.optim.AdamW([p1], lr=2e-3), torch.optim.AdamW([p2], lr=2e-3)
+    ref = torch.optim.lr_scheduler.OneCycleLR(o1, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    mine = OneCycle(o2, 2e-3, steps)
+    for _ in range(steps):
+        assert o1.param_groups[0]["lr"] == pytest.approx(o2.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+        assert o1.param_groups[0]["betas"] == pytest.approx(o2.param_groups[0]["betas"])
+        o1.step(); ref.step(); o2.step(); mine.step()
+    assert mine.state_dict() == {"last_epoch": steps}
+
+
+@pytest.mark.parametrize("steps", [1, 2, 9, 10, 11, 19])
+def test_one_cycle_works_for_short_runs(steps):
+    from panoptem.training.train import OneCycle
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = OneCycle(opt, 1e-3, steps)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3)                       # no warm-up shorter than a step
+    assert all(np.isfinite(lrs)) and all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("iterations", [1, 10, 11])
+def test_finetune_any_number_of_iterations(home, tmp_path, tiny_card, iterations):
+    data = disc_dataset(tmp_path / "ds", n=2)
+    r = finetune(str(tiny_card), data, name=f"it{iterations}", iterations=iterations, patch_size=64,
+                 log=lambda s: None)
+    assert len(r["losses"]) == iterations and get_card(f"it{iterations}").training["iterations"] == iterations
+    assert not (home / "training" / f"it{iterations}").exists()    # the work folder goes once registered
+
+
+def test_train_new_at_ten_iterations(home, tmp_path):
+    from conftest import TINY_ARCH
+    data = disc_dataset(tmp_path / "ds", n=2)
+    arch = {k: v for k, v in TINY_ARCH.items() if k != "num_classes"}
+    r = train_new(data, "ten", iterations=10, patch_size=64, architecture=arch, log=lambda s: None)
+    assert len(r["losses"]) == 10
+
+
+def test_empty_patches_are_true_negatives_but_all_empty_is_refused(home, tmp_path, tiny_card):
+    img, lab = discs(0)
+    blank = np.full_like(img, 200)
+    ps = [Patch(img, lab, img.shape, "xy", 0, 0, 0, 64, img.shape, source="d"),
+          Patch(blank, np.zeros_like(lab), img.shape, "xy", 1, 0, 0, 64, img.shape, source="d")]
+    store_dataset(ps, tmp_path / "ds")
+    r = finetune(str(tiny_card), tmp_path / "ds", name="neg", iterations=3, patch_size=64, log=lambda s: None)
+    assert get_card("neg").training["n_patches"] == 2 and len(r["losses"]) == 3
+    store_dataset(ps[1:], tmp_path / "blank")
+    with pytest.raises(PanoptemError, match="Every mask .* is empty"):
+        finetune(str(tiny_card), tmp_path / "blank", name="none", iterations=3, patch_size=64)
+
+
+def test_cancelled_finetune_keeps_its_checkpoint_and_continues(home, tmp_path, tiny_card):
+    from panoptem.models.load import card_paths
+    from panoptem.training.train import TrainingCancelled
+    data = disc_dataset(tmp_path / "ds", n=2)
+    seen = []
+    with pytest.raises(TrainingCancelled) as e:
+        finetune(str(tiny_card), data, name="stopme", iterations=8, patch_size=64, log=lambda s: None,
+                 on_step=lambda r: seen.append(r["step"]), stop=lambda: len(seen) >= 2)
+    work = home / "training" / "stopme"
+    assert e.value.step == 3 and seen == [1, 2, 3]              # stop() first said yes after step 3
+    assert e.value.checkpoint == work / "checkpoint.pt"
+    assert torch.load(work / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert "stopme" not in card_paths()
+    lines = []
+    r = finetune(str(tiny_card), data, name="stopme", iterations=8, patch_size=64, log=lines.append)
+    assert "resumed from step 3" in lines and len(r["losses"]) == 5
+    assert "stopme" in card_paths() and not work.exists()
+
+
+def test_cancelled_train_new_keeps_its_checkpoint(home, tmp_path):
+    from conftest import TINY_ARCH
+
+    from panoptem.training.train import TrainingCancelled
+    data = disc_dataset(tmp_path / "ds", n=2)
+    arch = {k: v for k, v in TINY_ARCH.items() if k != "num_classes"}
+    with pytest.raises(TrainingCancelled, match="stopped after step 1 of 6"):
+        train_new(data, "fresh", iterations=6, patch_size=64, architecture=arch, log=lambda s: None,
+                  stop=lambda: True)
+    assert torch.load(home / "training" / "fresh" / "checkpoint.pt", weights_only=False)["step"] == 1
+    r = train_new(data, "fresh", iterations=6, patch_size=64, architecture=arch, log=lambda s: None)
+    assert len(r["losses"]) == 5

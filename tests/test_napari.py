@@ -51,8 +51,11 @@ def _ensure_display() -> str | None:
 
 def _qt_platform() -> str:
     """xcb when Qt can open a window on the display (libxcb-* present), else offscreen."""
+    from pytestqt.qt_compat import qt_api   # probe with the binding the tests use
+    api = qt_api.pytest_qt_api or os.environ.get("QT_API", "")
     probe = subprocess.run([sys.executable, "-c", "from qtpy.QtWidgets import QApplication; QApplication([])"],
-                           env={**os.environ, "QT_QPA_PLATFORM": "xcb"}, capture_output=True, timeout=120)
+                           env={**os.environ, "QT_QPA_PLATFORM": "xcb", **({"QT_API": api} if api else {})},
+                           capture_output=True, timeout=120)
     return "xcb" if probe.returncode == 0 else "offscreen"
 
 
@@ -216,7 +219,7 @@ def test_2d_inference_on_the_current_plane_xy_xz_and_batch(viewer, qtbot, home):
     assert out.data.shape == (1, 128, 160) and out.data.dtype == np.uint32
     assert tuple(out.scale) == (10.0, 5.0, 5.0) and tuple(out.translate) == (20.0, 0.0, 0.0)
     assert np.unique(out.data).tolist() == [0, 1, 2, 3]
-    assert w.status.value.startswith("Done: 3 labels on xy plane 2")
+    assert w.status.value.startswith("Done: 3 objects on xy plane 2")
 
     viewer.dims.order = (1, 0, 2)                      # show xz: y is the slider
     viewer.dims.set_point(1, 64 * 5.0)                 # y = 64 crosses the middle blob only
@@ -323,7 +326,7 @@ def test_2d_inference_output_to_a_chosen_layer_at_the_current_plane(viewer, qtbo
     assert np.array_equal(target.data[[0, 1, 3]], keep[[0, 1, 3]])      # other planes untouched
     assert np.unique(target.data[2]).tolist() == [0, 1, 2, 3]
     assert np.array_equal(target.data[2], expected)
-    assert w.status.value == "Done: 3 labels on xy plane 2 into 'target'."
+    assert w.status.value == "Done: 3 objects on xy plane 2 into 'target'."
     target.undo()                                      # one undoable edit
     assert np.array_equal(target.data, keep)
 
@@ -353,7 +356,6 @@ def test_2d_inference_confined_to_the_viewport(make_napari_viewer, registered, q
 # ------------------------------------------------------------------ 3D inference
 
 def test_3d_inference_on_the_sample_with_screenshot(make_napari_viewer, registered, qtbot, home):
-    from panoptem.models.load import DEFAULT_MODEL
     from panoptem.napari._inference import Inference3DWidget
     from panoptem.napari._layers import camera_of
     viewer = make_napari_viewer(show=True)             # a shown window renders (under Xvfb: off screen)
@@ -361,9 +363,7 @@ def test_3d_inference_on_the_sample_with_screenshot(make_napari_viewer, register
     w = dock(viewer, Inference3DWidget)
     w.image.value = viewer.layers["panoptem sample"]
     w.device.value = "cpu"
-    # the docs picture shows the shipped model when it is there; the test itself uses the test model
-    docs = os.environ.get("PANOPTEM_SCREENSHOT") and DEFAULT_MODEL in w.model.choices
-    w.model.value = DEFAULT_MODEL if docs else "darkblob"
+    w.model.value = "darkblob"                         # docs/screenshots.py makes the README's pictures
     w.form.set_values(return_panoptic=True)
     run_and_wait(qtbot, w, timeout=120_000)
     assert w.status.value.startswith("Done:"), w.status.value
@@ -382,8 +382,6 @@ def test_3d_inference_on_the_sample_with_screenshot(make_napari_viewer, register
     assert shot.ndim == 3 and shot.shape[-1] == 4
     if os.environ["QT_QPA_PLATFORM"] != "offscreen":   # offscreen draws nothing
         assert shot[..., :3].std() > 10
-    if os.environ.get("PANOPTEM_SCREENSHOT"):               # refresh docs/screenshot.png on demand
-        viewer.screenshot(os.environ["PANOPTEM_SCREENSHOT"], canvas_only=False)
 
 
 def test_3d_inference_finds_exactly_the_synthetic_objects(viewer, qtbot, home):
@@ -445,6 +443,12 @@ def test_3d_cancel_really_stops(viewer, qtbot, home):
 
 # ------------------------------------------------------------------ proofreading
 
+def click(qtbot, w, key, timeout=30_000):
+    """Click a dock's button and wait for its worker (whole-volume work runs in one)."""
+    w.buttons[key].native.click()
+    qtbot.waitUntil(lambda: not w.running, timeout=timeout)
+
+
 def rooms(z=3):
     """Per plane: label 1 = two rooms joined by a corridor (row 4), label 2 aside, label 3 in a corner."""
     a = np.zeros((9, 20), np.uint32)
@@ -456,44 +460,44 @@ def rooms(z=3):
     return np.stack([a] * z)
 
 
-def test_proofread_merge_plane_then_3d_with_undo(viewer):
+def test_proofread_merge_plane_then_3d_with_undo(viewer, qtbot):
     from panoptem.napari._proofread import ProofreadWidget
     data = rooms()
     lab = viewer.add_labels(data.copy(), name="lab", scale=(30.0, 5.0, 5.0))
     pts = viewer.add_points([[1 * 30.0, 4 * 5.0, 3 * 5.0], [1 * 30.0, 3 * 5.0, 17 * 5.0]], name="p")  # world coords
     w = dock(viewer, ProofreadWidget)
     assert w.points.value is None and w.shapes.value is None   # never picked silently
-    w.labels.value = lab
-    w.buttons["merge"].native.click()
+    w.labels_layer.value = lab
+    click(qtbot, w, "merge")
     assert "Choose a points or shapes layer" in w.status.value
     w.points.value = pts
     viewer.dims.set_point(0, 30.0)                     # plane z = 1
-    w.buttons["merge"].native.click()
+    click(qtbot, w, "merge")
     exp = data.copy()
     exp[1][exp[1] == 2] = 1
     assert np.array_equal(lab.data, exp), w.status.value
-    assert "Merged [1, 2] -> 1 in plane 1 of axis 0" in w.status.value
-    w.buttons["undo"].native.click()
+    assert w.status.value == "Merged [1, 2] -> 1 in xy plane 1: 8 voxels changed."
+    click(qtbot, w, "undo")
     assert np.array_equal(lab.data, data)
-    w.buttons["redo"].native.click()
+    click(qtbot, w, "redo")
     assert np.array_equal(lab.data, exp)
-    w.buttons["undo"].native.click()
+    click(qtbot, w, "undo")
     lab.selected_label = 2                             # the selected label wins when it is among them
     w.apply_3d.value = True
-    w.buttons["merge"].native.click()
+    click(qtbot, w, "merge")
     assert np.array_equal(lab.data, np.where(data == 1, 2, data))
 
 
-def test_proofread_delete_with_a_line_split_and_morph(viewer):
+def test_proofread_delete_with_a_line_split_and_morph(viewer, qtbot):
     from panoptem.napari._proofread import ProofreadWidget
     data = rooms()
     lab = viewer.add_labels(data.copy(), name="lab")
     line = viewer.add_shapes([np.array([[2, 3, 16], [2, 3, 19]])], shape_type="path", name="cut")
     w = dock(viewer, ProofreadWidget)
-    w.labels.value = lab
+    w.labels_layer.value = lab
     w.shapes.value = line
     viewer.dims.set_point(0, 2)
-    w.buttons["delete"].native.click()             # the line crosses label 2 in plane 2
+    click(qtbot, w, "delete")             # the line crosses label 2 in plane 2
     exp = data.copy()
     exp[2][exp[2] == 2] = 0
     assert np.array_equal(lab.data, exp)
@@ -502,18 +506,18 @@ def test_proofread_delete_with_a_line_split_and_morph(viewer):
     pts = viewer.add_points([[2, 4, 3], [2, 4, 12]], name="seeds")
     w.points.value = pts
     w.use_points.value = True
-    w.buttons["split"].native.click()
+    click(qtbot, w, "split")
     assert "Mark exactly one label" not in w.status.value, w.status.value
     assert np.unique(lab.data[2]).tolist() == [0, 3, 4, 5]                    # new ids after the max (3)
     assert np.unique(lab.data[2][1:8, 1:7]).tolist() == [4] and np.unique(lab.data[2][1:8, 9:15]).tolist() == [5]
     assert lab.data[2, 4, 7] == 4 and lab.data[2, 4, 8] == 5
     assert np.array_equal(lab.data[:2], data[:2])
-    w.buttons["undo"].native.click()
-    w.buttons["undo"].native.click()
+    click(qtbot, w, "undo")
+    click(qtbot, w, "undo")
     assert np.array_equal(lab.data, data)
 
     w.new_ids_start.value = 2                          # 2, 3 exist: refused, nothing changes
-    w.buttons["split"].native.click()
+    click(qtbot, w, "split")
     assert "collide" in w.status.value and np.array_equal(lab.data, data)
 
     # dilate label 3 (corner) in 3D: it grows into background only
@@ -521,34 +525,34 @@ def test_proofread_delete_with_a_line_split_and_morph(viewer):
     w.points.value = viewer.add_points([[0, 8, 0]], name="corner")
     w.apply_3d.value = True
     w.op.value, w.radius.value = "dilate", 1
-    w.buttons["morph"].native.click()
+    click(qtbot, w, "morph")
     assert lab.data[1, 8, 1] == 3 and lab.data[0, 7, 0] == 3 and lab.data[1, 7, 1] == 1  # the room is kept
     assert (lab.data == 1).sum() == (data == 1).sum() and (lab.data == 2).sum() == (data == 2).sum()
 
 
-def test_proofread_filter_count_jump_next(viewer):
+def test_proofread_filter_count_jump_next(viewer, qtbot):
     from panoptem.napari._proofread import ProofreadWidget
     data = rooms()
     lab = viewer.add_labels(data.copy(), name="lab", scale=(30.0, 5.0, 5.0))
     w = dock(viewer, ProofreadWidget)
-    w.labels.value = lab
+    w.labels_layer.value = lab
     w.apply_3d.value = True
     w.min_size.value = 4                               # label 3 has 3 voxels: removed; 4 would stay
-    w.buttons["filter"].native.click()
+    click(qtbot, w, "filter")
     out = viewer.layers["lab-filtered"]
     assert np.array_equal(out.data, np.where(data == 3, 0, data)) and np.array_equal(lab.data, data)
     assert tuple(out.scale) == (30.0, 5.0, 5.0) and "Removed 1 labels" in w.status.value
-    assert w.labels.value is lab
-    w.buttons["count"].native.click()
+    assert w.labels_layer.value is lab
+    click(qtbot, w, "count")
     assert w.status.value == "Labels per class: class 1: 3"
     w.label_id.value = 2
     lab.data[:2][lab.data[:2] == 2] = 0                # label 2 only in plane z=2 now
-    w.buttons["jump"].native.click()
+    click(qtbot, w, "jump")
     assert viewer.dims.point[0] == 60.0 and lab.selected_label == 2
-    w.buttons["next_label"].native.click()
+    click(qtbot, w, "next_label")
     assert lab.selected_label == 4
     w.divisor.value, w.class_id.value = 1000, 2
-    w.buttons["next_label"].native.click()
+    click(qtbot, w, "next_label")
     assert lab.selected_label == 2001
 
 
@@ -556,15 +560,15 @@ def test_proofread_new_points_layer_is_picked_and_scaled(viewer):
     from panoptem.napari._proofread import ProofreadWidget
     lab = viewer.add_labels(rooms(), name="lab", scale=(30.0, 5.0, 5.0))
     w = dock(viewer, ProofreadWidget)
-    w.labels.value = lab
+    w.labels_layer.value = lab
     w.new_points_layer()
     pts = viewer.layers["proofread points"]
-    assert w.points.value is pts and tuple(pts.scale) == (30.0, 5.0, 5.0) and w.labels.value is lab
+    assert w.points.value is pts and tuple(pts.scale) == (30.0, 5.0, 5.0) and w.labels_layer.value is lab
 
 
 # ------------------------------------------------------------------ measure
 
-def test_measure_widget_fills_features_and_csv(viewer, tmp_path, monkeypatch):
+def test_measure_widget_fills_features_and_csv(viewer, qtbot, tmp_path, monkeypatch):
     from panoptem.napari._measure import MeasureWidget
     calls = []
 
@@ -576,9 +580,9 @@ def test_measure_widget_fills_features_and_csv(viewer, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "panoptem._measure", types.SimpleNamespace(measure=fake_measure))
     lab = viewer.add_labels(rooms(2), name="lab", scale=(30.0, 5.0, 5.0))
     w = dock(viewer, MeasureWidget)
-    w.labels.value = lab
+    w.labels_layer.value = lab
     w.csv.value = tmp_path / "objects.csv"
-    w.run_button.native.click()
+    run_and_wait(qtbot, w)
     assert calls == [(30.0, 5.0, 5.0)]
     assert lab.features["index"].tolist() == [1, 2, 3]
     assert lab.features["volume_nm3"].tolist() == [2 * 86 * 750.0, 2 * 8 * 750.0, 2 * 750.0]
@@ -587,16 +591,16 @@ def test_measure_widget_fills_features_and_csv(viewer, tmp_path, monkeypatch):
     assert w.status.value.startswith("Measured 3 objects (nm)")
 
 
-def test_measure_widget_with_the_real_measure(viewer):
+def test_measure_widget_with_the_real_measure(viewer, qtbot):
     from panoptem import measure  # noqa: F401 - the real one, not a stand-in
     from panoptem.napari._measure import MeasureWidget
     lab = viewer.add_labels(rooms(2), name="lab", scale=(30.0, 5.0, 5.0))
     img = viewer.add_image(np.where(rooms(2) > 0, 100, 0).astype(np.uint8), name="em")
     w = dock(viewer, MeasureWidget)
-    w.labels.value = lab
+    w.labels_layer.value = lab
     assert w.image.value is None                       # optional: never picked silently
     w.image.value = img
-    w.run_button.native.click()
+    run_and_wait(qtbot, w)
     assert lab.features["index"].tolist() == [1, 2, 3]
     assert lab.features["voxels"].tolist() == [172, 16, 2]
     assert lab.features["volume_nm3"].tolist() == [172 * 750.0, 16 * 750.0, 2 * 750.0]
@@ -605,7 +609,7 @@ def test_measure_widget_with_the_real_measure(viewer):
 
 # ------------------------------------------------------------------ export segmentations
 
-def test_export_widget_writes_masks_and_images(viewer, tmp_path):
+def test_export_widget_writes_masks_and_images(viewer, qtbot, tmp_path):
     import tifffile
 
     from panoptem.io import read_image
@@ -616,12 +620,12 @@ def test_export_widget_writes_masks_and_images(viewer, tmp_path):
     img = viewer.add_image(img_data, name="em")
     w = dock(viewer, ExportWidget)
     assert w.image.value is None                       # optional: never picked silently
-    w.labels.value = lab
-    w.run_button.native.click()
+    w.labels_layer.value = lab
+    run_and_wait(qtbot, w)
     assert w.status.value == "Error: Choose the folder to export into."
     w.folder.value = tmp_path
     w.image.value = img
-    w.run_button.native.click()                        # one volume, voxel size from the layer
+    run_and_wait(qtbot, w)                        # one volume, voxel size from the layer
     root = tmp_path / "lab"
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.tif")) == ["images/lab.tif", "masks/lab.tif"]
     assert w.status.value == f"Exported 1 mask file(s) and 1 image file(s) to {root}."
@@ -629,10 +633,10 @@ def test_export_widget_writes_masks_and_images(viewer, tmp_path):
     assert np.array_equal(np.asarray(m.data), lab_data) and tuple(m.voxel_size) == (30.0, 5.0, 5.0)
     assert np.array_equal(tifffile.imread(root / "images" / "lab.tif"), img_data)
 
-    w.run_button.native.click()                        # never overwritten
+    run_and_wait(qtbot, w)                        # never overwritten
     assert "already exists" in w.status.value
     w.name.value, w.slices.value, w.image.value, w.voxel_size.value = "slices", True, None, "40, 4, 4"
-    w.run_button.native.click()
+    run_and_wait(qtbot, w)
     assert sorted(p.name for p in (tmp_path / "slices" / "masks").iterdir()) == [
         "slices_0000.tif", "slices_0001.tif", "slices_0002.tif"]
     assert not (tmp_path / "slices" / "images").exists()
@@ -640,9 +644,9 @@ def test_export_widget_writes_masks_and_images(viewer, tmp_path):
     assert np.array_equal(np.asarray(s1.data), lab_data[1]) and tuple(s1.voxel_size) == (4.0, 4.0)
 
     w.name.value, w.slices.value, w.format.value = "vol", False, "zarr"
-    w.run_button.native.click()
+    run_and_wait(qtbot, w)
     z = read_image(tmp_path / "vol" / "masks" / "vol.zarr")
     assert np.array_equal(np.asarray(z.data), lab_data) and tuple(z.voxel_size) == (40.0, 4.0, 4.0)
     w.name.value, w.voxel_size.value = "bad", "4, 4"
-    w.run_button.native.click()
+    run_and_wait(qtbot, w)
     assert w.status.value.startswith("Error: Voxel size needs 3 positive numbers")

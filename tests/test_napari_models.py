@@ -103,10 +103,12 @@ def test_pick_patches_paint_and_store(viewer, qtbot, tmp_path):
     paint.data[0] = painted
     w.folder.value = tmp_path / "ds"
     click_and_wait(qtbot, w, "store")
-    assert w.status.value == f"Stored 3 patches (1 with masks) in {tmp_path / 'ds'}."
+    assert w.status.value == (f"Stored 3 patches (1 painted, 2 with no object as true negatives) in "
+                              f"{tmp_path / 'ds'}.")
     assert len(list((tmp_path / "ds" / "images").glob("*.tif"))) == 3
-    assert [p.name for p in (tmp_path / "ds" / "masks").iterdir()] == ["blobs_xy-2_y32_x78.tif"]
-    assert np.array_equal(tifffile.imread(tmp_path / "ds" / "masks" / "blobs_xy-2_y32_x78.tif"), painted)
+    masks = {p.name: tifffile.imread(p) for p in (tmp_path / "ds" / "masks").iterdir()}
+    assert len(masks) == 3 and np.array_equal(masks.pop("blobs_xy-2_y32_x78.tif"), painted)
+    assert all(m.shape == (64, 64) and not m.any() for m in masks.values())     # true negatives
 
 
 def test_pick_flipbook_patches_store_the_painted_middle_plane(viewer, qtbot, tmp_path):
@@ -139,11 +141,11 @@ def test_pick_paired_patches_and_errors(viewer, qtbot, tmp_path):
     w.image.value = img
     click_and_wait(qtbot, w, "store")
     assert w.status.value == "Error: Pick patches first."
-    w.labels.value = viewer.add_labels(np.zeros((2, 5, 5), np.uint32), name="wrong")
+    w.labels_layer.value = viewer.add_labels(np.zeros((2, 5, 5), np.uint32), name="wrong")
     click_and_wait(qtbot, w, "pick")
     assert "choose the labels of this image" in w.status.value
     lab = viewer.add_labels((vol < 100).astype(np.uint32), name="truth")
-    w.labels.value = lab
+    w.labels_layer.value = lab
     w.n.value, w.patch_size.value, w.seed.value = 2, 64, 3
     click_and_wait(qtbot, w, "pick")
     shown, paint = viewer.layers["blobs-patches"], viewer.layers["blobs-patches-labels"]

@@ -179,12 +179,13 @@ def test_store_appends_without_clobbering_and_overwrite_replaces(tmp_path):
     assert set(json.loads((tmp_path / "dataset.json").read_text())["patches"]) == set(meta["names"])
 
 
-def test_store_refuses_empty_and_mismatched_masks_naming_the_patch(tmp_path):
+def test_store_keeps_empty_masks_as_true_negatives_and_refuses_mismatched_ones(tmp_path):
     ps = disc_patches(2)
     ps[1].labels = np.zeros_like(ps[1].labels)
-    with pytest.raises(PanoptemError, match="disc_y0_x4.*empty mask"):
-        store_dataset(ps, tmp_path / "a")
-    assert not (tmp_path / "a" / "images").exists()  # nothing written
+    store_dataset(ps, tmp_path / "a")
+    images, masks, meta = load_dataset(tmp_path / "a")
+    assert meta["names"] == ["disc_y0_x0", "disc_y0_x4"]
+    assert masks[0].any() and masks[1].shape == images[1].shape and not masks[1].any()
     ps = disc_patches(1)
     ps[0].labels = ps[0].labels[:20]
     ps[0].valid = (32, 32)

@@ -25,7 +25,7 @@ _LAZY = {
     "measure": ("._measure", "measure"),
     "summarize": ("._measure", "summarize"),
     "to_rows": ("._measure", "to_rows"),
-    "write_table": ("._measure", "write_table"),
+    "write_table": ("._table", "write_table"),
     "preview": (".reporting", "preview"),
     "report": (".reporting", "report"),
 }

@@ -13,15 +13,13 @@ border gets the cut face as part of its surface).
 """
 from __future__ import annotations
 
-import csv
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from skimage.measure import find_contours, marching_cubes, mesh_surface_area
 
-from ._atomic import atomic_path
 from .errors import PanoptemError
+from ._table import write_table
 from .labels import as_labels, class_map
 
 __all__ = ["measure", "summarize", "to_rows", "write_table"]
@@ -148,26 +146,6 @@ def to_rows(table: dict[str, np.ndarray]) -> list[dict]:
     cols = list(table)
     lists = [np.asarray(table[c]).tolist() for c in cols]
     return [dict(zip(cols, vals)) for vals in zip(*lists)]
-
-
-def write_table(table: dict[str, np.ndarray], path) -> Path:
-    """Write the table as CSV (header row, then one row per object); returns the path.
-
-    The file is written to a temporary name first and then renamed, so a crash never leaves a
-    half-written table. Floats keep full precision.
-    """
-    path = Path(path).expanduser()
-    if not path.parent.exists():
-        raise PanoptemError(f"The folder '{path.parent}' does not exist; create it or choose another path.")
-    lengths = {len(np.asarray(v)) for v in table.values()}
-    if len(lengths) > 1:
-        raise PanoptemError("The table's columns have different lengths; "
-                            "give one value per row in every column.")
-    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(list(table))
-        w.writerows(zip(*(np.asarray(v).tolist() for v in table.values())))
-    return path
 
 
 def summarize(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -34,6 +34,9 @@ class Params2D(BaseModel):
     maximum_objects_per_class: int = Field(10000, ge=0, description="Max objects per class (the label "
                                            "divisor): label = class x divisor + n; 0 gives ids 1..N.")
     tile_size: int = Field(0, ge=0, description="Tile size: tile large 2D images into tiles of this many pixels (0 = whole image).")
+    fill_holes_in_segmentation: bool = Field(False, description="Fill holes in segmentation: background "
+                                              "enclosed by one object becomes part of it (2D: the image; "
+                                              "3D: each xy plane); a hole that touches another object stays.")
 
     @field_validator("downsampling")
     @classmethod
@@ -66,6 +69,15 @@ class Params3D(Params2D):
     iou_thr: float = Field(0.25, ge=0.0, le=1.0, description="Link IoU Thr: IoU for one-to-one matches between neighbouring slices.")
     ioa_thr: float = Field(0.25, ge=0.0, le=1.0, description="Link IoA Thr: overlap / own area that joins a fragment or branch.")
     bridge_gaps: int = Field(0, ge=0, le=1, description="Bridge gaps: link objects across this many missing slices (0 or 1).")
+    label_erosion: int = Field(0, ge=0, le=50, description="Erode Labels, in voxels: every object shrinks by "
+                               "this many voxels (face neighbours) where it borders background or another "
+                               "object; applied after the size filters.")
+    label_dilation: int = Field(0, ge=0, le=50, description="Dilate Labels, in voxels: every object grows by "
+                                "this many voxels into background, never into another object; applied after "
+                                "erosion.")
+    chunk_size: int = Field(0, ge=0, description="Zarr chunk size, in voxels per side of the chunks of a .zarr "
+                            "output (0: automatic, up to 32 x 256 x 256). Streamed runs hold one row of chunks "
+                            "(chunk x Y x X voxels) in memory.")
 
     @field_validator("median_slices")
     @classmethod
@@ -73,6 +85,13 @@ class Params3D(Params2D):
         if v not in MEDIAN_SIZES:
             raise ValueError(f"Median Filter Size must be one of {MEDIAN_SIZES}")
         return v
+
+
+def zarr_chunks(chunk_size: int, shape) -> tuple[int, ...] | None:
+    """Chunk shape of a Zarr output for ``chunk_size`` voxels per side (None: the writer's default)."""
+    if not chunk_size:
+        return None
+    return tuple(min(int(chunk_size), int(n)) for n in shape)
 
 
 def make_params(cls, **kwargs):

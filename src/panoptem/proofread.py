@@ -434,3 +434,19 @@ def count_labels(labels: np.ndarray, label_divisor: int | None = None,
         mine = ids[classes == c]
         out[int(c)] = {"count": int(mine.size), "ids": mine}
     return out
+
+
+def count_table(labels: np.ndarray, label_divisor: int | None = None,
+                plane: Plane | None = None) -> dict[str, np.ndarray]:
+    """One row per label: ``class_id``, ``label`` and ``voxels`` (pixels in a plane), sorted
+    by label, as columns (write it with :func:`panoptem.write_table`).
+
+    >>> count_table(np.array([[1001, 1001, 2001, 0]]), label_divisor=1000)["voxels"].tolist()
+    [2, 1]
+    """
+    view = _view(labels, plane)
+    ids, counts = np.unique(view, return_counts=True)
+    keep = ids != 0
+    ids, counts = ids[keep].astype(np.int64), counts[keep].astype(np.int64)
+    classes = ids // label_divisor if label_divisor else np.ones(ids.shape, np.int64)
+    return {"class_id": classes, "label": ids, "voxels": counts}

@@ -104,7 +104,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     **overrides : any field of :class:`~panoptem.params.Params2D`
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
-        ``maximum_objects_per_class``, ``tile_size``).
+        ``maximum_objects_per_class``, ``tile_size``, ``fill_holes_in_segmentation``).
 
     Returns
     -------
@@ -159,6 +159,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
             centers.append(ctr)
             if return_outputs:
                 probs.append(o.semantic_probability[j])
+    if p.fill_holes_in_segmentation:
+        from .postprocess import fill_holes
+        labels = [fill_holes(lab) for lab in labels]
     out = np.stack(labels) if image.ndim == 3 else labels[0]
     if image.ndim == 3 and unique_ids:
         out = make_unique(out, p.label_divisor)

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import PanoptemError
 from ..models.load import DEFAULT_MODEL, LoadedModel
 from ..labels import dtype_for_max_label
-from ..params import PLANE_AXIS, PLANES, Params3D, params_with
+from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from .cache import at_cache_precision, plane_hashes
 from .decode import _upsample_linear, decode_panoptic, decode_settings
 from .engine import Predictor
@@ -192,7 +192,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         div = params.label_divisor
         if div:
             mapping = np.where(mapping > 0, mapping % div, 0).astype(mapping.dtype)
-        _remap_to_writer(provisional, mapping, axis, output, volume.shape)
+        _remap_to_writer(provisional, mapping, axis, output, volume.shape, params)
         tm["decode_link_s"] += time.perf_counter() - t
         return None
     labels = _remap(provisional, mapping, dt)
@@ -200,17 +200,25 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     return np.moveaxis(labels, 0, axis)
 
 
-def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_shape, block: int = 32) -> None:
+def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_shape, params=None,
+                     block: int = 32) -> None:
     """Write final labels in Z blocks: read the provisional stack (stored in
-    stack order) for those Z, map ids, put the block in ZYX order."""
+    stack order) for those Z, map ids, put the block in ZYX order. Erosion and
+    dilation (``params``) read as many extra slices above and below as they reach."""
+    from .postprocess import postprocess_labels
     nz = zyx_shape[0]
+    ero, dil = (params.label_erosion, params.label_dilation) if params is not None else (0, 0)
+    holes = bool(params is not None and params.fill_holes_in_segmentation)
+    halo = ero + dil
     for z0 in range(0, nz, block):
         z1 = min(z0 + block, nz)
+        a0, a1 = max(z0 - halo, 0), min(z1 + halo, nz)
         if axis == 0:
-            prov = np.asarray(provisional[z0:z1])
+            prov = np.asarray(provisional[a0:a1])
         else:  # stack order (n, Z, other): Z is axis 1 of the store
-            prov = np.moveaxis(np.asarray(provisional[:, z0:z1]), 0, axis)
-        writer[z0:z1] = mapping[prov.astype(np.int64)]
+            prov = np.moveaxis(np.asarray(provisional[:, a0:a1]), 0, axis)
+        lab = postprocess_labels(mapping[prov.astype(np.int64)], ero, dil, holes)
+        writer[z0:z1] = lab[z0 - a0:z0 - a0 + (z1 - z0)]
 
 
 def _count_ids(labels, block: int = 32) -> int:
@@ -259,7 +267,10 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         parameters plus ``median_slices``, ``min_size``, ``min_extent``,
         ``inference_plane``, ``orthoplane``, ``pixel_vote_thr``,
         ``allow_one_view``, ``return_panoptic``, ``fusion``, ``iou_thr``,
-        ``ioa_thr``, ``bridge_gaps``.
+        ``ioa_thr``, ``bridge_gaps``, ``label_erosion``, ``label_dilation``,
+        ``fill_holes_in_segmentation`` (these three after linking, size filters
+        and consensus, in that order; holes per xy plane) and ``chunk_size``
+        (chunks of a streamed .zarr ``output``).
     cache_dir : folder for network outputs; re-running with the same folder
         resumes an interrupted run and re-decodes a finished one without the network.
         With ``output`` and no ``cache_dir``, a hidden cache beside the output
@@ -362,6 +373,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         from ..io import open_label_writer, read_image
         work.mkdir(parents=True, exist_ok=True)
         with open_label_writer(output, volume.shape, np.uint32, voxel_size=voxel_size,
+                               chunks=zarr_chunks(p.chunk_size, volume.shape),
                                overwrite=overwrite, inputs=inputs) as w:
             run_stack(volume, predictor, p, p.inference_plane, intensity, progress, work_dir=work, output=w, **kw)
         written = read_image(output).data
@@ -396,10 +408,16 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         timings["consensus_s"] = time.perf_counter() - t
         if not p.return_panoptic:
             stacks = {}
+    if p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation:
+        from .postprocess import postprocess_labels
+        t = time.perf_counter()
+        panoptic = postprocess_labels(panoptic, p.label_erosion, p.label_dilation, p.fill_holes_in_segmentation)
+        timings["postprocess_s"] = time.perf_counter() - t
     labels, counts = split_classes(panoptic, card, p.label_divisor)
     res = Result3D(labels, panoptic, stacks, counts, timings)
     if output is not None:
-        res.written = write_result(res, output, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs)
+        res.written = write_result(res, output, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs,
+                                   chunk_size=p.chunk_size)
     timings["total_s"] = time.perf_counter() - t0
     return res
 
@@ -414,10 +432,12 @@ def _with_preview(res: Result3D, path, volume, voxel_size, card, p: Params3D) ->
     return res
 
 
-def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False, inputs=()) -> list[dict]:
+def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False, inputs=(),
+                 chunk_size: int = 0) -> list[dict]:
     """Write a :class:`Result3D`: one volume for a single-class model at
     ``output``, else ``NAME_<class>.EXT`` per class; ``NAME_xy.EXT`` etc. for
-    returned stacks. Returns one summary dict per file written."""
+    returned stacks; Zarr chunks of ``chunk_size`` voxels per side (0: automatic).
+    Returns one summary dict per file written."""
     from ..io.writers import write_labels_together
     out = Path(output)
     stem, ext = _stem_ext(out)
@@ -425,12 +445,12 @@ def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False
     files, written = [], []
     for name, vol in items:
         path = out if len(items) == 1 else out.with_name(f"{stem}_{name}{ext}")
-        files.append((path, vol))
+        files.append((path, vol, zarr_chunks(chunk_size, vol.shape)))
         written.append({"output": str(path), "class": name, "objects": res.objects.get(name, 0),
                         "shape": list(vol.shape), "dtype": str(vol.dtype)})
     for plane, vol in res.stacks.items():
         path = out.with_name(f"{stem}_{plane}{ext}")
-        files.append((path, vol))
+        files.append((path, vol, zarr_chunks(chunk_size, vol.shape)))
         written.append({"output": str(path), "stack": plane, "shape": list(vol.shape), "dtype": str(vol.dtype)})
     for w, p in zip(written, write_labels_together(files, voxel_size, overwrite, inputs)):
         w["output"] = str(p)

@@ -423,12 +423,14 @@ def open_label_writer(path, shape: Sequence[int], dtype=np.uint32, voxel_size=No
     return cls(path, shape, dt, voxel_size, chunks, overwrite, inputs, labels=True)
 
 
-def write_labels(path, labels, voxel_size=None, overwrite: bool = False, inputs: Iterable = ()) -> Path:
+def write_labels(path, labels, voxel_size=None, overwrite: bool = False, inputs: Iterable = (),
+                 chunks=None) -> Path:
     """Write a 2D or 3D label array to .tif/.tiff (OME-TIFF, zlib) or .zarr (OME-Zarr), atomically.
 
     The file holds uint32, or uint64 when the largest id needs it; values are never changed
     (negative or non-integer labels raise PanoptemError). ``labels`` may be a lazy array-like,
-    which is read block by block. ``inputs`` are paths never to overwrite.
+    which is read block by block. ``inputs`` are paths never to overwrite; ``chunks`` is the
+    Zarr chunk shape (default: up to 32 x 256 x 256; ignored for TIFF).
 
     Examples
     --------
@@ -436,20 +438,22 @@ def write_labels(path, labels, voxel_size=None, overwrite: bool = False, inputs:
     >>> write_labels("mito.tif", labels, voxel_size=(5.0, 5.0, 5.0)).name
     'mito.tif'
     """
-    return write_labels_together([(path, labels)], voxel_size, overwrite, inputs)[0]
+    return write_labels_together([(path, labels, chunks)], voxel_size, overwrite, inputs)[0]
 
 
 def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bool = False,
                           inputs: Iterable = ()) -> list[Path]:
-    """Write several label arrays (``[(path, labels), ...]``) as :func:`write_labels` does,
-    moving them into place only once all are complete: a run killed while writing leaves
-    none of them, so running it again writes them all afresh."""
+    """Write several label arrays (``[(path, labels), ...]``, or ``(path, labels, chunks)``
+    for a Zarr chunk shape) as :func:`write_labels` does, moving them into place only once
+    all are complete: a run killed while writing leaves none of them, so running it again
+    writes them all afresh."""
     inputs = list(inputs or ())
     with ExitStack() as stack:
         writers = []
-        for path, labels in items:
+        for path, labels, *rest in items:
             dt = label_dtype(labels)
-            w = stack.enter_context(open_label_writer(path, labels.shape, dt, voxel_size, None, overwrite, inputs))
+            chunks = rest[0] if rest else None
+            w = stack.enter_context(open_label_writer(path, labels.shape, dt, voxel_size, chunks, overwrite, inputs))
             for index, block in _blocks(labels):
                 w[index] = block.astype(dt, copy=False)  # values were checked by label_dtype
             writers.append(w)

@@ -1,53 +1,57 @@
 """Widget "Export Segmentations": a labels layer (one volume or 2D slices), optionally with its
-image, to TIFF or Zarr files with the voxel size, in ``<folder>/<name>/masks`` and ``images``."""
+image, to TIFF or Zarr files with the voxel size, in ``<folder>/<name>/masks`` and ``images``
+(written in a worker thread)."""
 from __future__ import annotations
 
 import napari
 import napari.layers
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    LineEdit,
-    PushButton,
-)
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit, PushButton
 
 from ..errors import PanoptemError
 from ._export_files import FORMATS, export_segmentation, parse_voxel_size
-from ._finetune import _dir
-from ._forms import status_label
+from ._forms import Group, row
 from ._inference import layer_picker
 from ._layers import layer_voxel_size
+from ._worker import Dock
 
 
-class ExportWidget(Container):
+def _dir(value) -> str:
+    s = str(value or "")
+    return "" if s in ("", ".") else s
+
+
+class ExportWidget(Dock):
     """Export a labels layer (and optionally an image) as mask / image files."""
 
+    help_title = "Export Segmentations"
+
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(scrollable=False)
-        self.viewer = viewer
-        self.labels = layer_picker(viewer, napari.layers.Labels, "Labels")
-        self.image = layer_picker(viewer, napari.layers.Image, "Image (optional)", nullable=True, name="image")
-        self.folder = FileEdit(label="Folder", name="folder", mode="d", value="")
+        super().__init__(viewer)
+        self.labels_layer = layer_picker(viewer, napari.layers.Labels, "Labels", name="labels_layer",
+                                         tooltip="The labels layer to write as masks.")
+        self.image = layer_picker(viewer, napari.layers.Image, "Image (optional)", nullable=True, name="image",
+                                  tooltip="Also write this image (same shape) into images/.")
+        self.folder = FileEdit(label="Folder", name="folder", mode="d", value="",
+                               tooltip="Where the <name> folder with masks/ and images/ is created.")
         self.name = LineEdit(label="Name", name="export_name", value="",
                              tooltip="Files go to <folder>/<name>/masks and images; empty: the labels layer's name.")
-        self.format = ComboBox(label="Format", name="format", choices=list(FORMATS), value="tiff")
-        self.slices = CheckBox(text="2D slices (one file per plane)", name="slices", value=False)
+        self.format = ComboBox(label="Format", name="format", choices=list(FORMATS), value="tiff",
+                               tooltip="tiff: OME-TIFF; zarr: OME-Zarr. Both keep the voxel size.")
+        self.slices = CheckBox(text="2D slices (one file per plane)", name="slices", value=False,
+                               tooltip="Write every z plane of a 3D layer as its own 2D file (a training-style "
+                                       "folder) instead of one volume.")
         self.voxel_size = LineEdit(label="Voxel size (nm)", name="voxel_size", value="",
-                                   tooltip="Like '40, 5, 5' (z, y, x); empty: the labels layer's voxel size.")
-        self.run_button = PushButton(text="Export", name="run")
-        self.status = status_label()
+                                   tooltip="Like '40, 5, 5' (z, y, x, in nm); empty: the labels layer's voxel size.")
+        self.run_button = PushButton(text="Export", name="run", tooltip="Write the files (never over existing ones).")
         self.written: list = []
         self.run_button.changed.connect(self.run)
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            ev.connect(self.reset_choices)
-        self.extend([self.labels, self.image, self.folder, self.name, self.format, self.slices, self.voxel_size,
-                     self.run_button, self.status])
+        self.extend([Group("Export", [self.labels_layer, self.image, self.folder, self.name, self.format,
+                                      self.slices, self.voxel_size]),
+                     row(self.run_button, self.help_button), self.status])
 
     def run(self) -> None:
         try:
-            lab = self.labels.value
+            lab = self.labels_layer.value
             if lab is None:
                 raise PanoptemError("Choose a labels layer to export.")
             folder = _dir(self.folder.value)
@@ -58,12 +62,16 @@ class ExportWidget(Container):
             img = self.image.value
             img_data = None if img is None else (img.data[0] if getattr(img, "multiscale", False) else img.data)
             name = self.name.value.strip() or lab.name
-            self.written = export_segmentation(folder, name, data, img_data, vs, self.format.value,
-                                               self.slices.value)
         except PanoptemError as e:
-            self.status.value = f"Error: {e}"
-            napari.utils.notifications.show_error(str(e))
+            self._fail(e)
             return
-        n_img = sum(p.parent.name == "images" for p in self.written)
-        self.status.value = (f"Exported {len(self.written) - n_img} mask file(s)"
-                             + (f" and {n_img} image file(s)" if n_img else "") + f" to {self.written[0].parents[1]}.")
+        self.status.value = "Exporting..."
+
+        def done(written):
+            self.written = written
+            n_img = sum(p.parent.name == "images" for p in written)
+            self.status.value = (f"Exported {len(written) - n_img} mask file(s)"
+                                 + (f" and {n_img} image file(s)" if n_img else "") + f" to {written[0].parents[1]}.")
+
+        self._start(export_segmentation, done, folder, name, data, img_data, vs, self.format.value,
+                    self.slices.value)

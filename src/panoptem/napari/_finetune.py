@@ -1,12 +1,14 @@
 """Widget "Fine-tune": fine-tune a registered model on a dataset folder in a worker thread
-(:func:`panoptem.training.finetune.finetune`), with progress, the last loss, and the
+(:func:`panoptem.training.finetune.finetune`), with progress, the last loss, a Cancel that
+stops after the current step (keeping a checkpoint the next run continues from), and the
 before / after scores at the end; the new model is registered and offered in every picker."""
 from __future__ import annotations
+
+import threading
 
 import napari
 from magicgui.widgets import (
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     LineEdit,
@@ -18,15 +20,15 @@ from magicgui.widgets import (
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
-from ._forms import status_label
-from ._worker import WorkerMixin
+from ._forms import Group, labelled, row
 from ._inference import (
+    DEVICE_TIP,
     DEVICES,
     cached_model,
-    follow_registry,
-    model_names,
+    model_picker,
     registry_events,
 )
+from ._worker import Dock
 
 LAYER_CHOICES = ("none", "stage4", "stage3", "stage2", "stage1", "all")
 
@@ -52,64 +54,41 @@ def _run_training(func_name: str, on_step, on_line, **kw) -> dict:
                                   on_step=lambda rec: on_step(int(rec["step"]), float(rec["loss"])), **kw)
 
 
-def start_training(widget, func_name: str, kw: dict, results_text) -> None:
-    """Run a training function in a worker for ``widget`` (which has ``progress``,
-    ``status``, ``results`` and a ``_bridge``); on success register-refresh the
-    model pickers and show ``results_text(result)``."""
-    widget.progress.max, widget.progress.value = kw["iterations"], 0
-    widget.results.value = ""
-
-    def done(res: dict) -> None:
-        widget.result = res
-        cached_model.cache_clear()
-        registry_events.changed.emit()
-        widget.progress.value = widget.progress.max
-        last = res["losses"][-1] if res.get("losses") else float("nan")
-        widget.status.value = f"Done: registered '{res['name']}' (last loss {last:.4f})."
-        widget.results.value = f"evaluated on {res['evaluated_on']}\n" + results_text(res)
-
-    widget._start(_run_training, done, func_name, widget._bridge.step.emit, widget._bridge.line.emit, **kw)
-
-
 def _dir(value) -> str:
     s = str(value or "")
     return "" if s in ("", ".") else s
 
 
-class FinetuneWidget(WorkerMixin, Container):
-    """Fine-tune a model on the patches of a dataset folder (see Pick Patches + Store Dataset)."""
+class _TrainingDock(Dock):
+    """Shared by Fine-tune and Train: progress, last loss, Cancel, scores."""
+
+    run_text = "Run"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(scrollable=False)
-        self.viewer = viewer
-        self.model = ComboBox(label="Model", name="model", choices=model_names,
-                              tooltip="A panoptem (state-dict) model to start from.")
-        follow_registry(self.model)
-        self.train_dir = FileEdit(label="Training dataset", name="train_dir", mode="d", value="")
-        self.val_dir = FileEdit(label="Validation dataset (optional)", name="val_dir", mode="d", value="",
-                                tooltip="Scored before and after; empty: the training patches are scored.")
-        self.name = LineEdit(label="New model name", name="new_name", value="FinetunedModel")
-        self.iterations = SpinBox(label="Iterations", name="iterations", value=100, min=1, max=10**6)
-        self.patch_size = SpinBox(label="Patch size", name="patch_size", value=256, min=32, max=4096, step=32)
-        self.layers = ComboBox(label="Finetunable layers", name="layers", choices=list(LAYER_CHOICES),
-                               value="none", tooltip="none: decoder and heads only; stageK: also the encoder "
-                                                     "from stage K on; all: everything.")
-        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=1e-3, min=1e-6, max=1.0, step=1e-4)
-        self.lr.native.setDecimals(6)
-        self.device = ComboBox(label="Device", name="device", choices=list(DEVICES), value="auto")
-        self.run_button = PushButton(text="Fine-tune", name="run")
-        self.progress = ProgressBar(value=0, min=0, max=1, name="progress", label="Progress")
-        self.status = status_label()
-        self.results = TextEdit(name="results", value="")
+        super().__init__(viewer)
+        self.device = ComboBox(label="Device", name="device", choices=list(DEVICES), value="auto", tooltip=DEVICE_TIP)
+        self.run_button = PushButton(text=self.run_text, name="run", tooltip="Start training with these settings.")
+        self.cancel_button = PushButton(text="Cancel", name="cancel", enabled=False,
+                                        tooltip="Stop after the current step; the checkpoint is kept and running "
+                                                "again with the same name continues from it.")
+        self.progress = ProgressBar(value=0, min=0, max=1, name="progress", label="Progress",
+                                    tooltip="Training steps done of the iterations asked.")
+        self.results = TextEdit(label="Scores", name="results", value="",
+                                tooltip="Scores of the new model (foreground IoU, F1 at IoU 0.5, ...) on the "
+                                        "validation folder, or on the training patches without one.")
         self.results.native.setReadOnly(True)
-        self.worker = None
+        self.results.native.setMinimumHeight(90)
         self.result: dict | None = None
+        self._stop = threading.Event()
         self._bridge = _Bridge()
         self._bridge.step.connect(self._on_step)
         self._bridge.line.connect(self._on_line)
         self.run_button.changed.connect(self.run)
-        self.extend([self.model, self.train_dir, self.val_dir, self.name, self.iterations, self.patch_size,
-                     self.layers, self.lr, self.device, self.run_button, self.progress, self.status, self.results])
+        self.cancel_button.changed.connect(self.cancel)
+
+    def _footer(self) -> list:
+        return [row(self.run_button, self.cancel_button, self.help_button), labelled(self.progress), self.status,
+                Group("Results", [self.results])]
 
     def _on_step(self, step: int, loss: float) -> None:
         self.progress.value = step
@@ -118,6 +97,74 @@ class FinetuneWidget(WorkerMixin, Container):
     def _on_line(self, line: str) -> None:
         if line.startswith("before:"):
             self.status.value = "Training..."
+
+    def cancel(self) -> None:
+        """Stop after the step in progress (the engine saves a checkpoint there)."""
+        if self.worker is not None:
+            self._stop.set()
+            self.status.value = "Stopping after the current step..."
+
+    def _finished(self) -> None:
+        super()._finished()
+        self.cancel_button.enabled = False
+
+    def _fail(self, err: BaseException) -> None:
+        from ..training.train import TrainingCancelled
+        if isinstance(err, TrainingCancelled):
+            self.status.value = (f"Cancelled: {err}. Run again with the same name to continue from there.")
+            return
+        super()._fail(err)
+
+    def start_training(self, func_name: str, kw: dict, results_text) -> None:
+        """Run a training function in a worker; on success refresh the model pickers and
+        show ``results_text(result)``."""
+        self.progress.max, self.progress.value = kw["iterations"], 0
+        self.results.value = ""
+        self._stop.clear()
+        self.cancel_button.enabled = True
+
+        def done(res: dict) -> None:
+            self.result = res
+            cached_model.cache_clear()
+            registry_events.changed.emit()
+            self.progress.value = self.progress.max
+            last = res["losses"][-1] if res.get("losses") else float("nan")
+            self.status.value = f"Done: registered '{res['name']}' (last loss {last:.4f})."
+            self.results.value = f"evaluated on {res['evaluated_on']}\n" + results_text(res)
+
+        self._start(_run_training, done, func_name, self._bridge.step.emit, self._bridge.line.emit,
+                    stop=self._stop.is_set, **kw)
+
+
+class FinetuneWidget(_TrainingDock):
+    """Fine-tune a model on the patches of a dataset folder (see Pick Patches + Store Dataset)."""
+
+    help_title = "Fine-tune"
+    run_text = "Fine-tune"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer)
+        self.model = model_picker(tooltip="A panoptem (state-dict) model to start from.")
+        self.train_dir = FileEdit(label="Training dataset", name="train_dir", mode="d", value="",
+                                  tooltip="A dataset folder (images/ + masks/, e.g. from Store dataset), or a "
+                                          "folder of several.")
+        self.val_dir = FileEdit(label="Validation dataset (optional)", name="val_dir", mode="d", value="",
+                                tooltip="Scored before and after; empty: the training patches are scored.")
+        self.name = LineEdit(label="New model name", name="new_name", value="FinetunedModel",
+                             tooltip="Name the fine-tuned model is registered under (letters, digits, _ . -).")
+        self.iterations = SpinBox(label="Iterations", name="iterations", value=100, min=1, max=10**6,
+                                  tooltip="Optimiser steps (any number from 1); 100-200 suit 16 patches.")
+        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size", value=256, min=32, max=4096,
+                                  step=32, tooltip="Training crop side in pixels (a multiple of 32).")
+        self.layers = ComboBox(label="Finetunable layers", name="layers", choices=list(LAYER_CHOICES),
+                               value="none", tooltip="none: decoder and heads only; stageK: also the encoder "
+                                                     "from stage K on; all: everything.")
+        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=1e-3, min=1e-6, max=1.0, step=1e-4,
+                               tooltip="Peak learning rate of the one-cycle schedule.")
+        self.lr.native.setDecimals(6)
+        self.extend([Group("Fine-tune", [self.model, self.train_dir, self.val_dir, self.name, self.iterations,
+                                         self.patch_size, self.layers, self.lr, self.device]),
+                     *self._footer()])
 
     def run(self) -> None:
         try:
@@ -136,4 +183,5 @@ class FinetuneWidget(WorkerMixin, Container):
               "name": name, "iterations": self.iterations.value, "patch_size": self.patch_size.value,
               "layers": self.layers.value, "lr": self.lr.value, "device": self.device.value}
         self.status.value = "Scoring the model before fine-tuning..."
-        start_training(self, "finetune", kw, lambda res: scores_table(res["before"], res["after"]))
+        self.start_training("finetune", kw, lambda res: scores_table(res["before"], res["after"]))
+

@@ -1,11 +1,21 @@
 """magicgui forms generated from the pydantic parameter schema, so names, defaults,
-ranges and tooltips live in one place (:mod:`panoptem.params`)."""
+ranges and tooltips live in one place (:mod:`panoptem.params`), and the layout pieces
+every dock shares: titled groups (optionally folded) and a full-width status line."""
 from __future__ import annotations
 
 import re
-from typing import Literal, get_args, get_origin
+from typing import Iterator, Literal, get_args, get_origin
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from magicgui.widgets.bases import ValuedContainerWidget
 from pydantic import BaseModel
 
 from ..params import DOWNSAMPLING, MEDIAN_SIZES
@@ -15,15 +25,80 @@ CHOICES = {"downsampling": DOWNSAMPLING, "median_slices": MEDIAN_SIZES}
 
 
 def row(*widgets, layout: str = "horizontal") -> Container:
-    """Widgets side by side (or stacked) without a label column."""
+    """Widgets side by side (or stacked) without a label column (buttons, mostly)."""
     return Container(widgets=list(widgets), layout=layout, labels=False)
 
 
+def labelled(*widgets) -> Container:
+    """Widgets stacked with their names beside them (outside a group)."""
+    return Container(widgets=list(widgets), labels=True)
+
+
 def status_label() -> Label:
-    """A word-wrapped line for messages (results, errors)."""
-    lab = Label(value="", name="status")
+    """A word-wrapped line for messages (results, errors), selectable for copying.
+
+    Put it straight into an unlabelled, vertical container (a dock's outer column):
+    there it gets the full width and as many lines as its text needs."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+    lab = Label(value="", name="status", label="")
     lab.native.setWordWrap(True)
+    lab.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    lab.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+    lab.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
     return lab
+
+
+def compact_combo(box):
+    """A ComboBox that does not widen the dock to its longest item (long layer names)."""
+    from qtpy.QtWidgets import QComboBox
+    box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.native.setMinimumContentsLength(12)
+    return box
+
+
+class Group(Container):
+    """A titled block of labelled widgets. ``folded=None``: always open, with a bold
+    title; True/False: a header button that hides / shows the block (starts as given)."""
+
+    def __init__(self, title: str, widgets, folded: bool | None = None, name: str | None = None):
+        super().__init__(labels=False, name=name or re.sub(r"\W+", "_", title.lower()).strip("_"))
+        self.title = title
+        self.body = Container(widgets=list(widgets), labels=True)
+        self.body.margins = (6, 0, 0, 0)
+        if folded is None:
+            self.header = Label(value=f"<b>{title}</b>", label="")
+        else:
+            self.header = PushButton(text="", name=f"{self.name}_toggle",
+                                     tooltip=f"Show or hide the {title.lower()}.")
+            self.header.changed.connect(self.toggle)
+            self._set_folded(folded)
+        self.extend([self.header, self.body])
+
+    @property
+    def folded(self) -> bool:
+        """Whether the block is hidden (always False for a group without a header button)."""
+        return getattr(self, "_folded", False)
+
+    def _set_folded(self, folded: bool) -> None:
+        self._folded = bool(folded)
+        self.body.visible = not folded
+        if isinstance(self.header, PushButton):
+            self.header.text = f"{'▸' if folded else '▾'} {self.title}"
+
+    def toggle(self) -> None:
+        """Fold an open group, open a folded one."""
+        self._set_folded(not self._folded)
+
+
+def iter_controls(widget) -> Iterator:
+    """Every leaf widget (controls and labels) inside ``widget``; file pickers and other
+    valued containers count as one control."""
+    if isinstance(widget, Container) and not isinstance(widget, ValuedContainerWidget):
+        for w in widget:
+            yield from iter_controls(w)
+    else:
+        yield widget
 
 
 def _bounds(field) -> tuple[float | None, float | None]:
@@ -83,6 +158,10 @@ class ParamsForm:
 
     def __getitem__(self, name: str):
         return self._by_name[name]
+
+    def take(self, *names: str) -> list:
+        """The widgets of these fields, in this order (to build a group)."""
+        return [self._by_name[n] for n in names]
 
     def values(self) -> dict:
         return {w.name: w.value for w in self.widgets}

@@ -1,8 +1,8 @@
 """Widgets "2D Inference (Parameter Testing)" and "3D Inference".
 
 They gather parameters, run :func:`segment_2d` / :func:`segment_3d` in a worker
-thread with a model loaded once per (model, device), and add the results as
-labels layers scaled like the image.
+thread with a model loaded once per (model, device), prepare the result layers
+there too, and only add them to the viewer in the GUI thread.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     ProgressBar,
     PushButton,
@@ -28,18 +27,35 @@ from qtpy.QtCore import QObject, Signal
 from ..errors import PanoptemError
 from ..params import Params2D, Params3D
 from ._confine import mask_box, place_in_plane, shapes_mask, viewport_box, write_plane
-from ._worker import WorkerMixin
-from ._forms import ParamsForm, row, status_label
+from ._forms import Group, ParamsForm, compact_combo, labelled, row
 from ._layers import (
     PLANE_OF_AXIS,
-    add_or_replace,
     current_plane,
     image_array,
     layer_voxel_size,
     place_plane,
 )
+from ._worker import Dock
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_TIP = "Where the network runs. auto: CUDA if present, else Apple MPS, else the CPU."
+
+#: fields of the 3D form, grouped as empanada-napari groups them; the last group starts folded
+GROUPS_3D = {
+    "2D Parameters": ("downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
+                      "fine_boundaries", "semantic_only", "maximum_objects_per_class"),
+    "Stack Parameters": ("median_slices", "min_size", "min_extent", "inference_plane", "label_erosion",
+                         "label_dilation", "fill_holes_in_segmentation"),
+    "Ortho-plane Parameters": ("orthoplane", "return_panoptic", "pixel_vote_thr", "allow_one_view", "fusion"),
+    "Output": ("chunk_size",),
+    "Advanced": ("iou_thr", "ioa_thr", "bridge_gaps", "tile_size"),
+}
+GROUPS_2D = {
+    "2D Parameters": ("downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
+                      "fine_boundaries", "semantic_only", "fill_holes_in_segmentation",
+                      "maximum_objects_per_class"),
+    "Advanced": ("tile_size",),
+}
 
 
 @lru_cache(maxsize=2)
@@ -75,46 +91,66 @@ def model_names(*_) -> list[str]:
     return sorted(card_paths())
 
 
-def layer_picker(viewer, kind, label: str, nullable: bool = False, name: str | None = None) -> ComboBox:
+def model_picker(tooltip: str = "Registered models: the built-in ones and those added in the Models "
+                                "dock (or with `panoptem model register`).") -> ComboBox:
+    """A ComboBox of the registered models that follows the registry."""
+    box = compact_combo(ComboBox(label="Model", name="model", choices=model_names, tooltip=tooltip))
+    follow_registry(box)
+    return box
+
+
+def layer_picker(viewer, kind, label: str, nullable: bool = False, name: str | None = None,
+                 tooltip: str = "") -> ComboBox:
     """A ComboBox of the viewer's layers of type ``kind``, refreshed when layers change.
 
     A required picker starts on the selected layer when it has the right type; an
     optional one (``nullable``) starts empty, so a layer is never used unless chosen."""
     def choices(_w):
         return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
-    box = ComboBox(label=label, name=name or label.lower().replace(" ", "_"), choices=choices, nullable=nullable)
+    box = ComboBox(label=label, name=name or label.lower().replace(" ", "_"), choices=choices, nullable=nullable,
+                   tooltip=tooltip or f"The {kind.__name__.lower()} layer to use.")
+    compact_combo(box)
     active = viewer.layers.selection.active
     if not nullable and isinstance(active, kind):
         box.value = active
     return box
 
 
-class _InferenceBase(WorkerMixin, Container):
-    """Image picker, model and device, a parameter form, Run and a status line."""
+def count_objects(labels: np.ndarray, per_slice: bool = False) -> int:
+    """Number of objects: distinct non-zero ids, summed over slices when ids restart per slice."""
+    if not per_slice:
+        ids = np.unique(labels)
+        return int(ids.size - (ids[0] == 0 if ids.size else 0))
+    return sum(count_objects(s) for s in labels)
+
+
+class _InferenceBase(Dock):
+    """Image picker, model and device, a grouped parameter form, Run and a status line."""
 
     params_cls: type = Params2D
+    groups: dict = GROUPS_2D
     title = ""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(scrollable=False)
-        self.viewer = viewer
-        self.image = layer_picker(viewer, napari.layers.Image, "Image")
+        super().__init__(viewer)
+        self.image = layer_picker(viewer, napari.layers.Image, "Image",
+                                  tooltip="The EM image or volume to segment (2D YX or 3D ZYX, grey).")
         from ..models.load import DEFAULT_MODEL
-        self.model = ComboBox(label="Model", name="model", choices=model_names,
-                              tooltip="Registered models: built-in and `panoptem model register`-ed ones.")
+        self.model = model_picker()
         if DEFAULT_MODEL in self.model.choices:
             self.model.value = DEFAULT_MODEL
-        self.device = ComboBox(label="Device", name="device", choices=list(DEVICES), value="auto",
-                               tooltip="auto: CUDA if present, else Apple MPS, else CPU.")
-        follow_registry(self.model)
+        self.device = ComboBox(label="Device", name="device", choices=list(DEVICES), value="auto", tooltip=DEVICE_TIP)
         self.form = ParamsForm(self.params_cls)
-        self.run_button = PushButton(text=f"Run {self.title}", name="run")
-        self.status = status_label()
-        self.worker = None
-        self.result_layers: list = []
+        placed = [n for names in self.groups.values() for n in names]
+        if sorted(placed) != sorted(self.params_cls.model_fields):  # a new field must get a group
+            raise TypeError(f"fields without a group: {set(self.params_cls.model_fields) ^ set(placed)}")
+        self.run_button = PushButton(text=f"Run {self.title}", name="run",
+                                     tooltip=f"Start {self.title} with these settings.")
         self.run_button.changed.connect(self.run)
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            ev.connect(self.reset_choices)
+        self.result_layers: list = []
+
+    def _group(self, title: str, extra=(), folded: bool | None = None) -> Group:
+        return Group(title, [*self.form.take(*self.groups.get(title, ())), *extra], folded=folded)
 
     def _model_name(self) -> str:
         if not self.model.value:
@@ -122,9 +158,35 @@ class _InferenceBase(WorkerMixin, Container):
         return self.model.value
 
 
-def _segment_2d(array, model: str, device: str, params: Params2D, batch: bool):
+def _labels_layer(data, **kw):
+    """A napari Labels layer (built here, in the worker; the GUI thread only adds it)."""
+    return napari.layers.Labels(data, **kw)
+
+
+def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, plane_shape, mask, new_layer):
+    """Segment, place the result in its plane, count objects, and build the layer (worker thread)."""
     from ..inference.segment2d import segment_2d
-    return segment_2d(np.asarray(array), cached_model(model, device), batch=batch, **params.model_dump())
+    labels = segment_2d(np.asarray(array), cached_model(model, device), batch=batch, **params.model_dump())
+    if batch:
+        data, n = labels, count_objects(labels, per_slice=True)
+    else:
+        data = place_in_plane(labels, box, plane_shape, mask, params.label_divisor)
+        n = count_objects(data)
+    layer = None
+    if new_layer is not None:
+        kw = dict(new_layer)
+        axis, index, geo = kw.pop("axis"), kw.pop("index"), kw.pop("image")
+        placed = {"data": data, "scale": geo.scale, "translate": geo.translate} if batch else \
+            place_plane(data, axis, index, geo)
+        layer = _labels_layer(placed.pop("data"), name=kw["name"], **placed)
+    return data, n, layer
+
+
+class _Geometry:
+    """Scale and translate of an image layer, detached from it (safe to read in a worker)."""
+
+    def __init__(self, layer):
+        self.scale, self.translate = tuple(layer.scale), tuple(layer.translate)
 
 
 class Inference2DWidget(_InferenceBase):
@@ -132,22 +194,29 @@ class Inference2DWidget(_InferenceBase):
     on every slice of a stack ("Batch mode"), to tune parameters before a 3D run."""
 
     params_cls = Params2D
+    groups = GROUPS_2D
     title = "2D inference"
+    help_title = "2D Inference (Parameter Testing)"
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)
         self.batch = CheckBox(text="Batch mode (every slice on its own)", name="batch", value=False,
                               tooltip="Segment every slice of a stack independently; ids restart in each slice.")
-        self.roi = layer_picker(viewer, napari.layers.Shapes, "Confine to ROI", nullable=True, name="roi")
-        self.roi.tooltip = ("Shapes layer whose rectangles / polygons / ellipses on the shown plane bound the run; "
-                            "pixels outside them get label 0.")
+        self.roi = layer_picker(viewer, napari.layers.Shapes, "Confine to ROI", nullable=True, name="roi",
+                                tooltip="Shapes layer whose rectangles / polygons / ellipses on the shown plane "
+                                        "bound the run; pixels outside them get label 0.")
         self.viewport = CheckBox(text="Confine to viewport", name="viewport", value=False,
                                  tooltip="Segment only the part of the plane visible on the canvas.")
-        self.output = layer_picker(viewer, napari.layers.Labels, "Output to layer", nullable=True, name="output")
-        self.output.tooltip = ("Write the result into this labels layer (same shape as the image) at the shown "
-                               "plane, as one undoable edit; empty: a new '<image>-2D-prediction' layer.")
-        self.extend([self.image, self.model, self.device, *self.form.widgets, self.batch, self.roi,
-                     self.viewport, self.output, row(self.run_button, self.status, layout="vertical")])
+        self.output = layer_picker(viewer, napari.layers.Labels, "Output to layer", nullable=True, name="output",
+                                   tooltip="Write the result into this labels layer (same shape as the image) at "
+                                           "the shown plane, as one undoable edit; empty: a new "
+                                           "'<image>-2D-prediction' layer.")
+        self.extend([
+            Group("Input", [self.image, self.model, self.device]),
+            self._group("2D Parameters"),
+            Group("Where", [self.batch, self.roi, self.viewport, self.output]),
+            self._group("Advanced", folded=True),
+            row(self.run_button, self.help_button), self.status])
 
     def _region(self, layer, axis, index, plane_shape):
         """(box, mask): the crop of the plane to segment and the ROI mask (None without ROI)."""
@@ -189,43 +258,57 @@ class Inference2DWidget(_InferenceBase):
             if target is not None and tuple(target.data.shape) != tuple(data.shape):
                 raise PanoptemError(f"Labels layer '{target.name}' has shape {tuple(target.data.shape)} but the "
                                     f"image has {tuple(data.shape)}; choose a labels layer of the same shape.")
-            plane_shape = array.shape
+            plane_shape = array.shape[-2:]
             box, mask = ((slice(0, plane_shape[0]), slice(0, plane_shape[1])), None) if batch else \
                 self._region(layer, axis, index, plane_shape)
             array = array if batch else np.asarray(array)[box]
         except PanoptemError as e:
             self._fail(e)
             return
-        where = ("every slice" if batch else
+        where = (f"{data.shape[0]} slices" if batch else
                  f"{PLANE_OF_AXIS[axis]} plane {index}" if axis is not None else "the image")
+        name = f"{layer.name}-batch-prediction" if batch else f"{layer.name}-2D-prediction"
+        old = self.viewer.layers[name] if name in self.viewer.layers else None
+        replace = old is not None and isinstance(old, napari.layers.Labels)
+        new_layer = None if (target is not None or replace) else \
+            {"name": name, "axis": axis, "index": index, "image": _Geometry(layer)}
         self.status.value = f"Running on {where}..."
 
-        def show(labels):
-            if batch:
-                out = add_or_replace(self.viewer, f"{layer.name}-batch-prediction", labels,
-                                     scale=tuple(layer.scale), translate=tuple(layer.translate))
-                n = len(np.unique(labels)) - 1
+        def show(result):
+            plane, n, built = result
+            if target is not None:
+                region = np.zeros(plane_shape, bool)
+                region[box] = True
+                if mask is not None:
+                    region &= mask
+                try:
+                    write_plane(target, plane, region, axis, index, data.shape)
+                except PanoptemError as e:
+                    self._fail(e)
+                    return
+                out = target
+            elif built is not None:
+                if name in self.viewer.layers:  # a non-labels layer of that name
+                    self.viewer.layers.remove(name)
+                out = self.viewer.add_layer(built)
             else:
-                plane = place_in_plane(labels, box, plane_shape, mask, params.label_divisor)
-                n = len(np.unique(plane)) - 1
-                if target is not None:
-                    region = np.zeros(plane_shape, bool)
-                    region[box] = True
-                    if mask is not None:
-                        region &= mask
-                    try:
-                        write_plane(target, plane, region, axis, index, data.shape)
-                    except PanoptemError as e:
-                        self._fail(e)
-                        return
-                    out = target
-                else:
-                    kw = place_plane(plane, axis, index, layer)
-                    out = add_or_replace(self.viewer, f"{layer.name}-2D-prediction", kw.pop("data"), **kw)
+                placed = {"data": plane, "scale": tuple(layer.scale), "translate": tuple(layer.translate)} \
+                    if batch else place_plane(plane, axis, index, layer)
+                out = self.viewer.layers[name]
+                if out.ndim == np.ndim(placed["data"]):
+                    out.data = placed.pop("data")
+                    for k, v in placed.items():
+                        setattr(out, k, v)
+                else:  # another dimensionality: a fresh layer
+                    self.viewer.layers.remove(name)
+                    out = self.viewer.add_labels(placed.pop("data"), name=name, **placed)
             self.result_layers = [out]
-            self.status.value = f"Done: {n} labels on {where}" + (f" into '{out.name}'." if target is not None else ".")
+            tail = " (ids restart in every slice)" if batch else ""
+            self.status.value = (f"Done: {n} object{'s' if n != 1 else ''} on {where}{tail}"
+                                 + (f" into '{out.name}'." if target is not None else "."))
 
-        self._start(_segment_2d, show, array, model, self.device.value, params, batch)
+        self._start(_run_2d, show, array, model, self.device.value, params, batch, box, plane_shape, mask,
+                    new_layer)
 
 
 class _Progress(QObject):
@@ -234,10 +317,17 @@ class _Progress(QObject):
     step = Signal(str, int, int)
 
 
-def _segment_3d(volume, model: str, device: str, params: Params3D, voxel_size, callback, output=None):
+def _run_3d(volume, model: str, device: str, params: Params3D, voxel_size, callback, output, layer_kw: dict,
+            image_name: str):
+    """Segment (and write the Zarr output when asked), and build the result layers (worker thread)."""
     from ..inference.segment3d import segment_3d
-    return segment_3d(volume, cached_model(model, device), voxel_size=voxel_size, callback=callback,
-                      output=output, **params.model_dump())
+    res = segment_3d(volume, cached_model(model, device), voxel_size=voxel_size, callback=callback,
+                     output=output, **params.model_dump())
+    layers = [_labels_layer(vol, name=f"{image_name}-{cls}-prediction", **layer_kw)
+              for cls, vol in res.labels.items()]
+    layers += [_labels_layer(vol, name=f"{image_name}-panoptic-stack-{plane}", **layer_kw)
+               for plane, vol in res.stacks.items()]
+    return res, layers
 
 
 class Inference3DWidget(_InferenceBase):
@@ -245,23 +335,33 @@ class Inference3DWidget(_InferenceBase):
     consensus; adds one labels layer per class: ``<image>-<class>-prediction``."""
 
     params_cls = Params3D
+    groups = GROUPS_3D
     title = "3D inference"
+    help_title = "3D Inference"
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)
-        self.progress = ProgressBar(value=0, min=0, max=1, name="progress", label="Progress")
-        self.cancel_button = PushButton(text="Cancel", name="cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, name="progress", label="Progress",
+                                    tooltip="Slices done of the current stack (xy, xz or yz).")
+        self.cancel_button = PushButton(text="Cancel", name="cancel", enabled=False,
+                                        tooltip="Stop after the batch of slices in progress; nothing is added.")
         self.cancel_button.changed.connect(self.cancel)
         self._stop = threading.Event()
         self.result = None
         self._bridge = _Progress()
         self._bridge.step.connect(self._on_step)
         self.zarr_dir = FileEdit(label="Zarr output folder (optional)", name="zarr_dir", mode="d", value="",
-                                 tooltip="Stream the labels to <folder>/<image>_<model>.zarr instead of "
-                                         "holding them in memory (one-plane, one-class runs); the layer "
-                                         "reads them from there.")
-        self.extend([self.image, self.model, self.device, *self.form.widgets, self.zarr_dir,
-                     row(self.run_button, self.cancel_button), self.progress, row(self.status)])
+                                 tooltip="Write the labels to <folder>/<image>_<model>.zarr. One-plane, one-class "
+                                         "runs stream there instead of holding the volume in memory, and the "
+                                         "layer reads them from the file.")
+        self.extend([
+            Group("Input", [self.image, self.model, self.device]),
+            self._group("2D Parameters"),
+            self._group("Stack Parameters"),
+            self._group("Ortho-plane Parameters"),
+            Group("Output", [self.zarr_dir, *self.form.take(*GROUPS_3D["Output"])]),
+            self._group("Advanced", folded=True),
+            row(self.run_button, self.cancel_button, self.help_button), labelled(self.progress), self.status])
 
     def output_path(self, image_name: str, model: str) -> Path | None:
         """``<folder>/<image>_<model>.zarr`` for the chosen Zarr folder, else None."""
@@ -320,18 +420,19 @@ class Inference3DWidget(_InferenceBase):
         self.cancel_button.enabled = True
         self.progress.value = 0
         self.status.value = "Running 3D inference..."
+        vs = layer_voxel_size(layer)
+        layer_kw = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": {"voxel_size": vs}}
 
-        def show(res):
-            kw = {"scale": tuple(layer.scale), "translate": tuple(layer.translate),
-                  "metadata": {"voxel_size": layer_voxel_size(layer)}}
-            self.result_layers = [self.viewer.add_labels(vol, name=f"{layer.name}-{cls}-prediction", **kw)
-                                  for cls, vol in res.labels.items()]
-            self.result_layers += [self.viewer.add_labels(vol, name=f"{layer.name}-panoptic-stack-{plane}", **kw)
-                                   for plane, vol in res.stacks.items()]
+        def show(result):
+            res, layers = result
             found = ", ".join(f"{n} {c}" for c, n in res.objects.items())
             where = f" (written to {output})" if output is not None else ""
-            self.status.value = f"Done: {found} in {res.timings.get('total_s', 0):.1f} s{where}."
             self.result = res
 
-        self._start(_segment_3d, show, data, model, self.device.value, params, layer_voxel_size(layer),
-                    self._callback, output)
+            def shown(added):
+                self.result_layers = added
+                self.status.value = f"Done: {found} in {res.timings.get('total_s', 0):.1f} s{where}."
+            self.add_layers(layers, shown)
+
+        self._start(_run_3d, show, data, model, self.device.value, params, vs, self._callback, output, layer_kw,
+                    layer.name)

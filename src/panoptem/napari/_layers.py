@@ -74,19 +74,6 @@ def coords_in(src, dst, coords) -> np.ndarray:
     return np.asarray(out, dtype=float).reshape(-1, dst.ndim)
 
 
-def add_or_replace(viewer, name: str, data, **kwargs):
-    """Put ``data`` into the labels layer ``name`` (replacing its data) or add a new one."""
-    old = viewer.layers[name] if name in viewer.layers else None
-    if old is not None and old.__class__.__name__ == "Labels" and old.ndim == np.ndim(data):
-        old.data = data
-        for k, v in kwargs.items():
-            setattr(old, k, v)
-        return old
-    if old is not None:
-        viewer.layers.remove(old)
-    return viewer.add_labels(data, name=name, **kwargs)
-
-
 def camera_of(viewer):
     """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)

@@ -1,18 +1,19 @@
-"""Widget "Measure Labels": per-object measurements in nm into ``layer.features`` and a CSV."""
+"""Widget "Measure Labels": per-object measurements in nm into ``layer.features`` and a table
+file (CSV, or Excel .xlsx), computed in a worker thread."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import napari
 import napari.layers
 import numpy as np
-from magicgui.widgets import Container, FileEdit, PushButton
+from magicgui.widgets import CheckBox, FileEdit, PushButton, SpinBox
 
 from ..errors import PanoptemError
-from ._forms import row, status_label
+from ._forms import Group, row
 from ._inference import layer_picker
 from ._layers import layer_voxel_size
+from ._worker import Dock
 
 
 def _measure_function():
@@ -23,40 +24,48 @@ def _measure_function():
     return measure
 
 
-def write_csv(path, table: dict) -> Path:
-    """Write a dict of equal-length columns as CSV (header = column names)."""
-    path = Path(path)
-    cols = list(table)
-    rows = zip(*(np.asarray(table[c]).tolist() for c in cols))
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        w.writerows(rows)
-    return path
+def _measure(measure, labels, voxel_size, kw: dict, path: str) -> dict:
+    """The table (with napari's 'index' column), written to ``path`` when given (worker thread)."""
+    table = measure(np.asarray(labels), voxel_size, **kw)
+    table = {k: np.asarray(v) for k, v in table.items()}
+    if "index" not in table and "label" in table:  # napari looks labels up by an 'index' column
+        table = {"index": table["label"], **table}
+    if path:
+        from .._table import write_table
+        write_table(table, path)
+    return table
 
 
-class MeasureWidget(Container):
+class MeasureWidget(Dock):
     """Measure every object of a labels layer with :func:`panoptem.measure`
-    (voxel size from the layer), show the table as the layer's features and save a CSV."""
+    (voxel size from the layer), show the table as the layer's features and save it."""
+
+    help_title = "Measure Labels"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
-        self.viewer = viewer
-        self.labels = layer_picker(viewer, napari.layers.Labels, "Labels")
-        self.image = layer_picker(viewer, napari.layers.Image, "Image (optional)", nullable=True, name="image")
-        self.image.tooltip = "Grey image of the same shape: adds each object's mean intensity."
-        self.csv = FileEdit(label="CSV file (optional)", name="csv", mode="w", filter="*.csv", value="")
-        self.run_button = PushButton(text="Measure", name="run")
-        self.status = status_label()
+        super().__init__(viewer)
+        self.labels_layer = layer_picker(viewer, napari.layers.Labels, "Labels", name="labels_layer",
+                                         tooltip="The labels layer to measure (its voxel size in nm comes from "
+                                                 "the layer's scale or metadata).")
+        self.image = layer_picker(viewer, napari.layers.Image, "Image (optional)", nullable=True, name="image",
+                                  tooltip="Grey image of the same shape: adds each object's mean intensity.")
+        self.divisor = SpinBox(label="Label divisor (0 = none)", name="divisor", value=0, min=0, max=10**9,
+                               tooltip="class = label // divisor for the class_id column; 0: every object is "
+                                       "of class 1.")
+        self.surface = CheckBox(text="Surface area and shape", name="surface", value=True,
+                                tooltip="Surface area (nm²) and sphericity in 3D, perimeter (nm) and circularity "
+                                        "in 2D: the slow part; untick for sizes and positions only.")
+        self.csv = FileEdit(label="Table file (optional)", name="csv", mode="w", filter="*.csv *.xlsx", value="",
+                            tooltip="Save the table: .csv, or an Excel workbook when the name ends in .xlsx.")
+        self.run_button = PushButton(text="Measure", name="run", tooltip="Measure every object of the layer.")
         self.run_button.changed.connect(self.run)
-        self.extend([self.labels, self.image, self.csv, row(self.run_button, self.status, layout="vertical")])
         self.table: dict | None = None
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            ev.connect(self.reset_choices)
+        self.extend([Group("Measure", [self.labels_layer, self.image, self.divisor, self.surface, self.csv]),
+                     row(self.run_button, self.help_button), self.status])
 
     def run(self) -> None:
         try:
-            layer = self.labels.value
+            layer = self.labels_layer.value
             if layer is None:
                 raise PanoptemError("Choose a labels layer to measure.")
             measure = _measure_function()
@@ -67,21 +76,25 @@ class MeasureWidget(Container):
                 if tuple(img.shape) != tuple(layer.data.shape):
                     raise PanoptemError(f"Image '{self.image.value.name}' has shape {tuple(img.shape)}, the labels "
                                         f"{tuple(layer.data.shape)}; choose the image they were made from.")
-                kw["image"] = np.asarray(img)
-            table = measure(np.asarray(layer.data), vs, **kw)
-            table = {k: np.asarray(v) for k, v in table.items()}
-            if "index" not in table and "label" in table:  # napari looks labels up by an 'index' column
-                table = {"index": table["label"], **table}
+                kw["image"] = img
+            if self.divisor.value:
+                kw["label_divisor"] = self.divisor.value
+            if not self.surface.value:
+                kw["surface"] = False
+            path = str(self.csv.value or "")
+            path = path if path not in ("", ".") and Path(path).name else ""
+        except PanoptemError as e:
+            self._fail(e)
+            return
+        self.status.value = "Measuring..."
+
+        def done(table: dict) -> None:
             layer.features = table
             self.table = table
             n = len(next(iter(table.values()))) if table else 0
             msg = f"Measured {n} objects ({'nm' if vs else 'voxels: the layer has no voxel size'})"
-            path = str(self.csv.value)
-            if path and path != "." and Path(path).name:
-                write_csv(path, table)
-                msg += f"; saved {path}"
-        except PanoptemError as e:
-            self.status.value = f"Error: {e}"
-            napari.utils.notifications.show_error(str(e))
-            return
-        self.status.value = msg + "."
+            self.status.value = msg + (f"; saved {path}." if path else ".")
+
+        if "image" in kw:
+            kw["image"] = np.asarray(kw["image"])
+        self._start(_measure, done, measure, layer.data, vs, kw, path)

@@ -9,7 +9,6 @@ from pathlib import Path
 import napari
 from magicgui.widgets import (
     ComboBox,
-    Container,
     FileEdit,
     LineEdit,
     PushButton,
@@ -17,9 +16,9 @@ from magicgui.widgets import (
 )
 
 from ..errors import PanoptemError
-from ._forms import row, status_label
-from ._worker import WorkerMixin
-from ._inference import cached_model, follow_registry, model_names, registry_events
+from ._forms import Group, row
+from ._inference import cached_model, follow_registry, model_picker, registry_events
+from ._worker import Dock
 
 FORMATS = ("package", "torchscript", "empanada", "onnx")
 
@@ -57,47 +56,59 @@ def _path(value) -> str:
     return "" if s in ("", ".") else s
 
 
-class ModelsWidget(WorkerMixin, Container):
-    """Pick a model to show its card, export or archive it; register a card, import a
-    package, restore an archived model. Every action runs in a worker thread."""
+class ModelsWidget(Dock):
+    """Pick a model to see its card, export or archive it; register a card, import a
+    package, restore an archived model. Changes to the registry run in a worker thread."""
+
+    help_title = "Models"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(scrollable=False)
-        self.viewer = viewer
-        self.model = ComboBox(label="Model", name="model", choices=model_names)
-        self.info_button = PushButton(text="Get model info", name="info")
-        self.info = TextEdit(name="info_text", value="")
+        super().__init__(viewer)
+        self.model = model_picker(tooltip="The model to show, export or archive.")
+        self.info_button = PushButton(text="Get model info", name="info",
+                                      tooltip="Show the model's card again (it shows whenever the model changes).")
+        self.info = TextEdit(label="Model card", name="info_text", value="",
+                             tooltip="Classes, label divisor to annotate with, patch-size divisibility, "
+                                     "validation figures and weights of the chosen model.")
         self.info.native.setReadOnly(True)
+        self.info.native.setMinimumHeight(120)
         self.new_name = LineEdit(label="New name", name="new_name",
                                  tooltip="Register / Import: letters, digits, '_', '.' and '-'.")
-        self.card = FileEdit(label="Card file", name="card", mode="r", filter="*.yaml *.yml", value="")
+        self.card = FileEdit(label="Card file", name="card", mode="r", filter="*.yaml *.yml", value="",
+                             tooltip="Register: a panoptem model card or an empanada model .yaml.")
         self.weights = LineEdit(label="Weights (optional)", name="weights",
                                 tooltip="Weights file or http(s)/file URL; empty: the one the card names.")
-        self.register_button = PushButton(text="Register", name="register")
-        self.out_file = FileEdit(label="Output file", name="out_file", mode="w", value="")
+        self.register_button = PushButton(text="Register", name="register",
+                                          tooltip="Register the card (and weights) under New name.")
+        self.out_file = FileEdit(label="Output file", name="out_file", mode="w", value="",
+                                 tooltip="Export: the file to write (never over an existing one).")
         self.format = ComboBox(label="Format", name="format", choices=list(FORMATS), value="package",
                                tooltip="package: one .panoptem file to share; torchscript; empanada: TorchScript "
                                        "+ yaml for empanada-napari; onnx.")
-        self.export_button = PushButton(text="Export", name="export")
-        self.package = FileEdit(label="Package", name="package", mode="r", filter="*.panoptem", value="")
-        self.import_button = PushButton(text="Import", name="import_")
-        self.archive_button = PushButton(text="Archive model", name="archive")
-        self.archived = ComboBox(label="Archived", name="archived", choices=archived_names)
-        self.restore_button = PushButton(text="Restore", name="restore")
-        self.status = status_label()
-        self.worker = None
+        self.export_button = PushButton(text="Export", name="export", tooltip="Write the chosen model to Output file.")
+        self.package = FileEdit(label="Package", name="package", mode="r", filter="*.panoptem", value="",
+                                tooltip="Import: a .panoptem package made by Export.")
+        self.import_button = PushButton(text="Import", name="import_",
+                                        tooltip="Register the package's model (under New name, if given).")
+        self.archive_button = PushButton(text="Archive model", name="archive",
+                                         tooltip="Hide the chosen model from every picker (Restore brings it back).")
+        self.archived = ComboBox(label="Archived", name="archived", choices=archived_names,
+                                 tooltip="Archived models, to restore.")
+        self.restore_button = PushButton(text="Restore", name="restore", tooltip="Bring the archived model back.")
         self.buttons = {"info": self.info_button, "register": self.register_button, "export": self.export_button,
                         "import": self.import_button, "archive": self.archive_button,
                         "restore": self.restore_button}
         for key, b in self.buttons.items():
             b.changed.connect(getattr(self, f"do_{key}"))
-        self.extend([self.model, row(self.info_button, self.archive_button), self.info,
-                     self.out_file, self.format, self.export_button,
-                     self.new_name, self.card, self.weights, self.register_button,
-                     self.package, self.import_button,
-                     self.archived, self.restore_button, self.status])
-        follow_registry(self.model)
+        self.extend([Group("Model", [self.model, row(self.info_button, self.archive_button), self.info]),
+                     Group("Export", [self.out_file, self.format, self.export_button]),
+                     Group("Register or import", [self.new_name, self.card, self.weights, self.register_button,
+                                                  self.package, self.import_button]),
+                     Group("Archived models", [self.archived, self.restore_button]),
+                     row(self.help_button), self.status])
         follow_registry(self.archived)
+        self.model.changed.connect(self._show_info)
+        self._show_info()
 
     def _start(self, func, done, changes: bool, *args) -> None:
         def on_result(res):
@@ -119,14 +130,22 @@ class ModelsWidget(WorkerMixin, Container):
         except PanoptemError as e:
             self._fail(e)
 
+    def _show_info(self, *_) -> None:
+        """The card of the model in the picker (reading a card is quick: no thread)."""
+        name = self.model.value
+        if not name:
+            self.info.value = ""
+            return
+        try:
+            self.info.value = model_info_text(name)
+        except PanoptemError as e:
+            self.info.value = f"Cannot read the card of '{name}': {e}"
+
     def do_info(self) -> None:
         def go():
             name = self._name()
-
-            def show(text):
-                self.info.value = text
-                self.status.value = f"Model '{name}'."
-            self._start(model_info_text, show, False, name)
+            self._show_info()
+            self.status.value = f"Model '{name}'."
         self._guard(go)
 
     def do_register(self) -> None:
@@ -178,4 +197,5 @@ class ModelsWidget(WorkerMixin, Container):
     def _done(self, msg: str, select: str | None = None) -> None:
         if select is not None and select in self.model.choices:
             self.model.value = select
+        self._show_info()
         self.status.value = msg

@@ -1,6 +1,8 @@
 """Widget "Pick Patches + Store Dataset": cut patches to annotate out of an image (around
 points and at random, optionally paired with existing labels), show them as an image
-layer with a labels layer to paint, and write them as a training dataset folder."""
+layer with a labels layer to paint, drop the ones not wanted, and write them as a
+training dataset folder. A patch left unpainted is stored as a true negative (an
+all-zero mask: no object there)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,20 +10,13 @@ from pathlib import Path
 import napari
 import napari.layers
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, PushButton, SpinBox
 
 from ..errors import PanoptemError
-from ._forms import row, status_label
-from ._worker import WorkerMixin
+from ._forms import Group, row
 from ._inference import layer_picker
-from ._layers import add_or_replace, coords_in, image_array
+from ._layers import coords_in, image_array
+from ._worker import Dock
 
 PLANE_CHOICES = ("xy", "xz", "yz", "random")
 
@@ -39,7 +34,7 @@ def patch_stack(patches) -> tuple[np.ndarray, np.ndarray]:
 
 def with_painted_labels(patches, painted: np.ndarray) -> list:
     """Copies of ``patches`` holding the painted plane ``painted[i]`` as labels; a patch
-    with nothing painted keeps no labels (its image is stored to be painted later)."""
+    with nothing painted gets an all-zero mask (a true negative)."""
     from dataclasses import replace
     painted = np.asarray(painted)
     if painted.shape[0] != len(patches):
@@ -47,9 +42,6 @@ def with_painted_labels(patches, painted: np.ndarray) -> list:
                             "pick the patches again.")
     out = []
     for p, lab in zip(patches, painted):
-        if not lab.any():
-            out.append(replace(p, labels=None))
-            continue
         if p.is_flipbook:  # only the middle plane is annotated; the others are context
             full = np.zeros(p.image.shape, lab.dtype)
             full[p.middle] = lab
@@ -58,46 +50,76 @@ def with_painted_labels(patches, painted: np.ndarray) -> list:
     return out
 
 
-class PatchesWidget(WorkerMixin, Container):
+def _pick(name: str, **kw):
+    """Pick patches and build the two layers to show (worker thread)."""
+    from ..training.patches import pick_patches
+    patches = pick_patches(**kw)
+    if not patches:
+        return patches, None, None
+    imgs, labs = patch_stack(patches)
+    img_layer = napari.layers.Image(imgs, name=name, metadata={"patch_names": [p.name for p in patches]})
+    lab_layer = napari.layers.Labels(labs, name=f"{name}-labels")
+    return patches, img_layer, lab_layer
+
+
+class PatchesWidget(Dock):
     """Pick patches from an image (optional points to centre them on, optional labels to
     pair), paint them in ``<image>-patches-labels``, then store them as a dataset folder."""
 
+    help_title = "Pick Patches + Store Dataset"
+
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(scrollable=False)
-        self.viewer = viewer
-        self.image = layer_picker(viewer, napari.layers.Image, "Image")
-        self.points = layer_picker(viewer, napari.layers.Points, "Points (optional)", nullable=True, name="points")
-        self.points.tooltip = "Patches are centred on these points first; random ones fill up to the number."
-        self.labels = layer_picker(viewer, napari.layers.Labels, "Labels (optional)", nullable=True, name="labels")
-        self.labels.tooltip = "Labels of the image to crop with it (paired patches, to correct or reuse)."
-        self.n = SpinBox(label="Number of patches", name="n", value=16, min=1, max=10_000)
-        self.patch_size = SpinBox(label="Patch size", name="patch_size", value=256, min=16, max=4096, step=16)
+        super().__init__(viewer)
+        self.image = layer_picker(viewer, napari.layers.Image, "Image",
+                                  tooltip="The image, 2D stack or volume to cut patches from.")
+        self.points = layer_picker(viewer, napari.layers.Points, "Points (optional)", nullable=True, name="points",
+                                   tooltip="Patches are centred on these points first; random ones fill up to the "
+                                           "number.")
+        self.labels_layer = layer_picker(viewer, napari.layers.Labels, "Labels (optional)", nullable=True,
+                                         name="labels_layer",
+                                         tooltip="Labels of the image to crop with it (paired patches, to correct "
+                                                 "or reuse).")
+        self.n = SpinBox(label="Number of patches", name="n", value=16, min=1, max=10_000,
+                         tooltip="How many patches: one per point, random ones for the rest.")
+        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size", value=256, min=16, max=4096,
+                                  step=16, tooltip="Side of the square patches, in pixels.")
         self.plane = ComboBox(label="Plane", name="plane", choices=list(PLANE_CHOICES), value="xy",
-                              tooltip="3D volumes: the plane to cut; random: one of the three per patch.")
-        self.is_2d_stack = CheckBox(text="Stack of 2D images", name="is_2d_stack", value=False)
-        self.flipbook = CheckBox(text="Flipbook (3D context)", name="flipbook", value=False)
-        self.flipbook_depth = SpinBox(label="Flipbook depth", name="flipbook_depth", value=5, min=1, max=99)
-        self.seed = SpinBox(label="Random seed", name="seed", value=0, min=0, max=2**31 - 1)
-        self.pick_button = PushButton(text="Pick patches", name="pick")
-        self.folder = FileEdit(label="Dataset folder", name="folder", mode="d", value="")
+                              tooltip="3D volumes: the plane to cut; random: one of the three per patch "
+                                      "(isotropic data).")
+        self.is_2d_stack = CheckBox(text="Stack of 2D images", name="is_2d_stack", value=False,
+                                    tooltip="A 3D layer is a stack of unrelated 2D images (xy patches only).")
+        self.flipbook = CheckBox(text="Flipbook (3D context)", name="flipbook", value=False,
+                                 tooltip="Keep the planes around each patch (stored in flipbooks/) to see the "
+                                         "context; the middle plane is the one painted.")
+        self.flipbook_depth = SpinBox(label="Flipbook depth (planes)", name="flipbook_depth", value=5, min=1, max=99,
+                                      tooltip="Planes per flipbook.")
+        self.seed = SpinBox(label="Random seed", name="seed", value=0, min=0, max=2**31 - 1,
+                            tooltip="Seed of the random picks: the same seed picks the same patches.")
+        self.pick_button = PushButton(text="Pick patches", name="pick",
+                                      tooltip="Cut the patches and show them to paint in '<image>-patches-labels'.")
+        self.drop_button = PushButton(text="Drop shown patch", name="drop",
+                                      tooltip="Remove the patch on the slider's current position from the set.")
+        self.folder = FileEdit(label="Dataset folder", name="folder", mode="d", value="",
+                               tooltip="Where images/ and masks/ are written (created, or appended to).")
         self.label_divisor = SpinBox(label="Label divisor (0: none)", name="label_divisor", value=0, min=0,
                                      max=10**9, tooltip="Masks painted as class * divisor + n; 0: one class.")
-        self.store_button = PushButton(text="Store dataset", name="store")
-        self.status = status_label()
-        self.buttons = {"pick": self.pick_button, "store": self.store_button}
+        self.store_button = PushButton(text="Store dataset", name="store",
+                                       tooltip="Write every patch and its painted mask; an unpainted patch is "
+                                               "stored as a true negative (no object).")
+        self.buttons = {"pick": self.pick_button, "drop": self.drop_button, "store": self.store_button}
         self.pick_button.changed.connect(self.pick)
+        self.drop_button.changed.connect(self.drop)
         self.store_button.changed.connect(self.store)
-        self.worker = None
         self.patches: list = []
         self.patch_layers: tuple = ()
-        self.extend([self.image, self.points, self.labels, self.n, self.patch_size, self.plane,
-                     row(self.is_2d_stack, self.flipbook), self.flipbook_depth, self.seed, self.pick_button,
-                     self.folder, self.label_divisor, self.store_button, self.status])
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            ev.connect(self.reset_choices)
+        self.extend([
+            Group("Pick", [self.image, self.points, self.labels_layer, self.n, self.patch_size, self.plane,
+                           row(self.is_2d_stack, self.flipbook), self.flipbook_depth, self.seed,
+                           row(self.pick_button, self.drop_button)]),
+            Group("Store", [self.folder, self.label_divisor, self.store_button]),
+            row(self.help_button), self.status])
 
     def pick(self) -> None:
-        from ..training.patches import pick_patches
         try:
             layer = self.image.value
             data = image_array(layer)
@@ -105,45 +127,76 @@ class PatchesWidget(WorkerMixin, Container):
             if self.points.value is not None:
                 pts = coords_in(self.points.value, layer, self.points.value.data)
             labels = None
-            if self.labels.value is not None:
-                labels = self.labels.value.data
+            if self.labels_layer.value is not None:
+                labels = self.labels_layer.value.data
                 if tuple(labels.shape) != tuple(data.shape):
-                    raise PanoptemError(f"Labels '{self.labels.value.name}' have shape {tuple(labels.shape)}, the "
-                                        f"image {tuple(data.shape)}; choose the labels of this image.")
+                    raise PanoptemError(f"Labels '{self.labels_layer.value.name}' have shape "
+                                        f"{tuple(labels.shape)}, the image {tuple(data.shape)}; choose the labels "
+                                        "of this image.")
         except PanoptemError as e:
             self._fail(e)
             return
         self.status.value = "Picking patches..."
+        name = f"{layer.name}-patches"
 
-        def show(patches):
+        def show(result):
+            patches, img_layer, lab_layer = result
             if not patches:
                 self.status.value = "No patch fits; choose a smaller patch size."
                 return
             self.patches = patches
-            imgs, labs = patch_stack(patches)
-            name = f"{layer.name}-patches"
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            img_layer = self.viewer.add_image(imgs, name=name, metadata={"patch_names": [p.name for p in patches]})
-            lab_layer = add_or_replace(self.viewer, f"{name}-labels", labs)
-            self.patch_layers = (img_layer, lab_layer)
-            self.viewer.layers.selection.active = lab_layer
-            self.status.value = (f"Picked {len(patches)} patches of {imgs.shape[-1]} pixels; paint them in "
-                                 f"'{lab_layer.name}', then Store dataset.")
+            for old in (name, f"{name}-labels"):
+                if old in self.viewer.layers:
+                    self.viewer.layers.remove(old)
 
-        self._start(pick_patches, show, data, n=self.n.value, patch_size=self.patch_size.value, points=pts,
+            def shown(added):
+                self.patch_layers = tuple(added)
+                self.viewer.layers.selection.active = lab_layer
+                self.status.value = (f"Picked {len(patches)} patches of {img_layer.data.shape[-1]} pixels; paint "
+                                     f"them in '{lab_layer.name}' (an unpainted patch is a true negative), drop "
+                                     "unwanted ones, then Store dataset.")
+            self.add_layers([img_layer, lab_layer], shown)
+
+        self._start(_pick, show, name, image=data, n=self.n.value, patch_size=self.patch_size.value, points=pts,
                     plane=self.plane.value, is_2d_stack=self.is_2d_stack.value, flipbook=self.flipbook.value,
                     flipbook_depth=self.flipbook_depth.value, labels=labels, seed=self.seed.value,
                     source=layer.name)
 
+    def _patch_layers(self):
+        if not self.patches or not self.patch_layers:
+            raise PanoptemError("Pick patches first.")
+        img_layer, lab_layer = self.patch_layers
+        for lay in (img_layer, lab_layer):
+            if lay not in self.viewer.layers:
+                raise PanoptemError(f"The layer '{lay.name}' was removed; pick the patches again.")
+        return img_layer, lab_layer
+
+    def drop(self) -> None:
+        """Remove the patch shown (the slider's position on the patch layers) from the set."""
+        try:
+            img_layer, lab_layer = self._patch_layers()
+        except PanoptemError as e:
+            self._fail(e)
+            return
+        i = int(np.clip(np.round(img_layer.world_to_data(self.viewer.dims.point[-3:])[0]), 0,
+                        len(self.patches) - 1))
+        gone = self.patches.pop(i)
+        if not self.patches:
+            self.viewer.layers.remove(lab_layer)
+            self.viewer.layers.remove(img_layer)
+            self.patch_layers = ()
+            self.status.value = f"Dropped patch {gone.name}; no patch is left."
+            return
+        painted = np.delete(np.asarray(lab_layer.data), i, axis=0)
+        img_layer.data = np.delete(np.asarray(img_layer.data), i, axis=0)
+        img_layer.metadata = {**img_layer.metadata, "patch_names": [p.name for p in self.patches]}
+        lab_layer.data = painted
+        self.status.value = f"Dropped patch {i} ({gone.name}); {len(self.patches)} left."
+
     def store(self) -> None:
         from ..training.dataset import store_dataset
         try:
-            if not self.patches or not self.patch_layers:
-                raise PanoptemError("Pick patches first.")
-            lab_layer = self.patch_layers[1]
-            if lab_layer not in self.viewer.layers:
-                raise PanoptemError(f"The labels layer '{lab_layer.name}' was removed; pick the patches again.")
+            _, lab_layer = self._patch_layers()
             folder = str(self.folder.value or "")
             if folder in ("", "."):
                 raise PanoptemError("Choose a dataset folder to store the patches in.")
@@ -152,9 +205,10 @@ class PatchesWidget(WorkerMixin, Container):
         except PanoptemError as e:
             self._fail(e)
             return
-        n_masks = sum(p.labels is not None for p in patches)
+        n_empty = sum(not p.labels.any() for p in patches)
 
         def done(names):
-            self.status.value = (f"Stored {len(names)} patches ({n_masks} with masks) in {Path(folder)}.")
+            self.status.value = (f"Stored {len(names)} patches ({len(names) - n_empty} painted, {n_empty} with no "
+                                 f"object as true negatives) in {Path(folder)}.")
 
         self._start(store_dataset, done, patches, folder, label_divisor=div)

@@ -1,6 +1,7 @@
 """Widget "Train": train a new model from dataset folders in a worker thread
-(:func:`panoptem.training.finetune.train_new`), with progress and the last loss; the new
-model is registered and offered in every model picker."""
+(:func:`panoptem.training.finetune.train_new`): one or several classes (instance or
+semantic each), their label divisor and the network size, with progress, the last loss
+and a Cancel; the new model is registered and offered in every model picker."""
 from __future__ import annotations
 
 import json
@@ -8,21 +9,19 @@ import json
 import napari
 from magicgui.widgets import (
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     LineEdit,
-    ProgressBar,
-    PushButton,
     SpinBox,
     TextEdit,
 )
 
 from ..errors import PanoptemError
-from ._finetune import _Bridge, _dir, start_training
-from ._worker import WorkerMixin
-from ._forms import status_label
-from ._inference import DEVICES
+from ._finetune import _dir, _TrainingDock
+from ._forms import Group
+
+#: network sizes: channel widths of the stem and the 4 encoder stages (``panoptem train --widths``)
+SIZES = {"small": "16,24,48,96,128", "default": "24,32,64,128,192", "large": "32,48,96,192,256", "custom": ""}
 
 
 def step_of(line: str) -> tuple[int, float] | None:
@@ -36,64 +35,89 @@ def step_of(line: str) -> tuple[int, float] | None:
     return None
 
 
-class TrainWidget(WorkerMixin, Container):
-    """Train a new one-class model from scratch on dataset folders (see Pick Patches + Store Dataset).
+class TrainWidget(_TrainingDock):
+    """Train a new model from scratch on dataset folders (see Pick Patches + Store Dataset).
 
     ``architecture`` (a :class:`~panoptem.models.architecture.PanopticNet` settings dict, None:
-    the default network) can be set from Python for smaller or larger networks."""
+    from the size chosen) can be set from Python for other depths or channel counts."""
+
+    help_title = "Train"
+    run_text = "Train"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(scrollable=False)
-        self.viewer = viewer
+        super().__init__(viewer)
         self.train_dir = FileEdit(label="Training dataset", name="train_dir", mode="d", value="",
-                                  tooltip="A dataset folder, or a folder of several.")
+                                  tooltip="A dataset folder, or a folder of several (each drawn with weight "
+                                          "(1/count)^0.7).")
         self.val_dir = FileEdit(label="Validation dataset (optional)", name="val_dir", mode="d", value="",
                                 tooltip="Scored at the end; empty: the training images are scored.")
-        self.name = LineEdit(label="New model name", name="new_name", value="NewModel")
-        self.class_name = LineEdit(label="Class name", name="class_name", value="mitochondria")
-        self.kind = ComboBox(label="Class kind", name="kind", choices=["instance", "semantic"], value="instance")
-        self.iterations = SpinBox(label="Iterations", name="iterations", value=2000, min=1, max=10**6)
-        self.patch_size = SpinBox(label="Patch size", name="patch_size", value=256, min=32, max=4096, step=32)
-        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=2e-3, min=1e-6, max=1.0, step=1e-4)
+        self.name = LineEdit(label="New model name", name="new_name", value="NewModel",
+                             tooltip="Name the new model is registered under (letters, digits, _ . -).")
+        self.classes = TextEdit(label="Dataset labels", name="classes", value="1,mitochondria,instance",
+                                tooltip="One class per line: id,name,instance|semantic (instance: separate "
+                                        "objects; semantic: only where the class is).")
+        self.classes.native.setMinimumHeight(60)
+        self.label_divisor = SpinBox(label="Label divisor (0: none)", name="label_divisor", value=0, min=0,
+                                     max=10**9, tooltip="Divisor the masks are painted with (label = class x "
+                                                        "divisor + n); needed for several classes; a dataset "
+                                                        "folder's own dataset.json wins.")
+        self.size = ComboBox(label="Network size", name="size", choices=list(SIZES), value="default",
+                             tooltip="Channel widths of the stem and 4 encoder stages: small 16..128, default "
+                                     "24..192 (MitoLite_v1, 2 M parameters), large 32..256; custom: type them.")
+        self.widths = LineEdit(label="Widths (custom)", name="widths", value="",
+                               tooltip="Network size 'custom': 5 comma-separated channel counts, e.g. "
+                                       "24,32,64,128,192 (as panoptem train --widths).")
+        self.iterations = SpinBox(label="Iterations", name="iterations", value=2000, min=1, max=10**6,
+                                  tooltip="Optimiser steps (any number from 1).")
+        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size", value=256, min=32, max=4096,
+                                  step=32, tooltip="Training crop side in pixels (a multiple of 32).")
+        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=2e-3, min=1e-6, max=1.0, step=1e-4,
+                               tooltip="Peak learning rate of the one-cycle schedule.")
         self.lr.native.setDecimals(6)
-        self.device = ComboBox(label="Device", name="device", choices=list(DEVICES), value="auto")
-        self.run_button = PushButton(text="Train", name="run")
-        self.progress = ProgressBar(value=0, min=0, max=1, name="progress", label="Progress")
-        self.status = status_label()
-        self.results = TextEdit(name="results", value="")
-        self.results.native.setReadOnly(True)
         self.architecture: dict | None = None
-        self.worker = None
-        self.result: dict | None = None
-        self._bridge = _Bridge()
-        self._bridge.step.connect(self._on_step)
-        self.run_button.changed.connect(self.run)
-        self.extend([self.train_dir, self.val_dir, self.name, self.class_name, self.kind, self.iterations,
-                     self.patch_size, self.lr, self.device, self.run_button, self.progress, self.status,
-                     self.results])
+        self.extend([Group("Data", [self.train_dir, self.val_dir, self.classes, self.label_divisor]),
+                     Group("Model", [self.name, self.size, self.widths, self.iterations, self.patch_size,
+                                     self.lr, self.device]),
+                     *self._footer()])
 
-    def _on_step(self, step: int, loss: float) -> None:
-        self.progress.value = step
-        self.status.value = f"Step {step}/{self.progress.max}, loss {loss:.4f}"
+    def _architecture(self) -> dict | None:
+        if self.architecture is not None:
+            return self.architecture
+        from ..training.finetune import parse_widths
+        text = self.widths.value if self.size.value == "custom" else SIZES[self.size.value]
+        if self.size.value == "custom" and not text.strip():
+            raise PanoptemError("Network size 'custom' needs Widths, e.g. 24,32,64,128,192.")
+        widths = parse_widths(text)
+        return {"widths": widths} if widths else None
 
     def run(self) -> None:
+        from ..training.dataset import parse_classes
         try:
             train_dir = _dir(self.train_dir.value)
             if not train_dir:
                 raise PanoptemError("Choose the training dataset folder (made with Pick Patches + Store Dataset).")
-            name, cls = self.name.value.strip(), self.class_name.value.strip()
-            if not name or not cls:
-                raise PanoptemError("Fill in the new model's name and the class name.")
+            name = self.name.value.strip()
+            if not name:
+                raise PanoptemError("Fill in the new model's name.")
+            lines = [ln.strip() for ln in self.classes.value.splitlines() if ln.strip()]
+            if not lines:
+                raise PanoptemError("Fill in Dataset labels: one line 'id,name,instance|semantic' per class.")
+            classes = parse_classes(lines)
+            div = self.label_divisor.value or None
+            if len(classes) > 1 and not div:
+                raise PanoptemError("Several classes need a Label divisor: the one the masks were painted with "
+                                    "(label = class x divisor + n).")
+            arch = self._architecture()
         except PanoptemError as e:
             self._fail(e)
             return
-        kw = {"train_dirs": [train_dir], "name": name, "labels": [(1, cls, self.kind.value)],
+        kw = {"train_dirs": [train_dir], "name": name, "labels": classes, "label_divisor": div,
               "val_dir": _dir(self.val_dir.value) or None, "iterations": self.iterations.value,
               "patch_size": self.patch_size.value, "lr": self.lr.value, "device": self.device.value,
-              "architecture": self.architecture}
+              "architecture": arch}
         self.status.value = "Training..."
 
         def scores(res: dict) -> str:
             return "\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
                              for k, v in (res.get("after") or {}).items())
-        start_training(self, "train_new", kw, scores)
+        self.start_training("train_new", kw, scores)

@@ -166,15 +166,10 @@ def train_new_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a user model of the same name."),
 ):
     """Train a new model (one or several classes) from dataset folders and register it."""
-    from .finetune import train_new
+    from .finetune import parse_widths, train_new
     arch = {}
     if widths:
-        try:
-            arch["widths"] = [int(w) for w in widths.split(",")]
-        except ValueError:
-            raise PanoptemError(f"--widths must be 5 comma-separated integers, not '{widths}'.") from None
-        if len(arch["widths"]) != 5:
-            raise PanoptemError(f"--widths needs 5 numbers (stem and 4 stages), not {len(arch['widths'])}.")
+        arch["widths"] = parse_widths(widths)
     r = train_new(train_dir, name, labels=_classes(labels), label_divisor=label_divisor, iterations=iterations,
                   patch_size=patch_size, architecture=arch, val_dir=val_dir, lr=lr, batch_size=batch_size,
                   gamma=gamma, device=device, description=description, voxel_size_nm=voxel_size_nm,

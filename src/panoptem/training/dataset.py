@@ -104,8 +104,6 @@ def _check_pair(name: str, img: np.ndarray, lab: np.ndarray, divisor: int | None
         raise PanoptemError(f"Patch '{name}': the mask holds non-integer values; masks are label images.")
     if lab.min() < 0:
         raise PanoptemError(f"Patch '{name}': the mask holds negative labels; use 0 for background.")
-    if not lab.any():
-        raise PanoptemError(f"Patch '{name}' has an empty mask; paint its objects, or leave the patch out.")
     cls = np.unique(class_map(lab.astype(np.int64), divisor))
     bad = sorted(set(cls[cls > 0].tolist()) - ids)
     if bad:
@@ -121,8 +119,9 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
     Parameters
     ----------
     patches : :class:`~panoptem.training.patches.Patch` objects. Those with
-        labels give ``images/<name>.tif`` + ``masks/<name>.tif``; those without
-        give only the image (its mask is to be painted and saved as
+        labels give ``images/<name>.tif`` + ``masks/<name>.tif`` (an all-zero
+        mask is a true negative: a patch with no object); those without give
+        only the image (its mask is to be painted and saved as
         ``masks/<name>.tif``). Flipbooks give their middle plane (the planes
         go to ``flipbooks/<name>.tif`` for context); padding is left out.
     folder : dataset folder; created, or appended to.
@@ -140,7 +139,7 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
     Raises
     ------
     PanoptemError
-        for an empty mask, an image/mask shape mismatch, a class not in
+        for an image/mask shape mismatch, a class not in
         ``class_names``, or a folder holding another label divisor or classes;
         nothing is written then.
     """
@@ -345,6 +344,9 @@ class DatasetFolders:
                 self._codes.append(code); self._code_div.append(cdiv)
             counts.append(len(imgs))
         self.counts = counts
+        if not any(m.any() for m in self.masks):
+            raise PanoptemError(f"Every mask in {', '.join(str(f) for f in self.folders)} is empty, so there is "
+                                "nothing to learn; paint the objects of at least one patch.")
         w = np.concatenate([np.full(c, (1.0 / c) ** gamma) for c in counts])
         self.probabilities = w / w.sum()
 

@@ -28,6 +28,24 @@ LAYERS = ("none", "stage4", "stage3", "stage2", "stage1", "all")
 ENCODER = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
+def parse_widths(text: str | None) -> list[int] | None:
+    """Channel widths of the stem and the 4 encoder stages from ``"24,32,64,128,192"``
+    (the network's size); empty: None (the default network).
+
+    >>> parse_widths("16, 24,48,96,128")
+    [16, 24, 48, 96, 128]
+    """
+    if text is None or not str(text).strip():
+        return None
+    try:
+        widths = [int(w) for w in str(text).replace(";", ",").split(",")]
+    except ValueError:
+        raise PanoptemError(f"Widths must be 5 comma-separated integers, not '{text}'.") from None
+    if len(widths) != 5 or min(widths) < 1:
+        raise PanoptemError(f"Widths need 5 positive numbers (stem and 4 stages), not {len(widths)}: '{text}'.")
+    return widths
+
+
 def frozen_modules(layers: str) -> tuple[str, ...]:
     """Encoder modules kept fixed for a "Finetunable layers" choice: ``stageK``
     trains stage K and deeper; ``none`` trains only decoder and heads; ``all`` everything.
@@ -143,7 +161,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
              patch_size: int = 256, layers: str = "none", lr: float = 1e-3, device: str = "auto",
              batch_size: int = 8, gamma: float = 0.7, scale_range: tuple[float, float] = (0.75, 1.33),
              seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print,
-             on_step=None) -> dict:
+             on_step=None, stop=None, out_dir=None, resume: bool = True) -> dict:
     """Fine-tune a registered model on a dataset folder and register the result.
 
     Parameters
@@ -165,6 +183,12 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     segment_params : inference parameters for the scoring (``segment_2d``'s).
     log : receives progress lines; ``on_step`` receives every step's record
         (``step``, ``loss``, ...); raising from it stops the run.
+    stop : asked after every step; True stops the run after that step, keeps a
+        checkpoint in the work folder and raises
+        :class:`~panoptem.training.train.TrainingCancelled`.
+    out_dir : work folder (checkpoint, log); default
+        ``<PANOPTEM_HOME>/training/<name>``, removed once the model is registered.
+        With ``resume`` a run stopped there continues from its checkpoint.
 
     Returns
     -------
@@ -175,7 +199,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     from ..models.architecture import architecture_config
     from ..models.load import get_card, load_model, pick_device, user_home
     from .dataset import DatasetFolders
-    from .train import TrainConfig, train
+    from .train import TrainConfig, TrainingCancelled, train
     _check_new_name(name, overwrite)
     card = get_card(model_name)
     if card.weights.format != "state_dict":
@@ -198,13 +222,12 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
                       checkpoint_every=int(iterations), validate_every=int(iterations) + 1,
                       architecture=architecture_config(base.module.config), device=dev)
     losses: list[float] = []
-    work = user_home() / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f"finetune-{name}-", dir=work))
+    stage = Path(out_dir) if out_dir else user_home() / "training" / name
+    keep = out_dir is not None
     try:
         state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
-        weights = train(data, stage, cfg, resume=False, log=log, init_state=state, frozen=frozen,
-                        on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)))
+        weights = train(data, stage, cfg, resume=resume, log=log, init_state=state, frozen=frozen,
+                        on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop)
         new_card = card.model_copy(deep=True)
         after = evaluate_pairs(_loaded(new_card, weights, dev), ims, mks, divs, **params)
         log(f"after: {after}")
@@ -215,10 +238,15 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
         new_card.validation = {"evaluated_on": where, "before": before, "after": after}
         new_card.training = {"base_model": card.name, "train_dirs": [str(train_dir)], "n_patches": len(data),
                              "iterations": int(iterations), "layers": layers, "lr": lr, "patch_size": patch_size,
-                             "batch_size": cfg.batch_size, "final_loss": float(np.mean(losses[-5:]))}
+                             "batch_size": cfg.batch_size,
+                             "final_loss": float(np.mean(losses[-5:])) if losses else None}
         path = _register(new_card, weights, name, overwrite)
+    except TrainingCancelled:
+        keep = True  # the checkpoint: fine-tuning again with the same name continues from it
+        raise
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(stage, ignore_errors=True)
     return {"name": name, "before": before, "after": after, "evaluated_on": where,
             "weights": get_card(name).weights_path(), "card": str(path), "losses": losses}
 
@@ -228,9 +256,9 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
               lr: float = 2e-3, batch_size: int = 8, gamma: float = 0.7, device: str = "auto",
               description: str = "", voxel_size_nm: float | None = None, out_dir=None, resume: bool = True,
               seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print,
-              on_step=None) -> dict:
-    """Train a new model from dataset folders and register it (``log`` and
-    ``on_step`` as in :func:`finetune`).
+              on_step=None, stop=None) -> dict:
+    """Train a new model from dataset folders and register it (``log``,
+    ``on_step`` and ``stop`` as in :func:`finetune`).
 
     Parameters
     ----------
@@ -290,7 +318,7 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
         val = ([i for v in vals for i in v[0]], [m for v in vals for m in v[1]])
     losses: list[float] = []
     weights = train(data, out, cfg, resume=resume, val=val, log=log,
-                    on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)))
+                    on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop)
     card = ModelCard(
         name=name,
         description=description or (f"Trained from scratch on {len(data)} image(s) of "

@@ -108,6 +108,9 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
 def _resume(ckpt: Path, cfg: TrainConfig, model, opt, sched, rng) -> int:
     """Restore model, optimiser, schedule and random states; returns the step."""
     state = load_checkpoint(ckpt, cfg.device)
+    if state.get("architecture", cfg.architecture) != cfg.architecture:
+        raise PanoptemError(f"{ckpt} is a checkpoint of another network; delete {ckpt.parent} to start afresh, "
+                            "or choose another name.")
     try:
         model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"]); rng.bit_generator.state = state["rng"]
@@ -118,15 +121,81 @@ def _resume(ckpt: Path, cfg: TrainConfig, model, opt, sched, rng) -> int:
                             f"{str(e).splitlines()[0][:120]}); use another output folder or pass --restart.") from None
 
 
+class OneCycle:
+    """One-cycle learning rate (and Adam's beta1) for any number of steps >= 1.
+
+    The same curve as :class:`torch.optim.lr_scheduler.OneCycleLR` (``pct_start`` of
+    the steps warm up by cosine from ``max_lr / 25`` to ``max_lr``, the rest anneal by
+    cosine to ``max_lr / 25 / 1e4``; beta1 moves 0.95 -> 0.85 -> 0.95), except that a
+    warm-up shorter than one step is left out instead of dividing by zero (torch fails
+    at exactly 10 steps with ``pct_start=0.1``): short runs start at ``max_lr``.
+    ``state_dict()`` holds ``last_epoch`` as torch's does, so checkpoints load either way.
+    """
+
+    def __init__(self, opt, max_lr: float, total_steps: int, pct_start: float = 0.1, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, base_momentum: float = 0.85, max_momentum: float = 0.95):
+        if total_steps < 1:
+            raise PanoptemError(f"A training run needs at least 1 step, not {total_steps}.")
+        self.opt, self.max_lr, self.total = opt, float(max_lr), int(total_steps)
+        self.initial_lr = self.max_lr / div_factor
+        self.min_lr = self.initial_lr / final_div_factor
+        self.momenta = (base_momentum, max_momentum)
+        self.warm_end = float(pct_start * self.total) - 1  # the step at which the peak is reached (torch's)
+        self.last_epoch = 0
+        self._apply()
+
+    @staticmethod
+    def _cos(start: float, end: float, pct: float) -> float:
+        return end + (start - end) / 2.0 * (math.cos(math.pi * min(max(pct, 0.0), 1.0)) + 1)
+
+    def values(self, step: int) -> tuple[float, float]:
+        """(learning rate, beta1) after ``step`` steps."""
+        lo_m, hi_m = self.momenta
+        end = self.total - 1
+        if self.warm_end >= 1 and step <= self.warm_end:
+            pct = step / self.warm_end
+            return self._cos(self.initial_lr, self.max_lr, pct), self._cos(hi_m, lo_m, pct)
+        start = self.warm_end if self.warm_end >= 1 else 0.0
+        pct = (step - start) / (end - start) if end > start else 0.0
+        return self._cos(self.max_lr, self.min_lr, pct), self._cos(lo_m, hi_m, pct)
+
+    def _apply(self) -> None:
+        lr, beta1 = self.values(self.last_epoch)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+            if "betas" in g:
+                g["betas"] = (beta1, *g["betas"][1:])
+            elif "momentum" in g:
+                g["momentum"] = beta1
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.opt.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue counting from ``state`` (the optimiser's own state holds the current lr)."""
+        self.last_epoch = int(state["last_epoch"])
+
+
+class TrainingCancelled(Exception):
+    """A training run stopped on request after ``step`` steps; ``checkpoint`` holds them."""
+
+    def __init__(self, step: int, total: int, checkpoint: Path):
+        super().__init__(f"stopped after step {step} of {total}; checkpoint kept in {checkpoint}")
+        self.step, self.total, self.checkpoint = step, total, checkpoint
+
+
 def _one_cycle_lr(cfg: TrainConfig, step: int) -> float:
     """Learning rate of the one-cycle schedule after ``step`` steps."""
     p = torch.nn.Parameter(torch.zeros(1))
     o = torch.optim.SGD([p], lr=cfg.lr)
-    sc = torch.optim.lr_scheduler.OneCycleLR(o, max_lr=cfg.lr, total_steps=cfg.schedule_steps or cfg.iterations,
-                                             pct_start=0.1)
-    for _ in range(step):
-        o.step(); sc.step()
-    return sc.get_last_lr()[0]
+    return OneCycle(o, cfg.lr, cfg.schedule_steps or cfg.iterations).values(step)[0]
 
 
 def _train_mode(model, frozen=()) -> None:
@@ -138,7 +207,7 @@ def _train_mode(model, frozen=()) -> None:
 
 def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
           val: tuple[list, list] | None = None, log=print, *, init_state: dict | None = None,
-          frozen: tuple[str, ...] = (), on_step=None) -> Path:
+          frozen: tuple[str, ...] = (), on_step=None, stop=None) -> Path:
     """Train a :class:`PanopticNet` and return the path of the final weights.
 
     Checkpoints (model, optimiser, schedule, random state) go to
@@ -150,6 +219,10 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     and keep their BatchNorm statistics; ``on_step`` is called with every
     step's record. A dataset whose semantic targets are integer channel
     indices trains with cross-entropy (:func:`panoptic_loss_ce`).
+
+    ``stop()`` is asked after every step; when it returns True the run saves a
+    checkpoint of that step and raises :class:`TrainingCancelled` (a later run
+    with ``resume`` continues from there).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,8 +239,7 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 and p.requires_grad]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.schedule_steps or cfg.iterations,
-                                                pct_start=0.1)
+    sched = OneCycle(opt, cfg.lr, cfg.schedule_steps or cfg.iterations)
     lr_cut = _one_cycle_lr(cfg, cfg.anneal_from) if cfg.anneal_from else None
     rng = np.random.default_rng(cfg.seed)
     step = 0
@@ -194,7 +266,8 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
                 g["lr"] = lr_cut * 0.5 * (1 + math.cos(math.pi * frac))
         rec = {"step": step, "loss": round(float(loss.detach()), 5), **parts, "lr": opt.param_groups[0]["lr"],
                "elapsed_s": round(time.time() - t0, 1)}
-        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+        stopping = stop is not None and step < cfg.iterations and bool(stop())
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping:
             _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                           "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                           "architecture": arch}, ckpt)
@@ -204,9 +277,13 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
             _train_mode(model, frozen)
         if on_step is not None:
             on_step(rec)
-        if step % 20 == 0 or "val_iou" in rec:
+        if step % 20 == 0 or "val_iou" in rec or stopping:
             logf.write(json.dumps(rec) + "\n"); logf.flush()
             log(json.dumps(rec))
+        if stopping:
+            logf.close()
+            raise TrainingCancelled(step, cfg.iterations, ckpt)
+    logf.close()
     model.eval()
     final = out / "weights.pt"
     _atomic_save({"architecture": arch, "state_dict": model.state_dict()}, final)
