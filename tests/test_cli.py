@@ -190,3 +190,10 @@ def test_segment3d_two_class_model_writes_one_file_per_class(capsys, tmp_path):
         assert set(np.unique(lab)) == {0, 1, 2} and evaluate(lab, truth[cls])["f1_50"] == 1.0
     panoptic = np.asarray(read_image(tmp_path / "seg_xy.tif").data)
     assert set(np.unique(panoptic)) == {0, 10001, 10002, 20001, 20002}
+
+
+def test_model_info_prints_card_info(capsys, tiny_card):
+    from panoptem.models.card import card_info, load_card
+    code, out, _ = run(capsys, "model", "info", str(tiny_card))
+    assert code == 0 and out == card_info(load_card(tiny_card))
+    assert out.splitlines()[0] == "name: tiny" and out.endswith("(state_dict)\n")

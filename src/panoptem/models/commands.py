@@ -45,24 +45,9 @@ def model_list(all_: bool = typer.Option(False, "--all", help="Also show archive
 @_user_errors
 def model_info(name: str = typer.Argument(..., help="Model name or card path.")):
     """Description, classes, label divisor to annotate with, patch-size divisibility."""
+    from .card import card_info
     from .load import get_card
-    card = get_card(name)
-    typer.echo(f"name: {card.name}")
-    typer.echo(f"description: {card.description.strip()}")
-    typer.echo("classes:")
-    div = card.label_divisor
-    for c in card.classes:
-        first = c.id * div + 1 if (div and c.kind == 'instance') else (c.id * div if div else c.id)
-        typer.echo(f"  {c.id}: {c.name} ({c.kind}); first label to paint: {first}")
-    typer.echo(f"label divisor to annotate with: {div}")
-    typer.echo(f"patch size must be divisible by: {card.padding_factor}")
-    if card.voxel_size_nm:
-        typer.echo(f"training pixel size: {card.voxel_size_nm} nm")
-    if card.validation:
-        typer.echo("validation: " + json.dumps(card.validation))
-    typer.echo(f"weights: {card.weights_path()} ({card.weights.format})")
-    for w in card.exports:
-        typer.echo(f"export: {card.weights_path(w)} ({w.format})")
+    typer.echo(card_info(get_card(name)), nl=False)
 
 
 @model_app.command("register")
@@ -93,9 +78,10 @@ def model_export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing TorchScript/ONNX outputs."),
 ):
     """Write a model for sharing or for another runtime."""
-    from .export import FORMATS, export_model
-    if format not in FORMATS:
-        raise PanoptemError(f"--format must be one of {', '.join(FORMATS)}, not '{format}'.")
+    from .card import EXPORT_FORMATS
+    from .export import export_model
+    if format not in EXPORT_FORMATS:
+        raise PanoptemError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not '{format}'.")
     out = export_model(name, output, format, overwrite=overwrite)
     rec = {"exported": name, "format": format, "file": str(out)}
     if format != "package":

@@ -23,7 +23,7 @@ import yaml
 
 from .._atomic import atomic_path, write_text
 from ..errors import PanoptemError
-from .card import ModelCard, Weights
+from .card import EXPORT_FORMATS, ModelCard, Weights
 from .load import LoadedModel, _EmpanadaAdapter, check_outside_store, load_model, sha256_of, user_home
 
 NORMALISATION_NOTE = (
@@ -79,10 +79,6 @@ class _TupleOutputs(torch.nn.Module):
 
 
 OUTPUTS = ("sem_logits", "ctr_hmp", "offsets")
-
-#: what :func:`export_model` writes: a ``.panoptem`` package to share, TorchScript, TorchScript
-#: with empanada-napari's interface and card, or ONNX
-FORMATS = ("package", "torchscript", "empanada", "onnx")
 
 
 # ---------------------------------------------------------------- helpers
@@ -282,13 +278,13 @@ def _verify_onnx(path: Path, net: torch.nn.Module, shape: tuple[int, ...]) -> No
 
 def export_model(name_or_card: str | Path, out_file: str | Path, format: str = "package",
                  overwrite: bool = False) -> Path:
-    """Write a model in one of :data:`FORMATS`; returns the file written.
+    """Write a model in one of :data:`~.card.EXPORT_FORMATS`; returns the file written.
 
     ``package`` (:func:`~.registry.export_package`) never overwrites; the other
     formats replace an existing file only with ``overwrite``.
     """
-    if format not in FORMATS:
-        raise PanoptemError(f"Export format must be one of {', '.join(FORMATS)}, not '{format}'.")
+    if format not in EXPORT_FORMATS:
+        raise PanoptemError(f"Export format must be one of {', '.join(EXPORT_FORMATS)}, not '{format}'.")
     if format == "package":
         from .registry import export_package
         return export_package(str(name_or_card), out_file)
