@@ -448,5 +448,5 @@ def count_table(labels: np.ndarray, label_divisor: int | None = None,
     ids, counts = np.unique(view, return_counts=True)
     keep = ids != 0
     ids, counts = ids[keep].astype(np.int64), counts[keep].astype(np.int64)
-    classes = ids // label_divisor if label_divisor else np.ones(ids.shape, np.int64)
+    classes = class_map(ids, label_divisor)
     return {"class_id": classes, "label": ids, "voxels": counts}

@@ -110,7 +110,7 @@ def _bounds(field) -> tuple[float | None, float | None]:
 
 
 def short_label(description: str) -> str:
-    """The reference's name at the head of a description: the text before the first ':',
+    """empanada-napari's name at the head of a description: the text before the first ':',
     without a parenthesis, a ', in <unit>' tail or a final full stop."""
     head = description.split(":", 1)[0]
     head = re.split(r"\s*\(|,\s+in\s+", head)[0]
