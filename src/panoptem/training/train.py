@@ -105,10 +105,11 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
     return state
 
 
-def _resume(ckpt: Path, cfg: TrainConfig, model, opt, sched, rng) -> int:
-    """Restore model, optimiser, schedule and random states; returns the step."""
+def _resume(ckpt: Path, cfg: TrainConfig, arch: dict, model, opt, sched, rng) -> int:
+    """Restore model, optimiser, schedule and random states; returns the step. ``arch``: the
+    run's whole architecture (checkpoints record theirs, completed with the defaults when older)."""
     state = load_checkpoint(ckpt, cfg.device)
-    if state.get("architecture", cfg.architecture) != cfg.architecture:
+    if architecture_config(state.get("architecture", arch)) != arch:
         raise PanoptemError(f"{ckpt} is a checkpoint of another network; delete {ckpt.parent} to start afresh, "
                             "or choose another name.")
     try:
@@ -245,7 +246,7 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     step = 0
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
-        step = _resume(ckpt, cfg, model, opt, sched, rng)
+        step = _resume(ckpt, cfg, arch, model, opt, sched, rng)
         log(f"resumed from step {step}")
     write_text(out / "train_config.json", json.dumps({**asdict(cfg), "architecture": arch}, indent=1))
     logf = open(out / "log.jsonl", "a")
