@@ -132,7 +132,7 @@ def evaluate(prediction: np.ndarray, ground_truth: np.ndarray,
         out = _scores(t, thresholds)
     else:
         d = int(label_divisor)
-        p_cls, g_cls = t["p_labels"] // d, t["g_labels"] // d
+        p_cls, g_cls = _classes(t["p_labels"], d), _classes(t["g_labels"], d)
         classes = np.union1d(p_cls, g_cls)
         per_class = {}
         for c in classes:  # loop over classes (a handful), not over objects
@@ -217,6 +217,11 @@ def evaluate_files(pred_path, gt_path, **kw) -> dict:
 # --------------------------------------------------------------------------- helpers
 
 
+def _classes(labels: np.ndarray, divisor: int) -> np.ndarray:
+    """``labels // divisor`` for labels of any unsigned dtype (a divisor above the dtype's range too)."""
+    return labels.astype(np.uint64) // np.uint64(divisor)
+
+
 def _prepare(prediction, ground_truth, label_divisor, per_slice: bool, ignore_smaller) -> tuple:
     """Checked inputs -> (pair table without ignored objects, same-class mask of its pairs,
     (ignored predictions, ignored ground-truth objects))."""
@@ -238,7 +243,7 @@ def _prepare(prediction, ground_truth, label_divisor, per_slice: bool, ignore_sm
         same = np.ones(len(t["pi"]), bool)
     else:
         d = int(label_divisor)
-        same = t["p_labels"][t["pi"]] // d == t["g_labels"][t["gi"]] // d
+        same = _classes(t["p_labels"][t["pi"]], d) == _classes(t["g_labels"][t["gi"]], d)
     return t, same, ignored
 
 

@@ -81,6 +81,8 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
     (array([4], dtype=uint32), array([1000.]), array([8.]))
     """
     lab = as_labels(labels, "label image")
+    if lab.size == 0:
+        raise PanoptemError(f"The label image holds no pixels (shape {lab.shape}); give labels with data.")
     ndim = lab.ndim
     axes = "zyx"[-ndim:]
     vs = _voxel_size(voxel_size, ndim)

@@ -5,11 +5,14 @@ slice-sized arrays (MBs) come from the main heap; the small long-lived arrays
 of the linker then pin the heap's top and the process grows by about one
 slice per slice. A fixed threshold sends large arrays back to mmap, so memory
 stays flat over the depth of a volume. No effect outside glibc.
+
+Also: a check that refuses work larger than the machine's memory before allocating it.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 _M_MMAP_THRESHOLD = -3
@@ -27,3 +30,27 @@ def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
     except (OSError, AttributeError):
         _done = False
     return _done
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine, or None where the system does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(nbytes: int, what: str, hint: str) -> None:
+    """Refuse, before allocating, work whose smallest memory need exceeds this machine's RAM.
+
+    ``nbytes`` is a lower bound of what the work holds at once; ``hint`` says what to do instead."""
+    from .errors import PanoptemError
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise PanoptemError(f"{what} needs at least {human_bytes(nbytes)} of memory, more than this machine "
+                            f"has ({human_bytes(total)}); {hint}")
+
+
+def human_bytes(nbytes: int) -> str:
+    """``nbytes`` in GiB, or in MiB below 1 GiB."""
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"

@@ -11,7 +11,7 @@ from typing import Optional, get_args, get_origin, Literal
 
 import typer
 
-from .errors import PanoptemError
+from .errors import PanoptemError, one_line
 from .params import PLANE_AXIS, Params2D, Params3D, make_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -59,11 +59,15 @@ def _with_params(cls):
 
 
 def _input(path: str, key: Optional[str] = None):
+    """Read an input image (``sample``: the bundled crop); print what the reader assumed."""
     from .io import read_image
     from .sample import SAMPLE_PATH
     if path == "sample" and not Path(path).exists():
         path = str(SAMPLE_PATH)
-    return read_image(path, key=key)
+    img = read_image(path, key=key)
+    for note in img.notes:
+        typer.echo(f"note: {note}", err=True)
+    return img
 
 
 KEY_HELP = "Dataset inside an HDF5 file or Zarr group (default: the only one, or OME-Zarr level 0)."
@@ -105,7 +109,9 @@ def segment2d_cmd(
         data = take_plane(data, idx, plane)
         if vs is not None:
             vs = tuple(v for i, v in enumerate(vs) if i != ax)
-        typer.echo(f"segmenting {plane} slice {idx}", err=True)
+        if slice_index is None:
+            typer.echo(f"note: segmenting the middle {plane} slice ({idx}) of the volume; choose another with "
+                       "--slice and --plane, or every slice with --batch.", err=True)
     inputs = [img.path] if img.path else []
     if preview is not None:  # never over an input or the output
         from .reporting._preview import prepare_preview
@@ -233,13 +239,17 @@ def report_cmd(
 
 
 def _voxel_size_option(text: Optional[str], img):
-    """--voxel-size 'z,y,x' (nm), else the file's."""
+    """--voxel-size 'z,y,x' (nm: positive, finite, one per axis of ``img``), else the file's."""
     if not text:
         return img.voxel_size
+    import math
     try:
         vs = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise PanoptemError(f"--voxel-size must be numbers separated by commas (nm, e.g. 5,5,5), not '{text}'.") from None
+        vs = ()
+    if not vs or not all(math.isfinite(v) and v > 0 for v in vs):
+        raise PanoptemError(f"--voxel-size must be positive numbers in nm separated by commas (e.g. 10,5,5), "
+                            f"not '{text}'.")
     if len(vs) != img.data.ndim:
         raise PanoptemError(f"--voxel-size needs {img.data.ndim} values, got {len(vs)}.")
     return vs
@@ -258,13 +268,10 @@ def measure_cmd(
     """Per-object measurements in physical units (volume, surface, extents, centroid...) to CSV."""
     import numpy as np
 
-    from .io import read_image
     from ._measure import measure, summarize, write_table
-    lab = read_image(labels)
-    vs = tuple(float(v) for v in voxel_size.split(",")) if voxel_size else lab.voxel_size
-    if vs is not None and len(vs) != lab.data.ndim:
-        raise PanoptemError(f"--voxel-size needs {lab.data.ndim} values, got {len(vs)}.")
-    img = np.asarray(read_image(image).data) if image else None
+    lab = _input(labels)
+    vs = _voxel_size_option(voxel_size, lab)
+    img = np.asarray(_input(image).data) if image else None
     table = measure(np.asarray(lab.data), voxel_size=vs, image=img, label_divisor=label_divisor, surface=surface)
     out = write_table(table, output)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
@@ -295,13 +302,15 @@ def train_cmd(
 ):
     """Train a single-class instance model from an image volume + instance labels (resumable)."""
     from .models.load import pick_device
+    from .params import VolumeTrainParams
     from .training.from_volume import train_from_volume
     from .training.train import TrainConfig
-    if patch_size % 32:
-        raise PanoptemError("--patch-size must be a multiple of 32.")
-    cfg = TrainConfig(iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr,
-                      scale_range=(min_scale, max_scale), seed=seed, device=pick_device(device),
-                      schedule_steps=schedule_steps, anneal_from=anneal_from)
+    p = make_params(VolumeTrainParams, iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr,
+                    min_scale=min_scale, max_scale=max_scale, seed=seed, schedule_steps=schedule_steps,
+                    anneal_from=anneal_from)
+    cfg = TrainConfig(iterations=p.iterations, batch_size=p.batch_size, patch_size=p.patch_size, lr=p.lr,
+                      scale_range=(p.min_scale, p.max_scale), seed=p.seed, device=pick_device(device),
+                      schedule_steps=p.schedule_steps, anneal_from=p.anneal_from)
     path = train_from_volume(image, labels, str(out_dir), train_slices, val_slices, cfg, resume=resume,
                              log=lambda s: typer.echo(s, err=True))
     typer.echo(json.dumps({"weights": str(path)}))
@@ -314,21 +323,79 @@ INTERRUPTED = "interrupted; nothing was written to the output. Re-run the same c
               "keeps the network outputs computed so far)."
 
 
+# Libraries that decode input files: an error of theirs that escaped the readers' own checks
+# is still a file the user can fix (or replace), so it gets one line, not a traceback.
+_READER_LIBRARIES = ("tifffile", "imagecodecs", "PIL", "imageio", "zarr", "numcodecs", "h5py", "mrcfile")
+
+
+def _known_error(e: BaseException) -> str | None:
+    """One line for an error that a bad input, not a bug, explains; None otherwise."""
+    first = one_line(e)[:200]
+    if isinstance(e, MemoryError):
+        return (f"not enough memory for this input ({first or 'MemoryError'}); crop it, use --tile-size for a "
+                "large 2D image, or run on a machine with more memory.")
+    if type(e).__module__.split(".")[0] in _READER_LIBRARIES:
+        return (f"could not read an input file ({type(e).__name__}: {first}); check that it is complete and in "
+                "the format its name says.")
+    return None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {one_line(message)}", err=True)
+
+
+def _click_error(name: str) -> type:
+    """An exception class of the click that typer runs on (its own copy in recent typer)."""
+    import importlib
+    module = importlib.import_module(typer.BadParameter.__module__)
+    return getattr(module, name, type(f"_No{name}", (Exception,), {}))
+
+
+_UsageError, _ClickException = _click_error("UsageError"), _click_error("ClickException")
+_NoArgsIsHelp, _ClickAbort = _click_error("NoArgsIsHelpError"), _click_error("Abort")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app; user errors print one line and exit 2."""
+    """Entry point: run the app; user errors, unknown options and values that do
+    not parse print one line and exit 2."""
+    import warnings
     try:
-        app(args=argv, standalone_mode=True)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("ignore", RuntimeWarning)  # numpy on degenerate data: nothing a user can act on
+            code = app(args=argv, prog_name="panoptem", standalone_mode=False)
+    except _NoArgsIsHelp as e:  # `panoptem` or `panoptem model` alone: the help
+        e.show()
+        return 2
+    except _UsageError as e:  # unknown option, missing argument, value of the wrong type
+        where = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
+        typer.echo(f"error: {one_line(e.format_message()).rstrip('.')}{where}.", err=True)
+        return 2
+    except _ClickException as e:
+        typer.echo(f"error: {one_line(e.format_message())}", err=True)
+        return e.exit_code
+    except (typer.Abort, _ClickAbort):
+        typer.echo("aborted.", err=True)
+        return 1
     except PanoptemError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(e)}", err=True)
         return 2
     except SystemExit as e:
-        if e.code == 130:  # Ctrl-C, turned into an exit by click
+        if e.code == 130:
             typer.echo(INTERRUPTED, err=True)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)
         return 130
-    return 0
+    except Exception as e:  # noqa: BLE001 - only errors that a bad input explains; the rest re-raise
+        msg = _known_error(e)
+        if msg is None:
+            raise
+        typer.echo(f"error: {msg}", err=True)
+        return 2
+    if code == 130:  # Ctrl-C, turned into exit status 130 by the command-line library
+        typer.echo(INTERRUPTED, err=True)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -7,3 +7,8 @@ class PanoptemError(Exception):
     The message is one sentence that says what to do. The command line prints
     it without a traceback and exits with status 2.
     """
+
+
+def one_line(message: object) -> str:
+    """``message`` on one line (line breaks and runs of blanks around them become one space)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())

@@ -74,8 +74,9 @@ def class_map(labels: np.ndarray, label_divisor: int | None) -> np.ndarray:
     ([0, 1, 2], [0, 1])
     """
     labels = np.asarray(labels)
-    if label_divisor:
-        return labels // int(label_divisor)
+    if label_divisor:  # in 64 bits: a divisor larger than a narrow dtype must not overflow
+        wide = labels.astype(np.uint64 if labels.dtype == np.uint64 else np.int64, copy=False)
+        return wide // wide.dtype.type(label_divisor)
     return (labels > 0).astype(np.int64)
 
 

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import PanoptemError
 
 DOWNSAMPLING = (1, 2, 4, 8, 16, 32, 64)
 MEDIAN_SIZES = (1, 3, 5, 7, 9, 11)
+#: smallest tile: two network-grid cells of the usual padding factor (32), so tiles can overlap
+MIN_TILE = 64
 
 
 class Params2D(BaseModel):
     """Parameters of 2D inference (empanada's "2D Inference (Parameter Testing)")."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     downsampling: int = Field(1, description="Image Downsampling: shrink the image by this factor "
                               "(1, 2, 4, ... 64) before the network; results come back at full size.")
@@ -33,7 +35,8 @@ class Params2D(BaseModel):
     semantic_only: bool = Field(False, description="Semantic only: skip instance separation.")
     maximum_objects_per_class: int = Field(10000, ge=0, description="Max objects per class (the label "
                                            "divisor): label = class x divisor + n; 0 gives ids 1..N.")
-    tile_size: int = Field(0, ge=0, description="Tile size: tile large 2D images into tiles of this many pixels (0 = whole image).")
+    tile_size: int = Field(0, ge=0, description="Tile size: tile large 2D images into tiles of this many pixels "
+                           f"(0 = whole image, else at least {MIN_TILE}; the model may need more).")
     fill_holes_in_segmentation: bool = Field(False, description="Fill holes in segmentation: background "
                                               "enclosed by one object becomes part of it (2D: the image; "
                                               "3D: each xy plane); a hole that touches another object stays.")
@@ -43,6 +46,13 @@ class Params2D(BaseModel):
     def _ds(cls, v: int) -> int:
         if v not in DOWNSAMPLING:
             raise ValueError(f"Image Downsampling must be one of {DOWNSAMPLING}")
+        return v
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile(cls, v: int) -> int:
+        if 0 < v < MIN_TILE:
+            raise ValueError(f"Tile size must be 0 (no tiling) or at least {MIN_TILE} pixels")
         return v
 
     @property
@@ -94,6 +104,97 @@ def zarr_chunks(chunk_size: int, shape) -> tuple[int, ...] | None:
     return tuple(min(int(chunk_size), int(n)) for n in shape)
 
 
+# ---- training, fine-tuning and patches: every number checked where it enters (CLI, API, widgets)
+
+_TRAIN_CONFIG = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class _TrainingParams(BaseModel):
+    """Options shared by fine-tuning and training."""
+
+    model_config = _TRAIN_CONFIG
+
+    iterations: int = Field(100, ge=1, description="Optimiser steps.")
+    patch_size: int = Field(256, ge=64, multiple_of=32, description="Training crop in pixels (a multiple of 32, "
+                            "64 or more: the network's deepest layer needs 2 x 2 pixels to train).")
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="Peak learning rate (0 < lr <= 1).")
+    batch_size: int = Field(8, ge=1, description="Patches per step (at most the number of patches).")
+    gamma: float = Field(0.7, ge=0.0, le=10.0, description="Folder re-weighting: each image of a folder "
+                         "holding n images is drawn with weight (1/n)^gamma.")
+    seed: int = Field(0, ge=0, description="Seed of the random crops and augmentations.")
+
+
+class FinetuneParams(_TrainingParams):
+    """Options of fine-tuning (empanada's "Finetune a model")."""
+
+    layers: Literal["none", "stage4", "stage3", "stage2", "stage1", "all"] = Field(
+        "none", description="Finetunable layers: none (decoder and heads), stage4 ... stage1 (also the "
+        "encoder from that stage on), or all.")
+    scale_range: tuple[float, float] = Field((0.75, 1.33), description="Smallest and largest zoom of the "
+                                             "scale augmentation.")
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scales(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _check_scales(*v)
+
+
+class TrainParams(_TrainingParams):
+    """Options of training a new model from dataset folders (empanada's "Train a model")."""
+
+    iterations: int = Field(2000, ge=1, description="Optimiser steps.")
+    lr: float = Field(2e-3, gt=0.0, le=1.0, description="Peak learning rate (0 < lr <= 1).")
+    widths: list[int] | None = Field(None, description="Channel widths of the stem and the 4 stages, "
+                                     "e.g. [24, 32, 64, 128, 192] (default: the architecture's).")
+    label_divisor: int | None = Field(None, ge=1, description="Divisor the masks are painted with "
+                                      "(class x divisor + n); needed for several classes.")
+    voxel_size_nm: float | None = Field(None, gt=0.0, description="Pixel size of the training data in nm.")
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) != 5 or any(w < 1 or w > 4096 for w in v)):
+            raise ValueError("widths must be 5 channel counts (stem and 4 stages), each 1..4096")
+        return v
+
+
+class VolumeTrainParams(_TrainingParams):
+    """Options of training a single-class model from an image volume and its labels."""
+
+    iterations: int = Field(4000, ge=1, description="Optimiser steps.")
+    lr: float = Field(2e-3, gt=0.0, le=1.0, description="Peak learning rate (0 < lr <= 1).")
+    min_scale: float = Field(0.33, gt=0.0, description="Smallest zoom of the scale augmentation.")
+    max_scale: float = Field(1.25, gt=0.0, description="Largest zoom of the scale augmentation.")
+    schedule_steps: int = Field(0, ge=0, description="Length of the one-cycle schedule (0: iterations).")
+    anneal_from: int = Field(0, ge=0, description="From this step, anneal the learning rate to 0 (0: off).")
+
+    @model_validator(mode="after")
+    def _scales(self) -> "VolumeTrainParams":
+        _check_scales(self.min_scale, self.max_scale)
+        return self
+
+
+class PatchParams(BaseModel):
+    """Options of picking patches to annotate."""
+
+    model_config = _TRAIN_CONFIG
+
+    n: int = Field(16, ge=0, description="Number of patches: patches on points first, random ones fill up "
+                   "(0: only the points).")
+    patch_size: int = Field(256, ge=16, le=8192, description="Patch side in pixels.")
+    plane: Literal["xy", "xz", "yz", "random"] = Field("xy", description="Plane of the patches (3D only): "
+                                                       "xy, xz, yz, or random (isotropic data).")
+    flipbook_depth: int = Field(5, ge=1, le=101, description="Planes per flipbook.")
+    label_divisor: int | None = Field(None, ge=1, description="Divisor the masks are painted with "
+                                      "(class x divisor + n).")
+    seed: int = Field(0, ge=0, description="Seed of the random picks.")
+
+
+def _check_scales(lo: float, hi: float) -> tuple[float, float]:
+    if not (0.0 < lo <= hi <= 10.0):
+        raise ValueError(f"the scale range must satisfy 0 < smallest <= largest <= 10, not ({lo}, {hi})")
+    return (float(lo), float(hi))
+
 def make_params(cls, **kwargs):
     """Build ``cls(**kwargs)``, turning validation errors into one clear PanoptemError."""
     from pydantic import ValidationError
@@ -103,7 +204,8 @@ def make_params(cls, **kwargs):
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        raise PanoptemError(f"Parameter '{where}': {msg}; see --help for allowed values.") from None
+        what = f"Parameter '{where}' = {err['input']!r}" if where else "Parameters"
+        raise PanoptemError(f"{what}: {msg}; see --help for allowed values.") from None
 
 
 def params_with(cls, params=None, **overrides):

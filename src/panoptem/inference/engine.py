@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..errors import PanoptemError
 from ..models.card import OUTPUT_STRIDE as STRIDE
 from ..models.load import LoadedModel, load_model
 from .predict import ModelOutput, predict_batch
@@ -24,12 +25,22 @@ class Predictor:
     def __init__(self, model: str | LoadedModel = "MitoLite_v1", device: str = "auto",
                  downsampling: int = 1, tile_size: int = 0, batch_size: int = 4):
         from .._memory import fix_mmap_threshold
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise PanoptemError(f"Batch size must be a whole number of slices, 1 or more, not {batch_size!r}.")
         fix_mmap_threshold()  # slice after slice, keep the heap from fragmenting (see _memory.py)
         self.model = load_model(model, device) if not isinstance(model, LoadedModel) else model
         self.card = self.model.card
         self.downsampling = downsampling
         self.tile_size = tile_size
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
+        least = 2 * self._align()
+        if tile_size and tile_size < least:
+            raise PanoptemError(f"Tile size {tile_size} is too small for model '{self.card.name}' at Image "
+                                f"Downsampling {downsampling}: use 0 (no tiling) or at least {least} pixels.")
+
+    def _align(self) -> int:
+        """Tile origins lie on this grid (pixels): the network's padding factor at the downsampling."""
+        return max(self.card.padding_factor, STRIDE) * self.downsampling
 
     def intensity(self, image) -> tuple[float, float]:
         """The intensity range used to normalise ``image`` (plane or volume)."""
@@ -67,7 +78,7 @@ class Predictor:
         """Stitched outputs of overlapping tiles; ``compact`` keeps the semantic
         probability as uint8 (x 255) to hold large images in 1 byte per pixel."""
         f = self.downsampling
-        align = max(self.card.padding_factor, STRIDE) * f  # tile origins on the network grid
+        align = self._align()  # tile origins on the network grid
         h, w = planes.shape[-2:]
         tile = max(align, (self.tile_size // align) * align)
         overlap = max(align, int(math.ceil(min(128 * f, 0.1 * tile) / align)) * align)

@@ -82,6 +82,17 @@ def make_unique(stack: np.ndarray, label_divisor: int | None) -> np.ndarray:
     return out.astype(np.uint32) if out.max() < 2**32 else out
 
 
+def _check_memory(shape, itemsize: int, batch_size: int) -> None:
+    """Refuse an image too large for this machine before reading it: the labels of
+    every plane (uint32) plus one batch of input and 1-byte probabilities stay in memory."""
+    from .._memory import check_fits
+    plane = int(shape[-2]) * int(shape[-1])
+    need = len(range(shape[0])) * plane * 4 + min(max(int(batch_size), 1), shape[0]) * plane * (itemsize + 1)
+    size = " x ".join(str(int(n)) for n in shape[-2:])
+    check_fits(need, f"Segmenting {'an image' if shape[0] == 1 else f'{shape[0]} images'} of {size} pixels",
+               "crop it into smaller images.")
+
+
 def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Params2D | dict | None = None,
                batch: bool = False, unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
                return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
@@ -136,6 +147,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     planes = image[None] if image.ndim == 2 else image
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                      batch_size=batch_size)
+    _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
     settings = decode_settings(p, pred.card)
     labels, probs, centers = [], [], []
     it = range(0, planes.shape[0], batch_size)

@@ -301,11 +301,11 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     True
     """
     p = params_with(Params3D, params, **overrides)
-    if getattr(volume, "ndim", None) != 3:
+    if not hasattr(volume, "ndim"):
         volume = np.asarray(volume)
-        if volume.ndim != 3:
-            raise PanoptemError(f"3D inference needs a ZYX volume, got shape {volume.shape}; "
-                                "use segment2d for 2D images.")
+    if volume.ndim != 3:  # checked before reading: a lazy 2D input may be far larger than memory
+        raise PanoptemError(f"3D inference needs a ZYX volume, got shape {tuple(volume.shape)}; "
+                            "use segment2d for 2D images.")
     if min(volume.shape) < 2:
         raise PanoptemError(f"The volume {volume.shape} is too thin for 3D inference; use segment2d --batch.")
     if preview is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import operator
 import threading
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -120,10 +121,14 @@ class StoreArray(LazyArray):
     ----------
     opener : picklable callable returning the array-like (e.g. a ``functools.partial``).
     shape, dtype : of the array returned by ``opener``.
+    name : the file, for messages: a part that cannot be decoded raises a
+        one-line :class:`~panoptem.errors.PanoptemError` naming it.
     """
 
-    def __init__(self, opener: Callable, shape: Sequence[int], dtype):
+    def __init__(self, opener: Callable, shape: Sequence[int], dtype, name: str = ""):
         self._opener = opener
+        args = getattr(opener, "args", ())  # a functools.partial(open, path, ...) names its file
+        self.name = name or (str(args[0]) if args else "")
         self._src_shape = tuple(int(n) for n in shape)
         self.shape = tuple(n for n in self._src_shape if n != 1)
         self.dtype = np.dtype(dtype)
@@ -131,7 +136,8 @@ class StoreArray(LazyArray):
         self._lock = threading.Lock()
 
     def __getstate__(self):
-        return {"_opener": self._opener, "_src_shape": self._src_shape, "shape": self.shape, "dtype": self.dtype}
+        return {"_opener": self._opener, "_src_shape": self._src_shape, "shape": self.shape, "dtype": self.dtype,
+                "name": self.name}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -149,7 +155,15 @@ class StoreArray(LazyArray):
     def _read(self, key: tuple) -> np.ndarray:
         it = iter(key)
         src_key = tuple(0 if n == 1 else next(it) for n in self._src_shape)
-        return np.asarray(self.source[src_key])
+        try:
+            return np.asarray(self.source[src_key])
+        except (PanoptemError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - a part of the file cannot be decoded: corrupt or truncated
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+            raise PanoptemError(f"Could not read part of '{Path(str(self.name)).name or 'the input'}' "
+                                f"({type(e).__name__}{': ' + first[:200] if first else ''}); the file is corrupt or "
+                                "truncated: copy it again or re-save it.") from None
 
 
 def _tail_shape(key: tuple, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._memory import human_bytes
 from ..errors import PanoptemError
 from . import _meta
 from ._lazy import ImageStack, StoreArray
@@ -40,12 +41,15 @@ class ImageData:
     voxel_size : nm per voxel, one entry per axis of ``data``; None when unknown.
     path : where it was read from.
     axes : "YX" or "ZYX" (derived from ``data.ndim`` when not given).
+    notes : what the reader assumed where the file left it open (e.g. planes that
+        the file marks as colour planes, read as slices); the command line prints them.
     """
 
     data: object
     voxel_size: tuple[float, ...] | None = None
     path: str | None = None
     axes: str = ""
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.axes:
@@ -90,13 +94,25 @@ def read_image(path, key: str | None = None, lazy: bool = True) -> ImageData:
     reader = {"tiff": _read_tiff, "plain": _read_plain, "mrc": _read_mrc, "hdf5": _read_hdf5,
               "zarr": _read_zarr, "folder": _read_folder}[kind]
     try:
-        data, voxel = reader(p, key, lazy) if kind in ("hdf5", "zarr") else reader(p, lazy)
-    except PanoptemError:
+        data, voxel, *notes = reader(p, key, lazy) if kind in ("hdf5", "zarr") else reader(p, lazy)
+    except (PanoptemError, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
-        raise PanoptemError(f"Could not read '{p}' as {kind.upper()} ({type(e).__name__}: {e}); "
-                            "check that the file is complete and in the format its name says.") from e
-    return ImageData(data, voxel, str(p))
+        raise unreadable(p, kind, e) from None
+    return ImageData(data, voxel, str(p), notes=tuple(n for n in notes if n))
+
+
+_KIND_NAMES = {"tiff": "TIFF", "plain": "PNG/JPEG", "mrc": "MRC", "hdf5": "HDF5", "zarr": "Zarr",
+               "folder": "a folder of images"}
+
+
+def unreadable(path, kind: str, error: BaseException) -> PanoptemError:
+    """The one-line error for a file a library could not decode (the library's
+    message cut to its first line: some span many)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    detail = type(error).__name__ + (f": {lines[0][:200]}" if lines else "")
+    return PanoptemError(f"Could not read '{path}' as {_KIND_NAMES.get(kind, kind)} ({detail}); check "
+                         "that the file is complete and in the format its name says.")
 
 
 def _kind(p: Path) -> str:
@@ -113,12 +129,25 @@ def _kind(p: Path) -> str:
                         f"{', '.join(SUPPORTED)}, or a folder of 2D images.")
 
 
-def _squeezed(p: Path, shape, voxel) -> tuple[list[int], tuple[float, ...] | None]:
+# What tifffile's axis letters stand for (used in messages).
+_AXIS_NAMES = {"T": "time", "C": "channel", "S": "colour samples", "Z": "depth", "Q": "unknown",
+               "I": "image sequence", "E": "lambda", "R": "tile", "H": "lifetime", "A": "angle",
+               "P": "phase", "L": "exposure", "V": "event", "M": "mosaic", "Y": "height", "X": "width"}
+
+
+def _squeezed(p: Path, shape, voxel, axes: str = "") -> tuple[list[int], tuple[float, ...] | None]:
     """Axes kept after dropping singletons, and the voxel size of those axes."""
+    if any(int(n) == 0 for n in shape):
+        raise PanoptemError(f"'{p.name}' holds no pixels (shape {tuple(shape)}); give an image with data.")
     keep = [i for i, n in enumerate(shape) if n != 1]
     if len(keep) not in (2, 3):
-        raise PanoptemError(f"'{p.name}' holds data of shape {tuple(shape)}, which is not 2D (YX) or 3D (ZYX) "
-                            "once singleton axes are dropped; save one channel / time point as a 2D or 3D image.")
+        named = ""
+        if len(axes) == len(shape):
+            named = " with axes " + ", ".join(f"{axes[i]} ({_AXIS_NAMES.get(axes[i], '?')}) = {shape[i]}"
+                                              for i in keep)
+        raise PanoptemError(f"'{p.name}' holds {len(keep)}D data of shape {tuple(shape)}{named}, not 2D (YX) or "
+                            "3D (ZYX) once single-entry axes are dropped; save one channel / time point / colour "
+                            "plane per file (e.g. tifffile.imwrite(path, data[0])).")
     if voxel is None or len(voxel) != len(shape):
         return keep, None
     return keep, _meta.complete([voxel[i] for i in keep])
@@ -163,42 +192,142 @@ def _open_tiff_zarr(path: str):
     return zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
 
 
+class _TiffLog:
+    """Collects what tifffile logs while a file is opened (kept off the terminal;
+    quoted in the error when the file is refused)."""
+
+    def __enter__(self):
+        import logging
+        self.records: list[str] = []
+        self._logger = logging.getLogger("tifffile")
+        self._handler = logging.Handler(logging.WARNING)
+        self._handler.emit = lambda r: self.records.append(r.getMessage())
+        self._logger.addHandler(self._handler)
+        self._propagate, self._logger.propagate = self._logger.propagate, False
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self._handler)
+        self._logger.propagate = self._propagate
+        return False
+
+
+def _check_tiff_data(p: Path, tif, series, log: list[str]) -> None:
+    """Refuse a TIFF whose header describes more data than the file holds
+    (truncated, or a header claiming a huge image), before any pixel is allocated."""
+    size = os.path.getsize(p)
+    shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes == 0:
+        raise PanoptemError(f"'{p.name}' holds no pixels (shape {shape}); give an image with data.")
+    claim = f"its header describes {' x '.join(map(str, shape))} {dtype} pixels ({human_bytes(nbytes)})"
+
+    def refuse(why: str):
+        raise PanoptemError(f"'{p.name}' is truncated or corrupt: {why}; copy the file again or re-save it.")
+
+    broken = [m for m in log if "invalid page offset" in m or "failed to reshape" in m]
+    if broken:
+        refuse(f"its chain of images breaks off (tifffile: {broken[0].split('> ', 1)[-1]})")
+    if tif.is_shaped and tif.shaped_metadata:
+        want = tif.shaped_metadata[0].get("shape")
+        if isinstance(want, list) and int(np.prod(want, dtype=np.int64)) != int(np.prod(shape, dtype=np.int64)):
+            refuse(f"its description says shape {tuple(want)}, but only {shape} was found")
+    if series.dataoffset is not None:  # one contiguous uncompressed block
+        if series.dataoffset + nbytes > size:
+            refuse(f"{claim} ending at byte {series.dataoffset + nbytes}, but the file has {size} bytes")
+        return
+    pages = [series.keyframe]
+    try:
+        if len(series.pages) > 1 and series.pages[-1] is not None:
+            pages.append(series.pages[-1])
+    except Exception:  # noqa: BLE001 - the last page cannot be found: the chain of pages is broken
+        refuse("its last image cannot be found")
+    for page in pages:
+        offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
+        chunks = int(np.prod(page.chunked, dtype=np.int64)) if getattr(page, "chunked", None) else len(offsets)
+        if len(offsets) != len(counts) or len(offsets) < chunks:
+            refuse(f"{claim} in {chunks} strips/tiles, but it lists {len(offsets)}")
+        ends = [o + c for o, c in zip(offsets, counts) if c]
+        if ends and max(ends) > size:
+            refuse(f"{claim}, stored up to byte {max(ends)}, but the file has {size} bytes")
+        bits = int(getattr(page, "bitspersample", 8) or 8)
+        if page.compression == 1 and bits % 8 == 0 and sum(counts) < page.nbytes:
+            refuse(f"{claim}, but its uncompressed strips/tiles hold only {sum(counts)} bytes per image")
+
+
 def _read_tiff(p: Path, lazy: bool):
     import tifffile
-    with tifffile.TiffFile(p) as tif:
+    with _TiffLog() as log, tifffile.TiffFile(p) as tif:
+        if not tif.series:
+            raise PanoptemError(f"'{p.name}' holds no image; check that it is a complete TIFF file.")
         series = tif.series[0]
         axes, shape, dtype = series.axes, tuple(series.shape), series.dtype
+        _check_tiff_data(p, tif, series, log.records)
         sizes = _tiff_voxel(tif, series)
-        rgb = "S" in axes and shape[axes.index("S")] in (2, 3, 4)
-        if rgb or not lazy:
+        # colour = samples stored together per pixel (RGB(A), grey + alpha): the last axis;
+        # samples stored as separate planes (what tifffile.imwrite makes of a 3- or 4-slice
+        # stack without metadata) stay planes
+        colour = axes.endswith("S") and shape[-1] in (2, 3, 4)
+        if colour or not lazy:
             arr = series.asarray()
     voxel = [sizes.get(ax) for ax in axes]
-    if rgb:  # colour TIFFs are small in EM; convert at once
-        s = axes.index("S")
-        arr = to_grey(np.moveaxis(arr, s, -1))
-        shape, voxel = arr.shape, voxel[:s] + voxel[s + 1:]
-    keep, vs = _squeezed(p, shape, voxel)
+    note = ""
+    if colour:  # colour TIFFs are small in EM; convert at once
+        arr = to_grey(arr)
+        shape, voxel, axes = arr.shape, voxel[:-1], axes[:-1]
+    keep, vs = _squeezed(p, shape, voxel, axes)
+    kept = "".join(axes[i] for i in keep) if len(axes) == len(shape) else ""
+    if kept.endswith("S"):  # more than 4 samples per pixel: neither colour nor planes
+        raise PanoptemError(f"'{p.name}' stores {shape[-1]} samples per pixel (axes {kept}, shape "
+                            f"{tuple(shape[i] for i in keep)}); save one sample per file as a YX image or ZYX volume.")
+    if len(keep) == 3 and kept[:1] not in ("", "Z", "Q", "I"):
+        n = shape[keep[0]]
+        if kept[0] == "S":
+            note = (f"'{p.name}' marks its {n} planes as separate colour planes (and has no other axis metadata); "
+                    f"they are read as {n} grey slices (Z). If it is one colour image, save it with the colour "
+                    "samples last (height, width, 3).")
+        else:
+            note = (f"'{p.name}' has axes {kept}: its {n} {_AXIS_NAMES.get(kept[0], 'unknown')} planes are read "
+                    f"as {n} slices (Z).")
     new_shape = tuple(shape[i] for i in keep)
-    if rgb or not lazy:
-        return arr.reshape(new_shape), vs
+    if colour or not lazy:
+        return arr.reshape(new_shape), vs, note
     try:
-        mm = tifffile.memmap(p, series=0, mode="r")
-        return mm.reshape(new_shape), vs
+        with _TiffLog():
+            mm = tifffile.memmap(p, series=0, mode="r")
+        return mm.reshape(new_shape), vs, note
     except ValueError:  # compressed or not contiguous: read pages / tiles on demand
-        return StoreArray(partial(_open_tiff_zarr, str(p)), shape, dtype), vs
+        return StoreArray(partial(_open_tiff_zarr, str(p)), shape, dtype, name=p.name), vs, note
 
 
 # ---- PNG / JPEG and folders of slices ---------------------------------------------------
 
 def read_plane(path: str) -> np.ndarray:
-    """One 2D slice file (TIFF, PNG or JPEG) as a grey 2D array."""
+    """One 2D slice file (TIFF, PNG or JPEG) as a grey 2D array.
+
+    Raises :class:`~panoptem.errors.PanoptemError` (one line) for a file that cannot be decoded."""
     path = str(path)
-    if path.lower().endswith(TIFF_SUFFIXES):
-        import tifffile
-        a = tifffile.imread(path)
-    else:
-        import imageio.v3 as iio
-        a = iio.imread(path)
+    is_tiff = path.lower().endswith(TIFF_SUFFIXES)
+    try:
+        if is_tiff:
+            a, *_ = _read_tiff(Path(path), lazy=False)
+        else:
+            from PIL import Image, UnidentifiedImageError
+            try:
+                with Image.open(path):
+                    pass
+            except UnidentifiedImageError:
+                raise PanoptemError(f"'{Path(path).name}' is not a PNG/JPEG image that can be read (unknown or "
+                                    "damaged header); check that the file is complete and in the format its "
+                                    "name says.") from None
+            import imageio.v3 as iio
+            a = iio.imread(path)
+    except (PanoptemError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder error means an unreadable file
+        raise unreadable(path, "tiff" if is_tiff else "plain", e) from None
+    if a.size == 0:
+        raise PanoptemError(f"'{Path(path).name}' holds no pixels (shape {a.shape}); give an image with data.")
     a = np.squeeze(a)
     if a.ndim == 3 and a.shape[-1] in (2, 3, 4):
         a = to_grey(a)
@@ -218,14 +347,17 @@ def _natural_key(name: str):
 
 def _header(path: Path):
     """Cheap (shape, type) fingerprint of a slice file, without decoding the pixels."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
-        with tifffile.TiffFile(path) as tif:
-            s = tif.series[0]
-            return tuple(s.shape), str(s.dtype)
-    from PIL import Image
-    with Image.open(path) as im:
-        return im.size, im.mode
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+            with _TiffLog(), tifffile.TiffFile(path) as tif:
+                s = tif.series[0]
+                return tuple(s.shape), str(s.dtype)
+        from PIL import Image
+        with Image.open(path) as im:
+            return im.size, im.mode
+    except Exception as e:  # noqa: BLE001 - any decoder error means an unreadable file
+        raise unreadable(path, "tiff" if path.suffix.lower() in TIFF_SUFFIXES else "plain", e) from None
 
 
 def _read_folder(p: Path, lazy: bool):

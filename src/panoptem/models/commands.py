@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import PanoptemError
+from ..errors import PanoptemError, one_line
 
 model_app = typer.Typer(no_args_is_help=True, help="List, inspect, register, export, import and archive models.")
 
@@ -24,7 +24,7 @@ def _user_errors(func):
         try:
             return func(*args, **kwargs)
         except PanoptemError as e:
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {one_line(e)}", err=True)
             raise typer.Exit(2) from None
     return wrapper
 

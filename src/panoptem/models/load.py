@@ -87,17 +87,32 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def pick_device(device: str = "auto") -> str:
-    """``auto`` -> cuda if present, else mps, else cpu; anything else is checked."""
-    if device == "auto":
+    """``auto`` -> cuda if present, else mps, else cpu; anything else is checked
+    (one of ``cpu``, ``cuda``, ``cuda:N``, ``mps``, and present on this machine)."""
+    import re
+    dev = str(device).strip().lower()
+    if dev == "auto":
         if torch.cuda.is_available():
             return "cuda"
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PanoptemError("CUDA was requested but no CUDA GPU is visible; use --device cpu or auto.")
-    return device
+    m = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", dev)
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise PanoptemError(f"Device '{device}' is not one of {DEVICES}; use --device auto to pick the best one.")
+    if m.group(1) == "cuda":
+        if not torch.cuda.is_available():
+            raise PanoptemError("CUDA was requested but no CUDA GPU is visible; use --device cpu or auto.")
+        if m.group(2) is not None and int(m.group(2)) >= torch.cuda.device_count():
+            raise PanoptemError(f"Device '{device}' does not exist: this machine has {torch.cuda.device_count()} "
+                                "CUDA GPU(s), cuda:0 onwards; use one of them or --device auto.")
+    if m.group(1) == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise PanoptemError("MPS (Apple GPU) was requested but is not available here; use --device cpu or auto.")
+    return dev
 
 
 class _EmpanadaAdapter(torch.nn.Module):
@@ -128,6 +143,35 @@ def _check_sha(path: str, expected: str | None) -> None:
                             "the file is corrupt or not the one the card describes: re-download or re-export it.")
 
 
+def _state_dict_model(card: ModelCard, blob, path: str) -> torch.nn.Module:
+    """The card's network with the weights of ``blob`` (a state dict, or
+    ``{"architecture": ..., "state_dict": ...}``), refused when they do not fit."""
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PanoptemError(f"Weights {path} of model '{card.name}' hold no state dict of tensors; register the "
+                            "model's own weights file (a state dict, or export it as TorchScript).")
+    arch = card.architecture or (blob.get("architecture") if isinstance(blob.get("architecture"), dict) else {})
+    try:
+        module = build_model(arch)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise PanoptemError(f"Model '{card.name}' has an invalid architecture {arch} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); fix the card's architecture.") from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:
+        own = module.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        parts = [f"{len(missing)} parameter(s) missing" if missing else "",
+                 f"{len(unexpected)} unknown" if unexpected else "",
+                 f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
+        raise PanoptemError(f"Weights {path} do not fit the network of model '{card.name}' "
+                            f"({', '.join(x for x in parts if x)}): they belong to another network; check the "
+                            "card's architecture or register the weights that were trained with it.") from None
+    return module
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto") -> LoadedModel:
     """Load a model by registry name or card path.
 
@@ -152,10 +196,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto") -> Loade
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file for the user
             raise PanoptemError(f"Could not read weights {path} ({type(e).__name__}); the file is corrupt.") from None
-        state = blob.get("state_dict", blob)
-        arch = card.architecture or blob.get("architecture", {})
-        module = build_model(arch)
-        module.load_state_dict(state)
+        module = _state_dict_model(card, blob, path)
     elif w.format in ("torchscript", "empanada_torchscript"):
         try:
             module = torch.jit.load(path, map_location="cpu")

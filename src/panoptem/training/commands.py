@@ -75,21 +75,29 @@ def patches_cmd(
 ):
     """Pick patches to annotate (or image + label pairs) and store them as a dataset folder."""
     from ..io import read_image
+    from ..params import PatchParams, make_params
     from .dataset import store_dataset
     from .patches import pick_patches
+    make_params(PatchParams, n=n, patch_size=patch_size, plane=plane, flipbook_depth=flipbook_depth,
+                label_divisor=label_divisor, seed=seed)
+    class_names = _classes(classes)
     img = read_image(input)
     lab = read_image(labels).data if labels else None
     pts = read_points(points, 2 if img.data.ndim == 2 else 3) if points else None
     picked = pick_patches(img.data, n=n, patch_size=patch_size, points=pts, plane=plane, is_2d_stack=is_2d_stack,
                           flipbook=flipbook, flipbook_depth=flipbook_depth, labels=lab, seed=seed,
                           source=Path(input).stem or "image")
+    empty = []
     if lab is not None:  # paired mode: a patch without any label teaches nothing new here
         empty = [p.name for p in picked if not p.annotated()[1].any()]
         picked = [p for p in picked if p.annotated()[1].any()]
-        if empty:
-            typer.echo(f"left out {len(empty)} patch(es) whose labels are empty: {', '.join(empty[:5])}"
-                       f"{' ...' if len(empty) > 5 else ''}", err=True)
-    names = store_dataset(picked, output, class_names=_classes(classes), label_divisor=label_divisor,
+    if not picked:
+        why = f"the labels of all {len(empty)} picked patch(es) are empty" if empty else "no patch was picked"
+        raise PanoptemError(f"Nothing to store: {why}; give --n 1 or more, or --points where there are objects.")
+    if empty:
+        typer.echo(f"left out {len(empty)} patch(es) whose labels are empty: {', '.join(empty[:5])}"
+                   f"{' ...' if len(empty) > 5 else ''}", err=True)
+    names = store_dataset(picked, output, class_names=class_names, label_divisor=label_divisor,
                           overwrite=overwrite)
     n_masks = sum(p.labels is not None for p in picked)
     typer.echo(json.dumps({"dataset": str(output), "images": len(names), "masks": n_masks, "names": names}))
@@ -122,7 +130,7 @@ def finetune_cmd(
                                            "(default: the training patches)."),
     name: str = typer.Option(..., "--name", help="Name of the new model (letters, digits, _ . -)."),
     iterations: int = typer.Option(100, "--iterations", help="Optimiser steps."),
-    patch_size: int = typer.Option(256, "--patch-size", help="Training crop in pixels (multiple of 32)."),
+    patch_size: int = typer.Option(256, "--patch-size", help="Training crop in pixels (multiple of 32, at least 64)."),
     layers: str = typer.Option("none", "--layers", help="Finetunable layers: none (decoder and heads), stage4, "
                                "stage3, stage2, stage1 or all."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
@@ -150,7 +158,7 @@ def train_new_cmd(
                                                 "with (class * divisor + n); needed for several classes."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Dataset folder to score on."),
     iterations: int = typer.Option(2000, "--iterations"),
-    patch_size: int = typer.Option(256, "--patch-size", help="Training crop in pixels (multiple of 32)."),
+    patch_size: int = typer.Option(256, "--patch-size", help="Training crop in pixels (multiple of 32, at least 64)."),
     batch_size: int = typer.Option(8, "--batch-size"),
     lr: float = typer.Option(2e-3, "--lr"),
     gamma: float = typer.Option(0.7, "--gamma", help="Folder re-weighting: image weight (1/count)^gamma."),

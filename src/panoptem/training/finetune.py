@@ -151,9 +151,11 @@ def _eval_set(val_dir, train: "DatasetFolders"):
 
 
 def _check_patch_size(patch_size: int, card: ModelCard | None = None) -> int:
+    """A multiple of the padding factor, 2 of them at least (the deepest layer needs 2 x 2 pixels
+    to train with batch norm on one patch)."""
     pf = max(32, card.padding_factor if card else 32)
-    if patch_size < pf or patch_size % pf:
-        raise PanoptemError(f"Patch size must be a positive multiple of {pf}, not {patch_size}.")
+    if patch_size < 2 * pf or patch_size % pf:
+        raise PanoptemError(f"Patch size must be a multiple of {pf} and at least {2 * pf}, not {patch_size}.")
     return int(patch_size)
 
 
@@ -174,7 +176,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     name : name of the new model.
     iterations : optimiser steps, each on ``min(batch_size, n_patches)``
         patches drawn with replacement (1 patch works as well as 1000).
-    patch_size : training crop in pixels (multiple of 32); smaller images are
+    patch_size : training crop in pixels (multiple of 32, at least 64); smaller images are
         padded, larger ones cropped at random.
     layers : "Finetunable layers": ``none`` trains decoder and heads only,
         ``stage4`` ... ``stage1`` also the encoder from that stage on, ``all`` everything.
@@ -199,7 +201,11 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     from ..models.architecture import architecture_config
     from ..models.load import get_card, load_model, pick_device, user_home
     from .dataset import DatasetFolders
+    from ..params import FinetuneParams, make_params
     from .train import TrainConfig, TrainingCancelled, train
+    opts = make_params(FinetuneParams, iterations=iterations, patch_size=patch_size, layers=layers, lr=lr,
+                       batch_size=batch_size, gamma=gamma, scale_range=tuple(scale_range), seed=seed)
+    iterations, lr, batch_size, gamma, seed = opts.iterations, opts.lr, opts.batch_size, opts.gamma, opts.seed
     _check_new_name(name, overwrite)
     card = get_card(model_name)
     if card.weights.format != "state_dict":
@@ -208,8 +214,6 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
                             "`panoptem train`.")
     frozen = frozen_modules(layers)
     _check_patch_size(patch_size, card)
-    if iterations < 1:
-        raise PanoptemError("iterations must be at least 1.")
     dev = pick_device(device)
     base = load_model(model_name, device=dev)
     data = DatasetFolders([train_dir], card.classes, card.label_divisor, gamma, card.normalization)
@@ -218,7 +222,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     before = evaluate_pairs(base, ims, mks, divs, **params)
     log(f"before: {before} on {where}")
     cfg = TrainConfig(iterations=int(iterations), batch_size=min(batch_size, len(data)), patch_size=patch_size,
-                      lr=lr, weight_decay=1e-4, scale_range=tuple(scale_range), seed=seed,
+                      lr=lr, weight_decay=1e-4, scale_range=opts.scale_range, seed=seed,
                       checkpoint_every=int(iterations), validate_every=int(iterations) + 1,
                       architecture=architecture_config(base.module.config), device=dev)
     losses: list[float] = []
@@ -287,17 +291,20 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
     from ..models.architecture import architecture_config
     from ..models.load import pick_device, user_home
     from .dataset import DatasetFolders, dataset_folders, load_dataset, parse_classes
+    from ..params import TrainParams, make_params
     from .train import TrainConfig, train
+    arch = dict(architecture or {})
+    opts = make_params(TrainParams, iterations=iterations, patch_size=patch_size, lr=lr, batch_size=batch_size,
+                       gamma=gamma, seed=seed, widths=arch.get("widths"), label_divisor=label_divisor,
+                       voxel_size_nm=voxel_size_nm)
+    iterations, lr, batch_size, gamma, seed = opts.iterations, opts.lr, opts.batch_size, opts.gamma, opts.seed
     _check_new_name(name, overwrite)
     classes = parse_classes(labels)
     if len(classes) > 1 and not label_divisor:
         raise PanoptemError("Several classes need --label-divisor: the divisor the masks were painted with "
                             "(label = class * divisor + n).")
     _check_patch_size(patch_size)
-    if iterations < 1:
-        raise PanoptemError("iterations must be at least 1.")
     dirs = [train_dirs] if isinstance(train_dirs, (str, Path)) else list(train_dirs)
-    arch = dict(architecture or {})
     n_ch = 1 if len(classes) == 1 else len(classes) + 1
     if arch.get("num_classes", n_ch) != n_ch:
         raise PanoptemError(f"{len(classes)} class(es) need num_classes={n_ch} (background + classes when "

@@ -11,8 +11,15 @@ from .train import SliceDataset, TrainConfig, train
 
 def parse_range(text: str) -> slice:
     """``"0:125"`` -> ``slice(0, 125)``."""
-    a, b = text.split(":")
-    return slice(int(a) if a else None, int(b) if b else None)
+    from ..errors import PanoptemError
+    try:
+        a, b = text.split(":")
+        start, stop = int(a) if a.strip() else None, int(b) if b.strip() else None
+    except ValueError:
+        raise PanoptemError(f"Slice range '{text}' is not START:STOP (e.g. 0:125, or : for all).") from None
+    if (start is not None and start < 0) or (stop is not None and stop < 0):
+        raise PanoptemError(f"Slice range '{text}' has a negative bound; give slice numbers from 0.")
+    return slice(start, stop)
 
 
 def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_slices: str,
@@ -26,6 +33,10 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
         from ..errors import PanoptemError
         raise PanoptemError(f"Image {img.shape} and labels {lab.shape} must have the same shape.")
     tr = parse_range(train_slices)
+    if img.ndim != 3 or not len(range(*tr.indices(img.shape[0]))):
+        from ..errors import PanoptemError
+        raise PanoptemError(f"Training slices '{train_slices}' select nothing of the image {tuple(img.shape)}; "
+                            "give a ZYX volume and a range inside it.")
     ds = SliceDataset([np.asarray(s) for s in img[tr]], [np.asarray(s) for s in lab[tr]])
     val = None
     if val_slices:

@@ -214,9 +214,10 @@ def pick_patches(image, n: int = 16, patch_size: int = 256, points=None, plane: 
         if tuple(labels.shape) != src.shape:
             raise PanoptemError(f"Labels of shape {tuple(labels.shape)} do not match the image of shape "
                                 f"{src.shape}; pass the labels of this image.")
-    size = int(patch_size)
-    if size < 1 or n < 0:
-        raise PanoptemError("patch_size must be positive and n at least 0.")
+    from ..params import PatchParams, make_params
+    opts = make_params(PatchParams, n=n, patch_size=patch_size, plane=plane, flipbook_depth=flipbook_depth,
+                       seed=seed)
+    size, n, seed = opts.patch_size, opts.n, opts.seed
     depth = None
     if flipbook:
         if src.kind != "3d":

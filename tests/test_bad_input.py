@@ -1,0 +1,490 @@
+"""Bad inputs, one per reproducer: each gets one ``error:`` line and exit 2 (no traceback),
+leaves its inputs as they were and nothing behind in the output folder; or, where the input is
+fine but ambiguous, it is read the documented way and the assumption is said."""
+import hashlib
+import json
+import re
+import struct
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from panoptem.cli import main
+from panoptem.errors import PanoptemError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(folder):
+    """Every file and folder under ``folder`` (hidden ones too) with its content hash."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+            for p in sorted(folder.rglob("*"))}
+
+
+PROGRESS = re.compile(r"^[\w ]+:\s+\d+%\|")  # a tqdm bar (redrawn in place with carriage returns)
+
+
+def error_lines(err):
+    """stderr without progress bars and ``note:`` lines (what the reader assumed, said up front)."""
+    out = []
+    for ln in err.split("\n"):
+        parts = [p for p in ln.split("\r") if p.strip()]
+        if parts and not all(PROGRESS.match(p) for p in parts) and not ln.startswith("note: "):
+            out.append(ln)
+    return out
+
+
+def assert_one_line_error(code, err, *words):
+    lines = error_lines(err)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.fixture
+def space(tmp_path):
+    """``(inputs, outputs)`` folders; the test checks both are unchanged after a refused command."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    out.mkdir()
+    return inp, out
+
+
+def refused(capsys, space, *args, words=()):
+    """Run the command; assert one error line, and inputs and outputs untouched."""
+    inp, out = space
+    before_in, before_out = snapshot(inp), snapshot(out)
+    code, _, err = run(capsys, *args)
+    line = assert_one_line_error(code, err, *words)
+    assert snapshot(inp) == before_in, "an input changed"
+    assert snapshot(out) == before_out, f"left behind: {set(snapshot(out)) - set(before_out)}"
+    return line
+
+
+def huge_header_tiff(path, height, width, one_strip=True):
+    """A baseline 8-bit TIFF whose header claims ``height x width`` pixels but holds 16 bytes."""
+    data = b"\0" * 16
+    rows, count = (height, min(height * width, 2**32 - 1)) if one_strip else (1, width)
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8),
+            (277, 3, 1), (278, 4, rows), (279, 4, count)]
+    ifd = struct.pack("<H", len(tags))
+    for tag, typ, val in tags:
+        ifd += struct.pack("<HHI", tag, typ, 1) + (struct.pack("<HH", val, 0) if typ == 3 else struct.pack("<I", val))
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(data)) + data + ifd + struct.pack("<I", 0))
+    return path
+
+
+def volume(path, shape=(6, 64, 64), seed=0, **kw):
+    tifffile.imwrite(path, np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8), **kw)
+    return path
+
+
+# ---------------------------------------------------------------- 2. one clear line
+
+
+@pytest.mark.parametrize("cmd", ["segment2d", "segment3d"])
+def test_truncated_tiff(capsys, space, tiny_card, cmd):
+    inp, out = space
+    whole = volume(inp / "whole.tif", photometric="minisblack").read_bytes()
+    (inp / "cut.tif").write_bytes(whole[: len(whole) // 2])
+    refused(capsys, space, cmd, inp / "cut.tif", "-o", out / "o.tif", "--model", tiny_card,
+            words=("cut.tif", "truncated"))
+
+
+def test_truncated_compressed_tiff_is_not_read_as_its_first_slice(capsys, space, tiny_card):
+    inp, out = space
+    whole = volume(inp / "z.tif", (20, 64, 64), compression="zlib", photometric="minisblack").read_bytes()
+    (inp / "cut.tif").write_bytes(whole[: len(whole) * 2 // 3])
+    refused(capsys, space, "segment3d", inp / "cut.tif", "-o", out / "o.tif", "--model", tiny_card,
+            words=("cut.tif", "truncated"))
+
+
+@pytest.mark.parametrize("cmd", ["segment2d", "segment3d"])
+@pytest.mark.parametrize("one_strip", [True, False])
+def test_tiff_header_claiming_100000_squared_is_refused_before_allocating(capsys, space, tiny_card, cmd,
+                                                                          one_strip, monkeypatch):
+    inp, out = space
+    huge_header_tiff(inp / "huge.tif", 100_000, 100_000, one_strip)
+
+    def no_big_arrays(*a, **k):  # the refusal must come before any pixel buffer
+        raise AssertionError("allocated pixels for a file that cannot hold them")
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_big_arrays)
+    line = refused(capsys, space, cmd, inp / "huge.tif", "-o", out / "o.tif", "--model", tiny_card,
+                   words=("huge.tif", "100000 x 100000"))
+    assert "9.3 GiB" in line
+
+
+def test_image_larger_than_memory_is_refused_before_reading(capsys, space, tiny_card, monkeypatch):
+    from panoptem import _memory
+    inp, out = space
+    volume(inp / "img.tif", (256, 256))
+    monkeypatch.setattr(_memory, "physical_memory", lambda: 100_000)  # a machine with 100 kB
+    refused(capsys, space, "segment2d", inp / "img.tif", "-o", out / "o.tif", "--model", tiny_card,
+            words=("256 x 256", "memory", "crop"))
+
+
+@pytest.mark.parametrize("cmd", ["segment2d", "segment3d"])
+def test_tile_size_7(capsys, space, tiny_card, cmd):
+    inp, out = space
+    volume(inp / "v.tif", photometric="minisblack")
+    refused(capsys, space, cmd, inp / "v.tif", "-o", out / "o.tif", "--model", tiny_card, "--tile-size", "7",
+            words=("tile_size", "at least 64"))
+
+
+def test_tile_too_small_for_the_model_at_this_downsampling(capsys, space, tiny_card):
+    inp, out = space
+    volume(inp / "v.tif", (256, 256))
+    refused(capsys, space, "segment2d", inp / "v.tif", "-o", out / "o.tif", "--model", tiny_card,
+            "--tile-size", "100", "--downsampling", "2", words=("Tile size 100", "at least 128"))
+
+
+@pytest.mark.parametrize("cmd", ["segment2d", "segment3d"])
+@pytest.mark.parametrize("device", ["banana", "cpu:1", "cuda:x", ""])
+def test_bad_device(capsys, space, tiny_card, cmd, device):
+    inp, out = space
+    volume(inp / "v.tif", photometric="minisblack")
+    refused(capsys, space, cmd, inp / "v.tif", "-o", out / "o.tif", "--model", tiny_card, "--device", device,
+            words=("auto, cpu, cuda",))
+
+
+@pytest.mark.parametrize("batch", ["0", "-1"])
+def test_batch_size_leaves_no_cache_folder(capsys, space, tiny_card, batch):
+    inp, out = space
+    volume(inp / "v.tif", photometric="minisblack")
+    refused(capsys, space, "segment3d", inp / "v.tif", "-o", out / "o.tif", "--model", tiny_card,
+            "--batch-size", batch, words=("Batch size",))
+    assert not (out / ".o.tif.panoptem-cache").exists()
+
+
+def test_card_whose_weights_are_another_network(capsys, space, tiny_card):
+    inp, out = space
+    volume(inp / "v.tif", (64, 64))
+    other = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
+    torch.save(other.state_dict(), inp / "other.pt")
+    card = yaml.safe_load(tiny_card.read_text())
+    card["weights"] = {"file": "other.pt"}
+    (inp / "other.yaml").write_text(yaml.safe_dump(card))
+    refused(capsys, space, "segment2d", inp / "v.tif", "-o", out / "o.tif", "--model", inp / "other.yaml",
+            words=("other.pt", "do not fit", "another network"))
+
+
+def test_card_whose_weights_are_not_a_state_dict(capsys, space, tiny_card):
+    inp, out = space
+    volume(inp / "v.tif", (64, 64))
+    torch.save([1, 2, 3], inp / "list.pt")
+    card = yaml.safe_load(tiny_card.read_text())
+    card["weights"] = {"file": "list.pt"}
+    (inp / "list.yaml").write_text(yaml.safe_dump(card))
+    refused(capsys, space, "segment2d", inp / "v.tif", "-o", out / "o.tif", "--model", inp / "list.yaml",
+            words=("list.pt", "no state dict"))
+
+
+def test_measure_zero_size_image(capsys, space):
+    inp, out = space
+    with pytest.warns(UserWarning):
+        tifffile.imwrite(inp / "empty.tif", np.zeros((0, 0), np.uint8))
+    refused(capsys, space, "measure", inp / "empty.tif", "-o", out / "t.csv", words=("empty.tif", "no pixels"))
+    from panoptem import measure
+    with pytest.raises(PanoptemError, match="no pixels"):
+        measure(np.zeros((0, 5), np.uint32))
+
+
+@pytest.mark.parametrize("voxel", ["a,b", "1,nan", "0,1", "-1,1", ","])
+def test_measure_bad_voxel_size(capsys, space, voxel):
+    inp, out = space
+    tifffile.imwrite(inp / "lab.tif", np.ones((8, 8), np.uint16))
+    refused(capsys, space, "measure", inp / "lab.tif", "-o", out / "t.csv", "--voxel-size", voxel,
+            words=("--voxel-size",))
+
+
+def disc_dataset(folder, n=2, empty=()):
+    """A dataset folder: ``n`` 64x64 patches with a painted disc, except the ``empty`` ones."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    yy, xx = np.indices((64, 64))
+    for i in range(n):
+        disc = (yy - 32) ** 2 + (xx - 20 - 8 * i) ** 2 < 100
+        tifffile.imwrite(folder / "images" / f"p{i}.tif", np.where(disc, 40, 200).astype(np.uint8))
+        tifffile.imwrite(folder / "masks" / f"p{i}.tif", (disc * (i not in empty)).astype(np.uint16))
+    return folder
+
+
+def test_finetune_dataset_holding_a_text_file_named_tif(capsys, space, tiny_card, home):
+    inp, out = space
+    ds = disc_dataset(inp / "ds")
+    (ds / "images" / "notes.tif").write_text("this is text, not an image\n")
+    (ds / "masks" / "notes.tif").write_text("this too\n")
+    refused(capsys, space, "finetune", tiny_card, "--train-dir", ds, "--name", "x", "--iterations", "1",
+            "--patch-size", "64", "--device", "cpu", words=("notes.tif", "Could not read"))
+    assert not (home / "models").exists()
+
+
+@pytest.mark.parametrize("option, value, word", [
+    ("--lr", "nan", "finite"), ("--lr", "-1", "greater than 0"), ("--lr", "inf", "finite"),
+    ("--batch-size", "0", "batch_size"), ("--iterations", "0", "iterations"), ("--seed", "-1", "seed"),
+    ("--patch-size", "100", "multiple of 32"), ("--layers", "decoder", "layers"),
+])
+def test_finetune_bad_numbers(capsys, space, tiny_card, home, option, value, word):
+    inp, _ = space
+    ds = disc_dataset(inp / "ds")
+    refused(capsys, space, "finetune", tiny_card, "--train-dir", ds, "--name", "x", option, value, words=(word,))
+    assert not home.exists()
+
+
+@pytest.mark.parametrize("option, value, word", [
+    ("--widths", "-1,2,3,4,5", "idths"), ("--widths", "8,8,8", "idths"), ("--widths", "a,b", "idths"),
+    ("--gamma", "nan", "gamma"), ("--gamma", "-1", "gamma"), ("--lr", "nan", "lr"),
+    ("--label-divisor", "0", "label_divisor"), ("--voxel-size-nm", "-5", "voxel_size_nm"),
+    ("--voxel-size-nm", "nan", "voxel_size_nm"), ("--batch-size", "-3", "batch_size"),
+])
+def test_train_bad_numbers(capsys, space, home, option, value, word):
+    inp, _ = space
+    ds = disc_dataset(inp / "ds")
+    refused(capsys, space, "train", "--train-dir", ds, "--name", "x", "--iterations", "1", "--patch-size", "64",
+            option, value, words=(word,))
+    assert not home.exists()  # nothing registered, no training folder
+
+
+@pytest.mark.parametrize("args, word", [
+    (("--train-slices", "abc"), "START:STOP"), (("--train-slices", "5:5"), "select nothing"),
+    (("--lr", "nan"), "lr"), (("--min-scale", "2", "--max-scale", "1"), "scale"),
+    (("--batch-size", "0"), "batch_size"), (("--schedule-steps", "-1"), "schedule_steps"),
+])
+def test_train_volume_bad_options(capsys, space, args, word):
+    inp, out = space
+    volume(inp / "v.tif", (6, 64, 64), photometric="minisblack")
+    refused(capsys, space, "train-volume", inp / "v.tif", inp / "v.tif", "-o", out / "run", *args, words=(word,))
+
+
+@pytest.mark.parametrize("args, word", [
+    (("--n", "-1"), "'n'"), (("--patch-size", "0"), "patch_size"), (("--plane", "diagonal"), "plane"),
+    (("--flipbook-depth", "0"), "flipbook_depth"), (("--seed", "-2"), "seed"), (("--n", "0"), "Nothing to store"),
+    (("--label-divisor", "0"), "label_divisor"), (("--class", "x,y"), "integer"),
+])
+def test_patches_bad_options_create_no_folder(capsys, space, args, word):
+    inp, out = space
+    volume(inp / "v.tif", (6, 64, 64), photometric="minisblack")
+    refused(capsys, space, "patches", inp / "v.tif", "-o", out / "ds", "--patch-size", "32", *args, words=(word,))
+    assert not (out / "ds").exists()
+
+
+BROKEN_YAML = "name: x\n  weights: [1, 2\n"
+
+
+@pytest.mark.parametrize("cmd", [("model", "info", "{card}"),
+                                 ("segment2d", "{img}", "-o", "{out}", "--model", "{card}"),
+                                 ("model", "register", "x", "--card", "{card}")])
+def test_yaml_error_is_one_line_with_file_and_place(capsys, space, home, cmd):
+    inp, out = space
+    card = inp / "bad.yaml"
+    card.write_text(BROKEN_YAML)
+    volume(inp / "v.tif", (64, 64))
+    args = [a.format(card=card, img=inp / "v.tif", out=out / "o.tif") for a in cmd]
+    line = refused(capsys, space, *args, words=("bad.yaml", "not valid YAML", "line 2, column 10"))
+    assert "^" not in line
+
+
+@pytest.mark.parametrize("content", [b"not a png at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_unreadable_png_is_one_line(capsys, space, tiny_card, content):
+    inp, out = space
+    (inp / "bad.png").write_bytes(content)
+    refused(capsys, space, "segment2d", inp / "bad.png", "-o", out / "o.tif", "--model", tiny_card,
+            words=("bad.png",))
+
+
+def test_corrupt_strip_inside_a_volume_is_one_line(capsys, space, tiny_card):
+    inp, out = space
+    path = volume(inp / "z.tif", (12, 64, 64), compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[7].dataoffsets[0]
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 40] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+    for cmd in (["segment3d"], ["segment2d", "--batch"]):
+        refused(capsys, space, cmd[0], path, "-o", out / "o.tif", "--model", tiny_card, *cmd[1:],
+                words=("z.tif", "corrupt"))
+
+
+def test_known_reader_errors_that_escape_are_one_line(capsys, space, tiny_card, monkeypatch):
+    """The top-level handler's net: a decoder's own error class (here tifffile's) becomes one line."""
+    from panoptem.inference import segment2d as s2
+    inp, out = space
+    volume(inp / "v.tif", (64, 64))
+
+    def boom(*a, **k):
+        raise tifffile.TiffFileError("corrupted page\nsecond line of detail")
+    monkeypatch.setattr(s2, "segment_2d", boom)
+    refused(capsys, space, "segment2d", inp / "v.tif", "-o", out / "o.tif", "--model", tiny_card,
+            words=("TiffFileError", "corrupted page second line"))
+
+
+@pytest.mark.parametrize("args, word", [
+    (("--confidence-thr", "abc"), "--confidence-thr"), (("--tile-size", "1.5"), "--tile-size"),
+    (("--no-such-option",), "No such option"), (("-o",), "requires an argument"),
+])
+def test_usage_errors_are_one_line(capsys, space, tiny_card, args, word):
+    inp, out = space
+    volume(inp / "v.tif", (64, 64))
+    refused(capsys, space, "segment2d", inp / "v.tif", "--model", tiny_card, "-o", out / "o.tif", *args,
+            words=(word,))
+
+
+def test_missing_argument_is_one_line(capsys, space):
+    line = refused(capsys, space, "segment2d", words=("Missing argument",))
+    assert "panoptem segment2d --help" in line
+
+
+def test_warnings_are_one_line(capsys, space):
+    import warnings
+    from panoptem import cli
+    inp, _ = space
+
+    @cli.app.command("warn-test-only")
+    def _warn():
+        warnings.warn("first\nsecond", UserWarning)
+    try:
+        code, _, err = run(capsys, "warn-test-only")
+    finally:
+        cli.app.registered_commands.pop()
+    assert code == 0 and err == "warning: first second\n"
+
+
+@pytest.mark.parametrize("cmd", ["measure", "evaluate"])
+def test_label_divisor_larger_than_the_label_dtype(capsys, tmp_path, cmd):
+    """Found by the fuzz test: uint8 labels with --label-divisor 1000 overflowed numpy."""
+    lab = np.zeros((16, 16), np.uint8)
+    lab[2:6, 2:6], lab[9:14, 9:14] = 1, 2
+    tifffile.imwrite(tmp_path / "lab.tif", lab)
+    args = [tmp_path / "lab.tif", "-o", tmp_path / "t.csv"] if cmd == "measure" else [tmp_path / "lab.tif"] * 2
+    code, out, err = run(capsys, cmd, *args, "--label-divisor", "1000")
+    assert code == 0, err
+    rec = json.loads(out.strip().splitlines()[-1])
+    assert rec["objects"] == 2 if cmd == "measure" else rec["f1_50"] == 1.0
+
+
+# ---------------------------------------------------------------- 3. refused or handled
+
+
+def test_all_empty_masks_refused_some_empty_fine(tmp_path, home):
+    from panoptem.training.dataset import DatasetFolders
+    with pytest.raises(PanoptemError, match="is empty"):
+        DatasetFolders([disc_dataset(tmp_path / "none", empty=(0, 1))])
+    data = DatasetFolders([disc_dataset(tmp_path / "some", empty=(0,))])
+    assert len(data) == 2 and not data.masks[0].any() and data.masks[1].any()
+
+
+@pytest.mark.parametrize("cmd", [("finetune", "{card}"), ("train",)])
+def test_all_empty_masks_refused_by_the_commands(capsys, space, tiny_card, home, cmd):
+    inp, _ = space
+    ds = disc_dataset(inp / "ds", empty=(0, 1))
+    args = [a.format(card=tiny_card) for a in cmd]
+    refused(capsys, space, *args, "--train-dir", ds, "--name", "x", "--iterations", "1", "--patch-size", "64",
+            "--device", "cpu", words=("empty", "paint"))
+    assert not (home / "models").exists()
+
+
+def test_train_gamma_nan_registers_nothing(tmp_path, home):
+    from panoptem.training.finetune import train_new
+    with pytest.raises(PanoptemError, match="gamma"):
+        train_new([disc_dataset(tmp_path / "ds")], "x", iterations=1, patch_size=64, gamma=float("nan"))
+    assert not home.exists()
+
+
+def test_qsyx_tiff_is_refused_naming_its_axes(capsys, space, tiny_card):
+    from panoptem.io import read_image
+    inp, out = space
+    with pytest.warns(DeprecationWarning):  # tifffile stores the 4 as separate RGBA planes
+        volume(inp / "q.tif", (2, 4, 256, 256))
+    with tifffile.TiffFile(inp / "q.tif") as tif:
+        assert tif.series[0].axes == "QSYX"  # what the reproducer is about
+    for cmd in ("segment2d", "segment3d"):
+        refused(capsys, space, cmd, inp / "q.tif", "-o", out / "o.tif", "--model", tiny_card,
+                words=("q.tif", "4D", "Q (unknown) = 2", "S (colour samples) = 4", "one channel"))
+    with pytest.raises(PanoptemError, match="4D"):
+        read_image(inp / "q.tif")
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_three_or_four_slices_without_metadata_stay_a_stack(capsys, tmp_path, tiny_card, n):
+    from panoptem.io import read_image
+    vol = np.random.default_rng(n).integers(0, 255, (n, 64, 64), dtype=np.uint8)
+    with pytest.warns(DeprecationWarning):  # tifffile stores them as separate RGB(A) planes
+        tifffile.imwrite(tmp_path / "s.tif", vol)
+    img = read_image(tmp_path / "s.tif")
+    np.testing.assert_array_equal(np.asarray(img.data), vol)
+    assert len(img.notes) == 1 and f"{n} grey slices" in img.notes[0]
+    code, out, err = run(capsys, "segment3d", tmp_path / "s.tif", "-o", tmp_path / "o.tif", "--model", tiny_card,
+                         "--min-size", "0", "--min-extent", "0")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["shape"] == [n, 64, 64]
+    assert f"note: 's.tif' marks its {n} planes as separate colour planes" in err
+
+
+def test_channel_axis_read_as_slices_is_said_and_samples_not_last_refused(tmp_path):
+    from panoptem.io import read_image
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((2, 16, 16), np.uint8), metadata={"axes": "CYX"})
+    img = read_image(tmp_path / "c.tif")
+    assert img.data.shape == (2, 16, 16) and "axes CYX" in img.notes[0] and "channel" in img.notes[0]
+    tifffile.imwrite(tmp_path / "m.tif", np.zeros((16, 16, 5), np.uint8), photometric="minisblack",
+                     planarconfig="contig", extrasamples=[0, 0, 0, 0])
+    with tifffile.TiffFile(tmp_path / "m.tif") as tif:
+        assert tif.series[0].axes == "YXS"
+    with pytest.raises(PanoptemError, match="5 samples per pixel"):
+        read_image(tmp_path / "m.tif")
+
+
+def test_contiguous_rgb_is_still_colour(tmp_path):
+    from panoptem.io import read_image
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 0] = 255
+    tifffile.imwrite(tmp_path / "c.tif", rgb, photometric="rgb")
+    img = read_image(tmp_path / "c.tif")
+    assert img.data.shape == (32, 32) and not img.notes
+    assert int(np.asarray(img.data)[0, 0]) == round(0.2125 * 255)
+    stack = np.repeat(rgb[None], 2, axis=0)  # a stack of colour images: still colour, then grey slices
+    tifffile.imwrite(tmp_path / "cs.tif", stack, photometric="rgb")
+    assert read_image(tmp_path / "cs.tif").data.shape == (2, 32, 32)
+
+
+def test_device_names_checked_by_the_api():
+    from panoptem.models.load import pick_device
+    assert pick_device("cpu") == "cpu" and pick_device(" CPU ") == "cpu"
+    for bad in ("banana", "cpu:0", "mps:1", "cuda0", "gpu"):
+        with pytest.raises(PanoptemError, match="not one of"):
+            pick_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(PanoptemError, match="no CUDA"):
+            pick_device("cuda:0")
+    else:
+        with pytest.raises(PanoptemError, match="does not exist"):
+            pick_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_schema_rules_hold_for_the_api(tmp_path, home, tiny_card):
+    """The same rule on the API as on the command line (the widgets call the same functions)."""
+    from panoptem.inference.segment2d import segment_2d
+    from panoptem.training.finetune import finetune
+    from panoptem.training.patches import pick_patches
+    with pytest.raises(PanoptemError, match="lr"):
+        finetune(str(tiny_card), disc_dataset(tmp_path / "ds"), name="x", lr=float("nan"))
+    with pytest.raises(PanoptemError, match="flipbook_depth"):
+        pick_patches(np.zeros((8, 64, 64), np.uint8), n=1, patch_size=32, flipbook=True, flipbook_depth=0)
+    with pytest.raises(PanoptemError, match="Batch size"):
+        segment_2d(np.zeros((64, 64), np.uint8), str(tiny_card), batch_size=0)
+    with pytest.raises(PanoptemError, match="tile_size"):
+        segment_2d(np.zeros((64, 64), np.uint8), str(tiny_card), tile_size=7)
