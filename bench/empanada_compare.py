@@ -92,7 +92,7 @@ def make_tiny(folder: Path, volume: np.ndarray) -> Path:
     import yaml
     from panoptem.inference.preprocess import intensity_range, normalize
     from panoptem.models.architecture import build_model
-    from panoptem.models.load import sha256_of
+    from panoptem.models.home import sha256_of
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     net = build_model(TINY_ARCH).eval()
@@ -166,7 +166,7 @@ def export_and_register(model: str, work: Path, python: str, home: Path, norms: 
     does) and return its empanada name. ``norms``: override the yaml's norms."""
     import yaml
     from panoptem.models.export import export_torchscript
-    from panoptem.models.load import get_card
+    from panoptem.models.home import get_card
     card = get_card(model)
     name = "panoptem_" + re.sub(r"[^A-Za-z0-9_]", "_", card.name) + ("_matched" if norms else "")
     pth = work / f"panoptem_{re.sub(r'[^A-Za-z0-9_]', '_', card.name)}.pth"
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
     import tifffile
     import torch
     import panoptem
-    from panoptem.models.load import get_card
+    from panoptem.models.home import get_card
     torch.set_num_threads(a.threads)
     work = Path(a.work).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)

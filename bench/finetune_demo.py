@@ -85,7 +85,7 @@ def main():
     lab = tifffile.imread(lucchi / "training_instances2d.tif")
     with tempfile.TemporaryDirectory(prefix="panoptem-ftdemo-") as tmp:
         os.environ["PANOPTEM_HOME"] = str(Path(tmp) / "home")  # registered demo models vanish afterwards
-        from panoptem.models.load import get_card
+        from panoptem.models.home import get_card
         from panoptem.training.dataset import store_dataset
         from panoptem.training.finetune import finetune
         from panoptem.training.patches import pick_patches

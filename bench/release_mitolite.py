@@ -34,7 +34,7 @@ def publish(weights: str | Path, name: str, description: str, voxel_size_nm: flo
     from panoptem._atomic import atomic_path, write_text
     from panoptem.models.architecture import architecture_config
     from panoptem.models.card import ClassInfo, ModelCard, Weights
-    from panoptem.models.load import sha256_of
+    from panoptem.models.home import sha256_of
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     blob = torch.load(weights, map_location="cpu", weights_only=True)

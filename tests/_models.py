@@ -56,7 +56,7 @@ def two_class_model(second_kind: str = "instance") -> LoadedModel:
 
 def save_two_class_model(folder, second_kind: str = "instance"):
     """The two-class network as TorchScript with its card in ``folder``; returns the card path."""
-    from panoptem.models.load import sha256_of
+    from panoptem.models.home import sha256_of
     w = folder / "twoclass.pt"
     torch.jit.save(torch.jit.script(TwoClassNet().eval()), str(w))
     card = two_class_card(second_kind, weights=w.name)

@@ -8,8 +8,8 @@ import yaml
 from typer.testing import CliRunner
 
 from panoptem.errors import PanoptemError
-from panoptem.models import load as load_mod
-from panoptem.models.load import get_card
+from panoptem.models import home as home_mod
+from panoptem.models.home import get_card
 from panoptem.training.dataset import DatasetFolders, store_dataset
 from panoptem.training.finetune import finetune, frozen_modules, train_new
 from panoptem.training.patches import Patch
@@ -23,7 +23,7 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("PANOPTEM_HOME", str(tmp_path / "home"))
     zoo = tmp_path / "zoo"
     zoo.mkdir()
-    monkeypatch.setattr(load_mod, "ZOO", zoo)
+    monkeypatch.setattr(home_mod, "ZOO", zoo)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield tmp_path / "home"
@@ -354,7 +354,7 @@ def test_empty_patches_are_true_negatives_but_all_empty_is_refused(home, tmp_pat
 
 
 def test_cancelled_finetune_keeps_its_checkpoint_and_continues(home, tmp_path, tiny_card):
-    from panoptem.models.load import card_paths
+    from panoptem.models.home import card_paths
     from panoptem.training.train import TrainingCancelled
     data = disc_dataset(tmp_path / "ds", n=2)
     seen = []

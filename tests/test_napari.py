@@ -86,7 +86,7 @@ class DarkBlobNet(nn.Module):
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """PANOPTEM_HOME with one registered model, 'darkblob' (TorchScript, nothing downloaded)."""
-    from panoptem.models.load import sha256_of
+    from panoptem.models.home import sha256_of
     from panoptem.napari._inference import cached_model
     d = tmp_path / "home" / "models" / "darkblob"
     d.mkdir(parents=True)
@@ -185,7 +185,7 @@ def test_reader_and_writer_round_trip_labels(viewer, tmp_path):
 # ------------------------------------------------------------------ parameter forms
 
 def test_forms_come_from_the_parameter_schema(viewer, home):
-    from panoptem.models.load import DEFAULT_MODEL
+    from panoptem.models.home import DEFAULT_MODEL
     from panoptem.napari._inference import Inference2DWidget, Inference3DWidget
     from panoptem.params import Params2D, Params3D
     for cls, params in ((Inference2DWidget, Params2D), (Inference3DWidget, Params3D)):

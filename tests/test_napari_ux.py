@@ -378,7 +378,7 @@ def test_finetune_widget_at_1_10_and_11_iterations(viewer, qtbot, tiny_dataset, 
 def test_cancel_finetune_keeps_the_checkpoint_and_the_next_run_continues(viewer, qtbot, tiny_dataset):
     import torch
 
-    from panoptem.models.load import user_home
+    from panoptem.models.home import user_home
     from panoptem.napari._finetune import FinetuneWidget
     w = dock(viewer, FinetuneWidget)
     w.model.value, w.device.value = "tiny", "cpu"
@@ -410,7 +410,7 @@ def test_cancel_finetune_keeps_the_checkpoint_and_the_next_run_continues(viewer,
 def test_train_widget_two_classes_divisor_size_and_cancel(viewer, qtbot, home, tmp_path):
     import torch
 
-    from panoptem.models.load import get_card
+    from panoptem.models.home import get_card
     from panoptem.napari._train import TrainWidget
     from panoptem.training.dataset import store_dataset
     from panoptem.training.patches import Patch

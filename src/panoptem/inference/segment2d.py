@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import PanoptemError
-from ..models.load import DEFAULT_MODEL, LoadedModel
+from ..models.home import DEFAULT_MODEL
+from ..models.load import LoadedModel
 from ..params import PLANE_AXIS, Params2D, params_with
 from .decode import decode_panoptic, decode_settings
 from .engine import Predictor

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PanoptemError
-from ..models.load import DEFAULT_MODEL, LoadedModel
+from ..models.home import DEFAULT_MODEL
+from ..models.load import LoadedModel
 from ..labels import dtype_for_max_label
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from .cache import at_cache_precision, plane_hashes

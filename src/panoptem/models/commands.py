@@ -33,8 +33,7 @@ def _user_errors(func):
 @_user_errors
 def model_list(all_: bool = typer.Option(False, "--all", help="Also show archived models.")):
     """Registered models, one per line."""
-    from .load import get_card
-    from .registry import list_models
+    from .home import get_card, list_models
     for m in list_models(include_archived=all_):
         card = get_card(str(m.card_path))
         desc = card.description.splitlines()[0] if card.description else ""
@@ -46,7 +45,7 @@ def model_list(all_: bool = typer.Option(False, "--all", help="Also show archive
 def model_info(name: str = typer.Argument(..., help="Model name or card path.")):
     """Description, classes, label divisor to annotate with, patch-size divisibility."""
     from .card import card_info
-    from .load import get_card
+    from .home import get_card
     typer.echo(card_info(get_card(name)), nl=False)
 
 

@@ -24,7 +24,8 @@ import yaml
 from .._atomic import atomic_path, write_text
 from ..errors import PanoptemError
 from .card import EXPORT_FORMATS, ModelCard, Weights
-from .load import LoadedModel, _EmpanadaAdapter, check_outside_store, load_model, sha256_of, user_home
+from .home import check_outside_store, registered_folder, sha256_of
+from .load import LoadedModel, _EmpanadaAdapter, load_model
 
 NORMALISATION_NOTE = (
     "Normalisation differs from panoptem's: panoptem maps the {low}-{high} percentiles of each image "
@@ -130,9 +131,8 @@ def _record(card: ModelCard, out: Path, fmt: str) -> Weights:
     as every file a card names) and is listed in its ``exports``, so a package
     of the model carries it; built-in cards and the user's own files are left alone."""
     w = Weights(file=str(out.resolve()), sha256=sha256_of(out), format=fmt)
-    src = Path(card.source_dir or "")
-    models = (user_home() / "models").resolve()
-    if card.source_dir and src.resolve().parent == models and (src / "card.yaml").exists():
+    src = registered_folder(card)
+    if src is not None:
         taken = {card.weights.file, "card.yaml"}
         fname = out.name if out.name not in taken else f"export-{fmt}{out.suffix}"
         with _atomic(src / fname) as tmp:

@@ -23,12 +23,12 @@ from ._worker import Dock
 def model_info_text(name: str) -> str:
     """The text ``panoptem model info NAME`` prints."""
     from ..models.card import card_info
-    from ..models.load import get_card
+    from ..models.home import get_card
     return card_info(get_card(name))
 
 
 def archived_names(*_) -> list[str]:
-    from ..models.registry import list_models
+    from ..models.home import list_models
     return [m.name for m in list_models(include_archived=True) if m.archived]
 
 
