@@ -85,3 +85,17 @@ def test_segment_3d_takes_a_params_object_and_overrides():
     res = panoptem.segment_3d(vol, model, params=p, min_size=100)
     assert isinstance(res, panoptem.Result3D) and res.objects["mitochondria"] == 2
     assert p.min_size == 10**6  # the caller's object is left as it was
+
+
+def test_typer_lives_in_the_cli_package_only():
+    root = Path(panoptem.__file__).parent
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if "import typer" in p.read_text() and p.parent.name != "cli")
+    assert users == []
+
+
+def test_python_dash_m_panoptem_runs_the_command_line():
+    r = subprocess.run([sys.executable, "-m", "panoptem", "model", "--help"], capture_output=True, text=True,
+                       env={"PYTHONPATH": SRC, "PATH": "", "COLUMNS": "200"}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert all(c in r.stdout for c in ("list", "info", "register", "export", "import", "archive", "restore"))

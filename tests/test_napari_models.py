@@ -20,7 +20,7 @@ def click_and_wait(qtbot, w, key, timeout=30_000):
 def test_models_widget_info_export_import_archive_restore_register(viewer, qtbot, home, tmp_path):
     from typer.testing import CliRunner
 
-    from panoptem.models.commands import model_app
+    from panoptem.cli.models import model_app
     from panoptem.models.home import card_paths
     from panoptem.napari._inference import Inference2DWidget
     from panoptem.napari._models import ModelsWidget

@@ -1,56 +1,59 @@
-"""``panoptem patches``, ``panoptem finetune`` and ``panoptem train``.
+"""``panoptem train-volume``, ``panoptem patches``, ``panoptem finetune`` and ``panoptem train``.
 
 Heavy imports (torch) happen inside the commands, so ``panoptem --help`` stays fast.
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 
 from ..errors import PanoptemError
-from ..models.commands import _user_errors
-
-training_app = typer.Typer(no_args_is_help=True)
-
-
-def read_points(path: str | Path, ndim: int) -> np.ndarray:
-    """Points from a CSV file: napari's export (``index,axis-0,axis-1,...``),
-    columns named ``z,y,x`` / ``y,x``, or bare numbers; the last ``ndim`` coordinates are kept."""
-    import numpy as np
-    p = Path(path)
-    if not p.is_file():
-        raise PanoptemError(f"Points file {p} does not exist; check the path.")
-    with open(p, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if not rows:
-        return np.zeros((0, ndim))
-    header = None
-    try:
-        [float(c) for c in rows[0]]
-    except ValueError:
-        header, rows = [c.strip().lower() for c in rows[0]], rows[1:]
-    try:
-        a = np.array([[float(c) for c in r] for r in rows], np.float64).reshape(len(rows), -1)
-    except ValueError:
-        raise PanoptemError(f"Points file {p} holds non-numeric values below its header; write one point "
-                            "per line (z,y,x or y,x).") from None
-    cols = list(range(a.shape[1]))
-    if header:
-        axes = [i for i, h in enumerate(header) if h.startswith("axis-")]
-        named = [header.index(k) for k in "zyx"[-ndim:] if k in header]
-        cols = axes or (named if len(named) == ndim else [i for i, h in enumerate(header) if h != "index"])
-    if len(cols) < ndim:
-        raise PanoptemError(f"Points file {p} has {len(cols)} coordinate column(s); {ndim} are needed.")
-    return a[:, cols[-ndim:]]
+from ._app import app
+from ._options import user_errors
 
 
-@training_app.command("patches")
-@_user_errors
+@app.command("train-volume")
+def train_cmd(
+    image: str = typer.Argument(..., help="Training image volume (ZYX) or 2D stack."),
+    labels: str = typer.Argument(..., help="Instance labels of the same shape (2D ids per slice are fine)."),
+    out_dir: Path = typer.Option(..., "-o", "--out-dir", help="Folder for checkpoints and final weights."),
+    train_slices: str = typer.Option(":", "--train-slices", help="Slices to train on, e.g. 0:125."),
+    val_slices: Optional[str] = typer.Option(None, "--val-slices", help="Held-out slices, e.g. 135:165."),
+    iterations: int = typer.Option(4000, "--iterations"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    patch_size: int = typer.Option(256, "--patch-size"),
+    lr: float = typer.Option(2e-3, "--lr"),
+    min_scale: float = typer.Option(0.33, "--min-scale", help="Smallest zoom of scale augmentation."),
+    max_scale: float = typer.Option(1.25, "--max-scale", help="Largest zoom of scale augmentation."),
+    seed: int = typer.Option(0, "--seed"),
+    schedule_steps: int = typer.Option(0, "--schedule-steps", help="Length of the one-cycle learning-rate "
+                                       "schedule (0: --iterations)."),
+    anneal_from: int = typer.Option(0, "--anneal-from", help="From this step, anneal the learning rate "
+                                    "(cosine) to 0 at --iterations (0: off)."),
+    device: str = typer.Option("cpu", "--device"),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from out_dir/checkpoint.pt."),
+):
+    """Train a single-class instance model from an image volume + instance labels (resumable)."""
+    from ..models.load import pick_device
+    from ..params import VolumeTrainParams, make_params
+    from ..training.from_volume import train_from_volume
+    from ..training.train import TrainConfig
+    p = make_params(VolumeTrainParams, iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr,
+                    min_scale=min_scale, max_scale=max_scale, seed=seed, schedule_steps=schedule_steps,
+                    anneal_from=anneal_from)
+    cfg = TrainConfig(iterations=p.iterations, batch_size=p.batch_size, patch_size=p.patch_size, lr=p.lr,
+                      scale_range=(p.min_scale, p.max_scale), seed=p.seed, device=pick_device(device),
+                      schedule_steps=p.schedule_steps, anneal_from=p.anneal_from)
+    path = train_from_volume(image, labels, str(out_dir), train_slices, val_slices, cfg, resume=resume,
+                             log=lambda s: typer.echo(s, err=True))
+    typer.echo(json.dumps({"weights": str(path)}))
+
+
+@app.command("patches")
+@user_errors
 def patches_cmd(
     input: str = typer.Argument(..., help="Image, 2D stack or volume (any readable format)."),
     output: Path = typer.Option(..., "-o", "--output", help="Dataset folder (created, or appended to)."),
@@ -76,13 +79,14 @@ def patches_cmd(
     """Pick patches to annotate (or image + label pairs) and store them as a dataset folder."""
     from ..io import read_image
     from ..params import PatchParams, make_params
-    from .dataset import store_dataset
-    from .patches import pick_patches
+    from ..training.dataset import store_dataset
+    from ..training.patches import pick_patches
     make_params(PatchParams, n=n, patch_size=patch_size, plane=plane, flipbook_depth=flipbook_depth,
                 label_divisor=label_divisor, seed=seed)
     class_names = _classes(classes)
     img = read_image(input)
     lab = read_image(labels).data if labels else None
+    from ..io import read_points
     pts = read_points(points, 2 if img.data.ndim == 2 else 3) if points else None
     picked = pick_patches(img.data, n=n, patch_size=patch_size, points=pts, plane=plane, is_2d_stack=is_2d_stack,
                           flipbook=flipbook, flipbook_depth=flipbook_depth, labels=lab, seed=seed,
@@ -108,7 +112,7 @@ def patches_cmd(
 
 
 def _classes(items: List[str]) -> list:
-    from .dataset import parse_classes
+    from ..training.dataset import parse_classes
     return parse_classes([c for item in items for c in item.split(";") if c.strip()])
 
 
@@ -121,8 +125,8 @@ def _summary(result: dict) -> str:
     return json.dumps(result)
 
 
-@training_app.command("finetune")
-@_user_errors
+@app.command("finetune")
+@user_errors
 def finetune_cmd(
     model: str = typer.Argument(..., help="Model to fine-tune (name or card path; a panoptem model)."),
     train_dir: Path = typer.Option(..., "--train-dir", help="Dataset folder: images/ and masks/ of the same names."),
@@ -140,15 +144,15 @@ def finetune_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a user model of the same name."),
 ):
     """Fine-tune a model on annotated patches; register and score it (before / after)."""
-    from .finetune import finetune
+    from ..training.finetune import finetune
     r = finetune(model, train_dir, val_dir=val_dir, name=name, iterations=iterations, patch_size=patch_size,
                  layers=layers, lr=lr, batch_size=batch_size, device=device, seed=seed, overwrite=overwrite,
                  log=lambda s: typer.echo(s, err=True))
     typer.echo(_summary(r))
 
 
-@training_app.command("train")
-@_user_errors
+@app.command("train")
+@user_errors
 def train_new_cmd(
     train_dir: List[Path] = typer.Option(..., "--train-dir", help="Dataset folder; repeat for several."),
     name: str = typer.Option(..., "--name", help="Name of the new model."),
@@ -174,7 +178,7 @@ def train_new_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a user model of the same name."),
 ):
     """Train a new model (one or several classes) from dataset folders and register it."""
-    from .finetune import parse_widths, train_new
+    from ..training.finetune import parse_widths, train_new
     arch = {}
     if widths:
         arch["widths"] = parse_widths(widths)

@@ -1,0 +1,98 @@
+"""What the commands share: options generated from the parameter schema, reading inputs,
+one-line user errors."""
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Literal, Optional, get_args, get_origin
+
+import typer
+
+from ..errors import PanoptemError, one_line
+from ..params import make_params
+
+
+def param_options(cls) -> list[inspect.Parameter]:
+    """typer options generated from a pydantic parameter schema, so the CLI,
+    the API and the widgets share one list of names, defaults and help."""
+    out = []
+    for name, f in cls.model_fields.items():
+        ann = f.annotation
+        helptext = f.description or ""
+        if get_origin(ann) is Literal:
+            helptext += f" [choices: {', '.join(get_args(ann))}]"
+            ann = str
+        dashed, snake = "--" + name.replace("_", "-"), "--" + name
+        names = (dashed, snake) if dashed != snake else (dashed,)
+        if ann is bool:
+            opt = typer.Option(f.default, *names, help=helptext, rich_help_panel="Parameters")
+        else:
+            opt = typer.Option(f.default, *names, help=helptext, rich_help_panel="Parameters")
+        out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann))
+    return out
+
+
+def with_params(cls):
+    """Decorator: append the schema's options to a command's signature; the
+    command receives them as ``params`` (a validated ``cls`` instance)."""
+    def deco(func):
+        sig = inspect.signature(func)
+        own = [p for p in sig.parameters.values() if p.name != "params"]
+        names = set(cls.model_fields)
+
+        def wrapper(**kwargs):
+            pv = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            return func(params=make_params(cls, **pv), **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=own + param_options(cls))
+        wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
+        return wrapper
+    return deco
+
+
+def read_input(path: str, key: Optional[str] = None):
+    """Read an input image (``sample``: the bundled crop); print what the reader assumed."""
+    from ..io import read_image
+    from ..sample import SAMPLE_PATH
+    if path == "sample" and not Path(path).exists():
+        path = str(SAMPLE_PATH)
+    img = read_image(path, key=key)
+    for note in img.notes:
+        typer.echo(f"note: {note}", err=True)
+    return img
+
+
+def voxel_size_option(text: Optional[str], img):
+    """--voxel-size 'z,y,x' (nm: positive, finite, one per axis of ``img``), else the file's."""
+    if not text:
+        return img.voxel_size
+    import math
+    try:
+        vs = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vs = ()
+    if not vs or not all(math.isfinite(v) and v > 0 for v in vs):
+        raise PanoptemError(f"--voxel-size must be positive numbers in nm separated by commas (e.g. 10,5,5), "
+                            f"not '{text}'.")
+    if len(vs) != img.data.ndim:
+        raise PanoptemError(f"--voxel-size needs {img.data.ndim} values, got {len(vs)}.")
+    return vs
+
+
+def user_errors(func):
+    """Print a :class:`PanoptemError` as one line and exit 2 (also when the
+    typer app is called directly, not through ``panoptem.cli.main``)."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except PanoptemError as e:
+            typer.echo(f"error: {one_line(e)}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+KEY_HELP = "Dataset inside an HDF5 file or Zarr group (default: the only one, or OME-Zarr level 0)."
+PREVIEW_HELP = ("Also write a PNG picture of the result: a few planes of the labels over the image, a scale bar, "
+                "the model, the main parameters and the object count (needs matplotlib: pip install "
+                "'panoptem[report]').")
