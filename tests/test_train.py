@@ -83,3 +83,53 @@ def test_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, volume_files)
     assert "resumed" not in err
     c = weights(tmp_path / "twice" / "weights.pt")
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_volume_is_one_more_dataset_source(tmp_path):
+    """Slices of a volume train exactly as the same images in a dataset folder: same
+    normalisation (16-bit, clipped as inference clips), same targets, same sampling."""
+    from panoptem.training.dataset import DatasetFolders, VolumeSlices
+    from panoptem.training.train import TrainConfig
+    img, lab = disc_volume(n=4)
+    img = img.astype(np.uint16) * 40 + 1000
+    img[0, :2, :2] = 65535                      # a few hot pixels, clipped away
+    for sub, arr in (("images", img), ("masks", lab)):
+        (tmp_path / "ds" / sub).mkdir(parents=True)
+        for z in range(len(arr)):
+            tifffile.imwrite(tmp_path / "ds" / sub / f"z{z}.tif", arr[z])
+    cfg = TrainConfig(batch_size=4, patch_size=64, scale_range=(1.0, 1.0))
+    vol = VolumeSlices(img, lab)
+    folder = DatasetFolders(tmp_path / "ds")
+    assert len(vol) == len(folder) == 4 and vol.names == [f"volume/z{z}" for z in range(4)]
+    for a, b in zip(vol.batch(np.random.default_rng(3), cfg), folder.batch(np.random.default_rng(3), cfg)):
+        assert torch.equal(a, b)
+    x = vol.batch(np.random.default_rng(0), TrainConfig(batch_size=8, patch_size=64, scale_range=(1.0, 1.0)))[0]
+    assert float(x.abs().max()) < 20        # the hot pixels did not blow up the contrast
+    assert len(VolumeSlices(img, lab, slice(1, 3))) == 2
+
+
+@pytest.mark.parametrize("schedule_steps,anneal_from", [(0, 0), (12, 0), (12, 3)])
+def test_schedule_options(tmp_path, schedule_steps, anneal_from):
+    """--schedule-steps sets the length of the one-cycle curve; --anneal-from cuts it there
+    and anneals the learning rate by cosine to 0 at the last step."""
+    import math
+
+    from conftest import TINY_ARCH
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.train import OneCycle, TrainConfig, train
+    img, lab = disc_volume(n=2)
+    cfg = TrainConfig(iterations=6, batch_size=1, patch_size=64, lr=1e-3, architecture=TINY_ARCH,
+                      schedule_steps=schedule_steps, anneal_from=anneal_from)
+    recs = []
+    train(VolumeSlices(img, lab), tmp_path / "run", cfg, resume=False, log=lambda s: None, on_step=recs.append)
+    lrs = [r["lr"] for r in recs]
+    curve = OneCycle(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3), 1e-3, schedule_steps or 6)
+    expect = [curve.values(k)[0] for k in range(1, 7)]
+    if anneal_from:
+        cut = curve.values(anneal_from)[0]
+        expect = expect[:anneal_from - 1] + [cut * 0.5 * (1 + math.cos(math.pi * (k - anneal_from) / (6 - anneal_from)))
+                                             for k in range(anneal_from, 7)]
+        assert lrs[-1] == 0.0
+    assert lrs == pytest.approx(expect, rel=1e-9, abs=1e-15)
+    if not anneal_from:  # the curve's own end after 6 of 6 steps; halfway down a 12-step curve
+        assert (lrs[-1] < 1e-6) == (schedule_steps == 0)

@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,9 +16,10 @@ from ..errors import PanoptemError
 from ..inference.predict import predict_batch
 from ..inference.preprocess import intensity_range
 from ..models.architecture import architecture_config, build_model
-from .augment import intensity_augment, sample_patch
 from .loss import panoptic_loss, panoptic_loss_ce
-from .targets import make_targets
+
+if TYPE_CHECKING:
+    from .dataset import TrainingData
 
 
 @dataclass
@@ -41,33 +43,6 @@ class TrainConfig:
     schedule_steps: int = 0
     #: from this step on, the learning rate anneals (cosine) from its value there to 0 at ``iterations``
     anneal_from: int = 0
-
-
-class SliceDataset:
-    """2D training slices (image + instance labels) held in memory, each with
-    its own percentile intensity range."""
-
-    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray]):
-        if len(images) != len(labels) or not images:
-            raise PanoptemError("Training needs the same, non-zero number of image and label slices.")
-        self.images, self.labels = [], []
-        for im, lab in zip(images, labels):
-            if im.shape != lab.shape:
-                raise PanoptemError(f"An image slice {im.shape} and its labels {lab.shape} differ in shape.")
-            lo, hi = intensity_range(im)
-            self.images.append(((im.astype(np.float32) - lo) / max(hi - lo, 1e-6)))
-            self.labels.append(np.asarray(lab))
-
-    def batch(self, rng: np.random.Generator, cfg: TrainConfig):
-        imgs, sems, hms, offs, wts = [], [], [], [], []
-        for _ in range(cfg.batch_size):
-            i = int(rng.integers(len(self.images)))
-            img, lab = sample_patch(rng, self.images[i], self.labels[i], cfg.patch_size, cfg.scale_range)
-            sem, hm, off, wt = make_targets(lab, cfg.sigma)
-            imgs.append(intensity_augment(rng, img))
-            sems.append(sem); hms.append(hm); offs.append(off); wts.append(wt)
-        t = lambda a: torch.from_numpy(np.stack(a))
-        return t(imgs)[:, None], t(sems), t(hms), t(offs), t(wts)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -206,10 +181,11 @@ def _train_mode(model, frozen=()) -> None:
         model.get_submodule(name).eval()
 
 
-def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
+def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
           val: tuple[list, list] | None = None, log=print, *, init_state: dict | None = None,
           frozen: tuple[str, ...] = (), on_step=None, stop=None) -> Path:
-    """Train a :class:`PanopticNet` and return the path of the final weights.
+    """Train a :class:`PanopticNet` on batches of ``dataset`` (a
+    :class:`~panoptem.training.dataset.TrainingData`) and return the path of the final weights.
 
     Checkpoints (model, optimiser, schedule, random state) go to
     ``out_dir/checkpoint.pt`` every ``cfg.checkpoint_every`` steps; with
