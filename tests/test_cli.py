@@ -197,3 +197,24 @@ def test_model_info_prints_card_info(capsys, tiny_card):
     code, out, _ = run(capsys, "model", "info", str(tiny_card))
     assert code == 0 and out == card_info(load_card(tiny_card))
     assert out.splitlines()[0] == "name: tiny" and out.endswith("(state_dict)\n")
+
+
+def test_training_patch_and_measure_options_come_from_the_schema():
+    """Every option of these commands is generated from its schema: names, defaults and help."""
+    import typer.main
+
+    from panoptem.cli import app
+    from panoptem.params import FinetuneParams, MeasureParams, PatchParams, TrainParams, VolumeTrainParams
+    group = typer.main.get_command(app)
+    for cmd, cls, exclude in (("train-volume", VolumeTrainParams, {"gamma"}), ("patches", PatchParams, set()),
+                              ("finetune", FinetuneParams, set()), ("train", TrainParams, set()),
+                              ("measure", MeasureParams, set()), ("report", MeasureParams, set())):
+        params = {p.name: p for p in group.commands[cmd].params}
+        for name, field in cls.model_fields.items():
+            if name in exclude:
+                assert name not in params, (cmd, name)
+                continue
+            opt = params[name]
+            assert "--" + name.replace("_", "-") in opt.opts, (cmd, name)
+            default = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
+            assert opt.default == default and field.description in opt.help, (cmd, name)

@@ -116,6 +116,21 @@ def test_tooltips_say_the_units(viewer, home):
     assert "pixels" in dock(viewer, FinetuneWidget).patch_size.tooltip
 
 
+def test_training_patch_and_measure_docks_start_at_the_schema_defaults(viewer, home):
+    from panoptem.napari._finetune import FinetuneWidget
+    from panoptem.napari._measure import MeasureWidget
+    from panoptem.napari._patches import PatchesWidget
+    from panoptem.napari._train import TrainWidget
+    from panoptem.params import FinetuneParams, MeasureParams, PatchParams, TrainParams
+    for cls, widget, names in ((FinetuneParams, FinetuneWidget, ("iterations", "patch_size", "layers", "lr")),
+                               (TrainParams, TrainWidget, ("iterations", "patch_size", "lr")),
+                               (PatchParams, PatchesWidget, ("n", "patch_size", "plane", "flipbook_depth", "seed")),
+                               (MeasureParams, MeasureWidget, ("surface",))):
+        w = dock(viewer, widget)
+        for name in names:
+            assert getattr(w, name).value == cls.model_fields[name].default, (widget.__name__, name)
+
+
 def test_status_lines_are_full_width_and_not_clipped(make_napari_viewer, registered, home, qtbot):
     viewer = make_napari_viewer(show=True)
     long = ("Done: 5 mitochondria in 12.3 s (written to /a/rather/long/folder/name/that/needs/several/lines/"

@@ -12,39 +12,66 @@ from ..errors import PanoptemError, one_line
 from ..params import make_params
 
 
-def param_options(cls) -> list[inspect.Parameter]:
+def _listed(name: str, text: str) -> list[int]:
+    """``"24,32,64"`` -> [24, 32, 64] for a list-valued option."""
+    try:
+        return [int(v) for v in str(text).replace(";", ",").split(",")]
+    except ValueError:
+        raise PanoptemError(f"--{name.replace('_', '-')} must be whole numbers separated by commas, "
+                            f"not '{text}'.") from None
+
+
+def param_options(cls, exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     """typer options generated from a pydantic parameter schema, so the CLI,
-    the API and the widgets share one list of names, defaults and help."""
+    the API and the widgets share one list of names, defaults and help.
+
+    ``--name-with-dashes`` and ``--name_with_underscores`` both work; a flag that is on by
+    default gets ``--no-name``; a list is given as comma-separated numbers."""
     out = []
     for name, f in cls.model_fields.items():
+        if name in exclude:
+            continue
         ann = f.annotation
         helptext = f.description or ""
-        if get_origin(ann) is Literal:
-            helptext += f" [choices: {', '.join(get_args(ann))}]"
-            ann = str
+        optional = type(None) in get_args(ann)
+        inner = next((a for a in get_args(ann) if a is not type(None)), ann) if optional else ann
+        if get_origin(inner) is Literal:
+            helptext += f" [choices: {', '.join(get_args(inner))}]"
+            inner = str
+        elif get_origin(inner) is list:
+            helptext += " (comma-separated)"
+            inner = str
         dashed, snake = "--" + name.replace("_", "-"), "--" + name
         names = (dashed, snake) if dashed != snake else (dashed,)
-        if ann is bool:
-            opt = typer.Option(f.default, *names, help=helptext, rich_help_panel="Parameters")
-        else:
-            opt = typer.Option(f.default, *names, help=helptext, rich_help_panel="Parameters")
+        if inner is bool and f.default is True:
+            names = (f"{dashed}/--no-{dashed[2:]}",)
+        ann = Optional[inner] if optional else inner
+        default = f.default if not isinstance(f.default, list) else ",".join(map(str, f.default))
+        opt = typer.Option(default, *names, help=helptext, rich_help_panel="Parameters")
         out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann))
     return out
 
 
-def with_params(cls):
-    """Decorator: append the schema's options to a command's signature; the
-    command receives them as ``params`` (a validated ``cls`` instance)."""
+def with_params(cls, exclude: tuple[str, ...] = ()):
+    """Decorator: append the schema's options (but ``exclude``) to a command's signature;
+    the command receives them as ``params`` (a validated ``cls`` instance, the excluded
+    fields at their defaults)."""
     def deco(func):
         sig = inspect.signature(func)
         own = [p for p in sig.parameters.values() if p.name != "params"]
-        names = set(cls.model_fields)
+        names = set(cls.model_fields) - set(exclude)
+        lists = {n for n in names if get_origin(next((a for a in get_args(cls.model_fields[n].annotation)
+                                                      if a is not type(None)), None)) is list
+                 or get_origin(cls.model_fields[n].annotation) is list}
 
         def wrapper(**kwargs):
             pv = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            for k in lists & set(pv):
+                if isinstance(pv[k], str):
+                    pv[k] = _listed(k, pv[k]) if pv[k].strip() else None
             return func(params=make_params(cls, **pv), **kwargs)
 
-        wrapper.__signature__ = sig.replace(parameters=own + param_options(cls))
+        wrapper.__signature__ = sig.replace(parameters=own + param_options(cls, exclude))
         wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
         return wrapper
     return deco
@@ -92,6 +119,7 @@ def user_errors(func):
     return wrapper
 
 
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 KEY_HELP = "Dataset inside an HDF5 file or Zarr group (default: the only one, or OME-Zarr level 0)."
 PREVIEW_HELP = ("Also write a PNG picture of the result: a few planes of the labels over the image, a scale bar, "
                 "the model, the main parameters and the object count (needs matplotlib: pip install "

@@ -6,8 +6,9 @@ from typing import Optional
 
 import typer
 
+from ..params import MeasureParams
 from ._app import app
-from ._options import read_input, voxel_size_option
+from ._options import read_input, voxel_size_option, with_params
 
 
 @app.command("evaluate")
@@ -54,6 +55,7 @@ def evaluate_cmd(
 
 
 @app.command("report")
+@with_params(MeasureParams)
 def report_cmd(
     labels: str = typer.Argument(..., help="Label image or volume (any readable format)."),
     output: Path = typer.Option(..., "-o", "--output", help="Report file: .html (self-contained) or .pdf."),
@@ -62,10 +64,9 @@ def report_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", help="html or pdf (default: from the output's suffix)."),
     voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel, 'z,y,x' (default: "
                                              "from the file's metadata, else 1 nm)."),
-    label_divisor: Optional[int] = typer.Option(None, "--label-divisor", help="class = label // divisor."),
     top: int = typer.Option(20, "--top", help="Rows of the table of largest objects."),
-    surface: bool = typer.Option(True, "--surface/--no-surface", help="Surface area and sphericity (slower)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+    params: MeasureParams = None,
 ):
     """A report of a label image: planes, histograms of volume and extent in nm, objects per slice and
     the largest objects with the measurements of `panoptem measure` (needs matplotlib)."""
@@ -75,20 +76,20 @@ def report_cmd(
     out = Path(output)
     if fmt is not None and not out.suffix:
         out = out.with_suffix("." + fmt.lower())
-    path = report(labels, out, image=image, voxel_size=vs, label_divisor=label_divisor, top=top, format=fmt,
-                  surface=surface, overwrite=overwrite)
+    path = report(labels, out, image=image, voxel_size=vs, top=top, format=fmt, overwrite=overwrite,
+                  **params.model_dump())
     typer.echo(json.dumps({"output": str(path), "voxel_size_nm": vs}))
 
 
 @app.command("measure")
+@with_params(MeasureParams)
 def measure_cmd(
     labels: str = typer.Argument(..., help="Label image or volume (any readable format)."),
     output: Path = typer.Option(..., "-o", "--output", help="CSV table, one row per object."),
     image: Optional[str] = typer.Option(None, "--image", help="Grey image of the same shape: adds mean intensity."),
     voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel, 'z,y,x' (default: "
                                              "from the file's metadata, else 1 nm)."),
-    label_divisor: Optional[int] = typer.Option(None, "--label-divisor", help="class = label // divisor."),
-    surface: bool = typer.Option(True, "--surface/--no-surface", help="Surface area and sphericity (slower)."),
+    params: MeasureParams = None,
 ):
     """Per-object measurements in physical units (volume, surface, extents, centroid...) to CSV."""
     import numpy as np
@@ -97,7 +98,7 @@ def measure_cmd(
     lab = read_input(labels)
     vs = voxel_size_option(voxel_size, lab)
     img = np.asarray(read_input(image).data) if image else None
-    table = measure(np.asarray(lab.data), voxel_size=vs, image=img, label_divisor=label_divisor, surface=surface)
+    table = measure(np.asarray(lab.data), voxel_size=vs, image=img, **params.model_dump())
     out = write_table(table, output)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
     typer.echo(json.dumps({"output": str(out), "objects": int(len(table["label"])), "voxel_size_nm": vs,

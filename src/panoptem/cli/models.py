@@ -2,7 +2,6 @@
 
 Heavy imports (torch) happen inside the commands, so ``panoptem --help`` stays fast.
 """
-from __future__ import annotations
 
 import json
 from pathlib import Path

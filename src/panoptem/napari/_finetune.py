@@ -20,6 +20,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
+from ..params import LAYERS, FinetuneParams, default_of
 from ._forms import Group, labelled, row
 from ._inference import (
     DEVICE_TIP,
@@ -30,7 +31,6 @@ from ._inference import (
 )
 from ._worker import Dock
 
-LAYER_CHOICES = ("none", "stage4", "stage3", "stage2", "stage1", "all")
 
 
 class _Bridge(QObject):
@@ -152,14 +152,17 @@ class FinetuneWidget(_TrainingDock):
                                 tooltip="Scored before and after; empty: the training patches are scored.")
         self.name = LineEdit(label="New model name", name="new_name", value="FinetunedModel",
                              tooltip="Name the fine-tuned model is registered under (letters, digits, _ . -).")
-        self.iterations = SpinBox(label="Iterations", name="iterations", value=100, min=1, max=10**6,
+        self.iterations = SpinBox(label="Iterations", name="iterations", value=default_of(FinetuneParams, "iterations"),
+                                  min=1, max=10**6,
                                   tooltip="Optimiser steps (any number from 1); 100-200 suit 16 patches.")
-        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size", value=256, min=32, max=4096,
+        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size",
+                                  value=default_of(FinetuneParams, "patch_size"), min=32, max=4096,
                                   step=32, tooltip="Training crop side in pixels (a multiple of 32).")
-        self.layers = ComboBox(label="Finetunable layers", name="layers", choices=list(LAYER_CHOICES),
-                               value="none", tooltip="none: decoder and heads only; stageK: also the encoder "
+        self.layers = ComboBox(label="Finetunable layers", name="layers", choices=list(LAYERS),
+                               value=default_of(FinetuneParams, "layers"), tooltip="none: decoder and heads only; stageK: also the encoder "
                                                      "from stage K on; all: everything.")
-        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=1e-3, min=1e-6, max=1.0, step=1e-4,
+        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=default_of(FinetuneParams, "lr"), min=1e-6,
+                               max=1.0, step=1e-4,
                                tooltip="Peak learning rate of the one-cycle schedule.")
         self.lr.native.setDecimals(6)
         self.extend([Group("Fine-tune", [self.model, self.train_dir, self.val_dir, self.name, self.iterations,

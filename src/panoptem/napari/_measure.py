@@ -10,6 +10,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, FileEdit, PushButton, SpinBox
 
 from ..errors import PanoptemError
+from ..params import MeasureParams, default_of
 from ._forms import Group, row
 from ._inference import layer_picker
 from ._layers import layer_voxel_size
@@ -52,7 +53,7 @@ class MeasureWidget(Dock):
         self.divisor = SpinBox(label="Label divisor (0 = none)", name="divisor", value=0, min=0, max=10**9,
                                tooltip="class = label // divisor for the class_id column; 0: every object is "
                                        "of class 1.")
-        self.surface = CheckBox(text="Surface area and shape", name="surface", value=True,
+        self.surface = CheckBox(text="Surface area and shape", name="surface", value=default_of(MeasureParams, "surface"),
                                 tooltip="Surface area (nm²) and sphericity in 3D, perimeter (nm) and circularity "
                                         "in 2D: the slow part; untick for sizes and positions only.")
         self.csv = FileEdit(label="Table file (optional)", name="csv", mode="w", filter="*.csv *.xlsx", value="",

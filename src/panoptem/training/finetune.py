@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import PanoptemError
 from ..models.card import ClassInfo, ModelCard, Normalization, Weights
+from ..params import LAYERS
 
 if TYPE_CHECKING:
     from .dataset import DatasetFolders
 
-LAYERS = ("none", "stage4", "stage3", "stage2", "stage1", "all")
 ENCODER = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 

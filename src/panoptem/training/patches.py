@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import PanoptemError
-from ..params import PLANE_AXIS, PLANES
+from ..params import PATCH_PLANES, PLANE_AXIS, PLANES
 
 #: the two axes of a ZYX volume that each plane shows, as (rows, cols)
 PLANE_AXES = {p: tuple(a for a in range(3) if a != ax) for p, ax in PLANE_AXIS.items()}
@@ -158,7 +158,7 @@ class _Source:
         self.kind = "2d" if image.ndim == 2 else ("stack" if is_2d_stack else "3d")
 
     def planes(self, plane: str) -> tuple[str, ...]:
-        if plane not in (*PLANES, "random"):
+        if plane not in PATCH_PLANES:
             raise PanoptemError(f"plane must be xy, xz, yz or random, not '{plane}'.")
         if self.kind != "3d":
             if plane not in ("xy", "random"):
