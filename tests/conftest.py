@@ -11,9 +11,10 @@ LUCCHI = SHARED / "data" / "lucchi"
 
 @pytest.fixture
 def lucchi():
-    """Path of the Lucchi data folder; skips only when ../shared is absent."""
+    """Path of the Lucchi data folder (shared/data/lucchi beside the repository); skips only when
+    it is absent."""
     if not LUCCHI.exists():
-        pytest.skip("../shared/data/lucchi is not present (only on project machines and CI)")
+        pytest.skip("shared/data/lucchi beside the repository is not present (the project's CI has it)")
     return LUCCHI
 
 
