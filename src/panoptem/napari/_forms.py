@@ -24,6 +24,12 @@ from ..params import DOWNSAMPLING, MEDIAN_SIZES
 CHOICES = {"downsampling": DOWNSAMPLING, "median_slices": MEDIAN_SIZES}
 
 
+def chosen_path(value) -> str:
+    """A FileEdit's value as a string, '' when nothing was chosen."""
+    s = str(value or "")
+    return "" if s in ("", ".") else s
+
+
 def row(*widgets, layout: str = "horizontal") -> Container:
     """Widgets side by side (or stacked) without a label column (buttons, mostly)."""
     return Container(widgets=list(widgets), layout=layout, labels=False)

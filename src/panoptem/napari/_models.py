@@ -15,7 +15,7 @@ from magicgui.widgets import (
 
 from ..errors import PanoptemError
 from ..models.card import EXPORT_FORMATS
-from ._forms import Group, row
+from ._forms import Group, chosen_path, row
 from ._inference import cached_model, follow_registry, model_picker, registry_events
 from ._worker import Dock
 
@@ -36,12 +36,6 @@ def export_model(name: str, out_file: str | Path, fmt: str) -> Path:
     """Write model ``name`` as ``fmt`` (one of :data:`~panoptem.models.card.EXPORT_FORMATS`)."""
     from ..models.export import export_model as export
     return export(name, out_file, fmt)
-
-
-def _path(value) -> str:
-    """A FileEdit's value as a string, '' when nothing was chosen."""
-    s = str(value or "")
-    return "" if s in ("", ".") else s
 
 
 class ModelsWidget(Dock):
@@ -139,7 +133,7 @@ class ModelsWidget(Dock):
     def do_register(self) -> None:
         def go():
             from ..models.registry import register
-            name, card = self.new_name.value.strip(), _path(self.card.value)
+            name, card = self.new_name.value.strip(), chosen_path(self.card.value)
             if not name or not card:
                 raise PanoptemError("Fill in New name and Card file to register a model.")
             weights = self.weights.value.strip() or None
@@ -149,7 +143,7 @@ class ModelsWidget(Dock):
 
     def do_export(self) -> None:
         def go():
-            name, out = self._name(), _path(self.out_file.value)
+            name, out = self._name(), chosen_path(self.out_file.value)
             if not out:
                 raise PanoptemError("Choose an output file to export to.")
             self._start(export_model, lambda p: self._done(f"Exported '{name}' to {p}."), False,
@@ -159,7 +153,7 @@ class ModelsWidget(Dock):
     def do_import(self) -> None:
         def go():
             from ..models.registry import import_package
-            pkg = _path(self.package.value)
+            pkg = chosen_path(self.package.value)
             if not pkg:
                 raise PanoptemError("Choose a .panoptem package to import.")
             self._start(import_package, lambda n: self._done(f"Imported '{n}'.", n), True,
