@@ -218,3 +218,4 @@ def test_training_patch_and_measure_options_come_from_the_schema():
             assert "--" + name.replace("_", "-") in opt.opts, (cmd, name)
             default = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
             assert opt.default == default and field.description in opt.help, (cmd, name)
+    assert "-n" in {o for p in group.commands["patches"].params for o in p.opts}  # the short name stays

@@ -187,7 +187,7 @@ class PatchParams(BaseModel):
     model_config = _TRAIN_CONFIG
 
     n: int = Field(16, ge=0, description="Number of patches: patches on points first, random ones fill up "
-                   "(0: only the points).")
+                   "(0: only the points).", json_schema_extra={"cli_aliases": ["-n"]})
     patch_size: int = Field(256, ge=16, le=8192, description="Patch side in pixels.")
     plane: Literal[PATCH_PLANES] = Field("xy", description="Plane of the patches (3D only): "
                                                        "xy, xz, yz, or random (isotropic data).")

@@ -26,7 +26,8 @@ def param_options(cls, exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]
     the API and the widgets share one list of names, defaults and help.
 
     ``--name-with-dashes`` and ``--name_with_underscores`` both work; a flag that is on by
-    default gets ``--no-name``; a list is given as comma-separated numbers."""
+    default gets ``--no-name``; a list is given as comma-separated numbers; a field's
+    ``json_schema_extra={"cli_aliases": [...]}`` adds short names."""
     out = []
     for name, f in cls.model_fields.items():
         if name in exclude:
@@ -45,6 +46,7 @@ def param_options(cls, exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]
         names = (dashed, snake) if dashed != snake else (dashed,)
         if inner is bool and f.default is True:
             names = (f"{dashed}/--no-{dashed[2:]}",)
+        names += tuple((f.json_schema_extra or {}).get("cli_aliases", ()))
         ann = Optional[inner] if optional else inner
         default = f.default if not isinstance(f.default, list) else ",".join(map(str, f.default))
         opt = typer.Option(default, *names, help=helptext, rich_help_panel="Parameters")
