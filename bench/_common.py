@@ -1,6 +1,7 @@
-"""Shared helpers of the benchmark scripts: JSON lines, peak memory, timers."""
+"""Shared helpers of the benchmark scripts: data location, JSON lines, peak memory, timers."""
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import resource
@@ -8,8 +9,23 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-LUCCHI = SHARED / "data" / "lucchi"
+#: the files of the Lucchi et al. (IEEE TMI 2012) EPFL hippocampus data the benchmarks read
+LUCCHI_FILES = ("training_image.tif", "training_instances2d.tif", "training_mask.tif")
+
+
+def add_lucchi_argument(ap: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--lucchi DIR``: the folder holding :data:`LUCCHI_FILES` (the training volume, 165 x 768
+    x 1024 at 5 nm, its 2D instance labels and its mitochondria mask)."""
+    ap.add_argument("--lucchi", type=Path, default=None, required=required, metavar="DIR",
+                    help="folder with the Lucchi training volume: " + ", ".join(LUCCHI_FILES))
+
+
+def lucchi_dir(folder: Path) -> Path:
+    """``folder`` after checking that it holds the Lucchi files (exits with a message if not)."""
+    missing = [f for f in LUCCHI_FILES if not (Path(folder) / f).is_file()]
+    if missing:
+        sys.exit(f"--lucchi {folder}: missing {', '.join(missing)}")
+    return Path(folder)
 
 
 def peak_rss_mb() -> float:

@@ -6,7 +6,7 @@ ground-truth objects (pooled TP/FP/FN over slices), foreground IoU over the
 block. 3D: the block segmented as a volume with several settings, scored
 against the 3D connected components of the ground-truth mask of the block.
 Prints one JSON line per configuration. Usage:
-    python bench/accuracy_lucchi.py [--model NAME] [--only 2d|3d] [--z0 135 --z1 165]
+    python bench/accuracy_lucchi.py --lucchi DIR [--model NAME] [--only 2d|3d] [--z0 135 --z1 165]
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from _common import LUCCHI, Timer, emit, machine
+from _common import Timer, add_lucchi_argument, emit, lucchi_dir, machine
 
 CONFIGS_3D = [
     ("xy stack, median 1", dict(inference_plane="xy", median_slices=1)),
@@ -28,16 +28,17 @@ CONFIGS_3D = [
 ]
 
 
-def validate_2d(model, z0: int = 135, z1: int = 165) -> dict:
-    """2D validation figures of a model on Lucchi slices z0..z1-1 (each slice on its own)."""
+def validate_2d(model, lucchi, z0: int = 135, z1: int = 165) -> dict:
+    """2D validation figures of a model on slices z0..z1-1 of the Lucchi volume in folder
+    ``lucchi`` (each slice on its own)."""
     import tifffile
 
     import panoptem
-    from panoptem.evaluate import evaluate
+    from panoptem import evaluate
     zs = range(z0, z1)
-    img = tifffile.imread(LUCCHI / "training_image.tif", key=zs)
-    gt2d = tifffile.imread(LUCCHI / "training_instances2d.tif", key=zs)
-    mask = tifffile.imread(LUCCHI / "training_mask.tif", key=zs) > 0
+    img = tifffile.imread(lucchi / "training_image.tif", key=zs)
+    gt2d = tifffile.imread(lucchi / "training_instances2d.tif", key=zs)
+    mask = tifffile.imread(lucchi / "training_mask.tif", key=zs) > 0
     with Timer() as t:
         lab = panoptem.segment_2d(img, model, batch=True)
     tp = fp = fn = 0
@@ -61,19 +62,21 @@ def main():
     ap.add_argument("--z0", type=int, default=135)
     ap.add_argument("--z1", type=int, default=165)
     ap.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS_3D")
+    add_lucchi_argument(ap)
     a = ap.parse_args()
+    lucchi = lucchi_dir(a.lucchi)
     import cc3d
     import tifffile
 
     import panoptem
-    from panoptem.evaluate import evaluate
+    from panoptem import evaluate
 
     zs = range(a.z0, a.z1)
-    img = tifffile.imread(LUCCHI / "training_image.tif", key=zs)
-    mask = tifffile.imread(LUCCHI / "training_mask.tif", key=zs) > 0
+    img = tifffile.imread(lucchi / "training_image.tif", key=zs)
+    mask = tifffile.imread(lucchi / "training_mask.tif", key=zs) > 0
     model = panoptem.load_model(a.model)
     if a.only in (None, "2d"):
-        emit(what="accuracy 2d", model=a.model, **validate_2d(model, a.z0, a.z1), machine=machine())
+        emit(what="accuracy 2d", model=a.model, **validate_2d(model, lucchi, a.z0, a.z1), machine=machine())
     if a.only in (None, "3d"):
         gt3d = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
         chosen = CONFIGS_3D if a.configs is None else [CONFIGS_3D[int(i)] for i in a.configs.split(",")]

@@ -1,8 +1,8 @@
 """Seconds per 1024 x 1024 slice: network only and end to end (segment_2d).
 
-Input: a 1024^2 crop of real EM (Lucchi slice, reflect-padded to 1024 rows)
-when ../shared is present, else the bundled sample tiled to 1024^2.
-Prints one JSON line per measurement. Usage: python bench/bench_2d.py [--model NAME] [--repeats N]
+Input: a 1024^2 crop of real EM (Lucchi slice 150, reflect-padded to 1024 rows)
+with ``--lucchi DIR``, else the bundled sample tiled to 1024^2.
+Prints one JSON line per measurement. Usage: python bench/bench_2d.py [--lucchi DIR] [--model NAME] [--repeats N]
 """
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import statistics
 
 import numpy as np
 
-from _common import LUCCHI, Timer, emit, machine
+from _common import Timer, add_lucchi_argument, emit, lucchi_dir, machine
 
 
-def test_image() -> tuple[np.ndarray, str]:
-    if LUCCHI.exists():
+def test_image(lucchi=None) -> tuple[np.ndarray, str]:
+    if lucchi is not None:
         import tifffile
-        img = tifffile.imread(LUCCHI / "training_image.tif", key=150)
+        img = tifffile.imread(lucchi_dir(lucchi) / "training_image.tif", key=150)
         return np.pad(img, ((0, 1024 - img.shape[0]), (0, 0)), mode="reflect"), "lucchi z150 padded"
     from panoptem.sample import load_sample
     s = load_sample()[15]
@@ -29,10 +29,11 @@ def main():
     ap.add_argument("--model", default="MitoLite_v1")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto")
+    add_lucchi_argument(ap, required=False)
     a = ap.parse_args()
     import panoptem
     from panoptem.inference.engine import Predictor
-    img, what = test_image()
+    img, what = test_image(a.lucchi)
     model = panoptem.load_model(a.model, a.device)
     pred = Predictor(model)
     rng = pred.intensity(img)

@@ -2,14 +2,14 @@
 the network-only seconds over the same slices (``timings`` of Result3D), so
 the cost of everything around the network is known.
 
-Input: Lucchi validation block z135-164 (30 x 768 x 1024) when ../shared is
-present, else the bundled sample. Usage: python bench/bench_3d.py [--model NAME] [--modes xy,xz,yz,ortho]
+Input: the Lucchi validation block z135-164 (30 x 768 x 1024) with ``--lucchi DIR``,
+else the bundled sample. Usage: python bench/bench_3d.py [--lucchi DIR] [--model NAME] [--modes xy,xz,yz,ortho]
 """
 from __future__ import annotations
 
 import argparse
 
-from _common import LUCCHI, Timer, emit, machine
+from _common import Timer, add_lucchi_argument, emit, lucchi_dir, machine
 
 
 def main():
@@ -17,11 +17,13 @@ def main():
     ap.add_argument("--model", default="MitoLite_v1")
     ap.add_argument("--modes", default="xy,xz,yz,ortho")
     ap.add_argument("--batch-size", type=int, default=4)
+    add_lucchi_argument(ap, required=False)
     a = ap.parse_args()
     import panoptem
-    if LUCCHI.exists():
+    if a.lucchi is not None:
         import tifffile
-        vol, what = tifffile.imread(LUCCHI / "training_image.tif", key=range(135, 165)), "lucchi z135-164"
+        vol = tifffile.imread(lucchi_dir(a.lucchi) / "training_image.tif", key=range(135, 165))
+        what = "lucchi z135-164"
     else:
         vol, what = panoptem.load_sample(), "bundled sample"
     model = panoptem.load_model(a.model)

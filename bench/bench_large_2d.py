@@ -1,22 +1,26 @@
 """Peak memory and time of one large 2D image (N x N, tiled from real EM),
 segmented with tile_size=2048: network outputs stitched compactly, labels
-decoded tile by tile. Usage: python bench/bench_large_2d.py N  (e.g. 8192, 20000)
+decoded tile by tile. Usage: python bench/bench_large_2d.py --lucchi DIR [N]  (N e.g. 8192, 20000)
 """
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 
-from _common import LUCCHI, Timer, emit, machine, peak_rss_mb
+from _common import Timer, add_lucchi_argument, emit, lucchi_dir, machine, peak_rss_mb
 
 
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("n", type=int, nargs="?", default=8192, help="side of the image in pixels")
+    add_lucchi_argument(ap)
+    a = ap.parse_args()
     import tifffile
 
     import panoptem
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 8192
-    img = tifffile.imread(LUCCHI / "training_image.tif", key=range(140, 150))
+    n = a.n
+    img = tifffile.imread(lucchi_dir(a.lucchi) / "training_image.tif", key=range(140, 150))
     mosaic = np.concatenate([np.concatenate(list(img[:5]), 1), np.concatenate(list(img[5:]), 1)], 0)
     big = np.tile(mosaic, (-(-n // mosaic.shape[0]), -(-n // mosaic.shape[1])))[:n, :n].copy()
     before = peak_rss_mb()

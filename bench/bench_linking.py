@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--objects", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    from panoptem.inference.stack import link_stack
+    from panoptem.inference.linking import link_stack
     stack = synthetic_stack(tuple(a.shape), a.objects)
     times = []
     for _ in range(a.repeats):

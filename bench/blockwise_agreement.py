@@ -25,7 +25,7 @@ from _common import emit, machine  # noqa: E402
 
 def agreement(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> dict:
     """Foreground agreement and objects of ``a`` matched in ``b`` at IoU >= ``thr``."""
-    from panoptem.inference.stack import compact, overlap_table
+    from panoptem.labels import compact, overlap_table
     fa, fb = a > 0, b > 0
     la, ia, ca = compact(a, return_counts=True)
     lb, ib, cb = compact(b, return_counts=True)

@@ -1,6 +1,6 @@
 """Fine-tune the shipped model on a handful of patches of "another tissue" and report before / after.
 
-Only the Lucchi volume is at hand, so the other tissue is simulated, honestly labelled as such:
+The other tissue is simulated from the Lucchi volume, and labelled as such:
 
 - ``invert``: the same EM with inverted contrast (bright membranes on dark), as some detectors /
   preparations give; the network never saw this polarity.
@@ -16,7 +16,7 @@ Nothing is written outside a temporary folder (a temporary PANOPTEM_HOME). One J
 
 Usage::
 
-    python bench/finetune_demo.py [--model MitoLite_v1] [--variants invert,15nm] [--n 16]
+    python bench/finetune_demo.py --lucchi DIR [--model MitoLite_v1] [--variants invert,15nm] [--n 16]
                                   [--iterations 100] [--layers all] [--threads 2]
 
 About 3-4 minutes on 2 CPU cores for the two default variants (less with a GPU: --device auto).
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import LUCCHI, emit, machine
+from _common import add_lucchi_argument, emit, lucchi_dir, machine
 
 TRAIN_Z = range(0, 125)
 VAL_Z = range(135, 165)
@@ -74,16 +74,18 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    add_lucchi_argument(ap)
     a = ap.parse_args()
+    lucchi = lucchi_dir(a.lucchi)
 
     import tifffile
     import torch
     torch.set_num_threads(a.threads)
-    img = tifffile.imread(LUCCHI / "training_image.tif")
-    lab = tifffile.imread(LUCCHI / "training_instances2d.tif")
+    img = tifffile.imread(lucchi / "training_image.tif")
+    lab = tifffile.imread(lucchi / "training_instances2d.tif")
     with tempfile.TemporaryDirectory(prefix="panoptem-ftdemo-") as tmp:
         os.environ["PANOPTEM_HOME"] = str(Path(tmp) / "home")  # registered demo models vanish afterwards
-        from panoptem.models.load import get_card
+        from panoptem.models.home import get_card
         from panoptem.training.dataset import store_dataset
         from panoptem.training.finetune import finetune
         from panoptem.training.patches import pick_patches

@@ -64,7 +64,7 @@ def main() -> None:
     import numpy as np
     from qtpy.QtWidgets import QApplication
 
-    from panoptem.models.load import DEFAULT_MODEL
+    from panoptem.models.home import DEFAULT_MODEL
     from panoptem.napari._export import ExportWidget
     from panoptem.napari._finetune import FinetuneWidget
     from panoptem.napari._inference import Inference2DWidget, Inference3DWidget

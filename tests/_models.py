@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from panoptem.models.card import ModelCard, Weights
+from panoptem.models.card import ClassInfo, ModelCard, Weights
 from panoptem.models.load import LoadedModel
 
 
@@ -25,3 +25,42 @@ def dark_blob_model():
     return LoadedModel(card, DarkBlobNet().eval(), "cpu")
 
 
+
+
+class TwoClassNet(nn.Module):
+    """A hand-set two-class network: dark pixels are class 1, grey ones class 2,
+    bright ones background (channels: background, class 1, class 2); the centre
+    heatmap is the blurred foreground, offsets are 0. Outputs at stride 4."""
+
+    def forward(self, x):
+        dark = (x < -1).float()                        # x is normalised: dark -2, grey 0, bright 2
+        grey = ((x >= -1) & (x < 1)).float()
+        frac = F.avg_pool2d(torch.cat([1 - dark - grey, dark, grey], 1), 4)
+        fg = frac[:, 1:2] + frac[:, 2:3]
+        blur = F.avg_pool2d(fg, 5, stride=1, padding=2, count_include_pad=False)
+        return {"sem_logits": 20 * frac, "ctr_hmp": blur, "offsets": torch.zeros_like(fg).repeat(1, 2, 1, 1)}
+
+
+TWO_CLASSES = ("mitochondria", "nucleus")
+
+
+def two_class_card(second_kind: str = "instance", weights: str = "none") -> ModelCard:
+    return ModelCard(name="twoclass", weights=Weights(file=weights, format="torchscript"), padding_factor=32,
+                     label_divisor=1000, classes=[ClassInfo(id=1, name=TWO_CLASSES[0]),
+                                                  ClassInfo(id=2, name=TWO_CLASSES[1], kind=second_kind)])
+
+
+def two_class_model(second_kind: str = "instance") -> LoadedModel:
+    return LoadedModel(two_class_card(second_kind), TwoClassNet().eval(), "cpu")
+
+
+def save_two_class_model(folder, second_kind: str = "instance"):
+    """The two-class network as TorchScript with its card in ``folder``; returns the card path."""
+    from panoptem.models.home import sha256_of
+    w = folder / "twoclass.pt"
+    torch.jit.save(torch.jit.script(TwoClassNet().eval()), str(w))
+    card = two_class_card(second_kind, weights=w.name)
+    card.weights.sha256 = sha256_of(w)
+    path = folder / "twoclass.yaml"
+    path.write_text(card.to_yaml())
+    return path

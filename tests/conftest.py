@@ -11,9 +11,10 @@ LUCCHI = SHARED / "data" / "lucchi"
 
 @pytest.fixture
 def lucchi():
-    """Path of the Lucchi data folder; skips only when ../shared is absent."""
+    """Path of the Lucchi data folder (shared/data/lucchi beside the repository); skips only when
+    it is absent."""
     if not LUCCHI.exists():
-        pytest.skip("../shared/data/lucchi is not present (only on project machines and CI)")
+        pytest.skip("shared/data/lucchi beside the repository is not present (the project's CI has it)")
     return LUCCHI
 
 
@@ -27,7 +28,7 @@ def tiny_card(tmp_path):
     import yaml
 
     from panoptem.models.architecture import build_model
-    from panoptem.models.load import sha256_of
+    from panoptem.models.home import sha256_of
 
     torch.manual_seed(0)
     m = build_model(TINY_ARCH)
@@ -43,12 +44,12 @@ def tiny_card(tmp_path):
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """An empty PANOPTEM_HOME and an empty built-in zoo (tests must not see MitoLite_v1)."""
-    from panoptem.models import load as load_mod
+    from panoptem.models import home as home_mod
     h = tmp_path / "home"
     monkeypatch.setenv("PANOPTEM_HOME", str(h))
     zoo = tmp_path / "zoo"
     zoo.mkdir()
-    monkeypatch.setattr(load_mod, "ZOO", zoo)
+    monkeypatch.setattr(home_mod, "ZOO", zoo)
     return h
 
 

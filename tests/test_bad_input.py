@@ -199,7 +199,7 @@ def test_measure_zero_size_image(capsys, space):
     with pytest.warns(UserWarning):
         tifffile.imwrite(inp / "empty.tif", np.zeros((0, 0), np.uint8))
     refused(capsys, space, "measure", inp / "empty.tif", "-o", out / "t.csv", words=("empty.tif", "no pixels"))
-    from panoptem.measure import measure
+    from panoptem import measure
     with pytest.raises(PanoptemError, match="no pixels"):
         measure(np.zeros((0, 5), np.uint32))
 

@@ -179,7 +179,7 @@ def test_worker_processes_and_external_scheduler_agree(on_disk, tmp_path, vol, c
     from distributed import LocalCluster
 
     from panoptem.cli import main
-    from panoptem.measure import measure
+    from panoptem import measure
     card = str(on_disk / "oracle.yaml")
     code = main(["segment3d", str(on_disk / "vol.tif"), "-o", str(tmp_path / "two.zarr"), "--model", card,
                  "--blockwise", "--block-shape", "16,64,64", "--halo", "32,32,32", "--workers", "2",
@@ -205,7 +205,7 @@ def test_worker_processes_and_external_scheduler_agree(on_disk, tmp_path, vol, c
 
 def test_blockwise_measure_equals_measure(client):
     from panoptem.distributed.measure import measure_blockwise
-    from panoptem.measure import measure
+    from panoptem import measure
     rng = np.random.default_rng(0)
     zz, yy, xx = np.mgrid[:40, :90, :100]
     lab = np.zeros((40, 90, 100), np.uint32)
@@ -283,7 +283,7 @@ def test_shipped_model_on_real_data_agrees_with_a_whole_volume_run(lucchi, clien
     assert res.timings["context_pass_s"] > 0
     fa, fb = whole > 0, got > 0
     assert (fa == fb).mean() >= 0.999
-    from panoptem.inference.stack import compact, overlap_table
+    from panoptem.labels import compact, overlap_table
     la, ia, ca = compact(whole, return_counts=True)
     lb, ib, cb = compact(got, return_counts=True)
     x, y, inter = overlap_table(la, lb, ia.size, ib.size)

@@ -129,3 +129,93 @@ def test_segment3d_interrupted_run_resumes_from_its_cache(capsys, tmp_path, tiny
     assert code == 0, err
     assert calls == [4, 4]  # the first batch came from the cache
     assert out.exists() and not cache.exists()
+
+
+def test_evaluate_command_scores_a_prediction_against_different_truth(capsys, tmp_path):
+    """Hand-counted numbers: one exact match, one shifted object (IoU 2/3), one miss, one false object."""
+    gt = np.zeros((20, 40), np.uint16)
+    gt[0:10, 0:10] = 1        # 100 px, found exactly
+    gt[0:10, 20:30] = 2       # 100 px, found shifted by 2 columns: 80 px overlap, IoU 80/120
+    gt[12:20, 0:5] = 3        # 40 px, missed
+    pred = np.zeros((20, 40), np.uint32)
+    pred[0:10, 0:10] = 7
+    pred[0:10, 22:32] = 8
+    pred[12:20, 30:40] = 9    # 80 px on background: a false object
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "pred.tif", pred)
+    code, out, err = run(capsys, "evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "gt.tif"))
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["n_pred"], r["n_gt"]) == (3, 3)
+    assert (r["tp_50"], r["fp_50"], r["fn_50"]) == (2, 1, 1)
+    assert (r["tp_75"], r["fp_75"], r["fn_75"]) == (1, 2, 2)
+    assert r["precision_50"] == r["recall_50"] == r["f1_50"] == 2 / 3
+    assert r["f1_75"] == 1 / 3
+    assert abs(r["foreground_iou"] - 180 / 340) < 1e-12           # (100 + 80) / (280 + 240 - 180)
+    assert abs(r["sq"] - (1 + 2 / 3) / 2) < 1e-12 and abs(r["rq"] - 2 / 3) < 1e-12
+    assert abs(r["pq"] - 5 / 9) < 1e-12
+    assert abs(r["mean_ap"] - (4 * 2 / 4 + 6 * 1 / 5) / 10) < 1e-12  # TP 2 up to IoU 0.65, then 1
+    assert abs(r["matched_iou_mean"] - 5 / 6) < 1e-12
+    assert r["errors"]["false_objects"] == 1 and r["errors"]["misses"] == 1
+    assert r["errors"]["splits"] == r["errors"]["merges"] == 0
+    # ignoring ground truth under 50 px removes the miss: recall 1, precision 2/3
+    code, out, err = run(capsys, "evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "gt.tif"),
+                         "--ignore-smaller", "50")
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["n_gt"], r["n_ignored_gt"], r["n_ignored_pred"]) == (2, 1, 0)
+    assert r["recall_50"] == 1.0 and r["precision_50"] == 2 / 3 and r["f1_50"] == 0.8
+
+
+def test_segment3d_two_class_model_writes_one_file_per_class(capsys, tmp_path):
+    from _models import save_two_class_model
+    from test_segment3d import two_class_phantom
+
+    from panoptem import evaluate
+    from panoptem.io import read_image
+    vol, truth = two_class_phantom()
+    src = tmp_path / "vol.tif"
+    tifffile.imwrite(src, vol)
+    card = save_two_class_model(tmp_path)
+    code, out, err = run(capsys, "segment3d", str(src), "-o", str(tmp_path / "seg.tif"), "--model", str(card),
+                         "--min-size", "200", "--min-extent", "3", "--return-panoptic")
+    assert code == 0, err
+    recs = [json.loads(line) for line in out.strip().splitlines()]
+    assert [(r.get("class"), r.get("stack"), r.get("objects")) for r in recs] == [
+        ("mitochondria", None, 2), ("nucleus", None, 2), (None, "xy", None)]
+    assert sorted(p.name for p in tmp_path.glob("seg*")) == ["seg_mitochondria.tif", "seg_nucleus.tif",
+                                                              "seg_xy.tif"]
+    for cls, name in ((1, "mitochondria"), (2, "nucleus")):
+        lab = np.asarray(read_image(tmp_path / f"seg_{name}.tif").data)
+        assert set(np.unique(lab)) == {0, 1, 2} and evaluate(lab, truth[cls])["f1_50"] == 1.0
+    panoptic = np.asarray(read_image(tmp_path / "seg_xy.tif").data)
+    assert set(np.unique(panoptic)) == {0, 10001, 10002, 20001, 20002}
+
+
+def test_model_info_prints_card_info(capsys, tiny_card):
+    from panoptem.models.card import card_info, load_card
+    code, out, _ = run(capsys, "model", "info", str(tiny_card))
+    assert code == 0 and out == card_info(load_card(tiny_card))
+    assert out.splitlines()[0] == "name: tiny" and out.endswith("(state_dict)\n")
+
+
+def test_training_patch_and_measure_options_come_from_the_schema():
+    """Every option of these commands is generated from its schema: names, defaults and help."""
+    import typer.main
+
+    from panoptem.cli import app
+    from panoptem.params import FinetuneParams, MeasureParams, PatchParams, TrainParams, VolumeTrainParams
+    group = typer.main.get_command(app)
+    for cmd, cls, exclude in (("train-volume", VolumeTrainParams, {"gamma"}), ("patches", PatchParams, set()),
+                              ("finetune", FinetuneParams, set()), ("train", TrainParams, set()),
+                              ("measure", MeasureParams, set()), ("report", MeasureParams, set())):
+        params = {p.name: p for p in group.commands[cmd].params}
+        for name, field in cls.model_fields.items():
+            if name in exclude:
+                assert name not in params, (cmd, name)
+                continue
+            opt = params[name]
+            assert "--" + name.replace("_", "-") in opt.opts, (cmd, name)
+            default = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
+            assert opt.default == default and field.description in opt.help, (cmd, name)
+    assert "-n" in {o for p in group.commands["patches"].params for o in p.opts}  # the short name stays

@@ -4,7 +4,7 @@ import pytest
 
 from panoptem.errors import PanoptemError
 from panoptem.inference.consensus import orthoplane_consensus
-from panoptem.inference.stack import relabel_sequential_per_class
+from panoptem.labels import relabel_sequential_per_class
 
 DIV = 10000
 

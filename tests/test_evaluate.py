@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from panoptem.errors import PanoptemError
-from panoptem.evaluate import evaluate, evaluate_files
+from panoptem import evaluate, evaluate_files
 
 SCORES = ("foreground_iou", "precision_50", "recall_50", "f1_50", "precision_75", "recall_75",
           "f1_75", "pq", "sq", "rq", "mean_ap", "matched_iou_mean")
@@ -182,7 +182,7 @@ def test_bad_inputs_raise():
 
 
 def test_evaluate_files(tmp_path):
-    tifffile = pytest.importorskip("tifffile")
+    import tifffile
     pred, gt = two_objects()
     tifffile.imwrite(tmp_path / "pred.tif", pred)
     tifffile.imwrite(tmp_path / "gt.tif", gt.astype(np.uint16))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from panoptem.errors import PanoptemError
-from panoptem.evaluate import error_breakdown, evaluate
+from panoptem import error_breakdown, evaluate
 
 
 def every_error():

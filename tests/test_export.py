@@ -14,7 +14,8 @@ from panoptem.errors import PanoptemError
 from panoptem.inference.segment2d import segment_2d
 from panoptem.models import registry
 from panoptem.models.export import export_onnx, export_torchscript
-from panoptem.models.load import get_card, load_model, sha256_of
+from panoptem.models.home import get_card, sha256_of
+from panoptem.models.load import load_model
 
 
 X = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 1, 64, 96), dtype=np.float32))

@@ -8,8 +8,8 @@ import yaml
 from typer.testing import CliRunner
 
 from panoptem.errors import PanoptemError
-from panoptem.models import load as load_mod
-from panoptem.models.load import get_card
+from panoptem.models import home as home_mod
+from panoptem.models.home import get_card
 from panoptem.training.dataset import DatasetFolders, store_dataset
 from panoptem.training.finetune import finetune, frozen_modules, train_new
 from panoptem.training.patches import Patch
@@ -19,11 +19,11 @@ from panoptem.training.train import TrainConfig
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """Empty PANOPTEM_HOME and built-in zoo, one torch thread (the machine is shared)."""
+    """Empty PANOPTEM_HOME and built-in zoo, one torch thread (the suite stays light on small machines)."""
     monkeypatch.setenv("PANOPTEM_HOME", str(tmp_path / "home"))
     zoo = tmp_path / "zoo"
     zoo.mkdir()
-    monkeypatch.setattr(load_mod, "ZOO", zoo)
+    monkeypatch.setattr(home_mod, "ZOO", zoo)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield tmp_path / "home"
@@ -278,6 +278,21 @@ def test_training_scales_images_as_inference_does(mode):
     np.testing.assert_allclose((_unit(img, norm) - MEAN) / STD, normalize(img, lo, hi), atol=1e-5)
 
 
+def test_cards_and_weights_record_the_whole_architecture(home, tmp_path, tiny_card):
+    """Weights never depend on constructor defaults: what training writes names every setting."""
+    from panoptem.models.architecture import architecture_config
+    every = set(architecture_config())
+    r = train_new([disc_dataset(tmp_path / "d", n=1)], "partial", architecture={"widths": [8, 8, 8, 8, 8]},
+                  iterations=1, patch_size=64, out_dir=tmp_path / "run", log=lambda s: None)
+    arch = get_card("partial").architecture
+    assert set(arch) == every and arch["widths"] == [8] * 5 and arch["decoder_channels"] == 64
+    blob = torch.load(r["weights"], weights_only=True)
+    assert blob["architecture"] == arch
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["architecture"] == arch
+    r = finetune(str(tiny_card), tmp_path / "d", name="ft", iterations=1, patch_size=64, log=lambda s: None)
+    assert set(get_card("ft").architecture) == every
+
+
 # ---------------------------------------------------------------- schedule, empty patches, cancel
 
 
@@ -339,7 +354,7 @@ def test_empty_patches_are_true_negatives_but_all_empty_is_refused(home, tmp_pat
 
 
 def test_cancelled_finetune_keeps_its_checkpoint_and_continues(home, tmp_path, tiny_card):
-    from panoptem.models.load import card_paths
+    from panoptem.models.home import card_paths
     from panoptem.training.train import TrainingCancelled
     data = disc_dataset(tmp_path / "ds", n=2)
     seen = []

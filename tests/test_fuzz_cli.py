@@ -55,16 +55,16 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A PANOPTEM_HOME holding one tiny model 'tiny' (and nothing built in), one torch thread."""
-    from panoptem.models import load as load_mod
+    from panoptem.models import home as home_mod
     from panoptem.models.architecture import build_model
-    from panoptem.models.load import sha256_of
+    from panoptem.models.home import sha256_of
     from panoptem.models.registry import export_package, register
     root = tmp_path_factory.mktemp("fuzz")
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PANOPTEM_HOME", str(root / "home"))
         (root / "zoo").mkdir()
-        mp.setattr(load_mod, "ZOO", root / "zoo")
+        mp.setattr(home_mod, "ZOO", root / "zoo")
         torch.set_num_threads(1)
         torch.manual_seed(0)
         model = root / "model"

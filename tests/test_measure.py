@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from panoptem.errors import PanoptemError
-from panoptem.measure import measure, summarize, to_rows, write_table
+from panoptem import measure, summarize, to_rows, write_table
 
 
 def box_volume():
@@ -60,7 +60,7 @@ def test_anisotropic_ball_in_physical_units():
 
 
 def test_axes_match_skimage_with_spacing():
-    skm = pytest.importorskip("skimage.measure")
+    import skimage.measure as skm
     z, y, x = np.ogrid[-12:13, -22:23, -9:10]
     lab = (((z / 10) ** 2 + (y / 20) ** 2 + (x / 7) ** 2) <= 1).astype(np.uint8) * 3
     vs = (2.0, 1.5, 1.0)

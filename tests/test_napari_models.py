@@ -20,8 +20,8 @@ def click_and_wait(qtbot, w, key, timeout=30_000):
 def test_models_widget_info_export_import_archive_restore_register(viewer, qtbot, home, tmp_path):
     from typer.testing import CliRunner
 
-    from panoptem.models.commands import model_app
-    from panoptem.models.load import card_paths
+    from panoptem.cli.models import model_app
+    from panoptem.models.home import card_paths
     from panoptem.napari._inference import Inference2DWidget
     from panoptem.napari._models import ModelsWidget
     w = dock(viewer, ModelsWidget)
@@ -174,7 +174,7 @@ def _run_and_check_training(w, qtbot, name: str, iterations: int) -> None:
 
 def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, tmp_path, tiny_card):
 
-    from panoptem.models.load import get_card
+    from panoptem.models.home import get_card
     from panoptem.models.registry import register
     from panoptem.napari._finetune import FinetuneWidget
     from panoptem.napari._inference import Inference2DWidget
@@ -205,7 +205,7 @@ def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, 
 def test_train_widget_trains_and_registers_a_new_model(viewer, qtbot, home, tmp_path):
     from conftest import TINY_ARCH
 
-    from panoptem.models.load import get_card
+    from panoptem.models.home import get_card
     from panoptem.napari._inference import Inference2DWidget
     from panoptem.napari._train import TrainWidget, step_of
     from panoptem.training.dataset import store_dataset

@@ -116,6 +116,21 @@ def test_tooltips_say_the_units(viewer, home):
     assert "pixels" in dock(viewer, FinetuneWidget).patch_size.tooltip
 
 
+def test_training_patch_and_measure_docks_start_at_the_schema_defaults(viewer, home):
+    from panoptem.napari._finetune import FinetuneWidget
+    from panoptem.napari._measure import MeasureWidget
+    from panoptem.napari._patches import PatchesWidget
+    from panoptem.napari._train import TrainWidget
+    from panoptem.params import FinetuneParams, MeasureParams, PatchParams, TrainParams
+    for cls, widget, names in ((FinetuneParams, FinetuneWidget, ("iterations", "patch_size", "layers", "lr")),
+                               (TrainParams, TrainWidget, ("iterations", "patch_size", "lr")),
+                               (PatchParams, PatchesWidget, ("n", "patch_size", "plane", "flipbook_depth", "seed")),
+                               (MeasureParams, MeasureWidget, ("surface",))):
+        w = dock(viewer, widget)
+        for name in names:
+            assert getattr(w, name).value == cls.model_fields[name].default, (widget.__name__, name)
+
+
 def test_status_lines_are_full_width_and_not_clipped(make_napari_viewer, registered, home, qtbot):
     viewer = make_napari_viewer(show=True)
     long = ("Done: 5 mitochondria in 12.3 s (written to /a/rather/long/folder/name/that/needs/several/lines/"
@@ -378,7 +393,7 @@ def test_finetune_widget_at_1_10_and_11_iterations(viewer, qtbot, tiny_dataset, 
 def test_cancel_finetune_keeps_the_checkpoint_and_the_next_run_continues(viewer, qtbot, tiny_dataset):
     import torch
 
-    from panoptem.models.load import user_home
+    from panoptem.models.home import user_home
     from panoptem.napari._finetune import FinetuneWidget
     w = dock(viewer, FinetuneWidget)
     w.model.value, w.device.value = "tiny", "cpu"
@@ -410,7 +425,7 @@ def test_cancel_finetune_keeps_the_checkpoint_and_the_next_run_continues(viewer,
 def test_train_widget_two_classes_divisor_size_and_cancel(viewer, qtbot, home, tmp_path):
     import torch
 
-    from panoptem.models.load import get_card
+    from panoptem.models.home import get_card
     from panoptem.napari._train import TrainWidget
     from panoptem.training.dataset import store_dataset
     from panoptem.training.patches import Patch

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from panoptem.cli import app
 from panoptem.errors import PanoptemError
-from panoptem.models import load as load_mod
+from panoptem.models import home as home_mod
 from panoptem.models import registry
 from panoptem.models.card import load_card
-from panoptem.models.load import card_paths, get_card, load_model, sha256_of
+from panoptem.models.home import card_paths, get_card, sha256_of
+from panoptem.models.load import load_model
 
 
 def outputs(name_or_card, x):
@@ -54,7 +55,7 @@ def test_register_copies_card_and_weights(home, tiny_card):
     assert card.name == "tiny_reg" and card.weights.file == "tiny.pt"
     assert card.weights.sha256 == sha256_of(copied)
     assert list(card_paths()) == ["tiny_reg"]
-    assert [(m.name, m.source, m.archived) for m in registry.list_models()] == [("tiny_reg", "user", False)]
+    assert [(m.name, m.source, m.archived) for m in home_mod.list_models()] == [("tiny_reg", "user", False)]
     assert_same_outputs("tiny_reg", tiny_card)
     assert not list((home / "tmp").iterdir())  # staging cleaned up
 
@@ -99,7 +100,7 @@ def test_names_duplicates_and_overwrite(home, tmp_path, tiny_card):
     assert get_card("Mito-v1.2_b").description.startswith("tiny test model")
     assert list(card_paths()) == ["Mito-v1.2_b"]
     # a built-in name is never taken over
-    (load_mod.ZOO / "Builtin.yaml").write_text(tiny_card.read_text())
+    (home_mod.ZOO / "Builtin.yaml").write_text(tiny_card.read_text())
     with pytest.raises(PanoptemError, match="built-in"):
         registry.register("Builtin", tiny_card, overwrite=True)
 
@@ -214,7 +215,7 @@ def test_archive_and_restore_user_model(home, tiny_card):
     assert list(card_paths()) == []
     with pytest.raises(PanoptemError, match="archived.*restore tiny_reg"):
         load_model("tiny_reg")
-    assert [(m.name, m.archived) for m in registry.list_models(include_archived=True)] == [("tiny_reg", True)]
+    assert [(m.name, m.archived) for m in home_mod.list_models(include_archived=True)] == [("tiny_reg", True)]
     with pytest.raises(PanoptemError, match="already archived"):
         registry.archive("tiny_reg")
     registry.restore("tiny_reg")
@@ -227,15 +228,15 @@ def test_archive_and_restore_user_model(home, tiny_card):
 
 
 def test_archive_builtin_model(home, tiny_card):
-    builtin = load_mod.ZOO / "Builtin_v1.yaml"
-    (load_mod.ZOO / "tiny.pt").write_bytes((tiny_card.parent / "tiny.pt").read_bytes())
+    builtin = home_mod.ZOO / "Builtin_v1.yaml"
+    (home_mod.ZOO / "tiny.pt").write_bytes((tiny_card.parent / "tiny.pt").read_bytes())
     builtin.write_text(tiny_card.read_text())
     assert list(card_paths()) == ["Builtin_v1"]
     registry.archive("Builtin_v1")
     assert json.loads((home / "archived.json").read_text()) == ["Builtin_v1"]
     assert builtin.exists()  # the installed package is never modified
     assert list(card_paths()) == []
-    assert [(m.name, m.source, m.archived) for m in registry.list_models(include_archived=True)] == [
+    assert [(m.name, m.source, m.archived) for m in home_mod.list_models(include_archived=True)] == [
         ("Builtin_v1", "built-in", True)]
     registry.restore("Builtin_v1")
     assert json.loads((home / "archived.json").read_text()) == []
@@ -291,3 +292,40 @@ def test_cli_errors_are_one_line(home, tmp_path, tiny_card):
     assert_one_line_error(*cli("model", "archive", "nope")[::2], "Unknown model")
     assert_one_line_error(*cli("model", "restore", "t")[::2], "not archived")
     assert_one_line_error(*cli("model", "import", tmp_path / "none.panoptem")[::2], "does not exist")
+
+
+def test_shipped_card_names_every_architecture_setting():
+    from panoptem.models.architecture import architecture_config
+    card = load_card(home_mod.ZOO / "MitoLite_v1.yaml")
+    assert card.architecture == architecture_config(card.architecture)  # nothing left to a default
+    assert card.weights.sha256 == sha256_of(home_mod.ZOO / card.weights.file)
+
+
+@pytest.mark.parametrize("given", ["partial", "none"])
+def test_register_records_the_whole_architecture(home, tmp_path, tiny_card, given):
+    from conftest import TINY_ARCH
+    from panoptem.models.architecture import architecture_config
+    d = yaml.safe_load(tiny_card.read_text())
+    if given == "partial":  # only what differs from the defaults of today
+        d["architecture"] = {"widths": TINY_ARCH["widths"], "depths": TINY_ARCH["depths"], "decoder_channels": 8,
+                             "head_channels": 8}
+    else:  # none in the card: the one saved with the weights
+        del d["architecture"]
+    card = tmp_path / "card.yaml"
+    card.write_text(yaml.safe_dump(d))
+    path = registry.register("arch", card, weights=str(tiny_card.parent / "tiny.pt"))
+    assert load_card(path).architecture == architecture_config(TINY_ARCH)
+    assert load_model("arch", "cpu").module.config == architecture_config(TINY_ARCH)
+
+
+def test_the_home_and_the_registry_need_no_loader():
+    """models/home.py owns the home; the registry acts on it without the loader (no import
+    cycle) and neither pulls in torch."""
+    import subprocess
+    import sys
+    code = ("import sys, panoptem.models.registry, panoptem.models.home; "
+            "assert 'panoptem.models.load' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
+    src = str(Path(registry.__file__).resolve().parents[2])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src},
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from panoptem.io import read_image
-from panoptem.models.load import sha256_of
+from panoptem.models.home import sha256_of
 
 from _models import DarkBlobNet
 from test_segment3d import phantom

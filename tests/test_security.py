@@ -15,7 +15,7 @@ from panoptem.cli import main
 from panoptem.errors import PanoptemError
 from panoptem.models import registry
 from panoptem.models.card import load_card
-from panoptem.models.load import get_card, sha256_of
+from panoptem.models.home import get_card, sha256_of
 
 
 class _Payload:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from panoptem.errors import PanoptemError
-from panoptem.evaluate import evaluate
+from panoptem import evaluate
 from panoptem.inference.segment3d import Cancelled, segment_3d, write_result
 
 from _models import dark_blob_model
@@ -149,3 +149,69 @@ def test_downsampled_3d_keeps_objects_in_place(fusion):
     res = segment_3d(vol, dark_blob_model(), downsampling=2, batch_size=8, **kw, **P)
     r = evaluate(res.labels["mitochondria"], truth)
     assert r["n_pred"] == 3 and r["f1_75"] == 1.0 and r["foreground_iou"] > 0.75
+
+
+def two_class_phantom(shape=(48, 100, 100)):
+    """BALLS alternately dark (class 1) and grey (class 2); truth per class, ids 1..2."""
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    vol = np.full(shape, 200, np.uint8)
+    truth = {1: np.zeros(shape, np.uint32), 2: np.zeros(shape, np.uint32)}
+    for i, (z, y, x) in enumerate(BALLS):
+        m = (zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 121
+        cls = 1 + i % 2
+        vol[m] = 40 if cls == 1 else 120
+        truth[cls][m] = i // 2 + 1
+    return vol, truth
+
+
+@pytest.mark.parametrize("kind,orthoplane", [("instance", False), ("instance", True), ("semantic", False)])
+def test_two_classes_end_to_end(kind, orthoplane):
+    from _models import two_class_model
+    vol, truth = two_class_phantom()
+    res = segment_3d(vol, two_class_model(kind), orthoplane=orthoplane, batch_size=16, **P)
+    assert set(res.labels) == {"mitochondria", "nucleus"}
+    mito = res.labels["mitochondria"]
+    assert res.objects["mitochondria"] == 2 and set(np.unique(mito)) == {0, 1, 2}
+    assert evaluate(mito, truth[1])["f1_50"] == 1.0
+    assert (np.asarray(mito) > 0).sum() > 0 and not ((mito > 0) & (truth[2] > 0)).any()  # classes kept apart
+    nuc = res.labels["nucleus"]
+    if kind == "instance":
+        assert res.objects["nucleus"] == 2 and evaluate(nuc, truth[2])["f1_50"] == 1.0
+        assert set(np.unique(res.panoptic)) == {0, 10001, 10002, 20001, 20002}
+    else:  # a semantic class: one 0/1 mask, painted as class * divisor in the panoptic volume
+        assert res.objects["nucleus"] == 1 and nuc.dtype == np.uint8 and set(np.unique(nuc)) == {0, 1}
+        assert evaluate(nuc, truth[2] > 0)["foreground_iou"] > 0.85
+        assert set(np.unique(res.panoptic)) == {0, 10001, 10002, 20000}
+
+
+def slanted_tube(n=16, step=6, r=10, width=140):
+    """A tube that moves ``step`` pixels along x per slice: neighbouring slices overlap with
+    IoU about 0.45 and IoA (overlap / own area) about 0.65."""
+    vol = np.full((n, 48, width), 200, np.uint8)
+    yy, xx = np.mgrid[:48, :width]
+    for z in range(n):
+        vol[z][(yy - 24) ** 2 + (xx - 15 - step * z) ** 2 < r * r] = 40
+    return vol
+
+
+@pytest.mark.parametrize("iou_thr,ioa_thr,expect", [
+    (0.25, 0.25, 1),    # defaults: one tube
+    (0.3, 0.95, 1),     # linked by one-to-one IoU matches alone
+    (0.6, 0.95, 16),    # IoU too low and IoA too strict: every slice its own object
+    (0.95, 0.5, 1),     # no IoU match, but joined by IoA
+    (0.95, 0.8, 16),    # neither
+])
+def test_link_thresholds_through_segment_3d(iou_thr, ioa_thr, expect):
+    res = segment_3d(slanted_tube(), dark_blob_model(), iou_thr=iou_thr, ioa_thr=ioa_thr, median_slices=1,
+                     min_size=100, min_extent=1, maximum_objects_per_class=0)
+    assert res.objects["mitochondria"] == expect
+
+
+@pytest.mark.parametrize("bridge_gaps,expect", [(0, 2), (1, 1)])
+def test_bridge_gaps_through_segment_3d(bridge_gaps, expect):
+    vol = slanted_tube(n=30, step=0, width=64)
+    vol[15] = 200  # the tube is missing in one slice
+    res = segment_3d(vol, dark_blob_model(), bridge_gaps=bridge_gaps, median_slices=1, **P)
+    assert res.objects["mitochondria"] == expect
+    lab = res.labels["mitochondria"]
+    assert not lab[15].any() and lab[14].max() == lab[0].max() and (lab[16].max() == lab[14].max()) == (expect == 1)

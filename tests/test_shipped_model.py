@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import panoptem
-from panoptem.evaluate import evaluate
+from panoptem import evaluate
 
 # Floors sit well below the measured validation figures (README, model card) so that
 # the test fails on a broken model or pipeline, not on a platform's rounding noise.

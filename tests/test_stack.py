@@ -4,8 +4,10 @@ import pytest
 from scipy import ndimage
 
 from panoptem.errors import PanoptemError
-from panoptem.inference.stack import (RunningMedian, SliceLinker, filter_objects, greedy_match, link_stack,
-                                      object_stats, overlap_table, relabel_sequential_per_class)
+from panoptem.inference.linking import SliceLinker, link_stack
+from panoptem.inference.median import RunningMedian
+from panoptem.labels import (filter_objects, greedy_match, object_stats, overlap_table,
+                             relabel_sequential_per_class)
 
 DIV = 10000
 YY, XX = np.mgrid[:48, :48]

@@ -1,15 +1,43 @@
-"""Atomic writes: a temporary file beside the target, renamed over it only
-when complete, so a crash never leaves a half-written output; and one
-writer per output at a time, which removes what killed writers left."""
+"""Safe outputs: never over an input or an existing file unless asked; atomic
+writes (a temporary file beside the target, renamed over it only when
+complete, so a crash never leaves a half-written output); and one writer per
+output at a time, which removes what killed writers left."""
 from __future__ import annotations
 
 import glob
 import os
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from .errors import PanoptemError
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = ()) -> Path:
+    """Absolute output path after two checks: it is not (and does not hold, and
+    is not inside) any of ``inputs``, and it does not exist unless ``overwrite``.
+    Creates the parent folder."""
+    p = Path(path).expanduser().absolute()
+    target = p.resolve()
+    for inp in inputs or ():
+        if inp is None or str(inp) == "":
+            continue
+        q = Path(inp).expanduser().resolve()
+        if _overlap(target, q) or (p.exists() and q.exists() and os.path.samefile(p, q)):
+            raise PanoptemError(f"Refusing to write '{p}': it is (or holds, or is inside) the input '{inp}'; "
+                                "choose another output path.")
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise PanoptemError(f"'{p}' already exists; choose another output path or pass overwrite=True "
+                            "(--overwrite) to replace it.")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
 
 
 @contextmanager
@@ -17,8 +45,10 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it becomes
     ``target`` (mode 0644), on any exception it is deleted.
 
-    >>> with atomic_path("out.txt") as tmp:   # doctest: +SKIP
-    ...     tmp.write_text("done")
+    >>> with atomic_path("out.txt") as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> Path("out.txt").read_text()
+    'done'
     """
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
@@ -29,6 +59,42 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str, suffix: str = "") -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (creating its folder); returns the path."""
+    return write_bytes(path, text.encode("utf-8"), suffix)
+
+
+def write_bytes(path: str | Path, data: bytes, suffix: str = "") -> Path:
+    """Write ``data`` to ``path`` atomically (creating its folder); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=suffix) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def move_into_place(tmp: str | Path, target: str | Path, aside: str | Path | None = None) -> None:
+    """Rename a finished file or folder ``tmp`` to ``target``, replacing what is there.
+
+    A folder in the way is first renamed aside (to ``aside``, or
+    ``.NAME.<id>.old`` beside the target, which :func:`leftovers` finds) and
+    deleted once the new one is in place, so ``target`` is always complete.
+    """
+    tmp, target = Path(tmp), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not (target.exists() or target.is_symlink()):
+        os.replace(tmp, target)
+    elif target.is_dir() and not target.is_symlink():
+        old = Path(aside) if aside is not None else target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if tmp.is_dir():
+            target.unlink()
+        os.replace(tmp, target)
 
 
 # ---- one writer per output, and what dead writers left --------------------------------
@@ -64,7 +130,6 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
     instead of mixing its files with the first's; within one process the lock
     is re-entrant. Without ``fcntl`` (Windows) nothing is locked or removed.
     """
-    from .errors import PanoptemError
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX

@@ -12,6 +12,13 @@ from .errors import PanoptemError
 
 DOWNSAMPLING = (1, 2, 4, 8, 16, 32, 64)
 MEDIAN_SIZES = (1, 3, 5, 7, 9, 11)
+#: the planes of a ZYX volume, and the axis each one cuts (xy: z, xz: y, yz: x)
+PLANES = ("xy", "xz", "yz")
+PLANE_AXIS = {"xy": 0, "xz": 1, "yz": 2}
+#: planes patches are cut in ("random": one of the three per patch)
+PATCH_PLANES = (*PLANES, "random")
+#: "Finetunable layers": none (decoder and heads), stageK (also the encoder from stage K on), all
+LAYERS = ("none", "stage4", "stage3", "stage2", "stage1", "all")
 #: smallest tile: two network-grid cells of the usual padding factor (32), so tiles can overlap
 MIN_TILE = 64
 
@@ -68,7 +75,7 @@ class Params3D(Params2D):
     min_size: int = Field(500, ge=0, description="Min Size: 3D objects with fewer voxels than this are removed.")
     min_extent: int = Field(5, ge=0, description="Min Extent: objects whose bounding box is thinner "
                             "than this many voxels along any axis are removed.")
-    inference_plane: Literal["xy", "xz", "yz"] = Field("xy", description="Inference plane: the stack axis of one-plane 3D inference (xy, xz or yz).")
+    inference_plane: Literal[PLANES] = Field("xy", description="Inference plane: the stack axis of one-plane 3D inference (xy, xz or yz).")
     orthoplane: bool = Field(False, description="Run ortho-plane: xy, xz and yz stacks, then a consensus.")
     pixel_vote_thr: int = Field(2, ge=1, le=3, description="Voxel Vote Thr Out of 3: stacks that must agree on a voxel of a matched object.")
     allow_one_view: bool = Field(False, description="Permit detections found in 1 stack: keep objects seen by one stack only.")
@@ -127,7 +134,7 @@ class _TrainingParams(BaseModel):
 class FinetuneParams(_TrainingParams):
     """Options of fine-tuning (empanada's "Finetune a model")."""
 
-    layers: Literal["none", "stage4", "stage3", "stage2", "stage1", "all"] = Field(
+    layers: Literal[LAYERS] = Field(
         "none", description="Finetunable layers: none (decoder and heads), stage4 ... stage1 (also the "
         "encoder from that stage on), or all.")
     scale_range: tuple[float, float] = Field((0.75, 1.33), description="Smallest and largest zoom of the "
@@ -145,7 +152,7 @@ class TrainParams(_TrainingParams):
     iterations: int = Field(2000, ge=1, description="Optimiser steps.")
     lr: float = Field(2e-3, gt=0.0, le=1.0, description="Peak learning rate (0 < lr <= 1).")
     widths: list[int] | None = Field(None, description="Channel widths of the stem and the 4 stages, "
-                                     "e.g. [24, 32, 64, 128, 192] (default: the architecture's).")
+                                     "e.g. 24, 32, 64, 128, 192 (default: the architecture's).")
     label_divisor: int | None = Field(None, ge=1, description="Divisor the masks are painted with "
                                       "(class x divisor + n); needed for several classes.")
     voxel_size_nm: float | None = Field(None, gt=0.0, description="Pixel size of the training data in nm.")
@@ -180,14 +187,30 @@ class PatchParams(BaseModel):
     model_config = _TRAIN_CONFIG
 
     n: int = Field(16, ge=0, description="Number of patches: patches on points first, random ones fill up "
-                   "(0: only the points).")
+                   "(0: only the points).", json_schema_extra={"cli_aliases": ["-n"]})
     patch_size: int = Field(256, ge=16, le=8192, description="Patch side in pixels.")
-    plane: Literal["xy", "xz", "yz", "random"] = Field("xy", description="Plane of the patches (3D only): "
+    plane: Literal[PATCH_PLANES] = Field("xy", description="Plane of the patches (3D only): "
                                                        "xy, xz, yz, or random (isotropic data).")
     flipbook_depth: int = Field(5, ge=1, le=101, description="Planes per flipbook.")
     label_divisor: int | None = Field(None, ge=1, description="Divisor the masks are painted with "
                                       "(class x divisor + n).")
     seed: int = Field(0, ge=0, description="Seed of the random picks.")
+
+
+class MeasureParams(BaseModel):
+    """Options of measuring objects (``panoptem measure``, ``panoptem report``, the Measure widget)."""
+
+    model_config = _TRAIN_CONFIG
+
+    label_divisor: int | None = Field(None, ge=1, description="Label divisor: class = label // divisor "
+                                      "(none: every object is of class 1).")
+    surface: bool = Field(True, description="Surface area and sphericity (3D) or perimeter and circularity "
+                          "(2D): the slow part; off for sizes and positions only.")
+
+
+def default_of(cls, name: str):
+    """The default of field ``name`` of a parameter schema (for forms that lay out their own widgets)."""
+    return cls.model_fields[name].default
 
 
 def _check_scales(lo: float, hi: float) -> tuple[float, float]:
@@ -206,3 +229,22 @@ def make_params(cls, **kwargs):
         msg = err["msg"].removeprefix("Value error, ")
         what = f"Parameter '{where}' = {err['input']!r}" if where else "Parameters"
         raise PanoptemError(f"{what}: {msg}; see --help for allowed values.") from None
+
+
+def params_with(cls, params=None, **overrides):
+    """A validated ``cls`` from a parameter object or mapping, with keyword overrides.
+
+    A parameter object of another schema (e.g. :class:`Params3D` given to 2D
+    inference) contributes the fields ``cls`` has.
+
+    >>> params_with(Params3D, Params3D(min_size=100), median_slices=5).min_size
+    100
+    """
+    if params is None:
+        base = {}
+    elif isinstance(params, BaseModel):
+        base = {k: v for k, v in params.model_dump().items() if k in cls.model_fields}
+    else:
+        base = dict(params)
+    return make_params(cls, **{**base, **overrides})
+

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import PanoptemError
+from .labels import class_map, filter_objects
 
 Plane = tuple[int, int]
 MORPH_OPS = ("dilate", "erode", "open", "close", "fill_holes")
@@ -409,18 +410,8 @@ def filter_labels(labels: np.ndarray, min_size: int | None = None, boundary: boo
     """
     out = _check(labels).copy()
     view = _view(out, plane)
-    ids, counts = np.unique(view, return_counts=True)
-    drop = np.zeros(ids.shape, bool)
-    if min_size is not None:
-        drop |= counts < int(min_size)
-    if boundary:
-        edge = np.unique(np.concatenate([np.take(view, i, axis=a).ravel()
-                                         for a in range(view.ndim) for i in (0, -1)]))
-        drop |= np.isin(ids, edge)
-    drop &= ids != 0
-    removed = ids[drop]
-    if removed.size:
-        view[np.isin(view, removed)] = 0
+    kept, removed = filter_objects(view, min_size or 0, 0, boundary=boundary, return_removed=True)
+    view[...] = kept
     return (out, removed) if return_removed else out
 
 
@@ -437,7 +428,7 @@ def count_labels(labels: np.ndarray, label_divisor: int | None = None,
     view = _view(labels, plane)
     ids = np.unique(view)
     ids = ids[ids != 0]
-    classes = ids // label_divisor if label_divisor else np.ones(ids.shape, np.int64)
+    classes = class_map(ids, label_divisor)
     out = {}
     for c in np.unique(classes):
         mine = ids[classes == c]
@@ -448,7 +439,7 @@ def count_labels(labels: np.ndarray, label_divisor: int | None = None,
 def count_table(labels: np.ndarray, label_divisor: int | None = None,
                 plane: Plane | None = None) -> dict[str, np.ndarray]:
     """One row per label: ``class_id``, ``label`` and ``voxels`` (pixels in a plane), sorted
-    by label, as columns (write it with :func:`panoptem.measure.write_table`).
+    by label, as columns (write it with :func:`panoptem.write_table`).
 
     >>> count_table(np.array([[1001, 1001, 2001, 0]]), label_divisor=1000)["voxels"].tolist()
     [2, 1]
@@ -457,5 +448,5 @@ def count_table(labels: np.ndarray, label_divisor: int | None = None,
     ids, counts = np.unique(view, return_counts=True)
     keep = ids != 0
     ids, counts = ids[keep].astype(np.int64), counts[keep].astype(np.int64)
-    classes = ids // label_divisor if label_divisor else np.ones(ids.shape, np.int64)
+    classes = class_map(ids, label_divisor)
     return {"class_id": classes, "label": ids, "voxels": counts}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inference.consensus import _group, vote, vote_rules
-from ..inference.stack import _keep_mask, _rank_within, object_stats
+from ..labels import keep_mask, number_per_class, object_stats
 from ._pass1 import StackJob, save_npz
 from ._write import WriteJob, final_labels
 from .blocks import Block
@@ -120,13 +120,8 @@ def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_exten
     hi = np.zeros((u.size, 3), np.int64)
     np.minimum.at(lo, inv, bb[:, :3])
     np.maximum.at(hi, inv, bb[:, 3:])
-    keep = _keep_mask(voxels, np.concatenate([lo, hi], axis=1), shape, min_size, min_extent)
-    rank = _rank_within(g_cls[u - 1], keep)
-    div = job.divisor or 0
-    if div and keep.any() and rank.max() >= div:
-        from ..errors import PanoptemError
-        raise PanoptemError(f"More than {div - 1} objects of one class; raise Max objects per class (label_divisor).")
-    final = np.where(keep, g_cls[u - 1] * div + rank if div else rank, 0)
+    keep = keep_mask(voxels, np.concatenate([lo, hi], axis=1), shape, min_size, min_extent)
+    final = number_per_class(g_cls[u - 1], keep, job.divisor)
     lut = np.zeros(n_groups + 1, np.int64)
     lut[u] = final
     np.save(Path(job.work) / "final.npy", lut)
@@ -135,7 +130,7 @@ def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_exten
 
 def consensus_labels(job: ConsensusJob, block: Block) -> np.ndarray:
     """Consensus labels of ``block``'s core (semantic segments voted as in the whole-volume rule)."""
-    from ..inference.decode import dtype_for_max_label
+    from ..labels import dtype_for_max_label
     win, stacks = _vote(job, block)
     lut = np.load(Path(job.work) / "final.npy")
     labels = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))[win]

@@ -413,7 +413,7 @@ def decode_block(job: StackJob, block: Block) -> dict:
                     for i, ax in enumerate(ip))
     origin = tuple(block.core[ax].start for ax in ip)
     builder = _Pieces(things, origin, tuple(job.shape[ax] for ax in ip))
-    from ..inference.stack import RunningMedian
+    from ..inference.median import RunningMedian
     median = RunningMedian(p.median_slices)
     emitted = []
     for i in range(hi - lo):
@@ -447,13 +447,12 @@ def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things):
         return np.zeros(out_shape, np.int32), keys
     cpx = np.asarray(centres[:, 1:3], np.float32) * STRIDE + (STRIDE - 1) / 2.0
     scale = out_shape[0] / net_hw[0]
-    origin = (cw0[0] * STRIDE, cw0[1] * STRIDE)  # window origin in network pixels
-    if p.fine_boundaries:
+    if p.fine_boundaries:  # grouped per network pixel: the window starts at pixel cw0 * STRIDE
         o = _upsample_linear(off, (off.shape[1] * STRIDE, off.shape[2] * STRIDE))
-        ids = group_pixels(cpx, o, stride=1, origin=origin)
+        ids = group_pixels(cpx, o, stride=1, origin=(cw0[0] * STRIDE, cw0[1] * STRIDE))
         ids = _upsample_nearest(ids, out_shape, scale)
-    else:
-        ids = group_pixels(cpx, off, stride=STRIDE, origin=origin)
+    else:  # grouped per heatmap cell: the window starts at cell cw0
+        ids = group_pixels(cpx, off, stride=STRIDE, origin=(cw0[0], cw0[1]))
         ids = _upsample_nearest(ids, out_shape, STRIDE * scale)
     return ids, keys
 

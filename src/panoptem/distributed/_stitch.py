@@ -17,7 +17,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from ..inference.stack import SliceLinker
+from ..inference.linking import SliceLinker
 from ..params import Params3D
 from ._pass1 import STUFF, StackJob, block_file
 from .blocks import BlockGrid

@@ -21,7 +21,7 @@ HALO = 4  # >= the smoothing's reach (3 voxels) + 1
 
 
 def _block_stats(job: dict, block: Block) -> dict:
-    from ..measure import _PAD, _SIGMA  # noqa: F401 - same smoothing as the in-memory measure
+    from .._measure import _PAD, _SIGMA  # noqa: F401 - same smoothing as the in-memory measure
     lab_full = read_region(job["labels"].open(), block.region)
     core = block.core_in_region()
     lab = lab_full[core]
@@ -62,7 +62,7 @@ def _surfaces(lab: np.ndarray, block: Block, shape, vs):
     the smoothed-mesh area of the cells this block owns, the binary-mesh area
     (only where this block cannot tell that the object is big enough to smooth;
     NaN otherwise) and the largest smoothed value in the core."""
-    from ..measure import _PAD, _SIGMA
+    from .._measure import _PAD, _SIGMA
     # zero padding where the region ends at the volume's border (the in-memory measure pads crops)
     pad = [(_PAD if r.start == 0 else 0, _PAD if r.stop == n else 0) for r, n in zip(block.region, shape)]
     lab = np.pad(lab, pad)
@@ -116,7 +116,7 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
     >>> table = measure_blockwise("mito.zarr", voxel_size=(5, 5, 5), n_workers=2)  # doctest: +SKIP
     """
     from ..io import read_image
-    from ..measure import _voxel_size
+    from .._measure import _voxel_size
     from .segment import _given, _triple
     if isinstance(labels, (str,)) or hasattr(labels, "__fspath__"):
         img = read_image(str(labels), key=key)

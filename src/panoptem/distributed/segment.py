@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PanoptemError
-from ..models.load import DEFAULT_MODEL, LoadedModel
+from ..models.home import DEFAULT_MODEL
+from ..models.load import LoadedModel
 from ..params import Params3D, make_params
 from ._pass1 import (StackJob, _done, centre_block, centre_table, context_block, context_table, create_net_arrays,
                      decode_block, network_block)
@@ -89,7 +90,7 @@ def _open_volume(volume, key):
 def _card(model):
     if isinstance(model, LoadedModel):
         return model.card
-    from ..models.load import get_card
+    from ..models.home import get_card
     return get_card(str(model))
 
 

@@ -8,7 +8,7 @@ Rule ("one-to-one groups, then voxel vote"):
    greedily by the mean IoU with the group's members (a member that does not
    overlap counts 0), when that mean is >= ``match_iou``; otherwise it starts
    a group. Neighbouring objects are never merged because their groups touch
-   (the reference's greedy cluster merge does that, §2.8): an object that one
+   (empanada-napari's greedy cluster merge does that): an object that one
    stack under-segmented joins the group it matches best, and the voxels it
    wrongly covers get too few votes there.
 2. Within a group, a voxel is kept when at least ``pixel_vote_thr`` members
@@ -34,8 +34,8 @@ import fastremap
 import numpy as np
 
 from ..errors import PanoptemError
-from .decode import dtype_for_max_label
-from .stack import _keep_mask, _rank_within, compact, greedy_match, object_stats, overlap_table
+from ..labels import (compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, object_stats,
+                      overlap_table)
 
 
 def _overlaps(a: np.ndarray, b: np.ndarray, na: int, nb: int, chunk: int):
@@ -111,7 +111,7 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     pixel_vote_thr : votes (stacks) a voxel needs inside a group, 1..len(volumes).
     allow_one_view : keep objects found in a single stack ("Permit detections
         found in 1 stack").
-    min_size, min_extent : filters in voxels (see :func:`.stack.filter_objects`).
+    min_size, min_extent : filters in voxels (see :func:`panoptem.labels.filter_objects`).
     match_iou : least mean IoU for an object to join a group of other stacks.
     chunk : planes per chunk for overlaps and votes (memory).
 
@@ -154,11 +154,8 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     del stacks, luts
 
     ids, voxels, bbox = object_stats(out)
-    keep = _keep_mask(voxels, bbox, out.shape, min_size, min_extent)
-    rank = _rank_within(g_cls[ids - 1], keep)
-    if div and keep.any() and rank.max() >= div:
-        raise PanoptemError(f"More than {div - 1} objects of one class; raise Max objects per class (label_divisor).")
-    final = np.where(keep, g_cls[ids - 1] * div + rank if div else rank, 0)
+    keep = keep_mask(voxels, bbox, out.shape, min_size, min_extent)
+    final = number_per_class(g_cls[ids - 1], keep, div)
     lut = np.zeros(n_groups + 1, np.int64)
     lut[ids] = final
     labels = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))[out]

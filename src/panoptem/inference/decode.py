@@ -2,24 +2,30 @@
 
 Small pure functions on numpy arrays, each testable with hand-made inputs:
 
+- :func:`semantic_classes` — class id per pixel from the probabilities;
 - :func:`find_centers` — peaks of the centre heatmap (threshold + NMS);
 - :func:`group_pixels` — every pixel joins the centre its offset points to;
-- :func:`merge_panoptic` — semantic classes + instance ids -> panoptic labels;
-- :func:`decode_panoptic` — the three together, at the image's resolution.
+- :func:`class_votes` — pixels of each class per instance (majority class);
+- :func:`merge_panoptic` — semantic classes + instance ids -> panoptic labels
+  (majority class, connected pieces, numbering per class, stuff painting);
+- :func:`decode_panoptic` — all of them, at the image's resolution;
+- :func:`decode_settings` — their settings from the parameters and the model card.
 
-Coordinates: heatmap and offsets live on a grid of stride ``s`` (4) over the
-network input; cell ``i`` has its centre at input pixel ``s*i + (s-1)/2``.
+Coordinates: heatmap and offsets live on a grid of stride ``s`` (the model's
+output stride, 4) over the network input; cell ``i`` has its centre at input
+pixel ``s*i + (s-1)/2``.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import cc3d
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ..errors import PanoptemError
-
-STRIDE = 4
+from ..labels import dtype_for_max_label, number_per_class
+from ..models.card import OUTPUT_STRIDE as STRIDE
 
 
 def find_centers(heatmap: np.ndarray, threshold: float = 0.1, min_distance: int = 3) -> np.ndarray:
@@ -54,29 +60,59 @@ def find_centers(heatmap: np.ndarray, threshold: float = 0.1, min_distance: int 
 
 
 def group_pixels(centers: np.ndarray, offsets: np.ndarray, stride: float = STRIDE,
-                 origin: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+                 origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Assign every cell of the offset grid to its nearest centre.
 
     ``centers`` (K, 2) are (row, col) positions in input pixels, ``offsets``
     (2, h, w) the predicted (dy, dx) from each cell to its object's centre in
-    input pixels, on a grid of the given ``stride`` whose first cell starts at
-    input pixel ``origin`` (a window of a larger image). Returns (h, w) int32
-    ids 1..K (index into ``centers`` + 1); 0 everywhere when K == 0.
+    input pixels, on a grid of the given ``stride``; ``origin`` is the grid cell
+    of ``offsets[:, 0, 0]`` when they are a crop of a larger grid. Returns
+    (h, w) int32 ids 1..K (index into ``centers`` + 1); 0 everywhere when K == 0.
     """
     _, h, w = offsets.shape
     if len(centers) == 0:
         return np.zeros((h, w), np.int32)
     c0 = (stride - 1) / 2.0
-    yy = np.arange(h, dtype=np.float32)[:, None] * stride + np.float32(c0 + origin[0])
-    xx = np.arange(w, dtype=np.float32)[None, :] * stride + np.float32(c0 + origin[1])
+    yy = (np.arange(h, dtype=np.float32)[:, None] + origin[0]) * stride + c0
+    xx = (np.arange(w, dtype=np.float32)[None, :] + origin[1]) * stride + c0
     target = np.stack([(yy + offsets[0]).ravel(), (xx + offsets[1]).ravel()], axis=1)
     _, nearest = cKDTree(np.asarray(centers, np.float32)).query(target, k=1)
     return (nearest.astype(np.int32) + 1).reshape(h, w)
 
 
-def dtype_for_max_label(max_label: int) -> np.dtype:
-    """uint32 when ``max_label`` fits, else uint64."""
-    return np.dtype(np.uint32) if max_label < 2**32 else np.dtype(np.uint64)
+def centers_in_pixels(centers: np.ndarray, stride: int = STRIDE) -> np.ndarray:
+    """Heatmap cells (row, col) -> their centres in network-input pixels (float32)."""
+    return np.asarray(centers).astype(np.float32) * stride + (stride - 1) / 2.0
+
+
+def class_votes(instances: np.ndarray, semantic: np.ndarray, n_instances: int, n_classes: int) -> np.ndarray:
+    """(n_instances + 1, n_classes) pixel counts of each class under each
+    instance id (0..n_instances); add them up over tiles, then the majority
+    class of instance ``i`` is ``votes[i].argmax()``.
+
+    >>> class_votes(np.array([1, 1, 1, 2]), np.array([2, 2, 1, 1]), 2, 3)[1:].tolist()
+    [[0, 1, 2], [0, 1, 0]]
+    """
+    codes = np.asarray(instances, np.int64).ravel() * n_classes + np.asarray(semantic, np.int64).ravel()
+    return np.bincount(codes, minlength=(n_instances + 1) * n_classes).reshape(-1, n_classes)
+
+
+def stuff_label(class_id: int, label_divisor: int | None) -> int:
+    """Label of the semantic segment of a class: ``class * divisor`` (the class id without a divisor)."""
+    return int(class_id) * int(label_divisor) if label_divisor else int(class_id)
+
+
+def paint_stuff(labels: np.ndarray, semantic: np.ndarray, stuff_ids, label_divisor: int | None) -> None:
+    """Fill the pixels of each semantic class in ``stuff_ids`` that hold no
+    instance with that class's :func:`stuff_label`, in place."""
+    for s in stuff_ids:
+        labels[(semantic == s) & (labels == 0)] = stuff_label(s, label_divisor)
+
+
+def stuff_areas(labels: np.ndarray, semantic: np.ndarray, stuff_ids) -> dict[int, int]:
+    """Pixels of each semantic class in ``stuff_ids`` that hold no instance."""
+    free = labels == 0
+    return {int(s): int(np.count_nonzero((semantic == s) & free)) for s in stuff_ids}
 
 
 def merge_panoptic(semantic: np.ndarray, instances: np.ndarray, thing_ids, stuff_ids=(),
@@ -94,46 +130,28 @@ def merge_panoptic(semantic: np.ndarray, instances: np.ndarray, thing_ids, stuff
     """
     semantic = np.asarray(semantic)
     thing_ids = [int(t) for t in thing_ids]
-    div = int(label_divisor or 0)
     is_thing = np.isin(semantic, thing_ids) if thing_ids else np.zeros(semantic.shape, bool)
     inst = np.where(is_thing, instances, 0).astype(np.int64)
     n_cls = int(max([0, *thing_ids, *stuff_ids])) + 1
     if inst.any():
-        # majority thing class of each instance
-        codes = inst[is_thing] * n_cls + semantic[is_thing]
-        counts = np.bincount(codes, minlength=(int(inst.max()) + 1) * n_cls).reshape(-1, n_cls)
-        major = counts.argmax(axis=1)
-        cls_of_pixel = major[inst]
+        major = class_votes(inst[is_thing], semantic[is_thing], int(inst.max()), n_cls).argmax(axis=1)
         # connected pieces, separately per (instance, class)
         # C order: pieces are numbered in raster order whatever the input's memory layout
         pieces = cc3d.connected_components(np.ascontiguousarray(inst, dtype=np.uint32), connectivity=8)
         n_pieces = int(pieces.max())
         piece_cls = np.zeros(n_pieces + 1, np.int64)
-        piece_cls[pieces.ravel()] = cls_of_pixel.ravel()
+        piece_cls[pieces.ravel()] = major[inst].ravel()
         piece_cls[0] = 0
     else:
         pieces = np.zeros(semantic.shape, np.uint32)
         n_pieces = 0
         piece_cls = np.zeros(1, np.int64)
-    lut = np.zeros(n_pieces + 1, np.uint64)
-    if div:
-        for c in thing_ids:
-            sel = np.flatnonzero(piece_cls == c)
-            sel = sel[sel > 0]
-            if len(sel) >= div:
-                raise PanoptemError(f"{len(sel)} objects of class {c} do not fit under Max objects per class "
-                                    f"= {div}; raise it (e.g. to {10 ** len(str(len(sel)))}).")
-            lut[sel] = c * div + np.arange(1, len(sel) + 1, dtype=np.uint64)
-    else:
-        lut[1:] = np.arange(1, n_pieces + 1, dtype=np.uint64)
-    max_label = int(lut.max()) if lut.size else 0
-    for s in stuff_ids:
-        max_label = max(max_label, int(s) * div if div else int(s))
+    lut = np.zeros(n_pieces + 1, np.int64)
+    lut[1:] = number_per_class(piece_cls[1:], np.isin(piece_cls[1:], thing_ids), label_divisor)
+    max_label = max([int(lut.max()), *(stuff_label(s, label_divisor) for s in stuff_ids)])
     out = lut[pieces].astype(dtype_for_max_label(max_label))
-    for s in stuff_ids:
-        m = (semantic == s) & (out == 0)
-        if m.sum() >= stuff_area:
-            out[m] = int(s) * div if div else int(s)
+    areas = stuff_areas(out, semantic, stuff_ids)
+    paint_stuff(out, semantic, [s for s in stuff_ids if areas[int(s)] >= stuff_area], label_divisor)
     return out
 
 
@@ -150,6 +168,16 @@ def _upsample_linear(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     import torch.nn.functional as F
     t = torch.from_numpy(np.ascontiguousarray(a, np.float32))[None]
     return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0].numpy()
+
+
+def things_and_stuff(class_ids, thing_ids, semantic_only: bool = False) -> tuple[list[int], list[int]]:
+    """The classes decoded as instances and as semantic segments ("Semantic only": none as instances).
+
+    >>> things_and_stuff([1, 2], [1]), things_and_stuff([1, 2], [1], semantic_only=True)
+    (([1], [2]), ([], [1, 2]))
+    """
+    things = [] if semantic_only else [int(t) for t in thing_ids]
+    return things, [int(c) for c in class_ids if int(c) not in things]
 
 
 def semantic_classes(probability: np.ndarray, class_ids, confidence_thr: float = 0.5) -> np.ndarray:
@@ -182,13 +210,12 @@ def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarr
     if out_shape != (H, W):
         prob = _upsample_linear(prob, out_shape)
     semantic = semantic_classes(prob, class_ids, confidence_thr)
-    things = [] if semantic_only else [int(t) for t in thing_ids]
-    stuff = [int(c) for c in class_ids if int(c) not in things]
+    things, stuff = things_and_stuff(class_ids, thing_ids, semantic_only)
     scale = out_shape[0] / H  # output pixels per network-input pixel
     centers = np.zeros((0, 2), np.int64)
     if things:
         centers = find_centers(hm, center_confidence_thr, min_distance_object_centers)
-        centers_px = centers.astype(np.float32) * stride + (stride - 1) / 2.0
+        centers_px = centers_in_pixels(centers, stride)
         if fine_boundaries:
             off = _upsample_linear(offsets, (hm.shape[0] * stride, hm.shape[1] * stride))
             ids = group_pixels(centers_px, off, stride=1)
@@ -228,3 +255,15 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
     if return_centers:
         return labels, centers
     return labels
+
+
+def decode_settings(params, card) -> dict[str, Any]:
+    """Keyword arguments of :func:`decode_panoptic` (and of
+    :func:`~.large2d.decode_large`) for 2D parameters (:class:`~panoptem.params.Params2D`
+    or a subclass) and a model card: the classes from the card, thresholds and
+    the label divisor from the parameters."""
+    return dict(class_ids=[c.id for c in card.classes], thing_ids=card.thing_ids,
+                confidence_thr=params.confidence_thr, center_confidence_thr=params.center_confidence_thr,
+                min_distance_object_centers=params.min_distance_object_centers,
+                fine_boundaries=params.fine_boundaries, semantic_only=params.semantic_only,
+                label_divisor=params.label_divisor, stride=card.output_stride)

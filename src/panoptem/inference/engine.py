@@ -7,8 +7,9 @@ import math
 import numpy as np
 
 from ..errors import PanoptemError
+from ..models.card import OUTPUT_STRIDE as STRIDE
 from ..models.load import LoadedModel, load_model
-from .predict import STRIDE, ModelOutput, encode_batch, predict_batch
+from .predict import ModelOutput, encode_batch, predict_batch
 from .preprocess import dtype_range, intensity_range
 
 

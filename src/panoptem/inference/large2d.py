@@ -6,6 +6,8 @@ resolution, centre heatmap and offsets on the stride-4 grid. Centres are found
 once on the whole heatmap. Then every decode tile groups its pixels against
 the global centre list, and connected pieces are found per tile and joined
 across tile borders with a union-find, so objects that span tiles keep one id.
+The steps are :mod:`.decode`'s functions (the same rules as one-pass decoding);
+only the tiling and the joining across tile borders live here.
 Memory: the input, about 1 byte per pixel of probabilities, 0.75 bytes of
 heatmap/offsets and the 4-byte labels; decoding temporaries are per tile.
 """
@@ -15,10 +17,12 @@ import cc3d
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 from ..errors import PanoptemError
-from .decode import _upsample_linear, find_centers, semantic_classes
+from ..labels import number_per_class
+from ..models.card import OUTPUT_STRIDE
+from .decode import (_upsample_linear, centers_in_pixels, class_votes, find_centers, group_pixels, paint_stuff,
+                     semantic_classes, stuff_areas, stuff_label, things_and_stuff)
 
 DECODE_TILE = 2048
 
@@ -73,7 +77,7 @@ def _join_border(uf: _UnionFind, a_pcs, a_lab, b_pcs, b_lab) -> None:
 def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out_shape: tuple[int, int], *,
                  class_ids, thing_ids, confidence_thr: float = 0.5, center_confidence_thr: float = 0.1,
                  min_distance_object_centers: int = 3, fine_boundaries: bool = False,
-                 semantic_only: bool = False, label_divisor: int | None = 10000, stride: int = 4,
+                 semantic_only: bool = False, label_divisor: int | None = 10000, stride: int = OUTPUT_STRIDE,
                  downsampling: int = 1, stuff_area: int = 64, tile: int | None = None) -> np.ndarray:
     """Panoptic labels of one large plane, decoded tile by tile (same rules as
     :func:`~.decode.decode_panoptic`). ``prob`` (C, h, w) uint8 (x 255) or float
@@ -84,56 +88,44 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
     tile = tile or DECODE_TILE
     tile = max(cell, (tile // cell) * cell)
     scale = 1 / 255.0 if prob.dtype == np.uint8 else 1.0
-    things = [] if semantic_only else [int(t) for t in thing_ids]
-    stuff = [int(c) for c in class_ids if int(c) not in things]
+    things, stuff = things_and_stuff(class_ids, thing_ids, semantic_only)
     div = int(label_divisor or 0)
     n_cls = int(max([0, *class_ids])) + 1
     hm = np.asarray(heatmap, np.float32).reshape(heatmap.shape[-2:])
     centers = find_centers(hm, center_confidence_thr, min_distance_object_centers) if things else np.zeros((0, 2))
-    centers_px = centers.astype(np.float32) * stride + (stride - 1) / 2.0  # network-input pixels
-    tree = cKDTree(centers_px) if len(centers_px) else None
+    centers_px = centers_in_pixels(centers, stride)  # network-input pixels
     K = len(centers_px)
     ids_dtype = np.uint32
     labels = np.zeros((H, W), ids_dtype)
     votes = np.zeros((K + 1, n_cls), np.int64)
     ys, xs = _tile_starts(H, tile), _tile_starts(W, tile)
+    tiles = [(y0, min(y0 + tile, H), x0, min(x0 + tile, W)) for y0 in ys for x0 in xs]
 
     def semantic(y0, y1, x0, x1):
         p = _crop_upsampled(prob, y0, y1, x0, x1, f) * scale
         return semantic_classes(p, class_ids, confidence_thr)
 
     def centre_ids(y0, y1, x0, x1):
-        if tree is None:
+        if K == 0:
             return np.zeros((y1 - y0, x1 - x0), np.uint32)
         if fine_boundaries:  # group at network resolution
             n0, n1, m0, m1 = y0 // f, -(-y1 // f), x0 // f, -(-x1 // f)
-            off = _crop_upsampled(offsets, n0, n1, m0, m1, stride)
-            yy = np.arange(n0, n1, dtype=np.float32)[:, None] + 0 * np.arange(m0, m1)[None, :]
-            xx = np.arange(m0, m1, dtype=np.float32)[None, :] + 0 * np.arange(n0, n1)[:, None]
-            r0, c0, unit = n0, m0, f
+            grid = group_pixels(centers_px, _crop_upsampled(offsets, n0, n1, m0, m1, stride), 1, (n0, m0))
+            unit = f
         else:
             n0, n1, m0, m1 = y0 // cell, -(-y1 // cell), x0 // cell, -(-x1 // cell)
-            off = offsets[:, n0:n1, m0:m1].astype(np.float32)
-            c = (stride - 1) / 2.0
-            yy = np.arange(n0, n1, dtype=np.float32)[:, None] * stride + c + 0 * np.arange(m0, m1)[None, :]
-            xx = np.arange(m0, m1, dtype=np.float32)[None, :] * stride + c + 0 * np.arange(n0, n1)[:, None]
-            r0, c0, unit = n0, m0, cell
-        _, nearest = tree.query(np.stack([(yy + off[0]).ravel(), (xx + off[1]).ravel()], 1), k=1)
-        grid = (nearest.astype(np.uint32) + 1).reshape(yy.shape)
-        ri = np.arange(y0, y1) // unit - r0
-        ci = np.arange(x0, x1) // unit - c0
-        return grid[np.ix_(ri, ci)]
+            grid = group_pixels(centers_px, offsets[:, n0:n1, m0:m1].astype(np.float32), stride, (n0, m0))
+            unit = cell
+        return grid[np.ix_(np.arange(y0, y1) // unit - n0, np.arange(x0, x1) // unit - m0)]
 
     # pass 1: centre id of every thing pixel, and class votes per centre
-    for y0 in ys:
-        for x0 in xs:
-            y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
-            sem = semantic(y0, y1, x0, x1)
-            is_thing = np.isin(sem, things) if things else np.zeros(sem.shape, bool)
-            inst = np.where(is_thing, centre_ids(y0, y1, x0, x1), 0).astype(ids_dtype)
-            labels[y0:y1, x0:x1] = inst
-            if things:
-                np.add.at(votes, (inst[is_thing].astype(np.int64), sem[is_thing]), 1)
+    for y0, y1, x0, x1 in tiles:
+        sem = semantic(y0, y1, x0, x1)
+        is_thing = np.isin(sem, things) if things else np.zeros(sem.shape, bool)
+        inst = np.where(is_thing, centre_ids(y0, y1, x0, x1), 0).astype(ids_dtype)
+        labels[y0:y1, x0:x1] = inst
+        if things:
+            votes += class_votes(inst[is_thing], sem[is_thing], K, n_cls)
     major = votes.argmax(1)
 
     # pass 2: connected pieces per tile, joined across tile borders
@@ -168,51 +160,33 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
             left = (g, lab)
         prev_row_bottom = row_bottom
     root = uf.roots(n_total)
-    centre_of = np.concatenate(piece_centre)
-    cls_of_piece = major[centre_of]
+    cls_of_piece = major[np.concatenate(piece_centre)]
     cls_of_piece[0] = 0
     # final ids per class, in order of each object's first piece
     _, first = np.unique(root[1:], return_index=True)
     obj_root = root[1:][first]
     obj_cls = cls_of_piece[1:][first]
-    final_of_root = np.zeros(root.max() + 1, np.uint64)
-    if div:
-        for c in things:
-            sel = obj_root[obj_cls == c]
-            if len(sel) >= div:
-                raise PanoptemError(f"{len(sel)} objects of class {c} do not fit under Max objects per class "
-                                    f"= {div}; raise it.")
-            final_of_root[sel] = c * div + np.arange(1, len(sel) + 1, dtype=np.uint64)
-    else:
-        final_of_root[obj_root] = np.arange(1, len(obj_root) + 1, dtype=np.uint64)
+    final_of_root = np.zeros(root.max() + 1, np.int64)
+    final_of_root[obj_root] = number_per_class(obj_cls, np.isin(obj_cls, things), div)
     lut = final_of_root[root]
     lut[0] = 0
-    if int(lut.max(initial=0)) >= 2**32 or (stuff and div and max(stuff) * div >= 2**32):
+    if int(lut.max(initial=0)) >= 2**32 or max([0, *(stuff_label(s, div) for s in stuff)]) >= 2**32:
         raise PanoptemError("Labels exceed 32 bits; lower Max objects per class.")
 
     # pass 3: write final ids (pieces recomputed per tile: deterministic)
-    for y0 in ys:
-        for x0 in xs:
-            y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
-            lab = labels[y0:y1, x0:x1]
-            pcs = cc3d.connected_components(lab, connectivity=8).astype(np.int64)
-            g = np.where(pcs > 0, pcs + offsets_of[(y0, x0)], 0)
-            labels[y0:y1, x0:x1] = lut[g].astype(ids_dtype)
+    for y0, y1, x0, x1 in tiles:
+        lab = labels[y0:y1, x0:x1]
+        pcs = cc3d.connected_components(lab, connectivity=8).astype(np.int64)
+        g = np.where(pcs > 0, pcs + offsets_of[(y0, x0)], 0)
+        labels[y0:y1, x0:x1] = lut[g].astype(ids_dtype)
 
     if stuff:  # stuff classes fill where no instance is, if large enough overall
         area = dict.fromkeys(stuff, 0)
-        for y0 in ys:
-            for x0 in xs:
-                y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
-                sem = semantic(y0, y1, x0, x1)
-                for s_ in stuff:
-                    area[s_] += int(((sem == s_) & (labels[y0:y1, x0:x1] == 0)).sum())
-        for y0 in ys:
-            for x0 in xs:
-                y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
-                sem = semantic(y0, y1, x0, x1)
-                view = labels[y0:y1, x0:x1]
-                for s_ in stuff:
-                    if area[s_] >= stuff_area:
-                        view[(sem == s_) & (view == 0)] = s_ * div if div else s_
+        for y0, y1, x0, x1 in tiles:
+            for s_, a in stuff_areas(labels[y0:y1, x0:x1], semantic(y0, y1, x0, x1), stuff).items():
+                area[s_] += a
+        fill = [s_ for s_ in stuff if area[s_] >= stuff_area]
+        if fill:
+            for y0, y1, x0, x1 in tiles:
+                paint_stuff(labels[y0:y1, x0:x1], semantic(y0, y1, x0, x1), fill, div)
     return labels

@@ -8,9 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.card import OUTPUT_STRIDE as STRIDE
 from .preprocess import downsample, normalize, pad_to_multiple
-
-STRIDE = 4
 
 
 @dataclass

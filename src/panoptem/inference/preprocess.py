@@ -14,8 +14,6 @@ LOW_PCT, HIGH_PCT = 0.5, 99.5
 #: after percentile scaling to [0, 1], the network sees (x - MEAN) / STD
 MEAN, STD = 0.5, 0.25
 
-DOWNSAMPLING_CHOICES = (1, 2, 4, 8, 16, 32, 64)
-
 
 def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
                     low_pct: float = LOW_PCT, high_pct: float = HIGH_PCT) -> tuple[float, float]:
@@ -83,13 +81,6 @@ def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, st
     np.clip(x, -0.5, 1.5, out=x)
     x = np.nan_to_num(x, nan=0.5)
     return (x - mean) / std
-
-
-def check_downsampling(factor: int) -> int:
-    """Validate an Image Downsampling factor (a power of two from 1 to 64)."""
-    if factor not in DOWNSAMPLING_CHOICES:
-        raise PanoptemError(f"Image Downsampling must be one of {DOWNSAMPLING_CHOICES}, got {factor}.")
-    return factor
 
 
 def downsample(batch: torch.Tensor, factor: int) -> torch.Tensor:

@@ -6,13 +6,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import PanoptemError
-from ..models.load import DEFAULT_MODEL, LoadedModel
-from ..params import Params2D, make_params
-from .decode import decode_panoptic
+from ..models.home import DEFAULT_MODEL
+from ..models.load import LoadedModel
+from ..params import PLANE_AXIS, Params2D, params_with
+from .decode import decode_panoptic, decode_settings
 from .engine import Predictor
-from .predict import ModelOutput
-
-PLANE_AXIS = {"xy": 0, "xz": 1, "yz": 2}
 
 
 @dataclass
@@ -38,31 +36,15 @@ def take_plane(volume, index: int, plane: str = "xy") -> np.ndarray:
     return np.asarray(volume[tuple(sl)])
 
 
-def decode_output(out: ModelOutput, i: int, params: Params2D, card, out_shape, return_centers=False):
-    """Decode plane ``i`` of a :class:`ModelOutput` to panoptic labels."""
-    return decode_panoptic(
-        out.semantic_probability[i], out.heatmap[i], out.offsets[i],
-        class_ids=[c.id for c in card.classes], thing_ids=card.thing_ids,
-        confidence_thr=params.confidence_thr, center_confidence_thr=params.center_confidence_thr,
-        min_distance_object_centers=params.min_distance_object_centers,
-        fine_boundaries=params.fine_boundaries, semantic_only=params.semantic_only,
-        label_divisor=params.label_divisor, out_shape=out_shape, stride=card.output_stride,
-        return_centers=return_centers)
-
-
-def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, p: Params2D) -> list[np.ndarray]:
+def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings: dict,
+                   downsampling: int) -> list[np.ndarray]:
     """Planes larger than a tile: compact stitched outputs, then tile-wise decoding."""
     from .large2d import decode_large
     out = []
     for j in range(len(chunk)):
         o = pred._predict_tiled(chunk[j:j + 1], rng[j], compact=True)
-        card = pred.card
-        out.append(decode_large(
-            o.semantic_probability[0], o.heatmap[0], o.offsets[0], chunk.shape[-2:],
-            class_ids=[c.id for c in card.classes], thing_ids=card.thing_ids, confidence_thr=p.confidence_thr,
-            center_confidence_thr=p.center_confidence_thr, min_distance_object_centers=p.min_distance_object_centers,
-            fine_boundaries=p.fine_boundaries, semantic_only=p.semantic_only, label_divisor=p.label_divisor,
-            stride=card.output_stride, downsampling=p.downsampling))
+        out.append(decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], chunk.shape[-2:],
+                                downsampling=downsampling, **settings))
     return out
 
 
@@ -112,16 +94,18 @@ def _check_memory(shape, itemsize: int, batch_size: int) -> None:
                "crop it into smaller images.")
 
 
-def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool = False,
-               unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
+def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Params2D | dict | None = None,
+               batch: bool = False, unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
                return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
-               overwrite: bool = False, **params) -> np.ndarray | Result2D:
+               overwrite: bool = False, **overrides) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
     Parameters
     ----------
     image : (H, W) array, or (Z, H, W) with ``batch=True`` (each slice on its own).
     model : registered model name, card path or a loaded model.
+    params : a :class:`~panoptem.params.Params2D` (or a dict of its fields);
+        keyword arguments override its fields.
     batch : treat a 3D input as independent 2D slices; ids restart at
         ``divisor + 1`` in every slice (as empanada) unless ``unique_ids``.
     return_outputs : return a :class:`Result2D` with probabilities and centres.
@@ -129,7 +113,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool =
         and the object count (:func:`panoptem.reporting.preview`; needs matplotlib).
     voxel_size : nm per pixel (per voxel for a stack), for the preview's scale bar.
     overwrite : replace an existing ``preview`` file.
-    **params : any field of :class:`~panoptem.params.Params2D`
+    **overrides : any field of :class:`~panoptem.params.Params2D`
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
         ``maximum_objects_per_class``, ``tile_size``, ``fill_holes_in_segmentation``).
@@ -143,8 +127,13 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool =
     >>> import panoptem
     >>> img = panoptem.load_sample()[0]
     >>> labels = panoptem.segment_2d(img, confidence_thr=0.5)
+    >>> labels.shape, labels.dtype
+    ((384, 384), dtype('uint32'))
+    >>> same = panoptem.segment_2d(img, params=panoptem.Params2D(confidence_thr=0.9), confidence_thr=0.5)
+    >>> bool((same == labels).all())
+    True
     """
-    p = params if isinstance(params, Params2D) else make_params(Params2D, **params)
+    p = params_with(Params2D, params, **overrides)
     image = np.asarray(image) if not hasattr(image, "ndim") else image
     if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
         raise PanoptemError("This looks like an RGB image; convert it to greyscale first.")
@@ -160,6 +149,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool =
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                      batch_size=batch_size)
     _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
+    settings = decode_settings(p, pred.card)
     labels, probs, centers = [], [], []
     it = range(0, planes.shape[0], batch_size)
     if progress and planes.shape[0] > 1:
@@ -170,12 +160,14 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, batch: bool =
         # each slice is its own image: its own intensity range
         rng = np.array([pred.intensity(sl) for sl in chunk])
         if p.tile_size and max(chunk.shape[-2:]) > p.tile_size and not return_outputs:
-            labels.extend(_segment_large(pred, chunk, rng, p))  # bounded memory, decoded per tile
+            # bounded memory, decoded per tile
+            labels.extend(_segment_large(pred, chunk, rng, settings, p.downsampling))
             centers.extend([None] * len(chunk))
             continue
         o = pred.predict(chunk, rng)
         for j in range(len(chunk)):
-            lab, ctr = decode_output(o, j, p, pred.card, chunk.shape[-2:], return_centers=True)
+            lab, ctr = decode_panoptic(o.semantic_probability[j], o.heatmap[j], o.offsets[j],
+                                       out_shape=chunk.shape[-2:], return_centers=True, **settings)
             labels.append(lab)
             centers.append(ctr)
             if return_outputs:

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PanoptemError
-from ..models.load import DEFAULT_MODEL, LoadedModel
-from ..params import Params3D, make_params, zarr_chunks
-from .decode import _upsample_linear, decode_panoptic, dtype_for_max_label
-from .engine import Predictor
-from .segment2d import PLANE_AXIS
+from ..models.home import DEFAULT_MODEL
+from ..models.load import LoadedModel
+from ..labels import dtype_for_max_label
+from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from .cache import at_cache_precision, plane_hashes
-from .stack import RunningMedian, SliceLinker
+from .decode import _upsample_linear, decode_panoptic, decode_settings
+from .engine import Predictor
+from .linking import SliceLinker
+from .median import RunningMedian
 
 
 @dataclass
@@ -111,7 +113,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                          label_divisor=params.label_divisor or None, bridge_gaps=params.bridge_gaps)
     shape = tuple(s for i, s in enumerate(volume.shape) if i != axis)
     provisional = None
-    class_ids = [c.id for c in card.classes]
+    settings = decode_settings(params, card)
     tm = timings if timings is not None else {}
     tm.setdefault("network_s", 0.0)
     tm.setdefault("decode_link_s", 0.0)
@@ -120,13 +122,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         nonlocal provisional
         t = time.perf_counter()
         for idx, prob, (hm, off) in items:
-            lab = decode_panoptic(prob, hm, off, class_ids=class_ids, thing_ids=card.thing_ids,
-                                  confidence_thr=params.confidence_thr,
-                                  center_confidence_thr=params.center_confidence_thr,
-                                  min_distance_object_centers=params.min_distance_object_centers,
-                                  fine_boundaries=params.fine_boundaries, semantic_only=params.semantic_only,
-                                  label_divisor=params.label_divisor, out_shape=shape,
-                                  stride=card.output_stride)
+            lab = decode_panoptic(prob, hm, off, out_shape=shape, **settings)
             prov = linker.add(lab)
             if provisional is None and work_dir is not None:
                 import zarr
@@ -268,14 +264,17 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
                batch_size: int = 4, progress: bool = False, voxel_size=None, cache_dir=None,
                keep_cache: bool = False, callback=None, output=None, overwrite: bool = False, inputs=(),
                preview=None, blockwise: bool = False, block_shape=None, halo=None, n_workers=None,
-               scheduler=None, devices=None, mask=None, exact_context: bool = True, **params) -> Result3D:
+               scheduler=None, devices=None, mask=None, exact_context: bool = True,
+               params: Params3D | dict | None = None, **overrides) -> Result3D:
     """Panoptic 3D segmentation of a ZYX volume.
 
     Parameters
     ----------
     volume : (Z, Y, X) array or lazy array (zarr, h5py, memmap, dask).
     model : registered model name, card path or a loaded model.
-    **params : any field of :class:`~panoptem.params.Params3D`: the 2D
+    params : a :class:`~panoptem.params.Params3D` (or a dict of its fields);
+        keyword arguments override its fields.
+    **overrides : any field of :class:`~panoptem.params.Params3D`: the 2D
         parameters plus ``median_slices``, ``min_size``, ``min_extent``,
         ``inference_plane``, ``orthoplane``, ``pixel_vote_thr``,
         ``allow_one_view``, ``return_panoptic``, ``fusion``, ``iou_thr``,
@@ -313,8 +312,10 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     >>> import panoptem
     >>> res = panoptem.segment_3d(panoptem.load_sample(), median_slices=3)
     >>> mito = res.labels["mitochondria"]
+    >>> int(mito.max()) == res.objects["mitochondria"] > 0
+    True
     """
-    p = params if isinstance(params, Params3D) else make_params(Params3D, **params)
+    p = params_with(Params3D, params, **overrides)
     if blockwise:
         return _blockwise(volume, model, output, p, dict(
             block_shape=block_shape, halo=halo, n_workers=n_workers, scheduler=scheduler, devices=devices,
@@ -368,7 +369,7 @@ def _blockwise(volume, model, output, p: Params3D, kw: dict, preview, inputs) ->
     res = Result3D(r.labels, first, {}, r.objects, r.timings, streamed=True, written=r.written)
     if preview is not None:
         from ..io import read_image
-        from ..models.load import get_card
+        from ..models.home import get_card
         card = model.card if isinstance(model, LoadedModel) else get_card(str(model))
         from ..io import ImageData
         image = (volume.data if isinstance(volume, ImageData) else
@@ -383,7 +384,7 @@ def output_paths(output: Path, card, p: Params3D) -> list[Path]:
     names = [c.name for c in card.classes]
     paths = [output] if len(names) == 1 else [output.with_name(f"{stem}_{n}{ext}") for n in names]
     if p.return_panoptic:
-        planes = (["xy", "xz", "yz"] if p.fusion == "consensus" else ["xz", "yz"]) if p.orthoplane \
+        planes = (list(PLANES) if p.fusion == "consensus" else ["xz", "yz"]) if p.orthoplane \
             else [p.inference_plane]
         paths += [output.with_name(f"{stem}_{pl}{ext}") for pl in planes]
     return paths
@@ -395,8 +396,8 @@ def _stem_ext(out: Path) -> tuple[str, str]:
 
 def _check_new(path: Path, overwrite: bool, inputs) -> None:
     """Refuse early (before any work) an output that exists or is an input."""
-    from ..io.writers import _prepare_target
-    _prepare_target(path, overwrite, inputs)
+    from ..io.writers import prepare_target
+    prepare_target(path, overwrite, inputs)
 
 
 def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_dir, callback,
@@ -439,7 +440,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         del sinks
     else:
         from .consensus import orthoplane_consensus
-        for pl in ("xy", "xz", "yz"):
+        for pl in PLANES:
             stacks[pl] = run_stack(volume, predictor, p, pl, intensity, progress, **kw)
         t = time.perf_counter()
         panoptic = orthoplane_consensus([stacks["xy"], stacks["xz"], stacks["yz"]],
@@ -467,7 +468,7 @@ def _with_preview(res: Result3D, path, volume, voxel_size, card, p: Params3D) ->
     """Draw the preview of a finished run (when asked) from its panoptic volume."""
     if path is not None:
         from ..reporting import preview
-        planes = ("xy", "xz", "yz") if p.orthoplane else tuple(dict.fromkeys(("xy", p.inference_plane)))
+        planes = PLANES if p.orthoplane else tuple(dict.fromkeys(("xy", p.inference_plane)))
         preview(res.panoptic, path, image=volume, voxel_size=voxel_size, planes=planes, model=card.name,
                 params=p.model_dump(), n_objects=sum(res.objects.values()), overwrite=True)
     return res

@@ -87,9 +87,10 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
 
     Examples
     --------
-    >>> img = read_image("volume.tif")            # doctest: +SKIP
-    >>> img.data.shape, img.voxel_size            # doctest: +SKIP
-    ((165, 768, 1024), (5.0, 5.0, 5.0))
+    >>> from panoptem.sample import SAMPLE_PATH
+    >>> img = read_image(SAMPLE_PATH)
+    >>> img.data.shape, img.voxel_size
+    ((30, 384, 384), (5.0, 5.0, 5.0))
     """
     p = Path(path).expanduser()
     if not p.exists():

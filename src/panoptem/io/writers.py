@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import operator
-import os
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
@@ -17,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import exclusive_output
+from .._atomic import check_output, exclusive_output, move_into_place
 from ..errors import PanoptemError
+from .readers import TIFF_SUFFIXES, ZARR_SUFFIXES
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf")
-ZARR_SUFFIXES = (".zarr",)
+#: what labels and images are written as, and the suffix each format gets by default
+FORMATS = {"tiff": TIFF_SUFFIXES[0], "zarr": ZARR_SUFFIXES[0]}
 # OME-XML pixel types; other dtypes (uint64, int64) get a tifffile JSON description instead.
 _OME_DTYPES = {"uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64"}
 _UINT32_MAX = 2**32 - 1
@@ -41,27 +41,11 @@ def _format(p: Path) -> str:
                         f"use one of {', '.join(TIFF_SUFFIXES + ZARR_SUFFIXES)}.")
 
 
-def _overlap(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
-
-
-def _prepare_target(path, overwrite: bool, inputs: Iterable) -> Path:
-    """Absolute target path after the input-protection and overwrite checks."""
-    p = Path(path).expanduser().absolute()
-    _format(p)
-    target = p.resolve()
-    for inp in inputs or ():
-        if inp is None or str(inp) == "":
-            continue
-        q = Path(inp).expanduser().resolve()
-        if _overlap(target, q) or (p.exists() and q.exists() and os.path.samefile(p, q)):
-            raise PanoptemError(f"Refusing to write '{p}': it is (or holds, or is inside) the input '{inp}'; "
-                                "choose another output path.")
-    if (p.exists() or p.is_symlink()) and not overwrite:
-        raise PanoptemError(f"'{p}' already exists; choose another output path or pass overwrite=True "
-                            "(--overwrite) to replace it.")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
+def prepare_target(path, overwrite: bool, inputs: Iterable) -> Path:
+    """Absolute path of a label or image output (.tif/.tiff/.zarr) after the
+    input-protection and overwrite checks (:func:`panoptem._atomic.check_output`)."""
+    _format(Path(path).expanduser())
+    return check_output(path, overwrite, inputs)
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -180,7 +164,7 @@ class LabelWriter:
         self.shape = _check_shape(shape)
         self.dtype = np.dtype(dtype)
         self.voxel_size = _check_voxel(voxel_size, len(self.shape))
-        self.path = _prepare_target(path, overwrite, inputs)
+        self.path = prepare_target(path, overwrite, inputs)
         self.labels = labels
         self._overwrite = overwrite
         self._guard = ExitStack()  # one writer per target; removes what killed writers left
@@ -217,7 +201,7 @@ class LabelWriter:
             if self.path.exists() and not self._overwrite:
                 raise PanoptemError(f"'{self.path}' appeared while writing; choose another output path "
                                     "or pass overwrite=True.")
-            _move_into_place(self._tmp, self.path)
+            move_into_place(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -251,20 +235,6 @@ class LabelWriter:
 
     def _close_handles(self):
         pass
-
-
-def _move_into_place(tmp: Path, target: Path) -> None:
-    if not (target.exists() or target.is_symlink()):
-        os.replace(tmp, target)
-    elif target.is_dir() and not target.is_symlink():
-        old = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if tmp.is_dir():
-            target.unlink()
-        os.replace(tmp, target)
 
 
 def _tiff_description(shape, dtype: np.dtype, voxel) -> str:
@@ -429,9 +399,11 @@ def open_label_writer(path, shape: Sequence[int], dtype=np.uint32, voxel_size=No
 
     Examples
     --------
-    >>> with open_label_writer("out.zarr", (100, 512, 512), voxel_size=(5, 5, 5)) as w:  # doctest: +SKIP
+    >>> with open_label_writer("out.zarr", (100, 64, 64), voxel_size=(5, 5, 5)) as w:
     ...     for z0 in range(0, 100, 10):
-    ...         w[z0:z0 + 10] = segment(z0)
+    ...         w[z0:z0 + 10] = np.full((10, 64, 64), z0 // 10 + 1, np.uint32)  # a block of labels
+    >>> w.path.name
+    'out.zarr'
     """
     dt = np.dtype(dtype)
     if dt.kind != "u":
@@ -451,8 +423,9 @@ def write_labels(path, labels, voxel_size=None, overwrite: bool = False, inputs:
 
     Examples
     --------
-    >>> write_labels("mito.tif", labels, voxel_size=(5.0, 5.0, 5.0))  # doctest: +SKIP
-    PosixPath('mito.tif')
+    >>> labels = np.zeros((4, 32, 32), np.uint32); labels[1:3, 8:16, 8:16] = 1
+    >>> write_labels("mito.tif", labels, voxel_size=(5.0, 5.0, 5.0)).name
+    'mito.tif'
     """
     return write_labels_together([(path, labels, chunks)], voxel_size, overwrite, inputs)[0]
 

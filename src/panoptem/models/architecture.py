@@ -6,11 +6,15 @@ channels-last), few channels at high resolution, more at low resolution.
 """
 from __future__ import annotations
 
-from typing import Sequence, Optional
+import inspect
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..errors import PanoptemError
+from .card import OUTPUT_STRIDE
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
@@ -58,6 +62,7 @@ class PanopticNet(nn.Module):
     """
 
     stages: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4")
+    output_stride: int = OUTPUT_STRIDE
 
     def __init__(
         self,
@@ -120,6 +125,23 @@ class PanopticNet(nn.Module):
         }
 
 
+def architecture_config(config: dict | None = None) -> dict:
+    """Every constructor argument of :class:`PanopticNet`: ``config`` completed
+    with the defaults, as a card records it (so weights never depend on
+    defaults that may change).
+
+    >>> architecture_config({"num_classes": 3})["widths"]
+    [24, 32, 64, 128, 192]
+    """
+    params = inspect.signature(PanopticNet.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if k != "self"}
+    unknown = sorted(set(config or {}) - set(defaults))
+    if unknown:
+        raise PanoptemError(f"Unknown architecture setting(s) {unknown}; PanopticNet takes {sorted(defaults)}.")
+    full = {**defaults, **(config or {})}
+    return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in full.items()}
+
+
 def build_model(config: dict) -> PanopticNet:
     """Build a :class:`PanopticNet` from its ``architecture`` config dict."""
-    return PanopticNet(**config)
+    return PanopticNet(**architecture_config(config))

@@ -14,6 +14,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import PanoptemError
 
+#: output stride of panoptem's networks: heatmap and offsets come at 1/4 of the network input
+OUTPUT_STRIDE = 4
+#: what a model can be exported as: a ``.panoptem`` package to share, TorchScript, TorchScript
+#: with empanada-napari's interface and card, or ONNX (see :func:`panoptem.models.export.export_model`)
+EXPORT_FORMATS = ("package", "torchscript", "empanada", "onnx")
 #: a card is a few kB; anything much larger is not a card (and may be a YAML bomb)
 MAX_CARD_BYTES = 1 << 20
 REMOTE_SCHEMES = ("https://", "http://")
@@ -112,7 +117,7 @@ class ModelCard(BaseModel):
     label_divisor: int | None = None
     normalization: Normalization = Field(default_factory=Normalization)
     padding_factor: int = 32
-    output_stride: int = 4
+    output_stride: int = OUTPUT_STRIDE
     voxel_size_nm: float | None = None
     architecture: dict = Field(default_factory=dict)
     weights: Weights
@@ -140,6 +145,36 @@ class ModelCard(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude={"source_dir"}), sort_keys=False)
+
+
+def card_info(card: ModelCard) -> str:
+    """What ``panoptem model info`` prints (and the Models widget shows), one line per item:
+    name, description, classes with the first label to paint, the label divisor to annotate
+    with, patch-size divisibility, training pixel size, validation figures, weights and exports.
+
+    >>> print(card_info(ModelCard(name="m", description="A test.", weights=Weights(file="m.pt"))), end="")
+    name: m
+    description: A test.
+    classes:
+      1: mitochondria (instance); first label to paint: 1
+    label divisor to annotate with: None
+    patch size must be divisible by: 32
+    weights: m.pt (state_dict)
+    """
+    import json
+    div = card.label_divisor
+    lines = [f"name: {card.name}", f"description: {card.description.strip()}", "classes:"]
+    for c in card.classes:
+        first = c.id * div + 1 if (div and c.kind == "instance") else (c.id * div if div else c.id)
+        lines.append(f"  {c.id}: {c.name} ({c.kind}); first label to paint: {first}")
+    lines += [f"label divisor to annotate with: {div}", f"patch size must be divisible by: {card.padding_factor}"]
+    if card.voxel_size_nm:
+        lines.append(f"training pixel size: {card.voxel_size_nm} nm")
+    if card.validation:
+        lines.append("validation: " + json.dumps(card.validation))
+    lines.append(f"weights: {card.weights_path()} ({card.weights.format})")
+    lines += [f"export: {card.weights_path(w)} ({w.format})" for w in card.exports]
+    return "\n".join(lines) + "\n"
 
 
 def _from_empanada(d: dict, name: str) -> ModelCard:

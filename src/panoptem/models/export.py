@@ -5,7 +5,8 @@ exists, writes a card next to it (``<out>.yaml``) so the file can be
 registered or loaded as it is, and is recorded in the ``exports`` of the
 source card when that card lives in the user's registry.
 
->>> export_torchscript("MitoLite_v1", "MitoLite_v1.pth", empanada_interface=True)  # doctest: +SKIP
+>>> export_torchscript("MitoLite_v1", "MitoLite_v1.pth", empanada_interface=True).name
+'MitoLite_v1.pth'
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, write_text
 from ..errors import PanoptemError
-from .card import ModelCard, Weights
-from .load import LoadedModel, _EmpanadaAdapter, check_outside_store, load_model, sha256_of, user_home
+from .card import EXPORT_FORMATS, ModelCard, Weights
+from .home import check_outside_store, registered_folder, sha256_of
+from .load import LoadedModel, _EmpanadaAdapter, load_model
 
 NORMALISATION_NOTE = (
     "Normalisation differs from panoptem's: panoptem maps the {low}-{high} percentiles of each image "
@@ -120,8 +122,7 @@ def _atomic(out: Path):
 
 
 def _write_yaml(path: Path, data: dict | str) -> None:
-    with _atomic(path) as tmp:
-        tmp.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    write_text(path, data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), suffix=path.suffix)
 
 
 def _record(card: ModelCard, out: Path, fmt: str) -> Weights:
@@ -130,9 +131,8 @@ def _record(card: ModelCard, out: Path, fmt: str) -> Weights:
     as every file a card names) and is listed in its ``exports``, so a package
     of the model carries it; built-in cards and the user's own files are left alone."""
     w = Weights(file=str(out.resolve()), sha256=sha256_of(out), format=fmt)
-    src = Path(card.source_dir or "")
-    models = (user_home() / "models").resolve()
-    if card.source_dir and src.resolve().parent == models and (src / "card.yaml").exists():
+    src = registered_folder(card)
+    if src is not None:
         taken = {card.weights.file, "card.yaml"}
         fname = out.name if out.name not in taken else f"export-{fmt}{out.suffix}"
         with _atomic(src / fname) as tmp:
@@ -274,3 +274,20 @@ def _verify_onnx(path: Path, net: torch.nn.Module, shape: tuple[int, ...]) -> No
         if a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(a).max()))):
             raise PanoptemError(f"The ONNX export's {name} differs from PyTorch's; the model cannot be "
                                 "exported to ONNX faithfully.")
+
+
+def export_model(name_or_card: str | Path, out_file: str | Path, format: str = "package",
+                 overwrite: bool = False) -> Path:
+    """Write a model in one of :data:`~.card.EXPORT_FORMATS`; returns the file written.
+
+    ``package`` (:func:`~.registry.export_package`) never overwrites; the other
+    formats replace an existing file only with ``overwrite``.
+    """
+    if format not in EXPORT_FORMATS:
+        raise PanoptemError(f"Export format must be one of {', '.join(EXPORT_FORMATS)}, not '{format}'.")
+    if format == "package":
+        from .registry import export_package
+        return export_package(str(name_or_card), out_file)
+    if format == "onnx":
+        return export_onnx(name_or_card, out_file, overwrite=overwrite)
+    return export_torchscript(name_or_card, out_file, empanada_interface=format == "empanada", overwrite=overwrite)

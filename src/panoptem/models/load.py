@@ -1,8 +1,6 @@
-"""Find a model by name or card path and load it onto a device."""
+"""Load a model (found by :mod:`.home` from its name or card path) onto a device."""
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,82 +8,8 @@ import torch
 
 from ..errors import PanoptemError
 from .architecture import build_model
-from .card import ModelCard, load_card
-
-ZOO = Path(__file__).parent / "zoo"
-DEFAULT_MODEL = "MitoLite_v1"
-
-
-def user_home() -> Path:
-    """panoptem's user folder (``PANOPTEM_HOME`` or the platform's data dir)."""
-    env = os.environ.get("PANOPTEM_HOME")
-    if env:
-        return Path(env)
-    import platformdirs
-    return Path(platformdirs.user_data_dir("panoptem"))
-
-
-def check_outside_store(path: str | Path) -> None:
-    """Refuse to write ``path`` inside the model store (built-in models, the
-    user's models, archived models, downloads): an export must never replace
-    a model's own files."""
-    home = user_home()
-    p = Path(path).expanduser().absolute()
-    target = p.resolve()
-    for root in (ZOO, home / "models", home / "archived", home / "cache"):
-        r = Path(root).resolve()
-        if target == r or r in target.parents:
-            raise PanoptemError(f"Refusing to write {p}: it is inside panoptem's model store ({r}); "
-                                "write exports somewhere else.")
-
-
-def archived_builtins() -> set[str]:
-    """Names of built-in models the user archived (``<home>/archived.json``)."""
-    f = user_home() / "archived.json"
-    if not f.exists():
-        return set()
-    import json
-    try:
-        names = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return set()  # unreadable: show every built-in rather than fail everywhere
-    return {str(n) for n in names} if isinstance(names, list) else set()
-
-
-def card_paths() -> dict[str, Path]:
-    """Every known model name and its card: built-in first, then the user's
-    (archived models are left out)."""
-    hidden = archived_builtins()
-    found = {p.stem: p for p in sorted(ZOO.glob("*.yaml")) if p.stem not in hidden}
-    user = user_home() / "models"
-    if user.exists():
-        for p in sorted(user.glob("*/card.yaml")):
-            found[p.parent.name] = p
-    return found
-
-
-def get_card(name_or_path: str) -> ModelCard:
-    """Model card for a registered model name or a card file path."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return load_card(p)
-    paths = card_paths()
-    if name_or_path not in paths:
-        if name_or_path in archived_builtins() or (user_home() / "archived" / name_or_path).is_dir():
-            raise PanoptemError(f"Model '{name_or_path}' is archived; bring it back with "
-                                f"`panoptem model restore {name_or_path}`.")
-        raise PanoptemError(f"Unknown model '{name_or_path}'; choose one of {sorted(paths)} "
-                            "(see `panoptem model list`) or pass the path of a .yaml card.")
-    return load_card(paths[name_or_path])
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
+from .card import ModelCard
+from .home import DEFAULT_MODEL, get_card, sha256_of
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -181,7 +105,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto") -> Loade
         return name_or_path
     card = get_card(name_or_path)
     dev = pick_device(device)
-    w = card.weights
     path = card.weights_path()
     remote = "://" in path
     if remote:
@@ -190,16 +113,25 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto") -> Loade
     if not Path(path).exists():
         raise PanoptemError(f"Weights file {path} of model '{card.name}' is missing; re-register the model.")
     if not remote:
-        _check_sha(path, w.sha256)
+        _check_sha(path, card.weights.sha256)
+    return load_weights(card, path, dev)
+
+
+def load_weights(card: ModelCard, path: str | Path, device: str = "cpu") -> LoadedModel:
+    """The network of ``card`` with the weights in the local file ``path`` (in the card's
+    weights format), on ``device`` (``auto`` picks one): e.g. freshly trained weights
+    that are not registered yet. :func:`load_model` finds and checks the file first."""
+    dev = pick_device(device)
+    w = card.weights
     if w.format == "state_dict":
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file for the user
             raise PanoptemError(f"Could not read weights {path} ({type(e).__name__}); the file is corrupt.") from None
-        module = _state_dict_model(card, blob, path)
+        module = _state_dict_model(card, blob, str(path))
     elif w.format in ("torchscript", "empanada_torchscript"):
         try:
-            module = torch.jit.load(path, map_location="cpu")
+            module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001
             raise PanoptemError(f"Could not load TorchScript model {path} ({type(e).__name__}).") from None
         if w.format == "empanada_torchscript":

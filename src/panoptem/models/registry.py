@@ -1,12 +1,7 @@
 """The user's model registry: register, download, package, archive.
 
-Layout under :func:`~panoptem.models.load.user_home`::
-
-    models/<name>/card.yaml      registered models (card + copied weights)
-    archived/<name>/             archived user models
-    archived.json                names of archived built-in models
-    cache/<sha256 or name>/      downloaded weights
-    tmp/                         staging area; every write ends in an atomic rename
+Where models live (and how names find their cards) is :mod:`.home`'s business; this
+module acts on the home through it. Every write ends in an atomic rename.
 
 >>> register("MitoNet_v1", "MitoNet_v1.yaml", weights="MitoNet_v1.pth")  # doctest: +SKIP
 """
@@ -14,39 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
-import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
 import zipfile
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, move_into_place, write_text
 from ..errors import PanoptemError
+from . import home
 from .card import ModelCard, Weights, load_card
-from . import load as _load
-from .load import archived_builtins, card_paths, check_outside_store, sha256_of, user_home
+from .home import check_name, is_user_model, sha256_of
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 URL_SCHEMES = ("http", "https", "file")
 PACKAGE_SUFFIX = ".panoptem"
-
-
-@dataclass
-class ModelEntry:
-    """One model known to panoptem."""
-
-    name: str
-    source: str  # "built-in" or "user"
-    card_path: Path
-    archived: bool = False
 
 
 # ---------------------------------------------------------------- helpers
@@ -54,14 +33,6 @@ class ModelEntry:
 
 def _is_url(s: str) -> bool:
     return "://" in s
-
-
-def check_name(name: str) -> str:
-    """Return ``name`` if it is a valid model name (letters, digits, ``_ . -``)."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise PanoptemError(f"Model name '{name}' is not allowed; use letters, digits, '_', '.' and '-' only "
-                            "(starting with a letter or digit, at most 100 characters).")
-    return name
 
 
 def _check_url(url: str) -> str:
@@ -77,63 +48,12 @@ def _file_url_path(url: str) -> Path:
     return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
 
 
-def _zoo() -> Path:
-    return _load.ZOO  # looked up on each call so tests can point it elsewhere
-
-
-def _models_dir() -> Path:
-    return user_home() / "models"
-
-
-def _archived_dir() -> Path:
-    return user_home() / "archived"
-
-
-def _archived_json() -> Path:
-    return user_home() / "archived.json"
-
-
-@contextmanager
-def _staging(prefix: str):
-    """A fresh folder under ``<home>/tmp`` (same file system as the registry, so
-    a finished folder moves into place with one atomic rename); removed on exit."""
-    tmp = user_home() / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def _move_dir_into_place(src: Path, dest: Path, replace: bool = False) -> None:
     """Rename folder ``src`` to ``dest``; with ``replace`` an existing ``dest``
-    is first renamed aside, then deleted once the new one is in place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if dest.exists():
-        if not replace:
-            raise PanoptemError(f"{dest} already exists.")
-        old = src.parent / (src.name + ".old")
-        os.replace(dest, old)
-    os.replace(src, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_archived(names: set[str]) -> None:
-    _write_text_atomic(_archived_json(), json.dumps(sorted(names), indent=1) + "\n")
-
-
-def is_user_model(name: str) -> bool:
-    """Whether ``name`` is a model registered in the user's folder."""
-    return (_models_dir() / name / "card.yaml").exists()
+    is first renamed aside (into the staging area), then deleted once the new one is in place."""
+    if dest.exists() and not replace:
+        raise PanoptemError(f"{dest} already exists.")
+    move_into_place(src, dest, aside=src.parent / (src.name + ".old"))
 
 
 # ---------------------------------------------------------------- register
@@ -164,7 +84,7 @@ def _stage_model(card: ModelCard, weights: str, stage: Path, allow_unverified: b
             probe.weights = Weights(file=url, sha256=None, format=card.weights.format)
             got = fetch_weights(probe, allow_unverified=True)
             sha = sha256_of(got)
-            kept = user_home() / "cache" / sha / got.name  # where later loads look for it
+            kept = home.cache_dir(sha) / got.name  # where later loads look for it
             kept.parent.mkdir(parents=True, exist_ok=True)
             os.replace(got, kept)
             shutil.rmtree(got.parent, ignore_errors=True)
@@ -182,6 +102,11 @@ def _stage_model(card: ModelCard, weights: str, stage: Path, allow_unverified: b
                                 f"{card.weights.sha256[:12]}..., file {digest[:12]}...); use the weights the card "
                                 "describes, or remove sha256 from the card if you trust this file.")
         card.weights = Weights(file=fname, sha256=digest, format=card.weights.format)
+        if card.weights.format == "state_dict" and not card.architecture:
+            card.architecture = _architecture_in(dst)
+    if card.weights.format == "state_dict" and card.architecture:
+        from .architecture import architecture_config
+        card.architecture = architecture_config(card.architecture)  # every setting, not only those given
     exports = []
     for w in card.exports:
         path = card.weights_path(w)
@@ -206,6 +131,18 @@ def _stage_model(card: ModelCard, weights: str, stage: Path, allow_unverified: b
     return card
 
 
+def _architecture_in(weights: Path) -> dict:
+    """The ``architecture`` saved with panoptem state-dict weights ({} when there is none or
+    the file cannot be read: loading the model reports that)."""
+    import torch
+    try:
+        blob = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: left to load_model to explain
+        return {}
+    arch = blob.get("architecture") if isinstance(blob, dict) else None
+    return dict(arch) if isinstance(arch, dict) else {}
+
+
 def register(name: str, card_path: str | Path, weights: str | None = None, overwrite: bool = False,
              allow_unverified: bool = False) -> Path:
     """Register a model under ``name`` in the user's folder.
@@ -226,19 +163,14 @@ def register(name: str, card_path: str | Path, weights: str | None = None, overw
     -------
     Path of the registered card (``<home>/models/<name>/card.yaml``).
     """
-    check_name(name)
+    home.check_new_name(name, overwrite)
     card = load_card(card_path)
-    if (_zoo() / f"{name}.yaml").exists():
-        raise PanoptemError(f"'{name}' is the name of a built-in model; choose another name.")
-    dest = _models_dir() / name
-    if dest.exists() and not overwrite:
-        raise PanoptemError(f"A model named '{name}' is already registered; choose another name, or "
-                            "pass --overwrite to replace it.")
+    dest = home.model_dir(name)
     src = weights if weights is not None else card.weights_path()
     if not _is_url(src) and weights is None and not Path(src).is_file():
         raise PanoptemError(f"Weights file {src} named by card {card_path} does not exist; pass --weights "
                             "with the file's path or URL.")
-    with _staging(f"register-{name}-") as stage:
+    with home.staging(f"register-{name}-") as stage:
         new = _stage_model(card, src, stage, allow_unverified=allow_unverified)
         new.name = name
         (stage / "card.yaml").write_text(new.to_yaml())
@@ -252,7 +184,7 @@ def register(name: str, card_path: str | Path, weights: str | None = None, overw
 
 def _cache_dir(card: ModelCard, url: str) -> Path:
     key = card.weights.sha256 or f"{card.name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
-    return user_home() / "cache" / key
+    return home.cache_dir(key)
 
 
 def _verified(path: Path, expected: str | None) -> bool:
@@ -267,7 +199,7 @@ def _verified(path: Path, expected: str | None) -> bool:
         return True
     if sha256_of(path) != expected.lower():
         return False
-    _write_text_atomic(marker, stamp + "\n")
+    write_text(marker, stamp + "\n")
     return True
 
 
@@ -348,8 +280,7 @@ def export_package(name: str, out_file: str | Path) -> Path:
     """Write model ``name`` (registered name or card path) as one ``.panoptem``
     file: a zip holding ``card.yaml``, the weights and local export files.
     Remote weights are downloaded first. Never overwrites ``out_file``."""
-    from .load import get_card
-    card = get_card(name)
+    card = home.get_card(name)
     out = Path(out_file)
     if not out.suffix:
         out = out.with_suffix(PACKAGE_SUFFIX)
@@ -357,7 +288,7 @@ def export_package(name: str, out_file: str | Path) -> Path:
         raise PanoptemError(f"{out} already exists; choose another output file or delete it.")
     if not out.parent.is_dir():
         raise PanoptemError(f"Folder {out.parent} does not exist; create it first.")
-    check_outside_store(out)
+    home.check_outside_store(out)
     pack = card.model_copy(deep=True)
     files: dict[str, Path] = {}
     wpath = _resolve(card, card.weights)
@@ -394,7 +325,7 @@ def import_package(file: str | Path, name: str | None = None) -> str:
         z = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError):
         raise PanoptemError(f"{f} is not a panoptem model package (not a zip file); export it again.") from None
-    with z, _staging("import-") as stage:
+    with z, home.staging("import-") as stage:
         members = z.namelist()
         if "card.yaml" not in members:
             raise PanoptemError(f"{f} holds no card.yaml, so it is not a panoptem model package.")
@@ -407,7 +338,7 @@ def import_package(file: str | Path, name: str | None = None) -> str:
             raise PanoptemError(f"{f} is damaged ({e}); export it again.") from None
         card = load_card(stage / "card.yaml")
         new_name = check_name(name or card.name)
-        if new_name in card_paths() or (_models_dir() / new_name).exists():
+        if new_name in home.card_paths() or home.model_dir(new_name).exists():
             raise PanoptemError(f"A model named '{new_name}' already exists; import it under another name "
                                 "with --name NEW_NAME.")
         register(new_name, stage / "card.yaml")
@@ -420,26 +351,25 @@ def import_package(file: str | Path, name: str | None = None) -> str:
 def archive(name: str) -> Path:
     """Hide model ``name`` from the list of models.
 
-    A user model moves to ``<home>/archived/<name>``; a built-in one is
-    recorded in ``<home>/archived.json`` (the package is never modified).
+    A user model moves to the archive folder; a built-in one is recorded in
+    the list of archived built-in models (the package is never modified).
     Returns where the model now is. Undo with :func:`restore`.
     """
     check_name(name)
     if is_user_model(name):
-        dest = _archived_dir() / name
+        dest = home.archived_dir(name)
         if dest.exists():
             raise PanoptemError(f"An archived model '{name}' already exists in {dest}; restore it or delete "
                                 "that folder first.")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(_models_dir() / name, dest)
+        os.replace(home.model_dir(name), dest)
         return dest
-    if (_zoo() / f"{name}.yaml").exists():
-        hidden = archived_builtins()
+    hidden = home.archived_builtins()
+    if home.is_builtin(name):
         if name in hidden:
             raise PanoptemError(f"Model '{name}' is already archived; `panoptem model restore {name}` brings it back.")
-        _write_archived(hidden | {name})
-        return _archived_json()
-    if name in archived_builtins() or (_archived_dir() / name).exists():
+        return home.set_archived_builtins(hidden | {name})
+    if name in hidden or home.archived_dir(name).exists():
         raise PanoptemError(f"Model '{name}' is already archived; `panoptem model restore {name}` brings it back.")
     raise PanoptemError(f"Unknown model '{name}'; `panoptem model list` shows the models you can archive.")
 
@@ -447,29 +377,16 @@ def archive(name: str) -> Path:
 def restore(name: str) -> Path:
     """Bring an archived model back; returns its card path."""
     check_name(name)
-    src = _archived_dir() / name
+    src = home.archived_dir(name)
+    hidden = home.archived_builtins()
     if src.exists():
-        dest = _models_dir() / name
-        if dest.exists() or ((_zoo() / f"{name}.yaml").exists() and name not in archived_builtins()):
+        dest = home.model_dir(name)
+        if dest.exists() or (home.is_builtin(name) and name not in hidden):
             raise PanoptemError(f"A model named '{name}' exists again; archive or rename it before restoring.")
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
         return dest / "card.yaml"
-    hidden = archived_builtins()
     if name in hidden:
-        _write_archived(hidden - {name})
-        return _zoo() / f"{name}.yaml"
+        home.set_archived_builtins(hidden - {name})
+        return home.builtin_card(name)
     raise PanoptemError(f"Model '{name}' is not archived; `panoptem model list --all` shows archived models.")
-
-
-def list_models(include_archived: bool = False) -> list[ModelEntry]:
-    """Known models: built-in first, then the user's; archived ones last when asked."""
-    out = [ModelEntry(n, "user" if p.parent.parent == _models_dir() else "built-in", p)
-           for n, p in card_paths().items()]
-    if include_archived:
-        out += [ModelEntry(n, "built-in", _zoo() / f"{n}.yaml", archived=True)
-                for n in sorted(archived_builtins()) if (_zoo() / f"{n}.yaml").exists()]
-        if _archived_dir().exists():
-            out += [ModelEntry(p.parent.name, "user", p, archived=True)
-                    for p in sorted(_archived_dir().glob("*/card.yaml"))]
-    return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PanoptemError
+from ..labels import relabel_sequential_per_class
 from ._layers import coords_in
 
 #: shape types that enclose an area (paths and lines do not)
@@ -79,17 +80,8 @@ def place_in_plane(labels: np.ndarray, box: tuple[slice, slice], plane_shape: tu
 
 def renumber(labels: np.ndarray, label_divisor: int | None) -> np.ndarray:
     """Ids made consecutive again after objects were cut away: 1..N, or ``class * divisor + 1..N``
-    per class when ``label_divisor`` is set."""
-    ids, inv = np.unique(labels, return_inverse=True)
-    nz = ids > 0
-    if not nz.any():
-        return labels
-    div = label_divisor or (int(ids.max()) + 1)
-    cls = ids[nz] // div
-    first = np.searchsorted(cls, cls)              # sorted ids: each class is one run
-    new = np.zeros(ids.shape, labels.dtype)
-    new[nz] = cls * (label_divisor or 0) + (np.arange(cls.size) - first + 1)
-    return new[inv].reshape(labels.shape)
+    per class when ``label_divisor`` is set (in the dtype of ``labels``)."""
+    return relabel_sequential_per_class(labels, label_divisor).astype(labels.dtype, copy=False)
 
 
 def region_indices(region: np.ndarray, axis: int | None, index: int) -> tuple[np.ndarray, ...]:

@@ -9,15 +9,10 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit, PushButton
 
 from ..errors import PanoptemError
 from ._export_files import FORMATS, export_segmentation, parse_voxel_size
-from ._forms import Group, row
+from ._forms import Group, chosen_path, row
 from ._inference import layer_picker
 from ._layers import layer_voxel_size
 from ._worker import Dock
-
-
-def _dir(value) -> str:
-    s = str(value or "")
-    return "" if s in ("", ".") else s
 
 
 class ExportWidget(Dock):
@@ -54,7 +49,7 @@ class ExportWidget(Dock):
             lab = self.labels_layer.value
             if lab is None:
                 raise PanoptemError("Choose a labels layer to export.")
-            folder = _dir(self.folder.value)
+            folder = chosen_path(self.folder.value)
             if not folder:
                 raise PanoptemError("Choose the folder to export into.")
             data = lab.data[0] if getattr(lab, "multiscale", False) else lab.data

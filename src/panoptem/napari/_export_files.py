@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PanoptemError
-
-FORMATS = {"tiff": ".tif", "zarr": ".zarr"}
+from ..io.writers import FORMATS
 
 
 def parse_voxel_size(text: str, ndim: int) -> tuple[float, ...] | None:

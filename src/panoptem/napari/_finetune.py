@@ -20,7 +20,8 @@ from magicgui.widgets import (
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
-from ._forms import Group, labelled, row
+from ..params import LAYERS, FinetuneParams, default_of
+from ._forms import Group, chosen_path, labelled, row
 from ._inference import (
     DEVICE_TIP,
     DEVICES,
@@ -30,7 +31,6 @@ from ._inference import (
 )
 from ._worker import Dock
 
-LAYER_CHOICES = ("none", "stage4", "stage3", "stage2", "stage1", "all")
 
 
 class _Bridge(QObject):
@@ -54,15 +54,18 @@ def _run_training(func_name: str, on_step, on_line, **kw) -> dict:
                                   on_step=lambda rec: on_step(int(rec["step"]), float(rec["loss"])), **kw)
 
 
-def _dir(value) -> str:
-    s = str(value or "")
-    return "" if s in ("", ".") else s
-
-
 class _TrainingDock(Dock):
-    """Shared by Fine-tune and Train: progress, last loss, Cancel, scores."""
+    """Shared by Fine-tune and Train: dataset folders and the new model's name, progress,
+    last loss, Cancel, scores."""
 
     run_text = "Run"
+
+    def _data_fields(self, train_tip: str, val_tip: str, name: str, name_tip: str) -> None:
+        """The training and validation dataset folders and the new model's name."""
+        self.train_dir = FileEdit(label="Training dataset", name="train_dir", mode="d", value="", tooltip=train_tip)
+        self.val_dir = FileEdit(label="Validation dataset (optional)", name="val_dir", mode="d", value="",
+                                tooltip=val_tip)
+        self.name = LineEdit(label="New model name", name="new_name", value=name, tooltip=name_tip)
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)
@@ -145,21 +148,20 @@ class FinetuneWidget(_TrainingDock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)
         self.model = model_picker(tooltip="A panoptem (state-dict) model to start from.")
-        self.train_dir = FileEdit(label="Training dataset", name="train_dir", mode="d", value="",
-                                  tooltip="A dataset folder (images/ + masks/, e.g. from Store dataset), or a "
-                                          "folder of several.")
-        self.val_dir = FileEdit(label="Validation dataset (optional)", name="val_dir", mode="d", value="",
-                                tooltip="Scored before and after; empty: the training patches are scored.")
-        self.name = LineEdit(label="New model name", name="new_name", value="FinetunedModel",
-                             tooltip="Name the fine-tuned model is registered under (letters, digits, _ . -).")
-        self.iterations = SpinBox(label="Iterations", name="iterations", value=100, min=1, max=10**6,
+        self._data_fields("A dataset folder (images/ + masks/, e.g. from Store dataset), or a folder of several.",
+                          "Scored before and after; empty: the training patches are scored.", "FinetunedModel",
+                          "Name the fine-tuned model is registered under (letters, digits, _ . -).")
+        self.iterations = SpinBox(label="Iterations", name="iterations", value=default_of(FinetuneParams, "iterations"),
+                                  min=1, max=10**6,
                                   tooltip="Optimiser steps (any number from 1); 100-200 suit 16 patches.")
-        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size", value=256, min=32, max=4096,
+        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size",
+                                  value=default_of(FinetuneParams, "patch_size"), min=32, max=4096,
                                   step=32, tooltip="Training crop side in pixels (a multiple of 32).")
-        self.layers = ComboBox(label="Finetunable layers", name="layers", choices=list(LAYER_CHOICES),
-                               value="none", tooltip="none: decoder and heads only; stageK: also the encoder "
+        self.layers = ComboBox(label="Finetunable layers", name="layers", choices=list(LAYERS),
+                               value=default_of(FinetuneParams, "layers"), tooltip="none: decoder and heads only; stageK: also the encoder "
                                                      "from stage K on; all: everything.")
-        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=1e-3, min=1e-6, max=1.0, step=1e-4,
+        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=default_of(FinetuneParams, "lr"), min=1e-6,
+                               max=1.0, step=1e-4,
                                tooltip="Peak learning rate of the one-cycle schedule.")
         self.lr.native.setDecimals(6)
         self.extend([Group("Fine-tune", [self.model, self.train_dir, self.val_dir, self.name, self.iterations,
@@ -170,7 +172,7 @@ class FinetuneWidget(_TrainingDock):
         try:
             if not self.model.value:
                 raise PanoptemError("No model is registered; register one (Models widget) to fine-tune.")
-            train_dir = _dir(self.train_dir.value)
+            train_dir = chosen_path(self.train_dir.value)
             if not train_dir:
                 raise PanoptemError("Choose the training dataset folder (made with Pick Patches + Store Dataset).")
             name = self.name.value.strip()
@@ -179,7 +181,7 @@ class FinetuneWidget(_TrainingDock):
         except PanoptemError as e:
             self._fail(e)
             return
-        kw = {"model_name": self.model.value, "train_dir": train_dir, "val_dir": _dir(self.val_dir.value) or None,
+        kw = {"model_name": self.model.value, "train_dir": train_dir, "val_dir": chosen_path(self.val_dir.value) or None,
               "name": name, "iterations": self.iterations.value, "patch_size": self.patch_size.value,
               "layers": self.layers.value, "lr": self.lr.value, "device": self.device.value}
         self.status.value = "Scoring the model before fine-tuning..."

@@ -24,6 +24,12 @@ from ..params import DOWNSAMPLING, MEDIAN_SIZES
 CHOICES = {"downsampling": DOWNSAMPLING, "median_slices": MEDIAN_SIZES}
 
 
+def chosen_path(value) -> str:
+    """A FileEdit's value as a string, '' when nothing was chosen."""
+    s = str(value or "")
+    return "" if s in ("", ".") else s
+
+
 def row(*widgets, layout: str = "horizontal") -> Container:
     """Widgets side by side (or stacked) without a label column (buttons, mostly)."""
     return Container(widgets=list(widgets), layout=layout, labels=False)
@@ -110,7 +116,7 @@ def _bounds(field) -> tuple[float | None, float | None]:
 
 
 def short_label(description: str) -> str:
-    """The reference's name at the head of a description: the text before the first ':',
+    """empanada-napari's name at the head of a description: the text before the first ':',
     without a parenthesis, a ', in <unit>' tail or a final full stop."""
     head = description.split(":", 1)[0]
     head = re.split(r"\s*\(|,\s+in\s+", head)[0]

@@ -87,7 +87,7 @@ def follow_registry(box: ComboBox) -> None:
 
 
 def model_names(*_) -> list[str]:
-    from ..models.load import card_paths
+    from ..models.home import card_paths
     return sorted(card_paths())
 
 
@@ -135,7 +135,7 @@ class _InferenceBase(Dock):
         super().__init__(viewer)
         self.image = layer_picker(viewer, napari.layers.Image, "Image",
                                   tooltip="The EM image or volume to segment (2D YX or 3D ZYX, grey).")
-        from ..models.load import DEFAULT_MODEL
+        from ..models.home import DEFAULT_MODEL
         self.model = model_picker()
         if DEFAULT_MODEL in self.model.choices:
             self.model.value = DEFAULT_MODEL

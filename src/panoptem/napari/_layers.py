@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PanoptemError
+from ..params import PLANE_AXIS
 
 #: inference plane of each ZYX axis (the axis that is *not* displayed)
-PLANE_OF_AXIS = {0: "xy", 1: "xz", 2: "yz"}
+PLANE_OF_AXIS = {ax: plane for plane, ax in PLANE_AXIS.items()}
 
 
 def voxel_size_from_meta(meta: dict, ndim: int) -> tuple[float, ...] | None:

@@ -10,6 +10,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, FileEdit, PushButton, SpinBox
 
 from ..errors import PanoptemError
+from ..params import MeasureParams, default_of
 from ._forms import Group, row
 from ._inference import layer_picker
 from ._layers import layer_voxel_size
@@ -18,7 +19,7 @@ from ._worker import Dock
 
 def _measure_function():
     try:
-        from ..measure import measure
+        from .._measure import measure
     except ImportError:
         raise PanoptemError("This panoptem has no measure module yet; update panoptem to measure labels.") from None
     return measure
@@ -37,7 +38,7 @@ def _measure(measure, labels, voxel_size, kw: dict, path: str) -> dict:
 
 
 class MeasureWidget(Dock):
-    """Measure every object of a labels layer with :func:`panoptem.measure.measure`
+    """Measure every object of a labels layer with :func:`panoptem.measure`
     (voxel size from the layer), show the table as the layer's features and save it."""
 
     help_title = "Measure Labels"
@@ -52,7 +53,7 @@ class MeasureWidget(Dock):
         self.divisor = SpinBox(label="Label divisor (0 = none)", name="divisor", value=0, min=0, max=10**9,
                                tooltip="class = label // divisor for the class_id column; 0: every object is "
                                        "of class 1.")
-        self.surface = CheckBox(text="Surface area and shape", name="surface", value=True,
+        self.surface = CheckBox(text="Surface area and shape", name="surface", value=default_of(MeasureParams, "surface"),
                                 tooltip="Surface area (nm²) and sphericity in 3D, perimeter (nm) and circularity "
                                         "in 2D: the slow part; untick for sizes and positions only.")
         self.csv = FileEdit(label="Table file (optional)", name="csv", mode="w", filter="*.csv *.xlsx", value="",

@@ -2,8 +2,6 @@
 (a thin layer over :mod:`panoptem.models.registry` and :mod:`panoptem.models.export`)."""
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import napari
@@ -16,44 +14,28 @@ from magicgui.widgets import (
 )
 
 from ..errors import PanoptemError
-from ._forms import Group, row
+from ..models.card import EXPORT_FORMATS
+from ._forms import Group, chosen_path, row
 from ._inference import cached_model, follow_registry, model_picker, registry_events
 from ._worker import Dock
-
-FORMATS = ("package", "torchscript", "empanada", "onnx")
 
 
 def model_info_text(name: str) -> str:
     """The text ``panoptem model info NAME`` prints."""
-    from ..models.commands import model_info
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        model_info.__wrapped__(name)  # unwrapped: a PanoptemError propagates instead of exiting
-    return buf.getvalue()
+    from ..models.card import card_info
+    from ..models.home import get_card
+    return card_info(get_card(name))
 
 
 def archived_names(*_) -> list[str]:
-    from ..models.registry import list_models
+    from ..models.home import list_models
     return [m.name for m in list_models(include_archived=True) if m.archived]
 
 
 def export_model(name: str, out_file: str | Path, fmt: str) -> Path:
-    """Write model ``name`` as ``fmt`` (package, torchscript, empanada or onnx); returns the file."""
-    if fmt not in FORMATS:
-        raise PanoptemError(f"Format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
-    if fmt == "package":
-        from ..models.registry import export_package
-        return export_package(name, out_file)
-    from ..models.export import export_onnx, export_torchscript
-    if fmt == "onnx":
-        return export_onnx(name, out_file)
-    return export_torchscript(name, out_file, empanada_interface=fmt == "empanada")
-
-
-def _path(value) -> str:
-    """A FileEdit's value as a string, '' when nothing was chosen."""
-    s = str(value or "")
-    return "" if s in ("", ".") else s
+    """Write model ``name`` as ``fmt`` (one of :data:`~panoptem.models.card.EXPORT_FORMATS`)."""
+    from ..models.export import export_model as export
+    return export(name, out_file, fmt)
 
 
 class ModelsWidget(Dock):
@@ -82,7 +64,7 @@ class ModelsWidget(Dock):
                                           tooltip="Register the card (and weights) under New name.")
         self.out_file = FileEdit(label="Output file", name="out_file", mode="w", value="",
                                  tooltip="Export: the file to write (never over an existing one).")
-        self.format = ComboBox(label="Format", name="format", choices=list(FORMATS), value="package",
+        self.format = ComboBox(label="Format", name="format", choices=list(EXPORT_FORMATS), value="package",
                                tooltip="package: one .panoptem file to share; torchscript; empanada: TorchScript "
                                        "+ yaml for empanada-napari; onnx.")
         self.export_button = PushButton(text="Export", name="export", tooltip="Write the chosen model to Output file.")
@@ -151,7 +133,7 @@ class ModelsWidget(Dock):
     def do_register(self) -> None:
         def go():
             from ..models.registry import register
-            name, card = self.new_name.value.strip(), _path(self.card.value)
+            name, card = self.new_name.value.strip(), chosen_path(self.card.value)
             if not name or not card:
                 raise PanoptemError("Fill in New name and Card file to register a model.")
             weights = self.weights.value.strip() or None
@@ -161,7 +143,7 @@ class ModelsWidget(Dock):
 
     def do_export(self) -> None:
         def go():
-            name, out = self._name(), _path(self.out_file.value)
+            name, out = self._name(), chosen_path(self.out_file.value)
             if not out:
                 raise PanoptemError("Choose an output file to export to.")
             self._start(export_model, lambda p: self._done(f"Exported '{name}' to {p}."), False,
@@ -171,7 +153,7 @@ class ModelsWidget(Dock):
     def do_import(self) -> None:
         def go():
             from ..models.registry import import_package
-            pkg = _path(self.package.value)
+            pkg = chosen_path(self.package.value)
             if not pkg:
                 raise PanoptemError("Choose a .panoptem package to import.")
             self._start(import_package, lambda n: self._done(f"Imported '{n}'.", n), True,

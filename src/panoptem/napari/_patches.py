@@ -13,12 +13,12 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, PushButton, SpinBox
 
 from ..errors import PanoptemError
+from ..params import PATCH_PLANES, PatchParams, default_of
 from ._forms import Group, row
 from ._inference import layer_picker
 from ._layers import coords_in, image_array
 from ._worker import Dock
 
-PLANE_CHOICES = ("xy", "xz", "yz", "random")
 
 
 def patch_stack(patches) -> tuple[np.ndarray, np.ndarray]:
@@ -79,11 +79,13 @@ class PatchesWidget(Dock):
                                          name="labels_layer",
                                          tooltip="Labels of the image to crop with it (paired patches, to correct "
                                                  "or reuse).")
-        self.n = SpinBox(label="Number of patches", name="n", value=16, min=1, max=10_000,
+        self.n = SpinBox(label="Number of patches", name="n", value=default_of(PatchParams, "n"), min=1, max=10_000,
                          tooltip="How many patches: one per point, random ones for the rest.")
-        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size", value=256, min=16, max=4096,
+        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size",
+                                  value=default_of(PatchParams, "patch_size"), min=16, max=4096,
                                   step=16, tooltip="Side of the square patches, in pixels.")
-        self.plane = ComboBox(label="Plane", name="plane", choices=list(PLANE_CHOICES), value="xy",
+        self.plane = ComboBox(label="Plane", name="plane", choices=list(PATCH_PLANES),
+                              value=default_of(PatchParams, "plane"),
                               tooltip="3D volumes: the plane to cut; random: one of the three per patch "
                                       "(isotropic data).")
         self.is_2d_stack = CheckBox(text="Stack of 2D images", name="is_2d_stack", value=False,
@@ -91,9 +93,11 @@ class PatchesWidget(Dock):
         self.flipbook = CheckBox(text="Flipbook (3D context)", name="flipbook", value=False,
                                  tooltip="Keep the planes around each patch (stored in flipbooks/) to see the "
                                          "context; the middle plane is the one painted.")
-        self.flipbook_depth = SpinBox(label="Flipbook depth (planes)", name="flipbook_depth", value=5, min=1, max=99,
+        self.flipbook_depth = SpinBox(label="Flipbook depth (planes)", name="flipbook_depth",
+                                      value=default_of(PatchParams, "flipbook_depth"), min=1, max=99,
                                       tooltip="Planes per flipbook.")
-        self.seed = SpinBox(label="Random seed", name="seed", value=0, min=0, max=2**31 - 1,
+        self.seed = SpinBox(label="Random seed", name="seed", value=default_of(PatchParams, "seed"), min=0,
+                            max=2**31 - 1,
                             tooltip="Seed of the random picks: the same seed picks the same patches.")
         self.pick_button = PushButton(text="Pick patches", name="pick",
                                       tooltip="Cut the patches and show them to paint in '<image>-patches-labels'.")

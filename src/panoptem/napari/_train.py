@@ -9,7 +9,6 @@ import json
 import napari
 from magicgui.widgets import (
     ComboBox,
-    FileEdit,
     FloatSpinBox,
     LineEdit,
     SpinBox,
@@ -17,8 +16,9 @@ from magicgui.widgets import (
 )
 
 from ..errors import PanoptemError
-from ._finetune import _dir, _TrainingDock
-from ._forms import Group
+from ..params import TrainParams, default_of
+from ._finetune import _TrainingDock
+from ._forms import Group, chosen_path
 
 #: network sizes: channel widths of the stem and the 4 encoder stages (``panoptem train --widths``)
 SIZES = {"small": "16,24,48,96,128", "default": "24,32,64,128,192", "large": "32,48,96,192,256", "custom": ""}
@@ -46,13 +46,9 @@ class TrainWidget(_TrainingDock):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)
-        self.train_dir = FileEdit(label="Training dataset", name="train_dir", mode="d", value="",
-                                  tooltip="A dataset folder, or a folder of several (each drawn with weight "
-                                          "(1/count)^0.7).")
-        self.val_dir = FileEdit(label="Validation dataset (optional)", name="val_dir", mode="d", value="",
-                                tooltip="Scored at the end; empty: the training images are scored.")
-        self.name = LineEdit(label="New model name", name="new_name", value="NewModel",
-                             tooltip="Name the new model is registered under (letters, digits, _ . -).")
+        self._data_fields("A dataset folder, or a folder of several (each drawn with weight (1/count)^0.7).",
+                          "Scored at the end; empty: the training images are scored.", "NewModel",
+                          "Name the new model is registered under (letters, digits, _ . -).")
         self.classes = TextEdit(label="Dataset labels", name="classes", value="1,mitochondria,instance",
                                 tooltip="One class per line: id,name,instance|semantic (instance: separate "
                                         "objects; semantic: only where the class is).")
@@ -67,11 +63,14 @@ class TrainWidget(_TrainingDock):
         self.widths = LineEdit(label="Widths (custom)", name="widths", value="",
                                tooltip="Network size 'custom': 5 comma-separated channel counts, e.g. "
                                        "24,32,64,128,192 (as panoptem train --widths).")
-        self.iterations = SpinBox(label="Iterations", name="iterations", value=2000, min=1, max=10**6,
+        self.iterations = SpinBox(label="Iterations", name="iterations", value=default_of(TrainParams, "iterations"),
+                                  min=1, max=10**6,
                                   tooltip="Optimiser steps (any number from 1).")
-        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size", value=256, min=32, max=4096,
+        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size",
+                                  value=default_of(TrainParams, "patch_size"), min=32, max=4096,
                                   step=32, tooltip="Training crop side in pixels (a multiple of 32).")
-        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=2e-3, min=1e-6, max=1.0, step=1e-4,
+        self.lr = FloatSpinBox(label="Learning rate", name="lr", value=default_of(TrainParams, "lr"), min=1e-6,
+                               max=1.0, step=1e-4,
                                tooltip="Peak learning rate of the one-cycle schedule.")
         self.lr.native.setDecimals(6)
         self.architecture: dict | None = None
@@ -93,7 +92,7 @@ class TrainWidget(_TrainingDock):
     def run(self) -> None:
         from ..training.dataset import parse_classes
         try:
-            train_dir = _dir(self.train_dir.value)
+            train_dir = chosen_path(self.train_dir.value)
             if not train_dir:
                 raise PanoptemError("Choose the training dataset folder (made with Pick Patches + Store Dataset).")
             name = self.name.value.strip()
@@ -112,7 +111,7 @@ class TrainWidget(_TrainingDock):
             self._fail(e)
             return
         kw = {"train_dirs": [train_dir], "name": name, "labels": classes, "label_divisor": div,
-              "val_dir": _dir(self.val_dir.value) or None, "iterations": self.iterations.value,
+              "val_dir": chosen_path(self.val_dir.value) or None, "iterations": self.iterations.value,
               "patch_size": self.patch_size.value, "lr": self.lr.value, "device": self.device.value,
               "architecture": arch}
         self.status.value = "Training..."

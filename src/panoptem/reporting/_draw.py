@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PanoptemError
-
-PLANE_AXIS = {"xy": 0, "xz": 1, "yz": 2}
+from ..params import PLANE_AXIS
 _GOLDEN = 0.6180339887498949
 
 

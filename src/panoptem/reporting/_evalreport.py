@@ -41,11 +41,11 @@ def evaluation_report(prediction, ground_truth, path, *, image=None, label_divis
     Parameters
     ----------
     prediction, ground_truth, label_divisor, per_slice, ignore_smaller, iou_thresholds :
-        as :func:`panoptem.evaluate.evaluate` (definitions in its module docstring).
+        as :func:`panoptem.evaluate` (definitions in the docstring of ``panoptem._evaluate``).
     path : output ``.html`` file.
     image : grey image of the same shape, drawn under the labels.
     n_examples : pictures per kind of error (the largest objects of that kind).
-    scores : the result of :func:`~panoptem.evaluate.evaluate` when already computed.
+    scores : the result of :func:`panoptem.evaluate` when already computed.
     names : how the two label images are called in the report (e.g. their file names).
     overwrite : replace an existing ``path``.
     inputs : paths never to write over.
@@ -56,10 +56,13 @@ def evaluation_report(prediction, ground_truth, path, *, image=None, label_divis
 
     Examples
     --------
-    >>> evaluation_report(pred, gt, "eval.html", image=volume)   # doctest: +SKIP
+    >>> gt = np.zeros((4, 32, 32), np.uint32); gt[:, 4:12, 4:12] = 1; gt[:, 16:28, 16:28] = 2
+    >>> pred = gt.copy(); pred[:, 16:28, 22:28] = 3                     # object 2 split in two
+    >>> evaluation_report(pred, gt, "eval.html").name
+    'eval.html'
     """
     require_matplotlib()
-    from ..evaluate import error_breakdown, evaluate
+    from .._evaluate import error_breakdown, evaluate
 
     path = check_target(path, (".html", ".htm"), overwrite, inputs)
     pred, gt = np.asarray(prediction), np.asarray(ground_truth)

@@ -85,8 +85,8 @@ def preview(labels, path=None, *, image=None, voxel_size=None, planes=None, n_sl
     Examples
     --------
     >>> lab = np.zeros((8, 64, 64), np.uint32); lab[2:6, 10:30, 10:40] = 1
-    >>> pv = preview(lab, voxel_size=(5, 5, 5), n_slices=2)      # doctest: +SKIP
-    >>> pv.scale_bar, pv.unit                                      # doctest: +SKIP
+    >>> pv = preview(lab, voxel_size=(5, 5, 5), n_slices=2)
+    >>> pv.scale_bar, pv.unit
     (50.0, 'nm')
     """
     require_matplotlib()

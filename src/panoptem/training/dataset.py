@@ -7,8 +7,14 @@ also leave their planes in ``flipbooks/<name>.tif`` for the annotator; only
 the middle plane is an image to train on. The layout is empanada's, so its
 dataset folders (and a root holding several of them) load too.
 
->>> names = store_dataset(patches, "mydata")                       # doctest: +SKIP
->>> images, masks, meta = load_dataset("mydata")                   # doctest: +SKIP
+>>> from panoptem.training.patches import pick_patches
+>>> stack = np.random.default_rng(0).integers(0, 255, (2, 128, 128), dtype=np.uint8)
+>>> labels = np.zeros(stack.shape, np.uint32); labels[:, 8:120, 8:120] = 1
+>>> patches = pick_patches(stack, n=2, patch_size=64, labels=labels, is_2d_stack=True)
+>>> names = store_dataset(patches, "mydata")
+>>> images, masks, meta = load_dataset("mydata")
+>>> len(images), masks[0].shape, meta["label_divisor"]
+(2, (64, 64), None)
 """
 from __future__ import annotations
 
@@ -18,9 +24,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .._atomic import atomic_path
+from .._atomic import write_text
 from ..errors import PanoptemError
 from ..inference.preprocess import MEAN, STD, dtype_range, intensity_range
+from ..labels import class_map
 from .augment import intensity_augment, sample_patch
 from .patches import Patch
 from .targets import make_panoptic_targets
@@ -73,13 +80,6 @@ def parse_classes(classes) -> list[tuple[int, str, str]]:
     return out
 
 
-def class_map(mask: np.ndarray, label_divisor: int | None) -> np.ndarray:
-    """Class id of every pixel (``label // divisor``; 1 for any object without a divisor)."""
-    if label_divisor:
-        return mask // int(label_divisor)
-    return (mask > 0).astype(np.int64)
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -94,11 +94,6 @@ def _read_meta(folder: Path) -> dict | None:
     if not isinstance(d, dict):
         raise PanoptemError(f"{f} is not a panoptem dataset description; fix or delete it.")
     return d
-
-
-def _write_json_atomic(path: Path, d: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(d, indent=1))
 
 
 def _check_pair(name: str, img: np.ndarray, lab: np.ndarray, divisor: int | None, ids: set[int]) -> None:
@@ -193,8 +188,8 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
         entries[name] = p.provenance()
         written.append(name)
     masks.mkdir(exist_ok=True)
-    _write_json_atomic(root / META, {"format": "panoptem-dataset", "version": 1, "classes": cls_json,
-                                     "label_divisor": label_divisor, "patches": entries})
+    write_text(root / META, json.dumps({"format": "panoptem-dataset", "version": 1, "classes": cls_json,
+                                        "label_divisor": label_divisor, "patches": entries}, indent=1))
     return written
 
 
@@ -305,62 +300,64 @@ def _unit(image: np.ndarray, normalization, rng: tuple[float, float] | None = No
     return np.clip(x, -0.5, 1.5)
 
 
-class DatasetFolders:
-    """Image/mask pairs of several dataset folders, sampled for training.
+class TrainingData:
+    """Image/mask pairs from one or more sources, sampled for training: the one dataset
+    abstraction of training, fine-tuning and training from a volume.
 
-    Each image of folder ``f`` is drawn with weight ``(1 / count_f) ** gamma``:
-    gamma 0 draws every image equally often, gamma 1 every folder equally often.
-    Images are scaled with the model's normalisation (the same rule inference
-    uses, for any dtype), masks become the model's channels: background + one
-    per class (a single class gives one sigmoid channel).
+    A source is a dataset folder (:class:`DatasetFolders`) or slices of an image volume
+    with its labels (:class:`VolumeSlices`). Each image of a source holding ``count``
+    images is drawn with weight ``(1 / count) ** gamma``: gamma 0 draws every image
+    equally often, gamma 1 every source equally often. Images are scaled with the
+    model's normalisation, clipped as inference clips them (the same rule for any
+    dtype); masks become the model's channels: background + one per class (a single
+    class gives one sigmoid channel).
 
     Parameters
     ----------
-    folders : dataset folders (or roots holding several, see :func:`dataset_folders`).
+    sources : ``(name, images, masks, label_divisor, item_names)`` per source: 2D images,
+        their label masks (``class * divisor + n``, or instance ids without a divisor).
     classes : the model's classes in channel order (see :func:`parse_classes`).
-    label_divisor : divisor of masks in folders without ``dataset.json``;
-        a folder's own ``dataset.json`` wins.
     gamma : re-weighting exponent.
     normalization : the model card's :class:`~panoptem.models.card.Normalization`
         (default: percentiles 0.5 / 99.5, mean 0.5, std 0.25).
     """
 
-    def __init__(self, folders, classes=((1, "mitochondria", "instance"),), label_divisor: int | None = None,
-                 gamma: float = 0.7, normalization=None):
+    def __init__(self, sources, classes=((1, "mitochondria", "instance"),), gamma: float = 0.7,
+                 normalization=None):
         self.classes = parse_classes(classes)
         self.normalization = normalization
         ids = [c[0] for c in self.classes]
         self.thing_channels = [i + 1 for i, c in enumerate(self.classes) if c[2] == "instance"]
-        self.folders = dataset_folders([folders] if isinstance(folders, (str, Path)) else folders)
         self.images, self.masks, self.divisors, self.names = [], [], [], []
         self._ranges, self._codes, self._code_div = [], [], []
-        counts = []
-        for f in self.folders:
-            imgs, msks, meta = load_dataset(f)
-            div = meta["label_divisor"] if meta["has_meta"] else label_divisor
+        counts, where = [], []
+        for source, imgs, msks, div, item_names in sources:
             if len(ids) > 1 and not div:
-                raise PanoptemError(f"The masks of {f} carry no label divisor, but the model has {len(ids)} "
+                raise PanoptemError(f"The masks of {source} carry no label divisor, but the model has {len(ids)} "
                                     "classes: paint masks as class * divisor + n and give the divisor.")
-            for name, im, m in zip(meta["names"], imgs, msks):
-                code, cdiv = self._encode(f, name, m, div, ids)
+            for name, im, m in zip(item_names, imgs, msks):
+                code, cdiv = self._encode(f"Mask '{name}' in {source}", m, div, ids)
                 self.images.append(im); self.masks.append(m); self.divisors.append(div)
-                self.names.append(f"{f.name}/{name}")
+                self.names.append(f"{Path(str(source)).name}/{name}")
                 self._ranges.append(_range(im, normalization))
                 self._codes.append(code); self._code_div.append(cdiv)
             counts.append(len(imgs))
+            where.append(str(source))
         self.counts = counts
+        if not self.masks:
+            raise PanoptemError("Training needs at least one image and its mask.")
         if not any(m.any() for m in self.masks):
-            raise PanoptemError(f"Every mask in {', '.join(str(f) for f in self.folders)} is empty, so there is "
+            raise PanoptemError(f"Every mask in {', '.join(where)} is empty, so there is "
                                 "nothing to learn; paint the objects of at least one patch.")
-        w = np.concatenate([np.full(c, (1.0 / c) ** gamma) for c in counts])
+        w = np.concatenate([np.full(c, (1.0 / c) ** gamma) for c in counts if c])
         self.probabilities = w / w.sum()
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _encode(self, folder, name, mask, div, ids):
+    def _encode(self, what: str, mask, div, ids):
         """Mask -> ``channel * code_div + instance rank`` (small enough to survive the
-        float32 resampling of the augmentation exactly)."""
+        float32 resampling of the augmentation exactly); ``what`` names it in errors."""
         m = mask.astype(np.int64)
         cls = class_map(m, div)
         if len(ids) == 1:
@@ -368,7 +365,7 @@ class DatasetFolders:
         present = np.unique(cls)
         bad = sorted(set(present[present > 0].tolist()) - set(ids))
         if bad:
-            raise PanoptemError(f"Mask '{name}' in {folder} holds class(es) {bad}, but the model's classes are "
+            raise PanoptemError(f"{what} holds class(es) {bad}, but the model's classes are "
                                 f"{ids}; check the label divisor ({div}) and the classes.")
         lut = np.zeros(max(ids + [int(present.max())]) + 1, np.int64)
         lut[ids] = np.arange(1, len(ids) + 1)
@@ -381,15 +378,15 @@ class DatasetFolders:
         rank = rank.astype(np.int64)
         code_div = 1 << max(1, int(rank.max()).bit_length())
         if (len(ids) + 1) * code_div > 1 << 24:
-            raise PanoptemError(f"Mask '{name}' in {folder} holds too many objects to train on; cut it into "
+            raise PanoptemError(f"{what} holds too many objects to train on; cut it into "
                                 "smaller patches.")
         code = chan * code_div + rank
         return code.astype(np.uint16 if code.max() < 1 << 16 else np.int32), code_div
 
     def batch(self, rng: np.random.Generator, cfg) -> tuple:
-        """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` and their targets, as
-        :class:`~panoptem.training.train.SliceDataset` gives them (semantic targets are
-        channel indices when the model has several channels)."""
+        """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` (N, 1, P, P) and their
+        targets: semantic (a 0/1 map for one class, channel indices for several), centre
+        heatmap, offsets and offset weights, as tensors."""
         import torch
         idx = rng.choice(len(self.images), size=cfg.batch_size, p=self.probabilities)
         mean, std = (MEAN, STD) if self.normalization is None else (self.normalization.mean, self.normalization.std)
@@ -407,6 +404,45 @@ class DatasetFolders:
             hms.append(hm); offs.append(off); wts.append(wt)
         t = lambda a: torch.from_numpy(np.stack(a))  # noqa: E731
         return t(imgs)[:, None], t(sems), t(hms), t(offs), t(wts)
+
+
+class DatasetFolders(TrainingData):
+    """:class:`TrainingData` from dataset folders (or roots holding several, see
+    :func:`dataset_folders`). ``label_divisor``: divisor of the masks in folders without
+    ``dataset.json`` (a folder's own ``dataset.json`` wins); the rest as :class:`TrainingData`."""
+
+    def __init__(self, folders, classes=((1, "mitochondria", "instance"),), label_divisor: int | None = None,
+                 gamma: float = 0.7, normalization=None):
+        self.folders = dataset_folders([folders] if isinstance(folders, (str, Path)) else folders)
+        sources = []
+        for f in self.folders:
+            imgs, msks, meta = load_dataset(f)
+            div = meta["label_divisor"] if meta["has_meta"] else label_divisor
+            sources.append((f, imgs, msks, div, meta["names"]))
+        super().__init__(sources, classes, gamma, normalization)
+
+
+class VolumeSlices(TrainingData):
+    """:class:`TrainingData` from slices of a ZYX image volume and its labels (2D instance
+    ids per slice are fine, or ``class * divisor + n`` with ``label_divisor``): every
+    slice in ``slices`` is one training image, normalised on its own as a 2D image is.
+
+    >>> vol = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    >>> lab = np.zeros(vol.shape, np.uint32); lab[:, 20:40, 20:40] = 1
+    >>> len(VolumeSlices(vol, lab, slice(0, 4)))
+    4
+    """
+
+    def __init__(self, image, labels, slices: slice = slice(None), classes=((1, "mitochondria", "instance"),),
+                 label_divisor: int | None = None, gamma: float = 0.7, normalization=None, name: str = "volume"):
+        if tuple(image.shape) != tuple(labels.shape) or len(image.shape) != 3:
+            raise PanoptemError(f"A training volume and its labels must be ZYX arrays of one shape, not "
+                                f"{tuple(image.shape)} and {tuple(labels.shape)}.")
+        zs = range(*slices.indices(image.shape[0]))
+        imgs = [np.asarray(image[z]) for z in zs]
+        msks = [np.asarray(labels[z]) for z in zs]
+        super().__init__([(name, imgs, msks, label_divisor, [f"z{z}" for z in zs])], classes, gamma,
+                         normalization)
 
 
 def _pad_to(image01: np.ndarray, code: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

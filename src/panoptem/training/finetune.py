@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import PanoptemError
 from ..models.card import ClassInfo, ModelCard, Normalization, Weights
+from ..params import LAYERS
 
 if TYPE_CHECKING:
     from .dataset import DatasetFolders
 
-LAYERS = ("none", "stage4", "stage3", "stage2", "stage1", "all")
 ENCODER = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
@@ -71,7 +71,7 @@ def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
     ``n_gt``, ``n_pred``. With several classes, objects match within their
     class (``divisors`` gives each mask's label divisor).
     """
-    from ..evaluate import evaluate
+    from .._evaluate import evaluate
     from ..inference.segment2d import segment_2d
     from ..params import Params2D, make_params
     pdiv = make_params(Params2D, **params).label_divisor
@@ -98,18 +98,6 @@ def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
                 n_gt=int(n_gt), n_pred=int(n_pred))
 
 
-def _check_new_name(name: str, overwrite: bool) -> None:
-    """Refuse a taken model name before any training time is spent."""
-    from ..models import load as _load
-    from ..models.registry import check_name, is_user_model
-    check_name(name)
-    if (_load.ZOO / f"{name}.yaml").exists():
-        raise PanoptemError(f"'{name}' is the name of a built-in model; choose another name.")
-    if is_user_model(name) and not overwrite:
-        raise PanoptemError(f"A model named '{name}' is already registered; choose another name, or pass "
-                            "overwrite=True (--overwrite) to replace it.")
-
-
 def _register(card: ModelCard, weights: Path, name: str, overwrite: bool) -> Path:
     from ..models.registry import register
     card = card.model_copy(deep=True)
@@ -124,17 +112,11 @@ def _register(card: ModelCard, weights: Path, name: str, overwrite: bool) -> Pat
 
 
 def _loaded(card: ModelCard, weights: Path, device: str):
-    """A :class:`LoadedModel` from freshly trained weights (nothing registered yet)."""
-    import torch
-    from ..models.architecture import build_model
-    from ..models.load import LoadedModel
-    blob = torch.load(weights, map_location="cpu", weights_only=True)
-    module = build_model(blob["architecture"])
-    module.load_state_dict(blob["state_dict"])
-    module = module.eval().to(device)
-    if device == "cpu":
-        module = module.to(memory_format=torch.channels_last)
-    return LoadedModel(card, module, device)
+    """A :class:`~panoptem.models.load.LoadedModel` from freshly trained weights (nothing registered yet)."""
+    from ..models.load import load_weights
+    card = card.model_copy(deep=True)
+    card.weights = Weights(file=str(weights), format="state_dict")
+    return load_weights(card, weights, device)
 
 
 def _eval_set(val_dir, train: "DatasetFolders"):
@@ -198,14 +180,16 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     ...; see :func:`evaluate_pairs`), ``evaluated_on``, ``weights`` and
     ``card`` (paths of the registered model), ``name``, ``losses`` (one per iteration).
     """
-    from ..models.load import get_card, load_model, pick_device, user_home
+    from ..models.architecture import architecture_config
+    from ..models.home import check_new_name, get_card, training_dir
+    from ..models.load import load_model, pick_device
     from .dataset import DatasetFolders
     from ..params import FinetuneParams, make_params
     from .train import TrainConfig, TrainingCancelled, train
     opts = make_params(FinetuneParams, iterations=iterations, patch_size=patch_size, layers=layers, lr=lr,
                        batch_size=batch_size, gamma=gamma, scale_range=tuple(scale_range), seed=seed)
     iterations, lr, batch_size, gamma, seed = opts.iterations, opts.lr, opts.batch_size, opts.gamma, opts.seed
-    _check_new_name(name, overwrite)
+    check_new_name(name, overwrite)
     card = get_card(model_name)
     if card.weights.format != "state_dict":
         raise PanoptemError(f"Model '{card.name}' is a {card.weights.format} model, which panoptem cannot "
@@ -223,9 +207,9 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     cfg = TrainConfig(iterations=int(iterations), batch_size=min(batch_size, len(data)), patch_size=patch_size,
                       lr=lr, weight_decay=1e-4, scale_range=opts.scale_range, seed=seed,
                       checkpoint_every=int(iterations), validate_every=int(iterations) + 1,
-                      architecture=dict(base.module.config), device=dev)
+                      architecture=architecture_config(base.module.config), device=dev)
     losses: list[float] = []
-    stage = Path(out_dir) if out_dir else user_home() / "training" / name
+    stage = Path(out_dir) if out_dir else training_dir(name)
     keep = out_dir is not None
     try:
         state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
@@ -287,7 +271,9 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
     -------
     dict with ``after`` scores, ``evaluated_on``, ``weights``, ``card``, ``name``, ``losses``.
     """
-    from ..models.load import pick_device, user_home
+    from ..models.architecture import architecture_config
+    from ..models.home import check_new_name, training_dir
+    from ..models.load import pick_device
     from .dataset import DatasetFolders, dataset_folders, load_dataset, parse_classes
     from ..params import TrainParams, make_params
     from .train import TrainConfig, train
@@ -296,7 +282,7 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
                        gamma=gamma, seed=seed, widths=arch.get("widths"), label_divisor=label_divisor,
                        voxel_size_nm=voxel_size_nm)
     iterations, lr, batch_size, gamma, seed = opts.iterations, opts.lr, opts.batch_size, opts.gamma, opts.seed
-    _check_new_name(name, overwrite)
+    check_new_name(name, overwrite)
     classes = parse_classes(labels)
     if len(classes) > 1 and not label_divisor:
         raise PanoptemError("Several classes need --label-divisor: the divisor the masks were painted with "
@@ -308,10 +294,11 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
         raise PanoptemError(f"{len(classes)} class(es) need num_classes={n_ch} (background + classes when "
                             "there are several); leave num_classes out of the architecture.")
     arch["num_classes"] = n_ch
+    arch = architecture_config(arch)  # the card records every setting, not only those given
     dev = pick_device(device)
     norm = Normalization()
     data = DatasetFolders(dirs, classes, label_divisor, gamma, norm)
-    out = Path(out_dir) if out_dir else user_home() / "training" / name
+    out = Path(out_dir) if out_dir else training_dir(name)
     cfg = TrainConfig(iterations=int(iterations), batch_size=min(batch_size, len(data)), patch_size=patch_size,
                       lr=lr, seed=seed, architecture=arch, device=dev,
                       validate_every=max(1, min(500, int(iterations) // 5)))
@@ -337,6 +324,6 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
                      "lr": lr, "patch_size": patch_size, "batch_size": cfg.batch_size, "gamma": gamma,
                      "label_divisor": label_divisor}
     path = _register(card, weights, name, overwrite)
-    from ..models.load import get_card
+    from ..models.home import get_card
     return {"name": name, "after": after, "evaluated_on": where, "weights": get_card(name).weights_path(),
             "card": str(path), "losses": losses}

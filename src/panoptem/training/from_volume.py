@@ -1,12 +1,15 @@
 """Train a single-class instance model from an image volume and 2D instance
-labels (e.g. the Lucchi training volume), holding out a validation block."""
+labels (e.g. the Lucchi training volume), holding out a validation block: the
+volume's slices are one more source of :class:`~.dataset.TrainingData`, trained
+by the same loop as dataset folders."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .train import SliceDataset, TrainConfig, train
+from .dataset import VolumeSlices
+from .train import TrainConfig, train
 
 
 def parse_range(text: str) -> slice:
@@ -37,7 +40,7 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
         from ..errors import PanoptemError
         raise PanoptemError(f"Training slices '{train_slices}' select nothing of the image {tuple(img.shape)}; "
                             "give a ZYX volume and a range inside it.")
-    ds = SliceDataset([np.asarray(s) for s in img[tr]], [np.asarray(s) for s in lab[tr]])
+    ds = VolumeSlices(img, lab, tr, name=Path(labels_path).name)
     val = None
     if val_slices:
         vs = parse_range(val_slices)

@@ -13,7 +13,10 @@ smaller than the patch, the patch starts at 0 and is padded at the bottom /
 right (images with the crop's median, labels with 0); ``Patch.valid`` gives the
 real extent and :func:`~panoptem.training.dataset.store_dataset` writes only that.
 
->>> patches = pick_patches(volume, n=16, patch_size=256, points=[(40, 300, 500)])  # doctest: +SKIP
+>>> from panoptem import load_sample
+>>> patches = pick_patches(load_sample(), n=4, patch_size=128, points=[(15, 100, 200)])
+>>> len(patches), patches[0].image.shape
+(4, (128, 128))
 """
 from __future__ import annotations
 
@@ -24,11 +27,10 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import PanoptemError
+from ..params import PATCH_PLANES, PLANE_AXIS, PLANES
 
-PLANES = ("xy", "xz", "yz")
-#: axis of a ZYX volume that is normal to each plane; the other two are (rows, cols)
-NORMAL_AXIS = {"xy": 0, "xz": 1, "yz": 2}
-PLANE_AXES = {"xy": (1, 2), "xz": (0, 2), "yz": (0, 1)}
+#: the two axes of a ZYX volume that each plane shows, as (rows, cols)
+PLANE_AXES = {p: tuple(a for a in range(3) if a != ax) for p, ax in PLANE_AXIS.items()}
 
 
 @dataclass
@@ -110,7 +112,7 @@ def _crop(arr, kind: str, plane: str, index, y0: int, x0: int, size: int, depth:
         return np.asarray(arr[y0:y0 + size, x0:x0 + size])
     sl = [slice(None)] * 3
     r, c = PLANE_AXES[plane]
-    n = NORMAL_AXIS[plane]
+    n = PLANE_AXIS[plane]
     sl[r], sl[c] = slice(y0, y0 + size), slice(x0, x0 + size)
     sl[n] = index if depth is None else slice(index, index + depth)
     out = np.asarray(arr[tuple(sl)])
@@ -156,7 +158,7 @@ class _Source:
         self.kind = "2d" if image.ndim == 2 else ("stack" if is_2d_stack else "3d")
 
     def planes(self, plane: str) -> tuple[str, ...]:
-        if plane not in (*PLANES, "random"):
+        if plane not in PATCH_PLANES:
             raise PanoptemError(f"plane must be xy, xz, yz or random, not '{plane}'.")
         if self.kind != "3d":
             if plane not in ("xy", "random"):
@@ -170,7 +172,7 @@ class _Source:
         if self.kind == "2d":
             return 1, *self.shape
         r, c = PLANE_AXES[plane]
-        return self.shape[NORMAL_AXIS[plane]], self.shape[r], self.shape[c]
+        return self.shape[PLANE_AXIS[plane]], self.shape[r], self.shape[c]
 
 
 def _grid(extent: int, size: int) -> np.ndarray:
@@ -240,7 +242,7 @@ def pick_patches(image, n: int = 16, patch_size: int = 256, points=None, plane: 
         if src.kind == "2d":
             idx, cy, cx = None, p[0], p[1]
         else:
-            idx = int(round(p[NORMAL_AXIS[pl]]))
+            idx = int(round(p[PLANE_AXIS[pl]]))
             r, c = PLANE_AXES[pl]
             cy, cx = p[r], p[c]
         mid = None

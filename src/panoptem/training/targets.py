@@ -6,8 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import PanoptemError
-
-STRIDE = 4
+from ..models.card import OUTPUT_STRIDE as STRIDE
 
 
 def grid_coordinates(h: int, w: int, stride: int = STRIDE) -> tuple[np.ndarray, np.ndarray]:

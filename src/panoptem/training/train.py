@@ -6,18 +6,20 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, write_text
 from ..errors import PanoptemError
 from ..inference.predict import predict_batch
 from ..inference.preprocess import intensity_range
-from ..models.architecture import build_model
-from .augment import intensity_augment, sample_patch
+from ..models.architecture import architecture_config, build_model
 from .loss import panoptic_loss, panoptic_loss_ce
-from .targets import make_targets
+
+if TYPE_CHECKING:
+    from .dataset import TrainingData
 
 
 @dataclass
@@ -41,33 +43,6 @@ class TrainConfig:
     schedule_steps: int = 0
     #: from this step on, the learning rate anneals (cosine) from its value there to 0 at ``iterations``
     anneal_from: int = 0
-
-
-class SliceDataset:
-    """2D training slices (image + instance labels) held in memory, each with
-    its own percentile intensity range."""
-
-    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray]):
-        if len(images) != len(labels) or not images:
-            raise PanoptemError("Training needs the same, non-zero number of image and label slices.")
-        self.images, self.labels = [], []
-        for im, lab in zip(images, labels):
-            if im.shape != lab.shape:
-                raise PanoptemError(f"An image slice {im.shape} and its labels {lab.shape} differ in shape.")
-            lo, hi = intensity_range(im)
-            self.images.append(((im.astype(np.float32) - lo) / max(hi - lo, 1e-6)))
-            self.labels.append(np.asarray(lab))
-
-    def batch(self, rng: np.random.Generator, cfg: TrainConfig):
-        imgs, sems, hms, offs, wts = [], [], [], [], []
-        for _ in range(cfg.batch_size):
-            i = int(rng.integers(len(self.images)))
-            img, lab = sample_patch(rng, self.images[i], self.labels[i], cfg.patch_size, cfg.scale_range)
-            sem, hm, off, wt = make_targets(lab, cfg.sigma)
-            imgs.append(intensity_augment(rng, img))
-            sems.append(sem); hms.append(hm); offs.append(off); wts.append(wt)
-        t = lambda a: torch.from_numpy(np.stack(a))
-        return t(imgs)[:, None], t(sems), t(hms), t(offs), t(wts)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -105,10 +80,11 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
     return state
 
 
-def _resume(ckpt: Path, cfg: TrainConfig, model, opt, sched, rng) -> int:
-    """Restore model, optimiser, schedule and random states; returns the step."""
+def _resume(ckpt: Path, cfg: TrainConfig, arch: dict, model, opt, sched, rng) -> int:
+    """Restore model, optimiser, schedule and random states; returns the step. ``arch``: the
+    run's whole architecture (checkpoints record theirs, completed with the defaults when older)."""
     state = load_checkpoint(ckpt, cfg.device)
-    if state.get("architecture", cfg.architecture) != cfg.architecture:
+    if architecture_config(state.get("architecture", arch)) != arch:
         raise PanoptemError(f"{ckpt} is a checkpoint of another network; delete {ckpt.parent} to start afresh, "
                             "or choose another name.")
     try:
@@ -205,10 +181,11 @@ def _train_mode(model, frozen=()) -> None:
         model.get_submodule(name).eval()
 
 
-def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
+def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
           val: tuple[list, list] | None = None, log=print, *, init_state: dict | None = None,
           frozen: tuple[str, ...] = (), on_step=None, stop=None) -> Path:
-    """Train a :class:`PanopticNet` and return the path of the final weights.
+    """Train a :class:`PanopticNet` on batches of ``dataset`` (a
+    :class:`~panoptem.training.dataset.TrainingData`) and return the path of the final weights.
 
     Checkpoints (model, optimiser, schedule, random state) go to
     ``out_dir/checkpoint.pt`` every ``cfg.checkpoint_every`` steps; with
@@ -229,7 +206,8 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.architecture).to(cfg.device).to(memory_format=torch.channels_last)
+    arch = architecture_config(cfg.architecture)  # every setting, saved with the weights
+    model = build_model(arch).to(cfg.device).to(memory_format=torch.channels_last)
     if init_state is not None:
         model.load_state_dict(init_state)
     for name in frozen:
@@ -244,9 +222,9 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     step = 0
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
-        step = _resume(ckpt, cfg, model, opt, sched, rng)
+        step = _resume(ckpt, cfg, arch, model, opt, sched, rng)
         log(f"resumed from step {step}")
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    write_text(out / "train_config.json", json.dumps({**asdict(cfg), "architecture": arch}, indent=1))
     logf = open(out / "log.jsonl", "a")
     t0 = time.time()
     _train_mode(model, frozen)
@@ -269,7 +247,7 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping:
             _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                           "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                          "architecture": cfg.architecture}, ckpt)
+                          "architecture": arch}, ckpt)
         if val is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
             model.eval()
             rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
@@ -285,5 +263,5 @@ def train(dataset: SliceDataset, out_dir: str | Path, cfg: TrainConfig, resume: 
     logf.close()
     model.eval()
     final = out / "weights.pt"
-    _atomic_save({"architecture": cfg.architecture, "state_dict": model.state_dict()}, final)
+    _atomic_save({"architecture": arch, "state_dict": model.state_dict()}, final)
     return final

@@ -20,7 +20,7 @@ from skimage.measure import find_contours, marching_cubes, mesh_surface_area
 
 from .errors import PanoptemError
 from ._table import write_table
-from .evaluate import _as_labels
+from .labels import as_labels, class_map
 
 __all__ = ["measure", "summarize", "to_rows", "write_table"]
 
@@ -80,7 +80,7 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
     >>> t["label"], t["volume_nm3"], t["centroid_z_nm"]
     (array([4], dtype=uint32), array([1000.]), array([8.]))
     """
-    lab = _as_labels(labels, "label image")
+    lab = as_labels(labels, "label image")
     if lab.size == 0:
         raise PanoptemError(f"The label image holds no pixels (shape {lab.shape}); give labels with data.")
     ndim = lab.ndim
@@ -102,8 +102,7 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
     mean, cov = _moments(runs, obj, n, lo, ndim)
 
     table: dict[str, np.ndarray] = {"label": ids.astype(lab.dtype, copy=False)}
-    table["class_id"] = (ids.astype(np.uint64) // np.uint64(label_divisor) if label_divisor is not None
-                         else np.ones(n, ids.dtype)).astype(lab.dtype, copy=False)
+    table["class_id"] = class_map(ids, label_divisor).astype(lab.dtype, copy=False)
     table["voxels"] = counts
     size = counts * float(np.prod(vs))
     table["volume_nm3" if ndim == 3 else "area_nm2"] = size

@@ -1,8 +1,9 @@
-"""panoptem beside the reference (empanada-napari 1.2.4), same network, same data.
+"""panoptem beside empanada-napari 1.2.4, same network, same data.
 
-Exports a panoptem model with empanada's TorchScript interface, registers it in the
-anchor's empanada (``HOME=~/anchors/home``), runs the anchor harness
-(``/work/shared/anchor/run_empanada.py``, widget defaults, float model, CPU) and panoptem
+Exports a panoptem model with empanada's TorchScript interface, registers it in an
+empanada-napari installation (its own Python environment, ``--python``, with its model
+registry under ``--home``), runs empanada's stages there with a runner script
+(``--harness``, widget defaults, float model, CPU; see empanada_compare.md) and panoptem
 in-process with the same parameters, scores both against the Lucchi ground truth and
 prints one JSON line per (engine, stage), plus one ``panoptem_vs_empanada`` line per
 stage that scores panoptem's labels against empanada's (how alike the two engines are).
@@ -16,8 +17,8 @@ empanada's ``model_forward`` timer (forward + sigmoid) and panoptem's ``network_
 (normalise + forward + sigmoid). ``2d``: ``seconds`` is the median of the warm repeats,
 empanada's ``network_seconds`` the mean forward time over all repeats (cold one
 included). Each empanada stage runs in a fresh process, so its time includes numba
-compilation and TorchScript warm-up unless ``--empanada-warmup``. The machine's cores
-may be shared: compare engines within one run only.
+compilation and TorchScript warm-up unless ``--empanada-warmup``. Compare the engines
+within one run: both run on the same machine under the same load.
 
 Normalisation: the export keeps the card's mean/std but empanada divides by the dtype
 maximum where panoptem stretches percentiles; every line carries ``normalisation_note``
@@ -26,9 +27,10 @@ registered yaml's norms so that empanada's network input equals panoptem's on th
 then the remaining differences are algorithmic (median at stack ends, padding mode,
 linking, consensus).
 
-Usage (anchor venv per /work/shared/anchor/INSTALL.md in ~/anchors/venv):
-    .venv/bin/python bench/anchor_compare.py --model MitoLite_v1 --stages 2d,stack,ortho
-    .venv/bin/python bench/anchor_compare.py --tiny --z0 135 --z1 145 --crop 256   # pipeline check
+Usage (EMPANADA: a Python environment with empanada-napari 1.2.4; RUNNER: its runner script):
+    .venv/bin/python bench/empanada_compare.py --lucchi DIR --python EMPANADA/bin/python --harness RUNNER \
+        --model MitoLite_v1 --stages 2d,stack,ortho
+    .venv/bin/python bench/empanada_compare.py --lucchi DIR --engines panoptem --tiny --z0 135 --z1 145 --crop 256
 """
 from __future__ import annotations
 
@@ -44,10 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import LUCCHI, SHARED, emit, peak_rss_mb
-
-ANCHORS = Path(os.environ.get("ANCHORS", Path.home() / "anchors"))
-HARNESS = SHARED / "anchor" / "run_empanada.py"
+from _common import add_lucchi_argument, emit, lucchi_dir, peak_rss_mb
 # empanada-napari's widget defaults; panoptem's Params3D defaults are the same values
 PARAMS = dict(downsampling=1, confidence_thr=0.5, center_confidence_thr=0.1, min_distance_object_centers=3,
               fine_boundaries=False, semantic_only=False, maximum_objects_per_class=10000)
@@ -66,14 +65,14 @@ def parse_crop(text: str | None) -> tuple[int, int] | None:
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
-def load_block(z0: int, z1: int, crop: tuple[int, int] | None):
+def load_block(lucchi: Path, z0: int, z1: int, crop: tuple[int, int] | None):
     """Image, 3D ground truth (6-connected components of the mask) and 2D ground truth."""
     import cc3d
     import tifffile
     zs = range(z0, z1)
-    img = tifffile.imread(LUCCHI / "training_image.tif", key=zs)
-    mask = tifffile.imread(LUCCHI / "training_mask.tif", key=zs) > 0
-    gt2d = tifffile.imread(LUCCHI / "training_instances2d.tif", key=zs)
+    img = tifffile.imread(lucchi / "training_image.tif", key=zs)
+    mask = tifffile.imread(lucchi / "training_mask.tif", key=zs) > 0
+    gt2d = tifffile.imread(lucchi / "training_instances2d.tif", key=zs)
     if crop:
         h, w = crop
         y0, x0 = (img.shape[1] - h) // 2, (img.shape[2] - w) // 2
@@ -93,7 +92,7 @@ def make_tiny(folder: Path, volume: np.ndarray) -> Path:
     import yaml
     from panoptem.inference.preprocess import intensity_range, normalize
     from panoptem.models.architecture import build_model
-    from panoptem.models.load import sha256_of
+    from panoptem.models.home import sha256_of
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     net = build_model(TINY_ARCH).eval()
@@ -156,8 +155,8 @@ def normalisation(card, volume: np.ndarray) -> dict:
 # ------------------------------------------------------------------ empanada side
 
 
-def anchor_env(home: Path) -> dict:
-    env = dict(os.environ, HOME=str(home), ANCHORS=str(ANCHORS), QT_QPA_PLATFORM="offscreen", TQDM_DISABLE="1")
+def empanada_env(home: Path) -> dict:
+    env = dict(os.environ, HOME=str(home), QT_QPA_PLATFORM="offscreen", TQDM_DISABLE="1")
     env.pop("PYTHONPATH", None)
     return env
 
@@ -167,7 +166,7 @@ def export_and_register(model: str, work: Path, python: str, home: Path, norms: 
     does) and return its empanada name. ``norms``: override the yaml's norms."""
     import yaml
     from panoptem.models.export import export_torchscript
-    from panoptem.models.load import get_card
+    from panoptem.models.home import get_card
     card = get_card(model)
     name = "panoptem_" + re.sub(r"[^A-Za-z0-9_]", "_", card.name) + ("_matched" if norms else "")
     pth = work / f"panoptem_{re.sub(r'[^A-Za-z0-9_]', '_', card.name)}.pth"
@@ -187,18 +186,18 @@ def export_and_register(model: str, work: Path, python: str, home: Path, norms: 
             "add_new_model(name, cfg, pth, False)\n")
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run([python, "-c", code, name, str(cfg_path.resolve()), str(pth.resolve())],
-                   env=anchor_env(home), check=True, capture_output=True, text=True)
+                   env=empanada_env(home), check=True, capture_output=True, text=True)
     return name
 
 
-def run_empanada(python: str, name: str, tif: Path, stages: list[str], out: Path, home: Path,
+def run_empanada(python: str, harness: Path, name: str, tif: Path, stages: list[str], out: Path, home: Path,
                  threads: int, slice_index: int, repeats: int, warmup: bool = False) -> dict:
     """Run the harness (one fresh process per stage); return {stage: result dict}.
     ``warmup``: run each stage once untimed first (excludes numba / TorchScript compilation)."""
-    cmd = [python, str(HARNESS), "--input", str(tif), "--stages", ",".join(stages), "--out", str(out),
+    cmd = [python, str(harness), "--input", str(tif), "--stages", ",".join(stages), "--out", str(out),
            "--model", name, "--float", "--threads", str(threads), "--home", str(home),
            "--slice", str(slice_index), "--repeats", str(repeats), "--no-gt"] + (["--warmup"] if warmup else [])
-    p = subprocess.run(cmd, env=anchor_env(home), capture_output=True, text=True)
+    p = subprocess.run(cmd, env=empanada_env(home), capture_output=True, text=True)
     results = json.loads((out / "results.json").read_text())["stages"] if (out / "results.json").exists() else []
     by_stage = {r["stage"]: r for r in results}
     if p.returncode != 0 or any(r.get("failed") for r in results):
@@ -266,7 +265,7 @@ def run_panoptem(model, volume: np.ndarray, stage: str, slice_index: int, repeat
 
 
 def score(pred: np.ndarray, gt: np.ndarray) -> dict:
-    from panoptem.evaluate import evaluate
+    from panoptem import evaluate
     r = evaluate(pred, gt)
     return {k: (round(r[k], 4) if isinstance(r[k], float) else r[k])
             for k in ("foreground_iou", "f1_50", "f1_75", "pq", "n_pred", "n_gt")}
@@ -287,9 +286,13 @@ def main(argv=None) -> int:
                     help="export: empanada gets the exported yaml's norms (dtype max + card mean/std); "
                          "matched: norms rewritten so empanada's input equals panoptem's on this block")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in both engines")
-    ap.add_argument("--python", default=str(ANCHORS / "venv" / "bin" / "python"), help="anchor venv python")
-    ap.add_argument("--home", default=str(ANCHORS / "home"), help="HOME for empanada's model registry")
-    ap.add_argument("--work", default=str(ANCHORS / "work" / "compare"), help="folder for crop, export, outputs")
+    ap.add_argument("--python", default=None, help="Python of an environment with empanada-napari 1.2.4 "
+                    "(needed for the empanada engine)")
+    ap.add_argument("--harness", type=Path, default=None, help="script that runs empanada-napari's stages "
+                    "(see empanada_compare.md; needed for the empanada engine)")
+    ap.add_argument("--work", default="empanada_compare_work", help="folder for crop, export, outputs")
+    ap.add_argument("--home", default=None, help="HOME for empanada's model registry (default: WORK/home)")
+    add_lucchi_argument(ap)
     ap.add_argument("--empanada-warmup", action="store_true",
                     help="run each empanada stage twice, time the second (no numba/TorchScript compile time)")
     ap.add_argument("--save", action="store_true", help="also write panoptem's labels to --work")
@@ -298,18 +301,19 @@ def main(argv=None) -> int:
     engines = [e.strip() for e in a.engines.split(",") if e.strip()]
     if set(stages) - {"2d", "stack", "ortho"} or set(engines) - {"empanada", "panoptem"}:
         ap.error("unknown stage or engine")
-    if "empanada" in engines and not Path(a.python).exists():
-        ap.error(f"{a.python} missing: install the anchor venv per {SHARED / 'anchor' / 'INSTALL.md'}")
+    if "empanada" in engines and not (a.python and Path(a.python).exists() and a.harness and a.harness.exists()):
+        ap.error("the empanada engine needs --python (an environment with empanada-napari 1.2.4) and --harness "
+                 "(its runner script); or pass --engines panoptem")
 
     import tifffile
     import torch
     import panoptem
-    from panoptem.models.load import get_card
+    from panoptem.models.home import get_card
     torch.set_num_threads(a.threads)
     work = Path(a.work).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
-    home = Path(a.home).expanduser().resolve()
-    volume, gt3d, gt2d = load_block(a.z0, a.z1, parse_crop(a.crop))
+    home = Path(a.home).expanduser().resolve() if a.home else work / "home"
+    volume, gt3d, gt2d = load_block(lucchi_dir(a.lucchi), a.z0, a.z1, parse_crop(a.crop))
     model_ref = str(make_tiny(work / "tiny", volume)) if a.tiny else a.model
     zi = a.slice if a.slice is not None else volume.shape[0] // 2
     tif = work / "block.tif"
@@ -332,7 +336,7 @@ def main(argv=None) -> int:
         t_export = time.perf_counter() - t
         t = time.perf_counter()
         out = work / "empanada"
-        res = run_empanada(a.python, name, tif, stages, out, home, a.threads, zi, a.repeats, a.empanada_warmup)
+        res = run_empanada(a.python, a.harness.resolve(), name, tif, stages, out, home, a.threads, zi, a.repeats, a.empanada_warmup)
         t_harness = time.perf_counter() - t
         for st in stages:
             lab, tm = empanada_row(st, res.get(st))

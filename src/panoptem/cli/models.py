@@ -2,41 +2,26 @@
 
 Heavy imports (torch) happen inside the commands, so ``panoptem --help`` stays fast.
 """
-from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..errors import PanoptemError, one_line
+from ..errors import PanoptemError
+from ._app import app
+from ._options import user_errors
 
 model_app = typer.Typer(no_args_is_help=True, help="List, inspect, register, export, import and archive models.")
-
-FORMATS = ("package", "torchscript", "empanada", "onnx")
-
-
-def _user_errors(func):
-    """Print a :class:`PanoptemError` as one line and exit 2 (also when the
-    typer app is called directly, not through ``panoptem.cli.main``)."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except PanoptemError as e:
-            typer.echo(f"error: {one_line(e)}", err=True)
-            raise typer.Exit(2) from None
-    return wrapper
+app.add_typer(model_app, name="model")
 
 
 @model_app.command("list")
-@_user_errors
+@user_errors
 def model_list(all_: bool = typer.Option(False, "--all", help="Also show archived models.")):
     """Registered models, one per line."""
-    from .load import get_card
-    from .registry import list_models
+    from ..models.home import get_card, list_models
     for m in list_models(include_archived=all_):
         card = get_card(str(m.card_path))
         desc = card.description.splitlines()[0] if card.description else ""
@@ -44,31 +29,16 @@ def model_list(all_: bool = typer.Option(False, "--all", help="Also show archive
 
 
 @model_app.command("info")
-@_user_errors
+@user_errors
 def model_info(name: str = typer.Argument(..., help="Model name or card path.")):
     """Description, classes, label divisor to annotate with, patch-size divisibility."""
-    from .load import get_card
-    card = get_card(name)
-    typer.echo(f"name: {card.name}")
-    typer.echo(f"description: {card.description.strip()}")
-    typer.echo("classes:")
-    div = card.label_divisor
-    for c in card.classes:
-        first = c.id * div + 1 if (div and c.kind == 'instance') else (c.id * div if div else c.id)
-        typer.echo(f"  {c.id}: {c.name} ({c.kind}); first label to paint: {first}")
-    typer.echo(f"label divisor to annotate with: {div}")
-    typer.echo(f"patch size must be divisible by: {card.padding_factor}")
-    if card.voxel_size_nm:
-        typer.echo(f"training pixel size: {card.voxel_size_nm} nm")
-    if card.validation:
-        typer.echo("validation: " + json.dumps(card.validation))
-    typer.echo(f"weights: {card.weights_path()} ({card.weights.format})")
-    for w in card.exports:
-        typer.echo(f"export: {card.weights_path(w)} ({w.format})")
+    from ..models.card import card_info
+    from ..models.home import get_card
+    typer.echo(card_info(get_card(name)), nl=False)
 
 
 @model_app.command("register")
-@_user_errors
+@user_errors
 def model_register(
     name: str = typer.Argument(..., help="New model name (letters, digits, _ . -)."),
     card: Path = typer.Option(..., "--card", help="Model card: panoptem YAML or empanada's model YAML."),
@@ -79,13 +49,13 @@ def model_register(
                                           "sha256: download it now and record its sha256 (otherwise refused)."),
 ):
     """Register a model (e.g. MitoNet_v1: --card MitoNet_v1.yaml --weights MitoNet_v1.pth)."""
-    from .registry import register
+    from ..models.registry import register
     path = register(name, card, weights=weights, overwrite=overwrite, allow_unverified=allow_unverified)
     typer.echo(json.dumps({"registered": name, "card": str(path)}))
 
 
 @model_app.command("export")
-@_user_errors
+@user_errors
 def model_export(
     name: str = typer.Argument(..., help="Model name or card path."),
     output: Path = typer.Option(..., "-o", "--output", help="File to write."),
@@ -95,46 +65,41 @@ def model_export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing TorchScript/ONNX outputs."),
 ):
     """Write a model for sharing or for another runtime."""
-    if format not in FORMATS:
-        raise PanoptemError(f"--format must be one of {', '.join(FORMATS)}, not '{format}'.")
-    if format == "package":
-        from .registry import export_package
-        out = export_package(name, output)
-        typer.echo(json.dumps({"exported": name, "format": format, "file": str(out)}))
-        return
-    from .export import export_onnx, export_torchscript
-    if format == "onnx":
-        out = export_onnx(name, output, overwrite=overwrite)
-    else:
-        out = export_torchscript(name, output, empanada_interface=format == "empanada", overwrite=overwrite)
-    typer.echo(json.dumps({"exported": name, "format": format, "file": str(out),
-                           "card": str(out.with_suffix(".yaml"))}))
+    from ..models.card import EXPORT_FORMATS
+    from ..models.export import export_model
+    if format not in EXPORT_FORMATS:
+        raise PanoptemError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not '{format}'.")
+    out = export_model(name, output, format, overwrite=overwrite)
+    rec = {"exported": name, "format": format, "file": str(out)}
+    if format != "package":
+        rec["card"] = str(out.with_suffix(".yaml"))
+    typer.echo(json.dumps(rec))
 
 
 @model_app.command("import")
-@_user_errors
+@user_errors
 def model_import(
     file: Path = typer.Argument(..., help="A .panoptem model package."),
     name: Optional[str] = typer.Option(None, "--name", help="Register under this name instead of the package's."),
 ):
     """Register the model in a .panoptem package."""
-    from .registry import import_package
+    from ..models.registry import import_package
     typer.echo(json.dumps({"imported": import_package(file, name=name)}))
 
 
 @model_app.command("archive")
-@_user_errors
+@user_errors
 def model_archive(name: str = typer.Argument(..., help="Model name.")):
     """Hide a model from the list (built-in ones too); undo with `restore`."""
-    from .registry import archive
+    from ..models.registry import archive
     archive(name)
     typer.echo(json.dumps({"archived": name}))
 
 
 @model_app.command("restore")
-@_user_errors
+@user_errors
 def model_restore(name: str = typer.Argument(..., help="Name of an archived model.")):
     """Bring an archived model back."""
-    from .registry import restore
+    from ..models.registry import restore
     restore(name)
     typer.echo(json.dumps({"restored": name}))

@@ -1,318 +1,28 @@
-"""Stack building blocks for 3D inference: a running median over slices and
-linking of 2D panoptic slices into 3D objects.
+"""Linking of 2D panoptic slices into 3D objects.
 
-- :class:`RunningMedian` — true running median of raw per-slice arrays,
-  holding at most ``size`` slices;
 - :class:`SliceLinker` — streams 2D panoptic slices, gives them provisional
   ids unique over the stack, records overlaps and per-object statistics, and
   solves the linking once in :meth:`SliceLinker.finish`;
-- :func:`link_stack` — the same for an in-memory (Z, H, W) panoptic stack;
-- :func:`overlap_table`, :func:`object_stats`, :func:`filter_objects`,
-  :func:`relabel_sequential_per_class` — vectorised helpers shared with
-  :mod:`.consensus`.
+- :func:`link_stack` — the same for an in-memory (Z, H, W) panoptic stack.
 
 Coordinates of a stack are stack-local: (slice index, row, col).
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
-import fastremap
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import PanoptemError
-from .decode import dtype_for_max_label
+from ..labels import compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, overlap_table
 
 # Split guard of the linking rule (see SliceLinker): a second branch must lie
 # mostly inside the object it leaves, when it is not a small fragment.
 SPLIT_IOA = 0.5
 SPLIT_MIN_FRAC = 0.25
 
-
-# ----------------------------------------------------------------------------
-# running median
-
-class RunningMedian:
-    """Running median of raw slices over ``size`` neighbouring slices.
-
-    Slice ``i`` of ``n`` becomes ``np.median`` over the *raw* inputs
-    ``max(0, i - r) .. min(n - 1, i + r)`` with ``r = size // 2``. At the
-    stack edges the window shrinks to the available neighbours, so the first
-    and last slices are filtered too (the reference leaves them unfiltered and
-    feeds already filtered slices into later windows). A shrunken window can
-    hold an even number of slices; ``np.median`` then averages the two middle
-    values. At most ``size`` raw slices are held.
-
-    ``push(item)`` returns a list of finished ``(index, filtered)`` in order;
-    ``push(item, extra)`` returns ``(index, filtered, extra)`` with ``extra``
-    (any side data, e.g. heatmap and offsets) passed through unfiltered.
-    ``flush()`` returns the rest at the end of the stack and resets the
-    object. Items must not be modified after they were pushed. Floating point
-    items keep their dtype.
-
-    >>> rm = RunningMedian(3)
-    >>> [i for i, _ in rm.push(np.zeros(2))], [i for i, _ in rm.push(np.ones(2))]
-    ([], [0])
-    >>> [(i, f.tolist()) for i, f in rm.flush()]
-    [(1, [0.5, 0.5])]
-    """
-
-    def __init__(self, size: int):
-        if int(size) != size or size < 1 or size > 11 or size % 2 == 0:
-            raise PanoptemError(f"Median Filter Size must be an odd number of slices from 1 to 11, got {size}.")
-        self.size = int(size)
-        self.radius = self.size // 2
-        self._buf: deque = deque()  # (index, item, extra, has_extra) of raw slices still needed
-        self._n = 0  # slices pushed
-        self._next = 0  # next slice to emit
-
-    @property
-    def held(self) -> int:
-        """Number of raw slices held now."""
-        return len(self._buf)
-
-    def push(self, item, extra=None) -> list[tuple]:
-        """Add the next raw slice; return the slices that are now finished."""
-        self._buf.append((self._n, np.asarray(item), extra, extra is not None))
-        self._n += 1
-        out = []
-        while self._next + self.radius < self._n:
-            out.append(self._emit(self._n - 1))
-        return out
-
-    def flush(self) -> list[tuple]:
-        """Finish the remaining slices (end of the stack) and reset."""
-        out = []
-        while self._next < self._n:
-            out.append(self._emit(self._n - 1))
-        self._buf.clear()
-        self._n = self._next = 0
-        return out
-
-    def _emit(self, last: int) -> tuple:
-        i = self._next
-        lo, hi = max(0, i - self.radius), min(last, i + self.radius)
-        window = [it for j, it, _, _ in self._buf if lo <= j <= hi]
-        _, item, extra, has_extra = next(e for e in self._buf if e[0] == i)
-        if len(window) == 1:
-            filtered = item
-        elif np.issubdtype(item.dtype, np.floating):
-            filtered = _median(window)
-        else:
-            filtered = np.median(np.stack(window), axis=0)
-        self._next += 1
-        # slice i + 1 needs nothing before i + 1 - r
-        while self._buf and self._buf[0][0] < self._next - self.radius:
-            self._buf.popleft()
-        return (i, filtered, extra) if has_extra else (i, filtered)
-
-
-def _median(window: list[np.ndarray]) -> np.ndarray:
-    """Voxel-wise median of a few float arrays, equal to ``np.median`` over them.
-
-    Odd-even transposition sort with element-wise min/max (a sorting network):
-    several times faster than ``np.median`` along a stacked axis for k <= 11.
-    """
-    k = len(window)
-    s = list(np.stack(window))  # views into one working copy
-    tmp = np.empty_like(s[0])
-    for r in range(k):
-        for i in range(r % 2, k - 1, 2):
-            np.minimum(s[i], s[i + 1], out=tmp)
-            np.maximum(s[i], s[i + 1], out=s[i + 1])
-            s[i], tmp = tmp, s[i]
-    m = k // 2
-    return s[m].copy() if k % 2 else (s[m - 1] + s[m]) / s[m].dtype.type(2)
-
-
-# ----------------------------------------------------------------------------
-# vectorised helpers
-
-def overlap_table(a: np.ndarray, b: np.ndarray, na: int, nb: int,
-                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel counts of every overlapping pair of two compact label arrays.
-
-    ``a`` holds ids 0..na and ``b`` ids 0..nb (0 = background) over the same
-    grid. Returns ``(ia, ib, count)`` (int64) for all pairs with both ids > 0
-    that share at least one voxel, optionally only over ``mask``.
-
-    >>> overlap_table(np.array([1, 1, 2, 0]), np.array([1, 2, 2, 2]), 2, 2)[2].tolist()
-    [1, 1, 1]
-    """
-    if na == 0 or nb == 0:
-        e = np.zeros(0, np.int64)
-        return e, e, e
-    size = (na + 1) * (nb + 1)
-    if mask is None and size <= max(a.size, 1 << 16):
-        code = a.astype(np.int64, copy=False).ravel() * (nb + 1) + b.ravel()
-        counts = np.bincount(code, minlength=size).reshape(na + 1, nb + 1)
-        counts[0] = 0
-        counts[:, 0] = 0
-        ia, ib = np.nonzero(counts)
-        return ia.astype(np.int64), ib.astype(np.int64), counts[ia, ib].astype(np.int64)
-    m = (a > 0) & (b > 0)
-    if mask is not None:
-        m &= mask
-    code = a[m].astype(np.int64) * (nb + 1) + b[m]
-    if code.size == 0:
-        e = np.zeros(0, np.int64)
-        return e, e, e
-    u, c = fastremap.unique(code, return_counts=True)
-    u = np.asarray(u, np.int64)
-    return u // (nb + 1), u % (nb + 1), np.asarray(c, np.int64)
-
-
-def greedy_match(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """One-to-one matching, greedy by descending ``score``.
-
-    Edges ``a[i] - b[i]`` (ids of two disjoint node sets). Returns the indices
-    of the chosen edges: the same set as taking edges one by one from the best
-    down and keeping those whose two ends are still free (ties: lower ``a``,
-    then lower ``b``). Vectorised as rounds of "mutually best" edges, which
-    picks exactly the greedy set.
-    """
-    if len(a) == 0:
-        return np.zeros(0, np.int64)
-    order = np.lexsort((b, a, -np.asarray(score, np.float64)))
-    sa, sb = np.asarray(a)[order], np.asarray(b)[order]
-    alive = np.ones(len(order), bool)
-    chosen = []
-    while alive.any():
-        idx = np.flatnonzero(alive)
-        aa, bb = sa[idx], sb[idx]
-        first_a = np.zeros(len(idx), bool)
-        first_a[np.unique(aa, return_index=True)[1]] = True
-        first_b = np.zeros(len(idx), bool)
-        first_b[np.unique(bb, return_index=True)[1]] = True
-        sel = idx[first_a & first_b]
-        chosen.append(sel)
-        alive &= ~(np.isin(sa, sa[sel]) | np.isin(sb, sb[sel]))
-    return np.sort(order[np.concatenate(chosen)])
-
-
-def compact(labels: np.ndarray, return_counts: bool = False):
-    """Relabel ``labels`` to 0..k (int32) in order of the original ids.
-
-    Returns ``(local, ids)`` with ``ids[j - 1]`` the original id of local id j,
-    and ``counts`` (voxels per id, int64) as a third item if asked.
-    """
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "ui":
-        raise PanoptemError(f"Label images must be integer, got {labels.dtype}; convert them with astype(np.uint32).")
-    u, c = fastremap.unique(labels, return_counts=True)
-    u, c = np.asarray(u), np.asarray(c, np.int64)
-    if u.size and u[0] < 0:
-        raise PanoptemError("Label images must not contain negative ids; 0 is background, objects are > 0.")
-    ids, counts = u[u > 0], c[u > 0]
-    if ids.size == 0:
-        local = np.zeros(labels.shape, np.int32)
-    elif int(ids[-1]) < (1 << 24):
-        lut = np.zeros(int(ids[-1]) + 1, np.int32)
-        lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-        local = lut[labels]
-    else:
-        ref = np.concatenate([np.zeros(1, ids.dtype), ids])
-        local = np.searchsorted(ref, labels).astype(np.int32)
-    return (local, ids, counts) if return_counts else (local, ids)
-
-
-def object_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ids, voxel counts and bounding boxes of the objects of a 2D/3D label array.
-
-    Returns ``(ids, voxels, bbox)``: ``bbox`` is (n, 2 * ndim) with the
-    inclusive start of each axis followed by the exclusive stops, like
-    ``(z0, y0, x0, z1, y1, x1)``.
-    """
-    import cc3d
-
-    labels = np.asarray(labels)
-    nd = labels.ndim
-    if nd not in (2, 3):
-        raise PanoptemError(f"Object statistics need a 2D or 3D label array, got {nd} dimensions.")
-    local, ids = compact(labels)
-    if ids.size == 0:
-        return ids, np.zeros(0, np.int64), np.zeros((0, 2 * nd), np.int64)
-    st = cc3d.statistics(np.ascontiguousarray(local.astype(np.uint32, copy=False)), no_slice_conversion=True)
-    voxels = np.asarray(st["voxel_counts"][1:], np.int64)
-    bb = np.asarray(st["bounding_boxes"][1:], np.int64)  # (min0, max0, min1, max1, ...) inclusive
-    bbox = np.concatenate([bb[:, 0::2], bb[:, 1::2] + 1], axis=1)
-    return ids, voxels, bbox
-
-
-def _keep_mask(voxels: np.ndarray, bbox: np.ndarray, shape, min_size: int, min_extent: int) -> np.ndarray:
-    """Objects with ``voxels >= min_size`` and a bounding box at least
-    ``min(min_extent, axis length)`` thick along every axis."""
-    nd = len(shape)
-    extent = bbox[:, nd:] - bbox[:, :nd]
-    need = np.minimum(int(min_extent), np.asarray(shape, np.int64))
-    return (voxels >= int(min_size)) & np.all(extent >= need, axis=1)
-
-
-def filter_objects(labels: np.ndarray, min_size: int = 500, min_extent: int = 5,
-                   label_divisor: int | None = None) -> np.ndarray:
-    """Remove objects smaller than ``min_size`` voxels or thinner than
-    ``min_extent`` along any axis (a new array; ids unchanged).
-
-    Along an axis shorter than ``min_extent`` the requirement is the axis
-    length, so a thin volume keeps the objects that cross it. With a
-    ``label_divisor``, semantic ("stuff") segments ``class * divisor`` are kept.
-    """
-    ids, voxels, bbox = object_stats(labels)
-    drop = ~_keep_mask(voxels, bbox, np.shape(labels), min_size, min_extent)
-    if label_divisor:
-        drop &= ids % label_divisor != 0
-    out = np.array(labels, copy=True)
-    if drop.any():
-        out[np.isin(out, ids[drop])] = 0
-    return out
-
-
-def relabel_sequential_per_class(labels: np.ndarray, label_divisor: int | None) -> np.ndarray:
-    """Renumber instance ids to ``class * divisor + 1..N`` per class, in order
-    of the original ids (1..N overall without a divisor). Semantic segments
-    ``class * divisor`` keep their id. Returns uint32 (uint64 if needed).
-
-    >>> relabel_sequential_per_class(np.array([0, 10005, 10009, 20003, 20000]), 10000).tolist()
-    [0, 10001, 10002, 20001, 20000]
-    """
-    labels = np.asarray(labels)
-    local, ids = compact(labels)
-    ids = ids.astype(np.int64)
-    if label_divisor:
-        div = int(label_divisor)
-        cls = ids // div
-        thing = ids % div != 0
-        rank = _rank_within(cls, thing)
-        if thing.any() and rank[thing].max() >= div:
-            raise PanoptemError(f"More than {div - 1} objects of one class; raise Max objects per class "
-                                "(label_divisor).")
-        new = np.where(thing, cls * div + rank, ids)
-    else:
-        new = np.arange(1, ids.size + 1, dtype=np.int64)
-    lut = np.concatenate([[0], new]).astype(dtype_for_max_label(int(new.max(initial=0))))
-    return lut[local]
-
-
-def _rank_within(cls: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """1-based rank of each kept item among the kept items of its class (in
-    the given order); 0 for items not kept."""
-    rank = np.zeros(len(cls), np.int64)
-    sel = np.flatnonzero(keep)
-    if sel.size == 0:
-        return rank
-    order = sel[np.argsort(cls[sel], kind="stable")]
-    c = cls[order]
-    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    pos = np.arange(order.size) - np.repeat(starts, np.diff(np.r_[starts, order.size]))
-    rank[order] = pos + 1
-    return rank
-
-
-# ----------------------------------------------------------------------------
-# linking
 
 @dataclass
 class LinkResult:
@@ -657,16 +367,12 @@ class SliceLinker:
         comp_thing[cc] = thing[members]
         bbox = np.concatenate([lo, hi], axis=1)
         shape = (self._z, *self._shape)
-        keep = comp_thing & _keep_mask(voxels, bbox, shape, min_size, min_extent)
+        keep = comp_thing & keep_mask(voxels, bbox, shape, min_size, min_extent)
         # number kept objects per class in order of first appearance
         order = np.argsort(first, kind="stable")
-        rank = np.zeros(n_comp, np.int64)
-        rank[order] = _rank_within(comp_cls[order], keep[order])
         div = self.divisor
-        if div and keep.any() and rank.max() >= div:
-            raise PanoptemError(f"More than {div - 1} objects of one class in this stack; raise Max objects "
-                                "per class (label_divisor).")
-        final = np.where(keep, comp_cls * div + rank if div else rank, 0)
+        final = np.zeros(n_comp, np.int64)
+        final[order] = number_per_class(comp_cls[order], keep[order], div)
         mapping = final[comp]
         if div:
             stuff = np.flatnonzero(~thing)

@@ -75,6 +75,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import PanoptemError
+from .labels import as_labels
 
 __all__ = ["evaluate", "evaluate_files", "error_breakdown"]
 
@@ -224,8 +225,8 @@ def _classes(labels: np.ndarray, divisor: int) -> np.ndarray:
 def _prepare(prediction, ground_truth, label_divisor, per_slice: bool, ignore_smaller) -> tuple:
     """Checked inputs -> (pair table without ignored objects, same-class mask of its pairs,
     (ignored predictions, ignored ground-truth objects))."""
-    pred = _as_labels(prediction, "prediction")
-    gt = _as_labels(ground_truth, "ground truth")
+    pred = as_labels(prediction, "prediction")
+    gt = as_labels(ground_truth, "ground truth")
     if pred.shape != gt.shape:
         raise PanoptemError(f"The prediction has shape {pred.shape} but the ground truth has shape "
                             f"{gt.shape}; evaluate label images of the same region and size.")
@@ -324,27 +325,6 @@ def _breakdown(t: dict) -> dict:
     return {"counts": counts, "false_p": np.flatnonzero(fp["false_object"]), "miss_g": np.flatnonzero(fn["miss"]),
             "split_g": np.flatnonzero(split_g), "merge_p": np.flatnonzero(merge_p), "pieces": pieces,
             "parts": parts}
-
-
-def _as_labels(a, what: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim not in (2, 3):
-        raise PanoptemError(f"The {what} has {a.ndim} dimensions; "
-                            "give a 2D (YX) or 3D (ZYX) label image.")
-    if a.dtype == bool:
-        return a.view(np.uint8)
-    if a.dtype.kind == "f":
-        if a.size and (not np.isfinite(a).all() or (a != np.round(a)).any()):
-            raise PanoptemError(f"The {what} holds fractional values; give an integer label image.")
-        a = a.astype(np.int64)
-    elif a.dtype.kind not in "iu":
-        raise PanoptemError(f"The {what} has dtype {a.dtype}; give an integer label image.")
-    if a.dtype.kind == "i":
-        if a.size and a.min() < 0:
-            raise PanoptemError(f"The {what} holds negative labels; "
-                                "labels must be 0 (background) or positive.")
-        a = a.view(a.dtype.str.replace("i", "u"))  # same bits, no copy
-    return a
 
 
 def _positions(values: np.ndarray, labels: np.ndarray, scale: int, dtype) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""The ``panoptem`` command line: the app, and the entry point that turns every user
+error into one line and exit status 2."""
+
+import sys
+
+import typer
+
+from ..errors import PanoptemError, one_line
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Panoptic segmentation of organelles in EM images and volumes.")
+
+
+INTERRUPTED = "interrupted; nothing was written to the output. Re-run the same command to resume (segment3d " \
+              "keeps the network outputs computed so far)."
+
+
+# Libraries that decode input files: an error of theirs that escaped the readers' own checks
+# is still a file the user can fix (or replace), so it gets one line, not a traceback.
+_READER_LIBRARIES = ("tifffile", "imagecodecs", "PIL", "imageio", "zarr", "numcodecs", "h5py", "mrcfile")
+
+
+def _known_error(e: BaseException) -> str | None:
+    """One line for an error that a bad input, not a bug, explains; None otherwise."""
+    first = one_line(e)[:200]
+    if isinstance(e, MemoryError):
+        return (f"not enough memory for this input ({first or 'MemoryError'}); crop it, use --tile-size for a "
+                "large 2D image, or run on a machine with more memory.")
+    if type(e).__module__.split(".")[0] in _READER_LIBRARIES:
+        return (f"could not read an input file ({type(e).__name__}: {first}); check that it is complete and in "
+                "the format its name says.")
+    return None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {one_line(message)}", err=True)
+
+
+def _click_error(name: str) -> type:
+    """An exception class of the click that typer runs on (its own copy in recent typer)."""
+    import importlib
+    module = importlib.import_module(typer.BadParameter.__module__)
+    return getattr(module, name, type(f"_No{name}", (Exception,), {}))
+
+
+_UsageError, _ClickException = _click_error("UsageError"), _click_error("ClickException")
+_NoArgsIsHelp, _ClickAbort = _click_error("NoArgsIsHelpError"), _click_error("Abort")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; user errors, unknown options and values that do
+    not parse print one line and exit 2."""
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("ignore", RuntimeWarning)  # numpy on degenerate data: nothing a user can act on
+            code = app(args=argv, prog_name="panoptem", standalone_mode=False)
+    except _NoArgsIsHelp as e:  # `panoptem` or `panoptem model` alone: the help
+        e.show()
+        return 2
+    except _UsageError as e:  # unknown option, missing argument, value of the wrong type
+        where = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
+        typer.echo(f"error: {one_line(e.format_message()).rstrip('.')}{where}.", err=True)
+        return 2
+    except _ClickException as e:
+        typer.echo(f"error: {one_line(e.format_message())}", err=True)
+        return e.exit_code
+    except (typer.Abort, _ClickAbort):
+        typer.echo("aborted.", err=True)
+        return 1
+    except PanoptemError as e:
+        typer.echo(f"error: {one_line(e)}", err=True)
+        return 2
+    except SystemExit as e:
+        if e.code == 130:
+            typer.echo(INTERRUPTED, err=True)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        typer.echo(INTERRUPTED, err=True)
+        return 130
+    except Exception as e:  # noqa: BLE001 - only errors that a bad input explains; the rest re-raise
+        msg = _known_error(e)
+        if msg is None:
+            raise
+        typer.echo(f"error: {msg}", err=True)
+        return 2
+    if code == 130:  # Ctrl-C, turned into exit status 130 by the command-line library
+        typer.echo(INTERRUPTED, err=True)
+    return code if isinstance(code, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

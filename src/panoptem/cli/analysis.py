@@ -1,0 +1,123 @@
+"""``panoptem evaluate``, ``panoptem report`` and ``panoptem measure``."""
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import PanoptemError
+from ..params import MeasureParams
+from ._app import app
+from ._options import read_input, voxel_size_option, with_params
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    prediction: Path = typer.Argument(..., help="Predicted labels (any readable format)."),
+    ground_truth: Path = typer.Argument(..., help="Ground-truth labels of the same shape."),
+    label_divisor: Optional[int] = typer.Option(None, "--label-divisor", help="Evaluate per class "
+                                                "(class = label // divisor)."),
+    per_slice: bool = typer.Option(False, "--per-slice", help="Compare every z slice on its own and pool the "
+                                   "counts (for segment2d --batch outputs, whose ids restart in every slice)."),
+    ignore_smaller: int = typer.Option(0, "--ignore-smaller", help="Ground-truth objects under this many voxels "
+                                       "are neither targets nor misses; predictions that found them are "
+                                       "dropped too."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write an HTML report with the scores "
+                                          "and pictures of the largest false objects, misses, splits and "
+                                          "merges (needs matplotlib: pip install 'panoptem[report]')."),
+    image: Optional[str] = typer.Option(None, "--image", help="With --report: the grey image, drawn under "
+                                        "the labels."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+):
+    """Foreground IoU, precision/recall/F1 at IoU 0.5 and 0.75, PQ, mean AP and a breakdown of errors
+    (false objects, misses, splits, merges) as JSON."""
+    import numpy as np
+
+    from .._evaluate import evaluate
+    from ..io import read_image
+    kw = dict(label_divisor=label_divisor, per_slice=per_slice, ignore_smaller=ignore_smaller)
+    inputs = [str(prediction), str(ground_truth)] + ([image] if image else [])
+    if report is not None:  # checked before the work
+        from ..reporting._files import check_target
+        from ..reporting._mpl import require_matplotlib
+        require_matplotlib()
+        check_target(report, (".html", ".htm"), overwrite, inputs)
+    pred = np.asarray(read_image(prediction).data)
+    gt = np.asarray(read_image(ground_truth).data)
+    scores = evaluate(pred, gt, **kw)
+    if report is not None:
+        from ..reporting import evaluation_report
+        img = None if image is None else read_image(image).data
+        evaluation_report(pred, gt, report, image=img, scores=scores, overwrite=overwrite, inputs=inputs,
+                          names=(prediction.name, ground_truth.name), **kw)
+        scores["report"] = str(report)
+    typer.echo(json.dumps(scores))
+
+
+@app.command("report")
+@with_params(MeasureParams)
+def report_cmd(
+    labels: str = typer.Argument(..., help="Label image or volume (any readable format)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Report file: .html (self-contained) or .pdf."),
+    image: Optional[str] = typer.Option(None, "--image", help="Grey image of the same shape: drawn under the "
+                                        "labels; adds mean intensity."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="html or pdf (default: from the output's suffix)."),
+    voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel, 'z,y,x' (default: "
+                                             "from the file's metadata, else 1 nm)."),
+    top: int = typer.Option(20, "--top", help="Rows of the table of largest objects."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+    params: MeasureParams = None,
+):
+    """A report of a label image: planes, histograms of volume and extent in nm, objects per slice and
+    the largest objects with the measurements of `panoptem measure` (needs matplotlib)."""
+    from ..io import read_image
+    from ..reporting import report
+    vs = voxel_size_option(voxel_size, read_image(labels))
+    out = Path(output)
+    if fmt is not None and not out.suffix:
+        out = out.with_suffix("." + fmt.lower())
+    path = report(labels, out, image=image, voxel_size=vs, top=top, format=fmt, overwrite=overwrite,
+                  **params.model_dump())
+    typer.echo(json.dumps({"output": str(path), "voxel_size_nm": vs}))
+
+
+@app.command("measure")
+@with_params(MeasureParams)
+def measure_cmd(
+    labels: str = typer.Argument(..., help="Label image or volume (any readable format)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Table, one row per object: .csv, .xlsx, or "
+                                ".parquet (needs pyarrow)."),
+    image: Optional[str] = typer.Option(None, "--image", help="Grey image of the same shape: adds mean intensity."),
+    voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel, 'z,y,x' (default: "
+                                             "from the file's metadata, else 1 nm)."),
+    blockwise: bool = typer.Option(False, "--blockwise", help="Measure a 3D volume block by block on Dask "
+                                   "(volumes larger than memory); same columns.", rich_help_panel="Blockwise"),
+    block_shape: Optional[str] = typer.Option(None, "--block-shape", help="Z,Y,X voxels per block "
+                                              "(default 64,256,256).", rich_help_panel="Blockwise"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes.",
+                                          rich_help_panel="Blockwise"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler.",
+                                            rich_help_panel="Blockwise"),
+    params: MeasureParams = None,
+):
+    """Per-object measurements in physical units (volume, surface, extents, centroid...) to CSV."""
+    import numpy as np
+
+    from .._measure import measure, summarize, write_table
+    lab = read_input(labels)
+    vs = voxel_size_option(voxel_size, lab)
+    if blockwise:
+        from ..distributed.measure import measure_blockwise
+        table = measure_blockwise(lab.path, voxel_size=vs, image=image, key=lab.key,
+                                  block_shape=block_shape or (64, 256, 256), n_workers=workers, scheduler=scheduler,
+                                  progress=True, **params.model_dump())
+    else:
+        if any(v is not None for v in (block_shape, workers, scheduler)):
+            raise PanoptemError("--block-shape, --workers and --scheduler need --blockwise.")
+        img = np.asarray(read_input(image).data) if image else None
+        table = measure(np.asarray(lab.data), voxel_size=vs, image=img, **params.model_dump())
+    out = write_table(table, output)
+    summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
+    typer.echo(json.dumps({"output": str(out), "objects": int(len(table["label"])), "voxel_size_nm": vs,
+                           "summary": summ}))

@@ -1,0 +1,134 @@
+"""``panoptem segment2d`` and ``panoptem segment3d``."""
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import PanoptemError
+from ..params import PLANE_AXIS, Params2D, Params3D
+from ._app import app
+from ._options import KEY_HELP, PREVIEW_HELP, read_input, with_params
+
+
+@app.command("segment2d")
+@with_params(Params2D)
+def segment2d_cmd(
+    input: str = typer.Argument(..., help="Image: TIFF, PNG/JPEG, MRC, Zarr, HDF5, a folder of 2D images, "
+                                "or 'sample' for the bundled EM crop."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output labels (.tif or .zarr)."),
+    model: str = typer.Option("MitoLite_v1", "--model", "-m", help="Model name or card path."),
+    slice_index: Optional[int] = typer.Option(None, "--slice", help="For a 3D input: the slice to segment "
+                                              "(default: the middle one)."),
+    plane: str = typer.Option("xy", "--plane", help="For --slice: xy, xz or yz."),
+    key: Optional[str] = typer.Option(None, "--key", help=KEY_HELP),
+    batch: bool = typer.Option(False, "--batch", help="Segment every slice of a stack independently."),
+    unique_ids: bool = typer.Option(False, "--unique-ids", help="With --batch: ids unique across the stack "
+                                    "(default: restart in every slice, as empanada)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help=PREVIEW_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    params: Params2D = None,
+):
+    """2D inference (empanada's "2D Inference (Parameter Testing)")."""
+    from ..inference.segment2d import segment_2d, take_plane
+    from ..io import write_labels
+    img = read_input(input, key, model)
+    data = img.data
+    vs = img.voxel_size
+    if data.ndim == 3 and not batch:
+        ax = PLANE_AXIS.get(plane)
+        if ax is None:
+            raise PanoptemError(f"--plane must be xy, xz or yz, not '{plane}'.")
+        idx = data.shape[ax] // 2 if slice_index is None else slice_index
+        data = take_plane(data, idx, plane)
+        if vs is not None:
+            vs = tuple(v for i, v in enumerate(vs) if i != ax)
+        if slice_index is None:
+            typer.echo(f"note: segmenting the middle {plane} slice ({idx}) of the volume; choose another with "
+                       "--slice and --plane, or every slice with --batch.", err=True)
+    inputs = [img.path] if img.path else []
+    if preview is not None:  # never over an input or the output
+        from ..reporting._preview import prepare_preview
+        prepare_preview(preview, overwrite, inputs + [str(output)])
+    labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
+                        preview=preview, voxel_size=vs, overwrite=overwrite, **params.model_dump())
+    out = write_labels(output, labels, voxel_size=vs, overwrite=overwrite, inputs=inputs)
+    _report(labels, params.label_divisor, out, preview)
+
+
+def _report(labels, divisor, out, preview=None):
+    import numpy as np
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    rec = {"output": str(out), "objects": int(ids.size), "shape": list(labels.shape), "dtype": str(labels.dtype)}
+    if preview is not None:
+        rec["preview"] = str(preview)
+    typer.echo(json.dumps(rec))
+
+
+@app.command("segment3d")
+@with_params(Params3D)
+def segment3d_cmd(
+    input: str = typer.Argument(..., help="Volume: TIFF, MRC, Zarr, HDF5, a folder of 2D images, "
+                                "or 'sample' for the bundled EM crop."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output labels (.tif or .zarr); a multi-class "
+                                "model writes NAME_<class>.tif per class."),
+    model: str = typer.Option("MitoLite_v1", "--model", "-m", help="Model name or card path."),
+    key: Optional[str] = typer.Option(None, "--key", help=KEY_HELP),
+    ortho: bool = typer.Option(False, "--ortho", help="Same as --orthoplane."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Slices per network call."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep network outputs here (default: "
+                                             "a hidden folder beside OUTPUT, removed on success). Re-running the "
+                                             "same command resumes an interrupted run; with --keep-cache, "
+                                             "re-decodes with new thresholds without running the network."),
+    keep_cache: bool = typer.Option(False, "--keep-cache", help="Keep the cache folder after success."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help=PREVIEW_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    blockwise: bool = typer.Option(False, "--blockwise", help="Run block by block on Dask (OUTPUT must be "
+                                   ".zarr): volumes larger than memory, several workers or GPUs, a cluster; "
+                                   "resumes after a crash.", rich_help_panel="Blockwise"),
+    block_shape: Optional[str] = typer.Option(None, "--block-shape", help="Z,Y,X voxels per block "
+                                              "(default 64,1024,1024).", rich_help_panel="Blockwise"),
+    halo: Optional[str] = typer.Option(None, "--halo", help="Z,Y,X voxels of context around each block along "
+                                       "the image axes (default 16,128,128).", rich_help_panel="Blockwise"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (default: from "
+                                          "cores and memory; one per device with --devices).",
+                                          rich_help_panel="Blockwise"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler "
+                                            "(e.g. tcp://host:8786) instead of local workers.",
+                                            rich_help_panel="Blockwise"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="One worker per device: cuda:0,cuda:1 or "
+                                          "'all' visible GPUs.", rich_help_panel="Blockwise"),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Volume (same shape or smaller by whole factors): "
+                                       "only blocks with mask are segmented, labels outside it are 0.",
+                                       rich_help_panel="Blockwise"),
+    exact_context: bool = typer.Option(True, "--exact-context/--block-context", help="Give the network each "
+                                       "whole slice's global context (panoptem's own models; about 60 % more "
+                                       "network time) or each block's own (faster, slightly different near "
+                                       "block faces).", rich_help_panel="Blockwise"),
+    params: Params3D = None,
+):
+    """3D inference along one plane or ortho-plane (empanada's "3D Inference")."""
+    from ..inference.segment3d import segment_3d
+    img = read_input(input, key, model)
+    if ortho:
+        params.orthoplane = True
+    extra = {}
+    volume = img.data
+    if blockwise:
+        volume = img  # each worker opens the file itself
+        extra = dict(blockwise=True, block_shape=block_shape, halo=halo, n_workers=workers, scheduler=scheduler,
+                     devices=devices, mask=mask, exact_context=exact_context)
+    elif any(v is not None for v in (block_shape, halo, workers, scheduler, devices, mask)):
+        raise PanoptemError("--block-shape, --halo, --workers, --scheduler, --devices and --mask need --blockwise.")
+    res = segment_3d(volume, model, device=device, batch_size=batch_size, progress=True,
+                     voxel_size=img.voxel_size, cache_dir=cache_dir, keep_cache=keep_cache, output=output,
+                     overwrite=overwrite, inputs=[img.path] if img.path else [], preview=preview,
+                     **extra, **params.model_dump())
+    if preview is not None and res.written:
+        res.written[0]["preview"] = str(preview)
+    for p in res.written:
+        typer.echo(json.dumps(p))

@@ -1,0 +1,317 @@
+"""Label-array toolkit shared by decoding, linking, consensus, evaluation,
+measurement, proofreading and the napari plugin.
+
+A label array holds 0 for background and object ids > 0. With a label divisor
+("Max objects per class") an id is ``class * divisor + n``: ``n > 0`` is an
+object (an instance of a "thing" class), ``n == 0`` a semantic ("stuff")
+segment of that class. Everything here is vectorised over voxels or objects.
+
+- :func:`as_labels`, :func:`dtype_for_max_label`, :func:`class_map` — checks and conventions;
+- :func:`compact` — ids to 0..k, with the original ids (and voxel counts);
+- :func:`object_stats`, :func:`keep_mask`, :func:`filter_objects` — sizes, boxes and filters;
+- :func:`overlap_table`, :func:`greedy_match` — overlapping pairs of two label arrays and
+  one-to-one matching;
+- :func:`rank_within`, :func:`number_per_class`, :func:`relabel_sequential_per_class` —
+  numbering ``class * divisor + 1..N`` per class.
+"""
+from __future__ import annotations
+
+import fastremap
+import numpy as np
+
+from .errors import PanoptemError
+
+__all__ = ["as_labels", "dtype_for_max_label", "class_map", "compact", "object_stats", "keep_mask",
+           "filter_objects", "overlap_table", "greedy_match", "rank_within", "number_per_class",
+           "relabel_sequential_per_class"]
+
+
+# ---------------------------------------------------------------- conventions
+
+def as_labels(a, what: str = "label image") -> np.ndarray:
+    """``a`` as a 2D or 3D unsigned integer label array (no copy where possible).
+
+    bool becomes uint8; whole-numbered floats are accepted; signed integers must
+    not be negative. ``what`` names the array in the error messages.
+
+    >>> as_labels(np.array([[0, 2], [3, 0]], np.int16)).dtype
+    dtype('uint16')
+    """
+    a = np.asarray(a)
+    if a.ndim not in (2, 3):
+        raise PanoptemError(f"The {what} has {a.ndim} dimensions; "
+                            "give a 2D (YX) or 3D (ZYX) label image.")
+    if a.dtype == bool:
+        return a.view(np.uint8)
+    if a.dtype.kind == "f":
+        if a.size and (not np.isfinite(a).all() or (a != np.round(a)).any()):
+            raise PanoptemError(f"The {what} holds fractional values; give an integer label image.")
+        a = a.astype(np.int64)
+    elif a.dtype.kind not in "iu":
+        raise PanoptemError(f"The {what} has dtype {a.dtype}; give an integer label image.")
+    if a.dtype.kind == "i":
+        if a.size and a.min() < 0:
+            raise PanoptemError(f"The {what} holds negative labels; "
+                                "labels must be 0 (background) or positive.")
+        a = a.view(a.dtype.str.replace("i", "u"))  # same bits, no copy
+    return a
+
+
+def dtype_for_max_label(max_label: int) -> np.dtype:
+    """uint32 when ``max_label`` fits, else uint64.
+
+    >>> dtype_for_max_label(2**32)
+    dtype('uint64')
+    """
+    return np.dtype(np.uint32) if max_label < 2**32 else np.dtype(np.uint64)
+
+
+def class_map(labels: np.ndarray, label_divisor: int | None) -> np.ndarray:
+    """Class id of every label: ``label // divisor``; without a divisor 1 for
+    every object (0 for background).
+
+    >>> class_map(np.array([0, 1003, 2001]), 1000).tolist(), class_map(np.array([0, 7]), None).tolist()
+    ([0, 1, 2], [0, 1])
+    """
+    labels = np.asarray(labels)
+    if label_divisor:  # in 64 bits: a divisor larger than a narrow dtype must not overflow
+        wide = labels.astype(np.uint64 if labels.dtype == np.uint64 else np.int64, copy=False)
+        return wide // wide.dtype.type(label_divisor)
+    return (labels > 0).astype(np.int64)
+
+
+# ---------------------------------------------------------------- objects
+
+def compact(labels: np.ndarray, return_counts: bool = False):
+    """Relabel ``labels`` to 0..k (int32) in order of the original ids.
+
+    Returns ``(local, ids)`` with ``ids[j - 1]`` the original id of local id j,
+    and ``counts`` (voxels per id, int64) as a third item if asked.
+
+    >>> local, ids = compact(np.array([0, 70, 5, 70]))
+    >>> local.tolist(), ids.tolist()
+    ([0, 2, 1, 2], [5, 70])
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "ui":
+        raise PanoptemError(f"Label images must be integer, got {labels.dtype}; convert them with astype(np.uint32).")
+    u, c = fastremap.unique(labels, return_counts=True)
+    u, c = np.asarray(u), np.asarray(c, np.int64)
+    if u.size and u[0] < 0:
+        raise PanoptemError("Label images must not contain negative ids; 0 is background, objects are > 0.")
+    ids, counts = u[u > 0], c[u > 0]
+    if ids.size == 0:
+        local = np.zeros(labels.shape, np.int32)
+    elif int(ids[-1]) < (1 << 24):
+        lut = np.zeros(int(ids[-1]) + 1, np.int32)
+        lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+        local = lut[labels]
+    else:
+        ref = np.concatenate([np.zeros(1, ids.dtype), ids])
+        local = np.searchsorted(ref, labels).astype(np.int32)
+    return (local, ids, counts) if return_counts else (local, ids)
+
+
+def object_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ids, voxel counts and bounding boxes of the objects of a 2D/3D label array.
+
+    Returns ``(ids, voxels, bbox)``: ``bbox`` is (n, 2 * ndim) with the
+    inclusive start of each axis followed by the exclusive stops, like
+    ``(z0, y0, x0, z1, y1, x1)``.
+
+    >>> ids, voxels, bbox = object_stats(np.array([[0, 4, 4], [0, 0, 4]]))
+    >>> ids.tolist(), voxels.tolist(), bbox.tolist()
+    ([4], [3], [[0, 1, 2, 3]])
+    """
+    import cc3d
+
+    labels = np.asarray(labels)
+    nd = labels.ndim
+    if nd not in (2, 3):
+        raise PanoptemError(f"Object statistics need a 2D or 3D label array, got {nd} dimensions.")
+    local, ids = compact(labels)
+    if ids.size == 0:
+        return ids, np.zeros(0, np.int64), np.zeros((0, 2 * nd), np.int64)
+    st = cc3d.statistics(np.ascontiguousarray(local.astype(np.uint32, copy=False)), no_slice_conversion=True)
+    voxels = np.asarray(st["voxel_counts"][1:], np.int64)
+    bb = np.asarray(st["bounding_boxes"][1:], np.int64)  # (min0, max0, min1, max1, ...) inclusive
+    bbox = np.concatenate([bb[:, 0::2], bb[:, 1::2] + 1], axis=1)
+    return ids, voxels, bbox
+
+
+def keep_mask(voxels: np.ndarray, bbox: np.ndarray, shape, min_size: int, min_extent: int) -> np.ndarray:
+    """Objects with ``voxels >= min_size`` and a bounding box at least
+    ``min(min_extent, axis length)`` thick along every axis (boxes as in
+    :func:`object_stats`).
+
+    >>> keep_mask(np.array([9, 9]), np.array([[0, 0, 3, 3], [0, 0, 1, 9]]), (10, 10), 5, 2).tolist()
+    [True, False]
+    """
+    nd = len(shape)
+    extent = bbox[:, nd:] - bbox[:, :nd]
+    need = np.minimum(int(min_extent), np.asarray(shape, np.int64))
+    return (voxels >= int(min_size)) & np.all(extent >= need, axis=1)
+
+
+def filter_objects(labels: np.ndarray, min_size: int = 500, min_extent: int = 5,
+                   label_divisor: int | None = None, *, boundary: bool = False,
+                   return_removed: bool = False):
+    """Remove objects smaller than ``min_size`` voxels or thinner than
+    ``min_extent`` along any axis (a new array; ids unchanged).
+
+    Along an axis shorter than ``min_extent`` the requirement is the axis
+    length, so a thin volume keeps the objects that cross it. With a
+    ``label_divisor``, semantic ("stuff") segments ``class * divisor`` are kept.
+    ``boundary`` also removes the objects touching the array border;
+    ``return_removed`` returns the sorted removed ids as well.
+
+    >>> filter_objects(np.array([[1, 1, 0, 2]]), min_size=2, min_extent=0)
+    array([[1, 1, 0, 0]])
+    """
+    labels = np.asarray(labels)
+    ids, voxels, bbox = object_stats(labels)
+    drop = ~keep_mask(voxels, bbox, labels.shape, min_size, min_extent)
+    if boundary:
+        nd = labels.ndim
+        drop |= np.any(bbox[:, :nd] == 0, axis=1) | np.any(bbox[:, nd:] == np.asarray(labels.shape), axis=1)
+    if label_divisor:
+        drop &= ids % label_divisor != 0
+    out = np.array(labels, copy=True)
+    removed = ids[drop]
+    if removed.size:
+        out[np.isin(out, removed)] = 0
+    return (out, removed) if return_removed else out
+
+
+# ---------------------------------------------------------------- pairs of objects
+
+def overlap_table(a: np.ndarray, b: np.ndarray, na: int, nb: int,
+                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel counts of every overlapping pair of two compact label arrays.
+
+    ``a`` holds ids 0..na and ``b`` ids 0..nb (0 = background) over the same
+    grid. Returns ``(ia, ib, count)`` (int64) for all pairs with both ids > 0
+    that share at least one voxel, optionally only over ``mask``.
+
+    >>> overlap_table(np.array([1, 1, 2, 0]), np.array([1, 2, 2, 2]), 2, 2)[2].tolist()
+    [1, 1, 1]
+    """
+    if na == 0 or nb == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, e
+    size = (na + 1) * (nb + 1)
+    if mask is None and size <= max(a.size, 1 << 16):
+        code = a.astype(np.int64, copy=False).ravel() * (nb + 1) + b.ravel()
+        counts = np.bincount(code, minlength=size).reshape(na + 1, nb + 1)
+        counts[0] = 0
+        counts[:, 0] = 0
+        ia, ib = np.nonzero(counts)
+        return ia.astype(np.int64), ib.astype(np.int64), counts[ia, ib].astype(np.int64)
+    m = (a > 0) & (b > 0)
+    if mask is not None:
+        m &= mask
+    code = a[m].astype(np.int64) * (nb + 1) + b[m]
+    if code.size == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, e
+    u, c = fastremap.unique(code, return_counts=True)
+    u = np.asarray(u, np.int64)
+    return u // (nb + 1), u % (nb + 1), np.asarray(c, np.int64)
+
+
+def greedy_match(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """One-to-one matching, greedy by descending ``score``.
+
+    Edges ``a[i] - b[i]`` (ids of two disjoint node sets). Returns the indices
+    of the chosen edges: the same set as taking edges one by one from the best
+    down and keeping those whose two ends are still free (ties: lower ``a``,
+    then lower ``b``). Vectorised as rounds of "mutually best" edges, which
+    picks exactly the greedy set.
+
+    >>> greedy_match(np.array([1, 1, 2]), np.array([1, 2, 1]), np.array([0.9, 0.5, 0.8])).tolist()
+    [0]
+    """
+    if len(a) == 0:
+        return np.zeros(0, np.int64)
+    order = np.lexsort((b, a, -np.asarray(score, np.float64)))
+    sa, sb = np.asarray(a)[order], np.asarray(b)[order]
+    alive = np.ones(len(order), bool)
+    chosen = []
+    while alive.any():
+        idx = np.flatnonzero(alive)
+        aa, bb = sa[idx], sb[idx]
+        first_a = np.zeros(len(idx), bool)
+        first_a[np.unique(aa, return_index=True)[1]] = True
+        first_b = np.zeros(len(idx), bool)
+        first_b[np.unique(bb, return_index=True)[1]] = True
+        sel = idx[first_a & first_b]
+        chosen.append(sel)
+        alive &= ~(np.isin(sa, sa[sel]) | np.isin(sb, sb[sel]))
+    return np.sort(order[np.concatenate(chosen)])
+
+
+# ---------------------------------------------------------------- numbering
+
+def rank_within(cls: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """1-based rank of each kept item among the kept items of its class (in
+    the given order); 0 for items not kept.
+
+    >>> rank_within(np.array([2, 1, 2, 2]), np.array([True, True, False, True])).tolist()
+    [1, 1, 0, 2]
+    """
+    rank = np.zeros(len(cls), np.int64)
+    sel = np.flatnonzero(keep)
+    if sel.size == 0:
+        return rank
+    order = sel[np.argsort(cls[sel], kind="stable")]
+    c = cls[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    pos = np.arange(order.size) - np.repeat(starts, np.diff(np.r_[starts, order.size]))
+    rank[order] = pos + 1
+    return rank
+
+
+def number_per_class(cls: np.ndarray, keep: np.ndarray, label_divisor: int | None) -> np.ndarray:
+    """Panoptic ids of a list of objects: ``class * divisor + 1..N`` per class
+    in the given order, or 1..N over all objects without a divisor; 0 for
+    objects not kept (int64).
+
+    Raises :class:`PanoptemError` when a class has more objects than the
+    divisor leaves room for.
+
+    >>> number_per_class(np.array([1, 2, 1]), np.array([True, True, True]), 1000).tolist()
+    [1001, 2001, 1002]
+    >>> number_per_class(np.array([1, 2, 1]), np.array([True, False, True]), None).tolist()
+    [1, 0, 2]
+    """
+    cls = np.asarray(cls, np.int64)
+    keep = np.asarray(keep, bool)
+    div = int(label_divisor or 0)
+    rank = rank_within(cls if div else np.zeros_like(cls), keep)
+    if div and rank.size and rank.max() >= div:
+        worst = int(np.argmax(rank))
+        n = int(np.count_nonzero(keep & (cls == cls[worst])))
+        raise PanoptemError(f"{n} objects of class {int(cls[worst])} do not fit under Max objects per class "
+                            f"= {div}; raise it (e.g. to {10 ** len(str(n))}).")
+    return np.where(keep, cls * div + rank if div else rank, 0)
+
+
+def relabel_sequential_per_class(labels: np.ndarray, label_divisor: int | None) -> np.ndarray:
+    """Renumber instance ids to ``class * divisor + 1..N`` per class, in order
+    of the original ids (1..N overall without a divisor). Semantic segments
+    ``class * divisor`` keep their id. Returns uint32 (uint64 if needed).
+
+    >>> relabel_sequential_per_class(np.array([0, 10005, 10009, 20003, 20000]), 10000).tolist()
+    [0, 10001, 10002, 20001, 20000]
+    """
+    labels = np.asarray(labels)
+    local, ids = compact(labels)
+    ids = ids.astype(np.int64)
+    if label_divisor:
+        div = int(label_divisor)
+        thing = ids % div != 0
+        new = np.where(thing, number_per_class(ids // div, thing, div), ids)
+    else:
+        new = number_per_class(np.zeros_like(ids), np.ones(ids.size, bool), None)
+    lut = np.concatenate([[0], new]).astype(dtype_for_max_label(int(new.max(initial=0))))
+    return lut[local]

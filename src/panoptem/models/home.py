@@ -1,0 +1,229 @@
+"""The model home: where models live and how a name finds its card.
+
+Built-in models are cards (and weights) in the package's ``zoo`` folder. The user's
+folder (:func:`user_home`: ``PANOPTEM_HOME``, else the platform's data folder) holds::
+
+    models/<name>/card.yaml      registered models (card + copied weights)
+    archived/<name>/             archived user models
+    archived.json                names of archived built-in models
+    cache/<sha256 or name>/      downloaded weights
+    training/<name>/             checkpoints of training and fine-tuning runs
+    tmp/                         staging area; every write ends in an atomic rename
+
+This module alone knows that layout (and imports no torch). The registry
+(:mod:`.registry`: register, download, package, archive) and the loader
+(:mod:`.load`) ask it for paths, cards and names.
+
+>>> DEFAULT_MODEL in card_paths()
+True
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .._atomic import write_text
+from ..errors import PanoptemError
+from .card import ModelCard, load_card
+
+ZOO = Path(__file__).parent / "zoo"
+DEFAULT_MODEL = "MitoLite_v1"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+# ---------------------------------------------------------------- places
+
+
+def user_home() -> Path:
+    """panoptem's user folder (``PANOPTEM_HOME`` or the platform's data dir)."""
+    env = os.environ.get("PANOPTEM_HOME")
+    if env:
+        return Path(env)
+    import platformdirs
+    return Path(platformdirs.user_data_dir("panoptem"))
+
+
+def models_dir() -> Path:
+    """Folder of the user's registered models, one sub-folder each."""
+    return user_home() / "models"
+
+
+def model_dir(name: str) -> Path:
+    """Folder of the registered user model ``name`` (which may not exist)."""
+    return models_dir() / name
+
+
+def archived_dir(name: str) -> Path:
+    """Folder of the archived user model ``name`` (which may not exist)."""
+    return user_home() / "archived" / name
+
+
+def cache_dir(key: str) -> Path:
+    """Folder for downloaded weights, keyed by their sha256 (or a name)."""
+    return user_home() / "cache" / key
+
+
+def training_dir(name: str) -> Path:
+    """Default folder of the checkpoints of a training or fine-tuning run for model ``name``."""
+    return user_home() / "training" / name
+
+
+def builtin_card(name: str) -> Path:
+    """Card path of the built-in model ``name`` (which may not exist)."""
+    return ZOO / f"{name}.yaml"
+
+
+@contextmanager
+def staging(prefix: str) -> Iterator[Path]:
+    """A fresh folder under ``<home>/tmp`` (on the file system of the registry, so a finished
+    folder moves into place with one atomic rename); removed on exit."""
+    tmp = user_home() / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def check_outside_store(path: str | Path) -> None:
+    """Refuse to write ``path`` inside the model store (built-in models, the
+    user's models, archived models, downloads): an export must never replace
+    a model's own files."""
+    home = user_home()
+    p = Path(path).expanduser().absolute()
+    target = p.resolve()
+    for root in (ZOO, models_dir(), home / "archived", home / "cache"):
+        r = Path(root).resolve()
+        if target == r or r in target.parents:
+            raise PanoptemError(f"Refusing to write {p}: it is inside panoptem's model store ({r}); "
+                                "write exports somewhere else.")
+
+
+def registered_folder(card: ModelCard) -> Path | None:
+    """The folder of ``card`` when it was read from a registered user model, else None."""
+    if not card.source_dir:
+        return None
+    src = Path(card.source_dir)
+    if src.resolve().parent == models_dir().resolve() and (src / "card.yaml").exists():
+        return src
+    return None
+
+
+def sha256_of(path: str | Path) -> str:
+    """sha256 of a file, as model cards record it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- names and state
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name (letters, digits, ``_ . -``)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise PanoptemError(f"Model name '{name}' is not allowed; use letters, digits, '_', '.' and '-' only "
+                            "(starting with a letter or digit, at most 100 characters).")
+    return name
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is a built-in model (archived or not)."""
+    return builtin_card(name).exists()
+
+
+def is_user_model(name: str) -> bool:
+    """Whether ``name`` is a model registered in the user's folder."""
+    return (model_dir(name) / "card.yaml").exists()
+
+
+def check_new_name(name: str, overwrite: bool = False) -> str:
+    """``name`` if a new model may take it: valid, not built-in, and not registered
+    unless ``overwrite`` (checked before any work is spent on the model)."""
+    check_name(name)
+    if is_builtin(name):
+        raise PanoptemError(f"'{name}' is the name of a built-in model; choose another name.")
+    if model_dir(name).exists() and not overwrite:
+        raise PanoptemError(f"A model named '{name}' is already registered; choose another name, or "
+                            "pass overwrite=True (--overwrite) to replace it.")
+    return name
+
+
+def archived_builtins() -> set[str]:
+    """Names of built-in models the user archived (``<home>/archived.json``)."""
+    f = user_home() / "archived.json"
+    if not f.exists():
+        return set()
+    try:
+        names = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return set()  # unreadable: show every built-in rather than fail everywhere
+    return {str(n) for n in names} if isinstance(names, list) else set()
+
+
+def set_archived_builtins(names: set[str]) -> Path:
+    """Record which built-in models are archived; returns the file holding the list."""
+    return write_text(user_home() / "archived.json", json.dumps(sorted(names), indent=1) + "\n")
+
+
+# ---------------------------------------------------------------- finding models
+
+
+@dataclass
+class ModelEntry:
+    """One model known to panoptem."""
+
+    name: str
+    source: str  # "built-in" or "user"
+    card_path: Path
+    archived: bool = False
+
+
+def card_paths() -> dict[str, Path]:
+    """Every known model name and its card: built-in first, then the user's
+    (archived models are left out)."""
+    hidden = archived_builtins()
+    found = {p.stem: p for p in sorted(ZOO.glob("*.yaml")) if p.stem not in hidden}
+    if models_dir().exists():
+        for p in sorted(models_dir().glob("*/card.yaml")):
+            found[p.parent.name] = p
+    return found
+
+
+def list_models(include_archived: bool = False) -> list[ModelEntry]:
+    """Known models: built-in first, then the user's; archived ones last when asked."""
+    out = [ModelEntry(n, "user" if p.parent.parent == models_dir() else "built-in", p)
+           for n, p in card_paths().items()]
+    if include_archived:
+        out += [ModelEntry(n, "built-in", builtin_card(n), archived=True)
+                for n in sorted(archived_builtins()) if is_builtin(n)]
+        archived = user_home() / "archived"
+        if archived.exists():
+            out += [ModelEntry(p.parent.name, "user", p, archived=True) for p in sorted(archived.glob("*/card.yaml"))]
+    return out
+
+
+def get_card(name_or_path: str) -> ModelCard:
+    """Model card for a registered model name or a card file path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return load_card(p)
+    paths = card_paths()
+    if name_or_path not in paths:
+        if name_or_path in archived_builtins() or archived_dir(name_or_path).is_dir():
+            raise PanoptemError(f"Model '{name_or_path}' is archived; bring it back with "
+                                f"`panoptem model restore {name_or_path}`.")
+        raise PanoptemError(f"Unknown model '{name_or_path}'; choose one of {sorted(paths)} "
+                            "(see `panoptem model list`) or pass the path of a .yaml card.")
+    return load_card(paths[name_or_path])

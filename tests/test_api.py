@@ -1,0 +1,101 @@
+"""The package face: public names stay what they are, parameter objects work."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import panoptem
+from panoptem.errors import PanoptemError
+
+from _models import dark_blob_model
+
+SRC = str(Path(panoptem.__file__).resolve().parents[1])
+
+CALLS = {
+    "measure": "panoptem.measure(lab, voxel_size=(2.0, 1.0, 1.0))['volume_nm3'].tolist() == [16.0]",
+    "evaluate": "panoptem.evaluate(lab, lab)['f1_50'] == 1.0",
+    "error_breakdown": "panoptem.error_breakdown(lab, lab)['counts']['splits'] == 0",
+    "summarize": "panoptem.summarize(panoptem.measure(lab))['count'].tolist() == [1]",
+}
+
+
+@pytest.mark.parametrize("order", [["measure", "evaluate", "error_breakdown", "summarize"],
+                                   ["evaluate", "summarize", "error_breakdown", "measure"]])
+def test_public_functions_stay_functions_in_any_order(order):
+    """Each public function twice, in a fresh interpreter: using one must not turn
+    another into a module (a submodule of the same name would replace it)."""
+    lines = ["import numpy as np", "import panoptem",
+             "lab = np.zeros((4, 5, 6), np.uint8); lab[1:3, 1:3, 1:3] = 1"]
+    for name in order + order:
+        lines += [f"assert callable(panoptem.{name}), type(panoptem.{name})", f"assert {CALLS[name]}"]
+    r = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True,
+                       env={"PYTHONPATH": SRC, "PATH": ""}, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_importing_panoptem_does_not_import_torch():
+    code = "import sys, panoptem; panoptem.Params3D(); panoptem.evaluate; assert 'torch' not in sys.modules"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"PYTHONPATH": SRC, "PATH": ""}, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_every_public_name_resolves():
+    from panoptem.inference.segment3d import Result3D
+    from panoptem.params import Params2D, Params3D
+    for name in panoptem.__all__:
+        assert getattr(panoptem, name) is not None, name
+    assert panoptem.Params2D is Params2D and panoptem.Params3D is Params3D and panoptem.Result3D is Result3D
+    assert "segment_3d" in dir(panoptem)
+    with pytest.raises(AttributeError):
+        panoptem.no_such_thing  # noqa: B018
+
+
+def _image():
+    img = np.full((96, 96), 200, np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    img[(yy - 30) ** 2 + (xx - 30) ** 2 < 100] = 40
+    img[(yy - 66) ** 2 + (xx - 62) ** 2 < 144] = 40
+    return img
+
+
+def test_segment_2d_takes_a_params_object_and_overrides():
+    img, model = _image(), dark_blob_model()
+    plain = panoptem.segment_2d(img, model, maximum_objects_per_class=0)
+    p = panoptem.Params2D(maximum_objects_per_class=0)
+    assert (panoptem.segment_2d(img, model, params=p) == plain).all()
+    assert int(plain.max()) == 2
+    none = panoptem.Params2D(maximum_objects_per_class=0, confidence_thr=1.0)   # nothing is that sure
+    assert not panoptem.segment_2d(img, model, params=none).any()
+    assert (panoptem.segment_2d(img, model, params=none, confidence_thr=0.5) == plain).all()  # override wins
+    assert (panoptem.segment_2d(img, model, params={"maximum_objects_per_class": 0}) == plain).all()
+    # a 3D parameter object lends its 2D fields
+    assert (panoptem.segment_2d(img, model, params=panoptem.Params3D(maximum_objects_per_class=0)) == plain).all()
+    with pytest.raises(PanoptemError, match="confidence_thr"):
+        panoptem.segment_2d(img, model, params=p, confidence_thr=2)
+
+
+def test_segment_3d_takes_a_params_object_and_overrides():
+    vol = np.stack([_image()] * 8)
+    model = dark_blob_model()
+    p = panoptem.Params3D(min_size=10**6, min_extent=1)
+    assert panoptem.segment_3d(vol, model, params=p).objects["mitochondria"] == 0
+    res = panoptem.segment_3d(vol, model, params=p, min_size=100)
+    assert isinstance(res, panoptem.Result3D) and res.objects["mitochondria"] == 2
+    assert p.min_size == 10**6  # the caller's object is left as it was
+
+
+def test_typer_lives_in_the_cli_package_only():
+    root = Path(panoptem.__file__).parent
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if "import typer" in p.read_text() and p.parent.name != "cli")
+    assert users == []
+
+
+def test_python_dash_m_panoptem_runs_the_command_line():
+    r = subprocess.run([sys.executable, "-m", "panoptem", "model", "--help"], capture_output=True, text=True,
+                       env={"PYTHONPATH": SRC, "PATH": "", "COLUMNS": "200"}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert all(c in r.stdout for c in ("list", "info", "register", "export", "import", "archive", "restore"))

@@ -1,0 +1,85 @@
+"""The label toolkit, and tile-wise decoding built from the one-pass decoder's parts."""
+import numpy as np
+import pytest
+
+from panoptem.errors import PanoptemError
+from panoptem.inference.decode import decode_panoptic
+from panoptem.inference.large2d import decode_large
+from panoptem.labels import as_labels, class_map, filter_objects, number_per_class
+
+
+def test_filter_objects_boundary_and_removed_ids():
+    lab = np.zeros((6, 8), np.uint16)
+    lab[0:2, 0:2] = 3          # touches the border
+    lab[2:4, 3:5] = 5          # inside, 4 px
+    lab[4, 6] = 9              # inside, 1 px
+    out, removed = filter_objects(lab, min_size=2, min_extent=0, boundary=True, return_removed=True)
+    assert removed.tolist() == [3, 9] and np.unique(out).tolist() == [0, 5] and out.dtype == np.uint16
+    assert filter_objects(lab, min_size=0, min_extent=0).tolist() == lab.tolist()
+    # stuff (class * divisor) stays with a divisor, even when it touches the border
+    lab[5, 0:3] = 1000
+    assert 1000 in filter_objects(lab, 2, 0, label_divisor=1000, boundary=True)
+
+
+def test_number_per_class_refuses_too_many_objects():
+    cls = np.array([1, 1, 1, 2])
+    assert number_per_class(cls, np.ones(4, bool), 4).tolist() == [5, 6, 7, 9]
+    with pytest.raises(PanoptemError, match="3 objects of class 1 do not fit under Max objects per class = 3"):
+        number_per_class(cls, np.ones(4, bool), 3)
+
+
+def test_class_map_and_as_labels():
+    assert class_map(np.array([[0, 2001, 3005]]), 1000).tolist() == [[0, 2, 3]]
+    assert class_map(np.array([[0, 2001, 3005]]), None).tolist() == [[0, 1, 1]]
+    assert as_labels(np.array([[1.0, 0.0]])).dtype.kind == "u"
+    for bad, match in ((np.array([[0.5]]), "fractional"), (np.array([[-1]]), "negative"), (np.zeros(3), "dimensions")):
+        with pytest.raises(PanoptemError, match=match):
+            as_labels(bad)
+
+
+def _three_class_outputs(seed=0):
+    """Hand-made outputs of a 3-channel model (background, class 1 thing, class 2 stuff) on a
+    160 x 224 input: blobs of class 1 with their centres, a band of class 2."""
+    rng = np.random.default_rng(seed)
+    H, W, s = 160, 224, 4
+    yy, xx = np.mgrid[:H, :W]
+    prob = np.zeros((3, H, W), np.float32)
+    prob[0] = 1.0
+    centres = [(int(rng.integers(12, H - 12)), int(rng.integers(12, W - 12))) for _ in range(14)]
+    hm = np.zeros((H // s, W // s), np.float32)
+    for y, x in centres:
+        m = (yy - y) ** 2 + (xx - x) ** 2 < 100
+        prob[:, m] = np.array([0.0, 1.0, 0.0])[:, None]
+        hm[y // s, x // s] = max(hm[y // s, x // s], 0.5 + rng.random() / 2)
+    band = (yy > 120) & (yy < 140) & (prob[1] == 0)
+    prob[:, band] = np.array([0.1, 0.0, 0.9])[:, None]
+    gy, gx = np.mgrid[:H // s, :W // s] * s + (s - 1) / 2
+    ctr = np.array(centres, np.float32)
+    d = (gy[..., None] - ctr[:, 0]) ** 2 + (gx[..., None] - ctr[:, 1]) ** 2
+    near = ctr[d.argmin(-1)]
+    off = np.stack([near[..., 0] - gy, near[..., 1] - gx]).astype(np.float32)
+    return prob, hm[None], off
+
+
+@pytest.mark.parametrize("fine,div", [(False, 1000), (True, 1000), (False, None)])
+def test_decode_large_equals_decode_panoptic_with_things_and_stuff(fine, div):
+    prob, hm, off = _three_class_outputs()
+    if div is None:  # ids 1..N: no stuff class (its label would be its class id, like an object's)
+        prob = np.stack([prob[0] + prob[2], prob[1]])
+    classes = [1, 2] if div else [1]
+    kw = dict(class_ids=classes, thing_ids=[1], label_divisor=div, fine_boundaries=fine)
+    one = decode_panoptic(prob, hm, off, **kw)
+    tiled = decode_large(np.round(prob * 255).astype(np.uint8), hm, off, prob.shape[-2:], tile=48, **kw)
+    ref = decode_panoptic(np.round(prob * 255).astype(np.float32) / 255, hm, off, **kw)
+    assert (one == ref).all()  # the uint8 rounding changes nothing here
+    if div:  # (without a divisor the stuff label is the class id, which an object may have too)
+        assert (tiled == 2000).sum() == (one == 2000).sum() > 0
+        things = np.unique(one[one % div > 0])
+        assert len(things) > 5
+    # the same objects (ids may differ: tiles number pieces in another order), of the same classes
+    pairs = np.unique(np.stack([one.ravel(), tiled.ravel()]), axis=1)
+    assert len(pairs[0]) == len(np.unique(one)) == len(np.unique(tiled))
+    assert ((pairs[0] == 0) == (pairs[1] == 0)).all()
+    if div:
+        assert (one // div == tiled // div).all()
+        assert sorted(np.unique(tiled[tiled % div > 0])) == list(range(1001, 1001 + len(things)))

@@ -1,0 +1,135 @@
+"""Training from an image volume and its labels: the command, resuming, schedule options."""
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from panoptem.cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: runs compared step by step must do the same arithmetic."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def disc_volume(n=6, size=64, seed=0):
+    """Dark discs on a bright background, new positions every slice; 2D instance labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size))
+    img = np.full((n, size, size), 200, np.uint8)
+    lab = np.zeros((n, size, size), np.uint32)
+    for z in range(n):
+        for k in range(3):
+            cy, cx = rng.integers(10, size - 10, 2)
+            d = (yy - cy) ** 2 + (xx - cx) ** 2 <= int(rng.integers(5, 9)) ** 2
+            img[z][d], lab[z][d] = 50, k + 1
+    return img, lab
+
+
+@pytest.fixture
+def volume_files(tmp_path):
+    img, lab = disc_volume()
+    tifffile.imwrite(tmp_path / "image.tif", img)
+    tifffile.imwrite(tmp_path / "labels.tif", lab)
+    return tmp_path / "image.tif", tmp_path / "labels.tif"
+
+
+def train_volume(capsys, files, out, *extra):
+    args = ["train-volume", str(files[0]), str(files[1]), "-o", str(out), "--train-slices", "0:4",
+            "--val-slices", "4:6", "--batch-size", "2", "--patch-size", "64", "--device", "cpu", *extra]
+    code = main(args)
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(stdout.strip().splitlines()[-1]), err
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_train_volume_writes_weights_checkpoint_and_log(capsys, tmp_path, volume_files):
+    from panoptem.models.architecture import architecture_config, build_model
+    rec, _ = train_volume(capsys, volume_files, tmp_path / "run", "--iterations", "3")
+    out = tmp_path / "run"
+    assert rec["weights"] == str(out / "weights.pt")
+    blob = torch.load(out / "weights.pt", weights_only=True)
+    assert blob["architecture"] == architecture_config({"num_classes": 1})
+    build_model(blob["architecture"]).load_state_dict(blob["state_dict"])
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["iterations"] == 3 and cfg["batch_size"] == 2 and cfg["patch_size"] == 64
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 3 and "val_iou" in last   # validated on the held-out slices at the end
+
+
+def test_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, volume_files):
+    """Stopped after 2 of 4 steps and run again: the same weights as 4 steps in one go (model,
+    optimiser, schedule and random states all come back from the checkpoint)."""
+    sched = ("--schedule-steps", "4")
+    train_volume(capsys, volume_files, tmp_path / "once", "--iterations", "4", *sched)
+    train_volume(capsys, volume_files, tmp_path / "twice", "--iterations", "2", *sched)
+    _, err = train_volume(capsys, volume_files, tmp_path / "twice", "--iterations", "4", *sched)
+    assert "resumed from step 2" in err
+    a, b = weights(tmp_path / "once" / "weights.pt"), weights(tmp_path / "twice" / "weights.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # --restart ignores the checkpoint: 2 fresh steps, not the 4-step model
+    _, err = train_volume(capsys, volume_files, tmp_path / "twice", "--iterations", "2", "--restart", *sched)
+    assert "resumed" not in err
+    c = weights(tmp_path / "twice" / "weights.pt")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_volume_is_one_more_dataset_source(tmp_path):
+    """Slices of a volume train exactly as the same images in a dataset folder: same
+    normalisation (16-bit, clipped as inference clips), same targets, same sampling."""
+    from panoptem.training.dataset import DatasetFolders, VolumeSlices
+    from panoptem.training.train import TrainConfig
+    img, lab = disc_volume(n=4)
+    img = img.astype(np.uint16) * 40 + 1000
+    img[0, :2, :2] = 65535                      # a few hot pixels, clipped away
+    for sub, arr in (("images", img), ("masks", lab)):
+        (tmp_path / "ds" / sub).mkdir(parents=True)
+        for z in range(len(arr)):
+            tifffile.imwrite(tmp_path / "ds" / sub / f"z{z}.tif", arr[z])
+    cfg = TrainConfig(batch_size=4, patch_size=64, scale_range=(1.0, 1.0))
+    vol = VolumeSlices(img, lab)
+    folder = DatasetFolders(tmp_path / "ds")
+    assert len(vol) == len(folder) == 4 and vol.names == [f"volume/z{z}" for z in range(4)]
+    for a, b in zip(vol.batch(np.random.default_rng(3), cfg), folder.batch(np.random.default_rng(3), cfg)):
+        assert torch.equal(a, b)
+    x = vol.batch(np.random.default_rng(0), TrainConfig(batch_size=8, patch_size=64, scale_range=(1.0, 1.0)))[0]
+    assert float(x.abs().max()) < 20        # the hot pixels did not blow up the contrast
+    assert len(VolumeSlices(img, lab, slice(1, 3))) == 2
+
+
+@pytest.mark.parametrize("schedule_steps,anneal_from", [(0, 0), (12, 0), (12, 3)])
+def test_schedule_options(tmp_path, schedule_steps, anneal_from):
+    """--schedule-steps sets the length of the one-cycle curve; --anneal-from cuts it there
+    and anneals the learning rate by cosine to 0 at the last step."""
+    import math
+
+    from conftest import TINY_ARCH
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.train import OneCycle, TrainConfig, train
+    img, lab = disc_volume(n=2)
+    cfg = TrainConfig(iterations=6, batch_size=1, patch_size=64, lr=1e-3, architecture=TINY_ARCH,
+                      schedule_steps=schedule_steps, anneal_from=anneal_from)
+    recs = []
+    train(VolumeSlices(img, lab), tmp_path / "run", cfg, resume=False, log=lambda s: None, on_step=recs.append)
+    lrs = [r["lr"] for r in recs]
+    curve = OneCycle(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3), 1e-3, schedule_steps or 6)
+    expect = [curve.values(k)[0] for k in range(1, 7)]
+    if anneal_from:
+        cut = curve.values(anneal_from)[0]
+        expect = expect[:anneal_from - 1] + [cut * 0.5 * (1 + math.cos(math.pi * (k - anneal_from) / (6 - anneal_from)))
+                                             for k in range(anneal_from, 7)]
+        assert lrs[-1] == 0.0
+    assert lrs == pytest.approx(expect, rel=1e-9, abs=1e-15)
+    if not anneal_from:  # the curve's own end after 6 of 6 steps; halfway down a 12-step curve
+        assert (lrs[-1] < 1e-6) == (schedule_steps == 0)
