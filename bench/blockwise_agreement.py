@@ -6,7 +6,7 @@ branch (an average over the whole slice) and zero padding at block faces make
 its outputs near faces differ slightly from whole-slice ones, and a wider halo
 shrinks the difference. One JSON line per halo.
 
-    python bench/blockwise_agreement.py PATH/training_image.tif [--crop 96,512,512] [--halos 32,64,128]
+    python bench/blockwise_agreement.py --lucchi DIR [--crop 96,512,512] [--halos 32,64,128]
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def agreement(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("image")
+    ap.add_argument("--lucchi", required=True, help="folder holding the Lucchi training_image.tif")
     ap.add_argument("--crop", default="96,512,512", help="Z,Y,X from the volume's start")
     ap.add_argument("--block-shape", default="32,128,128")
     ap.add_argument("--halos", default="32,64,128", help="in-plane halos to try (Z halo = 16)")
@@ -51,7 +51,8 @@ def main():
     from panoptem.distributed import segment_blockwise
     from panoptem.io import read_image
     crop = tuple(int(v) for v in a.crop.split(","))
-    vol = np.ascontiguousarray(np.asarray(read_image(a.image).data[: crop[0], : crop[1], : crop[2]]))
+    image = Path(a.lucchi) / "training_image.tif"
+    vol = np.ascontiguousarray(np.asarray(read_image(image).data[: crop[0], : crop[1], : crop[2]]))
     t = time.perf_counter()
     whole = panoptem.segment_3d(vol, a.model, device="cpu").labels["mitochondria"]
     emit(what="whole volume", shape=list(vol.shape), seconds=round(time.perf_counter() - t, 1), machine=machine())
