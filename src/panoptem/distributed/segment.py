@@ -180,10 +180,10 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     stem = out.name[: -len(".zarr")]
     classes = card.classes
     outputs = [(out if len(classes) == 1 else out.with_name(f"{stem}_{c.name}.zarr"), c) for c in classes]
-    from ..io.writers import _prepare_target
+    from .._atomic import check_output
     for path, _ in outputs:
-        _prepare_target(path, overwrite, [in_path] if in_path else [])
-    from .._atomic import exclusive_output
+        check_output(path, overwrite, [in_path] if in_path else [])
+    from .._atomic import exclusive_output, move_into_place
     with exclusive_output(out):
         intensity = _intensity(card, vol)
         work = out.parent / f".{out.name}.blockwise"
@@ -265,7 +265,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
             timings["write_s"] = time.perf_counter() - t
         written, labels, objects = [], {}, {}
         for (tmp, _, kind), (path, c) in zip(tmp_outputs, outputs):
-            _replace_dir(Path(tmp), path)
+            move_into_place(tmp, path)
             from ..io import read_image
             labels[c.name] = read_image(path).data
             objects[c.name] = (_count(path, c) if msource is not None or c.kind == "semantic" or not info["per_class"]
@@ -449,16 +449,6 @@ def _create_output(path: Path, shape, chunks, dtype, factors, block_shape) -> No
     for i, (f, lshape) in enumerate(zip(factors, level_shapes(shape, factors)), start=1):
         total = [t * v for t, v in zip(total, f)]
         create_level(g, i, lshape, [math.gcd(c, b // t) for c, b, t in zip(chunks, block_shape, total)], base)
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    if target.exists():
-        old = target.parent / f".{target.name}.{os.getpid()}.old"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
 
 
 def _count(path: Path, c) -> int:
