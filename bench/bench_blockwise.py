@@ -7,7 +7,7 @@ process, and the speed-up of the passes after the network (centres, decoding,
 stitching and linking, writing) over one worker. The volume is dark ellipsoids
 and rods on a noisy background, written to Zarr in 64^3 chunks.
 
-    python bench/bench_blockwise.py [--shape 256,1024,1024] [--memory-limit 600MB] [--model MitoLite_v1|oracle]
+    python bench/bench_blockwise.py [--shape 256,2048,2048] [--memory-limit 1.2GB] [--model MitoLite_v1|oracle]
 
 ``--model oracle`` uses a hand-set network of a few pooling layers (dark is
 mitochondrion), so the run measures the engine rather than the network.
@@ -62,15 +62,22 @@ def oracle_card(folder: Path) -> str:
 
 
 def _maxrss_mb() -> float:
+    """Peak resident memory of this process (VmHWM: its own, not inherited), MiB."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shape", default="256,1024,1024")
-    ap.add_argument("--block-shape", default="64,256,256")
+    ap.add_argument("--shape", default="256,2048,2048")
+    ap.add_argument("--block-shape", default="64,512,512")
     ap.add_argument("--halo", default="16,64,64")
-    ap.add_argument("--memory-limit", default="600MB", help="per worker (Dask spills and pauses above it)")
+    ap.add_argument("--memory-limit", default="1.2GB", help="per worker (Dask pauses, then restarts a worker above it)")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--model", default="MitoLite_v1", help="a model name or card, or 'oracle'")
     ap.add_argument("--keep", default=None, help="folder to keep the volume in (default: a temporary one)")

@@ -222,7 +222,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         from ._cluster import client_for, run_tasks
         timings: dict[str, float] = {}
         with (_given(client) if client is not None else
-              client_for(n_workers, scheduler, devices, processes=processes, log=log)) as cl:
+              client_for(n_workers, scheduler, devices, bytes_per_worker=_worker_bytes(block_shape, halo, batch_size),
+                         processes=processes, log=log)) as cl:
             infos, summaries = [], []
             for job in jobs:
                 info, summ = _run_stack(cl, job, grid, card, p, progress, timings)
@@ -367,6 +368,15 @@ def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     stamp.write_text(text)
+
+
+def _worker_bytes(block_shape, halo, batch_size: int) -> int:
+    """Memory one worker needs, roughly: torch and the model, a block's region
+    (input, decode arrays: ~12 bytes per core voxel) and a batch of network
+    activations (~300 bytes per input pixel for panoptem's networks)."""
+    core = int(np.prod(block_shape))
+    plane = (block_shape[1] + 2 * halo[1]) * (block_shape[2] + 2 * halo[2])
+    return (700 << 20) + 12 * core + 300 * plane * batch_size
 
 
 def _has_context(model, card) -> bool:
