@@ -95,11 +95,19 @@ def _card(model):
 
 
 def _input_stamp(path: str | None) -> list:
+    """Size and modification time of the input (for a folder: of its top-level
+    entries and metadata files, never a walk over every chunk of a large store)."""
     if path is None:
         return []
     p = Path(path)
-    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())[:64]
-    return [[str(q.relative_to(p) if q != p else q.name), q.stat().st_size, q.stat().st_mtime_ns] for q in files]
+    if p.is_file():
+        st = p.stat()
+        return [[p.name, st.st_size, st.st_mtime_ns]]
+    out = []
+    for q in sorted(p.iterdir())[:256]:
+        st = q.stat()
+        out.append([q.name, st.st_size if q.is_file() else 0, st.st_mtime_ns])
+    return out
 
 
 def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=DEFAULT_BLOCK,
