@@ -46,6 +46,7 @@ def main():
     ap.add_argument("--halos", default="32,64,128", help="in-plane halos to try (Z halo = 16)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", default="MitoLite_v1")
+    ap.add_argument("--block-context", action="store_true", help="each block's own global context")
     a = ap.parse_args()
     import panoptem
     from panoptem.distributed import segment_blockwise
@@ -60,9 +61,10 @@ def main():
         for h in (int(v) for v in a.halos.split(",")):
             t = time.perf_counter()
             res = segment_blockwise(vol, a.model, Path(tmp) / f"h{h}.zarr", block_shape=a.block_shape,
-                                    halo=(16, h, h), n_workers=a.workers, device="cpu")
+                                    halo=(16, h, h), n_workers=a.workers, device="cpu",
+                                    exact_context=not a.block_context)
             got = np.asarray(res.labels["mitochondria"][:])
-            emit(what="blockwise vs whole", model=a.model, shape=list(vol.shape), block=a.block_shape,
+            emit(what="blockwise vs whole", context="block" if a.block_context else "exact", model=a.model, shape=list(vol.shape), block=a.block_shape,
                  halo=[16, h, h], workers=a.workers, seconds=round(time.perf_counter() - t, 1),
                  load_avg_1m=round(os.getloadavg()[0], 2), **agreement(whole, got))
 
