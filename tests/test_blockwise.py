@@ -67,7 +67,9 @@ CASES = [({}, (16, 64, 64), (32, 32, 32)), ({}, (8, 32, 48), (32, 32, 32)), ({},
          ({"fine_boundaries": True, "maximum_objects_per_class": 0}, (16, 32, 64), (32, 32, 32)),
          ({"orthoplane": True, "fusion": "probability"}, (16, 64, 64), (32, 32, 32)),
          ({"orthoplane": True}, (16, 64, 64), (32, 32, 32)),  # consensus
-         ({"orthoplane": True, "allow_one_view": True, "pixel_vote_thr": 3}, (8, 32, 48), (32, 32, 32))]
+         ({"orthoplane": True, "allow_one_view": True, "pixel_vote_thr": 3}, (8, 32, 48), (32, 32, 32)),
+         ({"label_erosion": 1, "label_dilation": 3}, (8, 32, 48), (32, 32, 32)),
+         ({"orthoplane": True, "label_dilation": 2}, (16, 64, 64), (32, 32, 32))]
 
 
 @pytest.mark.parametrize("params,block,halo", CASES)
@@ -149,6 +151,8 @@ def test_refusals(vol, tmp_path):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "x.tif")
     with pytest.raises(PanoptemError, match="stacks"):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "x.zarr", return_panoptic=True)
+    with pytest.raises(PanoptemError, match="Fill holes"):
+        segment_blockwise(vol, dark_blob_model(), tmp_path / "x.zarr", fill_holes_in_segmentation=True)
     with pytest.raises(PanoptemError, match="Z,Y,X"):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "x.zarr", block_shape="8,8")
     (tmp_path / "y.zarr").mkdir()

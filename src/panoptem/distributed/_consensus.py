@@ -31,9 +31,9 @@ class ConsensusJob:
     pixel_vote_thr: int
     allow_one_view: bool
 
-    def stack_labels(self, block: Block) -> list[np.ndarray]:
-        """Each stack's final labels over ``block``'s core."""
-        return [final_labels(WriteJob(sj, [], self.divisor, True), block) for sj in self.stacks]
+    def stack_labels(self, block: Block, within=None) -> list[np.ndarray]:
+        """Each stack's final labels over ``block``'s core (or the part ``within`` it)."""
+        return [final_labels(WriteJob(sj, [], self.divisor, True), block, within) for sj in self.stacks]
 
     def nodes(self) -> list[np.ndarray]:
         """Per stack: the ids of its objects, sorted (the consensus's nodes)."""
@@ -91,9 +91,9 @@ def group(job: ConsensusJob, parts: list[dict], match_iou: float = 0.25) -> None
              **{f"lut{i}": lut for i, lut in enumerate(luts)})
 
 
-def _vote(job: ConsensusJob, block: Block):
+def _vote(job: ConsensusJob, block: Block, within=None):
     r = np.load(Path(job.work) / "rules.npz")
-    labels = job.stack_labels(block)
+    labels = job.stack_labels(block, within)
     idx = job.node_index(labels, job.nodes())
     groups = [r[f"lut{i}"][x] for i, x in enumerate(idx)]
     return vote(groups, r["need"], r["prio"], int(r["n_groups"])), labels
@@ -128,10 +128,11 @@ def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_exten
     return int(keep.sum())
 
 
-def consensus_labels(job: ConsensusJob, block: Block) -> np.ndarray:
-    """Consensus labels of ``block``'s core (semantic segments voted as in the whole-volume rule)."""
+def consensus_labels(job: ConsensusJob, block: Block, within=None) -> np.ndarray:
+    """Consensus labels of ``block``'s core, or of the part ``within`` it
+    (semantic segments voted as in the whole-volume rule)."""
     from ..labels import dtype_for_max_label
-    win, stacks = _vote(job, block)
+    win, stacks = _vote(job, block, within)
     lut = np.load(Path(job.work) / "final.npy")
     labels = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))[win]
     div = job.divisor or 0

@@ -23,6 +23,9 @@ class WriteJob:
     mask: VolumeSource | None = None
     factors: list = None  # pyramid levels written with level 0 (see io.ome.pyramid_factors)
     consensus: object = None  # a ConsensusJob: write the ortho-plane consensus instead of the stack
+    erosion: int = 0  # Erode / Dilate labels, on the linked labels (as whole-volume runs)
+    dilation: int = 0
+    grid: object = None  # the BlockGrid, to gather neighbours' labels for the morphology
 
 
 def mask_of(mask: VolumeSource, shape, core) -> np.ndarray:
@@ -41,17 +44,19 @@ def mask_of(mask: VolumeSource, shape, core) -> np.ndarray:
     return big[tuple(slice(o, o + (c.stop - c.start)) for o, c in zip(off, core))]
 
 
-def final_labels(job: WriteJob, block: Block) -> np.ndarray:
-    """Linked panoptic labels (``class * divisor + n``) of ``block``'s core."""
+def final_labels(job: WriteJob, block: Block, within: tuple[slice, ...] | None = None) -> np.ndarray:
+    """Linked panoptic labels (``class * divisor + n``) of ``block``'s core, or of
+    the part ``within`` of it (volume coordinates)."""
     import zarr
+    where = tuple(block.core) if within is None else within
     if job.consensus is not None:
         from ._consensus import consensus_labels
-        out = consensus_labels(job.consensus, block)
+        out = consensus_labels(job.consensus, block, where)
         if job.mask is not None:
-            out[~mask_of(job.mask, job.stack.shape, block.core)] = 0
+            out[~mask_of(job.mask, job.stack.shape, where)] = 0
         return out
     sj = job.stack
-    lab = np.asarray(zarr.open_array(str(Path(sj.work) / "provisional.zarr"), mode="r")[tuple(block.core)])
+    lab = np.asarray(zarr.open_array(str(Path(sj.work) / "provisional.zarr"), mode="r")[where])
     lut = np.load(Path(sj.work) / "maps" / f"{block.index}.npy")
     is_stuff = lab >= STUFF
     out = lut[np.where(is_stuff, 0, lab)]
@@ -59,14 +64,34 @@ def final_labels(job: WriteJob, block: Block) -> np.ndarray:
         paint = np.load(Path(sj.work) / "stuff_paint.npy")
         if paint.size:
             planes = np.broadcast_to(
-                np.arange(block.core[sj.axis].start, block.core[sj.axis].stop).reshape(
+                np.arange(where[sj.axis].start, where[sj.axis].stop).reshape(
                     [-1 if ax == sj.axis else 1 for ax in range(3)]), lab.shape)
             cls = lab.astype(np.int64) - int(STUFF)
             ok = is_stuff & np.isin(planes * 65536 + cls, paint[:, 0] * 65536 + paint[:, 1])
             out[ok] = (cls[ok] * job.divisor if job.divisor else cls[ok]).astype(out.dtype)
     if job.mask is not None:
-        out[~mask_of(job.mask, sj.shape, block.core)] = 0
+        out[~mask_of(job.mask, sj.shape, where)] = 0
     return out
+
+
+def _morphology(job: WriteJob, block: Block) -> np.ndarray:
+    """Final labels of ``block``'s core after Erode / Dilate labels: computed on
+    the core plus as many voxels as they reach, gathered from the blocks there."""
+    from ..inference.postprocess import postprocess_labels
+    r = job.erosion + job.dilation
+    shape = job.stack.shape
+    region = tuple(slice(max(0, c.start - r), min(n, c.stop + r)) for c, n in zip(block.core, shape))
+    out = None
+    for other in job.grid:
+        inter = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(region, other.core))
+        if any(s.stop <= s.start for s in inter):
+            continue
+        part = final_labels(job, other, inter)
+        if out is None:
+            out = np.zeros(tuple(s.stop - s.start for s in region), part.dtype)
+        out[tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(inter, region))] = part
+    out = postprocess_labels(out, job.erosion, job.dilation, False)
+    return out[tuple(slice(c.start - g.start, c.stop - g.start) for c, g in zip(block.core, region))]
 
 
 def write_block(job: WriteJob, block: Block) -> int:
@@ -75,7 +100,7 @@ def write_block(job: WriteJob, block: Block) -> int:
     marker = Path(job.stack.work) / "written" / str(block.index)
     if marker.exists():
         return 0
-    panoptic = final_labels(job, block)
+    panoptic = _morphology(job, block) if (job.erosion or job.dilation) else final_labels(job, block)
     div = job.divisor
     for path, cls, kind in job.outputs:
         group = zarr.open_group(str(path), mode="r+")

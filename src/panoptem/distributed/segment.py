@@ -165,9 +165,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         raise PanoptemError(f"Block shape must be positive and halo 0 or more, not {block_shape} / {halo}.")
     if p.return_panoptic:
         raise PanoptemError("Blockwise runs do not return the per-plane stacks; drop return_panoptic.")
-    if p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation:
-        raise PanoptemError("Erode/Dilate labels and Fill holes are not available in blockwise runs yet; run "
-                            "without them, or on the whole volume.")
+    if p.fill_holes_in_segmentation:
+        raise PanoptemError("Fill holes is not available in blockwise runs yet; run without it, or on the whole "
+                            "volume.")
     if p.chunk_size and chunks is None:
         chunks = (p.chunk_size,) * 3
     if batch_size < 1:
@@ -263,7 +263,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                                block_shape)
                 tmp_outputs.append((str(tmp), c.id, c.kind))
             from ._write import WriteJob, write_block
-            wjob = WriteJob(jobs[0], tmp_outputs, p.label_divisor, len(classes) == 1, msource, factors, cjob)
+            wjob = WriteJob(jobs[0], tmp_outputs, p.label_divisor, len(classes) == 1, msource, factors, cjob,
+                            p.label_erosion, p.label_dilation, grid)
             run_tasks(cl, write_block, wjob, list(grid), "writing", progress)
             import zarr
 
@@ -277,7 +278,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
             move_into_place(tmp, path)
             from ..io import read_image
             labels[c.name] = read_image(path).data
-            objects[c.name] = (_count(path, c) if msource is not None or c.kind == "semantic" or not info["per_class"]
+            counted = msource is not None or c.kind == "semantic" or not info["per_class"] or p.label_erosion
+            objects[c.name] = (_count(path, c) if counted
                                else info["per_class"].get(c.id if p.label_divisor else 0, 0))
             written.append({"output": str(path), "class": c.name, "objects": objects[c.name],
                             "shape": list(vol.shape), "dtype": str(labels[c.name].dtype)})
