@@ -255,7 +255,7 @@ def test_2d_batch_status_counts_objects_not_ids(viewer, qtbot, home):
     run_and_wait(qtbot, w)
     stack = viewer.layers["blobs-batch-prediction"].data
     assert len(np.unique(stack)) - 1 == 3                        # ids restart: 3 distinct ids ...
-    assert w.status.value == "Done: 12 objects on 4 slices (ids restart in every slice)."   # ... 12 objects
+    assert w.status.value == "Done: 12 objects on 4 slices (ids restart in every slice); model pixel size unknown: not resampled."   # ... 12
 
 
 # ------------------------------------------------------------------ proofreading: reasons, count table

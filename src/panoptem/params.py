@@ -29,14 +29,22 @@ class Params2D(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     downsampling: int = Field(1, description="Image Downsampling: shrink the image by this factor "
-                              "(1, 2, 4, ... 64) before the network; results come back at full size.")
+                              "(1, 2, 4, ... 64) before the network, after any resampling to the model's "
+                              "pixel size; results come back at full size.")
+    pixel_size: float | None = Field(None, gt=0.0, le=1e5, description="Pixel size, in nm: the input's "
+                                     "in-plane pixel size, overriding the file's (empty: the file's, if it "
+                                     "says; for a volume without one, z is taken as equal).")
+    resample: bool = Field(True, description="Resample to model: when the input's pixel size is known and "
+                           "differs from the model's by more than 5 %, resample to the model's pixel size "
+                           "(labels come back on the input grid); Image Downsampling then shrinks further.")
     confidence_thr: float = Field(0.5, ge=0.0, le=1.0, description="Segmentation Confidence Thr: "
                                   "probability above which a pixel is organelle (single-class models).")
     center_confidence_thr: float = Field(0.1, ge=0.0, le=1.0, description="Center Confidence Thr: "
                                          "minimum centre-heatmap value for an object centre.")
     min_distance_object_centers: int = Field(3, ge=1, le=35, description="Centers Min Distance, in "
-                                             "heatmap cells (1 cell = 4 x downsampling image pixels, with or "
-                                             "without fine boundaries): centres closer than this merge.")
+                                             "heatmap cells (1 cell = 4 network pixels: 4 x downsampling image pixels when "
+                                             "nothing is resampled; with or without fine boundaries): centres "
+                                             "closer than this merge.")
     fine_boundaries: bool = Field(False, description="Fine boundaries: group pixels at full network "
                                   "resolution instead of 1/4 (sharper borders between touching objects).")
     semantic_only: bool = Field(False, description="Semantic only: skip instance separation.")
