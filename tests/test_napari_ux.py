@@ -122,7 +122,8 @@ def test_training_patch_and_measure_docks_start_at_the_schema_defaults(viewer, h
     from panoptem.napari._patches import PatchesWidget
     from panoptem.napari._train import TrainWidget
     from panoptem.params import FinetuneParams, MeasureParams, PatchParams, TrainParams
-    for cls, widget, names in ((FinetuneParams, FinetuneWidget, ("iterations", "patch_size", "layers", "lr")),
+    for cls, widget, names in ((FinetuneParams, FinetuneWidget, ("iterations", "patch_size", "layers", "lr",
+                                                                "val_fraction", "replay_ratio")),
                                (TrainParams, TrainWidget, ("iterations", "patch_size", "lr")),
                                (PatchParams, PatchesWidget, ("n", "patch_size", "plane", "flipbook_depth", "seed")),
                                (MeasureParams, MeasureWidget, ("surface",))):
