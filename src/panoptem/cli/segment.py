@@ -52,16 +52,15 @@ def segment2d_cmd(
     if preview is not None:  # never over an input or the output
         from ..reporting._preview import prepare_preview
         prepare_preview(preview, overwrite, inputs + [str(output)])
-    pixels = pixel_note(model, params, vs, 2)
     labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
                         preview=preview, voxel_size=vs, overwrite=overwrite, **params.model_dump())
     out = write_labels(output, labels, voxel_size=vs, overwrite=overwrite, inputs=inputs)
-    _report(labels, params.label_divisor, out, preview, pixels)
+    _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2))
 
 
 def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",)) -> dict:
-    """Print the pixel sizes a run uses and what it resamples (a ``note:`` line); returns
-    the record that the run's JSON summary carries."""
+    """Print the pixel sizes a run used and what it resampled (a ``note:`` line, after the run so
+    that a refused run prints its one error line only); returns the record for the JSON summary."""
     from ..inference.segment2d import pixel_plan
     from ..models.home import get_card
     plan = pixel_plan(get_card(model), params, voxel_size, ndim)
@@ -137,14 +136,14 @@ def segment3d_cmd(
                      devices=devices, mask=mask, exact_context=exact_context)
     elif any(v is not None for v in (block_shape, halo, workers, scheduler, devices, mask)):
         raise PanoptemError("--block-shape, --halo, --workers, --scheduler, --devices and --mask need --blockwise.")
-    from ..inference.resample import planes_of
-    pixel_note(model, params, img.voxel_size, 3, planes_of(params))
     res = segment_3d(volume, model, device=device, batch_size=batch_size, progress=True,
                      voxel_size=img.voxel_size, cache_dir=cache_dir, keep_cache=keep_cache, output=output,
                      overwrite=overwrite, inputs=[img.path] if img.path else [], preview=preview,
                      **extra, **params.model_dump())
     if preview is not None and res.written:
         res.written[0]["preview"] = str(preview)
+    from ..inference.resample import planes_of
+    pixel_note(model, params, img.voxel_size, 3, planes_of(params))
     if res.written:
         res.written[0]["pixel_size"] = res.pixel_size
     for p in res.written:
