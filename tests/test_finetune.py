@@ -132,11 +132,13 @@ def test_finetune_lowers_the_loss_registers_and_segments(home, tmp_path, tiny_ca
     losses = r["losses"]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
-    assert r["evaluated_on"].startswith("training patches")
-    assert r["after"]["foreground_iou"] > r["before"]["foreground_iou"]
+    assert r["evaluated_on"].startswith("1 held-out patch of 3") and len(r["held_out"]) == 1
+    assert r["before"]["n_images"] == r["after"]["n_images"] == 1
+    assert r["after"]["f1_50"] >= r["before"]["f1_50"]   # the best held-out weights, the base's included
     card = get_card("tiny_ft")
-    assert card.training["base_model"] == "tiny" and card.training["n_patches"] == 3
-    assert "tiny fine-tuned on 3 patch(es)" in card.description
+    assert card.training["base_model"] == "tiny" and card.training["n_patches"] == 2
+    assert card.training["held_out"] == r["held_out"]
+    assert "tiny fine-tuned on 2 patch(es)" in card.description
     assert card.validation["after"] == r["after"]
     img, _ = discs(5)
     out = panoptem.segment_2d(img, "tiny_ft", device="cpu")
@@ -148,7 +150,7 @@ def test_finetune_with_one_patch_and_a_validation_folder(home, tmp_path, tiny_ca
     val = disc_dataset(tmp_path / "val", n=2)
     r = finetune(str(tiny_card), data, val_dir=val, name="one", iterations=3, patch_size=64, log=lambda s: None)
     assert len(r["losses"]) == 3 and r["before"]["n_images"] == 2 and r["after"]["n_gt"] == 8
-    assert r["evaluated_on"] == f"validation folder {val}"
+    assert r["evaluated_on"] == f"validation folder {val} (2 patches)"
     assert get_card("one").training["batch_size"] == 1
 
 

@@ -192,7 +192,7 @@ def test_forms_come_from_the_parameter_schema(viewer, home):
         w = dock(viewer, cls)
         assert list(w.form.values()) == list(params.model_fields)
         for name, field in params.model_fields.items():
-            assert w.form[name].value == field.default
+            assert w.form.values()[name] == field.default
             assert w.form[name].tooltip == field.description
         assert "darkblob" in w.model.choices
         assert w.model.value == (DEFAULT_MODEL if DEFAULT_MODEL in w.model.choices else "darkblob")
@@ -326,7 +326,7 @@ def test_2d_inference_output_to_a_chosen_layer_at_the_current_plane(viewer, qtbo
     assert np.array_equal(target.data[[0, 1, 3]], keep[[0, 1, 3]])      # other planes untouched
     assert np.unique(target.data[2]).tolist() == [0, 1, 2, 3]
     assert np.array_equal(target.data[2], expected)
-    assert w.status.value == "Done: 3 objects on xy plane 2 into 'target'."
+    assert w.status.value == "Done: 3 objects on xy plane 2 into 'target'; model pixel size unknown: not resampled."
     target.undo()                                      # one undoable edit
     assert np.array_equal(target.data, keep)
 
@@ -421,7 +421,7 @@ def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
     pairs = np.unique(np.stack([in_memory.ravel(), streamed.ravel()]), axis=1)
     assert pairs.shape[1] == 4 and pairs[:, 0].tolist() == [0, 0]
     assert tuple(out.scale) == (20.0, 5.0, 5.0)
-    assert w.status.value.endswith(f"(written to {path}).")
+    assert w.status.value.endswith(f"(written to {path}); model pixel size unknown: not resampled.")
     run_and_wait(qtbot, w)                             # never overwritten
     assert w.status.value.startswith("Error: ") and "already exists" in w.status.value
 
@@ -650,3 +650,33 @@ def test_export_widget_writes_masks_and_images(viewer, qtbot, tmp_path):
     w.name.value, w.voxel_size.value = "bad", "4, 4"
     run_and_wait(qtbot, w)
     assert w.status.value.startswith("Error: Voxel size needs 3 positive numbers")
+
+
+def test_inference_docks_take_the_pixel_size_from_the_layer(viewer, qtbot, home, tmp_path):
+    from panoptem.napari._inference import Inference2DWidget, Inference3DWidget
+    card = Path(os.environ["PANOPTEM_HOME"]) / "models" / "darkblob" / "card.yaml"
+    d = yaml.safe_load(card.read_text())
+    card.write_text(yaml.safe_dump({**d, "voxel_size_nm": 5.0}))   # the model now states its pixel size
+    img = viewer.add_image(blobs((4, 64, 80), centers=((16, 20), (32, 55)), r=7), name="coarse",
+                           scale=(20.0, 10.0, 10.0))
+    plain = viewer.add_image(blobs(), name="plain")
+    for cls in (Inference2DWidget, Inference3DWidget):
+        w = dock(viewer, cls)
+        w.model.value, w.device.value = "darkblob", "cpu"
+        w.image.value = plain
+        assert w.form.values()["pixel_size"] is None        # napari's default scale: unknown
+        w.image.value = img
+        assert w.form["pixel_size"].value == 10.0 and w.form.params().pixel_size == 10.0
+        if cls is Inference3DWidget:
+            w.form.set_values(min_size=10, min_extent=1)
+        run_and_wait(qtbot, w)
+        assert w.status.value.startswith("Done: 2 "), w.status.value
+        assert "10 x 10 nm, resampled to the model's 5 nm" in w.status.value
+        w.form.set_values(pixel_size=5.0)                     # the user's own value wins
+        run_and_wait(qtbot, w)
+        assert w.status.value.endswith("5 x 5 nm, no resampling needed."), w.status.value
+        w.form.set_values(pixel_size=None, resample=False)
+        run_and_wait(qtbot, w)
+        assert w.status.value.endswith("10 x 10 nm, resampling off."), w.status.value
+        out = viewer.layers["coarse-2D-prediction" if cls is Inference2DWidget else "coarse-mitochondria-prediction"]
+        assert out.data.shape[-2:] == (64, 80) and tuple(out.scale)[-2:] == (10.0, 10.0)

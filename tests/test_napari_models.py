@@ -181,8 +181,8 @@ def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, 
     from panoptem.training.dataset import store_dataset
     from panoptem.training.patches import pick_patches
     register("tiny", tiny_card)
-    vol = blobs((2, 64, 64), centers=((20, 20), (44, 40)), r=8)
-    patches = pick_patches(vol, n=2, patch_size=64, labels=(vol < 100).astype(np.uint32), source="blobs")
+    vol = blobs((4, 64, 64), centers=((20, 20), (44, 40)), r=8)
+    patches = pick_patches(vol, n=4, patch_size=64, labels=(vol < 100).astype(np.uint32), source="blobs")
     store_dataset(patches, tmp_path / "ds")
     inf = dock(viewer, Inference2DWidget)
     w = dock(viewer, FinetuneWidget)
@@ -193,9 +193,11 @@ def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, 
     w.name.value, w.iterations.value, w.patch_size.value, w.layers.value = "tiny_ft", 5, 64, "all"
     _run_and_check_training(w, qtbot, 'tiny_ft', iterations=5)
     lines = w.results.value.splitlines()
-    assert lines[0] == f"evaluated on {w.result['evaluated_on']}"
+    assert lines[0] == f"evaluated on {w.result['evaluated_on']}" and "held-out patch of 4" in lines[0]
     assert lines[1] == (f"foreground_iou: {w.result['before']['foreground_iou']:.3f} -> "
                         f"{w.result['after']['foreground_iou']:.3f}")
+    assert any(s.startswith("precision_50: ") for s in lines) and any(s.startswith("recall_50: ") for s in lines)
+    assert lines[-1].startswith("kept: ")
     assert get_card("tiny_ft").training["iterations"] == 5
     assert "tiny_ft" in inf.model.choices and "tiny_ft" in w.model.choices
 
@@ -211,8 +213,8 @@ def test_train_widget_trains_and_registers_a_new_model(viewer, qtbot, home, tmp_
     from panoptem.training.dataset import store_dataset
     from panoptem.training.patches import pick_patches
     assert step_of('{"step": 20, "loss": 0.5, "lr": 0.1}') == (20, 0.5) and step_of("before: {}") is None
-    vol = blobs((2, 64, 64), centers=((20, 20), (44, 40)), r=8)
-    patches = pick_patches(vol, n=2, patch_size=64, labels=(vol < 100).astype(np.uint32), source="blobs")
+    vol = blobs((4, 64, 64), centers=((20, 20), (44, 40)), r=8)
+    patches = pick_patches(vol, n=4, patch_size=64, labels=(vol < 100).astype(np.uint32), source="blobs")
     store_dataset(patches, tmp_path / "ds")
     inf = dock(viewer, Inference2DWidget)
     w = dock(viewer, TrainWidget)

@@ -122,7 +122,8 @@ def test_training_patch_and_measure_docks_start_at_the_schema_defaults(viewer, h
     from panoptem.napari._patches import PatchesWidget
     from panoptem.napari._train import TrainWidget
     from panoptem.params import FinetuneParams, MeasureParams, PatchParams, TrainParams
-    for cls, widget, names in ((FinetuneParams, FinetuneWidget, ("iterations", "patch_size", "layers", "lr")),
+    for cls, widget, names in ((FinetuneParams, FinetuneWidget, ("iterations", "patch_size", "layers", "lr",
+                                                                "val_fraction", "replay_ratio")),
                                (TrainParams, TrainWidget, ("iterations", "patch_size", "lr")),
                                (PatchParams, PatchesWidget, ("n", "patch_size", "plane", "flipbook_depth", "seed")),
                                (MeasureParams, MeasureWidget, ("surface",))):
@@ -255,7 +256,7 @@ def test_2d_batch_status_counts_objects_not_ids(viewer, qtbot, home):
     run_and_wait(qtbot, w)
     stack = viewer.layers["blobs-batch-prediction"].data
     assert len(np.unique(stack)) - 1 == 3                        # ids restart: 3 distinct ids ...
-    assert w.status.value == "Done: 12 objects on 4 slices (ids restart in every slice)."   # ... 12 objects
+    assert w.status.value == "Done: 12 objects on 4 slices (ids restart in every slice); model pixel size unknown: not resampled."   # ... 12
 
 
 # ------------------------------------------------------------------ proofreading: reasons, count table

@@ -29,14 +29,22 @@ class Params2D(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     downsampling: int = Field(1, description="Image Downsampling: shrink the image by this factor "
-                              "(1, 2, 4, ... 64) before the network; results come back at full size.")
+                              "(1, 2, 4, ... 64) before the network, after any resampling to the model's "
+                              "pixel size; results come back at full size.")
+    pixel_size: float | None = Field(None, gt=0.0, le=1e5, description="Pixel size, in nm: the input's "
+                                     "in-plane pixel size, overriding the file's (empty: the file's, if it "
+                                     "says; for a volume without one, z is taken as equal).")
+    resample: bool = Field(True, description="Resample to model: when the input's pixel size is known and "
+                           "differs from the model's by more than 5 %, resample to the model's pixel size "
+                           "(labels come back on the input grid); Image Downsampling then shrinks further.")
     confidence_thr: float = Field(0.5, ge=0.0, le=1.0, description="Segmentation Confidence Thr: "
                                   "probability above which a pixel is organelle (single-class models).")
     center_confidence_thr: float = Field(0.1, ge=0.0, le=1.0, description="Center Confidence Thr: "
                                          "minimum centre-heatmap value for an object centre.")
     min_distance_object_centers: int = Field(3, ge=1, le=35, description="Centers Min Distance, in "
-                                             "heatmap cells (1 cell = 4 x downsampling image pixels, with or "
-                                             "without fine boundaries): centres closer than this merge.")
+                                             "heatmap cells (1 cell = 4 network pixels: 4 x downsampling image pixels when "
+                                             "nothing is resampled; with or without fine boundaries): centres "
+                                             "closer than this merge.")
     fine_boundaries: bool = Field(False, description="Fine boundaries: group pixels at full network "
                                   "resolution instead of 1/4 (sharper borders between touching objects).")
     semantic_only: bool = Field(False, description="Semantic only: skip instance separation.")
@@ -139,6 +147,13 @@ class FinetuneParams(_TrainingParams):
         "encoder from that stage on), or all.")
     scale_range: tuple[float, float] = Field((0.75, 1.33), description="Smallest and largest zoom of the "
                                              "scale augmentation.")
+    val_fraction: float = Field(0.25, ge=0.0, le=0.5, description="Held-out fraction: without a validation "
+                                "folder, this share of the patches (at least 1; only with 3 patches or more) is "
+                                "not trained on but scored before, during and after; 0: none.")
+    validate_every: int = Field(0, ge=0, description="Score the held-out patches every this many steps and "
+                                "keep the weights with the best F1 (0: about 10 times per run).")
+    replay_ratio: float = Field(0.25, ge=0.0, le=0.9, description="Replay ratio: with replay folders (the "
+                                "model's own training data), this share of every batch comes from them.")
 
     @field_validator("scale_range")
     @classmethod

@@ -61,8 +61,9 @@ def model_export(
     output: Path = typer.Option(..., "-o", "--output", help="File to write."),
     format: str = typer.Option("package", "--format", "-f", help="package: one .panoptem file to share "
                                "(import it with `panoptem model import`); torchscript; empanada: TorchScript "
-                               "+ yaml that empanada-napari can register; onnx."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing TorchScript/ONNX outputs."),
+                               "+ yaml that empanada-napari can register; onnx; bioimageio: a bioimage.io model "
+                               "package (.zip, validated with bioimageio.spec)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing TorchScript/ONNX/bioimage.io outputs."),
 ):
     """Write a model for sharing or for another runtime."""
     from ..models.card import EXPORT_FORMATS
@@ -71,7 +72,7 @@ def model_export(
         raise PanoptemError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not '{format}'.")
     out = export_model(name, output, format, overwrite=overwrite)
     rec = {"exported": name, "format": format, "file": str(out)}
-    if format != "package":
+    if format not in ("package", "bioimageio"):
         rec["card"] = str(out.with_suffix(".yaml"))
     typer.echo(json.dumps(rec))
 
@@ -79,10 +80,11 @@ def model_export(
 @model_app.command("import")
 @user_errors
 def model_import(
-    file: Path = typer.Argument(..., help="A .panoptem model package."),
+    file: Path = typer.Argument(..., help="A .panoptem model package, or a bioimage.io model package (.zip with "
+                                "rdf.yaml) whose interface fits panoptem's."),
     name: Optional[str] = typer.Option(None, "--name", help="Register under this name instead of the package's."),
 ):
-    """Register the model in a .panoptem package."""
+    """Register the model in a .panoptem package or a bioimage.io model package."""
     from ..models.registry import import_package
     typer.echo(json.dumps({"imported": import_package(file, name=name)}))
 

@@ -55,16 +55,28 @@ def segment2d_cmd(
     labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
                         preview=preview, voxel_size=vs, overwrite=overwrite, **params.model_dump())
     out = write_labels(output, labels, voxel_size=vs, overwrite=overwrite, inputs=inputs)
-    _report(labels, params.label_divisor, out, preview)
+    _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2))
 
 
-def _report(labels, divisor, out, preview=None):
+def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",)) -> dict:
+    """Print the pixel sizes a run used and what it resampled (a ``note:`` line, after the run so
+    that a refused run prints its one error line only); returns the record for the JSON summary."""
+    from ..inference.segment2d import pixel_plan
+    from ..models.home import get_card
+    plan = pixel_plan(get_card(model), params, voxel_size, ndim)
+    typer.echo(f"note: {plan.describe(planes)}", err=True)
+    return plan.record(planes)
+
+
+def _report(labels, divisor, out, preview=None, pixels=None):
     import numpy as np
     ids = np.unique(labels)
     ids = ids[ids > 0]
     rec = {"output": str(out), "objects": int(ids.size), "shape": list(labels.shape), "dtype": str(labels.dtype)}
     if preview is not None:
         rec["preview"] = str(preview)
+    if pixels is not None:
+        rec["pixel_size"] = pixels
     typer.echo(json.dumps(rec))
 
 
@@ -130,5 +142,9 @@ def segment3d_cmd(
                      **extra, **params.model_dump())
     if preview is not None and res.written:
         res.written[0]["preview"] = str(preview)
+    from ..inference.resample import planes_of
+    pixel_note(model, params, img.voxel_size, 3, planes_of(params))
+    if res.written:
+        res.written[0]["pixel_size"] = res.pixel_size
     for p in res.written:
         typer.echo(json.dumps(p))

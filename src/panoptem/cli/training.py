@@ -111,17 +111,22 @@ def _summary(result: dict) -> str:
 def finetune_cmd(
     model: str = typer.Argument(..., help="Model to fine-tune (name or card path; a panoptem model)."),
     train_dir: Path = typer.Option(..., "--train-dir", help="Dataset folder: images/ and masks/ of the same names."),
-    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Dataset folder to score on before and after "
-                                           "(default: the training patches)."),
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Dataset folder to score on before, during "
+                                           "and after (default: --val-fraction of the training patches, held "
+                                           "out from training)."),
+    replay: List[Path] = typer.Option([], "--replay", help="Dataset folder of the model's own training data, "
+                                      "mixed into every batch at --replay-ratio; repeat for several."),
     name: str = typer.Option(..., "--name", help="Name of the new model (letters, digits, _ . -)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a user model of the same name."),
     params: FinetuneParams = None,
 ):
-    """Fine-tune a model on annotated patches; register and score it (before / after)."""
+    """Fine-tune a model on annotated patches; score it on held-out patches (before / during / after), keep the
+    best weights and register them."""
     from ..training.finetune import finetune
     r = finetune(model, train_dir, val_dir=val_dir, name=name, device=device, overwrite=overwrite,
-                 log=lambda s: typer.echo(s, err=True), **params.model_dump())
+                 replay=replay or None, log=lambda s: typer.echo(s, err=True), **params.model_dump())
+    r.pop("validation", None)
     typer.echo(_summary(r))
 
 

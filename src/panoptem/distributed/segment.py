@@ -54,6 +54,8 @@ class BlockwiseResult:
     timings: dict = field(default_factory=dict)
     blocks: int = 0
     skipped_blocks: int = 0
+    #: the pixel sizes used (see :meth:`panoptem.inference.resample.PixelPlan.record`)
+    pixel_size: dict | None = None
 
 
 def _triple(v, name) -> tuple[int, int, int]:
@@ -92,6 +94,24 @@ def _card(model):
         return model.card
     from ..models.home import get_card
     return get_card(str(model))
+
+
+def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict]:
+    """Blockwise runs resample only by one whole factor on every axis of every plane they
+    segment, which is Image Downsampling by that factor times the parameters' own; any
+    other resampling is refused (blocks would have to be cut on the model's grid)."""
+    from ..inference.resample import planes_of
+    from ..inference.segment2d import pixel_plan
+    plan = pixel_plan(card, p, voxel_size, 3)
+    planes = planes_of(p)
+    plan.check(planes)
+    if not plan.whole(planes):
+        raise PanoptemError(
+            f"Blockwise runs cannot resample by this factor yet: {plan.describe(planes)} Run without --blockwise, "
+            f"or segment the file's own pixels with --no-resample, or resample the volume to "
+            f"{plan.model_nm:g} nm (or a whole multiple) first.")
+    f = int(plan.factor(planes[0])[0])
+    return (p if f == p.downsampling else p.model_copy(update={"downsampling": f})), plan.record(planes)
 
 
 def _input_stamp(path: str | None) -> list:
@@ -177,6 +197,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         raise PanoptemError(f"Blockwise inference needs a ZYX volume, got shape {tuple(vol.shape)}.")
     voxel_size = voxel_size or vs
     card = _card(model)
+    p, plan_record = _whole_factor(p, card, voxel_size)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
     align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
     if isinstance(devices, str):
@@ -287,7 +308,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
             shutil.rmtree(work, ignore_errors=True)
     timings["total_s"] = time.perf_counter() - t_all
     skipped = sum(1 for s in summaries if s.get("skipped"))
-    return BlockwiseResult(labels, objects, written, timings, len(grid), skipped)
+    return BlockwiseResult(labels, objects, written, timings, len(grid), skipped, plan_record)
 
 
 def _run_stack(cl, job: StackJob, grid: BlockGrid, card, p: Params3D, progress: bool, timings: dict):

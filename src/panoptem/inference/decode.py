@@ -155,10 +155,12 @@ def merge_panoptic(semantic: np.ndarray, instances: np.ndarray, thing_ids, stuff
     return out
 
 
-def _upsample_nearest(a: np.ndarray, shape: tuple[int, int], stride: float) -> np.ndarray:
-    """Nearest-neighbour upsampling of a grid whose cells are ``stride`` pixels."""
-    ri = np.minimum((np.arange(shape[0]) // stride).astype(np.int64), a.shape[0] - 1)
-    ci = np.minimum((np.arange(shape[1]) // stride).astype(np.int64), a.shape[1] - 1)
+def _upsample_nearest(a: np.ndarray, shape: tuple[int, int], stride) -> np.ndarray:
+    """Nearest-neighbour upsampling of a grid whose cells are ``stride`` pixels (one
+    number, or one per axis)."""
+    sy, sx = (stride, stride) if np.isscalar(stride) else stride
+    ri = np.minimum((np.arange(shape[0]) // sy).astype(np.int64), a.shape[0] - 1)
+    ci = np.minimum((np.arange(shape[1]) // sx).astype(np.int64), a.shape[1] - 1)
     return a[np.ix_(ri, ci)]
 
 
@@ -211,7 +213,7 @@ def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarr
         prob = _upsample_linear(prob, out_shape)
     semantic = semantic_classes(prob, class_ids, confidence_thr)
     things, stuff = things_and_stuff(class_ids, thing_ids, semantic_only)
-    scale = out_shape[0] / H  # output pixels per network-input pixel
+    sy, sx = out_shape[0] / H, out_shape[1] / W  # output pixels per network-input pixel
     centers = np.zeros((0, 2), np.int64)
     if things:
         centers = find_centers(hm, center_confidence_thr, min_distance_object_centers)
@@ -219,10 +221,10 @@ def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarr
         if fine_boundaries:
             off = _upsample_linear(offsets, (hm.shape[0] * stride, hm.shape[1] * stride))
             ids = group_pixels(centers_px, off, stride=1)
-            ids = _upsample_nearest(ids, out_shape, scale)
+            ids = _upsample_nearest(ids, out_shape, (sy, sx))
         else:
             ids = group_pixels(centers_px, np.asarray(offsets, np.float32), stride=stride)
-            ids = _upsample_nearest(ids, out_shape, stride * scale)
+            ids = _upsample_nearest(ids, out_shape, (stride * sy, stride * sx))
     else:
         ids = np.zeros(out_shape, np.int32)
     return semantic, ids, centers, things, stuff

@@ -23,20 +23,58 @@ class Predictor:
     """
 
     def __init__(self, model: str | LoadedModel = "MitoLite_v1", device: str = "auto",
-                 downsampling: int = 1, tile_size: int = 0, batch_size: int = 4):
+                 downsampling: int = 1, tile_size: int = 0, batch_size: int = 4, factor=None):
         from .._memory import fix_mmap_threshold
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise PanoptemError(f"Batch size must be a whole number of slices, 1 or more, not {batch_size!r}.")
         fix_mmap_threshold()  # slice after slice, keep the heap from fragmenting (see _memory.py)
         self.model = load_model(model, device) if not isinstance(model, LoadedModel) else model
         self.card = self.model.card
-        self.downsampling = downsampling
         self.tile_size = tile_size
         self.batch_size = int(batch_size)
+        self._set_factor(factor, downsampling)
         least = 2 * self._align()
         if tile_size and tile_size < least:
             raise PanoptemError(f"Tile size {tile_size} is too small for model '{self.card.name}' at Image "
                                 f"Downsampling {downsampling}: use 0 (no tiling) or at least {least} pixels.")
+
+    def _set_factor(self, factor, downsampling: int = 1) -> None:
+        """Input pixels per network pixel: one whole factor on both axes runs as plain
+        downsampling; any other ``(rows, columns)`` factor resamples each plane first
+        (see :mod:`.resample`)."""
+        self.resample = None
+        self.downsampling = int(downsampling)
+        if factor is not None:
+            fy, fx = (float(f) for f in factor)
+            if fy == fx and fy.is_integer() and fy >= 1:
+                self.downsampling = int(fy)
+            else:
+                self.downsampling, self.resample = 1, (fy, fx)
+
+    def with_factor(self, factor) -> "Predictor":
+        """This predictor (same loaded model) at another factor (see :meth:`_set_factor`)."""
+        import copy
+        other = copy.copy(self)
+        other._set_factor(factor)
+        return other
+
+    @property
+    def factor(self) -> tuple[float, float]:
+        """Input pixels per network pixel (rows, columns)."""
+        return self.resample or (float(self.downsampling), float(self.downsampling))
+
+    def network_shape(self, shape) -> tuple[int, int]:
+        """(rows, columns) of the network's outputs for planes of ``shape`` (H, W)."""
+        from .resample import network_shape
+        return network_shape(shape, self.factor)
+
+    def to_network_grid(self, planes: np.ndarray) -> np.ndarray:
+        """Planes resampled to the network grid when the factor is not a whole one
+        (float32); unchanged otherwise (downsampling happens in the network call)."""
+        if self.resample is None:
+            return planes
+        from .resample import resample_planes
+        return resample_planes(planes, self.network_shape(planes.shape[-2:]))
 
     def _align(self) -> int:
         """Tile origins lie on this grid (pixels): the network's padding factor at the downsampling."""
@@ -78,6 +116,7 @@ class Predictor:
             planes = planes[None]
         if intensity is None:
             intensity = self.intensity(planes)
+        planes = self.to_network_grid(planes)
         h, w = planes.shape[-2:]
         if self.tile_size and max(h, w) > self.tile_size:
             return self._predict_tiled(planes, intensity)

@@ -21,6 +21,8 @@ class Result2D:
     labels: np.ndarray
     semantic_probability: np.ndarray | None = None
     centers: list[np.ndarray] | None = None
+    #: the pixel sizes used and how the image was resampled (:meth:`~.resample.PixelPlan.record`)
+    pixel_size: dict | None = None
 
 
 def take_plane(volume, index: int, plane: str = "xy") -> np.ndarray:
@@ -36,15 +38,19 @@ def take_plane(volume, index: int, plane: str = "xy") -> np.ndarray:
     return np.asarray(volume[tuple(sl)])
 
 
-def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings: dict,
-                   downsampling: int) -> list[np.ndarray]:
-    """Planes larger than a tile: compact stitched outputs, then tile-wise decoding."""
+def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings: dict) -> list[np.ndarray]:
+    """Planes larger than a tile: compact stitched outputs, then tile-wise decoding. With a
+    factor that is not a whole one, the plane is resampled first, decoded on the network
+    grid, and its labels brought back to the input grid by nearest neighbour."""
     from .large2d import decode_large
+    from .resample import nearest_to
     out = []
     for j in range(len(chunk)):
-        o = pred._predict_tiled(chunk[j:j + 1], rng[j], compact=True)
-        out.append(decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], chunk.shape[-2:],
-                                downsampling=downsampling, **settings))
+        plane = pred.to_network_grid(chunk[j:j + 1])
+        o = pred._predict_tiled(plane, rng[j], compact=True)
+        lab = decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], plane.shape[-2:],
+                           downsampling=pred.downsampling, **settings)
+        out.append(lab if lab.shape == chunk.shape[-2:] else nearest_to(lab, chunk.shape[-2:]))
     return out
 
 
@@ -83,6 +89,17 @@ def make_unique(stack: np.ndarray, label_divisor: int | None) -> np.ndarray:
     return out.astype(np.uint32) if out.max() < 2**32 else out
 
 
+def pixel_plan(card, params, voxel_size, ndim: int):
+    """The :class:`~.resample.PixelPlan` of a run: the model's pixel size, the input's
+    (``voxel_size``, overridden in-plane by ``params.pixel_size``), resampling on or off
+    and Image Downsampling from ``params``."""
+    from .resample import plan_pixels
+    vs = None if voxel_size is None else tuple(voxel_size)
+    if vs is not None and len(vs) != ndim:
+        vs = vs[-ndim:] if len(vs) > ndim else None
+    return plan_pixels(card.voxel_size_nm, vs, params.pixel_size, params.resample, params.downsampling, ndim)
+
+
 def _check_memory(shape, itemsize: int, batch_size: int) -> None:
     """Refuse an image too large for this machine before reading it: the labels of
     every plane (uint32) plus one batch of input and 1-byte probabilities stay in memory."""
@@ -100,6 +117,11 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
                overwrite: bool = False, **overrides) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
+    With a known pixel size (``voxel_size``, or the ``pixel_size`` parameter) that differs
+    from the model's (card ``voxel_size_nm``) by more than 5 %, every image is resampled to
+    the model's pixel size (then Image Downsampling applies) and the labels come back at
+    the input's size; ``resample=False`` turns that off (see :mod:`panoptem.inference.resample`).
+
     Parameters
     ----------
     image : (H, W) array, or (Z, H, W) with ``batch=True`` (each slice on its own).
@@ -108,15 +130,18 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         keyword arguments override its fields.
     batch : treat a 3D input as independent 2D slices; ids restart at
         ``divisor + 1`` in every slice (as empanada) unless ``unique_ids``.
-    return_outputs : return a :class:`Result2D` with probabilities and centres.
+    return_outputs : return a :class:`Result2D` with probabilities (on the network grid), centres
+        and the pixel sizes used.
     preview : PNG file: a picture of the labels over the image with the model, the parameters
         and the object count (:func:`panoptem.reporting.preview`; needs matplotlib).
-    voxel_size : nm per pixel (per voxel for a stack), for the preview's scale bar.
+    voxel_size : nm per pixel (per voxel for a stack): the input's pixel size, for resampling
+        to the model's and for the preview's scale bar.
     overwrite : replace an existing ``preview`` file.
     **overrides : any field of :class:`~panoptem.params.Params2D`
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
-        ``maximum_objects_per_class``, ``tile_size``, ``fill_holes_in_segmentation``).
+        ``maximum_objects_per_class``, ``tile_size``, ``fill_holes_in_segmentation``, ``pixel_size``,
+        ``resample``).
 
     Returns
     -------
@@ -148,6 +173,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     planes = image[None] if image.ndim == 2 else image
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                      batch_size=batch_size)
+    plan = pixel_plan(pred.card, p, voxel_size, 2)
+    plan.check(("xy",))
+    pred = pred.with_factor(plan.factor("xy"))
     _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
     settings = decode_settings(p, pred.card)
     labels, probs, centers = [], [], []
@@ -161,7 +189,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         rng = np.array([pred.intensity(sl) for sl in chunk])
         if p.tile_size and max(chunk.shape[-2:]) > p.tile_size and not return_outputs:
             # bounded memory, decoded per tile
-            labels.extend(_segment_large(pred, chunk, rng, settings, p.downsampling))
+            labels.extend(_segment_large(pred, chunk, rng, settings))
             centers.extend([None] * len(chunk))
             continue
         o = pred.predict(chunk, rng)
@@ -188,5 +216,5 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
              n_objects=n, overwrite=True)
     if return_outputs:
         sp = np.stack(probs) if image.ndim == 3 else probs[0]
-        return Result2D(out, sp, centers if image.ndim == 3 else centers[0])
+        return Result2D(out, sp, centers if image.ndim == 3 else centers[0], plan.record())
     return out

@@ -43,6 +43,8 @@ class Result3D:
     streamed: bool = False
     #: one summary dict per file written (with ``output``)
     written: list[dict] = field(default_factory=list)
+    #: the pixel sizes used and how each plane was resampled (:meth:`~.resample.PixelPlan.record`)
+    pixel_size: dict | None = None
 
 
 def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
@@ -52,12 +54,16 @@ def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
 
 
 def _resize_area(a: np.ndarray, shape) -> np.ndarray:
-    """Area-average a 2D array to ``shape`` (as the network input is downsampled)."""
+    """Area-average a 2D array to ``shape`` (as the network input is downsampled); enlarged
+    (resampling to a finer model grid): bilinear."""
     if a.shape == tuple(shape):
         return a
     import torch
     import torch.nn.functional as F
-    return F.interpolate(torch.from_numpy(a)[None, None], size=tuple(shape), mode="area")[0, 0].numpy()
+    t = torch.from_numpy(a)[None, None]
+    if shape[0] > a.shape[0] or shape[1] > a.shape[1]:
+        return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return F.interpolate(t, size=tuple(shape), mode="area")[0, 0].numpy()
 
 
 def fused_probability(total: np.ndarray, n: int) -> np.ndarray:
@@ -139,8 +145,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     cache = None
     if cache_dir is not None:
         from .cache import OutputCache
-        f = predictor.downsampling
-        hn, wn = -(-shape[0] // f), -(-shape[1] // f)
+        f = predictor.downsampling if predictor.resample is None else list(predictor.resample)
+        hn, wn = predictor.network_shape(shape)
         st = card.output_stride
         key = {"model": card.name, "weights": card.weights.sha256 or card.weights.file, "plane": plane,
                "downsampling": f, "intensity": [float(v) for v in np.ravel(intensity)],
@@ -271,6 +277,11 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     Parameters
     ----------
     volume : (Z, Y, X) array or lazy array (zarr, h5py, memmap, dask).
+    voxel_size : (Z, Y, X) nm of the input: written with the labels, drawn in the preview,
+        and used to resample every plane to the model's pixel size (card ``voxel_size_nm``)
+        when they differ by more than 5 %: xy planes in-plane, xz / yz planes along z
+        too; labels come back on the input grid (``pixel_size`` overrides the in-plane
+        size, ``resample=False`` turns it off; ``result.pixel_size`` says what was used).
     model : registered model name, card path or a loaded model.
     params : a :class:`~panoptem.params.Params3D` (or a dict of its fields);
         keyword arguments override its fields.
@@ -333,8 +344,12 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         preview = prepare_preview(preview, overwrite, [*inputs, output])  # before the work: fail fast
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                           batch_size=batch_size)
+    from .resample import planes_of
+    from .segment2d import pixel_plan
+    plan = pixel_plan(predictor.card, p, voxel_size, 3)
+    plan.check(planes_of(p))
     if output is None:
-        res = _segment(volume, predictor, p, progress, cache_dir, callback)
+        res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan)
         return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
     import shutil
     from .._atomic import exclusive_output
@@ -347,7 +362,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
             cache_dir = out.parent / f".{out.name}.panoptem-cache"
         work = out.parent / f".{out.name}.work"
         try:
-            res = _segment(volume, predictor, p, progress, cache_dir, callback, reset_stale=own_cache,
+            res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan, reset_stale=own_cache,
                            work=work, output=out, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -366,7 +381,8 @@ def _blockwise(volume, model, output, p: Params3D, kw: dict, preview, inputs) ->
     kw["halo"] = kw["halo"] if kw["halo"] is not None else DEFAULT_HALO
     r = segment_blockwise(volume, model, output, verbose=kw["progress"], **kw, **p.model_dump())
     first = next(iter(r.labels.values()))
-    res = Result3D(r.labels, first, {}, r.objects, r.timings, streamed=True, written=r.written)
+    res = Result3D(r.labels, first, {}, r.objects, r.timings, streamed=True, written=r.written,
+                   pixel_size=r.pixel_size)
     if preview is not None:
         from ..io import read_image
         from ..models.home import get_card
@@ -400,16 +416,19 @@ def _check_new(path: Path, overwrite: bool, inputs) -> None:
     prepare_target(path, overwrite, inputs)
 
 
-def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_dir, callback,
+def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_dir, callback, plan=None,
              reset_stale: bool = False, work: Path | None = None, output: Path | None = None,
              voxel_size=None, overwrite: bool = False, inputs=()) -> Result3D:
     """The run itself; with ``output`` (and a ``work`` folder), results are written there."""
     import time
+    from .resample import planes_of
     intensity = predictor.intensity(volume)  # one range for the whole volume
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     stacks: dict[str, np.ndarray] = {}
     card = predictor.card
+    by_plane = {pl: predictor.with_factor(plan.factor(pl)) if plan is not None else predictor for pl in PLANES}
+    record = plan.record(planes_of(p)) if plan is not None else None
     kw = dict(timings=timings, cache_dir=cache_dir, callback=callback, reset_stale=reset_stale)
     if output is not None and not p.orthoplane and card.num_classes == 1 and not p.return_panoptic:
         from ..io import open_label_writer, read_image
@@ -417,31 +436,33 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         with open_label_writer(output, volume.shape, np.uint32, voxel_size=voxel_size,
                                chunks=zarr_chunks(p.chunk_size, volume.shape),
                                overwrite=overwrite, inputs=inputs) as w:
-            run_stack(volume, predictor, p, p.inference_plane, intensity, progress, work_dir=work, output=w, **kw)
+            run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress,
+                      work_dir=work, output=w, **kw)
         written = read_image(output).data
         timings["total_s"] = time.perf_counter() - t0
         name = card.classes[0].name
         n_obj = _count_ids(written)
         summary = [{"output": str(output), "class": name, "objects": n_obj, "shape": list(written.shape),
                     "dtype": str(written.dtype)}]
-        return Result3D({name: written}, written, {}, {name: n_obj}, timings, streamed=True, written=summary)
+        return Result3D({name: written}, written, {}, {name: n_obj}, timings, streamed=True, written=summary,
+                        pixel_size=record)
     if not p.orthoplane:
-        panoptic = run_stack(volume, predictor, p, p.inference_plane, intensity, progress, **kw)
+        panoptic = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress, **kw)
         if p.return_panoptic:
             stacks[p.inference_plane] = panoptic
     elif p.fusion == "probability":
         sinks = {pl: np.zeros(volume.shape, np.uint8) for pl in ("xz", "yz")}
         for pl, sink in sinks.items():
-            s = run_stack(volume, predictor, p, pl, intensity, progress, probability_sink=sink, **kw)
+            s = run_stack(volume, by_plane[pl], p, pl, intensity, progress, probability_sink=sink, **kw)
             if p.return_panoptic:
                 stacks[pl] = s
-        panoptic = run_stack(volume, predictor, p, "xy", intensity, progress,
+        panoptic = run_stack(volume, by_plane["xy"], p, "xy", intensity, progress,
                              extra_probability=list(sinks.values()), **kw)
         del sinks
     else:
         from .consensus import orthoplane_consensus
         for pl in PLANES:
-            stacks[pl] = run_stack(volume, predictor, p, pl, intensity, progress, **kw)
+            stacks[pl] = run_stack(volume, by_plane[pl], p, pl, intensity, progress, **kw)
         t = time.perf_counter()
         panoptic = orthoplane_consensus([stacks["xy"], stacks["xz"], stacks["yz"]],
                                         label_divisor=p.label_divisor, pixel_vote_thr=p.pixel_vote_thr,
@@ -456,7 +477,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         panoptic = postprocess_labels(panoptic, p.label_erosion, p.label_dilation, p.fill_holes_in_segmentation)
         timings["postprocess_s"] = time.perf_counter() - t
     labels, counts = split_classes(panoptic, card, p.label_divisor)
-    res = Result3D(labels, panoptic, stacks, counts, timings)
+    res = Result3D(labels, panoptic, stacks, counts, timings, pixel_size=record)
     if output is not None:
         res.written = write_result(res, output, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs,
                                    chunk_size=p.chunk_size)

@@ -17,8 +17,9 @@ from ..errors import PanoptemError
 #: output stride of panoptem's networks: heatmap and offsets come at 1/4 of the network input
 OUTPUT_STRIDE = 4
 #: what a model can be exported as: a ``.panoptem`` package to share, TorchScript, TorchScript
-#: with empanada-napari's interface and card, or ONNX (see :func:`panoptem.models.export.export_model`)
-EXPORT_FORMATS = ("package", "torchscript", "empanada", "onnx")
+#: with empanada-napari's interface and card, ONNX, or a bioimage.io model package (a zip)
+#: (see :func:`panoptem.models.export.export_model`)
+EXPORT_FORMATS = ("package", "torchscript", "empanada", "onnx", "bioimageio")
 #: a card is a few kB; anything much larger is not a card (and may be a YAML bomb)
 MAX_CARD_BYTES = 1 << 20
 REMOTE_SCHEMES = ("https://", "http://")

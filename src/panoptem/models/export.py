@@ -281,13 +281,17 @@ def export_model(name_or_card: str | Path, out_file: str | Path, format: str = "
     """Write a model in one of :data:`~.card.EXPORT_FORMATS`; returns the file written.
 
     ``package`` (:func:`~.registry.export_package`) never overwrites; the other
-    formats replace an existing file only with ``overwrite``.
+    formats replace an existing file only with ``overwrite``. ``bioimageio`` writes a
+    validated bioimage.io model package (:func:`~.bioimageio.export_bioimageio`).
     """
     if format not in EXPORT_FORMATS:
         raise PanoptemError(f"Export format must be one of {', '.join(EXPORT_FORMATS)}, not '{format}'.")
     if format == "package":
         from .registry import export_package
         return export_package(str(name_or_card), out_file)
+    if format == "bioimageio":
+        from .bioimageio import export_bioimageio
+        return export_bioimageio(name_or_card, out_file, overwrite=overwrite)
     if format == "onnx":
         return export_onnx(name_or_card, out_file, overwrite=overwrite)
     return export_torchscript(name_or_card, out_file, empanada_interface=format == "empanada", overwrite=overwrite)

@@ -314,13 +314,17 @@ def export_package(name: str, out_file: str | Path) -> Path:
 
 
 def import_package(file: str | Path, name: str | None = None) -> str:
-    """Register the model in a ``.panoptem`` package; returns its name.
+    """Register the model in a ``.panoptem`` package, or in a bioimage.io model package
+    (a zip with ``rdf.yaml``: :func:`~.bioimageio.import_bioimageio`); returns its name.
 
     ``name`` defaults to the name in the package's card; an existing name is
     refused (pass another ``name``)."""
     f = Path(file)
     if not f.is_file():
         raise PanoptemError(f"Model package {f} does not exist; check the path.")
+    from .bioimageio import import_bioimageio, is_bioimageio_package
+    if is_bioimageio_package(f):
+        return import_bioimageio(f, name=name)
     try:
         z = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError):

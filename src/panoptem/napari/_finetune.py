@@ -40,11 +40,25 @@ class _Bridge(QObject):
     line = Signal(str)
 
 
-def scores_table(before: dict, after: dict) -> str:
+def scores_table(before: dict | None, after: dict | None) -> str:
     """One line per score: ``name: before -> after`` (numbers to 3 decimals)."""
+    if after is None:
+        return "no scores: too few patches to hold any out; give a validation dataset (or 3 patches or more)"
+
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
+    before = before or {}
     return "\n".join(f"{k}: {fmt(before.get(k))} -> {fmt(after.get(k))}" for k in after)
+
+
+def finetune_results(res: dict) -> str:
+    """The Scores box after fine-tuning: before -> after on the held-out patches, and the step kept."""
+    text = scores_table(res["before"], res["after"])
+    if res.get("after") is not None:
+        kept = res.get("kept_step", 0)
+        text += ("\nkept: the base model's weights (no step scored better)" if kept == 0 else
+                 f"\nkept: the weights of step {kept} (best held-out F1)")
+    return text
 
 
 def _run_training(func_name: str, on_step, on_line, **kw) -> dict:
@@ -77,8 +91,9 @@ class _TrainingDock(Dock):
         self.progress = ProgressBar(value=0, min=0, max=1, name="progress", label="Progress",
                                     tooltip="Training steps done of the iterations asked.")
         self.results = TextEdit(label="Scores", name="results", value="",
-                                tooltip="Scores of the new model (foreground IoU, F1 at IoU 0.5, ...) on the "
-                                        "validation folder, or on the training patches without one.")
+                                tooltip="Scores (foreground IoU, F1, precision and recall at IoU 0.5, objects "
+                                        "found on background-only patches) on the validation folder or the "
+                                        "held-out patches; fine-tuning shows before -> after.")
         self.results.native.setReadOnly(True)
         self.results.native.setMinimumHeight(90)
         self.result: dict | None = None
@@ -133,7 +148,8 @@ class _TrainingDock(Dock):
             self.progress.value = self.progress.max
             last = res["losses"][-1] if res.get("losses") else float("nan")
             self.status.value = f"Done: registered '{res['name']}' (last loss {last:.4f})."
-            self.results.value = f"evaluated on {res['evaluated_on']}\n" + results_text(res)
+            where = res.get("evaluated_on")
+            self.results.value = (f"evaluated on {where}\n" if where else "") + results_text(res)
 
         self._start(_run_training, done, func_name, self._bridge.step.emit, self._bridge.line.emit,
                     stop=self._stop.is_set, **kw)
@@ -149,8 +165,19 @@ class FinetuneWidget(_TrainingDock):
         super().__init__(viewer)
         self.model = model_picker(tooltip="A panoptem (state-dict) model to start from.")
         self._data_fields("A dataset folder (images/ + masks/, e.g. from Store dataset), or a folder of several.",
-                          "Scored before and after; empty: the training patches are scored.", "FinetunedModel",
+                          "Scored before, during and after; empty: a share of the training patches (Held-out "
+                          "fraction) is held out from training and scored instead.", "FinetunedModel",
                           "Name the fine-tuned model is registered under (letters, digits, _ . -).")
+        fields = FinetuneParams.model_fields
+        self.val_fraction = FloatSpinBox(label="Held-out fraction", name="val_fraction",
+                                         value=default_of(FinetuneParams, "val_fraction"), min=0.0, max=0.5,
+                                         step=0.05, tooltip=fields["val_fraction"].description)
+        self.replay_dir = FileEdit(label="Replay dataset (optional)", name="replay_dir", mode="d", value="",
+                                   tooltip="A dataset folder of the model's own training data, mixed into every "
+                                           "batch so the model keeps what it knew (fewer false detections).")
+        self.replay_ratio = FloatSpinBox(label="Replay ratio", name="replay_ratio",
+                                         value=default_of(FinetuneParams, "replay_ratio"), min=0.0, max=0.9,
+                                         step=0.05, tooltip=fields["replay_ratio"].description)
         self.iterations = SpinBox(label="Iterations", name="iterations", value=default_of(FinetuneParams, "iterations"),
                                   min=1, max=10**6,
                                   tooltip="Optimiser steps (any number from 1); 100-200 suit 16 patches.")
@@ -164,8 +191,9 @@ class FinetuneWidget(_TrainingDock):
                                max=1.0, step=1e-4,
                                tooltip="Peak learning rate of the one-cycle schedule.")
         self.lr.native.setDecimals(6)
-        self.extend([Group("Fine-tune", [self.model, self.train_dir, self.val_dir, self.name, self.iterations,
-                                         self.patch_size, self.layers, self.lr, self.device]),
+        self.extend([Group("Fine-tune", [self.model, self.train_dir, self.val_dir, self.val_fraction, self.name,
+                                         self.iterations, self.patch_size, self.layers, self.lr, self.device]),
+                     Group("Replay", [self.replay_dir, self.replay_ratio], folded=True),
                      *self._footer()])
 
     def run(self) -> None:
@@ -183,7 +211,9 @@ class FinetuneWidget(_TrainingDock):
             return
         kw = {"model_name": self.model.value, "train_dir": train_dir, "val_dir": chosen_path(self.val_dir.value) or None,
               "name": name, "iterations": self.iterations.value, "patch_size": self.patch_size.value,
-              "layers": self.layers.value, "lr": self.lr.value, "device": self.device.value}
+              "layers": self.layers.value, "lr": self.lr.value, "device": self.device.value,
+              "val_fraction": self.val_fraction.value, "replay": chosen_path(self.replay_dir.value) or None,
+              "replay_ratio": self.replay_ratio.value}
         self.status.value = "Scoring the model before fine-tuning..."
-        self.start_training("finetune", kw, lambda res: scores_table(res["before"], res["after"]))
+        self.start_training("finetune", kw, finetune_results)
 

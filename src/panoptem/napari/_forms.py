@@ -131,10 +131,29 @@ def field_labels(model_cls: type[BaseModel]) -> dict[str, str]:
     return {n: (f"{v} ({n.replace('_', ' ')})" if v in dup else v) for n, v in raw.items()}
 
 
+#: what an optional number's spin box shows at 0 (None: not given)
+UNSET_TEXT = "from the image"
+
+
+def _optional(ann):
+    """``X`` for an ``X | None`` annotation, else None."""
+    args = get_args(ann)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return None
+
+
 def field_widget(name: str, field, label: str):
-    """One magicgui widget for one pydantic field, with its default and description as tooltip."""
+    """One magicgui widget for one pydantic field, with its default and description as tooltip.
+    An optional number is a spin box whose 0 (shown as :data:`UNSET_TEXT`) stands for None."""
     ann, default, tip = field.annotation, field.default, field.description or ""
     kw = {"name": name, "label": label, "tooltip": tip}
+    if _optional(ann) is float:
+        _, hi = _bounds(field)
+        box = FloatSpinBox(value=default or 0.0, min=0.0, max=hi if hi is not None else 1e9, step=0.5, **kw)
+        box.native.setSpecialValueText(UNSET_TEXT)
+        box.native.setDecimals(3)
+        return box
     if name in CHOICES:
         return ComboBox(choices=list(CHOICES[name]), value=default, **kw)
     if get_origin(ann) is Literal:
@@ -170,11 +189,13 @@ class ParamsForm:
         return [self._by_name[n] for n in names]
 
     def values(self) -> dict:
-        return {w.name: w.value for w in self.widgets}
+        """Field values (an optional number's 0 is None)."""
+        opt = {n for n, f in self.model_cls.model_fields.items() if _optional(f.annotation) is not None}
+        return {w.name: (None if w.name in opt and not w.value else w.value) for w in self.widgets}
 
     def set_values(self, **values) -> None:
         for k, v in values.items():
-            self[k].value = v
+            self[k].value = 0.0 if v is None and isinstance(self[k], FloatSpinBox) else v
 
     def params(self):
         """The validated parameter object (a PanoptemError says which field is wrong)."""

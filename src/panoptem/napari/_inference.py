@@ -42,6 +42,7 @@ DEVICE_TIP = "Where the network runs. auto: CUDA if present, else Apple MPS, els
 
 #: fields of the 3D form, grouped as empanada-napari groups them; the last group starts folded
 GROUPS_3D = {
+    "Input": ("pixel_size", "resample"),
     "2D Parameters": ("downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
                       "fine_boundaries", "semantic_only", "maximum_objects_per_class"),
     "Stack Parameters": ("median_slices", "min_size", "min_extent", "inference_plane", "label_erosion",
@@ -51,6 +52,7 @@ GROUPS_3D = {
     "Advanced": ("iou_thr", "ioa_thr", "bridge_gaps", "tile_size"),
 }
 GROUPS_2D = {
+    "Input": ("pixel_size", "resample"),
     "2D Parameters": ("downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
                       "fine_boundaries", "semantic_only", "fill_holes_in_segmentation",
                       "maximum_objects_per_class"),
@@ -148,6 +150,20 @@ class _InferenceBase(Dock):
                                      tooltip=f"Start {self.title} with these settings.")
         self.run_button.changed.connect(self.run)
         self.result_layers: list = []
+        self._prefilled: float | None = None
+        self.image.changed.connect(self._prefill_pixel_size)
+        self._prefill_pixel_size()
+
+    def _prefill_pixel_size(self, *_) -> None:
+        """Pixel size from the chosen layer's voxel size (its metadata, or a scale that is not
+        all ones), in-plane; empty when the layer does not say."""
+        layer = self.image.value
+        vs = layer_voxel_size(layer) if layer is not None else None
+        self._prefilled = float(vs[-1]) if vs else None
+        self.form.set_values(pixel_size=self._prefilled)
+
+    def _input_group(self) -> Group:
+        return Group("Input", [self.image, self.model, self.device, *self.form.take(*self.groups["Input"])])
 
     def _group(self, title: str, extra=(), folded: bool | None = None) -> Group:
         return Group(title, [*self.form.take(*self.groups.get(title, ())), *extra], folded=folded)
@@ -163,10 +179,13 @@ def _labels_layer(data, **kw):
     return napari.layers.Labels(data, **kw)
 
 
-def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, plane_shape, mask, new_layer):
+def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, plane_shape, mask, new_layer,
+            voxel_size=None):
     """Segment, place the result in its plane, count objects, and build the layer (worker thread)."""
     from ..inference.segment2d import segment_2d
-    labels = segment_2d(np.asarray(array), cached_model(model, device), batch=batch, **params.model_dump())
+    res = segment_2d(np.asarray(array), cached_model(model, device), batch=batch, voxel_size=voxel_size,
+                     return_outputs=True, **params.model_dump())
+    labels = res.labels
     if batch:
         data, n = labels, count_objects(labels, per_slice=True)
     else:
@@ -179,7 +198,14 @@ def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, 
         placed = {"data": data, "scale": geo.scale, "translate": geo.translate} if batch else \
             place_plane(data, axis, index, geo)
         layer = _labels_layer(placed.pop("data"), name=kw["name"], **placed)
-    return data, n, layer
+    return data, n, layer, _pixel_words(cached_model(model, device).card, params, voxel_size, 2)
+
+
+def _pixel_words(card, params, voxel_size, ndim: int) -> str:
+    """The status line's words on the pixel size used (see :meth:`~panoptem.inference.resample.PixelPlan.short`)."""
+    from ..inference.resample import planes_of
+    from ..inference.segment2d import pixel_plan
+    return pixel_plan(card, params, voxel_size, ndim).short(planes_of(params) if ndim == 3 else ("xy",))
 
 
 class _Geometry:
@@ -212,7 +238,7 @@ class Inference2DWidget(_InferenceBase):
                                            "the shown plane, as one undoable edit; empty: a new "
                                            "'<image>-2D-prediction' layer.")
         self.extend([
-            Group("Input", [self.image, self.model, self.device]),
+            self._input_group(),
             self._group("2D Parameters"),
             Group("Where", [self.batch, self.roi, self.viewport, self.output]),
             self._group("Advanced", folded=True),
@@ -259,6 +285,11 @@ class Inference2DWidget(_InferenceBase):
                 raise PanoptemError(f"Labels layer '{target.name}' has shape {tuple(target.data.shape)} but the "
                                     f"image has {tuple(data.shape)}; choose a labels layer of the same shape.")
             plane_shape = array.shape[-2:]
+            vs = layer_voxel_size(layer)
+            if vs is not None and axis is not None:  # the shown plane's two axes
+                vs = tuple(v for i, v in enumerate(vs) if i != axis)
+            if params.pixel_size is not None and params.pixel_size == self._prefilled:
+                params = params.model_copy(update={"pixel_size": None})  # the layer's own sizes, per axis
             box, mask = ((slice(0, plane_shape[0]), slice(0, plane_shape[1])), None) if batch else \
                 self._region(layer, axis, index, plane_shape)
             array = array if batch else np.asarray(array)[box]
@@ -275,7 +306,7 @@ class Inference2DWidget(_InferenceBase):
         self.status.value = f"Running on {where}..."
 
         def show(result):
-            plane, n, built = result
+            plane, n, built, pixels = result
             if target is not None:
                 region = np.zeros(plane_shape, bool)
                 region[box] = True
@@ -305,10 +336,10 @@ class Inference2DWidget(_InferenceBase):
             self.result_layers = [out]
             tail = " (ids restart in every slice)" if batch else ""
             self.status.value = (f"Done: {n} object{'s' if n != 1 else ''} on {where}{tail}"
-                                 + (f" into '{out.name}'." if target is not None else "."))
+                                 + (f" into '{out.name}'" if target is not None else "") + f"; {pixels}.")
 
         self._start(_run_2d, show, array, model, self.device.value, params, batch, box, plane_shape, mask,
-                    new_layer)
+                    new_layer, vs)
 
 
 class _Progress(QObject):
@@ -327,7 +358,7 @@ def _run_3d(volume, model: str, device: str, params: Params3D, voxel_size, callb
               for cls, vol in res.labels.items()]
     layers += [_labels_layer(vol, name=f"{image_name}-panoptic-stack-{plane}", **layer_kw)
                for plane, vol in res.stacks.items()]
-    return res, layers
+    return res, layers, _pixel_words(cached_model(model, device).card, params, voxel_size, 3)
 
 
 class Inference3DWidget(_InferenceBase):
@@ -355,7 +386,7 @@ class Inference3DWidget(_InferenceBase):
                                          "runs stream there instead of holding the volume in memory, and the "
                                          "layer reads them from the file.")
         self.extend([
-            Group("Input", [self.image, self.model, self.device]),
+            self._input_group(),
             self._group("2D Parameters"),
             self._group("Stack Parameters"),
             self._group("Ortho-plane Parameters"),
@@ -424,14 +455,14 @@ class Inference3DWidget(_InferenceBase):
         layer_kw = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": {"voxel_size": vs}}
 
         def show(result):
-            res, layers = result
+            res, layers, pixels = result
             found = ", ".join(f"{n} {c}" for c, n in res.objects.items())
             where = f" (written to {output})" if output is not None else ""
             self.result = res
 
             def shown(added):
                 self.result_layers = added
-                self.status.value = f"Done: {found} in {res.timings.get('total_s', 0):.1f} s{where}."
+                self.status.value = f"Done: {found} in {res.timings.get('total_s', 0):.1f} s{where}; {pixels}."
             self.add_layers(layers, shown)
 
         self._start(_run_3d, show, data, model, self.device.value, params, vs, self._callback, output, layer_kw,

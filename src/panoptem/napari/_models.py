@@ -66,10 +66,12 @@ class ModelsWidget(Dock):
                                  tooltip="Export: the file to write (never over an existing one).")
         self.format = ComboBox(label="Format", name="format", choices=list(EXPORT_FORMATS), value="package",
                                tooltip="package: one .panoptem file to share; torchscript; empanada: TorchScript "
-                                       "+ yaml for empanada-napari; onnx.")
+                                       "+ yaml for empanada-napari; onnx; bioimageio: a bioimage.io model package "
+                                       "(.zip) that other tools run.")
         self.export_button = PushButton(text="Export", name="export", tooltip="Write the chosen model to Output file.")
-        self.package = FileEdit(label="Package", name="package", mode="r", filter="*.panoptem", value="",
-                                tooltip="Import: a .panoptem package made by Export.")
+        self.package = FileEdit(label="Package", name="package", mode="r", filter="*.panoptem *.zip", value="",
+                                tooltip="Import: a .panoptem package made by Export, or a bioimage.io model "
+                                        "package (.zip) whose interface fits panoptem's.")
         self.import_button = PushButton(text="Import", name="import_",
                                         tooltip="Register the package's model (under New name, if given).")
         self.archive_button = PushButton(text="Archive model", name="archive",

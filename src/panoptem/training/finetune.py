@@ -68,7 +68,9 @@ def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
 
     Returns ``foreground_iou`` (pixels pooled), ``precision_50``, ``recall_50``,
     ``f1_50`` (objects matched at IoU 0.5, counts pooled), ``n_images``,
-    ``n_gt``, ``n_pred``. With several classes, objects match within their
+    ``n_gt``, ``n_pred``, ``n_empty`` (images whose mask holds no object: true
+    negatives) and ``false_on_empty`` (objects predicted on them, counted as false
+    positives in the precision). With several classes, objects match within their
     class (``divisors`` gives each mask's label divisor).
     """
     from .._evaluate import evaluate
@@ -77,7 +79,7 @@ def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
     pdiv = make_params(Params2D, **params).label_divisor
     multi = model.card.num_classes > 1 and pdiv is not None
     divisors = divisors if divisors is not None else [None] * len(images)
-    tp = fp = fn = n_gt = n_pred = inter = union = 0
+    tp = fp = fn = n_gt = n_pred = inter = union = n_empty = false_on_empty = 0
     for im, gt, div in zip(images, masks, divisors):
         pred = segment_2d(im, model, **params)
         gt = np.asarray(gt).astype(np.int64)
@@ -86,6 +88,9 @@ def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
         r = evaluate(pred, gt, iou_thresholds=(0.5,), label_divisor=pdiv if multi else None)
         tp, fp, fn = tp + r["tp_50"], fp + r["fp_50"], fn + r["fn_50"]
         n_gt, n_pred = n_gt + r["n_gt"], n_pred + r["n_pred"]
+        if not gt.any():
+            n_empty += 1
+            false_on_empty += r["n_pred"]
         p, g = pred > 0, gt > 0
         inter += int(np.count_nonzero(p & g))
         union += int(np.count_nonzero(p | g))
@@ -95,7 +100,50 @@ def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
         return round(a / b, 4) if b else (1.0 if empty else 0.0)
     return dict(foreground_iou=ratio(inter, union), f1_50=ratio(tp, tp + fp / 2 + fn / 2),
                 precision_50=ratio(tp, tp + fp), recall_50=ratio(tp, tp + fn), n_images=len(images),
-                n_gt=int(n_gt), n_pred=int(n_pred))
+                n_gt=int(n_gt), n_pred=int(n_pred), n_empty=int(n_empty), false_on_empty=int(false_on_empty))
+
+
+def scores_line(s: dict | None) -> str:
+    """One line of scores: foreground IoU, F1 / precision / recall at IoU 0.5, objects, and
+    what was found on background-only patches.
+
+    >>> scores_line(dict(foreground_iou=0.5, f1_50=0.6, precision_50=0.75, recall_50=0.5, n_images=3,
+    ...                  n_gt=4, n_pred=3, n_empty=1, false_on_empty=0))
+    'IoU 0.500, F1@0.5 0.600 (precision 0.750, recall 0.500), 3 objects found / 4 true on 3 patches, 0 on the 1 background-only patch'
+    """
+    if s is None:
+        return "not measured"
+    empty = (f", {s['false_on_empty']} on the {s['n_empty']} background-only patch{'es' if s['n_empty'] != 1 else ''}"
+             if s.get("n_empty") else "")
+    return (f"IoU {s['foreground_iou']:.3f}, F1@0.5 {s['f1_50']:.3f} (precision {s['precision_50']:.3f}, recall "
+            f"{s['recall_50']:.3f}), {s['n_pred']} objects found / {s['n_gt']} true on {s['n_images']} "
+            f"patch{'es' if s['n_images'] != 1 else ''}{empty}")
+
+
+def split_held_out(masks, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices (train, held out) of patches: ``round(n * fraction)`` held out (at least 1,
+    leaving at least 2 to train on; none when there are fewer than 3 patches), drawn at
+    random (``seed``) from patches with objects and background-only ones in proportion,
+    keeping a patch with objects on each side when there are two or more.
+
+    >>> masks = [np.ones((2, 2))] * 6 + [np.zeros((2, 2))] * 2
+    >>> train, held = split_held_out(masks, 0.25)
+    >>> len(train), len(held), sum(masks[i].any() for i in held)
+    (6, 2, 1)
+    """
+    n = len(masks)
+    if fraction <= 0 or n < 3:
+        return list(range(n)), []
+    k = min(max(1, round(n * fraction)), n - 2)
+    pos = [i for i, m in enumerate(masks) if np.any(m)]
+    neg = [i for i in range(n) if not np.any(masks[i])]
+    k_pos = min(max(round(k * len(pos) / n), 1), len(pos) - 1) if len(pos) >= 2 else 0
+    k_neg = min(k - k_pos, len(neg))
+    k_pos = min(k - k_neg, max(len(pos) - 1, 0))
+    rng = np.random.default_rng(seed)
+    held = sorted([int(i) for i in rng.choice(pos, k_pos, replace=False)] +
+                  [int(i) for i in rng.choice(neg, k_neg, replace=False)]) if (k_pos or k_neg) else []
+    return [i for i in range(n) if i not in held], held
 
 
 def _register(card: ModelCard, weights: Path, name: str, overwrite: bool) -> Path:
@@ -141,20 +189,94 @@ def _check_patch_size(patch_size: int, card: ModelCard | None = None) -> int:
     return int(patch_size)
 
 
+class _Mixed:
+    """Batches of a fine-tuning set with a share of replayed data (the model's own training
+    data): ``round(batch * ratio)`` patches of each batch, at least 1, come from ``replay``."""
+
+    def __init__(self, own, replay, ratio: float):
+        self.own, self.replay, self.ratio = own, replay, float(ratio)
+
+    def __len__(self) -> int:
+        return len(self.own)
+
+    def replayed(self, batch_size: int) -> int:
+        """Patches of a batch of ``batch_size`` drawn from the replay data."""
+        if batch_size < 2 or self.ratio <= 0:
+            return 0
+        return min(max(1, round(batch_size * self.ratio)), batch_size - 1)
+
+    def batch(self, rng, cfg):
+        import dataclasses
+
+        import torch
+        k = self.replayed(cfg.batch_size)
+        a = self.own.batch(rng, dataclasses.replace(cfg, batch_size=cfg.batch_size - k))
+        if not k:
+            return a
+        b = self.replay.batch(rng, dataclasses.replace(cfg, batch_size=k))
+        return tuple(torch.cat([x, y]) for x, y in zip(a, b))
+
+
+def _subset(data: "DatasetFolders", idx: list[int], gamma: float):
+    """The patches ``idx`` of ``data`` as training data, each folder keeping its own weight."""
+    from .dataset import TrainingData
+    bounds = np.cumsum([0, *data.counts])
+    sources = []
+    for j, folder in enumerate(data.folders):
+        mine = [i for i in idx if bounds[j] <= i < bounds[j + 1]]
+        if mine:
+            sources.append((folder, [data.images[i] for i in mine], [data.masks[i] for i in mine],
+                            data.divisors[mine[0]], [data.names[i].split("/", 1)[1] for i in mine]))
+    return TrainingData(sources, data.classes, gamma, data.normalization)
+
+
+def _validation(val_dir, data: "DatasetFolders", fraction: float, seed: int, gamma: float):
+    """(training data, (images, masks, divisors) to score on or None, description, held-out names)."""
+    from .dataset import dataset_folders, load_dataset
+    if val_dir is not None:
+        ims, mks, divs = [], [], []
+        for f in dataset_folders([val_dir]):
+            i, m, meta = load_dataset(f)
+            ims += i; mks += m; divs += [meta["label_divisor"]] * len(i)
+        return data, (ims, mks, divs), f"validation folder {val_dir} ({len(ims)} patches)", []
+    train_idx, held = split_held_out(data.masks, fraction, seed)
+    if not held:
+        return data, None, None, []
+    val = ([data.images[i] for i in held], [data.masks[i] for i in held], [data.divisors[i] for i in held])
+    n_empty = sum(not np.any(m) for m in val[1])
+    where = (f"{len(held)} held-out patch{'es' if len(held) != 1 else ''} of {len(data)}"
+             f"{f' ({n_empty} background-only)' if n_empty else ''}, not trained on")
+    return _subset(data, train_idx, gamma), val, where, [data.names[i] for i in held]
+
+
+def _better(a: dict, b: dict | None) -> bool:
+    """Whether scores ``a`` are at least as good as ``b``: F1@0.5 first, then foreground IoU
+    (a tie goes to the later, more trained, weights)."""
+    return b is None or (a["f1_50"], a["foreground_iou"]) >= (b["f1_50"], b["foreground_iou"])
+
+
 def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedModel", iterations: int = 100,
              patch_size: int = 256, layers: str = "none", lr: float = 1e-3, device: str = "auto",
              batch_size: int = 8, gamma: float = 0.7, scale_range: tuple[float, float] = (0.75, 1.33),
-             seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print,
+             seed: int = 0, val_fraction: float = 0.25, validate_every: int = 0, replay=None,
+             replay_ratio: float = 0.25, overwrite: bool = False, segment_params: dict | None = None, log=print,
              on_step=None, stop=None, out_dir=None, resume: bool = True) -> dict:
     """Fine-tune a registered model on a dataset folder and register the result.
+
+    Scores are never measured on the patches trained on: on ``val_dir``, or else on a
+    share (``val_fraction``) of the patches held out from training. The held-out
+    set is scored before training, every ``validate_every`` steps and at the end; the
+    weights with the best held-out F1@0.5 (then foreground IoU) are kept — the base
+    model's own when no step beats it. Background-only patches count: objects found
+    on them are false positives. ``replay`` (dataset folders of the model's own
+    training data) makes ``replay_ratio`` of every batch, so the model keeps what it knew.
 
     Parameters
     ----------
     model_name : registered name or card path of a panoptem (state-dict) model.
     train_dir : dataset folder (``images/`` + ``masks/``, see
         :func:`~panoptem.training.dataset.store_dataset`), or a root of several.
-    val_dir : dataset folder to score on before and after; without it the
-        training patches are scored (said in ``evaluated_on``).
+    val_dir : dataset folder to score on (then every patch of ``train_dir`` is trained on).
     name : name of the new model.
     iterations : optimiser steps, each on ``min(batch_size, n_patches)``
         patches drawn with replacement (1 patch works as well as 1000).
@@ -164,30 +286,39 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
         ``stage4`` ... ``stage1`` also the encoder from that stage on, ``all`` everything.
     lr : peak learning rate (one-cycle schedule).
     device : "auto", "cpu", "cuda", "cuda:N" or "mps".
+    val_fraction : share of the patches held out without ``val_dir`` (at least 1, and only
+        with 3 patches or more; with fewer nothing is scored and the last weights are kept).
+    validate_every : steps between scorings of the held-out set (0: about 10 per run).
+    replay : dataset folder(s) of the model's own training data to mix in.
+    replay_ratio : share of every batch drawn from ``replay``.
     segment_params : inference parameters for the scoring (``segment_2d``'s).
     log : receives progress lines; ``on_step`` receives every step's record
         (``step``, ``loss``, ...); raising from it stops the run.
     stop : asked after every step; True stops the run after that step, keeps a
         checkpoint in the work folder and raises
         :class:`~panoptem.training.train.TrainingCancelled`.
-    out_dir : work folder (checkpoint, log); default
+    out_dir : work folder (checkpoint, best weights, log); default
         ``<PANOPTEM_HOME>/training/<name>``, removed once the model is registered.
         With ``resume`` a run stopped there continues from its checkpoint.
 
     Returns
     -------
-    dict with ``before`` and ``after`` scores (``foreground_iou``, ``f1_50``,
-    ...; see :func:`evaluate_pairs`), ``evaluated_on``, ``weights`` and
-    ``card`` (paths of the registered model), ``name``, ``losses`` (one per iteration).
+    dict with ``before`` and ``after`` scores on the held-out set (``foreground_iou``,
+    ``f1_50``, ``precision_50``, ``recall_50``, ...; see :func:`evaluate_pairs`; None when
+    nothing could be held out), ``evaluated_on``, ``held_out`` (patch names),
+    ``kept_step`` (the step whose weights were kept; 0: the base model's),
+    ``validation`` (one record per scoring), ``weights`` and ``card`` (paths of the
+    registered model), ``name``, ``losses`` (one per iteration).
     """
     from ..models.architecture import architecture_config
     from ..models.home import check_new_name, get_card, training_dir
-    from ..models.load import load_model, pick_device
-    from .dataset import DatasetFolders
+    from ..models.load import LoadedModel, load_model, pick_device
     from ..params import FinetuneParams, make_params
-    from .train import TrainConfig, TrainingCancelled, train
+    from .dataset import DatasetFolders
+    from .train import TrainConfig, TrainingCancelled, _atomic_save, train
     opts = make_params(FinetuneParams, iterations=iterations, patch_size=patch_size, layers=layers, lr=lr,
-                       batch_size=batch_size, gamma=gamma, scale_range=tuple(scale_range), seed=seed)
+                       batch_size=batch_size, gamma=gamma, scale_range=tuple(scale_range), seed=seed,
+                       val_fraction=val_fraction, validate_every=validate_every, replay_ratio=replay_ratio)
     iterations, lr, batch_size, gamma, seed = opts.iterations, opts.lr, opts.batch_size, opts.gamma, opts.seed
     check_new_name(name, overwrite)
     card = get_card(model_name)
@@ -200,32 +331,83 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     dev = pick_device(device)
     base = load_model(model_name, device=dev)
     data = DatasetFolders([train_dir], card.classes, card.label_divisor, gamma, card.normalization)
+    train_data, val, where, held = _validation(val_dir, data, opts.val_fraction, seed, gamma)
+    replay_dirs = [replay] if isinstance(replay, (str, Path)) else list(replay or [])
+    source = train_data
+    if replay_dirs:
+        source = _Mixed(train_data, DatasetFolders(replay_dirs, card.classes, card.label_divisor, gamma,
+                                                   card.normalization), opts.replay_ratio)
     params = segment_params or {}
-    ims, mks, divs, where = _eval_set(val_dir, data)
-    before = evaluate_pairs(base, ims, mks, divs, **params)
-    log(f"before: {before} on {where}")
-    cfg = TrainConfig(iterations=int(iterations), batch_size=min(batch_size, len(data)), patch_size=patch_size,
+    if val is None:
+        log(f"note: {len(data)} patch(es) are too few to hold any out, and no validation folder was given: "
+            "before/after are not measured and the last weights are kept; give --val-dir (or 3 patches or "
+            "more) for honest figures.")
+        before = None
+    else:
+        before = evaluate_pairs(base, *val, **params)
+        log(f"before: {scores_line(before)} ({where})")
+    n_batch = min(batch_size, len(train_data) + (len(source.replay) if replay_dirs else 0))
+    if replay_dirs:
+        n_batch = max(n_batch, 2)
+        k = source.replayed(n_batch)
+        log(f"replay: {k} of every {n_batch} patches from {', '.join(str(d) for d in replay_dirs)}")
+    every = opts.validate_every or max(1, int(iterations) // 10)
+    cfg = TrainConfig(iterations=int(iterations), batch_size=n_batch, patch_size=patch_size,
                       lr=lr, weight_decay=1e-4, scale_range=opts.scale_range, seed=seed,
-                      checkpoint_every=int(iterations), validate_every=int(iterations) + 1,
+                      checkpoint_every=int(iterations), validate_every=every,
                       architecture=architecture_config(base.module.config), device=dev)
     losses: list[float] = []
     stage = Path(out_dir) if out_dir else training_dir(name)
     keep = out_dir is not None
+    best_file = stage / "best.pt"
+    history: list[dict] = []
+    best = {"step": 0, "scores": before}
+
+    def validate(model, step: int) -> None:
+        scores = evaluate_pairs(LoadedModel(card, model, dev), *val, **params)
+        history.append({"step": step, **scores})
+        log(f"step {step}: {scores_line(scores)}")
+        if _better(scores, best["scores"]):
+            best.update(step=step, scores=scores)
+            _atomic_save({"architecture": cfg.architecture, "state_dict": model.state_dict(), "step": step,
+                          "scores": scores}, best_file)
+
     try:
         state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
-        weights = train(data, stage, cfg, resume=resume, log=log, init_state=state, frozen=frozen,
-                        on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop)
+        if val is not None and resume and best_file.exists():  # a stopped run's best so far
+            import torch
+            kept = torch.load(best_file, map_location="cpu", weights_only=True)  # tensors and numbers only
+            best.update(step=int(kept["step"]), scores=dict(kept["scores"]))
+        weights = train(source, stage, cfg, resume=resume, log=log, init_state=state, frozen=frozen,
+                        on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop,
+                        validate=validate if val is not None else None)
+        after = best["scores"]
+        if val is not None and best["step"] != int(iterations):
+            chosen = stage / "kept.pt"
+            if best["step"] == 0:
+                _atomic_save({"architecture": cfg.architecture, "state_dict": state}, chosen)
+                log("kept the base model's weights: no step scored better on the held-out patches")
+            else:
+                import torch
+                kept = torch.load(best_file, map_location="cpu", weights_only=True)
+                _atomic_save({"architecture": cfg.architecture, "state_dict": kept["state_dict"]}, chosen)
+                log(f"kept the weights of step {best['step']} (best held-out F1@0.5), not those of the last step")
+            weights = chosen
+        if after is not None:
+            log(f"after: {scores_line(after)} ({where}; step {best['step']})")
         new_card = card.model_copy(deep=True)
-        after = evaluate_pairs(_loaded(new_card, weights, dev), ims, mks, divs, **params)
-        log(f"after: {after}")
-        new_card.description = (f"{card.name} fine-tuned on {len(data)} patch(es) from {Path(train_dir).name} "
+        new_card.description = (f"{card.name} fine-tuned on {len(train_data)} patch(es) from {Path(train_dir).name} "
                                 f"({iterations} iterations, finetunable layers: {layers}).\n"
                                 f"Base model: {card.description.strip()}").strip()
         new_card.architecture = cfg.architecture
-        new_card.validation = {"evaluated_on": where, "before": before, "after": after}
-        new_card.training = {"base_model": card.name, "train_dirs": [str(train_dir)], "n_patches": len(data),
-                             "iterations": int(iterations), "layers": layers, "lr": lr, "patch_size": patch_size,
-                             "batch_size": cfg.batch_size,
+        new_card.validation = {"evaluated_on": where or "nothing (too few patches to hold out)",
+                               "before": before, "after": after, "kept_step": best["step"],
+                               "scored_steps": [h["step"] for h in history]}
+        new_card.training = {"base_model": card.name, "train_dirs": [str(train_dir)], "n_patches": len(train_data),
+                             "held_out": held, "iterations": int(iterations), "layers": layers, "lr": lr,
+                             "patch_size": patch_size, "batch_size": cfg.batch_size,
+                             "replay_dirs": [str(d) for d in replay_dirs],
+                             "replay_ratio": opts.replay_ratio if replay_dirs else 0.0,
                              "final_loss": float(np.mean(losses[-5:])) if losses else None}
         path = _register(new_card, weights, name, overwrite)
     except TrainingCancelled:
@@ -234,8 +416,9 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     finally:
         if not keep:
             shutil.rmtree(stage, ignore_errors=True)
-    return {"name": name, "before": before, "after": after, "evaluated_on": where,
-            "weights": get_card(name).weights_path(), "card": str(path), "losses": losses}
+    return {"name": name, "before": before, "after": after, "evaluated_on": where, "held_out": held,
+            "kept_step": best["step"], "validation": history, "weights": get_card(name).weights_path(),
+            "card": str(path), "losses": losses}
 
 
 def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), label_divisor: int | None = None,

@@ -183,7 +183,7 @@ def _train_mode(model, frozen=()) -> None:
 
 def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
           val: tuple[list, list] | None = None, log=print, *, init_state: dict | None = None,
-          frozen: tuple[str, ...] = (), on_step=None, stop=None) -> Path:
+          frozen: tuple[str, ...] = (), on_step=None, stop=None, validate=None) -> Path:
     """Train a :class:`PanopticNet` on batches of ``dataset`` (a
     :class:`~panoptem.training.dataset.TrainingData`) and return the path of the final weights.
 
@@ -196,6 +196,9 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
     and keep their BatchNorm statistics; ``on_step`` is called with every
     step's record. A dataset whose semantic targets are integer channel
     indices trains with cross-entropy (:func:`panoptic_loss_ce`).
+
+    ``validate(model, step)`` is called (model in eval mode) every ``cfg.validate_every`` steps
+    and at the last one, e.g. to score held-out data and keep the best weights.
 
     ``stop()`` is asked after every step; when it returns True the run saves a
     checkpoint of that step and raises :class:`TrainingCancelled` (a later run
@@ -251,6 +254,10 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
         if val is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
             model.eval()
             rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
+            _train_mode(model, frozen)
+        if validate is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
+            model.eval()
+            validate(model, step)
             _train_mode(model, frozen)
         if on_step is not None:
             on_step(rec)

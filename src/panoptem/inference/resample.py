@@ -1,0 +1,249 @@
+"""Pixel size: the grid the network sees.
+
+A model is trained at one pixel size (its card's ``voxel_size_nm``). When the
+input's pixel size is known (from the file, or given), each plane is resampled
+so that the network sees pixels of the model's size — by any factor, not only
+whole ones — and the labels come back on the input grid. Image Downsampling
+then shrinks further: the network sees ``model pixel x downsampling`` nm.
+
+- A ratio within :data:`TOLERANCE` of 1 is no resampling; one within it of a
+  whole number (2, 3, ...) is that whole number, which runs as plain integer
+  downsampling (and blockwise).
+- Unknown pixel size (input or model): no resampling, as before; the plan says so.
+- 3D: each plane's two axes are resampled, so xy planes of an anisotropic stack are
+  resampled in-plane only, while xz / yz planes (ortho-plane or ``inference_plane``)
+  are also stretched or shrunk along z to the model's pixel size.
+
+>>> plan = plan_pixels(5.0, (10.0, 10.0))
+>>> plan.factor("xy")
+(0.5, 0.5)
+>>> plan_pixels(5.0, (5.1, 5.1)).factor("xy"), plan_pixels(5.0, (2.45, 2.45), downsampling=2).factor("xy")
+((1.0, 1.0), (4.0, 4.0))
+>>> plan_pixels(5.0, None).factor("xy")
+(1.0, 1.0)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import PanoptemError
+
+#: relative difference of pixel sizes below which nothing is resampled (and to whole factors)
+TOLERANCE = 0.05
+#: the most a plane axis is enlarged (input pixels this many times the model's) ...
+MAX_ENLARGE = 8.0
+#: ... and the most it is reduced (without Image Downsampling)
+MAX_REDUCE = 64.0
+#: the two ZYX axes of each plane of a volume
+PLANE_AXES = {"xy": (1, 2), "xz": (0, 2), "yz": (0, 1)}
+
+
+def snap(ratio: float) -> float:
+    """``ratio`` (model pixel / input pixel) as run: 1 within :data:`TOLERANCE`, a whole
+    number within it of one, else itself.
+
+    >>> snap(1.03), snap(2.07), snap(0.5), snap(1.5)
+    (1.0, 2.0, 0.5, 1.5)
+    """
+    if abs(ratio - 1.0) <= TOLERANCE:
+        return 1.0
+    k = round(ratio)
+    if k >= 2 and abs(ratio / k - 1.0) <= TOLERANCE:
+        return float(k)
+    return float(ratio)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+@dataclass(frozen=True)
+class PixelPlan:
+    """How an input is brought to the model's pixel size.
+
+    ``model_nm``: the model's pixel size (None: unknown). ``voxel_size``: the input's,
+    nm per axis (2 for an image, 3 for a volume; None: unknown). ``source``: where that
+    came from (``"file"``, ``"pixel_size"``, ``"file + pixel_size"``, ``"unknown"``).
+    ``ratios``: per axis, model pixel / input pixel as run (1: not resampled).
+    """
+
+    model_nm: float | None
+    voxel_size: tuple[float, ...] | None
+    source: str
+    resample: bool
+    downsampling: int
+    ratios: tuple[float, ...]
+    z_assumed: bool = False
+
+    def factor(self, plane: str = "xy") -> tuple[float, float]:
+        """Input pixels per network pixel along the plane's two axes (rows, columns),
+        Image Downsampling included."""
+        a, b = (0, 1) if len(self.ratios) == 2 else PLANE_AXES[plane]
+        d = self.downsampling
+        return (self.ratios[a] * d, self.ratios[b] * d)
+
+    def resampled(self, planes=("xy",)) -> bool:
+        """Whether any axis of these planes is resampled (beyond Image Downsampling)."""
+        if len(self.ratios) == 2:
+            return any(r != 1.0 for r in self.ratios)
+        return any(self.ratios[ax] != 1.0 for pl in planes for ax in PLANE_AXES[pl])
+
+    def whole(self, planes) -> bool:
+        """Whether every plane in ``planes`` runs with one whole factor on both axes
+        (plain downsampling: what blockwise runs can do)."""
+        return all(f[0] == f[1] and float(f[0]).is_integer() for f in (self.factor(p) for p in planes))
+
+    def check(self, planes) -> None:
+        """Refuse factors too large to be a real difference of pixel sizes."""
+        for pl in planes:
+            a, b = (0, 1) if len(self.ratios) == 2 else PLANE_AXES[pl]
+            for ax in (a, b):
+                r = self.ratios[ax]
+                if r == 1.0:
+                    continue
+                if r < 1.0 / MAX_ENLARGE or r > MAX_REDUCE:
+                    vs = self.voxel_size[ax]
+                    what = "z" if len(self.ratios) == 3 and ax == 0 else "the image"
+                    hint = ("run one xy stack (ortho-plane is for near-isotropic volumes)" if what == "z"
+                            else "pass --pixel-size NM if the file's metadata is wrong")
+                    raise PanoptemError(
+                        f"The {pl} planes would be resampled x{_fmt(1 / r)} along {what} ({_fmt(vs)} nm pixels "
+                        f"to the model's {_fmt(self.model_nm)} nm), beyond the x{_fmt(1 / MAX_REDUCE)}..x"
+                        f"{_fmt(MAX_ENLARGE)} panoptem accepts; {hint}, or turn resampling off (--no-resample).")
+
+    def describe(self, planes=("xy",)) -> str:
+        """One sentence: the pixel size used, where it came from, and what was resampled."""
+        d = self.downsampling
+        ds = f", then Image Downsampling x{d}" if d > 1 else ""
+        if self.model_nm is None:
+            return (f"the model's pixel size is unknown (its card gives no voxel_size_nm): no resampling{ds}.")
+        if self.voxel_size is None:
+            return (f"input pixel size unknown (the file does not say): no resampling{ds}; the network sees the "
+                    f"image's pixels as if they were {_fmt(self.model_nm)} nm. Pass --pixel-size NM to resample "
+                    "to the model's pixel size.")
+        vs = " x ".join(_fmt(v) for v in self.voxel_size)
+        head = f"input voxel size {vs} nm (from {self.source})"
+        if self.z_assumed:
+            head += ", z assumed equal to the pixel size"
+        if not self.resample:
+            net = self.model_nm
+            return (f"{head}, model {_fmt(self.model_nm)} nm: resampling off{ds}; the network sees the image's "
+                    f"pixels as if they were {_fmt(net)} nm.")
+        if not self.resampled(planes):
+            return f"{head} matches the model's {_fmt(self.model_nm)} nm (within 5 %): no resampling{ds}."
+        parts = []
+        names = ("z", "y", "x") if len(self.ratios) == 3 else ("y", "x")
+        for pl in planes:
+            a, b = (0, 1) if len(self.ratios) == 2 else PLANE_AXES[pl]
+            scl = ", ".join(f"{names[ax]} x{_fmt(1 / self.ratios[ax])}" for ax in (a, b))
+            parts.append(f"{pl} planes scaled {scl}" if len(self.ratios) == 3 else f"scaled {scl}")
+        return (f"{head}, model {_fmt(self.model_nm)} nm: {'; '.join(parts)} to the model's pixel size{ds}; "
+                "labels are on the input grid.")
+
+    def short(self, planes=("xy",)) -> str:
+        """A few words for a status line: the pixel sizes and whether they were resampled."""
+        if self.model_nm is None:
+            return "model pixel size unknown: not resampled"
+        if self.voxel_size is None:
+            return "pixel size unknown: not resampled"
+        vs = " x ".join(_fmt(v) for v in self.voxel_size)
+        if not self.resample:
+            return f"{vs} nm, resampling off"
+        if not self.resampled(planes):
+            return f"{vs} nm, no resampling needed"
+        return f"{vs} nm, resampled to the model's {_fmt(self.model_nm)} nm"
+
+    def record(self, planes=("xy",)) -> dict:
+        """What a run used, for results and JSON summaries."""
+        return {"input_voxel_size_nm": list(self.voxel_size) if self.voxel_size else None,
+                "source": self.source, "model_pixel_size_nm": self.model_nm, "resample": self.resample,
+                "downsampling": self.downsampling,
+                "factors": {pl: [round(v, 6) for v in self.factor(pl)] for pl in planes},
+                "network_pixel_nm": {pl: [round(v, 6) for v in self.network_nm(pl)] for pl in planes}
+                if self.voxel_size else None}
+
+    def network_nm(self, plane: str = "xy") -> tuple[float, float]:
+        """nm per network pixel along the plane's two axes (input pixel x factor)."""
+        a, b = (0, 1) if len(self.ratios) == 2 else PLANE_AXES[plane]
+        f = self.factor(plane)
+        return (self.voxel_size[a] * f[0], self.voxel_size[b] * f[1])
+
+
+def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | None = None, resample: bool = True,
+                downsampling: int = 1, ndim: int | None = None) -> PixelPlan:
+    """The :class:`PixelPlan` of an input with ``voxel_size`` (nm per axis, from its file;
+    None: unknown) for a model trained at ``model_nm``.
+
+    ``pixel_size`` overrides the in-plane (y, x) size; a volume whose file gives no
+    voxel size is then taken as isotropic. ``ndim`` (2 or 3): the input's
+    dimensions when ``voxel_size`` is unknown (default: ``len(voxel_size)`` or 2).
+    """
+    vs = None
+    if voxel_size is not None:
+        vs = tuple(float(v) for v in voxel_size)
+        if not all(math.isfinite(v) and v > 0 for v in vs):
+            raise PanoptemError(f"Voxel size {voxel_size} must be positive numbers in nm.")
+    n = ndim or (len(vs) if vs is not None else 2)
+    if n not in (2, 3):
+        raise PanoptemError(f"A pixel plan needs a 2D or 3D input, not {n}D.")
+    if vs is not None and len(vs) != n:
+        vs = vs[-n:] if len(vs) > n else None
+    source, z_assumed = ("file" if vs is not None else "unknown"), False
+    if pixel_size is not None:
+        ps = float(pixel_size)
+        if not (math.isfinite(ps) and ps > 0):
+            raise PanoptemError(f"Pixel size must be a positive number of nm, not {pixel_size}.")
+        if vs is None:
+            vs, source, z_assumed = (ps,) * n, "pixel_size", n == 3
+        else:
+            vs, source = (*vs[:-2], ps, ps), "file + pixel_size" if n == 3 else "pixel_size"
+    d = int(downsampling)
+    if model_nm is None or vs is None or not resample:
+        return PixelPlan(model_nm, vs, source, bool(resample), d, (1.0,) * n, z_assumed)
+    ratios = tuple(snap(float(model_nm) / v) for v in vs)
+    return PixelPlan(float(model_nm), vs, source, True, d, ratios, z_assumed)
+
+
+def planes_of(params) -> tuple[str, ...]:
+    """The planes a 3D run with ``params`` segments."""
+    return ("xy", "xz", "yz") if params.orthoplane else (params.inference_plane,)
+
+
+def network_shape(shape, factor) -> tuple[int, int]:
+    """(rows, columns) of the network grid for a plane of ``shape`` at ``factor`` (input
+    pixels per network pixel): every input pixel covered, as integer downsampling does.
+
+    >>> network_shape((101, 100), (2, 2)), network_shape((100, 100), (0.5, 2 / 3))
+    ((51, 50), (200, 150))
+    """
+    return tuple(max(1, math.ceil(n / f - 1e-6)) for n, f in zip(shape[-2:], factor))
+
+
+def resample_planes(planes: np.ndarray, shape) -> np.ndarray:
+    """(N, H, W) planes resized to (N, *shape) float32: bilinear, antialiased when
+    shrinking (pixel-centre aligned, so the grids span the same field of view)."""
+    import torch
+    import torch.nn.functional as F
+    x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))[:, None]
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x[:, 0].numpy()
+    shrink = shape[0] < x.shape[-2] or shape[1] < x.shape[-1]
+    out = F.interpolate(x, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False,
+                        antialias=shrink)
+    return out[:, 0].numpy()
+
+
+def nearest_to(labels: np.ndarray, shape) -> np.ndarray:
+    """A 2D label image resized to ``shape`` by nearest neighbour (pixel centres aligned).
+
+    >>> nearest_to(np.array([[1, 2]]), (2, 4)).tolist()
+    [[1, 1, 2, 2], [1, 1, 2, 2]]
+    """
+    h, w = labels.shape
+    H, W = shape
+    ri = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    ci = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    return labels[np.ix_(ri, ci)]

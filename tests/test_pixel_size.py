@@ -1,0 +1,215 @@
+"""Inference at the model's pixel size: an oracle network that only sees disks of its
+training size finds them at any input pixel size once the input is resampled, and the
+labels come back on the input grid."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from panoptem import PanoptemError, segment_2d, segment_3d
+from panoptem.inference.resample import PixelPlan, plan_pixels, snap
+from panoptem.models.card import ModelCard, Weights
+from panoptem.models.load import LoadedModel
+
+MODEL_NM = 5.0
+RADIUS_NM = 45.0  # disks of 9 pixels' radius at the model's 5 nm
+
+
+class DiskOracle(torch.nn.Module):
+    """A hand-set network that knows one pixel size: a dark pixel is foreground only when
+    it lies within 4 pixels of a dark 9 x 9 window (disks of radius >= ~6 px); smaller
+    disks, as a coarser input shows them, are left out. Centre heatmap: the blurred
+    cores; offsets 0 (each pixel joins the nearest centre)."""
+
+    def forward(self, x):
+        dark = (x < 0).float()
+        core = (F.avg_pool2d(dark, 9, stride=1, padding=4, count_include_pad=False) > 0.97).float()
+        near = F.max_pool2d(core, 9, stride=1, padding=4)
+        fg = dark * near
+        c4 = F.avg_pool2d(core, 4)
+        hm = F.avg_pool2d(c4, 5, stride=1, padding=2, count_include_pad=False)
+        return {"sem_logits": 20 * (fg - 0.5), "ctr_hmp": hm, "offsets": torch.zeros_like(c4).repeat(1, 2, 1, 1)}
+
+
+def oracle(voxel_size_nm=MODEL_NM):
+    card = ModelCard(name="disk-oracle", weights=Weights(file="none"), padding_factor=32, label_divisor=None,
+                     voxel_size_nm=voxel_size_nm)
+    return LoadedModel(card, DiskOracle().eval(), "cpu")
+
+
+CENTRES_NM = [(400.0, 400.0), (400.0, 1100.0), (1100.0, 700.0)]
+
+
+def disks(pixel_nm: float, size_nm: float = 1500.0, depth: int = 0):
+    """Dark disks of radius RADIUS_NM on a bright background at ``pixel_nm`` (y = x), and
+    their labels; ``depth`` > 0: a stack of that many identical slices."""
+    n = int(round(size_nm / pixel_nm))
+    yy, xx = (np.mgrid[:n, :n] + 0.5) * pixel_nm
+    rng = np.random.default_rng(0)
+    img = rng.integers(170, 230, (n, n)).astype(np.uint8)  # textured: intensity percentiles mean something
+    lab = np.zeros((n, n), np.uint32)
+    for i, (cy, cx) in enumerate(CENTRES_NM, 1):
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= RADIUS_NM ** 2
+        img[m] = rng.integers(20, 60, int(m.sum()))
+        lab[m] = i
+    if depth:
+        return np.repeat(img[None], depth, 0), np.repeat(lab[None], depth, 0)
+    return img, lab
+
+
+def _match(pred, gt):
+    """IoU of every ground-truth object with the prediction overlapping it most."""
+    ious = []
+    for i in range(1, int(gt.max()) + 1):
+        g = gt == i
+        ids, n = np.unique(pred[g], return_counts=True)
+        n, ids = n[ids > 0], ids[ids > 0]
+        if not ids.size:
+            ious.append(0.0)
+            continue
+        p = pred == ids[n.argmax()]
+        ious.append(np.count_nonzero(p & g) / np.count_nonzero(p | g))
+    return ious
+
+
+@pytest.mark.parametrize("pixel_nm", [10.0, 7.5, 2.5, 5.0])
+def test_2d_resamples_any_factor_and_returns_the_input_grid(pixel_nm):
+    img, gt = disks(pixel_nm)
+    res = segment_2d(img, oracle(), voxel_size=(pixel_nm, pixel_nm), return_outputs=True, min_distance_object_centers=5)
+    lab = res.labels
+    assert lab.shape == img.shape
+    assert len(np.unique(lab[lab > 0])) == 3
+    assert min(_match(lab, gt)) > 0.8, _match(lab, gt)
+    assert res.pixel_size["input_voxel_size_nm"] == [pixel_nm, pixel_nm]
+    assert res.pixel_size["network_pixel_nm"]["xy"] == pytest.approx([MODEL_NM, MODEL_NM], rel=0.06)
+
+
+def test_without_a_pixel_size_the_oracle_misses_and_pixel_size_option_fixes_it():
+    img, gt = disks(10.0)
+    assert segment_2d(img, oracle()).max() == 0  # unknown pixel size: no resampling, disks too small
+    assert segment_2d(img, oracle(), voxel_size=(10.0, 10.0), resample=False).max() == 0
+    lab = segment_2d(img, oracle(), pixel_size=10.0, min_distance_object_centers=5)
+    assert min(_match(lab, gt)) > 0.8
+    # the option overrides what the file says
+    lab = segment_2d(img, oracle(), voxel_size=(5.0, 5.0), pixel_size=10.0, min_distance_object_centers=5)
+    assert min(_match(lab, gt)) > 0.8
+
+
+def test_downsampling_combines_with_resampling():
+    img, gt = disks(2.5)
+    # 2.5 nm -> the model's 5 nm (x2), then Image Downsampling x2: the network sees 10 nm, too coarse
+    res = segment_2d(img, oracle(), voxel_size=(2.5, 2.5), downsampling=2, return_outputs=True)
+    assert res.pixel_size["network_pixel_nm"]["xy"] == [10.0, 10.0] and res.pixel_size["factors"]["xy"] == [4, 4]
+    assert res.labels.max() == 0
+    # unknown pixel size: Image Downsampling alone, as before (2.5 nm pixels shrunk x2 = 5 nm)
+    lab = segment_2d(img, oracle(), downsampling=2, min_distance_object_centers=3)
+    assert min(_match(lab, gt)) > 0.8
+
+
+def test_tiled_2d_with_non_integer_factor_matches_whole():
+    img, gt = disks(7.5)
+    whole = segment_2d(img, oracle(), voxel_size=(7.5, 7.5), min_distance_object_centers=5)
+    tiled = segment_2d(img, oracle(), voxel_size=(7.5, 7.5), min_distance_object_centers=5, tile_size=128)
+    assert min(_match(tiled, gt)) > 0.8
+    assert np.count_nonzero((whole > 0) != (tiled > 0)) <= 0.01 * whole.size
+
+
+@pytest.mark.parametrize("orthoplane", [False, True])
+def test_3d_anisotropic_stack_resamples_each_plane(orthoplane):
+    # 10 nm in-plane, 5 nm in z (the model's): xy planes are enlarged x2 in-plane, xz / yz along x or y only
+    img, gt = disks(10.0, depth=20)
+    res = segment_3d(img, oracle(), voxel_size=(5.0, 10.0, 10.0), orthoplane=orthoplane, min_size=0, min_extent=1,
+                     median_slices=1, min_distance_object_centers=5, allow_one_view=True)
+    lab = res.labels["mitochondria"]
+    assert lab.shape == img.shape
+    assert min(_match(lab, gt)) > 0.75, _match(lab, gt)
+    f = res.pixel_size["factors"]
+    assert f["xy"] == [0.5, 0.5]
+    if orthoplane:
+        assert f["xz"] == [1.0, 0.5] and f["yz"] == [1.0, 0.5]
+
+
+def test_3d_xz_stack_is_stretched_along_z():
+    # isotropic disks seen in xz of a volume sampled 2x coarser in z than in-plane (5 nm)
+    rng = np.random.default_rng(1)
+    vol = rng.integers(170, 230, (40, 64, 64)).astype(np.uint8)
+    gt = np.zeros(vol.shape, np.uint32)
+    zz, xx = np.mgrid[:40, :64]
+    ellipse = ((zz + 0.5) * 10 - 200) ** 2 + ((xx + 0.5) * 5 - 160) ** 2 <= RADIUS_NM ** 2
+    vol[:, 20:44] = np.where(ellipse[:, None, :], rng.integers(20, 60, (40, 24, 64)), vol[:, 20:44])
+    gt[:, 20:44] = ellipse[:, None, :]
+    res = segment_3d(vol, oracle(), voxel_size=(10.0, 5.0, 5.0), inference_plane="xz", min_size=0, min_extent=1,
+                     median_slices=1)
+    assert res.pixel_size["factors"]["xz"] == [0.5, 1.0]
+    lab = res.labels["mitochondria"]
+    assert min(_match(lab, gt)) > 0.75
+    # without resampling the ellipses are too thin in z for the oracle
+    none = segment_3d(vol, oracle(), voxel_size=(10.0, 5.0, 5.0), inference_plane="xz", min_size=0, min_extent=1,
+                      median_slices=1, resample=False)
+    assert none.labels["mitochondria"].max() == 0
+
+
+def test_plan_rules_and_refusals():
+    assert snap(1.04) == 1.0 and snap(2.08) == 2.0 and snap(3.0) == 3.0 and snap(1.5) == 1.5
+    p = plan_pixels(5.0, (40.0, 5.0, 5.0), ndim=3)
+    assert p.factor("xy") == (1.0, 1.0) and p.factor("xz") == (0.125, 1.0)
+    p.check(("xy",))
+    p2 = plan_pixels(5.0, (50.0, 5.0, 5.0), ndim=3)
+    with pytest.raises(PanoptemError, match="xz planes would be resampled"):
+        p2.check(("xy", "xz", "yz"))
+    p2.check(("xy",))
+    with pytest.raises(PanoptemError, match="--pixel-size"):
+        plan_pixels(5.0, (0.01, 0.01)).check(("xy",))
+    q = plan_pixels(5.0, None, pixel_size=10.0, ndim=3)
+    assert q.voxel_size == (10.0, 10.0, 10.0) and q.z_assumed and "z assumed" in q.describe()
+    assert "unknown" in plan_pixels(5.0, None).describe()
+    assert "unknown" in plan_pixels(None, (10.0, 10.0)).describe() and plan_pixels(None, (10.0, 10.0)).factor() == (1, 1)
+    assert isinstance(plan_pixels(5.0, (5.0, 5.0)), PixelPlan)
+
+
+def test_blockwise_refuses_a_resampling_it_cannot_do(tmp_path):
+    from panoptem.distributed import segment_blockwise
+    img, _ = disks(7.5, depth=8)
+    with pytest.raises(PanoptemError, match="Blockwise runs cannot resample"):
+        segment_blockwise(img, oracle(), tmp_path / "o.zarr", voxel_size=(7.5, 7.5, 7.5), n_workers=1,
+                          processes=False)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_blockwise_whole_factor_equals_whole_volume(tmp_path):
+    from panoptem.distributed import segment_blockwise
+    from panoptem.io import read_image
+    img, gt = disks(2.5, depth=8)  # 2.5 nm: x2 downsampling to the model's 5 nm
+    kw = dict(min_size=0, min_extent=1, median_slices=1, min_distance_object_centers=3)
+    whole = segment_3d(img, oracle(), voxel_size=(2.5, 2.5, 2.5), **kw)
+    assert whole.pixel_size["factors"]["xy"] == [2.0, 2.0]
+    r = segment_blockwise(img, oracle(), tmp_path / "o.zarr", voxel_size=(2.5, 2.5, 2.5), n_workers=1,
+                          processes=False, block_shape=(8, 256, 256), halo=(0, 64, 64), **kw)
+    assert r.pixel_size["factors"]["xy"] == [2.0, 2.0]
+    out = np.asarray(read_image(tmp_path / "o.zarr").data)
+    assert np.array_equal(out, whole.labels["mitochondria"])
+    assert min(_match(out, gt)) > 0.8
+
+
+def test_cli_says_what_it_used(tmp_path, capsys):
+    from panoptem.cli import main
+    from panoptem.io import write_image
+    img, _ = disks(10.0)
+    src = write_image(tmp_path / "img.tif", img, voxel_size=(10.0, 10.0))
+    code = main(["segment2d", str(src), "-o", str(tmp_path / "l.tif"), "--model", "MitoLite_v1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "note: input voxel size 10 x 10 nm (from file), model 5 nm: scaled y x2, x x2" in err
+    rec = json.loads(out.strip().splitlines()[-1])
+    assert rec["pixel_size"]["factors"]["xy"] == [0.5, 0.5] and rec["pixel_size"]["source"] == "file"
+    code = main(["segment2d", str(src), "-o", str(tmp_path / "l2.tif"), "--pixel-size", "5"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "matches the model's 5 nm" in err
+    code = main(["segment2d", str(src), "-o", str(tmp_path / "l3.tif"), "--no-resample"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "resampling off" in err
+    code = main(["segment2d", str(src), "-o", str(tmp_path / "l4.tif"), "--pixel-size", "-3"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "pixel_size" in err
