@@ -83,8 +83,10 @@ class Prefetch:
             yield v
 
     def close(self) -> None:
-        """Stop reading ahead."""
+        """Stop reading ahead (waits for the read in progress)."""
         self._stop.set()
+        if self._q is not None:
+            self._thread.join()
 
 
 class Worker:

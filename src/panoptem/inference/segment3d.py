@@ -104,7 +104,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     ``overlap``: read the next planes and decode/link the last batch while the
     network computes (threads; the same labels as ``overlap=False``).
     ``timings`` receives wall and CPU seconds per stage (``read``, ``normalise``,
-    ``forward``, ``quantise``, ``median``, ``decode``, ``link``, ``relabel``), plus
+    ``forward``, ``quantise``, ``median``, ``decode``, ``link``, ``link_solve``, ``relabel``), plus
     ``network_s`` (normalise + forward) and ``decode_link_s`` (everything after it).
     """
     import time
@@ -224,7 +224,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         if bar is not None:
             bar.close()
     t = time.perf_counter()
-    with clock("link"):
+    with clock("link_solve"):
         res = linker.finish(min_size=params.min_size, min_extent=params.min_extent)
     mapping = np.asarray(res.mapping)
     dt = dtype_for_max_label(int(mapping.max()) if mapping.size else 0)
