@@ -23,6 +23,12 @@ LAYERS = ("none", "stage4", "stage3", "stage2", "stage1", "all")
 MIN_TILE = 64
 
 
+#: 2D images larger than this (pixels a side, after downsampling) are tiled when tile_size is 0
+AUTO_TILE_ABOVE = 4096
+#: the automatic tile size (pixels after downsampling)
+AUTO_TILE = 2048
+
+
 class Params2D(BaseModel):
     """Parameters of 2D inference (empanada's "2D Inference (Parameter Testing)")."""
 
@@ -51,7 +57,9 @@ class Params2D(BaseModel):
     maximum_objects_per_class: int = Field(10000, ge=0, description="Max objects per class (the label "
                                            "divisor): label = class x divisor + n; 0 gives ids 1..N.")
     tile_size: int = Field(0, ge=0, description="Tile size: tile large 2D images into tiles of this many pixels "
-                           f"(0 = whole image, else at least {MIN_TILE}; the model may need more).")
+                           f"(0 = automatic: whole images up to {AUTO_TILE_ABOVE} pixels a side after "
+                           f"downsampling, tiles of {AUTO_TILE} above; else at least {MIN_TILE}; the model "
+                           "may need more).")
     fill_holes_in_segmentation: bool = Field(False, description="Fill holes in segmentation: background "
                                               "enclosed by one object becomes part of it (2D: the image; "
                                               "3D: each xy plane); a hole that touches another object stays.")

@@ -9,7 +9,7 @@ import typer
 from ..errors import PanoptemError
 from ..params import PLANE_AXIS, Params2D, Params3D
 from ._app import app
-from ._options import KEY_HELP, PREVIEW_HELP, read_input, with_params
+from ._options import KEY_HELP, PRECISION_HELP, PREVIEW_HELP, RUNTIME_HELP, THREADS_HELP, read_input, with_params
 
 
 @app.command("segment2d")
@@ -27,6 +27,9 @@ def segment2d_cmd(
     unique_ids: bool = typer.Option(False, "--unique-ids", help="With --batch: ids unique across the stack "
                                     "(default: restart in every slice, as empanada)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    runtime: str = typer.Option("auto", "--runtime", help=RUNTIME_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     preview: Optional[Path] = typer.Option(None, "--preview", help=PREVIEW_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     params: Params2D = None,
@@ -53,6 +56,7 @@ def segment2d_cmd(
         from ..reporting._preview import prepare_preview
         prepare_preview(preview, overwrite, inputs + [str(output)])
     labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
+                        runtime=runtime, precision=precision, threads=threads,
                         preview=preview, voxel_size=vs, overwrite=overwrite, **params.model_dump())
     out = write_labels(output, labels, voxel_size=vs, overwrite=overwrite, inputs=inputs)
     _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2))
@@ -91,7 +95,11 @@ def segment3d_cmd(
     key: Optional[str] = typer.Option(None, "--key", help=KEY_HELP),
     ortho: bool = typer.Option(False, "--ortho", help="Same as --orthoplane."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Slices per network call."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Slices per network call (0: automatic, from the "
+                                   "slice size and, on a GPU, its free memory)."),
+    runtime: str = typer.Option("auto", "--runtime", help=RUNTIME_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep network outputs here (default: "
                                              "a hidden folder beside OUTPUT, removed on success). Re-running the "
                                              "same command resumes an interrupted run; with --keep-cache, "
@@ -136,7 +144,8 @@ def segment3d_cmd(
                      devices=devices, mask=mask, exact_context=exact_context)
     elif any(v is not None for v in (block_shape, halo, workers, scheduler, devices, mask)):
         raise PanoptemError("--block-shape, --halo, --workers, --scheduler, --devices and --mask need --blockwise.")
-    res = segment_3d(volume, model, device=device, batch_size=batch_size, progress=True,
+    res = segment_3d(volume, model, device=device, batch_size=batch_size, runtime=runtime, precision=precision,
+                     threads=threads, progress=True,
                      voxel_size=img.voxel_size, cache_dir=cache_dir, keep_cache=keep_cache, output=output,
                      overwrite=overwrite, inputs=[img.path] if img.path else [], preview=preview,
                      **extra, **params.model_dump())

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..inference.consensus import _group, vote, vote_rules
 from ..labels import keep_mask, number_per_class, object_stats
-from ._pass1 import StackJob, save_npz
+from ._pass1 import save_npz
 from ._write import WriteJob, final_labels
 from .blocks import Block
 

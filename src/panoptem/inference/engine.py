@@ -20,19 +20,32 @@ class Predictor:
     tile's outputs are cropped to its core (half the overlap removed on inner
     sides) and pasted, so every output pixel comes from a tile in which it is
     at least ``overlap/2`` pixels from the edge: no seams, no object merging.
+
+    ``batch_size``: planes per network call; 0 chooses it from the plane size (and on
+    CUDA from free memory, see :func:`.runtime.auto_batch_size`). ``runtime``,
+    ``precision`` and ``threads`` (intra-op threads; None: every core) say how the
+    network runs (see :mod:`.runtime`); planes given a global context always run in PyTorch.
     """
 
     def __init__(self, model: str | LoadedModel = "MitoLite_v1", device: str = "auto",
-                 downsampling: int = 1, tile_size: int = 0, batch_size: int = 4, factor=None):
+                 downsampling: int = 1, tile_size: int = 0, batch_size: int = 4, factor=None,
+                 runtime: str = "torch", precision: str = "auto", threads: int | None = None):
         from .._memory import fix_mmap_threshold
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise PanoptemError(f"Batch size must be a whole number of slices, 1 or more, not {batch_size!r}.")
+        from .runtime import resolve_precision, resolve_runtime
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
+            raise PanoptemError(f"Batch size must be a whole number of slices, 1 or more (0: automatic), "
+                                f"not {batch_size!r}.")
         fix_mmap_threshold()  # slice after slice, keep the heap from fragmenting (see _memory.py)
         self.model = load_model(model, device) if not isinstance(model, LoadedModel) else model
         self.card = self.model.card
         self.tile_size = tile_size
-        self.batch_size = int(batch_size)
+        self.auto_batch = int(batch_size) == 0
+        self.batch_size = int(batch_size) or 4
         self._set_factor(factor, downsampling)
+        self.precision = resolve_precision(precision, self.model.device)
+        self.runtime = resolve_runtime(runtime, self.model.module, self.model.device, self.precision)
+        self.threads = threads
+        self._net = None
         least = 2 * self._align()
         if tile_size and tile_size < least:
             raise PanoptemError(f"Tile size {tile_size} is too small for model '{self.card.name}' at Image "
@@ -87,11 +100,32 @@ class Predictor:
             return dtype_range(image)
         return intensity_range(image, low_pct=n.low_pct, high_pct=n.high_pct)
 
-    def _predict(self, planes: np.ndarray, intensity, context=None) -> ModelOutput:
+    @property
+    def network(self):
+        """What runs the forward pass: the PyTorch module or an ONNX Runtime session."""
+        if self._net is None:
+            if self.runtime == "onnx":
+                from .runtime import cpu_count, onnx_net
+                self._net = onnx_net(self.model.module, self.threads or cpu_count())
+            else:
+                self._net = self.model.module
+        return self._net
+
+    def batch_for(self, plane_shape, n: int) -> int:
+        """Planes per network call for ``n`` planes of ``plane_shape`` (input pixels)."""
+        if not self.auto_batch:
+            return self.batch_size
+        from .runtime import auto_batch_size
+        f = self.downsampling
+        return auto_batch_size((-(-plane_shape[0] // f), -(-plane_shape[1] // f)), self.model.device, n)
+
+    def _predict(self, planes: np.ndarray, intensity, context=None, timings: dict | None = None) -> ModelOutput:
         n = self.card.normalization
-        return predict_batch(self.model.module, planes, intensity, device=self.model.device,
+        net = self.model.module if context is not None else self.network
+        return predict_batch(net, planes, intensity, device=self.model.device,
                              downsampling=self.downsampling, padding_factor=self.card.padding_factor,
-                             mean_std=(n.mean, n.std), context=context)
+                             mean_std=(n.mean, n.std), context=context, precision=self.precision,
+                             timings=timings)
 
     def encode(self, planes: np.ndarray, intensity) -> np.ndarray:
         """Deepest features (N, C, h, w) of (N, H, W) planes, in batches."""
@@ -109,8 +143,10 @@ class Predictor:
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
                              for f in ("semantic_probability", "heatmap", "offsets")))
 
-    def predict(self, planes: np.ndarray, intensity: tuple[float, float] | None = None) -> ModelOutput:
-        """Outputs for (N, H, W) planes, at network-input resolution."""
+    def predict(self, planes: np.ndarray, intensity: tuple[float, float] | None = None,
+                timings: dict | None = None) -> ModelOutput:
+        """Outputs for (N, H, W) planes, at network-input resolution; ``timings`` receives
+        the seconds of ``normalise`` and ``forward`` (see :func:`.predict.predict_batch`)."""
         planes = np.asarray(planes)
         if planes.ndim == 2:
             planes = planes[None]
@@ -122,8 +158,9 @@ class Predictor:
             return self._predict_tiled(planes, intensity)
         rng = np.asarray(intensity, np.float32)
         per_plane = rng.ndim == 2
-        outs = [self._predict(planes[i:i + self.batch_size], rng[i:i + self.batch_size] if per_plane else rng)
-                for i in range(0, len(planes), self.batch_size)]
+        b = self.batch_for((h, w), len(planes))
+        outs = [self._predict(planes[i:i + b], rng[i:i + b] if per_plane else rng, timings=timings)
+                for i in range(0, len(planes), b)]
         if len(outs) == 1:
             return outs[0]
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])

@@ -55,6 +55,8 @@ def _input(planes, intensity, downsampling, padding_factor, mean_std, device):
     x = downsample(x, downsampling)
     h, w = x.shape[-2:]
     x, _ = pad_to_multiple(x, padding_factor)
+    if device.startswith("cuda"):  # page-locked host memory: an asynchronous copy to the GPU
+        return x.contiguous(memory_format=torch.channels_last).pin_memory().to(device, non_blocking=True), h, w
     return x.to(device).contiguous(memory_format=torch.channels_last), h, w
 
 
@@ -69,18 +71,30 @@ def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", down
 
 def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], device: str = "cpu",
                   downsampling: int = 1, padding_factor: int = 32,
-                  mean_std: tuple[float, float] = (0.5, 0.25), context: np.ndarray | None = None) -> ModelOutput:
+                  mean_std: tuple[float, float] = (0.5, 0.25), context: np.ndarray | None = None,
+                  precision: str = "auto", timings: dict | None = None) -> ModelOutput:
     """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
 
     ``intensity`` is the (low, high) range mapped to [0, 1], or one per plane (N, 2) (see
     :func:`~panoptem.inference.preprocess.intensity_range`). ``context`` (N, C): the
     global context of each plane's whole image, when the planes are tiles of it
-    (models that :func:`supports_context` only).
+    (models that :func:`supports_context` only). ``precision``: auto (float16 autocast on
+    CUDA, float32 elsewhere), fp32, bf16 or fp16 (see :mod:`.runtime`). ``timings``:
+    wall and CPU seconds of ``normalise`` and ``forward`` are added to it.
     """
-    x, h, w = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
+    from ._pipeline import StageClock
+    clock = StageClock(timings if timings is not None else {})
+    with clock("normalise"):
+        x, h, w = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
+    with clock("forward"):
+        return _run(model, x, h, w, context, device, precision)
+
+
+def _run(model, x: torch.Tensor, h: int, w: int, context, device: str, precision: str) -> ModelOutput:
+    """Forward pass of a prepared input, outputs cropped to (h, w) and moved to the CPU."""
+    from .runtime import autocast, resolve_precision
     ctx = None if context is None else torch.from_numpy(np.asarray(context, np.float32))[:, :, None, None].to(device)
-    use_amp = device.startswith("cuda")
-    with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+    with torch.inference_mode(), autocast(device, resolve_precision(precision, device)):
         out = _forward(model, x, ctx)
     logits = out["sem_logits"].float()
     if logits.shape[-2:] != x.shape[-2:]:

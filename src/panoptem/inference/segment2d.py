@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
-from ..params import PLANE_AXIS, Params2D, params_with
+from ..params import AUTO_TILE, AUTO_TILE_ABOVE, PLANE_AXIS, Params2D, params_with
 from .decode import decode_panoptic, decode_settings
 from .engine import Predictor
 
@@ -111,8 +111,21 @@ def _check_memory(shape, itemsize: int, batch_size: int) -> None:
                "crop it into smaller images.")
 
 
+def auto_tile_size(shape, downsampling: int = 1) -> int:
+    """The tile size used when Tile size is 0: none (0) up to :data:`~panoptem.params.AUTO_TILE_ABOVE`
+    pixels a side after downsampling, else :data:`~panoptem.params.AUTO_TILE` (x downsampling), so
+    that a large image is segmented in bounded memory.
+
+    >>> auto_tile_size((4096, 4096)), auto_tile_size((12000, 12000)), auto_tile_size((12000, 12000), 4)
+    (0, 2048, 0)
+    """
+    f = int(downsampling)
+    return AUTO_TILE * f if max(-(-int(n) // f) for n in shape[-2:]) > AUTO_TILE_ABOVE else 0
+
+
 def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Params2D | dict | None = None,
                batch: bool = False, unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
+               runtime: str = "auto", precision: str = "auto", threads: int | None = None,
                return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
                overwrite: bool = False, **overrides) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
@@ -130,6 +143,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         keyword arguments override its fields.
     batch : treat a 3D input as independent 2D slices; ids restart at
         ``divisor + 1`` in every slice (as empanada) unless ``unique_ids``.
+    runtime, precision, threads : how the network runs (see :func:`~panoptem.inference.segment3d.segment_3d`).
     return_outputs : return a :class:`Result2D` with probabilities (on the network grid), centres
         and the pixel sizes used.
     preview : PNG file: a picture of the labels over the image with the model, the parameters
@@ -141,7 +155,8 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
         ``maximum_objects_per_class``, ``tile_size``, ``fill_holes_in_segmentation``, ``pixel_size``,
-        ``resample``).
+        ``resample``). Tile size 0 tiles images larger than 4096 pixels a side (on the network
+        grid) automatically (:func:`auto_tile_size`); any other value is used as given.
 
     Returns
     -------
@@ -171,35 +186,19 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, overwrite)  # before the work: fail fast
     planes = image[None] if image.ndim == 2 else image
+    from .runtime import network_threads, torch_threads
+    nt = network_threads(threads, overlap=False)
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
-                     batch_size=batch_size)
+                     batch_size=batch_size, runtime=runtime, precision=precision, threads=nt)
     plan = pixel_plan(pred.card, p, voxel_size, 2)
     plan.check(("xy",))
     pred = pred.with_factor(plan.factor("xy"))
+    # automatic tiling looks at the network grid; the tile is counted in input pixels
+    tile = p.tile_size or auto_tile_size(pred.network_shape(planes.shape[-2:])) * pred.downsampling
+    pred.tile_size = tile
     _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
-    settings = decode_settings(p, pred.card)
-    labels, probs, centers = [], [], []
-    it = range(0, planes.shape[0], batch_size)
-    if progress and planes.shape[0] > 1:
-        from tqdm import tqdm
-        it = tqdm(it, total=-(-planes.shape[0] // batch_size), unit="batch", desc="2D inference")
-    for i0 in it:
-        chunk = np.asarray(planes[i0:i0 + batch_size])
-        # each slice is its own image: its own intensity range
-        rng = np.array([pred.intensity(sl) for sl in chunk])
-        if p.tile_size and max(chunk.shape[-2:]) > p.tile_size and not return_outputs:
-            # bounded memory, decoded per tile
-            labels.extend(_segment_large(pred, chunk, rng, settings))
-            centers.extend([None] * len(chunk))
-            continue
-        o = pred.predict(chunk, rng)
-        for j in range(len(chunk)):
-            lab, ctr = decode_panoptic(o.semantic_probability[j], o.heatmap[j], o.offsets[j],
-                                       out_shape=chunk.shape[-2:], return_centers=True, **settings)
-            labels.append(lab)
-            centers.append(ctr)
-            if return_outputs:
-                probs.append(o.semantic_probability[j])
+    with torch_threads(nt if pred.runtime == "torch" and pred.model.device == "cpu" else None):
+        labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress)
     if p.fill_holes_in_segmentation:
         from .postprocess import fill_holes
         labels = [fill_holes(lab) for lab in labels]
@@ -218,3 +217,32 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         sp = np.stack(probs) if image.ndim == 3 else probs[0]
         return Result2D(out, sp, centers if image.ndim == 3 else centers[0], plan.record())
     return out
+
+
+def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, return_outputs: bool,
+            progress: bool) -> tuple[list, list, list]:
+    """Labels, centres and (with ``return_outputs``) probabilities of every plane."""
+    settings = decode_settings(p, pred.card)
+    labels, probs, centers = [], [], []
+    it = range(0, planes.shape[0], batch_size)
+    if progress and planes.shape[0] > 1:
+        from tqdm import tqdm
+        it = tqdm(it, total=-(-planes.shape[0] // batch_size), unit="batch", desc="2D inference")
+    for i0 in it:
+        chunk = np.asarray(planes[i0:i0 + batch_size])
+        # each slice is its own image: its own intensity range
+        rng = np.array([pred.intensity(sl) for sl in chunk])
+        if tile and max(chunk.shape[-2:]) > tile and not return_outputs:
+            # bounded memory, decoded per tile
+            labels.extend(_segment_large(pred, chunk, rng, settings))
+            centers.extend([None] * len(chunk))
+            continue
+        o = pred.predict(chunk, rng)
+        for j in range(len(chunk)):
+            lab, ctr = decode_panoptic(o.semantic_probability[j], o.heatmap[j], o.offsets[j],
+                                       out_shape=chunk.shape[-2:], return_centers=True, **settings)
+            labels.append(lab)
+            centers.append(ctr)
+            if return_outputs:
+                probs.append(o.semantic_probability[j])
+    return labels, centers, probs

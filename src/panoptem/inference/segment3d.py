@@ -17,6 +17,7 @@ from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
 from ..labels import dtype_for_max_label
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
+from ._pipeline import Prefetch, StageClock, Worker
 from .cache import at_cache_precision, plane_hashes
 from .decode import _upsample_linear, decode_panoptic, decode_settings
 from .engine import Predictor
@@ -86,7 +87,8 @@ class Cancelled(Exception):
 def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               intensity=None, progress: bool = False, extra_probability=None,
               probability_sink=None, timings: dict | None = None, cache_dir=None,
-              callback=None, work_dir=None, output=None, reset_stale: bool = False) -> np.ndarray:
+              callback=None, work_dir=None, output=None, reset_stale: bool = False,
+              overlap: bool = True) -> np.ndarray:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
 
@@ -105,6 +107,11 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     provisional ids go to a Zarr array in ``work_dir`` and the final labels
     are written block by block to ``output`` (an open label writer); then
     memory grows with the slice size, not the depth, and None is returned.
+    ``overlap``: read the next planes and decode/link the last batch while the
+    network computes (threads; the same labels as ``overlap=False``).
+    ``timings`` receives wall and CPU seconds per stage (``read``, ``normalise``,
+    ``forward``, ``quantise``, ``median``, ``decode``, ``link``, ``link_solve``, ``relabel``), plus
+    ``network_s`` (normalise + forward) and ``decode_link_s`` (everything after it).
     """
     import time
     card = predictor.card
@@ -123,23 +130,51 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     tm = timings if timings is not None else {}
     tm.setdefault("network_s", 0.0)
     tm.setdefault("decode_link_s", 0.0)
+    clock = StageClock(tm)
 
     def consume(items):
         nonlocal provisional
-        t = time.perf_counter()
         for idx, prob, (hm, off) in items:
-            lab = decode_panoptic(prob, hm, off, out_shape=shape, **settings)
-            prov = linker.add(lab)
-            if provisional is None and work_dir is not None:
-                import zarr
-                provisional = zarr.open_array(str(Path(work_dir) / f"provisional_{plane}.zarr"), mode="w",
-                                              shape=(n, *shape), chunks=(1, min(32, shape[0]), shape[1]),
-                                              dtype="uint64", fill_value=0)
-            elif provisional is None:
-                provisional = np.zeros((n, *shape), prov.dtype)
-            elif prov.dtype.itemsize > provisional.dtype.itemsize:
-                provisional = provisional.astype(prov.dtype)
-            provisional[idx] = prov
+            with clock("decode"):
+                lab = decode_panoptic(prob, hm, off, out_shape=shape, **settings)
+            with clock("link"):
+                prov = linker.add(lab)
+                if provisional is None and work_dir is not None:
+                    import zarr
+                    provisional = zarr.open_array(str(Path(work_dir) / f"provisional_{plane}.zarr"), mode="w",
+                                                  shape=(n, *shape), chunks=(1, min(32, shape[0]), shape[1]),
+                                                  dtype="uint64", fill_value=0)
+                elif provisional is None:
+                    provisional = np.zeros((n, *shape), prov.dtype)
+                elif prov.dtype.itemsize > provisional.dtype.itemsize:
+                    provisional = provisional.astype(prov.dtype)
+                provisional[idx] = prov
+
+    def after_network(item):
+        """Everything behind the network for one batch (in the decode thread)."""
+        t = time.perf_counter()
+        i0, out = item
+        for j in range(len(out)):
+            # probabilities stay at network resolution (the median is cheaper there);
+            # decoding brings them to full size. Fusion volumes are full size.
+            prob = out.semantic_probability[j]
+            sl = [slice(None)] * 3
+            sl[axis] = i0 + j
+            with clock("median"):
+                if probability_sink is not None:
+                    full = prob if prob.shape[-2:] == shape else _upsample_linear(prob, shape)
+                    probability_sink[tuple(sl)] = np.round(full[0] * 255).astype(np.uint8)
+                if extra_probability:
+                    acc = prob[0].copy()
+                    for vol in extra_probability:
+                        acc += _resize_area(vol[tuple(sl)].astype(np.float32) / 255.0, prob.shape[-2:])
+                    prob = fused_probability(acc, 1 + len(extra_probability))
+                ready = median.push(prob, extra=(out.heatmap[j], out.offsets[j]))
+            consume(ready)
+        if i0 + len(out) >= n:
+            with clock("median"):
+                ready = median.flush()
+            consume(ready)
         tm["decode_link_s"] += time.perf_counter() - t
 
     cache = None
@@ -154,49 +189,49 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                "tile_size": predictor.tile_size}
         cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
                             (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale)
-    it = range(0, n, predictor.batch_size)
+    b = predictor.batch_for(shape, n)
+
+    def read(i0):
+        with clock("read"):
+            i1 = min(i0 + b, n)
+            planes = _planes(volume, axis, i0, i1)
+            hashes = plane_hashes(planes) if cache is not None else None
+        return i0, i1, planes, hashes
+
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
-    for i0 in it:
-        i1 = min(i0 + predictor.batch_size, n)
-        planes = _planes(volume, axis, i0, i1)
-        hashes = plane_hashes(planes) if cache is not None else None
-        if cache is not None and cache.valid(i0, hashes):
-            out = cache.get(i0, i1)
-        else:
-            t = time.perf_counter()
-            out = predictor.predict(planes, intensity)
-            tm["network_s"] += time.perf_counter() - t
-            out = cache.put(i0, out, hashes) if cache is not None else at_cache_precision(out)
-        del planes
-        for j in range(i1 - i0):
-            # probabilities stay at network resolution (the median is cheaper there);
-            # decoding brings them to full size. Fusion volumes are full size.
-            prob = out.semantic_probability[j]
-            sl = [slice(None)] * 3
-            sl[axis] = i0 + j
-            if probability_sink is not None:
-                full = prob if prob.shape[-2:] == shape else _upsample_linear(prob, shape)
-                probability_sink[tuple(sl)] = np.round(full[0] * 255).astype(np.uint8)
-            if extra_probability:
-                acc = prob[0].copy()
-                for vol in extra_probability:
-                    acc += _resize_area(vol[tuple(sl)].astype(np.float32) / 255.0, prob.shape[-2:])
-                prob = fused_probability(acc, 1 + len(extra_probability))
-            consume(median.push(prob, extra=(out.heatmap[j], out.offsets[j])))
-        if bar is not None:
-            bar.update(i1 - i0)
-        if callback is not None and callback(plane, i1, n) is False:
+    reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap)
+    worker = Worker(after_network, depth=2, threaded=overlap)
+    try:
+        for i0, i1, planes, hashes in reader:
+            if cache is not None and cache.valid(i0, hashes):
+                with clock("quantise"):
+                    out = cache.get(i0, i1)
+            else:
+                t = time.perf_counter()
+                out = predictor.predict(planes, intensity, timings=tm)
+                tm["network_s"] += time.perf_counter() - t
+                with clock("quantise"):
+                    out = cache.put(i0, out, hashes) if cache is not None else at_cache_precision(out)
+            del planes
+            worker.put((i0, out))
             if bar is not None:
-                bar.close()
-            raise Cancelled(f"stopped after {i1} of {n} {plane} slices")
-    consume(median.flush())
-    if bar is not None:
-        bar.close()
+                bar.update(i1 - i0)
+            if callback is not None and callback(plane, i1, n) is False:
+                raise Cancelled(f"stopped after {i1} of {n} {plane} slices")
+        worker.finish()
+    except BaseException:
+        reader.close()
+        worker.cancel()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     t = time.perf_counter()
-    res = linker.finish(min_size=params.min_size, min_extent=params.min_extent)
+    with clock("link_solve"):
+        res = linker.finish(min_size=params.min_size, min_extent=params.min_extent)
     mapping = np.asarray(res.mapping)
     dt = dtype_for_max_label(int(mapping.max()) if mapping.size else 0)
     if output is not None:
@@ -204,10 +239,12 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         div = params.label_divisor
         if div:
             mapping = np.where(mapping > 0, mapping % div, 0).astype(mapping.dtype)
-        _remap_to_writer(provisional, mapping, axis, output, volume.shape, params)
+        with clock("relabel"):
+            _remap_to_writer(provisional, mapping, axis, output, volume.shape, params)
         tm["decode_link_s"] += time.perf_counter() - t
         return None
-    labels = _remap(provisional, mapping, dt)
+    with clock("relabel"):
+        labels = _remap(provisional, mapping, dt)
     tm["decode_link_s"] += time.perf_counter() - t
     return np.moveaxis(labels, 0, axis)
 
@@ -267,7 +304,8 @@ def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tupl
 
 
 def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "auto",
-               batch_size: int = 4, progress: bool = False, voxel_size=None, cache_dir=None,
+               batch_size: int = 0, runtime: str = "auto", precision: str = "auto", threads: int | None = None,
+               overlap: bool = True, progress: bool = False, voxel_size=None, cache_dir=None,
                keep_cache: bool = False, callback=None, output=None, overwrite: bool = False, inputs=(),
                preview=None, blockwise: bool = False, block_shape=None, halo=None, n_workers=None,
                scheduler=None, devices=None, mask=None, exact_context: bool = True,
@@ -285,6 +323,13 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     model : registered model name, card path or a loaded model.
     params : a :class:`~panoptem.params.Params3D` (or a dict of its fields);
         keyword arguments override its fields.
+    batch_size : planes per network call; 0 (default) chooses from the plane size (many thin
+        ortho-planes per call) and, on CUDA, the free GPU memory.
+    runtime, precision, threads : how the network runs: ``auto``, ``torch`` or ``onnx``
+        (ONNX Runtime, CPU); ``auto``, ``fp32``, ``bf16`` or ``fp16`` (CUDA); intra-op
+        threads (None: every core). See :mod:`panoptem.inference.runtime`.
+    overlap : read ahead, and decode and link while the network computes the next
+        planes (threads); False runs one stage after another (the same labels).
     **overrides : any field of :class:`~panoptem.params.Params3D`: the 2D
         parameters plus ``median_slices``, ``min_size``, ``min_extent``,
         ``inference_plane``, ``orthoplane``, ``pixel_vote_thr``,
@@ -330,7 +375,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     if blockwise:
         return _blockwise(volume, model, output, p, dict(
             block_shape=block_shape, halo=halo, n_workers=n_workers, scheduler=scheduler, devices=devices,
-            mask=mask, device=device, batch_size=batch_size, voxel_size=voxel_size, cache_dir=cache_dir,
+            mask=mask, device=device, batch_size=batch_size or 4, voxel_size=voxel_size, cache_dir=cache_dir,
             overwrite=overwrite, progress=progress, exact_context=exact_context), preview, inputs)
     if not hasattr(volume, "ndim"):
         volume = np.asarray(volume)
@@ -342,14 +387,18 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     if preview is not None:
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, overwrite, [*inputs, output])  # before the work: fail fast
+    from .runtime import network_threads, torch_threads
+    nt = network_threads(threads, overlap)
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
-                          batch_size=batch_size)
+                          batch_size=batch_size, runtime=runtime, precision=precision, threads=nt)
     from .resample import planes_of
     from .segment2d import pixel_plan
     plan = pixel_plan(predictor.card, p, voxel_size, 3)
     plan.check(planes_of(p))
+    cpu_torch = predictor.runtime == "torch" and predictor.model.device == "cpu"
     if output is None:
-        res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan)
+        with torch_threads(nt if cpu_torch else None):
+            res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan, overlap=overlap)
         return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
     import shutil
     from .._atomic import exclusive_output
@@ -362,8 +411,10 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
             cache_dir = out.parent / f".{out.name}.panoptem-cache"
         work = out.parent / f".{out.name}.work"
         try:
-            res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan, reset_stale=own_cache,
-                           work=work, output=out, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs)
+            with torch_threads(nt if cpu_torch else None):
+                res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan, reset_stale=own_cache,
+                               work=work, output=out, voxel_size=voxel_size, overwrite=overwrite,
+                               inputs=inputs, overlap=overlap)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if own_cache and not keep_cache:
@@ -418,7 +469,7 @@ def _check_new(path: Path, overwrite: bool, inputs) -> None:
 
 def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_dir, callback, plan=None,
              reset_stale: bool = False, work: Path | None = None, output: Path | None = None,
-             voxel_size=None, overwrite: bool = False, inputs=()) -> Result3D:
+             voxel_size=None, overwrite: bool = False, inputs=(), overlap: bool = True) -> Result3D:
     """The run itself; with ``output`` (and a ``work`` folder), results are written there."""
     import time
     from .resample import planes_of
@@ -429,7 +480,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     card = predictor.card
     by_plane = {pl: predictor.with_factor(plan.factor(pl)) if plan is not None else predictor for pl in PLANES}
     record = plan.record(planes_of(p)) if plan is not None else None
-    kw = dict(timings=timings, cache_dir=cache_dir, callback=callback, reset_stale=reset_stale)
+    kw = dict(timings=timings, cache_dir=cache_dir, callback=callback, reset_stale=reset_stale, overlap=overlap)
     if output is not None and not p.orthoplane and card.num_classes == 1 and not p.return_panoptic:
         from ..io import open_label_writer, read_image
         work.mkdir(parents=True, exist_ok=True)
@@ -463,24 +514,25 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         from .consensus import orthoplane_consensus
         for pl in PLANES:
             stacks[pl] = run_stack(volume, by_plane[pl], p, pl, intensity, progress, **kw)
-        t = time.perf_counter()
-        panoptic = orthoplane_consensus([stacks["xy"], stacks["xz"], stacks["yz"]],
-                                        label_divisor=p.label_divisor, pixel_vote_thr=p.pixel_vote_thr,
-                                        allow_one_view=p.allow_one_view, min_size=p.min_size,
-                                        min_extent=p.min_extent)
-        timings["consensus_s"] = time.perf_counter() - t
+        with StageClock(timings)("consensus"):
+            panoptic = orthoplane_consensus([stacks["xy"], stacks["xz"], stacks["yz"]],
+                                            label_divisor=p.label_divisor, pixel_vote_thr=p.pixel_vote_thr,
+                                            allow_one_view=p.allow_one_view, min_size=p.min_size,
+                                            min_extent=p.min_extent)
         if not p.return_panoptic:
             stacks = {}
     if p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation:
         from .postprocess import postprocess_labels
-        t = time.perf_counter()
-        panoptic = postprocess_labels(panoptic, p.label_erosion, p.label_dilation, p.fill_holes_in_segmentation)
-        timings["postprocess_s"] = time.perf_counter() - t
-    labels, counts = split_classes(panoptic, card, p.label_divisor)
+        with StageClock(timings)("postprocess"):
+            panoptic = postprocess_labels(panoptic, p.label_erosion, p.label_dilation,
+                                          p.fill_holes_in_segmentation)
+    with StageClock(timings)("split"):
+        labels, counts = split_classes(panoptic, card, p.label_divisor)
     res = Result3D(labels, panoptic, stacks, counts, timings, pixel_size=record)
     if output is not None:
-        res.written = write_result(res, output, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs,
-                                   chunk_size=p.chunk_size)
+        with StageClock(timings)("write"):
+            res.written = write_result(res, output, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs,
+                                       chunk_size=p.chunk_size)
     timings["total_s"] = time.perf_counter() - t0
     return res
 

@@ -530,7 +530,7 @@ def _is_n5(p: Path) -> bool:
 
 
 def _read_n5(p: Path, key: str | None, lazy: bool):
-    from ._n5 import N5Array, datasets, open_dataset
+    from ._n5 import datasets, open_dataset
     names = datasets(p)
     if key is None:
         if len(names) != 1:

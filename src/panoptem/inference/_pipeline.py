@@ -1,0 +1,143 @@
+"""Overlap the stages of a stack: reading ahead in one thread, decoding and linking
+behind the network in another, each fed through a bounded queue. The order of the
+work never changes, so the results are those of the sequential run (tested)."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable, Iterable, Iterator
+
+_END = object()
+
+
+class StageClock:
+    """Accumulates wall seconds (``<stage>_s``) and this process's CPU seconds
+    (``<stage>_cpu_s``) per stage into a timings dict. CPU seconds are exact only when
+    the stages do not overlap (a sequential run)."""
+
+    def __init__(self, timings: dict):
+        self.timings = timings
+
+    def __call__(self, stage: str) -> "_Timed":
+        return _Timed(self.timings, stage)
+
+
+class _Timed:
+    def __init__(self, tm: dict, stage: str):
+        self.tm, self.stage = tm, stage
+
+    def __enter__(self):
+        self.t, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        for key, v in ((f"{self.stage}_s", time.perf_counter() - self.t),
+                       (f"{self.stage}_cpu_s", time.process_time() - self.c)):
+            self.tm[key] = self.tm.get(key, 0.0) + v
+
+
+class Prefetch:
+    """Iterate over ``fn(x)`` for ``x`` in ``items``, computed up to ``depth`` items
+    ahead in a thread (``threaded=False``: computed when asked)."""
+
+    def __init__(self, fn: Callable, items: Iterable, depth: int = 1, threaded: bool = True):
+        self.fn, self.items = fn, list(items)
+        self._stop = threading.Event()
+        self._q: queue.Queue | None = None
+        if threaded and self.items:
+            self._q = queue.Queue(maxsize=max(1, depth))
+            self._thread = threading.Thread(target=self._run, name="panoptem-read", daemon=True)
+            self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for x in self.items:
+                if not self._put((True, self.fn(x))):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put((False, e))
+            return
+        self._put((True, _END))
+
+    def __iter__(self) -> Iterator:
+        if self._q is None:
+            for x in self.items:
+                yield self.fn(x)
+            return
+        while True:
+            ok, v = self._q.get()
+            if not ok:
+                raise v
+            if v is _END:
+                return
+            yield v
+
+    def close(self) -> None:
+        """Stop reading ahead (waits for the read in progress)."""
+        self._stop.set()
+        if self._q is not None:
+            self._thread.join()
+
+
+class Worker:
+    """Run ``fn(item)`` for every item :meth:`put`, in order, in one thread fed by a queue
+    of at most ``depth`` items (``threaded=False``: at once, in the caller's thread)."""
+
+    def __init__(self, fn: Callable, depth: int = 2, threaded: bool = True):
+        self.fn = fn
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._q: queue.Queue | None = None
+        if threaded:
+            self._q = queue.Queue(maxsize=max(1, depth))
+            self._thread = threading.Thread(target=self._run, name="panoptem-decode", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _END:
+                return
+            if self.error is not None or self._stop.is_set():
+                continue  # drain: the caller learns of the error at its next put
+            try:
+                self.fn(item)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                self.error = e
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, item) -> None:
+        """Queue ``item`` (blocks while the queue is full); raises the worker's error."""
+        self._raise()
+        if self._q is None:
+            self.fn(item)
+            return
+        self._q.put(item)
+        self._raise()
+
+    def finish(self) -> None:
+        """Wait until every item is done; raises the worker's error."""
+        if self._q is not None:
+            self._q.put(_END)
+            self._thread.join()
+        self._raise()
+
+    def cancel(self) -> None:
+        """Drop the items still queued and stop the thread (waits for the current one)."""
+        if self._q is not None:
+            self._stop.set()
+            self._q.put(_END)
+            self._thread.join()

@@ -1,0 +1,202 @@
+"""How the network runs: the runtime (PyTorch or ONNX Runtime), the precision, the
+number of threads, and the batch size.
+
+``runtime="auto"`` takes ONNX Runtime on a CPU for panoptem's own networks when
+``onnxruntime`` is installed (about 30 % fewer CPU seconds per plane than PyTorch on
+the same network, outputs equal to float32 rounding: see the README's Speed section),
+else PyTorch. The ONNX file is exported once per network and kept in panoptem's cache
+folder. ``precision="auto"`` is float32 on a CPU and float16 autocast on a CUDA GPU;
+``bf16`` autocasts to bfloat16 (worth it only on CPUs with bfloat16 instructions).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import PanoptemError
+
+RUNTIMES = ("auto", "torch", "onnx")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPSET = 17
+#: pixels per network call on a CPU (thin ortho-planes are batched up to this)
+CPU_BATCH_PIXELS = 4 * 1024 * 1024
+#: upper bound of planes per network call
+MAX_BATCH = 256
+#: bytes of GPU memory per input pixel assumed when the batch size is chosen from free memory
+GPU_BYTES_PER_PIXEL = 1024
+
+
+def cpu_count() -> int:
+    """Cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def network_threads(threads: int | None, overlap: bool) -> int:
+    """Intra-op threads of the network: ``threads`` when given, else every core, less one
+    when decoding runs beside the network (``overlap``) on a machine of several cores."""
+    if threads is not None:
+        if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+            raise PanoptemError(f"Threads must be a whole number, 1 or more, not {threads!r}.")
+        return int(threads)
+    n = cpu_count()
+    return max(1, n - 1) if overlap else n
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """PyTorch's intra-op threads set to ``n`` (None: unchanged) inside the block, restored after."""
+    old = torch.get_num_threads()
+    if n is not None and n != old:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    v = str(value).strip().lower()
+    if v not in choices:
+        raise PanoptemError(f"{what} must be one of {', '.join(choices)}, not '{value}'.")
+    return v
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> fp16 on CUDA, fp32 elsewhere; fp16 needs a CUDA device."""
+    p = check_choice("Precision", precision, PRECISIONS)
+    if p == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if p == "fp16" and not device.startswith("cuda"):
+        raise PanoptemError("Precision fp16 needs a CUDA GPU; use fp32 or bf16 on this device.")
+    return p
+
+
+def resolve_runtime(runtime: str, module, device: str, precision: str) -> str:
+    """``auto`` -> onnx for panoptem's own networks on a CPU in float32 when onnxruntime is
+    installed, else torch. ``onnx`` is refused where it cannot run."""
+    from ..models.architecture import PanopticNet
+    r = check_choice("Runtime", runtime, RUNTIMES)
+    ours = isinstance(module, PanopticNet)
+    if r == "auto":
+        return "onnx" if device == "cpu" and precision == "fp32" and ours and onnx_available() else "torch"
+    if r == "onnx":
+        if not onnx_available():
+            raise PanoptemError("Runtime onnx needs onnxruntime: pip install 'panoptem[onnx]'; or use --runtime torch.")
+        if device != "cpu" or precision != "fp32":
+            raise PanoptemError("Runtime onnx runs on the CPU in fp32 only; use --runtime torch for other devices "
+                                "or precisions.")
+        if not ours:
+            raise PanoptemError("Runtime onnx runs panoptem's own networks only; use --runtime torch for this model.")
+    return r
+
+
+def autocast(device: str, precision: str):
+    """The autocast context of a forward pass in ``precision`` on ``device``."""
+    dev = "cuda" if device.startswith("cuda") else "cpu"
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    return torch.autocast(device_type=dev, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def auto_batch_size(plane_shape: tuple[int, int], device: str, n: int) -> int:
+    """Planes per network call for ``n`` planes: on a CPU, enough planes to hold
+    :data:`CPU_BATCH_PIXELS` (4 planes of 1024², many thin ortho-planes: per-call costs
+    dominate small planes); on CUDA, as many as half of the free GPU memory holds at
+    :data:`GPU_BYTES_PER_PIXEL`. At least 4, and at most a tenth of the stack beyond that,
+    so progress is reported (and a cancel honoured) about ten times per stack."""
+    px = max(1, int(plane_shape[0]) * int(plane_shape[1]))
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        b = int(free * 0.5 // (GPU_BYTES_PER_PIXEL * px))
+    else:
+        b = CPU_BATCH_PIXELS // px
+    b = min(b, max(4, n // 10), MAX_BATCH)
+    return int(max(1, min(b, max(n, 1))))
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+
+_sessions: dict[tuple[str, int], object] = {}
+_lock = threading.Lock()
+
+
+def _network_key(module: torch.nn.Module) -> str:
+    """A digest of the network's architecture and weights (and the exporter's version)."""
+    h = hashlib.sha256(f"{torch.__version__}|{OPSET}|{getattr(module, 'config', '')}".encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _export(module: torch.nn.Module, path: Path) -> None:
+    """Export ``module`` (dict outputs) to ONNX at ``path``, atomically."""
+    import copy
+    from .._atomic import atomic_path
+    from ..models.export import OUTPUTS, _TupleOutputs
+    net = _TupleOutputs(copy.deepcopy(module).cpu().float().to(memory_format=torch.contiguous_format)).eval()
+    axes = {"image": {0: "batch", 2: "height", 3: "width"},
+            **{k: {0: "batch", 2: f"{k}_h", 3: f"{k}_w"} for k in OUTPUTS}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 1, 64, 64),), str(tmp), input_names=["image"],
+                          output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+
+class OnnxNet:
+    """Calls an ONNX Runtime session like the PyTorch network: ``net(x)`` -> dict of tensors."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, x: torch.Tensor, context=None) -> dict:
+        if context is not None:
+            raise PanoptemError("The ONNX runtime cannot take a global context; use the torch runtime.")
+        from ..models.export import OUTPUTS
+        out = self.session.run(list(OUTPUTS), {"image": np.ascontiguousarray(x.detach().cpu().numpy())})
+        return {k: torch.from_numpy(v) for k, v in zip(OUTPUTS, out)}
+
+
+def onnx_net(module: torch.nn.Module, threads: int) -> OnnxNet:
+    """An :class:`OnnxNet` of ``module`` with ``threads`` intra-op threads; the export is
+    cached on disk (panoptem's cache folder) and the session in this process."""
+    import onnxruntime as ort
+    from ..models.home import cache_dir
+    key = _network_key(module)
+    with _lock:
+        sess = _sessions.get((key, threads))
+        if sess is None:
+            path = cache_dir("onnx") / f"{key}.onnx"
+            if not path.exists():
+                _export(module, path)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            try:
+                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            except Exception:  # noqa: BLE001 - a damaged cache file: export again
+                path.unlink(missing_ok=True)
+                _export(module, path)
+                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            _sessions[(key, threads)] = sess
+    return OnnxNet(sess)

@@ -1,0 +1,186 @@
+"""The overlapped pipeline (read-ahead, decode/link behind the network), the network's
+runtime and precision choices, automatic batch and tile sizes, and ``panoptem bench``."""
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from panoptem.errors import PanoptemError
+from panoptem.inference import segment3d as s3
+from panoptem.inference._pipeline import Prefetch, Worker
+from panoptem.inference.runtime import auto_batch_size, network_threads, resolve_precision, resolve_runtime
+from panoptem.inference.segment3d import Cancelled, segment_3d
+
+from _models import dark_blob_model
+from test_segment3d import P, phantom
+
+
+def _spy_decode(monkeypatch):
+    """Record the thread every 2D decoding runs in."""
+    threads = []
+    real = s3.decode_panoptic
+
+    def spy(*a, **k):
+        threads.append(threading.current_thread().name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(s3, "decode_panoptic", spy)
+    return threads
+
+
+@pytest.mark.parametrize("kw", [dict(inference_plane="xy"), dict(inference_plane="yz", median_slices=5),
+                                dict(orthoplane=True, return_panoptic=True),
+                                dict(orthoplane=True, fusion="probability")])
+def test_overlapped_pipeline_gives_the_labels_of_the_sequential_one(kw, monkeypatch):
+    vol, _ = phantom()
+    threads = _spy_decode(monkeypatch)
+    seq = segment_3d(vol, dark_blob_model(), overlap=False, batch_size=4, **P, **kw)
+    assert set(threads) == {threading.current_thread().name}
+    threads.clear()
+    ovl = segment_3d(vol, dark_blob_model(), overlap=True, batch_size=4, **P, **kw)
+    assert set(threads) == {"panoptem-decode"}  # decoding really ran beside the network
+    assert seq.objects["mitochondria"] > 0
+    for k in seq.labels:
+        np.testing.assert_array_equal(ovl.labels[k], seq.labels[k])
+    for k in seq.stacks:
+        np.testing.assert_array_equal(ovl.stacks[k], seq.stacks[k])
+
+
+def test_overlapped_pipeline_on_real_tissue_and_streamed_output(tmp_path):
+    import panoptem
+    vol = panoptem.load_sample()[:12]
+    seq = segment_3d(vol, "MitoLite_v1", device="cpu", overlap=False)
+    ovl = segment_3d(vol, "MitoLite_v1", device="cpu", overlap=True)
+    assert seq.objects["mitochondria"] >= 3
+    np.testing.assert_array_equal(ovl.labels["mitochondria"], seq.labels["mitochondria"])
+    streamed = segment_3d(vol, "MitoLite_v1", device="cpu", output=tmp_path / "m.zarr")
+    np.testing.assert_array_equal(np.asarray(streamed.labels["mitochondria"][:]), seq.labels["mitochondria"])
+
+
+def test_cancel_while_overlapped_keeps_the_finished_batches(tmp_path):
+    vol, _ = phantom()
+
+    def stop(plane, done, total):
+        return done < 8
+
+    with pytest.raises(Cancelled, match="stopped after 8 of 48"):
+        segment_3d(vol, dark_blob_model(), cache_dir=tmp_path, callback=stop, batch_size=4, **P)
+    import zarr
+    assert zarr.open_group(str(tmp_path / "xy.zarr"))["done"][:].sum() == 8
+    assert not [t for t in threading.enumerate() if t.name.startswith("panoptem-")]  # threads ended
+
+
+def test_an_error_behind_the_network_reaches_the_caller(monkeypatch):
+    vol, _ = phantom()
+
+    def broken(*a, **k):
+        raise ValueError("decode failed")
+
+    monkeypatch.setattr(s3, "decode_panoptic", broken)
+    with pytest.raises(ValueError, match="decode failed"):
+        segment_3d(vol, dark_blob_model(), batch_size=4, **P)
+    assert not [t for t in threading.enumerate() if t.name.startswith("panoptem-")]
+
+
+def test_worker_and_prefetch_keep_order_and_pass_errors():
+    done = []
+    w = Worker(done.append, depth=1)
+    for i in range(20):
+        w.put(i)
+    w.finish()
+    assert done == list(range(20))
+    assert list(Prefetch(lambda x: x * x, range(6), depth=2)) == [0, 1, 4, 9, 16, 25]
+
+    def bad(x):
+        if x == 3:
+            raise KeyError("read failed")
+        return x
+
+    with pytest.raises(KeyError, match="read failed"):
+        list(Prefetch(bad, range(6)))
+    w = Worker(bad)
+    with pytest.raises(KeyError):
+        for i in range(50):
+            w.put(i)
+        w.finish()
+
+
+# ---------------------------------------------------------------- runtime
+
+
+def test_onnx_runtime_matches_torch(tiny_card, home):
+    from panoptem.inference.engine import Predictor
+    from panoptem.models.load import load_model
+    pytest.importorskip("onnxruntime")
+    lm = load_model(str(tiny_card), "cpu")
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 255, (3, 70, 90), dtype=np.uint8)
+    a = Predictor(lm, device="cpu", runtime="torch").predict(planes, (0, 255))
+    b = Predictor(lm, device="cpu", runtime="onnx", threads=1).predict(planes, (0, 255))
+    assert Predictor(lm, device="cpu", runtime="auto").runtime == "onnx"
+    for f in ("semantic_probability", "heatmap", "offsets"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.shape == y.shape
+        np.testing.assert_allclose(x, y, atol=1e-4)
+    assert list((home / "cache" / "onnx").glob("*.onnx"))  # exported once, kept
+
+
+def test_runtime_and_precision_choices():
+    m = dark_blob_model()
+    assert resolve_runtime("auto", m.module, "cpu", "fp32") == "torch"  # not one of panoptem's networks
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda:0") == "fp16"
+    for bad in (lambda: resolve_runtime("onnx", m.module, "cpu", "fp32"),
+                lambda: resolve_runtime("tensorrt", m.module, "cpu", "fp32"),
+                lambda: resolve_precision("fp16", "cpu"), lambda: resolve_precision("int8", "cpu"),
+                lambda: network_threads(0, True)):
+        with pytest.raises(PanoptemError):
+            bad()
+    assert network_threads(3, True) == 3
+    vol, _ = phantom()
+    bf = segment_3d(vol, m, precision="bf16", batch_size=4, **P)  # bfloat16 autocast on the CPU runs
+    assert bf.objects["mitochondria"] == 4
+
+
+def test_automatic_batch_size():
+    assert auto_batch_size((768, 1024), "cpu", 30) == 4
+    assert auto_batch_size((2048, 2048), "cpu", 30) == 1
+    thin = auto_batch_size((30, 1024), "cpu", 768)       # ortho-planes of a thin volume
+    assert thin == 76 and auto_batch_size((30, 1024), "cpu", 40) == 4  # progress about 10 times a stack
+    assert auto_batch_size((30, 1024), "cpu", 3) == 3
+
+
+def test_large_images_are_tiled_automatically_unless_a_tile_size_is_given(monkeypatch):
+    from panoptem.inference import segment2d as s2
+    calls = []
+    real = s2._segment_large
+
+    def spy(pred, chunk, *a, **k):
+        calls.append(pred.tile_size)
+        return real(pred, chunk, *a, **k)
+
+    monkeypatch.setattr(s2, "_segment_large", spy)
+    img = np.full((4160, 96), 200, np.uint8)
+    img[1000:1040, 20:60] = 40
+    kw = dict(maximum_objects_per_class=0)
+    lab = s2.segment_2d(img, dark_blob_model(), **kw)
+    assert calls == [2048] and lab.max() == 1
+    assert s2.segment_2d(img, dark_blob_model(), downsampling=2, **kw).max() == 1 and calls == [2048]  # whole
+    s2.segment_2d(img, dark_blob_model(), tile_size=1024, **kw)
+    assert calls == [2048, 1024]
+
+
+def test_bench_command_reports_stages_and_the_ratio(tiny_card, home, capsys):
+    from panoptem.cli import main
+    assert main(["bench", "--shape", "6,64,96", "--model", str(tiny_card), "--min-size", "0"]) == 0
+    lines = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+    stages = [r["stage"] for r in lines]
+    assert stages[-3:] == ["network_only", "end_to_end", "total"]
+    assert {"read", "normalise", "network", "decode", "link", "link_solve"} <= set(stages)
+    tot = lines[-1]
+    assert tot["ratio"] == pytest.approx(tot["end_to_end_s"] / tot["network_only_s"], rel=0.02)
+    assert tot["same_labels_as_staged"] is True and tot["shape"] == [6, 64, 96]
+    assert all(len(r["load"]) == 3 for r in lines)
+    assert abs(sum(r["share"] for r in lines if "share" in r) - 1) < 0.01
+    assert main(["bench", "--shape", "6,64", "--model", str(tiny_card)]) == 2
+    assert main(["bench", "--shape", "6,64,64", "--runtime", "tensorrt", "--model", str(tiny_card)]) == 2
