@@ -155,7 +155,7 @@ def bench(volume, model: str = "MitoLite_v1", *, plane: str = "xy", orthoplane: 
                 "runs_s": [round(v, 3) for v in e2e], "threads": network_threads(threads, True),
                 "peak_rss_mb": round(peak_rss_mb(), 1), "load": load(), **_gpu(lm.device)})
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    out.append({"stage": "total", **common, "end_to_end_s": round(e2e_s, 3), "network_only_s": round(net_s, 3),
+    out.append({"stage": "total", **common, "end_to_end_s": round(e2e_s, 4), "network_only_s": round(net_s, 4),
                 "ratio": round(e2e_s / net_s, 3), "staged_s": round(staged_s, 3),
                 "staged_cpu_s": round(staged_cpu, 3), "model_load_s": round(model_load_s, 3),
                 "warmup_s": round(warmup_s, 3), "objects": res.objects, "same_labels_as_staged": bool(same),

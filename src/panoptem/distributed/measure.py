@@ -113,7 +113,9 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
     """:func:`panoptem.measure` of a 3D label volume (a path, read lazily by the
     workers, or an array), computed block by block on Dask; same columns.
 
-    >>> table = measure_blockwise("mito.zarr", voxel_size=(5, 5, 5), n_workers=2)  # doctest: +SKIP
+    For example::
+
+        table = measure_blockwise("mito.zarr", voxel_size=(5, 5, 5), n_workers=2)
     """
     from ..io import read_image
     from .._measure import _voxel_size

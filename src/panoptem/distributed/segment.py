@@ -171,8 +171,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
 
     Examples
     --------
-    >>> res = segment_blockwise("big.zarr", output="mito.zarr", block_shape=(64, 512, 512),
-    ...                         n_workers=2)  # doctest: +SKIP
+    ::
+
+        res = segment_blockwise("big.zarr", output="mito.zarr", block_shape=(64, 512, 512), n_workers=2)
     """
     t_all = time.perf_counter()
     p = make_params(Params3D, **params)

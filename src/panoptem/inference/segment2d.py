@@ -196,6 +196,8 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     # automatic tiling looks at the network grid; the tile is counted in input pixels
     tile = p.tile_size or auto_tile_size(pred.network_shape(planes.shape[-2:])) * pred.downsampling
     pred.tile_size = tile
+    if not batch_size:  # automatic, as in 3D
+        batch_size = pred.batch_for(planes.shape[-2:], planes.shape[0])
     _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
     with torch_threads(nt if pred.runtime == "torch" and pred.model.device == "cpu" else None):
         labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress)

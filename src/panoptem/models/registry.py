@@ -3,7 +3,9 @@
 Where models live (and how names find their cards) is :mod:`.home`'s business; this
 module acts on the home through it. Every write ends in an atomic rename.
 
->>> register("MitoNet_v1", "MitoNet_v1.yaml", weights="MitoNet_v1.pth")  # doctest: +SKIP
+For example (needs the files)::
+
+    register("MitoNet_v1", "MitoNet_v1.yaml", weights="MitoNet_v1.pth")
 """
 from __future__ import annotations
 

@@ -5,8 +5,10 @@ Unlike empanada, any number of patches works (batches of ``min(8, n)`` drawn
 with replacement, counted in iterations, never in epochs), and images of any
 dtype are scaled by the model card's rule in training exactly as in inference.
 
->>> r = finetune("MitoLite_v1", "my_patches", name="MitoLite_myTissue", iterations=200)  # doctest: +SKIP
->>> r["before"]["foreground_iou"], r["after"]["foreground_iou"]                         # doctest: +SKIP
+For example (needs a dataset folder)::
+
+    r = finetune("MitoLite_v1", "my_patches", name="MitoLite_myTissue", iterations=200)
+    r["before"]["foreground_iou"], r["after"]["foreground_iou"]
 """
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ def split_held_out(masks, fraction: float, seed: int = 0) -> tuple[list[int], li
 
     >>> masks = [np.ones((2, 2))] * 6 + [np.zeros((2, 2))] * 2
     >>> train, held = split_held_out(masks, 0.25)
-    >>> len(train), len(held), sum(masks[i].any() for i in held)
+    >>> len(train), len(held), int(sum(masks[i].any() for i in held))
     (6, 2, 1)
     """
     n = len(masks)
@@ -137,9 +139,10 @@ def split_held_out(masks, fraction: float, seed: int = 0) -> tuple[list[int], li
     k = min(max(1, round(n * fraction)), n - 2)
     pos = [i for i, m in enumerate(masks) if np.any(m)]
     neg = [i for i in range(n) if not np.any(masks[i])]
-    k_pos = min(max(round(k * len(pos) / n), 1), len(pos) - 1) if len(pos) >= 2 else 0
+    # background-only patches count (they keep precision honest): one at least when two or more are held out
+    k_neg = min(len(neg), max(round(k * len(neg) / n), 1 if neg and k >= 2 else 0))
+    k_pos = min(k - k_neg, len(pos) - 1) if len(pos) >= 2 else 0
     k_neg = min(k - k_pos, len(neg))
-    k_pos = min(k - k_neg, max(len(pos) - 1, 0))
     rng = np.random.default_rng(seed)
     held = sorted([int(i) for i in rng.choice(pos, k_pos, replace=False)] +
                   [int(i) for i in rng.choice(neg, k_neg, replace=False)]) if (k_pos or k_neg) else []
