@@ -388,9 +388,9 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, overwrite, [*inputs, output])  # before the work: fail fast
     from .runtime import network_threads, torch_threads
-    nt = network_threads(threads, overlap)
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
-                          batch_size=batch_size, runtime=runtime, precision=precision, threads=nt)
+                          batch_size=batch_size, runtime=runtime, precision=precision, threads=threads)
+    nt = predictor.threads = network_threads(threads, overlap, predictor.runtime)  # the ONNX session is made later
     from .resample import planes_of
     from .segment2d import pixel_plan
     plan = pixel_plan(predictor.card, p, voxel_size, 3)
