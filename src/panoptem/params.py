@@ -29,8 +29,8 @@ AUTO_TILE_ABOVE = 4096
 AUTO_TILE = 2048
 
 
-class Params2D(BaseModel):
-    """Parameters of 2D inference (empanada's "2D Inference (Parameter Testing)")."""
+class PlaneParams(BaseModel):
+    """Parameters that 2D and 3D inference share: the network's input and the decoding of each plane."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -83,7 +83,15 @@ class Params2D(BaseModel):
         return self.maximum_objects_per_class or None
 
 
-class Params3D(Params2D):
+class Params2D(PlaneParams):
+    """Parameters of 2D inference (empanada's "2D Inference (Parameter Testing)")."""
+
+    min_piece_area: int = Field(0, ge=0, le=10**6, description="Min piece area: pieces of an object "
+                                "(8-connected) smaller than this many pixels become background, after "
+                                "decoding and before filling holes (0: off, as empanada).")
+
+
+class Params3D(PlaneParams):
     """Parameters of 3D inference (empanada's "3D Inference"), plus linking controls."""
 
     median_slices: int = Field(3, description="Median Filter Size: running median of the semantic "

@@ -261,8 +261,8 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
 
 def decode_settings(params, card) -> dict[str, Any]:
     """Keyword arguments of :func:`decode_panoptic` (and of
-    :func:`~.large2d.decode_large`) for 2D parameters (:class:`~panoptem.params.Params2D`
-    or a subclass) and a model card: the classes from the card, thresholds and
+    :func:`~.large2d.decode_large`) for the parameters of a plane
+    (:class:`~panoptem.params.PlaneParams`: Params2D or Params3D) and a model card: the classes from the card, thresholds and
     the label divisor from the parameters."""
     return dict(class_ids=[c.id for c in card.classes], thing_ids=card.thing_ids,
                 confidence_thr=params.confidence_thr, center_confidence_thr=params.center_confidence_thr,

@@ -133,3 +133,20 @@ def postprocess_labels(labels, erosion: int = 0, dilation: int = 0, holes: bool 
     if holes:
         out = fill_holes(out)
     return out
+
+
+def remove_small_pieces(labels, min_area: int) -> np.ndarray:
+    """Pieces of a label (8-connected in 2D, 26-connected in 3D) smaller than ``min_area``
+    pixels become background; larger pieces of the same label keep it. Returns a copy.
+
+    >>> lab = np.array([[1, 1, 1, 0, 1], [1, 1, 0, 0, 0]], np.uint32)
+    >>> remove_small_pieces(lab, 2)
+    array([[1, 1, 1, 0, 0],
+           [1, 1, 0, 0, 0]], dtype=uint32)
+    """
+    import cc3d
+    a = _check(labels)
+    if min_area <= 1 or not a.any():
+        return a.copy()
+    return cc3d.dust(np.ascontiguousarray(a), threshold=int(min_area), connectivity=8 if a.ndim == 2 else 26,
+                     in_place=False)

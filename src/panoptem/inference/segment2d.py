@@ -155,7 +155,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
         ``maximum_objects_per_class``, ``tile_size``, ``fill_holes_in_segmentation``, ``pixel_size``,
-        ``resample``). Tile size 0 tiles images larger than 4096 pixels a side (on the network
+        ``resample``, ``min_piece_area``). Tile size 0 tiles images larger than 4096 pixels a side (on the network
         grid) automatically (:func:`auto_tile_size`); any other value is used as given.
 
     Returns
@@ -201,6 +201,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
     with torch_threads(nt if pred.runtime == "torch" and pred.model.device == "cpu" else None):
         labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress)
+    if p.min_piece_area:
+        from .postprocess import remove_small_pieces
+        labels = [remove_small_pieces(lab, p.min_piece_area) for lab in labels]
     if p.fill_holes_in_segmentation:
         from .postprocess import fill_holes
         labels = [fill_holes(lab) for lab in labels]

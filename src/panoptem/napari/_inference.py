@@ -54,7 +54,7 @@ GROUPS_3D = {
 GROUPS_2D = {
     "Input": ("pixel_size", "resample"),
     "2D Parameters": ("downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
-                      "fine_boundaries", "semantic_only", "fill_holes_in_segmentation",
+                      "fine_boundaries", "semantic_only", "min_piece_area", "fill_holes_in_segmentation",
                       "maximum_objects_per_class"),
     "Advanced": ("tile_size",),
 }
