@@ -28,7 +28,7 @@ CONFIGS_3D = [
 ]
 
 
-def validate_2d(model, lucchi, z0: int = 135, z1: int = 165) -> dict:
+def validate_2d(model, lucchi, z0: int = 135, z1: int = 165, **params) -> dict:
     """2D validation figures of a model on slices z0..z1-1 of the Lucchi volume in folder
     ``lucchi`` (each slice on its own)."""
     import tifffile
@@ -40,7 +40,7 @@ def validate_2d(model, lucchi, z0: int = 135, z1: int = 165) -> dict:
     gt2d = tifffile.imread(lucchi / "training_instances2d.tif", key=zs)
     mask = tifffile.imread(lucchi / "training_mask.tif", key=zs) > 0
     with Timer() as t:
-        lab = panoptem.segment_2d(img, model, batch=True)
+        lab = panoptem.segment_2d(img, model, batch=True, **params)
     tp = fp = fn = 0
     for z in range(len(img)):
         r = evaluate(lab[z], gt2d[z])
@@ -62,6 +62,7 @@ def main():
     ap.add_argument("--z0", type=int, default=135)
     ap.add_argument("--z1", type=int, default=165)
     ap.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS_3D")
+    ap.add_argument("--tta", action="store_true", help="test-time augmentation (flips) in every run")
     add_lucchi_argument(ap)
     a = ap.parse_args()
     lucchi = lucchi_dir(a.lucchi)
@@ -76,16 +77,17 @@ def main():
     mask = tifffile.imread(lucchi / "training_mask.tif", key=zs) > 0
     model = panoptem.load_model(a.model)
     if a.only in (None, "2d"):
-        emit(what="accuracy 2d", model=a.model, **validate_2d(model, lucchi, a.z0, a.z1), machine=machine())
+        emit(what="accuracy 2d", model=a.model, tta=a.tta, **validate_2d(model, lucchi, a.z0, a.z1, tta=a.tta),
+             machine=machine())
     if a.only in (None, "3d"):
         gt3d = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
         chosen = CONFIGS_3D if a.configs is None else [CONFIGS_3D[int(i)] for i in a.configs.split(",")]
         for name, cfg in chosen:
             with Timer() as t:
-                res = panoptem.segment_3d(img, model, **cfg)
+                res = panoptem.segment_3d(img, model, tta=a.tta, **cfg)
             pred = next(iter(res.labels.values()))
             r = evaluate(pred, gt3d)
-            emit(what="accuracy 3d", config=name, data=f"lucchi z{a.z0}-{a.z1 - 1} (validation)",
+            emit(what="accuracy 3d", config=name, tta=a.tta, data=f"lucchi z{a.z0}-{a.z1 - 1} (validation)",
                  model=a.model, foreground_iou=round(r["foreground_iou"], 4), f1_50=round(r["f1_50"], 4),
                  f1_75=round(r["f1_75"], 4), pq=round(r["pq"], 4), n_pred=r["n_pred"], n_gt=r["n_gt"],
                  seconds=round(t.s, 1), timings={k: round(v, 2) for k, v in res.timings.items()})

@@ -29,27 +29,28 @@ def main():
     ap.add_argument("--model", default="MitoLite_v1")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
     add_lucchi_argument(ap, required=False)
     a = ap.parse_args()
     import panoptem
     from panoptem.inference.engine import Predictor
     img, what = test_image(a.lucchi)
     model = panoptem.load_model(a.model, a.device)
-    pred = Predictor(model)
+    pred = Predictor(model, runtime="auto", tta=a.tta)  # as segment_2d runs it
     rng = pred.intensity(img)
     pred.predict(img, rng)  # warm-up
-    panoptem.segment_2d(img, model)
+    panoptem.segment_2d(img, model, tta=a.tta)
     net, e2e = [], []
     for _ in range(a.repeats):
         with Timer() as t:
             pred.predict(img, rng)
         net.append(t.s)
         with Timer() as t:
-            labels = panoptem.segment_2d(img, model)
+            labels = panoptem.segment_2d(img, model, tta=a.tta)
         e2e.append(t.s)
     n = int(len(np.unique(labels)) - 1)
     for name, ts in (("network_only", net), ("end_to_end", e2e)):
-        emit(what=f"2d {name}", input=what, size=list(img.shape), model=a.model, device=model.device,
+        emit(what=f"2d {name}", input=what, size=list(img.shape), model=a.model, device=model.device, runtime=pred.runtime, tta=a.tta,
              seconds_median=round(statistics.median(ts), 4), seconds_min=round(min(ts), 4),
              pixels_per_s=round(img.size / statistics.median(ts)), objects=n, machine=machine())
 

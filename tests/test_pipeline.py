@@ -190,3 +190,38 @@ def test_bench_command_reports_stages_and_the_ratio(tiny_card, home, capsys):
     assert abs(sum(r["share"] for r in lines if "share" in r) - 1) < 0.01
     assert main(["bench", "--shape", "6,64", "--model", str(tiny_card)]) == 2
     assert main(["bench", "--shape", "6,64,64", "--runtime", "tensorrt", "--model", str(tiny_card)]) == 2
+
+
+# ---------------------------------------------------------------- test-time augmentation
+
+
+def test_flip_averaging_is_exactly_flip_equivariant(tiny_card, home):
+    """With TTA, a flipped image gives the flipped outputs (offsets with the flipped axis
+    negated), whatever the network; without it a random network does not."""
+    from panoptem.inference.engine import Predictor
+    from panoptem.models.load import load_model
+    lm = load_model(str(tiny_card), "cpu")
+    planes = np.random.default_rng(1).integers(0, 255, (2, 64, 96), dtype=np.uint8)
+    for dims, axis in (((-1,), 1), ((-2,), 0)):
+        flipped = np.flip(planes, dims).copy()
+        outs = {}
+        for tta in (False, True):
+            pr = Predictor(lm, device="cpu", runtime="torch", tta=tta)
+            a, b = pr.predict(planes, (0, 255)), pr.predict(flipped, (0, 255))
+            back_off = np.flip(b.offsets, dims).copy()
+            back_off[:, axis] *= -1
+            outs[tta] = (np.abs(np.flip(b.semantic_probability, dims) - a.semantic_probability).max(),
+                         np.abs(np.flip(b.heatmap, dims) - a.heatmap).max(), np.abs(back_off - a.offsets).max())
+        assert max(outs[True]) < 1e-4, outs[True]
+        assert max(outs[False]) > 1e-3  # the check can tell an equivariant result from another
+
+
+def test_tta_through_segment_3d_and_blockwise_refuses_it(tiny_card, home, tmp_path):
+    from panoptem.distributed import segment_blockwise
+    m = dark_blob_model()
+    vol, _ = phantom()
+    plain = segment_3d(vol, m, **P)
+    tta = segment_3d(vol, m, tta=True, **P)
+    assert tta.objects == plain.objects  # a symmetric network: the same objects
+    with pytest.raises(PanoptemError, match="tta"):
+        segment_blockwise(vol, m, tmp_path / "o.zarr", tta=True, block_shape=(8, 64, 64), halo=(2, 16, 16))

@@ -60,6 +60,8 @@ class PlaneParams(BaseModel):
                            f"(0 = automatic: whole images up to {AUTO_TILE_ABOVE} pixels a side after "
                            f"downsampling, tiles of {AUTO_TILE} above; else at least {MIN_TILE}; the model "
                            "may need more).")
+    tta: bool = Field(False, description="Test-time augmentation: average the network's outputs over the "
+                      "image and its three flips (about 4 x the network time; not in blockwise runs).")
     fill_holes_in_segmentation: bool = Field(False, description="Fill holes in segmentation: background "
                                               "enclosed by one object becomes part of it (2D: the image; "
                                               "3D: each xy plane); a hole that touches another object stays.")

@@ -189,6 +189,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     if p.fill_holes_in_segmentation:
         raise PanoptemError("Fill holes is not available in blockwise runs yet; run without it, or on the whole "
                             "volume.")
+    if p.tta:
+        raise PanoptemError("Test-time augmentation (tta) is not available in blockwise runs; run without it, "
+                            "or on the whole volume.")
     if p.chunk_size and chunks is None:
         chunks = (p.chunk_size,) * 3
     if batch_size < 1:

@@ -29,7 +29,7 @@ class Predictor:
 
     def __init__(self, model: str | LoadedModel = "MitoLite_v1", device: str = "auto",
                  downsampling: int = 1, tile_size: int = 0, batch_size: int = 4, factor=None,
-                 runtime: str = "torch", precision: str = "auto", threads: int | None = None):
+                 runtime: str = "torch", precision: str = "auto", threads: int | None = None, tta: bool = False):
         from .._memory import fix_mmap_threshold
         from .runtime import resolve_precision, resolve_runtime
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
@@ -45,6 +45,7 @@ class Predictor:
         self.precision = resolve_precision(precision, self.model.device)
         self.runtime = resolve_runtime(runtime, self.model.module, self.model.device, self.precision)
         self.threads = threads
+        self.tta = bool(tta)
         self._net = None
         least = 2 * self._align()
         if tile_size and tile_size < least:
@@ -125,7 +126,7 @@ class Predictor:
         return predict_batch(net, planes, intensity, device=self.model.device,
                              downsampling=self.downsampling, padding_factor=self.card.padding_factor,
                              mean_std=(n.mean, n.std), context=context, precision=self.precision,
-                             timings=timings)
+                             timings=timings, tta=self.tta)
 
     def encode(self, planes: np.ndarray, intensity) -> np.ndarray:
         """Deepest features (N, C, h, w) of (N, H, W) planes, in batches."""

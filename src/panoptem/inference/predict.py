@@ -72,7 +72,7 @@ def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", down
 def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], device: str = "cpu",
                   downsampling: int = 1, padding_factor: int = 32,
                   mean_std: tuple[float, float] = (0.5, 0.25), context: np.ndarray | None = None,
-                  precision: str = "auto", timings: dict | None = None) -> ModelOutput:
+                  precision: str = "auto", timings: dict | None = None, tta: bool = False) -> ModelOutput:
     """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
 
     ``intensity`` is the (low, high) range mapped to [0, 1], or one per plane (N, 2) (see
@@ -80,22 +80,42 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     global context of each plane's whole image, when the planes are tiles of it
     (models that :func:`supports_context` only). ``precision``: auto (float16 autocast on
     CUDA, float32 elsewhere), fp32, bf16 or fp16 (see :mod:`.runtime`). ``timings``:
-    wall and CPU seconds of ``normalise`` and ``forward`` are added to it.
+    wall and CPU seconds of ``normalise`` and ``forward`` are added to it. ``tta``: the
+    outputs are averaged over the input and its flips (see :func:`_flip_average`).
     """
     from ._pipeline import StageClock
     clock = StageClock(timings if timings is not None else {})
     with clock("normalise"):
         x, h, w = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
     with clock("forward"):
-        return _run(model, x, h, w, context, device, precision)
+        return _run(model, x, h, w, context, device, precision, tta)
 
 
-def _run(model, x: torch.Tensor, h: int, w: int, context, device: str, precision: str) -> ModelOutput:
+def _flip_average(model, x: torch.Tensor, ctx) -> dict[str, torch.Tensor]:
+    """Outputs averaged over ``x`` and its flips along rows, columns and both, each flipped
+    back; offsets change sign along a flipped axis. Cell ``i`` of the stride-4 grid is
+    centred at pixel ``4i + 1.5``, and padded inputs are multiples of 4, so a flip maps
+    cells onto cells exactly."""
+    out = {k: v.float() for k, v in _forward(model, x, ctx).items()}
+    for dims in ((-1,), (-2,), (-2, -1)):
+        o = _forward(model, x.flip(dims), ctx)
+        for k in out:
+            v = o[k].float().flip(dims)
+            if k == "offsets":
+                sign = torch.tensor([-1.0 if -2 in dims else 1.0, -1.0 if -1 in dims else 1.0],
+                                    device=v.device).view(1, 2, 1, 1)
+                v = v * sign
+            out[k] = out[k] + v
+    return {k: v / 4 for k, v in out.items()}
+
+
+def _run(model, x: torch.Tensor, h: int, w: int, context, device: str, precision: str,
+         tta: bool = False) -> ModelOutput:
     """Forward pass of a prepared input, outputs cropped to (h, w) and moved to the CPU."""
     from .runtime import autocast, resolve_precision
     ctx = None if context is None else torch.from_numpy(np.asarray(context, np.float32))[:, :, None, None].to(device)
     with torch.inference_mode(), autocast(device, resolve_precision(precision, device)):
-        out = _forward(model, x, ctx)
+        out = _flip_average(model, x, ctx) if tta else _forward(model, x, ctx)
     logits = out["sem_logits"].float()
     if logits.shape[-2:] != x.shape[-2:]:
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

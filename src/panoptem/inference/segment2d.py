@@ -189,7 +189,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     from .runtime import network_threads, torch_threads
     nt = network_threads(threads, overlap=False)
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
-                     batch_size=batch_size, runtime=runtime, precision=precision, threads=nt)
+                     batch_size=batch_size, runtime=runtime, precision=precision, threads=nt, tta=p.tta)
     plan = pixel_plan(pred.card, p, voxel_size, 2)
     plan.check(("xy",))
     pred = pred.with_factor(plan.factor("xy"))

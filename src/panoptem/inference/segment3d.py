@@ -187,6 +187,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                "downsampling": f, "intensity": [float(v) for v in np.ravel(intensity)],
                "shape": [int(v) for v in volume.shape], "dtype": str(np.dtype(volume.dtype)),
                "tile_size": predictor.tile_size}
+        if predictor.tta:  # only then, so that caches made without the option stay valid
+            key["tta"] = True
         cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
                             (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale)
     b = predictor.batch_for(shape, n)
@@ -389,7 +391,8 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         preview = prepare_preview(preview, overwrite, [*inputs, output])  # before the work: fail fast
     from .runtime import network_threads, torch_threads
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
-                          batch_size=batch_size, runtime=runtime, precision=precision, threads=threads)
+                          batch_size=batch_size, runtime=runtime, precision=precision, threads=threads,
+                          tta=p.tta)
     nt = predictor.threads = network_threads(threads, overlap, predictor.runtime)  # the ONNX session is made later
     from .resample import planes_of
     from .segment2d import pixel_plan

@@ -49,14 +49,14 @@ GROUPS_3D = {
                          "label_dilation", "fill_holes_in_segmentation"),
     "Ortho-plane Parameters": ("orthoplane", "return_panoptic", "pixel_vote_thr", "allow_one_view", "fusion"),
     "Output": ("chunk_size",),
-    "Advanced": ("iou_thr", "ioa_thr", "bridge_gaps", "tile_size"),
+    "Advanced": ("iou_thr", "ioa_thr", "bridge_gaps", "tile_size", "tta"),
 }
 GROUPS_2D = {
     "Input": ("pixel_size", "resample"),
     "2D Parameters": ("downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
                       "fine_boundaries", "semantic_only", "min_piece_area", "fill_holes_in_segmentation",
                       "maximum_objects_per_class"),
-    "Advanced": ("tile_size",),
+    "Advanced": ("tile_size", "tta"),
 }
 
 
