@@ -81,6 +81,14 @@ class _TrainingDock(Dock):
                                 tooltip=val_tip)
         self.name = LineEdit(label="New model name", name="new_name", value=name, tooltip=name_tip)
 
+    def _step_fields(self, schema: type, iterations_tip: str) -> None:
+        """Iterations and patch size, starting at ``schema``'s defaults."""
+        self.iterations = SpinBox(label="Iterations", name="iterations", value=default_of(schema, "iterations"),
+                                  min=1, max=10**6, tooltip=iterations_tip)
+        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size",
+                                  value=default_of(schema, "patch_size"), min=32, max=4096,
+                                  step=32, tooltip="Training crop side in pixels (a multiple of 32).")
+
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)
         self.device = ComboBox(label="Device", name="device", choices=list(DEVICES), value="auto", tooltip=DEVICE_TIP)
@@ -178,12 +186,7 @@ class FinetuneWidget(_TrainingDock):
         self.replay_ratio = FloatSpinBox(label="Replay ratio", name="replay_ratio",
                                          value=default_of(FinetuneParams, "replay_ratio"), min=0.0, max=0.9,
                                          step=0.05, tooltip=fields["replay_ratio"].description)
-        self.iterations = SpinBox(label="Iterations", name="iterations", value=default_of(FinetuneParams, "iterations"),
-                                  min=1, max=10**6,
-                                  tooltip="Optimiser steps (any number from 1); 100-200 suit 16 patches.")
-        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size",
-                                  value=default_of(FinetuneParams, "patch_size"), min=32, max=4096,
-                                  step=32, tooltip="Training crop side in pixels (a multiple of 32).")
+        self._step_fields(FinetuneParams, "Optimiser steps (any number from 1); 100-200 suit 16 patches.")
         self.layers = ComboBox(label="Finetunable layers", name="layers", choices=list(LAYERS),
                                value=default_of(FinetuneParams, "layers"), tooltip="none: decoder and heads only; stageK: also the encoder "
                                                      "from stage K on; all: everything.")

@@ -63,12 +63,7 @@ class TrainWidget(_TrainingDock):
         self.widths = LineEdit(label="Widths (custom)", name="widths", value="",
                                tooltip="Network size 'custom': 5 comma-separated channel counts, e.g. "
                                        "24,32,64,128,192 (as panoptem train --widths).")
-        self.iterations = SpinBox(label="Iterations", name="iterations", value=default_of(TrainParams, "iterations"),
-                                  min=1, max=10**6,
-                                  tooltip="Optimiser steps (any number from 1).")
-        self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size",
-                                  value=default_of(TrainParams, "patch_size"), min=32, max=4096,
-                                  step=32, tooltip="Training crop side in pixels (a multiple of 32).")
+        self._step_fields(TrainParams, "Optimiser steps (any number from 1).")
         self.lr = FloatSpinBox(label="Learning rate", name="lr", value=default_of(TrainParams, "lr"), min=1e-6,
                                max=1.0, step=1e-4,
                                tooltip="Peak learning rate of the one-cycle schedule.")
