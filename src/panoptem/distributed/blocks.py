@@ -31,12 +31,20 @@ class Block:
         return tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(self.core, self.region))
 
 
-def _triple(v, name: str) -> tuple[int, int, int]:
+def triple(v, name: str) -> tuple[int, int, int] | None:
+    """``v`` as (Z, Y, X): one number for all three, three numbers, or a 'Z,Y,X' string; None stays None."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            v = [int(x) for x in v.split(",")]
+        except ValueError:
+            raise PanoptemError(f"{name} must be three integers 'Z,Y,X', not '{v}'.") from None
     if isinstance(v, int):
         v = (v, v, v)
     v = tuple(int(x) for x in v)
     if len(v) != 3:
-        raise PanoptemError(f"{name} needs 3 numbers (Z, Y, X), not {v}.")
+        raise PanoptemError(f"{name} must be three integers 'Z,Y,X', not {v}.")
     return v
 
 
@@ -46,9 +54,9 @@ class BlockGrid:
     where the volume goes on."""
 
     def __init__(self, shape, block_shape, halo=(0, 0, 0)):
-        self.shape = _triple(shape, "shape")
-        self.block_shape = _triple(block_shape, "block_shape")
-        self.halo = _triple(halo, "halo")
+        self.shape = triple(shape, "shape")
+        self.block_shape = triple(block_shape, "block_shape")
+        self.halo = triple(halo, "halo")
         if min(self.block_shape) < 1:
             raise PanoptemError(f"Block shape must be positive along every axis, not {self.block_shape}.")
         if min(self.halo) < 0:

@@ -119,7 +119,8 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
     """
     from ..io import read_image
     from .._measure import _voxel_size
-    from .segment import _given, _triple
+    from .blocks import triple
+    from .segment import _given
     if isinstance(labels, (str,)) or hasattr(labels, "__fspath__"):
         img = read_image(str(labels), key=key)
         src, shape, vs_file = VolumeSource(path=str(labels), key=key), img.shape, img.voxel_size
@@ -143,7 +144,7 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
                                 "give an image of the same size as the labels.")
     if label_divisor is not None and int(label_divisor) < 1:
         raise PanoptemError(f"label_divisor must be a positive integer or None, not {label_divisor}.")
-    grid = BlockGrid(shape, _triple(block_shape, "--block-shape"), (HALO if surface else 0,) * 3)
+    grid = BlockGrid(shape, triple(block_shape, "--block-shape"), (HALO if surface else 0,) * 3)
     job = {"labels": src, "image": isrc, "surface": surface, "shape": tuple(shape), "voxel_size": tuple(vs)}
     from ._cluster import client_for, run_tasks
     with (_given(client) if client is not None else client_for(n_workers, scheduler, processes=processes)) as cl:

@@ -35,7 +35,7 @@ from ..params import Params3D, make_params
 from ._pass1 import (StackJob, _done, centre_block, centre_table, context_block, context_table, create_net_arrays,
                      decode_block, network_block)
 from ._source import VolumeSource
-from .blocks import BlockGrid
+from .blocks import BlockGrid, triple
 
 PLANE_AXIS = {"xy": 0, "xz": 1, "yz": 2}
 PLANES = {v: k for k, v in PLANE_AXIS.items()}
@@ -56,22 +56,6 @@ class BlockwiseResult:
     skipped_blocks: int = 0
     #: the pixel sizes used (see :meth:`panoptem.inference.resample.PixelPlan.record`)
     pixel_size: dict | None = None
-
-
-def _triple(v, name) -> tuple[int, int, int]:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        try:
-            v = [int(x) for x in v.split(",")]
-        except ValueError:
-            raise PanoptemError(f"{name} must be three integers 'Z,Y,X', not '{v}'.") from None
-    if isinstance(v, int):
-        v = (v, v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) != 3:
-        raise PanoptemError(f"{name} must be three integers 'Z,Y,X', not {v}.")
-    return v
 
 
 def _open_volume(volume, key):
@@ -180,8 +164,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     if output is None or Path(output).suffix.lower() != ".zarr":
         raise PanoptemError("Blockwise runs write OME-Zarr: give an output path ending in .zarr.")
     out = Path(output).expanduser().absolute()
-    block_shape = _triple(block_shape, "--block-shape")
-    halo = _triple(halo, "--halo")
+    block_shape = triple(block_shape, "--block-shape")
+    halo = triple(halo, "--halo")
     if min(block_shape) < 1 or min(halo) < 0:
         raise PanoptemError(f"Block shape must be positive and halo 0 or more, not {block_shape} / {halo}.")
     if p.return_panoptic:
@@ -457,7 +441,7 @@ def _create_provisional(work: Path, shape, block_shape) -> None:
 def _chunks(chunks, block_shape) -> tuple[int, ...]:
     if chunks is None:
         return tuple(math.gcd(b, c) for b, c in zip(block_shape, (64, 256, 256)))
-    c = _triple(chunks, "--chunks")
+    c = triple(chunks, "--chunks")
     if any(b % k for b, k in zip(block_shape, c)):
         raise PanoptemError(f"Output chunks {c} must divide the block shape {block_shape}.")
     return c
