@@ -135,14 +135,11 @@ def test_runtime_and_precision_choices():
     for bad in (lambda: resolve_runtime("onnx", m.module, "cpu", "fp32"),
                 lambda: resolve_runtime("tensorrt", m.module, "cpu", "fp32"),
                 lambda: resolve_precision("fp16", "cpu"), lambda: resolve_precision("int8", "cpu"),
-                lambda: network_threads(0, True)):
+                lambda: network_threads(0)):
         with pytest.raises(PanoptemError):
             bad()
-    assert network_threads(3, True) == 3
     from panoptem.inference.runtime import cpu_count
-    n = cpu_count()
-    assert network_threads(None, True, "torch") == n  # PyTorch keeps every core beside decoding
-    assert network_threads(None, True, "onnx") == max(1, n - 1) and network_threads(None, False, "onnx") == n
+    assert network_threads(3) == 3 and network_threads(None) == cpu_count()
     vol, _ = phantom()
     bf = segment_3d(vol, m, precision="bf16", batch_size=4, **P)  # bfloat16 autocast on the CPU runs
     assert bf.objects["mitochondria"] == 4

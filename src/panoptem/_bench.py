@@ -104,10 +104,9 @@ def bench(volume, model: str = "MitoLite_v1", *, plane: str = "xy", orthoplane: 
         torch.cuda.reset_peak_memory_stats()
     # warm-up: the ONNX export (first time only), sessions, allocator, thread pools
     t = time.perf_counter()
-    for ov in (False, True):
-        pr = Predictor(lm, device=lm.device, runtime=runtime, precision=precision, threads=threads)
-        pr.threads = network_threads(threads, ov, pr.runtime)
-        pr.predict(vol[:2])
+    pr = Predictor(lm, device=lm.device, runtime=runtime, precision=precision, threads=threads)
+    pr.threads = network_threads(threads)
+    pr.predict(vol[:2])
     warmup_s = time.perf_counter() - t
     out: list[dict] = []
 
@@ -153,7 +152,7 @@ def bench(volume, model: str = "MitoLite_v1", *, plane: str = "xy", orthoplane: 
                 "peak_rss_mb": round(peak_rss_mb(), 1), "load": load(), **_gpu(lm.device)})
     out.append({"stage": "end_to_end", **common, "seconds": round(e2e_s, 3),
                 "cpu_seconds": round(statistics.median(e2e_cpu), 3), "voxels_per_s": round(voxels / e2e_s),
-                "runs_s": [round(v, 3) for v in e2e], "threads": network_threads(threads, True, predictor.runtime),
+                "runs_s": [round(v, 3) for v in e2e], "threads": network_threads(threads),
                 "peak_rss_mb": round(peak_rss_mb(), 1), "load": load(), **_gpu(lm.device)})
     ru = resource.getrusage(resource.RUSAGE_SELF)
     out.append({"stage": "total", **common, "end_to_end_s": round(e2e_s, 4), "network_only_s": round(net_s, 4),

@@ -17,19 +17,35 @@ import sys
 
 _M_MMAP_THRESHOLD = -3
 _done = False
+_libc = None
 
 
-def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
+def _c():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return _libc
+
+
+def fix_mmap_threshold(nbytes: int = 64 << 20) -> bool:
     """Set glibc's M_MMAP_THRESHOLD once (also disables its dynamic growth)."""
     global _done
     if _done or not sys.platform.startswith("linux"):
         return _done
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _done = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
+        _done = bool(_c().mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
     except (OSError, AttributeError):
         _done = False
     return _done
+
+
+def release_free() -> None:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``)."""
+    if sys.platform.startswith("linux"):
+        try:
+            _c().malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def physical_memory() -> int | None:

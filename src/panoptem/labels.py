@@ -8,6 +8,7 @@ segment of that class. Everything here is vectorised over voxels or objects.
 
 - :func:`as_labels`, :func:`dtype_for_max_label`, :func:`class_map` — checks and conventions;
 - :func:`compact` — ids to 0..k, with the original ids (and voxel counts);
+- :func:`apply_lut`, :func:`map_ids` — new ids for old, voxel by voxel;
 - :func:`object_stats`, :func:`keep_mask`, :func:`filter_objects` — sizes, boxes and filters;
 - :func:`overlap_table`, :func:`greedy_match` — overlapping pairs of two label arrays and
   one-to-one matching;
@@ -21,8 +22,8 @@ import numpy as np
 
 from .errors import PanoptemError
 
-__all__ = ["as_labels", "dtype_for_max_label", "class_map", "compact", "object_stats", "keep_mask",
-           "filter_objects", "overlap_table", "greedy_match", "rank_within", "number_per_class",
+__all__ = ["as_labels", "dtype_for_max_label", "class_map", "compact", "apply_lut", "map_ids", "object_stats", "keep_mask",
+           "filter_objects", "overlap_table", "pair_counts", "greedy_match", "rank_within", "number_per_class",
            "relabel_sequential_per_class"]
 
 
@@ -105,11 +106,50 @@ def compact(labels: np.ndarray, return_counts: bool = False):
     elif int(ids[-1]) < (1 << 24):
         lut = np.zeros(int(ids[-1]) + 1, np.int32)
         lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-        local = lut[labels]
+        local = apply_lut(labels, lut)
     else:
         ref = np.concatenate([np.zeros(1, ids.dtype), ids])
         local = np.searchsorted(ref, labels).astype(np.int32)
     return (local, ids, counts) if return_counts else (local, ids)
+
+
+def apply_lut(labels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``lut[labels]`` in the table's dtype, computed a plane at a time (no wide temporary
+    of the whole volume); every id of ``labels`` must index ``lut``. ``out`` (the table's
+    dtype) receives the result; it may be ``labels`` itself.
+
+    >>> apply_lut(np.array([[0, 2], [1, 2]], np.uint32), np.array([0, 7, 9], np.uint16)).tolist()
+    [[0, 9], [7, 9]]
+    """
+    labels, lut = np.asarray(labels), np.asarray(lut)
+    if out is None:
+        out = np.empty(labels.shape, lut.dtype)
+    if labels.ndim < 3:
+        np.take(lut, labels, out=out)
+        return out
+    for i in range(labels.shape[0]):
+        np.take(lut, labels[i], out=out[i])
+    return out
+
+
+def map_ids(labels: np.ndarray, ids: np.ndarray, values: np.ndarray, dtype) -> np.ndarray:
+    """``labels`` with every id in ``ids`` replaced by the matching item of ``values``
+    and every other id by 0, as ``dtype``.
+
+    >>> map_ids(np.array([0, 5, 9, 5]), np.array([5, 9]), np.array([1, 0]), np.uint8).tolist()
+    [0, 1, 0, 1]
+    """
+    labels, ids = np.asarray(labels), np.asarray(ids).astype(np.int64)
+    values = np.asarray(values)
+    top = int(labels.max()) if labels.size else 0
+    if top < (1 << 24):
+        lut = np.zeros(top + 1, dtype)
+        inside = ids <= top
+        lut[ids[inside]] = values[inside]
+        return apply_lut(labels, lut)
+    table = dict.fromkeys(np.asarray(fastremap.unique(labels)).tolist(), 0)
+    table.update(zip(ids.tolist(), values.tolist()))
+    return np.asarray(fastremap.remap(labels, table)).astype(dtype, copy=False)
 
 
 def object_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -199,23 +239,31 @@ def overlap_table(a: np.ndarray, b: np.ndarray, na: int, nb: int,
     if na == 0 or nb == 0:
         e = np.zeros(0, np.int64)
         return e, e, e
-    size = (na + 1) * (nb + 1)
-    if mask is None and size <= max(a.size, 1 << 16):
-        code = a.astype(np.int64, copy=False).ravel() * (nb + 1) + b.ravel()
-        counts = np.bincount(code, minlength=size).reshape(na + 1, nb + 1)
-        counts[0] = 0
-        counts[:, 0] = 0
-        ia, ib = np.nonzero(counts)
-        return ia.astype(np.int64), ib.astype(np.int64), counts[ia, ib].astype(np.int64)
     m = (a > 0) & (b > 0)
     if mask is not None:
         m &= mask
-    code = a[m].astype(np.int64) * (nb + 1) + b[m]
+    return pair_counts(a[m], b[m], na, nb)
+
+
+def pair_counts(a: np.ndarray, b: np.ndarray, na: int, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ia, ib, count)`` (int64) of the distinct pairs ``(a[i], b[i])``, ids in
+    1..na and 1..nb: :func:`overlap_table` on the voxels where both are objects.
+
+    >>> [x.tolist() for x in pair_counts(np.array([1, 2, 1]), np.array([3, 1, 3]), 2, 3)]
+    [[1, 2], [3, 1], [2, 1]]
+    """
+    code = np.asarray(a).astype(np.int64) * (nb + 1) + b
     if code.size == 0:
         e = np.zeros(0, np.int64)
         return e, e, e
-    u, c = fastremap.unique(code, return_counts=True)
-    u = np.asarray(u, np.int64)
+    size = (na + 1) * (nb + 1)
+    if size <= max(4 * code.size, 1 << 16):
+        counts = np.bincount(code, minlength=size)
+        u = np.flatnonzero(counts)
+        c = counts[u]
+    else:
+        u, c = fastremap.unique(code, return_counts=True)
+        u = np.asarray(u, np.int64)
     return u // (nb + 1), u % (nb + 1), np.asarray(c, np.int64)
 
 

@@ -96,7 +96,6 @@ class Worker:
     def __init__(self, fn: Callable, depth: int = 2, threaded: bool = True):
         self.fn = fn
         self.error: BaseException | None = None
-        self._stop = threading.Event()
         self._q: queue.Queue | None = None
         if threaded:
             self._q = queue.Queue(maxsize=max(1, depth))
@@ -108,7 +107,7 @@ class Worker:
             item = self._q.get()
             if item is _END:
                 return
-            if self.error is not None or self._stop.is_set():
+            if self.error is not None:
                 continue  # drain: the caller learns of the error at its next put
             try:
                 self.fn(item)
@@ -134,10 +133,3 @@ class Worker:
             self._q.put(_END)
             self._thread.join()
         self._raise()
-
-    def cancel(self) -> None:
-        """Drop the items still queued and stop the thread (waits for the current one)."""
-        if self._q is not None:
-            self._stop.set()
-            self._q.put(_END)
-            self._thread.join()

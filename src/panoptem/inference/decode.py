@@ -27,6 +27,9 @@ from scipy.spatial import cKDTree
 from ..labels import dtype_for_max_label, number_per_class
 from ..models.card import OUTPUT_STRIDE as STRIDE
 
+#: up to this many centres :func:`group_pixels` measures every distance; above, a k-d tree
+BRUTE_FORCE_CENTERS = 64
+
 
 def find_centers(heatmap: np.ndarray, threshold: float = 0.1, min_distance: int = 3) -> np.ndarray:
     """Object centres: local maxima of ``heatmap`` (h, w) above ``threshold``.
@@ -75,9 +78,26 @@ def group_pixels(centers: np.ndarray, offsets: np.ndarray, stride: float = STRID
     c0 = (stride - 1) / 2.0
     yy = (np.arange(h, dtype=np.float32)[:, None] + origin[0]) * stride + c0
     xx = (np.arange(w, dtype=np.float32)[None, :] + origin[1]) * stride + c0
-    target = np.stack([(yy + offsets[0]).ravel(), (xx + offsets[1]).ravel()], axis=1)
-    _, nearest = cKDTree(np.asarray(centers, np.float32)).query(target, k=1)
-    return (nearest.astype(np.int32) + 1).reshape(h, w)
+    ty = (yy + offsets[0]).astype(np.float64)
+    tx = (xx + offsets[1]).astype(np.float64)
+    c = np.asarray(centers, np.float32).astype(np.float64)
+    if len(c) > BRUTE_FORCE_CENTERS:
+        _, nearest = cKDTree(c).query(np.stack([ty.ravel(), tx.ravel()], axis=1), k=1)
+        return (nearest.astype(np.int32) + 1).reshape(h, w)
+    # few centres (the usual case): one pass per centre beats building a tree
+    best = np.full((h, w), np.inf)
+    ids = np.zeros((h, w), np.int32)
+    d, e = np.empty((h, w)), np.empty((h, w))
+    for k, (cy, cx) in enumerate(c):
+        np.subtract(ty, cy, out=d)
+        np.multiply(d, d, out=d)
+        np.subtract(tx, cx, out=e)
+        np.multiply(e, e, out=e)
+        d += e
+        closer = d < best
+        np.copyto(best, d, where=closer)
+        ids[closer] = k + 1
+    return ids
 
 
 def centers_in_pixels(centers: np.ndarray, stride: int = STRIDE) -> np.ndarray:
@@ -130,26 +150,32 @@ def merge_panoptic(semantic: np.ndarray, instances: np.ndarray, thing_ids, stuff
     """
     semantic = np.asarray(semantic)
     thing_ids = [int(t) for t in thing_ids]
-    is_thing = np.isin(semantic, thing_ids) if thing_ids else np.zeros(semantic.shape, bool)
-    inst = np.where(is_thing, instances, 0).astype(np.int64)
+    if len(thing_ids) == 1:
+        is_thing = semantic == thing_ids[0]
+    else:
+        is_thing = np.isin(semantic, thing_ids) if thing_ids else np.zeros(semantic.shape, bool)
+    ids = np.asarray(instances)
+    if ids.dtype not in (np.uint16, np.uint32):
+        ids = ids.astype(np.uint32)
+    # C order: pieces are numbered in raster order whatever the input's memory layout
+    inst = np.ascontiguousarray(ids * is_thing)
     n_cls = int(max([0, *thing_ids, *stuff_ids])) + 1
-    if inst.any():
+    # connected pieces, separately per instance
+    pieces, n_pieces = cc3d.connected_components(inst, connectivity=8, return_N=True)
+    if len(thing_ids) == 1:
+        piece_cls = np.full(n_pieces + 1, thing_ids[0], np.int64)
+    elif n_pieces:
+        # each instance takes the majority class of its pixels
         major = class_votes(inst[is_thing], semantic[is_thing], int(inst.max()), n_cls).argmax(axis=1)
-        # connected pieces, separately per (instance, class)
-        # C order: pieces are numbered in raster order whatever the input's memory layout
-        pieces = cc3d.connected_components(np.ascontiguousarray(inst, dtype=np.uint32), connectivity=8)
-        n_pieces = int(pieces.max())
         piece_cls = np.zeros(n_pieces + 1, np.int64)
         piece_cls[pieces.ravel()] = major[inst].ravel()
-        piece_cls[0] = 0
     else:
-        pieces = np.zeros(semantic.shape, np.uint32)
-        n_pieces = 0
         piece_cls = np.zeros(1, np.int64)
+    piece_cls[0] = 0
     lut = np.zeros(n_pieces + 1, np.int64)
     lut[1:] = number_per_class(piece_cls[1:], np.isin(piece_cls[1:], thing_ids), label_divisor)
     max_label = max([int(lut.max()), *(stuff_label(s, label_divisor) for s in stuff_ids)])
-    out = lut[pieces].astype(dtype_for_max_label(max_label))
+    out = lut.astype(dtype_for_max_label(max_label))[pieces]
     areas = stuff_areas(out, semantic, stuff_ids)
     paint_stuff(out, semantic, [s for s in stuff_ids if areas[int(s)] >= stuff_area], label_divisor)
     return out
@@ -159,8 +185,14 @@ def _upsample_nearest(a: np.ndarray, shape: tuple[int, int], stride) -> np.ndarr
     """Nearest-neighbour upsampling of a grid whose cells are ``stride`` pixels (one
     number, or one per axis)."""
     sy, sx = (stride, stride) if np.isscalar(stride) else stride
-    ri = np.minimum((np.arange(shape[0]) // sy).astype(np.int64), a.shape[0] - 1)
-    ci = np.minimum((np.arange(shape[1]) // sx).astype(np.int64), a.shape[1] - 1)
+    h, w = a.shape
+    if float(sy).is_integer() and float(sx).is_integer() and h * sy >= shape[0] and w * sx >= shape[1]:
+        # whole cells: one broadcast copy (several times faster than fancy indexing)
+        out = np.empty((h, int(sy), w, int(sx)), a.dtype)
+        out[...] = a[:, None, :, None]
+        return out.reshape(h * int(sy), w * int(sx))[: shape[0], : shape[1]]
+    ri = np.minimum((np.arange(shape[0]) // sy).astype(np.int64), h - 1)
+    ci = np.minimum((np.arange(shape[1]) // sx).astype(np.int64), w - 1)
     return a[np.ix_(ri, ci)]
 
 
@@ -190,7 +222,7 @@ def semantic_classes(probability: np.ndarray, class_ids, confidence_thr: float =
     """
     p = np.asarray(probability)
     if p.shape[0] == 1:
-        return np.where(p[0] >= confidence_thr, int(class_ids[0]), 0).astype(np.int32)
+        return (p[0] >= confidence_thr).astype(np.int32) * np.int32(class_ids[0])
     lut = np.array([0, *[int(c) for c in class_ids]], np.int32)
     return lut[p.argmax(axis=0)]
 
@@ -224,6 +256,8 @@ def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarr
             ids = _upsample_nearest(ids, out_shape, (sy, sx))
         else:
             ids = group_pixels(centers_px, np.asarray(offsets, np.float32), stride=stride)
+            if len(centers) < 2**16:
+                ids = ids.astype(np.uint16)  # a quarter of the bytes to upsample and merge
             ids = _upsample_nearest(ids, out_shape, (stride * sy, stride * sx))
     else:
         ids = np.zeros(out_shape, np.int32)

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
+from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import PanoptemError
-from ..labels import compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, overlap_table
+from ..labels import compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, pair_counts
 
 # Split guard of the linking rule (see SliceLinker): a second branch must lie
 # mostly inside the object it leaves, when it is not a small fragment.
@@ -149,21 +149,14 @@ class SliceLinker:
         cls = ids // self.divisor if self.divisor else np.zeros(k, np.int64)
         thing = ids % self.divisor != 0 if self.divisor else np.ones(k, bool)
         nz = np.flatnonzero(local)
-        lv = local.ravel()[nz] - 1
-        w = lab.shape[1]
-        rows, cols = nz // w, nz % w
-        r0 = np.full(k, lab.shape[0], np.int64)
-        c0 = np.full(k, w, np.int64)
-        r1 = np.zeros(k, np.int64)
-        c1 = np.zeros(k, np.int64)
-        np.minimum.at(r0, lv, rows)
-        np.maximum.at(r1, lv, rows + 1)
-        np.minimum.at(c0, lv, cols)
-        np.maximum.at(c1, lv, cols + 1)
+        lv = local.ravel()[nz]
+        r0, r1, c0, c1 = np.array([(r.start, r.stop, c.start, c.stop) for r, c in ndimage.find_objects(local, k)],
+                                  np.int64).reshape(-1, 4).T
         for key, val in (("cls", cls), ("thing", thing), ("area", area), ("r0", r0), ("r1", r1),
                          ("c0", c0), ("c1", c1), ("count", [k])):
             self._nodes[key].append(np.asarray(val))
-        cur = {"local": local, "offset": offset, "k": k, "cls": cls, "thing": thing, "area": area}
+        cur = {"local": local, "nz": nz, "lv": lv, "offset": offset, "k": k, "cls": cls, "thing": thing,
+               "area": area}
         prev = self._prev
         if prev is not None and prev["k"] and k:
             self._link_neighbours(prev, cur)
@@ -178,8 +171,11 @@ class SliceLinker:
         lut[0] = 0
         return lut[local]
 
-    def _pairs(self, p: dict, c: dict, mask=None):
-        ia, ib, inter = overlap_table(p["local"], c["local"], p["k"], c["k"], mask)
+    def _pairs(self, p: dict, c: dict):
+        # the objects of c under the object voxels of p
+        b = c["local"].ravel()[p["nz"]]
+        on = b > 0
+        ia, ib, inter = pair_counts(p["lv"][on], b[on], p["k"], c["k"])
         ia, ib = ia - 1, ib - 1
         ok = (p["cls"][ia] == c["cls"][ib]) & p["thing"][ia] & c["thing"][ib]
         ia, ib, inter = ia[ok], ib[ok], inter[ok]

@@ -75,12 +75,17 @@ def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, st
     Values outside the range are clipped to a small margin, so a 16-bit image
     with a narrow range becomes as contrasty as an 8-bit one.
     """
-    x = np.asarray(image, dtype=np.float32)
+    image = np.asarray(image)
+    x = np.array(image, dtype=np.float32)  # a copy of our own, changed in place from here
     span = np.asarray(high, np.float32) - np.asarray(low, np.float32)
-    x = (x - low) / np.where(span > 0, span, 1.0)
+    x -= low
+    x /= np.where(span > 0, span, 1.0)
     np.clip(x, -0.5, 1.5, out=x)
-    x = np.nan_to_num(x, nan=0.5)
-    return (x - mean) / std
+    if not np.issubdtype(image.dtype, np.integer):
+        x[np.isnan(x)] = 0.5
+    x -= mean
+    x /= std
+    return x
 
 
 def downsample(batch: torch.Tensor, factor: int) -> torch.Tensor:

@@ -42,18 +42,15 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def network_threads(threads: int | None, overlap: bool, runtime: str = "torch") -> int:
-    """Intra-op threads of the network: ``threads`` when given, else every core, less one
-    for ONNX Runtime when decoding runs beside the network (``overlap``). PyTorch keeps
-    every core even then: on 2 cores its forward pass at 1 thread cost more than sharing
-    the cores with the decoding thread (``panoptem bench``: 17.2 s against 13.8 s end to
-    end), while ONNX Runtime ran faster at 1 thread beside decoding (9.6 s against 11.0 s)."""
+def network_threads(threads: int | None) -> int:
+    """Intra-op threads of the network: ``threads`` when given, else every core. Decoding
+    runs beside the network in a thread of its own and takes about a tenth of the CPU
+    time; the network at one thread fewer lost more than it gave (``panoptem bench``)."""
     if threads is not None:
         if isinstance(threads, bool) or int(threads) != threads or threads < 1:
             raise PanoptemError(f"Threads must be a whole number, 1 or more, not {threads!r}.")
         return int(threads)
-    n = cpu_count()
-    return max(1, n - 1) if overlap and runtime == "onnx" else n
+    return cpu_count()
 
 
 @contextmanager
@@ -196,6 +193,8 @@ def onnx_net(module: torch.nn.Module, threads: int) -> OnnxNet:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            # idle threads sleep instead of spinning: the decoding thread beside needs the core
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
             except Exception:  # noqa: BLE001 - a damaged cache file: export again

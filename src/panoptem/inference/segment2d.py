@@ -187,7 +187,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         preview = prepare_preview(preview, overwrite)  # before the work: fail fast
     planes = image[None] if image.ndim == 2 else image
     from .runtime import network_threads, torch_threads
-    nt = network_threads(threads, overlap=False)
+    nt = network_threads(threads)
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                      batch_size=batch_size, runtime=runtime, precision=precision, threads=nt, tta=p.tta)
     plan = pixel_plan(pred.card, p, voxel_size, 2)

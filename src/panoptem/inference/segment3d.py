@@ -7,6 +7,7 @@ at a time; decoded planes are linked on the fly and relabelled once at the end.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import numpy as np
 from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
-from ..labels import dtype_for_max_label
+from .._memory import release_free
+from ..labels import apply_lut, dtype_for_max_label, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from ._pipeline import Prefetch, StageClock, Worker
 from .cache import at_cache_precision, plane_hashes
@@ -70,14 +72,6 @@ def _resize_area(a: np.ndarray, shape) -> np.ndarray:
 def fused_probability(total: np.ndarray, n: int) -> np.ndarray:
     """The mean of ``n`` stacks' probabilities, at cache precision (1/255), as (1, H, W)."""
     return (np.round(total / n * 255) / np.float32(255)).astype(np.float32)[None]
-
-
-def _remap(provisional: np.ndarray, mapping: np.ndarray, out_dtype) -> np.ndarray:
-    """Apply a provisional-id -> final-id lookup table slice by slice."""
-    out = np.empty(provisional.shape, out_dtype)
-    for z in range(provisional.shape[0]):
-        out[z] = mapping[provisional[z]]
-    return out
 
 
 class Cancelled(Exception):
@@ -153,7 +147,12 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     def after_network(item):
         """Everything behind the network for one batch (in the decode thread)."""
         t = time.perf_counter()
-        i0, out = item
+        i0, out, fresh, hashes = item
+        if fresh:  # from the network: to cache precision (and into the cache) here, off the network's thread
+            with clock("quantise"):
+                out = cache.put(i0, out, hashes) if cache is not None else at_cache_precision(out)
+        if stopping.is_set():
+            return  # the run stops: what the network computed is kept for a resume, nothing more
         for j in range(len(out)):
             # probabilities stay at network resolution (the median is cheaper there);
             # decoding brings them to full size. Fusion volumes are full size.
@@ -175,6 +174,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             with clock("median"):
                 ready = median.flush()
             consume(ready)
+        release_free()
         tm["decode_link_s"] += time.perf_counter() - t
 
     cache = None
@@ -206,19 +206,20 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
     reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap)
     worker = Worker(after_network, depth=2, threaded=overlap)
+    stopping = threading.Event()
     try:
         for i0, i1, planes, hashes in reader:
             if cache is not None and cache.valid(i0, hashes):
                 with clock("quantise"):
                     out = cache.get(i0, i1)
+                fresh = False
             else:
+                fresh = True
                 t = time.perf_counter()
                 out = predictor.predict(planes, intensity, timings=tm)
                 tm["network_s"] += time.perf_counter() - t
-                with clock("quantise"):
-                    out = cache.put(i0, out, hashes) if cache is not None else at_cache_precision(out)
             del planes
-            worker.put((i0, out))
+            worker.put((i0, out, fresh, hashes))
             if bar is not None:
                 bar.update(i1 - i0)
             if callback is not None and callback(plane, i1, n) is False:
@@ -226,7 +227,11 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         worker.finish()
     except BaseException:
         reader.close()
-        worker.cancel()
+        stopping.set()
+        try:
+            worker.finish()
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass
         raise
     finally:
         if bar is not None:
@@ -246,7 +251,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         tm["decode_link_s"] += time.perf_counter() - t
         return None
     with clock("relabel"):
-        labels = _remap(provisional, mapping, dt)
+        lut = mapping.astype(dt)
+        labels = apply_lut(provisional, lut, out=provisional if provisional.dtype == dt else None)
     tm["decode_link_s"] += time.perf_counter() - t
     return np.moveaxis(labels, 0, axis)
 
@@ -285,23 +291,22 @@ def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tupl
     """Per-class volumes with instance ids renumbered 1..N in the order of their
     panoptic ids (semantic classes: 0/1)."""
     import fastremap
+    ids = np.asarray(fastremap.unique(panoptic))
+    ids = ids[ids > 0]
+    if label_divisor:
+        cls = ids // label_divisor
+    else:  # without a divisor the ids name no class: all are the one class's, or none's
+        cls = np.full(ids.shape, card.classes[0].id if card.num_classes == 1 else -1)
     labels, counts = {}, {}
     for c in card.classes:
-        if label_divisor:
-            m = (panoptic // label_divisor) == c.id
-        else:
-            m = panoptic > 0 if card.num_classes == 1 else np.zeros(panoptic.shape, bool)
+        mine = cls == c.id
         if c.kind == "semantic":
-            labels[c.name] = m.astype(np.uint8)
-            counts[c.name] = int(m.any())
+            labels[c.name] = map_ids(panoptic, ids, mine, np.uint8)
+            counts[c.name] = int(mine.any())
             continue
-        vol = np.where(m, panoptic, 0)
-        ids = np.asarray(fastremap.unique(vol))
-        ids = ids[ids > 0]
-        dt = np.uint32 if ids.size < 2**32 else np.uint64
-        rank = {int(i): r for r, i in enumerate(ids.tolist(), start=1)}
-        labels[c.name] = fastremap.remap(vol, rank, preserve_missing_labels=True).astype(dt, copy=False)
-        counts[c.name] = int(ids.size)
+        n = int(mine.sum())
+        labels[c.name] = map_ids(panoptic, ids[mine], np.arange(1, n + 1), dtype_for_max_label(n))
+        counts[c.name] = n
     return labels, counts
 
 
@@ -393,7 +398,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                           batch_size=batch_size, runtime=runtime, precision=precision, threads=threads,
                           tta=p.tta)
-    nt = predictor.threads = network_threads(threads, overlap, predictor.runtime)  # the ONNX session is made later
+    nt = predictor.threads = network_threads(threads)  # the ONNX session is made later
     from .resample import planes_of
     from .segment2d import pixel_plan
     plan = pixel_plan(predictor.card, p, voxel_size, 3)
