@@ -8,7 +8,7 @@ segment of that class. Everything here is vectorised over voxels or objects.
 
 - :func:`as_labels`, :func:`dtype_for_max_label`, :func:`class_map` — checks and conventions;
 - :func:`compact` — ids to 0..k, with the original ids (and voxel counts);
-- :func:`apply_lut`, :func:`map_ids` — new ids for old, voxel by voxel;
+- :func:`map_ids` — new ids for old, voxel by voxel;
 - :func:`object_stats`, :func:`keep_mask`, :func:`filter_objects` — sizes, boxes and filters;
 - :func:`overlap_table`, :func:`greedy_match` — overlapping pairs of two label arrays and
   one-to-one matching;
@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import PanoptemError
 
-__all__ = ["as_labels", "dtype_for_max_label", "class_map", "compact", "apply_lut", "map_ids", "object_stats", "keep_mask",
+__all__ = ["as_labels", "dtype_for_max_label", "class_map", "compact", "map_ids", "object_stats", "keep_mask",
            "filter_objects", "overlap_table", "pair_counts", "greedy_match", "rank_within", "number_per_class",
            "relabel_sequential_per_class"]
 
@@ -106,30 +106,11 @@ def compact(labels: np.ndarray, return_counts: bool = False):
     elif int(ids[-1]) < (1 << 24):
         lut = np.zeros(int(ids[-1]) + 1, np.int32)
         lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-        local = apply_lut(labels, lut)
+        local = lut[labels]
     else:
         ref = np.concatenate([np.zeros(1, ids.dtype), ids])
         local = np.searchsorted(ref, labels).astype(np.int32)
     return (local, ids, counts) if return_counts else (local, ids)
-
-
-def apply_lut(labels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``lut[labels]`` in the table's dtype, computed a plane at a time (no wide temporary
-    of the whole volume); every id of ``labels`` must index ``lut``. ``out`` (the table's
-    dtype) receives the result; it may be ``labels`` itself.
-
-    >>> apply_lut(np.array([[0, 2], [1, 2]], np.uint32), np.array([0, 7, 9], np.uint16)).tolist()
-    [[0, 9], [7, 9]]
-    """
-    labels, lut = np.asarray(labels), np.asarray(lut)
-    if out is None:
-        out = np.empty(labels.shape, lut.dtype)
-    if labels.ndim < 3:
-        np.take(lut, labels, out=out)
-        return out
-    for i in range(labels.shape[0]):
-        np.take(lut, labels[i], out=out[i])
-    return out
 
 
 def map_ids(labels: np.ndarray, ids: np.ndarray, values: np.ndarray, dtype) -> np.ndarray:
@@ -146,7 +127,7 @@ def map_ids(labels: np.ndarray, ids: np.ndarray, values: np.ndarray, dtype) -> n
         lut = np.zeros(top + 1, dtype)
         inside = ids <= top
         lut[ids[inside]] = values[inside]
-        return apply_lut(labels, lut)
+        return lut[labels]
     table = dict.fromkeys(np.asarray(fastremap.unique(labels)).tolist(), 0)
     table.update(zip(ids.tolist(), values.tolist()))
     return np.asarray(fastremap.remap(labels, table)).astype(dtype, copy=False)
@@ -169,12 +150,24 @@ def object_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     nd = labels.ndim
     if nd not in (2, 3):
         raise PanoptemError(f"Object statistics need a 2D or 3D label array, got {nd} dimensions.")
-    local, ids = compact(labels)
+    if labels.dtype.kind not in "ui":
+        raise PanoptemError(f"Label images must be integer, got {labels.dtype}; convert them with astype(np.uint32).")
+    top = int(labels.max(initial=0))
+    if labels.dtype.kind == "i" and labels.size and int(labels.min()) < 0:
+        raise PanoptemError("Label images must not contain negative ids; 0 is background, objects are > 0.")
+    if top < min(1 << 24, max(labels.size, 1)):  # ids small enough to count directly
+        local, ids = labels, None
+    else:
+        local, ids = compact(labels)
+    st = cc3d.statistics(np.ascontiguousarray(local.astype(np.uint32, copy=False)), no_slice_conversion=True)
+    counts = np.asarray(st["voxel_counts"], np.int64)
+    present = np.flatnonzero(counts[1:]) + 1
+    if ids is None:
+        ids = present.astype(labels.dtype)
     if ids.size == 0:
         return ids, np.zeros(0, np.int64), np.zeros((0, 2 * nd), np.int64)
-    st = cc3d.statistics(np.ascontiguousarray(local.astype(np.uint32, copy=False)), no_slice_conversion=True)
-    voxels = np.asarray(st["voxel_counts"][1:], np.int64)
-    bb = np.asarray(st["bounding_boxes"][1:], np.int64)  # (min0, max0, min1, max1, ...) inclusive
+    voxels = counts[present]
+    bb = np.asarray(st["bounding_boxes"], np.int64)[present]  # (min0, max0, min1, max1, ...) inclusive
     bbox = np.concatenate([bb[:, 0::2], bb[:, 1::2] + 1], axis=1)
     return ids, voxels, bbox
 

@@ -30,7 +30,6 @@ is no loop over pairs of objects.
 """
 from __future__ import annotations
 
-import fastremap
 import numpy as np
 
 from ..errors import PanoptemError
@@ -151,6 +150,7 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     for z0 in range(0, out.shape[0], chunk):
         out[z0:z0 + chunk] = vote([lut[s["local"][z0:z0 + chunk]] for lut, s in zip(luts, stacks)], need, prio,
                                   n_groups)
+    ids_of = [s["ids"] for s in stacks]
     del stacks, luts
 
     ids, voxels, bbox = object_stats(out)
@@ -160,7 +160,7 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     lut[ids] = final
     labels = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))[out]
     if div:
-        _stuff_vote(labels, vols, div, int(pixel_vote_thr))
+        _stuff_vote(labels, vols, ids_of, div, int(pixel_vote_thr))
     return labels
 
 
@@ -206,9 +206,10 @@ def vote(groups: list[np.ndarray], need: np.ndarray, prio: np.ndarray, n_groups:
     return out.reshape(shape)
 
 
-def _stuff_vote(labels: np.ndarray, vols: list[np.ndarray], div: int, thr: int) -> None:
-    """Paint semantic segments ``class * div`` kept by ``thr`` stacks where no object is."""
-    ids = np.unique(np.concatenate([np.asarray(fastremap.unique(v), np.int64) for v in vols]))
+def _stuff_vote(labels: np.ndarray, vols: list[np.ndarray], ids_of: list[np.ndarray], div: int, thr: int) -> None:
+    """Paint semantic segments ``class * div`` kept by ``thr`` stacks where no object is
+    (``ids_of``: the ids of each stack)."""
+    ids = np.unique(np.concatenate(ids_of))
     for sid in ids[(ids > 0) & (ids % div == 0)]:  # a handful of semantic classes
         votes = sum((v == sid).astype(np.uint8) for v in vols)
         labels[(votes >= thr) & (labels == 0)] = sid

@@ -17,7 +17,7 @@ from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
 from .._memory import release_free
-from ..labels import apply_lut, dtype_for_max_label, map_ids
+from ..labels import dtype_for_max_label, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from ._pipeline import Prefetch, StageClock, Worker
 from .cache import at_cache_precision, plane_hashes
@@ -251,8 +251,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         tm["decode_link_s"] += time.perf_counter() - t
         return None
     with clock("relabel"):
-        lut = mapping.astype(dt)
-        labels = apply_lut(provisional, lut, out=provisional if provisional.dtype == dt else None)
+        labels = mapping.astype(dt)[provisional]
     tm["decode_link_s"] += time.perf_counter() - t
     return np.moveaxis(labels, 0, axis)
 
