@@ -137,6 +137,7 @@ def consensus_labels(job: ConsensusJob, block: Block, within=None) -> np.ndarray
     labels = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))[win]
     div = job.divisor or 0
     if div:
+        import fastremap
         from ..inference.consensus import _stuff_vote
-        _stuff_vote(labels, stacks, div, job.pixel_vote_thr)
+        _stuff_vote(labels, stacks, [np.asarray(fastremap.unique(v)) for v in stacks], div, job.pixel_vote_thr)
     return labels
