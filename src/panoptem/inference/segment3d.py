@@ -82,7 +82,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               intensity=None, progress: bool = False, extra_probability=None,
               probability_sink=None, timings: dict | None = None, cache_dir=None,
               callback=None, work_dir=None, output=None, reset_stale: bool = False,
-              overlap: bool = True) -> np.ndarray:
+              overlap: bool = True) -> np.ndarray | int:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
 
@@ -100,7 +100,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     ``work_dir`` + ``output``: stream instead of holding the volume: linked
     provisional ids go to a Zarr array in ``work_dir`` and the final labels
     are written block by block to ``output`` (an open label writer); then
-    memory grows with the slice size, not the depth, and None is returned.
+    memory grows with the slice size, not the depth, and the number of objects
+    written is returned.
     ``overlap``: read the next planes and decode/link the last batch while the
     network computes (threads; the same labels as ``overlap=False``).
     ``timings`` receives wall and CPU seconds per stage (``read``, ``normalise``,
@@ -136,7 +137,9 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                 if provisional is None and work_dir is not None:
                     import zarr
                     provisional = zarr.open_array(str(Path(work_dir) / f"provisional_{plane}.zarr"), mode="w",
-                                                  shape=(n, *shape), chunks=(1, min(32, shape[0]), shape[1]),
+                                                  # whole slices for xy; other planes are read back in Z blocks
+                                                  shape=(n, *shape), chunks=(1, shape[0] if axis == 0 else
+                                                                             min(32, shape[0]), shape[1]),
                                                   dtype="uint64", fill_value=0)
                 elif provisional is None:
                     provisional = np.zeros((n, *shape), prov.dtype)
@@ -247,9 +250,9 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         if div:
             mapping = np.where(mapping > 0, mapping % div, 0).astype(mapping.dtype)
         with clock("relabel"):
-            _remap_to_writer(provisional, mapping, axis, output, volume.shape, params)
+            written = _remap_to_writer(provisional, mapping, axis, output, volume.shape, params)
         tm["decode_link_s"] += time.perf_counter() - t
-        return None
+        return written
     with clock("relabel"):
         labels = mapping.astype(dt)[provisional]
     tm["decode_link_s"] += time.perf_counter() - t
@@ -257,12 +260,16 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
 
 
 def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_shape, params=None,
-                     block: int = 32) -> None:
+                     block: int = 32) -> int:
     """Write final labels in Z blocks: read the provisional stack (stored in
     stack order) for those Z, map ids, put the block in ZYX order. Erosion and
-    dilation (``params``) read as many extra slices above and below as they reach."""
+    dilation (``params``) read as many extra slices above and below as they reach.
+    Returns the number of objects written."""
+    import fastremap
     from .postprocess import postprocess_labels
     nz = zyx_shape[0]
+    lut = mapping.astype(dtype_for_max_label(int(mapping.max(initial=0))))
+    ids: set[int] = set()
     ero, dil = (params.label_erosion, params.label_dilation) if params is not None else (0, 0)
     holes = bool(params is not None and params.fill_holes_in_segmentation)
     halo = ero + dil
@@ -273,16 +280,10 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
             prov = np.asarray(provisional[a0:a1])
         else:  # stack order (n, Z, other): Z is axis 1 of the store
             prov = np.moveaxis(np.asarray(provisional[:, a0:a1]), 0, axis)
-        lab = postprocess_labels(mapping[prov.astype(np.int64)], ero, dil, holes)
-        writer[z0:z1] = lab[z0 - a0:z0 - a0 + (z1 - z0)]
-
-
-def _count_ids(labels, block: int = 32) -> int:
-    """Number of distinct non-zero ids of a (lazy) volume, read in Z blocks."""
-    ids = set()
-    for z0 in range(0, labels.shape[0], block):
-        u = np.unique(np.asarray(labels[z0:z0 + block]))
-        ids.update(u[u > 0].tolist())
+        lab = postprocess_labels(lut[prov], ero, dil, holes)[z0 - a0:z0 - a0 + (z1 - z0)]
+        writer[z0:z1] = lab
+        ids.update(np.asarray(fastremap.unique(lab)).tolist())
+    ids.discard(0)
     return len(ids)
 
 
@@ -494,12 +495,11 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         with open_label_writer(output, volume.shape, np.uint32, voxel_size=voxel_size,
                                chunks=zarr_chunks(p.chunk_size, volume.shape),
                                overwrite=overwrite, inputs=inputs) as w:
-            run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress,
-                      work_dir=work, output=w, **kw)
+            n_obj = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress,
+                              work_dir=work, output=w, **kw)
         written = read_image(output).data
         timings["total_s"] = time.perf_counter() - t0
         name = card.classes[0].name
-        n_obj = _count_ids(written)
         summary = [{"output": str(output), "class": name, "objects": n_obj, "shape": list(written.shape),
                     "dtype": str(written.dtype)}]
         return Result3D({name: written}, written, {}, {name: n_obj}, timings, streamed=True, written=summary,
