@@ -1,10 +1,13 @@
-"""Keep glibc's heap from growing with the number of slices processed.
+"""Keep glibc's heap from growing with the number of slices processed, cheaply.
 
 glibc raises its mmap threshold each time a large block is freed, after which
-slice-sized arrays (MBs) come from the main heap; the small long-lived arrays
-of the linker then pin the heap's top and the process grows by about one
-slice per slice. A fixed threshold sends large arrays back to mmap, so memory
-stays flat over the depth of a volume. No effect outside glibc.
+arrays of any size come from the main heap; the small long-lived arrays of the
+linker then pin the heap's top and the process grows by about one slice per
+slice. A fixed threshold of 64 MB sends volume-sized arrays to mmap (returned
+to the system when freed) while slice-sized temporaries are reused from the
+heap without faulting in fresh pages each time; :func:`release_free`, called
+after every batch, hands the heap's free pages back, so memory stays about flat
+over the depth of a volume. No effect outside glibc.
 
 Also: a check that refuses work larger than the machine's memory before allocating it.
 """

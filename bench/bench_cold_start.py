@@ -1,0 +1,64 @@
+"""Cold start: `panoptem segment3d IN -o OUT` in a fresh process against the same command
+run again inside one warm process, and `segment_3d` in memory.
+
+Prints one JSON line per measurement. Usage:
+    python bench/bench_cold_start.py VOLUME.tif [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import emit, machine
+
+from panoptem._bench import load
+
+
+def fresh(volume: str, out: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "panoptem", "segment3d", volume, "-o", str(out)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("volume")
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    from typer.testing import CliRunner
+    import tifffile
+    import panoptem
+    from panoptem.cli import app
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = [fresh(a.volume, Path(tmp) / f"fresh{i}.tif") for i in range(a.repeat)]
+        emit(what="fresh process CLI", seconds=round(statistics.median(cold), 2),
+             runs_s=[round(v, 2) for v in cold], load=load(), machine=machine())
+        runner, warm = CliRunner(), []
+        for i in range(a.repeat + 1):  # the first call warms the process up
+            t = time.perf_counter()
+            r = runner.invoke(app, ["segment3d", a.volume, "-o", str(Path(tmp) / f"warm{i}.tif")])
+            warm.append(time.perf_counter() - t)
+            if r.exit_code != 0:
+                raise SystemExit(r.output)
+        emit(what="same command in a warm process", seconds=round(statistics.median(warm[1:]), 2),
+             runs_s=[round(v, 2) for v in warm[1:]], first_call_s=round(warm[0], 2), load=load())
+        vol = tifffile.imread(a.volume)
+        model = panoptem.load_model()
+        mem = []
+        for _ in range(a.repeat):
+            t = time.perf_counter()
+            panoptem.segment_3d(vol, model)
+            mem.append(time.perf_counter() - t)
+        emit(what="segment_3d in memory (warm)", seconds=round(statistics.median(mem), 2),
+             runs_s=[round(v, 2) for v in mem], load=load())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
