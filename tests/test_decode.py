@@ -177,3 +177,18 @@ def test_semantic_only_and_downsampled_output_size():
     assert set(np.unique(lab)) == {1000}
     big = decode_panoptic(prob, hm, off, label_divisor=1000, out_shape=(32, 32))
     assert big.shape == (32, 32) and set(np.unique(big)) == {1001}
+
+
+def test_group_pixels_direct_and_tree_agree(monkeypatch):
+    # few centres are compared with every pixel directly, many go through a k-d tree: same answer
+    import panoptem.inference.decode as dec
+    rng = np.random.default_rng(3)
+    off = rng.normal(0, 20, (2, 24, 40)).astype(np.float32)
+    for k in (1, 5, 64):
+        centers = rng.uniform(0, 150, (k, 2)).astype(np.float32)
+        direct = group_pixels(centers, off, stride=S, origin=(2, 3))
+        monkeypatch.setattr(dec, "BRUTE_FORCE_CENTERS", 0)
+        tree = group_pixels(centers, off, stride=S, origin=(2, 3))
+        monkeypatch.undo()
+        assert direct.dtype == np.int32 and direct.min() >= 1 and direct.max() <= k
+        assert (direct == tree).all()

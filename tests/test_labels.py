@@ -83,3 +83,18 @@ def test_decode_large_equals_decode_panoptic_with_things_and_stuff(fine, div):
     if div:
         assert (one // div == tiled // div).all()
         assert sorted(np.unique(tiled[tiled % div > 0])) == list(range(1001, 1001 + len(things)))
+
+
+def test_object_stats_same_for_small_and_large_ids():
+    # small ids are counted directly, large ones after compacting: the same objects either way
+    from panoptem.labels import map_ids, object_stats
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 6, (5, 9, 11)).astype(np.uint32)
+    large = map_ids(small, np.arange(1, 6), (np.arange(1, 6) + (1 << 25)), np.uint32)
+    ids_s, vox_s, box_s = object_stats(small)
+    ids_l, vox_l, box_l = object_stats(large)
+    assert ids_s.tolist() == [1, 2, 3, 4, 5] and (ids_l == ids_s + (1 << 25)).all()
+    assert (vox_s == vox_l).all() and (box_s == box_l).all()
+    assert vox_s.tolist() == [int((small == i).sum()) for i in range(1, 6)]
+    with pytest.raises(PanoptemError):
+        object_stats(np.array([[0, -1]]))
