@@ -96,7 +96,13 @@ def compact(labels: np.ndarray, return_counts: bool = False):
     labels = np.asarray(labels)
     if labels.dtype.kind not in "ui":
         raise PanoptemError(f"Label images must be integer, got {labels.dtype}; convert them with astype(np.uint32).")
-    u, c = fastremap.unique(labels, return_counts=True)
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if lo >= 0 and hi < max(4 * labels.size, 1 << 16):  # ids few and small: count them directly
+        c = np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=1)
+        u = np.flatnonzero(c).astype(labels.dtype)
+        c = c[u]
+    else:
+        u, c = fastremap.unique(labels, return_counts=True)
     u, c = np.asarray(u), np.asarray(c, np.int64)
     if u.size and u[0] < 0:
         raise PanoptemError("Label images must not contain negative ids; 0 is background, objects are > 0.")

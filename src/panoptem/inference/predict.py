@@ -51,9 +51,11 @@ def _input(planes, intensity, downsampling, padding_factor, mean_std, device):
     rng = np.asarray(intensity, np.float32)
     if rng.ndim == 2:  # one (low, high) per plane
         rng = rng[:, :, None, None].transpose(1, 0, 2, 3)
+    h, w = (-(-int(s) // downsampling) for s in planes.shape[-2:])
+    if downsampling == 1:  # pad the raw planes: the same values as padding the float input, far fewer bytes
+        planes, _ = pad_to_multiple(np.asarray(planes), padding_factor)
     x = torch.from_numpy(normalize(planes, rng[0], rng[1], *mean_std))[:, None]
     x = downsample(x, downsampling)
-    h, w = x.shape[-2:]
     x, _ = pad_to_multiple(x, padding_factor)
     if device.startswith("cuda"):  # page-locked host memory: an asynchronous copy to the GPU
         return x.contiguous(memory_format=torch.channels_last).pin_memory().to(device, non_blocking=True), h, w

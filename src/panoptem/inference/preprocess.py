@@ -97,14 +97,18 @@ def downsample(batch: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(batch, size=size, mode="area")
 
 
-def pad_to_multiple(batch: torch.Tensor, factor: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad bottom/right by reflection so H and W are multiples of ``factor``.
-
-    Returns the padded batch and the original ``(H, W)``.
+def pad_to_multiple(batch, factor: int):
+    """Pad the last two axes at the bottom/right so they are multiples of ``factor``: by
+    reflection, or by repeating the edge where an image is too small to reflect. Takes a
+    numpy array or a torch tensor. Returns the padded batch and the original ``(H, W)``.
     """
     h, w = batch.shape[-2:]
     ph, pw = (-h) % factor, (-w) % factor
     if ph or pw:
-        mode = "reflect" if (ph < h and pw < w) else "replicate"
-        batch = F.pad(batch, (0, pw, 0, ph), mode=mode)
+        reflect = ph < h and pw < w
+        if isinstance(batch, np.ndarray):
+            widths = [(0, 0)] * (batch.ndim - 2) + [(0, ph), (0, pw)]
+            batch = np.pad(batch, widths, mode="reflect" if reflect else "edge")
+        else:
+            batch = F.pad(batch, (0, pw, 0, ph), mode="reflect" if reflect else "replicate")
     return batch, (h, w)
