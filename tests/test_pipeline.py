@@ -56,6 +56,7 @@ def test_overlapped_pipeline_on_real_tissue_and_streamed_output(tmp_path):
     np.testing.assert_array_equal(ovl.labels["mitochondria"], seq.labels["mitochondria"])
     streamed = segment_3d(vol, "MitoLite_v1", device="cpu", output=tmp_path / "m.zarr")
     np.testing.assert_array_equal(np.asarray(streamed.labels["mitochondria"][:]), seq.labels["mitochondria"])
+    assert streamed.objects == seq.objects  # counted while written
 
 
 def test_cancel_while_overlapped_keeps_the_finished_batches(tmp_path):
