@@ -83,6 +83,18 @@ def class_map(labels: np.ndarray, label_divisor: int | None) -> np.ndarray:
 
 # ---------------------------------------------------------------- objects
 
+def _id_range(labels: np.ndarray) -> tuple[int, int]:
+    """(lowest, highest) id of a label array; refuses non-integer arrays and negative ids."""
+    if labels.dtype.kind not in "ui":
+        raise PanoptemError(f"Label images must be integer, got {labels.dtype}; convert them with astype(np.uint32).")
+    if labels.size == 0:
+        return 0, 0
+    lo = int(labels.min()) if labels.dtype.kind == "i" else 0
+    if lo < 0:
+        raise PanoptemError("Label images must not contain negative ids; 0 is background, objects are > 0.")
+    return lo, int(labels.max())
+
+
 def compact(labels: np.ndarray, return_counts: bool = False):
     """Relabel ``labels`` to 0..k (int32) in order of the original ids.
 
@@ -94,18 +106,14 @@ def compact(labels: np.ndarray, return_counts: bool = False):
     ([0, 2, 1, 2], [5, 70])
     """
     labels = np.asarray(labels)
-    if labels.dtype.kind not in "ui":
-        raise PanoptemError(f"Label images must be integer, got {labels.dtype}; convert them with astype(np.uint32).")
-    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
-    if lo >= 0 and hi < max(4 * labels.size, 1 << 16):  # ids few and small: count them directly
+    _, hi = _id_range(labels)
+    if hi < max(4 * labels.size, 1 << 16):  # ids few and small: count them directly
         c = np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=1)
         u = np.flatnonzero(c).astype(labels.dtype)
         c = c[u]
     else:
         u, c = fastremap.unique(labels, return_counts=True)
     u, c = np.asarray(u), np.asarray(c, np.int64)
-    if u.size and u[0] < 0:
-        raise PanoptemError("Label images must not contain negative ids; 0 is background, objects are > 0.")
     ids, counts = u[u > 0], c[u > 0]
     if ids.size == 0:
         local = np.zeros(labels.shape, np.int32)
@@ -128,7 +136,7 @@ def map_ids(labels: np.ndarray, ids: np.ndarray, values: np.ndarray, dtype) -> n
     """
     labels, ids = np.asarray(labels), np.asarray(ids).astype(np.int64)
     values = np.asarray(values)
-    top = int(labels.max()) if labels.size else 0
+    _, top = _id_range(labels)
     if top < (1 << 24):
         lut = np.zeros(top + 1, dtype)
         inside = ids <= top
@@ -156,11 +164,7 @@ def object_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     nd = labels.ndim
     if nd not in (2, 3):
         raise PanoptemError(f"Object statistics need a 2D or 3D label array, got {nd} dimensions.")
-    if labels.dtype.kind not in "ui":
-        raise PanoptemError(f"Label images must be integer, got {labels.dtype}; convert them with astype(np.uint32).")
-    top = int(labels.max(initial=0))
-    if labels.dtype.kind == "i" and labels.size and int(labels.min()) < 0:
-        raise PanoptemError("Label images must not contain negative ids; 0 is background, objects are > 0.")
+    _, top = _id_range(labels)
     if top < min(1 << 24, max(labels.size, 1)):  # ids small enough to count directly
         local, ids = labels, None
     else:
