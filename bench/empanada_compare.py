@@ -50,6 +50,7 @@ from _common import add_lucchi_argument, emit, lucchi_dir, peak_rss_mb
 # empanada-napari's widget defaults; panoptem's Params3D defaults are the same values
 PARAMS = dict(downsampling=1, confidence_thr=0.5, center_confidence_thr=0.1, min_distance_object_centers=3,
               fine_boundaries=False, semantic_only=False, maximum_objects_per_class=10000)
+PARAMS_2D = dict(PARAMS, min_piece_area=0)  # empanada keeps every piece
 PARAMS_3D = dict(PARAMS, median_slices=3, min_size=500, min_extent=5, pixel_vote_thr=2, allow_one_view=False)
 TINY_ARCH = dict(num_classes=1, widths=[8, 8, 8, 8, 8], depths=[1, 1, 1, 1], decoder_channels=8, head_channels=8)
 
@@ -240,7 +241,7 @@ def run_panoptem(model, volume: np.ndarray, stage: str, slice_index: int, repeat
         runs = []
         for _ in range(max(repeats, 1)):
             t = time.perf_counter()
-            res = panoptem.segment_2d(img, model, **PARAMS)
+            res = panoptem.segment_2d(img, model, **PARAMS_2D)
             runs.append(time.perf_counter() - t)
         # network alone: the same forward the 2D call makes
         from panoptem.inference.engine import Predictor

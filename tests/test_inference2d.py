@@ -141,11 +141,13 @@ def test_min_piece_area_drops_small_pieces_only():
     img = blobs_image(centers=((60, 60), (150, 200)), r=18)
     img[200:206, 250:256] = 40  # a 6 x 6 dark speck: a piece of 36 pixels
     model = dark_blob_model()
-    plain = segment_2d(img, model, maximum_objects_per_class=0)
+    plain = segment_2d(img, model, maximum_objects_per_class=0, min_piece_area=0)
     sizes = np.bincount(plain.ravel())[1:]
     assert len(sizes) == 3 and sizes.min() < 100 < np.sort(sizes)[1]
     kept = segment_2d(img, model, maximum_objects_per_class=0, min_piece_area=100)
     assert len(np.unique(kept)) - 1 == 2
     big = np.isin(plain, np.flatnonzero(np.bincount(plain.ravel()) >= 100)[1:])
     assert np.array_equal(kept > 0, big)  # the large objects keep every pixel
+    default = segment_2d(img, model, maximum_objects_per_class=0)   # 40 px by default: the speck goes
+    assert np.array_equal(default > 0, big)
     assert "min_piece_area" not in Params3D.model_fields  # 2D only

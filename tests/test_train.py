@@ -57,7 +57,8 @@ def test_train_volume_writes_weights_checkpoint_and_log(capsys, tmp_path, volume
     from panoptem.models.architecture import architecture_config, build_model
     rec, _ = train_volume(capsys, volume_files, tmp_path / "run", "--iterations", "3")
     out = tmp_path / "run"
-    assert rec["weights"] == str(out / "weights.pt")
+    assert rec["weights"] == str(out / "best.pt")       # held-out slices given: the best 3D-scored weights
+    assert (out / "weights.pt").exists()
     blob = torch.load(out / "weights.pt", weights_only=True)
     assert blob["architecture"] == architecture_config({"num_classes": 1})
     build_model(blob["architecture"]).load_state_dict(blob["state_dict"])
@@ -133,3 +134,45 @@ def test_schedule_options(tmp_path, schedule_steps, anneal_from):
     assert lrs == pytest.approx(expect, rel=1e-9, abs=1e-15)
     if not anneal_from:  # the curve's own end after 6 of 6 steps; halfway down a 12-step curve
         assert (lrs[-1] < 1e-6) == (schedule_steps == 0)
+
+
+def test_held_out_slices_are_segmented_in_3d_and_the_best_weights_kept(capsys, tmp_path, volume_files):
+    """Every --validate-every steps the held-out slices are segmented as a volume and scored
+    against their 3D connected components; best.pt holds the weights of the best-scored step,
+    and a resumed run remembers the best so far instead of starting the comparison afresh."""
+    out = tmp_path / "run"
+    rec, err = train_volume(capsys, volume_files, out, "--iterations", "4", "--validate-every", "2",
+                            "--schedule-steps", "6")
+    lines = [json.loads(s) for s in (out / "val3d.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    import cc3d
+    cc = cc3d.connected_components(disc_volume()[1][4:6] > 0, connectivity=6)
+    n_gt = int((np.bincount(cc.ravel())[1:] >= 500).sum())    # smaller ones are below the min-size filter
+    assert n_gt >= 1
+    assert all(r["n_gt"] == n_gt and 0 <= r["f1_50"] <= 1 for r in lines)
+    best = json.loads((out / "best.json").read_text())
+    assert best == max(lines, key=lambda r: (r["f1_50"], r["foreground_iou"]))
+    assert rec["weights"] == str(out / "best.pt") and f"kept the weights of step {best['step']}" in err
+    kept = torch.load(out / "best.pt", weights_only=True)
+    assert kept["step"] == best["step"]
+    if best["step"] == 4:
+        final = weights(out / "weights.pt")
+        assert all(torch.equal(final[k], kept["state_dict"][k]) for k in final)
+    # resumed to 6 steps: one more scoring, compared against the stored best
+    train_volume(capsys, volume_files, out, "--iterations", "6", "--validate-every", "2", "--schedule-steps", "6")
+    lines = [json.loads(s) for s in (out / "val3d.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6]
+    assert json.loads((out / "best.json").read_text()) == max(lines, key=lambda r: (r["f1_50"], r["foreground_iou"]))
+
+
+def test_train_volume_starts_from_a_model(capsys, tmp_path, volume_files):
+    """--init starts from a registered model's weights and architecture."""
+    from panoptem import load_model
+    train_volume(capsys, volume_files, tmp_path / "run", "--iterations", "1", "--init", "MitoLite_v1",
+                 "--lr", "1e-9")
+    base = load_model("MitoLite_v1").module
+    blob = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
+    assert blob["architecture"] == base.config
+    got = blob["state_dict"]
+    assert torch.allclose(got["stem.0.weight"], base.state_dict()["stem.0.weight"], atol=1e-5)
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["init"] == "MitoLite_v1"   # one step at a tiny rate: still v1

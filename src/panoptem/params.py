@@ -88,9 +88,10 @@ class PlaneParams(BaseModel):
 class Params2D(PlaneParams):
     """Parameters of 2D inference (empanada's "2D Inference (Parameter Testing)")."""
 
-    min_piece_area: int = Field(0, ge=0, le=10**6, description="Min piece area: pieces of an object "
+    min_piece_area: int = Field(40, ge=0, le=10**6, description="Min piece area: pieces of an object "
                                 "(8-connected) smaller than this many pixels become background, after "
-                                "decoding and before filling holes (0: off, as empanada).")
+                                "decoding and before filling holes (0: off, as empanada; the default "
+                                "removes border slivers, far smaller than any mitochondrion profile).")
 
 
 class Params3D(PlaneParams):
@@ -207,6 +208,14 @@ class VolumeTrainParams(_TrainingParams):
     max_scale: float = Field(1.25, gt=0.0, description="Largest zoom of the scale augmentation.")
     schedule_steps: int = Field(0, ge=0, description="Length of the one-cycle schedule (0: iterations).")
     anneal_from: int = Field(0, ge=0, description="From this step, anneal the learning rate to 0 (0: off).")
+    init: str | None = Field(None, description="Start from this model's weights (a registered name or a card "
+                             "/ weights file) and architecture, instead of from scratch.")
+    hard_negatives: float = Field(0.0, ge=0.0, le=1.0, description="Share of patches centred on dark "
+                                  "structures that are not labelled (hard negatives: look-alikes).")
+    pale: float = Field(0.0, ge=0.0, le=1.0, description="Share of patches whose objects are made paler "
+                        "and fainter (toward pale mitochondria).")
+    validate_every: int = Field(500, ge=1, description="With --val-slices: segment the held-out slices in 3D "
+                                "every this many steps and keep the best weights (best.pt).")
 
     @model_validator(mode="after")
     def _scales(self) -> "VolumeTrainParams":

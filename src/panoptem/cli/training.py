@@ -34,9 +34,10 @@ def train_cmd(
     p = params
     cfg = TrainConfig(iterations=p.iterations, batch_size=p.batch_size, patch_size=p.patch_size, lr=p.lr,
                       scale_range=(p.min_scale, p.max_scale), seed=p.seed, device=pick_device(device),
-                      schedule_steps=p.schedule_steps, anneal_from=p.anneal_from)
+                      schedule_steps=p.schedule_steps, anneal_from=p.anneal_from, hard_negatives=p.hard_negatives,
+                      pale=p.pale, validate_every=p.validate_every)
     path = train_from_volume(image, labels, str(out_dir), train_slices, val_slices, cfg, resume=resume,
-                             log=lambda s: typer.echo(s, err=True))
+                             log=lambda s: typer.echo(s, err=True), init=p.init)
     typer.echo(json.dumps({"weights": str(path)}))
 
 

@@ -28,7 +28,7 @@ from .._atomic import write_text
 from ..errors import PanoptemError
 from ..inference.preprocess import MEAN, STD, dtype_range, intensity_range
 from ..labels import class_map
-from .augment import intensity_augment, sample_patch
+from .augment import dark_background_points, intensity_augment, pale_objects, sample_patch
 from .patches import Patch
 from .targets import make_panoptic_targets
 
@@ -383,6 +383,13 @@ class TrainingData:
         code = chan * code_div + rank
         return code.astype(np.uint16 if code.max() < 1 << 16 else np.int32), code_div
 
+    def _dark_points(self, i: int, image01: np.ndarray, code: np.ndarray) -> np.ndarray:
+        """Hard-negative centres of image ``i`` (computed once)."""
+        cache = self.__dict__.setdefault("_dark", {})
+        if i not in cache:
+            cache[i] = dark_background_points(image01, code, seed=i)
+        return cache[i]
+
     def batch(self, rng: np.random.Generator, cfg) -> tuple:
         """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` (N, 1, P, P) and their
         targets: semantic (a 0/1 map for one class, channel indices for several), centre
@@ -392,9 +399,16 @@ class TrainingData:
         mean, std = (MEAN, STD) if self.normalization is None else (self.normalization.mean, self.normalization.std)
         imgs, sems, hms, offs, wts = [], [], [], [], []
         channels = list(range(1, len(self.classes) + 1))
+        hard, pale = cfg.hard_negatives, cfg.pale
         for i in idx:
             im, code = _pad_to(_unit(self.images[i], None, self._ranges[i]), self._codes[i], cfg.patch_size)
-            img, lab = sample_patch(rng, im, code, cfg.patch_size, cfg.scale_range)
+            centre = None
+            if hard and rng.random() < hard:
+                pts = self._dark_points(i, im, code)
+                centre = tuple(pts[rng.integers(len(pts))]) if len(pts) else None
+            img, lab = sample_patch(rng, im, code, cfg.patch_size, cfg.scale_range, centre=centre)
+            if pale and rng.random() < pale:
+                img = pale_objects(rng, img, lab % self._code_div[i])
             sem, hm, off, wt = make_panoptic_targets(lab, self._code_div[i], self.thing_channels, channels, cfg.sigma)
             x = intensity_augment(rng, img)
             if (mean, std) != (MEAN, STD):  # intensity_augment standardises with the default mean / std

@@ -1,20 +1,23 @@
 """Train a single-class instance model from an image volume and 2D instance
 labels (e.g. the Lucchi training volume), holding out a validation block: the
 volume's slices are one more source of :class:`~.dataset.TrainingData`, trained
-by the same loop as dataset folders."""
+by the same loop as dataset folders. The held-out block is segmented in 3D while
+training, and the weights with the best 3D score are kept."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import write_text
+from ..errors import PanoptemError
 from .dataset import VolumeSlices
-from .train import TrainConfig, train
+from .train import TrainConfig, _atomic_save, train
 
 
 def parse_range(text: str) -> slice:
     """``"0:125"`` -> ``slice(0, 125)``."""
-    from ..errors import PanoptemError
     try:
         a, b = text.split(":")
         start, stop = int(a) if a.strip() else None, int(b) if b.strip() else None
@@ -25,25 +28,88 @@ def parse_range(text: str) -> slice:
     return slice(start, stop)
 
 
+def score_3d(labels: np.ndarray, mask: np.ndarray, min_size: int) -> dict:
+    """3D scores of predicted ``labels`` against the 3D connected components (6-connected) of
+    the ground-truth ``mask``; ground-truth objects under ``min_size`` voxels are ignored (the
+    size filter would remove them from any prediction)."""
+    import cc3d
+
+    from .._evaluate import evaluate
+    gt = cc3d.connected_components(np.asarray(mask) > 0, connectivity=6)
+    r = evaluate(labels, gt, iou_thresholds=(0.5,), ignore_smaller=min_size)
+    return {k: (round(float(r[k]), 4) if isinstance(r[k], float) else int(r[k]))
+            for k in ("foreground_iou", "f1_50", "precision_50", "recall_50", "n_pred", "n_gt")}
+
+
+def _better(a: dict, b: dict | None) -> bool:
+    """3D F1 first, foreground IoU to break ties."""
+    return b is None or (a["f1_50"], a["foreground_iou"]) > (b["f1_50"], b["foreground_iou"])
+
+
+def init_weights(name: str) -> tuple[dict, dict]:
+    """(architecture, state dict) of a registered model or a weights file to start from."""
+    from ..models.load import load_model
+    m = load_model(name, device="cpu")
+    return m.module.config, {k: v.detach().clone() for k, v in m.module.state_dict().items()}
+
+
 def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_slices: str,
-                      val_slices: str | None, cfg: TrainConfig, resume: bool = True, log=print) -> Path:
-    """Train on ``train_slices`` of a ZYX volume; report semantic IoU on
-    ``val_slices`` (every 4th slice) while training."""
+                      val_slices: str | None, cfg: TrainConfig, resume: bool = True, log=print,
+                      init: str | None = None, min_size: int = 500) -> Path:
+    """Train on ``train_slices`` of a ZYX volume and return the weights to keep.
+
+    With ``val_slices``, the held-out block is segmented in 3D (xy stack, default
+    parameters) every ``cfg.validate_every`` steps and at the end, scored with
+    :func:`score_3d` (``min_size``), logged, and the best weights (3D F1@0.5, then
+    foreground IoU) are written to ``out_dir/best.pt``, which is returned; a resumed run
+    remembers the best so far (``best.json``). Without, the last weights are returned.
+    ``init``: a registered model (or card / weights path) to start from, with its architecture.
+    """
     from ..io import read_image
     img = read_image(image_path).data
     lab = read_image(labels_path).data
     if img.shape != lab.shape:
-        from ..errors import PanoptemError
         raise PanoptemError(f"Image {img.shape} and labels {lab.shape} must have the same shape.")
     tr = parse_range(train_slices)
     if img.ndim != 3 or not len(range(*tr.indices(img.shape[0]))):
-        from ..errors import PanoptemError
         raise PanoptemError(f"Training slices '{train_slices}' select nothing of the image {tuple(img.shape)}; "
                             "give a ZYX volume and a range inside it.")
+    init_state = None
+    if init:
+        arch, init_state = init_weights(init)
+        cfg.architecture, cfg.init = arch, init
     ds = VolumeSlices(img, lab, tr, name=Path(labels_path).name)
-    val = None
-    if val_slices:
-        vs = parse_range(val_slices)
-        vi, vl = np.asarray(img[vs])[::4], np.asarray(lab[vs])[::4]
-        val = (list(vi), list(vl))
-    return train(ds, out_dir, cfg, resume=resume, val=val, log=log)
+    if not val_slices:
+        return train(ds, out_dir, cfg, resume=resume, log=log, init_state=init_state)
+    vs = parse_range(val_slices)
+    vimg, vlab = np.asarray(img[vs]), np.asarray(lab[vs])
+    if not len(vimg):
+        raise PanoptemError(f"Validation slices '{val_slices}' select nothing of the image {tuple(img.shape)}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    best_file, best_json = out / "best.pt", out / "best.json"
+    best = json.loads(best_json.read_text()) if resume and best_json.exists() and best_file.exists() else None
+
+    def validate(model, step: int) -> None:
+        nonlocal best
+        from ..inference.segment3d import segment_3d
+        from ..models.architecture import architecture_config
+        from ..models.card import ModelCard, Weights
+        from ..models.load import LoadedModel
+        card = ModelCard(name="validation", architecture=architecture_config(model.config),
+                         weights=Weights(file="(in training)"))
+        res = segment_3d(vimg, LoadedModel(card, model, cfg.device), runtime="torch", min_size=min_size)
+        scores = {"step": step, **score_3d(res.labels["mitochondria"], vlab, min_size)}
+        log(json.dumps({"val3d": scores}))
+        with open(out / "val3d.jsonl", "a") as f:
+            f.write(json.dumps(scores) + "\n")
+        if _better(scores, best):
+            best = scores
+            _atomic_save({"architecture": architecture_config(model.config), "state_dict": model.state_dict(),
+                          "step": step}, best_file)
+            write_text(best_json, json.dumps(best))
+
+    val = (list(vimg[::4]), list(vlab[::4]))
+    train(ds, out_dir, cfg, resume=resume, val=val, log=log, init_state=init_state, validate=validate)
+    log(f"kept the weights of step {best['step']} (best 3D F1@0.5 on the held-out slices): {json.dumps(best)}")
+    return best_file

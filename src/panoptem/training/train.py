@@ -43,6 +43,12 @@ class TrainConfig:
     schedule_steps: int = 0
     #: from this step on, the learning rate anneals (cosine) from its value there to 0 at ``iterations``
     anneal_from: int = 0
+    #: share of patches centred on dark structures that are not objects (hard negatives)
+    hard_negatives: float = 0.0
+    #: share of patches whose objects are made paler (:func:`~.augment.pale_objects`)
+    pale: float = 0.0
+    #: the model whose weights the run started from (recorded; None: from scratch)
+    init: str | None = None
 
 
 def _atomic_save(obj, path: Path) -> None:
