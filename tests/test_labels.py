@@ -98,3 +98,15 @@ def test_object_stats_same_for_small_and_large_ids():
     assert vox_s.tolist() == [int((small == i).sum()) for i in range(1, 6)]
     with pytest.raises(PanoptemError):
         object_stats(np.array([[0, -1]]))
+
+
+@pytest.mark.parametrize("shape", [(4, 64, 64), (8, 512, 640)])   # counted with bincount / with fastremap
+def test_compact_numbers_ids_in_order_at_any_size(shape):
+    from panoptem.labels import SMALL_ARRAY, compact
+    rng = np.random.default_rng(0)
+    lab = rng.choice(np.array([0, 0, 0, 7, 10003, 10001, 65], np.uint32), size=shape)
+    assert (lab.size > SMALL_ARRAY) == (shape[1] > 64)
+    local, ids, counts = compact(lab, return_counts=True)
+    u, inv, c = np.unique(lab, return_inverse=True, return_counts=True)
+    assert ids.tolist() == [7, 65, 10001, 10003] and counts.tolist() == c[1:].tolist()
+    assert local.dtype == np.int32 and np.array_equal(local, inv.reshape(shape))

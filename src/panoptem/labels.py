@@ -95,6 +95,11 @@ def _id_range(labels: np.ndarray) -> tuple[int, int]:
     return lo, int(labels.max())
 
 
+#: voxels up to which ids are counted with ``np.bincount`` (as fast as fastremap on a slice; on a
+#: volume its copy to machine integers makes it about twice as slow)
+SMALL_ARRAY = 1 << 21
+
+
 def compact(labels: np.ndarray, return_counts: bool = False):
     """Relabel ``labels`` to 0..k (int32) in order of the original ids.
 
@@ -107,7 +112,7 @@ def compact(labels: np.ndarray, return_counts: bool = False):
     """
     labels = np.asarray(labels)
     _, hi = _id_range(labels)
-    if hi < max(4 * labels.size, 1 << 16):  # ids few and small: count them directly
+    if labels.size <= SMALL_ARRAY and hi < max(4 * labels.size, 1 << 16):  # a slice, small ids: count directly
         c = np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=1)
         u = np.flatnonzero(c).astype(labels.dtype)
         c = c[u]
@@ -169,7 +174,9 @@ def object_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
         local, ids = labels, None
     else:
         local, ids = compact(labels)
-    st = cc3d.statistics(np.ascontiguousarray(local.astype(np.uint32, copy=False)), no_slice_conversion=True)
+    # ids are >= 0 (checked above), so int32 reads as uint32 without a copy
+    as_u32 = local.view(np.uint32) if local.dtype == np.int32 else local.astype(np.uint32, copy=False)
+    st = cc3d.statistics(np.ascontiguousarray(as_u32), no_slice_conversion=True)
     counts = np.asarray(st["voxel_counts"], np.int64)
     present = np.flatnonzero(counts[1:]) + 1
     if ids is None:
