@@ -151,7 +151,7 @@ def test_held_out_slices_are_segmented_in_3d_and_the_best_weights_kept(capsys, t
     assert n_gt >= 1
     assert all(r["n_gt"] == n_gt and 0 <= r["f1_50"] <= 1 for r in lines)
     best = json.loads((out / "best.json").read_text())
-    assert best == max(lines, key=lambda r: (r["f1_50"], r["foreground_iou"]))
+    assert best == max(reversed(lines), key=lambda r: (r["f1_50"], r["foreground_iou"]))
     assert rec["weights"] == str(out / "best.pt") and f"kept the weights of step {best['step']}" in err
     kept = torch.load(out / "best.pt", weights_only=True)
     assert kept["step"] == best["step"]
@@ -162,7 +162,7 @@ def test_held_out_slices_are_segmented_in_3d_and_the_best_weights_kept(capsys, t
     train_volume(capsys, volume_files, out, "--iterations", "6", "--validate-every", "2", "--schedule-steps", "6")
     lines = [json.loads(s) for s in (out / "val3d.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4, 6]
-    assert json.loads((out / "best.json").read_text()) == max(lines, key=lambda r: (r["f1_50"], r["foreground_iou"]))
+    assert json.loads((out / "best.json").read_text()) == max(reversed(lines), key=lambda r: (r["f1_50"], r["foreground_iou"]))
 
 
 def test_train_volume_starts_from_a_model(capsys, tmp_path, volume_files):
@@ -176,3 +176,14 @@ def test_train_volume_starts_from_a_model(capsys, tmp_path, volume_files):
     got = blob["state_dict"]
     assert torch.allclose(got["stem.0.weight"], base.state_dict()["stem.0.weight"], atol=1e-5)
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["init"] == "MitoLite_v1"   # one step at a tiny rate: still v1
+
+
+def test_init_from_a_foreign_network_is_refused(tmp_path):
+    """A TorchScript model has no panoptem architecture to train on: one clear error."""
+    from _models import save_two_class_model
+
+    from panoptem.errors import PanoptemError
+    from panoptem.training.from_volume import init_weights
+    card = save_two_class_model(tmp_path)
+    with pytest.raises(PanoptemError, match="panoptem network"):
+        init_weights(str(card))

@@ -330,6 +330,7 @@ class TrainingData:
         self.thing_channels = [i + 1 for i, c in enumerate(self.classes) if c[2] == "instance"]
         self.images, self.masks, self.divisors, self.names = [], [], [], []
         self._ranges, self._codes, self._code_div = [], [], []
+        self._dark: dict[int, np.ndarray] = {}  # hard-negative centres per image, found when first asked
         counts, where = [], []
         for source, imgs, msks, div, item_names in sources:
             if len(ids) > 1 and not div:
@@ -385,10 +386,9 @@ class TrainingData:
 
     def _dark_points(self, i: int, image01: np.ndarray, code: np.ndarray) -> np.ndarray:
         """Hard-negative centres of image ``i`` (computed once)."""
-        cache = self.__dict__.setdefault("_dark", {})
-        if i not in cache:
-            cache[i] = dark_background_points(image01, code, seed=i)
-        return cache[i]
+        if i not in self._dark:
+            self._dark[i] = dark_background_points(image01, code, seed=i)
+        return self._dark[i]
 
     def batch(self, rng: np.random.Generator, cfg) -> tuple:
         """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` (N, 1, P, P) and their

@@ -252,12 +252,6 @@ def _validation(val_dir, data: "DatasetFolders", fraction: float, seed: int, gam
     return _subset(data, train_idx, gamma), val, where, [data.names[i] for i in held]
 
 
-def _better(a: dict, b: dict | None) -> bool:
-    """Whether scores ``a`` are at least as good as ``b``: F1@0.5 first, then foreground IoU
-    (a tie goes to the later, more trained, weights)."""
-    return b is None or (a["f1_50"], a["foreground_iou"]) >= (b["f1_50"], b["foreground_iou"])
-
-
 def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedModel", iterations: int = 100,
              patch_size: int = 256, layers: str = "none", lr: float = 1e-3, device: str = "auto",
              batch_size: int = 8, gamma: float = 0.7, scale_range: tuple[float, float] = (0.75, 1.33),
@@ -318,7 +312,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     from ..models.load import LoadedModel, load_model, pick_device
     from ..params import FinetuneParams, make_params
     from .dataset import DatasetFolders
-    from .train import TrainConfig, TrainingCancelled, _atomic_save, train
+    from .train import TrainConfig, TrainingCancelled, _atomic_save, better_scores, train
     opts = make_params(FinetuneParams, iterations=iterations, patch_size=patch_size, layers=layers, lr=lr,
                        batch_size=batch_size, gamma=gamma, scale_range=tuple(scale_range), seed=seed,
                        val_fraction=val_fraction, validate_every=validate_every, replay_ratio=replay_ratio)
@@ -370,7 +364,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
         scores = evaluate_pairs(LoadedModel(card, model, dev), *val, **params)
         history.append({"step": step, **scores})
         log(f"step {step}: {scores_line(scores)}")
-        if _better(scores, best["scores"]):
+        if better_scores(scores, best["scores"]):
             best.update(step=step, scores=scores)
             _atomic_save({"architecture": cfg.architecture, "state_dict": model.state_dict(), "step": step,
                           "scores": scores}, best_file)

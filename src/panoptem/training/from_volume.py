@@ -13,7 +13,7 @@ import numpy as np
 from .._atomic import write_text
 from ..errors import PanoptemError
 from .dataset import VolumeSlices
-from .train import TrainConfig, _atomic_save, train
+from .train import TrainConfig, _atomic_save, better_scores, train
 
 
 def parse_range(text: str) -> slice:
@@ -41,15 +41,14 @@ def score_3d(labels: np.ndarray, mask: np.ndarray, min_size: int) -> dict:
             for k in ("foreground_iou", "f1_50", "precision_50", "recall_50", "n_pred", "n_gt")}
 
 
-def _better(a: dict, b: dict | None) -> bool:
-    """3D F1 first, foreground IoU to break ties."""
-    return b is None or (a["f1_50"], a["foreground_iou"]) > (b["f1_50"], b["foreground_iou"])
-
-
 def init_weights(name: str) -> tuple[dict, dict]:
     """(architecture, state dict) of a registered model or a weights file to start from."""
+    from ..models.architecture import PanopticNet
     from ..models.load import load_model
     m = load_model(name, device="cpu")
+    if not isinstance(m.module, PanopticNet):
+        raise PanoptemError(f"--init {name}: training starts only from a panoptem network (weights saved as a "
+                            "state dict, e.g. MitoLite_v1), not from an exported or foreign model.")
     return m.module.config, {k: v.detach().clone() for k, v in m.module.state_dict().items()}
 
 
@@ -103,7 +102,7 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
         log(json.dumps({"val3d": scores}))
         with open(out / "val3d.jsonl", "a") as f:
             f.write(json.dumps(scores) + "\n")
-        if _better(scores, best):
+        if better_scores(scores, best):
             best = scores
             _atomic_save({"architecture": architecture_config(model.config), "state_dict": model.state_dict(),
                           "step": step}, best_file)
@@ -111,5 +110,5 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
 
     val = (list(vimg[::4]), list(vlab[::4]))
     train(ds, out_dir, cfg, resume=resume, val=val, log=log, init_state=init_state, validate=validate)
-    log(f"kept the weights of step {best['step']} (best 3D F1@0.5 on the held-out slices): {json.dumps(best)}")
+    log(f"kept the weights of step {best['step']} (best 3D F1@0.5 on the held-out slices, the later on a tie): {json.dumps(best)}")
     return best_file

@@ -51,6 +51,12 @@ class TrainConfig:
     init: str | None = None
 
 
+def better_scores(a: dict, b: dict | None) -> bool:
+    """Whether held-out scores ``a`` are at least as good as ``b``: F1@0.5 first, then
+    foreground IoU (a tie goes to the later, more trained, weights)."""
+    return b is None or (a["f1_50"], a["foreground_iou"]) >= (b["f1_50"], b["foreground_iou"])
+
+
 def _atomic_save(obj, path: Path) -> None:
     with atomic_path(path, suffix=".tmp") as tmp:
         torch.save(obj, tmp)
