@@ -162,7 +162,13 @@ def test_held_out_slices_are_segmented_in_3d_and_the_best_weights_kept(capsys, t
     train_volume(capsys, volume_files, out, "--iterations", "6", "--validate-every", "2", "--schedule-steps", "6")
     lines = [json.loads(s) for s in (out / "val3d.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4, 6]
-    assert json.loads((out / "best.json").read_text()) == max(reversed(lines), key=lambda r: (r["f1_50"], r["foreground_iou"]))
+    best = json.loads((out / "best.json").read_text())
+    assert best == max(reversed(lines), key=lambda r: (r["f1_50"], r["foreground_iou"]))
+    # --restart: the scores of the earlier run are not mixed in
+    train_volume(capsys, volume_files, out, "--iterations", "2", "--validate-every", "2", "--restart")
+    lines = [json.loads(s) for s in (out / "val3d.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2]
+    assert json.loads((out / "best.json").read_text()) == lines[0]
 
 
 def test_train_volume_starts_from_a_model(capsys, tmp_path, volume_files):
@@ -174,8 +180,8 @@ def test_train_volume_starts_from_a_model(capsys, tmp_path, volume_files):
     blob = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
     assert blob["architecture"] == base.config
     got = blob["state_dict"]
-    assert torch.allclose(got["stem.0.weight"], base.state_dict()["stem.0.weight"], atol=1e-5)
-    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["init"] == "MitoLite_v1"   # one step at a tiny rate: still v1
+    assert torch.allclose(got["stem.0.weight"], base.state_dict()["stem.0.weight"], atol=1e-5)  # a tiny step: still v1
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["init"] == "MitoLite_v1"
 
 
 def test_init_from_a_foreign_network_is_refused(tmp_path):

@@ -59,9 +59,10 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
 
     With ``val_slices``, the held-out block is segmented in 3D (xy stack, default
     parameters) every ``cfg.validate_every`` steps and at the end, scored with
-    :func:`score_3d` (``min_size``), logged, and the best weights (3D F1@0.5, then
-    foreground IoU) are written to ``out_dir/best.pt``, which is returned; a resumed run
-    remembers the best so far (``best.json``). Without, the last weights are returned.
+    :func:`score_3d` (``min_size``), logged to ``val3d.jsonl``, and the best weights
+    (:func:`~.train.better_scores`) are written to ``out_dir/best.pt``, which is returned; a
+    resumed run remembers the best so far (``best.json``), a restarted one starts afresh.
+    Without, the last weights are returned.
     ``init``: a registered model (or card / weights path) to start from, with its architecture.
     """
     from ..io import read_image
@@ -88,6 +89,8 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     out.mkdir(parents=True, exist_ok=True)
     best_file, best_json = out / "best.pt", out / "best.json"
     best = json.loads(best_json.read_text()) if resume and best_json.exists() and best_file.exists() else None
+    if not resume:  # a restarted run scores afresh
+        (out / "val3d.jsonl").unlink(missing_ok=True)
 
     def validate(model, step: int) -> None:
         nonlocal best
@@ -98,7 +101,7 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
         card = ModelCard(name="validation", architecture=architecture_config(model.config),
                          weights=Weights(file="(in training)"))
         res = segment_3d(vimg, LoadedModel(card, model, cfg.device), runtime="torch", min_size=min_size)
-        scores = {"step": step, **score_3d(res.labels["mitochondria"], vlab, min_size)}
+        scores = {"step": step, **score_3d(next(iter(res.labels.values())), vlab, min_size)}
         log(json.dumps({"val3d": scores}))
         with open(out / "val3d.jsonl", "a") as f:
             f.write(json.dumps(scores) + "\n")
@@ -110,5 +113,6 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
 
     val = (list(vimg[::4]), list(vlab[::4]))
     train(ds, out_dir, cfg, resume=resume, val=val, log=log, init_state=init_state, validate=validate)
-    log(f"kept the weights of step {best['step']} (best 3D F1@0.5 on the held-out slices, the later on a tie): {json.dumps(best)}")
+    log(f"kept the weights of step {best['step']} (best 3D F1@0.5 on the held-out slices, the later on a "
+        f"tie): {json.dumps(best)}")
     return best_file
