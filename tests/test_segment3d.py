@@ -216,3 +216,22 @@ def test_bridge_gaps_through_segment_3d(bridge_gaps, expect):
     assert res.objects["mitochondria"] == expect
     lab = res.labels["mitochondria"]
     assert not lab[15].any() and lab[14].max() == lab[0].max() and (lab[16].max() == lab[14].max()) == (expect == 1)
+
+
+def test_one_class_labels_in_one_pass_match_the_panoptic_path():
+    """A single-class run renumbers its linked ids in the one relabelling pass; the labels and
+    the panoptic volume (made on first use) equal those of the general path."""
+    from panoptem.inference.segment3d import split_classes
+    from panoptem.params import Params3D
+    vol, truth = phantom()
+    fast = segment_3d(vol, dark_blob_model(), **P)
+    full = segment_3d(vol, dark_blob_model(), return_panoptic=True, **P)  # the general path
+    assert callable(fast._panoptic)  # not made yet
+    assert fast.objects == full.objects == {"mitochondria": len(BALLS)}
+    np.testing.assert_array_equal(fast.labels["mitochondria"], full.labels["mitochondria"])
+    assert fast.labels["mitochondria"].dtype == full.labels["mitochondria"].dtype
+    np.testing.assert_array_equal(fast.panoptic, full.panoptic)
+    div = Params3D(**P).label_divisor
+    assert fast.panoptic.min() == 0 and fast.panoptic.max() > div  # class * divisor + n
+    labels, counts = split_classes(fast.panoptic, dark_blob_model().card, div)
+    np.testing.assert_array_equal(labels["mitochondria"], fast.labels["mitochondria"])

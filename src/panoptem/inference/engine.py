@@ -43,7 +43,7 @@ class Predictor:
         self.batch_size = int(batch_size) or 4
         self._set_factor(factor, downsampling)
         self.precision = resolve_precision(precision, self.model.device)
-        self.runtime = resolve_runtime(runtime, self.model.module, self.model.device, self.precision)
+        self.runtime = resolve_runtime(runtime, self.model, self.model.device, self.precision)
         self.threads = threads
         self.tta = bool(tta)
         self._net = None
@@ -107,7 +107,7 @@ class Predictor:
         if self._net is None:
             if self.runtime == "onnx":
                 from .runtime import cpu_count, onnx_net
-                self._net = onnx_net(self.model.module, self.threads or cpu_count())
+                self._net = onnx_net(self.model, self.threads or cpu_count())
             else:
                 self._net = self.model.module
         return self._net

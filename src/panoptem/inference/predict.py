@@ -1,12 +1,14 @@
 """Run the network on a batch of 2D planes: normalise, downsample, pad,
-forward, crop. Outputs stay at the network's input resolution."""
+forward, crop. Outputs stay at the network's input resolution.
+
+The input is prepared in numpy. A PyTorch network takes it as a tensor; an ONNX
+Runtime session (:class:`~.runtime.OnnxNet`) takes and gives numpy arrays, so that path
+runs without PyTorch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..models.card import OUTPUT_STRIDE as STRIDE
 from .preprocess import downsample, normalize, pad_to_multiple
@@ -34,7 +36,7 @@ class ModelOutput:
         return ModelOutput(self.semantic_probability[s], self.heatmap[s], self.offsets[s])
 
 
-def _forward(model, x: torch.Tensor, context: torch.Tensor | None = None) -> dict:
+def _forward(model, x, context=None) -> dict:
     out = model(x) if context is None else model(x, context=context)
     if isinstance(out, (tuple, list)):
         out = dict(zip(("sem_logits", "ctr_hmp", "offsets"), out))
@@ -47,16 +49,24 @@ def supports_context(model) -> bool:
     return callable(getattr(model, "encode", None))
 
 
-def _input(planes, intensity, downsampling, padding_factor, mean_std, device):
+def _prepared(planes, intensity, downsampling, padding_factor, mean_std) -> tuple[np.ndarray, int, int]:
+    """The network input of ``planes``, (N, 1, H', W') float32 (normalised, downsampled,
+    padded), and the size (h, w) of its outputs before padding."""
     rng = np.asarray(intensity, np.float32)
     if rng.ndim == 2:  # one (low, high) per plane
         rng = rng[:, :, None, None].transpose(1, 0, 2, 3)
     h, w = (-(-int(s) // downsampling) for s in planes.shape[-2:])
     if downsampling == 1:  # pad the raw planes: the same values as padding the float input, far fewer bytes
         planes, _ = pad_to_multiple(np.asarray(planes), padding_factor)
-    x = torch.from_numpy(normalize(planes, rng[0], rng[1], *mean_std))[:, None]
-    x = downsample(x, downsampling)
+    x = downsample(normalize(planes, rng[0], rng[1], *mean_std)[:, None], downsampling)
     x, _ = pad_to_multiple(x, padding_factor)
+    return x, h, w
+
+
+def _input(planes, intensity, downsampling, padding_factor, mean_std, device):
+    import torch
+    x, h, w = _prepared(planes, intensity, downsampling, padding_factor, mean_std)
+    x = torch.from_numpy(x)
     if device.startswith("cuda"):  # page-locked host memory: an asynchronous copy to the GPU
         return x.contiguous(memory_format=torch.channels_last).pin_memory().to(device, non_blocking=True), h, w
     return x.to(device).contiguous(memory_format=torch.channels_last), h, w
@@ -66,6 +76,7 @@ def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", down
                  padding_factor: int = 32, mean_std: tuple[float, float] = (0.5, 0.25)) -> np.ndarray:
     """The deepest features (N, C, h, w) of ``planes``, prepared as :func:`predict_batch`
     prepares them (for the global context of a tiled image)."""
+    import torch
     x, _, _ = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
     with torch.inference_mode():
         return model.encode(x).float().cpu().numpy()
@@ -86,34 +97,48 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     outputs are averaged over the input and its flips (see :func:`_flip_average`).
     """
     from ._pipeline import StageClock
+    from .runtime import OnnxNet
     clock = StageClock(timings if timings is not None else {})
+    if isinstance(model, OnnxNet):
+        with clock("normalise"):
+            x, h, w = _prepared(planes, intensity, downsampling, padding_factor, mean_std)
+        with clock("forward"):
+            return _run_onnx(model, x, h, w, tta)
     with clock("normalise"):
         x, h, w = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
     with clock("forward"):
         return _run(model, x, h, w, context, device, precision, tta)
 
 
-def _flip_average(model, x: torch.Tensor, ctx) -> dict[str, torch.Tensor]:
+def _flip_average(model, x, ctx) -> dict:
     """Outputs averaged over ``x`` and its flips along rows, columns and both, each flipped
     back; offsets change sign along a flipped axis. Cell ``i`` of the stride-4 grid is
     centred at pixel ``4i + 1.5``, and padded inputs are multiples of 4, so a flip maps
-    cells onto cells exactly."""
-    out = {k: v.float() for k, v in _forward(model, x, ctx).items()}
+    cells onto cells exactly. ``x``: a torch tensor, or a numpy array for an ONNX session."""
+    if isinstance(x, np.ndarray):
+        def flip(a, dims):
+            return np.ascontiguousarray(np.flip(a, dims))
+    else:
+        def flip(a, dims):
+            return a.flip(dims)
+    out = {k: v.float() if hasattr(v, "float") else v for k, v in _forward(model, x, ctx).items()}
     for dims in ((-1,), (-2,), (-2, -1)):
-        o = _forward(model, x.flip(dims), ctx)
+        o = _forward(model, flip(x, dims), ctx)
         for k in out:
-            v = o[k].float().flip(dims)
+            v = flip(o[k].float() if hasattr(o[k], "float") else o[k], dims)
             if k == "offsets":
-                sign = torch.tensor([-1.0 if -2 in dims else 1.0, -1.0 if -1 in dims else 1.0],
-                                    device=v.device).view(1, 2, 1, 1)
-                v = v * sign
+                v = v * np.array([-1.0 if -2 in dims else 1.0, -1.0 if -1 in dims else 1.0],
+                                 np.float32).reshape(1, 2, 1, 1)
             out[k] = out[k] + v
     return {k: v / 4 for k, v in out.items()}
 
 
-def _run(model, x: torch.Tensor, h: int, w: int, context, device: str, precision: str,
+def _run(model, x, h: int, w: int, context, device: str, precision: str,
          tta: bool = False) -> ModelOutput:
-    """Forward pass of a prepared input, outputs cropped to (h, w) and moved to the CPU."""
+    """Forward pass of a prepared input tensor, outputs cropped to (h, w) and moved to the CPU."""
+    import torch
+    import torch.nn.functional as F
+
     from .runtime import autocast, resolve_precision
     ctx = None if context is None else torch.from_numpy(np.asarray(context, np.float32))[:, :, None, None].to(device)
     with torch.inference_mode(), autocast(device, resolve_precision(precision, device)):
@@ -127,3 +152,15 @@ def _run(model, x: torch.Tensor, h: int, w: int, context, device: str, precision
     hm = out["ctr_hmp"].float()[..., :hh, :ww]
     off = out["offsets"].float()[..., :hh, :ww]
     return ModelOutput(prob.cpu().numpy(), hm.cpu().numpy(), off.cpu().numpy())
+
+
+def _run_onnx(net, x: np.ndarray, h: int, w: int, tta: bool = False) -> ModelOutput:
+    """:func:`_run` for an ONNX Runtime session (its semantic logits come at the input's size)."""
+    from scipy.special import expit, softmax
+    out = _flip_average(net, x, None) if tta else _forward(net, x)
+    logits = np.ascontiguousarray(out["sem_logits"][..., :h, :w], np.float32)
+    prob = expit(logits, out=logits) if logits.shape[1] == 1 else softmax(logits, axis=1).astype(np.float32)
+    hh, ww = -(-h // STRIDE), -(-w // STRIDE)
+    hm = np.ascontiguousarray(out["ctr_hmp"][..., :hh, :ww], np.float32)
+    off = np.ascontiguousarray(out["offsets"][..., :hh, :ww], np.float32)
+    return ModelOutput(prob, hm, off)

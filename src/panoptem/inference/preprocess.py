@@ -1,11 +1,7 @@
 """Intensity normalisation, downsampling and padding before the network."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..errors import PanoptemError
 
@@ -88,13 +84,40 @@ def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, st
     return x
 
 
-def downsample(batch: torch.Tensor, factor: int) -> torch.Tensor:
-    """Shrink ``(N, C, H, W)`` by ``factor`` to ``ceil(H/f) x ceil(W/f)`` (area-averaged)."""
+def downsample(batch: np.ndarray, factor: int) -> np.ndarray:
+    """Shrink ``(..., H, W)`` float32 planes by ``factor`` to ``ceil(H/f) x ceil(W/f)``,
+    averaging areas: output pixel ``i`` of ``n`` over an axis of ``m`` is the mean of input
+    pixels ``floor(i*m/n)`` to ``ceil((i+1)*m/n)`` (adaptive average pooling, as PyTorch's
+    ``area`` interpolation)."""
     if factor == 1:
         return batch
-    h, w = batch.shape[-2:]
-    size = (math.ceil(h / factor), math.ceil(w / factor))
-    return F.interpolate(batch, size=size, mode="area")
+    x = np.asarray(batch, np.float32)
+    h, w = x.shape[-2:]
+    if h % factor == 0 and w % factor == 0:  # whole blocks
+        return x.reshape(*x.shape[:-2], h // factor, factor, w // factor, factor).mean(axis=(-3, -1),
+                                                                                    dtype=np.float32)
+    return area_resize(x, (-(-h // factor), -(-w // factor)))
+
+
+def area_resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Shrink the last two axes of ``x`` to ``shape`` by area averaging (see :func:`downsample`)."""
+    x = np.asarray(x, np.float32)
+    for axis, n in ((-2, shape[0]), (-1, shape[1])):
+        if x.shape[axis] != n:
+            x = _area_mean(x, axis, x.shape[axis], int(n))
+    return x
+
+
+def _area_mean(x: np.ndarray, axis: int, m: int, n: int) -> np.ndarray:
+    """Means of the ``n`` adaptive-pooling bins of ``x`` along ``axis`` (``m`` pixels)."""
+    i = np.arange(n)
+    start, stop = (i * m) // n, -((-(i + 1) * m) // n)
+    c = np.cumsum(x, axis=axis, dtype=np.float64)
+    c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+    sums = np.take(c, stop, axis=axis) - np.take(c, start, axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = n
+    return (sums / (stop - start).reshape(shape)).astype(np.float32)
 
 
 def pad_to_multiple(batch, factor: int):
@@ -110,5 +133,6 @@ def pad_to_multiple(batch, factor: int):
             widths = [(0, 0)] * (batch.ndim - 2) + [(0, ph), (0, pw)]
             batch = np.pad(batch, widths, mode="reflect" if reflect else "edge")
         else:
+            import torch.nn.functional as F
             batch = F.pad(batch, (0, pw, 0, ph), mode="reflect" if reflect else "replicate")
     return batch, (h, w)

@@ -6,20 +6,21 @@ number of threads, and the batch size.
 on a 30 x 768 x 1024 block on a 2-core CPU, outputs equal to float32 rounding: see the
 README's Speed section),
 else PyTorch. The ONNX file is exported once per network and kept in panoptem's cache
-folder. ``precision="auto"`` is float32 on a CPU and float16 autocast on a CUDA GPU;
+folder, named by the weights file's sha256: later runs on a CPU then need no PyTorch at all
+(neither imported nor the network built), which saves seconds at the start of every process. ``precision="auto"`` is float32 on a CPU and float16 autocast on a CUDA GPU;
 ``bf16`` autocasts to bfloat16 (worth it only on CPUs with bfloat16 instructions).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import PanoptemError
 
@@ -56,6 +57,10 @@ def network_threads(threads: int | None) -> int:
 @contextmanager
 def torch_threads(n: int | None):
     """PyTorch's intra-op threads set to ``n`` (None: unchanged) inside the block, restored after."""
+    if n is None:
+        yield
+        return
+    import torch
     old = torch.get_num_threads()
     if n is not None and n != old:
         torch.set_num_threads(int(n))
@@ -91,12 +96,17 @@ def resolve_precision(precision: str, device: str) -> str:
     return p
 
 
-def resolve_runtime(runtime: str, module, device: str, precision: str) -> str:
+def resolve_runtime(runtime: str, model, device: str, precision: str) -> str:
     """``auto`` -> onnx for panoptem's own networks on a CPU in float32 when onnxruntime is
-    installed, else torch. ``onnx`` is refused where it cannot run."""
-    from ..models.architecture import PanopticNet
+    installed, else torch. ``onnx`` is refused where it cannot run. ``model``: a
+    :class:`~panoptem.models.load.LoadedModel` or a PyTorch module."""
+    from ..models.load import LoadedModel
     r = check_choice("Runtime", runtime, RUNTIMES)
-    ours = isinstance(module, PanopticNet)
+    if isinstance(model, LoadedModel):
+        ours = model.own_network
+    else:
+        from ..models.architecture import PanopticNet
+        ours = isinstance(model, PanopticNet)
     if r == "auto":
         return "onnx" if device == "cpu" and precision == "fp32" and ours and onnx_available() else "torch"
     if r == "onnx":
@@ -112,9 +122,12 @@ def resolve_runtime(runtime: str, module, device: str, precision: str) -> str:
 
 def autocast(device: str, precision: str):
     """The autocast context of a forward pass in ``precision`` on ``device``."""
+    if precision not in ("fp16", "bf16"):
+        return nullcontext()
+    import torch
     dev = "cuda" if device.startswith("cuda") else "cpu"
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    return torch.autocast(device_type=dev, dtype=dtype or torch.float32, enabled=dtype is not None)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return torch.autocast(device_type=dev, dtype=dtype)
 
 
 def auto_batch_size(plane_shape: tuple[int, int], device: str, n: int) -> int:
@@ -125,6 +138,7 @@ def auto_batch_size(plane_shape: tuple[int, int], device: str, n: int) -> int:
     so progress is reported (and a cancel honoured) about ten times per stack."""
     px = max(1, int(plane_shape[0]) * int(plane_shape[1]))
     if device.startswith("cuda"):
+        import torch
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         b = int(free * 0.5 // (GPU_BYTES_PER_PIXEL * px))
     else:
@@ -137,23 +151,64 @@ def auto_batch_size(plane_shape: tuple[int, int], device: str, n: int) -> int:
 
 _sessions: dict[tuple[str, int], object] = {}
 _lock = threading.Lock()
+#: version of what the cached ONNX graph computes (raise it when that changes)
+GRAPH_VERSION = 2
 
 
-def _network_key(module: torch.nn.Module) -> str:
-    """A digest of the network's architecture and weights (and the exporter's version)."""
-    h = hashlib.sha256(f"{torch.__version__}|{OPSET}|{getattr(module, 'config', '')}".encode())
+def _network_key(model) -> str:
+    """The name of a network's ONNX export: a digest of panoptem's version, the graph's
+    version, the card's architecture and the weights file's sha256, for a model loaded
+    from a file (known without building the network); else of the module's architecture
+    and weights."""
+    from .. import __version__
+    from ..models.load import LoadedModel
+    head = f"{__version__}|{GRAPH_VERSION}|{OPSET}"
+    if isinstance(model, LoadedModel) and model.weights_sha256:
+        arch = json.dumps(model.card.architecture, sort_keys=True)
+        text = f"{head}|{arch}|{model.card.weights.format}|{model.weights_sha256}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+    module = model.module if isinstance(model, LoadedModel) else model
+    h = hashlib.sha256(f"{head}|{getattr(module, 'config', '')}".encode())
     for name, t in module.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:32]
 
 
-def _export(module: torch.nn.Module, path: Path) -> None:
-    """Export ``module`` (dict outputs) to ONNX at ``path``, atomically."""
+def _onnx_path(key: str) -> Path:
+    from ..models.home import cache_dir
+    return cache_dir("onnx") / f"{key}.onnx"
+
+
+def onnx_cached(model) -> bool:
+    """Whether the ONNX export of ``model`` (a loaded model with its weights' sha256) is cached."""
+    return bool(getattr(model, "weights_sha256", None)) and _onnx_path(_network_key(model)).exists()
+
+
+def _export(module, path: Path) -> None:
+    """Export ``module`` to ONNX at ``path``, atomically: the graph takes (N, 1, H, W) and
+    gives the semantic logits at (H, W), the centre heatmap and the offsets."""
     import copy
+
+    import torch
+    import torch.nn.functional as F
+
     from .._atomic import atomic_path
-    from ..models.export import OUTPUTS, _TupleOutputs
-    net = _TupleOutputs(copy.deepcopy(module).cpu().float().to(memory_format=torch.contiguous_format)).eval()
+    from ..models.card import OUTPUTS
+
+    class FullSizeLogits(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            out = self.net(x)
+            logits = out["sem_logits"]
+            if logits.shape[-2:] != x.shape[-2:]:
+                logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return logits, out["ctr_hmp"], out["offsets"]
+
+    net = FullSizeLogits(copy.deepcopy(module).cpu().float().to(memory_format=torch.contiguous_format)).eval()
     axes = {"image": {0: "batch", 2: "height", 3: "width"},
             **{k: {0: "batch", 2: f"{k}_h", 3: f"{k}_w"} for k in OUTPUTS}}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,31 +219,37 @@ def _export(module: torch.nn.Module, path: Path) -> None:
 
 
 class OnnxNet:
-    """Calls an ONNX Runtime session like the PyTorch network: ``net(x)`` -> dict of tensors."""
+    """Runs an ONNX Runtime session on a prepared numpy batch: ``net(x)`` -> dict of
+    numpy arrays (semantic logits at the input's size, heatmap, offsets)."""
 
     def __init__(self, session):
         self.session = session
 
-    def __call__(self, x: torch.Tensor, context=None) -> dict:
+    def __call__(self, x: np.ndarray, context=None) -> dict:
         if context is not None:
             raise PanoptemError("The ONNX runtime cannot take a global context; use the torch runtime.")
-        from ..models.export import OUTPUTS
-        out = self.session.run(list(OUTPUTS), {"image": np.ascontiguousarray(x.detach().cpu().numpy())})
-        return {k: torch.from_numpy(v) for k, v in zip(OUTPUTS, out)}
+        from ..models.card import OUTPUTS
+        out = self.session.run(list(OUTPUTS), {"image": np.ascontiguousarray(x, np.float32)})
+        return dict(zip(OUTPUTS, out))
 
 
-def onnx_net(module: torch.nn.Module, threads: int) -> OnnxNet:
-    """An :class:`OnnxNet` of ``module`` with ``threads`` intra-op threads; the export is
-    cached on disk (panoptem's cache folder) and the session in this process."""
+def onnx_net(model, threads: int) -> OnnxNet:
+    """An :class:`OnnxNet` of ``model`` (a loaded model or a PyTorch module) with ``threads``
+    intra-op threads; the export is cached on disk (panoptem's cache folder) and the
+    session in this process."""
     import onnxruntime as ort
-    from ..models.home import cache_dir
-    key = _network_key(module)
+    key = _network_key(model)
+
+    def module():
+        from ..models.load import LoadedModel
+        return model.module if isinstance(model, LoadedModel) else model
+
     with _lock:
         sess = _sessions.get((key, threads))
         if sess is None:
-            path = cache_dir("onnx") / f"{key}.onnx"
+            path = _onnx_path(key)
             if not path.exists():
-                _export(module, path)
+                _export(module(), path)
             so = ort.SessionOptions()
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
@@ -199,7 +260,7 @@ def onnx_net(module: torch.nn.Module, threads: int) -> OnnxNet:
                 sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
             except Exception:  # noqa: BLE001 - a damaged cache file: export again
                 path.unlink(missing_ok=True)
-                _export(module, path)
+                _export(module(), path)
                 sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
             _sessions[(key, threads)] = sess
     return OnnxNet(sess)

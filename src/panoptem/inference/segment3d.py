@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,12 +34,14 @@ class Result3D:
 
     ``labels``: class name -> ZYX volume with instance ids 1..N (semantic
     classes: 1 where present). ``panoptic``: the linked panoptic volume
-    (``class * divisor + n``). ``stacks``: plane -> per-plane panoptic volume
-    when ``return_panoptic``. ``objects``: number of objects per class.
+    (``class * divisor + n``; made on first use where the run did not need it).
+    ``stacks``: plane -> per-plane panoptic volume when ``return_panoptic``.
+    ``objects``: number of objects per class.
     """
 
     labels: dict[str, np.ndarray]
-    panoptic: np.ndarray
+    #: the panoptic volume, or a function that makes it (see :attr:`panoptic`)
+    _panoptic: Any = field(repr=False)
     stacks: dict[str, np.ndarray] = field(default_factory=dict)
     objects: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -48,6 +51,13 @@ class Result3D:
     written: list[dict] = field(default_factory=list)
     #: the pixel sizes used and how each plane was resampled (:meth:`~.resample.PixelPlan.record`)
     pixel_size: dict | None = None
+
+    @property
+    def panoptic(self) -> np.ndarray:
+        """The linked panoptic volume (``class * divisor + n``)."""
+        if callable(self._panoptic):
+            self._panoptic = self._panoptic()
+        return self._panoptic
 
 
 def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
@@ -61,12 +71,10 @@ def _resize_area(a: np.ndarray, shape) -> np.ndarray:
     (resampling to a finer model grid): bilinear."""
     if a.shape == tuple(shape):
         return a
-    import torch
-    import torch.nn.functional as F
-    t = torch.from_numpy(a)[None, None]
     if shape[0] > a.shape[0] or shape[1] > a.shape[1]:
-        return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return F.interpolate(t, size=tuple(shape), mode="area")[0, 0].numpy()
+        return _upsample_linear(a[None], tuple(shape))[0]
+    from .preprocess import area_resize
+    return area_resize(a, tuple(shape))
 
 
 def fused_probability(total: np.ndarray, n: int) -> np.ndarray:
@@ -82,7 +90,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               intensity=None, progress: bool = False, extra_probability=None,
               probability_sink=None, timings: dict | None = None, cache_dir=None,
               callback=None, work_dir=None, output=None, reset_stale: bool = False,
-              overlap: bool = True) -> np.ndarray | int:
+              overlap: bool = True, renumber: Callable[[np.ndarray], np.ndarray] | None = None
+              ) -> np.ndarray | int:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
 
@@ -104,6 +113,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     written is returned.
     ``overlap``: read the next planes and decode/link the last batch while the
     network computes (threads; the same labels as ``overlap=False``).
+    ``renumber``: maps the array of final panoptic ids (index: provisional id) to the
+    ids to return instead, applied in the one relabelling pass (in-memory runs).
     ``timings`` receives wall and CPU seconds per stage (``read``, ``normalise``,
     ``forward``, ``quantise``, ``median``, ``decode``, ``link``, ``link_solve``, ``relabel``), plus
     ``network_s`` (normalise + forward) and ``decode_link_s`` (everything after it).
@@ -253,8 +264,11 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             written = _remap_to_writer(provisional, mapping, axis, output, volume.shape, params)
         tm["decode_link_s"] += time.perf_counter() - t
         return written
+    if renumber is not None:
+        mapping = renumber(mapping)
+        dt = mapping.dtype
     with clock("relabel"):
-        labels = mapping.astype(dt)[provisional]
+        labels = mapping.astype(dt, copy=False)[provisional]
     tm["decode_link_s"] += time.perf_counter() - t
     return np.moveaxis(labels, 0, axis)
 
@@ -287,27 +301,57 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
     return len(ids)
 
 
+def class_numbering(ids: np.ndarray, card, label_divisor: int | None) -> list[tuple]:
+    """How :func:`split_classes` maps the panoptic ``ids`` (> 0) of a run: for each class
+    of ``card``, ``(name, its ids, their new values, dtype, objects)`` with instance ids
+    renumbered 1..N in the order of their panoptic ids (semantic classes: 1)."""
+    ids = np.asarray(ids)
+    if label_divisor:
+        cls = ids // label_divisor
+    else:  # without a divisor the ids name no class: all are the one class's, or none's
+        cls = np.full(ids.shape, card.classes[0].id if card.num_classes == 1 else -1)
+    out = []
+    for c in card.classes:
+        mine = cls == c.id
+        if c.kind == "semantic":
+            out.append((c.name, ids, mine, np.uint8, int(mine.any())))
+            continue
+        n = int(mine.sum())
+        out.append((c.name, ids[mine], np.arange(1, n + 1), dtype_for_max_label(n), n))
+    return out
+
+
 def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tuple[dict, dict]:
     """Per-class volumes with instance ids renumbered 1..N in the order of their
     panoptic ids (semantic classes: 0/1)."""
     import fastremap
     ids = np.asarray(fastremap.unique(panoptic))
-    ids = ids[ids > 0]
-    if label_divisor:
-        cls = ids // label_divisor
-    else:  # without a divisor the ids name no class: all are the one class's, or none's
-        cls = np.full(ids.shape, card.classes[0].id if card.num_classes == 1 else -1)
     labels, counts = {}, {}
-    for c in card.classes:
-        mine = cls == c.id
-        if c.kind == "semantic":
-            labels[c.name] = map_ids(panoptic, ids, mine, np.uint8)
-            counts[c.name] = int(mine.any())
-            continue
-        n = int(mine.sum())
-        labels[c.name] = map_ids(panoptic, ids[mine], np.arange(1, n + 1), dtype_for_max_label(n))
-        counts[c.name] = n
+    for name, sel, values, dtype, n in class_numbering(ids[ids > 0], card, label_divisor):
+        labels[name] = map_ids(panoptic, sel, values, dtype)
+        counts[name] = n
     return labels, counts
+
+
+class _OneClass:
+    """The renumbering of a single instance class's run (``run_stack(renumber=...)``): the
+    final labels come out of the one relabelling pass, as :func:`split_classes` would
+    give them, and the panoptic volume is made from them only when asked for."""
+
+    def __init__(self, card, label_divisor: int | None):
+        self.card, self.divisor = card, label_divisor
+        self.ids = np.zeros(0, np.int64)
+
+    def __call__(self, mapping: np.ndarray) -> np.ndarray:
+        ids = np.unique(mapping)
+        self.ids = ids[ids > 0]
+        (self.name, sel, values, dtype, self.n), = class_numbering(self.ids, self.card, self.divisor)
+        return map_ids(mapping, sel, values, dtype)
+
+    def panoptic(self, labels: np.ndarray):
+        """A function that makes the panoptic volume of ``labels`` (ids 1..N in the order of ``ids``)."""
+        ids = self.ids
+        return lambda: np.concatenate([[0], ids]).astype(dtype_for_max_label(int(ids.max(initial=0))))[labels]
 
 
 def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "auto",
@@ -504,6 +548,16 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
                     "dtype": str(written.dtype)}]
         return Result3D({name: written}, written, {}, {name: n_obj}, timings, streamed=True, written=summary,
                         pixel_size=record)
+    post = p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation
+    if not p.orthoplane and not p.return_panoptic and not post and card.num_classes == 1 \
+            and card.classes[0].kind == "instance":
+        # one class: its labels straight from the linked ids, one pass over the volume
+        one = _OneClass(card, p.label_divisor)
+        labels = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress,
+                           renumber=one, **kw)
+        res = Result3D({one.name: labels}, one.panoptic(labels), {}, {one.name: one.n}, timings,
+                       pixel_size=record)
+        return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0)
     if not p.orthoplane:
         panoptic = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress, **kw)
         if p.return_panoptic:
@@ -536,6 +590,13 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     with StageClock(timings)("split"):
         labels, counts = split_classes(panoptic, card, p.label_divisor)
     res = Result3D(labels, panoptic, stacks, counts, timings, pixel_size=record)
+    return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0)
+
+
+def _write(res: Result3D, output, voxel_size, overwrite: bool, inputs, p: Params3D, timings: dict,
+           t0: float) -> Result3D:
+    """Write a finished in-memory run to ``output`` (if given) and record its total time."""
+    import time
     if output is not None:
         with StageClock(timings)("write"):
             res.written = write_result(res, output, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs,

@@ -142,6 +142,19 @@ def architecture_config(config: dict | None = None) -> dict:
     return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in full.items()}
 
 
+class EmpanadaAdapter(nn.Module):
+    """Calls an empanada TorchScript model with its (x, render_steps, interpolate_ins)
+    signature and returns outputs at stride 4 like panoptem's own networks."""
+
+    def __init__(self, scripted):
+        super().__init__()
+        self.scripted = scripted
+
+    def forward(self, x):
+        out = self.scripted(x, 2, False)
+        return {"sem_logits": out["sem_logits"], "ctr_hmp": out["ctr_hmp"], "offsets": out["offsets"]}
+
+
 def build_model(config: dict) -> PanopticNet:
     """Build a :class:`PanopticNet` from its ``architecture`` config dict."""
     return PanopticNet(**architecture_config(config))

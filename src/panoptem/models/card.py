@@ -16,6 +16,8 @@ from ..errors import PanoptemError
 
 #: output stride of panoptem's networks: heatmap and offsets come at 1/4 of the network input
 OUTPUT_STRIDE = 4
+#: the outputs of panoptem's networks, in the order of exported graphs
+OUTPUTS = ("sem_logits", "ctr_hmp", "offsets")
 #: what a model can be exported as: a ``.panoptem`` package to share, TorchScript, TorchScript
 #: with empanada-napari's interface and card, ONNX, or a bioimage.io model package (a zip)
 #: (see :func:`panoptem.models.export.export_model`)

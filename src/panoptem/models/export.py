@@ -23,9 +23,10 @@ import yaml
 
 from .._atomic import atomic_path, write_text
 from ..errors import PanoptemError
-from .card import EXPORT_FORMATS, ModelCard, Weights
+from .architecture import EmpanadaAdapter
+from .card import EXPORT_FORMATS, OUTPUTS, ModelCard, Weights
 from .home import check_outside_store, registered_folder, sha256_of
-from .load import LoadedModel, _EmpanadaAdapter, load_model
+from .load import LoadedModel, load_model
 
 NORMALISATION_NOTE = (
     "Normalisation differs from panoptem's: panoptem maps the {low}-{high} percentiles of each image "
@@ -79,7 +80,6 @@ class _TupleOutputs(torch.nn.Module):
         return out["sem_logits"], out["ctr_hmp"], out["offsets"]
 
 
-OUTPUTS = ("sem_logits", "ctr_hmp", "offsets")
 
 
 # ---------------------------------------------------------------- helpers
@@ -206,7 +206,7 @@ def export_torchscript(name_or_card: str | Path, out_file: str | Path, empanada_
     module = lm.module
     if empanada_interface:
         # an empanada model already has the interface: keep its original network
-        scripted = module.scripted if isinstance(module, _EmpanadaAdapter) else _script(EmpanadaInterface(module))
+        scripted = module.scripted if isinstance(module, EmpanadaAdapter) else _script(EmpanadaInterface(module))
         fmt = "empanada_torchscript"
     else:
         scripted = _script(module)

@@ -1,17 +1,24 @@
 """Load a model (found by :mod:`.home` from its name or card path) onto a device."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import sys
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from ..errors import PanoptemError
-from .architecture import build_model
 from .card import ModelCard
 from .home import DEFAULT_MODEL, get_card, sha256_of
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _surely_no_gpu() -> bool:
+    """True where the system itself shows that PyTorch could find no GPU (Linux without an
+    NVIDIA or AMD GPU driver): ``auto`` then means the CPU without importing PyTorch."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return not any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
 
 
 def pick_device(device: str = "auto") -> str:
@@ -19,6 +26,9 @@ def pick_device(device: str = "auto") -> str:
     (one of ``cpu``, ``cuda``, ``cuda:N``, ``mps``, and present on this machine)."""
     import re
     dev = str(device).strip().lower()
+    if dev in ("auto", "cpu") and (dev == "cpu" or _surely_no_gpu()):
+        return "cpu"
+    import torch
     if dev == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -39,26 +49,44 @@ def pick_device(device: str = "auto") -> str:
     return dev
 
 
-class _EmpanadaAdapter(torch.nn.Module):
-    """Calls an empanada TorchScript model with its (x, render_steps, interpolate_ins)
-    signature and returns outputs at stride 4 like panoptem's own networks."""
-
-    def __init__(self, scripted):
-        super().__init__()
-        self.scripted = scripted
-
-    def forward(self, x):
-        out = self.scripted(x, 2, False)
-        return {"sem_logits": out["sem_logits"], "ctr_hmp": out["ctr_hmp"], "offsets": out["offsets"]}
-
-
-@dataclass
 class LoadedModel:
-    """A network ready for inference, its card and device."""
+    """A network ready for inference, its card and device.
 
-    card: ModelCard
-    module: torch.nn.Module
-    device: str
+    ``module`` is the PyTorch network. Given ``weights`` (the local weights file) and
+    ``weights_sha256`` instead of a module, the network is built from them on first use:
+    a run whose network is already cached for ONNX Runtime never imports PyTorch.
+    """
+
+    def __init__(self, card: ModelCard, module: Any = None, device: str = "cpu", *,
+                 weights: str | Path | None = None, weights_sha256: str | None = None):
+        if module is None and weights is None:
+            raise PanoptemError("A loaded model needs its network or its weights file.")
+        self.card, self._module, self.device = card, module, device
+        self.weights, self.weights_sha256 = weights, weights_sha256
+
+    @property
+    def module(self):
+        """The PyTorch network (built from the weights file on first use)."""
+        if self._module is None:
+            self._module = _build(self.card, str(self.weights), self.device)
+        return self._module
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the PyTorch network has been built."""
+        return self._module is not None
+
+    @property
+    def own_network(self) -> bool:
+        """Whether the network is one of panoptem's own (a state dict for its architecture),
+        known without building it."""
+        if self._module is None:
+            return self.card.weights.format == "state_dict"
+        from .architecture import PanopticNet
+        return isinstance(self._module, PanopticNet)
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.card.name!r}, device={self.device!r})"
 
 
 def _check_sha(path: str, expected: str | None) -> None:
@@ -67,9 +95,12 @@ def _check_sha(path: str, expected: str | None) -> None:
                             "the file is corrupt or not the one the card describes: re-download or re-export it.")
 
 
-def _state_dict_model(card: ModelCard, blob, path: str) -> torch.nn.Module:
+def _state_dict_model(card: ModelCard, blob, path: str):
     """The card's network with the weights of ``blob`` (a state dict, or
     ``{"architecture": ..., "state_dict": ...}``), refused when they do not fit."""
+    import torch
+
+    from .architecture import build_model
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PanoptemError(f"Weights {path} of model '{card.name}' hold no state dict of tensors; register the "
@@ -114,14 +145,30 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto") -> Loade
         raise PanoptemError(f"Weights file {path} of model '{card.name}' is missing; re-register the model.")
     if not remote:
         _check_sha(path, card.weights.sha256)
-    return load_weights(card, path, dev)
+    return load_weights(card, path, dev, sha256=card.weights.sha256)
 
 
-def load_weights(card: ModelCard, path: str | Path, device: str = "cpu") -> LoadedModel:
+def load_weights(card: ModelCard, path: str | Path, device: str = "cpu", sha256: str | None = None) -> LoadedModel:
     """The network of ``card`` with the weights in the local file ``path`` (in the card's
     weights format), on ``device`` (``auto`` picks one): e.g. freshly trained weights
-    that are not registered yet. :func:`load_model` finds and checks the file first."""
+    that are not registered yet. :func:`load_model` finds and checks the file first.
+
+    On a CPU, panoptem's own network whose ONNX Runtime export is already cached (see
+    :func:`panoptem.inference.runtime.onnx_net`) is built only when PyTorch is asked for."""
     dev = pick_device(device)
+    if dev == "cpu" and card.weights.format == "state_dict":
+        from ..inference.runtime import onnx_cached
+        sha = sha256 or sha256_of(str(path))
+        lazy = LoadedModel(card, None, dev, weights=path, weights_sha256=sha)
+        if onnx_cached(lazy):
+            return lazy
+        return LoadedModel(card, _build(card, str(path), dev), dev, weights=path, weights_sha256=sha)
+    return LoadedModel(card, _build(card, str(path), dev), dev, weights=path, weights_sha256=sha256)
+
+
+def _build(card: ModelCard, path: str, dev: str):
+    """The PyTorch network of ``card`` with the weights in ``path``, on ``dev``."""
+    import torch
     w = card.weights
     if w.format == "state_dict":
         try:
@@ -135,11 +182,12 @@ def load_weights(card: ModelCard, path: str | Path, device: str = "cpu") -> Load
         except Exception as e:  # noqa: BLE001
             raise PanoptemError(f"Could not load TorchScript model {path} ({type(e).__name__}).") from None
         if w.format == "empanada_torchscript":
-            module = _EmpanadaAdapter(module)
+            from .architecture import EmpanadaAdapter
+            module = EmpanadaAdapter(module)
     else:
         raise PanoptemError(f"Weights format '{w.format}' cannot run in PyTorch; export a TorchScript "
                             "or state-dict version of the model.")
     module = module.eval().to(dev)
     if dev == "cpu":
         module = module.to(memory_format=torch.channels_last)
-    return LoadedModel(card, module, dev)
+    return module
