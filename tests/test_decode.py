@@ -192,3 +192,44 @@ def test_group_pixels_direct_and_tree_agree(monkeypatch):
         monkeypatch.undo()
         assert direct.dtype == np.int32 and direct.min() >= 1 and direct.max() <= k
         assert (direct == tree).all()
+
+
+def _random_planes(rng, n, h, w, stride=4):
+    """Smooth random probabilities, heatmaps with many peaks (some flat), offsets on a coarse grid."""
+    from scipy import ndimage
+    prob = ndimage.uniform_filter(rng.random((n, 1, h, w)).astype(np.float32), size=(1, 1, 5, 5))
+    prob = np.round((prob - prob.min()) / (prob.max() - prob.min()) * 255) / np.float32(255)
+    hs, ws = -(-h // stride), -(-w // stride)
+    hm = rng.random((n, 1, hs, ws)).astype(np.float16).astype(np.float32)
+    hm[:, :, : hs // 3, : ws // 3] = 0.5  # a plateau
+    hm[n // 2] = 0  # a plane without centres
+    off = (rng.normal(0, 6, (n, 2, hs, ws))).astype(np.float16).astype(np.float32)
+    return prob, hm, off
+
+
+@pytest.mark.parametrize("kw", [dict(label_divisor=1000), dict(label_divisor=None, min_distance_object_centers=5),
+                                dict(label_divisor=1000, min_distance_object_centers=1),
+                                dict(label_divisor=1000, out_shape=(40, 90)), dict(label_divisor=1000,
+                                                                               fine_boundaries=True)])
+def test_planes_decoded_together_equal_planes_decoded_alone(kw, monkeypatch):
+    """decode_planes gives each plane's decode_panoptic labels, thin planes batched or not, with
+    few centres per plane (direct distances) and many (a k-d tree)."""
+    import panoptem.inference.decode as dec
+    from panoptem.inference.decode import decode_planes
+    rng = np.random.default_rng(7)
+    for n, h, w, brute in ((9, 30, 90, 64), (3, 40, 90, 4)):
+        monkeypatch.setattr(dec, "BRUTE_FORCE_CENTERS", brute)
+        prob, hm, off = _random_planes(rng, n, h, w)
+        together = decode_planes(prob, hm, off, **kw)
+        alone = [decode_panoptic(prob[i], hm[i], off[i], **kw) for i in range(n)]
+        assert len(together) == n and sum(int(a.max() > 0) for a in alone) >= n - 1
+        for a, b in zip(alone, together):
+            assert a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+
+
+def test_planes_decoded_together_refuse_too_many_objects_as_alone():
+    from panoptem.inference.decode import decode_planes
+    prob, hm, off = _random_planes(np.random.default_rng(3), 4, 30, 90)
+    with pytest.raises(PanoptemError, match="Max objects per class"):
+        decode_planes(prob, hm, off, label_divisor=3)

@@ -19,13 +19,13 @@ from test_segment3d import P, phantom
 def _spy_decode(monkeypatch):
     """Record the thread every 2D decoding runs in."""
     threads = []
-    real = s3.decode_panoptic
+    real = s3.decode_planes
 
     def spy(*a, **k):
         threads.append(threading.current_thread().name)
         return real(*a, **k)
 
-    monkeypatch.setattr(s3, "decode_panoptic", spy)
+    monkeypatch.setattr(s3, "decode_planes", spy)
     return threads
 
 
@@ -78,7 +78,7 @@ def test_an_error_behind_the_network_reaches_the_caller(monkeypatch):
     def broken(*a, **k):
         raise ValueError("decode failed")
 
-    monkeypatch.setattr(s3, "decode_panoptic", broken)
+    monkeypatch.setattr(s3, "decode_planes", broken)
     with pytest.raises(ValueError, match="decode failed"):
         segment_3d(vol, dark_blob_model(), batch_size=4, **P)
     assert not [t for t in threading.enumerate() if t.name.startswith("panoptem-")]

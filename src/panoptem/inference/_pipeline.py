@@ -12,29 +12,34 @@ _END = object()
 
 
 class StageClock:
-    """Accumulates wall seconds (``<stage>_s``) and this process's CPU seconds
-    (``<stage>_cpu_s``) per stage into a timings dict. CPU seconds are exact only when
-    the stages do not overlap (a sequential run)."""
+    """Accumulates wall seconds (``<stage>_s``) and, with ``cpu``, this process's CPU seconds
+    (``<stage>_cpu_s``) per stage into a timings dict. CPU seconds are exact only when the
+    stages do not overlap (a sequential run); reading the process's CPU clock is a system
+    call that costs up to about 0.1 ms while other threads run, so overlapped runs, which
+    time thousands of thin planes, leave it out."""
 
-    def __init__(self, timings: dict):
-        self.timings = timings
+    def __init__(self, timings: dict, cpu: bool = True):
+        self.timings, self.cpu = timings, cpu
 
     def __call__(self, stage: str) -> "_Timed":
-        return _Timed(self.timings, stage)
+        return _Timed(self.timings, stage, self.cpu)
 
 
 class _Timed:
-    def __init__(self, tm: dict, stage: str):
-        self.tm, self.stage = tm, stage
+    def __init__(self, tm: dict, stage: str, cpu: bool):
+        self.tm, self.stage, self.cpu = tm, stage, cpu
 
     def __enter__(self):
-        self.t, self.c = time.perf_counter(), time.process_time()
+        self.t = time.perf_counter()
+        self.c = time.process_time() if self.cpu else 0.0
         return self
 
     def __exit__(self, *exc):
-        for key, v in ((f"{self.stage}_s", time.perf_counter() - self.t),
-                       (f"{self.stage}_cpu_s", time.process_time() - self.c)):
-            self.tm[key] = self.tm.get(key, 0.0) + v
+        key = f"{self.stage}_s"
+        self.tm[key] = self.tm.get(key, 0.0) + time.perf_counter() - self.t
+        if self.cpu:
+            key = f"{self.stage}_cpu_s"
+            self.tm[key] = self.tm.get(key, 0.0) + time.process_time() - self.c
 
 
 class Prefetch:

@@ -293,6 +293,113 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
     return labels
 
 
+def decode_planes(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, *,
+                  out_shape: tuple[int, int] | None = None, **settings) -> list[np.ndarray]:
+    """:func:`decode_panoptic` of each of N planes, ``probability`` (N, C, H, W), ``heatmap``
+    (N, 1, h, w), ``offsets`` (N, 2, h, w); returns the N label planes, equal to decoding
+    them one by one. A model with one thing class and default decoding (no Fine boundaries,
+    outputs at the network's size) decodes all planes in a few array operations: the many
+    small planes of an xz or yz stack cost little more than their pixels."""
+    n = len(probability)
+    cls, things = list(settings.get("class_ids", (1,))), list(settings.get("thing_ids", (1,)))
+    H, W = probability.shape[-2:]
+    simple = (n > 1 and probability.shape[1] == 1 and len(cls) == 1 and things == cls
+              and not settings.get("fine_boundaries") and not settings.get("semantic_only")
+              and tuple(out_shape or (H, W)) == (H, W))
+    if not simple:
+        return [decode_panoptic(probability[i], heatmap[i], offsets[i], out_shape=out_shape, **settings)
+                for i in range(n)]
+    stride = settings.get("stride", STRIDE)
+    fg = np.asarray(probability)[:, 0] >= settings.get("confidence_thr", 0.5)
+    hm = np.asarray(heatmap, np.float32).reshape(n, *heatmap.shape[-2:])
+    h, w = hm.shape[1:]
+    k = max(1, int(settings.get("min_distance_object_centers", 3)))
+    # the planes' heatmaps one under another, k rows of -inf between: the maximum filter and
+    # the plateau labels of find_centers see each plane as they would alone
+    tall = np.full((n, h + k, w), -np.inf, np.float32)
+    tall[:, :h] = hm
+    rc = find_centers(tall.reshape(-1, w), settings.get("center_confidence_thr", 0.1), k)
+    plane, rc[:, 0] = np.divmod(rc[:, 0], h + k)
+    order = np.argsort(plane, kind="stable")  # by plane, strongest first within a plane (as alone)
+    plane, rc = plane[order], rc[order]
+    counts = np.bincount(plane, minlength=n)
+    ids = _group_planes(centers_in_pixels(rc, stride), plane, counts, np.asarray(offsets, np.float32), stride)
+    ids = _upsample_nearest_planes(ids, (H, W), stride)
+    return _merge_planes(ids * fg, cls[0], settings.get("label_divisor", 10000))
+
+
+def _group_planes(centers: np.ndarray, plane: np.ndarray, counts: np.ndarray, offsets: np.ndarray,
+                  stride: int) -> np.ndarray:
+    """:func:`group_pixels` of N planes at once: (N, h, w) ids; ``centers`` (K, 2) sorted by
+    ``plane``, ``counts`` centres per plane. The same arithmetic as one plane at a time."""
+    n, _, h, w = offsets.shape
+    ids = np.zeros((n, h, w), np.int32)
+    crowded = np.flatnonzero(counts > BRUTE_FORCE_CENTERS)
+    start = np.concatenate([[0], np.cumsum(counts)])
+    for p in crowded:  # many centres: a k-d tree, plane by plane
+        ids[p] = group_pixels(centers[start[p]:start[p + 1]], offsets[p], stride=stride)
+    few = np.flatnonzero((counts > 0) & (counts <= BRUTE_FORCE_CENTERS))
+    if not few.size:
+        return ids
+    c0 = (stride - 1) / 2.0
+    yy = np.arange(h, dtype=np.float32)[:, None] * stride + c0
+    xx = np.arange(w, dtype=np.float32)[None, :] * stride + c0
+    ty = (yy + offsets[few, 0]).astype(np.float64)
+    tx = (xx + offsets[few, 1]).astype(np.float64)
+    c = np.asarray(centers, np.float32).astype(np.float64)
+    best = np.full(ty.shape, np.inf)
+    out = np.zeros(ty.shape, np.int32)
+    d, e = np.empty(ty.shape), np.empty(ty.shape)
+    for j in range(int(counts[few].max())):
+        # the j-th centre of every plane that has one; +inf elsewhere is never closer
+        has = counts[few] > j
+        cy = np.where(has, c[np.minimum(start[few] + j, len(c) - 1), 0], np.inf)[:, None, None]
+        cx = np.where(has, c[np.minimum(start[few] + j, len(c) - 1), 1], np.inf)[:, None, None]
+        np.subtract(ty, cy, out=d)
+        np.multiply(d, d, out=d)
+        np.subtract(tx, cx, out=e)
+        np.multiply(e, e, out=e)
+        d += e
+        closer = d < best
+        np.copyto(best, d, where=closer)
+        out[closer] = j + 1
+    ids[few] = out
+    return ids
+
+
+def _upsample_nearest_planes(ids: np.ndarray, shape: tuple[int, int], stride: int) -> np.ndarray:
+    """:func:`_upsample_nearest` of (N, h, w) ids by a whole ``stride``, as uint16 where they fit."""
+    n, h, w = ids.shape
+    if h * stride < shape[0] or w * stride < shape[1]:
+        return np.stack([_upsample_nearest(a, shape, stride) for a in ids])
+    out = np.empty((n, h, stride, w, stride), np.uint16 if ids.max(initial=0) < 2**16 else ids.dtype)
+    out[...] = ids[:, :, None, :, None]
+    return out.reshape(n, h * stride, w * stride)[:, : shape[0], : shape[1]]
+
+
+def _merge_planes(inst: np.ndarray, thing: int, label_divisor: int | None) -> list[np.ndarray]:
+    """:func:`merge_panoptic` of N planes of one thing class (``inst``: centre ids where the
+    class is, 0 elsewhere): the planes one under another with a row of zeros between, so
+    that one connected-components pass numbers each plane's pieces in its raster order."""
+    n, H, W = inst.shape
+    tall = np.zeros((n, H + 1, W), inst.dtype if inst.dtype in (np.uint16, np.uint32) else np.uint32)
+    tall[:, :H] = inst
+    pieces = cc3d.connected_components(tall.reshape(-1, W), connectivity=8).reshape(n, H + 1, W)[:, :H]
+    last = np.maximum.accumulate(pieces.reshape(n, -1).max(axis=1).astype(np.int64))
+    first = np.concatenate([[0], last[:-1]])  # pieces of plane p are first[p] + 1 .. last[p]
+    most = int((last - first).max())
+    div = int(label_divisor or 0)
+    if div and most >= div:  # the error number_per_class gives
+        number_per_class(np.full(most, thing), np.ones(most, bool), div)
+    base = thing * div if div else 0  # piece j of a plane becomes base + j, as number_per_class numbers it
+    dt = dtype_for_max_label(base + most)
+    lab = pieces.astype(dt)
+    # base - first wraps around in the unsigned type; every sum it gives lies in range
+    shift = (base - first).astype(np.int64).view(np.uint64).astype(dt)[:, None, None]
+    np.add(lab, shift, out=lab, where=pieces > 0)
+    return list(lab)
+
+
 def decode_settings(params, card) -> dict[str, Any]:
     """Keyword arguments of :func:`decode_panoptic` (and of
     :func:`~.large2d.decode_large`) for the parameters of a plane

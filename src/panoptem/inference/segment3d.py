@@ -22,7 +22,7 @@ from ..labels import dtype_for_max_label, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from ._pipeline import Prefetch, StageClock, Worker
 from .cache import at_cache_precision, plane_hashes
-from .decode import _upsample_linear, decode_panoptic, decode_settings
+from .decode import _upsample_linear, decode_planes, decode_settings
 from .engine import Predictor
 from .linking import SliceLinker
 from .median import RunningMedian
@@ -136,13 +136,16 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     tm = timings if timings is not None else {}
     tm.setdefault("network_s", 0.0)
     tm.setdefault("decode_link_s", 0.0)
-    clock = StageClock(tm)
+    clock = StageClock(tm, cpu=not overlap)  # CPU seconds per stage mean something only one after another
 
     def consume(items):
         nonlocal provisional
-        for idx, prob, (hm, off) in items:
-            with clock("decode"):
-                lab = decode_panoptic(prob, hm, off, out_shape=shape, **settings)
+        if not items:
+            return
+        with clock("decode"):  # all planes at once: thin planes cost little more than their pixels
+            labs = decode_planes(np.stack([it[1] for it in items]), np.stack([it[2][0] for it in items]),
+                                 np.stack([it[2][1] for it in items]), out_shape=shape, **settings)
+        for (idx, _, _), lab in zip(items, labs):
             with clock("link"):
                 prov = linker.add(lab)
                 if provisional is None and work_dir is not None:
@@ -167,6 +170,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                 out = cache.put(i0, out, hashes) if cache is not None else at_cache_precision(out)
         if stopping.is_set():
             return  # the run stops: what the network computed is kept for a resume, nothing more
+        ready = []
         for j in range(len(out)):
             # probabilities stay at network resolution (the median is cheaper there);
             # decoding brings them to full size. Fusion volumes are full size.
@@ -182,12 +186,11 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                     for vol in extra_probability:
                         acc += _resize_area(vol[tuple(sl)].astype(np.float32) / 255.0, prob.shape[-2:])
                     prob = fused_probability(acc, 1 + len(extra_probability))
-                ready = median.push(prob, extra=(out.heatmap[j], out.offsets[j]))
-            consume(ready)
+                ready += median.push(prob, extra=(out.heatmap[j], out.offsets[j]))
         if i0 + len(out) >= n:
             with clock("median"):
-                ready = median.flush()
-            consume(ready)
+                ready += median.flush()
+        consume(ready)
         release_free()
         tm["decode_link_s"] += time.perf_counter() - t
 
