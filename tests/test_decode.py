@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from panoptem.errors import PanoptemError
+from panoptem.labels import compact
 from panoptem.inference.decode import (decode_panoptic, find_centers, group_pixels, merge_panoptic,
                                        semantic_classes)
 
@@ -220,12 +221,17 @@ def test_planes_decoded_together_equal_planes_decoded_alone(kw, monkeypatch):
     for n, h, w, brute in ((9, 30, 90, 64), (3, 40, 90, 4)):
         monkeypatch.setattr(dec, "BRUTE_FORCE_CENTERS", brute)
         prob, hm, off = _random_planes(rng, n, h, w)
-        together = decode_planes(prob, hm, off, **kw)
+        args = (prob, hm, off) if n > 5 else (list(prob), list(hm), list(off))  # arrays or lists of planes
+        together = decode_planes(*args, **kw)
         alone = [decode_panoptic(prob[i], hm[i], off[i], **kw) for i in range(n)]
         assert len(together) == n and sum(int(a.max() > 0) for a in alone) >= n - 1
         for a, b in zip(alone, together):
             assert a.shape == b.shape
             np.testing.assert_array_equal(a, b)
+        # what the linker takes: each plane compacted, without another pass over its labels
+        for a, got in zip(alone, decode_planes(*args, compacted=True, **kw)):
+            for x, y in zip(compact(a, return_counts=True), got):
+                np.testing.assert_array_equal(x, y)
 
 
 def test_planes_decoded_together_refuse_too_many_objects_as_alone():

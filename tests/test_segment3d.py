@@ -5,6 +5,7 @@ import pytest
 from panoptem.errors import PanoptemError
 from panoptem import evaluate
 from panoptem.inference.segment3d import Cancelled, segment_3d, write_result
+from panoptem.params import Params3D
 
 from _models import dark_blob_model
 
@@ -222,7 +223,6 @@ def test_one_class_labels_in_one_pass_match_the_panoptic_path():
     """A single-class run renumbers its linked ids in the one relabelling pass; the labels and
     the panoptic volume (made on first use) equal those of the general path."""
     from panoptem.inference.segment3d import split_classes
-    from panoptem.params import Params3D
     vol, truth = phantom()
     fast = segment_3d(vol, dark_blob_model(), **P)
     full = segment_3d(vol, dark_blob_model(), return_panoptic=True, **P)  # the general path
@@ -235,3 +235,20 @@ def test_one_class_labels_in_one_pass_match_the_panoptic_path():
     assert fast.panoptic.min() == 0 and fast.panoptic.max() > div  # class * divisor + n
     labels, counts = split_classes(fast.panoptic, dark_blob_model().card, div)
     np.testing.assert_array_equal(labels["mitochondria"], fast.labels["mitochondria"])
+
+
+def test_orthoplane_consensus_of_local_ids_matches_the_panoptic_path():
+    """A single-class ortho-plane run hands its stacks to the consensus as local ids with
+    the linking's ids and voxel counts; the labels equal those of the panoptic path."""
+    from panoptem.inference.consensus import orthoplane_consensus
+    from panoptem.labels import compact
+    vol, truth = phantom()
+    fast = segment_3d(vol, dark_blob_model(), orthoplane=True, batch_size=8, **P)
+    full = segment_3d(vol, dark_blob_model(), orthoplane=True, batch_size=8, return_panoptic=True, **P)
+    assert fast.objects == full.objects == {"mitochondria": len(BALLS)}
+    np.testing.assert_array_equal(fast.labels["mitochondria"], full.labels["mitochondria"])
+    stacks = [full.stacks[p] for p in ("xy", "xz", "yz")]
+    kw = dict(label_divisor=Params3D(**P).label_divisor, min_size=200, min_extent=3)
+    np.testing.assert_array_equal(orthoplane_consensus(None, compacted=[compact(s, return_counts=True)
+                                                                        for s in stacks], **kw),
+                                  orthoplane_consensus(stacks, **kw))

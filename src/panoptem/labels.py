@@ -277,6 +277,10 @@ def pair_counts(a: np.ndarray, b: np.ndarray, na: int, nb: int) -> tuple[np.ndar
     return u // (nb + 1), u % (nb + 1), np.asarray(c, np.int64)
 
 
+#: up to this many edges :func:`greedy_match` walks them one by one
+FEW_EDGES = 64
+
+
 def greedy_match(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> np.ndarray:
     """One-to-one matching, greedy by descending ``score``.
 
@@ -293,6 +297,14 @@ def greedy_match(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     order = np.lexsort((b, a, -np.asarray(score, np.float64)))
     sa, sb = np.asarray(a)[order], np.asarray(b)[order]
+    if len(order) <= FEW_EDGES:  # the definition itself: cheaper than a round of array calls
+        free_a, free_b, keep = set(sa.tolist()), set(sb.tolist()), []
+        for i, x, y in zip(order.tolist(), sa.tolist(), sb.tolist()):
+            if x in free_a and y in free_b:
+                free_a.discard(x)
+                free_b.discard(y)
+                keep.append(i)
+        return np.sort(np.asarray(keep, np.int64))
     alive = np.ones(len(order), bool)
     chosen = []
     while alive.any():

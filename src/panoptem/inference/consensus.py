@@ -99,7 +99,7 @@ def _group(stacks: list[dict], match_iou: float, overlaps) -> tuple[np.ndarray, 
 
 def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_thr: int = 2,
                          allow_one_view: bool = False, min_size: int = 500, min_extent: int = 5,
-                         match_iou: float = 0.25, chunk: int = 16) -> np.ndarray:
+                         match_iou: float = 0.25, chunk: int = 16, compacted=None) -> np.ndarray:
     """Consensus labels of the xy, xz and yz stacks of one volume.
 
     Parameters
@@ -113,6 +113,9 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     min_size, min_extent : filters in voxels (see :func:`panoptem.labels.filter_objects`).
     match_iou : least mean IoU for an object to join a group of other stacks.
     chunk : planes per chunk for overlaps and votes (memory).
+    compacted : instead of ``volumes`` (None), each volume as
+        :func:`~panoptem.labels.compact` gives it with ``return_counts``: ``(local, ids,
+        counts)``; then no volume holds semantic segments.
 
     Returns
     -------
@@ -125,7 +128,9 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     >>> int(out.max()), int((out > 0).sum())
     (10001, 8)
     """
-    vols = [np.asarray(v) for v in volumes]
+    if compacted is not None:
+        compacted = [(np.asarray(local), np.asarray(ids), np.asarray(n)) for local, ids, n in compacted]
+    vols = [np.asarray(v) for v in volumes] if compacted is None else [c[0] for c in compacted]
     if not vols or any(v.ndim != 3 for v in vols) or any(v.shape != vols[0].shape for v in vols):
         raise PanoptemError("Consensus needs label volumes of one (Z, Y, X) shape, one per stack; got shapes "
                             f"{[v.shape for v in vols]}.")
@@ -134,8 +139,8 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
         raise PanoptemError(f"Voxel Vote Thr must be a whole number from 1 to {n_views}, got {pixel_vote_thr}.")
     div = int(label_divisor or 0)
     stacks, offset = [], 0
-    for v in vols:
-        local, ids, size = compact(v, return_counts=True)
+    for i, v in enumerate(vols):
+        local, ids, size = compact(v, return_counts=True) if compacted is None else compacted[i]
         ids = ids.astype(np.int64)
         k = int(ids.size)
         stacks.append({"local": local, "k": k, "offset": offset, "ids": ids,
@@ -159,7 +164,7 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     lut = np.zeros(n_groups + 1, np.int64)
     lut[ids] = final
     labels = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))[out]
-    if div:
+    if div and compacted is None:
         _stuff_vote(labels, vols, ids_of, div, int(pixel_vote_thr))
     return labels
 

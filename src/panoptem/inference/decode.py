@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ..labels import dtype_for_max_label, number_per_class
+from ..labels import compact, dtype_for_max_label, number_per_class
 from ..models.card import OUTPUT_STRIDE as STRIDE
 
 #: up to this many centres :func:`group_pixels` measures every distance; above, a k-d tree
@@ -293,25 +293,35 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
     return labels
 
 
-def decode_planes(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, *,
-                  out_shape: tuple[int, int] | None = None, **settings) -> list[np.ndarray]:
-    """:func:`decode_panoptic` of each of N planes, ``probability`` (N, C, H, W), ``heatmap``
-    (N, 1, h, w), ``offsets`` (N, 2, h, w); returns the N label planes, equal to decoding
-    them one by one. A model with one thing class and default decoding (no Fine boundaries,
-    outputs at the network's size) decodes all planes in a few array operations: the many
-    small planes of an xz or yz stack cost little more than their pixels."""
+#: planes of up to this many pixels are decoded together by :func:`decode_planes`
+SMALL_PLANE = 1 << 18
+
+
+def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] | None = None,
+                  compacted: bool = False, **settings) -> list:
+    """:func:`decode_panoptic` of each of N planes: ``probability`` (N, C, H, W), ``heatmap``
+    (N, 1, h, w) and ``offsets`` (N, 2, h, w), as arrays or sequences of planes; returns the N
+    label planes, equal to decoding them one by one. Small planes (up to
+    :data:`SMALL_PLANE` pixels) of a model with one thing class and default decoding (no Fine
+    boundaries, outputs at the network's size) are decoded together in a few array
+    operations: the many thin planes of an xz or yz stack then cost little more than their
+    pixels. Large planes gain nothing from it and are decoded one by one. ``compacted``: each
+    plane as ``(local, ids, counts)``, what :func:`~panoptem.labels.compact` (with
+    ``return_counts``) gives for its labels, which the batch knows without another pass."""
     n = len(probability)
     cls, things = list(settings.get("class_ids", (1,))), list(settings.get("thing_ids", (1,)))
-    H, W = probability.shape[-2:]
-    simple = (n > 1 and probability.shape[1] == 1 and len(cls) == 1 and things == cls
+    C, H, W = probability[0].shape[-3:] if n else (1, 0, 0)
+    simple = (n > 1 and C == 1 and H * W <= SMALL_PLANE and len(cls) == 1 and things == cls
               and not settings.get("fine_boundaries") and not settings.get("semantic_only")
               and tuple(out_shape or (H, W)) == (H, W))
     if not simple:
-        return [decode_panoptic(probability[i], heatmap[i], offsets[i], out_shape=out_shape, **settings)
+        labs = [decode_panoptic(probability[i], heatmap[i], offsets[i], out_shape=out_shape, **settings)
                 for i in range(n)]
+        return [compact(a, return_counts=True) for a in labs] if compacted else labs
     stride = settings.get("stride", STRIDE)
-    fg = np.asarray(probability)[:, 0] >= settings.get("confidence_thr", 0.5)
-    hm = np.asarray(heatmap, np.float32).reshape(n, *heatmap.shape[-2:])
+    fg = np.stack([np.asarray(p)[0] for p in probability]) >= settings.get("confidence_thr", 0.5)
+    hm = np.stack([np.asarray(a, np.float32).reshape(a.shape[-2:]) for a in heatmap])
+    offsets = np.stack([np.asarray(a, np.float32) for a in offsets])
     h, w = hm.shape[1:]
     k = max(1, int(settings.get("min_distance_object_centers", 3)))
     # the planes' heatmaps one under another, k rows of -inf between: the maximum filter and
@@ -323,9 +333,12 @@ def decode_planes(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndar
     order = np.argsort(plane, kind="stable")  # by plane, strongest first within a plane (as alone)
     plane, rc = plane[order], rc[order]
     counts = np.bincount(plane, minlength=n)
-    ids = _group_planes(centers_in_pixels(rc, stride), plane, counts, np.asarray(offsets, np.float32), stride)
+    ids = _group_planes(centers_in_pixels(rc, stride), plane, counts, offsets, stride)
     ids = _upsample_nearest_planes(ids, (H, W), stride)
-    return _merge_planes(ids * fg, cls[0], settings.get("label_divisor", 10000))
+    # the planes one under another with a row of zeros between, each plane's centre ids where it is foreground
+    tall = np.zeros((n, H + 1, W), ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.uint32)
+    np.multiply(ids, fg, out=tall[:, :H], casting="unsafe")
+    return _merge_planes(tall, cls[0], settings.get("label_divisor", 10000), compacted)
 
 
 def _group_planes(centers: np.ndarray, plane: np.ndarray, counts: np.ndarray, offsets: np.ndarray,
@@ -377,13 +390,13 @@ def _upsample_nearest_planes(ids: np.ndarray, shape: tuple[int, int], stride: in
     return out.reshape(n, h * stride, w * stride)[:, : shape[0], : shape[1]]
 
 
-def _merge_planes(inst: np.ndarray, thing: int, label_divisor: int | None) -> list[np.ndarray]:
-    """:func:`merge_panoptic` of N planes of one thing class (``inst``: centre ids where the
-    class is, 0 elsewhere): the planes one under another with a row of zeros between, so
-    that one connected-components pass numbers each plane's pieces in its raster order."""
-    n, H, W = inst.shape
-    tall = np.zeros((n, H + 1, W), inst.dtype if inst.dtype in (np.uint16, np.uint32) else np.uint32)
-    tall[:, :H] = inst
+def _merge_planes(tall: np.ndarray, thing: int, label_divisor: int | None, compacted: bool = False) -> list:
+    """:func:`merge_panoptic` of N planes of one thing class, ``tall`` (N, H + 1, W): centre
+    ids where the class is, 0 elsewhere, and a last row of zeros in each plane, so that one
+    connected-components pass over the planes one under another numbers each plane's pieces
+    in its raster order. ``compacted``: each plane as :func:`~panoptem.labels.compact` would
+    give its labels."""
+    n, H, W = tall.shape[0], tall.shape[1] - 1, tall.shape[2]
     pieces = cc3d.connected_components(tall.reshape(-1, W), connectivity=8).reshape(n, H + 1, W)[:, :H]
     last = np.maximum.accumulate(pieces.reshape(n, -1).max(axis=1).astype(np.int64))
     first = np.concatenate([[0], last[:-1]])  # pieces of plane p are first[p] + 1 .. last[p]
@@ -392,6 +405,12 @@ def _merge_planes(inst: np.ndarray, thing: int, label_divisor: int | None) -> li
     if div and most >= div:  # the error number_per_class gives
         number_per_class(np.full(most, thing), np.ones(most, bool), div)
     base = thing * div if div else 0  # piece j of a plane becomes base + j, as number_per_class numbers it
+    if compacted:  # what labels.compact(labels, return_counts=True) gives for each plane
+        local = pieces.astype(np.int32)
+        np.subtract(local, first.astype(np.int32)[:, None, None], out=local, where=pieces > 0)
+        area = np.bincount(pieces.ravel(), minlength=int(last[-1]) + 1).astype(np.int64)
+        return [(local[p], np.arange(base + 1, base + 1 + int(last[p] - first[p]), dtype=np.int64),
+                 area[first[p] + 1:last[p] + 1]) for p in range(n)]
     dt = dtype_for_max_label(base + most)
     lab = pieces.astype(dt)
     # base - first wraps around in the unsigned type; every sum it gives lies in range

@@ -126,14 +126,16 @@ class SliceLinker:
         """Class of every provisional id (index = id; 0 for id 0 and without a divisor)."""
         return np.concatenate([[0], *self._nodes["cls"]]).astype(np.int64)
 
-    def add(self, labels2d: np.ndarray) -> np.ndarray:
+    def add(self, labels2d: np.ndarray | None = None, compacted: tuple | None = None) -> np.ndarray:
         """Add the next slice; return it with provisional ids unique over the stack.
 
         ``labels2d`` (H, W): panoptic ids of this slice (``class * divisor + n``,
-        or 1..N without a divisor), unique within the slice. The result is
-        uint32 (uint64 once more than 2**32 - 1 provisional ids were given out).
+        or 1..N without a divisor), unique within the slice; or ``compacted``, what
+        :func:`~panoptem.labels.compact` gives for them with ``return_counts`` (e.g. from
+        :func:`~.decode.decode_planes`). The result is uint32 (uint64 once more than
+        2**32 - 1 provisional ids were given out).
         """
-        lab = np.asarray(labels2d)
+        lab = np.asarray(labels2d) if compacted is None else compacted[0]
         if lab.ndim != 2:
             raise PanoptemError(f"Linking takes 2D label slices, got shape {lab.shape}.")
         if self._shape is None:
@@ -141,7 +143,7 @@ class SliceLinker:
         elif lab.shape != self._shape:
             raise PanoptemError(f"All slices of a stack must have the same shape; got {lab.shape} "
                                 f"after {self._shape}.")
-        local, ids, area = compact(lab, return_counts=True)
+        local, ids, area = compact(lab, return_counts=True) if compacted is None else compacted
         k = int(ids.size)
         ids = ids.astype(np.int64)
         offset = self._n

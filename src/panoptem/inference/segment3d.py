@@ -24,7 +24,7 @@ from ._pipeline import Prefetch, StageClock, Worker
 from .cache import at_cache_precision, plane_hashes
 from .decode import _upsample_linear, decode_planes, decode_settings
 from .engine import Predictor
-from .linking import SliceLinker
+from .linking import LinkResult, SliceLinker
 from .median import RunningMedian
 
 
@@ -90,7 +90,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               intensity=None, progress: bool = False, extra_probability=None,
               probability_sink=None, timings: dict | None = None, cache_dir=None,
               callback=None, work_dir=None, output=None, reset_stale: bool = False,
-              overlap: bool = True, renumber: Callable[[np.ndarray], np.ndarray] | None = None
+              overlap: bool = True, renumber: Callable[[LinkResult], np.ndarray] | None = None
               ) -> np.ndarray | int:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
@@ -113,8 +113,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     written is returned.
     ``overlap``: read the next planes and decode/link the last batch while the
     network computes (threads; the same labels as ``overlap=False``).
-    ``renumber``: maps the array of final panoptic ids (index: provisional id) to the
-    ids to return instead, applied in the one relabelling pass (in-memory runs).
+    ``renumber``: from the linking's result, the ids to return instead of its final
+    panoptic ids (index: provisional id), applied in the one relabelling pass (in-memory runs).
     ``timings`` receives wall and CPU seconds per stage (``read``, ``normalise``,
     ``forward``, ``quantise``, ``median``, ``decode``, ``link``, ``link_solve``, ``relabel``), plus
     ``network_s`` (normalise + forward) and ``decode_link_s`` (everything after it).
@@ -143,11 +143,11 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         if not items:
             return
         with clock("decode"):  # all planes at once: thin planes cost little more than their pixels
-            labs = decode_planes(np.stack([it[1] for it in items]), np.stack([it[2][0] for it in items]),
-                                 np.stack([it[2][1] for it in items]), out_shape=shape, **settings)
+            labs = decode_planes([it[1] for it in items], [it[2][0] for it in items], [it[2][1] for it in items],
+                                 out_shape=shape, compacted=True, **settings)
         for (idx, _, _), lab in zip(items, labs):
             with clock("link"):
-                prov = linker.add(lab)
+                prov = linker.add(compacted=lab)
                 if provisional is None and work_dir is not None:
                     import zarr
                     provisional = zarr.open_array(str(Path(work_dir) / f"provisional_{plane}.zarr"), mode="w",
@@ -268,7 +268,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         tm["decode_link_s"] += time.perf_counter() - t
         return written
     if renumber is not None:
-        mapping = renumber(mapping)
+        mapping = renumber(res)
         dt = mapping.dtype
     with clock("relabel"):
         labels = mapping.astype(dt, copy=False)[provisional]
@@ -324,6 +324,21 @@ def class_numbering(ids: np.ndarray, card, label_divisor: int | None) -> list[tu
     return out
 
 
+class _LocalIds:
+    """The renumbering of a single instance class's stack for the consensus
+    (``run_stack(renumber=...)``): objects as local ids 1..k in the order of their panoptic
+    ids, int32, with those ids and their voxel counts from the linking, which is what
+    :func:`~panoptem.labels.compact` would give for the panoptic stack, without its passes."""
+
+    def __call__(self, res: LinkResult) -> np.ndarray:
+        ids = np.asarray(res.ids, np.int64)  # the kept objects, in the order of their ids
+        local = np.zeros(len(res.mapping), np.int32)
+        on = res.mapping > 0
+        local[on] = np.searchsorted(ids, res.mapping[on]) + 1
+        self.ids, self.counts = ids, np.asarray(res.voxels, np.int64)
+        return local
+
+
 def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tuple[dict, dict]:
     """Per-class volumes with instance ids renumbered 1..N in the order of their
     panoptic ids (semantic classes: 0/1)."""
@@ -345,7 +360,8 @@ class _OneClass:
         self.card, self.divisor = card, label_divisor
         self.ids = np.zeros(0, np.int64)
 
-    def __call__(self, mapping: np.ndarray) -> np.ndarray:
+    def __call__(self, res: LinkResult) -> np.ndarray:
+        mapping = res.mapping
         ids = np.unique(mapping)
         self.ids = ids[ids > 0]
         (self.name, sel, values, dtype, self.n), = class_numbering(self.ids, self.card, self.divisor)
@@ -552,8 +568,8 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         return Result3D({name: written}, written, {}, {name: n_obj}, timings, streamed=True, written=summary,
                         pixel_size=record)
     post = p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation
-    if not p.orthoplane and not p.return_panoptic and not post and card.num_classes == 1 \
-            and card.classes[0].kind == "instance":
+    one_class = card.num_classes == 1 and card.classes[0].kind == "instance"
+    if not p.orthoplane and not p.return_panoptic and not post and one_class:
         # one class: its labels straight from the linked ids, one pass over the volume
         one = _OneClass(card, p.label_divisor)
         labels = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress,
@@ -576,13 +592,22 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         del sinks
     else:
         from .consensus import orthoplane_consensus
-        for pl in PLANES:
-            stacks[pl] = run_stack(volume, by_plane[pl], p, pl, intensity, progress, **kw)
+        compacted = None
+        if one_class and not p.return_panoptic:  # each stack as local ids: no compacting passes
+            compacted = []
+            for pl in PLANES:
+                local = _LocalIds()
+                compacted.append((run_stack(volume, by_plane[pl], p, pl, intensity, progress, renumber=local,
+                                            **kw), local.ids, local.counts))
+        else:
+            for pl in PLANES:
+                stacks[pl] = run_stack(volume, by_plane[pl], p, pl, intensity, progress, **kw)
         with StageClock(timings)("consensus"):
-            panoptic = orthoplane_consensus([stacks["xy"], stacks["xz"], stacks["yz"]],
+            panoptic = orthoplane_consensus([stacks[pl] for pl in PLANES] if compacted is None else None,
                                             label_divisor=p.label_divisor, pixel_vote_thr=p.pixel_vote_thr,
                                             allow_one_view=p.allow_one_view, min_size=p.min_size,
-                                            min_extent=p.min_extent)
+                                            min_extent=p.min_extent, compacted=compacted)
+        del compacted
         if not p.return_panoptic:
             stacks = {}
     if p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation:
