@@ -1,8 +1,11 @@
 """Cold start: `panoptem segment3d IN -o OUT` in a fresh process against the same command
-run again inside one warm process, and `segment_3d` in memory.
+run again inside one warm process, and `segment_3d` in memory; with ``--image2d``, also
+`panoptem segment2d IMAGE -o OUT` in a fresh process (the start of a run matters most there).
+``--fresh-only`` times the fresh processes alone: run it with PYTHONPATH set to each of two
+checkouts, in turn, to compare their start.
 
 Prints one JSON line per measurement. Usage:
-    python bench/bench_cold_start.py VOLUME.tif [--repeat 3]
+    python bench/bench_cold_start.py VOLUME.tif [--image2d IMAGE.tif] [--repeat 3] [--fresh-only] [--label NAME]
 """
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ from _common import emit, machine
 from panoptem._bench import load
 
 
-def fresh(volume: str, out: Path) -> float:
+def fresh(volume: str, out: Path, command: str = "segment3d") -> float:
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "panoptem", "segment3d", volume, "-o", str(out)], check=True,
+    subprocess.run([sys.executable, "-m", "panoptem", command, volume, "-o", str(out)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t
 
@@ -30,6 +33,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("volume")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--image2d", help="a 2D image: also time segment2d on it in a fresh process")
+    ap.add_argument("--fresh-only", action="store_true", help="time the fresh processes only")
+    ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
     a = ap.parse_args()
     from typer.testing import CliRunner
     import tifffile
@@ -37,8 +43,14 @@ def main() -> int:
     from panoptem.cli import app
     with tempfile.TemporaryDirectory() as tmp:
         cold = [fresh(a.volume, Path(tmp) / f"fresh{i}.tif") for i in range(a.repeat)]
-        emit(what="fresh process CLI", seconds=round(statistics.median(cold), 2),
+        emit(what="fresh process CLI", code=a.label, seconds=round(statistics.median(cold), 2),
              runs_s=[round(v, 2) for v in cold], load=load(), machine=machine())
+        if a.image2d:
+            cold = [fresh(a.image2d, Path(tmp) / f"fresh2d{i}.tif", "segment2d") for i in range(a.repeat)]
+            emit(what="fresh process CLI, segment2d", code=a.label, seconds=round(statistics.median(cold), 2),
+                 runs_s=[round(v, 2) for v in cold], load=load())
+        if a.fresh_only:
+            return 0
         runner, warm = CliRunner(), []
         for i in range(a.repeat + 1):  # the first call warms the process up
             t = time.perf_counter()

@@ -85,10 +85,17 @@ def group_pixels(centers: np.ndarray, offsets: np.ndarray, stride: float = STRID
         _, nearest = cKDTree(c).query(np.stack([ty.ravel(), tx.ravel()], axis=1), k=1)
         return (nearest.astype(np.int32) + 1).reshape(h, w)
     # few centres (the usual case): one pass per centre beats building a tree
-    best = np.full((h, w), np.inf)
-    ids = np.zeros((h, w), np.int32)
-    d, e = np.empty((h, w)), np.empty((h, w))
-    for k, (cy, cx) in enumerate(c):
+    return _closest(ty, tx, c)
+
+
+def _closest(ty: np.ndarray, tx: np.ndarray, centers) -> np.ndarray:
+    """For every target ``(ty, tx)`` (float64), 1 + the index of the closest of ``centers``
+    (each a ``(cy, cx)`` pair of numbers, or of arrays broadcast against the targets; +inf
+    is never closer), the first on a tie; 0 where none is finite."""
+    best = np.full(ty.shape, np.inf)
+    ids = np.zeros(ty.shape, np.int32)
+    d, e = np.empty(ty.shape), np.empty(ty.shape)
+    for k, (cy, cx) in enumerate(centers):
         np.subtract(ty, cy, out=d)
         np.multiply(d, d, out=d)
         np.subtract(tx, cx, out=e)
@@ -360,23 +367,13 @@ def _group_planes(centers: np.ndarray, plane: np.ndarray, counts: np.ndarray, of
     ty = (yy + offsets[few, 0]).astype(np.float64)
     tx = (xx + offsets[few, 1]).astype(np.float64)
     c = np.asarray(centers, np.float32).astype(np.float64)
-    best = np.full(ty.shape, np.inf)
-    out = np.zeros(ty.shape, np.int32)
-    d, e = np.empty(ty.shape), np.empty(ty.shape)
-    for j in range(int(counts[few].max())):
-        # the j-th centre of every plane that has one; +inf elsewhere is never closer
+
+    def rank(j):  # the j-th centre of every plane that has one; +inf elsewhere
         has = counts[few] > j
-        cy = np.where(has, c[np.minimum(start[few] + j, len(c) - 1), 0], np.inf)[:, None, None]
-        cx = np.where(has, c[np.minimum(start[few] + j, len(c) - 1), 1], np.inf)[:, None, None]
-        np.subtract(ty, cy, out=d)
-        np.multiply(d, d, out=d)
-        np.subtract(tx, cx, out=e)
-        np.multiply(e, e, out=e)
-        d += e
-        closer = d < best
-        np.copyto(best, d, where=closer)
-        out[closer] = j + 1
-    ids[few] = out
+        at = np.minimum(start[few] + j, len(c) - 1)
+        return (np.where(has, c[at, 0], np.inf)[:, None, None], np.where(has, c[at, 1], np.inf)[:, None, None])
+
+    ids[few] = _closest(ty, tx, (rank(j) for j in range(int(counts[few].max()))))
     return ids
 
 
