@@ -11,6 +11,14 @@ from ..errors import PanoptemError
 from ._forms import status_label
 
 
+def _fresh_threads() -> None:
+    """Every job in a thread of its own: Qt's pool keeps finished threads for reuse, and
+    PyTorch's backward pass (fine-tuning, training) crashed in a thread that had run
+    inference before."""
+    from qtpy.QtCore import QThreadPool
+    QThreadPool.globalInstance().setExpiryTimeout(0)
+
+
 class WorkerMixin:
     """Needs ``self.status`` (a label) and ``self.worker`` (None when idle);
     the buttons disabled while running are ``self.buttons`` (a dict) if the
@@ -41,6 +49,7 @@ class WorkerMixin:
         in the GUI thread (keep it to putting results into layers and widgets)."""
         for b in self._buttons():
             b.enabled = False
+        _fresh_threads()
         self.worker = create_worker(func, *args, **kwargs, _start_thread=False,
                                     _connect={"returned": on_result, "errored": self._fail,
                                               "finished": self._finished})

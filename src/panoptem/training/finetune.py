@@ -64,8 +64,8 @@ def frozen_modules(layers: str) -> tuple[str, ...]:
     return ENCODER[:ENCODER.index(layers)]
 
 
-def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
-    """Segment every image with ``model`` (:func:`~panoptem.segment_2d`) and
+def evaluate_pairs(model, images, masks, divisors=None, runtime: str = "auto", **params) -> dict:
+    """Segment every image with ``model`` (:func:`~panoptem.segment_2d`, ``runtime``) and
     pool the scores over all of them.
 
     Returns ``foreground_iou`` (pixels pooled), ``precision_50``, ``recall_50``,
@@ -83,7 +83,7 @@ def evaluate_pairs(model, images, masks, divisors=None, **params) -> dict:
     divisors = divisors if divisors is not None else [None] * len(images)
     tp = fp = fn = n_gt = n_pred = inter = union = n_empty = false_on_empty = 0
     for im, gt, div in zip(images, masks, divisors):
-        pred = segment_2d(im, model, **params)
+        pred = segment_2d(im, model, runtime=runtime, **params)
         gt = np.asarray(gt).astype(np.int64)
         if multi and div:  # the masks' divisor -> the prediction's
             gt = np.where(gt > 0, (gt // div) * pdiv + gt % div, 0)
@@ -361,7 +361,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     best = {"step": 0, "scores": before}
 
     def validate(model, step: int) -> None:
-        scores = evaluate_pairs(LoadedModel(card, model, dev), *val, **params)
+        # PyTorch: weights that change every step are not worth an ONNX export (nor a cache file each)
+        scores = evaluate_pairs(LoadedModel(card, model, dev), *val, runtime="torch", **params)
         history.append({"step": step, **scores})
         log(f"step {step}: {scores_line(scores)}")
         if better_scores(scores, best["scores"]):
