@@ -127,8 +127,12 @@ def _flip_average(model, x, ctx) -> dict:
         for k in out:
             v = flip(o[k].float() if hasattr(o[k], "float") else o[k], dims)
             if k == "offsets":
-                v = v * np.array([-1.0 if -2 in dims else 1.0, -1.0 if -1 in dims else 1.0],
-                                 np.float32).reshape(1, 2, 1, 1)
+                sign = [-1.0 if -2 in dims else 1.0, -1.0 if -1 in dims else 1.0]
+                if isinstance(v, np.ndarray):
+                    v = v * np.array(sign, np.float32).reshape(1, 2, 1, 1)
+                else:  # on the tensor's device (a GPU's too)
+                    import torch
+                    v = v * torch.tensor(sign, device=v.device).view(1, 2, 1, 1)
             out[k] = out[k] + v
     return {k: v / 4 for k, v in out.items()}
 
