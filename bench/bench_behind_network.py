@@ -5,7 +5,7 @@ and (ortho-plane) the consensus, without the network's noise.
 
 Run it from two checkouts in turn (PYTHONPATH) to compare two versions of that work on one
 machine. Prints one JSON line per mode. Usage:
-    python bench/bench_behind_network.py --lucchi DIR [--z 135:165] [--repeat 3] [--label NAME]
+    python bench/bench_behind_network.py --lucchi DIR [--z 135:165] [--repeat 3] [--label NAME] [--mode xy|orthoplane|both]
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--z", default="135:165", help="slices of the training volume (default: the held-out block)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
+    ap.add_argument("--mode", choices=("xy", "orthoplane", "both"), default="both")
     a = ap.parse_args()
     import tifffile
 
@@ -46,6 +47,8 @@ def main() -> None:
 
     engine.Predictor.predict = remembered
     for mode, kw in (("xy", {}), ("orthoplane", {"orthoplane": True})):
+        if a.mode not in ("both", mode):
+            continue
         panoptem.segment_3d(vol, model, overlap=False, **kw)  # the network, once
         wall, cpu = [], []
         for _ in range(a.repeat):

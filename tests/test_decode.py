@@ -203,7 +203,8 @@ def _random_planes(rng, n, h, w, stride=4):
     hs, ws = -(-h // stride), -(-w // stride)
     hm = rng.random((n, 1, hs, ws)).astype(np.float16).astype(np.float32)
     hm[:, :, : hs // 3, : ws // 3] = 0.5  # a plateau
-    hm[n // 2] = 0  # a plane without centres
+    if n > 1:
+        hm[n // 2] = 0  # a plane without centres
     off = (rng.normal(0, 6, (n, 2, hs, ws))).astype(np.float16).astype(np.float32)
     return prob, hm, off
 
@@ -218,13 +219,16 @@ def test_planes_decoded_together_equal_planes_decoded_alone(kw, monkeypatch):
     import panoptem.inference.decode as dec
     from panoptem.inference.decode import decode_planes
     rng = np.random.default_rng(7)
-    for n, h, w, brute in ((9, 30, 90, 64), (3, 40, 90, 4)):
+    # groups of all planes, of two or three (a budget of 8 000 pixels), of one (a large plane alone)
+    for n, h, w, brute, budget in ((9, 30, 90, 64, 1 << 18), (3, 40, 90, 4, 1 << 18), (9, 30, 90, 64, 8000),
+                                   (3, 40, 90, 4, 100), (1, 40, 90, 64, 1 << 18)):
         monkeypatch.setattr(dec, "BRUTE_FORCE_CENTERS", brute)
+        monkeypatch.setattr(dec, "SMALL_PLANE", budget)
         prob, hm, off = _random_planes(rng, n, h, w)
         args = (prob, hm, off) if n > 5 else (list(prob), list(hm), list(off))  # arrays or lists of planes
         together = decode_planes(*args, **kw)
         alone = [decode_panoptic(prob[i], hm[i], off[i], **kw) for i in range(n)]
-        assert len(together) == n and sum(int(a.max() > 0) for a in alone) >= n - 1
+        assert len(together) == n and sum(int(a.max() > 0) for a in alone) >= n - 1 and alone[0].max() > 0
         for a, b in zip(alone, together):
             assert a.shape == b.shape
             np.testing.assert_array_equal(a, b)

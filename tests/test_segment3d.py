@@ -144,6 +144,28 @@ def test_streamed_output_equals_in_memory(tmp_path, plane, ext, extra):
         segment_3d(vol, dark_blob_model(), output=out, **P)
 
 
+def test_spill_stack_reads_blocks_as_written_and_widens(tmp_path):
+    """The streamed run's provisional ids on disk: slices in any order, read back as Z blocks of
+    xy slices or as row blocks of xz / yz slices; unwritten slices read 0; wider ids rewrite it."""
+    from panoptem.inference.spill import SpillStack
+    ref = np.random.default_rng(0).integers(1, 2**32 - 1, (6, 5, 7), dtype=np.uint64).astype(np.uint32)
+    s = SpillStack(tmp_path / "p.raw", ref.shape, np.uint32)
+    for i in (4, 0, 2, 1, 3):
+        s[i] = ref[i]
+    ref[5] = 0
+    np.testing.assert_array_equal(s[0:6], ref)
+    np.testing.assert_array_equal(s[2:9], ref[2:])
+    np.testing.assert_array_equal(s[:, 1:3], ref[:, 1:3])
+    np.testing.assert_array_equal(s[3], ref[3])
+    wide = ref[5].astype(np.uint64) + 2**40
+    s[5] = wide
+    assert s.dtype == np.uint64 and (tmp_path / "p.raw").stat().st_size == ref.size * 8
+    np.testing.assert_array_equal(s[5], wide)
+    np.testing.assert_array_equal(s[:, 0:5][:5], ref[:5])
+    with pytest.raises(TypeError, match="reads"):
+        s[::2]
+
+
 @pytest.mark.parametrize("fusion", [None, "probability"])
 def test_downsampled_3d_keeps_objects_in_place(fusion):
     vol, truth = phantom(shape=(48, 128, 128), balls=[(14, 30, 30), (30, 90, 40), (24, 60, 96)], r=14)

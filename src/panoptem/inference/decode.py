@@ -300,7 +300,7 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
     return labels
 
 
-#: planes of up to this many pixels are decoded together by :func:`decode_planes`
+#: :func:`decode_planes` decodes planes together up to this many pixels per group
 SMALL_PLANE = 1 << 18
 
 
@@ -308,23 +308,34 @@ def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] |
                   compacted: bool = False, **settings) -> list:
     """:func:`decode_panoptic` of each of N planes: ``probability`` (N, C, H, W), ``heatmap``
     (N, 1, h, w) and ``offsets`` (N, 2, h, w), as arrays or sequences of planes; returns the N
-    label planes, equal to decoding them one by one. Small planes (up to
-    :data:`SMALL_PLANE` pixels) of a model with one thing class and default decoding (no Fine
-    boundaries, outputs at the network's size) are decoded together in a few array
+    label planes, equal to decoding them one by one. For a model with one thing class and
+    default decoding (no Fine boundaries, outputs at the network's size), planes are decoded
+    in groups of up to :data:`SMALL_PLANE` pixels (a large plane alone) in a few array
     operations: the many thin planes of an xz or yz stack then cost little more than their
-    pixels. Large planes gain nothing from it and are decoded one by one. ``compacted``: each
-    plane as ``(local, ids, counts)``, what :func:`~panoptem.labels.compact` (with
-    ``return_counts``) gives for its labels, which the batch knows without another pass."""
+    pixels, and every plane skips the general merge. ``compacted``: each plane as
+    ``(local, ids, counts)``, what :func:`~panoptem.labels.compact` (with ``return_counts``)
+    gives for its labels, which the decoding knows without another pass."""
     n = len(probability)
     cls, things = list(settings.get("class_ids", (1,))), list(settings.get("thing_ids", (1,)))
     C, H, W = probability[0].shape[-3:] if n else (1, 0, 0)
-    simple = (n > 1 and C == 1 and H * W <= SMALL_PLANE and len(cls) == 1 and things == cls
-              and not settings.get("fine_boundaries") and not settings.get("semantic_only")
-              and tuple(out_shape or (H, W)) == (H, W))
+    simple = (n and C == 1 and len(cls) == 1 and things == cls and not settings.get("fine_boundaries")
+              and not settings.get("semantic_only") and tuple(out_shape or (H, W)) == (H, W))
     if not simple:
         labs = [decode_panoptic(probability[i], heatmap[i], offsets[i], out_shape=out_shape, **settings)
                 for i in range(n)]
         return [compact(a, return_counts=True) for a in labs] if compacted else labs
+    group = max(1, SMALL_PLANE // max(H * W, 1))
+    out = []
+    for i in range(0, n, group):
+        j = min(i + group, n)
+        out += _decode_group(probability[i:j], heatmap[i:j], offsets[i:j], cls[0], compacted, settings)
+    return out
+
+
+def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, settings: dict) -> list:
+    """:func:`decode_planes` of planes of one thing class, together."""
+    n = len(probability)
+    H, W = probability[0].shape[-2:]
     stride = settings.get("stride", STRIDE)
     fg = np.stack([np.asarray(p)[0] for p in probability]) >= settings.get("confidence_thr", 0.5)
     hm = np.stack([np.asarray(a, np.float32).reshape(a.shape[-2:]) for a in heatmap])
@@ -345,7 +356,7 @@ def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] |
     # the planes one under another with a row of zeros between, each plane's centre ids where it is foreground
     tall = np.zeros((n, H + 1, W), ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.uint32)
     np.multiply(ids, fg, out=tall[:, :H], casting="unsafe")
-    return _merge_planes(tall, cls[0], settings.get("label_divisor", 10000), compacted)
+    return _merge_planes(tall, thing, settings.get("label_divisor", 10000), compacted)
 
 
 def _group_planes(centers: np.ndarray, plane: np.ndarray, counts: np.ndarray, offsets: np.ndarray,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, sparse
+from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import PanoptemError
@@ -44,6 +44,20 @@ class LinkResult:
     voxels: np.ndarray
     bbox: np.ndarray
     n_provisional: int = 0
+
+
+def _boxes(nz: np.ndarray, lv: np.ndarray, k: int, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Bounding rows ``r0, r1`` and columns ``c0, c1`` (stops exclusive) of ids 1..k, each
+    present, from their pixels' flat indices ``nz`` in an array of ``shape`` and ids ``lv``."""
+    rows, cols = np.divmod(nz, shape[1])
+    r0, c0 = np.full(k, shape[0], np.int64), np.full(k, shape[1], np.int64)
+    r1, c1 = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    at = lv.astype(np.intp) - 1
+    np.minimum.at(r0, at, rows)
+    np.maximum.at(r1, at, rows + 1)
+    np.minimum.at(c0, at, cols)
+    np.maximum.at(c1, at, cols + 1)
+    return r0, r1, c0, c1
 
 
 class SliceLinker:
@@ -150,10 +164,9 @@ class SliceLinker:
         self._n += k
         cls = ids // self.divisor if self.divisor else np.zeros(k, np.int64)
         thing = ids % self.divisor != 0 if self.divisor else np.ones(k, bool)
-        nz = np.flatnonzero(local)
+        nz = np.flatnonzero(local > 0)  # a boolean scan: several times faster than one of the ids
         lv = local.ravel()[nz]
-        r0, r1, c0, c1 = np.array([(r.start, r.stop, c.start, c.stop) for r, c in ndimage.find_objects(local, k)],
-                                  np.int64).reshape(-1, 4).T
+        r0, r1, c0, c1 = _boxes(nz, lv, k, lab.shape)
         for key, val in (("cls", cls), ("thing", thing), ("area", area), ("r0", r0), ("r1", r1),
                          ("c0", c0), ("c1", c1), ("count", [k])):
             self._nodes[key].append(np.asarray(val))

@@ -107,7 +107,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     ``callback(plane, done, total)``: called after every batch; returning
     False stops the run with :class:`Cancelled`.
     ``work_dir`` + ``output``: stream instead of holding the volume: linked
-    provisional ids go to a Zarr array in ``work_dir`` and the final labels
+    provisional ids go to a raw file in ``work_dir`` (:class:`.spill.SpillStack`) and the final labels
     are written block by block to ``output`` (an open label writer); then
     memory grows with the slice size, not the depth, and the number of objects
     written is returned.
@@ -149,15 +149,11 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             with clock("link"):
                 prov = linker.add(compacted=lab)
                 if provisional is None and work_dir is not None:
-                    import zarr
-                    provisional = zarr.open_array(str(Path(work_dir) / f"provisional_{plane}.zarr"), mode="w",
-                                                  # whole slices for xy; other planes are read back in Z blocks
-                                                  shape=(n, *shape), chunks=(1, shape[0] if axis == 0 else
-                                                                             min(32, shape[0]), shape[1]),
-                                                  dtype="uint64", fill_value=0)
+                    from .spill import SpillStack  # widens itself when the ids outgrow uint32
+                    provisional = SpillStack(Path(work_dir) / f"provisional_{plane}.raw", (n, *shape), prov.dtype)
                 elif provisional is None:
                     provisional = np.zeros((n, *shape), prov.dtype)
-                elif prov.dtype.itemsize > provisional.dtype.itemsize:
+                elif work_dir is None and prov.dtype.itemsize > provisional.dtype.itemsize:
                     provisional = provisional.astype(prov.dtype)
                 provisional[idx] = prov
 

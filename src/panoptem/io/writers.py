@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
@@ -265,7 +266,9 @@ class _TiffWriter(LabelWriter):
         self._next = 0
         self._buf = np.zeros(self.shape, self.dtype) if self.ndim == 2 else None
         self._desc = _tiff_description(self.shape, self.dtype, self.voxel_size)
-        self._kw = dict(compression="zlib", photometric="minisblack", metadata=None, software="panoptem")
+        # zlib (deflate) for every reader; its strips compressed on all cores (tifffile's default is half)
+        self._kw = dict(compression="zlib", photometric="minisblack", metadata=None, software="panoptem",
+                        maxworkers=min(os.cpu_count() or 1, 8))
         if self.voxel_size is not None:  # also as resolution tags (pixels per cm) for other software
             y, x = self.voxel_size[-2:]
             self._kw.update(resolution=(1e7 / x, 1e7 / y), resolutionunit="CENTIMETER")
