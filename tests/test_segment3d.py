@@ -144,6 +144,29 @@ def test_streamed_output_equals_in_memory(tmp_path, plane, ext, extra):
         segment_3d(vol, dark_blob_model(), output=out, **P)
 
 
+def test_cache_chunks_per_batch_and_resumes_with_another_batch_size(tmp_path):
+    """The cache stores a chunk per batch of planes in one folder; a run resumed with another batch
+    size writes across those chunks and keeps what was done."""
+    vol, _ = phantom()
+    with pytest.raises(Cancelled):
+        segment_3d(vol, dark_blob_model(), cache_dir=tmp_path, batch_size=4,
+                   callback=lambda plane, done, total: done < 8, **P)
+    prob = tmp_path / "xy.zarr" / "probability"
+    chunks = [f for f in prob.iterdir() if f.name != "zarr.json"]  # all-zero chunks are not stored
+    assert all(f.is_file() for f in chunks) and "1.0.0.0" in {f.name for f in chunks} <= {"0.0.0.0", "1.0.0.0"}
+    calls = []
+    net = dark_blob_model()
+    orig = net.module.forward
+    net.module.forward = lambda x: (calls.append(x.shape[0]), orig(x))[1]
+    resumed = segment_3d(vol, net, cache_dir=tmp_path, batch_size=3, **P)
+    assert sum(calls) == len(vol) - 6  # slices 0-5 (two whole batches of 3) came from the cache
+    fresh = segment_3d(vol, dark_blob_model(), **P)
+    np.testing.assert_array_equal(resumed.labels["mitochondria"], fresh.labels["mitochondria"])
+    again = segment_3d(vol, dark_blob_model(), cache_dir=tmp_path, batch_size=5, **P)
+    assert again.timings["network_s"] == 0
+    np.testing.assert_array_equal(again.labels["mitochondria"], fresh.labels["mitochondria"])
+
+
 def test_spill_stack_reads_blocks_as_written_and_widens(tmp_path):
     """The streamed run's provisional ids on disk: slices in any order, read back as Z blocks of
     xy slices or as row blocks of xz / yz slices; unwritten slices read 0; wider ids rewrite it."""

@@ -3,7 +3,7 @@ completion mark and content hash: an interrupted 3D run resumes where it
 stopped, and a finished one can be re-decoded with other thresholds without
 the network.
 
-Layout: ``<cache>/<plane>.zarr`` with arrays ``probability`` (N, C, H, W)
+Layout: ``<cache>/<plane>.zarr`` (a chunk per batch of planes) with arrays ``probability`` (N, C, H, W)
 uint8 (probability x 255), ``heatmap`` (N, 1, h, w) and ``offsets``
 (N, 2, h, w) float16, ``hash`` (N, 16) uint8 (BLAKE2b of the input plane),
 ``done`` (N,) bool, and attrs describing what was run. A cache made with a
@@ -62,7 +62,7 @@ class OutputCache:
     """
 
     def __init__(self, path: str | Path, plane: str, n: int, prob_shape, grid_shape, key: dict,
-                 reset_stale: bool = False):
+                 reset_stale: bool = False, chunk: int = 1):
         import zarr
         self.path = Path(path) / f"{plane}.zarr"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,9 +77,15 @@ class OutputCache:
         if "done" not in g:
             c, h, w = prob_shape
             gh, gw = grid_shape
-            g.create_array("probability", shape=(n, c, h, w), chunks=(1, c, h, w), dtype="uint8", fill_value=0)
-            g.create_array("heatmap", shape=(n, 1, gh, gw), chunks=(1, 1, gh, gw), dtype="float16", fill_value=0)
-            g.create_array("offsets", shape=(n, 2, gh, gw), chunks=(1, 2, gh, gw), dtype="float16", fill_value=0)
+            # a chunk per batch of planes, keys in one folder: thousands of thin xz / yz planes
+            # stored a file and three folders each cost more than their network
+            b, flat = max(1, min(int(chunk), n)), {"name": "v2", "separator": "."}
+            g.create_array("probability", shape=(n, c, h, w), chunks=(b, c, h, w), dtype="uint8", fill_value=0,
+                           chunk_key_encoding=flat)
+            g.create_array("heatmap", shape=(n, 1, gh, gw), chunks=(b, 1, gh, gw), dtype="float16", fill_value=0,
+                           chunk_key_encoding=flat)
+            g.create_array("offsets", shape=(n, 2, gh, gw), chunks=(b, 2, gh, gw), dtype="float16", fill_value=0,
+                           chunk_key_encoding=flat)
             g.create_array("hash", shape=(n, HASH_BYTES), chunks=(n, HASH_BYTES), dtype="uint8", fill_value=0)
             g.create_array("done", shape=(n,), chunks=(n,), dtype="bool", fill_value=False)
             g.attrs["key"] = key

@@ -190,6 +190,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         release_free()
         tm["decode_link_s"] += time.perf_counter() - t
 
+    b = predictor.batch_for(shape, n)
     cache = None
     if cache_dir is not None:
         from .cache import OutputCache
@@ -203,8 +204,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         if predictor.tta:  # only then, so that caches made without the option stay valid
             key["tta"] = True
         cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
-                            (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale)
-    b = predictor.batch_for(shape, n)
+                            (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale, chunk=b)
 
     def read(i0):
         with clock("read"):
