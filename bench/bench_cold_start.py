@@ -5,7 +5,7 @@ run again inside one warm process, and `segment_3d` in memory; with ``--image2d`
 checkouts, in turn, to compare their start.
 
 Prints one JSON line per measurement. Usage:
-    python bench/bench_cold_start.py VOLUME.tif [--image2d IMAGE.tif] [--repeat 3] [--fresh-only] [--label NAME]
+    python bench/bench_cold_start.py VOLUME.tif [--image2d IMAGE.tif] [--repeat 3] [--fresh-only] [--orthoplane] [--label NAME]
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from _common import emit, machine
 from panoptem._bench import load
 
 
-def fresh(volume: str, out: Path, command: str = "segment3d") -> float:
+def fresh(volume: str, out: Path, command: str = "segment3d", extra: tuple = ()) -> float:
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "panoptem", command, volume, "-o", str(out)], check=True,
+    subprocess.run([sys.executable, "-m", "panoptem", command, volume, "-o", str(out), *extra], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t
 
@@ -36,20 +36,23 @@ def main() -> int:
     ap.add_argument("--image2d", help="a 2D image: also time segment2d on it in a fresh process")
     ap.add_argument("--fresh-only", action="store_true", help="time the fresh processes only")
     ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
+    ap.add_argument("--orthoplane", action="store_true", help="segment3d with --orthoplane (fresh processes only)")
     a = ap.parse_args()
     from typer.testing import CliRunner
     import tifffile
     import panoptem
     from panoptem.cli import app
     with tempfile.TemporaryDirectory() as tmp:
-        cold = [fresh(a.volume, Path(tmp) / f"fresh{i}.tif") for i in range(a.repeat)]
-        emit(what="fresh process CLI", code=a.label, seconds=round(statistics.median(cold), 2),
-             runs_s=[round(v, 2) for v in cold], load=load(), machine=machine())
+        extra = ("--orthoplane",) if a.orthoplane else ()
+        cold = [fresh(a.volume, Path(tmp) / f"fresh{i}.tif", extra=extra) for i in range(a.repeat)]
+        emit(what="fresh process CLI" + (", ortho-plane" if a.orthoplane else ""), code=a.label,
+             seconds=round(statistics.median(cold), 2), runs_s=[round(v, 2) for v in cold], load=load(),
+             machine=machine())
         if a.image2d:
             cold = [fresh(a.image2d, Path(tmp) / f"fresh2d{i}.tif", "segment2d") for i in range(a.repeat)]
             emit(what="fresh process CLI, segment2d", code=a.label, seconds=round(statistics.median(cold), 2),
                  runs_s=[round(v, 2) for v in cold], load=load())
-        if a.fresh_only:
+        if a.fresh_only or a.orthoplane:
             return 0
         runner, warm = CliRunner(), []
         for i in range(a.repeat + 1):  # the first call warms the process up

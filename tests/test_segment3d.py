@@ -297,3 +297,20 @@ def test_orthoplane_consensus_of_local_ids_matches_the_panoptic_path():
     np.testing.assert_array_equal(orthoplane_consensus(None, compacted=[compact(s, return_counts=True)
                                                                         for s in stacks], **kw),
                                   orthoplane_consensus(stacks, **kw))
+
+
+def test_cache_precision_is_bytes_and_half_floats():
+    """Outputs are decoded at the cache's precision: probabilities rounded to 1/255 (halves to
+    even), heatmap and offsets through float16, all read back as float32."""
+    from panoptem.inference.cache import at_cache_precision
+    from panoptem.inference.predict import ModelOutput
+    rng = np.random.default_rng(5)
+    prob = rng.random((2, 1, 9, 11), dtype=np.float32)
+    prob.flat[:4] = [0.0, 1.0, np.float32(0.5 / 255), np.float32(2.5 / 255)]
+    hm, off = rng.random((2, 1, 3, 3), dtype=np.float32), rng.normal(0, 9, (2, 2, 3, 3)).astype(np.float32)
+    got = at_cache_precision(ModelOutput(prob, hm, off))
+    want = np.round(prob * 255).astype(np.uint8).astype(np.float32) / np.float32(255)
+    assert got.semantic_probability.dtype == np.float32
+    np.testing.assert_array_equal(got.semantic_probability, want)
+    np.testing.assert_array_equal(got.heatmap, hm.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(got.offsets, off.astype(np.float16).astype(np.float32))

@@ -28,13 +28,18 @@ from .predict import ModelOutput
 HASH_BYTES = 16
 
 
+#: the float32 value of every stored probability byte (u / 255, as float32 division gives it)
+_PROBABILITY = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
 def _quantize(out: ModelOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return (np.round(out.semantic_probability * 255).astype(np.uint8),
-            out.heatmap.astype(np.float16), out.offsets.astype(np.float16))
+    p = np.multiply(out.semantic_probability, np.float32(255))
+    np.rint(p, out=p)  # what np.round does, without another array
+    return p.astype(np.uint8), out.heatmap.astype(np.float16), out.offsets.astype(np.float16)
 
 
 def _dequantize(prob: np.ndarray, hm: np.ndarray, off: np.ndarray) -> ModelOutput:
-    return ModelOutput(prob.astype(np.float32) / np.float32(255.0), hm.astype(np.float32), off.astype(np.float32))
+    return ModelOutput(_PROBABILITY[prob], hm.astype(np.float32), off.astype(np.float32))
 
 
 def at_cache_precision(out: ModelOutput) -> ModelOutput:
