@@ -28,10 +28,6 @@ from .predict import ModelOutput
 HASH_BYTES = 16
 
 
-#: the float32 value of every stored probability byte (u / 255, as float32 division gives it)
-_PROBABILITY = np.arange(256, dtype=np.float32) / np.float32(255.0)
-
-
 def _quantize(out: ModelOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = np.multiply(out.semantic_probability, np.float32(255))
     np.rint(p, out=p)  # what np.round does, without another array
@@ -39,7 +35,9 @@ def _quantize(out: ModelOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _dequantize(prob: np.ndarray, hm: np.ndarray, off: np.ndarray) -> ModelOutput:
-    return ModelOutput(_PROBABILITY[prob], hm.astype(np.float32), off.astype(np.float32))
+    p = prob.astype(np.float32)
+    np.divide(p, np.float32(255.0), out=p)
+    return ModelOutput(p, hm.astype(np.float32), off.astype(np.float32))
 
 
 def at_cache_precision(out: ModelOutput) -> ModelOutput:
