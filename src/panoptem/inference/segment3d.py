@@ -286,6 +286,9 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
     ero, dil = (params.label_erosion, params.label_dilation) if params is not None else (0, 0)
     holes = bool(params is not None and params.fill_holes_in_segmentation)
     halo = ero + dil
+    post = bool(ero or dil or holes)
+    if not post:  # every provisional id has voxels, so the objects written are the mapping's ids
+        ids.update(np.unique(lut[lut > 0]).tolist())
     for z0 in range(0, nz, block):
         z1 = min(z0 + block, nz)
         a0, a1 = max(z0 - halo, 0), min(z1 + halo, nz)
@@ -295,7 +298,8 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
             prov = np.moveaxis(np.asarray(provisional[:, a0:a1]), 0, axis)
         lab = postprocess_labels(lut[prov], ero, dil, holes)[z0 - a0:z0 - a0 + (z1 - z0)]
         writer[z0:z1] = lab
-        ids.update(np.asarray(fastremap.unique(lab)).tolist())
+        if post:  # erosion may remove objects: count what is written
+            ids.update(np.asarray(fastremap.unique(lab)).tolist())
     ids.discard(0)
     return len(ids)
 
