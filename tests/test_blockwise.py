@@ -82,6 +82,15 @@ def test_blockwise_equals_whole_volume(vol, tmp_path, client, params, block, hal
     assert res.objects["mitochondria"] == len(np.unique(whole)) - 1 >= 3
 
 
+def test_semantic_only_writes_the_segment_as_in_memory(vol, tmp_path, client):
+    """Semantic only: the class comes out as one segment (1), as a whole-volume run gives it."""
+    whole = segment_3d(vol, dark_blob_model(), semantic_only=True, **P).labels["mitochondria"]
+    res, got = _blockwise(vol, tmp_path, client=client, block_shape=(16, 64, 64), halo=(32, 32, 32),
+                          semantic_only=True)
+    assert np.unique(whole).tolist() == [0, 1] and res.objects["mitochondria"] == 1
+    np.testing.assert_array_equal(got, whole)
+
+
 def test_touching_pair_across_a_face_stays_two_objects(tmp_path, client):
     zz, yy, xx = np.mgrid[:32, :64, :96]
     v = np.full((32, 64, 96), 200, np.uint8)

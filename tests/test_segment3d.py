@@ -129,7 +129,8 @@ def test_2d_input_is_refused():
 
 @pytest.mark.parametrize("plane,ext,extra", [("xy", ".tif", {}), ("yz", ".zarr", {}),
                                              ("xy", ".zarr", {"maximum_objects_per_class": 0}),
-                                             ("xy", ".tif", {"label_erosion": 2})])
+                                             ("xy", ".tif", {"label_erosion": 2}),
+                                             ("xy", ".tif", {"semantic_only": True})])
 def test_streamed_output_equals_in_memory(tmp_path, plane, ext, extra):
     vol, truth = phantom()
     mem = segment_3d(vol, dark_blob_model(), inference_plane=plane, **P, **extra)

@@ -109,6 +109,7 @@ def write_block(job: WriteJob, block: Block) -> int:
             vol = ((panoptic // div == cls) & (panoptic % div == 0)) if div else panoptic == cls
         elif div:
             vol = np.where(panoptic // div == cls, panoptic % div, 0)
+            vol[panoptic == cls * div] = 1  # the class as one segment ("Semantic only"), as in memory
         else:
             vol = panoptic if job.single_class else np.zeros_like(panoptic)
         vol = vol.astype(arr.dtype)

@@ -255,10 +255,13 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     mapping = np.asarray(res.mapping)
     dt = dtype_for_max_label(int(mapping.max()) if mapping.size else 0)
     if output is not None:
-        # streamed runs are single-class: write instance numbers 1..N, as split_classes does
-        div = params.label_divisor
-        if div:
-            mapping = np.where(mapping > 0, mapping % div, 0).astype(mapping.dtype)
+        # streamed runs are single-class: write what split_classes would (instances 1..N, a semantic
+        # segment as 1)
+        ids = np.unique(mapping[mapping > 0])
+        (_, own, values, _, _), = class_numbering(ids, card, params.label_divisor or None)
+        final = np.zeros(mapping.shape, np.int64)
+        final[mapping > 0] = np.asarray(values, np.int64)[np.searchsorted(own, mapping[mapping > 0])]
+        mapping = final
         with clock("relabel"):
             written = _remap_to_writer(provisional, mapping, axis, output, volume.shape, params)
         tm["decode_link_s"] += time.perf_counter() - t
