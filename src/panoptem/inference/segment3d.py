@@ -257,13 +257,13 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     if output is not None:
         # streamed runs are single-class: write what split_classes would (instances 1..N, a semantic
         # segment as 1)
-        ids = np.unique(mapping[mapping > 0])
-        (_, own, values, _, _), = class_numbering(ids, card, params.label_divisor or None)
+        kept = mapping > 0
+        (_, own, values, _, n_obj), = class_numbering(np.unique(mapping[kept]), card,
+                                                      params.label_divisor or None)
         final = np.zeros(mapping.shape, np.int64)
-        final[mapping > 0] = np.asarray(values, np.int64)[np.searchsorted(own, mapping[mapping > 0])]
-        mapping = final
+        final[kept] = np.asarray(values, np.int64)[np.searchsorted(own, mapping[kept])]
         with clock("relabel"):
-            written = _remap_to_writer(provisional, mapping, axis, output, volume.shape, params)
+            written = _remap_to_writer(provisional, final, axis, output, volume.shape, params, objects=n_obj)
         tm["decode_link_s"] += time.perf_counter() - t
         return written
     if renumber is not None:
@@ -276,11 +276,12 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
 
 
 def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_shape, params=None,
-                     block: int = 32) -> int:
+                     block: int = 32, objects: int | None = None) -> int:
     """Write final labels in Z blocks: read the provisional stack (stored in
     stack order) for those Z, map ids, put the block in ZYX order. Erosion and
     dilation (``params``) read as many extra slices above and below as they reach.
-    Returns the number of objects written."""
+    Returns the number of objects written: ``objects`` (the mapping's, every provisional
+    id having voxels) unless erosion, dilation or hole filling may change it, else counted."""
     import fastremap
     from .postprocess import postprocess_labels
     nz = zyx_shape[0]
@@ -289,9 +290,7 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
     ero, dil = (params.label_erosion, params.label_dilation) if params is not None else (0, 0)
     holes = bool(params is not None and params.fill_holes_in_segmentation)
     halo = ero + dil
-    post = bool(ero or dil or holes)
-    if not post:  # every provisional id has voxels, so the objects written are the mapping's ids
-        ids.update(np.unique(lut[lut > 0]).tolist())
+    post = bool(ero or dil or holes) or objects is None
     for z0 in range(0, nz, block):
         z1 = min(z0 + block, nz)
         a0, a1 = max(z0 - halo, 0), min(z1 + halo, nz)
@@ -304,7 +303,7 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
         if post:  # erosion may remove objects: count what is written
             ids.update(np.asarray(fastremap.unique(lab)).tolist())
     ids.discard(0)
-    return len(ids)
+    return len(ids) if post else int(objects)
 
 
 def class_numbering(ids: np.ndarray, card, label_divisor: int | None) -> list[tuple]:

@@ -24,7 +24,6 @@ class SpillStack:
 
     def __init__(self, path: str | Path, shape: tuple[int, ...], dtype) -> None:
         self.path, self.shape, self.dtype = Path(path), tuple(int(v) for v in shape), np.dtype(dtype)
-        self.ndim = len(self.shape)
         with open(self.path, "wb") as f:
             f.truncate(self._nbytes(self.dtype))
 
