@@ -107,3 +107,31 @@ def test_filters_and_errors():
         orthoplane_consensus([v, v[:5], v], label_divisor=DIV)
     with pytest.raises(PanoptemError):
         orthoplane_consensus([v, v, v], label_divisor=DIV, pixel_vote_thr=4)
+
+
+def _reference_consensus_filter(out, min_size, min_extent):
+    """The size and extent filter on a consensus made without any (ids renumbered after)."""
+    from panoptem.labels import filter_objects
+    return relabel_sequential_per_class(filter_objects(out, min_size, min_extent, DIV), DIV)
+
+
+def test_chunks_and_threads_do_not_change_the_result():
+    # the overlaps, votes, sizes and boxes are made chunk by chunk (in threads): objects cross
+    # chunk borders, and the filters must see each one whole
+    from scipy import ndimage
+    rng = np.random.default_rng(3)
+    shape = (23, 40, 36)
+    blobs = ndimage.gaussian_filter(rng.random(shape), 2.5) > 0.52
+    base, n = ndimage.label(blobs)
+    vols = []
+    for k in range(3):  # each stack: the objects, some eroded or shifted one voxel
+        v = np.where(base > 0, DIV + base, 0).astype(np.uint32)
+        v = np.roll(v, k - 1, axis=k)
+        vols.append(v)
+    whole = orthoplane_consensus(vols, label_divisor=DIV, min_size=0, min_extent=0, chunk=64)
+    assert len(np.unique(whole)) > 5
+    expect = _reference_consensus_filter(whole, 40, 4)
+    assert 0 < len(np.unique(expect)) < len(np.unique(whole))
+    for chunk in (1, 4, 64):
+        out = orthoplane_consensus(vols, label_divisor=DIV, min_size=40, min_extent=4, chunk=chunk)
+        np.testing.assert_array_equal(out, expect)

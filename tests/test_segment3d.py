@@ -293,6 +293,8 @@ def test_orthoplane_consensus_of_local_ids_matches_the_panoptic_path():
     full = segment_3d(vol, dark_blob_model(), orthoplane=True, batch_size=8, return_panoptic=True, **P)
     assert fast.objects == full.objects == {"mitochondria": len(BALLS)}
     np.testing.assert_array_equal(fast.labels["mitochondria"], full.labels["mitochondria"])
+    np.testing.assert_array_equal(fast.panoptic, full.panoptic)  # made on demand for the fast path
+    assert fast.panoptic.dtype == full.panoptic.dtype
     stacks = [full.stacks[p] for p in ("xy", "xz", "yz")]
     kw = dict(label_divisor=Params3D(**P).label_divisor, min_size=200, min_extent=3)
     np.testing.assert_array_equal(orthoplane_consensus(None, compacted=[compact(s, return_counts=True)

@@ -23,30 +23,50 @@ Rule ("one-to-one groups, then voxel vote"):
    where no object is.
 
 Memory and time: everything is vectorised over voxels; the label volumes and
-one int32 copy per stack are held in memory, the overlap tables and votes are
-computed in chunks of ``chunk`` planes along axis 0. The cost is linear in the
+one int32 copy per stack are held in memory; the overlap tables (every pair of
+stacks in one read), the votes with the winners' sizes and boxes, and the final
+numbering are computed in chunks of ``chunk`` planes along axis 0, on every core
+(threads; numpy releases the GIL). The cost is linear in the
 number of voxels plus the (sparse) number of overlapping object pairs; there
 is no loop over pairs of objects.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..errors import PanoptemError
-from ..labels import (compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, object_stats,
-                      overlap_table)
+from ..labels import compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, pair_counts
+from .runtime import cpu_count
 
 
-def _overlaps(a: np.ndarray, b: np.ndarray, na: int, nb: int, chunk: int):
-    """:func:`overlap_table` of two volumes, accumulated over chunks of planes."""
-    parts = [overlap_table(a[i:i + chunk], b[i:i + chunk], na, nb) for i in range(0, a.shape[0], chunk)]
-    ia = np.concatenate([p[0] for p in parts])
-    ib = np.concatenate([p[1] for p in parts])
-    c = np.concatenate([p[2] for p in parts])
+def _spans(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(z0, min(z0 + chunk, n)) for z0 in range(0, n, chunk)]
+
+
+def _chunk_overlaps(locals_: list[np.ndarray], ks: list[int], pairs) -> list[tuple]:
+    """:func:`~panoptem.labels.pair_counts` of every pair of stacks over one chunk of planes,
+    each stack read once."""
+    c = [np.ascontiguousarray(x) for x in locals_]
+    fg = [x > 0 for x in c]
+    out = []
+    for s, t in pairs:
+        m = fg[s] & fg[t]
+        out.append(pair_counts(c[s][m], c[t][m], ks[s], ks[t]) if ks[s] and ks[t] else (_EMPTY,) * 3)
+    return out
+
+
+def _merge_counts(parts: list[tuple], nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The overlap tables of several chunks as one (pairs summed)."""
+    ia, ib, c = (np.concatenate([p[i] for p in parts]) for i in range(3))
     if len(parts) == 1 or ia.size == 0:
         return ia, ib, c
     u, inv = np.unique(ia * (nb + 1) + ib, return_inverse=True)
     return u // (nb + 1), u % (nb + 1), np.bincount(inv, weights=c).astype(np.int64)
+
+
+_EMPTY = np.zeros(0, np.int64)
 
 
 def _group(stacks: list[dict], match_iou: float, overlaps) -> tuple[np.ndarray, int]:
@@ -148,22 +168,49 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
                        "thing": ids % div != 0 if div else np.ones(k, bool),
                        "size": size})
         offset += k
-    group, n_groups = _group(stacks, float(match_iou), lambda a, b: _overlaps(
-        stacks[a]["local"], stacks[b]["local"], stacks[a]["k"], stacks[b]["k"], chunk))
-    need, prio, g_cls, luts = vote_rules(stacks, group, n_groups, n_views, pixel_vote_thr, allow_one_view)
-    out = np.zeros(vols[0].shape, np.int32)
-    for z0 in range(0, out.shape[0], chunk):
-        out[z0:z0 + chunk] = vote([lut[s["local"][z0:z0 + chunk]] for lut, s in zip(luts, stacks)], need, prio,
-                                  n_groups)
-    ids_of = [s["ids"] for s in stacks]
-    del stacks, luts
+    shape = vols[0].shape
+    spans = _spans(shape[0], chunk)
+    ks = [st["k"] for st in stacks]
+    pairs = [(i, t) for t in range(n_views) for i in range(t)]
+    ids_of = [st["ids"] for st in stacks]
+    with ThreadPoolExecutor(max(1, min(cpu_count(), len(spans)))) as pool:
+        parts = list(pool.map(lambda sp: _chunk_overlaps([st["local"][sp[0]:sp[1]] for st in stacks], ks, pairs),
+                              spans))
+        table = {pr: _merge_counts([q[j] for q in parts], ks[pr[1]]) for j, pr in enumerate(pairs)}
+        del parts
+        group, n_groups = _group(stacks, float(match_iou), lambda i, t: table[(i, t)])
+        need, prio, g_cls, luts = vote_rules(stacks, group, n_groups, n_views, pixel_vote_thr, allow_one_view)
+        out = np.zeros(shape, np.int32)
 
-    ids, voxels, bbox = object_stats(out)
-    keep = keep_mask(voxels, bbox, out.shape, min_size, min_extent)
-    final = number_per_class(g_cls[ids - 1], keep, div)
-    lut = np.zeros(n_groups + 1, np.int64)
-    lut[ids] = final
-    labels = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))[out]
+        def vote_chunk(sp):  # votes into ``out`` (chunks are disjoint); the winners' sizes and boxes
+            z0, z1 = sp
+            locs = [np.ascontiguousarray(st["local"][z0:z1]).reshape(-1) for st in stacks]
+            fg = np.flatnonzero(np.bitwise_or.reduce(locs)) if n_views > 1 else np.flatnonzero(locs[0])
+            win = winners(np.stack([lut[x[fg]] for lut, x in zip(luts, locs)]), need, prio, n_groups)
+            on = win > 0
+            fg, win = fg[on], win[on]
+            out[z0:z1].reshape(-1)[fg] = win
+            return _sizes_and_boxes(fg, win, (z1 - z0,) + shape[1:], n_groups, z0)
+
+        voxels, lo, hi = _sizes_and_boxes(_EMPTY, _EMPTY, shape, n_groups, 0)
+        for v, a, b in pool.map(vote_chunk, spans):
+            voxels += v
+            np.minimum(lo, a, out=lo)
+            np.maximum(hi, b, out=hi)
+        del stacks, luts
+        ids = np.flatnonzero(voxels[1:]) + 1
+        bbox = np.concatenate([lo[:, ids], hi[:, ids]]).T
+        keep = keep_mask(voxels[ids], bbox, shape, min_size, min_extent)
+        final = number_per_class(g_cls[ids - 1], keep, div)
+        lut = np.zeros(n_groups + 1, np.int64)
+        lut[ids] = final
+        lut = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))
+        labels = np.empty(shape, lut.dtype)
+
+        def number(sp):
+            labels[sp[0]:sp[1]] = lut[out[sp[0]:sp[1]]]
+
+        list(pool.map(number, spans))
     if div and compacted is None:
         _stuff_vote(labels, vols, ids_of, div, int(pixel_vote_thr))
     return labels
@@ -197,18 +244,40 @@ def vote(groups: list[np.ndarray], need: np.ndarray, prio: np.ndarray, n_groups:
     shape = groups[0].shape
     gs = [np.asarray(g).ravel() for g in groups]
     fg = np.flatnonzero(np.bitwise_or.reduce(gs)) if len(gs) > 1 else np.flatnonzero(gs[0])
-    g = np.stack([x[fg] for x in gs])  # (views, foreground voxels)
-    best = np.full(fg.size, -1, np.int64)
-    win = np.zeros(fg.size, np.int32)
+    out = np.zeros(int(np.prod(shape)), np.int32)
+    out[fg] = winners(np.stack([x[fg] for x in gs]), need, prio, n_groups)
+    return out.reshape(shape)
+
+
+def winners(g: np.ndarray, need: np.ndarray, prio: np.ndarray, n_groups: int) -> np.ndarray:
+    """The vote itself: ``g`` (views, voxels) the group of each voxel in each view (1-based,
+    0 = none); per voxel the group with the most votes, at least ``need[group]``, ties
+    to the higher ``prio``; 0 where none qualifies."""
+    best = np.full(g.shape[1], -1, np.int64)
+    win = np.zeros(g.shape[1], np.int32)
     for cand in g:
         votes = (g == cand).sum(axis=0)
         key = np.where(votes >= need[cand], votes * (n_groups + 1) + prio[cand], -1)
         better = key > best
         best[better] = key[better]
         win[better] = cand[better]
-    out = np.zeros(int(np.prod(shape)), np.int32)
-    out[fg] = win
-    return out.reshape(shape)
+    return win
+
+
+def _sizes_and_boxes(flat: np.ndarray, win: np.ndarray, shape: tuple, n_groups: int, z0: int):
+    """Voxel counts and bounding boxes (starts, exclusive stops) per group 0..n_groups of the
+    voxels at ``flat`` (indices into a chunk of ``shape`` starting at plane ``z0``) won by
+    ``win``; absent groups get empty boxes that :func:`np.min`/:func:`np.max` over chunks
+    ignore."""
+    voxels = np.bincount(win, minlength=n_groups + 1)
+    lo = np.full((3, n_groups + 1), np.iinfo(np.int64).max, np.int64)
+    hi = np.zeros((3, n_groups + 1), np.int64)
+    rows, x = np.divmod(flat, shape[2])
+    z, y = np.divmod(rows, shape[1])
+    for axis, v in enumerate((z + z0, y, x)):
+        np.minimum.at(lo[axis], win, v)
+        np.maximum.at(hi[axis], win, v + 1)
+    return voxels, lo, hi
 
 
 def _stuff_vote(labels: np.ndarray, vols: list[np.ndarray], ids_of: list[np.ndarray], div: int, thr: int) -> None:

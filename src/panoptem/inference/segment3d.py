@@ -604,12 +604,19 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         else:
             for pl in PLANES:
                 stacks[pl] = run_stack(volume, by_plane[pl], p, pl, intensity, progress, **kw)
+        alone = compacted is not None and not post  # the one class's labels 1..N come out directly
         with StageClock(timings)("consensus"):
             panoptic = orthoplane_consensus([stacks[pl] for pl in PLANES] if compacted is None else None,
-                                            label_divisor=p.label_divisor, pixel_vote_thr=p.pixel_vote_thr,
-                                            allow_one_view=p.allow_one_view, min_size=p.min_size,
-                                            min_extent=p.min_extent, compacted=compacted)
+                                            label_divisor=None if alone else p.label_divisor,
+                                            pixel_vote_thr=p.pixel_vote_thr, allow_one_view=p.allow_one_view,
+                                            min_size=p.min_size, min_extent=p.min_extent, compacted=compacted)
         del compacted
+        if alone:
+            name, n = card.classes[0].name, int(panoptic.max(initial=0))
+            div = p.label_divisor or 0
+            res = Result3D({name: panoptic}, lambda: np.where(panoptic > 0, panoptic + div, 0).astype(
+                dtype_for_max_label(div + n)), {}, {name: n}, timings, pixel_size=record)
+            return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0)
         if not p.return_panoptic:
             stacks = {}
     if p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation:
