@@ -110,3 +110,17 @@ def test_compact_numbers_ids_in_order_at_any_size(shape):
     u, inv, c = np.unique(lab, return_inverse=True, return_counts=True)
     assert ids.tolist() == [7, 65, 10001, 10003] and counts.tolist() == c[1:].tolist()
     assert local.dtype == np.int32 and np.array_equal(local, inv.reshape(shape))
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 6), (3, 40), (1, 9, 9)])
+def test_lookup_in_threads_equals_the_plain_gather(monkeypatch, shape):
+    import panoptem.labels as labels_mod
+    from panoptem.inference import runtime
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 50, shape).astype(np.uint32)
+    lut = rng.integers(0, 2**40, 50).astype(np.uint64)
+    monkeypatch.setattr(labels_mod, "THREADED_LOOKUP", 1)  # every array this size takes the chunked path
+    monkeypatch.setattr(runtime, "cpu_count", lambda: 3)
+    out = labels_mod.lookup(lut, lab)
+    assert out.dtype == np.uint64 and out.shape == lab.shape
+    np.testing.assert_array_equal(out, lut[lab])

@@ -8,7 +8,7 @@ segment of that class. Everything here is vectorised over voxels or objects.
 
 - :func:`as_labels`, :func:`dtype_for_max_label`, :func:`class_map` — checks and conventions;
 - :func:`compact` — ids to 0..k, with the original ids (and voxel counts);
-- :func:`map_ids` — new ids for old, voxel by voxel;
+- :func:`lookup`, :func:`map_ids` — new ids for old, voxel by voxel;
 - :func:`object_stats`, :func:`keep_mask`, :func:`filter_objects` — sizes, boxes and filters;
 - :func:`overlap_table`, :func:`greedy_match` — overlapping pairs of two label arrays and
   one-to-one matching;
@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import PanoptemError
 
-__all__ = ["as_labels", "dtype_for_max_label", "class_map", "compact", "map_ids", "object_stats", "keep_mask",
+__all__ = ["as_labels", "dtype_for_max_label", "class_map", "compact", "lookup", "map_ids", "object_stats", "keep_mask",
            "filter_objects", "overlap_table", "pair_counts", "greedy_match", "rank_within", "number_per_class",
            "relabel_sequential_per_class"]
 
@@ -132,6 +132,37 @@ def compact(labels: np.ndarray, return_counts: bool = False):
     return (local, ids, counts) if return_counts else (local, ids)
 
 
+#: voxels from which :func:`lookup` splits the work between threads
+THREADED_LOOKUP = 1 << 22
+
+
+def lookup(lut: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``lut[labels]``; a large array in chunks along its first axis, on every core (numpy
+    releases the GIL while it gathers).
+
+    >>> lookup(np.array([0, 7, 5]), np.array([[2, 0], [1, 1]])).tolist()
+    [[5, 0], [7, 7]]
+    """
+    labels = np.asarray(labels)
+    if labels.size < THREADED_LOOKUP or labels.ndim == 0 or labels.shape[0] < 2:
+        return lut[labels]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .inference.runtime import cpu_count
+    n = cpu_count()
+    if n == 1:
+        return lut[labels]
+    out = np.empty(labels.shape, lut.dtype)
+    step = -(-labels.shape[0] // (4 * n))  # a few chunks per core: even when some are emptier
+
+    def one(i):
+        out[i:i + step] = lut[labels[i:i + step]]
+
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(one, range(0, labels.shape[0], step)))
+    return out
+
+
 def map_ids(labels: np.ndarray, ids: np.ndarray, values: np.ndarray, dtype) -> np.ndarray:
     """``labels`` with every id in ``ids`` replaced by the matching item of ``values``
     and every other id by 0, as ``dtype``.
@@ -146,7 +177,7 @@ def map_ids(labels: np.ndarray, ids: np.ndarray, values: np.ndarray, dtype) -> n
         lut = np.zeros(top + 1, dtype)
         inside = ids <= top
         lut[ids[inside]] = values[inside]
-        return lut[labels]
+        return lookup(lut, labels)
     table = dict.fromkeys(np.asarray(fastremap.unique(labels)).tolist(), 0)
     table.update(zip(ids.tolist(), values.tolist()))
     return np.asarray(fastremap.remap(labels, table)).astype(dtype, copy=False)

@@ -37,7 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import PanoptemError
-from ..labels import compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, pair_counts
+from ..labels import (compact, dtype_for_max_label, greedy_match, keep_mask, lookup, number_per_class,
+                      pair_counts)
 from .runtime import cpu_count
 
 
@@ -204,13 +205,7 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
         final = number_per_class(g_cls[ids - 1], keep, div)
         lut = np.zeros(n_groups + 1, np.int64)
         lut[ids] = final
-        lut = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))
-        labels = np.empty(shape, lut.dtype)
-
-        def number(sp):
-            labels[sp[0]:sp[1]] = lut[out[sp[0]:sp[1]]]
-
-        list(pool.map(number, spans))
+    labels = lookup(lut.astype(dtype_for_max_label(int(lut.max(initial=0)))), out)
     if div and compacted is None:
         _stuff_vote(labels, vols, ids_of, div, int(pixel_vote_thr))
     return labels

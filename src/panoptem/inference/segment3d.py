@@ -18,7 +18,7 @@ from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
 from .._memory import release_free
-from ..labels import dtype_for_max_label, map_ids
+from ..labels import dtype_for_max_label, lookup, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from ._pipeline import Prefetch, StageClock, Worker
 from .cache import at_cache_precision, plane_hashes
@@ -90,8 +90,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               intensity=None, progress: bool = False, extra_probability=None,
               probability_sink=None, timings: dict | None = None, cache_dir=None,
               callback=None, work_dir=None, output=None, reset_stale: bool = False,
-              overlap: bool = True, renumber: Callable[[LinkResult], np.ndarray] | None = None
-              ) -> np.ndarray | int:
+              overlap: bool = True, renumber: Callable[[LinkResult], np.ndarray] | None = None,
+              deferred: bool = False) -> np.ndarray | int | Callable[[], np.ndarray | int]:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
 
@@ -115,6 +115,9 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     network computes (threads; the same labels as ``overlap=False``).
     ``renumber``: from the linking's result, the ids to return instead of its final
     panoptic ids (index: provisional id), applied in the one relabelling pass (in-memory runs).
+    ``deferred``: return as soon as the network is done, with a function that completes the
+    stack (the last decoding, the linking's solution, the relabelling) and returns what
+    ``run_stack`` would: the next stack's network can then run while it completes.
     ``timings`` receives wall and CPU seconds per stage (``read``, ``normalise``,
     ``forward``, ``quantise``, ``median``, ``decode``, ``link``, ``link_solve``, ``relabel``), plus
     ``network_s`` (normalise + forward) and ``decode_link_s`` (everything after it).
@@ -237,7 +240,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                 bar.update(i1 - i0)
             if callback is not None and callback(plane, i1, n) is False:
                 raise Cancelled(f"stopped after {i1} of {n} {plane} slices")
-        worker.finish()
+        if not deferred:
+            worker.finish()
     except BaseException:
         reader.close()
         stopping.set()
@@ -249,30 +253,39 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     finally:
         if bar is not None:
             bar.close()
-    t = time.perf_counter()
-    with clock("link_solve"):
-        res = linker.finish(min_size=params.min_size, min_extent=params.min_extent)
-    mapping = np.asarray(res.mapping)
-    dt = dtype_for_max_label(int(mapping.max()) if mapping.size else 0)
-    if output is not None:
-        # streamed runs are single-class: write what split_classes would (instances 1..N, a semantic
-        # segment as 1)
-        kept = mapping > 0
-        (_, own, values, _, n_obj), = class_numbering(np.unique(mapping[kept]), card,
-                                                      params.label_divisor or None)
-        final = np.zeros(mapping.shape, np.int64)
-        final[kept] = np.asarray(values, np.int64)[np.searchsorted(own, mapping[kept])]
+    def complete():
+        if deferred:
+            try:
+                worker.finish()
+            except BaseException:
+                stopping.set()
+                raise
+        t = time.perf_counter()
+        with clock("link_solve"):
+            res = linker.finish(min_size=params.min_size, min_extent=params.min_extent)
+        mapping = np.asarray(res.mapping)
+        dt = dtype_for_max_label(int(mapping.max()) if mapping.size else 0)
+        if output is not None:
+            # streamed runs are single-class: write what split_classes would (instances 1..N, a semantic
+            # segment as 1)
+            kept = mapping > 0
+            (_, own, values, _, n_obj), = class_numbering(np.unique(mapping[kept]), card,
+                                                          params.label_divisor or None)
+            final = np.zeros(mapping.shape, np.int64)
+            final[kept] = np.asarray(values, np.int64)[np.searchsorted(own, mapping[kept])]
+            with clock("relabel"):
+                written = _remap_to_writer(provisional, final, axis, output, volume.shape, params, objects=n_obj)
+            tm["decode_link_s"] += time.perf_counter() - t
+            return written
+        if renumber is not None:
+            mapping = renumber(res)
+            dt = mapping.dtype
         with clock("relabel"):
-            written = _remap_to_writer(provisional, final, axis, output, volume.shape, params, objects=n_obj)
+            labels = lookup(mapping.astype(dt, copy=False), provisional)
         tm["decode_link_s"] += time.perf_counter() - t
-        return written
-    if renumber is not None:
-        mapping = renumber(res)
-        dt = mapping.dtype
-    with clock("relabel"):
-        labels = mapping.astype(dt, copy=False)[provisional]
-    tm["decode_link_s"] += time.perf_counter() - t
-    return np.moveaxis(labels, 0, axis)
+        return np.moveaxis(labels, 0, axis)
+
+    return complete if deferred else complete()
 
 
 def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_shape, params=None,
@@ -585,10 +598,11 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
             stacks[p.inference_plane] = panoptic
     elif p.fusion == "probability":
         sinks = {pl: np.zeros(volume.shape, np.uint8) for pl in ("xz", "yz")}
-        for pl, sink in sinks.items():
-            s = run_stack(volume, by_plane[pl], p, pl, intensity, progress, probability_sink=sink, **kw)
-            if p.return_panoptic:
-                stacks[pl] = s
+        done = _each_stack(volume, by_plane, p, list(sinks), intensity, progress, kw,
+                           probability_sink=sinks)
+        if p.return_panoptic:
+            stacks.update(zip(sinks, done))
+        del done
         panoptic = run_stack(volume, by_plane["xy"], p, "xy", intensity, progress,
                              extra_probability=list(sinks.values()), **kw)
         del sinks
@@ -596,14 +610,12 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         from .consensus import orthoplane_consensus
         compacted = None
         if one_class and not p.return_panoptic:  # each stack as local ids: no compacting passes
-            compacted = []
-            for pl in PLANES:
-                local = _LocalIds()
-                compacted.append((run_stack(volume, by_plane[pl], p, pl, intensity, progress, renumber=local,
-                                            **kw), local.ids, local.counts))
+            local = {pl: _LocalIds() for pl in PLANES}
+            done = _each_stack(volume, by_plane, p, PLANES, intensity, progress, kw, renumber=local)
+            compacted = [(ids, local[pl].ids, local[pl].counts) for pl, ids in zip(PLANES, done)]
+            del done
         else:
-            for pl in PLANES:
-                stacks[pl] = run_stack(volume, by_plane[pl], p, pl, intensity, progress, **kw)
+            stacks.update(zip(PLANES, _each_stack(volume, by_plane, p, PLANES, intensity, progress, kw)))
         alone = compacted is not None and not post  # the one class's labels 1..N come out directly
         with StageClock(timings)("consensus"):
             panoptic = orthoplane_consensus([stacks[pl] for pl in PLANES] if compacted is None else None,
@@ -628,6 +640,25 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         labels, counts = split_classes(panoptic, card, p.label_divisor)
     res = Result3D(labels, panoptic, stacks, counts, timings, pixel_size=record)
     return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0)
+
+
+def _each_stack(volume, by_plane: dict, p: Params3D, planes, intensity, progress: bool, kw: dict,
+                renumber: dict | None = None, probability_sink: dict | None = None) -> list:
+    """:func:`run_stack` of each plane in turn (``renumber``, ``probability_sink``: per plane);
+    with ``kw["overlap"]``, each stack completes (last decoding, linking, relabelling) in a
+    thread while the next one's network runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(pl, deferred):
+        return run_stack(volume, by_plane[pl], p, pl, intensity, progress, deferred=deferred,
+                         renumber=(renumber or {}).get(pl), probability_sink=(probability_sink or {}).get(pl),
+                         **kw)
+
+    if not kw.get("overlap", True):
+        return [start(pl, False) for pl in planes]
+    with ThreadPoolExecutor(1) as tails:
+        futures = [tails.submit(start(pl, True)) for pl in planes]
+        return [f.result() for f in futures]
 
 
 def _write(res: Result3D, output, voxel_size, overwrite: bool, inputs, p: Params3D, timings: dict,
