@@ -265,3 +265,13 @@ def test_tta_through_segment_3d_and_blockwise_refuses_it(tiny_card, home, tmp_pa
     assert tta.objects == plain.objects  # a symmetric network: the same objects
     with pytest.raises(PanoptemError, match="tta"):
         segment_blockwise(vol, m, tmp_path / "o.zarr", tta=True, block_shape=(8, 64, 64), halo=(2, 16, 16))
+
+
+def test_sigmoid_in_place_is_the_logistic_function():
+    from panoptem.inference.predict import sigmoid_
+    x = np.concatenate([np.linspace(-30, 30, 20001), [-1e4, -88.0, 0.0, 88.0, 1e4]]).astype(np.float32)
+    ref = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    got = sigmoid_(x.copy())
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-7)
+    assert got[-1] == 1.0 and got[-5] == 0.0
