@@ -22,7 +22,6 @@ from typing import Any
 import cc3d
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from ..labels import compact, dtype_for_max_label, number_per_class
 from ..models.card import OUTPUT_STRIDE as STRIDE
@@ -82,6 +81,7 @@ def group_pixels(centers: np.ndarray, offsets: np.ndarray, stride: float = STRID
     tx = (xx + offsets[1]).astype(np.float64)
     c = np.asarray(centers, np.float32).astype(np.float64)
     if len(c) > BRUTE_FORCE_CENTERS:
+        from scipy.spatial import cKDTree  # crowded planes only: scipy.spatial costs a start-up
         _, nearest = cKDTree(c).query(np.stack([ty.ravel(), tx.ravel()], axis=1), k=1)
         return (nearest.astype(np.int32) + 1).reshape(h, w)
     # few centres (the usual case): one pass per centre beats building a tree
