@@ -262,8 +262,8 @@ def winners(g: np.ndarray, need: np.ndarray, prio: np.ndarray, n_groups: int) ->
 def _sizes_and_boxes(flat: np.ndarray, win: np.ndarray, shape: tuple, n_groups: int, z0: int):
     """Voxel counts and bounding boxes (starts, exclusive stops) per group 0..n_groups of the
     voxels at ``flat`` (indices into a chunk of ``shape`` starting at plane ``z0``) won by
-    ``win``; absent groups get empty boxes that :func:`np.min`/:func:`np.max` over chunks
-    ignore."""
+    ``win``; absent groups get empty boxes, which the running minimum and maximum over
+    chunks ignore."""
     voxels = np.bincount(win, minlength=n_groups + 1)
     lo = np.full((3, n_groups + 1), np.iinfo(np.int64).max, np.int64)
     hi = np.zeros((3, n_groups + 1), np.int64)

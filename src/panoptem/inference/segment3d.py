@@ -626,8 +626,8 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         if alone:
             name, n = card.classes[0].name, int(panoptic.max(initial=0))
             div = p.label_divisor or 0
-            res = Result3D({name: panoptic}, lambda: np.where(panoptic > 0, panoptic + div, 0).astype(
-                dtype_for_max_label(div + n)), {}, {name: n}, timings, pixel_size=record)
+            res = Result3D({name: panoptic}, lambda: _shifted(panoptic, div, n), {}, {name: n}, timings,
+                           pixel_size=record)
             return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0)
         if not p.return_panoptic:
             stacks = {}
@@ -640,6 +640,13 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         labels, counts = split_classes(panoptic, card, p.label_divisor)
     res = Result3D(labels, panoptic, stacks, counts, timings, pixel_size=record)
     return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0)
+
+
+def _shifted(labels: np.ndarray, div: int, n: int) -> np.ndarray:
+    """The panoptic volume of a single class's labels 1..n: ``div + id`` where there is an object."""
+    out = labels.astype(dtype_for_max_label(div + n))
+    np.add(out, out.dtype.type(div), out=out, where=out > 0)
+    return out
 
 
 def _each_stack(volume, by_plane: dict, p: Params3D, planes, intensity, progress: bool, kw: dict,
