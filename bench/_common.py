@@ -20,6 +20,25 @@ def add_lucchi_argument(ap: argparse.ArgumentParser, required: bool = True) -> N
                     help="folder with the Lucchi training volume: " + ", ".join(LUCCHI_FILES))
 
 
+def comparison_arguments(doc: str, z: str, repeat: int | None = 3) -> argparse.ArgumentParser:
+    """The arguments of a script meant to compare two checkouts: ``--lucchi DIR``, ``--z A:B``
+    (slices of the training volume, default ``z``), ``--repeat N`` (unless ``repeat`` is None)
+    and ``--label NAME``; the parser, to add more."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_lucchi_argument(ap)
+    ap.add_argument("--z", default=z, help=f"slices of the training volume (default: {z})")
+    if repeat is not None:
+        ap.add_argument("--repeat", type=int, default=repeat)
+    ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
+    return ap
+
+
+def parse_slab(a: argparse.Namespace) -> tuple[int, int]:
+    """``--z A:B`` as (A, B)."""
+    z0, z1 = (int(v) for v in a.z.split(":"))
+    return z0, z1
+
+
 def lucchi_dir(folder: Path) -> Path:
     """``folder`` after checking that it holds the Lucchi files (exits with a message if not)."""
     missing = [f for f in LUCCHI_FILES if not (Path(folder) / f).is_file()]

@@ -9,31 +9,26 @@ machine. Prints one JSON line per mode. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import statistics
 import time
 
 import numpy as np
 
-from _common import add_lucchi_argument, emit, lucchi_dir
+from _common import comparison_arguments, emit, lucchi_dir, parse_slab
 
 from panoptem._bench import load
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_lucchi_argument(ap)
-    ap.add_argument("--z", default="135:165", help="slices of the training volume (default: the held-out block)")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
+    ap = comparison_arguments(__doc__, "135:165", 3)
     ap.add_argument("--mode", choices=("xy", "orthoplane", "both"), default="both")
     a = ap.parse_args()
     import tifffile
 
     import panoptem
     from panoptem.inference import engine
-    z0, z1 = (int(v) for v in a.z.split(":"))
+    z0, z1 = parse_slab(a)
     vol = tifffile.imread(lucchi_dir(a.lucchi) / "training_image.tif")[z0:z1]
     model = panoptem.load_model(device="cpu")
     memo: dict[str, object] = {}

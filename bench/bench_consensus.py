@@ -8,24 +8,19 @@ machine. Prints one JSON line. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import statistics
 import time
 
 import numpy as np
 
-from _common import add_lucchi_argument, emit, lucchi_dir, peak_rss_mb
+from _common import comparison_arguments, emit, lucchi_dir, parse_slab, peak_rss_mb
 
 from panoptem._bench import load
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_lucchi_argument(ap)
-    ap.add_argument("--z", default="0:128", help="slices of the training volume (default: the first 128)")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
+    ap = comparison_arguments(__doc__, "0:128", 3)
     a = ap.parse_args()
     import tifffile
 
@@ -33,7 +28,7 @@ def main() -> None:
     from panoptem.inference.consensus import orthoplane_consensus
     from panoptem.labels import compact
     from panoptem.params import PLANES, Params3D
-    z0, z1 = (int(v) for v in a.z.split(":"))
+    z0, z1 = parse_slab(a)
     vol = tifffile.imread(lucchi_dir(a.lucchi) / "training_image.tif", key=range(z0, z1))
     res = panoptem.segment_3d(vol, panoptem.load_model(device="cpu"), orthoplane=True, return_panoptic=True)
     stacks = [compact(res.stacks[pl], return_counts=True) for pl in PLANES]

@@ -6,25 +6,21 @@ Usage: python bench/bench_e2e.py --lucchi DIR [--z 0:128] [--mode xy|orthoplane]
 """
 from __future__ import annotations
 
-import argparse
 import time
 
-from _common import add_lucchi_argument, emit, lucchi_dir
+from _common import comparison_arguments, emit, lucchi_dir, parse_slab
 
 from panoptem._bench import load
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_lucchi_argument(ap)
-    ap.add_argument("--z", default="0:128", help="slices of the training volume")
+    ap = comparison_arguments(__doc__, "0:128", repeat=None)
     ap.add_argument("--mode", choices=("xy", "orthoplane"), default="xy")
-    ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
     a = ap.parse_args()
     import tifffile
 
     import panoptem
-    z0, z1 = (int(v) for v in a.z.split(":"))
+    z0, z1 = parse_slab(a)
     vol = tifffile.imread(lucchi_dir(a.lucchi) / "training_image.tif", key=range(z0, z1))
     model = panoptem.load_model(device="cpu")
     ortho = a.mode == "orthoplane"
