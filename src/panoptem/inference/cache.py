@@ -42,8 +42,13 @@ def _dequantize(prob: np.ndarray, hm: np.ndarray, off: np.ndarray) -> ModelOutpu
 
 def at_cache_precision(out: ModelOutput) -> ModelOutput:
     """``out`` rounded exactly as the cache stores it (uint8 probabilities,
-    float16 heatmap and offsets) and read back as float32."""
-    return _dequantize(*_quantize(out))
+    float16 heatmap and offsets) and read back as float32. The probabilities stay in one
+    float32 array: rounded multiples of 1/255 are what the bytes would give back."""
+    p = np.multiply(out.semantic_probability, np.float32(255))
+    np.rint(p, out=p)
+    np.divide(p, np.float32(255), out=p)
+    return ModelOutput(p, out.heatmap.astype(np.float16).astype(np.float32),
+                       out.offsets.astype(np.float16).astype(np.float32))
 
 
 def plane_hashes(planes: np.ndarray) -> np.ndarray:
