@@ -316,3 +316,15 @@ def test_linker_boxes_equal_find_objects(seed):
     got = np.stack(_boxes(nz, local.ravel()[nz], ids.size, local.shape), axis=1)
     want = [(r.start, r.stop, c.start, c.stop) for r, c in ndimage.find_objects(local)]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_median_of_a_few_slices_is_numpy_median_and_leaves_them_unchanged(k):
+    from panoptem.inference.median import _median
+    rng = np.random.default_rng(k)
+    window = [rng.integers(0, 4, (3, 7)).astype(np.float32) / 3 for _ in range(k)]  # many ties
+    before = [w.copy() for w in window]
+    got = _median(window)
+    np.testing.assert_array_equal(got, np.median(np.stack(before), axis=0).astype(np.float32))
+    for w, b in zip(window, before):
+        np.testing.assert_array_equal(w, b)
