@@ -84,6 +84,39 @@ def test_an_error_behind_the_network_reaches_the_caller(monkeypatch):
     assert not [t for t in threading.enumerate() if t.name.startswith("panoptem-")]
 
 
+def test_stage_clock_loses_no_addition_between_threads(monkeypatch):
+    """Stages timed in several threads at once add to the same totals; none is lost.
+    Each timed block lasts exactly one (fake) second, so the total is the block count."""
+    import sys
+    from panoptem.inference import _pipeline
+    local = threading.local()
+
+    def fake_clock():  # 0 on entering a block, 1 on leaving it, per thread
+        local.n = getattr(local, "n", 0) + 1
+        return float((local.n + 1) % 2)
+
+    monkeypatch.setattr(_pipeline.time, "perf_counter", fake_clock)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a loaded machine does
+    totals: dict = {}
+    clock = _pipeline.StageClock(totals, cpu=False)
+
+    def work():
+        for _ in range(3000):
+            with clock("decode"):
+                pass
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert totals["decode_s"] == 6 * 3000
+
+
 def test_worker_and_prefetch_keep_order_and_pass_errors():
     done = []
     w = Worker(done.append, depth=1)

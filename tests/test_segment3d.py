@@ -317,3 +317,18 @@ def test_cache_precision_is_bytes_and_half_floats():
     np.testing.assert_array_equal(got.semantic_probability, want)
     np.testing.assert_array_equal(got.heatmap, hm.astype(np.float16).astype(np.float32))
     np.testing.assert_array_equal(got.offsets, off.astype(np.float16).astype(np.float32))
+
+
+def test_probability_bytes_round_and_never_wrap():
+    """The cache's bytes are round(p x 255); a value just past 1 (or below 0) clips instead of
+    wrapping around uint8, and the stored bytes read back as at_cache_precision's values."""
+    from panoptem.inference.cache import _dequantize, _quantize, at_cache_precision, probability_bytes
+    from panoptem.inference.predict import ModelOutput
+    p = np.array([0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 1.01, -0.01], np.float32)
+    np.testing.assert_array_equal(probability_bytes(p), [0, 0, 2, 128, 255, 255, 0])
+    rng = np.random.default_rng(2)
+    out = ModelOutput(rng.random((2, 1, 5, 6), dtype=np.float32), rng.random((2, 1, 2, 2), dtype=np.float32),
+                      rng.random((2, 2, 2, 2), dtype=np.float32))
+    back, direct = _dequantize(*_quantize(out)), at_cache_precision(out)
+    for f in ("semantic_probability", "heatmap", "offsets"):
+        np.testing.assert_array_equal(getattr(back, f), getattr(direct, f))

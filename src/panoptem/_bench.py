@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from .models.home import DEFAULT_MODEL
+
 STAGES = ("read", "normalise", "forward", "quantise", "median", "decode", "link", "link_solve", "relabel",
           "consensus", "postprocess", "split", "write")
 #: the names stages get in the output (the forward pass is the network)
@@ -80,7 +82,7 @@ def _planes_of(volume, planes) -> list[np.ndarray]:
     return [np.moveaxis(np.asarray(volume), PLANE_AXIS[p], 0) for p in planes]
 
 
-def bench(volume, model: str = "MitoLite_v1", *, plane: str = "xy", orthoplane: bool = False, repeat: int = 1,
+def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: bool = False, repeat: int = 1,
           device: str = "auto", runtime: str = "auto", precision: str = "auto", threads: int | None = None,
           batch_size: int = 0, input_name: str = "", **params) -> list[dict]:
     """Benchmark a 3D run of ``volume`` (see the module's description); returns the result

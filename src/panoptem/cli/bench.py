@@ -6,6 +6,7 @@ from typing import Optional
 import typer
 
 from ..errors import PanoptemError
+from ..models.home import DEFAULT_MODEL
 from ..params import Params3D
 from ._app import app
 from ._options import KEY_HELP, PRECISION_HELP, RUNTIME_HELP, THREADS_HELP, read_input, with_params
@@ -20,7 +21,7 @@ def bench_cmd(
                                         "bundled EM crop), instead of INPUT."),
     plane: str = typer.Option("xy", "--plane", help="xy, xz or yz: the stack to run."),
     orthoplane: bool = typer.Option(False, "--orthoplane", help="Run the three stacks and the consensus."),
-    model: str = typer.Option("MitoLite_v1", "--model", "-m", help="Model name or card path."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name or card path."),
     repeat: int = typer.Option(1, "--repeat", min=1, help="End-to-end and network-only runs (the median is "
                                "reported)."),
     key: Optional[str] = typer.Option(None, "--key", help=KEY_HELP),

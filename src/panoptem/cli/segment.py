@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..errors import PanoptemError
+from ..models.home import DEFAULT_MODEL
 from ..params import PLANE_AXIS, Params2D, Params3D
 from ._app import app
 from ._options import KEY_HELP, PRECISION_HELP, PREVIEW_HELP, RUNTIME_HELP, THREADS_HELP, read_input, with_params
@@ -18,7 +19,7 @@ def segment2d_cmd(
     input: str = typer.Argument(..., help="Image: TIFF, PNG/JPEG, MRC, Zarr, HDF5, a folder of 2D images, "
                                 "or 'sample' for the bundled EM crop."),
     output: Path = typer.Option(..., "-o", "--output", help="Output labels (.tif or .zarr)."),
-    model: str = typer.Option("MitoLite_v1", "--model", "-m", help="Model name or card path."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name or card path."),
     slice_index: Optional[int] = typer.Option(None, "--slice", help="For a 3D input: the slice to segment "
                                               "(default: the middle one)."),
     plane: str = typer.Option("xy", "--plane", help="For --slice: xy, xz or yz."),
@@ -91,7 +92,7 @@ def segment3d_cmd(
                                 "or 'sample' for the bundled EM crop."),
     output: Path = typer.Option(..., "-o", "--output", help="Output labels (.tif or .zarr); a multi-class "
                                 "model writes NAME_<class>.tif per class."),
-    model: str = typer.Option("MitoLite_v1", "--model", "-m", help="Model name or card path."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name or card path."),
     key: Optional[str] = typer.Option(None, "--key", help=KEY_HELP),
     ortho: bool = typer.Option(False, "--ortho", help="Same as --orthoplane."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),

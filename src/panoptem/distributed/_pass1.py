@@ -27,7 +27,7 @@ from pathlib import Path
 import cc3d
 import numpy as np
 
-from ..inference.cache import at_cache_precision
+from ..inference.cache import at_cache_precision, probability_bytes
 from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, _upsample_linear, \
     _upsample_nearest
 from ..params import Params3D
@@ -262,7 +262,7 @@ def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarra
             f = pr if pr.shape[-2:] == planes.shape[1:] else _upsample_linear(pr, planes.shape[1:])
             sl = [slice(None)] * 3
             sl[ax] = j
-            full[tuple(sl)] = np.round(f[0] * 255).astype(np.uint8)
+            full[tuple(sl)] = probability_bytes(f[0])
         sinks.append(full)
     probs = []
     for z in range(region.shape[0]):
@@ -310,8 +310,8 @@ def network_block(job: StackJob, block: Block) -> dict:
         """Keep slices ``first``.. (region order) of the core, in-plane core only."""
         n0 = block.core[a].start + first - k0
         n1 = n0 + len(prob)
-        P[n0:n1, :, g0[0]:g0[0] + size[0], g0[1]:g0[1] + size[1]] = np.round(
-            prob[:, :, rows[0]:rows[0] + size[0], rows[1]:rows[1] + size[1]] * 255).astype(np.uint8)
+        P[n0:n1, :, g0[0]:g0[0] + size[0], g0[1]:g0[1] + size[1]] = probability_bytes(
+            prob[:, :, rows[0]:rows[0] + size[0], rows[1]:rows[1] + size[1]])
         H[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.heatmap[
             :, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
         O[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.offsets[

@@ -9,6 +9,8 @@ import time
 from typing import Callable, Iterable, Iterator
 
 _END = object()
+#: guards the timing totals: overlapped stages (and stacks) add to the same keys
+_TIMINGS_LOCK = threading.Lock()
 
 
 class StageClock:
@@ -35,11 +37,14 @@ class _Timed:
         return self
 
     def __exit__(self, *exc):
-        key = f"{self.stage}_s"
-        self.tm[key] = self.tm.get(key, 0.0) + time.perf_counter() - self.t
-        if self.cpu:
-            key = f"{self.stage}_cpu_s"
-            self.tm[key] = self.tm.get(key, 0.0) + time.process_time() - self.c
+        wall = time.perf_counter() - self.t
+        cpu = time.process_time() - self.c if self.cpu else 0.0
+        with _TIMINGS_LOCK:
+            key = f"{self.stage}_s"
+            self.tm[key] = self.tm.get(key, 0.0) + wall
+            if self.cpu:
+                key = f"{self.stage}_cpu_s"
+                self.tm[key] = self.tm.get(key, 0.0) + cpu
 
 
 class Prefetch:

@@ -28,10 +28,24 @@ from .predict import ModelOutput
 HASH_BYTES = 16
 
 
+def byte_steps(p: np.ndarray) -> np.ndarray:
+    """``p`` x 255 rounded to the nearest integer, as a new float32 array: a probability
+    in the cache's steps of 1/255."""
+    q = np.multiply(p, np.float32(255), dtype=np.float32)
+    np.rint(q, out=q)  # what np.round does, without another array
+    return q
+
+
+def probability_bytes(p: np.ndarray) -> np.ndarray:
+    """A probability as the cache stores it: uint8, x 255, rounded (clipped to 0..255, so
+    that a value just past 1 cannot wrap to 0)."""
+    q = byte_steps(p)
+    np.clip(q, 0, 255, out=q)
+    return q.astype(np.uint8)
+
+
 def _quantize(out: ModelOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    p = np.multiply(out.semantic_probability, np.float32(255))
-    np.rint(p, out=p)  # what np.round does, without another array
-    return p.astype(np.uint8), out.heatmap.astype(np.float16), out.offsets.astype(np.float16)
+    return probability_bytes(out.semantic_probability), out.heatmap.astype(np.float16), out.offsets.astype(np.float16)
 
 
 def _dequantize(prob: np.ndarray, hm: np.ndarray, off: np.ndarray) -> ModelOutput:
@@ -44,8 +58,7 @@ def at_cache_precision(out: ModelOutput) -> ModelOutput:
     """``out`` rounded exactly as the cache stores it (uint8 probabilities,
     float16 heatmap and offsets) and read back as float32. The probabilities stay in one
     float32 array: rounded multiples of 1/255 are what the bytes would give back."""
-    p = np.multiply(out.semantic_probability, np.float32(255))
-    np.rint(p, out=p)
+    p = byte_steps(out.semantic_probability)
     np.divide(p, np.float32(255), out=p)
     return ModelOutput(p, out.heatmap.astype(np.float16).astype(np.float32),
                        out.offsets.astype(np.float16).astype(np.float32))

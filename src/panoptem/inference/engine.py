@@ -8,7 +8,9 @@ import numpy as np
 
 from ..errors import PanoptemError
 from ..models.card import OUTPUT_STRIDE as STRIDE
+from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel, load_model
+from .cache import probability_bytes
 from .predict import ModelOutput, encode_batch, predict_batch
 from .preprocess import dtype_range, intensity_range
 
@@ -27,7 +29,7 @@ class Predictor:
     network runs (see :mod:`.runtime`); planes given a global context always run in PyTorch.
     """
 
-    def __init__(self, model: str | LoadedModel = "MitoLite_v1", device: str = "auto",
+    def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, device: str = "auto",
                  downsampling: int = 1, tile_size: int = 0, batch_size: int = 4, factor=None,
                  runtime: str = "torch", precision: str = "auto", threads: int | None = None, tta: bool = False):
         from .._memory import fix_mmap_threshold
@@ -203,7 +205,7 @@ class Predictor:
                 # network-resolution core, then stride-grid core
                 ny0, ny1, nx0, nx1 = cy0 // f, -(-cy1 // f), cx0 // f, -(-cx1 // f)
                 core = o.semantic_probability[:, :, ny0 - y0 // f:ny1 - y0 // f, nx0 - x0 // f:nx1 - x0 // f]
-                prob[:, :, ny0:ny1, nx0:nx1] = np.round(core * 255) if compact else core
+                prob[:, :, ny0:ny1, nx0:nx1] = probability_bytes(core) if compact else core
                 gy0, gy1, gx0, gx1 = ny0 // STRIDE, -(-ny1 // STRIDE), nx0 // STRIDE, -(-nx1 // STRIDE)
                 oy, ox = (y0 // f) // STRIDE, (x0 // f) // STRIDE
                 hm[:, :, gy0:gy1, gx0:gx1] = o.heatmap[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]

@@ -21,7 +21,7 @@ from .._memory import release_free
 from ..labels import dtype_for_max_label, lookup, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from ._pipeline import Prefetch, StageClock, Worker
-from .cache import at_cache_precision, plane_hashes
+from .cache import at_cache_precision, byte_steps, plane_hashes, probability_bytes
 from .decode import _upsample_linear, decode_planes, decode_settings
 from .engine import Predictor
 from .linking import LinkResult, SliceLinker
@@ -79,7 +79,7 @@ def _resize_area(a: np.ndarray, shape) -> np.ndarray:
 
 def fused_probability(total: np.ndarray, n: int) -> np.ndarray:
     """The mean of ``n`` stacks' probabilities, at cache precision (1/255), as (1, H, W)."""
-    return (np.round(total / n * 255) / np.float32(255)).astype(np.float32)[None]
+    return (byte_steps(total / n) / np.float32(255))[None]
 
 
 class Cancelled(Exception):
@@ -179,7 +179,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             with clock("median"):
                 if probability_sink is not None:
                     full = prob if prob.shape[-2:] == shape else _upsample_linear(prob, shape)
-                    probability_sink[tuple(sl)] = np.round(full[0] * 255).astype(np.uint8)
+                    probability_sink[tuple(sl)] = probability_bytes(full[0])
                 if extra_probability:
                     acc = prob[0].copy()
                     for vol in extra_probability:
