@@ -32,7 +32,7 @@ AUTO_TILE = 2048
 class PlaneParams(BaseModel):
     """Parameters that 2D and 3D inference share: the network's input and the decoding of each plane."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, defer_build=True)
 
     downsampling: int = Field(1, description="Image Downsampling: shrink the image by this factor "
                               "(1, 2, 4, ... 64) before the network, after any resampling to the model's "
@@ -140,7 +140,7 @@ def zarr_chunks(chunk_size: int, shape) -> tuple[int, ...] | None:
 
 # ---- training, fine-tuning and patches: every number checked where it enters (CLI, API, widgets)
 
-_TRAIN_CONFIG = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+_TRAIN_CONFIG = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, defer_build=True)
 
 
 class _TrainingParams(BaseModel):
