@@ -5,13 +5,8 @@ A release tool of this repository: it writes the weights and the card into
 ``src/panoptem/models/zoo`` of the source tree (or ``--out-dir``).
 
 Usage: python bench/release_mitolite.py runs/mito_v1 --lucchi DIR [--name MitoLite_v1] [--description TEXT]
-       [--out-dir DIR] [--train-slices 0:125] [--recipe-of MODEL]
+       [--out-dir DIR]
 The run's best.pt (best held-out 3D score) is published when it exists, else its last weights.
-
-A run trained on every labelled slice (``--train-slices 0:165``) has no held-out block of its
-own: give ``--recipe-of`` the model made by the same recipe on slices 0-124. Its held-out figures
-become the card's validation figures, marked as the recipe's, and the new weights' figures on
-z135-164 are recorded apart, as a check that the run trained (they are not held out).
 """
 from __future__ import annotations
 
@@ -70,35 +65,16 @@ def validate_3d(model, lucchi, z0: int = 135, z1: int = 165) -> dict:
     return score_3d(next(iter(res.labels.values())), mask, 500)
 
 
-def command(cfg: dict, run_name: str, train_slices: str = "0:125", val_slices: str | None = "135:165") -> str:
+def command(cfg: dict, run_name: str) -> str:
     """The train-volume command that reproduces a run from its ``train_config.json``."""
     cmd = (f"panoptem train-volume training_image.tif training_instances2d.tif -o runs/{run_name} "
-           f"--train-slices {train_slices}" + (f" --val-slices {val_slices}" if val_slices else "")
-           + f" --iterations {cfg['iterations']}")
+           f"--train-slices 0:125 --val-slices 135:165 --iterations {cfg['iterations']}")
     defaults = dict(schedule_steps=0, anneal_from=0, lr=2e-3, seed=0, hard_negatives=0.0, pale=0.0,
                     validate_every=500, init=None)
     for key, default in defaults.items():
-        if key == "validate_every" and not val_slices:
-            continue
         if cfg.get(key, default) != default:
             cmd += f" --{key.replace('_', '-')} {cfg[key]}"
     return cmd
-
-
-def figures(model, lucchi) -> dict:
-    """2D and 3D figures of ``model`` on Lucchi z135-164 (default parameters)."""
-    v, v3 = validate_2d(model, lucchi), validate_3d(model, lucchi)
-    return {"foreground_iou_2d": v["foreground_iou"], "f1_50_2d": v["f1_50"],
-            "precision_50_2d": v["precision_50"], "recall_50_2d": v["recall_50"],
-            "foreground_iou_3d": v3["foreground_iou"], "f1_50_3d": v3["f1_50"],
-            "precision_50_3d": v3["precision_50"], "recall_50_3d": v3["recall_50"]}
-
-
-HOW = ("bench/accuracy_lucchi.py and bench/release_mitolite.py, default parameters, Lucchi "
-       "z135-164 (never trained on). 2D: every slice on its own; IoU pooled over the block, "
-       "F1 from TP/FP/FN pooled over slices against the 2D ground-truth objects. 3D: the block "
-       "as an xy stack, against the 3D connected components of its mask, objects under "
-       "500 voxels (the min-size filter) ignored")
 
 
 def main():
@@ -108,28 +84,17 @@ def main():
     ap.add_argument("--description", default=None, help="the card's description (default: MitoLite_v1's)")
     ap.add_argument("--out-dir", default=str(ZOO), help="where the weights and the card go (default: the zoo "
                     "of this source tree)")
-    ap.add_argument("--train-slices", default="0:125", help="the slices the run trained on (as given to "
-                    "train-volume)")
-    ap.add_argument("--recipe-of", default=None, metavar="MODEL",
-                    help="for a run that trained on the validation slices: the model the same recipe made "
-                         "without them, whose held-out figures the card then reports")
     add_lucchi_argument(ap)
     a = ap.parse_args()
     import panoptem
     run = Path(a.run_dir)
     cfg = json.loads((run / "train_config.json").read_text())
     weights = run / "best.pt" if (run / "best.pt").exists() else run / "weights.pt"
-    first, last = (int(x) for x in a.train_slices.split(":"))
-    held_out = last <= 135
-    if not held_out and not a.recipe_of:
-        ap.error("the run trained on the validation slices 135-164: give --recipe-of")
-    training = dict(data=f"Lucchi training volume, slices {first}-{last - 1} (2D instance labels)",
-                    iterations=cfg["iterations"],
+    training = dict(data="Lucchi training volume, slices 0-124 (2D instance labels)", iterations=cfg["iterations"],
                     schedule=f"one-cycle (max lr {cfg['lr']}, {cfg['schedule_steps'] or cfg['iterations']} steps)"
                              + (f", cosine anneal to 0 from step {cfg['anneal_from']}" if cfg["anneal_from"] else ""),
                     batch_size=cfg["batch_size"], patch_size=cfg["patch_size"], scale_range=cfg["scale_range"],
-                    machine=machine(),
-                    command=command(cfg, run.name, a.train_slices, "135:165" if held_out else None))
+                    machine=machine(), command=command(cfg, run.name))
     if cfg.get("init"):
         training["init"] = cfg["init"]
     if cfg.get("hard_negatives") or cfg.get("pale"):
@@ -139,17 +104,19 @@ def main():
         training["kept_step"] = best["step"]
     description = a.description or DESCRIPTION
     card = publish(weights, a.name, description, voxel_size_nm=5.0, training=training, out_dir=a.out_dir)
+    model = panoptem.load_model(str(card), device="cpu")
     lucchi = lucchi_dir(a.lucchi)
-    own = figures(panoptem.load_model(str(card), device="cpu"), lucchi)
-    if held_out:
-        validation = {**own, "how": HOW}
-    else:
-        recipe = panoptem.load_model(a.recipe_of, device="cpu")
-        validation = {**figures(recipe, lucchi),
-                      "how": f"measured with {a.recipe_of}, the same recipe trained on slices 0-124: this model "
-                             "trained on every labelled slice and has no held-out block of its own. " + HOW,
-                      "trained_on_block": {**own, "how": "this model on z135-164, which it trained on: a check "
-                                                         "that the run trained, not a held-out figure"}}
+    v = validate_2d(model, lucchi)
+    v3 = validate_3d(model, lucchi)
+    validation = {"foreground_iou_2d": v["foreground_iou"], "f1_50_2d": v["f1_50"],
+                  "precision_50_2d": v["precision_50"], "recall_50_2d": v["recall_50"],
+                  "foreground_iou_3d": v3["foreground_iou"], "f1_50_3d": v3["f1_50"],
+                  "precision_50_3d": v3["precision_50"], "recall_50_3d": v3["recall_50"],
+                  "how": "bench/accuracy_lucchi.py and bench/release_mitolite.py, default parameters, Lucchi "
+                         "z135-164 (never trained on). 2D: every slice on its own; IoU pooled over the block, "
+                         "F1 from TP/FP/FN pooled over slices against the 2D ground-truth objects. 3D: the block "
+                         "as an xy stack, against the 3D connected components of its mask, objects under "
+                         "500 voxels (the min-size filter) ignored"}
     card = publish(weights, a.name, description, voxel_size_nm=5.0, training=training,
                    validation=validation, out_dir=a.out_dir)
     print(json.dumps({"card": str(card), **validation}))
