@@ -1,6 +1,8 @@
 """The overlapped pipeline (read-ahead, decode/link behind the network), the network's
 runtime and precision choices, automatic batch and tile sizes, and ``panoptem bench``."""
 import json
+import os
+import sys
 import threading
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 
 from panoptem.errors import PanoptemError
 from panoptem.inference import segment3d as s3
-from panoptem.inference._pipeline import Prefetch, Worker
+from panoptem.inference._pipeline import BEHIND_NETWORK_NICE, Prefetch, Worker
 from panoptem.inference.runtime import auto_batch_size, network_threads, resolve_precision, resolve_runtime
 from panoptem.inference.segment3d import Cancelled, segment_3d
 
@@ -45,6 +47,27 @@ def test_overlapped_pipeline_gives_the_labels_of_the_sequential_one(kw, monkeypa
         np.testing.assert_array_equal(ovl.labels[k], seq.labels[k])
     for k in seq.stacks:
         np.testing.assert_array_equal(ovl.stacks[k], seq.stacks[k])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own niceness on Linux only")
+def test_work_behind_a_cpu_network_yields_to_it(monkeypatch):
+    def niceness():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen = {"decode": [], "relabel": []}
+    for name, stage in (("decode_planes", "decode"), ("lookup", "relabel")):
+        def spy(*a, _real=getattr(s3, name), _stage=stage, **k):
+            seen[_stage].append((threading.current_thread() is threading.main_thread(), niceness()))
+            return _real(*a, **k)
+        monkeypatch.setattr(s3, name, spy)
+    mine = niceness()
+    vol, _ = phantom()
+    segment_3d(vol, dark_blob_model(), overlap=True, batch_size=4, orthoplane=True, **P)
+    assert seen["decode"] and all(not main and nice >= max(mine, BEHIND_NETWORK_NICE) for main, nice in seen["decode"])
+    # the stacks complete (relabel) in a thread while the next network runs, the last one too
+    assert len(seen["relabel"]) == 3
+    assert all(not main and nice >= max(mine, BEHIND_NETWORK_NICE) for main, nice in seen["relabel"])
+    assert niceness() == mine  # the caller's thread, where the network runs, keeps its priority
 
 
 def test_overlapped_pipeline_on_real_tissue_and_streamed_output(tmp_path):

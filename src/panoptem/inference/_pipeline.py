@@ -1,9 +1,15 @@
 """Overlap the stages of a stack: reading ahead in one thread, decoding and linking
 behind the network in another, each fed through a bounded queue. The order of the
-work never changes, so the results are those of the sequential run (tested)."""
+work never changes, so the results are those of the sequential run (tested).
+
+When the network runs on the CPU, the threads behind it run at a lower scheduling priority
+(:func:`yield_to_network`): they then take the cycles the network's threads leave idle
+instead of stalling them."""
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
 from typing import Callable, Iterable, Iterator
@@ -11,6 +17,28 @@ from typing import Callable, Iterable, Iterator
 _END = object()
 #: guards the timing totals: overlapped stages (and stacks) add to the same keys
 _TIMINGS_LOCK = threading.Lock()
+
+
+#: niceness of the threads behind a network that runs on the CPU (Linux's scale: 0 normal,
+#: 19 lowest). A core shared with a network thread at 0 gives such a thread about a tenth.
+BEHIND_NETWORK_NICE = 10
+
+
+def yield_to_network() -> bool:
+    """Lower the calling thread's priority to :data:`BEHIND_NETWORK_NICE` (Linux, where
+    niceness is per thread; elsewhere nothing). The network's intra-op threads split each
+    operation evenly between the cores, so a decoding thread that takes a core from one of
+    them stalls them all; at a lower priority it runs in the gaps the network leaves. Returns
+    whether the priority was lowered. A thread cannot raise its priority again: call this
+    only in threads made for the work behind the network."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), BEHIND_NETWORK_NICE))
+    except OSError:  # e.g. a sandbox that forbids it: the work runs at normal priority
+        return False
+    return True
 
 
 class StageClock:
@@ -101,10 +129,11 @@ class Prefetch:
 
 class Worker:
     """Run ``fn(item)`` for every item :meth:`put`, in order, in one thread fed by a queue
-    of at most ``depth`` items (``threaded=False``: at once, in the caller's thread)."""
+    of at most ``depth`` items (``threaded=False``: at once, in the caller's thread);
+    ``yielding``: the thread yields to the network (:func:`yield_to_network`)."""
 
-    def __init__(self, fn: Callable, depth: int = 2, threaded: bool = True):
-        self.fn = fn
+    def __init__(self, fn: Callable, depth: int = 2, threaded: bool = True, yielding: bool = False):
+        self.fn, self.yielding = fn, yielding
         self.error: BaseException | None = None
         self._q: queue.Queue | None = None
         if threaded:
@@ -113,6 +142,8 @@ class Worker:
             self._thread.start()
 
     def _run(self) -> None:
+        if self.yielding:
+            yield_to_network()
         while True:
             item = self._q.get()
             if item is _END:

@@ -20,7 +20,7 @@ from ..models.load import LoadedModel
 from .._memory import release_free
 from ..labels import dtype_for_max_label, lookup, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
-from ._pipeline import Prefetch, StageClock, Worker
+from ._pipeline import Prefetch, StageClock, Worker, yield_to_network
 from .cache import at_cache_precision, byte_steps, plane_hashes, probability_bytes
 from .decode import _upsample_linear, decode_planes, decode_settings
 from .engine import Predictor
@@ -221,7 +221,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         from tqdm import tqdm
         bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
     reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap)
-    worker = Worker(after_network, depth=2, threaded=overlap)
+    worker = Worker(after_network, depth=2, threaded=overlap, yielding=predictor.model.device == "cpu")
     stopping = threading.Event()
     try:
         for i0, i1, planes, hashes in reader:
@@ -653,7 +653,7 @@ def _each_stack(volume, by_plane: dict, p: Params3D, planes, intensity, progress
                 renumber: dict | None = None, probability_sink: dict | None = None) -> list:
     """:func:`run_stack` of each plane in turn (``renumber``, ``probability_sink``: per plane);
     with ``kw["overlap"]``, each stack completes (last decoding, linking, relabelling) in a
-    thread while the next one's network runs."""
+    thread while the next one's network runs (yielding to it on a CPU)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def start(pl, deferred):
@@ -663,7 +663,8 @@ def _each_stack(volume, by_plane: dict, p: Params3D, planes, intensity, progress
 
     if not kw.get("overlap", True):
         return [start(pl, False) for pl in planes]
-    with ThreadPoolExecutor(1) as tails:
+    on_cpu = any(by_plane[pl].model.device == "cpu" for pl in planes)
+    with ThreadPoolExecutor(1, initializer=yield_to_network if on_cpu else None) as tails:
         futures = [tails.submit(start(pl, True)) for pl in planes]
         return [f.result() for f in futures]
 
