@@ -124,3 +124,20 @@ def test_lookup_in_threads_equals_the_plain_gather(monkeypatch, shape):
     out = labels_mod.lookup(lut, lab)
     assert out.dtype == np.uint64 and out.shape == lab.shape
     np.testing.assert_array_equal(out, lut[lab])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_lookup_into_a_transposed_view_fills_the_volume_in_its_own_order(monkeypatch, threads):
+    import panoptem.labels as labels_mod
+    from panoptem.inference import runtime
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 50, (70, 9, 11)).astype(np.uint32)  # a yz stack: (X, Z, Y)
+    lut = rng.integers(0, 2**31, 50).astype(np.uint32)
+    monkeypatch.setattr(labels_mod, "THREADED_LOOKUP", 1)
+    monkeypatch.setattr(labels_mod, "TRANSPOSED_CHUNK", 4)  # many thin chunks
+    monkeypatch.setattr(runtime, "cpu_count", lambda: threads)
+    zyx = np.zeros((9, 11, 70), np.uint32)
+    labels_mod.lookup(lut, stack, out=np.moveaxis(zyx, 2, 0))
+    np.testing.assert_array_equal(zyx, np.moveaxis(lut[stack], 0, 2))
+    with pytest.raises(PanoptemError, match="shape"):
+        labels_mod.lookup(lut, stack, out=zyx)

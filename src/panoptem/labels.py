@@ -134,30 +134,42 @@ def compact(labels: np.ndarray, return_counts: bool = False):
 
 #: voxels from which :func:`lookup` splits the work between threads
 THREADED_LOOKUP = 1 << 22
+#: planes per chunk when :func:`lookup` writes into a transposed view (fastest on a 2-core
+#: CPU for yz stacks of 768 x 1024 slices: 1.1 s per 10^8 voxels against 1.7 s by 512)
+TRANSPOSED_CHUNK = 32
 
 
-def lookup(lut: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def lookup(lut: np.ndarray, labels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``lut[labels]``; a large array in chunks along its first axis, on every core (numpy
-    releases the GIL while it gathers).
+    releases the GIL while it gathers). ``out``: where to write it, an array of the shape of
+    ``labels``, e.g. a transposed view of a volume in another order; thin chunks then write
+    it with few cache misses (a transposed copy of a volume costs about one gather).
 
     >>> lookup(np.array([0, 7, 5]), np.array([[2, 0], [1, 1]])).tolist()
     [[5, 0], [7, 7]]
     """
     labels = np.asarray(labels)
-    if labels.size < THREADED_LOOKUP or labels.ndim == 0 or labels.shape[0] < 2:
-        return lut[labels]
-    from concurrent.futures import ThreadPoolExecutor
-
+    if out is None:
+        out = np.empty(labels.shape, lut.dtype)
+    elif out.shape != labels.shape:
+        raise PanoptemError(f"lookup: out has shape {out.shape}, the labels {labels.shape}.")
+    if labels.ndim == 0:
+        out[...] = lut[labels]
+        return out
     from .inference.runtime import cpu_count
-    n = cpu_count()
-    if n == 1:
-        return lut[labels]
-    out = np.empty(labels.shape, lut.dtype)
+    n = cpu_count() if labels.size >= THREADED_LOOKUP else 1
     step = -(-labels.shape[0] // (4 * n))  # a few chunks per core: even when some are emptier
+    if not out.flags.c_contiguous:
+        step = min(step, TRANSPOSED_CHUNK)
 
     def one(i):
         out[i:i + step] = lut[labels[i:i + step]]
 
+    if n == 1 or labels.shape[0] < 2:
+        for i in range(0, labels.shape[0], step):
+            one(i)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(n) as pool:
         list(pool.map(one, range(0, labels.shape[0], step)))
     return out

@@ -280,10 +280,11 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         if renumber is not None:
             mapping = renumber(res)
             dt = mapping.dtype
-        with clock("relabel"):
-            labels = lookup(mapping.astype(dt, copy=False), provisional)
+        with clock("relabel"):  # straight into Z, Y, X order: the consensus and writers read it by Z
+            labels = np.empty(volume.shape, dt)
+            lookup(mapping.astype(dt, copy=False), provisional, out=np.moveaxis(labels, axis, 0))
         tm["decode_link_s"] += time.perf_counter() - t
-        return np.moveaxis(labels, 0, axis)
+        return labels
 
     return complete if deferred else complete()
 
