@@ -313,8 +313,8 @@ def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] |
     in groups of up to :data:`SMALL_PLANE` pixels (a large plane alone) in a few array
     operations: the many thin planes of an xz or yz stack then cost little more than their
     pixels, and every plane skips the general merge. ``compacted``: each plane as
-    ``(local, ids, counts)``, what :func:`~panoptem.labels.compact` (with ``return_counts``)
-    gives for its labels, which the decoding knows without another pass."""
+    ``(local, ids)``, what :func:`~panoptem.labels.compact` gives for its labels, which the
+    decoding knows without another pass."""
     n = len(probability)
     cls, things = list(settings.get("class_ids", (1,))), list(settings.get("thing_ids", (1,)))
     C, H, W = probability[0].shape[-3:] if n else (1, 0, 0)
@@ -323,7 +323,7 @@ def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] |
     if not simple:
         labs = [decode_panoptic(probability[i], heatmap[i], offsets[i], out_shape=out_shape, **settings)
                 for i in range(n)]
-        return [compact(a, return_counts=True) for a in labs] if compacted else labs
+        return [compact(a) for a in labs] if compacted else labs
     group = max(1, SMALL_PLANE // max(H * W, 1))
     out = []
     for i in range(0, n, group):
@@ -337,7 +337,10 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
     n = len(probability)
     H, W = probability[0].shape[-2:]
     stride = settings.get("stride", STRIDE)
-    fg = np.stack([np.asarray(p)[0] for p in probability]) >= settings.get("confidence_thr", 0.5)
+    thr = settings.get("confidence_thr", 0.5)
+    fg = np.empty((n, H, W), bool)
+    for i, p in enumerate(probability):  # no float copy of the planes
+        np.greater_equal(np.asarray(p)[0], thr, out=fg[i])
     hm = np.stack([np.asarray(a, np.float32).reshape(a.shape[-2:]) for a in heatmap])
     offsets = np.stack([np.asarray(a, np.float32) for a in offsets])
     h, w = hm.shape[1:]
@@ -353,10 +356,9 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
     counts = np.bincount(plane, minlength=n)
     ids = _group_planes(centers_in_pixels(rc, stride), plane, counts, offsets, stride)
     ids = _upsample_nearest_planes(ids, (H, W), stride)
-    # the planes one under another with a row of zeros between, each plane's centre ids where it is foreground
-    tall = np.zeros((n, H + 1, W), ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.uint32)
-    np.multiply(ids, fg, out=tall[:, :H], casting="unsafe")
-    return _merge_planes(tall, thing, settings.get("label_divisor", 10000), compacted)
+    masked = np.empty((n, H, W), ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.uint32)
+    np.multiply(ids, fg, out=masked, casting="unsafe")  # each plane's centre ids where it is foreground
+    return _merge_planes(masked, thing, settings.get("label_divisor", 10000), compacted)
 
 
 def _group_planes(centers: np.ndarray, plane: np.ndarray, counts: np.ndarray, offsets: np.ndarray,
@@ -398,33 +400,27 @@ def _upsample_nearest_planes(ids: np.ndarray, shape: tuple[int, int], stride: in
     return out.reshape(n, h * stride, w * stride)[:, : shape[0], : shape[1]]
 
 
-def _merge_planes(tall: np.ndarray, thing: int, label_divisor: int | None, compacted: bool = False) -> list:
-    """:func:`merge_panoptic` of N planes of one thing class, ``tall`` (N, H + 1, W): centre
-    ids where the class is, 0 elsewhere, and a last row of zeros in each plane, so that one
-    connected-components pass over the planes one under another numbers each plane's pieces
-    in its raster order. ``compacted``: each plane as :func:`~panoptem.labels.compact` would
-    give its labels."""
-    n, H, W = tall.shape[0], tall.shape[1] - 1, tall.shape[2]
-    pieces = cc3d.connected_components(tall.reshape(-1, W), connectivity=8).reshape(n, H + 1, W)[:, :H]
-    last = np.maximum.accumulate(pieces.reshape(n, -1).max(axis=1).astype(np.int64))
-    first = np.concatenate([[0], last[:-1]])  # pieces of plane p are first[p] + 1 .. last[p]
-    most = int((last - first).max())
+def _merge_planes(masked: np.ndarray, thing: int, label_divisor: int | None, compacted: bool = False) -> list:
+    """:func:`merge_panoptic` of N planes of one thing class, ``masked`` (N, H, W): centre
+    ids where the class is, 0 elsewhere. Each plane's pieces (8-connected, one centre id)
+    are numbered in its raster order, plane by plane (a call costs little beside its pixels).
+    ``compacted``: each plane as ``(local, ids)``, what :func:`~panoptem.labels.compact`
+    would give for its labels (``local`` may be uint16)."""
     div = int(label_divisor or 0)
-    if div and most >= div:  # the error number_per_class gives
-        number_per_class(np.full(most, thing), np.ones(most, bool), div)
     base = thing * div if div else 0  # piece j of a plane becomes base + j, as number_per_class numbers it
-    if compacted:  # what labels.compact(labels, return_counts=True) gives for each plane
-        local = pieces.astype(np.int32)
-        np.subtract(local, first.astype(np.int32)[:, None, None], out=local, where=pieces > 0)
-        area = np.bincount(pieces.ravel(), minlength=int(last[-1]) + 1).astype(np.int64)
-        return [(local[p], np.arange(base + 1, base + 1 + int(last[p] - first[p]), dtype=np.int64),
-                 area[first[p] + 1:last[p] + 1]) for p in range(n)]
-    dt = dtype_for_max_label(base + most)
-    lab = pieces.astype(dt)
-    # base - first wraps around in the unsigned type; every sum it gives lies in range
-    shift = (base - first).astype(np.int64).view(np.uint64).astype(dt)[:, None, None]
-    np.add(lab, shift, out=lab, where=pieces > 0)
-    return list(lab)
+    out = []
+    for plane in masked:
+        pieces, k = cc3d.connected_components(plane, connectivity=8, return_N=True)
+        if div and k >= div:  # the error number_per_class gives
+            number_per_class(np.full(k, thing), np.ones(k, bool), div)
+        if compacted:
+            out.append((pieces, np.arange(base + 1, base + 1 + k, dtype=np.int64)))
+            continue
+        lab = pieces.astype(dtype_for_max_label(base + k))
+        if base:
+            np.add(lab, lab.dtype.type(base), out=lab, where=pieces > 0)
+        out.append(lab)
+    return out
 
 
 def decode_settings(params, card) -> dict[str, Any]:

@@ -145,7 +145,7 @@ class SliceLinker:
 
         ``labels2d`` (H, W): panoptic ids of this slice (``class * divisor + n``,
         or 1..N without a divisor), unique within the slice; or ``compacted``, what
-        :func:`~panoptem.labels.compact` gives for them with ``return_counts`` (e.g. from
+        :func:`~panoptem.labels.compact` gives for them, ``(local, ids)`` (e.g. from
         :func:`~.decode.decode_planes`). The result is uint32 (uint64 once more than
         2**32 - 1 provisional ids were given out).
         """
@@ -157,7 +157,7 @@ class SliceLinker:
         elif lab.shape != self._shape:
             raise PanoptemError(f"All slices of a stack must have the same shape; got {lab.shape} "
                                 f"after {self._shape}.")
-        local, ids, area = compact(lab, return_counts=True) if compacted is None else compacted
+        local, ids = compact(lab) if compacted is None else compacted
         k = int(ids.size)
         ids = ids.astype(np.int64)
         offset = self._n
@@ -166,6 +166,7 @@ class SliceLinker:
         thing = ids % self.divisor != 0 if self.divisor else np.ones(k, bool)
         nz = np.flatnonzero(local > 0)  # a boolean scan: several times faster than one of the ids
         lv = local.ravel()[nz]
+        area = np.bincount(lv, minlength=k + 1)[1:].astype(np.int64)  # over the object pixels only
         r0, r1, c0, c1 = _boxes(nz, lv, k, lab.shape)
         for key, val in (("cls", cls), ("thing", thing), ("area", area), ("r0", r0), ("r1", r1),
                          ("c0", c0), ("c1", c1), ("count", [k])):
