@@ -183,9 +183,11 @@ class SliceLinker:
             self._gap.append((ia[m] + prev2["offset"] + 1, ib[m] + cur["offset"] + 1, iou[m]))
         self._prev2, self._prev = prev, cur
         self._z += 1
-        lut = np.arange(offset, offset + k + 1, dtype=dtype_for_max_label(self._n))
-        lut[0] = 0
-        return lut[local]
+        prov = np.zeros(lab.shape, dtype_for_max_label(self._n))  # written at the object pixels only
+        ids_here = lv.astype(prov.dtype)
+        ids_here += prov.dtype.type(offset)
+        prov.reshape(-1)[nz] = ids_here
+        return prov
 
     def _pairs(self, p: dict, c: dict):
         # the objects of c under the object voxels of p
