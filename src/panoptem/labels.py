@@ -149,6 +149,10 @@ def lookup(lut: np.ndarray, labels: np.ndarray, out: np.ndarray | None = None) -
     [[5, 0], [7, 7]]
     """
     labels = np.asarray(labels)
+    from .inference.runtime import cpu_count
+    n = cpu_count() if labels.size >= THREADED_LOOKUP and labels.ndim and labels.shape[0] > 1 else 1
+    if out is None and n == 1:
+        return lut[labels]
     if out is None:
         out = np.empty(labels.shape, lut.dtype)
     elif out.shape != labels.shape:
@@ -156,8 +160,6 @@ def lookup(lut: np.ndarray, labels: np.ndarray, out: np.ndarray | None = None) -
     if labels.ndim == 0:
         out[...] = lut[labels]
         return out
-    from .inference.runtime import cpu_count
-    n = cpu_count() if labels.size >= THREADED_LOOKUP else 1
     step = -(-labels.shape[0] // (4 * n))  # a few chunks per core: even when some are emptier
     if not out.flags.c_contiguous:
         step = min(step, TRANSPOSED_CHUNK)
@@ -165,7 +167,7 @@ def lookup(lut: np.ndarray, labels: np.ndarray, out: np.ndarray | None = None) -
     def one(i):
         out[i:i + step] = lut[labels[i:i + step]]
 
-    if n == 1 or labels.shape[0] < 2:
+    if n == 1:
         for i in range(0, labels.shape[0], step):
             one(i)
         return out
