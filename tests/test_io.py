@@ -325,3 +325,27 @@ def test_lucchi_lazy(lucchi):
         page = tif.pages[100].asarray()
     np.testing.assert_array_equal(img.data[100], page)
     np.testing.assert_array_equal(img.data[98:101:2, 5], np.stack([tifffile.imread(path, key=98)[5], page[5]]))
+
+
+# ---- Zarr writes --------------------------------------------------------------------------
+
+def test_zarr_put_leaves_out_empty_chunks_with_its_own_fill_test(tmp_path):
+    from panoptem.io.zarr_write import _prototype, put
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=(4, 8, 8), chunks=(2, 4, 4), dtype="uint32",
+                            fill_value=0, chunk_key_encoding={"name": "v2", "separator": "."})
+    vol = np.zeros((4, 8, 8), np.uint32)
+    vol[0, 0, 0] = 7          # chunk 0.0.0
+    vol[3, 5, 6] = 2 ** 31    # chunk 1.1.1
+    put(arr, (slice(0, 4),), vol)
+    np.testing.assert_array_equal(arr[:], vol)
+    assert sorted(f for f in _files(tmp_path / "a.zarr") if not f.startswith("zarr")) == ["0.0.0", "1.1.1"]
+    put(arr, (slice(0, 2), slice(0, 4), slice(0, 4)), np.zeros((2, 4, 4), np.uint32))  # emptied: deleted
+    assert "0.0.0" not in _files(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(arr[:], np.where(np.arange(4)[:, None, None] < 2, 0, vol))
+    buf = _prototype().nd_buffer  # the test itself, for each kind of array
+    assert buf.from_numpy_array(np.zeros((3, 3), np.uint16)).all_equal(0)
+    assert not buf.from_numpy_array(np.eye(3, dtype=np.uint16)).all_equal(0)
+    assert buf.from_numpy_array(np.full(4, 5, np.int64)).all_equal(5)
+    assert not buf.from_numpy_array(np.array([5, 5, 4], np.int64)).all_equal(5)
+    assert not buf.from_numpy_array(np.array([True, False])).all_equal(False)
+    assert buf.from_numpy_array(np.full(3, np.nan, np.float32)).all_equal(np.nan)  # floats: zarr's own

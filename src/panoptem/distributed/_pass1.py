@@ -142,8 +142,9 @@ def save_npz(path: Path, **arrays) -> None:
 
 def _net_arrays(job: StackJob, mode: str = "r"):
     import zarr
+    from ..io.zarr_write import dense
     g = zarr.open_group(job.net, mode=mode)
-    return g["probability"], g["heatmap"], g["offsets"]
+    return tuple(dense(g[k]) for k in ("probability", "heatmap", "offsets"))
 
 
 def create_net_arrays(job: StackJob) -> None:
@@ -431,8 +432,9 @@ def decode_block(job: StackJob, block: Block) -> dict:
     table, core_labels = builder.finish(c0, c1, p.bridge_gaps)
     if core_labels is not None:
         import zarr
+        from ..io.zarr_write import put
         arr = zarr.open_array(str(Path(job.work) / "provisional.zarr"), mode="r+")
-        arr[tuple(block.core)] = np.moveaxis(core_labels, 0, a)
+        put(arr, tuple(block.core), np.moveaxis(core_labels, 0, a))
     save_npz(path, **table)
     return {"index": block.index, "decode_s": time.perf_counter() - t0}
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.zarr_write import put
 from ._pass1 import STUFF, StackJob
 from ._source import VolumeSource
 from .blocks import Block
@@ -113,13 +114,13 @@ def write_block(job: WriteJob, block: Block) -> int:
         else:
             vol = panoptic if job.single_class else np.zeros_like(panoptic)
         vol = vol.astype(arr.dtype)
-        arr[tuple(block.core)] = vol
+        put(arr, tuple(block.core), vol)
         # the block's part of every pyramid level (nearest: every n-th voxel from the level above)
         start = [s.start for s in block.core]
         for i, f in enumerate(job.factors, start=1):
             vol = vol[tuple(slice((-a) % k, None, k) for a, k in zip(start, f))]
             start = [-(-a // k) for a, k in zip(start, f)]
-            group[str(i)][tuple(slice(a, a + n) for a, n in zip(start, vol.shape))] = vol
+            put(group[str(i)], tuple(slice(a, a + n) for a, n in zip(start, vol.shape)), vol)
     marker.parent.mkdir(exist_ok=True)
     marker.touch()
     return 1

@@ -85,6 +85,8 @@ class OutputCache:
     def __init__(self, path: str | Path, plane: str, n: int, prob_shape, grid_shape, key: dict,
                  reset_stale: bool = False, chunk: int = 1):
         import zarr
+
+        from ..io.zarr_write import dense
         self.path = Path(path) / f"{plane}.zarr"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         g = zarr.open_group(str(self.path), mode="a")
@@ -111,8 +113,9 @@ class OutputCache:
             g.create_array("done", shape=(n,), chunks=(n,), dtype="bool", fill_value=False)
             g.attrs["key"] = key
         self.group = g
-        self._done = np.asarray(g["done"][:])
-        self._hash = np.asarray(g["hash"][:])
+        self._arr = {k: dense(g[k]) for k in ("probability", "heatmap", "offsets", "hash", "done")}
+        self._done = np.asarray(self._arr["done"][:])
+        self._hash = np.asarray(self._arr["hash"][:])
 
     def done(self, i: int) -> bool:
         """Whether slice ``i`` has been stored (whatever its input)."""
@@ -128,15 +131,16 @@ class OutputCache:
         then the mark); returns them at cache precision."""
         i1 = i0 + len(out)
         q = _quantize(out)
-        self.group["probability"][i0:i1] = q[0]
-        self.group["heatmap"][i0:i1] = q[1]
-        self.group["offsets"][i0:i1] = q[2]
+        a = self._arr
+        a["probability"][i0:i1] = q[0]
+        a["heatmap"][i0:i1] = q[1]
+        a["offsets"][i0:i1] = q[2]
         self._hash[i0:i1] = hashes
-        self.group["hash"][:] = self._hash
+        a["hash"][:] = self._hash
         self._done[i0:i1] = True
-        self.group["done"][:] = self._done
+        a["done"][:] = self._done
         return _dequantize(*q)
 
     def get(self, i0: int, i1: int) -> ModelOutput:
-        return _dequantize(self.group["probability"][i0:i1], self.group["heatmap"][i0:i1],
-                           self.group["offsets"][i0:i1])
+        a = self._arr
+        return _dequantize(a["probability"][i0:i1], a["heatmap"][i0:i1], a["offsets"][i0:i1])

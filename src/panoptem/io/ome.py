@@ -70,6 +70,17 @@ def create_level(group, i: int, shape, chunks, like):
                               chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True)
 
 
+class Level:
+    """A zarr array as a target of ``dask.array.store``, written through :func:`.zarr_write.put`."""
+
+    def __init__(self, arr):
+        self.arr = arr
+
+    def __setitem__(self, key, value):
+        from .zarr_write import put
+        put(self.arr, key, value)
+
+
 def write_pyramid_and_metadata(path: str, voxel_size: Sequence[float] | None, name: str, labels: bool = True,
                                levels: bool = True) -> int:
     """Add pyramid levels below array ``"0"`` of the zarr group at ``path``
@@ -85,7 +96,7 @@ def write_pyramid_and_metadata(path: str, voxel_size: Sequence[float] | None, na
     for i, (f, shape) in enumerate(zip(factors, level_shapes(base.shape, factors)), start=1):
         src = da.from_zarr(prev)[tuple(slice(None, None, v) for v in f)]
         arr = create_level(group, i, shape, base.chunks, base)
-        da.to_zarr(src.rechunk(arr.chunks), arr)
+        da.store(src.rechunk(arr.chunks), Level(arr), lock=False)
         prev = arr
     write_metadata(group, voxel_size, factors, name, labels)
     return 1 + len(factors)

@@ -20,6 +20,7 @@ import numpy as np
 from .._atomic import check_output, exclusive_output, move_into_place
 from ..errors import PanoptemError
 from .readers import TIFF_SUFFIXES, ZARR_SUFFIXES
+from .zarr_write import put
 
 #: what labels and images are written as, and the suffix each format gets by default
 FORMATS = {"tiff": TIFF_SUFFIXES[0], "zarr": ZARR_SUFFIXES[0]}
@@ -346,7 +347,7 @@ class _ZarrWriter(LabelWriter):
         zr = _z_range(key, self.shape[0]) if self.ndim == 3 else None
         if zr is None:
             self._flush(list(self._slabs))
-            self._arr[key] = _fit(value, self.dtype)
+            put(self._arr, key, _fit(value, self.dtype))
             return
         z0, z1 = zr
         block = np.broadcast_to(_fit(value, self.dtype), (z1 - z0, *self.shape[1:]))
@@ -357,7 +358,7 @@ class _ZarrWriter(LabelWriter):
             c1 = min(c0 + cz, n)
             e = min(z1, c1)
             if z == c0 and e == c1 and c0 not in self._slabs:
-                self._arr[c0:c1] = block[z - z0:e - z0]
+                put(self._arr, slice(c0, c1), block[z - z0:e - z0])
             else:
                 buf, filled = self._slabs.setdefault(
                     c0, (np.zeros((c1 - c0, *self.shape[1:]), self.dtype), np.zeros(c1 - c0, bool)))
@@ -374,11 +375,11 @@ class _ZarrWriter(LabelWriter):
         for c0 in starts:
             buf, filled = self._slabs.pop(c0)
             if filled.all():
-                self._arr[c0:c0 + len(buf)] = buf
+                put(self._arr, slice(c0, c0 + len(buf)), buf)
                 continue
             edges = np.flatnonzero(np.diff(np.concatenate([[0], filled.view(np.int8), [0]])))
             for a, b in zip(edges[::2], edges[1::2]):
-                self._arr[c0 + a:c0 + b] = buf[a:b]
+                put(self._arr, slice(c0 + a, c0 + b), buf[a:b])
 
     def _finish(self):
         from .ome import write_pyramid_and_metadata
