@@ -5,7 +5,7 @@ the network.
 
 Layout: ``<cache>/<plane>.zarr`` (a chunk per batch of planes) with arrays ``probability`` (N, C, H, W)
 uint8 (probability x 255), ``heatmap`` (N, 1, h, w) and ``offsets``
-(N, 2, h, w) float16, ``hash`` (N, 16) uint8 (BLAKE2b of the input plane),
+(N, 2, h, w) float16, ``hash`` (N, 16) uint8 (SHA-256 of the input plane, cut to 16 bytes),
 ``done`` (N,) bool, and attrs describing what was run. A cache made with a
 different model, downsampling or input shape is refused (or reset); a slice
 whose input plane changed since it was cached is computed again.
@@ -65,13 +65,14 @@ def at_cache_precision(out: ModelOutput) -> ModelOutput:
 
 
 def plane_hashes(planes: np.ndarray) -> np.ndarray:
-    """(N, 16) BLAKE2b digests of N planes (their bytes, shape and dtype)."""
+    """(N, 16) digests of N planes (their bytes, shape and dtype): SHA-256, which CPUs with
+    SHA instructions hash about 3 x faster than BLAKE2b, cut to 16 bytes."""
     planes = np.ascontiguousarray(planes)
     out = np.zeros((len(planes), HASH_BYTES), np.uint8)
     for i, p in enumerate(planes):
-        h = hashlib.blake2b(p.tobytes(), digest_size=HASH_BYTES)
+        h = hashlib.sha256(p.data)
         h.update(f"{p.shape}{p.dtype.str}".encode())
-        out[i] = np.frombuffer(h.digest(), np.uint8)
+        out[i] = np.frombuffer(h.digest()[:HASH_BYTES], np.uint8)
     return out
 
 

@@ -312,7 +312,7 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
             prov = np.asarray(provisional[a0:a1])
         else:  # stack order (n, Z, other): Z is axis 1 of the store
             prov = np.moveaxis(np.asarray(provisional[:, a0:a1]), 0, axis)
-        lab = postprocess_labels(lut[prov], ero, dil, holes)[z0 - a0:z0 - a0 + (z1 - z0)]
+        lab = postprocess_labels(lookup(lut, prov), ero, dil, holes)[z0 - a0:z0 - a0 + (z1 - z0)]
         writer[z0:z1] = lab
         if post:  # erosion may remove objects: count what is written
             ids.update(np.asarray(fastremap.unique(lab)).tolist())

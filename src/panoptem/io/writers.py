@@ -256,6 +256,20 @@ def _tiff_description(shape, dtype: np.dtype, voxel) -> str:
     return json.dumps(md)
 
 
+#: uncompressed bytes per TIFF strip (tifffile's default size)
+_STRIP_BYTES = 256 * 1024
+
+
+def _fast_deflate():
+    """zlib-ng's encoder when imagecodecs has it, else None (tifffile's own). It writes standard
+    zlib streams, several times faster than zlib or libdeflate on label images."""
+    try:
+        import imagecodecs
+        return imagecodecs.zlibng_encode if imagecodecs.ZLIBNG.available else None
+    except (ImportError, AttributeError):
+        return None
+
+
 class _TiffWriter(LabelWriter):
     """OME-TIFF (JSON-described TIFF for 64-bit types), zlib, one page per Z slice, written in
     order; a 2D image is kept in memory until closed."""
@@ -267,9 +281,12 @@ class _TiffWriter(LabelWriter):
         self._next = 0
         self._buf = np.zeros(self.shape, self.dtype) if self.ndim == 2 else None
         self._desc = _tiff_description(self.shape, self.dtype, self.voxel_size)
-        # zlib (deflate) for every reader; its strips compressed on all cores (tifffile's default is half)
+        # zlib (deflate), which every reader decodes
         self._kw = dict(compression="zlib", photometric="minisblack", metadata=None, software="panoptem",
                         maxworkers=min(os.cpu_count() or 1, 8))
+        self._deflate = _fast_deflate()
+        row = int(self.shape[-1]) * self.dtype.itemsize
+        self._rows = max(1, min(int(self.shape[-2]), _STRIP_BYTES // max(row, 1)))
         if self.voxel_size is not None:  # also as resolution tags (pixels per cm) for other software
             y, x = self.voxel_size[-2:]
             self._kw.update(resolution=(1e7 / x, 1e7 / y), resolutionunit="CENTIMETER")
@@ -294,7 +311,14 @@ class _TiffWriter(LabelWriter):
 
     def _write_page(self, page):
         desc = self._desc if self._next == 0 else None
-        self._tw.write(np.ascontiguousarray(page), description=desc, **self._kw)
+        page = np.ascontiguousarray(page)
+        if self._deflate is None:
+            self._tw.write(page, description=desc, **self._kw)
+        else:  # the same deflate streams, compressed by zlib-ng: labels in a fraction of the time
+            n = self._rows
+            strips = (self._deflate(page[r:r + n]) for r in range(0, page.shape[0], n))
+            self._tw.write(strips, shape=page.shape, dtype=page.dtype, rowsperstrip=n, description=desc,
+                           **self._kw)
         self._next += 1
 
     def _finish(self):
