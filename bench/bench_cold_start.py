@@ -2,10 +2,13 @@
 run again inside one warm process, and `segment_3d` in memory; with ``--image2d``, also
 `panoptem segment2d IMAGE -o OUT` in a fresh process (the start of a run matters most there).
 ``--fresh-only`` times the fresh processes alone: run it with PYTHONPATH set to each of two
-checkouts, in turn, to compare their start.
+checkouts, in turn, to compare their start. ``--stages`` times, in one warm process and one
+stage after another, `segment_3d` in memory and `segment_3d` streaming to an output file with the
+resumable cache (what the command runs): the difference per stage is what the command's own
+output and cache cost.
 
 Prints one JSON line per measurement. Usage:
-    python bench/bench_cold_start.py VOLUME.tif [--image2d IMAGE.tif] [--repeat 3] [--fresh-only] [--orthoplane] [--label NAME]
+    python bench/bench_cold_start.py VOLUME.tif [--image2d IMAGE.tif] [--repeat 3] [--fresh-only] [--orthoplane] [--stages] [--label NAME]
 """
 from __future__ import annotations
 
@@ -37,7 +40,11 @@ def main() -> int:
     ap.add_argument("--fresh-only", action="store_true", help="time the fresh processes only")
     ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
     ap.add_argument("--orthoplane", action="store_true", help="segment3d with --orthoplane (fresh processes only)")
+    ap.add_argument("--stages", action="store_true", help="only: in memory against streamed to a file with the "
+                    "cache, stage by stage, in one warm process")
     a = ap.parse_args()
+    if a.stages:
+        return stages(a)
     from typer.testing import CliRunner
     import tifffile
     import panoptem
@@ -72,6 +79,28 @@ def main() -> int:
             mem.append(time.perf_counter() - t)
         emit(what="segment_3d in memory (warm)", seconds=round(statistics.median(mem), 2),
              runs_s=[round(v, 2) for v in mem], load=load())
+    return 0
+
+
+def stages(a) -> int:
+    """In memory, then streamed to a TIFF with the resumable cache (as the command runs it), each
+    one stage after another in this warm process; one line per run with the seconds per stage."""
+    import tifffile
+    import panoptem
+    vol = tifffile.imread(a.volume)
+    model = panoptem.load_model()
+    panoptem.segment_3d(vol[:4], model)  # warm up
+    keep = ("read", "normalise", "forward", "quantise", "median", "decode", "link", "relabel")
+    for _ in range(a.repeat):
+        for how in ("in memory", "streamed to a TIFF, with the cache"):
+            with tempfile.TemporaryDirectory() as tmp:
+                kw = {} if how == "in memory" else {"output": Path(tmp) / "labels.tif"}
+                t, c = time.perf_counter(), time.process_time()
+                res = panoptem.segment_3d(vol, model, overlap=False, **kw)
+                wall, cpu = time.perf_counter() - t, time.process_time() - c
+            emit(what=f"segment_3d one stage after another, {how}", code=a.label, seconds=round(wall, 2),
+                 cpu_seconds=round(cpu, 2), stages_s={k: round(res.timings.get(f"{k}_s", 0.0), 2) for k in keep},
+                 load=load(), machine=machine())
     return 0
 
 

@@ -70,7 +70,7 @@ def create_level(group, i: int, shape, chunks, like):
                               chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True)
 
 
-class Level:
+class _LevelTarget:
     """A zarr array as a target of ``dask.array.store``, written through :func:`.zarr_write.put`."""
 
     def __init__(self, arr):
@@ -96,7 +96,7 @@ def write_pyramid_and_metadata(path: str, voxel_size: Sequence[float] | None, na
     for i, (f, shape) in enumerate(zip(factors, level_shapes(base.shape, factors)), start=1):
         src = da.from_zarr(prev)[tuple(slice(None, None, v) for v in f)]
         arr = create_level(group, i, shape, base.chunks, base)
-        da.store(src.rechunk(arr.chunks), Level(arr), lock=False)
+        da.store(src.rechunk(arr.chunks), _LevelTarget(arr), lock=False)
         prev = arr
     write_metadata(group, voxel_size, factors, name, labels)
     return 1 + len(factors)

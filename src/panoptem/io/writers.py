@@ -312,7 +312,7 @@ class _TiffWriter(LabelWriter):
     def _write_page(self, page):
         desc = self._desc if self._next == 0 else None
         page = np.ascontiguousarray(page)
-        if self._deflate is None:
+        if self._deflate is None or page.ndim != 2:
             self._tw.write(page, description=desc, **self._kw)
         else:  # the same deflate streams, compressed by zlib-ng: labels in a fraction of the time
             n = self._rows
