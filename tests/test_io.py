@@ -366,3 +366,16 @@ def test_tiff_labels_are_standard_deflate_strips_any_reader_decodes(tmp_path, sh
                 got.append(np.frombuffer(zlib.decompress(tf.filehandle.read(n)), page.dtype).reshape(-1, shape[-1]))
             assert len(got) == -(-shape[-2] // rows)
             np.testing.assert_array_equal(np.concatenate(got), page.asarray())
+
+
+def test_zarr_dense_arrays_store_every_chunk_without_testing_it(tmp_path):
+    from panoptem.io.zarr_write import dense
+    arr = zarr.create_array(str(tmp_path / "d.zarr"), shape=(4, 4), chunks=(2, 4), dtype="uint8", fill_value=0,
+                            chunk_key_encoding={"name": "v2", "separator": "."})
+    arr[:2] = 0  # zarr's default: an empty chunk is not stored
+    assert "0.0" not in _files(tmp_path / "d.zarr")
+    d = dense(arr)
+    d[:2] = 0
+    d[2:] = 9
+    assert {"0.0", "1.0"} <= set(_files(tmp_path / "d.zarr"))
+    np.testing.assert_array_equal(arr[:], np.repeat([0, 9], 8).reshape(4, 4))

@@ -19,12 +19,20 @@ import numpy as np
 
 
 def dense(arr):
-    """``arr`` (a zarr array) opened to store every chunk it is given, without testing it."""
-    return arr.with_config({"write_empty_chunks": True})
+    """``arr`` (a zarr array) opened to store every chunk it is given, without testing it
+    (unchanged on a zarr too old to set this per array: slower, same contents)."""
+    with_config = getattr(arr, "with_config", None)
+    return with_config({"write_empty_chunks": True}) if with_config is not None else arr
 
 
 def _prototype():
-    from zarr.buffer import cpu
+    """zarr's CPU buffer prototype with :class:`_LabelBuffer` as its array buffer; None on a
+    zarr without a public buffer API (writes then take zarr's own test)."""
+    try:
+        from zarr.buffer import cpu
+        base = cpu.buffer_prototype
+    except (ImportError, AttributeError):
+        return None
 
     class _LabelBuffer(cpu.NDBuffer):
         """An array buffer whose fill-value test for integers is one pass over the bytes."""
@@ -35,7 +43,7 @@ def _prototype():
                 return not data.any() if other == 0 else not (data != other).any()
             return super().all_equal(other, equal_nan)
 
-    return cpu.buffer_prototype._replace(nd_buffer=_LabelBuffer)
+    return base._replace(nd_buffer=_LabelBuffer)
 
 
 _PROTOTYPE: list = []
@@ -46,4 +54,7 @@ def put(arr, selection, value) -> None:
     with a fast test for chunks that hold only the fill value."""
     if not _PROTOTYPE:
         _PROTOTYPE.append(_prototype())
-    arr.set_basic_selection(selection, value, prototype=_PROTOTYPE[0])
+    if _PROTOTYPE[0] is None:
+        arr[selection] = value
+    else:
+        arr.set_basic_selection(selection, value, prototype=_PROTOTYPE[0])
