@@ -329,6 +329,8 @@ def test_probability_bytes_round_and_never_wrap():
     rng = np.random.default_rng(2)
     out = ModelOutput(rng.random((2, 1, 5, 6), dtype=np.float32), rng.random((2, 1, 2, 2), dtype=np.float32),
                       rng.random((2, 2, 2, 2), dtype=np.float32))
-    back, direct = _dequantize(*_quantize(out)), at_cache_precision(out)
+    back, stored = _quantize(out)
+    read, direct = _dequantize(*stored), at_cache_precision(out)
     for f in ("semantic_probability", "heatmap", "offsets"):
         np.testing.assert_array_equal(getattr(back, f), getattr(direct, f))
+        np.testing.assert_array_equal(getattr(read, f), getattr(direct, f))

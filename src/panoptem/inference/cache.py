@@ -44,8 +44,14 @@ def probability_bytes(p: np.ndarray) -> np.ndarray:
     return q.astype(np.uint8)
 
 
-def _quantize(out: ModelOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return probability_bytes(out.semantic_probability), out.heatmap.astype(np.float16), out.offsets.astype(np.float16)
+def _quantize(out: ModelOutput) -> tuple[ModelOutput, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``out`` at cache precision (float32) and as the cache stores it (uint8 probabilities,
+    float16 heatmap and offsets), from one rounding: the bytes are not read back."""
+    q = byte_steps(out.semantic_probability)
+    np.clip(q, 0, 255, out=q)  # as probability_bytes
+    stored = q.astype(np.uint8), out.heatmap.astype(np.float16), out.offsets.astype(np.float16)
+    np.divide(q, np.float32(255), out=q)
+    return ModelOutput(q, stored[1].astype(np.float32), stored[2].astype(np.float32)), stored
 
 
 def _dequantize(prob: np.ndarray, hm: np.ndarray, off: np.ndarray) -> ModelOutput:
@@ -131,7 +137,7 @@ class OutputCache:
         """Store outputs of slices i0.. and mark them complete (data first,
         then the mark); returns them at cache precision."""
         i1 = i0 + len(out)
-        q = _quantize(out)
+        back, q = _quantize(out)
         a = self._arr
         a["probability"][i0:i1] = q[0]
         a["heatmap"][i0:i1] = q[1]
@@ -140,7 +146,7 @@ class OutputCache:
         a["hash"][:] = self._hash
         self._done[i0:i1] = True
         a["done"][:] = self._done
-        return _dequantize(*q)
+        return back
 
     def get(self, i0: int, i1: int) -> ModelOutput:
         a = self._arr
