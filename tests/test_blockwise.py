@@ -169,6 +169,31 @@ def test_refusals(vol, tmp_path):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "y.zarr")
 
 
+def test_workers_run_the_network_as_asked(vol, tmp_path, client, monkeypatch):
+    """runtime / precision / threads reach the workers' predictors (``auto``: ONNX Runtime on a
+    CPU for panoptem's own network), and both runtimes give the same objects."""
+    pytest.importorskip("onnxruntime")
+    from panoptem.inference.engine import Predictor
+    from panoptem.models.load import load_model
+    model = load_model("MitoLite_v1", "cpu")  # panoptem's own network: it finds the scene's dark balls
+    made = []
+    init = Predictor.__init__
+
+    def spy(self, *a, **k):
+        init(self, *a, **k)
+        made.append((self.runtime, self.precision, self.threads))
+    monkeypatch.setattr(Predictor, "__init__", spy)
+    bw = dict(block_shape=(16, 64, 64), halo=(8, 32, 32), exact_context=False)
+    auto, a = _blockwise(vol, tmp_path, "auto.zarr", model=model, client=client, threads=1, **bw)
+    assert made and set(made) == {("onnx", "fp32", 1)}
+    made.clear()
+    _, t = _blockwise(vol, tmp_path, "torch.zarr", model=model, client=client, runtime="torch", **bw)
+    assert made and set(made) == {("torch", "fp32", None)}
+    assert auto.objects["mitochondria"] >= 3 and ((a > 0) == (t > 0)).mean() > 0.999
+    with pytest.raises(PanoptemError, match="Runtime"):
+        _blockwise(vol, tmp_path, "bad.zarr", model=model, client=client, runtime="tensorrt", **bw)
+
+
 # ---------------------------------------------------------------- processes, schedulers, kills
 
 

@@ -2,6 +2,7 @@
 runtime and precision choices, automatic batch and tile sizes, and ``panoptem bench``."""
 import json
 import os
+import subprocess
 import sys
 import threading
 
@@ -242,6 +243,24 @@ def test_runtime_and_precision_choices():
     vol, _ = phantom()
     bf = segment_3d(vol, m, precision="bf16", batch_size=4, **P)  # bfloat16 autocast on the CPU runs
     assert bf.objects["mitochondria"] == 4
+
+
+def test_limit_threads_caps_this_process_and_a_torch_imported_later():
+    """A blockwise worker's share of the cores: panoptem's pools, ONNX Runtime's and PyTorch's,
+    even when PyTorch is first imported after the cap."""
+    code = ("from panoptem.inference.runtime import cpu_count, limit_threads\n"
+            "import sys; assert 'torch' not in sys.modules\n"
+            "limit_threads(1)\n"
+            "import torch\n"
+            "print(cpu_count(), torch.get_num_threads())\n"
+            "limit_threads(2); print(cpu_count(), torch.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.split("\n")
+    assert lines[0] == "1 1"
+    two = min(2, len(os.sched_getaffinity(0)))
+    assert lines[1] == f"{two} 2"
 
 
 def test_automatic_batch_size():

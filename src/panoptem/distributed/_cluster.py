@@ -3,7 +3,6 @@ worker per device, and running block tasks with a progress bar."""
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 
 from ..errors import PanoptemError
@@ -13,7 +12,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 
 class _WorkerSetup(WorkerPlugin):
-    """Worker plugin: pins each worker to its device and sets torch's threads."""
+    """Worker plugin: pins each worker to its device and caps its threads at its share of the cores."""
 
     name = "panoptem-setup"
 
@@ -30,16 +29,9 @@ class _WorkerSetup(WorkerPlugin):
                 i = abs(hash(worker.name))
             set_worker_device(self.devices[i % len(self.devices)])
         if self.threads:
-            import torch
-            torch.set_num_threads(self.threads)
+            from ..inference.runtime import limit_threads
+            limit_threads(self.threads)
 
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def visible_gpus() -> list[str]:
@@ -51,7 +43,8 @@ def visible_gpus() -> list[str]:
 def plan_workers(n_workers: int | None, devices: list[str] | None, bytes_per_worker: int) -> tuple[int, int]:
     """(workers, torch threads per worker) for a local cluster: one worker per
     device; on CPUs as many as cores and memory allow, unless given."""
-    cores = _cpu_count()
+    from ..inference.runtime import cpu_count
+    cores = cpu_count()
     if devices:
         return len(devices), max(1, cores // len(devices))
     if n_workers is None:

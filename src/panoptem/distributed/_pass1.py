@@ -66,6 +66,9 @@ class StackJob:
     thing_ids: tuple = (1,)
     mask: VolumeSource | None = None
     context: bool = False  # give the network each whole slice's global context (see context_block)
+    runtime: str = "auto"  # how the network runs (see panoptem.inference.runtime)
+    precision: str = "auto"
+    threads: int | None = None  # intra-op threads per worker (None: the worker's share of the cores)
 
     @property
     def p(self) -> Params3D:
@@ -75,6 +78,12 @@ class StackJob:
         """Class ids, thing classes in use, stuff classes (as 2D decoding sees them)."""
         things = [] if self.p.semantic_only else [int(t) for t in self.thing_ids]
         return [int(c) for c in self.class_ids], things, [int(c) for c in self.class_ids if int(c) not in things]
+
+    def predictor(self, lm, downsampling: int):
+        """A predictor of the loaded model ``lm`` as this job runs it."""
+        from ..inference.engine import Predictor
+        return Predictor(lm, device=lm.device, downsampling=downsampling, batch_size=self.batch_size,
+                         runtime=self.runtime, precision=self.precision, threads=self.threads)
 
     def inplane(self) -> list[int]:
         return [ax for ax in range(3) if ax != self.axis]
@@ -189,9 +198,8 @@ def context_block(job: StackJob, block: Block) -> None:
     region = job.network_region(block)
     data = read_region(job.source.open(), region)
     lm = worker_model(job.model, worker_device(job.device))
-    from ..inference.engine import Predictor
     f = job.p.downsampling
-    predictor = Predictor(lm, device=lm.device, downsampling=f, batch_size=job.batch_size)
+    predictor = job.predictor(lm, f)
     cell = CONTEXT_STRIDE * f
     res = {}
     for v in job.views():
@@ -289,9 +297,8 @@ def network_block(job: StackJob, block: Block) -> dict:
         _mark(done_dir, "", block.index)
         return summary
     lm = worker_model(job.model, worker_device(job.device))
-    from ..inference.engine import Predictor
     p = job.p
-    predictor = Predictor(lm, device=lm.device, downsampling=p.downsampling, batch_size=job.batch_size)
+    predictor = job.predictor(lm, p.downsampling)
     a = job.axis
     rm = np.moveaxis(data, a, 0)
     f = p.downsampling

@@ -119,8 +119,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                       devices=None, mask=None, key: str | None = None, device: str = "auto", batch_size: int = 4,
                       skip_empty: bool = True, voxel_size=None, chunks=None, cache_dir=None, overwrite: bool = False,
                       keep_work: bool = False, processes: bool = True, progress: bool = False,
-                      exact_context: bool = True,
-                      verbose: bool = False, client=None, **params) -> BlockwiseResult:
+                      exact_context: bool = True, runtime: str = "auto", precision: str = "auto",
+                      threads: int | None = None, verbose: bool = False, client=None, **params) -> BlockwiseResult:
     """Segment a 3D volume block by block on a Dask cluster.
 
     Parameters
@@ -144,6 +144,12 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         gather each whole slice's context so blocks see what a whole-slice run sees
         (about 60 % more network time; off: each block's own context, slightly
         different outputs near faces).
+    runtime, precision : how each worker runs the network (see :mod:`panoptem.inference.runtime`;
+        ``auto``: ONNX Runtime on CPU workers, float16 autocast on GPUs). Planes given a
+        whole slice's context (``exact_context`` with blocks smaller than a slice) run in
+        PyTorch.
+    threads : intra-op threads of each worker's network (default: the worker's share of
+        the cores).
     cache_dir : keep the network outputs there (default: in the run's work folder, removed
         on success); a later run with other thresholds then re-decodes without the network.
     **params : the fields of :class:`~panoptem.params.Params3D`; a stack along
@@ -180,6 +186,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         chunks = (p.chunk_size,) * 3
     if batch_size < 1:
         raise PanoptemError(f"Batch size must be 1 or more, not {batch_size}.")
+    from ..inference.runtime import PRECISIONS, RUNTIMES, check_choice, network_threads
+    runtime, precision = check_choice("Runtime", runtime, RUNTIMES), check_choice("Precision", precision, PRECISIONS)
+    threads = None if threads is None else network_threads(threads)
     source, vol, vs, in_path = _open_volume(volume, key)
     if vol.ndim != 3:
         raise PanoptemError(f"Blockwise inference needs a ZYX volume, got shape {tuple(vol.shape)}.")
@@ -228,7 +237,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                            fusion=view == "fused", n_channels=card.num_classes if card.num_classes > 1 else 1,
                            class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
                            context=exact_context and _has_context(model, card) and
-                           _tiles_slices(vol.shape, block_shape, a, view == "fused"), mask=msource)
+                           _tiles_slices(vol.shape, block_shape, a, view == "fused"), mask=msource,
+                           runtime=runtime, precision=precision, threads=threads)
             if cache_dir:
                 _check_cache(Path(cache_dir), net, {**net_key, "view": view})
             Path(job.work).mkdir(parents=True, exist_ok=True)

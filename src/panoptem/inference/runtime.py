@@ -36,12 +36,31 @@ MAX_BATCH = 256
 GPU_BYTES_PER_PIXEL = 1024
 
 
+#: this process's share of the cores when it is one of several (a blockwise worker)
+_thread_budget: list[int | None] = [None]
+
+
 def cpu_count() -> int:
-    """Cores this process may use."""
+    """Cores this process may use: its CPU affinity, capped by :func:`limit_threads`."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        n = max(1, os.cpu_count() or 1)
+    return min(n, _thread_budget[0] or n)
+
+
+def limit_threads(n: int) -> None:
+    """Cap every thread pool of this process at ``n``: the network's (ONNX Runtime and PyTorch,
+    whether PyTorch is imported already or later) and panoptem's own. For a process that shares
+    the machine with others, as each local blockwise worker does: without it each would start
+    one thread per core."""
+    n = max(1, int(n))
+    _thread_budget[0] = n
+    import sys
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:  # read by PyTorch when it is imported
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 def network_threads(threads: int | None) -> int:

@@ -462,7 +462,8 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         return _blockwise(volume, model, output, p, dict(
             block_shape=block_shape, halo=halo, n_workers=n_workers, scheduler=scheduler, devices=devices,
             mask=mask, device=device, batch_size=batch_size or 4, voxel_size=voxel_size, cache_dir=cache_dir,
-            overwrite=overwrite, progress=progress, exact_context=exact_context), preview, inputs)
+            overwrite=overwrite, progress=progress, exact_context=exact_context, runtime=runtime,
+            precision=precision, threads=threads), preview, inputs)
     if not hasattr(volume, "ndim"):
         volume = np.asarray(volume)
     if volume.ndim != 3:  # checked before reading: a lazy 2D input may be far larger than memory
