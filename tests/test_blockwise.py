@@ -155,6 +155,24 @@ def test_cache_re_decodes_without_the_network(vol, tmp_path, client):
                    cache_dir=cache)
 
 
+def test_first_pixel_of_each_piece_in_raster_order():
+    """The decode pass finds each 2D piece's first pixel from its bounding box: the same pixel
+    as the first occurrence in the flattened image, for random pieces and small row batches."""
+    import cc3d
+    from panoptem.distributed._pass1 import _first_columns
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        img = rng.random((int(rng.integers(5, 120)), int(rng.integers(5, 200)))) > 0.6
+        pieces = cc3d.connected_components(img.astype(np.uint8), connectivity=8)
+        if not pieces.max():
+            continue
+        u, first = np.unique(pieces.ravel(), return_index=True)
+        first = first[u > 0]
+        bb = np.asarray(cc3d.statistics(pieces, no_slice_conversion=True)["bounding_boxes"][1:], np.int64)
+        np.testing.assert_array_equal(bb[:, 0], first // pieces.shape[1])
+        np.testing.assert_array_equal(_first_columns(pieces, bb, cells=500), first % pieces.shape[1])
+
+
 def test_refusals(vol, tmp_path):
     with pytest.raises(PanoptemError, match=".zarr"):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "x.tif")

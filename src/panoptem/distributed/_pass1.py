@@ -466,6 +466,20 @@ def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things):
     return ids, keys
 
 
+def _first_columns(pieces: np.ndarray, bb: np.ndarray, cells: int = 1 << 22) -> np.ndarray:
+    """Column of the first pixel, in raster order, of pieces 1..k of a 2D label image: the
+    leftmost pixel of each piece in its top row (``bb[:, 0]``, from its bounding boxes
+    ``(r0, r1, c0, c1)``); rows are compared a few hundred pieces at a time."""
+    k = len(bb)
+    out = np.empty(k, np.int64)
+    step = max(1, cells // max(1, pieces.shape[1]))
+    for a in range(0, k, step):
+        b = min(k, a + step)
+        hit = pieces[bb[a:b, 0]] == np.arange(a + 1, b + 1, dtype=pieces.dtype)[:, None]
+        out[a:b] = hit.argmax(axis=1)
+    return out
+
+
 class _Pieces:
     """Collects the 2D pieces of a block's decoded slices (in-plane core only)."""
 
@@ -487,18 +501,20 @@ class _Pieces:
         k = int(pieces.max())
         lab = np.zeros(sem.shape, np.uint32)
         if k:
-            lab = np.where(pieces > 0, pieces.astype(np.uint32) + np.uint32(self.n), 0).astype(np.uint32)
-            u, first = np.unique(pieces.ravel(), return_index=True)
-            first = first[u > 0]
-            h, w = sem.shape
-            fr, fc = first // w, first % w
-            centre = inst.ravel()[first].astype(np.int64) - 1
+            lab = pieces.astype(np.uint32)
+            if self.n:
+                np.add(lab, np.uint32(self.n), out=lab, where=lab > 0)
             st = cc3d.statistics(np.ascontiguousarray(pieces), no_slice_conversion=True)
             area = np.asarray(st["voxel_counts"][1:], np.int64)
             bb = np.asarray(st["bounding_boxes"][1:], np.int64)
-            n_cls = max(things) + 1
-            counts = np.bincount(pieces[is_thing].astype(np.int64) * n_cls + sem[is_thing],
-                                 minlength=(k + 1) * n_cls).reshape(k + 1, n_cls)[1:][:, things]
+            fr, fc = bb[:, 0], _first_columns(pieces, bb)
+            centre = inst[fr, fc].astype(np.int64) - 1
+            if len(things) == 1:  # every pixel of a piece is of the one thing class
+                counts = area[:, None]
+            else:
+                n_cls = max(things) + 1
+                counts = np.bincount(pieces[is_thing].astype(np.int64) * n_cls + sem[is_thing],
+                                     minlength=(k + 1) * n_cls).reshape(k + 1, n_cls)[1:][:, things]
             oy, ox = self.origin
             rows = self.rows
             rows["plane"].append(np.full(k, d, np.int64))

@@ -45,23 +45,29 @@ def mask_of(mask: VolumeSource, shape, core) -> np.ndarray:
     return big[tuple(slice(o, o + (c.stop - c.start)) for o, c in zip(off, core))]
 
 
-def final_labels(job: WriteJob, block: Block, within: tuple[slice, ...] | None = None) -> np.ndarray:
+def final_labels(job: WriteJob, block: Block, within: tuple[slice, ...] | None = None,
+                 convert=None) -> np.ndarray:
     """Linked panoptic labels (``class * divisor + n``) of ``block``'s core, or of
-    the part ``within`` of it (volume coordinates)."""
-    import zarr
+    the part ``within`` of it (volume coordinates). ``convert``: an elementwise map of the
+    final ids that keeps 0 (e.g. to one class's ids, see :func:`class_ids`), applied to the
+    table of ids rather than to every voxel where it can be."""
+    from ..labels import lookup
+    conv = convert or (lambda v: v)
     where = tuple(block.core) if within is None else within
     if job.consensus is not None:
         from ._consensus import consensus_labels
-        out = consensus_labels(job.consensus, block, where)
+        out = conv(consensus_labels(job.consensus, block, where))
         if job.mask is not None:
             out[~mask_of(job.mask, job.stack.shape, where)] = 0
         return out
+    import zarr
     sj = job.stack
     lab = np.asarray(zarr.open_array(str(Path(sj.work) / "provisional.zarr"), mode="r")[where])
-    lut = np.load(Path(sj.work) / "maps" / f"{block.index}.npy")
+    lut = conv(np.load(Path(sj.work) / "maps" / f"{block.index}.npy"))
     is_stuff = lab >= STUFF
-    out = lut[np.where(is_stuff, 0, lab)]
-    if is_stuff.any():
+    stuff = bool(is_stuff.any())
+    out = lookup(lut, np.where(is_stuff, 0, lab) if stuff else lab)
+    if stuff:
         paint = np.load(Path(sj.work) / "stuff_paint.npy")
         if paint.size:
             planes = np.broadcast_to(
@@ -69,10 +75,26 @@ def final_labels(job: WriteJob, block: Block, within: tuple[slice, ...] | None =
                     [-1 if ax == sj.axis else 1 for ax in range(3)]), lab.shape)
             cls = lab.astype(np.int64) - int(STUFF)
             ok = is_stuff & np.isin(planes * 65536 + cls, paint[:, 0] * 65536 + paint[:, 1])
-            out[ok] = (cls[ok] * job.divisor if job.divisor else cls[ok]).astype(out.dtype)
+            ids = cls[ok] * job.divisor if job.divisor else cls[ok]
+            out[ok] = conv(ids.astype(np.int64)).astype(out.dtype)
     if job.mask is not None:
         out[~mask_of(job.mask, sj.shape, where)] = 0
     return out
+
+
+def class_ids(panoptic: np.ndarray, kind: str, cls: int, divisor: int | None, single_class: bool,
+              dtype) -> np.ndarray:
+    """What output class ``cls`` holds where the linked labels are ``panoptic``: its objects'
+    ids (``instance``) or its mask (``semantic``), as ``dtype``; 0 stays 0."""
+    v = np.asarray(panoptic)
+    if kind == "semantic":
+        out = ((v // divisor == cls) & (v % divisor == 0)) if divisor else v == cls
+    elif divisor:
+        out = np.where(v // divisor == cls, v % divisor, 0)
+        out[v == cls * divisor] = 1  # the class as one segment ("Semantic only"), as in memory
+    else:
+        out = v if single_class else np.zeros_like(v)
+    return out.astype(dtype, copy=False)
 
 
 def _morphology(job: WriteJob, block: Block) -> np.ndarray:
@@ -101,19 +123,14 @@ def write_block(job: WriteJob, block: Block) -> int:
     marker = Path(job.stack.work) / "written" / str(block.index)
     if marker.exists():
         return 0
-    panoptic = _morphology(job, block) if (job.erosion or job.dilation) else final_labels(job, block)
-    div = job.divisor
+    morph = _morphology(job, block) if (job.erosion or job.dilation) else None
     for path, cls, kind in job.outputs:
         group = zarr.open_group(str(path), mode="r+")
         arr = group["0"]
-        if kind == "semantic":
-            vol = ((panoptic // div == cls) & (panoptic % div == 0)) if div else panoptic == cls
-        elif div:
-            vol = np.where(panoptic // div == cls, panoptic % div, 0)
-            vol[panoptic == cls * div] = 1  # the class as one segment ("Semantic only"), as in memory
-        else:
-            vol = panoptic if job.single_class else np.zeros_like(panoptic)
-        vol = vol.astype(arr.dtype)
+
+        def convert(v, kind=kind, cls=cls, dtype=arr.dtype):
+            return class_ids(v, kind, cls, job.divisor, job.single_class, dtype)
+        vol = convert(morph) if morph is not None else final_labels(job, block, convert=convert)
         put(arr, tuple(block.core), vol)
         # the block's part of every pyramid level (nearest: every n-th voxel from the level above)
         start = [s.start for s in block.core]
