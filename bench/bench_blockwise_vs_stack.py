@@ -1,0 +1,66 @@
+"""What `--blockwise` costs beside the in-memory run on the same real volume and network.
+
+A slab of the Lucchi training volume is written to Zarr (chunks 64 x 256 x 256), then, in
+turn, `segment_3d` runs on it in memory (this process, warmed up) and `segment_blockwise`
+with its defaults (a fresh local cluster each time: blocks 64 x 1024 x 1024, halo
+16 x 128 x 128, workers and threads from the cores). One JSON line per run with the seconds
+(of every pass for blockwise), then one with the medians, their ratio and the agreement of
+the two runs' foreground. Run it with PYTHONPATH set to each of two checkouts to compare them.
+
+    python bench/bench_blockwise_vs_stack.py --lucchi DIR [--z 0:128] [--repeat 2] [--label NAME]
+"""
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import comparison_arguments, emit, lucchi_dir, machine, parse_slab
+
+from panoptem._bench import load
+
+
+def main() -> int:
+    a = comparison_arguments(__doc__, "0:128", repeat=2).parse_args()
+    import tifffile
+    import zarr
+
+    import panoptem
+    from panoptem.distributed import segment_blockwise
+    z0, z1 = parse_slab(a)
+    vol = np.asarray(tifffile.imread(lucchi_dir(a.lucchi) / "training_image.tif")[z0:z1])
+    what = f"Lucchi training volume z{z0}-{z1 - 1}, {'x'.join(map(str, vol.shape))}, Zarr"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "volume.zarr"
+        zarr.create_array(str(src), shape=vol.shape, chunks=(64, 256, 256), dtype=vol.dtype, zarr_format=2)[:] = vol
+        model = panoptem.load_model("MitoLite_v1")
+        panoptem.segment_3d(vol[:4], model)  # warm up
+        mem, blk, fg = [], [], []
+        for _ in range(a.repeat):
+            t = time.perf_counter()
+            whole = panoptem.segment_3d(vol, model).labels["mitochondria"]
+            mem.append(time.perf_counter() - t)
+            emit(what="segment_3d in memory", code=a.label, input=what, seconds=round(mem[-1], 2), load=load())
+            out = Path(tmp) / "labels.zarr"
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            res = segment_blockwise(str(src), "MitoLite_v1", out)
+            blk.append(time.perf_counter() - t)
+            got = np.asarray(res.labels["mitochondria"][:])
+            fg.append(float(((got > 0) == (whole > 0)).mean()))
+            emit(what="segment_blockwise, defaults", code=a.label, input=what, seconds=round(blk[-1], 2),
+                 passes_s={k: round(v, 2) for k, v in res.timings.items()}, objects=res.objects, load=load())
+        emit(what="blockwise against in memory", code=a.label, input=what,
+             in_memory_s=round(statistics.median(mem), 2), blockwise_s=round(statistics.median(blk), 2),
+             ratio=round(statistics.median(blk) / statistics.median(mem), 2),
+             foreground_agreement=round(min(fg), 6), machine=machine(), load=load())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
