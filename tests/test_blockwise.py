@@ -189,7 +189,8 @@ def test_refusals(vol, tmp_path):
 
 def test_workers_run_the_network_as_asked(vol, tmp_path, client, monkeypatch):
     """runtime / precision / threads reach the workers' predictors (``auto``: ONNX Runtime on a
-    CPU for panoptem's own network), and both runtimes give the same objects."""
+    CPU for panoptem's own network, tiles given their slice's context included), and both
+    runtimes give the same objects."""
     pytest.importorskip("onnxruntime")
     from panoptem.inference.engine import Predictor
     from panoptem.models.load import load_model
@@ -201,9 +202,17 @@ def test_workers_run_the_network_as_asked(vol, tmp_path, client, monkeypatch):
         init(self, *a, **k)
         made.append((self.runtime, self.precision, self.threads))
     monkeypatch.setattr(Predictor, "__init__", spy)
-    bw = dict(block_shape=(16, 64, 64), halo=(8, 32, 32), exact_context=False)
+    from panoptem.inference import runtime
+    graphs, onnx_net = set(), runtime.onnx_net
+
+    def graph_spy(model, threads, graph="plain"):
+        graphs.add(graph)
+        return onnx_net(model, threads, graph)
+    monkeypatch.setattr(runtime, "onnx_net", graph_spy)
+    bw = dict(block_shape=(16, 64, 64), halo=(8, 32, 32))  # blocks cut slices: each is given its context
     auto, a = _blockwise(vol, tmp_path, "auto.zarr", model=model, client=client, threads=1, **bw)
-    assert made and set(made) == {("onnx", "fp32", 1)}
+    assert auto.timings["context_pass_s"] > 0
+    assert made and set(made) == {("onnx", "fp32", 1)} and graphs == {"encode", "context"}
     made.clear()
     _, t = _blockwise(vol, tmp_path, "torch.zarr", model=model, client=client, runtime="torch", **bw)
     assert made and set(made) == {("torch", "fp32", None)}

@@ -192,6 +192,22 @@ def test_onnx_runtime_matches_torch(tiny_card, home, monkeypatch):
         b = Predictor(lm, device="cpu", runtime="onnx", threads=1, **kw).predict(odd, (0, 255))
         for f in ("semantic_probability", "heatmap", "offsets"):
             np.testing.assert_allclose(getattr(a, f), getattr(b, f), atol=1e-4, err_msg=f"{kw} {f}")
+    # tiles of larger planes (blockwise runs with exact context): the encode graph gives the
+    # deepest features, and the context graph the outputs given each plane's context
+    pt = Predictor(lm, device="cpu", runtime="torch", batch_size=2)
+    po = Predictor(lm, device="cpu", runtime="onnx", threads=1, batch_size=2)
+    fa, fb = pt.encode(planes, (0, 255)), po.encode(planes, (0, 255))
+    assert fa.shape == fb.shape and fa.shape[0] == 3
+    np.testing.assert_allclose(fa, fb, atol=1e-4)
+    ctx = rng.normal(size=(3, fa.shape[1])).astype(np.float32)
+    a, b = pt.predict_with_context(planes, (0, 255), ctx), po.predict_with_context(planes, (0, 255), ctx)
+    own = po.predict_with_context(planes, (0, 255), fb.mean(axis=(2, 3)))
+    plain = po.predict(planes, (0, 255))
+    for f in ("semantic_probability", "heatmap", "offsets"):
+        np.testing.assert_allclose(getattr(a, f), getattr(b, f), atol=1e-4, err_msg=f)
+        np.testing.assert_allclose(getattr(own, f), getattr(plain, f), atol=1e-4, err_msg=f)
+    assert np.abs(a.semantic_probability - plain.semantic_probability).max() > 1e-3  # the context matters
+    assert len(list((home / "cache" / "onnx").glob("*.onnx"))) == 3  # plain, context and encode graphs
 
 
 def test_area_downsampling_matches_pytorch():

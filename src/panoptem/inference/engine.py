@@ -26,7 +26,8 @@ class Predictor:
     ``batch_size``: planes per network call; 0 chooses it from the plane size (and on
     CUDA from free memory, see :func:`.runtime.auto_batch_size`). ``runtime``,
     ``precision`` and ``threads`` (intra-op threads; None: every core) say how the
-    network runs (see :mod:`.runtime`); planes given a global context always run in PyTorch.
+    network runs (see :mod:`.runtime`), tiles given their whole plane's global context
+    included.
     """
 
     def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, device: str = "auto",
@@ -49,6 +50,7 @@ class Predictor:
         self.threads = threads
         self.tta = bool(tta)
         self._net = None
+        self._graphs: dict = {}
         least = 2 * self._align()
         if tile_size and tile_size < least:
             raise PanoptemError(f"Tile size {tile_size} is too small for model '{self.card.name}' at Image "
@@ -107,12 +109,17 @@ class Predictor:
     def network(self):
         """What runs the forward pass: the PyTorch module or an ONNX Runtime session."""
         if self._net is None:
-            if self.runtime == "onnx":
-                from .runtime import cpu_count, onnx_net
-                self._net = onnx_net(self.model, self.threads or cpu_count())
-            else:
-                self._net = self.model.module
+            self._net = self._graph("plain")
         return self._net
+
+    def _graph(self, graph: str):
+        """The PyTorch module, or the ONNX Runtime session of ``graph`` (see :data:`.runtime.GRAPHS`)."""
+        if self.runtime != "onnx":
+            return self.model.module
+        if graph not in self._graphs:
+            from .runtime import cpu_count, onnx_net
+            self._graphs[graph] = onnx_net(self.model, self.threads or cpu_count(), graph)
+        return self._graphs[graph]
 
     def batch_for(self, plane_shape, n: int) -> int:
         """Planes per network call for ``n`` planes of ``plane_shape`` (input pixels)."""
@@ -124,7 +131,7 @@ class Predictor:
 
     def _predict(self, planes: np.ndarray, intensity, context=None, timings: dict | None = None) -> ModelOutput:
         n = self.card.normalization
-        net = self.model.module if context is not None else self.network
+        net = self._graph("context") if context is not None else self.network
         return predict_batch(net, planes, intensity, device=self.model.device,
                              downsampling=self.downsampling, padding_factor=self.card.padding_factor,
                              mean_std=(n.mean, n.std), context=context, precision=self.precision,
@@ -133,7 +140,7 @@ class Predictor:
     def encode(self, planes: np.ndarray, intensity) -> np.ndarray:
         """Deepest features (N, C, h, w) of (N, H, W) planes, in batches."""
         n = self.card.normalization
-        return np.concatenate([encode_batch(self.model.module, planes[i:i + self.batch_size], intensity,
+        return np.concatenate([encode_batch(self._graph("encode"), planes[i:i + self.batch_size], intensity,
                                             device=self.model.device, downsampling=self.downsampling,
                                             padding_factor=self.card.padding_factor, mean_std=(n.mean, n.std))
                                for i in range(0, len(planes), self.batch_size)])

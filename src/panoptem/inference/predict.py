@@ -75,7 +75,11 @@ def _input(planes, intensity, downsampling, padding_factor, mean_std, device):
 def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", downsampling: int = 1,
                  padding_factor: int = 32, mean_std: tuple[float, float] = (0.5, 0.25)) -> np.ndarray:
     """The deepest features (N, C, h, w) of ``planes``, prepared as :func:`predict_batch`
-    prepares them (for the global context of a tiled image)."""
+    prepares them (for the global context of a tiled image). ``model``: a PyTorch module or
+    the encode graph's :class:`~.runtime.OnnxNet`."""
+    from .runtime import OnnxNet
+    if isinstance(model, OnnxNet):
+        return model.features(_prepared(planes, intensity, downsampling, padding_factor, mean_std)[0])
     import torch
     x, _, _ = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
     with torch.inference_mode():
@@ -103,7 +107,7 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
         with clock("normalise"):
             x, h, w = _prepared(planes, intensity, downsampling, padding_factor, mean_std)
         with clock("forward"):
-            return _run_onnx(model, x, h, w, tta)
+            return _run_onnx(model, x, h, w, tta, context)
     with clock("normalise"):
         x, h, w = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
     with clock("forward"):
@@ -158,10 +162,11 @@ def _run(model, x, h: int, w: int, context, device: str, precision: str,
     return ModelOutput(prob.cpu().numpy(), hm.cpu().numpy(), off.cpu().numpy())
 
 
-def _run_onnx(net, x: np.ndarray, h: int, w: int, tta: bool = False) -> ModelOutput:
+def _run_onnx(net, x: np.ndarray, h: int, w: int, tta: bool = False, context=None) -> ModelOutput:
     """:func:`_run` for an ONNX Runtime session (its semantic logits come at the input's size)."""
     from scipy.special import softmax
-    out = _flip_average(net, x, None) if tta else _forward(net, x)
+    ctx = None if context is None else np.asarray(context, np.float32)
+    out = _flip_average(net, x, ctx) if tta else _forward(net, x, ctx)
     logits = np.ascontiguousarray(out["sem_logits"][..., :h, :w], np.float32)
     prob = sigmoid_(logits) if logits.shape[1] == 1 else softmax(logits, axis=1).astype(np.float32)
     hh, ww = -(-h // STRIDE), -(-w // STRIDE)

@@ -169,7 +169,7 @@ def auto_batch_size(plane_shape: tuple[int, int], device: str, n: int) -> int:
 
 # ---------------------------------------------------------------- ONNX Runtime
 
-_sessions: dict[tuple[str, int], object] = {}
+_sessions: dict[tuple[str, int, str], object] = {}
 _lock = threading.Lock()
 #: version of what the cached ONNX graph computes (raise it when that changes)
 GRAPH_VERSION = 2
@@ -195,9 +195,15 @@ def _network_key(model) -> str:
     return h.hexdigest()[:32]
 
 
-def _onnx_path(key: str) -> Path:
+#: the graphs a network is exported as: ``plain`` (image -> outputs), ``context`` (image and
+#: each plane's global context -> outputs, for tiles of larger planes) and ``encode`` (image ->
+#: the deepest features, whose mean over a plane is its global context)
+GRAPHS = ("plain", "context", "encode")
+
+
+def _onnx_path(key: str, graph: str = "plain") -> Path:
     from ..models.home import cache_dir
-    return cache_dir("onnx") / f"{key}.onnx"
+    return cache_dir("onnx") / (f"{key}.onnx" if graph == "plain" else f"{key}.{graph}.onnx")
 
 
 def onnx_cached(model) -> bool:
@@ -205,9 +211,11 @@ def onnx_cached(model) -> bool:
     return bool(getattr(model, "weights_sha256", None)) and _onnx_path(_network_key(model)).exists()
 
 
-def _export(module, path: Path) -> None:
-    """Export ``module`` to ONNX at ``path``, atomically: the graph takes (N, 1, H, W) and
-    gives the semantic logits at (H, W), the centre heatmap and the offsets."""
+def _export(module, path: Path, graph: str = "plain") -> None:
+    """Export ``module`` to ONNX at ``path``, atomically, as one of :data:`GRAPHS`: the plain
+    and context graphs take (N, 1, H, W) (and the context, (N, C)) and give the semantic
+    logits at (H, W), the centre heatmap and the offsets; the encode graph gives the
+    features."""
     import copy
 
     import torch
@@ -216,47 +224,69 @@ def _export(module, path: Path) -> None:
     from .._atomic import atomic_path
     from ..models.card import OUTPUTS
 
-    class FullSizeLogits(torch.nn.Module):
+    class Graph(torch.nn.Module):
         def __init__(self, net):
             super().__init__()
             self.net = net
 
-        def forward(self, x):
-            out = self.net(x)
+        def forward(self, x, context=None):
+            if graph == "encode":
+                return self.net.encode(x)
+            out = self.net(x) if context is None else self.net(x, context=context[:, :, None, None])
             logits = out["sem_logits"]
             if logits.shape[-2:] != x.shape[-2:]:
                 logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
             return logits, out["ctr_hmp"], out["offsets"]
 
-    net = FullSizeLogits(copy.deepcopy(module).cpu().float().to(memory_format=torch.contiguous_format)).eval()
-    axes = {"image": {0: "batch", 2: "height", 3: "width"},
-            **{k: {0: "batch", 2: f"{k}_h", 3: f"{k}_w"} for k in OUTPUTS}}
+    net = Graph(copy.deepcopy(module).cpu().float().to(memory_format=torch.contiguous_format)).eval()
+    x = torch.zeros(1, 1, 64, 64)
+    args, inputs = (x,), ["image"]
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}}
+    if graph == "encode":
+        outputs = ["features"]
+        axes["features"] = {0: "batch", 2: "features_h", 3: "features_w"}
+    else:
+        outputs = list(OUTPUTS)
+        axes.update({k: {0: "batch", 2: f"{k}_h", 3: f"{k}_w"} for k in OUTPUTS})
+    if graph == "context":
+        with torch.no_grad():
+            args, inputs = (x, net.net.encode(x).mean(dim=(2, 3))), ["image", "context"]
+        axes["context"] = {0: "batch"}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, 1, 64, 64),), str(tmp), input_names=["image"],
-                          output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(net, args, str(tmp), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                          opset_version=OPSET, dynamo=False)
 
 
 class OnnxNet:
-    """Runs an ONNX Runtime session on a prepared numpy batch: ``net(x)`` -> dict of
-    numpy arrays (semantic logits at the input's size, heatmap, offsets)."""
+    """Runs an ONNX Runtime session on a prepared numpy batch: ``net(x)`` (or ``net(x,
+    context)`` for the context graph) -> dict of numpy arrays (semantic logits at the input's
+    size, heatmap, offsets); ``net.features(x)`` for the encode graph."""
 
-    def __init__(self, session):
+    def __init__(self, session, graph: str = "plain"):
         self.session = session
+        self.graph = graph
 
     def __call__(self, x: np.ndarray, context=None) -> dict:
-        if context is not None:
-            raise PanoptemError("The ONNX runtime cannot take a global context; use the torch runtime.")
         from ..models.card import OUTPUTS
-        out = self.session.run(list(OUTPUTS), {"image": np.ascontiguousarray(x, np.float32)})
-        return dict(zip(OUTPUTS, out))
+        feed = {"image": np.ascontiguousarray(x, np.float32)}
+        if (context is not None) != (self.graph == "context"):
+            raise PanoptemError(f"This ONNX graph ({self.graph}) takes "
+                                f"{'a' if self.graph == 'context' else 'no'} global context.")
+        if context is not None:
+            feed["context"] = np.ascontiguousarray(context, np.float32).reshape(len(x), -1)
+        return dict(zip(OUTPUTS, self.session.run(list(OUTPUTS), feed)))
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """The deepest features (N, C, h, w) of a prepared batch (the encode graph)."""
+        return self.session.run(["features"], {"image": np.ascontiguousarray(x, np.float32)})[0]
 
 
-def onnx_net(model, threads: int) -> OnnxNet:
-    """An :class:`OnnxNet` of ``model`` (a loaded model or a PyTorch module) with ``threads``
-    intra-op threads; the export is cached on disk (panoptem's cache folder) and the
-    session in this process."""
+def onnx_net(model, threads: int, graph: str = "plain") -> OnnxNet:
+    """An :class:`OnnxNet` of ``model`` (a loaded model or a PyTorch module) as ``graph`` (one
+    of :data:`GRAPHS`) with ``threads`` intra-op threads; the export is cached on disk
+    (panoptem's cache folder) and the session in this process."""
     import onnxruntime as ort
     key = _network_key(model)
 
@@ -265,11 +295,11 @@ def onnx_net(model, threads: int) -> OnnxNet:
         return model.module if isinstance(model, LoadedModel) else model
 
     with _lock:
-        sess = _sessions.get((key, threads))
+        sess = _sessions.get((key, threads, graph))
         if sess is None:
-            path = _onnx_path(key)
+            path = _onnx_path(key, graph)
             if not path.exists():
-                _export(module(), path)
+                _export(module(), path, graph)
             so = ort.SessionOptions()
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
@@ -280,7 +310,7 @@ def onnx_net(model, threads: int) -> OnnxNet:
                 sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
             except Exception:  # noqa: BLE001 - a damaged cache file: export again
                 path.unlink(missing_ok=True)
-                _export(module(), path)
+                _export(module(), path, graph)
                 sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            _sessions[(key, threads)] = sess
-    return OnnxNet(sess)
+            _sessions[(key, threads, graph)] = sess
+    return OnnxNet(sess, graph)
