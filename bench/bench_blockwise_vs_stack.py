@@ -3,11 +3,12 @@
 A slab of the Lucchi training volume is written to Zarr (chunks 64 x 256 x 256), then, in
 turn, `segment_3d` runs on it in memory (this process, warmed up) and `segment_blockwise`
 with its defaults (a fresh local cluster each time: blocks 64 x 1024 x 1024, halo
-16 x 128 x 128, workers and threads from the cores). One JSON line per run with the seconds
+16 x 128 x 128, workers and threads from the cores), or with ``--block-shape``: blocks
+smaller than a slice cut it into tiles, and each tile is then given its slice's context. One JSON line per run with the seconds
 (of every pass for blockwise), then one with the medians, their ratio and the agreement of
 the two runs' foreground. Run it with PYTHONPATH set to each of two checkouts to compare them.
 
-    python bench/bench_blockwise_vs_stack.py --lucchi DIR [--z 0:128] [--repeat 2] [--label NAME]
+    python bench/bench_blockwise_vs_stack.py --lucchi DIR [--z 0:128] [--repeat 2] [--block-shape Z,Y,X] [--label NAME]
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ from panoptem._bench import load
 
 
 def main() -> int:
-    a = comparison_arguments(__doc__, "0:128", repeat=2).parse_args()
+    ap = comparison_arguments(__doc__, "0:128", repeat=2)
+    ap.add_argument("--block-shape", default=None, help="Z,Y,X voxels per block (default: blockwise's own)")
+    a = ap.parse_args()
+    extra = {"block_shape": tuple(int(v) for v in a.block_shape.split(","))} if a.block_shape else {}
     import tifffile
     import zarr
 
@@ -49,13 +53,13 @@ def main() -> int:
             out = Path(tmp) / "labels.zarr"
             shutil.rmtree(out, ignore_errors=True)
             t = time.perf_counter()
-            res = segment_blockwise(str(src), "MitoLite_v1", out)
+            res = segment_blockwise(str(src), "MitoLite_v1", out, **extra)
             blk.append(time.perf_counter() - t)
             got = np.asarray(res.labels["mitochondria"][:])
             fg.append(float(((got > 0) == (whole > 0)).mean()))
-            emit(what="segment_blockwise, defaults", code=a.label, input=what, seconds=round(blk[-1], 2),
+            emit(what="segment_blockwise, " + (f"blocks {a.block_shape}" if extra else "defaults"), code=a.label, input=what, seconds=round(blk[-1], 2),
                  passes_s={k: round(v, 2) for k, v in res.timings.items()}, objects=res.objects, load=load())
-        emit(what="blockwise against in memory", code=a.label, input=what,
+        emit(what="blockwise against in memory", code=a.label, input=what, block_shape=a.block_shape or "default",
              in_memory_s=round(statistics.median(mem), 2), blockwise_s=round(statistics.median(blk), 2),
              ratio=round(statistics.median(blk) / statistics.median(mem), 2),
              foreground_agreement=round(min(fg), 6), machine=machine(), load=load())
