@@ -145,9 +145,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         (about 60 % more network time; off: each block's own context, slightly
         different outputs near faces).
     runtime, precision : how each worker runs the network (see :mod:`panoptem.inference.runtime`;
-        ``auto``: ONNX Runtime on CPU workers, float16 autocast on GPUs). Planes given a
-        whole slice's context (``exact_context`` with blocks smaller than a slice) run in
-        PyTorch.
+        ``auto``: ONNX Runtime on CPU workers, the context pass included; float16 autocast
+        on GPUs).
     threads : intra-op threads of each worker's network (default: the worker's share of
         the cores).
     cache_dir : keep the network outputs there (default: in the run's work folder, removed
