@@ -49,8 +49,7 @@ class Predictor:
         self.runtime = resolve_runtime(runtime, self.model, self.model.device, self.precision)
         self.threads = threads
         self.tta = bool(tta)
-        self._net = None
-        self._graphs: dict = {}
+        self._graphs: dict = {}  # ONNX Runtime sessions by graph, made on first use
         least = 2 * self._align()
         if tile_size and tile_size < least:
             raise PanoptemError(f"Tile size {tile_size} is too small for model '{self.card.name}' at Image "
@@ -108,9 +107,7 @@ class Predictor:
     @property
     def network(self):
         """What runs the forward pass: the PyTorch module or an ONNX Runtime session."""
-        if self._net is None:
-            self._net = self._graph("plain")
-        return self._net
+        return self._graph("plain")
 
     def _graph(self, graph: str):
         """The PyTorch module, or the ONNX Runtime session of ``graph`` (see :data:`.runtime.GRAPHS`)."""
