@@ -236,6 +236,25 @@ def on_disk(tmp_path_factory, vol):
     return d
 
 
+def _cores():
+    from panoptem.inference.runtime import cpu_count
+    return cpu_count()
+
+
+def test_workers_of_a_running_cluster_take_their_share_of_the_cores():
+    """Workers started elsewhere are capped at their host's cores over its task slots (two
+    single-thread workers on this host: half each), so concurrent blocks do not each run the
+    network on every core."""
+    from distributed import LocalCluster
+
+    from panoptem.distributed._cluster import client_for, slots_per_host
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+        with client_for(scheduler=lc.scheduler_address) as cl:
+            assert sum(slots_per_host(cl).values()) == 2
+            got = sorted(cl.run(_cores).values())
+    assert got == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
+
+
 @pytest.mark.slow
 def test_worker_processes_and_external_scheduler_agree(on_disk, tmp_path, vol, capsys):
     """The command line with two local worker processes, and a scheduler started

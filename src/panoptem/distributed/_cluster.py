@@ -16,9 +16,10 @@ class _WorkerSetup(WorkerPlugin):
 
     name = "panoptem-setup"
 
-    def __init__(self, devices: list[str] | None, threads: int):
+    def __init__(self, devices: list[str] | None, threads: int, slots_per_host: dict | None = None):
         self.devices = devices
         self.threads = threads
+        self.slots_per_host = slots_per_host or {}  # task slots of a running cluster's workers, by host
 
     def setup(self, worker):
         from ._source import set_worker_device
@@ -28,9 +29,26 @@ class _WorkerSetup(WorkerPlugin):
             except (TypeError, ValueError):
                 i = abs(hash(worker.name))
             set_worker_device(self.devices[i % len(self.devices)])
-        if self.threads:
-            from ..inference.runtime import limit_threads
-            limit_threads(self.threads)
+        from ..inference.runtime import cpu_count, limit_threads
+        threads = self.threads
+        slots = self.slots_per_host.get(_host(worker.address))
+        if not threads and slots:  # a worker of a running cluster: its share of the host's cores
+            threads = max(1, cpu_count() // slots)
+        if threads:
+            limit_threads(threads)
+
+
+def _host(address: str) -> str | None:
+    from urllib.parse import urlparse
+    return urlparse(address).hostname
+
+
+def slots_per_host(client) -> dict[str, int]:
+    """Task slots (the sum of workers' threads) on each host of the cluster ``client`` is on."""
+    out: dict[str, int] = {}
+    for address, w in client.scheduler_info(n_workers=-1)["workers"].items():
+        out[_host(address)] = out.get(_host(address), 0) + int(w.get("nthreads", 1) or 1)
+    return out
 
 
 
@@ -69,8 +87,9 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
             raise PanoptemError(f"Cannot reach the Dask scheduler at {scheduler} ({e}); check the address "
                                 "and that the scheduler is running.") from None
         try:
-            if devices:
-                client.register_plugin(_WorkerSetup(devices, 0))
+            # each worker caps its threads at its share of its host's cores: without it, every
+            # block task would run the network on all of them
+            client.register_plugin(_WorkerSetup(devices, 0, slots_per_host(client)))
             if log:
                 log(f"dask: scheduler {scheduler}, {len(client.scheduler_info()['workers'])} worker(s)")
             yield client
