@@ -45,11 +45,14 @@ def _host(address: str) -> str | None:
 
 def slots_per_host(client) -> dict[str, int]:
     """Task slots (the sum of workers' threads) on each host of the cluster ``client`` is on."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # newer distributed lists 5 workers unless asked
+    except TypeError:  # older distributed: every worker, and no such argument
+        info = client.scheduler_info()
     out: dict[str, int] = {}
-    for address, w in client.scheduler_info(n_workers=-1)["workers"].items():
+    for address, w in info["workers"].items():
         out[_host(address)] = out.get(_host(address), 0) + int(w.get("nthreads", 1) or 1)
     return out
-
 
 
 def visible_gpus() -> list[str]:
