@@ -46,8 +46,8 @@ def _host(address: str) -> str | None:
 def slots_per_host(client) -> dict[str, int]:
     """Task slots (the sum of workers' threads) on each host of the cluster ``client`` is on."""
     try:
-        info = client.scheduler_info(n_workers=-1)  # newer distributed lists 5 workers unless asked
-    except TypeError:  # older distributed: every worker, and no such argument
+        info = client.scheduler_info(n_workers=-1)  # every worker, said explicitly where it can be
+    except TypeError:  # older distributed: no such argument, every worker anyway
         info = client.scheduler_info()
     out: dict[str, int] = {}
     for address, w in info["workers"].items():
