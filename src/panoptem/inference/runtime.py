@@ -5,9 +5,11 @@ number of threads, and the batch size.
 ``onnxruntime`` is installed (the network alone in 10.5 CPU seconds against PyTorch's 19.2
 on a 30 x 768 x 1024 block on a 2-core CPU, outputs equal to float32 rounding: see the
 README's Speed section),
-else PyTorch. The ONNX file is exported once per network and kept in panoptem's cache
-folder, named by the weights file's sha256: later runs on a CPU then need no PyTorch at all
-(neither imported nor the network built), which saves seconds at the start of every process.
+else PyTorch. Each ONNX graph of a network (:data:`GRAPHS`: the plain one, and for tiles of
+larger planes the context and encode graphs) is exported once, on first use, and kept in
+panoptem's cache folder, named by the weights file's sha256: later runs on a CPU then need no
+PyTorch at all (neither imported nor the network built), which saves seconds at the start of
+every process.
 ``precision="auto"`` is float32 on a CPU and float16 autocast on a CUDA GPU;
 ``bf16`` autocasts to bfloat16 (worth it only on CPUs with bfloat16 instructions).
 """
