@@ -36,19 +36,23 @@ def byte_steps(p: np.ndarray) -> np.ndarray:
     return q
 
 
-def probability_bytes(p: np.ndarray) -> np.ndarray:
-    """A probability as the cache stores it: uint8, x 255, rounded (clipped to 0..255, so
-    that a value just past 1 cannot wrap to 0)."""
+def _stored_steps(p: np.ndarray) -> np.ndarray:
+    """:func:`byte_steps` clipped to 0..255 (so that a value just past 1 cannot wrap to 0):
+    the values the cache's bytes hold, as float32."""
     q = byte_steps(p)
     np.clip(q, 0, 255, out=q)
-    return q.astype(np.uint8)
+    return q
+
+
+def probability_bytes(p: np.ndarray) -> np.ndarray:
+    """A probability as the cache stores it: uint8, x 255, rounded and clipped."""
+    return _stored_steps(p).astype(np.uint8)
 
 
 def _quantize(out: ModelOutput) -> tuple[ModelOutput, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``out`` at cache precision (float32) and as the cache stores it (uint8 probabilities,
     float16 heatmap and offsets), from one rounding: the bytes are not read back."""
-    q = byte_steps(out.semantic_probability)
-    np.clip(q, 0, 255, out=q)  # as probability_bytes
+    q = _stored_steps(out.semantic_probability)
     stored = q.astype(np.uint8), out.heatmap.astype(np.float16), out.offsets.astype(np.float16)
     np.divide(q, np.float32(255), out=q)
     return ModelOutput(q, stored[1].astype(np.float32), stored[2].astype(np.float32)), stored

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .zarr_write import put
+
 #: stop adding levels once every axis of the next level would be this small
 MIN_LEVEL_SIZE = 64
 MAX_LEVELS = 8
@@ -77,7 +79,6 @@ class _LevelTarget:
         self.arr = arr
 
     def __setitem__(self, key, value):
-        from .zarr_write import put
         put(self.arr, key, value)
 
 
