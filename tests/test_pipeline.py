@@ -141,7 +141,39 @@ def test_stage_clock_loses_no_addition_between_threads(monkeypatch):
     assert totals["decode_s"] == 6 * 3000
 
 
-def test_worker_and_prefetch_keep_order_and_pass_errors():
+@pytest.mark.parametrize("lazy", [False, True])
+def test_plane_reader_gives_each_batch_of_planes_along_its_axis(lazy, tmp_path, monkeypatch):
+    """Batches of xy, xz and yz planes are those of the volume moved to plane-first order;
+    yz planes come contiguous, from one read per YZ_READ planes."""
+    import zarr
+    monkeypatch.setattr(s3, "YZ_READ", 8)
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 65535, (5, 7, 19), dtype=np.uint16)
+    src, reads = vol, []
+    if lazy:
+        stored = zarr.open_array(tmp_path / "v.zarr", mode="w", shape=vol.shape, chunks=(2, 3, 4), dtype=vol.dtype)
+        stored[:] = vol
+
+        class Counted:
+            shape, dtype, ndim = vol.shape, vol.dtype, 3
+
+            def __getitem__(self, key):
+                reads.append(key)
+                return stored[key]
+        src = Counted()
+    for axis in range(3):
+        reads.clear()
+        n, b = vol.shape[axis], 3
+        at = s3._PlaneReader(src, axis, n)
+        want = np.moveaxis(vol, axis, 0)
+        for i0 in range(0, n, b):
+            got = at(i0, min(i0 + b, n))
+            np.testing.assert_array_equal(got, want[i0:i0 + b])
+            if axis == 2:
+                assert got.flags.c_contiguous
+        if lazy and axis == 2:
+            assert len(reads) == 3  # 19 planes, 8 at a time (the batches of 3 cross the chunks' ends)
+
     done = []
     w = Worker(done.append, depth=1)
     for i in range(20):

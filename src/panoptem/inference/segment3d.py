@@ -60,10 +60,41 @@ class Result3D:
         return self._panoptic
 
 
+#: yz planes are read at least this many at a time: a 64-byte cache line of uint8 voxels
+#: along x (and one read of a lazy input's chunks instead of one per batch)
+YZ_READ = 64
+
+
 def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
+    """Planes ``start:stop`` along ``axis`` of a ZYX volume as (n, A, B). yz planes come
+    back C-contiguous, transposed one z-slice at a time: numpy's strided copy (or the
+    normalisation of a strided view) of a thin x-range costs several times more."""
     sl = [slice(None)] * 3
     sl[axis] = slice(start, stop)
-    return np.moveaxis(np.asarray(volume[tuple(sl)]), axis, 0)
+    block = np.asarray(volume[tuple(sl)])
+    if axis != 2:
+        return np.moveaxis(block, axis, 0)
+    out = np.empty((block.shape[2], block.shape[0], block.shape[1]), block.dtype)
+    for z in range(block.shape[0]):
+        out[:, z] = block[z].T
+    return out
+
+
+class _PlaneReader:
+    """Batches of planes along ``axis`` (see :func:`_planes`), called in order; yz planes are
+    read :data:`YZ_READ` at a time and handed out from there."""
+
+    def __init__(self, volume, axis: int, n: int):
+        self.volume, self.axis, self.n = volume, axis, n
+        self.start, self.held = 0, None
+
+    def __call__(self, i0: int, i1: int) -> np.ndarray:
+        if self.axis != 2:
+            return _planes(self.volume, self.axis, i0, i1)
+        if self.held is None or not (self.start <= i0 and i1 <= self.start + len(self.held)):
+            self.start, self.held = i0, None  # the old chunk goes before the next is read
+            self.held = _planes(self.volume, 2, i0, min(self.n, max(i1, i0 + YZ_READ)))
+        return self.held[i0 - self.start:i1 - self.start]
 
 
 def _resize_area(a: np.ndarray, shape) -> np.ndarray:
@@ -209,10 +240,12 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
                             (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale, chunk=b)
 
+    planes_at = _PlaneReader(volume, axis, n)
+
     def read(i0):
         with clock("read"):
             i1 = min(i0 + b, n)
-            planes = _planes(volume, axis, i0, i1)
+            planes = planes_at(i0, i1)
             hashes = plane_hashes(planes) if cache is not None else None
         return i0, i1, planes, hashes
 
