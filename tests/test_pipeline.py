@@ -174,6 +174,8 @@ def test_plane_reader_gives_each_batch_of_planes_along_its_axis(lazy, tmp_path, 
         if lazy and axis == 2:
             assert len(reads) == 3  # 19 planes, 8 at a time (the batches of 3 cross the chunks' ends)
 
+
+def test_worker_and_prefetch_keep_order_and_pass_errors():
     done = []
     w = Worker(done.append, depth=1)
     for i in range(20):
