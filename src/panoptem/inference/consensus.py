@@ -46,15 +46,26 @@ def _spans(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(z0, min(z0 + chunk, n)) for z0 in range(0, n, chunk)]
 
 
+def _labelled(volumes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The flat indices of the voxels that any of ``volumes`` (ids >= 0, one shape) labels,
+    and each volume's ids there, (volumes, voxels): one pass over each volume, after which
+    the overlaps and votes work on the labelled voxels alone (a few percent in EM)."""
+    flat = [np.ascontiguousarray(v).reshape(-1) for v in volumes]
+    on = flat[0] != 0
+    for v in flat[1:]:
+        on |= v != 0
+    at = np.flatnonzero(on)
+    return at, np.stack([v[at] for v in flat])
+
+
 def _chunk_overlaps(locals_: list[np.ndarray], ks: list[int], pairs) -> list[tuple]:
     """:func:`~panoptem.labels.pair_counts` of every pair of stacks over one chunk of planes,
     each stack read once."""
-    c = [np.ascontiguousarray(x) for x in locals_]
-    fg = [x > 0 for x in c]
+    _, g = _labelled(locals_)
     out = []
     for s, t in pairs:
-        m = fg[s] & fg[t]
-        out.append(pair_counts(c[s][m], c[t][m], ks[s], ks[t]) if ks[s] and ks[t] else (_EMPTY,) * 3)
+        m = (g[s] > 0) & (g[t] > 0)
+        out.append(pair_counts(g[s][m], g[t][m], ks[s], ks[t]) if ks[s] and ks[t] else (_EMPTY,) * 3)
     return out
 
 
@@ -185,9 +196,8 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
 
         def vote_chunk(sp):  # votes into ``out`` (chunks are disjoint); the winners' sizes and boxes
             z0, z1 = sp
-            locs = [np.ascontiguousarray(st["local"][z0:z1]).reshape(-1) for st in stacks]
-            fg = np.flatnonzero(np.bitwise_or.reduce(locs)) if n_views > 1 else np.flatnonzero(locs[0])
-            win = winners(np.stack([lut[x[fg]] for lut, x in zip(luts, locs)]), need, prio, n_groups)
+            fg, g = _labelled([st["local"][z0:z1] for st in stacks])
+            win = winners(np.stack([lut[x] for lut, x in zip(luts, g)]), need, prio, n_groups)
             on = win > 0
             fg, win = fg[on], win[on]
             out[z0:z1].reshape(-1)[fg] = win
@@ -237,10 +247,9 @@ def vote(groups: list[np.ndarray], need: np.ndarray, prio: np.ndarray, n_groups:
     """The voxel vote: ``groups`` holds, per stack, the group (1-based, 0 =
     none) of each voxel's object; returns the winning group per voxel (0: none)."""
     shape = groups[0].shape
-    gs = [np.asarray(g).ravel() for g in groups]
-    fg = np.flatnonzero(np.bitwise_or.reduce(gs)) if len(gs) > 1 else np.flatnonzero(gs[0])
+    fg, g = _labelled([np.asarray(g) for g in groups])
     out = np.zeros(int(np.prod(shape)), np.int32)
-    out[fg] = winners(np.stack([x[fg] for x in gs]), need, prio, n_groups)
+    out[fg] = winners(g, need, prio, n_groups)
     return out.reshape(shape)
 
 
