@@ -194,13 +194,19 @@ def _upsample_nearest(a: np.ndarray, shape: tuple[int, int], stride) -> np.ndarr
     sy, sx = (stride, stride) if np.isscalar(stride) else stride
     h, w = a.shape
     if float(sy).is_integer() and float(sx).is_integer() and h * sy >= shape[0] and w * sx >= shape[1]:
-        # whole cells: one broadcast copy (several times faster than fancy indexing)
-        out = np.empty((h, int(sy), w, int(sx)), a.dtype)
-        out[...] = a[:, None, :, None]
-        return out.reshape(h * int(sy), w * int(sx))[: shape[0], : shape[1]]
+        return _repeat_cells(a, int(sy), int(sx), shape)
     ri = np.minimum((np.arange(shape[0]) // sy).astype(np.int64), h - 1)
     ci = np.minimum((np.arange(shape[1]) // sx).astype(np.int64), w - 1)
     return a[np.ix_(ri, ci)]
+
+
+def _repeat_cells(a: np.ndarray, sy: int, sx: int, shape: tuple[int, int]) -> np.ndarray:
+    """The last two axes of ``a`` with each cell repeated ``sy`` x ``sx`` times, cut to
+    ``shape``: along x first, then whole rows along y (about 4 x faster than one broadcast
+    copy into a (h, sy, w, sx) array, and far faster than fancy indexing)."""
+    rows = -(-shape[0] // sy)
+    wide = np.repeat(a[..., :rows, :], sx, axis=-1)[..., : shape[1]]
+    return np.repeat(wide, sy, axis=-2)[..., : shape[0], :]
 
 
 def _upsample_linear(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -395,9 +401,8 @@ def _upsample_nearest_planes(ids: np.ndarray, shape: tuple[int, int], stride: in
     n, h, w = ids.shape
     if h * stride < shape[0] or w * stride < shape[1]:
         return np.stack([_upsample_nearest(a, shape, stride) for a in ids])
-    out = np.empty((n, h, stride, w, stride), np.uint16 if ids.max(initial=0) < 2**16 else ids.dtype)
-    out[...] = ids[:, :, None, :, None]
-    return out.reshape(n, h * stride, w * stride)[:, : shape[0], : shape[1]]
+    dt = np.uint16 if ids.max(initial=0) < 2**16 else ids.dtype
+    return _repeat_cells(ids.astype(dt, copy=False), stride, stride, shape)
 
 
 def _merge_planes(masked: np.ndarray, thing: int, label_divisor: int | None, compacted: bool = False) -> list:
