@@ -495,10 +495,10 @@ class _Pieces:
         self.n = 0
 
     def add(self, d: int, is_halo: bool, sem: np.ndarray, ids: np.ndarray, keys: np.ndarray, things, stuff) -> None:
-        is_thing = np.isin(sem, things) if things else np.zeros(sem.shape, bool)
+        is_thing = (sem == things[0] if len(things) == 1 else np.isin(sem, things)) if things \
+            else np.zeros(sem.shape, bool)  # one class: a compare, 10 x faster than isin
         inst = np.where(is_thing & (ids > 0), ids, 0).astype(np.uint32)
-        pieces = cc3d.connected_components(inst, connectivity=8)
-        k = int(pieces.max())
+        pieces, k = cc3d.connected_components(inst, connectivity=8, return_N=True)
         lab = np.zeros(sem.shape, np.uint32)
         if k:
             lab = pieces.astype(np.uint32)
