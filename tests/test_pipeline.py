@@ -55,16 +55,19 @@ def test_work_behind_a_cpu_network_yields_to_it(monkeypatch):
     def niceness():
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    seen = {"decode": [], "relabel": []}
-    for name, stage in (("decode_planes", "decode"), ("lookup", "relabel")):
-        def spy(*a, _real=getattr(s3, name), _stage=stage, **k):
+    from panoptem.inference.engine import Predictor
+    seen = {"decode": [], "relabel": [], "prepare": []}
+    for owner, name, stage in ((s3, "decode_planes", "decode"), (s3, "lookup", "relabel"),
+                               (Predictor, "prepare", "prepare")):
+        def spy(*a, _real=getattr(owner, name), _stage=stage, **k):
             seen[_stage].append((threading.current_thread() is threading.main_thread(), niceness()))
             return _real(*a, **k)
-        monkeypatch.setattr(s3, name, spy)
+        monkeypatch.setattr(owner, name, spy)
     mine = niceness()
     vol, _ = phantom()
     segment_3d(vol, dark_blob_model(), overlap=True, batch_size=4, orthoplane=True, **P)
-    assert seen["decode"] and all(not main and nice >= max(mine, BEHIND_NETWORK_NICE) for main, nice in seen["decode"])
+    for stage in ("decode", "prepare"):  # the network's input is made ahead, in the reading thread
+        assert seen[stage] and all(not main and nice >= max(mine, BEHIND_NETWORK_NICE) for main, nice in seen[stage])
     # the stacks complete (relabel) in a thread while the next network runs, the last one too
     assert len(seen["relabel"]) == 3
     assert all(not main and nice >= max(mine, BEHIND_NETWORK_NICE) for main, nice in seen["relabel"])
@@ -139,6 +142,24 @@ def test_stage_clock_loses_no_addition_between_threads(monkeypatch):
     finally:
         sys.setswitchinterval(switch)
     assert totals["decode_s"] == 6 * 3000
+
+
+def test_prepared_inputs_give_the_outputs_of_plain_planes(tiny_card, home):
+    """Predictor.prepare (made ahead, in the reading thread) then predict gives what predict
+    gives on the planes, batch by batch, with a short last batch; tiled planes are not prepared."""
+    from panoptem.inference.engine import Prepared, Predictor
+    from panoptem.models.load import load_model
+    rng = np.random.default_rng(1)
+    pred = Predictor(load_model(str(tiny_card)), batch_size=3)
+    for shape in ((7, 40, 56), (5, 16, 96)):
+        planes = rng.integers(0, 255, shape).astype(np.uint8)
+        prep = pred.prepare(planes, (10.0, 240.0))
+        assert isinstance(prep, Prepared) and len(prep.batches) == -(-shape[0] // 3)
+        a, b = pred.predict(prep), pred.predict(planes, (10.0, 240.0))
+        for f in ("semantic_probability", "heatmap", "offsets"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    pred.tile_size = 32
+    assert pred.prepare(planes, (10.0, 240.0)) is None
 
 
 @pytest.mark.parametrize("lazy", [False, True])

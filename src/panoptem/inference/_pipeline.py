@@ -77,10 +77,12 @@ class _Timed:
 
 class Prefetch:
     """Iterate over ``fn(x)`` for ``x`` in ``items``, computed up to ``depth`` items
-    ahead in a thread (``threaded=False``: computed when asked)."""
+    ahead in a thread (``threaded=False``: computed when asked); ``yielding``: the thread
+    yields to the network (:func:`yield_to_network`)."""
 
-    def __init__(self, fn: Callable, items: Iterable, depth: int = 1, threaded: bool = True):
-        self.fn, self.items = fn, list(items)
+    def __init__(self, fn: Callable, items: Iterable, depth: int = 1, threaded: bool = True,
+                 yielding: bool = False):
+        self.fn, self.items, self.yielding = fn, list(items), yielding
         self._stop = threading.Event()
         self._q: queue.Queue | None = None
         if threaded and self.items:
@@ -98,6 +100,8 @@ class Prefetch:
         return False
 
     def _run(self) -> None:
+        if self.yielding:
+            yield_to_network()
         try:
             for x in self.items:
                 if not self._put((True, self.fn(x))):

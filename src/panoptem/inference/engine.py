@@ -3,6 +3,7 @@ shape its input (downsampling, tiling), producing :class:`ModelOutput`s."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,9 +12,16 @@ from ..models.card import OUTPUT_STRIDE as STRIDE
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel, load_model
 from .cache import probability_bytes
-from .predict import ModelOutput, encode_batch, predict_batch
+from .predict import ModelOutput, encode_batch, network_input, predict_batch
 from .preprocess import dtype_range, intensity_range
 
+
+@dataclass
+class Prepared:
+    """Network inputs made ahead of the network (:meth:`Predictor.prepare`): one ``(x, h, w)``
+    per batch, as :func:`.predict.predict_batch` takes them."""
+
+    batches: list
 
 class Predictor:
     """Runs one model on 2D planes, whole or in overlapping tiles.
@@ -126,13 +134,14 @@ class Predictor:
         f = self.downsampling
         return auto_batch_size((-(-plane_shape[0] // f), -(-plane_shape[1] // f)), self.model.device, n)
 
-    def _predict(self, planes: np.ndarray, intensity, context=None, timings: dict | None = None) -> ModelOutput:
+    def _predict(self, planes: np.ndarray | None, intensity, context=None, timings: dict | None = None,
+                 prepared: tuple | None = None) -> ModelOutput:
         n = self.card.normalization
         net = self._graph("context") if context is not None else self.network
         return predict_batch(net, planes, intensity, device=self.model.device,
                              downsampling=self.downsampling, padding_factor=self.card.padding_factor,
                              mean_std=(n.mean, n.std), context=context, precision=self.precision,
-                             timings=timings, tta=self.tta)
+                             timings=timings, tta=self.tta, prepared=prepared)
 
     def encode(self, planes: np.ndarray, intensity) -> np.ndarray:
         """Deepest features (N, C, h, w) of (N, H, W) planes, in batches."""
@@ -150,10 +159,42 @@ class Predictor:
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
                              for f in ("semantic_probability", "heatmap", "offsets")))
 
-    def predict(self, planes: np.ndarray, intensity: tuple[float, float] | None = None,
+    def prepare(self, planes: np.ndarray, intensity, timings: dict | None = None) -> Prepared | None:
+        """The network inputs of (N, H, W) planes, made ahead of :meth:`predict` (e.g. in a
+        reading thread while the network computes the previous planes); None for planes that
+        :meth:`predict` tiles. ``timings`` receives the seconds of ``normalise``."""
+        from ._pipeline import StageClock
+        planes = self.to_network_grid(np.asarray(planes))
+        h, w = planes.shape[-2:]
+        if self.tile_size and max(h, w) > self.tile_size:
+            return None
+        rng = np.asarray(intensity, np.float32)
+        per_plane = rng.ndim == 2
+        b = self.batch_for((h, w), len(planes))
+        n = self.card.normalization
+        with StageClock(timings if timings is not None else {})("normalise"):
+            return Prepared([network_input(planes[i:i + b], rng[i:i + b] if per_plane else rng, self.downsampling,
+                                       self.card.padding_factor, (n.mean, n.std))
+                             for i in range(0, len(planes), b)])
+
+    def predict(self, planes: np.ndarray | Prepared, intensity: tuple[float, float] | None = None,
                 timings: dict | None = None) -> ModelOutput:
-        """Outputs for (N, H, W) planes, at network-input resolution; ``timings`` receives
-        the seconds of ``normalise`` and ``forward`` (see :func:`.predict.predict_batch`)."""
+        """Outputs for (N, H, W) planes (or their :meth:`prepare`), at network-input resolution;
+        ``timings`` receives the seconds of ``normalise`` and ``forward`` (see
+        :func:`.predict.predict_batch`)."""
+        if isinstance(planes, Prepared):
+            outs = [self._predict(None, None, timings=timings, prepared=p) for p in planes.batches]
+        else:
+            outs = self._predict_planes(planes, intensity, timings)
+            if isinstance(outs, ModelOutput):
+                return outs
+        if len(outs) == 1:
+            return outs[0]
+        return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
+                             for f in ("semantic_probability", "heatmap", "offsets")))
+
+    def _predict_planes(self, planes, intensity, timings) -> list[ModelOutput] | ModelOutput:
+        """:meth:`predict` of planes: the outputs of each batch, or the stitched tiles' outputs."""
         planes = np.asarray(planes)
         if planes.ndim == 2:
             planes = planes[None]
@@ -166,12 +207,8 @@ class Predictor:
         rng = np.asarray(intensity, np.float32)
         per_plane = rng.ndim == 2
         b = self.batch_for((h, w), len(planes))
-        outs = [self._predict(planes[i:i + b], rng[i:i + b] if per_plane else rng, timings=timings)
+        return [self._predict(planes[i:i + b], rng[i:i + b] if per_plane else rng, timings=timings)
                 for i in range(0, len(planes), b)]
-        if len(outs) == 1:
-            return outs[0]
-        return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
-                             for f in ("semantic_probability", "heatmap", "offsets")))
 
     def _predict_tiled(self, planes: np.ndarray, intensity, compact: bool = False) -> ModelOutput:
         """Stitched outputs of overlapping tiles; ``compact`` keeps the semantic

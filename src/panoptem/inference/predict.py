@@ -49,7 +49,7 @@ def supports_context(model) -> bool:
     return callable(getattr(model, "encode", None))
 
 
-def _prepared(planes, intensity, downsampling, padding_factor, mean_std) -> tuple[np.ndarray, int, int]:
+def network_input(planes, intensity, downsampling, padding_factor, mean_std) -> tuple[np.ndarray, int, int]:
     """The network input of ``planes``, (N, 1, H', W') float32 (normalised, downsampled,
     padded), and the size (h, w) of its outputs before padding."""
     rng = np.asarray(intensity, np.float32)
@@ -63,13 +63,13 @@ def _prepared(planes, intensity, downsampling, padding_factor, mean_std) -> tupl
     return x, h, w
 
 
-def _input(planes, intensity, downsampling, padding_factor, mean_std, device):
+def _on_device(x: np.ndarray, device: str):
+    """A prepared input as a channels-last tensor on ``device``."""
     import torch
-    x, h, w = _prepared(planes, intensity, downsampling, padding_factor, mean_std)
     x = torch.from_numpy(x)
     if device.startswith("cuda"):  # page-locked host memory: an asynchronous copy to the GPU
-        return x.contiguous(memory_format=torch.channels_last).pin_memory().to(device, non_blocking=True), h, w
-    return x.to(device).contiguous(memory_format=torch.channels_last), h, w
+        return x.contiguous(memory_format=torch.channels_last).pin_memory().to(device, non_blocking=True)
+    return x.to(device).contiguous(memory_format=torch.channels_last)
 
 
 def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", downsampling: int = 1,
@@ -79,9 +79,9 @@ def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", down
     the encode graph's :class:`~.runtime.OnnxNet`."""
     from .runtime import OnnxNet
     if isinstance(model, OnnxNet):
-        return model.features(_prepared(planes, intensity, downsampling, padding_factor, mean_std)[0])
+        return model.features(network_input(planes, intensity, downsampling, padding_factor, mean_std)[0])
     import torch
-    x, _, _ = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
+    x = _on_device(network_input(planes, intensity, downsampling, padding_factor, mean_std)[0], device)
     with torch.inference_mode():
         return model.encode(x).float().cpu().numpy()
 
@@ -89,7 +89,8 @@ def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", down
 def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], device: str = "cpu",
                   downsampling: int = 1, padding_factor: int = 32,
                   mean_std: tuple[float, float] = (0.5, 0.25), context: np.ndarray | None = None,
-                  precision: str = "auto", timings: dict | None = None, tta: bool = False) -> ModelOutput:
+                  precision: str = "auto", timings: dict | None = None, tta: bool = False,
+                  prepared: tuple[np.ndarray, int, int] | None = None) -> ModelOutput:
     """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
 
     ``intensity`` is the (low, high) range mapped to [0, 1], or one per plane (N, 2) (see
@@ -98,20 +99,21 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     (models that :func:`supports_context` only). ``precision``: auto (float16 autocast on
     CUDA, float32 elsewhere), fp32, bf16 or fp16 (see :mod:`.runtime`). ``timings``:
     wall and CPU seconds of ``normalise`` and ``forward`` are added to it. ``tta``: the
-    outputs are averaged over the input and its flips (see :func:`_flip_average`).
+    outputs are averaged over the input and its flips (see :func:`_flip_average`). ``prepared``:
+    the network input of ``planes`` made beforehand, ``(x, h, w)`` as
+    :meth:`~.engine.Predictor.prepare` gives it (``planes`` and ``intensity`` are then unused).
     """
     from ._pipeline import StageClock
     from .runtime import OnnxNet
     clock = StageClock(timings if timings is not None else {})
-    if isinstance(model, OnnxNet):
+    if prepared is None:
         with clock("normalise"):
-            x, h, w = _prepared(planes, intensity, downsampling, padding_factor, mean_std)
-        with clock("forward"):
-            return _run_onnx(model, x, h, w, tta, context)
-    with clock("normalise"):
-        x, h, w = _input(planes, intensity, downsampling, padding_factor, mean_std, device)
+            prepared = network_input(planes, intensity, downsampling, padding_factor, mean_std)
+    x, h, w = prepared
     with clock("forward"):
-        return _run(model, x, h, w, context, device, precision, tta)
+        if isinstance(model, OnnxNet):
+            return _run_onnx(model, x, h, w, tta, context)
+        return _run(model, _on_device(x, device), h, w, context, device, precision, tta)
 
 
 def _flip_average(model, x, ctx) -> dict:

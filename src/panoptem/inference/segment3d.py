@@ -151,7 +151,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     ``run_stack`` would: the next stack's network can then run while it completes.
     ``timings`` receives wall and CPU seconds per stage (``read``, ``normalise``,
     ``forward``, ``quantise``, ``median``, ``decode``, ``link``, ``link_solve``, ``relabel``), plus
-    ``network_s`` (normalise + forward) and ``decode_link_s`` (everything after it).
+    ``network_s`` (the network's calls; each batch's input is normalised ahead of them, in the
+    reading thread) and ``decode_link_s`` (everything after the network).
     """
     import time
     card = predictor.card
@@ -243,31 +244,34 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     planes_at = _PlaneReader(volume, axis, n)
 
     def read(i0):
+        """The next planes, and their network input unless the cache holds their outputs: made
+        here, in the reading thread, while the network computes the planes before."""
         with clock("read"):
             i1 = min(i0 + b, n)
             planes = planes_at(i0, i1)
             hashes = plane_hashes(planes) if cache is not None else None
-        return i0, i1, planes, hashes
+        cached = cache is not None and cache.valid(i0, hashes)  # other slices than the ones being stored
+        return i0, i1, planes, hashes, cached, None if cached else predictor.prepare(planes, intensity, tm)
 
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
-    reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap)
-    worker = Worker(after_network, depth=2, threaded=overlap, yielding=predictor.model.device == "cpu")
+    behind = predictor.model.device == "cpu"
+    reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap, yielding=behind)
+    worker = Worker(after_network, depth=2, threaded=overlap, yielding=behind)
     stopping = threading.Event()
     try:
-        for i0, i1, planes, hashes in reader:
-            if cache is not None and cache.valid(i0, hashes):
+        for i0, i1, planes, hashes, cached, prepared in reader:
+            fresh = not cached
+            if cached:
                 with clock("quantise"):
                     out = cache.get(i0, i1)
-                fresh = False
             else:
-                fresh = True
                 t = time.perf_counter()
-                out = predictor.predict(planes, intensity, timings=tm)
+                out = predictor.predict(planes if prepared is None else prepared, intensity, timings=tm)
                 tm["network_s"] += time.perf_counter() - t
-            del planes
+            del planes, prepared
             worker.put((i0, out, fresh, hashes))
             if bar is not None:
                 bar.update(i1 - i0)
