@@ -23,6 +23,7 @@ class Prepared:
 
     batches: list
 
+
 class Predictor:
     """Runs one model on 2D planes, whole or in overlapping tiles.
 
@@ -173,15 +174,15 @@ class Predictor:
         b = self.batch_for((h, w), len(planes))
         n = self.card.normalization
         with StageClock(timings if timings is not None else {})("normalise"):
-            return Prepared([network_input(planes[i:i + b], rng[i:i + b] if per_plane else rng, self.downsampling,
-                                       self.card.padding_factor, (n.mean, n.std))
+            return Prepared([network_input(planes[i:i + b], rng[i:i + b] if per_plane else rng,
+                                           self.downsampling, self.card.padding_factor, (n.mean, n.std))
                              for i in range(0, len(planes), b)])
 
     def predict(self, planes: np.ndarray | Prepared, intensity: tuple[float, float] | None = None,
                 timings: dict | None = None) -> ModelOutput:
-        """Outputs for (N, H, W) planes (or their :meth:`prepare`), at network-input resolution;
-        ``timings`` receives the seconds of ``normalise`` and ``forward`` (see
-        :func:`.predict.predict_batch`)."""
+        """Outputs for (N, H, W) planes, or for what :meth:`prepare` made of them (``intensity``
+        is then unused), at network-input resolution; ``timings`` receives the seconds of
+        ``normalise`` and ``forward`` (see :func:`.predict.predict_batch`)."""
         if isinstance(planes, Prepared):
             outs = [self._predict(None, None, timings=timings, prepared=p) for p in planes.batches]
         else:

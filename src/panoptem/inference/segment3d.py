@@ -250,16 +250,17 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             i1 = min(i0 + b, n)
             planes = planes_at(i0, i1)
             hashes = plane_hashes(planes) if cache is not None else None
-        cached = cache is not None and cache.valid(i0, hashes)  # other slices than the ones being stored
+        # valid() reads the cache's table in memory, at slices the decoding thread is not storing
+        cached = cache is not None and cache.valid(i0, hashes)
         return i0, i1, planes, hashes, cached, None if cached else predictor.prepare(planes, intensity, tm)
 
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
-    behind = predictor.model.device == "cpu"
-    reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap, yielding=behind)
-    worker = Worker(after_network, depth=2, threaded=overlap, yielding=behind)
+    cpu_network = predictor.model.device == "cpu"
+    reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap, yielding=cpu_network)
+    worker = Worker(after_network, depth=2, threaded=overlap, yielding=cpu_network)
     stopping = threading.Event()
     try:
         for i0, i1, planes, hashes, cached, prepared in reader:
