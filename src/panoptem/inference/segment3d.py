@@ -65,7 +65,7 @@ class Result3D:
 YZ_READ = 64
 
 
-def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
+def planes_along(volume, axis: int, start: int, stop: int) -> np.ndarray:
     """Planes ``start:stop`` along ``axis`` of a ZYX volume as (n, A, B). yz planes come
     back C-contiguous, transposed one z-slice at a time: numpy's strided copy (or the
     normalisation of a strided view) of a thin x-range costs several times more."""
@@ -81,8 +81,8 @@ def _planes(volume, axis: int, start: int, stop: int) -> np.ndarray:
 
 
 class _PlaneReader:
-    """Batches of planes along ``axis`` (see :func:`_planes`), called in order; yz planes are
-    read :data:`YZ_READ` at a time and handed out from there."""
+    """Batches of planes along ``axis`` (see :func:`planes_along`), called in order; yz
+    planes are read :data:`YZ_READ` at a time and handed out from there."""
 
     def __init__(self, volume, axis: int, n: int):
         self.volume, self.axis, self.n = volume, axis, n
@@ -90,10 +90,10 @@ class _PlaneReader:
 
     def __call__(self, i0: int, i1: int) -> np.ndarray:
         if self.axis != 2:
-            return _planes(self.volume, self.axis, i0, i1)
+            return planes_along(self.volume, self.axis, i0, i1)
         if self.held is None or not (self.start <= i0 and i1 <= self.start + len(self.held)):
             self.start, self.held = i0, None  # the old chunk goes before the next is read
-            self.held = _planes(self.volume, 2, i0, min(self.n, max(i1, i0 + YZ_READ)))
+            self.held = planes_along(self.volume, 2, i0, min(self.n, max(i1, i0 + YZ_READ)))
         return self.held[i0 - self.start:i1 - self.start]
 
 
