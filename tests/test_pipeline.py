@@ -154,7 +154,7 @@ def test_prepared_inputs_give_the_outputs_of_plain_planes(tiny_card, home):
     for shape in ((7, 40, 56), (5, 16, 96)):
         planes = rng.integers(0, 255, shape).astype(np.uint8)
         prep = pred.prepare(planes, (10.0, 240.0))
-        assert isinstance(prep, Prepared) and len(prep.batches) == -(-shape[0] // 3)
+        assert isinstance(prep, Prepared) and len(prep.batches) == -(-shape[0] // 3) and len(prep) == shape[0]
         a, b = pred.predict(prep), pred.predict(planes, (10.0, 240.0))
         for f in ("semantic_probability", "heatmap", "offsets"):
             np.testing.assert_array_equal(getattr(a, f), getattr(b, f))

@@ -18,10 +18,15 @@ from .preprocess import dtype_range, intensity_range
 
 @dataclass
 class Prepared:
-    """Network inputs made ahead of the network (:meth:`Predictor.prepare`): one ``(x, h, w)``
-    per batch, as :func:`.predict.predict_batch` takes them."""
+    """Network inputs made ahead of the network (:meth:`Predictor.prepare`) for ``planes``
+    planes: one ``(x, h, w)`` per batch, as :func:`.predict.predict_batch` takes them. Its
+    length is the number of planes, as for the planes themselves."""
 
     batches: list
+    planes: int
+
+    def __len__(self) -> int:
+        return self.planes
 
 
 class Predictor:
@@ -176,7 +181,7 @@ class Predictor:
         with StageClock(timings if timings is not None else {})("normalise"):
             return Prepared([network_input(planes[i:i + b], rng[i:i + b] if per_plane else rng,
                                            self.downsampling, self.card.padding_factor, (n.mean, n.std))
-                             for i in range(0, len(planes), b)])
+                             for i in range(0, len(planes), b)], len(planes))
 
     def predict(self, planes: np.ndarray | Prepared, intensity: tuple[float, float] | None = None,
                 timings: dict | None = None) -> ModelOutput:
