@@ -171,17 +171,12 @@ class Predictor:
         :meth:`predict` tiles. ``timings`` receives the seconds of ``normalise``."""
         from ._pipeline import StageClock
         planes = self.to_network_grid(np.asarray(planes))
-        h, w = planes.shape[-2:]
-        if self.tile_size and max(h, w) > self.tile_size:
+        if self._tiled(planes):
             return None
-        rng = np.asarray(intensity, np.float32)
-        per_plane = rng.ndim == 2
-        b = self.batch_for((h, w), len(planes))
         n = self.card.normalization
         with StageClock(timings if timings is not None else {})("normalise"):
-            return Prepared([network_input(planes[i:i + b], rng[i:i + b] if per_plane else rng,
-                                           self.downsampling, self.card.padding_factor, (n.mean, n.std))
-                             for i in range(0, len(planes), b)], len(planes))
+            return Prepared([network_input(batch, rng, self.downsampling, self.card.padding_factor, (n.mean, n.std))
+                             for batch, rng in self._batches(planes, intensity)], len(planes))
 
     def predict(self, planes: np.ndarray | Prepared, intensity: tuple[float, float] | None = None,
                 timings: dict | None = None) -> ModelOutput:
@@ -207,14 +202,22 @@ class Predictor:
         if intensity is None:
             intensity = self.intensity(planes)
         planes = self.to_network_grid(planes)
-        h, w = planes.shape[-2:]
-        if self.tile_size and max(h, w) > self.tile_size:
+        if self._tiled(planes):
             return self._predict_tiled(planes, intensity)
+        return [self._predict(batch, rng, timings=timings) for batch, rng in self._batches(planes, intensity)]
+
+    def _tiled(self, planes: np.ndarray) -> bool:
+        """Whether planes (on the network grid) are predicted in tiles."""
+        return bool(self.tile_size) and max(planes.shape[-2:]) > self.tile_size
+
+    def _batches(self, planes: np.ndarray, intensity):
+        """(planes, intensity) of each network call over planes on the network grid; ``intensity``
+        one (low, high) for all, or one per plane (N, 2)."""
         rng = np.asarray(intensity, np.float32)
         per_plane = rng.ndim == 2
-        b = self.batch_for((h, w), len(planes))
-        return [self._predict(planes[i:i + b], rng[i:i + b] if per_plane else rng, timings=timings)
-                for i in range(0, len(planes), b)]
+        b = self.batch_for(planes.shape[-2:], len(planes))
+        for i in range(0, len(planes), b):
+            yield planes[i:i + b], rng[i:i + b] if per_plane else rng
 
     def _predict_tiled(self, planes: np.ndarray, intensity, compact: bool = False) -> ModelOutput:
         """Stitched outputs of overlapping tiles; ``compact`` keeps the semantic
