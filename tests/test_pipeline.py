@@ -311,6 +311,12 @@ def test_runtime_and_precision_choices():
             bad()
     from panoptem.inference.runtime import cpu_count
     assert network_threads(3) == 3 and network_threads(None) == cpu_count()
+    from panoptem.inference.runtime import GPU_HOST_THREADS, host_threads
+    # PyTorch's threads: every core for a CPU network, few beside a GPU (only copies run there),
+    # ONNX Runtime's own pool untouched
+    assert host_threads("torch", "cpu", None) == cpu_count() and host_threads("torch", "cpu", 3) == 3
+    assert host_threads("torch", "cuda:0", None) == GPU_HOST_THREADS == 1 and host_threads("torch", "cuda", 4) == 4
+    assert host_threads("onnx", "cpu", None) is None
     vol, _ = phantom()
     bf = segment_3d(vol, m, precision="bf16", batch_size=4, **P)  # bfloat16 autocast on the CPU runs
     assert bf.objects["mitochondria"] == 4

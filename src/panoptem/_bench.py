@@ -89,7 +89,7 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
     dicts: one per stage of the staged run, then ``network_only``, ``end_to_end`` and ``total``."""
     import torch
     from .inference.engine import Predictor
-    from .inference.runtime import cpu_count, network_threads
+    from .inference.runtime import cpu_count, host_threads, network_threads, torch_threads
     from .inference.segment3d import segment_3d
     from .models.load import load_model
     from .params import PLANES
@@ -136,10 +136,11 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
         loads.append(load())
         t, c = time.perf_counter(), time.process_time()
         rng = predictor.intensity(vol)
-        for pl, stack in zip(planes, _planes_of(vol, planes)):
-            b = predictor.batch_for(stack.shape[1:], len(stack))
-            for i in range(0, len(stack), b):
-                predictor.predict(stack[i:i + b], rng)
+        with torch_threads(host_threads(predictor.runtime, lm.device, threads)):  # as the run sets them
+            for pl, stack in zip(planes, _planes_of(vol, planes)):
+                b = predictor.batch_for(stack.shape[1:], len(stack))
+                for i in range(0, len(stack), b):
+                    predictor.predict(stack[i:i + b], rng)
         nets.append(time.perf_counter() - t)
         net_cpu.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()

@@ -38,6 +38,12 @@ MAX_BATCH = 256
 GPU_BYTES_PER_PIXEL = 1024
 
 
+#: PyTorch's intra-op threads while a GPU runs the network (unless ``threads`` is given): the
+#: host only copies there, and idle OpenMP workers spinning on every core took the cores that
+#: decoding and linking need (README, Speed: GPU)
+GPU_HOST_THREADS = 1
+
+
 #: this process's share of the cores when it is one of several (a blockwise worker)
 _thread_budget: list[int | None] = [None]
 
@@ -74,6 +80,17 @@ def network_threads(threads: int | None) -> int:
             raise PanoptemError(f"Threads must be a whole number, 1 or more, not {threads!r}.")
         return int(threads)
     return cpu_count()
+
+
+def host_threads(runtime: str, device: str, threads: int | None) -> int | None:
+    """PyTorch's intra-op threads for a run (see :func:`torch_threads`): ``threads`` (None:
+    every core) when PyTorch runs the network on the CPU; on a GPU ``threads``, else
+    :data:`GPU_HOST_THREADS`; None (unchanged) when ONNX Runtime runs it."""
+    if runtime != "torch":
+        return None
+    if device == "cpu":
+        return network_threads(threads)
+    return network_threads(threads) if threads is not None else GPU_HOST_THREADS
 
 
 @contextmanager

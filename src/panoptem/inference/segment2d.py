@@ -186,7 +186,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, overwrite)  # before the work: fail fast
     planes = image[None] if image.ndim == 2 else image
-    from .runtime import network_threads, torch_threads
+    from .runtime import host_threads, network_threads, torch_threads
     nt = network_threads(threads)
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                      batch_size=batch_size, runtime=runtime, precision=precision, threads=nt, tta=p.tta)
@@ -199,7 +199,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     if not batch_size:  # automatic, as in 3D
         batch_size = pred.batch_for(planes.shape[-2:], planes.shape[0])
     _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
-    with torch_threads(nt if pred.runtime == "torch" and pred.model.device == "cpu" else None):
+    with torch_threads(host_threads(pred.runtime, pred.model.device, threads)):
         labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress)
     if p.min_piece_area:
         from .postprocess import remove_small_pieces

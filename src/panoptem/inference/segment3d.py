@@ -512,7 +512,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     if preview is not None:
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, overwrite, [*inputs, output])  # before the work: fail fast
-    from .runtime import network_threads, torch_threads
+    from .runtime import host_threads, network_threads, torch_threads
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                           batch_size=batch_size, runtime=runtime, precision=precision, threads=threads,
                           tta=p.tta)
@@ -521,9 +521,9 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     from .segment2d import pixel_plan
     plan = pixel_plan(predictor.card, p, voxel_size, 3)
     plan.check(planes_of(p))
-    cpu_torch = predictor.runtime == "torch" and predictor.model.device == "cpu"
+    ht = host_threads(predictor.runtime, predictor.model.device, threads)
     if output is None:
-        with torch_threads(nt if cpu_torch else None):
+        with torch_threads(ht):
             res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan, overlap=overlap)
         return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
     import shutil
@@ -537,7 +537,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
             cache_dir = out.parent / f".{out.name}.panoptem-cache"
         work = out.parent / f".{out.name}.work"
         try:
-            with torch_threads(nt if cpu_torch else None):
+            with torch_threads(ht):
                 res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan, reset_stale=own_cache,
                                work=work, output=out, voxel_size=voxel_size, overwrite=overwrite,
                                inputs=inputs, overlap=overlap)
