@@ -50,28 +50,6 @@ def test_overlapped_pipeline_gives_the_labels_of_the_sequential_one(kw, monkeypa
         np.testing.assert_array_equal(ovl.stacks[k], seq.stacks[k])
 
 
-def test_decoding_in_parts_beside_a_gpu_network_gives_the_same_labels(monkeypatch):
-    """Beside a network off the CPU, the planes of a batch decode in parts on a pool; the
-    labels are those of decoding them together. (The pool is forced here: the suite has no GPU.)"""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from panoptem.inference._pipeline import decode_pool
-    assert decode_pool(cpu_network=True) is None
-    vol, _ = phantom()
-    threads = _spy_decode(monkeypatch)
-    kw = dict(orthoplane=True, batch_size=8, **P)
-    whole = segment_3d(vol, dark_blob_model(), **kw)
-    assert set(threads) == {"panoptem-decode"}
-    threads.clear()
-    with ThreadPoolExecutor(3, thread_name_prefix="test-decoders") as pool:
-        monkeypatch.setattr(s3, "decode_pool", lambda cpu_network: pool)
-        parts = segment_3d(vol, dark_blob_model(), **kw)
-    assert {t.split("_")[0] for t in threads} == {"test-decoders"}  # every decoding ran in the pool
-    assert len(threads) > len(vol) // 8  # batches split into parts
-    assert whole.objects["mitochondria"] > 0
-    np.testing.assert_array_equal(parts.labels["mitochondria"], whole.labels["mitochondria"])
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own niceness on Linux only")
 def test_work_behind_a_cpu_network_yields_to_it(monkeypatch):
     def niceness():

@@ -19,28 +19,6 @@ _END = object()
 _TIMINGS_LOCK = threading.Lock()
 
 
-#: at most this many threads decode beside a network that runs off the CPU
-MAX_DECODERS = 8
-_decoders: list = []
-_DECODERS_LOCK = threading.Lock()
-
-
-def decode_pool(cpu_network: bool):
-    """Threads that decode planes in parts (one process-wide pool), or None: when the network
-    runs on the CPU (its threads hold the cores) or fewer than 2 cores are left beside the
-    network's, reading and decoding threads. On a GPU machine decoding was the longest stage
-    of an xy stack (README, Speed: GPU)."""
-    from .runtime import cpu_count
-    n = min(MAX_DECODERS, cpu_count() - 2)
-    if cpu_network or n < 2:
-        return None
-    with _DECODERS_LOCK:
-        if not _decoders or _decoders[0]._max_workers != n:
-            from concurrent.futures import ThreadPoolExecutor
-            _decoders[:] = [ThreadPoolExecutor(n, thread_name_prefix="panoptem-decoders")]
-        return _decoders[0]
-
-
 #: niceness of the threads behind a network that runs on the CPU (Linux's scale: 0 normal,
 #: 19 lowest). A core shared with a network thread at 0 gives such a thread about a tenth.
 BEHIND_NETWORK_NICE = 10

@@ -20,7 +20,7 @@ from ..models.load import LoadedModel
 from .._memory import release_free
 from ..labels import dtype_for_max_label, lookup, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
-from ._pipeline import Prefetch, StageClock, Worker, decode_pool, yield_to_network
+from ._pipeline import Prefetch, StageClock, Worker, yield_to_network
 from .cache import at_cache_precision, byte_steps, plane_hashes, probability_bytes
 from .decode import _upsample_linear, decode_planes, decode_settings
 from .engine import Predictor
@@ -173,21 +173,13 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     tm.setdefault("decode_link_s", 0.0)
     clock = StageClock(tm, cpu=not overlap)  # CPU seconds per stage mean something only one after another
 
-    def decode(items):
-        return decode_planes([it[1] for it in items], [it[2][0] for it in items], [it[2][1] for it in items],
-                             out_shape=shape, compacted=True, **settings)
-
     def consume(items):
         nonlocal provisional
         if not items:
             return
         with clock("decode"):  # all planes at once: thin planes cost little more than their pixels
-            if decoders is None or len(items) == 1:
-                labs = decode(items)
-            else:  # planes decode independently: in parts, on the cores a GPU network leaves free
-                step = -(-len(items) // decoders._max_workers)
-                labs = [lab for part in decoders.map(decode, [items[i:i + step] for i in range(0, len(items), step)])
-                        for lab in part]
+            labs = decode_planes([it[1] for it in items], [it[2][0] for it in items], [it[2][1] for it in items],
+                                 out_shape=shape, compacted=True, **settings)
         for (idx, _, _), lab in zip(items, labs):
             with clock("link"):
                 prov = linker.add(compacted=lab)
@@ -267,7 +259,6 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         from tqdm import tqdm
         bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
     cpu_network = predictor.model.device == "cpu"
-    decoders = decode_pool(cpu_network)
     reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap, yielding=cpu_network)
     worker = Worker(after_network, depth=2, threaded=overlap, yielding=cpu_network)
     stopping = threading.Event()
