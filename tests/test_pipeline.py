@@ -299,6 +299,44 @@ def test_a_cached_network_runs_without_pytorch(tmp_path):
     np.testing.assert_array_equal(first, second)
 
 
+def test_inference_runs_the_network_with_batch_norms_folded():
+    """Each convolution + batch norm pair is one convolution for inference: the same outputs
+    to float32 rounding; a network in training mode (fine-tuning) is run as it is."""
+    import torch
+
+    from conftest import TINY_ARCH
+    from panoptem.models.architecture import build_model
+    from panoptem.models.card import ModelCard
+    from panoptem.models.load import LoadedModel
+    torch.manual_seed(1)
+    net = build_model(TINY_ARCH)
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics a run has learnt
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
+    lm = LoadedModel(ModelCard.model_validate({"name": "tiny", "architecture": TINY_ARCH, "label_divisor": None,
+                                               "weights": {"file": "tiny.pt"}}), net.eval())
+    folded = lm.inference_module
+    assert folded is not net and lm.inference_module is folded  # folded once
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the loaded network is untouched
+    import copy
+    ignored = copy.deepcopy(net)  # the same network with its batch norms left out
+    for seq in (m for m in ignored.modules() if isinstance(m, torch.nn.Sequential)):
+        for i, m in enumerate(seq):
+            if isinstance(m, torch.nn.BatchNorm2d):
+                seq[i] = torch.nn.Identity()
+    x = torch.rand(2, 1, 64, 96)
+    with torch.inference_mode():
+        a, b, c = net(x), folded(x), ignored(x)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)
+        assert (b[k] - c[k]).abs().max() > 1e-2  # the folded statistics change the outputs
+    net.train()
+    assert lm.inference_module is net
+
+
 def test_runtime_and_precision_choices():
     m = dark_blob_model()
     assert resolve_runtime("auto", m.module, "cpu", "fp32") == "torch"  # not one of panoptem's networks

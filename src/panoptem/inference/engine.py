@@ -126,7 +126,7 @@ class Predictor:
     def _graph(self, graph: str):
         """The PyTorch module, or the ONNX Runtime session of ``graph`` (see :data:`.runtime.GRAPHS`)."""
         if self.runtime != "onnx":
-            return self.model.module
+            return self.model.inference_module
         if graph not in self._graphs:
             from .runtime import cpu_count, onnx_net
             self._graphs[graph] = onnx_net(self.model, self.threads or cpu_count(), graph)

@@ -155,6 +155,26 @@ class EmpanadaAdapter(nn.Module):
         return {"sem_logits": out["sem_logits"], "ctr_hmp": out["ctr_hmp"], "offsets": out["offsets"]}
 
 
+def folded_batch_norms(module: nn.Module) -> nn.Module:
+    """A copy of an evaluation-mode network with every batch norm that follows a convolution
+    in a ``Sequential`` folded into that convolution's weights and bias (the same function to
+    float32 rounding, one kernel fewer per pair). A network in training mode is returned as it is."""
+    if module.training:
+        return module
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    out = copy.deepcopy(module)
+    for seq in out.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+                seq[i + 1] = nn.Identity()
+    return out
+
+
 def build_model(config: dict) -> PanopticNet:
     """Build a :class:`PanopticNet` from its ``architecture`` config dict."""
     return PanopticNet(**architecture_config(config))

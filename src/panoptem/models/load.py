@@ -72,6 +72,22 @@ class LoadedModel:
         return self._module
 
     @property
+    def inference_module(self):
+        """The network to run for inference: for panoptem's own networks in evaluation mode a
+        copy with the batch norms folded into the convolutions (made once), else :attr:`module`."""
+        from .architecture import PanopticNet, folded_batch_norms
+        module = self.module
+        if not isinstance(module, PanopticNet) or module.training:
+            return module
+        if getattr(self, "_folded", (None, None))[0] is not module:
+            import torch
+            folded = folded_batch_norms(module)
+            if self.device == "cpu":
+                folded = folded.to(memory_format=torch.channels_last)
+            self._folded = (module, folded)
+        return self._folded[1]
+
+    @property
     def loaded(self) -> bool:
         """Whether the PyTorch network has been built."""
         return self._module is not None
