@@ -63,6 +63,7 @@ class LoadedModel:
             raise PanoptemError("A loaded model needs its network or its weights file.")
         self.card, self._module, self.device = card, module, device
         self.weights, self.weights_sha256 = weights, weights_sha256
+        self._folded: tuple = (None, None)  # (the module it was made from, its folded copy)
 
     @property
     def module(self):
@@ -79,13 +80,18 @@ class LoadedModel:
         module = self.module
         if not isinstance(module, PanopticNet) or module.training:
             return module
-        if getattr(self, "_folded", (None, None))[0] is not module:
+        if self._folded[0] is not module:
             import torch
             folded = folded_batch_norms(module)
             if self.device == "cpu":
                 folded = folded.to(memory_format=torch.channels_last)
             self._folded = (module, folded)
         return self._folded[1]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_folded"] = (None, None)  # remade where it is used (a Dask worker): not sent along
+        return state
 
     @property
     def loaded(self) -> bool:
