@@ -1,9 +1,10 @@
 """The PyTorch network with its batch norms folded into the convolutions (what inference runs)
 against the network as trained, on xy planes of the Lucchi volume, in rounds that take turns:
 seconds and CPU seconds of the network alone (4 planes per call), the largest output difference,
-and whether ``segment_3d`` gives the same labels with either. Prints one JSON line.
+and whether ``segment_3d`` gives the same labels with either. ``--onnx`` adds ONNX Runtime's
+session of the same network to the rounds (CPU). Prints one JSON line.
 
-Usage: python bench/bench_folded.py --lucchi DIR [--z 135:165] [--repeat 3] [--device cpu]
+Usage: python bench/bench_folded.py --lucchi DIR [--z 135:165] [--repeat 3] [--device cpu] [--onnx]
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from panoptem._bench import load
 def main() -> None:
     ap = comparison_arguments(__doc__, "135:165", 3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--onnx", action="store_true", help="also ONNX Runtime (CPU)")
     a = ap.parse_args()
     import tifffile
 
@@ -32,6 +34,8 @@ def main() -> None:
     lm = panoptem.load_model(device=a.device)
     rng = Predictor(lm, device=a.device, runtime="torch").intensity(vol)
     nets = {"as trained": lm.module, "folded": lm.inference_module}
+    if a.onnx:
+        nets["onnx"] = Predictor(lm, device="cpu", runtime="onnx").network
 
     def network(module):
         return [predict_batch(module, vol[i:i + 4], rng, device=a.device, precision="fp32")
@@ -44,8 +48,8 @@ def main() -> None:
             t, c = time.perf_counter(), time.process_time()
             network(m)
             times[k].append((round(time.perf_counter() - t, 3), round(time.process_time() - c, 3)))
-    diff = {f: max(float(np.abs(getattr(x, f) - getattr(y, f)).max()) for x, y in zip(*outs.values()))
-            for f in ("semantic_probability", "heatmap", "offsets")}
+    diff = {k: {f: max(float(np.abs(getattr(x, f) - getattr(y, f)).max()) for x, y in zip(outs["as trained"], o))
+                for f in ("semantic_probability", "heatmap", "offsets")} for k, o in outs.items() if k != "as trained"}
     class AsTrained(LoadedModel):
         inference_module = property(lambda self: self.module)
 
