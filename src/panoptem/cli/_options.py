@@ -130,7 +130,7 @@ DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 RUNTIME_HELP = ("How the network runs: auto (ONNX Runtime on a CPU when installed, for panoptem's own "
                 "networks; else PyTorch), torch or onnx.")
 PRECISION_HELP = "auto (fp32 on a CPU, fp16 on CUDA), fp32, bf16 or fp16 (CUDA only)."
-THREADS_HELP = "Threads of the network (default: every core)."
+THREADS_HELP = "Threads of the network (default: every core; beside a GPU, 1 host thread for PyTorch)."
 KEY_HELP = ("Dataset inside an HDF5 file, Zarr group or N5 container (default: the only one; for OME-Zarr "
             "the level nearest the model's pixel size).")
 PREVIEW_HELP = ("Also write a PNG picture of the result: a few planes of the labels over the image, a scale bar, "
