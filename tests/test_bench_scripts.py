@@ -1,0 +1,42 @@
+"""The benchmark scripts under bench/ still run against the package as it is (small inputs)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(*args, timeout=600) -> list[str]:
+    """The JSON lines a script printed (it must exit with 0)."""
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=BENCH, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return [line for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+def test_gpu_check_script_runs_every_check_on_the_cpu(tmp_path):
+    """bench_gpu.py is run on GPU machines only now and then: on the CPU, against the CPU, every
+    check must pass (it compares each path with the same path, so the tolerance holds)."""
+    out = tmp_path / "gpu.jsonl"
+    printed = _run(BENCH / "bench_gpu.py", "--device", "cpu", "--shape", "8,256,384", "--large", "512",
+                   "--iterations", "3", "--repeat", "1", "--out", out)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]  # whole (printed lines may be cut)
+    assert len(lines) == len(printed)
+    checks = {r["check"]: r for r in lines if r["check"] != "bench_line"}
+    assert set(checks) == {"machine", "batch", "network", "xy", "orthoplane", "tta", "large_2d", "finetune",
+                           "blockwise", "bench"}
+    assert all(r["ok"] for r in checks.values()), [r for r in checks.values() if not r["ok"]]
+    assert checks["xy"]["cpu_objects"]["mitochondria"] > 0  # the comparisons compare objects
+    assert checks["xy"]["fp32"]["identical"] and checks["blockwise"]["foreground_iou"] > 0.99
+    assert checks["bench"]["orthoplane"]["same_labels_as_staged"]
+
+
+@pytest.mark.slow
+def test_behind_network_script_runs(lucchi):
+    (line,) = _run(BENCH / "bench_behind_network.py", "--lucchi", lucchi, "--z", "135:141", "--repeat", "1",
+                   "--mode", "xy")
+    rec = json.loads(line)
+    assert rec["shape"] == [6, 768, 1024] and rec["seconds"] > 0 and rec["objects"]["mitochondria"] > 0
