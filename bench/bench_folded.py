@@ -50,6 +50,7 @@ def main() -> None:
             times[k].append((round(time.perf_counter() - t, 3), round(time.process_time() - c, 3)))
     diff = {k: {f: max(float(np.abs(getattr(x, f) - getattr(y, f)).max()) for x, y in zip(outs["as trained"], o))
                 for f in ("semantic_probability", "heatmap", "offsets")} for k, o in outs.items() if k != "as trained"}
+
     class AsTrained(LoadedModel):
         inference_module = property(lambda self: self.module)
 
