@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from panoptem._bench import _gpu
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: the foreground IoU against the CPU's labels that fp32 and the automatic precision must reach
 MIN_IOU = 0.99
@@ -61,13 +63,6 @@ def _agreement(labels: np.ndarray, ref: np.ndarray) -> dict:
 
 def _precisions(device: str) -> tuple[str, ...]:
     return PRECISIONS if device.startswith("cuda") else ("fp32", "bf16")
-
-
-def _gpu_peak_mb(device: str) -> float | None:
-    if not device.startswith("cuda"):
-        return None
-    import torch
-    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def _reset_peak(device: str) -> None:
@@ -138,7 +133,7 @@ def _segment_check(ctx, orthoplane: bool) -> dict:
         r = panoptem.segment_3d(ctx.volume, ctx.model, device=ctx.device, precision=prec, **kw)
         s = time.perf_counter() - t
         out[prec] = {"seconds": round(s, 2), **_agreement(np.asarray(r.labels["mitochondria"]), ref_labels),
-                     "gpu_peak_mb": _gpu_peak_mb(ctx.device)}
+                     **_gpu(ctx.device)}
     _check_tolerance({p: out[p] for p in out if p in ("fp32", "fp16")})
     return out
 
@@ -182,7 +177,7 @@ def check_large_2d(ctx) -> dict:
     lab = panoptem.segment_2d(img, ctx.model, device=ctx.device)
     s = time.perf_counter() - t
     return {"image": [n, n], "seconds": round(s, 2), "objects": int(len(np.unique(lab)) - 1),
-            "gpu_peak_mb": _gpu_peak_mb(ctx.device), "peak_rss_mb_before": rss0, "peak_rss_mb_after": peak_rss_mb()}
+            **_gpu(ctx.device), "peak_rss_mb_before": rss0, "peak_rss_mb_after": peak_rss_mb()}
 
 
 def check_finetune(ctx) -> dict:
