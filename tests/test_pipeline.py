@@ -384,6 +384,17 @@ def test_automatic_batch_size():
     thin = auto_batch_size((30, 1024), "cpu", 768)       # ortho-planes of a thin volume
     assert thin == 76 and auto_batch_size((30, 1024), "cpu", 40) == 4  # progress about 10 times a stack
     assert auto_batch_size((30, 1024), "cpu", 3) == 3
+    assert auto_batch_size((30, 1024), "cpu", 76, steps=1) == 76  # a part of a stack: not cut again
+
+
+def test_a_stack_part_runs_in_the_calls_the_stack_chose():
+    """run_stack cuts a stack into parts of ``batch_for`` planes; the predictor must not cut each
+    part by the tenth-of-the-stack rule again (thin planes ran 7 per call instead of 76)."""
+    from panoptem.inference.engine import Predictor
+    pr = Predictor(batch_size=0, runtime="torch", device="cpu")
+    b = pr.batch_for((30, 1024), 768)
+    prep = pr.prepare(np.zeros((b, 30, 1024), np.uint8), (0, 255))
+    assert b == 76 and [x[0].shape[0] for x in prep.batches] == [76]
 
 
 def test_large_images_are_tiled_automatically_unless_a_tile_size_is_given(monkeypatch):

@@ -132,13 +132,14 @@ class Predictor:
             self._graphs[graph] = onnx_net(self.model, self.threads or cpu_count(), graph)
         return self._graphs[graph]
 
-    def batch_for(self, plane_shape, n: int) -> int:
-        """Planes per network call for ``n`` planes of ``plane_shape`` (input pixels)."""
+    def batch_for(self, plane_shape, n: int, steps: int = 10) -> int:
+        """Planes per network call for a stack of ``n`` planes of ``plane_shape`` (input pixels),
+        cut into about ``steps`` parts or more (see :func:`.runtime.auto_batch_size`)."""
         if not self.auto_batch:
             return self.batch_size
         from .runtime import auto_batch_size
         f = self.downsampling
-        return auto_batch_size((-(-plane_shape[0] // f), -(-plane_shape[1] // f)), self.model.device, n)
+        return auto_batch_size((-(-plane_shape[0] // f), -(-plane_shape[1] // f)), self.model.device, n, steps)
 
     def _predict(self, planes: np.ndarray | None, intensity, context=None, timings: dict | None = None,
                  prepared: tuple | None = None) -> ModelOutput:
@@ -215,7 +216,8 @@ class Predictor:
         one (low, high) for all, or one per plane (N, 2)."""
         rng = np.asarray(intensity, np.float32)
         per_plane = rng.ndim == 2
-        b = self.batch_for(planes.shape[-2:], len(planes))
+        # the planes of one call of predict or prepare: callers cut a stack into parts already
+        b = self.batch_for(planes.shape[-2:], len(planes), steps=1)
         for i in range(0, len(planes), b):
             yield planes[i:i + b], rng[i:i + b] if per_plane else rng
 

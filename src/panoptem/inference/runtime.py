@@ -169,12 +169,13 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=dev, dtype=dtype)
 
 
-def auto_batch_size(plane_shape: tuple[int, int], device: str, n: int) -> int:
+def auto_batch_size(plane_shape: tuple[int, int], device: str, n: int, steps: int = 10) -> int:
     """Planes per network call for ``n`` planes: on a CPU, enough planes to hold
     :data:`CPU_BATCH_PIXELS` (4 planes of 1024², many thin ortho-planes: per-call costs
     dominate small planes); on CUDA, as many as half of the free GPU memory holds at
-    :data:`GPU_BYTES_PER_PIXEL`. At least 4, and at most a tenth of the stack beyond that,
-    so progress is reported (and a cancel honoured) about ten times per stack."""
+    :data:`GPU_BYTES_PER_PIXEL`. For a stack (``steps`` 10): at least 4, and at most a tenth
+    of the stack beyond that, so progress is reported (and a cancel honoured) about ten times
+    per stack; ``steps=1`` for planes a caller has already cut into such parts."""
     px = max(1, int(plane_shape[0]) * int(plane_shape[1]))
     if device.startswith("cuda"):
         import torch
@@ -182,7 +183,7 @@ def auto_batch_size(plane_shape: tuple[int, int], device: str, n: int) -> int:
         b = int(free * 0.5 // (GPU_BYTES_PER_PIXEL * px))
     else:
         b = CPU_BATCH_PIXELS // px
-    b = min(b, max(4, n // 10), MAX_BATCH)
+    b = min(b, max(4, n // max(1, int(steps))), MAX_BATCH)
     return int(max(1, min(b, max(n, 1))))
 
 
