@@ -75,16 +75,17 @@ class LoadedModel:
     @property
     def inference_module(self):
         """The network to run for inference: for panoptem's own networks in evaluation mode a
-        copy with the batch norms folded into the convolutions (made once), else :attr:`module`."""
+        copy with the batch norms folded into the convolutions and its weights in channels-last
+        order, as the input is (made once), else :attr:`module`. On a GPU, weights left in the
+        other order were converted on every call: thin planes ran 1.8-2.3 x slower
+        (``bench/bench_gpu_forward.py``)."""
         from .architecture import PanopticNet, folded_batch_norms
         module = self.module
         if not isinstance(module, PanopticNet) or module.training:
             return module
         if self._folded[0] is not module:
             import torch
-            folded = folded_batch_norms(module)
-            if self.device == "cpu":
-                folded = folded.to(memory_format=torch.channels_last)
+            folded = folded_batch_norms(module).to(memory_format=torch.channels_last)
             self._folded = (module, folded)
         return self._folded[1]
 
