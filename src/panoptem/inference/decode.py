@@ -43,24 +43,11 @@ def find_centers(heatmap: np.ndarray, threshold: float = 0.1, min_distance: int 
     [[1, 1], [3, 3]]
     """
     hm = np.asarray(heatmap, dtype=np.float32)
-    return centers_of_peaks(hm, peak_cells(hm, threshold, min_distance))
-
-
-def peak_cells(heatmap: np.ndarray, threshold: float = 0.1, min_distance: int = 3) -> np.ndarray:
-    """The cells of a float32 ``heatmap`` above ``threshold`` that are the maximum of the
-    ``min_distance`` window around them (bool, same shape): :func:`find_centers` before one
-    centre is kept per plateau."""
     k = max(1, int(min_distance))
-    peaks = heatmap > threshold
+    peaks = hm > threshold
     if k > 1:
-        local_max = ndimage.maximum_filter(heatmap, size=k, mode="constant", cval=-np.inf)
-        peaks &= heatmap >= local_max
-    return peaks
-
-
-def centers_of_peaks(heatmap: np.ndarray, peaks: np.ndarray) -> np.ndarray:
-    """:func:`find_centers` from the :func:`peak_cells` of ``heatmap``: one centre per plateau
-    (8-connected peak cells, which have equal values), strongest first."""
+        local_max = ndimage.maximum_filter(hm, size=k, mode="constant", cval=-np.inf)
+        peaks &= hm >= local_max
     if not peaks.any():
         return np.zeros((0, 2), np.int64)
     # one centre per plateau: connected groups of equal-valued peak cells
@@ -68,9 +55,9 @@ def centers_of_peaks(heatmap: np.ndarray, peaks: np.ndarray) -> np.ndarray:
     if n == np.count_nonzero(peaks):
         rc = np.argwhere(peaks)
     else:
-        idx = ndimage.minimum_position(np.zeros_like(heatmap), lab, np.arange(1, n + 1))
+        idx = ndimage.minimum_position(np.zeros_like(hm), lab, np.arange(1, n + 1))
         rc = np.asarray(idx, np.int64).reshape(-1, 2)
-    order = np.argsort(-heatmap[rc[:, 0], rc[:, 1]], kind="stable")
+    order = np.argsort(-hm[rc[:, 0], rc[:, 1]], kind="stable")
     return rc[order]
 
 
@@ -324,7 +311,7 @@ SMALL_PLANE = 1 << 18
 
 
 def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] | None = None,
-                  compacted: bool = False, device: str | None = None, **settings) -> list:
+                  compacted: bool = False, **settings) -> list:
     """:func:`decode_panoptic` of each of N planes: ``probability`` (N, C, H, W), ``heatmap``
     (N, 1, h, w) and ``offsets`` (N, 2, h, w), as arrays or sequences of planes; returns the N
     label planes, equal to decoding them one by one. For a model with one thing class and
@@ -333,8 +320,7 @@ def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] |
     operations: the many thin planes of an xz or yz stack then cost little more than their
     pixels, and every plane skips the general merge. ``compacted``: each plane as
     ``(local, ids)``, what :func:`~panoptem.labels.compact` gives for its labels, which the
-    decoding knows without another pass. ``device``: a CUDA device on which the grouped planes'
-    centre finding and pixel grouping run (:mod:`.decode_device`; the same labels)."""
+    decoding knows without another pass."""
     n = len(probability)
     cls, things = list(settings.get("class_ids", (1,))), list(settings.get("thing_ids", (1,)))
     C, H, W = probability[0].shape[-3:] if n else (1, 0, 0)
@@ -348,12 +334,11 @@ def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] |
     out = []
     for i in range(0, n, group):
         j = min(i + group, n)
-        out += _decode_group(probability[i:j], heatmap[i:j], offsets[i:j], cls[0], compacted, settings, device)
+        out += _decode_group(probability[i:j], heatmap[i:j], offsets[i:j], cls[0], compacted, settings)
     return out
 
 
-def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, settings: dict,
-                  device: str | None = None) -> list:
+def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, settings: dict) -> list:
     """:func:`decode_planes` of planes of one thing class, together."""
     n = len(probability)
     H, W = probability[0].shape[-2:]
@@ -370,19 +355,12 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
     # the plateau labels of find_centers see each plane as they would alone
     tall = np.full((n, h + k, w), -np.inf, np.float32)
     tall[:, :h] = hm
-    center_thr = settings.get("center_confidence_thr", 0.1)
-    if device is None:
-        rc = find_centers(tall.reshape(-1, w), center_thr, k)
-    else:
-        from .decode_device import peak_cells as peaks_on
-        peaks = np.zeros(tall.shape, bool)
-        peaks[:, :h] = peaks_on(hm, center_thr, k, device)
-        rc = centers_of_peaks(tall.reshape(-1, w), peaks.reshape(-1, w))
+    rc = find_centers(tall.reshape(-1, w), settings.get("center_confidence_thr", 0.1), k)
     plane, rc[:, 0] = np.divmod(rc[:, 0], h + k)
     order = np.argsort(plane, kind="stable")  # by plane, strongest first within a plane (as alone)
     plane, rc = plane[order], rc[order]
     counts = np.bincount(plane, minlength=n)
-    ids = _group_planes(centers_in_pixels(rc, stride), plane, counts, offsets, stride, device)
+    ids = _group_planes(centers_in_pixels(rc, stride), plane, counts, offsets, stride)
     ids = _upsample_nearest_planes(ids, (H, W), stride)
     masked = np.empty((n, H, W), ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.uint32)
     np.multiply(ids, fg, out=masked, casting="unsafe")  # each plane's centre ids where it is foreground
@@ -390,10 +368,9 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
 
 
 def _group_planes(centers: np.ndarray, plane: np.ndarray, counts: np.ndarray, offsets: np.ndarray,
-                  stride: int, device: str | None = None) -> np.ndarray:
+                  stride: int) -> np.ndarray:
     """:func:`group_pixels` of N planes at once: (N, h, w) ids; ``centers`` (K, 2) sorted by
-    ``plane``, ``counts`` centres per plane. The same arithmetic as one plane at a time; on
-    ``device`` (:func:`.decode_device.nearest_centers`) for planes of few centres."""
+    ``plane``, ``counts`` centres per plane. The same arithmetic as one plane at a time."""
     n, _, h, w = offsets.shape
     ids = np.zeros((n, h, w), np.int32)
     crowded = np.flatnonzero(counts > BRUTE_FORCE_CENTERS)
@@ -402,13 +379,6 @@ def _group_planes(centers: np.ndarray, plane: np.ndarray, counts: np.ndarray, of
         ids[p] = group_pixels(centers[start[p]:start[p + 1]], offsets[p], stride=stride)
     few = np.flatnonzero((counts > 0) & (counts <= BRUTE_FORCE_CENTERS))
     if not few.size:
-        return ids
-    if device is not None:
-        from .decode_device import nearest_centers
-        mine = np.isin(plane, few)
-        index = np.zeros(n, np.int64)
-        index[few] = np.arange(few.size)
-        ids[few] = nearest_centers(centers[mine], index[plane[mine]], counts[few], offsets[few], stride, device)
         return ids
     c0 = (stride - 1) / 2.0
     yy = np.arange(h, dtype=np.float32)[:, None] * stride + c0

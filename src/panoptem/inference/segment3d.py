@@ -168,8 +168,6 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     shape = tuple(s for i, s in enumerate(volume.shape) if i != axis)
     provisional = None
     settings = decode_settings(params, card)
-    # beside a GPU the CPU's decoding is what the run waits for: its array-heavy steps go to the GPU
-    decode_on = predictor.model.device if predictor.model.device.startswith("cuda") else None
     tm = timings if timings is not None else {}
     tm.setdefault("network_s", 0.0)
     tm.setdefault("decode_link_s", 0.0)
@@ -181,7 +179,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             return
         with clock("decode"):  # all planes at once: thin planes cost little more than their pixels
             labs = decode_planes([it[1] for it in items], [it[2][0] for it in items], [it[2][1] for it in items],
-                                 out_shape=shape, compacted=True, device=decode_on, **settings)
+                                 out_shape=shape, compacted=True, **settings)
         for (idx, _, _), lab in zip(items, labs):
             with clock("link"):
                 prov = linker.add(compacted=lab)
