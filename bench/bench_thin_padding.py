@@ -1,0 +1,115 @@
+"""Padding of thin planes: a deep volume's xz planes (165 rows on Lucchi) are padded to a
+multiple of the card's padding factor (32: 192 rows) before the network; panoptem's own network
+also runs on multiples of 16 or 8. For each factor: the network's seconds on the same planes,
+and the foreground of the decoded planes against the ground truth, over all rows and over the
+rows near the padded edge. One JSON line per factor. ``--deep``: then the whole ortho-plane run
+of the 165-slice volume with factors 32 and 16 (the card's factor set for the run), scored in 3D
+against the ground truth's connected components (pieces under 500 voxels ignored), over the
+volume and over the validation slices 135-164.
+
+Usage: python bench/bench_thin_padding.py --lucchi DIR [--planes 48] [--deep] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lucchi", required=True, help="folder with training_image.tif and training_mask.tif")
+    ap.add_argument("--planes", type=int, default=48, help="xz planes, evenly spaced along y")
+    ap.add_argument("--deep", action="store_true", help="also the whole ortho-plane run per factor")
+    ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    a = ap.parse_args()
+    import tifffile
+
+    from panoptem._bench import load, machine
+    from panoptem.inference.cache import at_cache_precision
+    from panoptem.inference.decode import decode_planes, decode_settings
+    from panoptem.inference.engine import Predictor
+    from panoptem.inference.predict import predict_batch
+    from panoptem.params import Params3D
+    d = Path(a.lucchi)
+    vol = tifffile.imread(d / "training_image.tif")
+    gt = tifffile.imread(d / "training_mask.tif") > 0
+    rows = np.linspace(0, vol.shape[1] - 1, a.planes).astype(int)
+    planes = np.ascontiguousarray(vol[:, rows, :].transpose(1, 0, 2))  # (planes, z, x)
+    truth = np.ascontiguousarray(gt[:, rows, :].transpose(1, 0, 2))
+    pr = Predictor(device="cpu", runtime="torch", threads=None)
+    rng = pr.intensity(vol)
+    settings = decode_settings(Params3D(), pr.card)
+    net = pr.network
+    depth = planes.shape[1]
+    edge = min(30, depth)
+
+    def iou(a_, b_):
+        return float((a_ & b_).sum() / max((a_ | b_).sum(), 1))
+
+    predict_batch(net, planes[:4], rng)  # warm-up
+    for rnd in range(2):  # factors in turn, twice: this CPU's speed drifts
+        for pf in (32, 16, 8):
+            t = time.perf_counter()
+            outs = [at_cache_precision(predict_batch(net, planes[i:i + 8], rng, padding_factor=pf))
+                    for i in range(0, len(planes), 8)]
+            seconds = time.perf_counter() - t
+            fg = np.concatenate([np.stack(decode_planes(o.semantic_probability, o.heatmap, o.offsets,
+                                                        out_shape=planes.shape[1:], **settings)) for o in outs]) > 0
+            rec = {"what": "bench/bench_thin_padding.py", "date": time.strftime("%Y-%m-%d"),
+                   "input": f"Lucchi training volume {list(vol.shape)}, {len(planes)} xz planes", "round": rnd,
+                   "padding_factor": pf, "padded_rows": -(-depth // pf) * pf, "rows": depth,
+                   "network_s": round(seconds, 3), "foreground_iou_vs_truth": round(iou(fg, truth), 4),
+                   f"foreground_iou_last_{edge}_rows": round(iou(fg[:, -edge:], truth[:, -edge:]), 4),
+                   f"foreground_iou_first_{edge}_rows": round(iou(fg[:, :edge], truth[:, :edge]), 4),
+                   "load": load(), "machine": machine()}
+            _emit(rec, a.out)
+    if a.deep:
+        _deep(vol, d, a.out)
+
+
+def _emit(rec: dict, out) -> None:
+    line = json.dumps(rec)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def _deep(vol: np.ndarray, d: Path, out) -> None:
+    """Ortho-plane of the whole volume with the card's padding factor at 32, then 16."""
+    import tifffile
+
+    import panoptem
+    from panoptem._bench import load, machine
+    gt = tifffile.imread(d / "training_instances3d_cc.tif")
+    lm = panoptem.load_model(device="cpu")
+    first = lm.card.padding_factor
+    labels = {}
+    try:
+        for pf in (32, 16):
+            lm.card.padding_factor = pf
+            t, c = time.perf_counter(), time.process_time()
+            res = panoptem.segment_3d(vol, lm, orthoplane=True)
+            seconds, cpu = time.perf_counter() - t, time.process_time() - c
+            lab = labels[pf] = np.asarray(next(iter(res.labels.values())))
+            rec = {"what": "bench/bench_thin_padding.py --deep", "date": time.strftime("%Y-%m-%d"),
+                   "input": f"Lucchi training volume {list(vol.shape)}, ortho-plane", "padding_factor": pf,
+                   "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1)}
+            for part, z in (("volume", slice(None)), ("validation_z135_164", slice(135, None))):
+                e = panoptem.evaluate(lab[z], gt[z], ignore_smaller=500)
+                rec[part] = {"f1_50": round(e["f1_50"], 3), "foreground_iou": round(e["foreground_iou"], 4),
+                             "objects": e["n_pred"], "objects_truth": e["n_gt"]}
+            if len(labels) == 2:
+                a_, b_ = labels[32] > 0, labels[16] > 0
+                rec["foreground_iou_vs_factor_32"] = round(float((a_ & b_).sum() / (a_ | b_).sum()), 4)
+            _emit({**rec, "load": load(), "machine": machine()}, out)
+    finally:
+        lm.card.padding_factor = first
+
+
+if __name__ == "__main__":
+    main()
