@@ -5,14 +5,16 @@ For xy planes and the thin xz / yz planes of a generated volume, at the batch si
 ``batch_size=0`` chooses for them, it times the network's forward pass (CUDA events, median of
 timed calls after warm-up) and how long the host takes to launch it, in several ways:
 
-- ``fp16`` / ``fp32``: autocast to float16 or none, channels-last input (panoptem's default);
+- ``fp16`` / ``fp32``: autocast to float16 or none; channels-last input and the folded network's
+  weights channels-last too (panoptem's default);
 - ``fp16_nchw``: a plain (N, C, H, W) input instead of channels-last;
+- ``fp16_nchw_weights``: the folded weights left in plain order (cuDNN converts them on every
+  call; panoptem's GPU default until 2026-12-04, the ``fp16`` of the runs before);
 - ``fp16_unfolded``: the network as trained, batch norms not folded into the convolutions;
-- ``fp16_graph``: the forward pass captured once as a CUDA graph and replayed;
-- ``fp16_cl_weights``: the folded network's weights in channels-last too (cuDNN then converts
-  none of them on each call); ``fp16_cl_weights_up_nchw``: and the decoder's bilinear upsampling
-  done on plain (N, C, H, W) tensors (its channels-last kernel took 70 % of a thin-plane
-  forward's GPU time);
+- ``fp16_graph``: the forward pass captured once as a CUDA graph and replayed (CUDA only);
+- ``fp16_up_nchw``: the decoder's bilinear upsampling done on plain (N, C, H, W) tensors (its
+  channels-last kernel took 70 % of a thin-plane forward's GPU time before the weights were
+  channels-last; ``fp16_cl_weights_up_nchw`` in earlier runs);
 - ``fp16_autotune``: cuDNN's autotuner on (``torch.backends.cudnn.benchmark``), which times
   the algorithms of each new shape and keeps the fastest;
 - ``predict``: panoptem's whole network call (input to the GPU, forward, outputs back), wall time.
@@ -22,8 +24,11 @@ input to the GPU, forward, the semantic logits brought to the input's size (as t
 as a plain (N, C, H, W) tensor), sigmoid, and each output back to the host.
 
 With ``--profile`` the kernels of one thin-plane call are listed by GPU time (PyTorch's profiler).
+``--device cpu`` runs the same on the CPU (host clocks; no CUDA graph), to try the script
+without a GPU.
 
-Usage: python bench/bench_gpu_forward.py [--shape 32,768,1024] [--out FILE] [--profile FILE]
+Usage: python bench/bench_gpu_forward.py [--device cuda] [--shape 32,768,1024] [--out FILE]
+       [--profile FILE]
 """
 from __future__ import annotations
 
@@ -36,14 +41,27 @@ import time
 import numpy as np
 
 
-def _events_ms(fn, repeat: int = 7, warm: int = 3) -> tuple[float, float]:
-    """(GPU ms, host ms to return from the call) medians of ``fn()``."""
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def _events_ms(fn, device: str, repeat: int = 7, warm: int = 3) -> tuple[float, float]:
+    """(device ms, host ms to return from the call) medians of ``fn()``; on a CPU both are the
+    host's clock."""
     import torch
     for _ in range(warm):
         fn()
-    torch.cuda.synchronize()
+    _sync(device)
     gpu, host = [], []
     for _ in range(repeat):
+        if not device.startswith("cuda"):
+            t = time.perf_counter()
+            fn()
+            host.append((time.perf_counter() - t) * 1e3)
+            gpu.append(host[-1])
+            continue
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         t = time.perf_counter()
@@ -103,7 +121,7 @@ class _UpsampleNCHW:
             architecture.F = real
 
 
-def _steps(net, xin: np.ndarray, repeat: int = 5) -> dict:
+def _steps(net, xin: np.ndarray, device: str, repeat: int = 5) -> dict:
     """Host milliseconds (median) of each step of one network call, synchronised after each."""
     import torch
     import torch.nn.functional as F
@@ -112,17 +130,17 @@ def _steps(net, xin: np.ndarray, repeat: int = 5) -> dict:
     times: dict[str, list[float]] = {}
 
     def step(name, fn):
-        torch.cuda.synchronize()
+        _sync(device)
         t = time.perf_counter()
         r = fn()
-        torch.cuda.synchronize()
+        _sync(device)
         times.setdefault(name, []).append((time.perf_counter() - t) * 1e3)
         return r
 
     size = xin.shape[-2:]
     for i in range(repeat + 2):
-        xt = step("to_gpu", lambda: _on_device(xin, "cuda"))
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+        xt = step("to_gpu", lambda: _on_device(xin, device))
+        with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.float16):
             out = step("forward", lambda: net(xt))
         with torch.inference_mode():
             lg = step("logits_float", lambda: out["sem_logits"].float())
@@ -141,6 +159,7 @@ def _steps(net, xin: np.ndarray, repeat: int = 5) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
     ap.add_argument("--shape", default="32,768,1024", help="Z,Y,X of the generated volume")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--profile", default=None, help="write the thin-plane kernel table here")
@@ -154,9 +173,10 @@ def main() -> None:
     from panoptem.inference.runtime import auto_batch_size
 
     vol = synthetic_volume(tuple(int(v) for v in a.shape.split(",")))
-    lm = panoptem.load_model(device="cuda")
-    pr = Predictor(lm, device="cuda", runtime="torch", precision="fp16")
-    auto = Predictor(lm, device="cuda", runtime="torch", precision="fp16", batch_size=0)
+    dev, cuda = a.device, a.device.startswith("cuda")
+    lm = panoptem.load_model(device=dev)
+    pr = Predictor(lm, device=dev, runtime="torch")  # auto: fp16 on CUDA
+    auto = Predictor(lm, device=dev, runtime="torch", batch_size=0)
     rng = pr.intensity(vol)
     n = pr.card.normalization
     z, y, x = vol.shape
@@ -175,22 +195,24 @@ def main() -> None:
 
     prepared = {}
     for name, (planes, plane_shape, count) in shapes.items():
-        b = auto_batch_size(plane_shape, "cuda", count)
+        b = auto_batch_size(plane_shape, dev, count)
         batch = np.ascontiguousarray(planes[:b])
         xin, h, w = network_input(batch, rng, 1, pr.card.padding_factor, (n.mean, n.std))
         prepared[name] = (batch, xin, b)
-    cl_weights = copy.deepcopy(folded).to(memory_format=torch.channels_last)
-    variants = ["fp16", "fp32", "fp16_nchw", "fp16_unfolded", "fp16_graph", "fp16_cl_weights",
-                "fp16_cl_weights_up_nchw", "predict", "fp16_autotune"]
+    plain_weights = copy.deepcopy(folded).to(memory_format=torch.contiguous_format)
+    variants = ["fp16", "fp32", "fp16_nchw", "fp16_nchw_weights", "fp16_unfolded", "fp16_up_nchw", "predict"]
+    if cuda:
+        variants[5:5] = ["fp16_graph"]
+        variants.append("fp16_autotune")
     for variant in variants:
         torch.backends.cudnn.benchmark = variant == "fp16_autotune"
         for name, (batch, xin, b) in prepared.items():
             try:
-                xt = torch.from_numpy(xin).cuda()
+                xt = torch.from_numpy(xin).to(dev)
                 if variant != "fp16_nchw":
                     xt = xt.contiguous(memory_format=torch.channels_last)
-                net = {"fp16_unfolded": trained, "fp16_cl_weights": cl_weights,
-                       "fp16_cl_weights_up_nchw": _UpsampleNCHW(cl_weights)}.get(variant, folded)
+                net = {"fp16_unfolded": trained, "fp16_nchw_weights": plain_weights,
+                       "fp16_up_nchw": _UpsampleNCHW(folded)}.get(variant, folded)
                 dtype = None if variant == "fp32" else torch.float16
                 if variant == "predict":
                     def fn():
@@ -200,11 +222,11 @@ def main() -> None:
                         fn = _graphed(net, xt, dtype)
                 else:
                     def fn(net=net, xt=xt, dtype=dtype):
-                        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float16,
+                        with torch.inference_mode(), torch.autocast(dev.split(":")[0], dtype=dtype or torch.float16,
                                                                     enabled=dtype is not None):
                             net(xt)
                 with torch.inference_mode():
-                    gpu_ms, host_ms = _events_ms(fn)
+                    gpu_ms, host_ms = _events_ms(fn, dev)
                 emit({"plane": name, "variant": variant, "batch": b, "input": list(xin.shape),
                       "gpu_ms": round(gpu_ms, 2), "host_ms": round(host_ms, 2),
                       "planes_per_s": round(b / (gpu_ms / 1e3), 1)})
@@ -212,18 +234,18 @@ def main() -> None:
                 emit({"plane": name, "variant": variant, "error": f"{type(e).__name__}: {e}"})
     torch.backends.cudnn.benchmark = False
     for name, (batch, xin, b) in prepared.items():
-        emit({"plane": name, "variant": "steps", "batch": b, "ms": _steps(folded, xin)})
+        emit({"plane": name, "variant": "steps", "batch": b, "ms": _steps(folded, xin, dev)})
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
         batch = prepared["xz"][0]
         for _ in range(2):
             auto.predict(batch, rng)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        _sync(dev)
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             auto.predict(batch, rng)
-            torch.cuda.synchronize()
+            _sync(dev)
         with open(a.profile, "w") as f:
-            for key in ("cpu_time_total", "cuda_time_total"):
+            for key in ("cpu_time_total", "cuda_time_total") if cuda else ("cpu_time_total",):
                 f.write(f"one xz network call, by {key}\n")
                 f.write(prof.key_averages().table(sort_by=key, row_limit=25) + "\n\n")
 

@@ -40,3 +40,26 @@ def test_behind_network_script_runs(lucchi):
                    "--mode", "xy")
     rec = json.loads(line)
     assert rec["shape"] == [6, 768, 1024] and rec["seconds"] > 0 and rec["objects"]["mitochondria"] > 0
+
+
+def test_gpu_forward_script_runs_on_the_cpu(tmp_path):
+    """bench_gpu_forward.py, like bench_gpu.py, runs on GPU machines only now and then: on the
+    CPU every variant must run (no CUDA graph there) and each call must be taken apart."""
+    prof = tmp_path / "profile.txt"
+    lines = [json.loads(line) for line in _run(BENCH / "bench_gpu_forward.py", "--device", "cpu", "--shape",
+                                                "4,64,96", "--profile", prof)]
+    assert not [r for r in lines if "error" in r], [r for r in lines if "error" in r]
+    timed = {(r["plane"], r["variant"]) for r in lines if r["variant"] != "steps"}
+    variants = {"fp16", "fp32", "fp16_nchw", "fp16_nchw_weights", "fp16_unfolded", "fp16_up_nchw", "predict"}
+    assert timed == {(p, v) for p in ("xy", "xz", "yz") for v in variants}
+    steps = {r["plane"]: r["ms"] for r in lines if r["variant"] == "steps"}
+    assert set(steps) == {"xy", "xz", "yz"} and all(s["forward"] > 0 for s in steps.values())
+    assert "one xz network call" in prof.read_text()
+
+
+@pytest.mark.slow
+def test_thin_padding_script_runs(lucchi):
+    lines = [json.loads(line) for line in _run(BENCH / "bench_thin_padding.py", "--lucchi", lucchi, "--planes", "3")]
+    assert [(r["round"], r["padding_factor"], r["padded_rows"]) for r in lines] == [
+        (r, pf, rows) for r in (0, 1) for pf, rows in ((32, 192), (16, 176), (8, 168))]
+    assert all(0.3 < r["foreground_iou_vs_truth"] <= 1 for r in lines)
