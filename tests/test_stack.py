@@ -328,3 +328,25 @@ def test_median_of_a_few_slices_is_numpy_median_and_leaves_them_unchanged(k):
     np.testing.assert_array_equal(got, np.median(np.stack(before), axis=0).astype(np.float32))
     for w, b in zip(window, before):
         np.testing.assert_array_equal(w, b)
+
+
+def test_heap_pages_are_handed_back_only_after_growth(monkeypatch):
+    """release_free runs after every batch of a stack; it trims glibc's heap only once the
+    process has grown by TRIM_AFTER_GROWTH since the last trim (trimming every batch made every
+    batch fault its temporaries' pages in again)."""
+    import sys
+
+    from panoptem import _memory
+    if not sys.platform.startswith("linux"):
+        assert _memory.release_free() is False
+        return
+    monkeypatch.setattr(_memory, "_low", [None])
+    monkeypatch.setattr(_memory, "TRIM_AFTER_GROWTH", 32 << 20)
+    assert _memory.resident_bytes() > 0
+    assert _memory.release_free()          # nothing known yet: trims
+    assert not _memory.release_free()      # no growth since
+    grown = np.ones(96 << 20, np.uint8)    # resident growth beyond the threshold
+    assert _memory.release_free()
+    assert not _memory.release_free()
+    assert _memory.release_free(force=True)
+    del grown

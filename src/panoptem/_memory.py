@@ -6,8 +6,9 @@ linker then pin the heap's top and the process grows by about one slice per
 slice. A fixed threshold of 64 MB sends volume-sized arrays to mmap (returned
 to the system when freed) while slice-sized temporaries are reused from the
 heap without faulting in fresh pages each time; :func:`release_free`, called
-after every batch, hands the heap's free pages back, so memory stays about flat
-over the depth of a volume. No effect outside glibc.
+after every batch, hands the heap's free pages back once the process has grown
+by :data:`TRIM_AFTER_GROWTH` since it last did, so memory stays about flat over
+the depth of a volume. No effect outside glibc.
 
 Also: a check that refuses work larger than the machine's memory before allocating it.
 """
@@ -42,13 +43,40 @@ def fix_mmap_threshold(nbytes: int = 64 << 20) -> bool:
     return _done
 
 
-def release_free() -> None:
-    """Hand the heap's free pages back to the system (glibc ``malloc_trim``)."""
-    if sys.platform.startswith("linux"):
-        try:
-            _c().malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+#: :func:`release_free` trims once the process's resident memory has grown by this much since
+#: the last trim (or its lowest point since). Trimming after every batch made the next batch
+#: fault every page of its temporaries in again: on a 128-slice slab, 131-231 thousand page
+#: faults against 48 thousand without trimming, and decoding and the median 20-50 % slower.
+TRIM_AFTER_GROWTH = 256 << 20
+_low = [None]  # resident bytes after the last trim, or lower since
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux), else None."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def release_free(force: bool = False) -> bool:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``) when the process
+    has grown by :data:`TRIM_AFTER_GROWTH` since the last time (always with ``force``, or where
+    resident memory cannot be read). Returns whether it trimmed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    rss = resident_bytes()
+    if rss is not None and _low[0] is not None:
+        _low[0] = min(_low[0], rss)
+        if not force and rss - _low[0] < TRIM_AFTER_GROWTH:
+            return False
+    try:
+        _c().malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    _low[0] = resident_bytes()
+    return True
 
 
 def physical_memory() -> int | None:
