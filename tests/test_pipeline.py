@@ -379,12 +379,13 @@ def test_limit_threads_caps_this_process_and_a_torch_imported_later():
 
 
 def test_automatic_batch_size():
-    assert auto_batch_size((768, 1024), "cpu", 30) == 4
+    assert auto_batch_size((768, 1024), "cpu", 30) == 1
+    assert auto_batch_size((512, 512), "cpu", 300) == 4
     assert auto_batch_size((2048, 2048), "cpu", 30) == 1
     thin = auto_batch_size((30, 1024), "cpu", 768)       # ortho-planes of a thin volume
-    assert thin == 76 and auto_batch_size((30, 1024), "cpu", 40) == 4  # progress about 10 times a stack
+    assert thin == 34 and auto_batch_size((30, 1024), "cpu", 40) == 4  # progress about 10 times a stack
     assert auto_batch_size((30, 1024), "cpu", 3) == 3
-    assert auto_batch_size((30, 1024), "cpu", 76, steps=1) == 76  # a part of a stack: not cut again
+    assert auto_batch_size((30, 1024), "cpu", 34, steps=1) == 34  # a part of a stack: not cut again
 
 
 def test_a_stack_part_runs_in_the_calls_the_stack_chose():
@@ -394,7 +395,7 @@ def test_a_stack_part_runs_in_the_calls_the_stack_chose():
     pr = Predictor(batch_size=0, runtime="torch", device="cpu")
     b = pr.batch_for((30, 1024), 768)
     prep = pr.prepare(np.zeros((b, 30, 1024), np.uint8), (0, 255))
-    assert b == 76 and [x[0].shape[0] for x in prep.batches] == [76]
+    assert b == 34 and [x[0].shape[0] for x in prep.batches] == [34]
 
 
 def test_large_images_are_tiled_automatically_unless_a_tile_size_is_given(monkeypatch):
