@@ -1,4 +1,6 @@
 """Running median and 3D linking of 2D panoptic slices, on hand-built stacks."""
+import sys
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -350,3 +352,31 @@ def test_heap_pages_are_handed_back_only_after_growth(monkeypatch):
     assert not _memory.release_free()
     assert _memory.release_free(force=True)
     del grown
+
+
+def test_numpy_huge_page_advice_is_turned_off_only_where_it_stalls(monkeypatch, tmp_path):
+    import numpy as np
+
+    from panoptem import _memory
+    stalls = _memory.hugepage_advice_stalls
+    assert stalls("always [madvise] never", "always defer defer+madvise [madvise] never")
+    assert stalls("[always] madvise never", "always defer [defer+madvise] madvise never")
+    assert not stalls("always madvise [never]", "[always] defer defer+madvise madvise never")
+    assert not stalls("always [madvise] never", "always [defer] defer+madvise madvise never")
+    assert not stalls("[always] madvise never", "always defer defer+madvise madvise [never]")
+    setter = (getattr(np, "_core", None) or np.core).multiarray._set_madvise_hugepage
+    before = setter(True)
+    try:
+        (tmp_path / "enabled").write_text("always [madvise] never\n")
+        (tmp_path / "defrag").write_text("always defer defer+madvise [madvise] never\n")
+        monkeypatch.setattr(_memory, "THP", str(tmp_path))
+        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # the user's word wins
+        assert not _memory.avoid_hugepage_stalls() and setter(True) is True
+        monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
+        assert _memory.avoid_hugepage_stalls() == sys.platform.startswith("linux")
+        if sys.platform.startswith("linux"):
+            assert setter(True) is False  # it was turned off
+        (tmp_path / "defrag").write_text("always [defer] defer+madvise madvise never\n")
+        assert not _memory.avoid_hugepage_stalls() and setter(True) is True
+    finally:
+        setter(before)
