@@ -66,6 +66,22 @@ def emit(**rec) -> None:
     print(json.dumps(rec), flush=True)
 
 
+def emit_to(rec: dict, out: str | Path | None = None) -> None:
+    """Print one JSON result line and, with ``out``, append it to that file too."""
+    line = json.dumps(rec)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work (on a CPU, nothing): before reading a host clock."""
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
 class Timer:
     def __enter__(self):
         self.t = time.perf_counter()

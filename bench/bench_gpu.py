@@ -40,18 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import sync
 from panoptem._bench import _gpu
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: the foreground IoU against the CPU's labels that fp32 and the automatic precision must reach
 MIN_IOU = 0.99
 CHECKS = ("machine", "batch", "network", "xy", "orthoplane", "tta", "large_2d", "finetune", "blockwise", "bench")
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-        torch.cuda.synchronize()
 
 
 def _agreement(labels: np.ndarray, ref: np.ndarray) -> dict:
@@ -105,12 +100,12 @@ def check_network(ctx) -> dict:
                 for k in ("semantic_probability", "heatmap", "offsets")}
         for _ in range(2):  # warm-up: kernels chosen, allocator filled
             pr.predict(planes, rng)
-        _sync(ctx.device)
+        sync(ctx.device)
         times = []
         for _ in range(5):
             t = time.perf_counter()
             pr.predict(planes, rng)
-            _sync(ctx.device)
+            sync(ctx.device)
             times.append(time.perf_counter() - t)
         s = statistics.median(times)
         out[prec] = {"max_abs_diff": {k: round(v, 5) for k, v in diff.items()},

@@ -34,17 +34,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 
 import numpy as np
 
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-        torch.cuda.synchronize()
+from _common import emit_to, sync
 
 
 def _events_ms(fn, device: str, repeat: int = 7, warm: int = 3) -> tuple[float, float]:
@@ -53,7 +48,7 @@ def _events_ms(fn, device: str, repeat: int = 7, warm: int = 3) -> tuple[float, 
     import torch
     for _ in range(warm):
         fn()
-    _sync(device)
+    sync(device)
     gpu, host = [], []
     for _ in range(repeat):
         if not device.startswith("cuda"):
@@ -130,10 +125,10 @@ def _steps(net, xin: np.ndarray, device: str, repeat: int = 5) -> dict:
     times: dict[str, list[float]] = {}
 
     def step(name, fn):
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         r = fn()
-        _sync(device)
+        sync(device)
         times.setdefault(name, []).append((time.perf_counter() - t) * 1e3)
         return r
 
@@ -187,11 +182,7 @@ def main() -> None:
             "machine": machine()}
 
     def emit(rec):
-        line = json.dumps({**base, **rec})
-        print(line, flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(line + "\n")
+        emit_to({**base, **rec}, a.out)
 
     prepared = {}
     for name, (planes, plane_shape, count) in shapes.items():
@@ -240,10 +231,10 @@ def main() -> None:
         batch = prepared["xz"][0]
         for _ in range(2):
             auto.predict(batch, rng)
-        _sync(dev)
+        sync(dev)
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             auto.predict(batch, rng)
-            _sync(dev)
+            sync(dev)
         with open(a.profile, "w") as f:
             for key in ("cpu_time_total", "cuda_time_total") if cuda else ("cpu_time_total",):
                 f.write(f"one xz network call, by {key}\n")

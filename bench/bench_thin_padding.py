@@ -12,16 +12,17 @@ Usage: python bench/bench_thin_padding.py --lucchi DIR [--planes 48] [--deep] [-
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _common import add_lucchi_argument, emit_to, lucchi_dir
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lucchi", required=True, help="folder with training_image.tif and training_mask.tif")
+    add_lucchi_argument(ap)
     ap.add_argument("--planes", type=int, default=48, help="xz planes, evenly spaced along y")
     ap.add_argument("--deep", action="store_true", help="also the whole ortho-plane run per factor")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -34,7 +35,7 @@ def main() -> None:
     from panoptem.inference.engine import Predictor
     from panoptem.inference.predict import predict_batch
     from panoptem.params import Params3D
-    d = Path(a.lucchi)
+    d = lucchi_dir(a.lucchi)
     vol = tifffile.imread(d / "training_image.tif")
     gt = tifffile.imread(d / "training_mask.tif") > 0
     rows = np.linspace(0, vol.shape[1] - 1, a.planes).astype(int)
@@ -66,17 +67,9 @@ def main() -> None:
                    f"foreground_iou_last_{edge}_rows": round(iou(fg[:, -edge:], truth[:, -edge:]), 4),
                    f"foreground_iou_first_{edge}_rows": round(iou(fg[:, :edge], truth[:, :edge]), 4),
                    "load": load(), "machine": machine()}
-            _emit(rec, a.out)
+            emit_to(rec, a.out)
     if a.deep:
         _deep(vol, d, a.out)
-
-
-def _emit(rec: dict, out) -> None:
-    line = json.dumps(rec)
-    print(line, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
 
 
 def _deep(vol: np.ndarray, d: Path, out) -> None:
@@ -106,7 +99,7 @@ def _deep(vol: np.ndarray, d: Path, out) -> None:
             if len(labels) == 2:
                 a_, b_ = labels[32] > 0, labels[16] > 0
                 rec["foreground_iou_vs_factor_32"] = round(float((a_ & b_).sum() / (a_ | b_).sum()), 4)
-            _emit({**rec, "load": load(), "machine": machine()}, out)
+            emit_to({**rec, "load": load(), "machine": machine()}, out)
     finally:
         lm.card.padding_factor = first
 
