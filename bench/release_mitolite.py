@@ -46,6 +46,7 @@ def publish(weights: str | Path, name: str, description: str, voxel_size_nm: flo
         torch.save({"architecture": arch, "state_dict": blob["state_dict"]}, tmp)
     card = ModelCard(name=name, description=description, classes=[ClassInfo(id=1, name=class_name)],
                      label_divisor=label_divisor, voxel_size_nm=voxel_size_nm, architecture=arch,
+                     input_multiple=16,
                      weights=Weights(file=wfile.name, sha256=sha256_of(wfile), format="state_dict"),
                      validation=validation or {}, training=training or {})
     return write_text(out / f"{name}.yaml", card.to_yaml())

@@ -162,6 +162,30 @@ def test_prepared_inputs_give_the_outputs_of_plain_planes(tiny_card, home):
     assert pred.prepare(planes, (10.0, 240.0)) is None
 
 
+def test_inputs_are_padded_to_the_cards_input_multiple(tiny_card, home):
+    """With ``input_multiple`` 16 (MitoLite_v1's), planes are padded to the next multiple of 16,
+    not of the padding factor 32 (a 165-slice volume's xz planes: 176 rows, not 192); the outputs
+    keep the planes' size and the tile grid keeps the padding factor. A bad value is refused."""
+    from panoptem.inference.engine import Predictor
+    from panoptem.models.card import ModelCard, Weights
+    from panoptem.models.load import load_model
+    planes = np.random.default_rng(2).integers(0, 255, (2, 37, 70)).astype(np.uint8)
+    lm = load_model(str(tiny_card), "cpu")
+    assert lm.card.padding_factor == 32 and lm.card.pad_multiple == 32
+    shapes = {}
+    for multiple in (None, 16):
+        lm.card.input_multiple = multiple
+        pred = Predictor(lm, device="cpu", runtime="torch")
+        shapes[multiple] = pred.prepare(planes, (0.0, 255.0)).batches[0][0].shape[-2:]
+        out = pred.predict(planes, (0.0, 255.0))
+        assert out.semantic_probability.shape[-2:] == (37, 70) and out.heatmap.shape[-2:] == (10, 18)
+        assert pred._align() == 32
+    assert shapes == {None: (64, 96), 16: (48, 80)}
+    for bad in (12, 2, 64):
+        with pytest.raises(ValueError, match="input_multiple"):
+            ModelCard(name="m", weights=Weights(file="m.pt"), input_multiple=bad)
+
+
 @pytest.mark.parametrize("lazy", [False, True])
 def test_plane_reader_gives_each_batch_of_planes_along_its_axis(lazy, tmp_path, monkeypatch):
     """Batches of xy, xz and yz planes are those of the volume moved to plane-first order;

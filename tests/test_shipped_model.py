@@ -28,6 +28,7 @@ def test_card_describes_the_weights(model):
     assert card.weights.sha256 and card.voxel_size_nm == 5.0
     assert card.thing_ids == [1] and card.classes[0].name == "mitochondria"
     assert 0 < card.validation["foreground_iou_2d"] <= 1
+    assert (card.padding_factor, card.pad_multiple) == (32, 16)  # grids of 32, inputs padded to 16
 
 
 @pytest.mark.slow

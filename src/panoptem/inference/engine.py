@@ -147,7 +147,7 @@ class Predictor:
         n = self.card.normalization
         net = self._graph("context") if context is not None else self.network
         return predict_batch(net, planes, intensity, device=self.model.device,
-                             downsampling=self.downsampling, padding_factor=self.card.padding_factor,
+                             downsampling=self.downsampling, padding_factor=self.card.pad_multiple,
                              mean_std=(n.mean, n.std), context=context, precision=self.precision,
                              timings=timings, tta=self.tta, prepared=prepared)
 
@@ -156,7 +156,7 @@ class Predictor:
         n = self.card.normalization
         return np.concatenate([encode_batch(self._graph("encode"), planes[i:i + self.batch_size], intensity,
                                             device=self.model.device, downsampling=self.downsampling,
-                                            padding_factor=self.card.padding_factor, mean_std=(n.mean, n.std))
+                                            padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std))
                                for i in range(0, len(planes), self.batch_size)])
 
     def predict_with_context(self, planes: np.ndarray, intensity, context: np.ndarray) -> ModelOutput:
@@ -177,7 +177,7 @@ class Predictor:
             return None
         n = self.card.normalization
         with StageClock(timings if timings is not None else {})("normalise"):
-            return Prepared([network_input(batch, rng, self.downsampling, self.card.padding_factor, (n.mean, n.std))
+            return Prepared([network_input(batch, rng, self.downsampling, self.card.pad_multiple, (n.mean, n.std))
                              for batch, rng in self._batches(planes, intensity)], len(planes))
 
     def predict(self, planes: np.ndarray | Prepared, intensity: tuple[float, float] | None = None,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ..errors import PanoptemError
 
@@ -120,6 +120,9 @@ class ModelCard(BaseModel):
     label_divisor: int | None = None
     normalization: Normalization = Field(default_factory=Normalization)
     padding_factor: int = 32
+    #: the network's input sides are padded to a multiple of this (None: ``padding_factor``, which
+    #: also sets the tile and block grids and the patch size); divides ``padding_factor``
+    input_multiple: int | None = None
     output_stride: int = OUTPUT_STRIDE
     voxel_size_nm: float | None = None
     architecture: dict = Field(default_factory=dict)
@@ -129,6 +132,19 @@ class ModelCard(BaseModel):
     exports: list[Weights] = Field(default_factory=list)
     #: folder the card was read from; relative weight paths resolve against it
     source_dir: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _input_multiple_fits(self) -> "ModelCard":
+        m = self.input_multiple
+        if m is not None and (m < 1 or self.padding_factor % m or m % self.output_stride):
+            raise ValueError(f"input_multiple {m} must divide padding_factor ({self.padding_factor}) and be a "
+                             f"multiple of output_stride ({self.output_stride})")
+        return self
+
+    @property
+    def pad_multiple(self) -> int:
+        """What the network's input sides are padded to a multiple of (see ``input_multiple``)."""
+        return self.input_multiple or self.padding_factor
 
     @property
     def thing_ids(self) -> list[int]:
