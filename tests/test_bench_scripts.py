@@ -63,3 +63,50 @@ def test_thin_padding_script_runs(lucchi):
     assert [(r["round"], r["padding_factor"], r["padded_rows"]) for r in lines] == [
         (r, pf, rows) for r in (0, 1) for pf, rows in ((32, 192), (16, 176), (8, 168))]
     assert all(0.3 < r["foreground_iou_vs_truth"] <= 1 for r in lines)
+    assert all(0.3 < r["f1_50_per_plane"] <= 1 and r["objects_truth"] > 3 for r in lines)
+    yz = [json.loads(line) for line in _run(BENCH / "bench_thin_padding.py", "--lucchi", lucchi, "--planes", "2",
+                                            "--axis", "yz", "--rounds", "1")]
+    assert [r["padding_factor"] for r in yz] == [32, 16, 8] and "2 yz planes" in yz[0]["input"]
+
+
+def test_context_slices_network_starts_as_the_single_slice_one():
+    """train_context_slices.py's 2.5D network starts from a 1-channel network's weights with zeros
+    on the neighbours' channels: the same outputs whatever the neighbours hold."""
+    import torch
+    sys.path.insert(0, str(BENCH))
+    try:
+        import train_context_slices as tcs
+    finally:
+        sys.path.remove(str(BENCH))
+    from panoptem.models.architecture import architecture_config, build_model
+    arch = architecture_config({"widths": [8, 8, 8, 8, 8], "decoder_channels": 8, "head_channels": 8})
+    one = build_model(arch).eval()
+    three = tcs.build_with_channels(1)(arch)
+    three.load_state_dict(tcs.inflated_state(one.state_dict(), 1))
+    three.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = one(x[:, 1:2]), three(x)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert three.stem[0].weight.shape[1] == 3 and not three.stem[0].weight[:, [0, 2]].any()
+
+
+@pytest.mark.slow
+def test_context_slices_script_trains_and_scores(lucchi, tmp_path):
+    out = tmp_path / "levers.jsonl"
+    _run(BENCH / "train_context_slices.py", "--lucchi", lucchi, "--run-dir", tmp_path / "run", "--iterations", "2",
+         "--validate-every", "2", "--out", out)
+    rec = json.loads(out.read_text())
+    assert rec["kept_step"] == 2 and len(rec["val3d_f1_during"]) == 1 and rec["n_gt_3d"] == 13
+    assert 0.5 < rec["foreground_iou_3d"] <= 1 and 0.5 < rec["f1_50_2d"] <= 1 and rec["n_gt_2d"] == 331
+
+
+@pytest.mark.slow
+def test_object_confidence_script_runs(lucchi, tmp_path):
+    lines = [json.loads(line) for line in _run(BENCH / "object_confidence.py", "--lucchi", lucchi, "--z", "150:160")]
+    objects, summary = lines[:-1], lines[-1]
+    assert summary["objects"] == len(objects) > 3 and summary["true"] + summary["false"] == len(objects)
+    assert all(0 < r["mean"] <= 1 and r["voxels"] > 0 for r in objects)
+    assert summary["mean_below_0.92"]["true"] + summary["mean_below_0.92"]["false"] == sum(
+        r["mean"] < 0.92 for r in objects)

@@ -1,0 +1,281 @@
+"""A training lever measured: neighbouring slices as input channels (2.5D).
+
+Fine-tunes ``MitoLite_v1`` on the Lucchi training slices 0-124 with each slice's neighbours
+(z-1, z, z+1, clamped at the volume's ends) as three input channels, or, as the control, with
+the slice alone (``--context 0``): the same code, recipe and seed, the input the only
+difference. The 3-channel network starts as ``MitoLite_v1`` exactly (its first convolution
+takes the centre channel with the trained weights and the neighbours with zeros). With
+``--scratch`` it trains from random weights instead (give ``MitoLite_v1``'s recipe, from its
+card, to compare with it). Images are normalised as the card's percentiles say (the centre
+slice's range for all three channels) with the card's default mean and std.
+
+The held-out block (slices 135-164; slice 134, in the gap, is the first slice's lower
+neighbour) is segmented in 3D while training (xy stack, default parameters) and the best
+weights by 3D F1, then IoU, are kept and scored in 2D and 3D as ``release_mitolite.py`` scores
+a model. The panoptem pipeline feeds its network one plane per channel; here a small wrapper
+looks each plane up (by its bytes) in a table of the block's normalised planes and hands the
+network the plane with its neighbours, so decoding, linking and filters are panoptem's own.
+
+Appends one JSON line to ``bench/results/train_levers.jsonl`` (or ``--out``). Usage:
+    python bench/train_context_slices.py --lucchi DIR --run-dir RUN [--context 1] [--iterations 2000] [--scratch]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from _common import add_lucchi_argument, emit_to, lucchi_dir, machine
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_levers.jsonl"
+TRAIN, VAL = slice(0, 125), slice(135, 165)
+
+
+def neighbours(volume: np.ndarray, z: int, k: int) -> np.ndarray:
+    """Slices z-k..z+k of ``volume`` (clamped at its ends) as (2k+1, H, W)."""
+    idx = np.clip(np.arange(z - k, z + k + 1), 0, len(volume) - 1)
+    return np.asarray(volume[idx])
+
+
+def context_dataset(image, labels, k: int):
+    """:class:`~panoptem.training.dataset.VolumeSlices` of the training slices whose images are
+    (2k+1, H, W) stacks, sampled with the same augmentation applied to every channel."""
+    from panoptem.training.augment import intensity_augment, pale_objects
+    from panoptem.training.dataset import VolumeSlices, _unit
+    from panoptem.training.targets import make_panoptic_targets
+
+    class ContextSlices(VolumeSlices):
+        def __init__(self):
+            super().__init__(image, labels, TRAIN, name="training_instances2d.tif")
+            zs = range(*TRAIN.indices(len(image)))
+            self.stacks = [neighbours(image, z, k) for z in zs]
+
+        def batch(self, rng, cfg):
+            import torch.nn.functional as F
+            idx = rng.choice(len(self.images), size=cfg.batch_size, p=self.probabilities)
+            channels = list(range(1, len(self.classes) + 1))
+            imgs, sems, hms, offs, wts = [], [], [], [], []
+            p = cfg.patch_size
+            for i in idx:
+                stack = _unit(self.stacks[i], None, self._ranges[i])  # the centre slice's range for all
+                code = self._codes[i]
+                centre = None
+                if cfg.hard_negatives and rng.random() < cfg.hard_negatives:
+                    pts = self._dark_points(i, stack[k], code)
+                    centre = tuple(pts[rng.integers(len(pts))]) if len(pts) else None
+                # sample_patch's crop, zoom, rotation and flip, on every channel alike
+                _, h, w = stack.shape
+                lo, hi = cfg.scale_range
+                s = np.exp(rng.uniform(np.log(lo), np.log(hi)))
+                src = int(min(round(p / s), h, w))
+                if centre is None:
+                    y0, x0 = int(rng.integers(0, h - src + 1)), int(rng.integers(0, w - src + 1))
+                else:
+                    jy, jx = rng.integers(-(src // 4), src // 4 + 1, size=2)
+                    y0 = int(np.clip(centre[0] - src // 2 + jy, 0, h - src))
+                    x0 = int(np.clip(centre[1] - src // 2 + jx, 0, w - src))
+                img = torch.from_numpy(np.ascontiguousarray(stack[:, y0:y0 + src, x0:x0 + src], np.float32))[None]
+                lab = torch.from_numpy(np.ascontiguousarray(code[y0:y0 + src, x0:x0 + src]).astype(np.float32))
+                if src != p:
+                    img = F.interpolate(img, size=(p, p), mode="bilinear", align_corners=False, antialias=src > p)
+                    lab = F.interpolate(lab[None, None], size=(p, p), mode="nearest-exact")[0, 0]
+                img, lab = img[0].numpy(), lab.numpy().astype(np.int64)
+                r = int(rng.integers(0, 4))
+                img, lab = np.rot90(img, r, axes=(1, 2)), np.rot90(lab, r)
+                if rng.random() < 0.5:
+                    img, lab = img[:, :, ::-1], lab[:, ::-1]
+                img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
+                if cfg.pale and rng.random() < cfg.pale:
+                    seed = int(rng.integers(2 ** 31))  # one blend strength for every channel
+                    obj = lab % self._code_div[i]
+                    img = np.stack([pale_objects(np.random.default_rng(seed), c, obj) for c in img])
+                sem, hm, off, wt = make_panoptic_targets(lab, self._code_div[i], self.thing_channels, channels,
+                                                         cfg.sigma)
+                # one draw of the intensity augmentation for all channels: side by side in one image
+                # (the blur crosses the two seams, a few pixels wide)
+                x = intensity_augment(rng, np.concatenate(list(img), axis=1))
+                imgs.append(np.stack(np.split(x, len(img), axis=1)))
+                sems.append(sem.astype(np.float32)); hms.append(hm); offs.append(off); wts.append(wt)
+            t = lambda a: torch.from_numpy(np.stack(a))  # noqa: E731
+            return t(imgs), t(sems), t(hms), t(offs), t(wts)
+
+    return ContextSlices()
+
+
+def inflated_state(state: dict, k: int) -> dict:
+    """``MitoLite_v1``'s weights with a first convolution of 2k+1 input channels: the trained
+    weights on the centre channel, zeros on the neighbours (the same function at the start)."""
+    out = dict(state)
+    w = state["stem.0.weight"]
+    new = torch.zeros(w.shape[0], 2 * k + 1, *w.shape[2:], dtype=w.dtype)
+    new[:, k] = w[:, 0]
+    out["stem.0.weight"] = new
+    return out
+
+
+def build_with_channels(k: int):
+    """``build_model`` whose first convolution takes 2k+1 channels."""
+    from panoptem.models.architecture import build_model
+
+    def build(arch):
+        net = build_model(arch)
+        old = net.stem[0]
+        net.stem[0] = nn.Conv2d(2 * k + 1, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                bias=old.bias is not None)
+        return net
+    return build
+
+
+class WithNeighbours(nn.Module):
+    """Feeds ``net`` each single-channel plane it is given together with its neighbours, found
+    by the plane's bytes in ``table`` (see :func:`plane_table`)."""
+
+    def __init__(self, net, table: dict):
+        super().__init__()
+        self.net, self.table = net, table
+
+    def forward(self, x):
+        keys = [_key(x[i, 0]) for i in range(len(x))]
+        missing = [i for i, kk in enumerate(keys) if kk not in self.table]
+        if missing:
+            raise KeyError(f"planes {missing} of this call are not in the table")
+        xs = torch.from_numpy(np.stack([self.table[kk] for kk in keys])).to(x.dtype)
+        return self.net(xs.contiguous(memory_format=torch.channels_last))
+
+
+def _key(plane) -> bytes:
+    a = plane.contiguous().numpy() if isinstance(plane, torch.Tensor) else np.ascontiguousarray(plane)
+    return hashlib.blake2b(a.tobytes(), digest_size=16).digest()
+
+
+def plane_table(image: np.ndarray, k: int, card) -> dict:
+    """Network input of every held-out plane -> (2k+1, H, W) input with its neighbours, for the
+    two normalisations inference uses: the block's intensity range (3D) and each slice's own (2D)."""
+    from panoptem.inference.predict import network_input
+    from panoptem.inference.preprocess import intensity_range
+    n = card.normalization
+    zs = range(*VAL.indices(len(image)))
+    block = np.asarray(image[VAL])
+    ranges = [intensity_range(block, low_pct=n.low_pct, high_pct=n.high_pct)]
+    table = {}
+    for z in zs:
+        stack = neighbours(image, z, k)
+        for rng in ranges + [intensity_range(image[z], low_pct=n.low_pct, high_pct=n.high_pct)]:
+            x = network_input(stack, rng, 1, card.padding_factor, (n.mean, n.std))[0][:, 0]
+            table[_key(x[k])] = x
+    return table
+
+
+def scores(net, k: int, image, mask, gt2d, card) -> tuple[dict, dict]:
+    """(3D, 2D) figures of ``net`` on the held-out block (see the module docstring)."""
+    import panoptem
+    from panoptem import evaluate
+    from panoptem.models.load import LoadedModel
+    from panoptem.training.from_volume import score_3d
+    model = LoadedModel(card, WithNeighbours(net, plane_table(image, k, card)).eval(), "cpu")
+    block, m = np.asarray(image[VAL]), np.asarray(mask[VAL])
+    t = time.perf_counter()
+    res = panoptem.segment_3d(block, model, runtime="torch")
+    s3 = {**score_3d(next(iter(res.labels.values())), m, 500), "seconds": round(time.perf_counter() - t, 1)}
+    lab = panoptem.segment_2d(block, model, batch=True, runtime="torch")
+    tp = fp = fn = 0
+    for z in range(len(block)):
+        r = evaluate(lab[z], np.asarray(gt2d[VAL][z]))
+        tp, fp, fn = tp + r["tp_50"], fp + r["fp_50"], fn + r["fn_50"]
+    fg, mm = lab > 0, m > 0
+    s2 = dict(foreground_iou=round(float((fg & mm).sum() / (fg | mm).sum()), 4),
+              f1_50=round(tp / max(tp + (fp + fn) / 2, 1e-9), 4), precision_50=round(tp / max(tp + fp, 1), 4),
+              recall_50=round(tp / max(tp + fn, 1), 4), n_pred=int(tp + fp), n_gt=int(tp + fn))
+    return s3, s2
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_lucchi_argument(ap)
+    ap.add_argument("--run-dir", type=Path, required=True, help="checkpoints, logs and the kept weights")
+    ap.add_argument("--context", type=int, default=1, help="neighbours on each side (0: the control)")
+    ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--hard-negatives", type=float, default=0.3)
+    ap.add_argument("--pale", type=float, default=0.25)
+    ap.add_argument("--validate-every", type=int, default=250)
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--scratch", action="store_true", help="from random weights, not from MitoLite_v1 (the "
+                    "control is then MitoLite_v1 itself: give its recipe, see the model card)")
+    ap.add_argument("--schedule-steps", type=int, default=0)
+    ap.add_argument("--anneal-from", type=int, default=0)
+    ap.add_argument("--run", default=None, help="the result line's run name")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args()
+    import tifffile
+
+    import panoptem.training.train as training
+    from panoptem.models.card import ModelCard, Weights
+    from panoptem.training.from_volume import init_weights
+    from panoptem.training.train import TrainConfig, better_scores
+    lucchi, k = lucchi_dir(a.lucchi), a.context
+    image = tifffile.imread(lucchi / "training_image.tif")
+    gt2d = tifffile.imread(lucchi / "training_instances2d.tif")
+    mask = tifffile.imread(lucchi / "training_mask.tif")
+    arch, state = init_weights("MitoLite_v1")
+    card = ModelCard(name="validation", architecture=arch, weights=Weights(file="(in training)"))
+    training.build_model = build_with_channels(k)  # train() builds the network through this name
+    cfg = TrainConfig(iterations=a.iterations, lr=a.lr, hard_negatives=a.hard_negatives, pale=a.pale,
+                      validate_every=a.validate_every, seed=a.seed, architecture=arch,
+                      schedule_steps=a.schedule_steps, anneal_from=a.anneal_from,
+                      init=None if a.scratch else "MitoLite_v1")
+    best, during = None, []
+    a.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def validate(model, step):
+        nonlocal best
+        import panoptem
+        from panoptem.models.load import LoadedModel
+        from panoptem.training.from_volume import score_3d
+        lm = LoadedModel(card, WithNeighbours(model, plane_table(image, k, card)).eval(), "cpu")
+        res = panoptem.segment_3d(np.asarray(image[VAL]), lm, runtime="torch")
+        s3 = {"step": step, **score_3d(next(iter(res.labels.values())), np.asarray(mask[VAL]), 500)}
+        during.append(s3)
+        print(json.dumps({"val3d": s3}), flush=True)
+        if better_scores(s3, best):
+            best = s3
+            torch.save({"state_dict": {n: v.clone() for n, v in model.state_dict().items()}, "step": step},
+                       a.run_dir / "best.pt")
+
+    t0 = time.perf_counter()
+    dataset = context_dataset(image, gt2d, k)
+    training.train(dataset, a.run_dir, cfg, resume=False, init_state=None if a.scratch else inflated_state(state, k),
+                   log=lambda s: print(s, flush=True), validate=validate)
+    minutes = (time.perf_counter() - t0) / 60
+    net = build_with_channels(k)(arch)
+    net.load_state_dict(torch.load(a.run_dir / "best.pt", weights_only=True)["state_dict"])
+    net.eval()
+    s3, s2 = scores(net, k, image, mask, gt2d, card)
+    emit_to({"what": "training lever", "run": a.run or f"context{k}",
+             "recipe": f"neighbouring slices as input channels: z-{k}..z+{k} ({2 * k + 1} channels); "
+                       + ("from scratch" if a.scratch else "--init MitoLite_v1")
+                       + f" --iterations {a.iterations} --schedule-steps {a.schedule_steps} --anneal-from "
+                       f"{a.anneal_from} --lr {a.lr} --hard-negatives {a.hard_negatives} --pale {a.pale} "
+                       f"--validate-every {a.validate_every} --seed {a.seed}",
+             "kept_step": best["step"], "minutes": round(minutes, 1),
+             **{f"{kk}_2d": v for kk, v in s2.items() if kk in ("foreground_iou", "f1_50", "precision_50", "recall_50")},
+             **{f"{kk}_3d": v for kk, v in s3.items() if kk != "seconds"},
+             "seconds_3d_block": s3["seconds"], "n_pred_2d": s2["n_pred"], "n_gt_2d": s2["n_gt"],
+             "val3d_f1_during": [d["f1_50"] for d in during],
+             "data": "lucchi z135-164 (validation, never trained on)",
+             "params": "defaults (min_piece_area 40 in 2D; xy stack, median 3 in 3D)",
+             "how": "python bench/train_context_slices.py --lucchi LUCCHI --run-dir RUN --context "
+                    f"{k} (2D pooled over slices vs 2D objects; 3D vs 3D connected components, objects under "
+                    "500 voxels ignored)",
+             "machine": machine(), "date": time.strftime("%Y-%m-%d")}, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
