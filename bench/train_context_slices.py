@@ -46,7 +46,7 @@ def neighbours(volume: np.ndarray, z: int, k: int) -> np.ndarray:
 def context_dataset(image, labels, k: int):
     """:class:`~panoptem.training.dataset.VolumeSlices` of the training slices whose images are
     (2k+1, H, W) stacks, sampled with the same augmentation applied to every channel."""
-    from panoptem.training.augment import intensity_augment, pale_objects
+    from panoptem.training.augment import intensity_augment, pale_objects, sample_patch
     from panoptem.training.dataset import VolumeSlices, _unit
     from panoptem.training.targets import make_panoptic_targets
 
@@ -57,7 +57,6 @@ def context_dataset(image, labels, k: int):
             self.stacks = [neighbours(image, z, k) for z in zs]
 
         def batch(self, rng, cfg):
-            import torch.nn.functional as F
             idx = rng.choice(len(self.images), size=cfg.batch_size, p=self.probabilities)
             channels = list(range(1, len(self.classes) + 1))
             imgs, sems, hms, offs, wts = [], [], [], [], []
@@ -69,28 +68,7 @@ def context_dataset(image, labels, k: int):
                 if cfg.hard_negatives and rng.random() < cfg.hard_negatives:
                     pts = self._dark_points(i, stack[k], code)
                     centre = tuple(pts[rng.integers(len(pts))]) if len(pts) else None
-                # sample_patch's crop, zoom, rotation and flip, on every channel alike
-                _, h, w = stack.shape
-                lo, hi = cfg.scale_range
-                s = np.exp(rng.uniform(np.log(lo), np.log(hi)))
-                src = int(min(round(p / s), h, w))
-                if centre is None:
-                    y0, x0 = int(rng.integers(0, h - src + 1)), int(rng.integers(0, w - src + 1))
-                else:
-                    jy, jx = rng.integers(-(src // 4), src // 4 + 1, size=2)
-                    y0 = int(np.clip(centre[0] - src // 2 + jy, 0, h - src))
-                    x0 = int(np.clip(centre[1] - src // 2 + jx, 0, w - src))
-                img = torch.from_numpy(np.ascontiguousarray(stack[:, y0:y0 + src, x0:x0 + src], np.float32))[None]
-                lab = torch.from_numpy(np.ascontiguousarray(code[y0:y0 + src, x0:x0 + src]).astype(np.float32))
-                if src != p:
-                    img = F.interpolate(img, size=(p, p), mode="bilinear", align_corners=False, antialias=src > p)
-                    lab = F.interpolate(lab[None, None], size=(p, p), mode="nearest-exact")[0, 0]
-                img, lab = img[0].numpy(), lab.numpy().astype(np.int64)
-                r = int(rng.integers(0, 4))
-                img, lab = np.rot90(img, r, axes=(1, 2)), np.rot90(lab, r)
-                if rng.random() < 0.5:
-                    img, lab = img[:, :, ::-1], lab[:, ::-1]
-                img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
+                img, lab = sample_patch(rng, stack, code, p, cfg.scale_range, centre=centre)  # channels alike
                 if cfg.pale and rng.random() < cfg.pale:
                     seed = int(rng.integers(2 ** 31))  # one blend strength for every channel
                     obj = lab % self._code_div[i]

@@ -53,3 +53,20 @@ def test_a_centred_crop_contains_its_centre():
     for _ in range(20):
         p, q = sample_patch(rng, img, blob.astype(np.int64), 64, (1.0, 1.0), centre=(190, 180))
         assert q.sum() > 0.25 * blob.sum()     # the crop holds much of the blob around its centre
+
+
+def test_channels_of_a_slice_are_cropped_and_turned_alike():
+    """sample_patch of (C, H, W) channels: each channel gets exactly the crop, zoom, turn and flip
+    the 2D slice gets from the same random draws (neighbouring slices as input channels)."""
+    r = np.random.default_rng(3)
+    im = r.random((90, 120)).astype(np.float32)
+    lab = r.integers(0, 4, (90, 120))
+    stack = np.stack([im, 1 - im, im * 0.5])
+    for seed, zoom in ((0, (1.0, 1.0)), (1, (0.4, 1.3)), (2, (1.5, 2.0))):
+        flat, flat_lab = sample_patch(np.random.default_rng(seed), im, lab, 48, zoom)
+        chans, chans_lab = sample_patch(np.random.default_rng(seed), stack, lab, 48, zoom)
+        assert chans.shape == (3, 48, 48) and flat.shape == (48, 48)
+        np.testing.assert_array_equal(chans_lab, flat_lab)
+        np.testing.assert_allclose(chans[0], flat, atol=1e-6)
+        np.testing.assert_allclose(chans[1], 1 - flat, atol=1e-5)
+        np.testing.assert_allclose(chans[2], flat * 0.5, atol=1e-6)

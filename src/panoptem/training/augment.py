@@ -15,13 +15,14 @@ def sample_patch(rng: np.random.Generator, image01: np.ndarray, labels: np.ndarr
                  centre: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Random crop of a 2D slice, rescaled to ``patch x patch``.
 
-    ``image01`` is the slice scaled to about [0, 1]; ``scale_range`` bounds the
-    zoom factor (output pixels per source pixel; < 1 shows the data as if its
-    pixels were larger); ``centre`` (y, x): a pixel the crop must contain (somewhere
-    in its middle half) instead of a uniformly random crop. Returns float32 image and
-    int64 labels, randomly flipped and rotated by multiples of 90 degrees.
+    ``image01`` is the slice scaled to about [0, 1] (H, W), or several channels of it (C, H, W),
+    all cropped and turned alike; ``scale_range`` bounds the zoom factor (output pixels per
+    source pixel; < 1 shows the data as if its pixels were larger); ``centre`` (y, x): a pixel
+    the crop must contain (somewhere in its middle half) instead of a uniformly random crop.
+    Returns float32 image and int64 labels, randomly flipped and rotated by multiples of 90
+    degrees.
     """
-    h, w = image01.shape
+    h, w = image01.shape[-2:]
     lo, hi = scale_range
     s = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     src = int(min(round(patch / s), h, w))
@@ -32,16 +33,18 @@ def sample_patch(rng: np.random.Generator, image01: np.ndarray, labels: np.ndarr
         jy, jx = rng.integers(-(src // 4), src // 4 + 1, size=2)
         y0 = int(np.clip(centre[0] - src // 2 + jy, 0, h - src))
         x0 = int(np.clip(centre[1] - src // 2 + jx, 0, w - src))
-    img = torch.from_numpy(np.ascontiguousarray(image01[y0:y0 + src, x0:x0 + src], np.float32))[None, None]
+    crop = np.ascontiguousarray(image01[..., y0:y0 + src, x0:x0 + src], np.float32)
+    img = torch.from_numpy(crop).reshape(1, -1, src, src)
     lab = torch.from_numpy(np.ascontiguousarray(labels[y0:y0 + src, x0:x0 + src]).astype(np.float32))[None, None]
     if src != patch:
         img = F.interpolate(img, size=(patch, patch), mode="bilinear", align_corners=False, antialias=src > patch)
         lab = F.interpolate(lab, size=(patch, patch), mode="nearest-exact")
-    img, lab = img[0, 0].numpy(), lab[0, 0].numpy().astype(np.int64)
+    img = img[0].numpy().reshape(crop.shape[:-2] + (patch, patch))
+    lab = lab[0, 0].numpy().astype(np.int64)
     k = int(rng.integers(0, 4))
-    img, lab = np.rot90(img, k), np.rot90(lab, k)
+    img, lab = np.rot90(img, k, axes=(-2, -1)), np.rot90(lab, k)
     if rng.random() < 0.5:
-        img, lab = img[:, ::-1], lab[:, ::-1]
+        img, lab = img[..., ::-1], lab[:, ::-1]
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
 
 
