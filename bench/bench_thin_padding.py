@@ -1,12 +1,12 @@
 """Padding of thin planes: a deep volume's xz planes (165 rows on Lucchi) are padded to a
-multiple of the card's padding factor (32: 192 rows) before the network; panoptem's own network
-also runs on multiples of 16 or 8. For each factor: the network's seconds on the same planes,
-the foreground of the decoded planes against the ground truth, over all rows and over the rows
-near the padded edge, and the objects of each plane against the connected pieces of the truth in
+multiple of the card's ``input_multiple`` before the network (MitoLite_v1: 16, 176 rows; 32, 192
+rows, until 2026-12-04); panoptem's own network also runs on multiples of 8. For each factor:
+the network's seconds on the same planes, the foreground of the decoded planes against the
+ground truth, over all rows and over the rows near the padded edge, and the objects of each plane against the connected pieces of the truth in
 that plane (F1@0.5 pooled over the planes, pieces under 40 pixels ignored): hundreds of objects,
 a finer measure than the volume's few dozen 3D objects. ``--axis yz`` takes yz planes instead.
-One JSON line per factor and round. ``--deep``: then the whole ortho-plane run
-of the 165-slice volume with factors 32 and 16 (the card's factor set for the run), scored in 3D
+One JSON line per factor and round. ``--deep``: then the whole ortho-plane run of the
+165-slice volume with factors 32 and 16 (the card's ``input_multiple`` set for the run), scored in 3D
 against the ground truth's connected components (pieces under 500 voxels ignored), over the
 volume and over the validation slices 135-164.
 
@@ -94,11 +94,11 @@ def _deep(vol: np.ndarray, d: Path, out) -> None:
     from panoptem._bench import load, machine
     gt = tifffile.imread(d / "training_instances3d_cc.tif")
     lm = panoptem.load_model(device="cpu")
-    first = lm.card.padding_factor
+    first = lm.card.input_multiple
     labels = {}
     try:
         for pf in (32, 16):
-            lm.card.padding_factor = pf
+            lm.card.input_multiple = pf  # the inputs' padding; the tile and block grids stay at 32
             t, c = time.perf_counter(), time.process_time()
             res = panoptem.segment_3d(vol, lm, orthoplane=True)
             seconds, cpu = time.perf_counter() - t, time.process_time() - c
@@ -115,7 +115,7 @@ def _deep(vol: np.ndarray, d: Path, out) -> None:
                 rec["foreground_iou_vs_factor_32"] = round(float((a_ & b_).sum() / (a_ | b_).sum()), 4)
             emit_to({**rec, "load": load(), "machine": machine()}, out)
     finally:
-        lm.card.padding_factor = first
+        lm.card.input_multiple = first
 
 
 if __name__ == "__main__":
