@@ -8,9 +8,12 @@ a finer measure than the volume's few dozen 3D objects. ``--axis yz`` takes yz p
 One JSON line per factor and round. ``--deep``: then the whole ortho-plane run of the
 165-slice volume with factors 32 and 16 (the card's ``input_multiple`` set for the run), scored in 3D
 against the ground truth's connected components (pieces under 500 voxels ignored), over the
-volume and over the validation slices 135-164.
+volume and over the validation slices 135-164. ``--xy-crops``: instead, xy planes whose sides are
+not multiples of 32 (the validation block cropped three ways) at ``input_multiple`` 32 and 16,
+scored in 2D (every slice on its own) and in 3D (xy stack).
 
-Usage: python bench/bench_thin_padding.py --lucchi DIR [--planes 48] [--axis xz|yz] [--rounds 2] [--deep] [--out FILE]
+Usage: python bench/bench_thin_padding.py --lucchi DIR [--planes 48] [--axis xz|yz] [--rounds 2] [--deep]
+       [--xy-crops] [--out FILE]
 """
 from __future__ import annotations
 
@@ -30,8 +33,11 @@ def main() -> None:
     ap.add_argument("--axis", choices=("xz", "yz"), default="xz")
     ap.add_argument("--rounds", type=int, default=2, help="the factors in turn, this many times")
     ap.add_argument("--deep", action="store_true", help="also the whole ortho-plane run per factor")
+    ap.add_argument("--xy-crops", action="store_true", help="only: cropped xy planes at 32 and 16")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     a = ap.parse_args()
+    if a.xy_crops:
+        return _xy_crops(lucchi_dir(a.lucchi), a.out)
     import tifffile
 
     from panoptem._bench import load, machine
@@ -114,6 +120,45 @@ def _deep(vol: np.ndarray, d: Path, out) -> None:
                 a_, b_ = labels[32] > 0, labels[16] > 0
                 rec["foreground_iou_vs_factor_32"] = round(float((a_ & b_).sum() / (a_ | b_).sum()), 4)
             emit_to({**rec, "load": load(), "machine": machine()}, out)
+    finally:
+        lm.card.input_multiple = first
+
+
+#: (rows, columns) of the validation block kept by --xy-crops
+CROPS = ((slice(0, 760), slice(0, 1000)), (slice(5, 755), slice(17, 1010)), (slice(0, 700), slice(0, 900)))
+
+
+def _xy_crops(d: Path, out) -> None:
+    """The validation block cropped to sides that are not multiples of 32, at input multiples 32
+    and 16: 2D F1 and foreground IoU, 3D F1 and IoU (see the module docstring)."""
+    import cc3d
+    import tifffile
+
+    import panoptem
+    from panoptem._bench import load, machine
+    zs = range(135, 165)
+    img = tifffile.imread(d / "training_image.tif", key=zs)
+    gt2d = tifffile.imread(d / "training_instances2d.tif", key=zs)
+    mask = tifffile.imread(d / "training_mask.tif", key=zs) > 0
+    lm = panoptem.load_model(device="cpu")
+    first = lm.card.input_multiple
+    try:
+        for rows, cols in CROPS:
+            im, m = np.ascontiguousarray(img[:, rows, cols]), mask[:, rows, cols]
+            for multiple in (32, 16):
+                lm.card.input_multiple = multiple
+                lab = panoptem.segment_2d(im, lm, batch=True)
+                e2 = panoptem.evaluate(lab, gt2d[:, rows, cols], iou_thresholds=(0.5,), per_slice=True)
+                lab3 = np.asarray(next(iter(panoptem.segment_3d(im, lm).labels.values())))
+                e3 = panoptem.evaluate(lab3, cc3d.connected_components(m, connectivity=6), iou_thresholds=(0.5,),
+                                       ignore_smaller=500)
+                fg = lab > 0
+                emit_to({"what": "bench/bench_thin_padding.py --xy-crops", "date": time.strftime("%Y-%m-%d"),
+                         "input": f"Lucchi validation block z135-164 cropped to {list(im.shape)}",
+                         "input_multiple": multiple, "f1_50_2d": round(e2["f1_50"], 4),
+                         "foreground_iou_2d": round(float((fg & m).sum() / (fg | m).sum()), 4),
+                         "f1_50_3d": round(e3["f1_50"], 4), "foreground_iou_3d": round(e3["foreground_iou"], 4),
+                         "objects_3d": e3["n_pred"], "load": load(), "machine": machine()}, out)
     finally:
         lm.card.input_multiple = first
 

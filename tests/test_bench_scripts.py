@@ -67,6 +67,9 @@ def test_thin_padding_script_runs(lucchi):
     yz = [json.loads(line) for line in _run(BENCH / "bench_thin_padding.py", "--lucchi", lucchi, "--planes", "2",
                                             "--axis", "yz", "--rounds", "1")]
     assert [r["padding_factor"] for r in yz] == [32, 16, 8] and "2 yz planes" in yz[0]["input"]
+    crops = [json.loads(line) for line in _run(BENCH / "bench_thin_padding.py", "--lucchi", lucchi, "--xy-crops")]
+    assert [r["input_multiple"] for r in crops] == [32, 16] * 3
+    assert all(0.5 < r["f1_50_2d"] <= 1 and 0.5 < r["foreground_iou_3d"] <= 1 for r in crops)
 
 
 def test_context_slices_network_starts_as_the_single_slice_one():
