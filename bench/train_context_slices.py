@@ -18,6 +18,7 @@ network the plane with its neighbours, so decoding, linking and filters are pano
 
 Appends one JSON line to ``bench/results/train_levers.jsonl`` (or ``--out``). Usage:
     python bench/train_context_slices.py --lucchi DIR --run-dir RUN [--context 1] [--iterations 2000] [--scratch]
+    python bench/train_context_slices.py --lucchi DIR --context 1 --score RUN/best.pt --val 125:165
 """
 from __future__ import annotations
 
@@ -132,14 +133,14 @@ def _key(plane) -> bytes:
     return hashlib.blake2b(a.tobytes(), digest_size=16).digest()
 
 
-def plane_table(image: np.ndarray, k: int, card) -> dict:
+def plane_table(image: np.ndarray, k: int, card, val: slice = VAL) -> dict:
     """Network input of every held-out plane -> (2k+1, H, W) input with its neighbours, for the
     two normalisations inference uses: the block's intensity range (3D) and each slice's own (2D)."""
     from panoptem.inference.predict import network_input
     from panoptem.inference.preprocess import intensity_range
     n = card.normalization
-    zs = range(*VAL.indices(len(image)))
-    block = np.asarray(image[VAL])
+    zs = range(*val.indices(len(image)))
+    block = np.asarray(image[val])
     ranges = [intensity_range(block, low_pct=n.low_pct, high_pct=n.high_pct)]
     table = {}
     for z in zs:
@@ -150,21 +151,21 @@ def plane_table(image: np.ndarray, k: int, card) -> dict:
     return table
 
 
-def scores(net, k: int, image, mask, gt2d, card) -> tuple[dict, dict]:
-    """(3D, 2D) figures of ``net`` on the held-out block (see the module docstring)."""
+def scores(net, k: int, image, mask, gt2d, card, val: slice = VAL) -> tuple[dict, dict]:
+    """(3D, 2D) figures of ``net`` on the held-out slices ``val`` (see the module docstring)."""
     import panoptem
     from panoptem import evaluate
     from panoptem.models.load import LoadedModel
     from panoptem.training.from_volume import score_3d
-    model = LoadedModel(card, WithNeighbours(net, plane_table(image, k, card)).eval(), "cpu")
-    block, m = np.asarray(image[VAL]), np.asarray(mask[VAL])
+    model = LoadedModel(card, WithNeighbours(net, plane_table(image, k, card, val)).eval(), "cpu")
+    block, m = np.asarray(image[val]), np.asarray(mask[val])
     t = time.perf_counter()
     res = panoptem.segment_3d(block, model, runtime="torch")
     s3 = {**score_3d(next(iter(res.labels.values())), m, 500), "seconds": round(time.perf_counter() - t, 1)}
     lab = panoptem.segment_2d(block, model, batch=True, runtime="torch")
     tp = fp = fn = 0
     for z in range(len(block)):
-        r = evaluate(lab[z], np.asarray(gt2d[VAL][z]))
+        r = evaluate(lab[z], np.asarray(gt2d[val][z]))
         tp, fp, fn = tp + r["tp_50"], fp + r["fp_50"], fn + r["fn_50"]
     fg, mm = lab > 0, m > 0
     s2 = dict(foreground_iou=round(float((fg & mm).sum() / (fg | mm).sum()), 4),
@@ -176,7 +177,7 @@ def scores(net, k: int, image, mask, gt2d, card) -> tuple[dict, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_lucchi_argument(ap)
-    ap.add_argument("--run-dir", type=Path, required=True, help="checkpoints, logs and the kept weights")
+    ap.add_argument("--run-dir", type=Path, default=None, help="checkpoints, logs and the kept weights")
     ap.add_argument("--context", type=int, default=1, help="neighbours on each side (0: the control)")
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -190,6 +191,9 @@ def main() -> int:
     ap.add_argument("--anneal-from", type=int, default=0)
     ap.add_argument("--run", default=None, help="the result line's run name")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--score", type=Path, default=None, metavar="WEIGHTS",
+                    help="only score these weights (a run's best.pt, or a model's state dict) on --val")
+    ap.add_argument("--val", default="135:165", help="with --score: the held-out slices (default 135:165)")
     a = ap.parse_args()
     import tifffile
 
@@ -203,6 +207,10 @@ def main() -> int:
     mask = tifffile.imread(lucchi / "training_mask.tif")
     arch, state = init_weights("MitoLite_v1")
     card = ModelCard(name="validation", architecture=arch, weights=Weights(file="(in training)"))
+    if a.score is not None:
+        return score_only(a, arch, card, image, mask, gt2d)
+    if a.run_dir is None:
+        raise SystemExit("give --run-dir for the run's checkpoints and weights (or --score WEIGHTS)")
     training.build_model = build_with_channels(k)  # train() builds the network through this name
     cfg = TrainConfig(iterations=a.iterations, lr=a.lr, hard_negatives=a.hard_negatives, pale=a.pale,
                       validate_every=a.validate_every, seed=a.seed, architecture=arch,
@@ -252,6 +260,28 @@ def main() -> int:
                     f"{k} (2D pooled over slices vs 2D objects; 3D vs 3D connected components, objects under "
                     "500 voxels ignored)",
              "machine": machine(), "date": time.strftime("%Y-%m-%d")}, a.out)
+    return 0
+
+
+def score_only(a, arch: dict, card, image, mask, gt2d) -> int:
+    """``--score``: the 3D and 2D figures of saved weights on slices ``--val`` (never trained on:
+    training slices are 0-124)."""
+    from panoptem.training.from_volume import parse_range
+    val = parse_range(a.val)
+    if (val.start or 0) < TRAIN.stop:
+        raise SystemExit(f"--val {a.val} overlaps the training slices 0-124")
+    blob = torch.load(a.score, map_location="cpu", weights_only=True)
+    net = build_with_channels(a.context)(arch)
+    net.load_state_dict(blob.get("state_dict", blob))
+    net.eval()
+    s3, s2 = scores(net, a.context, image, mask, gt2d, card, val)
+    emit_to({"what": "training lever, scored", "run": a.run or a.score.name, "context": a.context,
+             **{f"{kk}_2d": v for kk, v in s2.items()}, **{f"{kk}_3d": v for kk, v in s3.items()},
+             "data": f"lucchi z{val.start}-{val.stop - 1} (never trained on)",
+             "params": "defaults (min_piece_area 40 in 2D; xy stack, median 3 in 3D)",
+             "how": f"python bench/train_context_slices.py --lucchi LUCCHI --context {a.context} --score WEIGHTS "
+                    f"--val {a.val}", "machine": machine(), "date": time.strftime("%Y-%m-%d")},
+            a.out)
     return 0
 
 
