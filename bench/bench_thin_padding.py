@@ -1,13 +1,13 @@
-"""Padding of thin planes: a deep volume's xz planes (165 rows on Lucchi) are padded to a
-multiple of the card's ``input_multiple`` before the network (MitoLite_v1: 16, 176 rows; 32, 192
-rows, until 2026-12-04); panoptem's own network also runs on multiples of 8. For each factor:
-the network's seconds on the same planes, the foreground of the decoded planes against the
-ground truth, over all rows and over the rows near the padded edge, and the objects of each plane against the connected pieces of the truth in
-that plane (F1@0.5 pooled over the planes, pieces under 40 pixels ignored): hundreds of objects,
-a finer measure than the volume's few dozen 3D objects. ``--axis yz`` takes yz planes instead.
-One JSON line per factor and round. ``--deep``: then the whole ortho-plane run of the
-165-slice volume with factors 32 and 16 (the card's ``input_multiple`` set for the run), scored in 3D
-against the ground truth's connected components (pieces under 500 voxels ignored), over the
+"""Padding of thin planes: a deep volume's xz planes (165 rows on Lucchi) are padded to a multiple of
+the card's ``input_multiple`` before the network (MitoLite_v1: 16, 176 rows; 32, 192 rows, until
+2026-12-04); panoptem's own network also runs on multiples of 8. For each factor: the network's
+seconds on the same planes, the foreground of the decoded planes against the ground truth, over all
+rows and over the rows near the padded edge, and the objects of each plane against the connected
+pieces of the truth in that plane (F1@0.5 pooled over the planes, pieces under 40 pixels ignored):
+hundreds of objects, a finer measure than the volume's few dozen 3D objects. ``--axis yz`` takes yz
+planes instead. One JSON line per factor and round. ``--deep``: then the whole ortho-plane run of
+the 165-slice volume with factors 32 and 16 (the card's ``input_multiple`` set for the run), scored
+in 3D against the ground truth's connected components (pieces under 500 voxels ignored), over the
 volume and over the validation slices 135-164. ``--xy-crops``: instead, xy planes whose sides are
 not multiples of 32 (the validation block cropped three ways) at ``input_multiple`` 32 and 16,
 scored in 2D (every slice on its own) and in 3D (xy stack).
@@ -79,7 +79,8 @@ def main() -> None:
             fg = lab > 0
             e = evaluate(lab, pieces, iou_thresholds=(0.5,), per_slice=True, ignore_smaller=40)
             rec = {"what": "bench/bench_thin_padding.py", "date": time.strftime("%Y-%m-%d"),
-                   "input": f"Lucchi training volume {list(vol.shape)}, {len(planes)} {a.axis} planes", "round": rnd,
+                   "input": f"Lucchi training volume {list(vol.shape)}, {len(planes)} {a.axis} planes",
+                   "round": rnd,
                    "padding_factor": pf, "padded_rows": -(-depth // pf) * pf, "rows": depth,
                    "network_s": round(seconds, 3), "foreground_iou_vs_truth": round(iou(fg, truth), 4),
                    f"foreground_iou_last_{edge}_rows": round(iou(fg[:, -edge:], truth[:, -edge:]), 4),

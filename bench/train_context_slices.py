@@ -151,17 +151,29 @@ def plane_table(image: np.ndarray, k: int, card, val: slice = VAL) -> dict:
     return table
 
 
+def _with_neighbours(net, k: int, image, card, val: slice):
+    """``net`` as a loaded model that panoptem's pipelines can run on the slices ``val``."""
+    from panoptem.models.load import LoadedModel
+    return LoadedModel(card, WithNeighbours(net, plane_table(image, k, card, val)).eval(), "cpu")
+
+
+def scores_3d(model, image, mask, val: slice = VAL) -> dict:
+    """3D figures (xy stack, default parameters) of a :func:`_with_neighbours` model on ``val``."""
+    import panoptem
+    from panoptem.training.from_volume import score_3d
+    t = time.perf_counter()
+    res = panoptem.segment_3d(np.asarray(image[val]), model, runtime="torch")
+    return {**score_3d(next(iter(res.labels.values())), np.asarray(mask[val]), 500),
+            "seconds": round(time.perf_counter() - t, 1)}
+
+
 def scores(net, k: int, image, mask, gt2d, card, val: slice = VAL) -> tuple[dict, dict]:
     """(3D, 2D) figures of ``net`` on the held-out slices ``val`` (see the module docstring)."""
     import panoptem
     from panoptem import evaluate
-    from panoptem.models.load import LoadedModel
-    from panoptem.training.from_volume import score_3d
-    model = LoadedModel(card, WithNeighbours(net, plane_table(image, k, card, val)).eval(), "cpu")
+    model = _with_neighbours(net, k, image, card, val)
+    s3 = scores_3d(model, image, mask, val)
     block, m = np.asarray(image[val]), np.asarray(mask[val])
-    t = time.perf_counter()
-    res = panoptem.segment_3d(block, model, runtime="torch")
-    s3 = {**score_3d(next(iter(res.labels.values())), m, 500), "seconds": round(time.perf_counter() - t, 1)}
     lab = panoptem.segment_2d(block, model, batch=True, runtime="torch")
     tp = fp = fn = 0
     for z in range(len(block)):
@@ -221,12 +233,8 @@ def main() -> int:
 
     def validate(model, step):
         nonlocal best
-        import panoptem
-        from panoptem.models.load import LoadedModel
-        from panoptem.training.from_volume import score_3d
-        lm = LoadedModel(card, WithNeighbours(model, plane_table(image, k, card)).eval(), "cpu")
-        res = panoptem.segment_3d(np.asarray(image[VAL]), lm, runtime="torch")
-        s3 = {"step": step, **score_3d(next(iter(res.labels.values())), np.asarray(mask[VAL]), 500)}
+        s3 = {"step": step, **scores_3d(_with_neighbours(model, k, image, card, VAL), image, mask)}
+        s3.pop("seconds")
         during.append(s3)
         print(json.dumps({"val3d": s3}), flush=True)
         if better_scores(s3, best):
@@ -236,7 +244,8 @@ def main() -> int:
 
     t0 = time.perf_counter()
     dataset = context_dataset(image, gt2d, k)
-    training.train(dataset, a.run_dir, cfg, resume=False, init_state=None if a.scratch else inflated_state(state, k),
+    start = None if a.scratch else inflated_state(state, k)
+    training.train(dataset, a.run_dir, cfg, resume=False, init_state=start,
                    log=lambda s: print(s, flush=True), validate=validate)
     minutes = (time.perf_counter() - t0) / 60
     net = build_with_channels(k)(arch)
@@ -250,7 +259,7 @@ def main() -> int:
                        f"{a.anneal_from} --lr {a.lr} --hard-negatives {a.hard_negatives} --pale {a.pale} "
                        f"--validate-every {a.validate_every} --seed {a.seed}",
              "kept_step": best["step"], "minutes": round(minutes, 1),
-             **{f"{kk}_2d": v for kk, v in s2.items() if kk in ("foreground_iou", "f1_50", "precision_50", "recall_50")},
+             **{f"{kk}_2d": v for kk, v in s2.items() if not kk.startswith("n_")},
              **{f"{kk}_3d": v for kk, v in s3.items() if kk != "seconds"},
              "seconds_3d_block": s3["seconds"], "n_pred_2d": s2["n_pred"], "n_gt_2d": s2["n_gt"],
              "val3d_f1_during": [d["f1_50"] for d in during],
@@ -268,8 +277,9 @@ def score_only(a, arch: dict, card, image, mask, gt2d) -> int:
     training slices are 0-124)."""
     from panoptem.training.from_volume import parse_range
     val = parse_range(a.val)
-    if (val.start or 0) < TRAIN.stop:
-        raise SystemExit(f"--val {a.val} overlaps the training slices 0-124")
+    zs = range(*val.indices(len(image)))
+    if not len(zs) or zs.start < TRAIN.stop:
+        raise SystemExit(f"--val {a.val} is empty or overlaps the training slices 0-124")
     blob = torch.load(a.score, map_location="cpu", weights_only=True)
     net = build_with_channels(a.context)(arch)
     net.load_state_dict(blob.get("state_dict", blob))
@@ -277,7 +287,7 @@ def score_only(a, arch: dict, card, image, mask, gt2d) -> int:
     s3, s2 = scores(net, a.context, image, mask, gt2d, card, val)
     emit_to({"what": "training lever, scored", "run": a.run or a.score.name, "context": a.context,
              **{f"{kk}_2d": v for kk, v in s2.items()}, **{f"{kk}_3d": v for kk, v in s3.items()},
-             "data": f"lucchi z{val.start}-{val.stop - 1} (never trained on)",
+             "data": f"lucchi z{zs.start}-{zs.stop - 1} (never trained on)",
              "params": "defaults (min_piece_area 40 in 2D; xy stack, median 3 in 3D)",
              "how": f"python bench/train_context_slices.py --lucchi LUCCHI --context {a.context} --score WEIGHTS "
                     f"--val {a.val}", "machine": machine(), "date": time.strftime("%Y-%m-%d")},
