@@ -28,9 +28,10 @@ CONFIGS_3D = [
 ]
 
 
-def validate_2d(model, lucchi, z0: int = 135, z1: int = 165, **params) -> dict:
+def validate_2d(model, lucchi, z0: int = 135, z1: int = 165, neighbours: int = 0, **params) -> dict:
     """2D validation figures of a model on slices z0..z1-1 of the Lucchi volume in folder
-    ``lucchi`` (each slice on its own)."""
+    ``lucchi`` (each slice on its own; with ``neighbours`` k, each slice with its k neighbours on
+    each side, for a model that sees them, decoded on its own)."""
     import tifffile
 
     import panoptem
@@ -40,7 +41,12 @@ def validate_2d(model, lucchi, z0: int = 135, z1: int = 165, **params) -> dict:
     gt2d = tifffile.imread(lucchi / "training_instances2d.tif", key=zs)
     mask = tifffile.imread(lucchi / "training_mask.tif", key=zs) > 0
     with Timer() as t:
-        lab = panoptem.segment_2d(img, model, batch=True, **params)
+        if neighbours:
+            vol = tifffile.imread(lucchi / "training_image.tif")
+            lab = np.stack([panoptem.segment_2d(panoptem.take_plane(vol, z, "xy", neighbours), model,
+                                                with_neighbours=True, **params) for z in zs])
+        else:
+            lab = panoptem.segment_2d(img, model, batch=True, **params)
     tp = fp = fn = 0
     for z in range(len(img)):
         r = evaluate(lab[z], gt2d[z])

@@ -28,9 +28,12 @@ Normalisation: 0.5-99.5 percentiles of the image (2D) or volume (3D), so any dty
 
 def publish(weights: str | Path, name: str, description: str, voxel_size_nm: float | None,
             validation: dict | None = None, training: dict | None = None, out_dir: str | Path = ZOO,
-            label_divisor: int | None = None, class_name: str = "mitochondria") -> Path:
+            label_divisor: int | None = None, class_name: str = "mitochondria", architecture: dict | None = None,
+            context_slices: int = 0) -> Path:
     """Write ``out_dir/<name>.pt`` (state dict) and ``out_dir/<name>.yaml``, atomically;
-    returns the card path. The card records every architecture setting."""
+    returns the card path. The card records every architecture setting (those saved with the
+    weights, else ``architecture``); ``context_slices``: the neighbours on each side the network
+    sees (its input channels are 2k + 1)."""
     import torch
 
     from panoptem._atomic import atomic_path, write_text
@@ -40,13 +43,13 @@ def publish(weights: str | Path, name: str, description: str, voxel_size_nm: flo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     blob = torch.load(weights, map_location="cpu", weights_only=True)
-    arch = architecture_config(blob["architecture"])
+    arch = architecture_config({**blob.get("architecture", architecture or {}), "in_channels": 2 * context_slices + 1})
     wfile = out / f"{name}.pt"
     with atomic_path(wfile, suffix=".pt") as tmp:
         torch.save({"architecture": arch, "state_dict": blob["state_dict"]}, tmp)
     card = ModelCard(name=name, description=description, classes=[ClassInfo(id=1, name=class_name)],
                      label_divisor=label_divisor, voxel_size_nm=voxel_size_nm, architecture=arch,
-                     input_multiple=16,
+                     input_multiple=16, context_slices=context_slices,
                      weights=Weights(file=wfile.name, sha256=sha256_of(wfile), format="state_dict"),
                      validation=validation or {}, training=training or {})
     return write_text(out / f"{name}.yaml", card.to_yaml())
@@ -78,6 +81,16 @@ def command(cfg: dict, run_name: str) -> str:
     return cmd
 
 
+def context_command(cfg: dict, k: int, run_name: str) -> str:
+    """The train_context_slices.py command that reproduces a 2.5D run from its ``train_config.json``."""
+    cmd = (f"python bench/train_context_slices.py --lucchi LUCCHI --run-dir runs/{run_name} --context {k}"
+           + ("" if cfg.get("init") else " --scratch") + " --val-slices 135:165")
+    for key in ("iterations", "schedule_steps", "anneal_from", "lr", "hard_negatives", "pale", "validate_every",
+                "seed"):
+        cmd += f" --{key.replace('_', '-')} {cfg.get(key, 0)}"
+    return cmd
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -85,9 +98,14 @@ def main():
     ap.add_argument("--description", default=None, help="the card's description (default: MitoLite_v1's)")
     ap.add_argument("--out-dir", default=str(ZOO), help="where the weights and the card go (default: the zoo "
                     "of this source tree)")
+    ap.add_argument("--context-slices", type=int, default=0, help="a run of bench/train_context_slices.py: the "
+                    "neighbours on each side its network sees")
     add_lucchi_argument(ap)
     a = ap.parse_args()
+    import torch
+
     import panoptem
+    k = a.context_slices
     run = Path(a.run_dir)
     cfg = json.loads((run / "train_config.json").read_text())
     weights = run / "best.pt" if (run / "best.pt").exists() else run / "weights.pt"
@@ -95,31 +113,40 @@ def main():
                     schedule=f"one-cycle (max lr {cfg['lr']}, {cfg['schedule_steps'] or cfg['iterations']} steps)"
                              + (f", cosine anneal to 0 from step {cfg['anneal_from']}" if cfg["anneal_from"] else ""),
                     batch_size=cfg["batch_size"], patch_size=cfg["patch_size"], scale_range=cfg["scale_range"],
-                    machine=machine(), command=command(cfg, run.name))
+                    machine=machine(), command=context_command(cfg, k, run.name) if k else command(cfg, run.name))
+    log = run / "log.jsonl"
+    if log.exists():  # the training's own clock, from its last logged step
+        last = json.loads(log.read_text().strip().splitlines()[-1])
+        training["wall_time"] = f"about {round(last['elapsed_s'] / 60)} min"
     if cfg.get("init"):
         training["init"] = cfg["init"]
     if cfg.get("hard_negatives") or cfg.get("pale"):
         training["hard_negatives"], training["pale"] = cfg.get("hard_negatives", 0.0), cfg.get("pale", 0.0)
-    if weights.name == "best.pt":
-        best = json.loads((run / "best.json").read_text())
-        training["kept_step"] = best["step"]
+    if weights.name == "best.pt":  # the step is in the weights (2.5D runs) or beside them
+        step = torch.load(weights, map_location="cpu", weights_only=True).get("step")
+        training["kept_step"] = step if step is not None else json.loads((run / "best.json").read_text())["step"]
     description = a.description or DESCRIPTION
-    card = publish(weights, a.name, description, voxel_size_nm=5.0, training=training, out_dir=a.out_dir)
+    kw = dict(architecture=cfg["architecture"], context_slices=k, out_dir=a.out_dir)
+    card = publish(weights, a.name, description, voxel_size_nm=5.0, training=training, **kw)
     model = panoptem.load_model(str(card), device="cpu")
     lucchi = lucchi_dir(a.lucchi)
-    v = validate_2d(model, lucchi)
+    v = validate_2d(model, lucchi, neighbours=k)
     v3 = validate_3d(model, lucchi)
+    alone = validate_2d(model, lucchi) if k else {}
     validation = {"foreground_iou_2d": v["foreground_iou"], "f1_50_2d": v["f1_50"],
                   "precision_50_2d": v["precision_50"], "recall_50_2d": v["recall_50"],
                   "foreground_iou_3d": v3["foreground_iou"], "f1_50_3d": v3["f1_50"],
                   "precision_50_3d": v3["precision_50"], "recall_50_3d": v3["recall_50"],
+                  **{f"{key}_2d_alone": alone[key] for key in ("foreground_iou", "f1_50") if key in alone},
                   "how": "bench/accuracy_lucchi.py and bench/release_mitolite.py, default parameters, Lucchi "
                          "z135-164 (never trained on). 2D: every slice on its own; IoU pooled over the block, "
-                         "F1 from TP/FP/FN pooled over slices against the 2D ground-truth objects. 3D: the block "
+                         "F1 from TP/FP/FN pooled over slices against the 2D ground-truth objects"
+                         + (f" (each slice with its {k} neighbour(s) each side; *_2d_alone: each slice as a lone "
+                            "image)" if k else "") + ". 3D: the block "
                          "as an xy stack, against the 3D connected components of its mask, objects under "
                          "500 voxels (the min-size filter) ignored"}
-    card = publish(weights, a.name, description, voxel_size_nm=5.0, training=training,
-                   validation=validation, out_dir=a.out_dir)
+    card = publish(weights, a.name, description, voxel_size_nm=5.0, training=training, validation=validation,
+                   **kw)
     print(json.dumps({"card": str(card), **validation}))
 
 

@@ -9,28 +9,25 @@ takes the centre channel with the trained weights and the neighbours with zeros)
 card, to compare with it). Images are normalised as the card's percentiles say (the centre
 slice's range for all three channels) with the card's default mean and std.
 
-The held-out block (slices 135-164; slice 134, in the gap, is the first slice's lower
-neighbour) is segmented in 3D while training (xy stack, default parameters) and the best
-weights by 3D F1, then IoU, are kept and scored in 2D and 3D as ``release_mitolite.py`` scores
-a model. The panoptem pipeline feeds its network one plane per channel; here a small wrapper
-looks each plane up (by its bytes) in a table of the block's normalised planes and hands the
-network the plane with its neighbours, so decoding, linking and filters are panoptem's own.
+The held-out block (``--val-slices``, default 135-164) is segmented in 3D while training (xy
+stack, default parameters; the network is a model with card ``context_slices`` k, so panoptem's
+own pipeline hands it each plane with its neighbours, clamped at the block's ends) and the best
+weights by 3D F1, then IoU, are kept and scored in 2D (each slice with its neighbours in the
+volume, decoded on its own) and 3D as ``release_mitolite.py`` scores a model.
 
 Appends one JSON line to ``bench/results/train_levers.jsonl`` (or ``--out``). Usage:
     python bench/train_context_slices.py --lucchi DIR --run-dir RUN [--context 1] [--iterations 2000] [--scratch]
-    python bench/train_context_slices.py --lucchi DIR --context 1 --score RUN/best.pt --val 125:165
+    python bench/train_context_slices.py --lucchi DIR --context 1 --score RUN/best.pt --val-slices 125:165
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from _common import add_lucchi_argument, emit_to, lucchi_dir, machine
 
@@ -99,66 +96,26 @@ def inflated_state(state: dict, k: int) -> dict:
 
 
 def build_with_channels(k: int):
-    """``build_model`` whose first convolution takes 2k+1 channels."""
+    """``build_model`` of a network whose first convolution takes 2k+1 channels."""
     from panoptem.models.architecture import build_model
 
     def build(arch):
-        net = build_model(arch)
-        old = net.stem[0]
-        net.stem[0] = nn.Conv2d(2 * k + 1, old.out_channels, old.kernel_size, old.stride, old.padding,
-                                bias=old.bias is not None)
-        return net
+        return build_model({**arch, "in_channels": 2 * k + 1})
     return build
 
 
-class WithNeighbours(nn.Module):
-    """Feeds ``net`` each single-channel plane it is given together with its neighbours, found
-    by the plane's bytes in ``table`` (see :func:`plane_table`)."""
-
-    def __init__(self, net, table: dict):
-        super().__init__()
-        self.net, self.table = net, table
-
-    def forward(self, x):
-        keys = [_key(x[i, 0]) for i in range(len(x))]
-        missing = [i for i, kk in enumerate(keys) if kk not in self.table]
-        if missing:
-            raise KeyError(f"planes {missing} of this call are not in the table")
-        xs = torch.from_numpy(np.stack([self.table[kk] for kk in keys])).to(x.dtype)
-        return self.net(xs.contiguous(memory_format=torch.channels_last))
-
-
-def _key(plane) -> bytes:
-    a = plane.contiguous().numpy() if isinstance(plane, torch.Tensor) else np.ascontiguousarray(plane)
-    return hashlib.blake2b(a.tobytes(), digest_size=16).digest()
-
-
-def plane_table(image: np.ndarray, k: int, card, val: slice = VAL) -> dict:
-    """Network input of every held-out plane -> (2k+1, H, W) input with its neighbours, for the
-    two normalisations inference uses: the block's intensity range (3D) and each slice's own (2D)."""
-    from panoptem.inference.predict import network_input
-    from panoptem.inference.preprocess import intensity_range
-    n = card.normalization
-    zs = range(*val.indices(len(image)))
-    block = np.asarray(image[val])
-    ranges = [intensity_range(block, low_pct=n.low_pct, high_pct=n.high_pct)]
-    table = {}
-    for z in zs:
-        stack = neighbours(image, z, k)
-        for rng in ranges + [intensity_range(image[z], low_pct=n.low_pct, high_pct=n.high_pct)]:
-            x = network_input(stack, rng, 1, card.padding_factor, (n.mean, n.std))[0][:, 0]
-            table[_key(x[k])] = x
-    return table
-
-
-def _with_neighbours(net, k: int, image, card, val: slice):
-    """``net`` as a loaded model that panoptem's pipelines can run on the slices ``val``."""
+def context_model(net, k: int, arch: dict):
+    """``net`` as a loaded model whose card says it sees ``k`` neighbours on each side, so that
+    panoptem's pipelines hand it each plane with them."""
+    from panoptem.models.card import ModelCard, Weights
     from panoptem.models.load import LoadedModel
-    return LoadedModel(card, WithNeighbours(net, plane_table(image, k, card, val)).eval(), "cpu")
+    card = ModelCard(name="validation", architecture={**arch, "in_channels": 2 * k + 1}, context_slices=k,
+                     weights=Weights(file="(in training)"))
+    return LoadedModel(card, net.eval(), "cpu")
 
 
 def scores_3d(model, image, mask, val: slice = VAL) -> dict:
-    """3D figures (xy stack, default parameters) of a :func:`_with_neighbours` model on ``val``."""
+    """3D figures (xy stack, default parameters) of a :func:`context_model` on ``val``."""
     import panoptem
     from panoptem.training.from_volume import score_3d
     t = time.perf_counter()
@@ -167,17 +124,22 @@ def scores_3d(model, image, mask, val: slice = VAL) -> dict:
             "seconds": round(time.perf_counter() - t, 1)}
 
 
-def scores(net, k: int, image, mask, gt2d, card, val: slice = VAL) -> tuple[dict, dict]:
+def scores(net, k: int, image, mask, gt2d, arch: dict, val: slice = VAL) -> tuple[dict, dict]:
     """(3D, 2D) figures of ``net`` on the held-out slices ``val`` (see the module docstring)."""
     import panoptem
     from panoptem import evaluate
-    model = _with_neighbours(net, k, image, card, val)
+    model = context_model(net, k, arch)
     s3 = scores_3d(model, image, mask, val)
-    block, m = np.asarray(image[val]), np.asarray(mask[val])
-    lab = panoptem.segment_2d(block, model, batch=True, runtime="torch")
+    zs = range(*val.indices(len(image)))
+    m = np.asarray(mask[val])
+    if k:  # each slice on its own, with its neighbours in the volume
+        lab = np.stack([panoptem.segment_2d(panoptem.take_plane(image, z, "xy", k), model, with_neighbours=True,
+                                            runtime="torch") for z in zs])
+    else:
+        lab = panoptem.segment_2d(np.asarray(image[val]), model, batch=True, runtime="torch")
     tp = fp = fn = 0
-    for z in range(len(block)):
-        r = evaluate(lab[z], np.asarray(gt2d[val][z]))
+    for i, z in enumerate(zs):
+        r = evaluate(lab[i], np.asarray(gt2d[z]))
         tp, fp, fn = tp + r["tp_50"], fp + r["fp_50"], fn + r["fn_50"]
     fg, mm = lab > 0, m > 0
     s2 = dict(foreground_iou=round(float((fg & mm).sum() / (fg | mm).sum()), 4),
@@ -205,22 +167,26 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--score", type=Path, default=None, metavar="WEIGHTS",
                     help="only score these weights (a run's best.pt, or a model's state dict) on --val")
-    ap.add_argument("--val", default="135:165", help="with --score: the held-out slices (default 135:165)")
+    ap.add_argument("--val-slices", "--val", dest="val", default="135:165",
+                    help="the held-out slices validated on while training, or scored with --score (default "
+                    "135:165; never 0-124, the training slices)")
     a = ap.parse_args()
     import tifffile
 
     import panoptem.training.train as training
-    from panoptem.models.card import ModelCard, Weights
-    from panoptem.training.from_volume import init_weights
+    from panoptem.training.from_volume import init_weights, parse_range
     from panoptem.training.train import TrainConfig, better_scores
     lucchi, k = lucchi_dir(a.lucchi), a.context
     image = tifffile.imread(lucchi / "training_image.tif")
     gt2d = tifffile.imread(lucchi / "training_instances2d.tif")
     mask = tifffile.imread(lucchi / "training_mask.tif")
+    val = parse_range(a.val)
+    zs = range(*val.indices(len(image)))
+    if not len(zs) or zs.start < TRAIN.stop:
+        raise SystemExit(f"--val-slices {a.val} is empty or overlaps the training slices 0-124")
     arch, state = init_weights("MitoLite_v1")
-    card = ModelCard(name="validation", architecture=arch, weights=Weights(file="(in training)"))
     if a.score is not None:
-        return score_only(a, arch, card, image, mask, gt2d)
+        return score_only(a, arch, image, mask, gt2d, val)
     if a.run_dir is None:
         raise SystemExit("give --run-dir for the run's checkpoints and weights (or --score WEIGHTS)")
     training.build_model = build_with_channels(k)  # train() builds the network through this name
@@ -233,7 +199,7 @@ def main() -> int:
 
     def validate(model, step):
         nonlocal best
-        s3 = {"step": step, **scores_3d(_with_neighbours(model, k, image, card, VAL), image, mask)}
+        s3 = {"step": step, **scores_3d(context_model(model, k, arch), image, mask, val)}
         s3.pop("seconds")
         during.append(s3)
         print(json.dumps({"val3d": s3}), flush=True)
@@ -251,19 +217,19 @@ def main() -> int:
     net = build_with_channels(k)(arch)
     net.load_state_dict(torch.load(a.run_dir / "best.pt", weights_only=True)["state_dict"])
     net.eval()
-    s3, s2 = scores(net, k, image, mask, gt2d, card)
+    s3, s2 = scores(net, k, image, mask, gt2d, arch, val)
     emit_to({"what": "training lever", "run": a.run or f"context{k}",
              "recipe": f"neighbouring slices as input channels: z-{k}..z+{k} ({2 * k + 1} channels); "
                        + ("from scratch" if a.scratch else "--init MitoLite_v1")
                        + f" --iterations {a.iterations} --schedule-steps {a.schedule_steps} --anneal-from "
                        f"{a.anneal_from} --lr {a.lr} --hard-negatives {a.hard_negatives} --pale {a.pale} "
-                       f"--validate-every {a.validate_every} --seed {a.seed}",
+                       f"--validate-every {a.validate_every} --seed {a.seed} --val-slices {a.val}",
              "kept_step": best["step"], "minutes": round(minutes, 1),
              **{f"{kk}_2d": v for kk, v in s2.items() if not kk.startswith("n_")},
              **{f"{kk}_3d": v for kk, v in s3.items() if kk != "seconds"},
              "seconds_3d_block": s3["seconds"], "n_pred_2d": s2["n_pred"], "n_gt_2d": s2["n_gt"],
              "val3d_f1_during": [d["f1_50"] for d in during],
-             "data": "lucchi z135-164 (validation, never trained on)",
+             "data": f"lucchi z{val.start}-{val.stop - 1} (validation, never trained on)",
              "params": "defaults (min_piece_area 40 in 2D; xy stack, median 3 in 3D)",
              "how": "python bench/train_context_slices.py --lucchi LUCCHI --run-dir RUN --context "
                     f"{k} (2D pooled over slices vs 2D objects; 3D vs 3D connected components, objects under "
@@ -272,25 +238,21 @@ def main() -> int:
     return 0
 
 
-def score_only(a, arch: dict, card, image, mask, gt2d) -> int:
-    """``--score``: the 3D and 2D figures of saved weights on slices ``--val`` (never trained on:
-    training slices are 0-124)."""
-    from panoptem.training.from_volume import parse_range
-    val = parse_range(a.val)
+def score_only(a, arch: dict, image, mask, gt2d, val: slice) -> int:
+    """``--score``: the 3D and 2D figures of saved weights on slices ``--val-slices`` (never
+    trained on: training slices are 0-124)."""
     zs = range(*val.indices(len(image)))
-    if not len(zs) or zs.start < TRAIN.stop:
-        raise SystemExit(f"--val {a.val} is empty or overlaps the training slices 0-124")
     blob = torch.load(a.score, map_location="cpu", weights_only=True)
     net = build_with_channels(a.context)(arch)
     net.load_state_dict(blob.get("state_dict", blob))
     net.eval()
-    s3, s2 = scores(net, a.context, image, mask, gt2d, card, val)
+    s3, s2 = scores(net, a.context, image, mask, gt2d, arch, val)
     emit_to({"what": "training lever, scored", "run": a.run or a.score.name, "context": a.context,
              **{f"{kk}_2d": v for kk, v in s2.items()}, **{f"{kk}_3d": v for kk, v in s3.items()},
              "data": f"lucchi z{zs.start}-{zs.stop - 1} (never trained on)",
              "params": "defaults (min_piece_area 40 in 2D; xy stack, median 3 in 3D)",
              "how": f"python bench/train_context_slices.py --lucchi LUCCHI --context {a.context} --score WEIGHTS "
-                    f"--val {a.val}", "machine": machine(), "date": time.strftime("%Y-%m-%d")},
+                    f"--val-slices {a.val}", "machine": machine(), "date": time.strftime("%Y-%m-%d")},
             a.out)
     return 0
 

@@ -25,6 +25,38 @@ def dark_blob_model():
     return LoadedModel(card, DarkBlobNet().eval(), "cpu")
 
 
+class NeighbourNet(nn.Module):
+    """:class:`DarkBlobNet` of the brightest of a plane and its neighbours (the input's
+    channels): a pixel is foreground only where the plane and both neighbours are dark, so its
+    outputs equal DarkBlobNet's on a volume max-filtered along the stack's axis."""
+
+    def forward(self, x):  # DarkBlobNet's, written out (TorchScript does not follow super())
+        dark = F.relu(-x.amax(dim=1, keepdim=True) - 0.5)
+        d4 = F.avg_pool2d(dark, 4)
+        blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
+        return {"sem_logits": 20 * (d4 - 0.75), "ctr_hmp": blur,
+                "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
+
+
+def neighbour_model():
+    """A model that sees each plane with one neighbour on each side (card ``context_slices`` 1)."""
+    card = ModelCard(name="neighbours", weights=Weights(file="none"), padding_factor=32, label_divisor=None,
+                     context_slices=1)
+    return LoadedModel(card, NeighbourNet().eval(), "cpu")
+
+
+def save_neighbour_model(folder):
+    """:func:`neighbour_model` as TorchScript with its card in ``folder``; returns the card path."""
+    from panoptem.models.home import sha256_of
+    w = folder / "neighbours.pt"
+    torch.jit.save(torch.jit.script(NeighbourNet().eval()), str(w))
+    card = neighbour_model().card.model_copy(update={"weights": Weights(file=w.name, sha256=sha256_of(w),
+                                                                          format="torchscript")})
+    path = folder / "neighbours.yaml"
+    path.write_text(card.to_yaml())
+    return path
+
+
 
 
 class TwoClassNet(nn.Module):

@@ -21,9 +21,9 @@ def lucchi():
 TINY_ARCH = dict(num_classes=1, widths=[8, 8, 8, 8, 8], depths=[1, 1, 1, 1], decoder_channels=8, head_channels=8)
 
 
-@pytest.fixture
-def tiny_card(tmp_path):
-    """Card path of a tiny randomly initialised PanopticNet (nothing downloaded)."""
+def make_tiny_card(folder, context_slices: int = 0, name: str = "tiny"):
+    """Card path of a tiny randomly initialised PanopticNet in ``folder`` (seeded; nothing
+    downloaded), seeing ``context_slices`` neighbours on each side of a plane."""
     import torch
     import yaml
 
@@ -31,14 +31,23 @@ def tiny_card(tmp_path):
     from panoptem.models.home import sha256_of
 
     torch.manual_seed(0)
-    m = build_model(TINY_ARCH)
-    w = tmp_path / "tiny.pt"
-    torch.save({"architecture": TINY_ARCH, "state_dict": m.state_dict()}, w)
-    card = {"name": "tiny", "description": "tiny random test model", "architecture": TINY_ARCH,
-            "label_divisor": None, "weights": {"file": "tiny.pt", "sha256": sha256_of(w)}}
-    p = tmp_path / "tiny.yaml"
+    arch = {**TINY_ARCH, "in_channels": 2 * context_slices + 1} if context_slices else TINY_ARCH
+    m = build_model(arch)
+    w = folder / f"{name}.pt"
+    torch.save({"architecture": arch, "state_dict": m.state_dict()}, w)
+    card = {"name": name, "description": "tiny random test model", "architecture": arch,
+            "label_divisor": None, "weights": {"file": w.name, "sha256": sha256_of(w)}}
+    if context_slices:
+        card["context_slices"] = context_slices
+    p = folder / f"{name}.yaml"
     p.write_text(yaml.safe_dump(card))
     return p
+
+
+@pytest.fixture
+def tiny_card(tmp_path):
+    """Card path of a tiny randomly initialised PanopticNet (nothing downloaded)."""
+    return make_tiny_card(tmp_path)
 
 
 @pytest.fixture

@@ -103,9 +103,10 @@ def test_context_slices_script_trains_and_scores(lucchi, tmp_path):
     rec = json.loads(out.read_text())
     assert rec["kept_step"] == 2 and len(rec["val3d_f1_during"]) == 1 and rec["n_gt_3d"] == 13
     assert 0.5 < rec["foreground_iou_3d"] <= 1 and 0.5 < rec["f1_50_2d"] <= 1 and rec["n_gt_2d"] == 331
-    scored = [json.loads(line) for line in _run(BENCH / "train_context_slices.py", "--lucchi", lucchi, "--score",
-                                                tmp_path / "run" / "best.pt", "--val", "140:150")]
-    assert scored[0]["data"] == "lucchi z140-149 (never trained on)" and 0.5 < scored[0]["foreground_iou_3d"] <= 1
+    _run(BENCH / "train_context_slices.py", "--lucchi", lucchi, "--score", tmp_path / "run" / "best.pt",
+         "--val-slices", "140:150", "--out", tmp_path / "scored.jsonl")
+    scored = json.loads((tmp_path / "scored.jsonl").read_text())
+    assert scored["data"] == "lucchi z140-149 (never trained on)" and 0.5 < scored["foreground_iou_3d"] <= 1
 
 
 @pytest.mark.slow

@@ -171,3 +171,29 @@ def test_hostile_or_unfit_packages_are_refused(package, user_home, tmp_path, att
     from panoptem.models.home import ZOO
     assert not card_paths().keys() - {p.stem for p in ZOO.glob("*.yaml")}   # nothing registered
     assert not (tmp_path / "evil.txt").exists()
+
+
+def test_a_model_that_sees_neighbours_exports_its_channels_and_comes_back(user_home, tmp_path):
+    """MitoLite_3slice_v1: three named input channels normalised together, a real 3-slice test input,
+    and the imported model gives the same labels."""
+    import torch
+    from panoptem import take_plane
+    pkg = export_bioimageio("MitoLite_3slice_v1", tmp_path / "three")
+    folder = _unpack(pkg, tmp_path / "p")
+    validate_package(folder)
+    rdf = yaml.safe_load((folder / RDF).read_text())
+    assert rdf["inputs"][0]["axes"][1]["channel_names"] == ["em_z-1", "em", "em_z+1"]
+    raw = np.load(folder / "test_input.npy")
+    assert raw.shape == (1, 3, 256, 256) and not np.array_equal(raw[0, 0], raw[0, 1])  # real neighbours
+    x = apply_preprocessing(raw, rdf["inputs"][0]["preprocessing"])
+    from panoptem.inference.preprocess import intensity_range, normalize
+    lo, hi = intensity_range(raw[0])  # one range for the plane and its neighbours, as panoptem
+    np.testing.assert_allclose(x[0], normalize(raw[0], lo, hi), atol=1e-4)
+    with torch.no_grad():
+        out = torch.jit.load(str(folder / "weights.pt"))(torch.from_numpy(x))
+    np.testing.assert_allclose(out[2].numpy(), np.load(folder / "test_offsets.npy"), rtol=1e-4, atol=1e-4)
+    name = import_bioimageio(pkg, name="three_back")
+    stack = take_plane(load_sample(), 12, "xy", neighbours=1)
+    a = segment_2d(stack, "MitoLite_3slice_v1", device="cpu", with_neighbours=True)
+    b = segment_2d(stack, name, device="cpu", with_neighbours=True)
+    assert a.max() > 0 and np.array_equal(a, b)

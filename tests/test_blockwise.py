@@ -19,7 +19,7 @@ from panoptem.inference.segment3d import segment_3d
 from panoptem.io import read_image
 from panoptem.models.load import sha256_of
 
-from _models import DarkBlobNet, dark_blob_model
+from _models import DarkBlobNet, dark_blob_model, neighbour_model
 
 P = dict(min_size=100, min_extent=3)
 
@@ -80,6 +80,22 @@ def test_blockwise_equals_whole_volume(vol, tmp_path, client, params, block, hal
     assert got.dtype == whole.dtype and got.shape == whole.shape
     np.testing.assert_array_equal(got, whole)  # same objects, same ids
     assert res.objects["mitochondria"] == len(np.unique(whole)) - 1 >= 3
+
+
+@pytest.mark.parametrize("params,block,halo", [({}, (8, 64, 64), (32, 32, 32)),
+                                               ({"inference_plane": "yz"}, (16, 40, 48), (32, 32, 32)),
+                                               ({"orthoplane": True, "fusion": "probability"}, (16, 64, 64),
+                                                (32, 32, 32)),
+                                               ({"orthoplane": True}, (8, 64, 64), (32, 32, 32))])
+def test_blockwise_of_a_model_that_sees_neighbours_equals_whole_volume(vol, tmp_path, client, params, block, halo):
+    """Blocks read the neighbouring slices of their first and last slice (card context_slices)."""
+    whole = segment_3d(vol, neighbour_model(), **P, **params).labels["mitochondria"]
+    res, got = _blockwise(vol, tmp_path, model=neighbour_model(), client=client, block_shape=block, halo=halo,
+                          **params)
+    assert res.blocks > 1
+    np.testing.assert_array_equal(got, whole)
+    assert res.objects["mitochondria"] >= 3
+    assert not np.array_equal(whole, segment_3d(vol, dark_blob_model(), **P, **params).labels["mitochondria"])
 
 
 def test_semantic_only_writes_the_segment_as_in_memory(vol, tmp_path, client):

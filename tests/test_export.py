@@ -191,3 +191,28 @@ def test_cli_exports(home, tmp_path, tiny_card):
     r = runner.invoke(app, ["model", "export", "tiny_reg", "-o", str(tmp_path / "e.pth"), "--format", "empanada"])
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "--overwrite" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- models that see neighbouring planes
+
+
+def test_exports_of_a_model_that_sees_neighbours(home, tmp_path):
+    """ONNX and TorchScript take its C input channels; the empanada interface (one plane) is refused."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from conftest import make_tiny_card
+    registry.register("tiny3", make_tiny_card(tmp_path, context_slices=1, name="tiny3"))
+    with pytest.raises(PanoptemError, match="empanada-napari feeds one plane"):
+        export_torchscript("tiny3", tmp_path / "e.pth", empanada_interface=True)
+    assert not (tmp_path / "e.pth").exists()
+    out = export_onnx("tiny3", tmp_path / "t3.onnx")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((2, 3, 64, 96), dtype=np.float32))
+    got = dict(zip(["sem_logits", "ctr_hmp", "offsets"], sess.run(None, {"image": x.numpy()})))
+    ref = run(get_card("tiny3").source_dir + "/card.yaml", x)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k].numpy(), rtol=1e-4, atol=1e-5)
+    ts = export_torchscript("tiny3", tmp_path / "ts3.pt")
+    assert get_card(str(tmp_path / "ts3.yaml")).context_slices == 1
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(ts))(x)["offsets"].numpy(), ref["offsets"].numpy(), atol=1e-5)

@@ -236,6 +236,45 @@ def test_2d_inference_on_the_current_plane_xy_xz_and_batch(viewer, qtbot, home):
     assert all(len(np.unique(s)) - 1 == 3 for s in stack.data)
 
 
+class NeighbourNet(nn.Module):
+    """DarkBlobNet of the brightest of a plane and its two neighbours (3 input channels)."""
+
+    def forward(self, x):
+        dark = F.relu(-x.amax(dim=1, keepdim=True) - 0.5)
+        d4 = F.avg_pool2d(dark, 4)
+        blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
+        return {"sem_logits": 20 * (d4 - 0.75), "ctr_hmp": blur,
+                "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
+
+
+def test_2d_inference_hands_a_model_the_planes_neighbours(viewer, qtbot, home):
+    """A model with context_slices 1 sees the shown plane with the planes before and after it: a
+    disc in that plane alone is not dark in its neighbours, so it finds the other three only."""
+    from panoptem.models.home import models_dir, sha256_of
+    from panoptem.napari._inference import Inference2DWidget
+    d = models_dir() / "neighbours"
+    d.mkdir(parents=True)
+    torch.jit.script(NeighbourNet()).save(str(d / "model.pt"))
+    card = {"name": "neighbours", "description": "test model", "label_divisor": None, "context_slices": 1,
+            "weights": {"file": "model.pt", "sha256": sha256_of(d / "model.pt"), "format": "torchscript"}}
+    (d / "card.yaml").write_text(yaml.safe_dump(card))
+    vol = blobs()
+    yy, xx = np.mgrid[:128, :160]
+    vol[2][(yy - 100) ** 2 + (xx - 110) ** 2 < 14 * 14] = 40  # in plane 2 only
+    img = viewer.add_image(vol, name="vol")
+    w = dock(viewer, Inference2DWidget)
+    w.reset_choices()
+    w.image.value, w.device.value = img, "cpu"
+    w.form.set_values(maximum_objects_per_class=0)
+    viewer.dims.set_point(0, 2.0)
+    found = {}
+    for model in ("darkblob", "neighbours"):
+        w.model.value = model
+        run_and_wait(qtbot, w)
+        found[model] = len(np.unique(viewer.layers["vol-2D-prediction"].data)) - 1
+    assert found == {"darkblob": 4, "neighbours": 3}, w.status.value
+
+
 def test_2d_inference_reports_errors_in_the_widget(viewer, qtbot, home):
     from panoptem.napari._inference import Inference2DWidget
     w = dock(viewer, Inference2DWidget)

@@ -70,3 +70,29 @@ def test_every_bundled_card_reports_figures_on_slices_it_never_trained_on(name):
     first, last = (int(x) for x in re.search(r"slices (\d+)-(\d+)", card.training["data"]).groups())
     assert first <= last < 135 and "--val-slices 135:165" in card.training["command"]
     assert "never trained on" in card.validation["how"] and 0 < card.validation["f1_50_3d"] <= 1
+
+
+@pytest.fixture(scope="module")
+def three_slice():
+    return panoptem.load_model("MitoLite_3slice_v1", device="cpu")
+
+
+def test_three_slice_card_and_a_run_on_the_sample_without_shared_data(three_slice):
+    card = three_slice.card
+    assert card.context_slices == 1 and card.architecture["in_channels"] == 3 == card.input_channels
+    assert card.validation["f1_50_3d"] > 0 and "neighbour" in card.validation["how"]
+    vol = panoptem.load_sample()[10:16]
+    res = panoptem.segment_3d(vol, three_slice, min_size=100)
+    assert res.labels["mitochondria"].shape == vol.shape and res.objects["mitochondria"] >= 1
+
+
+@pytest.mark.slow
+def test_three_slice_model_on_the_sample_volume_against_ground_truth(lucchi, three_slice):
+    import cc3d
+    import tifffile
+    vol = panoptem.load_sample()
+    mask = tifffile.imread(lucchi / "training_mask.tif", key=range(135, 165))[:, 64:448, 64:448] > 0
+    gt = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
+    res = panoptem.segment_3d(vol, three_slice, min_size=500)
+    r = evaluate(res.labels["mitochondria"], gt)
+    assert r["foreground_iou"] > IOU_FLOOR_3D and r["n_pred"] >= 3

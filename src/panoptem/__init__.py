@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "segment_2d": (".inference.segment2d", "segment_2d"),
     "segment_3d": (".inference.segment3d", "segment_3d"),
+    "take_plane": (".inference.segment2d", "take_plane"),
     "Result2D": (".inference.segment2d", "Result2D"),
     "Result3D": (".inference.segment3d", "Result3D"),
     "Params2D": (".params", "Params2D"),

@@ -41,12 +41,15 @@ def segment2d_cmd(
     img = read_input(input, key, model)
     data = img.data
     vs = img.voxel_size
+    neighbours = False
     if data.ndim == 3 and not batch:
         ax = PLANE_AXIS.get(plane)
         if ax is None:
             raise PanoptemError(f"--plane must be xy, xz or yz, not '{plane}'.")
         idx = data.shape[ax] // 2 if slice_index is None else slice_index
-        data = take_plane(data, idx, plane)
+        from ..models.home import get_card
+        k = get_card(model).context_slices  # the neighbours along the plane's axis a model sees, if any
+        data, neighbours = take_plane(data, idx, plane, neighbours=k), k > 0
         if vs is not None:
             vs = tuple(v for i, v in enumerate(vs) if i != ax)
         if slice_index is None:
@@ -58,7 +61,8 @@ def segment2d_cmd(
         prepare_preview(preview, overwrite, inputs + [str(output)])
     labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
                         runtime=runtime, precision=precision, threads=threads,
-                        preview=preview, voxel_size=vs, overwrite=overwrite, **params.model_dump())
+                        preview=preview, voxel_size=vs, overwrite=overwrite, with_neighbours=neighbours,
+                        **params.model_dump())
     out = write_labels(output, labels, voxel_size=vs, overwrite=overwrite, inputs=inputs)
     _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2))
 

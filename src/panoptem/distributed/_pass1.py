@@ -30,7 +30,7 @@ import numpy as np
 from ..inference.cache import at_cache_precision, probability_bytes
 from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, _upsample_linear, \
     _upsample_nearest
-from ..inference.segment3d import planes_along
+from ..inference.segment3d import planes_along, with_neighbours
 from ..params import Params3D
 from ._source import VolumeSource, read_region, worker_device, worker_model
 from .blocks import Block
@@ -70,6 +70,7 @@ class StackJob:
     runtime: str = "auto"  # how the network runs (see panoptem.inference.runtime)
     precision: str = "auto"
     threads: int | None = None  # intra-op threads per worker (None: the worker's share of the cores)
+    context_slices: int = 0  # the model sees each plane with this many neighbours each side (its card)
 
     @property
     def p(self) -> Params3D:
@@ -110,16 +111,18 @@ class StackJob:
         return Path(self.net).with_suffix(".context")
 
     def network_region(self, block: Block) -> tuple[slice, ...]:
-        """The voxels block ``block`` feeds the network: its core along the stack
-        axis (plus context there for probability fusion), core + halo in-plane."""
+        """The voxels block ``block`` feeds the network: its core along the stack axis
+        (plus the neighbouring slices a model with ``context_slices`` sees, or the halo
+        for probability fusion), core + halo in-plane."""
         out = []
         for ax, (c, n) in enumerate(zip(block.core, self.shape)):
             if ax == self.axis and not self.fusion:
-                out.append(c)
+                out.append(slice(max(0, c.start - self.context_slices), min(n, c.stop + self.context_slices)))
                 continue
-            lo = max(0, c.start - self.halo[ax])
+            h = max(self.halo[ax], self.context_slices) if self.fusion else self.halo[ax]
+            lo = max(0, c.start - h)
             lo -= lo % self.align
-            out.append(slice(lo, min(n, c.stop + self.halo[ax])))
+            out.append(slice(lo, min(n, c.stop + h)))
         return tuple(out)
 
 
@@ -174,6 +177,15 @@ def create_net_arrays(job: StackJob) -> None:
                    compressors=comp)
 
 
+def _planes(job: StackJob, planes: np.ndarray, i0: int = 0, i1: int | None = None) -> np.ndarray:
+    """Planes ``i0:i1`` of a region's stack as the network takes them: with their neighbours in
+    the region for a model with ``context_slices`` (the region holds them; where it ends, so does
+    the volume, or the planes are halo)."""
+    i1 = len(planes) if i1 is None else i1
+    k = job.context_slices
+    return with_neighbours(planes, 0, i0, i1, k, len(planes)) if k else planes[i0:i1]
+
+
 def _empty(job: StackJob, block: Block, data: np.ndarray | None) -> bool:
     if job.mask is not None:
         from ._write import mask_of
@@ -207,7 +219,7 @@ def context_block(job: StackJob, block: Block) -> None:
         planes = planes_along(data, v, 0, data.shape[v])
         k0 = block.core[v].start - region[v].start
         k1 = k0 + block.core[v].stop - block.core[v].start
-        c4 = predictor.encode(planes[k0:k1], job.intensity)  # (n, C, h, w)
+        c4 = predictor.encode(_planes(job, planes, k0, k1), job.intensity)  # (n, C, h, w)
         sel = []
         for i, ax in enumerate(ax for ax in range(3) if ax != v):
             first = (block.core[ax].start - region[ax].start) // cell
@@ -265,11 +277,11 @@ def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarra
     sinks = []
     for ax in (1, 2):
         planes = planes_along(region, ax, 0, region.shape[ax])
-        out = _predict(job, predictor, planes, ax, where)
+        out = _predict(job, predictor, _planes(job, planes), ax, where)
         full = np.zeros(region.shape, np.uint8)
         for j in range(len(planes)):
             pr = out.semantic_probability[j]
-            f = pr if pr.shape[-2:] == planes.shape[1:] else _upsample_linear(pr, planes.shape[1:])
+            f = pr if pr.shape[-2:] == planes.shape[-2:] else _upsample_linear(pr, planes.shape[-2:])
             sl = [slice(None)] * 3
             sl[ax] = j
             full[tuple(sl)] = probability_bytes(f[0])
@@ -327,13 +339,14 @@ def network_block(job: StackJob, block: Block) -> dict:
             :, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
 
     if job.fusion:  # the xz and yz stacks need every slice of the region at once
-        out = _predict(job, predictor, rm, a, region)
+        out = _predict(job, predictor, _planes(job, rm), a, region)
         store(k0, _fused(job, predictor, rm, out, region)[k0:k1], out[k0:k1])
     else:  # batch by batch: memory holds one batch of outputs
         ctx = _context(job, a, region)
         for i0 in range(k0, k1, job.batch_size):
             i1 = min(i0 + job.batch_size, k1)
-            out = _predict_planes(job, predictor, rm[i0:i1], None if ctx is None else np.array(ctx[i0:i1]))
+            out = _predict_planes(job, predictor, _planes(job, rm, i0, i1),
+                                  None if ctx is None else np.array(ctx[i0:i1]))
             store(i0, out.semantic_probability, out)
     summary["network_s"] = time.perf_counter() - t0
     _mark(done_dir, "", block.index)

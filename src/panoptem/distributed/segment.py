@@ -237,7 +237,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                            class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
                            context=exact_context and _has_context(model, card) and
                            _tiles_slices(vol.shape, block_shape, a, view == "fused"), mask=msource,
-                           runtime=runtime, precision=precision, threads=threads)
+                           runtime=runtime, precision=precision, threads=threads,
+                           context_slices=card.context_slices)
             if cache_dir:
                 _check_cache(Path(cache_dir), net, {**net_key, "view": view})
             Path(job.work).mkdir(parents=True, exist_ok=True)

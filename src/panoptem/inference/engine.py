@@ -142,6 +142,23 @@ class Predictor:
         f = self.downsampling
         return auto_batch_size((-(-plane_shape[0] // f), -(-plane_shape[1] // f)), self.model.device, n, steps)
 
+    def planes_in(self, planes) -> np.ndarray:
+        """``planes`` as the network takes them: (N, H, W) for a model of one input channel;
+        (N, C, H, W) for a model that sees each plane with its neighbours (card
+        ``context_slices``), where planes given alone, (H, W) or (N, H, W), fill every channel
+        with themselves (a lone 2D image has no neighbours)."""
+        planes = np.asarray(planes)
+        if planes.ndim == 2:
+            planes = planes[None]
+        c = self.card.input_channels
+        if c > 1 and planes.ndim == 3:
+            return np.broadcast_to(planes[:, None], (len(planes), c, *planes.shape[1:]))
+        if planes.ndim != (3 if c == 1 else 4) or (c > 1 and planes.shape[1] != c):
+            raise PanoptemError(f"Model '{self.card.name}' takes planes as (N, H, W)"
+                                f"{f' or (N, {c}, H, W) with their neighbours' if c > 1 else ''}, "
+                                f"not an array of shape {planes.shape}.")
+        return planes
+
     def _predict(self, planes: np.ndarray | None, intensity, context=None, timings: dict | None = None,
                  prepared: tuple | None = None) -> ModelOutput:
         n = self.card.normalization
@@ -152,8 +169,9 @@ class Predictor:
                              timings=timings, tta=self.tta, prepared=prepared)
 
     def encode(self, planes: np.ndarray, intensity) -> np.ndarray:
-        """Deepest features (N, C, h, w) of (N, H, W) planes, in batches."""
+        """Deepest features (N, C, h, w) of (N, H, W) planes (see :meth:`planes_in`), in batches."""
         n = self.card.normalization
+        planes = self.planes_in(planes)
         return np.concatenate([encode_batch(self._graph("encode"), planes[i:i + self.batch_size], intensity,
                                             device=self.model.device, downsampling=self.downsampling,
                                             padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std))
@@ -162,6 +180,7 @@ class Predictor:
     def predict_with_context(self, planes: np.ndarray, intensity, context: np.ndarray) -> ModelOutput:
         """:meth:`predict` of planes that are tiles of larger images whose global
         context (N, C) is known."""
+        planes = self.planes_in(planes)
         outs = [self._predict(planes[i:i + self.batch_size], intensity, context[i:i + self.batch_size])
                 for i in range(0, len(planes), self.batch_size)]
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
@@ -172,7 +191,7 @@ class Predictor:
         reading thread while the network computes the previous planes); None for planes that
         :meth:`predict` tiles. ``timings`` receives the seconds of ``normalise``."""
         from ._pipeline import StageClock
-        planes = self.to_network_grid(np.asarray(planes))
+        planes = self.to_network_grid(self.planes_in(planes))
         if self._tiled(planes):
             return None
         n = self.card.normalization
@@ -198,9 +217,7 @@ class Predictor:
 
     def _predict_planes(self, planes, intensity, timings) -> list[ModelOutput] | ModelOutput:
         """:meth:`predict` of planes: the outputs of each batch, or the stitched tiles' outputs."""
-        planes = np.asarray(planes)
-        if planes.ndim == 2:
-            planes = planes[None]
+        planes = self.planes_in(planes)
         if intensity is None:
             intensity = self.intensity(planes)
         planes = self.to_network_grid(planes)
@@ -247,7 +264,7 @@ class Predictor:
         for y0 in starts(h):
             for x0 in starts(w):
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                o = self._predict(planes[:, y0:y1, x0:x1], intensity)
+                o = self._predict(planes[..., y0:y1, x0:x1], intensity)
                 if prob is None:
                     prob = np.zeros((n, o.semantic_probability.shape[1], hn, wn), np.uint8 if compact else np.float32)
                 # core of this tile in original pixels

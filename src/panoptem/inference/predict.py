@@ -50,15 +50,18 @@ def supports_context(model) -> bool:
 
 
 def network_input(planes, intensity, downsampling, padding_factor, mean_std) -> tuple[np.ndarray, int, int]:
-    """The network input of ``planes``, (N, 1, H', W') float32 (normalised, downsampled,
-    padded), and the size (h, w) of its outputs before padding."""
+    """The network input of ``planes``, (N, C, H', W') float32 (normalised, downsampled,
+    padded), and the size (h, w) of its outputs before padding. ``planes``: (N, H, W), one
+    channel each, or (N, C, H, W), a plane and its neighbours (see ``context_slices``)."""
+    planes = np.asarray(planes)
     rng = np.asarray(intensity, np.float32)
     if rng.ndim == 2:  # one (low, high) per plane
-        rng = rng[:, :, None, None].transpose(1, 0, 2, 3)
+        rng = rng.T.reshape(2, len(rng), *[1] * (planes.ndim - 1))
     h, w = (-(-int(s) // downsampling) for s in planes.shape[-2:])
     if downsampling == 1:  # pad the raw planes: the same values as padding the float input, far fewer bytes
-        planes, _ = pad_to_multiple(np.asarray(planes), padding_factor)
-    x = downsample(normalize(planes, rng[0], rng[1], *mean_std)[:, None], downsampling)
+        planes, _ = pad_to_multiple(planes, padding_factor)
+    x = normalize(planes, rng[0], rng[1], *mean_std)
+    x = downsample(x[:, None] if x.ndim == 3 else x, downsampling)
     x, _ = pad_to_multiple(x, padding_factor)
     return x, h, w
 

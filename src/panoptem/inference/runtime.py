@@ -236,7 +236,7 @@ def onnx_cached(model) -> bool:
 
 def _export(module, path: Path, graph: str = "plain") -> None:
     """Export ``module`` to ONNX at ``path``, atomically, as one of :data:`GRAPHS`: the plain
-    and context graphs take (N, 1, H, W) (and the context, (N, C)) and give the semantic
+    and context graphs take (N, C_in, H, W) (and the context, (N, C)) and give the semantic
     logits at (H, W), the centre heatmap and the offsets; the encode graph gives the
     features."""
     import copy
@@ -262,7 +262,7 @@ def _export(module, path: Path, graph: str = "plain") -> None:
             return logits, out["ctr_hmp"], out["offsets"]
 
     net = Graph(copy.deepcopy(module).cpu().float().to(memory_format=torch.contiguous_format)).eval()
-    x = torch.zeros(1, 1, 64, 64)
+    x = torch.zeros(1, getattr(module, "config", {}).get("in_channels", 1), 64, 64)
     args, inputs = (x,), ["image"]
     axes = {"image": {0: "batch", 2: "height", 3: "width"}}
     if graph == "encode":

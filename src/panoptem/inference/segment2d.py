@@ -25,8 +25,16 @@ class Result2D:
     pixel_size: dict | None = None
 
 
-def take_plane(volume, index: int, plane: str = "xy") -> np.ndarray:
-    """Slice ``index`` of a ZYX volume along ``plane`` (xy: z, xz: y, yz: x)."""
+def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0) -> np.ndarray:
+    """Slice ``index`` of a ZYX volume along ``plane`` (xy: z, xz: y, yz: x). With ``neighbours``
+    k: (2k + 1, H, W), the slice in the middle of its k neighbours on each side along the
+    plane's axis (clamped at the volume's ends), as :func:`segment_2d` takes it
+    ``with_neighbours`` for a model with ``context_slices`` k.
+
+    >>> v = np.arange(3)[:, None, None] * np.ones((3, 2, 2), int)
+    >>> take_plane(v, 0, "xy", neighbours=1)[:, 0, 0].tolist()
+    [0, 0, 1]
+    """
     if plane not in PLANE_AXIS:
         raise PanoptemError(f"Plane must be one of xy, xz, yz, not '{plane}'.")
     ax = PLANE_AXIS[plane]
@@ -34,6 +42,12 @@ def take_plane(volume, index: int, plane: str = "xy") -> np.ndarray:
         raise PanoptemError(f"Slice {index} is outside the volume ({volume.shape[ax]} slices along {plane}); "
                             f"choose 0..{volume.shape[ax] - 1}.")
     sl = [slice(None)] * 3
+    if neighbours:
+        lo, hi = max(0, index - neighbours), min(volume.shape[ax], index + neighbours + 1)
+        sl[ax] = slice(lo, hi)
+        from .segment3d import planes_along, with_neighbours
+        block = planes_along(volume, ax, lo, hi)
+        return with_neighbours(block, lo, index, index + 1, neighbours, volume.shape[ax])[0]
     sl[ax] = index
     return np.asarray(volume[tuple(sl)])
 
@@ -46,7 +60,7 @@ def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings
     from .resample import nearest_to
     out = []
     for j in range(len(chunk)):
-        plane = pred.to_network_grid(chunk[j:j + 1])
+        plane = pred.to_network_grid(pred.planes_in(chunk[j:j + 1]))
         o = pred._predict_tiled(plane, rng[j], compact=True)
         lab = decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], plane.shape[-2:],
                            downsampling=pred.downsampling, **settings)
@@ -127,7 +141,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
                batch: bool = False, unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
                runtime: str = "auto", precision: str = "auto", threads: int | None = None,
                return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
-               overwrite: bool = False, **overrides) -> np.ndarray | Result2D:
+               overwrite: bool = False, with_neighbours: bool = False, **overrides) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
     With a known pixel size (``voxel_size``, or the ``pixel_size`` parameter) that differs
@@ -151,6 +165,10 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     voxel_size : nm per pixel (per voxel for a stack): the input's pixel size, for resampling
         to the model's and for the preview's scale bar.
     overwrite : replace an existing ``preview`` file.
+    with_neighbours : ``image`` is one plane of a volume with its neighbours, (2k + 1, H, W) as
+        :func:`take_plane` gives them, for a model that sees k neighbours on each side (card
+        ``context_slices``); the labels are the middle plane's. Without it, such a model sees
+        each image alone (every channel the image itself).
     **overrides : any field of :class:`~panoptem.params.Params2D`
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
@@ -175,6 +193,13 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     """
     p = params_with(Params2D, params, **overrides)
     image = np.asarray(image) if not hasattr(image, "ndim") else image
+    stack = None
+    if with_neighbours:  # one plane with its neighbours: the labels are the middle plane's
+        if batch or image.ndim != 3 or image.shape[0] % 2 == 0:
+            raise PanoptemError("with_neighbours takes one plane with its k neighbours on each side, "
+                                "(2k + 1, H, W) as take_plane(volume, index, plane, neighbours=k) gives it, "
+                                "without batch.")
+        stack, image = np.asarray(image), np.asarray(image)[image.shape[0] // 2]
     if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
         raise PanoptemError("This looks like an RGB image; convert it to greyscale first.")
     if image.ndim == 3 and not batch:
@@ -190,6 +215,11 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     nt = network_threads(threads)
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                      batch_size=batch_size, runtime=runtime, precision=precision, threads=nt, tta=p.tta)
+    if stack is not None:
+        if len(stack) != pred.card.input_channels:
+            raise PanoptemError(f"Model '{pred.card.name}' sees {pred.card.context_slices} neighbour(s) on each "
+                                f"side ({pred.card.input_channels} planes), but {len(stack)} planes were given.")
+        planes = stack[None]
     plan = pixel_plan(pred.card, p, voxel_size, 2)
     plan.check(("xy",))
     pred = pred.with_factor(plan.factor("xy"))

@@ -80,15 +80,32 @@ def planes_along(volume, axis: int, start: int, stop: int) -> np.ndarray:
     return out
 
 
+def with_neighbours(block: np.ndarray, lo: int, i0: int, i1: int, k: int, n: int) -> np.ndarray:
+    """Planes ``i0:i1`` of a stack of ``n``, each with its ``k`` neighbours on each side (clamped
+    at the stack's ends), as (i1 - i0, 2k + 1, A, B), from ``block``: planes ``lo:`` of the stack,
+    holding ``max(0, i0 - k)`` to ``min(n, i1 + k)``."""
+    idx = np.clip(np.arange(i0, i1)[:, None] + np.arange(-k, k + 1), 0, n - 1) - lo
+    return block[idx]
+
+
 class _PlaneReader:
     """Batches of planes along ``axis`` (see :func:`planes_along`), called in order; yz
-    planes are read :data:`YZ_READ` at a time and handed out from there."""
+    planes are read :data:`YZ_READ` at a time and handed out from there. With ``context`` k,
+    each plane comes with its k neighbours on each side along the axis (see
+    :func:`with_neighbours`)."""
 
-    def __init__(self, volume, axis: int, n: int):
-        self.volume, self.axis, self.n = volume, axis, n
+    def __init__(self, volume, axis: int, n: int, context: int = 0):
+        self.volume, self.axis, self.n, self.context = volume, axis, n, context
         self.start, self.held = 0, None
 
     def __call__(self, i0: int, i1: int) -> np.ndarray:
+        k = self.context
+        if not k:
+            return self._read(i0, i1)
+        lo = max(0, i0 - k)
+        return with_neighbours(self._read(lo, min(self.n, i1 + k)), lo, i0, i1, k, self.n)
+
+    def _read(self, i0: int, i1: int) -> np.ndarray:
         if self.axis != 2:
             return planes_along(self.volume, self.axis, i0, i1)
         if self.held is None or not (self.start <= i0 and i1 <= self.start + len(self.held)):
@@ -241,7 +258,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
                             (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale, chunk=b)
 
-    planes_at = _PlaneReader(volume, axis, n)
+    planes_at = _PlaneReader(volume, axis, n, card.context_slices)
 
     def read(i0):
         """The next planes, and their network input unless the cache holds their outputs: made

@@ -55,7 +55,8 @@ class _Head(nn.Module):
 class PanopticNet(nn.Module):
     """Panoptic-DeepLab-style network.
 
-    Input ``(N, 1, H, W)`` normalised image with H, W multiples of 32.
+    Input ``(N, in_channels, H, W)``: a normalised plane (with its neighbours along the stack
+    when ``in_channels`` > 1), H and W multiples of 32.
     Returns a dict of tensors at output stride 4 (``H/4 x W/4``):
     ``sem_logits`` (N, C, ...), ``ctr_hmp`` (N, 1, ...) and ``offsets``
     (N, 2, ...; dy, dx in input pixels).
@@ -71,12 +72,14 @@ class PanopticNet(nn.Module):
         depths: Sequence[int] = (1, 1, 2, 2),
         decoder_channels: int = 64,
         head_channels: int = 32,
+        in_channels: int = 1,
     ):
         super().__init__()
         w = list(widths)
         self.config = dict(num_classes=num_classes, widths=list(widths), depths=list(depths),
-                           decoder_channels=decoder_channels, head_channels=head_channels)
-        self.stem = _conv_bn(1, w[0], stride=2)  # 1/2
+                           decoder_channels=decoder_channels, head_channels=head_channels,
+                           in_channels=in_channels)
+        self.stem = _conv_bn(in_channels, w[0], stride=2)  # 1/2
         enc = []
         cin = w[0]
         for i, (cout, d) in enumerate(zip(w[1:], depths)):

@@ -87,9 +87,10 @@ def validate_package(folder: str | Path, rdf: str = RDF):
 # ---------------------------------------------------------------- export
 
 
-def preprocessing(norm: Normalization) -> list[dict]:
+def preprocessing(norm: Normalization, channels: int = 1) -> list[dict]:
     """bioimage.io preprocessing steps equal to panoptem's normalisation (see
     :func:`~panoptem.inference.preprocess.normalize`). ``dtype_max`` assumes 8-bit input.
+    A plane and its neighbours (``channels`` > 1) share one intensity range, as in panoptem.
 
     >>> [p["id"] for p in preprocessing(Normalization())]
     ['ensure_dtype', 'scale_range', 'clip', 'scale_linear']
@@ -99,7 +100,8 @@ def preprocessing(norm: Normalization) -> list[dict]:
         return [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
                 {"id": "scale_linear", "kwargs": {"gain": 1.0 / (255.0 * norm.std), "offset": -norm.mean / norm.std}}]
     return [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
-            {"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": float(norm.low_pct),
+            {"id": "scale_range", "kwargs": {"axes": ["channel", "y", "x"] if channels > 1 else ["y", "x"],
+                                             "min_percentile": float(norm.low_pct),
                                              "max_percentile": float(norm.high_pct), "eps": 1e-6}},
             {"id": "clip", "kwargs": {"min": -0.5, "max": 1.5}}, linear]
 
@@ -113,7 +115,8 @@ def apply_preprocessing(raw: np.ndarray, steps: list[dict]) -> np.ndarray:
         if s["id"] == "ensure_dtype":
             x = x.astype(k.get("dtype", "float32"))
         elif s["id"] == "scale_range":
-            lo, hi = np.percentile(x, [k["min_percentile"], k["max_percentile"]], axis=(-2, -1), keepdims=True)
+            joint = (-3, -2, -1) if "channel" in k.get("axes", ()) else (-2, -1)
+            lo, hi = np.percentile(x, [k["min_percentile"], k["max_percentile"]], axis=joint, keepdims=True)
             x = ((x - lo) / (hi - lo + k.get("eps", 1e-6))).astype(np.float32)
         elif s["id"] == "clip":
             x = np.clip(x, k["min"], k["max"])
@@ -142,13 +145,24 @@ def _normalization(steps: list[dict]) -> Normalization:
                         "optionally with clip and ensure_dtype.")
 
 
-def _test_image(size: int) -> np.ndarray:
-    """A (1, 1, size, size) uint8 crop of the bundled EM sample (tiled if it is smaller)."""
+def _test_image(size: int, context: int = 0) -> np.ndarray:
+    """A (1, 2k + 1, size, size) uint8 crop of the bundled EM sample (tiled if it is smaller):
+    its middle slice with its ``context`` (k) neighbours each side."""
     from ..sample import load_sample
     vol = np.asarray(load_sample())
-    plane = vol[vol.shape[0] // 2]
-    reps = (math.ceil(size / plane.shape[0]), math.ceil(size / plane.shape[1]))
-    return np.tile(plane, reps)[:size, :size][None, None].astype(np.uint8)
+    z = vol.shape[0] // 2
+    planes = vol[max(0, z - context):z + context + 1]
+    reps = (1, math.ceil(size / planes.shape[1]), math.ceil(size / planes.shape[2]))
+    return np.tile(planes, reps)[:, :size, :size][None].astype(np.uint8)
+
+
+def channel_names(context: int) -> list[str]:
+    """Names of the input channels of a model that sees ``context`` neighbours each side.
+
+    >>> channel_names(1)
+    ['em_z-1', 'em', 'em_z+1']
+    """
+    return [f"em_z{d:+d}" if d else "em" for d in range(-context, context + 1)]
 
 
 def _readme(card: ModelCard) -> str:
@@ -162,11 +176,11 @@ def _readme(card: ModelCard) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _axes_in(size_min: int, step: int, nm: float | None) -> list[dict]:
+def _axes_in(size_min: int, step: int, nm: float | None, context: int = 0) -> list[dict]:
     space = {"type": "space", "size": {"min": size_min, "step": step}}
     if nm:
         space.update(scale=float(nm), unit="nanometer")
-    return [{"type": "batch"}, {"type": "channel", "channel_names": ["em"]}, {"id": "y", **space},
+    return [{"type": "batch"}, {"type": "channel", "channel_names": channel_names(context)}, {"id": "y", **space},
             {"id": "x", **space}]
 
 
@@ -211,8 +225,8 @@ def export_bioimageio(name_or_card, out_file: str | Path, overwrite: bool = Fals
     scripted = _script(_TupleOutputs(lm.module).eval())
     pf = max(32, int(card.padding_factor))
     size = max(256, 2 * pf) // pf * pf
-    raw = _test_image(size)
-    steps = preprocessing(card.normalization)
+    raw = _test_image(size, card.context_slices)
+    steps = preprocessing(card.normalization, card.input_channels)
     with torch.no_grad():
         outs = [t.numpy() for t in scripted(torch.from_numpy(apply_preprocessing(raw, steps)))]
     n_cls = card.num_classes
@@ -247,7 +261,7 @@ def export_bioimageio(name_or_card, out_file: str | Path, overwrite: bool = Fals
             "authors": [{"name": a} for a in (authors or ["panoptem"])], "cite": _CITE, "license": license,
             "documentation": "README.md", "tags": ["panoptic-segmentation", "electron-microscopy", "2d",
                                                    *[c.name for c in card.classes], "panoptem"],
-            "inputs": [{"id": "image", "axes": _axes_in(2 * pf, pf, card.voxel_size_nm),
+            "inputs": [{"id": "image", "axes": _axes_in(2 * pf, pf, card.voxel_size_nm, card.context_slices),
                         "test_tensor": {"source": "test_input.npy", "sha256": _sha256(stage / "test_input.npy")},
                         "data": {"type": "uint8"}, "preprocessing": steps}],
             "outputs": outputs,

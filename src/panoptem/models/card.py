@@ -124,6 +124,9 @@ class ModelCard(BaseModel):
     #: also sets the tile and block grids and the patch size); divides ``padding_factor``
     input_multiple: int | None = None
     output_stride: int = OUTPUT_STRIDE
+    #: the network sees each plane with this many neighbours on each side along the stack's axis
+    #: (2k + 1 input channels, the plane in the middle); 0: the plane alone
+    context_slices: int = 0
     voxel_size_nm: float | None = None
     architecture: dict = Field(default_factory=dict)
     weights: Weights
@@ -139,7 +142,18 @@ class ModelCard(BaseModel):
         if m is not None and (m < 1 or self.padding_factor % m or m % self.output_stride):
             raise ValueError(f"input_multiple {m} must divide padding_factor ({self.padding_factor}) and be a "
                              f"multiple of output_stride ({self.output_stride})")
+        if self.context_slices < 0:
+            raise ValueError(f"context_slices must be 0 or more, not {self.context_slices}")
+        given = self.architecture.get("in_channels")
+        if given is not None and given != self.input_channels:
+            raise ValueError(f"the architecture takes {given} input channel(s) but context_slices "
+                             f"{self.context_slices} means {self.input_channels}")
         return self
+
+    @property
+    def input_channels(self) -> int:
+        """Planes the network sees at once: the plane and its ``context_slices`` neighbours each side."""
+        return 2 * self.context_slices + 1
 
     @property
     def pad_multiple(self) -> int:
@@ -187,6 +201,10 @@ def card_info(card: ModelCard) -> str:
         first = c.id * div + 1 if (div and c.kind == "instance") else (c.id * div if div else c.id)
         lines.append(f"  {c.id}: {c.name} ({c.kind}); first label to paint: {first}")
     lines += [f"label divisor to annotate with: {div}", f"patch size must be divisible by: {card.padding_factor}"]
+    if card.context_slices:
+        k = card.context_slices
+        lines.append(f"input: each plane with {k} neighbour{'s' * (k > 1)} on each side along the stack "
+                     f"({card.input_channels} channels; a lone 2D image fills them with itself)")
     if card.voxel_size_nm:
         lines.append(f"training pixel size: {card.voxel_size_nm} nm")
     if card.validation:

@@ -204,6 +204,11 @@ def export_torchscript(name_or_card: str | Path, out_file: str | Path, empanada_
     lm = _load_cpu(name_or_card)
     card = lm.card
     module = lm.module
+    if empanada_interface and card.context_slices:
+        raise PanoptemError(f"Model '{card.name}' sees each plane with its neighbours ({card.input_channels} "
+                            "input channels); empanada-napari feeds one plane, so it cannot run it. Export "
+                            "it as TorchScript, ONNX or a bioimage.io package instead, or export a "
+                            "single-plane model (such as MitoLite_v1).")
     if empanada_interface:
         # an empanada model already has the interface: keep its original network
         scripted = module.scripted if isinstance(module, EmpanadaAdapter) else _script(EmpanadaInterface(module))
@@ -223,7 +228,7 @@ def export_torchscript(name_or_card: str | Path, out_file: str | Path, empanada_
 
 def export_onnx(name_or_card: str | Path, out_file: str | Path, overwrite: bool = False,
                 opset: int = 17) -> Path:
-    """Save a model as ONNX (input ``image`` (N, 1, H, W); outputs
+    """Save a model as ONNX (input ``image`` (N, C, H, W), C the card's input channels; outputs
     ``sem_logits``, ``ctr_hmp``, ``offsets``; batch, height and width dynamic).
 
     When onnxruntime is installed, its outputs are checked against PyTorch's
@@ -248,13 +253,13 @@ def export_onnx(name_or_card: str | Path, out_file: str | Path, overwrite: bool 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(net, (torch.zeros(1, 1, size, size),), str(tmp), input_names=["image"],
+                torch.onnx.export(net, (torch.zeros(1, lm.card.input_channels, size, size),), str(tmp), input_names=["image"],
                                   output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=opset, **kw)
             except Exception as e:  # noqa: BLE001
                 raise PanoptemError(f"This network cannot be exported to ONNX ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''}).") from None
         onnx.checker.check_model(str(tmp))
-        _verify_onnx(tmp, net, (2, 1, size, size + step))
+        _verify_onnx(tmp, net, (2, lm.card.input_channels, size, size + step))
     w = _record(lm.card, out, "onnx")
     _companion_card(lm.card, out, w)
     return out

@@ -183,8 +183,10 @@ def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, 
             voxel_size=None):
     """Segment, place the result in its plane, count objects, and build the layer (worker thread)."""
     from ..inference.segment2d import segment_2d
-    res = segment_2d(np.asarray(array), cached_model(model, device), batch=batch, voxel_size=voxel_size,
-                     return_outputs=True, **params.model_dump())
+    array = np.asarray(array)
+    # a plane of a volume given with its neighbours (a model that sees them): (2k + 1, H, W)
+    res = segment_2d(array, cached_model(model, device), batch=batch, voxel_size=voxel_size,
+                     return_outputs=True, with_neighbours=not batch and array.ndim == 3, **params.model_dump())
     labels = res.labels
     if batch:
         data, n = labels, count_objects(labels, per_slice=True)
@@ -274,8 +276,10 @@ class Inference2DWidget(_InferenceBase):
                 array = data
             else:
                 from ..inference.segment2d import take_plane
+                from ..models.home import get_card
                 axis, index = current_plane(self.viewer, layer)
-                array = take_plane(data, index, PLANE_OF_AXIS[axis])
+                # the plane with the neighbours the model sees along the plane's axis, if it sees any
+                array = take_plane(data, index, PLANE_OF_AXIS[axis], neighbours=get_card(model).context_slices)
             confined = self.roi.value is not None or self.viewport.value
             target = self.output.value
             if batch and (confined or target is not None):
@@ -292,7 +296,7 @@ class Inference2DWidget(_InferenceBase):
                 params = params.model_copy(update={"pixel_size": None})  # the layer's own sizes, per axis
             box, mask = ((slice(0, plane_shape[0]), slice(0, plane_shape[1])), None) if batch else \
                 self._region(layer, axis, index, plane_shape)
-            array = array if batch else np.asarray(array)[box]
+            array = array if batch else np.asarray(array)[(..., *box)]
         except PanoptemError as e:
             self._fail(e)
             return

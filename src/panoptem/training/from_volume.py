@@ -41,11 +41,21 @@ def score_3d(labels: np.ndarray, mask: np.ndarray, min_size: int) -> dict:
             for k in ("foreground_iou", "f1_50", "precision_50", "recall_50", "n_pred", "n_gt")}
 
 
+def single_plane(card, what: str) -> None:
+    """Refuse to ``what`` a model that sees each plane with its neighbours: panoptem's training
+    patches are single planes."""
+    if card.context_slices:
+        raise PanoptemError(f"Model '{card.name}' sees each plane with {card.context_slices} neighbour(s) on each "
+                            f"side; panoptem's training patches hold single planes, so it cannot {what} it yet. "
+                            "Use a single-plane model such as MitoLite_v1.")
+
+
 def init_weights(name: str) -> tuple[dict, dict]:
     """(architecture, state dict) of a registered model or a weights file to start from."""
     from ..models.architecture import PanopticNet
     from ..models.load import load_model
     m = load_model(name, device="cpu")
+    single_plane(m.card, "train from")
     if not isinstance(m.module, PanopticNet):
         raise PanoptemError(f"--init {name}: training starts only from a panoptem network (weights saved as a "
                             "state dict, e.g. MitoLite_v1), not from an exported or foreign model.")
