@@ -44,13 +44,14 @@ def test_finds_mitochondria_on_a_held_out_slice(lucchi, model):
 
 
 @pytest.mark.slow
-def test_sample_volume_3d_against_ground_truth(lucchi, model):
+@pytest.mark.parametrize("name", ["MitoLite_v1", "MitoLite_3slice_v1"])
+def test_sample_volume_3d_against_ground_truth(lucchi, name):
     import cc3d
     import tifffile
     vol = panoptem.load_sample()
     mask = tifffile.imread(lucchi / "training_mask.tif", key=range(135, 165))[:, 64:448, 64:448] > 0
     gt = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
-    res = panoptem.segment_3d(vol, model, min_size=500)
+    res = panoptem.segment_3d(vol, panoptem.load_model(name, device="cpu"), min_size=500)
     r = evaluate(res.labels["mitochondria"], gt)
     assert r["foreground_iou"] > IOU_FLOOR_3D
     assert r["n_pred"] >= 3
@@ -72,27 +73,11 @@ def test_every_bundled_card_reports_figures_on_slices_it_never_trained_on(name):
     assert "never trained on" in card.validation["how"] and 0 < card.validation["f1_50_3d"] <= 1
 
 
-@pytest.fixture(scope="module")
-def three_slice():
-    return panoptem.load_model("MitoLite_3slice_v1", device="cpu")
-
-
-def test_three_slice_card_and_a_run_on_the_sample_without_shared_data(three_slice):
+def test_three_slice_card_and_a_run_on_the_sample_without_shared_data():
+    three_slice = panoptem.load_model("MitoLite_3slice_v1", device="cpu")
     card = three_slice.card
     assert card.context_slices == 1 and card.architecture["in_channels"] == 3 == card.input_channels
     assert card.validation["f1_50_3d"] > 0 and "neighbour" in card.validation["how"]
     vol = panoptem.load_sample()[10:16]
     res = panoptem.segment_3d(vol, three_slice, min_size=100)
     assert res.labels["mitochondria"].shape == vol.shape and res.objects["mitochondria"] >= 1
-
-
-@pytest.mark.slow
-def test_three_slice_model_on_the_sample_volume_against_ground_truth(lucchi, three_slice):
-    import cc3d
-    import tifffile
-    vol = panoptem.load_sample()
-    mask = tifffile.imread(lucchi / "training_mask.tif", key=range(135, 165))[:, 64:448, 64:448] > 0
-    gt = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
-    res = panoptem.segment_3d(vol, three_slice, min_size=500)
-    r = evaluate(res.labels["mitochondria"], gt)
-    assert r["foreground_iou"] > IOU_FLOOR_3D and r["n_pred"] >= 3
