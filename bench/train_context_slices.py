@@ -35,55 +35,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "train_levers.jsonl"
 TRAIN, VAL = slice(0, 125), slice(135, 165)
 
 
-def neighbours(volume: np.ndarray, z: int, k: int) -> np.ndarray:
-    """Slices z-k..z+k of ``volume`` (clamped at its ends) as (2k+1, H, W)."""
-    idx = np.clip(np.arange(z - k, z + k + 1), 0, len(volume) - 1)
-    return np.asarray(volume[idx])
-
-
-def context_dataset(image, labels, k: int):
-    """:class:`~panoptem.training.dataset.VolumeSlices` of the training slices whose images are
-    (2k+1, H, W) stacks, sampled with the same augmentation applied to every channel."""
-    from panoptem.training.augment import intensity_augment, pale_objects, sample_patch
-    from panoptem.training.dataset import VolumeSlices, _unit
-    from panoptem.training.targets import make_panoptic_targets
-
-    class ContextSlices(VolumeSlices):
-        def __init__(self):
-            super().__init__(image, labels, TRAIN, name="training_instances2d.tif")
-            zs = range(*TRAIN.indices(len(image)))
-            self.stacks = [neighbours(image, z, k) for z in zs]
-
-        def batch(self, rng, cfg):
-            idx = rng.choice(len(self.images), size=cfg.batch_size, p=self.probabilities)
-            channels = list(range(1, len(self.classes) + 1))
-            imgs, sems, hms, offs, wts = [], [], [], [], []
-            p = cfg.patch_size
-            for i in idx:
-                stack = _unit(self.stacks[i], None, self._ranges[i])  # the centre slice's range for all
-                code = self._codes[i]
-                centre = None
-                if cfg.hard_negatives and rng.random() < cfg.hard_negatives:
-                    pts = self._dark_points(i, stack[k], code)
-                    centre = tuple(pts[rng.integers(len(pts))]) if len(pts) else None
-                img, lab = sample_patch(rng, stack, code, p, cfg.scale_range, centre=centre)  # channels alike
-                if cfg.pale and rng.random() < cfg.pale:
-                    seed = int(rng.integers(2 ** 31))  # one blend strength for every channel
-                    obj = lab % self._code_div[i]
-                    img = np.stack([pale_objects(np.random.default_rng(seed), c, obj) for c in img])
-                sem, hm, off, wt = make_panoptic_targets(lab, self._code_div[i], self.thing_channels, channels,
-                                                         cfg.sigma)
-                # one draw of the intensity augmentation for all channels: side by side in one image
-                # (the blur crosses the two seams, a few pixels wide)
-                x = intensity_augment(rng, np.concatenate(list(img), axis=1))
-                imgs.append(np.stack(np.split(x, len(img), axis=1)))
-                sems.append(sem.astype(np.float32)); hms.append(hm); offs.append(off); wts.append(wt)
-            t = lambda a: torch.from_numpy(np.stack(a))  # noqa: E731
-            return t(imgs), t(sems), t(hms), t(offs), t(wts)
-
-    return ContextSlices()
-
-
 def inflated_state(state: dict, k: int) -> dict:
     """``MitoLite_v1``'s weights with a first convolution of 2k+1 input channels: the trained
     weights on the centre channel, zeros on the neighbours (the same function at the start)."""
@@ -174,6 +125,7 @@ def main() -> int:
     import tifffile
 
     import panoptem.training.train as training
+    from panoptem.training.dataset import VolumeSlices
     from panoptem.training.from_volume import init_weights, parse_range
     from panoptem.training.train import TrainConfig, better_scores
     lucchi, k = lucchi_dir(a.lucchi), a.context
@@ -189,9 +141,8 @@ def main() -> int:
         return score_only(a, arch, image, mask, gt2d, val)
     if a.run_dir is None:
         raise SystemExit("give --run-dir for the run's checkpoints and weights (or --score WEIGHTS)")
-    training.build_model = build_with_channels(k)  # train() builds the network through this name
     cfg = TrainConfig(iterations=a.iterations, lr=a.lr, hard_negatives=a.hard_negatives, pale=a.pale,
-                      validate_every=a.validate_every, seed=a.seed, architecture=arch,
+                      validate_every=a.validate_every, seed=a.seed, architecture={**arch, "in_channels": 2 * k + 1},
                       schedule_steps=a.schedule_steps, anneal_from=a.anneal_from,
                       init=None if a.scratch else "MitoLite_v1")
     best, during = None, []
@@ -209,7 +160,8 @@ def main() -> int:
                        a.run_dir / "best.pt")
 
     t0 = time.perf_counter()
-    dataset = context_dataset(image, gt2d, k)
+    # each training slice with its k neighbours, every channel augmented alike
+    dataset = VolumeSlices(image, gt2d, TRAIN, name="training_instances2d.tif", context=k)
     start = None if a.scratch else inflated_state(state, k)
     training.train(dataset, a.run_dir, cfg, resume=False, init_state=start,
                    log=lambda s: print(s, flush=True), validate=validate)

@@ -145,17 +145,14 @@ def test_finetune_lowers_the_loss_registers_and_segments(home, tmp_path, tiny_ca
     assert out.shape == img.shape and out.dtype == np.uint32
 
 
-def test_models_that_see_neighbouring_planes_are_refused_for_training(home, tmp_path):
-    """Training patches are single planes: fine-tuning (or starting from) a model with context_slices
-    stops with one error, before any work, and registers nothing."""
+def test_models_that_see_neighbouring_planes_are_refused_for_fine_tuning(home, tmp_path):
+    """Fine-tuning patches are single planes: fine-tuning a model with context_slices stops with
+    one error, before any work, and registers nothing."""
     from conftest import make_tiny_card
-    from panoptem.training.from_volume import init_weights
     card = make_tiny_card(tmp_path, context_slices=1, name="tiny3")
     data = disc_dataset(tmp_path / "ds", n=3)
-    with pytest.raises(PanoptemError, match="cannot fine-tune it yet"):
+    with pytest.raises(PanoptemError, match="cannot be fine-tuned yet"):
         finetune(str(card), data, name="tiny3_ft", iterations=2, patch_size=64, log=lambda s: None)
-    with pytest.raises(PanoptemError, match="cannot train from it yet"):
-        init_weights(str(card))
     assert not (home / "models" / "tiny3_ft").exists()
 
 

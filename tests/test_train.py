@@ -193,3 +193,41 @@ def test_init_from_a_foreign_network_is_refused(tmp_path):
     card = save_two_class_model(tmp_path)
     with pytest.raises(PanoptemError, match="panoptem network"):
         init_weights(str(card))
+
+
+def test_train_volume_with_neighbouring_slices(capsys, tmp_path, volume_files):
+    """--context-slices 1: three input channels, each slice trained with its neighbours, validated
+    by the 3D pipeline handing the network each plane's neighbours; --init a 2.5D model keeps
+    its channels, and changing them with --init is refused."""
+    rec, err = train_volume(capsys, volume_files, tmp_path / "run", "--iterations", "2", "--validate-every", "2",
+                            "--context-slices", "1")
+    blob = torch.load(rec["weights"], weights_only=True)
+    assert blob["architecture"]["in_channels"] == 3 and blob["state_dict"]["stem.0.weight"].shape[1] == 3
+    assert json.loads((tmp_path / "run" / "val3d.jsonl").read_text().splitlines()[0])["step"] == 2
+    rec, _ = train_volume(capsys, volume_files, tmp_path / "run2", "--iterations", "1", "--init",
+                          "MitoLite_3slice_v1", "--lr", "1e-9")
+    assert torch.load(rec["weights"], weights_only=True)["architecture"]["in_channels"] == 3
+    args = ["train-volume", str(volume_files[0]), str(volume_files[1]), "-o", str(tmp_path / "run3"), "--init",
+            "MitoLite_3slice_v1", "--context-slices", "0", "--iterations", "1"]
+    assert main(args) == 2 and "would change its first layer" in capsys.readouterr().err
+
+
+def test_volume_slices_with_neighbours_turn_every_channel_alike():
+    """A volume whose slices are all the same: every channel of every training patch is the same
+    image (crop, zoom, turn, paler objects, one draw of contrast, brightness and gamma) up to its
+    own pixel noise, apart from the few columns the blur mixes across the channels' seams."""
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.train import TrainConfig
+    img, lab = disc_volume(n=1, size=96)
+    vol, labels = np.repeat(img, 5, 0), np.repeat(lab, 5, 0)
+    ds = VolumeSlices(vol, labels, slice(1, 4), context=1)
+    assert ds.images[0].shape == (3, 96, 96)
+    x, sem, *_ = ds.batch(np.random.default_rng(1), TrainConfig(batch_size=6, patch_size=64, pale=0.5,
+                                                                 hard_negatives=0.5))
+    assert x.shape == (6, 3, 64, 64) and sem.shape[0] == 6
+    inner = x[..., 8:-8].numpy()
+    for patch in inner:
+        for c in (0, 2):
+            assert abs(patch[c].mean() - patch[1].mean()) < 0.05
+            assert np.corrcoef(patch[c].ravel(), patch[1].ravel())[0, 1] > 0.9
+    assert inner.std() > 0.5

@@ -216,6 +216,9 @@ class VolumeTrainParams(_TrainingParams):
                         "and fainter (toward pale mitochondria).")
     validate_every: int = Field(500, ge=1, description="With --val-slices: segment the held-out slices in 3D "
                                 "every this many steps and keep the best weights (best.pt).")
+    context_slices: int | None = Field(None, ge=0, le=8, description="The network sees each slice with this "
+                                       "many neighbours on each side as input channels (2.5D; default: 0, or "
+                                       "the --init model's).")
 
     @model_validator(mode="after")
     def _scales(self) -> "VolumeTrainParams":

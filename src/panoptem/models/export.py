@@ -253,8 +253,9 @@ def export_onnx(name_or_card: str | Path, out_file: str | Path, overwrite: bool 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(net, (torch.zeros(1, lm.card.input_channels, size, size),), str(tmp), input_names=["image"],
-                                  output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=opset, **kw)
+                torch.onnx.export(net, (torch.zeros(1, lm.card.input_channels, size, size),), str(tmp),
+                                  input_names=["image"], output_names=list(OUTPUTS), dynamic_axes=axes,
+                                  opset_version=opset, **kw)
             except Exception as e:  # noqa: BLE001
                 raise PanoptemError(f"This network cannot be exported to ONNX ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''}).") from None

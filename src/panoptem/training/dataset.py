@@ -286,7 +286,10 @@ def dataset_folders(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _range(image: np.ndarray, normalization) -> tuple[float, float]:
-    """The (low, high) intensities inference maps to 0..1 for this image (card normalisation)."""
+    """The (low, high) intensities inference maps to 0..1 for this image (card normalisation);
+    for a plane with its neighbours, (C, H, W), the middle plane's."""
+    if image.ndim == 3:
+        image = image[len(image) // 2]
     if normalization is not None and normalization.mode == "dtype_max":
         return dtype_range(image)
     kw = {} if normalization is None else dict(low_pct=normalization.low_pct, high_pct=normalization.high_pct)
@@ -314,8 +317,10 @@ class TrainingData:
 
     Parameters
     ----------
-    sources : ``(name, images, masks, label_divisor, item_names)`` per source: 2D images,
-        their label masks (``class * divisor + n``, or instance ids without a divisor).
+    sources : ``(name, images, masks, label_divisor, item_names)`` per source: 2D images, or
+        (C, H, W) planes with their neighbours (the labels are the middle plane's, and every
+        channel is cropped, turned and made paler alike), their label masks (``class * divisor +
+        n``, or instance ids without a divisor).
     classes : the model's classes in channel order (see :func:`parse_classes`).
     gamma : re-weighting exponent.
     normalization : the model card's :class:`~panoptem.models.card.Normalization`
@@ -391,7 +396,7 @@ class TrainingData:
         return self._dark[i]
 
     def batch(self, rng: np.random.Generator, cfg) -> tuple:
-        """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` (N, 1, P, P) and their
+        """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` (N, C, P, P) and their
         targets: semantic (a 0/1 map for one class, channel indices for several), centre
         heatmap, offsets and offset weights, as tensors."""
         import torch
@@ -404,20 +409,29 @@ class TrainingData:
             im, code = _pad_to(_unit(self.images[i], None, self._ranges[i]), self._codes[i], cfg.patch_size)
             centre = None
             if hard and rng.random() < hard:
-                pts = self._dark_points(i, im, code)
+                pts = self._dark_points(i, im[len(im) // 2] if im.ndim == 3 else im, code)
                 centre = tuple(pts[rng.integers(len(pts))]) if len(pts) else None
             img, lab = sample_patch(rng, im, code, cfg.patch_size, cfg.scale_range, centre=centre)
             if pale and rng.random() < pale:
-                img = pale_objects(rng, img, lab % self._code_div[i])
+                obj = lab % self._code_div[i]
+                if img.ndim == 2:
+                    img = pale_objects(rng, img, obj)
+                else:
+                    seed = int(rng.integers(2 ** 31))  # one blend strength for every channel
+                    img = np.stack([pale_objects(np.random.default_rng(seed), c, obj) for c in img])
             sem, hm, off, wt = make_panoptic_targets(lab, self._code_div[i], self.thing_channels, channels, cfg.sigma)
-            x = intensity_augment(rng, img)
+            if img.ndim == 2:
+                x = intensity_augment(rng, img)
+            else:  # one draw for every channel: side by side in one image (the blur crosses the seams)
+                x = np.stack(np.split(intensity_augment(rng, np.concatenate(list(img), axis=1)), len(img), axis=1))
             if (mean, std) != (MEAN, STD):  # intensity_augment standardises with the default mean / std
                 x = ((x * STD + MEAN - mean) / std).astype(np.float32)
             imgs.append(x)
             sems.append(sem.astype(np.float32) if len(self.classes) == 1 else sem)
             hms.append(hm); offs.append(off); wts.append(wt)
         t = lambda a: torch.from_numpy(np.stack(a))  # noqa: E731
-        return t(imgs)[:, None], t(sems), t(hms), t(offs), t(wts)
+        x = t(imgs)
+        return x[:, None] if x.ndim == 3 else x, t(sems), t(hms), t(offs), t(wts)
 
 
 class DatasetFolders(TrainingData):
@@ -439,7 +453,9 @@ class DatasetFolders(TrainingData):
 class VolumeSlices(TrainingData):
     """:class:`TrainingData` from slices of a ZYX image volume and its labels (2D instance
     ids per slice are fine, or ``class * divisor + n`` with ``label_divisor``): every
-    slice in ``slices`` is one training image, normalised on its own as a 2D image is.
+    slice in ``slices`` is one training image, normalised on its own as a 2D image is. With
+    ``context`` k, each comes with its k neighbours on each side (clamped at the volume's ends)
+    as (2k + 1, H, W), for a model with that ``context_slices``.
 
     >>> vol = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
     >>> lab = np.zeros(vol.shape, np.uint32); lab[:, 20:40, 20:40] = 1
@@ -448,23 +464,29 @@ class VolumeSlices(TrainingData):
     """
 
     def __init__(self, image, labels, slices: slice = slice(None), classes=((1, "mitochondria", "instance"),),
-                 label_divisor: int | None = None, gamma: float = 0.7, normalization=None, name: str = "volume"):
+                 label_divisor: int | None = None, gamma: float = 0.7, normalization=None, name: str = "volume",
+                 context: int = 0):
         if tuple(image.shape) != tuple(labels.shape) or len(image.shape) != 3:
             raise PanoptemError(f"A training volume and its labels must be ZYX arrays of one shape, not "
                                 f"{tuple(image.shape)} and {tuple(labels.shape)}.")
         zs = range(*slices.indices(image.shape[0]))
-        imgs = [np.asarray(image[z]) for z in zs]
+        if context:
+            from ..inference.segment2d import take_plane
+            imgs = [take_plane(image, z, "xy", neighbours=context) for z in zs]
+        else:
+            imgs = [np.asarray(image[z]) for z in zs]
         msks = [np.asarray(labels[z]) for z in zs]
         super().__init__([(name, imgs, msks, label_divisor, [f"z{z}" for z in zs])], classes, gamma,
                          normalization)
 
 
 def _pad_to(image01: np.ndarray, code: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad an image smaller than the training patch (with its median; labels 0)
-    rather than let the crop zoom it up."""
-    h, w = image01.shape
+    """Pad an image (or its channels) smaller than the training patch (with its median; labels
+    0) rather than let the crop zoom it up."""
+    h, w = image01.shape[-2:]
     ph, pw = max(size - h, 0), max(size - w, 0)
     if not (ph or pw):
         return image01, code
-    return (np.pad(image01, ((0, ph), (0, pw)), constant_values=float(np.median(image01))),
+    lead = [(0, 0)] * (image01.ndim - 2)
+    return (np.pad(image01, lead + [(0, ph), (0, pw)], constant_values=float(np.median(image01))),
             np.pad(code, ((0, ph), (0, pw))))

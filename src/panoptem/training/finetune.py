@@ -323,8 +323,10 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
         raise PanoptemError(f"Model '{card.name}' is a {card.weights.format} model, which panoptem cannot "
                             "fine-tune; fine-tune a panoptem model (e.g. MitoLite_v1) or train a new one with "
                             "`panoptem train`.")
-    from .from_volume import single_plane
-    single_plane(card, "fine-tune")
+    if card.context_slices:
+        raise PanoptemError(f"Model '{card.name}' sees each plane with {card.context_slices} neighbour(s) on each "
+                            "side; fine-tuning patches hold single planes, so it cannot be fine-tuned yet. Fine-tune "
+                            "a single-plane model such as MitoLite_v1.")
     frozen = frozen_modules(layers)
     _check_patch_size(patch_size, card)
     dev = pick_device(device)

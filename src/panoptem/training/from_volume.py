@@ -41,21 +41,11 @@ def score_3d(labels: np.ndarray, mask: np.ndarray, min_size: int) -> dict:
             for k in ("foreground_iou", "f1_50", "precision_50", "recall_50", "n_pred", "n_gt")}
 
 
-def single_plane(card, what: str) -> None:
-    """Refuse to ``what`` a model that sees each plane with its neighbours: panoptem's training
-    patches are single planes."""
-    if card.context_slices:
-        raise PanoptemError(f"Model '{card.name}' sees each plane with {card.context_slices} neighbour(s) on each "
-                            f"side; panoptem's training patches hold single planes, so it cannot {what} it yet. "
-                            "Use a single-plane model such as MitoLite_v1.")
-
-
 def init_weights(name: str) -> tuple[dict, dict]:
     """(architecture, state dict) of a registered model or a weights file to start from."""
     from ..models.architecture import PanopticNet
     from ..models.load import load_model
     m = load_model(name, device="cpu")
-    single_plane(m.card, "train from")
     if not isinstance(m.module, PanopticNet):
         raise PanoptemError(f"--init {name}: training starts only from a panoptem network (weights saved as a "
                             "state dict, e.g. MitoLite_v1), not from an exported or foreign model.")
@@ -64,7 +54,7 @@ def init_weights(name: str) -> tuple[dict, dict]:
 
 def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_slices: str,
                       val_slices: str | None, cfg: TrainConfig, resume: bool = True, log=print,
-                      init: str | None = None, min_size: int = 500) -> Path:
+                      init: str | None = None, min_size: int = 500, context_slices: int | None = None) -> Path:
     """Train on ``train_slices`` of a ZYX volume and return the weights to keep.
 
     With ``val_slices``, the held-out block is segmented in 3D (xy stack, default
@@ -74,6 +64,8 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     resumed run remembers the best so far (``best.json``), a restarted one starts afresh.
     Without, the last weights are returned.
     ``init``: a registered model (or card / weights path) to start from, with its architecture.
+    ``context_slices`` k: the network sees each slice with its k neighbours on each side (2k + 1
+    input channels; None: 0, or the ``init`` model's).
     """
     from ..io import read_image
     img = read_image(image_path).data
@@ -88,7 +80,15 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     if init:
         arch, init_state = init_weights(init)
         cfg.architecture, cfg.init = arch, init
-    ds = VolumeSlices(img, lab, tr, name=Path(labels_path).name)
+    k = (int(cfg.architecture.get("in_channels", 1)) - 1) // 2
+    if context_slices is not None and context_slices != k:
+        if init:
+            raise PanoptemError(f"--init {init} sees {k} neighbour(s) on each side; --context-slices "
+                                f"{context_slices} would change its first layer: leave it out, or train from "
+                                "scratch.")
+        k = int(context_slices)
+        cfg.architecture = {**cfg.architecture, "in_channels": 2 * k + 1}
+    ds = VolumeSlices(img, lab, tr, name=Path(labels_path).name, context=k)
     if not val_slices:
         return train(ds, out_dir, cfg, resume=resume, log=log, init_state=init_state)
     vs = parse_range(val_slices)
@@ -108,7 +108,7 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
         from ..models.architecture import architecture_config
         from ..models.card import ModelCard, Weights
         from ..models.load import LoadedModel
-        card = ModelCard(name="validation", architecture=architecture_config(model.config),
+        card = ModelCard(name="validation", architecture=architecture_config(model.config), context_slices=k,
                          weights=Weights(file="(in training)"))
         res = segment_3d(vimg, LoadedModel(card, model, cfg.device), runtime="torch", min_size=min_size)
         scores = {"step": step, **score_3d(next(iter(res.labels.values())), vlab, min_size)}
@@ -121,7 +121,9 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
                           "step": step}, best_file)
             write_text(best_json, json.dumps(best))
 
-    val = (list(vimg[::4]), list(vlab[::4]))
+    zs = range(*vs.indices(img.shape[0]))[::4]  # 2D checks in training: every 4th held-out slice
+    from ..inference.segment2d import take_plane
+    val = ([take_plane(img, z, "xy", neighbours=k) if k else np.asarray(img[z]) for z in zs], list(vlab[::4]))
     train(ds, out_dir, cfg, resume=resume, val=val, log=log, init_state=init_state, validate=validate)
     log(f"kept the weights of step {best['step']} (best 3D F1@0.5 on the held-out slices, the later on a "
         f"tie): {json.dumps(best)}")
