@@ -145,15 +145,43 @@ def test_finetune_lowers_the_loss_registers_and_segments(home, tmp_path, tiny_ca
     assert out.shape == img.shape and out.dtype == np.uint32
 
 
-def test_models_that_see_neighbouring_planes_are_refused_for_fine_tuning(home, tmp_path):
-    """Fine-tuning patches are single planes: fine-tuning a model with context_slices stops with
-    one error, before any work, and registers nothing."""
+def tube_volume(n=16, size=160, seed=0):
+    """Dark tubes through every slice of a volume, and their labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size))
+    img = np.full((n, size, size), 200, np.uint8)
+    lab = np.zeros((n, size, size), np.uint32)
+    for k in range(10):
+        cy, cx = rng.integers(12, size - 12, 2)
+        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= int(rng.integers(6, 10)) ** 2
+        img[:, d], lab[:, d] = 50, k + 1
+    return img, lab
+
+
+def test_a_model_that_sees_neighbours_fine_tunes_on_flipbook_patches(home, tmp_path):
+    """Flipbook patches keep the planes around each painted one: a model with context_slices
+    trains and is scored on each patch with its neighbours, and the result keeps them. Patches
+    without flipbooks are refused with one error that says how to pick them."""
+    import panoptem
     from conftest import make_tiny_card
+    from panoptem.training.dataset import load_dataset
+    from panoptem.training.patches import pick_patches
     card = make_tiny_card(tmp_path, context_slices=1, name="tiny3")
-    data = disc_dataset(tmp_path / "ds", n=3)
-    with pytest.raises(PanoptemError, match="cannot be fine-tuned yet"):
-        finetune(str(card), data, name="tiny3_ft", iterations=2, patch_size=64, log=lambda s: None)
-    assert not (home / "models" / "tiny3_ft").exists()
+    vol, lab = tube_volume()
+    books = tmp_path / "books"
+    store_dataset(pick_patches(vol, n=4, patch_size=64, flipbook=True, labels=lab, seed=1), books)
+    imgs, masks, _ = load_dataset(books, context=1)
+    assert all(im.shape == (3, *m.shape) for im, m in zip(imgs, masks))
+    r = finetune(str(card), books, name="tiny3_ft", iterations=4, patch_size=64, layers="all", lr=5e-3,
+                 log=lambda s: None)
+    assert r["before"]["n_images"] == 1 and get_card("tiny3_ft").context_slices == 1
+    out = panoptem.segment_3d(vol, "tiny3_ft", device="cpu")
+    assert out.labels["mitochondria"].shape == vol.shape
+    plain = tmp_path / "plain"
+    store_dataset(pick_patches(vol, n=3, patch_size=64, labels=lab, seed=1), plain)
+    with pytest.raises(PanoptemError, match="--flipbook"):
+        finetune(str(card), plain, name="tiny3_ft2", iterations=2, patch_size=64, log=lambda s: None)
+    assert not (home / "models" / "tiny3_ft2").exists()
 
 
 def test_finetune_with_one_patch_and_a_validation_folder(home, tmp_path, tiny_card):

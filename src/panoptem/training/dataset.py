@@ -207,12 +207,14 @@ def _files(d: Path) -> dict[str, Path]:
     return out
 
 
-def load_dataset(folder: str | Path) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
-    """Read a dataset folder's image/mask pairs.
+def load_dataset(folder: str | Path, context: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """Read a dataset folder's image/mask pairs. With ``context`` k (a model that sees k
+    neighbours on each side), each image is its flipbook's planes around the painted one,
+    (2k + 1, H, W) (clamped at the flipbook's ends, which are the volume's where it was shifted).
 
     Returns
     -------
-    images : 2D arrays in their own dtype (sorted by name).
+    images : 2D arrays in their own dtype (sorted by name), or (2k + 1, H, W) with ``context``.
     masks : 2D integer label arrays.
     meta : ``names``, ``folder``, ``classes`` and ``label_divisor`` (None when
         the folder has no ``dataset.json``: unknown), ``patches`` (provenance).
@@ -256,13 +258,32 @@ def load_dataset(folder: str | Path) -> tuple[list[np.ndarray], list[np.ndarray]
             lab = lab.astype(np.uint8)
         elif lab.dtype.kind == "i" and lab.min() < 0:
             raise PanoptemError(f"Mask '{name}' in {root} holds negative labels; use 0 for background.")
-        images.append(img)
+        images.append(_with_flipbook(root, name, img, (meta or {}).get("patches", {}).get(name), context)
+                      if context else img)
         masks.append(lab)
     info = {"folder": str(root), "names": sorted(ims), "classes": None, "label_divisor": None, "patches": {},
             "has_meta": meta is not None}
     if meta:
         info.update({k: meta[k] for k in ("classes", "label_divisor", "patches") if k in meta})
     return images, masks, info
+
+
+def _with_flipbook(root: Path, name: str, image: np.ndarray, provenance: dict | None, k: int) -> np.ndarray:
+    """Patch ``name``'s image with its k neighbours on each side, from its flipbook."""
+    from ..io.readers import read_image
+    book = root / "flipbooks" / f"{name}.tif"
+    middle = (provenance or {}).get("middle")
+    if not book.is_file() or middle is None:
+        raise PanoptemError(f"Patch '{name}' in {root} has no flipbook (the planes around it), but the model sees "
+                            f"{k} neighbour(s) on each side of a plane: pick patches from the volume with "
+                            "`panoptem patches --flipbook` (napari: Pick Patches with Flipbook ticked).")
+    planes = np.asarray(read_image(str(book)).data)
+    planes = planes[None] if planes.ndim == 2 else planes
+    if planes.shape[-2:] != image.shape or not 0 <= middle < len(planes) or \
+            not np.array_equal(planes[middle], image):
+        raise PanoptemError(f"Patch '{name}' in {root}: its image is not the middle plane of its flipbook; "
+                            "store the patch again instead of editing its files.")
+    return planes[np.clip(np.arange(middle - k, middle + k + 1), 0, len(planes) - 1)]
 
 
 def dataset_folders(paths: Iterable[str | Path]) -> list[Path]:
@@ -437,14 +458,15 @@ class TrainingData:
 class DatasetFolders(TrainingData):
     """:class:`TrainingData` from dataset folders (or roots holding several, see
     :func:`dataset_folders`). ``label_divisor``: divisor of the masks in folders without
-    ``dataset.json`` (a folder's own ``dataset.json`` wins); the rest as :class:`TrainingData`."""
+    ``dataset.json`` (a folder's own ``dataset.json`` wins); ``context``: each patch with its
+    flipbook's neighbouring planes (see :func:`load_dataset`); the rest as :class:`TrainingData`."""
 
     def __init__(self, folders, classes=((1, "mitochondria", "instance"),), label_divisor: int | None = None,
-                 gamma: float = 0.7, normalization=None):
+                 gamma: float = 0.7, normalization=None, context: int = 0):
         self.folders = dataset_folders([folders] if isinstance(folders, (str, Path)) else folders)
         sources = []
         for f in self.folders:
-            imgs, msks, meta = load_dataset(f)
+            imgs, msks, meta = load_dataset(f, context)
             div = meta["label_divisor"] if meta["has_meta"] else label_divisor
             sources.append((f, imgs, msks, div, meta["names"]))
         super().__init__(sources, classes, gamma, normalization)

@@ -83,7 +83,8 @@ def evaluate_pairs(model, images, masks, divisors=None, runtime: str = "auto", *
     divisors = divisors if divisors is not None else [None] * len(images)
     tp = fp = fn = n_gt = n_pred = inter = union = n_empty = false_on_empty = 0
     for im, gt, div in zip(images, masks, divisors):
-        pred = segment_2d(im, model, runtime=runtime, **params)
+        # a plane with its neighbours, (2k + 1, H, W), for a model that sees them
+        pred = segment_2d(im, model, runtime=runtime, with_neighbours=np.ndim(im) == 3, **params)
         gt = np.asarray(gt).astype(np.int64)
         if multi and div:  # the masks' divisor -> the prediction's
             gt = np.where(gt > 0, (gt // div) * pdiv + gt % div, 0)
@@ -233,13 +234,13 @@ def _subset(data: "DatasetFolders", idx: list[int], gamma: float):
     return TrainingData(sources, data.classes, gamma, data.normalization)
 
 
-def _validation(val_dir, data: "DatasetFolders", fraction: float, seed: int, gamma: float):
+def _validation(val_dir, data: "DatasetFolders", fraction: float, seed: int, gamma: float, context: int = 0):
     """(training data, (images, masks, divisors) to score on or None, description, held-out names)."""
     from .dataset import dataset_folders, load_dataset
     if val_dir is not None:
         ims, mks, divs = [], [], []
         for f in dataset_folders([val_dir]):
-            i, m, meta = load_dataset(f)
+            i, m, meta = load_dataset(f, context)
             ims += i; mks += m; divs += [meta["label_divisor"]] * len(i)
         return data, (ims, mks, divs), f"validation folder {val_dir} ({len(ims)} patches)", []
     train_idx, held = split_held_out(data.masks, fraction, seed)
@@ -323,21 +324,18 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
         raise PanoptemError(f"Model '{card.name}' is a {card.weights.format} model, which panoptem cannot "
                             "fine-tune; fine-tune a panoptem model (e.g. MitoLite_v1) or train a new one with "
                             "`panoptem train`.")
-    if card.context_slices:
-        raise PanoptemError(f"Model '{card.name}' sees each plane with {card.context_slices} neighbour(s) on each "
-                            "side; fine-tuning patches hold single planes, so it cannot be fine-tuned yet. Fine-tune "
-                            "a single-plane model such as MitoLite_v1.")
     frozen = frozen_modules(layers)
     _check_patch_size(patch_size, card)
     dev = pick_device(device)
     base = load_model(model_name, device=dev)
-    data = DatasetFolders([train_dir], card.classes, card.label_divisor, gamma, card.normalization)
-    train_data, val, where, held = _validation(val_dir, data, opts.val_fraction, seed, gamma)
+    context = card.context_slices  # a model that sees neighbours trains on flipbook patches' planes around each
+    data = DatasetFolders([train_dir], card.classes, card.label_divisor, gamma, card.normalization, context=context)
+    train_data, val, where, held = _validation(val_dir, data, opts.val_fraction, seed, gamma, context)
     replay_dirs = [replay] if isinstance(replay, (str, Path)) else list(replay or [])
     source = train_data
     if replay_dirs:
         source = _Mixed(train_data, DatasetFolders(replay_dirs, card.classes, card.label_divisor, gamma,
-                                                   card.normalization), opts.replay_ratio)
+                                                   card.normalization, context=context), opts.replay_ratio)
     params = segment_params or {}
     if val is None:
         log(f"note: {len(data)} patch(es) are too few to hold any out, and no validation folder was given: "
