@@ -11,6 +11,7 @@ Prints one JSON line per configuration. Usage:
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 
@@ -69,6 +70,8 @@ def main():
     ap.add_argument("--z1", type=int, default=165)
     ap.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS_3D")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation (flips) in every run")
+    ap.add_argument("--ignore-smaller", type=int, default=0, help="3D: ground-truth objects under this many "
+                    "voxels count neither as targets nor as misses (500: the min-size filter)")
     add_lucchi_argument(ap)
     a = ap.parse_args()
     lucchi = lucchi_dir(a.lucchi)
@@ -83,8 +86,9 @@ def main():
     mask = tifffile.imread(lucchi / "training_mask.tif", key=zs) > 0
     model = panoptem.load_model(a.model)
     if a.only in (None, "2d"):
-        emit(what="accuracy 2d", model=a.model, tta=a.tta, **validate_2d(model, lucchi, a.z0, a.z1, tta=a.tta),
-             machine=machine())
+        k = model.card.context_slices  # a model that sees neighbours gets each slice's
+        emit(what="accuracy 2d", model=a.model, tta=a.tta, neighbours=k,
+             **validate_2d(model, lucchi, a.z0, a.z1, neighbours=k, tta=a.tta), machine=machine())
     if a.only in (None, "3d"):
         gt3d = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
         chosen = CONFIGS_3D if a.configs is None else [CONFIGS_3D[int(i)] for i in a.configs.split(",")]
@@ -92,8 +96,9 @@ def main():
             with Timer() as t:
                 res = panoptem.segment_3d(img, model, tta=a.tta, **cfg)
             pred = next(iter(res.labels.values()))
-            r = evaluate(pred, gt3d)
+            r = evaluate(pred, gt3d, ignore_smaller=a.ignore_smaller)
             emit(what="accuracy 3d", config=name, tta=a.tta, data=f"lucchi z{a.z0}-{a.z1 - 1} (validation)",
+                 ignore_smaller=a.ignore_smaller, date=time.strftime("%Y-%m-%d"),
                  model=a.model, foreground_iou=round(r["foreground_iou"], 4), f1_50=round(r["f1_50"], 4),
                  f1_75=round(r["f1_75"], 4), pq=round(r["pq"], 4), n_pred=r["n_pred"], n_gt=r["n_gt"],
                  seconds=round(t.s, 1), timings={k: round(v, 2) for k, v in res.timings.items()})

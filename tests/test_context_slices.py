@@ -140,3 +140,15 @@ def test_cli_segment2d_of_a_volume_plane_gives_the_model_its_neighbours(capsys, 
     np.testing.assert_array_equal(got, want)
     speck = SPECKS["xz"][0], SPECKS["xz"][2]
     assert got.shape == (20, 150) and (got[speck] == 0).all() and (alone[speck] > 0).mean() > 0.5
+
+
+def test_resampled_planes_keep_their_channels():
+    """A factor that is not a whole one resamples every channel of every plane to the network grid."""
+    vol = scene()
+    lone = Predictor(neighbour_model(), device="cpu").with_factor((1.5, 1.5)).predict(vol[4:6], (40.0, 200.0))
+    want = Predictor(dark_blob_model(), device="cpu").with_factor((1.5, 1.5)).predict(vol[4:6], (40.0, 200.0))
+    np.testing.assert_array_equal(lone.semantic_probability, want.semantic_probability)
+    planes = np.stack([take_plane(vol, z, "xy", neighbours=1) for z in (4, 5)])
+    got = Predictor(neighbour_model(), device="cpu").with_factor((1.5, 1.5)).predict(planes, (40.0, 200.0))
+    assert got.semantic_probability.shape == want.semantic_probability.shape == (2, 1, 32, 100)
+    assert not np.array_equal(got.semantic_probability, want.semantic_probability)
