@@ -44,7 +44,6 @@ def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0) -> np
     sl = [slice(None)] * 3
     if neighbours:
         lo, hi = max(0, index - neighbours), min(volume.shape[ax], index + neighbours + 1)
-        sl[ax] = slice(lo, hi)
         from .segment3d import planes_along, with_neighbours
         block = planes_along(volume, ax, lo, hi)
         return with_neighbours(block, lo, index, index + 1, neighbours, volume.shape[ax])[0]
