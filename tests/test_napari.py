@@ -236,20 +236,10 @@ def test_2d_inference_on_the_current_plane_xy_xz_and_batch(viewer, qtbot, home):
     assert all(len(np.unique(s)) - 1 == 3 for s in stack.data)
 
 
-class NeighbourNet(nn.Module):
-    """DarkBlobNet of the brightest of a plane and its two neighbours (3 input channels)."""
-
-    def forward(self, x):
-        dark = F.relu(-x.amax(dim=1, keepdim=True) - 0.5)
-        d4 = F.avg_pool2d(dark, 4)
-        blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
-        return {"sem_logits": 20 * (d4 - 0.75), "ctr_hmp": blur,
-                "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
-
-
 def test_2d_inference_hands_a_model_the_planes_neighbours(viewer, qtbot, home):
     """A model with context_slices 1 sees the shown plane with the planes before and after it: a
     disc in that plane alone is not dark in its neighbours, so it finds the other three only."""
+    from _models import NeighbourNet
     from panoptem.models.home import models_dir, sha256_of
     from panoptem.napari._inference import Inference2DWidget
     d = models_dir() / "neighbours"
