@@ -152,3 +152,16 @@ def test_resampled_planes_keep_their_channels():
     got = Predictor(neighbour_model(), device="cpu").with_factor((1.5, 1.5)).predict(planes, (40.0, 200.0))
     assert got.semantic_probability.shape == want.semantic_probability.shape == (2, 1, 32, 100)
     assert not np.array_equal(got.semantic_probability, want.semantic_probability)
+
+
+@pytest.mark.parametrize("voxel_size,warned", [((50.0, 5.0, 5.0), True), ((5.0, 5.0, 5.0), False)])
+def test_segment3d_says_when_the_neighbours_lie_farther_apart_than_in_training(capsys, tmp_path, voxel_size,
+                                                                               warned):
+    from panoptem.cli import main
+    from panoptem.io import write_image
+    write_image(tmp_path / "v.tif", scene(), voxel_size=voxel_size)
+    assert main(["segment3d", str(tmp_path / "v.tif"), "-o", str(tmp_path / "o.tif"), "--model",
+                 "MitoLite_3slice_v1", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert ("trained on neighbouring planes 5 nm apart" in err) == warned
+    assert ("xy planes 50 nm apart" in err) == warned

@@ -72,9 +72,39 @@ def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",)) -> dic
     that a refused run prints its one error line only); returns the record for the JSON summary."""
     from ..inference.segment2d import pixel_plan
     from ..models.home import get_card
-    plan = pixel_plan(get_card(model), params, voxel_size, ndim)
+    card = get_card(model)
+    plan = pixel_plan(card, params, voxel_size, ndim)
     typer.echo(f"note: {plan.describe(planes)}", err=True)
+    if ndim == 3 and voxel_size is not None:
+        far = neighbour_spacing(card, voxel_size, planes)
+        if far:
+            typer.echo(f"note: {far}", err=True)
     return plan.record(planes)
+
+
+def neighbour_spacing(card, voxel_size, planes) -> str | None:
+    """A warning when a model that sees neighbouring planes (``context_slices``) runs on planes
+    whose neighbours lie much farther apart (or closer) than in its training data, else None.
+
+    >>> from panoptem.models.card import ModelCard, Weights
+    >>> card = ModelCard(name="m", weights=Weights(file="m.pt"), context_slices=1, voxel_size_nm=5.0)
+    >>> print(neighbour_spacing(card, (50.0, 5.0, 5.0), ("xy", "xz")))  # doctest: +NORMALIZE_WHITESPACE
+    model m was trained on neighbouring planes 5 nm apart; here they are farther or closer (xy planes
+    50 nm apart): a single-plane model such as MitoLite_v1 may suit these data better.
+    >>> neighbour_spacing(card, (6.0, 5.0, 5.0), ("xy", "xz", "yz")) is None
+    True
+    """
+    from ..params import PLANE_AXIS
+    if not card.context_slices or not card.voxel_size_nm:
+        return None
+    off = [(pl, float(voxel_size[PLANE_AXIS[pl]])) for pl in planes
+           if not card.voxel_size_nm / 1.5 <= float(voxel_size[PLANE_AXIS[pl]]) <= 1.5 * card.voxel_size_nm]
+    if not off:
+        return None
+    where = ", ".join(f"{pl} planes {d:g} nm" for pl, d in off)
+    return (f"model {card.name} was trained on neighbouring planes {card.voxel_size_nm:g} nm apart; here they "
+            f"are farther or closer ({where} apart): a single-plane model such as MitoLite_v1 may suit these "
+            "data better.")
 
 
 def _report(labels, divisor, out, preview=None, pixels=None):
