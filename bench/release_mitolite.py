@@ -43,7 +43,10 @@ def publish(weights: str | Path, name: str, description: str, voxel_size_nm: flo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     blob = torch.load(weights, map_location="cpu", weights_only=True)
-    arch = architecture_config({**blob.get("architecture", architecture or {}), "in_channels": 2 * context_slices + 1})
+    arch = dict(blob.get("architecture", architecture or {}))
+    if context_slices:  # a network trained with neighbours (the card checks that the weights agree)
+        arch["in_channels"] = 2 * context_slices + 1
+    arch = architecture_config(arch)
     wfile = out / f"{name}.pt"
     with atomic_path(wfile, suffix=".pt") as tmp:
         torch.save({"architecture": arch, "state_dict": blob["state_dict"]}, tmp)
