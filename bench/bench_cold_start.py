@@ -79,7 +79,35 @@ def main() -> int:
             mem.append(time.perf_counter() - t)
         emit(what="segment_3d in memory (warm)", seconds=round(statistics.median(mem), 2),
              runs_s=[round(v, 2) for v in mem], load=load())
+        loads = [model_load(a.volume) for _ in range(a.repeat)]
+        loaded = statistics.median(loads)
+        emit(what="model load and first call, fresh process (after its imports)", seconds=round(loaded, 2),
+             runs_s=[round(v, 2) for v in loads], load=load())
+        emit(what="fresh CLI / (in memory + model load)", code=a.label,
+             ratio=round(statistics.median(cold) / (statistics.median(mem) + loaded), 3), machine=machine())
     return 0
+
+
+_LOAD = """
+import sys, time, tifffile, panoptem
+from panoptem.inference.engine import Predictor
+vol = tifffile.imread(sys.argv[1])
+t = time.perf_counter()
+pr = Predictor(panoptem.load_model(), runtime="auto")
+pr.predict(vol[:1])
+first = time.perf_counter() - t
+t = time.perf_counter()
+pr.predict(vol[1:2])
+print(first - (time.perf_counter() - t))
+"""
+
+
+def model_load(volume: str) -> float:
+    """Seconds a fresh process takes, after its imports, to load the default model and make its
+    first call on one plane of ``volume`` (sessions, allocator, thread pools), less what a
+    second call costs (the plane's own work, which a run does anyway)."""
+    r = subprocess.run([sys.executable, "-c", _LOAD, volume], check=True, capture_output=True, text=True)
+    return float(r.stdout.split()[-1])
 
 
 def stages(a) -> int:

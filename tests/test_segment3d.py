@@ -145,9 +145,56 @@ def test_streamed_output_equals_in_memory(tmp_path, plane, ext, extra):
         segment_3d(vol, dark_blob_model(), output=out, **P)
 
 
-def test_cache_chunks_per_batch_and_resumes_with_another_batch_size(tmp_path):
-    """The cache stores a chunk per batch of planes in one folder; a run resumed with another batch
-    size writes across those chunks and keeps what was done."""
+def test_cache_marks_slices_done_after_their_data_at_most_every_few_seconds(tmp_path, monkeypatch):
+    """Completion marks are stored at the latest MARK_EVERY_S after the data (or at flush): a run
+    killed before that computes those slices again, never trusts slices without data."""
+    from panoptem.inference import cache as cache_mod
+    from panoptem.inference.cache import OutputCache
+    from panoptem.inference.predict import ModelOutput
+    rng = np.random.default_rng(1)
+    out = ModelOutput(rng.random((2, 1, 8, 8), np.float32), rng.random((2, 1, 2, 2), np.float32),
+                      rng.random((2, 2, 2, 2), np.float32))
+    hashes = np.arange(32, dtype=np.uint8).reshape(2, 16)
+
+    def reopened():
+        return OutputCache(tmp_path, "xy", 4, (1, 8, 8), (2, 2), {"k": 1}, chunk=2)
+
+    monkeypatch.setattr(cache_mod, "MARK_EVERY_S", float("inf"))
+    monkeypatch.setattr(cache_mod, "CHUNK_BYTES", 1)  # a chunk per batch of 2
+    c = reopened()
+    c.put(0, out, hashes)
+    assert c.valid(0, hashes)  # this run knows: its data is stored
+    assert not reopened().valid(0, hashes)  # a run after a kill does not: those slices are computed again
+    c.flush()
+    r = reopened()
+    assert r.valid(0, hashes) and not r.done(2)
+    np.testing.assert_allclose(r.get(0, 2).heatmap, out.heatmap, atol=1e-3)
+    monkeypatch.setattr(cache_mod, "MARK_EVERY_S", 0.0)
+    c.put(2, out, hashes)
+    assert reopened().valid(2, hashes)
+    # a chunk of several batches is stored when it is whole, or at flush
+    monkeypatch.setattr(cache_mod, "CHUNK_BYTES", 10 ** 6)
+    monkeypatch.setattr(cache_mod, "MARK_EVERY_S", float("inf"))
+    big = OutputCache(tmp_path / "big", "xy", 6, (1, 8, 8), (2, 2), {"k": 1}, chunk=2)
+    big.put(0, out, hashes)
+    assert not big.valid(0, hashes)  # held until the chunk (the whole stack of 6) is ready
+    big.flush()
+    assert big.valid(0, hashes) and OutputCache(tmp_path / "big", "xy", 6, (1, 8, 8), (2, 2), {"k": 1}).valid(0, hashes)
+
+
+def test_cache_chunk_holds_whole_batches():
+    from panoptem.inference.cache import CHUNK_BYTES, chunk_planes
+    assert chunk_planes(1, 165, 768 * 1024) == -(-CHUNK_BYTES // (768 * 1024))  # several planes a chunk
+    assert chunk_planes(4, 165, 768 * 1024) % 4 == 0
+    assert chunk_planes(4, 165, 3 * CHUNK_BYTES) == 4 and chunk_planes(4, 3, 10) == 3
+
+
+def test_cache_chunks_per_batch_and_resumes_with_another_batch_size(tmp_path, monkeypatch):
+    """The cache stores chunks of whole batches in one folder (here, with large planes in effect,
+    one batch each); a run resumed with another batch size writes across those chunks and keeps
+    what was done."""
+    from panoptem.inference import cache as cache_mod
+    monkeypatch.setattr(cache_mod, "CHUNK_BYTES", 1)
     vol, _ = phantom()
     with pytest.raises(Cancelled):
         segment_3d(vol, dark_blob_model(), cache_dir=tmp_path, batch_size=4,
@@ -169,23 +216,31 @@ def test_cache_chunks_per_batch_and_resumes_with_another_batch_size(tmp_path):
 
 
 def test_spill_stack_reads_blocks_as_written_and_widens(tmp_path):
-    """The streamed run's provisional ids on disk: slices in any order, read back as Z blocks of
-    xy slices or as row blocks of xz / yz slices; unwritten slices read 0; wider ids rewrite it."""
+    """The streamed run's provisional ids on disk: slices in any order (and again), read back
+    as Z blocks of xy slices or as row blocks of xz / yz slices, across and inside the
+    compressed strips; unwritten slices read 0; wider ids widen what is read."""
+    from panoptem.inference import spill
     from panoptem.inference.spill import SpillStack
-    ref = np.random.default_rng(0).integers(1, 2**32 - 1, (6, 5, 7), dtype=np.uint64).astype(np.uint32)
+    rows = 2 * spill.STRIP + 5  # two whole strips and a short one
+    ref = np.random.default_rng(0).integers(1, 2**32 - 1, (6, rows, 7), dtype=np.uint64).astype(np.uint32)
+    ref[:, 10:40] = 0  # background, as label slices mostly are
     s = SpillStack(tmp_path / "p.raw", ref.shape, np.uint32)
+    s[1] = ref[0]
     for i in (4, 0, 2, 1, 3):
         s[i] = ref[i]
     ref[5] = 0
     np.testing.assert_array_equal(s[0:6], ref)
     np.testing.assert_array_equal(s[2:9], ref[2:])
-    np.testing.assert_array_equal(s[:, 1:3], ref[:, 1:3])
+    for r0, r1 in ((1, 3), (0, spill.STRIP), (spill.STRIP - 3, 2 * spill.STRIP + 2), (rows - 4, rows + 9)):
+        np.testing.assert_array_equal(s[:, r0:r1], ref[:, r0:r1])
     np.testing.assert_array_equal(s[3], ref[3])
     wide = ref[5].astype(np.uint64) + 2**40
     s[5] = wide
-    assert s.dtype == np.uint64 and (tmp_path / "p.raw").stat().st_size == ref.size * 8
+    assert s.dtype == np.uint64 and s[0:6].dtype == np.uint64
     np.testing.assert_array_equal(s[5], wide)
-    np.testing.assert_array_equal(s[:, 0:5][:5], ref[:5])
+    np.testing.assert_array_equal(s[:, 0:rows][:5], ref[:5])
+    np.testing.assert_array_equal(s[:, 30:70][:5], ref[:5, 30:70])
+    assert (tmp_path / "p.raw").stat().st_size < ref.nbytes  # stored compressed
     with pytest.raises(TypeError, match="reads"):
         s[::2]
 

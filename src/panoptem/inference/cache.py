@@ -3,10 +3,15 @@ completion mark and content hash: an interrupted 3D run resumes where it
 stopped, and a finished one can be re-decoded with other thresholds without
 the network.
 
-Layout: ``<cache>/<plane>.zarr`` (a chunk per batch of planes) with arrays ``probability`` (N, C, H, W)
+Layout: ``<cache>/<plane>.zarr`` (a chunk holds whole batches of planes, see
+:func:`chunk_planes`) with arrays ``probability`` (N, C, H, W)
 uint8 (probability x 255), ``heatmap`` (N, 1, h, w) and ``offsets``
 (N, 2, h, w) float16, ``hash`` (N, 16) uint8 (SHA-256 of the input plane, cut to 16 bytes),
-``done`` (N,) bool, and attrs describing what was run. A cache made with a
+``done`` (N,) bool, and attrs describing what was run. The probabilities are compressed
+(zstd, level 1: mostly 0 and 255, they shrink about 10 x); the float16 heatmap and offsets are
+stored as they are (they hardly compress, and compressing them cost more than writing them).
+The completion marks are written at most every :data:`MARK_EVERY_S` seconds and when the run
+stops (:meth:`OutputCache.flush`): a run killed outright loses at most that much work. A cache made with a
 different model, downsampling or input shape is refused (or reset); a slice
 whose input plane changed since it was cached is computed again.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +32,8 @@ from ..errors import PanoptemError
 from .predict import ModelOutput
 
 HASH_BYTES = 16
+#: the completion marks are stored at most this often (each store rewrites them whole)
+MARK_EVERY_S = 2.0
 
 
 def byte_steps(p: np.ndarray) -> np.ndarray:
@@ -86,6 +94,19 @@ def plane_hashes(planes: np.ndarray) -> np.ndarray:
     return out
 
 
+#: a cache chunk holds whole batches of planes, at least this many probability bytes
+CHUNK_BYTES = 4 << 20
+
+
+def chunk_planes(batch: int, n: int, plane_bytes: int) -> int:
+    """Planes per cache chunk: whole batches of ``batch`` planes, enough for :data:`CHUNK_BYTES`
+    of ``plane_bytes`` each (each store of a chunk costs about a millisecond besides its
+    bytes), at most the stack's ``n``."""
+    batch = max(1, int(batch))
+    per = max(1, -(-CHUNK_BYTES // max(1, batch * int(plane_bytes))))
+    return max(1, min(batch * per, int(n)))
+
+
 class OutputCache:
     """Network outputs of one stack, stored slice by slice.
 
@@ -109,17 +130,18 @@ class OutputCache:
             shutil.rmtree(self.path)
             g = zarr.open_group(str(self.path), mode="a")
         if "done" not in g:
+            from zarr.codecs import ZstdCodec
             c, h, w = prob_shape
             gh, gw = grid_shape
-            # a chunk per batch of planes, keys in one folder: thousands of thin xz / yz planes
+            # chunks of whole batches, keys in one folder: thousands of thin xz / yz planes
             # stored a file and three folders each cost more than their network
-            b, flat = max(1, min(int(chunk), n)), {"name": "v2", "separator": "."}
+            b, flat = chunk_planes(int(chunk), n, c * h * w), {"name": "v2", "separator": "."}
             g.create_array("probability", shape=(n, c, h, w), chunks=(b, c, h, w), dtype="uint8", fill_value=0,
-                           chunk_key_encoding=flat)
+                           chunk_key_encoding=flat, compressors=ZstdCodec(level=1))
             g.create_array("heatmap", shape=(n, 1, gh, gw), chunks=(b, 1, gh, gw), dtype="float16", fill_value=0,
-                           chunk_key_encoding=flat)
+                           chunk_key_encoding=flat, compressors=None)
             g.create_array("offsets", shape=(n, 2, gh, gw), chunks=(b, 2, gh, gw), dtype="float16", fill_value=0,
-                           chunk_key_encoding=flat)
+                           chunk_key_encoding=flat, compressors=None)
             g.create_array("hash", shape=(n, HASH_BYTES), chunks=(n, HASH_BYTES), dtype="uint8", fill_value=0)
             g.create_array("done", shape=(n,), chunks=(n,), dtype="bool", fill_value=False)
             g.attrs["key"] = key
@@ -127,6 +149,9 @@ class OutputCache:
         self._arr = {k: dense(g[k]) for k in ("probability", "heatmap", "offsets", "hash", "done")}
         self._done = np.asarray(self._arr["done"][:])
         self._hash = np.asarray(self._arr["hash"][:])
+        self._marked = (time.monotonic(), False)  # when the marks were last stored, and whether stale
+        self._chunk = int(self._arr["probability"].chunks[0])
+        self._pending: list[tuple[int, np.ndarray, tuple]] = []  # (i0, hashes, stored arrays), in order
 
     def done(self, i: int) -> bool:
         """Whether slice ``i`` has been stored (whatever its input)."""
@@ -138,19 +163,43 @@ class OutputCache:
         return bool(self._done[i0:i1].all() and np.array_equal(self._hash[i0:i1], hashes))
 
     def put(self, i0: int, out: ModelOutput, hashes: np.ndarray) -> ModelOutput:
-        """Store outputs of slices i0.. and mark them complete (data first,
-        then the mark); returns them at cache precision."""
+        """Store outputs of slices i0.. and mark them complete (data first, then the marks, which
+        reach the disk within :data:`MARK_EVERY_S` or at :meth:`flush`); returns them at cache
+        precision."""
         i1 = i0 + len(out)
         back, q = _quantize(out)
-        a = self._arr
-        a["probability"][i0:i1] = q[0]
-        a["heatmap"][i0:i1] = q[1]
-        a["offsets"][i0:i1] = q[2]
-        self._hash[i0:i1] = hashes
-        a["hash"][:] = self._hash
-        self._done[i0:i1] = True
-        a["done"][:] = self._done
+        if self._pending and self._pending[-1][0] + len(self._pending[-1][1]) != i0:
+            self._store_pending()
+        self._pending.append((i0, np.asarray(hashes), q))
+        if i1 % self._chunk == 0 or i1 == len(self._done):  # a whole chunk (or the stack's end) is ready
+            self._store_pending()
+        if time.monotonic() - self._marked[0] >= MARK_EVERY_S:
+            self.flush()
         return back
+
+    def _store_pending(self) -> None:
+        """Write the slices put since the last write, in one call per array (a chunk of several
+        batches costs one write, not one per batch), and mark them done in memory."""
+        if not self._pending:
+            return
+        i0 = self._pending[0][0]
+        parts = list(zip(*(q for _, _, q in self._pending)))
+        hashes = np.concatenate([h for _, h, _ in self._pending])
+        self._pending = []
+        i1 = i0 + len(hashes)
+        for name, part in zip(("probability", "heatmap", "offsets"), parts):
+            self._arr[name][i0:i1] = part[0] if len(part) == 1 else np.concatenate(part)
+        self._hash[i0:i1] = hashes
+        self._done[i0:i1] = True
+        self._marked = (self._marked[0], True)
+
+    def flush(self) -> None:
+        """Store every slice put so far and the completion marks (call when the run ends or stops)."""
+        self._store_pending()
+        if self._marked[1]:
+            self._arr["hash"][:] = self._hash
+            self._arr["done"][:] = self._done
+        self._marked = (time.monotonic(), False)
 
     def get(self, i0: int, i1: int) -> ModelOutput:
         a = self._arr

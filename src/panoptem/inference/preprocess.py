@@ -26,7 +26,7 @@ def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
     if not hasattr(image, "shape") or image.size <= max_samples:
         a = np.asarray(image)
     else:
-        a = np.concatenate([np.asarray(image[box]).ravel() for box in _sample_boxes(image.shape, max_samples)])
+        a = np.concatenate([b.ravel() for b in read_boxes(image, _sample_boxes(image.shape, max_samples))])
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == bool):
         raise PanoptemError(f"Images of dtype {a.dtype} are not supported; convert to an integer or float type.")
     a = a.astype(np.float32, copy=False)
@@ -55,6 +55,38 @@ def _sample_boxes(shape, max_samples: int) -> list[tuple[slice, ...]]:
             box.append(slice(start, start + b))
         boxes.append(tuple(box))
     return boxes
+
+
+def _chunks_touched(box: tuple[slice, ...], chunks: tuple[int, ...]) -> int:
+    return int(np.prod([-(-b.stop // c) - b.start // c for b, c in zip(box, chunks)]))
+
+
+def read_boxes(image, boxes: list[tuple[slice, ...]]) -> list[np.ndarray]:
+    """``image[box]`` for each box. Where the image is stored in chunks (a lazy array with
+    ``chunks``), boxes that differ only along the last axis are read together when their union
+    touches fewer chunks: a TIFF stored in strips as wide as the image decodes each strip once,
+    not once per box (on a deflate-compressed 165 x 768 x 1024 TIFF, 2.3 s -> 0.6 s), while a
+    volume in small chunks is still read box by box."""
+    chunks = getattr(image, "chunks", None)
+    if not chunks or len(chunks) != len(image.shape):
+        return [np.asarray(image[b]) for b in boxes]
+    groups: dict[tuple, list[int]] = {}
+    for i, b in enumerate(boxes):
+        groups.setdefault(tuple((s.start, s.stop) for s in b[:-1]), []).append(i)
+    out: list = [None] * len(boxes)
+    for members in groups.values():
+        lo = min(boxes[i][-1].start for i in members)
+        union = (*boxes[members[0]][:-1], slice(lo, max(boxes[i][-1].stop for i in members)))
+        if len(members) > 1 and _chunks_touched(union, chunks) < sum(_chunks_touched(boxes[i], chunks)
+                                                                          for i in members):
+            block = np.asarray(image[union])
+            for i in members:
+                x = boxes[i][-1]
+                out[i] = block[..., x.start - lo:x.stop - lo]
+        else:
+            for i in members:
+                out[i] = np.asarray(image[boxes[i]])
+    return out
 
 
 def dtype_range(image) -> tuple[float, float]:

@@ -216,6 +216,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         if fresh:  # from the network: to cache precision (and into the cache) here, off the network's thread
             with clock("quantise"):
                 out = cache.put(i0, out, hashes) if cache is not None else at_cache_precision(out)
+        if cache is not None and (stopping.is_set() or i0 + len(out) >= n):
+            cache.flush()  # the last batch, or the run stops: every slice stored is marked
         if stopping.is_set():
             return  # the run stops: what the network computed is kept for a resume, nothing more
         ready = []
@@ -304,6 +306,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             worker.finish()
         except Exception:  # noqa: BLE001 - the first error is the one to report
             pass
+        if cache is not None:
+            cache.flush()
         raise
     finally:
         if bar is not None:
@@ -314,6 +318,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                 worker.finish()
             except BaseException:
                 stopping.set()
+                if cache is not None:
+                    cache.flush()
                 raise
         t = time.perf_counter()
         with clock("link_solve"):

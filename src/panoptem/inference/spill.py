@@ -1,11 +1,15 @@
-"""A stack of label slices kept in a raw file on disk while a streamed run links them.
+"""A stack of label slices kept compressed in a file on disk while a streamed run links them.
 
 A streamed 3D run holds one slice at a time; the provisional ids of the whole stack wait in
 a work folder until the linking is decided, then are read back in blocks and relabelled.
-A raw file costs one copy per slice to write and one per block to read, where a compressed
-chunked store costs several times more CPU than the slice itself; the page cache keeps it
-in memory when memory is free, and the operating system spills it to disk when it is not
-(unlike a memory map, it never counts toward the process's resident memory).
+Each slice is stored as strips of :data:`STRIP` rows, each compressed on its own with zstd
+at level 1 and appended to one file (the index stays in memory: the file is a work file, not
+kept across runs). Label slices are mostly background: a 768 x 1024 uint32 slice of
+mitochondria shrinks about 500 x, costs about 0.6 ms to compress and as much to expand,
+where writing its raw 3 MB into a new file cost about 6 ms and reading it back about 9 ms
+on a 2-core cloud machine (fresh page-cache pages are expensive), and the dirty pages no
+longer compete with the network for the disk's writeback. Strips let xz / yz stacks read
+rows of every slice without expanding the whole slices.
 """
 from __future__ import annotations
 
@@ -14,33 +18,61 @@ from pathlib import Path
 
 import numpy as np
 
+#: rows per compressed strip (the relabelling reads Z blocks of 32 rows of xz / yz stacks)
+STRIP = 32
+
+
+def _codec():
+    from numcodecs import Zstd
+    return Zstd(level=1)
+
 
 class SpillStack:
-    """``(n, *shape)`` integer slices in the raw file ``path`` (created, or truncated).
+    """``(n, rows, ...)`` integer slices in the file ``path`` (created, or truncated).
 
-    ``s[i] = slice2d`` writes slice ``i`` (any order); ``s[a:b]`` and ``s[:, a:b]`` read a
-    block as an array (slices never written read as 0). The dtype widens (the file is
-    rewritten) when a slice needs more bytes per id."""
+    ``s[i] = slice2d`` writes slice ``i`` (any order, again if need be); ``s[a:b]`` and
+    ``s[:, a:b]`` read a block as an array (slices never written read as 0). The dtype widens
+    when a slice needs more bytes per id (strips already stored are widened as they are read)."""
 
     def __init__(self, path: str | Path, shape: tuple[int, ...], dtype) -> None:
         self.path, self.shape, self.dtype = Path(path), tuple(int(v) for v in shape), np.dtype(dtype)
-        with open(self.path, "wb") as f:
-            f.truncate(self._nbytes(self.dtype))
+        self._strips = -(-self.shape[1] // STRIP)
+        self._at = np.full((self.shape[0], self._strips), -1, np.int64)  # byte offset, -1: never written
+        self._len = np.zeros((self.shape[0], self._strips), np.int64)
+        self._kind = np.zeros((self.shape[0], self._strips), np.int8)  # index into self._dtypes
+        self._dtypes: list[np.dtype] = [self.dtype]
+        self._codec = _codec()
+        open(self.path, "wb").close()
+        self._end = 0
 
-    def _nbytes(self, dtype: np.dtype) -> int:
-        return int(np.prod(self.shape)) * dtype.itemsize
-
-    def _slice_bytes(self, dtype: np.dtype) -> int:
-        return int(np.prod(self.shape[1:])) * dtype.itemsize
+    def _rows(self, k: int) -> slice:
+        return slice(k * STRIP, min((k + 1) * STRIP, self.shape[1]))
 
     def __setitem__(self, i: int, value: np.ndarray) -> None:
         value = np.asarray(value)
         if value.dtype.itemsize > self.dtype.itemsize:
-            self._widen(value.dtype)
-        data = np.ascontiguousarray(value, self.dtype)
-        with open(self.path, "r+b") as f:
-            f.seek(int(i) * self._slice_bytes(self.dtype))
-            f.write(memoryview(data).cast("B"))
+            self.dtype = value.dtype
+            self._dtypes.append(self.dtype)
+        kind = self._dtypes.index(self.dtype)
+        data = np.ascontiguousarray(value, self.dtype).reshape(self.shape[1:])
+        blobs = [self._codec.encode(np.ascontiguousarray(data[self._rows(k)])) for k in range(self._strips)]
+        with open(self.path, "ab") as f:
+            for k, b in enumerate(blobs):
+                self._at[i, k], self._len[i, k], self._kind[i, k] = self._end, len(b), kind
+                f.write(b)
+                self._end += len(b)
+
+    def _read_strip(self, fd: int, i: int, k: int, out: np.ndarray) -> None:
+        """Strip ``k`` of slice ``i`` into ``out`` (its rows, contiguous)."""
+        if self._at[i, k] < 0:
+            out[...] = 0
+            return
+        raw = os.pread(fd, int(self._len[i, k]), int(self._at[i, k]))
+        stored = self._dtypes[self._kind[i, k]]
+        if stored == self.dtype:
+            self._codec.decode(raw, out=out)
+        else:
+            out[...] = np.frombuffer(self._codec.decode(raw), stored).reshape(out.shape)
 
     def __getitem__(self, key) -> np.ndarray:
         """``s[i]``, ``s[a:b]`` (slices a..b-1) or ``s[:, a:b]`` (rows a..b-1 of every slice)."""
@@ -55,25 +87,24 @@ class SpillStack:
             raise TypeError(f"SpillStack reads s[i], s[a:b] or s[:, a:b], not {key!r}")
         a, b, _ = key.indices(n)
         b = max(a, b)
-        if rows is None:
-            per = int(np.prod(rest))
-            return np.fromfile(self.path, self.dtype, (b - a) * per, offset=a * per * self.dtype.itemsize
-                               ).reshape(b - a, *rest)
-        r0, r1, _ = rows.indices(rest[0])
-        r1 = max(r0, r1)
-        row = int(np.prod(rest[1:]))
+        r0, r1 = 0, rest[0]
+        if rows is not None:
+            r0, r1, _ = rows.indices(rest[0])
+            r1 = max(r0, r1)
         out = np.empty((b - a, r1 - r0, *rest[1:]), self.dtype)
-        with open(self.path, "rb") as f:
+        k0, k1 = r0 // STRIP, -(-r1 // STRIP)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
             for j, i in enumerate(range(a, b)):
-                f.seek((i * rest[0] + r0) * row * self.dtype.itemsize)
-                f.readinto(memoryview(out[j]).cast("B"))
+                for k in range(k0, k1):
+                    sl = self._rows(k)
+                    if sl.start >= r0 and sl.stop <= r1:  # a whole strip: straight into the output
+                        self._read_strip(fd, i, k, out[j, sl.start - r0:sl.stop - r0])
+                    else:
+                        strip = np.empty((sl.stop - sl.start, *rest[1:]), self.dtype)
+                        self._read_strip(fd, i, k, strip)
+                        lo, hi = max(r0, sl.start), min(r1, sl.stop)
+                        out[j, lo - r0:hi - r0] = strip[lo - sl.start:hi - sl.start]
+        finally:
+            os.close(fd)
         return out
-
-    def _widen(self, dtype: np.dtype) -> None:
-        tmp = self.path.with_name(self.path.name + ".wide")
-        wide = SpillStack(tmp, self.shape, dtype)
-        with open(tmp, "r+b") as f:
-            for i in range(self.shape[0]):
-                f.write(memoryview(np.ascontiguousarray(self[i], dtype)).cast("B"))
-        os.replace(tmp, self.path)
-        self.dtype = wide.dtype

@@ -152,6 +152,14 @@ class StoreArray(LazyArray):
                     self._array = self._opener()
         return self._array
 
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """The stored chunk shape (singleton axes dropped), or None where the store has none."""
+        c = getattr(self.source, "chunks", None)
+        if not c or len(c) != len(self._src_shape):
+            return None
+        return tuple(int(k) for k, n in zip(c, self._src_shape) if n != 1)
+
     def _read(self, key: tuple) -> np.ndarray:
         it = iter(key)
         src_key = tuple(0 if n == 1 else next(it) for n in self._src_shape)

@@ -262,10 +262,14 @@ _STRIP_BYTES = 256 * 1024
 
 def _fast_deflate():
     """zlib-ng's encoder when imagecodecs has it, else None (tifffile's own). It writes standard
-    zlib streams, several times faster than zlib or libdeflate on label images."""
+    zlib streams, several times faster than zlib or libdeflate on label images; at level 3,
+    which on mitochondria labels compresses as well as the default level 6 (444 against 453 x)
+    in 60 % of the time."""
     try:
         import imagecodecs
-        return imagecodecs.zlibng_encode if imagecodecs.ZLIBNG.available else None
+        if not imagecodecs.ZLIBNG.available:
+            return None
+        return lambda data: imagecodecs.zlibng_encode(data, level=3)
     except (ImportError, AttributeError):
         return None
 
