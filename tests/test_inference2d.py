@@ -33,7 +33,7 @@ def test_normalisation_any_dtype_same_result(dtype, lo, hi):
     assert len(np.unique(labels)) - 1 == 3
 
 
-def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path):
+def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path, monkeypatch):
     """A deflate TIFF stored in image-wide strips: the sampled boxes that share rows are read
     together (each strip decoded once, not once per box), with the same range as in memory."""
     import tifffile
@@ -44,18 +44,16 @@ def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path):
     tifffile.imwrite(path, vol, compression="zlib", rowsperstrip=40)
     lazy = read_image(str(path)).data
     assert lazy.chunks == (1, 40, 200)
-    reads = []
-    orig = type(lazy)._read
-    type_read = lambda self, key: (reads.append(key), orig(self, key))[1]  # noqa: E731
-    try:
-        type(lazy)._read = type_read
-        got = intensity_range(lazy, max_samples=20_000)
-    finally:
-        type(lazy)._read = orig
+    reads, orig = [], type(lazy)._read
+    monkeypatch.setattr(type(lazy), "_read", lambda self, key: (reads.append(key), orig(self, key))[1])
+    got = intensity_range(lazy, max_samples=20_000)
+    monkeypatch.undo()
     assert got == intensity_range(vol, max_samples=20_000)
     assert len(reads) == 16  # one read per (z, y) cell of the 4 x 4 x 4 grid, not 64
     boxes = preprocess._sample_boxes(vol.shape, 20_000)
     assert [b.tolist() for b in preprocess.read_boxes(vol, boxes)] == [vol[b].tolist() for b in boxes]
+    import dask.array as da  # chunks as tuples of tuples: read box by box
+    assert intensity_range(da.from_array(vol, chunks=(8, 40, 50)), max_samples=20_000) == got
 
 
 def test_normalize_constant_image_is_finite():

@@ -67,8 +67,8 @@ def read_boxes(image, boxes: list[tuple[slice, ...]]) -> list[np.ndarray]:
     touches fewer chunks: a TIFF stored in strips as wide as the image decodes each strip once,
     not once per box (on a deflate-compressed 165 x 768 x 1024 TIFF, 2.3 s -> 0.6 s), while a
     volume in small chunks is still read box by box."""
-    chunks = getattr(image, "chunks", None)
-    if not chunks or len(chunks) != len(image.shape):
+    chunks = getattr(image, "chunks", None)  # zarr, h5py, panoptem's lazy arrays (dask's are tuples of tuples)
+    if not chunks or len(chunks) != len(image.shape) or not all(isinstance(c, (int, np.integer)) for c in chunks):
         return [np.asarray(image[b]) for b in boxes]
     groups: dict[tuple, list[int]] = {}
     for i, b in enumerate(boxes):
