@@ -38,10 +38,11 @@ class NeighbourNet(nn.Module):
                 "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
 
 
-def neighbour_model():
-    """A model that sees each plane with one neighbour on each side (card ``context_slices`` 1)."""
+def neighbour_model(voxel_size_nm: float | None = None):
+    """A model that sees each plane with one neighbour on each side (card ``context_slices`` 1),
+    trained (with ``voxel_size_nm``) on planes that far apart."""
     card = ModelCard(name="neighbours", weights=Weights(file="none"), padding_factor=32, label_divisor=None,
-                     context_slices=1)
+                     context_slices=1, voxel_size_nm=voxel_size_nm)
     return LoadedModel(card, NeighbourNet().eval(), "cpu")
 
 

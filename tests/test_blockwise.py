@@ -98,6 +98,19 @@ def test_blockwise_of_a_model_that_sees_neighbours_equals_whole_volume(vol, tmp_
     assert not np.array_equal(whole, segment_3d(vol, dark_blob_model(), **P, **params).labels["mitochondria"])
 
 
+@pytest.mark.parametrize("z_nm", [12.5, 2.5])
+def test_blockwise_gives_neighbours_at_the_models_spacing_as_the_whole_volume(vol, tmp_path, client, z_nm):
+    """Slices farther apart than the model's neighbours (interpolated between them) or closer
+    (every second slice, so blocks read two more at each face): blocks equal the whole volume."""
+    m = neighbour_model(voxel_size_nm=5.0)
+    whole = segment_3d(vol, m, voxel_size=(z_nm, 5.0, 5.0), **P).labels["mitochondria"]
+    res, got = _blockwise(vol, tmp_path, model=m, client=client, block_shape=(8, 64, 64), halo=(32, 32, 32),
+                          voxel_size=(z_nm, 5.0, 5.0))
+    assert res.blocks > 1
+    np.testing.assert_array_equal(got, whole)
+    assert not np.array_equal(whole, segment_3d(vol, m, **P).labels["mitochondria"])
+
+
 def test_semantic_only_writes_the_segment_as_in_memory(vol, tmp_path, client):
     """Semantic only: the class comes out as one segment (1), as a whole-volume run gives it."""
     whole = segment_3d(vol, dark_blob_model(), semantic_only=True, **P).labels["mitochondria"]

@@ -47,9 +47,12 @@ def segment2d_cmd(
         if ax is None:
             raise PanoptemError(f"--plane must be xy, xz or yz, not '{plane}'.")
         idx = data.shape[ax] // 2 if slice_index is None else slice_index
+        from ..inference.segment2d import neighbour_step
         from ..models.home import get_card
-        k = get_card(model).context_slices  # the neighbours along the plane's axis a model sees, if any
-        data, neighbours = take_plane(data, idx, plane, neighbours=k), k > 0
+        card = get_card(model)
+        k = card.context_slices  # the neighbours along the plane's axis a model sees, if any
+        step = neighbour_step(card, params, vs, plane)
+        data, neighbours = take_plane(data, idx, plane, neighbours=k, step=step), k > 0
         if vs is not None:
             vs = tuple(v for i, v in enumerate(vs) if i != ax)
         if slice_index is None:
@@ -75,36 +78,41 @@ def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",)) -> dic
     card = get_card(model)
     plan = pixel_plan(card, params, voxel_size, ndim)
     typer.echo(f"note: {plan.describe(planes)}", err=True)
-    if ndim == 3 and voxel_size is not None:
-        far = neighbour_spacing(card, voxel_size, planes)
+    if ndim == 3:
+        far = neighbour_spacing(card, plan, planes)
         if far:
             typer.echo(f"note: {far}", err=True)
     return plan.record(planes)
 
 
-def neighbour_spacing(card, voxel_size, planes) -> str | None:
-    """A warning when a model that sees neighbouring planes (``context_slices``) runs on planes
-    whose neighbours lie much farther apart (or closer) than in its training data, else None.
+def neighbour_spacing(card, plan, planes) -> str | None:
+    """A note when a model that sees neighbouring planes (``context_slices``) runs on planes
+    whose neighbours lie much farther apart (or closer) than in its training data, saying what
+    the run gives it (see :class:`~panoptem.inference.resample.PixelPlan`), else None.
 
     >>> from panoptem.models.card import ModelCard, Weights
+    >>> from panoptem.inference.resample import plan_pixels
     >>> card = ModelCard(name="m", weights=Weights(file="m.pt"), context_slices=1, voxel_size_nm=5.0)
-    >>> print(neighbour_spacing(card, (50.0, 5.0, 5.0), ("xy", "xz")))  # doctest: +NORMALIZE_WHITESPACE
-    model m was trained on neighbouring planes 5 nm apart; here they are farther or closer (xy planes
-    50 nm apart): a single-plane model such as MitoLite_v1 may suit these data better.
-    >>> neighbour_spacing(card, (6.0, 5.0, 5.0), ("xy", "xz", "yz")) is None
+    >>> print(neighbour_spacing(card, plan_pixels(5.0, (40.0, 5.0, 5.0)), ("xy",)))  # doctest: +NORMALIZE_WHITESPACE
+    model m sees each plane with neighbours 5 nm away; here the xy planes are 40 nm apart, so its
+    neighbours are interpolated between them. On serial sections a single-plane model such as
+    MitoLite_v1 may still suit the data better.
+    >>> neighbour_spacing(card, plan_pixels(5.0, (6.0, 5.0, 5.0)), ("xy", "xz", "yz")) is None
     True
     """
     from ..params import PLANE_AXIS
-    if not card.context_slices or not card.voxel_size_nm:
+    vs = plan.voxel_size
+    if not card.context_slices or not card.voxel_size_nm or vs is None or len(vs) != 3:
         return None
-    off = [(pl, float(voxel_size[PLANE_AXIS[pl]])) for pl in planes
-           if not card.voxel_size_nm / 1.5 <= float(voxel_size[PLANE_AXIS[pl]]) <= 1.5 * card.voxel_size_nm]
+    m = card.voxel_size_nm
+    off = [(pl, float(vs[PLANE_AXIS[pl]])) for pl in planes if not m / 1.5 <= float(vs[PLANE_AXIS[pl]]) <= 1.5 * m]
     if not off:
         return None
-    where = ", ".join(f"{pl} planes {d:g} nm" for pl, d in off)
-    return (f"model {card.name} was trained on neighbouring planes {card.voxel_size_nm:g} nm apart; here they "
-            f"are farther or closer ({where} apart): a single-plane model such as MitoLite_v1 may suit these "
-            "data better.")
+    where = ", ".join(f"the {pl} planes are {d:g} nm apart" for pl, d in off)
+    given = ("its neighbours are interpolated between them" if all(plan.neighbour_step(pl) != 1.0 for pl, _ in off)
+             else "yet its neighbours are taken as they are (resampling is off)")
+    return (f"model {card.name} sees each plane with neighbours {m:g} nm away; here {where}, so {given}. On "
+            "serial sections a single-plane model such as MitoLite_v1 may still suit the data better.")
 
 
 def _report(labels, divisor, out, preview=None, pixels=None):

@@ -71,6 +71,12 @@ class StackJob:
     precision: str = "auto"
     threads: int | None = None  # intra-op threads per worker (None: the worker's share of the cores)
     context_slices: int = 0  # the model sees each plane with this many neighbours each side (its card)
+    neighbour_steps: tuple = (1.0, 1.0, 1.0)  # ... this many planes apart, for stacks along Z, Y, X
+
+    def reach(self, axis: int) -> int:
+        """Planes on each side along ``axis`` that a plane's neighbours are made from."""
+        from ..inference.segment3d import neighbour_reach
+        return neighbour_reach(self.context_slices, self.neighbour_steps[axis])
 
     @property
     def p(self) -> Params3D:
@@ -117,9 +123,10 @@ class StackJob:
         out = []
         for ax, (c, n) in enumerate(zip(block.core, self.shape)):
             if ax == self.axis and not self.fusion:
-                out.append(slice(max(0, c.start - self.context_slices), min(n, c.stop + self.context_slices)))
+                r = self.reach(ax)
+                out.append(slice(max(0, c.start - r), min(n, c.stop + r)))
                 continue
-            h = max(self.halo[ax], self.context_slices) if self.fusion else self.halo[ax]
+            h = max(self.halo[ax], self.reach(ax)) if self.fusion else self.halo[ax]
             lo = max(0, c.start - h)
             lo -= lo % self.align
             out.append(slice(lo, min(n, c.stop + h)))
@@ -177,13 +184,15 @@ def create_net_arrays(job: StackJob) -> None:
                    compressors=comp)
 
 
-def _planes(job: StackJob, planes: np.ndarray, i0: int = 0, i1: int | None = None) -> np.ndarray:
-    """Planes ``i0:i1`` of a region's stack as the network takes them: with their neighbours in
-    the region for a model with ``context_slices`` (the region holds them; where it ends, so does
-    the volume, or the planes are halo)."""
+def _planes(job: StackJob, planes: np.ndarray, i0: int = 0, i1: int | None = None,
+            axis: int | None = None) -> np.ndarray:
+    """Planes ``i0:i1`` of a region's stack along ``axis`` (default: the job's) as the network
+    takes them: with their neighbours in the region for a model with ``context_slices`` (the
+    region holds them; where it ends, so does the volume, or the planes are halo)."""
     i1 = len(planes) if i1 is None else i1
     k = job.context_slices
-    return with_neighbours(planes, 0, i0, i1, k, len(planes)) if k else planes[i0:i1]
+    step = job.neighbour_steps[job.axis if axis is None else axis]
+    return with_neighbours(planes, 0, i0, i1, k, len(planes), step) if k else planes[i0:i1]
 
 
 def _empty(job: StackJob, block: Block, data: np.ndarray | None) -> bool:
@@ -219,7 +228,7 @@ def context_block(job: StackJob, block: Block) -> None:
         planes = planes_along(data, v, 0, data.shape[v])
         k0 = block.core[v].start - region[v].start
         k1 = k0 + block.core[v].stop - block.core[v].start
-        c4 = predictor.encode(_planes(job, planes, k0, k1), job.intensity)  # (n, C, h, w)
+        c4 = predictor.encode(_planes(job, planes, k0, k1, v), job.intensity)  # (n, C, h, w)
         sel = []
         for i, ax in enumerate(ax for ax in range(3) if ax != v):
             first = (block.core[ax].start - region[ax].start) // cell
@@ -277,7 +286,7 @@ def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarra
     sinks = []
     for ax in (1, 2):
         planes = planes_along(region, ax, 0, region.shape[ax])
-        out = _predict(job, predictor, _planes(job, planes), ax, where)
+        out = _predict(job, predictor, _planes(job, planes, axis=ax), ax, where)
         full = np.zeros(region.shape, np.uint8)
         for j in range(len(planes)):
             pr = out.semantic_probability[j]
@@ -339,13 +348,13 @@ def network_block(job: StackJob, block: Block) -> dict:
             :, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
 
     if job.fusion:  # the xz and yz stacks need every slice of the region at once
-        out = _predict(job, predictor, _planes(job, rm), a, region)
+        out = _predict(job, predictor, _planes(job, rm, axis=a), a, region)
         store(k0, _fused(job, predictor, rm, out, region)[k0:k1], out[k0:k1])
     else:  # batch by batch: memory holds one batch of outputs
         ctx = _context(job, a, region)
         for i0 in range(k0, k1, job.batch_size):
             i1 = min(i0 + job.batch_size, k1)
-            out = _predict_planes(job, predictor, _planes(job, rm, i0, i1),
+            out = _predict_planes(job, predictor, _planes(job, rm, i0, i1, a),
                                   None if ctx is None else np.array(ctx[i0:i1]))
             store(i0, out.semantic_probability, out)
     summary["network_s"] = time.perf_counter() - t0

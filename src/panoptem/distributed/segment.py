@@ -80,10 +80,11 @@ def _card(model):
     return get_card(str(model))
 
 
-def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict]:
+def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict, tuple]:
     """Blockwise runs resample only by one whole factor on every axis of every plane they
     segment, which is Image Downsampling by that factor times the parameters' own; any
-    other resampling is refused (blocks would have to be cut on the model's grid)."""
+    other resampling is refused (blocks would have to be cut on the model's grid). Also returns
+    how many planes apart the neighbours of a model with ``context_slices`` lie, per stack axis."""
     from ..inference.resample import planes_of
     from ..inference.segment2d import pixel_plan
     plan = pixel_plan(card, p, voxel_size, 3)
@@ -95,7 +96,8 @@ def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict]:
             f"or segment the file's own pixels with --no-resample, or resample the volume to "
             f"{plan.model_nm:g} nm (or a whole multiple) first.")
     f = int(plan.factor(planes[0])[0])
-    return (p if f == p.downsampling else p.model_copy(update={"downsampling": f})), plan.record(planes)
+    steps = tuple(plan.neighbour_step(pl) for pl in ("xy", "xz", "yz"))  # stacks along Z, Y, X
+    return (p if f == p.downsampling else p.model_copy(update={"downsampling": f})), plan.record(planes), steps
 
 
 def _input_stamp(path: str | None) -> list:
@@ -193,7 +195,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         raise PanoptemError(f"Blockwise inference needs a ZYX volume, got shape {tuple(vol.shape)}.")
     voxel_size = voxel_size or vs
     card = _card(model)
-    p, plan_record = _whole_factor(p, card, voxel_size)
+    p, plan_record, steps = _whole_factor(p, card, voxel_size)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
     align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
     if isinstance(devices, str):
@@ -217,6 +219,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                    "block": block_shape, "halo": halo, "shape": list(vol.shape), "dtype": str(np.dtype(vol.dtype)),
                    "intensity": list(intensity), "input": _input_stamp(in_path), "mask": mask is not None,
                    "skip_empty": skip_empty, "exact_context": exact_context}
+        if card.context_slices:  # the neighbours the network saw
+            net_key["neighbour_steps"] = list(steps)
         run_key = {"net": net_key, "params": p.model_dump()}
         _prepare_work(work, run_key, array_source=in_path is None)
         block_shape = _aligned(block_shape, align, axis, p.orthoplane)
@@ -238,7 +242,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                            context=exact_context and _has_context(model, card) and
                            _tiles_slices(vol.shape, block_shape, a, view == "fused"), mask=msource,
                            runtime=runtime, precision=precision, threads=threads,
-                           context_slices=card.context_slices)
+                           context_slices=card.context_slices, neighbour_steps=steps)
             if cache_dir:
                 _check_cache(Path(cache_dir), net, {**net_key, "view": view})
             Path(job.work).mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,9 @@ class Predictor:
         self.runtime = resolve_runtime(runtime, self.model, self.model.device, self.precision)
         self.threads = threads
         self.tta = bool(tta)
+        #: how many of a stack's planes apart the neighbours of a model with context_slices lie (see
+        #: segment3d.with_neighbours): 1 unless a run's pixel plan says the planes are farther or closer
+        self.neighbour_step = 1.0
         self._graphs: dict = {}  # ONNX Runtime sessions by graph, made on first use
         least = 2 * self._align()
         if tile_size and tile_size < least:
@@ -83,11 +86,13 @@ class Predictor:
             else:
                 self.downsampling, self.resample = 1, (fy, fx)
 
-    def with_factor(self, factor) -> "Predictor":
-        """This predictor (same loaded model) at another factor (see :meth:`_set_factor`)."""
+    def with_factor(self, factor, neighbour_step: float = 1.0) -> "Predictor":
+        """This predictor (same loaded model) at another factor (see :meth:`_set_factor`), its
+        neighbours ``neighbour_step`` planes apart (see :attr:`neighbour_step`)."""
         import copy
         other = copy.copy(self)
         other._set_factor(factor)
+        other.neighbour_step = float(neighbour_step)
         return other
 
     @property

@@ -25,11 +25,13 @@ class Result2D:
     pixel_size: dict | None = None
 
 
-def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0) -> np.ndarray:
+def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step: float = 1.0) -> np.ndarray:
     """Slice ``index`` of a ZYX volume along ``plane`` (xy: z, xz: y, yz: x). With ``neighbours``
     k: (2k + 1, H, W), the slice in the middle of its k neighbours on each side along the
     plane's axis (clamped at the volume's ends), as :func:`segment_2d` takes it
-    ``with_neighbours`` for a model with ``context_slices`` k.
+    ``with_neighbours`` for a model with ``context_slices`` k; ``step`` slices apart (a fraction
+    interpolates between slices: see :func:`~.segment3d.with_neighbours` and
+    :func:`neighbour_step`).
 
     >>> v = np.arange(3)[:, None, None] * np.ones((3, 2, 2), int)
     >>> take_plane(v, 0, "xy", neighbours=1)[:, 0, 0].tolist()
@@ -43,10 +45,11 @@ def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0) -> np
                             f"choose 0..{volume.shape[ax] - 1}.")
     sl = [slice(None)] * 3
     if neighbours:
-        lo, hi = max(0, index - neighbours), min(volume.shape[ax], index + neighbours + 1)
-        from .segment3d import planes_along, with_neighbours
+        from .segment3d import neighbour_reach, planes_along, with_neighbours
+        r = neighbour_reach(neighbours, step)
+        lo, hi = max(0, index - r), min(volume.shape[ax], index + r + 1)
         block = planes_along(volume, ax, lo, hi)
-        return with_neighbours(block, lo, index, index + 1, neighbours, volume.shape[ax])[0]
+        return with_neighbours(block, lo, index, index + 1, neighbours, volume.shape[ax], step)[0]
     sl[ax] = index
     return np.asarray(volume[tuple(sl)])
 
@@ -100,6 +103,15 @@ def make_unique(stack: np.ndarray, label_divisor: int | None) -> np.ndarray:
             out[z][fg] = sl[fg] + base
             used[0] = int(out[z].max())
     return out.astype(np.uint32) if out.max() < 2**32 else out
+
+
+def neighbour_step(card, params, voxel_size, plane: str) -> float:
+    """How many slices apart, along ``plane``'s axis of a volume with ``voxel_size`` (None:
+    unknown), the neighbours of ``card``'s model lie (1 for a model without ``context_slices``,
+    or where nothing is known); see :meth:`~.resample.PixelPlan.neighbour_step`."""
+    if not card.context_slices:
+        return 1.0
+    return pixel_plan(card, params, voxel_size, 3).neighbour_step(plane)
 
 
 def pixel_plan(card, params, voxel_size, ndim: int):

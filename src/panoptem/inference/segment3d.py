@@ -7,6 +7,7 @@ at a time; decoded planes are linked on the fly and relabelled once at the end.
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,30 +81,51 @@ def planes_along(volume, axis: int, start: int, stop: int) -> np.ndarray:
     return out
 
 
-def with_neighbours(block: np.ndarray, lo: int, i0: int, i1: int, k: int, n: int) -> np.ndarray:
+def neighbour_reach(k: int, step: float = 1.0) -> int:
+    """How many planes on each side the ``k`` neighbours of a plane, ``step`` planes apart, are
+    made from (see :func:`with_neighbours`)."""
+    return int(math.ceil(k * float(step) - 1e-9)) if k else 0
+
+
+def with_neighbours(block: np.ndarray, lo: int, i0: int, i1: int, k: int, n: int,
+                    step: float = 1.0) -> np.ndarray:
     """Planes ``i0:i1`` of a stack of ``n``, each with its ``k`` neighbours on each side (clamped
     at the stack's ends), as (i1 - i0, 2k + 1, A, B), from ``block``: planes ``lo:`` of the stack,
-    holding ``max(0, i0 - k)`` to ``min(n, i1 + k)``."""
-    idx = np.clip(np.arange(i0, i1)[:, None] + np.arange(-k, k + 1), 0, n - 1) - lo
-    return block[idx]
+    holding ``max(0, i0 - r)`` to ``min(n, i1 + r)`` with ``r = neighbour_reach(k, step)``.
+
+    ``step``: how many of the stack's planes apart the model's neighbours lie (its neighbour
+    spacing over the stack's, :meth:`~.resample.PixelPlan.neighbour_step`). A whole step takes
+    planes; a fraction, as for serial sections thicker than the model's spacing, interpolates
+    each neighbour linearly between the two planes around it (float32), so the network sees
+    neighbours as far away as in its training."""
+    if float(step).is_integer():
+        idx = np.clip(np.arange(i0, i1)[:, None] + int(step) * np.arange(-k, k + 1), 0, n - 1) - lo
+        return block[idx]
+    pos = np.clip(np.arange(i0, i1)[:, None] + float(step) * np.arange(-k, k + 1), 0, n - 1)
+    below = np.floor(pos).astype(np.int64)
+    t = (pos - below).astype(np.float32).reshape(pos.shape + (1,) * (block.ndim - 1))
+    a = block[below - lo].astype(np.float32)
+    b = block[np.minimum(below + 1, n - 1) - lo].astype(np.float32)
+    return a + (b - a) * t
 
 
 class _PlaneReader:
     """Batches of planes along ``axis`` (see :func:`planes_along`), called in order; yz
     planes are read :data:`YZ_READ` at a time and handed out from there. With ``context`` k,
     each plane comes with its k neighbours on each side along the axis (see
-    :func:`with_neighbours`)."""
+    :func:`with_neighbours`, ``step`` planes apart)."""
 
-    def __init__(self, volume, axis: int, n: int, context: int = 0):
-        self.volume, self.axis, self.n, self.context = volume, axis, n, context
+    def __init__(self, volume, axis: int, n: int, context: int = 0, step: float = 1.0):
+        self.volume, self.axis, self.n, self.context, self.step = volume, axis, n, context, step
         self.start, self.held = 0, None
 
     def __call__(self, i0: int, i1: int) -> np.ndarray:
         k = self.context
         if not k:
             return self._read(i0, i1)
-        lo = max(0, i0 - k)
-        return with_neighbours(self._read(lo, min(self.n, i1 + k)), lo, i0, i1, k, self.n)
+        r = neighbour_reach(k, self.step)
+        lo = max(0, i0 - r)
+        return with_neighbours(self._read(lo, min(self.n, i1 + r)), lo, i0, i1, k, self.n, self.step)
 
     def _read(self, i0: int, i1: int) -> np.ndarray:
         if self.axis != 2:
@@ -260,7 +282,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
                             (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale, chunk=b)
 
-    planes_at = _PlaneReader(volume, axis, n, card.context_slices)
+    planes_at = _PlaneReader(volume, axis, n, card.context_slices, predictor.neighbour_step)
 
     def read(i0):
         """The next planes, and their network input unless the cache holds their outputs: made
@@ -627,8 +649,11 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     t0 = time.perf_counter()
     stacks: dict[str, np.ndarray] = {}
     card = predictor.card
-    by_plane = {pl: predictor.with_factor(plan.factor(pl)) if plan is not None else predictor for pl in PLANES}
+    by_plane = {pl: predictor.with_factor(plan.factor(pl), plan.neighbour_step(pl)) if plan is not None else predictor
+                for pl in PLANES}
     record = plan.record(planes_of(p)) if plan is not None else None
+    if record is not None and predictor.card.context_slices:  # where the neighbours the network saw lie
+        record["neighbour_step"] = {pl: plan.neighbour_step(pl) for pl in planes_of(p)}
     kw = dict(timings=timings, cache_dir=cache_dir, callback=callback, reset_stale=reset_stale, overlap=overlap)
     if output is not None and not p.orthoplane and card.num_classes == 1 and not p.return_panoptic:
         from ..io import open_label_writer, read_image
