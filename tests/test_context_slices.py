@@ -59,6 +59,26 @@ def test_neighbours_farther_or_closer_than_the_models_are_interpolated_or_skippe
     np.testing.assert_allclose(take_plane(planes, 5, "xy", neighbours=2, step=0.75)[:, 0, 0], [35, 42.5, 50, 50, 50])
 
 
+def test_neighbour_step_from_the_voxel_size_and_the_cards_spacing():
+    from panoptem.inference.segment2d import neighbour_step
+    from panoptem.params import Params2D
+    card = neighbour_model(voxel_size_nm=5.0).card
+    p = Params2D()
+    assert neighbour_step(card, p, (40.0, 5.0, 5.0), "xy") == 0.125
+    assert neighbour_step(card, p, (2.5, 5.0, 5.0), "xy") == 2.0
+    assert neighbour_step(card, p, (40.0, 5.0, 5.0), "xz") == 1.0  # its stack axis is y, 5 nm
+    assert neighbour_step(card, p, (5.1, 5.0, 5.0), "xy") == 1.0  # within 5 %
+    assert neighbour_step(card, p, None, "xy") == 1.0  # unknown
+    assert neighbour_step(card, Params2D(resample=False), (40.0, 5.0, 5.0), "xy") == 1.0
+    # trained on serial sections 40 nm apart (5 nm pixels): such sections are its neighbours as they are
+    sections = card.model_copy(update={"context_spacing_nm": 40.0})
+    assert neighbour_step(sections, p, (40.0, 5.0, 5.0), "xy") == 1.0
+    assert neighbour_step(sections, p, (10.0, 5.0, 5.0), "xy") == 4.0
+    assert neighbour_step(dark_blob_model().card, p, (40.0, 5.0, 5.0), "xy") == 1.0  # sees no neighbours
+    with pytest.raises(ValueError, match="context_spacing_nm"):
+        card.model_validate({**card.model_dump(), "context_spacing_nm": -1.0})
+
+
 def _interpolated_max(vol: np.ndarray, step: float) -> np.ndarray:
     """The brightest of each xy plane and its neighbours ``step`` planes away (linear between
     planes, clamped at the ends): what NeighbourNet sees through a single-plane network's eyes."""
@@ -220,4 +240,4 @@ def test_segment3d_says_when_the_neighbours_lie_farther_apart_than_in_training(c
                  "MitoLite_3slice_v1", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert ("sees each plane with neighbours 5 nm away" in err) == warned
-    assert ("the xy planes are 50 nm apart, so its neighbours are interpolated" in err) == warned
+    assert ("the xy planes are 50 nm apart, so it is given neighbours 5 nm away" in err) == warned

@@ -94,23 +94,23 @@ def neighbour_spacing(card, plan, planes) -> str | None:
     >>> from panoptem.inference.resample import plan_pixels
     >>> card = ModelCard(name="m", weights=Weights(file="m.pt"), context_slices=1, voxel_size_nm=5.0)
     >>> print(neighbour_spacing(card, plan_pixels(5.0, (40.0, 5.0, 5.0)), ("xy",)))  # doctest: +NORMALIZE_WHITESPACE
-    model m sees each plane with neighbours 5 nm away; here the xy planes are 40 nm apart, so its
-    neighbours are interpolated between them. On serial sections a single-plane model such as
-    MitoLite_v1 may still suit the data better.
+    model m sees each plane with neighbours 5 nm away; here the xy planes are 40 nm apart, so it is
+    given neighbours 5 nm away, made from the planes around them. On serial sections a
+    single-plane model such as MitoLite_v1 may still suit the data better.
     >>> neighbour_spacing(card, plan_pixels(5.0, (6.0, 5.0, 5.0)), ("xy", "xz", "yz")) is None
     True
     """
     from ..params import PLANE_AXIS
-    vs = plan.voxel_size
-    if not card.context_slices or not card.voxel_size_nm or vs is None or len(vs) != 3:
+    vs, m = plan.voxel_size, card.neighbour_spacing_nm
+    if not card.context_slices or not m or vs is None or len(vs) != 3:
         return None
-    m = card.voxel_size_nm
     off = [(pl, float(vs[PLANE_AXIS[pl]])) for pl in planes if not m / 1.5 <= float(vs[PLANE_AXIS[pl]]) <= 1.5 * m]
     if not off:
         return None
     where = ", ".join(f"the {pl} planes are {d:g} nm apart" for pl, d in off)
-    given = ("its neighbours are interpolated between them" if all(plan.neighbour_step(pl) != 1.0 for pl, _ in off)
-             else "yet its neighbours are taken as they are (resampling is off)")
+    given = (f"it is given neighbours {m:g} nm away, made from the planes around them"
+             if all(plan.neighbour_step(pl, m) != 1.0 for pl, _ in off)
+             else "yet its neighbours are the next planes (resampling is off)")
     return (f"model {card.name} sees each plane with neighbours {m:g} nm away; here {where}, so {given}. On "
             "serial sections a single-plane model such as MitoLite_v1 may still suit the data better.")
 

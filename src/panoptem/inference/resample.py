@@ -85,13 +85,18 @@ class PixelPlan:
         d = self.downsampling
         return (self.ratios[a] * d, self.ratios[b] * d)
 
-    def neighbour_step(self, plane: str = "xy") -> float:
+    def neighbour_step(self, plane: str = "xy", spacing_nm: float | None = None) -> float:
         """How many of the stack's planes apart a model's neighbouring planes lie, for a model
         that sees each plane with its neighbours (card ``context_slices``), trained with them
-        the model's pixel size apart: model pixel / input voxel along the stack's axis (0.125
-        for 40 nm serial sections and a 5 nm model); 1 where that is unknown, within 5 % or
-        resampling is off."""
-        return self.ratios[3 - sum(PLANE_AXES[plane])] if len(self.ratios) == 3 else 1.0
+        ``spacing_nm`` apart (default: the model's pixel size): that over the input's voxel
+        along the stack's axis (0.125 for 40 nm serial sections and a 5 nm model); 1 where it
+        is unknown, within 5 % or resampling is off."""
+        if len(self.ratios) != 3:
+            return 1.0
+        axis = 3 - sum(PLANE_AXES[plane])
+        if spacing_nm is None or spacing_nm == self.model_nm or self.voxel_size is None or not self.resample:
+            return self.ratios[axis]
+        return snap(float(spacing_nm) / self.voxel_size[axis])
 
     def resampled(self, planes=("xy",)) -> bool:
         """Whether any axis of these planes is resampled (beyond Image Downsampling)."""

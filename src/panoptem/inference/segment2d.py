@@ -111,7 +111,7 @@ def neighbour_step(card, params, voxel_size, plane: str) -> float:
     or where nothing is known); see :meth:`~.resample.PixelPlan.neighbour_step`."""
     if not card.context_slices:
         return 1.0
-    return pixel_plan(card, params, voxel_size, 3).neighbour_step(plane)
+    return pixel_plan(card, params, voxel_size, 3).neighbour_step(plane, card.neighbour_spacing_nm)
 
 
 def pixel_plan(card, params, voxel_size, ndim: int):

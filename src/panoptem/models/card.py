@@ -127,6 +127,9 @@ class ModelCard(BaseModel):
     #: the network sees each plane with this many neighbours on each side along the stack's axis
     #: (2k + 1 input channels, the plane in the middle); 0: the plane alone
     context_slices: int = 0
+    #: how far apart (nm) the neighbouring planes were in training (None: ``voxel_size_nm``, as for
+    #: a near-isotropic FIB-SEM volume; set it for a model trained on serial sections)
+    context_spacing_nm: float | None = None
     voxel_size_nm: float | None = None
     architecture: dict = Field(default_factory=dict)
     weights: Weights
@@ -144,11 +147,18 @@ class ModelCard(BaseModel):
                              f"multiple of output_stride ({self.output_stride})")
         if self.context_slices < 0:
             raise ValueError(f"context_slices must be 0 or more, not {self.context_slices}")
+        if self.context_spacing_nm is not None and not self.context_spacing_nm > 0:
+            raise ValueError(f"context_spacing_nm must be a positive number of nm, not {self.context_spacing_nm}")
         given = self.architecture.get("in_channels")
         if given is not None and given != self.input_channels:
             raise ValueError(f"the architecture takes {given} input channel(s) but context_slices "
                              f"{self.context_slices} means {self.input_channels}")
         return self
+
+    @property
+    def neighbour_spacing_nm(self) -> float | None:
+        """How far apart (nm) the model's neighbouring planes were in training, if known."""
+        return self.context_spacing_nm or self.voxel_size_nm
 
     @property
     def input_channels(self) -> int:
@@ -204,7 +214,8 @@ def card_info(card: ModelCard) -> str:
     if card.context_slices:
         k = card.context_slices
         lines.append(f"input: each plane with {k} neighbour{'s' * (k > 1)} on each side along the stack "
-                     f"({card.input_channels} channels; a lone 2D image fills them with itself)")
+                     f"({card.input_channels} channels; a lone 2D image fills them with itself)"
+                     + (f", {card.neighbour_spacing_nm:g} nm apart" if card.neighbour_spacing_nm else ""))
     if card.voxel_size_nm:
         lines.append(f"training pixel size: {card.voxel_size_nm} nm")
     if card.validation:
