@@ -442,6 +442,22 @@ def test_large_images_are_tiled_automatically_unless_a_tile_size_is_given(monkey
     assert calls == [2048, 1024]
 
 
+def test_bench_network_alone_gives_a_model_its_neighbours(tmp_path, home, capsys, monkeypatch):
+    """The network-only pass hands a model that sees neighbouring planes each plane with them, as
+    the run does (not lone planes that fill every channel)."""
+    from conftest import make_tiny_card
+    from panoptem.cli import main
+    from panoptem.inference.engine import Predictor
+    card = make_tiny_card(tmp_path, context_slices=1, name="tiny3")
+    shapes, orig = [], Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, planes, *a, **k: (shapes.append(np.shape(planes)),
+                                                                            orig(self, planes, *a, **k))[1])
+    assert main(["bench", "--shape", "6,64,96", "--model", str(card), "--min-size", "0", "--runtime", "torch"]) == 0
+    capsys.readouterr()
+    # after the warm-up call: planes with neighbours (N, 3, H, W), or the run's own prepared batches
+    assert any(len(sh) == 4 and sh[1] == 3 for sh in shapes[1:]) and not any(len(sh) == 3 for sh in shapes[1:])
+
+
 def test_bench_command_reports_stages_and_the_ratio(tiny_card, home, capsys):
     from panoptem.cli import main
     assert main(["bench", "--shape", "6,64,96", "--model", str(tiny_card), "--min-size", "0"]) == 0

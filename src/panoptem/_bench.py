@@ -90,7 +90,7 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
     import torch
     from .inference.engine import Predictor
     from .inference.runtime import cpu_count, host_threads, network_threads, torch_threads
-    from .inference.segment3d import segment_3d
+    from .inference.segment3d import segment_3d, with_neighbours
     from .models.load import load_model
     from .params import PLANES
     vol = np.asarray(volume)
@@ -137,10 +137,12 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
         t, c = time.perf_counter(), time.process_time()
         rng = predictor.intensity(vol)
         with torch_threads(host_threads(predictor.runtime, lm.device, threads)):  # as the run sets them
+            k = lm.card.context_slices  # a model that sees neighbours gets them, as in the run
             for pl, stack in zip(planes, _planes_of(vol, planes)):
                 b = predictor.batch_for(stack.shape[1:], len(stack))
                 for i in range(0, len(stack), b):
-                    predictor.predict(stack[i:i + b], rng)
+                    i1 = min(i + b, len(stack))
+                    predictor.predict(with_neighbours(stack, 0, i, i1, k, len(stack)) if k else stack[i:i1], rng)
         nets.append(time.perf_counter() - t)
         net_cpu.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
