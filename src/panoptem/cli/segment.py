@@ -109,7 +109,7 @@ def neighbour_spacing(card, plan, planes) -> str | None:
         return None
     where = ", ".join(f"the {pl} planes are {d:g} nm apart" for pl, d in off)
     given = (f"it is given neighbours {m:g} nm away, made from the planes around them"
-             if all(plan.neighbour_step(pl, m) != 1.0 for pl, _ in off)
+             if all(plan.neighbour_step(pl) != 1.0 for pl, _ in off)
              else "yet its neighbours are the next planes (resampling is off)")
     return (f"model {card.name} sees each plane with neighbours {m:g} nm away; here {where}, so {given}. On "
             "serial sections a single-plane model such as MitoLite_v1 may still suit the data better.")

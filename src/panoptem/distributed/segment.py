@@ -96,7 +96,7 @@ def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict, tuple]
             f"or segment the file's own pixels with --no-resample, or resample the volume to "
             f"{plan.model_nm:g} nm (or a whole multiple) first.")
     f = int(plan.factor(planes[0])[0])
-    steps = tuple(plan.neighbour_step(pl, card.neighbour_spacing_nm) for pl in ("xy", "xz", "yz"))  # along Z, Y, X
+    steps = tuple(plan.neighbour_step(pl) for pl in ("xy", "xz", "yz"))  # stacks along Z, Y, X
     return (p if f == p.downsampling else p.model_copy(update={"downsampling": f})), plan.record(planes), steps
 
 

@@ -149,7 +149,7 @@ class OutputCache:
         self._arr = {k: dense(g[k]) for k in ("probability", "heatmap", "offsets", "hash", "done")}
         self._done = np.asarray(self._arr["done"][:])
         self._hash = np.asarray(self._arr["hash"][:])
-        self._marked = (time.monotonic(), False)  # when the marks were last stored, and whether stale
+        self._marked_at, self._stale = time.monotonic(), False  # when the marks were last stored; since changed
         self._chunk = int(self._arr["probability"].chunks[0])
         self._pending: list[tuple[int, np.ndarray, tuple]] = []  # (i0, hashes, stored arrays), in order
 
@@ -173,7 +173,7 @@ class OutputCache:
         self._pending.append((i0, np.asarray(hashes), q))
         if i1 % self._chunk == 0 or i1 == len(self._done):  # a whole chunk (or the stack's end) is ready
             self._store_pending()
-        if time.monotonic() - self._marked[0] >= MARK_EVERY_S:
+        if time.monotonic() - self._marked_at >= MARK_EVERY_S:
             self.flush()
         return back
 
@@ -191,15 +191,15 @@ class OutputCache:
             self._arr[name][i0:i1] = part[0] if len(part) == 1 else np.concatenate(part)
         self._hash[i0:i1] = hashes
         self._done[i0:i1] = True
-        self._marked = (self._marked[0], True)
+        self._stale = True
 
     def flush(self) -> None:
         """Store every slice put so far and the completion marks (call when the run ends or stops)."""
         self._store_pending()
-        if self._marked[1]:
+        if self._stale:
             self._arr["hash"][:] = self._hash
             self._arr["done"][:] = self._done
-        self._marked = (time.monotonic(), False)
+        self._marked_at, self._stale = time.monotonic(), False
 
     def get(self, i0: int, i1: int) -> ModelOutput:
         a = self._arr

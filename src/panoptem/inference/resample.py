@@ -68,6 +68,8 @@ class PixelPlan:
     nm per axis (2 for an image, 3 for a volume; None: unknown). ``source``: where that
     came from (``"file"``, ``"pixel_size"``, ``"file + pixel_size"``, ``"unknown"``).
     ``ratios``: per axis, model pixel / input pixel as run (1: not resampled).
+    ``neighbour_nm``: how far apart a model that sees neighbouring planes had them in training
+    (None: ``model_nm``).
     """
 
     model_nm: float | None
@@ -77,6 +79,7 @@ class PixelPlan:
     downsampling: int
     ratios: tuple[float, ...]
     z_assumed: bool = False
+    neighbour_nm: float | None = None
 
     def factor(self, plane: str = "xy") -> tuple[float, float]:
         """Input pixels per network pixel along the plane's two axes (rows, columns),
@@ -85,18 +88,19 @@ class PixelPlan:
         d = self.downsampling
         return (self.ratios[a] * d, self.ratios[b] * d)
 
-    def neighbour_step(self, plane: str = "xy", spacing_nm: float | None = None) -> float:
+    def neighbour_step(self, plane: str = "xy") -> float:
         """How many of the stack's planes apart a model's neighbouring planes lie, for a model
         that sees each plane with its neighbours (card ``context_slices``), trained with them
-        ``spacing_nm`` apart (default: the model's pixel size): that over the input's voxel
+        ``neighbour_nm`` apart (default: the model's pixel size): that over the input's voxel
         along the stack's axis (0.125 for 40 nm serial sections and a 5 nm model); 1 where it
         is unknown, within 5 % or resampling is off."""
         if len(self.ratios) != 3:
             return 1.0
         axis = 3 - sum(PLANE_AXES[plane])
-        if spacing_nm is None or spacing_nm == self.model_nm or self.voxel_size is None or not self.resample:
+        m = self.neighbour_nm
+        if m is None or m == self.model_nm or self.voxel_size is None or not self.resample:
             return self.ratios[axis]
-        return snap(float(spacing_nm) / self.voxel_size[axis])
+        return snap(float(m) / self.voxel_size[axis])
 
     def resampled(self, planes=("xy",)) -> bool:
         """Whether any axis of these planes is resampled (beyond Image Downsampling)."""
@@ -186,13 +190,14 @@ class PixelPlan:
 
 
 def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | None = None, resample: bool = True,
-                downsampling: int = 1, ndim: int | None = None) -> PixelPlan:
+                downsampling: int = 1, ndim: int | None = None, neighbour_nm: float | None = None) -> PixelPlan:
     """The :class:`PixelPlan` of an input with ``voxel_size`` (nm per axis, from its file;
     None: unknown) for a model trained at ``model_nm``.
 
     ``pixel_size`` overrides the in-plane (y, x) size; a volume whose file gives no
     voxel size is then taken as isotropic. ``ndim`` (2 or 3): the input's
     dimensions when ``voxel_size`` is unknown (default: ``len(voxel_size)`` or 2).
+    ``neighbour_nm``: see :class:`PixelPlan`.
     """
     vs = None
     if voxel_size is not None:
@@ -215,9 +220,9 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
             vs, source = (*vs[:-2], ps, ps), "file + pixel_size" if n == 3 else "pixel_size"
     d = int(downsampling)
     if model_nm is None or vs is None or not resample:
-        return PixelPlan(model_nm, vs, source, bool(resample), d, (1.0,) * n, z_assumed)
+        return PixelPlan(model_nm, vs, source, bool(resample), d, (1.0,) * n, z_assumed, neighbour_nm)
     ratios = tuple(snap(float(model_nm) / v) for v in vs)
-    return PixelPlan(float(model_nm), vs, source, True, d, ratios, z_assumed)
+    return PixelPlan(float(model_nm), vs, source, True, d, ratios, z_assumed, neighbour_nm)
 
 
 def planes_of(params) -> tuple[str, ...]:

@@ -111,7 +111,7 @@ def neighbour_step(card, params, voxel_size, plane: str) -> float:
     or where nothing is known); see :meth:`~.resample.PixelPlan.neighbour_step`."""
     if not card.context_slices:
         return 1.0
-    return pixel_plan(card, params, voxel_size, 3).neighbour_step(plane, card.neighbour_spacing_nm)
+    return pixel_plan(card, params, voxel_size, 3).neighbour_step(plane)
 
 
 def pixel_plan(card, params, voxel_size, ndim: int):
@@ -122,7 +122,8 @@ def pixel_plan(card, params, voxel_size, ndim: int):
     vs = None if voxel_size is None else tuple(voxel_size)
     if vs is not None and len(vs) != ndim:
         vs = vs[-ndim:] if len(vs) > ndim else None
-    return plan_pixels(card.voxel_size_nm, vs, params.pixel_size, params.resample, params.downsampling, ndim)
+    return plan_pixels(card.voxel_size_nm, vs, params.pixel_size, params.resample, params.downsampling, ndim,
+                       neighbour_nm=card.neighbour_spacing_nm if card.context_slices else None)
 
 
 def _check_memory(shape, itemsize: int, batch_size: int) -> None:

@@ -649,12 +649,11 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     t0 = time.perf_counter()
     stacks: dict[str, np.ndarray] = {}
     card = predictor.card
-    spacing = predictor.card.neighbour_spacing_nm
-    by_plane = {pl: predictor.with_factor(plan.factor(pl), plan.neighbour_step(pl, spacing)) if plan is not None
-                else predictor for pl in PLANES}
+    by_plane = {pl: predictor.with_factor(plan.factor(pl), plan.neighbour_step(pl)) if plan is not None else predictor
+                for pl in PLANES}
     record = plan.record(planes_of(p)) if plan is not None else None
     if record is not None and predictor.card.context_slices:  # where the neighbours the network saw lie
-        record["neighbour_step"] = {pl: plan.neighbour_step(pl, spacing) for pl in planes_of(p)}
+        record["neighbour_step"] = {pl: plan.neighbour_step(pl) for pl in planes_of(p)}
     kw = dict(timings=timings, cache_dir=cache_dir, callback=callback, reset_stale=reset_stale, overlap=overlap)
     if output is not None and not p.orthoplane and card.num_classes == 1 and not p.return_panoptic:
         from ..io import open_label_writer, read_image
