@@ -6,7 +6,10 @@ ground-truth objects (pooled TP/FP/FN over slices), foreground IoU over the
 block. 3D: the block segmented as a volume with several settings, scored
 against the 3D connected components of the ground-truth mask of the block.
 Prints one JSON line per configuration. Usage:
-    python bench/accuracy_lucchi.py --lucchi DIR [--model NAME] [--only 2d|3d] [--z0 135 --z1 165]
+    python bench/accuracy_lucchi.py --lucchi DIR [--model NAME] [--only 2d|3d] [--z0 135 --z1 165] [--pixel-size 5]
+
+``--pixel-size 5`` tells panoptem the volume's pixel size (the TIFF does not say), as a file with
+that metadata would: the run then brings it into the model's working range.
 """
 from __future__ import annotations
 
@@ -72,9 +75,11 @@ def main():
     ap.add_argument("--tta", action="store_true", help="test-time augmentation (flips) in every run")
     ap.add_argument("--ignore-smaller", type=int, default=0, help="3D: ground-truth objects under this many "
                     "voxels count neither as targets nor as misses (500: the min-size filter)")
+    ap.add_argument("--pixel-size", type=float, default=None, help="tell panoptem the pixel size (nm; Lucchi: 5)")
     add_lucchi_argument(ap)
     a = ap.parse_args()
     lucchi = lucchi_dir(a.lucchi)
+    told = dict(pixel_size=a.pixel_size) if a.pixel_size else {}
     import cc3d
     import tifffile
 
@@ -87,17 +92,19 @@ def main():
     model = panoptem.load_model(a.model)
     if a.only in (None, "2d"):
         k = model.card.context_slices  # a model that sees neighbours gets each slice's
-        emit(what="accuracy 2d", model=a.model, tta=a.tta, neighbours=k,
-             **validate_2d(model, lucchi, a.z0, a.z1, neighbours=k, tta=a.tta), machine=machine())
+        emit(what="accuracy 2d", model=a.model, tta=a.tta, neighbours=k, pixel_size_nm=a.pixel_size,
+             date=time.strftime("%Y-%m-%d"),
+             **validate_2d(model, lucchi, a.z0, a.z1, neighbours=k, tta=a.tta, **told), machine=machine())
     if a.only in (None, "3d"):
         gt3d = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
         chosen = CONFIGS_3D if a.configs is None else [CONFIGS_3D[int(i)] for i in a.configs.split(",")]
         for name, cfg in chosen:
             with Timer() as t:
-                res = panoptem.segment_3d(img, model, tta=a.tta, **cfg)
+                res = panoptem.segment_3d(img, model, tta=a.tta, **cfg, **told)
             pred = next(iter(res.labels.values()))
             r = evaluate(pred, gt3d, ignore_smaller=a.ignore_smaller)
-            emit(what="accuracy 3d", config=name, tta=a.tta, data=f"lucchi z{a.z0}-{a.z1 - 1} (validation)",
+            emit(what="accuracy 3d", config=name, tta=a.tta, pixel_size_nm=a.pixel_size,
+                 network_pixel_nm=res.pixel_size["network_pixel_nm"], data=f"lucchi z{a.z0}-{a.z1 - 1} (validation)",
                  ignore_smaller=a.ignore_smaller, date=time.strftime("%Y-%m-%d"),
                  model=a.model, foreground_iou=round(r["foreground_iou"], 4), f1_50=round(r["f1_50"], 4),
                  f1_75=round(r["f1_75"], 4), pq=round(r["pq"], 4), n_pred=r["n_pred"], n_gt=r["n_gt"],

@@ -55,6 +55,8 @@ def main() -> int:
                                  model=name, median=med,
                                  neighbours=("interpolated to the model's spacing" if resample else
                                              "the next sections") if model.card.context_slices else None,
+                                 network_pixel_nm=res.pixel_size["network_pixel_nm"]["xy"][-1],
+                                 date=time.strftime("%Y-%m-%d"),
                                  foreground_iou=round(r3["foreground_iou"], 4), f1_50_3d=round(r3["f1_50"], 4),
                                  n_pred=r3["n_pred"], n_gt=r3["n_gt"], f1_50_2d_per_section=round(r2["f1_50"], 4),
                                  seconds=round(time.perf_counter() - t, 1), machine=machine(),

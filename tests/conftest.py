@@ -21,9 +21,10 @@ def lucchi():
 TINY_ARCH = dict(num_classes=1, widths=[8, 8, 8, 8, 8], depths=[1, 1, 1, 1], decoder_channels=8, head_channels=8)
 
 
-def make_tiny_card(folder, context_slices: int = 0, name: str = "tiny"):
+def make_tiny_card(folder, context_slices: int = 0, name: str = "tiny", **fields):
     """Card path of a tiny randomly initialised PanopticNet in ``folder`` (seeded; nothing
-    downloaded), seeing ``context_slices`` neighbours on each side of a plane."""
+    downloaded), seeing ``context_slices`` neighbours on each side of a plane; ``fields``: more
+    card fields (e.g. ``voxel_size_nm``)."""
     import torch
     import yaml
 
@@ -39,6 +40,7 @@ def make_tiny_card(folder, context_slices: int = 0, name: str = "tiny"):
             "label_divisor": None, "weights": {"file": w.name, "sha256": sha256_of(w)}}
     if context_slices:
         card["context_slices"] = context_slices
+    card.update(fields)
     p = folder / f"{name}.yaml"
     p.write_text(yaml.safe_dump(card))
     return p

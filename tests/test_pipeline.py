@@ -458,6 +458,25 @@ def test_bench_network_alone_gives_a_model_its_neighbours(tmp_path, home, capsys
     assert any(len(sh) == 4 and sh[1] == 3 for sh in shapes[1:]) and not any(len(sh) == 3 for sh in shapes[1:])
 
 
+def test_bench_network_alone_sees_the_planes_at_the_model_pixel_size(tmp_path, home, capsys, monkeypatch):
+    """With the input's pixel size known, the network-only pass is given the planes resampled as
+    the run gives them (not the input's own pixels, which would cost four times the network)."""
+    from conftest import make_tiny_card
+    from panoptem.cli import main
+    from panoptem.inference.engine import Predictor
+    from panoptem.io import write_image
+    card = make_tiny_card(tmp_path, name="tiny5", voxel_size_nm=5.0)
+    vol = np.random.default_rng(0).integers(0, 255, (4, 64, 96), dtype=np.uint8)
+    src = write_image(tmp_path / "v.tif", vol, voxel_size=(2.5, 2.5, 2.5))
+    factors, orig = [], Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, planes, *a, **k: (factors.append(self.factor),
+                                                                            orig(self, planes, *a, **k))[1])
+    assert main(["bench", str(src), "--model", str(card), "--min-size", "0", "--runtime", "torch"]) == 0
+    tot = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert tot["pixel_size"]["factors"]["xy"] == [2.0, 2.0]
+    assert len(factors) > 1 and all(f == (2.0, 2.0) for f in factors[1:]), factors  # after the warm-up call
+
+
 def test_bench_command_reports_stages_and_the_ratio(tiny_card, home, capsys):
     from panoptem.cli import main
     assert main(["bench", "--shape", "6,64,96", "--model", str(tiny_card), "--min-size", "0"]) == 0

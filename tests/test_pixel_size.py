@@ -33,9 +33,9 @@ class DiskOracle(torch.nn.Module):
         return {"sem_logits": 20 * (fg - 0.5), "ctr_hmp": hm, "offsets": torch.zeros_like(c4).repeat(1, 2, 1, 1)}
 
 
-def oracle(voxel_size_nm=MODEL_NM):
+def oracle(voxel_size_nm=MODEL_NM, pixel_range_nm=None):
     card = ModelCard(name="disk-oracle", weights=Weights(file="none"), padding_factor=32, label_divisor=None,
-                     voxel_size_nm=voxel_size_nm)
+                     voxel_size_nm=voxel_size_nm, pixel_range_nm=pixel_range_nm)
     return LoadedModel(card, DiskOracle().eval(), "cpu")
 
 
@@ -198,18 +198,62 @@ def test_cli_says_what_it_used(tmp_path, capsys):
     from panoptem.io import write_image
     img, _ = disks(10.0)
     src = write_image(tmp_path / "img.tif", img, voxel_size=(10.0, 10.0))
+    # the shipped model segments best at 6-10 nm: a 10 nm image runs as it is
     code = main(["segment2d", str(src), "-o", str(tmp_path / "l.tif"), "--model", "MitoLite_v1"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "note: input voxel size 10 x 10 nm (from file), model 5 nm: scaled y x2, x x2" in err
+    assert "note: input voxel size 10 x 10 nm (from file) lies in the model's 6-10 nm (within 5 %): no resampling" in err
     rec = json.loads(out.strip().splitlines()[-1])
-    assert rec["pixel_size"]["factors"]["xy"] == [0.5, 0.5] and rec["pixel_size"]["source"] == "file"
+    assert rec["pixel_size"]["factors"]["xy"] == [1.0, 1.0] and rec["pixel_size"]["source"] == "file"
+    assert rec["pixel_size"]["model_pixel_range_nm"] == [6.0, 10.0]
     code = main(["segment2d", str(src), "-o", str(tmp_path / "l2.tif"), "--pixel-size", "5"])
     out, err = capsys.readouterr()
-    assert code == 0 and "matches the model's 5 nm" in err
-    code = main(["segment2d", str(src), "-o", str(tmp_path / "l3.tif"), "--no-resample"])
+    assert code == 0 and "the model's 6-10 nm: scaled y x0.5, x x0.5 to 10 nm pixels" in err, err
+    assert json.loads(out.strip().splitlines()[-1])["pixel_size"]["factors"]["xy"] == [2.0, 2.0]
+    code = main(["segment2d", str(src), "-o", str(tmp_path / "l3.tif"), "--no-resample", "--pixel-size", "5"])
     out, err = capsys.readouterr()
     assert code == 0 and "resampling off" in err
     code = main(["segment2d", str(src), "-o", str(tmp_path / "l4.tif"), "--pixel-size", "-3"])
     out, err = capsys.readouterr()
     assert code == 2 and "pixel_size" in err
+
+
+@pytest.mark.parametrize("pixel_nm, factor", [(2.5, 2.0), (4.5, 1.0), (1.5, 3.0), (12.0, 5 / 12), (3.0, 4 / 3)])
+def test_a_model_with_a_range_is_given_pixels_inside_it(pixel_nm, factor):
+    # the oracle finds the disks at about 4-5 nm (radius 9 px at 5 nm, 11 at 4 nm) and misses them
+    # much coarser: a card saying 4-5 nm gets its pixels there (whole factors where one lands inside)
+    img, gt = disks(pixel_nm)
+    res = segment_2d(img, oracle(pixel_range_nm=(4.0, 5.0)), voxel_size=(pixel_nm, pixel_nm), return_outputs=True,
+                     min_distance_object_centers=5)
+    assert res.pixel_size["factors"]["xy"] == pytest.approx([factor, factor])
+    assert 4.0 * 0.95 <= res.pixel_size["network_pixel_nm"]["xy"][0] <= 5.0 * 1.05
+    assert res.labels.shape == img.shape and min(_match(res.labels, gt)) > 0.8, _match(res.labels, gt)
+    # without the range the same card resamples to its 5 nm exactly
+    plain = plan_pixels(5.0, (pixel_nm, pixel_nm))
+    assert plain.network_nm() == pytest.approx((5.0, 5.0), rel=0.06)
+
+
+def test_range_keeps_the_network_pixels_square_and_whole_for_blockwise():
+    from panoptem.inference.resample import working_pixel
+    plan = plan_pixels(5.0, (40.0, 5.0, 5.0), working=(6.0, 10.0))
+    assert plan.factor("xy") == (2.0, 2.0) and plan.whole(("xy",))
+    plan = plan_pixels(5.0, (7.0, 5.0, 5.0), working=(6.0, 10.0))  # xz planes: z and x both to 10 nm
+    assert plan.network_nm("xz") == pytest.approx((10.0, 10.0))
+    assert plan_pixels(5.0, (5.0, 5.0, 5.0), working=(6.0, 10.0)).whole(("xy", "xz", "yz"))
+    assert plan_pixels(5.0, None, working=(6.0, 10.0)).factor() == (1.0, 1.0)
+    assert "6-10 nm suit it best" in plan_pixels(5.0, None, working=(6.0, 10.0)).describe()
+    assert working_pixel(6.0 * 0.96, 6.0, 10.0) == 6.0 * 0.96  # within the tolerance: as it is
+    with pytest.raises(ValueError, match="pixel_range_nm"):
+        ModelCard(name="m", weights=Weights(file="m.pt"), pixel_range_nm=(10.0, 6.0))
+
+
+def test_shipped_cards_say_their_range():
+    from panoptem.models.card import card_info
+    from panoptem.models.home import get_card
+    card = get_card("MitoLite_v1")
+    assert card.pixel_range_nm == (6.0, 10.0) and card.voxel_size_nm == 5.0
+    assert card.working_pixel_nm == pytest.approx(60 ** 0.5)
+    assert "segments best at pixels of 6-10 nm" in card_info(card)
+    # the 3-slice model did best near its training pixels (bench/pixel_range.py): no range
+    card = get_card("MitoLite_3slice_v1")
+    assert card.pixel_range_nm is None and card.working_pixel_nm == 5.0 == card.neighbour_spacing_nm

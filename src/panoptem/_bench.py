@@ -84,15 +84,18 @@ def _planes_of(volume, planes) -> list[np.ndarray]:
 
 def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: bool = False, repeat: int = 1,
           device: str = "auto", runtime: str = "auto", precision: str = "auto", threads: int | None = None,
-          batch_size: int = 0, input_name: str = "", **params) -> list[dict]:
+          batch_size: int = 0, input_name: str = "", voxel_size=None, **params) -> list[dict]:
     """Benchmark a 3D run of ``volume`` (see the module's description); returns the result
-    dicts: one per stage of the staged run, then ``network_only``, ``end_to_end`` and ``total``."""
+    dicts: one per stage of the staged run, then ``network_only``, ``end_to_end`` and ``total``.
+    ``voxel_size`` (nm, ZYX; None: unknown) and ``params`` as for the run: the network alone is
+    given the planes the run gives it (resampled to the model's pixel size, with neighbours)."""
     import torch
     from .inference.engine import Predictor
     from .inference.runtime import cpu_count, host_threads, network_threads, torch_threads
+    from .inference.segment2d import pixel_plan
     from .inference.segment3d import segment_3d, with_neighbours
     from .models.load import load_model
-    from .params import PLANES
+    from .params import PLANES, Params3D
     vol = np.asarray(volume)
     voxels = vol.size * (3 if orthoplane else 1)
     planes = PLANES if orthoplane else (plane,)
@@ -101,7 +104,8 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
     lm = load_model(model, device)
     model_load_s = time.perf_counter() - t
     kw = dict(device=lm.device, runtime=runtime, precision=precision, batch_size=batch_size,
-              orthoplane=orthoplane, inference_plane=plane, **params)
+              orthoplane=orthoplane, inference_plane=plane, voxel_size=voxel_size, **params)
+    plan = pixel_plan(lm.card, Params3D(orthoplane=orthoplane, inference_plane=plane, **params), voxel_size, 3)
     if lm.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     # warm-up: the ONNX export (first time only), sessions, allocator, thread pools
@@ -139,10 +143,12 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
         with torch_threads(host_threads(predictor.runtime, lm.device, threads)):  # as the run sets them
             k = lm.card.context_slices  # a model that sees neighbours gets them, as in the run
             for pl, stack in zip(planes, _planes_of(vol, planes)):
-                b = predictor.batch_for(stack.shape[1:], len(stack))
+                step = plan.neighbour_step(pl)
+                net = predictor.with_factor(plan.factor(pl), step)
+                b = net.batch_for(stack.shape[1:], len(stack))
                 for i in range(0, len(stack), b):
                     i1 = min(i + b, len(stack))
-                    predictor.predict(with_neighbours(stack, 0, i, i1, k, len(stack)) if k else stack[i:i1], rng)
+                    net.predict(with_neighbours(stack, 0, i, i1, k, len(stack), step) if k else stack[i:i1], rng)
         nets.append(time.perf_counter() - t)
         net_cpu.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
@@ -164,6 +170,7 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
                 "ratio": round(e2e_s / net_s, 3), "staged_s": round(staged_s, 3),
                 "staged_cpu_s": round(staged_cpu, 3), "model_load_s": round(model_load_s, 3),
                 "warmup_s": round(warmup_s, 3), "objects": res.objects, "same_labels_as_staged": bool(same),
+                "pixel_size": plan.record(planes),
                 "model": lm.card.name, "device": lm.device, "runtime": predictor.runtime,
                 "precision": predictor.precision, "repeat": len(e2e), "minor_page_faults": ru.ru_minflt,
                 "peak_rss_mb": round(peak_rss_mb(), 1), "load": load(), "load_before_runs": loads,

@@ -41,8 +41,9 @@ class PlaneParams(BaseModel):
                                      "in-plane pixel size, overriding the file's (empty: the file's, if it "
                                      "says; for a volume without one, z is taken as equal).")
     resample: bool = Field(True, description="Resample to model: when the input's pixel size is known and "
-                           "differs from the model's by more than 5 %, resample to the model's pixel size "
-                           "(labels come back on the input grid); Image Downsampling then shrinks further.")
+                           "differs from the model's by more than 5 % (or lies outside the range it segments "
+                           "best at), resample to it (labels come back on the input grid); Image "
+                           "Downsampling then shrinks further.")
     confidence_thr: float = Field(0.5, ge=0.0, le=1.0, description="Segmentation Confidence Thr: "
                                   "probability above which a pixel is organelle (single-class models).")
     center_confidence_thr: float = Field(0.1, ge=0.0, le=1.0, description="Center Confidence Thr: "

@@ -89,7 +89,7 @@ def read_input(path: str, key: Optional[str] = None, model: Optional[str] = None
     pixel = None
     if model is not None:
         from ..models.home import get_card
-        pixel = get_card(model).voxel_size_nm
+        pixel = get_card(model).working_pixel_nm
     img = read_image(path, key=key, pixel_size_nm=pixel)
     for note in img.notes:
         typer.echo(f"note: {note}", err=True)

@@ -52,14 +52,14 @@ def bench_cmd(
         if len(zyx) != 3 or min(zyx) < 2:
             raise PanoptemError(f"--shape must be three whole numbers of 2 or more, Z,Y,X (e.g. 32,768,1024), "
                                 f"not '{shape}'.")
-        volume, name = synthetic_volume(zyx), f"generated {shape}"
+        volume, name, vs = synthetic_volume(zyx), f"generated {shape}", None
     else:
         img = read_input(input, key, model)
         if img.data.ndim != 3:
             raise PanoptemError(f"bench needs a ZYX volume, got shape {tuple(img.data.shape)}.")
-        volume, name = img.data, input
+        volume, name, vs = img.data, input, img.voxel_size
     fields = params.model_dump(exclude={"orthoplane", "inference_plane", "return_panoptic", "chunk_size"})
     for rec in bench(volume, model, plane=plane, orthoplane=orthoplane, repeat=repeat, device=device,
                      runtime=runtime, precision=precision, threads=threads, batch_size=batch_size,
-                     input_name=name, **fields):
+                     input_name=name, voxel_size=vs, **fields):
         typer.echo(json.dumps(rec))

@@ -1,10 +1,12 @@
 """Pixel size: the grid the network sees.
 
-A model is trained at one pixel size (its card's ``voxel_size_nm``). When the
-input's pixel size is known (from the file, or given), each plane is resampled
-so that the network sees pixels of the model's size — by any factor, not only
-whole ones — and the labels come back on the input grid. Image Downsampling
-then shrinks further: the network sees ``model pixel x downsampling`` nm.
+A model is trained at one pixel size (its card's ``voxel_size_nm``); a model trained with
+scale augmentation segments best over a range of pixel sizes (card ``pixel_range_nm``, as
+measured). When the input's pixel size is known (from the file, or given), each plane is
+resampled so that the network sees pixels of the model's size, or inside its range (see
+:func:`working_pixel`) — by any factor, not only whole ones — and the labels come back on
+the input grid. Image Downsampling then shrinks further: the network sees
+``that pixel x downsampling`` nm.
 
 - A ratio within :data:`TOLERANCE` of 1 is no resampling; one within it of a
   whole number (2, 3, ...) is that whole number, which runs as plain integer
@@ -12,7 +14,7 @@ then shrinks further: the network sees ``model pixel x downsampling`` nm.
 - Unknown pixel size (input or model): no resampling, as before; the plan says so.
 - 3D: each plane's two axes are resampled, so xy planes of an anisotropic stack are
   resampled in-plane only, while xz / yz planes (ortho-plane or ``inference_plane``)
-  are also stretched or shrunk along z to the model's pixel size.
+  are also stretched or shrunk along z to the same pixel size.
 
 >>> plan = plan_pixels(5.0, (10.0, 10.0))
 >>> plan.factor("xy")
@@ -21,6 +23,8 @@ then shrinks further: the network sees ``model pixel x downsampling`` nm.
 ((1.0, 1.0), (4.0, 4.0))
 >>> plan_pixels(5.0, None).factor("xy")
 (1.0, 1.0)
+>>> plan_pixels(5.0, (5.0, 5.0), working=(6.0, 10.0)).factor("xy"), plan_pixels(5.0, (8.0, 8.0), working=(6.0, 10.0)).factor("xy")
+((2.0, 2.0), (1.0, 1.0))
 """
 from __future__ import annotations
 
@@ -56,6 +60,27 @@ def snap(ratio: float) -> float:
     return float(ratio)
 
 
+def working_pixel(v: float, lo: float, hi: float) -> float:
+    """The pixel size (nm) the network is given for input pixels of ``v`` nm and a model that
+    segments best at ``lo``..``hi`` nm: ``v`` itself inside the range (give or take
+    :data:`TOLERANCE`); a finer input reduced by the smallest whole factor that lands in the
+    range (plain downsampling: block means, and blockwise runs can do it), else exactly to
+    ``lo``; a coarser input enlarged to ``hi``.
+
+    >>> working_pixel(5.0, 6.0, 10.0), working_pixel(3.0, 6.0, 10.0), working_pixel(2.5, 6.0, 10.0)
+    (10.0, 6.0, 7.5)
+    >>> working_pixel(8.0, 6.0, 10.0), working_pixel(5.5, 6.0, 10.0), working_pixel(20.0, 6.0, 10.0)
+    (8.0, 6.0, 10.0)
+    """
+    a, b = lo * (1 - TOLERANCE), hi * (1 + TOLERANCE)
+    if a <= v <= b:
+        return v
+    if v > b:
+        return hi
+    k = math.ceil(a / v)
+    return k * v if k * v <= b else lo
+
+
 def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
@@ -64,12 +89,14 @@ def _fmt(v: float) -> str:
 class PixelPlan:
     """How an input is brought to the model's pixel size.
 
-    ``model_nm``: the model's pixel size (None: unknown). ``voxel_size``: the input's,
+    ``model_nm``: the pixel size the network is given (the model's, or inside its ``working``
+    range, see :func:`working_pixel`; None: unknown). ``voxel_size``: the input's,
     nm per axis (2 for an image, 3 for a volume; None: unknown). ``source``: where that
     came from (``"file"``, ``"pixel_size"``, ``"file + pixel_size"``, ``"unknown"``).
     ``ratios``: per axis, model pixel / input pixel as run (1: not resampled).
     ``neighbour_nm``: how far apart a model that sees neighbouring planes had them in training
-    (None: ``model_nm``).
+    (None: ``model_nm``). ``working``: the pixel sizes (nm) the model segments best at (card
+    ``pixel_range_nm``), if it says.
     """
 
     model_nm: float | None
@@ -80,6 +107,13 @@ class PixelPlan:
     ratios: tuple[float, ...]
     z_assumed: bool = False
     neighbour_nm: float | None = None
+    working: tuple[float, float] | None = None
+
+    def _model(self) -> str:
+        """The model's pixel size in words: its range, or its one size."""
+        if self.working:
+            return f"the model's {_fmt(self.working[0])}-{_fmt(self.working[1])} nm"
+        return f"the model's {_fmt(self.model_nm)} nm"
 
     def factor(self, plane: str = "xy") -> tuple[float, float]:
         """Input pixels per network pixel along the plane's two axes (rows, columns),
@@ -128,7 +162,7 @@ class PixelPlan:
                             else "pass --pixel-size NM if the file's metadata is wrong")
                     raise PanoptemError(
                         f"The {pl} planes would be resampled x{_fmt(1 / r)} along {what} ({_fmt(vs)} nm pixels "
-                        f"to the model's {_fmt(self.model_nm)} nm), beyond the x{_fmt(1 / MAX_REDUCE)}..x"
+                        f"to {_fmt(self.model_nm)} nm), beyond the x{_fmt(1 / MAX_REDUCE)}..x"
                         f"{_fmt(MAX_ENLARGE)} panoptem accepts; {hint}, or turn resampling off (--no-resample).")
 
     def describe(self, planes=("xy",)) -> str:
@@ -139,25 +173,24 @@ class PixelPlan:
             return (f"the model's pixel size is unknown (its card gives no voxel_size_nm): no resampling{ds}.")
         if self.voxel_size is None:
             return (f"input pixel size unknown (the file does not say): no resampling{ds}; the network sees the "
-                    f"image's pixels as if they were {_fmt(self.model_nm)} nm. Pass --pixel-size NM to resample "
+                    f"image's pixels as they are ({self._model()} suit it best). Pass --pixel-size NM to resample "
                     "to the model's pixel size.")
         vs = " x ".join(_fmt(v) for v in self.voxel_size)
         head = f"input voxel size {vs} nm (from {self.source})"
         if self.z_assumed:
             head += ", z assumed equal to the pixel size"
         if not self.resample:
-            net = self.model_nm
-            return (f"{head}, model {_fmt(self.model_nm)} nm: resampling off{ds}; the network sees the image's "
-                    f"pixels as if they were {_fmt(net)} nm.")
+            return f"{head}, {self._model()}: resampling off{ds}; the network sees the image's pixels as they are."
         if not self.resampled(planes):
-            return f"{head} matches the model's {_fmt(self.model_nm)} nm (within 5 %): no resampling{ds}."
+            fits = "lies in" if self.working else "matches"
+            return f"{head} {fits} {self._model()} (within 5 %): no resampling{ds}."
         parts = []
         names = ("z", "y", "x") if len(self.ratios) == 3 else ("y", "x")
         for pl in planes:
             a, b = (0, 1) if len(self.ratios) == 2 else PLANE_AXES[pl]
             scl = ", ".join(f"{names[ax]} x{_fmt(1 / self.ratios[ax])}" for ax in (a, b))
             parts.append(f"{pl} planes scaled {scl}" if len(self.ratios) == 3 else f"scaled {scl}")
-        return (f"{head}, model {_fmt(self.model_nm)} nm: {'; '.join(parts)} to the model's pixel size{ds}; "
+        return (f"{head}, {self._model()}: {'; '.join(parts)} to {_fmt(self.model_nm)} nm pixels{ds}; "
                 "labels are on the input grid.")
 
     def short(self, planes=("xy",)) -> str:
@@ -171,12 +204,13 @@ class PixelPlan:
             return f"{vs} nm, resampling off"
         if not self.resampled(planes):
             return f"{vs} nm, no resampling needed"
-        return f"{vs} nm, resampled to the model's {_fmt(self.model_nm)} nm"
+        return f"{vs} nm, resampled to {_fmt(self.model_nm)} nm"
 
     def record(self, planes=("xy",)) -> dict:
         """What a run used, for results and JSON summaries."""
         return {"input_voxel_size_nm": list(self.voxel_size) if self.voxel_size else None,
-                "source": self.source, "model_pixel_size_nm": self.model_nm, "resample": self.resample,
+                "source": self.source, "model_pixel_size_nm": self.model_nm,
+                "model_pixel_range_nm": list(self.working) if self.working else None, "resample": self.resample,
                 "downsampling": self.downsampling,
                 "factors": {pl: [round(v, 6) for v in self.factor(pl)] for pl in planes},
                 "network_pixel_nm": {pl: [round(v, 6) for v in self.network_nm(pl)] for pl in planes}
@@ -190,14 +224,17 @@ class PixelPlan:
 
 
 def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | None = None, resample: bool = True,
-                downsampling: int = 1, ndim: int | None = None, neighbour_nm: float | None = None) -> PixelPlan:
+                downsampling: int = 1, ndim: int | None = None, neighbour_nm: float | None = None,
+                working: tuple[float, float] | None = None) -> PixelPlan:
     """The :class:`PixelPlan` of an input with ``voxel_size`` (nm per axis, from its file;
-    None: unknown) for a model trained at ``model_nm``.
+    None: unknown) for a model trained at ``model_nm`` that segments best at ``working``
+    (smallest, largest nm; None: at ``model_nm``).
 
     ``pixel_size`` overrides the in-plane (y, x) size; a volume whose file gives no
     voxel size is then taken as isotropic. ``ndim`` (2 or 3): the input's
     dimensions when ``voxel_size`` is unknown (default: ``len(voxel_size)`` or 2).
-    ``neighbour_nm``: see :class:`PixelPlan`.
+    ``neighbour_nm``: see :class:`PixelPlan`. With ``working``, every axis is brought to
+    :func:`working_pixel` of the finer in-plane axis, so the network's pixels stay square.
     """
     vs = None
     if voxel_size is not None:
@@ -219,10 +256,13 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
         else:
             vs, source = (*vs[:-2], ps, ps), "file + pixel_size" if n == 3 else "pixel_size"
     d = int(downsampling)
+    work = (float(working[0]), float(working[1])) if working else None
+    if work:
+        model_nm = working_pixel(min(vs[-2:]), *work) if vs is not None else math.sqrt(work[0] * work[1])
     if model_nm is None or vs is None or not resample:
-        return PixelPlan(model_nm, vs, source, bool(resample), d, (1.0,) * n, z_assumed, neighbour_nm)
+        return PixelPlan(model_nm, vs, source, bool(resample), d, (1.0,) * n, z_assumed, neighbour_nm, work)
     ratios = tuple(snap(float(model_nm) / v) for v in vs)
-    return PixelPlan(float(model_nm), vs, source, True, d, ratios, z_assumed, neighbour_nm)
+    return PixelPlan(float(model_nm), vs, source, True, d, ratios, z_assumed, neighbour_nm, work)
 
 
 def planes_of(params) -> tuple[str, ...]:

@@ -115,7 +115,7 @@ def neighbour_step(card, params, voxel_size, plane: str) -> float:
 
 
 def pixel_plan(card, params, voxel_size, ndim: int):
-    """The :class:`~.resample.PixelPlan` of a run: the model's pixel size, the input's
+    """The :class:`~.resample.PixelPlan` of a run: the model's pixel size (or range), the input's
     (``voxel_size``, overridden in-plane by ``params.pixel_size``), resampling on or off
     and Image Downsampling from ``params``."""
     from .resample import plan_pixels
@@ -123,7 +123,8 @@ def pixel_plan(card, params, voxel_size, ndim: int):
     if vs is not None and len(vs) != ndim:
         vs = vs[-ndim:] if len(vs) > ndim else None
     return plan_pixels(card.voxel_size_nm, vs, params.pixel_size, params.resample, params.downsampling, ndim,
-                       neighbour_nm=card.neighbour_spacing_nm if card.context_slices else None)
+                       neighbour_nm=card.neighbour_spacing_nm if card.context_slices else None,
+                       working=card.pixel_range_nm)
 
 
 def _check_memory(shape, itemsize: int, batch_size: int) -> None:
@@ -157,9 +158,10 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
     With a known pixel size (``voxel_size``, or the ``pixel_size`` parameter) that differs
-    from the model's (card ``voxel_size_nm``) by more than 5 %, every image is resampled to
-    the model's pixel size (then Image Downsampling applies) and the labels come back at
-    the input's size; ``resample=False`` turns that off (see :mod:`panoptem.inference.resample`).
+    from the model's (card ``voxel_size_nm``, or outside its ``pixel_range_nm``) by more than
+    5 %, every image is resampled to the model's pixel size (then Image Downsampling applies)
+    and the labels come back at the input's size; ``resample=False`` turns that off (see
+    :mod:`panoptem.inference.resample`).
 
     Parameters
     ----------

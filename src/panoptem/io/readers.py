@@ -469,7 +469,7 @@ def _nearest_level(ms, target: float) -> tuple[dict, str | None]:
     if best is ms["datasets"][0]:
         return best, None
     return best, (f"read OME-Zarr level '{best['path']}' ({best_size:g} nm pixels), the nearest to the model's "
-                  f"{target:g} nm; pass --key to read another level")
+                  f"{target:.3g} nm; pass --key to read another level")
 
 
 def _resolve_zarr(p: Path, root, key: str | None, pixel_size_nm: float | None = None):

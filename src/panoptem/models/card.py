@@ -130,7 +130,12 @@ class ModelCard(BaseModel):
     #: how far apart (nm) the neighbouring planes were in training (None: ``voxel_size_nm``, as for
     #: a near-isotropic FIB-SEM volume; set it for a model trained on serial sections)
     context_spacing_nm: float | None = None
+    #: pixel size (nm) of the training data
     voxel_size_nm: float | None = None
+    #: pixel sizes (nm, smallest and largest) the model segments best at, as measured; inference
+    #: brings an input of known pixel size into this range (None: to ``voxel_size_nm``); see
+    #: :func:`panoptem.inference.resample.working_pixel`
+    pixel_range_nm: tuple[float, float] | None = None
     architecture: dict = Field(default_factory=dict)
     weights: Weights
     validation: dict = Field(default_factory=dict)
@@ -149,6 +154,9 @@ class ModelCard(BaseModel):
             raise ValueError(f"context_slices must be 0 or more, not {self.context_slices}")
         if self.context_spacing_nm is not None and not self.context_spacing_nm > 0:
             raise ValueError(f"context_spacing_nm must be a positive number of nm, not {self.context_spacing_nm}")
+        r = self.pixel_range_nm
+        if r is not None and not 0 < r[0] <= r[1]:
+            raise ValueError(f"pixel_range_nm must be two positive numbers of nm, smallest first, not {list(r)}")
         given = self.architecture.get("in_channels")
         if given is not None and given != self.input_channels:
             raise ValueError(f"the architecture takes {given} input channel(s) but context_slices "
@@ -159,6 +167,13 @@ class ModelCard(BaseModel):
     def neighbour_spacing_nm(self) -> float | None:
         """How far apart (nm) the model's neighbouring planes were in training, if known."""
         return self.context_spacing_nm or self.voxel_size_nm
+
+    @property
+    def working_pixel_nm(self) -> float | None:
+        """The pixel size (nm) the model is best given: the middle (by ratio) of ``pixel_range_nm``,
+        else ``voxel_size_nm`` (e.g. to choose an OME-Zarr level)."""
+        r = self.pixel_range_nm
+        return (r[0] * r[1]) ** 0.5 if r else self.voxel_size_nm
 
     @property
     def input_channels(self) -> int:
@@ -218,6 +233,9 @@ def card_info(card: ModelCard) -> str:
                      + (f", {card.neighbour_spacing_nm:g} nm apart" if card.neighbour_spacing_nm else ""))
     if card.voxel_size_nm:
         lines.append(f"training pixel size: {card.voxel_size_nm} nm")
+    if card.pixel_range_nm:
+        lo, hi = card.pixel_range_nm
+        lines.append(f"segments best at pixels of {lo:g}-{hi:g} nm (inputs of known pixel size are brought there)")
     if card.validation:
         lines.append("validation: " + json.dumps(card.validation))
     lines.append(f"weights: {card.weights_path()} ({card.weights.format})")
