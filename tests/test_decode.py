@@ -212,7 +212,9 @@ def _random_planes(rng, n, h, w, stride=4):
 @pytest.mark.parametrize("kw", [dict(label_divisor=1000), dict(label_divisor=None, min_distance_object_centers=5),
                                 dict(label_divisor=1000, min_distance_object_centers=1),
                                 dict(label_divisor=1000, out_shape=(40, 90)), dict(label_divisor=1000,
-                                                                               fine_boundaries=True)])
+                                                                               fine_boundaries=True),
+                                dict(label_divisor=1000, out_shape=(80, 180)), dict(label_divisor=None,
+                                                                              out_shape=(79, 177))])
 def test_planes_decoded_together_equal_planes_decoded_alone(kw, monkeypatch):
     """decode_planes gives each plane's decode_panoptic labels, thin planes batched or not, with
     few centres per plane (direct distances) and many (a k-d tree)."""

@@ -239,7 +239,8 @@ def test_range_keeps_the_network_pixels_square_and_whole_for_blockwise():
     assert plan.factor("xy") == (2.0, 2.0) and plan.whole(("xy",))
     plan = plan_pixels(5.0, (7.0, 5.0, 5.0), working=(6.0, 10.0))  # xz planes: z and x both to 10 nm
     assert plan.network_nm("xz") == pytest.approx((10.0, 10.0))
-    assert plan_pixels(5.0, (5.0, 5.0, 5.0), working=(6.0, 10.0)).whole(("xy", "xz", "yz"))
+    five = plan_pixels(5.0, (5.0, 5.0, 5.0), working=(6.0, 10.0))
+    assert five.whole(("xy", "xz", "yz")) and five.short() == "5 x 5 x 5 nm, resampled to 10 nm (the model's 6-10 nm)"
     assert plan_pixels(5.0, None, working=(6.0, 10.0)).factor() == (1.0, 1.0)
     assert "6-10 nm suit it best" in plan_pixels(5.0, None, working=(6.0, 10.0)).describe()
     assert working_pixel(6.0 * 0.96, 6.0, 10.0) == 6.0 * 0.96  # within the tolerance: as it is

@@ -315,38 +315,45 @@ def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] |
     """:func:`decode_panoptic` of each of N planes: ``probability`` (N, C, H, W), ``heatmap``
     (N, 1, h, w) and ``offsets`` (N, 2, h, w), as arrays or sequences of planes; returns the N
     label planes, equal to decoding them one by one. For a model with one thing class and
-    default decoding (no Fine boundaries, outputs at the network's size), planes are decoded
-    in groups of up to :data:`SMALL_PLANE` pixels (a large plane alone) in a few array
-    operations: the many thin planes of an xz or yz stack then cost little more than their
-    pixels, and every plane skips the general merge. ``compacted``: each plane as
+    default decoding (no Fine boundaries), planes are decoded in groups of up to
+    :data:`SMALL_PLANE` output pixels (a large plane alone) in a few array operations: the
+    many thin planes of an xz or yz stack then cost little more than their pixels, and every
+    plane skips the general merge (also when ``out_shape`` is larger than the network's: the
+    probabilities of a group are brought to it in one call). ``compacted``: each plane as
     ``(local, ids)``, what :func:`~panoptem.labels.compact` gives for its labels, which the
     decoding knows without another pass."""
     n = len(probability)
     cls, things = list(settings.get("class_ids", (1,))), list(settings.get("thing_ids", (1,)))
     C, H, W = probability[0].shape[-3:] if n else (1, 0, 0)
     simple = (n and C == 1 and len(cls) == 1 and things == cls and not settings.get("fine_boundaries")
-              and not settings.get("semantic_only") and tuple(out_shape or (H, W)) == (H, W))
+              and not settings.get("semantic_only"))
     if not simple:
         labs = [decode_panoptic(probability[i], heatmap[i], offsets[i], out_shape=out_shape, **settings)
                 for i in range(n)]
         return [compact(a) for a in labs] if compacted else labs
-    group = max(1, SMALL_PLANE // max(H * W, 1))
+    shape = tuple(out_shape or (H, W))
+    group = max(1, SMALL_PLANE // max(shape[0] * shape[1], 1))
     out = []
     for i in range(0, n, group):
         j = min(i + group, n)
-        out += _decode_group(probability[i:j], heatmap[i:j], offsets[i:j], cls[0], compacted, settings)
+        out += _decode_group(probability[i:j], heatmap[i:j], offsets[i:j], cls[0], compacted, settings, shape)
     return out
 
 
-def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, settings: dict) -> list:
-    """:func:`decode_planes` of planes of one thing class, together."""
+def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, settings: dict,
+                  shape: tuple[int, int]) -> list:
+    """:func:`decode_planes` of planes of one thing class, together, labels of ``shape``."""
     n = len(probability)
     H, W = probability[0].shape[-2:]
     stride = settings.get("stride", STRIDE)
     thr = settings.get("confidence_thr", 0.5)
-    fg = np.empty((n, H, W), bool)
-    for i, p in enumerate(probability):  # no float copy of the planes
-        np.greater_equal(np.asarray(p)[0], thr, out=fg[i])
+    fg = np.empty((n, *shape), bool)
+    if shape == (H, W):
+        for i, p in enumerate(probability):  # no float copy of the planes
+            np.greater_equal(np.asarray(p)[0], thr, out=fg[i])
+    else:  # the planes as the channels of one image: each resized as decode_panoptic resizes it
+        np.greater_equal(_upsample_linear(np.stack([np.asarray(p, np.float32)[0] for p in probability]), shape),
+                         thr, out=fg)
     hm = np.stack([np.asarray(a, np.float32).reshape(a.shape[-2:]) for a in heatmap])
     offsets = np.stack([np.asarray(a, np.float32) for a in offsets])
     h, w = hm.shape[1:]
@@ -361,8 +368,8 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
     plane, rc = plane[order], rc[order]
     counts = np.bincount(plane, minlength=n)
     ids = _group_planes(centers_in_pixels(rc, stride), plane, counts, offsets, stride)
-    ids = _upsample_nearest_planes(ids, (H, W), stride)
-    masked = np.empty((n, H, W), ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.uint32)
+    ids = _upsample_nearest_planes(ids, shape, (stride * shape[0] / H, stride * shape[1] / W))
+    masked = np.empty((n, *shape), ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.uint32)
     np.multiply(ids, fg, out=masked, casting="unsafe")  # each plane's centre ids where it is foreground
     return _merge_planes(masked, thing, settings.get("label_divisor", 10000), compacted)
 
@@ -396,13 +403,16 @@ def _group_planes(centers: np.ndarray, plane: np.ndarray, counts: np.ndarray, of
     return ids
 
 
-def _upsample_nearest_planes(ids: np.ndarray, shape: tuple[int, int], stride: int) -> np.ndarray:
-    """:func:`_upsample_nearest` of (N, h, w) ids by a whole ``stride``, as uint16 where they fit."""
+def _upsample_nearest_planes(ids: np.ndarray, shape: tuple[int, int], stride) -> np.ndarray:
+    """:func:`_upsample_nearest` of (N, h, w) ids by ``stride`` (rows, columns), as uint16 where
+    they fit."""
     n, h, w = ids.shape
-    if h * stride < shape[0] or w * stride < shape[1]:
-        return np.stack([_upsample_nearest(a, shape, stride) for a in ids])
+    sy, sx = stride
     dt = np.uint16 if ids.max(initial=0) < 2**16 else ids.dtype
-    return _repeat_cells(ids.astype(dt, copy=False), stride, stride, shape)
+    ids = ids.astype(dt, copy=False)
+    if not (float(sy).is_integer() and float(sx).is_integer()) or h * sy < shape[0] or w * sx < shape[1]:
+        return np.stack([_upsample_nearest(a, shape, (sy, sx)) for a in ids])
+    return _repeat_cells(ids, int(sy), int(sx), shape)
 
 
 def _merge_planes(masked: np.ndarray, thing: int, label_divisor: int | None, compacted: bool = False) -> list:

@@ -204,7 +204,9 @@ class PixelPlan:
             return f"{vs} nm, resampling off"
         if not self.resampled(planes):
             return f"{vs} nm, no resampling needed"
-        return f"{vs} nm, resampled to {_fmt(self.model_nm)} nm"
+        if self.working:
+            return f"{vs} nm, resampled to {_fmt(self.model_nm)} nm ({self._model()})"
+        return f"{vs} nm, resampled to the model's {_fmt(self.model_nm)} nm"
 
     def record(self, planes=("xy",)) -> dict:
         """What a run used, for results and JSON summaries."""
