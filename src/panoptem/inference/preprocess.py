@@ -147,24 +147,42 @@ def _block_mean(x: np.ndarray, f: int) -> np.ndarray:
 
 
 def area_resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Shrink the last two axes of ``x`` to ``shape`` by area averaging (see :func:`downsample`)."""
+    """Shrink the last two axes of ``x`` to ``shape`` by area averaging (see :func:`downsample`);
+    an axis whose length is a whole multiple of its new length goes first (block means, and
+    the other axis then has fewer pixels to average)."""
     x = np.asarray(x, np.float32)
-    for axis, n in ((-2, shape[0]), (-1, shape[1])):
+    axes = [(-2, int(shape[0])), (-1, int(shape[1]))]
+    axes.sort(key=lambda a: x.shape[a[0]] % a[1] != 0)
+    for axis, n in axes:
         if x.shape[axis] != n:
-            x = _area_mean(x, axis, x.shape[axis], int(n))
+            x = _area_mean(x, axis, x.shape[axis], n)
     return x
 
 
 def _area_mean(x: np.ndarray, axis: int, m: int, n: int) -> np.ndarray:
-    """Means of the ``n`` adaptive-pooling bins of ``x`` along ``axis`` (``m`` pixels)."""
+    """Means of the ``n`` adaptive-pooling bins of ``x`` along ``axis`` (``m`` pixels): bin ``i``
+    spans pixels ``floor(i*m/n)`` to ``ceil((i+1)*m/n)``. Added up pixel by pixel across the
+    bins (each bin's first pixels, then its second, ...), in float32: a bin holds only a few."""
     i = np.arange(n)
     start, stop = (i * m) // n, -((-(i + 1) * m) // n)
-    c = np.cumsum(x, axis=axis, dtype=np.float64)
-    c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
-    sums = np.take(c, stop, axis=axis) - np.take(c, start, axis=axis)
+    width = stop - start
     shape = [1] * x.ndim
     shape[axis] = n
-    return (sums / (stop - start).reshape(shape)).astype(np.float32)
+    if m % n == 0:  # bins of one width without overlap: strided views
+        f = m // n
+        v = np.moveaxis(x, axis, -1)
+        out = v[..., 0::f] + v[..., 1::f] if f > 1 else v.copy()
+        for j in range(2, f):
+            out += v[..., j::f]
+        out *= np.float32(1.0 / f)
+        return np.ascontiguousarray(np.moveaxis(out, -1, axis))
+    out = np.take(x, start, axis=axis)
+    for j in range(1, int(width.max())):
+        more = np.take(x, np.minimum(start + j, m - 1), axis=axis)
+        more *= (j < width).astype(np.float32).reshape(shape)
+        out += more
+    out /= width.astype(np.float32).reshape(shape)
+    return out
 
 
 def pad_to_multiple(batch, factor: int):
