@@ -29,11 +29,12 @@ Normalisation: 0.5-99.5 percentiles of the image (2D) or volume (3D), so any dty
 def publish(weights: str | Path, name: str, description: str, voxel_size_nm: float | None,
             validation: dict | None = None, training: dict | None = None, out_dir: str | Path = ZOO,
             label_divisor: int | None = None, class_name: str = "mitochondria", architecture: dict | None = None,
-            context_slices: int = 0) -> Path:
+            context_slices: int = 0, pixel_range_nm: tuple[float, float] | None = None) -> Path:
     """Write ``out_dir/<name>.pt`` (state dict) and ``out_dir/<name>.yaml``, atomically;
     returns the card path. The card records every architecture setting (those saved with the
     weights, else ``architecture``); ``context_slices``: the neighbours on each side the network
-    sees (its input channels are 2k + 1)."""
+    sees (its input channels are 2k + 1); ``pixel_range_nm``: the pixel sizes it segments best
+    at, as measured with ``bench/pixel_range.py``."""
     import torch
 
     from panoptem._atomic import atomic_path, write_text
@@ -51,16 +52,18 @@ def publish(weights: str | Path, name: str, description: str, voxel_size_nm: flo
     with atomic_path(wfile, suffix=".pt") as tmp:
         torch.save({"architecture": arch, "state_dict": blob["state_dict"]}, tmp)
     card = ModelCard(name=name, description=description, classes=[ClassInfo(id=1, name=class_name)],
-                     label_divisor=label_divisor, voxel_size_nm=voxel_size_nm, architecture=arch,
+                     label_divisor=label_divisor, voxel_size_nm=voxel_size_nm, pixel_range_nm=pixel_range_nm,
+                     architecture=arch,
                      input_multiple=16, context_slices=context_slices,
                      weights=Weights(file=wfile.name, sha256=sha256_of(wfile), format="state_dict"),
                      validation=validation or {}, training=training or {})
     return write_text(out / f"{name}.yaml", card.to_yaml())
 
 
-def validate_3d(model, lucchi, z0: int = 135, z1: int = 165) -> dict:
-    """3D figures of a model on the held-out block: xy stack, default parameters, against the 3D
-    connected components of the block's mask (objects under the 500-voxel min size ignored)."""
+def validate_3d(model, lucchi, z0: int = 135, z1: int = 165, **params) -> dict:
+    """3D figures of a model on the held-out block: xy stack, default parameters (``params``
+    beside them), against the 3D connected components of the block's mask (objects under the
+    500-voxel min size ignored)."""
     import tifffile
 
     import panoptem
@@ -68,7 +71,7 @@ def validate_3d(model, lucchi, z0: int = 135, z1: int = 165) -> dict:
     zs = range(z0, z1)
     img = tifffile.imread(lucchi / "training_image.tif", key=zs)
     mask = tifffile.imread(lucchi / "training_mask.tif", key=zs)
-    res = panoptem.segment_3d(img, model)
+    res = panoptem.segment_3d(img, model, **params)
     return score_3d(next(iter(res.labels.values())), mask, 500)
 
 
@@ -103,6 +106,9 @@ def main():
                     "of this source tree)")
     ap.add_argument("--context-slices", type=int, default=0, help="a run of bench/train_context_slices.py: the "
                     "neighbours on each side its network sees")
+    ap.add_argument("--pixel-range", default=None, metavar="LO,HI", help="the pixel sizes (nm) it segments best "
+                    "at, measured with bench/pixel_range.py (MitoLite_v1: 6,10): written to the card, and the "
+                    "validation repeated with the block's 5 nm pixel size known")
     add_lucchi_argument(ap)
     a = ap.parse_args()
     import torch
@@ -129,7 +135,12 @@ def main():
         step = torch.load(weights, map_location="cpu", weights_only=True).get("step")
         training["kept_step"] = step if step is not None else json.loads((run / "best.json").read_text())["step"]
     description = a.description or DESCRIPTION
-    kw = dict(architecture=cfg["architecture"], context_slices=k, out_dir=a.out_dir)
+    if a.pixel_range and not a.description:
+        description += (f"\nSegments best at {a.pixel_range.replace(',', '-')} nm pixels (pixel_range_nm, measured with "
+                        "bench/pixel_range.py): an input whose pixel size is known is brought there, a 5 nm volume "
+                        "to 10 nm.")
+    rng = tuple(float(v) for v in a.pixel_range.split(",")) if a.pixel_range else None
+    kw = dict(architecture=cfg["architecture"], context_slices=k, out_dir=a.out_dir, pixel_range_nm=rng)
     card = publish(weights, a.name, description, voxel_size_nm=5.0, training=training, **kw)
     model = panoptem.load_model(str(card), device="cpu")
     lucchi = lucchi_dir(a.lucchi)
@@ -148,6 +159,15 @@ def main():
                             "image)" if k else "") + ". 3D: the block "
                          "as an xy stack, against the 3D connected components of its mask, objects under "
                          "500 voxels (the min-size filter) ignored"}
+    if rng:  # the same figures when the run knows the block's pixel size: it brings it into the range
+        w2, w3 = validate_2d(model, lucchi, neighbours=k, pixel_size=5.0), validate_3d(model, lucchi, pixel_size=5.0)
+        validation["at_working_pixel"] = {
+            "input_pixel_nm": 5.0, "foreground_iou_2d": w2["foreground_iou"], "f1_50_2d": w2["f1_50"],
+            "precision_50_2d": w2["precision_50"], "recall_50_2d": w2["recall_50"],
+            "foreground_iou_3d": w3["foreground_iou"], "f1_50_3d": w3["f1_50"], "precision_50_3d": w3["precision_50"],
+            "recall_50_3d": w3["recall_50"],
+            "how": "the figures above when the run knows the pixel size (5 nm, from the file or --pixel-size 5), "
+                   "labels on the 5 nm grid; the same block and scoring"}
     card = publish(weights, a.name, description, voxel_size_nm=5.0, training=training, validation=validation,
                    **kw)
     print(json.dumps({"card": str(card), **validation}))

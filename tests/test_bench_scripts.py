@@ -117,3 +117,22 @@ def test_object_confidence_script_runs(lucchi, tmp_path):
     assert all(0 < r["mean"] <= 1 and r["voxels"] > 0 for r in objects)
     assert summary["mean_below_0.92"]["true"] + summary["mean_below_0.92"]["false"] == sum(
         r["mean"] < 0.92 for r in objects)
+
+
+@pytest.mark.slow
+def test_pixel_range_script_gives_the_network_the_pixels_asked(lucchi):
+    lines = [json.loads(s) for s in _run(BENCH / "pixel_range.py", "--lucchi", lucchi, "--block", "135:141",
+                                         "--models", "MitoLite_v1", "--network-nm", "5,10")]
+    assert [r["network_pixel_nm"] for r in lines] == [5.0, 10.0]
+    assert all(0 < r["foreground_iou"] <= 1 and r["n_gt"] > 0 for r in lines)
+
+
+def test_release_script_writes_the_measured_pixel_range(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from release_mitolite import publish
+
+    from panoptem.models.card import load_card
+    zoo = Path(__file__).resolve().parents[1] / "src" / "panoptem" / "models" / "zoo"
+    card = load_card(publish(zoo / "MitoLite_v1.pt", "again", "d", 5.0, out_dir=tmp_path, pixel_range_nm=(6.0, 10.0)))
+    assert card.pixel_range_nm == (6.0, 10.0) and card.voxel_size_nm == 5.0
+    assert load_card(publish(zoo / "MitoLite_v1.pt", "plain", "d", 5.0, out_dir=tmp_path)).pixel_range_nm is None
