@@ -136,9 +136,9 @@ def main():
         training["kept_step"] = step if step is not None else json.loads((run / "best.json").read_text())["step"]
     description = a.description or DESCRIPTION
     if a.pixel_range and not a.description:
-        description += (f"\nSegments best at {a.pixel_range.replace(',', '-')} nm pixels (pixel_range_nm, measured with "
-                        "bench/pixel_range.py): an input whose pixel size is known is brought there, a 5 nm volume "
-                        "to 10 nm.")
+        lo_hi = a.pixel_range.replace(",", "-")
+        description += (f"\nSegments best at {lo_hi} nm pixels (pixel_range_nm, measured with bench/pixel_range.py): "
+                        "an input whose pixel size is known is brought there, a 5 nm volume to 10 nm.")
     rng = tuple(float(v) for v in a.pixel_range.split(",")) if a.pixel_range else None
     kw = dict(architecture=cfg["architecture"], context_slices=k, out_dir=a.out_dir, pixel_range_nm=rng)
     card = publish(weights, a.name, description, voxel_size_nm=5.0, training=training, **kw)

@@ -214,7 +214,8 @@ def _random_planes(rng, n, h, w, stride=4):
                                 dict(label_divisor=1000, out_shape=(40, 90)), dict(label_divisor=1000,
                                                                                fine_boundaries=True),
                                 dict(label_divisor=1000, out_shape=(80, 180)), dict(label_divisor=None,
-                                                                              out_shape=(79, 177))])
+                                                                              out_shape=(79, 177)),
+                                dict(label_divisor=1000, out_shape=(25, 60))])
 def test_planes_decoded_together_equal_planes_decoded_alone(kw, monkeypatch):
     """decode_planes gives each plane's decode_panoptic labels, thin planes batched or not, with
     few centres per plane (direct distances) and many (a k-d tree)."""

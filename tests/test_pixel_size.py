@@ -202,7 +202,8 @@ def test_cli_says_what_it_used(tmp_path, capsys):
     code = main(["segment2d", str(src), "-o", str(tmp_path / "l.tif"), "--model", "MitoLite_v1"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "note: input voxel size 10 x 10 nm (from file) lies in the model's 6-10 nm (within 5 %): no resampling" in err
+    note = "note: input voxel size 10 x 10 nm (from file) lies in the model's 6-10 nm (within 5 %): no resampling"
+    assert note in err
     rec = json.loads(out.strip().splitlines()[-1])
     assert rec["pixel_size"]["factors"]["xy"] == [1.0, 1.0] and rec["pixel_size"]["source"] == "file"
     assert rec["pixel_size"]["model_pixel_range_nm"] == [6.0, 10.0]
@@ -242,7 +243,8 @@ def test_range_keeps_the_network_pixels_square_and_whole_for_blockwise():
     five = plan_pixels(5.0, (5.0, 5.0, 5.0), working=(6.0, 10.0))
     assert five.whole(("xy", "xz", "yz")) and five.short() == "5 x 5 x 5 nm, resampled to 10 nm (the model's 6-10 nm)"
     assert plan_pixels(5.0, None, working=(6.0, 10.0)).factor() == (1.0, 1.0)
-    assert "6-10 nm suit it best" in plan_pixels(5.0, None, working=(6.0, 10.0)).describe()
+    assert "the model segments best at 6-10 nm pixels" in plan_pixels(5.0, None, working=(6.0, 10.0)).describe()
+    assert "the model was trained at 5 nm pixels" in plan_pixels(5.0, None).describe()
     assert working_pixel(6.0 * 0.96, 6.0, 10.0) == 6.0 * 0.96  # within the tolerance: as it is
     with pytest.raises(ValueError, match="pixel_range_nm"):
         ModelCard(name="m", weights=Weights(file="m.pt"), pixel_range_nm=(10.0, 6.0))

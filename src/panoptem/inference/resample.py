@@ -23,7 +23,8 @@ the input grid. Image Downsampling then shrinks further: the network sees
 ((1.0, 1.0), (4.0, 4.0))
 >>> plan_pixels(5.0, None).factor("xy")
 (1.0, 1.0)
->>> plan_pixels(5.0, (5.0, 5.0), working=(6.0, 10.0)).factor("xy"), plan_pixels(5.0, (8.0, 8.0), working=(6.0, 10.0)).factor("xy")
+>>> rng = (6.0, 10.0)
+>>> plan_pixels(5.0, (5.0, 5.0), working=rng).factor("xy"), plan_pixels(5.0, (8.0, 8.0), working=rng).factor("xy")
 ((2.0, 2.0), (1.0, 1.0))
 """
 from __future__ import annotations
@@ -115,6 +116,12 @@ class PixelPlan:
             return f"the model's {_fmt(self.working[0])}-{_fmt(self.working[1])} nm"
         return f"the model's {_fmt(self.model_nm)} nm"
 
+    def _best(self) -> str:
+        """What pixels suit the model, in words."""
+        if self.working:
+            return f"the model segments best at {_fmt(self.working[0])}-{_fmt(self.working[1])} nm pixels"
+        return f"the model was trained at {_fmt(self.model_nm)} nm pixels"
+
     def factor(self, plane: str = "xy") -> tuple[float, float]:
         """Input pixels per network pixel along the plane's two axes (rows, columns),
         Image Downsampling included."""
@@ -173,8 +180,8 @@ class PixelPlan:
             return (f"the model's pixel size is unknown (its card gives no voxel_size_nm): no resampling{ds}.")
         if self.voxel_size is None:
             return (f"input pixel size unknown (the file does not say): no resampling{ds}; the network sees the "
-                    f"image's pixels as they are ({self._model()} suit it best). Pass --pixel-size NM to resample "
-                    "to the model's pixel size.")
+                    f"image's pixels as they are ({self._best()}). Pass --pixel-size NM to resample to the "
+                    "model's pixel size.")
         vs = " x ".join(_fmt(v) for v in self.voxel_size)
         head = f"input voxel size {vs} nm (from {self.source})"
         if self.z_assumed:

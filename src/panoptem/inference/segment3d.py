@@ -486,9 +486,10 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     volume : (Z, Y, X) array or lazy array (zarr, h5py, memmap, dask).
     voxel_size : (Z, Y, X) nm of the input: written with the labels, drawn in the preview,
         and used to resample every plane to the model's pixel size (card ``voxel_size_nm``, or
-        into its ``pixel_range_nm``) when they differ by more than 5 %: xy planes in-plane, xz / yz planes along z
-        too; labels come back on the input grid (``pixel_size`` overrides the in-plane
-        size, ``resample=False`` turns it off; ``result.pixel_size`` says what was used).
+        into its ``pixel_range_nm``) when they differ by more than 5 %: xy planes in-plane,
+        xz / yz planes along z too; labels come back on the input grid (``pixel_size``
+        overrides the in-plane size, ``resample=False`` turns it off; ``result.pixel_size``
+        says what was used).
     model : registered model name, card path or a loaded model.
     params : a :class:`~panoptem.params.Params3D` (or a dict of its fields);
         keyword arguments override its fields.
