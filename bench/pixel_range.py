@@ -23,16 +23,15 @@ from _common import add_lucchi_argument, emit_to, lucchi_dir, machine
 
 
 def shrunk(stack, s: float, image: bool = False):
-    """Each plane of ``stack`` resized by ``s``: an image bilinearly (antialiased), labels by
-    nearest neighbour."""
+    """Each plane of ``stack`` resized by ``s`` as panoptem resizes planes: an image bilinearly
+    (antialiased), labels by nearest neighbour."""
     import numpy as np
-    import torch
-    import torch.nn.functional as F
-    t = torch.from_numpy(np.asarray(stack, np.float32))[:, None]
+
+    from panoptem.inference.resample import nearest_to, resample_planes
+    shape = tuple(round(n * s) for n in np.shape(stack)[-2:])
     if image:
-        out = F.interpolate(t, scale_factor=s, mode="bilinear", antialias=True)[:, 0].numpy()
-        return np.clip(out, 0, 255).astype(np.asarray(stack).dtype)
-    return F.interpolate(t, scale_factor=s, mode="nearest-exact")[:, 0].numpy().astype(np.uint32)
+        return np.clip(resample_planes(stack, shape), 0, 255).astype(np.asarray(stack).dtype)
+    return np.stack([nearest_to(p, shape) for p in stack]).astype(np.uint32)
 
 
 def main() -> int:
