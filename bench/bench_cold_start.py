@@ -8,7 +8,8 @@ resumable cache (what the command runs): the difference per stage is what the co
 output and cache cost.
 
 Prints one JSON line per measurement. Usage:
-    python bench/bench_cold_start.py VOLUME.tif [--image2d IMAGE.tif] [--repeat 3] [--fresh-only] [--orthoplane] [--stages] [--label NAME]
+    python bench/bench_cold_start.py VOLUME.tif [--image2d IMAGE.tif] [--repeat 3] [--fresh-only] [--orthoplane]
+        [--stages] [--pixel-size NM] [--label NAME]
 """
 from __future__ import annotations
 
@@ -42,17 +43,21 @@ def main() -> int:
     ap.add_argument("--orthoplane", action="store_true", help="segment3d with --orthoplane (fresh processes only)")
     ap.add_argument("--stages", action="store_true", help="only: in memory against streamed to a file with the "
                     "cache, stage by stage, in one warm process")
+    ap.add_argument("--pixel-size", type=float, default=None,
+                    help="the volume's pixel size in nm, given to every run (resampled to the model's range)")
     a = ap.parse_args()
+    px = ("--pixel-size", str(a.pixel_size)) if a.pixel_size else ()
+    voxel = (a.pixel_size,) * 3 if a.pixel_size else None
     if a.stages:
-        return stages(a)
+        return stages(a, voxel)
     from typer.testing import CliRunner
     import tifffile
     import panoptem
     from panoptem.cli import app
     with tempfile.TemporaryDirectory() as tmp:
-        extra = ("--orthoplane",) if a.orthoplane else ()
+        extra = ("--orthoplane",) * a.orthoplane + px
         cold = [fresh(a.volume, Path(tmp) / f"fresh{i}.tif", extra=extra) for i in range(a.repeat)]
-        emit(what="fresh process CLI" + (", ortho-plane" if a.orthoplane else ""), code=a.label,
+        emit(what="fresh process CLI" + (", ortho-plane" if a.orthoplane else ""), code=a.label, pixel_size_nm=a.pixel_size,
              seconds=round(statistics.median(cold), 2), runs_s=[round(v, 2) for v in cold], load=load(),
              machine=machine())
         if a.image2d:
@@ -64,7 +69,7 @@ def main() -> int:
         runner, warm = CliRunner(), []
         for i in range(a.repeat + 1):  # the first call warms the process up
             t = time.perf_counter()
-            r = runner.invoke(app, ["segment3d", a.volume, "-o", str(Path(tmp) / f"warm{i}.tif")])
+            r = runner.invoke(app, ["segment3d", a.volume, "-o", str(Path(tmp) / f"warm{i}.tif"), *px])
             warm.append(time.perf_counter() - t)
             if r.exit_code != 0:
                 raise SystemExit(r.output)
@@ -75,7 +80,7 @@ def main() -> int:
         mem = []
         for _ in range(a.repeat):
             t = time.perf_counter()
-            panoptem.segment_3d(vol, model)
+            panoptem.segment_3d(vol, model, voxel_size=voxel)
             mem.append(time.perf_counter() - t)
         emit(what="segment_3d in memory (warm)", seconds=round(statistics.median(mem), 2),
              runs_s=[round(v, 2) for v in mem], load=load())
@@ -83,7 +88,7 @@ def main() -> int:
         loaded = statistics.median(loads)
         emit(what="model load and first call, fresh process (after its imports)", seconds=round(loaded, 2),
              runs_s=[round(v, 2) for v in loads], load=load())
-        emit(what="fresh CLI / (in memory + model load)", code=a.label,
+        emit(what="fresh CLI / (in memory + model load)", code=a.label, pixel_size_nm=a.pixel_size,
              ratio=round(statistics.median(cold) / (statistics.median(mem) + loaded), 3), machine=machine())
     return 0
 
@@ -110,21 +115,21 @@ def model_load(volume: str) -> float:
     return float(r.stdout.split()[-1])
 
 
-def stages(a) -> int:
+def stages(a, voxel=None) -> int:
     """In memory, then streamed to a TIFF with the resumable cache (as the command runs it), each
     one stage after another in this warm process; one line per run with the seconds per stage."""
     import tifffile
     import panoptem
     vol = tifffile.imread(a.volume)
     model = panoptem.load_model()
-    panoptem.segment_3d(vol[:4], model)  # warm up
+    panoptem.segment_3d(vol[:4], model, voxel_size=voxel)  # warm up
     keep = ("read", "normalise", "forward", "quantise", "median", "decode", "link", "relabel")
     for _ in range(a.repeat):
         for how in ("in memory", "streamed to a TIFF, with the cache"):
             with tempfile.TemporaryDirectory() as tmp:
                 kw = {} if how == "in memory" else {"output": Path(tmp) / "labels.tif"}
                 t, c = time.perf_counter(), time.process_time()
-                res = panoptem.segment_3d(vol, model, overlap=False, **kw)
+                res = panoptem.segment_3d(vol, model, overlap=False, voxel_size=voxel, **kw)
                 wall, cpu = time.perf_counter() - t, time.process_time() - c
             emit(what=f"segment_3d one stage after another, {how}", code=a.label, seconds=round(wall, 2),
                  cpu_seconds=round(cpu, 2), stages_s={k: round(res.timings.get(f"{k}_s", 0.0), 2) for k in keep},

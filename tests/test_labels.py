@@ -127,6 +127,23 @@ def test_lookup_in_threads_equals_the_plain_gather(monkeypatch, shape):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
+def test_lookup_in_place_in_pieces_that_split_planes(monkeypatch, threads):
+    """The labels as their own output (an xy stack relabelled over its provisional ids), in
+    pieces smaller than a plane and not aligned with its rows."""
+    import panoptem.labels as labels_mod
+    from panoptem.inference import runtime
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 50, (6, 13, 17)).astype(np.uint32)
+    lut = rng.integers(0, 2**31, 50).astype(np.uint32)
+    want = lut[stack]
+    monkeypatch.setattr(labels_mod, "THREADED_LOOKUP", 1)
+    monkeypatch.setattr(labels_mod, "LOOKUP_PIECE", 29)
+    monkeypatch.setattr(runtime, "cpu_count", lambda: threads)
+    assert labels_mod.lookup(lut, stack, out=stack) is stack
+    np.testing.assert_array_equal(stack, want)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
 def test_lookup_into_a_transposed_view_fills_the_volume_in_its_own_order(monkeypatch, threads):
     import panoptem.labels as labels_mod
     from panoptem.inference import runtime

@@ -303,6 +303,27 @@ def test_area_downsampling_matches_pytorch():
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+def test_bilinear_resizing_matches_pytorch():
+    """The decoding's bilinear resizing (numpy) against PyTorch's: whole factors (the fast path),
+    other ratios, shrinking, one-pixel axes and leading axes; float32 rounding apart (PyTorch
+    computes the source coordinates in float32, about 1e-5 off at a thousand pixels)."""
+    import torch
+    import torch.nn.functional as F
+
+    from panoptem.inference.preprocess import linear_resize
+    rng = np.random.default_rng(2)
+    cases = (((2, 3, 24, 32), (48, 64)), ((1, 83, 64), (165, 128)), ((1, 1, 50, 70), (101, 139)),
+             ((1, 1, 100, 100), (60, 70)), ((1, 1, 64, 64), (192, 256)), ((1, 1, 1, 5), (3, 10)),
+             ((1, 1, 7, 1), (21, 4)), ((1, 1, 9, 9), (9, 9)), ((1, 1, 300, 400), (900, 800)))
+    for shape, size in cases:
+        x = rng.random(shape, dtype=np.float32)
+        got = linear_resize(x, size)
+        t = torch.from_numpy(x.reshape(-1, 1, *shape[-2:]))
+        want = F.interpolate(t, size=size, mode="bilinear", align_corners=False).numpy().reshape(got.shape)
+        assert got.shape == (*shape[:-2], *size) and got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_allclose(got, want, atol=3e-5, err_msg=str((shape, size)))
+
+
 def test_a_cached_network_runs_without_pytorch(tmp_path):
     """Once its ONNX export is cached, the bundled model runs in a fresh process without
     importing PyTorch (the start of every run is seconds shorter), with the same labels."""
@@ -311,16 +332,20 @@ def test_a_cached_network_runs_without_pytorch(tmp_path):
     import sys
     pytest.importorskip("onnxruntime")
     script = ("import sys, numpy as np, panoptem\n"
-              "res = panoptem.segment_3d(panoptem.load_sample()[:4], device='cpu')\n"
+              "px = float(sys.argv[2]) or None\n"
+              "res = panoptem.segment_3d(panoptem.load_sample()[:4], device='cpu', voxel_size=px and (px,) * 3)\n"
               "np.save(sys.argv[1], res.labels['mitochondria'])\n"
               "print('torch' in sys.modules)\n")
     env = {**os.environ, "PANOPTEM_HOME": str(tmp_path / "home")}
-    runs = [subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{i}.npy")], env=env, check=True,
-                           capture_output=True, text=True).stdout.split()[-1] for i in range(2)]
-    assert runs == ["True", "False"]  # the first exports the network with PyTorch; the second needs none
-    first, second = np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy")
+    # the last run knows its pixel size: planes shrunk x2 for the network, labels brought back
+    runs = [subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{i}.npy"), px], env=env, check=True,
+                           capture_output=True, text=True).stdout.split()[-1] for i, px in enumerate(("0", "0", "5"))]
+    assert runs == ["True", "False", "False"]  # the first exports the network with PyTorch; the others need none
+    first, second, resampled = (np.load(tmp_path / f"{i}.npy") for i in range(3))
     assert first.max() > 0
     np.testing.assert_array_equal(first, second)
+    assert resampled.shape == first.shape and resampled.max() > 0
+    assert ((resampled > 0) == (first > 0)).mean() > 0.9  # the same mitochondria, seen at 10 nm
 
 
 def test_inference_runs_the_network_with_batch_norms_folded():

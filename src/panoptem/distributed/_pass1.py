@@ -28,8 +28,9 @@ import cc3d
 import numpy as np
 
 from ..inference.cache import at_cache_precision, probability_bytes
-from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, _upsample_linear, \
+from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, \
     _upsample_nearest
+from ..inference.preprocess import linear_resize
 from ..inference.segment3d import planes_along, with_neighbours
 from ..params import Params3D
 from ._source import VolumeSource, read_region, worker_device, worker_model
@@ -290,7 +291,7 @@ def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarra
         full = np.zeros(region.shape, np.uint8)
         for j in range(len(planes)):
             pr = out.semantic_probability[j]
-            f = pr if pr.shape[-2:] == planes.shape[-2:] else _upsample_linear(pr, planes.shape[-2:])
+            f = pr if pr.shape[-2:] == planes.shape[-2:] else linear_resize(pr, planes.shape[-2:])
             sl = [slice(None)] * 3
             sl[ax] = j
             full[tuple(sl)] = probability_bytes(f[0])
@@ -456,7 +457,7 @@ def decode_block(job: StackJob, block: Block) -> dict:
             continue
         ids, keys = _group(p, centres[starts[d]:starts[d + 1]], off[i], cw0, pm.shape[-2:], out_shape, d,
                            (gh, gw), bool(things))
-        pm_full = pm if pm.shape[-2:] == out_shape else _upsample_linear(pm, out_shape)
+        pm_full = pm if pm.shape[-2:] == out_shape else linear_resize(pm, out_shape)
         sem = semantic_classes(pm_full, card_classes, p.confidence_thr)
         builder.add(d, d < c0, sem[core_rc], ids[core_rc], keys, things, stuff)
     table, core_labels = builder.finish(c0, c1, p.bridge_gaps)
@@ -480,7 +481,7 @@ def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things):
     cpx = np.asarray(centres[:, 1:3], np.float32) * STRIDE + (STRIDE - 1) / 2.0
     scale = out_shape[0] / net_hw[0]
     if p.fine_boundaries:  # grouped per network pixel: the window starts at pixel cw0 * STRIDE
-        o = _upsample_linear(off, (off.shape[1] * STRIDE, off.shape[2] * STRIDE))
+        o = linear_resize(off, (off.shape[1] * STRIDE, off.shape[2] * STRIDE))
         ids = group_pixels(cpx, o, stride=1, origin=(cw0[0] * STRIDE, cw0[1] * STRIDE))
         ids = _upsample_nearest(ids, out_shape, scale)
     else:  # grouped per heatmap cell: the window starts at cell cw0

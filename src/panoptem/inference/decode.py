@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from ..labels import compact, dtype_for_max_label, number_per_class
 from ..models.card import OUTPUT_STRIDE as STRIDE
+from .preprocess import linear_resize
 
 #: up to this many centres :func:`group_pixels` measures every distance; above, a k-d tree
 BRUTE_FORCE_CENTERS = 64
@@ -209,14 +210,6 @@ def _repeat_cells(a: np.ndarray, sy: int, sx: int, shape: tuple[int, int]) -> np
     return np.repeat(wide, sy, axis=-2)[..., : shape[0], :]
 
 
-def _upsample_linear(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of (C, h, w) to (C, *shape), pixel-centre aligned."""
-    import torch
-    import torch.nn.functional as F
-    t = torch.from_numpy(np.ascontiguousarray(a, np.float32))[None]
-    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0].numpy()
-
-
 def things_and_stuff(class_ids, thing_ids, semantic_only: bool = False) -> tuple[list[int], list[int]]:
     """The classes decoded as instances and as semantic segments ("Semantic only": none as instances).
 
@@ -255,7 +248,7 @@ def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarr
     H, W = prob.shape[-2:]
     out_shape = tuple(out_shape or (H, W))
     if out_shape != (H, W):
-        prob = _upsample_linear(prob, out_shape)
+        prob = linear_resize(prob, out_shape)
     semantic = semantic_classes(prob, class_ids, confidence_thr)
     things, stuff = things_and_stuff(class_ids, thing_ids, semantic_only)
     sy, sx = out_shape[0] / H, out_shape[1] / W  # output pixels per network-input pixel
@@ -264,7 +257,7 @@ def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarr
         centers = find_centers(hm, center_confidence_thr, min_distance_object_centers)
         centers_px = centers_in_pixels(centers, stride)
         if fine_boundaries:
-            off = _upsample_linear(offsets, (hm.shape[0] * stride, hm.shape[1] * stride))
+            off = linear_resize(offsets, (hm.shape[0] * stride, hm.shape[1] * stride))
             ids = group_pixels(centers_px, off, stride=1)
             ids = _upsample_nearest(ids, out_shape, (sy, sx))
         else:
@@ -352,7 +345,7 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
         for i, p in enumerate(probability):  # no float copy of the planes
             np.greater_equal(np.asarray(p)[0], thr, out=fg[i])
     else:  # the planes as the channels of one image: each resized as decode_panoptic resizes it
-        np.greater_equal(_upsample_linear(np.stack([np.asarray(p, np.float32)[0] for p in probability]), shape),
+        np.greater_equal(linear_resize(np.stack([np.asarray(p, np.float32)[0] for p in probability]), shape),
                          thr, out=fg)
     hm = np.stack([np.asarray(a, np.float32).reshape(a.shape[-2:]) for a in heatmap])
     offsets = np.stack([np.asarray(a, np.float32) for a in offsets])

@@ -21,8 +21,9 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import PanoptemError
 from ..labels import number_per_class
 from ..models.card import OUTPUT_STRIDE
-from .decode import (_upsample_linear, centers_in_pixels, class_votes, find_centers, group_pixels, paint_stuff,
+from .decode import (centers_in_pixels, class_votes, find_centers, group_pixels, paint_stuff,
                      semantic_classes, stuff_areas, stuff_label, things_and_stuff)
+from .preprocess import linear_resize
 
 DECODE_TILE = 2048
 
@@ -39,7 +40,7 @@ def _crop_upsampled(a: np.ndarray, r0: int, r1: int, c0: int, c1: int, factor: i
     h, w = a.shape[-2:]
     g0, g1 = max(r0 // factor - 1, 0), min(-(-r1 // factor) + 1, h)
     k0, k1 = max(c0 // factor - 1, 0), min(-(-c1 // factor) + 1, w)
-    up = _upsample_linear(a[:, g0:g1, k0:k1].astype(np.float32), ((g1 - g0) * factor, (k1 - k0) * factor))
+    up = linear_resize(a[:, g0:g1, k0:k1].astype(np.float32), ((g1 - g0) * factor, (k1 - k0) * factor))
     return up[:, r0 - g0 * factor:r1 - g0 * factor, c0 - k0 * factor:c1 - k0 * factor]
 
 

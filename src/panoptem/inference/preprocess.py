@@ -167,6 +167,59 @@ def _area_mean(x: np.ndarray, axis: int, m: int, n: int) -> np.ndarray:
     return out
 
 
+def linear_resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The last two axes of ``x`` resized to ``shape`` by bilinear interpolation, pixel centres
+    aligned (PyTorch's ``interpolate(mode="bilinear", align_corners=False)``, to float32
+    rounding), without antialiasing: for enlarging. Float32; rows first, then columns.
+
+    >>> linear_resize(np.array([[0.0, 4.0]]), (1, 4)).tolist()
+    [[0.0, 1.0, 3.0, 4.0]]
+    """
+    x = np.asarray(x, np.float32)
+    for axis, n in ((x.ndim - 2, int(shape[0])), (x.ndim - 1, int(shape[1]))):
+        if x.shape[axis] != n:
+            x = _linear_axis(x, n, axis)
+    return np.ascontiguousarray(x)
+
+
+def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Bilinear resizing of ``axis`` (counted from the front) of ``x`` (float32) to ``n`` pixels."""
+    m = x.shape[axis]
+
+    def at(a, b=None):  # x[..., a:b, ...] along the axis (a view)
+        return x[(slice(None),) * axis + (slice(a, b),)]
+
+    if n % m == 0 and m > 1:  # a whole factor f: output pixel f*i + p lies at i + (p + 0.5) / f - 0.5
+        f = n // m
+        out = np.empty(x.shape[:axis + 1] + (f,) + x.shape[axis + 1:], np.float32)
+        step = np.subtract(at(1), at(0, -1))  # x[i + 1] - x[i]
+        part = np.empty_like(step)
+        for p in range(f):
+            w = (p + 0.5) / f - 0.5
+            o = out[(slice(None),) * (axis + 1) + (p,)]  # the output pixels f*i + p
+            first, last = (slice(None),) * axis + (0,), (slice(None),) * axis + (-1,)
+            if w < 0:  # between i - 1 and i; the first pixel clamps to x[0]
+                np.multiply(step, np.float32(-w), out=part)
+                np.subtract(at(1), part, out=o[(slice(None),) * axis + (slice(1, None),)])
+                o[first] = x[first]
+            elif w > 0:  # between i and i + 1; the last pixel clamps to x[-1]
+                np.multiply(step, np.float32(w), out=part)
+                np.add(at(0, -1), part, out=o[(slice(None),) * axis + (slice(0, -1),)])
+                o[last] = x[last]
+            else:
+                o[...] = x
+        return out.reshape(x.shape[:axis] + (n,) + x.shape[axis + 1:])
+    src = np.maximum((np.arange(n, dtype=np.float64) + 0.5) * (m / n) - 0.5, 0.0)
+    i0 = np.minimum(src.astype(np.intp), m - 1)
+    i1 = np.minimum(i0 + 1, m - 1)
+    out = np.take(x, i0, axis=axis)
+    part = np.take(x, i1, axis=axis)
+    part -= out
+    part *= (src - i0).astype(np.float32).reshape((n,) + (1,) * (x.ndim - axis - 1))
+    out += part
+    return out
+
+
 def pad_to_multiple(batch, factor: int):
     """Pad the last two axes at the bottom/right so they are multiples of ``factor``: by
     reflection, or by repeating the edge where an image is too small to reflect. Takes a

@@ -292,15 +292,17 @@ def network_shape(shape, factor) -> tuple[int, int]:
 def resample_planes(planes: np.ndarray, shape) -> np.ndarray:
     """(..., H, W) planes resized to (..., *shape) float32: bilinear, antialiased when
     shrinking (pixel-centre aligned, so the grids span the same field of view)."""
+    if shape[0] >= planes.shape[-2] and shape[1] >= planes.shape[-1]:  # enlarging: no PyTorch needed
+        from .preprocess import linear_resize
+        return linear_resize(planes, tuple(int(s) for s in shape))
     import torch
     import torch.nn.functional as F
     lead = planes.shape[:-2]
     x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).reshape(-1, 1, *planes.shape[-2:])
     if tuple(x.shape[-2:]) == tuple(shape):
         return x.reshape(*lead, *x.shape[-2:]).numpy()
-    shrink = shape[0] < x.shape[-2] or shape[1] < x.shape[-1]
     out = F.interpolate(x, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False,
-                        antialias=shrink)
+                        antialias=True)
     return out.reshape(*lead, *out.shape[-2:]).numpy()
 
 

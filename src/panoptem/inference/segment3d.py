@@ -23,7 +23,8 @@ from ..labels import dtype_for_max_label, lookup, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from ._pipeline import Prefetch, StageClock, Worker, yield_to_network
 from .cache import at_cache_precision, byte_steps, plane_hashes, probability_bytes
-from .decode import _upsample_linear, decode_planes, decode_settings
+from .decode import decode_planes, decode_settings
+from .preprocess import linear_resize
 from .engine import Predictor
 from .linking import LinkResult, SliceLinker
 from .median import RunningMedian
@@ -142,7 +143,7 @@ def _resize_area(a: np.ndarray, shape) -> np.ndarray:
     if a.shape == tuple(shape):
         return a
     if shape[0] > a.shape[0] or shape[1] > a.shape[1]:
-        return _upsample_linear(a[None], tuple(shape))[0]
+        return linear_resize(a[None], tuple(shape))[0]
     from .preprocess import area_resize
     return area_resize(a, tuple(shape))
 
@@ -251,7 +252,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             sl[axis] = i0 + j
             with clock("median"):
                 if probability_sink is not None:
-                    full = prob if prob.shape[-2:] == shape else _upsample_linear(prob, shape)
+                    full = prob if prob.shape[-2:] == shape else linear_resize(prob, shape)
                     probability_sink[tuple(sl)] = probability_bytes(full[0])
                 if extra_probability:
                     acc = prob[0].copy()
@@ -364,7 +365,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             mapping = renumber(res)
             dt = mapping.dtype
         with clock("relabel"):  # straight into Z, Y, X order: the consensus and writers read it by Z
-            labels = np.empty(volume.shape, dt)
+            if axis == 0 and provisional.dtype == dt:  # an xy stack is in that order: over its own ids
+                labels = provisional
+            else:
+                labels = np.empty(volume.shape, dt)
             lookup(mapping.astype(dt, copy=False), provisional, out=np.moveaxis(labels, axis, 0))
         tm["decode_link_s"] += time.perf_counter() - t
         return labels
