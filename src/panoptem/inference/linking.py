@@ -140,14 +140,16 @@ class SliceLinker:
         """Class of every provisional id (index = id; 0 for id 0 and without a divisor)."""
         return np.concatenate([[0], *self._nodes["cls"]]).astype(np.int64)
 
-    def add(self, labels2d: np.ndarray | None = None, compacted: tuple | None = None) -> np.ndarray:
+    def add(self, labels2d: np.ndarray | None = None, compacted: tuple | None = None,
+            out: np.ndarray | None = None) -> np.ndarray:
         """Add the next slice; return it with provisional ids unique over the stack.
 
         ``labels2d`` (H, W): panoptic ids of this slice (``class * divisor + n``,
         or 1..N without a divisor), unique within the slice; or ``compacted``, what
         :func:`~panoptem.labels.compact` gives for them, ``(local, ids)`` (e.g. from
         :func:`~.decode.decode_planes`). The result is uint32 (uint64 once more than
-        2**32 - 1 provisional ids were given out).
+        2**32 - 1 provisional ids were given out); written into ``out`` (e.g. the slice of a
+        stack) when that has this dtype.
         """
         lab = np.asarray(labels2d) if compacted is None else compacted[0]
         if lab.ndim != 2:
@@ -183,7 +185,12 @@ class SliceLinker:
             self._gap.append((ia[m] + prev2["offset"] + 1, ib[m] + cur["offset"] + 1, iou[m]))
         self._prev2, self._prev = prev, cur
         self._z += 1
-        prov = np.zeros(lab.shape, dtype_for_max_label(self._n))  # written at the object pixels only
+        dt = dtype_for_max_label(self._n)
+        if out is not None and out.dtype == dt and out.shape == lab.shape:
+            prov = out
+            prov[...] = 0
+        else:
+            prov = np.zeros(lab.shape, dt)  # written at the object pixels only
         ids_here = lv.astype(prov.dtype)
         ids_here += prov.dtype.type(offset)
         prov.reshape(-1)[nz] = ids_here

@@ -222,7 +222,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                                  out_shape=shape, compacted=True, **settings)
         for (idx, _, _), lab in zip(items, labs):
             with clock("link"):
-                prov = linker.add(compacted=lab)
+                into = provisional[idx] if isinstance(provisional, np.ndarray) else None
+                prov = linker.add(compacted=lab, out=into)
+                if prov is into:  # written in place
+                    continue
                 if provisional is None and work_dir is not None:
                     from .spill import SpillStack  # widens itself when the ids outgrow uint32
                     provisional = SpillStack(Path(work_dir) / f"provisional_{plane}.raw", (n, *shape), prov.dtype)
