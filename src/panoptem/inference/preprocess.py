@@ -170,7 +170,8 @@ def _area_mean(x: np.ndarray, axis: int, m: int, n: int) -> np.ndarray:
 def linear_resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The last two axes of ``x`` resized to ``shape`` by bilinear interpolation, pixel centres
     aligned (PyTorch's ``interpolate(mode="bilinear", align_corners=False)``, to float32
-    rounding), without antialiasing: for enlarging. Float32; rows first, then columns.
+    rounding), without antialiasing (made for enlarging; it shrinks by sampling, as PyTorch
+    does). Float32; rows first, then columns.
 
     >>> linear_resize(np.array([[0.0, 4.0]]), (1, 4)).tolist()
     [[0.0, 1.0, 3.0, 4.0]]
@@ -194,10 +195,10 @@ def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
         out = np.empty(x.shape[:axis + 1] + (f,) + x.shape[axis + 1:], np.float32)
         step = np.subtract(at(1), at(0, -1))  # x[i + 1] - x[i]
         part = np.empty_like(step)
+        first, last = (slice(None),) * axis + (0,), (slice(None),) * axis + (-1,)
         for p in range(f):
             w = (p + 0.5) / f - 0.5
             o = out[(slice(None),) * (axis + 1) + (p,)]  # the output pixels f*i + p
-            first, last = (slice(None),) * axis + (0,), (slice(None),) * axis + (-1,)
             if w < 0:  # between i - 1 and i; the first pixel clamps to x[0]
                 np.multiply(step, np.float32(-w), out=part)
                 np.subtract(at(1), part, out=o[(slice(None),) * axis + (slice(1, None),)])

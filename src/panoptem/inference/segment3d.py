@@ -24,10 +24,10 @@ from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from ._pipeline import Prefetch, StageClock, Worker, yield_to_network
 from .cache import at_cache_precision, byte_steps, plane_hashes, probability_bytes
 from .decode import decode_planes, decode_settings
-from .preprocess import linear_resize
 from .engine import Predictor
 from .linking import LinkResult, SliceLinker
 from .median import RunningMedian
+from .preprocess import area_resize, linear_resize
 
 
 @dataclass
@@ -144,7 +144,6 @@ def _resize_area(a: np.ndarray, shape) -> np.ndarray:
         return a
     if shape[0] > a.shape[0] or shape[1] > a.shape[1]:
         return linear_resize(a[None], tuple(shape))[0]
-    from .preprocess import area_resize
     return area_resize(a, tuple(shape))
 
 
