@@ -131,8 +131,11 @@ def test_2d_input_is_refused():
                                              ("xy", ".zarr", {"maximum_objects_per_class": 0}),
                                              ("xy", ".tif", {"label_erosion": 2}),
                                              ("xy", ".tif", {"semantic_only": True})])
-def test_streamed_output_equals_in_memory(tmp_path, plane, ext, extra):
+def test_streamed_output_equals_in_memory(tmp_path, monkeypatch, plane, ext, extra):
+    import panoptem.inference.segment3d as s3
+    monkeypatch.setattr(s3, "REMAP_BLOCK", 3)  # labels written in several blocks (one buffer, halos)
     vol, truth = phantom()
+    assert len(vol) > 2 * s3.REMAP_BLOCK
     mem = segment_3d(vol, dark_blob_model(), inference_plane=plane, **P, **extra)
     out = tmp_path / f"labels{ext}"
     st = segment_3d(vol, dark_blob_model(), inference_plane=plane, output=out, voxel_size=(5.0, 5.0, 5.0),
@@ -234,6 +237,12 @@ def test_spill_stack_reads_blocks_as_written_and_widens(tmp_path):
     for r0, r1 in ((1, 3), (0, spill.STRIP), (spill.STRIP - 3, 2 * spill.STRIP + 2), (rows - 4, rows + 9)):
         np.testing.assert_array_equal(s[:, r0:r1], ref[:, r0:r1])
     np.testing.assert_array_equal(s[3], ref[3])
+    buf = np.full((4, rows, 7), 9, np.uint32)  # one buffer, block after block
+    for a, b in ((1, 4), (4, 6), (0, 4)):
+        got = s.read(a, b, out=buf)
+        assert np.shares_memory(got, buf)
+        np.testing.assert_array_equal(got, ref[a:b])
+    assert not np.shares_memory(s.read(0, 2, out=buf.astype(np.uint64)), buf)  # not its dtype: a new array
     wide = ref[5].astype(np.uint64) + 2**40
     s[5] = wide
     assert s.dtype == np.uint64 and s[0:6].dtype == np.uint64

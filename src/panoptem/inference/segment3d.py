@@ -378,8 +378,12 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     return complete if deferred else complete()
 
 
+#: Z slices per block when a streamed run writes its final labels
+REMAP_BLOCK = 32
+
+
 def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_shape, params=None,
-                     block: int = 32, objects: int | None = None) -> int:
+                     block: int | None = None, objects: int | None = None) -> int:
     """Write final labels in Z blocks: read the provisional stack (stored in
     stack order) for those Z, map ids, put the block in ZYX order. Erosion and
     dilation (``params``) read as many extra slices above and below as they reach.
@@ -388,20 +392,27 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
     import fastremap
     from .postprocess import postprocess_labels
     nz = zyx_shape[0]
+    block = block or REMAP_BLOCK
     lut = mapping.astype(dtype_for_max_label(int(mapping.max(initial=0))))
     ids: set[int] = set()
     ero, dil = (params.label_erosion, params.label_dilation) if params is not None else (0, 0)
     holes = bool(params is not None and params.fill_holes_in_segmentation)
     halo = ero + dil
     post = bool(ero or dil or holes) or objects is None
+    buf = None
     for z0 in range(0, nz, block):
         z1 = min(z0 + block, nz)
         a0, a1 = max(z0 - halo, 0), min(z1 + halo, nz)
-        if axis == 0:
-            prov = np.asarray(provisional[a0:a1])
+        if axis == 0 and hasattr(provisional, "read"):  # spilled ids: each block read into one buffer
+            if buf is None or buf.dtype != provisional.dtype:  # and relabelled there (the writers copy)
+                buf = np.empty((min(block + 2 * halo, nz), *zyx_shape[1:]), provisional.dtype)
+            prov = provisional.read(a0, a1, out=buf)
+            mapped = lookup(lut, prov, out=prov if prov.dtype == lut.dtype else None)
+        elif axis == 0:
+            mapped = lookup(lut, np.asarray(provisional[a0:a1]))
         else:  # stack order (n, Z, other): Z is axis 1 of the store
-            prov = np.moveaxis(np.asarray(provisional[:, a0:a1]), 0, axis)
-        lab = postprocess_labels(lookup(lut, prov), ero, dil, holes)[z0 - a0:z0 - a0 + (z1 - z0)]
+            mapped = lookup(lut, np.moveaxis(np.asarray(provisional[:, a0:a1]), 0, axis))
+        lab = postprocess_labels(mapped, ero, dil, holes)[z0 - a0:z0 - a0 + (z1 - z0)]
         writer[z0:z1] = lab
         if post:  # erosion may remove objects: count what is written
             ids.update(np.asarray(fastremap.unique(lab)).tolist())

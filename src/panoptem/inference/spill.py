@@ -86,12 +86,21 @@ class SpillStack:
                 not isinstance(rows, slice) or rows.step not in (None, 1))):
             raise TypeError(f"SpillStack reads s[i], s[a:b] or s[:, a:b], not {key!r}")
         a, b, _ = key.indices(n)
-        b = max(a, b)
         r0, r1 = 0, rest[0]
         if rows is not None:
             r0, r1, _ = rows.indices(rest[0])
-            r1 = max(r0, r1)
-        out = np.empty((b - a, r1 - r0, *rest[1:]), self.dtype)
+        return self.read(a, b, r0, r1)
+
+    def read(self, a: int, b: int, r0: int = 0, r1: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``r0..r1-1`` of slices ``a..b-1``, into ``out`` when it is given (an array of at
+        least that many slices, of this dtype, e.g. one buffer reused block after block); returns
+        the block (a view of ``out``)."""
+        rest = self.shape[1:]
+        b, r1 = max(a, b), max(r0, rest[0] if r1 is None else r1)
+        want = (b - a, r1 - r0, *rest[1:])
+        if out is None or out.dtype != self.dtype or out.shape[1:] != want[1:] or len(out) < want[0]:
+            out = np.empty(want, self.dtype)
+        out = out[:want[0]]
         k0, k1 = r0 // STRIP, -(-r1 // STRIP)
         fd = os.open(self.path, os.O_RDONLY)
         try:
