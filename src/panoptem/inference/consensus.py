@@ -215,7 +215,9 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
         final = number_per_class(g_cls[ids - 1], keep, div)
         lut = np.zeros(n_groups + 1, np.int64)
         lut[ids] = final
-    labels = lookup(lut.astype(dtype_for_max_label(int(lut.max(initial=0)))), out)
+    dt = dtype_for_max_label(int(lut.max(initial=0)))
+    # numbered in place over the group ids (no second volume) where the final ids have their width
+    labels = lookup(lut.astype(dt), out, out=out.view(dt) if dt.itemsize == out.itemsize else None)
     if div and compacted is None:
         _stuff_vote(labels, vols, ids_of, div, int(pixel_vote_thr))
     return labels

@@ -367,8 +367,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             mapping = renumber(res)
             dt = mapping.dtype
         with clock("relabel"):  # straight into Z, Y, X order: the consensus and writers read it by Z
-            if axis == 0 and provisional.dtype == dt:  # an xy stack is in that order: over its own ids
-                labels = provisional
+            if axis == 0 and provisional.dtype.itemsize == dt.itemsize:  # an xy stack is in that order:
+                labels = provisional.view(dt)  # over its own ids (int32 local ids of a consensus too)
             else:
                 labels = np.empty(volume.shape, dt)
             lookup(mapping.astype(dt, copy=False), provisional, out=np.moveaxis(labels, axis, 0))
