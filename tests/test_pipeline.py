@@ -209,7 +209,7 @@ def test_plane_reader_gives_each_batch_of_planes_along_its_axis(lazy, tmp_path, 
     for axis in range(3):
         reads.clear()
         n, b = vol.shape[axis], 3
-        at = s3._PlaneReader(src, axis, n)
+        at = s3.PlaneReader(src, axis, n)
         want = np.moveaxis(vol, axis, 0)
         for i0 in range(0, n, b):
             got = at(i0, min(i0 + b, n))

@@ -151,10 +151,91 @@ def test_3d_xz_stack_is_stretched_along_z():
     assert none.labels["mitochondria"].max() == 0
 
 
+class CountingOracle(DiskOracle):
+    """The oracle, counting the planes it is given."""
+
+    seen = 0
+
+    def forward(self, x):
+        CountingOracle.seen += int(x.shape[0])
+        return super().forward(x)
+
+
+def _cylinders(depth_y: int):
+    """An isotropic 2.5 nm volume (z 80, y ``depth_y``, x 128) whose xz planes show two dark
+    disks of radius RADIUS_NM, the first running through y 2..5, the second 4..depth_y - 2."""
+    rng = np.random.default_rng(3)
+    vol = rng.integers(170, 230, (80, depth_y, 128)).astype(np.uint8)
+    zz, xx = (np.mgrid[:80, :128] + 0.5) * 2.5
+    for (cz, cx), ys in (((100.0, 80.0), slice(2, 6)), ((100.0, 230.0), slice(4, depth_y - 2))):
+        disk = (zz - cz) ** 2 + (xx - cx) ** 2 <= RADIUS_NM ** 2
+        part = vol[:, ys]
+        part[np.broadcast_to(disk[:, None, :], part.shape)] = 40
+    return vol
+
+
+@pytest.mark.parametrize("depth_y", [16, 15])
+def test_xz_stack_averages_planes_down_to_the_network_pixel(tmp_path, depth_y):
+    # 2.5 nm voxels, a 5 nm model: each xz network plane is the mean of 2 y planes (its labels
+    # stand for both); here y planes come in equal pairs, so that equals the stack of every
+    # other plane at 5 nm along y, its labels repeated
+    pairs = np.repeat(_cylinders(8), 2, axis=1)[:, :depth_y]
+    counting = LoadedModel(oracle().card, CountingOracle().eval(), "cpu")
+    kw = dict(inference_plane="xz", min_size=0, min_extent=1, median_slices=1, batch_size=4)
+    CountingOracle.seen = 0
+    res = segment_3d(pairs, counting, voxel_size=(2.5, 2.5, 2.5), **kw)
+    assert CountingOracle.seen == 8 and res.pixel_size["stack_step"] == {"xz": 2}
+    assert "each the mean of 2 planes along y" in plan_pixels(5.0, (2.5,) * 3).describe(("xz",))
+    once = segment_3d(pairs[:, ::2], oracle(), voxel_size=(2.5, 5.0, 2.5), **kw)
+    assert once.pixel_size["stack_step"] == {"xz": 1}
+    lab = res.labels["mitochondria"]
+    np.testing.assert_array_equal(lab, np.repeat(once.labels["mitochondria"], 2, axis=1)[:, :depth_y])
+    assert lab.max() == 2
+    # voxel counts on the input grid: a 6-plane-deep disk is kept by min_extent 6, not 7
+    sizes = np.bincount(lab.ravel())[1:]
+    thick = segment_3d(pairs, oracle(), voxel_size=(2.5,) * 3, **{**kw, "min_extent": 7, "min_size": int(sizes.min())})
+    assert thick.labels["mitochondria"].max() == 1
+    # from the network cache of a first run, a second computes nothing and gives the same labels
+    for seen in (8, 0):
+        CountingOracle.seen = 0
+        cached = segment_3d(pairs, counting, voxel_size=(2.5,) * 3, cache_dir=tmp_path / "cache", **kw)
+        assert CountingOracle.seen == seen
+        np.testing.assert_array_equal(cached.labels["mitochondria"], lab)
+    # streamed to a file (relabelled block by block): the same labels
+    out = tmp_path / "xz.tif"
+    segment_3d(pairs, oracle(), voxel_size=(2.5, 2.5, 2.5), output=out, **kw)
+    import tifffile
+    np.testing.assert_array_equal(tifffile.imread(out), lab)
+
+
+def test_orthoplane_views_average_their_planes_and_keep_every_section():
+    vol = np.repeat(_cylinders(8), 2, axis=1)
+    counting = LoadedModel(oracle().card, CountingOracle().eval(), "cpu")
+    kw = dict(voxel_size=(2.5, 2.5, 2.5), min_size=0, min_extent=1, median_slices=1, batch_size=4)
+    xz = segment_3d(vol, oracle(), inference_plane="xz", **kw).labels["mitochondria"]
+    for fusion in ("consensus", "probability"):
+        CountingOracle.seen = 0
+        res = segment_3d(vol, counting, orthoplane=True, fusion=fusion, allow_one_view=True, pixel_vote_thr=1, **kw)
+        # every one of the 80 xy sections; the xz stack along y and the yz stack along x halved
+        assert CountingOracle.seen == 80 + 8 + 64, fusion
+        assert res.pixel_size["stack_step"] == {"xy": 1, "xz": 2, "yz": 2}
+        assert res.labels["mitochondria"].shape == vol.shape
+    # only the xz view sees the cylinders (the others' planes cut them too thin): with one vote
+    # enough, the consensus keeps the xz stack's objects
+    consensus = segment_3d(vol, oracle(), orthoplane=True, allow_one_view=True, pixel_vote_thr=1, **kw)
+    np.testing.assert_array_equal(consensus.labels["mitochondria"] > 0, xz > 0)
+    assert xz.max() == 2
+
+
 def test_plan_rules_and_refusals():
     assert snap(1.04) == 1.0 and snap(2.08) == 2.0 and snap(3.0) == 3.0 and snap(1.5) == 1.5
     p = plan_pixels(5.0, (40.0, 5.0, 5.0), ndim=3)
     assert p.factor("xy") == (1.0, 1.0) and p.factor("xz") == (0.125, 1.0)
+    assert p.stack_step("xz") == p.stack_step("yz") == 1  # y and x already at the model's pixel
+    assert plan_pixels(5.0, (5.0, 2.5, 2.5)).stack_step("xy") == 1  # every section, whatever z is
+    assert plan_pixels(5.0, (5.0, 1.7, 1.7)).stack_step("xz") == 3
+    assert plan_pixels(5.0, (5.0, 3.3, 3.3)).stack_step("yz") == 1  # not a whole reduction
+    assert plan_pixels(5.0, (5.0, 2.5, 2.5), resample=False).stack_step("xz") == 1
     p.check(("xy",))
     p2 = plan_pixels(5.0, (50.0, 5.0, 5.0), ndim=3)
     with pytest.raises(PanoptemError, match="xz planes would be resampled"):

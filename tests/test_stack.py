@@ -246,6 +246,24 @@ def test_min_size_removes_small_keeps_large():
     assert res2.finish(min_size=449).n_objects == 1 and res2.finish(min_size=448).n_objects == 2
 
 
+def test_slices_standing_for_several_planes_count_them():
+    # slices each the mean of 2 planes of a 5-plane stack (the last of 1): an 8 x 8 square in each
+    def linked(n_with):
+        lk = SliceLinker(label_divisor=None, stride=2, depth=5)
+        sl = np.zeros((20, 20), np.uint32)
+        sl[2:10, 2:10] = 1
+        for i in range(3):
+            lk.add(sl if i < n_with else np.zeros_like(sl))
+        return lk
+    res = linked(3).finish(min_size=0, min_extent=0)
+    assert res.voxels.tolist() == [64 * 5] and res.bbox.tolist() == [[0, 2, 2, 5, 10, 10]]
+    lk = linked(2)  # in the first two slices: planes 0..3
+    assert lk.finish(min_size=0, min_extent=0).bbox.tolist() == [[0, 2, 2, 4, 10, 10]]
+    # the filters are in the stack's planes: 256 voxels, 4 planes deep
+    assert lk.finish(min_size=256, min_extent=4).n_objects == 1
+    assert lk.finish(min_size=257, min_extent=4).n_objects == 0 and lk.finish(min_size=0, min_extent=5).n_objects == 0
+
+
 def test_linker_streaming_provisional_ids_and_errors():
     lk = SliceLinker(label_divisor=None)
     p0 = lk.add(np.array([[1, 0, 2]], np.uint16))

@@ -77,11 +77,6 @@ def _gpu(device: str) -> dict:
     return {"gpu_peak_mb": round(torch.cuda.max_memory_allocated(torch.device(device)) / 2**20, 1)}
 
 
-def _planes_of(volume, planes) -> list[np.ndarray]:
-    from .params import PLANE_AXIS
-    return [np.moveaxis(np.asarray(volume), PLANE_AXIS[p], 0) for p in planes]
-
-
 def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: bool = False, repeat: int = 1,
           device: str = "auto", runtime: str = "auto", precision: str = "auto", threads: int | None = None,
           batch_size: int = 0, input_name: str = "", voxel_size=None, **params) -> list[dict]:
@@ -93,9 +88,9 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
     from .inference.engine import Predictor
     from .inference.runtime import cpu_count, host_threads, network_threads, torch_threads
     from .inference.segment2d import pixel_plan
-    from .inference.segment3d import segment_3d, with_neighbours
+    from .inference.segment3d import PlaneReader, segment_3d
     from .models.load import load_model
-    from .params import PLANES, Params3D
+    from .params import PLANE_AXIS, PLANES, Params3D
     vol = np.asarray(volume)
     voxels = vol.size * (3 if orthoplane else 1)
     planes = PLANES if orthoplane else (plane,)
@@ -141,14 +136,15 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
         t, c = time.perf_counter(), time.process_time()
         rng = predictor.intensity(vol)
         with torch_threads(host_threads(predictor.runtime, lm.device, threads)):  # as the run sets them
-            k = lm.card.context_slices  # a model that sees neighbours gets them, as in the run
-            for pl, stack in zip(planes, _planes_of(vol, planes)):
-                step = plan.neighbour_step(pl)
-                net = predictor.with_factor(plan.factor(pl), step)
-                b = net.batch_for(stack.shape[1:], len(stack))
-                for i in range(0, len(stack), b):
-                    i1 = min(i + b, len(stack))
-                    net.predict(with_neighbours(stack, 0, i, i1, k, len(stack), step) if k else stack[i:i1], rng)
+            for pl in planes:  # read as the run reads them (neighbours, the means of a reduced stack)
+                net = predictor.with_factor(plan.factor(pl), plan.neighbour_step(pl), plan.stack_step(pl))
+                ax = PLANE_AXIS[pl]
+                planes_at = PlaneReader(vol, ax, vol.shape[ax], lm.card.context_slices, net.neighbour_step,
+                                        net.stack_step)
+                n = planes_at.count
+                b = net.batch_for([s for i, s in enumerate(vol.shape) if i != ax], n)
+                for i in range(0, n, b):
+                    net.predict(planes_at(i, min(i + b, n)), rng)
         nets.append(time.perf_counter() - t)
         net_cpu.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()

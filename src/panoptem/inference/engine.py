@@ -67,6 +67,9 @@ class Predictor:
         #: how many of a stack's planes apart the neighbours of a model with context_slices lie (see
         #: segment3d.with_neighbours): 1 unless a run's pixel plan says the planes are farther or closer
         self.neighbour_step = 1.0
+        #: how many of a stack's planes make one network plane (their mean; see
+        #: resample.PixelPlan.stack_step): 1 unless a run's pixel plan reduces the stack's axis
+        self.stack_step = 1
         self._graphs: dict = {}  # ONNX Runtime sessions by graph, made on first use
         least = 2 * self._align()
         if tile_size and tile_size < least:
@@ -86,13 +89,15 @@ class Predictor:
             else:
                 self.downsampling, self.resample = 1, (fy, fx)
 
-    def with_factor(self, factor, neighbour_step: float = 1.0) -> "Predictor":
+    def with_factor(self, factor, neighbour_step: float = 1.0, stack_step: int = 1) -> "Predictor":
         """This predictor (same loaded model) at another factor (see :meth:`_set_factor`), its
-        neighbours ``neighbour_step`` planes apart (see :attr:`neighbour_step`)."""
+        neighbours ``neighbour_step`` planes apart (see :attr:`neighbour_step`), each network
+        plane of a stack the mean of ``stack_step`` planes (see :attr:`stack_step`)."""
         import copy
         other = copy.copy(self)
         other._set_factor(factor)
         other.neighbour_step = float(neighbour_step)
+        other.stack_step = int(stack_step)
         return other
 
     @property

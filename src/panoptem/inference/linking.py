@@ -99,6 +99,10 @@ class SliceLinker:
     ``add`` holds at most the two previous slices; everything else is small
     per-object arrays and the overlap pairs.
 
+    ``stride`` > 1: each slice stands for that many planes of a stack ``depth`` planes deep
+    (the last slice for what remains), as when a stack's planes are averaged in groups
+    before the network: voxel counts, boxes and the filters are then in those planes.
+
     Examples
     --------
     >>> lk = SliceLinker(label_divisor=None)
@@ -109,7 +113,8 @@ class SliceLinker:
     """
 
     def __init__(self, iou_thr: float = 0.25, ioa_thr: float = 0.25, label_divisor: int | None = 10000,
-                 bridge_gaps: int = 0, split_ioa: float = SPLIT_IOA, split_min_frac: float = SPLIT_MIN_FRAC):
+                 bridge_gaps: int = 0, split_ioa: float = SPLIT_IOA, split_min_frac: float = SPLIT_MIN_FRAC,
+                 stride: int = 1, depth: int | None = None):
         if not 0 < iou_thr <= 1 or not 0 < ioa_thr <= 1:
             raise PanoptemError(f"Linking thresholds must be in (0, 1], got iou_thr={iou_thr}, ioa_thr={ioa_thr}.")
         if bridge_gaps not in (0, 1):
@@ -120,6 +125,7 @@ class SliceLinker:
         self.split_ioa, self.split_min_frac = max(float(split_ioa), self.ioa_thr), float(split_min_frac)
         self.divisor = int(label_divisor) if label_divisor else 0
         self.bridge_gaps = int(bridge_gaps)
+        self.stride, self.depth = int(stride), depth
         self._shape: tuple[int, int] | None = None
         self._n = 0  # provisional ids given out
         self._z = 0  # slices added
@@ -373,10 +379,14 @@ class SliceLinker:
         big = np.iinfo(np.int64).max
         members = np.arange(1, n + 1)
         cc = comp[members]
-        voxels = np.bincount(cc, weights=area[members], minlength=n_comp).astype(np.int64)
+        s = self.stride
+        depth = self._z * s if self.depth is None else int(self.depth)
+        z0 = z[members] * s  # the planes each slice stands for: z0 .. z1 - 1
+        z1 = np.minimum(z0 + s, depth)
+        voxels = np.bincount(cc, weights=area[members] * (z1 - z0), minlength=n_comp).astype(np.int64)
         lo = np.full((n_comp, 3), big, np.int64)
         hi = np.zeros((n_comp, 3), np.int64)
-        for ax, (start, stop) in enumerate(((z[members], z[members] + 1), (node("r0")[members], node("r1")[members]),
+        for ax, (start, stop) in enumerate(((z0, z1), (node("r0")[members], node("r1")[members]),
                                             (node("c0")[members], node("c1")[members]))):
             np.minimum.at(lo[:, ax], cc, start)
             np.maximum.at(hi[:, ax], cc, stop)
@@ -387,7 +397,7 @@ class SliceLinker:
         comp_thing = np.zeros(n_comp, bool)
         comp_thing[cc] = thing[members]
         bbox = np.concatenate([lo, hi], axis=1)
-        shape = (self._z, *self._shape)
+        shape = (depth, *self._shape)
         keep = comp_thing & keep_mask(voxels, bbox, shape, min_size, min_extent)
         # number kept objects per class in order of first appearance
         order = np.argsort(first, kind="stable")

@@ -14,7 +14,10 @@ the input grid. Image Downsampling then shrinks further: the network sees
 - Unknown pixel size (input or model): no resampling, as before; the plan says so.
 - 3D: each plane's two axes are resampled, so xy planes of an anisotropic stack are
   resampled in-plane only, while xz / yz planes (ortho-plane or ``inference_plane``)
-  are also stretched or shrunk along z to the same pixel size.
+  are also stretched or shrunk along z to the same pixel size. An xz / yz stack is also
+  brought to the network's pixels along its own axis (y or x) when that is a whole
+  reduction: each network plane is the mean of that many planes (:meth:`PixelPlan.stack_step`).
+  An xy stack keeps every section.
 
 >>> plan = plan_pixels(5.0, (10.0, 10.0))
 >>> plan.factor("xy")
@@ -143,6 +146,22 @@ class PixelPlan:
             return self.ratios[axis]
         return snap(float(m) / self.voxel_size[axis])
 
+    def stack_step(self, plane: str = "xy") -> int:
+        """How many of a stack's planes make one network plane: for xz / yz stacks, the whole
+        factor by which their axis (y or x, whose spacing is the in-plane pixel size) is
+        reduced to the network's pixels; each network plane is the mean of that many planes
+        and its labels stand for all of them. 1 for xy stacks (every section is segmented),
+        for ratios that are not a whole reduction, and with resampling off.
+
+        >>> p = plan_pixels(5.0, (5.0, 2.5, 2.5))
+        >>> p.stack_step("xy"), p.stack_step("xz"), p.stack_step("yz")
+        (1, 2, 2)
+        """
+        if len(self.ratios) != 3 or plane == "xy":
+            return 1
+        r = self.ratios[3 - sum(PLANE_AXES[plane])]
+        return int(r) if r >= 2 and float(r).is_integer() else 1
+
     def resampled(self, planes=("xy",)) -> bool:
         """Whether any axis of these planes is resampled (beyond Image Downsampling)."""
         if len(self.ratios) == 2:
@@ -196,7 +215,9 @@ class PixelPlan:
         for pl in planes:
             a, b = (0, 1) if len(self.ratios) == 2 else PLANE_AXES[pl]
             scl = ", ".join(f"{names[ax]} x{_fmt(1 / self.ratios[ax])}" for ax in (a, b))
-            parts.append(f"{pl} planes scaled {scl}" if len(self.ratios) == 3 else f"scaled {scl}")
+            k = self.stack_step(pl)
+            each = f" (each the mean of {k} planes along {names[3 - a - b]})" if k > 1 else ""
+            parts.append(f"{pl} planes scaled {scl}{each}" if len(self.ratios) == 3 else f"scaled {scl}")
         return (f"{head}, {self._model()}: {'; '.join(parts)} to {_fmt(self.model_nm)} nm pixels{ds}; "
                 "labels are on the input grid.")
 
@@ -222,6 +243,7 @@ class PixelPlan:
                 "model_pixel_range_nm": list(self.working) if self.working else None, "resample": self.resample,
                 "downsampling": self.downsampling,
                 "factors": {pl: [round(v, 6) for v in self.factor(pl)] for pl in planes},
+                **({"stack_step": {pl: self.stack_step(pl) for pl in planes}} if len(self.ratios) == 3 else {}),
                 "network_pixel_nm": {pl: [round(v, 6) for v in self.network_nm(pl)] for pl in planes}
                 if self.voxel_size else None}
 

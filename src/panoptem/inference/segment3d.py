@@ -110,23 +110,52 @@ def with_neighbours(block: np.ndarray, lo: int, i0: int, i1: int, k: int, n: int
     return a + (b - a) * t
 
 
-class _PlaneReader:
-    """Batches of planes along ``axis`` (see :func:`planes_along`), called in order; yz
-    planes are read :data:`YZ_READ` at a time and handed out from there. With ``context`` k,
-    each plane comes with its k neighbours on each side along the axis (see
-    :func:`with_neighbours`, ``step`` planes apart)."""
+def stack_means(block: np.ndarray, k: int) -> np.ndarray:
+    """The mean of each ``k`` consecutive planes of ``block`` (the last group may hold fewer),
+    float32: the planes of a stack brought ``k`` times closer to the network's pixels along
+    its axis (see :meth:`~.resample.PixelPlan.stack_step`).
 
-    def __init__(self, volume, axis: int, n: int, context: int = 0, step: float = 1.0):
-        self.volume, self.axis, self.n, self.context, self.step = volume, axis, n, context, step
+    >>> stack_means(np.arange(5)[:, None, None] * np.ones((5, 1, 2), np.uint8), 2)[:, 0, 0].tolist()
+    [0.5, 2.5, 4.0]
+    """
+    if k == 1:
+        return block
+    whole = len(block) // k
+    out = np.empty((-(-len(block) // k), *block.shape[1:]), np.float32)
+    acc = out[:whole]
+    np.copyto(acc, block[0:whole * k:k])
+    for o in range(1, k):
+        acc += block[o:whole * k:k]
+    acc *= np.float32(1.0 / k)
+    if whole < len(out):
+        out[whole] = block[whole * k:].mean(axis=0, dtype=np.float32)
+    return out
+
+
+class PlaneReader:
+    """Batches of planes along ``axis`` (see :func:`planes_along`), called in order; yz
+    planes are read :data:`YZ_READ` at a time and handed out from there. ``stride`` k > 1:
+    each plane handed out is the mean of k of the ``n`` planes (:func:`stack_means`;
+    :attr:`count` of them). With ``context`` k, each plane comes with its k neighbours on each
+    side along the axis (see :func:`with_neighbours`, ``step`` of the ``n`` planes apart)."""
+
+    def __init__(self, volume, axis: int, n: int, context: int = 0, step: float = 1.0, stride: int = 1):
+        self.volume, self.axis, self.n, self.context, self.stride = volume, axis, n, context, int(stride)
+        self.step = step / self.stride if self.stride > 1 else step
+        self.count = -(-n // self.stride)
         self.start, self.held = 0, None
 
     def __call__(self, i0: int, i1: int) -> np.ndarray:
         k = self.context
         if not k:
-            return self._read(i0, i1)
+            return self._planes(i0, i1)
         r = neighbour_reach(k, self.step)
         lo = max(0, i0 - r)
-        return with_neighbours(self._read(lo, min(self.n, i1 + r)), lo, i0, i1, k, self.n, self.step)
+        return with_neighbours(self._planes(lo, min(self.count, i1 + r)), lo, i0, i1, k, self.count, self.step)
+
+    def _planes(self, i0: int, i1: int) -> np.ndarray:
+        s = self.stride
+        return self._read(i0, i1) if s == 1 else stack_means(self._read(i0 * s, min(i1 * s, self.n)), s)
 
     def _read(self, i0: int, i1: int) -> np.ndarray:
         if self.axis != 2:
@@ -198,12 +227,17 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     if card.num_classes != 1 and (extra_probability or probability_sink is not None):
         raise PanoptemError("Probability fusion is implemented for single-class models only; use fusion=consensus.")
     axis = PLANE_AXIS[plane]
-    n = volume.shape[axis]
+    n_in = volume.shape[axis]
+    stride = predictor.stack_step  # input planes per network plane (1, or an xz / yz stack reduced along its axis)
+    if stride > 1 and extra_probability:
+        raise PanoptemError("Probability fusion adds the other stacks to an xy stack, which keeps every plane.")
+    n = -(-n_in // stride)  # the stack's planes, as the network sees them
     if intensity is None:
         intensity = predictor.intensity(volume)
     median = RunningMedian(params.median_slices)
     linker = SliceLinker(iou_thr=params.iou_thr, ioa_thr=params.ioa_thr,
-                         label_divisor=params.label_divisor or None, bridge_gaps=params.bridge_gaps)
+                         label_divisor=params.label_divisor or None, bridge_gaps=params.bridge_gaps,
+                         stride=stride, depth=n_in)
     shape = tuple(s for i, s in enumerate(volume.shape) if i != axis)
     provisional = None
     settings = decode_settings(params, card)
@@ -255,7 +289,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             with clock("median"):
                 if probability_sink is not None:
                     full = prob if prob.shape[-2:] == shape else linear_resize(prob, shape)
-                    probability_sink[tuple(sl)] = probability_bytes(full[0])
+                    a = (i0 + j) * stride  # every input plane this network plane stands for
+                    np.moveaxis(probability_sink, axis, 0)[a:min(a + stride, n_in)] = probability_bytes(full[0])
                 if extra_probability:
                     acc = prob[0].copy()
                     for vol in extra_probability:
@@ -282,10 +317,12 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                "tile_size": predictor.tile_size}
         if predictor.tta:  # only then, so that caches made without the option stay valid
             key["tta"] = True
+        if stride > 1:
+            key["stack_step"] = stride
         cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
                             (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale, chunk=b)
 
-    planes_at = _PlaneReader(volume, axis, n, card.context_slices, predictor.neighbour_step)
+    planes_at = PlaneReader(volume, axis, n_in, card.context_slices, predictor.neighbour_step, stride)
 
     def read(i0):
         """The next planes, and their network input unless the cache holds their outputs: made
@@ -360,18 +397,22 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             final = np.zeros(mapping.shape, np.int64)
             final[kept] = np.asarray(values, np.int64)[np.searchsorted(own, mapping[kept])]
             with clock("relabel"):
-                written = _remap_to_writer(provisional, final, axis, output, volume.shape, params, objects=n_obj)
+                written = _remap_to_writer(provisional, final, axis, output, volume.shape, params, objects=n_obj,
+                                           stride=stride)
             tm["decode_link_s"] += time.perf_counter() - t
             return written
         if renumber is not None:
             mapping = renumber(res)
             dt = mapping.dtype
         with clock("relabel"):  # straight into Z, Y, X order: the consensus and writers read it by Z
-            if axis == 0 and provisional.dtype.itemsize == dt.itemsize:  # an xy stack is in that order:
-                labels = provisional.view(dt)  # over its own ids (int32 local ids of a consensus too)
+            if axis == 0 and stride == 1 and provisional.dtype.itemsize == dt.itemsize:  # an xy stack is in
+                labels = provisional.view(dt)  # that order: over its own ids (int32 local ids of a consensus too)
             else:
                 labels = np.empty(volume.shape, dt)
-            lookup(mapping.astype(dt, copy=False), provisional, out=np.moveaxis(labels, axis, 0))
+            along = np.moveaxis(labels, axis, 0)
+            lookup(mapping.astype(dt, copy=False), provisional, out=along[::stride])
+            for o in range(1, stride):  # each network plane's labels for the planes it stands for
+                along[o::stride] = along[::stride][:len(range(o, n_in, stride))]
         tm["decode_link_s"] += time.perf_counter() - t
         return labels
 
@@ -383,9 +424,10 @@ REMAP_BLOCK = 32
 
 
 def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_shape, params=None,
-                     block: int | None = None, objects: int | None = None) -> int:
+                     block: int | None = None, objects: int | None = None, stride: int = 1) -> int:
     """Write final labels in Z blocks: read the provisional stack (stored in
-    stack order) for those Z, map ids, put the block in ZYX order. Erosion and
+    stack order) for those Z, map ids, put the block in ZYX order (each of an xz / yz
+    stack's planes standing for ``stride`` planes along its axis). Erosion and
     dilation (``params``) read as many extra slices above and below as they reach.
     Returns the number of objects written: ``objects`` (the mapping's, every provisional
     id having voxels) unless erosion, dilation or hole filling may change it, else counted."""
@@ -411,7 +453,10 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
         elif axis == 0:
             mapped = lookup(lut, np.asarray(provisional[a0:a1]))
         else:  # stack order (n, Z, other): Z is axis 1 of the store
-            mapped = lookup(lut, np.moveaxis(np.asarray(provisional[:, a0:a1]), 0, axis))
+            prov = np.asarray(provisional[:, a0:a1])
+            if stride > 1:
+                prov = np.repeat(prov, stride, axis=0)[:zyx_shape[axis]]
+            mapped = lookup(lut, np.moveaxis(prov, 0, axis))
         lab = postprocess_labels(mapped, ero, dil, holes)[z0 - a0:z0 - a0 + (z1 - z0)]
         writer[z0:z1] = lab
         if post:  # erosion may remove objects: count what is written
@@ -443,12 +488,16 @@ def class_numbering(ids: np.ndarray, card, label_divisor: int | None) -> list[tu
 class _LocalIds:
     """The renumbering of a single instance class's stack for the consensus
     (``run_stack(renumber=...)``): objects as local ids 1..k in the order of their panoptic
-    ids, int32, with those ids and their voxel counts from the linking, which is what
-    :func:`~panoptem.labels.compact` would give for the panoptic stack, without its passes."""
+    ids, int32 (``narrow``: uint16 where they fit), with those ids and their voxel counts from the
+    linking: what :func:`~panoptem.labels.compact` would give for the panoptic stack, without
+    its passes."""
+
+    def __init__(self, narrow: bool = False):
+        self.narrow = narrow  # uint16 where the objects fit: half the memory of a volume relabelled anew
 
     def __call__(self, res: LinkResult) -> np.ndarray:
         ids = np.asarray(res.ids, np.int64)  # the kept objects, in the order of their ids
-        local = np.zeros(len(res.mapping), np.int32)
+        local = np.zeros(len(res.mapping), np.uint16 if self.narrow and len(ids) < 2 ** 16 else np.int32)
         on = res.mapping > 0
         local[on] = np.searchsorted(ids, res.mapping[on]) + 1
         self.ids, self.counts = ids, np.asarray(res.voxels, np.int64)
@@ -667,8 +716,8 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     t0 = time.perf_counter()
     stacks: dict[str, np.ndarray] = {}
     card = predictor.card
-    by_plane = {pl: predictor.with_factor(plan.factor(pl), plan.neighbour_step(pl)) if plan is not None else predictor
-                for pl in PLANES}
+    by_plane = {pl: predictor.with_factor(plan.factor(pl), plan.neighbour_step(pl), plan.stack_step(pl))
+                if plan is not None else predictor for pl in PLANES}
     record = plan.record(planes_of(p)) if plan is not None else None
     if record is not None and predictor.card.context_slices:  # where the neighbours the network saw lie
         record["neighbour_step"] = {pl: plan.neighbour_step(pl) for pl in planes_of(p)}
@@ -716,7 +765,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         from .consensus import orthoplane_consensus
         compacted = None
         if one_class and not p.return_panoptic:  # each stack as local ids: no compacting passes
-            local = {pl: _LocalIds() for pl in PLANES}
+            local = {pl: _LocalIds(narrow=pl != "xy") for pl in PLANES}  # xy: in place over its int32 ids
             done = _each_stack(volume, by_plane, p, PLANES, intensity, progress, kw, renumber=local)
             compacted = [(ids, local[pl].ids, local[pl].counts) for pl, ids in zip(PLANES, done)]
             del done
