@@ -32,6 +32,11 @@ CONFIGS_3D = [
 ]
 
 
+def _data(z0: int, z1: int) -> str:
+    """Which slices were scored: the held-out block, or slices the model was trained on too."""
+    return f"lucchi z{z0}-{z1 - 1} " + ("(validation)" if z0 >= 135 else "(includes training slices 0-124)")
+
+
 def validate_2d(model, lucchi, z0: int = 135, z1: int = 165, neighbours: int = 0, **params) -> dict:
     """2D validation figures of a model on slices z0..z1-1 of the Lucchi volume in folder
     ``lucchi`` (each slice on its own; with ``neighbours`` k, each slice with its k neighbours on
@@ -58,7 +63,7 @@ def validate_2d(model, lucchi, z0: int = 135, z1: int = 165, neighbours: int = 0
         fp += r["fp_50"]
         fn += r["fn_50"]
     fg = lab > 0
-    return dict(data=f"lucchi z{z0}-{z1 - 1} (validation)",
+    return dict(data=_data(z0, z1),
                 foreground_iou=round(float((fg & mask).sum() / (fg | mask).sum()), 4),
                 f1_50=round(tp / max(tp + (fp + fn) / 2, 1e-9), 4), precision_50=round(tp / max(tp + fp, 1), 4),
                 recall_50=round(tp / max(tp + fn, 1), 4), n_gt=int(tp + fn), n_pred=int(tp + fp),
@@ -104,7 +109,7 @@ def main():
             pred = next(iter(res.labels.values()))
             r = evaluate(pred, gt3d, ignore_smaller=a.ignore_smaller)
             emit(what="accuracy 3d", config=name, tta=a.tta, pixel_size_nm=a.pixel_size,
-                 network_pixel_nm=res.pixel_size["network_pixel_nm"], data=f"lucchi z{a.z0}-{a.z1 - 1} (validation)",
+                 network_pixel_nm=res.pixel_size["network_pixel_nm"], data=_data(a.z0, a.z1),
                  ignore_smaller=a.ignore_smaller, date=time.strftime("%Y-%m-%d"),
                  model=a.model, foreground_iou=round(r["foreground_iou"], 4), f1_50=round(r["f1_50"], 4),
                  f1_75=round(r["f1_75"], 4), pq=round(r["pq"], 4), n_pred=r["n_pred"], n_gt=r["n_gt"],
