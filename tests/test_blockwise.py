@@ -98,6 +98,29 @@ def test_blockwise_of_a_model_that_sees_neighbours_equals_whole_volume(vol, tmp_
     assert not np.array_equal(whole, segment_3d(vol, dark_blob_model(), **P, **params).labels["mitochondria"])
 
 
+@pytest.mark.parametrize("params,neighbours,block", [({"orthoplane": True}, False, (16, 64, 64)),
+                                                    ({"orthoplane": True, "fusion": "probability"}, True, (16, 64, 64)),
+                                                    ({"inference_plane": "xz"}, False, (16, 64, 64)),
+                                                    ({"inference_plane": "yz"}, True, (8, 64, 48))])
+def test_blockwise_xz_yz_stacks_average_planes_as_the_whole_volume(vol, tmp_path, client, params, neighbours, block):
+    """At 2.5 nm and a 5 nm model, xz / yz network planes are each the mean of two (the
+    stack's own axis brought to the model's pixels); blockwise runs reduce the volume so too,
+    link on it with voxels counted on the volume's grid, and give the whole volume's labels."""
+    if neighbours:
+        m = neighbour_model(voxel_size_nm=5.0)
+    else:
+        m = dark_blob_model()
+        m.card = m.card.model_copy(update={"voxel_size_nm": 5.0})
+    vs = (2.5, 2.5, 2.5)
+    whole = segment_3d(vol, m, voxel_size=vs, **P, **params)
+    assert 2 in whole.pixel_size["stack_step"].values()
+    res, got = _blockwise(vol, tmp_path, model=m, client=client, block_shape=block, halo=(16, 16, 16),
+                          voxel_size=vs, **params)
+    assert res.blocks > 1 and res.pixel_size["stack_step"] == whole.pixel_size["stack_step"]
+    np.testing.assert_array_equal(got, whole.labels["mitochondria"])
+    assert res.objects["mitochondria"] >= 3
+
+
 @pytest.mark.parametrize("z_nm", [12.5, 2.5])
 def test_blockwise_gives_neighbours_at_the_models_spacing_as_the_whole_volume(vol, tmp_path, client, z_nm):
     """Slices farther apart than the model's neighbours (interpolated between them) or closer

@@ -73,11 +73,30 @@ class StackJob:
     threads: int | None = None  # intra-op threads per worker (None: the worker's share of the cores)
     context_slices: int = 0  # the model sees each plane with this many neighbours each side (its card)
     neighbour_steps: tuple = (1.0, 1.0, 1.0)  # ... this many planes apart, for stacks along Z, Y, X
+    # each plane of this stack is the mean of ``stride`` of the volume's along ``axis``: ``source``
+    # and ``shape`` are the volume so reduced (``input_shape`` the volume's own), and so are the
+    # passes up to the linking; the labels are read back on the volume's grid (see final_labels)
+    stride: int = 1
+    input_shape: tuple | None = None
+    fused_strides: tuple = (1, 1, 1)  # probability fusion: planes averaged so along Z, Y, X
+
+    @property
+    def volume_shape(self) -> tuple:
+        """ZYX of the volume itself (``shape`` is this stack's, reduced where its planes average)."""
+        return tuple(self.input_shape or self.shape)
+
+    def on_volume(self, region) -> tuple[slice, ...]:
+        """``region`` of this stack's volume (reduced along ``axis`` by ``stride``) as the
+        volume's own voxels."""
+        k, n = self.stride, self.volume_shape[self.axis]
+        return tuple(slice(r.start * k, min(r.stop * k, n)) if ax == self.axis and k > 1 else r
+                     for ax, r in enumerate(region))
 
     def reach(self, axis: int) -> int:
-        """Planes on each side along ``axis`` that a plane's neighbours are made from."""
+        """Planes on each side along ``axis`` that a plane's neighbours are made from (of the
+        volume's planes where probability fusion averages them)."""
         from ..inference.segment3d import neighbour_reach
-        return neighbour_reach(self.context_slices, self.neighbour_steps[axis])
+        return neighbour_reach(self.context_slices, self.neighbour_steps[axis]) * self.fused_strides[axis]
 
     @property
     def p(self) -> Params3D:
@@ -199,7 +218,7 @@ def _planes(job: StackJob, planes: np.ndarray, i0: int = 0, i1: int | None = Non
 def _empty(job: StackJob, block: Block, data: np.ndarray | None) -> bool:
     if job.mask is not None:
         from ._write import mask_of
-        if not mask_of(job.mask, job.shape, block.core).any():
+        if not mask_of(job.mask, job.volume_shape, job.on_volume(block.core)).any():
             return True
     return job.skip_empty and data is not None and (data.size == 0 or data.min() == data.max())
 
@@ -225,10 +244,12 @@ def context_block(job: StackJob, block: Block) -> None:
     predictor = job.predictor(lm, f)
     cell = CONTEXT_STRIDE * f
     res = {}
+    from ..inference.segment3d import stack_means
     for v in job.views():
-        planes = planes_along(data, v, 0, data.shape[v])
-        k0 = block.core[v].start - region[v].start
-        k1 = k0 + block.core[v].stop - block.core[v].start
+        s = job.fused_strides[v]  # probability fusion's xz / yz planes: means of s (regions start on a group)
+        planes = stack_means(planes_along(data, v, 0, data.shape[v]), s)
+        k0 = (block.core[v].start - region[v].start) // s
+        k1 = k0 + -(-(block.core[v].stop - block.core[v].start) // s)
         c4 = predictor.encode(_planes(job, planes, k0, k1, v), job.intensity)  # (n, C, h, w)
         sel = []
         for i, ax in enumerate(ax for ax in range(3) if ax != v):
@@ -239,7 +260,7 @@ def context_block(job: StackJob, block: Block) -> None:
         part = c4[:, :, sel[0], sel[1]].astype(np.float64)
         res[f"sum{v}"] = part.sum(axis=(2, 3))
         res[f"count{v}"] = np.full(len(part), part.shape[2] * part.shape[3], np.int64)
-        res[f"start{v}"] = np.int64(block.core[v].start)
+        res[f"start{v}"] = np.int64(block.core[v].start // s)
     save_npz(out, **res)
 
 
@@ -247,7 +268,7 @@ def context_table(job: StackJob, grid) -> None:
     """Each view's per-slice global context from the blocks' sums."""
     d = job.context_dir()
     for v in job.views():
-        n = job.shape[v]
+        n = -(-job.shape[v] // job.fused_strides[v])
         total, count = None, np.zeros(n, np.int64)
         for b in grid:
             t = np.load(d / f"{b.index}.npz")
@@ -263,7 +284,8 @@ def context_table(job: StackJob, grid) -> None:
 def _context(job: StackJob, v: int, region) -> np.ndarray | None:
     if not job.context:
         return None
-    return np.load(job.context_dir() / f"view{v}.npy", mmap_mode="r")[region[v]]
+    s = job.fused_strides[v]
+    return np.load(job.context_dir() / f"view{v}.npy", mmap_mode="r")[region[v].start // s:-(-region[v].stop // s)]
 
 
 def _predict(job: StackJob, predictor, planes: np.ndarray, v: int, region):
@@ -282,19 +304,20 @@ def _predict_planes(job: StackJob, predictor, planes: np.ndarray, ctx):
 
 def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarray:
     """Probability fusion of the xy slices of ``region``: the mean of the three
-    stacks' raw probabilities, as a whole-volume run computes it."""
-    from ..inference.segment3d import _resize_area, fused_probability
+    stacks' raw probabilities, as a whole-volume run computes it (xz / yz planes averaged
+    in groups from the region's start, which lies on the volume's groups)."""
+    from ..inference.segment3d import _resize_area, fused_probability, stack_means
     sinks = []
     for ax in (1, 2):
-        planes = planes_along(region, ax, 0, region.shape[ax])
+        k = job.fused_strides[ax]
+        planes = stack_means(planes_along(region, ax, 0, region.shape[ax]), k)
         out = _predict(job, predictor, _planes(job, planes, axis=ax), ax, where)
         full = np.zeros(region.shape, np.uint8)
+        along = np.moveaxis(full, ax, 0)
         for j in range(len(planes)):
             pr = out.semantic_probability[j]
             f = pr if pr.shape[-2:] == planes.shape[-2:] else linear_resize(pr, planes.shape[-2:])
-            sl = [slice(None)] * 3
-            sl[ax] = j
-            full[tuple(sl)] = probability_bytes(f[0])
+            along[j * k:(j + 1) * k] = probability_bytes(f[0])
         sinks.append(full)
     probs = []
     for z in range(region.shape[0]):

@@ -15,22 +15,49 @@ _device: list[str | None] = [None]  # set on a worker by DevicePlugin
 @dataclass(frozen=True)
 class VolumeSource:
     """A volume a worker opens itself: a file (``path`` + ``key``, read
-    lazily, never shipped) or, for in-memory arrays, the array itself."""
+    lazily, never shipped) or, for in-memory arrays, the array itself.
+    ``stride`` k > 1: the volume as an xz / yz stack along ``axis`` sees it, each plane
+    along that axis the mean of k (see :class:`MeanPlanes`)."""
 
     path: str | None = None
     key: str | None = None
     array: object = None
     pixel_size_nm: float | None = None
+    axis: int = 0
+    stride: int = 1
 
     def open(self):
         if self.array is not None:
-            return self.array
-        k = (self.path, self.key, self.pixel_size_nm)
-        with _lock:
-            if k not in _volumes:
-                from ..io import read_image
-                _volumes[k] = read_image(self.path, key=self.key).data
-            return _volumes[k]
+            vol = self.array
+        else:
+            k = (self.path, self.key, self.pixel_size_nm)
+            with _lock:
+                if k not in _volumes:
+                    from ..io import read_image
+                    _volumes[k] = read_image(self.path, key=self.key).data
+                vol = _volumes[k]
+        return MeanPlanes(vol, self.axis, self.stride) if self.stride > 1 else vol
+
+
+class MeanPlanes:
+    """A ZYX volume read with every ``k`` planes along ``axis`` as their mean (float32; the
+    last plane of fewer where the axis ends): what an xz / yz stack brought to the network's
+    pixels along its axis segments (:func:`~panoptem.inference.segment3d.stack_means`)."""
+
+    def __init__(self, volume, axis: int, k: int):
+        self.volume, self.axis, self.k = volume, int(axis), int(k)
+        n = volume.shape[self.axis]
+        self.shape = tuple(-(-n // self.k) if ax == self.axis else s for ax, s in enumerate(volume.shape))
+        self.dtype, self.ndim = np.dtype(np.float32), 3
+
+    def __getitem__(self, region) -> np.ndarray:
+        from ..inference.segment3d import stack_means
+        a, k, n = self.axis, self.k, self.volume.shape[self.axis]
+        sl = list(region)
+        lo, hi, _ = sl[a].indices(self.shape[a])
+        sl[a] = slice(lo * k, min(hi * k, n))
+        block = np.moveaxis(np.asarray(self.volume[tuple(sl)]), a, 0)
+        return np.moveaxis(stack_means(block, k), 0, a)
 
 
 def set_worker_device(device: str | None) -> None:

@@ -58,10 +58,14 @@ def final_labels(job: WriteJob, block: Block, within: tuple[slice, ...] | None =
         from ._consensus import consensus_labels
         out = conv(consensus_labels(job.consensus, block, where))
         if job.mask is not None:
-            out[~mask_of(job.mask, job.stack.shape, where)] = 0
+            out[~mask_of(job.mask, job.stack.volume_shape, where)] = 0
         return out
     import zarr
     sj = job.stack
+    seen = where  # the volume's voxels; a stack of averaged planes reads the planes that cover them
+    if sj.stride > 1:
+        a, k = sj.axis, sj.stride
+        where = tuple(slice(w.start // k, -(-w.stop // k)) if ax == a else w for ax, w in enumerate(where))
     lab = np.asarray(zarr.open_array(str(Path(sj.work) / "provisional.zarr"), mode="r")[where])
     lut = conv(np.load(Path(sj.work) / "maps" / f"{block.index}.npy"))
     is_stuff = lab >= STUFF
@@ -77,8 +81,11 @@ def final_labels(job: WriteJob, block: Block, within: tuple[slice, ...] | None =
             ok = is_stuff & np.isin(planes * 65536 + cls, paint[:, 0] * 65536 + paint[:, 1])
             ids = cls[ok] * job.divisor if job.divisor else cls[ok]
             out[ok] = conv(ids.astype(np.int64)).astype(out.dtype)
+    if sj.stride > 1:  # each plane's labels for every plane it stands for
+        off = seen[a].start - where[a].start * k
+        out = np.take(np.repeat(out, k, axis=a), np.arange(off, off + seen[a].stop - seen[a].start), axis=a)
     if job.mask is not None:
-        out[~mask_of(job.mask, sj.shape, where)] = 0
+        out[~mask_of(job.mask, sj.volume_shape, seen)] = 0
     return out
 
 
@@ -102,7 +109,7 @@ def _morphology(job: WriteJob, block: Block) -> np.ndarray:
     the core plus as many voxels as they reach, gathered from the blocks there."""
     from ..inference.postprocess import postprocess_labels
     r = job.erosion + job.dilation
-    shape = job.stack.shape
+    shape = job.stack.volume_shape
     region = tuple(slice(max(0, c.start - r), min(n, c.stop + r)) for c, n in zip(block.core, shape))
     out = None
     for other in job.grid:

@@ -17,6 +17,7 @@ finished blocks and gives the same bytes. The folder is removed on success.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -80,11 +81,13 @@ def _card(model):
     return get_card(str(model))
 
 
-def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict, tuple]:
+def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict, tuple, tuple]:
     """Blockwise runs resample only by one whole factor on every axis of every plane they
     segment, which is Image Downsampling by that factor times the parameters' own; any
-    other resampling is refused (blocks would have to be cut on the model's grid). Also returns
-    how many planes apart the neighbours of a model with ``context_slices`` lie, per stack axis."""
+    other resampling is refused (blocks would have to be cut on the model's grid). Also returns,
+    per stack axis (Z, Y, X), how many planes apart the neighbours of a model with
+    ``context_slices`` lie, and how many planes each network plane averages
+    (:meth:`~panoptem.inference.resample.PixelPlan.stack_step`)."""
     from ..inference.resample import planes_of
     from ..inference.segment2d import pixel_plan
     plan = pixel_plan(card, p, voxel_size, 3)
@@ -97,7 +100,9 @@ def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict, tuple]
             f"{plan.model_nm:g} nm (or a whole multiple) first.")
     f = int(plan.factor(planes[0])[0])
     steps = tuple(plan.neighbour_step(pl) for pl in ("xy", "xz", "yz"))  # stacks along Z, Y, X
-    return (p if f == p.downsampling else p.model_copy(update={"downsampling": f})), plan.record(planes), steps
+    strides = tuple(plan.stack_step(pl) if pl in planes else 1 for pl in ("xy", "xz", "yz"))
+    return ((p if f == p.downsampling else p.model_copy(update={"downsampling": f})), plan.record(planes), steps,
+            strides)
 
 
 def _input_stamp(path: str | None) -> list:
@@ -195,7 +200,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         raise PanoptemError(f"Blockwise inference needs a ZYX volume, got shape {tuple(vol.shape)}.")
     voxel_size = voxel_size or vs
     card = _card(model)
-    p, plan_record, steps = _whole_factor(p, card, voxel_size)
+    p, plan_record, steps, strides = _whole_factor(p, card, voxel_size)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
     align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
     if isinstance(devices, str):
@@ -221,34 +226,48 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                    "skip_empty": skip_empty, "exact_context": exact_context}
         if card.context_slices:  # the neighbours the network saw
             net_key["neighbour_steps"] = list(steps)
+        if max(strides) > 1:  # xz / yz planes averaged along their axis
+            net_key["stack_steps"] = list(strides)
         run_key = {"net": net_key, "params": p.model_dump()}
         _prepare_work(work, run_key, array_source=in_path is None)
         block_shape = _aligned(block_shape, align, axis, p.orthoplane)
+        block_shape = tuple(-(-b // k) * k for b, k in zip(block_shape, strides))  # whole groups of averaged planes
         grid = BlockGrid(vol.shape, block_shape, halo)
         consensus = p.orthoplane and p.fusion == "consensus"
         views = ["xy", "xz", "yz"] if consensus else ["fused" if p.orthoplane else p.inference_plane]
         msource = None
         if mask is not None:
             msource = VolumeSource(array=mask) if hasattr(mask, "shape") else VolumeSource(path=str(mask))
-        jobs = []
+        jobs, grids = [], []
         for view in views:
             a = 0 if view == "fused" else PLANE_AXIS[view]
             net = Path(cache_dir) / f"{view}.zarr" if cache_dir else work / f"net_{view}.zarr"
-            job = StackJob(source=source, model=model, device=device, params=p.model_dump(), intensity=intensity,
-                           axis=a, shape=tuple(vol.shape), halo=halo, align=align, work=str(work / f"stack_{view}"),
-                           net=str(net), block_shape=block_shape, batch_size=batch_size, skip_empty=skip_empty,
+            # an xz / yz stack whose planes average k: its passes run on the volume so reduced along its
+            # axis, in blocks of the same number (block shapes along it are multiples of k)
+            k = 1 if view == "fused" else strides[a]
+            shape_v = tuple(-(-n // k) if ax == a else n for ax, n in enumerate(vol.shape))
+            block_v = tuple(b // k if ax == a else b for ax, b in enumerate(block_shape))
+            averaged = strides if view == "fused" else tuple(k if ax == a else 1 for ax in range(3))  # neighbours
+            job = StackJob(source=dataclasses.replace(source, axis=a, stride=k) if k > 1 else source, model=model,
+                           device=device, params=p.model_dump(), intensity=intensity,
+                           axis=a, shape=shape_v, halo=halo, align=align, work=str(work / f"stack_{view}"),
+                           net=str(net), block_shape=block_v, batch_size=batch_size, skip_empty=skip_empty,
                            fusion=view == "fused", n_channels=card.num_classes if card.num_classes > 1 else 1,
                            class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
                            context=exact_context and _has_context(model, card) and
-                           _tiles_slices(vol.shape, block_shape, a, view == "fused"), mask=msource,
+                           _tiles_slices(shape_v, block_v, a, view == "fused"), mask=msource,
                            runtime=runtime, precision=precision, threads=threads,
-                           context_slices=card.context_slices, neighbour_steps=steps)
+                           context_slices=card.context_slices,
+                           neighbour_steps=tuple(st / d for st, d in zip(steps, averaged)),
+                           stride=k, input_shape=tuple(vol.shape),
+                           fused_strides=strides if view == "fused" else (1, 1, 1))
             if cache_dir:
                 _check_cache(Path(cache_dir), net, {**net_key, "view": view})
             Path(job.work).mkdir(parents=True, exist_ok=True)
             create_net_arrays(job)
-            _create_provisional(Path(job.work), vol.shape, block_shape)
+            _create_provisional(Path(job.work), shape_v, block_v)
             jobs.append(job)
+            grids.append(grid if k == 1 else BlockGrid(shape_v, block_v, halo))
         log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else None
         from ._cluster import client_for, run_tasks
         timings: dict[str, float] = {}
@@ -256,8 +275,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
               client_for(n_workers, scheduler, devices, bytes_per_worker=_worker_bytes(block_shape, halo, batch_size),
                          processes=processes, log=log)) as cl:
             infos, summaries = [], []
-            for job in jobs:
-                info, summ = _run_stack(cl, job, grid, card, p, progress, timings)
+            for job, g in zip(jobs, grids):
+                info, summ = _run_stack(cl, job, g, card, p, progress, timings)
                 infos.append(info)
                 summaries += summ
             t = time.perf_counter()
