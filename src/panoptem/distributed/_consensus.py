@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inference.consensus import _group, vote, vote_rules
-from ..labels import keep_mask, number_per_class, object_stats
+from ..labels import keep_mask, number_per_class, object_stats, pair_counts
 from ._pass1 import save_npz
 from ._write import WriteJob, final_labels
 from .blocks import Block
@@ -30,38 +30,53 @@ class ConsensusJob:
     divisor: int | None
     pixel_vote_thr: int
     allow_one_view: bool
+    stuff: bool = True  # the model has semantic ("stuff") classes, which the consensus votes apart
 
-    def stack_labels(self, block: Block, within=None) -> list[np.ndarray]:
-        """Each stack's final labels over ``block``'s core (or the part ``within`` it)."""
-        return [final_labels(WriteJob(sj, [], self.divisor, True), block, within) for sj in self.stacks]
+    def stack_labels(self, block: Block, within=None, to: list | None = None) -> list[np.ndarray]:
+        """Each stack's final labels over ``block``'s core (or the part ``within`` it); ``to``: per
+        stack, a map of its final ids (e.g. to node indices) applied to the table of ids, not
+        to every voxel (see :func:`~._write.final_labels`)."""
+        return [final_labels(WriteJob(sj, [], self.divisor, True), block, within, convert=None if to is None else f)
+                for sj, f in zip(self.stacks, to or [None] * len(self.stacks))]
 
     def nodes(self) -> list[np.ndarray]:
         """Per stack: the ids of its objects, sorted (the consensus's nodes)."""
         return [np.load(Path(sj.work) / "objects.npz")["ids"].astype(np.int64) for sj in self.stacks]
 
-    def node_index(self, labels: list[np.ndarray], nodes: list[np.ndarray]) -> list[np.ndarray]:
-        """Labels as 1-based node indices (0: background or a semantic segment)."""
-        out = []
-        for lab, ids in zip(labels, nodes):
-            lab = lab.astype(np.int64)
-            i = np.searchsorted(ids, lab)
-            ok = (lab > 0) & (i < ids.size) & (ids[np.minimum(i, max(ids.size - 1, 0))] == lab) if ids.size \
-                else np.zeros(lab.shape, bool)
-            out.append(np.where(ok, i + 1, 0))
-        return out
+    def node_labels(self, block: Block, within=None, then: list | None = None) -> list[np.ndarray]:
+        """Each stack's labels as 1-based node indices (0: background or a semantic segment),
+        int32; ``then``: per stack, a table those indices are looked up in (e.g. their groups)."""
+        def to(ids, lut=None):
+            return lambda v: node_of(v, ids) if lut is None else lut[node_of(v, ids)]
+        nodes = self.nodes()
+        return self.stack_labels(block, within, [to(ids, lut) for ids, lut in zip(nodes, then or [None] * len(nodes))])
+
+
+def node_of(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Final ids as 1-based indices into the sorted ``ids`` (0 where not among them), int32.
+
+    >>> node_of(np.array([0, 7, 3, 9]), np.array([3, 7])).tolist()
+    [0, 2, 1, 0]
+    """
+    lab = np.asarray(labels).astype(np.int64)
+    if not ids.size:
+        return np.zeros(lab.shape, np.int32)
+    i = np.searchsorted(ids, lab)
+    ok = (lab > 0) & (i < ids.size) & (ids[np.minimum(i, ids.size - 1)] == lab)
+    return np.where(ok, i + 1, 0).astype(np.int32)
 
 
 def overlaps_block(job: ConsensusJob, block: Block) -> dict:
     """Overlap counts of the stacks' objects in ``block`` (1-based node indices)."""
-    idx = job.node_index(job.stack_labels(block), job.nodes())
+    idx = job.node_labels(block)
+    ks = [int(ids.size) for ids in job.nodes()]
     out = {}
     for t in range(1, len(idx)):
         for s in range(t):
             a, b = idx[s], idx[t]
             m = (a > 0) & (b > 0)
-            code = (a[m] << 32) | b[m]
-            u, c = np.unique(code, return_counts=True)
-            out[f"{s}{t}"] = np.stack([u >> 32, u & 0xFFFFFFFF, c]) if u.size else np.zeros((3, 0), np.int64)
+            ia, ib, c = pair_counts(a[m], b[m], ks[s], ks[t])
+            out[f"{s}{t}"] = np.stack([ia, ib, c]) if ia.size else np.zeros((3, 0), np.int64)
     return out
 
 
@@ -92,16 +107,15 @@ def group(job: ConsensusJob, parts: list[dict], match_iou: float = 0.25) -> None
 
 
 def _vote(job: ConsensusJob, block: Block, within=None):
+    """The voxel vote over ``block``'s core (or ``within`` it): the winning group per voxel."""
     r = np.load(Path(job.work) / "rules.npz")
-    labels = job.stack_labels(block, within)
-    idx = job.node_index(labels, job.nodes())
-    groups = [r[f"lut{i}"][x] for i, x in enumerate(idx)]
-    return vote(groups, r["need"], r["prio"], int(r["n_groups"])), labels
+    groups = job.node_labels(block, within, then=[r[f"lut{i}"] for i in range(len(job.stacks))])
+    return vote(groups, r["need"], r["prio"], int(r["n_groups"]))
 
 
 def stats_block(job: ConsensusJob, block: Block) -> dict:
     """Voxels and bounding boxes of the consensus groups in ``block``."""
-    win, _ = _vote(job, block)
+    win = _vote(job, block)
     ids, voxels, bbox = object_stats(win)
     start = np.array([s.start for s in block.core] * 2)
     return {"ids": ids.astype(np.int64), "voxels": voxels, "bbox": bbox + start}
@@ -131,13 +145,14 @@ def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_exten
 def consensus_labels(job: ConsensusJob, block: Block, within=None) -> np.ndarray:
     """Consensus labels of ``block``'s core, or of the part ``within`` it
     (semantic segments voted as in the whole-volume rule)."""
-    from ..labels import dtype_for_max_label
-    win, stacks = _vote(job, block, within)
+    from ..labels import dtype_for_max_label, lookup
+    win = _vote(job, block, within)
     lut = np.load(Path(job.work) / "final.npy")
-    labels = lut.astype(dtype_for_max_label(int(lut.max(initial=0))))[win]
+    labels = lookup(lut.astype(dtype_for_max_label(int(lut.max(initial=0)))), win)
     div = job.divisor or 0
-    if div:
+    if div and job.stuff:
         import fastremap
         from ..inference.consensus import _stuff_vote
+        stacks = job.stack_labels(block, within)
         _stuff_vote(labels, stacks, [np.asarray(fastremap.unique(v)) for v in stacks], div, job.pixel_vote_thr)
     return labels
