@@ -227,6 +227,26 @@ def test_orthoplane_views_average_their_planes_and_keep_every_section():
     assert xz.max() == 2
 
 
+def test_a_2d_xz_slice_is_given_to_the_network_as_the_3d_stack_gives_it():
+    # a disk through y = 3..11 at 2.5 nm: the xz stack's network plane for y = 2 and 3 is their
+    # mean, so the 3D stack finds the disk at y = 2; a 2D run of that slice (CLI --plane xz, the
+    # napari 2D dock on a rolled view) takes the same mean and finds it too
+    from panoptem.inference.segment2d import stack_step, take_plane
+    from panoptem.params import Params2D
+    rng = np.random.default_rng(3)
+    vol = rng.integers(170, 230, (80, 16, 128)).astype(np.uint8)
+    zz, xx = (np.mgrid[:80, :128] + 0.5) * 2.5
+    disk = (zz - 100.0) ** 2 + (xx - 150.0) ** 2 <= RADIUS_NM ** 2
+    vol[:, 3:12] = np.where(disk[:, None, :], 40, vol[:, 3:12])
+    lab3 = segment_3d(vol, oracle(), voxel_size=(2.5,) * 3, inference_plane="xz", min_size=0, min_extent=1,
+                      median_slices=1).labels["mitochondria"][:, 2] > 0
+    k = stack_step(oracle().card, Params2D(), (2.5,) * 3, "xz")
+    assert k == 2 and stack_step(oracle().card, Params2D(), (2.5,) * 3, "xy") == 1
+    lab2 = segment_2d(take_plane(vol, 2, "xz", stride=k), oracle(), voxel_size=(2.5, 2.5)) > 0
+    assert segment_2d(take_plane(vol, 2, "xz"), oracle(), voxel_size=(2.5, 2.5)).max() == 0  # y = 2 alone: none
+    assert lab3.sum() > 500 and np.count_nonzero(lab2 & lab3) / np.count_nonzero(lab2 | lab3) > 0.9
+
+
 def test_plan_rules_and_refusals():
     assert snap(1.04) == 1.0 and snap(2.08) == 2.0 and snap(3.0) == 3.0 and snap(1.5) == 1.5
     p = plan_pixels(5.0, (40.0, 5.0, 5.0), ndim=3)

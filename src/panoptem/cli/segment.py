@@ -47,12 +47,14 @@ def segment2d_cmd(
         if ax is None:
             raise PanoptemError(f"--plane must be xy, xz or yz, not '{plane}'.")
         idx = data.shape[ax] // 2 if slice_index is None else slice_index
-        from ..inference.segment2d import neighbour_step
+        from ..inference.segment2d import neighbour_step, stack_step
         from ..models.home import get_card
         card = get_card(model)
         k = card.context_slices  # the neighbours along the plane's axis a model sees, if any
         step = neighbour_step(card, params, vs, plane)
-        data, neighbours = take_plane(data, idx, plane, neighbours=k, step=step), k > 0
+        # an xz / yz slice as the 3D stack gives it to the network: the mean of its group of slices
+        data = take_plane(data, idx, plane, neighbours=k, step=step, stride=stack_step(card, params, vs, plane))
+        neighbours = k > 0
         if vs is not None:
             vs = tuple(v for i, v in enumerate(vs) if i != ax)
         if slice_index is None:

@@ -228,7 +228,7 @@ def solve(job: StackJob, grid: BlockGrid, pairs: list[np.ndarray], halos: list[n
         (pa[kind == 1], pb[kind == 1], inter[kind == 1]),
         (pa[kind == 2], pb[kind == 2], inter[kind == 2]) if p.bridge_gaps else None,
         iou_thr=p.iou_thr, ioa_thr=p.ioa_thr, label_divisor=p.label_divisor or None, bridge_gaps=p.bridge_gaps,
-        stride=job.stride, depth=(job.input_shape or job.shape)[job.axis])  # voxels on the volume's grid
+        stride=job.stride, depth=job.volume_shape[job.axis])  # voxels on the volume's grid
     res = lk.finish(min_size=min_size, min_extent=min_extent)
     final = res.mapping  # node -> final id
     # 6. one lookup per block, and where stuff is painted

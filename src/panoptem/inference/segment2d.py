@@ -25,17 +25,21 @@ class Result2D:
     pixel_size: dict | None = None
 
 
-def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step: float = 1.0) -> np.ndarray:
+def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step: float = 1.0,
+               stride: int = 1) -> np.ndarray:
     """Slice ``index`` of a ZYX volume along ``plane`` (xy: z, xz: y, yz: x). With ``neighbours``
     k: (2k + 1, H, W), the slice in the middle of its k neighbours on each side along the
     plane's axis (clamped at the volume's ends), as :func:`segment_2d` takes it
     ``with_neighbours`` for a model with ``context_slices`` k; ``step`` slices apart (a fraction
     interpolates between slices: see :func:`~.segment3d.with_neighbours` and
-    :func:`neighbour_step`).
+    :func:`neighbour_step`). ``stride`` s > 1: the mean of the s slices of ``index``'s group,
+    as a 3D stack at that step gives it to the network (see :func:`stack_step`), float32.
 
     >>> v = np.arange(3)[:, None, None] * np.ones((3, 2, 2), int)
     >>> take_plane(v, 0, "xy", neighbours=1)[:, 0, 0].tolist()
     [0, 0, 1]
+    >>> take_plane(v, 1, "xy", stride=2)[0, 0], take_plane(v, 2, "xy", stride=2)[0, 0]
+    (np.float32(0.5), np.float32(2.0))
     """
     if plane not in PLANE_AXIS:
         raise PanoptemError(f"Plane must be one of xy, xz, yz, not '{plane}'.")
@@ -43,13 +47,17 @@ def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step:
     if not 0 <= index < volume.shape[ax]:
         raise PanoptemError(f"Slice {index} is outside the volume ({volume.shape[ax]} slices along {plane}); "
                             f"choose 0..{volume.shape[ax] - 1}.")
-    sl = [slice(None)] * 3
-    if neighbours:
-        from .segment3d import neighbour_reach, planes_along, with_neighbours
+    if neighbours or stride > 1:
+        from .segment3d import neighbour_reach, planes_along, stack_means, with_neighbours
+        n, s = volume.shape[ax], int(stride)
+        count, g, step = -(-n // s), index // s, step / s  # in the stack's (averaged) planes
         r = neighbour_reach(neighbours, step)
-        lo, hi = max(0, index - r), min(volume.shape[ax], index + r + 1)
-        block = planes_along(volume, ax, lo, hi)
-        return with_neighbours(block, lo, index, index + 1, neighbours, volume.shape[ax], step)[0]
+        lo, hi = max(0, g - r), min(count, g + r + 1)
+        block = stack_means(planes_along(volume, ax, lo * s, min(hi * s, n)), s)
+        if not neighbours:
+            return block[g - lo]
+        return with_neighbours(block, lo, g, g + 1, neighbours, count, step)[0]
+    sl = [slice(None)] * 3
     sl[ax] = index
     return np.asarray(volume[tuple(sl)])
 
@@ -103,6 +111,12 @@ def make_unique(stack: np.ndarray, label_divisor: int | None) -> np.ndarray:
             out[z][fg] = sl[fg] + base
             used[0] = int(out[z].max())
     return out.astype(np.uint32) if out.max() < 2**32 else out
+
+
+def stack_step(card, params, voxel_size, plane: str) -> int:
+    """How many slices along ``plane``'s axis of a volume with ``voxel_size`` (None: unknown)
+    a 3D stack averages into one network plane (see :meth:`~.resample.PixelPlan.stack_step`)."""
+    return pixel_plan(card, params, voxel_size, 3).stack_step(plane)
 
 
 def neighbour_step(card, params, voxel_size, plane: str) -> float:

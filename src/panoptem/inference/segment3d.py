@@ -214,6 +214,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     network computes (threads; the same labels as ``overlap=False``).
     ``renumber``: from the linking's result, the ids to return instead of its final
     panoptic ids (index: provisional id), applied in the one relabelling pass (in-memory runs).
+    ``predictor.stack_step`` k > 1 (an xz / yz stack brought to the network's pixels along its
+    axis): each network plane is the mean of k planes, and its labels stand for all of them.
     ``deferred``: return as soon as the network is done, with a function that completes the
     stack (the last decoding, the linking's solution, the relabelling) and returns what
     ``run_stack`` would: the next stack's network can then run while it completes.
@@ -553,7 +555,9 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     voxel_size : (Z, Y, X) nm of the input: written with the labels, drawn in the preview,
         and used to resample every plane to the model's pixel size (card ``voxel_size_nm``, or
         into its ``pixel_range_nm``) when they differ by more than 5 %: xy planes in-plane,
-        xz / yz planes along z too; labels come back on the input grid (``pixel_size``
+        xz / yz planes along z too, and an xz / yz stack along its own axis where that is a
+        whole reduction (each network plane the mean of its planes,
+        :meth:`~.resample.PixelPlan.stack_step`); labels come back on the input grid (``pixel_size``
         overrides the in-plane size, ``resample=False`` turns it off; ``result.pixel_size``
         says what was used).
     model : registered model name, card path or a loaded model.

@@ -275,14 +275,16 @@ class Inference2DWidget(_InferenceBase):
             elif data.ndim == 2:
                 array = data
             else:
-                from ..inference.segment2d import neighbour_step, take_plane
+                from ..inference.segment2d import neighbour_step, stack_step, take_plane
                 from ..models.home import get_card
                 axis, index = current_plane(self.viewer, layer)
                 # the plane with the neighbours the model sees along the plane's axis, if it sees any,
                 # as far apart as in its training (the layer's voxel size says how far its slices are)
                 card, plane = get_card(model), PLANE_OF_AXIS[axis]
                 step = neighbour_step(card, params, layer_voxel_size(layer), plane)
-                array = take_plane(data, index, plane, neighbours=card.context_slices, step=step)
+                # an xz / yz plane as a 3D stack gives it to the network (the mean of its group)
+                array = take_plane(data, index, plane, neighbours=card.context_slices, step=step,
+                                   stride=stack_step(card, params, layer_voxel_size(layer), plane))
             confined = self.roi.value is not None or self.viewport.value
             target = self.output.value
             if batch and (confined or target is not None):
