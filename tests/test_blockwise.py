@@ -191,6 +191,23 @@ def test_empty_blocks_are_skipped_and_mask_limits_the_run(vol, tmp_path, client)
     assert not got[:, :, 120:].any() and (got[:, :, :120] > 0).sum() == (whole[:, :, :120] > 0).sum()
 
 
+def test_a_mask_skips_blocks_of_an_xz_stack_that_averages_its_planes(vol, tmp_path, client):
+    # at 2.5 nm and a 5 nm model the xz stack's blocks are along y of the volume halved: the mask
+    # (on the volume's grid) must still tell which of them to skip
+    m = dark_blob_model()
+    m.card = m.card.model_copy(update={"voxel_size_nm": 5.0})
+    v = np.concatenate([vol, vol[:, ::-1]], axis=1)  # objects in both halves along y
+    kw = dict(inference_plane="xz", voxel_size=(2.5, 2.5, 2.5))
+    whole = segment_3d(v, m, **P, **kw).labels["mitochondria"]
+    mask = np.zeros(v.shape, bool)
+    mask[:, :120] = True
+    res, got = _blockwise(v, tmp_path, model=m, client=client, block_shape=(40, 120, 120), halo=(0, 0, 0),
+                          mask=mask, **kw)
+    assert res.pixel_size["stack_step"] == {"xz": 2} and res.blocks == 2 and res.skipped_blocks == 1
+    assert not got[:, 120:].any() and whole[:, :120].any() and whole[:, 120:].any()
+    np.testing.assert_array_equal(got[:, :120] > 0, whole[:, :120] > 0)
+
+
 def test_cache_re_decodes_without_the_network(vol, tmp_path, client):
     cache = tmp_path / "cache"
     first, _ = _blockwise(vol, tmp_path, "a.zarr", client=client, block_shape=(16, 64, 64), halo=(32, 32, 32),
