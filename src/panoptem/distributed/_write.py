@@ -81,9 +81,8 @@ def final_labels(job: WriteJob, block: Block, within: tuple[slice, ...] | None =
             ok = is_stuff & np.isin(planes * 65536 + cls, paint[:, 0] * 65536 + paint[:, 1])
             ids = cls[ok] * job.divisor if job.divisor else cls[ok]
             out[ok] = conv(ids.astype(np.int64)).astype(out.dtype)
-    if sj.stride > 1:  # each plane's labels for every plane it stands for
-        off = seen[a].start - where[a].start * k
-        out = np.take(np.repeat(out, k, axis=a), np.arange(off, off + seen[a].stop - seen[a].start), axis=a)
+    if sj.stride > 1:  # each plane's labels for every plane it stands for (one gather)
+        out = np.take(out, np.arange(seen[a].start, seen[a].stop) // k - where[a].start, axis=a)
     if job.mask is not None:
         out[~mask_of(job.mask, sj.volume_shape, seen)] = 0
     return out
