@@ -191,7 +191,8 @@ def test_xz_stack_averages_planes_down_to_the_network_pixel(tmp_path, depth_y):
     lab = res.labels["mitochondria"]
     np.testing.assert_array_equal(lab, np.repeat(once.labels["mitochondria"], 2, axis=1)[:, :depth_y])
     assert lab.max() == 2
-    # voxel counts on the input grid: a 6-plane-deep disk is kept by min_extent 6, not 7
+    # extents on the input grid: the cylinder 8 planes deep along y (4 network planes) passes
+    # min_extent 7, the one 4 planes deep does not
     sizes = np.bincount(lab.ravel())[1:]
     thick = segment_3d(pairs, oracle(), voxel_size=(2.5,) * 3, **{**kw, "min_extent": 7, "min_size": int(sizes.min())})
     assert thick.labels["mitochondria"].max() == 1
