@@ -54,6 +54,24 @@ def test_segment2d_slice_of_volume_and_no_overwrite(capsys, tmp_path, tiny_card)
     assert tifffile.imread(vol).shape == (5, 64, 96)
 
 
+def test_segment2d_xz_slice_is_averaged_as_the_3d_stack_does(capsys, tmp_path, monkeypatch):
+    # a 5 nm model, a volume told 2.5 nm: the xz slice is given as the mean of its pair of y
+    # planes, as the 3D xz stack gives it; with --no-resample, the slice itself
+    from conftest import make_tiny_card
+    from panoptem.inference import segment2d
+    card = make_tiny_card(tmp_path, voxel_size_nm=5.0)
+    vol = tmp_path / "vol.tif"
+    tifffile.imwrite(vol, np.random.default_rng(0).integers(0, 255, (20, 64, 96), dtype=np.uint8))
+    strides, take = [], segment2d.take_plane
+    monkeypatch.setattr(segment2d, "take_plane", lambda *a, **k: (strides.append(k.get("stride", 1)), take(*a, **k))[1])
+    for extra, want in (((), 2), (("--no-resample",), 1)):
+        out = tmp_path / f"lab{want}.tif"
+        code, _, err = run(capsys, "segment2d", str(vol), "-o", str(out), "--model", str(card), "--slice", "3",
+                           "--plane", "xz", "--pixel-size", "2.5", *extra)
+        assert code == 0, err
+        assert strides[-1] == want and tifffile.imread(out).shape == (20, 96)
+
+
 def test_segment2d_batch(capsys, tmp_path, tiny_card):
     vol = tmp_path / "vol.tif"
     tifffile.imwrite(vol, np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8), photometric="minisblack")
