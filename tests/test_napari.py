@@ -206,6 +206,26 @@ def test_forms_come_from_the_parameter_schema(viewer, home):
 
 # ------------------------------------------------------------------ 2D inference
 
+def test_2d_inference_of_an_xz_plane_averages_its_pair_as_the_3d_stack(viewer, qtbot, home, tmp_path, monkeypatch):
+    """A 5 nm model and a layer of 2.5 nm voxels: the xz plane on screen is given to the network
+    as the mean of its pair of y planes, as a 3D xz stack gives it."""
+    from panoptem.inference import segment2d
+    from panoptem.napari._inference import Inference2DWidget, cached_model
+    card = tmp_path / "home" / "models" / "darkblob" / "card.yaml"
+    card.write_text(card.read_text() + "voxel_size_nm: 5.0\n")
+    cached_model.cache_clear()
+    strides, take = [], segment2d.take_plane
+    monkeypatch.setattr(segment2d, "take_plane", lambda *a, **k: (strides.append(k.get("stride", 1)), take(*a, **k))[1])
+    img = viewer.add_image(blobs((8, 128, 160)), name="blobs", scale=(2.5, 2.5, 2.5))
+    w = dock(viewer, Inference2DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    viewer.dims.order = (1, 0, 2)                      # show xz: y is the slider
+    viewer.dims.set_point(1, 64 * 2.5)
+    run_and_wait(qtbot, w)
+    assert strides == [2] and "xz plane 64" in w.status.value
+
+
 def test_2d_inference_on_the_current_plane_xy_xz_and_batch(viewer, qtbot, home):
     from panoptem.napari._inference import Inference2DWidget
     img = viewer.add_image(blobs(), name="blobs", scale=(10.0, 5.0, 5.0))
