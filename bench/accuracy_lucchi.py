@@ -7,9 +7,12 @@ block. 3D: the block segmented as a volume with several settings, scored
 against the 3D connected components of the ground-truth mask of the block.
 Prints one JSON line per configuration. Usage:
     python bench/accuracy_lucchi.py --lucchi DIR [--model NAME] [--only 2d|3d] [--z0 135 --z1 165] [--pixel-size 5]
+        [--precision int8]
 
 ``--pixel-size 5`` tells panoptem the volume's pixel size (the TIFF does not say), as a file with
-that metadata would: the run then brings it into the model's working range.
+that metadata would: the run then brings it into the model's working range. ``--precision int8``
+runs the network in int8 and scores each 3D result also against the same run in float32
+(``vs_fp32``: foreground IoU and object F1 between the two), the tolerance of a faster network.
 """
 from __future__ import annotations
 
@@ -81,10 +84,13 @@ def main():
     ap.add_argument("--ignore-smaller", type=int, default=0, help="3D: ground-truth objects under this many "
                     "voxels count neither as targets nor as misses (500: the min-size filter)")
     ap.add_argument("--pixel-size", type=float, default=None, help="tell panoptem the pixel size (nm; Lucchi: 5)")
+    ap.add_argument("--precision", default="auto", help="the network's precision (auto, fp32, int8, ...)")
     add_lucchi_argument(ap)
     a = ap.parse_args()
     lucchi = lucchi_dir(a.lucchi)
     told = dict(pixel_size=a.pixel_size) if a.pixel_size else {}
+    lowered = a.precision not in ("auto", "fp32")
+    told["precision"] = a.precision
     import cc3d
     import tifffile
 
@@ -98,6 +104,7 @@ def main():
     if a.only in (None, "2d"):
         k = model.card.context_slices  # a model that sees neighbours gets each slice's
         emit(what="accuracy 2d", model=a.model, tta=a.tta, neighbours=k, pixel_size_nm=a.pixel_size,
+             precision=a.precision,
              date=time.strftime("%Y-%m-%d"),
              **validate_2d(model, lucchi, a.z0, a.z1, neighbours=k, tta=a.tta, **told), machine=machine())
     if a.only in (None, "3d"):
@@ -108,7 +115,13 @@ def main():
                 res = panoptem.segment_3d(img, model, tta=a.tta, **cfg, **told)
             pred = next(iter(res.labels.values()))
             r = evaluate(pred, gt3d, ignore_smaller=a.ignore_smaller)
-            emit(what="accuracy 3d", config=name, tta=a.tta, pixel_size_nm=a.pixel_size,
+            vs = {}
+            if lowered:  # the same run in float32: how far the faster network moves the result
+                ref = panoptem.segment_3d(img, model, tta=a.tta, **cfg, **{**told, "precision": "fp32"})
+                q = evaluate(pred, next(iter(ref.labels.values())))
+                vs = dict(vs_fp32=dict(foreground_iou=round(q["foreground_iou"], 4), f1_50=round(q["f1_50"], 4),
+                                       n_fp32=q["n_gt"]))
+            emit(what="accuracy 3d", config=name, tta=a.tta, pixel_size_nm=a.pixel_size, precision=a.precision, **vs,
                  network_pixel_nm=res.pixel_size["network_pixel_nm"], data=_data(a.z0, a.z1),
                  ignore_smaller=a.ignore_smaller, date=time.strftime("%Y-%m-%d"),
                  model=a.model, foreground_iou=round(r["foreground_iou"], 4), f1_50=round(r["f1_50"], 4),

@@ -392,7 +392,10 @@ def test_runtime_and_precision_choices():
     assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda:0") == "fp16"
     for bad in (lambda: resolve_runtime("onnx", m.module, "cpu", "fp32"),
                 lambda: resolve_runtime("tensorrt", m.module, "cpu", "fp32"),
-                lambda: resolve_precision("fp16", "cpu"), lambda: resolve_precision("int8", "cpu"),
+                lambda: resolve_precision("fp16", "cpu"), lambda: resolve_precision("int4", "cpu"),
+                lambda: resolve_precision("int8", "cuda:0"),  # int8 is ONNX Runtime's, on a CPU
+                lambda: resolve_runtime("torch", m.module, "cpu", "int8"),
+                lambda: resolve_runtime("auto", m.module, "cpu", "int8"),  # not one of panoptem's networks
                 lambda: network_threads(0)):
         with pytest.raises(PanoptemError):
             bad()

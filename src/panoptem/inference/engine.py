@@ -140,7 +140,7 @@ class Predictor:
             return self.model.inference_module
         if graph not in self._graphs:
             from .runtime import cpu_count, onnx_net
-            self._graphs[graph] = onnx_net(self.model, self.threads or cpu_count(), graph)
+            self._graphs[graph] = onnx_net(self.model, self.threads or cpu_count(), graph, self.precision)
         return self._graphs[graph]
 
     def batch_for(self, plane_shape, n: int, steps: int = 10) -> int:

@@ -100,7 +100,7 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     :func:`~panoptem.inference.preprocess.intensity_range`). ``context`` (N, C): the
     global context of each plane's whole image, when the planes are tiles of it
     (models that :func:`supports_context` only). ``precision``: auto (float16 autocast on
-    CUDA, float32 elsewhere), fp32, bf16 or fp16 (see :mod:`.runtime`). ``timings``:
+    CUDA, float32 elsewhere), fp32, bf16 or fp16 (int8: an ONNX graph; see :mod:`.runtime`). ``timings``:
     wall and CPU seconds of ``normalise`` and ``forward`` are added to it. ``tta``: the
     outputs are averaged over the input and its flips (see :func:`_flip_average`). ``prepared``:
     the network input of ``planes`` made beforehand, ``(x, h, w)`` as

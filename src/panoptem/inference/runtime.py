@@ -11,7 +11,8 @@ panoptem's cache folder, named by the weights file's sha256: later runs on a CPU
 PyTorch at all (neither imported nor the network built), which saves seconds at the start of
 every process.
 ``precision="auto"`` is float32 on a CPU and float16 autocast on a CUDA GPU;
-``bf16`` autocasts to bfloat16 (worth it only on CPUs with bfloat16 instructions).
+``bf16`` autocasts to bfloat16 (worth it only on CPUs with bfloat16 instructions); ``int8``
+runs a quantized copy of the ONNX graph on a CPU (see :mod:`.quantize`).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 from ..errors import PanoptemError
 
 RUNTIMES = ("auto", "torch", "onnx")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 OPSET = 17
 #: pixels per network call on a CPU (thin ortho-planes are batched up to this). More buys no
 #: speed there and costs memory: 4 M pixels per call against 1 M took the same time (a
@@ -129,19 +130,22 @@ def onnx_available() -> bool:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> fp16 on CUDA, fp32 elsewhere; fp16 needs a CUDA device."""
+    """``auto`` -> fp16 on CUDA, fp32 elsewhere; fp16 needs a CUDA device, int8 a CPU."""
     p = check_choice("Precision", precision, PRECISIONS)
     if p == "auto":
         return "fp16" if device.startswith("cuda") else "fp32"
     if p == "fp16" and not device.startswith("cuda"):
         raise PanoptemError("Precision fp16 needs a CUDA GPU; use fp32 or bf16 on this device.")
+    if p == "int8" and device != "cpu":
+        raise PanoptemError(f"Precision int8 runs on a CPU only (ONNX Runtime); on {device} use auto, fp32 or "
+                            "bf16, or run with --device cpu.")
     return p
 
 
 def resolve_runtime(runtime: str, model, device: str, precision: str) -> str:
-    """``auto`` -> onnx for panoptem's own networks on a CPU in float32 when onnxruntime is
-    installed, else torch. ``onnx`` is refused where it cannot run. ``model``: a
-    :class:`~panoptem.models.load.LoadedModel` or a PyTorch module."""
+    """``auto`` -> onnx for panoptem's own networks on a CPU in float32 or int8 when onnxruntime
+    is installed, else torch. ``onnx`` is refused where it cannot run, and int8 anywhere but
+    ONNX Runtime. ``model``: a :class:`~panoptem.models.load.LoadedModel` or a PyTorch module."""
     from ..models.load import LoadedModel
     r = check_choice("Runtime", runtime, RUNTIMES)
     if isinstance(model, LoadedModel):
@@ -149,14 +153,25 @@ def resolve_runtime(runtime: str, model, device: str, precision: str) -> str:
     else:
         from ..models.architecture import PanopticNet
         ours = isinstance(model, PanopticNet)
+    if precision == "int8":
+        if r == "torch":
+            raise PanoptemError("Precision int8 runs with ONNX Runtime only; use --runtime auto or onnx, or "
+                                "--precision fp32 with --runtime torch.")
+        if not onnx_available():
+            raise PanoptemError("Precision int8 needs onnxruntime: pip install 'panoptem[onnx]'; or use "
+                                "--precision fp32.")
+        if not ours:
+            raise PanoptemError("Precision int8 runs panoptem's own networks only; use --precision fp32 for "
+                                "this model.")
+        return "onnx"
     if r == "auto":
         return "onnx" if device == "cpu" and precision == "fp32" and ours and onnx_available() else "torch"
     if r == "onnx":
         if not onnx_available():
             raise PanoptemError("Runtime onnx needs onnxruntime: pip install 'panoptem[onnx]'; or use --runtime torch.")
         if device != "cpu" or precision != "fp32":
-            raise PanoptemError("Runtime onnx runs on the CPU in fp32 only; use --runtime torch for other devices "
-                                "or precisions.")
+            raise PanoptemError("Runtime onnx runs on the CPU in fp32 or int8 only; use --runtime torch for other "
+                                "devices or precisions.")
         if not ours:
             raise PanoptemError("Runtime onnx runs panoptem's own networks only; use --runtime torch for this model.")
     return r
@@ -192,7 +207,7 @@ def auto_batch_size(plane_shape: tuple[int, int], device: str, n: int, steps: in
 
 # ---------------------------------------------------------------- ONNX Runtime
 
-_sessions: dict[tuple[str, int, str], object] = {}
+_sessions: dict[tuple[str, int, str, str], object] = {}
 _lock = threading.Lock()
 #: version of what the cached ONNX graph computes (raise it when that changes)
 GRAPH_VERSION = 2
@@ -224,9 +239,13 @@ def _network_key(model) -> str:
 GRAPHS = ("plain", "context", "encode")
 
 
-def _onnx_path(key: str, graph: str = "plain") -> Path:
+def _onnx_path(key: str, graph: str = "plain", precision: str = "fp32") -> Path:
     from ..models.home import cache_dir
-    return cache_dir("onnx") / (f"{key}.onnx" if graph == "plain" else f"{key}.{graph}.onnx")
+    name = key if graph == "plain" else f"{key}.{graph}"
+    if precision == "int8":
+        from .quantize import reduce_range
+        name += ".int8r" if reduce_range() else ".int8"
+    return cache_dir("onnx") / f"{name}.onnx"
 
 
 def onnx_cached(model) -> bool:
@@ -306,34 +325,61 @@ class OnnxNet:
         return self.session.run(["features"], {"image": np.ascontiguousarray(x, np.float32)})[0]
 
 
-def onnx_net(model, threads: int, graph: str = "plain") -> OnnxNet:
+def _quantize(model, key: str, graph: str, threads: int) -> None:
+    """Write the int8 graph of ``graph`` (see :mod:`.quantize`), calibrated with the float32
+    graphs (whose encode graph gives the context graph its planes' global context)."""
+    from .quantize import calibration_inputs, quantize_graph
+    xs = calibration_inputs(model)
+    if graph == "context":
+        enc = _session(model, key, threads, "encode", "fp32")
+        feeds = [{"image": x, "context": enc.run(["features"], {"image": x})[0].mean(axis=(2, 3))} for x in xs]
+    else:
+        feeds = [{"image": x} for x in xs]
+    _session(model, key, threads, graph, "fp32")  # the float32 export, made if missing
+    quantize_graph(_onnx_path(key, graph), _onnx_path(key, graph, "int8"), feeds)
+
+
+def onnx_net(model, threads: int, graph: str = "plain", precision: str = "fp32") -> OnnxNet:
     """An :class:`OnnxNet` of ``model`` (a loaded model or a PyTorch module) as ``graph`` (one
-    of :data:`GRAPHS`) with ``threads`` intra-op threads; the export is cached on disk
-    (panoptem's cache folder) and the session in this process."""
+    of :data:`GRAPHS`) with ``threads`` intra-op threads, in ``precision`` fp32 or int8; the
+    export (and its int8 copy) is cached on disk (panoptem's cache folder) and the session in
+    this process."""
+    with _lock:
+        return OnnxNet(_session(model, _network_key(model), threads, graph, precision), graph)
+
+
+def _session(model, key: str, threads: int, graph: str, precision: str):
+    """The ONNX Runtime session of a graph in a precision, exported (and quantized) on first
+    use (under ``_lock``)."""
     import onnxruntime as ort
-    key = _network_key(model)
 
     def module():
         from ..models.load import LoadedModel
         return model.module if isinstance(model, LoadedModel) else model
 
-    with _lock:
-        sess = _sessions.get((key, threads, graph))
-        if sess is None:
-            path = _onnx_path(key, graph)
-            if not path.exists():
-                _export(module(), path, graph)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            # idle threads sleep instead of spinning: the decoding thread beside needs the core
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            try:
-                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            except Exception:  # noqa: BLE001 - a damaged cache file: export again
-                path.unlink(missing_ok=True)
-                _export(module(), path, graph)
-                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            _sessions[(key, threads, graph)] = sess
-    return OnnxNet(sess, graph)
+    def make():
+        if precision == "int8":
+            _quantize(model, key, graph, threads)
+        else:
+            _export(module(), path, graph)
+
+    sess = _sessions.get((key, threads, graph, precision))
+    if sess is not None:
+        return sess
+    path = _onnx_path(key, graph, precision)
+    if not path.exists():
+        make()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # idle threads sleep instead of spinning: the decoding thread beside needs the core
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - a damaged cache file: make it again
+        path.unlink(missing_ok=True)
+        make()
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    _sessions[(key, threads, graph, precision)] = sess
+    return sess

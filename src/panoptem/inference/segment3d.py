@@ -566,7 +566,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     batch_size : planes per network call; 0 (default) chooses from the plane size (many thin
         ortho-planes per call) and, on CUDA, the free GPU memory.
     runtime, precision, threads : how the network runs: ``auto``, ``torch`` or ``onnx``
-        (ONNX Runtime, CPU); ``auto``, ``fp32``, ``bf16`` or ``fp16`` (CUDA); intra-op
+        (ONNX Runtime, CPU); ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU); intra-op
         threads (None: every core). See :mod:`panoptem.inference.runtime`.
     overlap : read ahead, and decode and link while the network computes the next
         planes (threads); False runs one stage after another (the same labels).
