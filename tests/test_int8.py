@@ -91,3 +91,17 @@ def test_reduce_range_follows_the_cpu(monkeypatch):
     assert quantize.reduce_range() is False
     monkeypatch.setattr(quantize.platform, "machine", lambda: "arm64")
     assert quantize.reduce_range() is False
+
+
+def test_a_cache_of_float32_outputs_is_not_resumed_in_int8(tiny_card, home, tmp_path):
+    """The network cache of a run names int8 apart: resuming a float32 run's cache in int8 (or
+    the other way) is refused, not mixed."""
+    from panoptem.errors import PanoptemError
+    from panoptem.inference.segment3d import segment_3d
+    vol = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    cache = tmp_path / "run.cache"
+    a = segment_3d(vol, str(tiny_card), cache_dir=cache, precision="fp32", runtime="onnx")
+    b = segment_3d(vol, str(tiny_card), cache_dir=cache, precision="fp32", runtime="onnx")  # resumed: the same
+    assert all(np.array_equal(a.labels[k], b.labels[k]) for k in a.labels)
+    with pytest.raises(PanoptemError, match="different run"):
+        segment_3d(vol, str(tiny_card), cache_dir=cache, precision="int8")

@@ -228,6 +228,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
             net_key["neighbour_steps"] = list(steps)
         if max(strides) > 1:  # xz / yz planes averaged along their axis
             net_key["stack_steps"] = list(strides)
+        if precision == "int8":  # a quantized network's outputs
+            net_key["precision"] = "int8"
         run_key = {"net": net_key, "params": p.model_dump()}
         _prepare_work(work, run_key, array_source=in_path is None)
         block_shape = _aligned(block_shape, align, axis, p.orthoplane)
