@@ -105,3 +105,23 @@ def test_a_cache_of_float32_outputs_is_not_resumed_in_int8(tiny_card, home, tmp_
     assert all(np.array_equal(a.labels[k], b.labels[k]) for k in a.labels)
     with pytest.raises(PanoptemError, match="different run"):
         segment_3d(vol, str(tiny_card), cache_dir=cache, precision="int8")
+
+
+def test_blockwise_int8_keeps_the_objects_of_an_int8_run_in_memory(tmp_path, monkeypatch):
+    """Blockwise workers run int8 too: with each slice's exact context they run the quantized
+    context graph, so their voxels differ slightly from an in-memory int8 run's, not their objects."""
+    import panoptem
+    from panoptem import evaluate
+    from panoptem.distributed import segment_blockwise
+    from panoptem.inference import runtime
+    monkeypatch.setenv("PANOPTEM_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(runtime, "_sessions", {})
+    vol = panoptem.load_sample()
+    mem = panoptem.segment_3d(vol, "MitoLite_v1", voxel_size=(5, 5, 5), precision="int8").labels["mitochondria"]
+    r = segment_blockwise(vol, "MitoLite_v1", tmp_path / "m.zarr", block_shape=(16, 192, 192), halo=(8, 64, 64),
+                          n_workers=1, processes=False, voxel_size=(5, 5, 5), precision="int8")
+    got = np.asarray(r.labels["mitochondria"][:])
+    q = evaluate(got, mem)
+    assert q["f1_50"] == 1.0 and q["foreground_iou"] >= 0.97, q
+    names = [p.name for p in (tmp_path / "home" / "cache" / "onnx").glob("*.onnx")]
+    assert sum(".int8" in n for n in names) == 3, names  # plain (in memory), context and encode (blockwise)

@@ -130,7 +130,7 @@ DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 RUNTIME_HELP = ("How the network runs: auto (ONNX Runtime on a CPU when installed, for panoptem's own "
                 "networks; else PyTorch), torch or onnx.")
 PRECISION_HELP = ("auto (fp32 on a CPU, fp16 on CUDA), fp32, bf16, fp16 (CUDA only) or int8 (CPU, ONNX Runtime: "
-                  "about 3 x faster, objects as fp32's on the held-out block; see the README).")
+                  "the network about 2.6 x faster, objects as fp32's on the held-out block; see the README).")
 THREADS_HELP = "Threads of the network (default: every core; beside a GPU, 1 host thread for PyTorch)."
 KEY_HELP = ("Dataset inside an HDF5 file, Zarr group or N5 container (default: the only one; for OME-Zarr "
             "the level nearest the model's pixel size).")

@@ -335,8 +335,11 @@ def _quantize(model, key: str, graph: str, threads: int) -> None:
         feeds = [{"image": x, "context": enc.run(["features"], {"image": x})[0].mean(axis=(2, 3))} for x in xs]
     else:
         feeds = [{"image": x} for x in xs]
-    _session(model, key, threads, graph, "fp32")  # the float32 export, made if missing
-    quantize_graph(_onnx_path(key, graph), _onnx_path(key, graph, "int8"), feeds)
+    src = _onnx_path(key, graph)
+    if not src.exists():  # the float32 export comes first
+        from ..models.load import LoadedModel
+        _export(model.module if isinstance(model, LoadedModel) else model, src, graph)
+    quantize_graph(src, _onnx_path(key, graph, "int8"), feeds)
 
 
 def onnx_net(model, threads: int, graph: str = "plain", precision: str = "fp32") -> OnnxNet:
