@@ -274,14 +274,14 @@ def test_workers_run_the_network_as_asked(vol, tmp_path, client, monkeypatch):
     from panoptem.inference import runtime
     graphs, onnx_net = set(), runtime.onnx_net
 
-    def graph_spy(model, threads, graph="plain"):
-        graphs.add(graph)
-        return onnx_net(model, threads, graph)
+    def graph_spy(model, threads, graph="plain", precision="fp32"):
+        graphs.add((graph, precision))
+        return onnx_net(model, threads, graph, precision)
     monkeypatch.setattr(runtime, "onnx_net", graph_spy)
     bw = dict(block_shape=(16, 64, 64), halo=(8, 32, 32))  # blocks cut slices: each is given its context
     auto, a = _blockwise(vol, tmp_path, "auto.zarr", model=model, client=client, threads=1, **bw)
     assert auto.timings["context_pass_s"] > 0
-    assert made and set(made) == {("onnx", "fp32", 1)} and graphs == {"encode", "context"}
+    assert made and set(made) == {("onnx", "fp32", 1)} and graphs == {("encode", "fp32"), ("context", "fp32")}
     made.clear()
     _, t = _blockwise(vol, tmp_path, "torch.zarr", model=model, client=client, runtime="torch", **bw)
     assert made and set(made) == {("torch", "fp32", None)}

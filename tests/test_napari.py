@@ -729,3 +729,32 @@ def test_inference_docks_take_the_pixel_size_from_the_layer(viewer, qtbot, home,
         assert w.status.value.endswith("10 x 10 nm, resampling off."), w.status.value
         out = viewer.layers["coarse-2D-prediction" if cls is Inference2DWidget else "coarse-mitochondria-prediction"]
         assert out.data.shape[-2:] == (64, 80) and tuple(out.scale)[-2:] == (10.0, 10.0)
+
+
+def test_use_quantized_model_runs_the_int8_network_on_a_cpu_and_is_ignored_elsewhere(viewer, qtbot, home, tmp_path):
+    """empanada's "Use quantized model": on a CPU, panoptem's own network in int8 (its quantized
+    graph made in the cache); a model that cannot run quantized runs as it is."""
+    pytest.importorskip("onnxruntime")
+    import panoptem
+    from panoptem.napari._inference import Inference2DWidget
+    img = viewer.add_image(panoptem.load_sample(), name="em", scale=(5.0, 5.0, 5.0))
+    w = dock(viewer, Inference2DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "MitoLite_v1", "cpu"
+    assert w.quantized.value is False and w.quantized.text == "Use quantized model"
+    run_and_wait(qtbot, w)
+    fp32 = np.asarray(viewer.layers["em-2D-prediction"].data).copy()
+    assert "int8" not in w.status.value and not list((tmp_path / "home" / "cache" / "onnx").glob("*int8*"))
+    w.quantized.value = True
+    run_and_wait(qtbot, w)
+    int8 = np.asarray(viewer.layers["em-2D-prediction"].data)
+    assert w.status.value.startswith("Done:") and w.status.value.endswith("; int8 network."), w.status.value
+    assert list((tmp_path / "home" / "cache" / "onnx").glob("*.int8*.onnx"))
+    r = panoptem.evaluate(int8[0], fp32[0])
+    assert r["f1_50"] == 1.0 and 0.95 <= r["foreground_iou"] < 1.0, r  # another network, the same objects
+    w.model.value = "darkblob"  # TorchScript: no int8 copy, runs in float32
+    w.image.value = viewer.add_image(blobs(), name="blobs", scale=(5.0, 5.0, 5.0))
+    w.form.set_values(maximum_objects_per_class=0)
+    viewer.dims.set_point(0, 0.0)
+    run_and_wait(qtbot, w)
+    assert w.status.value.startswith("Done: 3 objects") and "int8" not in w.status.value, w.status.value
