@@ -51,7 +51,13 @@ def test_overlapped_pipeline_gives_the_labels_of_the_sequential_one(kw, monkeypa
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own niceness on Linux only")
-def test_work_behind_a_cpu_network_yields_to_it(monkeypatch):
+@pytest.mark.parametrize("slow_network", [True, False])  # else the decoding is the slow part
+def test_work_behind_a_cpu_network_yields_to_it_when_the_network_costs_more(monkeypatch, slow_network):
+    """Reading ahead and decoding drop to a lower priority once weighed against a network that
+    costs more than they do; beside a cheaper network they keep normal priority (the run
+    waits for them). Stacks complete (relabel) in a thread at the lower priority."""
+    import time
+
     def niceness():
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
@@ -61,17 +67,63 @@ def test_work_behind_a_cpu_network_yields_to_it(monkeypatch):
                                (Predictor, "prepare", "prepare")):
         def spy(*a, _real=getattr(owner, name), _stage=stage, **k):
             seen[_stage].append((threading.current_thread() is threading.main_thread(), niceness()))
+            if _stage == "decode" and not slow_network:
+                t = time.thread_time() + 0.03  # CPU seconds, as the weighing counts them
+                while time.thread_time() < t:
+                    pass
             return _real(*a, **k)
         monkeypatch.setattr(owner, name, spy)
+    if slow_network:
+        def slow(*a, _real=Predictor.predict, **k):
+            time.sleep(0.05)
+            return _real(*a, **k)
+        monkeypatch.setattr(Predictor, "predict", slow)
     mine = niceness()
     vol, _ = phantom()
     segment_3d(vol, dark_blob_model(), overlap=True, batch_size=4, orthoplane=True, **P)
+    low = max(mine, BEHIND_NETWORK_NICE)
     for stage in ("decode", "prepare"):  # the network's input is made ahead, in the reading thread
-        assert seen[stage] and all(not main and nice >= max(mine, BEHIND_NETWORK_NICE) for main, nice in seen[stage])
+        assert seen[stage] and not any(main for main, _ in seen[stage])
+        assert seen[stage][0][1] == mine  # weighed first, at normal priority
+        assert (seen[stage][-1][1] >= low) is slow_network, (stage, seen[stage])
     # the stacks complete (relabel) in a thread while the next network runs, the last one too
     assert len(seen["relabel"]) == 3
-    assert all(not main and nice >= max(mine, BEHIND_NETWORK_NICE) for main, nice in seen["relabel"])
+    assert all(not main and nice >= low for main, nice in seen["relabel"])
     assert niceness() == mine  # the caller's thread, where the network runs, keeps its priority
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own niceness on Linux only")
+def test_behind_network_weighs_once_after_a_few_batches():
+    from panoptem.inference._pipeline import YIELD_AFTER, YIELD_BELOW, BehindNetwork, _Busy
+    stop = threading.Event()
+    ids = []
+
+    def idle():
+        ids.append(threading.get_native_id())
+        stop.wait()
+    t = threading.Thread(target=idle)
+    t.start()
+    try:
+        while not ids:
+            pass
+        busy = _Busy()
+        busy.tid, busy.cpu_s, busy.done = ids[0], 10 * 0.1 * YIELD_BELOW * 0.9, 10  # per item 0.9 x the share
+        before = os.getpriority(os.PRIO_PROCESS, ids[0])
+        b = BehindNetwork(busy)
+        for _ in range(YIELD_AFTER - 1):
+            b.batch(0.1)
+        assert b.yielded is None and os.getpriority(os.PRIO_PROCESS, ids[0]) == before
+        b.batch(0.1)
+        assert b.yielded is True and os.getpriority(os.PRIO_PROCESS, ids[0]) >= BEHIND_NETWORK_NICE
+        heavy = _Busy()
+        heavy.tid, heavy.cpu_s, heavy.done = ids[0], 10 * 0.1 * YIELD_BELOW * 1.1, 10
+        b = BehindNetwork(heavy)
+        for _ in range(YIELD_AFTER + 3):
+            b.batch(0.1)
+        assert b.yielded is False  # decided once, no yield
+    finally:
+        stop.set()
+        t.join()
 
 
 def test_overlapped_pipeline_on_real_tissue_and_streamed_output(tmp_path):

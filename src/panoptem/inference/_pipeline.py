@@ -2,9 +2,9 @@
 behind the network in another, each fed through a bounded queue. The order of the
 work never changes, so the results are those of the sequential run (tested).
 
-When the network runs on the CPU, the threads behind it run at a lower scheduling priority
-(:func:`yield_to_network`): they then take the cycles the network's threads leave idle
-instead of stalling them."""
+When the network runs on the CPU and what they do costs far less than the network, the threads
+behind it run at a lower scheduling priority (:class:`BehindNetwork`, :func:`yield_to_network`):
+they then take the cycles the network's threads leave idle instead of stalling them."""
 from __future__ import annotations
 
 import os
@@ -22,19 +22,28 @@ _TIMINGS_LOCK = threading.Lock()
 #: niceness of the threads behind a network that runs on the CPU (Linux's scale: 0 normal,
 #: 19 lowest). A core shared with a network thread at 0 gives such a thread about a tenth.
 BEHIND_NETWORK_NICE = 10
+#: the threads behind a CPU network yield to it only when their CPU seconds per batch are below
+#: this share of the network's seconds per batch. Where they cost more (an int8 network beside
+#: work on a finer label grid), the run waits for them, and at a lower priority it waits longer:
+#: whole Lucchi volume told 5 nm, int8, xy stack 2.29-2.35 s at normal priority against
+#: 2.56-2.58 s yielding (their share about 0.8); in fp32 (share about 0.3) yielding is worth
+#: a few per cent (5.12 against 5.25 s)
+YIELD_BELOW = 0.5
+#: network batches (and at least one batch read and decoded) before the threads are weighed
+YIELD_AFTER = 2
 
 
-def yield_to_network() -> bool:
-    """Lower the calling thread's priority to :data:`BEHIND_NETWORK_NICE` (Linux, where
-    niceness is per thread; elsewhere nothing). The network's intra-op threads split each
-    operation evenly between the cores, so a decoding thread that takes a core from one of
-    them stalls them all; at a lower priority it runs in the gaps the network leaves. Returns
-    whether the priority was lowered. A thread cannot raise its priority again: call this
-    only in threads made for the work behind the network."""
+def yield_to_network(tid: int | None = None) -> bool:
+    """Lower the priority of thread ``tid`` (a native thread id; None: the calling thread) to
+    :data:`BEHIND_NETWORK_NICE` (Linux, where niceness is per thread; elsewhere nothing). The
+    network's intra-op threads split each operation evenly between the cores, so a decoding
+    thread that takes a core from one of them stalls them all; at a lower priority it runs in
+    the gaps the network leaves. Returns whether the priority was lowered. A thread cannot
+    raise its priority again: call this only for threads made for the work behind the network."""
     if not sys.platform.startswith("linux"):
         return False
     try:
-        tid = threading.get_native_id()
+        tid = threading.get_native_id() if tid is None else int(tid)
         os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), BEHIND_NETWORK_NICE))
     except OSError:  # e.g. a sandbox that forbids it: the work runs at normal priority
         return False
@@ -75,14 +84,28 @@ class _Timed:
                 self.tm[key] = self.tm.get(key, 0.0) + cpu
 
 
-class Prefetch:
-    """Iterate over ``fn(x)`` for ``x`` in ``items``, computed up to ``depth`` items
-    ahead in a thread (``threaded=False``: computed when asked); ``yielding``: the thread
-    yields to the network (:func:`yield_to_network`)."""
+class _Busy:
+    """A thread's native id (once it runs), and the CPU seconds and items of its work."""
 
-    def __init__(self, fn: Callable, items: Iterable, depth: int = 1, threaded: bool = True,
-                 yielding: bool = False):
-        self.fn, self.items, self.yielding = fn, list(items), yielding
+    tid: int | None = None
+    cpu_s: float = 0.0
+    done: int = 0
+
+    def _timed(self, fn: Callable, x):
+        t = time.thread_time()
+        try:
+            return fn(x)
+        finally:
+            self.cpu_s += time.thread_time() - t
+            self.done += 1
+
+
+class Prefetch(_Busy):
+    """Iterate over ``fn(x)`` for ``x`` in ``items``, computed up to ``depth`` items
+    ahead in a thread (``threaded=False``: computed when asked)."""
+
+    def __init__(self, fn: Callable, items: Iterable, depth: int = 1, threaded: bool = True):
+        self.fn, self.items = fn, list(items)
         self._stop = threading.Event()
         self._q: queue.Queue | None = None
         if threaded and self.items:
@@ -100,11 +123,10 @@ class Prefetch:
         return False
 
     def _run(self) -> None:
-        if self.yielding:
-            yield_to_network()
+        self.tid = threading.get_native_id()
         try:
             for x in self.items:
-                if not self._put((True, self.fn(x))):
+                if not self._put((True, self._timed(self.fn, x))):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             self._put((False, e))
@@ -131,13 +153,12 @@ class Prefetch:
             self._thread.join()
 
 
-class Worker:
+class Worker(_Busy):
     """Run ``fn(item)`` for every item :meth:`put`, in order, in one thread fed by a queue
-    of at most ``depth`` items (``threaded=False``: at once, in the caller's thread);
-    ``yielding``: the thread yields to the network (:func:`yield_to_network`)."""
+    of at most ``depth`` items (``threaded=False``: at once, in the caller's thread)."""
 
-    def __init__(self, fn: Callable, depth: int = 2, threaded: bool = True, yielding: bool = False):
-        self.fn, self.yielding = fn, yielding
+    def __init__(self, fn: Callable, depth: int = 2, threaded: bool = True):
+        self.fn = fn
         self.error: BaseException | None = None
         self._q: queue.Queue | None = None
         if threaded:
@@ -146,8 +167,7 @@ class Worker:
             self._thread.start()
 
     def _run(self) -> None:
-        if self.yielding:
-            yield_to_network()
+        self.tid = threading.get_native_id()
         while True:
             item = self._q.get()
             if item is _END:
@@ -155,7 +175,7 @@ class Worker:
             if self.error is not None:
                 continue  # drain: the caller learns of the error at its next put
             try:
-                self.fn(item)
+                self._timed(self.fn, item)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 self.error = e
 
@@ -178,3 +198,30 @@ class Worker:
             self._q.put(_END)
             self._thread.join()
         self._raise()
+
+
+class BehindNetwork:
+    """Weighs, once, the threads behind a network on the CPU (a :class:`Prefetch` and a
+    :class:`Worker`) against it: told each batch's network seconds (:meth:`batch`), after
+    :data:`YIELD_AFTER` batches it lowers their priority (:func:`yield_to_network`) when their
+    CPU seconds per item add up to less than :data:`YIELD_BELOW` of the network's per batch;
+    otherwise they stay at normal priority, as what the run waits for. Returns nothing; sets
+    :attr:`yielded` (None until weighed)."""
+
+    def __init__(self, *threads: _Busy):
+        self.threads = [t for t in threads if t is not None]
+        self.net_s, self.batches = 0.0, 0
+        self.yielded: bool | None = None
+
+    def batch(self, seconds: float) -> None:
+        self.net_s += seconds
+        self.batches += 1
+        if self.yielded is not None or self.batches < YIELD_AFTER:
+            return
+        if not all(t.done and t.tid is not None for t in self.threads):
+            return  # not yet measured (or not threaded): weigh at a later batch
+        behind = sum(t.cpu_s / t.done for t in self.threads)
+        self.yielded = behind < YIELD_BELOW * self.net_s / self.batches
+        if self.yielded:
+            for t in self.threads:
+                yield_to_network(t.tid)

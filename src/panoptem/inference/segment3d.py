@@ -21,7 +21,7 @@ from ..models.load import LoadedModel
 from .._memory import release_free
 from ..labels import dtype_for_max_label, lookup, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
-from ._pipeline import Prefetch, StageClock, Worker, yield_to_network
+from ._pipeline import BehindNetwork, Prefetch, StageClock, Worker, yield_to_network
 from .cache import at_cache_precision, byte_steps, plane_hashes, probability_bytes
 from .decode import decode_planes, decode_settings
 from .engine import Predictor
@@ -344,8 +344,9 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         from tqdm import tqdm
         bar = tqdm(total=n, unit="slice", desc=f"{plane} stack")
     cpu_network = predictor.model.device == "cpu"
-    reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap, yielding=cpu_network)
-    worker = Worker(after_network, depth=2, threaded=overlap, yielding=cpu_network)
+    reader = Prefetch(read, range(0, n, b), depth=1, threaded=overlap)
+    worker = Worker(after_network, depth=2, threaded=overlap)
+    behind = BehindNetwork(reader, worker) if cpu_network and overlap else None
     stopping = threading.Event()
     try:
         for i0, i1, planes, hashes, cached, prepared in reader:
@@ -357,6 +358,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                 t = time.perf_counter()
                 out = predictor.predict(planes if prepared is None else prepared, intensity, timings=tm)
                 tm["network_s"] += time.perf_counter() - t
+                if behind is not None:
+                    behind.batch(time.perf_counter() - t)
             del planes, prepared
             worker.put((i0, out, fresh, hashes))
             if bar is not None:
