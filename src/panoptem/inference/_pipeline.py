@@ -26,8 +26,8 @@ BEHIND_NETWORK_NICE = 10
 #: this share of the network's seconds per batch. Where they cost more (an int8 network beside
 #: work on a finer label grid), the run waits for them, and at a lower priority it waits longer:
 #: whole Lucchi volume told 5 nm, int8, xy stack 2.29-2.35 s at normal priority against
-#: 2.56-2.58 s yielding (their share about 0.8); in fp32 (share about 0.3) yielding is worth
-#: a few per cent (5.12 against 5.25 s)
+#: 2.56-2.58 s yielding (their share 0.8); in fp32 (share 0.2) yielding is worth a few per cent
+#: (5.12 against 5.25 s)
 YIELD_BELOW = 0.5
 #: network batches (and at least one batch read and decoded) before the threads are weighed
 YIELD_AFTER = 2
@@ -205,11 +205,11 @@ class BehindNetwork:
     :class:`Worker`) against it: told each batch's network seconds (:meth:`batch`), after
     :data:`YIELD_AFTER` batches it lowers their priority (:func:`yield_to_network`) when their
     CPU seconds per item add up to less than :data:`YIELD_BELOW` of the network's per batch;
-    otherwise they stay at normal priority, as what the run waits for. Returns nothing; sets
-    :attr:`yielded` (None until weighed)."""
+    otherwise they stay at normal priority, as what the run waits for. :attr:`yielded` says
+    which (None until weighed)."""
 
     def __init__(self, *threads: _Busy):
-        self.threads = [t for t in threads if t is not None]
+        self.threads = list(threads)
         self.net_s, self.batches = 0.0, 0
         self.yielded: bool | None = None
 

@@ -357,9 +357,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             else:
                 t = time.perf_counter()
                 out = predictor.predict(planes if prepared is None else prepared, intensity, timings=tm)
-                tm["network_s"] += time.perf_counter() - t
+                t = time.perf_counter() - t
+                tm["network_s"] += t
                 if behind is not None:
-                    behind.batch(time.perf_counter() - t)
+                    behind.batch(t)
             del planes, prepared
             worker.put((i0, out, fresh, hashes))
             if bar is not None:

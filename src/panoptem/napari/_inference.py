@@ -42,8 +42,6 @@ DEVICE_TIP = "Where the network runs. auto: CUDA if present, else Apple MPS, els
 QUANTIZED_TIP = ("On a CPU, run an int8 copy of panoptem's own networks (ONNX Runtime): the network about "
                  "2.6 x faster, objects as float32's on the held-out block (see the README). Ignored on a GPU "
                  "and for other models, which run as they are.")
-
-
 #: what the status line adds when the network ran in int8
 _INT8_WORDS = {"int8": "; int8 network"}
 
@@ -54,6 +52,7 @@ def precision_for(lm, quantized: bool) -> str:
     is ignored, as empanada ignores it without a quantized model."""
     from ..inference.runtime import onnx_available
     return "int8" if quantized and lm.device == "cpu" and lm.own_network and onnx_available() else "auto"
+
 
 #: fields of the 3D form, grouped as empanada-napari groups them; the last group starts folded
 GROUPS_3D = {
