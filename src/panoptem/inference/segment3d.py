@@ -383,7 +383,9 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         if bar is not None:
             bar.close()
     def complete():
-        if deferred:
+        if deferred:  # in the thread that completes the stacks beside the next one's network
+            if behind is not None and behind.yielded:
+                yield_to_network()  # as the threads behind this stack's network were weighed
             try:
                 worker.finish()
             except BaseException:
@@ -818,7 +820,8 @@ def _each_stack(volume, by_plane: dict, p: Params3D, planes, intensity, progress
                 renumber: dict | None = None, probability_sink: dict | None = None) -> list:
     """:func:`run_stack` of each plane in turn (``renumber``, ``probability_sink``: per plane);
     with ``kw["overlap"]``, each stack completes (last decoding, linking, relabelling) in a
-    thread while the next one's network runs (yielding to it on a CPU)."""
+    thread while the next one's network runs (yielding to it on a CPU where the threads behind
+    it were weighed cheaper than it: :class:`._pipeline.BehindNetwork`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def start(pl, deferred):
@@ -828,8 +831,7 @@ def _each_stack(volume, by_plane: dict, p: Params3D, planes, intensity, progress
 
     if not kw.get("overlap", True):
         return [start(pl, False) for pl in planes]
-    on_cpu = any(by_plane[pl].model.device == "cpu" for pl in planes)
-    with ThreadPoolExecutor(1, initializer=yield_to_network if on_cpu else None) as tails:
+    with ThreadPoolExecutor(1) as tails:
         futures = [tails.submit(start(pl, True)) for pl in planes]
         return [f.result() for f in futures]
 
