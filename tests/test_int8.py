@@ -80,6 +80,7 @@ def test_reduce_range_follows_the_cpu(monkeypatch):
 
     from panoptem.inference import quantize
     real_open = builtins.open
+    monkeypatch.setattr(quantize, "reduce_range", quantize.reduce_range.__wrapped__)  # uncached
 
     def cpuinfo(flags):
         return lambda path, *a, **k: io.StringIO(f"processor: 0\nflags\t\t: {flags}\n") \

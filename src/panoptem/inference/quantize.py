@@ -15,6 +15,7 @@ an ARM CPU, uses all 8.
 from __future__ import annotations
 
 import platform
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from ..errors import PanoptemError
 
 
+@lru_cache(maxsize=1)
 def reduce_range() -> bool:
     """Whether weights are quantized to 7 bits on this CPU (x86 without AVX-512 VNNI)."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):

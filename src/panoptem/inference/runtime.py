@@ -337,9 +337,18 @@ def _quantize(model, key: str, graph: str, threads: int) -> None:
         feeds = [{"image": x} for x in xs]
     src = _onnx_path(key, graph)
     if not src.exists():  # the float32 export comes first
-        from ..models.load import LoadedModel
-        _export(model.module if isinstance(model, LoadedModel) else model, src, graph)
+        _make(model, key, graph, "fp32", threads)
     quantize_graph(src, _onnx_path(key, graph, "int8"), feeds)
+
+
+def _make(model, key: str, graph: str, precision: str, threads: int) -> None:
+    """Write the cached file of ``graph`` in ``precision``: the ONNX export (fp32), or its
+    quantized copy (int8)."""
+    if precision == "int8":
+        _quantize(model, key, graph, threads)
+        return
+    from ..models.load import LoadedModel
+    _export(model.module if isinstance(model, LoadedModel) else model, _onnx_path(key, graph), graph)
 
 
 def onnx_net(model, threads: int, graph: str = "plain", precision: str = "fp32") -> OnnxNet:
@@ -355,23 +364,12 @@ def _session(model, key: str, threads: int, graph: str, precision: str):
     """The ONNX Runtime session of a graph in a precision, exported (and quantized) on first
     use (under ``_lock``)."""
     import onnxruntime as ort
-
-    def module():
-        from ..models.load import LoadedModel
-        return model.module if isinstance(model, LoadedModel) else model
-
-    def make():
-        if precision == "int8":
-            _quantize(model, key, graph, threads)
-        else:
-            _export(module(), path, graph)
-
     sess = _sessions.get((key, threads, graph, precision))
     if sess is not None:
         return sess
     path = _onnx_path(key, graph, precision)
     if not path.exists():
-        make()
+        _make(model, key, graph, precision, threads)
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
@@ -382,7 +380,7 @@ def _session(model, key: str, threads: int, graph: str, precision: str):
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - a damaged cache file: make it again
         path.unlink(missing_ok=True)
-        make()
+        _make(model, key, graph, precision, threads)
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     _sessions[(key, threads, graph, precision)] = sess
     return sess
