@@ -61,21 +61,34 @@ def test_work_behind_a_cpu_network_yields_to_it_when_the_network_costs_more(monk
     def niceness():
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
+    from panoptem.inference import _pipeline
     from panoptem.inference.engine import Predictor
+    weighings = []  # one per stack; the costs below are made only while the newest one is undecided,
+    # and large enough that a loaded machine's hiccups cannot turn the decision
+
+    class Recorded(_pipeline.BehindNetwork):
+        def __init__(self, *a):
+            super().__init__(*a)
+            weighings.append(self)
+    monkeypatch.setattr(s3, "BehindNetwork", Recorded)
+
+    def undecided():
+        return weighings and weighings[-1].yielded is None
     seen = {"decode": [], "relabel": [], "prepare": []}
     for owner, name, stage in ((s3, "decode_planes", "decode"), (s3, "lookup", "relabel"),
                                (Predictor, "prepare", "prepare")):
         def spy(*a, _real=getattr(owner, name), _stage=stage, **k):
             seen[_stage].append((threading.current_thread() is threading.main_thread(), niceness()))
-            if _stage == "decode" and not slow_network:
-                t = time.thread_time() + 0.03  # CPU seconds, as the weighing counts them
+            if _stage == "decode" and not slow_network and undecided():
+                t = time.thread_time() + 0.2  # CPU seconds, as the weighing counts them
                 while time.thread_time() < t:
                     pass
             return _real(*a, **k)
         monkeypatch.setattr(owner, name, spy)
     if slow_network:
         def slow(*a, _real=Predictor.predict, **k):
-            time.sleep(0.05)
+            if undecided():
+                time.sleep(0.2)
             return _real(*a, **k)
         monkeypatch.setattr(Predictor, "predict", slow)
     mine = niceness()
@@ -90,6 +103,7 @@ def test_work_behind_a_cpu_network_yields_to_it_when_the_network_costs_more(monk
     # yielding as the threads behind the network were weighed
     assert len(seen["relabel"]) == 3
     assert all(not main and (nice >= low) is slow_network for main, nice in seen["relabel"])
+    assert len(weighings) == 3 and all(w.yielded is slow_network for w in weighings)
     assert niceness() == mine  # the caller's thread, where the network runs, keeps its priority
 
 
