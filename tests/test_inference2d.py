@@ -33,23 +33,28 @@ def test_normalisation_any_dtype_same_result(dtype, lo, hi):
     assert len(np.unique(labels)) - 1 == 3
 
 
-def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("rows, n_reads", [(4, 16), (40, 4)])
+def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path, monkeypatch, rows, n_reads):
     """A deflate TIFF stored in image-wide strips: the sampled boxes that share rows are read
-    together (each strip decoded once, not once per box), with the same range as in memory."""
+    together (each strip decoded once, not once per box), with the same range as in memory;
+    all boxes of a slab of slices are read as one block unless that touches more strips."""
     import tifffile
     from panoptem.io import read_image
     from panoptem.inference import preprocess
     vol = np.random.default_rng(0).integers(0, 60000, (40, 160, 200), dtype=np.uint16)
     path = tmp_path / "strips.tif"
-    tifffile.imwrite(path, vol, compression="zlib", rowsperstrip=40)
+    tifffile.imwrite(path, vol, compression="zlib", rowsperstrip=rows)
     lazy = read_image(str(path)).data
-    assert lazy.chunks == (1, 40, 200)
+    assert lazy.chunks == (1, rows, 200)
     reads, orig = [], type(lazy)._read
     monkeypatch.setattr(type(lazy), "_read", lambda self, key: (reads.append(key), orig(self, key))[1])
     got = intensity_range(lazy, max_samples=20_000)
     monkeypatch.undo()
     assert got == intensity_range(vol, max_samples=20_000)
-    assert len(reads) == 16  # one read per (z, y) cell of the 4 x 4 x 4 grid, not 64
+    # 40 rows: one read per z cell of the 4 x 4 x 4 grid (its boxes' rows lie in 4 strips, as
+    # read row by row); 4 rows: one block would span 32 strips, row by row 8: one read per (z, y)
+    # cell, not 64
+    assert len(reads) == n_reads
     boxes = preprocess._sample_boxes(vol.shape, 20_000)
     assert [b.tolist() for b in preprocess.read_boxes(vol, boxes)] == [vol[b].tolist() for b in boxes]
     import dask.array as da  # chunks as tuples of tuples: read box by box
