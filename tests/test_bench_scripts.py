@@ -136,3 +136,19 @@ def test_release_script_writes_the_measured_pixel_range(tmp_path, monkeypatch):
     card = load_card(publish(zoo / "MitoLite_v1.pt", "again", "d", 5.0, out_dir=tmp_path, pixel_range_nm=(6.0, 10.0)))
     assert card.pixel_range_nm == (6.0, 10.0) and card.voxel_size_nm == 5.0
     assert load_card(publish(zoo / "MitoLite_v1.pt", "plain", "d", 5.0, out_dir=tmp_path)).pixel_range_nm is None
+
+
+def test_intensity_script_times_the_sampling_of_a_lazy_tiff(tmp_path):
+    import numpy as np
+    import tifffile
+    vol = np.random.default_rng(1).integers(10, 200, (12, 96, 128), dtype=np.uint8)
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, vol, compression="zlib", rowsperstrip=48)
+    out = tmp_path / "r.jsonl"
+    (line,) = _run(BENCH / "bench_intensity.py", path, "--repeat", "2", "--out", out)
+    rec = json.loads(out.read_text())
+    assert json.loads(line) == rec
+    assert rec["lazy"] == "StoreArray" and rec["chunks"] == [1, 48, 128] and rec["shape"] == [12, 96, 128]
+    assert len(rec["runs_s"]) == 2 and rec["read_boxes_s"] > 0
+    from panoptem.inference.preprocess import intensity_range
+    assert rec["range"] == list(intensity_range(vol))
