@@ -57,6 +57,13 @@ def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path, monkeyp
     assert len(reads) == n_reads
     boxes = preprocess._sample_boxes(vol.shape, 20_000)
     assert [b.tolist() for b in preprocess.read_boxes(vol, boxes)] == [vol[b].tolist() for b in boxes]
+    # a block larger than READ_BLOCK_BYTES (e.g. pages stored as one huge strip) is not read
+    reads.clear()
+    monkeypatch.setattr(type(lazy), "_read", lambda self, key: (reads.append(key), orig(self, key))[1])
+    monkeypatch.setattr(preprocess, "READ_BLOCK_BYTES", 6 * 6 * 200 * 2)  # one (z, y) row of boxes
+    assert [b.tolist() for b in preprocess.read_boxes(lazy, boxes)] == [vol[b].tolist() for b in boxes]
+    assert len(reads) == 16
+    monkeypatch.undo()
     import dask.array as da  # chunks as tuples of tuples: read box by box
     assert intensity_range(da.from_array(vol, chunks=(8, 40, 50)), max_samples=20_000) == got
 

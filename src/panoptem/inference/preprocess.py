@@ -57,6 +57,10 @@ def _sample_boxes(shape, max_samples: int) -> list[tuple[slice, ...]]:
     return boxes
 
 
+#: the most bytes :func:`read_boxes` reads as one block
+READ_BLOCK_BYTES = 64 << 20
+
+
 def _chunks_touched(box: tuple[slice, ...], chunks: tuple[int, ...]) -> int:
     return int(np.prod([-(-b.stop // c) - b.start // c for b, c in zip(box, chunks)]))
 
@@ -67,7 +71,8 @@ def read_boxes(image, boxes: list[tuple[slice, ...]]) -> list[np.ndarray]:
     are read as one block when that block touches fewer chunks: a TIFF stored in strips as
     wide as the image decodes each strip once, not once per box (on a deflate-compressed
     165 x 768 x 1024 TIFF, 2.3 s -> 0.28 s), while a volume in small chunks is still read box
-    by box (a block is read only where it touches no more chunks than the boxes would)."""
+    by box (a block is read only where it touches no more chunks than the boxes would, and
+    holds at most :data:`READ_BLOCK_BYTES`: pages stored as one strip each can be huge)."""
     chunks = getattr(image, "chunks", None)  # zarr, h5py, panoptem's lazy arrays (dask's are tuples of tuples)
     if not chunks or len(chunks) != len(image.shape) or not all(isinstance(c, (int, np.integer)) for c in chunks):
         return [np.asarray(image[b]) for b in boxes]
@@ -75,8 +80,8 @@ def read_boxes(image, boxes: list[tuple[slice, ...]]) -> list[np.ndarray]:
     k = min(2, len(chunks))
     for members in _alike(boxes, range(len(boxes)), k):
         rows = _alike(boxes, members, 1) if k > 1 else [members]
-        each = [_plan(boxes, row, 1, chunks) for row in rows]
-        block, cost = _plan(boxes, members, k, chunks) if k > 1 else (None, 0)
+        each = [_plan(boxes, row, 1, chunks, image.dtype) for row in rows]
+        block, cost = _plan(boxes, members, k, chunks, image.dtype) if k > 1 else (None, 0)
         if block is not None and cost <= sum(c for _, c in each):  # as few chunks, in one read
             _read_block(image, boxes, members, block, out)
             continue
@@ -97,9 +102,10 @@ def _alike(boxes, members, k: int) -> list[list[int]]:
     return list(groups.values())
 
 
-def _plan(boxes, members: list[int], k: int, chunks) -> tuple[tuple[slice, ...] | None, int]:
+def _plan(boxes, members: list[int], k: int, chunks, dtype) -> tuple[tuple[slice, ...] | None, int]:
     """The block bounding the boxes ``members`` (alike but in their last ``k`` axes) if it touches
-    fewer chunks than the boxes one by one (else None), and the chunks the cheaper way touches."""
+    fewer chunks than the boxes one by one and is not too large (else None), and the chunks the
+    way chosen touches."""
     apart = sum(_chunks_touched(boxes[i], chunks) for i in members)
     if len(members) < 2:
         return None, apart
@@ -107,7 +113,8 @@ def _plan(boxes, members: list[int], k: int, chunks) -> tuple[tuple[slice, ...] 
     block = (*boxes[members[0]][:-k], *(slice(min(boxes[i][a].start for i in members),
                                               max(boxes[i][a].stop for i in members)) for a in range(n - k, n)))
     together = _chunks_touched(block, chunks)
-    return (block, together) if together < apart else (None, apart)
+    nbytes = int(np.prod([b.stop - b.start for b in block], dtype=np.int64)) * np.dtype(dtype).itemsize
+    return (block, together) if together < apart and nbytes <= READ_BLOCK_BYTES else (None, apart)
 
 
 def _read_block(image, boxes, members: list[int], block: tuple[slice, ...], out: list) -> None:
