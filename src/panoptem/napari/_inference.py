@@ -42,8 +42,11 @@ DEVICE_TIP = "Where the network runs. auto: CUDA if present, else Apple MPS, els
 QUANTIZED_TIP = ("On a CPU, run an int8 copy of panoptem's own networks (ONNX Runtime): the network about "
                  "2.6 x faster, objects as float32's on the held-out block (see the README). Ignored on a GPU "
                  "and for other models, which run as they are.")
-#: what the status line adds when the network ran in int8
-_INT8_WORDS = {"int8": "; int8 network"}
+
+
+def _precision_words(precision: str) -> str:
+    """What the status line adds about the network's precision: only that it ran in int8."""
+    return "; int8 network" if precision == "int8" else ""
 
 
 def precision_for(lm, quantized: bool) -> str:
@@ -218,7 +221,7 @@ def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, 
         placed = {"data": data, "scale": geo.scale, "translate": geo.translate} if batch else \
             place_plane(data, axis, index, geo)
         layer = _labels_layer(placed.pop("data"), name=kw["name"], **placed)
-    return data, n, layer, _pixel_words(lm.card, params, voxel_size, 2) + _INT8_WORDS.get(precision, "")
+    return data, n, layer, _pixel_words(lm.card, params, voxel_size, 2) + _precision_words(precision)
 
 
 def _pixel_words(card, params, voxel_size, ndim: int) -> str:
@@ -387,7 +390,7 @@ def _run_3d(volume, model: str, device: str, params: Params3D, voxel_size, callb
               for cls, vol in res.labels.items()]
     layers += [_labels_layer(vol, name=f"{image_name}-panoptic-stack-{plane}", **layer_kw)
                for plane, vol in res.stacks.items()]
-    return res, layers, _pixel_words(lm.card, params, voxel_size, 3) + _INT8_WORDS.get(precision, "")
+    return res, layers, _pixel_words(lm.card, params, voxel_size, 3) + _precision_words(precision)
 
 
 class Inference3DWidget(_InferenceBase):
