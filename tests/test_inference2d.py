@@ -33,7 +33,7 @@ def test_normalisation_any_dtype_same_result(dtype, lo, hi):
     assert len(np.unique(labels)) - 1 == 3
 
 
-@pytest.mark.parametrize("rows, n_reads", [(4, 16), (40, 4)])
+@pytest.mark.parametrize("rows, n_reads", [(4, 32), (40, 4)])
 def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path, monkeypatch, rows, n_reads):
     """A deflate TIFF stored in image-wide strips: the sampled boxes that share rows are read
     together (each strip decoded once, not once per box), with the same range as in memory;
@@ -51,18 +51,20 @@ def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path, monkeyp
     got = intensity_range(lazy, max_samples=20_000)
     monkeypatch.undo()
     assert got == intensity_range(vol, max_samples=20_000)
-    # 40 rows: one read per z cell of the 4 x 4 x 4 grid (its boxes' rows lie in 4 strips, as
-    # read row by row); 4 rows: one block would span 32 strips, row by row 8: one read per (z, y)
-    # cell, not 64
+    # 40 rows: one read per z cell of the 4 x 8 x 8 grid (its boxes' rows lie in 4 strips, 8 if
+    # read row by row); 4 rows: one block would span 36 strips, row by row 8: one read per (z, y)
+    # cell, not 256
     assert len(reads) == n_reads
+    # slabs of at most SAMPLE_DEPTH slices: 16 of the 40 slices decoded
+    assert len({z for key in reads for z in range(key[0].start, key[0].stop)}) == 4 * preprocess.SAMPLE_DEPTH
     boxes = preprocess._sample_boxes(vol.shape, 20_000)
     assert [b.tolist() for b in preprocess.read_boxes(vol, boxes)] == [vol[b].tolist() for b in boxes]
     # a block larger than READ_BLOCK_BYTES (e.g. pages stored as one huge strip) is not read
     reads.clear()
     monkeypatch.setattr(type(lazy), "_read", lambda self, key: (reads.append(key), orig(self, key))[1])
-    monkeypatch.setattr(preprocess, "READ_BLOCK_BYTES", 6 * 6 * 200 * 2)  # one (z, y) row of boxes
+    monkeypatch.setattr(preprocess, "READ_BLOCK_BYTES", 4 * 4 * 200 * 2)  # one (z, y) row of boxes
     assert [b.tolist() for b in preprocess.read_boxes(lazy, boxes)] == [vol[b].tolist() for b in boxes]
-    assert len(reads) == 16
+    assert len(reads) == 32
     monkeypatch.undo()
     import dask.array as da  # chunks as tuples of tuples: read box by box
     assert intensity_range(da.from_array(vol, chunks=(8, 40, 50)), max_samples=20_000) == got

@@ -17,7 +17,7 @@ def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
 
     Works for any integer or float dtype. An array of more than
     ``max_samples`` values is sampled: one box from the middle of each cell
-    of a 4 x 4 (x 4) grid, so a lazy volume of any size is read in a few
+    of a grid (:func:`_sample_boxes`), so a lazy volume of any size is read in a few
     chunks only (whole-volume and blockwise runs thus agree on the range).
 
     >>> intensity_range(np.arange(1000, 1101, dtype=np.uint16))
@@ -39,16 +39,31 @@ def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
     return float(lo), float(hi)
 
 
+#: the most slices deep a box sampled from a volume is: neighbouring slices add little, and a
+#: volume stored by slice (TIFF pages, per-slice chunks) decodes every slice a box touches whole
+SAMPLE_DEPTH = 4
+
+
 def _sample_boxes(shape, max_samples: int) -> list[tuple[slice, ...]]:
-    """Boxes centred in the cells of a grid of up to 4 cells per axis, holding
-    about ``max_samples`` voxels together."""
+    """Boxes centred in the cells of a grid, holding about ``max_samples`` voxels together: an
+    image's grid has up to 4 x 4 cells, a volume's 4 x 8 x 8 with slabs at most
+    :data:`SAMPLE_DEPTH` slices deep (on a 165 x 768 x 1024 volume 256 boxes of 4 x 44 x 44, from
+    16 slices; on 41 crops of the Lucchi volume closer to the crop's own percentiles than
+    4 x 4 x 4 cubes, which read 124 slices)."""
     import itertools
-    cells = [min(4, n) for n in shape]
-    side = max(1, int((max_samples / np.prod(cells)) ** (1 / len(shape))))
+    volume = len(shape) == 3
+    cells = [min(c, n) for c, n in zip((4, 8, 8) if volume else (4,) * len(shape), shape)]
+    per_box = max_samples / np.prod(cells)
+    if volume:
+        depth = max(1, min(SAMPLE_DEPTH, shape[0] // cells[0]))
+        side = max(1, int((per_box / depth) ** 0.5))
+        sides = [depth, side, side]
+    else:
+        sides = [max(1, int(per_box ** (1 / len(shape))))] * len(shape)
     boxes = []
     for idx in itertools.product(*(range(c) for c in cells)):
         box = []
-        for i, c, n in zip(idx, cells, shape):
+        for i, c, n, side in zip(idx, cells, shape, sides):
             lo, hi = n * i // c, n * (i + 1) // c
             b = min(side, hi - lo)
             start = lo + (hi - lo - b) // 2
