@@ -152,3 +152,12 @@ def test_intensity_script_times_the_sampling_of_a_lazy_tiff(tmp_path):
     assert len(rec["runs_s"]) == 2 and rec["read_boxes_s"] > 0
     from panoptem.inference.preprocess import intensity_range
     assert rec["range"] == list(intensity_range(vol))
+
+
+@pytest.mark.slow
+def test_intensity_sampling_script_scores_both_samplings(lucchi):
+    lines = [json.loads(s) for s in _run(BENCH / "intensity_sampling.py", "--lucchi", lucchi, "--crops", "3")]
+    assert [r["sampling"] for r in lines] == ["panoptem (slabs)", "4 x 4 x 4 cubes"]
+    slabs, cubes = lines
+    assert slabs["crops"] == 4 and slabs["slices_read_whole"] == 16 and cubes["slices_read_whole"] == 124
+    assert all(0 <= r["low_error_mean"] <= r["low_error_max"] < 20 for r in lines)
