@@ -133,7 +133,7 @@ def test_2d_input_is_refused():
                                              ("xy", ".tif", {"semantic_only": True})])
 def test_streamed_output_equals_in_memory(tmp_path, monkeypatch, plane, ext, extra):
     import panoptem.inference.segment3d as s3
-    monkeypatch.setattr(s3, "REMAP_BLOCK", 3)  # labels written in several blocks (one buffer, halos)
+    monkeypatch.setattr(s3, "REMAP_BLOCK", 3)  # labels written in many blocks (three buffers in turn, halos)
     vol, truth = phantom()
     assert len(vol) > 2 * s3.REMAP_BLOCK
     mem = segment_3d(vol, dark_blob_model(), inference_plane=plane, **P, **extra)
@@ -398,3 +398,36 @@ def test_probability_bytes_round_and_never_wrap():
     for f in ("semantic_probability", "heatmap", "offsets"):
         np.testing.assert_array_equal(getattr(back, f), getattr(direct, f))
         np.testing.assert_array_equal(getattr(read, f), getattr(direct, f))
+
+
+@pytest.mark.parametrize("halo", [0, 1])
+def test_relabelling_blocks_are_bounded_in_bytes_and_read_ahead(tmp_path, monkeypatch, halo):
+    """Spilled ids are relabelled in blocks of at most REMAP_BYTES (less twice the halo), the
+    next block read and mapped in a thread while one is written; every slice lands where it belongs."""
+    import panoptem.inference.segment3d as s3
+    from panoptem.inference.spill import SpillStack
+    from panoptem.params import Params3D
+    rng = np.random.default_rng(0)
+    ids = np.zeros((23, 16, 20), np.uint32)
+    ids[:, 4:12, 5:15] = rng.integers(1, 6, (23, 8, 10))
+    spill = SpillStack(tmp_path / "ids.raw", ids.shape, np.uint32)
+    for i, plane in enumerate(ids):
+        spill[i] = plane
+    mapping = np.array([0, 7, 7, 9, 11, 12])
+    monkeypatch.setattr(s3, "REMAP_BYTES", 7 * 16 * 20 * 4)  # 7 planes of ids
+
+    class Writer(dict):
+        def __setitem__(self, key, value):
+            super().__setitem__((key.start, key.stop), np.array(value))
+
+    w = Writer()
+    params = Params3D(label_dilation=halo) if halo else None
+    s3._remap_to_writer(spill, mapping, 0, w, ids.shape, params, objects=4)
+    step = 7 - 2 * halo
+    assert [b - a for a, b in sorted(w)] == [min(step, 23 - z) for z in range(0, 23, step)]
+    got = np.concatenate([w[k] for k in sorted(w)])
+    want = mapping[ids]
+    if halo:
+        from panoptem.inference.postprocess import postprocess_labels
+        want = postprocess_labels(want, 0, halo, False)
+    assert (got == want).all()

@@ -429,8 +429,12 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     return complete if deferred else complete()
 
 
-#: Z slices per block when a streamed run writes its final labels
+#: Z slices per block when a streamed run writes its final labels (fewer where a block of
+#: its provisional ids would exceed :data:`REMAP_BYTES`)
 REMAP_BLOCK = 32
+#: the most bytes of provisional ids in one block of an xy stack's relabelling (three blocks are
+#: in flight: being written, waiting, being read)
+REMAP_BYTES = 32 << 20
 
 
 def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_shape, params=None,
@@ -439,38 +443,55 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
     stack order) for those Z, map ids, put the block in ZYX order (each of an xz / yz
     stack's planes standing for ``stride`` planes along its axis). Erosion and
     dilation (``params``) read as many extra slices above and below as they reach.
-    Returns the number of objects written: ``objects`` (the mapping's, every provisional
-    id having voxels) unless erosion, dilation or hole filling may change it, else counted."""
+    The next block is read and mapped in a thread while this one is written (the writer
+    compresses). Returns the number of objects written: ``objects`` (the mapping's, every
+    provisional id having voxels) unless erosion, dilation or hole filling may change it, else
+    counted."""
     import fastremap
+    from ._pipeline import Prefetch
     from .postprocess import postprocess_labels
     nz = zyx_shape[0]
-    block = block or REMAP_BLOCK
     lut = mapping.astype(dtype_for_max_label(int(mapping.max(initial=0))))
     ids: set[int] = set()
     ero, dil = (params.label_erosion, params.label_dilation) if params is not None else (0, 0)
     holes = bool(params is not None and params.fill_holes_in_segmentation)
     halo = ero + dil
     post = bool(ero or dil or holes) or objects is None
-    buf = None
-    for z0 in range(0, nz, block):
+    spilled = axis == 0 and hasattr(provisional, "read")
+    if block is None:
+        block = REMAP_BLOCK
+        if axis == 0:
+            plane = int(np.prod(zyx_shape[1:], dtype=np.int64)) * np.dtype(provisional.dtype).itemsize
+            block = max(1, min(block, REMAP_BYTES // max(plane, 1) - 2 * halo))
+    ring: list = [None] * 3  # spilled ids: each block read into one of three buffers, relabelled there
+
+    def mapped(z0: int):
+        """Block ``z0``'s final labels (in the reading thread)."""
         z1 = min(z0 + block, nz)
         a0, a1 = max(z0 - halo, 0), min(z1 + halo, nz)
-        if axis == 0 and hasattr(provisional, "read"):  # spilled ids: each block read into one buffer
-            if buf is None or buf.dtype != provisional.dtype:  # and relabelled there (the writers copy)
-                buf = np.empty((min(block + 2 * halo, nz), *zyx_shape[1:]), provisional.dtype)
-            prov = provisional.read(a0, a1, out=buf)
-            mapped = lookup(lut, prov, out=prov if prov.dtype == lut.dtype else None)
+        if spilled:  # (the writers copy)
+            k = (z0 // block) % len(ring)
+            if ring[k] is None or ring[k].dtype != provisional.dtype:
+                ring[k] = np.empty((min(block + 2 * halo, nz), *zyx_shape[1:]), provisional.dtype)
+            prov = provisional.read(a0, a1, out=ring[k])
+            lab = lookup(lut, prov, out=prov if prov.dtype == lut.dtype else None)
         elif axis == 0:
-            mapped = lookup(lut, np.asarray(provisional[a0:a1]))
+            lab = lookup(lut, np.asarray(provisional[a0:a1]))
         else:  # stack order (n, Z, other): Z is axis 1 of the store
             prov = np.asarray(provisional[:, a0:a1])
             if stride > 1:
                 prov = np.repeat(prov, stride, axis=0)[:zyx_shape[axis]]
-            mapped = lookup(lut, np.moveaxis(prov, 0, axis))
-        lab = postprocess_labels(mapped, ero, dil, holes)[z0 - a0:z0 - a0 + (z1 - z0)]
-        writer[z0:z1] = lab
-        if post:  # erosion may remove objects: count what is written
-            ids.update(np.asarray(fastremap.unique(lab)).tolist())
+            lab = lookup(lut, np.moveaxis(prov, 0, axis))
+        return z0, z1, postprocess_labels(lab, ero, dil, holes)[z0 - a0:z0 - a0 + (z1 - z0)]
+
+    blocks = Prefetch(mapped, range(0, nz, block), depth=1)
+    try:
+        for z0, z1, lab in blocks:
+            writer[z0:z1] = lab
+            if post:  # erosion may remove objects: count what is written
+                ids.update(np.asarray(fastremap.unique(lab)).tolist())
+    finally:
+        blocks.close()
     ids.discard(0)
     return len(ids) if post else int(objects)
 
