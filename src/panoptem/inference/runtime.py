@@ -3,8 +3,8 @@ number of threads, and the batch size.
 
 ``runtime="auto"`` takes ONNX Runtime on a CPU for panoptem's own networks when
 ``onnxruntime`` is installed (the network alone in 10.5 CPU seconds against PyTorch's 19.2
-on a 30 x 768 x 1024 block on a 2-core CPU, outputs equal to float32 rounding: see the
-README's Speed section),
+on a 30 x 768 x 1024 block on a 2-core CPU, outputs equal to float32 rounding: see
+docs/speed.md),
 else PyTorch. Each ONNX graph of a network (:data:`GRAPHS`: the plain one, and for tiles of
 larger planes the context and encode graphs) is exported once, on first use, and kept in
 panoptem's cache folder, named by the weights file's sha256: later runs on a CPU then need no
@@ -44,7 +44,7 @@ GPU_BYTES_PER_PIXEL = 1024
 
 #: PyTorch's intra-op threads while a GPU runs the network (unless ``threads`` is given): the
 #: host only copies there, and idle OpenMP workers spinning on every core took the cores that
-#: decoding and linking need (README, Speed: GPU)
+#: decoding and linking need (docs/speed.md, On a GPU)
 GPU_HOST_THREADS = 1
 
 
