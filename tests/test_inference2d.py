@@ -188,3 +188,25 @@ def test_min_piece_area_drops_small_pieces_only():
     default = segment_2d(img, model, maximum_objects_per_class=0)   # 40 px by default: the speck goes
     assert np.array_equal(default > 0, big)
     assert "min_piece_area" not in Params3D.model_fields  # 2D only
+
+
+def test_large_image_drops_small_pieces_while_decoding(monkeypatch):
+    """Tiled decoding removes small pieces from their areas counted per decode tile, with the
+    labels remove_small_pieces gives on the whole image (and without calling it): a piece split
+    by a tile border keeps its whole area."""
+    import panoptem.inference.segment2d as s2
+    from panoptem.inference import large2d
+    from panoptem.inference.postprocess import remove_small_pieces
+    monkeypatch.setattr(large2d, "DECODE_TILE", 96)
+    img = blobs_image(shape=(620, 700), centers=((60, 60), (400, 500)), r=20)
+    img[91:101, 300:310] = 40  # a speck across the decode-tile border at row 96
+    img[188:196, 92:100] = 40  # a speck across the decode-tile corner (192, 96)
+    model = dark_blob_model()
+    plain = segment_2d(img, model, tile_size=256, maximum_objects_per_class=0, min_piece_area=0)
+    a, b = plain[95, 304], plain[191, 95]
+    area = np.bincount(plain.ravel())
+    assert a and b and plain[97, 304] == a and plain[193, 97] == b and area[b] < 70 < area[a] < 140
+    monkeypatch.setattr(s2, "remove_small_pieces", lambda *a, **k: pytest.fail("whole-image filter"))
+    got = segment_2d(img, model, tile_size=256, maximum_objects_per_class=0, min_piece_area=70)
+    assert np.array_equal(got, remove_small_pieces(plain, 70))
+    assert got[95, 304] and not got[191, 95]  # kept whole, though each tile holds less than 70 of it

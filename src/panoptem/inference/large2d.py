@@ -79,10 +79,14 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
                  class_ids, thing_ids, confidence_thr: float = 0.5, center_confidence_thr: float = 0.1,
                  min_distance_object_centers: int = 3, fine_boundaries: bool = False,
                  semantic_only: bool = False, label_divisor: int | None = 10000, stride: int = OUTPUT_STRIDE,
-                 downsampling: int = 1, stuff_area: int = 64, tile: int | None = None) -> np.ndarray:
+                 downsampling: int = 1, stuff_area: int = 64, tile: int | None = None,
+                 min_piece_area: int = 0) -> np.ndarray:
     """Panoptic labels of one large plane, decoded tile by tile (same rules as
     :func:`~.decode.decode_panoptic`). ``prob`` (C, h, w) uint8 (x 255) or float
-    at network resolution; ``heatmap`` (1, gh, gw); ``offsets`` (2, gh, gw)."""
+    at network resolution; ``heatmap`` (1, gh, gw); ``offsets`` (2, gh, gw).
+    ``min_piece_area``: objects (each one 8-connected piece) of fewer pixels become
+    background, as :func:`~.postprocess.remove_small_pieces` would make them, from the pieces'
+    areas counted per tile (for models without semantic-only classes; see :func:`.segment2d`)."""
     H, W = out_shape
     f = int(downsampling)
     cell = stride * f  # output pixels per grid cell
@@ -131,7 +135,7 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
 
     # pass 2: connected pieces per tile, joined across tile borders
     uf = _UnionFind()
-    offsets_of, n_total, piece_centre = {}, 0, [np.zeros(1, np.int64)]
+    offsets_of, n_total, piece_centre, piece_area = {}, 0, [np.zeros(1, np.int64)], [np.zeros(1, np.int64)]
     prev_row_bottom: dict[int, np.ndarray] = {}
     for y0 in ys:
         left = None
@@ -145,6 +149,7 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
             pc = np.zeros(n + 1, np.int64)
             pc[pcs.ravel()] = lab.ravel()
             piece_centre.append(pc[1:])
+            piece_area.append(np.bincount(pcs.ravel(), minlength=n + 1)[1:])
             offsets_of[(y0, x0)] = n_total
             n_total += n
             if left is not None:  # vertical border with the tile on the left
@@ -171,6 +176,9 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
     final_of_root[obj_root] = number_per_class(obj_cls, np.isin(obj_cls, things), div)
     lut = final_of_root[root]
     lut[0] = 0
+    if min_piece_area > 1:  # an object is one connected piece: its area is its pieces' in every tile
+        area = np.bincount(root, weights=np.concatenate(piece_area), minlength=root.max() + 1)
+        lut[area[root] < min_piece_area] = 0
     if int(lut.max(initial=0)) >= 2**32 or max([0, *(stuff_label(s, div) for s in stuff)]) >= 2**32:
         raise PanoptemError("Labels exceed 32 bits; lower Max objects per class.")
 

@@ -11,6 +11,7 @@ from ..models.load import LoadedModel
 from ..params import AUTO_TILE, AUTO_TILE_ABOVE, PLANE_AXIS, Params2D, params_with
 from .decode import decode_panoptic, decode_settings
 from .engine import Predictor
+from .postprocess import remove_small_pieces
 
 
 @dataclass
@@ -62,19 +63,29 @@ def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step:
     return np.asarray(volume[tuple(sl)])
 
 
-def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings: dict) -> list[np.ndarray]:
+def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings: dict,
+                   min_piece_area: int = 0) -> list[np.ndarray]:
     """Planes larger than a tile: compact stitched outputs, then tile-wise decoding. With a
     factor that is not a whole one, the plane is resampled first, decoded on the network
-    grid, and its labels brought back to the input grid by nearest neighbour."""
+    grid, and its labels brought back to the input grid by nearest neighbour. Pieces under
+    ``min_piece_area`` pixels are removed while decoding (no whole-image temporaries) where the
+    labels are on the decoding's grid and the model has no semantic-only classes, else after."""
+    from .decode import things_and_stuff
     from .large2d import decode_large
     from .resample import nearest_to
+    _, stuff = things_and_stuff(settings["class_ids"], settings["thing_ids"], settings.get("semantic_only", False))
     out = []
     for j in range(len(chunk)):
         plane = pred.to_network_grid(pred.planes_in(chunk[j:j + 1]))
         o = pred._predict_tiled(plane, rng[j], compact=True)
+        while_decoding = min_piece_area if plane.shape[-2:] == chunk.shape[-2:] and not stuff else 0
         lab = decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], plane.shape[-2:],
-                           downsampling=pred.downsampling, **settings)
-        out.append(lab if lab.shape == chunk.shape[-2:] else nearest_to(lab, chunk.shape[-2:]))
+                           downsampling=pred.downsampling, min_piece_area=while_decoding, **settings)
+        if lab.shape != chunk.shape[-2:]:
+            lab = nearest_to(lab, chunk.shape[-2:])
+        if min_piece_area and not while_decoding:
+            lab = remove_small_pieces(lab, min_piece_area, in_place=True)
+        out.append(lab)
     return out
 
 
@@ -259,9 +270,6 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
     with torch_threads(host_threads(pred.runtime, pred.model.device, threads)):
         labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress)
-    if p.min_piece_area:
-        from .postprocess import remove_small_pieces
-        labels = [remove_small_pieces(lab, p.min_piece_area) for lab in labels]
     if p.fill_holes_in_segmentation:
         from .postprocess import fill_holes
         labels = [fill_holes(lab) for lab in labels]
@@ -297,13 +305,15 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
         rng = np.array([pred.intensity(sl) for sl in chunk])
         if tile and max(chunk.shape[-2:]) > tile and not return_outputs:
             # bounded memory, decoded per tile
-            labels.extend(_segment_large(pred, chunk, rng, settings))
+            labels.extend(_segment_large(pred, chunk, rng, settings, p.min_piece_area))
             centers.extend([None] * len(chunk))
             continue
         o = pred.predict(chunk, rng)
         for j in range(len(chunk)):
             lab, ctr = decode_panoptic(o.semantic_probability[j], o.heatmap[j], o.offsets[j],
                                        out_shape=chunk.shape[-2:], return_centers=True, **settings)
+            if p.min_piece_area:
+                lab = remove_small_pieces(np.ascontiguousarray(lab), p.min_piece_area, in_place=True)
             labels.append(lab)
             centers.append(ctr)
             if return_outputs:
