@@ -356,6 +356,27 @@ def test_onnx_runtime_matches_torch(tiny_card, home, monkeypatch):
     assert len(list((home / "cache" / "onnx").glob("*.onnx"))) == 3  # plain, context and encode graphs
 
 
+def test_tiled_onnx_prediction_hands_back_the_arena_and_keeps_its_outputs(tiny_card, home, monkeypatch):
+    """After the tiles of a large plane, ONNX Runtime's arena is shrunk by one small call; the
+    session gives the same outputs after it."""
+    from panoptem.inference import runtime
+    from panoptem.inference.engine import Predictor
+    from panoptem.models.load import load_model
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(runtime, "_sessions", {})
+    lm = load_model(str(tiny_card), "cpu")
+    planes = np.random.default_rng(1).integers(0, 255, (1, 150, 170), dtype=np.uint8)
+    pr = Predictor(lm, device="cpu", runtime="onnx", threads=1, tile_size=64)
+    released, orig = [], runtime.OnnxNet.release_memory
+    monkeypatch.setattr(runtime.OnnxNet, "release_memory", lambda self: (released.append(self.graph), orig(self)))
+    a = pr.predict(planes, (0, 255))
+    assert released == ["plain"]  # once, after the last tile
+    b = pr.predict(planes, (0, 255))
+    assert released == ["plain", "plain"]
+    for f in ("semantic_probability", "heatmap", "offsets"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
 def test_area_downsampling_matches_pytorch():
     import torch
     import torch.nn.functional as F

@@ -290,4 +290,6 @@ class Predictor:
                 oy, ox = (y0 // f) // STRIDE, (x0 // f) // STRIDE
                 hm[:, :, gy0:gy1, gx0:gx1] = o.heatmap[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]
                 off[:, :, gy0:gy1, gx0:gx1] = o.offsets[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]
+        if self.runtime == "onnx":  # before the labels of the whole image are made
+            self.network.release_memory()
         return ModelOutput(prob, hm, off)
