@@ -86,7 +86,7 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
     at network resolution; ``heatmap`` (1, gh, gw); ``offsets`` (2, gh, gw).
     ``min_piece_area``: objects (each one 8-connected piece) of fewer pixels become
     background, as :func:`~.postprocess.remove_small_pieces` would make them, from the pieces'
-    areas counted per tile (for models without semantic-only classes; see :func:`.segment2d`)."""
+    areas counted per tile (for models without semantic, 'stuff', classes; see :mod:`.segment2d`)."""
     H, W = out_shape
     f = int(downsampling)
     cell = stride * f  # output pixels per grid cell

@@ -138,8 +138,8 @@ def postprocess_labels(labels, erosion: int = 0, dilation: int = 0, holes: bool 
 def remove_small_pieces(labels, min_area: int, in_place: bool = False) -> np.ndarray:
     """Pieces of a label (8-connected in 2D, 26-connected in 3D) smaller than ``min_area``
     pixels become background; larger pieces of the same label keep it. Returns a copy, or
-    with ``in_place`` the labels themselves, changed (a C-contiguous array; saves a copy of a
-    large image's labels).
+    with ``in_place`` the labels themselves, changed, where they are C-contiguous (saves a copy
+    of a large image's labels).
 
     >>> lab = np.array([[1, 1, 1, 0, 1], [1, 1, 0, 0, 0]], np.uint32)
     >>> remove_small_pieces(lab, 2)
@@ -150,7 +150,5 @@ def remove_small_pieces(labels, min_area: int, in_place: bool = False) -> np.nda
     a = _check(labels)
     if min_area <= 1 or not a.any():
         return a if in_place else a.copy()
-    if in_place and not a.flags.c_contiguous:
-        raise PanoptemError("remove_small_pieces(in_place=True) needs C-contiguous labels.")
     return cc3d.dust(np.ascontiguousarray(a), threshold=int(min_area), connectivity=8 if a.ndim == 2 else 26,
                      in_place=in_place)

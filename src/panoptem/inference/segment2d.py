@@ -313,7 +313,7 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
             lab, ctr = decode_panoptic(o.semantic_probability[j], o.heatmap[j], o.offsets[j],
                                        out_shape=chunk.shape[-2:], return_centers=True, **settings)
             if p.min_piece_area:
-                lab = remove_small_pieces(np.ascontiguousarray(lab), p.min_piece_area, in_place=True)
+                lab = remove_small_pieces(lab, p.min_piece_area, in_place=True)
             labels.append(lab)
             centers.append(ctr)
             if return_outputs:
