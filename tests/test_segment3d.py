@@ -402,8 +402,8 @@ def test_probability_bytes_round_and_never_wrap():
 
 @pytest.mark.parametrize("halo", [0, 1])
 def test_relabelling_blocks_are_bounded_in_bytes_and_read_ahead(tmp_path, monkeypatch, halo):
-    """Spilled ids are relabelled in blocks of at most REMAP_BYTES (less twice the halo), the
-    next block read and mapped in a thread while one is written; every slice lands where it belongs."""
+    """Spilled ids are relabelled in blocks of at most REMAP_BYTES (less twice the halo); with
+    the blocks read ahead in a thread and their buffers reused, every slice lands where it belongs."""
     import panoptem.inference.segment3d as s3
     from panoptem.inference.spill import SpillStack
     from panoptem.params import Params3D
