@@ -161,3 +161,21 @@ def test_intensity_sampling_script_scores_both_samplings(lucchi):
     slabs, cubes = lines
     assert slabs["crops"] == 4 and slabs["slices_read_whole"] == 16 and cubes["slices_read_whole"] == 124
     assert all(0 <= r["low_error_mean"] <= r["low_error_max"] < 20 for r in lines)
+
+
+def test_label_grid_script_scores_both_grids(lucchi):
+    lines = [json.loads(s) for s in _run(BENCH / "label_grid.py", "--lucchi", lucchi, "--z", "140:150")]
+    fine, coarse, between = lines
+    assert fine["grid"].startswith("input grid") and coarse["grid"].startswith("network grid")
+    assert all(0.5 < r["foreground_iou"] <= 1 and r["n_gt"] > 0 for r in (fine, coarse))
+    assert 0.9 < between["foreground_iou"] < 1  # the outlines move, the objects stay
+
+
+def test_block_means_are_the_means_of_each_2_x_2_block(monkeypatch):
+    import numpy as np
+    monkeypatch.syspath_prepend(str(BENCH))
+    from label_grid import block_means
+    vol = np.arange(2 * 5 * 4, dtype=np.uint8).reshape(2, 5, 4)  # an odd row count: the last row is cut
+    out = block_means(vol)
+    assert out.shape == (2, 2, 2) and out.dtype == np.uint8
+    assert out[1, 1, 0] == round(float(vol[1, 2:4, 0:2].mean()))
