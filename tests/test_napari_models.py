@@ -221,6 +221,9 @@ def test_train_widget_trains_and_registers_a_new_model(viewer, qtbot, home, tmp_
     w.run_button.native.click()
     assert w.status.value.startswith("Error: Choose the training dataset folder")
     w.train_dir.value = tmp_path / "ds"
+    w.name.value = "  "
+    w.run_button.native.click()
+    assert w.status.value.startswith("Error: Fill in the new model's name")
     w.name.value, w.iterations.value, w.patch_size.value, w.device.value = "fresh", 5, 64, "cpu"
     w.architecture = {k: v for k, v in TINY_ARCH.items() if k != "num_classes"}
     _run_and_check_training(w, qtbot, 'fresh', iterations=5)

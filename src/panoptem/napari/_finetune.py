@@ -81,6 +81,17 @@ class _TrainingDock(Dock):
                                 tooltip=val_tip)
         self.name = LineEdit(label="New model name", name="new_name", value=name, tooltip=name_tip)
 
+    def _dataset_and_name(self) -> tuple[str, str]:
+        """The chosen training dataset folder and the new model's name; a :class:`PanoptemError`
+        that says what to fill in when either is missing."""
+        train_dir = chosen_path(self.train_dir.value)
+        if not train_dir:
+            raise PanoptemError("Choose the training dataset folder (made with Pick Patches + Store Dataset).")
+        name = self.name.value.strip()
+        if not name:
+            raise PanoptemError("Fill in the new model's name.")
+        return train_dir, name
+
     def _step_fields(self, schema: type, iterations_tip: str) -> None:
         """Iterations and patch size, starting at ``schema``'s defaults."""
         self.iterations = SpinBox(label="Iterations", name="iterations", value=default_of(schema, "iterations"),
@@ -203,12 +214,7 @@ class FinetuneWidget(_TrainingDock):
         try:
             if not self.model.value:
                 raise PanoptemError("No model is registered; register one (Models widget) to fine-tune.")
-            train_dir = chosen_path(self.train_dir.value)
-            if not train_dir:
-                raise PanoptemError("Choose the training dataset folder (made with Pick Patches + Store Dataset).")
-            name = self.name.value.strip()
-            if not name:
-                raise PanoptemError("Fill in the new model's name.")
+            train_dir, name = self._dataset_and_name()
         except PanoptemError as e:
             self._fail(e)
             return

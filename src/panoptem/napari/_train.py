@@ -87,12 +87,7 @@ class TrainWidget(_TrainingDock):
     def run(self) -> None:
         from ..training.dataset import parse_classes
         try:
-            train_dir = chosen_path(self.train_dir.value)
-            if not train_dir:
-                raise PanoptemError("Choose the training dataset folder (made with Pick Patches + Store Dataset).")
-            name = self.name.value.strip()
-            if not name:
-                raise PanoptemError("Fill in the new model's name.")
+            train_dir, name = self._dataset_and_name()
             lines = [ln.strip() for ln in self.classes.value.splitlines() if ln.strip()]
             if not lines:
                 raise PanoptemError("Fill in Dataset labels: one line 'id,name,instance|semantic' per class.")
