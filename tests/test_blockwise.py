@@ -134,12 +134,16 @@ def test_blockwise_gives_neighbours_at_the_models_spacing_as_the_whole_volume(vo
     assert not np.array_equal(whole, segment_3d(vol, m, **P).labels["mitochondria"])
 
 
-def test_semantic_only_writes_the_segment_as_in_memory(vol, tmp_path, client):
-    """Semantic only: the class comes out as one segment (1), as a whole-volume run gives it."""
-    whole = segment_3d(vol, dark_blob_model(), semantic_only=True, **P).labels["mitochondria"]
+@pytest.mark.parametrize("params", [{}, {"orthoplane": True}])
+def test_semantic_only_writes_the_segment_as_in_memory(vol, tmp_path, client, params):
+    """Semantic only: the class comes out as one segment (1), as a whole-volume run gives it
+    (with ortho-plane consensus too, where the segment is voted as a semantic class)."""
+    whole = segment_3d(vol, dark_blob_model(), semantic_only=True, **P, **params).labels["mitochondria"]
     res, got = _blockwise(vol, tmp_path, client=client, block_shape=(16, 64, 64), halo=(32, 32, 32),
-                          semantic_only=True)
+                          semantic_only=True, **params)
     assert np.unique(whole).tolist() == [0, 1] and res.objects["mitochondria"] == 1
+    objects = segment_3d(vol, dark_blob_model(), **P, **params).labels["mitochondria"]
+    assert (whole > 0).sum() > 0.8 * (objects > 0).sum()  # the segment covers what the objects cover
     np.testing.assert_array_equal(got, whole)
 
 

@@ -30,7 +30,7 @@ class ConsensusJob:
     divisor: int | None
     pixel_vote_thr: int
     allow_one_view: bool
-    stuff: bool = True  # the model has semantic ("stuff") classes, which the consensus votes apart
+    stuff: bool = True  # semantic segments (stuff classes, or Semantic only), which the consensus votes apart
 
     def stack_labels(self, block: Block, within=None, to: list | None = None) -> list[np.ndarray]:
         """Each stack's final labels over ``block``'s core (or the part ``within`` it); ``to``: per

@@ -286,7 +286,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
             if consensus:
                 from ._consensus import ConsensusJob, group, number, overlaps_block, stats_block
                 cjob = ConsensusJob(jobs, str(work / "consensus"), p.label_divisor, p.pixel_vote_thr,
-                                    p.allow_one_view, stuff=any(c.id not in card.thing_ids for c in classes))
+                                    p.allow_one_view, stuff=p.semantic_only or any(c.id not in card.thing_ids
+                                                                                   for c in classes))
                 Path(cjob.work).mkdir(exist_ok=True)
                 group(cjob, run_tasks(cl, overlaps_block, cjob, list(grid), "consensus", progress))
                 n_obj = number(cjob, run_tasks(cl, stats_block, cjob, list(grid), "consensus", False), vol.shape,

@@ -797,7 +797,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     else:
         from .consensus import orthoplane_consensus
         compacted = None
-        if one_class and not p.return_panoptic:  # each stack as local ids: no compacting passes
+        if one_class and not p.return_panoptic and not p.semantic_only:  # local ids: no compacting passes
             local = {pl: _LocalIds(narrow=pl != "xy") for pl in PLANES}  # xy: in place over its int32 ids
             done = _each_stack(volume, by_plane, p, PLANES, intensity, progress, kw, renumber=local)
             compacted = [(ids, local[pl].ids, local[pl].counts) for pl, ids in zip(PLANES, done)]
