@@ -27,6 +27,7 @@ class WriteJob:
     erosion: int = 0  # Erode / Dilate labels, on the linked labels (as whole-volume runs)
     dilation: int = 0
     grid: object = None  # the BlockGrid, to gather neighbours' labels for the morphology
+    holes: bool = False  # Fill holes in segmentation, after the morphology (see ._holes)
 
 
 def mask_of(mask: VolumeSource, shape, core) -> np.ndarray:
@@ -123,13 +124,23 @@ def _morphology(job: WriteJob, block: Block) -> np.ndarray:
     return out[tuple(slice(c.start - g.start, c.stop - g.start) for c, g in zip(block.core, region))]
 
 
+def block_labels(job: WriteJob, block: Block) -> np.ndarray:
+    """Final labels of ``block``'s core after Erode / Dilate labels (before Fill holes)."""
+    return _morphology(job, block) if (job.erosion or job.dilation) else final_labels(job, block)
+
+
 def write_block(job: WriteJob, block: Block) -> int:
     """Write ``block``'s core to every output; a marker records it as done."""
     import zarr
     marker = Path(job.stack.work) / "written" / str(block.index)
     if marker.exists():
         return 0
-    morph = _morphology(job, block) if (job.erosion or job.dilation) else None
+    morph = None
+    if job.holes:
+        from ._holes import fill_block
+        morph = fill_block(job, block, block_labels(job, block))
+    elif job.erosion or job.dilation:
+        morph = _morphology(job, block)
     for path, cls, kind in job.outputs:
         group = zarr.open_group(str(path), mode="r+")
         arr = group["0"]

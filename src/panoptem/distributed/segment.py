@@ -9,7 +9,9 @@ Passes (each a set of block tasks on the cluster):
 2. per face: pieces that touch across block faces (see :mod:`._stitch`);
    then, once, on the client: pieces joined into 2D objects and the slice
    linker solved over the whole volume, size filters on the stitched objects;
-3. per block: final ids written to the OME-Zarr output; then its pyramid.
+3. with Fill holes, per block and per face: the background parts of each
+   xy plane, joined across faces (see :mod:`._holes`);
+4. per block: final ids written to the OME-Zarr output; then its pyramid.
 
 Every finished block leaves a record in a work folder beside the output
 (``.NAME.blockwise``); running the same call again after a crash skips
@@ -182,9 +184,6 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         raise PanoptemError(f"Block shape must be positive and halo 0 or more, not {block_shape} / {halo}.")
     if p.return_panoptic:
         raise PanoptemError("Blockwise runs do not return the per-plane stacks; drop return_panoptic.")
-    if p.fill_holes_in_segmentation:
-        raise PanoptemError("Fill holes is not available in blockwise runs yet; run without it, or on the whole "
-                            "volume.")
     if p.tta:
         raise PanoptemError("Test-time augmentation (tta) is not available in blockwise runs; run without it, "
                             "or on the whole volume.")
@@ -309,7 +308,11 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                 tmp_outputs.append((str(tmp), c.id, c.kind))
             from ._write import WriteJob, write_block
             wjob = WriteJob(jobs[0], tmp_outputs, p.label_divisor, len(classes) == 1, msource, factors, cjob,
-                            p.label_erosion, p.label_dilation, grid)
+                            p.label_erosion, p.label_dilation, grid, p.fill_holes_in_segmentation)
+            if wjob.holes:
+                from ._holes import hole_faces, holes_block, holes_face, resolve
+                run_tasks(cl, holes_block, wjob, list(grid), "holes", progress)
+                resolve(wjob, grid, run_tasks(cl, holes_face, wjob, hole_faces(grid), "holes", False))
             run_tasks(cl, write_block, wjob, list(grid), "writing", progress)
             import zarr
 

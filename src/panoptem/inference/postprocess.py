@@ -71,6 +71,57 @@ def dilate_labels(labels, iterations: int = 1) -> np.ndarray:
     return out
 
 
+def background_parts(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """The background of each xy plane of ZYX ``labels`` as connected parts (face neighbours
+    within the plane only): (part ids, int32, 0 on objects; number of parts)."""
+    struct = np.zeros((3, 3, 3), bool)
+    struct[1] = _cross(2)
+    comp, n = ndi.label(labels == 0, structure=struct)
+    return comp, int(n)
+
+
+def part_neighbours(comp: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (part, label) pairs of background parts ``comp`` (see
+    :func:`background_parts`) and the labels they touch within their plane, sorted by part."""
+    cids, lids = [], []
+    for ax in (1, 2):  # face neighbours within the plane, both directions
+        lo_sl = [slice(None)] * 3
+        hi_sl = [slice(None)] * 3
+        lo_sl[ax], hi_sl[ax] = slice(None, -1), slice(1, None)
+        for a, b in ((tuple(lo_sl), tuple(hi_sl)), (tuple(hi_sl), tuple(lo_sl))):
+            c, v = comp[a], labels[b]
+            m = (c > 0) & (v != 0)
+            cids.append(c[m])
+            lids.append(v[m])
+    cid = np.concatenate(cids).astype(np.int64)
+    lid = np.concatenate(lids)
+    order = np.lexsort((lid, cid))
+    cid, lid = cid[order], lid[order]
+    first = np.ones(cid.size, bool)
+    first[1:] = (cid[1:] != cid[:-1]) | (lid[1:] != lid[:-1])
+    return cid[first], lid[first]
+
+
+def sole_neighbour(cid: np.ndarray, lid: np.ndarray, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """For parts 0..n: how many distinct labels each touches, and the label of those that
+    touch exactly one (0 elsewhere), from the pairs of :func:`part_neighbours`."""
+    count = np.bincount(cid, minlength=n + 1)
+    lut = np.zeros(n + 1, dtype)
+    one = count[cid] == 1
+    lut[cid[one]] = lid[one]
+    return count, lut
+
+
+def touching(comp: np.ndarray, sides) -> np.ndarray:
+    """The ids of the parts ``comp`` (ZYX) that reach the given in-plane sides (any of
+    ``"y0"``, ``"y1"``, ``"x0"``, ``"x1"``: first / last row, first / last column)."""
+    at = {"y0": (slice(None), 0), "y1": (slice(None), -1),
+          "x0": (slice(None), slice(None), 0), "x1": (slice(None), slice(None), -1)}
+    ids = [np.unique(comp[at[s]]) for s in sides]
+    out = np.unique(np.concatenate(ids)) if ids else np.zeros(0, comp.dtype)
+    return out[out > 0]
+
+
 def fill_holes(labels) -> np.ndarray:
     """Fill background enclosed by a single label with that label, in 2D; a 3D array
     is filled plane by plane along its first axis (each xy plane). Background that
@@ -83,41 +134,15 @@ def fill_holes(labels) -> np.ndarray:
     if lab.ndim not in (2, 3):
         raise PanoptemError(f"Fill holes takes a 2D image or a 3D volume, not {lab.ndim}D labels.")
     work = lab[None] if lab.ndim == 2 else lab
-    struct = np.zeros((3, 3, 3), bool)
-    struct[1] = _cross(2)  # background connected within a plane only
-    comp, n = ndi.label(work == 0, structure=struct)
+    comp, n = background_parts(work)
     out = work.copy()
-    if n == 0:
-        return out[0] if lab.ndim == 2 else out
-    edge = np.zeros(n + 1, bool)
-    for side in (comp[:, 0, :], comp[:, -1, :], comp[:, :, 0], comp[:, :, -1]):
-        edge[np.unique(side)] = True
-    cids, lids = [], []
-    for ax in (1, 2):  # face neighbours within the plane, both directions
-        lo_sl = [slice(None)] * 3
-        hi_sl = [slice(None)] * 3
-        lo_sl[ax], hi_sl[ax] = slice(None, -1), slice(1, None)
-        for a, b in ((tuple(lo_sl), tuple(hi_sl)), (tuple(hi_sl), tuple(lo_sl))):
-            c, v = comp[a], work[b]
-            m = (c > 0) & (v != 0)
-            cids.append(c[m])
-            lids.append(v[m])
-    cid = np.concatenate(cids).astype(np.int64)
-    lid = np.concatenate(lids)
-    if cid.size == 0:
-        return out[0] if lab.ndim == 2 else out
-    order = np.lexsort((lid, cid))
-    cid, lid = cid[order], lid[order]
-    first = np.ones(cid.size, bool)
-    first[1:] = (cid[1:] != cid[:-1]) | (lid[1:] != lid[:-1])
-    cid, lid = cid[first], lid[first]  # distinct (component, neighbouring label) pairs
-    n_nb = np.bincount(cid, minlength=n + 1)
-    lut = np.zeros(n + 1, work.dtype)
-    lut[cid] = lid
-    ok = (n_nb == 1) & ~edge
-    ok[0] = False
-    fill = ok[comp]
-    out[fill] = lut[comp[fill]]
+    if n:
+        count, lut = sole_neighbour(*part_neighbours(comp, work), n, work.dtype)
+        ok = count == 1
+        ok[0] = False
+        ok[touching(comp, ("y0", "y1", "x0", "x1"))] = False
+        fill = ok[comp]
+        out[fill] = lut[comp[fill]]
     return out[0] if lab.ndim == 2 else out
 
 
