@@ -134,10 +134,12 @@ def test_blockwise_gives_neighbours_at_the_models_spacing_as_the_whole_volume(vo
     assert not np.array_equal(whole, segment_3d(vol, m, **P).labels["mitochondria"])
 
 
-@pytest.mark.parametrize("params", [{}, {"orthoplane": True}])
+@pytest.mark.parametrize("params", [{}, {"orthoplane": True}, {"maximum_objects_per_class": 0},
+                                    {"orthoplane": True, "maximum_objects_per_class": 0}])
 def test_semantic_only_writes_the_segment_as_in_memory(vol, tmp_path, client, params):
     """Semantic only: the class comes out as one segment (1), as a whole-volume run gives it
-    (with ortho-plane consensus too, where the segment is voted as a semantic class)."""
+    (with ortho-plane consensus too, where the segment is voted as a semantic class; and
+    without a label divisor, where the segment is the class id)."""
     whole = segment_3d(vol, dark_blob_model(), semantic_only=True, **P, **params).labels["mitochondria"]
     res, got = _blockwise(vol, tmp_path, client=client, block_shape=(16, 64, 64), halo=(32, 32, 32),
                           semantic_only=True, **params)

@@ -127,10 +127,24 @@ def test_2d_input_is_refused():
         segment_3d(np.zeros((64, 64), np.uint8), dark_blob_model())
 
 
+@pytest.mark.parametrize("extra", [{}, {"orthoplane": True}, {"inference_plane": "xz", "median_slices": 1}])
+def test_semantic_only_without_a_label_divisor_gives_the_class_segment(extra):
+    """Semantic only and Max objects per class 0: the class's segment, as with a divisor, not
+    its connected pieces numbered as objects (the label is the class id, 1)."""
+    vol, _ = phantom()
+    kw = dict(semantic_only=True, **P, **extra)
+    plain = segment_3d(vol, dark_blob_model(), **kw)
+    bare = segment_3d(vol, dark_blob_model(), maximum_objects_per_class=0, return_panoptic=True, **kw)
+    assert np.unique(bare.labels["mitochondria"]).tolist() == [0, 1] and bare.objects == {"mitochondria": 1}
+    np.testing.assert_array_equal(bare.labels["mitochondria"], plain.labels["mitochondria"])
+    assert np.unique(bare.panoptic).tolist() == [0, 1]  # panoptic: the class id itself
+
+
 @pytest.mark.parametrize("plane,ext,extra", [("xy", ".tif", {}), ("yz", ".zarr", {}),
                                              ("xy", ".zarr", {"maximum_objects_per_class": 0}),
                                              ("xy", ".tif", {"label_erosion": 2}),
-                                             ("xy", ".tif", {"semantic_only": True})])
+                                             ("xy", ".tif", {"semantic_only": True}),
+                                             ("xy", ".tif", {"semantic_only": True, "maximum_objects_per_class": 0})])
 def test_streamed_output_equals_in_memory(tmp_path, monkeypatch, plane, ext, extra):
     import panoptem.inference.segment3d as s3
     monkeypatch.setattr(s3, "REMAP_BLOCK", 3)  # labels written in many blocks (three buffers in turn, halos)

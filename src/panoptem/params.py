@@ -83,7 +83,12 @@ class PlaneParams(BaseModel):
 
     @property
     def label_divisor(self) -> int | None:
-        return self.maximum_objects_per_class or None
+        """Max objects per class as the label divisor (None: ids 1..N). With Semantic only and no
+        divisor, 1: every label is its class's segment (label = class), which 3D linking and the
+        consensus then keep as a segment rather than number as objects."""
+        if self.maximum_objects_per_class:
+            return self.maximum_objects_per_class
+        return 1 if self.semantic_only else None
 
 
 class Params2D(PlaneParams):
