@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 import yaml
 
@@ -166,6 +168,47 @@ def test_blockwise_fills_holes_as_the_whole_volume(vol, tmp_path, client, params
     res, got = _blockwise(v, tmp_path, client=client, block_shape=(16, 64, 64), halo=(32, 32, 32), **kw)
     assert res.blocks > 1
     np.testing.assert_array_equal(got, whole)
+
+
+def test_an_object_erosion_removes_leaves_its_number_unused_as_in_memory(vol, tmp_path, client):
+    """Erode labels removes a one-slice plate (numbered first); the blockwise labels keep the
+    other objects' numbers, as the whole-volume run does."""
+    v = vol.copy()
+    v[0, 0:12, 10:80] = 40
+    kw = dict(min_size=0, min_extent=0, median_slices=1, label_erosion=1)
+    before = segment_3d(v, dark_blob_model(), **{**kw, "label_erosion": 0}).labels["mitochondria"]
+    whole = segment_3d(v, dark_blob_model(), **kw).labels["mitochondria"]
+    assert before[0, 5, 40] == 1 and 1 not in whole  # the plate, gone
+    res, got = _blockwise(v, tmp_path, client=client, block_shape=(8, 64, 64), halo=(32, 32, 32), **kw)
+    np.testing.assert_array_equal(got, whole)
+    assert res.objects["mitochondria"] == len(np.unique(whole)) - 1
+
+
+BLOCKWISE_COMBOS = st.fixed_dictionaries(dict(
+    inference_plane=st.sampled_from(["xy", "xz", "yz"]), orthoplane=st.booleans(),
+    fusion=st.sampled_from(["consensus", "probability"]), semantic_only=st.booleans(),
+    fine_boundaries=st.booleans(), median_slices=st.sampled_from([1, 3, 5]),
+    maximum_objects_per_class=st.sampled_from([0, 10000]), label_erosion=st.sampled_from([0, 1]),
+    label_dilation=st.sampled_from([0, 2]), fill_holes_in_segmentation=st.booleans(),
+    bridge_gaps=st.sampled_from([0, 1]), allow_one_view=st.booleans(), downsampling=st.sampled_from([1, 2]),
+    min_size=st.sampled_from([0, 100]), min_extent=st.sampled_from([0, 3]),
+    block_shape=st.sampled_from([(8, 32, 48), (16, 64, 64), (24, 40, 96)])))
+
+
+@settings(derandomize=True, database=None, deadline=None, print_blob=False, max_examples=12,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(p=BLOCKWISE_COMBOS)
+def test_blockwise_parameter_combinations_equal_whole_volume(client, p):
+    """Random combinations of the run's parameters: blockwise gives the whole-volume labels."""
+    import tempfile
+    vol = scene((24, 96, 96))
+    block = p.pop("block_shape")
+    whole = segment_3d(vol, dark_blob_model(), **p).labels["mitochondria"]
+    with tempfile.TemporaryDirectory() as d:
+        res = segment_blockwise(vol, dark_blob_model(), Path(d) / "out.zarr", client=client, block_shape=block,
+                                halo=(32, 32, 32), **p)
+        np.testing.assert_array_equal(np.asarray(res.labels["mitochondria"][:]), whole)
+        assert res.objects["mitochondria"] == len(np.unique(whole)) - 1
 
 
 def test_touching_pair_across_a_face_stays_two_objects(tmp_path, client):

@@ -445,3 +445,22 @@ def test_relabelling_blocks_are_bounded_in_bytes_and_read_ahead(tmp_path, monkey
         from panoptem.inference.postprocess import postprocess_labels
         want = postprocess_labels(want, 0, halo, False)
     assert (got == want).all()
+
+
+@pytest.mark.parametrize("extra", [{}, {"orthoplane": True, "allow_one_view": True}])
+def test_an_object_erosion_removes_leaves_its_number_unused_in_memory_and_streamed(tmp_path, extra):
+    """Erode labels can remove a thin object; the others keep their numbers, in memory as in a
+    streamed (or blockwise) run, which write each block as it comes."""
+    vol, _ = phantom()
+    vol[4, 2:16, 40:90] = 40  # a one-slice plate before the balls (numbered first): eroded away in 3D
+    kw = dict(min_size=0, min_extent=0, median_slices=1, label_erosion=1, **extra)
+    before = segment_3d(vol, dark_blob_model(), **{**kw, "label_erosion": 0}).labels["mitochondria"]
+    plate = int(before[4, 8, 65])
+    mem = segment_3d(vol, dark_blob_model(), **kw)
+    lab = mem.labels["mitochondria"]
+    assert plate > 0 and plate not in lab and plate < lab.max()  # its number is not given to another
+    assert mem.objects["mitochondria"] == len(np.unique(lab)) - 1 == len(np.unique(before)) - 2
+    if not extra:
+        st = segment_3d(vol, dark_blob_model(), output=tmp_path / "l.tif", **kw)
+        np.testing.assert_array_equal(np.asarray(st.labels["mitochondria"][:]), lab)
+        assert st.objects == mem.objects

@@ -35,7 +35,7 @@ class Result3D:
     """Output of :func:`segment_3d`.
 
     ``labels``: class name -> ZYX volume with instance ids 1..N (semantic
-    classes: 1 where present). ``panoptic``: the linked panoptic volume
+    classes: 1 where present; the number of an object Erode labels removed stays unused). ``panoptic``: the linked panoptic volume
     (``class * divisor + n``; made on first use where the run did not need it).
     ``stacks``: plane -> per-plane panoptic volume when ``return_panoptic``.
     ``objects``: number of objects per class.
@@ -399,8 +399,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         mapping = np.asarray(res.mapping)
         dt = dtype_for_max_label(int(mapping.max()) if mapping.size else 0)
         if output is not None:
-            # streamed runs are single-class: write what split_classes would (instances 1..N, a semantic
-            # segment as 1)
+            # streamed runs are single-class: write what split_classes would (each instance's number in
+            # its class, a semantic segment as 1)
             kept = mapping > 0
             (_, own, values, _, n_obj), = class_numbering(np.unique(mapping[kept]), card,
                                                           params.label_divisor or None)
@@ -498,8 +498,10 @@ def _remap_to_writer(provisional, mapping: np.ndarray, axis: int, writer, zyx_sh
 
 def class_numbering(ids: np.ndarray, card, label_divisor: int | None) -> list[tuple]:
     """How :func:`split_classes` maps the panoptic ``ids`` (> 0) of a run: for each class
-    of ``card``, ``(name, its ids, their new values, dtype, objects)`` with instance ids
-    renumbered 1..N in the order of their panoptic ids (semantic classes: 1)."""
+    of ``card``, ``(name, its ids, their new values, dtype, objects)``: an instance keeps its
+    number within the class (``id % divisor``; linking numbers them 1..N, and an object that
+    Erode labels removed leaves its number unused, as in streamed and blockwise runs), a class's
+    semantic segment becomes 1 (semantic classes: 1)."""
     ids = np.asarray(ids)
     if label_divisor:
         cls = ids // label_divisor
@@ -511,8 +513,10 @@ def class_numbering(ids: np.ndarray, card, label_divisor: int | None) -> list[tu
         if c.kind == "semantic":
             out.append((c.name, ids, mine, np.uint8, int(mine.any())))
             continue
-        n = int(mine.sum())
-        out.append((c.name, ids[mine], np.arange(1, n + 1), dtype_for_max_label(n), n))
+        own = ids[mine].astype(np.int64)
+        values = own % label_divisor if label_divisor else own
+        values[values == 0] = 1  # the class as one segment (Semantic only)
+        out.append((c.name, ids[mine], values, dtype_for_max_label(int(values.max(initial=0))), int(own.size)))
     return out
 
 
@@ -536,8 +540,8 @@ class _LocalIds:
 
 
 def split_classes(panoptic: np.ndarray, card, label_divisor: int | None) -> tuple[dict, dict]:
-    """Per-class volumes with instance ids renumbered 1..N in the order of their
-    panoptic ids (semantic classes: 0/1)."""
+    """Per-class volumes with each instance's number within its class (see
+    :func:`class_numbering`; semantic classes: 0/1)."""
     import fastremap
     ids = np.asarray(fastremap.unique(panoptic))
     labels, counts = {}, {}
