@@ -52,6 +52,17 @@ def test_plateau_gives_one_center():
     hm = np.zeros((10, 10), np.float32)
     hm[4:6, 4:6] = 0.5
     assert len(find_centers(hm, 0.1, 3)) == 1
+    assert len(find_centers(hm, 0.1, 1)) == 1  # an equal-valued plateau is one centre with any window
+
+
+def test_a_window_of_one_merges_only_equal_neighbours():
+    """Centers Min Distance 1: touching cells above the threshold are each a centre unless equal
+    (a slope is not a plateau), as the parameter says: only centres closer than it merge."""
+    hm = np.zeros((8, 8), np.float32)
+    hm[3, 2:6] = [0.3, 0.5, 0.7, 0.9]
+    assert find_centers(hm, 0.1, 1).tolist() == [[3, 5], [3, 4], [3, 3], [3, 2]]
+    hm[3, 2:6] = 0.5
+    assert find_centers(hm, 0.1, 1).tolist() == [[3, 2]]
 
 
 def test_group_pixels_nearest_center():

@@ -51,8 +51,11 @@ def find_centers(heatmap: np.ndarray, threshold: float = 0.1, min_distance: int 
         peaks &= hm >= local_max
     if not peaks.any():
         return np.zeros((0, 2), np.int64)
-    # one centre per plateau: connected groups of equal-valued peak cells
-    lab, n = ndimage.label(peaks, structure=np.ones((3, 3), bool))
+    # one centre per plateau: connected groups of equal-valued peak cells (with a window of 3 or
+    # more, touching peaks are equal; with 1 or 2 they need not be, and each value is its own)
+    codes = np.zeros(hm.shape, np.uint32)  # each peak value as an integer code (equal values, equal codes)
+    codes[peaks] = np.unique(hm[peaks], return_inverse=True)[1].reshape(-1) + 1
+    lab, n = cc3d.connected_components(codes, connectivity=8, return_N=True)
     if n == np.count_nonzero(peaks):
         rc = np.argwhere(peaks)
     else:
