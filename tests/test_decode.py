@@ -65,6 +65,19 @@ def test_a_window_of_one_merges_only_equal_neighbours():
     assert find_centers(hm, 0.1, 1).tolist() == [[3, 2]]
 
 
+def test_many_centres_group_as_few_do_ties_included():
+    """Over BRUTE_FORCE_CENTERS centres a k-d tree proposes the nearest; ties (equidistant
+    centres, common on the pixel grid) still go to the first centre, as with few centres."""
+    from panoptem.inference.decode import BRUTE_FORCE_CENTERS, _closest, _closest_by_tree
+    rng = np.random.default_rng(3)
+    for trial in range(4):
+        c = rng.integers(0, 40, (BRUTE_FORCE_CENTERS + 30, 2)).astype(np.float64)  # on the grid: many ties
+        if trial % 2:
+            c = np.repeat(c[:40], 2, axis=0)  # duplicate centres: ties of every target
+        ty, tx = np.meshgrid(np.arange(-2, 42, 0.5), np.arange(-2, 42, 0.5), indexing="ij")
+        np.testing.assert_array_equal(_closest_by_tree(ty, tx, c), _closest(ty, tx, c))
+
+
 def test_group_pixels_nearest_center():
     # two centres; offsets of the left half point to A, right half to B, even
     # though the right half's nearest centre by position would be A near the border

@@ -85,11 +85,35 @@ def group_pixels(centers: np.ndarray, offsets: np.ndarray, stride: float = STRID
     tx = (xx + offsets[1]).astype(np.float64)
     c = np.asarray(centers, np.float32).astype(np.float64)
     if len(c) > BRUTE_FORCE_CENTERS:
-        from scipy.spatial import cKDTree  # crowded planes only: scipy.spatial costs a start-up
-        _, nearest = cKDTree(c).query(np.stack([ty.ravel(), tx.ravel()], axis=1), k=1)
-        return (nearest.astype(np.int32) + 1).reshape(h, w)
+        return _closest_by_tree(ty, tx, c)
     # few centres (the usual case): one pass per centre beats building a tree
     return _closest(ty, tx, c)
+
+
+#: nearest centres a k-d tree proposes per target, among which :func:`_closest_by_tree` decides
+TREE_CANDIDATES = 4
+
+
+def _closest_by_tree(ty: np.ndarray, tx: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """:func:`_closest` for many centres, through a k-d tree, with the same answer: the tree
+    proposes each target's nearest few, the squared distances are computed as ``_closest``
+    computes them, and a tie goes to the first centre (a tree breaks ties as it happens to);
+    where even the last proposal is as near as the first, every centre is compared."""
+    from scipy.spatial import cKDTree  # crowded planes only: scipy.spatial costs a start-up
+    pts = np.stack([ty.ravel(), tx.ravel()], axis=1)
+    k = min(TREE_CANDIDATES, len(c))
+    dist, cand = cKDTree(c).query(pts, k=k)
+    dist, cand = dist.reshape(len(pts), k), cand.reshape(len(pts), k)
+    d = (pts[:, :1] - c[cand, 0]) ** 2
+    d += (pts[:, 1:] - c[cand, 1]) ** 2
+    best = d.min(axis=1, keepdims=True)
+    ids = np.where(d == best, cand, len(c)).min(axis=1).astype(np.int32) + 1
+    crowded = np.flatnonzero(dist[:, -1] <= dist[:, 0] * (1 + 1e-9))  # more may be as near
+    if k == len(c):  # every centre was proposed
+        crowded = crowded[:0]
+    if crowded.size:
+        ids[crowded] = _closest(pts[crowded, 0], pts[crowded, 1], c)
+    return ids.reshape(ty.shape)
 
 
 def _closest(ty: np.ndarray, tx: np.ndarray, centers) -> np.ndarray:
