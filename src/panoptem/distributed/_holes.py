@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..inference.postprocess import SIDES as SIDE_AT
 from ..inference.postprocess import background_parts, part_neighbours, sole_neighbour, touching
 from ._stitch import faces, gid
 from .blocks import Block, BlockGrid
@@ -64,10 +65,8 @@ def holes_block(job, block: Block) -> int:
     labels = block_labels(job, block)
     comp, _, seam, label, blocked = _parts(job, block, labels)
     inner, _ = _inner_sides(block, job.stack.volume_shape)
-    at = {"y0": (slice(None), 0), "y1": (slice(None), -1),
-          "x0": (slice(None), slice(None), 0), "x1": (slice(None), slice(None), -1)}
-    layers = {f"{s}_parts": comp[at[s]] for s in inner}
-    layers.update({f"{s}_labels": labels[at[s]] for s in inner})
+    layers = {f"{s}_parts": comp[SIDE_AT[s]] for s in inner}
+    layers.update({f"{s}_labels": labels[SIDE_AT[s]] for s in inner})
     d.mkdir(exist_ok=True)
     tmp = d / f"{block.index}.tmp.npz"
     np.savez(tmp, seam=seam, label=label, blocked=blocked, **layers)

@@ -112,12 +112,15 @@ def sole_neighbour(cid: np.ndarray, lid: np.ndarray, n: int, dtype) -> tuple[np.
     return count, lut
 
 
+#: the in-plane sides of a ZYX array: first / last row, first / last column (every plane's)
+SIDES = {"y0": (slice(None), 0), "y1": (slice(None), -1),
+         "x0": (slice(None), slice(None), 0), "x1": (slice(None), slice(None), -1)}
+
+
 def touching(comp: np.ndarray, sides) -> np.ndarray:
-    """The ids of the parts ``comp`` (ZYX) that reach the given in-plane sides (any of
-    ``"y0"``, ``"y1"``, ``"x0"``, ``"x1"``: first / last row, first / last column)."""
-    at = {"y0": (slice(None), 0), "y1": (slice(None), -1),
-          "x0": (slice(None), slice(None), 0), "x1": (slice(None), slice(None), -1)}
-    ids = [np.unique(comp[at[s]]) for s in sides]
+    """The ids of the parts ``comp`` (ZYX) that reach the given in-plane ``sides`` (keys of
+    :data:`SIDES`)."""
+    ids = [np.unique(comp[SIDES[s]]) for s in sides]
     out = np.unique(np.concatenate(ids)) if ids else np.zeros(0, comp.dtype)
     return out[out > 0]
 

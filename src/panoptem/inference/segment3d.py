@@ -35,8 +35,9 @@ class Result3D:
     """Output of :func:`segment_3d`.
 
     ``labels``: class name -> ZYX volume with instance ids 1..N (semantic
-    classes: 1 where present; the number of an object Erode labels removed stays unused). ``panoptic``: the linked panoptic volume
-    (``class * divisor + n``; made on first use where the run did not need it).
+    classes: 1 where present; the number of an object Erode labels removed stays unused).
+    ``panoptic``: the linked panoptic volume (``class * divisor + n``; made on first use where
+    the run did not need it).
     ``stacks``: plane -> per-plane panoptic volume when ``return_panoptic``.
     ``objects``: number of objects per class.
     """
