@@ -446,7 +446,7 @@ def decode_block(job: StackJob, block: Block) -> dict:
     r = p.median_slices // 2
     c0, c1 = block.core[a].start, block.core[a].stop
     n = job.shape[a]
-    d0 = max(0, c0 - 1 - p.bridge_gaps)
+    d0 = max(0, c0 - 2)  # the overlaps two slices apart serve the X repair, with or without gap bridging
     lo, hi = max(0, d0 - r), min(n, c1 + r)
     # in-plane window at network resolution: the core and a margin for interpolation
     g = [(block.core[ax].start // f, -(-block.core[ax].stop // f)) for ax in ip]
@@ -483,7 +483,7 @@ def decode_block(job: StackJob, block: Block) -> dict:
         pm_full = pm if pm.shape[-2:] == out_shape else linear_resize(pm, out_shape)
         sem = semantic_classes(pm_full, card_classes, p.confidence_thr)
         builder.add(d, d < c0, sem[core_rc], ids[core_rc], keys, things, stuff)
-    table, core_labels = builder.finish(c0, c1, p.bridge_gaps)
+    table, core_labels = builder.finish(c0, c1)
     if core_labels is not None:
         import zarr
         from ..io.zarr_write import put
@@ -586,7 +586,7 @@ class _Pieces:
         self.labels.append(lab)
         self.halo.append(is_halo)
 
-    def finish(self, c0: int, c1: int, gaps: int) -> tuple[dict, np.ndarray | None]:
+    def finish(self, c0: int, c1: int) -> tuple[dict, np.ndarray | None]:
         nt = len(self.things)
         cat = {k: (np.concatenate(v) if v else (np.zeros((0, nt), np.int64) if k == "cls_counts" else
                                                  np.zeros(0, bool if k == "halo" else np.int64)))
@@ -594,7 +594,7 @@ class _Pieces:
         by_plane = dict(zip(self.planes, self.labels))
         pa, pb, pc, pk = [], [], [], []
         for d in range(c0, c1):
-            for dz in range(1, 2 + gaps):
+            for dz in (1, 2):  # neighbours, and two apart (gap bridging and the X repair use them)
                 a, b = by_plane.get(d - dz), by_plane.get(d)
                 if a is None or b is None:
                     continue

@@ -213,10 +213,11 @@ def solve(job: StackJob, grid: BlockGrid, pairs: list[np.ndarray], halos: list[n
         keep = (a > 0) & (c > 0)
         recs.append(np.stack([a[keep], c[keep], t["pc"][keep], t["pkind"][keep]], axis=1))
     rec = np.concatenate(recs) if recs else np.zeros((0, 4), np.int64)
-    code = (rec[:, 3] << 62) | (rec[:, 0] << 31) | rec[:, 1] if rec.size else np.zeros(0, np.int64)
+    # one int64 per pair: slices apart - 1 (0 or 1) in bit 62, the two 31-bit nodes below (bit 63 is the sign)
+    code = ((rec[:, 3] - 1) << 62) | (rec[:, 0] << 31) | rec[:, 1] if rec.size else np.zeros(0, np.int64)
     u, inv = np.unique(code, return_inverse=True)
     inter = np.bincount(inv, weights=rec[:, 2]).astype(np.int64) if rec.size else np.zeros(0, np.int64)
-    kind, pa, pb = u >> 62, (u >> 31) & ((1 << 31) - 1), u & ((1 << 31) - 1)
+    kind, pa, pb = (u >> 62) + 1, (u >> 31) & ((1 << 31) - 1), u & ((1 << 31) - 1)
     # 5. link once
     o = node_order
     stack_len = job.shape[job.axis]
@@ -226,7 +227,7 @@ def solve(job: StackJob, grid: BlockGrid, pairs: list[np.ndarray], halos: list[n
         (stack_len, *hw), plane[o], cls[o] if div else np.zeros(n_obj, np.int64), thing[o], area[o],
         (stats["r0"][o], stats["r1"][o]), (stats["c0"][o], stats["c1"][o]),
         (pa[kind == 1], pb[kind == 1], inter[kind == 1]),
-        (pa[kind == 2], pb[kind == 2], inter[kind == 2]) if p.bridge_gaps else None,
+        (pa[kind == 2], pb[kind == 2], inter[kind == 2]),  # two apart: the X repair uses them, as add() does
         iou_thr=p.iou_thr, ioa_thr=p.ioa_thr, label_divisor=p.label_divisor or None, bridge_gaps=p.bridge_gaps,
         stride=job.stride, depth=job.volume_shape[job.axis])  # voxels on the volume's grid
     res = lk.finish(min_size=min_size, min_extent=min_extent)
