@@ -313,7 +313,7 @@ def test_cache_re_decodes_without_the_network(vol, tmp_path, client):
     assert again.timings["network_s"] == 0
     whole = segment_3d(vol, dark_blob_model(), **{**P, **kw}).labels["mitochondria"]
     np.testing.assert_array_equal(got, whole)
-    with pytest.raises(PanoptemError, match="different run"):
+    with pytest.raises(PanoptemError, match=r"different run \(block shape differs\)"):
         _blockwise(vol, tmp_path, "c.zarr", client=client, block_shape=(8, 64, 64), halo=(32, 32, 32),
                    cache_dir=cache)
 

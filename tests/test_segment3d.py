@@ -106,8 +106,10 @@ def test_cache_resumes_and_redecodes(tmp_path):
     net.module.forward = lambda x: (calls.append(x.shape[0]), orig(x))[1]
     segment_3d(edited, net, cache_dir=tmp_path, **P)
     assert calls == [4]  # slices 28-31
-    with pytest.raises(PanoptemError, match="different run"):
+    with pytest.raises(PanoptemError, match=r"different run \(input differs\)"):
         segment_3d(vol[:, :, :90].copy(), dark_blob_model(), cache_dir=tmp_path, **P)
+    with pytest.raises(PanoptemError, match=r"different run \(tta differs\)"):
+        segment_3d(vol, dark_blob_model(), cache_dir=tmp_path, tta=True, **P)
 
 
 def test_write_result_single_class_and_stacks(tmp_path):

@@ -463,8 +463,10 @@ def _check_cache(cache: Path, net: Path, key: dict) -> None:
     stamp = cache / f"{net.stem}.json"
     text = json.dumps(key, sort_keys=True, default=str)
     if stamp.exists() and stamp.read_text() != text:
-        raise PanoptemError(f"The cache {cache} holds network outputs of a different run (model, input, "
-                            "blocks or downsampling differ); choose another --cache-dir or delete that folder.")
+        from ..inference.cache import differing
+        raise PanoptemError(f"The cache {cache} holds network outputs of a different run "
+                            f"({differing(json.loads(stamp.read_text()), json.loads(text))}); choose "
+                            "another --cache-dir or delete that folder.")
     cache.mkdir(parents=True, exist_ok=True)
     stamp.write_text(text)
 

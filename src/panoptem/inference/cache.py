@@ -107,6 +107,30 @@ def chunk_planes(batch: int, n: int, plane_bytes: int) -> int:
     return max(1, min(batch * per, int(n)))
 
 
+#: what a user calls each part of a cache's key
+KEY_WORDS = {"model": "model", "weights": "model", "intensity": "input", "shape": "input", "dtype": "input",
+             "input": "input", "plane": "plane", "downsampling": "downsampling or pixel size",
+             "tile_size": "tile size", "tta": "tta", "stack_step": "pixel size", "precision": "precision",
+             "block": "block shape", "halo": "halo", "neighbour_steps": "pixel size",
+             "stack_steps": "pixel size", "exact_context": "block context", "skip_empty": "skip empty blocks"}
+
+
+def differing(stored: dict, key: dict) -> str:
+    """What differs between the run that made a cache (its ``stored`` key) and this run's
+    ``key``, in words.
+
+    >>> differing({"model": "a", "shape": [1]}, {"model": "a", "shape": [2], "tta": True})
+    'input and tta differ'
+    >>> differing({"tile_size": 0}, {"tile_size": 512})
+    'tile size differs'
+    """
+    old, new = json.loads(json.dumps(stored)), json.loads(json.dumps(key))
+    parts = sorted({KEY_WORDS.get(k, k) for k in set(old) | set(new) if old.get(k) != new.get(k)})
+    if len(parts) == 1:
+        return f"{parts[0]} differs"
+    return f"{', '.join(parts[:-1])} and {parts[-1]} differ"
+
+
 class OutputCache:
     """Network outputs of one stack, stored slice by slice.
 
@@ -125,8 +149,8 @@ class OutputCache:
         stored = g.attrs.get("key")
         if stored is not None and json.loads(json.dumps(stored)) != json.loads(json.dumps(key)):
             if not reset_stale:
-                raise PanoptemError(f"The cache {self.path} was made by a different run (model, input or "
-                                    "downsampling differ); choose another --cache-dir or delete that folder.")
+                raise PanoptemError(f"The cache {self.path} was made by a different run ({differing(stored, key)}); "
+                                    "choose another --cache-dir or delete that folder.")
             shutil.rmtree(self.path)
             g = zarr.open_group(str(self.path), mode="a")
         if "done" not in g:
