@@ -391,6 +391,43 @@ def test_area_downsampling_matches_pytorch():
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+def test_integer_planes_are_averaged_before_normalising_only_where_nothing_clips():
+    """Integer planes shrunk by Image Downsampling or resampling are averaged in integers and
+    then normalised (a quarter of the pixels to convert): the same network input as
+    normalising first, to float32 rounding, for uint8 / uint16 / int16, per-plane ranges and
+    neighbour channels; planes that the normalisation would clip, odd sides and float planes
+    take the other order, whose input is then exactly the old one."""
+    from panoptem.inference import predict
+    from panoptem.inference.preprocess import downsample, integer_block_means, means_first, normalize
+    rng = np.random.default_rng(3)
+    cases = ((np.uint8, (3, 64, 96), (45.0, 224.0), 2), (np.uint16, (2, 3, 32, 48), (300.0, 4000.0), 2),
+             (np.int16, (2, 60, 30), (-200.0, 900.0), 3), (np.uint8, (3, 32, 32), [[10, 200], [0, 255], [60, 90]], 4))
+    for dt, shape, rg, f in cases:
+        info = np.iinfo(dt)
+        planes = rng.integers(max(info.min, -1000), min(info.max, 5000) + 1, shape).astype(dt)
+        r = np.asarray(rg, np.float32)
+        lo, hi = (r[0], r[1]) if r.ndim == 1 else (r[:, 0, None, None], r[:, 1, None, None])
+        means = integer_block_means(planes, f)
+        assert means.dtype == np.float32
+        np.testing.assert_allclose(means, planes.reshape(*shape[:-2], shape[-2] // f, f, shape[-1] // f, f)
+                                   .mean(axis=(-3, -1)), rtol=1e-7, atol=0)
+        fits = bool(np.all(planes >= lo - 0.5 * (hi - lo)) and np.all(planes <= hi + 0.5 * (hi - lo)))
+        assert means_first(planes, lo, hi, f) == fits
+        got, h, w = predict.network_input(planes, r, f, 16, (0.5, 0.25))
+        want = downsample(normalize(planes, lo, hi)[:, None] if planes.ndim == 3 else normalize(planes, lo, hi), f)
+        assert (h, w) == want.shape[-2:]
+        crop = got[..., :h, :w]
+        if fits:
+            np.testing.assert_allclose(crop, want, rtol=0, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(crop, want)
+    odd = rng.integers(0, 256, (2, 33, 32)).astype(np.uint8)
+    assert not means_first(odd, 0, 255, 2) and not means_first(odd.astype(np.float32), 0, 255, 2)
+    assert means_first(odd[:, :32], 0, 255, 2) and not means_first(odd[:, :32], 0, 255, 1)
+    with pytest.raises(ValueError):
+        integer_block_means(odd, 2)
+
+
 def test_bilinear_resizing_matches_pytorch():
     """The decoding's bilinear resizing (numpy) against PyTorch's: whole factors (the fast path),
     other ratios, shrinking, one-pixel axes and leading axes; float32 rounding apart (PyTorch

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.card import OUTPUT_STRIDE as STRIDE
-from .preprocess import downsample, normalize, pad_to_multiple
+from .preprocess import downsample, integer_block_means, means_first, normalize, pad_to_multiple
 
 
 @dataclass
@@ -60,8 +60,12 @@ def network_input(planes, intensity, downsampling, padding_factor, mean_std) -> 
     h, w = (-(-int(s) // downsampling) for s in planes.shape[-2:])
     if downsampling == 1:  # pad the raw planes: the same values as padding the float input, far fewer bytes
         planes, _ = pad_to_multiple(planes, padding_factor)
-    x = normalize(planes, rng[0], rng[1], *mean_std)
-    x = downsample(x[:, None] if x.ndim == 3 else x, downsampling)
+    if means_first(planes, rng[0], rng[1], downsampling):  # a quarter of the pixels to normalise (x2)
+        x = normalize(integer_block_means(planes, downsampling), rng[0], rng[1], *mean_std)
+        x = x[:, None] if x.ndim == 3 else x
+    else:
+        x = normalize(planes, rng[0], rng[1], *mean_std)
+        x = downsample(x[:, None] if x.ndim == 3 else x, downsampling)
     x, _ = pad_to_multiple(x, padding_factor)
     return x, h, w
 

@@ -9,6 +9,8 @@ from ..errors import PanoptemError
 LOW_PCT, HIGH_PCT = 0.5, 99.5
 #: after percentile scaling to [0, 1], the network sees (x - MEAN) / STD
 MEAN, STD = 0.5, 0.25
+#: :func:`normalize` clips the scaled values to this far outside [0, 1]
+CLIP_MARGIN = 0.5
 
 
 def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
@@ -158,12 +160,49 @@ def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, st
     span = np.asarray(high, np.float32) - np.asarray(low, np.float32)
     x -= low
     x /= np.where(span > 0, span, 1.0)
-    np.clip(x, -0.5, 1.5, out=x)
+    np.clip(x, -CLIP_MARGIN, 1 + CLIP_MARGIN, out=x)
     if not np.issubdtype(image.dtype, np.integer):
         x[np.isnan(x)] = 0.5
     x -= mean
     x /= std
     return x
+
+
+def integer_block_means(planes: np.ndarray, factor: int) -> np.ndarray:
+    """Means of the ``factor`` x ``factor`` blocks of integer ``(..., H, W)`` planes whose sides
+    are multiples of ``factor``, as float32: summed exactly in integers, divided once
+    (:func:`downsample` of the same planes as float32, without rounding on the way)."""
+    f = int(factor)
+    h, w = planes.shape[-2:]
+    if h % f or w % f:
+        raise ValueError(f"planes of {h} x {w} are not whole blocks of {f}")
+    wide = np.uint16 if planes.dtype.itemsize == 1 and f * f <= 256 else np.int64
+    rows = planes[..., 0::f, :].astype(wide)
+    for j in range(1, f):
+        rows += planes[..., j::f, :]
+    out = rows[..., 0::f].copy()
+    for j in range(1, f):
+        out += rows[..., j::f]
+    return np.multiply(out, np.float32(1.0 / (f * f)), dtype=np.float32)
+
+
+def means_first(planes: np.ndarray, low, high, factor: int) -> bool:
+    """Whether the network input of integer ``planes`` may be made by averaging blocks of
+    ``factor`` before :func:`normalize`: the means are linear, and no pixel lies far enough
+    outside ``[low, high]`` for normalize to clip it (the dtype's range, or else the planes'
+    own, within the clip margin), so the order changes nothing but float rounding."""
+    if factor < 2 or not np.issubdtype(planes.dtype, np.integer) or planes.dtype.itemsize > 4:
+        return False
+    h, w = planes.shape[-2:]
+    if h % factor or w % factor or not planes.size:
+        return False
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    span = np.where(high > low, high - low, 1.0)
+    lo, hi = low - CLIP_MARGIN * span, high + CLIP_MARGIN * span
+    info = np.iinfo(planes.dtype)
+    if np.all(lo <= info.min) and np.all(hi >= info.max):
+        return True
+    return bool(np.all(lo <= planes.min()) and np.all(hi >= planes.max()))
 
 
 def downsample(batch: np.ndarray, factor: int) -> np.ndarray:
