@@ -286,10 +286,10 @@ def test_blockwise_whole_factor_equals_whole_volume(tmp_path):
     img, gt = disks(2.5, depth=8)  # 2.5 nm: x2 downsampling to the model's 5 nm
     kw = dict(min_size=0, min_extent=1, median_slices=1, min_distance_object_centers=3)
     whole = segment_3d(img, oracle(), voxel_size=(2.5, 2.5, 2.5), **kw)
-    assert whole.pixel_size["factors"]["xy"] == [2.0, 2.0]
+    assert whole.pixel_size["factors"]["xy"] == [2.0, 2.0] and whole.pixel_size["source"] == "voxel_size"
     r = segment_blockwise(img, oracle(), tmp_path / "o.zarr", voxel_size=(2.5, 2.5, 2.5), n_workers=1,
                           processes=False, block_shape=(8, 256, 256), halo=(0, 64, 64), **kw)
-    assert r.pixel_size["factors"]["xy"] == [2.0, 2.0]
+    assert r.pixel_size["factors"]["xy"] == [2.0, 2.0] and r.pixel_size["source"] == "voxel_size"
     out = np.asarray(read_image(tmp_path / "o.zarr").data)
     assert np.array_equal(out, whole.labels["mitochondria"])
     assert min(_match(out, gt)) > 0.8
@@ -313,6 +313,18 @@ def test_cli_says_what_it_used(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0 and "the model's 6-10 nm: scaled y x0.5, x x0.5 to 10 nm pixels" in err, err
     assert json.loads(out.strip().splitlines()[-1])["pixel_size"]["factors"]["xy"] == [2.0, 2.0]
+    # the voxel size a 3D run got from its file is reported as the file's, in the note and the
+    # JSON, whole-volume and blockwise; given in Python, as the argument's
+    vol = write_image(tmp_path / "vol.tif", np.stack([img] * 4), voxel_size=(10.0, 10.0, 10.0))
+    for extra in ([], ["--blockwise", "--workers", "1"]):
+        code = main(["segment3d", str(vol), "-o", str(tmp_path / f"v{len(extra)}.zarr"), "--pixel-size", "5",
+                     "--model", "MitoLite_v1", *extra])
+        out, err = capsys.readouterr()
+        assert code == 0 and "(from file + pixel_size)" in err, err
+        assert json.loads(out.strip().splitlines()[-1])["pixel_size"]["source"] == "file + pixel_size"
+    res = segment_3d(np.stack([img] * 4), "MitoLite_v1", voxel_size=(10.0, 10.0, 10.0), pixel_size=5.0)
+    assert res.pixel_size["source"] == "voxel_size + pixel_size" and res.pixel_size["factors"]["xy"] == [2.0, 2.0]
+    assert segment_2d(img, "MitoLite_v1", voxel_size=(10.0, 10.0), return_outputs=True).pixel_size["source"] == "voxel_size"
     code = main(["segment2d", str(src), "-o", str(tmp_path / "l3.tif"), "--no-resample", "--pixel-size", "5"])
     out, err = capsys.readouterr()
     assert code == 0 and "resampling off" in err

@@ -197,8 +197,8 @@ def segment3d_cmd(
     if preview is not None and res.written:
         res.written[0]["preview"] = str(preview)
     from ..inference.resample import planes_of
-    pixel_note(model, params, img.voxel_size, 3, planes_of(params))
+    pixels = pixel_note(model, params, img.voxel_size, 3, planes_of(params))  # the plan the run made, from the file
     if res.written:
-        res.written[0]["pixel_size"] = res.pixel_size
+        res.written[0]["pixel_size"] = pixels
     for p in res.written:
         typer.echo(json.dumps(p))

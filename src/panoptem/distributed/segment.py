@@ -83,7 +83,7 @@ def _card(model):
     return get_card(str(model))
 
 
-def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict, tuple, tuple]:
+def _whole_factor(p: Params3D, card, voxel_size, given_by: str = "file") -> tuple[Params3D, dict, tuple, tuple]:
     """Blockwise runs resample only by one whole factor on every axis of every plane they
     segment, which is Image Downsampling by that factor times the parameters' own; any
     other resampling is refused (blocks would have to be cut on the model's grid). Also returns,
@@ -92,7 +92,7 @@ def _whole_factor(p: Params3D, card, voxel_size) -> tuple[Params3D, dict, tuple,
     (:meth:`~panoptem.inference.resample.PixelPlan.stack_step`)."""
     from ..inference.resample import planes_of
     from ..inference.segment2d import pixel_plan
-    plan = pixel_plan(card, p, voxel_size, 3)
+    plan = pixel_plan(card, p, voxel_size, 3, given_by)
     planes = planes_of(p)
     plan.check(planes)
     if not plan.whole(planes):
@@ -197,9 +197,10 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     source, vol, vs, in_path = _open_volume(volume, key)
     if vol.ndim != 3:
         raise PanoptemError(f"Blockwise inference needs a ZYX volume, got shape {tuple(vol.shape)}.")
+    given_by = "voxel_size" if voxel_size else "file"
     voxel_size = voxel_size or vs
     card = _card(model)
-    p, plan_record, steps, strides = _whole_factor(p, card, voxel_size)
+    p, plan_record, steps, strides = _whole_factor(p, card, voxel_size, given_by)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
     align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
     if isinstance(devices, str):

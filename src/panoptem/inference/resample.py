@@ -96,7 +96,8 @@ class PixelPlan:
     ``model_nm``: the pixel size the network is given (the model's, or inside its ``working``
     range, see :func:`working_pixel`; None: unknown). ``voxel_size``: the input's,
     nm per axis (2 for an image, 3 for a volume; None: unknown). ``source``: where that
-    came from (``"file"``, ``"pixel_size"``, ``"file + pixel_size"``, ``"unknown"``).
+    came from (``"file"``, ``"voxel_size"`` (given in Python), ``"pixel_size"``, ``"file + pixel_size"``,
+    ``"voxel_size + pixel_size"``, ``"unknown"``).
     ``ratios``: per axis, model pixel / input pixel as run (1: not resampled).
     ``neighbour_nm``: how far apart a model that sees neighbouring planes had them in training
     (None: ``model_nm``). ``working``: the pixel sizes (nm) the model segments best at (card
@@ -256,7 +257,7 @@ class PixelPlan:
 
 def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | None = None, resample: bool = True,
                 downsampling: int = 1, ndim: int | None = None, neighbour_nm: float | None = None,
-                working: tuple[float, float] | None = None) -> PixelPlan:
+                working: tuple[float, float] | None = None, given_by: str = "file") -> PixelPlan:
     """The :class:`PixelPlan` of an input with ``voxel_size`` (nm per axis, from its file;
     None: unknown) for a model trained at ``model_nm`` that segments best at ``working``
     (smallest, largest nm; None: at ``model_nm``).
@@ -266,6 +267,8 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
     dimensions when ``voxel_size`` is unknown (default: ``len(voxel_size)`` or 2).
     ``neighbour_nm``: see :class:`PixelPlan`. With ``working``, every axis is brought to
     :func:`working_pixel` of the finer in-plane axis, so the network's pixels stay square.
+    ``given_by``: where ``voxel_size`` came from, for the plan's ``source`` (``"file"``, or
+    ``"voxel_size"`` when a caller of the Python API gave it).
     """
     vs = None
     if voxel_size is not None:
@@ -277,7 +280,7 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
         raise PanoptemError(f"A pixel plan needs a 2D or 3D input, not {n}D.")
     if vs is not None and len(vs) != n:
         vs = vs[-n:] if len(vs) > n else None
-    source, z_assumed = ("file" if vs is not None else "unknown"), False
+    source, z_assumed = (given_by if vs is not None else "unknown"), False
     if pixel_size is not None:
         ps = float(pixel_size)
         if not (math.isfinite(ps) and ps > 0):
@@ -285,7 +288,7 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
         if vs is None:
             vs, source, z_assumed = (ps,) * n, "pixel_size", n == 3
         else:
-            vs, source = (*vs[:-2], ps, ps), "file + pixel_size" if n == 3 else "pixel_size"
+            vs, source = (*vs[:-2], ps, ps), f"{given_by} + pixel_size" if n == 3 else "pixel_size"
     d = int(downsampling)
     work = (float(working[0]), float(working[1])) if working else None
     if work:

@@ -139,17 +139,17 @@ def neighbour_step(card, params, voxel_size, plane: str) -> float:
     return pixel_plan(card, params, voxel_size, 3).neighbour_step(plane)
 
 
-def pixel_plan(card, params, voxel_size, ndim: int):
+def pixel_plan(card, params, voxel_size, ndim: int, given_by: str = "file"):
     """The :class:`~.resample.PixelPlan` of a run: the model's pixel size (or range), the input's
-    (``voxel_size``, overridden in-plane by ``params.pixel_size``), resampling on or off
-    and Image Downsampling from ``params``."""
+    (``voxel_size``, overridden in-plane by ``params.pixel_size``; ``given_by``: where it came
+    from), resampling on or off and Image Downsampling from ``params``."""
     from .resample import plan_pixels
     vs = None if voxel_size is None else tuple(voxel_size)
     if vs is not None and len(vs) != ndim:
         vs = vs[-ndim:] if len(vs) > ndim else None
     return plan_pixels(card.voxel_size_nm, vs, params.pixel_size, params.resample, params.downsampling, ndim,
                        neighbour_nm=card.neighbour_spacing_nm if card.context_slices else None,
-                       working=card.pixel_range_nm)
+                       working=card.pixel_range_nm, given_by=given_by)
 
 
 def _check_memory(shape, itemsize: int, batch_size: int) -> None:
@@ -259,7 +259,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
             raise PanoptemError(f"Model '{pred.card.name}' sees {pred.card.context_slices} neighbour(s) on each "
                                 f"side ({pred.card.input_channels} planes), but {len(stack)} planes were given.")
         planes = stack[None]
-    plan = pixel_plan(pred.card, p, voxel_size, 2)
+    plan = pixel_plan(pred.card, p, voxel_size, 2, "voxel_size")
     plan.check(("xy",))
     pred = pred.with_factor(plan.factor("xy"))
     # automatic tiling looks at the network grid; the tile is counted in input pixels

@@ -669,7 +669,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     nt = predictor.threads = network_threads(threads)  # the ONNX session is made later
     from .resample import planes_of
     from .segment2d import pixel_plan
-    plan = pixel_plan(predictor.card, p, voxel_size, 3)
+    plan = pixel_plan(predictor.card, p, voxel_size, 3, "voxel_size")
     plan.check(planes_of(p))
     ht = host_threads(predictor.runtime, predictor.model.device, threads)
     if output is None:
