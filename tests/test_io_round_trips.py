@@ -55,6 +55,18 @@ def _lazy_matches(data, want, draw):
         np.testing.assert_array_equal(np.asarray(data[key]), want[key])
 
 
+def _reads_back(path, want, want_vs, draw):
+    """``read_image(path)``, lazily and at once, holds ``want`` (its dtype too) with voxel size
+    ``want_vs``; the lazy array also under random indexing."""
+    for lazy in (True, False):
+        r = read_image(path, lazy=lazy)
+        assert r.data.dtype == want.dtype and tuple(r.data.shape) == want.shape
+        np.testing.assert_array_equal(np.asarray(r.data[...]), want)
+        _close(r.voxel_size, want_vs)
+        if lazy:
+            _lazy_matches(r.data, want, draw)
+
+
 @FUZZ
 @given(st.data())
 def test_labels_come_back_as_written(data):
@@ -73,13 +85,7 @@ def test_labels_come_back_as_written(data):
         out = write_labels(Path(d) / f"lab{data.draw(suffixes)}", labels, voxel_size=vs)
         want_dt = np.uint64 if labels.size and int(labels.max()) > 2**32 - 1 else np.uint32
         want, want_vs = _as_read(labels.astype(want_dt), vs)
-        for lazy in (True, False):
-            r = read_image(out, lazy=lazy)
-            assert r.data.dtype == want_dt and tuple(r.data.shape) == want.shape
-            np.testing.assert_array_equal(np.asarray(r.data[...]), want)
-            _close(r.voxel_size, want_vs)
-            if lazy:
-                _lazy_matches(r.data, want, data.draw)
+        _reads_back(out, want, want_vs, data.draw)
 
 
 @FUZZ
@@ -98,13 +104,7 @@ def test_images_keep_their_dtype_values_and_voxel_size(data):
     with tempfile.TemporaryDirectory() as d:
         out = write_image(Path(d) / f"img{data.draw(suffixes)}", image, voxel_size=vs)
         want, want_vs = _as_read(image, vs)
-        for lazy in (True, False):
-            r = read_image(out, lazy=lazy)
-            assert r.data.dtype == image.dtype and tuple(r.data.shape) == want.shape
-            np.testing.assert_array_equal(np.asarray(r.data[...]), want)
-            _close(r.voxel_size, want_vs)
-            if lazy:
-                _lazy_matches(r.data, want, data.draw)
+        _reads_back(out, want, want_vs, data.draw)
 
 
 @FUZZ
@@ -178,10 +178,4 @@ def test_mrc_and_hdf5_files_of_other_tools_read_as_written(data):
                     ds.attrs["resolution"] = [v * 10 for v in vs]  # nm -> Å
                     ds.attrs["unit"] = "Å"
         want, want_vs = _as_read(image, vs)
-        for lazy in (True, False):
-            r = read_image(path, lazy=lazy)
-            assert r.data.dtype == image.dtype and tuple(r.data.shape) == want.shape
-            np.testing.assert_array_equal(np.asarray(r.data[...]), want)
-            _close(r.voxel_size, want_vs)
-            if lazy:
-                _lazy_matches(r.data, want, data.draw)
+        _reads_back(path, want, want_vs, data.draw)
