@@ -84,6 +84,32 @@ def test_blockwise_equals_whole_volume(vol, tmp_path, client, params, block, hal
     assert res.objects["mitochondria"] == len(np.unique(whole)) - 1 >= 3
 
 
+def test_consensus_writes_the_votes_of_its_sizing_pass(vol, tmp_path, client, monkeypatch):
+    """The consensus votes each block once: the writing pass numbers the votes the sizing pass
+    kept (a block whose votes are missing is voted again), and the labels are the whole
+    volume's either way."""
+    from panoptem.distributed import _consensus
+    whole = segment_3d(vol, dark_blob_model(), **P, orthoplane=True).labels["mitochondria"]
+    votes, kept = [], []
+    orig_vote, orig_keep = _consensus._vote, _consensus._keep_votes
+    monkeypatch.setattr(_consensus, "_vote", lambda job, block, within=None: (
+        votes.append(block.index), orig_vote(job, block, within))[1])
+    res, got = _blockwise(vol, tmp_path, client=client, block_shape=(16, 64, 64), halo=(32, 32, 32), orthoplane=True)
+    np.testing.assert_array_equal(got, whole)
+    assert sorted(votes) == list(range(res.blocks)) and res.blocks > 1  # once per block: sizing only
+
+    def keep_some(job, block, win):  # the votes of block 0 go missing
+        kept.append(block.index)
+        if block.index:
+            orig_keep(job, block, win)
+    monkeypatch.setattr(_consensus, "_keep_votes", keep_some)
+    votes.clear()
+    res, got = _blockwise(vol, tmp_path, name="again.zarr", client=client, block_shape=(16, 64, 64),
+                          halo=(32, 32, 32), orthoplane=True)
+    np.testing.assert_array_equal(got, whole)
+    assert sorted(votes) == sorted([*range(res.blocks), 0]) and sorted(kept) == list(range(res.blocks))
+
+
 @pytest.mark.parametrize("params,block,halo", [({}, (8, 64, 64), (32, 32, 32)),
                                                ({"inference_plane": "yz"}, (16, 40, 48), (32, 32, 32)),
                                                ({"orthoplane": True, "fusion": "probability"}, (16, 64, 64),

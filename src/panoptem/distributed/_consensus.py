@@ -5,7 +5,8 @@ The three stacks are segmented blockwise first (each linked over the whole
 volume). Then: the overlaps between the stacks' objects are summed over
 blocks, and the objects grouped once; per block the voxel vote gives each
 voxel its group, whose sizes and boxes are summed to filter the consensus
-objects once; a last pass votes again and writes the numbered labels.
+objects once; a last pass numbers the votes (kept compressed from the pass before, or
+voted again where a block's are missing) and writes the labels.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inference.consensus import _group, vote, vote_rules
-from ..labels import keep_mask, number_per_class, object_stats, pair_counts
+from ..labels import dtype_for_max_label, keep_mask, number_per_class, object_stats, pair_counts
 from ._pass1 import save_npz
 from ._write import WriteJob, final_labels
 from .blocks import Block
@@ -113,9 +114,34 @@ def _vote(job: ConsensusJob, block: Block, within=None):
     return vote(groups, r["need"], r["prio"], int(r["n_groups"]))
 
 
+def _votes_file(job: ConsensusJob, block: Block) -> Path:
+    return Path(job.work) / "votes" / f"{block.index}.npz"
+
+
+def _keep_votes(job: ConsensusJob, block: Block, win: np.ndarray) -> None:
+    """The winning groups of ``block``'s core, zstd-compressed (mostly background, they shrink
+    hundreds of times), for the writing pass."""
+    from numcodecs import Zstd
+    narrow = win.astype(dtype_for_max_label(int(win.max(initial=0))), copy=False)
+    save_npz(_votes_file(job, block), data=np.frombuffer(Zstd(level=1).encode(np.ascontiguousarray(narrow)),
+                                                         np.uint8),
+             shape=np.asarray(win.shape, np.int64), dtype=np.asarray(narrow.dtype.str))
+
+
+def _kept_votes(job: ConsensusJob, block: Block) -> np.ndarray | None:
+    """What :func:`_keep_votes` kept for ``block`` (None if nothing)."""
+    path = _votes_file(job, block)
+    if not path.exists():
+        return None
+    from numcodecs import Zstd
+    r = np.load(path)
+    return np.frombuffer(Zstd().decode(r["data"].tobytes()), np.dtype(str(r["dtype"]))).reshape(r["shape"])
+
+
 def stats_block(job: ConsensusJob, block: Block) -> dict:
-    """Voxels and bounding boxes of the consensus groups in ``block``."""
+    """Voxels and bounding boxes of the consensus groups in ``block`` (its votes are kept)."""
     win = _vote(job, block)
+    _keep_votes(job, block, win)
     ids, voxels, bbox = object_stats(win)
     start = np.array([s.start for s in block.core] * 2)
     return {"ids": ids.astype(np.int64), "voxels": voxels, "bbox": bbox + start}
@@ -145,8 +171,10 @@ def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_exten
 def consensus_labels(job: ConsensusJob, block: Block, within=None) -> np.ndarray:
     """Consensus labels of ``block``'s core, or of the part ``within`` it
     (semantic segments voted as in the whole-volume rule)."""
-    from ..labels import dtype_for_max_label, lookup
-    win = _vote(job, block, within)
+    from ..labels import lookup
+    win = _kept_votes(job, block) if within is None else None
+    if win is None:  # a part of the block (Erode / Dilate labels), or votes not kept
+        win = _vote(job, block, within)
     lut = np.load(Path(job.work) / "final.npy")
     labels = lookup(lut.astype(dtype_for_max_label(int(lut.max(initial=0)))), win)
     div = job.divisor or 0

@@ -57,7 +57,7 @@ def final_labels(job: WriteJob, block: Block, within: tuple[slice, ...] | None =
     where = tuple(block.core) if within is None else within
     if job.consensus is not None:
         from ._consensus import consensus_labels
-        out = conv(consensus_labels(job.consensus, block, where))
+        out = conv(consensus_labels(job.consensus, block, within))
         if job.mask is not None:
             out[~mask_of(job.mask, job.stack.volume_shape, where)] = 0
         return out
