@@ -401,7 +401,8 @@ def test_integer_planes_are_averaged_before_normalising_only_where_nothing_clips
     from panoptem.inference.preprocess import downsample, integer_block_means, means_first, normalize
     rng = np.random.default_rng(3)
     cases = ((np.uint8, (3, 64, 96), (45.0, 224.0), 2), (np.uint16, (2, 3, 32, 48), (300.0, 4000.0), 2),
-             (np.int16, (2, 60, 30), (-200.0, 900.0), 3), (np.uint8, (3, 32, 32), [[10, 200], [0, 255], [60, 90]], 4))
+             (np.int16, (2, 60, 30), (-200.0, 900.0), 3), (np.uint8, (3, 32, 32), [[10, 200], [0, 255], [60, 90]], 4),
+             (np.int8, (2, 48, 32), (-100.0, 90.0), 4), (np.int8, (2, 32, 32), (-10.0, 10.0), 2))
     for dt, shape, rg, f in cases:
         info = np.iinfo(dt)
         planes = rng.integers(max(info.min, -1000), min(info.max, 5000) + 1, shape).astype(dt)

@@ -176,7 +176,10 @@ def integer_block_means(planes: np.ndarray, factor: int) -> np.ndarray:
     h, w = planes.shape[-2:]
     if h % f or w % f:
         raise ValueError(f"planes of {h} x {w} are not whole blocks of {f}")
-    wide = np.uint16 if planes.dtype.itemsize == 1 and f * f <= 256 else np.int64
+    if planes.dtype.itemsize == 1 and f * f <= 256:  # 256 bytes add up within 16 bits
+        wide = np.uint16 if planes.dtype.kind == "u" else np.int16
+    else:
+        wide = np.int64
     rows = planes[..., 0::f, :].astype(wide)
     for j in range(1, f):
         rows += planes[..., j::f, :]
