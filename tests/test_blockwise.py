@@ -92,8 +92,11 @@ def test_consensus_writes_the_votes_of_its_sizing_pass(vol, tmp_path, client, mo
     whole = segment_3d(vol, dark_blob_model(), **P, orthoplane=True).labels["mitochondria"]
     votes, kept = [], []
     orig_vote, orig_keep = _consensus._vote, _consensus._keep_votes
-    monkeypatch.setattr(_consensus, "_vote", lambda job, block, within=None: (
-        votes.append(block.index), orig_vote(job, block, within))[1])
+
+    def counted_vote(job, block, within=None):
+        votes.append(block.index)
+        return orig_vote(job, block, within)
+    monkeypatch.setattr(_consensus, "_vote", counted_vote)
     res, got = _blockwise(vol, tmp_path, client=client, block_shape=(16, 64, 64), halo=(32, 32, 32), orthoplane=True)
     np.testing.assert_array_equal(got, whole)
     assert sorted(votes) == list(range(res.blocks)) and res.blocks > 1  # once per block: sizing only
