@@ -1,11 +1,11 @@
 """Property-based round trips of the writers and readers (hypothesis, fixed seed).
 
-Random shapes (2D and 3D, one-plane volumes included), dtypes, values, voxel sizes (tiny to large,
-anisotropic) and chunkings go through ``write_labels`` / ``write_image`` / the streaming
+Random shapes (2D and 3D, one-plane volumes included), dtypes, values, voxel sizes (tiny to
+large, anisotropic) and chunkings go through ``write_labels`` / ``write_image`` / the streaming
 writer (slabs in random order for Zarr), TIFF and Zarr, and come back from ``read_image``,
 lazily and at once: the same values, dtype rule, shape (a one-plane volume as a 2D image) and
-voxel size; a lazy read indexed
-at random equals the eager one.
+voxel size; a lazy read indexed at random equals the eager one. MRC and HDF5 files written by
+mrcfile and h5py read as written.
 """
 from __future__ import annotations
 
