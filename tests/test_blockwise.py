@@ -97,7 +97,7 @@ def test_consensus_writes_the_votes_of_its_sizing_pass(vol, tmp_path, client, mo
         votes.append(block.index)
         return orig_vote(job, block, within)
     monkeypatch.setattr(_consensus, "_vote", counted_vote)
-    res, got = _blockwise(vol, tmp_path, client=client, block_shape=(16, 64, 64), halo=(32, 32, 32), orthoplane=True)
+    res, got = _blockwise(vol, tmp_path, client=client, block_shape=(32, 128, 128), halo=(32, 32, 32), orthoplane=True)
     np.testing.assert_array_equal(got, whole)
     assert sorted(votes) == list(range(res.blocks)) and res.blocks > 1  # once per block: sizing only
 
@@ -107,7 +107,7 @@ def test_consensus_writes_the_votes_of_its_sizing_pass(vol, tmp_path, client, mo
             orig_keep(job, block, win)
     monkeypatch.setattr(_consensus, "_keep_votes", keep_some)
     votes.clear()
-    res, got = _blockwise(vol, tmp_path, name="again.zarr", client=client, block_shape=(16, 64, 64),
+    res, got = _blockwise(vol, tmp_path, name="again.zarr", client=client, block_shape=(32, 128, 128),
                           halo=(32, 32, 32), orthoplane=True)
     np.testing.assert_array_equal(got, whole)
     assert sorted(votes) == sorted([*range(res.blocks), 0]) and sorted(kept) == list(range(res.blocks))
