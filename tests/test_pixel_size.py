@@ -295,6 +295,66 @@ def test_blockwise_whole_factor_equals_whole_volume(tmp_path):
     assert min(_match(out, gt)) > 0.8
 
 
+@pytest.mark.parametrize("pixel_nm, depth, params", [(10.0, 5, {}), (15.0, 5, {}), (10.0, 40, {"orthoplane": True}),
+                                                     (10.0, 40, {"orthoplane": True, "fusion": "probability"})])
+def test_blockwise_whole_enlargement_equals_whole_volume(tmp_path, pixel_nm, depth, params):
+    # pixels 2 or 3 times the model's: the network's grid is that much finer than the volume's,
+    # and blocks cut the planes (their edges on both grids)
+    from panoptem.distributed import segment_blockwise
+    from panoptem.io import read_image
+    img, gt = disks(pixel_nm, depth=depth)
+    k = round(pixel_nm / MODEL_NM)
+    kw = dict(min_size=0, min_extent=1, median_slices=1, min_distance_object_centers=3, **params)
+    whole = segment_3d(img, oracle(), voxel_size=(pixel_nm,) * 3, **kw)
+    assert whole.pixel_size["factors"]["xy"] == [round(1 / k, 6)] * 2
+    block = (32, 96, 96) if depth > 5 else (3, 64, 64)  # ortho-plane blocks are 32 deep at least
+    r = segment_blockwise(img, oracle(), tmp_path / "o.zarr", voxel_size=(pixel_nm,) * 3, n_workers=1,
+                          processes=False, block_shape=block, halo=(32, 32, 32), **kw)
+    assert r.pixel_size["factors"] == whole.pixel_size["factors"] and r.blocks >= 8
+    out = np.asarray(read_image(tmp_path / "o.zarr").data)
+    assert np.array_equal(out, whole.labels["mitochondria"])
+    assert min(_match(out, gt)) > 0.8
+
+
+def test_blockwise_enlarges_the_tiles_its_global_context_is_taken_from(tmp_path):
+    # the shipped network on the bundled crop at 20 nm: enlarged x2 to 10 nm, 9 tiles per slice, each
+    # given its slice's context, which the context pass takes from tiles enlarged as the network sees them
+    from panoptem.distributed import segment_blockwise
+    from panoptem.io import read_image
+    from panoptem.sample import SAMPLE_PATH
+    five = np.asarray(read_image(SAMPLE_PATH).data[:8]).astype(np.float32)
+    vol = five.reshape(8, 96, 4, 96, 4).mean(axis=(2, 4)).round().astype(np.uint8)  # 20 nm pixels
+    whole = segment_3d(vol, "MitoLite_v1", voxel_size=(20.0,) * 3, device="cpu").labels["mitochondria"]
+    r = segment_blockwise(vol, "MitoLite_v1", tmp_path / "o.zarr", voxel_size=(20.0,) * 3, n_workers=1,
+                          processes=False, block_shape=(8, 32, 32), halo=(0, 32, 32))
+    assert r.pixel_size["factors"]["xy"] == [0.5, 0.5] and r.blocks == 9 and r.timings["context_pass_s"] > 0
+    out = np.asarray(read_image(tmp_path / "o.zarr").data)
+    assert (whole > 0).mean() > 0.1 and ((out > 0) == (whole > 0)).mean() >= 0.999  # 0.9976 from tiles not enlarged
+
+
+def test_blockwise_takes_a_whole_factor_inside_the_models_range(tmp_path):
+    from panoptem.distributed import segment_blockwise
+    from panoptem.io import read_image
+    img, gt = disks(12.0, depth=3)
+    kw = dict(min_size=0, min_extent=1, median_slices=1, min_distance_object_centers=3, voxel_size=(12.0,) * 3)
+    ranged = oracle(pixel_range_nm=(4.0, 5.0))
+    # a whole-volume run takes the nearest size in the range, 5 nm (x2.4); a blockwise run 4 nm (x3)
+    assert segment_3d(img, ranged, **kw).pixel_size["network_pixel_nm"]["xy"] == [5.0, 5.0]
+    r = segment_blockwise(img, ranged, tmp_path / "o.zarr", n_workers=1, processes=False,
+                          block_shape=(3, 64, 64), halo=(0, 32, 32), **kw)
+    assert r.pixel_size["network_pixel_nm"]["xy"] == [4.0, 4.0] and r.pixel_size["whole_factor_chosen"]
+    four = segment_3d(img, oracle(voxel_size_nm=4.0), **kw)  # the same grid, whole volume
+    out = np.asarray(read_image(tmp_path / "o.zarr").data)
+    assert np.array_equal(out, four.labels["mitochondria"]) and min(_match(out, gt)) > 0.8
+    plan = plan_pixels(None, (12.0, 12.0, 12.0), working=(4.0, 5.0), whole=True)
+    assert plan.whole_chosen and "a whole factor of the input's pixels" in plan.describe()
+    # where no whole factor lands in the range (5.3 nm: x2 gives 2.65 nm), blockwise runs still refuse
+    with pytest.raises(PanoptemError, match="whole factors only"):
+        segment_blockwise(disks(5.3, depth=3)[0], ranged, tmp_path / "p.zarr", voxel_size=(5.3,) * 3, n_workers=1,
+                          processes=False)
+    assert not (tmp_path / "p.zarr").exists()
+
+
 def test_cli_says_what_it_used(tmp_path, capsys):
     from panoptem.cli import main
     from panoptem.io import write_image
@@ -322,6 +382,15 @@ def test_cli_says_what_it_used(tmp_path, capsys):
         out, err = capsys.readouterr()
         assert code == 0 and "(from file + pixel_size)" in err, err
         assert json.loads(out.strip().splitlines()[-1])["pixel_size"]["source"] == "file + pixel_size"
+    # 15 nm, coarser than the shipped model's 6-10 nm: x1.5 to 10 nm, or x2 to 7.5 nm for blockwise runs
+    coarse = write_image(tmp_path / "coarse.tif", np.stack([disks(15.0)[0]] * 2), voxel_size=(15.0, 15.0, 15.0))
+    for extra, nm in (([], 10.0), (["--blockwise", "--workers", "1"], 7.5)):
+        code = main(["segment3d", str(coarse), "-o", str(tmp_path / f"c{len(extra)}.zarr"), *extra])
+        out, err = capsys.readouterr()
+        said = f"to {nm:g} nm pixels (a whole factor of the input's pixels, as blockwise runs need);"
+        assert code == 0 and f"to {nm:g} nm pixels" in err and (said in err) == bool(extra), err
+        rec = json.loads(out.strip().splitlines()[-1])["pixel_size"]
+        assert rec["network_pixel_nm"]["xy"] == [nm, nm] and rec.get("whole_factor_chosen", False) == bool(extra)
     res = segment_3d(np.stack([img] * 4), "MitoLite_v1", voxel_size=(10.0, 10.0, 10.0), pixel_size=5.0)
     assert res.pixel_size["source"] == "voxel_size + pixel_size" and res.pixel_size["factors"]["xy"] == [2.0, 2.0]
     assert segment_2d(img, "MitoLite_v1", voxel_size=(10.0, 10.0), return_outputs=True).pixel_size["source"] == "voxel_size"

@@ -19,9 +19,11 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cc3d
@@ -80,6 +82,7 @@ class StackJob:
     stride: int = 1
     input_shape: tuple | None = None
     fused_strides: tuple = (1, 1, 1)  # probability fusion: planes averaged so along Z, Y, X
+    enlarge: int = 1  # network pixels per volume pixel along each image axis (with downsampling 1)
 
     @property
     def volume_shape(self) -> tuple:
@@ -103,15 +106,23 @@ class StackJob:
     def p(self) -> Params3D:
         return Params3D(**self.params)
 
+    @property
+    def factor(self) -> Fraction:
+        """Volume pixels per network pixel along each image axis: Image Downsampling ``k``, or
+        ``1/k`` where the network's grid is ``k`` times finer (block edges lie on both grids)."""
+        return Fraction(self.p.downsampling, self.enlarge)
+
     def classes(self) -> tuple[list[int], list[int], list[int]]:
         """Class ids, thing classes in use, stuff classes (as 2D decoding sees them)."""
         things = [] if self.p.semantic_only else [int(t) for t in self.thing_ids]
         return [int(c) for c in self.class_ids], things, [int(c) for c in self.class_ids if int(c) not in things]
 
-    def predictor(self, lm, downsampling: int):
+    def predictor(self, lm):
         """A predictor of the loaded model ``lm`` as this job runs it."""
         from ..inference.engine import Predictor
-        return Predictor(lm, device=lm.device, downsampling=downsampling, batch_size=self.batch_size,
+        k = self.enlarge
+        return Predictor(lm, device=lm.device, downsampling=self.p.downsampling, batch_size=self.batch_size,
+                         factor=(1 / k, 1 / k) if k > 1 else None,
                          runtime=self.runtime, precision=self.precision, threads=self.threads)
 
     def inplane(self) -> list[int]:
@@ -119,14 +130,14 @@ class StackJob:
 
     def net_shape(self) -> tuple[tuple, tuple]:
         """Shapes of the stored probability (n, C, h, w) and heatmap grid (n, 1, gh, gw)."""
-        f = self.p.downsampling
+        f = self.factor
         n = self.shape[self.axis]
         h, w = (-(-self.shape[ax] // f) for ax in self.inplane())
         return (n, self.n_channels, h, w), (n, 1, -(-h // STRIDE), -(-w // STRIDE))
 
     def net_chunks(self) -> tuple[tuple, tuple]:
         """One chunk per slice of a block's core: a block writes its slices batch by batch."""
-        f = self.p.downsampling
+        f = self.factor
         bh, bw = (self.block_shape[ax] // f for ax in self.inplane())
         return (1, self.n_channels, bh, bw), (1, 1, bh // STRIDE, bw // STRIDE)
 
@@ -241,9 +252,8 @@ def context_block(job: StackJob, block: Block) -> None:
     region = job.network_region(block)
     data = read_region(job.source.open(), region)
     lm = worker_model(job.model, worker_device(job.device))
-    f = job.p.downsampling
-    predictor = job.predictor(lm, f)
-    cell = CONTEXT_STRIDE * f
+    predictor = job.predictor(lm)
+    cell = CONTEXT_STRIDE * job.factor
     res = {}
     from ..inference.segment3d import stack_means
     for v in job.views():
@@ -345,10 +355,10 @@ def network_block(job: StackJob, block: Block) -> dict:
         return summary
     lm = worker_model(job.model, worker_device(job.device))
     p = job.p
-    predictor = job.predictor(lm, p.downsampling)
+    predictor = job.predictor(lm)
     a = job.axis
     rm = planes_along(data, a, 0, data.shape[a])  # yz planes: one contiguous copy, normalised 6 x faster
-    f = p.downsampling
+    f = job.factor
     k0 = block.core[a].start - region[a].start  # the core's slices in the region
     k1 = k0 + (block.core[a].stop - block.core[a].start)
     ip = job.inplane()
@@ -391,7 +401,7 @@ def network_block(job: StackJob, block: Block) -> dict:
 
 
 def _cell_range(job: StackJob, block: Block) -> list[tuple[int, int]]:
-    f = job.p.downsampling
+    f = job.factor
     return [(block.core[ax].start // f // STRIDE, -(-(-(-block.core[ax].stop // f)) // STRIDE))
             for ax in job.inplane()]
 
@@ -443,7 +453,7 @@ def decode_block(job: StackJob, block: Block) -> dict:
         return {"index": block.index, "resumed": True}
     t0 = time.perf_counter()
     p = job.p
-    a, ip, f = job.axis, job.inplane(), p.downsampling
+    a, ip, f = job.axis, job.inplane(), job.factor
     r = p.median_slices // 2
     c0, c1 = block.core[a].start, block.core[a].stop
     n = job.shape[a]
@@ -452,9 +462,11 @@ def decode_block(job: StackJob, block: Block) -> dict:
     # in-plane window at network resolution: the core and a margin for interpolation
     g = [(block.core[ax].start // f, -(-block.core[ax].stop // f)) for ax in ip]
     (_, C, nh, nw), (_, _, gh, gw) = job.net_shape()
+    q = math.lcm(STRIDE, job.enlarge)  # window edges on the heatmap's cells and on the volume's pixels
     w0 = [max(0, g[0][0] - MARGIN * STRIDE), max(0, g[1][0] - MARGIN * STRIDE)]
-    w0 = [v - v % STRIDE for v in w0]
-    w1 = [min(nh, g[0][1] + MARGIN * STRIDE), min(nw, g[1][1] + MARGIN * STRIDE)]
+    w0 = [v - v % q for v in w0]
+    w1 = [min(nh, -(-(g[0][1] + MARGIN * STRIDE) // job.enlarge) * job.enlarge),
+          min(nw, -(-(g[1][1] + MARGIN * STRIDE) // job.enlarge) * job.enlarge)]
     P, _, O = _net_arrays(job)
     prob = np.asarray(P[lo:hi, :, w0[0]:w1[0], w0[1]:w1[1]]).astype(np.float32) / np.float32(255.0)
     cw0 = [v // STRIDE for v in w0]
@@ -463,7 +475,7 @@ def decode_block(job: StackJob, block: Block) -> dict:
     centres = np.load(Path(job.work) / "centres.npy", mmap_mode="r")
     starts = np.load(Path(job.work) / "centre_starts.npy")
     card_classes, things, stuff = job.classes()
-    full_win = [(w0[i] * f, min(job.shape[ip[i]], w1[i] * f)) for i in range(2)]
+    full_win = [(int(w0[i] * f), min(job.shape[ip[i]], int(w1[i] * f))) for i in range(2)]
     out_shape = (full_win[0][1] - full_win[0][0], full_win[1][1] - full_win[1][0])
     core_rc = tuple(slice(block.core[ax].start - full_win[i][0], block.core[ax].stop - full_win[i][0])
                     for i, ax in enumerate(ip))
@@ -503,7 +515,7 @@ def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things):
     if not has_things or len(centres) == 0:
         return np.zeros(out_shape, np.int32), keys
     cpx = np.asarray(centres[:, 1:3], np.float32) * STRIDE + (STRIDE - 1) / 2.0
-    scale = out_shape[0] / net_hw[0]
+    scale = Fraction(out_shape[0], net_hw[0])  # exact: the window's edges lie on both grids
     if p.fine_boundaries:  # grouped per network pixel: the window starts at pixel cw0 * STRIDE
         o = linear_resize(off, (off.shape[1] * STRIDE, off.shape[2] * STRIDE))
         ids = group_pixels(cpx, o, stride=1, origin=(cw0[0] * STRIDE, cw0[1] * STRIDE))

@@ -83,28 +83,33 @@ def _card(model):
     return get_card(str(model))
 
 
-def _whole_factor(p: Params3D, card, voxel_size, given_by: str = "file") -> tuple[Params3D, dict, tuple, tuple]:
+def _whole_factor(p: Params3D, card, voxel_size, given_by: str = "file") -> tuple[Params3D, dict, tuple, tuple, int]:
     """Blockwise runs resample only by one whole factor on every axis of every plane they
-    segment, which is Image Downsampling by that factor times the parameters' own; any
-    other resampling is refused (blocks would have to be cut on the model's grid). Also returns,
-    per stack axis (Z, Y, X), how many planes apart the neighbours of a model with
-    ``context_slices`` lie, and how many planes each network plane averages
-    (:meth:`~panoptem.inference.resample.PixelPlan.stack_step`)."""
+    segment: a reduction ``k``, which is Image Downsampling by ``k`` (the parameters' own
+    included), or an enlargement ``1/k``; any other resampling is refused (blocks would have
+    to be cut between the model's pixels). A model that segments best over a range of pixel
+    sizes is given one inside it that a whole factor reaches, where there is one. Also
+    returns, per stack axis (Z, Y, X), how many planes apart the neighbours of a model with
+    ``context_slices`` lie, how many planes each network plane averages
+    (:meth:`~panoptem.inference.resample.PixelPlan.stack_step`), and the enlargement ``k``
+    (1: none)."""
     from ..inference.resample import planes_of
     from ..inference.segment2d import pixel_plan
-    plan = pixel_plan(card, p, voxel_size, 3, given_by)
+    plan = pixel_plan(card, p, voxel_size, 3, given_by, whole=True)
     planes = planes_of(p)
     plan.check(planes)
-    if not plan.whole(planes):
+    f = plan.block_factor(planes)
+    if f is None:
         raise PanoptemError(
-            f"Blockwise runs cannot resample by this factor yet: {plan.describe(planes)} Run without --blockwise, "
-            f"or segment the file's own pixels with --no-resample, or resample the volume to "
-            f"{plan.model_nm:g} nm (or a whole multiple) first.")
-    f = int(plan.factor(planes[0])[0])
+            f"Blockwise runs cannot resample by this factor yet: {plan.describe(planes)} Blockwise runs resample "
+            f"by whole factors only (x2, x3, ... either way). Run without --blockwise, or segment the file's own "
+            f"pixels with --no-resample, or resample the volume to {plan.model_nm:g} nm (or a whole multiple or "
+            f"fraction of it) first.")
     steps = tuple(plan.neighbour_step(pl) for pl in ("xy", "xz", "yz"))  # stacks along Z, Y, X
     strides = tuple(plan.stack_step(pl) if pl in planes else 1 for pl in ("xy", "xz", "yz"))
-    return ((p if f == p.downsampling else p.model_copy(update={"downsampling": f})), plan.record(planes), steps,
-            strides)
+    d, enlarge = (int(f), 1) if f >= 1 else (1, f.denominator)
+    return ((p if d == p.downsampling else p.model_copy(update={"downsampling": d})), plan.record(planes), steps,
+            strides, enlarge)
 
 
 def _input_stamp(path: str | None) -> list:
@@ -200,7 +205,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     given_by = "voxel_size" if voxel_size else "file"
     voxel_size = voxel_size or vs
     card = _card(model)
-    p, plan_record, steps, strides = _whole_factor(p, card, voxel_size, given_by)
+    p, plan_record, steps, strides, enlarge = _whole_factor(p, card, voxel_size, given_by)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
     align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
     if isinstance(devices, str):
@@ -226,6 +231,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                    "skip_empty": skip_empty, "exact_context": exact_context}
         if card.context_slices:  # the neighbours the network saw
             net_key["neighbour_steps"] = list(steps)
+        if enlarge > 1:  # the network's grid finer than the volume's
+            net_key["enlarge"] = enlarge
         if max(strides) > 1:  # xz / yz planes averaged along their axis
             net_key["stack_steps"] = list(strides)
         if precision == "int8":  # a quantized network's outputs
@@ -261,7 +268,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
                            runtime=runtime, precision=precision, threads=threads,
                            context_slices=card.context_slices,
                            neighbour_steps=tuple(st / d for st, d in zip(steps, averaged)),
-                           stride=k, input_shape=tuple(vol.shape),
+                           stride=k, input_shape=tuple(vol.shape), enlarge=enlarge,
                            fused_strides=strides if view == "fused" else (1, 1, 1))
             if cache_dir:
                 _check_cache(Path(cache_dir), net, {**net_key, "view": view})
@@ -274,8 +281,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         from ._cluster import client_for, run_tasks
         timings: dict[str, float] = {}
         with (_given(client) if client is not None else
-              client_for(n_workers, scheduler, devices, bytes_per_worker=_worker_bytes(block_shape, halo, batch_size),
-                         processes=processes, log=log)) as cl:
+              client_for(n_workers, scheduler, devices, processes=processes, log=log,
+                         bytes_per_worker=_worker_bytes(block_shape, halo, batch_size, enlarge))) as cl:
             infos, summaries = [], []
             for job, g in zip(jobs, grids):
                 info, summ = _run_stack(cl, job, g, card, p, progress, timings)
@@ -429,12 +436,13 @@ def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
     stamp.write_text(text)
 
 
-def _worker_bytes(block_shape, halo, batch_size: int) -> int:
+def _worker_bytes(block_shape, halo, batch_size: int, enlarge: int = 1) -> int:
     """Memory one worker needs, roughly: torch and the model, a block's region
-    (input, decode arrays: ~12 bytes per core voxel) and a batch of network
-    activations (~300 bytes per input pixel for panoptem's networks)."""
-    core = int(np.prod(block_shape))
-    plane = (block_shape[1] + 2 * halo[1]) * (block_shape[2] + 2 * halo[2])
+    (input, decode arrays: ~12 bytes per core voxel, ``enlarge`` squared times that where the
+    network's grid is finer) and a batch of network activations (~300 bytes per network pixel
+    for panoptem's networks)."""
+    core = int(np.prod(block_shape)) * enlarge ** 2
+    plane = (block_shape[1] + 2 * halo[1]) * (block_shape[2] + 2 * halo[2]) * enlarge ** 2
     return (700 << 20) + 12 * core + 300 * plane * batch_size
 
 

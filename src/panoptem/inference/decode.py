@@ -17,6 +17,7 @@ pixel ``s*i + (s-1)/2``.
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import cc3d
@@ -218,19 +219,22 @@ def merge_panoptic(semantic: np.ndarray, instances: np.ndarray, thing_ids, stuff
 
 def _upsample_nearest(a: np.ndarray, shape: tuple[int, int], stride) -> np.ndarray:
     """Nearest-neighbour upsampling of the last two axes of ``a``, a grid whose cells are
-    ``stride`` pixels (one number, or one per axis), to ``shape``.
+    ``stride`` pixels (one number, or one per axis; a :class:`~fractions.Fraction` is
+    followed exactly), to ``shape``. Pixel ``i`` takes cell ``floor(i / stride)``.
 
-    >>> _upsample_nearest(np.array([[1, 2], [3, 4]]), (3, 5), (1.5, 2)).tolist()
+    >>> _upsample_nearest(np.array([[1, 2], [3, 4]]), (3, 5), (Fraction(3, 2), 2)).tolist()
     [[1, 1, 2, 2, 2], [1, 1, 2, 2, 2], [3, 3, 4, 4, 4]]
     """
-    sy, sx = (stride, stride) if np.isscalar(stride) else stride
+    sy, sx = (stride, stride) if np.isscalar(stride) or isinstance(stride, Fraction) else stride
     for axis, s, size in ((-1, sx, shape[1]), (-2, sy, shape[0])):  # columns first: fewer rows to copy
         m = a.shape[axis]
         if float(s).is_integer() and m * s >= size:  # whole cells: each repeated
             a = np.repeat(a, int(s), axis=axis)
             a = a[..., :size, :] if axis == -2 else a[..., :size]
         else:  # e.g. the rows of an ortho-plane run's thin planes: 165 from a grid of 83 / 4
-            a = np.take(a, np.minimum((np.arange(size) // s).astype(np.intp), m - 1), axis=axis)
+            i = np.arange(size, dtype=np.int64)
+            at = i * s.denominator // s.numerator if isinstance(s, Fraction) else (i // s).astype(np.intp)
+            a = np.take(a, np.minimum(at, m - 1), axis=axis)
     return a
 
 
@@ -275,7 +279,7 @@ def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarr
         prob = linear_resize(prob, out_shape)
     semantic = semantic_classes(prob, class_ids, confidence_thr)
     things, stuff = things_and_stuff(class_ids, thing_ids, semantic_only)
-    sy, sx = out_shape[0] / H, out_shape[1] / W  # output pixels per network-input pixel
+    sy, sx = Fraction(out_shape[0], H), Fraction(out_shape[1], W)  # output pixels per network-input pixel
     centers = np.zeros((0, 2), np.int64)
     if things:
         centers = find_centers(hm, center_confidence_thr, min_distance_object_centers)
@@ -385,7 +389,7 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
     plane, rc = plane[order], rc[order]
     counts = np.bincount(plane, minlength=n)
     ids = _group_planes(centers_in_pixels(rc, stride), plane, counts, offsets, stride)
-    ids = _upsample_nearest_planes(ids, shape, (stride * shape[0] / H, stride * shape[1] / W))
+    ids = _upsample_nearest_planes(ids, shape, (Fraction(stride * shape[0], H), Fraction(stride * shape[1], W)))
     masked = np.empty((n, *shape), ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.uint32)
     np.multiply(ids, fg, out=masked, casting="unsafe")  # each plane's centre ids where it is foreground
     return _merge_planes(masked, thing, settings.get("label_divisor", 10000), compacted)

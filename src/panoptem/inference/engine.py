@@ -181,7 +181,7 @@ class Predictor:
     def encode(self, planes: np.ndarray, intensity) -> np.ndarray:
         """Deepest features (N, C, h, w) of (N, H, W) planes (see :meth:`planes_in`), in batches."""
         n = self.card.normalization
-        planes = self.planes_in(planes)
+        planes = self.to_network_grid(self.planes_in(planes))
         return np.concatenate([encode_batch(self._graph("encode"), planes[i:i + self.batch_size], intensity,
                                             device=self.model.device, downsampling=self.downsampling,
                                             padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std))
@@ -190,7 +190,7 @@ class Predictor:
     def predict_with_context(self, planes: np.ndarray, intensity, context: np.ndarray) -> ModelOutput:
         """:meth:`predict` of planes that are tiles of larger images whose global
         context (N, C) is known."""
-        planes = self.planes_in(planes)
+        planes = self.to_network_grid(self.planes_in(planes))
         outs = [self._predict(planes[i:i + self.batch_size], intensity, context[i:i + self.batch_size])
                 for i in range(0, len(planes), self.batch_size)]
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])

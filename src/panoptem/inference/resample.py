@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -51,16 +52,19 @@ PLANE_AXES = {"xy": (1, 2), "xz": (0, 2), "yz": (0, 1)}
 
 def snap(ratio: float) -> float:
     """``ratio`` (model pixel / input pixel) as run: 1 within :data:`TOLERANCE`, a whole
-    number within it of one, else itself.
+    number (or one over a whole number) within it of one, else itself.
 
-    >>> snap(1.03), snap(2.07), snap(0.5), snap(1.5)
-    (1.0, 2.0, 0.5, 1.5)
+    >>> snap(1.03), snap(2.07), snap(0.5), snap(1.5), snap(0.49)
+    (1.0, 2.0, 0.5, 1.5, 0.5)
     """
     if abs(ratio - 1.0) <= TOLERANCE:
         return 1.0
     k = round(ratio)
     if k >= 2 and abs(ratio / k - 1.0) <= TOLERANCE:
         return float(k)
+    k = round(1.0 / ratio)
+    if k >= 2 and abs(ratio * k - 1.0) <= TOLERANCE:
+        return 1.0 / k
     return float(ratio)
 
 
@@ -83,6 +87,27 @@ def working_pixel(v: float, lo: float, hi: float) -> float:
         return hi
     k = math.ceil(a / v)
     return k * v if k * v <= b else lo
+
+
+def whole_working_pixel(v: float, lo: float, hi: float) -> float | None:
+    """The pixel size (nm) inside ``lo``..``hi`` (give or take :data:`TOLERANCE`) that input
+    pixels of ``v`` nm reach by one whole factor: ``v`` itself, ``k * v`` for the smallest whole
+    reduction ``k``, or ``v / k`` for the smallest whole enlargement; None where no whole factor
+    lands inside (an input just outside a narrow range). Blockwise runs resample only so.
+
+    >>> whole_working_pixel(8.0, 6.0, 10.0), whole_working_pixel(3.0, 6.0, 10.0), whole_working_pixel(15.0, 6.0, 10.0)
+    (8.0, 6.0, 7.5)
+    >>> whole_working_pixel(25.0, 6.0, 10.0), whole_working_pixel(11.0, 6.0, 10.0)
+    (8.333333333333334, None)
+    """
+    a, b = lo * (1 - TOLERANCE), hi * (1 + TOLERANCE)
+    if a <= v <= b:
+        return v
+    if v < a:
+        k = math.ceil(a / v)
+        return k * v if k * v <= b else None
+    k = math.ceil(v / b)
+    return v / k if v / k >= a else None
 
 
 def _fmt(v: float) -> str:
@@ -113,6 +138,9 @@ class PixelPlan:
     z_assumed: bool = False
     neighbour_nm: float | None = None
     working: tuple[float, float] | None = None
+    #: the network's pixel size was chosen inside ``working`` as one whole factor of the input's
+    #: (for a blockwise run), where the nearest size in the range would have needed another
+    whole_chosen: bool = False
 
     def _model(self) -> str:
         """The model's pixel size in words: its range, or its one size."""
@@ -174,6 +202,27 @@ class PixelPlan:
         (plain downsampling: what blockwise runs can do)."""
         return all(f[0] == f[1] and float(f[0]).is_integer() for f in (self.factor(p) for p in planes))
 
+    def block_factor(self, planes) -> Fraction | None:
+        """The one factor (input pixels per network pixel) on both axes of every plane in
+        ``planes`` when it is a whole reduction ``k`` or a whole enlargement ``1/k``: what
+        blockwise runs can cut into blocks; None otherwise.
+
+        >>> plan_pixels(5.0, (2.5, 2.5)).block_factor(("xy",)), plan_pixels(5.0, (10.0, 10.0)).block_factor(("xy",))
+        (Fraction(2, 1), Fraction(1, 2))
+        >>> print(plan_pixels(5.0, (7.5, 7.5)).block_factor(("xy",)))
+        None
+        """
+        fs = {self.factor(p) for p in planes}
+        if len(fs) != 1:
+            return None
+        fy, fx = fs.pop()
+        if fy != fx:
+            return None
+        if float(fy).is_integer():
+            return Fraction(int(fy))
+        k = round(1.0 / fy)
+        return Fraction(1, k) if k >= 2 and abs(fy * k - 1.0) < 1e-9 else None
+
     def check(self, planes) -> None:
         """Refuse factors too large to be a real difference of pixel sizes."""
         for pl in planes:
@@ -219,7 +268,8 @@ class PixelPlan:
             k = self.stack_step(pl)
             each = f" (each the mean of {k} planes along {names[3 - a - b]})" if k > 1 else ""
             parts.append(f"{pl} planes scaled {scl}{each}" if len(self.ratios) == 3 else f"scaled {scl}")
-        return (f"{head}, {self._model()}: {'; '.join(parts)} to {_fmt(self.model_nm)} nm pixels{ds}; "
+        whole = (" (a whole factor of the input's pixels, as blockwise runs need)" if self.whole_chosen else "")
+        return (f"{head}, {self._model()}: {'; '.join(parts)} to {_fmt(self.model_nm)} nm pixels{whole}{ds}; "
                 "labels are on the input grid.")
 
     def short(self, planes=("xy",)) -> str:
@@ -246,7 +296,8 @@ class PixelPlan:
                 "factors": {pl: [round(v, 6) for v in self.factor(pl)] for pl in planes},
                 **({"stack_step": {pl: self.stack_step(pl) for pl in planes}} if len(self.ratios) == 3 else {}),
                 "network_pixel_nm": {pl: [round(v, 6) for v in self.network_nm(pl)] for pl in planes}
-                if self.voxel_size else None}
+                if self.voxel_size else None,
+                **({"whole_factor_chosen": True} if self.whole_chosen else {})}
 
     def network_nm(self, plane: str = "xy") -> tuple[float, float]:
         """nm per network pixel along the plane's two axes (input pixel x factor)."""
@@ -257,7 +308,8 @@ class PixelPlan:
 
 def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | None = None, resample: bool = True,
                 downsampling: int = 1, ndim: int | None = None, neighbour_nm: float | None = None,
-                working: tuple[float, float] | None = None, given_by: str = "file") -> PixelPlan:
+                working: tuple[float, float] | None = None, given_by: str = "file",
+                whole: bool = False) -> PixelPlan:
     """The :class:`PixelPlan` of an input with ``voxel_size`` (nm per axis, from its file;
     None: unknown) for a model trained at ``model_nm`` that segments best at ``working``
     (smallest, largest nm; None: at ``model_nm``).
@@ -268,7 +320,9 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
     ``neighbour_nm``: see :class:`PixelPlan`. With ``working``, every axis is brought to
     :func:`working_pixel` of the finer in-plane axis, so the network's pixels stay square.
     ``given_by``: where ``voxel_size`` came from, for the plan's ``source`` (``"file"``, or
-    ``"voxel_size"`` when a caller of the Python API gave it).
+    ``"voxel_size"`` when a caller of the Python API gave it). ``whole``: with ``working``, prefer
+    a pixel size inside it that one whole factor reaches (:func:`whole_working_pixel`; blockwise
+    runs resample only so).
     """
     vs = None
     if voxel_size is not None:
@@ -291,12 +345,16 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
             vs, source = (*vs[:-2], ps, ps), f"{given_by} + pixel_size" if n == 3 else "pixel_size"
     d = int(downsampling)
     work = (float(working[0]), float(working[1])) if working else None
+    chosen = False
     if work:
         model_nm = working_pixel(min(vs[-2:]), *work) if vs is not None else math.sqrt(work[0] * work[1])
+        w = whole_working_pixel(min(vs[-2:]), *work) if whole and vs is not None and resample else None
+        if w is not None and snap(model_nm / min(vs[-2:])) != snap(w / min(vs[-2:])):
+            model_nm, chosen = w, True
     if model_nm is None or vs is None or not resample:
         return PixelPlan(model_nm, vs, source, bool(resample), d, (1.0,) * n, z_assumed, neighbour_nm, work)
     ratios = tuple(snap(float(model_nm) / v) for v in vs)
-    return PixelPlan(float(model_nm), vs, source, True, d, ratios, z_assumed, neighbour_nm, work)
+    return PixelPlan(float(model_nm), vs, source, True, d, ratios, z_assumed, neighbour_nm, work, chosen)
 
 
 def planes_of(params) -> tuple[str, ...]:
