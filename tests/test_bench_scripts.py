@@ -127,6 +127,16 @@ def test_pixel_range_script_gives_the_network_the_pixels_asked(lucchi):
     assert all(0 < r["foreground_iou"] <= 1 and r["n_gt"] > 0 for r in lines)
 
 
+@pytest.mark.slow
+def test_coarse_volume_script_scores_both_runs(lucchi):
+    lines = [json.loads(s) for s in _run(BENCH / "blockwise_coarse.py", "--lucchi", lucchi, "--block", "135:139",
+                                         "--reduce", "3", "--workers", "1")]
+    whole, blocks = lines
+    assert whole["network_pixel_nm"] == [10.0, 10.0] and not whole["whole_factor_chosen"]
+    assert blocks["network_pixel_nm"] == [7.5, 7.5] and blocks["whole_factor_chosen"] and blocks["blocks"] == 6
+    assert all(0.5 < r["foreground_iou"] <= 1 and r["n_gt"] > 0 for r in lines)
+
+
 def test_release_script_writes_the_measured_pixel_range(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     from release_mitolite import publish

@@ -420,11 +420,11 @@ def test_a_model_with_a_range_is_given_pixels_inside_it(pixel_nm, factor):
 def test_range_keeps_the_network_pixels_square_and_whole_for_blockwise():
     from panoptem.inference.resample import working_pixel
     plan = plan_pixels(5.0, (40.0, 5.0, 5.0), working=(6.0, 10.0))
-    assert plan.factor("xy") == (2.0, 2.0) and plan.whole(("xy",))
+    assert plan.factor("xy") == (2.0, 2.0) and plan.block_factor(("xy",)) == 2
     plan = plan_pixels(5.0, (7.0, 5.0, 5.0), working=(6.0, 10.0))  # xz planes: z and x both to 10 nm
     assert plan.network_nm("xz") == pytest.approx((10.0, 10.0))
     five = plan_pixels(5.0, (5.0, 5.0, 5.0), working=(6.0, 10.0))
-    assert five.whole(("xy", "xz", "yz")) and five.short() == "5 x 5 x 5 nm, resampled to 10 nm (the model's 6-10 nm)"
+    assert five.block_factor(("xy", "xz", "yz")) == 2 and five.short() == "5 x 5 x 5 nm, resampled to 10 nm (the model's 6-10 nm)"
     assert plan_pixels(5.0, None, working=(6.0, 10.0)).factor() == (1.0, 1.0)
     assert "the model segments best at 6-10 nm pixels" in plan_pixels(5.0, None, working=(6.0, 10.0)).describe()
     assert "the model was trained at 5 nm pixels" in plan_pixels(5.0, None).describe()

@@ -101,8 +101,8 @@ def _whole_factor(p: Params3D, card, voxel_size, given_by: str = "file") -> tupl
     f = plan.block_factor(planes)
     if f is None:
         raise PanoptemError(
-            f"Blockwise runs cannot resample by this factor yet: {plan.describe(planes)} Blockwise runs resample "
-            f"by whole factors only (x2, x3, ... either way). Run without --blockwise, or segment the file's own "
+            f"Blockwise runs cannot resample by this factor: they resample by whole factors only (x2, x3, ... "
+            f"either way), and {plan.describe(planes)} Run without --blockwise, or segment the file's own "
             f"pixels with --no-resample, or resample the volume to {plan.model_nm:g} nm (or a whole multiple or "
             f"fraction of it) first.")
     steps = tuple(plan.neighbour_step(pl) for pl in ("xy", "xz", "yz"))  # stacks along Z, Y, X

@@ -197,11 +197,6 @@ class PixelPlan:
             return any(r != 1.0 for r in self.ratios)
         return any(self.ratios[ax] != 1.0 for pl in planes for ax in PLANE_AXES[pl])
 
-    def whole(self, planes) -> bool:
-        """Whether every plane in ``planes`` runs with one whole factor on both axes
-        (plain downsampling: what blockwise runs can do)."""
-        return all(f[0] == f[1] and float(f[0]).is_integer() for f in (self.factor(p) for p in planes))
-
     def block_factor(self, planes) -> Fraction | None:
         """The one factor (input pixels per network pixel) on both axes of every plane in
         ``planes`` when it is a whole reduction ``k`` or a whole enlargement ``1/k``: what
