@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from panoptem import PanoptemError, segment_2d, segment_3d
 from panoptem.inference.resample import PixelPlan, plan_pixels, snap
@@ -314,6 +316,29 @@ def test_blockwise_whole_enlargement_equals_whole_volume(tmp_path, pixel_nm, dep
     out = np.asarray(read_image(tmp_path / "o.zarr").data)
     assert np.array_equal(out, whole.labels["mitochondria"])
     assert min(_match(out, gt)) > 0.8
+
+
+@settings(derandomize=True, database=None, deadline=None, print_blob=False, max_examples=8,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(k=st.sampled_from([2, 3, 4]), depth=st.integers(2, 4), crop=st.tuples(*[st.floats(0, 1)] * 4),
+       block=st.tuples(st.sampled_from([1, 2, 32]), st.sampled_from([32, 64]), st.sampled_from([32, 64])),
+       params=st.sampled_from([{}, {"fine_boundaries": True}, {"median_slices": 3}, {"inference_plane": "xz"}]),
+       centres=st.sampled_from([1, 3]))
+def test_blockwise_enlargement_of_any_crop_equals_whole_volume(tmp_path, k, depth, crop, block, params, centres):
+    # sides that are no multiple of the blocks, windows cut at the volume's edges, three enlargements
+    from panoptem.distributed import segment_blockwise
+    from panoptem.io import read_image
+    img, _ = disks(MODEL_NM * k, depth=depth)
+    n = img.shape[1]
+    h, w = 33 + int(crop[0] * (n - 33)), 33 + int(crop[1] * (n - 33))
+    y0, x0 = int(crop[2] * (n - h)), int(crop[3] * (n - w))
+    vol = np.ascontiguousarray(img[:, y0:y0 + h, x0:x0 + w])
+    kw = dict(min_size=0, min_extent=1, min_distance_object_centers=centres, voxel_size=(MODEL_NM * k,) * 3,
+              **{"median_slices": 1, **params})
+    whole = segment_3d(vol, oracle(), **kw).labels["mitochondria"]
+    out = tmp_path / f"o{k}_{h}_{w}_{y0}_{x0}_{block}.zarr"
+    segment_blockwise(vol, oracle(), out, n_workers=1, processes=False, block_shape=block, halo=(32, 32, 32), **kw)
+    np.testing.assert_array_equal(np.asarray(read_image(out).data), whole)
 
 
 def test_blockwise_enlarges_the_tiles_its_global_context_is_taken_from(tmp_path):
