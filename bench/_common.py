@@ -39,6 +39,16 @@ def parse_slab(a: argparse.Namespace) -> tuple[int, int]:
     return z0, z1
 
 
+def read_lucchi(folder: Path, block: str):
+    """Slices ``block`` ("A:B") of the Lucchi training volume in ``folder`` (checked, see
+    :func:`lucchi_dir`): (image, mitochondria mask as bool, 2D instance labels)."""
+    import tifffile
+    d = lucchi_dir(folder)
+    zs = range(*(int(v) for v in block.split(":")))
+    return (tifffile.imread(d / "training_image.tif", key=zs), tifffile.imread(d / "training_mask.tif", key=zs) > 0,
+            tifffile.imread(d / "training_instances2d.tif", key=zs))
+
+
 def lucchi_dir(folder: Path) -> Path:
     """``folder`` after checking that it holds the Lucchi files (exits with a message if not)."""
     missing = [f for f in LUCCHI_FILES if not (Path(folder) / f).is_file()]

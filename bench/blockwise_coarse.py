@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import add_lucchi_argument, emit_to, lucchi_dir, machine
+from _common import add_lucchi_argument, emit_to, machine, read_lucchi
 
 
 def reduced(stack, r: int, labels: bool = False):
@@ -47,16 +47,11 @@ def main() -> int:
     a = ap.parse_args()
     import cc3d
     import numpy as np
-    import tifffile
 
     import panoptem
     from panoptem.distributed import segment_blockwise
-    d = lucchi_dir(a.lucchi)
     z0, z1 = (int(v) for v in a.block.split(":"))
-    zs = range(z0, z1)
-    vol5 = tifffile.imread(d / "training_image.tif", key=zs)
-    mask5 = tifffile.imread(d / "training_mask.tif", key=zs) > 0
-    inst5 = tifffile.imread(d / "training_instances2d.tif", key=zs)
+    vol5, mask5, inst5 = read_lucchi(a.lucchi, a.block)
     block = tuple(int(v) for v in a.block_shape.split(","))
     halo = tuple(int(v) for v in a.halo.split(","))
     how = (f"python bench/blockwise_coarse.py --lucchi LUCCHI --reduce {a.reduce} --block {a.block} "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import add_lucchi_argument, emit_to, lucchi_dir, machine
+from _common import add_lucchi_argument, emit_to, machine, read_lucchi
 
 
 def shrunk(stack, s: float, image: bool = False):
@@ -45,15 +45,11 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     a = ap.parse_args()
     import cc3d
-    import tifffile
 
     import panoptem
-    d = lucchi_dir(a.lucchi)
     z0, z1 = (int(v) for v in a.block.split(":"))
-    zs = range(z0, z1)
-    vol = tifffile.imread(d / "training_image.tif", key=zs)
-    gt3 = cc3d.connected_components(tifffile.imread(d / "training_mask.tif", key=zs) > 0, connectivity=6)
-    gt2 = tifffile.imread(d / "training_instances2d.tif", key=zs)
+    vol, mask, gt2 = read_lucchi(a.lucchi, a.block)
+    gt3 = cc3d.connected_components(mask, connectivity=6)
     if a.shrink != 1.0:
         vol, gt3, gt2 = shrunk(vol, a.shrink, True), shrunk(gt3, a.shrink), shrunk(gt2, a.shrink)
     for name in a.models.split(","):

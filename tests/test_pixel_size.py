@@ -341,6 +341,16 @@ def test_blockwise_enlargement_of_any_crop_equals_whole_volume(tmp_path, k, dept
     np.testing.assert_array_equal(np.asarray(read_image(out).data), whole)
 
 
+def test_blockwise_default_blocks_give_the_network_tiles_of_the_same_size_when_enlarging(tmp_path):
+    from panoptem.distributed import segment_blockwise
+    vol = np.random.default_rng(0).integers(150, 250, (2, 600, 40)).astype(np.uint8)
+    at_model = segment_blockwise(vol, oracle(), tmp_path / "a.zarr", voxel_size=(5.0,) * 3, n_workers=1,
+                                 processes=False)
+    coarse = segment_blockwise(vol, oracle(), tmp_path / "b.zarr", voxel_size=(10.0,) * 3, n_workers=1,
+                               processes=False)  # x2: blocks of 512 volume pixels, 1024 network pixels
+    assert at_model.blocks == 1 and coarse.blocks == 2
+
+
 def test_blockwise_enlarges_the_tiles_its_global_context_is_taken_from(tmp_path):
     # the shipped network on the bundled crop at 20 nm: enlarged x2 to 10 nm, 9 tiles per slice, each
     # given its slice's context, which the context pass takes from tiles enlarged as the network sees them

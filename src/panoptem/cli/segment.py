@@ -157,9 +157,11 @@ def segment3d_cmd(
                                    ".zarr): volumes larger than memory, several workers or GPUs, a cluster; "
                                    "resumes after a crash.", rich_help_panel="Blockwise"),
     block_shape: Optional[str] = typer.Option(None, "--block-shape", help="Z,Y,X voxels per block "
-                                              "(default 64,1024,1024).", rich_help_panel="Blockwise"),
+                                              "(default 64,1024,1024; Y and X divided by k where the network's "
+                                              "grid is k times finer).", rich_help_panel="Blockwise"),
     halo: Optional[str] = typer.Option(None, "--halo", help="Z,Y,X voxels of context around each block along "
-                                       "the image axes (default 16,128,128).", rich_help_panel="Blockwise"),
+                                       "the image axes (default 16,128,128, divided alike).",
+                                       rich_help_panel="Blockwise"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (default: from "
                                           "cores and memory; one per device with --devices).",
                                           rich_help_panel="Blockwise"),

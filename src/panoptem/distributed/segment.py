@@ -128,8 +128,8 @@ def _input_stamp(path: str | None) -> list:
     return out
 
 
-def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=DEFAULT_BLOCK,
-                      halo=DEFAULT_HALO, n_workers: int | None = None, scheduler: str | None = None,
+def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=None,
+                      halo=None, n_workers: int | None = None, scheduler: str | None = None,
                       devices=None, mask=None, key: str | None = None, device: str = "auto", batch_size: int = 4,
                       skip_empty: bool = True, voxel_size=None, chunks=None, cache_dir=None, overwrite: bool = False,
                       keep_work: bool = False, processes: bool = True, progress: bool = False,
@@ -145,9 +145,13 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
         ``processes=False`` or a picklable model).
     output : ``.zarr`` path: an OME-Zarr label image with a pyramid (one per class,
         ``NAME_<class>.zarr``, for several classes).
-    block_shape : (Z, Y, X) voxels per block; the output chunks divide it.
+    block_shape : (Z, Y, X) voxels per block; the output chunks divide it. Default
+        :data:`DEFAULT_BLOCK`, its in-plane sides divided by ``k`` where the network's grid is
+        ``k`` times finer than the volume's (a coarse volume enlarged), so that the network
+        is given tiles of the same size and memory.
     halo : (Z, Y, X) context added around each block along the image axes (the
-        stack axis gets what the median and linking need automatically).
+        stack axis gets what the median and linking need automatically). Default
+        :data:`DEFAULT_HALO`, divided alike.
     n_workers, scheduler, devices : a LocalCluster with this many workers
         (default: from cores and memory), or a running scheduler's address;
         ``devices`` (e.g. ``["cuda:0", "cuda:1"]`` or ``"all"``) puts one worker on each.
@@ -183,9 +187,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     if output is None or Path(output).suffix.lower() != ".zarr":
         raise PanoptemError("Blockwise runs write OME-Zarr: give an output path ending in .zarr.")
     out = Path(output).expanduser().absolute()
-    block_shape = triple(block_shape, "--block-shape")
-    halo = triple(halo, "--halo")
-    if min(block_shape) < 1 or min(halo) < 0:
+    block_shape = None if block_shape is None else triple(block_shape, "--block-shape")
+    halo = None if halo is None else triple(halo, "--halo")
+    if (block_shape is not None and min(block_shape) < 1) or (halo is not None and min(halo) < 0):
         raise PanoptemError(f"Block shape must be positive and halo 0 or more, not {block_shape} / {halo}.")
     if p.return_panoptic:
         raise PanoptemError("Blockwise runs do not return the per-plane stacks; drop return_panoptic.")
@@ -206,6 +210,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=D
     voxel_size = voxel_size or vs
     card = _card(model)
     p, plan_record, steps, strides, enlarge = _whole_factor(p, card, voxel_size, given_by)
+    block_shape = block_shape or _in_plane(DEFAULT_BLOCK, enlarge)
+    halo = halo if halo is not None else _in_plane(DEFAULT_HALO, enlarge)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
     align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
     if isinstance(devices, str):
@@ -434,6 +440,12 @@ def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     stamp.write_text(text)
+
+
+def _in_plane(shape, enlarge: int) -> tuple[int, int, int]:
+    """A default (Z, Y, X) block or halo for a network grid ``enlarge`` times finer than the
+    volume's: the same in network pixels along Y and X."""
+    return (shape[0], *(-(-n // enlarge) for n in shape[1:]))
 
 
 def _worker_bytes(block_shape, halo, batch_size: int, enlarge: int = 1) -> int:

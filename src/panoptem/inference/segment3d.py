@@ -700,12 +700,10 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
 
 def _blockwise(volume, model, output, p: Params3D, kw: dict, preview, inputs) -> Result3D:
     """:func:`segment_3d` with ``blockwise=True``: the result of the distributed runner."""
-    from ..distributed.segment import DEFAULT_BLOCK, DEFAULT_HALO, segment_blockwise
+    from ..distributed.segment import segment_blockwise
     if preview is not None:
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, kw["overwrite"], [*inputs, output])
-    kw["block_shape"] = kw["block_shape"] or DEFAULT_BLOCK
-    kw["halo"] = kw["halo"] if kw["halo"] is not None else DEFAULT_HALO
     r = segment_blockwise(volume, model, output, verbose=kw["progress"], **kw, **p.model_dump())
     first = next(iter(r.labels.values()))
     res = Result3D(r.labels, first, {}, r.objects, r.timings, streamed=True, written=r.written,
