@@ -210,7 +210,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     voxel_size = voxel_size or vs
     card = _card(model)
     p, plan_record, steps, strides, enlarge = _whole_factor(p, card, voxel_size, given_by)
-    block_shape = block_shape or _in_plane(DEFAULT_BLOCK, enlarge)
+    block_shape = block_shape or _in_plane(DEFAULT_BLOCK, enlarge, 128)  # output chunks of 128 or 256
     halo = halo if halo is not None else _in_plane(DEFAULT_HALO, enlarge)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
     align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
@@ -442,10 +442,14 @@ def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
     stamp.write_text(text)
 
 
-def _in_plane(shape, enlarge: int) -> tuple[int, int, int]:
+def _in_plane(shape, enlarge: int, multiple: int = 1) -> tuple[int, int, int]:
     """A default (Z, Y, X) block or halo for a network grid ``enlarge`` times finer than the
-    volume's: the same in network pixels along Y and X."""
-    return (shape[0], *(-(-n // enlarge) for n in shape[1:]))
+    volume's: about the same in network pixels along Y and X (rounded up to ``multiple``).
+
+    >>> _in_plane((64, 1024, 1024), 3, 128), _in_plane((16, 128, 128), 3)
+    ((64, 384, 384), (16, 43, 43))
+    """
+    return (shape[0], *(-(-n // (enlarge * multiple)) * multiple for n in shape[1:]))
 
 
 def _worker_bytes(block_shape, halo, batch_size: int, enlarge: int = 1) -> int:
