@@ -10,7 +10,8 @@ the input grid. Image Downsampling then shrinks further: the network sees
 
 - A ratio within :data:`TOLERANCE` of 1 is no resampling; one within it of a
   whole number (2, 3, ...) is that whole number, which runs as plain integer
-  downsampling (and blockwise).
+  downsampling, and one within it of 1/2, 1/3, ... is that whole enlargement (blockwise
+  runs do both; see :meth:`PixelPlan.block_factor`).
 - Unknown pixel size (input or model): no resampling, as before; the plan says so.
 - 3D: each plane's two axes are resampled, so xy planes of an anisotropic stack are
   resampled in-plane only, while xz / yz planes (ortho-plane or ``inference_plane``)
