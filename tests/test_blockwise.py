@@ -84,6 +84,22 @@ def test_blockwise_equals_whole_volume(vol, tmp_path, client, params, block, hal
     assert res.objects["mitochondria"] == len(np.unique(whole)) - 1 >= 3
 
 
+def test_ortho_plane_default_blocks_of_a_thin_volume_are_as_deep_as_it(vol, tmp_path, client, monkeypatch):
+    # with a default of 32 x 64 x 64 voxels and a halo of 32 in-plane, the 40 x 120 x 120 scene is thin:
+    # blocks 40 deep (its xz / yz planes whole) feed the network fewer pixels than the default's
+    from panoptem.distributed import blocks, segment
+    halo = (16, 32, 32)
+    assert blocks.ortho_block_shape(vol.shape, (32, 64, 64), halo, 32, False) == (40, 32, 64)
+    assert blocks.ortho_block_shape((1024,) * 3, (32, 64, 64), halo, 32, False) == (32, 64, 64)  # deep: the default
+    monkeypatch.setattr(segment, "DEFAULT_BLOCK", (32, 64, 64))
+    chosen = []
+    monkeypatch.setattr(segment, "ortho_block_shape", lambda *a: chosen.append(blocks.ortho_block_shape(*a)) or chosen[-1])
+    whole = segment_3d(vol, dark_blob_model(), orthoplane=True, **P).labels["mitochondria"]
+    res, got = _blockwise(vol, tmp_path, client=client, orthoplane=True, halo=halo)
+    assert chosen == [(40, 32, 64)] and res.blocks == 8
+    np.testing.assert_array_equal(got, whole)
+
+
 def test_consensus_writes_the_votes_of_its_sizing_pass(vol, tmp_path, client, monkeypatch):
     """The consensus votes each block once: the writing pass numbers the votes the sizing pass
     kept (a block whose votes are missing is voted again), and the labels are the whole

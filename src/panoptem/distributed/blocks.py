@@ -84,3 +84,57 @@ class BlockGrid:
         for p, c in zip(position, self.counts):
             i = i * c + p
         return i
+
+
+#: the context pass (each slice's global context for blocks that cut it) costs about this share of
+#: the network's time again (the encoder over the same regions)
+CONTEXT_SHARE = 0.6
+
+
+def read_extent(n: int, block: int, halo: int, align: int) -> float:
+    """Voxels read along an axis of ``n``, summed over blocks of ``block`` with ``halo`` on each
+    side (each region's lower edge on the ``align`` grid, as the network pass reads it), per
+    voxel of the axis.
+
+    >>> read_extent(1024, 1024, 128, 32), read_extent(128, 64, 16, 64)
+    (1.0, 1.625)
+    """
+    total = 0
+    for start in range(0, n, block):
+        lo = max(0, start - halo)
+        total += min(n, start + block + halo) - (lo - lo % align)
+    return total / n
+
+
+def ortho_block_shape(shape, default, halo, align: int, context: bool) -> tuple[int, int, int]:
+    """The block shape of an ortho-plane run: ``default``, or a block as deep as the volume with
+    at most as many voxels, whichever feeds the network fewer pixels over the three stacks. Each
+    stack reads its planes' two axes with the halo (:func:`read_extent`) and, where blocks cut its
+    planes, runs the context pass over them too (:data:`CONTEXT_SHARE`, with ``context``). A thin
+    volume so gets its xz / yz planes whole; the in-plane sides are whole axes or ``align``
+    multiples (an even split, or a power of two); ties go to the larger block.
+
+    >>> ortho_block_shape((128, 768, 1024), (64, 1024, 1024), (16, 128, 128), 64, True)
+    (128, 768, 512)
+    >>> ortho_block_shape((1024, 1024, 1024), (64, 1024, 1024), (16, 128, 128), 64, True)
+    (64, 1024, 1024)
+    """
+    def sides(n: int, h: int) -> dict[int, float]:  # the axis whole, split evenly, or powers of two: extents
+        even = {-(-(-(-n // k)) // align) * align for k in range(1, 17)}
+        pow2 = {align << j for j in range(max(1, n // align).bit_length())}
+        return {s: read_extent(n, s, h, align) for s in {min(v, n) for v in even | pow2}}
+
+    def cost(b) -> float:
+        ext = [read_extent(n, s, h, align) for n, s, h in zip(shape, b, halo)]
+        total = 0.0
+        for view in range(3):
+            a0, a1 = (ax for ax in range(3) if ax != view)
+            cut = b[a0] < shape[a0] or b[a1] < shape[a1]
+            total += ext[a0] * ext[a1] * (1 + CONTEXT_SHARE if context and cut else 1)
+        return total
+
+    default = tuple(-(-b // align) * align for b in default)  # as the run aligns it
+    voxels = default[0] * default[1] * default[2]
+    deep = [(shape[0], y, x) for y, x in itertools.product(sides(shape[1], halo[1]), sides(shape[2], halo[2]))
+            if shape[0] * y * x <= voxels]
+    return min([default, *deep], key=lambda b: (round(cost(b), 9), -(b[0] * b[1] * b[2])))

@@ -38,7 +38,7 @@ from ..params import Params3D, make_params
 from ._pass1 import (StackJob, _done, centre_block, centre_table, context_block, context_table, create_net_arrays,
                      decode_block, network_block)
 from ._source import VolumeSource
-from .blocks import BlockGrid, triple
+from .blocks import BlockGrid, ortho_block_shape, triple
 
 PLANE_AXIS = {"xy": 0, "xz": 1, "yz": 2}
 PLANES = {v: k for k, v in PLANE_AXIS.items()}
@@ -148,7 +148,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     block_shape : (Z, Y, X) voxels per block; the output chunks divide it. Default
         :data:`DEFAULT_BLOCK`, its in-plane sides divided by ``k`` where the network's grid is
         ``k`` times finer than the volume's (a coarse volume enlarged), so that the network
-        is given tiles of the same size and memory.
+        is given tiles of the same size and memory; for ortho-plane runs of a thin volume, a
+        block as deep as the volume where that feeds the network fewer pixels
+        (:func:`~panoptem.distributed.blocks.ortho_block_shape`).
     halo : (Z, Y, X) context added around each block along the image axes (the
         stack axis gets what the median and linking need automatically). Default
         :data:`DEFAULT_HALO`, divided alike.
@@ -210,10 +212,14 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     voxel_size = voxel_size or vs
     card = _card(model)
     p, plan_record, steps, strides, enlarge = _whole_factor(p, card, voxel_size, given_by)
-    block_shape = block_shape or _in_plane(DEFAULT_BLOCK, enlarge, 128)  # output chunks of 128 or 256
     halo = halo if halo is not None else _in_plane(DEFAULT_HALO, enlarge)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
     align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
+    if block_shape is None:
+        block_shape = _in_plane(DEFAULT_BLOCK, enlarge, 128)  # output chunks of 128 or 256
+        if p.orthoplane:  # a thin volume: blocks as deep as it, where that feeds the network less
+            block_shape = ortho_block_shape(vol.shape, block_shape, halo, align,
+                                            exact_context and _has_context(model, card))
     if isinstance(devices, str):
         from ._cluster import visible_gpus
         devices = visible_gpus() if devices == "all" else [d for d in devices.split(",") if d]
@@ -449,6 +455,8 @@ def _in_plane(shape, enlarge: int, multiple: int = 1) -> tuple[int, int, int]:
     >>> _in_plane((64, 1024, 1024), 3, 128), _in_plane((16, 128, 128), 3)
     ((64, 384, 384), (16, 43, 43))
     """
+    if enlarge == 1:
+        return tuple(shape)
     return (shape[0], *(-(-n // (enlarge * multiple)) * multiple for n in shape[1:]))
 
 
