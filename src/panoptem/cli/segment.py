@@ -158,7 +158,8 @@ def segment3d_cmd(
                                    "resumes after a crash.", rich_help_panel="Blockwise"),
     block_shape: Optional[str] = typer.Option(None, "--block-shape", help="Z,Y,X voxels per block "
                                               "(default 64,1024,1024; Y and X divided by k where the network's "
-                                              "grid is k times finer).", rich_help_panel="Blockwise"),
+                                              "grid is k times finer; ortho-plane: as deep as a thin volume "
+                                              "where that is cheaper).", rich_help_panel="Blockwise"),
     halo: Optional[str] = typer.Option(None, "--halo", help="Z,Y,X voxels of context around each block along "
                                        "the image axes (default 16,128,128, divided alike).",
                                        rich_help_panel="Blockwise"),
