@@ -168,14 +168,16 @@ def test_blockwise_xz_yz_stacks_average_planes_as_the_whole_volume(vol, tmp_path
     assert res.objects["mitochondria"] >= 3
 
 
-@pytest.mark.parametrize("z_nm", [12.5, 2.5])
-def test_blockwise_gives_neighbours_at_the_models_spacing_as_the_whole_volume(vol, tmp_path, client, z_nm):
+@pytest.mark.parametrize("z_nm, xy_nm", [(12.5, 5.0), (2.5, 5.0), (20.0, 10.0)])
+def test_blockwise_gives_neighbours_at_the_models_spacing_as_the_whole_volume(vol, tmp_path, client, z_nm, xy_nm):
     """Slices farther apart than the model's neighbours (interpolated between them) or closer
-    (every second slice, so blocks read two more at each face): blocks equal the whole volume."""
+    (every second slice, so blocks read two more at each face), and slices enlarged x2 in-plane
+    with neighbours a quarter of a slice away: blocks equal the whole volume."""
     m = neighbour_model(voxel_size_nm=5.0)
-    whole = segment_3d(vol, m, voxel_size=(z_nm, 5.0, 5.0), **P).labels["mitochondria"]
+    vs = (z_nm, xy_nm, xy_nm)
+    whole = segment_3d(vol, m, voxel_size=vs, **P).labels["mitochondria"]
     res, got = _blockwise(vol, tmp_path, model=m, client=client, block_shape=(8, 64, 64), halo=(32, 32, 32),
-                          voxel_size=(z_nm, 5.0, 5.0))
+                          voxel_size=vs)
     assert res.blocks > 1
     np.testing.assert_array_equal(got, whole)
     assert not np.array_equal(whole, segment_3d(vol, m, **P).labels["mitochondria"])
