@@ -50,7 +50,7 @@ def run_blockwise_holes(labels, block, tmp_path, monkeypatch, reads: list | None
     _holes.resolve(job, grid, [_holes.holes_face(job, f) for f in _holes.hole_faces(grid)])
     out = np.zeros_like(labels)
     for b in grid:
-        out[b.core] = _holes.fill_block(job, b, labels[b.core])
+        out[b.core] = _holes.fill_block(job, b)
     return out
 
 
@@ -62,6 +62,27 @@ def test_blockwise_fill_holes_equals_fill_holes(tmp_path, monkeypatch, block):
     assert (want[:, 84, 60] == 3).all() and (want[[0, 2], 32, 32] == 1).all() and want[1, 30, 30] == 0
     assert want[0, 126, 20] == want[0, 12, 112] == want[0, 112, 116] == 0
     np.testing.assert_array_equal(run_blockwise_holes(lab, block, tmp_path, monkeypatch), want)
+
+
+def test_blockwise_filling_takes_the_labels_the_first_pass_kept(tmp_path, monkeypatch):
+    """Each block's labels are computed once (the first pass keeps them, with its own holes
+    filled, as uint32 where its ids fit); a hole filled from across a face with an id beyond
+    uint32 keeps it; a block whose kept labels are gone is computed again."""
+    big = 3 << 33
+    lab = rings().astype(np.uint64) << np.uint64(33)  # ring 3's hole covers whole blocks of background
+    grid = BlockGrid(lab.shape, (3, 16, 16))
+    reads = []
+    out = run_blockwise_holes(lab, (3, 16, 16), tmp_path, monkeypatch, reads)
+    np.testing.assert_array_equal(out, fill_holes(lab))
+    assert sorted(reads) == list(range(len(grid)))
+    inside = grid.index_of((0, 5, 3))  # y 80-95, x 48-63: all background, inside ring 3's hole
+    assert not lab[grid[inside].core].any() and (out[grid[inside].core] == big).all()
+    (tmp_path / "holes" / f"filled_{inside}.npz").unlink()
+    reads.clear()
+    job = _write.WriteJob(stack=SimpleNamespace(work=str(tmp_path), volume_shape=lab.shape), outputs=[],
+                          divisor=None, single_class=True, grid=grid, holes=True)
+    np.testing.assert_array_equal(_holes.fill_block(job, grid[inside]), out[grid[inside].core])
+    assert reads == [inside]
 
 
 def test_blockwise_fill_holes_of_random_labels(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..inference.consensus import _group, vote, vote_rules
 from ..labels import dtype_for_max_label, keep_mask, number_per_class, object_stats, pair_counts
-from ._pass1 import save_npz
+from ._pass1 import load_labels, save_labels, save_npz
 from ._write import WriteJob, final_labels
 from .blocks import Block
 
@@ -119,23 +119,14 @@ def _votes_file(job: ConsensusJob, block: Block) -> Path:
 
 
 def _keep_votes(job: ConsensusJob, block: Block, win: np.ndarray) -> None:
-    """The winning groups of ``block``'s core, zstd-compressed (mostly background: a 128 x 768
-    x 1024 block of Lucchi mitochondria keeps 0.6 MB), for the writing pass."""
-    from numcodecs import Zstd
-    narrow = win.astype(dtype_for_max_label(int(win.max(initial=0))), copy=False)
-    save_npz(_votes_file(job, block), data=np.frombuffer(Zstd(level=1).encode(np.ascontiguousarray(narrow)),
-                                                         np.uint8),
-             shape=np.asarray(win.shape, np.int64), dtype=np.asarray(narrow.dtype.str))
+    """The winning groups of ``block``'s core, kept for the writing pass (a 128 x 768 x 1024
+    block of Lucchi mitochondria: 0.6 MB)."""
+    save_labels(_votes_file(job, block), win)
 
 
 def _kept_votes(job: ConsensusJob, block: Block) -> np.ndarray | None:
-    """What :func:`_keep_votes` kept for ``block`` (None if nothing)."""
-    path = _votes_file(job, block)
-    if not path.exists():
-        return None
-    from numcodecs import Zstd
-    r = np.load(path)
-    return np.frombuffer(Zstd().decode(r["data"].tobytes()), np.dtype(str(r["dtype"]))).reshape(r["shape"])
+    """The winning groups the sizing pass kept for ``block`` (None if nothing)."""
+    return load_labels(_votes_file(job, block))
 
 
 def stats_block(job: ConsensusJob, block: Block) -> dict:

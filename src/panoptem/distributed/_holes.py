@@ -18,6 +18,7 @@ import numpy as np
 
 from ..inference.postprocess import SIDES as SIDE_AT
 from ..inference.postprocess import background_parts, part_neighbours, sole_neighbour, touching
+from ..labels import dtype_for_max_label
 from ._stitch import faces, gid
 from .blocks import Block, BlockGrid
 
@@ -54,20 +55,43 @@ def _parts(job, block: Block, labels: np.ndarray):
     return comp, fill, seam, lut[seam], at_edge[seam] | (count[seam] > 1)
 
 
+def _filled(comp: np.ndarray, fill: np.ndarray, labels: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """``labels`` (a copy, or themselves ``in_place``) with each background part of ``comp``
+    whose ``fill`` is not 0 given that label."""
+    out = labels if in_place else np.array(labels)
+    where = fill[comp] > 0
+    out[where] = fill[comp[where]]
+    return out
+
+
+def _kept(job, block: Block) -> tuple[Path, Path]:
+    """Where :func:`holes_block` keeps the block's labels with its own holes filled, and its
+    parts on inner sides, for the writing pass."""
+    return _dir(job) / f"filled_{block.index}.npz", _dir(job) / f"seam_{block.index}.npz"
+
+
 def holes_block(job, block: Block) -> int:
     """Pass 1 of Fill holes for one block: its parts on inner sides, and the labels and
-    parts of those sides, saved in the work folder. Returns how many parts reach a side."""
+    parts of those sides, saved in the work folder; the block's labels with the holes inside
+    its core filled, and the parts on its inner sides, kept for the writing pass. Returns how
+    many parts reach a side."""
+    from ._pass1 import save_labels
     from ._write import block_labels
     d = _dir(job)
     done = d / f"{block.index}.npz"
     if done.exists():
         return int(np.load(done)["seam"].size)
     labels = block_labels(job, block)
-    comp, _, seam, label, blocked = _parts(job, block, labels)
+    comp, fill, seam, label, blocked = _parts(job, block, labels)
     inner, _ = _inner_sides(block, job.stack.volume_shape)
     layers = {f"{s}_parts": comp[SIDE_AT[s]] for s in inner}
     layers.update({f"{s}_labels": labels[SIDE_AT[s]] for s in inner})
     d.mkdir(exist_ok=True)
+    on_seam = np.zeros(len(fill), comp.dtype)
+    on_seam[seam] = seam
+    filled_path, seam_path = _kept(job, block)
+    save_labels(filled_path, _filled(comp, fill, labels))
+    save_labels(seam_path, on_seam[comp])
     tmp = d / f"{block.index}.tmp.npz"
     np.savez(tmp, seam=seam, label=label, blocked=blocked, **layers)
     tmp.replace(done)
@@ -133,16 +157,25 @@ def resolve(job, grid: BlockGrid, face_results: list) -> int:
     return int(hole.sum())
 
 
-def fill_block(job, block: Block, labels: np.ndarray) -> np.ndarray:
-    """``labels`` (the block's core, as :func:`holes_block` saw them) with their holes filled:
-    those inside the core and those :func:`resolve` found across blocks."""
-    comp, fill, *_ = _parts(job, block, labels)
+def fill_block(job, block: Block) -> np.ndarray:
+    """The block's core labels (as :func:`holes_block` saw them) with their holes filled: those
+    inside the core and those :func:`resolve` found across blocks. Takes what
+    :func:`holes_block` kept; a block whose labels were not kept is computed again."""
+    from ._pass1 import load_labels
+    from ._write import block_labels
     across = np.load(_dir(job) / f"fill_{block.index}.npy")
-    fill[across[:, 0]] = across[:, 1].astype(fill.dtype)
-    out = labels.copy()
-    where = fill[comp] > 0
-    out[where] = fill[comp[where]]
-    return out
+    filled_path, seam_path = _kept(job, block)
+    filled, on_seam = load_labels(filled_path), load_labels(seam_path)
+    if filled is None or on_seam is None:
+        labels = block_labels(job, block)
+        comp, fill, *_ = _parts(job, block, labels)
+        fill[across[:, 0]] = across[:, 1].astype(fill.dtype)
+        return _filled(comp, fill, labels, in_place=True)
+    # kept in the narrowest dtype of the block's own ids: a hole filled from across a face may need more
+    dt = np.promote_types(filled.dtype, dtype_for_max_label(int(across[:, 1].max(initial=0))))
+    fill = np.zeros(int(on_seam.max(initial=0)) + 1, dt)
+    fill[across[:, 0]] = across[:, 1].astype(dt)
+    return _filled(on_seam, fill, filled.astype(dt), in_place=True)
 
 
 def hole_faces(grid: BlockGrid) -> list[tuple[int, int, int]]:

@@ -192,6 +192,26 @@ def save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
+def save_labels(path: Path, labels: np.ndarray) -> None:
+    """Keep a block's label array between passes: in the narrowest dtype its ids fit,
+    zstd-compressed (mostly background: a few hundred kB for a large block), atomically."""
+    from numcodecs import Zstd
+
+    from ..labels import dtype_for_max_label
+    narrow = labels.astype(dtype_for_max_label(int(labels.max(initial=0))), copy=False)
+    save_npz(path, data=np.frombuffer(Zstd(level=1).encode(np.ascontiguousarray(narrow)), np.uint8),
+             shape=np.asarray(labels.shape, np.int64), dtype=np.asarray(narrow.dtype.str))
+
+
+def load_labels(path: Path) -> np.ndarray | None:
+    """What :func:`save_labels` kept at ``path``, read-only (None if nothing)."""
+    if not path.exists():
+        return None
+    from numcodecs import Zstd
+    r = np.load(path)
+    return np.frombuffer(Zstd().decode(r["data"].tobytes()), np.dtype(str(r["dtype"]))).reshape(r["shape"])
+
+
 def _net_arrays(job: StackJob, mode: str = "r"):
     import zarr
     from ..io.zarr_write import dense

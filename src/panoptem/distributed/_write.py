@@ -138,7 +138,7 @@ def write_block(job: WriteJob, block: Block) -> int:
     morph = None
     if job.holes:
         from ._holes import fill_block
-        morph = fill_block(job, block, block_labels(job, block))
+        morph = fill_block(job, block)
     elif job.erosion or job.dilation:
         morph = _morphology(job, block)
     for path, cls, kind in job.outputs:
