@@ -482,11 +482,9 @@ def decode_block(job: StackJob, block: Block) -> dict:
     # in-plane window at network resolution: the core and a margin for interpolation
     g = [(block.core[ax].start // f, -(-block.core[ax].stop // f)) for ax in ip]
     (_, C, nh, nw), (_, _, gh, gw) = job.net_shape()
-    q = math.lcm(STRIDE, job.enlarge)  # window edges on the heatmap's cells and on the volume's pixels
-    w0 = [max(0, g[0][0] - MARGIN * STRIDE), max(0, g[1][0] - MARGIN * STRIDE)]
-    w0 = [v - v % q for v in w0]
-    w1 = [min(nh, -(-(g[0][1] + MARGIN * STRIDE) // job.enlarge) * job.enlarge),
-          min(nw, -(-(g[1][1] + MARGIN * STRIDE) // job.enlarge) * job.enlarge)]
+    q, k = math.lcm(STRIDE, job.enlarge), job.enlarge  # window edges on the heatmap's cells and the volume's pixels
+    w0 = [max(0, a - MARGIN * STRIDE) // q * q for a, _ in g]
+    w1 = [min(n_, -(-(b + MARGIN * STRIDE) // k) * k) for (_, b), n_ in zip(g, (nh, nw))]
     P, _, O = _net_arrays(job)
     prob = np.asarray(P[lo:hi, :, w0[0]:w1[0], w0[1]:w1[1]]).astype(np.float32) / np.float32(255.0)
     cw0 = [v // STRIDE for v in w0]

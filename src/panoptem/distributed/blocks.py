@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -119,13 +120,15 @@ def ortho_block_shape(shape, default, halo, align: int, context: bool) -> tuple[
     >>> ortho_block_shape((1024, 1024, 1024), (64, 1024, 1024), (16, 128, 128), 64, True)
     (64, 1024, 1024)
     """
-    def sides(n: int, h: int) -> dict[int, float]:  # the axis whole, split evenly, or powers of two: extents
+    def sides(n: int) -> set[int]:  # the axis whole, split evenly, or powers of two
         even = {-(-(-(-n // k)) // align) * align for k in range(1, 17)}
         pow2 = {align << j for j in range(max(1, n // align).bit_length())}
-        return {s: read_extent(n, s, h, align) for s in {min(v, n) for v in even | pow2}}
+        return {min(v, n) for v in even | pow2}
+
+    extent = functools.cache(lambda ax, side: read_extent(shape[ax], side, halo[ax], align))
 
     def cost(b) -> float:
-        ext = [read_extent(n, s, h, align) for n, s, h in zip(shape, b, halo)]
+        ext = [extent(ax, side) for ax, side in enumerate(b)]
         total = 0.0
         for view in range(3):
             a0, a1 = (ax for ax in range(3) if ax != view)
@@ -135,6 +138,6 @@ def ortho_block_shape(shape, default, halo, align: int, context: bool) -> tuple[
 
     default = tuple(-(-b // align) * align for b in default)  # as the run aligns it
     voxels = default[0] * default[1] * default[2]
-    deep = [(shape[0], y, x) for y, x in itertools.product(sides(shape[1], halo[1]), sides(shape[2], halo[2]))
+    deep = [(shape[0], y, x) for y, x in itertools.product(sides(shape[1]), sides(shape[2]))
             if shape[0] * y * x <= voxels]
     return min([default, *deep], key=lambda b: (round(cost(b), 9), -(b[0] * b[1] * b[2])))
