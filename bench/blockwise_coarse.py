@@ -3,10 +3,8 @@ block means to 15 or 20 nm pixels (z stays 5 nm), segmented with ``MitoLite_v1``
 both ways, and scored against the masks shrunk alike (3D: xy stack against the 3D connected
 components, objects under 500 voxels of 5 nm ignored, scaled; 2D per slice, pooled).
 
-At 15 nm a whole-volume run enlarges each plane x1.5 to 10 nm; a blockwise run, which resamples by
-whole factors only, x2 to 7.5 nm (``whole_factor_chosen``). At 20 nm both enlarge x2 to 10 nm, and
-the blockwise labels are compared voxel by voxel with the whole-volume ones (block faces: the real
-network's outputs near them differ slightly).
+Both runs take the same pixel size (15 nm: x1.5 to 10 nm, the fraction 2/3; 20 nm: x2 to 10 nm),
+and the blockwise labels are compared voxel by voxel with the whole-volume ones.
 
 One JSON line per run. Usage:
     python bench/blockwise_coarse.py --lucchi DIR [--reduce 3,4] [--block 135:165]
@@ -77,7 +75,7 @@ def main() -> int:
             r2 = panoptem.evaluate(lab, gt2, per_slice=True)
             emit_to(dict(what="coarse volume", run=how_run, block=f"lucchi z{z0}-{z1 - 1}", shape=list(vol.shape),
                          input_voxel_nm=list(vs), network_pixel_nm=plan["network_pixel_nm"]["xy"],
-                         whole_factor_chosen=plan.get("whole_factor_chosen", False), blocks=blocks,
+                         blocks=blocks,
                          foreground_iou=round(r3["foreground_iou"], 4), f1_50_3d=round(r3["f1_50"], 4),
                          n_pred=r3["n_pred"], n_gt=r3["n_gt"], f1_50_2d_per_slice=round(r2["f1_50"], 4),
                          foreground_agreement_with_whole=round(float(((lab > 0) == (whole > 0)).mean()), 5),

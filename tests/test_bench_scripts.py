@@ -132,8 +132,7 @@ def test_coarse_volume_script_scores_both_runs(lucchi):
     lines = [json.loads(s) for s in _run(BENCH / "blockwise_coarse.py", "--lucchi", lucchi, "--block", "135:139",
                                          "--reduce", "3", "--workers", "1")]
     whole, blocks = lines
-    assert whole["network_pixel_nm"] == [10.0, 10.0] and not whole["whole_factor_chosen"]
-    assert blocks["network_pixel_nm"] == [7.5, 7.5] and blocks["whole_factor_chosen"] and blocks["blocks"] == 6
+    assert whole["network_pixel_nm"] == blocks["network_pixel_nm"] == [10.0, 10.0] and blocks["blocks"] == 6
     assert all(0.5 < r["foreground_iou"] <= 1 and r["n_gt"] > 0 for r in lines)
 
 

@@ -72,14 +72,13 @@ def segment2d_cmd(
     _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2))
 
 
-def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",), whole: bool = False) -> dict:
+def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",)) -> dict:
     """Print the pixel sizes a run used and what it resampled (a ``note:`` line, after the run so
-    that a refused run prints its one error line only); returns the record for the JSON summary.
-    ``whole``: the plan of a blockwise run (see :func:`~panoptem.inference.segment2d.pixel_plan`)."""
+    that a refused run prints its one error line only); returns the record for the JSON summary."""
     from ..inference.segment2d import pixel_plan
     from ..models.home import get_card
     card = get_card(model)
-    plan = pixel_plan(card, params, voxel_size, ndim, whole=whole)
+    plan = pixel_plan(card, params, voxel_size, ndim)
     typer.echo(f"note: {plan.describe(planes)}", err=True)
     if ndim == 3:
         far = neighbour_spacing(card, plan, planes)
@@ -201,7 +200,7 @@ def segment3d_cmd(
     if preview is not None and res.written:
         res.written[0]["preview"] = str(preview)
     from ..inference.resample import planes_of
-    pixels = pixel_note(model, params, img.voxel_size, 3, planes_of(params), blockwise)  # the run's plan, from the file
+    pixels = pixel_note(model, params, img.voxel_size, 3, planes_of(params))  # the run's plan, from the file
     if res.written:
         res.written[0]["pixel_size"] = pixels
     for p in res.written:

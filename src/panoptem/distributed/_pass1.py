@@ -33,6 +33,7 @@ from ..inference.cache import at_cache_precision, probability_bytes
 from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, \
     _upsample_nearest
 from ..inference.preprocess import linear_resize
+from ..inference.resample import resize_at
 from ..inference.segment3d import planes_along, with_neighbours
 from ..labels import pair_counts
 from ..params import Params3D
@@ -82,7 +83,9 @@ class StackJob:
     stride: int = 1
     input_shape: tuple | None = None
     fused_strides: tuple = (1, 1, 1)  # probability fusion: planes averaged so along Z, Y, X
-    enlarge: int = 1  # network pixels per volume pixel along each image axis (with downsampling 1)
+    # volume pixels per network pixel along each image axis where that is not a whole reduction
+    # (then Image Downsampling is 1): blocks lie on multiples of its numerator / denominator
+    resample: Fraction | None = None
 
     @property
     def volume_shape(self) -> tuple:
@@ -109,8 +112,8 @@ class StackJob:
     @property
     def factor(self) -> Fraction:
         """Volume pixels per network pixel along each image axis: Image Downsampling ``k``, or
-        ``1/k`` where the network's grid is ``k`` times finer (block edges lie on both grids)."""
-        return Fraction(self.p.downsampling, self.enlarge)
+        the fraction the planes are resampled by (block edges lie on both grids)."""
+        return self.resample or Fraction(self.p.downsampling)
 
     def classes(self) -> tuple[list[int], list[int], list[int]]:
         """Class ids, thing classes in use, stuff classes (as 2D decoding sees them)."""
@@ -120,9 +123,9 @@ class StackJob:
     def predictor(self, lm):
         """A predictor of the loaded model ``lm`` as this job runs it."""
         from ..inference.engine import Predictor
-        k = self.enlarge
+        f = self.resample
         return Predictor(lm, device=lm.device, downsampling=self.p.downsampling, batch_size=self.batch_size,
-                         factor=(1 / k, 1 / k) if k > 1 else None,
+                         factor=(float(f), float(f)) if f else None,
                          runtime=self.runtime, precision=self.precision, threads=self.threads)
 
     def inplane(self) -> list[int]:
@@ -482,7 +485,8 @@ def decode_block(job: StackJob, block: Block) -> dict:
     # in-plane window at network resolution: the core and a margin for interpolation
     g = [(block.core[ax].start // f, -(-block.core[ax].stop // f)) for ax in ip]
     (_, C, nh, nw), (_, _, gh, gw) = job.net_shape()
-    q, k = math.lcm(STRIDE, job.enlarge), job.enlarge  # window edges on the heatmap's cells and the volume's pixels
+    k = f.denominator  # window edges on the heatmap's cells and the volume's pixels
+    q = math.lcm(STRIDE, k)
     w0 = [max(0, a - MARGIN * STRIDE) // q * q for a, _ in g]
     w1 = [min(n_, -(-(b + MARGIN * STRIDE) // k) * k) for (_, b), n_ in zip(g, (nh, nw))]
     P, _, O = _net_arrays(job)
@@ -510,8 +514,11 @@ def decode_block(job: StackJob, block: Block) -> dict:
         if d < d0 or d >= c1:
             continue
         ids, keys = _group(p, centres[starts[d]:starts[d + 1]], off[i], cw0, pm.shape[-2:], out_shape, d,
-                           (gh, gw), bool(things))
-        pm_full = pm if pm.shape[-2:] == out_shape else linear_resize(pm, out_shape)
+                           (gh, gw), bool(things), job.resample)
+        if job.resample:  # exact, as a whole-volume run brings the network's outputs back
+            pm_full = resize_at(pm, (1 / f, 1 / f), out_shape)
+        else:
+            pm_full = pm if pm.shape[-2:] == out_shape else linear_resize(pm, out_shape)
         sem = semantic_classes(pm_full, card_classes, p.confidence_thr)
         builder.add(d, d < c0, sem[core_rc], ids[core_rc], keys, things, stuff)
     table, core_labels = builder.finish(c0, c1)
@@ -524,16 +531,17 @@ def decode_block(job: StackJob, block: Block) -> dict:
     return {"index": block.index, "decode_s": time.perf_counter() - t0}
 
 
-def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things):
+def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things, factor=None):
     """Centre index + 1 per output pixel of the window (0: none) and the keys of
     the slice's centres (index - 1 -> key). Centres are in slice coordinates,
-    as a whole-slice decoding holds them; the window's pixels are shifted there."""
+    as a whole-slice decoding holds them; the window's pixels are shifted there.
+    ``factor``: volume pixels per network pixel where the planes are resampled."""
     keys = (np.int64(d) * grid_hw[0] + centres[:, 1]) * grid_hw[1] + centres[:, 2] if len(centres) else \
         np.zeros(0, np.int64)
     if not has_things or len(centres) == 0:
         return np.zeros(out_shape, np.int32), keys
     cpx = np.asarray(centres[:, 1:3], np.float32) * STRIDE + (STRIDE - 1) / 2.0
-    scale = Fraction(out_shape[0], net_hw[0])  # exact: the window's edges lie on both grids
+    scale = factor or Fraction(out_shape[0], net_hw[0])  # the window's edges lie on both grids
     if p.fine_boundaries:  # grouped per network pixel: the window starts at pixel cw0 * STRIDE
         o = linear_resize(off, (off.shape[1] * STRIDE, off.shape[2] * STRIDE))
         ids = group_pixels(cpx, o, stride=1, origin=(cw0[0] * STRIDE, cw0[1] * STRIDE))

@@ -27,6 +27,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -83,33 +84,36 @@ def _card(model):
     return get_card(str(model))
 
 
-def _whole_factor(p: Params3D, card, voxel_size, given_by: str = "file") -> tuple[Params3D, dict, tuple, tuple, int]:
-    """Blockwise runs resample only by one whole factor on every axis of every plane they
-    segment: a reduction ``k``, which is Image Downsampling by ``k`` (the parameters' own
-    included), or an enlargement ``1/k``; any other resampling is refused (blocks would have
-    to be cut between the model's pixels). A model that segments best over a range of pixel
-    sizes is given one inside it that a whole factor reaches, where there is one. Also
-    returns, per stack axis (Z, Y, X), how many planes apart the neighbours of a model with
-    ``context_slices`` lie, how many planes each network plane averages
-    (:meth:`~panoptem.inference.resample.PixelPlan.stack_step`), and the enlargement ``k``
-    (1: none)."""
+def _blockwise_plan(p: Params3D, card, voxel_size, given_by: str = "file"):
+    """The pixel plan of a blockwise run: one factor (input pixels per network pixel) on both
+    axes of every plane it segments, a whole reduction ``k`` (Image Downsampling by ``k``, the
+    parameters' own included) or a fraction ``p/q`` (the network's grid resampled; blocks lie
+    on multiples of ``p`` input and ``q`` network pixels). Returns the parameters, the plan's
+    record, per stack axis (Z, Y, X) how many planes apart the neighbours of a model with
+    ``context_slices`` lie and how many planes each network plane averages
+    (:meth:`~panoptem.inference.resample.PixelPlan.stack_step`), and the fraction (None: a
+    whole reduction or none)."""
     from ..inference.resample import planes_of
     from ..inference.segment2d import pixel_plan
-    plan = pixel_plan(card, p, voxel_size, 3, given_by, whole=True)
+    plan = pixel_plan(card, p, voxel_size, 3, given_by)
     planes = planes_of(p)
     plan.check(planes)
     f = plan.block_factor(planes)
     if f is None:
         raise PanoptemError(
-            f"Blockwise runs cannot resample by this factor: they resample by whole factors only (x2, x3, ... "
-            f"either way), and {plan.describe(planes)} Run without --blockwise, or segment the file's own "
-            f"pixels with --no-resample, or resample the volume to {plan.model_nm:g} nm (or a whole multiple or "
-            f"fraction of it) first.")
+            f"Blockwise runs resample by one factor on both axes of every plane, and {plan.describe(planes)} "
+            "Run without --blockwise, or segment the file's own pixels with --no-resample, or segment xy "
+            "planes only (an anisotropic volume's xz / yz planes are resampled along z as well).")
+    if f.numerator > 1 and f.denominator > 1 and p.orthoplane and p.fusion == "probability":
+        raise PanoptemError(
+            f"Blockwise probability fusion needs a whole factor (x2, x3 or 1/2, 1/3...), and "
+            f"{plan.describe(planes)} Use the ortho-plane consensus (--fusion consensus), or run without "
+            "--blockwise.")
     steps = tuple(plan.neighbour_step(pl) for pl in ("xy", "xz", "yz"))  # stacks along Z, Y, X
     strides = tuple(plan.stack_step(pl) if pl in planes else 1 for pl in ("xy", "xz", "yz"))
-    d, enlarge = (int(f), 1) if f >= 1 else (1, f.denominator)
+    d, resample = (int(f), None) if f.denominator == 1 else (1, f)
     return ((p if d == p.downsampling else p.model_copy(update={"downsampling": d})), plan.record(planes), steps,
-            strides, enlarge)
+            strides, resample)
 
 
 def _input_stamp(path: str | None) -> list:
@@ -145,10 +149,11 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         ``processes=False`` or a picklable model).
     output : ``.zarr`` path: an OME-Zarr label image with a pyramid (one per class,
         ``NAME_<class>.zarr``, for several classes).
-    block_shape : (Z, Y, X) voxels per block; the output chunks divide it. Default
-        :data:`DEFAULT_BLOCK`, its in-plane sides divided by ``k`` where the network's grid is
-        ``k`` times finer than the volume's (a coarse volume enlarged), so that the network
-        is given tiles of the same size and memory; for ortho-plane runs of a thin volume, a
+    block_shape : (Z, Y, X) voxels per block; the output chunks divide it; rounded up to
+        multiples of the network's grid (32 network pixels, on whole volume pixels: 320 for a
+        factor 10/11). Default :data:`DEFAULT_BLOCK`, its in-plane sides divided by the
+        enlargement where the network's grid is finer than the volume's (a coarse volume
+        enlarged), so that the network is given tiles of the same size and memory; for ortho-plane runs of a thin volume, a
         block as deep as the volume where that feeds the network fewer pixels
         (:func:`~panoptem.distributed.blocks.ortho_block_shape`).
     halo : (Z, Y, X) context added around each block along the image axes (the
@@ -211,10 +216,13 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     given_by = "voxel_size" if voxel_size else "file"
     voxel_size = voxel_size or vs
     card = _card(model)
-    p, plan_record, steps, strides, enlarge = _whole_factor(p, card, voxel_size, given_by)
+    p, plan_record, steps, strides, resample = _blockwise_plan(p, card, voxel_size, given_by)
+    enlarge = max(Fraction(1), 1 / resample) if resample else Fraction(1)  # network pixels per volume pixel
     halo = halo if halo is not None else _in_plane(DEFAULT_HALO, enlarge)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
-    align = math.lcm(int(card.padding_factor), int(card.output_stride)) * p.downsampling
+    # block starts lie on both grids: the network's padding and output stride, whole input pixels
+    align = math.lcm(int(card.padding_factor), int(card.output_stride)) * (resample.numerator if resample else
+                                                                          p.downsampling)
     if block_shape is None:
         block_shape = _in_plane(DEFAULT_BLOCK, enlarge, 128)  # output chunks of 128 or 256
         if p.orthoplane:  # a thin volume: blocks as deep as it, where that feeds the network less
@@ -243,8 +251,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                    "skip_empty": skip_empty, "exact_context": exact_context}
         if card.context_slices:  # the neighbours the network saw
             net_key["neighbour_steps"] = list(steps)
-        if enlarge > 1:  # the network's grid finer than the volume's
-            net_key["enlarge"] = enlarge
+        if resample:  # the network's grid resampled from the volume's
+            net_key["factor"] = str(resample)
         if max(strides) > 1:  # xz / yz planes averaged along their axis
             net_key["stack_steps"] = list(strides)
         if precision == "int8":  # a quantized network's outputs
@@ -280,7 +288,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                            runtime=runtime, precision=precision, threads=threads,
                            context_slices=card.context_slices,
                            neighbour_steps=tuple(st / d for st, d in zip(steps, averaged)),
-                           stride=k, input_shape=tuple(vol.shape), enlarge=enlarge,
+                           stride=k, input_shape=tuple(vol.shape), resample=resample,
                            fused_strides=strides if view == "fused" else (1, 1, 1))
             if cache_dir:
                 _check_cache(Path(cache_dir), net, {**net_key, "view": view})
@@ -448,9 +456,10 @@ def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
     stamp.write_text(text)
 
 
-def _in_plane(shape, enlarge: int, multiple: int = 1) -> tuple[int, int, int]:
+def _in_plane(shape, enlarge=1, multiple: int = 1) -> tuple[int, int, int]:
     """A default (Z, Y, X) block or halo for a network grid ``enlarge`` times finer than the
-    volume's: about the same in network pixels along Y and X (rounded up to ``multiple``).
+    volume's (a whole number or a fraction): about the same in network pixels along Y and X
+    (rounded up to ``multiple``).
 
     >>> _in_plane((64, 1024, 1024), 3, 128), _in_plane((16, 128, 128), 3)
     ((64, 384, 384), (16, 43, 43))
@@ -460,13 +469,13 @@ def _in_plane(shape, enlarge: int, multiple: int = 1) -> tuple[int, int, int]:
     return (shape[0], *(-(-n // (enlarge * multiple)) * multiple for n in shape[1:]))
 
 
-def _worker_bytes(block_shape, halo, batch_size: int, enlarge: int = 1) -> int:
+def _worker_bytes(block_shape, halo, batch_size: int, enlarge=1) -> int:
     """Memory one worker needs, roughly: torch and the model, a block's region
     (input, decode arrays: ~12 bytes per core voxel, ``enlarge`` squared times that where the
     network's grid is finer) and a batch of network activations (~300 bytes per network pixel
     for panoptem's networks)."""
-    core = int(np.prod(block_shape)) * enlarge ** 2
-    plane = (block_shape[1] + 2 * halo[1]) * (block_shape[2] + 2 * halo[2]) * enlarge ** 2
+    core = int(np.prod(block_shape) * enlarge ** 2)
+    plane = int((block_shape[1] + 2 * halo[1]) * (block_shape[2] + 2 * halo[2]) * enlarge ** 2)
     return (700 << 20) + 12 * core + 300 * plane * batch_size
 
 

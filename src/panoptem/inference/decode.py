@@ -27,6 +27,7 @@ from scipy import ndimage
 from ..labels import compact, dtype_for_max_label, number_per_class
 from ..models.card import OUTPUT_STRIDE as STRIDE
 from .preprocess import linear_resize
+from .resample import resize_at
 
 #: up to this many centres :func:`group_pixels` measures every distance; above, a k-d tree
 BRUTE_FORCE_CENTERS = 64
@@ -265,7 +266,7 @@ def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarr
                  class_ids=(1,), thing_ids=(1,), confidence_thr: float = 0.5,
                  center_confidence_thr: float = 0.1, min_distance_object_centers: int = 3,
                  fine_boundaries: bool = False, semantic_only: bool = False,
-                 out_shape: tuple[int, int] | None = None, stride: int = STRIDE):
+                 out_shape: tuple[int, int] | None = None, stride: int = STRIDE, scale=None):
     """The steps of :func:`decode_panoptic` before the merge: ``(semantic,
     ids, centers, things, stuff)`` with ``semantic`` the class per output
     pixel, ``ids`` the centre index + 1 per output pixel (0: none), ``centers``
@@ -275,11 +276,15 @@ def decode_parts(probability: np.ndarray, heatmap: np.ndarray, offsets: np.ndarr
     hm = hm.reshape(hm.shape[-2:])
     H, W = prob.shape[-2:]
     out_shape = tuple(out_shape or (H, W))
-    if out_shape != (H, W):
-        prob = linear_resize(prob, out_shape)
+    if scale is not None:  # exact: see resample.resize_at
+        sy, sx = (Fraction(s) for s in scale)
+        prob = resize_at(prob, (1 / sy, 1 / sx), out_shape)
+    else:
+        if out_shape != (H, W):
+            prob = linear_resize(prob, out_shape)
+        sy, sx = Fraction(out_shape[0], H), Fraction(out_shape[1], W)  # output pixels per network-input pixel
     semantic = semantic_classes(prob, class_ids, confidence_thr)
     things, stuff = things_and_stuff(class_ids, thing_ids, semantic_only)
-    sy, sx = Fraction(out_shape[0], H), Fraction(out_shape[1], W)  # output pixels per network-input pixel
     centers = np.zeros((0, 2), np.int64)
     if things:
         centers = find_centers(hm, center_confidence_thr, min_distance_object_centers)
@@ -303,14 +308,16 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
                     center_confidence_thr: float = 0.1, min_distance_object_centers: int = 3,
                     fine_boundaries: bool = False, semantic_only: bool = False,
                     label_divisor: int | None = 10000, out_shape: tuple[int, int] | None = None,
-                    stride: int = STRIDE, stuff_area: int = 64, return_centers: bool = False):
+                    stride: int = STRIDE, stuff_area: int = 64, return_centers: bool = False, scale=None):
     """Panoptic labels for one plane from the network's outputs.
 
     ``probability`` (C, H, W) at the network-input resolution; ``heatmap``
     (1 or none, h, w) and ``offsets`` (2, h, w) at ``stride``. ``out_shape``
     (default (H, W)) is the size of the returned labels: the semantic map is
     interpolated bilinearly to it, instance ids by nearest neighbour, so
-    object outlines follow the smooth semantic map.
+    object outlines follow the smooth semantic map; ``scale`` (output pixels per
+    network-input pixel, rows and columns) where that is not ``out_shape`` over (H, W)
+    (a resampled plane, see :func:`~.resample.resize_at`).
 
     Centers Min Distance is always in heatmap cells (``stride`` network-input
     pixels each), with or without Fine boundaries; Fine boundaries only moves
@@ -320,7 +327,8 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
     semantic, ids, centers, things, stuff = decode_parts(
         probability, heatmap, offsets, class_ids=class_ids, thing_ids=thing_ids, confidence_thr=confidence_thr,
         center_confidence_thr=center_confidence_thr, min_distance_object_centers=min_distance_object_centers,
-        fine_boundaries=fine_boundaries, semantic_only=semantic_only, out_shape=out_shape, stride=stride)
+        fine_boundaries=fine_boundaries, semantic_only=semantic_only, out_shape=out_shape, stride=stride,
+        scale=scale)
     labels = merge_panoptic(semantic, ids, things, stuff, label_divisor, stuff_area)
     if return_centers:
         return labels, centers
@@ -369,7 +377,12 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
     stride = settings.get("stride", STRIDE)
     thr = settings.get("confidence_thr", 0.5)
     fg = np.empty((n, *shape), bool)
-    if shape == (H, W):
+    scale = settings.get("scale")
+    sy, sx = (Fraction(v) for v in scale) if scale is not None else (Fraction(shape[0], H), Fraction(shape[1], W))
+    if scale is not None:
+        np.greater_equal(resize_at(np.stack([np.asarray(p, np.float32)[0] for p in probability]),
+                                   (1 / sy, 1 / sx), shape), thr, out=fg)
+    elif shape == (H, W):
         for i, p in enumerate(probability):  # no float copy of the planes
             np.greater_equal(np.asarray(p)[0], thr, out=fg[i])
     else:  # the planes as the channels of one image: each resized as decode_panoptic resizes it
@@ -389,7 +402,7 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
     plane, rc = plane[order], rc[order]
     counts = np.bincount(plane, minlength=n)
     ids = _group_planes(centers_in_pixels(rc, stride), plane, counts, offsets, stride)
-    ids = _upsample_nearest_planes(ids, shape, (Fraction(stride * shape[0], H), Fraction(stride * shape[1], W)))
+    ids = _upsample_nearest_planes(ids, shape, (stride * sy, stride * sx))
     masked = np.empty((n, *shape), ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.uint32)
     np.multiply(ids, fg, out=masked, casting="unsafe")  # each plane's centre ids where it is foreground
     return _merge_planes(masked, thing, settings.get("label_divisor", 10000), compacted)

@@ -105,6 +105,15 @@ class Predictor:
         """Input pixels per network pixel (rows, columns)."""
         return self.resample or (float(self.downsampling), float(self.downsampling))
 
+    def out_scale(self):
+        """Output pixels (the input's grid) per network pixel, exact (rows, columns: ``Fraction``),
+        where planes are resampled: how decoding brings the network's outputs back
+        (:func:`~.resample.resize_at`); None where the shapes say it (plain downsampling)."""
+        if self.resample is None:
+            return None
+        from .resample import as_fraction
+        return tuple(as_fraction(f) for f in self.resample)
+
     def network_shape(self, shape) -> tuple[int, int]:
         """(rows, columns) of the network's outputs for planes of ``shape`` (H, W)."""
         from .resample import network_shape
@@ -116,7 +125,7 @@ class Predictor:
         if self.resample is None:
             return planes
         from .resample import resample_planes
-        return resample_planes(planes, self.network_shape(planes.shape[-2:]))
+        return resample_planes(planes, self.factor)
 
     def _align(self) -> int:
         """Tile origins lie on this grid (pixels): the network's padding factor at the downsampling."""

@@ -10,8 +10,10 @@ the input grid. Image Downsampling then shrinks further: the network sees
 
 - A ratio within :data:`TOLERANCE` of 1 is no resampling; one within it of a
   whole number (2, 3, ...) is that whole number, which runs as plain integer
-  downsampling, and one within it of 1/2, 1/3, ... is that whole enlargement (blockwise
-  runs do both; see :meth:`PixelPlan.block_factor`).
+  downsampling, and one within it of 1/2, 1/3, ... is that whole enlargement; any other is the
+  nearest fraction p/q with q <= 16 (:func:`nice_fraction`), resampled with exact per-phase
+  weights, so that blockwise runs cut planes into parts that give the whole plane's values
+  (see :meth:`PixelPlan.block_factor`).
 - Unknown pixel size (input or model): no resampling, as before; the plan says so.
 - 3D: each plane's two axes are resampled, so xy planes of an anisotropic stack are
   resampled in-plane only, while xz / yz planes (ortho-plane or ``inference_plane``)
@@ -53,10 +55,11 @@ PLANE_AXES = {"xy": (1, 2), "xz": (0, 2), "yz": (0, 1)}
 
 def snap(ratio: float) -> float:
     """``ratio`` (model pixel / input pixel) as run: 1 within :data:`TOLERANCE`, a whole
-    number (or one over a whole number) within it of one, else itself.
+    number (or one over a whole number) within it of one, else the nearest
+    :func:`nice_fraction`.
 
-    >>> snap(1.03), snap(2.07), snap(0.5), snap(1.5), snap(0.49)
-    (1.0, 2.0, 0.5, 1.5, 0.5)
+    >>> snap(1.03), snap(2.07), snap(0.5), snap(1.5), snap(0.49), snap(6 / 5.37)
+    (1.0, 2.0, 0.5, 1.5, 0.5, 1.1111111111111112)
     """
     if abs(ratio - 1.0) <= TOLERANCE:
         return 1.0
@@ -66,7 +69,40 @@ def snap(ratio: float) -> float:
     k = round(1.0 / ratio)
     if k >= 2 and abs(ratio * k - 1.0) <= TOLERANCE:
         return 1.0 / k
-    return float(ratio)
+    return float(nice_fraction(ratio))
+
+
+#: the largest denominator and numerator of a resampling factor (see :func:`nice_fraction`)
+MAX_DENOMINATOR, MAX_NUMERATOR = 16, 64
+
+
+def nice_fraction(ratio: float) -> Fraction:
+    """``ratio`` as the nearest fraction ``p/q`` with ``q <= 16`` and ``p <= 64`` (the smaller
+    ``q`` on ties): within 3 % of it for ratios the snapping leaves, and within 1 % for most.
+    Every output pixel of a given phase (``j mod q``) then takes the same input pixels relative
+    to ``p * (j // q)`` with the same weights, so a plane can be resampled in parts whose edges
+    lie on multiples of ``p`` input / ``q`` output pixels and give the whole plane's values
+    bit for bit (see :func:`resample_planes`; blockwise runs do so).
+
+    >>> nice_fraction(6 / 5.5), nice_fraction(6 / 5.37), nice_fraction(5 / 8)
+    (Fraction(12, 11), Fraction(10, 9), Fraction(5, 8))
+    """
+    best = Fraction(max(1, round(ratio)))
+    for q in range(2, MAX_DENOMINATOR + 1):
+        p = round(ratio * q)
+        if 1 <= p <= MAX_NUMERATOR and abs(p / q - ratio) < abs(best - ratio) - 1e-12:
+            best = Fraction(p, q)
+    return best
+
+
+def as_fraction(factor: float) -> Fraction:
+    """A factor of a pixel plan (a whole number, one over one, or :func:`nice_fraction`) as
+    the exact fraction it stands for.
+
+    >>> as_fraction(float(Fraction(12, 11))), as_fraction(0.25), as_fraction(3.0)
+    (Fraction(12, 11), Fraction(1, 4), Fraction(3, 1))
+    """
+    return Fraction(factor).limit_denominator(MAX_DENOMINATOR * 4)
 
 
 def working_pixel(v: float, lo: float, hi: float) -> float:
@@ -88,27 +124,6 @@ def working_pixel(v: float, lo: float, hi: float) -> float:
         return hi
     k = math.ceil(a / v)
     return k * v if k * v <= b else lo
-
-
-def whole_working_pixel(v: float, lo: float, hi: float) -> float | None:
-    """The pixel size (nm) inside ``lo``..``hi`` (give or take :data:`TOLERANCE`) that input
-    pixels of ``v`` nm reach by one whole factor: ``v`` itself, ``k * v`` for the smallest whole
-    reduction ``k``, or ``v / k`` for the smallest whole enlargement; None where no whole factor
-    lands inside (an input just outside a narrow range). Blockwise runs resample only so.
-
-    >>> whole_working_pixel(8.0, 6.0, 10.0), whole_working_pixel(3.0, 6.0, 10.0), whole_working_pixel(15.0, 6.0, 10.0)
-    (8.0, 6.0, 7.5)
-    >>> whole_working_pixel(25.0, 6.0, 10.0), whole_working_pixel(11.0, 6.0, 10.0)
-    (8.333333333333334, None)
-    """
-    a, b = lo * (1 - TOLERANCE), hi * (1 + TOLERANCE)
-    if a <= v <= b:
-        return v
-    if v < a:
-        k = math.ceil(a / v)
-        return k * v if k * v <= b else None
-    k = math.ceil(v / b)
-    return v / k if v / k >= a else None
 
 
 def _fmt(v: float) -> str:
@@ -139,9 +154,6 @@ class PixelPlan:
     z_assumed: bool = False
     neighbour_nm: float | None = None
     working: tuple[float, float] | None = None
-    #: the network's pixel size was chosen inside ``working`` as one whole factor of the input's
-    #: (for a blockwise run), where the nearest size in the range would have needed another
-    whole_chosen: bool = False
 
     def _model(self) -> str:
         """The model's pixel size in words: its range, or its one size."""
@@ -199,25 +211,19 @@ class PixelPlan:
         return any(self.ratios[ax] != 1.0 for pl in planes for ax in PLANE_AXES[pl])
 
     def block_factor(self, planes) -> Fraction | None:
-        """The one factor (input pixels per network pixel) on both axes of every plane in
-        ``planes`` when it is a whole reduction ``k`` or a whole enlargement ``1/k``: what
-        blockwise runs can cut into blocks; None otherwise.
+        """The one factor (input pixels per network pixel, exact) on both axes of every plane in
+        ``planes``: what blockwise runs cut into blocks; None where the axes differ.
 
         >>> plan_pixels(5.0, (2.5, 2.5)).block_factor(("xy",)), plan_pixels(5.0, (10.0, 10.0)).block_factor(("xy",))
         (Fraction(2, 1), Fraction(1, 2))
-        >>> print(plan_pixels(5.0, (7.5, 7.5)).block_factor(("xy",)))
-        None
+        >>> plan_pixels(5.0, (7.5, 7.5)).block_factor(("xy",)), plan_pixels(5.0, (5.0, 7.5, 7.5)).block_factor(("xz",))
+        (Fraction(2, 3), None)
         """
         fs = {self.factor(p) for p in planes}
         if len(fs) != 1:
             return None
         fy, fx = fs.pop()
-        if fy != fx:
-            return None
-        if float(fy).is_integer():
-            return Fraction(int(fy))
-        k = round(1.0 / fy)
-        return Fraction(1, k) if k >= 2 and abs(fy * k - 1.0) < 1e-9 else None
+        return as_fraction(fy) if fy == fx else None
 
     def check(self, planes) -> None:
         """Refuse factors too large to be a real difference of pixel sizes."""
@@ -264,8 +270,7 @@ class PixelPlan:
             k = self.stack_step(pl)
             each = f" (each the mean of {k} planes along {names[3 - a - b]})" if k > 1 else ""
             parts.append(f"{pl} planes scaled {scl}{each}" if len(self.ratios) == 3 else f"scaled {scl}")
-        whole = (" (a whole factor of the input's pixels, as blockwise runs need)" if self.whole_chosen else "")
-        return (f"{head}, {self._model()}: {'; '.join(parts)} to {_fmt(self.model_nm)} nm pixels{whole}{ds}; "
+        return (f"{head}, {self._model()}: {'; '.join(parts)} to {_fmt(self.model_nm)} nm pixels{ds}; "
                 "labels are on the input grid.")
 
     def short(self, planes=("xy",)) -> str:
@@ -292,8 +297,7 @@ class PixelPlan:
                 "factors": {pl: [round(v, 6) for v in self.factor(pl)] for pl in planes},
                 **({"stack_step": {pl: self.stack_step(pl) for pl in planes}} if len(self.ratios) == 3 else {}),
                 "network_pixel_nm": {pl: [round(v, 6) for v in self.network_nm(pl)] for pl in planes}
-                if self.voxel_size else None,
-                **({"whole_factor_chosen": True} if self.whole_chosen else {})}
+                if self.voxel_size else None}
 
     def network_nm(self, plane: str = "xy") -> tuple[float, float]:
         """nm per network pixel along the plane's two axes (input pixel x factor)."""
@@ -304,8 +308,7 @@ class PixelPlan:
 
 def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | None = None, resample: bool = True,
                 downsampling: int = 1, ndim: int | None = None, neighbour_nm: float | None = None,
-                working: tuple[float, float] | None = None, given_by: str = "file",
-                whole: bool = False) -> PixelPlan:
+                working: tuple[float, float] | None = None, given_by: str = "file") -> PixelPlan:
     """The :class:`PixelPlan` of an input with ``voxel_size`` (nm per axis, from its file;
     None: unknown) for a model trained at ``model_nm`` that segments best at ``working``
     (smallest, largest nm; None: at ``model_nm``).
@@ -316,9 +319,7 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
     ``neighbour_nm``: see :class:`PixelPlan`. With ``working``, every axis is brought to
     :func:`working_pixel` of the finer in-plane axis, so the network's pixels stay square.
     ``given_by``: where ``voxel_size`` came from, for the plan's ``source`` (``"file"``, or
-    ``"voxel_size"`` when a caller of the Python API gave it). ``whole``: with ``working``, prefer
-    a pixel size inside it that one whole factor reaches (:func:`whole_working_pixel`; blockwise
-    runs resample only so).
+    ``"voxel_size"`` when a caller of the Python API gave it).
     """
     vs = None
     if voxel_size is not None:
@@ -341,16 +342,12 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
             vs, source = (*vs[:-2], ps, ps), f"{given_by} + pixel_size" if n == 3 else "pixel_size"
     d = int(downsampling)
     work = (float(working[0]), float(working[1])) if working else None
-    chosen = False
     if work:
         model_nm = working_pixel(min(vs[-2:]), *work) if vs is not None else math.sqrt(work[0] * work[1])
-        w = whole_working_pixel(min(vs[-2:]), *work) if whole and vs is not None and resample else None
-        if w is not None and snap(model_nm / min(vs[-2:])) != snap(w / min(vs[-2:])):
-            model_nm, chosen = w, True
     if model_nm is None or vs is None or not resample:
         return PixelPlan(model_nm, vs, source, bool(resample), d, (1.0,) * n, z_assumed, neighbour_nm, work)
     ratios = tuple(snap(float(model_nm) / v) for v in vs)
-    return PixelPlan(float(model_nm), vs, source, True, d, ratios, z_assumed, neighbour_nm, work, chosen)
+    return PixelPlan(float(model_nm), vs, source, True, d, ratios, z_assumed, neighbour_nm, work)
 
 
 def planes_of(params) -> tuple[str, ...]:
@@ -365,24 +362,94 @@ def network_shape(shape, factor) -> tuple[int, int]:
     >>> network_shape((101, 100), (2, 2)), network_shape((100, 100), (0.5, 2 / 3))
     ((51, 50), (200, 150))
     """
-    return tuple(max(1, math.ceil(n / f - 1e-6)) for n, f in zip(shape[-2:], factor))
+    return tuple(max(1, -(-n * f.denominator // f.numerator)) for n, f in
+                 zip(shape[-2:], (as_fraction(f) for f in factor)))
 
 
-def resample_planes(planes: np.ndarray, shape) -> np.ndarray:
-    """(..., H, W) planes resized to (..., *shape) float32: bilinear, antialiased when
-    shrinking (pixel-centre aligned, so the grids span the same field of view)."""
-    if shape[0] >= planes.shape[-2] and shape[1] >= planes.shape[-1]:  # enlarging: no PyTorch needed
-        from .preprocess import linear_resize
-        return linear_resize(planes, tuple(int(s) for s in shape))
-    import torch
-    import torch.nn.functional as F
-    lead = planes.shape[:-2]
-    x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).reshape(-1, 1, *planes.shape[-2:])
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x.reshape(*lead, *x.shape[-2:]).numpy()
-    out = F.interpolate(x, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False,
-                        antialias=True)
-    return out.reshape(*lead, *out.shape[-2:]).numpy()
+def resample_planes(planes: np.ndarray, factor) -> np.ndarray:
+    """(..., H, W) planes resampled at ``factor`` (input pixels per output pixel, rows and
+    columns; exact fractions, see :func:`as_fraction`) to :func:`network_shape`, float32:
+    bilinear, antialiased (a triangle filter as wide as the factor) when shrinking; pixel centres
+    aligned, output pixel ``j`` centred on input coordinate ``(j + 0.5) * factor``. At the
+    plane's edges the filter is cut and renormalised (shrinking) or the edge pixel repeated.
+    The weights depend on the output pixel's phase only (:func:`nice_fraction`), so a part of a
+    plane starting on a multiple of the factor's numerator gives the whole plane's values.
+    """
+    x = np.asarray(planes, np.float32)
+    return resize_at(x, factor, network_shape(x.shape[-2:], factor), antialias=True)
+
+
+def resize_at(x: np.ndarray, factor, shape, antialias: bool = False) -> np.ndarray:
+    """The last two axes of ``x`` resampled at ``factor`` (input pixels per output pixel, rows
+    and columns, exact: see :func:`as_fraction`) to ``shape`` (float32): bilinear, with
+    pixel centres aligned as in :func:`resample_planes`, antialiased when shrinking if
+    ``antialias`` (else sampled, as :func:`~.preprocess.linear_resize` does). Unlike those, the
+    scale is the factor itself, not the ratio of the two shapes: labels and probabilities
+    brought back from the network's grid land where the network saw them whatever the size."""
+    from .preprocess import _linear_axis
+    x = np.asarray(x, np.float32)
+    for axis, f, n in ((x.ndim - 2, as_fraction(factor[0]), int(shape[0])),
+                       (x.ndim - 1, as_fraction(factor[1]), int(shape[1]))):
+        m = x.shape[axis]
+        if f == 1 and n == m:
+            continue
+        if f.numerator == 1:  # a whole enlargement: the whole-factor branch of linear_resize, then cut
+            x = _linear_axis(x, m * f.denominator, axis) if f.denominator > 1 else x
+            x = np.take(x, np.minimum(np.arange(n), x.shape[axis] - 1), axis=axis) if x.shape[axis] != n else x
+        else:
+            x = _resize_axis(x, axis, f, n, antialias)
+    return np.ascontiguousarray(x)
+
+
+def _taps(j: int, f: Fraction, m: int, antialias: bool = True) -> list[tuple[int, Fraction]]:
+    """Input pixels and exact weights of output pixel ``j`` of an axis of ``m`` pixels resampled
+    at ``f`` input pixels per output pixel (see :func:`resample_planes`)."""
+    c = (j + Fraction(1, 2)) * f  # the output pixel's centre on the input axis
+    if f > 1 and antialias:  # shrinking: a triangle of half-width f, cut at the edges and renormalised
+        lo, hi = max(0, math.floor(c - f)), min(m, math.ceil(c + f))
+        taps = [(i, 1 - abs(i + Fraction(1, 2) - c) / f) for i in range(lo, hi)]
+        taps = [(i, w) for i, w in taps if w > 0]
+        total = sum(w for _, w in taps)
+        return [(i, w / total) for i, w in taps]
+    src = max(c - Fraction(1, 2), Fraction(0))  # linear between two pixels
+    i0 = min(math.floor(src), m - 1)
+    w = src - i0
+    return [(i0, 1 - w), (min(i0 + 1, m - 1), w)] if w else [(i0, Fraction(1))]
+
+
+def _resize_axis(x: np.ndarray, axis: int, f: Fraction, n: int, antialias: bool = True) -> np.ndarray:
+    """``axis`` of ``x`` (float32) resampled at ``f`` to ``n`` pixels (see :func:`resample_planes`).
+    Phase by phase: output pixels ``q*i + r`` whose taps all lie inside the axis take input
+    pixels ``p*i + d`` with one set of weights, as strided views; the few others (at the
+    edges) one by one."""
+    m = x.shape[axis]
+    p, q = f.numerator, f.denominator
+    v = np.moveaxis(x, axis, -1)
+    out = np.empty(v.shape[:-1] + (n,), np.float32)
+    done = np.zeros(n, bool)
+    for r in range(min(q, n)):
+        far = 1000 * q + r  # a pixel far from the edges: its taps relative to p * (far // q)
+        taps = [(i - 1000 * p, np.float32(w)) for i, w in _taps(far, f, 10 ** 9, antialias)]
+        d0, d1 = taps[0][0], taps[-1][0]
+        i_lo = -(d0 // p)  # the first i with p*i + d0 >= 0
+        i_hi = min((n - 1 - r) // q, (m - 1 - d1) // p) + 1
+        if i_hi <= i_lo:
+            continue
+        dst = out[..., q * i_lo + r:q * (i_hi - 1) + r + 1:q]
+        for t, (d, w) in enumerate(taps):
+            src = v[..., p * i_lo + d:p * (i_hi - 1) + d + 1:p]
+            if t == 0:
+                np.multiply(src, w, out=dst)
+            else:
+                dst += src * w
+        done[q * i_lo + r:q * (i_hi - 1) + r + 1:q] = True
+    for j in np.flatnonzero(~done):
+        taps = _taps(int(j), f, m, antialias)
+        acc = v[..., taps[0][0]] * np.float32(taps[0][1])
+        for i, w in taps[1:]:
+            acc += v[..., i] * np.float32(w)
+        out[..., j] = acc
+    return np.moveaxis(out, -1, axis)
 
 
 def nearest_to(labels: np.ndarray, shape) -> np.ndarray:

@@ -139,18 +139,17 @@ def neighbour_step(card, params, voxel_size, plane: str) -> float:
     return pixel_plan(card, params, voxel_size, 3).neighbour_step(plane)
 
 
-def pixel_plan(card, params, voxel_size, ndim: int, given_by: str = "file", whole: bool = False):
+def pixel_plan(card, params, voxel_size, ndim: int, given_by: str = "file"):
     """The :class:`~.resample.PixelPlan` of a run: the model's pixel size (or range), the input's
     (``voxel_size``, overridden in-plane by ``params.pixel_size``; ``given_by``: where it came
-    from), resampling on or off and Image Downsampling from ``params``; ``whole``: a pixel size
-    in the model's range that one whole factor reaches, where there is one (blockwise runs)."""
+    from), resampling on or off and Image Downsampling from ``params``."""
     from .resample import plan_pixels
     vs = None if voxel_size is None else tuple(voxel_size)
     if vs is not None and len(vs) != ndim:
         vs = vs[-ndim:] if len(vs) > ndim else None
     return plan_pixels(card.voxel_size_nm, vs, params.pixel_size, params.resample, params.downsampling, ndim,
                        neighbour_nm=card.neighbour_spacing_nm if card.context_slices else None,
-                       working=card.pixel_range_nm, given_by=given_by, whole=whole)
+                       working=card.pixel_range_nm, given_by=given_by)
 
 
 def _check_memory(shape, itemsize: int, batch_size: int) -> None:
@@ -312,7 +311,8 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
         o = pred.predict(chunk, rng)
         for j in range(len(chunk)):
             lab, ctr = decode_panoptic(o.semantic_probability[j], o.heatmap[j], o.offsets[j],
-                                       out_shape=chunk.shape[-2:], return_centers=True, **settings)
+                                       out_shape=chunk.shape[-2:], return_centers=True, scale=pred.out_scale(),
+                                       **settings)
             if p.min_piece_area:
                 lab = remove_small_pieces(lab, p.min_piece_area, in_place=True)
             labels.append(lab)

@@ -28,6 +28,7 @@ from .engine import Predictor
 from .linking import LinkResult, SliceLinker
 from .median import RunningMedian
 from .preprocess import area_resize, linear_resize
+from .resample import resize_at
 
 
 @dataclass
@@ -255,7 +256,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             return
         with clock("decode"):  # all planes at once: thin planes cost little more than their pixels
             labs = decode_planes([it[1] for it in items], [it[2][0] for it in items], [it[2][1] for it in items],
-                                 out_shape=shape, compacted=True, **settings)
+                                 out_shape=shape, compacted=True, scale=predictor.out_scale(), **settings)
         for (idx, _, _), lab in zip(items, labs):
             with clock("link"):
                 into = provisional[idx] if isinstance(provisional, np.ndarray) else None
@@ -291,7 +292,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             sl[axis] = i0 + j
             with clock("median"):
                 if probability_sink is not None:
-                    full = prob if prob.shape[-2:] == shape else linear_resize(prob, shape)
+                    full = (prob if prob.shape[-2:] == shape else linear_resize(prob, shape)
+                            if predictor.resample is None else resize_at(prob, [1 / s for s in predictor.out_scale()], shape))
                     a = (i0 + j) * stride  # every input plane this network plane stands for
                     np.moveaxis(probability_sink, axis, 0)[a:min(a + stride, n_in)] = probability_bytes(full[0])
                 if extra_probability:
