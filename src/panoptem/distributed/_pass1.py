@@ -350,7 +350,10 @@ def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarra
         along = np.moveaxis(full, ax, 0)
         for j in range(len(planes)):
             pr = out.semantic_probability[j]
-            f = pr if pr.shape[-2:] == planes.shape[-2:] else linear_resize(pr, planes.shape[-2:])
+            if job.resample:  # as a whole-volume run brings them back and takes them in (segment3d.run_stack)
+                f = resize_at(pr, (1 / job.resample,) * 2, planes.shape[-2:])
+            else:
+                f = pr if pr.shape[-2:] == planes.shape[-2:] else linear_resize(pr, planes.shape[-2:])
             along[j * k:(j + 1) * k] = probability_bytes(f[0])
         sinks.append(full)
     probs = []
@@ -358,7 +361,9 @@ def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarra
         pr = xy.semantic_probability[z]
         acc = pr[0].copy()
         for s in sinks:
-            acc += _resize_area(s[z].astype(np.float32) / 255.0, pr.shape[-2:])
+            other = s[z].astype(np.float32) / 255.0
+            acc += (_resize_area(other, pr.shape[-2:]) if job.resample is None else
+                    resize_at(other, (job.resample,) * 2, pr.shape[-2:], antialias=True))
         probs.append(fused_probability(acc, 3))
     return np.stack(probs)
 

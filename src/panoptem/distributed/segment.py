@@ -104,11 +104,6 @@ def _blockwise_plan(p: Params3D, card, voxel_size, given_by: str = "file"):
             f"Blockwise runs resample by one factor on both axes of every plane, and {plan.describe(planes)} "
             "Run without --blockwise, or segment the file's own pixels with --no-resample, or segment xy "
             "planes only (an anisotropic volume's xz / yz planes are resampled along z as well).")
-    if f.numerator > 1 and f.denominator > 1 and p.orthoplane and p.fusion == "probability":
-        raise PanoptemError(
-            f"Blockwise probability fusion needs a whole factor (x2, x3 or 1/2, 1/3...), and "
-            f"{plan.describe(planes)} Use the ortho-plane consensus (--fusion consensus), or run without "
-            "--blockwise.")
     steps = tuple(plan.neighbour_step(pl) for pl in ("xy", "xz", "yz"))  # stacks along Z, Y, X
     strides = tuple(plan.stack_step(pl) if pl in planes else 1 for pl in ("xy", "xz", "yz"))
     d, resample = (int(f), None) if f.denominator == 1 else (1, f)
@@ -153,9 +148,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         multiples of the network's grid (32 network pixels, on whole volume pixels: 320 for a
         factor 10/11). Default :data:`DEFAULT_BLOCK`, its in-plane sides divided by the
         enlargement where the network's grid is finer than the volume's (a coarse volume
-        enlarged), so that the network is given tiles of the same size and memory; for ortho-plane runs of a thin volume, a
-        block as deep as the volume where that feeds the network fewer pixels
-        (:func:`~panoptem.distributed.blocks.ortho_block_shape`).
+        enlarged), so that the network is given tiles of the same size and memory; for
+        ortho-plane runs of a thin volume, a block as deep as the volume where that feeds the
+        network fewer pixels (:func:`~panoptem.distributed.blocks.ortho_block_shape`).
     halo : (Z, Y, X) context added around each block along the image axes (the
         stack axis gets what the median and linking need automatically). Default
         :data:`DEFAULT_HALO`, divided alike.

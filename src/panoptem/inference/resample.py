@@ -78,7 +78,7 @@ MAX_DENOMINATOR, MAX_NUMERATOR = 16, 64
 
 def nice_fraction(ratio: float) -> Fraction:
     """``ratio`` as the nearest fraction ``p/q`` with ``q <= 16`` and ``p <= 64`` (the smaller
-    ``q`` on ties): within 3 % of it for ratios the snapping leaves, and within 1 % for most.
+    ``q`` on ties): within about 3 % of it for ratios the snapping leaves, within 1 % for most.
     Every output pixel of a given phase (``j mod q``) then takes the same input pixels relative
     to ``p * (j // q)`` with the same weights, so a plane can be resampled in parts whose edges
     lie on multiples of ``p`` input / ``q`` output pixels and give the whole plane's values
@@ -96,7 +96,7 @@ def nice_fraction(ratio: float) -> Fraction:
 
 
 def as_fraction(factor: float) -> Fraction:
-    """A factor of a pixel plan (a whole number, one over one, or :func:`nice_fraction`) as
+    """A factor of a pixel plan (a whole number, one over a whole number, or :func:`nice_fraction`) as
     the exact fraction it stands for.
 
     >>> as_fraction(float(Fraction(12, 11))), as_fraction(0.25), as_fraction(3.0)

@@ -299,7 +299,9 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                 if extra_probability:
                     acc = prob[0].copy()
                     for vol in extra_probability:
-                        acc += _resize_area(vol[tuple(sl)].astype(np.float32) / 255.0, prob.shape[-2:])
+                        other = vol[tuple(sl)].astype(np.float32) / 255.0
+                        acc += (_resize_area(other, prob.shape[-2:]) if predictor.resample is None else
+                                resize_at(other, predictor.resample, prob.shape[-2:], antialias=True))
                     prob = fused_probability(acc, 1 + len(extra_probability))
                 ready += median.push(prob, extra=(out.heatmap[j], out.offsets[j]))
         if i0 + len(out) >= n:
