@@ -83,9 +83,9 @@ class StackJob:
     stride: int = 1
     input_shape: tuple | None = None
     fused_strides: tuple = (1, 1, 1)  # probability fusion: planes averaged so along Z, Y, X
-    # volume pixels per network pixel along each image axis where that is not a whole reduction
-    # (then Image Downsampling is 1): blocks lie on multiples of its numerator / denominator
-    resample: Fraction | None = None
+    # volume pixels per network pixel along Z, Y and X where the planes are not reduced by one whole
+    # factor (then Image Downsampling is 1): blocks lie on multiples of the numerators / denominators
+    resample: tuple | None = None
 
     @property
     def volume_shape(self) -> tuple:
@@ -109,23 +109,24 @@ class StackJob:
     def p(self) -> Params3D:
         return Params3D(**self.params)
 
-    @property
-    def factor(self) -> Fraction:
-        """Volume pixels per network pixel along each image axis: Image Downsampling ``k``, or
-        the fraction the planes are resampled by (block edges lie on both grids)."""
-        return self.resample or Fraction(self.p.downsampling)
+    def factor(self, axis: int) -> Fraction:
+        """Volume pixels per network pixel along ``axis`` (Z, Y or X) of planes that lie across it:
+        Image Downsampling ``k``, or the fraction the planes are resampled by (block edges lie on
+        both grids)."""
+        return self.resample[axis] if self.resample else Fraction(self.p.downsampling)
 
     def classes(self) -> tuple[list[int], list[int], list[int]]:
         """Class ids, thing classes in use, stuff classes (as 2D decoding sees them)."""
         things = [] if self.p.semantic_only else [int(t) for t in self.thing_ids]
         return [int(c) for c in self.class_ids], things, [int(c) for c in self.class_ids if int(c) not in things]
 
-    def predictor(self, lm):
-        """A predictor of the loaded model ``lm`` as this job runs it."""
+    def predictor(self, lm, axis: int | None = None):
+        """A predictor of the loaded model ``lm`` as this job runs it, for the planes of a stack
+        along ``axis`` (default: the job's)."""
         from ..inference.engine import Predictor
-        f = self.resample
+        ip = [ax for ax in range(3) if ax != (self.axis if axis is None else axis)]
         return Predictor(lm, device=lm.device, downsampling=self.p.downsampling, batch_size=self.batch_size,
-                         factor=(float(f), float(f)) if f else None,
+                         factor=tuple(float(self.factor(ax)) for ax in ip) if self.resample else None,
                          runtime=self.runtime, precision=self.precision, threads=self.threads)
 
     def inplane(self) -> list[int]:
@@ -133,15 +134,13 @@ class StackJob:
 
     def net_shape(self) -> tuple[tuple, tuple]:
         """Shapes of the stored probability (n, C, h, w) and heatmap grid (n, 1, gh, gw)."""
-        f = self.factor
         n = self.shape[self.axis]
-        h, w = (-(-self.shape[ax] // f) for ax in self.inplane())
+        h, w = (-(-self.shape[ax] // self.factor(ax)) for ax in self.inplane())
         return (n, self.n_channels, h, w), (n, 1, -(-h // STRIDE), -(-w // STRIDE))
 
     def net_chunks(self) -> tuple[tuple, tuple]:
         """One chunk per slice of a block's core: a block writes its slices batch by batch."""
-        f = self.factor
-        bh, bw = (self.block_shape[ax] // f for ax in self.inplane())
+        bh, bw = (self.block_shape[ax] // self.factor(ax) for ax in self.inplane())
         return (1, self.n_channels, bh, bw), (1, 1, bh // STRIDE, bw // STRIDE)
 
     def views(self) -> list[int]:
@@ -275,8 +274,6 @@ def context_block(job: StackJob, block: Block) -> None:
     region = job.network_region(block)
     data = read_region(job.source.open(), region)
     lm = worker_model(job.model, worker_device(job.device))
-    predictor = job.predictor(lm)
-    cell = CONTEXT_STRIDE * job.factor
     res = {}
     from ..inference.segment3d import stack_means
     for v in job.views():
@@ -284,9 +281,10 @@ def context_block(job: StackJob, block: Block) -> None:
         planes = stack_means(planes_along(data, v, 0, data.shape[v]), s)
         k0 = (block.core[v].start - region[v].start) // s
         k1 = k0 + -(-(block.core[v].stop - block.core[v].start) // s)
-        c4 = predictor.encode(_planes(job, planes, k0, k1, v), job.intensity)  # (n, C, h, w)
+        c4 = job.predictor(lm, v).encode(_planes(job, planes, k0, k1, v), job.intensity)  # (n, C, h, w)
         sel = []
         for i, ax in enumerate(ax for ax in range(3) if ax != v):
+            cell = CONTEXT_STRIDE * job.factor(ax)
             first = (block.core[ax].start - region[ax].start) // cell
             last = c4.shape[2 + i] if block.core[ax].stop == job.shape[ax] else \
                 first + -(-(block.core[ax].stop - block.core[ax].start) // cell)
@@ -336,7 +334,7 @@ def _predict_planes(job: StackJob, predictor, planes: np.ndarray, ctx):
 # ---------------------------------------------------------------- pass 1: network
 
 
-def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarray:
+def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
     """Probability fusion of the xy slices of ``region``: the mean of the three
     stacks' raw probabilities, as a whole-volume run computes it (xz / yz planes averaged
     in groups from the region's start, which lies on the volume's groups)."""
@@ -345,13 +343,13 @@ def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarra
     for ax in (1, 2):
         k = job.fused_strides[ax]
         planes = stack_means(planes_along(region, ax, 0, region.shape[ax]), k)
-        out = _predict(job, predictor, _planes(job, planes, axis=ax), ax, where)
+        out = _predict(job, job.predictor(lm, ax), _planes(job, planes, axis=ax), ax, where)
         full = np.zeros(region.shape, np.uint8)
         along = np.moveaxis(full, ax, 0)
         for j in range(len(planes)):
             pr = out.semantic_probability[j]
             if job.resample:  # as a whole-volume run brings them back and takes them in (segment3d.run_stack)
-                f = resize_at(pr, (1 / job.resample,) * 2, planes.shape[-2:])
+                f = resize_at(pr, [1 / job.factor(a) for a in range(3) if a != ax], planes.shape[-2:])
             else:
                 f = pr if pr.shape[-2:] == planes.shape[-2:] else linear_resize(pr, planes.shape[-2:])
             along[j * k:(j + 1) * k] = probability_bytes(f[0])
@@ -363,7 +361,7 @@ def _fused(job: StackJob, predictor, region: np.ndarray, xy, where) -> np.ndarra
         for s in sinks:
             other = s[z].astype(np.float32) / 255.0
             acc += (_resize_area(other, pr.shape[-2:]) if job.resample is None else
-                    resize_at(other, (job.resample,) * 2, pr.shape[-2:], antialias=True))
+                    resize_at(other, (job.factor(1), job.factor(2)), pr.shape[-2:], antialias=True))
         probs.append(fused_probability(acc, 3))
     return np.stack(probs)
 
@@ -386,16 +384,14 @@ def network_block(job: StackJob, block: Block) -> dict:
     predictor = job.predictor(lm)
     a = job.axis
     rm = planes_along(data, a, 0, data.shape[a])  # yz planes: one contiguous copy, normalised 6 x faster
-    f = job.factor
     k0 = block.core[a].start - region[a].start  # the core's slices in the region
     k1 = k0 + (block.core[a].stop - block.core[a].start)
     ip = job.inplane()
-    rows = [(block.core[ax].start - region[ax].start) // f for ax in ip]  # the core in-plane, network pixels
-    size = [-(-(block.core[ax].stop) // f) - block.core[ax].start // f for ax in ip]
+    g0 = [block.core[ax].start // job.factor(ax) for ax in ip]  # the core in-plane, network pixels
+    rows = [(block.core[ax].start - region[ax].start) // job.factor(ax) for ax in ip]
+    size = [-(-(block.core[ax].stop) // job.factor(ax)) - g for ax, g in zip(ip, g0)]
     cells = [r // STRIDE for r in rows]
-    csize = [-(-(block.core[ax].start // f + s) // STRIDE) - block.core[ax].start // f // STRIDE
-             for ax, s in zip(ip, size)]
-    g0 = [block.core[ax].start // f for ax in ip]
+    csize = [-(-(g + s) // STRIDE) - g // STRIDE for g, s in zip(g0, size)]
     c0 = [g // STRIDE for g in g0]
     P, H, O = _net_arrays(job, "r+")
 
@@ -412,7 +408,7 @@ def network_block(job: StackJob, block: Block) -> dict:
 
     if job.fusion:  # the xz and yz stacks need every slice of the region at once
         out = _predict(job, predictor, _planes(job, rm, axis=a), a, region)
-        store(k0, _fused(job, predictor, rm, out, region)[k0:k1], out[k0:k1])
+        store(k0, _fused(job, lm, rm, out, region)[k0:k1], out[k0:k1])
     else:  # batch by batch: memory holds one batch of outputs
         ctx = _context(job, a, region)
         for i0 in range(k0, k1, job.batch_size):
@@ -429,8 +425,7 @@ def network_block(job: StackJob, block: Block) -> dict:
 
 
 def _cell_range(job: StackJob, block: Block) -> list[tuple[int, int]]:
-    f = job.factor
-    return [(block.core[ax].start // f // STRIDE, -(-(-(-block.core[ax].stop // f)) // STRIDE))
+    return [(block.core[ax].start // job.factor(ax) // STRIDE, -(-(-(-block.core[ax].stop // job.factor(ax))) // STRIDE))
             for ax in job.inplane()]
 
 
@@ -481,19 +476,20 @@ def decode_block(job: StackJob, block: Block) -> dict:
         return {"index": block.index, "resumed": True}
     t0 = time.perf_counter()
     p = job.p
-    a, ip, f = job.axis, job.inplane(), job.factor
+    a, ip = job.axis, job.inplane()
+    f = [job.factor(ax) for ax in ip]  # volume pixels per network pixel, rows and columns
     r = p.median_slices // 2
     c0, c1 = block.core[a].start, block.core[a].stop
     n = job.shape[a]
     d0 = max(0, c0 - 2)  # the overlaps two slices apart serve the X repair, with or without gap bridging
     lo, hi = max(0, d0 - r), min(n, c1 + r)
     # in-plane window at network resolution: the core and a margin for interpolation
-    g = [(block.core[ax].start // f, -(-block.core[ax].stop // f)) for ax in ip]
+    g = [(block.core[ax].start // fi, -(-block.core[ax].stop // fi)) for ax, fi in zip(ip, f)]
     (_, C, nh, nw), (_, _, gh, gw) = job.net_shape()
-    k = f.denominator  # window edges on the heatmap's cells and the volume's pixels
-    q = math.lcm(STRIDE, k)
-    w0 = [max(0, a - MARGIN * STRIDE) // q * q for a, _ in g]
-    w1 = [min(n_, -(-(b + MARGIN * STRIDE) // k) * k) for (_, b), n_ in zip(g, (nh, nw))]
+    k = [fi.denominator for fi in f]  # window edges on the heatmap's cells and the volume's pixels
+    q = [math.lcm(STRIDE, ki) for ki in k]
+    w0 = [max(0, a - MARGIN * STRIDE) // qi * qi for (a, _), qi in zip(g, q)]
+    w1 = [min(n_, -(-(b + MARGIN * STRIDE) // ki) * ki) for (_, b), n_, ki in zip(g, (nh, nw), k)]
     P, _, O = _net_arrays(job)
     prob = np.asarray(P[lo:hi, :, w0[0]:w1[0], w0[1]:w1[1]]).astype(np.float32) / np.float32(255.0)
     cw0 = [v // STRIDE for v in w0]
@@ -502,7 +498,7 @@ def decode_block(job: StackJob, block: Block) -> dict:
     centres = np.load(Path(job.work) / "centres.npy", mmap_mode="r")
     starts = np.load(Path(job.work) / "centre_starts.npy")
     card_classes, things, stuff = job.classes()
-    full_win = [(int(w0[i] * f), min(job.shape[ip[i]], int(w1[i] * f))) for i in range(2)]
+    full_win = [(int(w0[i] * f[i]), min(job.shape[ip[i]], int(w1[i] * f[i]))) for i in range(2)]
     out_shape = (full_win[0][1] - full_win[0][0], full_win[1][1] - full_win[1][0])
     core_rc = tuple(slice(block.core[ax].start - full_win[i][0], block.core[ax].stop - full_win[i][0])
                     for i, ax in enumerate(ip))
@@ -519,9 +515,9 @@ def decode_block(job: StackJob, block: Block) -> dict:
         if d < d0 or d >= c1:
             continue
         ids, keys = _group(p, centres[starts[d]:starts[d + 1]], off[i], cw0, pm.shape[-2:], out_shape, d,
-                           (gh, gw), bool(things), job.resample)
+                           (gh, gw), bool(things), f if job.resample else None)
         if job.resample:  # exact, as a whole-volume run brings the network's outputs back
-            pm_full = resize_at(pm, (1 / f, 1 / f), out_shape)
+            pm_full = resize_at(pm, (1 / f[0], 1 / f[1]), out_shape)
         else:
             pm_full = pm if pm.shape[-2:] == out_shape else linear_resize(pm, out_shape)
         sem = semantic_classes(pm_full, card_classes, p.confidence_thr)
@@ -540,20 +536,20 @@ def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things, fact
     """Centre index + 1 per output pixel of the window (0: none) and the keys of
     the slice's centres (index - 1 -> key). Centres are in slice coordinates,
     as a whole-slice decoding holds them; the window's pixels are shifted there.
-    ``factor``: volume pixels per network pixel where the planes are resampled."""
+    ``factor``: volume pixels per network pixel (rows, columns) where the planes are resampled."""
     keys = (np.int64(d) * grid_hw[0] + centres[:, 1]) * grid_hw[1] + centres[:, 2] if len(centres) else \
         np.zeros(0, np.int64)
     if not has_things or len(centres) == 0:
         return np.zeros(out_shape, np.int32), keys
     cpx = np.asarray(centres[:, 1:3], np.float32) * STRIDE + (STRIDE - 1) / 2.0
-    scale = factor or Fraction(out_shape[0], net_hw[0])  # the window's edges lie on both grids
+    scale = factor or (Fraction(out_shape[0], net_hw[0]),) * 2  # the window's edges lie on both grids
     if p.fine_boundaries:  # grouped per network pixel: the window starts at pixel cw0 * STRIDE
         o = linear_resize(off, (off.shape[1] * STRIDE, off.shape[2] * STRIDE))
         ids = group_pixels(cpx, o, stride=1, origin=(cw0[0] * STRIDE, cw0[1] * STRIDE))
         ids = _upsample_nearest(ids, out_shape, scale)
     else:  # grouped per heatmap cell: the window starts at cell cw0
         ids = group_pixels(cpx, off, stride=STRIDE, origin=(cw0[0], cw0[1]))
-        ids = _upsample_nearest(ids, out_shape, STRIDE * scale)
+        ids = _upsample_nearest(ids, out_shape, (STRIDE * scale[0], STRIDE * scale[1]))
     return ids, keys
 
 

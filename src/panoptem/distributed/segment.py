@@ -85,28 +85,28 @@ def _card(model):
 
 
 def _blockwise_plan(p: Params3D, card, voxel_size, given_by: str = "file"):
-    """The pixel plan of a blockwise run: one factor (input pixels per network pixel) on both
-    axes of every plane it segments, a whole reduction ``k`` (Image Downsampling by ``k``, the
-    parameters' own included) or a fraction ``p/q`` (the network's grid resampled; blocks lie
-    on multiples of ``p`` input and ``q`` network pixels). Returns the parameters, the plan's
+    """The pixel plan of a blockwise run, as a whole-volume run makes it. Its planes are either
+    all reduced by one whole factor ``k`` (Image Downsampling by ``k``, the parameters' own
+    included) or resampled by a fraction ``p/q`` along each axis (Z, Y, X: blocks lie on
+    multiples of ``p`` volume and ``q`` network pixels). Returns the parameters, the plan's
     record, per stack axis (Z, Y, X) how many planes apart the neighbours of a model with
     ``context_slices`` lie and how many planes each network plane averages
-    (:meth:`~panoptem.inference.resample.PixelPlan.stack_step`), and the fraction (None: a
-    whole reduction or none)."""
-    from ..inference.resample import planes_of
+    (:meth:`~panoptem.inference.resample.PixelPlan.stack_step`), and the fractions per axis
+    (None: one whole reduction, or none)."""
+    from ..inference.resample import PLANE_AXES, as_fraction, planes_of
     from ..inference.segment2d import pixel_plan
     plan = pixel_plan(card, p, voxel_size, 3, given_by)
     planes = planes_of(p)
     plan.check(planes)
-    f = plan.block_factor(planes)
-    if f is None:
-        raise PanoptemError(
-            f"Blockwise runs resample by one factor on both axes of every plane, and {plan.describe(planes)} "
-            "Run without --blockwise, or segment the file's own pixels with --no-resample, or segment xy "
-            "planes only (an anisotropic volume's xz / yz planes are resampled along z as well).")
+    factors = [Fraction(1)] * 3
+    for pl in planes:
+        for ax, f in zip(PLANE_AXES[pl], plan.factor(pl)):
+            factors[ax] = as_fraction(f)
     steps = tuple(plan.neighbour_step(pl) for pl in ("xy", "xz", "yz"))  # stacks along Z, Y, X
     strides = tuple(plan.stack_step(pl) if pl in planes else 1 for pl in ("xy", "xz", "yz"))
-    d, resample = (int(f), None) if f.denominator == 1 else (1, f)
+    used = {factors[ax] for pl in planes for ax in PLANE_AXES[pl]}
+    whole = len(used) == 1 and next(iter(used)).denominator == 1
+    d, resample = (int(next(iter(used))), None) if whole else (1, tuple(factors))
     return ((p if d == p.downsampling else p.model_copy(update={"downsampling": d})), plan.record(planes), steps,
             strides, resample)
 
@@ -212,12 +212,13 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     voxel_size = voxel_size or vs
     card = _card(model)
     p, plan_record, steps, strides, resample = _blockwise_plan(p, card, voxel_size, given_by)
-    enlarge = max(Fraction(1), 1 / resample) if resample else Fraction(1)  # network pixels per volume pixel
+    # network pixels per volume pixel in-plane (default blocks and memory follow it)
+    enlarge = max(Fraction(1), 1 / resample[1], 1 / resample[2]) if resample else Fraction(1)
     halo = halo if halo is not None else _in_plane(DEFAULT_HALO, enlarge)
     axis = 0 if p.orthoplane else PLANE_AXIS[p.inference_plane]
-    # block starts lie on both grids: the network's padding and output stride, whole input pixels
-    align = math.lcm(int(card.padding_factor), int(card.output_stride)) * (resample.numerator if resample else
-                                                                          p.downsampling)
+    # block starts lie on both grids: the network's padding and output stride, whole volume pixels
+    align = math.lcm(int(card.padding_factor), int(card.output_stride)) * (
+        math.lcm(*(f.numerator for f in resample)) if resample else p.downsampling)
     if block_shape is None:
         block_shape = _in_plane(DEFAULT_BLOCK, enlarge, 128)  # output chunks of 128 or 256
         if p.orthoplane:  # a thin volume: blocks as deep as it, where that feeds the network less
@@ -247,7 +248,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         if card.context_slices:  # the neighbours the network saw
             net_key["neighbour_steps"] = list(steps)
         if resample:  # the network's grid resampled from the volume's
-            net_key["factor"] = str(resample)
+            net_key["factors"] = [str(f) for f in resample]
         if max(strides) > 1:  # xz / yz planes averaged along their axis
             net_key["stack_steps"] = list(strides)
         if precision == "int8":  # a quantized network's outputs

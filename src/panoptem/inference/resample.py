@@ -13,7 +13,7 @@ the input grid. Image Downsampling then shrinks further: the network sees
   downsampling, and one within it of 1/2, 1/3, ... is that whole enlargement; any other is the
   nearest fraction p/q with q <= 16 (:func:`nice_fraction`), resampled with exact per-phase
   weights, so that blockwise runs cut planes into parts that give the whole plane's values
-  (see :meth:`PixelPlan.block_factor`).
+  (see :func:`resample_planes`).
 - Unknown pixel size (input or model): no resampling, as before; the plan says so.
 - 3D: each plane's two axes are resampled, so xy planes of an anisotropic stack are
   resampled in-plane only, while xz / yz planes (ortho-plane or ``inference_plane``)
@@ -209,21 +209,6 @@ class PixelPlan:
         if len(self.ratios) == 2:
             return any(r != 1.0 for r in self.ratios)
         return any(self.ratios[ax] != 1.0 for pl in planes for ax in PLANE_AXES[pl])
-
-    def block_factor(self, planes) -> Fraction | None:
-        """The one factor (input pixels per network pixel, exact) on both axes of every plane in
-        ``planes``: what blockwise runs cut into blocks; None where the axes differ.
-
-        >>> plan_pixels(5.0, (2.5, 2.5)).block_factor(("xy",)), plan_pixels(5.0, (10.0, 10.0)).block_factor(("xy",))
-        (Fraction(2, 1), Fraction(1, 2))
-        >>> plan_pixels(5.0, (7.5, 7.5)).block_factor(("xy",)), plan_pixels(5.0, (5.0, 7.5, 7.5)).block_factor(("xz",))
-        (Fraction(2, 3), None)
-        """
-        fs = {self.factor(p) for p in planes}
-        if len(fs) != 1:
-            return None
-        fy, fx = fs.pop()
-        return as_fraction(fy) if fy == fx else None
 
     def check(self, planes) -> None:
         """Refuse factors too large to be a real difference of pixel sizes."""
