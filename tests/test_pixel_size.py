@@ -406,12 +406,13 @@ def test_blockwise_enlarges_the_tiles_its_global_context_is_taken_from(tmp_path)
     assert (whole > 0).mean() > 0.1 and ((out > 0) == (whole > 0)).mean() >= 0.999  # 0.9976 from tiles not enlarged
 
 
-TILED = 3  # the disks image repeated 3 x 3 in-plane: room for several blocks at factors like 13/12
+TILED = 2  # the disks image repeated 2 x 2 in-plane: room for several blocks at factors like 10/11
 
 
-@settings(derandomize=True, database=None, deadline=None, print_blob=False, max_examples=8,
+@pytest.mark.parametrize("pixel_nm", [7.5, 5.5, 4.6, 8.0, 3.3])
+@settings(derandomize=True, database=None, deadline=None, print_blob=False, max_examples=3,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(pixel_nm=st.sampled_from([7.5, 5.5, 4.6, 8.0, 3.3]), depth=st.integers(2, 4),
+@given(depth=st.integers(2, 4),
        crop=st.tuples(*[st.floats(0, 1)] * 4), block=st.tuples(st.sampled_from([1, 3]), st.sampled_from([64, 300])),
        params=st.sampled_from([{}, {"fine_boundaries": True}, {"median_slices": 3}, {"inference_plane": "xz"}]))
 def test_blockwise_resampling_by_a_fraction_equals_whole_volume(tmp_path, pixel_nm, depth, crop, block, params):
@@ -421,7 +422,7 @@ def test_blockwise_resampling_by_a_fraction_equals_whole_volume(tmp_path, pixel_
     from panoptem.io import read_image
     img = np.tile(disks(pixel_nm, depth=depth)[0], (1, TILED, TILED))
     n = img.shape[1]
-    h, w = 100 + int(crop[0] * (n - 100)), 100 + int(crop[1] * (n - 100))
+    h, w = 100 + int(crop[0] * min(n - 100, 400)), 100 + int(crop[1] * min(n - 100, 400))  # up to 500 x 500
     y0, x0 = int(crop[2] * (n - h)), int(crop[3] * (n - w))
     vol = np.ascontiguousarray(img[:, y0:y0 + h, x0:x0 + w])
     kw = dict(min_size=0, min_extent=1, min_distance_object_centers=3, voxel_size=(pixel_nm,) * 3,
