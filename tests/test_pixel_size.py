@@ -274,6 +274,19 @@ def test_plan_rules_and_refusals():
     assert isinstance(plan_pixels(5.0, (5.0, 5.0)), PixelPlan)
 
 
+@settings(derandomize=True, database=None, deadline=None, print_blob=False, max_examples=300)
+@given(ratio=st.floats(1 / 8, 64))
+def test_factors_that_are_not_whole_are_small_fractions_near_the_ratio(ratio):
+    from panoptem.inference.resample import as_fraction
+    r = snap(ratio)
+    f = as_fraction(r)
+    assert float(f) == r and f.denominator <= 16 and f.numerator <= 64
+    if f.numerator > 1 and f.denominator > 1:  # neither a whole reduction nor a whole enlargement
+        assert abs(r / ratio - 1) <= 0.04
+    else:
+        assert abs(ratio * f.denominator / f.numerator - 1) <= 0.05 or f == 1 and abs(ratio - 1) <= 0.05
+
+
 @settings(derandomize=True, database=None, deadline=None, print_blob=False, max_examples=30)
 @given(f=st.sampled_from([Fraction(12, 11), Fraction(10, 11), Fraction(2, 3), Fraction(13, 12), Fraction(5, 8),
                           Fraction(7, 3), Fraction(1, 2), Fraction(3, 5)]),

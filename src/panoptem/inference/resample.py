@@ -78,7 +78,8 @@ MAX_DENOMINATOR, MAX_NUMERATOR = 16, 64
 
 def nice_fraction(ratio: float) -> Fraction:
     """``ratio`` as the nearest fraction ``p/q`` with ``q <= 16`` and ``p <= 64`` (the smaller
-    ``q`` on ties): within about 3 % of it for ratios the snapping leaves, within 1 % for most.
+    ``q`` on ties): within 4 % of it for ratios the snapping leaves (enlargements past x4 are the
+    coarsest), within 1 % for most.
     Every output pixel of a given phase (``j mod q``) then takes the same input pixels relative
     to ``p * (j // q)`` with the same weights, so a plane can be resampled in parts whose edges
     lie on multiples of ``p`` input / ``q`` output pixels and give the whole plane's values
