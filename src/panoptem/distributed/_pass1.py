@@ -120,6 +120,13 @@ class StackJob:
         things = [] if self.p.semantic_only else [int(t) for t in self.thing_ids]
         return [int(c) for c in self.class_ids], things, [int(c) for c in self.class_ids if int(c) not in things]
 
+    def resamples(self, axis: int) -> bool:
+        """Whether the planes of a stack along ``axis`` are resampled (brought back at the exact
+        scale), rather than reduced by one whole factor on both axes (Image Downsampling), as
+        their predictor runs them."""
+        fa, fb = (self.factor(ax) for ax in range(3) if ax != axis)
+        return self.resample is not None and not (fa == fb and fa.denominator == 1)
+
     def predictor(self, lm, axis: int | None = None):
         """A predictor of the loaded model ``lm`` as this job runs it, for the planes of a stack
         along ``axis`` (default: the job's)."""
@@ -348,7 +355,7 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
         along = np.moveaxis(full, ax, 0)
         for j in range(len(planes)):
             pr = out.semantic_probability[j]
-            if job.resample:  # as a whole-volume run brings them back and takes them in (segment3d.run_stack)
+            if job.resamples(ax):  # as a whole-volume run brings them back and takes them in (segment3d.run_stack)
                 f = resize_at(pr, [1 / job.factor(a) for a in range(3) if a != ax], planes.shape[-2:])
             else:
                 f = pr if pr.shape[-2:] == planes.shape[-2:] else linear_resize(pr, planes.shape[-2:])
@@ -360,7 +367,7 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
         acc = pr[0].copy()
         for s in sinks:
             other = s[z].astype(np.float32) / 255.0
-            acc += (_resize_area(other, pr.shape[-2:]) if job.resample is None else
+            acc += (_resize_area(other, pr.shape[-2:]) if not job.resamples(0) else
                     resize_at(other, (job.factor(1), job.factor(2)), pr.shape[-2:], antialias=True))
         probs.append(fused_probability(acc, 3))
     return np.stack(probs)
@@ -515,8 +522,8 @@ def decode_block(job: StackJob, block: Block) -> dict:
         if d < d0 or d >= c1:
             continue
         ids, keys = _group(p, centres[starts[d]:starts[d + 1]], off[i], cw0, pm.shape[-2:], out_shape, d,
-                           (gh, gw), bool(things), f if job.resample else None)
-        if job.resample:  # exact, as a whole-volume run brings the network's outputs back
+                           (gh, gw), bool(things), f if job.resamples(a) else None)
+        if job.resamples(a):  # exact, as a whole-volume run brings the network's outputs back
             pm_full = resize_at(pm, (1 / f[0], 1 / f[1]), out_shape)
         else:
             pm_full = pm if pm.shape[-2:] == out_shape else linear_resize(pm, out_shape)
