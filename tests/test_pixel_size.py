@@ -434,7 +434,7 @@ TILED = 2  # the disks image repeated 2 x 2 in-plane: room for several blocks at
        crop=st.tuples(*[st.floats(0, 1)] * 4), block=st.tuples(st.sampled_from([1, 3]), st.sampled_from([64, 300])),
        params=st.sampled_from([{}, {"fine_boundaries": True}, {"median_slices": 3}, {"inference_plane": "xz"}]))
 def test_blockwise_resampling_by_a_fraction_equals_whole_volume(tmp_path, pixel_nm, depth, crop, block, params):
-    # factors p/q (2/3, 10/11, 13/12, 5/8, 3/5... as nice_fraction gives them): blocks on multiples of p
+    # factors p/q (2/3, 10/11, 13/12, 5/8, 3/2... as nice_fraction gives them): blocks on multiples of p
     # volume pixels and q network pixels, each resampled with the whole plane's weights
     from panoptem.distributed import segment_blockwise
     from panoptem.io import read_image
