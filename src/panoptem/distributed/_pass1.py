@@ -38,6 +38,8 @@ from ..inference.segment3d import planes_along, with_neighbours
 from ..labels import pair_counts
 from ..params import Params3D
 from ._source import VolumeSource, read_region, worker_device, worker_model
+
+CHUNK_BYTES = 1 << 20  # probability bytes per chunk of the stored network outputs (see StackJob.chunk_depth)
 from .blocks import Block
 
 #: provisional ids at or above this mark stuff pixels (STUFF + class id)
@@ -146,9 +148,20 @@ class StackJob:
         return (n, self.n_channels, h, w), (n, 1, -(-h // STRIDE), -(-w // STRIDE))
 
     def net_chunks(self) -> tuple[tuple, tuple]:
-        """One chunk per slice of a block's core: a block writes its slices batch by batch."""
+        """Chunks of the block's core in-plane, :meth:`chunk_depth` slices deep."""
         bh, bw = (self.block_shape[ax] // self.factor(ax) for ax in self.inplane())
-        return (1, self.n_channels, bh, bw), (1, 1, bh // STRIDE, bw // STRIDE)
+        k = self.chunk_depth()
+        return (k, self.n_channels, bh, bw), (k, 1, bh // STRIDE, bw // STRIDE)
+
+    def chunk_depth(self) -> int:
+        """Slices per chunk of the stored outputs: the most that hold at most
+        :data:`CHUNK_BYTES` of probability and divide the block's depth, so that no
+        chunk is shared by two blocks. Small planes (the xz / yz planes of a thin
+        volume) then go to disk hundreds at a time, not one by one."""
+        bh, bw = (self.block_shape[ax] // self.factor(ax) for ax in self.inplane())
+        depth = int(self.block_shape[self.axis])
+        most = max(1, CHUNK_BYTES // max(1, int(self.n_channels * bh * bw)))
+        return max(k for k in range(1, min(depth, most) + 1) if depth % k == 0)
 
     def views(self) -> list[int]:
         """Stack axes the network runs along (all three for probability fusion)."""
@@ -226,6 +239,31 @@ def _net_arrays(job: StackJob, mode: str = "r"):
     from ..io.zarr_write import dense
     g = zarr.open_group(job.net, mode=mode)
     return tuple(dense(g[k]) for k in ("probability", "heatmap", "offsets"))
+
+
+class _ChunkRows:
+    """Writes a block's outputs slice range by slice range as they come, gathered into whole
+    chunks of ``depth`` slices (a chunk is written once, not once per batch that touches it);
+    the slices ``start:stop`` are the block's along the stack axis, ``start`` on a chunk edge."""
+
+    def __init__(self, arrays, where, depth: int, start: int, stop: int):
+        self.arrays, self.where, self.depth, self.stop = arrays, where, depth, stop
+        self.first, self.parts = start, []
+
+    def add(self, n0: int, parts: tuple[np.ndarray, ...]) -> None:
+        if n0 != self.first + sum(len(p[0]) for p in self.parts):
+            raise ValueError(f"slice {n0} comes out of order")  # batches follow one another
+        self.parts.append(parts)
+        end = n0 + len(parts[0])
+        cut = end if end >= self.stop else end - (end - self.first) % self.depth
+        if cut <= self.first:
+            return
+        joined = [np.concatenate(p) if len(self.parts) > 1 else p[0] for p in zip(*self.parts)]
+        n = cut - self.first
+        for arr, (r, c), x in zip(self.arrays, self.where, joined):
+            arr[self.first:cut, :, r, c] = x[:n]
+        self.parts = [tuple(x[n:] for x in joined)] if end > cut else []
+        self.first = cut
 
 
 def create_net_arrays(job: StackJob) -> None:
@@ -400,18 +438,17 @@ def network_block(job: StackJob, block: Block) -> dict:
     cells = [r // STRIDE for r in rows]
     csize = [-(-(g + s) // STRIDE) - g // STRIDE for g, s in zip(g0, size)]
     c0 = [g // STRIDE for g in g0]
-    P, H, O = _net_arrays(job, "r+")
+    arrays = _net_arrays(job, "r+")
+    where = [(slice(g0[0], g0[0] + size[0]), slice(g0[1], g0[1] + size[1]))] + [
+        (slice(c0[0], c0[0] + csize[0]), slice(c0[1], c0[1] + csize[1]))] * 2
+    rows_out = _ChunkRows(arrays, where, job.chunk_depth(), block.core[a].start, block.core[a].stop)
 
     def store(first: int, prob, out) -> None:
         """Keep slices ``first``.. (region order) of the core, in-plane core only."""
-        n0 = block.core[a].start + first - k0
-        n1 = n0 + len(prob)
-        P[n0:n1, :, g0[0]:g0[0] + size[0], g0[1]:g0[1] + size[1]] = probability_bytes(
-            prob[:, :, rows[0]:rows[0] + size[0], rows[1]:rows[1] + size[1]])
-        H[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.heatmap[
-            :, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
-        O[n0:n1, :, c0[0]:c0[0] + csize[0], c0[1]:c0[1] + csize[1]] = out.offsets[
-            :, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)
+        rows_out.add(block.core[a].start + first - k0, (
+            probability_bytes(prob[:, :, rows[0]:rows[0] + size[0], rows[1]:rows[1] + size[1]]),
+            out.heatmap[:, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16),
+            out.offsets[:, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)))
 
     if job.fusion:  # the xz and yz stacks need every slice of the region at once
         out = _predict(job, predictor, _planes(job, rm, axis=a), a, region)
