@@ -13,7 +13,7 @@ not multiples of 32 (the validation block cropped three ways) at ``input_multipl
 scored in 2D (every slice on its own) and in 3D (xy stack).
 
 Usage: python bench/bench_thin_padding.py --lucchi DIR [--planes 48] [--axis xz|yz] [--rounds 2] [--deep]
-       [--xy-crops] [--out FILE]
+       [--xy-crops [--z 135:165]] [--out FILE]
 """
 from __future__ import annotations
 
@@ -34,10 +34,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="the factors in turn, this many times")
     ap.add_argument("--deep", action="store_true", help="also the whole ortho-plane run per factor")
     ap.add_argument("--xy-crops", action="store_true", help="only: cropped xy planes at 32 and 16")
+    ap.add_argument("--z", default="135:165", help="--xy-crops: the slices start:stop (the validation block)")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     a = ap.parse_args()
     if a.xy_crops:
-        return _xy_crops(lucchi_dir(a.lucchi), a.out)
+        start, stop = (int(v) for v in a.z.split(":"))
+        return _xy_crops(lucchi_dir(a.lucchi), range(start, stop), a.out)
     import tifffile
 
     from panoptem._bench import load, machine
@@ -129,15 +131,14 @@ def _deep(vol: np.ndarray, d: Path, out) -> None:
 CROPS = ((slice(0, 760), slice(0, 1000)), (slice(5, 755), slice(17, 1010)), (slice(0, 700), slice(0, 900)))
 
 
-def _xy_crops(d: Path, out) -> None:
-    """The validation block cropped to sides that are not multiples of 32, at input multiples 32
+def _xy_crops(d: Path, zs: range, out) -> None:
+    """Slices ``zs`` (by default the validation block) cropped to sides that are not multiples of 32, at input multiples 32
     and 16: 2D F1 and foreground IoU, 3D F1 and IoU (see the module docstring)."""
     import cc3d
     import tifffile
 
     import panoptem
     from panoptem._bench import load, machine
-    zs = range(135, 165)
     img = tifffile.imread(d / "training_image.tif", key=zs)
     gt2d = tifffile.imread(d / "training_instances2d.tif", key=zs)
     mask = tifffile.imread(d / "training_mask.tif", key=zs) > 0
@@ -155,7 +156,7 @@ def _xy_crops(d: Path, out) -> None:
                                        ignore_smaller=500)
                 fg = lab > 0
                 emit_to({"what": "bench/bench_thin_padding.py --xy-crops", "date": time.strftime("%Y-%m-%d"),
-                         "input": f"Lucchi validation block z135-164 cropped to {list(im.shape)}",
+                         "input": f"Lucchi z{zs.start}-{zs.stop - 1} cropped to {list(im.shape)}",
                          "input_multiple": multiple, "f1_50_2d": round(e2["f1_50"], 4),
                          "foreground_iou_2d": round(float((fg & m).sum() / (fg | m).sum()), 4),
                          "f1_50_3d": round(e3["f1_50"], 4), "foreground_iou_3d": round(e3["foreground_iou"], 4),
