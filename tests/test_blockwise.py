@@ -100,6 +100,62 @@ def test_ortho_plane_default_blocks_of_a_thin_volume_are_as_deep_as_it(vol, tmp_
     np.testing.assert_array_equal(got, whole)
 
 
+@settings(derandomize=True, database=None, deadline=None, max_examples=40)
+@given(depth=st.integers(1, 6), first_chunk=st.integers(0, 3), batches=st.lists(st.integers(1, 7), min_size=1,
+                                                                             max_size=10))
+def test_block_outputs_reach_disk_in_whole_chunks(depth, first_chunk, batches):
+    """A block's batches of outputs are gathered into whole chunks of ``depth`` slices (each
+    written once, the block's last one as far as it goes) and land where they belong."""
+    from panoptem.distributed._pass1 import _ChunkRows
+    start, n = first_chunk * depth, sum(batches)
+    target = [np.zeros((start + n + 5, 2, 6, 6), np.uint8), np.zeros((start + n + 5, 1, 3, 3), np.float16)]
+    writes = []
+
+    class Recorded:  # an array that notes the slices each write covers
+        def __init__(self, arr):
+            self.arr = arr
+
+        def __setitem__(self, key, value):
+            writes.append((key[0].start, key[0].stop))
+            self.arr[key] = value
+    rng = np.random.default_rng(len(batches))
+    truth = [rng.integers(1, 255, (n, 2, 4, 5)).astype(np.uint8), rng.random((n, 1, 2, 2)).astype(np.float16)]
+    where = [(slice(1, 5), slice(0, 5)), (slice(1, 3), slice(1, 3))]
+    rows = _ChunkRows([Recorded(t) for t in target], where, depth, start, start + n)
+    at = 0
+    for b in batches:
+        rows.add(start + at, tuple(t[at:at + b] for t in truth))
+        at += b
+    spans = writes[0::2]  # the same spans for both arrays, in order, each chunk in one of them
+    assert writes[1::2] == spans and spans[0][0] == start and spans[-1][1] == start + n
+    assert all(a < b and b == c for (a, b), (c, _) in zip(spans, spans[1:] + [(start + n, 0)]))
+    assert all(b % depth == 0 for _, b in spans[:-1])
+    for t, x, (r, c) in zip(target, truth, where):
+        np.testing.assert_array_equal(t[start:start + n, :, r, c], x)
+        assert not t[:start].any() and not t[start + n:].any()
+    with pytest.raises(ValueError, match="out of order"):
+        rows.add(start, tuple(t[:1] for t in truth))
+
+
+def test_thin_planes_are_stored_many_to_a_chunk(vol, tmp_path, client):
+    """The stored outputs of each stack hold as many slices to a chunk as fit in CHUNK_BYTES and
+    divide the block's depth (a chunk never spans two blocks): here whole blocks."""
+    import zarr
+
+    from panoptem.distributed import _pass1
+    _blockwise(vol, tmp_path, client=client, orthoplane=True, block_shape=(40, 48, 60), halo=(16, 32, 32),
+               keep_work=True)
+    work = tmp_path / ".out.zarr.blockwise"
+    depth = {v: zarr.open_array(str(work / f"net_{v}.zarr" / "probability"), mode="r").chunks[0] for v in ("xy", "xz", "yz")}
+    blocks = {"xy": 40, "xz": 64, "yz": 64}  # in-plane block sides rounded up to the network's grid of 32
+    assert all(blocks[v] % depth[v] == 0 for v in depth) and depth["xz"] > 1 and depth["yz"] > 1, depth
+    per_slice = {v: np.prod(zarr.open_array(str(work / f"net_{v}.zarr" / "probability"), mode="r").chunks[1:])
+                 for v in depth}
+    assert all(depth[v] * per_slice[v] <= _pass1.CHUNK_BYTES for v in depth)
+    assert all(depth[v] == blocks[v] or (depth[v] + 1) * per_slice[v] > _pass1.CHUNK_BYTES or blocks[v] % (depth[v] + 1)
+               for v in depth)
+
+
 def test_consensus_writes_the_votes_of_its_sizing_pass(vol, tmp_path, client, monkeypatch):
     """The consensus votes each block once: the writing pass numbers the votes the sizing pass
     kept (a block whose votes are missing is voted again), and the labels are the whole
