@@ -38,9 +38,10 @@ from ..inference.segment3d import planes_along, with_neighbours
 from ..labels import pair_counts
 from ..params import Params3D
 from ._source import VolumeSource, read_region, worker_device, worker_model
-
-CHUNK_BYTES = 1 << 20  # probability bytes per chunk of the stored network outputs (see StackJob.chunk_depth)
 from .blocks import Block
+
+#: probability bytes per chunk of the stored network outputs (see StackJob.chunk_depth)
+CHUNK_BYTES = 1 << 20
 
 #: provisional ids at or above this mark stuff pixels (STUFF + class id)
 STUFF = np.uint32(0xFFFFFF00)
