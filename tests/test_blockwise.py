@@ -146,7 +146,8 @@ def test_thin_planes_are_stored_many_to_a_chunk(vol, tmp_path, client):
     _blockwise(vol, tmp_path, client=client, orthoplane=True, block_shape=(40, 48, 60), halo=(16, 32, 32),
                keep_work=True)
     work = tmp_path / ".out.zarr.blockwise"
-    depth = {v: zarr.open_array(str(work / f"net_{v}.zarr" / "probability"), mode="r").chunks[0] for v in ("xy", "xz", "yz")}
+    depth = {v: zarr.open_array(str(work / f"net_{v}.zarr" / "probability"), mode="r").chunks[0]
+             for v in ("xy", "xz", "yz")}
     blocks = {"xy": 40, "xz": 64, "yz": 64}  # in-plane block sides rounded up to the network's grid of 32
     assert all(blocks[v] % depth[v] == 0 for v in depth) and depth["xz"] > 1 and depth["yz"] > 1, depth
     per_slice = {v: np.prod(zarr.open_array(str(work / f"net_{v}.zarr" / "probability"), mode="r").chunks[1:])
@@ -351,6 +352,15 @@ def test_touching_pair_across_a_face_stays_two_objects(tmp_path, client):
     assert (v[16, 32, 30:66] < 100).all()  # touching in every slice through the middle
     a, b = got[16, 32, 37], got[16, 32, 59]
     assert a > 0 and b > 0 and a != b and len(np.unique(got)) == 3
+
+
+def test_written_outputs_are_named_as_given(tmp_path, client, monkeypatch):
+    """The run's record names its output as the user gave it (as a whole-volume run does)."""
+    v = np.full((16, 64, 64), 200, np.uint8)
+    v[4:12, 16:48, 16:48] = 40
+    monkeypatch.chdir(tmp_path)
+    r = segment_blockwise(v, dark_blob_model(), "rel.zarr", block_shape=(16, 64, 64), client=client, min_size=10)
+    assert [w["output"] for w in r.written] == ["rel.zarr"] and (tmp_path / "rel.zarr").is_dir()
 
 
 def test_ome_zarr_output_has_pyramid_and_voxel_size(tmp_path, client):

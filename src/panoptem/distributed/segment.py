@@ -353,7 +353,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             counted = msource is not None or c.kind == "semantic" or not info["per_class"] or p.label_erosion
             objects[c.name] = (_count(path, c) if counted
                                else info["per_class"].get(c.id if p.label_divisor else 0, 0))
-            written.append({"output": str(path), "class": c.name, "objects": objects[c.name],
+            written.append({"output": str(Path(output).with_name(path.name)),  # as given, as whole-volume runs
+                            "class": c.name, "objects": objects[c.name],
                             "shape": list(vol.shape), "dtype": str(labels[c.name].dtype)})
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
