@@ -113,7 +113,7 @@ def test_block_outputs_reach_disk_in_whole_chunks(depth, first_chunk, batches):
 
     class Recorded:  # an array that notes the slices each write covers
         def __init__(self, arr):
-            self.arr = arr
+            self.arr, self.shape = arr, arr.shape
 
         def __setitem__(self, key, value):
             writes.append((key[0].start, key[0].stop))
@@ -135,6 +135,9 @@ def test_block_outputs_reach_disk_in_whole_chunks(depth, first_chunk, batches):
         assert not t[:start].any() and not t[start + n:].any()
     with pytest.raises(ValueError, match="out of order"):
         rows.add(start, tuple(t[:1] for t in truth))
+    wide = _ChunkRows([Recorded(t) for t in target], where, depth, start, start + 1)
+    with pytest.raises(ValueError, match="3 channels for an array of 2"):  # zarr would store a part
+        wide.add(start, (np.zeros((1, 3, 4, 5), np.uint8), truth[1][:1]))
 
 
 def test_thin_planes_are_stored_many_to_a_chunk(vol, tmp_path, client):
@@ -339,6 +342,23 @@ def test_blockwise_parameter_combinations_equal_whole_volume(client, p):
                                 halo=(32, 32, 32), **p)
         np.testing.assert_array_equal(np.asarray(res.labels["mitochondria"][:]), whole)
         assert res.objects["mitochondria"] == len(np.unique(whole)) - 1
+
+
+@pytest.mark.parametrize("kind", ["instance", "semantic"])
+def test_two_class_consensus_equals_whole_volume_with_its_counts(tmp_path, client, kind):
+    """Two classes under ortho-plane consensus: each class's labels and object count as the
+    whole-volume run's (the counts come from the consensus's numbering, or, where a semantic
+    class is voted over the objects, from the written labels)."""
+    from _models import two_class_model
+    from test_segment3d import two_class_phantom
+    vol, _ = two_class_phantom()
+    whole = segment_3d(vol, two_class_model(kind), orthoplane=True, **P)
+    res = segment_blockwise(vol, two_class_model(kind), tmp_path / "o.zarr", client=client, orthoplane=True,
+                            block_shape=(24, 64, 64), halo=(32, 32, 32), **P)
+    assert set(res.labels) == set(whole.labels) == {"mitochondria", "nucleus"} and res.blocks > 1
+    for name, lab in whole.labels.items():
+        np.testing.assert_array_equal(np.asarray(res.labels[name][:]), lab)
+        assert res.objects[name] == whole.objects[name] > 0
 
 
 def test_touching_pair_across_a_face_stays_two_objects(tmp_path, client):

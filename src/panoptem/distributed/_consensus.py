@@ -138,8 +138,9 @@ def stats_block(job: ConsensusJob, block: Block) -> dict:
     return {"ids": ids.astype(np.int64), "voxels": voxels, "bbox": bbox + start}
 
 
-def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_extent: int) -> int:
-    """Filter the consensus objects and number them; saves group -> final id."""
+def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_extent: int) -> dict[int, int]:
+    """Filter the consensus objects and number them; saves group -> final id. Returns the
+    objects kept per class id (all under 0 without a label divisor)."""
     r = np.load(Path(job.work) / "rules.npz")
     n_groups, g_cls = int(r["n_groups"]), r["g_cls"]
     ids = np.concatenate([p["ids"] for p in parts]) if parts else np.zeros(0, np.int64)
@@ -156,7 +157,9 @@ def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_exten
     lut = np.zeros(n_groups + 1, np.int64)
     lut[u] = final
     np.save(Path(job.work) / "final.npy", lut)
-    return int(keep.sum())
+    cls, counts = np.unique(g_cls[u - 1][keep] if job.divisor else np.zeros(int(keep.sum()), np.int64),
+                            return_counts=True)
+    return {int(c): int(k) for c, k in zip(cls, counts)}
 
 
 def consensus_labels(job: ConsensusJob, block: Block, within=None) -> np.ndarray:

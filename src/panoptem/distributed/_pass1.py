@@ -262,6 +262,8 @@ class _ChunkRows:
         joined = [np.concatenate(p) if len(self.parts) > 1 else p[0] for p in zip(*self.parts)]
         n = cut - self.first
         for arr, (r, c), x in zip(self.arrays, self.where, joined):
+            if x.shape[1] != arr.shape[1]:  # zarr would not say
+                raise ValueError(f"{x.shape[1]} channels for an array of {arr.shape[1]}")
             arr[self.first:cut, :, r, c] = x[:n]
         self.parts = [tuple(x[n:] for x in joined)] if end > cut else []
         self.first = cut

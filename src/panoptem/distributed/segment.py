@@ -277,7 +277,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                            device=device, params=p.model_dump(), intensity=intensity,
                            axis=a, shape=shape_v, halo=halo, align=align, work=str(work / f"stack_{view}"),
                            net=str(net), block_shape=block_v, batch_size=batch_size, skip_empty=skip_empty,
-                           fusion=view == "fused", n_channels=card.num_classes if card.num_classes > 1 else 1,
+                           fusion=view == "fused", n_channels=card.num_classes + 1 if card.num_classes > 1 else 1,
                            class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
                            context=exact_context and _has_context(model, card) and
                            _tiles_slices(shape_v, block_v, a, view == "fused"), mask=msource,
@@ -313,10 +313,11 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                                                                                    for c in classes))
                 Path(cjob.work).mkdir(exist_ok=True)
                 group(cjob, run_tasks(cl, overlaps_block, cjob, list(grid), "consensus", progress))
-                n_obj = number(cjob, run_tasks(cl, stats_block, cjob, list(grid), "consensus", False), vol.shape,
-                               p.min_size, p.min_extent)
-                info = {"max_id": (max(c.id for c in classes) + 1) * (p.label_divisor or 0) + n_obj,
-                        "dtype": "uint64", "per_class": None}
+                kept = number(cjob, run_tasks(cl, stats_block, cjob, list(grid), "consensus", False), vol.shape,
+                              p.min_size, p.min_extent)
+                # the kept objects are the written ones, unless semantic segments are voted over them
+                info = {"max_id": (max(c.id for c in classes) + 1) * (p.label_divisor or 0) + sum(kept.values()),
+                        "dtype": "uint64", "per_class": None if cjob.stuff else kept}
                 timings["consensus_s"] = time.perf_counter() - t
             else:
                 info = infos[0]
