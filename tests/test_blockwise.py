@@ -344,16 +344,16 @@ def test_blockwise_parameter_combinations_equal_whole_volume(client, p):
         assert res.objects["mitochondria"] == len(np.unique(whole)) - 1
 
 
-@pytest.mark.parametrize("kind", ["instance", "semantic"])
-def test_two_class_consensus_equals_whole_volume_with_its_counts(tmp_path, client, kind):
-    """Two classes under ortho-plane consensus: each class's labels and object count as the
-    whole-volume run's (the counts come from the consensus's numbering, or, where a semantic
-    class is voted over the objects, from the written labels)."""
+@pytest.mark.parametrize("kind,orthoplane", [("instance", False), ("instance", True), ("semantic", True)])
+def test_two_classes_equal_whole_volume_with_their_counts(tmp_path, client, kind, orthoplane):
+    """A two-class model, one plane or ortho-plane consensus: each class's labels and object
+    count as the whole-volume run's (a consensus's counts come from its numbering, or, where a
+    semantic class is voted over the objects, from the written labels)."""
     from _models import two_class_model
     from test_segment3d import two_class_phantom
     vol, _ = two_class_phantom()
-    whole = segment_3d(vol, two_class_model(kind), orthoplane=True, **P)
-    res = segment_blockwise(vol, two_class_model(kind), tmp_path / "o.zarr", client=client, orthoplane=True,
+    whole = segment_3d(vol, two_class_model(kind), orthoplane=orthoplane, **P)
+    res = segment_blockwise(vol, two_class_model(kind), tmp_path / "o.zarr", client=client, orthoplane=orthoplane,
                             block_shape=(24, 64, 64), halo=(32, 32, 32), **P)
     assert set(res.labels) == set(whole.labels) == {"mitochondria", "nucleus"} and res.blocks > 1
     for name, lab in whole.labels.items():
