@@ -359,6 +359,11 @@ def test_two_classes_equal_whole_volume_with_their_counts(tmp_path, client, kind
     for name, lab in whole.labels.items():
         np.testing.assert_array_equal(np.asarray(res.labels[name][:]), lab)
         assert res.objects[name] == whole.objects[name] > 0
+    if orthoplane:  # as in a whole-volume run, before any work
+        with pytest.raises(PanoptemError, match="single-class models only"):
+            segment_blockwise(vol, two_class_model(kind), tmp_path / "f.zarr", client=client, orthoplane=True,
+                              fusion="probability")
+        assert not (tmp_path / "f.zarr").exists() and not (tmp_path / ".f.zarr.blockwise").exists()
 
 
 def test_touching_pair_across_a_face_stays_two_objects(tmp_path, client):

@@ -211,6 +211,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     given_by = "voxel_size" if voxel_size else "file"
     voxel_size = voxel_size or vs
     card = _card(model)
+    if p.orthoplane and p.fusion == "probability" and card.num_classes > 1:
+        raise PanoptemError("Probability fusion is implemented for single-class models only; use fusion=consensus.")
     p, plan_record, steps, strides, resample = _blockwise_plan(p, card, voxel_size, given_by)
     # network pixels per volume pixel in-plane (default blocks and memory follow it)
     enlarge = max(Fraction(1), 1 / resample[1], 1 / resample[2]) if resample else Fraction(1)
