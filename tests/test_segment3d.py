@@ -1,6 +1,7 @@
 """The 3D engine end to end on synthetic volumes with known objects."""
 import numpy as np
 import pytest
+import torch
 
 from panoptem.errors import PanoptemError
 from panoptem import evaluate
@@ -199,6 +200,43 @@ def test_cache_marks_slices_done_after_their_data_at_most_every_few_seconds(tmp_
     assert not big.valid(0, hashes)  # held until the chunk (the whole stack of 6) is ready
     big.flush()
     assert big.valid(0, hashes) and OutputCache(tmp_path / "big", "xy", 6, (1, 8, 8), (2, 2), {"k": 1}).valid(0, hashes)
+
+
+def test_cache_of_another_shape_is_refused_or_made_afresh(tmp_path):
+    """A cache whose probability has another shape (an earlier release stored a multi-class
+    network's without its last channel) is not read: refused, or made afresh where panoptem
+    manages it; outputs with other channels than the cache's are refused."""
+    from panoptem.inference.cache import OutputCache
+    from panoptem.inference.predict import ModelOutput
+    OutputCache(tmp_path, "xy", 4, (2, 8, 8), (2, 2), {"k": 1})
+    with pytest.raises(PanoptemError, match="another shape"):
+        OutputCache(tmp_path, "xy", 4, (3, 8, 8), (2, 2), {"k": 1})
+    fresh = OutputCache(tmp_path, "xy", 4, (3, 8, 8), (2, 2), {"k": 1}, reset_stale=True)
+    assert fresh.group["probability"].shape == (4, 3, 8, 8)
+    two = ModelOutput(np.zeros((4, 2, 8, 8), np.float32), np.zeros((4, 1, 2, 2), np.float32),
+                      np.zeros((4, 2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="2 channels of probability for an array of 3"):
+        fresh.put(0, two, np.zeros((4, 16), np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["instance", "semantic"])
+def test_two_classes_come_back_from_the_network_cache(tmp_path, kind):
+    """Every class's outputs are cached: a second run, whose network would fail, decodes the
+    first run's labels from the cache alone."""
+    from _models import two_class_card, two_class_model
+    from panoptem.models.load import LoadedModel
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("the network ran")
+    vol, _ = two_class_phantom()
+    first = segment_3d(vol, two_class_model(kind), cache_dir=tmp_path / "c", batch_size=16, **P)
+    again = segment_3d(vol, LoadedModel(two_class_card(kind), Refuses(), "cpu"), cache_dir=tmp_path / "c",
+                       batch_size=16, **P)
+    assert set(again.labels) == {"mitochondria", "nucleus"}
+    for name, lab in first.labels.items():
+        np.testing.assert_array_equal(np.asarray(again.labels[name]), np.asarray(lab))
+        assert again.objects[name] == first.objects[name] > 0
 
 
 def test_cache_chunk_holds_whole_batches():

@@ -247,6 +247,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                    "block": block_shape, "halo": halo, "shape": list(vol.shape), "dtype": str(np.dtype(vol.dtype)),
                    "intensity": list(intensity), "input": _input_stamp(in_path), "mask": mask is not None,
                    "skip_empty": skip_empty, "exact_context": exact_context}
+        if card.num_classes > 1:  # every class's channel (an earlier release stored one too few)
+            net_key["channels"] = card.probability_channels
         if card.context_slices:  # the neighbours the network saw
             net_key["neighbour_steps"] = list(steps)
         if resample:  # the network's grid resampled from the volume's
@@ -279,7 +281,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                            device=device, params=p.model_dump(), intensity=intensity,
                            axis=a, shape=shape_v, halo=halo, align=align, work=str(work / f"stack_{view}"),
                            net=str(net), block_shape=block_v, batch_size=batch_size, skip_empty=skip_empty,
-                           fusion=view == "fused", n_channels=card.num_classes + 1 if card.num_classes > 1 else 1,
+                           fusion=view == "fused", n_channels=card.probability_channels,
                            class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
                            context=exact_context and _has_context(model, card) and
                            _tiles_slices(shape_v, block_v, a, view == "fused"), mask=msource,

@@ -147,15 +147,18 @@ class OutputCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         g = zarr.open_group(str(self.path), mode="a")
         stored = g.attrs.get("key")
-        if stored is not None and json.loads(json.dumps(stored)) != json.loads(json.dumps(key)):
+        c, h, w = prob_shape
+        # an earlier release stored a multi-class network's probability without its last channel
+        misshapen = "probability" in g and tuple(g["probability"].shape) != (n, c, h, w)
+        if misshapen or (stored is not None and json.loads(json.dumps(stored)) != json.loads(json.dumps(key))):
             if not reset_stale:
-                raise PanoptemError(f"The cache {self.path} was made by a different run ({differing(stored, key)}); "
+                why = "its probability has another shape" if misshapen else differing(stored, key)
+                raise PanoptemError(f"The cache {self.path} was made by a different run ({why}); "
                                     "choose another --cache-dir or delete that folder.")
             shutil.rmtree(self.path)
             g = zarr.open_group(str(self.path), mode="a")
         if "done" not in g:
             from zarr.codecs import ZstdCodec
-            c, h, w = prob_shape
             gh, gw = grid_shape
             # chunks of whole batches, keys in one folder: thousands of thin xz / yz planes
             # stored a file and three folders each cost more than their network
@@ -212,6 +215,8 @@ class OutputCache:
         self._pending = []
         i1 = i0 + len(hashes)
         for name, part in zip(("probability", "heatmap", "offsets"), parts):
+            if part[0].shape[1] != self._arr[name].shape[1]:  # zarr would store a part of it
+                raise ValueError(f"{part[0].shape[1]} channels of {name} for an array of {self._arr[name].shape[1]}")
             self._arr[name][i0:i1] = part[0] if len(part) == 1 else np.concatenate(part)
         self._hash[i0:i1] = hashes
         self._done[i0:i1] = True

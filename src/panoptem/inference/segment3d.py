@@ -328,7 +328,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             key["stack_step"] = stride
         if predictor.precision == "int8":  # a quantized network: its outputs are not a float run's to resume
             key["precision"] = "int8"
-        cache = OutputCache(cache_dir, plane, n, (card.num_classes if card.num_classes > 1 else 1, hn, wn),
+        cache = OutputCache(cache_dir, plane, n, (card.probability_channels, hn, wn),
                             (-(-hn // st), -(-wn // st)), key, reset_stale=reset_stale, chunk=b)
 
     planes_at = PlaneReader(volume, axis, n_in, card.context_slices, predictor.neighbour_step, stride)

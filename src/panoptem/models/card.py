@@ -193,6 +193,12 @@ class ModelCard(BaseModel):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def probability_channels(self) -> int:
+        """Channels of the network's semantic probability: one for a single class, else
+        background and one per class."""
+        return 1 if self.num_classes == 1 else self.num_classes + 1
+
     def weights_path(self, w: Weights | None = None) -> str:
         """URL or local path of the weights (or of export ``w``); local files
         must lie in the card's folder (see :func:`resolve_reference`)."""
