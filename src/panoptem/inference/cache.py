@@ -150,9 +150,10 @@ class OutputCache:
         c, h, w = prob_shape
         # an earlier release stored a multi-class network's probability without its last channel
         misshapen = "probability" in g and tuple(g["probability"].shape) != (n, c, h, w)
-        if misshapen or (stored is not None and json.loads(json.dumps(stored)) != json.loads(json.dumps(key))):
+        other = stored is not None and json.loads(json.dumps(stored)) != json.loads(json.dumps(key))
+        if misshapen or other:
             if not reset_stale:
-                why = "its probability has another shape" if misshapen else differing(stored, key)
+                why = differing(stored, key) if other else "its probability has another shape"
                 raise PanoptemError(f"The cache {self.path} was made by a different run ({why}); "
                                     "choose another --cache-dir or delete that folder.")
             shutil.rmtree(self.path)
