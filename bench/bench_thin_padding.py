@@ -132,8 +132,9 @@ CROPS = ((slice(0, 760), slice(0, 1000)), (slice(5, 755), slice(17, 1010)), (sli
 
 
 def _xy_crops(d: Path, zs: range, out) -> None:
-    """Slices ``zs`` (by default the validation block) cropped to sides that are not multiples of 32, at input multiples 32
-    and 16: 2D F1 and foreground IoU, 3D F1 and IoU (see the module docstring)."""
+    """Slices ``zs`` (by default the validation block) cropped to sides that are not multiples
+    of 32, at input multiples 32 and 16: 2D F1 and foreground IoU, 3D F1 and IoU (see the
+    module docstring)."""
     import cc3d
     import tifffile
 
