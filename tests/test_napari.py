@@ -447,6 +447,37 @@ def test_3d_inference_finds_exactly_the_synthetic_objects(viewer, qtbot, home):
     assert "Done: 3 mitochondria" in w.status.value
 
 
+def test_two_class_model_gives_a_layer_per_class_as_the_engine(viewer, qtbot, home):
+    """A registered two-class model: 3D inference adds one labels layer per class, each the
+    engine's; 2D inference on a plane gives the panoptic ids of both classes."""
+    from _models import save_two_class_model
+    from test_segment3d import two_class_phantom
+    from panoptem import segment_2d, segment_3d
+    from panoptem.napari._inference import Inference2DWidget, Inference3DWidget
+    d = Path(os.environ["PANOPTEM_HOME"]) / "models" / "twoclass"
+    d.mkdir(parents=True)
+    save_two_class_model(d).rename(d / "card.yaml")
+    vol, _ = two_class_phantom()
+    img = viewer.add_image(vol, name="balls")
+    w = dock(viewer, Inference3DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "twoclass", "cpu"
+    w.form.set_values(min_size=100, min_extent=3)
+    run_and_wait(qtbot, w)
+    assert w.status.value.startswith("Done: 2 mitochondria, 2 nucleus"), w.status.value
+    ref = segment_3d(vol, "twoclass", device="cpu", min_size=100, min_extent=3)
+    for name, lab in ref.labels.items():
+        np.testing.assert_array_equal(np.asarray(viewer.layers[f"balls-{name}-prediction"].data), lab)
+    w2 = dock(viewer, Inference2DWidget)
+    w2.image.value = img
+    w2.model.value, w2.device.value = "twoclass", "cpu"
+    viewer.dims.set_current_step(0, 24)
+    run_and_wait(qtbot, w2)
+    (plane,) = np.asarray(viewer.layers["balls-2D-prediction"].data)  # one plane, placed at z = 24
+    np.testing.assert_array_equal(plane, segment_2d(vol[24], "twoclass", device="cpu"))
+    assert {v // 10000 for v in np.unique(plane) if v} == {1, 2}
+
+
 def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
     from panoptem.napari._inference import Inference3DWidget
     img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0))
