@@ -113,12 +113,12 @@ def test_cache_resumes_and_redecodes(tmp_path):
         segment_3d(vol, dark_blob_model(), cache_dir=tmp_path, tta=True, **P)
 
 
-def test_write_result_single_class_and_stacks(tmp_path):
+def test_write_result_single_class_and_stacks(tmp_path, monkeypatch):
     vol, _ = phantom()
     res = segment_3d(vol, dark_blob_model(), return_panoptic=True, **P)
-    out = write_result(res, tmp_path / "mito.tif", voxel_size=(5.0, 5.0, 5.0))
-    names = sorted(p["output"].split("/")[-1] for p in out)
-    assert names == ["mito.tif", "mito_xy.tif"]
+    monkeypatch.chdir(tmp_path)
+    out = write_result(res, "mito.tif", voxel_size=(5.0, 5.0, 5.0))
+    assert sorted(p["output"] for p in out) == ["mito.tif", "mito_xy.tif"]  # named as given
     from panoptem.io import read_image
     back = read_image(tmp_path / "mito.tif")
     assert back.voxel_size == (5.0, 5.0, 5.0)

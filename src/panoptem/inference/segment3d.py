@@ -906,6 +906,5 @@ def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False
         path = out.with_name(f"{stem}_{plane}{ext}")
         files.append((path, vol, zarr_chunks(chunk_size, vol.shape)))
         written.append({"output": str(path), "stack": plane, "shape": list(vol.shape), "dtype": str(vol.dtype)})
-    for w, p in zip(written, write_labels_together(files, voxel_size, overwrite, inputs)):
-        w["output"] = str(p)
-    return written
+    write_labels_together(files, voxel_size, overwrite, inputs)
+    return written  # the outputs named as given, as a streamed or a blockwise run names them
