@@ -156,8 +156,8 @@ def test_thin_planes_are_stored_many_to_a_chunk(vol, tmp_path, client):
     per_slice = {v: np.prod(zarr.open_array(str(work / f"net_{v}.zarr" / "probability"), mode="r").chunks[1:])
                  for v in depth}
     assert all(depth[v] * per_slice[v] <= _pass1.CHUNK_BYTES for v in depth)
-    assert all(depth[v] == blocks[v] or (depth[v] + 1) * per_slice[v] > _pass1.CHUNK_BYTES or blocks[v] % (depth[v] + 1)
-               for v in depth)
+    assert all(depth[v] == blocks[v] or (depth[v] + 1) * per_slice[v] > _pass1.CHUNK_BYTES
+               or blocks[v] % (depth[v] + 1) for v in depth)  # not one slice deeper either
 
 
 def test_consensus_writes_the_votes_of_its_sizing_pass(vol, tmp_path, client, monkeypatch):
