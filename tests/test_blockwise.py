@@ -106,10 +106,10 @@ def test_ortho_plane_default_blocks_of_a_thin_volume_are_as_deep_as_it(vol, tmp_
 def test_block_outputs_reach_disk_in_whole_chunks(depth, first_chunk, batches):
     """A block's batches of outputs are gathered into whole chunks of ``depth`` slices (each
     written once, the block's last one as far as it goes) and land where they belong."""
-    from panoptem.distributed._pass1 import _ChunkRows
+    from panoptem.io.zarr_write import ChunkRows
     start, n = first_chunk * depth, sum(batches)
     target = [np.zeros((start + n + 5, 2, 6, 6), np.uint8), np.zeros((start + n + 5, 1, 3, 3), np.float16)]
-    writes = []
+    writes, told = [], []
 
     class Recorded:  # an array that notes the slices each write covers
         def __init__(self, arr):
@@ -121,23 +121,38 @@ def test_block_outputs_reach_disk_in_whole_chunks(depth, first_chunk, batches):
     rng = np.random.default_rng(len(batches))
     truth = [rng.integers(1, 255, (n, 2, 4, 5)).astype(np.uint8), rng.random((n, 1, 2, 2)).astype(np.float16)]
     where = [(slice(1, 5), slice(0, 5)), (slice(1, 3), slice(1, 3))]
-    rows = _ChunkRows([Recorded(t) for t in target], where, depth, start, start + n)
+    rows = ChunkRows([Recorded(t) for t in target], depth, start + n, where, written=lambda i, j: told.append((i, j)))
     at = 0
     for b in batches:
         rows.add(start + at, tuple(t[at:at + b] for t in truth))
         at += b
     spans = writes[0::2]  # the same spans for both arrays, in order, each chunk in one of them
-    assert writes[1::2] == spans and spans[0][0] == start and spans[-1][1] == start + n
+    assert writes[1::2] == spans == told and spans[0][0] == start and spans[-1][1] == start + n
     assert all(a < b and b == c for (a, b), (c, _) in zip(spans, spans[1:] + [(start + n, 0)]))
     assert all(b % depth == 0 for _, b in spans[:-1])
     for t, x, (r, c) in zip(target, truth, where):
         np.testing.assert_array_equal(t[start:start + n, :, r, c], x)
         assert not t[:start].any() and not t[start + n:].any()
-    with pytest.raises(ValueError, match="out of order"):
-        rows.add(start, tuple(t[:1] for t in truth))
-    wide = _ChunkRows([Recorded(t) for t in target], where, depth, start, start + 1)
+    wide = ChunkRows([Recorded(t) for t in target], depth, start + 1, where)
     with pytest.raises(ValueError, match="3 channels for an array of 2"):  # zarr would store a part
         wide.add(start, (np.zeros((1, 3, 4, 5), np.uint8), truth[1][:1]))
+
+
+def test_rows_that_skip_write_what_was_gathered_first():
+    """A batch that does not follow the one before (a resumed run skips stored slices) first
+    writes the rows gathered so far, then gathers anew; flush writes the rest."""
+    from panoptem.io.zarr_write import ChunkRows
+    a, spans = np.zeros((12, 1, 2), np.uint8), []
+    rows = ChunkRows([a], depth=4, stop=12, written=lambda i, j: spans.append((i, j)))
+    rows.add(0, (np.full((3, 1, 2), 1, np.uint8),))
+    rows.add(6, (np.full((1, 1, 2), 2, np.uint8),))
+    assert spans == [(0, 3)]
+    rows.add(7, (np.full((2, 1, 2), 3, np.uint8),))
+    assert spans == [(0, 3), (6, 8)]
+    rows.add(9, (np.full((1, 1, 2), 4, np.uint8),))  # row 8 waits with it for the chunk's end
+    assert spans == [(0, 3), (6, 8)]
+    rows.flush()
+    assert spans == [(0, 3), (6, 8), (8, 10)] and a[:, 0, 0].tolist() == [1, 1, 1, 0, 0, 0, 2, 3, 3, 4, 0, 0]
 
 
 def test_thin_planes_are_stored_many_to_a_chunk(vol, tmp_path, client):

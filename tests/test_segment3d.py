@@ -215,7 +215,7 @@ def test_cache_of_another_shape_is_refused_or_made_afresh(tmp_path):
     assert fresh.group["probability"].shape == (4, 3, 8, 8)
     two = ModelOutput(np.zeros((4, 2, 8, 8), np.float32), np.zeros((4, 1, 2, 2), np.float32),
                       np.zeros((4, 2, 2, 2), np.float32))
-    with pytest.raises(ValueError, match="2 channels of probability for an array of 3"):
+    with pytest.raises(ValueError, match="2 channels for an array of 3"):
         fresh.put(0, two, np.zeros((4, 16), np.uint8))
 
 

@@ -35,6 +35,7 @@ from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_clas
 from ..inference.preprocess import linear_resize
 from ..inference.resample import resize_at
 from ..inference.segment3d import planes_along, with_neighbours
+from ..io.zarr_write import ChunkRows
 from ..labels import pair_counts
 from ..params import Params3D
 from ._source import VolumeSource, read_region, worker_device, worker_model
@@ -242,33 +243,6 @@ def _net_arrays(job: StackJob, mode: str = "r"):
     return tuple(dense(g[k]) for k in ("probability", "heatmap", "offsets"))
 
 
-class _ChunkRows:
-    """Writes a block's outputs slice range by slice range as they come, gathered into whole
-    chunks of ``depth`` slices (a chunk is written once, not once per batch that touches it);
-    the slices ``start:stop`` are the block's along the stack axis, ``start`` on a chunk edge."""
-
-    def __init__(self, arrays, where, depth: int, start: int, stop: int):
-        self.arrays, self.where, self.depth, self.stop = arrays, where, depth, stop
-        self.first, self.parts = start, []
-
-    def add(self, n0: int, parts: tuple[np.ndarray, ...]) -> None:
-        if n0 != self.first + sum(len(p[0]) for p in self.parts):
-            raise ValueError(f"slice {n0} comes out of order")  # batches follow one another
-        self.parts.append(parts)
-        end = n0 + len(parts[0])
-        cut = end if end >= self.stop else end - (end - self.first) % self.depth
-        if cut <= self.first:
-            return
-        joined = [np.concatenate(p) if len(self.parts) > 1 else p[0] for p in zip(*self.parts)]
-        n = cut - self.first
-        for arr, (r, c), x in zip(self.arrays, self.where, joined):
-            if x.shape[1] != arr.shape[1]:  # zarr would not say
-                raise ValueError(f"{x.shape[1]} channels for an array of {arr.shape[1]}")
-            arr[self.first:cut, :, r, c] = x[:n]
-        self.parts = [tuple(x[n:] for x in joined)] if end > cut else []
-        self.first = cut
-
-
 def create_net_arrays(job: StackJob) -> None:
     """The stack's network-output arrays (kept when they exist: a cache)."""
     import numcodecs
@@ -444,7 +418,7 @@ def network_block(job: StackJob, block: Block) -> dict:
     arrays = _net_arrays(job, "r+")
     where = [(slice(g0[0], g0[0] + size[0]), slice(g0[1], g0[1] + size[1]))] + [
         (slice(c0[0], c0[0] + csize[0]), slice(c0[1], c0[1] + csize[1]))] * 2
-    rows_out = _ChunkRows(arrays, where, job.chunk_depth(), block.core[a].start, block.core[a].stop)
+    rows_out = ChunkRows(arrays, job.chunk_depth(), block.core[a].stop, where)  # cores start on chunk edges
 
     def store(first: int, prob, out) -> None:
         """Keep slices ``first``.. (region order) of the core, in-plane core only."""

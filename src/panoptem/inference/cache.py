@@ -142,7 +142,7 @@ class OutputCache:
                  reset_stale: bool = False, chunk: int = 1):
         import zarr
 
-        from ..io.zarr_write import dense
+        from ..io.zarr_write import ChunkRows, dense
         self.path = Path(path) / f"{plane}.zarr"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         g = zarr.open_group(str(self.path), mode="a")
@@ -178,8 +178,9 @@ class OutputCache:
         self._done = np.asarray(self._arr["done"][:])
         self._hash = np.asarray(self._arr["hash"][:])
         self._marked_at, self._stale = time.monotonic(), False  # when the marks were last stored; since changed
-        self._chunk = int(self._arr["probability"].chunks[0])
-        self._pending: list[tuple[int, np.ndarray, tuple]] = []  # (i0, hashes, stored arrays), in order
+        self._given = np.zeros_like(self._hash)  # hashes of slices put, until their outputs are stored
+        self._rows = ChunkRows([self._arr[k] for k in ("probability", "heatmap", "offsets")],
+                               int(self._arr["probability"].chunks[0]), n, written=self._stored)
 
     def done(self, i: int) -> bool:
         """Whether slice ``i`` has been stored (whatever its input)."""
@@ -194,38 +195,22 @@ class OutputCache:
         """Store outputs of slices i0.. and mark them complete (data first, then the marks, which
         reach the disk within :data:`MARK_EVERY_S` or at :meth:`flush`); returns them at cache
         precision."""
-        i1 = i0 + len(out)
         back, q = _quantize(out)
-        if self._pending and self._pending[-1][0] + len(self._pending[-1][1]) != i0:
-            self._store_pending()
-        self._pending.append((i0, np.asarray(hashes), q))
-        if i1 % self._chunk == 0 or i1 == len(self._done):  # a whole chunk (or the stack's end) is ready
-            self._store_pending()
+        self._given[i0:i0 + len(out)] = hashes
+        self._rows.add(i0, q)  # stored when a whole chunk (or the stack's end) is ready
         if time.monotonic() - self._marked_at >= MARK_EVERY_S:
             self.flush()
         return back
 
-    def _store_pending(self) -> None:
-        """Write the slices put since the last write, in one call per array (a chunk of several
-        batches costs one write, not one per batch), and mark them done in memory."""
-        if not self._pending:
-            return
-        i0 = self._pending[0][0]
-        parts = list(zip(*(q for _, _, q in self._pending)))
-        hashes = np.concatenate([h for _, h, _ in self._pending])
-        self._pending = []
-        i1 = i0 + len(hashes)
-        for name, part in zip(("probability", "heatmap", "offsets"), parts):
-            if part[0].shape[1] != self._arr[name].shape[1]:  # zarr would store a part of it
-                raise ValueError(f"{part[0].shape[1]} channels of {name} for an array of {self._arr[name].shape[1]}")
-            self._arr[name][i0:i1] = part[0] if len(part) == 1 else np.concatenate(part)
-        self._hash[i0:i1] = hashes
+    def _stored(self, i0: int, i1: int) -> None:
+        """Slices ``i0:i1`` reached the arrays: mark them done in memory."""
+        self._hash[i0:i1] = self._given[i0:i1]
         self._done[i0:i1] = True
         self._stale = True
 
     def flush(self) -> None:
         """Store every slice put so far and the completion marks (call when the run ends or stops)."""
-        self._store_pending()
+        self._rows.flush()
         if self._stale:
             self._arr["hash"][:] = self._hash
             self._arr["done"][:] = self._done
