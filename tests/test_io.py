@@ -35,6 +35,16 @@ def test_tiff_image_round_trip_keeps_dtype_and_voxel(tmp_path, dtype, shape, vs)
         assert tif.is_ome and tif.pages[0].compression == 8
 
 
+def test_bilevel_tiff_stack_is_read_not_called_corrupt(tmp_path):
+    """1-bit pixels pack eight to a byte; a stack's later pages must not be
+    checked as if they held a byte per pixel."""
+    mask = RNG.random((3, 40, 64)) > 0.5
+    tifffile.imwrite(tmp_path / "bits.tif", mask)
+    with tifffile.TiffFile(tmp_path / "bits.tif") as tif:
+        assert tif.pages[0].bitspersample == 1
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "bits.tif").data), mask)
+
+
 @pytest.mark.parametrize("shape", [(25, 31), (4, 25, 31)])
 def test_tiff_labels_uint32_above_65535_exact(tmp_path, shape):
     lab = RNG.integers(0, 2**32 - 1, shape, dtype=np.uint32)

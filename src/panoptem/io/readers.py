@@ -261,7 +261,7 @@ def _check_tiff_data(p: Path, tif, series, log: list[str]) -> None:
         ends = [o + c for o, c in zip(offsets, counts) if c]
         if ends and max(ends) > size:
             refuse(f"{claim}, stored up to byte {max(ends)}, but the file has {size} bytes")
-        bits = int(getattr(page, "bitspersample", 8) or 8)
+        bits = int(getattr(series.keyframe, "bitspersample", 8) or 8)  # later pages may be frames without it
         if page.compression == 1 and bits % 8 == 0 and sum(counts) < page.nbytes:
             refuse(f"{claim}, but its uncompressed strips/tiles hold only {sum(counts)} bytes per image")
 
