@@ -486,7 +486,7 @@ def test_first_pixel_of_each_piece_in_raster_order():
         first = first[u > 0]
         bb = np.asarray(cc3d.statistics(pieces, no_slice_conversion=True)["bounding_boxes"][1:], np.int64)
         np.testing.assert_array_equal(bb[:, 0], first // pieces.shape[1])
-        np.testing.assert_array_equal(_first_columns(pieces, bb, cells=500), first % pieces.shape[1])
+        np.testing.assert_array_equal(_first_columns(pieces, bb[:, 0], cells=500), first % pieces.shape[1])
 
 
 def test_refusals(vol, tmp_path):

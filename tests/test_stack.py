@@ -326,14 +326,13 @@ def test_object_stats_filter_and_relabel():
 @pytest.mark.parametrize("seed", range(4))
 def test_linker_boxes_equal_find_objects(seed):
     """The linker's bounding boxes (from the object pixels it already holds) are scipy's."""
-    from panoptem.inference.linking import _boxes
-    from panoptem.labels import compact
+    from panoptem.labels import compact, pixel_boxes
     rng = np.random.default_rng(seed)
     lab = ndimage.label(rng.random((37, 53)) > 0.7)[0]
     lab[0, 0], lab[-1, -1] = lab.max() + 1, lab.max() + 2  # objects on the corners
     local, ids = compact(lab)
     nz = np.flatnonzero(local > 0)
-    got = np.stack(_boxes(nz, local.ravel()[nz], ids.size, local.shape), axis=1)
+    got = np.stack(pixel_boxes(nz, local.ravel()[nz], ids.size, local.shape), axis=1)
     want = [(r.start, r.stop, c.start, c.stop) for r, c in ndimage.find_objects(local)]
     np.testing.assert_array_equal(got, want)
 

@@ -312,6 +312,25 @@ def overlap_table(a: np.ndarray, b: np.ndarray, na: int, nb: int,
     return pair_counts(a[m], b[m], na, nb)
 
 
+def pixel_boxes(nz: np.ndarray, lv: np.ndarray, k: int, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Bounding rows ``r0, r1`` and columns ``c0, c1`` (stops exclusive, int64) of ids 1..k,
+    each present, from their pixels' flat indices ``nz`` in a 2D array of ``shape`` and
+    their ids ``lv``: work on the object pixels only, not on the whole image.
+
+    >>> [b.tolist() for b in pixel_boxes(np.array([1, 4, 5]), np.array([1, 2, 1]), 2, (2, 3))]
+    [[0, 1], [2, 2], [1, 1], [3, 2]]
+    """
+    rows, cols = np.divmod(nz, shape[1])
+    r0, c0 = np.full(k, shape[0], np.int64), np.full(k, shape[1], np.int64)
+    r1, c1 = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    at = lv.astype(np.intp) - 1
+    np.minimum.at(r0, at, rows)
+    np.maximum.at(r1, at, rows + 1)
+    np.minimum.at(c0, at, cols)
+    np.maximum.at(c1, at, cols + 1)
+    return r0, r1, c0, c1
+
+
 def pair_counts(a: np.ndarray, b: np.ndarray, na: int, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(ia, ib, count)`` (int64) of the distinct pairs ``(a[i], b[i])``, ids in
     1..na and 1..nb: :func:`overlap_table` on the voxels where both are objects.

@@ -36,7 +36,7 @@ from ..inference.preprocess import linear_resize
 from ..inference.resample import resize_at
 from ..inference.segment3d import planes_along, with_neighbours
 from ..io.zarr_write import ChunkRows
-from ..labels import pair_counts
+from ..labels import pair_counts, pixel_boxes
 from ..params import Params3D
 from ._source import VolumeSource, read_region, worker_device, worker_model
 from .blocks import Block
@@ -524,7 +524,7 @@ def decode_block(job: StackJob, block: Block) -> dict:
     core_rc = tuple(slice(block.core[ax].start - full_win[i][0], block.core[ax].stop - full_win[i][0])
                     for i, ax in enumerate(ip))
     origin = tuple(block.core[ax].start for ax in ip)
-    builder = _Pieces(things, origin, tuple(job.shape[ax] for ax in ip))
+    builder = _Pieces(things, origin, tuple(job.shape[ax] for ax in ip), (c0, c1))
     from ..inference.median import RunningMedian
     median = RunningMedian(p.median_slices)
     emitted = []
@@ -543,7 +543,7 @@ def decode_block(job: StackJob, block: Block) -> dict:
             pm_full = pm if pm.shape[-2:] == out_shape else linear_resize(pm, out_shape)
         sem = semantic_classes(pm_full, card_classes, p.confidence_thr)
         builder.add(d, d < c0, sem[core_rc], ids[core_rc], keys, things, stuff)
-    table, core_labels = builder.finish(c0, c1)
+    table, core_labels = builder.finish()
     if core_labels is not None:
         import zarr
         from ..io.zarr_write import put
@@ -574,26 +574,30 @@ def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things, fact
     return ids, keys
 
 
-def _first_columns(pieces: np.ndarray, bb: np.ndarray, cells: int = 1 << 22) -> np.ndarray:
+def _first_columns(pieces: np.ndarray, top: np.ndarray, cells: int = 1 << 22) -> np.ndarray:
     """Column of the first pixel, in raster order, of pieces 1..k of a 2D label image: the
-    leftmost pixel of each piece in its top row (``bb[:, 0]``, from its bounding boxes
-    ``(r0, r1, c0, c1)``); rows are compared a few hundred pieces at a time."""
-    k = len(bb)
+    leftmost pixel of each piece in its top row ``top``; rows are compared a few hundred
+    pieces at a time."""
+    k = len(top)
     out = np.empty(k, np.int64)
     step = max(1, cells // max(1, pieces.shape[1]))
     for a in range(0, k, step):
         b = min(k, a + step)
-        hit = pieces[bb[a:b, 0]] == np.arange(a + 1, b + 1, dtype=pieces.dtype)[:, None]
+        hit = pieces[top[a:b]] == np.arange(a + 1, b + 1, dtype=pieces.dtype)[:, None]
         out[a:b] = hit.argmax(axis=1)
     return out
 
 
 class _Pieces:
-    """Collects the 2D pieces of a block's decoded slices (in-plane core only)."""
+    """Collects the 2D pieces of a block's decoded slices (in-plane core only); slices
+    ``core`` (start, stop) are the block's own, those before them its halo."""
 
-    def __init__(self, things, origin, full_hw):
+    def __init__(self, things, origin, full_hw, core: tuple[int, int]):
         self.things = list(things)
         self.origin, self.full_hw = origin, full_hw
+        self.core = core
+        self.core_labels: np.ndarray | None = None  # the core's labels, written plane by plane
+        self.labelled = False
         self.planes: list[int] = []
         self.labels: list[np.ndarray] = []
         self.halo: list[bool] = []
@@ -602,42 +606,52 @@ class _Pieces:
         self.stuff: list[tuple] = []
         self.n = 0
         self.span: dict[int, tuple[int, int]] = {}  # plane -> (ids before its pieces, its pieces)
+        self.pixels: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # plane -> its pieces' flat indices, ids 1..k
 
     def add(self, d: int, is_halo: bool, sem: np.ndarray, ids: np.ndarray, keys: np.ndarray, things, stuff) -> None:
+        """Plane ``d``: its pieces (8-connected, one centre each) and what the linking needs
+        of them, counted on their pixels alone; ``ids`` (centre index + 1, 0: none) >= 0."""
         is_thing = (sem == things[0] if len(things) == 1 else np.isin(sem, things)) if things \
             else np.zeros(sem.shape, bool)  # one class: a compare, 10 x faster than isin
-        inst = np.where(is_thing & (ids > 0), ids, 0).astype(np.uint32)
+        inst = np.multiply(ids, is_thing, out=np.empty(ids.shape, np.uint32), casting="unsafe")
         pieces, k = cc3d.connected_components(inst, connectivity=8, return_N=True)
         self.span[d] = (self.n, k)
-        lab = np.zeros(sem.shape, np.uint32)
+        if is_halo:
+            lab = np.zeros(sem.shape, np.uint32)
+        else:
+            if self.core_labels is None:
+                self.core_labels = np.zeros((self.core[1] - self.core[0], *sem.shape), np.uint32)
+            lab = self.core_labels[d - self.core[0]]
+        flat = pieces.reshape(-1)
+        nz = np.flatnonzero(flat != 0)  # a boolean scan: several times faster than one of the ids
+        lv = flat[nz]
+        self.pixels[d] = (nz, lv)
         if k:
-            lab = pieces.astype(np.uint32)
-            if self.n:
-                np.add(lab, np.uint32(self.n), out=lab, where=lab > 0)
-            st = cc3d.statistics(np.ascontiguousarray(pieces), no_slice_conversion=True)
-            area = np.asarray(st["voxel_counts"][1:], np.int64)
-            bb = np.asarray(st["bounding_boxes"][1:], np.int64)
-            fr, fc = bb[:, 0], _first_columns(pieces, bb)
+            lab.reshape(-1)[nz] = lv.astype(np.uint32) + np.uint32(self.n)
+            area = np.bincount(lv, minlength=k + 1)[1:].astype(np.int64)
+            r0, r1, c0, c1 = pixel_boxes(nz, lv, k, sem.shape)
+            fr, fc = r0, _first_columns(pieces, r0)
             centre = inst[fr, fc].astype(np.int64) - 1
             if len(things) == 1:  # every pixel of a piece is of the one thing class
                 counts = area[:, None]
             else:
                 n_cls = max(things) + 1
-                counts = np.bincount(pieces[is_thing].astype(np.int64) * n_cls + sem[is_thing],
+                counts = np.bincount(lv.astype(np.int64) * n_cls + sem.reshape(-1)[nz],
                                      minlength=(k + 1) * n_cls).reshape(k + 1, n_cls)[1:][:, things]
             oy, ox = self.origin
             rows = self.rows
             rows["plane"].append(np.full(k, d, np.int64))
             rows["key"].append(keys[centre].astype(np.int64))
             rows["area"].append(area)
-            rows["r0"].append(bb[:, 0] + oy)
-            rows["r1"].append(bb[:, 1] + 1 + oy)
-            rows["c0"].append(bb[:, 2] + ox)
-            rows["c1"].append(bb[:, 3] + 1 + ox)
+            rows["r0"].append(r0 + oy)
+            rows["r1"].append(r1 + oy)
+            rows["c0"].append(c0 + ox)
+            rows["c1"].append(c1 + ox)
             rows["first"].append((fr + oy) * self.full_hw[1] + fc + ox)
             rows["halo"].append(np.full(k, is_halo))
             rows["cls_counts"].append(counts.astype(np.int64))
             self.n += k
+            self.labelled = self.labelled or not is_halo
         for s in stuff:
             m = (sem == s) & (lab == 0)
             c = int(m.sum())
@@ -645,11 +659,15 @@ class _Pieces:
                 lab[m] = STUFF + np.uint32(s)
                 if not is_halo:
                     self.stuff.append((d, s, c))
+                    self.labelled = True
         self.planes.append(d)
         self.labels.append(lab)
         self.halo.append(is_halo)
 
-    def finish(self, c0: int, c1: int) -> tuple[dict, np.ndarray | None]:
+    def finish(self) -> tuple[dict, np.ndarray | None]:
+        """The pieces' table (statistics, overlaps between planes, halo maps, stuff
+        counts) and the core's labels (None where it has none)."""
+        c0, c1 = self.core
         nt = len(self.things)
         cat = {k: (np.concatenate(v) if v else (np.zeros((0, nt), np.int64) if k == "cls_counts" else
                                                  np.zeros(0, bool if k == "halo" else np.int64)))
@@ -658,22 +676,23 @@ class _Pieces:
         pa, pb, pc, pk = [], [], [], []
         for d in range(c0, c1):
             for dz in (1, 2):  # neighbours, and two apart (gap bridging and the X repair use them)
-                a, b = by_plane.get(d - dz), by_plane.get(d)
+                a, b = self.pixels.get(d - dz), by_plane.get(d)
                 if a is None or b is None:
                     continue
                 (base_a, ka), (base_b, kb) = self.span[d - dz], self.span[d]
-                m = (a > 0) & (b > 0) & (a < STUFF) & (b < STUFF)
+                nz_a, lv_a = a
+                under = b.reshape(-1)[nz_a]  # plane d under the pieces of plane d - dz
+                m = (under > 0) & (under < STUFF)
                 if not m.any():
                     continue
                 # each plane's pieces are base + 1..k: counted on those small ranges, in (a, b) order
-                ia, ib, c = pair_counts(a[m] - np.uint32(base_a), b[m] - np.uint32(base_b), ka, kb)
+                ia, ib, c = pair_counts(lv_a[m], under[m] - np.uint32(base_b), ka, kb)
                 pa.append(ia + base_a)
                 pb.append(ib + base_b)
                 pc.append(c)
                 pk.append(np.full(ia.size, dz, np.int64))
         e = np.zeros(0, np.int64)
         halo_planes = [d for d, h in zip(self.planes, self.halo) if h]
-        core = [lab for lab, h in zip(self.labels, self.halo) if not h]
         table = dict(cat, pa=np.concatenate(pa) if pa else e, pb=np.concatenate(pb) if pb else e,
                      pc=np.concatenate(pc) if pc else e, pkind=np.concatenate(pk) if pk else e,
                      halo_planes=np.asarray(halo_planes, np.int64),
@@ -682,5 +701,4 @@ class _Pieces:
                      stuff_plane=np.asarray([s[0] for s in self.stuff], np.int64),
                      stuff_cls=np.asarray([s[1] for s in self.stuff], np.int64),
                      stuff_count=np.asarray([s[2] for s in self.stuff], np.int64))
-        labels = np.stack(core) if core and any(lab.any() for lab in core) else None
-        return table, labels
+        return table, self.core_labels if self.labelled else None

@@ -16,7 +16,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import PanoptemError
-from ..labels import compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, pair_counts
+from ..labels import compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, pair_counts, pixel_boxes
 
 # Split guard of the linking rule (see SliceLinker): a second branch must lie
 # mostly inside the object it leaves, when it is not a small fragment.
@@ -44,20 +44,6 @@ class LinkResult:
     voxels: np.ndarray
     bbox: np.ndarray
     n_provisional: int = 0
-
-
-def _boxes(nz: np.ndarray, lv: np.ndarray, k: int, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
-    """Bounding rows ``r0, r1`` and columns ``c0, c1`` (stops exclusive) of ids 1..k, each
-    present, from their pixels' flat indices ``nz`` in an array of ``shape`` and ids ``lv``."""
-    rows, cols = np.divmod(nz, shape[1])
-    r0, c0 = np.full(k, shape[0], np.int64), np.full(k, shape[1], np.int64)
-    r1, c1 = np.zeros(k, np.int64), np.zeros(k, np.int64)
-    at = lv.astype(np.intp) - 1
-    np.minimum.at(r0, at, rows)
-    np.maximum.at(r1, at, rows + 1)
-    np.minimum.at(c0, at, cols)
-    np.maximum.at(c1, at, cols + 1)
-    return r0, r1, c0, c1
 
 
 class SliceLinker:
@@ -175,7 +161,7 @@ class SliceLinker:
         nz = np.flatnonzero(local > 0)  # a boolean scan: several times faster than one of the ids
         lv = local.ravel()[nz]
         area = np.bincount(lv, minlength=k + 1)[1:].astype(np.int64)  # over the object pixels only
-        r0, r1, c0, c1 = _boxes(nz, lv, k, lab.shape)
+        r0, r1, c0, c1 = pixel_boxes(nz, lv, k, lab.shape)
         for key, val in (("cls", cls), ("thing", thing), ("area", area), ("r0", r0), ("r1", r1),
                          ("c0", c0), ("c1", c1), ("count", [k])):
             self._nodes[key].append(np.asarray(val))
