@@ -184,24 +184,69 @@ def test_consensus_writes_the_votes_of_its_sizing_pass(vol, tmp_path, client, mo
     votes, kept = [], []
     orig_vote, orig_keep = _consensus._vote, _consensus._keep_votes
 
-    def counted_vote(job, block, within=None):
+    def counted_vote(job, block, *args, **kw):
         votes.append(block.index)
-        return orig_vote(job, block, within)
+        return orig_vote(job, block, *args, **kw)
     monkeypatch.setattr(_consensus, "_vote", counted_vote)
     res, got = _blockwise(vol, tmp_path, client=client, block_shape=(32, 128, 128), halo=(32, 32, 32), orthoplane=True)
     np.testing.assert_array_equal(got, whole)
     assert sorted(votes) == list(range(res.blocks)) and res.blocks > 1  # once per block: sizing only
 
-    def keep_some(job, block, win):  # the votes of block 0 go missing
+    def keep_some(job, block, *votes):  # the votes of block 0 go missing
         kept.append(block.index)
         if block.index:
-            orig_keep(job, block, win)
+            orig_keep(job, block, *votes)
     monkeypatch.setattr(_consensus, "_keep_votes", keep_some)
     votes.clear()
     res, got = _blockwise(vol, tmp_path, name="again.zarr", client=client, block_shape=(32, 128, 128),
                           halo=(32, 32, 32), orthoplane=True)
     np.testing.assert_array_equal(got, whole)
     assert sorted(votes) == sorted([*range(res.blocks), 0]) and sorted(kept) == list(range(res.blocks))
+
+
+def test_consensus_makes_each_stacks_labels_once_per_block(vol, tmp_path, client, monkeypatch):
+    """The overlaps pass keeps the voxels the stacks label, with their objects, for the
+    vote: the stacks' labels of a block are made once (again only where that record is
+    missing), and the labels are the whole volume's either way."""
+    from panoptem.distributed import _consensus
+    whole = segment_3d(vol, dark_blob_model(), **P, orthoplane=True).labels["mitochondria"]
+    made = []
+    orig_nodes, orig_load = _consensus.ConsensusJob.node_labels, _consensus.load_voxels
+
+    def counted(self, block, *args, **kw):
+        made.append(block.index)
+        return orig_nodes(self, block, *args, **kw)
+    monkeypatch.setattr(_consensus.ConsensusJob, "node_labels", counted)
+    res, got = _blockwise(vol, tmp_path, client=client, block_shape=(32, 128, 128), halo=(32, 32, 32), orthoplane=True)
+    np.testing.assert_array_equal(got, whole)
+    assert sorted(made) == list(range(res.blocks)) and res.blocks > 1
+
+    def lose_block_0(path):  # the kept objects of block 0 go missing
+        return None if path.parent.name == "nodes" and path.stem == "0" else orig_load(path)
+    monkeypatch.setattr(_consensus, "load_voxels", lose_block_0)
+    made.clear()
+    res, got = _blockwise(vol, tmp_path, name="again.zarr", client=client, block_shape=(32, 128, 128),
+                          halo=(32, 32, 32), orthoplane=True)
+    np.testing.assert_array_equal(got, whole)
+    assert sorted(made) == sorted([*range(res.blocks), 0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 300), rows=st.sampled_from([None, 1, 3]), seed=st.integers(0, 2**31 - 1))
+def test_kept_voxels_come_back_as_kept(tmp_path_factory, n, rows, seed):
+    """Voxels kept between passes (ascending flat indices, stored as steps; their values)
+    come back exactly, none included."""
+    from panoptem.distributed._consensus import load_voxels, save_voxels
+    rng = np.random.default_rng(seed)
+    at = np.sort(rng.choice(1 << 40, n, replace=False)).astype(np.int64)
+    values = rng.integers(0, 2**31 - 1, n if rows is None else (rows, n)).astype(np.int32)
+    path = tmp_path_factory.mktemp("kept") / "v.npz"
+    assert load_voxels(path) is None
+    save_voxels(path, at, values)
+    got_at, got_values = load_voxels(path)
+    np.testing.assert_array_equal(got_at, at)
+    np.testing.assert_array_equal(got_values, values)
+    assert got_values.dtype == np.int32 and got_values.shape == values.shape
 
 
 @pytest.mark.parametrize("params,block,halo", [({}, (8, 64, 64), (32, 32, 32)),

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..inference.consensus import _group, vote, vote_rules
-from ..labels import dtype_for_max_label, keep_mask, number_per_class, object_stats, pair_counts
-from ._pass1 import load_labels, save_labels, save_npz
+from ..inference.consensus import _group, _labelled, _sizes_and_boxes, vote_rules, winners
+from ..labels import dtype_for_max_label, keep_mask, number_per_class, pair_counts
+from ._pass1 import save_npz
 from ._write import WriteJob, final_labels
 from .blocks import Block
 
@@ -67,16 +67,48 @@ def node_of(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(ok, i + 1, 0).astype(np.int32)
 
 
+def save_voxels(path: Path, at: np.ndarray, values: np.ndarray) -> None:
+    """Keep some voxels of a block between passes: their flat indices ``at`` (ascending,
+    stored as steps) and ``values`` (last axis along ``at``), zstd-compressed, atomically."""
+    from numcodecs import Zstd
+    z = Zstd(level=1)
+
+    def packed(a: np.ndarray) -> np.ndarray:
+        return np.frombuffer(z.encode(a), np.uint8) if a.size else np.zeros(0, np.uint8)
+    values = np.ascontiguousarray(values)
+    save_npz(path, at=packed(np.diff(np.asarray(at, np.int64), prepend=0)), values=packed(values),
+             shape=np.asarray(values.shape, np.int64), dtype=np.asarray(values.dtype.str))
+
+
+def load_voxels(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """What :func:`save_voxels` kept at ``path`` (None if nothing)."""
+    if not path.exists():
+        return None
+    from numcodecs import Zstd
+    r = np.load(path)
+
+    def unpacked(b: np.ndarray, dtype) -> np.ndarray:
+        return np.frombuffer(Zstd().decode(b.tobytes()), dtype) if b.size else np.zeros(0, dtype)
+    values = unpacked(r["values"], np.dtype(str(r["dtype"]))).reshape(r["shape"])
+    return np.cumsum(unpacked(r["at"], np.int64)), values
+
+
+def _nodes_file(job: ConsensusJob, block: Block) -> Path:
+    return Path(job.work) / "nodes" / f"{block.index}.npz"
+
+
 def overlaps_block(job: ConsensusJob, block: Block) -> dict:
-    """Overlap counts of the stacks' objects in ``block`` (1-based node indices)."""
-    idx = job.node_labels(block)
+    """Overlap counts of the stacks' objects in ``block`` (1-based node indices); the
+    voxels any stack labels are kept with their nodes for the vote (a few percent of a
+    block in EM), so the stacks' labels are made once."""
+    at, g = _labelled(job.node_labels(block))
+    save_voxels(_nodes_file(job, block), at, g)
     ks = [int(ids.size) for ids in job.nodes()]
     out = {}
-    for t in range(1, len(idx)):
+    for t in range(1, len(g)):
         for s in range(t):
-            a, b = idx[s], idx[t]
-            m = (a > 0) & (b > 0)
-            ia, ib, c = pair_counts(a[m], b[m], ks[s], ks[t])
+            m = (g[s] > 0) & (g[t] > 0)
+            ia, ib, c = pair_counts(g[s][m], g[t][m], ks[s], ks[t])
             out[f"{s}{t}"] = np.stack([ia, ib, c]) if ia.size else np.zeros((3, 0), np.int64)
     return out
 
@@ -107,35 +139,43 @@ def group(job: ConsensusJob, parts: list[dict], match_iou: float = 0.25) -> None
              **{f"lut{i}": lut for i, lut in enumerate(luts)})
 
 
-def _vote(job: ConsensusJob, block: Block, within=None):
-    """The voxel vote over ``block``'s core (or ``within`` it): the winning group per voxel."""
+def _vote(job: ConsensusJob, block: Block, within=None, labelled=None) -> tuple[np.ndarray, np.ndarray]:
+    """The voxel vote over ``block``'s core (or ``within`` it): the flat indices of the voxels
+    a group wins there and their groups. ``labelled``: the kept ``(at, nodes)`` of the core
+    (else the stacks' labels are made again)."""
     r = np.load(Path(job.work) / "rules.npz")
-    groups = job.node_labels(block, within, then=[r[f"lut{i}"] for i in range(len(job.stacks))])
-    return vote(groups, r["need"], r["prio"], int(r["n_groups"]))
+    at, g = labelled if labelled is not None else _labelled(job.node_labels(block, within))
+    groups = np.stack([r[f"lut{i}"][v] for i, v in enumerate(g)]) if len(at) else np.zeros((len(g), 0), np.int32)
+    win = winners(groups, r["need"], r["prio"], int(r["n_groups"]))
+    on = win > 0
+    return at[on], win[on]
 
 
 def _votes_file(job: ConsensusJob, block: Block) -> Path:
     return Path(job.work) / "votes" / f"{block.index}.npz"
 
 
-def _keep_votes(job: ConsensusJob, block: Block, win: np.ndarray) -> None:
-    """The winning groups of ``block``'s core, kept for the writing pass (a 128 x 768 x 1024
-    block of Lucchi mitochondria: 0.6 MB)."""
-    save_labels(_votes_file(job, block), win)
+def _keep_votes(job: ConsensusJob, block: Block, at: np.ndarray, win: np.ndarray) -> None:
+    """The voxels ``block``'s core gives a group and their groups, kept for the writing pass."""
+    save_voxels(_votes_file(job, block), at, win)
 
 
-def _kept_votes(job: ConsensusJob, block: Block) -> np.ndarray | None:
-    """The winning groups the sizing pass kept for ``block`` (None if nothing)."""
-    return load_labels(_votes_file(job, block))
+def _kept_votes(job: ConsensusJob, block: Block) -> tuple[np.ndarray, np.ndarray] | None:
+    """The votes the sizing pass kept for ``block`` (None if nothing)."""
+    return load_voxels(_votes_file(job, block))
 
 
 def stats_block(job: ConsensusJob, block: Block) -> dict:
     """Voxels and bounding boxes of the consensus groups in ``block`` (its votes are kept)."""
-    win = _vote(job, block)
-    _keep_votes(job, block, win)
-    ids, voxels, bbox = object_stats(win)
+    r = np.load(Path(job.work) / "rules.npz")
+    at, win = _vote(job, block, labelled=load_voxels(_nodes_file(job, block)))
+    _keep_votes(job, block, at, win)
+    shape = tuple(s.stop - s.start for s in block.core)
+    voxels, lo, hi = _sizes_and_boxes(at, win, shape, int(r["n_groups"]), 0)
+    ids = np.flatnonzero(voxels[1:]) + 1
     start = np.array([s.start for s in block.core] * 2)
-    return {"ids": ids.astype(np.int64), "voxels": voxels, "bbox": bbox + start}
+    return {"ids": ids.astype(np.int64), "voxels": voxels[ids].astype(np.int64),
+            "bbox": np.concatenate([lo[:, ids], hi[:, ids]]).T + start}
 
 
 def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_extent: int) -> dict[int, int]:
@@ -165,12 +205,14 @@ def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_exten
 def consensus_labels(job: ConsensusJob, block: Block, within=None) -> np.ndarray:
     """Consensus labels of ``block``'s core, or of the part ``within`` it
     (semantic segments voted as in the whole-volume rule)."""
-    from ..labels import lookup
-    win = _kept_votes(job, block) if within is None else None
-    if win is None:  # a part of the block (Erode / Dilate labels), or votes not kept
-        win = _vote(job, block, within)
+    votes = _kept_votes(job, block) if within is None else None
+    if votes is None:  # a part of the block (Erode / Dilate labels), or votes not kept
+        votes = _vote(job, block, within)
+    at, win = votes
     lut = np.load(Path(job.work) / "final.npy")
-    labels = lookup(lut.astype(dtype_for_max_label(int(lut.max(initial=0)))), win)
+    shape = tuple(s.stop - s.start for s in (block.core if within is None else within))
+    labels = np.zeros(shape, dtype_for_max_label(int(lut.max(initial=0))))
+    labels.reshape(-1)[at] = lut[win]
     div = job.divisor or 0
     if div and job.stuff:
         import fastremap

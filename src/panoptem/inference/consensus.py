@@ -245,16 +245,6 @@ def vote_rules(stacks: list[dict], group: np.ndarray, n_groups: int, n_views: in
     return need, prio, g_cls, luts
 
 
-def vote(groups: list[np.ndarray], need: np.ndarray, prio: np.ndarray, n_groups: int) -> np.ndarray:
-    """The voxel vote: ``groups`` holds, per stack, the group (1-based, 0 =
-    none) of each voxel's object; returns the winning group per voxel (0: none)."""
-    shape = groups[0].shape
-    fg, g = _labelled([np.asarray(g) for g in groups])
-    out = np.zeros(int(np.prod(shape)), np.int32)
-    out[fg] = winners(g, need, prio, n_groups)
-    return out.reshape(shape)
-
-
 def winners(g: np.ndarray, need: np.ndarray, prio: np.ndarray, n_groups: int) -> np.ndarray:
     """The vote itself: ``g`` (views, voxels) the group of each voxel in each view (1-based,
     0 = none); per voxel the group with the most votes, at least ``need[group]``, ties
