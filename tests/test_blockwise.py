@@ -236,7 +236,7 @@ def test_consensus_makes_each_stacks_labels_once_per_block(vol, tmp_path, client
 def test_kept_voxels_come_back_as_kept(tmp_path_factory, n, rows, seed):
     """Voxels kept between passes (ascending flat indices, stored as steps; their values)
     come back exactly, none included."""
-    from panoptem.distributed._consensus import load_voxels, save_voxels
+    from panoptem.distributed._pass1 import load_voxels, save_voxels
     rng = np.random.default_rng(seed)
     at = np.sort(rng.choice(1 << 40, n, replace=False)).astype(np.int64)
     values = rng.integers(0, 2**31 - 1, n if rows is None else (rows, n)).astype(np.int32)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..inference.consensus import _group, _labelled, _sizes_and_boxes, vote_rules, winners
 from ..labels import dtype_for_max_label, keep_mask, number_per_class, pair_counts
-from ._pass1 import save_npz
+from ._pass1 import load_voxels, save_npz, save_voxels
 from ._write import WriteJob, final_labels
 from .blocks import Block
 
@@ -65,32 +65,6 @@ def node_of(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     i = np.searchsorted(ids, lab)
     ok = (lab > 0) & (i < ids.size) & (ids[np.minimum(i, ids.size - 1)] == lab)
     return np.where(ok, i + 1, 0).astype(np.int32)
-
-
-def save_voxels(path: Path, at: np.ndarray, values: np.ndarray) -> None:
-    """Keep some voxels of a block between passes: their flat indices ``at`` (ascending,
-    stored as steps) and ``values`` (last axis along ``at``), zstd-compressed, atomically."""
-    from numcodecs import Zstd
-    z = Zstd(level=1)
-
-    def packed(a: np.ndarray) -> np.ndarray:
-        return np.frombuffer(z.encode(a), np.uint8) if a.size else np.zeros(0, np.uint8)
-    values = np.ascontiguousarray(values)
-    save_npz(path, at=packed(np.diff(np.asarray(at, np.int64), prepend=0)), values=packed(values),
-             shape=np.asarray(values.shape, np.int64), dtype=np.asarray(values.dtype.str))
-
-
-def load_voxels(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """What :func:`save_voxels` kept at ``path`` (None if nothing)."""
-    if not path.exists():
-        return None
-    from numcodecs import Zstd
-    r = np.load(path)
-
-    def unpacked(b: np.ndarray, dtype) -> np.ndarray:
-        return np.frombuffer(Zstd().decode(b.tobytes()), dtype) if b.size else np.zeros(0, dtype)
-    values = unpacked(r["values"], np.dtype(str(r["dtype"]))).reshape(r["shape"])
-    return np.cumsum(unpacked(r["at"], np.int64)), values
 
 
 def _nodes_file(job: ConsensusJob, block: Block) -> Path:

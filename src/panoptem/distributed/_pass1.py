@@ -216,24 +216,48 @@ def save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
+def _packed(a: np.ndarray) -> np.ndarray:
+    """``a``'s bytes, zstd-compressed (fast: level 1), as uint8."""
+    from numcodecs import Zstd
+    return np.frombuffer(Zstd(level=1).encode(np.ascontiguousarray(a)), np.uint8) if a.size else np.zeros(0, np.uint8)
+
+
+def _unpacked(b: np.ndarray, dtype) -> np.ndarray:
+    """The flat array of ``dtype`` that :func:`_packed` gave ``b`` for."""
+    from numcodecs import Zstd
+    return np.frombuffer(Zstd().decode(b.tobytes()), dtype) if b.size else np.zeros(0, dtype)
+
+
 def save_labels(path: Path, labels: np.ndarray) -> None:
     """Keep a block's label array between passes: in the narrowest dtype its ids fit,
     zstd-compressed (mostly background: a few hundred kB for a large block), atomically."""
-    from numcodecs import Zstd
-
     from ..labels import dtype_for_max_label
     narrow = labels.astype(dtype_for_max_label(int(labels.max(initial=0))), copy=False)
-    save_npz(path, data=np.frombuffer(Zstd(level=1).encode(np.ascontiguousarray(narrow)), np.uint8),
-             shape=np.asarray(labels.shape, np.int64), dtype=np.asarray(narrow.dtype.str))
+    save_npz(path, data=_packed(narrow), shape=np.asarray(labels.shape, np.int64), dtype=np.asarray(narrow.dtype.str))
 
 
 def load_labels(path: Path) -> np.ndarray | None:
     """What :func:`save_labels` kept at ``path``, read-only (None if nothing)."""
     if not path.exists():
         return None
-    from numcodecs import Zstd
     r = np.load(path)
-    return np.frombuffer(Zstd().decode(r["data"].tobytes()), np.dtype(str(r["dtype"]))).reshape(r["shape"])
+    return _unpacked(r["data"], np.dtype(str(r["dtype"]))).reshape(r["shape"])
+
+
+def save_voxels(path: Path, at: np.ndarray, values: np.ndarray) -> None:
+    """Keep some voxels of a block between passes: their flat indices ``at`` (ascending,
+    stored as steps) and ``values`` (last axis along ``at``), zstd-compressed, atomically."""
+    values = np.asarray(values)
+    save_npz(path, at=_packed(np.diff(np.asarray(at, np.int64), prepend=0)), values=_packed(values),
+             shape=np.asarray(values.shape, np.int64), dtype=np.asarray(values.dtype.str))
+
+
+def load_voxels(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """What :func:`save_voxels` kept at ``path``: ``(at, values)`` (None if nothing)."""
+    if not path.exists():
+        return None
+    r = np.load(path)
+    return np.cumsum(_unpacked(r["at"], np.int64)), _unpacked(r["values"], np.dtype(str(r["dtype"]))).reshape(r["shape"])
 
 
 def _net_arrays(job: StackJob, mode: str = "r"):
