@@ -119,8 +119,7 @@ def _vote(job: ConsensusJob, block: Block, within=None, labelled=None) -> tuple[
     (else the stacks' labels are made again)."""
     r = np.load(Path(job.work) / "rules.npz")
     at, g = labelled if labelled is not None else _labelled(job.node_labels(block, within))
-    groups = np.stack([r[f"lut{i}"][v] for i, v in enumerate(g)]) if len(at) else np.zeros((len(g), 0), np.int32)
-    win = winners(groups, r["need"], r["prio"], int(r["n_groups"]))
+    win = winners(np.stack([r[f"lut{i}"][v] for i, v in enumerate(g)]), r["need"], r["prio"], int(r["n_groups"]))
     on = win > 0
     return at[on], win[on]
 
