@@ -82,9 +82,10 @@ def main():
     ap.add_argument("--model", default="MitoLite_v1", help="a model name or card, or 'oracle'")
     ap.add_argument("--keep", default=None, help="folder to keep the volume in (default: a temporary one)")
     a = ap.parse_args()
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from panoptem.distributed import segment_blockwise
+    from panoptem.distributed._cluster import local_cluster
     shape = tuple(int(v) for v in a.shape.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(a.keep or tmp)
@@ -98,8 +99,7 @@ def main():
         model = oracle_card(folder) if a.model == "oracle" else a.model
         base = None
         for n in (int(v) for v in a.workers.split(",")):
-            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=a.memory_limit,
-                              dashboard_address=None) as lc, Client(lc) as client:
+            with local_cluster(n, memory_limit=a.memory_limit, dashboard_address=None) as lc, Client(lc) as client:
                 client.run(lambda k=max(1, (os.cpu_count() or 1) // n): __import__("torch").set_num_threads(k))
                 t = time.perf_counter()
                 res = segment_blockwise(str(src), model, folder / f"labels_{n}.zarr", block_shape=a.block_shape,

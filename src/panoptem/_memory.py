@@ -25,6 +25,7 @@ import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _done = False
 _libc = None
 
@@ -51,6 +52,21 @@ def fix_mmap_threshold(nbytes: int = 64 << 20) -> bool:
     except (OSError, AttributeError):
         _done = False
     return _done
+
+
+def limit_arenas(n: int = 2) -> bool:
+    """Let glibc's malloc use at most ``n`` arenas (M_ARENA_MAX) from now on. By default each
+    thread that allocates gets one, up to 8 per core, and memory freed in one stays there:
+    a blockwise Dask worker (its task thread, zarr's and the relabelling's threads) kept about
+    240 MB of free heap after 144 blocks that no trim handed back (548 MB resident against 395
+    with 2 arenas, 348 with 1); above its memory limit's pause mark a worker stops taking
+    tasks and the run waits for it. No effect outside glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(_c().mallopt(_M_ARENA_MAX, int(n)))
+    except (OSError, AttributeError):
+        return False
 
 
 #: :func:`release_free` trims once the process's resident memory has grown by this much since

@@ -12,7 +12,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 
 class _WorkerSetup(WorkerPlugin):
-    """Worker plugin: pins each worker to its device and caps its threads at its share of the cores."""
+    """Worker plugin: pins each worker to its device, caps its threads at its share of the cores
+    and its heap at two malloc arenas (see :func:`panoptem._memory.limit_arenas`)."""
 
     name = "panoptem-setup"
 
@@ -22,7 +23,9 @@ class _WorkerSetup(WorkerPlugin):
         self.slots_per_host = slots_per_host or {}  # task slots of a running cluster's workers, by host
 
     def setup(self, worker):
+        from .._memory import limit_arenas
         from ._source import set_worker_device
+        limit_arenas(WORKER_ARENAS)
         if self.devices:
             try:
                 i = int(worker.name)
@@ -77,12 +80,30 @@ def plan_workers(n_workers: int | None, devices: list[str] | None, bytes_per_wor
     return n_workers, max(1, cores // n_workers)
 
 
+#: malloc arenas of a worker process (see :func:`panoptem._memory.limit_arenas`)
+WORKER_ARENAS = 2
+
+
+def local_cluster(n_workers: int, processes: bool = True, **kw):
+    """A LocalCluster of ``n_workers`` one-thread workers whose processes start with at most
+    :data:`WORKER_ARENAS` malloc arenas (``MALLOC_ARENA_MAX``, unless the environment sets
+    it): the plugin's cap comes after the first threads took theirs."""
+    import os
+
+    import dask
+    from distributed import LocalCluster
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {})
+    env.setdefault("MALLOC_ARENA_MAX", os.environ.get("MALLOC_ARENA_MAX", str(WORKER_ARENAS)))
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes, **kw)
+
+
 @contextmanager
 def client_for(n_workers: int | None = None, scheduler: str | None = None, devices: list[str] | None = None,
                bytes_per_worker: int = 2 << 30, processes: bool = True, log=None):
     """A distributed client: on ``scheduler`` when given, else on a new
     LocalCluster (closed on exit) with one worker per device or CPU worker."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")
@@ -100,8 +121,7 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
             client.close()
         return
     n, threads = plan_workers(n_workers, devices, bytes_per_worker)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
+    cluster = local_cluster(n, processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster)
     try:
         client.register_plugin(_WorkerSetup(devices, threads if processes else 0))
@@ -114,6 +134,17 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
         cluster.close()
 
 
+def _task(fn, job, item):
+    """``fn(job, item)``, then the heap's free pages handed back: panoptem keeps freed memory
+    between batches of a stack (see :mod:`panoptem._memory`), but a worker's resident memory is
+    what Dask's memory limit watches, and a worker held above its pause mark stalls the run."""
+    from .._memory import release_free
+    try:
+        return fn(job, item)
+    finally:
+        release_free(force=True)
+
+
 def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     """``fn(job, item)`` for every item on the cluster; results in item order.
     The job is sent to every worker once."""
@@ -124,7 +155,10 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     if len(pickle.dumps(job)) > 1 << 20:  # big (an in-memory volume): send it to every worker once
         job = client.scatter([job], broadcast=True, hash=False)[0]  # a list: a dict would be scattered by keys
     job_f = job  # small: goes with every task, so a restarted worker loses nothing
-    futures = client.map(fn, [job_f] * len(items), items, pure=False)
+    import uuid
+    run = uuid.uuid4().hex[:12]  # tasks named after the pass in the dashboard
+    futures = client.map(_task, [fn] * len(items), [job_f] * len(items), items, pure=False,
+                         key=[f"{fn.__name__}-{run}-{i}" for i in range(len(items))])
     pos = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(items)
     bar = None
