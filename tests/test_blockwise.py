@@ -614,29 +614,38 @@ def test_workers_of_a_running_cluster_take_their_share_of_the_cores():
     assert got == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
 
 
-def _heap_settings():
-    from panoptem._memory import limit_arenas
-    return os.environ.get("MALLOC_ARENA_MAX"), limit_arenas(2)
+def _arena_env():
+    return os.environ.get("MALLOC_ARENA_MAX")
 
 
 def test_panoptems_workers_start_with_few_malloc_arenas(monkeypatch):
     """Worker processes of panoptem's own cluster start with two malloc arenas (freed memory
     spread over many stays resident, above a memory limit's pause mark), unless the
-    environment asks for another number; workers of any cluster cap them at setup."""
+    environment asks for another number; workers of any cluster are capped at setup."""
     from distributed import Client
 
     from panoptem.distributed._cluster import WORKER_ARENAS, _WorkerSetup, local_cluster
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     with local_cluster(1, dashboard_address=None) as lc, Client(lc) as cl:
-        env, capped = next(iter(cl.run(_heap_settings).values()))
-        assert env == str(WORKER_ARENAS) and capped
+        assert list(cl.run(_arena_env).values()) == [str(WORKER_ARENAS)]
         calls = []
         monkeypatch.setattr("panoptem._memory.limit_arenas", lambda n=2: calls.append(n) or True)
         _WorkerSetup(None, 0).setup(type("W", (), {"name": "0", "address": "tcp://127.0.0.1:1"})())
         assert calls == [WORKER_ARENAS]
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     with local_cluster(1, dashboard_address=None) as lc, Client(lc) as cl:
-        assert next(iter(cl.run(_heap_settings).values()))[0] == "4"
+        assert list(cl.run(_arena_env).values()) == ["4"]
+
+
+def test_arena_cap_leaves_the_environments_choice(monkeypatch):
+    """The cap is set where the environment has none, and left to it where it has one."""
+    import sys
+
+    from panoptem._memory import limit_arenas
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert limit_arenas(2) is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_arenas(2) is sys.platform.startswith("linux")
 
 
 @pytest.mark.slow

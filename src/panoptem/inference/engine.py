@@ -47,12 +47,13 @@ class Predictor:
     def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, device: str = "auto",
                  downsampling: int = 1, tile_size: int = 0, batch_size: int = 4, factor=None,
                  runtime: str = "torch", precision: str = "auto", threads: int | None = None, tta: bool = False):
-        from .._memory import avoid_hugepage_stalls, fix_mmap_threshold
+        from .._memory import avoid_hugepage_stalls, fix_mmap_threshold, limit_arenas
         from .runtime import resolve_precision, resolve_runtime
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
             raise PanoptemError(f"Batch size must be a whole number of slices, 1 or more (0: automatic), "
                                 f"not {batch_size!r}.")
         fix_mmap_threshold()  # slice after slice, keep the heap from fragmenting (see _memory.py)
+        limit_arenas()  # before the reading, decoding and writing threads take arenas of their own
         avoid_hugepage_stalls()
         self.model = load_model(model, device) if not isinstance(model, LoadedModel) else model
         self.card = self.model.card
