@@ -621,7 +621,7 @@ def _arena_env():
 def test_panoptems_workers_start_with_few_malloc_arenas(monkeypatch):
     """Worker processes of panoptem's own cluster start with two malloc arenas (freed memory
     spread over many stays resident, above a memory limit's pause mark), unless the
-    environment asks for another number; workers of any cluster are capped at setup."""
+    environment asks for another number; the worker plugin (also on a running cluster) caps them at setup."""
     from distributed import Client
 
     from panoptem.distributed._cluster import WORKER_ARENAS, _WorkerSetup, local_cluster
