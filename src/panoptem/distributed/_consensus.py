@@ -113,11 +113,16 @@ def group(job: ConsensusJob, parts: list[dict], match_iou: float = 0.25) -> None
              **{f"lut{i}": lut for i, lut in enumerate(luts)})
 
 
-def _vote(job: ConsensusJob, block: Block, within=None, labelled=None) -> tuple[np.ndarray, np.ndarray]:
+def _rules(job: ConsensusJob):
+    """The vote's rules that :func:`group` saved."""
+    return np.load(Path(job.work) / "rules.npz")
+
+
+def _vote(job: ConsensusJob, block: Block, within=None, labelled=None, rules=None) -> tuple[np.ndarray, np.ndarray]:
     """The voxel vote over ``block``'s core (or ``within`` it): the flat indices of the voxels
     a group wins there and their groups. ``labelled``: the kept ``(at, nodes)`` of the core
-    (else the stacks' labels are made again)."""
-    r = np.load(Path(job.work) / "rules.npz")
+    (else the stacks' labels are made again); ``rules``: :func:`_rules`, if already read."""
+    r = rules if rules is not None else _rules(job)
     at, g = labelled if labelled is not None else _labelled(job.node_labels(block, within))
     win = winners(np.stack([r[f"lut{i}"][v] for i, v in enumerate(g)]), r["need"], r["prio"], int(r["n_groups"]))
     on = win > 0
@@ -140,8 +145,8 @@ def _kept_votes(job: ConsensusJob, block: Block) -> tuple[np.ndarray, np.ndarray
 
 def stats_block(job: ConsensusJob, block: Block) -> dict:
     """Voxels and bounding boxes of the consensus groups in ``block`` (its votes are kept)."""
-    r = np.load(Path(job.work) / "rules.npz")
-    at, win = _vote(job, block, labelled=load_voxels(_nodes_file(job, block)))
+    r = _rules(job)
+    at, win = _vote(job, block, labelled=load_voxels(_nodes_file(job, block)), rules=r)
     _keep_votes(job, block, at, win)
     shape = tuple(s.stop - s.start for s in block.core)
     voxels, lo, hi = _sizes_and_boxes(at, win, shape, int(r["n_groups"]), 0)
@@ -154,7 +159,7 @@ def stats_block(job: ConsensusJob, block: Block) -> dict:
 def number(job: ConsensusJob, parts: list[dict], shape, min_size: int, min_extent: int) -> dict[int, int]:
     """Filter the consensus objects and number them; saves group -> final id. Returns the
     objects kept per class id (all under 0 without a label divisor)."""
-    r = np.load(Path(job.work) / "rules.npz")
+    r = _rules(job)
     n_groups, g_cls = int(r["n_groups"]), r["g_cls"]
     ids = np.concatenate([p["ids"] for p in parts]) if parts else np.zeros(0, np.int64)
     u, inv = np.unique(ids, return_inverse=True)
