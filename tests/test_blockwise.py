@@ -637,6 +637,36 @@ def test_panoptems_workers_start_with_few_malloc_arenas(monkeypatch):
         assert list(cl.run(_arena_env).values()) == ["4"]
 
 
+def _thread_budget():
+    from panoptem.inference.runtime import _thread_budget
+    return _thread_budget[0]
+
+
+def test_a_callers_client_gets_its_workers_set_up(client):
+    """A client the caller hands in has its worker processes set up as panoptem's own:
+    each capped at its share of the host's cores; a worker thread in the caller's own
+    process leaves the caller's thread budget alone."""
+    from distributed import Client, LocalCluster
+
+    from panoptem.distributed._cluster import callers_client
+    from panoptem.inference import runtime
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            Client(lc) as cl:
+        with callers_client(cl) as got:
+            assert got is cl
+        assert list(cl.run(_thread_budget).values()) == [max(1, runtime.cpu_count() // 2)] * 2
+        assert cl.status == "running"  # left open for its owner
+    before = runtime._thread_budget[0]
+    runtime._thread_budget[0] = -7  # a mark the plugin would overwrite
+    try:
+        with callers_client(client):
+            pass
+        assert runtime._thread_budget[0] == -7
+        assert "panoptem-setup" in client.run(lambda dask_worker: list(dask_worker.plugins)).popitem()[1]
+    finally:
+        runtime._thread_budget[0] = before
+
+
 def test_arena_cap_leaves_the_environments_choice(monkeypatch):
     """The cap is set where the environment has none, and left to it where it has one."""
     import sys

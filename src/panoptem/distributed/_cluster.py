@@ -18,11 +18,15 @@ class _WorkerSetup(WorkerPlugin):
     name = "panoptem-setup"
 
     def __init__(self, devices: list[str] | None, threads: int, slots_per_host: dict | None = None):
+        import os
         self.devices = devices
         self.threads = threads
         self.slots_per_host = slots_per_host or {}  # task slots of a running cluster's workers, by host
+        self.caller_pid = os.getpid()
 
     def setup(self, worker):
+        import os
+
         from .._memory import limit_arenas
         from ._source import set_worker_device
         limit_arenas(WORKER_ARENAS)
@@ -35,7 +39,9 @@ class _WorkerSetup(WorkerPlugin):
         from ..inference.runtime import cpu_count, limit_threads
         threads = self.threads
         slots = self.slots_per_host.get(_host(worker.address))
-        if not threads and slots:  # a worker of a running cluster: its share of the host's cores
+        if not threads and slots and os.getpid() != self.caller_pid:
+            # a worker process of a running cluster: its share of the host's cores (a worker
+            # thread in the caller's own process leaves the caller's threads alone)
             threads = max(1, cpu_count() // slots)
         if threads:
             limit_threads(threads)
@@ -111,9 +117,7 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
             raise PanoptemError(f"Cannot reach the Dask scheduler at {scheduler} ({e}); check the address "
                                 "and that the scheduler is running.") from None
         try:
-            # each worker caps its threads at its share of its host's cores: without it, every
-            # block task would run the network on all of them
-            client.register_plugin(_WorkerSetup(devices, 0, slots_per_host(client)))
+            _set_up_workers(client, devices)
             if log:
                 log(f"dask: scheduler {scheduler}, {len(client.scheduler_info()['workers'])} worker(s)")
             yield client
@@ -132,6 +136,20 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
     finally:
         client.close()
         cluster.close()
+
+
+def _set_up_workers(client, devices: list[str] | None) -> None:
+    # each worker caps its threads at its share of its host's cores (without it, every block
+    # task would run the network on all of them) and its malloc arenas
+    client.register_plugin(_WorkerSetup(devices, 0, slots_per_host(client)))
+
+
+@contextmanager
+def callers_client(client, devices: list[str] | None = None):
+    """A client the caller owns: its workers set up as on a running scheduler (threads,
+    arenas, devices; the setup stays with them), the client used and left open."""
+    _set_up_workers(client, devices)
+    yield client
 
 
 def _task(fn, job, item):

@@ -120,7 +120,6 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
     from ..io import read_image
     from .._measure import _voxel_size
     from .blocks import triple
-    from .segment import _given
     if isinstance(labels, (str,)) or hasattr(labels, "__fspath__"):
         img = read_image(str(labels), key=key)
         src, shape, vs_file = VolumeSource(path=str(labels), key=key), img.shape, img.voxel_size
@@ -146,8 +145,8 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
         raise PanoptemError(f"label_divisor must be a positive integer or None, not {label_divisor}.")
     grid = BlockGrid(shape, triple(block_shape, "--block-shape"), (HALO if surface else 0,) * 3)
     job = {"labels": src, "image": isrc, "surface": surface, "shape": tuple(shape), "voxel_size": tuple(vs)}
-    from ._cluster import client_for, run_tasks
-    with (_given(client) if client is not None else client_for(n_workers, scheduler, processes=processes)) as cl:
+    from ._cluster import callers_client, client_for, run_tasks
+    with (callers_client(client) if client is not None else client_for(n_workers, scheduler, processes=processes)) as cl:
         parts = run_tasks(cl, _block_stats, job, list(grid), "measuring", progress)
     return _combine(parts, vs, surface, image is not None, label_divisor, dtype)
 

@@ -157,6 +157,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     n_workers, scheduler, devices : a LocalCluster with this many workers
         (default: from cores and memory), or a running scheduler's address;
         ``devices`` (e.g. ``["cuda:0", "cuda:1"]`` or ``"all"``) puts one worker on each.
+    client : a ``distributed.Client`` of the caller's, used and left open; its worker processes
+        are set up as on a running scheduler (threads, malloc arenas, ``devices``).
     mask : array (the volume's shape, or smaller by whole factors): blocks without
         mask are skipped, labels outside it are 0.
     skip_empty : blocks whose region holds a single value are background, without the network.
@@ -298,9 +300,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             jobs.append(job)
             grids.append(grid if k == 1 else BlockGrid(shape_v, block_v, halo))
         log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else None
-        from ._cluster import client_for, run_tasks
+        from ._cluster import callers_client, client_for, run_tasks
         timings: dict[str, float] = {}
-        with (_given(client) if client is not None else
+        with (callers_client(client, devices) if client is not None else
               client_for(n_workers, scheduler, devices, processes=processes, log=log,
                          bytes_per_worker=_worker_bytes(block_shape, halo, batch_size, enlarge))) as cl:
             infos, summaries = [], []
@@ -402,19 +404,6 @@ def _run_stack(cl, job: StackJob, grid: BlockGrid, card, p: Params3D, progress: 
     info = solve(job, grid, pairs, halos, list(card.thing_ids) or [1], p.min_size, p.min_extent)
     add("stitch_link_s", time.perf_counter() - t)
     return info, summaries
-
-
-class _given:
-    """A client the caller owns: used, not closed."""
-
-    def __init__(self, client):
-        self.client = client
-
-    def __enter__(self):
-        return self.client
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _face_task(job_grid, face):
