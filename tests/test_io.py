@@ -317,6 +317,12 @@ def test_read_errors_say_what_to_do(tmp_path):
         write_labels(tmp_path / "o.png", np.ones((3, 3), np.uint8))
     with pytest.raises(PanoptemError, match="2D .* or 3D"):
         write_labels(tmp_path / "o.tif", np.ones((2, 2, 3, 3), np.uint8))
+    tifffile.imwrite(tmp_path / "dot.tif", np.zeros((1, 1, 1), np.uint8))
+    tifffile.imwrite(tmp_path / "row.tif", np.zeros((1, 1, 9), np.uint8))
+    with pytest.raises(PanoptemError, match=r"too small .* single pixel; give a 2D"):
+        read_image(tmp_path / "dot.tif")
+    with pytest.raises(PanoptemError, match=r"too small .* single line of pixels; give a 2D"):
+        read_image(tmp_path / "row.tif")
     with mrcfile.new(tmp_path / "t.mrc") as m:
         m.set_data(np.zeros((4, 8, 8), np.int8))
     with open(tmp_path / "t.mrc", "r+b") as f:

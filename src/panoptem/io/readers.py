@@ -151,7 +151,10 @@ def _squeezed(p: Path, shape, voxel, axes: str = "") -> tuple[list[int], tuple[f
     if any(int(n) == 0 for n in shape):
         raise PanoptemError(f"'{p.name}' holds no pixels (shape {tuple(shape)}); give an image with data.")
     keep = [i for i, n in enumerate(shape) if n != 1]
-    if len(keep) not in (2, 3):
+    if len(keep) < 2:
+        raise PanoptemError(f"'{p.name}' is too small to segment: shape {tuple(shape)} is a single "
+                            f"{'pixel' if not keep else 'line of pixels'}; give a 2D (YX) or 3D (ZYX) image.")
+    if len(keep) > 3:
         named = ""
         if len(axes) == len(shape):
             named = " with axes " + ", ".join(f"{axes[i]} ({_AXIS_NAMES.get(axes[i], '?')}) = {shape[i]}"
