@@ -468,6 +468,29 @@ def test_ome_zarr_output_has_pyramid_and_voxel_size(tmp_path, client):
     np.testing.assert_array_equal(lvl1, np.asarray(r.labels["mitochondria"][:])[:, ::2, ::2])
 
 
+def test_a_block_as_deep_as_the_volume_leaves_chunks_and_pyramid_free_in_depth(tmp_path, client):
+    """A block spanning an axis (an ortho-plane run's thin volume, 33 deep here) does not
+    force the output's chunks to divide its odd depth (1-deep chunks) nor drop the pyramid;
+    chunks that straddle the blocks the volume is split into are still refused, before any work."""
+    import zarr
+    big = np.full((33, 160, 160), 200, np.uint8)
+    big[8:20, 40:120, 40:120] = 40
+    r = segment_blockwise(big, dark_blob_model(), tmp_path / "m.zarr", block_shape=(33, 64, 64), halo=(0, 32, 32),
+                          voxel_size=(5.0, 5.0, 5.0), client=client, min_size=10, min_extent=1)
+    g = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")
+    assert g["0"].chunks == (33, 64, 64)
+    labels = np.asarray(r.labels["mitochondria"][:])
+    assert labels.max() > 0 and "1" in g
+    np.testing.assert_array_equal(np.asarray(g["1"][:]), labels[::2, ::2, ::2])
+    with pytest.raises(PanoptemError, match=r"must divide the block shape \(33, 64, 64\)"):
+        segment_blockwise(big, dark_blob_model(), tmp_path / "n.zarr", block_shape=(33, 64, 64), halo=(0, 32, 32),
+                          chunks=(11, 48, 48), client=client)
+    assert not (tmp_path / ".n.zarr.blockwise").exists()
+    segment_blockwise(big, dark_blob_model(), tmp_path / "n.zarr", block_shape=(33, 64, 64), halo=(0, 32, 32),
+                      chunks=(16, 32, 32), client=client, min_size=10, min_extent=1)
+    assert zarr.open_group(str(tmp_path / "n.zarr"), mode="r")["0"].chunks == (16, 32, 32)
+
+
 def test_empty_blocks_are_skipped_and_mask_limits_the_run(vol, tmp_path, client):
     v = vol.copy()
     v = np.concatenate([v, np.full((40, 120, 120), 200, np.uint8)], axis=2)  # a blank half

@@ -144,9 +144,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         ``processes=False`` or a picklable model).
     output : ``.zarr`` path: an OME-Zarr label image with a pyramid (one per class,
         ``NAME_<class>.zarr``, for several classes).
-    block_shape : (Z, Y, X) voxels per block; the output chunks divide it; rounded up to
-        multiples of the network's grid (32 network pixels, on whole volume pixels: 320 for a
-        factor 10/11). Default :data:`DEFAULT_BLOCK`, its in-plane sides divided by the
+    block_shape : (Z, Y, X) voxels per block; the output chunks divide it along the axes it
+        splits; rounded up to multiples of the network's grid (32 network pixels, on whole
+        volume pixels: 320 for a factor 10/11). Default :data:`DEFAULT_BLOCK`, its in-plane sides divided by the
         enlargement where the network's grid is finer than the volume's (a coarse volume
         enlarged), so that the network is given tiles of the same size and memory; for
         ortho-plane runs of a thin volume, a block as deep as the volume where that feeds the
@@ -240,6 +240,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     from .._atomic import check_output
     for path, _ in outputs:
         check_output(path, overwrite, [in_path] if in_path else [])
+    aligned = _aligned(block_shape, align, axis, p.orthoplane)
+    aligned = tuple(-(-b // k) * k for b, k in zip(aligned, strides))  # whole groups of averaged planes
+    chunk_shape = _chunks(chunks, aligned, vol.shape)  # before any work
     from .._atomic import exclusive_output, move_into_place
     with exclusive_output(out):
         intensity = _intensity(card, vol)
@@ -261,8 +264,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             net_key["precision"] = "int8"
         run_key = {"net": net_key, "params": p.model_dump()}
         _prepare_work(work, run_key, array_source=in_path is None)
-        block_shape = _aligned(block_shape, align, axis, p.orthoplane)
-        block_shape = tuple(-(-b // k) * k for b, k in zip(block_shape, strides))  # whole groups of averaged planes
+        block_shape = aligned
         grid = BlockGrid(vol.shape, block_shape, halo)
         consensus = p.orthoplane and p.fusion == "consensus"
         views = ["xy", "xz", "yz"] if consensus else ["fused" if p.orthoplane else p.inference_plane]
@@ -329,13 +331,13 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                 info = infos[0]
             t = time.perf_counter()
             dtype = np.dtype(np.uint64) if info["max_id"] >= 2**32 else np.dtype(np.uint32)
-            chunk_shape = _chunks(chunks, block_shape)
-            factors = _block_pyramid(vol.shape, voxel_size, block_shape)
+            span = _spans(block_shape, vol.shape)
+            factors = _block_pyramid(vol.shape, voxel_size, span)
             tmp_outputs = []
             for path, c in outputs:
                 tmp = work / f"out_{c.name}.zarr"
                 _create_output(tmp, vol.shape, chunk_shape, np.uint8 if c.kind == "semantic" else dtype, factors,
-                               block_shape)
+                               span)
                 tmp_outputs.append((str(tmp), c.id, c.kind))
             from ._write import WriteJob, write_block
             wjob = WriteJob(jobs[0], tmp_outputs, p.label_divisor, len(classes) == 1, msource, factors, cjob,
@@ -512,12 +514,24 @@ def _create_provisional(work: Path, shape, block_shape) -> None:
                           dtype="uint32", fill_value=0, zarr_format=2)
 
 
-def _chunks(chunks, block_shape) -> tuple[int, ...]:
+def _spans(block_shape, shape) -> tuple[int, ...]:
+    """The block shape as chunks and pyramid levels must respect it: along an axis with one
+    block (a block as deep as the volume), any multiple of every chunk and factor will do
+    (the volume's side rounded up to 4096), so a 165-deep block gets 64-deep chunks and a
+    pyramid, not 1-deep chunks and none."""
+    return tuple(b if b < n else -(-n // 4096) * 4096 for b, n in zip(block_shape, shape))
+
+
+def _chunks(chunks, block_shape, shape) -> tuple[int, ...]:
+    """The output's chunks: ``chunks``, or the largest divisors of the block's sides up to
+    (64, 256, 256); a chunk never straddles two blocks."""
+    span = _spans(block_shape, shape)
     if chunks is None:
-        return tuple(math.gcd(b, c) for b, c in zip(block_shape, (64, 256, 256)))
+        return tuple(math.gcd(b, c) for b, c in zip(span, (64, 256, 256)))
     c = triple(chunks, "--chunks")
-    if any(b % k for b, k in zip(block_shape, c)):
-        raise PanoptemError(f"Output chunks {c} must divide the block shape {block_shape}.")
+    if any(b % k for b, k in zip(span, c)):
+        raise PanoptemError(f"Output chunks {c} must divide the block shape {tuple(block_shape)} (along axes "
+                            "the blocks split); give chunks that do, or another --block-shape.")
     return c
 
 
