@@ -28,6 +28,7 @@ class WriteJob:
     dilation: int = 0
     grid: object = None  # the BlockGrid, to gather neighbours' labels for the morphology
     holes: bool = False  # Fill holes in segmentation, after the morphology (see ._holes)
+    ids: bool = False  # each block's written ids returned (and kept with its marker), to count objects
 
 
 def mask_of(mask: VolumeSource, shape, core) -> np.ndarray:
@@ -134,13 +135,14 @@ def write_block(job: WriteJob, block: Block) -> int:
     import zarr
     marker = Path(job.stack.work) / "written" / str(block.index)
     if marker.exists():
-        return 0
+        return _kept_ids(job, block, marker) if job.ids else None
     morph = None
     if job.holes:
         from ._holes import fill_block
         morph = fill_block(job, block)
     elif job.erosion or job.dilation:
         morph = _morphology(job, block)
+    ids = []
     for path, cls, kind in job.outputs:
         group = zarr.open_group(str(path), mode="r+")
         arr = group["0"]
@@ -149,6 +151,8 @@ def write_block(job: WriteJob, block: Block) -> int:
             return class_ids(v, kind, cls, job.divisor, job.single_class, dtype)
         vol = convert(morph) if morph is not None else final_labels(job, block, convert=convert)
         put(arr, tuple(block.core), vol)
+        if job.ids:
+            ids.append(_nonzero_ids(vol))
         # the block's part of every pyramid level (nearest: every n-th voxel from the level above)
         start = [s.start for s in block.core]
         for i, f in enumerate(job.factors, start=1):
@@ -156,5 +160,34 @@ def write_block(job: WriteJob, block: Block) -> int:
             start = [-(-a // k) for a, k in zip(start, f)]
             put(group[str(i)], tuple(slice(a, a + n) for a, n in zip(start, vol.shape)), vol)
     marker.parent.mkdir(exist_ok=True)
-    marker.touch()
-    return 1
+    from .._atomic import write_bytes
+    write_bytes(marker, _packed_ids(ids) if job.ids else b"")
+    return ids if job.ids else None
+
+
+def _nonzero_ids(v: np.ndarray) -> np.ndarray:
+    import fastremap
+    u = fastremap.unique(v)
+    return u[u != 0].astype(np.uint64)
+
+
+def _packed_ids(ids: list[np.ndarray]) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, *ids)
+    return buf.getvalue()
+
+
+def _kept_ids(job: WriteJob, block: Block, marker: Path) -> list[np.ndarray]:
+    """The ids ``block`` wrote to each output: from its marker, or read back from the
+    outputs where the marker holds none (a block written without counting)."""
+    import io
+
+    import zarr
+    data = marker.read_bytes()
+    if data:
+        with np.load(io.BytesIO(data)) as f:
+            if len(f.files) == len(job.outputs):
+                return [f[f"arr_{i}"] for i in range(len(job.outputs))]
+    return [_nonzero_ids(np.asarray(zarr.open_group(str(path), mode="r")["0"][tuple(block.core)]))
+            for path, _, _ in job.outputs]

@@ -336,17 +336,22 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             tmp_outputs = []
             for path, c in outputs:
                 tmp = work / f"out_{c.name}.zarr"
+                if not (tmp / "0").exists():  # blocks marked written went to an earlier output
+                    shutil.rmtree(Path(jobs[0].work) / "written", ignore_errors=True)
                 _create_output(tmp, vol.shape, chunk_shape, np.uint8 if c.kind == "semantic" else dtype, factors,
                                span)
                 tmp_outputs.append((str(tmp), c.id, c.kind))
             from ._write import WriteJob, write_block
+            # objects are counted from the written ids where the linking's count no longer holds
+            counted = msource is not None or not info["per_class"] or bool(p.label_erosion) or \
+                any(c.kind == "semantic" for c in classes)
             wjob = WriteJob(jobs[0], tmp_outputs, p.label_divisor, len(classes) == 1, msource, factors, cjob,
-                            p.label_erosion, p.label_dilation, grid, p.fill_holes_in_segmentation)
+                            p.label_erosion, p.label_dilation, grid, p.fill_holes_in_segmentation, ids=counted)
             if wjob.holes:
                 from ._holes import hole_faces, holes_block, holes_face, resolve
                 run_tasks(cl, holes_block, wjob, list(grid), "holes", progress)
                 resolve(wjob, grid, run_tasks(cl, holes_face, wjob, hole_faces(grid), "holes", False))
-            run_tasks(cl, write_block, wjob, list(grid), "writing", progress)
+            written_ids = run_tasks(cl, write_block, wjob, list(grid), "writing", progress)
             import zarr
 
             from ..io.ome import write_metadata
@@ -355,12 +360,11 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                                path.name[: -len(".zarr")], labels=True)
             timings["write_s"] = time.perf_counter() - t
         written, labels, objects = [], {}, {}
-        for (tmp, _, kind), (path, c) in zip(tmp_outputs, outputs):
+        for i, ((tmp, _, kind), (path, c)) in enumerate(zip(tmp_outputs, outputs)):
             move_into_place(tmp, path)
             from ..io import read_image
             labels[c.name] = read_image(path).data
-            counted = msource is not None or c.kind == "semantic" or not info["per_class"] or p.label_erosion
-            objects[c.name] = (_count(path, c) if counted
+            objects[c.name] = (_count([ids[i] for ids in written_ids], c) if counted
                                else info["per_class"].get(c.id if p.label_divisor else 0, 0))
             written.append({"output": str(Path(output).with_name(path.name)),  # as given, as whole-volume runs
                             "class": c.name, "objects": objects[c.name],
@@ -568,14 +572,7 @@ def _create_output(path: Path, shape, chunks, dtype, factors, block_shape) -> No
         create_level(g, i, lshape, [math.gcd(c, b // t) for c, b, t in zip(chunks, block_shape, total)], base)
 
 
-def _count(path: Path, c) -> int:
-    """Objects of class ``c`` in the written output (read in blocks)."""
-    from ..io import read_image
-    arr = read_image(path).data
-    if c.kind == "semantic":
-        return int(any(np.asarray(arr[z:z + 16]).any() for z in range(0, arr.shape[0], 16)))
-    ids = set()
-    for z in range(0, arr.shape[0], 16):
-        u = np.unique(np.asarray(arr[z:z + 16]))
-        ids.update(u[u > 0].tolist())
-    return len(ids)
+def _count(block_ids: list[np.ndarray], c) -> int:
+    """Objects of class ``c`` from the ids each block wrote (a semantic class counts once)."""
+    n = len(np.unique(np.concatenate(block_ids))) if block_ids else 0
+    return min(n, 1) if c.kind == "semantic" else n
