@@ -819,6 +819,28 @@ KILLER = textwrap.dedent("""
 """)
 
 
+def test_a_script_without_a_main_guard_is_told_to_add_one(on_disk, tmp_path):
+    """Dask starts worker processes by importing the calling script again: a script without
+    ``if __name__ == "__main__":`` would start a run per worker (each refused by the output's
+    lock, in words about another run). Each worker's run is refused with what to do instead,
+    and so is the caller's; nothing is written."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        from panoptem.distributed import segment_blockwise
+        segment_blockwise({str(on_disk / "vol.tif")!r}, {str(on_disk / "oracle.yaml")!r}, {str(tmp_path / "m.zarr")!r},
+                          n_workers=1, block_shape=(40, 64, 64), min_size=100, min_extent=3)
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("panoptem.errors.PanoptemError: Dask could not start its worker processes"), last
+    assert 'if __name__ == "__main__":' in last
+    assert "while a worker process imported its script" in run.stderr
+    assert "Another panoptem run" not in run.stderr
+    assert not (tmp_path / "m.zarr").exists()
+
+
 @pytest.mark.slow
 def test_kill_at_a_random_block_and_resume(on_disk, tmp_path, vol):
     rng = np.random.default_rng(7)

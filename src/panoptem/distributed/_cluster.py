@@ -104,6 +104,20 @@ def local_cluster(n_workers: int, processes: bool = True, **kw):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes, **kw)
 
 
+#: what to do when worker processes re-run the caller's script (Dask starts them by "spawn")
+MAIN_GUARD = ("in a script, put the panoptem call under `if __name__ == \"__main__\":` (Dask's worker "
+              "processes import the script again), or pass processes=False or a client of your own")
+
+
+def check_not_bootstrapping() -> None:
+    """Refuse a run started by a worker process while it imports the caller's script (a script
+    without a main guard): it would start a run of its own for every worker."""
+    import multiprocessing
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise PanoptemError("A panoptem run was started while a worker process imported its script; " + MAIN_GUARD
+                            + ".")
+
+
 @contextmanager
 def client_for(n_workers: int | None = None, scheduler: str | None = None, devices: list[str] | None = None,
                bytes_per_worker: int = 2 << 30, processes: bool = True, log=None):
@@ -125,7 +139,11 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
             client.close()
         return
     n, threads = plan_workers(n_workers, devices, bytes_per_worker)
-    cluster = local_cluster(n, processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
+    try:
+        cluster = local_cluster(n, processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
+    except RuntimeError as e:  # "Nanny failed to start": a worker process died while starting
+        raise PanoptemError(f"Dask could not start its worker processes ({str(e).rstrip('.')}; the workers' errors are above); "
+                            + MAIN_GUARD + ".") from e
     client = Client(cluster)
     try:
         client.register_plugin(_WorkerSetup(devices, threads if processes else 0))

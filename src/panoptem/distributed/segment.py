@@ -186,6 +186,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
 
         res = segment_blockwise("big.zarr", output="mito.zarr", block_shape=(64, 512, 512), n_workers=2)
     """
+    from ._cluster import check_not_bootstrapping
+    check_not_bootstrapping()
     t_all = time.perf_counter()
     p = make_params(Params3D, **params)
     if output is None or Path(output).suffix.lower() != ".zarr":
