@@ -175,6 +175,21 @@ def test_thin_planes_are_stored_many_to_a_chunk(vol, tmp_path, client):
                or blocks[v] % (depth[v] + 1) for v in depth)  # not one slice deeper either
 
 
+def test_a_block_spanning_the_stack_stores_many_slices_to_a_chunk(tmp_path, client):
+    """A block as deep as a volume of prime depth (37) is not cut into 1-slice chunks: no other
+    block shares its chunks; the last one ends with the volume."""
+    import zarr
+
+    from panoptem.distributed import _pass1
+    v = scene((37, 200, 200))
+    whole = segment_3d(v, dark_blob_model(), **P).labels["mitochondria"]
+    res, got = _blockwise(v, tmp_path, client=client, block_shape=(37, 192, 192), halo=(0, 32, 32), keep_work=True)
+    arr = zarr.open_array(str(tmp_path / ".out.zarr.blockwise" / "net_xy.zarr" / "probability"), mode="r")
+    most = _pass1.CHUNK_BYTES // int(np.prod(arr.chunks[1:]))
+    assert 1 < most < 37 and arr.chunks[0] == most, (arr.chunks, most)  # the old rule: 1 (37 is prime)
+    np.testing.assert_array_equal(got, whole)
+
+
 def test_consensus_writes_the_votes_of_its_sizing_pass(vol, tmp_path, client, monkeypatch):
     """The consensus votes each block once: the writing pass numbers the votes the sizing pass
     kept (a block whose votes are missing is voted again), and the labels are the whole

@@ -158,11 +158,14 @@ class StackJob:
     def chunk_depth(self) -> int:
         """Slices per chunk of the stored outputs: the most that hold at most
         :data:`CHUNK_BYTES` of probability and divide the block's depth, so that no
-        chunk is shared by two blocks. Small planes (the xz / yz planes of a thin
-        volume) then go to disk hundreds at a time, not one by one."""
+        chunk is shared by two blocks (any number where one block spans the stack, as deep as a
+        thin volume of prime depth). Small planes (the xz / yz planes of a thin volume) then go
+        to disk hundreds at a time, not one by one."""
         bh, bw = (self.block_shape[ax] // self.factor(ax) for ax in self.inplane())
         depth = int(self.block_shape[self.axis])
         most = max(1, CHUNK_BYTES // max(1, int(self.n_channels * bh * bw)))
+        if depth >= self.shape[self.axis]:
+            return min(int(self.shape[self.axis]), most)
         return max(k for k in range(1, min(depth, most) + 1) if depth % k == 0)
 
     def views(self) -> list[int]:
