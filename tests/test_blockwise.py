@@ -478,6 +478,9 @@ def test_ome_zarr_output_has_pyramid_and_voxel_size(tmp_path, client):
     assert ms["coordinateTransformations"][1][0]["scale"] == [10.0, 10.0, 10.0]
     import zarr
     assert "image-label" in zarr.open_group(str(tmp_path / "m.zarr")).attrs
+    from panoptem.io.zarr_write import LABEL_CLEVEL
+    codec = zarr.open_group(str(tmp_path / "m.zarr"))["0"].compressors[0]
+    assert (codec.cname, codec.clevel) == ("zstd", LABEL_CLEVEL)
     assert read_image(tmp_path / "m.zarr").voxel_size == (10.0, 5.0, 5.0)
     lvl1 = np.asarray(nodes[0].data[1])
     np.testing.assert_array_equal(lvl1, np.asarray(r.labels["mitochondria"][:])[:, ::2, ::2])

@@ -131,6 +131,9 @@ def test_zarr_labels_round_trip_with_ome_metadata(tmp_path):
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [40.0, 6.0, 6.0]
     assert "image-label" in g.attrs
     assert _files(tmp_path) == ["lab.zarr"]  # no temp folder left
+    from panoptem.io.zarr_write import LABEL_CLEVEL
+    codec = g["0"].compressors[0]
+    assert (codec.cname, codec.clevel) == ("zstd", LABEL_CLEVEL)  # the one label codec, as blockwise outputs
 
 
 def test_ome_zarr_5d_micrometre_and_group_keys(tmp_path):

@@ -557,16 +557,16 @@ def _block_pyramid(shape, voxel_size, block_shape) -> list[tuple[int, ...]]:
 def _create_output(path: Path, shape, chunks, dtype, factors, block_shape) -> None:
     """The output group with level ``"0"`` and the pyramid levels, chunked so
     that every chunk of every level belongs to one block."""
-    import numcodecs
     import zarr
 
     from ..io.ome import create_level, level_shapes
+    from ..io.zarr_write import label_compressor
     if (path / "0").exists():
         return
     g = zarr.open_group(str(path), mode="a", zarr_format=2)
     base = g.create_array("0", shape=tuple(shape), chunks=tuple(min(c, n) for c, n in zip(chunks, shape)),
                           dtype=dtype, fill_value=0,
-                          compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
+                          compressors=label_compressor(),
                           chunk_key_encoding={"name": "v2", "separator": "/"})
     total = [1, 1, 1]
     for i, (f, lshape) in enumerate(zip(factors, level_shapes(shape, factors)), start=1):

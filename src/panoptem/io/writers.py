@@ -357,8 +357,9 @@ class _ZarrWriter(LabelWriter):
     On an exception the temporary folder is deleted (no resume)."""
 
     def _open(self, chunks):
-        import numcodecs
         import zarr
+
+        from .zarr_write import label_compressor
         chunks = tuple(int(c) for c in chunks) if chunks is not None else \
             _default_chunks(self.shape, self.dtype.itemsize)
         if len(chunks) != self.ndim or min(chunks) < 1:
@@ -366,7 +367,7 @@ class _ZarrWriter(LabelWriter):
         group = zarr.open_group(str(self._tmp), mode="w", zarr_format=2)
         self._arr = group.create_array(
             "0", shape=self.shape, chunks=chunks, dtype=self.dtype, fill_value=0,
-            compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
+            compressors=label_compressor(),
             chunk_key_encoding={"name": "v2", "separator": "/"})
         self._slabs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 

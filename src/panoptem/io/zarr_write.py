@@ -21,6 +21,18 @@ from typing import Any
 import numpy as np
 
 
+#: zstd level of label volumes: level 5 encoded 64 x 512 x 512 uint32 labels 2.2-2.9 x slower than
+#: level 3 (dense 0.50 against 0.23 s, one thread) for files 13-19 % smaller; labels compress 24-1100 x
+#: either way (``bench/bench_label_codec.py``)
+LABEL_CLEVEL = 3
+
+
+def label_compressor():
+    """The codec of label volumes panoptem writes: Blosc zstd with byte shuffle."""
+    import numcodecs
+    return numcodecs.Blosc(cname="zstd", clevel=LABEL_CLEVEL, shuffle=numcodecs.Blosc.SHUFFLE)
+
+
 def dense(arr):
     """``arr`` (a zarr array) opened to store every chunk it is given, without testing it
     (unchanged on a zarr too old to set this per array: slower, same contents)."""
