@@ -97,9 +97,15 @@ def test_measure_and_evaluate_commands(capsys, tmp_path):
     assert code == 0, err
     rec = json.loads(out.strip().splitlines()[-1])
     assert rec["objects"] == 2 and rec["voxel_size_nm"] == [10.0, 5.0, 5.0]
+    assert "voxel size unknown" not in err
     import csv
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     assert float(rows[0]["volume_nm3"]) == 4 * 6 * 8 * 10 * 5 * 5
+    bare = write_labels(tmp_path / "bare.tif", lab)  # no voxel size: counted in voxels, and said so
+    code, out, err = run(capsys, "measure", str(bare), "-o", str(tmp_path / "v.csv"))
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["voxel_size_nm"] is None
+    assert "note: voxel size unknown" in err and "--voxel-size Z,Y,X" in err
+    assert float(next(csv.DictReader(open(tmp_path / "v.csv")))["volume_nm3"]) == 4 * 6 * 8
     code, out, err = run(capsys, "evaluate", str(p), str(p))
     assert code == 0 and json.loads(out)["f1_50"] == 1.0
 

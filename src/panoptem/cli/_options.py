@@ -99,6 +99,10 @@ def read_input(path: str, key: Optional[str] = None, model: Optional[str] = None
 def voxel_size_option(text: Optional[str], img):
     """--voxel-size 'z,y,x' (nm: positive, finite, one per axis of ``img``), else the file's."""
     if not text:
+        if img.voxel_size is None:
+            axes = ",".join("ZYX"[-img.data.ndim:])
+            typer.echo("note: voxel size unknown (the file does not say): measured as 1 nm per voxel, so the nm "
+                       f"columns count voxels; pass --voxel-size {axes} in nm.", err=True)
         return img.voxel_size
     import math
     try:
