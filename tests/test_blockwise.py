@@ -837,6 +837,32 @@ KILLER = textwrap.dedent("""
 """)
 
 
+def _sees_all_but_work_folders(paths, model):
+    return [p for p in paths if p.endswith(".blockwise")]
+
+
+def test_workers_that_cannot_find_the_runs_files_stop_it_before_any_work(on_disk, tmp_path, client, monkeypatch):
+    """Workers on other hosts read the input, the work folder and the model at the caller's
+    paths: one that cannot find them stops the run at once, saying which and what to do."""
+    from panoptem.distributed import _cluster
+    _cluster.check_workers_see(client, [on_disk / "vol.tif", tmp_path], str(on_disk / "oracle.yaml"))
+    with pytest.raises(PanoptemError, match=r"1 of 1 Dask worker\(s\) cannot find .*nope\.tif.*shared filesystem"):
+        _cluster.check_workers_see(client, [on_disk / "vol.tif", tmp_path / "nope.tif"])
+    with pytest.raises(PanoptemError, match=r"model 'NoSuchModel' \(Unknown model"):
+        _cluster.check_workers_see(client, [], "NoSuchModel")
+    (tmp_path / "card").mkdir()
+    (tmp_path / "card" / "oracle.yaml").write_text((on_disk / "oracle.yaml").read_text())  # its weights left behind
+    with pytest.raises(PanoptemError, match=r"the weights .*oracle\.pt of model"):
+        _cluster.check_workers_see(client, [], str(tmp_path / "card" / "oracle.yaml"))
+    monkeypatch.setattr(_cluster, "_unseen", _sees_all_but_work_folders)
+    ran = []
+    monkeypatch.setattr("panoptem.distributed.segment.network_block", lambda *a: ran.append(1))
+    with pytest.raises(PanoptemError, match=r"\.m\.zarr\.blockwise.*same path"):
+        segment_blockwise(str(on_disk / "vol.tif"), str(on_disk / "oracle.yaml"), tmp_path / "m.zarr", client=client,
+                          block_shape=(40, 64, 64), **P)
+    assert not ran and not (tmp_path / "m.zarr").exists()
+
+
 def test_a_script_without_a_main_guard_is_told_to_add_one(on_disk, tmp_path):
     """Dask starts worker processes by importing the calling script again: a script without
     ``if __name__ == "__main__":`` would start a run per worker (each refused by the output's

@@ -170,6 +170,35 @@ def callers_client(client, devices: list[str] | None = None):
     yield client
 
 
+def _unseen(paths: list[str], model: str | None) -> list[str]:
+    """On a worker: which of ``paths`` (and ``model``'s card and weights) it cannot find."""
+    import os
+    out = [p for p in paths if not os.path.exists(p)]
+    if model is not None:
+        from ..models.home import get_card
+        try:
+            weights = get_card(model).weights_path()
+        except PanoptemError as e:
+            return out + [f"model {model!r} ({e})"]
+        if "://" not in weights and not os.path.exists(weights):
+            out.append(f"the weights {weights} of model {model!r}")
+    return out
+
+
+def check_workers_see(client, paths, model: str | None = None) -> None:
+    """Refuse a run before any work when a worker cannot find its files: the input, the work
+    folder beside the output, a mask, the model (workers on other hosts read them at the same
+    paths, and the model from their own model home)."""
+    found = client.run(_unseen, [str(p) for p in paths if p is not None], None if model is None else str(model))
+    bad = {w: miss for w, miss in found.items() if miss}
+    if bad:
+        worker, missing = next(iter(bad.items()))
+        raise PanoptemError(f"{len(bad)} of {len(found)} Dask worker(s) cannot find what the run needs (worker "
+                            f"{worker}: {'; '.join(missing)}). Put the input, the output's folder and the model "
+                            "where every worker reads them at the same path (a shared filesystem), and register "
+                            "the model on every worker's host, or pass a card path.")
+
+
 def _task(fn, job, item):
     """``fn(job, item)``, then the heap's free pages handed back: panoptem keeps freed memory
     between batches of a stack (see :mod:`panoptem._memory`), but a worker's resident memory is

@@ -304,11 +304,13 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             jobs.append(job)
             grids.append(grid if k == 1 else BlockGrid(shape_v, block_v, halo))
         log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else None
-        from ._cluster import callers_client, client_for, run_tasks
+        from ._cluster import callers_client, check_workers_see, client_for, run_tasks
         timings: dict[str, float] = {}
         with (callers_client(client, devices) if client is not None else
               client_for(n_workers, scheduler, devices, processes=processes, log=log,
                          bytes_per_worker=_worker_bytes(block_shape, halo, batch_size, enlarge))) as cl:
+            check_workers_see(cl, [in_path, work, msource.path if msource is not None else None],
+                              None if isinstance(model, LoadedModel) else model)
             infos, summaries = [], []
             for job, g in zip(jobs, grids):
                 info, summ = _run_stack(cl, job, g, card, p, progress, timings)
