@@ -1,4 +1,6 @@
 """The label toolkit, and tile-wise decoding built from the one-pass decoder's parts."""
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -83,6 +85,27 @@ def test_decode_large_equals_decode_panoptic_with_things_and_stuff(fine, div):
     if div:
         assert (one // div == tiled // div).all()
         assert sorted(np.unique(tiled[tiled % div > 0])) == list(range(1001, 1001 + len(things)))
+
+
+@pytest.mark.parametrize("scale,fine,tile", [((Fraction(3, 2), Fraction(3, 2)), False, 48),
+                                             ((Fraction(3, 2), Fraction(4, 3)), True, 37),
+                                             ((Fraction(2, 3), Fraction(5, 7)), False, 29),
+                                             ((Fraction(2), Fraction(2)), False, 64)])
+def test_decode_large_of_a_resampled_plane_equals_decode_panoptic(scale, fine, tile):
+    """A plane resampled for the network (output pixels per network pixel a fraction, or
+    enlarged / shrunk) is decoded tile by tile on the input's grid as a whole-plane decoding
+    does: the same pixels in the same objects of the same classes, not labels on the network's
+    grid brought back by nearest neighbour."""
+    prob, hm, off = _three_class_outputs(seed=3)
+    prob8 = np.round(prob * 255).astype(np.uint8)
+    shape = tuple(int(n * s) for n, s in zip(prob.shape[-2:], scale))
+    kw = dict(class_ids=[1, 2], thing_ids=[1], label_divisor=1000, fine_boundaries=fine)
+    one = decode_panoptic(prob8.astype(np.float32) / 255, hm, off, out_shape=shape, scale=scale, **kw)
+    tiled = decode_large(prob8, hm, off, shape, tile=tile, scale=scale, **kw)
+    assert tiled.shape == one.shape == shape
+    assert ((one > 0) == (tiled > 0)).all() and (one // 1000 == tiled // 1000).all()
+    pairs = np.unique(np.stack([one.ravel(), tiled.ravel()]), axis=1)
+    assert len(pairs[0]) == len(np.unique(one)) == len(np.unique(tiled)) > 8
 
 
 def test_object_stats_same_for_small_and_large_ids():

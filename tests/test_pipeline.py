@@ -596,6 +596,28 @@ def test_large_images_are_tiled_automatically_unless_a_tile_size_is_given(monkey
     assert calls == [2048, 1024]
 
 
+def test_a_tiled_image_resampled_by_a_fraction_gets_the_labels_of_an_untiled_one():
+    """4 nm pixels for a model of 6 nm (2/3): tiles decoded on the input's grid give the
+    whole-image decoding's labels, outlines included, not 3 x 3 steps of the network's grid."""
+    from panoptem.inference.segment2d import segment_2d
+    from panoptem.models.card import ModelCard, Weights
+    from panoptem.models.load import LoadedModel
+    from _models import DarkBlobNet
+    model = LoadedModel(ModelCard(name="darkblob6", weights=Weights(file="none"), padding_factor=32,
+                                  label_divisor=None, voxel_size_nm=6.0), DarkBlobNet().eval(), "cpu")
+    yy, xx = np.mgrid[:700, :650]
+    img = np.full((700, 650), 200, np.uint8)
+    for y, x, r in [(100, 120, 40), (350, 330, 55), (600, 500, 30), (200, 560, 25), (520, 90, 45)]:
+        img[(yy - y) ** 2 + (xx - x) ** 2 < r * r] = 40
+    kw = dict(voxel_size=(4.0, 4.0), maximum_objects_per_class=0, min_piece_area=0)
+    whole = segment_2d(img, model, **kw)
+    tiled = segment_2d(img, model, tile_size=256, **kw)
+    assert whole.max() == 5
+    np.testing.assert_array_equal(whole > 0, tiled > 0)
+    pairs = np.unique(np.stack([whole.ravel(), tiled.ravel()]), axis=1)
+    assert len(pairs[0]) == len(np.unique(whole)) == len(np.unique(tiled)) == 6
+
+
 def test_bench_network_alone_gives_a_model_its_neighbours(tmp_path, home, capsys, monkeypatch):
     """The network-only pass hands a model that sees neighbouring planes each plane with them, as
     the run does (not lone planes that fill every channel)."""

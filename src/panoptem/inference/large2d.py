@@ -44,6 +44,25 @@ def _crop_upsampled(a: np.ndarray, r0: int, r1: int, c0: int, c1: int, factor: i
     return up[:, r0 - g0 * factor:r1 - g0 * factor, c0 - k0 * factor:c1 - k0 * factor]
 
 
+def _crop_resized(a: np.ndarray, r0: int, r1: int, c0: int, c1: int, scale) -> np.ndarray:
+    """Rows r0:r1, cols c0:c1 of :func:`~.resample.resize_at` of ``a`` (C, h, w) to ``scale``
+    output pixels per pixel of ``a`` (rows, columns: ``Fraction``), the same values, computed
+    from a crop: one that starts a whole period of the resampling (``numerator`` output,
+    ``denominator`` input pixels) before the rows and columns asked for, so that its taps
+    have the phases and the edges of the whole plane's, and ends two pixels after them."""
+    from .resample import resize_at
+    h, w = a.shape[-2:]
+    box = []
+    for lo, hi, s, m in ((r0, r1, scale[0], h), (c0, c1, scale[1], w)):
+        k = max(lo // s.numerator - 1, 0)  # periods before the crop
+        g0, o0 = k * s.denominator, k * s.numerator  # input and output start, in phase
+        g1 = min(m, int((hi / s).__ceil__()) + 2)
+        box.append((g0, g1, o0, hi - o0, lo - o0))
+    (g0, g1, _, nr, dr), (k0, k1, _, nc, dc) = box
+    up = resize_at(a[:, g0:g1, k0:k1], (1 / scale[0], 1 / scale[1]), (nr, nc))
+    return up[:, dr:, dc:]
+
+
 class _UnionFind:
     """Edges between global piece ids, solved once."""
 
@@ -80,19 +99,23 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
                  min_distance_object_centers: int = 3, fine_boundaries: bool = False,
                  semantic_only: bool = False, label_divisor: int | None = 10000, stride: int = OUTPUT_STRIDE,
                  downsampling: int = 1, stuff_area: int = 64, tile: int | None = None,
-                 min_piece_area: int = 0) -> np.ndarray:
+                 min_piece_area: int = 0, scale=None) -> np.ndarray:
     """Panoptic labels of one large plane, decoded tile by tile (same rules as
     :func:`~.decode.decode_panoptic`). ``prob`` (C, h, w) uint8 (x 255) or float
-    at network resolution; ``heatmap`` (1, gh, gw); ``offsets`` (2, gh, gw).
+    at network resolution; ``heatmap`` (1, gh, gw); ``offsets`` (2, gh, gw). ``scale``: output
+    pixels per network pixel (rows, columns: ``Fraction``) of a plane resampled for the network,
+    as :func:`~.decode.decode_panoptic` takes it (else ``downsampling``, a whole factor).
     ``min_piece_area``: objects (each one 8-connected piece) of fewer pixels become
     background, as :func:`~.postprocess.remove_small_pieces` would make them, from the pieces'
     areas counted per tile (for models without semantic, 'stuff', classes; see :mod:`.segment2d`)."""
+    from fractions import Fraction
     H, W = out_shape
     f = int(downsampling)
-    cell = stride * f  # output pixels per grid cell
+    sy, sx = (Fraction(v) for v in scale) if scale is not None else (Fraction(f), Fraction(f))
+    cell = stride * f  # output pixels per grid cell (a whole factor)
     tile = tile or DECODE_TILE
-    tile = max(cell, (tile // cell) * cell)
-    scale = 1 / 255.0 if prob.dtype == np.uint8 else 1.0
+    tile = max(cell, (tile // cell) * cell) if scale is None else max(int(stride * max(sy, sx)) + 1, tile)
+    unit_prob = 1 / 255.0 if prob.dtype == np.uint8 else 1.0
     things, stuff = things_and_stuff(class_ids, thing_ids, semantic_only)
     div = int(label_divisor or 0)
     n_cls = int(max([0, *class_ids])) + 1
@@ -107,21 +130,24 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
     tiles = [(y0, min(y0 + tile, H), x0, min(x0 + tile, W)) for y0 in ys for x0 in xs]
 
     def semantic(y0, y1, x0, x1):
-        p = _crop_upsampled(prob, y0, y1, x0, x1, f) * scale
+        p = (_crop_upsampled(prob, y0, y1, x0, x1, f) if scale is None else
+             _crop_resized(prob, y0, y1, x0, x1, (sy, sx))) * unit_prob
         return semantic_classes(p, class_ids, confidence_thr)
+
+    def cells(lo, hi, per_cell):  # output pixels lo..hi-1 -> cells of per_cell pixels (as _upsample_nearest)
+        at = np.arange(lo, hi, dtype=np.int64) * per_cell.denominator // per_cell.numerator
+        return at, int(at[0]), int(at[-1]) + 1
 
     def centre_ids(y0, y1, x0, x1):
         if K == 0:
             return np.zeros((y1 - y0, x1 - x0), np.uint32)
         if fine_boundaries:  # group at network resolution
-            n0, n1, m0, m1 = y0 // f, -(-y1 // f), x0 // f, -(-x1 // f)
+            (ay, n0, n1), (ax, m0, m1) = cells(y0, y1, sy), cells(x0, x1, sx)
             grid = group_pixels(centers_px, _crop_upsampled(offsets, n0, n1, m0, m1, stride), 1, (n0, m0))
-            unit = f
         else:
-            n0, n1, m0, m1 = y0 // cell, -(-y1 // cell), x0 // cell, -(-x1 // cell)
+            (ay, n0, n1), (ax, m0, m1) = cells(y0, y1, stride * sy), cells(x0, x1, stride * sx)
             grid = group_pixels(centers_px, offsets[:, n0:n1, m0:m1].astype(np.float32), stride, (n0, m0))
-            unit = cell
-        return grid[np.ix_(np.arange(y0, y1) // unit - n0, np.arange(x0, x1) // unit - m0)]
+        return grid[np.ix_(np.minimum(ay, grid.shape[0] + n0 - 1) - n0, np.minimum(ax, grid.shape[1] + m0 - 1) - m0)]
 
     # pass 1: centre id of every thing pixel, and class votes per centre
     for y0, y1, x0, x1 in tiles:

@@ -65,24 +65,23 @@ def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step:
 
 def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings: dict,
                    min_piece_area: int = 0) -> list[np.ndarray]:
-    """Planes larger than a tile: compact stitched outputs, then tile-wise decoding. With a
-    factor that is not a whole one, the plane is resampled first, decoded on the network
-    grid, and its labels brought back to the input grid by nearest neighbour. Pieces under
-    ``min_piece_area`` pixels are removed while decoding (no whole-image temporaries) where the
-    labels are on the decoding's grid and the model has no semantic-only classes, else after."""
+    """Planes larger than a tile: compact stitched outputs, then tile-wise decoding on the
+    input's grid (a plane resampled for the network is decoded as :func:`decode_panoptic`
+    decodes it, its outputs brought back tile by tile). Pieces under ``min_piece_area`` pixels
+    are removed while decoding (no whole-image temporaries) where the model has no
+    semantic-only classes, else after."""
     from .decode import things_and_stuff
     from .large2d import decode_large
-    from .resample import nearest_to
     _, stuff = things_and_stuff(settings["class_ids"], settings["thing_ids"], settings.get("semantic_only", False))
+    scale = pred.out_scale()
     out = []
     for j in range(len(chunk)):
         plane = pred.to_network_grid(pred.planes_in(chunk[j:j + 1]))
         o = pred._predict_tiled(plane, rng[j], compact=True)
-        while_decoding = min_piece_area if plane.shape[-2:] == chunk.shape[-2:] and not stuff else 0
-        lab = decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], plane.shape[-2:],
-                           downsampling=pred.downsampling, min_piece_area=while_decoding, **settings)
-        if lab.shape != chunk.shape[-2:]:
-            lab = nearest_to(lab, chunk.shape[-2:])
+        while_decoding = 0 if stuff else min_piece_area
+        lab = decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], chunk.shape[-2:],
+                           downsampling=pred.downsampling if scale is None else 1, scale=scale,
+                           min_piece_area=while_decoding, **settings)
         if min_piece_area and not while_decoding:
             lab = remove_small_pieces(lab, min_piece_area, in_place=True)
         out.append(lab)
