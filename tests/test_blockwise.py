@@ -854,13 +854,20 @@ def test_workers_that_cannot_find_the_runs_files_stop_it_before_any_work(on_disk
     (tmp_path / "card" / "oracle.yaml").write_text((on_disk / "oracle.yaml").read_text())  # its weights left behind
     with pytest.raises(PanoptemError, match=r"the weights .*oracle\.pt of model"):
         _cluster.check_workers_see(client, [], str(tmp_path / "card" / "oracle.yaml"))
+    monkeypatch.chdir(on_disk)  # a relative input path goes to the workers as the caller sees it: absolute
+    from panoptem.distributed._source import VolumeSource
+    assert VolumeSource(path="vol.tif").path == str(on_disk / "vol.tif")
+    assert VolumeSource(path="~/v.tif").path == os.path.expanduser("~/v.tif")
     monkeypatch.setattr(_cluster, "_unseen", _sees_all_but_work_folders)
+    asked, check = [], _cluster.check_workers_see
+    monkeypatch.setattr(_cluster, "check_workers_see", lambda cl, paths, model=None: (
+        asked.append(([str(p) for p in paths], model)), check(cl, paths, model)))
     ran = []
     monkeypatch.setattr("panoptem.distributed.segment.network_block", lambda *a: ran.append(1))
     with pytest.raises(PanoptemError, match=r"\.m\.zarr\.blockwise.*same path"):
-        segment_blockwise(str(on_disk / "vol.tif"), str(on_disk / "oracle.yaml"), tmp_path / "m.zarr", client=client,
-                          block_shape=(40, 64, 64), **P)
+        segment_blockwise("vol.tif", "oracle.yaml", tmp_path / "m.zarr", client=client, block_shape=(40, 64, 64), **P)
     assert not ran and not (tmp_path / "m.zarr").exists()
+    assert asked[0][0][0] == str(on_disk / "vol.tif") and asked[0][1] == str(on_disk / "oracle.yaml")
 
 
 def test_a_script_without_a_main_guard_is_told_to_add_one(on_disk, tmp_path):

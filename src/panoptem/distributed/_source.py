@@ -9,7 +9,7 @@ import numpy as np
 _lock = threading.Lock()
 _volumes: dict = {}
 _models: dict = {}
-_device: list[str | None] = [None]  # set on a worker by DevicePlugin
+_device: list[str | None] = [None]  # set on a worker by its setup plugin (_cluster._WorkerSetup)
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,11 @@ class VolumeSource:
     pixel_size_nm: float | None = None
     axis: int = 0
     stride: int = 1
+
+    def __post_init__(self):
+        if self.path is not None:  # workers of another host or folder open it where the caller does
+            import os
+            object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(self.path)))
 
     def open(self):
         if self.array is not None:

@@ -215,6 +215,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     given_by = "voxel_size" if voxel_size else "file"
     voxel_size = voxel_size or vs
     card = _card(model)
+    if not isinstance(model, LoadedModel) and Path(str(model)).suffix in (".yaml", ".yml") and Path(str(model)).exists():
+        model = str(Path(str(model)).expanduser().absolute())  # a card path, as workers elsewhere find it
     if p.orthoplane and p.fusion == "probability" and card.num_classes > 1:
         raise PanoptemError("Probability fusion is implemented for single-class models only; use fusion=consensus.")
     p, plan_record, steps, strides, resample = _blockwise_plan(p, card, voxel_size, given_by)
@@ -309,7 +311,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         with (callers_client(client, devices) if client is not None else
               client_for(n_workers, scheduler, devices, processes=processes, log=log,
                          bytes_per_worker=_worker_bytes(block_shape, halo, batch_size, enlarge))) as cl:
-            check_workers_see(cl, [in_path, work, msource.path if msource is not None else None],
+            check_workers_see(cl, [source.path, work, msource.path if msource is not None else None],
                               None if isinstance(model, LoadedModel) else model)
             infos, summaries = [], []
             for job, g in zip(jobs, grids):
