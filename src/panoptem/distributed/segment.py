@@ -193,6 +193,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     if output is None or Path(output).suffix.lower() != ".zarr":
         raise PanoptemError("Blockwise runs write OME-Zarr: give an output path ending in .zarr.")
     out = Path(output).expanduser().absolute()
+    cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir else None  # as workers elsewhere find it
     block_shape = None if block_shape is None else triple(block_shape, "--block-shape")
     halo = None if halo is None else triple(halo, "--halo")
     if (block_shape is not None and min(block_shape) < 1) or (halo is not None and min(halo) < 0):
@@ -311,7 +312,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         with (callers_client(client, devices) if client is not None else
               client_for(n_workers, scheduler, devices, processes=processes, log=log,
                          bytes_per_worker=_worker_bytes(block_shape, halo, batch_size, enlarge))) as cl:
-            check_workers_see(cl, [source.path, work, msource.path if msource is not None else None],
+            check_workers_see(cl, [source.path, work, cache_dir, msource.path if msource is not None else None],
                               None if isinstance(model, LoadedModel) else model)
             infos, summaries = [], []
             for job, g in zip(jobs, grids):
