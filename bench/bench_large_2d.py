@@ -32,7 +32,8 @@ def main():
     with Timer() as t:
         lab = panoptem.segment_2d(big, tile_size=a.tile_size,
                                   voxel_size=None if a.pixel_size is None else (a.pixel_size,) * 2)
-    emit(what="2d large tiled", code=a.label, size=[n, n], tile_size=a.tile_size, pixel_size_nm=a.pixel_size, peak_rss_mb=round(peak_rss_mb()), seconds=round(t.s, 1), objects=int(len(np.unique(lab)) - 1),
+    emit(what="2d large tiled", code=a.label, size=[n, n], tile_size=a.tile_size, pixel_size_nm=a.pixel_size,
+         peak_rss_mb=round(peak_rss_mb()), seconds=round(t.s, 1), objects=int(len(np.unique(lab)) - 1),
          rss_before_mb=round(before), image_mb=big.nbytes / 2**20, labels_mb=lab.nbytes / 2**20, machine=machine())
 
 

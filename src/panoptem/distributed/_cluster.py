@@ -142,8 +142,8 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
     try:
         cluster = local_cluster(n, processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
     except RuntimeError as e:  # "Nanny failed to start": a worker process died while starting
-        raise PanoptemError(f"Dask could not start its worker processes ({str(e).rstrip('.')}; the workers' errors are above); "
-                            + MAIN_GUARD + ".") from e
+        raise PanoptemError(f"Dask could not start its worker processes ({str(e).rstrip('.')}; the workers' "
+                            "errors are above); " + MAIN_GUARD + ".") from e
     client = Client(cluster)
     try:
         client.register_plugin(_WorkerSetup(devices, threads if processes else 0))

@@ -130,8 +130,9 @@ def block_labels(job: WriteJob, block: Block) -> np.ndarray:
     return _morphology(job, block) if (job.erosion or job.dilation) else final_labels(job, block)
 
 
-def write_block(job: WriteJob, block: Block) -> int:
-    """Write ``block``'s core to every output; a marker records it as done."""
+def write_block(job: WriteJob, block: Block) -> list[np.ndarray] | None:
+    """Write ``block``'s core to every output; a marker records it as done (with the ids it
+    wrote to each output, returned, where ``job.ids`` asks for them)."""
     import zarr
     marker = Path(job.stack.work) / "written" / str(block.index)
     if marker.exists():

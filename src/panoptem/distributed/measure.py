@@ -148,7 +148,8 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
     grid = BlockGrid(shape, triple(block_shape, "--block-shape"), (HALO if surface else 0,) * 3)
     job = {"labels": src, "image": isrc, "surface": surface, "shape": tuple(shape), "voxel_size": tuple(vs)}
     from ._cluster import callers_client, check_workers_see, client_for, run_tasks
-    with (callers_client(client) if client is not None else client_for(n_workers, scheduler, processes=processes)) as cl:
+    with (callers_client(client) if client is not None else
+          client_for(n_workers, scheduler, processes=processes)) as cl:
         check_workers_see(cl, [src.path, isrc.path if isrc is not None else None])
         parts = run_tasks(cl, _block_stats, job, list(grid), "measuring", progress)
     return _combine(parts, vs, surface, image is not None, label_divisor, dtype)

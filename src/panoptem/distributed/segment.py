@@ -146,11 +146,11 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         ``NAME_<class>.zarr``, for several classes).
     block_shape : (Z, Y, X) voxels per block; the output chunks divide it along the axes it
         splits; rounded up to multiples of the network's grid (32 network pixels, on whole
-        volume pixels: 320 for a factor 10/11). Default :data:`DEFAULT_BLOCK`, its in-plane sides divided by the
-        enlargement where the network's grid is finer than the volume's (a coarse volume
-        enlarged), so that the network is given tiles of the same size and memory; for
-        ortho-plane runs of a thin volume, a block as deep as the volume where that feeds the
-        network fewer pixels (:func:`~panoptem.distributed.blocks.ortho_block_shape`).
+        volume pixels: 320 for a factor 10/11). Default :data:`DEFAULT_BLOCK`, its in-plane
+        sides divided by the enlargement where the network's grid is finer than the volume's
+        (a coarse volume enlarged), so that the network is given tiles of the same size and
+        memory; for ortho-plane runs of a thin volume, a block as deep as the volume where that
+        feeds the network fewer pixels (:func:`~panoptem.distributed.blocks.ortho_block_shape`).
     halo : (Z, Y, X) context added around each block along the image axes (the
         stack axis gets what the median and linking need automatically). Default
         :data:`DEFAULT_HALO`, divided alike.
@@ -216,8 +216,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     given_by = "voxel_size" if voxel_size else "file"
     voxel_size = voxel_size or vs
     card = _card(model)
-    if not isinstance(model, LoadedModel) and Path(str(model)).suffix in (".yaml", ".yml") and Path(str(model)).exists():
-        model = str(Path(str(model)).expanduser().absolute())  # a card path, as workers elsewhere find it
+    card_path = None if isinstance(model, LoadedModel) else Path(str(model)).expanduser()
+    if card_path is not None and card_path.suffix in (".yaml", ".yml") and card_path.exists():
+        model = str(card_path.absolute())  # a card path, as workers elsewhere find it
     if p.orthoplane and p.fusion == "probability" and card.num_classes > 1:
         raise PanoptemError("Probability fusion is implemented for single-class models only; use fusion=consensus.")
     p, plan_record, steps, strides, resample = _blockwise_plan(p, card, voxel_size, given_by)

@@ -114,7 +114,7 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
     sy, sx = (Fraction(v) for v in scale) if scale is not None else (Fraction(f), Fraction(f))
     cell = stride * f  # output pixels per grid cell (a whole factor)
     tile = tile or DECODE_TILE
-    tile = max(cell, (tile // cell) * cell) if scale is None else max(int(stride * max(sy, sx)) + 1, tile)
+    tile = max(cell, (tile // cell) * cell) if scale is None else tile  # cells follow the pixels' own index
     unit_prob = 1 / 255.0 if prob.dtype == np.uint8 else 1.0
     things, stuff = things_and_stuff(class_ids, thing_ids, semantic_only)
     div = int(label_divisor or 0)
