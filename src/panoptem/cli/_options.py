@@ -96,13 +96,17 @@ def read_input(path: str, key: Optional[str] = None, model: Optional[str] = None
     return img
 
 
+def note_voxels_as_nm(voxel_size, ndim: int) -> None:
+    """After a measurement without a voxel size: say that its nm columns count voxels."""
+    if voxel_size is None:
+        axes = ",".join("ZYX"[-ndim:])
+        typer.echo("note: voxel size unknown (the file does not say): measured as 1 nm per voxel, so the nm "
+                   f"columns count voxels; pass --voxel-size {axes} in nm.", err=True)
+
+
 def voxel_size_option(text: Optional[str], img):
     """--voxel-size 'z,y,x' (nm: positive, finite, one per axis of ``img``), else the file's."""
     if not text:
-        if img.voxel_size is None:
-            axes = ",".join("ZYX"[-img.data.ndim:])
-            typer.echo("note: voxel size unknown (the file does not say): measured as 1 nm per voxel, so the nm "
-                       f"columns count voxels; pass --voxel-size {axes} in nm.", err=True)
         return img.voxel_size
     import math
     try:

@@ -9,7 +9,7 @@ import typer
 from ..errors import PanoptemError
 from ..params import MeasureParams
 from ._app import app
-from ._options import read_input, voxel_size_option, with_params
+from ._options import note_voxels_as_nm, read_input, voxel_size_option, with_params
 
 
 @app.command("evaluate")
@@ -73,12 +73,14 @@ def report_cmd(
     the largest objects with the measurements of `panoptem measure` (needs matplotlib)."""
     from ..io import read_image
     from ..reporting import report
-    vs = voxel_size_option(voxel_size, read_image(labels))
+    img = read_image(labels)
+    vs = voxel_size_option(voxel_size, img)
     out = Path(output)
     if fmt is not None and not out.suffix:
         out = out.with_suffix("." + fmt.lower())
     path = report(labels, out, image=image, voxel_size=vs, top=top, format=fmt, overwrite=overwrite,
                   **params.model_dump())
+    note_voxels_as_nm(vs, img.data.ndim)
     typer.echo(json.dumps({"output": str(path), "voxel_size_nm": vs}))
 
 
@@ -118,6 +120,7 @@ def measure_cmd(
         img = np.asarray(read_input(image).data) if image else None
         table = measure(np.asarray(lab.data), voxel_size=vs, image=img, **params.model_dump())
     out = write_table(table, output)
+    note_voxels_as_nm(vs, lab.data.ndim)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
     typer.echo(json.dumps({"output": str(out), "objects": int(len(table["label"])), "voxel_size_nm": vs,
                            "summary": summ}))
