@@ -96,7 +96,7 @@ def measure_cmd(
     blockwise: bool = typer.Option(False, "--blockwise", help="Measure a 3D volume block by block on Dask "
                                    "(volumes larger than memory); same columns.", rich_help_panel="Blockwise"),
     block_shape: Optional[str] = typer.Option(None, "--block-shape", help="Z,Y,X voxels per block "
-                                              "(default 64,256,256).", rich_help_panel="Blockwise"),
+                                              "(default 64,512,512).", rich_help_panel="Blockwise"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes.",
                                           rich_help_panel="Blockwise"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler.",
@@ -110,9 +110,9 @@ def measure_cmd(
     lab = read_input(labels)
     vs = voxel_size_option(voxel_size, lab)
     if blockwise:
-        from ..distributed.measure import measure_blockwise
+        from ..distributed.measure import MEASURE_BLOCK, measure_blockwise
         table = measure_blockwise(lab.path, voxel_size=vs, image=image, key=lab.key,
-                                  block_shape=block_shape or (64, 256, 256), n_workers=workers, scheduler=scheduler,
+                                  block_shape=block_shape or MEASURE_BLOCK, n_workers=workers, scheduler=scheduler,
                                   progress=True, **params.model_dump())
     else:
         if any(v is not None for v in (block_shape, workers, scheduler)):
