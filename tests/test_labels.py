@@ -3,6 +3,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from panoptem.errors import PanoptemError
 from panoptem.inference.decode import decode_panoptic
@@ -106,6 +108,23 @@ def test_decode_large_of_a_resampled_plane_equals_decode_panoptic(scale, fine, t
     assert ((one > 0) == (tiled > 0)).all() and (one // 1000 == tiled // 1000).all()
     pairs = np.unique(np.stack([one.ravel(), tiled.ravel()]), axis=1)
     assert len(pairs[0]) == len(np.unique(one)) == len(np.unique(tiled)) > 8
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=60)
+@given(num=st.integers(1, 9), den=st.integers(1, 9), h=st.integers(3, 40), w=st.integers(3, 40),
+       box=st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)))
+def test_a_crop_of_a_resized_plane_is_computed_from_a_crop(num, den, h, w, box):
+    """Any rows and columns of a plane resampled by a fraction (either way), computed from a
+    crop in phase with the whole plane, equal the whole plane's resampling there, edges included."""
+    from panoptem.inference.large2d import _crop_resized
+    from panoptem.inference.resample import resize_at
+    s = Fraction(num, den)
+    a = np.random.default_rng(num * 100 + den).random((2, h, w)).astype(np.float32)
+    H, W = max(1, int(h * s)), max(1, int(w * s))
+    r0, c0 = int(box[0] * (H - 1)), int(box[1] * (W - 1))
+    r1, c1 = r0 + 1 + int(box[2] * (H - 1 - r0)), c0 + 1 + int(box[3] * (W - 1 - c0))
+    whole = resize_at(a, (1 / s, 1 / s), (H, W))
+    np.testing.assert_array_equal(_crop_resized(a, r0, r1, c0, c1, (s, s)), whole[:, r0:r1, c0:c1])
 
 
 def test_object_stats_same_for_small_and_large_ids():
