@@ -58,6 +58,17 @@ def as_labels(a, what: str = "label image") -> np.ndarray:
     return a
 
 
+def nonzero_ids(labels: np.ndarray) -> np.ndarray:
+    """The sorted ids in ``labels`` other than 0.
+
+    >>> nonzero_ids(np.array([[0, 7], [3, 7]])).tolist()
+    [3, 7]
+    """
+    import fastremap
+    ids = np.asarray(fastremap.unique(np.asarray(labels)))
+    return ids[ids != 0]
+
+
 def dtype_for_max_label(max_label: int) -> np.dtype:
     """uint32 when ``max_label`` fits, else uint64.
 

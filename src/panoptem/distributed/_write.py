@@ -153,7 +153,7 @@ def write_block(job: WriteJob, block: Block) -> list[np.ndarray] | None:
         vol = convert(morph) if morph is not None else final_labels(job, block, convert=convert)
         put(arr, tuple(block.core), vol)
         if job.ids:
-            ids.append(_nonzero_ids(vol))
+            ids.append(_written_ids(vol))
         # the block's part of every pyramid level (nearest: every n-th voxel from the level above)
         start = [s.start for s in block.core]
         for i, f in enumerate(job.factors, start=1):
@@ -166,10 +166,9 @@ def write_block(job: WriteJob, block: Block) -> list[np.ndarray] | None:
     return ids if job.ids else None
 
 
-def _nonzero_ids(v: np.ndarray) -> np.ndarray:
-    import fastremap
-    u = fastremap.unique(v)
-    return u[u != 0].astype(np.uint64)
+def _written_ids(v: np.ndarray) -> np.ndarray:
+    from ..labels import nonzero_ids
+    return nonzero_ids(v).astype(np.uint64)
 
 
 def _packed_ids(ids: list[np.ndarray]) -> bytes:
@@ -190,5 +189,5 @@ def _kept_ids(job: WriteJob, block: Block, marker: Path) -> list[np.ndarray]:
         with np.load(io.BytesIO(data)) as f:
             if len(f.files) == len(job.outputs):
                 return [f[f"arr_{i}"] for i in range(len(job.outputs))]
-    return [_nonzero_ids(np.asarray(zarr.open_group(str(path), mode="r")["0"][tuple(block.core)]))
+    return [_written_ids(np.asarray(zarr.open_group(str(path), mode="r")["0"][tuple(block.core)]))
             for path, _, _ in job.outputs]

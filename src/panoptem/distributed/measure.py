@@ -14,6 +14,7 @@ from scipy import ndimage
 from skimage.measure import marching_cubes, mesh_surface_area
 
 from ..errors import PanoptemError
+from ..labels import nonzero_ids
 from ._source import VolumeSource, read_region
 from .blocks import Block, BlockGrid
 
@@ -34,7 +35,7 @@ def _block_stats(job: dict, block: Block) -> dict:
     lab = lab_full[block.core_in_region()]
     img = None if job["image"] is None else np.asarray(read_region(job["image"].open(), block.core))
     runs = _runs(lab, img)
-    ids = _nonzero_ids(runs["value"])
+    ids = nonzero_ids(runs["value"])
     out = {"label": ids.astype(np.int64)}
     if job["surface"]:
         out["surface_label"], out["area"], out["area_bin"], out["smax"] = _surfaces(
@@ -61,13 +62,6 @@ def _block_stats(job: dict, block: Block) -> dict:
     return out
 
 
-def _nonzero_ids(lab: np.ndarray) -> np.ndarray:
-    """The sorted labels of ``lab`` other than 0."""
-    import fastremap
-    ids = fastremap.unique(lab)
-    return ids[ids != 0]
-
-
 def _meeting(lab: np.ndarray, cells: tuple[slice, ...]) -> tuple[np.ndarray, list[tuple[slice, ...]]]:
     """The labels of ``lab`` that meet the box ``cells``, and each one's bounding box in ``lab``."""
     from .._measure import _boxes, _runs
@@ -75,7 +69,7 @@ def _meeting(lab: np.ndarray, cells: tuple[slice, ...]) -> tuple[np.ndarray, lis
     (z0, z1), (y0, y1), (x0, x1) = ((c.start, c.stop) for c in cells)
     meet = ((runs["z"] >= z0) & (runs["z"] < z1) & (runs["y"] >= y0) & (runs["y"] < y1)
             & (runs["x"] < x1) & (runs["x"] + runs["length"] > x0))
-    ids = _nonzero_ids(runs["value"][meet])
+    ids = nonzero_ids(runs["value"][meet])
     at = np.minimum(np.searchsorted(ids, runs["value"]), max(ids.size - 1, 0))
     mine = ids[at] == runs["value"] if ids.size else np.zeros(runs["value"].shape, bool)
     lo, hi = _boxes({k: v[mine] for k, v in runs.items()}, at[mine], ids.size, 3)
