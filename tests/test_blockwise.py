@@ -838,6 +838,15 @@ KILLER = textwrap.dedent("""
 """)
 
 
+def test_a_local_clusters_devices_are_checked_before_any_work(vol, tmp_path, monkeypatch):
+    """GPUs asked of local workers on a machine without them: one line, before the work folder."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PanoptemError, match="no CUDA GPU is visible"):
+        segment_blockwise(vol, dark_blob_model(), tmp_path / "m.zarr", devices="cuda:0,cuda:1", processes=False, **P)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _sees_all_but_work_folders(paths, model):
     return [p for p in paths if p.endswith(".blockwise")]
 

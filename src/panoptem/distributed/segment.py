@@ -239,6 +239,10 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         devices = visible_gpus() if devices == "all" else [d for d in devices.split(",") if d]
         if not devices:
             raise PanoptemError("--devices all: no GPU is visible; leave --devices out to run on CPU workers.")
+    if devices and scheduler is None and client is None:  # a local cluster's devices are this machine's
+        from ..models.load import pick_device
+        for d in devices:
+            pick_device(d)  # before any work
     # outputs
     stem = out.name[: -len(".zarr")]
     classes = card.classes
