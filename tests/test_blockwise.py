@@ -838,6 +838,16 @@ KILLER = textwrap.dedent("""
 """)
 
 
+def test_segment_3d_runs_blockwise_on_a_callers_client(vol, tmp_path, client):
+    whole = segment_3d(vol, dark_blob_model(), **P).labels["mitochondria"]
+    res = segment_3d(vol, dark_blob_model(), blockwise=True, client=client, output=tmp_path / "m.zarr",
+                     block_shape=(16, 64, 64), halo=(32, 32, 32), **P)
+    np.testing.assert_array_equal(np.asarray(res.labels["mitochondria"][:]), whole)
+    assert client.status == "running"
+    with pytest.raises(PanoptemError, match="blockwise=True"):
+        segment_3d(vol, dark_blob_model(), client=client, **P)
+
+
 def test_a_local_clusters_devices_are_checked_before_any_work(vol, tmp_path, monkeypatch):
     """GPUs asked of local workers on a machine without them: one line, before the work folder."""
     import torch

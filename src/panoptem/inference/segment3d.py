@@ -583,7 +583,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
                overlap: bool = True, progress: bool = False, voxel_size=None, cache_dir=None,
                keep_cache: bool = False, callback=None, output=None, overwrite: bool = False, inputs=(),
                preview=None, blockwise: bool = False, block_shape=None, halo=None, n_workers=None,
-               scheduler=None, devices=None, mask=None, exact_context: bool = True,
+               scheduler=None, devices=None, mask=None, exact_context: bool = True, client=None,
                params: Params3D | dict | None = None, **overrides) -> Result3D:
     """Panoptic 3D segmentation of a ZYX volume.
 
@@ -619,7 +619,8 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     blockwise : run block by block on Dask (see :func:`panoptem.distributed.segment_blockwise`):
         ``volume`` may then be a file path (each worker reads its blocks), ``output``
         must be ``.zarr``; ``block_shape``, ``halo`` (Z, Y, X), ``n_workers`` or
-        ``scheduler``, ``devices``, ``mask`` and ``exact_context`` apply.
+        ``scheduler`` or ``client`` (a ``distributed.Client`` of yours, left open), ``devices``,
+        ``mask`` and ``exact_context`` apply.
     cache_dir : folder for network outputs; re-running with the same folder
         resumes an interrupted run and re-decodes a finished one without the network.
         With ``output`` and no ``cache_dir``, a hidden cache beside the output
@@ -650,12 +651,14 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     True
     """
     p = params_with(Params3D, params, **overrides)
+    if client is not None and not blockwise:
+        raise PanoptemError("client= is a Dask client for blockwise runs; pass blockwise=True with it.")
     if blockwise:
         return _blockwise(volume, model, output, p, dict(
             block_shape=block_shape, halo=halo, n_workers=n_workers, scheduler=scheduler, devices=devices,
             mask=mask, device=device, batch_size=batch_size or 4, voxel_size=voxel_size, cache_dir=cache_dir,
             overwrite=overwrite, progress=progress, exact_context=exact_context, runtime=runtime,
-            precision=precision, threads=threads), preview, inputs)
+            precision=precision, threads=threads, client=client), preview, inputs)
     if not hasattr(volume, "ndim"):
         volume = np.asarray(volume)
     if volume.ndim != 3:  # checked before reading: a lazy 2D input may be far larger than memory
