@@ -852,7 +852,7 @@ def test_a_local_clusters_devices_are_checked_before_any_work(vol, tmp_path, mon
     """GPUs asked of local workers on a machine without them: one line, before the work folder."""
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(PanoptemError, match="no CUDA GPU is visible"):
+    with pytest.raises(PanoptemError, match="--devices cuda:0,cuda:1: .*no CUDA GPU is visible.*Leave --devices out"):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "m.zarr", devices="cuda:0,cuda:1", processes=False, **P)
     assert list(tmp_path.iterdir()) == []
 

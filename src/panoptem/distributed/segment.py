@@ -241,8 +241,12 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             raise PanoptemError("--devices all: no GPU is visible; leave --devices out to run on CPU workers.")
     if devices and scheduler is None and client is None:  # a local cluster's devices are this machine's
         from ..models.load import pick_device
-        for d in devices:
-            pick_device(d)  # before any work
+        for d in devices:  # before any work
+            try:
+                pick_device(d)
+            except PanoptemError as e:
+                raise PanoptemError(f"--devices {','.join(devices)}: {e} Leave --devices out to run on CPU "
+                                    "workers.") from None
     # outputs
     stem = out.name[: -len(".zarr")]
     classes = card.classes
