@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 import textwrap
-
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from panoptem.distributed import segment_blockwise
+from panoptem.distributed.blocks import BlockGrid
 from panoptem.errors import PanoptemError
 from panoptem.inference.segment3d import segment_3d
 from panoptem.io import read_image
@@ -547,6 +548,46 @@ def test_write_pass_resumes_and_counts_objects_from_the_blocks(on_disk, tmp_path
         res = segment_blockwise(src, dark_blob_model(), out, overwrite=True, keep_work=True, **kw)
         np.testing.assert_array_equal(np.asarray(res.labels["mitochondria"][:]), ref)
         assert res.objects["mitochondria"] == n_ref
+
+
+def test_the_linking_reads_numbers_per_piece_not_pixels(on_disk, tmp_path, client):
+    """The client reads every block's table of pieces at once: the tables hold a few numbers per
+    piece, and the labels of the slices each block decoded before its core (pixels, as many as
+    its in-plane size) lie apart, compressed, read by that block's own halo task. Tables of an
+    earlier release, which held those labels, still resume."""
+    import tracemalloc
+
+    from panoptem.distributed import _pass1, _stitch
+    kw = dict(block_shape=(8, 120, 120), halo=(16, 32, 32), client=client, overwrite=True, keep_work=True)
+    src = str(on_disk / "vol.tif")  # a run from a file resumes
+    res, first = _blockwise(src, tmp_path, **kw)
+    blocks = tmp_path / ".out.zarr.blockwise" / "stack_xy" / "blocks"
+    tables = sorted((f for f in blocks.glob("*.npz") if f.stem.isdigit()), key=lambda f: int(f.stem))
+    assert len(tables) == 5
+    halo_pixels = 2 * 120 * 120  # two slices before the core, in every block but the first
+    for i, f in enumerate(tables):
+        with np.load(f) as t:
+            assert sum(t[k].nbytes for k in t.files) < halo_pixels, (f.name, {k: t[k].shape for k in t.files})
+            assert t["halo_planes"].size == (2 if i else 0)
+        maps = _pass1.load_labels(_pass1.halo_file(blocks.parent, i))
+        assert (maps is None) if i == 0 else (maps.shape == (2, 120, 120) and maps.any())
+        if i:
+            assert _pass1.halo_file(blocks.parent, i).stat().st_size < maps.nbytes / 4
+    job = SimpleNamespace(work=str(blocks.parent))
+    tracemalloc.start()
+    got = _stitch.piece_tables(job, BlockGrid((40, 120, 120), (8, 120, 120)))
+    kept, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(got) == 5 and kept < halo_pixels * 4 and peak < 4 * halo_pixels * 4, (kept, peak)  # halo labels as uint32: one block, every block
+    for i, f in enumerate(tables[1:], 1):  # as an earlier release kept them
+        maps = _pass1.load_labels(_pass1.halo_file(blocks.parent, i))
+        with np.load(f) as t:
+            old = {k: t[k] for k in t.files}
+        _pass1.save_npz(f, **old, halo_maps=maps.astype(np.uint32))
+        _pass1.halo_file(blocks.parent, i).unlink()
+    res, again = _blockwise(src, tmp_path, **kw)
+    np.testing.assert_array_equal(again, first)
+    assert not list(blocks.glob("*.halo.npz"))  # resumed from the old tables
 
 
 def test_empty_blocks_are_skipped_and_mask_limits_the_run(vol, tmp_path, client):

@@ -207,7 +207,14 @@ def _mark(work, step: str, index: int) -> None:
 
 
 def block_file(work: str | Path, index: int) -> Path:
+    """A block's table of pieces: what the linking needs of them (a few numbers per piece)."""
     return Path(work) / "blocks" / f"{index}.npz"
+
+
+def halo_file(work: str | Path, index: int) -> Path:
+    """A block's labels of the slices it decoded before its core (pixels: kept apart from its
+    table, which the client reads for every block at once)."""
+    return Path(work) / "blocks" / f"{index}.halo.npz"
 
 
 def save_npz(path: Path, **arrays) -> None:
@@ -570,7 +577,9 @@ def decode_block(job: StackJob, block: Block) -> dict:
             pm_full = pm if pm.shape[-2:] == out_shape else linear_resize(pm, out_shape)
         sem = semantic_classes(pm_full, card_classes, p.confidence_thr)
         builder.add(d, d < c0, sem[core_rc], ids[core_rc], keys, things, stuff)
-    table, core_labels = builder.finish()
+    table, core_labels, halo_maps = builder.finish()
+    if halo_maps is not None:  # before the table, which marks the block done
+        save_labels(halo_file(job.work, block.index), halo_maps)
     if core_labels is not None:
         import zarr
         from ..io.zarr_write import put
@@ -691,9 +700,9 @@ class _Pieces:
         self.labels.append(lab)
         self.halo.append(is_halo)
 
-    def finish(self) -> tuple[dict, np.ndarray | None]:
-        """The pieces' table (statistics, overlaps between planes, halo maps, stuff
-        counts) and the core's labels (None where it has none)."""
+    def finish(self) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+        """The pieces' table (statistics, overlaps between planes, stuff counts), the core's
+        labels and the halo slices' labels (None where there are none)."""
         c0, c1 = self.core
         nt = len(self.things)
         cat = {k: (np.concatenate(v) if v else (np.zeros((0, nt), np.int64) if k == "cls_counts" else
@@ -723,9 +732,8 @@ class _Pieces:
         table = dict(cat, pa=np.concatenate(pa) if pa else e, pb=np.concatenate(pb) if pb else e,
                      pc=np.concatenate(pc) if pc else e, pkind=np.concatenate(pk) if pk else e,
                      halo_planes=np.asarray(halo_planes, np.int64),
-                     halo_maps=np.stack([by_plane[d] for d in halo_planes]) if halo_planes
-                     else np.zeros((0, 0, 0), np.uint32),
                      stuff_plane=np.asarray([s[0] for s in self.stuff], np.int64),
                      stuff_cls=np.asarray([s[1] for s in self.stuff], np.int64),
                      stuff_count=np.asarray([s[2] for s in self.stuff], np.int64))
-        return table, self.core_labels if self.labelled else None
+        halo_maps = np.stack([by_plane[d] for d in halo_planes]) if halo_planes else None
+        return table, self.core_labels if self.labelled else None, halo_maps

@@ -19,7 +19,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..inference.linking import SliceLinker
 from ..params import Params3D
-from ._pass1 import STUFF, StackJob, block_file
+from ._pass1 import STUFF, StackJob, block_file, halo_file, load_labels
 from .blocks import BlockGrid
 
 SHIFT = 32
@@ -95,9 +95,12 @@ def halo_matches(job: StackJob, grid: BlockGrid, index: int) -> np.ndarray:
     """(N, 2): each stack-halo piece of block ``index`` (as a global id) and the
     global id of the piece it overlaps most in the slices its owners decoded."""
     t = np.load(block_file(job.work, index))
-    planes, maps = t["halo_planes"], t["halo_maps"]
-    if planes.size == 0 or maps.size == 0:
+    planes = t["halo_planes"]
+    if planes.size == 0:
         return np.zeros((0, 2), np.int64)
+    maps = load_labels(halo_file(job.work, index))
+    if maps is None:  # a table of an earlier release held them
+        maps = t["halo_maps"]
     b = grid[index]
     prov = _open_provisional(job)
     out = []
@@ -121,13 +124,26 @@ def halo_matches(job: StackJob, grid: BlockGrid, index: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
+TABLE_COLUMNS = ("plane", "key", "area", "r0", "r1", "c0", "c1", "first", "halo", "cls_counts",
+                 "pa", "pb", "pc", "pkind", "stuff_plane", "stuff_cls", "stuff_count")
+
+
+def piece_tables(job: StackJob, grid: BlockGrid) -> list[dict]:
+    """Every block's table of pieces, the columns the linking needs (a few numbers per piece)."""
+    out = []
+    for b in grid:
+        with np.load(block_file(job.work, b.index)) as t:
+            out.append({k: t[k] for k in TABLE_COLUMNS})
+    return out
+
+
 def solve(job: StackJob, grid: BlockGrid, pairs: list[np.ndarray], halos: list[np.ndarray],
           thing_ids: list[int], min_size: int, min_extent: int) -> dict:
     """Join pieces into 2D objects, link them into 3D objects and write one
     lookup per block (local id -> final id) plus the stuff painting table.
     Returns counts for the run's summary."""
     p = Params3D(**job.params)
-    tables = [dict(np.load(block_file(job.work, b.index))) for b in grid]
+    tables = piece_tables(job, grid)
     core_ids, halo_ids, cols = [], [], {k: [] for k in ("plane", "key", "area", "r0", "r1", "c0", "c1", "first")}
     counts = []
     for b, t in zip(grid, tables):
