@@ -124,8 +124,9 @@ def halo_matches(job: StackJob, grid: BlockGrid, index: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
-TABLE_COLUMNS = ("plane", "key", "area", "r0", "r1", "c0", "c1", "first", "halo", "cls_counts",
-                 "pa", "pb", "pc", "pkind", "stuff_plane", "stuff_cls", "stuff_count")
+STAT_COLUMNS = ("plane", "key", "area", "r0", "r1", "c0", "c1", "first")
+PAIR_COLUMNS = ("pa", "pb", "pc", "pkind")
+TABLE_COLUMNS = (*STAT_COLUMNS, "halo", "cls_counts", *PAIR_COLUMNS, "stuff_plane", "stuff_cls", "stuff_count")
 
 
 def piece_tables(job: StackJob, grid: BlockGrid) -> list[dict]:
@@ -137,128 +138,178 @@ def piece_tables(job: StackJob, grid: BlockGrid) -> list[dict]:
     return out
 
 
+class _CorePieces:
+    """The core pieces of every block, sorted by global id, and the way from a piece's global
+    id (a stack-halo piece's too) to its position in that order."""
+
+    def __init__(self, grid: BlockGrid, tables: list[dict], halos: list[np.ndarray]):
+        ids, cols, counts = [], {k: [] for k in STAT_COLUMNS}, []
+        for b, t in zip(grid, tables):  # each block's columns are dropped once gathered
+            core = ~t["halo"].astype(bool)
+            ids.append(gid(b.index, np.flatnonzero(core) + 1))
+            for k in STAT_COLUMNS:
+                cols[k].append(t.pop(k)[core])
+            counts.append(t.pop("cls_counts")[core])
+        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        del ids
+        order = None if np.all(self.ids[1:] > self.ids[:-1]) else np.argsort(self.ids)  # grid order: sorted
+        if order is not None:
+            self.ids = self.ids[order]
+        self.cols = {}
+        for k in STAT_COLUMNS:
+            v = np.concatenate(cols.pop(k))
+            self.cols[k] = v if order is None else v[order]
+        c = np.concatenate(counts) if counts else np.zeros((0, 1), np.int64)
+        self.counts = c if order is None else c[order]
+        hmap = np.concatenate(halos) if halos else np.zeros((0, 2), np.int64)
+        o = np.argsort(hmap[:, 0])
+        self.hsrc, self.hdst = hmap[o, 0], hmap[o, 1]
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.size)
+
+    def index_of(self, g) -> np.ndarray:
+        """Position of each core piece ``g`` (global ids), -1 where it is not one."""
+        g = np.asarray(g, np.int64)
+        if not self.n:
+            return np.full(g.shape, -1, np.int64)
+        i = np.searchsorted(self.ids, g)
+        ok = self.ids[np.minimum(i, self.n - 1)] == g
+        return np.where(ok, i, -1)
+
+    def owner_of(self, g) -> np.ndarray:
+        """Like :meth:`index_of`, a stack-halo piece standing for the piece it was matched to."""
+        g = np.asarray(g, np.int64)
+        i = self.index_of(g)
+        miss = i < 0
+        if miss.any() and self.hsrc.size:
+            j = np.searchsorted(self.hsrc, g[miss])
+            jj = np.minimum(j, self.hsrc.size - 1)
+            found = self.hsrc[jj] == g[miss]
+            sub = np.full(int(miss.sum()), -1, np.int64)
+            sub[found] = self.index_of(self.hdst[jj[found]])
+            i[miss] = sub
+        return i
+
+
+def _objects_2d(pieces: _CorePieces, pairs: list[np.ndarray]) -> tuple[int, np.ndarray]:
+    """Touching pieces of the same centre joined: the number of 2D objects and each piece's."""
+    n = pieces.n
+    if not n:
+        return 0, np.zeros(0, np.int64)
+    fp = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    ia, ib = pieces.index_of(fp[:, 0]), pieces.index_of(fp[:, 1])
+    del fp
+    ok = (ia >= 0) & (ib >= 0)
+    ia, ib = ia[ok], ib[ok]
+    key = pieces.cols["key"]
+    same = key[ia] == key[ib]
+    ia, ib = ia[same], ib[same]
+    g = sparse.coo_matrix((np.ones(ia.size, np.int8), (ia, ib)), shape=(n, n))
+    return connected_components(g, directed=False)
+
+
+def _object_stats(pieces: _CorePieces, n_obj: int, obj: np.ndarray, thing_ids: list[int]) -> dict:
+    """Per 2D object: area, box, first pixel, slice and thing class; the pieces' columns are
+    dropped once summed."""
+    col = pieces.cols
+    out = {"area": np.bincount(obj, weights=col.pop("area"), minlength=n_obj).astype(np.int64)}
+    big = np.iinfo(np.int64).max
+    for k, fill, fn in (("r0", big, np.minimum), ("c0", big, np.minimum), ("first", big, np.minimum),
+                        ("r1", 0, np.maximum), ("c1", 0, np.maximum)):
+        v = np.full(n_obj, fill, np.int64)
+        fn.at(v, obj, col.pop(k))
+        out[k] = v
+    out["plane"] = np.zeros(n_obj, np.int64)
+    out["plane"][obj] = col.pop("plane")
+    # majority thing class of each centre over all its pieces in the slice (the key
+    # names the slice too), as merge_panoptic decides it for a whole slice
+    u, inv = np.unique(col.pop("key"), return_inverse=True)
+    tot = np.zeros((u.size, pieces.counts.shape[1]), np.int64)
+    np.add.at(tot, inv, pieces.counts)
+    pieces.counts = None
+    out["cls"] = np.zeros(n_obj, np.int64)
+    if obj.size:
+        out["cls"][obj] = np.asarray(thing_ids, np.int64)[tot.argmax(axis=1)][inv]
+    return out
+
+
+def _overlaps(grid: BlockGrid, tables: list[dict], pieces: _CorePieces, node: np.ndarray):
+    """Overlaps between slices summed over blocks, on the nodes: (a, b, pixels) of neighbouring
+    slices and of slices two apart, each pair once; each block's pairs are dropped once read."""
+    codes, counts = [], []
+    for b, t in zip(grid, tables):
+        pa, pb, pc, pk = (t.pop(k) for k in PAIR_COLUMNS)
+        if not pa.size:
+            continue
+        ia, ic = pieces.owner_of(gid(b.index, pa)), pieces.owner_of(gid(b.index, pb))
+        keep = (ia >= 0) & (ic >= 0)
+        a, c = node[ia[keep]].astype(np.int64), node[ic[keep]].astype(np.int64)
+        # one int64 per pair: slices apart - 1 (0 or 1) in bit 62, the two 31-bit nodes below (bit 63 is the sign)
+        codes.append(((pk[keep].astype(np.int64) - 1) << 62) | (a << 31) | c)
+        counts.append(pc[keep])
+    if not codes:
+        e = np.zeros(0, np.int64)
+        return (e, e, e), (e, e, e)
+    u, inv = np.unique(np.concatenate(codes), return_inverse=True)
+    del codes
+    inter = np.bincount(inv, weights=np.concatenate(counts)).astype(np.int64)
+    del inv, counts
+    pa, pb = (u >> 31) & ((1 << 31) - 1), u & ((1 << 31) - 1)
+    one = int(np.searchsorted(u, np.int64(1) << 62))  # sorted: the neighbours' pairs, then those two apart
+    return (pa[:one], pb[:one], inter[:one]), (pa[one:], pb[one:], inter[one:])
+
+
 def solve(job: StackJob, grid: BlockGrid, pairs: list[np.ndarray], halos: list[np.ndarray],
           thing_ids: list[int], min_size: int, min_extent: int) -> dict:
     """Join pieces into 2D objects, link them into 3D objects and write one
     lookup per block (local id -> final id) plus the stuff painting table.
-    Returns counts for the run's summary."""
+    Returns counts for the run's summary. ``pairs`` and ``halos`` (the workers'
+    face pairs and halo matches) are emptied as they are used: memory grows with
+    the pieces, and every copy not needed any more is let go."""
     p = Params3D(**job.params)
     tables = piece_tables(job, grid)
-    core_ids, halo_ids, cols = [], [], {k: [] for k in ("plane", "key", "area", "r0", "r1", "c0", "c1", "first")}
-    counts = []
-    for b, t in zip(grid, tables):
-        local = np.arange(1, t["plane"].size + 1, dtype=np.int64)
-        h = t["halo"].astype(bool)
-        core_ids.append(gid(b.index, local[~h]))
-        halo_ids.append(gid(b.index, local[h]))
-        for k in cols:
-            cols[k].append(t[k][~h])
-        counts.append(t["cls_counts"][~h])
-    ids = np.concatenate(core_ids)
-    n = ids.size
-    order = np.argsort(ids)
-    ids = ids[order]
-    col = {k: np.concatenate(v)[order] for k, v in cols.items()}
-    ccounts = np.concatenate(counts)[order] if n else np.zeros((0, len(thing_ids)), np.int64)
-
-    def index_of(g):
-        g = np.asarray(g, np.int64)
-        i = np.searchsorted(ids, g)
-        ok = (i < n) & (ids[np.minimum(i, max(n - 1, 0))] == g) if n else np.zeros(g.shape, bool)
-        return np.where(ok, i, -1)
-
+    pieces = _CorePieces(grid, tables, halos)
+    halos.clear()
     # 1. pieces -> 2D objects: touching pieces of the same centre
-    fp = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-    ia, ib = index_of(fp[:, 0]), index_of(fp[:, 1])
-    ok = (ia >= 0) & (ib >= 0)
-    ia, ib = ia[ok], ib[ok]
-    same = col["key"][ia] == col["key"][ib]
-    ia, ib = ia[same], ib[same]
-    g = sparse.coo_matrix((np.ones(ia.size, np.int8), (ia, ib)), shape=(n, n))
-    n_obj, obj = connected_components(g, directed=False) if n else (0, np.zeros(0, np.int64))
-    # 2. per 2D object: sums and extremes
-    area = np.bincount(obj, weights=col["area"], minlength=n_obj).astype(np.int64)
-    big = np.iinfo(np.int64).max
-    stats = {}
-    for k, fill, fn in (("r0", big, np.minimum), ("c0", big, np.minimum), ("first", big, np.minimum),
-                        ("r1", 0, np.maximum), ("c1", 0, np.maximum)):
-        v = np.full(n_obj, fill, np.int64)
-        fn.at(v, obj, col[k])
-        stats[k] = v
-    plane = np.zeros(n_obj, np.int64)
-    plane[obj] = col["plane"]
-    key = np.zeros(n_obj, np.int64)
-    key[obj] = col["key"]
-    # majority thing class of each centre over all its pieces in the slice (the key
-    # names the slice too), as merge_panoptic decides it for a whole slice
-    u, inv = np.unique(col["key"], return_inverse=True)
-    tot = np.zeros((u.size, ccounts.shape[1]), np.int64)
-    np.add.at(tot, inv, ccounts)
-    cls = np.zeros(n_obj, np.int64)
-    if n:
-        cls[obj] = np.asarray(thing_ids, np.int64)[tot.argmax(axis=1)][inv]
+    n_obj, obj = _objects_2d(pieces, pairs)
+    pairs.clear()
+    # 2. per 2D object: sums and extremes; its thing class
+    st = _object_stats(pieces, n_obj, obj, thing_ids)
     # 3. node order of a whole-volume run: slice, class (with a divisor), first pixel
     div = p.label_divisor or 0
-    node_order = np.lexsort((stats["first"], cls if div else np.zeros(n_obj, np.int64), plane))
+    o = np.lexsort((st.pop("first"), st["cls"] if div else np.zeros(n_obj, np.int64), st["plane"]))
     node_of_obj = np.empty(n_obj, np.int64)
-    node_of_obj[node_order] = np.arange(1, n_obj + 1)
+    node_of_obj[o] = np.arange(1, n_obj + 1)
+    node = np.concatenate([node_of_obj[obj], [0]])  # per piece; -1 (not a piece): 0
+    del obj, node_of_obj
     # 4. overlaps between slices, summed over blocks, on 2D objects
-    hmap = np.concatenate(halos) if halos else np.zeros((0, 2), np.int64)
-    hsrc, hdst = hmap[:, 0], hmap[:, 1]
-    hs_order = np.argsort(hsrc)
-    hsrc, hdst = hsrc[hs_order], hdst[hs_order]
-
-    def to_node(g):
-        i = index_of(g)
-        miss = i < 0
-        if miss.any() and hsrc.size:  # a stack-halo piece: its owner's piece
-            j = np.searchsorted(hsrc, g[miss])
-            jj = np.minimum(j, hsrc.size - 1)
-            found = hsrc[jj] == g[miss]
-            sub = np.full(miss.sum(), -1, np.int64)
-            sub[found] = index_of(hdst[jj[found]])
-            i = i.copy()
-            i[miss] = sub
-        return np.where(i >= 0, node_of_obj[obj[np.maximum(i, 0)]] if n else 0, 0)
-
-    recs = []
-    for b, t in zip(grid, tables):
-        if t["pa"].size == 0:
-            continue
-        a, c = to_node(gid(b.index, t["pa"])), to_node(gid(b.index, t["pb"]))
-        keep = (a > 0) & (c > 0)
-        recs.append(np.stack([a[keep], c[keep], t["pc"][keep], t["pkind"][keep]], axis=1))
-    rec = np.concatenate(recs) if recs else np.zeros((0, 4), np.int64)
-    # one int64 per pair: slices apart - 1 (0 or 1) in bit 62, the two 31-bit nodes below (bit 63 is the sign)
-    code = ((rec[:, 3] - 1) << 62) | (rec[:, 0] << 31) | rec[:, 1] if rec.size else np.zeros(0, np.int64)
-    u, inv = np.unique(code, return_inverse=True)
-    inter = np.bincount(inv, weights=rec[:, 2]).astype(np.int64) if rec.size else np.zeros(0, np.int64)
-    kind, pa, pb = (u >> 62) + 1, (u >> 31) & ((1 << 31) - 1), u & ((1 << 31) - 1)
-    # 5. link once
-    o = node_order
+    next_to, two_apart = _overlaps(grid, tables, pieces, node)
+    # 5. link once, the objects in node order
+    for k in st:
+        st[k] = st[k][o]
+    del o
     stack_len = job.shape[job.axis]
     hw = tuple(job.shape[ax] for ax in range(3) if ax != job.axis)
-    thing = np.ones(n_obj, bool)
     lk = SliceLinker.from_statistics(
-        (stack_len, *hw), plane[o], cls[o] if div else np.zeros(n_obj, np.int64), thing[o], area[o],
-        (stats["r0"][o], stats["r1"][o]), (stats["c0"][o], stats["c1"][o]),
-        (pa[kind == 1], pb[kind == 1], inter[kind == 1]),
-        (pa[kind == 2], pb[kind == 2], inter[kind == 2]),  # two apart: the X repair uses them, as add() does
+        (stack_len, *hw), st.pop("plane"), st.pop("cls") if div else np.zeros(n_obj, np.int64),
+        np.ones(n_obj, bool), st.pop("area"), (st.pop("r0"), st.pop("r1")), (st.pop("c0"), st.pop("c1")),
+        next_to, two_apart,  # two apart: the X repair uses them, as add() does
         iou_thr=p.iou_thr, ioa_thr=p.ioa_thr, label_divisor=p.label_divisor or None, bridge_gaps=p.bridge_gaps,
         stride=job.stride, depth=job.volume_shape[job.axis])  # voxels on the volume's grid
+    del st, next_to, two_apart
     res = lk.finish(min_size=min_size, min_extent=min_extent)
+    del lk
     final = res.mapping  # node -> final id
     # 6. one lookup per block, and where stuff is painted
     maps = Path(job.work) / "maps"
     maps.mkdir(exist_ok=True)
     for b, t in zip(grid, tables):
-        k = t["plane"].size
-        lut = np.zeros(k + 1, final.dtype)
-        if k:
-            local = np.arange(1, k + 1, dtype=np.int64)
-            h = t["halo"].astype(bool)
-            node = to_node(gid(b.index, local[~h]))
-            lut[local[~h]] = final[node]
+        h = t["halo"].astype(bool)
+        lut = np.zeros(h.size + 1, final.dtype)
+        local = np.flatnonzero(~h) + 1
+        lut[local] = final[node[pieces.index_of(gid(b.index, local))]]
         np.save(maps / f"{b.index}.npy", lut)
     sp = np.concatenate([t["stuff_plane"] for t in tables])
     sc = np.concatenate([t["stuff_cls"] for t in tables])
@@ -272,6 +323,6 @@ def solve(job: StackJob, grid: BlockGrid, pairs: list[np.ndarray], halos: list[n
     from ._pass1 import save_npz
     save_npz(Path(job.work) / "objects.npz", ids=res.ids.astype(np.int64), voxels=res.voxels, classes=res.classes)
     kc, kn = np.unique(res.classes, return_counts=True)
-    return {"pieces": int(n), "objects_2d": int(n_obj), "objects": int(res.n_objects),
+    return {"pieces": pieces.n, "objects_2d": int(n_obj), "objects": int(res.n_objects),
             "per_class": {int(c): int(k) for c, k in zip(kc, kn)},
             "dtype": str(final.dtype), "max_id": int(final.max(initial=0))}

@@ -238,8 +238,8 @@ class SliceLinker:
         for key, val in (("cls", classes), ("thing", thing), ("area", area), ("r0", rows[0]), ("r1", rows[1]),
                          ("c0", cols[0]), ("c1", cols[1]), ("count", counts)):
             lk._nodes[key].append(np.asarray(val))
-        nodes = {k: np.concatenate([[0 if k != "thing" else False], v[0]]) for k, v in lk._nodes.items()
-                 if k != "count"}
+        nodes = {k: np.concatenate([[0 if k != "thing" else False], lk._nodes[k][0]])
+                 for k in ("cls", "thing", "area")}
 
         def pairs(p, dz):
             a, b, inter = (np.asarray(x, np.int64) for x in p)
@@ -269,16 +269,15 @@ class SliceLinker:
         cross the whole stack there. Can be called again with other filters.
         """
         n = self._n
-        nodes = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in self._nodes.items()}
         if n == 0:
             e = np.zeros(0, np.int64)
             return LinkResult(np.zeros(1, np.uint32), 0, e.astype(np.uint32), e, e, np.zeros((0, 6), np.int64), 0)
 
-        def node(key, fill=0):
-            return np.concatenate([[fill], nodes[key]])
+        def node(key, fill=0):  # one copy, straight from the slices' parts
+            return np.concatenate([[fill], *self._nodes[key]])
 
         cls, thing, area = node("cls"), node("thing", False).astype(bool), node("area")
-        z = np.concatenate([[0], np.repeat(np.arange(self._z), nodes["count"])])
+        z = np.concatenate([[0], np.repeat(np.arange(self._z), np.concatenate(self._nodes["count"]))])
 
         def cat(lst, i, dtype=np.int64):
             return np.concatenate([t[i] for t in lst]).astype(dtype) if lst else np.zeros(0, dtype)
@@ -315,8 +314,11 @@ class SliceLinker:
             links_b.append(att[u])
 
         la, lb = np.concatenate(links_a), np.concatenate(links_b)
+        del links_a, links_b, ma, mb, aa, ab, ainter, ga, gb, giou, att_back, att_fwd, match_fwd, match_back
         graph = sparse.coo_matrix((np.ones(la.size, np.int8), (la, lb)), shape=(n + 1, n + 1)).tocsr()
+        del la, lb
         n_comp, comp = connected_components(graph, directed=False)
+        del graph  # the links' arrays are let go before the objects are built: memory at scale
         return self._objects(comp, n_comp, cls, thing, area, z, node, min_size, min_extent)
 
     @staticmethod
