@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--split", type=float, default=0.1, help="share of tubes cut by a face along x")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file too")
     ap.add_argument("--run", default="", help="a name for the run, recorded on every line")
+    ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
     ap.add_argument("--solve", nargs=2, metavar=("WORK", "SHAPE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.solve:
@@ -152,7 +153,7 @@ def main() -> None:
                                capture_output=True, text=True, check=True)
             res = json.loads(r.stdout.strip().splitlines()[-1])
             tables_mb = sum(f.stat().st_size for f in (work / "blocks").glob("*.npz")) / 2**20
-        rec = {"run": a.run, "date": time.strftime("%Y-%m-%d"), "what": "blockwise linking on the client",
+        rec = {"run": a.run, "label": a.label, "date": time.strftime("%Y-%m-%d"), "what": "blockwise linking on the client",
                "how": f"python bench/bench_link_scale.py --pieces {n} --per-plane {a.per_plane} --split {a.split}",
                "shape": built["shape"], "blocks": built["blocks"], "tables_mb": round(tables_mb, 1),
                "build_s": round(build_s, 1), **res,

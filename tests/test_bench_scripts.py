@@ -198,3 +198,21 @@ def test_block_means_are_the_means_of_each_2_x_2_block(monkeypatch):
     out = block_means(vol)
     assert out.shape == (2, 2, 2) and out.dtype == np.uint8
     assert out[1, 1, 0] == round(float(vol[1, 2:4, 0:2].mean()))
+
+
+def test_link_scale_script_links_its_tubes():
+    """bench_link_scale.py generates tubes through every block, some cut by a face along x, and
+    links them on the client as a blockwise run does: each tube one object, each cut plane of a
+    tube one 2D object (the numbers follow from the generated grid)."""
+    lines = [json.loads(line) for line in _run(BENCH / "bench_link_scale.py", "--pieces", "3e4,1e5",
+                                                "--per-plane", "16")]
+    assert len(lines) == 2
+    for r in lines:
+        gz, gy, gx = (n // s for n, s in zip(r["shape"], (64, 1024, 1024)))
+        depth, cut = r["shape"][0], int(16 * 0.1)  # the default --split: 1 tube of 16 per block
+        pairs = gx // 2  # blocks joined across a face along x, per row
+        assert r["blocks"] == gz * gy * gx and r["pieces"] == depth * 16 * gy * gx
+        assert r["objects_2d"] == r["pieces"] - depth * gy * pairs * cut
+        assert r["objects"] == gy * (gx * 16 - pairs * cut), r
+        assert r["peak_rss_above_start_mb"] > 0 and r["solve_s"] > 0
+    assert lines[1]["blocks"] > lines[0]["blocks"] > 8  # several blocks along every axis
