@@ -1,8 +1,10 @@
 """Bad inputs, one per reproducer: each gets one ``error:`` line and exit 2 (no traceback),
 leaves its inputs as they were and nothing behind in the output folder; or, where the input is
 fine but ambiguous, it is read the documented way and the assumption is said."""
+import errno
 import hashlib
 import json
+import os
 import re
 import struct
 
@@ -331,6 +333,21 @@ def test_known_reader_errors_that_escape_are_one_line(capsys, space, tiny_card, 
     monkeypatch.setattr(s2, "segment_2d", boom)
     refused(capsys, space, "segment2d", inp / "v.tif", "-o", out / "o.tif", "--model", tiny_card,
             words=("TiffFileError", "corrupted page second line"))
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_is_one_line_saying_what_to_do(capsys, space, tiny_card, monkeypatch, err):
+    """A disk that fills during a run (here as the streamed output is written) is named as such,
+    with the way on: free space or write elsewhere, then the same command resumes."""
+    from panoptem.inference import segment3d as s3
+    inp, out = space
+    volume(inp / "v.tif", (4, 64, 64))
+
+    def full(*a, **k):
+        raise OSError(err, os.strerror(err))
+    monkeypatch.setattr(s3, "segment_3d", full)
+    refused(capsys, space, "segment3d", inp / "v.tif", "-o", out / "o.zarr", "--model", tiny_card,
+            words=("disk is full", os.strerror(err), "run the same command again"))
 
 
 @pytest.mark.parametrize("args, word", [

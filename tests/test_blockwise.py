@@ -790,6 +790,31 @@ def test_a_callers_client_gets_its_workers_set_up(client):
         runtime._thread_budget[0] = before
 
 
+def test_panoptems_own_worker_processes_leave_failed_tasks_to_the_caller(caplog):
+    """On panoptem's own cluster a worker process does not dump a failed task on the terminal:
+    the caller raises it again (one line on the command line). Other worker errors still show,
+    and a worker in the caller's process (or of a user's cluster) logs as it did."""
+    import logging
+
+    from panoptem.distributed import _cluster
+    log = logging.getLogger("distributed.worker")
+    worker = SimpleNamespace(name="0", address="tcp://127.0.0.1:1")
+    for caller, quiet, dumped in ((-1, True, False), (os.getpid(), True, True), (-1, False, True)):
+        before = list(log.filters)
+        plugin = _cluster._WorkerSetup(None, 0, quiet_failures=quiet)
+        plugin.caller_pid = caller  # -1: the worker runs in another process than the caller
+        try:
+            plugin.setup(worker)
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="distributed.worker"):
+                log.error("Compute Failed\nKey:       %s\n", "network_block-0")
+                log.error("Worker stream died")
+            assert ("Compute Failed" in caplog.text) == dumped, (caller, quiet)
+            assert "Worker stream died" in caplog.text
+        finally:
+            log.filters[:] = before
+
+
 def test_arena_cap_leaves_the_environments_choice(monkeypatch):
     """The cap is set where the environment has none, and left to it where it has one."""
     import sys

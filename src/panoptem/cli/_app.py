@@ -1,6 +1,7 @@
 """The ``panoptem`` command line: the app, and the entry point that turns every user
 error into one line and exit status 2."""
 
+import errno
 import sys
 
 import typer
@@ -26,6 +27,11 @@ def _known_error(e: BaseException) -> str | None:
     if isinstance(e, MemoryError):
         return (f"not enough memory for this input ({first or 'MemoryError'}); crop it, use --tile-size for a "
                 "large 2D image, or run on a machine with more memory.")
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" ({e.filename})" if e.filename else ""
+        return (f"the disk is full{where}: {first}. Free space on the output's disk (a 3D run keeps its work "
+                "folder beside the output; --cache-dir puts the network outputs elsewhere) or write the output to "
+                "a larger one, then run the same command again: a 3D run resumes where it stopped.")
     if type(e).__module__.split(".")[0] in _READER_LIBRARIES:
         return (f"could not read an input file ({type(e).__name__}: {first}); check that it is complete and in "
                 "the format its name says.")

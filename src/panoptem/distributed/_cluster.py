@@ -17,12 +17,14 @@ class _WorkerSetup(WorkerPlugin):
 
     name = "panoptem-setup"
 
-    def __init__(self, devices: list[str] | None, threads: int, slots_per_host: dict | None = None):
+    def __init__(self, devices: list[str] | None, threads: int, slots_per_host: dict | None = None,
+                 quiet_failures: bool = False):
         import os
         self.devices = devices
         self.threads = threads
         self.slots_per_host = slots_per_host or {}  # task slots of a running cluster's workers, by host
         self.caller_pid = os.getpid()
+        self.quiet_failures = quiet_failures  # panoptem's own cluster: the caller reports a failed task
 
     def setup(self, worker):
         import os
@@ -30,6 +32,8 @@ class _WorkerSetup(WorkerPlugin):
         from .._memory import limit_arenas
         from ._source import set_worker_device
         limit_arenas(WORKER_ARENAS)
+        if self.quiet_failures and os.getpid() != self.caller_pid:
+            logging.getLogger("distributed.worker").addFilter(_not_a_task_failure)
         if self.devices:
             try:
                 i = int(worker.name)
@@ -45,6 +49,12 @@ class _WorkerSetup(WorkerPlugin):
             threads = max(1, cpu_count() // slots)
         if threads:
             limit_threads(threads)
+
+
+def _not_a_task_failure(record: logging.LogRecord) -> bool:
+    """Logging filter: a worker's dump of a failed task, which the caller raises again (with a
+    message for a full disk, a bad input...) on the terminal both share, is left out."""
+    return not str(record.msg).startswith("Compute Failed")
 
 
 def _host(address: str) -> str | None:
@@ -146,7 +156,7 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
                             "errors are above); " + MAIN_GUARD + ".") from e
     client = Client(cluster)
     try:
-        client.register_plugin(_WorkerSetup(devices, threads if processes else 0))
+        client.register_plugin(_WorkerSetup(devices, threads if processes else 0, quiet_failures=True))
         if log:
             where = f", dashboard {client.dashboard_link}" if client.dashboard_link else ""
             log(f"dask: {n} worker(s){' on ' + ', '.join(devices) if devices else ''}{where}")
