@@ -815,6 +815,27 @@ def test_panoptems_own_worker_processes_leave_failed_tasks_to_the_caller(caplog)
             log.filters[:] = before
 
 
+def _dies(job, item):
+    if item == 2:
+        os._exit(3)  # as the system's out-of-memory killer leaves a worker
+    return item
+
+
+def test_a_worker_that_keeps_dying_stops_the_run_with_what_to_do():
+    """Dask gives up on a task whose workers died (out of memory, most often) after its allowed
+    failures: the run stops with one message naming the pass and the way on, not Dask's error."""
+    import dask
+
+    from panoptem.distributed import _cluster
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            _cluster.client_for(1) as client:
+        with pytest.raises(PanoptemError) as e:
+            _cluster.run_tasks(client, _dies, None, [0, 1, 2, 3], "xy network", False)
+    msg = str(e.value)
+    assert "xy network pass" in msg and "1 time(s) on one of its 4 task(s)" in msg, msg
+    assert all(w in msg for w in ("memory", "--workers", "--block-shape", "run the same command again")), msg
+
+
 def test_arena_cap_leaves_the_environments_choice(monkeypatch):
     """The cap is set where the environment has none, and left to it where it has one."""
     import sys

@@ -223,7 +223,7 @@ def _task(fn, job, item):
 def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     """``fn(job, item)`` for every item on the cluster; results in item order.
     The job is sent to every worker once."""
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
     if not items:
         return []
     import pickle
@@ -245,6 +245,14 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
             results[pos[fut.key]] = fut.result()
             if bar is not None:
                 bar.update(1)
+    except KilledWorker as e:
+        client.cancel(futures)
+        raise PanoptemError(
+            f"Dask workers died while running the {desc} pass ({e.allowed_failures + 1} time(s) on one of its "
+            f"{len(items)} task(s)), most often for want of memory (the system or Dask's memory limit stops a "
+            "worker that outgrows it). Run fewer workers on each machine "
+            "(--workers), smaller blocks (--block-shape), or give each worker more memory, then run the same "
+            "command again: a segmentation resumes from its finished blocks.") from None
     except BaseException:
         client.cancel(futures)
         raise
