@@ -99,3 +99,18 @@ def test_python_dash_m_panoptem_runs_the_command_line():
                        env={"PYTHONPATH": SRC, "PATH": "", "COLUMNS": "200"}, timeout=120)
     assert r.returncode == 0, r.stderr
     assert all(c in r.stdout for c in ("list", "info", "register", "export", "import", "archive", "restore"))
+
+
+def test_the_readmes_python_names_resolve():
+    """Every `from panoptem... import ...` in the README's code (commented examples too) imports,
+    and every `panoptem.NAME` it calls exists."""
+    import re
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
+    imports = sorted(set(re.findall(r"^[ #]*(from panoptem[\w.]* import [\w, ]+)", code, flags=re.M)))
+    names = sorted(set(re.findall(r"\bpanoptem\.([A-Za-z_]\w*)\b", code)) - {"distributed"})
+    assert len(imports) >= 2 and len(names) >= 5, (imports, names)
+    lines = ["import panoptem", *imports, *[f"assert hasattr(panoptem, {n!r}), {n!r}" for n in names]]
+    r = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True,
+                       env={"PYTHONPATH": SRC, "PATH": ""}, timeout=120)
+    assert r.returncode == 0, r.stderr

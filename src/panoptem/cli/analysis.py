@@ -55,6 +55,37 @@ def evaluate_cmd(
     typer.echo(json.dumps(scores))
 
 
+# the options of blockwise measurement, for `measure` and `report`
+BLOCKWISE = typer.Option(False, "--blockwise", help="Measure a 3D volume block by block on Dask (volumes "
+                         "larger than memory); same columns.", rich_help_panel="Blockwise")
+BLOCK_SHAPE = typer.Option(None, "--block-shape", help="Z,Y,X voxels per block (default 64,512,512).",
+                           rich_help_panel="Blockwise")
+WORKERS = typer.Option(None, "--workers", help="Local worker processes.", rich_help_panel="Blockwise")
+SCHEDULER = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler.",
+                         rich_help_panel="Blockwise")
+
+
+def _measured(lab, image: str | None, vs, blockwise: bool, block_shape, workers, scheduler, params) -> dict:
+    """The measurement table of ``lab`` (read with read_input): block by block on Dask, or in
+    memory (refused up front where it cannot fit)."""
+    import numpy as np
+
+    from .._measure import measure
+    if blockwise:
+        from ..distributed.measure import MEASURE_BLOCK, measure_blockwise
+        return measure_blockwise(lab.path, voxel_size=vs, image=image, key=lab.key,
+                                 block_shape=block_shape or MEASURE_BLOCK, n_workers=workers, scheduler=scheduler,
+                                 progress=True, **params.model_dump())
+    if any(v is not None for v in (block_shape, workers, scheduler)):
+        raise PanoptemError("--block-shape, --workers and --scheduler need --blockwise.")
+    from .._memory import check_fits
+    img = read_input(image).data if image else None
+    check_fits(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in (lab.data, img) if a is not None),
+               "Measuring in memory", "add --blockwise to measure block by block.")
+    return measure(np.asarray(lab.data), voxel_size=vs, image=None if img is None else np.asarray(img),
+                   **params.model_dump())
+
+
 @app.command("report")
 @with_params(MeasureParams)
 def report_cmd(
@@ -67,20 +98,25 @@ def report_cmd(
                                              "from the file's metadata, else 1 nm)."),
     top: int = typer.Option(20, "--top", help="Rows of the table of largest objects."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+    blockwise: bool = BLOCKWISE,
+    block_shape: Optional[str] = BLOCK_SHAPE,
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     params: MeasureParams = None,
 ):
     """A report of a label image: planes, histograms of volume and extent in nm, objects per slice and
     the largest objects with the measurements of `panoptem measure` (needs matplotlib)."""
-    from ..io import read_image
-    from ..reporting import report
-    img = read_image(labels)
-    vs = voxel_size_option(voxel_size, img)
+    from ..reporting import prepare_report, report
+    lab = read_input(labels)
+    vs = voxel_size_option(voxel_size, lab)
     out = Path(output)
     if fmt is not None and not out.suffix:
         out = out.with_suffix("." + fmt.lower())
+    prepare_report(out, fmt, overwrite, [labels] + ([image] if image else []))  # before a long measurement
+    table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params)
     path = report(labels, out, image=image, voxel_size=vs, top=top, format=fmt, overwrite=overwrite,
-                  **params.model_dump())
-    note_voxels_as_nm(vs, img.data.ndim)
+                  table=table)
+    note_voxels_as_nm(vs, lab.data.ndim)
     typer.echo(json.dumps({"output": str(path), "voxel_size_nm": vs}))
 
 
@@ -93,32 +129,17 @@ def measure_cmd(
     image: Optional[str] = typer.Option(None, "--image", help="Grey image of the same shape: adds mean intensity."),
     voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel, 'z,y,x' (default: "
                                              "from the file's metadata, else 1 nm)."),
-    blockwise: bool = typer.Option(False, "--blockwise", help="Measure a 3D volume block by block on Dask "
-                                   "(volumes larger than memory); same columns.", rich_help_panel="Blockwise"),
-    block_shape: Optional[str] = typer.Option(None, "--block-shape", help="Z,Y,X voxels per block "
-                                              "(default 64,512,512).", rich_help_panel="Blockwise"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes.",
-                                          rich_help_panel="Blockwise"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler.",
-                                            rich_help_panel="Blockwise"),
+    blockwise: bool = BLOCKWISE,
+    block_shape: Optional[str] = BLOCK_SHAPE,
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     params: MeasureParams = None,
 ):
     """Per-object measurements in physical units (volume, surface, extents, centroid...) to CSV."""
-    import numpy as np
-
-    from .._measure import measure, summarize, write_table
+    from .._measure import summarize, write_table
     lab = read_input(labels)
     vs = voxel_size_option(voxel_size, lab)
-    if blockwise:
-        from ..distributed.measure import MEASURE_BLOCK, measure_blockwise
-        table = measure_blockwise(lab.path, voxel_size=vs, image=image, key=lab.key,
-                                  block_shape=block_shape or MEASURE_BLOCK, n_workers=workers, scheduler=scheduler,
-                                  progress=True, **params.model_dump())
-    else:
-        if any(v is not None for v in (block_shape, workers, scheduler)):
-            raise PanoptemError("--block-shape, --workers and --scheduler need --blockwise.")
-        img = np.asarray(read_input(image).data) if image else None
-        table = measure(np.asarray(lab.data), voxel_size=vs, image=img, **params.model_dump())
+    table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params)
     out = write_table(table, output)
     note_voxels_as_nm(vs, lab.data.ndim)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}

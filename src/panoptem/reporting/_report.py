@@ -15,11 +15,12 @@ from ._preview import _png, preview
 
 FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf"}
 _FLUSH = 1 << 23  # codes gathered before they are de-duplicated (bounds memory)
+_TILE_BYTES = 1 << 24  # labels read at once when counting objects per slice
 
 
 def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | None = None, top: int = 20,
            format: str | None = None, title: str | None = None, surface: bool = True,
-           overwrite: bool = False, inputs=()) -> Path:
+           overwrite: bool = False, inputs=(), table: dict | None = None) -> Path:
     """Write a report of a label image: one self-contained HTML file (or a PDF).
 
     Contents: a summary (objects, voxel size, volumes per class), a montage of planes (xy, xz and
@@ -43,6 +44,10 @@ def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | No
     surface : measure surface area and sphericity (slower on very many objects).
     overwrite : replace an existing ``path``.
     inputs : paths never to write over (the input files are added automatically).
+    table : the objects' measurements, made already (e.g. by
+        :func:`panoptem.distributed.measure_blockwise` for a volume larger than memory): then the
+        labels and the image are only read a few chunks at a time, and ``label_divisor`` and
+        ``surface`` are the table's.
 
     Returns
     -------
@@ -70,19 +75,27 @@ def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | No
         inputs.append(str(image))
         image = read_image(image).data
     fmt = _format(path, format)
-    path = check_target(path, tuple(k for k, v in FORMATS.items() if v == fmt), overwrite, inputs)
+    path = prepare_report(path, format, overwrite, inputs)
     if int(top) < 0:
         raise PanoptemError(f"top must be 0 or more rows, not {top}.")
 
-    lab = np.asarray(labels)
-    img = None if image is None else np.asarray(image)
-    table = measure(lab, voxel_size=voxel_size, image=img, label_divisor=label_divisor, surface=surface)
+    if table is None:
+        from .._memory import check_fits
+        need = sum(int(np.prod(np.shape(a))) * np.dtype(getattr(a, "dtype", np.int64)).itemsize
+                   for a in (labels, image) if a is not None)
+        check_fits(need, "A report measured in memory", "measure the labels block by block instead "
+                   "(`panoptem report --blockwise`, or table=measure_blockwise(...) in Python).")
+        lab = np.asarray(labels)
+        img = None if image is None else np.asarray(image)
+        table = measure(lab, voxel_size=voxel_size, image=img, label_divisor=label_divisor, surface=surface)
+    else:  # read lazily: only the planes drawn and, for the counts per slice, a few chunks at a time
+        lab, img = labels, image
     summary = summarize(table)
-    ndim = lab.ndim
+    ndim = len(lab.shape)
     pv = preview(lab, image=img, voxel_size=voxel_size, planes=("xy", "xz", "yz") if ndim == 3 else None,
                  n_slices=4, n_objects=len(table["label"]), model=name)
     figs = {"sizes": _size_figure(table, ndim, voxel_size is not None),
-            "per_slice": _per_slice_figure(objects_per_slice(lab, table["label"]), voxel_size)}
+            "per_slice": _per_slice_figure(objects_per_slice(lab, np.sort(table["label"])), voxel_size)}
     order = np.argsort(-np.asarray(table["voxels"]), kind="stable")[:int(top)]
     title = title or f"panoptem report: {name}"
     if fmt == "pdf":
@@ -91,13 +104,23 @@ def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | No
     return write_bytes(path, _html.page(title, body).encode("utf-8"))
 
 
-def objects_per_slice(labels: np.ndarray, ids: np.ndarray | None = None) -> list[np.ndarray]:
+def prepare_report(path, format: str | None = None, overwrite: bool = False, inputs=()) -> Path:
+    """Check a report's path before the work: matplotlib installed, a known format (``format``
+    or the suffix), no file to replace unless ``overwrite``, none of ``inputs``. Returns the
+    absolute path."""
+    require_matplotlib()
+    fmt = _format(path, format)
+    return check_target(path, tuple(k for k, v in FORMATS.items() if v == fmt), overwrite, inputs)
+
+
+def objects_per_slice(labels, ids: np.ndarray | None = None) -> list[np.ndarray]:
     """Number of distinct objects in every slice along each axis (z, y, x; y, x in 2D).
 
     Parameters
     ----------
-    labels : 2D or 3D label array.
-    ids : its non-zero labels, sorted (computed when None).
+    labels : 2D or 3D label array, numpy or lazy (a Zarr/HDF5 array: read a few chunks at a
+        time, so it may be larger than memory).
+    ids : its non-zero labels, sorted (computed when None, which reads ``labels`` whole).
 
     Examples
     --------
@@ -105,33 +128,58 @@ def objects_per_slice(labels: np.ndarray, ids: np.ndarray | None = None) -> list
     >>> [c.tolist() for c in objects_per_slice(lab)]
     [[1, 1], [2, 1, 1], [2, 1, 1, 1]]
     """
-    lab = np.asarray(labels)
+    ndim = len(labels.shape)
     if ids is None:
-        ids = np.unique(lab)
+        ids = np.unique(np.asarray(labels))
         ids = ids[ids != 0]
     ids = np.asarray(ids)
-    vol = lab[None] if lab.ndim == 2 else lab
-    counts = [np.zeros(n, np.int64) for n in vol.shape]
-    codes: list[list[np.ndarray]] = [[], []]
+    shape = (1, *labels.shape) if ndim == 2 else tuple(labels.shape)
+    codes: list[list[np.ndarray]] = [[], [], []]
     pending = 0
-    for z in range(vol.shape[0]):  # one plane at a time: memory stays at one plane
-        plane = vol[z]
-        ys, xs = np.nonzero(plane)
-        if not len(ys):
+    for region in _tiles(shape, _chunks_of(labels, ndim), np.dtype(labels.dtype).itemsize):
+        tile = np.asarray(labels[region if ndim == 3 else region[1:]])
+        tile = tile.reshape(tuple(r.stop - r.start for r in region))
+        where = np.nonzero(tile)
+        if not len(where[0]):
             continue
-        obj = np.searchsorted(ids, plane[ys, xs]).astype(np.int64)
-        counts[0][z] = len(np.unique(obj))
-        for a, (coord, n) in enumerate(((ys, vol.shape[1]), (xs, vol.shape[2]))):
-            codes[a].append(np.unique(obj * n + coord))
-        pending += len(ys)
+        obj = np.searchsorted(ids, tile[where]).astype(np.int64)
+        for a, (coord, r, n) in enumerate(zip(where, region, shape)):
+            codes[a].append(np.unique(obj * n + (coord + r.start)))
+        pending += len(obj)
         if pending > _FLUSH:
-            codes = [[np.unique(np.concatenate(c))] for c in codes]
+            codes = [[np.unique(np.concatenate(c))] if c else [] for c in codes]
             pending = 0
-    for a, n in enumerate(vol.shape[1:]):
-        if codes[a]:
-            u = np.unique(np.concatenate(codes[a]))
-            counts[a + 1] = np.bincount(u % n, minlength=n)
-    return counts if lab.ndim == 3 else counts[1:]
+    counts = []
+    for a, n in enumerate(shape):
+        u = np.unique(np.concatenate(codes[a])) if codes[a] else np.zeros(0, np.int64)
+        counts.append(np.bincount(u % n, minlength=n).astype(np.int64))
+    return counts if ndim == 3 else counts[1:]
+
+
+def _chunks_of(labels, ndim: int) -> tuple[int, ...]:
+    """The storage chunks of a lazy array (ZYX; Z = 1 for 2D); a numpy array's planes."""
+    ch = getattr(labels, "chunks", None)
+    if isinstance(labels, np.ndarray) or not ch or len(ch) != ndim:
+        return (1, *labels.shape[-2:]) if ndim == 3 else (1, *labels.shape)
+    ch = tuple(int(c if isinstance(c, int) else c[0]) for c in ch)  # a dask array: its first chunk
+    return ch if ndim == 3 else (1, *ch)
+
+
+def _tiles(shape, chunks, itemsize: int, budget: int | None = None):
+    """Regions (ZYX slices) covering ``shape``: whole chunks, about ``budget`` bytes each at
+    most (a chunk more where one chunk is larger), grown along x, then y, then z."""
+    budget = budget or _TILE_BYTES
+    cz, cy, cx = (max(1, min(int(c), n)) for c, n in zip(chunks, shape))
+    per = cz * cy * cx * itemsize
+    nx = max(1, min(-(-shape[2] // cx), budget // per))
+    ny = max(1, min(-(-shape[1] // cy), budget // (per * nx))) if nx * cx >= shape[2] else 1
+    nz = max(1, min(-(-shape[0] // cz), budget // (per * nx * ny))) if ny * cy >= shape[1] else 1
+    dz, dy, dx = cz * nz, cy * ny, cx * nx
+    for z in range(0, shape[0], dz):
+        for y in range(0, shape[1], dy):
+            for x in range(0, shape[2], dx):
+                yield (slice(z, min(z + dz, shape[0])), slice(y, min(y + dy, shape[1])),
+                       slice(x, min(x + dx, shape[2])))
 
 
 def _format(path, fmt: str | None) -> str:
