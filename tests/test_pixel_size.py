@@ -493,7 +493,7 @@ def test_blockwise_takes_the_pixel_size_a_whole_volume_run_takes(tmp_path):
 
 def test_cli_says_what_it_used(tmp_path, capsys):
     from panoptem.cli import main
-    from panoptem.io import write_image
+    from panoptem.io import read_image, write_image
     img, _ = disks(10.0)
     src = write_image(tmp_path / "img.tif", img, voxel_size=(10.0, 10.0))
     # the shipped model segments best at 6-10 nm: a 10 nm image runs as it is
@@ -509,6 +509,7 @@ def test_cli_says_what_it_used(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0 and "the model's 6-10 nm: scaled y x0.5, x x0.5 to 10 nm pixels" in err, err
     assert json.loads(out.strip().splitlines()[-1])["pixel_size"]["factors"]["xy"] == [2.0, 2.0]
+    assert read_image(tmp_path / "l2.tif").voxel_size == (5.0, 5.0)  # the labels carry the size as run
     # the voxel size a 3D run got from its file is reported as the file's, in the note and the
     # JSON, whole-volume and blockwise; given in Python, as the argument's
     vol = write_image(tmp_path / "vol.tif", np.stack([img] * 4), voxel_size=(10.0, 10.0, 10.0))
@@ -518,6 +519,7 @@ def test_cli_says_what_it_used(tmp_path, capsys):
         out, err = capsys.readouterr()
         assert code == 0 and "(from file + pixel_size)" in err, err
         assert json.loads(out.strip().splitlines()[-1])["pixel_size"]["source"] == "file + pixel_size"
+        assert read_image(tmp_path / f"v{len(extra)}.zarr").voxel_size == (10.0, 5.0, 5.0)
     # 15 nm, coarser than the shipped model's 6-10 nm: x1.5 to 10 nm, whole-volume and blockwise
     coarse = write_image(tmp_path / "coarse.tif", np.stack([disks(15.0)[0]] * 2), voxel_size=(15.0, 15.0, 15.0))
     for extra in ([], ["--blockwise", "--workers", "1"]):
@@ -526,8 +528,10 @@ def test_cli_says_what_it_used(tmp_path, capsys):
         assert code == 0 and "scaled y x1.5, x x1.5 to 10 nm pixels" in err, err
         rec = json.loads(out.strip().splitlines()[-1])["pixel_size"]
         assert rec["network_pixel_nm"]["xy"] == [10.0, 10.0] and rec["factors"]["xy"] == [0.666667, 0.666667]
-    res = segment_3d(np.stack([img] * 4), "MitoLite_v1", voxel_size=(10.0, 10.0, 10.0), pixel_size=5.0)
+    res = segment_3d(np.stack([img] * 4), "MitoLite_v1", voxel_size=(10.0, 10.0, 10.0), pixel_size=5.0,
+                     output=tmp_path / "py.tif")
     assert res.pixel_size["source"] == "voxel_size + pixel_size" and res.pixel_size["factors"]["xy"] == [2.0, 2.0]
+    assert read_image(tmp_path / "py.tif").voxel_size == (10.0, 5.0, 5.0)
     assert segment_2d(img, "MitoLite_v1", voxel_size=(10.0, 10.0), return_outputs=True).pixel_size["source"] == "voxel_size"
     code = main(["segment2d", str(src), "-o", str(tmp_path / "l3.tif"), "--no-resample", "--pixel-size", "5"])
     out, err = capsys.readouterr()

@@ -68,7 +68,12 @@ def segment2d_cmd(
                         runtime=runtime, precision=precision, threads=threads,
                         preview=preview, voxel_size=vs, overwrite=overwrite, with_neighbours=neighbours,
                         **params.model_dump())
-    out = write_labels(output, labels, voxel_size=vs, overwrite=overwrite, inputs=inputs)
+    written_vs = vs
+    if labels.ndim == 2:  # the pixel size as run (--pixel-size included) goes with the labels
+        from ..inference.segment2d import pixel_plan
+        from ..models.home import get_card
+        written_vs = pixel_plan(get_card(model), params, vs, 2).voxel_size or vs
+    out = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs)
     _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2))
 
 

@@ -222,6 +222,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     if p.orthoplane and p.fusion == "probability" and card.num_classes > 1:
         raise PanoptemError("Probability fusion is implemented for single-class models only; use fusion=consensus.")
     p, plan_record, steps, strides, resample = _blockwise_plan(p, card, voxel_size, given_by)
+    if plan_record["input_voxel_size_nm"]:  # as run (pixel_size included): written with the labels
+        voxel_size = tuple(plan_record["input_voxel_size_nm"])
     # network pixels per volume pixel in-plane (default blocks and memory follow it)
     enlarge = max(Fraction(1), 1 / resample[1], 1 / resample[2]) if resample else Fraction(1)
     halo = halo if halo is not None else _in_plane(DEFAULT_HALO, enlarge)

@@ -260,6 +260,8 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         planes = stack[None]
     plan = pixel_plan(pred.card, p, voxel_size, 2, "voxel_size")
     plan.check(("xy",))
+    if image.ndim == 2:  # as run (pixel_size included): the preview's scale bar
+        voxel_size = plan.voxel_size or voxel_size
     pred = pred.with_factor(plan.factor("xy"))
     # automatic tiling looks at the network grid; the tile is counted in input pixels
     tile = p.tile_size or auto_tile_size(pred.network_shape(planes.shape[-2:])) * pred.downsampling

@@ -678,6 +678,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     from .segment2d import pixel_plan
     plan = pixel_plan(predictor.card, p, voxel_size, 3, "voxel_size")
     plan.check(planes_of(p))
+    voxel_size = plan.voxel_size or voxel_size  # as run (pixel_size included): written with the labels
     ht = host_threads(predictor.runtime, predictor.model.device, threads)
     if output is None:
         with torch_threads(ht):
