@@ -65,12 +65,13 @@ def face_pairs(job: StackJob, grid: BlockGrid, face: tuple[int, int, int]) -> np
     slab = np.asarray(_open_provisional(job)[tuple(sl)])
     slab = np.moveaxis(slab, (job.axis, ax, other), (0, 1, 2)).astype(np.int64)  # (stack, 2 layers, along face)
     # block index of every pixel along the face, for each layer
-    coords = np.arange(lo_o, hi_o)
+    # block position of each pixel along the face: a few blocks (one, and the corners' neighbours)
+    along, where = np.unique(np.arange(lo_o, hi_o) // grid.block_shape[other], return_inverse=True)
     ids = []
     for layer, b in ((0, bi), (1, grid[j])):
-        pos = np.array([b.position] * coords.size)
-        pos[:, other] = coords // grid.block_shape[other]
-        idx = np.array([grid.index_of(p) for p in pos], np.int64)
+        pos = list(b.position)
+        idx = np.array([grid.index_of(pos[:other] + [v] + pos[other + 1:]) for v in along.tolist()],
+                       np.int64)[where]
         lab = slab[:, layer, :]
         valid = (lab > 0) & (lab < int(STUFF))
         ids.append(np.where(valid, (idx[None, :] << SHIFT) | lab, 0))
