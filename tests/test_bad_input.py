@@ -206,6 +206,19 @@ def test_measure_zero_size_image(capsys, space):
         measure(np.zeros((0, 5), np.uint32))
 
 
+def test_measure_never_writes_over_its_input_or_a_table_without_overwrite(capsys, space):
+    """`measure -o` naming the labels (a slip of the keyboard) once replaced them with a CSV."""
+    inp, out = space
+    tifffile.imwrite(inp / "lab.tif", np.ones((8, 8), np.uint16))
+    refused(capsys, space, "measure", inp / "lab.tif", "-o", inp / "lab.tif", words=("lab.tif", ".csv"))
+    refused(capsys, space, "measure", inp / "lab.tif", "-o", out / "lab.tiff", words=(".csv, .xlsx, .parquet",))
+    (out / "t.csv").write_text("a table of the user's\n")
+    refused(capsys, space, "measure", inp / "lab.tif", "-o", out / "t.csv", words=("already exists", "--overwrite"))
+    code, _, err = run(capsys, "measure", inp / "lab.tif", "-o", out / "t.csv", "--overwrite")
+    assert code == 0, err
+    assert (out / "t.csv").read_text().startswith("label,")
+
+
 @pytest.mark.parametrize("voxel", ["a,b", "1,nan", "0,1", "-1,1", ","])
 def test_measure_bad_voxel_size(capsys, space, voxel):
     inp, out = space

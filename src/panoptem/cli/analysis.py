@@ -55,6 +55,9 @@ def evaluate_cmd(
     typer.echo(json.dumps(scores))
 
 
+#: what `measure` writes (see panoptem._table.write_table)
+TABLE_SUFFIXES = (".csv", ".xlsx", ".parquet")
+
 # the options of blockwise measurement, for `measure` and `report`
 BLOCKWISE = typer.Option(False, "--blockwise", help="Measure a 3D volume block by block on Dask (volumes "
                          "larger than memory); same columns.", rich_help_panel="Blockwise")
@@ -129,6 +132,7 @@ def measure_cmd(
     image: Optional[str] = typer.Option(None, "--image", help="Grey image of the same shape: adds mean intensity."),
     voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel, 'z,y,x' (default: "
                                              "from the file's metadata, else 1 nm)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table."),
     blockwise: bool = BLOCKWISE,
     block_shape: Optional[str] = BLOCK_SHAPE,
     workers: Optional[int] = WORKERS,
@@ -136,11 +140,16 @@ def measure_cmd(
     params: MeasureParams = None,
 ):
     """Per-object measurements in physical units (volume, surface, extents, centroid...) to CSV."""
+    from .._atomic import check_output
     from .._measure import summarize, write_table
+    if Path(output).suffix.lower() not in TABLE_SUFFIXES:
+        raise PanoptemError(f"Cannot write the table to '{Path(output).name}': give a file name ending in "
+                            f"{', '.join(TABLE_SUFFIXES)}.")
+    out = check_output(output, overwrite, [labels] + ([image] if image else []))  # before the measurement
     lab = read_input(labels)
     vs = voxel_size_option(voxel_size, lab)
     table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params)
-    out = write_table(table, output)
+    out = write_table(table, out)
     note_voxels_as_nm(vs, lab.data.ndim)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
     typer.echo(json.dumps({"output": str(out), "objects": int(len(table["label"])), "voxel_size_nm": vs,
