@@ -140,6 +140,25 @@ def test_image_larger_than_memory_is_refused_before_reading(capsys, space, tiny_
             words=("256 x 256", "memory", "crop"))
 
 
+def test_3d_labels_that_cannot_fit_in_memory_are_refused_before_the_network(capsys, space, tiny_card, monkeypatch):
+    """A run that holds its labels in memory (ortho-plane here) on a machine without room for them
+    is refused before any work, pointing to --blockwise; an xy run streams its labels to the file."""
+    from panoptem import _memory
+    from panoptem.inference import segment3d as s3
+    inp, out = space
+    volume(inp / "v.tif", (4, 64, 64))
+    monkeypatch.setattr(_memory, "physical_memory", lambda: 4 * 4 * 64 * 64 - 1)  # not the labels' 64 kB
+    monkeypatch.setattr(s3, "_segment", lambda *a, **k: pytest.fail("ran the network"))
+    refused(capsys, space, "segment3d", inp / "v.tif", "-o", out / "o.tif", "--model", tiny_card, "--orthoplane",
+            words=("4 x 64 x 64", "memory", "--blockwise"))
+    with pytest.raises(PanoptemError, match="give an output file"):
+        s3.segment_3d(tifffile.imread(inp / "v.tif"), tiny_card)
+    monkeypatch.undo()
+    monkeypatch.setattr(_memory, "physical_memory", lambda: 4 * 4 * 64 * 64 - 1)
+    code, _, err = run(capsys, "segment3d", inp / "v.tif", "-o", out / "o.tif", "--model", tiny_card)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("cmd", ["segment2d", "segment3d"])
 def test_tile_size_7(capsys, space, tiny_card, cmd):
     inp, out = space

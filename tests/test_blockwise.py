@@ -815,23 +815,35 @@ def test_panoptems_own_worker_processes_leave_failed_tasks_to_the_caller(caplog)
             log.filters[:] = before
 
 
-def _dies(job, item):
-    if item == 2:
-        os._exit(3)  # as the system's out-of-memory killer leaves a worker
-    return item
-
-
-def test_a_worker_that_keeps_dying_stops_the_run_with_what_to_do():
+def test_a_worker_that_keeps_dying_stops_the_run_with_what_to_do(tmp_path):
     """Dask gives up on a task whose workers died (out of memory, most often) after its allowed
-    failures: the run stops with one message naming the pass and the way on, not Dask's error."""
-    import dask
-
-    from panoptem.distributed import _cluster
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-            _cluster.client_for(1) as client:
-        with pytest.raises(PanoptemError) as e:
-            _cluster.run_tasks(client, _dies, None, [0, 1, 2, 3], "xy network", False)
-    msg = str(e.value)
+    failures: the run stops with one message naming the pass and the way on, not Dask's error.
+    (In a fresh process, as a command-line run: one client there.)"""
+    (tmp_path / "dying.py").write_text(textwrap.dedent("""
+        import os
+        def dies(job, item):
+            if item == 2:
+                os._exit(3)  # as the system's out-of-memory killer leaves a worker
+            return item
+    """))
+    (tmp_path / "run.py").write_text(textwrap.dedent("""
+        import dask
+        from dying import dies
+        from panoptem.distributed import _cluster
+        from panoptem.errors import PanoptemError
+        if __name__ == "__main__":
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _cluster.client_for(1) as client:
+                try:
+                    _cluster.run_tasks(client, dies, None, [0, 1, 2, 3], "xy network", False)
+                except PanoptemError as e:
+                    print("refused:", e)
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]), OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, str(tmp_path / "run.py")], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("refused:")]
+    assert run.returncode == 0 and len(lines) == 1, run.stdout[-2000:] + run.stderr[-3000:]
+    msg = lines[0]
     assert "xy network pass" in msg and "1 time(s) on one of its 4 task(s)" in msg, msg
     assert all(w in msg for w in ("memory", "--workers", "--block-shape", "run the same command again")), msg
 

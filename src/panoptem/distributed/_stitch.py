@@ -64,8 +64,7 @@ def face_pairs(job: StackJob, grid: BlockGrid, face: tuple[int, int, int]) -> np
     sl[other] = slice(lo_o, hi_o)
     slab = np.asarray(_open_provisional(job)[tuple(sl)])
     slab = np.moveaxis(slab, (job.axis, ax, other), (0, 1, 2)).astype(np.int64)  # (stack, 2 layers, along face)
-    # block index of every pixel along the face, for each layer
-    # block position of each pixel along the face: a few blocks (one, and the corners' neighbours)
+    # block index of every pixel along the face, for each layer: a few blocks (one, and the corners')
     along, where = np.unique(np.arange(lo_o, hi_o) // grid.block_shape[other], return_inverse=True)
     ids = []
     for layer, b in ((0, bi), (1, grid[j])):

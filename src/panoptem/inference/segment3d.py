@@ -678,6 +678,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     from .segment2d import pixel_plan
     plan = pixel_plan(predictor.card, p, voxel_size, 3, "voxel_size")
     plan.check(planes_of(p))
+    _check_memory(volume.shape, p, output, predictor.card)
     voxel_size = plan.voxel_size or voxel_size  # as run (pixel_size included): written with the labels
     ht = host_threads(predictor.runtime, predictor.model.device, threads)
     if output is None:
@@ -725,6 +726,18 @@ def _blockwise(volume, model, output, p: Params3D, kw: dict, preview, inputs) ->
                  read_image(str(volume)).data if isinstance(volume, (str, Path)) else volume)
         _with_preview(res, preview, image, kw["voxel_size"], card, p)
     return res
+
+
+def _check_memory(shape, p: Params3D, output, card) -> None:
+    """Refuse up front a run that holds its labels in memory (all but one plane of one class
+    streamed to a file) when they alone exceed this machine's memory: it would fail hours later."""
+    from .._memory import check_fits
+    streams = not p.orthoplane and card.num_classes == 1 and not p.return_panoptic
+    if streams and output is not None:
+        return  # written block by block
+    check_fits(4 * int(np.prod(shape)), f"3D inference of {' x '.join(map(str, shape))} voxels in memory "
+               "(its labels alone)", "run it block by block with --blockwise (blockwise=True in Python)"
+               + (", or give an output file (output=), which the labels stream to" if streams else "") + ".")
 
 
 def output_paths(output: Path, card, p: Params3D) -> list[Path]:
