@@ -397,3 +397,44 @@ def test_numpy_huge_page_advice_is_turned_off_only_where_it_stalls(monkeypatch, 
         assert not _memory.avoid_hugepage_stalls() and setter(True) is True
     finally:
         setter(before)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_statistics_gathered_elsewhere_link_as_slice_by_slice(monkeypatch, seed):
+    """SliceLinker.from_statistics (blockwise runs) gives add()'s objects from per-object statistics
+    and overlaps listed in any order, checked and scored a few pairs at a time."""
+    from panoptem.inference import linking
+    rng = np.random.default_rng(seed)
+    stack = np.zeros((9, 40, 40), np.int64)
+    for _ in range(25):  # blobs of two classes (one of them stuff), drifting through a few slices
+        z0, y, x, r = rng.integers(0, 7), *rng.integers(4, 36, 2), rng.integers(2, 6)
+        label = int(rng.choice([1, 2, 3])) * 1000 + int(rng.integers(1, 999)) * (rng.random() < 0.9)
+        yy, xx = np.mgrid[:40, :40]
+        for z in range(z0, min(9, z0 + int(rng.integers(2, 6)))):
+            stack[z][(yy - y - z) ** 2 + (xx - x) ** 2 < r * r] = label
+    kw = dict(label_divisor=1000, bridge_gaps=1)
+    lk = SliceLinker(**kw)
+    prov = np.stack([lk.add(s) for s in stack]).astype(np.int64)
+    want = lk.finish(min_size=5, min_extent=1)
+    n = int(prov.max())
+    ids = np.arange(1, n + 1)
+    z = np.array([np.flatnonzero((prov == i).any(axis=(1, 2)))[0] for i in ids])
+    pan = np.zeros(n + 1, np.int64)
+    pan[prov.ravel()] = stack.ravel()
+    area = np.bincount(prov.ravel(), minlength=n + 1)[1:]
+    boxes = ndimage.find_objects(prov)
+    r0, r1 = (np.array([b[1].start for b in boxes]), np.array([b[1].stop for b in boxes]))
+    c0, c1 = (np.array([b[2].start for b in boxes]), np.array([b[2].stop for b in boxes]))
+
+    def overlaps(dz):
+        a, b = prov[:-dz].ravel(), prov[dz:].ravel()
+        m = (a > 0) & (b > 0)
+        pairs, inter = np.unique(np.stack([a[m], b[m]], axis=1), axis=0, return_counts=True)
+        order = rng.permutation(len(pairs))  # listed in any order
+        return pairs[order, 0], pairs[order, 1], inter[order]
+
+    monkeypatch.setattr(linking, "_STEP", 7)
+    got = SliceLinker.from_statistics(stack.shape, z, pan[1:] // 1000, pan[1:] % 1000 != 0, area, (r0, r1),
+                                      (c0, c1), overlaps(1), overlaps(2), **kw).finish(min_size=5, min_extent=1)
+    assert want.n_objects > 5 and np.array_equal(got.mapping, want.mapping)
+    assert np.array_equal(got.ids, want.ids) and np.array_equal(got.voxels, want.voxels)

@@ -18,6 +18,13 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import PanoptemError
 from ..labels import compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, pair_counts, pixel_boxes
 
+_STEP = 1 << 20  # pairs checked and scored at a time by SliceLinker.from_statistics
+
+def _ascending(a: np.ndarray) -> bool:
+    """Whether ``a`` never decreases, checked :data:`_STEP` items at a time."""
+    return all(np.all(a[s + 1:s + _STEP + 1] >= a[s:min(s + _STEP, a.size - 1)]) for s in range(0, a.size, _STEP))
+
+
 # Split guard of the linking rule (see SliceLinker): a second branch must lie
 # mostly inside the object it leaves, when it is not a small fragment.
 SPLIT_IOA = 0.5
@@ -202,15 +209,14 @@ class SliceLinker:
     def _link_neighbours(self, p: dict, c: dict) -> None:
         ia, ib, inter, iou = self._pairs(p, c)
         self._record_neighbours(ia + p["offset"] + 1, ib + c["offset"] + 1, inter, iou,
-                                p["area"][ia], c["area"][ib])
+                                inter / np.minimum(p["area"][ia], c["area"][ib]))
 
-    def _record_neighbours(self, a, b, inter, iou, area_a, area_b) -> None:
+    def _record_neighbours(self, a, b, inter, iou, ioa) -> None:
         """One-to-one IoU matches and IoA candidates among the overlaps ``a``-``b``
         of objects in neighbouring slices (global provisional ids)."""
         m = iou >= self.iou_thr
         sel = np.flatnonzero(m)[greedy_match(a[m], b[m], iou[m])]
         self._match.append((a[sel], b[sel]))
-        ioa = inter / np.minimum(area_a, area_b)
         keep = ioa >= self.ioa_thr
         self._adj.append((a[keep], b[keep], inter[keep]))
 
@@ -241,20 +247,48 @@ class SliceLinker:
         nodes = {k: np.concatenate([[0 if k != "thing" else False], lk._nodes[k][0]])
                  for k in ("cls", "thing", "area")}
 
-        def pairs(p, dz):
-            a, b, inter = (np.asarray(x, np.int64) for x in p)
-            if a.size and not np.all(z[b - 1] - z[a - 1] == dz):
-                raise PanoptemError("Linking statistics pair objects of the wrong slices.")
-            ok = (nodes["cls"][a] == nodes["cls"][b]) & nodes["thing"][a].astype(bool) & nodes["thing"][b].astype(bool)
-            a, b, inter = a[ok], b[ok], inter[ok]
-            order = np.lexsort((b, a))  # the order add() meets them in
-            a, b, inter = a[order], b[order], inter[order]
-            return a, b, inter, inter / (nodes["area"][a] + nodes["area"][b] - inter)
+        cls, thing, area = nodes["cls"], nodes["thing"].astype(bool), nodes["area"]
 
-        a, b, inter, iou = pairs(neighbours, 1)
-        lk._record_neighbours(a, b, inter, iou, nodes["area"][a], nodes["area"][b])
+        def pairs(p, dz):
+            # the pairs of the same class, both things, with their IoU and IoA (the rule's matching
+            # and attachment order them themselves); checked and scored a slice of the pairs at a
+            # time (millions, in blockwise runs)
+            a, b, inter = (np.asarray(x, np.int64) for x in p)
+            ok = np.empty(a.size, bool)
+            for s in range(0, a.size, _STEP):
+                sa, sb = a[s:s + _STEP], b[s:s + _STEP]
+                if not np.all(z[sb - 1] - z[sa - 1] == dz):
+                    raise PanoptemError("Linking statistics pair objects of the wrong slices.")
+                ok[s:s + _STEP] = (cls[sa] == cls[sb]) & thing[sa] & thing[sb]
+            if not ok.all():
+                a, b, inter = a[ok], b[ok], inter[ok]
+            del ok
+            iou, ioa = np.empty(a.size), np.empty(a.size)
+            for s in range(0, a.size, _STEP):
+                aa, ab, ii = area[a[s:s + _STEP]], area[b[s:s + _STEP]], inter[s:s + _STEP]
+                iou[s:s + _STEP] = ii / (aa + ab - ii)
+                ioa[s:s + _STEP] = ii / np.minimum(aa, ab)
+            return a, b, inter, iou, ioa
+
+        a, b, inter, iou, ioa = pairs(neighbours, 1)
+        if not _ascending(a):
+            order = np.argsort(a, kind="stable")
+            a, b, inter, iou, ioa = a[order], b[order], inter[order], iou[order], ioa[order]
+        # matched slice pair by slice pair (no node is in two), a few slices at a time
+        first = np.concatenate([[1], 1 + np.cumsum(counts)])  # the first node of every slice
+        start = 0
+        while start < a.size:
+            end = a.size if start + _STEP >= a.size else \
+                max(int(np.searchsorted(a, first[z[a[start + _STEP - 1] - 1] + 1])), start + 1)
+            lk._record_neighbours(a[start:end], b[start:end], inter[start:end], iou[start:end], ioa[start:end])
+            start = end
+        del a, b, inter, iou, ioa
+        for name in ("_match", "_adj"):  # one part, which finish() reads without copying it
+            parts = getattr(lk, name)
+            if len(parts) > 1:
+                setattr(lk, name, [tuple(np.concatenate(col) for col in zip(*parts))])
         if gaps is not None:
-            a, b, inter, iou = pairs(gaps, 2)
+            a, b, inter, iou, _ = pairs(gaps, 2)
             m = iou >= lk.iou_thr
             lk._gap.append((a[m], b[m], iou[m]))
         return lk
@@ -279,8 +313,10 @@ class SliceLinker:
         cls, thing, area = node("cls"), node("thing", False).astype(bool), node("area")
         z = np.concatenate([[0], np.repeat(np.arange(self._z), np.concatenate(self._nodes["count"]))])
 
-        def cat(lst, i, dtype=np.int64):
-            return np.concatenate([t[i] for t in lst]).astype(dtype) if lst else np.zeros(0, dtype)
+        def cat(lst, i, dtype=np.int64):  # read only: one part (from_statistics) is not copied
+            if not lst:
+                return np.zeros(0, dtype)
+            return (lst[0][i] if len(lst) == 1 else np.concatenate([t[i] for t in lst])).astype(dtype, copy=False)
 
         ma, mb = cat(self._match, 0), cat(self._match, 1)
         aa, ab, ainter = cat(self._adj, 0), cat(self._adj, 1), cat(self._adj, 2)
@@ -319,7 +355,7 @@ class SliceLinker:
         del la, lb
         n_comp, comp = connected_components(graph, directed=False)
         del graph  # the links' arrays are let go before the objects are built: memory at scale
-        return self._objects(comp, n_comp, cls, thing, area, z, node, min_size, min_extent)
+        return self._objects(comp, n_comp, cls, thing, area, z, min_size, min_extent)
 
     @staticmethod
     def _x_repair(ma, mb, ga, gb, giou, att_fwd, att_back, links_a, links_b, n):
@@ -362,28 +398,32 @@ class SliceLinker:
             out[u[order][first]] = p[order][first]
         return out
 
-    def _objects(self, comp, n_comp, cls, thing, area, z, node, min_size, min_extent) -> LinkResult:
+    def _objects(self, comp, n_comp, cls, thing, area, z, min_size, min_extent) -> LinkResult:
         n = len(comp) - 1
         big = np.iinfo(np.int64).max
-        members = np.arange(1, n + 1)
-        cc = comp[members]
+        cc = comp[1:]  # nodes 1..n (views, not copies: memory at scale)
         s = self.stride
         depth = self._z * s if self.depth is None else int(self.depth)
-        z0 = z[members] * s  # the planes each slice stands for: z0 .. z1 - 1
+        z0 = z[1:] * s  # the planes each slice stands for: z0 .. z1 - 1
         z1 = np.minimum(z0 + s, depth)
-        voxels = np.bincount(cc, weights=area[members] * (z1 - z0), minlength=n_comp).astype(np.int64)
+        voxels = np.bincount(cc, weights=area[1:] * (z1 - z0), minlength=n_comp).astype(np.int64)
         lo = np.full((n_comp, 3), big, np.int64)
         hi = np.zeros((n_comp, 3), np.int64)
-        for ax, (start, stop) in enumerate(((z0, z1), (node("r0")[members], node("r1")[members]),
-                                            (node("c0")[members], node("c1")[members]))):
-            np.minimum.at(lo[:, ax], cc, start)
-            np.maximum.at(hi[:, ax], cc, stop)
+
+        def column(key):  # nodes 1..n; one part (from_statistics) is not copied
+            parts = self._nodes[key]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+        for ax, (start, stop) in enumerate(((z0, z1), ("r0", "r1"), ("c0", "c1"))):
+            np.minimum.at(lo[:, ax], cc, column(start) if ax else start)
+            np.maximum.at(hi[:, ax], cc, column(stop) if ax else stop)
+        del z0, z1
         first = np.full(n_comp, big, np.int64)
-        np.minimum.at(first, cc, members)
+        np.minimum.at(first, cc, np.arange(1, n + 1))
         comp_cls = np.zeros(n_comp, np.int64)
-        comp_cls[cc] = cls[members]
+        comp_cls[cc] = cls[1:]
         comp_thing = np.zeros(n_comp, bool)
-        comp_thing[cc] = thing[members]
+        comp_thing[cc] = thing[1:]
         bbox = np.concatenate([lo, hi], axis=1)
         shape = (depth, *self._shape)
         keep = comp_thing & keep_mask(voxels, bbox, shape, min_size, min_extent)
