@@ -145,11 +145,11 @@ def measure_cmd(
     if Path(output).suffix.lower() not in TABLE_SUFFIXES:
         raise PanoptemError(f"Cannot write the table to '{Path(output).name}': give a file name ending in "
                             f"{', '.join(TABLE_SUFFIXES)}.")
-    out = check_output(output, overwrite, [labels] + ([image] if image else []))  # before the measurement
+    check_output(output, overwrite, [labels] + ([image] if image else []))  # before the measurement
     lab = read_input(labels)
     vs = voxel_size_option(voxel_size, lab)
     table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params)
-    out = write_table(table, out)
+    out = write_table(table, output)  # named as given
     note_voxels_as_nm(vs, lab.data.ndim)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
     typer.echo(json.dumps({"output": str(out), "objects": int(len(table["label"])), "voxel_size_nm": vs,

@@ -128,6 +128,8 @@ def objects_per_slice(labels, ids: np.ndarray | None = None) -> list[np.ndarray]
     >>> [c.tolist() for c in objects_per_slice(lab)]
     [[1, 1], [2, 1, 1], [2, 1, 1, 1]]
     """
+    if not hasattr(labels, "shape"):
+        labels = np.asarray(labels)
     ndim = len(labels.shape)
     if ids is None:
         ids = np.unique(np.asarray(labels))
