@@ -317,6 +317,18 @@ def test_patches_bad_options_create_no_folder(capsys, space, args, word):
     assert not (out / "ds").exists()
 
 
+@pytest.mark.parametrize("cmd", [("train-volume", "{v}", "{v}", "-o", "{f}", "--iterations", "1"),
+                                 ("train-volume", "{v}", "{v}", "-o", "{f}/run", "--iterations", "1"),
+                                 ("patches", "{v}", "-o", "{f}", "--patch-size", "32")])
+def test_a_folder_argument_naming_a_file_is_one_line(capsys, space, cmd):
+    """-o of training and of patches names a folder; a file there (an input, here) is refused, untouched."""
+    inp, out = space
+    volume(inp / "v.tif", (6, 64, 64), photometric="minisblack")
+    (out / "notes.txt").write_text("a file of the user's\n")
+    args = [a.format(v=inp / "v.tif", f=out / "notes.txt") for a in cmd]
+    refused(capsys, space, *args, words=("notes.txt", "not a folder"))
+
+
 BROKEN_YAML = "name: x\n  weights: [1, 2\n"
 
 

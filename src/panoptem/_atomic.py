@@ -40,6 +40,20 @@ def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = (
     return p
 
 
+def work_folder(path: str | Path, what: str) -> Path:
+    """``path`` as a folder to work in (created where missing); one clear error where it, or a
+    folder it would be made in, is a file."""
+    p = Path(path).expanduser()
+    try:
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise PanoptemError(f"'{p}' is (or lies in) a file, not a folder; give a folder for {what} "
+                            "(it is created where missing).") from None
+    return p
+
+
 @contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it becomes

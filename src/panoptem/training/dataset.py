@@ -165,8 +165,10 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
             _check_pair(p.name, img, lab, label_divisor, ids)
         pairs.append((p, img, lab))
 
+    from .._atomic import work_folder
     images, masks, books = root / "images", root / "masks", root / "flipbooks"
-    images.mkdir(parents=True, exist_ok=True)
+    work_folder(root, "the dataset")
+    images.mkdir(exist_ok=True)
     entries = dict(meta.get("patches", {}))
     taken = {f.stem for d in (images, masks) if d.is_dir() for f in d.iterdir()}
     written = []

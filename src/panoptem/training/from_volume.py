@@ -95,8 +95,8 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     vimg, vlab = np.asarray(img[vs]), np.asarray(lab[vs])
     if not len(vimg):
         raise PanoptemError(f"Validation slices '{val_slices}' select nothing of the image {tuple(img.shape)}.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .._atomic import work_folder
+    out = work_folder(out_dir, "checkpoints and weights")
     best_file, best_json = out / "best.pt", out / "best.json"
     best = json.loads(best_json.read_text()) if resume and best_json.exists() and best_file.exists() else None
     if not resume:  # a restarted run scores afresh

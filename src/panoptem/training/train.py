@@ -216,8 +216,8 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
     checkpoint of that step and raises :class:`TrainingCancelled` (a later run
     with ``resume`` continues from there).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .._atomic import work_folder
+    out = work_folder(out_dir, "checkpoints and weights")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
