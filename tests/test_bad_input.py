@@ -319,13 +319,16 @@ def test_patches_bad_options_create_no_folder(capsys, space, args, word):
 
 @pytest.mark.parametrize("cmd", [("train-volume", "{v}", "{v}", "-o", "{f}", "--iterations", "1"),
                                  ("train-volume", "{v}", "{v}", "-o", "{f}/run", "--iterations", "1"),
-                                 ("patches", "{v}", "-o", "{f}", "--patch-size", "32")])
-def test_a_folder_argument_naming_a_file_is_one_line(capsys, space, cmd):
-    """-o of training and of patches names a folder; a file there (an input, here) is refused, untouched."""
+                                 ("patches", "{v}", "-o", "{f}", "--patch-size", "32"),
+                                 ("segment3d", "{v}", "-o", "{o}", "--model", "{card}", "--cache-dir", "{f}"),
+                                 ("segment3d", "{v}", "-o", "{o}", "--model", "{card}", "--cache-dir", "{f}/c",
+                                  "--blockwise", "--workers", "1")])
+def test_a_folder_argument_naming_a_file_is_one_line(capsys, space, tiny_card, cmd):
+    """-o of training and of patches, and --cache-dir, name folders; a file there is refused, untouched."""
     inp, out = space
     volume(inp / "v.tif", (6, 64, 64), photometric="minisblack")
     (out / "notes.txt").write_text("a file of the user's\n")
-    args = [a.format(v=inp / "v.tif", f=out / "notes.txt") for a in cmd]
+    args = [a.format(v=inp / "v.tif", f=out / "notes.txt", o=out / "o.zarr", card=tiny_card) for a in cmd]
     refused(capsys, space, *args, words=("notes.txt", "not a folder"))
 
 

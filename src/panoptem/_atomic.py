@@ -40,17 +40,16 @@ def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = (
     return p
 
 
-def work_folder(path: str | Path, what: str) -> Path:
-    """``path`` as a folder to work in (created where missing); one clear error where it, or a
-    folder it would be made in, is a file."""
+def work_folder(path: str | Path, what: str, create: bool = True) -> Path:
+    """``path`` as a folder to work in (created where missing, unless ``create`` is False); one
+    clear error where it, or a folder it would be made in, is a file."""
     p = Path(path).expanduser()
-    try:
-        if p.exists() and not p.is_dir():
-            raise NotADirectoryError
-        p.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
+    there = next((q for q in (p, *p.parents) if q.exists()), None)  # the nearest that exists
+    if there is not None and not there.is_dir():
         raise PanoptemError(f"'{p}' is (or lies in) a file, not a folder; give a folder for {what} "
-                            "(it is created where missing).") from None
+                            "(it is created where missing).")
+    if create:
+        p.mkdir(parents=True, exist_ok=True)
     return p
 
 

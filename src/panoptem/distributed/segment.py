@@ -194,6 +194,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         raise PanoptemError("Blockwise runs write OME-Zarr: give an output path ending in .zarr.")
     out = Path(output).expanduser().absolute()
     cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir else None  # as workers elsewhere find it
+    if cache_dir is not None:
+        from .._atomic import work_folder
+        work_folder(cache_dir, "the network outputs (--cache-dir)", create=False)
     block_shape = None if block_shape is None else triple(block_shape, "--block-shape")
     halo = None if halo is None else triple(halo, "--halo")
     if (block_shape is not None and min(block_shape) < 1) or (halo is not None and min(halo) < 0):

@@ -651,6 +651,9 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     True
     """
     p = params_with(Params3D, params, **overrides)
+    if cache_dir is not None:
+        from .._atomic import work_folder
+        work_folder(cache_dir, "the network outputs (--cache-dir)", create=False)
     if client is not None and not blockwise:
         raise PanoptemError("client= is a Dask client for blockwise runs; pass blockwise=True with it.")
     if blockwise:
