@@ -153,7 +153,8 @@ def main() -> None:
                                capture_output=True, text=True, check=True)
             res = json.loads(r.stdout.strip().splitlines()[-1])
             tables_mb = sum(f.stat().st_size for f in (work / "blocks").glob("*.npz")) / 2**20
-        rec = {"run": a.run, "label": a.label, "date": time.strftime("%Y-%m-%d"), "what": "blockwise linking on the client",
+        rec = {"run": a.run, "label": a.label, "date": time.strftime("%Y-%m-%d"),
+               "what": "blockwise linking on the client",
                "how": f"python bench/bench_link_scale.py --pieces {n} --per-plane {a.per_plane} --split {a.split}",
                "shape": built["shape"], "blocks": built["blocks"], "tables_mb": round(tables_mb, 1),
                "build_s": round(build_s, 1), **res,

@@ -578,7 +578,8 @@ def test_the_linking_reads_numbers_per_piece_not_pixels(on_disk, tmp_path, clien
     got = _stitch.piece_tables(job, BlockGrid((40, 120, 120), (8, 120, 120)))
     kept, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert len(got) == 5 and kept < halo_pixels * 4 and peak < 4 * halo_pixels * 4, (kept, peak)  # halo labels as uint32: one block, every block
+    # below the halo labels as uint32 of one block (kept) and of every block (at the peak)
+    assert len(got) == 5 and kept < halo_pixels * 4 and peak < 4 * halo_pixels * 4, (kept, peak)
     for i, f in enumerate(tables[1:], 1):  # as an earlier release kept them
         maps = _pass1.load_labels(_pass1.halo_file(blocks.parent, i))
         with np.load(f) as t:
