@@ -265,7 +265,8 @@ def test_report_table_matches_panoptem_measure(capsys, tmp_path):
 def test_report_blockwise_reads_the_volume_lazily_and_gives_the_same_report(capsys, tmp_path, monkeypatch):
     """`report --blockwise` measures on Dask workers and draws from the Zarr lazily: the same
     pictures and table as the in-memory report. Without it, labels that cannot fit in memory are
-    refused up front, naming --blockwise, by `report` and `measure` alike."""
+    refused up front, naming --blockwise, by `report` and `measure` alike (and by `evaluate`,
+    saying to crop)."""
     from panoptem import _memory
     from panoptem.io import write_image, write_labels
     lab = five_objects()
@@ -287,6 +288,8 @@ def test_report_blockwise_reads_the_volume_lazily_and_gives_the_same_report(caps
         code, _, err = run(capsys, cmd, str(labels), "-o", str(tmp_path / out))
         assert code == 2 and "--blockwise" in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / out).exists()
+    code, _, err = run(capsys, "evaluate", str(labels), str(labels))
+    assert code == 2 and "crop both" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_report_2d_pdf_and_refusals(tmp_path):

@@ -43,8 +43,11 @@ def evaluate_cmd(
         from ..reporting._mpl import require_matplotlib
         require_matplotlib()
         check_target(report, (".html", ".htm"), overwrite, inputs)
-    pred = np.asarray(read_image(prediction).data)
-    gt = np.asarray(read_image(ground_truth).data)
+    from .._memory import check_fits
+    pred, gt = read_image(prediction).data, read_image(ground_truth).data
+    check_fits(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in (pred, gt)),
+               "Evaluating the two label images in memory", "crop both to the same region and evaluate that.")
+    pred, gt = np.asarray(pred), np.asarray(gt)
     scores = evaluate(pred, gt, **kw)
     if report is not None:
         from ..reporting import evaluation_report
