@@ -18,17 +18,17 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import PanoptemError
 from ..labels import compact, dtype_for_max_label, greedy_match, keep_mask, number_per_class, pair_counts, pixel_boxes
 
-_STEP = 1 << 20  # pairs checked and scored at a time by SliceLinker.from_statistics
-
-def _ascending(a: np.ndarray) -> bool:
-    """Whether ``a`` never decreases, checked :data:`_STEP` items at a time."""
-    return all(np.all(a[s + 1:s + _STEP + 1] >= a[s:min(s + _STEP, a.size - 1)]) for s in range(0, a.size, _STEP))
-
-
 # Split guard of the linking rule (see SliceLinker): a second branch must lie
 # mostly inside the object it leaves, when it is not a small fragment.
 SPLIT_IOA = 0.5
 SPLIT_MIN_FRAC = 0.25
+_STEP = 1 << 20  # pairs checked, scored and matched at a time by SliceLinker.from_statistics
+
+
+def _ascending(a: np.ndarray) -> bool:
+    """Whether ``a`` never decreases, checked :data:`_STEP` items at a time."""
+    return all(np.all(a[s + 1:s + _STEP + 1] >= a[s:min(s + _STEP, a.size - 1)])
+               for s in range(0, a.size, _STEP))
 
 
 @dataclass
