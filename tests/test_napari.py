@@ -687,6 +687,23 @@ def test_measure_widget_with_the_real_measure(viewer, qtbot):
     assert lab.features["mean_intensity"].tolist() == [100.0, 100.0, 100.0]
 
 
+def test_measure_widget_measures_a_multiscale_layer_at_full_resolution_if_it_fits(viewer, qtbot, monkeypatch):
+    """A multiscale labels layer (an OME-Zarr output) is measured at level 0; labels that cannot
+    fit in memory are refused in the status line, pointing to blockwise measurement."""
+    from panoptem import _memory
+    from panoptem.napari._measure import MeasureWidget
+    full = rooms(2)
+    lab = viewer.add_labels([full, full[:, ::2, ::2]], name="lab", scale=(30.0, 5.0, 5.0))
+    assert lab.multiscale
+    w = dock(viewer, MeasureWidget)
+    w.labels_layer.value = lab
+    run_and_wait(qtbot, w)
+    assert lab.features["voxels"].tolist() == [172, 16, 2]  # level 0's, not the coarse level's
+    monkeypatch.setattr(_memory, "physical_memory", lambda: 100)
+    w.run()
+    assert "--blockwise" in w.status.value and "memory" in w.status.value, w.status.value
+
+
 # ------------------------------------------------------------------ export segmentations
 
 def test_export_widget_writes_masks_and_images(viewer, qtbot, tmp_path):

@@ -11,7 +11,7 @@ from ..errors import PanoptemError
 from ._export_files import FORMATS, export_segmentation, parse_voxel_size
 from ._forms import Group, chosen_path, row
 from ._inference import layer_picker
-from ._layers import layer_voxel_size
+from ._layers import full_resolution, layer_voxel_size
 from ._worker import Dock
 
 
@@ -52,10 +52,10 @@ class ExportWidget(Dock):
             folder = chosen_path(self.folder.value)
             if not folder:
                 raise PanoptemError("Choose the folder to export into.")
-            data = lab.data[0] if getattr(lab, "multiscale", False) else lab.data
+            data = full_resolution(lab)
             vs = parse_voxel_size(self.voxel_size.value, data.ndim) or layer_voxel_size(lab)
             img = self.image.value
-            img_data = None if img is None else (img.data[0] if getattr(img, "multiscale", False) else img.data)
+            img_data = None if img is None else full_resolution(img)
             name = self.name.value.strip() or lab.name
         except PanoptemError as e:
             self._fail(e)

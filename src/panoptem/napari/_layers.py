@@ -27,13 +27,18 @@ def layer_voxel_size(layer) -> tuple[float, ...] | None:
     return voxel_size_from_meta({"metadata": layer.metadata, "scale": tuple(layer.scale)}, layer.ndim)
 
 
+def full_resolution(layer):
+    """A layer's data at full resolution: level 0 of a multiscale layer, as it is on disk."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def image_array(layer):
     """The array of an image layer the engine can take: level 0 of a multiscale, 2D or 3D, grey."""
     if layer is None:
         raise PanoptemError("Choose an image layer first (open an image or File > Open Sample > panoptem).")
     if getattr(layer, "rgb", False):
         raise PanoptemError(f"Layer '{layer.name}' is RGB; convert it to greyscale first.")
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = full_resolution(layer)
     if data.ndim not in (2, 3):
         raise PanoptemError(f"Layer '{layer.name}' has {data.ndim} dimensions; panoptem takes 2D (YX) or "
                             "3D (ZYX) images: split channels or time points into separate layers.")
@@ -51,7 +56,7 @@ def current_plane(viewer, layer) -> tuple[int, int]:
     hidden = [a - offset for a in viewer.dims.not_displayed if a >= offset]
     axis = hidden[0]
     index = int(np.round(layer.world_to_data(viewer.dims.point)[axis]))
-    shape = (layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape
+    shape = full_resolution(layer).shape
     if not 0 <= index < shape[axis]:
         raise PanoptemError(f"The viewer's slice is outside layer '{layer.name}'; move the slider onto it.")
     return axis, index

@@ -13,7 +13,7 @@ from ..errors import PanoptemError
 from ..params import MeasureParams, default_of
 from ._forms import Group, row
 from ._inference import layer_picker
-from ._layers import layer_voxel_size
+from ._layers import full_resolution, layer_voxel_size
 from ._worker import Dock
 
 
@@ -71,13 +71,18 @@ class MeasureWidget(Dock):
                 raise PanoptemError("Choose a labels layer to measure.")
             measure = _measure_function()
             vs = layer_voxel_size(layer)
+            labels = full_resolution(layer)
             kw = {}
             if self.image.value is not None:
-                img = self.image.value.data
-                if tuple(img.shape) != tuple(layer.data.shape):
+                img = full_resolution(self.image.value)
+                if tuple(img.shape) != tuple(labels.shape):
                     raise PanoptemError(f"Image '{self.image.value.name}' has shape {tuple(img.shape)}, the labels "
-                                        f"{tuple(layer.data.shape)}; choose the image they were made from.")
+                                        f"{tuple(labels.shape)}; choose the image they were made from.")
                 kw["image"] = img
+            from .._memory import check_fits
+            check_fits(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in (labels, kw.get("image"))
+                           if a is not None), f"Measuring '{layer.name}' in memory",
+                       "measure it block by block from its file: panoptem measure FILE -o table.csv --blockwise.")
             if self.divisor.value:
                 kw["label_divisor"] = self.divisor.value
             if not self.surface.value:
@@ -98,4 +103,4 @@ class MeasureWidget(Dock):
 
         if "image" in kw:
             kw["image"] = np.asarray(kw["image"])
-        self._start(_measure, done, measure, layer.data, vs, kw, path)
+        self._start(_measure, done, measure, labels, vs, kw, path)
