@@ -167,6 +167,13 @@ def check_fits(nbytes: int, what: str, hint: str) -> None:
                             f"has ({human_bytes(total)}); {hint}")
 
 
+def array_bytes(*arrays) -> int:
+    """Bytes the arrays (numpy or lazy: anything with a shape; None skipped) take in memory."""
+    import numpy as np
+    return sum(int(np.prod(np.shape(a))) * np.dtype(getattr(a, "dtype", np.int64)).itemsize
+               for a in arrays if a is not None)
+
+
 def human_bytes(nbytes: int) -> str:
     """``nbytes`` in GiB, or in MiB below 1 GiB."""
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"

@@ -43,10 +43,10 @@ def evaluate_cmd(
         from ..reporting._mpl import require_matplotlib
         require_matplotlib()
         check_target(report, (".html", ".htm"), overwrite, inputs)
-    from .._memory import check_fits
+    from .._memory import array_bytes, check_fits
     pred, gt = read_image(prediction).data, read_image(ground_truth).data
-    check_fits(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in (pred, gt)),
-               "Evaluating the two label images in memory", "crop both to the same region and evaluate that.")
+    check_fits(array_bytes(pred, gt), "Evaluating the two label images in memory",
+               "crop both to the same region and evaluate that.")
     pred, gt = np.asarray(pred), np.asarray(gt)
     scores = evaluate(pred, gt, **kw)
     if report is not None:
@@ -84,10 +84,9 @@ def _measured(lab, image: str | None, vs, blockwise: bool, block_shape, workers,
                                  progress=True, **params.model_dump())
     if any(v is not None for v in (block_shape, workers, scheduler)):
         raise PanoptemError("--block-shape, --workers and --scheduler need --blockwise.")
-    from .._memory import check_fits
+    from .._memory import array_bytes, check_fits
     img = read_input(image).data if image else None
-    check_fits(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in (lab.data, img) if a is not None),
-               "Measuring in memory", "add --blockwise to measure block by block.")
+    check_fits(array_bytes(lab.data, img), "Measuring in memory", "add --blockwise to measure block by block.")
     return measure(np.asarray(lab.data), voxel_size=vs, image=None if img is None else np.asarray(img),
                    **params.model_dump())
 

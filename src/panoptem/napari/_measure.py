@@ -79,9 +79,8 @@ class MeasureWidget(Dock):
                     raise PanoptemError(f"Image '{self.image.value.name}' has shape {tuple(img.shape)}, the labels "
                                         f"{tuple(labels.shape)}; choose the image they were made from.")
                 kw["image"] = img
-            from .._memory import check_fits
-            check_fits(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in (labels, kw.get("image"))
-                           if a is not None), f"Measuring '{layer.name}' in memory",
+            from .._memory import array_bytes, check_fits
+            check_fits(array_bytes(labels, kw.get("image")), f"Measuring '{layer.name}' in memory",
                        "measure it block by block from its file: panoptem measure FILE -o table.csv --blockwise.")
             if self.divisor.value:
                 kw["label_divisor"] = self.divisor.value

@@ -80,11 +80,9 @@ def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | No
         raise PanoptemError(f"top must be 0 or more rows, not {top}.")
 
     if table is None:
-        from .._memory import check_fits
-        need = sum(int(np.prod(np.shape(a))) * np.dtype(getattr(a, "dtype", np.int64)).itemsize
-                   for a in (labels, image) if a is not None)
-        check_fits(need, "A report measured in memory", "measure the labels block by block instead "
-                   "(`panoptem report --blockwise`, or table=measure_blockwise(...) in Python).")
+        from .._memory import array_bytes, check_fits
+        check_fits(array_bytes(labels, image), "A report measured in memory", "measure the labels block by "
+                   "block instead (`panoptem report --blockwise`, or table=measure_blockwise(...) in Python).")
         lab = np.asarray(labels)
         img = None if image is None else np.asarray(image)
         table = measure(lab, voxel_size=voxel_size, image=img, label_divisor=label_divisor, surface=surface)
