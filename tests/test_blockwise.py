@@ -392,6 +392,21 @@ def test_blockwise_repairs_crossings_as_the_whole_volume(tmp_path, client):
     np.testing.assert_array_equal(got, whole)
 
 
+@pytest.mark.parametrize("orthoplane", [False, True])
+def test_image_downsampling_of_odd_sides_equals_whole_volume(tmp_path, client, orthoplane):
+    """Image Downsampling 2 of a volume whose sides are odd: the last block's last network
+    pixels are the means of the pixels left, as in the whole-volume run."""
+    v = np.ascontiguousarray(scene((40, 120, 120))[:, :, :]) if orthoplane else scene((24, 96, 96))
+    v = np.ascontiguousarray(v[:-1, 1:, 3:])  # 23 x 95 x 93 (39 x 119 x 117)
+    v[:, -14:, -14:] = 40  # an object in the far corner, cut by both edges
+    kw = dict(P, downsampling=2, median_slices=1, orthoplane=orthoplane)
+    whole = segment_3d(v, dark_blob_model(), **kw).labels["mitochondria"]
+    assert whole[v.shape[0] // 2, -1, -1] > 0
+    _, got = _blockwise(v, tmp_path, client=client, block_shape=(32, 64, 64) if orthoplane else (8, 32, 48),
+                        halo=(32, 32, 32), **{k: a for k, a in kw.items() if k not in P})
+    np.testing.assert_array_equal(got, whole)
+
+
 BLOCKWISE_COMBOS = st.fixed_dictionaries(dict(
     inference_plane=st.sampled_from(["xy", "xz", "yz"]), orthoplane=st.booleans(),
     fusion=st.sampled_from(["consensus", "probability"]), semantic_only=st.booleans(),

@@ -173,6 +173,23 @@ def test_large_image_decoded_tile_by_tile_equals_one_pass(fine, monkeypatch):
     assert len(np.unique(big)) - 1 == len(np.unique(one)) - 1
 
 
+@pytest.mark.parametrize("fine", [False, True])
+def test_downsampled_tiles_of_odd_sides_equal_one_pass(fine):
+    """Image Downsampling of a plane whose sides are not multiples of the factor: the tiles
+    (each downsampled on its own, the last one cut at the plane's end) give the labels of one
+    pass, objects at the far edges included, in place."""
+    centers = [(y, x) for y in range(40, 640, 90) for x in range(40, 700, 110)] + [(606, 688)]
+    img = blobs_image(shape=(621, 701), centers=centers, r=20)
+    model = dark_blob_model()
+    one = segment_2d(img, model, downsampling=2, maximum_objects_per_class=0, fine_boundaries=fine)
+    big = segment_2d(img, model, downsampling=2, tile_size=256, maximum_objects_per_class=0, fine_boundaries=fine)
+    assert big.shape == one.shape == img.shape
+    assert _same_partition(one, big) and len(np.unique(one)) - 1 == len(centers)
+    fg, truth = one > 0, img < 100
+    corner = (slice(590, None), slice(670, None))  # the object at the far corner, where the windows are cut
+    assert (fg[corner] & truth[corner]).sum() / (fg[corner] | truth[corner]).sum() > 0.85
+
+
 def test_min_piece_area_drops_small_pieces_only():
     from panoptem.params import Params3D
     img = blobs_image(centers=((60, 60), (150, 200)), r=18)

@@ -377,26 +377,43 @@ def test_tiled_onnx_prediction_hands_back_the_arena_and_keeps_its_outputs(tiny_c
         np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
 
 
-def test_area_downsampling_matches_pytorch():
+def test_downsampling_averages_whole_windows_and_cuts_the_last():
+    """Image Downsampling by f: output pixel i is the mean of input pixels f*i .. f*i + f - 1
+    (PyTorch's area interpolation where the sides are multiples of f); the last window of a side
+    that is not is the mean of the pixels left, so a part of a plane starting on a multiple of f
+    gives the whole plane's values, and integer planes averaged first give the same means."""
     import torch
     import torch.nn.functional as F
 
-    from panoptem.inference.preprocess import downsample
+    from panoptem.inference.preprocess import downsample, integer_block_means
     rng = np.random.default_rng(1)
-    for shape, f in (((2, 1, 64, 96), 2), ((1, 1, 65, 97), 2), ((1, 1, 100, 77), 3), ((1, 1, 7, 9), 4)):
+    for shape, f in (((2, 1, 64, 96), 2), ((1, 1, 65, 97), 2), ((1, 1, 100, 77), 3), ((1, 1, 7, 9), 4),
+                     ((3, 30, 1), 4)):
         x = rng.random(shape, dtype=np.float32)
         got = downsample(x, f)
-        assert got.shape[-2:] == (-(-shape[2] // f), -(-shape[3] // f))
-        want = F.interpolate(torch.from_numpy(x), size=got.shape[-2:], mode="area").numpy()
-        np.testing.assert_allclose(got, want, atol=1e-6)
+        h, w = shape[-2:]
+        assert got.shape == shape[:-2] + (-(-h // f), -(-w // f))
+        want = np.zeros(got.shape, np.float64)
+        for i in range(got.shape[-2]):
+            for j in range(got.shape[-1]):
+                want[..., i, j] = x[..., f * i:f * i + f, f * j:f * j + f].mean(axis=(-2, -1))
+        np.testing.assert_allclose(got, want, rtol=2e-6)
+        if h % f == 0 and w % f == 0:
+            torch_area = F.interpolate(torch.from_numpy(x), size=got.shape[-2:], mode="area").numpy()
+            np.testing.assert_allclose(got, torch_area, atol=1e-6)
+        part = downsample(x[..., f:, f:], f)  # starts on the grid: the whole plane's values
+        np.testing.assert_array_equal(part, got[..., 1:, 1:])
+        ints = rng.integers(0, 256, shape, dtype=np.uint8)
+        np.testing.assert_allclose(integer_block_means(ints, f), downsample(ints.astype(np.float32), f), rtol=1e-6)
 
 
 def test_integer_planes_are_averaged_before_normalising_only_where_nothing_clips():
     """Integer planes shrunk by Image Downsampling or resampling are averaged in integers and
     then normalised (a quarter of the pixels to convert): the same network input as
     normalising first, to float32 rounding, for uint8 / uint16 / int16, per-plane ranges and
-    neighbour channels; planes that the normalisation would clip, odd sides and float planes
-    take the other order, whose input is then exactly the old one."""
+    neighbour channels, and sides that are not multiples of the factor (their last window cut);
+    planes that the normalisation would clip and float planes take the other order, whose input
+    is then exactly the old one."""
     from panoptem.inference import predict
     from panoptem.inference.preprocess import downsample, integer_block_means, means_first, normalize
     rng = np.random.default_rng(3)
@@ -422,11 +439,13 @@ def test_integer_planes_are_averaged_before_normalising_only_where_nothing_clips
             np.testing.assert_allclose(crop, want, rtol=0, atol=1e-5)
         else:
             np.testing.assert_array_equal(crop, want)
-    odd = rng.integers(0, 256, (2, 33, 32)).astype(np.uint8)
-    assert not means_first(odd, 0, 255, 2) and not means_first(odd.astype(np.float32), 0, 255, 2)
-    assert means_first(odd[:, :32], 0, 255, 2) and not means_first(odd[:, :32], 0, 255, 1)
-    with pytest.raises(ValueError):
-        integer_block_means(odd, 2)
+    odd = rng.integers(0, 256, (2, 33, 31)).astype(np.uint8)
+    assert means_first(odd, 0, 255, 2) and not means_first(odd.astype(np.float32), 0, 255, 2)
+    assert not means_first(odd, 0, 255, 1)
+    got, h, w = predict.network_input(odd, (0.0, 255.0), 2, 16, (0.5, 0.25))
+    assert (h, w) == (17, 16)
+    np.testing.assert_allclose(got[..., :h, :w], downsample(normalize(odd, 0.0, 255.0)[:, None], 2), rtol=0, atol=1e-5)
+    assert got[0, 0, 16, 15] == pytest.approx((odd[0, 32, 30] / 255.0 - 0.5) / 0.25, abs=1e-5)  # the corner's own pixel
 
 
 def test_bilinear_resizing_matches_pytorch():

@@ -322,8 +322,8 @@ def test_blockwise_resamples_each_axis_by_its_own_factor(tmp_path, voxel, params
     from panoptem.io import read_image
     if voxel[2] != voxel[1]:
         img, gt = (a[:, ::2, ::3] for a in disks(2.5, depth=3))  # disks sampled at 5 nm rows, 7.5 nm columns
-    else:  # sides even: with downsampling, whole-volume runs scale by the sides' ratio (see README)
-        img, gt = (a[:, 6:, 4:] for a in disks(voxel[1], depth=32 if params.get("orthoplane") else 12))
+    else:  # odd sides: the last network pixel of each is the mean of the pixels left
+        img, gt = (a[:, 5:, 3:] for a in disks(voxel[1], depth=32 if params.get("orthoplane") else 12))
     kw = dict(min_size=0, min_extent=1, min_distance_object_centers=3, voxel_size=voxel, **{"median_slices": 1, **params})
     whole = segment_3d(img, oracle(), **kw)
     block = {"xy": (3, 64, 64), "xz": (64, 64, 96)}.get(params.get("inference_plane", "xy"))
@@ -339,10 +339,13 @@ def test_blockwise_resamples_each_axis_by_its_own_factor(tmp_path, voxel, params
     assert min(_match(out, gt)) > 0.7, _match(out, gt)
 
 
-def test_blockwise_whole_factor_equals_whole_volume(tmp_path):
+@pytest.mark.parametrize("crop", [(0, 0), (1, 3)])
+def test_blockwise_whole_factor_equals_whole_volume(tmp_path, crop):
+    # also with sides that are not multiples of the factor (599 x 597): the last network pixel of
+    # a side is the mean of the pixels left, in the last block as in the whole plane
     from panoptem.distributed import segment_blockwise
     from panoptem.io import read_image
-    img, gt = disks(2.5, depth=8)  # 2.5 nm: x2 downsampling to the model's 5 nm
+    img, gt = (a[:, crop[0]:, crop[1]:] for a in disks(2.5, depth=8))  # 2.5 nm: x2 downsampling to the model's 5 nm
     kw = dict(min_size=0, min_extent=1, median_slices=1, min_distance_object_centers=3)
     whole = segment_3d(img, oracle(), voxel_size=(2.5, 2.5, 2.5), **kw)
     assert whole.pixel_size["factors"]["xy"] == [2.0, 2.0] and whole.pixel_size["source"] == "voxel_size"

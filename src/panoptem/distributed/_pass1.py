@@ -32,7 +32,7 @@ import numpy as np
 from ..inference.cache import at_cache_precision, probability_bytes
 from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, \
     _upsample_nearest
-from ..inference.preprocess import linear_resize
+from ..inference.preprocess import downsample, linear_resize
 from ..inference.resample import resize_at
 from ..inference.segment3d import planes_along, with_neighbours
 from ..io.zarr_write import ChunkRows
@@ -394,7 +394,7 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
     """Probability fusion of the xy slices of ``region``: the mean of the three
     stacks' raw probabilities, as a whole-volume run computes it (xz / yz planes averaged
     in groups from the region's start, which lies on the volume's groups)."""
-    from ..inference.segment3d import _resize_area, fused_probability, stack_means
+    from ..inference.segment3d import fused_probability, stack_means
     sinks = []
     for ax in (1, 2):
         k = job.fused_strides[ax]
@@ -404,10 +404,8 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
         along = np.moveaxis(full, ax, 0)
         for j in range(len(planes)):
             pr = out.semantic_probability[j]
-            if job.resamples(ax):  # as a whole-volume run brings them back and takes them in (segment3d.run_stack)
-                f = resize_at(pr, [1 / job.factor(a) for a in range(3) if a != ax], planes.shape[-2:])
-            else:
-                f = pr if pr.shape[-2:] == planes.shape[-2:] else linear_resize(pr, planes.shape[-2:])
+            # as a whole-volume run brings them back and takes them in (segment3d.run_stack)
+            f = resize_at(pr, [1 / job.factor(a) for a in range(3) if a != ax], planes.shape[-2:])
             along[j * k:(j + 1) * k] = probability_bytes(f[0])
         sinks.append(full)
     probs = []
@@ -416,7 +414,7 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
         acc = pr[0].copy()
         for s in sinks:
             other = s[z].astype(np.float32) / 255.0
-            acc += (_resize_area(other, pr.shape[-2:]) if not job.resamples(0) else
+            acc += (downsample(other, int(job.factor(1))) if not job.resamples(0) else
                     resize_at(other, (job.factor(1), job.factor(2)), pr.shape[-2:], antialias=True))
         probs.append(fused_probability(acc, 3))
     return np.stack(probs)
@@ -569,12 +567,9 @@ def decode_block(job: StackJob, block: Block) -> dict:
         d = lo + i
         if d < d0 or d >= c1:
             continue
-        ids, keys = _group(p, centres[starts[d]:starts[d + 1]], off[i], cw0, pm.shape[-2:], out_shape, d,
-                           (gh, gw), bool(things), f if job.resamples(a) else None)
-        if job.resamples(a):  # exact, as a whole-volume run brings the network's outputs back
-            pm_full = resize_at(pm, (1 / f[0], 1 / f[1]), out_shape)
-        else:
-            pm_full = pm if pm.shape[-2:] == out_shape else linear_resize(pm, out_shape)
+        ids, keys = _group(p, centres[starts[d]:starts[d + 1]], off[i], cw0, out_shape, d,
+                           (gh, gw), bool(things), f)
+        pm_full = resize_at(pm, (1 / f[0], 1 / f[1]), out_shape)  # exact, as a whole-volume run brings it back
         sem = semantic_classes(pm_full, card_classes, p.confidence_thr)
         builder.add(d, d < c0, sem[core_rc], ids[core_rc], keys, things, stuff)
     table, core_labels, halo_maps = builder.finish()
@@ -589,17 +584,17 @@ def decode_block(job: StackJob, block: Block) -> dict:
     return {"index": block.index, "decode_s": time.perf_counter() - t0}
 
 
-def _group(p, centres, off, cw0, net_hw, out_shape, d, grid_hw, has_things, factor=None):
+def _group(p, centres, off, cw0, out_shape, d, grid_hw, has_things, factor):
     """Centre index + 1 per output pixel of the window (0: none) and the keys of
     the slice's centres (index - 1 -> key). Centres are in slice coordinates,
     as a whole-slice decoding holds them; the window's pixels are shifted there.
-    ``factor``: volume pixels per network pixel (rows, columns) where the planes are resampled."""
+    ``factor``: volume pixels per network pixel (rows, columns: ``Fraction``)."""
     keys = (np.int64(d) * grid_hw[0] + centres[:, 1]) * grid_hw[1] + centres[:, 2] if len(centres) else \
         np.zeros(0, np.int64)
     if not has_things or len(centres) == 0:
         return np.zeros(out_shape, np.int32), keys
     cpx = np.asarray(centres[:, 1:3], np.float32) * STRIDE + (STRIDE - 1) / 2.0
-    scale = factor or (Fraction(out_shape[0], net_hw[0]),) * 2  # the window's edges lie on both grids
+    scale = factor  # exact: the window's edges lie on both grids
     if p.fine_boundaries:  # grouped per network pixel: the window starts at pixel cw0 * STRIDE
         o = linear_resize(off, (off.shape[1] * STRIDE, off.shape[2] * STRIDE))
         ids = group_pixels(cpx, o, stride=1, origin=(cw0[0] * STRIDE, cw0[1] * STRIDE))

@@ -107,11 +107,13 @@ class Predictor:
         return self.resample or (float(self.downsampling), float(self.downsampling))
 
     def out_scale(self):
-        """Output pixels (the input's grid) per network pixel, exact (rows, columns: ``Fraction``),
-        where planes are resampled: how decoding brings the network's outputs back
-        (:func:`~.resample.resize_at`); None where the shapes say it (plain downsampling)."""
+        """Output pixels (the input's grid) per network pixel, exact (rows, columns: ``Fraction``):
+        how decoding brings the network's outputs back (:func:`~.resample.resize_at`), so that
+        they land where the network saw them whatever the plane's size; None where the network
+        sees the input's own pixels."""
+        from fractions import Fraction
         if self.resample is None:
-            return None
+            return None if self.downsampling == 1 else (Fraction(self.downsampling),) * 2
         from .resample import as_fraction
         return tuple(as_fraction(f) for f in self.resample)
 

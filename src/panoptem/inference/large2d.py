@@ -98,23 +98,21 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
                  class_ids, thing_ids, confidence_thr: float = 0.5, center_confidence_thr: float = 0.1,
                  min_distance_object_centers: int = 3, fine_boundaries: bool = False,
                  semantic_only: bool = False, label_divisor: int | None = 10000, stride: int = OUTPUT_STRIDE,
-                 downsampling: int = 1, stuff_area: int = 64, tile: int | None = None,
+                 stuff_area: int = 64, tile: int | None = None,
                  min_piece_area: int = 0, scale=None) -> np.ndarray:
     """Panoptic labels of one large plane, decoded tile by tile (same rules as
     :func:`~.decode.decode_panoptic`). ``prob`` (C, h, w) uint8 (x 255) or float
     at network resolution; ``heatmap`` (1, gh, gw); ``offsets`` (2, gh, gw). ``scale``: output
-    pixels per network pixel (rows, columns: ``Fraction``) of a plane resampled for the network,
-    as :func:`~.decode.decode_panoptic` takes it (else ``downsampling``, a whole factor).
+    pixels per network pixel (rows, columns: ``Fraction``) of a plane downsampled or resampled for
+    the network, as :func:`~.decode.decode_panoptic` takes it (None: the input's own pixels).
     ``min_piece_area``: objects (each one 8-connected piece) of fewer pixels become
     background, as :func:`~.postprocess.remove_small_pieces` would make them, from the pieces'
     areas counted per tile (for models without semantic, 'stuff', classes; see :mod:`.segment2d`)."""
     from fractions import Fraction
     H, W = out_shape
-    f = int(downsampling)
-    sy, sx = (Fraction(v) for v in scale) if scale is not None else (Fraction(f), Fraction(f))
-    cell = stride * f  # output pixels per grid cell (a whole factor)
+    sy, sx = (Fraction(v) for v in scale) if scale is not None else (Fraction(1), Fraction(1))
     tile = tile or DECODE_TILE
-    tile = max(cell, (tile // cell) * cell) if scale is None else tile  # cells follow the pixels' own index
+    tile = max(stride, (tile // stride) * stride) if scale is None else tile  # cells follow the pixels' own index
     unit_prob = 1 / 255.0 if prob.dtype == np.uint8 else 1.0
     things, stuff = things_and_stuff(class_ids, thing_ids, semantic_only)
     div = int(label_divisor or 0)
@@ -130,7 +128,7 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
     tiles = [(y0, min(y0 + tile, H), x0, min(x0 + tile, W)) for y0 in ys for x0 in xs]
 
     def semantic(y0, y1, x0, x1):
-        p = (_crop_upsampled(prob, y0, y1, x0, x1, f) if scale is None else
+        p = (prob[:, y0:y1, x0:x1].astype(np.float32) if scale is None else
              _crop_resized(prob, y0, y1, x0, x1, (sy, sx))) * unit_prob
         return semantic_classes(p, class_ids, confidence_thr)
 

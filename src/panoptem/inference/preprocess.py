@@ -169,24 +169,50 @@ def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, st
 
 
 def integer_block_means(planes: np.ndarray, factor: int) -> np.ndarray:
-    """Means of the ``factor`` x ``factor`` blocks of integer ``(..., H, W)`` planes whose sides
-    are multiples of ``factor``, as float32: summed exactly in integers, divided once
-    (:func:`downsample` of the same planes as float32, without rounding on the way)."""
+    """Means of the ``factor`` x ``factor`` windows of integer ``(..., H, W)`` planes (the
+    last of an axis cut at its end, as :func:`downsample` cuts it), as float32: summed
+    exactly in integers, divided once (:func:`downsample` of the same planes as float32,
+    without rounding on the way)."""
     f = int(factor)
-    h, w = planes.shape[-2:]
-    if h % f or w % f:
-        raise ValueError(f"planes of {h} x {w} are not whole blocks of {f}")
     if planes.dtype.itemsize == 1 and f * f <= 256:  # 256 bytes add up within 16 bits
         wide = np.uint16 if planes.dtype.kind == "u" else np.int16
     else:
         wide = np.int64
-    rows = planes[..., 0::f, :].astype(wide)
+    sums = _window_sums(_window_sums(planes, -2, f, wide), -1, f, wide)
+    h, w = planes.shape[-2:]
+    if h % f == 0 and w % f == 0:
+        return np.multiply(sums, np.float32(1.0 / (f * f)), dtype=np.float32)
+    count = np.outer(_window_widths(h, f), _window_widths(w, f))
+    return np.multiply(sums, (1.0 / count).astype(np.float32), dtype=np.float32)
+
+
+def _window_widths(m: int, f: int) -> np.ndarray:
+    """Pixels in each window of ``f`` along an axis of ``m`` (the last one cut at the end)."""
+    widths = np.full(-(-m // f), f, np.int64)
+    widths[-1] = m - f * (len(widths) - 1)
+    return widths
+
+
+def _along(axis: int, a, b, step=None) -> tuple:
+    """Index of ``[a:b:step]`` along ``axis`` (-1 or -2) of an array."""
+    return (Ellipsis, slice(a, b, step)) + (slice(None),) * (-axis - 1)
+
+
+def _window_sums(x: np.ndarray, axis: int, f: int, dtype) -> np.ndarray:
+    """Sums of windows of ``f`` pixels along ``axis`` (-1 or -2) of ``x`` in ``dtype``, the last
+    window cut at the axis's end: strided views added up."""
+    m = x.shape[axis]
+    whole = m - m % f
+    shape = list(x.shape)
+    shape[axis] = -(-m // f)
+    out = np.empty(shape, dtype)
+    head = out[_along(axis, 0, whole // f)]
+    head[...] = x[_along(axis, 0, whole, f)]
     for j in range(1, f):
-        rows += planes[..., j::f, :]
-    out = rows[..., 0::f].copy()
-    for j in range(1, f):
-        out += rows[..., j::f]
-    return np.multiply(out, np.float32(1.0 / (f * f)), dtype=np.float32)
+        head += x[_along(axis, j, whole, f)]
+    if whole < m:
+        out[_along(axis, -1, None)] = x[_along(axis, whole, None)].sum(axis=axis, keepdims=True, dtype=dtype)
+    return out
 
 
 def means_first(planes: np.ndarray, low, high, factor: int) -> bool:
@@ -196,8 +222,7 @@ def means_first(planes: np.ndarray, low, high, factor: int) -> bool:
     own, within the clip margin), so the order changes nothing but float rounding."""
     if factor < 2 or not np.issubdtype(planes.dtype, np.integer) or planes.dtype.itemsize > 4:
         return False
-    h, w = planes.shape[-2:]
-    if h % factor or w % factor or not planes.size:
+    if not planes.size:
         return False
     low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
     span = np.where(high > low, high - low, 1.0)
@@ -209,53 +234,30 @@ def means_first(planes: np.ndarray, low, high, factor: int) -> bool:
 
 
 def downsample(batch: np.ndarray, factor: int) -> np.ndarray:
-    """Shrink ``(..., H, W)`` float32 planes by ``factor`` to ``ceil(H/f) x ceil(W/f)``,
-    averaging areas: output pixel ``i`` of ``n`` over an axis of ``m`` is the mean of input
-    pixels ``floor(i*m/n)`` to ``ceil((i+1)*m/n)`` (adaptive average pooling, as PyTorch's
-    ``area`` interpolation)."""
+    """Shrink ``(..., H, W)`` float32 planes by the whole ``factor`` to ``ceil(H/f) x ceil(W/f)``:
+    output pixel ``i`` is the mean of input pixels ``f*i`` to ``f*i + f - 1`` (the last one of an
+    axis whose length is not a multiple of ``f``: of the pixels left). Every output pixel
+    covers the input pixels the labels come back to (:func:`~.decode._upsample_nearest`), and a
+    part of a plane starting on a multiple of ``f`` gives the whole plane's values there (tiles,
+    blocks)."""
     if factor == 1:
         return batch
     x = np.asarray(batch, np.float32)
-    h, w = x.shape[-2:]
-    return area_resize(x, (-(-h // factor), -(-w // factor)))
-
-
-def area_resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Shrink the last two axes of ``x`` to ``shape`` by area averaging (see :func:`downsample`);
-    an axis whose length is a whole multiple of its new length goes first (block means, and
-    the other axis then has fewer pixels to average)."""
-    x = np.asarray(x, np.float32)
-    axes = [(-2, int(shape[0])), (-1, int(shape[1]))]
-    axes.sort(key=lambda a: x.shape[a[0]] % a[1] != 0)
-    for axis, n in axes:
-        if x.shape[axis] != n:
-            x = _area_mean(x, axis, x.shape[axis], n)
+    for axis in (-2, -1):
+        x = _window_mean(x, axis, int(factor))
     return x
 
 
-def _area_mean(x: np.ndarray, axis: int, m: int, n: int) -> np.ndarray:
-    """Means of the ``n`` adaptive-pooling bins of ``x`` along ``axis`` (``m`` pixels): bin ``i``
-    spans pixels ``floor(i*m/n)`` to ``ceil((i+1)*m/n)``. Added up pixel by pixel across the
-    bins (each bin's first pixels, then its second, ...), in float32: a bin holds only a few."""
-    i = np.arange(n)
-    start, stop = (i * m) // n, -((-(i + 1) * m) // n)
-    width = stop - start
-    shape = [1] * x.ndim
-    shape[axis] = n
-    if m % n == 0:  # bins of one width without overlap: strided views
-        f = m // n
-        v = np.moveaxis(x, axis, -1)
-        out = v[..., 0::f] + v[..., 1::f] if f > 1 else v.copy()
-        for j in range(2, f):
-            out += v[..., j::f]
-        out *= np.float32(1.0 / f)
-        return np.ascontiguousarray(np.moveaxis(out, -1, axis))
-    out = np.take(x, start, axis=axis)
-    for j in range(1, int(width.max())):
-        more = np.take(x, np.minimum(start + j, m - 1), axis=axis)
-        more *= (j < width).astype(np.float32).reshape(shape)
-        out += more
-    out /= width.astype(np.float32).reshape(shape)
+def _window_mean(x: np.ndarray, axis: int, f: int) -> np.ndarray:
+    """Means of windows of ``f`` pixels along ``axis`` (-1 or -2) of float32 ``x``, the last
+    window cut at the axis's end (see :func:`downsample`), added up in float32 (a window
+    holds only a few pixels)."""
+    out = _window_sums(x, axis, f, np.float32)
+    m = x.shape[axis]
+    whole = m - m % f
+    out[_along(axis, 0, whole // f)] *= np.float32(1.0 / f)
+    if whole < m:
+        out[_along(axis, -1, None)] *= np.float32(1.0 / (m - whole))
     return out
 
 

@@ -80,7 +80,7 @@ def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings
         o = pred._predict_tiled(plane, rng[j], compact=True)
         while_decoding = 0 if stuff else min_piece_area
         lab = decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], chunk.shape[-2:],
-                           downsampling=pred.downsampling if scale is None else 1, scale=scale,
+                           scale=scale,
                            min_piece_area=while_decoding, **settings)
         if min_piece_area and not while_decoding:
             lab = remove_small_pieces(lab, min_piece_area, in_place=True)

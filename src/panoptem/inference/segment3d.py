@@ -27,7 +27,7 @@ from .decode import decode_planes, decode_settings
 from .engine import Predictor
 from .linking import LinkResult, SliceLinker
 from .median import RunningMedian
-from .preprocess import area_resize, linear_resize
+from .preprocess import downsample
 from .resample import resize_at
 
 
@@ -168,16 +168,6 @@ class PlaneReader:
         return self.held[i0 - self.start:i1 - self.start]
 
 
-def _resize_area(a: np.ndarray, shape) -> np.ndarray:
-    """Area-average a 2D array to ``shape`` (as the network input is downsampled); enlarged
-    (resampling to a finer model grid): bilinear."""
-    if a.shape == tuple(shape):
-        return a
-    if shape[0] > a.shape[0] or shape[1] > a.shape[1]:
-        return linear_resize(a[None], tuple(shape))[0]
-    return area_resize(a, tuple(shape))
-
-
 def fused_probability(total: np.ndarray, n: int) -> np.ndarray:
     """The mean of ``n`` stacks' probabilities, at cache precision (1/255), as (1, H, W)."""
     return (byte_steps(total / n) / np.float32(255))[None]
@@ -292,15 +282,15 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             sl[axis] = i0 + j
             with clock("median"):
                 if probability_sink is not None:
-                    full = (prob if prob.shape[-2:] == shape else linear_resize(prob, shape)
-                            if predictor.resample is None else resize_at(prob, [1 / s for s in predictor.out_scale()], shape))
+                    scale = predictor.out_scale()
+                    full = prob if scale is None else resize_at(prob, [1 / s for s in scale], shape)
                     a = (i0 + j) * stride  # every input plane this network plane stands for
                     np.moveaxis(probability_sink, axis, 0)[a:min(a + stride, n_in)] = probability_bytes(full[0])
                 if extra_probability:
                     acc = prob[0].copy()
                     for vol in extra_probability:
                         other = vol[tuple(sl)].astype(np.float32) / 255.0
-                        acc += (_resize_area(other, prob.shape[-2:]) if predictor.resample is None else
+                        acc += (downsample(other, predictor.downsampling) if predictor.resample is None else
                                 resize_at(other, predictor.resample, prob.shape[-2:], antialias=True))
                     prob = fused_probability(acc, 1 + len(extra_probability))
                 ready += median.push(prob, extra=(out.heatmap[j], out.offsets[j]))
