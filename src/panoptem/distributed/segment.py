@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
-from ..params import Params3D, make_params
+from ..params import DOWNSAMPLING, Params3D, make_params
 from ._pass1 import (StackJob, _done, centre_block, centre_table, context_block, context_table, create_net_arrays,
                      decode_block, network_block)
 from ._source import VolumeSource
@@ -105,7 +105,9 @@ def _blockwise_plan(p: Params3D, card, voxel_size, given_by: str = "file"):
     steps = tuple(plan.neighbour_step(pl) for pl in ("xy", "xz", "yz"))  # stacks along Z, Y, X
     strides = tuple(plan.stack_step(pl) if pl in planes else 1 for pl in ("xy", "xz", "yz"))
     used = {factors[ax] for pl in planes for ax in PLANE_AXES[pl]}
-    whole = len(used) == 1 and next(iter(used)).denominator == 1
+    # one whole reduction that Image Downsampling can name (a 3 from the pixel sizes runs as a
+    # resampling by 3/1, the same planes)
+    whole = len(used) == 1 and next(iter(used)).denominator == 1 and int(next(iter(used))) in DOWNSAMPLING
     d, resample = (int(next(iter(used))), None) if whole else (1, tuple(factors))
     return ((p if d == p.downsampling else p.model_copy(update={"downsampling": d})), plan.record(planes), steps,
             strides, resample)
