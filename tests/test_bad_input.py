@@ -175,6 +175,18 @@ def test_tile_too_small_for_the_model_at_this_downsampling(capsys, space, tiny_c
 
 
 @pytest.mark.parametrize("cmd", ["segment2d", "segment3d"])
+def test_tile_too_small_where_the_pixel_size_reduces_the_image_further(capsys, space, cmd):
+    """A tile that fits Image Downsampling 4 but not the 8 times the pixel size makes of it
+    (2.5 nm for a 5 nm model): one line, before any output (it once stopped in the tiling)."""
+    from conftest import make_tiny_card
+    inp, out = space
+    card = make_tiny_card(inp, voxel_size_nm=5.0)
+    volume(inp / "v.tif", (3, 500, 415) if cmd == "segment3d" else (500, 415))
+    refused(capsys, space, cmd, inp / "v.tif", "-o", out / "o.tif", "--model", card, "--tile-size", "384",
+            "--downsampling", "4", "--pixel-size", "2.5", words=("Tile size 384", "8 times", "at least 512"))
+
+
+@pytest.mark.parametrize("cmd", ["segment2d", "segment3d"])
 @pytest.mark.parametrize("device", ["banana", "cpu:1", "cuda:x", ""])
 def test_bad_device(capsys, space, tiny_card, cmd, device):
     inp, out = space

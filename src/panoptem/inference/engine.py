@@ -72,10 +72,14 @@ class Predictor:
         #: resample.PixelPlan.stack_step): 1 unless a run's pixel plan reduces the stack's axis
         self.stack_step = 1
         self._graphs: dict = {}  # ONNX Runtime sessions by graph, made on first use
+        self._check_tile(f"at Image Downsampling {downsampling}")
+
+    def _check_tile(self, where: str) -> None:
+        """Refuse a tile too small for two tiles' overlap at this reduction."""
         least = 2 * self._align()
-        if tile_size and tile_size < least:
-            raise PanoptemError(f"Tile size {tile_size} is too small for model '{self.card.name}' at Image "
-                                f"Downsampling {downsampling}: use 0 (no tiling) or at least {least} pixels.")
+        if self.tile_size and self.tile_size < least:
+            raise PanoptemError(f"Tile size {self.tile_size} is too small for model '{self.card.name}' {where}: "
+                                f"use 0 (no tiling) or at least {least} pixels.")
 
     def _set_factor(self, factor, downsampling: int = 1) -> None:
         """Input pixels per network pixel: one whole factor on both axes runs as plain
@@ -97,6 +101,9 @@ class Predictor:
         import copy
         other = copy.copy(self)
         other._set_factor(factor)
+        if other.downsampling != self.downsampling:
+            other._check_tile(f"where the pixel size and Image Downsampling reduce the image {other.downsampling} "
+                              "times")
         other.neighbour_step = float(neighbour_step)
         other.stack_step = int(stack_step)
         return other
