@@ -928,6 +928,30 @@ def test_blockwise_measure_equals_measure(client):
                                        err_msg=k)
 
 
+def test_blockwise_measure_of_an_object_thin_elsewhere_meshes_it_binary_as_a_whole(client, monkeypatch):
+    """An object smoothed well in one block but thin in another (a ball and a one-voxel sheet of
+    one label) is meshed binary as a whole, as the in-memory measure meshes it: the block that
+    skipped its part's binary mesh computes it in a second pass."""
+    from panoptem.distributed import measure as dm
+    from panoptem.distributed.measure import measure_blockwise
+    from panoptem import measure
+    g = np.mgrid[:24, :40, :64]
+    lab = np.zeros((24, 40, 64), np.uint16)
+    lab[((g - np.array([12, 20, 14])[:, None, None, None]) ** 2).sum(0) <= 64] = 5  # a ball, x < 32
+    lab[12, 5:35, 36:60] = 5  # a sheet, x >= 32
+    lab[((g - np.array([12, 20, 48])[:, None, None, None]) ** 2).sum(0) <= 9] = 0
+    ref = measure(lab, voxel_size=(5, 5, 5))
+    monkeypatch.setattr(dm, "SMALL_PART", 0)  # no part is small: the ball's block skips the binary mesh
+    second = []
+    orig = dm._missing_binary
+    monkeypatch.setattr(dm, "_missing_binary", lambda parts: (second.append(orig(parts)), second[-1])[1])
+    got = measure_blockwise(lab, voxel_size=(5, 5, 5), block_shape=(24, 40, 32), client=client)
+    assert [{i: v.tolist() for i, v in s.items()} for s in second] == [{0: [5]}]  # the ball's block
+    np.testing.assert_allclose(got["surface_area_nm2"], ref["surface_area_nm2"], rtol=1e-9)
+    smoothed = measure(np.where(lab[:, :, :32] == 5, 5, 0).astype(np.uint16), voxel_size=(5, 5, 5))
+    assert smoothed["surface_area_nm2"][0] < 0.95 * ref["surface_area_nm2"][0]  # not the ball's smoothed mesh + ...
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path

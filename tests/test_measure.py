@@ -50,6 +50,25 @@ def test_ball_surface_and_sphericity():
     assert t["major_axis_length_nm"][0] == pytest.approx(2 * r, rel=0.02)
 
 
+def test_objects_a_few_voxels_thick_are_meshed_unsmoothed():
+    """The smoothing that takes the staircase off large objects would eat small and thin ones: a
+    ball of radius 2 voxels, a one-voxel sheet and a sliver whose smoothed peak barely passes 0.5
+    keep their binary mesh (sphericity at most that of one voxel's mesh, never in the thousands),
+    while a ball of radius 6 is smoothed (within 6 % of 4 pi r^2)."""
+    lab = np.zeros((40, 40, 40), np.uint16)
+    g = np.mgrid[:40, :40, :40]
+    lab[((g - np.array([8, 8, 8])[:, None, None, None]) ** 2).sum(0) <= 4] = 1  # radius 2
+    lab[25, 2:30, 2:30] = 2  # a one-voxel sheet
+    lab[30:32, 34:36, 30:32] = 3  # 2 x 2 x 2
+    lab[35, 35, 33:36] = 4  # three voxels in a row
+    lab[((g - np.array([16, 26, 26])[:, None, None, None]) ** 2).sum(0) <= 36] = 5  # radius 6
+    t = measure(lab, voxel_size=(5, 5, 5))
+    assert (t["sphericity"] < 2.8).all() and (t["sphericity"][:4] > 0.2).all(), t["sphericity"]
+    sheet = t["surface_area_nm2"][1] / 25
+    assert 2 * 28 * 28 * 0.95 < sheet < 2 * 28 * 28 * 1.05  # its two faces, not what smoothing leaves
+    assert t["surface_area_nm2"][4] / 25 == pytest.approx(4 * np.pi * 36, rel=0.06)
+
+
 def test_anisotropic_ball_in_physical_units():
     r = 40.0  # nm, on 4 x 2 x 2 nm voxels
     t = measure(ball(r, (25, 47, 47), vs=(4, 2, 2)), voxel_size=(4, 2, 2))

@@ -27,8 +27,12 @@ __all__ = ["measure", "summarize", "to_rows", "write_table"]
 _SLAB_VOXELS = 1 << 24  # voxels per slab while finding runs (bounds temporary memory)
 # The mask is smoothed (Gaussian, sigma in voxels) before the mesh is traced: a mesh of the raw
 # voxel staircase overestimates the area of smooth shapes by about 9 % (a ball of radius 20
-# voxels: +8.5 % raw, +0.6 % smoothed; radius 5: +8 % raw, -5 % smoothed).
+# voxels: +8.5 % raw, +0.6 % smoothed; radius 5: +8 % raw, -5 % smoothed). Smoothing eats objects
+# only a few voxels thick (a ball of radius 2: -33 %; a one-voxel sheet: -18 %; an object whose
+# smoothed peak barely passes 0.5 keeps a sliver of its surface, and a sphericity in the thousands),
+# so the smoothed mask is kept only where it still holds nearly all of the object's voxels.
 _SIGMA = 0.7
+_SMOOTH_KEEPS = 0.97
 _PAD = 3
 
 
@@ -65,8 +69,9 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
           ``4 sqrt(l)`` in 2D for the largest/smallest eigenvalue ``l`` of the covariance);
         - 3D: ``surface_area_nm2``, area of the marching-cubes mesh (level 0.5,
           ``spacing=voxel_size``) of the object's zero-padded crop after a Gaussian smoothing of
-          0.7 voxel, which removes the voxel staircase (sharp edges and objects a few voxels
-          across come out slightly small); ``sphericity`` =
+          0.7 voxel, which removes the voxel staircase (sharp edges come out slightly small;
+          objects the smoothing would shrink by more than 3 % of their voxels, a few voxels thick,
+          are meshed unsmoothed); ``sphericity`` =
           ``pi^(1/3) (6 V)^(2/3) / A`` with ``V = volume_nm3`` (1 for a ball, less otherwise);
         - 2D: ``perimeter_nm``, length of the marching-squares contours (level 0.5, holes
           included, same smoothing) scaled by the pixel size, so anisotropic pixels are handled;
@@ -254,6 +259,12 @@ def _moments(runs: dict, obj: np.ndarray, n: int, lo: np.ndarray, ndim: int):
     return mean, cov
 
 
+def smooth_keeps(kept, voxels):
+    """Whether an object's surface is meshed smoothed: the smoothing keeps (above 0.5) at least
+    :data:`_SMOOTH_KEEPS` of its ``voxels`` (``kept`` of them)."""
+    return np.asarray(kept) >= _SMOOTH_KEEPS * np.asarray(voxels)
+
+
 def _boundaries(lab: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                 vs: np.ndarray) -> np.ndarray:
     """Surface area (3D, marching cubes) or perimeter (2D, marching squares) of each object."""
@@ -262,7 +273,7 @@ def _boundaries(lab: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray
         mask = lab[tuple(slice(a, b) for a, b in zip(lo[i], hi[i]))] == ids[i]
         crop = np.pad(mask, _PAD).astype(np.float32)
         smooth = ndimage.gaussian_filter(crop, _SIGMA, mode="constant")
-        if smooth.max() > 0.5:  # objects of about one voxel vanish when smoothed: keep them binary
+        if smooth_keeps(np.count_nonzero((smooth > 0.5) & (crop > 0)), np.count_nonzero(mask)):  # else: binary
             crop = smooth
         if lab.ndim == 3:
             verts, faces, _, _ = marching_cubes(crop, level=0.5, spacing=tuple(vs))

@@ -19,6 +19,10 @@ from ._source import VolumeSource, read_region
 from .blocks import Block, BlockGrid
 
 HALO = 4  # >= the smoothing's reach (3 voxels) + 1
+#: an object's part of at most this many voxels in a block also gets its binary mesh in the first
+#: pass (cheap); a larger part only where the smoothing eats it here, or, rarely, in a second pass
+#: when the object as a whole is meshed binary (it has thin parts elsewhere)
+SMALL_PART = 20_000
 #: voxels per block: a block reads its core and a halo of 4, whole chunks of the labels around it, so
 #: larger blocks read fewer chunks per voxel (on Lucchi's labels in 64 x 256 x 256 chunks: 6.8 CPU-s
 #: in 36 blocks of 64 x 256 x 256, 4.4 in 12 of this shape)
@@ -37,8 +41,9 @@ def _block_stats(job: dict, block: Block) -> dict:
     runs = _runs(lab, img)
     ids = nonzero_ids(runs["value"])
     out = {"label": ids.astype(np.int64)}
+    out["block"] = block.index
     if job["surface"]:
-        out["surface_label"], out["area"], out["area_bin"], out["smax"] = _surfaces(
+        out["surface_label"], out["area"], out["area_bin"], out["kept"] = _surfaces(
             lab_full, block, job["shape"], job["voxel_size"])
     if ids.size == 0:
         return out
@@ -76,35 +81,77 @@ def _meeting(lab: np.ndarray, cells: tuple[slice, ...]) -> tuple[np.ndarray, lis
     return ids, [tuple(slice(int(a), int(b)) for a, b in zip(l, h)) for l, h in zip(lo, hi)]
 
 
-def _surfaces(lab: np.ndarray, block: Block, shape, vs):
-    """Per label meeting this block's mesh cells (its core and one voxel on):
-    the smoothed-mesh area of the cells this block owns, the binary-mesh area
-    (only where this block cannot tell that the object is big enough to smooth;
-    NaN otherwise) and the largest smoothed value in the core."""
-    from .._measure import _PAD, _SIGMA
+def _surfaces(lab: np.ndarray, block: Block, shape, vs, binary_of=None):
+    """Per label meeting this block's mesh cells (its core and one voxel on): the smoothed-mesh
+    area of the cells this block owns, the binary-mesh area (for small parts and where the
+    smoothing eats the part, :func:`~panoptem._measure.smooth_keeps`; NaN otherwise) and how many
+    of the object's voxels in the core the smoothing keeps. ``binary_of``: only the binary-mesh
+    areas of these labels (the second pass)."""
+    from .._measure import _PAD, _SIGMA, smooth_keeps
     # zero padding where the region ends at the volume's border (the in-memory measure pads crops)
     pad = [(_PAD if r.start == 0 else 0, _PAD if r.stop == n else 0) for r, n in zip(block.region, shape)]
     lab = np.pad(lab, pad)
     core = [slice(c.start - r.start + p[0], c.stop - r.start + p[0]) for c, r, p in zip(block.core, block.region, pad)]
     ids, boxes = _meeting(lab, tuple(slice(c.start, c.stop + 1) for c in core))
+    if binary_of is not None:
+        keep = np.isin(ids, binary_of)
+        ids, boxes = ids[keep], [b for b, k in zip(boxes, keep) if k]
     reach = _PAD + 1
     area = np.zeros(ids.size)
     area_bin = np.full(ids.size, np.nan)
-    smax = np.zeros(ids.size)
+    kept = np.zeros(ids.size, np.int64)
     for i, box in enumerate(boxes):
         sl = tuple(slice(max(0, b.start - reach), min(n, b.stop + reach)) for b, n in zip(box, lab.shape))
         mask = (lab[sl] == ids[i]).astype(np.float32)
-        smooth = ndimage.gaussian_filter(mask, _SIGMA, mode="constant")
-        sub = [slice(max(c.start, s.start) - s.start, max(min(c.stop, s.stop) - s.start, 0)) for c, s in zip(core, sl)]
-        inside = smooth[tuple(sub)]
-        smax[i] = inside.max() if inside.size else 0.0
         # cells this block owns; at the volume's border also those of the zero padding
         mine = [slice(-reach if b.start == 0 else c.start - s.start, lab.shape[a] if b.stop == n else c.stop - s.start)
                 for a, (c, s, b, n) in enumerate(zip(core, sl, block.core, shape))]
-        area[i] = _area_in(smooth, mine, vs)
-        if smax[i] <= 0.5:
+        if binary_of is not None:
             area_bin[i] = _area_in(mask, mine, vs)
-    return ids.astype(np.int64), area, area_bin, smax
+            continue
+        smooth = ndimage.gaussian_filter(mask, _SIGMA, mode="constant")
+        sub = tuple(slice(max(c.start, s.start) - s.start, max(min(c.stop, s.stop) - s.start, 0))
+                    for c, s in zip(core, sl))
+        voxels = np.count_nonzero(mask[sub])
+        kept[i] = np.count_nonzero((smooth[sub] > 0.5) & (mask[sub] > 0))
+        area[i] = _area_in(smooth, mine, vs)
+        if voxels <= SMALL_PART or not smooth_keeps(kept[i], voxels):
+            area_bin[i] = _area_in(mask, mine, vs)
+    if binary_of is not None:
+        return ids.astype(np.int64), area_bin
+    return ids.astype(np.int64), area, area_bin, kept
+
+
+def _binary_areas(job: dict, item) -> dict:
+    """The second pass of a block: binary-mesh areas of the labels ``item[1]``."""
+    block, labels = item
+    lab_full = read_region(job["labels"].open(), block.region)
+    ids, area_bin = _surfaces(lab_full, block, job["shape"], job["voxel_size"], binary_of=labels)
+    return {"block": block.index, "surface_label": ids, "area_bin": area_bin}
+
+
+def _missing_binary(parts: list[dict]) -> dict[int, np.ndarray]:
+    """Per block index, the labels meshed binary as a whole (:func:`~panoptem._measure.smooth_keeps`
+    of their summed counts) whose binary area that block left out."""
+    from .._measure import smooth_keeps
+    parts = [p for p in parts if "surface_label" in p]
+    if not parts:
+        return {}
+    sl = np.concatenate([p["surface_label"] for p in parts])
+    ids, inv = np.unique(sl, return_inverse=True)
+    kept = np.bincount(inv, np.concatenate([p["kept"] for p in parts]), minlength=ids.size)
+    counted = [p for p in parts if "count" in p]
+    voxels = np.zeros(ids.size)
+    if counted:
+        cl = np.concatenate([p["label"] for p in counted])
+        np.add.at(voxels, np.searchsorted(ids, cl), np.concatenate([p["count"] for p in counted]))
+    binary = ids[~smooth_keeps(kept, voxels)]
+    todo = {}
+    for p in parts:
+        gap = p["surface_label"][np.isnan(p["area_bin"]) & np.isin(p["surface_label"], binary)]
+        if gap.size:
+            todo[p["block"]] = gap
+    return todo
 
 
 def _area_in(vol: np.ndarray, core, vs) -> float:
@@ -165,6 +212,11 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
           client_for(n_workers, scheduler, processes=processes)) as cl:
         check_workers_see(cl, [src.path, isrc.path if isrc is not None else None])
         parts = run_tasks(cl, _block_stats, job, list(grid), "measuring", progress)
+        todo = _missing_binary(parts) if surface else {}
+        if todo:
+            blocks = list(grid)
+            parts += run_tasks(cl, _binary_areas, job, [(blocks[i], labs) for i, labs in todo.items()],
+                               "measuring thin objects", False)
     return _combine(parts, vs, surface, image is not None, label_divisor, dtype)
 
 
@@ -215,16 +267,18 @@ def _combine(parts: list[dict], vs, surface: bool, intensity: bool, label_diviso
     table["major_axis_length_nm"] = np.sqrt(20.0 * eig[:, -1])
     table["minor_axis_length_nm"] = np.sqrt(20.0 * eig[:, 0])
     if surface:
-        sl = np.concatenate([p["surface_label"] for p in parts]) if parts else np.zeros(0, np.int64)
-        j = np.searchsorted(ids, sl)
-        smax = np.zeros(n)
+        kept = np.zeros(n, np.int64)
         area = np.zeros(n)
         area_bin = np.zeros(n)
-        if sl.size:
-            np.maximum.at(smax, j, np.concatenate([p["smax"] for p in parts]))
-            np.add.at(area, j, np.concatenate([p["area"] for p in parts]))
-            np.add.at(area_bin, j, np.nan_to_num(np.concatenate([p["area_bin"] for p in parts])))
-        boundary = np.where(smax > 0.5, area, area_bin)
+        first = [p for p in parts if "kept" in p]
+        second = [p for p in parts if "surface_label" in p and "kept" not in p]  # binary areas only
+        for group, cols in ((first, {"kept": kept, "area": area, "area_bin": area_bin}), (second, {"area_bin": area_bin})):
+            if group:
+                j = np.searchsorted(ids, np.concatenate([p["surface_label"] for p in group]))
+                for k, column in cols.items():
+                    np.add.at(column, j, np.nan_to_num(np.concatenate([p[k] for p in group])))
+        from .._measure import smooth_keeps
+        boundary = np.where(smooth_keeps(kept, count), area, area_bin)
         table["surface_area_nm2"] = boundary
         with np.errstate(divide="ignore", invalid="ignore"):
             table["sphericity"] = np.where(boundary > 0, np.cbrt(np.pi) * np.cbrt(6.0 * size) ** 2 / boundary, 0.0)
