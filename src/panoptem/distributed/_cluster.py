@@ -246,17 +246,48 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
             if bar is not None:
                 bar.update(1)
     except KilledWorker as e:
-        client.cancel(futures)
+        _stop(client, futures)
         raise PanoptemError(
             f"Dask workers died while running the {desc} pass ({e.allowed_failures + 1} time(s) on one of its "
             f"{len(items)} task(s)), most often for want of memory (the system or Dask's memory limit stops a "
             "worker that outgrows it). Run fewer workers on each machine "
             "(--workers), smaller blocks (--block-shape), or give each worker more memory, then run the same "
             "command again: a segmentation resumes from its finished blocks.") from None
-    except BaseException:
+    except KeyboardInterrupt:  # the user stops it: no waiting (a local cluster ends with the process)
         client.cancel(futures)
+        raise
+    except BaseException:
+        _stop(client, futures)
         raise
     finally:
         if bar is not None:
             bar.close()
     return results
+
+
+#: how long a failed pass waits for its tasks already running to end
+STOP_WAIT_S = 600.0
+
+
+def _stop(client, futures) -> None:
+    """Cancel a failed pass's tasks and wait (up to :data:`STOP_WAIT_S`) until none of them is
+    still running on a worker: a cancelled task that has started runs to its end, and one
+    left writing into the work folder would race with the run that resumes it."""
+    import time
+    client.cancel(futures)
+    keys = {str(f.key) for f in futures}
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            running = client.run(_executing_keys)
+        except Exception:  # workers gone (a local cluster closing): nothing left running
+            return
+        if not any(keys.intersection(k) for k in running.values()):
+            return
+        time.sleep(0.1)
+
+
+def _executing_keys(dask_worker) -> list[str]:
+    """The keys of the tasks this worker is running now (cancelled ones included, until they end)."""
+    state = dask_worker.state
+    return [str(ts.key) for ts in (*state.executing, *state.long_running)]
