@@ -192,6 +192,25 @@ def test_split_with_label_divisor_stays_in_class():
     assert np.unique(a).tolist() == [0, 1002, 1003, 2001]
 
 
+def test_split_near_the_top_of_its_class_takes_free_ids_of_the_class():
+    """A split whose pieces would run past the class's last id (with divisor 10: 19 used, the
+    next ids 20, 21 are class 2's) takes the class's free ids instead, or says it cannot."""
+    a = two_rooms() * 0
+    a[two_rooms() == 1] = 11
+    a[0, 0], a[0, 1], a[0, 2] = 19, 13, 21
+    ref = a.copy()
+    split_label(a, 11, markers=[[4, 3], [4, 12]], label_divisor=10)
+    assert np.unique(a).tolist() == [0, 12, 13, 14, 19, 21]  # 12 and 14: the class's gaps
+    a = ref.copy()
+    a[0, 3:9] = [12, 14, 15, 16, 17, 18]  # no free id left (11 is the object being split)
+    before = a.copy()
+    with pytest.raises(PanoptemError, match="Class 1 has 0 free id.*needs 2.*raise the label divisor"):
+        split_label(a, 11, markers=[[4, 3], [4, 12]], label_divisor=10)
+    assert np.array_equal(a, before)
+    with pytest.raises(PanoptemError, match="leave class 1"):
+        split_label(a, 11, markers=[[4, 3], [4, 12]], label_divisor=10, new_ids_start=22)
+
+
 def test_split_3d_plane_and_volume():
     room = two_rooms()
     room[room == 5] = 0

@@ -302,16 +302,19 @@ def split_label(labels: np.ndarray, label_id: int, markers=None, min_distance: i
     pieces = watershed(-dist, seeds, mask=mask)[(slice(1, -1),) * mask.ndim]
     k = len(pts)
     all_ids = np.unique(labels).astype(np.int64)
-    if new_ids_start is None:
-        if label_divisor:
-            new_ids_start = find_next_available_label(labels, label_id // label_divisor, label_divisor)
-        else:
-            new_ids_start = int(all_ids.max()) + 1
-    new_ids = np.arange(int(new_ids_start), int(new_ids_start) + k, dtype=np.int64)
+    if new_ids_start is None and label_divisor:
+        new_ids = _free_ids_of_class(all_ids, label_id // label_divisor, label_divisor, k)
+    else:
+        start = int(all_ids.max()) + 1 if new_ids_start is None else int(new_ids_start)
+        new_ids = np.arange(start, start + k, dtype=np.int64)
     clash = np.intersect1d(new_ids, all_ids)
     if new_ids[0] < 1 or clash.size:
         raise PanoptemError(f"New ids {new_ids[0]}..{new_ids[-1]} collide with existing labels "
                             f"({', '.join(map(str, clash[:5]))}); choose a start id above {int(all_ids.max())}.")
+    if label_divisor and np.any(new_ids // label_divisor != label_id // label_divisor):
+        raise PanoptemError(f"New ids {new_ids[0]}..{new_ids[-1]} leave class {label_id // label_divisor} "
+                            f"(ids {label_id // label_divisor * label_divisor + 1}.."
+                            f"{(label_id // label_divisor + 1) * label_divisor - 1}); choose a start id inside it.")
     if new_ids[-1] > np.iinfo(labels.dtype).max:
         raise PanoptemError(f"New id {new_ids[-1]} does not fit dtype {labels.dtype}; convert the labels to uint32.")
     edit = _make_edit(view, box, plane)
@@ -320,6 +323,20 @@ def split_label(labels: np.ndarray, label_id: int, markers=None, min_distance: i
     inside = pieces > 0
     region[inside] = lut[pieces[inside]]
     return edit
+
+
+def _free_ids_of_class(used: np.ndarray, class_id: int, label_divisor: int, k: int) -> np.ndarray:
+    """``k`` ids of ``class_id`` not in ``used``: after its largest id, else in its gaps."""
+    lo, hi = class_id * label_divisor + 1, (class_id + 1) * label_divisor  # ids lo .. hi-1
+    mine = used[(used >= lo) & (used < hi)]
+    start = int(mine.max()) + 1 if mine.size else lo
+    if start + k <= hi:
+        return np.arange(start, start + k, dtype=np.int64)
+    free = np.setdiff1d(np.arange(lo, hi, dtype=np.int64), mine, assume_unique=True)
+    if free.size < k:
+        raise PanoptemError(f"Class {class_id} has {free.size} free id(s) below {hi}, and the split needs {k}; "
+                            "raise the label divisor, or split into fewer pieces.")
+    return free[:k]
 
 
 def _morph_one(mask: np.ndarray, region: np.ndarray, op: str, fp: np.ndarray | None,
