@@ -929,6 +929,30 @@ def test_blockwise_measure_equals_measure(client):
                                        err_msg=k)
 
 
+@settings(derandomize=True, database=None, deadline=None, print_blob=False, max_examples=15,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), shape=st.tuples(st.integers(1, 30), st.integers(1, 60), st.integers(1, 60)),
+       k=st.integers(0, 20), block=st.tuples(st.integers(1, 30), st.integers(8, 48), st.integers(8, 48)),
+       vs=st.sampled_from([(30, 5, 5), (7.5, 3.2, 4.1)]))
+def test_blockwise_measure_equals_measure_on_random_labels(client, seed, shape, k, block, vs):
+    """Random ellipsoids (ids painted over each other: objects in pieces, slivers, single voxels)
+    measured block by block: the in-memory table."""
+    from panoptem import measure
+    from panoptem.distributed.measure import measure_blockwise
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    lab = np.zeros(shape, np.uint16)
+    for _ in range(k):
+        c, r = rng.uniform([0, 0, 0], shape), rng.uniform(0.5, 12, 3)
+        lab[((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 < 1] = rng.integers(1, 500)
+    ref = measure(lab, voxel_size=vs)
+    got = measure_blockwise(lab, voxel_size=vs, block_shape=block, client=client)
+    assert list(got) == list(ref)
+    for col in ref:
+        np.testing.assert_allclose(np.asarray(got[col], float), np.asarray(ref[col], float), rtol=1e-6, atol=1e-4,
+                                   err_msg=col)
+
+
 def test_blockwise_measure_of_an_object_thin_elsewhere_meshes_it_binary_as_a_whole(client, monkeypatch):
     """An object smoothed well in one block but thin in another (a ball and a one-voxel sheet of
     one label) is meshed binary as a whole, as the in-memory measure meshes it: the block that
