@@ -73,7 +73,7 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
           objects the smoothing would shrink by more than 3 % of their voxels, a few voxels thick,
           are meshed unsmoothed); ``sphericity`` =
           ``pi^(1/3) (6 V)^(2/3) / A`` with ``V = volume_nm3`` (1 for a ball, less otherwise; objects of
-          a few voxels can exceed 1, up to 2.79 for a single voxel, whose mesh encloses less than it);
+          a few voxels can exceed 1, whose mesh encloses less than their voxels: 2.79 for a single voxel);
         - 2D: ``perimeter_nm``, length of the marching-squares contours (level 0.5, holes
           included, same smoothing) scaled by the pixel size, so anisotropic pixels are handled;
           ``circularity`` = ``4 pi A / P^2``;
