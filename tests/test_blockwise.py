@@ -457,6 +457,25 @@ def test_two_classes_equal_whole_volume_with_their_counts(tmp_path, client, kind
         assert not (tmp_path / "f.zarr").exists() and not (tmp_path / ".f.zarr.blockwise").exists()
 
 
+def test_several_classes_without_a_divisor_are_refused_before_any_work(tmp_path, client):
+    """Max objects per class 0 (ids 1..N) names no class: a two-class run would write every class
+    empty (it did, and counted objects it had not written); refused in one line, in 2D, 3D and
+    blockwise, before any output; Semantic only (labels are the classes) still runs."""
+    from _models import two_class_model
+    from panoptem import segment_2d
+    from test_segment3d import two_class_phantom
+    vol, _ = two_class_phantom()
+    for run in (lambda: segment_3d(vol, two_class_model(), maximum_objects_per_class=0),
+                lambda: segment_2d(vol[20], two_class_model(), maximum_objects_per_class=0),
+                lambda: segment_blockwise(vol, two_class_model(), tmp_path / "o.zarr", client=client,
+                                          maximum_objects_per_class=0)):
+        with pytest.raises(PanoptemError, match="Max objects per class 0 .*mitochondria, nucleus.*set it above 0"):
+            run()
+    assert list(tmp_path.iterdir()) == []
+    res = segment_3d(vol, two_class_model(), maximum_objects_per_class=0, semantic_only=True)
+    assert all(lab.any() for lab in res.labels.values())
+
+
 def test_touching_pair_across_a_face_stays_two_objects(tmp_path, client):
     zz, yy, xx = np.mgrid[:32, :64, :96]
     v = np.full((32, 64, 96), 200, np.uint8)

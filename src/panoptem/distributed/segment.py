@@ -221,6 +221,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     given_by = "voxel_size" if voxel_size else "file"
     voxel_size = voxel_size or vs
     card = _card(model)
+    from ..inference.segment2d import check_classes
+    check_classes(card, p)
     card_path = None if isinstance(model, LoadedModel) else Path(str(model)).expanduser()
     if card_path is not None and card_path.suffix in (".yaml", ".yml") and card_path.exists():
         model = str(card_path.absolute())  # a card path, as workers elsewhere find it

@@ -138,6 +138,17 @@ def neighbour_step(card, params, voxel_size, plane: str) -> float:
     return pixel_plan(card, params, voxel_size, 3).neighbour_step(plane)
 
 
+def check_classes(card, params) -> None:
+    """Refuse Max objects per class 0 (ids 1..N, which name no class) for a model of several
+    classes, whose objects would then be told apart by nothing (Semantic only is fine: its
+    labels are the classes)."""
+    if card.num_classes > 1 and params.label_divisor is None:
+        names = ", ".join(c.name for c in card.classes)
+        raise PanoptemError(f"Max objects per class 0 gives ids 1..N, which cannot tell which class of model "
+                            f"'{card.name}' ({names}) an object is: set it above 0 (the default is 10000), or "
+                            "use Semantic only.")
+
+
 def pixel_plan(card, params, voxel_size, ndim: int, given_by: str = "file"):
     """The :class:`~.resample.PixelPlan` of a run: the model's pixel size (or range), the input's
     (``voxel_size``, overridden in-plane by ``params.pixel_size``; ``given_by``: where it came
@@ -258,6 +269,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
             raise PanoptemError(f"Model '{pred.card.name}' sees {pred.card.context_slices} neighbour(s) on each "
                                 f"side ({pred.card.input_channels} planes), but {len(stack)} planes were given.")
         planes = stack[None]
+    check_classes(pred.card, p)
     plan = pixel_plan(pred.card, p, voxel_size, 2, "voxel_size")
     plan.check(("xy",))
     if image.ndim == 2:  # as run (pixel_size included): the preview's scale bar

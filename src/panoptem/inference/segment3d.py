@@ -668,7 +668,8 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
                           tta=p.tta)
     nt = predictor.threads = network_threads(threads)  # the ONNX session is made later
     from .resample import planes_of
-    from .segment2d import pixel_plan
+    from .segment2d import check_classes, pixel_plan
+    check_classes(predictor.card, p)
     plan = pixel_plan(predictor.card, p, voxel_size, 3, "voxel_size")
     plan.check(planes_of(p))
     _check_memory(volume.shape, p, output, predictor.card)
