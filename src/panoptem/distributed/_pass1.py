@@ -584,17 +584,17 @@ def decode_block(job: StackJob, block: Block) -> dict:
     return {"index": block.index, "decode_s": time.perf_counter() - t0}
 
 
-def _group(p, centres, off, cw0, out_shape, d, grid_hw, has_things, factor):
+def _group(p, centres, off, cw0, out_shape, d, grid_hw, has_things, scale):
     """Centre index + 1 per output pixel of the window (0: none) and the keys of
     the slice's centres (index - 1 -> key). Centres are in slice coordinates,
     as a whole-slice decoding holds them; the window's pixels are shifted there.
-    ``factor``: volume pixels per network pixel (rows, columns: ``Fraction``)."""
+    ``scale``: volume pixels per network pixel (rows, columns: ``Fraction``, exact: the window's
+    edges lie on both grids)."""
     keys = (np.int64(d) * grid_hw[0] + centres[:, 1]) * grid_hw[1] + centres[:, 2] if len(centres) else \
         np.zeros(0, np.int64)
     if not has_things or len(centres) == 0:
         return np.zeros(out_shape, np.int32), keys
     cpx = np.asarray(centres[:, 1:3], np.float32) * STRIDE + (STRIDE - 1) / 2.0
-    scale = factor  # exact: the window's edges lie on both grids
     if p.fine_boundaries:  # grouped per network pixel: the window starts at pixel cw0 * STRIDE
         o = linear_resize(off, (off.shape[1] * STRIDE, off.shape[2] * STRIDE))
         ids = group_pixels(cpx, o, stride=1, origin=(cw0[0] * STRIDE, cw0[1] * STRIDE))
