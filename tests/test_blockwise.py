@@ -457,6 +457,22 @@ def test_two_classes_equal_whole_volume_with_their_counts(tmp_path, client, kind
         assert not (tmp_path / "f.zarr").exists() and not (tmp_path / ".f.zarr.blockwise").exists()
 
 
+def test_a_mask_finds_objects_in_the_blocks_it_touches(tmp_path, client):
+    """A rod through three blocks whose middle one lies outside the mask: the blocks are segmented
+    as if the rest were empty, so the rod's two parts are two objects (the whole-volume labels
+    times the mask hold one), on the same voxels (README, Resume)."""
+    v = np.full((16, 64, 192), 200, np.uint8)
+    v[4:12, 24:40, 8:184] = 40
+    mask = np.ones(v.shape, bool)
+    mask[:, :, 64:128] = False
+    kw = dict(min_size=0, min_extent=0, median_slices=1)
+    whole = segment_3d(v, dark_blob_model(), **kw).labels["mitochondria"] * mask
+    res, got = _blockwise(v, tmp_path, client=client, block_shape=(16, 64, 64), halo=(8, 32, 32), mask=mask, **kw)
+    assert np.array_equal(got > 0, whole > 0) and len(np.unique(whole)) == 2
+    assert np.unique(got).tolist() == [0, 1, 2] and res.objects["mitochondria"] == 2
+    assert len(np.unique(got[:, :, :64])) == 2 and len(np.unique(got[:, :, 128:])) == 2
+
+
 def test_several_classes_without_a_divisor_are_refused_before_any_work(tmp_path, client):
     """Max objects per class 0 (ids 1..N) names no class: a two-class run would write every class
     empty (it did, and counted objects it had not written); refused in one line, in 2D, 3D and
