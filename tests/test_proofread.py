@@ -204,7 +204,7 @@ def test_split_near_the_top_of_its_class_takes_free_ids_of_the_class():
     a = ref.copy()
     a[0, 3:9] = [12, 14, 15, 16, 17, 18]  # no free id left (11 is the object being split)
     before = a.copy()
-    with pytest.raises(PanoptemError, match="Class 1 has 0 free id.*needs 2.*raise the label divisor"):
+    with pytest.raises(PanoptemError, match=r"Class 1 has no free id below 20 for 2 new object\(s\) \(0 left\); raise the label divisor"):
         split_label(a, 11, markers=[[4, 3], [4, 12]], label_divisor=10)
     assert np.array_equal(a, before)
     with pytest.raises(PanoptemError, match="leave class 1"):

@@ -244,14 +244,7 @@ def find_next_available_label(labels: np.ndarray, class_id: int = 1, label_divis
         if nxt > np.iinfo(labels.dtype).max:
             raise PanoptemError(f"No free id left in dtype {labels.dtype}; convert the labels to uint32 or uint64.")
         return nxt
-    lo, hi = class_id * label_divisor + 1, (class_id + 1) * label_divisor  # ids lo .. hi-1
-    mine = used[(used >= lo) & (used < hi)]
-    nxt = int(mine.max()) + 1 if mine.size else lo
-    if nxt >= hi:  # the top is taken: look for a gap
-        free = np.setdiff1d(np.arange(lo, hi), mine, assume_unique=True)
-        if free.size == 0:
-            raise PanoptemError(f"Class {class_id} has no free id below {hi}; raise the label divisor.")
-        nxt = int(free[0])
+    nxt = int(_free_ids_of_class(used, class_id, label_divisor, 1, "raise the label divisor")[0])
     if nxt > np.iinfo(labels.dtype).max:
         raise PanoptemError(f"Id {nxt} does not fit dtype {labels.dtype}; convert the labels to uint32 or uint64.")
     return nxt
@@ -303,7 +296,8 @@ def split_label(labels: np.ndarray, label_id: int, markers=None, min_distance: i
     k = len(pts)
     all_ids = np.unique(labels).astype(np.int64)
     if new_ids_start is None and label_divisor:
-        new_ids = _free_ids_of_class(all_ids, label_id // label_divisor, label_divisor, k)
+        new_ids = _free_ids_of_class(all_ids, label_id // label_divisor, label_divisor, k,
+                                     "raise the label divisor, or split into fewer pieces")
     else:
         start = int(all_ids.max()) + 1 if new_ids_start is None else int(new_ids_start)
         new_ids = np.arange(start, start + k, dtype=np.int64)
@@ -325,8 +319,9 @@ def split_label(labels: np.ndarray, label_id: int, markers=None, min_distance: i
     return edit
 
 
-def _free_ids_of_class(used: np.ndarray, class_id: int, label_divisor: int, k: int) -> np.ndarray:
-    """``k`` ids of ``class_id`` not in ``used``: after its largest id, else in its gaps."""
+def _free_ids_of_class(used: np.ndarray, class_id: int, label_divisor: int, k: int, advice: str) -> np.ndarray:
+    """``k`` ids of ``class_id`` not in ``used``: after its largest id, else in its gaps; where
+    there are fewer, an error ending in ``advice``."""
     lo, hi = class_id * label_divisor + 1, (class_id + 1) * label_divisor  # ids lo .. hi-1
     mine = used[(used >= lo) & (used < hi)]
     start = int(mine.max()) + 1 if mine.size else lo
@@ -334,8 +329,8 @@ def _free_ids_of_class(used: np.ndarray, class_id: int, label_divisor: int, k: i
         return np.arange(start, start + k, dtype=np.int64)
     free = np.setdiff1d(np.arange(lo, hi, dtype=np.int64), mine, assume_unique=True)
     if free.size < k:
-        raise PanoptemError(f"Class {class_id} has {free.size} free id(s) below {hi}, and the split needs {k}; "
-                            "raise the label divisor, or split into fewer pieces.")
+        raise PanoptemError(f"Class {class_id} has no free id below {hi} for {k} new object(s) ({free.size} "
+                            f"left); {advice}.")
     return free[:k]
 
 
