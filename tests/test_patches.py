@@ -179,6 +179,29 @@ def test_store_appends_without_clobbering_and_overwrite_replaces(tmp_path):
     assert set(json.loads((tmp_path / "dataset.json").read_text())["patches"]) == set(meta["names"])
 
 
+def test_overwrite_keeps_the_mask_of_the_same_image_and_drops_another_images(tmp_path):
+    vol = np.random.default_rng(0).integers(0, 255, (10, 64, 64), dtype=np.uint8)
+    lab = np.zeros(vol.shape, np.uint32)
+    lab[:, 10:30, 10:30] = 1
+    pick = dict(n=1, patch_size=32, points=[(5, 20, 20)], source="v")
+    painted = pick_patches(vol, labels=lab, **pick)
+    store_dataset(painted, tmp_path)
+    (tmp_path / "masks" / "v_xy-5_y4_x4.tif").rename(tmp_path / "masks" / "v_xy-5_y4_x4.png")
+    store_dataset(pick_patches(vol, **pick), tmp_path, overwrite=True)  # the same patch, picked again
+    _, masks, _ = load_dataset(tmp_path)
+    np.testing.assert_array_equal(masks[0], painted[0].labels)
+    book = pick_patches(255 - vol, flipbook=True, flipbook_depth=3, **pick)
+    store_dataset(book, tmp_path, overwrite=True)  # another image under that name: its mask would not fit
+    assert sorted(f.name for f in tmp_path.rglob("*.*") if f.suffix != ".json") == ["v_xy-5_y4_x4.tif"] * 2
+    with pytest.raises(PanoptemError, match="no mask"):
+        load_dataset(tmp_path)
+    store_dataset(painted, tmp_path, overwrite=True)  # a plain patch with its mask: the flipbook goes
+    images, masks, _ = load_dataset(tmp_path)
+    assert not (tmp_path / "flipbooks" / "v_xy-5_y4_x4.tif").exists()
+    np.testing.assert_array_equal(images[0], painted[0].image)
+    np.testing.assert_array_equal(masks[0], painted[0].labels)
+
+
 def test_store_keeps_empty_masks_as_true_negatives_and_refuses_mismatched_ones(tmp_path):
     ps = disc_patches(2)
     ps[1].labels = np.zeros_like(ps[1].labels)

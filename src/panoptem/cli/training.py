@@ -56,8 +56,8 @@ def patches_cmd(
                                          "(paired patches); without, masks are left to paint."),
     classes: List[str] = typer.Option(["1,mitochondria,instance"], "--class", help="id,name,instance|semantic; "
                                       "repeat for several classes."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace patches of the same name (default: "
-                                   "store them under new names)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace patches of the same name, keeping "
+                                   "a mask painted for the same image (default: store them under new names)."),
     params: PatchParams = None,
 ):
     """Pick patches to annotate (or image + label pairs) and store them as a dataset folder."""

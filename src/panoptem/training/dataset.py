@@ -131,6 +131,8 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
         or None (every object is an instance of the one class).
     overwrite : a patch whose name exists replaces its files; otherwise it is
         stored under a new name (``<name>_2``, ...), so nothing is clobbered.
+        Replacing keeps a mask painted for the same image (the same patch picked
+        again) and removes one painted for another image, which would no longer fit.
 
     Returns
     -------
@@ -178,6 +180,8 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
             k = 2
             while name in taken or name in written:
                 name, k = f"{p.name}_{k}", k + 1
+        elif name in taken:
+            _drop_stale(root, name, img, lab is not None, p.is_flipbook)
         write_image(images / f"{name}.tif", img, overwrite=True)
         if p.is_flipbook:
             books.mkdir(exist_ok=True)
@@ -193,6 +197,28 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
     write_text(root / META, json.dumps({"format": "panoptem-dataset", "version": 1, "classes": cls_json,
                                         "label_divisor": label_divisor, "patches": entries}, indent=1))
     return written
+
+
+def _drop_stale(root: Path, name: str, image: np.ndarray, has_mask: bool, is_flipbook: bool) -> None:
+    """Before patch ``name`` is replaced: remove its files that would not fit the new one (another
+    image's mask; files of another suffix, which would pair twice; a flipbook it no longer has)."""
+    from ..io.readers import read_plane
+    old = {d: [f for f in (root / d).glob(f"{name}.*") if f.stem == name and f.suffix.lower() in IMAGE_SUFFIXES]
+           for d in ("images", "masks", "flipbooks")}
+    same = False
+    if len(old["images"]) == 1:
+        try:
+            prev = read_plane(str(old["images"][0]))
+            same = prev.shape == image.shape and np.array_equal(prev, image)
+        except PanoptemError:
+            same = False
+    stale = [f for f in old["images"] if f.suffix != ".tif"]
+    if has_mask or not same:  # the new mask replaces it, or it was painted on another image
+        stale += [f for f in old["masks"] if not (has_mask and f.suffix == ".tif")]
+    if not is_flipbook:
+        stale += old["flipbooks"]
+    for f in stale:
+        f.unlink()
 
 
 # ---------------------------------------------------------------- reading
