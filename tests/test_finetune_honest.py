@@ -32,8 +32,21 @@ def test_split_holds_out_both_kinds_and_never_everything():
     assert len(held) == 4 and sorted(train + held) == list(range(16))
     assert sum(masks[i].any() for i in held) == 3 and sum(not masks[i].any() for i in held) == 1
     assert split_held_out(masks, 0.25, seed=3) == (train, held)            # reproducible
-    train, held = split_held_out([pos, neg, neg, neg], 0.5)
-    assert any(masks[i].any() for i in train) and len(train) >= 2         # objects left to learn from
+    few = [pos, neg, neg, neg]
+    train, held = split_held_out(few, 0.5)
+    assert any(few[i].any() for i in train) and len(train) >= 2           # objects left to learn from
+
+
+@pytest.mark.parametrize("n", range(3, 13))
+def test_split_keeps_objects_on_both_sides_of_any_small_set(n):
+    # held-out background alone scores a model that finds nothing best (nothing to find, nothing found)
+    for n_pos in range(n + 1):
+        masks = [np.ones((2, 2))] * n_pos + [np.zeros((2, 2))] * (n - n_pos)
+        for fraction in (0.05, 0.2, 0.25, 0.3, 0.5, 0.9):
+            train, held = split_held_out(masks, fraction, seed=1)
+            assert len(held) == min(max(1, round(n * fraction)), n - 2) and sorted(train + held) == list(range(n))
+            if n_pos >= 2:
+                assert any(masks[i].any() for i in held) and any(masks[i].any() for i in train), (n_pos, fraction)
 
 
 def test_held_out_patches_are_not_trained_on(tmp_path):

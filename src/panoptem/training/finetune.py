@@ -142,6 +142,8 @@ def split_held_out(masks, fraction: float, seed: int = 0) -> tuple[list[int], li
     neg = [i for i in range(n) if not np.any(masks[i])]
     # background-only patches count (they keep precision honest): one at least when two or more are held out
     k_neg = min(len(neg), max(round(k * len(neg) / n), 1 if neg and k >= 2 else 0))
+    # ... but never all of them: held-out background alone would score a model that finds nothing best
+    k_neg = min(k_neg, k - 1) if len(pos) >= 2 else k_neg
     k_pos = min(k - k_neg, len(pos) - 1) if len(pos) >= 2 else 0
     k_neg = min(k - k_pos, len(neg))
     rng = np.random.default_rng(seed)
