@@ -125,9 +125,10 @@ def scores_line(s: dict | None) -> str:
 
 def split_held_out(masks, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Indices (train, held out) of patches: ``round(n * fraction)`` held out (at least 1,
-    leaving at least 2 to train on; none when there are fewer than 3 patches), drawn at
-    random (``seed``) from patches with objects and background-only ones in proportion,
-    keeping a patch with objects on each side when there are two or more.
+    leaving at least 2 to train on), drawn at random (``seed``) from patches with objects
+    and background-only ones in proportion, keeping a patch with objects on each side.
+    None when there are fewer than 3 patches or fewer than 2 with objects: a held-out set of
+    background alone would score a model that finds nothing best.
 
     >>> masks = [np.ones((2, 2))] * 6 + [np.zeros((2, 2))] * 2
     >>> train, held = split_held_out(masks, 0.25)
@@ -135,16 +136,15 @@ def split_held_out(masks, fraction: float, seed: int = 0) -> tuple[list[int], li
     (6, 2, 1)
     """
     n = len(masks)
-    if fraction <= 0 or n < 3:
+    pos = [i for i, m in enumerate(masks) if np.any(m)]
+    if fraction <= 0 or n < 3 or len(pos) < 2:
         return list(range(n)), []
     k = min(max(1, round(n * fraction)), n - 2)
-    pos = [i for i, m in enumerate(masks) if np.any(m)]
     neg = [i for i in range(n) if not np.any(masks[i])]
     # background-only patches count (they keep precision honest): one at least when two or more are held out
     k_neg = min(len(neg), max(round(k * len(neg) / n), 1 if neg and k >= 2 else 0))
-    # ... but never all of them: held-out background alone would score a model that finds nothing best
-    k_neg = min(k_neg, k - 1) if len(pos) >= 2 else k_neg
-    k_pos = min(k - k_neg, len(pos) - 1) if len(pos) >= 2 else 0
+    k_neg = min(k_neg, k - 1)  # ... but never all of them
+    k_pos = min(k - k_neg, len(pos) - 1)
     k_neg = min(k - k_pos, len(neg))
     rng = np.random.default_rng(seed)
     held = sorted([int(i) for i in rng.choice(pos, k_pos, replace=False)] +
@@ -287,7 +287,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     lr : peak learning rate (one-cycle schedule).
     device : "auto", "cpu", "cuda", "cuda:N" or "mps".
     val_fraction : share of the patches held out without ``val_dir`` (at least 1, and only
-        with 3 patches or more; with fewer nothing is scored and the last weights are kept).
+        with 3 patches or more, 2 of them with objects; else nothing is scored and the last
+        weights are kept).
     validate_every : steps between scorings of the held-out set (0: about 10 per run).
     replay : dataset folder(s) of the model's own training data to mix in.
     replay_ratio : share of every batch drawn from ``replay``.
