@@ -271,3 +271,23 @@ def test_planes_decoded_together_refuse_too_many_objects_as_alone():
     prob, hm, off = _random_planes(np.random.default_rng(3), 4, 30, 90)
     with pytest.raises(PanoptemError, match="Max objects per class"):
         decode_planes(prob, hm, off, label_divisor=3)
+
+
+def test_planes_decoded_together_compare_probabilities_as_alone_in_any_float_dtype():
+    from panoptem.inference.decode import decode_planes
+    hm = np.zeros((1, 1, 1), np.float32)
+    hm[0, 0, 0] = 1.0
+    off = np.zeros((2, 1, 1), np.float32)
+    for p, thr in ((np.float16(0.1), 0.1), (np.float64(0.49999999999), 0.5)):  # float32 rounds them to thr
+        prob = np.full((1, 1, 4, 4), p)
+        alone = decode_panoptic(prob[0], hm, off, confidence_thr=thr)
+        assert alone.any() == (np.float32(p) >= np.float32(thr))
+        np.testing.assert_array_equal(decode_planes(prob, hm[None], off[None], confidence_thr=thr)[0], alone)
+
+
+def test_grouping_leaves_a_target_that_is_not_a_number_alone_with_many_centres():
+    off = np.zeros((2, 1, 2), np.float32)
+    off[0, 0, 0] = np.nan
+    for k in (3, 200):  # one pass per centre, and the k-d tree
+        centres = np.stack([np.arange(k) * 10.0 + 1.5, np.full(k, 5.5)], 1)
+        assert group_pixels(centres, off, stride=4).tolist() == [[0, 1]]

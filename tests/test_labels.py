@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from panoptem.errors import PanoptemError
 from panoptem.inference.decode import decode_panoptic
 from panoptem.inference.large2d import decode_large
-from panoptem.labels import as_labels, class_map, filter_objects, number_per_class
+from panoptem.labels import as_labels, class_map, filter_objects, map_ids, number_per_class, overlap_table
 
 
 def test_filter_objects_boundary_and_removed_ids():
@@ -200,3 +200,15 @@ def test_lookup_into_a_transposed_view_fills_the_volume_in_its_own_order(monkeyp
     np.testing.assert_array_equal(zyx, np.moveaxis(lut[stack], 0, 2))
     with pytest.raises(PanoptemError, match="shape"):
         labels_mod.lookup(lut, stack, out=zyx)
+
+
+def test_label_helpers_take_any_integer_dtype():
+    # a divisor wider than the labels' dtype, uint64 ids past 2**63, uint64 against int32 ids
+    np.testing.assert_array_equal(filter_objects(np.array([[1, 1, 0, 2]], np.uint8), 2, 0, label_divisor=1000),
+                                  [[1, 1, 0, 0]])
+    big = np.uint64(2**63 + 5)
+    assert map_ids(np.array([0, big], np.uint64), np.array([big]), np.array([7]), np.uint8).tolist() == [0, 7]
+    assert map_ids(np.array([0, 3], np.uint64), np.array([2**64 - 1], np.uint64), np.array([9]),
+                   np.uint8).tolist() == [0, 0]
+    got = overlap_table(np.array([1, 1, 2, 0], np.int32), np.array([1, 2, 2, 2], np.uint64), 2, 2)
+    assert [x.tolist() for x in got] == [[1, 1, 2], [1, 2, 2], [1, 1, 1]] and got[0].dtype == np.int64

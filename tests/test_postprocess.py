@@ -160,3 +160,16 @@ def test_remove_small_pieces_in_place_changes_contiguous_labels_only():
     strided = np.zeros((2, 6), np.uint32)[:, ::2]
     strided[0, 0] = 7
     assert not remove_small_pieces(strided, 2, in_place=True).any() and strided[0, 0] == 7  # a copy changed
+
+
+@pytest.mark.parametrize("dtype, big", [(np.uint64, 2**53 + 1), (np.uint64, 2**64 - 2), (np.int64, 2**63 - 2)])
+def test_morphology_keeps_64_bit_ids_that_float64_cannot_hold(dtype, big):
+    # scipy's rank filters take 64-bit integers through float64: 2**53 + 1 came back as 2**53
+    lab = np.zeros((5, 6), dtype)
+    lab[1:4, 1:3] = big
+    lab[1:4, 4:6] = big - 1
+    small = (lab > 0) * (lab - (big - 3))  # the same picture with ids 1 and 2
+    for op in (erode_labels, dilate_labels):
+        got = op(lab, 1)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, np.where(op(small, 1) > 0, op(small, 1) + (big - 3), 0))

@@ -207,13 +207,13 @@ def map_ids(labels: np.ndarray, ids: np.ndarray, values: np.ndarray, dtype) -> n
     >>> map_ids(np.array([0, 5, 9, 5]), np.array([5, 9]), np.array([1, 0]), np.uint8).tolist()
     [0, 1, 0, 1]
     """
-    labels, ids = np.asarray(labels), np.asarray(ids).astype(np.int64)
+    labels, ids = np.asarray(labels), np.asarray(ids)  # as they are: uint64 ids may pass 2**63
     values = np.asarray(values)
     _, top = _id_range(labels)
     if top < (1 << 24):
         lut = np.zeros(top + 1, dtype)
-        inside = ids <= top
-        lut[ids[inside]] = values[inside]
+        inside = (ids >= 0) & (ids <= top)
+        lut[ids[inside].astype(np.intp)] = values[inside]
         return lookup(lut, labels)
     table = dict.fromkeys(np.asarray(fastremap.unique(labels)).tolist(), 0)
     table.update(zip(ids.tolist(), values.tolist()))
@@ -292,8 +292,8 @@ def filter_objects(labels: np.ndarray, min_size: int = 500, min_extent: int = 5,
     if boundary:
         nd = labels.ndim
         drop |= np.any(bbox[:, :nd] == 0, axis=1) | np.any(bbox[:, nd:] == np.asarray(labels.shape), axis=1)
-    if label_divisor:
-        drop &= ids % label_divisor != 0
+    if label_divisor:  # in 64 bits: a divisor may not fit the labels' dtype
+        drop &= ids.astype(np.uint64) % np.uint64(label_divisor) != 0
     out = np.array(labels, copy=True)
     removed = ids[drop]
     if removed.size:
@@ -349,7 +349,9 @@ def pair_counts(a: np.ndarray, b: np.ndarray, na: int, nb: int) -> tuple[np.ndar
     >>> [x.tolist() for x in pair_counts(np.array([1, 2, 1]), np.array([3, 1, 3]), 2, 3)]
     [[1, 2], [3, 1], [2, 1]]
     """
-    code = np.asarray(a).astype(np.int64) * (nb + 1) + b
+    code = np.asarray(a).astype(np.int64)
+    code *= nb + 1
+    np.add(code, b, out=code, casting="unsafe")  # ids of any integer dtype (uint64 + int64 would be float)
     if code.size == 0:
         e = np.zeros(0, np.int64)
         return e, e, e

@@ -103,6 +103,11 @@ def _closest_by_tree(ty: np.ndarray, tx: np.ndarray, c: np.ndarray) -> np.ndarra
     where even the last proposal is as near as the first, every centre is compared."""
     from scipy.spatial import cKDTree  # crowded planes only: scipy.spatial costs a start-up
     pts = np.stack([ty.ravel(), tx.ravel()], axis=1)
+    if not np.isfinite(pts).all():  # as _closest: no centre for a target that is not a number
+        ids = np.zeros(len(pts), np.int32)
+        ok = np.isfinite(pts).all(axis=1)
+        ids[ok] = _closest_by_tree(pts[ok, 0], pts[ok, 1], c)
+        return ids.reshape(ty.shape)
     k = min(TREE_CANDIDATES, len(c))
     dist, cand = cKDTree(c).query(pts, k=k)
     dist, cand = dist.reshape(len(pts), k), cand.reshape(len(pts), k)
@@ -383,8 +388,8 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
         np.greater_equal(resize_at(np.stack([np.asarray(p, np.float32)[0] for p in probability]),
                                    (1 / sy, 1 / sx), shape), thr, out=fg)
     elif shape == (H, W):
-        for i, p in enumerate(probability):  # no float copy of the planes
-            np.greater_equal(np.asarray(p)[0], thr, out=fg[i])
+        for i, p in enumerate(probability):  # no float copy of float32 planes (decode_panoptic compares in float32)
+            np.greater_equal(np.asarray(p, np.float32)[0], thr, out=fg[i])
     else:  # the planes as the channels of one image: each resized as decode_panoptic resizes it
         np.greater_equal(linear_resize(np.stack([np.asarray(p, np.float32)[0] for p in probability]), shape),
                          thr, out=fg)

@@ -31,6 +31,17 @@ def _check(labels) -> np.ndarray:
     return a
 
 
+def _filtered(op, labels, iterations: int) -> np.ndarray:
+    """``op(copy of labels, iterations)``; 64-bit ids from 2**53 on (scipy's rank filters
+    round them through float64) are numbered 1..k for it and given back after."""
+    a = _check(labels)
+    if a.dtype.itemsize < 8 or not a.size or int(a.max()) < 1 << 53:
+        return op(a.copy(), iterations)
+    from ..labels import compact
+    local, ids = compact(a)
+    return np.concatenate([np.zeros(1, a.dtype), ids.astype(a.dtype)])[op(local, iterations)]
+
+
 def erode_labels(labels, iterations: int = 1) -> np.ndarray:
     """Each label shrinks by one voxel per iteration wherever it borders background or
     another label (face neighbours); the array edge does not erode. Returns a copy.
@@ -38,7 +49,10 @@ def erode_labels(labels, iterations: int = 1) -> np.ndarray:
     >>> erode_labels(np.array([[0, 1, 1, 1, 2, 2, 2, 2]]), 1)
     array([[0, 0, 1, 0, 0, 2, 2, 2]])
     """
-    out = _check(labels).copy()
+    return _filtered(_erode, labels, iterations)
+
+
+def _erode(out: np.ndarray, iterations: int) -> np.ndarray:
     fp = _cross(out.ndim)
     for _ in range(int(iterations)):
         if not out.any():
@@ -57,7 +71,10 @@ def dilate_labels(labels, iterations: int = 1) -> np.ndarray:
     >>> dilate_labels(np.array([[1, 0, 0, 0, 2]]), 2)
     array([[1, 1, 0, 2, 2]])
     """
-    out = _check(labels).copy()
+    return _filtered(_dilate, labels, iterations)
+
+
+def _dilate(out: np.ndarray, iterations: int) -> np.ndarray:
     fp = _cross(out.ndim)
     top = np.iinfo(out.dtype).max
     for _ in range(int(iterations)):
