@@ -173,6 +173,19 @@ def test_x_repair_one_slice_2d_merge_of_touching_tubes():
     assert set(right[np.arange(20) != 10].tolist()) == {right[0]} and right[0] != left[0]
 
 
+def test_x_repair_cuts_the_merged_slices_own_link_to_a_repaired_successor():
+    # slice 1 merged A and B; A continues in a small piece, B in one that also leaves the merge by a
+    # pixel, so the merged object, free forward, attached itself to B's piece: A and B became one
+    stack = np.zeros((3, 5, 11), np.uint32)
+    stack[0, :4, :5], stack[0, :4, 6:] = 1, 2
+    stack[1, :4, :5] = stack[1, :4, 6:] = 1
+    stack[2, :2, :3] = 1
+    stack[2, :2, 6:] = stack[2, 4, 6] = 2
+    labels, res = link_stack(stack, label_divisor=None, min_size=0, min_extent=0)
+    assert res.n_objects == 2
+    assert labels[0, 0, 0] == labels[1, 0, 0] == labels[2, 0, 0] != labels[0, 0, 6] == labels[2, 0, 6]
+
+
 @pytest.mark.parametrize("bridge, expect", [(0, 2), (1, 1)])
 def test_bridge_gaps(bridge, expect):
     masks = [disk(20, 20, 5) for _ in range(15)]

@@ -378,8 +378,10 @@ class SliceLinker:
         d, b = ga[ok][sel], gb[ok][sel]
         links_a.append(d)
         links_b.append(b)
+        x = np.unique(next_of[d])  # the junctions repaired
         att_fwd[d] = 0  # a matched predecessor keeps its link
         att_back[b] = 0
+        att_fwd[x[np.isin(att_fwd[x], b)]] = 0  # nor does a junction's own link to a repaired successor stay
         keep = ~np.isin(mb, b)
         return ma[keep], mb[keep]
 
