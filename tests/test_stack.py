@@ -451,3 +451,12 @@ def test_statistics_gathered_elsewhere_link_as_slice_by_slice(monkeypatch, seed)
                                       (c0, c1), overlaps(1), overlaps(2), **kw).finish(min_size=5, min_extent=1)
     assert want.n_objects > 5 and np.array_equal(got.mapping, want.mapping)
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.voxels, want.voxels)
+
+
+@pytest.mark.parametrize("stride, depth", [(0, None), (2, 0), (2, 4), (2, 7)])
+def test_slices_standing_for_planes_must_fit_the_stack(stride, depth):
+    # 3 slices of 2 planes stand for a stack 5 or 6 planes deep, nothing else (voxels went negative)
+    stack = np.ones((3, 4, 4), np.uint32)
+    with pytest.raises(PanoptemError, match="stride|cannot stand"):
+        link_stack(stack, label_divisor=None, min_size=0, min_extent=0, stride=stride, depth=depth)
+    assert link_stack(stack, label_divisor=None, min_size=0, min_extent=0, stride=2, depth=5)[1].voxels.tolist() == [80]

@@ -114,6 +114,8 @@ class SliceLinker:
             raise PanoptemError(f"bridge_gaps must be 0 or 1 slices, got {bridge_gaps}.")
         if label_divisor is not None and int(label_divisor) < 0:
             raise PanoptemError(f"label_divisor must be a positive number or None, got {label_divisor}.")
+        if int(stride) < 1 or (depth is not None and int(depth) < 1):
+            raise PanoptemError(f"stride and depth must be at least 1, got stride={stride}, depth={depth}.")
         self.iou_thr, self.ioa_thr = float(iou_thr), float(ioa_thr)
         self.split_ioa, self.split_min_frac = max(float(split_ioa), self.ioa_thr), float(split_min_frac)
         self.divisor = int(label_divisor) if label_divisor else 0
@@ -406,6 +408,9 @@ class SliceLinker:
         cc = comp[1:]  # nodes 1..n (views, not copies: memory at scale)
         s = self.stride
         depth = self._z * s if self.depth is None else int(self.depth)
+        if not (self._z - 1) * s < depth <= self._z * s:
+            raise PanoptemError(f"{self._z} slices of {s} planes each cannot stand for a stack {depth} planes "
+                                "deep (the last slice stands for what remains).")
         z0 = z[1:] * s  # the planes each slice stands for: z0 .. z1 - 1
         z1 = np.minimum(z0 + s, depth)
         voxels = np.bincount(cc, weights=area[1:] * (z1 - z0), minlength=n_comp).astype(np.int64)
