@@ -135,3 +135,35 @@ def test_chunks_and_threads_do_not_change_the_result():
     for chunk in (1, 4, 64):
         out = orthoplane_consensus(vols, label_divisor=DIV, min_size=40, min_extent=4, chunk=chunk)
         np.testing.assert_array_equal(out, expect)
+
+
+def test_semantic_segments_past_2_to_the_32_keep_their_id():
+    v = np.zeros((3, 4, 4), np.uint64)
+    v[0] = 5 * 10**9          # class 5's semantic segment under a divisor of 10**9
+    v[2, 1, 1] = 10**9 + 1    # one object of class 1
+    out = orthoplane_consensus([v, v, v], label_divisor=10**9, min_size=0, min_extent=0)
+    assert out.dtype == np.uint64 and (out[0] == 5 * 10**9).all() and out[2, 1, 1] == 10**9 + 1
+
+
+def test_a_mean_iou_of_exactly_match_iou_joins_the_group():
+    # C's IoUs with A (0.7) and B (0.1) average exactly 0.4; summed in floats they came to 0.39999...
+    a, b, c = (np.zeros((1, 1, 10), np.uint32) for _ in range(3))
+    a[..., :] = 1
+    b[..., 6:] = 1
+    c[..., :7] = 1
+    out = orthoplane_consensus([a, b, c], label_divisor=None, match_iou=0.4, pixel_vote_thr=2, min_size=0,
+                               min_extent=0)
+    assert out.ravel().tolist() == [1] * 10
+
+
+@pytest.mark.parametrize("kw", [dict(pixel_vote_thr=None), dict(pixel_vote_thr=float("nan")),
+                                dict(pixel_vote_thr=float("inf")), dict(chunk=0), dict(chunk=-1)])
+def test_bad_vote_threshold_or_chunk_is_one_clear_error(kw):
+    v = np.ones((2, 3, 3), np.uint32)
+    with pytest.raises(PanoptemError, match="Voxel Vote Thr|chunk"):
+        orthoplane_consensus([v, v, v], label_divisor=None, **kw)
+
+
+def test_a_volume_without_planes_gives_an_empty_consensus():
+    v = np.zeros((0, 3, 3), np.uint32)
+    assert orthoplane_consensus([v, v, v]).shape == (0, 3, 3)

@@ -196,5 +196,5 @@ def consensus_labels(job: ConsensusJob, block: Block, within=None) -> np.ndarray
         import fastremap
         from ..inference.consensus import _stuff_vote
         stacks = job.stack_labels(block, within)
-        _stuff_vote(labels, stacks, [np.asarray(fastremap.unique(v)) for v in stacks], div, job.pixel_vote_thr)
+        labels = _stuff_vote(labels, stacks, [np.asarray(fastremap.unique(v)) for v in stacks], div, job.pixel_vote_thr)
     return labels

@@ -114,7 +114,8 @@ def _group(stacks: list[dict], match_iou: float, overlaps) -> tuple[np.ndarray, 
         g, gj, iou = g[ok], gj[ok], iou[ok]
         # mean IoU of object j with the members of group g
         code, inv = np.unique(g * n + gj, return_inverse=True)
-        score = np.bincount(inv, weights=iou) / members[code // n]
+        # to 12 decimals: a mean of exactly match_iou (or a tie) must not be lost to the sum's rounding
+        score = np.round(np.bincount(inv, weights=iou) / members[code // n], 12)
         cg, cj = code // n, code % n
         keep = score >= match_iou
         cg, cj, score = cg[keep], cj[keep], score[keep]
@@ -167,8 +168,12 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
         raise PanoptemError("Consensus needs label volumes of one (Z, Y, X) shape, one per stack; got shapes "
                             f"{[v.shape for v in vols]}.")
     n_views = len(vols)
-    if int(pixel_vote_thr) != pixel_vote_thr or not 1 <= pixel_vote_thr <= n_views:
+    if not (isinstance(pixel_vote_thr, (int, float, np.number)) and float(pixel_vote_thr) in range(1, n_views + 1)):
         raise PanoptemError(f"Voxel Vote Thr must be a whole number from 1 to {n_views}, got {pixel_vote_thr}.")
+    if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise PanoptemError(f"chunk must be a whole number of planes, 1 or more, got {chunk}.")
+    if 0 in vols[0].shape:
+        return np.zeros(vols[0].shape, np.uint32)
     div = int(label_divisor or 0)
     stacks, offset = [], 0
     for i, v in enumerate(vols):
@@ -219,7 +224,7 @@ def orthoplane_consensus(volumes, label_divisor: int | None = 10000, pixel_vote_
     # numbered in place over the group ids (no second volume) where the final ids have their width
     labels = lookup(lut.astype(dt), out, out=out.view(dt) if dt.itemsize == out.itemsize else None)
     if div and compacted is None:
-        _stuff_vote(labels, vols, ids_of, div, int(pixel_vote_thr))
+        labels = _stuff_vote(labels, vols, ids_of, div, int(pixel_vote_thr))
     return labels
 
 
@@ -276,10 +281,15 @@ def _sizes_and_boxes(flat: np.ndarray, win: np.ndarray, shape: tuple, n_groups: 
     return voxels, lo, hi
 
 
-def _stuff_vote(labels: np.ndarray, vols: list[np.ndarray], ids_of: list[np.ndarray], div: int, thr: int) -> None:
-    """Paint semantic segments ``class * div`` kept by ``thr`` stacks where no object is
-    (``ids_of``: the ids of each stack)."""
+def _stuff_vote(labels: np.ndarray, vols: list[np.ndarray], ids_of: list[np.ndarray], div: int,
+                thr: int) -> np.ndarray:
+    """``labels`` with the semantic segments ``class * div`` kept by ``thr`` stacks painted where
+    no object is (``ids_of``: the ids of each stack); in place, unless an id needs a wider dtype."""
     ids = np.unique(np.concatenate(ids_of))
-    for sid in ids[(ids > 0) & (ids % div == 0)]:  # a handful of semantic classes
+    stuff = ids[(ids > 0) & (ids % div == 0)]
+    if stuff.size and int(stuff[-1]) > np.iinfo(labels.dtype).max:
+        labels = labels.astype(dtype_for_max_label(int(stuff[-1])))
+    for sid in stuff:  # a handful of semantic classes
         votes = sum((v == sid).astype(np.uint8) for v in vols)
         labels[(votes >= thr) & (labels == 0)] = sid
+    return labels
