@@ -12,6 +12,7 @@ import zarr
 from panoptem.errors import PanoptemError
 from panoptem.io import (ImageStack, StoreArray, open_label_writer, read_image, write_image,
                          write_labels)
+from panoptem.io.writers import write_labels_together
 
 RNG = np.random.default_rng(0)
 
@@ -398,3 +399,70 @@ def test_zarr_dense_arrays_store_every_chunk_without_testing_it(tmp_path):
     d[2:] = 9
     assert {"0.0", "1.0"} <= set(_files(tmp_path / "d.zarr"))
     np.testing.assert_array_equal(arr[:], np.repeat([0, 9], 8).reshape(4, 4))
+
+
+def test_float_labels_of_2_to_the_32_are_written_whole_or_refused(tmp_path):
+    # compared as float32, 2**32 passed for 2**32 - 1 and was written as 0
+    lab = np.array([[0, 2**32], [1, 2]], np.float32)
+    np.testing.assert_array_equal(read_image(write_labels(tmp_path / "a.tif", lab)).data, lab.astype(np.uint64))
+    with open_label_writer(tmp_path / "b.zarr", lab.shape, np.uint32) as w, \
+            pytest.raises(PanoptemError, match="do not fit"):
+        w[...] = lab
+    with pytest.raises(PanoptemError, match="does not fit in uint64"):
+        write_labels(tmp_path / "c.tif", np.array([[0, 2.0**64]]))
+
+
+def test_labels_written_together_to_one_path_are_refused_before_any_is_written(tmp_path):
+    lab = np.ones((3, 4), np.uint32)
+    with pytest.raises(PanoptemError, match="one path"):
+        write_labels_together([(tmp_path / "out.tif", lab), (tmp_path / "out.tif", lab * 2)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_inside_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(PanoptemError, match="is \\(or lies in\\) a file"):
+        write_labels(tmp_path / "notes.txt" / "out.tif", np.ones((3, 4), np.uint32))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_tiny_pixel_size_is_kept_in_the_tiff_description(tmp_path):
+    # 0.002 nm is past what a TIFF resolution rational holds (pixels per cm): tifffile raised
+    path = write_labels(tmp_path / "a.tif", np.ones((2, 3, 4), np.uint32), voxel_size=(1.0, 0.002, 0.002))
+    assert read_image(path).voxel_size == pytest.approx((1.0, 0.002, 0.002))
+
+
+def test_one_pixel_high_colour_png_and_a_folder_of_one_image(tmp_path):
+    import imageio.v3 as iio
+    iio.imwrite(tmp_path / "row.png", np.zeros((1, 7, 3), np.uint8))
+    with pytest.raises(PanoptemError, match="line of pixels"):  # was read as a (7, 3) grey image
+        read_image(tmp_path / "row.png")
+    (tmp_path / "one").mkdir()
+    tifffile.imwrite(tmp_path / "one" / "s.tif", np.arange(30, dtype=np.uint8).reshape(5, 6))
+    for lazy in (True, False):
+        assert read_image(tmp_path / "one", lazy=lazy).data.shape == (5, 6)
+
+
+def test_hdf5_units_stored_as_fixed_length_bytes(tmp_path):
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        d = f.create_dataset("raw", data=np.zeros((2, 3, 4), np.uint8))
+        d.attrs["resolution"] = [0.03, 0.005, 0.005]
+        d.attrs.create("unit", np.bytes_(b"um"), dtype="S2")
+    assert read_image(tmp_path / "a.h5").voxel_size == pytest.approx((30.0, 5.0, 5.0))
+
+
+def test_tiff_written_a_page_at_a_time_reads_as_a_stack(tmp_path):
+    vol = np.random.default_rng(0).integers(0, 60000, (4, 5, 6), dtype=np.uint16)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tw:  # one tifffile series per page
+        for plane in vol:
+            tw.write(plane, compression="zlib")
+    lazy, eager = read_image(tmp_path / "pages.tif"), read_image(tmp_path / "pages.tif", lazy=False)
+    np.testing.assert_array_equal(eager.data, vol)
+    np.testing.assert_array_equal(lazy.data[1:4:2, 1:3], vol[1:4:2, 1:3])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(lazy.data))[3], vol[3])
+    assert "read as slices" in lazy.notes[0]
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tw:
+        for shape in ((5, 6), (7, 8)):
+            tw.write(np.ones(shape, np.uint8))
+    img = read_image(tmp_path / "mixed.tif")
+    assert img.shape == (5, 6) and "only the first" in img.notes[0]

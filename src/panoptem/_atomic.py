@@ -36,7 +36,7 @@ def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = (
     if (p.exists() or p.is_symlink()) and not overwrite:
         raise PanoptemError(f"'{p}' already exists; choose another output path or pass overwrite=True "
                             "(--overwrite) to replace it.")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    work_folder(p.parent, f"'{p.name}'")
     return p
 
 

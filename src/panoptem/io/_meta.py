@@ -102,6 +102,8 @@ def attrs_sizes(attrs: Mapping, ndim: int) -> tuple[float, ...] | None:
     for name in ("voxel_size", "resolution", "voxel_size_nm"):
         if name in attrs:
             unit = attrs.get(f"{name}_unit", attrs.get("unit", attrs.get("units", "nm")))
+            if isinstance(unit, bytes):  # HDF5 fixed-length strings (C and Java writers)
+                unit = unit.decode("utf-8", "replace")
             if not isinstance(unit, str):
                 unit = "nm"
             candidates.append((attrs[name], unit))

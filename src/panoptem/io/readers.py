@@ -269,12 +269,49 @@ def _check_tiff_data(p: Path, tif, series, log: list[str]) -> None:
             refuse(f"{claim}, but its uncompressed strips/tiles hold only {sum(counts)} bytes per image")
 
 
+class _TiffPages:
+    """The pages of a TIFF as one (pages, H, W) array, read page by page: a stack written one
+    page at a time, which tifffile sees as one series per page."""
+
+    def __init__(self, path: str, n: int, plane_shape: tuple[int, int]):
+        self.path, self.shape = path, (n, *plane_shape)
+
+    def __getitem__(self, key):
+        import tifffile
+        k0, rest = key[0], key[1:]
+        if not isinstance(k0, slice):
+            return tifffile.imread(self.path, key=int(k0)).reshape(self.shape[1:])[rest]
+        pages = list(range(self.shape[0])[k0])
+        planes = tifffile.imread(self.path, key=pages) if pages else np.zeros((0, *self.shape[1:]))
+        return planes.reshape(len(pages), *self.shape[1:])[(slice(None), *rest)]
+
+
+def _page_stack(p: Path, tif, lazy: bool):
+    """A TIFF of several series, one 2D page each, all of one shape and type, as a ZYX stack;
+    None for any other TIFF."""
+    first = tif.series[0]
+    plane = tuple(n for n in first.shape if n != 1)
+    if len(tif.series) < 2 or len(tif.pages) != len(tif.series) or len(plane) != 2 or \
+            any(s.shape != first.shape or s.dtype != first.dtype for s in tif.series):
+        return None
+    pages = _TiffPages(str(p), len(tif.series), plane)
+    data = StoreArray(partial(_TiffPages, str(p), len(tif.series), plane), pages.shape, first.dtype, name=p.name)
+    return (data if lazy else pages[(slice(None),)]), None  # nothing says how far apart the planes are
+
+
 def _read_tiff(p: Path, lazy: bool):
     import tifffile
     with _TiffLog() as log, tifffile.TiffFile(p) as tif:
         if not tif.series:
             raise PanoptemError(f"'{p.name}' holds no image; check that it is a complete TIFF file.")
+        stack = _page_stack(p, tif, lazy)
+        if stack is not None:
+            return (*stack, f"'{p.name}' holds its {stack[0].shape[0]} planes as separate images of one size; "
+                            "they are read as slices (Z).")
         series = tif.series[0]
+        others = "" if len(tif.series) == 1 else \
+            (f"'{p.name}' holds {len(tif.series)} images of different sizes or kinds; only the first, "
+             f"{' x '.join(map(str, series.shape))}, is read.")
         axes, shape, dtype = series.axes, tuple(series.shape), series.dtype
         _check_tiff_data(p, tif, series, log.records)
         sizes = _tiff_voxel(tif, series)
@@ -303,6 +340,7 @@ def _read_tiff(p: Path, lazy: bool):
         else:
             note = (f"'{p.name}' has axes {kept}: its {n} {_AXIS_NAMES.get(kept[0], 'unknown')} planes are read "
                     f"as {n} slices (Z).")
+    note = " ".join(n for n in (note, others) if n)
     new_shape = tuple(shape[i] for i in keep)
     if colour or not lazy:
         return arr.reshape(new_shape), vs, note
@@ -342,9 +380,14 @@ def read_plane(path: str) -> np.ndarray:
         raise unreadable(path, "tiff" if is_tiff else "plain", e) from None
     if a.size == 0:
         raise PanoptemError(f"'{Path(path).name}' holds no pixels (shape {a.shape}); give an image with data.")
+    if not is_tiff and a.ndim == 3 and a.shape[-1] in (2, 3, 4):  # (H, W, colour), before a 1-pixel side goes
+        a = to_grey(a)
     a = np.squeeze(a)
     if a.ndim == 3 and a.shape[-1] in (2, 3, 4):
         a = to_grey(a)
+    if a.ndim < 2:
+        raise PanoptemError(f"'{Path(path).name}' is too small to segment: it is a single "
+                            f"{'pixel' if a.ndim == 0 else 'line of pixels'}; give a 2D image.")
     if a.ndim != 2:
         raise PanoptemError(f"'{Path(path).name}' has shape {a.shape}, not a 2D image; "
                             "use a 2D grey or RGB image.")
@@ -386,6 +429,8 @@ def _read_folder(p: Path, lazy: bool):
             raise PanoptemError(f"'{f.name}' differs in size or type from '{files[0].name}'; "
                                 "make every image in the folder the same size and type.")
     plane = read_plane(str(files[0]))
+    if len(files) == 1:  # a single-entry axis is dropped, as for any other image
+        return plane, None
     stack = ImageStack([str(f) for f in files], read_plane, plane.shape, plane.dtype)
     return (stack if lazy else stack[:]), None
 

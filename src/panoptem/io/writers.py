@@ -80,7 +80,7 @@ def _fit(block, dtype: np.dtype) -> np.ndarray:
         if a.dtype.kind not in "uifb":
             raise PanoptemError(f"Cannot write {a.dtype} data as {dtype}; convert to numbers first.")
         info = np.iinfo(dtype)
-        lo, hi = a.min(), a.max()
+        lo, hi = int(a.min()), int(a.max())  # exact: compared as floats, 2**32 passed for 2**32 - 1
         if lo < info.min or hi > info.max:
             raise PanoptemError(f"Values {lo}..{hi} do not fit in {dtype}; use a wider dtype.")
     elif dtype.kind == "f" and a.dtype.kind not in "uifb":
@@ -117,7 +117,7 @@ def label_dtype(labels) -> np.dtype:
         if dt.kind == "f" and not (np.isfinite(b).all() and np.array_equal(b, np.rint(b))):
             raise PanoptemError("Labels are floats with non-integer values; labels must be whole numbers "
                                 "(round or relabel them first).")
-        lo, hi = min(lo, b.min()), max(hi, b.max())
+        lo, hi = min(lo, int(b.min())), max(hi, int(b.max()))  # exact: float32(2**32 - 1) is 2**32
     if lo < 0:
         raise PanoptemError(f"Labels must be >= 0 (0 = background) but the smallest is {lo}; relabel them first.")
     if hi <= _UINT32_MAX:
@@ -172,7 +172,7 @@ class LabelWriter:
         self._guard = ExitStack()  # one writer per target; removes what killed writers left
         self._guard.enter_context(exclusive_output(self.path))
         self._tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.part"
-        self._done = False
+        self._done = self._finished = False
         try:
             self._open(chunks)
         except BaseException:
@@ -194,12 +194,20 @@ class LabelWriter:
             self.abort()
         return False
 
+    def finish(self) -> None:
+        """Complete the temporary result (metadata, pyramid) without moving it into place yet:
+        several outputs that belong together are all finished before any is moved."""
+        self._check_open()
+        if not self._finished:
+            self._finish()
+            self._finished = True
+
     def close(self) -> Path:
         """Finish writing and move the result to :attr:`path`; returns it."""
         if self._done:
             return self.path
         try:
-            self._finish()
+            self.finish()
             if self.path.exists() and not self._overwrite:
                 raise PanoptemError(f"'{self.path}' appeared while writing; choose another output path "
                                     "or pass overwrite=True.")
@@ -291,7 +299,8 @@ class _TiffWriter(LabelWriter):
         self._deflate = _fast_deflate()
         row = int(self.shape[-1]) * self.dtype.itemsize
         self._rows = max(1, min(int(self.shape[-2]), _STRIP_BYTES // max(row, 1)))
-        if self.voxel_size is not None:  # also as resolution tags (pixels per cm) for other software
+        # also as resolution tags (pixels per cm) for other software, where a TIFF rational holds them
+        if self.voxel_size is not None and 1e7 / min(self.voxel_size[-2:]) < 2**32 - 1:
             y, x = self.voxel_size[-2:]
             self._kw.update(resolution=(1e7 / x, 1e7 / y), resolutionunit="CENTIMETER")
 
@@ -470,6 +479,9 @@ def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bo
     all are complete: a run killed while writing leaves none of them, so running it again
     writes them all afresh."""
     inputs = list(inputs or ())
+    targets = [Path(it[0]).expanduser().absolute() for it in items]
+    if len(set(targets)) < len(targets):
+        raise PanoptemError(f"Two outputs go to one path ({[str(t) for t in targets]}); give each its own.")
     with ExitStack() as stack:
         writers = []
         for path, labels, *rest in items:
@@ -479,6 +491,8 @@ def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bo
             for index, block in _blocks(labels):
                 w[index] = block.astype(dt, copy=False)  # values were checked by label_dtype
             writers.append(w)
+        for w in writers:  # every one complete before any is moved into place
+            w.finish()
     return [w.path for w in writers]
 
 
