@@ -57,6 +57,9 @@ def test_neighbours_farther_or_closer_than_the_models_are_interpolated_or_skippe
     assert neighbour_reach(1, 0.25) == 1 and neighbour_reach(1, 2) == 2 and neighbour_reach(2, 1.5) == 3
     assert neighbour_reach(0, 3) == 0
     np.testing.assert_allclose(take_plane(planes, 5, "xy", neighbours=2, step=0.75)[:, 0, 0], [35, 42.5, 50, 50, 50])
+    # a neighbour falling on a plane at the reach's end (2 x 0.5, 2 x 1.5): only the planes in reach are read
+    np.testing.assert_allclose(take_plane(planes, 3, "xy", neighbours=2, step=0.5)[:, 0, 0], [20, 25, 30, 35, 40])
+    np.testing.assert_allclose(with_neighbours(planes[:4], 0, 0, 1, 2, 6, step=1.5)[0, :, 0, 0], [0, 0, 0, 15, 30])
 
 
 def test_neighbour_step_from_the_voxel_size_and_the_cards_spacing():

@@ -108,7 +108,8 @@ def with_neighbours(block: np.ndarray, lo: int, i0: int, i1: int, k: int, n: int
     below = np.floor(pos).astype(np.int64)
     t = (pos - below).astype(np.float32).reshape(pos.shape + (1,) * (block.ndim - 1))
     a = block[below - lo].astype(np.float32)
-    b = block[np.minimum(below + 1, n - 1) - lo].astype(np.float32)
+    # the plane above; past the block's last plane only where a neighbour falls on that plane (t = 0)
+    b = block[np.minimum(below + 1, lo + len(block) - 1) - lo].astype(np.float32)
     return a + (b - a) * t
 
 
