@@ -731,3 +731,13 @@ def test_sigmoid_in_place_is_the_logistic_function():
     assert got.dtype == np.float32 and np.isfinite(got).all()
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-7)
     assert got[-1] == 1.0 and got[-5] == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64, np.float64])
+def test_a_narrow_range_far_from_zero_normalises_exactly(dtype):
+    from panoptem.inference.preprocess import intensity_range, normalize
+    # float32 holds 2**30 + 25 as 2**30: the range and the scaling came out in steps of 128
+    img = (2**30 + np.arange(0, 201, 25)).astype(dtype)[None]
+    lo, hi = intensity_range(img, low_pct=0, high_pct=100)
+    assert (lo, hi) == (2**30, 2**30 + 200)
+    np.testing.assert_allclose(normalize(img, lo, hi, mean=0.5, std=0.25)[0], np.arange(-2, 2.01, 0.5), atol=1e-6)

@@ -31,7 +31,7 @@ def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
         a = np.concatenate([b.ravel() for b in read_boxes(image, _sample_boxes(image.shape, max_samples))])
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == bool):
         raise PanoptemError(f"Images of dtype {a.dtype} are not supported; convert to an integer or float type.")
-    a = a.astype(np.float32, copy=False)
+    a = a.astype(_exact_float(a.dtype), copy=False)
     finite = a[np.isfinite(a)]
     if finite.size == 0:
         raise PanoptemError("The image holds no finite values; check the input file.")
@@ -141,6 +141,12 @@ def _read_block(image, boxes, members: list[int], block: tuple[slice, ...], out:
         out[i] = a[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(boxes[i], block))]
 
 
+def _exact_float(dtype) -> type:
+    """float32 for the dtypes it holds exactly (up to 16-bit integers, float16/32), else float64."""
+    dt = np.dtype(dtype)
+    return np.float32 if dt.itemsize <= 2 or dt == np.float32 else np.float64
+
+
 def dtype_range(image) -> tuple[float, float]:
     """``(0, dtype maximum)`` for integer images, ``(0, 1)`` for float ones."""
     dt = np.dtype(image.dtype)
@@ -156,9 +162,13 @@ def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, st
     with a narrow range becomes as contrasty as an 8-bit one.
     """
     image = np.asarray(image)
-    x = np.array(image, dtype=np.float32)  # a copy of our own, changed in place from here
-    span = np.asarray(high, np.float32) - np.asarray(low, np.float32)
-    x -= low
+    if _exact_float(image.dtype) == np.float32:
+        x = np.array(image, dtype=np.float32)  # a copy of our own, changed in place from here
+        x -= low
+        span = np.asarray(high, np.float32) - np.asarray(low, np.float32)
+    else:  # 2**30 + 25 is 2**30 in float32: subtract first, in float64
+        x = np.subtract(image, np.asarray(low, np.float64), dtype=np.float64).astype(np.float32)
+        span = (np.asarray(high, np.float64) - np.asarray(low, np.float64)).astype(np.float32)
     x /= np.where(span > 0, span, 1.0)
     np.clip(x, -CLIP_MARGIN, 1 + CLIP_MARGIN, out=x)
     if not np.issubdtype(image.dtype, np.integer):
@@ -220,7 +230,7 @@ def means_first(planes: np.ndarray, low, high, factor: int) -> bool:
     ``factor`` before :func:`normalize`: the means are linear, and no pixel lies far enough
     outside ``[low, high]`` for normalize to clip it (the dtype's range, or else the planes'
     own, within the clip margin), so the order changes nothing but float rounding."""
-    if factor < 2 or not np.issubdtype(planes.dtype, np.integer) or planes.dtype.itemsize > 4:
+    if factor < 2 or not np.issubdtype(planes.dtype, np.integer) or _exact_float(planes.dtype) != np.float32:
         return False
     if not planes.size:
         return False
