@@ -626,3 +626,13 @@ def test_blockwise_equals_whole_volume_at_random_pixel_sizes(seed, xy_nm, z_nm, 
         r = segment_blockwise(v, oracle(), Path(d) / "o.zarr", n_workers=1, processes=False, block_shape=(8, 64, 64),
                               halo=(32, 32, 32), progress=False, **kw)
         np.testing.assert_array_equal(np.asarray(r.labels["mitochondria"][:]), whole)
+
+
+def test_resampling_past_the_input_repeats_the_edge_with_or_without_antialiasing():
+    from panoptem.inference.resample import resize_at
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    for antialias in (False, True):  # 4 pixels shrunk 2 x give 2; asked for 4, the last ones repeat the edge
+        out = resize_at(x, (2, 2), (4, 4), antialias=antialias)
+        assert out.shape == (4, 4)
+        np.testing.assert_array_equal(out[3], out[2])
+        np.testing.assert_array_equal(out[:, 3], out[:, 2])

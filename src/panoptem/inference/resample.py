@@ -395,6 +395,8 @@ def _taps(j: int, f: Fraction, m: int, antialias: bool = True) -> list[tuple[int
         lo, hi = max(0, math.floor(c - f)), min(m, math.ceil(c + f))
         taps = [(i, 1 - abs(i + Fraction(1, 2) - c) / f) for i in range(lo, hi)]
         taps = [(i, w) for i, w in taps if w > 0]
+        if not taps:  # an output pixel past the axis's end (asked for more than it covers): the edge pixel
+            return [(m - 1, Fraction(1))]
         total = sum(w for _, w in taps)
         return [(i, w / total) for i, w in taps]
     src = max(c - Fraction(1, 2), Fraction(0))  # linear between two pixels
