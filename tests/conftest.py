@@ -76,6 +76,10 @@ def server(tmp_path):
             hits.append(self.path)
             super().do_GET()
 
+        def do_HEAD(self):
+            hits.append("HEAD " + self.path)
+            super().do_HEAD()
+
         def log_message(self, *args):
             pass
 

@@ -141,7 +141,7 @@ def test_hostile_or_unfit_packages_are_refused(package, user_home, tmp_path, att
         expect = "aliases"
     elif attack == "tampered_weights":
         (folder / "weights.pt").write_bytes((folder / "weights.pt").read_bytes() + b"\0")
-        expect = "not a valid bioimage.io description"
+        expect = "does not match its sha256"
     elif attack == "absolute_source":
         rdf["weights"]["torchscript"]["source"] = str(folder / "weights.pt")
         expect = "not a file in the card's folder"
@@ -171,6 +171,19 @@ def test_hostile_or_unfit_packages_are_refused(package, user_home, tmp_path, att
     from panoptem.models.home import ZOO
     assert not card_paths().keys() - {p.stem for p in ZOO.glob("*.yaml")}   # nothing registered
     assert not (tmp_path / "evil.txt").exists()
+
+
+def test_import_contacts_nothing_the_package_links_to(package, user_home, tmp_path, server, monkeypatch):
+    # covers, citations and the repository are links: validating the package must not fetch them
+    _, base, hits = server
+    monkeypatch.setenv("BIOIMAGEIO_CACHE_PATH", str(tmp_path / "bioimageio_cache"))
+    folder = _unpack(package, tmp_path / "p")
+    rdf = yaml.safe_load((folder / RDF).read_text())
+    rdf["covers"] = [f"{base}/cover.png?who=me"]
+    rdf["cite"][0]["url"] = f"{base}/cite"
+    rdf["git_repo"] = f"{base}/repo"
+    assert import_bioimageio(_repack(folder, tmp_path / "linked.zip", rdf), name="linked") == "linked"
+    assert hits == []
 
 
 def test_a_model_that_sees_neighbours_exports_its_channels_and_comes_back(user_home, tmp_path):

@@ -260,3 +260,54 @@ def test_package_of_a_tampered_model_is_refused(home, tmp_path, tiny_card):
     with pytest.raises(PanoptemError, match="does not match the sha256"):
         registry.export_package("m", tmp_path / "m.panoptem")
     assert not (tmp_path / "m.panoptem").exists()
+
+
+# ---------------------------------------------------------------- card fields that name places
+
+
+@pytest.mark.parametrize("sha", ["../../outside", "/tmp/elsewhere", "ab" * 31, "G" * 64])
+def test_a_sha256_that_is_not_64_hex_digits_is_refused(home, tmp_path, tiny_card, sha):
+    # the sha256 names the download's cache folder: a path there made folders outside the store
+    d = yaml.safe_load(tiny_card.read_text())
+    d["weights"] = {"file": "https://example.org/w.pt", "sha256": sha, "format": "state_dict"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(PanoptemError, match="64 hexadecimal"):
+        load_card(tmp_path / "c.yaml")
+    d["weights"]["sha256"] = "AB" * 32  # upper case is the same digest
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(d))
+    assert load_card(tmp_path / "c.yaml").weights.sha256 == "ab" * 32
+
+
+@pytest.mark.parametrize("url, name", [("https://example.org/a/%2e%2e", "weights.bin"),
+                                       ("https://example.org/" + "w" * 300 + ".pt", "w" * 97 + ".pt"),
+                                       ("https://example.org/we%20ights/..%2fx%20y.pt", "x_y.pt")])
+def test_a_downloads_file_name_stays_one_safe_name(url, name):
+    assert registry._file_name(url) == name
+
+
+def test_a_zip_bomb_package_is_refused_before_it_is_unpacked(home, tmp_path, tiny_card):
+    pkg = tmp_path / "bomb.panoptem"
+    with zipfile.ZipFile(pkg, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("card.yaml", tiny_card.read_text())
+        z.writestr("zeros.bin", b"\0" * (200 << 20))  # 200 MiB in about 200 kB
+    with pytest.raises(PanoptemError, match="far more than"):
+        registry.import_package(pkg)
+    assert not any((home / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("text", ["name: x\nweights: {file: w.pt}\nvalidation: {a: " + "[" * 500 + "]" * 500 + "}\n",
+                                  "name: x\nweights: {file: w.pt}\npadding_factor: " + "9" * 5000 + "\n",
+                                  "model: w.pt\nnorms: [1, 2]\n",
+                                  "model: w.pt\nnorms: {}\nclass_names: [a]\n",
+                                  "name: x\nweights: {file: w.pt}\noutput_stride: 0\ninput_multiple: 4\n",
+                                  "name: x\nweights: {file: w.pt}\npadding_factor: 0\n"])
+def test_malformed_cards_are_one_error_line(home, tmp_path, capsys, text):
+    (tmp_path / "c.yaml").write_text(text)
+    code, err = _run(["model", "info", tmp_path / "c.yaml"], capsys)
+    assert code == 2
+    _one_error_line(err)
+
+
+def test_a_model_name_ending_like_a_card_file_is_refused(home, tmp_path, tiny_card):
+    with pytest.raises(PanoptemError, match="ends like a card file"):
+        registry.register("mito.yaml", tiny_card)

@@ -24,6 +24,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from .._atomic import atomic_path
 from ..errors import PanoptemError
@@ -35,8 +36,6 @@ PANOPTEM_CARD = "panoptem_card.yaml"
 PANOPTEM_WEIGHTS = "panoptem_weights.pt"
 FORMAT_VERSION = "0.5.4"
 OUTPUT_IDS = ("sem_logits", "ctr_hmp", "offsets")
-#: a package holds a network and a few test arrays; far more is not a model package
-MAX_PACKAGE_BYTES = 4 << 30
 _CITE = [{"text": "Cheng et al., Panoptic-DeepLab: a simple, strong, and fast baseline for bottom-up panoptic "
                   "segmentation (CVPR 2020); the network design panoptem's models follow.",
           "url": "https://arxiv.org/abs/1911.10194"}]
@@ -68,15 +67,18 @@ def _spec_errors(summary) -> str:
 
 
 def validate_package(folder: str | Path, rdf: str = RDF):
-    """Validate the description ``folder/rdf`` with ``bioimageio.spec`` (format and the
-    files: sha256, test tensors), offline; returns the description, raises a
+    """Validate the description ``folder/rdf`` with ``bioimageio.spec`` (its format) and check
+    every file it names (in the package, matching its sha256), offline: nothing it links to
+    (covers, citations, repositories) is contacted. Returns the description; raises a
     :class:`PanoptemError` when it is not a valid bioimage.io model."""
     try:
         from bioimageio.spec import InvalidDescr, load_description
     except ImportError:
         raise PanoptemError("bioimage.io packages need the bioimageio.spec package: pip install "
                             "'bioimageio.spec>=0.5.4,<0.6'.") from None
-    descr = load_description(Path(folder) / rdf, perform_io_checks=True)
+    folder = Path(folder)
+    _check_files(folder, read_yaml(folder / rdf, what="bioimage.io description"), rdf)
+    descr = load_description(folder / rdf, perform_io_checks=False)
     if isinstance(descr, InvalidDescr):
         raise PanoptemError(f"{rdf} is not a valid bioimage.io description: {_spec_errors(descr.validation_summary)}.")
     if getattr(descr, "type", None) != "model":
@@ -289,43 +291,38 @@ def export_bioimageio(name_or_card, out_file: str | Path, overwrite: bool = Fals
 # ---------------------------------------------------------------- import
 
 
-def _sources(node, found: list[str]) -> list[str]:
-    """Every file a description names (``source`` values and ``documentation``)."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k in ("source", "documentation") and isinstance(v, str):
-                found.append(v)
-            else:
-                _sources(v, found)
-    elif isinstance(node, list):
+def _check_files(folder: Path, node, rdf: str) -> None:
+    """Every file the description names (``source`` values, ``documentation``) is a file of the
+    package (no URL, nothing outside it) and matches the ``sha256`` given beside it."""
+    if isinstance(node, list):
         for v in node:
-            _sources(v, found)
-    return found
+            _check_files(folder, v, rdf)
+    if not isinstance(node, dict):
+        return
+    for k, v in node.items():
+        if k not in ("source", "documentation") or not isinstance(v, str):
+            _check_files(folder, v, rdf)
+            continue
+        if "://" in v:
+            raise PanoptemError(f"{rdf} names '{v}', outside the package; panoptem imports self-contained "
+                                "packages only (download the files into the package first).")
+        path = Path(resolve_reference(folder, v))
+        if not path.is_file():
+            raise PanoptemError(f"{rdf} names '{v}', which the package does not hold; export it again.")
+        sha = node.get("sha256") if k == "source" else None
+        if isinstance(sha, str) and _sha256(path) != sha.lower():
+            raise PanoptemError(f"'{v}' in the package does not match its sha256 in {rdf}: the package is damaged "
+                                "or was changed; download or export it again.")
 
 
 def _extract(f: Path, stage: Path) -> str:
     """Extract a package into ``stage`` (flat, size-capped); returns the description's name."""
-    try:
-        z = zipfile.ZipFile(f)
-    except (zipfile.BadZipFile, OSError):
-        raise PanoptemError(f"{f} is not a model package (not a zip file); export it again.") from None
-    with z:
-        infos = z.infolist()
-        for i in infos:
-            m = i.filename
-            if "/" in m or "\\" in m or m.startswith(".") or m != Path(m).name:
-                raise PanoptemError(f"{f} contains an unexpected entry '{m}' (packages are flat); it was refused.")
-        if sum(i.file_size for i in infos) > MAX_PACKAGE_BYTES:
-            raise PanoptemError(f"{f} unpacks to more than {MAX_PACKAGE_BYTES >> 30} GiB; it is not a model package.")
-        names = [i.filename for i in infos]
-        rdf = RDF if RDF in names else next((n for n in names if n == "bioimageio.yaml" or
-                                              n.endswith(".bioimageio.yaml")), None)
-        if rdf is None:
-            raise PanoptemError(f"{f} holds no rdf.yaml, so it is not a bioimage.io model package.")
-        try:
-            z.extractall(stage)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise PanoptemError(f"{f} is damaged ({e}); export it again.") from None
+    from .home import unpack
+    names = unpack(f, stage, "model package")
+    rdf = RDF if RDF in names else next((n for n in names if n == "bioimageio.yaml" or
+                                          n.endswith(".bioimageio.yaml")), None)
+    if rdf is None:
+        raise PanoptemError(f"{f} holds no rdf.yaml, so it is not a bioimage.io model package.")
     return rdf
 
 
@@ -384,13 +381,12 @@ def import_bioimageio(file: str | Path, name: str | None = None) -> str:
         rdf = read_yaml(stage / rdf_name, what="bioimage.io description")
         if not isinstance(rdf, dict):
             raise PanoptemError(f"{rdf_name} in {f} is not a YAML mapping; it is not a bioimage.io package.")
-        for ref in _sources(rdf, []):
-            if "://" in ref:
-                raise PanoptemError(f"{f} names '{ref}', outside the package; panoptem imports self-contained "
-                                    "packages only (download the files into the package first).")
-            resolve_reference(stage, ref)
         validate_package(stage, rdf_name)
-        cfg = (rdf.get("config") or {}).get("panoptem") or {}
+        cfg = (rdf.get("config") or {}).get("panoptem") if isinstance(rdf.get("config"), dict) else None
+        if not isinstance(cfg or {}, dict) or not isinstance((cfg or {}).get("card", ""), str):
+            raise PanoptemError(f"{rdf_name} in {f} has a config.panoptem that is not a mapping with a card "
+                                "name; export the package again.")
+        cfg = cfg or {}
         attached = {Path(a.get("source", "")).name for a in rdf.get("attachments") or []}
         if cfg.get("card") and cfg["card"] in attached:
             card_path = stage / cfg["card"]
@@ -399,13 +395,17 @@ def import_bioimageio(file: str | Path, name: str | None = None) -> str:
             w = rdf["weights"]["torchscript"]
             sem = rdf["outputs"][0]["axes"][1].get("channel_names") or ["class1"]
             names = sem if len(sem) == 1 else sem[1:]
-            card = ModelCard(
-                name=str(rdf.get("name", f.stem)), description=str(rdf.get("description", "")),
-                classes=[ClassInfo(id=i, name=str(n)) for i, n in enumerate(names, 1)],
-                label_divisor=cfg.get("label_divisor") or (1000 if len(names) > 1 else None),
-                normalization=_normalization(rdf["inputs"][0].get("preprocessing") or []),
-                padding_factor=step, voxel_size_nm=nm,
-                weights=Weights(file=Path(w["source"]).name, sha256=w.get("sha256"), format="torchscript"))
+            try:
+                card = ModelCard(
+                    name=str(rdf.get("name", f.stem)), description=str(rdf.get("description", "")),
+                    classes=[ClassInfo(id=i, name=str(n)) for i, n in enumerate(names, 1)],
+                    label_divisor=cfg.get("label_divisor") or (1000 if len(names) > 1 else None),
+                    normalization=_normalization(rdf["inputs"][0].get("preprocessing") or []),
+                    padding_factor=step, voxel_size_nm=nm,
+                    weights=Weights(file=Path(w["source"]).name, sha256=w.get("sha256"), format="torchscript"))
+            except (ValidationError, ValueError, TypeError, KeyError, AttributeError) as e:
+                why = e.errors()[0]["msg"] if isinstance(e, ValidationError) and e.errors() else str(e)
+                raise PanoptemError(f"{rdf_name} in {f} describes a model panoptem cannot take ({why}).") from None
             card_path = stage / "card.yaml"
             if card_path.exists():
                 raise PanoptemError(f"{f} holds a file named card.yaml beside its description; it was refused.")

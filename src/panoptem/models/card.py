@@ -6,11 +6,12 @@ Two YAML formats load: panoptem's own (below) and empanada's model configs
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ..errors import PanoptemError
 
@@ -54,6 +55,9 @@ def read_yaml(path: str | Path, what: str = "Model card", max_bytes: int = MAX_C
         raise PanoptemError(f"{what} {p} cannot be read ({type(e).__name__}); check the file.") from None
     try:
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except (RecursionError, ValueError) as e:  # nesting deeper than Python's stack, a 5000-digit number
+        raise PanoptemError(f"{what} {p} cannot be read ({type(e).__name__}: its nesting or numbers are "
+                            "beyond any card's); check that you passed the right file.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -112,6 +116,16 @@ class Weights(BaseModel):
     sha256: str | None = None
     format: Literal["state_dict", "torchscript", "empanada_torchscript", "onnx"] = "state_dict"
 
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, v: str | None) -> str | None:
+        """64 hex digits, kept lower-case (it names the download cache's folder)."""
+        if v is None:
+            return None
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", str(v)):
+            raise ValueError(f"sha256 must be 64 hexadecimal digits, not '{str(v)[:80]}'")
+        return str(v).lower()
+
 
 class ModelCard(BaseModel):
     name: str
@@ -146,6 +160,9 @@ class ModelCard(BaseModel):
 
     @model_validator(mode="after")
     def _input_multiple_fits(self) -> "ModelCard":
+        if self.padding_factor < 1 or self.output_stride < 1:
+            raise ValueError(f"padding_factor ({self.padding_factor}) and output_stride ({self.output_stride}) "
+                             "must be at least 1")
         m = self.input_multiple
         if m is not None and (m < 1 or self.padding_factor % m or m % self.output_stride):
             raise ValueError(f"input_multiple {m} must divide padding_factor ({self.padding_factor}) and be a "
@@ -288,7 +305,11 @@ def load_card(path: str | Path) -> ModelCard:
             card = _from_empanada(d, d.get("name") or p.stem)
         else:
             card = ModelCard(**d)
-    except (ValidationError, KeyError, TypeError, ValueError) as e:
+    except (ValidationError, KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
+        if isinstance(e, ValidationError) and e.errors():
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            e = f"{where}: {first['msg']}" if where else first["msg"]
         raise PanoptemError(f"Model card {p} is incomplete or malformed: {e}".split("\n")[0]
                             + "; compare it with `panoptem model info`'s output.") from None
     card.source_dir = str(p.parent)

@@ -94,6 +94,35 @@ def staging(prefix: str) -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+#: the most a model package may unpack to (the largest weights are a few hundred MB)
+MAX_PACKAGE_BYTES = 4 << 30
+
+
+def unpack(file: Path, stage: Path, what: str) -> list[str]:
+    """Extract the zip ``file`` (a ``what``, for messages) into ``stage``: flat (no folders, no
+    hidden or parent entries) and size-capped before anything is written; returns the names."""
+    import zipfile
+    try:
+        z = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError):
+        raise PanoptemError(f"{file} is not a {what} (not a zip file); export it again.") from None
+    with z:
+        infos = z.infolist()
+        for i in infos:
+            m = i.filename
+            if "/" in m or "\\" in m or m.startswith(".") or m != Path(m).name:
+                raise PanoptemError(f"{file} contains an unexpected entry '{m}' ({what}s are flat); it was refused.")
+        size = sum(i.file_size for i in infos)
+        if size > min(MAX_PACKAGE_BYTES, 100 * file.stat().st_size + (64 << 20)):  # a zip bomb
+            raise PanoptemError(f"{file} unpacks to {size >> 20} MiB, far more than a {what} of its size "
+                                f"({file.stat().st_size >> 20} MiB); it was refused.")
+        try:
+            z.extractall(stage)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise PanoptemError(f"{file} is damaged ({e}); export it again.") from None
+    return [i.filename for i in infos]
+
+
 def check_outside_store(path: str | Path) -> None:
     """Refuse to write ``path`` inside the model store (built-in models, the
     user's models, archived models, downloads): an export must never replace
@@ -135,6 +164,8 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise PanoptemError(f"Model name '{name}' is not allowed; use letters, digits, '_', '.' and '-' only "
                             "(starting with a letter or digit, at most 100 characters).")
+    if name.lower().endswith((".yaml", ".yml")):  # --model NAME.yaml reads a card file of that name
+        raise PanoptemError(f"Model name '{name}' ends like a card file; leave out the .yaml.")
     return name
 
 
@@ -217,9 +248,12 @@ def list_models(include_archived: bool = False) -> list[ModelEntry]:
 def get_card(name_or_path: str) -> ModelCard:
     """Model card for a registered model name or a card file path."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return load_card(p)
     paths = card_paths()
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        if name_or_path in paths:  # a model registered before such names were refused
+            raise PanoptemError(f"'{name_or_path}' is both a registered model and a card file here; pass the file "
+                                f"as ./{name_or_path}, or rename the model.")
+        return load_card(p)
     if name_or_path not in paths:
         if name_or_path in archived_builtins() or archived_dir(name_or_path).is_dir():
             raise PanoptemError(f"Model '{name_or_path}' is archived; bring it back with "

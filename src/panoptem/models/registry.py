@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -38,7 +39,10 @@ def _is_url(s: str) -> bool:
 
 
 def _check_url(url: str) -> str:
-    scheme = urllib.parse.urlparse(url).scheme.lower()
+    try:
+        scheme = urllib.parse.urlparse(url).scheme.lower()
+    except ValueError as e:  # e.g. an unclosed [ of an IPv6 host
+        raise PanoptemError(f"Weights URL '{url}' is malformed ({e}); check it.") from None
     if scheme not in URL_SCHEMES:
         raise PanoptemError(f"Weights URL '{url}' must start with http://, https:// or file://.")
     if scheme == "file" and not _file_url_path(url).is_file():
@@ -118,7 +122,7 @@ def _stage_model(card: ModelCard, weights: str, stage: Path, allow_unverified: b
                 continue
             exports.append(w)
         elif Path(path).is_file():
-            fname = Path(path).name
+            fname = Path(path).name if Path(path).name != "card.yaml" else "export" + Path(path).suffix
             if not (stage / fname).exists():
                 shutil.copyfile(path, stage / fname)
             digest = sha256_of(stage / fname)
@@ -185,8 +189,15 @@ def register(name: str, card_path: str | Path, weights: str | None = None, overw
 
 
 def _cache_dir(card: ModelCard, url: str) -> Path:
-    key = card.weights.sha256 or f"{card.name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+    # the card's sha256 is 64 hex digits (checked when it was read); nothing else of a card names a folder
+    key = card.weights.sha256 or f"unverified-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
     return home.cache_dir(key)
+
+
+def _file_name(url: str) -> str:
+    """A safe local name for the file a URL downloads (its last part, or ``weights.bin``)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name)[-100:]
+    return name if name.strip(".") else "weights.bin"
 
 
 def _verified(path: Path, expected: str | None) -> bool:
@@ -224,7 +235,7 @@ def fetch_weights(card: ModelCard, timeout: float = 60.0, allow_unverified: bool
                             "with; register it with `panoptem model register NAME --card CARD "
                             "--allow-unverified` (which records the hash), or add `sha256:` to the card.")
     folder = _cache_dir(card, url)
-    fname = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "weights.bin"
+    fname = _file_name(url)
     dest = folder / fname
     if dest.exists() and _verified(dest, expected):
         return dest
@@ -327,21 +338,9 @@ def import_package(file: str | Path, name: str | None = None) -> str:
     from .bioimageio import import_bioimageio, is_bioimageio_package
     if is_bioimageio_package(f):
         return import_bioimageio(f, name=name)
-    try:
-        z = zipfile.ZipFile(f)
-    except (zipfile.BadZipFile, OSError):
-        raise PanoptemError(f"{f} is not a panoptem model package (not a zip file); export it again.") from None
-    with z, home.staging("import-") as stage:
-        members = z.namelist()
-        if "card.yaml" not in members:
+    with home.staging("import-") as stage:
+        if "card.yaml" not in home.unpack(f, stage, "panoptem model package"):
             raise PanoptemError(f"{f} holds no card.yaml, so it is not a panoptem model package.")
-        for m in members:
-            if "/" in m or "\\" in m or m.startswith(".") or m != Path(m).name:
-                raise PanoptemError(f"{f} contains an unexpected entry '{m}'; it is not a panoptem model package.")
-        try:
-            z.extractall(stage)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise PanoptemError(f"{f} is damaged ({e}); export it again.") from None
         card = load_card(stage / "card.yaml")
         new_name = check_name(name or card.name)
         if new_name in home.card_paths() or home.model_dir(new_name).exists():
