@@ -256,6 +256,41 @@ def test_2d_inference_on_the_current_plane_xy_xz_and_batch(viewer, qtbot, home):
     assert all(len(np.unique(s)) - 1 == 3 for s in stack.data)
 
 
+def test_2d_inference_adds_a_fresh_layer_when_the_last_result_was_deleted_meanwhile(viewer, qtbot, home):
+    from panoptem.napari._inference import Inference2DWidget
+    img = viewer.add_image(blobs()[0], name="img")
+    w = dock(viewer, Inference2DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    run_and_wait(qtbot, w)
+    w.run_button.native.click()                        # the result arrives after the layer is gone
+    viewer.layers.remove("img-2D-prediction")
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    assert w.status.value.startswith("Done: 3 objects"), w.status.value
+    assert len(np.unique(viewer.layers["img-2D-prediction"].data)) == 4
+
+
+def test_3d_cancel_after_the_last_batch_shows_the_finished_result(viewer, qtbot, home, tmp_path):
+    from panoptem.napari._inference import Inference3DWidget
+    img = viewer.add_image(blobs((4, 64, 64), centers=((32, 32),), r=10), name="vol")
+    w = dock(viewer, Inference3DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.zarr_dir.value = tmp_path / "out"
+
+    def late_cancel(plane, done, total):  # every slice through the network; decoding goes on
+        if done == total and w.cancel_button.enabled:
+            w.cancel_button.native.click()
+    w._bridge.step.connect(late_cancel)
+    run_and_wait(qtbot, w)
+    # the result was dropped and the status said "Cancelling..." for good; now the run either stops or shows it
+    if w.status.value.startswith("Cancelled"):
+        assert "vol-mitochondria-prediction" not in viewer.layers and not list((tmp_path / "out").glob("*.zarr"))
+    else:
+        assert w.status.value.startswith("Done") and "vol-mitochondria-prediction" in viewer.layers, w.status.value
+    assert w.run_button.enabled and not w.cancel_button.enabled
+
+
 def test_2d_inference_hands_a_model_the_planes_neighbours(viewer, qtbot, home):
     """A model with context_slices 1 sees the shown plane with the planes before and after it: a
     disc in that plane alone is not dark in its neighbours, so it finds the other three only."""
@@ -636,6 +671,35 @@ def test_proofread_filter_count_jump_next(viewer, qtbot):
     assert lab.selected_label == 2001
 
 
+def test_proofread_2d_points_over_3d_labels_mark_the_plane_shown(viewer, qtbot):
+    from panoptem.napari._proofread import ProofreadWidget
+    data = rooms()
+    lab = viewer.add_labels(data.copy(), name="lab")
+    w = dock(viewer, ProofreadWidget)
+    w.labels_layer.value = lab
+    w.points.value = viewer.add_points(np.array([[5.0, 17.0]]), ndim=2, name="p2d")  # drawn on every plane
+    viewer.dims.set_point(0, 2)
+    click(qtbot, w, "delete")
+    assert w.status.value == "Deleted [2] in xy plane 2: 8 voxels changed.", w.status.value
+    assert (lab.data[2] != 2).all() and (lab.data[:2] == data[:2]).all()
+
+
+def test_proofread_marks_uint64_ids_past_2_to_the_53_exactly(viewer, qtbot):
+    from panoptem.napari._proofread import ProofreadWidget
+    big = 2**53 + 1                                    # float64 holds it as 2**53: another id
+    data = rooms().astype(np.uint64) * np.uint64(2) + np.uint64(big - 2)
+    data[rooms() == 0] = 0
+    lab = viewer.add_labels(data.copy(), name="lab")
+    w = dock(viewer, ProofreadWidget)
+    w.labels_layer.value = lab
+    w.points.value = viewer.add_points([[1, 4, 3]], name="p")
+    viewer.dims.set_point(0, 1)
+    click(qtbot, w, "delete")
+    assert w.status.value == f"Deleted [{big}] in xy plane 1: 86 voxels changed.", w.status.value
+    click(qtbot, w, "next_label")
+    assert lab.selected_label == big + 5               # ids big, big + 2 and big + 4: the largest + 1
+
+
 def test_proofread_new_points_layer_is_picked_and_scaled(viewer):
     from panoptem.napari._proofread import ProofreadWidget
     lab = viewer.add_labels(rooms(), name="lab", scale=(30.0, 5.0, 5.0))
@@ -732,6 +796,9 @@ def test_export_widget_writes_masks_and_images(viewer, qtbot, tmp_path):
 
     run_and_wait(qtbot, w)                        # never overwritten
     assert "already exists" in w.status.value
+    w.name.value, w.voxel_size.value = "odd", "nan, 5, 5"
+    run_and_wait(qtbot, w)                        # refused before any folder is made
+    assert "positive numbers" in w.status.value and not (tmp_path / "odd").exists()
     w.name.value, w.slices.value, w.image.value, w.voxel_size.value = "slices", True, None, "40, 4, 4"
     run_and_wait(qtbot, w)
     assert sorted(p.name for p in (tmp_path / "slices" / "masks").iterdir()) == [

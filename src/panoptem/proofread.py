@@ -238,13 +238,13 @@ def find_next_available_label(labels: np.ndarray, class_id: int = 1, label_divis
     """
     view = _view(labels, plane)
     used = np.unique(view)
-    used = used[used != 0].astype(np.int64)
+    used = used[used != 0]
     if not label_divisor:
-        nxt = int(used.max()) + 1 if used.size else 1
+        nxt = int(used.max()) + 1 if used.size else 1  # exact for uint64 ids past 2**63
         if nxt > np.iinfo(labels.dtype).max:
             raise PanoptemError(f"No free id left in dtype {labels.dtype}; convert the labels to uint32 or uint64.")
         return nxt
-    nxt = int(_free_ids_of_class(used, class_id, label_divisor, 1, "raise the label divisor")[0])
+    nxt = int(_free_ids_of_class(used.astype(np.int64), class_id, label_divisor, 1, "raise the label divisor")[0])
     if nxt > np.iinfo(labels.dtype).max:
         raise PanoptemError(f"Id {nxt} does not fit dtype {labels.dtype}; convert the labels to uint32 or uint64.")
     return nxt

@@ -1,6 +1,7 @@
 """Write a segmentation (and optionally its image) as a dataset-like folder (no Qt)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ def parse_voxel_size(text: str, ndim: int) -> tuple[float, ...] | None:
         vs = tuple(float(v) for v in text.replace(";", ",").split(","))
     except ValueError:
         raise PanoptemError(f"Voxel size '{text}' is not numbers; write it like '40, 5, 5' (nm).") from None
-    if len(vs) != ndim or min(vs) <= 0:
+    if len(vs) != ndim or not all(np.isfinite(v) and v > 0 for v in vs):
         raise PanoptemError(f"Voxel size needs {ndim} positive numbers (nm, ordered like the axes), got '{text}'.")
     return vs
 
@@ -49,10 +50,14 @@ def export_segmentation(folder, name: str, labels, image=None, voxel_size=None, 
     else:
         vs, items = voxel_size, [(f"{name}{ext}", None)]
     written = []
-    for sub, arr, write in (("masks", labels, write_labels), ("images", image, write_image)):
-        if arr is None:
-            continue
-        (root / sub).mkdir(parents=True)
-        for fname, z in items:
-            written.append(write(root / sub / fname, np.asarray(arr if z is None else arr[z]), voxel_size=vs))
+    try:
+        for sub, arr, write in (("masks", labels, write_labels), ("images", image, write_image)):
+            if arr is None:
+                continue
+            (root / sub).mkdir(parents=True)
+            for fname, z in items:
+                written.append(write(root / sub / fname, np.asarray(arr if z is None else arr[z]), voxel_size=vs))
+    except BaseException:  # nothing half-written stays to block the next try
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     return written

@@ -355,13 +355,14 @@ class Inference2DWidget(_InferenceBase):
             else:
                 placed = {"data": plane, "scale": tuple(layer.scale), "translate": tuple(layer.translate)} \
                     if batch else place_plane(plane, axis, index, layer)
-                out = self.viewer.layers[name]
-                if out.ndim == np.ndim(placed["data"]):
+                out = self.viewer.layers[name] if name in self.viewer.layers else None  # deleted meanwhile?
+                if isinstance(out, napari.layers.Labels) and out.ndim == np.ndim(placed["data"]):
                     out.data = placed.pop("data")
                     for k, v in placed.items():
                         setattr(out, k, v)
-                else:  # another dimensionality: a fresh layer
-                    self.viewer.layers.remove(name)
+                else:  # gone, replaced, or of another dimensionality: a fresh layer
+                    if out is not None:
+                        self.viewer.layers.remove(name)
                     out = self.viewer.add_labels(placed.pop("data"), name=name, **placed)
             self.result_layers = [out]
             tail = " (ids restart in every slice)" if batch else ""
@@ -407,7 +408,8 @@ class Inference3DWidget(_InferenceBase):
         self.progress = ProgressBar(value=0, min=0, max=1, name="progress", label="Progress",
                                     tooltip="Slices done of the current stack (xy, xz or yz).")
         self.cancel_button = PushButton(text="Cancel", name="cancel", enabled=False,
-                                        tooltip="Stop after the batch of slices in progress; nothing is added.")
+                                        tooltip="Stop after the batch of slices in progress; nothing is added "
+                                                "(a run past its last batch finishes and shows its result).")
         self.cancel_button.changed.connect(self.cancel)
         self._stop = threading.Event()
         self.result = None
@@ -445,11 +447,11 @@ class Inference3DWidget(_InferenceBase):
         return not self._stop.is_set()
 
     def cancel(self) -> None:
-        """Stop the running job after the batch of slices in progress."""
+        """Stop the running job after the batch of slices in progress. The job itself ends the
+        run (with Cancelled), so a job past its last batch finishes and shows its result."""
         if self.worker is not None:
             self._stop.set()
-            self.status.value = "Cancelling..."
-            self.worker.quit()
+            self.status.value = "Cancelling (after the slices in progress)..."
 
     def _finished(self) -> None:
         super()._finished()

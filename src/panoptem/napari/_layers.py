@@ -72,10 +72,18 @@ def place_plane(labels2d: np.ndarray, axis: int | None, index: int, layer) -> di
     return {"data": np.expand_dims(labels2d, axis), "scale": kw["scale"], "translate": tuple(translate)}
 
 
-def coords_in(src, dst, coords) -> np.ndarray:
-    """(N, D) data coordinates of layer ``src`` -> data coordinates of layer ``dst``."""
+def coords_in(src, dst, coords, at=None) -> np.ndarray:
+    """(N, D) data coordinates of layer ``src`` -> data coordinates of layer ``dst``. Where ``src``
+    has fewer axes than ``dst`` (2D points over a 3D volume: napari shows them on every plane), the
+    axes it lacks are those of the world point ``at`` (the viewer's ``dims.point``: the plane shown)."""
     coords = np.asarray(coords, dtype=float).reshape(-1, src.ndim) if len(coords) else np.zeros((0, dst.ndim))
-    out = [dst.world_to_data(src.data_to_world(c)) for c in coords]  # a handful of clicked points
+    out = []
+    for c in coords:  # a handful of clicked points
+        w = np.asarray(src.data_to_world(c), float)
+        if dst.ndim > w.size:
+            lead = np.zeros(dst.ndim - w.size) if at is None else np.asarray(at, float)[-dst.ndim:-w.size]
+            w = np.concatenate([lead, w])
+        out.append(dst.world_to_data(w))
     return np.asarray(out, dtype=float).reshape(-1, dst.ndim)
 
 

@@ -129,7 +129,7 @@ class PatchesWidget(Dock):
             data = image_array(layer)
             pts = None
             if self.points.value is not None:
-                pts = coords_in(self.points.value, layer, self.points.value.data)
+                pts = coords_in(self.points.value, layer, self.points.value.data, self.viewer.dims.point)
             labels = None
             if self.labels_layer.value is not None:
                 labels = self.labels_layer.value.data

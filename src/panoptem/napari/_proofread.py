@@ -154,7 +154,7 @@ class ProofreadWidget(Dock):
         """Why the chosen points and shapes mark no label (said instead of '0 voxels changed')."""
         pts = self.points.value
         if pts is not None and len(pts.data):
-            p = np.round(coords_in(pts, layer, pts.data)).astype(int)
+            p = np.round(coords_in(pts, layer, pts.data, self.viewer.dims.point)).astype(int)
             if plane is not None:
                 axis, index = plane
                 on = p[:, axis] == index
@@ -174,20 +174,20 @@ class ProofreadWidget(Dock):
 
     def _selected(self, layer, plane) -> np.ndarray:
         """Label ids under the chosen points and crossed by the chosen shapes (never empty)."""
-        ids = [np.zeros(0, np.int64)]
+        ids = [np.zeros(0, layer.data.dtype)]  # in the labels' dtype: uint64 ids past 2**53 stay exact
         if self.points.value is not None:
-            ids.append(pr.labels_at_points(layer.data, coords_in(self.points.value, layer, self.points.value.data),
-                                           plane=plane))
+            pts = coords_in(self.points.value, layer, self.points.value.data, self.viewer.dims.point)
+            ids.append(pr.labels_at_points(layer.data, pts, plane=plane))
         if self.shapes.value is not None:
             sh = self.shapes.value
             for verts, kind in zip(sh.data, sh.shape_type):
-                v = coords_in(sh, layer, verts)
+                v = coords_in(sh, layer, verts, self.viewer.dims.point)
                 if kind in ("polygon", "rectangle", "ellipse"):
                     v = np.concatenate([v, v[:1]])
                 ids.append(pr.labels_on_line(layer.data, v, plane=plane))
         if self.points.value is None and self.shapes.value is None:
             raise PanoptemError("Choose a points or shapes layer (or press New points layer) and mark the labels.")
-        out = np.unique(np.concatenate(ids)).astype(np.int64)
+        out = np.unique(np.concatenate(ids))
         if out.size == 0:
             raise PanoptemError(f"No label is marked: {self._why_nothing(layer, plane)}.")
         return out
@@ -315,7 +315,7 @@ class ProofreadWidget(Dock):
             if self.use_points.value:
                 if self.points.value is None:
                     raise PanoptemError("Use points as markers needs a points layer with one point per piece.")
-                markers = coords_in(self.points.value, layer, self.points.value.data)
+                markers = coords_in(self.points.value, layer, self.points.value.data, self.viewer.dims.point)
             kw = dict(markers=markers, min_distance=self.min_distance.value,
                       new_ids_start=self.new_ids_start.value or None, label_divisor=self.divisor.value or None,
                       plane=plane)
