@@ -105,6 +105,22 @@ def test_2d_disc_area_and_perimeter():
     assert t["equivalent_diameter_nm"][0] == pytest.approx(2 * np.sqrt(n * 0.25 / np.pi))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_mean_intensity_leaves_out_nan_padding(bad):
+    # a running total spread one NaN voxel to the mean of every object after it
+    lab = np.zeros((2, 4, 6), np.uint32)
+    lab[1, 1:3, 1:4] = 7
+    lab[0, 2, 2:4] = 8
+    img = np.full(lab.shape, 10.0, np.float32)
+    img[0, 0, 0] = bad                   # background padding
+    img[0, 2, 3] = bad                   # and inside object 8: its mean is of its other voxel
+    img[0, 2, 2] = 4.0
+    t = measure(lab, image=img)
+    assert t["label"].tolist() == [7, 8] and t["mean_intensity"].tolist() == [10.0, 4.0]
+    img[0, 2, 2] = bad                   # an object of padding alone has no mean
+    assert np.isnan(measure(lab, image=img)["mean_intensity"][1])
+
+
 def test_mean_intensity_and_classes():
     lab = np.zeros((6, 8), np.uint32)
     lab[0:2, 0:3] = 1003

@@ -435,3 +435,9 @@ def test_bad_inputs_say_what_to_do():
         delete_labels(np.zeros((2, 2), np.uint8), [1], plane=(0, 0))
     with pytest.raises(PanoptemError, match="outside"):
         delete_labels(np.zeros((2, 2, 2), np.uint8), [1], plane=(0, 5))
+
+
+def test_split_numbers_pieces_in_the_order_the_points_were_given():
+    lab = np.ones((1, 10), np.uint32)
+    proofread.split_label(lab, 1, markers=[[0, 8], [0, 1], [0, 8]], new_ids_start=20)
+    assert lab[0, 9] == 20 and lab[0, 0] == 21       # the first point's piece gets the first id

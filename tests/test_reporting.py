@@ -81,6 +81,15 @@ def test_preview_size_colours_and_scale_bar(tmp_path):
     assert (row[left - 1] == 255).all() and (row[right] == 255).all()
 
 
+def test_preview_of_a_grey_image_with_nan_padding_keeps_its_contrast():
+    lab = np.zeros((3, 40, 40), np.uint32)
+    lab[:, 10:20, 10:20] = 1
+    img = np.random.default_rng(0).random(lab.shape).astype(np.float32)
+    clean = preview(lab, image=img).rgb
+    img[0, 0, 0] = np.nan                      # every percentile was NaN: black panels
+    assert abs(float(preview(lab, image=img).rgb.mean()) - float(clean.mean())) < 1.0
+
+
 def test_preview_scale_bar_when_downscaled(tmp_path):
     """A 400 x 1000 plane of 3 nm pixels drawn at most 250 pixels wide: 12 nm per picture pixel."""
     lab = np.zeros((4, 400, 1000), np.uint16)

@@ -46,7 +46,8 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
     labels : integer label image, 2D (YX) or 3D (ZYX); 0 is background.
     voxel_size : nm per voxel along each axis of ``labels``. None means 1 nm per voxel, so the
         "nm" columns are then in voxel units.
-    image : grey image of the same shape; adds ``mean_intensity``.
+    image : grey image of the same shape; adds ``mean_intensity`` (over the object's voxels
+        that are numbers: NaN or inf padding is left out).
     label_divisor : when set, ``class_id = label // label_divisor``; otherwise every object is
         class 1.
     surface : compute ``surface_area_nm2`` and ``sphericity`` (3D) or ``perimeter_nm`` and
@@ -144,8 +145,8 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
             with np.errstate(divide="ignore", invalid="ignore"):
                 table["circularity"] = np.where(boundary > 0, 4 * np.pi * size / boundary ** 2, 0.0)
     if image is not None:
-        sums = np.bincount(obj, runs["intensity"], minlength=n)
-        table["mean_intensity"] = sums / np.maximum(counts, 1)
+        table["mean_intensity"] = mean_intensity(np.bincount(obj, runs["intensity"], minlength=n),
+                                                 np.bincount(obj, runs["finite"], minlength=n))
     return table
 
 
@@ -213,10 +214,29 @@ def _runs(lab: np.ndarray, image: np.ndarray | None) -> dict[str, np.ndarray]:
         else:
             part["y"] = row + z0
         if image is not None:
-            cs = np.concatenate([[0.0], np.cumsum(image[z0:z0 + step], dtype=np.float64).ravel()])
-            part["intensity"] = cs[first + length] - cs[first]
+            part["intensity"], part["finite"] = _run_sums(np.asarray(image[z0:z0 + step]), first, length)
         parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _run_sums(image: np.ndarray, first: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of ``image`` over each run (``first`` flat voxel, ``length``) and how many of its voxels
+    are numbers: NaN or inf voxels (a float stack's padding) are left out, not spread by the
+    running total to every later run."""
+    finite = None
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        ok = np.isfinite(image)
+        image = np.where(ok, image, 0)
+        fc = np.concatenate([[0], np.cumsum(ok, dtype=np.int64).ravel()])
+        finite = fc[first + length] - fc[first]
+    cs = np.concatenate([[0.0], np.cumsum(image, dtype=np.float64).ravel()])
+    return cs[first + length] - cs[first], length if finite is None else finite
+
+
+def mean_intensity(sums: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """Mean image value of each object from its sum and count of finite voxels (NaN for none)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(finite > 0, sums / np.maximum(finite, 1), np.nan)
 
 
 def _boxes(runs: dict, obj: np.ndarray, n: int, ndim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -282,7 +282,8 @@ def split_label(labels: np.ndarray, label_id: int, markers=None, min_distance: i
         pts = pts - np.array([s.start for s in box]) + 1
         pts = pts[np.all((pts >= 0) & (pts < np.array(mask.shape)), axis=1)]
         pts = pts[mask[tuple(pts.T)]] if len(pts) else pts
-        pts = np.unique(pts, axis=0)
+        if len(pts):  # each point once, in the order given (the first point's piece gets the first id)
+            pts = pts[np.sort(np.unique(pts, axis=0, return_index=True)[1])]
         how = "place at least two points inside the label"
     else:
         pts = peak_local_max(dist, min_distance=max(int(min_distance), 1), labels=mask.astype(np.uint8),

@@ -64,6 +64,7 @@ def _block_stats(job: dict, block: Block) -> dict:
         out[f"lo_{ax}"], out[f"hi_{ax}"] = lo[:, a] + origin[a], hi[:, a] + origin[a]
     if img is not None:
         out["s_int"] = np.bincount(obj, runs["intensity"], minlength=n)
+        out["s_fin"] = np.bincount(obj, runs["finite"], minlength=n)
     return out
 
 
@@ -283,5 +284,6 @@ def _combine(parts: list[dict], vs, surface: bool, intensity: bool, label_diviso
         with np.errstate(divide="ignore", invalid="ignore"):
             table["sphericity"] = np.where(boundary > 0, np.cbrt(np.pi) * np.cbrt(6.0 * size) ** 2 / boundary, 0.0)
     if intensity:
-        table["mean_intensity"] = total("s_int") / cnt
+        from .._measure import mean_intensity
+        table["mean_intensity"] = mean_intensity(total("s_int"), total("s_fin"))
     return table

@@ -63,7 +63,7 @@ def overlay(labels: np.ndarray, grey: np.ndarray | None = None, alpha: float = 0
         base = np.zeros(labels.shape + (3,), np.float64)
         alpha = max(alpha, 0.75)
     else:
-        base = np.repeat(np.clip(grey, 0, 1)[..., None] * 255.0, 3, axis=-1)
+        base = np.repeat(np.clip(np.nan_to_num(grey), 0, 1)[..., None] * 255.0, 3, axis=-1)  # NaN: black
     out = base.copy()
     fg = labels != 0
     if fg.any():
@@ -112,9 +112,12 @@ def read_plane(a, cut: int | None, index: int, shown: tuple[int, ...], out_shape
 
 
 def grey_range(planes: list[np.ndarray]) -> tuple[float, float]:
-    """Display range of grey planes: their 0.5 and 99.5 percentiles."""
+    """Display range of grey planes: the 0.5 and 99.5 percentiles of their finite values."""
     v = np.concatenate([np.asarray(p, np.float64).ravel() for p in planes]) if planes else np.zeros(1)
-    lo, hi = np.percentile(v, [0.5, 99.5]) if v.size else (0.0, 1.0)
+    v = v[np.isfinite(v)]  # NaN padding would make every percentile NaN (black panels)
+    if not v.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(v, [0.5, 99.5])
     if hi <= lo:
         lo, hi = float(v.min()), float(v.max())
     return float(lo), float(hi if hi > lo else lo + 1)
