@@ -174,7 +174,8 @@ class FinetuneParams(_TrainingParams):
                                              "scale augmentation.")
     val_fraction: float = Field(0.25, ge=0.0, le=0.5, description="Held-out fraction: without a validation "
                                 "folder, this share of the patches (at least 1; only with 3 patches or more, 2 "
-                                "with objects, one of them held out) is not trained on but scored before, during and after; 0: none.")
+                                "with objects, one of them held out) is not trained on but scored before, during "
+                                "and after; 0: none.")
     validate_every: int = Field(0, ge=0, description="Score the held-out patches every this many steps and "
                                 "keep the weights with the best F1 (0: about 10 times per run).")
     replay_ratio: float = Field(0.25, ge=0.0, le=0.9, description="Replay ratio: with replay folders (the "
