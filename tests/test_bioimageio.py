@@ -173,6 +173,14 @@ def test_hostile_or_unfit_packages_are_refused(package, user_home, tmp_path, att
     assert not (tmp_path / "evil.txt").exists()
 
 
+def test_a_model_with_a_short_name_exports(user_home, tmp_path, tiny_card):
+    # bioimage.io names have 5 characters or more
+    from panoptem.models.registry import register
+    register("mito", tiny_card)
+    validate_package(_unpack(export_bioimageio("mito", tmp_path / "short"), tmp_path / "p"))
+    assert import_bioimageio(tmp_path / "short.zip", name="mito_back") == "mito_back"
+
+
 def test_import_contacts_nothing_the_package_links_to(package, user_home, tmp_path, server, monkeypatch):
     # covers, citations and the repository are links: validating the package must not fetch them
     _, base, hits = server

@@ -275,6 +275,18 @@ def test_train_new_multi_class_registers_a_softmax_model(home, tmp_path):
         train_new([tmp_path / "mc"], "x", labels=["1,mito,instance", "2,er,semantic"], iterations=1)
 
 
+def test_training_again_under_a_freed_name_trains_afresh(home, tmp_path):
+    # the registered run's work folder stayed: the next run "resumed" its finished checkpoint
+    from conftest import TINY_ARCH
+    from panoptem.models.registry import archive
+    ps = [Patch(*discs(i, n=2), (64, 64), "xy", i, 0, 0, 64, (64, 64), source="d") for i in range(2)]
+    store_dataset(ps, tmp_path / "d")
+    kw = dict(iterations=2, patch_size=64, architecture=TINY_ARCH, log=lambda s: None)
+    assert len(train_new([tmp_path / "d"], "again", **kw)["losses"]) == 2
+    archive("again")
+    assert len(train_new([tmp_path / "d"], "again", **kw)["losses"]) == 2
+
+
 # ---------------------------------------------------------------- command line
 
 

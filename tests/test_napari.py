@@ -846,6 +846,43 @@ def test_inference_docks_take_the_pixel_size_from_the_layer(viewer, qtbot, home,
         assert out.data.shape[-2:] == (64, 80) and tuple(out.scale)[-2:] == (10.0, 10.0)
 
 
+def test_run_stays_off_until_the_last_result_layer_is_in(viewer, qtbot, home):
+    # the buttons came back when the job ended, while its layers were still going in one by one
+    from panoptem.napari._inference import Inference3DWidget
+    img = viewer.add_image(blobs((4, 64, 64), centers=((32, 32),), r=10), name="vol")
+    w = dock(viewer, Inference3DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.form.set_values(orthoplane=True, return_panoptic=True)  # 4 layers, added one per turn of the loop
+    seen, ended = [], w._finished
+
+    def finished():
+        ended()
+        seen.append((w._adding, w.run_button.enabled))
+    w._finished = finished
+    run_and_wait(qtbot, w)
+    assert seen == [(True, False)] and w.run_button.enabled and len(w.result_layers) == 4, seen
+
+
+def test_3d_dock_keeps_unequal_y_and_x_sizes_of_the_layer(viewer, qtbot, home, tmp_path):
+    # the pixel size field shows the x size; left as prefilled, the 3D dock took it for y too
+    from panoptem import segment_3d
+    from panoptem.napari._inference import Inference3DWidget
+    card = Path(os.environ["PANOPTEM_HOME"]) / "models" / "darkblob" / "card.yaml"
+    card.write_text(yaml.safe_dump({**yaml.safe_load(card.read_text()), "voxel_size_nm": 5.0}))
+    data = blobs((4, 64, 80), centers=((16, 20), (40, 55)), r=9)
+    img = viewer.add_image(data, name="aniso", scale=(10.0, 5.0, 6.0))
+    w = dock(viewer, Inference3DWidget)
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.image.value = img
+    assert w.form["pixel_size"].value == 6.0
+    w.form.set_values(min_size=10, min_extent=1)
+    run_and_wait(qtbot, w)
+    want = segment_3d(data, "darkblob", device="cpu", voxel_size=(10.0, 5.0, 6.0), min_size=10, min_extent=1)
+    assert "10 x 5 x 6 nm" in w.status.value, w.status.value
+    np.testing.assert_array_equal(viewer.layers["aniso-mitochondria-prediction"].data, want.labels["mitochondria"])
+
+
 def test_use_quantized_model_runs_the_int8_network_on_a_cpu_and_is_ignored_elsewhere(viewer, qtbot, home, tmp_path):
     """empanada's "Use quantized model": on a CPU, panoptem's own network in int8 (its quantized
     graph made in the cache); a model that cannot run quantized runs as it is."""

@@ -226,6 +226,13 @@ def test_store_refuses_unknown_classes_and_other_divisors(tmp_path):
         store_dataset(disc_patches(1), tmp_path, label_divisor=1000)
 
 
+def test_store_refuses_objects_a_divisor_puts_in_class_0(tmp_path):
+    # napari paints label 1 by default: with divisor 1000 that is class 0, learned as background
+    with pytest.raises(PanoptemError, match="class 0"):
+        store_dataset(disc_patches(1), tmp_path, label_divisor=1000)
+    assert not (tmp_path / "dataset.json").exists()
+
+
 def test_unannotated_patches_store_images_only_and_load_refuses_them(tmp_path):
     ps = disc_patches(2)
     ps[1].labels = None

@@ -258,7 +258,9 @@ def export_bioimageio(name_or_card, out_file: str | Path, overwrite: bool = Fals
             (stage / PANOPTEM_CARD).write_text(pc.to_yaml())
             attachments = [{"source": f, "sha256": _sha256(stage / f)} for f in (PANOPTEM_CARD, PANOPTEM_WEIGHTS)]
         rdf = {
-            "format_version": FORMAT_VERSION, "type": "model", "name": card.name,
+            # bioimage.io names have 5 characters or more; panoptem's may be shorter ("mito")
+            "format_version": FORMAT_VERSION, "type": "model",
+            "name": card.name if len(card.name) >= 5 else f"{card.name} model",
             "description": (card.description.strip().splitlines() or [card.name])[0][:1000],
             "authors": [{"name": a} for a in (authors or ["panoptem"])], "cite": _CITE, "license": license,
             "documentation": "README.md", "tags": ["panoptic-segmentation", "electron-microscopy", "2d",

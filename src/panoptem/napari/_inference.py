@@ -180,6 +180,14 @@ class _InferenceBase(Dock):
         self._prefilled = float(vs[-1]) if vs else None
         self.form.set_values(pixel_size=self._prefilled)
 
+    def _params(self):
+        """The form's parameters; a pixel size still as prefilled from the layer is left to the
+        layer's own sizes, per axis (the field shows one number, the x size)."""
+        params = self.form.params()
+        if params.pixel_size is not None and params.pixel_size == self._prefilled:
+            params = params.model_copy(update={"pixel_size": None})
+        return params
+
     def _input_group(self) -> Group:
         return Group("Input", [self.image, self.model, self.device, self.quantized,
                                *self.form.take(*self.groups["Input"])])
@@ -285,7 +293,7 @@ class Inference2DWidget(_InferenceBase):
         try:
             layer = self.image.value
             data = image_array(layer)
-            params = self.form.params()
+            params = self._params()
             model = self._model_name()
             batch = self.batch.value
             axis = index = None
@@ -318,8 +326,6 @@ class Inference2DWidget(_InferenceBase):
             vs = layer_voxel_size(layer)
             if vs is not None and axis is not None:  # the shown plane's two axes
                 vs = tuple(v for i, v in enumerate(vs) if i != axis)
-            if params.pixel_size is not None and params.pixel_size == self._prefilled:
-                params = params.model_copy(update={"pixel_size": None})  # the layer's own sizes, per axis
             box, mask = ((slice(0, plane_shape[0]), slice(0, plane_shape[1])), None) if batch else \
                 self._region(layer, axis, index, plane_shape)
             array = array if batch else np.asarray(array)[(..., *box)]
@@ -471,7 +477,7 @@ class Inference3DWidget(_InferenceBase):
             if data.ndim != 3:
                 raise PanoptemError(f"Layer '{layer.name}' is 2D; 3D inference needs a ZYX volume "
                                     "(use 2D Inference for single images).")
-            params = self.form.params()
+            params = self._params()
             model = self._model_name()
             output = self.output_path(layer.name, model)
             if output is not None:

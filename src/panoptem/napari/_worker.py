@@ -41,6 +41,10 @@ class WorkerMixin:
 
     def _finished(self) -> None:
         self.worker = None
+        if not getattr(self, "_adding", False):  # else once the result layers are in (Dock.add_layers)
+            self._enable()
+
+    def _enable(self) -> None:
         for b in self._buttons():
             b.enabled = True
 
@@ -91,6 +95,8 @@ class Dock(WorkerMixin, Container):
                 QTimer.singleShot(10, step)  # timers, input and painting get their turn in between
                 return
             self._adding = False
+            if self.worker is None:  # the run ended while its layers went in: its buttons come back now
+                self._enable()
             if done is not None:
                 done(added)
         step()

@@ -104,12 +104,23 @@ def _check_pair(name: str, img: np.ndarray, lab: np.ndarray, divisor: int | None
         raise PanoptemError(f"Patch '{name}': the mask holds non-integer values; masks are label images.")
     if lab.min() < 0:
         raise PanoptemError(f"Patch '{name}': the mask holds negative labels; use 0 for background.")
-    cls = np.unique(class_map(lab.astype(np.int64), divisor))
+    cmap = class_map(lab.astype(np.int64), divisor)
+    _check_class_zero(f"Patch '{name}'", lab, cmap, divisor)
+    cls = np.unique(cmap)
     bad = sorted(set(cls[cls > 0].tolist()) - ids)
     if bad:
         hint = f" with label divisor {divisor}" if divisor else ""
         raise PanoptemError(f"Patch '{name}': its mask holds class(es) {bad}{hint}, not among the dataset's "
                             f"classes {sorted(ids)}; check the label divisor.")
+
+
+def _check_class_zero(what: str, mask: np.ndarray, classes: np.ndarray, divisor: int | None) -> None:
+    """Refuse objects a label divisor puts in class 0 (ids 1 .. divisor - 1): they would be
+    learned as background."""
+    if divisor and np.any((classes == 0) & (np.asarray(mask) > 0)):
+        raise PanoptemError(f"{what}: its mask holds ids below the label divisor {divisor}, which makes them "
+                            f"class 0 (background); paint objects as class * {divisor} + n (e.g. {divisor + 1}), "
+                            "or give no divisor.")
 
 
 def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None,
@@ -415,6 +426,7 @@ class TrainingData:
         float32 resampling of the augmentation exactly); ``what`` names it in errors."""
         m = mask.astype(np.int64)
         cls = class_map(m, div)
+        _check_class_zero(what, m, cls, div)
         if len(ids) == 1:
             cls = np.where(cls > 0, ids[0], 0) if not div else cls
         present = np.unique(cls)

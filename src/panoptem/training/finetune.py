@@ -450,8 +450,8 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
         ``num_classes`` follows from ``labels``.
     val_dir : dataset folder scored at the end (and for the semantic IoU in
         the training log); without it the training images are scored.
-    out_dir : checkpoints and logs; default ``<PANOPTEM_HOME>/training/<name>``.
-        With ``resume`` an interrupted run continues from its checkpoint.
+    out_dir : checkpoints and logs; default ``<PANOPTEM_HOME>/training/<name>``, removed once the
+        model is registered. With ``resume`` an interrupted run continues from its checkpoint.
 
     Returns
     -------
@@ -510,6 +510,8 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
                      "lr": lr, "patch_size": patch_size, "batch_size": cfg.batch_size, "gamma": gamma,
                      "label_divisor": label_divisor}
     path = _register(card, weights, name, overwrite)
+    if not out_dir:  # registered: its default work folder goes (a later run of the name starts afresh)
+        shutil.rmtree(out, ignore_errors=True)
     from ..models.home import get_card
     return {"name": name, "after": after, "evaluated_on": where, "weights": get_card(name).weights_path(),
             "card": str(path), "losses": losses}
