@@ -116,8 +116,8 @@ class Params3D(PlaneParams):
     fusion: Literal["consensus", "probability"] = Field("consensus", description="Ortho-plane fusion: "
                                                         "'consensus' votes on 3 label volumes; 'probability' "
                                                         "averages the 3 network outputs, then decodes once.")
-    iou_thr: float = Field(0.25, ge=0.0, le=1.0, description="Link IoU Thr: IoU for one-to-one matches between neighbouring slices.")
-    ioa_thr: float = Field(0.25, ge=0.0, le=1.0, description="Link IoA Thr: overlap / own area that joins a fragment or branch.")
+    iou_thr: float = Field(0.25, gt=0.0, le=1.0, description="Link IoU Thr: IoU for one-to-one matches between neighbouring slices.")
+    ioa_thr: float = Field(0.25, gt=0.0, le=1.0, description="Link IoA Thr: overlap / own area that joins a fragment or branch.")
     bridge_gaps: int = Field(0, ge=0, le=1, description="Bridge gaps: link objects across this many missing slices (0 or 1).")
     label_erosion: int = Field(0, ge=0, le=50, description="Erode Labels, in voxels: every object shrinks by "
                                "this many voxels (face neighbours) where it borders background or another "

@@ -97,8 +97,8 @@ class _TrainingDock(Dock):
         self.iterations = SpinBox(label="Iterations", name="iterations", value=default_of(schema, "iterations"),
                                   min=1, max=10**6, tooltip=iterations_tip)
         self.patch_size = SpinBox(label="Patch size (pixels)", name="patch_size",
-                                  value=default_of(schema, "patch_size"), min=32, max=4096,
-                                  step=32, tooltip="Training crop side in pixels (a multiple of 32).")
+                                  value=default_of(schema, "patch_size"), min=64, max=4096,
+                                  step=32, tooltip="Training crop side in pixels (a multiple of 32, 64 or more).")
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)

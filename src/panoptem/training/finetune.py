@@ -44,7 +44,8 @@ def parse_widths(text: str | None) -> list[int] | None:
     except ValueError:
         raise PanoptemError(f"Widths must be 5 comma-separated integers, not '{text}'.") from None
     if len(widths) != 5 or min(widths) < 1:
-        raise PanoptemError(f"Widths need 5 positive numbers (stem and 4 stages), not {len(widths)}: '{text}'.")
+        got = f"{len(widths)} numbers" if len(widths) != 5 else "a number below 1"
+        raise PanoptemError(f"Widths need 5 positive numbers (stem and 4 stages), not {got}: '{text}'.")
     return widths
 
 
