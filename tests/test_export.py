@@ -109,6 +109,15 @@ def test_empanada_export_round_trip(home, tmp_path, tiny_card):
     card = get_card(str(tmp_path / "Tiny_empanada.yaml"))
     assert card.weights.format == "empanada_torchscript"
     assert card.normalization == get_card(str(tiny_card)).normalization  # kept through the panoptem section
+
+    # what empanada's fields cannot say comes back too (the padding multiple, the pixel range)
+    d = yaml.safe_load(tiny_card.read_text())
+    (tmp_path / "ranged.yaml").write_text(yaml.safe_dump({**d, "input_multiple": 16, "pixel_range_nm": [6.0, 10.0],
+                                                         "voxel_size_nm": 5.0, "context_spacing_nm": 7.5}))
+    export_torchscript(tmp_path / "ranged.yaml", tmp_path / "ranged_e.pth", empanada_interface=True)
+    back = get_card(str(tmp_path / "ranged_e.yaml"))
+    assert (back.input_multiple, back.pixel_range_nm, back.voxel_size_nm, back.context_spacing_nm) == \
+        (16, (6.0, 10.0), 5.0, 7.5)
     ref, got = run(tiny_card), run(tmp_path / "Tiny_empanada.yaml")
     torch.testing.assert_close(got["sem_logits"], F.interpolate(ref["sem_logits"], size=(64, 96), mode="bilinear"),
                                rtol=0, atol=1e-6)

@@ -311,3 +311,25 @@ def test_malformed_cards_are_one_error_line(home, tmp_path, capsys, text):
 def test_a_model_name_ending_like_a_card_file_is_refused(home, tmp_path, tiny_card):
     with pytest.raises(PanoptemError, match="ends like a card file"):
         registry.register("mito.yaml", tiny_card)
+
+
+@pytest.mark.parametrize("change, expect", [({"classes": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, "semantic"),
+                                            ({"output_stride": 8}, "output_stride must be 4")])
+def test_a_card_that_does_not_fit_its_network_is_refused(home, tmp_path, tiny_card, change, expect):
+    # two classes on a one-channel network ran with only class 1 ever found; stride 8 decoded wrongly
+    d = yaml.safe_load(tiny_card.read_text())
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**d, **change}))
+    with pytest.raises(PanoptemError, match=expect):
+        load_card(tmp_path / "c.yaml")
+
+
+def test_weights_of_another_input_width_are_refused_for_a_card_without_an_architecture(home, tmp_path, tiny_card):
+    from conftest import TINY_ARCH
+    from panoptem.models.architecture import build_model
+    from panoptem.models.load import load_model
+    arch = {**TINY_ARCH, "in_channels": 3}
+    torch.save({"architecture": arch, "state_dict": build_model(arch).state_dict()}, tmp_path / "three.pt")
+    d = {k: v for k, v in yaml.safe_load(tiny_card.read_text()).items() if k != "architecture"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**d, "weights": {"file": "three.pt"}}))
+    with pytest.raises(PanoptemError, match="3 input and 1 semantic channel"):
+        load_model(str(tmp_path / "c.yaml"), device="cpu").module

@@ -160,9 +160,11 @@ class ModelCard(BaseModel):
 
     @model_validator(mode="after")
     def _input_multiple_fits(self) -> "ModelCard":
-        if self.padding_factor < 1 or self.output_stride < 1:
-            raise ValueError(f"padding_factor ({self.padding_factor}) and output_stride ({self.output_stride}) "
-                             "must be at least 1")
+        if self.padding_factor < 1:
+            raise ValueError(f"padding_factor must be at least 1, not {self.padding_factor}")
+        if self.output_stride != OUTPUT_STRIDE:
+            raise ValueError(f"output_stride must be {OUTPUT_STRIDE} (panoptem decodes networks whose heatmap and "
+                             f"offsets come at a quarter of the input's side), not {self.output_stride}")
         m = self.input_multiple
         if m is not None and (m < 1 or self.padding_factor % m or m % self.output_stride):
             raise ValueError(f"input_multiple {m} must divide padding_factor ({self.padding_factor}) and be a "
@@ -178,6 +180,11 @@ class ModelCard(BaseModel):
         if given is not None and given != self.input_channels:
             raise ValueError(f"the architecture takes {given} input channel(s) but context_slices "
                              f"{self.context_slices} means {self.input_channels}")
+        given = self.architecture.get("num_classes")
+        if given is not None and given != self.probability_channels:
+            raise ValueError(f"the architecture gives {given} semantic channel(s) but {self.num_classes} class(es) "
+                             f"need {self.probability_channels} (one for a single class, else background + one "
+                             "per class)")
         return self
 
     @property
@@ -286,6 +293,9 @@ def _from_empanada(d: dict, name: str) -> ModelCard:
         normalization=norm,
         padding_factor=int(d.get("padding_factor", 16)),
         voxel_size_nm=extra.get("voxel_size_nm"),
+        input_multiple=extra.get("input_multiple"),
+        pixel_range_nm=extra.get("pixel_range_nm"),
+        context_spacing_nm=extra.get("context_spacing_nm"),
         weights=Weights(file=str(d["model"]), sha256=extra.get("sha256"), format="empanada_torchscript"),
         exports=[Weights(file=str(d["model_quantized"]), format="empanada_torchscript")]
         if d.get("model_quantized") else [],
@@ -309,7 +319,8 @@ def load_card(path: str | Path) -> ModelCard:
         if isinstance(e, ValidationError) and e.errors():
             first = e.errors()[0]
             where = ".".join(map(str, first["loc"]))
-            e = f"{where}: {first['msg']}" if where else first["msg"]
+            msg = first["msg"].removeprefix("Value error, ")
+            e = f"{where}: {msg}" if where else msg
         raise PanoptemError(f"Model card {p} is incomplete or malformed: {e}".split("\n")[0]
                             + "; compare it with `panoptem model info`'s output.") from None
     card.source_dir = str(p.parent)

@@ -174,8 +174,12 @@ def empanada_config(card: ModelCard, model_file: str, sha256: str | None = None)
     }
     if card.label_divisor:
         cfg["FINETUNE"] = {"dataset_params": {"label_divisor": int(card.label_divisor)}}
+    # what empanada's fields cannot say, so that panoptem runs the file exactly as the model
     cfg["panoptem"] = {"source_model": card.name, "normalization": n.model_dump(),
-                       "voxel_size_nm": card.voxel_size_nm, "sha256": sha256}
+                       "voxel_size_nm": card.voxel_size_nm, "sha256": sha256,
+                       "input_multiple": card.input_multiple,
+                       "pixel_range_nm": list(card.pixel_range_nm) if card.pixel_range_nm else None,
+                       "context_spacing_nm": card.context_spacing_nm}
     return cfg
 
 

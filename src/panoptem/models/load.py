@@ -134,6 +134,12 @@ def _state_dict_model(card: ModelCard, blob, path: str):
     except (TypeError, ValueError, RuntimeError) as e:
         raise PanoptemError(f"Model '{card.name}' has an invalid architecture {arch} ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}); fix the card's architecture.") from None
+    got = (module.config["in_channels"], module.config["num_classes"])
+    if got != (card.input_channels, card.probability_channels):  # the weights' own architecture, not the card's
+        raise PanoptemError(f"Weights {path} hold a network of {got[0]} input and {got[1]} semantic channel(s), but "
+                            f"model '{card.name}' needs {card.input_channels} and {card.probability_channels} "
+                            f"(context_slices {card.context_slices}, {card.num_classes} class(es)); fix the card "
+                            "or register the weights trained for it.")
     try:
         module.load_state_dict(state)
     except RuntimeError:
