@@ -314,7 +314,8 @@ def test_a_model_name_ending_like_a_card_file_is_refused(home, tmp_path, tiny_ca
 
 
 @pytest.mark.parametrize("change, expect", [({"classes": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, "semantic"),
-                                            ({"output_stride": 8}, "output_stride must be 4")])
+                                            ({"output_stride": 8}, "output_stride must be 4"),
+                                            ({"padding_factor": 6}, "multiple of output_stride")])
 def test_a_card_that_does_not_fit_its_network_is_refused(home, tmp_path, tiny_card, change, expect):
     # two classes on a one-channel network ran with only class 1 ever found; stride 8 decoded wrongly
     d = yaml.safe_load(tiny_card.read_text())

@@ -165,6 +165,9 @@ class ModelCard(BaseModel):
         if self.output_stride != OUTPUT_STRIDE:
             raise ValueError(f"output_stride must be {OUTPUT_STRIDE} (panoptem decodes networks whose heatmap and "
                              f"offsets come at a quarter of the input's side), not {self.output_stride}")
+        if self.input_multiple is None and self.padding_factor % self.output_stride:
+            raise ValueError(f"padding_factor {self.padding_factor} must be a multiple of output_stride "
+                             f"({self.output_stride}): the outputs' grid must fit the padded input")
         m = self.input_multiple
         if m is not None and (m < 1 or self.padding_factor % m or m % self.output_stride):
             raise ValueError(f"input_multiple {m} must divide padding_factor ({self.padding_factor}) and be a "
