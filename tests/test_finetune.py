@@ -425,6 +425,48 @@ def test_cancelled_finetune_keeps_its_checkpoint_and_continues(home, tmp_path, t
     assert "stopme" in card_paths() and not work.exists()
 
 
+def test_a_refused_finetune_leaves_the_checkpoint_a_stopped_run_kept(home, tmp_path, tiny_card):
+    from panoptem.training.train import TrainingCancelled
+    data = disc_dataset(tmp_path / "ds", n=2)
+    seen = []
+    with pytest.raises(TrainingCancelled):
+        finetune(str(tiny_card), data, name="X", layers="none", iterations=8, patch_size=64, log=lambda s: None,
+                 on_step=lambda r: seen.append(r["step"]), stop=lambda: len(seen) >= 2)
+    with pytest.raises(PanoptemError, match="delete .* to start afresh"):  # another set of trained layers
+        finetune(str(tiny_card), data, name="X", layers="all", iterations=8, patch_size=64, log=lambda s: None)
+    assert (home / "training" / "X" / "checkpoint.pt").exists()  # the refusal deleted it
+
+
+def test_a_run_killed_while_scoring_scores_that_step_again(home, tmp_path, tiny_card):
+    # the checkpoint of a step was written before its scoring: the resumed run never scored it
+    from panoptem.training.train import load_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    data = disc_dataset(tmp_path / "ds", n=4)
+    kw = dict(name="k", iterations=4, patch_size=64, val_fraction=0.5, validate_every=2, log=lambda s: None)
+    import panoptem.training.finetune as ft
+    real = ft.evaluate_pairs
+    calls = []
+
+    def evaluate_or_die(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # before, step 2, then step 4: the process dies here
+            raise Killed
+        return real(*a, **k)
+    ft.evaluate_pairs = evaluate_or_die
+    try:
+        with pytest.raises(Killed):
+            finetune(str(tiny_card), data, **kw)
+    finally:
+        ft.evaluate_pairs = real
+    ckpt = home / "training" / "k" / "checkpoint.pt"
+    assert not ckpt.exists() or load_checkpoint(ckpt)["step"] < 4
+    r = finetune(str(tiny_card), data, **kw)
+    assert [h["step"] for h in r["validation"]][-1] == 4
+
+
 def test_cancelled_train_new_keeps_its_checkpoint(home, tmp_path):
     from conftest import TINY_ARCH
 

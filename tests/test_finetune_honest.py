@@ -153,3 +153,17 @@ def test_cli_finetune_with_replay_prints_held_out_precision_and_recall(home, tmp
     assert rec["evaluated_on"].startswith("1 held-out patch of 4") and "recall_50" in rec["after"]
     card = get_card("cli_ft")
     assert card.training["replay_dirs"] == [str(rep)] and card.training["replay_ratio"] == 0.5
+
+
+def test_a_validation_folder_without_dataset_json_takes_the_given_divisor(tmp_path):
+    # the masks were scored as if painted without a divisor: every object a false one
+    from panoptem.training.dataset import DatasetFolders
+    from panoptem.training.finetune import _eval_set
+    for name in ("train", "val"):
+        ps = [Patch(np.full((64, 64), 200, np.uint8), np.pad(np.full((20, 20), 1001, np.uint32), 22), (64, 64),
+                    "xy", i, 0, 0, 64, (64, 64), source=name) for i in range(2)]
+        store_dataset(ps, tmp_path / name, label_divisor=1000)
+        (tmp_path / name / "dataset.json").unlink()          # empanada's layout: no dataset.json
+    data = DatasetFolders([tmp_path / "train"], label_divisor=1000)
+    assert _eval_set(tmp_path / "val", data)[2] == [1000, 1000]
+    assert _validation(tmp_path / "val", data, 0.25, 0, 0.7)[1][2] == [1000, 1000]

@@ -231,3 +231,45 @@ def test_volume_slices_with_neighbours_turn_every_channel_alike():
             assert abs(patch[c].mean() - patch[1].mean()) < 0.05
             assert np.corrcoef(patch[c].ravel(), patch[1].ravel())[0, 1] > 0.9
     assert inner.std() > 0.5
+
+
+def test_held_out_slices_are_never_trained_on(capsys, tmp_path, volume_files):
+    base = ["train-volume", str(volume_files[0]), str(volume_files[1]), "--batch-size", "2", "--patch-size", "64",
+            "--device", "cpu", "--iterations", "1", "--val-slices", "4:6"]
+    assert main([*base, "-o", str(tmp_path / "a"), "--train-slices", "0:5"]) == 2
+    assert "share 1 slice(s)" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "b")]) == 0     # the default: all slices but the held-out ones
+    assert "training on the 4 slices outside the validation slices 4:6" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["negative", "fractional"])
+def test_training_labels_must_be_whole_non_negative_numbers(tmp_path, bad):
+    from panoptem.errors import PanoptemError
+    from panoptem.training.dataset import VolumeSlices
+    img, lab = disc_volume()
+    lab = lab.astype(np.int16) - 1 if bad == "negative" else lab + 0.5
+    with pytest.raises(PanoptemError, match="negative|non-integer"):
+        VolumeSlices(img, lab, slice(0, 4))
+
+
+def test_a_step_is_checkpointed_only_after_it_is_scored(tmp_path):
+    # killed while scoring a step, a run resumed after it and never scored it (train-volume kept the wrong best)
+    from conftest import TINY_ARCH
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.train import TrainConfig, load_checkpoint, train
+
+    class Killed(Exception):
+        pass
+
+    def validate(model, step):
+        if step == 2:
+            raise Killed
+    img, lab = disc_volume(n=2)
+    cfg = TrainConfig(iterations=2, batch_size=1, patch_size=64, architecture=TINY_ARCH, checkpoint_every=1,
+                      validate_every=2)
+    with pytest.raises(Killed):
+        train(VolumeSlices(img, lab), tmp_path / "run", cfg, log=lambda s: None, validate=validate)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+    scored = []
+    train(VolumeSlices(img, lab), tmp_path / "run", cfg, log=lambda s: None, validate=lambda m, s: scored.append(s))
+    assert scored == [2]

@@ -289,14 +289,7 @@ def load_dataset(folder: str | Path, context: int = 0) -> tuple[list[np.ndarray]
         if img.shape != lab.shape:
             raise PanoptemError(f"Patch '{name}' in {root}: image {img.shape} and mask {lab.shape} differ in "
                                 "shape.")
-        if lab.dtype.kind == "f":
-            if not np.all(np.mod(lab, 1) == 0) or lab.min() < 0:
-                raise PanoptemError(f"Mask '{name}' in {root} holds non-integer or negative values.")
-            lab = lab.astype(np.uint32)
-        elif lab.dtype.kind == "b":
-            lab = lab.astype(np.uint8)
-        elif lab.dtype.kind == "i" and lab.min() < 0:
-            raise PanoptemError(f"Mask '{name}' in {root} holds negative labels; use 0 for background.")
+        lab = label_mask(lab, f"Mask '{name}' in {root}")
         images.append(_with_flipbook(root, name, img, (meta or {}).get("patches", {}).get(name), context)
                       if context else img)
         masks.append(lab)
@@ -305,6 +298,23 @@ def load_dataset(folder: str | Path, context: int = 0) -> tuple[list[np.ndarray]
     if meta:
         info.update({k: meta[k] for k in ("classes", "label_divisor", "patches") if k in meta})
     return images, masks, info
+
+
+def label_mask(lab: np.ndarray, what: str) -> np.ndarray:
+    """A mask as integer labels: whole-numbered floats and bool converted; negative or fractional
+    values refused (``what`` names the mask in the error)."""
+    if lab.dtype.kind == "f":
+        if not np.all(np.mod(lab, 1) == 0) or lab.min() < 0:
+            raise PanoptemError(f"{what} holds non-integer or negative values; labels are whole numbers, 0 for "
+                                "background.")
+        return lab.astype(np.uint32)
+    if lab.dtype.kind == "b":
+        return lab.astype(np.uint8)
+    if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
+        raise PanoptemError(f"{what} holds negative labels; use 0 for background.")
+    if lab.dtype.kind not in "iu":
+        raise PanoptemError(f"{what} has dtype {lab.dtype}; labels are integers.")
+    return lab
 
 
 def _with_flipbook(root: Path, name: str, image: np.ndarray, provenance: dict | None, k: int) -> np.ndarray:
@@ -504,6 +514,7 @@ class DatasetFolders(TrainingData):
     def __init__(self, folders, classes=((1, "mitochondria", "instance"),), label_divisor: int | None = None,
                  gamma: float = 0.7, normalization=None, context: int = 0):
         self.folders = dataset_folders([folders] if isinstance(folders, (str, Path)) else folders)
+        self.label_divisor = label_divisor  # of the folders without dataset.json
         sources = []
         for f in self.folders:
             imgs, msks, meta = load_dataset(f, context)
@@ -515,7 +526,7 @@ class DatasetFolders(TrainingData):
 class VolumeSlices(TrainingData):
     """:class:`TrainingData` from slices of a ZYX image volume and its labels (2D instance
     ids per slice are fine, or ``class * divisor + n`` with ``label_divisor``): every
-    slice in ``slices`` is one training image, normalised on its own as a 2D image is. With
+    slice in ``slices`` (a slice, or slice numbers) is one training image, normalised on its own as a 2D image is. With
     ``context`` k, each comes with its k neighbours on each side (clamped at the volume's ends)
     as (2k + 1, H, W), for a model with that ``context_slices``.
 
@@ -531,13 +542,13 @@ class VolumeSlices(TrainingData):
         if tuple(image.shape) != tuple(labels.shape) or len(image.shape) != 3:
             raise PanoptemError(f"A training volume and its labels must be ZYX arrays of one shape, not "
                                 f"{tuple(image.shape)} and {tuple(labels.shape)}.")
-        zs = range(*slices.indices(image.shape[0]))
+        zs = range(*slices.indices(image.shape[0])) if isinstance(slices, slice) else [int(z) for z in slices]
         if context:
             from ..inference.segment2d import take_plane
             imgs = [take_plane(image, z, "xy", neighbours=context) for z in zs]
         else:
             imgs = [np.asarray(image[z]) for z in zs]
-        msks = [np.asarray(labels[z]) for z in zs]
+        msks = [label_mask(np.asarray(labels[z]), f"Labels of slice {z}") for z in zs]
         super().__init__([(name, imgs, msks, label_divisor, [f"z{z}" for z in zs])], classes, gamma,
                          normalization)
 

@@ -177,14 +177,21 @@ def _loaded(card: ModelCard, weights: Path, device: str):
 def _eval_set(val_dir, train: "DatasetFolders"):
     """(images, masks, divisors, description) to score on: the validation
     folder, or the training patches themselves."""
-    from .dataset import dataset_folders, load_dataset
     if val_dir is None:
         return train.images, train.masks, train.divisors, "training patches (no validation folder given)"
+    return (*_scored_folders(val_dir, train), f"validation folder {val_dir}")
+
+
+def _scored_folders(val_dir, train: "DatasetFolders", context: int = 0) -> tuple[list, list, list]:
+    """(images, masks, divisors) of the validation folder(s): a folder's ``dataset.json`` gives its
+    masks' divisor, else the one the training folders were given (as for training)."""
+    from .dataset import dataset_folders, load_dataset
     ims, mks, divs = [], [], []
     for f in dataset_folders([val_dir]):
-        i, m, meta = load_dataset(f)
-        ims += i; mks += m; divs += [meta["label_divisor"]] * len(i)
-    return ims, mks, divs, f"validation folder {val_dir}"
+        i, m, meta = load_dataset(f, context)
+        ims += i; mks += m
+        divs += [meta["label_divisor"] if meta["has_meta"] else train.label_divisor] * len(i)
+    return ims, mks, divs
 
 
 def _check_patch_size(patch_size: int, card: ModelCard | None = None) -> int:
@@ -239,12 +246,8 @@ def _subset(data: "DatasetFolders", idx: list[int], gamma: float):
 
 def _validation(val_dir, data: "DatasetFolders", fraction: float, seed: int, gamma: float, context: int = 0):
     """(training data, (images, masks, divisors) to score on or None, description, held-out names)."""
-    from .dataset import dataset_folders, load_dataset
     if val_dir is not None:
-        ims, mks, divs = [], [], []
-        for f in dataset_folders([val_dir]):
-            i, m, meta = load_dataset(f, context)
-            ims += i; mks += m; divs += [meta["label_divisor"]] * len(i)
+        ims, mks, divs = _scored_folders(val_dir, data, context)
         return data, (ims, mks, divs), f"validation folder {val_dir} ({len(ims)} patches)", []
     train_idx, held = split_held_out(data.masks, fraction, seed)
     if not held:
@@ -376,50 +379,46 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
             _atomic_save({"architecture": cfg.architecture, "state_dict": model.state_dict(), "step": step,
                           "scores": scores}, best_file)
 
-    try:
-        state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
-        if val is not None and resume and best_file.exists():  # a stopped run's best so far
+    # a run stopped, refused or failed leaves its work folder (its checkpoint) to the next run of the name
+    state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
+    if val is not None and resume and best_file.exists():  # a stopped run's best so far
+        import torch
+        kept = torch.load(best_file, map_location="cpu", weights_only=True)  # tensors and numbers only
+        best.update(step=int(kept["step"]), scores=dict(kept["scores"]))
+    weights = train(source, stage, cfg, resume=resume, log=log, init_state=state, frozen=frozen,
+                    on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop,
+                    validate=validate if val is not None else None)
+    after = best["scores"]
+    if val is not None and best["step"] != int(iterations):
+        chosen = stage / "kept.pt"
+        if best["step"] == 0:
+            _atomic_save({"architecture": cfg.architecture, "state_dict": state}, chosen)
+            log("kept the base model's weights: no step scored better on the held-out patches")
+        else:
             import torch
-            kept = torch.load(best_file, map_location="cpu", weights_only=True)  # tensors and numbers only
-            best.update(step=int(kept["step"]), scores=dict(kept["scores"]))
-        weights = train(source, stage, cfg, resume=resume, log=log, init_state=state, frozen=frozen,
-                        on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop,
-                        validate=validate if val is not None else None)
-        after = best["scores"]
-        if val is not None and best["step"] != int(iterations):
-            chosen = stage / "kept.pt"
-            if best["step"] == 0:
-                _atomic_save({"architecture": cfg.architecture, "state_dict": state}, chosen)
-                log("kept the base model's weights: no step scored better on the held-out patches")
-            else:
-                import torch
-                kept = torch.load(best_file, map_location="cpu", weights_only=True)
-                _atomic_save({"architecture": cfg.architecture, "state_dict": kept["state_dict"]}, chosen)
-                log(f"kept the weights of step {best['step']} (best held-out F1@0.5), not those of the last step")
-            weights = chosen
-        if after is not None:
-            log(f"after: {scores_line(after)} ({where}; step {best['step']})")
-        new_card = card.model_copy(deep=True)
-        new_card.description = (f"{card.name} fine-tuned on {len(train_data)} patch(es) from {Path(train_dir).name} "
-                                f"({iterations} iterations, finetunable layers: {layers}).\n"
-                                f"Base model: {card.description.strip()}").strip()
-        new_card.architecture = cfg.architecture
-        new_card.validation = {"evaluated_on": where or "nothing (too few patches to hold out)",
-                               "before": before, "after": after, "kept_step": best["step"],
-                               "scored_steps": [h["step"] for h in history]}
-        new_card.training = {"base_model": card.name, "train_dirs": [str(train_dir)], "n_patches": len(train_data),
-                             "held_out": held, "iterations": int(iterations), "layers": layers, "lr": lr,
-                             "patch_size": patch_size, "batch_size": cfg.batch_size,
-                             "replay_dirs": [str(d) for d in replay_dirs],
-                             "replay_ratio": opts.replay_ratio if replay_dirs else 0.0,
-                             "final_loss": float(np.mean(losses[-5:])) if losses else None}
-        path = _register(new_card, weights, name, overwrite)
-    except TrainingCancelled:
-        keep = True  # the checkpoint: fine-tuning again with the same name continues from it
-        raise
-    finally:
-        if not keep:
-            shutil.rmtree(stage, ignore_errors=True)
+            kept = torch.load(best_file, map_location="cpu", weights_only=True)
+            _atomic_save({"architecture": cfg.architecture, "state_dict": kept["state_dict"]}, chosen)
+            log(f"kept the weights of step {best['step']} (best held-out F1@0.5), not those of the last step")
+        weights = chosen
+    if after is not None:
+        log(f"after: {scores_line(after)} ({where}; step {best['step']})")
+    new_card = card.model_copy(deep=True)
+    new_card.description = (f"{card.name} fine-tuned on {len(train_data)} patch(es) from {Path(train_dir).name} "
+                            f"({iterations} iterations, finetunable layers: {layers}).\n"
+                            f"Base model: {card.description.strip()}").strip()
+    new_card.architecture = cfg.architecture
+    new_card.validation = {"evaluated_on": where or "nothing (too few patches to hold out)",
+                           "before": before, "after": after, "kept_step": best["step"],
+                           "scored_steps": [h["step"] for h in history]}
+    new_card.training = {"base_model": card.name, "train_dirs": [str(train_dir)], "n_patches": len(train_data),
+                         "held_out": held, "iterations": int(iterations), "layers": layers, "lr": lr,
+                         "patch_size": patch_size, "batch_size": cfg.batch_size,
+                         "replay_dirs": [str(d) for d in replay_dirs],
+                         "replay_ratio": opts.replay_ratio if replay_dirs else 0.0,
+                         "final_loss": float(np.mean(losses[-5:])) if losses else None}
+    path = _register(new_card, weights, name, overwrite)
+    if not keep:  # registered: the default work folder goes
+        shutil.rmtree(stage, ignore_errors=True)
     return {"name": name, "before": before, "after": after, "evaluated_on": where, "held_out": held,
             "kept_step": best["step"], "validation": history, "weights": get_card(name).weights_path(),
             "card": str(path), "losses": losses}

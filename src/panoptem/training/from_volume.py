@@ -88,10 +88,23 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
                                 "scratch.")
         k = int(context_slices)
         cfg.architecture = {**cfg.architecture, "in_channels": 2 * k + 1}
-    ds = VolumeSlices(img, lab, tr, name=Path(labels_path).name, context=k)
-    if not val_slices:
+    train_zs = range(*tr.indices(img.shape[0]))
+    vs = parse_range(val_slices) if val_slices else None
+    if vs is not None:  # held-out slices are never trained on
+        held = set(range(*vs.indices(img.shape[0])))
+        overlap = sorted(held.intersection(train_zs))
+        if overlap and train_slices.strip() != ":":
+            raise PanoptemError(f"Training slices '{train_slices}' and validation slices '{val_slices}' share "
+                                f"{len(overlap)} slice(s) (z {overlap[0]}...): a model scored on slices it was "
+                                "trained on looks better than it is; give ranges that do not overlap.")
+        if overlap:  # all slices but the held-out ones
+            train_zs = [z for z in train_zs if z not in held]
+            log(f"training on the {len(train_zs)} slices outside the validation slices {val_slices}")
+            if not train_zs:
+                raise PanoptemError(f"Validation slices '{val_slices}' leave no slice to train on; hold out fewer.")
+    ds = VolumeSlices(img, lab, train_zs, name=Path(labels_path).name, context=k)
+    if vs is None:
         return train(ds, out_dir, cfg, resume=resume, log=log, init_state=init_state)
-    vs = parse_range(val_slices)
     vimg, vlab = np.asarray(img[vs]), np.asarray(lab[vs])
     if not len(vimg):
         raise PanoptemError(f"Validation slices '{val_slices}' select nothing of the image {tuple(img.shape)}.")
@@ -125,6 +138,9 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     from ..inference.segment2d import take_plane
     val = ([take_plane(img, z, "xy", neighbours=k) if k else np.asarray(img[z]) for z in zs], list(vlab[::4]))
     train(ds, out_dir, cfg, resume=resume, val=val, log=log, init_state=init_state, validate=validate)
+    if best is None:  # an earlier panoptem checkpointed the last step before scoring it; killed in between
+        raise PanoptemError(f"{out_dir} holds a finished run whose held-out slices were never scored; run again "
+                            "with --restart.")
     log(f"kept the weights of step {best['step']} (best 3D F1@0.5 on the held-out slices, the later on a "
         f"tie): {json.dumps(best)}")
     return best_file

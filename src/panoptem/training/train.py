@@ -97,8 +97,8 @@ def _resume(ckpt: Path, cfg: TrainConfig, arch: dict, model, opt, sched, rng) ->
     run's whole architecture (checkpoints record theirs, completed with the defaults when older)."""
     state = load_checkpoint(ckpt, cfg.device)
     if architecture_config(state.get("architecture", arch)) != arch:
-        raise PanoptemError(f"{ckpt} is a checkpoint of another network; delete {ckpt.parent} to start afresh, "
-                            "or choose another name.")
+        raise PanoptemError(f"{ckpt} is a checkpoint of another network; delete {ckpt.parent} to start afresh "
+                            "(train-volume: --restart), or choose another name.")
     try:
         model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"]); rng.bit_generator.state = state["rng"]
@@ -106,7 +106,8 @@ def _resume(ckpt: Path, cfg: TrainConfig, arch: dict, model, opt, sched, rng) ->
         return int(state["step"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise PanoptemError(f"Checkpoint {ckpt} does not fit this training run ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120]}); use another output folder or pass --restart.") from None
+                            f"{str(e).splitlines()[0][:120]}); delete {ckpt.parent} to start afresh (train-volume: "
+                            "--restart), or choose another name or output folder.") from None
 
 
 class OneCycle:
@@ -259,10 +260,6 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
         rec = {"step": step, "loss": round(float(loss.detach()), 5), **parts, "lr": opt.param_groups[0]["lr"],
                "elapsed_s": round(time.time() - t0, 1)}
         stopping = stop is not None and step < cfg.iterations and bool(stop())
-        if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping:
-            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                          "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                          "architecture": arch}, ckpt)
         if val is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
             model.eval()
             rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
@@ -271,6 +268,11 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
             model.eval()
             validate(model, step)
             _train_mode(model, frozen)
+        # after the step's scoring: a run killed while scoring resumes before this step and scores it again
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping:
+            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                          "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+                          "architecture": arch}, ckpt)
         if on_step is not None:
             on_step(rec)
         if step % 20 == 0 or "val_iou" in rec or stopping:
