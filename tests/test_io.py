@@ -466,3 +466,9 @@ def test_tiff_written_a_page_at_a_time_reads_as_a_stack(tmp_path):
             tw.write(np.ones(shape, np.uint8))
     img = read_image(tmp_path / "mixed.tif")
     assert img.shape == (5, 6) and "only the first" in img.notes[0]
+
+
+def test_a_plain_file_named_zarr_is_told_a_store_is_a_folder(tmp_path):
+    (tmp_path / "x.zarr").write_bytes(b"not a folder")
+    with pytest.raises(PanoptemError, match="store is a folder"):
+        read_image(tmp_path / "x.zarr")

@@ -136,6 +136,16 @@ def run_and_wait(qtbot, w, timeout=60_000):
 
 # ------------------------------------------------------------------ manifest, sample, reader, writer
 
+def test_reader_tells_panoptems_32_bit_grey_images_from_its_labels(tmp_path):
+    # every panoptem TIFF was tagged "panoptem": a uint32 grey image opened as labels
+    from panoptem.io import write_image, write_labels
+    from panoptem.napari._reader import is_labels
+    vol = np.arange(2 * 8 * 8, dtype=np.uint32).reshape(2, 8, 8)
+    for dtype in (np.uint32, np.int32):
+        assert not is_labels(write_image(tmp_path / f"img_{np.dtype(dtype)}.tif", vol.astype(dtype)), dtype)
+    assert is_labels(write_labels(tmp_path / "mito.tif", vol), np.uint32)
+
+
 def test_manifest_is_valid_and_importable():
     from npe2 import PluginManifest
     m = PluginManifest.from_file(MANIFEST)

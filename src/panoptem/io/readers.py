@@ -136,6 +136,9 @@ def _kind(p: Path) -> str:
                            ("hdf5", HDF5_SUFFIXES)):
         if suffix in suffixes:
             return kind
+    if suffix in ZARR_SUFFIXES + N5_SUFFIXES:
+        raise PanoptemError(f"'{p.name}' is a file, but a {suffix} store is a folder; give the folder it came in "
+                            "(copy it whole, e.g. unzip it first).")
     raise PanoptemError(f"Cannot read '{p.name}': unsupported extension '{suffix}'; use one of "
                         f"{', '.join(SUPPORTED)}, or a folder of 2D images.")
 

@@ -294,7 +294,9 @@ class _TiffWriter(LabelWriter):
         self._buf = np.zeros(self.shape, self.dtype) if self.ndim == 2 else None
         self._desc = _tiff_description(self.shape, self.dtype, self.voxel_size)
         # zlib (deflate), which every reader decodes
-        self._kw = dict(compression="zlib", photometric="minisblack", metadata=None, software="panoptem",
+        # the Software tag tells labels from grey images (napari's reader opens them as such)
+        self._kw = dict(compression="zlib", photometric="minisblack", metadata=None,
+                        software="panoptem labels" if self.labels else "panoptem image",
                         maxworkers=min(os.cpu_count() or 1, 8))
         self._deflate = _fast_deflate()
         row = int(self.shape[-1]) * self.dtype.itemsize

@@ -44,17 +44,18 @@ def _zarr_attrs(p: Path) -> dict:
 
 
 def _written_by_panoptem_as_labels(p: Path, dtype) -> bool:
-    """OME-Zarr 'image-label' groups, and 32/64-bit TIFFs whose Software tag is panoptem
-    (panoptem writes labels as uint32/uint64, grey images in their own dtype)."""
+    """OME-Zarr 'image-label' groups, and TIFFs whose Software tag says panoptem wrote labels
+    (earlier releases tagged every file "panoptem": there, 32/64-bit ones, as labels are)."""
     if p.is_dir():
         return "image-label" in _zarr_attrs(p)
-    if p.suffix.lower() in (".tif", ".tiff", ".btf") and np.dtype(dtype).itemsize >= 4:
+    if p.suffix.lower() in (".tif", ".tiff", ".btf"):
         import tifffile
         try:
             with tifffile.TiffFile(p) as tif:
-                return (tif.pages[0].software or "").startswith("panoptem")
+                software = tif.pages[0].software or ""
         except Exception:  # noqa: BLE001 - unreadable tags just mean "not ours"
             return False
+        return software == "panoptem labels" or (software == "panoptem" and np.dtype(dtype).itemsize >= 4)
     return False
 
 
