@@ -106,7 +106,7 @@ class Params3D(PlaneParams):
     median_slices: int = Field(3, description="Median Filter Size: running median of the semantic "
                                "probabilities over this many neighbouring slices (1, 3, ... 11).")
     min_size: int = Field(500, ge=0, description="Min Size: 3D objects with fewer voxels than this are removed.")
-    min_extent: int = Field(5, ge=0, description="Min Extent: objects whose bounding box is thinner "
+    min_extent: int = Field(5, ge=0, description="Min Box Extent: objects whose bounding box is thinner "
                             "than this many voxels along any axis are removed.")
     inference_plane: Literal[PLANES] = Field("xy", description="Inference plane: the stack axis of one-plane 3D inference (xy, xz or yz).")
     orthoplane: bool = Field(False, description="Run ortho-plane: xy, xz and yz stacks, then a consensus.")

@@ -144,4 +144,4 @@ KEY_HELP = ("Dataset inside an HDF5 file, Zarr group or N5 container (default: t
             "the level nearest the model's pixel size).")
 PREVIEW_HELP = ("Also write a PNG picture of the result: a few planes of the labels over the image, a scale bar, "
                 "the model, the main parameters and the object count (needs matplotlib: pip install "
-                "'panoptem[report]').")
+                "'panoptem\\[report]').")

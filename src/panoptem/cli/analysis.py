@@ -25,7 +25,7 @@ def evaluate_cmd(
                                        "dropped too."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write an HTML report with the scores "
                                           "and pictures of the largest false objects, misses, splits and "
-                                          "merges (needs matplotlib: pip install 'panoptem[report]')."),
+                                          "merges (needs matplotlib: pip install 'panoptem\\[report]')."),
     image: Optional[str] = typer.Option(None, "--image", help="With --report: the grey image, drawn under "
                                         "the labels."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
