@@ -525,9 +525,9 @@ class DatasetFolders(TrainingData):
 
 class VolumeSlices(TrainingData):
     """:class:`TrainingData` from slices of a ZYX image volume and its labels (2D instance
-    ids per slice are fine, or ``class * divisor + n`` with ``label_divisor``): every
-    slice in ``slices`` (a slice, or slice numbers) is one training image, normalised on its own as a 2D image is. With
-    ``context`` k, each comes with its k neighbours on each side (clamped at the volume's ends)
+    ids per slice are fine, or ``class * divisor + n`` with ``label_divisor``): every slice in
+    ``slices`` (a slice, or slice numbers) is one training image, normalised on its own as a 2D
+    image is. With ``context`` k, each comes with its k neighbours on each side (clamped at the volume's ends)
     as (2k + 1, H, W), for a model with that ``context_slices``.
 
     >>> vol = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
