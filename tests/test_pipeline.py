@@ -680,7 +680,8 @@ def test_bench_command_reports_stages_and_the_ratio(tiny_card, home, capsys):
     assert stages[-3:] == ["network_only", "end_to_end", "total"]
     assert {"read", "normalise", "network", "decode", "link", "link_solve"} <= set(stages)
     tot = lines[-1]
-    assert tot["ratio"] == pytest.approx(tot["end_to_end_s"] / tot["network_only_s"], rel=0.03)
+    e, n = tot["end_to_end_s"], tot["network_only_s"]  # rounded to 0.1 ms: a 2 ms network is 2.5 % off
+    assert (e - 5e-5) / (n + 5e-5) - 5e-4 <= tot["ratio"] <= (e + 5e-5) / (n - 5e-5) + 5e-4
     assert tot["same_labels_as_staged"] is True and tot["shape"] == [6, 64, 96]
     assert all(len(r["load"]) == 3 for r in lines)
     assert abs(sum(r["share"] for r in lines if "share" in r) - 1) < 0.01
