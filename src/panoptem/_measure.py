@@ -224,8 +224,8 @@ def _run_sums(image: np.ndarray, first: np.ndarray, length: np.ndarray) -> tuple
     are numbers: NaN or inf voxels (a float stack's padding) are left out, not spread by the
     running total to every later run."""
     finite = None
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        ok = np.isfinite(image)
+    ok = np.isfinite(image) if image.dtype.kind == "f" else None
+    if ok is not None and not ok.all():
         image = np.where(ok, image, 0)
         fc = np.concatenate([[0], np.cumsum(ok, dtype=np.int64).ravel()])
         finite = fc[first + length] - fc[first]

@@ -298,8 +298,9 @@ def _page_stack(p: Path, tif, lazy: bool):
             any(s.shape != first.shape or s.dtype != first.dtype for s in tif.series):
         return None
     pages = _TiffPages(str(p), len(tif.series), plane)
-    data = StoreArray(partial(_TiffPages, str(p), len(tif.series), plane), pages.shape, first.dtype, name=p.name)
-    return (data if lazy else pages[(slice(None),)]), None  # nothing says how far apart the planes are
+    if not lazy:
+        return pages[(slice(None),)], None  # nothing says how far apart the planes are
+    return StoreArray(partial(_TiffPages, str(p), len(tif.series), plane), pages.shape, first.dtype, name=p.name), None
 
 
 def _read_tiff(p: Path, lazy: bool):
