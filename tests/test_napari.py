@@ -192,6 +192,35 @@ def test_reader_and_writer_round_trip_labels(viewer, tmp_path):
     assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
 
 
+def test_reader_opens_ome_zarr_pyramids(viewer, tmp_path, monkeypatch):
+    import zarr
+
+    from panoptem.io import write_labels
+    from panoptem.napari import _reader
+    ds = []
+    grp = zarr.open_group(str(tmp_path / "em.zarr"), mode="w", zarr_format=2)
+    for i in range(3):  # c, z, y, x in µm, 2 x 2 in-plane steps, the origin at (1, 2, 3) µm
+        grp.create_array(str(i), data=np.full((1, 4, 64 >> i, 80 >> i), i, np.uint8))
+        ds.append({"path": str(i), "coordinateTransformations": [
+            {"type": "scale", "scale": [1, 0.01, 0.005 * 2**i, 0.005 * 2**i]},
+            {"type": "translation", "translation": [0, 1.0, 2.0 + 0.0025 * (2**i - 1), 3.0 + 0.0025 * (2**i - 1)]}]})
+    axes = [{"name": "c", "type": "channel"}] + [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    grp.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": ds}]
+    em = viewer.open(str(tmp_path / "em.zarr"), plugin="panoptem")[0]
+    assert em.multiscale and [lv.shape for lv in em.data] == [(4, 64, 80), (4, 32, 40), (4, 16, 20)]
+    assert [int(np.asarray(lv[0, 0, 0])) for lv in em.data] == [0, 1, 2]
+    assert tuple(em.scale) == (10, 5, 5) and isinstance(em.data[0][1:3], np.ndarray)  # level 0 as the engine reads it
+    lab = np.zeros((4, 600, 700), np.uint32)
+    lab[1:3, 100:300, 200:400] = 9
+    write_labels(tmp_path / "big_labels.zarr", lab, voxel_size=(10, 5, 5))
+    small = viewer.open(str(tmp_path / "big_labels.zarr"), plugin="panoptem")[0]
+    assert not small.multiscale and isinstance(small.data, np.ndarray)   # editable
+    monkeypatch.setattr(_reader, "IN_MEMORY_LABELS_BYTES", 0)            # too large to edit: its pyramid
+    big = viewer.open(str(tmp_path / "big_labels.zarr"), plugin="panoptem")[0]
+    assert big.__class__.__name__ == "Labels" and big.multiscale and len(big.data) > 1
+    assert np.array_equal(np.asarray(big.data[0]), lab) and tuple(big.scale) == (10, 5, 5)
+
+
 # ------------------------------------------------------------------ parameter forms
 
 def test_forms_come_from_the_parameter_schema(viewer, home):

@@ -74,8 +74,38 @@ def _layer_name(p: Path) -> str:
     return p.stem
 
 
+def _ngff_pyramid(p: Path, img) -> list | None:
+    """The levels of the OME-Zarr multiscale whose first level ``img`` is (lazy, with the axes
+    ``img`` dropped alike); None when it has one level or is not such a pyramid."""
+    import dask.array as da
+    import zarr
+
+    from ..io._meta import ngff_multiscales
+    if not (p.is_dir() and img.key):
+        return None
+    root = zarr.open(str(p), mode="r")
+    parent_path, _, name = img.key.strip("/").rpartition("/")
+    parent = root[parent_path] if parent_path else root
+    ms = (ngff_multiscales(parent.attrs) or [None])[0]
+    datasets = ms.get("datasets", []) if isinstance(ms, dict) else []
+    if len(datasets) < 2 or datasets[0].get("path") != name:
+        return None
+    level0 = parent[name]
+    keep = [i for i, n in enumerate(level0.shape) if n != 1]
+    levels = [img.data]  # as the engine reads it (numpy out of every index)
+    for ds in datasets[1:]:
+        arr = parent[ds["path"]]
+        if arr.ndim != level0.ndim or any(arr.shape[i] != 1 for i in range(arr.ndim) if i not in keep):
+            return None  # not a pyramid of this array: its first level alone
+        levels.append(da.from_zarr(arr).reshape(tuple(arr.shape[i] for i in keep)))
+    return levels
+
+
 def read_layers(path) -> list[tuple]:
-    """Read ``path`` with :func:`panoptem.io.read_image` into one image or labels layer."""
+    """Read ``path`` with :func:`panoptem.io.read_image` into one image or labels layer, with its
+    voxel size as scale and an OME-Zarr's pyramid as a multiscale layer (labels small enough to
+    edit are read whole, first level only). Layers start at the origin: panoptem's outputs
+    carry no position, so an input's NGFF translation would set them apart."""
     from ..io import read_image
     if isinstance(path, (list, tuple)):
         path = path[0]
@@ -84,10 +114,11 @@ def read_layers(path) -> list[tuple]:
     meta = {"name": _layer_name(p), "metadata": {"voxel_size": img.voxel_size, "path": img.path}}
     if img.voxel_size is not None:
         meta["scale"] = tuple(img.voxel_size)
+    levels = _ngff_pyramid(p, img)
     data = img.data
     if is_labels(path, data.dtype):
         nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
         if nbytes <= IN_MEMORY_LABELS_BYTES:  # editable in memory; larger ones stay lazy (view only)
-            data = np.asarray(data)
-        return [(data, meta, "labels")]
-    return [(data, meta, "image")]
+            return [(np.asarray(data), meta, "labels")]
+        return [(levels or data, meta, "labels")]
+    return [(levels or data, meta, "image")]
