@@ -409,10 +409,10 @@ def test_empty_patches_are_true_negatives_but_all_empty_is_refused(home, tmp_pat
 def test_cancelled_finetune_keeps_its_checkpoint_and_continues(home, tmp_path, tiny_card):
     from panoptem.models.home import card_paths
     from panoptem.training.train import TrainingCancelled
-    data = disc_dataset(tmp_path / "ds", n=2)
+    data, val = disc_dataset(tmp_path / "ds", n=2), disc_dataset(tmp_path / "val", n=1)
     seen = []
     with pytest.raises(TrainingCancelled) as e:
-        finetune(str(tiny_card), data, name="stopme", iterations=8, patch_size=64, log=lambda s: None,
+        finetune(str(tiny_card), data, val, name="stopme", iterations=8, patch_size=64, log=lambda s: None,
                  on_step=lambda r: seen.append(r["step"]), stop=lambda: len(seen) >= 2)
     work = home / "training" / "stopme"
     assert e.value.step == 3 and seen == [1, 2, 3]              # stop() first said yes after step 3
@@ -420,9 +420,11 @@ def test_cancelled_finetune_keeps_its_checkpoint_and_continues(home, tmp_path, t
     assert torch.load(work / "checkpoint.pt", weights_only=False)["step"] == 3
     assert "stopme" not in card_paths()
     lines = []
-    r = finetune(str(tiny_card), data, name="stopme", iterations=8, patch_size=64, log=lines.append)
+    r = finetune(str(tiny_card), data, val, name="stopme", iterations=8, patch_size=64, log=lines.append)
     assert "resumed from step 3" in lines and len(r["losses"]) == 5
     assert "stopme" in card_paths() and not work.exists()
+    scored = [h["step"] for h in r["validation"]]            # the steps scored before the stop too
+    assert scored == list(range(1, 9)) and get_card("stopme").validation["scored_steps"] == scored
 
 
 def test_a_refused_finetune_leaves_the_checkpoint_a_stopped_run_kept(home, tmp_path, tiny_card):

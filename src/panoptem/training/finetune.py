@@ -12,6 +12,7 @@ For example (needs a dataset folder)::
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
+from .._atomic import write_text
 from ..errors import PanoptemError
 from ..models.card import ClassInfo, ModelCard, Normalization, Weights
 from ..params import LAYERS
@@ -365,14 +367,15 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     losses: list[float] = []
     stage = Path(out_dir) if out_dir else training_dir(name)
     keep = out_dir is not None
-    best_file = stage / "best.pt"
+    best_file, history_file = stage / "best.pt", stage / "scores.json"
     history: list[dict] = []
     best = {"step": 0, "scores": before}
 
     def validate(model, step: int) -> None:
         # PyTorch: weights that change every step are not worth an ONNX export (nor a cache file each)
         scores = evaluate_pairs(LoadedModel(card, model, dev), *val, runtime="torch", **params)
-        history.append({"step": step, **scores})
+        history[:] = [h for h in history if h["step"] < step] + [{"step": step, **scores}]
+        write_text(history_file, json.dumps(history))  # a resumed run reports every step scored
         log(f"step {step}: {scores_line(scores)}")
         if better_scores(scores, best["scores"]):
             best.update(step=step, scores=scores)
@@ -385,6 +388,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
         import torch
         kept = torch.load(best_file, map_location="cpu", weights_only=True)  # tensors and numbers only
         best.update(step=int(kept["step"]), scores=dict(kept["scores"]))
+    if val is not None and resume and history_file.exists():
+        history[:] = json.loads(history_file.read_text())
     weights = train(source, stage, cfg, resume=resume, log=log, init_state=state, frozen=frozen,
                     on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop,
                     validate=validate if val is not None else None)
