@@ -193,6 +193,7 @@ def test_reader_and_writer_round_trip_labels(viewer, tmp_path):
 
 
 def test_reader_opens_ome_zarr_pyramids(viewer, tmp_path, monkeypatch):
+    import tifffile
     import zarr
 
     from panoptem.io import write_labels
@@ -219,6 +220,31 @@ def test_reader_opens_ome_zarr_pyramids(viewer, tmp_path, monkeypatch):
     big = viewer.open(str(tmp_path / "big_labels.zarr"), plugin="panoptem")[0]
     assert big.__class__.__name__ == "Labels" and big.multiscale and len(big.data) > 1
     assert np.array_equal(np.asarray(big.data[0]), lab) and tuple(big.scale) == (10, 5, 5)
+    saved = big.save(str(tmp_path / "saved_labels.tif"), plugin="panoptem")     # its full resolution
+    assert saved and np.array_equal(tifffile.imread(saved[0]), lab)
+    import shutil
+    shutil.rmtree(tmp_path / "big_labels.zarr" / "1")                  # a level lost in a partial copy
+    (tmp_path / "em.zarr" / ".zattrs").write_text((tmp_path / "em.zarr" / ".zattrs").read_text()
+                                                   .replace('"path": "2"', '"where": "2"'))
+    for name in ("big_labels.zarr", "em.zarr"):                          # level 0 alone
+        layer = viewer.open(str(tmp_path / name), plugin="panoptem")[0]
+        assert not layer.multiscale and layer.data.shape == (lab.shape if name[0] == "b" else (4, 64, 80))
+
+
+def test_reader_gives_labels_of_a_mapped_file_in_writable_memory(viewer, tmp_path):
+    import mrcfile
+    import tifffile
+    lab = np.zeros((3, 16, 16), np.uint16)
+    lab[1, 4:8, 4:8] = 5
+    tifffile.imwrite(tmp_path / "raw_labels.tif", lab)                  # uncompressed: read as a file mapping
+    with mrcfile.new(tmp_path / "seg_labels.mrc") as m:
+        m.set_data(lab)
+    for name in ("raw_labels.tif", "seg_labels.mrc"):
+        layer = viewer.open(str(tmp_path / name), plugin="panoptem")[0]
+        assert layer.__class__.__name__ == "Labels" and np.array_equal(layer.data, lab)
+        layer.data[0, 0, 0] = 9                                          # editable, as proofreading needs
+        layer.paint((2, 10, 10), 7, refresh=False)
+        assert layer.data[2, 10, 10] == 7 and tifffile.imread(tmp_path / "raw_labels.tif")[0, 0, 0] == 0
 
 
 # ------------------------------------------------------------------ parameter forms

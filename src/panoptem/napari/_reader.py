@@ -94,9 +94,13 @@ def _ngff_pyramid(p: Path, img) -> list | None:
     keep = [i for i, n in enumerate(level0.shape) if n != 1]
     levels = [img.data]  # as the engine reads it (numpy out of every index)
     for ds in datasets[1:]:
-        arr = parent[ds["path"]]
-        if arr.ndim != level0.ndim or any(arr.shape[i] != 1 for i in range(arr.ndim) if i not in keep):
-            return None  # not a pyramid of this array: its first level alone
+        try:
+            arr = parent[ds["path"]]
+            ok = isinstance(arr, zarr.Array) and arr.ndim == level0.ndim
+        except (KeyError, TypeError, ValueError):
+            ok = False  # a level listed but missing or malformed (a partial copy)
+        if not ok or any(arr.shape[i] != 1 for i in range(arr.ndim) if i not in keep):
+            return None  # not a whole pyramid of this array: its first level alone
         levels.append(da.from_zarr(arr).reshape(tuple(arr.shape[i] for i in keep)))
     return levels
 
@@ -119,6 +123,9 @@ def read_layers(path) -> list[tuple]:
     if is_labels(path, data.dtype):
         nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
         if nbytes <= IN_MEMORY_LABELS_BYTES:  # editable in memory; larger ones stay lazy (view only)
-            return [(np.asarray(data), meta, "labels")]
+            data = np.asarray(data)
+            if not data.flags.writeable:  # a view of a read-only file mapping (raw TIFF, MRC)
+                data = data.copy()
+            return [(data, meta, "labels")]
         return [(levels or data, meta, "labels")]
     return [(levels or data, meta, "image")]

@@ -1,6 +1,8 @@
 """Writer contribution: a labels layer to OME-TIFF or OME-Zarr with its voxel size."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ._layers import voxel_size_from_meta
 
 
@@ -11,5 +13,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     panoptem's reader), else from its scale unless that is all ones.
     """
     from ..io import write_labels as _write
+    if isinstance(data, Sequence):  # a multiscale layer's levels: its full resolution (the pyramid is made anew)
+        data = data[0]
     out = _write(path, data, voxel_size=voxel_size_from_meta(meta, data.ndim), overwrite=True)
     return [str(out)]
