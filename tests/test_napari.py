@@ -231,6 +231,37 @@ def test_reader_opens_ome_zarr_pyramids(viewer, tmp_path, monkeypatch):
         assert not layer.multiscale and layer.data.shape == (lab.shape if name[0] == "b" else (4, 64, 80))
 
 
+def test_reader_opens_each_image_of_an_hdf5_file_or_zarr_group(viewer, tmp_path):
+    import shutil
+
+    import h5py
+    import zarr
+
+    from panoptem.io import write_labels
+    raw = np.arange(3 * 32 * 32, dtype=np.uint32).reshape(3, 32, 32).astype(np.uint8)
+    ids = np.full((3, 32, 32), 2**60 + 3, np.uint64)
+    with h5py.File(tmp_path / "cremi.h5", "w") as f:                  # CREMI's layout
+        f["volumes/raw"] = raw
+        f["volumes/raw"].attrs["resolution"] = (40.0, 4.0, 4.0)
+        f["volumes/labels/neuron_ids"] = ids
+        f["annotations/ids"] = np.arange(5)                             # not an image: left out
+    layers = {ly.name: ly for ly in viewer.open(str(tmp_path / "cremi.h5"), plugin="panoptem")}
+    assert sorted(layers) == ["cremi/volumes/labels/neuron_ids", "cremi/volumes/raw"]
+    em, seg = layers["cremi/volumes/raw"], layers["cremi/volumes/labels/neuron_ids"]
+    assert em.__class__.__name__ == "Image" and np.array_equal(em.data[...], raw) and tuple(em.scale) == (40, 4, 4)
+    assert seg.__class__.__name__ == "Labels" and np.array_equal(seg.data, ids)
+    grp = zarr.open_group(str(tmp_path / "multi.zarr"), mode="w", zarr_format=2)
+    grp.create_array("raw", data=raw)
+    grp.create_group("labels")
+    write_labels(tmp_path / "mito.zarr", ids[:, :, :16], voxel_size=(40, 4, 4))
+    shutil.copytree(tmp_path / "mito.zarr", tmp_path / "multi.zarr" / "labels" / "mito")  # an 'image-label' pyramid
+    layers = {ly.name: ly for ly in viewer.open(str(tmp_path / "multi.zarr"), plugin="panoptem")}
+    assert sorted(layers) == ["multi/labels/mito", "multi/raw"]
+    assert layers["multi/labels/mito"].__class__.__name__ == "Labels"
+    assert np.array_equal(layers["multi/labels/mito"].data, ids[:, :, :16])
+    assert layers["multi/raw"].__class__.__name__ == "Image"
+
+
 def test_reader_gives_labels_of_a_mapped_file_in_writable_memory(viewer, tmp_path):
     import mrcfile
     import tifffile

@@ -111,6 +111,43 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
     return ImageData(data, voxel, str(p), notes=tuple(n for n in notes if n), key=key)
 
 
+def image_keys(path) -> list[str]:
+    """The keys ``read_image`` takes for each image an HDF5 file or a Zarr group holds when it
+    holds several (an OME-Zarr multiscale counts once, by its group); [] for other inputs.
+
+    Examples
+    --------
+    >>> import h5py
+    >>> with h5py.File("cremi.h5", "w") as f:
+    ...     f["volumes/raw"] = np.zeros((2, 8, 8), np.uint8)
+    ...     f["volumes/labels/neuron_ids"] = np.zeros((2, 8, 8), np.uint64)
+    >>> image_keys("cremi.h5")
+    ['volumes/labels/neuron_ids', 'volumes/raw']
+    """
+    p = Path(path).expanduser()
+    kind = _kind(p) if p.exists() else None
+    try:
+        if kind == "hdf5":
+            import h5py
+            with h5py.File(p, "r") as f:
+                names: list[str] = []
+                f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        elif kind == "zarr":
+            import zarr
+            root = zarr.open(str(p), mode="r")
+            if isinstance(root, zarr.Array) or _meta.ngff_multiscales(root.attrs):
+                return []
+            pyramids = [name for name, node in root.members(max_depth=None)
+                        if isinstance(node, zarr.Group) and _meta.ngff_multiscales(node.attrs)]
+            names = pyramids + [name for name in _array_keys(root)
+                                if not any(name.startswith(g + "/") for g in pyramids)]
+        else:
+            return []
+    except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
+        raise unreadable(p, kind, e) from None
+    return sorted(names) if len(names) > 1 else []
+
+
 _KIND_NAMES = {"tiff": "TIFF", "plain": "PNG/JPEG", "mrc": "MRC", "hdf5": "HDF5", "zarr": "Zarr", "n5": "N5",
                "folder": "a folder of images"}
 

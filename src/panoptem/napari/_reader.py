@@ -59,11 +59,15 @@ def _written_by_panoptem_as_labels(p: Path, dtype) -> bool:
     return False
 
 
-def is_labels(path, dtype) -> bool:
-    """An integer array named like labels ('label' in the file name) or written by panoptem as labels."""
+def is_labels(path, dtype, key: str | None = None) -> bool:
+    """An integer array named like labels ('label' in the file name, or in ``key`` for one of
+    several images in a file) or written as labels (by panoptem; OME-Zarr 'image-label' groups)."""
     if not np.issubdtype(np.dtype(dtype), np.integer):
         return False
     p = Path(path)
+    if key is not None:
+        key = key.strip("/")
+        return "label" in key.lower() or (p.is_dir() and "image-label" in _zarr_attrs(p / key))
     return "label" in p.name.lower() or _written_by_panoptem_as_labels(p, dtype)
 
 
@@ -108,24 +112,47 @@ def _ngff_pyramid(p: Path, img) -> list | None:
 def read_layers(path) -> list[tuple]:
     """Read ``path`` with :func:`panoptem.io.read_image` into one image or labels layer, with its
     voxel size as scale and an OME-Zarr's pyramid as a multiscale layer (labels small enough to
-    edit are read whole, first level only). Layers start at the origin: panoptem's outputs
-    carry no position, so an input's NGFF translation would set them apart."""
-    from ..io import read_image
+    edit are read whole, first level only); an HDF5 file or Zarr group holding several images
+    gives a layer for each (named FILE/KEY; those that are not 2D or 3D images are left out, and
+    a notification says why). Layers start at the origin: panoptem's outputs carry no position, so an
+    input's NGFF translation would set them apart."""
+    from ..errors import PanoptemError
+    from ..io.readers import image_keys
     if isinstance(path, (list, tuple)):
         path = path[0]
-    img = read_image(path)
+    keys = image_keys(path)
+    if not keys:
+        return [_layer(path, None)]
+    layers, left_out = [], []
+    for key in keys:
+        try:
+            layers.append(_layer(path, key))
+        except PanoptemError as e:
+            left_out.append(f"{key} ({e})")
+    if not layers:
+        raise PanoptemError(f"'{Path(path).name}' holds no 2D or 3D image: " + "; ".join(left_out))
+    if left_out:
+        from napari.utils.notifications import show_info
+        show_info(f"{Path(path).name}: left out " + "; ".join(left_out))
+    return layers
+
+
+def _layer(path, key: str | None) -> tuple:
+    from ..io import read_image
+    img = read_image(path, key=key)
     p = Path(path)
-    meta = {"name": _layer_name(p), "metadata": {"voxel_size": img.voxel_size, "path": img.path}}
+    name = _layer_name(p) if key is None else f"{_layer_name(p)}/{key.strip('/')}"
+    meta = {"name": name, "metadata": {"voxel_size": img.voxel_size, "path": img.path, "key": img.key}}
     if img.voxel_size is not None:
         meta["scale"] = tuple(img.voxel_size)
     levels = _ngff_pyramid(p, img)
     data = img.data
-    if is_labels(path, data.dtype):
+    if is_labels(path, data.dtype, key):
         nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
         if nbytes <= IN_MEMORY_LABELS_BYTES:  # editable in memory; larger ones stay lazy (view only)
             data = np.asarray(data)
             if not data.flags.writeable:  # a view of a read-only file mapping (raw TIFF, MRC)
                 data = data.copy()
-            return [(data, meta, "labels")]
-        return [(levels or data, meta, "labels")]
-    return [(levels or data, meta, "image")]
+            return (data, meta, "labels")
+        return (levels or data, meta, "labels")
+    return (levels or data, meta, "image")
