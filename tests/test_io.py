@@ -13,6 +13,7 @@ from panoptem.errors import PanoptemError
 from panoptem.io import (ImageStack, StoreArray, open_label_writer, read_image, write_image,
                          write_labels)
 from panoptem.io.writers import write_labels_together
+from panoptem.io.readers import image_keys
 
 RNG = np.random.default_rng(0)
 
@@ -152,12 +153,16 @@ def test_ome_zarr_5d_micrometre_and_group_keys(tmp_path):
     np.testing.assert_array_equal(r.data[1], data[0, 0, 1])
     r1 = read_image(tmp_path / "img.zarr", key="s1")
     assert r1.data.shape == (4, 5, 6) and r1.voxel_size == pytest.approx((50.0, 20.0, 20.0))
+    r1 = read_image(tmp_path / "img.zarr" / "s1")        # the level's own folder: its scale too
+    assert r1.data.shape == (4, 5, 6) and r1.voxel_size == pytest.approx((50.0, 20.0, 20.0))
+    assert image_keys(tmp_path / "img.zarr") == []      # one image (a pyramid)
     # a plain group with two arrays needs a key
     h = zarr.open_group(str(tmp_path / "two.zarr"), mode="w")
     h.create_array("raw", data=np.zeros((3, 4, 5), np.uint8))
     h.create_array("seg", data=np.ones((3, 4, 5), np.uint16))
     with pytest.raises(PanoptemError, match="raw, seg"):
         read_image(tmp_path / "two.zarr")
+    assert image_keys(tmp_path / "two.zarr") == ["raw", "seg"]
     assert read_image(tmp_path / "two.zarr", key="seg", lazy=False).data.dtype == np.uint16
 
 

@@ -220,6 +220,8 @@ def test_reader_opens_ome_zarr_pyramids(viewer, tmp_path, monkeypatch):
     big = viewer.open(str(tmp_path / "big_labels.zarr"), plugin="panoptem")[0]
     assert big.__class__.__name__ == "Labels" and big.multiscale and len(big.data) > 1
     assert np.array_equal(np.asarray(big.data[0]), lab) and tuple(big.scale) == (10, 5, 5)
+    level = viewer.open(str(tmp_path / "big_labels.zarr" / "1"), plugin="panoptem")[0]   # one level's folder
+    assert level.__class__.__name__ == "Labels" and tuple(level.scale) == (10, 10, 10)
     saved = big.save(str(tmp_path / "saved_labels.tif"), plugin="panoptem")     # its full resolution
     assert saved and np.array_equal(tifffile.imread(saved[0]), lab)
     import shutil

@@ -561,6 +561,20 @@ def _nearest_level(ms, target: float) -> tuple[dict, str | None]:
                   f"{target:.3g} nm; pass --key to read another level")
 
 
+def _level_sizes(p: Path) -> list[float | None] | None:
+    """Voxel sizes of the array folder ``p`` when its parent is an OME-Zarr multiscale listing it."""
+    import zarr
+    try:
+        parent = zarr.open_group(str(p.parent), mode="r")
+    except Exception:  # noqa: BLE001 - no group above: a plain array
+        return None
+    for ms in _meta.ngff_multiscales(parent.attrs) or []:
+        for ds in ms.get("datasets", []) if isinstance(ms, dict) else []:
+            if isinstance(ds, dict) and ds.get("path") == p.name:
+                return _meta.ngff_sizes(ms, ds)
+    return None
+
+
 def _resolve_zarr(p: Path, root, key: str | None, pixel_size_nm: float | None = None):
     """(array path inside the store, the array, per-axis voxel sizes or None, note)."""
     import zarr
@@ -584,6 +598,10 @@ def _resolve_zarr(p: Path, root, key: str | None, pixel_size_nm: float | None = 
                     if ds.get("path") == name:
                         return prefix, node, _meta.ngff_sizes(ms, ds), None
     if isinstance(node, zarr.Array):
+        if not key:  # the folder of one level of an OME-Zarr pyramid keeps that level's scale
+            sizes = _level_sizes(p)
+            if sizes is not None:
+                return prefix, node, sizes, None
         return prefix, node, _meta.attrs_sizes(node.attrs, node.ndim), None
     multiscales = _meta.ngff_multiscales(node.attrs)
     if multiscales:

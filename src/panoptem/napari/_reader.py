@@ -46,8 +46,8 @@ def _zarr_attrs(p: Path) -> dict:
 def _written_by_panoptem_as_labels(p: Path, dtype) -> bool:
     """OME-Zarr 'image-label' groups, and TIFFs whose Software tag says panoptem wrote labels
     (earlier releases tagged every file "panoptem": there, 32/64-bit ones, as labels are)."""
-    if p.is_dir():
-        return "image-label" in _zarr_attrs(p)
+    if p.is_dir():  # the group, or the group above one level of its pyramid
+        return "image-label" in _zarr_attrs(p) or "image-label" in _zarr_attrs(p.parent)
     if p.suffix.lower() in (".tif", ".tiff", ".btf"):
         import tifffile
         try:
