@@ -12,8 +12,8 @@ import zarr
 from panoptem.errors import PanoptemError
 from panoptem.io import (ImageStack, StoreArray, open_label_writer, read_image, write_image,
                          write_labels)
-from panoptem.io.writers import write_labels_together
 from panoptem.io.readers import image_keys
+from panoptem.io.writers import write_labels_together
 
 RNG = np.random.default_rng(0)
 
