@@ -60,3 +60,7 @@ def test_n5_dataset_reads_lazily(tmp_path, compression):
     assert not got.any()
     with pytest.raises(PanoptemError, match="no N5 dataset"):
         read_image(tmp_path / "v.n5", key="nope")
+    from panoptem.napari._reader import get_reader                     # napari's reader claims it by content
+    (tmp_path / "v.n5").rename(tmp_path / "volume")
+    (data, meta, kind), = get_reader(str(tmp_path / "volume"))(str(tmp_path / "volume"))
+    assert kind == "image" and data.shape == arr.shape and meta["scale"] == (30.0, 4.0, 4.0)

@@ -21,9 +21,14 @@ def get_reader(path):
             return None
         path = path[0]
     p = Path(path)
-    if p.suffix.lower() in _suffixes() or (p.is_dir() and _is_zarr(p)):
+    if p.suffix.lower() in _suffixes() or (p.is_dir() and (_is_zarr(p) or is_n5(p))):
         return read_layers
     return None
+
+
+def is_n5(p: Path) -> bool:
+    from ..io._n5 import is_n5 as _is_n5
+    return _is_n5(p)
 
 
 def _is_zarr(p: Path) -> bool:
@@ -85,7 +90,7 @@ def _ngff_pyramid(p: Path, img) -> list | None:
     import zarr
 
     from ..io._meta import ngff_multiscales
-    if not (p.is_dir() and img.key):
+    if not (p.is_dir() and img.key and _is_zarr(p)):
         return None
     root = zarr.open(str(p), mode="r")
     parent_path, _, name = img.key.strip("/").rpartition("/")
