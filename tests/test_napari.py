@@ -269,7 +269,7 @@ def test_reader_gives_labels_of_a_mapped_file_in_writable_memory(viewer, tmp_pat
     import tifffile
     lab = np.zeros((3, 16, 16), np.uint16)
     lab[1, 4:8, 4:8] = 5
-    tifffile.imwrite(tmp_path / "raw_labels.tif", lab)                  # uncompressed: read as a file mapping
+    tifffile.imwrite(tmp_path / "raw_labels.tif", lab, photometric="minisblack")  # uncompressed: a file mapping
     with mrcfile.new(tmp_path / "seg_labels.mrc") as m:
         m.set_data(lab)
     for name in ("raw_labels.tif", "seg_labels.mrc"):
