@@ -409,6 +409,22 @@ def test_a_full_disk_is_one_line_saying_what_to_do(capsys, space, tiny_card, mon
             words=("disk is full", os.strerror(err), "run the same command again"))
 
 
+@pytest.mark.parametrize("where", ["output folder", "input"])
+def test_no_permission_is_one_line_naming_the_folder_or_file(capsys, space, tiny_card, monkeypatch, where):
+    """A folder the user cannot write to (the lock or temporary file panoptem was creating in it)
+    is named by the folder; a file that exists but cannot be read, by itself."""
+    from panoptem.inference import segment3d as s3
+    inp, out = space
+    volume(inp / "v.tif", (4, 64, 64))
+    name = out / ".o.zarr.lock" if where == "output folder" else inp / "v.tif"
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(name))
+    monkeypatch.setattr(s3, "segment_3d", denied)
+    refused(capsys, space, "segment3d", inp / "v.tif", "-o", out / "o.zarr", "--model", tiny_card,
+            words=(f"no permission to use '{out if where == 'output folder' else name}'", "a folder you can write to"))
+
+
 @pytest.mark.parametrize("args, word", [
     (("--confidence-thr", "abc"), "--confidence-thr"), (("--tile-size", "1.5"), "--tile-size"),
     (("--no-such-option",), "No such option"), (("-o",), "requires an argument"),

@@ -356,6 +356,28 @@ def test_onnx_runtime_matches_torch(tiny_card, home, monkeypatch):
     assert len(list((home / "cache" / "onnx").glob("*.onnx"))) == 3  # plain, context and encode graphs
 
 
+def test_onnx_export_goes_to_a_scratch_folder_when_the_cache_cannot_be_written(tiny_card, home, monkeypatch):
+    """A shared, read-only PANOPTEM_HOME (here its cache folder cannot be made: a file holds its
+    name) still runs the ONNX runtime, from an export of this process's own."""
+    from panoptem.inference import runtime
+    from panoptem.inference.engine import Predictor
+    from panoptem.models.load import load_model
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(runtime, "_sessions", {})
+    monkeypatch.setattr(runtime, "_scratch", [], raising=False)
+    lm = load_model(str(tiny_card), "cpu")
+    import shutil
+    shutil.rmtree(home / "cache" / "onnx", ignore_errors=True)
+    (home / "cache").mkdir(exist_ok=True)
+    (home / "cache" / "onnx").write_text("not a folder")
+    planes = np.random.default_rng(0).integers(0, 255, (2, 64, 64), dtype=np.uint8)
+    a = Predictor(lm, device="cpu", runtime="torch").predict(planes, (0, 255))
+    b = Predictor(lm, device="cpu", runtime="onnx", threads=1).predict(planes, (0, 255))
+    np.testing.assert_allclose(a.semantic_probability, b.semantic_probability, atol=1e-4)
+    assert len(runtime._scratch) == 1 and list(runtime._scratch[0].glob("*.onnx"))
+    assert (home / "cache" / "onnx").read_text() == "not a folder"
+
+
 def test_tiled_onnx_prediction_hands_back_the_arena_and_keeps_its_outputs(tiny_card, home, monkeypatch):
     """After the tiles of a large plane, ONNX Runtime's arena is shrunk by one small call; the
     session gives the same outputs after it."""

@@ -3,6 +3,7 @@ error into one line and exit status 2."""
 
 import errno
 import sys
+from pathlib import Path
 
 import typer
 
@@ -32,6 +33,13 @@ def _known_error(e: BaseException) -> str | None:
         return (f"the disk is full{where}: {first}. Free space on the output's disk (a 3D run keeps its work "
                 "folder beside the output; --cache-dir puts the network outputs elsewhere) or write the output to "
                 "a larger one, then run the same command again: a 3D run resumes where it stopped.")
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = "a file or folder this command uses"
+        if e.filename:
+            f = Path(e.filename)  # a file panoptem was creating (a temporary or lock file): its folder
+            where = f"'{f.parent}'" if not f.exists() else f"'{f}'"
+        return (f"no permission to use {where} ({e.strerror or first}); write outputs (and --cache-dir, and "
+                "PANOPTEM_HOME for models and caches) to a folder you can write to, and give inputs you can read.")
     if type(e).__module__.split(".")[0] in _READER_LIBRARIES:
         return (f"could not read an input file ({type(e).__name__}: {first}); check that it is complete and in "
                 "the format its name says.")

@@ -240,12 +240,37 @@ GRAPHS = ("plain", "context", "encode")
 
 
 def _onnx_path(key: str, graph: str = "plain", precision: str = "fp32") -> Path:
+    """The cached graph's file: in panoptem's cache folder, unless that folder cannot be written
+    (a shared read-only PANOPTEM_HOME) and lacks the file: then in a folder of this process's own."""
     from ..models.home import cache_dir
     name = key if graph == "plain" else f"{key}.{graph}"
     if precision == "int8":
         from .quantize import reduce_range
         name += ".int8r" if reduce_range() else ".int8"
-    return cache_dir("onnx") / f"{name}.onnx"
+    path = cache_dir("onnx") / f"{name}.onnx"
+    return path if path.exists() or _writable(path.parent) else _scratch_cache() / path.name
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+_scratch: list[Path] = []
+
+
+def _scratch_cache() -> Path:
+    """A temporary folder for this process's ONNX exports, removed when it exits."""
+    if not _scratch:
+        import atexit
+        import shutil
+        import tempfile
+        _scratch.append(Path(tempfile.mkdtemp(prefix="panoptem-onnx-")))
+        atexit.register(shutil.rmtree, _scratch[0], True)
+    return _scratch[0]
 
 
 def onnx_cached(model) -> bool:
