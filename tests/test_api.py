@@ -77,6 +77,17 @@ def test_segment_2d_takes_a_params_object_and_overrides():
         panoptem.segment_2d(img, model, params=p, confidence_thr=2)
 
 
+def test_the_largest_label_divisor_keeps_every_object():
+    """A divisor as large as parameters take (2^53) still gives ids class x divisor + n exactly
+    (2^63 - 1 was taken and, overflowing, gave labels that were all 0; it is now refused)."""
+    from panoptem.params import MAX_WHOLE
+    img, model = _image(), dark_blob_model()
+    big = panoptem.segment_2d(img, model, maximum_objects_per_class=MAX_WHOLE)
+    assert sorted(np.unique(big).tolist()) == [0, MAX_WHOLE + 1, MAX_WHOLE + 2]
+    with pytest.raises(PanoptemError, match="at most 2"):
+        panoptem.segment_2d(img, model, maximum_objects_per_class=2**63 - 1)
+
+
 def test_segment_3d_takes_a_params_object_and_overrides():
     vol = np.stack([_image()] * 8)
     model = dark_blob_model()

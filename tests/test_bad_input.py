@@ -284,6 +284,7 @@ def test_finetune_dataset_holding_a_text_file_named_tif(capsys, space, tiny_card
     ("--lr", "nan", "finite"), ("--lr", "-1", "greater than 0"), ("--lr", "inf", "finite"),
     ("--batch-size", "0", "batch_size"), ("--iterations", "0", "iterations"), ("--seed", "-1", "seed"),
     ("--patch-size", "100", "multiple of 32"), ("--layers", "decoder", "layers"),
+    ("--seed", str(2**64), "at most 2^53"), ("--iterations", str(2**70), "at most 2^53"),
 ])
 def test_finetune_bad_numbers(capsys, space, tiny_card, home, option, value, word):
     inp, _ = space
@@ -423,6 +424,20 @@ def test_no_permission_is_one_line_naming_the_folder_or_file(capsys, space, tiny
     monkeypatch.setattr(s3, "segment_3d", denied)
     refused(capsys, space, "segment3d", inp / "v.tif", "-o", out / "o.zarr", "--model", tiny_card,
             words=(f"no permission to use '{out if where == 'output folder' else name}'", "a folder you can write to"))
+
+
+@pytest.mark.parametrize("command, args, word", [
+    ("segment3d", ("--min-extent", str(2**64)), "at most 2^53"),
+    ("segment3d", ("--min-size", str(2**63)), "at most 2^53"),
+    ("segment2d", ("--maximum-objects-per-class", str(2**63)), "at most 2^53"),
+    ("segment2d", ("--threads", str(10**20)), "from 1 to 4096"),
+])
+def test_whole_numbers_past_64_bits_are_one_line(capsys, space, tiny_card, command, args, word):
+    """Numbers too large for the 64-bit arithmetic of ids and sizes are refused up front (they
+    raised OverflowError, or with a divisor near 2^63 gave labels that were all 0)."""
+    inp, out = space
+    volume(inp / "v.tif", (4, 64, 64), photometric="minisblack")
+    refused(capsys, space, command, inp / "v.tif", "-o", out / "o.tif", "--model", tiny_card, *args, words=(word,))
 
 
 @pytest.mark.parametrize("args, word", [

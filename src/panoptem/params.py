@@ -29,7 +29,23 @@ AUTO_TILE_ABOVE = 4096
 AUTO_TILE = 2048
 
 
-class PlaneParams(BaseModel):
+#: the largest whole number any parameter takes (counts, sizes, seeds, divisors): 2^53, so sums and
+#: products with ids, classes and coordinates stay exact in 64-bit integers and floats
+MAX_WHOLE = 2**53
+
+
+class _Params(BaseModel):
+    """Base of the parameter models: whole numbers are refused past :data:`MAX_WHOLE`."""
+
+    @field_validator("*")
+    @classmethod
+    def _not_huge(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_WHOLE:
+            raise ValueError(f"larger than any sensible value (at most 2^53 = {MAX_WHOLE})")
+        return v
+
+
+class PlaneParams(_Params):
     """Parameters that 2D and 3D inference share: the network's input and the decoding of each plane."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, defer_build=True)
@@ -149,7 +165,7 @@ def zarr_chunks(chunk_size: int, shape) -> tuple[int, ...] | None:
 _TRAIN_CONFIG = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, defer_build=True)
 
 
-class _TrainingParams(BaseModel):
+class _TrainingParams(_Params):
     """Options shared by fine-tuning and training."""
 
     model_config = _TRAIN_CONFIG
@@ -233,7 +249,7 @@ class VolumeTrainParams(_TrainingParams):
         return self
 
 
-class PatchParams(BaseModel):
+class PatchParams(_Params):
     """Options of picking patches to annotate."""
 
     model_config = _TRAIN_CONFIG
@@ -249,7 +265,7 @@ class PatchParams(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of the random picks.")
 
 
-class MeasureParams(BaseModel):
+class MeasureParams(_Params):
     """Options of measuring objects (``panoptem measure``, ``panoptem report``, the Measure widget)."""
 
     model_config = _TRAIN_CONFIG

@@ -75,13 +75,17 @@ def limit_threads(n: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(n)
 
 
+#: the most intra-op threads asked for (more than any machine's cores; the runtimes take an int32)
+MAX_THREADS = 4096
+
+
 def network_threads(threads: int | None) -> int:
     """Intra-op threads of the network: ``threads`` when given, else every core. Decoding
     runs beside the network in a thread of its own and takes about a tenth of the CPU
     time; the network at one thread fewer lost more than it gave (``panoptem bench``)."""
     if threads is not None:
-        if isinstance(threads, bool) or int(threads) != threads or threads < 1:
-            raise PanoptemError(f"Threads must be a whole number, 1 or more, not {threads!r}.")
+        if isinstance(threads, bool) or int(threads) != threads or not 1 <= threads <= MAX_THREADS:
+            raise PanoptemError(f"Threads must be a whole number from 1 to {MAX_THREADS}, not {threads!r}.")
         return int(threads)
     return cpu_count()
 
