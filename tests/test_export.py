@@ -200,6 +200,14 @@ def test_cli_exports(home, tmp_path, tiny_card):
     r = runner.invoke(app, ["model", "export", "tiny_reg", "-o", str(tmp_path / "e.pth"), "--format", "empanada"])
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "--overwrite" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    # a folder as the output: the file goes into it, named after the model
+    (tmp_path / "shared").mkdir()
+    for fmt, suffix in (("package", ".panoptem"), ("onnx", ".onnx")):
+        r = runner.invoke(app, ["model", "export", "tiny_reg", "-o", str(tmp_path / "shared"), "--format", fmt])
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["file"] == str(tmp_path / "shared" / f"tiny_reg{suffix}")
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["tiny_reg.onnx", "tiny_reg.panoptem",
+                                                                       "tiny_reg.yaml"]
 
 
 # ---------------------------------------------------------------- models that see neighbouring planes

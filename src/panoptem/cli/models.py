@@ -58,7 +58,8 @@ def model_register(
 @user_errors
 def model_export(
     name: str = typer.Argument(..., help="Model name or card path."),
-    output: Path = typer.Option(..., "-o", "--output", help="File to write."),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write, or a folder to write "
+                                "MODEL.panoptem (.pt, .pth, .onnx, .zip by --format) into."),
     format: str = typer.Option("package", "--format", "-f", help="package: one .panoptem file to share "
                                "(import it with `panoptem model import`); torchscript; empanada: TorchScript "
                                "+ yaml that empanada-napari can register; onnx; bioimageio: a bioimage.io model "

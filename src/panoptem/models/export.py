@@ -286,9 +286,15 @@ def _verify_onnx(path: Path, net: torch.nn.Module, shape: tuple[int, ...]) -> No
                                 "exported to ONNX faithfully.")
 
 
+#: the suffix of the file written into a folder given as the output, by format
+_FOLDER_SUFFIX = {"package": ".panoptem", "torchscript": ".pt", "empanada": ".pth", "onnx": ".onnx",
+                  "bioimageio": ".zip"}
+
+
 def export_model(name_or_card: str | Path, out_file: str | Path, format: str = "package",
                  overwrite: bool = False) -> Path:
-    """Write a model in one of :data:`~.card.EXPORT_FORMATS`; returns the file written.
+    """Write a model in one of :data:`~.card.EXPORT_FORMATS`; returns the file written
+    (``out_file``, or NAME.panoptem / .pt / .pth / .onnx / .zip inside it when it is a folder).
 
     ``package`` (:func:`~.registry.export_package`) never overwrites; the other
     formats replace an existing file only with ``overwrite``. ``bioimageio`` writes a
@@ -296,6 +302,9 @@ def export_model(name_or_card: str | Path, out_file: str | Path, format: str = "
     """
     if format not in EXPORT_FORMATS:
         raise PanoptemError(f"Export format must be one of {', '.join(EXPORT_FORMATS)}, not '{format}'.")
+    if Path(out_file).expanduser().is_dir():  # a folder: the file goes into it, named after the model
+        from .home import get_card
+        out_file = Path(out_file).expanduser() / f"{get_card(str(name_or_card)).name}{_FOLDER_SUFFIX[format]}"
     if format == "package":
         from .registry import export_package
         return export_package(str(name_or_card), out_file)
