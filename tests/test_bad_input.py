@@ -345,6 +345,31 @@ def test_a_folder_argument_naming_a_file_is_one_line(capsys, space, tiny_card, c
     refused(capsys, space, *args, words=("notes.txt", "not a folder"))
 
 
+@pytest.mark.parametrize("case", ["foreign xy.zarr file", "foreign xy.zarr store", "preview", "output", "in input"])
+def test_a_cache_folder_that_would_write_over_the_users_files_is_one_line(capsys, space, tiny_card, case):
+    """--cache-dir never writes into what is not panoptem's cache: a user's xy.zarr in it (a file
+    raised FileExistsError; a store was written into), the output or preview, an input store."""
+    import zarr
+    inp, out = space
+    volume(inp / "v.tif", (4, 64, 64), photometric="minisblack")
+    args, word = ["--cache-dir", str(out / "cd")], "not panoptem's cache"
+    if case == "foreign xy.zarr file":
+        (out / "cd").mkdir()
+        (out / "cd" / "xy.zarr").write_text("a user's file\n")
+    elif case == "foreign xy.zarr store":
+        zarr.open_group(str(out / "cd" / "xy.zarr"), mode="w").create_array("raw", data=np.ones((2, 8, 8), np.uint8))
+    elif case == "preview":
+        pytest.importorskip("matplotlib")
+        args, word = ["--cache-dir", str(out / "p.png"), "--preview", str(out / "p.png")], "is the preview"
+    elif case == "output":
+        args, word = ["--cache-dir", str(out / "o.zarr")], "is the output"
+    else:
+        zarr.open_group(str(inp / "v.zarr"), mode="w").create_array("0", data=np.full((4, 64, 64), 9, np.uint8))
+        args, word = ["--cache-dir", str(inp / "v.zarr" / "cache")], "inside the input"
+    source = inp / ("v.zarr" if case == "in input" else "v.tif")
+    refused(capsys, space, "segment3d", source, "-o", out / "o.zarr", "--model", tiny_card, *args, words=(word,))
+
+
 BROKEN_YAML = "name: x\n  weights: [1, 2\n"
 
 

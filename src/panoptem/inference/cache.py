@@ -131,6 +131,27 @@ def differing(stored: dict, key: dict) -> str:
     return f"{', '.join(parts[:-1])} and {parts[-1]} differ"
 
 
+_CACHE_ARRAYS = {"probability", "heatmap", "offsets", "hash", "done"}
+
+
+def _cache_or_nothing(path: Path) -> bool:
+    """Whether ``path`` is missing, an empty folder, or a zarr group holding nothing but what
+    :class:`OutputCache` stores (a run killed while making it left some of it)."""
+    if not path.exists():
+        return True
+    if not path.is_dir():
+        return False
+    names = {q.name for q in path.iterdir()}
+    if not names:
+        return True
+    import zarr
+    try:
+        g = zarr.open_group(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - not a zarr group: not ours
+        return False
+    return set(g.keys()) <= _CACHE_ARRAYS and set(g.attrs.keys()) <= {"key"}
+
+
 class OutputCache:
     """Network outputs of one stack, stored slice by slice.
 
@@ -145,6 +166,9 @@ class OutputCache:
         from ..io.zarr_write import ChunkRows, dense
         self.path = Path(path) / f"{plane}.zarr"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not _cache_or_nothing(self.path):
+            raise PanoptemError(f"'{self.path}' is there but is not panoptem's cache of network outputs; "
+                                "choose another --cache-dir (a folder of its own), or move that away.")
         g = zarr.open_group(str(self.path), mode="a")
         stored = g.attrs.get("key")
         c, h, w = prob_shape
