@@ -330,6 +330,17 @@ def test_patches_bad_options_create_no_folder(capsys, space, args, word):
     assert not (out / "ds").exists()
 
 
+@pytest.mark.parametrize("cmd", [("patches", "{z}", "-o", "{z}", "--patch-size", "32"),
+                                 ("patches", "{z}", "-o", "{z}/ds", "--patch-size", "32"),
+                                 ("train-volume", "{z}", "{z}", "-o", "{z}/run", "--iterations", "1")])
+def test_a_dataset_or_run_folder_in_the_input_store_is_one_line(capsys, space, cmd):
+    """Datasets and checkpoints are never written into an input (a Zarr store here)."""
+    import zarr
+    inp, _ = space
+    zarr.open_group(str(inp / "v.zarr"), mode="w").create_array("0", data=np.full((6, 64, 64), 9, np.uint8))
+    refused(capsys, space, *[a.format(z=inp / "v.zarr") for a in cmd], words=("inside the input",))
+
+
 @pytest.mark.parametrize("cmd", [("train-volume", "{v}", "{v}", "-o", "{f}", "--iterations", "1"),
                                  ("train-volume", "{v}", "{v}", "-o", "{f}/run", "--iterations", "1"),
                                  ("patches", "{v}", "-o", "{f}", "--patch-size", "32"),

@@ -40,6 +40,19 @@ def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = (
     return p
 
 
+def check_outside_inputs(folder: str | Path, inputs: Iterable, what: str) -> None:
+    """One error when ``folder`` (where a command writes ``what``) is an input or lies inside one
+    (a Zarr store, a folder of images): inputs are never written to."""
+    f = Path(folder).expanduser().resolve()
+    for inp in inputs or ():
+        if inp is None or str(inp) == "":
+            continue
+        q = Path(inp).expanduser().resolve()
+        if f == q or q in f.parents:
+            raise PanoptemError(f"'{folder}' is or lies inside the input '{inp}'; write {what} to a folder "
+                                "outside it (inputs are never written to).")
+
+
 def work_folder(path: str | Path, what: str, create: bool = True) -> Path:
     """``path`` as a folder to work in (created where missing, unless ``create`` is False); one
     clear error where it, or a folder it would be made in, is a file."""

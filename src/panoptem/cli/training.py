@@ -64,8 +64,10 @@ def patches_cmd(
     from ..io import read_image, read_points
     from ..training.dataset import store_dataset
     from ..training.patches import pick_patches
+    from .._atomic import check_outside_inputs
     p = params
     class_names = _classes(classes)
+    check_outside_inputs(output, [input, labels, points], "the dataset (-o)")
     img = read_image(input)
     lab = read_image(labels).data if labels else None
     pts = read_points(points, 2 if img.data.ndim == 2 else 3) if points else None

@@ -67,7 +67,9 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     ``context_slices`` k: the network sees each slice with its k neighbours on each side (2k + 1
     input channels; None: 0, or the ``init`` model's).
     """
+    from .._atomic import check_outside_inputs
     from ..io import read_image
+    check_outside_inputs(out_dir, [image_path, labels_path], "the checkpoints (-o)")
     img = read_image(image_path).data
     lab = read_image(labels_path).data
     if img.shape != lab.shape:
