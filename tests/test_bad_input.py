@@ -250,7 +250,7 @@ def test_measure_never_writes_over_its_input_or_a_table_without_overwrite(capsys
     assert (out / "t.csv").read_text().startswith("label,")
 
 
-@pytest.mark.parametrize("voxel", ["a,b", "1,nan", "0,1", "-1,1", ","])
+@pytest.mark.parametrize("voxel", ["a,b", "1,nan", "0,1", "-1,1", ",", "1e308,1e308"])
 def test_measure_bad_voxel_size(capsys, space, voxel):
     inp, out = space
     tifffile.imwrite(inp / "lab.tif", np.ones((8, 8), np.uint16))

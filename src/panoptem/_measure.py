@@ -179,13 +179,17 @@ def summarize(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- helpers
 
 
+#: the largest voxel side measured, in nm (1 m): volumes and surfaces of larger ones overflow
+MAX_VOXEL_NM = 1e9
+
+
 def _voxel_size(voxel_size, ndim: int) -> np.ndarray:
     if voxel_size is None:
         return np.ones(ndim)
     vs = np.asarray(voxel_size, float).ravel()
-    if len(vs) != ndim or not np.all(np.isfinite(vs)) or np.any(vs <= 0):
+    if len(vs) != ndim or not np.all(np.isfinite(vs)) or np.any(vs <= 0) or np.any(vs > MAX_VOXEL_NM):
         raise PanoptemError(f"voxel_size must give {ndim} positive sizes in nm (one per axis of the "
-                            f"labels), not {voxel_size}.")
+                            f"labels, at most {MAX_VOXEL_NM:g}), not {voxel_size}.")
     return vs
 
 

@@ -113,9 +113,10 @@ def voxel_size_option(text: Optional[str], img):
         vs = tuple(float(v) for v in text.split(","))
     except ValueError:
         vs = ()
-    if not vs or not all(math.isfinite(v) and v > 0 for v in vs):
-        raise PanoptemError(f"--voxel-size must be positive numbers in nm separated by commas (e.g. 10,5,5), "
-                            f"not '{text}'.")
+    from .._measure import MAX_VOXEL_NM
+    if not vs or not all(math.isfinite(v) and 0 < v <= MAX_VOXEL_NM for v in vs):
+        raise PanoptemError(f"--voxel-size must be positive numbers in nm (at most {MAX_VOXEL_NM:g}) separated by "
+                            f"commas (e.g. 10,5,5), not '{text}'.")
     if len(vs) != img.data.ndim:
         raise PanoptemError(f"--voxel-size needs {img.data.ndim} values, got {len(vs)}.")
     return vs
