@@ -219,6 +219,11 @@ def test_png_grey_and_rgb(tmp_path):
     iio.imwrite(tmp_path / "c.png", rgb)
     r = read_image(tmp_path / "c.png").data
     assert r.dtype == np.uint8 and r.tolist() == [[54, 0], [0, 14]]  # 0.2125*255, 0.0721*200
+    stack = RNG.integers(0, 255, (4, 12, 14), dtype=np.uint8)     # a TIFF stack misnamed .png: all of it
+    tifffile.imwrite(tmp_path / "stack.png", stack, photometric="minisblack")
+    r = read_image(tmp_path / "stack.png")
+    np.testing.assert_array_equal(np.asarray(r.data), stack)
+    assert any("is a TIFF file (named .png)" in n for n in r.notes)
 
 
 def test_folder_of_pngs_natural_order_lazy(tmp_path):

@@ -95,7 +95,9 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
     p = Path(path).expanduser()
     if not p.exists():
         raise PanoptemError(f"No file or folder at '{p}'; check the path.")
-    kind = _kind(p)
+    kind, renamed = _kind(p), ()
+    if kind == "plain" and _tiff_bytes(p):  # PIL would read its first page alone
+        kind, renamed = "tiff", (f"'{p.name}' is a TIFF file (named {p.suffix}): read as TIFF",)
     reader = {"tiff": _read_tiff, "plain": _read_plain, "mrc": _read_mrc, "hdf5": _read_hdf5,
               "zarr": partial(_read_zarr, pixel_size_nm=pixel_size_nm), "folder": _read_folder,
               "n5": _read_n5}[kind]
@@ -108,7 +110,7 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
         raise
     except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
         raise unreadable(p, kind, e) from None
-    return ImageData(data, voxel, str(p), notes=tuple(n for n in notes if n), key=key)
+    return ImageData(data, voxel, str(p), notes=renamed + tuple(n for n in notes if n), key=key)
 
 
 def image_keys(path) -> list[str]:
@@ -146,6 +148,16 @@ def image_keys(path) -> list[str]:
     except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
         raise unreadable(p, kind, e) from None
     return sorted(names) if len(names) > 1 else []
+
+
+def _tiff_bytes(p: Path) -> bool:
+    """Whether the file starts as a TIFF or BigTIFF does (little- or big-endian)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 _KIND_NAMES = {"tiff": "TIFF", "plain": "PNG/JPEG", "mrc": "MRC", "hdf5": "HDF5", "zarr": "Zarr", "n5": "N5",
