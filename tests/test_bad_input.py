@@ -309,6 +309,7 @@ def test_train_bad_numbers(capsys, space, home, option, value, word):
 
 @pytest.mark.parametrize("args, word", [
     (("--train-slices", "abc"), "START:STOP"), (("--train-slices", "5:5"), "select nothing"),
+    (("--val-slices", "3:4"), "select one slice"),
     (("--lr", "nan"), "lr"), (("--min-scale", "2", "--max-scale", "1"), "scale"),
     (("--batch-size", "0"), "batch_size"), (("--schedule-steps", "-1"), "schedule_steps"),
 ])

@@ -94,6 +94,9 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     vs = parse_range(val_slices) if val_slices else None
     if vs is not None:  # held-out slices are never trained on
         held = set(range(*vs.indices(img.shape[0])))
+        if len(held) == 1:  # segmented and scored as a volume
+            raise PanoptemError(f"Validation slices '{val_slices}' select one slice; the held-out block is "
+                                "segmented in 3D, so hold out 2 or more (e.g. 135:165).")
         overlap = sorted(held.intersection(train_zs))
         if overlap and train_slices.strip() != ":":
             raise PanoptemError(f"Training slices '{train_slices}' and validation slices '{val_slices}' share "
