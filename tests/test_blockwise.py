@@ -1,6 +1,7 @@
 """Blockwise 3D inference on Dask: the objects of a whole-volume run, resumable,
 the same with 1 or 2 workers or an external scheduler."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -720,6 +721,52 @@ def test_refusals(vol, tmp_path):
     (tmp_path / "y.zarr").mkdir()
     with pytest.raises(PanoptemError, match="exists"):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "y.zarr")
+    for mask in (np.ones(vol.shape[1:], bool), np.ones((vol.shape[0] * 2, *vol.shape[1:]), bool),
+                 np.ones((vol.shape[0], vol.shape[1] - 3, vol.shape[2]), bool)):  # 2D, larger, a factor not whole
+        with pytest.raises(PanoptemError, match="mask's shape"):
+            segment_blockwise(vol, dark_blob_model(), tmp_path / "m.zarr", mask=mask)
+    assert not (tmp_path / "m.zarr").exists() and not (tmp_path / ".m.zarr.blockwise").exists()
+
+
+def test_a_run_record_cut_short_starts_the_work_afresh(tmp_path):
+    """run.json emptied or cut short (a full disk) is no reason to stop: the work starts afresh."""
+    import json
+
+    from panoptem.distributed.segment import _prepare_work
+    work = tmp_path / ".o.zarr.blockwise"
+    (work / "net_xy.zarr").mkdir(parents=True)
+    for text in ("", '{"net": {"model": "x"'):
+        (work / "run.json").write_text(text)
+        _prepare_work(work, {"net": {"model": "y"}, "params": {}}, array_source=False)
+        assert json.loads((work / "run.json").read_text()) == {"net": {"model": "y"}, "params": {}}
+        assert sorted(p.name for p in work.iterdir()) == ["run.json"]
+        (work / "net_xy.zarr").mkdir()
+
+
+def test_a_cache_is_not_reused_for_another_mask_key_or_a_rewritten_input(vol, tmp_path, client):
+    """The network outputs kept for one input are not another's: a mask of other voxels, another
+    dataset of the same file, a store rewritten in place with the same shape and range."""
+    import h5py
+    import zarr
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["a"], f["b"] = vol, vol[:, ::-1]
+    zarr.open_group(str(tmp_path / "v.zarr"), mode="w").create_array("raw", data=vol, chunks=(8, 64, 64))
+    kw = dict(client=client, block_shape=(16, 64, 64), halo=(8, 32, 32), cache_dir=tmp_path / "cache")
+    half = np.zeros(vol.shape, bool)
+    half[:, :, :60] = True
+    cases = [(dict(mask=half), dict(mask=~half), "mask differs"),
+             (dict(key="a"), dict(key="b"), "key differ")]
+    for i, (first, second, why) in enumerate(cases):
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+        source = vol if "mask" in first else str(tmp_path / "two.h5")
+        _blockwise(source, tmp_path, f"a{i}.zarr", **first, **kw)
+        with pytest.raises(PanoptemError, match=why):
+            _blockwise(source, tmp_path, f"b{i}.zarr", **second, **kw)
+    shutil.rmtree(tmp_path / "cache")
+    _blockwise(str(tmp_path / "v.zarr"), tmp_path, "c.zarr", key="raw", **kw)
+    zarr.open_group(str(tmp_path / "v.zarr"), mode="r+")["raw"][:] = vol[:, ::-1]   # rewritten in place
+    with pytest.raises(PanoptemError, match=r"\(content differs\)"):
+        _blockwise(str(tmp_path / "v.zarr"), tmp_path, "d.zarr", key="raw", **kw)
 
 
 def test_workers_run_the_network_as_asked(vol, tmp_path, client, monkeypatch):

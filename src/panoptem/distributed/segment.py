@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import write_text
 from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
@@ -127,6 +128,42 @@ def _input_stamp(path: str | None) -> list:
         st = q.stat()
         out.append([q.name, st.st_size if q.is_file() else 0, st.st_mtime_ns])
     return out
+
+
+def _content_digest(vol, max_samples: int = 2_000_000) -> str:
+    """A digest of a volume's voxels: all of them up to ``max_samples``, else the boxes that
+    its intensity range is sampled from (spread over the whole volume, a few chunks to read),
+    so a store rewritten in place with the same shape is told from the one a run began on."""
+    import hashlib
+
+    from ..inference.preprocess import _sample_boxes, read_boxes
+    h = hashlib.blake2b(digest_size=16)
+    if int(np.prod(vol.shape)) <= max_samples:
+        boxes = [np.asarray(vol[...])]
+    else:
+        boxes = read_boxes(vol, _sample_boxes(vol.shape, max_samples))
+    for b in boxes:
+        h.update(np.ascontiguousarray(b).tobytes())
+    return h.hexdigest()
+
+
+def _open_mask(mask, shape) -> tuple[VolumeSource, list]:
+    """The mask as workers open it, and its stamp; one error unless it is 3D and the volume's
+    shape or smaller by whole factors (each side the volume's divided by a whole number,
+    rounded up)."""
+    if hasattr(mask, "shape"):
+        source, arr, stamp = VolumeSource(array=mask), mask, []
+    else:
+        from ..io import read_image
+        arr = read_image(str(mask)).data
+        source, stamp = VolumeSource(path=str(mask)), _input_stamp(str(mask))
+    m = tuple(int(n) for n in arr.shape)
+    factors = [max(1, -(-n // s)) for n, s in zip(shape, m)] if len(m) == 3 and min(m) > 0 else []
+    if not factors or any(-(-n // f) != s for n, s, f in zip(shape, m, factors)):
+        raise PanoptemError(f"The mask's shape {m} is not the volume's {tuple(shape)} nor smaller by whole "
+                            "factors (each side the volume's divided by a whole number, rounded up); give a 3D "
+                            "mask of such a shape.")
+    return source, [list(m), stamp, _content_digest(arr)]
 
 
 def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=None,
@@ -266,6 +303,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     aligned = _aligned(block_shape, align, axis, p.orthoplane)
     aligned = tuple(-(-b // k) * k for b, k in zip(aligned, strides))  # whole groups of averaged planes
     chunk_shape = _chunks(chunks, aligned, vol.shape)  # before any work
+    msource, mask_stamp = _open_mask(mask, vol.shape) if mask is not None else (None, None)
     from .._atomic import exclusive_output, move_into_place
     with exclusive_output(out):
         intensity = _intensity(card, vol)
@@ -273,7 +311,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         net_key = {"model": card.name, "weights": card.weights.sha256 or card.weights.file,
                    "downsampling": p.downsampling, "plane": p.inference_plane, "orthoplane": p.orthoplane,
                    "block": block_shape, "halo": halo, "shape": list(vol.shape), "dtype": str(np.dtype(vol.dtype)),
-                   "intensity": list(intensity), "input": _input_stamp(in_path), "mask": mask is not None,
+                   "intensity": list(intensity), "input": _input_stamp(in_path), "key": source.key,
+                   "content": _content_digest(vol) if in_path else None, "mask": mask_stamp,
                    "skip_empty": skip_empty, "exact_context": exact_context}
         if card.num_classes > 1:  # every class's channel (an earlier release stored one too few)
             net_key["channels"] = card.probability_channels
@@ -291,9 +330,6 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         grid = BlockGrid(vol.shape, block_shape, halo)
         consensus = p.orthoplane and p.fusion == "consensus"
         views = ["xy", "xz", "yz"] if consensus else ["fused" if p.orthoplane else p.inference_plane]
-        msource = None
-        if mask is not None:
-            msource = VolumeSource(array=mask) if hasattr(mask, "shape") else VolumeSource(path=str(mask))
         jobs, grids = [], []
         for view in views:
             a = 0 if view == "fused" else PLANE_AXIS[view]
@@ -463,7 +499,12 @@ def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
     are kept; otherwise made afresh. (An in-memory input cannot be recognised
     again, so its runs always start afresh.)"""
     stamp = work / "run.json"
-    old = json.loads(stamp.read_text()) if stamp.exists() and not array_source else None
+    old = None
+    if stamp.exists() and not array_source:
+        try:
+            old = json.loads(stamp.read_text())
+        except (OSError, ValueError):  # cut short (a full disk, an old release's in-place write): start afresh
+            old = None
     text = json.dumps(run_key, sort_keys=True, default=str)
     if old is not None and json.dumps(old, sort_keys=True, default=str) == text:
         return
@@ -475,7 +516,7 @@ def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:
     elif work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(text)
+    write_text(stamp, text)
 
 
 def _in_plane(shape, enlarge=1, multiple: int = 1) -> tuple[int, int, int]:
