@@ -382,6 +382,28 @@ def test_a_cache_folder_that_would_write_over_the_users_files_is_one_line(capsys
     refused(capsys, space, "segment3d", source, "-o", out / "o.zarr", "--model", tiny_card, *args, words=(word,))
 
 
+@pytest.mark.parametrize("command, args, word", [
+    ("segment3d", ("--scheduler", "nonsense"), "not a Dask scheduler address"),
+    ("segment3d", ("--scheduler", "tcp://host:notaport"), "not a Dask scheduler address"),
+    ("segment3d", ("--scheduler", ""), "not a Dask scheduler address"),
+    ("segment3d", ("--workers", "100000"), "--workers must be from 1 to"),
+    ("segment3d", ("--workers", "0"), "--workers must be from 1 to"),
+    ("measure", ("--scheduler", "http://host:8786"), "not a Dask scheduler address"),
+    ("measure", ("--workers", "-1"), "--workers must be from 1 to"),
+])
+def test_blockwise_cluster_options_are_checked_before_any_work(capsys, space, tiny_card, command, args, word):
+    """A scheduler address Dask cannot parse (a ValueError traceback; '' ran locally) and a worker
+    count past 4 per core (it tried to start them all) are one line, and leave no work folder."""
+    inp, out = space
+    volume(inp / "v.tif", (4, 64, 64), photometric="minisblack")
+    tifffile.imwrite(inp / "l.tif", np.ones((4, 64, 64), np.uint16), photometric="minisblack")
+    if command == "segment3d":
+        cmd = ("segment3d", inp / "v.tif", "-o", out / "o.zarr", "--model", tiny_card, "--blockwise")
+    else:
+        cmd = ("measure", inp / "l.tif", "-o", out / "t.csv", "--blockwise")
+    refused(capsys, space, *cmd, *args, words=(word,))
+
+
 BROKEN_YAML = "name: x\n  weights: [1, 2\n"
 
 

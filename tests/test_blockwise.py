@@ -1014,6 +1014,27 @@ def test_blockwise_measure_equals_measure(client):
                                        err_msg=k)
 
 
+def test_blockwise_measure_of_ids_past_2_63_and_of_negative_ids_as_in_memory(client):
+    """uint64 ids past 2^63 keep their order and classes (they were turned negative); negative
+    ids are refused as the in-memory measure refuses them (blockwise wrote rows for them)."""
+    from panoptem import measure
+    from panoptem.distributed.measure import measure_blockwise
+    lab = np.zeros((6, 20, 20), np.uint64)
+    lab[0, 0, 0] = 7
+    lab[1:4, 2:9, 3:8] = 2**63 + 5
+    lab[2:6, 10:18, 12:20] = 2**64 - 1
+    ref = measure(lab, label_divisor=1000)
+    got = measure_blockwise(lab, label_divisor=1000, block_shape=(3, 10, 10), client=client)
+    assert got["label"].tolist() == ref["label"].tolist() == [7, 2**63 + 5, 2**64 - 1]
+    assert got["class_id"].tolist() == ref["class_id"].tolist() and got["voxels"].tolist() == ref["voxels"].tolist()
+    neg = lab.astype(np.int64)
+    neg[neg < 0] = -5
+    with pytest.raises(PanoptemError, match="negative labels"):
+        measure(neg)
+    with pytest.raises(PanoptemError, match="negative labels"):
+        measure_blockwise(neg, block_shape=(3, 10, 10), client=client)
+
+
 @settings(derandomize=True, database=None, deadline=None, print_blob=False, max_examples=15,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10**6), shape=st.tuples(st.integers(1, 30), st.integers(1, 60), st.integers(1, 60)),

@@ -91,8 +91,7 @@ def plan_workers(n_workers: int | None, devices: list[str] | None, bytes_per_wor
         import psutil
         avail = psutil.virtual_memory().available
         n_workers = max(1, min(cores, int(avail * 0.8) // max(bytes_per_worker, 1)))
-    if n_workers < 1:
-        raise PanoptemError(f"--workers must be 1 or more, not {n_workers}.")
+    check_worker_count(n_workers)
     return n_workers, max(1, cores // n_workers)
 
 
@@ -128,16 +127,45 @@ def check_not_bootstrapping() -> None:
                             + ".")
 
 
+def check_scheduler(address: str) -> None:
+    """One error for a scheduler address Dask cannot parse (before any work): it needs a
+    scheme it knows and a port, as in tcp://host:8786."""
+    from distributed.comm.addressing import get_address_host_port, parse_address
+    try:
+        scheme, _ = parse_address(str(address))
+        if scheme not in ("inproc", "ucx"):  # their addresses name no host and port
+            get_address_host_port(str(address))
+    except (ValueError, TypeError) as e:
+        raise PanoptemError(f"--scheduler '{address}' is not a Dask scheduler address ({e}); give one such as "
+                            "tcp://host:8786, as the scheduler prints it.") from None
+
+
+def check_worker_count(n_workers: int | None) -> None:
+    """One error for a local worker count below 1 or far past the cores (before any work)."""
+    if n_workers is None:
+        return
+    from ..inference.runtime import cpu_count
+    most = MAX_WORKERS_PER_CORE * cpu_count()
+    if not 1 <= n_workers <= most:
+        raise PanoptemError(f"--workers must be from 1 to {most} ({MAX_WORKERS_PER_CORE} per core of this "
+                            f"machine), not {n_workers}; local workers past the cores only share them.")
+
+
+#: the most local workers per core a run starts
+MAX_WORKERS_PER_CORE = 4
+
+
 @contextmanager
 def client_for(n_workers: int | None = None, scheduler: str | None = None, devices: list[str] | None = None,
                bytes_per_worker: int = 2 << 30, processes: bool = True, log=None):
     """A distributed client: on ``scheduler`` when given, else on a new
     LocalCluster (closed on exit) with one worker per device or CPU worker."""
     from distributed import Client
-    if scheduler:
+    if scheduler is not None:
+        check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout="20s")
-        except OSError as e:
+        except (OSError, ValueError, TypeError) as e:
             raise PanoptemError(f"Cannot reach the Dask scheduler at {scheduler} ({e}); check the address "
                                 "and that the scheduler is running.") from None
         try:

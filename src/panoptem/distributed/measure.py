@@ -29,6 +29,12 @@ SMALL_PART = 20_000
 MEASURE_BLOCK = (64, 512, 512)
 
 
+def _wide(ids: np.ndarray) -> np.ndarray:
+    """Ids as one 64-bit type for every block: uint64 for unsigned labels (ids past 2^63 keep
+    their value and order), int64 for signed ones."""
+    return ids.astype(np.uint64 if ids.dtype.kind == "u" else np.int64)
+
+
 def _block_stats(job: dict, block: Block) -> dict:
     """Per label in ``block``'s core: voxel count, sums of coordinates and their products
     (absolute voxel coordinates), bounding box, intensity sum, and its surface parts. Taken
@@ -40,7 +46,11 @@ def _block_stats(job: dict, block: Block) -> dict:
     img = None if job["image"] is None else np.asarray(read_region(job["image"].open(), block.core))
     runs = _runs(lab, img)
     ids = nonzero_ids(runs["value"])
-    out = {"label": ids.astype(np.int64)}
+    if ids.size and ids[0] < 0:
+        raise PanoptemError(f"The label image holds negative labels ({ids[0]} in voxels "
+                            f"{tuple((s.start, s.stop) for s in block.core)}); labels must be 0 (background) "
+                            "or positive.")
+    out = {"label": _wide(ids)}
     out["block"] = block.index
     if job["surface"]:
         out["surface_label"], out["area"], out["area_bin"], out["kept"] = _surfaces(
@@ -119,8 +129,8 @@ def _surfaces(lab: np.ndarray, block: Block, shape, vs, binary_of=None):
         if voxels <= SMALL_PART or not smooth_keeps(kept[i], voxels):
             area_bin[i] = _area_in(mask, mine, vs)
     if binary_of is not None:
-        return ids.astype(np.int64), area_bin
-    return ids.astype(np.int64), area, area_bin, kept
+        return _wide(ids), area_bin
+    return _wide(ids), area, area_bin, kept
 
 
 def _binary_areas(job: dict, item) -> dict:

@@ -252,6 +252,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     from ..inference.runtime import PRECISIONS, RUNTIMES, check_choice, network_threads
     runtime, precision = check_choice("Runtime", runtime, RUNTIMES), check_choice("Precision", precision, PRECISIONS)
     threads = None if threads is None else network_threads(threads)
+    if client is None:  # before any work
+        from ._cluster import check_scheduler, check_worker_count
+        check_scheduler(scheduler) if scheduler is not None else check_worker_count(n_workers)
     source, vol, vs, in_path = _open_volume(volume, key)
     if vol.ndim != 3:
         raise PanoptemError(f"Blockwise inference needs a ZYX volume, got shape {tuple(vol.shape)}.")
