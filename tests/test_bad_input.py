@@ -404,6 +404,23 @@ def test_blockwise_cluster_options_are_checked_before_any_work(capsys, space, ti
     refused(capsys, space, *cmd, *args, words=(word,))
 
 
+@pytest.mark.parametrize("command, shape, args, word", [
+    ("segment2d", (4, 64, 64), ("--key", "raw"), "drop the key"),
+    ("segment3d", (4, 64, 64), ("--key", "raw"), "drop the key"),
+    ("segment2d", (4, 64, 64), ("--unique-ids",), "add --batch"),
+    ("segment2d", (4, 64, 64), ("--batch", "--slice", "2"), "--batch segments every xy slice"),
+    ("segment2d", (64, 64), ("--plane", "xz"), "one 2D image"),
+    ("segment2d", (64, 64), ("--slice", "0"), "one 2D image"),
+    ("bench", (4, 64, 64), ("--orthoplane", "--plane", "yz"), "drop --plane"),
+])
+def test_options_that_would_do_nothing_are_one_line(capsys, space, tiny_card, command, shape, args, word):
+    """An option that cannot apply to this input or run is refused, not silently ignored."""
+    inp, out = space
+    volume(inp / "v.tif", shape, photometric="minisblack")
+    target = () if command == "bench" else ("-o", out / "o.tif")
+    refused(capsys, space, command, inp / "v.tif", *target, "--model", tiny_card, *args, words=(word,))
+
+
 BROKEN_YAML = "name: x\n  weights: [1, 2\n"
 
 

@@ -42,6 +42,8 @@ def bench_cmd(
     from .._bench import bench, synthetic_volume
     if plane not in ("xy", "xz", "yz"):
         raise PanoptemError(f"--plane must be xy, xz or yz, not '{plane}'.")
+    if orthoplane and plane != "xy":
+        raise PanoptemError("--orthoplane runs all three stacks; drop --plane, or run one stack without --orthoplane.")
     if (input is None) == (shape is None):
         raise PanoptemError("Give either INPUT or --shape Z,Y,X (a generated volume), not both or neither.")
     if shape is not None:

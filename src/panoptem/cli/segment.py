@@ -38,9 +38,16 @@ def segment2d_cmd(
     """2D inference (empanada's "2D Inference (Parameter Testing)")."""
     from ..inference.segment2d import segment_2d, take_plane
     from ..io import write_labels
+    if unique_ids and not batch:
+        raise PanoptemError("--unique-ids numbers the objects of a --batch run across its slices; add --batch, "
+                            "or drop --unique-ids.")
     img = read_input(input, key, model)
     data = img.data
     vs = img.voxel_size
+    chose_plane = slice_index is not None or plane != "xy"
+    if chose_plane and (data.ndim == 2 or batch):  # nothing to choose: say so rather than ignore them
+        why = "the input is one 2D image" if data.ndim == 2 else "--batch segments every xy slice"
+        raise PanoptemError(f"--slice and --plane choose one plane of a volume, but {why}; drop them.")
     neighbours = False
     if data.ndim == 3 and not batch:
         ax = PLANE_AXIS.get(plane)

@@ -98,6 +98,10 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
     kind, renamed = _kind(p), ()
     if kind == "plain" and _tiff_bytes(p):  # PIL would read its first page alone
         kind, renamed = "tiff", (f"'{p.name}' is a TIFF file (named {p.suffix}): read as TIFF",)
+    if key and kind not in ("hdf5", "zarr", "n5"):
+        what = "a folder of images" if kind == "folder" else f"a {_KIND_NAMES[kind]} file"
+        raise PanoptemError(f"key=... (--key) names a dataset inside an HDF5, Zarr or N5 container, but "
+                            f"'{p.name}' is {what}; drop the key.")
     reader = {"tiff": _read_tiff, "plain": _read_plain, "mrc": _read_mrc, "hdf5": _read_hdf5,
               "zarr": partial(_read_zarr, pixel_size_nm=pixel_size_nm), "folder": _read_folder,
               "n5": _read_n5}[kind]
