@@ -421,6 +421,15 @@ def test_options_that_would_do_nothing_are_one_line(capsys, space, tiny_card, co
     refused(capsys, space, command, inp / "v.tif", *target, "--model", tiny_card, *args, words=(word,))
 
 
+@pytest.mark.parametrize("command", ["segment2d", "segment3d"])
+def test_a_preview_inside_the_output_names_the_output(capsys, space, tiny_card, command):
+    pytest.importorskip("matplotlib")
+    inp, out = space
+    volume(inp / "v.tif", (4, 64, 64), photometric="minisblack")
+    refused(capsys, space, command, inp / "v.tif", "-o", out / "o.zarr", "--model", tiny_card,
+            "--preview", out / "o.zarr" / "p.png", words=("is inside) the output", "o.zarr"))
+
+
 BROKEN_YAML = "name: x\n  weights: [1, 2\n"
 
 

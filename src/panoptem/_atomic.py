@@ -20,19 +20,20 @@ def _overlap(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = ()) -> Path:
+def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = (), outputs: Iterable = ()) -> Path:
     """Absolute output path after two checks: it is not (and does not hold, and
-    is not inside) any of ``inputs``, and it does not exist unless ``overwrite``.
-    Creates the parent folder."""
+    is not inside) any of ``inputs`` or the run's other ``outputs``, and it does not exist
+    unless ``overwrite``. Creates the parent folder."""
     p = Path(path).expanduser().absolute()
     target = p.resolve()
-    for inp in inputs or ():
-        if inp is None or str(inp) == "":
-            continue
-        q = Path(inp).expanduser().resolve()
-        if _overlap(target, q) or (p.exists() and q.exists() and os.path.samefile(p, q)):
-            raise PanoptemError(f"Refusing to write '{p}': it is (or holds, or is inside) the input '{inp}'; "
-                                "choose another output path.")
+    for role, paths in (("input", inputs), ("output", outputs)):
+        for inp in paths or ():
+            if inp is None or str(inp) == "":
+                continue
+            q = Path(inp).expanduser().resolve()
+            if _overlap(target, q) or (p.exists() and q.exists() and os.path.samefile(p, q)):
+                raise PanoptemError(f"Refusing to write '{p}': it is (or holds, or is inside) the {role} '{inp}'; "
+                                    "choose another output path.")
     if (p.exists() or p.is_symlink()) and not overwrite:
         raise PanoptemError(f"'{p}' already exists; choose another output path or pass overwrite=True "
                             "(--overwrite) to replace it.")

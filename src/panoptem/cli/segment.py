@@ -70,7 +70,7 @@ def segment2d_cmd(
     inputs = [img.path] if img.path else []
     if preview is not None:  # never over an input or the output
         from ..reporting._preview import prepare_preview
-        prepare_preview(preview, overwrite, inputs + [str(output)])
+        prepare_preview(preview, overwrite, inputs, [str(output)])
     labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
                         runtime=runtime, precision=precision, threads=threads,
                         preview=preview, voxel_size=vs, overwrite=overwrite, with_neighbours=neighbours,

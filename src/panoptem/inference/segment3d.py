@@ -661,7 +661,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         raise PanoptemError(f"The volume {volume.shape} is too thin for 3D inference; use segment2d --batch.")
     if preview is not None:
         from ..reporting._preview import prepare_preview
-        preview = prepare_preview(preview, overwrite, [*inputs, output])  # before the work: fail fast
+        preview = prepare_preview(preview, overwrite, inputs, [output])  # before the work: fail fast
     from .runtime import host_threads, network_threads, torch_threads
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                           batch_size=batch_size, runtime=runtime, precision=precision, threads=threads,
@@ -706,7 +706,7 @@ def _blockwise(volume, model, output, p: Params3D, kw: dict, preview, inputs) ->
     from ..distributed.segment import segment_blockwise
     if preview is not None:
         from ..reporting._preview import prepare_preview
-        preview = prepare_preview(preview, kw["overwrite"], [*inputs, output])
+        preview = prepare_preview(preview, kw["overwrite"], inputs, [output])
     r = segment_blockwise(volume, model, output, verbose=kw["progress"], **kw, **p.model_dump())
     first = next(iter(r.labels.values()))
     res = Result3D(r.labels, first, {}, r.objects, r.timings, streamed=True, written=r.written,

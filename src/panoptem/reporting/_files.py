@@ -10,9 +10,10 @@ from ..errors import PanoptemError
 __all__ = ["check_target", "write_bytes"]
 
 
-def check_target(path, suffixes: tuple[str, ...], overwrite: bool, inputs: Iterable = ()) -> Path:
-    """Absolute output path after the suffix, input-protection and overwrite checks."""
+def check_target(path, suffixes: tuple[str, ...], overwrite: bool, inputs: Iterable = (),
+                 outputs: Iterable = ()) -> Path:
+    """Absolute output path after the suffix, input- and output-protection and overwrite checks."""
     p = Path(path).expanduser()
     if p.suffix.lower() not in suffixes:
         raise PanoptemError(f"Cannot write '{p.name}': give a file name ending in {' or '.join(suffixes)}.")
-    return check_output(p, overwrite, inputs)
+    return check_output(p, overwrite, inputs, outputs)

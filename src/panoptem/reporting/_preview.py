@@ -135,13 +135,14 @@ def preview(labels, path=None, *, image=None, voxel_size=None, planes=None, n_sl
     return _compose(rows, panels, lo, hi, px, unit, text, path, ndim)
 
 
-def prepare_preview(path, overwrite: bool = False, inputs=()) -> Path | None:
-    """Check a preview path before a run: matplotlib installed, a .png name, no file to replace
-    unless ``overwrite``. Returns the absolute path (None for None)."""
+def prepare_preview(path, overwrite: bool = False, inputs=(), outputs=()) -> Path | None:
+    """Check a preview path before a run: matplotlib installed, a .png name, not an input or the
+    run's other ``outputs``, no file to replace unless ``overwrite``. Returns the absolute path
+    (None for None)."""
     if path is None:
         return None
     require_matplotlib()
-    return check_target(path, (".png",), overwrite, inputs)
+    return check_target(path, (".png",), overwrite, inputs, outputs)
 
 
 def _count(labels: np.ndarray) -> int:
