@@ -29,6 +29,25 @@ def test_identical_inputs_score_one():
     assert r["n_pred"] == r["n_gt"] == 2
 
 
+def test_big_endian_labels_score_as_native_ones(tmp_path):
+    """ImageJ writes TIFFs big-endian; their labels are scored (and previewed) as any others
+    (fastremap refused them with a traceback)."""
+    import tifffile
+
+    from panoptem.cli import main
+    from panoptem.reporting import preview
+    gt = np.zeros((3, 20, 20), np.uint16)
+    gt[:, 2:9, 2:9], gt[:, 12:18, 10:19] = 300, 7
+    pred = gt.copy()
+    pred[:, 12:18, 10:13] = 0
+    want = evaluate(pred, gt)
+    assert evaluate(pred.astype(">u2"), gt.astype(">u2")) == want
+    assert "2 objects" in preview(gt.astype(">u2")).title
+    tifffile.imwrite(tmp_path / "gt.tif", gt, byteorder=">", photometric="minisblack")
+    tifffile.imwrite(tmp_path / "pred.tif", pred, photometric="minisblack")
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "gt.tif")]) == 0
+
+
 def test_shifted_object_is_tp_at_50_not_75():
     pred, gt = two_objects()
     r = evaluate(pred, gt)

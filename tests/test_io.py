@@ -37,6 +37,17 @@ def test_tiff_image_round_trip_keeps_dtype_and_voxel(tmp_path, dtype, shape, vs)
         assert tif.is_ome and tif.pages[0].compression == 8
 
 
+@pytest.mark.parametrize("dtype", [">u2", ">f4", ">i4"])
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_big_endian_images_are_written_by_value(tmp_path, dtype, suffix):
+    """Big-endian data (what ImageJ's TIFFs read as) keeps its values; its bytes were stored as
+    they were in a little-endian TIFF, so 300 read back as 11265."""
+    img = np.array([[[1, 2, 300], [4000, 5, 6]]] * 2).astype(dtype)
+    r = read_image(write_image(tmp_path / f"img{suffix}", img))
+    assert r.data.dtype.isnative and r.data.dtype.kind == np.dtype(dtype).kind
+    np.testing.assert_array_equal(np.asarray(r.data), img)
+
+
 def test_bilevel_tiff_stack_is_read_not_called_corrupt(tmp_path):
     """1-bit pixels pack eight to a byte; a stack's later pages must not be
     checked as if they held a byte per pixel."""

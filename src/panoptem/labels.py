@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import PanoptemError
 
-__all__ = ["as_labels", "dtype_for_max_label", "class_map", "compact", "lookup", "map_ids", "object_stats", "keep_mask",
+__all__ = ["as_labels", "native", "dtype_for_max_label", "class_map", "compact", "lookup", "map_ids", "object_stats", "keep_mask",
            "filter_objects", "overlap_table", "pair_counts", "greedy_match", "rank_within", "number_per_class",
            "relabel_sequential_per_class"]
 
@@ -55,7 +55,17 @@ def as_labels(a, what: str = "label image") -> np.ndarray:
             raise PanoptemError(f"The {what} holds negative labels; "
                                 "labels must be 0 (background) or positive.")
         a = a.view(a.dtype.str.replace("i", "u"))  # same bits, no copy
-    return a
+    return native(a)
+
+
+def native(a: np.ndarray) -> np.ndarray:
+    """``a`` in the machine's byte order (a copy only for big-endian data, such as ImageJ's
+    TIFFs: fastremap and cc3d take native arrays only).
+
+    >>> native(np.array([1, 300], ">u2")).dtype.isnative
+    True
+    """
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 def nonzero_ids(labels: np.ndarray) -> np.ndarray:
@@ -65,7 +75,7 @@ def nonzero_ids(labels: np.ndarray) -> np.ndarray:
     [3, 7]
     """
     import fastremap
-    ids = np.asarray(fastremap.unique(np.asarray(labels)))
+    ids = np.asarray(fastremap.unique(native(np.asarray(labels))))
     return ids[ids != 0]
 
 
@@ -121,7 +131,7 @@ def compact(labels: np.ndarray, return_counts: bool = False):
     >>> local.tolist(), ids.tolist()
     ([0, 2, 1, 2], [5, 70])
     """
-    labels = np.asarray(labels)
+    labels = native(np.asarray(labels))
     _, hi = _id_range(labels)
     if labels.size <= SMALL_ARRAY and hi < max(4 * labels.size, 1 << 16):  # a slice, small ids: count directly
         c = np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=1)
@@ -207,7 +217,7 @@ def map_ids(labels: np.ndarray, ids: np.ndarray, values: np.ndarray, dtype) -> n
     >>> map_ids(np.array([0, 5, 9, 5]), np.array([5, 9]), np.array([1, 0]), np.uint8).tolist()
     [0, 1, 0, 1]
     """
-    labels, ids = np.asarray(labels), np.asarray(ids)  # as they are: uint64 ids may pass 2**63
+    labels, ids = native(np.asarray(labels)), np.asarray(ids)  # as they are: uint64 ids may pass 2**63
     values = np.asarray(values)
     _, top = _id_range(labels)
     if top < (1 << 24):
@@ -233,7 +243,7 @@ def object_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     import cc3d
 
-    labels = np.asarray(labels)
+    labels = native(np.asarray(labels))
     nd = labels.ndim
     if nd not in (2, 3):
         raise PanoptemError(f"Object statistics need a 2D or 3D label array, got {nd} dimensions.")

@@ -503,7 +503,7 @@ def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: I
 
     bool is stored as uint8 and float16 as float32 (TIFF/OME have no such pixel types).
     """
-    dt = np.dtype(image.dtype)
+    dt = np.dtype(image.dtype).newbyteorder("=")  # big-endian data (ImageJ's TIFFs) is stored by value
     if dt.kind == "b":
         dt = np.dtype(np.uint8)
     elif dt == np.float16:
@@ -513,5 +513,5 @@ def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: I
     cls = _TiffWriter if _format(Path(path)) == "tiff" else _ZarrWriter
     with cls(path, image.shape, dt, voxel_size, None, overwrite, inputs, labels=False) as w:
         for index, block in _blocks(image):
-            w[index] = block
+            w[index] = block.astype(dt, copy=False)
     return w.path

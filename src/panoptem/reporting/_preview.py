@@ -147,7 +147,9 @@ def prepare_preview(path, overwrite: bool = False, inputs=(), outputs=()) -> Pat
 
 def _count(labels: np.ndarray) -> int:
     import fastremap
-    u = fastremap.unique(labels)
+
+    from ..labels import native
+    u = fastremap.unique(native(np.asarray(labels)))
     return int(len(u) - (1 if len(u) and u[0] == 0 else 0))
 
 
