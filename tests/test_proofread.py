@@ -441,3 +441,43 @@ def test_split_numbers_pieces_in_the_order_the_points_were_given():
     lab = np.ones((1, 10), np.uint32)
     proofread.split_label(lab, 1, markers=[[0, 8], [0, 1], [0, 8]], new_ids_start=20)
     assert lab[0, 9] == 20 and lab[0, 0] == 21       # the first point's piece gets the first id
+
+
+def test_uint64_ids_past_2_63_are_edited_exactly():
+    """Ids past 2^63 were turned negative: merges and deletes did nothing, the count table gave
+    negative labels, a split was refused."""
+    a, b = 2**63 + 5, 2**64 - 4
+    lab = np.zeros((2, 12, 12), np.uint64)
+    lab[0, :5, :5], lab[0, 6:, 6:], lab[1, 2:10, 1:11] = a, b, 7
+    m = lab.copy()
+    merge_labels(m, np.array([a, b], np.uint64))
+    assert set(np.unique(m).tolist()) == {0, 7, a}
+    m = lab.copy()
+    merge_labels(m, [a, b], target=b)                     # Python ints past 2^63
+    assert set(np.unique(m).tolist()) == {0, 7, b}
+    m = lab.copy()
+    delete_labels(m, [b, 2**70])                           # an id no uint64 holds marks nothing
+    assert set(np.unique(m).tolist()) == {0, 7, a}
+    m = lab.copy()
+    proofread.morph_label(m, op="dilate", radius=1)
+    assert (m == a).sum() > (lab == a).sum() and (m == b).sum() > (lab == b).sum()
+    t = proofread.count_table(lab, label_divisor=2**32)
+    assert t["label"].tolist() == [7, a, b] and t["class_id"].tolist() == [0, a // 2**32, b // 2**32]
+    m = lab.copy()
+    proofread.split_label(m, 7, markers=[[1, 5, 1], [1, 5, 10]])
+    assert set(np.unique(m).tolist()) == {0, a, b, b + 1, b + 2}
+    assert find_next_available_label(m, 0, 2**32) == 1   # class 0 (ids 1..2^32-1): 7 is gone
+    with pytest.raises(PanoptemError, match="does not fit dtype uint64"):
+        proofread.split_label(m, b, markers=[[0, 6, 6], [0, 11, 11]])  # into 2^64 - 1 and 2^64: no room
+
+
+def test_read_only_labels_are_refused_before_any_edit():
+    lab = np.zeros((8, 8), np.uint16)
+    lab[:4, :4], lab[4:, 4:] = 3, 9
+    lab.flags.writeable = False
+    for edit in (lambda: merge_labels(lab, [3, 9]), lambda: delete_labels(lab, [3]),
+                 lambda: proofread.morph_label(lab, [3], "dilate", 1),
+                 lambda: proofread.split_label(lab, 3, markers=[[0, 0], [3, 3]])):
+        with pytest.raises(PanoptemError, match="read-only"):
+            edit()
+    assert (lab == 3).sum() == 16 and (lab == 9).sum() == 16

@@ -104,6 +104,11 @@ def _lift(slices: tuple[slice, ...], plane: Plane | None) -> tuple[slice, ...]:
 
 
 def _make_edit(view: np.ndarray, slices: tuple[slice, ...] | None, plane: Plane | None) -> Edit:
+    """The record that undoes an edit of ``view[slices]`` (made before the edit; refused where
+    the labels cannot be written)."""
+    if not view.flags.writeable:
+        raise PanoptemError("These labels are read-only (a file opened read-only, or an array marked so); "
+                            "edit a writable copy (np.array(labels)).")
     if slices is None:
         return Edit((slice(0, 0),) * (view.ndim + (plane is not None)), view[:0].copy())
     before = view[slices].copy()
@@ -123,9 +128,12 @@ def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
     return tuple(out)
 
 
-def _ids(ids: Iterable[int] | int) -> np.ndarray:
-    arr = np.unique(np.asarray(ids, dtype=np.int64).ravel())
-    return arr[arr != 0]
+def _ids(ids: Iterable[int] | int, dtype) -> np.ndarray:
+    """The distinct non-zero ``ids`` that ``dtype`` can hold, as ``dtype`` (exact for uint64 ids
+    past 2^63; an id the labels cannot hold marks nothing in them)."""
+    info = np.iinfo(dtype)
+    vals = {int(v) for v in np.asarray(ids, dtype=object).ravel()}
+    return np.array(sorted(v for v in vals if v != 0 and info.min <= v <= info.max), dtype=dtype)
 
 
 def _points(points, ndim: int, shape: tuple[int, ...], plane: Plane | None) -> np.ndarray:
@@ -204,7 +212,7 @@ def merge_labels(labels: np.ndarray, ids, target: int | None = None, plane: Plan
     array([[3, 0, 5, 5]], dtype=uint16)
     """
     view = _view(labels, plane)
-    ids = _ids(ids)
+    ids = _ids(ids, view.dtype)
     if ids.size == 0:
         return _make_edit(view, None, plane)
     target = int(ids[0] if target is None else target)
@@ -219,7 +227,7 @@ def merge_labels(labels: np.ndarray, ids, target: int | None = None, plane: Plan
 def delete_labels(labels: np.ndarray, ids, plane: Plane | None = None) -> Edit:
     """Set every label in ``ids`` to background (0), in place."""
     view = _view(labels, plane)
-    ids = _ids(ids)
+    ids = _ids(ids, view.dtype)
     mask = np.isin(view, ids) if ids.size else np.zeros(view.shape, bool)
     box = _bbox(mask)
     edit = _make_edit(view, box, plane)
@@ -244,7 +252,7 @@ def find_next_available_label(labels: np.ndarray, class_id: int = 1, label_divis
         if nxt > np.iinfo(labels.dtype).max:
             raise PanoptemError(f"No free id left in dtype {labels.dtype}; convert the labels to uint32 or uint64.")
         return nxt
-    nxt = int(_free_ids_of_class(used.astype(np.int64), class_id, label_divisor, 1, "raise the label divisor")[0])
+    nxt = _free_ids_of_class(used, class_id, label_divisor, 1, "raise the label divisor")[0]
     if nxt > np.iinfo(labels.dtype).max:
         raise PanoptemError(f"Id {nxt} does not fit dtype {labels.dtype}; convert the labels to uint32 or uint64.")
     return nxt
@@ -295,44 +303,54 @@ def split_label(labels: np.ndarray, label_id: int, markers=None, min_distance: i
     seeds[tuple(pts.T)] = np.arange(1, len(pts) + 1)
     pieces = watershed(-dist, seeds, mask=mask)[(slice(1, -1),) * mask.ndim]
     k = len(pts)
-    all_ids = np.unique(labels).astype(np.int64)
+    all_ids = np.unique(labels)  # in the labels' dtype: uint64 ids past 2^63 stay exact
+    top = int(all_ids.max())
     if new_ids_start is None and label_divisor:
         new_ids = _free_ids_of_class(all_ids, label_id // label_divisor, label_divisor, k,
                                      "raise the label divisor, or split into fewer pieces")
     else:
-        start = int(all_ids.max()) + 1 if new_ids_start is None else int(new_ids_start)
-        new_ids = np.arange(start, start + k, dtype=np.int64)
-    clash = np.intersect1d(new_ids, all_ids)
-    if new_ids[0] < 1 or clash.size:
+        start = top + 1 if new_ids_start is None else int(new_ids_start)
+        new_ids = list(range(start, start + k))
+    if new_ids[-1] > np.iinfo(labels.dtype).max:
+        how = "choose a start id with room below it" if labels.dtype.itemsize == 8 else \
+            "convert the labels to uint32 or uint64"
+        raise PanoptemError(f"New id {new_ids[-1]} does not fit dtype {labels.dtype}; {how}.")
+    if new_ids[0] < 1:
+        raise PanoptemError(f"New ids {new_ids[0]}..{new_ids[-1]} are not all 1 or more (0 is background); "
+                            f"choose a start id above {top}.")
+    clash = np.intersect1d(np.array(new_ids, dtype=labels.dtype), all_ids)
+    if clash.size:
         raise PanoptemError(f"New ids {new_ids[0]}..{new_ids[-1]} collide with existing labels "
-                            f"({', '.join(map(str, clash[:5]))}); choose a start id above {int(all_ids.max())}.")
-    if label_divisor and np.any(new_ids // label_divisor != label_id // label_divisor):
+                            f"({', '.join(map(str, clash[:5]))}); choose a start id above {top}.")
+    if label_divisor and any(i // label_divisor != label_id // label_divisor for i in new_ids):
         raise PanoptemError(f"New ids {new_ids[0]}..{new_ids[-1]} leave class {label_id // label_divisor} "
                             f"(ids {label_id // label_divisor * label_divisor + 1}.."
                             f"{(label_id // label_divisor + 1) * label_divisor - 1}); choose a start id inside it.")
-    if new_ids[-1] > np.iinfo(labels.dtype).max:
-        raise PanoptemError(f"New id {new_ids[-1]} does not fit dtype {labels.dtype}; convert the labels to uint32.")
     edit = _make_edit(view, box, plane)
-    lut = np.concatenate([[0], new_ids]).astype(labels.dtype)
+    lut = np.array([0, *new_ids], dtype=labels.dtype)
     region = view[box]
     inside = pieces > 0
     region[inside] = lut[pieces[inside]]
     return edit
 
 
-def _free_ids_of_class(used: np.ndarray, class_id: int, label_divisor: int, k: int, advice: str) -> np.ndarray:
+def _free_ids_of_class(used: np.ndarray, class_id: int, label_divisor: int, k: int, advice: str) -> list[int]:
     """``k`` ids of ``class_id`` not in ``used``: after its largest id, else in its gaps; where
     there are fewer, an error ending in ``advice``."""
     lo, hi = class_id * label_divisor + 1, (class_id + 1) * label_divisor  # ids lo .. hi-1
-    mine = used[(used >= lo) & (used < hi)]
-    start = int(mine.max()) + 1 if mine.size else lo
+    mine = sorted(int(v) for v in used[(used >= lo) & (used < hi)].tolist())
+    start = mine[-1] + 1 if mine else lo
     if start + k <= hi:
-        return np.arange(start, start + k, dtype=np.int64)
-    free = np.setdiff1d(np.arange(lo, hi, dtype=np.int64), mine, assume_unique=True)
-    if free.size < k:
-        raise PanoptemError(f"Class {class_id} has no free id below {hi} for {k} new object(s) ({free.size} "
-                            f"left); {advice}.")
-    return free[:k]
+        return list(range(start, start + k))
+    free: list[int] = []
+    prev = lo - 1
+    for v in [*mine, hi]:  # the gaps between the class's ids, lowest first
+        free.extend(range(prev + 1, min(v, prev + 1 + k - len(free))))
+        if len(free) >= k:
+            return free
+        prev = v
+    raise PanoptemError(f"Class {class_id} has no free id below {hi} for {k} new object(s) ({len(free)} "
+                        f"left); {advice}.")
 
 
 def _morph_one(mask: np.ndarray, region: np.ndarray, op: str, fp: np.ndarray | None,
@@ -381,7 +399,7 @@ def morph_label(labels: np.ndarray, ids=None, op: Literal["dilate", "erode", "op
     if int(radius) < 1 and op != "fill_holes":
         raise PanoptemError("Radius must be at least 1.")
     view = _view(labels, plane)
-    ids = _ids(np.unique(view) if ids is None else ids)
+    ids = _ids(np.unique(view) if ids is None else ids, view.dtype)
     if ids.size == 0:
         return _make_edit(view, None, plane)
     radius = int(radius)
@@ -460,6 +478,7 @@ def count_table(labels: np.ndarray, label_divisor: int | None = None,
     view = _view(labels, plane)
     ids, counts = np.unique(view, return_counts=True)
     keep = ids != 0
-    ids, counts = ids[keep].astype(np.int64), counts[keep].astype(np.int64)
+    ids, counts = ids[keep], counts[keep].astype(np.int64)
+    ids = ids.astype(np.uint64 if ids.dtype.kind == "u" else np.int64)  # exact past 2^63
     classes = class_map(ids, label_divisor)
     return {"class_id": classes, "label": ids, "voxels": counts}
