@@ -77,6 +77,20 @@ def test_segment_2d_takes_a_params_object_and_overrides():
         panoptem.segment_2d(img, model, params=p, confidence_thr=2)
 
 
+def test_segment_2d_takes_a_zarr_array_or_an_hdf5_dataset(tmp_path):
+    """Neither takes a new axis by indexing ([None]): they raised IndexError / TypeError."""
+    import h5py
+    import zarr
+    img, model = _image(), dark_blob_model()
+    plain = panoptem.segment_2d(img, model)
+    z = zarr.open_array(str(tmp_path / "img.zarr"), mode="w", shape=img.shape, dtype=img.dtype, chunks=(32, 32))
+    z[:] = img
+    assert np.array_equal(panoptem.segment_2d(z, model), plain)
+    with h5py.File(tmp_path / "img.h5", "w") as f:
+        f["img"] = img
+        assert np.array_equal(panoptem.segment_2d(f["img"], model), plain)
+
+
 def test_the_largest_label_divisor_keeps_every_object():
     """A divisor as large as parameters take (2^53) still gives ids class x divisor + n exactly
     (2^63 - 1 was taken and, overflowing, gave labels that were all 0; it is now refused)."""

@@ -185,6 +185,18 @@ def auto_tile_size(shape, downsampling: int = 1) -> int:
     return AUTO_TILE * f if max(-(-int(n) // f) for n in shape[-2:]) > AUTO_TILE_ABOVE else 0
 
 
+def _one_plane_stack(image):
+    """A 2D image as a stack of one plane: lazily where its indexing takes a new axis (numpy,
+    dask, panoptem's lazy arrays), else read (zarr arrays and HDF5 datasets take none)."""
+    try:
+        planes = image[None]
+        if tuple(getattr(planes, "shape", ())) == (1, *image.shape):
+            return planes
+    except (IndexError, TypeError, ValueError):
+        pass
+    return np.asarray(image[...])[None]
+
+
 def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Params2D | dict | None = None,
                batch: bool = False, unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
                runtime: str = "auto", precision: str = "auto", threads: int | None = None,
@@ -259,7 +271,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     if preview is not None:
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, overwrite)  # before the work: fail fast
-    planes = image[None] if image.ndim == 2 else image
+    planes = image if image.ndim == 3 else _one_plane_stack(image)
     from .runtime import host_threads, network_threads, torch_threads
     nt = network_threads(threads)
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
