@@ -357,13 +357,21 @@ def test_a_folder_argument_naming_a_file_is_one_line(capsys, space, tiny_card, c
     refused(capsys, space, *args, words=("notes.txt", "not a folder"))
 
 
-@pytest.mark.parametrize("case", ["foreign xy.zarr file", "foreign xy.zarr store", "preview", "output", "in input"])
-def test_a_cache_folder_that_would_write_over_the_users_files_is_one_line(capsys, space, tiny_card, case):
+CACHE_CASES = ["foreign xy.zarr file", "foreign xy.zarr store", "preview", "output", "in input", "output a store",
+               "in output", "input a store"]
+
+
+@pytest.mark.parametrize("blockwise", [False, True])
+@pytest.mark.parametrize("case", CACHE_CASES)
+def test_a_cache_folder_that_would_write_over_the_users_files_is_one_line(capsys, space, tiny_card, case, blockwise):
     """--cache-dir never writes into what is not panoptem's cache: a user's xy.zarr in it (a file
-    raised FileExistsError; a store was written into), the output or preview, an input store."""
+    raised FileExistsError; a store was written into), the output or the preview (is, holds or
+    lies in the cache's xy.zarr: the labels replaced the cache and a later run decoded zeros),
+    an input store (the cache in it, or it as the cache's xy.zarr)."""
     import zarr
     inp, out = space
     volume(inp / "v.tif", (4, 64, 64), photometric="minisblack")
+    source, output = inp / "v.tif", out / "o.zarr"
     args, word = ["--cache-dir", str(out / "cd")], "not panoptem's cache"
     if case == "foreign xy.zarr file":
         (out / "cd").mkdir()
@@ -372,14 +380,21 @@ def test_a_cache_folder_that_would_write_over_the_users_files_is_one_line(capsys
         zarr.open_group(str(out / "cd" / "xy.zarr"), mode="w").create_array("raw", data=np.ones((2, 8, 8), np.uint8))
     elif case == "preview":
         pytest.importorskip("matplotlib")
-        args, word = ["--cache-dir", str(out / "p.png"), "--preview", str(out / "p.png")], "is the preview"
+        args, word = ["--cache-dir", str(out / "p.png"), "--preview", str(out / "p.png")], "p.png' overlap"
     elif case == "output":
-        args, word = ["--cache-dir", str(out / "o.zarr")], "is the output"
-    else:
+        args, word = ["--cache-dir", str(out / "o.zarr")], "o.zarr' overlap"
+    elif case == "output a store":
+        output, word = out / "cd" / "xy.zarr", "xy.zarr' overlap"
+    elif case == "in output":
+        args, word = ["--cache-dir", str(out / "o.zarr" / "c")], "o.zarr' overlap"
+    elif case == "in input":
         zarr.open_group(str(inp / "v.zarr"), mode="w").create_array("0", data=np.full((4, 64, 64), 9, np.uint8))
-        args, word = ["--cache-dir", str(inp / "v.zarr" / "cache")], "inside the input"
-    source = inp / ("v.zarr" if case == "in input" else "v.tif")
-    refused(capsys, space, "segment3d", source, "-o", out / "o.zarr", "--model", tiny_card, *args, words=(word,))
+        source, args, word = inp / "v.zarr", ["--cache-dir", str(inp / "v.zarr" / "cache")], "v.zarr' overlap"
+    else:
+        zarr.open_group(str(inp / "xy.zarr"), mode="w").create_array("0", data=np.full((4, 64, 64), 9, np.uint8))
+        source, args, word = inp / "xy.zarr", ["--cache-dir", str(inp)], "xy.zarr' overlap"
+    more = ["--blockwise", "--workers", "1"] if blockwise else []
+    refused(capsys, space, "segment3d", source, "-o", output, "--model", tiny_card, *args, *more, words=(word,))
 
 
 @pytest.mark.parametrize("command, args, word", [

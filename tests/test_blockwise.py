@@ -743,6 +743,16 @@ def test_a_run_record_cut_short_starts_the_work_afresh(tmp_path):
         (work / "net_xy.zarr").mkdir()
 
 
+def test_a_cache_record_cut_short_is_refused_in_one_line(tmp_path):
+    """An earlier release wrote the cache's STACK.json in place: cut short, it gave a JSONDecodeError."""
+    from panoptem.distributed.segment import _check_cache
+    (tmp_path / "xy.json").write_text('{"model": "x", "wei')
+    with pytest.raises(PanoptemError, match="xy.json is damaged"):
+        _check_cache(tmp_path, tmp_path / "xy.zarr", {"model": "x"})
+    _check_cache(tmp_path / "fresh", tmp_path / "fresh" / "xy.zarr", {"model": "x"})
+    assert (tmp_path / "fresh" / "xy.json").read_text() == '{"model": "x"}'
+
+
 def test_a_cache_is_not_reused_for_another_mask_key_or_a_rewritten_input(vol, tmp_path, client):
     """The network outputs kept for one input are not another's: a mask of other voxels, another
     dataset of the same file, a store rewritten in place with the same shape and range."""

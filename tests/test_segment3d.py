@@ -202,6 +202,19 @@ def test_cache_marks_slices_done_after_their_data_at_most_every_few_seconds(tmp_
     assert big.valid(0, hashes) and OutputCache(tmp_path / "big", "xy", 6, (1, 8, 8), (2, 2), {"k": 1}).valid(0, hashes)
 
 
+def test_a_cache_killed_while_being_made_is_made_afresh(tmp_path):
+    """Its arrays are made before its 'done' marks; a run killed between left some of them (a
+    ContainsArrayError, told as an unreadable input, before)."""
+    import zarr
+
+    from panoptem.inference.cache import OutputCache
+    g = zarr.open_group(str(tmp_path / "xy.zarr"), mode="a")
+    g.create_array("probability", shape=(4, 1, 8, 8), dtype="uint8", fill_value=0)
+    c = OutputCache(tmp_path, "xy", 4, (1, 8, 8), (2, 2), {"k": 1}, chunk=2)
+    assert not c.done(0) and sorted(zarr.open_group(str(tmp_path / "xy.zarr")).keys()) == \
+        ["done", "hash", "heatmap", "offsets", "probability"]
+
+
 def test_cache_of_another_shape_is_refused_or_made_afresh(tmp_path):
     """A cache whose probability has another shape (an earlier release stored a multi-class
     network's without its last channel) is not read: refused, or made afresh where panoptem

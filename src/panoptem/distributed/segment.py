@@ -233,9 +233,6 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         raise PanoptemError("Blockwise runs write OME-Zarr: give an output path ending in .zarr.")
     out = Path(output).expanduser().absolute()
     cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir else None  # as workers elsewhere find it
-    if cache_dir is not None:
-        from .._atomic import work_folder
-        work_folder(cache_dir, "the network outputs (--cache-dir)", create=False)
     block_shape = None if block_shape is None else triple(block_shape, "--block-shape")
     halo = None if halo is None else triple(halo, "--halo")
     if (block_shape is not None and min(block_shape) < 1) or (halo is not None and min(halo) < 0):
@@ -256,6 +253,9 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         from ._cluster import check_scheduler, check_worker_count
         check_scheduler(scheduler) if scheduler is not None else check_worker_count(n_workers)
     source, vol, vs, in_path = _open_volume(volume, key)
+    if cache_dir is not None:
+        from ..inference.cache import check_cache_dir
+        check_cache_dir(cache_dir, [out], [in_path])
     if vol.ndim != 3:
         raise PanoptemError(f"Blockwise inference needs a ZYX volume, got shape {tuple(vol.shape)}.")
     given_by = "voxel_size" if voxel_size else "file"
@@ -568,15 +568,20 @@ def _aligned(block_shape, align: int, axis: int, all_axes: bool) -> tuple[int, i
 
 def _check_cache(cache: Path, net: Path, key: dict) -> None:
     """A network cache made by another run (model, input, blocks...) is refused."""
+    from ..inference.cache import cache_or_nothing, differing
     stamp = cache / f"{net.stem}.json"
     text = json.dumps(key, sort_keys=True, default=str)
     if stamp.exists() and stamp.read_text() != text:
-        from ..inference.cache import differing
-        raise PanoptemError(f"The cache {cache} holds network outputs of a different run "
-                            f"({differing(json.loads(stamp.read_text()), json.loads(text))}); choose "
+        try:
+            why = differing(json.loads(stamp.read_text()), json.loads(text))
+        except ValueError:  # cut short (an earlier release wrote it in place)
+            why = f"its record {stamp.name} is damaged"
+        raise PanoptemError(f"The cache {cache} holds network outputs of a different run ({why}); choose "
                             "another --cache-dir or delete that folder.")
-    cache.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(text)
+    if not cache_or_nothing(net):
+        raise PanoptemError(f"'{net}' is there but is not panoptem's cache of network outputs; choose another "
+                            "--cache-dir (a folder of its own), or move that away.")
+    write_text(stamp, text)
 
 
 def _create_provisional(work: Path, shape, block_shape) -> None:

@@ -131,10 +131,49 @@ def differing(stored: dict, key: dict) -> str:
     return f"{', '.join(parts[:-1])} and {parts[-1]} differ"
 
 
+#: the stacks a cache folder may hold, each as STACK.zarr (and, for blockwise runs, STACK.json
+#: and STACK.done beside it)
+CACHE_STACKS = ("xy", "xz", "yz", "fused")
+
+
+def check_cache_dir(cache_dir, outputs=(), inputs=()) -> None:
+    """One error, before any work, where a cache folder (``--cache-dir``) would write over what
+    is not its own: it is a file or lies in one; it is, holds or lies inside an output; one of
+    its stores (``xy.zarr``...) or their records is an output or an input, or holds one, or is
+    not a cache; it is or lies inside an input. (A cache folder may hold inputs and outputs of
+    other names.)"""
+    from .._atomic import work_folder
+    work_folder(cache_dir, "the network outputs (--cache-dir)", create=False)
+    c = Path(cache_dir).expanduser().resolve()
+    own = [c / f"{v}{ext}" for v in CACHE_STACKS for ext in (".zarr", ".json", ".done")]
+
+    def clash(q: Path) -> bool:
+        return any(q == f or f in q.parents for f in own)
+
+    for q in outputs:
+        if q is None:
+            continue
+        q = Path(q).expanduser().resolve()
+        if c == q or q in c.parents or clash(q):
+            raise PanoptemError(f"--cache-dir '{cache_dir}' and the output '{q}' overlap (one is, or lies inside, "
+                                "the other, or its stores); give the cache a folder of its own.")
+    for q in inputs or ():
+        if q is None or str(q) == "":
+            continue
+        q = Path(q).expanduser().resolve()
+        if c == q or q in c.parents or clash(q):
+            raise PanoptemError(f"--cache-dir '{cache_dir}' and the input '{q}' overlap (the cache would write "
+                                "into it); give the cache a folder of its own (inputs are never written to).")
+    for v in CACHE_STACKS:
+        if not cache_or_nothing(c / f"{v}.zarr"):
+            raise PanoptemError(f"'{c / f'{v}.zarr'}' is there but is not panoptem's cache of network outputs; "
+                                "choose another --cache-dir (a folder of its own), or move that away.")
+
+
 _CACHE_ARRAYS = {"probability", "heatmap", "offsets", "hash", "done"}
 
 
-def _cache_or_nothing(path: Path) -> bool:
+def cache_or_nothing(path: Path) -> bool:
     """Whether ``path`` is missing, an empty folder, or a zarr group holding nothing but what
     :class:`OutputCache` stores (a run killed while making it left some of it)."""
     if not path.exists():
@@ -166,7 +205,7 @@ class OutputCache:
         from ..io.zarr_write import ChunkRows, dense
         self.path = Path(path) / f"{plane}.zarr"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not _cache_or_nothing(self.path):
+        if not cache_or_nothing(self.path):
             raise PanoptemError(f"'{self.path}' is there but is not panoptem's cache of network outputs; "
                                 "choose another --cache-dir (a folder of its own), or move that away.")
         g = zarr.open_group(str(self.path), mode="a")
@@ -182,20 +221,21 @@ class OutputCache:
                                     "choose another --cache-dir or delete that folder.")
             shutil.rmtree(self.path)
             g = zarr.open_group(str(self.path), mode="a")
-        if "done" not in g:
+        if "done" not in g:  # made last: what a run killed while making the cache left is made afresh
             from zarr.codecs import ZstdCodec
             gh, gw = grid_shape
             # chunks of whole batches, keys in one folder: thousands of thin xz / yz planes
             # stored a file and three folders each cost more than their network
             b, flat = chunk_planes(int(chunk), n, c * h * w), {"name": "v2", "separator": "."}
-            g.create_array("probability", shape=(n, c, h, w), chunks=(b, c, h, w), dtype="uint8", fill_value=0,
-                           chunk_key_encoding=flat, compressors=ZstdCodec(level=1))
-            g.create_array("heatmap", shape=(n, 1, gh, gw), chunks=(b, 1, gh, gw), dtype="float16", fill_value=0,
-                           chunk_key_encoding=flat, compressors=None)
-            g.create_array("offsets", shape=(n, 2, gh, gw), chunks=(b, 2, gh, gw), dtype="float16", fill_value=0,
-                           chunk_key_encoding=flat, compressors=None)
-            g.create_array("hash", shape=(n, HASH_BYTES), chunks=(n, HASH_BYTES), dtype="uint8", fill_value=0)
-            g.create_array("done", shape=(n,), chunks=(n,), dtype="bool", fill_value=False)
+            new = {"fill_value": 0, "overwrite": True}
+            g.create_array("probability", shape=(n, c, h, w), chunks=(b, c, h, w), dtype="uint8",
+                           chunk_key_encoding=flat, compressors=ZstdCodec(level=1), **new)
+            g.create_array("heatmap", shape=(n, 1, gh, gw), chunks=(b, 1, gh, gw), dtype="float16",
+                           chunk_key_encoding=flat, compressors=None, **new)
+            g.create_array("offsets", shape=(n, 2, gh, gw), chunks=(b, 2, gh, gw), dtype="float16",
+                           chunk_key_encoding=flat, compressors=None, **new)
+            g.create_array("hash", shape=(n, HASH_BYTES), chunks=(n, HASH_BYTES), dtype="uint8", **new)
+            g.create_array("done", shape=(n,), chunks=(n,), dtype="bool", **{**new, "fill_value": False})
             g.attrs["key"] = key
         self.group = g
         self._arr = {k: dense(g[k]) for k in ("probability", "heatmap", "offsets", "hash", "done")}

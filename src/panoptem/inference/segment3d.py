@@ -643,7 +643,8 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     """
     p = params_with(Params3D, params, **overrides)
     if cache_dir is not None:
-        _check_cache_dir(cache_dir, output, preview, inputs)
+        from .cache import check_cache_dir
+        check_cache_dir(cache_dir, [output, preview], inputs)
     if client is not None and not blockwise:
         raise PanoptemError("client= is a Dask client for blockwise runs; pass blockwise=True with it.")
     if blockwise:
@@ -754,22 +755,6 @@ def _check_new(path: Path, overwrite: bool, inputs) -> None:
     """Refuse early (before any work) an output that exists or is an input."""
     from ..io.writers import prepare_target
     prepare_target(path, overwrite, inputs)
-
-
-def _check_cache_dir(cache_dir, output, preview, inputs) -> None:
-    """One error, before any work, for a cache folder that is a file or lies in one, that is the
-    output or the preview, or that is or lies inside an input."""
-    from .._atomic import work_folder
-    work_folder(cache_dir, "the network outputs (--cache-dir)", create=False)
-    c = Path(cache_dir).expanduser().resolve()
-    for what, q in (("the output", output), ("the preview", preview)):
-        if q is not None and Path(q).expanduser().resolve() == c:
-            raise PanoptemError(f"--cache-dir '{cache_dir}' is {what}; give the cache a folder of its own.")
-    for q in inputs or ():
-        q = Path(q).expanduser().resolve()
-        if c == q or q in c.parents:
-            raise PanoptemError(f"--cache-dir '{cache_dir}' is or lies inside the input '{q}'; give the cache a "
-                                "folder of its own (inputs are never written to).")
 
 
 def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_dir, callback, plan=None,
