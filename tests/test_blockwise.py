@@ -657,6 +657,13 @@ def test_empty_blocks_are_skipped_and_mask_limits_the_run(vol, tmp_path, client)
                           mask=mask)
     assert res.skipped_blocks == 1
     assert not got[:, :, 120:].any() and (got[:, :, :120] > 0).sum() == (whole[:, :, :120] > 0).sum()
+    import h5py
+    with h5py.File(tmp_path / "mask.h5", "w") as f:   # one plane: read as 2D, it applies to every slice
+        f["m"] = mask[:1]
+    for i, flat in enumerate((mask[0], str(tmp_path / "mask.h5"))):
+        _, again = _blockwise(v, tmp_path, f"flat{i}.zarr", client=client, block_shape=(40, 120, 120),
+                              halo=(0, 0, 0), mask=flat)
+        np.testing.assert_array_equal(again, got)
 
 
 def test_a_mask_skips_blocks_of_an_xz_stack_that_averages_its_planes(vol, tmp_path, client):
@@ -721,8 +728,8 @@ def test_refusals(vol, tmp_path):
     (tmp_path / "y.zarr").mkdir()
     with pytest.raises(PanoptemError, match="exists"):
         segment_blockwise(vol, dark_blob_model(), tmp_path / "y.zarr")
-    for mask in (np.ones(vol.shape[1:], bool), np.ones((vol.shape[0] * 2, *vol.shape[1:]), bool),
-                 np.ones((vol.shape[0], vol.shape[1] - 3, vol.shape[2]), bool)):  # 2D, larger, a factor not whole
+    for mask in (np.ones(vol.shape[1:2], bool), np.ones((vol.shape[0] * 2, *vol.shape[1:]), bool),
+                 np.ones((vol.shape[0], vol.shape[1] - 3, vol.shape[2]), bool)):  # 1D, larger, a factor not whole
         with pytest.raises(PanoptemError, match="mask's shape"):
             segment_blockwise(vol, dark_blob_model(), tmp_path / "m.zarr", mask=mask)
     assert not (tmp_path / "m.zarr").exists() and not (tmp_path / ".m.zarr.blockwise").exists()

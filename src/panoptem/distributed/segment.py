@@ -148,21 +148,24 @@ def _content_digest(vol, max_samples: int = 2_000_000) -> str:
 
 
 def _open_mask(mask, shape) -> tuple[VolumeSource, list]:
-    """The mask as workers open it, and its stamp; one error unless it is 3D and the volume's
-    shape or smaller by whole factors (each side the volume's divided by a whole number,
-    rounded up)."""
+    """The mask as workers open it, and its stamp; one error unless it is the volume's shape or
+    smaller by whole factors (each side the volume's divided by a whole number, rounded up). A
+    2D mask is one plane: it applies to every slice."""
     if hasattr(mask, "shape"):
         source, arr, stamp = VolumeSource(array=mask), mask, []
     else:
         from ..io import read_image
         arr = read_image(str(mask)).data
         source, stamp = VolumeSource(path=str(mask)), _input_stamp(str(mask))
+    if len(arr.shape) == 2:  # one plane (a file's single-plane axis is dropped when read): every slice's
+        arr = np.asarray(arr[...])[None]
+        source = VolumeSource(array=arr)
     m = tuple(int(n) for n in arr.shape)
     factors = [max(1, -(-n // s)) for n, s in zip(shape, m)] if len(m) == 3 and min(m) > 0 else []
     if not factors or any(-(-n // f) != s for n, s, f in zip(shape, m, factors)):
         raise PanoptemError(f"The mask's shape {m} is not the volume's {tuple(shape)} nor smaller by whole "
-                            "factors (each side the volume's divided by a whole number, rounded up); give a 3D "
-                            "mask of such a shape.")
+                            "factors (each side the volume's divided by a whole number, rounded up); give a mask "
+                            "of such a shape (a 2D one applies to every slice).")
     return source, [list(m), stamp, _content_digest(arr)]
 
 
