@@ -174,6 +174,13 @@ def test_ome_zarr_5d_micrometre_and_group_keys(tmp_path):
     with pytest.raises(PanoptemError, match="raw, seg"):
         read_image(tmp_path / "two.zarr")
     assert image_keys(tmp_path / "two.zarr") == ["raw", "seg"]
+    one = zarr.open_group(str(tmp_path / "one.zarr"), mode="w", zarr_format=2)   # one pyramid, in a group
+    one.create_group("em")
+    import shutil
+    shutil.copytree(tmp_path / "img.zarr", tmp_path / "one.zarr" / "em" / "fibsem")
+    r = read_image(tmp_path / "one.zarr")
+    assert r.key == "em/fibsem/s0" and r.voxel_size == pytest.approx((50.0, 10.0, 10.0))
+    assert image_keys(tmp_path / "one.zarr") == []
     assert read_image(tmp_path / "two.zarr", key="seg", lazy=False).data.dtype == np.uint16
 
 

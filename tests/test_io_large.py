@@ -64,3 +64,6 @@ def test_n5_dataset_reads_lazily(tmp_path, compression):
     (tmp_path / "v.n5").rename(tmp_path / "volume")
     (data, meta, kind), = get_reader(str(tmp_path / "volume"))(str(tmp_path / "volume"))
     assert kind == "image" and data.shape == arr.shape and meta["scale"] == (30.0, 4.0, 4.0)
+    _write_n5(tmp_path / "volume", "em/labels", (arr > 30000).astype(np.uint16), (8, 16, 32), compression)
+    layers = get_reader(str(tmp_path / "volume"))(str(tmp_path / "volume"))   # a layer for each dataset
+    assert [(m["name"], k) for _, m, k in layers] == [("volume/em/labels", "labels"), ("volume/em/raw", "image")]

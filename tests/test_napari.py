@@ -231,6 +231,12 @@ def test_reader_opens_ome_zarr_pyramids(viewer, tmp_path, monkeypatch):
     for name in ("big_labels.zarr", "em.zarr"):                          # level 0 alone
         layer = viewer.open(str(tmp_path / name), plugin="panoptem")[0]
         assert not layer.multiscale and layer.data.shape == (lab.shape if name[0] == "b" else (4, 64, 80))
+    ms = grp.attrs["multiscales"]                                        # levels that do not shrink
+    ms[0]["datasets"] = [ds[0], {**ds[0], "path": "same"}]
+    grp.create_array("same", data=np.zeros((1, 4, 64, 80), np.uint8))
+    grp.attrs["multiscales"] = ms
+    layer = viewer.open(str(tmp_path / "em.zarr"), plugin="panoptem")[0]
+    assert not layer.multiscale and layer.data.shape == (4, 64, 80)
 
 
 def test_reader_opens_each_image_of_an_hdf5_file_or_zarr_group(viewer, tmp_path):
@@ -246,7 +252,8 @@ def test_reader_opens_each_image_of_an_hdf5_file_or_zarr_group(viewer, tmp_path)
         f["volumes/raw"] = raw
         f["volumes/raw"].attrs["resolution"] = (40.0, 4.0, 4.0)
         f["volumes/labels/neuron_ids"] = ids
-        f["annotations/ids"] = np.arange(5)                             # not an image: left out
+        f["annotations/ids"] = np.arange(5)                             # not images: left out
+        f["annotations/locations"] = np.zeros((5, 3))
     layers = {ly.name: ly for ly in viewer.open(str(tmp_path / "cremi.h5"), plugin="panoptem")}
     assert sorted(layers) == ["cremi/volumes/labels/neuron_ids", "cremi/volumes/raw"]
     em, seg = layers["cremi/volumes/raw"], layers["cremi/volumes/labels/neuron_ids"]
@@ -262,6 +269,9 @@ def test_reader_opens_each_image_of_an_hdf5_file_or_zarr_group(viewer, tmp_path)
     assert layers["multi/labels/mito"].__class__.__name__ == "Labels"
     assert np.array_equal(layers["multi/labels/mito"].data, ids[:, :, :16])
     assert layers["multi/raw"].__class__.__name__ == "Image"
+    shutil.rmtree(tmp_path / "multi.zarr" / "raw")                      # one image left, in its group
+    (one,) = viewer.open(str(tmp_path / "multi.zarr"), plugin="panoptem")
+    assert one.name == "multi" and one.__class__.__name__ == "Labels" and np.array_equal(one.data, ids[:, :, :16])
 
 
 def test_reader_gives_labels_of_a_mapped_file_in_writable_memory(viewer, tmp_path):

@@ -118,8 +118,10 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
 
 
 def image_keys(path) -> list[str]:
-    """The keys ``read_image`` takes for each image an HDF5 file or a Zarr group holds when it
-    holds several (an OME-Zarr multiscale counts once, by its group); [] for other inputs.
+    """The keys ``read_image`` takes for each image an HDF5 file, Zarr group or N5 container
+    holds, where it needs one (several arrays; an OME-Zarr multiscale counts once, by its group);
+    [] where ``read_image(path)`` reads its one image. Arrays that are not images (fewer than 2
+    axes past single entries, or tables a few columns wide) are left out.
 
     Examples
     --------
@@ -127,6 +129,7 @@ def image_keys(path) -> list[str]:
     >>> with h5py.File("cremi.h5", "w") as f:
     ...     f["volumes/raw"] = np.zeros((2, 8, 8), np.uint8)
     ...     f["volumes/labels/neuron_ids"] = np.zeros((2, 8, 8), np.uint64)
+    ...     f["annotations/locations"] = np.zeros((5, 3))
     >>> image_keys("cremi.h5")
     ['volumes/labels/neuron_ids', 'volumes/raw']
     """
@@ -136,22 +139,45 @@ def image_keys(path) -> list[str]:
         if kind == "hdf5":
             import h5py
             with h5py.File(p, "r") as f:
-                names: list[str] = []
-                f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+                found: list[tuple[str, tuple]] = []
+                f.visititems(lambda name, obj: found.append((name, obj.shape)) if isinstance(obj, h5py.Dataset)
+                             else None)
+            alone = len(found) == 1
         elif kind == "zarr":
             import zarr
             root = zarr.open(str(p), mode="r")
             if isinstance(root, zarr.Array) or _meta.ngff_multiscales(root.attrs):
                 return []
-            pyramids = [name for name, node in root.members(max_depth=None)
-                        if isinstance(node, zarr.Group) and _meta.ngff_multiscales(node.attrs)]
-            names = pyramids + [name for name in _array_keys(root)
-                                if not any(name.startswith(g + "/") for g in pyramids)]
+            pyramids = _pyramid_groups(root)
+            found = [(g, (4, 4)) for g in pyramids] + [
+                (name, root[name].shape) for name in _array_keys(root) if not any(name.startswith(g + "/")
+                                                                                  for g in pyramids)]
+            alone = len(found) == 1  # read_image finds it alone (a pyramid in a group too)
+        elif kind == "n5":
+            from ._n5 import datasets, open_dataset
+            found = [(d, open_dataset(p, d).shape) for d in datasets(p) if d]
+            alone = len(found) <= 1
         else:
             return []
     except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
         raise unreadable(p, kind, e) from None
-    return sorted(names) if len(names) > 1 else []
+    if alone:
+        return []
+    return sorted(name for name, shape in found if _image_like(shape))
+
+
+def _image_like(shape) -> bool:
+    """A 2D or 3D image once single entries are dropped, at least 4 pixels a side in-plane (not a
+    table of coordinates, three or so columns wide)."""
+    kept = [int(n) for n in shape if n != 1]
+    return len(kept) in (2, 3) and min(kept[-2:]) >= 4
+
+
+def _pyramid_groups(root) -> list[str]:
+    """Paths of the OME-Zarr multiscale groups inside a Zarr group."""
+    import zarr
+    return [name for name, node in root.members(max_depth=None)
+            if isinstance(node, zarr.Group) and _meta.ngff_multiscales(node.attrs)]
 
 
 def _tiff_bytes(p: Path) -> bool:
@@ -626,6 +652,9 @@ def _resolve_zarr(p: Path, root, key: str | None, pixel_size_nm: float | None = 
         path = "/".join(s for s in (prefix, ds["path"]) if s)
         return path, node[ds["path"]], _meta.ngff_sizes(ms, ds), note
     names = _array_keys(node)
+    pyramids = _pyramid_groups(node)
+    if len(pyramids) == 1 and all(n.startswith(pyramids[0] + "/") for n in names):  # one image, in a group
+        return _resolve_zarr(p, root, "/".join(s for s in (prefix, pyramids[0]) if s), pixel_size_nm)
     if len(names) != 1:
         raise PanoptemError(f"'{p.name}' holds {len(names)} arrays ({', '.join(names) or 'none'}); "
                             "name the one to read with key=... (--key).")

@@ -110,7 +110,10 @@ def _ngff_pyramid(p: Path, img) -> list | None:
             ok = False  # a level listed but missing or malformed (a partial copy)
         if not ok or any(arr.shape[i] != 1 for i in range(arr.ndim) if i not in keep):
             return None  # not a whole pyramid of this array: its first level alone
-        levels.append(da.from_zarr(arr).reshape(tuple(arr.shape[i] for i in keep)))
+        shape, prev = tuple(arr.shape[i] for i in keep), tuple(levels[-1].shape)
+        if not (all(a <= b for a, b in zip(shape, prev)) and shape != prev):
+            return None  # levels that do not shrink: napari shows none of them; the first alone
+        levels.append(da.from_zarr(arr).reshape(shape))
     return levels
 
 
@@ -152,7 +155,10 @@ def _layer(path, key: str | None) -> tuple:
         meta["scale"] = tuple(img.voxel_size)
     levels = _ngff_pyramid(p, img)
     data = img.data
-    if is_labels(path, data.dtype, key):
+    labels = is_labels(path, data.dtype, key)
+    if not labels and key is None and img.key and p.is_dir() and np.issubdtype(data.dtype, np.integer):
+        labels = "image-label" in _zarr_attrs((p / img.key.strip("/")).parent)  # the one image, in a group
+    if labels:
         nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
         if nbytes <= IN_MEMORY_LABELS_BYTES:  # editable in memory; larger ones stay lazy (view only)
             data = np.asarray(data)
