@@ -666,6 +666,22 @@ def test_empty_blocks_are_skipped_and_mask_limits_the_run(vol, tmp_path, client)
         np.testing.assert_array_equal(again, got)
 
 
+def test_zero_padding_is_background_as_in_memory(tmp_path, client):
+    """A zero-padded part (an aligned stack's border) is background in both engines: blocks all
+    padding are skipped, blocks that hold some see it as padding, as the whole planes do (the
+    in-memory run found it as an object, so the two disagreed)."""
+    v = np.zeros((4, 64, 256), np.uint8)
+    v[:, :, :100] = 200
+    v[:, 20:40, 20:40] = v[:, 30:50, 80:120] = 30     # the second blob reaches into the padding
+    kw = dict(min_size=10, min_extent=1)
+    whole = segment_3d(v, dark_blob_model(), **{**P, **kw}).labels["mitochondria"]
+    assert not whole[:, :, 124:].any() and whole[:, 25, 25].all() and whole[:, 40, 110].all()
+    for halo in ((0, 16, 16), (0, 0, 0)):
+        _, got = _blockwise(v, tmp_path, f"p{halo[1]}.zarr", client=client, block_shape=(4, 64, 64), halo=halo,
+                            **kw)
+        np.testing.assert_array_equal(got > 0, whole > 0)
+
+
 def test_a_mask_skips_blocks_of_an_xz_stack_that_averages_its_planes(vol, tmp_path, client):
     # at 2.5 nm and a 5 nm model the xz stack's blocks are along y of the volume halved: the mask
     # (on the volume's grid) must still tell which of them to skip

@@ -453,7 +453,7 @@ def test_integer_planes_are_averaged_before_normalising_only_where_nothing_clips
                                    .mean(axis=(-3, -1)), rtol=1e-7, atol=0)
         fits = bool(np.all(planes >= lo - 0.5 * (hi - lo)) and np.all(planes <= hi + 0.5 * (hi - lo)))
         assert means_first(planes, lo, hi, f) == fits
-        got, h, w = predict.network_input(planes, r, f, 16, (0.5, 0.25))
+        got, h, w, _ = predict.network_input(planes, r, f, 16, (0.5, 0.25))
         want = downsample(normalize(planes, lo, hi)[:, None] if planes.ndim == 3 else normalize(planes, lo, hi), f)
         assert (h, w) == want.shape[-2:]
         crop = got[..., :h, :w]
@@ -464,7 +464,7 @@ def test_integer_planes_are_averaged_before_normalising_only_where_nothing_clips
     odd = rng.integers(0, 256, (2, 33, 31)).astype(np.uint8)
     assert means_first(odd, 0, 255, 2) and not means_first(odd.astype(np.float32), 0, 255, 2)
     assert not means_first(odd, 0, 255, 1)
-    got, h, w = predict.network_input(odd, (0.0, 255.0), 2, 16, (0.5, 0.25))
+    got, h, w, _ = predict.network_input(odd, (0.0, 255.0), 2, 16, (0.5, 0.25))
     assert (h, w) == (17, 16)
     np.testing.assert_allclose(got[..., :h, :w], downsample(normalize(odd, 0.0, 255.0)[:, None], 2), rtol=0, atol=1e-5)
     assert got[0, 0, 16, 15] == pytest.approx((odd[0, 32, 30] / 255.0 - 0.5) / 0.25, abs=1e-5)  # the corner's own pixel

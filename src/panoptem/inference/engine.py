@@ -19,7 +19,7 @@ from .preprocess import dtype_range, intensity_range
 @dataclass
 class Prepared:
     """Network inputs made ahead of the network (:meth:`Predictor.prepare`) for ``planes``
-    planes: one ``(x, h, w)`` per batch, as :func:`.predict.predict_batch` takes them. Its
+    planes: one ``(x, h, w, pad)`` per batch, as :func:`.predict.predict_batch` takes them. Its
     length is the number of planes, as for the planes themselves."""
 
     batches: list

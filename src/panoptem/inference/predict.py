@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.card import OUTPUT_STRIDE as STRIDE
-from .preprocess import downsample, integer_block_means, means_first, normalize, pad_to_multiple
+from .preprocess import downsample, integer_block_means, means_first, normalize, pad_to_multiple, padding_mask
 
 
 @dataclass
@@ -49,25 +49,51 @@ def supports_context(model) -> bool:
     return callable(getattr(model, "encode", None))
 
 
-def network_input(planes, intensity, downsampling, padding_factor, mean_std) -> tuple[np.ndarray, int, int]:
+def network_input(planes, intensity, downsampling, padding_factor, mean_std) -> tuple:
     """The network input of ``planes``, (N, C, H', W') float32 (normalised, downsampled,
-    padded), and the size (h, w) of its outputs before padding. ``planes``: (N, H, W), one
+    padded), the size (h, w) of its outputs before padding, and where the planes hold padding
+    (:func:`~.preprocess.padding_mask`, (N, h, w) on the network's grid; None where none): the
+    mean grey there, and :func:`predict_batch` finds nothing there. ``planes``: (N, H, W), one
     channel each, or (N, C, H, W), a plane and its neighbours (see ``context_slices``)."""
     planes = np.asarray(planes)
     rng = np.asarray(intensity, np.float32)
     if rng.ndim == 2:  # one (low, high) per plane
         rng = rng.T.reshape(2, len(rng), *[1] * (planes.ndim - 1))
     h, w = (-(-int(s) // downsampling) for s in planes.shape[-2:])
+    pad = padding_mask(planes)
     if downsampling == 1:  # pad the raw planes: the same values as padding the float input, far fewer bytes
         planes, _ = pad_to_multiple(planes, padding_factor)
+    if pad is not None and downsampling > 1:  # a network pixel is padding where all its pixels are
+        pad = integer_block_means(pad.view(np.uint8), downsampling) == 1
     if means_first(planes, rng[0], rng[1], downsampling):  # a quarter of the pixels to normalise (x2)
         x = normalize(integer_block_means(planes, downsampling), rng[0], rng[1], *mean_std)
-        x = x[:, None] if x.ndim == 3 else x
     else:
-        x = normalize(planes, rng[0], rng[1], *mean_std)
-        x = downsample(x[:, None] if x.ndim == 3 else x, downsampling)
+        x = downsample(normalize(planes, rng[0], rng[1], *mean_std), downsampling)
+    if pad is not None:
+        x[..., :h, :w][pad] = 0.0  # the mean grey
+        pad = pad if pad.ndim == 3 else pad[:, pad.shape[1] // 2]  # the middle plane's (neighbours)
+    x = x[:, None] if x.ndim == 3 else x
     x, _ = pad_to_multiple(x, padding_factor)
-    return x, h, w
+    return x, h, w, pad
+
+
+def _clear_padding(out: "ModelOutput", pad: np.ndarray | None) -> "ModelOutput":
+    """Outputs with nothing found where the planes hold padding: background probability 1, no
+    centre in a heatmap cell that is padding throughout."""
+    if pad is None:
+        return out
+    prob = out.semantic_probability
+    if prob.shape[1] == 1:
+        prob[:, 0][pad] = 0.0
+    else:  # softmax over background + classes
+        prob[:, 1:][np.broadcast_to(pad[:, None], prob[:, 1:].shape)] = 0.0
+        prob[:, 0][pad] = 1.0
+    hh, ww = out.heatmap.shape[-2:]
+    cells = np.pad(pad, [(0, 0), (0, hh * STRIDE - pad.shape[1]), (0, ww * STRIDE - pad.shape[2])],
+                   constant_values=False)
+    cells = cells.reshape(len(pad), hh, STRIDE, ww, STRIDE).all(axis=(2, 4))
+    out.heatmap[:, 0][cells] = 0.0
+    return out
 
 
 def _on_device(x: np.ndarray, device: str):
@@ -107,8 +133,9 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     CUDA, float32 elsewhere), fp32, bf16 or fp16 (int8: an ONNX graph; see :mod:`.runtime`). ``timings``:
     wall and CPU seconds of ``normalise`` and ``forward`` are added to it. ``tta``: the
     outputs are averaged over the input and its flips (see :func:`_flip_average`). ``prepared``:
-    the network input of ``planes`` made beforehand, ``(x, h, w)`` as
+    the network input of ``planes`` made beforehand, ``(x, h, w, pad)`` as
     :meth:`~.engine.Predictor.prepare` gives it (``planes`` and ``intensity`` are then unused).
+    Nothing is found where the planes hold padding (:func:`network_input`).
     """
     from ._pipeline import StageClock
     from .runtime import OnnxNet
@@ -116,11 +143,11 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     if prepared is None:
         with clock("normalise"):
             prepared = network_input(planes, intensity, downsampling, padding_factor, mean_std)
-    x, h, w = prepared
+    x, h, w, pad = prepared
     with clock("forward"):
         if isinstance(model, OnnxNet):
-            return _run_onnx(model, x, h, w, tta, context)
-        return _run(model, _on_device(x, device), h, w, context, device, precision, tta)
+            return _clear_padding(_run_onnx(model, x, h, w, tta, context), pad)
+        return _clear_padding(_run(model, _on_device(x, device), h, w, context, device, precision, tta), pad)
 
 
 def _flip_average(model, x, ctx) -> dict:
