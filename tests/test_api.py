@@ -139,3 +139,14 @@ def test_the_readmes_python_names_resolve():
     r = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True,
                        env={"PYTHONPATH": SRC, "PATH": ""}, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_nested_lists_are_taken_where_arrays_are(tmp_path):
+    """preview, write_labels, write_image and take_plane raised AttributeError on lists."""
+    from panoptem import preview, read_image, take_plane, write_labels
+    from panoptem.io import write_image
+    lab = [[[0, 3, 3], [0, 0, 5]], [[1, 1, 0], [0, 0, 5]]]
+    assert np.array_equal(np.asarray(read_image(write_labels(tmp_path / "l.tif", lab)).data), np.asarray(lab))
+    assert np.array_equal(np.asarray(read_image(write_image(tmp_path / "i.tif", lab)).data), np.asarray(lab))
+    assert take_plane(lab, 1, "yz").tolist() == [[3, 0], [1, 0]]
+    assert "3 objects" in preview(lab).title

@@ -44,6 +44,7 @@ def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step:
     """
     if plane not in PLANE_AXIS:
         raise PanoptemError(f"Plane must be one of xy, xz, yz, not '{plane}'.")
+    volume = volume if hasattr(volume, "shape") else np.asarray(volume)  # nested lists too
     ax = PLANE_AXIS[plane]
     if not 0 <= index < volume.shape[ax]:
         raise PanoptemError(f"Slice {index} is outside the volume ({volume.shape[ax]} slices along {plane}); "

@@ -487,6 +487,7 @@ def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bo
     with ExitStack() as stack:
         writers = []
         for path, labels, *rest in items:
+            labels = labels if hasattr(labels, "shape") and hasattr(labels, "dtype") else np.asarray(labels)
             dt = label_dtype(labels)
             chunks = rest[0] if rest else None
             w = stack.enter_context(open_label_writer(path, labels.shape, dt, voxel_size, chunks, overwrite, inputs))
@@ -503,6 +504,7 @@ def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: I
 
     bool is stored as uint8 and float16 as float32 (TIFF/OME have no such pixel types).
     """
+    image = image if hasattr(image, "shape") and hasattr(image, "dtype") else np.asarray(image)  # nested lists too
     dt = np.dtype(image.dtype).newbyteorder("=")  # big-endian data (ImageJ's TIFFs) is stored by value
     if dt.kind == "b":
         dt = np.dtype(np.uint8)

@@ -92,6 +92,8 @@ def preview(labels, path=None, *, image=None, voxel_size=None, planes=None, n_sl
     require_matplotlib()
     if path is not None:
         path = check_target(path, (".png",), overwrite, inputs)
+    labels = labels if hasattr(labels, "shape") else np.asarray(labels)  # nested lists too
+    image = image if image is None or hasattr(image, "shape") else np.asarray(image)
     ndim = len(labels.shape)
     if ndim not in (2, 3) or min(labels.shape) < 1:
         raise PanoptemError(f"Can preview 2D (YX) or 3D (ZYX) labels only, not shape {tuple(labels.shape)}.")
