@@ -188,7 +188,7 @@ def main() -> None:
     for name, (planes, plane_shape, count) in shapes.items():
         b = auto_batch_size(plane_shape, dev, count)
         batch = np.ascontiguousarray(planes[:b])
-        xin, h, w = network_input(batch, rng, 1, pr.card.padding_factor, (n.mean, n.std))
+        xin, h, w, _ = network_input(batch, rng, 1, pr.card.padding_factor, (n.mean, n.std))
         prepared[name] = (batch, xin, b)
     plain_weights = copy.deepcopy(folded).to(memory_format=torch.contiguous_format)
     variants = ["fp16", "fp32", "fp16_nchw", "fp16_nchw_weights", "fp16_unfolded", "fp16_up_nchw", "predict"]

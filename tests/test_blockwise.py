@@ -590,12 +590,13 @@ def test_write_pass_resumes_and_counts_objects_from_the_blocks(on_disk, tmp_path
         segment_blockwise(src, dark_blob_model(), out, **kw)
     monkeypatch.setattr(_write, "write_block", real)
     marks = list((tmp_path / ".m.zarr.blockwise").rglob("written/*"))
-    # four written, and perhaps the one that had started when the fifth failed (it runs to its end)
-    assert 4 <= len(marks) <= 5 and all(m.stat().st_size > 0 for m in marks)
+    # four written, and those the worker took before the cancelling reached it (each runs to its
+    # end: one, or more on a loaded machine), but not all of them
+    assert len(marks) >= 4 and all(m.stat().st_size > 0 for m in marks)
     marks[0].write_bytes(b"")  # as an earlier release left them
     res = segment_blockwise(src, dark_blob_model(), out, **kw)
     np.testing.assert_array_equal(np.asarray(res.labels["mitochondria"][:]), ref)
-    assert res.objects["mitochondria"] == n_ref
+    assert res.objects["mitochondria"] == n_ref and res.blocks - res.skipped_blocks > len(marks)
     for _ in range(2):
         res = segment_blockwise(src, dark_blob_model(), out, overwrite=True, keep_work=True, **kw)
         np.testing.assert_array_equal(np.asarray(res.labels["mitochondria"][:]), ref)
@@ -676,7 +677,7 @@ def test_zero_padding_is_background_as_in_memory(tmp_path, client):
     kw = dict(min_size=10, min_extent=1)
     whole = segment_3d(v, dark_blob_model(), **{**P, **kw}).labels["mitochondria"]
     assert not whole[:, :, 124:].any() and whole[:, 25, 25].all() and whole[:, 40, 110].all()
-    for halo in ((0, 16, 16), (0, 0, 0)):
+    for halo in ((0, 32, 32), (0, 64, 64)):  # padding is seen where the halo reaches 32 pixels past it
         _, got = _blockwise(v, tmp_path, f"p{halo[1]}.zarr", client=client, block_shape=(4, 64, 64), halo=halo,
                             **kw)
         np.testing.assert_array_equal(got > 0, whole > 0)

@@ -368,7 +368,7 @@ def test_onnx_export_goes_to_a_scratch_folder_when_the_cache_cannot_be_written(t
     lm = load_model(str(tiny_card), "cpu")
     import shutil
     shutil.rmtree(home / "cache" / "onnx", ignore_errors=True)
-    (home / "cache").mkdir(exist_ok=True)
+    (home / "cache").mkdir(parents=True, exist_ok=True)
     (home / "cache" / "onnx").write_text("not a folder")
     planes = np.random.default_rng(0).integers(0, 255, (2, 64, 64), dtype=np.uint8)
     a = Predictor(lm, device="cpu", runtime="torch").predict(planes, (0, 255))

@@ -61,19 +61,20 @@ def network_input(planes, intensity, downsampling, padding_factor, mean_std) -> 
         rng = rng.T.reshape(2, len(rng), *[1] * (planes.ndim - 1))
     h, w = (-(-int(s) // downsampling) for s in planes.shape[-2:])
     pad = padding_mask(planes)
-    if downsampling == 1:  # pad the raw planes: the same values as padding the float input, far fewer bytes
-        planes, _ = pad_to_multiple(planes, padding_factor)
     if pad is not None and downsampling > 1:  # a network pixel is padding where all its pixels are
         pad = integer_block_means(pad.view(np.uint8), downsampling) == 1
+    if downsampling == 1:  # pad the raw planes: the same values as padding the float input, far fewer bytes
+        planes, _ = pad_to_multiple(planes, padding_factor)
     if means_first(planes, rng[0], rng[1], downsampling):  # a quarter of the pixels to normalise (x2)
         x = normalize(integer_block_means(planes, downsampling), rng[0], rng[1], *mean_std)
     else:
         x = downsample(normalize(planes, rng[0], rng[1], *mean_std), downsampling)
-    if pad is not None:
-        x[..., :h, :w][pad] = 0.0  # the mean grey
-        pad = pad if pad.ndim == 3 else pad[:, pad.shape[1] // 2]  # the middle plane's (neighbours)
     x = x[:, None] if x.ndim == 3 else x
     x, _ = pad_to_multiple(x, padding_factor)
+    if pad is not None:  # the mean grey, in the margin that mirrors the planes too
+        pad = pad[:, None] if pad.ndim == 3 else pad
+        x[pad_to_multiple(pad, padding_factor)[0]] = 0.0
+        pad = pad[:, pad.shape[1] // 2]  # the middle plane's (a plane and its neighbours)
     return x, h, w, pad
 
 

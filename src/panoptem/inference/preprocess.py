@@ -325,30 +325,32 @@ def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
     return out
 
 
-#: the side of the all-zero squares that mark padding (see :func:`padding_mask`)
-PAD_WINDOW = 9
+#: the side of the all-zero squares that mark padding (see :func:`padding_mask`): wide enough that
+#: dark structures clipped to 0 by a contrast stretch are rarely taken for it; odd, so centred
+PAD_WINDOW = 33
 
 
 def padding_mask(planes: np.ndarray) -> np.ndarray | None:
     """Where ``(..., H, W)`` planes hold padding: pixels of 0 inside some all-zero square of
-    :data:`PAD_WINDOW` pixels in-plane, what aligning a stack or stitching tiles leaves around
-    the data. The network is given the mean grey there (as beyond the image's edge): black
+    :data:`PAD_WINDOW` pixels lying in the plane, what aligning a stack or stitching tiles leaves
+    around the data. The network is given the mean grey there and finds nothing there: black
     padding is darker than anything its intensity range expects, and was found as one huge
-    object. None where a batch holds none (most: the test costs one comparison then).
+    object. None where the planes hold none (most: the test costs one comparison then).
 
-    >>> p = np.full((1, 20, 30), 90, np.uint8); p[0, :, :12] = 0; p[0, 5, 20] = 0
-    >>> m = padding_mask(p); int(m.sum()), bool(m[0, 5, 20])
-    (240, False)
+    >>> p = np.full((1, 40, 60), 90, np.uint8); p[0, :, :36] = 0; p[0, 5, 50] = 0
+    >>> m = padding_mask(p); int(m.sum()), bool(m[0, 5, 50])
+    (1440, False)
     """
     zero = np.asarray(planes) == 0
     if np.count_nonzero(zero) < PAD_WINDOW * PAD_WINDOW:
         return None
     from scipy import ndimage
     size = (1,) * (zero.ndim - 2) + (PAD_WINDOW, PAD_WINDOW)
-    inner = ndimage.minimum_filter(zero.view(np.uint8), size=size, mode="nearest")
+    # squares wholly inside the plane: beyond its edge counts as not zero
+    inner = ndimage.minimum_filter(zero.view(np.uint8), size=size, mode="constant", cval=0)
     if not inner.any():
         return None
-    return ndimage.maximum_filter(inner, size=size, mode="constant").astype(bool) & zero
+    return ndimage.maximum_filter(inner, size=size, mode="constant", cval=0).astype(bool) & zero
 
 
 def pad_to_multiple(batch, factor: int):

@@ -256,11 +256,9 @@ def _onnx_path(key: str, graph: str = "plain", precision: str = "fp32") -> Path:
 
 
 def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
+    """Whether ``folder`` can be written, or made where it is missing (nothing is made here)."""
+    there = next((q for q in (folder, *folder.parents) if q.exists()), None)
+    return there is not None and there.is_dir() and os.access(there, os.W_OK | os.X_OK)
 
 
 _scratch: list[Path] = []
