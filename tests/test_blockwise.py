@@ -770,11 +770,36 @@ def test_a_run_record_cut_short_starts_the_work_afresh(tmp_path):
 def test_a_cache_record_cut_short_is_refused_in_one_line(tmp_path):
     """An earlier release wrote the cache's STACK.json in place: cut short, it gave a JSONDecodeError."""
     from panoptem.distributed.segment import _check_cache
-    (tmp_path / "xy.json").write_text('{"model": "x", "wei')
-    with pytest.raises(PanoptemError, match="xy.json is damaged"):
-        _check_cache(tmp_path, tmp_path / "xy.zarr", {"model": "x"})
+    for damaged in (b'{"model": "x", "wei', b"\xff\xfe\x00", b"[1, 2]"):  # cut short, not text, not a record
+        (tmp_path / "xy.json").write_bytes(damaged)
+        with pytest.raises(PanoptemError, match="xy.json is damaged"):
+            _check_cache(tmp_path, tmp_path / "xy.zarr", {"model": "x"})
     _check_cache(tmp_path / "fresh", tmp_path / "fresh" / "xy.zarr", {"model": "x"})
     assert (tmp_path / "fresh" / "xy.json").read_text() == '{"model": "x"}'
+
+
+def test_whole_volume_and_blockwise_caches_are_not_taken_for_each_other(vol, tmp_path, client):
+    """A whole-volume run given a blockwise run's cache deleted its arrays (and crashed); a
+    blockwise run wrote into a whole-volume cache, whose run then gave other labels. Each is
+    refused, and the other's cache stays as it was; a blockwise cache killed while its arrays
+    were being made is made afresh."""
+    import zarr
+    kw = dict(client=client, block_shape=(16, 64, 64), halo=(8, 32, 32))
+    _blockwise(vol, tmp_path, "b.zarr", cache_dir=tmp_path / "bw", keep_work=False, **kw)
+    before = sorted(zarr.open_group(str(tmp_path / "bw" / "xy.zarr")).keys())
+    with pytest.raises(PanoptemError, match="holds a blockwise run's"):
+        segment_3d(vol, dark_blob_model(), cache_dir=tmp_path / "bw", **P)
+    assert sorted(zarr.open_group(str(tmp_path / "bw" / "xy.zarr")).keys()) == before
+    whole = segment_3d(vol, dark_blob_model(), cache_dir=tmp_path / "w", keep_cache=True, **P)
+    with pytest.raises(PanoptemError, match="holds a whole-volume run's"):
+        _blockwise(vol, tmp_path, "c.zarr", cache_dir=tmp_path / "w", **kw)
+    again = segment_3d(vol, dark_blob_model(), cache_dir=tmp_path / "w", **P)
+    np.testing.assert_array_equal(again.labels["mitochondria"], whole.labels["mitochondria"])
+    g = zarr.open_group(str(tmp_path / "bw" / "xy.zarr"), mode="a")   # killed after its first array
+    for name in ("heatmap", "offsets"):
+        del g[name]
+    _, got = _blockwise(vol, tmp_path, "d.zarr", cache_dir=tmp_path / "bw", **kw)
+    np.testing.assert_array_equal(got, whole.labels["mitochondria"])
 
 
 def test_a_cache_is_not_reused_for_another_mask_key_or_a_rewritten_input(vol, tmp_path, client):

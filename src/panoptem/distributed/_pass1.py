@@ -282,16 +282,18 @@ def create_net_arrays(job: StackJob) -> None:
     import numcodecs
     import zarr
     g = zarr.open_group(job.net, mode="a", zarr_format=2)
-    if "offsets" in g:
+    if "offsets" in g:  # made last: then all are there
         return
+    import shutil
+    shutil.rmtree(Path(job.net).with_suffix(".done"), ignore_errors=True)  # no block's outputs are kept
     (ps, hs), (pc, hc) = job.net_shape(), job.net_chunks()
     comp = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
     clip = lambda c, s: tuple(max(1, min(a, b)) for a, b in zip(c, s))  # noqa: E731
-    g.create_array("probability", shape=ps, chunks=clip(pc, ps), dtype="uint8", fill_value=0, compressors=comp)
-    g.create_array("heatmap", shape=hs, chunks=clip(hc, hs), dtype="float16", fill_value=0, compressors=comp)
+    new = {"fill_value": 0, "compressors": comp, "overwrite": True}
+    g.create_array("probability", shape=ps, chunks=clip(pc, ps), dtype="uint8", **new)
+    g.create_array("heatmap", shape=hs, chunks=clip(hc, hs), dtype="float16", **new)
     os_ = (hs[0], 2, *hs[2:])
-    g.create_array("offsets", shape=os_, chunks=clip((hc[0], 2, *hc[2:]), os_), dtype="float16", fill_value=0,
-                   compressors=comp)
+    g.create_array("offsets", shape=os_, chunks=clip((hc[0], 2, *hc[2:]), os_), dtype="float16", **new)
 
 
 def _planes(job: StackJob, planes: np.ndarray, i0: int = 0, i1: int | None = None,

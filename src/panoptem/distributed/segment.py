@@ -573,19 +573,24 @@ def _aligned(block_shape, align: int, axis: int, all_axes: bool) -> tuple[int, i
 
 def _check_cache(cache: Path, net: Path, key: dict) -> None:
     """A network cache made by another run (model, input, blocks...) is refused."""
-    from ..inference.cache import cache_or_nothing, differing
+    from ..inference.cache import cache_kind, differing
     stamp = cache / f"{net.stem}.json"
     text = json.dumps(key, sort_keys=True, default=str)
-    if stamp.exists() and stamp.read_text() != text:
+    kind = cache_kind(net)
+    if kind == "foreign":
+        raise PanoptemError(f"'{net}' is there but is not panoptem's cache of network outputs; choose another "
+                            "--cache-dir (a folder of its own), or move that away.")
+    if kind == "whole":
+        raise PanoptemError(f"The cache {net} holds a whole-volume run's network outputs; give this blockwise run "
+                            "another --cache-dir, or run it without --blockwise.")
+    old = stamp.read_bytes() if stamp.exists() else None
+    if old is not None and old != text.encode():
         try:
-            why = differing(json.loads(stamp.read_text()), json.loads(text))
-        except ValueError:  # cut short (an earlier release wrote it in place)
+            why = differing(json.loads(old), json.loads(text))
+        except (ValueError, AttributeError, TypeError):  # cut short or not a record (earlier releases wrote in place)
             why = f"its record {stamp.name} is damaged"
         raise PanoptemError(f"The cache {cache} holds network outputs of a different run ({why}); choose "
                             "another --cache-dir or delete that folder.")
-    if not cache_or_nothing(net):
-        raise PanoptemError(f"'{net}' is there but is not panoptem's cache of network outputs; choose another "
-                            "--cache-dir (a folder of its own), or move that away.")
     write_text(stamp, text)
 
 

@@ -173,22 +173,32 @@ def check_cache_dir(cache_dir, outputs=(), inputs=()) -> None:
 _CACHE_ARRAYS = {"probability", "heatmap", "offsets", "hash", "done"}
 
 
-def cache_or_nothing(path: Path) -> bool:
-    """Whether ``path`` is missing, an empty folder, or a zarr group holding nothing but what
-    :class:`OutputCache` stores (a run killed while making it left some of it)."""
+def cache_kind(path: Path) -> str | None:
+    """What the store ``path`` (``STACK.zarr`` in a cache folder) is: None (missing or empty),
+    "whole" (:class:`OutputCache`'s, of a whole-volume run, or what a run killed while making it
+    left), "blockwise" (a blockwise run's: its record ``STACK.json`` beside it) or "foreign"."""
     if not path.exists():
-        return True
+        return None
     if not path.is_dir():
-        return False
-    names = {q.name for q in path.iterdir()}
-    if not names:
-        return True
+        return "foreign"
+    if not any(path.iterdir()):
+        return None
     import zarr
     try:
         g = zarr.open_group(str(path), mode="r")
+        names, attrs = set(g.keys()), set(g.attrs.keys())
     except Exception:  # noqa: BLE001 - not a zarr group: not ours
-        return False
-    return set(g.keys()) <= _CACHE_ARRAYS and set(g.attrs.keys()) <= {"key"}
+        return "foreign"
+    if not names <= _CACHE_ARRAYS or not attrs <= {"key"}:
+        return "foreign"
+    if attrs or names & {"hash", "done"}:
+        return "whole"
+    return "blockwise" if path.with_suffix(".json").exists() else "whole"
+
+
+def cache_or_nothing(path: Path) -> bool:
+    """Whether ``path`` is missing, empty, or a store of panoptem's network outputs."""
+    return cache_kind(path) != "foreign"
 
 
 class OutputCache:
@@ -205,18 +215,24 @@ class OutputCache:
         from ..io.zarr_write import ChunkRows, dense
         self.path = Path(path) / f"{plane}.zarr"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not cache_or_nothing(self.path):
+        kind = cache_kind(self.path)
+        if kind == "foreign":
             raise PanoptemError(f"'{self.path}' is there but is not panoptem's cache of network outputs; "
                                 "choose another --cache-dir (a folder of its own), or move that away.")
+        if kind == "blockwise":
+            raise PanoptemError(f"The cache {self.path} holds a blockwise run's network outputs; give this run "
+                                "another --cache-dir, or run it with --blockwise.")
         g = zarr.open_group(str(self.path), mode="a")
         stored = g.attrs.get("key")
         c, h, w = prob_shape
         # an earlier release stored a multi-class network's probability without its last channel
         misshapen = "probability" in g and tuple(g["probability"].shape) != (n, c, h, w)
         other = stored is not None and json.loads(json.dumps(stored)) != json.loads(json.dumps(key))
+        other = other or (stored is None and "done" in g)  # an earlier release's, killed before its key
         if misshapen or other:
             if not reset_stale:
-                why = differing(stored, key) if other else "its probability has another shape"
+                why = ("its record of the run is missing" if stored is None else differing(stored, key)) if other \
+                    else "its probability has another shape"
                 raise PanoptemError(f"The cache {self.path} was made by a different run ({why}); "
                                     "choose another --cache-dir or delete that folder.")
             shutil.rmtree(self.path)
@@ -235,8 +251,8 @@ class OutputCache:
             g.create_array("offsets", shape=(n, 2, gh, gw), chunks=(b, 2, gh, gw), dtype="float16",
                            chunk_key_encoding=flat, compressors=None, **new)
             g.create_array("hash", shape=(n, HASH_BYTES), chunks=(n, HASH_BYTES), dtype="uint8", **new)
+            g.attrs["key"] = key  # before "done": a store with "done" has its key
             g.create_array("done", shape=(n,), chunks=(n,), dtype="bool", **{**new, "fill_value": False})
-            g.attrs["key"] = key
         self.group = g
         self._arr = {k: dense(g[k]) for k in ("probability", "heatmap", "offsets", "hash", "done")}
         self._done = np.asarray(self._arr["done"][:])
