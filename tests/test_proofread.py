@@ -481,3 +481,12 @@ def test_read_only_labels_are_refused_before_any_edit():
         with pytest.raises(PanoptemError, match="read-only"):
             edit()
     assert (lab == 3).sum() == 16 and (lab == 9).sum() == 16
+
+
+def test_a_merge_target_the_dtype_cannot_hold_is_refused():
+    lab = np.array([[3, 0, 5]], np.uint8)
+    with pytest.raises(PanoptemError, match="does not fit"):     # an OverflowError from numpy before
+        merge_labels(lab, [3, 5], target=300)
+    assert lab.tolist() == [[3, 0, 5]]
+    with pytest.raises(PanoptemError, match="largest id is taken"):
+        find_next_available_label(np.array([[2**64 - 1]], np.uint64))

@@ -216,6 +216,10 @@ def merge_labels(labels: np.ndarray, ids, target: int | None = None, plane: Plan
     if ids.size == 0:
         return _make_edit(view, None, plane)
     target = int(ids[0] if target is None else target)
+    info = np.iinfo(view.dtype)
+    if not info.min <= target <= info.max:
+        raise PanoptemError(f"Target id {target} does not fit the labels' dtype {view.dtype} "
+                            f"({info.min}..{info.max}); choose another target or convert the labels to uint32.")
     mask = np.isin(view, ids)
     box = _bbox(mask)
     edit = _make_edit(view, box, plane)
@@ -250,7 +254,8 @@ def find_next_available_label(labels: np.ndarray, class_id: int = 1, label_divis
     if not label_divisor:
         nxt = int(used.max()) + 1 if used.size else 1  # exact for uint64 ids past 2**63
         if nxt > np.iinfo(labels.dtype).max:
-            raise PanoptemError(f"No free id left in dtype {labels.dtype}; convert the labels to uint32 or uint64.")
+            how = "the largest id is taken" if labels.dtype.itemsize == 8 else "convert the labels to uint32 or uint64"
+            raise PanoptemError(f"No free id left in dtype {labels.dtype}; {how}.")
         return nxt
     nxt = _free_ids_of_class(used, class_id, label_divisor, 1, "raise the label divisor")[0]
     if nxt > np.iinfo(labels.dtype).max:

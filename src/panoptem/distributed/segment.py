@@ -158,13 +158,14 @@ def _open_mask(mask, shape) -> tuple[VolumeSource, list]:
         from ..io import read_image
         arr = read_image(str(mask)).data
         source, stamp = VolumeSource(path=str(mask)), _input_stamp(str(mask))
+    given = tuple(int(n) for n in arr.shape)
     if len(arr.shape) == 2:  # one plane (a file's single-plane axis is dropped when read): every slice's
         arr = np.asarray(arr[...])[None]
         source = VolumeSource(array=arr)
     m = tuple(int(n) for n in arr.shape)
     factors = [max(1, -(-n // s)) for n, s in zip(shape, m)] if len(m) == 3 and min(m) > 0 else []
     if not factors or any(-(-n // f) != s for n, s, f in zip(shape, m, factors)):
-        raise PanoptemError(f"The mask's shape {m} is not the volume's {tuple(shape)} nor smaller by whole "
+        raise PanoptemError(f"The mask's shape {given} is not the volume's {tuple(shape)} nor smaller by whole "
                             "factors (each side the volume's divided by a whole number, rounded up); give a mask "
                             "of such a shape (a 2D one applies to every slice).")
     return source, [list(m), stamp, _content_digest(arr)]
