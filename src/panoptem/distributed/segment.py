@@ -574,16 +574,10 @@ def _aligned(block_shape, align: int, axis: int, all_axes: bool) -> tuple[int, i
 
 def _check_cache(cache: Path, net: Path, key: dict) -> None:
     """A network cache made by another run (model, input, blocks...) is refused."""
-    from ..inference.cache import cache_kind, differing
+    from ..inference.cache import check_store, differing
     stamp = cache / f"{net.stem}.json"
     text = json.dumps(key, sort_keys=True, default=str)
-    kind = cache_kind(net)
-    if kind == "foreign":
-        raise PanoptemError(f"'{net}' is there but is not panoptem's cache of network outputs; choose another "
-                            "--cache-dir (a folder of its own), or move that away.")
-    if kind == "whole":
-        raise PanoptemError(f"The cache {net} holds a whole-volume run's network outputs; give this blockwise run "
-                            "another --cache-dir, or run it without --blockwise.")
+    check_store(net, "blockwise")
     old = stamp.read_bytes() if stamp.exists() else None
     if old is not None and old != text.encode():
         try:

@@ -165,9 +165,7 @@ def check_cache_dir(cache_dir, outputs=(), inputs=()) -> None:
             raise PanoptemError(f"--cache-dir '{cache_dir}' and the input '{q}' overlap (the cache would write "
                                 "into it); give the cache a folder of its own (inputs are never written to).")
     for v in CACHE_STACKS:
-        if not cache_or_nothing(c / f"{v}.zarr"):
-            raise PanoptemError(f"'{c / f'{v}.zarr'}' is there but is not panoptem's cache of network outputs; "
-                                "choose another --cache-dir (a folder of its own), or move that away.")
+        check_store(c / f"{v}.zarr")
 
 
 _CACHE_ARRAYS = {"probability", "heatmap", "offsets", "hash", "done"}
@@ -196,9 +194,17 @@ def cache_kind(path: Path) -> str | None:
     return "blockwise" if path.with_suffix(".json").exists() else "whole"
 
 
-def cache_or_nothing(path: Path) -> bool:
-    """Whether ``path`` is missing, empty, or a store of panoptem's network outputs."""
-    return cache_kind(path) != "foreign"
+def check_store(path: Path, engine: str | None = None) -> None:
+    """One error where the store ``path`` is not panoptem's network outputs, or (``engine``
+    "whole" or "blockwise") is the other engine's."""
+    kind = cache_kind(path)
+    if kind == "foreign":
+        raise PanoptemError(f"'{path}' is there but is not panoptem's cache of network outputs; choose another "
+                            "--cache-dir (a folder of its own), or move that away.")
+    if engine is not None and kind not in (None, engine):
+        other, how = ("a blockwise", "with") if kind == "blockwise" else ("a whole-volume", "without")
+        raise PanoptemError(f"The cache {path} holds {other} run's network outputs; give this run another "
+                            f"--cache-dir, or run it {how} --blockwise.")
 
 
 class OutputCache:
@@ -215,13 +221,7 @@ class OutputCache:
         from ..io.zarr_write import ChunkRows, dense
         self.path = Path(path) / f"{plane}.zarr"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kind = cache_kind(self.path)
-        if kind == "foreign":
-            raise PanoptemError(f"'{self.path}' is there but is not panoptem's cache of network outputs; "
-                                "choose another --cache-dir (a folder of its own), or move that away.")
-        if kind == "blockwise":
-            raise PanoptemError(f"The cache {self.path} holds a blockwise run's network outputs; give this run "
-                                "another --cache-dir, or run it with --blockwise.")
+        check_store(self.path, "whole")
         g = zarr.open_group(str(self.path), mode="a")
         stored = g.attrs.get("key")
         c, h, w = prob_shape
