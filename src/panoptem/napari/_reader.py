@@ -120,10 +120,10 @@ def _ngff_pyramid(p: Path, img) -> list | None:
 def read_layers(path) -> list[tuple]:
     """Read ``path`` with :func:`panoptem.io.read_image` into one image or labels layer, with its
     voxel size as scale and an OME-Zarr's pyramid as a multiscale layer (labels small enough to
-    edit are read whole, first level only); an HDF5 file or Zarr group holding several images
-    gives a layer for each (named FILE/KEY; those that are not 2D or 3D images are left out, and
-    a notification says why). Layers start at the origin: panoptem's outputs carry no position, so an
-    input's NGFF translation would set them apart."""
+    edit are read whole, first level only); an HDF5 file, Zarr group or N5 container holding
+    several images gives a layer for each (named FILE/KEY; any that cannot be read are left out,
+    and a notification says why). Layers start at the origin: panoptem's outputs carry no
+    position, so an input's NGFF translation would set them apart."""
     from ..errors import PanoptemError
     from ..io.readers import image_keys
     if isinstance(path, (list, tuple)):
