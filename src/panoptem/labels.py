@@ -22,9 +22,9 @@ import numpy as np
 
 from .errors import PanoptemError
 
-__all__ = ["as_labels", "native", "dtype_for_max_label", "class_map", "compact", "lookup", "map_ids", "object_stats", "keep_mask",
-           "filter_objects", "overlap_table", "pair_counts", "greedy_match", "rank_within", "number_per_class",
-           "relabel_sequential_per_class"]
+__all__ = ["as_labels", "native", "dtype_for_max_label", "class_map", "compact", "lookup", "map_ids", "object_stats",
+           "keep_mask", "filter_objects", "overlap_table", "pair_counts", "greedy_match", "rank_within",
+           "number_per_class", "relabel_sequential_per_class"]
 
 
 # ---------------------------------------------------------------- conventions
