@@ -182,8 +182,9 @@ def segment3d_cmd(
                                             rich_help_panel="Blockwise"),
     devices: Optional[str] = typer.Option(None, "--devices", help="One worker per device: cuda:0,cuda:1 or "
                                           "'all' visible GPUs.", rich_help_panel="Blockwise"),
-    mask: Optional[str] = typer.Option(None, "--mask", help="Volume (same shape or smaller by whole factors): "
-                                       "only blocks with mask are segmented, labels outside it are 0.",
+    mask: Optional[str] = typer.Option(None, "--mask", help="Volume (same shape or smaller by whole factors; a "
+                                       "2D mask applies to every slice): only blocks with mask are segmented, "
+                                       "labels outside it are 0.",
                                        rich_help_panel="Blockwise"),
     exact_context: bool = typer.Option(True, "--exact-context/--block-context", help="Give the network each "
                                        "whole slice's global context (panoptem's own models; about 60 % more "
