@@ -33,6 +33,18 @@ def test_normalisation_any_dtype_same_result(dtype, lo, hi):
     assert len(np.unique(labels)) - 1 == 3
 
 
+def test_padding_is_left_out_of_the_intensity_range():
+    """A black border (padding_mask) would make the range start at 0 and shift the tissue's
+    contrast; its pixels are left out, and an image of nothing but padding keeps its own."""
+    img = np.random.default_rng(0).integers(50, 200, (64, 100)).astype(np.uint8)
+    padded = img.copy()
+    padded[:, :40] = 0
+    assert intensity_range(padded) == intensity_range(img[:, 40:]) != intensity_range(padded[:, :41])
+    vol = np.stack([padded] * 3)
+    assert intensity_range(vol) == intensity_range(img[:, 40:])
+    assert intensity_range(np.zeros((40, 40), np.uint8)) == (0.0, 0.0)
+
+
 @pytest.mark.parametrize("rows, n_reads", [(4, 32), (40, 4)])
 def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path, monkeypatch, rows, n_reads):
     """A deflate TIFF stored in image-wide strips: the sampled boxes that share rows are read

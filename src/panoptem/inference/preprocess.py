@@ -20,15 +20,23 @@ def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
     Works for any integer or float dtype. An array of more than
     ``max_samples`` values is sampled: one box from the middle of each cell
     of a grid (:func:`_sample_boxes`), so a lazy volume of any size is read in a few
-    chunks only (whole-volume and blockwise runs thus agree on the range).
+    chunks only (whole-volume and blockwise runs thus agree on the range). Padding
+    (:func:`padding_mask`) is left out.
 
     >>> intensity_range(np.arange(1000, 1101, dtype=np.uint16))
     (1000.5, 1099.5)
     """
     if not hasattr(image, "shape") or image.size <= max_samples:
-        a = np.asarray(image)
+        parts = [np.asarray(image)]
     else:
-        a = np.concatenate([b.ravel() for b in read_boxes(image, _sample_boxes(image.shape, max_samples))])
+        parts = read_boxes(image, _sample_boxes(image.shape, max_samples))
+    kept = []
+    for b in parts:  # padding (see padding_mask) tells nothing of the data's range: left out
+        pad = padding_mask(b) if b.ndim >= 2 else None
+        kept.append(b.ravel() if pad is None else b[~pad])
+    a = np.concatenate(kept)
+    if a.size == 0:  # nothing but padding
+        a = np.concatenate([b.ravel() for b in parts])
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == bool):
         raise PanoptemError(f"Images of dtype {a.dtype} are not supported; convert to an integer or float type.")
     a = a.astype(_exact_float(a.dtype), copy=False)
