@@ -389,7 +389,7 @@ def test_a_cache_folder_that_would_write_over_the_users_files_is_one_line(capsys
         args, word = ["--cache-dir", str(out / "o.zarr" / "c")], "o.zarr' overlap"
     elif case == "in input":
         zarr.open_group(str(inp / "v.zarr"), mode="w").create_array("0", data=np.full((4, 64, 64), 9, np.uint8))
-        source, args, word = inp / "v.zarr", ["--cache-dir", str(inp / "v.zarr" / "cache")], "v.zarr' overlap"
+        source, args, word = inp / "v.zarr", ["--cache-dir", str(inp / "v.zarr" / "cache")], "inside the input"
     else:
         zarr.open_group(str(inp / "xy.zarr"), mode="w").create_array("0", data=np.full((4, 64, 64), 9, np.uint8))
         source, args, word = inp / "xy.zarr", ["--cache-dir", str(inp)], "xy.zarr' overlap"

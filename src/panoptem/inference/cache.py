@@ -142,8 +142,9 @@ def check_cache_dir(cache_dir, outputs=(), inputs=()) -> None:
     its stores (``xy.zarr``...) or their records is an output or an input, or holds one, or is
     not a cache; it is or lies inside an input. (A cache folder may hold inputs and outputs of
     other names.)"""
-    from .._atomic import work_folder
+    from .._atomic import check_outside_inputs, work_folder
     work_folder(cache_dir, "the network outputs (--cache-dir)", create=False)
+    check_outside_inputs(cache_dir, inputs, "the network outputs (--cache-dir)")
     c = Path(cache_dir).expanduser().resolve()
     own = [c / f"{v}{ext}" for v in CACHE_STACKS for ext in (".zarr", ".json", ".done")]
 
@@ -161,7 +162,7 @@ def check_cache_dir(cache_dir, outputs=(), inputs=()) -> None:
         if q is None or str(q) == "":
             continue
         q = Path(q).expanduser().resolve()
-        if c == q or q in c.parents or clash(q):
+        if clash(q):
             raise PanoptemError(f"--cache-dir '{cache_dir}' and the input '{q}' overlap (the cache would write "
                                 "into it); give the cache a folder of its own (inputs are never written to).")
     for v in CACHE_STACKS:

@@ -515,5 +515,5 @@ def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: I
     cls = _TiffWriter if _format(Path(path)) == "tiff" else _ZarrWriter
     with cls(path, image.shape, dt, voxel_size, None, overwrite, inputs, labels=False) as w:
         for index, block in _blocks(image):
-            w[index] = block.astype(dt, copy=False)
+            w[index] = block  # stored by value in ``dt`` (the writer's _fit)
     return w.path
