@@ -109,6 +109,24 @@ def test_a_volume_is_one_more_dataset_source(tmp_path):
     assert len(VolumeSlices(img, lab, slice(1, 3))) == 2
 
 
+def test_training_shows_padding_as_inference_does():
+    """Black padding (an aligned stack's border) reaches the network as the mean grey in training
+    too, as at inference, not as the darkest value there is; the tissue is scaled as before."""
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.train import TrainConfig
+    rng = np.random.default_rng(0)
+    img = rng.integers(100, 156, (2, 64, 64)).astype(np.uint8)
+    img[:, :, :34] = 0                           # a padded band, wider than the padding window
+    lab = np.zeros(img.shape, np.uint32)
+    lab[:, 20:40, 40:60] = 1
+    x = VolumeSlices(img, lab).batch(np.random.default_rng(1), TrainConfig(
+        batch_size=6, patch_size=64, scale_range=(1.0, 1.0)))[0].numpy()
+    # contrast / brightness / noise move the grey a little; black would sit below -3 in a third
+    # of every patch (the band is half of each)
+    lows = np.quantile(x.reshape(len(x), -1), 0.3, axis=1)
+    assert (lows > -2.0).all(), lows
+
+
 @pytest.mark.parametrize("schedule_steps,anneal_from", [(0, 0), (12, 0), (12, 3)])
 def test_schedule_options(tmp_path, schedule_steps, anneal_from):
     """--schedule-steps sets the length of the one-cycle curve; --anneal-from cuts it there

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._atomic import write_text
 from ..errors import PanoptemError
-from ..inference.preprocess import MEAN, STD, dtype_range, intensity_range
+from ..inference.preprocess import MEAN, STD, dtype_range, intensity_range, padding_mask
 from ..labels import class_map
 from .augment import dark_background_points, intensity_augment, pale_objects, sample_patch
 from .patches import Patch
@@ -466,6 +466,13 @@ class TrainingData:
             self._dark[i] = dark_background_points(image01, code, seed=i)
         return self._dark[i]
 
+    def _unit(self, i: int, mean: float) -> np.ndarray:
+        """Image ``i`` scaled as inference scales it, with the mean grey where it holds padding
+        (:func:`~panoptem.inference.preprocess.padding_mask`), as inference shows it the network."""
+        x = _unit(self.images[i], None, self._ranges[i])
+        pad = padding_mask(self.images[i])
+        return x if pad is None else np.where(pad, np.float32(mean), x)
+
     def batch(self, rng: np.random.Generator, cfg) -> tuple:
         """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` (N, C, P, P) and their
         targets: semantic (a 0/1 map for one class, channel indices for several), centre
@@ -477,7 +484,7 @@ class TrainingData:
         channels = list(range(1, len(self.classes) + 1))
         hard, pale = cfg.hard_negatives, cfg.pale
         for i in idx:
-            im, code = _pad_to(_unit(self.images[i], None, self._ranges[i]), self._codes[i], cfg.patch_size)
+            im, code = _pad_to(self._unit(i, mean), self._codes[i], cfg.patch_size)
             centre = None
             if hard and rng.random() < hard:
                 pts = self._dark_points(i, im[len(im) // 2] if im.ndim == 3 else im, code)
