@@ -188,6 +188,14 @@ def test_reader_and_writer_round_trip_labels(viewer, tmp_path):
     z = write_labels(str(tmp_path / "cells.zarr"), lab, {"scale": (1.0, 1.0, 1.0), "metadata": {"voxel_size": (8, 8, 8)}})
     zl = viewer.open(z[0], plugin="panoptem")[0]              # OME-Zarr 'image-label' -> labels
     assert zl.__class__.__name__ == "Labels" and np.array_equal(zl.data, lab) and tuple(zl.scale) == (8, 8, 8)
+    # a layer's position (nm, as its scale) goes with it to OME-Zarr and comes back
+    t = write_labels(str(tmp_path / "placed.zarr"), lab, {"scale": (8.0, 8.0, 8.0), "translate": (80.0, -16.0, 4.0),
+                                                          "metadata": {}})
+    assert tuple(viewer.open(t[0], plugin="panoptem")[0].translate) == (80.0, -16.0, 4.0)
+    # with a scale that is not nm (here none given), the translate is not nm either: not written
+    u = write_labels(str(tmp_path / "unplaced.zarr"), lab, {"scale": (1.0, 1.0, 1.0), "translate": (5.0, 5.0, 5.0),
+                                                            "metadata": {"voxel_size": (8, 8, 8)}})
+    assert tuple(viewer.open(u[0], plugin="panoptem")[0].translate) == (0.0, 0.0, 0.0)
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
 
@@ -211,6 +219,7 @@ def test_reader_opens_ome_zarr_pyramids(viewer, tmp_path, monkeypatch):
     assert em.multiscale and [lv.shape for lv in em.data] == [(4, 64, 80), (4, 32, 40), (4, 16, 20)]
     assert [int(np.asarray(lv[0, 0, 0])) for lv in em.data] == [0, 1, 2]
     assert tuple(em.scale) == (10, 5, 5) and isinstance(em.data[0][1:3], np.ndarray)  # level 0 as the engine reads it
+    assert tuple(em.translate) == pytest.approx((1000, 2000, 3000))                  # where it lies, in nm
     lab = np.zeros((4, 600, 700), np.uint32)
     lab[1:3, 100:300, 200:400] = 9
     write_labels(tmp_path / "big_labels.zarr", lab, voxel_size=(10, 5, 5))

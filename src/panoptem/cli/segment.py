@@ -43,7 +43,7 @@ def segment2d_cmd(
                             "or drop --unique-ids.")
     img = read_input(input, key, model)
     data = img.data
-    vs = img.voxel_size
+    vs, origin = img.voxel_size, img.origin
     chose_plane = slice_index is not None or plane != "xy"
     if chose_plane and (data.ndim == 2 or batch):  # nothing to choose: say so rather than ignore them
         why = "the input is one 2D image" if data.ndim == 2 else "--batch segments every xy slice"
@@ -64,6 +64,8 @@ def segment2d_cmd(
         neighbours = k > 0
         if vs is not None:
             vs = tuple(v for i, v in enumerate(vs) if i != ax)
+        if origin is not None:
+            origin = tuple(v for i, v in enumerate(origin) if i != ax)
         if slice_index is None:
             typer.echo(f"note: segmenting the middle {plane} slice ({idx}) of the volume; choose another with "
                        "--slice and --plane, or every slice with --batch.", err=True)
@@ -80,7 +82,8 @@ def segment2d_cmd(
         from ..inference.segment2d import pixel_plan
         from ..models.home import get_card
         written_vs = pixel_plan(get_card(model), params, vs, 2).voxel_size or vs
-    out = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs)
+    out = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs,
+                       origin=origin if written_vs is not None else None)
     _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2))
 
 
@@ -207,7 +210,7 @@ def segment3d_cmd(
         raise PanoptemError("--block-shape, --halo, --workers, --scheduler, --devices and --mask need --blockwise.")
     res = segment_3d(volume, model, device=device, batch_size=batch_size, runtime=runtime, precision=precision,
                      threads=threads, progress=True,
-                     voxel_size=img.voxel_size, cache_dir=cache_dir, keep_cache=keep_cache, output=output,
+                     voxel_size=img.voxel_size, origin=img.origin, cache_dir=cache_dir, keep_cache=keep_cache, output=output,
                      overwrite=overwrite, inputs=[img.path] if img.path else [], preview=preview,
                      **extra, **params.model_dump())
     if preview is not None and res.written:

@@ -65,18 +65,19 @@ class BlockwiseResult:
 
 
 def _open_volume(volume, key):
-    """(VolumeSource, lazy array, voxel size, input path or None)."""
+    """(VolumeSource, lazy array, voxel size, input path or None, origin)."""
     from ..io import ImageData
     if isinstance(volume, ImageData) and volume.path:
-        return VolumeSource(path=volume.path, key=volume.key), volume.data, volume.voxel_size, volume.path
+        return (VolumeSource(path=volume.path, key=volume.key), volume.data, volume.voxel_size, volume.path,
+                volume.origin)
     if isinstance(volume, (str, os.PathLike)):
         from ..io import read_image
         from ..sample import SAMPLE_PATH
         path = str(SAMPLE_PATH) if str(volume) == "sample" and not Path(volume).exists() else str(volume)
         img = read_image(path, key=key)
-        return VolumeSource(path=path, key=key), img.data, img.voxel_size, path
+        return VolumeSource(path=path, key=key), img.data, img.voxel_size, path, img.origin
     arr = volume if hasattr(volume, "shape") and hasattr(volume, "dtype") else np.asarray(volume)
-    return VolumeSource(array=arr), arr, None, None
+    return VolumeSource(array=arr), arr, None, None, None
 
 
 def _card(model):
@@ -174,7 +175,8 @@ def _open_mask(mask, shape) -> tuple[VolumeSource, list]:
 def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=None,
                       halo=None, n_workers: int | None = None, scheduler: str | None = None,
                       devices=None, mask=None, key: str | None = None, device: str = "auto", batch_size: int = 4,
-                      skip_empty: bool = True, voxel_size=None, chunks=None, cache_dir=None, overwrite: bool = False,
+                      skip_empty: bool = True, voxel_size=None, origin=None, chunks=None, cache_dir=None,
+                      overwrite: bool = False,
                       keep_work: bool = False, processes: bool = True, progress: bool = False,
                       exact_context: bool = True, runtime: str = "auto", precision: str = "auto",
                       threads: int | None = None, verbose: bool = False, client=None, **params) -> BlockwiseResult:
@@ -203,6 +205,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         ``devices`` (e.g. ``["cuda:0", "cuda:1"]`` or ``"all"``) puts one worker on each.
     client : a ``distributed.Client`` of the caller's, used and left open; its worker processes
         are set up as on a running scheduler (threads, malloc arenas, ``devices``).
+    voxel_size, origin : (Z, Y, X) nm per voxel and nm position of the first voxel, written with the
+        labels (default: the file's; the origin as an OME-Zarr translation).
     mask : array (the volume's shape, or smaller by whole factors): blocks without
         mask are skipped, labels outside it are 0.
     skip_empty : blocks whose region holds a single value are background, without the network.
@@ -257,7 +261,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     if client is None:  # before any work
         from ._cluster import check_scheduler, check_worker_count
         check_scheduler(scheduler) if scheduler is not None else check_worker_count(n_workers)
-    source, vol, vs, in_path = _open_volume(volume, key)
+    source, vol, vs, in_path, file_origin = _open_volume(volume, key)
     if cache_dir is not None:
         from ..inference.cache import check_cache_dir
         check_cache_dir(cache_dir, [out], [in_path])
@@ -265,6 +269,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         raise PanoptemError(f"Blockwise inference needs a ZYX volume, got shape {tuple(vol.shape)}.")
     given_by = "voxel_size" if voxel_size else "file"
     voxel_size = voxel_size or vs
+    origin = origin if origin is not None else file_origin
     card = _card(model)
     from ..inference.segment2d import check_classes
     check_classes(card, p)
@@ -276,6 +281,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     p, plan_record, steps, strides, resample = _blockwise_plan(p, card, voxel_size, given_by)
     if plan_record["input_voxel_size_nm"]:  # as run (pixel_size included): written with the labels
         voxel_size = tuple(plan_record["input_voxel_size_nm"])
+    from ..io.writers import check_origin
+    origin = check_origin(origin, voxel_size, 3)
     # network pixels per volume pixel in-plane (default blocks and memory follow it)
     enlarge = max(Fraction(1), 1 / resample[1], 1 / resample[2]) if resample else Fraction(1)
     halo = halo if halo is not None else _in_plane(DEFAULT_HALO, enlarge)
@@ -427,7 +434,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             from ..io.ome import write_metadata
             for (tmp, _, kind), (path, c) in zip(tmp_outputs, outputs):
                 write_metadata(zarr.open_group(tmp, mode="a", zarr_format=2), voxel_size, factors,
-                               path.name[: -len(".zarr")], labels=True)
+                               path.name[: -len(".zarr")], labels=True, origin=origin)
             timings["write_s"] = time.perf_counter() - t
         written, labels, objects = [], {}, {}
         for i, ((tmp, _, kind), (path, c)) in enumerate(zip(tmp_outputs, outputs)):

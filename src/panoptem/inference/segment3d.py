@@ -573,7 +573,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
                batch_size: int = 0, runtime: str = "auto", precision: str = "auto", threads: int | None = None,
                overlap: bool = True, progress: bool = False, voxel_size=None, cache_dir=None,
                keep_cache: bool = False, callback=None, output=None, overwrite: bool = False, inputs=(),
-               preview=None, blockwise: bool = False, block_shape=None, halo=None, n_workers=None,
+               preview=None, origin=None, blockwise: bool = False, block_shape=None, halo=None, n_workers=None,
                scheduler=None, devices=None, mask=None, exact_context: bool = True, client=None,
                params: Params3D | dict | None = None, **overrides) -> Result3D:
     """Panoptic 3D segmentation of a ZYX volume.
@@ -589,6 +589,8 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         :meth:`~.resample.PixelPlan.stack_step`); labels come back on the input grid (``pixel_size``
         overrides the in-plane size, ``resample=False`` turns it off; ``result.pixel_size``
         says what was used).
+    origin : (Z, Y, X) nm position of the first voxel (e.g. ``read_image(...).origin``): written
+        with the labels as an OME-Zarr translation (needs ``voxel_size``; TIFF does not keep it).
     model : registered model name, card path or a loaded model.
     params : a :class:`~panoptem.params.Params3D` (or a dict of its fields);
         keyword arguments override its fields.
@@ -650,7 +652,8 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     if blockwise:
         return _blockwise(volume, model, output, p, dict(
             block_shape=block_shape, halo=halo, n_workers=n_workers, scheduler=scheduler, devices=devices,
-            mask=mask, device=device, batch_size=batch_size or 4, voxel_size=voxel_size, cache_dir=cache_dir,
+            mask=mask, device=device, batch_size=batch_size or 4, voxel_size=voxel_size, origin=origin,
+            cache_dir=cache_dir,
             overwrite=overwrite, progress=progress, exact_context=exact_context, runtime=runtime,
             precision=precision, threads=threads, client=client), preview, inputs)
     if not hasattr(volume, "ndim"):
@@ -675,6 +678,8 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     plan.check(planes_of(p))
     _check_memory(volume.shape, p, output, predictor.card)
     voxel_size = plan.voxel_size or voxel_size  # as run (pixel_size included): written with the labels
+    from ..io.writers import check_origin
+    origin = check_origin(origin, voxel_size, 3)
     ht = host_threads(predictor.runtime, predictor.model.device, threads)
     if output is None:
         with torch_threads(ht):
@@ -694,7 +699,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
             with torch_threads(ht):
                 res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan, reset_stale=own_cache,
                                work=work, output=out, voxel_size=voxel_size, overwrite=overwrite,
-                               inputs=inputs, overlap=overlap)
+                               inputs=inputs, overlap=overlap, origin=origin)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if own_cache and not keep_cache:
@@ -759,7 +764,7 @@ def _check_new(path: Path, overwrite: bool, inputs) -> None:
 
 def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_dir, callback, plan=None,
              reset_stale: bool = False, work: Path | None = None, output: Path | None = None,
-             voxel_size=None, overwrite: bool = False, inputs=(), overlap: bool = True) -> Result3D:
+             voxel_size=None, overwrite: bool = False, inputs=(), overlap: bool = True, origin=None) -> Result3D:
     """The run itself; with ``output`` (and a ``work`` folder), results are written there."""
     import time
     from .resample import planes_of
@@ -779,7 +784,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         work.mkdir(parents=True, exist_ok=True)
         with open_label_writer(output, volume.shape, np.uint32, voxel_size=voxel_size,
                                chunks=zarr_chunks(p.chunk_size, volume.shape),
-                               overwrite=overwrite, inputs=inputs) as w:
+                               overwrite=overwrite, inputs=inputs, origin=origin) as w:
             n_obj = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress,
                               work_dir=work, output=w, **kw)
         written = read_image(output).data
@@ -798,7 +803,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
                            renumber=one, **kw)
         res = Result3D({one.name: labels}, one.panoptic(labels), {}, {one.name: one.n}, timings,
                        pixel_size=record)
-        return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0)
+        return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0, origin)
     if not p.orthoplane:
         panoptic = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress, **kw)
         if p.return_panoptic:
@@ -835,7 +840,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
             div = p.label_divisor or 0
             res = Result3D({name: panoptic}, lambda: _shifted(panoptic, div, n), {}, {name: n}, timings,
                            pixel_size=record)
-            return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0)
+            return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0, origin)
         if not p.return_panoptic:
             stacks = {}
     if p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation:
@@ -846,7 +851,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     with StageClock(timings)("split"):
         labels, counts = split_classes(panoptic, card, p.label_divisor)
     res = Result3D(labels, panoptic, stacks, counts, timings, pixel_size=record)
-    return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0)
+    return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0, origin)
 
 
 def _shifted(labels: np.ndarray, div: int, n: int) -> np.ndarray:
@@ -877,13 +882,13 @@ def _each_stack(volume, by_plane: dict, p: Params3D, planes, intensity, progress
 
 
 def _write(res: Result3D, output, voxel_size, overwrite: bool, inputs, p: Params3D, timings: dict,
-           t0: float) -> Result3D:
+           t0: float, origin=None) -> Result3D:
     """Write a finished in-memory run to ``output`` (if given) and record its total time."""
     import time
     if output is not None:
         with StageClock(timings)("write"):
             res.written = write_result(res, output, voxel_size=voxel_size, overwrite=overwrite, inputs=inputs,
-                                       chunk_size=p.chunk_size)
+                                       chunk_size=p.chunk_size, origin=origin)
     timings["total_s"] = time.perf_counter() - t0
     return res
 
@@ -899,7 +904,7 @@ def _with_preview(res: Result3D, path, volume, voxel_size, card, p: Params3D) ->
 
 
 def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False, inputs=(),
-                 chunk_size: int = 0) -> list[dict]:
+                 chunk_size: int = 0, origin=None) -> list[dict]:
     """Write a :class:`Result3D`: one volume for a single-class model at
     ``output``, else ``NAME_<class>.EXT`` per class; ``NAME_xy.EXT`` etc. for
     returned stacks; Zarr chunks of ``chunk_size`` voxels per side (0: automatic).
@@ -918,5 +923,5 @@ def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False
         path = out.with_name(f"{stem}_{plane}{ext}")
         files.append((path, vol, zarr_chunks(chunk_size, vol.shape)))
         written.append({"output": str(path), "stack": plane, "shape": list(vol.shape), "dtype": str(vol.dtype)})
-    write_labels_together(files, voxel_size, overwrite, inputs)
+    write_labels_together(files, voxel_size, overwrite, inputs, origin)
     return written  # the outputs named as given, as a streamed or a blockwise run names them

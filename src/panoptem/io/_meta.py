@@ -134,6 +134,62 @@ def _scale(transforms) -> list[float] | None:
     return None
 
 
+def _translation(transforms) -> list[float] | None:
+    for t in transforms or ():
+        if isinstance(t, Mapping) and t.get("type") == "translation" and "translation" in t:
+            return [float(v) for v in t["translation"]]
+    return None
+
+
+def _to_nm_signed(value: float, unit) -> float | None:
+    """A coordinate (any sign) in ``unit`` converted to nm; None for an unknown unit."""
+    if value == 0:
+        return 0.0 if to_nm(1.0, unit) is not None else None
+    nm = to_nm(abs(value), unit)
+    return None if nm is None else math.copysign(nm, value)
+
+
+def ngff_origin(multiscale: Mapping, dataset: Mapping) -> list[float | None] | None:
+    """Per-axis position in nm of the first voxel of one dataset of an NGFF multiscale (its
+    translation, after the multiscale's own scale and translation; None for axes that are not
+    space or have no unit); None when neither transformation list holds a translation."""
+    inner = _translation(dataset.get("coordinateTransformations"))
+    outer_t = _translation(multiscale.get("coordinateTransformations"))
+    if inner is None and outer_t is None:
+        return None
+    ndim = len(_scale(dataset.get("coordinateTransformations")) or inner or outer_t)
+    inner = inner if inner is not None and len(inner) == ndim else [0.0] * ndim
+    outer_s = _scale(multiscale.get("coordinateTransformations"))
+    outer_s = outer_s if outer_s is not None and len(outer_s) == ndim else [1.0] * ndim
+    outer_t = outer_t if outer_t is not None and len(outer_t) == ndim else [0.0] * ndim
+    axes = multiscale.get("axes") or []
+    out = []
+    for i in range(ndim):
+        ax = axes[i] if i < len(axes) else None
+        v = inner[i] * outer_s[i] + outer_t[i]
+        ok = isinstance(ax, Mapping) and ax.get("type", "space") == "space" and math.isfinite(v)
+        out.append(_to_nm_signed(v, ax.get("unit")) if ok else None)
+    return out
+
+
+def attrs_origin(attrs: Mapping, ndim: int) -> tuple[float, ...] | None:
+    """Position in nm of the first voxel from an ``offset`` attribute (one per axis, in the
+    unit of the voxel size: nm unless a ``unit``/``units`` attribute says otherwise), as
+    funlib/daisy and CREMI write it beside ``resolution``; None when absent."""
+    if "offset" not in attrs:
+        return None
+    unit = attrs.get("resolution_unit", attrs.get("unit", attrs.get("units", "nm")))
+    if isinstance(unit, bytes):
+        unit = unit.decode("utf-8", "replace")
+    try:
+        values = [float(v) for v in attrs["offset"]]
+    except (TypeError, ValueError):
+        return None
+    if len(values) != ndim or not all(math.isfinite(v) for v in values):
+        return None
+    return complete([_to_nm_signed(v, unit if isinstance(unit, str) else "nm") for v in values])
+
+
 def ngff_sizes(multiscale: Mapping, dataset: Mapping) -> list[float | None] | None:
     """Per-axis size in nm of one dataset of an NGFF multiscale (None for axes that are not
     space or have no unit); None when the metadata has no scale."""

@@ -39,16 +39,20 @@ def pyramid_factors(shape: Sequence[int], voxel_size: Sequence[float] | None) ->
 
 
 def write_metadata(group, voxel_size: Sequence[float] | None, factors: list[tuple[int, ...]], name: str,
-                   labels: bool = True) -> None:
-    """NGFF 0.4 multiscale metadata of a zarr group holding arrays ``"0"``, ``"1"``..."""
+                   labels: bool = True, origin: Sequence[float] | None = None) -> None:
+    """NGFF 0.4 multiscale metadata of a zarr group holding arrays ``"0"``, ``"1"``...; ``origin``
+    (nm, with a voxel size): every level's translation, the same for all since a level keeps
+    every second voxel of the one above, starting with the first."""
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import add_metadata, write_multiscales_metadata
     ndim = group["0"].ndim
     scale = [float(v) for v in voxel_size] if voxel_size else [1.0] * ndim
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}]
+    shift = [{"type": "translation", "translation": [float(o) for o in origin]}] if origin and voxel_size else []
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}, *shift]}]
     for i, f in enumerate(factors, start=1):
         scale = [s * v for s, v in zip(scale, f)]
-        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]})
+        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": list(scale)},
+                                                                        *shift]})
     axes = [{"name": n, "type": "space", **({"unit": "nanometer"} if voxel_size else {})} for n in "zyx"[-ndim:]]
     fmt = FormatV04()
     write_multiscales_metadata(group, datasets, fmt=fmt, axes=axes, name=name)
@@ -83,7 +87,7 @@ class _LevelTarget:
 
 
 def write_pyramid_and_metadata(path: str, voxel_size: Sequence[float] | None, name: str, labels: bool = True,
-                               levels: bool = True) -> int:
+                               levels: bool = True, origin: Sequence[float] | None = None) -> int:
     """Add pyramid levels below array ``"0"`` of the zarr group at ``path``
     (computed with dask, on the active distributed client if there is one)
     and write its NGFF 0.4 metadata; returns the number of levels."""
@@ -99,7 +103,7 @@ def write_pyramid_and_metadata(path: str, voxel_size: Sequence[float] | None, na
         arr = create_level(group, i, shape, base.chunks, base)
         da.store(src.rechunk(arr.chunks), _LevelTarget(arr), lock=False)
         prev = arr
-    write_metadata(group, voxel_size, factors, name, labels)
+    write_metadata(group, voxel_size, factors, name, labels, origin)
     return 1 + len(factors)
 
 

@@ -45,6 +45,9 @@ class ImageData:
     key : the dataset inside ``path`` it was read from (HDF5, Zarr), if one was named.
     notes : what the reader assumed where the file left it open (e.g. planes that
         the file marks as colour planes, read as slices); the command line prints them.
+    origin : nm position of the first voxel, one entry per axis of ``data`` (an OME-Zarr
+        level's translation, or a Zarr array's ``offset`` attribute); None when the file does
+        not say or the voxel size is unknown. Outputs on the same grid carry it (OME-Zarr).
     """
 
     data: object
@@ -53,6 +56,7 @@ class ImageData:
     axes: str = ""
     key: str | None = None
     notes: tuple[str, ...] = ()
+    origin: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if not self.axes:
@@ -114,7 +118,8 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
         raise
     except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
         raise unreadable(p, kind, e) from None
-    return ImageData(data, voxel, str(p), notes=renamed + tuple(n for n in notes if n), key=key)
+    origin = _zarr_origin(p, key) if kind == "zarr" and voxel is not None else None
+    return ImageData(data, voxel, str(p), notes=renamed + tuple(n for n in notes if n), key=key, origin=origin)
 
 
 def image_keys(path) -> list[str]:
@@ -661,6 +666,36 @@ def _resolve_zarr(p: Path, root, key: str | None, pixel_size_nm: float | None = 
     arr = node[names[0]]
     path = "/".join(s for s in (prefix, names[0]) if s)
     return path, arr, _meta.attrs_sizes(arr.attrs, arr.ndim), None
+
+
+def _zarr_origin(p: Path, key: str | None) -> tuple[float, ...] | None:
+    """Position (nm) of the first voxel of the array ``key`` of the store ``p`` (``key`` None: the
+    store is the array), singleton axes dropped: the translation of the multiscale level it is,
+    else its ``offset`` attribute; None when neither says or the metadata cannot be used."""
+    import zarr
+    try:
+        arr = zarr.open(str(p), mode="r")
+        parent_path, _, name = (key or "").strip("/").rpartition("/")
+        if key:
+            parent, arr = (arr[parent_path] if parent_path else arr), arr[key]
+        else:  # the folder of one level of a pyramid: its parent folder holds the multiscale
+            parent, name = zarr.open_group(str(p.parent), mode="r"), p.name
+    except Exception:  # noqa: BLE001 - no group above a plain array
+        parent = None
+    origin = None
+    for ms in (_meta.ngff_multiscales(parent.attrs) or []) if parent is not None else []:
+        for ds in ms.get("datasets", []) if isinstance(ms, dict) else []:
+            if isinstance(ds, dict) and ds.get("path") == name:
+                origin = _meta.ngff_origin(ms, ds)  # None for axes that are not space (a channel)
+                break
+    try:
+        origin = origin if origin is not None else _meta.attrs_origin(arr.attrs, arr.ndim)
+        shape = arr.shape
+    except Exception:  # noqa: BLE001 - metadata that cannot be read says nothing
+        return None
+    if origin is None or len(origin) != len(shape):
+        return None
+    return _meta.complete([o for o, n in zip(origin, shape) if n != 1])
 
 
 def _read_zarr(p: Path, key: str | None, lazy: bool, pixel_size_nm: float | None = None):

@@ -67,6 +67,19 @@ def _check_voxel(voxel_size, ndim: int) -> tuple[float, ...] | None:
     return vs
 
 
+def check_origin(origin, voxel_size, ndim: int) -> tuple[float, ...] | None:
+    """``origin`` (nm position of the first voxel, one per axis) as floats; refused unless
+    finite and given with a voxel size."""
+    if origin is None:
+        return None
+    o = tuple(float(v) for v in origin)
+    if len(o) != ndim or not all(np.isfinite(v) for v in o):
+        raise PanoptemError(f"origin must be {ndim} finite numbers in nm (one per axis), not {origin}.")
+    if voxel_size is None:
+        raise PanoptemError("origin (a position in nm) needs voxel_size too; give both or neither.")
+    return o
+
+
 def _fit(block, dtype: np.dtype) -> np.ndarray:
     """``block`` as ``dtype``, refusing any change of value (wrap-around, rounding, sign)."""
     a = np.asarray(block)
@@ -162,10 +175,11 @@ class LabelWriter:
     """
 
     def __init__(self, path, shape, dtype, voxel_size=None, chunks=None, overwrite=False, inputs=(),
-                 labels=True):
+                 labels=True, origin=None):
         self.shape = _check_shape(shape)
         self.dtype = np.dtype(dtype)
         self.voxel_size = _check_voxel(voxel_size, len(self.shape))
+        self.origin = check_origin(origin, self.voxel_size, len(self.shape))
         self.path = prepare_target(path, overwrite, inputs)
         self.labels = labels
         self._overwrite = overwrite
@@ -424,11 +438,12 @@ class _ZarrWriter(LabelWriter):
     def _finish(self):
         from .ome import write_pyramid_and_metadata
         self._flush(list(self._slabs))
-        write_pyramid_and_metadata(str(self._tmp), self.voxel_size, self.path.stem, labels=self.labels)
+        write_pyramid_and_metadata(str(self._tmp), self.voxel_size, self.path.stem, labels=self.labels,
+                                   origin=self.origin)
 
 
 def open_label_writer(path, shape: Sequence[int], dtype=np.uint32, voxel_size=None, chunks=None,
-                      overwrite: bool = False, inputs: Iterable = ()) -> LabelWriter:
+                      overwrite: bool = False, inputs: Iterable = (), origin=None) -> LabelWriter:
     """A streaming writer for labels larger than memory (.tif/.tiff or .zarr).
 
     Parameters
@@ -437,6 +452,8 @@ def open_label_writer(path, shape: Sequence[int], dtype=np.uint32, voxel_size=No
     shape : (Z, Y, X) or (Y, X).
     dtype : an unsigned integer type (uint32 unless ids exceed 4294967295).
     voxel_size : nm per voxel, one per axis.
+    origin : nm position of the first voxel, one per axis (an OME-Zarr translation; needs
+        ``voxel_size``; TIFF does not keep it).
     chunks : zarr chunk shape (default: up to 32 x 256 x 256); ignored for TIFF.
     overwrite : replace an existing target.
     inputs : paths the target must never be, contain or be inside.
@@ -453,17 +470,18 @@ def open_label_writer(path, shape: Sequence[int], dtype=np.uint32, voxel_size=No
     if dt.kind != "u":
         raise PanoptemError(f"Labels are written as an unsigned integer type (uint32 or uint64), not {dt}.")
     cls = _TiffWriter if _format(Path(path)) == "tiff" else _ZarrWriter
-    return cls(path, shape, dt, voxel_size, chunks, overwrite, inputs, labels=True)
+    return cls(path, shape, dt, voxel_size, chunks, overwrite, inputs, labels=True, origin=origin)
 
 
 def write_labels(path, labels, voxel_size=None, overwrite: bool = False, inputs: Iterable = (),
-                 chunks=None) -> Path:
+                 chunks=None, origin=None) -> Path:
     """Write a 2D or 3D label array to .tif/.tiff (OME-TIFF, zlib) or .zarr (OME-Zarr), atomically.
 
     The file holds uint32, or uint64 when the largest id needs it; values are never changed
     (negative or non-integer labels raise PanoptemError). ``labels`` may be a lazy array-like,
     which is read block by block. ``inputs`` are paths never to overwrite; ``chunks`` is the
-    Zarr chunk shape (default: up to 32 x 256 x 256; ignored for TIFF).
+    Zarr chunk shape (default: up to 32 x 256 x 256; ignored for TIFF); ``origin``: see
+    :func:`open_label_writer`.
 
     Examples
     --------
@@ -471,11 +489,11 @@ def write_labels(path, labels, voxel_size=None, overwrite: bool = False, inputs:
     >>> write_labels("mito.tif", labels, voxel_size=(5.0, 5.0, 5.0)).name
     'mito.tif'
     """
-    return write_labels_together([(path, labels, chunks)], voxel_size, overwrite, inputs)[0]
+    return write_labels_together([(path, labels, chunks)], voxel_size, overwrite, inputs, origin)[0]
 
 
 def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bool = False,
-                          inputs: Iterable = ()) -> list[Path]:
+                          inputs: Iterable = (), origin=None) -> list[Path]:
     """Write several label arrays (``[(path, labels), ...]``, or ``(path, labels, chunks)``
     for a Zarr chunk shape) as :func:`write_labels` does, moving them into place only once
     all are complete: a run killed while writing leaves none of them, so running it again
@@ -490,7 +508,8 @@ def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bo
             labels = labels if hasattr(labels, "shape") and hasattr(labels, "dtype") else np.asarray(labels)
             dt = label_dtype(labels)
             chunks = rest[0] if rest else None
-            w = stack.enter_context(open_label_writer(path, labels.shape, dt, voxel_size, chunks, overwrite, inputs))
+            w = stack.enter_context(open_label_writer(path, labels.shape, dt, voxel_size, chunks, overwrite, inputs,
+                                                      origin))
             for index, block in _blocks(labels):
                 w[index] = block.astype(dt, copy=False)  # values were checked by label_dtype
             writers.append(w)
@@ -499,8 +518,10 @@ def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bo
     return [w.path for w in writers]
 
 
-def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: Iterable = ()) -> Path:
-    """Write a grey 2D or 3D image to .tif/.tiff or .zarr, atomically, keeping its dtype.
+def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: Iterable = (),
+                origin=None) -> Path:
+    """Write a grey 2D or 3D image to .tif/.tiff or .zarr, atomically, keeping its dtype
+    (``origin``: see :func:`open_label_writer`).
 
     bool is stored as uint8 and float16 as float32 (TIFF/OME have no such pixel types).
     """
@@ -513,7 +534,7 @@ def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: I
     elif dt.kind not in "uif":
         raise PanoptemError(f"Cannot write an image of type {dt}; convert it to integers or floats.")
     cls = _TiffWriter if _format(Path(path)) == "tiff" else _ZarrWriter
-    with cls(path, image.shape, dt, voxel_size, None, overwrite, inputs, labels=False) as w:
+    with cls(path, image.shape, dt, voxel_size, None, overwrite, inputs, labels=False, origin=origin) as w:
         for index, block in _blocks(image):
             w[index] = block  # stored by value in ``dt`` (the writer's _fit)
     return w.path

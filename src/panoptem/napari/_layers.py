@@ -22,6 +22,16 @@ def voxel_size_from_meta(meta: dict, ndim: int) -> tuple[float, ...] | None:
     return None
 
 
+def origin_from_meta(meta: dict, ndim: int) -> tuple[float, ...] | None:
+    """Position (nm) of a layer's first voxel: its ``translate``, when not all zeros and the
+    layer's scale is its voxel size in nm (world units are nm then); else None."""
+    vs = voxel_size_from_meta(meta, ndim)
+    t, scale = meta.get("translate"), meta.get("scale")
+    if vs is None or t is None or len(t) != ndim or not np.any(t) or scale is None or not np.allclose(scale, vs):
+        return None
+    return tuple(float(v) for v in t)
+
+
 def layer_voxel_size(layer) -> tuple[float, ...] | None:
     """:func:`voxel_size_from_meta` for a layer object."""
     return voxel_size_from_meta({"metadata": layer.metadata, "scale": tuple(layer.scale)}, layer.ndim)

@@ -122,8 +122,8 @@ def read_layers(path) -> list[tuple]:
     voxel size as scale and an OME-Zarr's pyramid as a multiscale layer (labels small enough to
     edit are read whole, first level only); an HDF5 file, Zarr group or N5 container holding
     several images gives a layer for each (named FILE/KEY; any that cannot be read are left out,
-    and a notification says why). Layers start at the origin: panoptem's outputs carry no
-    position, so an input's NGFF translation would set them apart."""
+    and a notification says why). An OME-Zarr level's translation (or a Zarr array's ``offset``)
+    places the layer, in nm as its scale: panoptem's outputs carry their input's, so the two overlay."""
     from ..errors import PanoptemError
     from ..io.readers import image_keys
     if isinstance(path, (list, tuple)):
@@ -153,6 +153,8 @@ def _layer(path, key: str | None) -> tuple:
     meta = {"name": name, "metadata": {"voxel_size": img.voxel_size, "path": img.path, "key": img.key}}
     if img.voxel_size is not None:
         meta["scale"] = tuple(img.voxel_size)
+    if img.origin is not None:  # in nm, as the scale
+        meta["translate"] = tuple(img.origin)
     levels = _ngff_pyramid(p, img)
     data = img.data
     labels = is_labels(path, data.dtype, key)
