@@ -981,22 +981,25 @@ def test_run_stays_off_until_the_last_result_layer_is_in(viewer, qtbot, home):
     assert seen == [(True, False)] and w.run_button.enabled and len(w.result_layers) == 4, seen
 
 
-def test_3d_dock_keeps_unequal_y_and_x_sizes_of_the_layer(viewer, qtbot, home, tmp_path):
-    # the pixel size field shows the x size; left as prefilled, the 3D dock took it for y too
+@pytest.mark.parametrize("x_nm", [6.0, float(np.float32(6.1))])
+def test_3d_dock_keeps_unequal_y_and_x_sizes_of_the_layer(viewer, qtbot, home, tmp_path, x_nm):
+    # the pixel size field shows the x size; left as prefilled, the 3D dock took it for y too (and
+    # a size with more decimals than the field shows, a float32 6.1 from a file header, was taken
+    # for one the user typed)
     from panoptem import segment_3d
     from panoptem.napari._inference import Inference3DWidget
     card = Path(os.environ["PANOPTEM_HOME"]) / "models" / "darkblob" / "card.yaml"
     card.write_text(yaml.safe_dump({**yaml.safe_load(card.read_text()), "voxel_size_nm": 5.0}))
     data = blobs((4, 64, 80), centers=((16, 20), (40, 55)), r=9)
-    img = viewer.add_image(data, name="aniso", scale=(10.0, 5.0, 6.0))
+    img = viewer.add_image(data, name="aniso", scale=(10.0, 5.0, x_nm))
     w = dock(viewer, Inference3DWidget)
     w.model.value, w.device.value = "darkblob", "cpu"
     w.image.value = img
-    assert w.form["pixel_size"].value == 6.0
+    assert w.form["pixel_size"].value == round(x_nm, 3)
     w.form.set_values(min_size=10, min_extent=1)
     run_and_wait(qtbot, w)
-    want = segment_3d(data, "darkblob", device="cpu", voxel_size=(10.0, 5.0, 6.0), min_size=10, min_extent=1)
-    assert "10 x 5 x 6 nm" in w.status.value, w.status.value
+    want = segment_3d(data, "darkblob", device="cpu", voxel_size=(10.0, 5.0, x_nm), min_size=10, min_extent=1)
+    assert f"10 x 5 x {round(x_nm, 3):g} nm" in w.status.value, w.status.value
     np.testing.assert_array_equal(viewer.layers["aniso-mitochondria-prediction"].data, want.labels["mitochondria"])
 
 

@@ -636,3 +636,25 @@ def test_resampling_past_the_input_repeats_the_edge_with_or_without_antialiasing
         assert out.shape == (4, 4)
         np.testing.assert_array_equal(out[3], out[2])
         np.testing.assert_array_equal(out[:, 3], out[:, 2])
+
+
+def test_a_pixel_size_given_for_an_xz_or_yz_plane_overrides_y_and_x_not_z(tmp_path):
+    """--pixel-size is the in-plane (y, x) size of the volume, as a 3D run applies it: a yz plane
+    of a 40 x 5 x 5 nm volume keeps its 40 nm z, so giving the file's own 5 nm changes nothing,
+    and the labels are written with the plane's (z, y) sizes."""
+    from typer.testing import CliRunner
+
+    from panoptem.cli import app
+    from panoptem.io import read_image, write_image
+    from panoptem.sample import load_sample
+    src = write_image(tmp_path / "v.tif", load_sample()[:12, :128, :128], voxel_size=(40.0, 5.0, 5.0))
+    runs = {}
+    for name, extra in (("file", []), ("same", ["--pixel-size", "5"]), ("other", ["--pixel-size", "8"])):
+        out = tmp_path / f"{name}.tif"
+        r = CliRunner().invoke(app, ["segment2d", str(src), "-o", str(out), "--plane", "yz", "--slice", "64",
+                                     "--threads", "1", *extra])
+        assert r.exit_code == 0, r.output
+        runs[name] = read_image(out)
+    assert runs["file"].voxel_size == runs["same"].voxel_size == (40.0, 5.0)
+    np.testing.assert_array_equal(runs["file"].data, runs["same"].data)
+    assert runs["other"].voxel_size == (40.0, 8.0)

@@ -48,13 +48,13 @@ def segment2d_cmd(
     if chose_plane and (data.ndim == 2 or batch):  # nothing to choose: say so rather than ignore them
         why = "the input is one 2D image" if data.ndim == 2 else "--batch segments every xy slice"
         raise PanoptemError(f"--slice and --plane choose one plane of a volume, but {why}; drop them.")
-    neighbours = False
+    neighbours, given_by = False, "file"
     if data.ndim == 3 and not batch:
         ax = PLANE_AXIS.get(plane)
         if ax is None:
             raise PanoptemError(f"--plane must be xy, xz or yz, not '{plane}'.")
         idx = data.shape[ax] // 2 if slice_index is None else slice_index
-        from ..inference.segment2d import neighbour_step, stack_step
+        from ..inference.segment2d import neighbour_step, plane_pixels, stack_step
         from ..models.home import get_card
         card = get_card(model)
         k = card.context_slices  # the neighbours along the plane's axis a model sees, if any
@@ -62,8 +62,9 @@ def segment2d_cmd(
         # an xz / yz slice as the 3D stack gives it to the network: the mean of its group of slices
         data = take_plane(data, idx, plane, neighbours=k, step=step, stride=stack_step(card, params, vs, plane))
         neighbours = k > 0
-        if vs is not None:
-            vs = tuple(v for i, v in enumerate(vs) if i != ax)
+        vs, plane_params = plane_pixels(vs, ax, params)
+        given_by = "file" if plane_params is params else "file + pixel_size"
+        params = plane_params
         if origin is not None:
             origin = tuple(v for i, v in enumerate(origin) if i != ax)
         if slice_index is None:
@@ -84,16 +85,17 @@ def segment2d_cmd(
         written_vs = pixel_plan(get_card(model), params, vs, 2).voxel_size or vs
     out = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs,
                        origin=origin if written_vs is not None else None)
-    _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2))
+    _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2, given_by=given_by))
 
 
-def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",)) -> dict:
+def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",), given_by: str = "file") -> dict:
     """Print the pixel sizes a run used and what it resampled (a ``note:`` line, after the run so
-    that a refused run prints its one error line only); returns the record for the JSON summary."""
+    that a refused run prints its one error line only); returns the record for the JSON summary
+    (``given_by``: where ``voxel_size`` came from)."""
     from ..inference.segment2d import pixel_plan
     from ..models.home import get_card
     card = get_card(model)
-    plan = pixel_plan(card, params, voxel_size, ndim)
+    plan = pixel_plan(card, params, voxel_size, ndim, given_by)
     typer.echo(f"note: {plan.describe(planes)}", err=True)
     if ndim == 3:
         far = neighbour_spacing(card, plan, planes)

@@ -163,6 +163,21 @@ def pixel_plan(card, params, voxel_size, ndim: int, given_by: str = "file"):
                        working=card.pixel_range_nm, given_by=given_by)
 
 
+def plane_pixels(voxel_size, axis: int, params):
+    """The voxel size of the plane of a ZYX volume that cuts ``axis`` (its two other axes), and
+    the parameters of its 2D run: a Pixel size overrides the volume's y and x, as a 3D run
+    applies it, before the plane's axes are taken, so an xz / yz plane keeps its z spacing
+    (the 2D run is then given that voxel size and no Pixel size). A volume of unknown voxel
+    size keeps the Pixel size on both axes of any plane."""
+    if voxel_size is None:
+        return None, params
+    vs = tuple(float(v) for v in voxel_size)
+    if axis != 0 and params.pixel_size is not None:
+        vs = (vs[0], float(params.pixel_size), float(params.pixel_size))
+        params = params.model_copy(update={"pixel_size": None})
+    return tuple(v for i, v in enumerate(vs) if i != axis), params
+
+
 def _check_memory(shape, itemsize: int, batch_size: int) -> None:
     """Refuse an image too large for this machine before reading it: the labels of
     every plane (uint32) plus one batch of input and 1-byte probabilities stay in memory."""

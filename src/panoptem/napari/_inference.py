@@ -177,8 +177,10 @@ class _InferenceBase(Dock):
         all ones), in-plane; empty when the layer does not say."""
         layer = self.image.value
         vs = layer_voxel_size(layer) if layer is not None else None
-        self._prefilled = float(vs[-1]) if vs else None
-        self.form.set_values(pixel_size=self._prefilled)
+        self.form.set_values(pixel_size=float(vs[-1]) if vs else None)
+        # as the field shows it (rounded to its decimals: 4.6 from a float32 4.5999999), so that an
+        # untouched field is recognised as prefilled
+        self._prefilled = self.form.values()["pixel_size"]
 
     def _params(self):
         """The form's parameters; a pixel size still as prefilled from the layer is left to the
@@ -324,8 +326,9 @@ class Inference2DWidget(_InferenceBase):
                                     f"image has {tuple(data.shape)}; choose a labels layer of the same shape.")
             plane_shape = array.shape[-2:]
             vs = layer_voxel_size(layer)
-            if vs is not None and axis is not None:  # the shown plane's two axes
-                vs = tuple(v for i, v in enumerate(vs) if i != axis)
+            if axis is not None:  # the shown plane's two axes
+                from ..inference.segment2d import plane_pixels
+                vs, params = plane_pixels(vs, axis, params)
             box, mask = ((slice(0, plane_shape[0]), slice(0, plane_shape[1])), None) if batch else \
                 self._region(layer, axis, index, plane_shape)
             array = array if batch else np.asarray(array)[(..., *box)]
