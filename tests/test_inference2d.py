@@ -239,3 +239,17 @@ def test_large_image_drops_small_pieces_while_decoding(monkeypatch):
     got = segment_2d(img, model, tile_size=256, maximum_objects_per_class=0, min_piece_area=70)
     assert np.array_equal(got, remove_small_pieces(plain, 70))
     assert got[95, 304] and not got[191, 95]  # kept whole, though each tile holds less than 70 of it
+
+
+def test_a_tiled_image_gives_the_same_labels_with_or_without_its_outputs():
+    """return_outputs (what the napari 2D dock asks for) decodes a tiled image as a plain call
+    does, from the same stitched outputs, at thresholds that fall on their 1/255 steps too."""
+    import panoptem
+    plane = np.ascontiguousarray(panoptem.load_sample()[:, :, 60])       # a 30 x 384 yz plane
+    for thr in (0.2, 0.4, 0.6, 0.8):
+        kw = dict(tile_size=96, confidence_thr=thr, threads=1)
+        plain = panoptem.segment_2d(plane, **kw)
+        res = panoptem.segment_2d(plane, return_outputs=True, **kw)
+        np.testing.assert_array_equal(res.labels, plain)
+        assert res.semantic_probability.dtype == np.float32 and res.semantic_probability.max() <= 1.0
+        assert res.centers is not None

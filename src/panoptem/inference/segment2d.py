@@ -65,15 +65,16 @@ def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step:
 
 
 def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings: dict,
-                   min_piece_area: int = 0) -> list[np.ndarray]:
+                   min_piece_area: int = 0, outputs: list | None = None) -> list[np.ndarray]:
     """Planes larger than a tile: compact stitched outputs, then tile-wise decoding on the
     input's grid (a plane resampled for the network is decoded as :func:`decode_panoptic`
     decodes it, its outputs brought back tile by tile). Pieces under ``min_piece_area`` pixels
     are removed while decoding (no whole-image temporaries) where the model has no
-    semantic-only classes, else after."""
-    from .decode import things_and_stuff
+    semantic-only classes, else after. ``outputs``: receives each plane's ``(probability,
+    centres)``, the probabilities (float32, 0..1) as the labels were decoded from them."""
+    from .decode import find_centers, things_and_stuff
     from .large2d import decode_large
-    _, stuff = things_and_stuff(settings["class_ids"], settings["thing_ids"], settings.get("semantic_only", False))
+    things, stuff = things_and_stuff(settings["class_ids"], settings["thing_ids"], settings.get("semantic_only", False))
     scale = pred.out_scale()
     out = []
     for j in range(len(chunk)):
@@ -86,6 +87,11 @@ def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings
         if min_piece_area and not while_decoding:
             lab = remove_small_pieces(lab, min_piece_area, in_place=True)
         out.append(lab)
+        if outputs is not None:
+            hm = o.heatmap[0].reshape(o.heatmap.shape[-2:])
+            centres = find_centers(hm, settings["center_confidence_thr"], settings["min_distance_object_centers"]) \
+                if things else np.zeros((0, 2), np.int64)
+            outputs.append((o.semantic_probability[0].astype(np.float32) * (1 / 255.0), centres))  # as decoded
     return out
 
 
@@ -344,10 +350,12 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
         chunk = np.asarray(planes[i0:i0 + batch_size])
         # each slice is its own image: its own intensity range
         rng = np.array([pred.intensity(sl) for sl in chunk])
-        if tile and max(chunk.shape[-2:]) > tile and not return_outputs:
-            # bounded memory, decoded per tile
-            labels.extend(_segment_large(pred, chunk, rng, settings, p.min_piece_area))
-            centers.extend([None] * len(chunk))
+        if tile and max(chunk.shape[-2:]) > tile:
+            # bounded memory, decoded per tile (the same labels whether or not the outputs are kept)
+            kept: list | None = [] if return_outputs else None
+            labels.extend(_segment_large(pred, chunk, rng, settings, p.min_piece_area, kept))
+            centers.extend([c for _, c in kept] if kept is not None else [None] * len(chunk))
+            probs.extend(pr for pr, _ in kept or ())
             continue
         o = pred.predict(chunk, rng)
         for j in range(len(chunk)):
