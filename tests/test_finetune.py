@@ -434,9 +434,27 @@ def test_a_refused_finetune_leaves_the_checkpoint_a_stopped_run_kept(home, tmp_p
     with pytest.raises(TrainingCancelled):
         finetune(str(tiny_card), data, name="X", layers="none", iterations=8, patch_size=64, log=lambda s: None,
                  on_step=lambda r: seen.append(r["step"]), stop=lambda: len(seen) >= 2)
-    with pytest.raises(PanoptemError, match="delete .* to start afresh"):  # another set of trained layers
+    with pytest.raises(PanoptemError, match="other settings .*layers.*--restart"):  # another set of trained layers
         finetune(str(tiny_card), data, name="X", layers="all", iterations=8, patch_size=64, log=lambda s: None)
-    assert (home / "training" / "X" / "checkpoint.pt").exists()  # the refusal deleted it
+    assert (home / "training" / "X" / "checkpoint.pt").exists()  # the refusal did not delete it
+    # another base model, another dataset: another run (its scores and weights are not this one's)
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_card.read_text())
+    with pytest.raises(PanoptemError, match="base_model"):
+        finetune(str(other), data, name="X", layers="none", iterations=8, patch_size=64, log=lambda s: None)
+    with pytest.raises(PanoptemError, match="train_dir"):
+        finetune(str(tiny_card), disc_dataset(tmp_path / "ds2", n=2), name="X", layers="none", iterations=8,
+                 patch_size=64, log=lambda s: None)
+    with pytest.raises(PanoptemError, match="step 3, past the 1 iterations"):
+        finetune(str(tiny_card), data, name="X", layers="none", iterations=1, patch_size=64, log=lambda s: None)
+    steps = []  # the same run resumes, and --restart starts afresh
+    finetune(str(tiny_card), data, name="X", layers="none", iterations=8, patch_size=64, log=lambda s: None,
+             on_step=lambda r: steps.append(r["step"]))
+    assert steps == list(range(4, 9))
+    steps.clear()
+    finetune(str(tiny_card), data, name="X2", layers="all", iterations=3, patch_size=64, log=lambda s: None,
+             on_step=lambda r: steps.append(r["step"]), resume=False)
+    assert steps == [1, 2, 3]
 
 
 def test_a_run_killed_while_scoring_scores_that_step_again(home, tmp_path, tiny_card):

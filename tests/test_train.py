@@ -109,6 +109,22 @@ def test_a_volume_is_one_more_dataset_source(tmp_path):
     assert len(VolumeSlices(img, lab, slice(1, 3))) == 2
 
 
+def test_a_run_resumes_only_as_itself(capsys, tmp_path, volume_files):
+    """A folder left by a run with other slices (another held-out block) is refused, not resumed:
+    its weights were trained on what the new run holds out, and its scores are of another block."""
+    out = tmp_path / "run"
+    train_volume(capsys, volume_files, out, "--iterations", "2")
+    code = main(["train-volume", str(volume_files[0]), str(volume_files[1]), "-o", str(out), "--train-slices", "2:6",
+                 "--val-slices", "0:2", "--batch-size", "2", "--patch-size", "64", "--device", "cpu",
+                 "--iterations", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train_slices" in err and "val_slices" in err and "--restart" in err, err
+    steps = [json.loads(line)["step"] for line in (out / "val3d.jsonl").read_text().splitlines()]
+    assert steps == [2]                                   # nothing of the refused run was scored or kept
+    _, err = train_volume(capsys, volume_files, out, "--iterations", "3")   # the same run goes on
+    assert "resumed from step 2" in err
+
+
 def test_training_shows_padding_as_inference_does():
     """Black padding (an aligned stack's border) reaches the network as the mean grey in training
     too, as at inference, not as the darkest value there is; the tissue is scaled as before."""

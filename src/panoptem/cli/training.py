@@ -122,13 +122,16 @@ def finetune_cmd(
     name: str = typer.Option(..., "--name", help="Name of the new model (letters, digits, _ . -)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a user model of the same name."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue a stopped fine-tuning of this --name "
+                                "(the same command only), or start it afresh."),
     params: FinetuneParams = None,
 ):
     """Fine-tune a model on annotated patches; score it on held-out patches (before / during / after), keep the
     best weights and register them."""
     from ..training.finetune import finetune
     r = finetune(model, train_dir, val_dir=val_dir, name=name, device=device, overwrite=overwrite,
-                 replay=replay or None, log=lambda s: typer.echo(s, err=True), **params.model_dump())
+                 replay=replay or None, log=lambda s: typer.echo(s, err=True), resume=resume,
+                 **params.model_dump())
     r.pop("validation", None)
     typer.echo(_summary(r))
 

@@ -155,6 +155,11 @@ def split_held_out(masks, fraction: float, seed: int = 0) -> tuple[list[int], li
     return [i for i in range(n) if i not in held], held
 
 
+def _where(folder) -> str | None:
+    """A dataset folder as a run records it (absolute), None for none."""
+    return None if folder is None else str(Path(folder).expanduser().absolute())
+
+
 def _register(card: ModelCard, weights: Path, name: str, overwrite: bool) -> Path:
     from ..models.registry import register
     card = card.model_copy(deep=True)
@@ -382,7 +387,15 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
             _atomic_save({"architecture": cfg.architecture, "state_dict": model.state_dict(), "step": step,
                           "scores": scores}, best_file)
 
-    # a run stopped, refused or failed leaves its work folder (its checkpoint) to the next run of the name
+    # a run stopped, refused or failed leaves its work folder (its checkpoint) to the next run of the
+    # name, which resumes it only when it is the same run
+    from .._atomic import work_folder
+    from .train import claim_run
+    run = {"base_model": model_name, "train_dir": _where(train_dir), "val_dir": _where(val_dir),
+           "layers": layers, "gamma": gamma, "val_fraction": opts.val_fraction, "replay": [_where(r) for r in replay_dirs],
+           "replay_ratio": opts.replay_ratio if replay_dirs else None}
+    restart = f"pass --restart (resume=False in Python) to start afresh, or choose another --name than '{name}'"
+    claim_run(work_folder(stage, "checkpoints and weights"), cfg, run, resume, restart)  # before its scores are read
     state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
     if val is not None and resume and best_file.exists():  # a stopped run's best so far
         import torch
@@ -392,7 +405,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
         history[:] = json.loads(history_file.read_text())
     weights = train(source, stage, cfg, resume=resume, log=log, init_state=state, frozen=frozen,
                     on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop,
-                    validate=validate if val is not None else None)
+                    validate=validate if val is not None else None, run=run, restart=restart)
     after = best["scores"]
     if val is not None and best["step"] != int(iterations):
         chosen = stage / "kept.pt"
@@ -499,8 +512,12 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
         vals = [load_dataset(f) for f in dataset_folders([val_dir])]
         val = ([i for v in vals for i in v[0]], [m for v in vals for m in v[1]])
     losses: list[float] = []
+    run = {"train_dirs": [_where(d) for d in dirs], "labels": [list(c) for c in classes],
+           "label_divisor": label_divisor, "val_dir": _where(val_dir), "gamma": gamma}
     weights = train(data, out, cfg, resume=resume, val=val, log=log,
-                    on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop)
+                    on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop, run=run,
+                    restart=f"pass --restart (resume=False in Python) to start afresh, or choose another "
+                            f"--name than '{name}' (or another --out-dir)")
     card = ModelCard(
         name=name,
         description=description or (f"Trained from scratch on {len(data)} image(s) of "

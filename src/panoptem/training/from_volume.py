@@ -108,13 +108,19 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
             if not train_zs:
                 raise PanoptemError(f"Validation slices '{val_slices}' leave no slice to train on; hold out fewer.")
     ds = VolumeSlices(img, lab, train_zs, name=Path(labels_path).name, context=k)
+    # a resumed run is this run: the same volume, slices, held-out block and scoring
+    run = {"image": str(Path(image_path).absolute()), "labels": str(Path(labels_path).absolute()),
+           "train_slices": train_slices, "val_slices": val_slices, "min_size": min_size}
+    restart = "pass --restart to start afresh, or give another -o folder"
     if vs is None:
-        return train(ds, out_dir, cfg, resume=resume, log=log, init_state=init_state)
+        return train(ds, out_dir, cfg, resume=resume, log=log, init_state=init_state, run=run, restart=restart)
     vimg, vlab = np.asarray(img[vs]), np.asarray(lab[vs])
     if not len(vimg):
         raise PanoptemError(f"Validation slices '{val_slices}' select nothing of the image {tuple(img.shape)}.")
     from .._atomic import work_folder
+    from .train import claim_run
     out = work_folder(out_dir, "checkpoints and weights")
+    claim_run(out, cfg, run, resume, restart)  # before the folder's scores are read
     best_file, best_json = out / "best.pt", out / "best.json"
     best = json.loads(best_json.read_text()) if resume and best_json.exists() and best_file.exists() else None
     if not resume:  # a restarted run scores afresh
@@ -142,7 +148,8 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     zs = range(*vs.indices(img.shape[0]))[::4]  # 2D checks in training: every 4th held-out slice
     from ..inference.segment2d import take_plane
     val = ([take_plane(img, z, "xy", neighbours=k) if k else np.asarray(img[z]) for z in zs], list(vlab[::4]))
-    train(ds, out_dir, cfg, resume=resume, val=val, log=log, init_state=init_state, validate=validate)
+    train(ds, out_dir, cfg, resume=resume, val=val, log=log, init_state=init_state, validate=validate, run=run,
+          restart=restart)
     if best is None:  # an earlier panoptem checkpointed the last step before scoring it; killed in between
         raise PanoptemError(f"{out_dir} holds a finished run whose held-out slices were never scored; run again "
                             "with --restart.")

@@ -92,6 +92,37 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
     return state
 
 
+#: TrainConfig fields that say how a run is carried out, not what it learns: a resumed run may change
+#: them (iterations too: a run may be taken further, with --schedule-steps fixing its curve)
+_HOW_RUN = ("device", "threads", "checkpoint_every", "validate_every", "iterations")
+#: how to start afresh, where a caller does not say
+RESTART = "pass --restart (resume=False in Python) to start afresh, or choose another output folder"
+
+
+def claim_run(out: Path, cfg: TrainConfig, run: dict | None = None, resume: bool = True,
+              restart: str = RESTART) -> None:
+    """Record in ``out/run.json`` what defines the training run kept in ``out``: ``cfg`` (but
+    :data:`_HOW_RUN`) and ``run`` (its data, held-out set, starting weights...). With
+    ``resume``, a folder left by a run that differs is refused, naming what differs, so that a
+    resumed run never mixes two runs' checkpoints and scores; ``restart`` says how to start
+    afresh. A folder without the record (an earlier panoptem's) is taken as this run's."""
+    ident = json.loads(json.dumps({**{k: v for k, v in asdict(cfg).items() if k not in _HOW_RUN}, **(run or {})},
+                                  default=str))
+    record = Path(out) / "run.json"
+    if resume and record.exists():
+        try:
+            old = json.loads(record.read_text())
+        except (OSError, ValueError):
+            old = None  # unreadable: nothing to compare with
+        if isinstance(old, dict) and old != ident:
+            diff = [k for k in sorted(set(old) | set(ident)) if old.get(k) != ident.get(k)]
+            said = "; ".join(f"{k}: {json.dumps(old.get(k))[:60]} then, {json.dumps(ident.get(k))[:60]} now"
+                             for k in diff[:3]) + ("; ..." if len(diff) > 3 else "")
+            raise PanoptemError(f"{out} holds a training run with other settings ({said}); run the "
+                                f"command as it was to resume it, or {restart}.")
+    write_text(record, json.dumps(ident, indent=1))
+
+
 def _resume(ckpt: Path, cfg: TrainConfig, arch: dict, model, opt, sched, rng) -> int:
     """Restore model, optimiser, schedule and random states; returns the step. ``arch``: the
     run's whole architecture (checkpoints record theirs, completed with the defaults when older)."""
@@ -103,11 +134,15 @@ def _resume(ckpt: Path, cfg: TrainConfig, arch: dict, model, opt, sched, rng) ->
         model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"]); rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-        return int(state["step"])
+        step = int(state["step"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise PanoptemError(f"Checkpoint {ckpt} does not fit this training run ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:120]}); delete {ckpt.parent} to start afresh (train-volume: "
                             "--restart), or choose another name or output folder.") from None
+    if step > cfg.iterations:
+        raise PanoptemError(f"{ckpt} was saved at step {step}, past the {cfg.iterations} iterations asked for; "
+                            f"ask for {step} or more to resume it, or start afresh (--restart).")
+    return step
 
 
 class OneCycle:
@@ -196,7 +231,8 @@ def _train_mode(model, frozen=()) -> None:
 
 def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
           val: tuple[list, list] | None = None, log=print, *, init_state: dict | None = None,
-          frozen: tuple[str, ...] = (), on_step=None, stop=None, validate=None) -> Path:
+          frozen: tuple[str, ...] = (), on_step=None, stop=None, validate=None, run: dict | None = None,
+          restart: str = RESTART) -> Path:
     """Train a :class:`PanopticNet` on batches of ``dataset`` (a
     :class:`~panoptem.training.dataset.TrainingData`) and return the path of the final weights.
 
@@ -215,10 +251,12 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
 
     ``stop()`` is asked after every step; when it returns True the run saves a
     checkpoint of that step and raises :class:`TrainingCancelled` (a later run
-    with ``resume`` continues from there).
+    with ``resume`` continues from there). ``run`` and ``restart``: see :func:`claim_run`
+    (a resumed run must be the same run).
     """
     from .._atomic import work_folder
     out = work_folder(out_dir, "checkpoints and weights")
+    claim_run(out, cfg, run, resume, restart)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
