@@ -658,3 +658,33 @@ def test_a_pixel_size_given_for_an_xz_or_yz_plane_overrides_y_and_x_not_z(tmp_pa
     assert runs["file"].voxel_size == runs["same"].voxel_size == (40.0, 5.0)
     np.testing.assert_array_equal(runs["file"].data, runs["same"].data)
     assert runs["other"].voxel_size == (40.0, 8.0)
+
+
+def test_averaged_planes_keep_the_dtype_a_model_divides_by(tmp_path):
+    """An xz plane of a volume finer than the model is the mean of two planes (float32); a model
+    normalising by the dtype's maximum (empanada's configs) still divides by the volume's (255),
+    in segment2d --plane as in the 3D xz stack, and finds what that stack finds on the plane."""
+    import tifffile
+    from _models import DarkBlobNet, dark_blob_model
+
+    from panoptem.cli import main
+    from panoptem.io import write_image
+    from panoptem.models.card import Normalization, Weights
+    from panoptem.models.home import sha256_of
+    w = tmp_path / "db.pt"
+    torch.jit.save(torch.jit.script(DarkBlobNet().eval()), str(w))
+    card = dark_blob_model().card.model_copy(update={
+        "normalization": Normalization(mode="dtype_max"), "voxel_size_nm": 5.0,
+        "weights": Weights(file=w.name, sha256=sha256_of(w), format="torchscript")})
+    (tmp_path / "db.yaml").write_text(card.to_yaml())
+    vol = np.full((16, 64, 64), 200, np.uint8)
+    vol[:, 20:44, 20:44] = 40                                      # a dark rod through every plane
+    write_image(tmp_path / "v.tif", vol, voxel_size=(2.5, 2.5, 2.5))  # finer than the model's 5 nm
+    model = ["--model", str(tmp_path / "db.yaml")]
+    assert main(["segment2d", str(tmp_path / "v.tif"), "-o", str(tmp_path / "p.tif"), *model, "--slice", "32",
+                 "--plane", "xz", "--min-piece-area", "0"]) == 0
+    assert main(["segment3d", str(tmp_path / "v.tif"), "-o", str(tmp_path / "s.tif"), *model,
+                 "--inference-plane", "xz", "--min-size", "0", "--median-slices", "1"]) == 0
+    two, three = tifffile.imread(tmp_path / "p.tif") > 0, tifffile.imread(tmp_path / "s.tif")[:, 32] > 0
+    assert three.sum() > 100
+    np.testing.assert_array_equal(two, three)

@@ -77,6 +77,7 @@ def segment2d_cmd(
     labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
                         runtime=runtime, precision=precision, threads=threads,
                         preview=preview, voxel_size=vs, overwrite=overwrite, with_neighbours=neighbours,
+                        source_dtype=img.data.dtype,
                         **params.model_dump())
     written_vs = vs
     if labels.ndim == 2:  # the pixel size as run (--pixel-size included) goes with the labels

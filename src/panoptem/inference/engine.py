@@ -141,11 +141,13 @@ class Predictor:
         """Tile origins lie on this grid (pixels): the network's padding factor at the downsampling."""
         return max(self.card.padding_factor, STRIDE) * self.downsampling
 
-    def intensity(self, image) -> tuple[float, float]:
-        """The intensity range used to normalise ``image`` (plane or volume)."""
+    def intensity(self, image, dtype=None) -> tuple[float, float]:
+        """The intensity range used to normalise ``image`` (plane or volume); ``dtype``: that of
+        the data ``image`` was computed from, where it differs (planes averaged into float32),
+        for a normalisation by the dtype's maximum."""
         n = self.card.normalization
         if n.mode == "dtype_max":
-            return dtype_range(image)
+            return dtype_range(image if dtype is None else np.empty(0, dtype))
         return intensity_range(image, low_pct=n.low_pct, high_pct=n.high_pct)
 
     @property

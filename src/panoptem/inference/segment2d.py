@@ -223,7 +223,8 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
                batch: bool = False, unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
                runtime: str = "auto", precision: str = "auto", threads: int | None = None,
                return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
-               overwrite: bool = False, with_neighbours: bool = False, **overrides) -> np.ndarray | Result2D:
+               overwrite: bool = False, with_neighbours: bool = False, source_dtype=None,
+               **overrides) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
     With a known pixel size (``voxel_size``, or the ``pixel_size`` parameter) that differs
@@ -252,6 +253,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         :func:`take_plane` gives them, for a model that sees k neighbours on each side (card
         ``context_slices``); the labels are the middle plane's. Without it, such a model sees
         each image alone (every channel the image itself).
+    source_dtype : the dtype of the data ``image`` was taken from, where it differs
+        (:func:`take_plane` averages planes into float32): a model that normalises by the dtype's
+        maximum (card ``normalization.mode: dtype_max``) divides by that one's, as a 3D run does.
     **overrides : any field of :class:`~panoptem.params.Params2D`
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
@@ -316,7 +320,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         batch_size = pred.batch_for(planes.shape[-2:], planes.shape[0])
     _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
     with torch_threads(host_threads(pred.runtime, pred.model.device, threads)):
-        labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress)
+        labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress, source_dtype)
     if p.fill_holes_in_segmentation:
         from .postprocess import fill_holes
         labels = [fill_holes(lab) for lab in labels]
@@ -338,7 +342,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
 
 
 def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, return_outputs: bool,
-            progress: bool) -> tuple[list, list, list]:
+            progress: bool, source_dtype=None) -> tuple[list, list, list]:
     """Labels, centres and (with ``return_outputs``) probabilities of every plane."""
     settings = decode_settings(p, pred.card)
     labels, probs, centers = [], [], []
@@ -349,7 +353,7 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
     for i0 in it:
         chunk = np.asarray(planes[i0:i0 + batch_size])
         # each slice is its own image: its own intensity range
-        rng = np.array([pred.intensity(sl) for sl in chunk])
+        rng = np.array([pred.intensity(sl, source_dtype) for sl in chunk])
         if tile and max(chunk.shape[-2:]) > tile:
             # bounded memory, decoded per tile (the same labels whether or not the outputs are kept)
             kept: list | None = [] if return_outputs else None
