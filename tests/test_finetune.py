@@ -457,6 +457,16 @@ def test_a_refused_finetune_leaves_the_checkpoint_a_stopped_run_kept(home, tmp_p
     assert steps == [1, 2, 3]
 
 
+def test_a_validation_folder_that_is_trained_on_is_refused(home, tmp_path, tiny_card):
+    from panoptem.training.finetune import train_new
+    data = disc_dataset(tmp_path / "root" / "ds", n=2)
+    for val in (data, tmp_path / "root"):  # the folder itself, or a root holding it
+        with pytest.raises(PanoptemError, match="also trained on"):
+            finetune(str(tiny_card), data, val_dir=val, name="V", iterations=1, patch_size=64, log=lambda s: None)
+        with pytest.raises(PanoptemError, match="also trained on"):
+            train_new([data], name="W", val_dir=val, iterations=1, patch_size=64, log=lambda s: None)
+
+
 def test_a_run_killed_while_scoring_scores_that_step_again(home, tmp_path, tiny_card):
     # the checkpoint of a step was written before its scoring: the resumed run never scored it
     from panoptem.training.train import load_checkpoint

@@ -329,3 +329,20 @@ def test_the_home_and_the_registry_need_no_loader():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src},
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("field, value", [("voxel_size_nm", 0.0), ("voxel_size_nm", -5.0),
+                                          ("voxel_size_nm", float("nan")), ("voxel_size_nm", float("inf")),
+                                          ("context_spacing_nm", float("inf")), ("pixel_range_nm", [4.0, float("inf")])])
+def test_a_card_with_an_impossible_pixel_size_is_refused(home, tmp_path, tiny_card, field, value):
+    """A card's pixel sizes are positive, finite nm: 0 or inf divided later with a traceback, -5
+    ran 'at -5 nm'."""
+    import yaml
+
+    from panoptem.models.card import load_card
+    card = yaml.safe_load(tiny_card.read_text())
+    card[field] = value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(card))
+    with pytest.raises(PanoptemError, match=field):
+        load_card(bad)

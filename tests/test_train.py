@@ -125,6 +125,18 @@ def test_a_run_resumes_only_as_itself(capsys, tmp_path, volume_files):
     assert "resumed from step 2" in err
 
 
+def test_a_diverged_run_stops_and_keeps_no_weights_of_nan(tmp_path, monkeypatch):
+    from panoptem.errors import PanoptemError
+    from panoptem.training import train as train_mod
+    from panoptem.training.dataset import VolumeSlices
+    img, lab = disc_volume(n=2)
+    monkeypatch.setattr(train_mod, "panoptic_loss", lambda *a: (torch.tensor(float("nan"), requires_grad=True), {}))
+    with pytest.raises(PanoptemError, match="diverged at step 1"):
+        train_mod.train(VolumeSlices(img, lab), tmp_path / "run", train_mod.TrainConfig(
+            iterations=2, batch_size=1, patch_size=64), log=lambda s: None)
+    assert not (tmp_path / "run" / "weights.pt").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_training_shows_padding_as_inference_does():
     """Black padding (an aligned stack's border) reaches the network as the mean grey in training
     too, as at inference, not as the darkest value there is; the tissue is scaled as before."""
@@ -141,6 +153,12 @@ def test_training_shows_padding_as_inference_does():
     # of every patch (the band is half of each)
     lows = np.quantile(x.reshape(len(x), -1), 0.3, axis=1)
     assert (lows > -2.0).all(), lows
+    # values that are not numbers (a float image's blank) are the mean grey too, not NaN in the loss
+    img = img.astype(np.float32)
+    img[:, :, :20] = np.nan
+    x = VolumeSlices(img, lab).batch(np.random.default_rng(1), TrainConfig(
+        batch_size=6, patch_size=64, scale_range=(1.0, 1.0)))[0].numpy()
+    assert np.isfinite(x).all()
 
 
 @pytest.mark.parametrize("schedule_steps,anneal_from", [(0, 0), (12, 0), (12, 3)])

@@ -6,6 +6,8 @@ Two YAML formats load: panoptem's own (below) and empanada's model configs
 """
 from __future__ import annotations
 
+import math
+
 import re
 from pathlib import Path
 from typing import Literal
@@ -174,10 +176,12 @@ class ModelCard(BaseModel):
                              f"multiple of output_stride ({self.output_stride})")
         if self.context_slices < 0:
             raise ValueError(f"context_slices must be 0 or more, not {self.context_slices}")
-        if self.context_spacing_nm is not None and not self.context_spacing_nm > 0:
-            raise ValueError(f"context_spacing_nm must be a positive number of nm, not {self.context_spacing_nm}")
+        for what in ("voxel_size_nm", "context_spacing_nm"):
+            v = getattr(self, what)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{what} must be a positive number of nm, not {v}")
         r = self.pixel_range_nm
-        if r is not None and not 0 < r[0] <= r[1]:
+        if r is not None and not (all(math.isfinite(v) for v in r) and 0 < r[0] <= r[1]):
             raise ValueError(f"pixel_range_nm must be two positive numbers of nm, smallest first, not {list(r)}")
         given = self.architecture.get("in_channels")
         if given is not None and given != self.input_channels:

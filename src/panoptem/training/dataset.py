@@ -468,10 +468,12 @@ class TrainingData:
 
     def _unit(self, i: int, mean: float) -> np.ndarray:
         """Image ``i`` scaled as inference scales it, with the mean grey where it holds padding
-        (:func:`~panoptem.inference.preprocess.padding_mask`), as inference shows it the network."""
+        (:func:`~panoptem.inference.preprocess.padding_mask`) or values that are not numbers, as
+        inference shows it the network."""
         x = _unit(self.images[i], None, self._ranges[i])
         pad = padding_mask(self.images[i])
-        return x if pad is None else np.where(pad, np.float32(mean), x)
+        blank = np.isnan(x) if pad is None else pad | np.isnan(x)
+        return np.where(blank, np.float32(mean), x) if blank.any() else x
 
     def batch(self, rng: np.random.Generator, cfg) -> tuple:
         """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` (N, C, P, P) and their

@@ -194,7 +194,12 @@ def _scored_folders(val_dir, train: "DatasetFolders", context: int = 0) -> tuple
     masks' divisor, else the one the training folders were given (as for training)."""
     from .dataset import dataset_folders, load_dataset
     ims, mks, divs = [], [], []
+    trained = {Path(f).resolve() for f in train.folders}
     for f in dataset_folders([val_dir]):
+        if f.resolve() in trained:
+            raise PanoptemError(f"The validation folder {f} is also trained on: scores on patches a model was "
+                                "trained on look better than they are; give a folder of other patches (or, to "
+                                "fine-tune, leave --val-dir out: a share of the patches is held out).")
         i, m, meta = load_dataset(f, context)
         ims += i; mks += m
         divs += [meta["label_divisor"] if meta["has_meta"] else train.label_divisor] * len(i)

@@ -287,6 +287,10 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
         x = x.contiguous(memory_format=torch.channels_last)
         outp = model(x)
         loss, parts = (panoptic_loss if sem.is_floating_point() else panoptic_loss_ce)(outp, sem, hm, off, wt)
+        if not torch.isfinite(loss):  # weights of NaN would be kept, registered and run
+            logf.close()
+            raise PanoptemError(f"Training diverged at step {step + 1} (the loss is {float(loss)}); the checkpoint "
+                                "before it is kept: lower the learning rate (--lr) and run the command again.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step(); sched.step()
