@@ -178,8 +178,12 @@ def test_onnx_export_matches_torch(home, tmp_path, tiny_card):
     ref = run(tiny_card, x)
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k].numpy(), rtol=1e-4, atol=1e-5)
-    with pytest.raises(PanoptemError, match="cannot run in PyTorch"):
+    # the card says how to feed the graph (for other tools); panoptem runs the model it came from
+    with pytest.raises(PanoptemError, match="other tools.*register that model"):
         load_model(str(tmp_path / "tiny_net.yaml"))
+    with pytest.raises(PanoptemError, match="other tools.*register that model"):
+        registry.register("tiny_onnx", tmp_path / "tiny_net.yaml")
+    assert not (home / "models" / "tiny_onnx").exists()
 
 
 # ---------------------------------------------------------------- command line

@@ -113,6 +113,12 @@ class Normalization(BaseModel):
     std: float = 0.25
 
 
+#: why a card of an ONNX export neither registers nor loads
+ONNX_ONLY = ("An ONNX export is a network for other tools (its card says how to feed it); panoptem runs the "
+             "model it was exported from, in ONNX Runtime with --runtime onnx: register that model's .panoptem "
+             "package, TorchScript or state-dict weights instead.")
+
+
 class Weights(BaseModel):
     file: str
     sha256: str | None = None

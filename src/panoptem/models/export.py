@@ -237,7 +237,9 @@ def export_onnx(name_or_card: str | Path, out_file: str | Path, overwrite: bool 
 
     When onnxruntime is installed, its outputs are checked against PyTorch's
     on an input of another size than the one traced; a mismatch deletes the
-    file and raises. A panoptem card is written next to it (``<out>.yaml``).
+    file and raises. A panoptem card is written next to it (``<out>.yaml``) that says how to
+    feed it (normalisation, classes...) for other tools; panoptem itself runs the model it was
+    exported from (:data:`~.card.ONNX_ONLY`).
     """
     try:
         import onnx

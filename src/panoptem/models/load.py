@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PanoptemError
-from .card import ModelCard
+from .card import ONNX_ONLY, ModelCard
 from .home import DEFAULT_MODEL, get_card, sha256_of
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
@@ -213,6 +213,8 @@ def _build(card: ModelCard, path: str, dev: str):
         if w.format == "empanada_torchscript":
             from .architecture import EmpanadaAdapter
             module = EmpanadaAdapter(module)
+    elif w.format == "onnx":
+        raise PanoptemError(ONNX_ONLY)
     else:
         raise PanoptemError(f"Weights format '{w.format}' cannot run in PyTorch; export a TorchScript "
                             "or state-dict version of the model.")

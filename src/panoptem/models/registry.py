@@ -24,7 +24,7 @@ from pathlib import Path
 from .._atomic import atomic_path, move_into_place, write_text
 from ..errors import PanoptemError
 from . import home
-from .card import ModelCard, Weights, load_card
+from .card import ONNX_ONLY, ModelCard, Weights, load_card
 from .home import check_name, is_user_model, sha256_of
 
 URL_SCHEMES = ("http", "https", "file")
@@ -171,6 +171,8 @@ def register(name: str, card_path: str | Path, weights: str | None = None, overw
     """
     home.check_new_name(name, overwrite)
     card = load_card(card_path)
+    if card.weights.format == "onnx":
+        raise PanoptemError(ONNX_ONLY)
     dest = home.model_dir(name)
     src = weights if weights is not None else card.weights_path()
     if not _is_url(src) and weights is None and not Path(src).is_file():
