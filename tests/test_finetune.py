@@ -182,6 +182,19 @@ def test_a_model_that_sees_neighbours_fine_tunes_on_flipbook_patches(home, tmp_p
     with pytest.raises(PanoptemError, match="--flipbook"):
         finetune(str(card), plain, name="tiny3_ft2", iterations=2, patch_size=64, log=lambda s: None)
     assert not (home / "models" / "tiny3_ft2").exists()
+    # a flipbook shallower than the model's context, inside the volume, lacks planes the volume has:
+    # refused (clamping it would show the painted plane as its own neighbour); at the volume's first
+    # plane the clamp is the one inference makes, and the patch trains as it is
+    thin = tmp_path / "thin"
+    store_dataset(pick_patches(vol, n=1, patch_size=64, points=[(5, 32, 32)], flipbook=True, flipbook_depth=2,
+                               labels=lab), thin)
+    with pytest.raises(PanoptemError, match="--flipbook-depth 3"):
+        load_dataset(thin, context=1)
+    edge = tmp_path / "edge"
+    store_dataset(pick_patches(vol, n=1, patch_size=64, points=[(0, 32, 32)], flipbook=True, flipbook_depth=2,
+                               labels=lab), edge)
+    im = load_dataset(edge, context=1)[0][0]
+    np.testing.assert_array_equal(im, panoptem.take_plane(vol, 0, "xy", neighbours=1)[:, :64, :64])
 
 
 def test_finetune_with_one_patch_and_a_validation_folder(home, tmp_path, tiny_card):

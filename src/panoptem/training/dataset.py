@@ -28,6 +28,7 @@ from .._atomic import write_text
 from ..errors import PanoptemError
 from ..inference.preprocess import MEAN, STD, dtype_range, intensity_range, padding_mask
 from ..labels import class_map
+from ..params import PLANE_AXIS
 from .augment import dark_background_points, intensity_augment, pale_objects, sample_patch
 from .patches import Patch
 from .targets import make_panoptic_targets
@@ -332,7 +333,15 @@ def _with_flipbook(root: Path, name: str, image: np.ndarray, provenance: dict | 
             not np.array_equal(planes[middle], image):
         raise PanoptemError(f"Patch '{name}' in {root}: its image is not the middle plane of its flipbook; "
                             "store the patch again instead of editing its files.")
-    return planes[np.clip(np.arange(middle - k, middle + k + 1), 0, len(planes) - 1)]
+    at = np.arange(middle - k, middle + k + 1)
+    index, shape, plane = (provenance.get(f) for f in ("index", "source_shape", "plane"))
+    if index is not None and shape is not None and len(shape) == 3 and plane in PLANE_AXIS:
+        in_volume = (at - middle + int(index) >= 0) & (at - middle + int(index) < int(shape[PLANE_AXIS[plane]]))
+        if (in_volume & ((at < 0) | (at >= len(planes)))).any():  # planes the volume has, the flipbook not
+            raise PanoptemError(f"Patch '{name}' in {root}: its flipbook holds {len(planes)} plane(s), too few for "
+                                f"the model's {k} neighbour(s) on each side; pick the patches again with "
+                                f"--flipbook-depth {2 * k + 1} or more.")
+    return planes[np.clip(at, 0, len(planes) - 1)]  # clamped at the volume's ends, as inference clamps
 
 
 def dataset_folders(paths: Iterable[str | Path]) -> list[Path]:
