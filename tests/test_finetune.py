@@ -522,3 +522,35 @@ def test_cancelled_train_new_keeps_its_checkpoint(home, tmp_path):
     assert torch.load(home / "training" / "fresh" / "checkpoint.pt", weights_only=False)["step"] == 1
     r = train_new(data, "fresh", iterations=6, patch_size=64, architecture=arch, log=lambda s: None)
     assert len(r["losses"]) == 5
+
+
+@pytest.mark.parametrize("edit, field", [({"label_divisor": "1000"}, "label_divisor"),
+                                         ({"label_divisor": -5}, "label_divisor"),
+                                         ({"patches": ["a"]}, "patches"),
+                                         ({"classes": "mitochondria"}, "classes"),
+                                         ({"patches": {"a": {"middle": "1"}}}, "patches/a/middle")])
+def test_a_hand_edited_dataset_description_is_refused_naming_the_field(tmp_path, edit, field):
+    from panoptem.training.dataset import load_dataset
+    data = disc_dataset(tmp_path / "ds", n=1)
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(PanoptemError, match=f"'{field}' must be"):
+        load_dataset(data)
+
+
+def test_huge_ids_stay_objects(tmp_path):
+    """Float ids past 2^32 (stored exactly as uint64) and uint64 ids past 2^63 (instance ids without
+    a divisor) are objects to learn, not background."""
+    from panoptem.training.dataset import TrainingData, label_mask
+    lab = np.zeros((8, 8))
+    lab[2:4, 2:4] = 2**33 + 1
+    kept = label_mask(lab, "mask")
+    assert kept.dtype == np.uint64 and int(kept.max()) == 2**33 + 1
+    with pytest.raises(PanoptemError, match="2\\^53"):
+        label_mask(np.full((2, 2), 2.0**60), "mask")
+    huge = np.zeros((64, 64), np.uint64)
+    huge[10:40, 10:40] = 2**63 + 5
+    data = TrainingData([("src", [np.full((64, 64), 100, np.uint8)], [huge], None, ["a"])])
+    assert np.count_nonzero(data._codes[0]) == 900
+    with pytest.raises(PanoptemError, match="2\\^63"):
+        TrainingData([("src", [np.full((64, 64), 100, np.uint8)], [huge], 1000, ["a"])])

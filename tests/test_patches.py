@@ -270,3 +270,9 @@ def test_load_reads_png_masks(tmp_path):
     images, masks, meta = load_dataset(tmp_path)
     np.testing.assert_array_equal(images[0], img)
     assert masks[0].sum() == 33 and meta["classes"] is None and not meta["has_meta"]
+
+
+def test_a_point_that_is_not_a_number_is_refused():
+    from panoptem.errors import PanoptemError
+    with pytest.raises(PanoptemError, match="not a number"):
+        pick_patches(np.zeros((8, 64, 64), np.uint8), n=1, patch_size=32, points=[(3, float("nan"), 30)])

@@ -94,7 +94,33 @@ def _read_meta(folder: Path) -> dict | None:
         raise PanoptemError(f"{f} is not valid JSON ({e}); fix or delete it.") from None
     if not isinstance(d, dict):
         raise PanoptemError(f"{f} is not a panoptem dataset description; fix or delete it.")
+    _check_meta(f, d)
     return d
+
+
+def _whole(v, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _check_meta(f: Path, d: dict) -> None:
+    """Refuse a dataset description whose fields are not of their kinds (a hand edit), naming the field."""
+    def bad(field: str, want: str, value):
+        raise PanoptemError(f"{f}: '{field}' must be {want}, not {json.dumps(value)[:80]}; fix it, or delete the "
+                            "file (masks then hold instance ids, or give --label-divisor).")
+    if d.get("label_divisor") is not None and not _whole(d["label_divisor"], 1):
+        bad("label_divisor", "a whole number of 1 or more (or null)", d["label_divisor"])
+    if "classes" in d and not (isinstance(d["classes"], list) and all(isinstance(c, dict) for c in d["classes"])):
+        bad("classes", "a list of {id, name, kind}", d["classes"])
+    patches = d.get("patches", {})
+    if not isinstance(patches, dict) or not all(isinstance(v, dict) for v in patches.values()):
+        bad("patches", "an object with one entry (an object) per patch", patches)
+    for name, p in patches.items():
+        for field in ("middle", "index"):
+            if p.get(field) is not None and not _whole(p[field], 0):
+                bad(f"patches/{name}/{field}", "a whole number of 0 or more (or null)", p[field])
+        shape = p.get("source_shape")
+        if shape is not None and not (isinstance(shape, list) and all(_whole(n, 1) for n in shape)):
+            bad(f"patches/{name}/source_shape", "a list of whole numbers", shape)
 
 
 def _check_pair(name: str, img: np.ndarray, lab: np.ndarray, divisor: int | None, ids: set[int]) -> None:
@@ -201,8 +227,7 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
             write_image(books / f"{name}.tif", p.image[:, :h, :w], overwrite=True)
         if lab is not None:
             masks.mkdir(exist_ok=True)
-            write_labels(masks / f"{name}.tif", lab.astype(np.uint32) if lab.dtype.kind in "bf" else lab,
-                         overwrite=True)
+            write_labels(masks / f"{name}.tif", label_mask(lab, f"The mask of patch '{name}'"), overwrite=True)
         entries[name] = p.provenance()
         written.append(name)
     masks.mkdir(exist_ok=True)
@@ -308,7 +333,10 @@ def label_mask(lab: np.ndarray, what: str) -> np.ndarray:
         if not np.all(np.mod(lab, 1) == 0) or lab.min() < 0:
             raise PanoptemError(f"{what} holds non-integer or negative values; labels are whole numbers, 0 for "
                                 "background.")
-        return lab.astype(np.uint32)
+        if lab.size and lab.max() > 2**53:
+            raise PanoptemError(f"{what} holds ids beyond 2^53, which floats do not hold exactly; store the mask "
+                                "as integers.")
+        return lab.astype(np.uint32 if not lab.size or lab.max() < 2**32 else np.uint64)
     if lab.dtype.kind == "b":
         return lab.astype(np.uint8)
     if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
@@ -443,6 +471,12 @@ class TrainingData:
     def _encode(self, what: str, mask, div, ids):
         """Mask -> ``channel * code_div + instance rank`` (small enough to survive the
         float32 resampling of the augmentation exactly); ``what`` names it in errors."""
+        if mask.dtype == np.uint64 and mask.size and int(mask.max()) > np.iinfo(np.int64).max:
+            if div:
+                raise PanoptemError(f"{what} holds ids beyond 2^63, past any class * divisor + n; check the "
+                                    "label divisor.")
+            import fastremap
+            mask = fastremap.renumber(mask, preserve_zero=True)[0]  # instance ids: only which pixels share one
         m = mask.astype(np.int64)
         cls = class_map(m, div)
         _check_class_zero(what, m, cls, div)

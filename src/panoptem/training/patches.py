@@ -136,6 +136,10 @@ def _check_points(points, ndim: int, shape) -> np.ndarray:
         want = "(y, x)" if ndim == 2 else "(z, y, x)"
         raise PanoptemError(f"Points must have {ndim} coordinates {want} for an image of shape "
                             f"{tuple(shape)}, not {pts.shape[1]}.")
+    odd = np.flatnonzero(~np.isfinite(pts).all(axis=1))
+    if odd.size:
+        raise PanoptemError(f"Point {pts[odd[0]].tolist()} has a coordinate that is not a number; remove it or "
+                            "fix it in the points file.")
     r = np.round(pts)
     bad = np.flatnonzero(((r < 0) | (r >= np.asarray(shape)[None])).any(axis=1))
     if bad.size:
