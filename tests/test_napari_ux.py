@@ -132,6 +132,19 @@ def test_training_patch_and_measure_docks_start_at_the_schema_defaults(viewer, h
             assert getattr(w, name).value == cls.model_fields[name].default, (widget.__name__, name)
 
 
+def test_the_parameter_boxes_offer_what_the_command_line_takes_and_nothing_it_refuses(viewer, home):
+    """A threshold of 0.125 can be typed in as on the command line, and a field that must be above 0
+    (Link IoU Thr) does not go down to 0."""
+    from panoptem.napari._forms import ParamsForm
+    from panoptem.params import Params3D
+    form = ParamsForm(Params3D)
+    assert form["iou_thr"].min > 0 and form["ioa_thr"].min > 0 and form["confidence_thr"].min == 0
+    form.set_values(confidence_thr=0.125, iou_thr=form["iou_thr"].min)
+    assert form["confidence_thr"].value == 0.125
+    p = form.params()                                      # the smallest the box offers is valid
+    assert p.confidence_thr == 0.125 and 0 < p.iou_thr < 0.01
+
+
 def test_status_lines_are_full_width_and_not_clipped(make_napari_viewer, registered, home, qtbot):
     viewer = make_napari_viewer(show=True)
     long = ("Done: 5 mitochondria in 12.3 s (written to /a/rather/long/folder/name/that/needs/several/lines/"

@@ -107,11 +107,21 @@ def iter_controls(widget) -> Iterator:
         yield widget
 
 
-def _bounds(field) -> tuple[float | None, float | None]:
+#: decimals a float's spin box shows (a threshold of 0.125 can be typed in, as on the command line)
+DECIMALS = 3
+
+
+def _bounds(field, unit: float = 10 ** -DECIMALS) -> tuple[float | None, float | None]:
+    """The field's range as a spin box holds it: an exclusive bound (``gt``, ``lt``) moved in by
+    ``unit``, the box's smallest step, so the box offers no value the field refuses."""
     lo = hi = None
     for m in field.metadata:
         lo = getattr(m, "ge", lo)
         hi = getattr(m, "le", hi)
+        if getattr(m, "gt", None) is not None:
+            lo = m.gt + unit
+        if getattr(m, "lt", None) is not None:
+            hi = m.lt - unit
     return lo, hi
 
 
@@ -152,7 +162,7 @@ def field_widget(name: str, field, label: str):
         _, hi = _bounds(field)
         box = FloatSpinBox(value=default or 0.0, min=0.0, max=hi if hi is not None else 1e9, step=0.5, **kw)
         box.native.setSpecialValueText(UNSET_TEXT)
-        box.native.setDecimals(3)
+        box.native.setDecimals(DECIMALS)
         return box
     if name in CHOICES:
         return ComboBox(choices=list(CHOICES[name]), value=default, **kw)
@@ -160,13 +170,15 @@ def field_widget(name: str, field, label: str):
         return ComboBox(choices=list(get_args(ann)), value=default, **kw)
     if ann is bool:
         return CheckBox(value=default, **kw)
-    lo, hi = _bounds(field)
+    lo, hi = _bounds(field, 1 if ann is int else 10 ** -DECIMALS)
     if ann is int:
         return SpinBox(value=default, min=int(lo if lo is not None else 0),
                        max=int(hi if hi is not None else 10**9), **kw)
     if ann is float:
-        return FloatSpinBox(value=default, min=lo if lo is not None else 0.0,
-                            max=hi if hi is not None else 1e9, step=0.05, **kw)
+        box = FloatSpinBox(value=default, min=lo if lo is not None else 0.0,
+                           max=hi if hi is not None else 1e9, step=0.05, **kw)
+        box.native.setDecimals(DECIMALS)
+        return box
     raise TypeError(f"no widget for field {name}: {ann}")  # a new field type needs a case here
 
 
