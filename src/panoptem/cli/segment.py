@@ -213,7 +213,8 @@ def segment3d_cmd(
         raise PanoptemError("--block-shape, --halo, --workers, --scheduler, --devices and --mask need --blockwise.")
     res = segment_3d(volume, model, device=device, batch_size=batch_size, runtime=runtime, precision=precision,
                      threads=threads, progress=True,
-                     voxel_size=img.voxel_size, origin=img.origin, cache_dir=cache_dir, keep_cache=keep_cache, output=output,
+                     voxel_size=img.voxel_size, origin=img.origin, cache_dir=cache_dir, keep_cache=keep_cache,
+                     output=output,
                      overwrite=overwrite, inputs=[img.path] if img.path else [], preview=preview,
                      **extra, **params.model_dump())
     if preview is not None and res.written:

@@ -396,8 +396,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     # name, which resumes it only when it is the same run
     from .._atomic import work_folder
     from .train import claim_run
-    run = {"base_model": model_name, "train_dir": _where(train_dir), "val_dir": _where(val_dir),
-           "layers": layers, "gamma": gamma, "val_fraction": opts.val_fraction, "replay": [_where(r) for r in replay_dirs],
+    run = {"base_model": model_name, "train_dir": _where(train_dir), "val_dir": _where(val_dir), "layers": layers,
+           "gamma": gamma, "val_fraction": opts.val_fraction, "replay": [_where(r) for r in replay_dirs],
            "replay_ratio": opts.replay_ratio if replay_dirs else None}
     restart = f"pass --restart (resume=False in Python) to start afresh, or choose another --name than '{name}'"
     claim_run(work_folder(stage, "checkpoints and weights"), cfg, run, resume, restart)  # before its scores are read
