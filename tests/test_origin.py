@@ -93,3 +93,28 @@ def test_segmentation_outputs_keep_the_inputs_origin(tmp_path, tiny_card):
         ds = json.loads((tmp_path / name / ".zattrs").read_text())["multiscales"][0]["datasets"][0]
         want = shift if name != "xz.zarr" else [{"type": "translation", "translation": [500.0, 2000.0]}]
         assert ds["coordinateTransformations"][1:] == want, name
+
+
+def test_units_and_offsets_in_the_units_the_voxel_size_is_given_in(tmp_path):
+    """funlib writes one unit per axis; an offset is in the voxel size's units (µm here); CREMI's
+    HDF5 keeps resolution and offset on the dataset; a translation that cannot be read leaves the
+    position unknown rather than the data unreadable."""
+    import h5py
+    a = zarr.open_array(str(tmp_path / "um.zarr"), mode="w", shape=(4, 16, 16), dtype=np.uint8, zarr_format=2)
+    a.attrs.update(voxel_size=[0.03, 0.006, 0.005], units=["um", "um", "um"], offset=[0.3, 0.06, 0])
+    img = read_image(tmp_path / "um.zarr")
+    assert img.voxel_size == pytest.approx((30.0, 6.0, 5.0)) and img.origin == pytest.approx((300.0, 60.0, 0.0))
+    b = zarr.open_array(str(tmp_path / "el.zarr"), mode="w", shape=(4, 16, 16), dtype=np.uint8, zarr_format=2)
+    b.attrs.update(element_size_um=[0.04, 0.004, 0.004], offset=[0.4, 0.08, 0])
+    assert read_image(tmp_path / "el.zarr").origin == pytest.approx((400.0, 80.0, 0.0))
+    with h5py.File(tmp_path / "cremi.h5", "w") as f:
+        d = f.create_dataset("volumes/raw", data=np.zeros((4, 16, 16), np.uint8))
+        d.attrs["resolution"], d.attrs["offset"] = [40.0, 4.0, 4.0], [400.0, 80.0, 0.0]
+        f.create_dataset("volumes/labels/neuron_ids", data=np.zeros((4, 16, 16), np.uint64))
+    img = read_image(tmp_path / "cremi.h5", key="volumes/raw")
+    assert img.voxel_size == (40.0, 4.0, 4.0) and img.origin == (400.0, 80.0, 0.0)
+    v = np.zeros((4, 16, 16), np.uint8)
+    for bad in ([None, 0, 0], ["a", 0, 0], 5):
+        p = _ngff(tmp_path / f"bad{len(str(bad))}.zarr", [("0", v, [0.01, 0.005, 0.005], bad)])
+        img = read_image(p)
+        assert img.voxel_size == (10.0, 5.0, 5.0) and img.origin is None

@@ -93,30 +93,49 @@ def tiff_tag_sizes(page, imagej: Mapping | None) -> dict[str, float]:
     return out
 
 
-def attrs_sizes(attrs: Mapping, ndim: int) -> tuple[float, ...] | None:
-    """Voxel size from HDF5/Zarr attributes: ``element_size_um`` (µm), or ``voxel_size`` /
-    ``resolution`` (nm unless a ``unit``/``units`` attribute says otherwise), one per axis."""
+def _axis_units(attrs: Mapping, name: str, ndim: int) -> list[str] | None:
+    """The unit of each axis of attribute ``name``: its own ``<name>_unit``, else ``unit`` /
+    ``units``, one string for every axis or a list of one per axis (as funlib writes them); nm
+    where none is given; None for a list of another length."""
+    unit = attrs.get(f"{name}_unit", attrs.get("unit", attrs.get("units", "nm")))
+    if isinstance(unit, bytes):  # HDF5 fixed-length strings (C and Java writers)
+        unit = unit.decode("utf-8", "replace")
+    if isinstance(unit, str):
+        return [unit] * ndim
+    if not isinstance(unit, (list, tuple)) and not hasattr(unit, "tolist"):
+        return ["nm"] * ndim
+    units = [u.decode("utf-8", "replace") if isinstance(u, bytes) else u for u in list(unit)]
+    if len(units) == 1:
+        units = units * ndim
+    return units if len(units) == ndim and all(isinstance(u, str) for u in units) else None
+
+
+def _attrs_voxel(attrs: Mapping, ndim: int) -> tuple[tuple[float, ...], list[str]] | None:
+    """The voxel size (nm) HDF5/Zarr attributes give, and the units they give it in."""
     candidates = []
     if "element_size_um" in attrs:
-        candidates.append((attrs["element_size_um"], "µm"))
+        candidates.append((attrs["element_size_um"], ["µm"] * ndim))
     for name in ("voxel_size", "resolution", "voxel_size_nm"):
         if name in attrs:
-            unit = attrs.get(f"{name}_unit", attrs.get("unit", attrs.get("units", "nm")))
-            if isinstance(unit, bytes):  # HDF5 fixed-length strings (C and Java writers)
-                unit = unit.decode("utf-8", "replace")
-            if not isinstance(unit, str):
-                unit = "nm"
-            candidates.append((attrs[name], unit))
-    for values, unit in candidates:
+            candidates.append((attrs[name], _axis_units(attrs, name, ndim)))
+    for values, units in candidates:
         try:
             values = [float(v) for v in values]
         except (TypeError, ValueError):
             continue
-        if len(values) == ndim:
-            sizes = complete([to_nm(v, unit) for v in values])
+        if len(values) == ndim and units is not None:
+            sizes = complete([to_nm(v, u) for v, u in zip(values, units)])
             if sizes is not None:
-                return sizes
+                return sizes, units
     return None
+
+
+def attrs_sizes(attrs: Mapping, ndim: int) -> tuple[float, ...] | None:
+    """Voxel size from HDF5/Zarr attributes: ``element_size_um`` (µm), or ``voxel_size`` /
+    ``resolution`` (nm unless a ``unit``/``units`` attribute says otherwise: one unit, or one
+    per axis), one per axis."""
+    found = _attrs_voxel(attrs, ndim)
+    return None if found is None else found[0]
 
 
 def ngff_multiscales(attrs: Mapping) -> list | None:
@@ -135,9 +154,14 @@ def _scale(transforms) -> list[float] | None:
 
 
 def _translation(transforms) -> list[float] | None:
-    for t in transforms or ():
+    """The translation of an NGFF transformation list; None where it has none, or a malformed one
+    (a position that cannot be read is left out rather than refusing the data)."""
+    for t in transforms if isinstance(transforms, list) else ():
         if isinstance(t, Mapping) and t.get("type") == "translation" and "translation" in t:
-            return [float(v) for v in t["translation"]]
+            try:
+                return [float(v) for v in t["translation"]]
+            except (TypeError, ValueError):
+                return None
     return None
 
 
@@ -174,20 +198,18 @@ def ngff_origin(multiscale: Mapping, dataset: Mapping) -> list[float | None] | N
 
 def attrs_origin(attrs: Mapping, ndim: int) -> tuple[float, ...] | None:
     """Position in nm of the first voxel from an ``offset`` attribute (one per axis, in the
-    unit of the voxel size: nm unless a ``unit``/``units`` attribute says otherwise), as
-    funlib/daisy and CREMI write it beside ``resolution``; None when absent."""
-    if "offset" not in attrs:
+    units of the voxel size the attributes give, see :func:`attrs_sizes`), as funlib/daisy and
+    CREMI write it beside ``resolution``; None when absent or without a voxel size."""
+    found = _attrs_voxel(attrs, ndim) if "offset" in attrs else None
+    if found is None:
         return None
-    unit = attrs.get("resolution_unit", attrs.get("unit", attrs.get("units", "nm")))
-    if isinstance(unit, bytes):
-        unit = unit.decode("utf-8", "replace")
     try:
         values = [float(v) for v in attrs["offset"]]
     except (TypeError, ValueError):
         return None
     if len(values) != ndim or not all(math.isfinite(v) for v in values):
         return None
-    return complete([_to_nm_signed(v, unit if isinstance(unit, str) else "nm") for v in values])
+    return complete([_to_nm_signed(v, u) for v, u in zip(values, found[1])])
 
 
 def ngff_sizes(multiscale: Mapping, dataset: Mapping) -> list[float | None] | None:

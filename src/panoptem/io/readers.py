@@ -110,15 +110,20 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
               "zarr": partial(_read_zarr, pixel_size_nm=pixel_size_nm), "folder": _read_folder,
               "n5": _read_n5}[kind]
     try:
+        origin = None
         if kind in ("zarr", "n5"):  # the array actually read is named, so it can be opened again
             data, voxel, key, *notes = reader(p, key, lazy)
+        elif kind == "hdf5":
+            data, voxel, origin = reader(p, key, lazy)
+            notes = []
         else:
-            data, voxel, *notes = reader(p, key, lazy) if kind == "hdf5" else reader(p, lazy)
+            data, voxel, *notes = reader(p, lazy)
     except (PanoptemError, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - any library error here means an unreadable file
         raise unreadable(p, kind, e) from None
-    origin = _zarr_origin(p, key) if kind == "zarr" and voxel is not None else None
+    if kind == "zarr" and voxel is not None:
+        origin = _zarr_origin(p, key)
     return ImageData(data, voxel, str(p), notes=renamed + tuple(n for n in notes if n), key=key, origin=origin)
 
 
@@ -569,11 +574,21 @@ def _read_hdf5(p: Path, key: str | None, lazy: bool):
             raise PanoptemError(f"'{p.name}' has no dataset '{key}'; choose one of: {', '.join(names) or 'none'}.")
         ds = f[key]
         shape, dtype = ds.shape, ds.dtype
-        voxel = _meta.attrs_sizes(ds.attrs, len(shape)) or _meta.attrs_sizes(f.attrs, len(shape))
+        attrs = ds.attrs if _meta.attrs_sizes(ds.attrs, len(shape)) else f.attrs  # the dataset's own, else the file's
+        voxel = _meta.attrs_sizes(attrs, len(shape))
         keep, vs = _squeezed(p, shape, voxel)
+        origin = _kept(_meta.attrs_origin(attrs, len(shape)), shape)
         if not lazy:
-            return ds[()].reshape(tuple(shape[i] for i in keep)), vs
-    return StoreArray(partial(_open_h5, str(p), key), shape, dtype), vs
+            return ds[()].reshape(tuple(shape[i] for i in keep)), vs, origin
+    return StoreArray(partial(_open_h5, str(p), key), shape, dtype), vs, origin
+
+
+def _kept(origin, shape) -> tuple[float, ...] | None:
+    """``origin`` (one entry per axis of ``shape``, None where unknown) on the axes reading keeps
+    (singletons dropped); None unless every kept entry is known."""
+    if origin is None or len(origin) != len(shape):
+        return None
+    return _meta.complete([o for o, n in zip(origin, shape) if n != 1])
 
 
 # ---- Zarr / OME-Zarr ------------------------------------------------------------------------
@@ -682,20 +697,17 @@ def _zarr_origin(p: Path, key: str | None) -> tuple[float, ...] | None:
             parent, name = zarr.open_group(str(p.parent), mode="r"), p.name
     except Exception:  # noqa: BLE001 - no group above a plain array
         parent = None
-    origin = None
-    for ms in (_meta.ngff_multiscales(parent.attrs) or []) if parent is not None else []:
-        for ds in ms.get("datasets", []) if isinstance(ms, dict) else []:
-            if isinstance(ds, dict) and ds.get("path") == name:
-                origin = _meta.ngff_origin(ms, ds)  # None for axes that are not space (a channel)
-                break
     try:
+        origin = None
+        for ms in (_meta.ngff_multiscales(parent.attrs) or []) if parent is not None else []:
+            for ds in ms.get("datasets", []) if isinstance(ms, dict) else []:
+                if isinstance(ds, dict) and ds.get("path") == name:
+                    origin = _meta.ngff_origin(ms, ds)  # None for axes that are not space (a channel)
+                    break
         origin = origin if origin is not None else _meta.attrs_origin(arr.attrs, arr.ndim)
-        shape = arr.shape
-    except Exception:  # noqa: BLE001 - metadata that cannot be read says nothing
+        return _kept(origin, arr.shape)
+    except Exception:  # noqa: BLE001 - metadata that cannot be read says nothing of the position
         return None
-    if origin is None or len(origin) != len(shape):
-        return None
-    return _meta.complete([o for o, n in zip(origin, shape) if n != 1])
 
 
 def _read_zarr(p: Path, key: str | None, lazy: bool, pixel_size_nm: float | None = None):
