@@ -554,3 +554,25 @@ def test_huge_ids_stay_objects(tmp_path):
     assert np.count_nonzero(data._codes[0]) == 900
     with pytest.raises(PanoptemError, match="2\\^63"):
         TrainingData([("src", [np.full((64, 64), 100, np.uint8)], [huge], 1000, ["a"])])
+
+
+def test_a_restarted_run_keeps_nothing_of_the_run_before(home, tmp_path, tiny_card):
+    """--restart (resume=False) removes the earlier run's scores and best weights: a restarted run,
+    stopped before it scored and resumed, reports only what it scored itself."""
+    from panoptem.training.train import TrainingCancelled
+    data = disc_dataset(tmp_path / "ds", n=4)
+
+    def run(layers, validate_every, resume=True, stop_after=None):
+        seen = []
+        try:
+            return finetune(str(tiny_card), data, name="X", layers=layers, iterations=4, patch_size=64,
+                            validate_every=validate_every, resume=resume, log=lambda s: None,
+                            on_step=lambda r: seen.append(r["step"]),
+                            stop=(lambda: len(seen) >= stop_after) if stop_after is not None else None)
+        except TrainingCancelled:
+            return None
+    run("none", 1, stop_after=2)                  # scored at steps 1 to 3, then stopped
+    assert (home / "training" / "X" / "scores.json").exists()
+    run("all", 4, resume=False, stop_after=0)     # another run, afresh, stopped at step 1 before scoring
+    r = run("all", 4)                             # resumed: it scores at step 4 only
+    assert [h["step"] for h in r["validation"]] == [4] and r["kept_step"] in (0, 4)

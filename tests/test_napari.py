@@ -632,7 +632,7 @@ def test_two_class_model_gives_a_layer_per_class_as_the_engine(viewer, qtbot, ho
 
 def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
     from panoptem.napari._inference import Inference3DWidget
-    img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0))
+    img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0), translate=(40.0, 0.0, -10.0))
     w = dock(viewer, Inference3DWidget)
     w.image.value = img
     w.model.value, w.device.value = "darkblob", "cpu"
@@ -653,6 +653,8 @@ def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
     pairs = np.unique(np.stack([in_memory.ravel(), streamed.ravel()]), axis=1)
     assert pairs.shape[1] == 4 and pairs[:, 0].tolist() == [0, 0]
     assert tuple(out.scale) == (20.0, 5.0, 5.0)
+    from panoptem.io import read_image
+    assert read_image(path).origin == (40.0, 0.0, -10.0)   # the file lies where the image does
     assert w.status.value.endswith(f"(written to {path}); model pixel size unknown: not resampled.")
     run_and_wait(qtbot, w)                             # never overwritten
     assert w.status.value.startswith("Error: ") and "already exists" in w.status.value

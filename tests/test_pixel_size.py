@@ -658,6 +658,11 @@ def test_a_pixel_size_given_for_an_xz_or_yz_plane_overrides_y_and_x_not_z(tmp_pa
     assert runs["file"].voxel_size == runs["same"].voxel_size == (40.0, 5.0)
     np.testing.assert_array_equal(runs["file"].data, runs["same"].data)
     assert runs["other"].voxel_size == (40.0, 8.0)
+    # a --batch stack is written with the pixel size it ran at too
+    r = CliRunner().invoke(app, ["segment2d", str(src), "-o", str(tmp_path / "b.tif"), "--batch", "--threads", "1",
+                                 "--pixel-size", "8"])
+    assert r.exit_code == 0, r.output
+    assert read_image(tmp_path / "b.tif").voxel_size == (40.0, 8.0, 8.0)
 
 
 def test_averaged_planes_keep_the_dtype_a_model_divides_by(tmp_path):

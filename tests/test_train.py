@@ -123,6 +123,23 @@ def test_a_run_resumes_only_as_itself(capsys, tmp_path, volume_files):
     assert steps == [2]                                   # nothing of the refused run was scored or kept
     _, err = train_volume(capsys, volume_files, out, "--iterations", "3")   # the same run goes on
     assert "resumed from step 2" in err
+    # --restart keeps nothing of the earlier run (scores, best weights, checkpoint), even where the
+    # restarted run is killed before it writes its own
+    from panoptem.training import from_volume, train as train_mod
+    from panoptem.training.train import TrainConfig
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    real = train_mod.train
+    from_volume.train = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            from_volume.train_from_volume(str(volume_files[0]), str(volume_files[1]), str(out), "0:4", "4:6",
+                                          TrainConfig(iterations=3, batch_size=2, patch_size=64), resume=False,
+                                          log=lambda s: None)
+    finally:
+        from_volume.train = real
+    assert not any((out / f).exists() for f in ("best.json", "best.pt", "val3d.jsonl"))
 
 
 def test_a_diverged_run_stops_and_keeps_no_weights_of_nan(tmp_path, monkeypatch):

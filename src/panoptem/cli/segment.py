@@ -80,10 +80,10 @@ def segment2d_cmd(
                         source_dtype=img.data.dtype,
                         **params.model_dump())
     written_vs = vs
-    if labels.ndim == 2:  # the pixel size as run (--pixel-size included) goes with the labels
-        from ..inference.segment2d import pixel_plan
+    if labels.ndim == 2 or vs is not None:  # the pixel size as run (--pixel-size included) goes with the labels
+        from ..inference.segment2d import pixel_plan      # (a --batch stack's unknown z spacing stays unknown)
         from ..models.home import get_card
-        written_vs = pixel_plan(get_card(model), params, vs, 2).voxel_size or vs
+        written_vs = pixel_plan(get_card(model), params, vs, labels.ndim).voxel_size or vs
     out = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs,
                        origin=origin if written_vs is not None else None)
     _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2, given_by=given_by))

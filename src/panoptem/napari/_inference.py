@@ -33,6 +33,7 @@ from ._layers import (
     current_plane,
     image_array,
     layer_voxel_size,
+    origin_from_meta,
     place_plane,
 )
 from ._worker import Dock
@@ -396,8 +397,9 @@ def _run_3d(volume, model: str, device: str, params: Params3D, voxel_size, callb
     from ..inference.segment3d import segment_3d
     lm = cached_model(model, device)
     precision = precision_for(lm, quantized)
+    origin = origin_from_meta(layer_kw, len(volume.shape))  # where the image lies goes with a written output
     res = segment_3d(volume, lm, voxel_size=voxel_size, callback=callback, output=output, precision=precision,
-                     **params.model_dump())
+                     origin=origin if voxel_size is not None else None, **params.model_dump())
     layers = [_labels_layer(vol, name=f"{image_name}-{cls}-prediction", **layer_kw)
               for cls, vol in res.labels.items()]
     layers += [_labels_layer(vol, name=f"{image_name}-panoptic-stack-{plane}", **layer_kw)

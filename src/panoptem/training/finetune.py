@@ -400,7 +400,9 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
            "gamma": gamma, "val_fraction": opts.val_fraction, "replay": [_where(r) for r in replay_dirs],
            "replay_ratio": opts.replay_ratio if replay_dirs else None}
     restart = f"pass --restart (resume=False in Python) to start afresh, or choose another --name than '{name}'"
-    claim_run(work_folder(stage, "checkpoints and weights"), cfg, run, resume, restart)  # before its scores are read
+    # before its scores are read; a restarted run scores afresh
+    claim_run(work_folder(stage, "checkpoints and weights"), cfg, run, resume, restart,
+              ("best.pt", "scores.json", "kept.pt"))
     state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
     if val is not None and resume and best_file.exists():  # a stopped run's best so far
         import torch

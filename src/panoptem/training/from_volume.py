@@ -120,11 +120,10 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     from .._atomic import work_folder
     from .train import claim_run
     out = work_folder(out_dir, "checkpoints and weights")
-    claim_run(out, cfg, run, resume, restart)  # before the folder's scores are read
+    # before the folder's scores are read; a restarted run scores afresh
+    claim_run(out, cfg, run, resume, restart, ("best.pt", "best.json", "val3d.jsonl"))
     best_file, best_json = out / "best.pt", out / "best.json"
     best = json.loads(best_json.read_text()) if resume and best_json.exists() and best_file.exists() else None
-    if not resume:  # a restarted run scores afresh
-        (out / "val3d.jsonl").unlink(missing_ok=True)
 
     def validate(model, step: int) -> None:
         nonlocal best

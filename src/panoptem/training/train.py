@@ -100,12 +100,14 @@ RESTART = "pass --restart (resume=False in Python) to start afresh, or choose an
 
 
 def claim_run(out: Path, cfg: TrainConfig, run: dict | None = None, resume: bool = True,
-              restart: str = RESTART) -> None:
+              restart: str = RESTART, records: tuple[str, ...] = ()) -> None:
     """Record in ``out/run.json`` what defines the training run kept in ``out``: ``cfg`` (but
     :data:`_HOW_RUN`) and ``run`` (its data, held-out set, starting weights...). With
     ``resume``, a folder left by a run that differs is refused, naming what differs, so that a
     resumed run never mixes two runs' checkpoints and scores; ``restart`` says how to start
-    afresh. A folder without the record (an earlier panoptem's) is taken as this run's."""
+    afresh. Without ``resume``, the files named in ``records`` (what a run keeps beside its
+    checkpoint: scores, best weights) are removed, so a restarted run never takes an earlier
+    one's. A folder without the record (an earlier panoptem's) is taken as this run's."""
     ident = json.loads(json.dumps({**{k: v for k, v in asdict(cfg).items() if k not in _HOW_RUN}, **(run or {})},
                                   default=str))
     record = Path(out) / "run.json"
@@ -120,6 +122,9 @@ def claim_run(out: Path, cfg: TrainConfig, run: dict | None = None, resume: bool
                              for k in diff[:3]) + ("; ..." if len(diff) > 3 else "")
             raise PanoptemError(f"{out} holds a training run with other settings ({said}); run the "
                                 f"command as it was to resume it, or {restart}.")
+    if not resume:
+        for name in records:
+            (Path(out) / name).unlink(missing_ok=True)
     write_text(record, json.dumps(ident, indent=1))
 
 
@@ -256,7 +261,7 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
     """
     from .._atomic import work_folder
     out = work_folder(out_dir, "checkpoints and weights")
-    claim_run(out, cfg, run, resume, restart)
+    claim_run(out, cfg, run, resume, restart, ("checkpoint.pt", "log.jsonl", "weights.pt"))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -289,8 +294,8 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
         loss, parts = (panoptic_loss if sem.is_floating_point() else panoptic_loss_ce)(outp, sem, hm, off, wt)
         if not torch.isfinite(loss):  # weights of NaN would be kept, registered and run
             logf.close()
-            raise PanoptemError(f"Training diverged at step {step + 1} (the loss is {float(loss)}); the checkpoint "
-                                "before it is kept: lower the learning rate (--lr) and run the command again.")
+            raise PanoptemError(f"Training diverged at step {step + 1} (the loss is {float(loss)}): start afresh "
+                                "with a lower learning rate (--lr ... --restart).")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step(); sched.step()
