@@ -510,13 +510,13 @@ class TrainingData:
         return self._dark[i]
 
     def _unit(self, i: int, mean: float) -> np.ndarray:
-        """Image ``i`` scaled as inference scales it, with the mean grey where it holds padding
-        (:func:`~panoptem.inference.preprocess.padding_mask`) or values that are not numbers, as
-        inference shows it the network."""
+        """Image ``i`` scaled as inference scales it: the mean grey where it holds padding
+        (:func:`~panoptem.inference.preprocess.padding_mask`), and values that are not numbers
+        filled as :func:`~panoptem.inference.preprocess.normalize` fills them."""
         x = _unit(self.images[i], None, self._ranges[i])
+        x[np.isnan(x)] = 0.5  # as normalize() fills them
         pad = padding_mask(self.images[i])
-        blank = np.isnan(x) if pad is None else pad | np.isnan(x)
-        return np.where(blank, np.float32(mean), x) if blank.any() else x
+        return x if pad is None else np.where(pad, np.float32(mean), x)
 
     def batch(self, rng: np.random.Generator, cfg) -> tuple:
         """``cfg.batch_size`` augmented patches of ``cfg.patch_size`` (N, C, P, P) and their
