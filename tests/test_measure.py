@@ -164,3 +164,42 @@ def test_empty_and_bad_inputs():
         measure(box_volume(), voxel_size=(1, 0, 1))
     with pytest.raises(PanoptemError, match="shape"):
         measure(box_volume(), image=np.zeros((2, 2, 2)))
+
+
+def test_the_commands_read_one_dataset_of_a_container_holding_several(tmp_path, capsys):
+    """A CREMI-like HDF5 file (raw image and labels side by side): measure, report and evaluate
+    take --key / --image-key / --gt-key, and a missing key is asked for by its own option."""
+    import json
+
+    import h5py
+    from typer.testing import CliRunner
+
+    from panoptem.cli import app
+    lab = np.zeros((4, 32, 32), np.uint32)
+    lab[1:3, 4:12, 4:12], lab[1:4, 20:30, 18:28] = 1, 2
+    raw = np.full(lab.shape, 100, np.uint8)
+    raw[lab == 2] = 40
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        for name, arr in (("volumes/raw", raw), ("volumes/labels/mito", lab)):
+            d = f.create_dataset(name, data=arr)
+            d.attrs["resolution"] = [40.0, 4.0, 4.0]
+    run = CliRunner().invoke
+    h5 = str(tmp_path / "c.h5")
+    for extra in ([], ["--blockwise", "--workers", "1", "--block-shape", "4,16,16"]):
+        out = tmp_path / f"m{len(extra)}.csv"
+        r = run(app, ["measure", h5, "--key", "volumes/labels/mito", "--image", h5, "--image-key", "volumes/raw",
+                      "-o", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        rows = list(csv.DictReader(open(out)))
+        assert [float(row["mean_intensity"]) for row in rows] == [100.0, 40.0]
+        assert float(rows[0]["volume_nm3"]) == 2 * 64 * 40 * 16
+    r = run(app, ["evaluate", h5, h5, "--key", "volumes/labels/mito", "--gt-key", "volumes/labels/mito"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["f1_50"] == 1.0
+    from panoptem.cli import main
+    capsys.readouterr()
+    assert main(["evaluate", h5, h5, "--key", "volumes/labels/mito"]) == 2
+    assert "(--gt-key)" in capsys.readouterr().err                             # asked for by its own option
+    r = run(app, ["report", h5, "--key", "volumes/labels/mito", "--image", h5, "--image-key", "volumes/raw",
+                  "-o", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output

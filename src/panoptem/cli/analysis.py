@@ -12,10 +12,28 @@ from ._app import app
 from ._options import note_voxels_as_nm, read_input, voxel_size_option, with_params
 
 
+#: the dataset inside an HDF5 / Zarr / N5 file, for each file a command reads
+KEY = typer.Option(None, "--key", help="Dataset of the labels inside an HDF5 / Zarr / N5 file holding several.")
+IMAGE_KEY = typer.Option(None, "--image-key", help="Dataset of --image inside an HDF5 / Zarr / N5 file.")
+
+
+def _read(path, key: str | None, option: str):
+    """:func:`read_input` of ``path`` and ``key``, its errors naming ``option`` where they ask for a key."""
+    try:
+        return read_input(str(path), key)
+    except PanoptemError as e:
+        raise PanoptemError(str(e).replace("(--key)", f"({option})")) from None
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     prediction: Path = typer.Argument(..., help="Predicted labels (any readable format)."),
     ground_truth: Path = typer.Argument(..., help="Ground-truth labels of the same shape."),
+    key: Optional[str] = typer.Option(None, "--key", help="Dataset of the prediction inside an HDF5 / Zarr / N5 "
+                                      "file holding several."),
+    gt_key: Optional[str] = typer.Option(None, "--gt-key", help="Dataset of the ground truth inside an HDF5 / "
+                                         "Zarr / N5 file (e.g. volumes/labels/mitochondria)."),
+    image_key: Optional[str] = IMAGE_KEY,
     label_divisor: Optional[int] = typer.Option(None, "--label-divisor", help="Evaluate per class "
                                                 "(class = label // divisor)."),
     per_slice: bool = typer.Option(False, "--per-slice", help="Compare every z slice on its own and pool the "
@@ -35,7 +53,6 @@ def evaluate_cmd(
     import numpy as np
 
     from .._evaluate import evaluate
-    from ..io import read_image
     kw = dict(label_divisor=label_divisor, per_slice=per_slice, ignore_smaller=ignore_smaller)
     inputs = [str(prediction), str(ground_truth)] + ([image] if image else [])
     if report is not None:  # checked before the work
@@ -44,14 +61,14 @@ def evaluate_cmd(
         require_matplotlib()
         check_target(report, (".html", ".htm"), overwrite, inputs)
     from .._memory import array_bytes, check_fits
-    pred, gt = read_image(prediction).data, read_image(ground_truth).data
+    pred, gt = _read(prediction, key, "--key").data, _read(ground_truth, gt_key, "--gt-key").data
     check_fits(array_bytes(pred, gt), "Evaluating the two label images in memory",
                "crop both to the same region and evaluate that.")
     pred, gt = np.asarray(pred), np.asarray(gt)
     scores = evaluate(pred, gt, **kw)
     if report is not None:
         from ..reporting import evaluation_report
-        img = None if image is None else read_image(image).data
+        img = None if image is None else _read(image, image_key, "--image-key").data
         evaluation_report(pred, gt, report, image=img, scores=scores, overwrite=overwrite, inputs=inputs,
                           names=(prediction.name, ground_truth.name), **kw)
         scores["report"] = str(report)
@@ -71,7 +88,8 @@ SCHEDULER = typer.Option(None, "--scheduler", help="Address of a running Dask sc
                          rich_help_panel="Blockwise")
 
 
-def _measured(lab, image: str | None, vs, blockwise: bool, block_shape, workers, scheduler, params) -> dict:
+def _measured(lab, image: str | None, vs, blockwise: bool, block_shape, workers, scheduler, params,
+              image_key: str | None = None) -> dict:
     """The measurement table of ``lab`` (read with read_input): block by block on Dask, or in
     memory (refused up front where it cannot fit)."""
     import numpy as np
@@ -79,13 +97,13 @@ def _measured(lab, image: str | None, vs, blockwise: bool, block_shape, workers,
     from .._measure import measure
     if blockwise:
         from ..distributed.measure import MEASURE_BLOCK, measure_blockwise
-        return measure_blockwise(lab.path, voxel_size=vs, image=image, key=lab.key,
+        return measure_blockwise(lab.path, voxel_size=vs, image=image, key=lab.key, image_key=image_key,
                                  block_shape=block_shape or MEASURE_BLOCK, n_workers=workers, scheduler=scheduler,
                                  progress=True, **params.model_dump())
     if any(v is not None for v in (block_shape, workers, scheduler)):
         raise PanoptemError("--block-shape, --workers and --scheduler need --blockwise.")
     from .._memory import array_bytes, check_fits
-    img = read_input(image).data if image else None
+    img = _read(image, image_key, "--image-key").data if image else None
     check_fits(array_bytes(lab.data, img), "Measuring in memory", "add --blockwise to measure block by block.")
     return measure(np.asarray(lab.data), voxel_size=vs, image=None if img is None else np.asarray(img),
                    **params.model_dump())
@@ -103,6 +121,8 @@ def report_cmd(
                                              "from the file's metadata, else 1 nm)."),
     top: int = typer.Option(20, "--top", help="Rows of the table of largest objects."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+    key: Optional[str] = KEY,
+    image_key: Optional[str] = IMAGE_KEY,
     blockwise: bool = BLOCKWISE,
     block_shape: Optional[str] = BLOCK_SHAPE,
     workers: Optional[int] = WORKERS,
@@ -112,15 +132,15 @@ def report_cmd(
     """A report of a label image: planes, histograms of volume and extent in nm, objects per slice and
     the largest objects with the measurements of `panoptem measure` (needs matplotlib)."""
     from ..reporting import prepare_report, report
-    lab = read_input(labels)
+    lab = read_input(labels, key)
     vs = voxel_size_option(voxel_size, lab)
     out = Path(output)
     if fmt is not None and not out.suffix:
         out = out.with_suffix("." + fmt.lower())
     prepare_report(out, fmt, overwrite, [labels] + ([image] if image else []))  # before a long measurement
-    table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params)
+    table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params, image_key)
     path = report(labels, out, image=image, voxel_size=vs, top=top, format=fmt, overwrite=overwrite,
-                  table=table)
+                  table=table, key=key, image_key=image_key)
     note_voxels_as_nm(vs, lab.data.ndim)
     typer.echo(json.dumps({"output": str(path), "voxel_size_nm": vs}))
 
@@ -135,6 +155,8 @@ def measure_cmd(
     voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel, 'z,y,x' (default: "
                                              "from the file's metadata, else 1 nm)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table."),
+    key: Optional[str] = KEY,
+    image_key: Optional[str] = IMAGE_KEY,
     blockwise: bool = BLOCKWISE,
     block_shape: Optional[str] = BLOCK_SHAPE,
     workers: Optional[int] = WORKERS,
@@ -148,9 +170,9 @@ def measure_cmd(
         raise PanoptemError(f"Cannot write the table to '{Path(output).name}': give a file name ending in "
                             f"{', '.join(TABLE_SUFFIXES)}.")
     check_output(output, overwrite, [labels] + ([image] if image else []))  # before the measurement
-    lab = read_input(labels)
+    lab = read_input(labels, key)
     vs = voxel_size_option(voxel_size, lab)
-    table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params)
+    table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params, image_key)
     out = write_table(table, output)  # named as given
     note_voxels_as_nm(vs, lab.data.ndim)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}

@@ -180,9 +180,11 @@ def _area_in(vol: np.ndarray, core, vs) -> float:
 def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | None = None,
                       surface: bool = True, block_shape=MEASURE_BLOCK, n_workers: int | None = None,
                       scheduler: str | None = None, client=None, processes: bool = True,
-                      progress: bool = False, key: str | None = None) -> dict[str, np.ndarray]:
+                      progress: bool = False, key: str | None = None,
+                      image_key: str | None = None) -> dict[str, np.ndarray]:
     """:func:`panoptem.measure` of a 3D label volume (a path, read lazily by the
-    workers, or an array), computed block by block on Dask; same columns.
+    workers, or an array), computed block by block on Dask; same columns. ``key``,
+    ``image_key``: the dataset inside an HDF5 / Zarr / N5 labels or image file.
 
     For example::
 
@@ -207,8 +209,8 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
     isrc = None
     if image is not None:
         if isinstance(image, str) or hasattr(image, "__fspath__"):
-            ii = read_image(str(image))
-            isrc, ishape = VolumeSource(path=str(image)), ii.shape
+            ii = read_image(str(image), key=image_key)
+            isrc, ishape = VolumeSource(path=str(image), key=image_key), ii.shape
         else:
             isrc, ishape = VolumeSource(array=image), image.shape
         if tuple(ishape) != tuple(shape):

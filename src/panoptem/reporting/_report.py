@@ -20,7 +20,8 @@ _TILE_BYTES = 1 << 24  # labels read at once when counting objects per slice
 
 def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | None = None, top: int = 20,
            format: str | None = None, title: str | None = None, surface: bool = True,
-           overwrite: bool = False, inputs=(), table: dict | None = None) -> Path:
+           overwrite: bool = False, inputs=(), table: dict | None = None, key: str | None = None,
+           image_key: str | None = None) -> Path:
     """Write a report of a label image: one self-contained HTML file (or a PDF).
 
     Contents: a summary (objects, voxel size, volumes per class), a montage of planes (xy, xz and
@@ -48,6 +49,7 @@ def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | No
         :func:`panoptem.distributed.measure_blockwise` for a volume larger than memory): then the
         labels and the image are only read a few chunks at a time, and ``label_divisor`` and
         ``surface`` are the table's.
+    key, image_key : the dataset inside an HDF5 / Zarr / N5 file given as ``labels`` / ``image``.
 
     Returns
     -------
@@ -68,12 +70,12 @@ def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | No
         from ..io import read_image
         inputs.append(str(labels))
         name = Path(labels).name
-        img = read_image(labels)
+        img = read_image(labels, key=key)
         labels, voxel_size = img.data, voxel_size if voxel_size is not None else img.voxel_size
     if isinstance(image, (str, Path)):
         from ..io import read_image
         inputs.append(str(image))
-        image = read_image(image).data
+        image = read_image(image, key=image_key).data
     fmt = _format(path, format)
     path = prepare_report(path, format, overwrite, inputs)
     if int(top) < 0:
