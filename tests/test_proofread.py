@@ -490,3 +490,23 @@ def test_a_merge_target_the_dtype_cannot_hold_is_refused():
     assert lab.tolist() == [[3, 0, 5]]
     with pytest.raises(PanoptemError, match="largest id is taken"):
         find_next_available_label(np.array([[2**64 - 1]], np.uint64))
+
+
+def test_ids_that_are_not_objects_are_refused():
+    """0 is background, not an object to split; a fractional or missing id is a mistake, not id 1."""
+    from panoptem.errors import PanoptemError
+    from panoptem.proofread import label_bbox, merge_labels, split_label
+    lab = np.zeros((20, 20), np.uint32)
+    lab[2:8, 2:18] = 1
+    lab[12:18, 2:18] = 2
+    before = lab.copy()
+    for call, match in ((lambda: split_label(lab, 0), "0 is background"),
+                        (lambda: merge_labels(lab, [1.5, 2]), "whole number"),
+                        (lambda: merge_labels(lab, [None, 2]), "whole number"),
+                        (lambda: merge_labels(lab, [1, 2], target=0), "0 is background"),
+                        (lambda: label_bbox(lab, 0), "0 is background")):
+        with pytest.raises(PanoptemError, match=match):
+            call()
+        np.testing.assert_array_equal(lab, before)
+    merge_labels(lab, [np.uint64(1), 2.0])                      # whole numbers of any type are ids
+    assert set(np.unique(lab)) == {0, 1}

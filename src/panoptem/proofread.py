@@ -128,11 +128,30 @@ def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
     return tuple(out)
 
 
+def _whole(value, what: str) -> int:
+    """``value`` as an int: a whole number (an integral float too), else one clear error."""
+    try:
+        if not isinstance(value, (bool, np.bool_)) and value == int(value):
+            return int(value)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise PanoptemError(f"{what} must be a whole number, not {value!r}.")
+
+
+def _one_id(value, what: str = "A label id") -> int:
+    """One object's id: a whole number of 1 or more (0 is background)."""
+    v = _whole(value, what)
+    if v < 1:
+        raise PanoptemError(f"{what} must be 1 or more (0 is background), not {v}.")
+    return v
+
+
 def _ids(ids: Iterable[int] | int, dtype) -> np.ndarray:
     """The distinct non-zero ``ids`` that ``dtype`` can hold, as ``dtype`` (exact for uint64 ids
-    past 2^63; an id the labels cannot hold marks nothing in them)."""
+    past 2^63; an id the labels cannot hold marks nothing in them); ids that are not whole
+    numbers are refused."""
     info = np.iinfo(dtype)
-    vals = {int(v) for v in np.asarray(ids, dtype=object).ravel()}
+    vals = {_whole(v, "A label id") for v in np.asarray(ids, dtype=object).ravel()}
     return np.array(sorted(v for v in vals if v != 0 and info.min <= v <= info.max), dtype=dtype)
 
 
@@ -197,6 +216,7 @@ def label_bbox(labels: np.ndarray, label_id: int) -> tuple[slice, ...]:
     >>> label_bbox(np.array([[0, 0], [0, 7]]), 7)
     (slice(1, 2, None), slice(1, 2, None))
     """
+    label_id = _one_id(label_id)
     box = _bbox(_check(labels) == label_id)
     if box is None:
         raise PanoptemError(f"Label {label_id} is not in this layer; check the id (Count Labels lists them).")
@@ -215,7 +235,7 @@ def merge_labels(labels: np.ndarray, ids, target: int | None = None, plane: Plan
     ids = _ids(ids, view.dtype)
     if ids.size == 0:
         return _make_edit(view, None, plane)
-    target = int(ids[0] if target is None else target)
+    target = int(ids[0]) if target is None else _one_id(target, "The target id")
     info = np.iinfo(view.dtype)
     if not info.min <= target <= info.max:
         raise PanoptemError(f"Target id {target} does not fit the labels' dtype {view.dtype} "
@@ -283,7 +303,7 @@ def split_label(labels: np.ndarray, label_id: int, markers=None, min_distance: i
     from skimage.segmentation import watershed
 
     view = _view(labels, plane)
-    label_id = int(label_id)
+    label_id = _one_id(label_id, "The id to split")
     box = _bbox(view == label_id)
     if box is None:
         raise PanoptemError(f"Label {label_id} is not in this {'plane' if plane else 'layer'}; "
