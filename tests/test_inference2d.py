@@ -253,3 +253,49 @@ def test_a_tiled_image_gives_the_same_labels_with_or_without_its_outputs():
         np.testing.assert_array_equal(res.labels, plain)
         assert res.semantic_probability.dtype == np.float32 and res.semantic_probability.max() <= 1.0
         assert res.centers is not None
+
+
+def test_an_interrupted_batch_resumes_and_gives_the_labels_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    """segment2d --batch keeps each slice's labels beside the output as they are made: run again
+    after an interruption, it computes only the slices left (and a slice whose input changed),
+    writes the labels an uninterrupted run writes, and removes what it kept."""
+    import tifffile
+
+    import panoptem
+    from panoptem.cli import main
+    from panoptem.inference import segment2d as s2d
+    from panoptem.inference.slice_store import SliceStore
+    stack = panoptem.load_sample()[:12]
+    tifffile.imwrite(tmp_path / "st.tif", stack)
+    args = ["segment2d", str(tmp_path / "st.tif"), "--batch", "--threads", "1"]
+    assert main([*args, "-o", str(tmp_path / "once.tif")]) == 0
+    once = tifffile.imread(tmp_path / "once.tif")
+    assert once.max() > 0
+    real_put, puts = SliceStore.put, []
+
+    def put_then_stop(self, index, labels, digests):
+        real_put(self, index, labels, digests)
+        puts.append(index)
+        if len(puts) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C after two batches
+    monkeypatch.setattr(SliceStore, "put", put_then_stop)
+    assert main([*args, "-o", str(tmp_path / "twice.tif")]) == 130
+    monkeypatch.setattr(SliceStore, "put", real_put)
+    assert not (tmp_path / "twice.tif").exists() and (tmp_path / ".twice.tif.panoptem-slices").is_dir()
+    decoded = []
+    real_decode = s2d.decode_panoptic
+    monkeypatch.setattr(s2d, "decode_panoptic", lambda *a, **k: (decoded.append(1), real_decode(*a, **k))[1])
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "twice.tif")]) == 0
+    done_before = sum(len(i) for i in puts)
+    assert len(decoded) == len(stack) - done_before == 4
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "twice.tif"), once)
+    assert not (tmp_path / ".twice.tif.panoptem-slices").exists()
+    # kept slices of another input plane or other parameters are not taken
+    store = SliceStore(tmp_path / "kept", {"params": 1}, stack.shape)
+    from panoptem.inference.cache import plane_hashes
+    h = plane_hashes(stack[:2])
+    store.put([0, 1], [once[0], once[1]], h)
+    again = SliceStore(tmp_path / "kept", {"params": 1}, stack.shape)
+    assert again.valid(0, h[0]) and not again.valid(0, h[1]) and not again.valid(2, h[0])
+    assert not SliceStore(tmp_path / "kept", {"params": 2}, stack.shape).valid(0, h[0])

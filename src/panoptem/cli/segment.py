@@ -71,22 +71,39 @@ def segment2d_cmd(
             typer.echo(f"note: segmenting the middle {plane} slice ({idx}) of the volume; choose another with "
                        "--slice and --plane, or every slice with --batch.", err=True)
     inputs = [img.path] if img.path else []
+    from ..io.writers import prepare_target
+    prepare_target(output, overwrite, inputs)  # before the work
     if preview is not None:  # never over an input or the output
         from ..reporting._preview import prepare_preview
         prepare_preview(preview, overwrite, inputs, [str(output)])
-    labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
-                        runtime=runtime, precision=precision, threads=threads,
-                        preview=preview, voxel_size=vs, overwrite=overwrite, with_neighbours=neighbours,
-                        source_dtype=img.data.dtype,
-                        **params.model_dump())
-    written_vs = vs
-    if labels.ndim == 2 or vs is not None:  # the pixel size as run (--pixel-size included) goes with the labels
-        from ..inference.segment2d import pixel_plan      # (a --batch stack's unknown z spacing stays unknown)
-        from ..models.home import get_card
-        written_vs = pixel_plan(get_card(model), params, vs, labels.ndim).voxel_size or vs
-    out = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs,
-                       origin=origin if written_vs is not None else None)
-    _report(labels, params.label_divisor, out, preview, pixel_note(model, params, vs, 2, given_by=given_by))
+    import shutil
+
+    from .._atomic import exclusive_output
+    out = Path(output).expanduser().absolute()
+    # a stack's slices are kept beside the output as they are made: running the command again resumes
+    kept = out.parent / f".{out.name}.panoptem-slices" if batch else None
+    with exclusive_output(out):
+        try:
+            labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
+                                runtime=runtime, precision=precision, threads=threads,
+                                preview=preview, voxel_size=vs, overwrite=overwrite, with_neighbours=neighbours,
+                                source_dtype=img.data.dtype, resume_dir=kept,
+                                **params.model_dump())
+        except PanoptemError:  # refused (a bad input, options...): nothing left behind; interrupted: kept
+            if kept is not None:
+                shutil.rmtree(kept, ignore_errors=True)
+            raise
+        written_vs = vs
+        if labels.ndim == 2 or vs is not None:  # the pixel size as run (--pixel-size included) goes with them
+            from ..inference.segment2d import pixel_plan  # (a --batch stack's unknown z spacing stays unknown)
+            from ..models.home import get_card
+            written_vs = pixel_plan(get_card(model), params, vs, labels.ndim).voxel_size or vs
+        written = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs,
+                               origin=origin if written_vs is not None else None)
+        _report(labels, params.label_divisor, written, preview,
+                pixel_note(model, params, vs, 2, given_by=given_by))
+        if kept is not None:
+            shutil.rmtree(kept, ignore_errors=True)
 
 
 def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",), given_by: str = "file") -> dict:
@@ -136,10 +153,16 @@ def neighbour_spacing(card, plan, planes) -> str | None:
 
 
 def _report(labels, divisor, out, preview=None, pixels=None):
+    import fastremap
     import numpy as np
-    ids = np.unique(labels)
+    # slice by slice: the labels may be read lazily from disk
+    parts = [fastremap.unique(np.asarray(labels[z])) for z in range(labels.shape[0])] if labels.ndim == 3 else \
+        [fastremap.unique(np.asarray(labels))]
+    ids = np.unique(np.concatenate(parts))
     ids = ids[ids > 0]
-    rec = {"output": str(out), "objects": int(ids.size), "shape": list(labels.shape), "dtype": str(labels.dtype)}
+    from ..io import read_image
+    rec = {"output": str(out), "objects": int(ids.size), "shape": list(labels.shape),
+           "dtype": str(read_image(out).data.dtype)}  # as written
     if preview is not None:
         rec["preview"] = str(preview)
     if pixels is not None:

@@ -223,7 +223,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
                batch: bool = False, unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
                runtime: str = "auto", precision: str = "auto", threads: int | None = None,
                return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
-               overwrite: bool = False, with_neighbours: bool = False, source_dtype=None,
+               overwrite: bool = False, with_neighbours: bool = False, source_dtype=None, resume_dir=None,
                **overrides) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
@@ -256,6 +256,11 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     source_dtype : the dtype of the data ``image`` was taken from, where it differs
         (:func:`take_plane` averages planes into float32): a model that normalises by the dtype's
         maximum (card ``normalization.mode: dtype_max``) divides by that one's, as a 3D run does.
+    resume_dir : a folder where each slice's labels are kept as they are made, with the hash of
+        its input (:class:`~.slice_store.SliceStore`): a later call with the same folder, model
+        and parameters takes the slices done from there, so an interrupted run resumes. The
+        labels are then returned as the folder's array, read lazily (uint64; not held in memory
+        but with ``unique_ids``); not with ``return_outputs``.
     **overrides : any field of :class:`~panoptem.params.Params2D`
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
@@ -318,21 +323,34 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     pred.tile_size = tile
     if not batch_size:  # automatic, as in 3D
         batch_size = pred.batch_for(planes.shape[-2:], planes.shape[0])
-    _check_memory(planes.shape, np.dtype(image.dtype).itemsize, batch_size)
+    store = None
+    if resume_dir is not None:
+        if return_outputs:
+            raise PanoptemError("resume_dir keeps labels only; leave out return_outputs.")
+        from .slice_store import SliceStore
+        store = SliceStore(resume_dir, {"model": pred.card.name, "weights": pred.card.weights.sha256,
+                                        "params": p.model_dump(), "runtime": pred.runtime,
+                                        "precision": pred.precision, "voxel_size": voxel_size,
+                                        "source_dtype": source_dtype, "with_neighbours": stack is not None},
+                           (len(planes), *planes.shape[-2:]))
+    held = planes.shape if store is None else (min(batch_size, len(planes)), *planes.shape[1:])
+    _check_memory(held, np.dtype(image.dtype).itemsize, batch_size)  # a store holds the labels on disk
     with torch_threads(host_threads(pred.runtime, pred.model.device, threads)):
-        labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress, source_dtype)
-    if p.fill_holes_in_segmentation:
-        from .postprocess import fill_holes
-        labels = [fill_holes(lab) for lab in labels]
-    out = np.stack(labels) if image.ndim == 3 else labels[0]
+        labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress, source_dtype,
+                                         store)
+    if store is not None:
+        labels = store.labels
+        out = labels if image.ndim == 3 else labels[0]
+    else:
+        out = np.stack(labels) if image.ndim == 3 else labels[0]
     if image.ndim == 3 and unique_ids:
-        out = make_unique(out, p.label_divisor)
-    elif image.ndim == 3:
+        out = make_unique(np.asarray(out), p.label_divisor)
+    elif image.ndim == 3 and store is None:
         dt = max((l.dtype for l in labels), key=lambda d: d.itemsize)
         out = out.astype(dt)
     if preview is not None:
         from ..reporting import preview as draw
-        n = sum(len(np.unique(l)) - int((l == 0).any()) for l in labels)  # objects of every slice
+        n = sum(_objects(labels[z]) for z in range(len(labels) if store is None else labels.shape[0]))  # every slice
         draw(out, preview, image=image, voxel_size=voxel_size, model=pred.card.name, params=p.model_dump(),
              n_objects=n, overwrite=True)
     if return_outputs:
@@ -341,9 +359,17 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     return out
 
 
+def _objects(labels: np.ndarray) -> int:
+    """Distinct non-zero ids of one slice."""
+    ids = np.unique(np.asarray(labels))
+    return int(ids.size - (ids.size > 0 and ids[0] == 0))
+
+
 def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, return_outputs: bool,
-            progress: bool, source_dtype=None) -> tuple[list, list, list]:
-    """Labels, centres and (with ``return_outputs``) probabilities of every plane."""
+            progress: bool, source_dtype=None, store=None) -> tuple[list, list, list]:
+    """Labels, centres and (with ``return_outputs``) probabilities of every plane; with a
+    :class:`~.slice_store.SliceStore`, the labels go there (slices it holds from the same input
+    are skipped) and none are returned."""
     settings = decode_settings(p, pred.card)
     labels, probs, centers = [], [], []
     it = range(0, planes.shape[0], batch_size)
@@ -352,24 +378,39 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
         it = tqdm(it, total=-(-planes.shape[0] // batch_size), unit="batch", desc="2D inference")
     for i0 in it:
         chunk = np.asarray(planes[i0:i0 + batch_size])
+        if store is not None:
+            from .cache import plane_hashes
+            digests = plane_hashes(chunk)
+            todo = [j for j in range(len(chunk)) if not store.valid(i0 + j, digests[j])]
+            if not todo:
+                continue
+            chunk, digests = chunk[todo], digests[todo]
         # each slice is its own image: its own intensity range
         rng = np.array([pred.intensity(sl, source_dtype) for sl in chunk])
         if tile and max(chunk.shape[-2:]) > tile:
             # bounded memory, decoded per tile (the same labels whether or not the outputs are kept)
             kept: list | None = [] if return_outputs else None
-            labels.extend(_segment_large(pred, chunk, rng, settings, p.min_piece_area, kept))
+            made = _segment_large(pred, chunk, rng, settings, p.min_piece_area, kept)
             centers.extend([c for _, c in kept] if kept is not None else [None] * len(chunk))
             probs.extend(pr for pr, _ in kept or ())
-            continue
-        o = pred.predict(chunk, rng)
-        for j in range(len(chunk)):
-            lab, ctr = decode_panoptic(o.semantic_probability[j], o.heatmap[j], o.offsets[j],
-                                       out_shape=chunk.shape[-2:], return_centers=True, scale=pred.out_scale(),
-                                       **settings)
-            if p.min_piece_area:
-                lab = remove_small_pieces(lab, p.min_piece_area, in_place=True)
-            labels.append(lab)
-            centers.append(ctr)
-            if return_outputs:
-                probs.append(o.semantic_probability[j])
+        else:
+            o = pred.predict(chunk, rng)
+            made = []
+            for j in range(len(chunk)):
+                lab, ctr = decode_panoptic(o.semantic_probability[j], o.heatmap[j], o.offsets[j],
+                                           out_shape=chunk.shape[-2:], return_centers=True, scale=pred.out_scale(),
+                                           **settings)
+                if p.min_piece_area:
+                    lab = remove_small_pieces(lab, p.min_piece_area, in_place=True)
+                made.append(lab)
+                centers.append(ctr)
+                if return_outputs:
+                    probs.append(o.semantic_probability[j])
+        if p.fill_holes_in_segmentation:
+            from .postprocess import fill_holes
+            made = [fill_holes(lab) for lab in made]
+        if store is not None:
+            store.put([i0 + j for j in todo], made, digests)
+        else:
+            labels.extend(made)
     return labels, centers, probs
