@@ -85,6 +85,8 @@ def main():
                     "voxels count neither as targets nor as misses (500: the min-size filter)")
     ap.add_argument("--pixel-size", type=float, default=None, help="tell panoptem the pixel size (nm; Lucchi: 5)")
     ap.add_argument("--precision", default="auto", help="the network's precision (auto, fp32, int8, ...)")
+    ap.add_argument("--min-piece-area", type=int, default=None, help="2D: Min piece area (default: panoptem's, "
+                    "40; 0 keeps every piece, as empanada does)")
     add_lucchi_argument(ap)
     a = ap.parse_args()
     lucchi = lucchi_dir(a.lucchi)
@@ -103,10 +105,12 @@ def main():
     model = panoptem.load_model(a.model)
     if a.only in (None, "2d"):
         k = model.card.context_slices  # a model that sees neighbours gets each slice's
+        pieces = {} if a.min_piece_area is None else {"min_piece_area": a.min_piece_area}
         emit(what="accuracy 2d", model=a.model, tta=a.tta, neighbours=k, pixel_size_nm=a.pixel_size,
-             precision=a.precision,
+             precision=a.precision, min_piece_area=pieces.get("min_piece_area", 40),
              date=time.strftime("%Y-%m-%d"),
-             **validate_2d(model, lucchi, a.z0, a.z1, neighbours=k, tta=a.tta, **told), machine=machine())
+             **validate_2d(model, lucchi, a.z0, a.z1, neighbours=k, tta=a.tta, **told, **pieces),
+             machine=machine())
     if a.only in (None, "3d"):
         gt3d = cc3d.connected_components(mask.astype(np.uint8), connectivity=6)
         chosen = CONFIGS_3D if a.configs is None else [CONFIGS_3D[int(i)] for i in a.configs.split(",")]

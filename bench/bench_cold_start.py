@@ -47,7 +47,12 @@ def main() -> int:
                     help="the volume's pixel size in nm, given to every run (resampled to the model's range)")
     a = ap.parse_args()
     px = ("--pixel-size", str(a.pixel_size)) if a.pixel_size else ()
-    voxel = (a.pixel_size,) * 3 if a.pixel_size else None
+    from panoptem.io import read_image
+    # what the command takes from the file (--pixel-size over its in-plane size), so that every run
+    # does the same work
+    voxel = read_image(a.volume).voxel_size
+    if a.pixel_size:
+        voxel = (voxel[0], a.pixel_size, a.pixel_size) if voxel else (a.pixel_size,) * 3
     if a.stages:
         return stages(a, voxel)
     from typer.testing import CliRunner

@@ -42,6 +42,9 @@ def main():
     ap.add_argument("--objects", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
+    if a.repeats < 1 or a.objects < 1 or a.shape[0] < 11 or min(a.shape[1:]) < 32:
+        ap.error("--repeats and --objects must be 1 or more, and --shape Z Y X at least 11 32 32 (tubes 10+ slices "
+                 "long, 12 px in radius)")
     from panoptem.inference.linking import link_stack
     stack = synthetic_stack(tuple(a.shape), a.objects)
     times = []

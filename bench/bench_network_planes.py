@@ -32,7 +32,9 @@ def main() -> None:
     pred = Predictor(lm, device="cpu", runtime="auto")
     intensity = pred.intensity(vol)
     xz = np.ascontiguousarray(np.moveaxis(vol, 1, 0))  # (Y, Z, X): thin planes, as an xz stack sees them
-    cases = [("xy", vol, b) for b in (2, 4, 8)] + [("xz", xz, b) for b in (8, 16, 32, 64)]
+    # a batch is never larger than the planes there are (a thin slab runs fewer xy batches)
+    cases = [("xy", vol, b) for b in (2, 4, 8) if b <= len(vol)] + [("xz", xz, b) for b in (8, 16, 32, 64)
+                                                                   if b <= len(xz)]
     pred.predict(vol[:2], intensity)  # warm up
     rates: dict[tuple[str, int], list[float]] = {(k, b): [] for k, _, b in cases}
     for _ in range(a.repeat):

@@ -41,13 +41,16 @@ def main():
     a = ap.parse_args()
     import os
     bench = os.path.dirname(os.path.abspath(__file__))
+    failed = 0
     for d in map(int, a.depths.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             code = CHILD.format(bench=bench, depth=d, size=a.size, model=a.model, tmp=tmp)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             line = [l for l in out.stdout.splitlines() if l.startswith("{")]
             print(line[-1] if line else json.dumps({"depth": d, "error": out.stderr[-500:]}), flush=True)
+            failed += not line
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

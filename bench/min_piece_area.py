@@ -24,7 +24,7 @@ def main():
     folder = lucchi_dir(a.lucchi)
     img = tifffile.imread(folder / "training_image.tif", key=zs)
     gt = tifffile.imread(folder / "training_instances2d.tif", key=zs)
-    lab = panoptem.segment_2d(img, batch=True)
+    lab = panoptem.segment_2d(img, batch=True, min_piece_area=0)  # every piece, then each area filters
     for area in (int(v) for v in a.areas.split(",")):
         pred = np.stack([remove_small_pieces(s, area) for s in lab]) if area else lab
         e = panoptem.evaluate(pred, gt, per_slice=True)

@@ -71,7 +71,8 @@ def main() -> int:
                          n_pred=r3["n_pred"], n_gt=r3["n_gt"], f1_50_2d_per_slice=round(r2["f1_50"], 4),
                          precision_50_2d=round(r2["precision_50"], 4), recall_50_2d=round(r2["recall_50"], 4),
                          seconds=round(s, 1), date=time.strftime("%Y-%m-%d"), machine=machine(),
-                         how=f"python bench/pixel_range.py --lucchi LUCCHI --block {a.block} --shrink {a.shrink}"),
+                         how=f"python bench/pixel_range.py --lucchi LUCCHI --block {a.block} --shrink {a.shrink} "
+                             f"--models {name} --network-nm {nm}"),
                     a.out)
     return 0
 

@@ -216,3 +216,11 @@ def test_link_scale_script_links_its_tubes():
         assert r["objects"] == gy * (gx * 16 - pairs * cut), r
         assert r["peak_rss_above_start_mb"] > 0 and r["solve_s"] > 0
     assert lines[1]["blocks"] > lines[0]["blocks"] > 8  # several blocks along every axis
+
+
+@pytest.mark.slow
+def test_min_piece_area_script_measures_every_area_it_is_given(lucchi):
+    """Its 0 row keeps every piece (empanada's figure), not the default 40 the run applies."""
+    rows = {r["min_piece_area"]: r for r in map(json.loads, _run(BENCH / "min_piece_area.py", "--lucchi", lucchi,
+                                                                 "--areas", "0,40"))}
+    assert rows[0]["objects"] > rows[40]["objects"] and rows[0]["f1_50"] < rows[40]["f1_50"]

@@ -694,6 +694,20 @@ def test_bench_network_alone_sees_the_planes_at_the_model_pixel_size(tmp_path, h
     assert len(factors) > 1 and all(f == (2.0, 2.0) for f in factors[1:]), factors  # after the warm-up call
 
 
+def test_bench_network_alone_runs_the_flips_of_test_time_augmentation(tiny_card, home, capsys, monkeypatch):
+    """With --tta the network-only pass runs the network as the run does (four passes a plane), so
+    the ratio compares like with like."""
+    from panoptem.cli import main
+    from panoptem.inference.engine import Predictor
+    seen, orig = [], Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, planes, *a, **k: (seen.append(self.tta),
+                                                                            orig(self, planes, *a, **k))[1])
+    assert main(["bench", "--shape", "4,64,64", "--model", str(tiny_card), "--min-size", "0", "--tta",
+                 "--runtime", "torch"]) == 0
+    capsys.readouterr()
+    assert seen and all(seen), seen
+
+
 def test_bench_command_reports_stages_and_the_ratio(tiny_card, home, capsys):
     from panoptem.cli import main
     assert main(["bench", "--shape", "6,64,96", "--model", str(tiny_card), "--min-size", "0"]) == 0

@@ -105,7 +105,8 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
         torch.cuda.reset_peak_memory_stats()
     # warm-up: the ONNX export (first time only), sessions, allocator, thread pools
     t = time.perf_counter()
-    pr = Predictor(lm, device=lm.device, runtime=runtime, precision=precision, threads=threads)
+    tta = bool(params.get("tta", False))  # the network alone runs as the run runs it: its flips too
+    pr = Predictor(lm, device=lm.device, runtime=runtime, precision=precision, threads=threads, tta=tta)
     pr.threads = network_threads(threads)
     pr.predict(vol[:2])
     warmup_s = time.perf_counter() - t
@@ -117,7 +118,7 @@ def bench(volume, model: str = DEFAULT_MODEL, *, plane: str = "xy", orthoplane: 
     staged_s, staged_cpu = time.perf_counter() - t0, time.process_time() - c0
     tm = staged.timings
     predictor = Predictor(lm, device=lm.device, runtime=runtime, precision=precision,
-                          threads=threads or cpu_count(), batch_size=batch_size)
+                          threads=threads or cpu_count(), batch_size=batch_size, tta=tta)
     timed = {st: (tm[f"{st}_s"], tm.get(f"{st}_cpu_s", 0.0)) for st in STAGES if f"{st}_s" in tm}
     # the rest: intensity range, setting up the stacks, Python between the stages
     timed["other"] = (max(staged_s - sum(v[0] for v in timed.values()), 0.0),
