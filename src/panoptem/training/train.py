@@ -294,8 +294,8 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
         loss, parts = (panoptic_loss if sem.is_floating_point() else panoptic_loss_ce)(outp, sem, hm, off, wt)
         if not torch.isfinite(loss):  # weights of NaN would be kept, registered and run
             logf.close()
-            raise PanoptemError(f"Training diverged at step {step + 1} (the loss is {float(loss.detach())}): start afresh "
-                                "with a lower learning rate (--lr ... --restart).")
+            raise PanoptemError(f"Training diverged at step {step + 1} (the loss is {float(loss.detach())}): start "
+                                "afresh with a lower learning rate (--lr ... --restart).")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step(); sched.step()
