@@ -342,3 +342,17 @@ def test_a_step_is_checkpointed_only_after_it_is_scored(tmp_path):
     scored = []
     train(VolumeSlices(img, lab), tmp_path / "run", cfg, log=lambda s: None, validate=lambda m, s: scored.append(s))
     assert scored == [2]
+
+
+def test_a_hand_made_config_no_run_can_use_is_refused_naming_the_field(tmp_path):
+    from panoptem.errors import PanoptemError
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.train import TrainConfig, train
+    img, lab = disc_volume(n=2)
+    for kw, field in ((dict(validate_every=0), "validate_every"), (dict(checkpoint_every=0), "checkpoint_every"),
+                      (dict(patch_size=50), "patch_size"), (dict(lr=float("nan")), "lr"),
+                      (dict(scale_range=(1.5, 0.5)), "scale_range"), (dict(pale=1.5), "pale")):
+        with pytest.raises(PanoptemError, match=field):
+            train(VolumeSlices(img, lab), tmp_path / "run",
+                  TrainConfig(**{"iterations": 1, "batch_size": 1, "patch_size": 64, **kw}), log=lambda s: None)
+    assert not (tmp_path / "run").exists()

@@ -51,6 +51,34 @@ class TrainConfig:
     init: str | None = None
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings no run can use, naming the field (a config made by hand in Python; the
+    command line checks its options itself)."""
+    def whole(v, least: int) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= least
+    bad = [f"{name}={getattr(cfg, name)!r} (a whole number, {least} or more)"
+           for name, least in (("iterations", 1), ("batch_size", 1), ("checkpoint_every", 1),
+                               ("validate_every", 1), ("seed", 0), ("schedule_steps", 0), ("anneal_from", 0),
+                               ("threads", 0)) if not whole(getattr(cfg, name), least)]
+    if not whole(cfg.patch_size, 64) or cfg.patch_size % 32:
+        bad.append(f"patch_size={cfg.patch_size!r} (a multiple of 32, 64 or more)")
+    for name in ("lr", "sigma"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            bad.append(f"{name}={v!r} (a positive number)")
+    if not (isinstance(cfg.weight_decay, (int, float)) and math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        bad.append(f"weight_decay={cfg.weight_decay!r} (0 or more)")
+    for name in ("hard_negatives", "pale"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+            bad.append(f"{name}={v!r} (a share, 0 to 1)")
+    lo, hi = (tuple(cfg.scale_range) + (None, None))[:2]
+    if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 < lo <= hi and math.isfinite(hi)):
+        bad.append(f"scale_range={cfg.scale_range!r} (two positive zooms, smallest first)")
+    if bad:
+        raise PanoptemError("TrainConfig " + "; ".join(dict.fromkeys(bad)) + ": fix these settings.")
+
+
 def better_scores(a: dict, b: dict | None) -> bool:
     """Whether held-out scores ``a`` are at least as good as ``b``: F1@0.5 first, then
     foreground IoU (a tie goes to the later, more trained, weights)."""
@@ -260,6 +288,7 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
     (a resumed run must be the same run).
     """
     from .._atomic import work_folder
+    check_config(cfg)
     out = work_folder(out_dir, "checkpoints and weights")
     claim_run(out, cfg, run, resume, restart, ("checkpoint.pt", "log.jsonl", "weights.pt"))
     if cfg.threads:
