@@ -896,6 +896,36 @@ def test_workers_of_a_running_cluster_take_their_share_of_the_cores():
     assert got == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
 
 
+def test_a_scheduler_that_never_answers_or_is_lost_is_one_error(monkeypatch):
+    """A port that accepts and never speaks Dask (a dashboard's given for the scheduler's) is
+    refused within the deadline, not waited on forever; a pass ended by the lost scheduler is
+    told apart from a task's own error."""
+    import socket
+    import threading
+    from concurrent.futures import CancelledError
+
+    from panoptem.distributed import _cluster
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held = []
+    threading.Thread(target=lambda: held.append(srv.accept()), daemon=True).start()
+    monkeypatch.setattr(_cluster, "CONNECT_S", 2.0)
+    with pytest.raises(PanoptemError, match="no answer in 2 s"):
+        with _cluster.client_for(scheduler=f"tcp://127.0.0.1:{srv.getsockname()[1]}"):
+            pass
+    srv.close()
+
+    class Client:
+        def __init__(self, status):
+            self.status = status
+    lost = CancelledError("network_block-1 cancelled for reason: scheduler-connection-lost.")
+    assert _cluster._scheduler_lost(Client("running"), lost)
+    assert _cluster._scheduler_lost(Client("closed"), OSError("connection reset"))
+    assert not _cluster._scheduler_lost(Client("running"), OSError("a task could not read its block"))
+    assert not _cluster._scheduler_lost(Client("closed"), ValueError("a task's own error"))
+
+
 def _arena_env():
     return os.environ.get("MALLOC_ARENA_MAX")
 

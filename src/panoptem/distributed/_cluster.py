@@ -163,11 +163,7 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
     from distributed import Client
     if scheduler is not None:
         check_scheduler(scheduler)
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, ValueError, TypeError) as e:
-            raise PanoptemError(f"Cannot reach the Dask scheduler at {scheduler} ({e}); check the address "
-                                "and that the scheduler is running.") from None
+        client = _connect(scheduler)
         try:
             _set_up_workers(client, devices)
             if log:
@@ -192,6 +188,38 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
     finally:
         client.close()
         cluster.close()
+
+
+#: how long connecting to a scheduler may take, handshake included
+CONNECT_S = 30.0
+
+
+def _connect(scheduler: str):
+    """A client of the scheduler at ``scheduler``, or one error within :data:`CONNECT_S` seconds:
+    Dask's own timeout covers the connection, not a peer that accepts it and never answers (a
+    dashboard's port given for the scheduler's), so the client is made in a thread given a
+    deadline (left behind, it ends with the process)."""
+    import threading
+
+    from distributed import Client
+    made: dict = {}
+
+    def connect():
+        try:
+            made["client"] = Client(scheduler, timeout="20s")
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            made["error"] = e
+    t = threading.Thread(target=connect, name="panoptem-connect", daemon=True)
+    t.start()
+    t.join(CONNECT_S)
+    error = made.get("error")
+    if t.is_alive() or isinstance(error, (OSError, ValueError, TypeError)):
+        why = f"no answer in {CONNECT_S:.0f} s" if t.is_alive() else str(error)
+        raise PanoptemError(f"Cannot reach the Dask scheduler at {scheduler} ({why}); check the address (the "
+                            "scheduler's, e.g. tcp://host:8786, not its dashboard's) and that it is running.")
+    if error is not None:
+        raise error
+    return made["client"]
 
 
 def _set_up_workers(client, devices: list[str] | None) -> None:
@@ -284,13 +312,27 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     except KeyboardInterrupt:  # the user stops it: no waiting (a local cluster ends with the process)
         client.cancel(futures)
         raise
-    except BaseException:
+    except BaseException as e:
+        if _scheduler_lost(client, e):  # nothing to stop: the scheduler and its tasks are gone
+            raise PanoptemError(f"The Dask scheduler was lost during the {desc} pass ({type(e).__name__}: "
+                                f"{str(e)[:120]}); check that it is running (and reachable), then run the same "
+                                "command again: a segmentation resumes from its finished blocks.") from None
         _stop(client, futures)
         raise
     finally:
         if bar is not None:
             bar.close()
     return results
+
+
+def _scheduler_lost(client, error: BaseException) -> bool:
+    """Whether ``error`` ended a pass because the client lost its scheduler."""
+    from concurrent.futures import CancelledError
+
+    from distributed.comm.core import CommClosedError
+    if not isinstance(error, (CancelledError, CommClosedError, OSError, TimeoutError)):
+        return False
+    return "scheduler-connection-lost" in str(error) or client.status not in ("running", "newly-created")
 
 
 #: how long a failed pass waits for its tasks already running to end
