@@ -282,6 +282,9 @@ def test_an_interrupted_batch_resumes_and_gives_the_labels_of_an_uninterrupted_o
     assert main([*args, "-o", str(tmp_path / "twice.tif")]) == 130
     monkeypatch.setattr(SliceStore, "put", real_put)
     assert not (tmp_path / "twice.tif").exists() and (tmp_path / ".twice.tif.panoptem-slices").is_dir()
+    # a run refused for another reason (a mistyped option) leaves the interrupted run's slices alone
+    assert main([*args, "-o", str(tmp_path / "twice.tif"), "--device", "cdua"]) == 2
+    assert (tmp_path / ".twice.tif.panoptem-slices").is_dir()
     decoded = []
     real_decode = s2d.decode_panoptic
     monkeypatch.setattr(s2d, "decode_panoptic", lambda *a, **k: (decoded.append(1), real_decode(*a, **k))[1])
@@ -299,3 +302,39 @@ def test_an_interrupted_batch_resumes_and_gives_the_labels_of_an_uninterrupted_o
     again = SliceStore(tmp_path / "kept", {"params": 1}, stack.shape)
     assert again.valid(0, h[0]) and not again.valid(0, h[1]) and not again.valid(2, h[0])
     assert not SliceStore(tmp_path / "kept", {"params": 2}, stack.shape).valid(0, h[0])
+    # a damaged store is started afresh, not a traceback
+    store = SliceStore(tmp_path / "kept", {"params": 2}, stack.shape)
+    store.put([0], [once[0]], h[:1])
+    for chunk in (tmp_path / "kept" / "done").iterdir():
+        if not chunk.name.startswith("."):
+            chunk.write_bytes(b"not a chunk")
+    assert not SliceStore(tmp_path / "kept", {"params": 2}, stack.shape).valid(0, h[0])
+    # weights without a sha256 are told apart by their file
+    from panoptem.inference.segment2d import _weights_id
+    from panoptem.models.card import ModelCard, Weights
+    w = tmp_path / "w.pt"
+    w.write_bytes(b"1")
+    card = ModelCard(name="m", weights=Weights(file=str(w)))
+    first = _weights_id(card)
+    import os
+    w.write_bytes(b"22")
+    os.utime(w, ns=(1, 1))
+    assert _weights_id(card) != first
+
+
+def test_a_batch_streams_its_labels_but_numbering_them_across_the_stack_needs_them_all(tmp_path, monkeypatch, capsys):
+    """On a machine too small for a stack's labels, --batch runs (its slices kept on disk) and
+    --unique-ids, which holds them all at once, is refused before the work."""
+    import tifffile
+
+    import panoptem
+    import panoptem._memory as mem
+    from panoptem.cli import main
+    stack = panoptem.load_sample()[:6, :128, :128]
+    tifffile.imwrite(tmp_path / "st.tif", stack)
+    monkeypatch.setattr(mem, "physical_memory", lambda: 450_000)  # a batch fits, every label of the stack not
+    args = ["segment2d", str(tmp_path / "st.tif"), "--batch", "--threads", "1"]
+    assert main([*args, "-o", str(tmp_path / "a.tif")]) == 0
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "b.tif"), "--unique-ids"]) == 2
+    assert "memory" in capsys.readouterr().err and not (tmp_path / ".b.tif.panoptem-slices").exists()

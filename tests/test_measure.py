@@ -200,6 +200,10 @@ def test_the_commands_read_one_dataset_of_a_container_holding_several(tmp_path, 
     capsys.readouterr()
     assert main(["evaluate", h5, h5, "--key", "volumes/labels/mito"]) == 2
     assert "(--gt-key)" in capsys.readouterr().err                             # asked for by its own option
+    for extra in ([], ["--blockwise", "--workers", "1"]):
+        assert main(["measure", h5, "--key", "volumes/labels/mito", "--image", h5, "-o", str(tmp_path / "x.csv"),
+                     *extra]) == 2
+        assert "(--image-key)" in capsys.readouterr().err
     r = run(app, ["report", h5, "--key", "volumes/labels/mito", "--image", h5, "--image-key", "volumes/raw",
                   "-o", str(tmp_path / "r.html")])
     assert r.exit_code == 0, r.output

@@ -13,8 +13,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Panoptic segmentation of organelles in EM images and volumes.")
 
 
-INTERRUPTED = "interrupted; nothing was written to the output. Re-run the same command to resume (segment3d " \
-              "keeps the network outputs computed so far)."
+INTERRUPTED = "interrupted. An output is written whole or not at all; re-run the same command to resume " \
+              "(segment3d keeps the network outputs computed so far, segment2d --batch the slices done, training " \
+              "its checkpoint)."
 
 
 # Libraries that decode input files: an error of theirs that escaped the readers' own checks

@@ -97,6 +97,8 @@ def _measured(lab, image: str | None, vs, blockwise: bool, block_shape, workers,
     from .._measure import measure
     if blockwise:
         from ..distributed.measure import MEASURE_BLOCK, measure_blockwise
+        if image:  # read lazily here first: its errors name the option to give
+            _read(image, image_key, "--image-key")
         return measure_blockwise(lab.path, voxel_size=vs, image=image, key=lab.key, image_key=image_key,
                                  block_shape=block_shape or MEASURE_BLOCK, n_workers=workers, scheduler=scheduler,
                                  progress=True, **params.model_dump())

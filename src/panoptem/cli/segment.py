@@ -83,6 +83,7 @@ def segment2d_cmd(
     # a stack's slices are kept beside the output as they are made: running the command again resumes
     kept = out.parent / f".{out.name}.panoptem-slices" if batch else None
     with exclusive_output(out):
+        earlier = kept is not None and kept.exists()  # an interrupted run's: kept whatever this run meets
         try:
             labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
                                 runtime=runtime, precision=precision, threads=threads,
@@ -90,7 +91,7 @@ def segment2d_cmd(
                                 source_dtype=img.data.dtype, resume_dir=kept,
                                 **params.model_dump())
         except PanoptemError:  # refused (a bad input, options...): nothing left behind; interrupted: kept
-            if kept is not None:
+            if kept is not None and not earlier:
                 shutil.rmtree(kept, ignore_errors=True)
             raise
         written_vs = vs

@@ -328,13 +328,14 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         if return_outputs:
             raise PanoptemError("resume_dir keeps labels only; leave out return_outputs.")
         from .slice_store import SliceStore
-        store = SliceStore(resume_dir, {"model": pred.card.name, "weights": pred.card.weights.sha256,
+        store = SliceStore(resume_dir, {"card": pred.card.model_dump(mode="json"), "weights": _weights_id(pred.card),
                                         "params": p.model_dump(), "runtime": pred.runtime,
                                         "precision": pred.precision, "voxel_size": voxel_size,
                                         "source_dtype": source_dtype, "with_neighbours": stack is not None},
                            (len(planes), *planes.shape[-2:]))
-    held = planes.shape if store is None else (min(batch_size, len(planes)), *planes.shape[1:])
-    _check_memory(held, np.dtype(image.dtype).itemsize, batch_size)  # a store holds the labels on disk
+    # a store holds the labels on disk (all of them come back to number them across the stack)
+    held = planes.shape if store is None or unique_ids else (min(batch_size, len(planes)), *planes.shape[1:])
+    _check_memory(held, np.dtype(image.dtype).itemsize, batch_size)
     with torch_threads(host_threads(pred.runtime, pred.model.device, threads)):
         labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress, source_dtype,
                                          store)
@@ -357,6 +358,18 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         sp = np.stack(probs) if image.ndim == 3 else probs[0]
         return Result2D(out, sp, centers if image.ndim == 3 else centers[0], plan.record())
     return out
+
+
+def _weights_id(card) -> str:
+    """What tells a model's weights apart: their sha256, else the file's path, size and time."""
+    if card.weights.sha256:
+        return card.weights.sha256
+    import os
+    try:
+        st = os.stat(card.weights_path())
+        return f"{card.weights_path()}:{st.st_size}:{st.st_mtime_ns}"
+    except (OSError, TypeError, ValueError):
+        return str(card.weights.file)
 
 
 def _objects(labels: np.ndarray) -> int:

@@ -34,6 +34,9 @@ class SliceStore:
                 group = zarr.open_group(str(self.path), mode="r+")
                 if group.attrs.get("key") != key or group["labels"].shape != (n, h, w):
                     group = None
+                else:
+                    self._hash = np.asarray(group["hash"][...])
+                    self._done = np.asarray(group["done"][...])
             except Exception:  # noqa: BLE001 - another run's, or damaged: ours to start afresh
                 group = None
             if group is None:
@@ -46,9 +49,8 @@ class SliceStore:
             group.create_array("hash", shape=(n, HASH_BYTES), dtype=np.uint8, fill_value=0)
             group.create_array("done", shape=(n,), dtype=bool, fill_value=False)
             group.attrs["key"] = key  # last: a store killed while made has none, and is made again
+            self._hash, self._done = np.zeros((n, HASH_BYTES), np.uint8), np.zeros(n, bool)
         self._group = group
-        self._hash = np.asarray(group["hash"][...])
-        self._done = np.asarray(group["done"][...])
 
     @property
     def labels(self):
