@@ -63,6 +63,10 @@ class SliceStore:
 
     def put(self, index: list[int], labels: list[np.ndarray], digests: np.ndarray) -> None:
         """Keep the labels of slices ``index`` (and their inputs' hashes), then mark them done."""
+        stale = [i for i in index if self._done[i]]  # done from an input since changed: unmarked first
+        if stale:
+            self._done[stale] = False
+            self._group["done"][min(stale):max(stale) + 1] = self._done[min(stale):max(stale) + 1]
         for i, lab, d in zip(index, labels, digests):
             self._group["labels"][i] = lab
             self._hash[i] = d
