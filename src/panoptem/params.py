@@ -34,6 +34,13 @@ AUTO_TILE = 2048
 MAX_WHOLE = 2**53
 
 
+def is_whole(value, least: int = 0) -> bool:
+    """Whether ``value`` is an integer (not a bool, not a float) of ``least`` or more: a check for
+    settings and descriptions made by hand, outside the parameter models."""
+    import numpy as np
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= least
+
+
 class _Params(BaseModel):
     """Base of the parameter models: whole numbers are refused past :data:`MAX_WHOLE`."""
 

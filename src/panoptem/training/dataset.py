@@ -28,7 +28,7 @@ from .._atomic import write_text
 from ..errors import PanoptemError
 from ..inference.preprocess import MEAN, STD, dtype_range, intensity_range, padding_mask
 from ..labels import class_map
-from ..params import PLANE_AXIS
+from ..params import PLANE_AXIS, is_whole
 from .augment import dark_background_points, intensity_augment, pale_objects, sample_patch
 from .patches import Patch
 from .targets import make_panoptic_targets
@@ -98,16 +98,12 @@ def _read_meta(folder: Path) -> dict | None:
     return d
 
 
-def _whole(v, least: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= least
-
-
 def _check_meta(f: Path, d: dict) -> None:
     """Refuse a dataset description whose fields are not of their kinds (a hand edit), naming the field."""
     def bad(field: str, want: str, value):
         raise PanoptemError(f"{f}: '{field}' must be {want}, not {json.dumps(value)[:80]}; fix it, or delete the "
                             "file (masks then hold instance ids, or give --label-divisor).")
-    if d.get("label_divisor") is not None and not _whole(d["label_divisor"], 1):
+    if d.get("label_divisor") is not None and not is_whole(d["label_divisor"], 1):
         bad("label_divisor", "a whole number of 1 or more (or null)", d["label_divisor"])
     if "classes" in d and not (isinstance(d["classes"], list) and all(isinstance(c, dict) for c in d["classes"])):
         bad("classes", "a list of {id, name, kind}", d["classes"])
@@ -116,10 +112,10 @@ def _check_meta(f: Path, d: dict) -> None:
         bad("patches", "an object with one entry (an object) per patch", patches)
     for name, p in patches.items():
         for field in ("middle", "index"):
-            if p.get(field) is not None and not _whole(p[field], 0):
+            if p.get(field) is not None and not is_whole(p[field], 0):
                 bad(f"patches/{name}/{field}", "a whole number of 0 or more (or null)", p[field])
         shape = p.get("source_shape")
-        if shape is not None and not (isinstance(shape, list) and all(_whole(n, 1) for n in shape)):
+        if shape is not None and not (isinstance(shape, list) and all(is_whole(n, 1) for n in shape)):
             bad(f"patches/{name}/source_shape", "a list of whole numbers", shape)
 
 

@@ -54,13 +54,12 @@ class TrainConfig:
 def check_config(cfg: TrainConfig) -> None:
     """Refuse settings no run can use, naming the field (a config made by hand in Python; the
     command line checks its options itself)."""
-    def whole(v, least: int) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= least
+    from ..params import is_whole
     bad = [f"{name}={getattr(cfg, name)!r} (a whole number, {least} or more)"
            for name, least in (("iterations", 1), ("batch_size", 1), ("checkpoint_every", 1),
                                ("validate_every", 1), ("seed", 0), ("schedule_steps", 0), ("anneal_from", 0),
-                               ("threads", 0)) if not whole(getattr(cfg, name), least)]
-    if not whole(cfg.patch_size, 64) or cfg.patch_size % 32:
+                               ("threads", 0)) if not is_whole(getattr(cfg, name), least)]
+    if not is_whole(cfg.patch_size, 64) or cfg.patch_size % 32:
         bad.append(f"patch_size={cfg.patch_size!r} (a multiple of 32, 64 or more)")
     for name in ("lr", "sigma"):
         v = getattr(cfg, name)
