@@ -896,7 +896,7 @@ def test_workers_of_a_running_cluster_take_their_share_of_the_cores():
     assert got == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
 
 
-def test_a_scheduler_that_never_answers_or_is_lost_is_one_error(monkeypatch):
+def test_a_scheduler_that_never_answers_or_is_lost_is_one_error(monkeypatch, tmp_path):
     """A port that accepts and never speaks Dask (a dashboard's given for the scheduler's) is
     refused within the deadline, not waited on forever; a pass ended by the lost scheduler is
     told apart from a task's own error."""
@@ -909,11 +909,17 @@ def test_a_scheduler_that_never_answers_or_is_lost_is_one_error(monkeypatch):
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
     held = []
-    threading.Thread(target=lambda: held.append(srv.accept()), daemon=True).start()
+    threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(4)], daemon=True).start()
     monkeypatch.setattr(_cluster, "CONNECT_S", 2.0)
+    address = f"tcp://127.0.0.1:{srv.getsockname()[1]}"
     with pytest.raises(PanoptemError, match="no answer in 2 s"):
-        with _cluster.client_for(scheduler=f"tcp://127.0.0.1:{srv.getsockname()[1]}"):
+        with _cluster.client_for(scheduler=address):
             pass
+    # a run that reached no cluster did nothing: nothing is left beside its output
+    out = tmp_path / "o.zarr"
+    with pytest.raises(PanoptemError, match="no answer"):
+        segment_blockwise(np.full((4, 64, 64), 100, np.uint8), dark_blob_model(), out, scheduler=address)
+    assert not any(p.name.startswith(".o.zarr.blockwise") for p in tmp_path.iterdir())
     srv.close()
 
     class Client:

@@ -113,3 +113,20 @@ def test_kill_and_resume_gives_the_same_bytes(workspace, tmp_path, plane, ext):
             assert x.dtype == y.dtype and x.shape == y.shape
             assert np.array_equal(x, y), (kill, name, int((x != y).sum()))
         assert np.asarray(read_image(out).data[:]).max() >= 4  # the oracle finds the 4 balls
+
+
+def test_an_output_made_drops_what_other_engines_kept_to_make_it(tmp_path):
+    """What a killed run of one engine kept beside an output to resume from (a blockwise work
+    folder, a 2D stack's slices, a whole-volume cache) is removed once another engine has written
+    that output; the engine's own, kept on purpose (--keep-cache), stays."""
+    import panoptem
+    from _models import dark_blob_model
+    vol = np.full((4, 64, 64), 200, np.uint8)
+    vol[:, 20:40, 20:40] = 30
+    out = tmp_path / "o.tif"
+    kept = {s: tmp_path / f".o.tif{s}" for s in (".blockwise", ".panoptem-slices", ".panoptem-cache")}
+    for folder in kept.values():
+        (folder / "inside").mkdir(parents=True)
+    panoptem.segment_3d(vol, dark_blob_model(), output=out, keep_cache=True, min_size=0, min_extent=1)
+    assert out.exists() and kept[".panoptem-cache"].is_dir()
+    assert not kept[".blockwise"].exists() and not kept[".panoptem-slices"].exists()

@@ -141,6 +141,20 @@ def leftovers(target: str | Path) -> list[Path]:
     return sorted([*d.glob(f".{n}.*.part"), *d.glob(f".{n}.*.old"), *d.glob(f".{n}.work")])
 
 
+#: the folders beside an output in which each engine keeps what an interrupted run resumes from:
+#: a whole-volume 3D run's network outputs, a blockwise run's work, a 2D stack's slices
+RESUME_STATE = {"3d": ".panoptem-cache", "blockwise": ".blockwise", "2d": ".panoptem-slices"}
+
+
+def drop_resume_state(target: str | Path, keep: str) -> None:
+    """After a run of engine ``keep`` (a key of :data:`RESUME_STATE`) wrote ``target``, remove what
+    killed runs of the other engines left beside it to resume from: that output is made now."""
+    t = Path(target).expanduser().absolute()
+    for engine, suffix in RESUME_STATE.items():
+        if engine != keep:
+            _remove(t.parent / f".{t.name}{suffix}")
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)

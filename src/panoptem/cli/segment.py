@@ -105,6 +105,8 @@ def segment2d_cmd(
                 pixel_note(model, params, vs, 2, given_by=given_by))
         if kept is not None:
             shutil.rmtree(kept, ignore_errors=True)
+        from .._atomic import drop_resume_state
+        drop_resume_state(out, "2d")
 
 
 def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",), given_by: str = "file") -> dict:

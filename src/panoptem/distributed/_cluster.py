@@ -164,6 +164,9 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
     if scheduler is not None:
         check_scheduler(scheduler)
         client = _connect(scheduler)
+        # a lost scheduler is told in one line (run_tasks): not with the client's reconnection tracebacks
+        quiet = logging.getLogger("distributed.client")
+        level, quiet.level = quiet.level, logging.CRITICAL
         try:
             _set_up_workers(client, devices)
             if log:
@@ -171,6 +174,7 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
             yield client
         finally:
             client.close()
+            quiet.setLevel(level)
         return
     n, threads = plan_workers(n_workers, devices, bytes_per_worker)
     try:

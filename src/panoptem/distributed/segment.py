@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -341,6 +342,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         if precision == "int8":  # a quantized network's outputs
             net_key["precision"] = "int8"
         run_key = {"net": net_key, "params": p.model_dump()}
+        work_existed = work.exists()  # an interrupted run's, to resume: kept whatever this run meets
         _prepare_work(work, run_key, array_source=in_path is None)
         block_shape = aligned
         grid = BlockGrid(vol.shape, block_shape, halo)
@@ -379,9 +381,16 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
         log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else None
         from ._cluster import callers_client, check_workers_see, client_for, run_tasks
         timings: dict[str, float] = {}
-        with (callers_client(client, devices) if client is not None else
-              client_for(n_workers, scheduler, devices, processes=processes, log=log,
-                         bytes_per_worker=_worker_bytes(block_shape, halo, batch_size, enlarge))) as cl:
+        with ExitStack() as stack:
+            try:
+                cl = stack.enter_context(
+                    callers_client(client, devices) if client is not None else
+                    client_for(n_workers, scheduler, devices, processes=processes, log=log,
+                               bytes_per_worker=_worker_bytes(block_shape, halo, batch_size, enlarge)))
+            except PanoptemError:  # no cluster (a scheduler not reached): nothing was done to keep
+                if not work_existed:
+                    shutil.rmtree(work, ignore_errors=True)
+                raise
             check_workers_see(cl, [source.path, work, cache_dir, msource.path if msource is not None else None],
                               None if isinstance(model, LoadedModel) else model)
             infos, summaries = [], []
@@ -448,6 +457,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                             "shape": list(vol.shape), "dtype": str(labels[c.name].dtype)})
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
+        from .._atomic import drop_resume_state
+        drop_resume_state(out, "blockwise")  # the folders are named after the output as given
     timings["total_s"] = time.perf_counter() - t_all
     skipped = sum(1 for s in summaries if s.get("skipped"))
     return BlockwiseResult(labels, objects, written, timings, len(grid), skipped, plan_record)

@@ -704,6 +704,8 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
             shutil.rmtree(work, ignore_errors=True)
         if own_cache and not keep_cache:
             shutil.rmtree(cache_dir, ignore_errors=True)
+        from .._atomic import drop_resume_state
+        drop_resume_state(out, "3d")  # the folders are named after the output as given
     return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
 
 
