@@ -277,7 +277,9 @@ class Predictor:
         align = self._align()  # tile origins on the network grid
         h, w = planes.shape[-2:]
         tile = max(align, (self.tile_size // align) * align)
-        overlap = max(align, int(math.ceil(min(128 * f, 0.1 * tile) / align)) * align)
+        # 128 pixels (on the network's grid) of the network's reach on each side: tiles of 256 with 10 %
+        # of overlap found objects twice on both sides of a seam; small tiles overlap by half
+        overlap = max(align, int(math.ceil(min(128 * f, 0.5 * tile) / align)) * align)
         step = tile - overlap
         hn, wn = -(-h // f), -(-w // f)
         hs, ws = -(-hn // STRIDE), -(-wn // STRIDE)
