@@ -576,3 +576,13 @@ def test_a_restarted_run_keeps_nothing_of_the_run_before(home, tmp_path, tiny_ca
     run("all", 4, resume=False, stop_after=0)     # another run, afresh, stopped at step 1 before scoring
     r = run("all", 4)                             # resumed: it scores at step 4 only
     assert [h["step"] for h in r["validation"]] == [4] and r["kept_step"] in (0, 4)
+
+
+def test_finetune_takes_every_train_dir_given(home, tmp_path, tiny_card, capsys):
+    from panoptem.cli import main
+    a, b = disc_dataset(tmp_path / "a", n=3), disc_dataset(tmp_path / "b", n=2)
+    assert main(["finetune", str(tiny_card), "--train-dir", str(a), "--train-dir", str(b), "--name", "ab",
+                 "--iterations", "1", "--patch-size", "64", "--val-fraction", "0.25"]) == 0
+    capsys.readouterr()
+    t = get_card("ab").training
+    assert t["train_dirs"] == [str(a), str(b)] and t["n_patches"] + len(t["held_out"]) == 5

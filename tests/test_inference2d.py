@@ -1,4 +1,6 @@
 """Preprocessing, tiling and the 2D API with small local models."""
+import json
+
 import numpy as np
 import pytest
 
@@ -268,9 +270,13 @@ def test_an_interrupted_batch_resumes_and_gives_the_labels_of_an_uninterrupted_o
     stack = panoptem.load_sample()[:12]
     tifffile.imwrite(tmp_path / "st.tif", stack)
     args = ["segment2d", str(tmp_path / "st.tif"), "--batch", "--threads", "1"]
+    capsys.readouterr()
     assert main([*args, "-o", str(tmp_path / "once.tif")]) == 0
     once = tifffile.imread(tmp_path / "once.tif")
     assert once.max() > 0
+    # ids restart in every slice: the objects are counted slice by slice
+    per_slice = sum(len(np.unique(s)) - 1 for s in once)
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["objects"] == per_slice > len(np.unique(once)) - 1
     real_put, puts = SliceStore.put, []
 
     def put_then_stop(self, index, labels, digests):

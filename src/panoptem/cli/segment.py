@@ -102,7 +102,7 @@ def segment2d_cmd(
         written = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs,
                                origin=origin if written_vs is not None else None)
         _report(labels, params.label_divisor, written, preview,
-                pixel_note(model, params, vs, 2, given_by=given_by))
+                pixel_note(model, params, vs, 2, given_by=given_by), per_slice=batch and not unique_ids)
         if kept is not None:
             shutil.rmtree(kept, ignore_errors=True)
         from .._atomic import drop_resume_state
@@ -155,16 +155,17 @@ def neighbour_spacing(card, plan, planes) -> str | None:
             "serial sections a single-plane model such as MitoLite_v1 may still suit the data better.")
 
 
-def _report(labels, divisor, out, preview=None, pixels=None):
+def _report(labels, divisor, out, preview=None, pixels=None, per_slice: bool = False):
+    """Print the run's JSON summary; ``per_slice``: ids restart in every slice (a --batch stack),
+    so its objects are counted slice by slice."""
     import fastremap
     import numpy as np
     # slice by slice: the labels may be read lazily from disk
     parts = [fastremap.unique(np.asarray(labels[z])) for z in range(labels.shape[0])] if labels.ndim == 3 else \
         [fastremap.unique(np.asarray(labels))]
-    ids = np.unique(np.concatenate(parts))
-    ids = ids[ids > 0]
+    n = sum(int((p > 0).sum()) for p in parts) if per_slice else int((np.unique(np.concatenate(parts)) > 0).sum())
     from ..io import read_image
-    rec = {"output": str(out), "objects": int(ids.size), "shape": list(labels.shape),
+    rec = {"output": str(out), "objects": n, "shape": list(labels.shape),
            "dtype": str(read_image(out).data.dtype)}  # as written
     if preview is not None:
         rec["preview"] = str(preview)

@@ -113,7 +113,8 @@ def _summary(result: dict) -> str:
 @with_params(FinetuneParams)
 def finetune_cmd(
     model: str = typer.Argument(..., help="Model to fine-tune (name or card path; a panoptem model)."),
-    train_dir: Path = typer.Option(..., "--train-dir", help="Dataset folder: images/ and masks/ of the same names."),
+    train_dir: List[Path] = typer.Option(..., "--train-dir", help="Dataset folder: images/ and masks/ of the same "
+                                         "names; repeat for several."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Dataset folder to score on before, during "
                                            "and after (default: --val-fraction of the training patches, held "
                                            "out from training)."),

@@ -291,7 +291,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     ----------
     model_name : registered name or card path of a panoptem (state-dict) model.
     train_dir : dataset folder (``images/`` + ``masks/``, see
-        :func:`~panoptem.training.dataset.store_dataset`), or a root of several.
+        :func:`~panoptem.training.dataset.store_dataset`), a root of several, or a list of them.
     val_dir : dataset folder to score on (then every patch of ``train_dir`` is trained on).
     name : name of the new model.
     iterations : optimiser steps, each on ``min(batch_size, n_patches)``
@@ -348,7 +348,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     dev = pick_device(device)
     base = load_model(model_name, device=dev)
     context = card.context_slices  # a model that sees neighbours trains on flipbook patches' planes around each
-    data = DatasetFolders([train_dir], card.classes, card.label_divisor, gamma, card.normalization, context=context)
+    dirs = [train_dir] if isinstance(train_dir, (str, Path)) else list(train_dir)
+    data = DatasetFolders(dirs, card.classes, card.label_divisor, gamma, card.normalization, context=context)
     train_data, val, where, held = _validation(val_dir, data, opts.val_fraction, seed, gamma, context)
     replay_dirs = [replay] if isinstance(replay, (str, Path)) else list(replay or [])
     source = train_data
@@ -396,9 +397,9 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     # name, which resumes it only when it is the same run
     from .._atomic import work_folder
     from .train import claim_run
-    run = {"base_model": model_name, "train_dir": _where(train_dir), "val_dir": _where(val_dir), "layers": layers,
-           "gamma": gamma, "val_fraction": opts.val_fraction, "replay": [_where(r) for r in replay_dirs],
-           "replay_ratio": opts.replay_ratio if replay_dirs else None}
+    run = {"base_model": model_name, "train_dir": [_where(d) for d in dirs], "val_dir": _where(val_dir),
+           "layers": layers, "gamma": gamma, "val_fraction": opts.val_fraction,
+           "replay": [_where(r) for r in replay_dirs], "replay_ratio": opts.replay_ratio if replay_dirs else None}
     restart = f"pass --restart (resume=False in Python) to start afresh, or choose another --name than '{name}'"
     # before its scores are read; a restarted run scores afresh
     claim_run(work_folder(stage, "checkpoints and weights"), cfg, run, resume, restart,
@@ -428,14 +429,15 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     if after is not None:
         log(f"after: {scores_line(after)} ({where}; step {best['step']})")
     new_card = card.model_copy(deep=True)
-    new_card.description = (f"{card.name} fine-tuned on {len(train_data)} patch(es) from {Path(train_dir).name} "
+    new_card.description = (f"{card.name} fine-tuned on {len(train_data)} patch(es) from "
+                            f"{', '.join(Path(d).name for d in dirs)} "
                             f"({iterations} iterations, finetunable layers: {layers}).\n"
                             f"Base model: {card.description.strip()}").strip()
     new_card.architecture = cfg.architecture
     new_card.validation = {"evaluated_on": where or "nothing (too few patches to hold out)",
                            "before": before, "after": after, "kept_step": best["step"],
                            "scored_steps": [h["step"] for h in history]}
-    new_card.training = {"base_model": card.name, "train_dirs": [str(train_dir)], "n_patches": len(train_data),
+    new_card.training = {"base_model": card.name, "train_dirs": [str(d) for d in dirs], "n_patches": len(train_data),
                          "held_out": held, "iterations": int(iterations), "layers": layers, "lr": lr,
                          "patch_size": patch_size, "batch_size": cfg.batch_size,
                          "replay_dirs": [str(d) for d in replay_dirs],
