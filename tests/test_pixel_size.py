@@ -693,3 +693,32 @@ def test_averaged_planes_keep_the_dtype_a_model_divides_by(tmp_path):
     two, three = tifffile.imread(tmp_path / "p.tif") > 0, tifffile.imread(tmp_path / "s.tif")[:, 32] > 0
     assert three.sum() > 100
     np.testing.assert_array_equal(two, three)
+
+
+def test_a_plane_tested_in_2d_is_scaled_as_the_3d_run_scales_it(tmp_path):
+    """segment2d --plane scales the plane with the volume's intensity range, as the 3D stack scales
+    every plane (its own percentiles differed from the stack's on a yz plane of the sample)."""
+    import tifffile
+    from typer.testing import CliRunner
+
+    import panoptem
+    from panoptem.cli import app
+    v = panoptem.load_sample()[:, 100:260, 100:260]
+    v[:, :, :40] = np.clip(v[:, :, :40].astype(int) + 60, 0, 255)  # planes brighter than the volume's average
+    tifffile.imwrite(tmp_path / "v.tif", v)
+    run = CliRunner().invoke
+    r = run(app, ["segment3d", str(tmp_path / "v.tif"), "-o", str(tmp_path / "s.tif"), "--inference-plane", "yz",
+                  "--median-slices", "1", "--min-size", "0", "--min-extent", "1", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    three = tifffile.imread(tmp_path / "s.tif") > 0
+    checked = 0
+    fg = three.sum(axis=(0, 1))
+    bright = int(np.argmax(fg[:40])), 40 + int(np.argmax(fg[40:]))  # one in the brightened planes, one not
+    for x in bright:
+        r = run(app, ["segment2d", str(tmp_path / "v.tif"), "-o", str(tmp_path / f"p{x}.tif"), "--plane", "yz",
+                      "--slice", str(x), "--min-piece-area", "0", "--threads", "1"])
+        assert r.exit_code == 0, r.output
+        two = tifffile.imread(tmp_path / f"p{x}.tif") > 0
+        assert np.count_nonzero(two != three[:, :, x]) <= 0.01 * max(np.count_nonzero(three[:, :, x]), 100), x
+        checked += np.count_nonzero(three[:, :, x])
+    assert checked > 200

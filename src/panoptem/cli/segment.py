@@ -48,7 +48,7 @@ def segment2d_cmd(
     if chose_plane and (data.ndim == 2 or batch):  # nothing to choose: say so rather than ignore them
         why = "the input is one 2D image" if data.ndim == 2 else "--batch segments every xy slice"
         raise PanoptemError(f"--slice and --plane choose one plane of a volume, but {why}; drop them.")
-    neighbours, given_by = False, "file"
+    neighbours, given_by, intensity = False, "file", None
     if data.ndim == 3 and not batch:
         ax = PLANE_AXIS.get(plane)
         if ax is None:
@@ -58,6 +58,8 @@ def segment2d_cmd(
         from ..models.home import get_card
         card = get_card(model)
         k = card.context_slices  # the neighbours along the plane's axis a model sees, if any
+        from ..inference.engine import card_intensity
+        intensity = card_intensity(card, data)  # the volume's, as the 3D run scales the plane
         step = neighbour_step(card, params, vs, plane)
         # an xz / yz slice as the 3D stack gives it to the network: the mean of its group of slices
         data = take_plane(data, idx, plane, neighbours=k, step=step, stride=stack_step(card, params, vs, plane))
@@ -88,7 +90,7 @@ def segment2d_cmd(
             labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
                                 runtime=runtime, precision=precision, threads=threads,
                                 preview=preview, voxel_size=vs, overwrite=overwrite, with_neighbours=neighbours,
-                                source_dtype=img.data.dtype, resume_dir=kept,
+                                intensity=intensity, resume_dir=kept,
                                 **params.model_dump())
         except PanoptemError:  # refused (a bad input, options...): nothing left behind; interrupted: kept
             if kept is not None and not earlier:

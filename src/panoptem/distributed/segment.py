@@ -322,7 +322,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     msource, mask_stamp = _open_mask(mask, vol.shape) if mask is not None else (None, None)
     from .._atomic import exclusive_output, move_into_place
     with exclusive_output(out):
-        intensity = _intensity(card, vol)
+        from ..inference.engine import card_intensity
+        intensity = card_intensity(card, vol)
         work = out.parent / f".{out.name}.blockwise"
         net_key = {"model": card.name, "weights": card.weights.sha256 or card.weights.file,
                    "downsampling": p.downsampling, "plane": p.inference_plane, "orthoplane": p.orthoplane,
@@ -510,14 +511,6 @@ def _halo_task(job_grid, index):
     from ._stitch import halo_matches
     job, grid = job_grid
     return halo_matches(job, grid, index)
-
-
-def _intensity(card, vol) -> tuple[float, float]:
-    from ..inference.preprocess import dtype_range, intensity_range
-    n = card.normalization
-    if n.mode == "dtype_max":
-        return dtype_range(vol)
-    return intensity_range(vol, low_pct=n.low_pct, high_pct=n.high_pct)
 
 
 def _prepare_work(work: Path, run_key: dict, array_source: bool) -> None:

@@ -29,6 +29,15 @@ class Prepared:
         return self.planes
 
 
+def card_intensity(card, image) -> tuple[float, float]:
+    """The (low, high) intensities a model with ``card`` maps to 0..1 for ``image`` (a plane, or a
+    volume: one range for all its planes, sampled): its dtype's range, or its percentiles."""
+    n = card.normalization
+    if n.mode == "dtype_max":
+        return dtype_range(image)
+    return intensity_range(image, low_pct=n.low_pct, high_pct=n.high_pct)
+
+
 class Predictor:
     """Runs one model on 2D planes, whole or in overlapping tiles.
 
@@ -141,14 +150,9 @@ class Predictor:
         """Tile origins lie on this grid (pixels): the network's padding factor at the downsampling."""
         return max(self.card.padding_factor, STRIDE) * self.downsampling
 
-    def intensity(self, image, dtype=None) -> tuple[float, float]:
-        """The intensity range used to normalise ``image`` (plane or volume); ``dtype``: that of
-        the data ``image`` was computed from, where it differs (planes averaged into float32),
-        for a normalisation by the dtype's maximum."""
-        n = self.card.normalization
-        if n.mode == "dtype_max":
-            return dtype_range(image if dtype is None else np.empty(0, dtype))
-        return intensity_range(image, low_pct=n.low_pct, high_pct=n.high_pct)
+    def intensity(self, image) -> tuple[float, float]:
+        """The intensity range used to normalise ``image`` (plane or volume), see :func:`card_intensity`."""
+        return card_intensity(self.card, image)
 
     @property
     def network(self):

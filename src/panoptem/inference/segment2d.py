@@ -223,7 +223,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
                batch: bool = False, unique_ids: bool = False, device: str = "auto", batch_size: int = 4,
                runtime: str = "auto", precision: str = "auto", threads: int | None = None,
                return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
-               overwrite: bool = False, with_neighbours: bool = False, source_dtype=None, resume_dir=None,
+               overwrite: bool = False, with_neighbours: bool = False, intensity=None, resume_dir=None,
                **overrides) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
@@ -253,9 +253,10 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         :func:`take_plane` gives them, for a model that sees k neighbours on each side (card
         ``context_slices``); the labels are the middle plane's. Without it, such a model sees
         each image alone (every channel the image itself).
-    source_dtype : the dtype of the data ``image`` was taken from, where it differs
-        (:func:`take_plane` averages planes into float32): a model that normalises by the dtype's
-        maximum (card ``normalization.mode: dtype_max``) divides by that one's, as a 3D run does.
+    intensity : (low, high) to scale every image with instead of its own range: for a plane of a
+        volume, the volume's (:func:`~.engine.card_intensity` of it), as a 3D run scales every
+        plane, so that a parameter test sees what the 3D run will (planes :func:`take_plane`
+        averages into float32 keep the volume's dtype range too).
     resume_dir : a folder where each slice's labels are kept as they are made, with the hash of
         its input (:class:`~.slice_store.SliceStore`): a later call with the same folder, model
         and parameters takes the slices done from there, so an interrupted run resumes. The
@@ -331,13 +332,13 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         store = SliceStore(resume_dir, {"card": pred.card.model_dump(mode="json"), "weights": _weights_id(pred.card),
                                         "params": p.model_dump(), "runtime": pred.runtime,
                                         "precision": pred.precision, "voxel_size": voxel_size,
-                                        "source_dtype": source_dtype, "with_neighbours": stack is not None},
+                                        "intensity": intensity, "with_neighbours": stack is not None},
                            (len(planes), *planes.shape[-2:]))
     # a store holds the labels on disk (all of them come back to number them across the stack)
     held = planes.shape if store is None or unique_ids else (min(batch_size, len(planes)), *planes.shape[1:])
     _check_memory(held, np.dtype(image.dtype).itemsize, batch_size)
     with torch_threads(host_threads(pred.runtime, pred.model.device, threads)):
-        labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress, source_dtype,
+        labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress, intensity,
                                          store)
     if store is not None:
         labels = store.labels
@@ -379,7 +380,7 @@ def _objects(labels: np.ndarray) -> int:
 
 
 def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, return_outputs: bool,
-            progress: bool, source_dtype=None, store=None) -> tuple[list, list, list]:
+            progress: bool, intensity=None, store=None) -> tuple[list, list, list]:
     """Labels, centres and (with ``return_outputs``) probabilities of every plane; with a
     :class:`~.slice_store.SliceStore`, the labels go there (slices it holds from the same input
     are skipped) and none are returned."""
@@ -398,8 +399,8 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
             if not todo:
                 continue
             chunk, digests = chunk[todo], digests[todo]
-        # each slice is its own image: its own intensity range
-        rng = np.array([pred.intensity(sl, source_dtype) for sl in chunk])
+        # each slice is its own image, with its own intensity range, unless one is given
+        rng = np.array([intensity if intensity is not None else pred.intensity(sl) for sl in chunk], np.float64)
         if tile and max(chunk.shape[-2:]) > tile:
             # bounded memory, decoded per tile (the same labels whether or not the outputs are kept)
             kept: list | None = [] if return_outputs else None

@@ -210,17 +210,18 @@ def _labels_layer(data, **kw):
 
 
 def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, plane_shape, mask, new_layer,
-            voxel_size=None, quantized: bool = False, source_dtype=None):
+            voxel_size=None, quantized: bool = False, volume=None):
     """Segment, place the result in its plane, count objects, and build the layer (worker thread);
-    ``source_dtype``: the layer's (a plane averaged from its planes is float)."""
+    ``volume``: the layer's data a plane was taken from, scaled with its range, as the 3D run."""
+    from ..inference.engine import card_intensity
     from ..inference.segment2d import segment_2d
     array = np.asarray(array)
     lm = cached_model(model, device)
     # a plane of a volume given with its neighbours (a model that sees them): (2k + 1, H, W)
     precision = precision_for(lm, quantized)
     res = segment_2d(array, lm, batch=batch, voxel_size=voxel_size, precision=precision,
-                     return_outputs=True, with_neighbours=not batch and array.ndim == 3, source_dtype=source_dtype,
-                     **params.model_dump())
+                     return_outputs=True, with_neighbours=not batch and array.ndim == 3,
+                     intensity=None if volume is None else card_intensity(lm.card, volume), **params.model_dump())
     labels = res.labels
     if batch:
         data, n = labels, count_objects(labels, per_slice=True)
@@ -382,7 +383,7 @@ class Inference2DWidget(_InferenceBase):
                                  + (f" into '{out.name}'" if target is not None else "") + f"; {pixels}.")
 
         self._start(_run_2d, show, array, model, self.device.value, params, batch, box, plane_shape, mask,
-                    new_layer, vs, self.quantized.value, data.dtype)
+                    new_layer, vs, self.quantized.value, data if data.ndim == 3 and not batch else None)
 
 
 class _Progress(QObject):
