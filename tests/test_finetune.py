@@ -586,3 +586,6 @@ def test_finetune_takes_every_train_dir_given(home, tmp_path, tiny_card, capsys)
     capsys.readouterr()
     t = get_card("ab").training
     assert t["train_dirs"] == [str(a), str(b)] and t["n_patches"] + len(t["held_out"]) == 5
+    # a folder given twice, or also inside a root given, is taken once: none held out is trained on
+    from panoptem.training.dataset import dataset_folders
+    assert dataset_folders([a, a, tmp_path]) == [a, b]

@@ -355,3 +355,10 @@ def test_tiles_overlap_by_the_networks_reach_so_no_object_is_found_twice_at_a_se
         whole = panoptem.segment_2d(vol[z], threads=1)
         tiled = panoptem.segment_2d(vol[z], tile_size=192, threads=1)
         assert panoptem.evaluate(tiled, whole)["f1_50"] == 1.0, z
+
+
+@pytest.mark.parametrize("bad", [5, (1, 2, 3), (200.0, 10.0), (0, float("nan"))])
+def test_an_intensity_range_that_is_not_one_is_refused(bad):
+    import panoptem
+    with pytest.raises(PanoptemError, match="intensity must be"):
+        panoptem.segment_2d(panoptem.load_sample()[0], intensity=bad)

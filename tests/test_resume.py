@@ -130,3 +130,11 @@ def test_an_output_made_drops_what_other_engines_kept_to_make_it(tmp_path):
     panoptem.segment_3d(vol, dark_blob_model(), output=out, keep_cache=True, min_size=0, min_extent=1)
     assert out.exists() and kept[".panoptem-cache"].is_dir()
     assert not kept[".blockwise"].exists() and not kept[".panoptem-slices"].exists()
+    # another engine writing the output leaves a cache kept on purpose
+    from panoptem._atomic import drop_resume_state, leftovers
+    drop_resume_state(out, "2d")
+    assert kept[".panoptem-cache"].is_dir()
+    # a killed run's leftovers are this output's, not those of an output whose name begins alike
+    for name in (".o.tif.ab12cd34.part", ".o.tif.v2.tif.ab12cd34.part", ".o.tif.k3j_x9qz.old", ".o.tif.work"):
+        (tmp_path / name).touch()
+    assert [p.name for p in leftovers(out)] == [".o.tif.ab12cd34.part", ".o.tif.k3j_x9qz.old", ".o.tif.work"]

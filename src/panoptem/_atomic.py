@@ -4,8 +4,8 @@ complete, so a crash never leaves a half-written output); and one writer per
 output at a time, which removes what killed writers left."""
 from __future__ import annotations
 
-import glob
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -137,22 +137,28 @@ def leftovers(target: str | Path) -> list[Path]:
     d, n = t.parent, t.name
     if not d.is_dir():
         return []
-    n = glob.escape(n)
-    return sorted([*d.glob(f".{n}.*.part"), *d.glob(f".{n}.*.old"), *d.glob(f".{n}.work")])
+    # the <id> of 8 characters that writers give them: not the files of another output whose name
+    # begins with this one's (mito.tif.v2.tif beside mito.tif)
+    mine = re.compile(rf"\.{re.escape(n)}\.(?:[A-Za-z0-9_]{{8}}\.(?:part|old)|work)")
+    return sorted(p for p in d.iterdir() if mine.fullmatch(p.name))
 
 
 #: the folders beside an output in which each engine keeps what an interrupted run resumes from:
 #: a whole-volume 3D run's network outputs, a blockwise run's work, a 2D stack's slices
 RESUME_STATE = {"3d": ".panoptem-cache", "blockwise": ".blockwise", "2d": ".panoptem-slices"}
+#: a file in such a folder that a finished run kept on purpose (--keep-cache): it stays
+KEPT = "kept"
 
 
 def drop_resume_state(target: str | Path, keep: str) -> None:
     """After a run of engine ``keep`` (a key of :data:`RESUME_STATE`) wrote ``target``, remove what
-    killed runs of the other engines left beside it to resume from: that output is made now."""
+    killed runs of the other engines left beside it to resume from: that output is made now.
+    A folder a finished run kept on purpose (holding :data:`KEPT`) stays."""
     t = Path(target).expanduser().absolute()
     for engine, suffix in RESUME_STATE.items():
-        if engine != keep:
-            _remove(t.parent / f".{t.name}{suffix}")
+        folder = t.parent / f".{t.name}{suffix}"
+        if engine != keep and not (folder / KEPT).exists():
+            _remove(folder)
 
 
 def _remove(p: Path) -> None:

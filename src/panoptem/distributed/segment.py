@@ -456,9 +456,11 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             written.append({"output": str(Path(output).with_name(path.name)),  # as given, as whole-volume runs
                             "class": c.name, "objects": objects[c.name],
                             "shape": list(vol.shape), "dtype": str(labels[c.name].dtype)})
+        from .._atomic import KEPT, drop_resume_state
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
-        from .._atomic import drop_resume_state
+        else:  # kept on purpose: another engine writing this output leaves it
+            (work / KEPT).touch()
         drop_resume_state(out, "blockwise")  # the folders are named after the output as given
     timings["total_s"] = time.perf_counter() - t_all
     skipped = sum(1 for s in summaries if s.get("skipped"))

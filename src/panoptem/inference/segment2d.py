@@ -285,6 +285,14 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     True
     """
     p = params_with(Params2D, params, **overrides)
+    if intensity is not None:
+        try:
+            lo, hi = (float(v) for v in intensity)
+        except (TypeError, ValueError):
+            lo = hi = float("nan")
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+            raise PanoptemError(f"intensity must be (low, high): two numbers, low first, not {intensity!r}.")
+        intensity = (lo, hi)
     image = np.asarray(image) if not hasattr(image, "ndim") else image
     stack = None
     if with_neighbours:  # one plane with its neighbours: the labels are the middle plane's

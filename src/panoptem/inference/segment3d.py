@@ -702,9 +702,11 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
                                inputs=inputs, overlap=overlap, origin=origin)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        from .._atomic import KEPT, drop_resume_state
         if own_cache and not keep_cache:
             shutil.rmtree(cache_dir, ignore_errors=True)
-        from .._atomic import drop_resume_state
+        elif own_cache:  # kept on purpose: another engine writing this output leaves it
+            (Path(cache_dir) / KEPT).touch()
         drop_resume_state(out, "3d")  # the folders are named after the output as given
     return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
 

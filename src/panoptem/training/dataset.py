@@ -370,7 +370,9 @@ def _with_flipbook(root: Path, name: str, image: np.ndarray, provenance: dict | 
 
 def dataset_folders(paths: Iterable[str | Path]) -> list[Path]:
     """Dataset folders under ``paths``: a folder with images/ is one; a folder
-    without it stands for its sub-folders that have one (empanada's layout)."""
+    without it stands for its sub-folders that have one (empanada's layout). A folder reached
+    twice (given twice, or also inside a root given) is taken once: its patches are not doubled,
+    and one held out is never also trained on."""
     out = []
     for p in paths:
         p = Path(p)
@@ -382,7 +384,8 @@ def dataset_folders(paths: Iterable[str | Path]) -> list[Path]:
             raise PanoptemError(f"{p} is not a dataset folder: it holds no images/ folder (nor sub-folders with "
                                 "one); create it with `panoptem patches` or store_dataset.")
         out += subs
-    return out
+    seen: set[Path] = set()
+    return [f for f in out if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
 # ---------------------------------------------------------------- sampling
