@@ -318,9 +318,9 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
         raise
     except BaseException as e:
         if _scheduler_lost(client, e):  # nothing to stop: the scheduler and its tasks are gone
-            raise PanoptemError(f"The Dask scheduler was lost during the {desc} pass ({type(e).__name__}: "
-                                f"{str(e)[:120]}); check that it is running (and reachable), then run the same "
-                                "command again: a segmentation resumes from its finished blocks.") from None
+            raise PanoptemError(f"The Dask scheduler was lost during the {desc} pass ({type(e).__name__}); check "
+                                "that it is running (and reachable), then run the same command again: a "
+                                "segmentation resumes from its finished blocks.") from None
         _stop(client, futures)
         raise
     finally:
