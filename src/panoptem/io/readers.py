@@ -46,8 +46,8 @@ class ImageData:
     notes : what the reader assumed where the file left it open (e.g. planes that
         the file marks as colour planes, read as slices); the command line prints them.
     origin : nm position of the first voxel, one entry per axis of ``data`` (an OME-Zarr
-        level's translation, or a Zarr array's ``offset`` attribute); None when the file does
-        not say or the voxel size is unknown. Outputs on the same grid carry it (OME-Zarr).
+        level's translation, or a Zarr or HDF5 array's ``offset`` attribute); None when the file
+        does not say or the voxel size is unknown. Outputs on the same grid carry it (OME-Zarr).
     """
 
     data: object
