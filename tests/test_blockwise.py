@@ -921,6 +921,12 @@ def test_a_scheduler_that_never_answers_or_is_lost_is_one_error(monkeypatch, tmp
         segment_blockwise(np.full((4, 64, 64), 100, np.uint8), dark_blob_model(), out, scheduler=address)
     assert not any(p.name.startswith(".o.zarr.blockwise") for p in tmp_path.iterdir())
     srv.close()
+    # the client left waiting is not the process's default: later dask computations run as before
+    import dask
+    import dask.array as da
+    from distributed.client import _get_global_client
+    assert _get_global_client() is None and dask.config.get("scheduler", None) != "dask.distributed"
+    assert int(da.ones(8, chunks=4).sum().compute()) == 8
 
     class Client:
         def __init__(self, status):

@@ -210,7 +210,9 @@ def _connect(scheduler: str):
 
     def connect():
         try:
-            made["client"] = Client(scheduler, timeout="20s")
+            # not the process's default client: one left half-made (no answer) would take every later
+            # dask computation of the process, and hang it
+            made["client"] = Client(scheduler, timeout="20s", set_as_default=False)
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             made["error"] = e
     t = threading.Thread(target=connect, name="panoptem-connect", daemon=True)
