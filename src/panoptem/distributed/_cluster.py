@@ -215,7 +215,7 @@ def _connect(scheduler: str):
             made["client"] = Client(scheduler, timeout="20s", set_as_default=False)
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             made["error"] = e
-    t = threading.Thread(target=connect, name="panoptem-connect", daemon=True)
+    t = threading.Thread(target=connect, name="scheduler-connect", daemon=True)  # may outlive the call
     t.start()
     t.join(CONNECT_S)
     error = made.get("error")
