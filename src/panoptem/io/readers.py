@@ -623,18 +623,29 @@ def _nearest_level(ms, target: float) -> tuple[dict, str | None]:
                   f"{target:.3g} nm; pass --key to read another level")
 
 
-def _level_sizes(p: Path) -> list[float | None] | None:
-    """Voxel sizes of the array folder ``p`` when its parent is an OME-Zarr multiscale listing it."""
+def _level_entry(parent, name: str) -> tuple[dict, dict] | None:
+    """``(multiscale, dataset)`` of the OME-Zarr multiscale in group ``parent`` that lists the
+    array ``name`` as one of its levels; None where none does (or ``parent`` is None)."""
+    for ms in (_meta.ngff_multiscales(parent.attrs) or []) if parent is not None else []:
+        for ds in ms.get("datasets", []) if isinstance(ms, dict) else []:
+            if isinstance(ds, dict) and ds.get("path") == name:
+                return ms, ds
+    return None
+
+
+def _parent_group(p: Path):
+    """The zarr group in the folder above ``p``, or None (a plain array)."""
     import zarr
     try:
-        parent = zarr.open_group(str(p.parent), mode="r")
+        return zarr.open_group(str(p.parent), mode="r")
     except Exception:  # noqa: BLE001 - no group above: a plain array
         return None
-    for ms in _meta.ngff_multiscales(parent.attrs) or []:
-        for ds in ms.get("datasets", []) if isinstance(ms, dict) else []:
-            if isinstance(ds, dict) and ds.get("path") == p.name:
-                return _meta.ngff_sizes(ms, ds)
-    return None
+
+
+def _level_sizes(p: Path) -> list[float | None] | None:
+    """Voxel sizes of the array folder ``p`` when its parent is an OME-Zarr multiscale listing it."""
+    entry = _level_entry(_parent_group(p), p.name)
+    return None if entry is None else _meta.ngff_sizes(*entry)
 
 
 def _resolve_zarr(p: Path, root, key: str | None, pixel_size_nm: float | None = None):
@@ -654,11 +665,10 @@ def _resolve_zarr(p: Path, root, key: str | None, pixel_size_nm: float | None = 
         # an array that is one level of an OME-Zarr multiscale keeps that level's scale
         parent_path, _, name = prefix.rpartition("/")
         parent = root[parent_path] if parent_path else root
-        if isinstance(node, zarr.Array) and isinstance(parent, zarr.Group):
-            for ms in _meta.ngff_multiscales(parent.attrs) or []:
-                for ds in ms.get("datasets", []):
-                    if ds.get("path") == name:
-                        return prefix, node, _meta.ngff_sizes(ms, ds), None
+        entry = _level_entry(parent, name) if isinstance(node, zarr.Array) and isinstance(parent, zarr.Group) \
+            else None
+        if entry is not None:
+            return prefix, node, _meta.ngff_sizes(*entry), None
     if isinstance(node, zarr.Array):
         if not key:  # the folder of one level of an OME-Zarr pyramid keeps that level's scale
             sizes = _level_sizes(p)
@@ -694,16 +704,9 @@ def _zarr_origin(p: Path, key: str | None) -> tuple[float, ...] | None:
         if key:
             parent, arr = (arr[parent_path] if parent_path else arr), arr[key]
         else:  # the folder of one level of a pyramid: its parent folder holds the multiscale
-            parent, name = zarr.open_group(str(p.parent), mode="r"), p.name
-    except Exception:  # noqa: BLE001 - no group above a plain array
-        parent = None
-    try:
-        origin = None
-        for ms in (_meta.ngff_multiscales(parent.attrs) or []) if parent is not None else []:
-            for ds in ms.get("datasets", []) if isinstance(ms, dict) else []:
-                if isinstance(ds, dict) and ds.get("path") == name:
-                    origin = _meta.ngff_origin(ms, ds)  # None for axes that are not space (a channel)
-                    break
+            parent, name = _parent_group(p), p.name
+        entry = _level_entry(parent, name)
+        origin = _meta.ngff_origin(*entry) if entry is not None else None  # None for axes not space (a channel)
         origin = origin if origin is not None else _meta.attrs_origin(arr.attrs, arr.ndim)
         return _kept(origin, arr.shape)
     except Exception:  # noqa: BLE001 - metadata that cannot be read says nothing of the position

@@ -442,6 +442,7 @@ class TrainingData:
         self.images, self.masks, self.divisors, self.names = [], [], [], []
         self._ranges, self._codes, self._code_div = [], [], []
         self._dark: dict[int, np.ndarray] = {}  # hard-negative centres per image, found when first asked
+        self._pad: dict[int, np.ndarray | None] = {}  # padding per image, found when first drawn
         counts, where = [], []
         for source, imgs, msks, div, item_names in sources:
             if len(ids) > 1 and not div:
@@ -514,7 +515,9 @@ class TrainingData:
         filled as :func:`~panoptem.inference.preprocess.normalize` fills them."""
         x = _unit(self.images[i], None, self._ranges[i])
         x[np.isnan(x)] = 0.5  # as normalize() fills them
-        pad = padding_mask(self.images[i])
+        if i not in self._pad:  # once per image, not per patch drawn
+            self._pad[i] = padding_mask(self.images[i])
+        pad = self._pad[i]
         return x if pad is None else np.where(pad, np.float32(mean), x)
 
     def batch(self, rng: np.random.Generator, cfg) -> tuple:
