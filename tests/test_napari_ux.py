@@ -229,7 +229,7 @@ def test_3d_groups_fold_and_postprocessing_matches_the_engine(viewer, qtbot, hom
     viewer.layers.remove("tubes-mitochondria-prediction")
     w.form["label_erosion"].value, w.form["label_dilation"].value = 1, 3
     w.form["fill_holes_in_segmentation"].native.click()
-    w.form["chunk_size"].value = 16
+    w.form["chunk_size"].value = "4,16,8"   # z,y,x, as empanada's box takes it
     w.zarr_dir.value = tmp_path
     run_and_wait(qtbot, w)
     out = np.asarray(viewer.layers["tubes-mitochondria-prediction"].data)
@@ -238,7 +238,7 @@ def test_3d_groups_fold_and_postprocessing_matches_the_engine(viewer, qtbot, hom
     assert np.array_equal(out, postprocess_labels(plain, 1, 3, True))      # the engine's morphology, exactly
     # the ortho-plane result, written to Zarr (it is not streamed) with the chunk size asked
     z = zarr.open_group(str(tmp_path / "tubes_darkblob.zarr"), mode="r")["0"]
-    assert z.chunks == (8, 16, 16) and np.array_equal(z[:], out)
+    assert z.chunks == (4, 16, 8) and np.array_equal(z[:], out)
 
 
 def test_2d_fill_holes_from_the_form(viewer, qtbot, home):

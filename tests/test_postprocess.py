@@ -124,7 +124,9 @@ def test_write_result_zarr_chunks(tmp_path):
     res = segment_3d(vol, dark_blob_model(), **P)
     write_result(res, tmp_path / "m.zarr", chunk_size=8)
     write_result(res, tmp_path / "d.zarr")
+    write_result(res, tmp_path / "a.zarr", chunk_size=(5, 30, 60))
     import zarr
+    assert zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["0"].chunks == (5, 30, 60)
     assert zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["0"].chunks == (8, 8, 8)
     assert zarr.open_group(str(tmp_path / "d.zarr"), mode="r")["0"].chunks == (20, 60, 60)
 
@@ -146,6 +148,18 @@ def test_cli_has_the_new_options(capsys, tmp_path, tiny_card):
                  "--label-erosion", "51"])
     out, err = capsys.readouterr()
     assert code == 2 and "label_erosion" in err
+    # per axis, as empanada's "a,b,c": a streamed xy run writes these chunks as they come
+    code = main(["segment3d", str(tmp_path / "v.tif"), "-o", str(tmp_path / "q.zarr"), "--model", str(tiny_card),
+                 "--min-size", "0", "--min-extent", "0", "--chunk-size", "2,32,16"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert zarr.open_group(str(tmp_path / "q.zarr"), mode="r")["0"].chunks == (2, 32, 16)
+    for bad in ("2,32", "0,32,16", "a,b,c", "-1"):
+        code = main(["segment3d", str(tmp_path / "v.tif"), "-o", str(tmp_path / "r.zarr"), "--model", str(tiny_card),
+                     "--chunk-size", bad])
+        out, err = capsys.readouterr()
+        assert code == 2 and "chunk" in err.lower() and "Traceback" not in err, (bad, err)
+        assert not (tmp_path / "r.zarr").exists()
     code = main(["segment2d", str(tmp_path / "v.tif"), "-o", str(tmp_path / "s.tif"), "--model", str(tiny_card),
                  "--fill-holes-in-segmentation"])
     out, err = capsys.readouterr()

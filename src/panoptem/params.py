@@ -148,9 +148,9 @@ class Params3D(PlaneParams):
     label_dilation: int = Field(0, ge=0, le=50, description="Dilate Labels, in voxels: every object grows by "
                                 "this many voxels into background, never into another object; applied after "
                                 "erosion.")
-    chunk_size: int = Field(0, ge=0, description="Zarr chunk size, in voxels per side of the chunks of a .zarr "
-                            "output (0: automatic, up to 32 x 256 x 256). Streamed runs hold one row of chunks "
-                            "(chunk x Y x X voxels) in memory.")
+    chunk_size: list[int] = Field([0], description="Zarr chunk size: voxels per side of the chunks of a .zarr "
+                                  "output, one number or three (z,y,x) (0: automatic, up to 32 x 256 x 256). "
+                                  "Streamed runs hold one row of chunks (chunk depth x Y x X voxels) in memory.")
 
     @field_validator("median_slices")
     @classmethod
@@ -159,12 +159,37 @@ class Params3D(PlaneParams):
             raise ValueError(f"Median Filter Size must be one of {MEDIAN_SIZES}")
         return v
 
+    @field_validator("chunk_size", mode="before")
+    @classmethod
+    def _chunk_text(cls, v):
+        """One number, "z,y,x" text (as empanada's box takes it) or a sequence."""
+        if isinstance(v, str):
+            try:
+                return [int(t) for t in v.replace(";", ",").split(",")]
+            except ValueError:
+                raise ValueError(f"Chunk size must be one whole number or three separated by commas, not '{v}'") from None
+        return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
-def zarr_chunks(chunk_size: int, shape) -> tuple[int, ...] | None:
-    """Chunk shape of a Zarr output for ``chunk_size`` voxels per side (None: the writer's default)."""
-    if not chunk_size:
+    @field_validator("chunk_size")
+    @classmethod
+    def _chunk_sides(cls, v: list[int]) -> list[int]:
+        if len(v) not in (1, 3) or min(v) < 0 or (len(v) == 3 and 0 in v and any(v)):
+            raise ValueError(f"Chunk size must be one number (0: automatic) or three positive ones (z,y,x), not {v}")
+        return [0] if not any(v) else v
+
+
+def zarr_chunks(chunk_size, shape) -> tuple[int, ...] | None:
+    """Chunk shape of a Zarr output of ``shape`` for ``chunk_size`` (one number for every side,
+    or one per axis; 0: None, the writer's default), clipped to the shape."""
+    sides = [chunk_size] if isinstance(chunk_size, int) else list(chunk_size)
+    if not any(sides):
         return None
-    return tuple(min(int(chunk_size), int(n)) for n in shape)
+    if len(sides) == 1:
+        sides = sides * len(shape)
+    elif len(sides) != len(shape):
+        raise PanoptemError(f"Chunk size {tuple(sides)} gives {len(sides)} sides for a {len(shape)}D output; "
+                            "give one number, or one per axis.")
+    return tuple(min(int(c), int(n)) for c, n in zip(sides, shape))
 
 
 # ---- training, fine-tuning and patches: every number checked where it enters (CLI, API, widgets)

@@ -38,7 +38,7 @@ from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
 from ..inference.preprocess import PAD_WINDOW
-from ..params import DOWNSAMPLING, Params3D, make_params
+from ..params import DOWNSAMPLING, Params3D, make_params, zarr_chunks
 from ._pass1 import (StackJob, _done, centre_block, centre_table, context_block, context_table, create_net_arrays,
                      decode_block, network_block)
 from ._source import VolumeSource
@@ -252,8 +252,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     if p.tta:
         raise PanoptemError("Test-time augmentation (tta) is not available in blockwise runs; run without it, "
                             "or on the whole volume.")
-    if p.chunk_size and chunks is None:
-        chunks = (p.chunk_size,) * 3
+    if any(p.chunk_size) and chunks is None:
+        chunks = zarr_chunks(p.chunk_size, (sys.maxsize,) * 3)
     if batch_size < 1:
         raise PanoptemError(f"Batch size must be 1 or more, not {batch_size}.")
     from ..inference.runtime import PRECISIONS, RUNTIMES, check_choice, network_threads
@@ -625,7 +625,7 @@ def _chunks(chunks, block_shape, shape) -> tuple[int, ...]:
     if chunks is None:
         return tuple(math.gcd(b, c) for b, c in zip(span, (64, 256, 256)))
     c = triple(chunks, "--chunks")
-    if any(b % k for b, k in zip(span, c)):
+    if any(b < n and b % k for b, n, k in zip(block_shape, shape, c)):  # an axis one block spans takes any
         raise PanoptemError(f"Output chunks {c} must divide the block shape {tuple(block_shape)} (along axes "
                             "the blocks split); give chunks that do, or another --block-shape.")
     return c
@@ -661,7 +661,8 @@ def _create_output(path: Path, shape, chunks, dtype, factors, block_shape) -> No
     total = [1, 1, 1]
     for i, (f, lshape) in enumerate(zip(factors, level_shapes(shape, factors)), start=1):
         total = [t * v for t, v in zip(total, f)]
-        create_level(g, i, lshape, [math.gcd(c, b // t) for c, b, t in zip(chunks, block_shape, total)], base)
+        create_level(g, i, lshape, [c if b >= n else math.gcd(c, b // t)  # an axis one block spans: as asked
+                                    for c, b, t, n in zip(chunks, block_shape, total, shape)], base)
 
 
 def _count(block_ids: list[np.ndarray], c) -> int:

@@ -11,7 +11,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -908,10 +908,10 @@ def _with_preview(res: Result3D, path, volume, voxel_size, card, p: Params3D) ->
 
 
 def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False, inputs=(),
-                 chunk_size: int = 0, origin=None) -> list[dict]:
+                 chunk_size: int | Sequence[int] = 0, origin=None) -> list[dict]:
     """Write a :class:`Result3D`: one volume for a single-class model at
     ``output``, else ``NAME_<class>.EXT`` per class; ``NAME_xy.EXT`` etc. for
-    returned stacks; Zarr chunks of ``chunk_size`` voxels per side (0: automatic).
+    returned stacks; Zarr chunks of ``chunk_size`` voxels per side, or per axis (0: automatic).
     Returns one summary dict per file written."""
     from ..io.writers import write_labels_together
     out = Path(output)

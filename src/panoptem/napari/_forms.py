@@ -12,6 +12,7 @@ from magicgui.widgets import (
     Container,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
     SpinBox,
 )
@@ -170,6 +171,8 @@ def field_widget(name: str, field, label: str):
         return ComboBox(choices=list(get_args(ann)), value=default, **kw)
     if ann is bool:
         return CheckBox(value=default, **kw)
+    if get_origin(ann) is list:  # numbers typed as on the command line: "16,256,256"
+        return LineEdit(value=",".join(map(str, default)), **kw)
     lo, hi = _bounds(field, 1 if ann is int else 10 ** -DECIMALS)
     if ann is int:
         return SpinBox(value=default, min=int(lo if lo is not None else 0),
@@ -207,6 +210,8 @@ class ParamsForm:
 
     def set_values(self, **values) -> None:
         for k, v in values.items():
+            if isinstance(self[k], LineEdit) and isinstance(v, (list, tuple)):
+                v = ",".join(map(str, v))
             self[k].value = 0.0 if v is None and isinstance(self[k], FloatSpinBox) else v
 
     def params(self):
