@@ -405,10 +405,13 @@ def test_a_cache_folder_that_would_write_over_the_users_files_is_one_line(capsys
     ("segment3d", ("--workers", "0"), "--workers must be from 1 to"),
     ("measure", ("--scheduler", "http://host:8786"), "not a Dask scheduler address"),
     ("measure", ("--workers", "-1"), "--workers must be from 1 to"),
+    ("segment3d", ("--workers", "2", "--scheduler", "tcp://127.0.0.1:1"), "Drop --workers"),  # was ignored
+    ("measure", ("--workers", "2", "--scheduler", "tcp://127.0.0.1:1"), "Drop --workers"),
 ])
 def test_blockwise_cluster_options_are_checked_before_any_work(capsys, space, tiny_card, command, args, word):
-    """A scheduler address Dask cannot parse (a ValueError traceback; '' ran locally) and a worker
-    count past 4 per core (it tried to start them all) are one line, and leave no work folder."""
+    """A scheduler address Dask cannot parse (a ValueError traceback; '' ran locally), a worker
+    count past 4 per core (it tried to start them all) and local workers asked for beside a
+    scheduler (ignored without a word) are one line, and leave no work folder."""
     inp, out = space
     volume(inp / "v.tif", (4, 64, 64), photometric="minisblack")
     tifffile.imwrite(inp / "l.tif", np.ones((4, 64, 64), np.uint16), photometric="minisblack")

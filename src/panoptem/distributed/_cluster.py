@@ -140,6 +140,20 @@ def check_scheduler(address: str) -> None:
                             "tcp://host:8786, as the scheduler prints it.") from None
 
 
+def check_cluster(n_workers: int | None, scheduler: str | None, client=None) -> None:
+    """One error, before any work, for a cluster asked for in two ways, a scheduler address
+    Dask cannot parse or a local worker count out of range."""
+    if n_workers is not None and (scheduler is not None or client is not None):
+        given = "--scheduler" if scheduler is not None else "a client"
+        raise PanoptemError(f"--workers starts local workers, but {given} was given: the blocks run on that "
+                            "cluster's own workers. Drop --workers (start more workers on the cluster instead), "
+                            "or drop --scheduler to run local workers.")
+    if scheduler is not None and client is not None:
+        raise PanoptemError("Give a scheduler address or a client, not both.")
+    if client is None:
+        check_scheduler(scheduler) if scheduler is not None else check_worker_count(n_workers)
+
+
 def check_worker_count(n_workers: int | None) -> None:
     """One error for a local worker count below 1 or far past the cores (before any work)."""
     if n_workers is None:

@@ -192,9 +192,10 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
     """
     from ..io import read_image
     from .._measure import _voxel_size
-    from ._cluster import check_not_bootstrapping
+    from ._cluster import check_cluster, check_not_bootstrapping
     from .blocks import triple
     check_not_bootstrapping()
+    check_cluster(n_workers, scheduler, client)
     if isinstance(labels, (str,)) or hasattr(labels, "__fspath__"):
         img = read_image(str(labels), key=key)
         src, shape, vs_file = VolumeSource(path=str(labels), key=key), img.shape, img.voxel_size

@@ -259,9 +259,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     from ..inference.runtime import PRECISIONS, RUNTIMES, check_choice, network_threads
     runtime, precision = check_choice("Runtime", runtime, RUNTIMES), check_choice("Precision", precision, PRECISIONS)
     threads = None if threads is None else network_threads(threads)
-    if client is None:  # before any work
-        from ._cluster import check_scheduler, check_worker_count
-        check_scheduler(scheduler) if scheduler is not None else check_worker_count(n_workers)
+    from ._cluster import check_cluster
+    check_cluster(n_workers, scheduler, client)  # before any work
     source, vol, vs, in_path, file_origin = _open_volume(volume, key)
     if cache_dir is not None:
         from ..inference.cache import check_cache_dir
