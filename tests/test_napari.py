@@ -722,6 +722,24 @@ def test_proofread_merge_plane_then_3d_with_undo(viewer, qtbot):
     assert np.array_equal(lab.data, np.where(data == 1, 2, data))
 
 
+def test_proofread_splits_every_marked_label(viewer, qtbot):
+    """Several marked labels are split in one edit (each by its own points), undone at once."""
+    from panoptem.napari._proofread import ProofreadWidget
+    one = rooms(1)[0]
+    data = np.concatenate([one, np.where(one == 1, 4, 0)], axis=1)  # label 4: the same house, to the right
+    lab = viewer.add_labels(data.copy(), name="houses")
+    w = dock(viewer, ProofreadWidget)
+    w.labels_layer.value = lab
+    w.points.value = viewer.add_points([[4, 3], [4, 12], [4, 23], [4, 32]], name="seeds")
+    w.use_points.value = True
+    click(qtbot, w, "split")
+    assert w.status.value.startswith("Split [1, 4]"), w.status.value
+    assert np.unique(lab.data).tolist() == [0, 2, 3, 5, 6, 7, 8]          # 1 -> 5, 6 and 4 -> 7, 8
+    assert lab.data[4, 3] == 5 and lab.data[4, 12] == 6 and lab.data[4, 23] == 7 and lab.data[4, 32] == 8
+    click(qtbot, w, "undo")
+    assert np.array_equal(lab.data, data)
+
+
 def test_proofread_delete_with_a_line_split_and_morph(viewer, qtbot):
     from panoptem.napari._proofread import ProofreadWidget
     data = rooms()
@@ -753,6 +771,15 @@ def test_proofread_delete_with_a_line_split_and_morph(viewer, qtbot):
     w.new_ids_start.value = 2                          # 2, 3 exist: refused, nothing changes
     click(qtbot, w, "split")
     assert "collide" in w.status.value and np.array_equal(lab.data, data)
+
+    # two marked labels, one of which cannot be split (the 1-voxel label 3): nothing is split
+    w.new_ids_start.value = 0
+    w.use_points.value = False
+    w.min_distance.value = 3
+    pts.data = [[2, 4, 3], [2, 8, 0]]
+    click(qtbot, w, "split")
+    assert "Nothing split" in w.status.value and "label 3" in w.status.value, w.status.value
+    assert np.array_equal(lab.data, data)
 
     # dilate label 3 (corner) in 3D: it grows into background only
     viewer.layers.remove(pts)

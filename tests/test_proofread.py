@@ -8,7 +8,7 @@ from panoptem import proofread
 from panoptem.errors import PanoptemError
 from panoptem.proofread import (count_labels, delete_labels, filter_labels, find_next_available_label,
                                 label_bbox, labels_at_points, labels_on_line, merge_labels, morph_label,
-                                split_label)
+                                split_label, split_labels)
 
 
 def two_rooms(dtype=np.uint32):
@@ -152,6 +152,42 @@ def test_split_2d_with_point_markers_gets_new_ids_after_the_max():
     e = split_label(a, 1, markers=[[4, 3], [4, 12], [0, 0]])   # third point is background: ignored
     assert np.array_equal(a, EXPECTED_SPLIT)
     e.undo(a)
+    assert np.array_equal(a, ref)
+
+
+def two_houses():
+    """two_rooms side by side: label 1 on the left, the same shape as label 2 on the right, 5 aside."""
+    a = np.zeros((9, 34), np.uint32)
+    a[:, :16] = two_rooms()
+    b = two_rooms()
+    a[:, 17:33] = np.where(b == 1, 2, 0)
+    return a
+
+
+def test_split_several_labels_at_once_as_each_alone():
+    """Two marked labels split in one edit: each exactly as split alone, the pieces' ids
+    following on from one label to the next (after the max, or from the start given)."""
+    a = two_houses()
+    ref = a.copy()
+    e = split_labels(a, [1, 2], markers=[[4, 3], [4, 12], [4, 20], [4, 29]])
+    assert np.array_equal(a[:, :16], EXPECTED_SPLIT)              # 1 -> 6, 7 (5 is the max)
+    right = np.where(EXPECTED_SPLIT[:, :15] == 6, 8, np.where(EXPECTED_SPLIT[:, :15] == 7, 9, 0))
+    assert np.array_equal(a[:, 17:32], right)                     # 2 -> 8, 9
+    e.undo(a)
+    assert np.array_equal(a, ref)
+    split_labels(a, [2, 1], min_distance=3, new_ids_start=100)  # the order given: 2 first
+    assert np.unique(a).tolist() == [0, 5, 100, 101, 102, 103]
+    assert set(np.unique(a[:, 17:]).tolist()) == {0, 100, 101}
+
+
+def test_split_several_is_all_or_nothing():
+    a = two_houses()
+    ref = a.copy()
+    with pytest.raises(PanoptemError, match="Nothing split: Found 1 seed.* label 2"):
+        split_labels(a, [1, 2], markers=[[4, 3], [4, 12], [4, 20]])   # one point in label 2
+    assert np.array_equal(a, ref)
+    with pytest.raises(PanoptemError, match="Label 9 is not in this layer"):
+        split_labels(a, [1, 9], min_distance=3)
     assert np.array_equal(a, ref)
 
 

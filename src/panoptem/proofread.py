@@ -359,6 +359,43 @@ def split_label(labels: np.ndarray, label_id: int, markers=None, min_distance: i
     return edit
 
 
+def split_labels(labels: np.ndarray, ids, markers=None, min_distance: int = 10,
+                 new_ids_start: int | None = None, label_divisor: int | None = None,
+                 plane: Plane | None = None) -> Edit:
+    """Split several labels at once, each as :func:`split_label` splits one, in place.
+
+    ``markers`` are grouped by the label they fall in (each label needs two or more);
+    with ``new_ids_start`` the pieces of the first label take ids from it, the next label's
+    follow on, and so on. All or nothing: where one label cannot be split, none is, and the
+    error names it."""
+    view = _view(labels, plane)
+    order = [_one_id(i, "The id to split") for i in np.atleast_1d(np.asarray(ids)).tolist()]
+    order = list(dict.fromkeys(order))  # each once, in the order given
+    if not order:
+        raise PanoptemError("Mark at least one label to split.")
+    boxes = []
+    for i in order:
+        box = _bbox(view == i)
+        if box is None:
+            raise PanoptemError(f"Label {i} is not in this {'plane' if plane else 'layer'}; "
+                                "put the point on the object you want to split.")
+        boxes.append(box)
+    union = tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(view.ndim))
+    edit = _make_edit(view, union, plane)
+    start = new_ids_start
+    try:
+        for i in order:
+            before = set(np.unique(view[union]).tolist())
+            split_label(labels, i, markers, min_distance, start, label_divisor, plane)
+            made = set(np.unique(view[union]).tolist()) - before
+            if start is not None:
+                start = max(made) + 1
+    except PanoptemError as e:
+        edit.undo(labels)
+        raise PanoptemError(f"Nothing split: {e}" if len(order) > 1 else str(e)) from None
+    return edit
+
+
 def _free_ids_of_class(used: np.ndarray, class_id: int, label_divisor: int, k: int, advice: str) -> list[int]:
     """``k`` ids of ``class_id`` not in ``used``: after its largest id, else in its gaps; where
     there are fewer, an error ending in ``advice``."""

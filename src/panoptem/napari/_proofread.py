@@ -110,7 +110,7 @@ class ProofreadWidget(Dock):
 
         tips = {"merge": "Give the marked labels one id (the selected label if marked, else the smallest).",
                 "delete": "Set the marked labels to background.",
-                "split": "Split the one marked label by a watershed.",
+                "split": "Split each marked label by a watershed (with points as markers: the points in each).",
                 "morph": "Apply the operation to the marked labels (or all).",
                 "filter": "Copy the layer without small (and border) labels into '<layer>-filtered'.",
                 "count": "Count the labels per class (and save the table if a file is given).",
@@ -309,8 +309,6 @@ class ProofreadWidget(Dock):
     def split(self) -> None:
         def prepare(layer, plane):
             ids = self._selected(layer, plane)
-            if ids.size != 1:
-                raise PanoptemError(f"Mark exactly one label to split (found {ids.size}: {ids.tolist()[:10]}).")
             markers = None
             if self.use_points.value:
                 if self.points.value is None:
@@ -319,7 +317,7 @@ class ProofreadWidget(Dock):
             kw = dict(markers=markers, min_distance=self.min_distance.value,
                       new_ids_start=self.new_ids_start.value or None, label_divisor=self.divisor.value or None,
                       plane=plane)
-            return (lambda d: pr.split_label(d, int(ids[0]), **kw)), f"{int(ids[0])}"
+            return (lambda d: pr.split_labels(d, ids, **kw)), f"{ids.tolist()[:10]}"
         self._edit(prepare, "Split")
 
     def morph(self) -> None:
