@@ -327,6 +327,31 @@ def test_count_exports_a_table_as_csv_and_xlsx(viewer, qtbot, tmp_path):
                     ["1", "1002", "8"]]
 
 
+
+def test_filter_and_count_each_slice_of_a_batch_stack(viewer, qtbot, tmp_path):
+    """A 2D batch stack (ids restart per slice): Filter and Count work on each slice on its own."""
+    from panoptem.napari._proofread import ProofreadWidget
+    from test_napari import click
+    from test_proofread import batch_stack
+    lab = viewer.add_labels(batch_stack(), name="batch")
+    w = dock(viewer, ProofreadWidget)
+    w.labels_layer.value = lab
+    w.each_slice.value = True
+    w.count_file.value = tmp_path / "per_slice.csv"
+    click(qtbot, w, "count")
+    assert w.status.value.startswith("Labels per class (over 2 slices): class 1: 3"), w.status.value
+    assert (tmp_path / "per_slice.csv").read_text().splitlines() == [
+        "slice,class_id,label,voxels", "0,1,1,4", "0,1,2,1", "1,1,1,1"]
+    w.min_size.value = 2
+    click(qtbot, w, "filter")
+    assert w.status.value.startswith("Removed 2 labels (over 2 slices)"), w.status.value
+    out = viewer.layers["batch-filtered"].data
+    assert out[0, 0, 1] == 1 and not out[1].any()
+    w.labels_layer.value = viewer.add_labels(batch_stack()[0], name="one")
+    click(qtbot, w, "count")
+    assert "needs a 3D stack" in w.status.value
+
+
 # ------------------------------------------------------------------ models: the card follows the picker
 
 def test_models_card_follows_the_picker_and_rows_are_named(viewer, qtbot, home, tmp_path):

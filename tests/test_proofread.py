@@ -6,7 +6,7 @@ import pytest
 
 from panoptem import proofread
 from panoptem.errors import PanoptemError
-from panoptem.proofread import (count_labels, delete_labels, filter_labels, find_next_available_label,
+from panoptem.proofread import (count_labels, count_table, delete_labels, filter_labels, find_next_available_label,
                                 label_bbox, labels_at_points, labels_on_line, merge_labels, morph_label,
                                 split_label, split_labels)
 
@@ -428,6 +428,36 @@ def test_filter_boundary_2d_and_3d_plane():
     assert np.array_equal(out, v)
     out = filter_labels(v, min_size=2, plane=(0, 1))
     assert np.array_equal(out[1], np.zeros((5, 5))) and out[2, 2, 2] == 7
+
+
+def batch_stack():
+    """Two 2D images whose ids restart (as 2D batch inference writes them): in slice 0 label 1
+    is 4 pixels and touches the border, label 2 is 1 pixel; in slice 1 label 1 is 1 pixel inside."""
+    v = np.zeros((2, 5, 5), np.uint16)
+    v[0, 0, 1:3] = v[0, 1, 1:3] = 1
+    v[0, 3, 3] = 2
+    v[1, 2, 2] = 1
+    return v
+
+
+def test_filter_and_count_each_slice_on_its_own():
+    """A stack of unrelated 2D images: sizes and borders per slice (in 3D label 1 would be 5
+    voxels and touch the volume's faces, and each id would count once)."""
+    v = batch_stack()
+    out, removed = filter_labels(v, min_size=2, per_slice=True, return_removed=True)
+    assert np.array_equal(out[0], np.where(v[0] == 1, 1, 0)) and not out[1].any()
+    assert removed.tolist() == [1, 2]                          # 2 in slice 0, 1 in slice 1
+    assert np.array_equal(filter_labels(v, min_size=2), np.where(v == 1, 1, 0))   # 3D: 1 has 5 voxels
+    out = filter_labels(v, boundary=True, per_slice=True)
+    assert out[0, 3, 3] == 2 and out[0, 0, 1] == 0 and out[1, 2, 2] == 1  # 3D: every face is z=0 or z=1
+    t = count_table(v, per_slice=True)
+    assert {k: v.tolist() for k, v in t.items()} == {"slice": [0, 0, 1], "class_id": [1, 1, 1], "label": [1, 2, 1],
+                                                    "voxels": [4, 1, 1]}
+    assert count_table(v)["label"].tolist() == [1, 2]
+    with pytest.raises(PanoptemError, match="3D stack of 2D images and no plane"):
+        count_table(v, per_slice=True, plane=(0, 1))
+    with pytest.raises(PanoptemError, match="got 2D labels"):
+        filter_labels(v[0], per_slice=True)
 
 
 def test_count_labels():

@@ -489,22 +489,38 @@ def morph_label(labels: np.ndarray, ids=None, op: Literal["dilate", "erode", "op
 
 # ----------------------------------------------------------------- whole-array tools
 
+def _slices_of(labels: np.ndarray, plane: Plane | None, per_slice: bool) -> list[np.ndarray]:
+    """The arrays a whole-array tool works on: each xy slice of a stack of 2D images
+    (``per_slice``: a batch stack, whose ids restart per slice), else the plane or the array."""
+    if not per_slice:
+        return [_view(labels, plane)]
+    if labels.ndim != 3 or plane is not None:
+        raise PanoptemError("Each slice on its own needs a 3D stack of 2D images and no plane; "
+                            f"got {labels.ndim}D labels{' and a plane' if plane is not None else ''}.")
+    return list(_check(labels))
+
+
 def filter_labels(labels: np.ndarray, min_size: int | None = None, boundary: bool = False,
-                  plane: Plane | None = None, return_removed: bool = False):
+                  plane: Plane | None = None, return_removed: bool = False, per_slice: bool = False):
     """A copy of ``labels`` without the labels smaller than ``min_size`` voxels
     (strictly smaller: a label of exactly ``min_size`` stays) and, with
     ``boundary``, without the labels touching the array border.
 
-    With ``plane`` only that plane is filtered (sizes and borders of the plane).
-    ``return_removed``: also return the sorted ids removed.
+    With ``plane`` only that plane is filtered (sizes and borders of the plane); with
+    ``per_slice`` every xy slice of a stack on its own (its pixels and its borders).
+    ``return_removed``: also return the sorted ids removed (per slice: once for each
+    slice a label was removed from).
 
     >>> filter_labels(np.array([[1, 1, 0, 2]]), min_size=2)
     array([[1, 1, 0, 0]])
     """
     out = _check(labels).copy()
-    view = _view(out, plane)
-    kept, removed = filter_objects(view, min_size or 0, 0, boundary=boundary, return_removed=True)
-    view[...] = kept
+    removed = []
+    for view in _slices_of(out, plane, per_slice):
+        kept, gone = filter_objects(view, min_size or 0, 0, boundary=boundary, return_removed=True)
+        view[...] = kept
+        removed.append(gone)
+    removed = np.sort(np.concatenate(removed))
     return (out, removed) if return_removed else out
 
 
@@ -530,17 +546,21 @@ def count_labels(labels: np.ndarray, label_divisor: int | None = None,
 
 
 def count_table(labels: np.ndarray, label_divisor: int | None = None,
-                plane: Plane | None = None) -> dict[str, np.ndarray]:
+                plane: Plane | None = None, per_slice: bool = False) -> dict[str, np.ndarray]:
     """One row per label: ``class_id``, ``label`` and ``voxels`` (pixels in a plane), sorted
-    by label, as columns (write it with :func:`panoptem.write_table`).
+    by label, as columns (write it with :func:`panoptem.write_table`). With ``per_slice``,
+    one row per label of every xy slice of a stack, a ``slice`` column first.
 
     >>> count_table(np.array([[1001, 1001, 2001, 0]]), label_divisor=1000)["voxels"].tolist()
     [2, 1]
     """
-    view = _view(labels, plane)
-    ids, counts = np.unique(view, return_counts=True)
-    keep = ids != 0
-    ids, counts = ids[keep], counts[keep].astype(np.int64)
+    rows = []
+    for z, view in enumerate(_slices_of(labels, plane, per_slice)):
+        ids, counts = np.unique(view, return_counts=True)
+        keep = ids != 0
+        rows.append((np.full(int(keep.sum()), z, np.int64), ids[keep], counts[keep].astype(np.int64)))
+    ids = np.concatenate([r[1] for r in rows])
     ids = ids.astype(np.uint64 if ids.dtype.kind == "u" else np.int64)  # exact past 2^63
-    classes = class_map(ids, label_divisor)
-    return {"class_id": classes, "label": ids, "voxels": counts}
+    table = {"class_id": class_map(ids, label_divisor), "label": ids,
+             "voxels": np.concatenate([r[2] for r in rows])}
+    return {"slice": np.concatenate([r[0] for r in rows]), **table} if per_slice else table

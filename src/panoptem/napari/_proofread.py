@@ -72,6 +72,10 @@ class ProofreadWidget(Dock):
         new_shapes.changed.connect(self.new_shapes_layer)
         self.apply_3d = CheckBox(text="Apply in 3D", name="apply_3d", value=False,
                                  tooltip="Off: edit only the plane shown in the viewer. On: the whole volume.")
+        self.each_slice = CheckBox(text="Each slice on its own (Filter, Count)", name="each_slice", value=False,
+                                   tooltip="Filter and Count every xy slice of the layer as its own 2D image "
+                                           "(a stack of 2D images, as 2D batch inference makes, whose ids "
+                                           "restart in every slice); sizes in pixels.")
         self.divisor = SpinBox(label="Label divisor (0 = none)", name="divisor", value=0, min=0, max=10**9,
                                tooltip="label = class x divisor + n; used by Split, Count and Next label. "
                                        "0: every label is of class 1.")
@@ -128,7 +132,7 @@ class ProofreadWidget(Dock):
         self.buttons = buttons
         self.extend([
             Group("Layers", [self.labels_layer, self.points, self.shapes, row(new_points, new_shapes),
-                             self.apply_3d, self.divisor]),
+                             self.apply_3d, self.each_slice, self.divisor]),
             Group("Merge / Delete", [row(buttons["merge"], buttons["delete"])]),
             Group("Split", [self.min_distance, self.use_points, self.new_ids_start, buttons["split"]]),
             Group("Morph", [self.op, self.radius, self.hole_size, self.all_labels, buttons["morph"]]),
@@ -149,6 +153,15 @@ class ProofreadWidget(Dock):
         if self.apply_3d.value or layer.ndim == 2:
             return None
         return current_plane(self.viewer, layer)
+
+    def _whole_array_plane(self, layer):
+        """Filter and Count: None per slice or in 3D, else the plane shown; and whether per slice."""
+        if self.each_slice.value:
+            if layer.ndim != 3:
+                raise PanoptemError(f"Each slice on its own needs a 3D stack; '{layer.name}' is {layer.ndim}D "
+                                    "(untick it).")
+            return None, True
+        return self._plane(layer), False
 
     def _why_nothing(self, layer, plane) -> str:
         """Why the chosen points and shapes mark no label (said instead of '0 voxels changed')."""
@@ -333,7 +346,7 @@ class ProofreadWidget(Dock):
     def filter(self) -> None:
         def action():
             layer = self._layer()
-            plane = self._plane(layer)
+            plane, per_slice = self._whole_array_plane(layer)
             data = np.asarray(layer.data)
             min_size, boundary = self.min_size.value or None, self.boundary.value
             kw = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": dict(layer.metadata),
@@ -341,14 +354,15 @@ class ProofreadWidget(Dock):
 
             def compute():
                 out, removed = pr.filter_labels(data, min_size=min_size, boundary=boundary, plane=plane,
-                                                return_removed=True)
+                                                return_removed=True, per_slice=per_slice)
                 return napari.layers.Labels(out, **kw), removed
 
             def done(res):
                 new, removed = res
                 self.viewer.add_layer(new)
                 self.labels_layer.value = layer
-                self.status.value = (f"Removed {removed.size} labels into layer '{new.name}': "
+                where = f" (over {len(data)} slices)" if per_slice else ""
+                self.status.value = (f"Removed {removed.size} labels{where} into layer '{new.name}': "
                                      f"{removed.tolist()[:20]}")
             self._run(compute, done, heavy=plane is None and layer.ndim == 3)
         self._action(action)
@@ -357,13 +371,13 @@ class ProofreadWidget(Dock):
         def action():
             from .._table import write_table
             layer = self._layer()
-            plane = self._plane(layer)
+            plane, per_slice = self._whole_array_plane(layer)
             data, div = layer.data, self.divisor.value or None
             path = str(self.count_file.value or "")
             path = "" if path in ("", ".") else path
 
             def compute():
-                table = pr.count_table(np.asarray(data), div, plane=plane)
+                table = pr.count_table(np.asarray(data), div, plane=plane, per_slice=per_slice)
                 if path:
                     write_table(table, path)
                 return table
@@ -372,7 +386,8 @@ class ProofreadWidget(Dock):
                 self.last_count = table
                 cls, n = np.unique(table["class_id"], return_counts=True)
                 parts = [f"class {c}: {k}" for c, k in zip(cls.tolist(), n.tolist())]
-                self.status.value = ("Labels per class: " + (", ".join(parts) if parts else "none")
+                self.status.value = ("Labels per class" + (f" (over {len(data)} slices)" if per_slice else "")
+                                     + ": " + (", ".join(parts) if parts else "none")
                                      + (f"; table saved to {path}" if path else ""))
             self._run(compute, done, heavy=plane is None and layer.ndim == 3)
         self._action(action)
