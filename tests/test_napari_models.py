@@ -111,6 +111,32 @@ def test_pick_patches_paint_and_store(viewer, qtbot, tmp_path):
     assert all(m.shape == (64, 64) and not m.any() for m in masks.values())     # true negatives
 
 
+def test_pick_patches_from_a_multiscale_level(viewer, qtbot, tmp_path):
+    """Patches cut from level 1 of a pyramid, centred on a point clicked at full resolution
+    (empanada's Multiscale image level); paired multiscale labels come from the same level."""
+    from panoptem.napari._patches import PatchesWidget
+    vol = blobs()
+    half = np.ascontiguousarray(vol[:, ::2, ::2])
+    img = viewer.add_image([vol, half], multiscale=True, name="pyr")
+    w = dock(viewer, PatchesWidget)
+    w.image.value = img
+    w.points.value = viewer.add_points([[2, 64, 110]], name="clicks")
+    w.n.value, w.patch_size.value, w.level.value = 1, 32, 1
+    truth = (vol < 100).astype(np.uint32)
+    w.labels_layer.value = viewer.add_labels([truth, truth[:, ::2, ::2]], multiscale=True, name="truth")
+    click_and_wait(qtbot, w, "pick")
+    shown, paint = viewer.layers["pyr-patches"], viewer.layers["pyr-patches-labels"]
+    assert np.array_equal(shown.data[0], half[2, 16:48, 39:71])              # the point at (32, 55) of level 1
+    assert np.array_equal(paint.data[0], truth[2, 32:96:2, 78:142:2])
+    assert w.patches[0].name == "pyr-s1_xy-2_y16_x39"
+    w.level.value = 2
+    click_and_wait(qtbot, w, "pick")
+    assert "levels 0 to 1" in w.status.value, w.status.value
+    w.image.value = viewer.add_image(vol, name="flat")
+    click_and_wait(qtbot, w, "pick")
+    assert "has no other level" in w.status.value, w.status.value
+
+
 def test_pick_flipbook_patches_store_the_painted_middle_plane(viewer, qtbot, tmp_path):
     import tifffile
 

@@ -55,6 +55,20 @@ def image_array(layer):
     return data
 
 
+def level_array(layer, level: int):
+    """Level ``level`` of an image layer (0: :func:`image_array`) and its downsampling factor
+    per axis from level 0 (the layer's data coordinates are those of level 0)."""
+    data = image_array(layer)
+    if level == 0:
+        return data, (1.0,) * data.ndim
+    levels = len(layer.data) if getattr(layer, "multiscale", False) else 1
+    if level >= levels:
+        raise PanoptemError(f"Layer '{layer.name}' has {'no other level' if levels == 1 else f'levels 0 to {levels - 1}'}"
+                            f"; choose a Multiscale level {'of 0' if levels == 1 else f'up to {levels - 1}'}.")
+    arr = layer.data[level]
+    return arr, tuple(a / b for a, b in zip(data.shape, arr.shape))
+
+
 def current_plane(viewer, layer) -> tuple[int, int]:
     """(axis, index) in ``layer``'s data of the plane a 2D view of the 3D layer shows."""
     if layer.ndim != 3:

@@ -16,7 +16,7 @@ from ..errors import PanoptemError
 from ..params import PATCH_PLANES, PatchParams, default_of
 from ._forms import Group, row
 from ._inference import layer_picker
-from ._layers import coords_in, image_array
+from ._layers import coords_in, level_array
 from ._worker import Dock
 
 
@@ -96,6 +96,9 @@ class PatchesWidget(Dock):
         self.flipbook_depth = SpinBox(label="Flipbook depth (planes)", name="flipbook_depth",
                                       value=default_of(PatchParams, "flipbook_depth"), min=1, max=99,
                                       tooltip="Planes per flipbook.")
+        self.level = SpinBox(label="Multiscale level", name="level", value=0, min=0, max=8,
+                             tooltip="A multiscale image: cut the patches from this level (0: full resolution; "
+                                     "each level is coarser), e.g. to annotate at a model's pixel size.")
         self.seed = SpinBox(label="Random seed", name="seed", value=default_of(PatchParams, "seed"), min=0,
                             max=2**31 - 1,
                             tooltip="Seed of the random picks: the same seed picks the same patches.")
@@ -118,21 +121,23 @@ class PatchesWidget(Dock):
         self.patch_layers: tuple = ()
         self.extend([
             Group("Pick", [self.image, self.points, self.labels_layer, self.n, self.patch_size, self.plane,
-                           row(self.is_2d_stack, self.flipbook), self.flipbook_depth, self.seed,
+                           row(self.is_2d_stack, self.flipbook), self.flipbook_depth, self.level, self.seed,
                            row(self.pick_button, self.drop_button)]),
             Group("Store", [self.folder, self.label_divisor, self.store_button]),
             row(self.help_button), self.status])
 
     def pick(self) -> None:
         try:
-            layer = self.image.value
-            data = image_array(layer)
+            layer, level = self.image.value, self.level.value
+            data, factor = level_array(layer, level)
             pts = None
-            if self.points.value is not None:
-                pts = coords_in(self.points.value, layer, self.points.value.data, self.viewer.dims.point)
+            if self.points.value is not None:  # in level 0's pixels, as the layer's data coordinates
+                pts = coords_in(self.points.value, layer, self.points.value.data, self.viewer.dims.point) / factor
             labels = None
             if self.labels_layer.value is not None:
                 labels = self.labels_layer.value.data
+                if getattr(self.labels_layer.value, "multiscale", False):
+                    labels = labels[min(level, len(labels) - 1)]
                 if tuple(labels.shape) != tuple(data.shape):
                     raise PanoptemError(f"Labels '{self.labels_layer.value.name}' have shape "
                                         f"{tuple(labels.shape)}, the image {tuple(data.shape)}; choose the labels "
@@ -164,7 +169,7 @@ class PatchesWidget(Dock):
         self._start(_pick, show, name, image=data, n=self.n.value, patch_size=self.patch_size.value, points=pts,
                     plane=self.plane.value, is_2d_stack=self.is_2d_stack.value, flipbook=self.flipbook.value,
                     flipbook_depth=self.flipbook_depth.value, labels=labels, seed=self.seed.value,
-                    source=layer.name)
+                    source=layer.name if level == 0 else f"{layer.name}-s{level}")
 
     def _patch_layers(self):
         if not self.patches or not self.patch_layers:
