@@ -89,6 +89,39 @@ def test_normalize_constant_image_is_finite():
     assert np.isfinite(normalize(img, *intensity_range(img))).all()
 
 
+@pytest.mark.parametrize("value", [0, 40, 128, 255])
+def test_a_uniform_image_or_slice_holds_no_object(value):
+    """A blank or grey-filled section has nothing to find: no object (it was given to the network
+    as the darkest grey, and called one object covering it all); in a batch stack such a slice
+    is empty and the others are as segmented alone; a uniform volume and its thin xz/yz planes too."""
+    from panoptem.inference.segment3d import segment_3d
+    flat = np.full((96, 96), value, np.uint8)
+    assert not segment_2d(flat, dark_blob_model()).any()
+    img = blobs_image()
+    stack = np.stack([img, np.full_like(img, value), img])
+    lab = segment_2d(stack, dark_blob_model(), batch=True)
+    assert not lab[1].any() and np.array_equal(lab[0], segment_2d(img, dark_blob_model())) and lab[0].any()
+    vol = np.full((6, 64, 64), value, np.uint8)   # xz/yz planes of 6 x 64: too thin to count as padding
+    for kw in (dict(), dict(inference_plane="xz"), dict(orthoplane=True)):
+        assert not segment_3d(vol, dark_blob_model(), **kw).labels["mitochondria"].any(), kw
+
+
+def test_a_channel_axis_of_one_last_is_refused_not_segmented_as_slices():
+    """(Y, X, 1) was refused as "a 3D input" with the advice batch=True, which then segmented
+    Y slices of X x 1 pixels."""
+    img = blobs_image()[..., None]
+    for batch in (False, True):
+        with pytest.raises(PanoptemError, match=r"channel axis of 1 last; drop that axis \(image\[\.\.\., 0\]\)"):
+            segment_2d(img, dark_blob_model(), batch=batch)
+
+
+def test_a_range_past_float32_normalises_as_any_other():
+    """Float32 data spanning +-3e38 (the span overflows in float32) scales as the same image in uint8."""
+    ref = blobs_image()
+    big = (ref.astype(np.float64) / 255 * 6e38 - 3e38).astype(np.float32)
+    assert np.allclose(normalize(big, *intensity_range(big)), normalize(ref, *intensity_range(ref)), atol=1e-3)
+
+
 @pytest.mark.parametrize("factor", [1, 2, 4])
 def test_downsampling_round_trip_keeps_size_and_objects(factor):
     img = blobs_image(shape=(250, 333), r=30)  # not multiples of anything

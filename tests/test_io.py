@@ -201,6 +201,24 @@ def test_mrc_round_trip_angstrom_to_nm(tmp_path):
     assert r.data.shape == (20, 24) and r.voxel_size == pytest.approx((1.0, 1.0))
 
 
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_mrc_bytes_are_unsigned_where_imod_says_so(tmp_path, byteorder):
+    """Mode 0 is signed (MRC2014) unless the header carries IMOD's stamp with the signed-bytes
+    flag clear, as IMOD writes bytes: then 9..250 must not read as -128..127."""
+    vol = RNG.integers(9, 251, (3, 8, 10), dtype=np.uint8)
+    for stamp, flags, want in ((1146047817, 0, vol), (1146047817, 1, vol.view(np.int8)), (0, 0, vol.view(np.int8))):
+        path = tmp_path / f"b{stamp}_{flags}.mrc"
+        with mrcfile.new(path) as m:
+            m.set_data(vol.view(np.int8).astype(np.dtype("i1").newbyteorder(byteorder)))
+            extra = bytearray(m.header.extra2.tobytes())
+            extra[40:48] = np.array([stamp, flags], np.dtype("i4").newbyteorder(m.header.mode.dtype.byteorder)).tobytes()
+            m.header.extra2 = np.frombuffer(bytes(extra), np.uint8).view(m.header.extra2.dtype)
+        for lazy in (True, False):
+            r = read_image(path, lazy=lazy)
+            assert r.data.dtype == want.dtype, (stamp, flags, lazy)
+            np.testing.assert_array_equal(r.data, want)
+
+
 def test_hdf5_key_auto_key_and_voxel_attrs(tmp_path):
     vol = RNG.integers(0, 1000, (4, 9, 11), dtype=np.uint16)
     with h5py.File(tmp_path / "one.h5", "w") as f:

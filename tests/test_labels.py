@@ -36,9 +36,13 @@ def test_class_map_and_as_labels():
     assert class_map(np.array([[0, 2001, 3005]]), 1000).tolist() == [[0, 2, 3]]
     assert class_map(np.array([[0, 2001, 3005]]), None).tolist() == [[0, 1, 1]]
     assert as_labels(np.array([[1.0, 0.0]])).dtype.kind == "u"
-    for bad, match in ((np.array([[0.5]]), "fractional"), (np.array([[-1]]), "negative"), (np.zeros(3), "dimensions")):
+    for bad, match in ((np.array([[0.5]]), "fractional"), (np.array([[-1]]), "negative"), (np.zeros(3), "dimensions"),
+                       (np.array([[np.inf]]), "infinity"), (np.array([[-1.0]]), "negative"),
+                       (np.array([[2.0 ** 64]]), "2\\*\\*64 or more")):
         with pytest.raises(PanoptemError, match=match):
             as_labels(bad)
+    big = as_labels(np.array([[0.0, 1e19]]))              # a whole float past 2**63: not "negative"
+    assert big.dtype == np.uint64 and int(big[0, 1]) == int(1e19)
 
 
 def _three_class_outputs(seed=0):

@@ -460,6 +460,21 @@ def test_filter_and_count_each_slice_on_its_own():
         filter_labels(v[0], per_slice=True)
 
 
+def test_negative_ids_are_refused_by_every_operation():
+    """Signed labels holding negative ids: one error everywhere (a merge wrote its negative
+    default target, the next available label was negative, counts put them in class 0)."""
+    lab = np.array([[0, -3, -3, 0, -5, -5]], np.int8)
+    ops = [lambda a: find_next_available_label(a), lambda a: merge_labels(a, [-3, -5]), lambda a: count_labels(a),
+           lambda a: count_table(a), lambda a: morph_label(a, None, "dilate"), lambda a: labels_at_points(a, [[0, 1]]),
+           lambda a: delete_labels(a, [-3]), lambda a: filter_labels(a, min_size=1), lambda a: split_label(a, 1)]
+    for op in ops:
+        a = lab.copy()
+        with pytest.raises(PanoptemError, match="negative labels"):
+            op(a)
+        assert np.array_equal(a, lab)
+    assert count_table(np.abs(lab))["label"].tolist() == [3, 5]   # the same ids, positive: fine
+
+
 def test_count_labels():
     a = np.array([[1001, 1002, 0], [2001, 1001, 3000]], np.uint32)
     c = count_labels(a, label_divisor=1000)

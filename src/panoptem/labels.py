@@ -46,16 +46,25 @@ def as_labels(a, what: str = "label image") -> np.ndarray:
         return a.view(np.uint8)
     if a.dtype.kind == "f":
         if a.size and (not np.isfinite(a).all() or (a != np.round(a)).any()):
-            raise PanoptemError(f"The {what} holds fractional values; give an integer label image.")
-        a = a.astype(np.int64)
-    elif a.dtype.kind not in "iu":
+            raise PanoptemError(f"The {what} holds fractional values, NaN or infinity; give an integer label "
+                                "image.")
+        check_not_negative(a, what)
+        if a.size and a.max() >= 2.0 ** 64:
+            raise PanoptemError(f"The {what} holds ids of 2**64 or more, which no integer type holds; "
+                                "renumber the labels (e.g. from 1) first.")
+        return a.astype(np.uint64)
+    if a.dtype.kind not in "iu":
         raise PanoptemError(f"The {what} has dtype {a.dtype}; give an integer label image.")
     if a.dtype.kind == "i":
-        if a.size and a.min() < 0:
-            raise PanoptemError(f"The {what} holds negative labels; "
-                                "labels must be 0 (background) or positive.")
+        check_not_negative(a, what)
         a = a.view(a.dtype.str.replace("i", "u"))  # same bits, no copy
     return native(a)
+
+
+def check_not_negative(a: np.ndarray, what: str = "label image") -> None:
+    """One error where labels of a signed type hold a negative id (none is background)."""
+    if a.dtype.kind in "if" and a.size and a.min() < 0:
+        raise PanoptemError(f"The {what} holds negative labels; labels must be 0 (background) or positive.")
 
 
 def native(a: np.ndarray) -> np.ndarray:

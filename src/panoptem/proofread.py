@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import PanoptemError
-from .labels import class_map, filter_objects
+from .labels import check_not_negative, class_map, filter_objects
 
 Plane = tuple[int, int]
 MORPH_OPS = ("dilate", "erode", "open", "close", "fill_holes")
@@ -73,6 +73,7 @@ def _check(labels) -> np.ndarray:
                             "memory first (e.g. np.asarray) or proofread a crop.")
     if not np.issubdtype(labels.dtype, np.integer):
         raise PanoptemError(f"Labels must have an integer dtype, not {labels.dtype}; convert them to uint32.")
+    check_not_negative(labels, "label array")
     return labels
 
 

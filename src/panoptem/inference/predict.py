@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.card import OUTPUT_STRIDE as STRIDE
-from .preprocess import downsample, integer_block_means, means_first, normalize, pad_to_multiple, padding_mask
+from .preprocess import (downsample, integer_block_means, means_first, normalize, pad_to_multiple, padding_mask,
+                         uniform_planes)
 
 
 @dataclass
@@ -53,7 +54,8 @@ def network_input(planes, intensity, downsampling, padding_factor, mean_std) -> 
     """The network input of ``planes``, (N, C, H', W') float32 (normalised, downsampled,
     padded), the size (h, w) of its outputs before padding, and where the planes hold padding
     (:func:`~.preprocess.padding_mask`, (N, h, w) on the network's grid; None where none): the
-    mean grey there, and :func:`predict_batch` finds nothing there. ``planes``: (N, H, W), one
+    mean grey there, and :func:`predict_batch` finds nothing there; a plane of a single value
+    (:func:`~.preprocess.uniform_planes`) is padding throughout. ``planes``: (N, H, W), one
     channel each, or (N, C, H, W), a plane and its neighbours (see ``context_slices``)."""
     planes = np.asarray(planes)
     rng = np.asarray(intensity, np.float32)
@@ -61,6 +63,9 @@ def network_input(planes, intensity, downsampling, padding_factor, mean_std) -> 
         rng = rng.T.reshape(2, len(rng), *[1] * (planes.ndim - 1))
     h, w = (-(-int(s) // downsampling) for s in planes.shape[-2:])
     pad = padding_mask(planes)
+    uniform = uniform_planes(planes)
+    if uniform is not None:  # a blank section, a grey fill: nothing to find there either
+        pad = uniform if pad is None else pad | uniform
     if pad is not None and downsampling > 1:  # a network pixel is padding where all its pixels are
         pad = integer_block_means(pad.view(np.uint8), downsampling) == 1
     if downsampling == 1:  # pad the raw planes: the same values as padding the float input, far fewer bytes

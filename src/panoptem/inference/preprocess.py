@@ -163,23 +163,47 @@ def dtype_range(image) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, std: float = STD) -> np.ndarray:
-    """Map ``[low, high]`` to ``[0, 1]`` then standardise; returns float32.
+def to_unit(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``[low, high]`` to ``[0, 1]``, clipped to :data:`CLIP_MARGIN` beyond; a new float32
+    array (NaN stays NaN). Where the range is a single value (a uniform image: a blank section,
+    a grey fill) that value is the mean grey 0.5 and any other lies beyond the ends: no
+    contrast, nothing to see, not the darkest grey (which looks like membranes and matrix).
 
-    Values outside the range are clipped to a small margin, so a 16-bit image
-    with a narrow range becomes as contrasty as an 8-bit one.
+    >>> to_unit(np.array([7, 7, 9]), 7, 7).tolist()
+    [0.5, 0.5, 1.5]
     """
     image = np.asarray(image)
-    if _exact_float(image.dtype) == np.float32:
+    narrow = np.asarray(high, np.float32) - np.asarray(low, np.float32)
+    if _exact_float(image.dtype) == np.float32 and np.all(np.isfinite(narrow)):
         x = np.array(image, dtype=np.float32)  # a copy of our own, changed in place from here
         x -= low
-        span = np.asarray(high, np.float32) - np.asarray(low, np.float32)
+        span = narrow
     else:  # 2**30 + 25 is 2**30 in float32: subtract first, in float64
-        x = np.subtract(image, np.asarray(low, np.float64), dtype=np.float64).astype(np.float32)
-        span = (np.asarray(high, np.float64) - np.asarray(low, np.float64)).astype(np.float32)
-    x /= np.where(span > 0, span, 1.0)
+        x = np.subtract(image, np.asarray(low, np.float64), dtype=np.float64)
+        span = np.asarray(high, np.float64) - np.asarray(low, np.float64)
+        if np.all(np.isfinite(span.astype(np.float32))):
+            x, span = x.astype(np.float32), span.astype(np.float32)
+        else:  # a range past float32's (+-3e38): divide in float64 too
+            x = (x / np.where(span > 0, span, 1.0)).astype(np.float32)
+            span = (span > 0).astype(np.float32)
+    flat = ~(span > 0)  # one value per range given (one per plane, or the whole image's)
+    x /= np.where(flat, 1.0, span)
+    if np.any(flat):
+        const = np.broadcast_to(flat, x.shape)
+        x[const] = 0.5 + np.sign(x[const]) * (0.5 + CLIP_MARGIN)
     np.clip(x, -CLIP_MARGIN, 1 + CLIP_MARGIN, out=x)
-    if not np.issubdtype(image.dtype, np.integer):
+    return x
+
+
+def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, std: float = STD) -> np.ndarray:
+    """Map ``[low, high]`` to ``[0, 1]`` (:func:`to_unit`) then standardise; returns float32.
+
+    Values outside the range are clipped to a small margin, so a 16-bit image
+    with a narrow range becomes as contrasty as an 8-bit one; values that are not
+    numbers become the mean grey.
+    """
+    x = to_unit(image, low, high)
+    if not np.issubdtype(np.asarray(image).dtype, np.integer):
         x[np.isnan(x)] = 0.5
     x -= mean
     x /= std
@@ -359,6 +383,24 @@ def padding_mask(planes: np.ndarray) -> np.ndarray | None:
     if not inner.any():
         return None
     return ndimage.maximum_filter(inner, size=size, mode="constant", cval=0).astype(bool) & zero
+
+
+def uniform_planes(planes: np.ndarray) -> np.ndarray | None:
+    """Where ``(..., H, W)`` planes hold a single value throughout (a blank or grey-filled
+    section, an empty tile): every pixel of those planes, else None. There is nothing to find
+    in them, and a network given a featureless plane may call all of it one object.
+
+    >>> m = uniform_planes(np.stack([np.full((2, 2), 7), np.eye(2)])); m[:, 0, 0].tolist()
+    [True, False]
+    """
+    planes = np.asarray(planes)
+    if planes.size == 0:
+        return None
+    flat = planes.reshape(*planes.shape[:-2], -1)
+    same = flat.min(axis=-1) == flat.max(axis=-1)
+    if not same.any():
+        return None
+    return np.broadcast_to(same[..., None, None], planes.shape).copy()
 
 
 def pad_to_multiple(batch, factor: int):

@@ -303,6 +303,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         stack, image = np.asarray(image), np.asarray(image)[image.shape[0] // 2]
     if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
         raise PanoptemError("This looks like an RGB image; convert it to greyscale first.")
+    if image.ndim == 3 and image.shape[-1] == 1 and image.shape[0] > 1:
+        raise PanoptemError(f"Shape {tuple(image.shape)} looks like a 2D image with a channel axis of 1 last; "
+                            "drop that axis (image[..., 0]) and segment the 2D image.")
     if image.ndim == 3 and not batch:
         raise PanoptemError("A 3D input needs batch=True (every slice on its own), or pick one plane "
                             "with take_plane(volume, index, plane), or use segment_3d.")

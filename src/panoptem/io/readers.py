@@ -537,6 +537,8 @@ def _read_mrc(p: Path, lazy: bool):
         header = mrc.header
         vs_xyz = mrc.voxel_size
         dtype = data_dtype_from_header(header)
+        if dtype == np.int8 and _imod_unsigned(header):
+            dtype = np.dtype(np.uint8)
         shape = data_shape_from_header(header)
         offset = header.nbytes + int(header.nsymbt)
     need = offset + int(np.prod(shape)) * dtype.itemsize
@@ -550,6 +552,18 @@ def _read_mrc(p: Path, lazy: bool):
     arr = np.memmap(p, dtype=dtype, mode="r", offset=offset, shape=shape)
     arr = arr.reshape(tuple(shape[i] for i in keep))
     return (arr if lazy else np.array(arr)), vs
+
+
+#: the stamp IMOD writes in an MRC header (bytes 152-155), whose flags (156-159) then say
+#: whether mode-0 bytes are signed (bit 0 set) or unsigned, as IMOD writes them by default
+IMOD_STAMP = 1146047817
+
+
+def _imod_unsigned(header) -> bool:
+    """Whether an MRC header of mode 0 is IMOD's with unsigned bytes (MRC2014 says signed)."""
+    order = header.mode.dtype.byteorder
+    words = np.frombuffer(header.extra2.tobytes()[40:48], np.dtype("i4").newbyteorder(order if order in "<>" else "="))
+    return int(words[0]) == IMOD_STAMP and not int(words[1]) & 1
 
 
 # ---- HDF5 -----------------------------------------------------------------------------------

@@ -404,9 +404,9 @@ def _range(image: np.ndarray, normalization) -> tuple[float, float]:
 
 def _unit(image: np.ndarray, normalization, rng: tuple[float, float] | None = None) -> np.ndarray:
     """Image scaled like inference scales it (card normalisation), clipped as there."""
+    from ..inference.preprocess import to_unit
     lo, hi = rng if rng is not None else _range(image, normalization)
-    x = (np.asarray(image, np.float32) - lo) / max(hi - lo, 1e-6)
-    return np.clip(x, -0.5, 1.5)
+    return to_unit(image, lo, hi)
 
 
 class TrainingData:
