@@ -37,7 +37,7 @@ from .._atomic import write_text
 from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
-from ..inference.preprocess import PAD_WINDOW
+from ..inference.preprocess import PADDING_RULE
 from ..params import DOWNSAMPLING, Params3D, make_params, zarr_chunks
 from ._pass1 import (StackJob, _done, centre_block, centre_table, context_block, context_table, create_net_arrays,
                      decode_block, network_block)
@@ -330,7 +330,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                    "intensity": list(intensity), "input": _input_stamp(in_path), "key": source.key,
                    "content": _content_digest(vol) if in_path else None, "mask": mask_stamp,
                    "skip_empty": skip_empty, "exact_context": exact_context,
-                   "padding": PAD_WINDOW}  # outputs cleared on zero padding (earlier releases' were not)
+                   "padding": PADDING_RULE}  # outputs cleared on zero padding (earlier releases' were not)
         if card.num_classes > 1:  # every class's channel (an earlier release stored one too few)
             net_key["channels"] = card.probability_channels
         if card.context_slices:  # the neighbours the network saw

@@ -360,6 +360,9 @@ def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
 #: the side of the all-zero squares that mark padding (see :func:`padding_mask`): wide enough that
 #: dark structures clipped to 0 by a contrast stretch are rarely taken for it; odd, so centred
 PAD_WINDOW = 33
+#: what network outputs kept in a cache were cleared on (zero squares of PAD_WINDOW, planes of one
+#: value): outputs kept under another rule are made anew
+PADDING_RULE = f"{PAD_WINDOW} px zero squares; uniform planes"
 
 
 def padding_mask(planes: np.ndarray) -> np.ndarray | None:

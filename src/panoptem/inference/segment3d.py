@@ -27,7 +27,7 @@ from .decode import decode_planes, decode_settings
 from .engine import Predictor
 from .linking import LinkResult, SliceLinker
 from .median import RunningMedian
-from .preprocess import PAD_WINDOW, downsample
+from .preprocess import PADDING_RULE, downsample
 from .resample import resize_at
 
 
@@ -312,7 +312,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         key = {"model": card.name, "weights": card.weights.sha256 or card.weights.file, "plane": plane,
                "downsampling": f, "intensity": [float(v) for v in np.ravel(intensity)],
                "shape": [int(v) for v in volume.shape], "dtype": str(np.dtype(volume.dtype)),
-               "tile_size": predictor.tile_size, "padding": PAD_WINDOW}  # outputs cleared on padding
+               "tile_size": predictor.tile_size, "padding": PADDING_RULE}  # outputs cleared on padding
         if predictor.tta:  # only then, so that caches made without the option stay valid
             key["tta"] = True
         if stride > 1:
