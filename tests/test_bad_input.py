@@ -357,6 +357,48 @@ def test_a_folder_argument_naming_a_file_is_one_line(capsys, space, tiny_card, c
     refused(capsys, space, *args, words=("notes.txt", "not a folder"))
 
 
+@pytest.mark.parametrize("command", ["segment3d", "measure"])
+def test_an_output_name_too_long_for_what_is_kept_beside_it_is_one_line(capsys, space, tiny_card, command):
+    """A legal 249-byte name: the files kept beside it while writing (.NAME.<id>.part, .NAME.lock)
+    were past the file system's 255 bytes (a raw OSError)."""
+    inp, out = space
+    volume(inp / "v.tif", (4, 64, 64), photometric="minisblack")
+    tifffile.imwrite(inp / "l.tif", np.ones((4, 64, 64), np.uint16), photometric="minisblack")
+    name = "m" * 245
+    cmd = (("segment3d", inp / "v.tif", "-o", out / f"{name}.tif", "--model", tiny_card) if command == "segment3d"
+           else ("measure", inp / "l.tif", "-o", out / f"{name}.csv"))
+    refused(capsys, space, *cmd, words=("bytes long", "shorten it"))
+
+
+def test_a_folder_where_a_table_goes_is_replaced_with_overwrite(capsys, tmp_path):
+    """--overwrite replaces a folder standing where a one-file output goes, as segment3d does (the
+    table and report writers raised IsADirectoryError)."""
+    tifffile.imwrite(tmp_path / "l.tif", np.ones((4, 16, 16), np.uint16), photometric="minisblack")
+    (tmp_path / "t.csv").mkdir()
+    (tmp_path / "t.csv" / "inside.txt").write_text("x")
+    code, _, err = run(capsys, "measure", tmp_path / "l.tif", "-o", tmp_path / "t.csv", "--overwrite")
+    assert code == 0, err
+    assert (tmp_path / "t.csv").is_file() and (tmp_path / "t.csv").read_text().startswith("label")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_literal_tilde_is_the_home_folder_everywhere(monkeypatch, tmp_path, tiny_card):
+    """'~/...' given in Python (or quoted on the command line): the output, the cache and a dataset
+    folder go to the home folder, with no './~' folder made beside."""
+    from panoptem import segment_3d
+    from panoptem.training.dataset import store_dataset
+    from panoptem.training.patches import pick_patches
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    vol = np.random.default_rng(0).integers(0, 255, (4, 64, 64)).astype(np.uint8)
+    segment_3d(vol, str(tiny_card), output="~/a.tif", cache_dir="~/cache", keep_cache=True)
+    store_dataset(pick_patches(vol[0], n=1, patch_size=32), "~/ds")
+    assert (home / "a.tif").is_file() and (home / "cache").is_dir() and (home / "ds" / "images").is_dir()
+    assert list(cwd.iterdir()) == []
+
+
 CACHE_CASES = ["foreign xy.zarr file", "foreign xy.zarr store", "preview", "output", "in input", "output a store",
                "in output", "input a store"]
 
@@ -395,6 +437,18 @@ def test_a_cache_folder_that_would_write_over_the_users_files_is_one_line(capsys
         source, args, word = inp / "xy.zarr", ["--cache-dir", str(inp)], "xy.zarr' overlap"
     more = ["--blockwise", "--workers", "1"] if blockwise else []
     refused(capsys, space, "segment3d", source, "-o", output, "--model", tiny_card, *args, *more, words=(word,))
+
+
+def test_a_blockwise_run_refused_for_its_cache_leaves_no_work_folder(capsys, space, tiny_card):
+    """A cache holding a whole-volume run's outputs: refused in one line, and the blockwise work
+    folder made before the cache was looked at is gone (it stayed, with its run.json)."""
+    inp, out = space
+    volume(inp / "v.tif", (4, 64, 64), photometric="minisblack")
+    code, _, err = run(capsys, "segment3d", inp / "v.tif", "-o", out / "whole.tif", "--model", tiny_card,
+                       "--cache-dir", out / "cache")
+    assert code == 0, err
+    refused(capsys, space, "segment3d", inp / "v.tif", "-o", out / "bw.zarr", "--model", tiny_card, "--cache-dir",
+            out / "cache", "--blockwise", "--workers", "1", words=("whole-volume run",))
 
 
 @pytest.mark.parametrize("command, args, word", [

@@ -212,6 +212,29 @@ def test_cli_exports(home, tmp_path, tiny_card):
         assert json.loads(r.stdout)["file"] == str(tmp_path / "shared" / f"tiny_reg{suffix}")
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["tiny_reg.onnx", "tiny_reg.panoptem",
                                                                        "tiny_reg.yaml"]
+    # a folder not there yet, named with a trailing slash (it was written as a file of that name)
+    for fmt, name in (("package", "tiny_reg.panoptem"), ("torchscript", "tiny_reg.pt")):
+        r = runner.invoke(app, ["model", "export", "tiny_reg", "-o", f"{tmp_path / ('new_' + fmt)}/", "--format", fmt])
+        assert r.exit_code == 0, r.stderr
+        assert (tmp_path / f"new_{fmt}" / name).is_file() and not (tmp_path / f"new_{fmt}.panoptem").exists()
+
+
+def test_an_export_never_replaces_the_model_it_exports(home, tmp_path, tiny_card):
+    """--overwrite replaces an earlier export, never the card or weights being exported (a card
+    sharing those weights then failed to load: sha256 mismatch)."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["model", "export", str(tiny_card), "-o", str(tmp_path / "m.pt"),
+                               "--format", "torchscript"]).exit_code == 0
+    mine = tmp_path / "mine.yaml"
+    mine.write_text((tmp_path / "m.yaml").read_text())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for out in ("m.pt", "mine.pt"):   # its weights; its card beside the export (mine.yaml)
+        r = runner.invoke(app, ["model", "export", str(mine), "-o", str(tmp_path / out), "--format", "torchscript",
+                                "--overwrite"])
+        assert r.exit_code == 2 and "a file of the model being exported" in r.stderr, r.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    r = runner.invoke(app, ["model", "export", str(mine), "-o", str(tmp_path / "m2.pt"), "--format", "torchscript"])
+    assert r.exit_code == 0, r.stderr
 
 
 # ---------------------------------------------------------------- models that see neighbouring planes

@@ -243,6 +243,25 @@ def test_archive_builtin_model(home, tiny_card):
     assert list(card_paths()) == ["Builtin_v1"]
 
 
+def test_archiving_at_once_loses_no_name(home):
+    """archived.json is read and written under a lock: writers at once (threads here; processes
+    archiving two built-ins at once lost one) all count."""
+    import threading
+    start = threading.Barrier(12)
+
+    def add(i):
+        start.wait()
+        home_mod.change_archived_builtins(add={f"M{i}"})
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert json.loads((home / "archived.json").read_text()) == sorted(f"M{i}" for i in range(12))
+    home_mod.change_archived_builtins(remove={"M3"})
+    assert "M3" not in json.loads((home / "archived.json").read_text())
+
+
 # ---------------------------------------------------------------- command line
 
 

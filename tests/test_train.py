@@ -154,6 +154,42 @@ def test_a_diverged_run_stops_and_keeps_no_weights_of_nan(tmp_path, monkeypatch)
     assert not (tmp_path / "run" / "weights.pt").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("entry", ["train", "finetune", "train_from_volume"])
+def test_a_second_run_into_a_training_folder_is_refused(tmp_path, entry, tiny_card):
+    """A run of another process training into the same folder: one line, the folder untouched (both
+    had trained into it, one log and one checkpoint, each replacing the other's)."""
+    import subprocess
+    import sys
+    from panoptem.errors import PanoptemError
+    from panoptem.training import train as train_mod
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.finetune import finetune
+    from panoptem.training.from_volume import train_from_volume
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom panoptem._atomic import exclusive_output\n"
+                               "with exclusive_output(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)",
+                               str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = train_mod.TrainConfig(iterations=1, batch_size=1, patch_size=64)
+        img, lab = disc_volume(n=2)
+        with pytest.raises(PanoptemError, match="Another panoptem run is writing"):
+            if entry == "train":
+                train_mod.train(VolumeSlices(img, lab), run, cfg, log=lambda s: None)
+            elif entry == "finetune":
+                finetune(str(tiny_card), tmp_path, out_dir=run, iterations=1, log=lambda s: None)
+            else:
+                tifffile.imwrite(tmp_path / "i.tif", img)
+                tifffile.imwrite(tmp_path / "l.tif", lab)
+                train_from_volume(str(tmp_path / "i.tif"), str(tmp_path / "l.tif"), str(run), "0:2", None, cfg,
+                                  log=lambda s: None)
+        assert list(run.iterdir()) == []
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_training_shows_padding_as_inference_does():
     """Black padding (an aligned stack's border) reaches the network as the mean grey in training
     too, as at inference, not as the darkest value there is; the tissue is scaled as before."""

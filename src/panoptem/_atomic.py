@@ -20,6 +20,11 @@ def _overlap(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
+#: the longest output name: the files kept beside an output while it is written
+#: (``.NAME.<id>.part``, ``.NAME.panoptem-slices``...) must fit the file systems' 255 bytes
+MAX_NAME_BYTES = 200
+
+
 def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = (), outputs: Iterable = ()) -> Path:
     """Absolute output path after two checks: it is not (and does not hold, and
     is not inside) any of ``inputs`` or the run's other ``outputs``, and it does not exist
@@ -34,6 +39,10 @@ def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = (
             if _overlap(target, q) or (p.exists() and q.exists() and os.path.samefile(p, q)):
                 raise PanoptemError(f"Refusing to write '{p}': it is (or holds, or is inside) the {role} '{inp}'; "
                                     "choose another output path.")
+    if len(p.name.encode()) > MAX_NAME_BYTES:
+        raise PanoptemError(f"The output name '{p.name[:40]}...' is {len(p.name.encode())} bytes long; panoptem "
+                            "keeps files named after it beside it while writing, which must fit the file "
+                            f"system's 255: shorten it to {MAX_NAME_BYTES} bytes or fewer.")
     if (p.exists() or p.is_symlink()) and not overwrite:
         raise PanoptemError(f"'{p}' already exists; choose another output path or pass overwrite=True "
                             "(--overwrite) to replace it.")
@@ -83,7 +92,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-        os.replace(tmp, target)
+        move_into_place(tmp, target)  # a folder in the way (replaced with --overwrite) too
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -166,6 +175,24 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     else:
         p.unlink(missing_ok=True)
+
+
+@contextmanager
+def waiting_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created), waiting for another process
+    holding it: for a short read-modify-write of a shared file. No-op without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager

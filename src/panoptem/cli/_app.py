@@ -41,6 +41,10 @@ def _known_error(e: BaseException) -> str | None:
             where = f"'{f.parent}'" if not f.exists() else f"'{f}'"
         return (f"no permission to use {where} ({e.strerror or first}); write outputs (and --cache-dir, and "
                 "PANOPTEM_HOME for models and caches) to a folder you can write to, and give inputs you can read.")
+    if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:
+        where = f" ({str(e.filename)[:60]}...)" if e.filename else ""
+        return (f"a file name is too long for the file system{where}; shorten the output, folder or model names "
+                "(each part of a path to 200 characters or fewer).")
     if type(e).__module__.split(".")[0] in _READER_LIBRARIES:
         return (f"could not read an input file ({type(e).__name__}: {first}); check that it is complete and in "
                 "the format its name says.")

@@ -58,7 +58,7 @@ def model_register(
 @user_errors
 def model_export(
     name: str = typer.Argument(..., help="Model name or card path."),
-    output: Path = typer.Option(..., "-o", "--output", help="File to write, or a folder to write "
+    output: str = typer.Option(..., "-o", "--output", help="File to write, or a folder to write "
                                 "MODEL.panoptem (.pt, .pth, .onnx, .zip by --format) into."),
     format: str = typer.Option("package", "--format", "-f", help="package: one .panoptem file to share "
                                "(import it with `panoptem model import`); torchscript; empanada: TorchScript "

@@ -343,41 +343,46 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             net_key["precision"] = "int8"
         run_key = {"net": net_key, "params": p.model_dump()}
         work_existed = work.exists()  # an interrupted run's, to resume: kept whatever this run meets
-        _prepare_work(work, run_key, array_source=in_path is None)
-        block_shape = aligned
-        grid = BlockGrid(vol.shape, block_shape, halo)
-        consensus = p.orthoplane and p.fusion == "consensus"
-        views = ["xy", "xz", "yz"] if consensus else ["fused" if p.orthoplane else p.inference_plane]
-        jobs, grids = [], []
-        for view in views:
-            a = 0 if view == "fused" else PLANE_AXIS[view]
-            net = Path(cache_dir) / f"{view}.zarr" if cache_dir else work / f"net_{view}.zarr"
-            # an xz / yz stack whose planes average k: its passes run on the volume so reduced along its
-            # axis, in blocks of the same number (block shapes along it are multiples of k)
-            k = 1 if view == "fused" else strides[a]
-            shape_v = tuple(-(-n // k) if ax == a else n for ax, n in enumerate(vol.shape))
-            block_v = tuple(b // k if ax == a else b for ax, b in enumerate(block_shape))
-            averaged = strides if view == "fused" else tuple(k if ax == a else 1 for ax in range(3))  # neighbours
-            job = StackJob(source=dataclasses.replace(source, axis=a, stride=k) if k > 1 else source, model=model,
-                           device=device, params=p.model_dump(), intensity=intensity,
-                           axis=a, shape=shape_v, halo=halo, align=align, work=str(work / f"stack_{view}"),
-                           net=str(net), block_shape=block_v, batch_size=batch_size, skip_empty=skip_empty,
-                           fusion=view == "fused", n_channels=card.probability_channels,
-                           class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
-                           context=exact_context and _has_context(model, card) and
-                           _tiles_slices(shape_v, block_v, a, view == "fused"), mask=msource,
-                           runtime=runtime, precision=precision, threads=threads,
-                           context_slices=card.context_slices,
-                           neighbour_steps=tuple(st / d for st, d in zip(steps, averaged)),
-                           stride=k, input_shape=tuple(vol.shape), resample=resample,
-                           fused_strides=strides if view == "fused" else (1, 1, 1))
-            if cache_dir:
-                _check_cache(Path(cache_dir), net, {**net_key, "view": view})
-            Path(job.work).mkdir(parents=True, exist_ok=True)
-            create_net_arrays(job)
-            _create_provisional(Path(job.work), shape_v, block_v)
-            jobs.append(job)
-            grids.append(grid if k == 1 else BlockGrid(shape_v, block_v, halo))
+        try:  # a run refused here (a cache of another run) leaves no work folder it made
+            _prepare_work(work, run_key, array_source=in_path is None)
+            block_shape = aligned
+            grid = BlockGrid(vol.shape, block_shape, halo)
+            consensus = p.orthoplane and p.fusion == "consensus"
+            views = ["xy", "xz", "yz"] if consensus else ["fused" if p.orthoplane else p.inference_plane]
+            jobs, grids = [], []
+            for view in views:
+                a = 0 if view == "fused" else PLANE_AXIS[view]
+                net = Path(cache_dir) / f"{view}.zarr" if cache_dir else work / f"net_{view}.zarr"
+                # an xz / yz stack whose planes average k: its passes run on the volume so reduced along its
+                # axis, in blocks of the same number (block shapes along it are multiples of k)
+                k = 1 if view == "fused" else strides[a]
+                shape_v = tuple(-(-n // k) if ax == a else n for ax, n in enumerate(vol.shape))
+                block_v = tuple(b // k if ax == a else b for ax, b in enumerate(block_shape))
+                averaged = strides if view == "fused" else tuple(k if ax == a else 1 for ax in range(3))  # neighbours
+                job = StackJob(source=dataclasses.replace(source, axis=a, stride=k) if k > 1 else source, model=model,
+                               device=device, params=p.model_dump(), intensity=intensity,
+                               axis=a, shape=shape_v, halo=halo, align=align, work=str(work / f"stack_{view}"),
+                               net=str(net), block_shape=block_v, batch_size=batch_size, skip_empty=skip_empty,
+                               fusion=view == "fused", n_channels=card.probability_channels,
+                               class_ids=tuple(c.id for c in card.classes), thing_ids=tuple(card.thing_ids),
+                               context=exact_context and _has_context(model, card) and
+                               _tiles_slices(shape_v, block_v, a, view == "fused"), mask=msource,
+                               runtime=runtime, precision=precision, threads=threads,
+                               context_slices=card.context_slices,
+                               neighbour_steps=tuple(st / d for st, d in zip(steps, averaged)),
+                               stride=k, input_shape=tuple(vol.shape), resample=resample,
+                               fused_strides=strides if view == "fused" else (1, 1, 1))
+                if cache_dir:
+                    _check_cache(Path(cache_dir), net, {**net_key, "view": view})
+                Path(job.work).mkdir(parents=True, exist_ok=True)
+                create_net_arrays(job)
+                _create_provisional(Path(job.work), shape_v, block_v)
+                jobs.append(job)
+                grids.append(grid if k == 1 else BlockGrid(shape_v, block_v, halo))
+        except PanoptemError:
+            if not work_existed:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
         log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else None
         from ._cluster import callers_client, check_workers_see, client_for, run_tasks
         timings: dict[str, float] = {}

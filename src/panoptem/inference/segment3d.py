@@ -645,6 +645,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     """
     p = params_with(Params3D, params, **overrides)
     if cache_dir is not None:
+        cache_dir = Path(cache_dir).expanduser()
         from .cache import check_cache_dir
         check_cache_dir(cache_dir, [output, preview], inputs)
     if client is not None and not blockwise:
@@ -687,7 +688,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
     import shutil
     from .._atomic import exclusive_output
-    out = Path(output)
+    out = Path(output).expanduser()
     for path in output_paths(out, predictor.card, p):
         _check_new(path, overwrite, inputs)
     with exclusive_output(out):  # also removes what a killed run left for this output
@@ -914,7 +915,7 @@ def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False
     returned stacks; Zarr chunks of ``chunk_size`` voxels per side, or per axis (0: automatic).
     Returns one summary dict per file written."""
     from ..io.writers import write_labels_together
-    out = Path(output)
+    out = Path(output).expanduser()
     stem, ext = _stem_ext(out)
     items = list(res.labels.items())
     files, written = [], []

@@ -11,6 +11,7 @@ source card when that card lives in the user's registry.
 from __future__ import annotations
 
 import inspect
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -103,18 +104,32 @@ def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:
                                 f"{str(e).splitlines()[0]}).") from None
 
 
-def _check_out(out_file: str | Path, overwrite: bool) -> Path:
-    out = Path(out_file)
+def _check_out(out_file: str | Path, overwrite: bool, source: str | Path) -> Path:
+    out = Path(out_file).expanduser()
     check_outside_store(out)
     check_outside_store(out.with_suffix(".yaml"))
     if out.suffix in (".yaml", ".yml"):
         raise PanoptemError(f"{out} would clash with the card written next to the export; use another suffix.")
     if not out.parent.is_dir():
         raise PanoptemError(f"Folder {out.parent} does not exist; create it first.")
+    mine = _source_files(source)
     for p in (out, out.with_suffix(".yaml")):
+        if p.resolve() in mine:
+            raise PanoptemError(f"Refusing to write {p}: it is a file of the model being exported (its card or "
+                                "weights), which --overwrite never replaces; choose another output file.")
         if p.exists() and not overwrite:
             raise PanoptemError(f"{p} already exists; choose another output file or pass --overwrite.")
     return out
+
+
+def _source_files(source: str | Path) -> set[Path]:
+    """The files a model given by card path stands on (the card, its weights and exports)."""
+    from .home import get_card
+    card = get_card(str(source))
+    files = {Path(card.weights_path(w)) for w in (card.weights, *card.exports)} if card.source_dir else set()
+    if Path(str(source)).expanduser().is_file():
+        files.add(Path(str(source)).expanduser())
+    return {f.resolve() for f in files if "://" not in str(f)}
 
 
 def _atomic(out: Path):
@@ -204,7 +219,7 @@ def export_torchscript(name_or_card: str | Path, out_file: str | Path, empanada_
     -------
     The written model file.
     """
-    out = _check_out(out_file, overwrite)
+    out = _check_out(out_file, overwrite, name_or_card)
     lm = _load_cpu(name_or_card)
     card = lm.card
     module = lm.module
@@ -245,7 +260,7 @@ def export_onnx(name_or_card: str | Path, out_file: str | Path, overwrite: bool 
         import onnx
     except ImportError:
         raise PanoptemError("ONNX export needs the onnx package: pip install 'panoptem[onnx]'.") from None
-    out = _check_out(out_file, overwrite)
+    out = _check_out(out_file, overwrite, name_or_card)
     lm = _load_cpu(name_or_card)
     net = _TupleOutputs(lm.module).eval()
     step = max(32, lm.card.padding_factor)
@@ -304,9 +319,12 @@ def export_model(name_or_card: str | Path, out_file: str | Path, format: str = "
     """
     if format not in EXPORT_FORMATS:
         raise PanoptemError(f"Export format must be one of {', '.join(EXPORT_FORMATS)}, not '{format}'.")
-    if Path(out_file).expanduser().is_dir():  # a folder: the file goes into it, named after the model
+    folder = Path(out_file).expanduser()
+    if folder.is_dir() or str(out_file).endswith(("/", os.sep)):  # a folder: the file goes in, named after the model
+        from .._atomic import work_folder
         from .home import get_card
-        out_file = Path(out_file).expanduser() / f"{get_card(str(name_or_card)).name}{_FOLDER_SUFFIX[format]}"
+        out_file = work_folder(folder, "the export") / f"{get_card(str(name_or_card)).name}{_FOLDER_SUFFIX[format]}"
+    out_file = Path(out_file).expanduser()
     if format == "package":
         from .registry import export_package
         return export_package(str(name_or_card), out_file)

@@ -203,9 +203,14 @@ def archived_builtins() -> set[str]:
     return {str(n) for n in names} if isinstance(names, list) else set()
 
 
-def set_archived_builtins(names: set[str]) -> Path:
-    """Record which built-in models are archived; returns the file holding the list."""
-    return write_text(user_home() / "archived.json", json.dumps(sorted(names), indent=1) + "\n")
+def change_archived_builtins(add: set[str] = frozenset(), remove: set[str] = frozenset()) -> Path:
+    """Add names to and remove names from the archived built-in models, the file read and
+    written under a lock (two processes archiving at once both count); returns the file."""
+    from .._atomic import waiting_lock
+    f = user_home() / "archived.json"
+    with waiting_lock(f.parent / ".archived.json.lock"):
+        names = (archived_builtins() | set(add)) - set(remove)
+        return write_text(f, json.dumps(sorted(names), indent=1) + "\n")
 
 
 # ---------------------------------------------------------------- finding models

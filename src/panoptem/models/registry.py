@@ -375,7 +375,7 @@ def archive(name: str) -> Path:
     if home.is_builtin(name):
         if name in hidden:
             raise PanoptemError(f"Model '{name}' is already archived; `panoptem model restore {name}` brings it back.")
-        return home.set_archived_builtins(hidden | {name})
+        return home.change_archived_builtins(add={name})
     if name in hidden or home.archived_dir(name).exists():
         raise PanoptemError(f"Model '{name}' is already archived; `panoptem model restore {name}` brings it back.")
     raise PanoptemError(f"Unknown model '{name}'; `panoptem model list` shows the models you can archive.")
@@ -394,6 +394,6 @@ def restore(name: str) -> Path:
         os.replace(src, dest)
         return dest / "card.yaml"
     if name in hidden:
-        home.set_archived_builtins(hidden - {name})
+        home.change_archived_builtins(remove={name})
         return home.builtin_card(name)
     raise PanoptemError(f"Model '{name}' is not archived; `panoptem model list --all` shows archived models.")

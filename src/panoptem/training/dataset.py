@@ -185,7 +185,7 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
         raise PanoptemError(f"label_divisor must be a positive integer or None, not {label_divisor}.")
     if len(classes) > 1 and not label_divisor:
         raise PanoptemError("Several classes need a label divisor (masks painted as class * divisor + n).")
-    root = Path(folder)
+    root = Path(folder).expanduser()
     meta = _read_meta(root) or {}
     cls_json = [dict(id=c, name=n, kind=k) for c, n, k in classes]
     if meta:
@@ -287,7 +287,7 @@ def load_dataset(folder: str | Path, context: int = 0) -> tuple[list[np.ndarray]
         a pair differs in shape.
     """
     from ..io.readers import read_plane
-    root = Path(folder)
+    root = Path(folder).expanduser()
     im_dir, mk_dir = root / "images", root / "masks"
     if not im_dir.is_dir():
         raise PanoptemError(f"{root} has no images/ folder; a dataset folder holds images/ and masks/ with "

@@ -25,6 +25,7 @@ from .._atomic import write_text
 from ..errors import PanoptemError
 from ..models.card import ClassInfo, ModelCard, Normalization, Weights
 from ..params import LAYERS
+from .train import one_run_per_folder
 
 if TYPE_CHECKING:
     from .dataset import DatasetFolders
@@ -271,6 +272,12 @@ def _validation(val_dir, data: "DatasetFolders", fraction: float, seed: int, gam
     return _subset(data, train_idx, gamma), val, where, [data.names[i] for i in held]
 
 
+def _finetune_folder(a: dict) -> Path:
+    from ..models.home import training_dir
+    return Path(a["out_dir"]).expanduser() if a["out_dir"] else training_dir(a["name"])
+
+
+@one_run_per_folder(_finetune_folder)
 def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedModel", iterations: int = 100,
              patch_size: int = 256, layers: str = "none", lr: float = 1e-3, device: str = "auto",
              batch_size: int = 8, gamma: float = 0.7, scale_range: tuple[float, float] = (0.75, 1.33),
@@ -328,7 +335,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     registered model), ``name``, ``losses`` (one per iteration).
     """
     from ..models.architecture import architecture_config
-    from ..models.home import check_new_name, get_card, training_dir
+    from ..models.home import check_new_name, get_card
     from ..models.load import LoadedModel, load_model, pick_device
     from ..params import FinetuneParams, make_params
     from .dataset import DatasetFolders
@@ -376,7 +383,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
                       checkpoint_every=int(iterations), validate_every=every,
                       architecture=architecture_config(base.module.config), device=dev)
     losses: list[float] = []
-    stage = Path(out_dir) if out_dir else training_dir(name)
+    stage = _finetune_folder({"out_dir": out_dir, "name": name})
     keep = out_dir is not None
     best_file, history_file = stage / "best.pt", stage / "scores.json"
     history: list[dict] = []

@@ -13,7 +13,7 @@ import numpy as np
 from .._atomic import write_text
 from ..errors import PanoptemError
 from .dataset import VolumeSlices
-from .train import TrainConfig, _atomic_save, better_scores, train
+from .train import TrainConfig, _atomic_save, better_scores, one_run_per_folder, train
 
 
 def parse_range(text: str) -> slice:
@@ -52,6 +52,7 @@ def init_weights(name: str) -> tuple[dict, dict]:
     return m.module.config, {k: v.detach().clone() for k, v in m.module.state_dict().items()}
 
 
+@one_run_per_folder(lambda a: Path(a["out_dir"]).expanduser())
 def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_slices: str,
                       val_slices: str | None, cfg: TrainConfig, resume: bool = True, log=print,
                       init: str | None = None, min_size: int = 500, context_slices: int | None = None) -> Path:

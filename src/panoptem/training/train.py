@@ -1,6 +1,8 @@
 """Training loop for panoptic models: resumable, checkpointed, CPU or GPU."""
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import time
@@ -124,6 +126,24 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
 _HOW_RUN = ("device", "threads", "checkpoint_every", "validate_every", "iterations")
 #: how to start afresh, where a caller does not say
 RESTART = "pass --restart (resume=False in Python) to start afresh, or choose another output folder"
+
+
+def one_run_per_folder(folder_of):
+    """Decorator: a training run holds its folder (``folder_of(arguments)``, the call's arguments
+    by name) while it lasts; another process training into the same folder meanwhile is refused
+    in one line instead of mixing checkpoints and logs with it (re-entrant within a process)."""
+    def deco(func):
+        sig = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            from .._atomic import exclusive_output
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with exclusive_output(folder_of(bound.arguments)):
+                return func(*args, **kwargs)
+        return wrapper
+    return deco
 
 
 def claim_run(out: Path, cfg: TrainConfig, run: dict | None = None, resume: bool = True,
@@ -261,6 +281,7 @@ def _train_mode(model, frozen=()) -> None:
         model.get_submodule(name).eval()
 
 
+@one_run_per_folder(lambda a: Path(a["out_dir"]).expanduser())
 def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
           val: tuple[list, list] | None = None, log=print, *, init_state: dict | None = None,
           frozen: tuple[str, ...] = (), on_step=None, stop=None, validate=None, run: dict | None = None,
