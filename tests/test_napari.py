@@ -660,6 +660,40 @@ def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
     assert w.status.value.startswith("Error: ") and "already exists" in w.status.value
 
 
+def test_3d_multi_gpu_runs_blockwise_with_one_worker_per_device(viewer, qtbot, home, tmp_path, monkeypatch):
+    """Multi GPU (empanada's box): refused in one line without two GPUs or without a Zarr folder;
+    with them (two CPU "devices" stand in for GPUs here), one worker per device, blockwise, the
+    same objects as the run in the dock's own process."""
+    from panoptem.napari import _inference
+    from panoptem.napari._inference import Inference3DWidget
+    img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0))
+    w = dock(viewer, Inference3DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.form.set_values(min_size=50, min_extent=2)
+    run_and_wait(qtbot, w)
+    plain = np.asarray(viewer.layers["tubes-mitochondria-prediction"].data).copy()
+    viewer.layers.remove("tubes-mitochondria-prediction")
+    w.multigpu.value = True
+    monkeypatch.setattr(_inference, "cuda_devices", lambda: [])
+    run_and_wait(qtbot, w)
+    assert "needs two or more CUDA GPUs; this machine has 0" in w.status.value, w.status.value
+    monkeypatch.setattr(_inference, "cuda_devices", lambda: ["cpu", "cpu"])
+    run_and_wait(qtbot, w)
+    assert "choose a Zarr output folder" in w.status.value, w.status.value
+    w.zarr_dir.value = tmp_path / "out"
+    from panoptem.distributed import _cluster
+    planned, plan = [], _cluster.plan_workers
+    monkeypatch.setattr(_cluster, "plan_workers", lambda *a, **k: planned.append((a[1], plan(*a, **k))) or planned[-1][1])
+    run_and_wait(qtbot, w, timeout=180_000)
+    assert [(devices, workers) for devices, (workers, _) in planned] == [(["cpu", "cpu"], 2)]  # a worker per device
+    path = tmp_path / "out" / "tubes_darkblob.zarr"
+    assert w.status.value.startswith("Done: 3 mitochondria") and path.is_dir(), w.status.value
+    out = np.asarray(viewer.layers["tubes-mitochondria-prediction"].data)
+    pairs = np.unique(np.stack([plain.ravel(), out.ravel()]), axis=1)   # the same objects, voxel for voxel
+    assert pairs.shape[1] == 4 and pairs[:, 0].tolist() == [0, 0]
+
+
 def test_3d_cancel_really_stops(viewer, qtbot, home):
     from panoptem.napari._inference import Inference3DWidget
     img = viewer.add_image(blobs((40, 64, 64), centers=((32, 32),), r=10), name="long")

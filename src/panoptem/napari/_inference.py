@@ -191,8 +191,8 @@ class _InferenceBase(Dock):
             params = params.model_copy(update={"pixel_size": None})
         return params
 
-    def _input_group(self) -> Group:
-        return Group("Input", [self.image, self.model, self.device, self.quantized,
+    def _input_group(self, extra=()) -> Group:
+        return Group("Input", [self.image, self.model, self.device, *extra, self.quantized,
                                *self.form.take(*self.groups["Input"])])
 
     def _group(self, title: str, extra=(), folded: bool | None = None) -> Group:
@@ -392,20 +392,34 @@ class _Progress(QObject):
     step = Signal(str, int, int)
 
 
+def cuda_devices() -> list[str]:
+    """``cuda:i`` for every GPU this machine's torch sees (Multi GPU runs one worker on each)."""
+    from ..distributed._cluster import visible_gpus
+    return visible_gpus()
+
+
 def _run_3d(volume, model: str, device: str, params: Params3D, voxel_size, callback, output, layer_kw: dict,
-            image_name: str, quantized: bool = False):
-    """Segment (and write the Zarr output when asked), and build the result layers (worker thread)."""
+            image_name: str, quantized: bool = False, devices: list[str] | None = None):
+    """Segment (and write the Zarr output when asked), and build the result layers (worker thread).
+    With ``devices``: blockwise on Dask, one worker per device, written to ``output``."""
     from ..inference.segment3d import segment_3d
-    lm = cached_model(model, device)
-    precision = precision_for(lm, quantized)
     origin = origin_from_meta(layer_kw, len(volume.shape))  # where the image lies goes with a written output
-    res = segment_3d(volume, lm, voxel_size=voxel_size, callback=callback, output=output, precision=precision,
-                     origin=origin if voxel_size is not None else None, **params.model_dump())
+    origin = origin if voxel_size is not None else None
+    if devices:  # each worker loads the model itself, on its device
+        from ..models.home import get_card
+        card, precision = get_card(model), "auto"
+        res = segment_3d(volume, model, output=output, blockwise=True, devices=devices, voxel_size=voxel_size,
+                         origin=origin, **params.model_dump())
+    else:
+        lm = cached_model(model, device)
+        card, precision = lm.card, precision_for(lm, quantized)
+        res = segment_3d(volume, lm, voxel_size=voxel_size, callback=callback, output=output, precision=precision,
+                         origin=origin, **params.model_dump())
     layers = [_labels_layer(vol, name=f"{image_name}-{cls}-prediction", **layer_kw)
               for cls, vol in res.labels.items()]
     layers += [_labels_layer(vol, name=f"{image_name}-panoptic-stack-{plane}", **layer_kw)
                for plane, vol in res.stacks.items()]
-    return res, layers, _pixel_words(lm.card, params, voxel_size, 3) + _precision_words(precision)
+    return res, layers, _pixel_words(card, params, voxel_size, 3) + _precision_words(precision)
 
 
 class Inference3DWidget(_InferenceBase):
@@ -429,12 +443,16 @@ class Inference3DWidget(_InferenceBase):
         self.result = None
         self._bridge = _Progress()
         self._bridge.step.connect(self._on_step)
+        self.multigpu = CheckBox(text="Multi GPU", name="multigpu", value=False,
+                                 tooltip="Run on every CUDA GPU of this machine at once: the volume in blocks on "
+                                         "Dask, one worker per GPU (as segment3d --blockwise --devices all), "
+                                         "written to the Zarr output folder, which the result layer reads.")
         self.zarr_dir = FileEdit(label="Zarr output folder (optional)", name="zarr_dir", mode="d", value="",
                                  tooltip="Write the labels to <folder>/<image>_<model>.zarr. One-plane, one-class "
                                          "runs stream there instead of holding the volume in memory, and the "
                                          "layer reads them from the file.")
         self.extend([
-            self._input_group(),
+            self._input_group(extra=(self.multigpu,)),
             self._group("2D Parameters"),
             self._group("Stack Parameters"),
             self._group("Ortho-plane Parameters"),
@@ -488,6 +506,15 @@ class Inference3DWidget(_InferenceBase):
             params = self._params()
             model = self._model_name()
             output = self.output_path(layer.name, model)
+            devices = None
+            if self.multigpu.value:
+                devices = cuda_devices()
+                if len(devices) < 2:
+                    raise PanoptemError(f"Multi GPU needs two or more CUDA GPUs; this machine has {len(devices)}. "
+                                        "Untick it (one GPU: Device cuda).")
+                if output is None:
+                    raise PanoptemError("Multi GPU writes the labels block by block to Zarr: choose a Zarr output "
+                                        "folder.")
             if output is not None:
                 if output.exists():
                     raise PanoptemError(f"{output} already exists; remove it or choose another Zarr folder.")
@@ -496,9 +523,10 @@ class Inference3DWidget(_InferenceBase):
             self._fail(e)
             return
         self._stop.clear()
-        self.cancel_button.enabled = True
+        self.cancel_button.enabled = devices is None  # blocks on Dask run to the end (a rerun resumes them)
         self.progress.value = 0
-        self.status.value = "Running 3D inference..."
+        self.status.value = ("Running 3D inference..." if devices is None else
+                             f"Running 3D inference on {len(devices)} GPUs (blockwise)...")
         vs = layer_voxel_size(layer)
         layer_kw = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": {"voxel_size": vs}}
 
@@ -514,4 +542,4 @@ class Inference3DWidget(_InferenceBase):
             self.add_layers(layers, shown)
 
         self._start(_run_3d, show, data, model, self.device.value, params, vs, self._callback, output, layer_kw,
-                    layer.name, self.quantized.value)
+                    layer.name, self.quantized.value, devices)
