@@ -4,6 +4,6 @@ User errors print one sentence (no traceback) and exit with status 2. Heavy impo
 happen inside the commands, so ``panoptem --help`` stays fast.
 """
 from ._app import app, main, run
-from . import models, segment, analysis, training, bench  # noqa: E402,F401 - each adds its commands to app
+from . import models, segment, analysis, training, bench, tiles  # noqa: E402,F401 - each adds its commands to app
 
 __all__ = ["app", "main", "run"]
