@@ -153,7 +153,7 @@ def test_manifest_is_valid_and_importable():
     assert m.name == "panoptem"
     assert [w.display_name for w in m.contributions.widgets] == [
         "2D Inference (Parameter Testing)", "3D Inference", "Proofread Labels", "Measure Labels", "Models",
-        "Pick Patches + Store Dataset", "Fine-tune", "Train", "Export Segmentations"]
+        "Pick Patches + Store Dataset", "Fine-tune", "Train", "Export Segmentations", "Create / Merge Tiles"]
     assert [s.key for s in m.contributions.sample_data] == ["sample"]
     assert m.contributions.writers[0].layer_types == ["labels"]
 

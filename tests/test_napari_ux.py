@@ -352,6 +352,28 @@ def test_filter_and_count_each_slice_of_a_batch_stack(viewer, qtbot, tmp_path):
     assert "needs a 3D stack" in w.status.value
 
 
+def test_tiles_dock_cuts_and_merges_files(viewer, qtbot, tmp_path):
+    """Create / Merge Tiles from the dock: files in, files out, the image back exactly."""
+    import tifffile
+
+    from panoptem.napari._tiles import TilesWidget
+    img = np.random.default_rng(0).integers(0, 65535, (150, 200), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "big.tif", img)
+    w = dock(viewer, TilesWidget)
+    w.tiles_dir.value = tmp_path / "t"
+    w.create_button.native.click()
+    assert w.status.value == "Error: Choose the 2D image file."
+    w.image_file.value, w.tile_size.value = tmp_path / "big.tif", 64
+    w.create_button.native.click()
+    qtbot.waitUntil(lambda: not w.running, timeout=30_000)
+    assert w.status.value == f"Wrote 12 tiles of 64 pixels to {tmp_path / 't'}.", w.status.value
+    w.merged_dir.value = tmp_path / "m"
+    w.merge_button.native.click()
+    qtbot.waitUntil(lambda: not w.running, timeout=30_000)
+    assert w.status.value == f"Wrote {tmp_path / 'm' / 'image.tif'}.", w.status.value
+    assert np.array_equal(tifffile.imread(tmp_path / "m" / "image.tif"), img)
+
+
 # ------------------------------------------------------------------ models: the card follows the picker
 
 def test_models_card_follows_the_picker_and_rows_are_named(viewer, qtbot, home, tmp_path):
