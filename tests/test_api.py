@@ -150,3 +150,15 @@ def test_nested_lists_are_taken_where_arrays_are(tmp_path):
     assert np.array_equal(np.asarray(read_image(write_image(tmp_path / "i.tif", lab)).data), np.asarray(lab))
     assert take_plane(lab, 1, "yz").tolist() == [[3, 0], [1, 0]]
     assert "3 objects" in preview(lab).title
+
+
+def test_ragged_nested_lists_are_one_error():
+    """Rows of unequal lengths: numpy's ValueError became one line naming the argument."""
+    import panoptem
+    from panoptem.errors import PanoptemError
+    ragged = [[1, 2], [3]]
+    for call, what in ((lambda: panoptem.segment_2d(ragged), "image"), (lambda: panoptem.segment_3d([ragged]), "volume"),
+                       (lambda: panoptem.measure(ragged), "label image"),
+                       (lambda: panoptem.evaluate(ragged, [[1, 2], [3, 4]]), "prediction")):
+        with pytest.raises(PanoptemError, match=f"The {what} is nested lists of unequal lengths"):
+            call()

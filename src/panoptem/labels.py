@@ -29,6 +29,22 @@ __all__ = ["as_labels", "native", "dtype_for_max_label", "class_map", "compact",
 
 # ---------------------------------------------------------------- conventions
 
+def as_array(a, what: str = "image") -> np.ndarray:
+    """``np.asarray(a)``, with one error where ``a`` is nested lists of unequal lengths.
+
+    >>> as_array([[1, 2], [3]])
+    Traceback (most recent call last):
+    panoptem.errors.PanoptemError: The image is nested lists of unequal lengths, not an array; give a numpy array (every row as long as the others).
+    """
+    try:
+        return np.asarray(a)
+    except ValueError as e:
+        if "inhomogeneous" not in str(e) and "sequence" not in str(e):
+            raise
+        raise PanoptemError(f"The {what} is nested lists of unequal lengths, not an array; give a numpy array "
+                            "(every row as long as the others).") from None
+
+
 def as_labels(a, what: str = "label image") -> np.ndarray:
     """``a`` as a 2D or 3D unsigned integer label array (no copy where possible).
 
@@ -38,7 +54,7 @@ def as_labels(a, what: str = "label image") -> np.ndarray:
     >>> as_labels(np.array([[0, 2], [3, 0]], np.int16)).dtype
     dtype('uint16')
     """
-    a = np.asarray(a)
+    a = as_array(a, what)
     if a.ndim not in (2, 3):
         raise PanoptemError(f"The {what} has {a.ndim} dimensions; "
                             "give a 2D (YX) or 3D (ZYX) label image.")

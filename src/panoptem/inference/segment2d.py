@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import PanoptemError
+from ..labels import as_array
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
 from ..params import AUTO_TILE, AUTO_TILE_ABOVE, PLANE_AXIS, Params2D, params_with
@@ -293,7 +294,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
             raise PanoptemError(f"intensity must be (low, high): two numbers, low first, not {intensity!r}.")
         intensity = (lo, hi)
-    image = np.asarray(image) if not hasattr(image, "ndim") else image
+    image = as_array(image) if not hasattr(image, "ndim") else image
     stack = None
     if with_neighbours:  # one plane with its neighbours: the labels are the middle plane's
         if batch or image.ndim != 3 or image.shape[0] % 2 == 0:

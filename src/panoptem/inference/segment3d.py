@@ -19,7 +19,7 @@ from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
 from .._memory import release_free
-from ..labels import dtype_for_max_label, lookup, map_ids
+from ..labels import as_array, dtype_for_max_label, lookup, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from ._pipeline import BehindNetwork, Prefetch, StageClock, Worker, yield_to_network
 from .cache import at_cache_precision, byte_steps, plane_hashes, probability_bytes
@@ -658,7 +658,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
             overwrite=overwrite, progress=progress, exact_context=exact_context, runtime=runtime,
             precision=precision, threads=threads, client=client), preview, inputs)
     if not hasattr(volume, "ndim"):
-        volume = np.asarray(volume)
+        volume = as_array(volume, "volume")
     if volume.ndim != 3:  # checked before reading: a lazy 2D input may be far larger than memory
         raise PanoptemError(f"3D inference needs a ZYX volume, got shape {tuple(volume.shape)}; "
                             "use segment2d for 2D images.")
