@@ -396,7 +396,14 @@ def test_a_literal_tilde_is_the_home_folder_everywhere(monkeypatch, tmp_path, ti
     segment_3d(vol, str(tiny_card), output="~/a.tif", cache_dir="~/cache", keep_cache=True)
     store_dataset(pick_patches(vol[0], n=1, patch_size=32), "~/ds")
     assert (home / "a.tif").is_file() and (home / "cache").is_dir() and (home / "ds" / "images").is_dir()
-    assert list(cwd.iterdir()) == []
+    from panoptem import segment_2d
+    from panoptem.models.home import user_home
+    from panoptem.training.dataset import dataset_folders
+    assert dataset_folders(["~/ds"]) == [home / "ds"]
+    segment_2d(vol, str(tiny_card), batch=True, resume_dir="~/slices")
+    monkeypatch.setenv("PANOPTEM_HOME", "~/models")
+    assert user_home() == home / "models"
+    assert (home / "slices").is_dir() and list(cwd.iterdir()) == []
 
 
 CACHE_CASES = ["foreign xy.zarr file", "foreign xy.zarr store", "preview", "output", "in input", "output a store",

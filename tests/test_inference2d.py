@@ -106,6 +106,17 @@ def test_a_uniform_image_or_slice_holds_no_object(value):
         assert not segment_3d(vol, dark_blob_model(), **kw).labels["mitochondria"].any(), kw
 
 
+def test_a_flat_region_larger_than_a_tile_is_segmented_as_untiled():
+    """A tile wholly inside a flat area is not a blank plane: tiled and untiled runs agree (the
+    blank-plane rule taken per tile cut holes along the tiles into a large uniform object)."""
+    img = np.full((256, 320), 220, np.uint8)
+    img[20:236, 40:300] = 40                      # one large dark object, far wider than the tiles
+    whole = segment_2d(img, dark_blob_model(), maximum_objects_per_class=0)
+    tiled = segment_2d(img, dark_blob_model(), maximum_objects_per_class=0, tile_size=64)
+    assert (whole > 0).sum() > 50_000 and np.array_equal(whole > 0, tiled > 0)
+    assert not segment_2d(np.full((256, 320), 40, np.uint8), dark_blob_model(), tile_size=64).any()  # blank: none
+
+
 def test_a_channel_axis_of_one_last_is_refused_not_segmented_as_slices():
     """(Y, X, 1) was refused as "a 3D input" with the advice batch=True, which then segmented
     Y slices of X x 1 pixels."""

@@ -125,6 +125,8 @@ def test_write_result_zarr_chunks(tmp_path):
     write_result(res, tmp_path / "m.zarr", chunk_size=8)
     write_result(res, tmp_path / "d.zarr")
     write_result(res, tmp_path / "a.zarr", chunk_size=(5, 30, 60))
+    from panoptem.params import Params3D, zarr_chunks
+    assert Params3D(chunk_size=np.int64(8)).chunk_size == [8] and zarr_chunks(np.int64(8), (4, 9, 9)) == (4, 8, 8)
     import zarr
     assert zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["0"].chunks == (5, 30, 60)
     assert zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["0"].chunks == (8, 8, 8)

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,7 +136,8 @@ def move_into_place(tmp: str | Path, target: str | Path, aside: str | Path | Non
 
 # ---- one writer per output, and what dead writers left --------------------------------
 
-_held: dict[str, list] = {}  # lock path -> [fd, depth]: re-entrant within this process
+_held: dict[tuple, list] = {}  # (thread, lock path) -> [fd, depth]: re-entrant within a thread; another
+# thread of the process (a napari dock's worker) is refused as another process is
 
 
 def leftovers(target: str | Path) -> list[Path]:
@@ -201,8 +203,9 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
     remove what killed runs left behind for it (see :func:`leftovers`).
 
     A second process writing the same target gets a :class:`PanoptemError`
-    instead of mixing its files with the first's; within one process the lock
-    is re-entrant. Without ``fcntl`` (Windows) nothing is locked or removed.
+    instead of mixing its files with the first's; the lock is re-entrant within a thread
+    (another thread of the process is refused, as another process is).
+    Without ``fcntl`` (Windows) nothing is locked or removed.
     """
     try:
         import fcntl
@@ -211,7 +214,7 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
         return
     t = Path(target).expanduser().absolute()
     lock = t.parent / f".{t.name}.lock"
-    key = str(lock)
+    key = (threading.get_ident(), str(lock))
     if key in _held:
         _held[key][1] += 1
         try:

@@ -4,8 +4,10 @@ Names follow empanada-napari's labels in snake_case, with the same defaults.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import PanoptemError
@@ -168,7 +170,7 @@ class Params3D(PlaneParams):
                 return [int(t) for t in v.replace(";", ",").split(",")]
             except ValueError:
                 raise ValueError(f"Chunk size must be one whole number or three separated by commas, not '{v}'") from None
-        return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        return [v] if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) else v
 
     @field_validator("chunk_size")
     @classmethod
@@ -181,7 +183,7 @@ class Params3D(PlaneParams):
 def zarr_chunks(chunk_size, shape) -> tuple[int, ...] | None:
     """Chunk shape of a Zarr output of ``shape`` for ``chunk_size`` (one number for every side,
     or one per axis; 0: None, the writer's default), clipped to the shape."""
-    sides = [chunk_size] if isinstance(chunk_size, int) else list(chunk_size)
+    sides = [chunk_size] if isinstance(chunk_size, numbers.Integral) else list(chunk_size)
     if not any(sides):
         return None
     if len(sides) == 1:

@@ -560,6 +560,8 @@ def count_table(labels: np.ndarray, label_divisor: int | None = None,
         ids, counts = np.unique(view, return_counts=True)
         keep = ids != 0
         rows.append((np.full(int(keep.sum()), z, np.int64), ids[keep], counts[keep].astype(np.int64)))
+    if not rows:  # a stack of no slice
+        rows = [(np.zeros(0, np.int64), np.zeros(0, labels.dtype), np.zeros(0, np.int64))]
     ids = np.concatenate([r[1] for r in rows])
     ids = ids.astype(np.uint64 if ids.dtype.kind == "u" else np.int64)  # exact past 2^63
     table = {"class_id": class_map(ids, label_divisor), "label": ids,

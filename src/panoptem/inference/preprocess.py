@@ -389,21 +389,19 @@ def padding_mask(planes: np.ndarray) -> np.ndarray | None:
 
 
 def uniform_planes(planes: np.ndarray) -> np.ndarray | None:
-    """Where ``(..., H, W)`` planes hold a single value throughout (a blank or grey-filled
-    section, an empty tile): every pixel of those planes, else None. There is nothing to find
-    in them, and a network given a featureless plane may call all of it one object.
+    """Which ``(..., H, W)`` planes hold a single value throughout (a blank or grey-filled
+    section): a bool per plane (shape ``planes.shape[:-2]``), or None where none does. There is
+    nothing to find in them, and a network given a featureless plane may call all of it one
+    object.
 
-    >>> m = uniform_planes(np.stack([np.full((2, 2), 7), np.eye(2)])); m[:, 0, 0].tolist()
+    >>> uniform_planes(np.stack([np.full((2, 2), 7), np.eye(2)])).tolist()
     [True, False]
     """
     planes = np.asarray(planes)
     if planes.size == 0:
         return None
-    flat = planes.reshape(*planes.shape[:-2], -1)
-    same = flat.min(axis=-1) == flat.max(axis=-1)
-    if not same.any():
-        return None
-    return np.broadcast_to(same[..., None, None], planes.shape).copy()
+    same = planes.min(axis=(-2, -1)) == planes.max(axis=(-2, -1))  # strided views are not copied
+    return same if same.any() else None
 
 
 def pad_to_multiple(batch, factor: int):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -340,12 +341,13 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     if resume_dir is not None:
         if return_outputs:
             raise PanoptemError("resume_dir keeps labels only; leave out return_outputs.")
+        from .preprocess import PADDING_RULE
         from .slice_store import SliceStore
-        store = SliceStore(resume_dir, {"card": pred.card.model_dump(mode="json"), "weights": _weights_id(pred.card),
-                                        "params": p.model_dump(), "runtime": pred.runtime,
-                                        "precision": pred.precision, "voxel_size": voxel_size,
-                                        "intensity": intensity, "with_neighbours": stack is not None},
-                           (len(planes), *planes.shape[-2:]))
+        key = {"card": pred.card.model_dump(mode="json"), "weights": _weights_id(pred.card),
+               "params": p.model_dump(), "runtime": pred.runtime, "precision": pred.precision,
+               "voxel_size": voxel_size, "intensity": intensity, "with_neighbours": stack is not None,
+               "padding": PADDING_RULE}
+        store = SliceStore(Path(resume_dir).expanduser(), key, (len(planes), *planes.shape[-2:]))
     # a store holds the labels on disk (all of them come back to number them across the stack)
     held = planes.shape if store is None or unique_ids else (min(batch_size, len(planes)), *planes.shape[1:])
     _check_memory(held, np.dtype(image.dtype).itemsize, batch_size)

@@ -46,7 +46,7 @@ def user_home() -> Path:
     """panoptem's user folder (``PANOPTEM_HOME`` or the platform's data dir)."""
     env = os.environ.get("PANOPTEM_HOME")
     if env:
-        return Path(env)
+        return Path(env).expanduser()
     import platformdirs
     return Path(platformdirs.user_data_dir("panoptem"))
 

@@ -375,7 +375,7 @@ def dataset_folders(paths: Iterable[str | Path]) -> list[Path]:
     and one held out is never also trained on."""
     out = []
     for p in paths:
-        p = Path(p)
+        p = Path(p).expanduser()
         if (p / "images").is_dir():
             out.append(p)
             continue

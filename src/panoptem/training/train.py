@@ -137,10 +137,11 @@ def one_run_per_folder(folder_of):
 
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
-            from .._atomic import exclusive_output
+            from .._atomic import exclusive_output, work_folder
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
-            with exclusive_output(folder_of(bound.arguments)):
+            folder = work_folder(folder_of(bound.arguments), "checkpoints and weights", create=False)
+            with exclusive_output(folder):
                 return func(*args, **kwargs)
         return wrapper
     return deco
