@@ -630,17 +630,30 @@ def test_two_class_model_gives_a_layer_per_class_as_the_engine(viewer, qtbot, ho
     assert {v // 10000 for v in np.unique(plane) if v} == {1, 2}
 
 
-def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
+def tubes_in_memory(viewer, qtbot, **image_kw):
+    """A 3D dock run on the darkblob model over three tubes, in memory: (dock, labels), the
+    result layer removed again."""
     from panoptem.napari._inference import Inference3DWidget
-    img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0), translate=(40.0, 0.0, -10.0))
+    img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0), **image_kw)
     w = dock(viewer, Inference3DWidget)
     w.image.value = img
     w.model.value, w.device.value = "darkblob", "cpu"
     w.form.set_values(min_size=50, min_extent=2)
     run_and_wait(qtbot, w)
-    in_memory = np.asarray(viewer.layers["tubes-mitochondria-prediction"].data).copy()
+    labels = np.asarray(viewer.layers["tubes-mitochondria-prediction"].data).copy()
     assert not w.result.streamed
     viewer.layers.remove("tubes-mitochondria-prediction")
+    return w, labels
+
+
+def same_objects(a, b) -> bool:
+    """Whether two label volumes hold the same objects voxel for voxel, whatever their ids."""
+    pairs = np.unique(np.stack([np.ravel(a), np.ravel(b)]), axis=1)
+    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b)) and pairs[:, 0].tolist() == [0, 0]
+
+
+def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
+    w, in_memory = tubes_in_memory(viewer, qtbot, translate=(40.0, 0.0, -10.0))
     w.zarr_dir.value = tmp_path / "out"
     run_and_wait(qtbot, w)
     path = tmp_path / "out" / "tubes_darkblob.zarr"
@@ -648,10 +661,8 @@ def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
     out = viewer.layers["tubes-mitochondria-prediction"]
     assert not isinstance(out.data, np.ndarray)        # read lazily from the file
     streamed = np.asarray(out.data)
-    assert np.unique(in_memory).tolist() == [0, 1, 2, 3] and len(np.unique(streamed)) == 4
-    # the same objects voxel for voxel (the streamed ids may be numbered class * divisor + n)
-    pairs = np.unique(np.stack([in_memory.ravel(), streamed.ravel()]), axis=1)
-    assert pairs.shape[1] == 4 and pairs[:, 0].tolist() == [0, 0]
+    assert np.unique(in_memory).tolist() == [0, 1, 2, 3]
+    assert same_objects(in_memory, streamed)     # the streamed ids may be numbered class * divisor + n
     assert tuple(out.scale) == (20.0, 5.0, 5.0)
     from panoptem.io import read_image
     assert read_image(path).origin == (40.0, 0.0, -10.0)   # the file lies where the image does
@@ -665,15 +676,7 @@ def test_3d_multi_gpu_runs_blockwise_with_one_worker_per_device(viewer, qtbot, h
     with them (two CPU "devices" stand in for GPUs here), one worker per device, blockwise, the
     same objects as the run in the dock's own process."""
     from panoptem.napari import _inference
-    from panoptem.napari._inference import Inference3DWidget
-    img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0))
-    w = dock(viewer, Inference3DWidget)
-    w.image.value = img
-    w.model.value, w.device.value = "darkblob", "cpu"
-    w.form.set_values(min_size=50, min_extent=2)
-    run_and_wait(qtbot, w)
-    plain = np.asarray(viewer.layers["tubes-mitochondria-prediction"].data).copy()
-    viewer.layers.remove("tubes-mitochondria-prediction")
+    w, plain = tubes_in_memory(viewer, qtbot)
     w.multigpu.value = True
     monkeypatch.setattr(_inference, "cuda_devices", lambda: [])
     run_and_wait(qtbot, w)
@@ -689,9 +692,7 @@ def test_3d_multi_gpu_runs_blockwise_with_one_worker_per_device(viewer, qtbot, h
     assert [(devices, workers) for devices, (workers, _) in planned] == [(["cpu", "cpu"], 2)]  # a worker per device
     path = tmp_path / "out" / "tubes_darkblob.zarr"
     assert w.status.value.startswith("Done: 3 mitochondria") and path.is_dir(), w.status.value
-    out = np.asarray(viewer.layers["tubes-mitochondria-prediction"].data)
-    pairs = np.unique(np.stack([plain.ravel(), out.ravel()]), axis=1)   # the same objects, voxel for voxel
-    assert pairs.shape[1] == 4 and pairs[:, 0].tolist() == [0, 0]
+    assert same_objects(plain, np.asarray(viewer.layers["tubes-mitochondria-prediction"].data))
 
 
 def test_3d_cancel_really_stops(viewer, qtbot, home):
