@@ -159,6 +159,40 @@ def test_3d_labels_that_cannot_fit_in_memory_are_refused_before_the_network(caps
     assert code == 0, err
 
 
+def test_a_lazy_2d_image_too_large_is_refused_before_it_is_read(space, tiny_card, monkeypatch):
+    """A 2D Zarr image (taken whole to make a stack of one plane) is refused by the memory check
+    before it is read."""
+    import zarr
+
+    from panoptem import _memory, segment_2d
+    from panoptem.inference import segment2d as s2
+    from panoptem.io import read_image
+    inp, _ = space
+    zarr.open_group(str(inp / "big.zarr"), mode="w").create_array("0", shape=(512, 512), chunks=(64, 64),
+                                                                 dtype=np.uint8)
+    monkeypatch.setattr(_memory, "physical_memory", lambda: 100_000)
+    monkeypatch.setattr(s2, "_one_plane_stack", lambda *a: pytest.fail("read the image"))
+    with pytest.raises(PanoptemError, match="512 x 512 pixels"):
+        segment_2d(read_image(inp / "big.zarr").data, tiny_card)
+
+
+def test_the_3d_memory_check_counts_every_volume_a_run_holds(space, monkeypatch):
+    """A two-class run holds a volume per class beside its panoptic stack, an ortho-plane consensus
+    three stacks beside its labels: counted as one volume, they were let through."""
+    from _models import dark_blob_model, save_two_class_model
+    from panoptem import _memory
+    from panoptem.inference import segment3d as s3
+    inp, _ = space
+    card = save_two_class_model(inp)
+    vol = np.zeros((4, 64, 64), np.uint8)
+    monkeypatch.setattr(_memory, "physical_memory", lambda: 2 * 4 * vol.size)   # room for two uint32 volumes
+    monkeypatch.setattr(s3, "_segment", lambda *a, **k: pytest.fail("ran the network"))
+    with pytest.raises(PanoptemError, match="its labels alone"):
+        s3.segment_3d(vol, card)                        # 2 classes + the panoptic stack: 3 volumes
+    with pytest.raises(PanoptemError, match="its labels alone"):
+        s3.segment_3d(vol, dark_blob_model(), orthoplane=True)   # labels + 3 stacks
+
+
 @pytest.mark.parametrize("cmd", ["segment2d", "segment3d"])
 def test_tile_size_7(capsys, space, tiny_card, cmd):
     inp, out = space

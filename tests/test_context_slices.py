@@ -175,6 +175,18 @@ def test_tiled_planes_see_their_neighbours():
     np.testing.assert_array_equal(got.semantic_probability, want.semantic_probability)
 
 
+@pytest.mark.parametrize("grey", [30, 128])
+def test_a_blank_neighbour_is_mean_grey_in_tiles_too(grey):
+    """A neighbour of one value throughout (a blank section) is mean grey for the network, whether
+    the plane is cut into tiles or not (tiles saw its raw grey: their labels hung on its value)."""
+    stack = take_plane(scene((10, 150, 300)), 5, "xy", neighbours=1)
+    stack[0] = grey
+    whole = segment_2d(stack, neighbour_model(), with_neighbours=True, min_piece_area=0, intensity=(40.0, 200.0))
+    tiled = segment_2d(stack, neighbour_model(), with_neighbours=True, min_piece_area=0, intensity=(40.0, 200.0),
+                       tile_size=64)
+    np.testing.assert_array_equal(whole, tiled)
+
+
 def test_card_checks_context_against_the_architecture():
     with pytest.raises(ValueError, match="means 3"):
         ModelCard(name="m", weights=Weights(file="m.pt"), context_slices=1, architecture={"in_channels": 1})

@@ -178,6 +178,21 @@ def test_make_unique_without_divisor():
     assert make_unique(s, None).tolist() == [[[1, 2]], [[3, 0]]]
 
 
+def test_make_unique_reads_a_list_or_a_lazy_stack_slice_by_slice(tmp_path):
+    """The same ids from an array, a list of slices and a Zarr array (read a slice at a time:
+    a lazy stack was read whole, then copied twice), as uint32 unless the ids need more."""
+    import zarr
+    s = np.array([[[1001, 2001], [0, 1002]], [[1001, 0], [3000, 0]], [[0, 0], [0, 0]]], np.uint32)
+    z = zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=s.shape, chunks=(1, 2, 2), dtype=np.uint32)
+    z[:] = s
+    want = make_unique(s, 1000)
+    assert want.dtype == np.uint32 and want[1].tolist() == [[1003, 0], [3000, 0]]
+    for other in (list(s), z):
+        got = make_unique(other, 1000)
+        assert got.dtype == np.uint32 and np.array_equal(got, want)
+    assert make_unique(np.array([[[2**32 - 1]], [[5]]], np.uint64), None).dtype == np.uint64
+
+
 def test_3d_input_without_batch_is_an_error():
     with pytest.raises(PanoptemError, match="batch=True"):
         segment_2d(np.zeros((3, 64, 64), np.uint8), dark_blob_model())

@@ -49,10 +49,13 @@ def test_painted_mask_tiles_come_back_in_place(big):
     tifffile.imwrite(tmp / "t" / "masks" / "128_256.tif", paint.astype(np.uint16))
     paint[:4, :4] = 2**40
     tifffile.imwrite(tmp / "t" / "masks" / "000_384.tif", paint)
+    floats = np.zeros((128, 128), np.float32)           # as Fiji saves a painted mask: whole-numbered floats
+    floats[10:12, 60:62] = 9
+    tifffile.imwrite(tmp / "t" / "masks" / "256_000.tif", floats)
     out = merge_tiles(tmp / "t", tmp / "back")
     mask = tifffile.imread(out["mask"])
-    assert mask.dtype == np.uint64 and set(np.unique(mask).tolist()) == {0, 5, 2**40}
-    assert (mask[138:148, 286:296] == 5).all() and (mask[:4, 384:388] == 2**40).all()
+    assert mask.dtype == np.uint64 and set(np.unique(mask).tolist()) == {0, 5, 9, 2**40}
+    assert (mask[138:148, 286:296] == 5).all() and (mask[:4, 384:388] == 2**40).all() and (mask == 9).sum() == 4
     assert (mask == 5).sum() == 200
 
 
@@ -78,18 +81,30 @@ def test_bad_tile_input_is_one_clear_error(big):
     tifffile.imwrite(tmp / "small.tif", mask[:10])
     (tmp / "notes").mkdir()
     (tmp / "notes" / "mine.txt").write_text("the user's\n")
+    (tmp / "results.csv").write_text("a,b\n")
     cases = [(lambda: create_tiles(tmp / "vol.tif", tmp / "a"), "2D image"),
              (lambda: create_tiles(tmp / "big.tif", tmp / "a", mask=tmp / "small.tif"), "give the image's mask"),
              (lambda: create_tiles(tmp / "big.tif", tmp / "a", tile_size=8), "from 16 to 100000"),
-             (lambda: create_tiles(tmp / "big.tif", tmp / "notes", overwrite=True), "holds no tiles"),
+             (lambda: create_tiles(tmp / "big.tif", tmp / "notes", overwrite=True), "not a tile folder"),
+             (lambda: create_tiles(tmp / "big.tif", tmp / "results.csv", overwrite=True), "not a tile folder"),
              (lambda: merge_tiles(tmp / "notes", tmp / "b"), "not a tile folder")]
     for call, words in cases:
         with pytest.raises(PanoptemError, match=words):
             call()
     assert (tmp / "notes" / "mine.txt").read_text() == "the user's\n" and not (tmp / "a").exists()
+    assert (tmp / "results.csv").read_text() == "a,b\n"
     create_tiles(tmp / "big.tif", tmp / "t", tile_size=128)
     with pytest.raises(PanoptemError, match="input"):
         merge_tiles(tmp / "t", tmp / "t" / "images")           # never into the tiles themselves
+    tifffile.imwrite(tmp / "t" / "images" / "000_000.tif", np.zeros((130, 128), np.uint16))
+    with pytest.raises(PanoptemError, match="not the 128 x 128 it was cut as"):
+        merge_tiles(tmp / "t", tmp / "b")                      # was cropped without a word
+    tifffile.imwrite(tmp / "t" / "images" / "000_000.tif", np.zeros((128, 128), np.uint16))
+    record = json.loads((tmp / "t" / "tiles.json").read_text())
+    (tmp / "t" / "tiles.json").write_text(json.dumps({**record, "voxel_size": ["x", 1]}))
+    with pytest.raises(PanoptemError, match="damaged"):
+        merge_tiles(tmp / "t", tmp / "b")
+    (tmp / "t" / "tiles.json").write_text(json.dumps(record))
     (tmp / "t" / "images" / "000_128.tif").unlink()
     with pytest.raises(PanoptemError, match="missing"):
         merge_tiles(tmp / "t", tmp / "b")

@@ -83,9 +83,9 @@ class PlaneParams(_Params):
     maximum_objects_per_class: int = Field(10000, ge=0, description="Max objects per class (the label "
                                            "divisor): label = class x divisor + n; 0 gives ids 1..N.")
     tile_size: int = Field(0, ge=0, description="Tile size: tile large 2D images into tiles of this many pixels "
-                           f"(0 = automatic: whole images up to {AUTO_TILE_ABOVE} pixels a side after "
-                           f"downsampling, tiles of {AUTO_TILE} above; else at least {MIN_TILE}; the model "
-                           "may need more).")
+                           f"(0 = automatic: whole images up to {AUTO_TILE_ABOVE} pixels a side, as given "
+                           f"and on the network's grid; tiles of {AUTO_TILE} network pixels above, at most half "
+                           f"the image; else at least {MIN_TILE}; the model may need more).")
     tta: bool = Field(False, description="Test-time augmentation: average the network's outputs over the "
                       "image and its three flips (about 4 x the network time; not in blockwise runs).")
     fill_holes_in_segmentation: bool = Field(False, description="Fill holes in segmentation: background "

@@ -55,12 +55,12 @@ def create_tiles(image, out_dir, tile_size: int = 512, mask=None, overwrite: boo
             raise PanoptemError(f"The mask has dtype {m.dtype}; give integer labels.")
     out = Path(out_dir).expanduser()
     inputs = [image] + ([mask] if mask is not None else [])
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+    if (out.exists() or out.is_symlink()) and not (out.is_dir() and not any(out.iterdir())):
         if not overwrite:
             raise PanoptemError(f"'{out}' already exists; choose another folder or pass --overwrite.")
-        if out.is_dir() and not (out / RECORD).is_file():
-            raise PanoptemError(f"'{out}' is a folder that holds no tiles ({RECORD} is missing); --overwrite "
-                                "replaces only a tile folder: choose another folder.")
+        if not (out.is_dir() and (out / RECORD).is_file()):
+            raise PanoptemError(f"'{out}' is not a tile folder ({RECORD} is missing); --overwrite replaces only "
+                                "a tile folder: choose another folder.")
     check_output(out, overwrite=True, inputs=inputs)  # never an input, nor inside one
     h, w = data.shape
     width = len(str(max(h, w)))
@@ -101,6 +101,8 @@ def _record(folder: Path) -> dict:
         size = int(rec["tile_size"])
         names = [str(n) for n in rec["tiles"]]
         np.dtype(rec["image_dtype"])
+        vs = rec.get("voxel_size")
+        rec["voxel_size"] = None if vs is None else tuple(float(v) for v in vs)
     except (OSError, ValueError, KeyError, TypeError):
         raise PanoptemError(f"{f} is damaged; cut the tiles again.") from None
     if h < 1 or w < 1 or size < 1:
@@ -120,14 +122,19 @@ def merge_tiles(folder, out_dir, overwrite: bool = False) -> dict[str, Path]:
     """Put the tiles of ``folder`` back together: ``out_dir/image.tif`` in the image's dtype and,
     where the folder has masks, ``out_dir/mask.tif`` (tiles without a mask are background).
     Returns the files written by kind."""
+    from ._memory import check_fits
     from .io import write_image, write_labels
     from .io.readers import read_plane
+    from .training.dataset import label_mask
     src = Path(folder).expanduser()
     rec = _record(src)
     (h, w), size = rec["shape"], rec["tile_size"]
-    image = np.zeros((h, w), np.dtype(rec["image_dtype"]))
     masks_dir = src / "masks"
     have_masks = masks_dir.is_dir() and any(masks_dir.iterdir())
+    check_fits(h * w * (np.dtype(rec["image_dtype"]).itemsize + 4 * have_masks),
+               f"Merging {h} x {w} tiles (the image{' and its mask' if have_masks else ''}, held in memory)",
+               "merge on a machine with more memory, or use the tiles as they are.")
+    image = np.zeros((h, w), np.dtype(rec["image_dtype"]))
     mask = np.zeros((h, w), np.uint32) if have_masks else None
     for name in rec["tiles"]:
         y, x = _place(name)
@@ -144,14 +151,12 @@ def merge_tiles(folder, out_dir, overwrite: bool = False) -> dict[str, Path]:
                     raise PanoptemError(f"Image tile {f} is missing; cut the tiles again.")
                 continue  # not painted: background
             tile = read_plane(str(f))
-            if tile.shape[0] < need[0] or tile.shape[1] < need[1]:
-                raise PanoptemError(f"{f} is {tile.shape[0]} x {tile.shape[1]} pixels, smaller than its place in "
-                                    f"the image ({need[0]} x {need[1]}); keep tiles of {size} pixels.")
+            if tile.shape != (size, size):
+                raise PanoptemError(f"{f} is {tile.shape[0]} x {tile.shape[1]} pixels, not the {size} x {size} it "
+                                    "was cut as; keep the tiles' size.")
             tile = tile[:need[0], :need[1]]
             if kind == "masks":
-                if np.dtype(tile.dtype).kind not in "uib" or (np.dtype(tile.dtype).kind == "i" and tile.min() < 0):
-                    raise PanoptemError(f"Mask tile {f} holds {tile.dtype} values that are not labels (whole "
-                                        "numbers, 0 or more).")
+                tile = label_mask(tile, f"Mask tile {f}")  # whole-numbered floats (as Fiji saves) are labels too
                 if mask.dtype == np.uint32 and tile.size and int(tile.max()) > np.iinfo(np.uint32).max:
                     mask = dest = mask.astype(np.uint64)  # ids past 32 bits: the whole mask in 64
             dest[cut] = tile
@@ -161,7 +166,7 @@ def merge_tiles(folder, out_dir, overwrite: bool = False) -> dict[str, Path]:
         targets["mask"] = out / "mask.tif"
     for p in targets.values():
         check_output(p, overwrite, inputs=[src])
-    vs = tuple(rec["voxel_size"]) if rec.get("voxel_size") else None
+    vs = rec["voxel_size"]
     written = {"image": write_image(targets["image"], image, voxel_size=vs, overwrite=overwrite, inputs=[src])}
     if mask is not None:
         written["mask"] = write_labels(targets["mask"], mask, voxel_size=vs, overwrite=overwrite, inputs=[src])

@@ -12,7 +12,7 @@ from ..models.card import OUTPUT_STRIDE as STRIDE
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel, load_model
 from .cache import probability_bytes
-from .predict import ModelOutput, clear_planes, encode_batch, network_input, predict_batch
+from .predict import ModelOutput, encode_batch, network_input, predict_batch
 from .preprocess import dtype_range, intensity_range, uniform_planes
 
 
@@ -195,13 +195,13 @@ class Predictor:
         return planes
 
     def _predict(self, planes: np.ndarray | None, intensity, context=None, timings: dict | None = None,
-                 prepared: tuple | None = None, whole_planes: bool = True) -> ModelOutput:
+                 prepared: tuple | None = None, blank="auto") -> ModelOutput:
         n = self.card.normalization
         net = self._graph("context") if context is not None else self.network
         return predict_batch(net, planes, intensity, device=self.model.device,
                              downsampling=self.downsampling, padding_factor=self.card.pad_multiple,
                              mean_std=(n.mean, n.std), context=context, precision=self.precision,
-                             timings=timings, tta=self.tta, prepared=prepared, whole_planes=whole_planes)
+                             timings=timings, tta=self.tta, prepared=prepared, blank=blank)
 
     def encode(self, planes: np.ndarray, intensity) -> np.ndarray:
         """Deepest features (N, C, h, w) of (N, H, W) planes (see :meth:`planes_in`), in batches."""
@@ -288,6 +288,7 @@ class Predictor:
         hn, wn = -(-h // f), -(-w // f)
         hs, ws = -(-hn // STRIDE), -(-wn // STRIDE)
         n = len(planes)
+        blank = uniform_planes(planes)  # of the whole planes, as an untiled run sees them, for every tile
         prob = None
         hm = np.zeros((n, 1, hs, ws), np.float32)
         off = np.zeros((n, 2, hs, ws), np.float32)
@@ -301,7 +302,7 @@ class Predictor:
         for y0 in starts(h):
             for x0 in starts(w):
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                o = self._predict(planes[..., y0:y1, x0:x1], intensity, whole_planes=False)
+                o = self._predict(planes[..., y0:y1, x0:x1], intensity, blank=blank)
                 if prob is None:
                     prob = np.zeros((n, o.semantic_probability.shape[1], hn, wn), np.uint8 if compact else np.float32)
                 # core of this tile in original pixels
@@ -319,8 +320,4 @@ class Predictor:
                 off[:, :, gy0:gy1, gx0:gx1] = o.offsets[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]
         if self.runtime == "onnx":  # before the labels of the whole image are made
             self.network.release_memory()
-        out = ModelOutput(prob, hm, off)
-        blank = uniform_planes(planes)  # of the whole planes, as an untiled run sees them
-        if blank is not None:
-            out = clear_planes(out, blank if blank.ndim == 1 else blank[:, blank.shape[1] // 2])
-        return out
+        return ModelOutput(prob, hm, off)

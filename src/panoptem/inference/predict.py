@@ -50,13 +50,14 @@ def supports_context(model) -> bool:
     return callable(getattr(model, "encode", None))
 
 
-def network_input(planes, intensity, downsampling, padding_factor, mean_std, whole_planes: bool = True) -> tuple:
+def network_input(planes, intensity, downsampling, padding_factor, mean_std, blank="auto") -> tuple:
     """The network input of ``planes``, (N, C, H', W') float32 (normalised, downsampled,
     padded), the size (h, w) of its outputs before padding, and where the planes hold padding
     (:func:`~.preprocess.padding_mask`, (N, h, w) on the network's grid; None where none): the
-    mean grey there, and :func:`predict_batch` finds nothing there; with ``whole_planes`` (not
-    tiles of larger planes: a tile's uniformity says nothing of its plane's) a plane of a single
-    value (:func:`~.preprocess.uniform_planes`) is padding throughout. ``planes``: (N, H, W), one
+    mean grey there, and :func:`predict_batch` finds nothing there; a plane of a single value is
+    padding throughout: ``blank`` says which (a bool per plane, or None), by default
+    :func:`~.preprocess.uniform_planes` of ``planes`` (tiles of larger planes take their planes'
+    flags: a tile's uniformity says nothing of its plane's). ``planes``: (N, H, W), one
     channel each, or (N, C, H, W), a plane and its neighbours (see ``context_slices``)."""
     planes = np.asarray(planes)
     rng = np.asarray(intensity, np.float32)
@@ -64,7 +65,7 @@ def network_input(planes, intensity, downsampling, padding_factor, mean_std, who
         rng = rng.T.reshape(2, len(rng), *[1] * (planes.ndim - 1))
     h, w = (-(-int(s) // downsampling) for s in planes.shape[-2:])
     pad = padding_mask(planes)
-    blank = uniform_planes(planes) if whole_planes else None
+    blank = uniform_planes(planes) if isinstance(blank, str) else blank
     if blank is not None:  # a blank section, a grey fill: nothing to find there either
         pad = np.zeros(planes.shape, bool) if pad is None else pad
         pad[blank] = True
@@ -83,19 +84,6 @@ def network_input(planes, intensity, downsampling, padding_factor, mean_std, who
         x[pad_to_multiple(pad, padding_factor)[0]] = 0.0
         pad = pad[:, pad.shape[1] // 2]  # the middle plane's (a plane and its neighbours)
     return x, h, w, pad
-
-
-def clear_planes(out: "ModelOutput", blank: np.ndarray) -> "ModelOutput":
-    """Outputs with nothing found on the planes flagged in ``blank`` (one bool per plane):
-    background probability 1 (255 in a uint8 probability), no centre."""
-    prob = out.semantic_probability
-    if prob.shape[1] == 1:
-        prob[blank] = 0
-    else:
-        prob[blank, 1:] = 0
-        prob[blank, 0] = 255 if prob.dtype == np.uint8 else 1.0
-    out.heatmap[blank] = 0.0
-    return out
 
 
 def _clear_padding(out: "ModelOutput", pad: np.ndarray | None) -> "ModelOutput":
@@ -144,7 +132,7 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
                   downsampling: int = 1, padding_factor: int = 32,
                   mean_std: tuple[float, float] = (0.5, 0.25), context: np.ndarray | None = None,
                   precision: str = "auto", timings: dict | None = None, tta: bool = False,
-                  prepared: tuple[np.ndarray, int, int] | None = None, whole_planes: bool = True) -> ModelOutput:
+                  prepared: tuple[np.ndarray, int, int] | None = None, blank="auto") -> ModelOutput:
     """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
 
     ``intensity`` is the (low, high) range mapped to [0, 1], or one per plane (N, 2) (see
@@ -156,14 +144,14 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     outputs are averaged over the input and its flips (see :func:`_flip_average`). ``prepared``:
     the network input of ``planes`` made beforehand, ``(x, h, w, pad)`` as
     :meth:`~.engine.Predictor.prepare` gives it (``planes`` and ``intensity`` are then unused).
-    Nothing is found where the planes hold padding (:func:`network_input`; ``whole_planes``: see there).
+    Nothing is found where the planes hold padding (:func:`network_input`; ``blank``: see there).
     """
     from ._pipeline import StageClock
     from .runtime import OnnxNet
     clock = StageClock(timings if timings is not None else {})
     if prepared is None:
         with clock("normalise"):
-            prepared = network_input(planes, intensity, downsampling, padding_factor, mean_std, whole_planes)
+            prepared = network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)
     x, h, w, pad = prepared
     with clock("forward"):
         if isinstance(model, OnnxNet):

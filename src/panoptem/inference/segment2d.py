@@ -97,22 +97,42 @@ def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings
     return out
 
 
-def make_unique(stack: np.ndarray, label_divisor: int | None) -> np.ndarray:
+def make_unique(stack, label_divisor: int | None) -> np.ndarray:
     """Shift the ids of each slice so no id repeats across the stack.
 
-    With a divisor the class stays ``label // divisor``; raises if a class
-    runs out of ids (raise Max objects per class)."""
-    out = np.zeros(stack.shape, np.uint64)
+    ``stack``: an array or a sequence of 2D slices (read one at a time: a lazy stack is never
+    held twice). With a divisor the class stays ``label // divisor``; raises if a class runs out
+    of ids (raise Max objects per class). uint32, or uint64 where the ids need it.
+    """
+    top = 0
+    for new in _unique_slices(stack, label_divisor):  # the largest id first: the output's dtype
+        top = max(top, int(new.max(initial=0)))
+    n = _depth(stack)
+    shape = (n, *np.shape(stack[0])) if n else (0, 0, 0)
+    out = np.zeros(shape, np.uint32 if top < 2**32 else np.uint64)
+    for z, new in enumerate(_unique_slices(stack, label_divisor)):
+        out[z] = new
+    return out
+
+
+def _depth(stack) -> int:
+    """Slices of an array, a lazy array (a Zarr array has no len()) or a list."""
+    return int(stack.shape[0]) if hasattr(stack, "shape") else len(stack)
+
+
+def _unique_slices(stack, label_divisor: int | None):
+    """The slices of ``stack`` with their ids shifted past those of the slices before (uint64)."""
     used: dict[int, int] = {}
-    for z, sl in enumerate(stack):
-        sl = sl.astype(np.uint64)
+    for z in range(_depth(stack)):
+        sl = np.asarray(stack[z]).astype(np.uint64)
         fg = sl > 0
+        new = np.zeros_like(sl)
         if not fg.any():
+            yield new
             continue
         if label_divisor:
             cls = sl // label_divisor
             n = sl % label_divisor
-            new = np.zeros_like(sl)
             for c in np.unique(cls[fg]):
                 m = fg & (cls == c) & (n > 0)
                 base = used.get(int(c), 0)
@@ -124,12 +144,11 @@ def make_unique(stack: np.ndarray, label_divisor: int | None) -> np.ndarray:
                 used[int(c)] = top
                 stuff = fg & (cls == c) & (n == 0)
                 new[stuff] = sl[stuff]
-            out[z] = new
         else:
             base = used.get(0, 0)
-            out[z][fg] = sl[fg] + base
-            used[0] = int(out[z].max())
-    return out.astype(np.uint32) if out.max() < 2**32 else out
+            new[fg] = sl[fg] + base
+            used[0] = int(new.max())
+        yield new
 
 
 def stack_step(card, params, voxel_size, plane: str) -> int:
@@ -186,27 +205,35 @@ def plane_pixels(voxel_size, axis: int, params):
     return tuple(v for i, v in enumerate(vs) if i != axis), params
 
 
-def _check_memory(shape, itemsize: int, batch_size: int) -> None:
-    """Refuse an image too large for this machine before reading it: the labels of
-    every plane (uint32) plus one batch of input and 1-byte probabilities stay in memory."""
+def _check_memory(shape, itemsize: int, batch_size: int, copies: int = 1) -> None:
+    """Refuse an image too large for this machine before reading it: ``copies`` of the labels
+    of every plane (uint32: a stack's slices and the stack put together are two) plus one batch
+    of input and 1-byte probabilities stay in memory."""
     from .._memory import check_fits
     plane = int(shape[-2]) * int(shape[-1])
-    need = len(range(shape[0])) * plane * 4 + min(max(int(batch_size), 1), shape[0]) * plane * (itemsize + 1)
+    need = (len(range(shape[0])) * plane * 4 * int(copies)
+            + min(max(int(batch_size), 1), shape[0]) * plane * (itemsize + 1))
     size = " x ".join(str(int(n)) for n in shape[-2:])
     check_fits(need, f"Segmenting {'an image' if shape[0] == 1 else f'{shape[0]} images'} of {size} pixels",
                "crop it into smaller images.")
 
 
-def auto_tile_size(shape, downsampling: int = 1) -> int:
-    """The tile size used when Tile size is 0: none (0) up to :data:`~panoptem.params.AUTO_TILE_ABOVE`
-    pixels a side after downsampling, else :data:`~panoptem.params.AUTO_TILE` (x downsampling), so
-    that a large image is segmented in bounded memory.
+def auto_tile_size(shape, network_shape=None) -> int:
+    """The tile size, in input pixels, used when Tile size is 0: none (0) when neither the image
+    nor the network's grid (``network_shape``: the image downsampled or resampled to the
+    model's pixel size; default the image's) exceeds :data:`~panoptem.params.AUTO_TILE_ABOVE`
+    pixels a side; else :data:`~panoptem.params.AUTO_TILE` network pixels, but at most half the
+    image's longer side, so that a large image is segmented, and its labels decoded on its own
+    grid, in bounded memory.
 
-    >>> auto_tile_size((4096, 4096)), auto_tile_size((12000, 12000)), auto_tile_size((12000, 12000), 4)
-    (0, 2048, 0)
+    >>> auto_tile_size((4096, 4096)), auto_tile_size((12000, 12000)), auto_tile_size((12000, 12000), (3000, 3000))
+    (0, 2048, 6000)
     """
-    f = int(downsampling)
-    return AUTO_TILE * f if max(-(-int(n) // f) for n in shape[-2:]) > AUTO_TILE_ABOVE else 0
+    side = max(int(n) for n in shape[-2:])
+    net = max(int(n) for n in (network_shape or shape)[-2:])
+    if max(side, net) <= AUTO_TILE_ABOVE:
+        return 0
+    return min(int(round(AUTO_TILE * side / net)), -(-side // 2))
 
 
 def _one_plane_stack(image):
@@ -268,8 +295,8 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
         ``maximum_objects_per_class``, ``tile_size``, ``fill_holes_in_segmentation``, ``pixel_size``,
-        ``resample``, ``min_piece_area``). Tile size 0 tiles images larger than 4096 pixels a side (on the network
-        grid) automatically (:func:`auto_tile_size`); any other value is used as given.
+        ``resample``, ``min_piece_area``). Tile size 0 tiles images larger than 4096 pixels a side (as given
+        or on the network grid) automatically (:func:`auto_tile_size`); any other value is used as given.
 
     Returns
     -------
@@ -316,6 +343,8 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     if preview is not None:
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, overwrite)  # before the work: fail fast
+    if image.ndim == 2:  # before a lazy image (Zarr, HDF5) is read whole below
+        _check_memory((1, *image.shape), np.dtype(image.dtype).itemsize, 1)
     planes = image if image.ndim == 3 else _one_plane_stack(image)
     from .runtime import host_threads, network_threads, torch_threads
     nt = network_threads(threads)
@@ -332,8 +361,10 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     if image.ndim == 2:  # as run (pixel_size included): the preview's scale bar
         voxel_size = plan.voxel_size or voxel_size
     pred = pred.with_factor(plan.factor("xy"))
-    # automatic tiling looks at the network grid; the tile is counted in input pixels
-    tile = p.tile_size or auto_tile_size(pred.network_shape(planes.shape[-2:])) * pred.downsampling
+    # automatic tiling looks at the network grid and the input's (the labels are decoded there); the
+    # tile is counted in input pixels
+    shape = planes.shape[-2:]
+    tile = p.tile_size or auto_tile_size(shape, pred.network_shape(shape))
     pred.tile_size = tile
     if not batch_size:  # automatic, as in 3D
         batch_size = pred.batch_for(planes.shape[-2:], planes.shape[0])
@@ -350,7 +381,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         store = SliceStore(Path(resume_dir).expanduser(), key, (len(planes), *planes.shape[-2:]))
     # a store holds the labels on disk (all of them come back to number them across the stack)
     held = planes.shape if store is None or unique_ids else (min(batch_size, len(planes)), *planes.shape[1:])
-    _check_memory(held, np.dtype(image.dtype).itemsize, batch_size)
+    # a stack held whole: its slices (or the store's, read back) and the stack made of them
+    whole = image.ndim == 3 and (store is None or unique_ids)
+    _check_memory(held, np.dtype(image.dtype).itemsize, batch_size, 2 if whole else 1)
     with torch_threads(host_threads(pred.runtime, pred.model.device, threads)):
         labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress, intensity,
                                          store)
@@ -358,12 +391,11 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         labels = store.labels
         out = labels if image.ndim == 3 else labels[0]
     else:
-        out = np.stack(labels) if image.ndim == 3 else labels[0]
+        out = labels[0] if image.ndim == 2 else None  # a stack is put together below, once
     if image.ndim == 3 and unique_ids:
-        out = make_unique(np.asarray(out), p.label_divisor)
+        out = make_unique(out if store is not None else labels, p.label_divisor)
     elif image.ndim == 3 and store is None:
-        dt = max((l.dtype for l in labels), key=lambda d: d.itemsize)
-        out = out.astype(dt)
+        out = np.stack(labels, dtype=max((l.dtype for l in labels), key=lambda d: d.itemsize))
     if preview is not None:
         from ..reporting import preview as draw
         n = sum(_objects(labels[z]) for z in range(len(labels) if store is None else labels.shape[0]))  # every slice

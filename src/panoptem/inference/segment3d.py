@@ -740,7 +740,10 @@ def _check_memory(shape, p: Params3D, output, card) -> None:
     streams = not p.orthoplane and card.num_classes == 1 and not p.return_panoptic
     if streams and output is not None:
         return  # written block by block
-    check_fits(4 * int(np.prod(shape)), f"3D inference of {' x '.join(map(str, shape))} voxels in memory "
+    # uint32 volumes held at once: one per class, beside the panoptic stack of several classes, and
+    # the three stacks of an ortho-plane consensus
+    volumes = card.num_classes + (card.num_classes > 1) + 3 * (p.orthoplane and p.fusion == "consensus")
+    check_fits(4 * volumes * int(np.prod(shape)), f"3D inference of {' x '.join(map(str, shape))} voxels in memory "
                "(its labels alone)", "run it block by block with --blockwise (blockwise=True in Python)"
                + (", or give an output file (output=), which the labels stream to" if streams else "") + ".")
 

@@ -131,7 +131,8 @@ RESTART = "pass --restart (resume=False in Python) to start afresh, or choose an
 def one_run_per_folder(folder_of):
     """Decorator: a training run holds its folder (``folder_of(arguments)``, the call's arguments
     by name) while it lasts; another process training into the same folder meanwhile is refused
-    in one line instead of mixing checkpoints and logs with it (re-entrant within a process)."""
+    in one line instead of mixing checkpoints and logs with it, as is another thread of this
+    process (a napari dock's); re-entrant within a thread."""
     def deco(func):
         sig = inspect.signature(func)
 
