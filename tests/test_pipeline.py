@@ -639,6 +639,30 @@ def test_large_images_are_tiled_automatically_unless_a_tile_size_is_given(monkey
     assert calls == [2048, 2080, 1024]
 
 
+def test_automatic_tiles_fit_the_model_at_any_reduction_and_count_network_pixels(monkeypatch):
+    """A long image at Image Downsampling 64 (its automatic tile was smaller than the model's
+    smallest: a raw ValueError), and one resampled by a fraction (its tile counted in input pixels
+    while the resampled plane was cut: the whole network plane in one pass)."""
+    from panoptem.inference import segment2d as s2
+    from panoptem.inference.engine import Predictor
+    cut = []
+    real = Predictor._predict_tiled
+    monkeypatch.setattr(Predictor, "_predict_tiled", lambda self, planes, *a, **k: (
+        cut.append((self.tile_size, planes.shape[-2:])), real(self, planes, *a, **k))[1])
+    img = np.full((64, 5000), 200, np.uint8)
+    img[20:40, 1000:3000] = 40
+    assert s2.segment_2d(img, dark_blob_model(), downsampling=64).shape == img.shape
+    assert cut[-1][0] >= Predictor(dark_blob_model(), downsampling=64).min_tile
+    from panoptem.models.card import ModelCard, Weights
+    from panoptem.models.load import LoadedModel
+    from _models import DarkBlobNet
+    model = LoadedModel(ModelCard(name="darkblob10", weights=Weights(file="none"), padding_factor=32,
+                                  label_divisor=None, voxel_size_nm=10.0), DarkBlobNet().eval(), "cpu")
+    s2.segment_2d(np.full((64, 12000), 200, np.uint8), model, voxel_size=(4.0, 4.0))
+    tile, plane = cut[-1]
+    assert plane[-1] == 4800 and tile == 2048           # network pixels, on the resampled plane
+
+
 def test_a_tiled_image_resampled_by_a_fraction_gets_the_labels_of_an_untiled_one():
     """4 nm pixels for a model of 6 nm (2/3): tiles decoded on the input's grid give the
     whole-image decoding's labels, outlines included, not 3 x 3 steps of the network's grid."""

@@ -101,9 +101,10 @@ def test_bad_tile_input_is_one_clear_error(big):
         merge_tiles(tmp / "t", tmp / "b")                      # was cropped without a word
     tifffile.imwrite(tmp / "t" / "images" / "000_000.tif", np.zeros((128, 128), np.uint16))
     record = json.loads((tmp / "t" / "tiles.json").read_text())
-    (tmp / "t" / "tiles.json").write_text(json.dumps({**record, "voxel_size": ["x", 1]}))
-    with pytest.raises(PanoptemError, match="damaged"):
-        merge_tiles(tmp / "t", tmp / "b")
+    for bad in (["x", 1], "55"):
+        (tmp / "t" / "tiles.json").write_text(json.dumps({**record, "voxel_size": bad}))
+        with pytest.raises(PanoptemError, match="damaged"):
+            merge_tiles(tmp / "t", tmp / "b")
     (tmp / "t" / "tiles.json").write_text(json.dumps(record))
     (tmp / "t" / "images" / "000_128.tif").unlink()
     with pytest.raises(PanoptemError, match="missing"):

@@ -102,6 +102,8 @@ def _record(folder: Path) -> dict:
         names = [str(n) for n in rec["tiles"]]
         np.dtype(rec["image_dtype"])
         vs = rec.get("voxel_size")
+        if vs is not None and (not isinstance(vs, list) or len(vs) != 2):
+            raise ValueError("voxel_size")
         rec["voxel_size"] = None if vs is None else tuple(float(v) for v in vs)
     except (OSError, ValueError, KeyError, TypeError):
         raise PanoptemError(f"{f} is damaged; cut the tiles again.") from None

@@ -83,9 +83,14 @@ class Predictor:
         self._graphs: dict = {}  # ONNX Runtime sessions by graph, made on first use
         self._check_tile(f"at Image Downsampling {downsampling}")
 
+    @property
+    def min_tile(self) -> int:
+        """The smallest tile (pixels of the planes cut) that leaves room for two tiles' overlap."""
+        return 2 * self._align()
+
     def _check_tile(self, where: str) -> None:
         """Refuse a tile too small for two tiles' overlap at this reduction."""
-        least = 2 * self._align()
+        least = self.min_tile
         if self.tile_size and self.tile_size < least:
             raise PanoptemError(f"Tile size {self.tile_size} is too small for model '{self.card.name}' {where}: "
                                 f"use 0 (no tiling) or at least {least} pixels.")

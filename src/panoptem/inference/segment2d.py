@@ -218,22 +218,26 @@ def _check_memory(shape, itemsize: int, batch_size: int, copies: int = 1) -> Non
                "crop it into smaller images.")
 
 
-def auto_tile_size(shape, network_shape=None) -> int:
-    """The tile size, in input pixels, used when Tile size is 0: none (0) when neither the image
-    nor the network's grid (``network_shape``: the image downsampled or resampled to the
-    model's pixel size; default the image's) exceeds :data:`~panoptem.params.AUTO_TILE_ABOVE`
-    pixels a side; else :data:`~panoptem.params.AUTO_TILE` network pixels, but at most half the
-    image's longer side, so that a large image is segmented, and its labels decoded on its own
-    grid, in bounded memory.
+def auto_tile_size(shape, network_shape=None, input_shape=None, least: int = 0) -> int:
+    """The tile size used when Tile size is 0, in pixels of ``shape``, the planes cut into tiles
+    (the input's, or the input resampled to the model's pixel size): none (0) when neither the
+    input (``input_shape``, default ``shape``: its labels are decoded there) nor the network's
+    grid (``network_shape``, default ``shape``) exceeds :data:`~panoptem.params.AUTO_TILE_ABOVE`
+    pixels a side; else :data:`~panoptem.params.AUTO_TILE` network pixels, at most half the
+    longer side but at least ``least`` (the model's smallest tile), so that a large image is
+    segmented, and its labels decoded, in bounded memory.
 
     >>> auto_tile_size((4096, 4096)), auto_tile_size((12000, 12000)), auto_tile_size((12000, 12000), (3000, 3000))
     (0, 2048, 6000)
+    >>> auto_tile_size((4800, 64), (4800, 64), (12000, 160)), auto_tile_size((64, 5000), (1, 79), least=4096)
+    (2048, 4096)
     """
     side = max(int(n) for n in shape[-2:])
     net = max(int(n) for n in (network_shape or shape)[-2:])
-    if max(side, net) <= AUTO_TILE_ABOVE:
+    if max(side, net, *(int(n) for n in (input_shape or shape)[-2:])) <= AUTO_TILE_ABOVE:
         return 0
-    return min(int(round(AUTO_TILE * side / net)), -(-side // 2))
+    tile = max(min(int(round(AUTO_TILE * side / net)), -(-side // 2)), int(least))
+    return tile if tile < side else 0
 
 
 def _one_plane_stack(image):
@@ -364,7 +368,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     # automatic tiling looks at the network grid and the input's (the labels are decoded there); the
     # tile is counted in input pixels
     shape = planes.shape[-2:]
-    tile = p.tile_size or auto_tile_size(shape, pred.network_shape(shape))
+    net = pred.network_shape(shape)
+    cut = net if pred.resample is not None else shape  # a resampled plane is cut into tiles after resampling
+    tile = p.tile_size or auto_tile_size(cut, net, shape, least=pred.min_tile)
     pred.tile_size = tile
     if not batch_size:  # automatic, as in 3D
         batch_size = pred.batch_for(planes.shape[-2:], planes.shape[0])
