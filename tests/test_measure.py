@@ -207,3 +207,18 @@ def test_the_commands_read_one_dataset_of_a_container_holding_several(tmp_path, 
     r = run(app, ["report", h5, "--key", "volumes/labels/mito", "--image", h5, "--image-key", "volumes/raw",
                   "-o", str(tmp_path / "r.html")])
     assert r.exit_code == 0, r.output
+
+
+def test_a_table_is_never_written_over_an_input_nor_under_another_suffix(tmp_path):
+    """write_table wrote CSV text under any name, over the labels file measured too."""
+    from panoptem._table import write_table
+    from panoptem.errors import PanoptemError
+    table = {"label": np.array([1, 2]), "volume_nm3": np.array([3.0, 4.0])}
+    labels = tmp_path / "labels.tif"
+    labels.write_bytes(b"II*\x00 not a table")
+    with pytest.raises(PanoptemError, match="ending in .csv, .xlsx, .parquet"):
+        write_table(table, labels)
+    with pytest.raises(PanoptemError, match="input"):
+        write_table(table, tmp_path / "t.csv", inputs=[tmp_path / "t.csv"])
+    assert labels.read_bytes() == b"II*\x00 not a table" and not (tmp_path / "t.csv").exists()
+    assert write_table(table, tmp_path / "t.csv").read_text().splitlines()[0] == "label,volume_nm3"

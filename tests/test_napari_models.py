@@ -129,6 +129,11 @@ def test_pick_patches_from_a_multiscale_level(viewer, qtbot, tmp_path):
     assert np.array_equal(shown.data[0], half[2, 16:48, 39:71])              # the point at (32, 55) of level 1
     assert np.array_equal(paint.data[0], truth[2, 32:96:2, 78:142:2])
     assert w.patches[0].name == "pyr-s1_xy-2_y16_x39"
+    w.labels_layer.value = viewer.add_labels(truth, name="truth0")   # full-resolution labels, taken at level 1
+    viewer.layers.remove("pyr-patches-labels")
+    click_and_wait(qtbot, w, "pick")
+    assert w.status.value.startswith("Picked"), w.status.value
+    assert np.array_equal(viewer.layers["pyr-patches-labels"].data[0], truth[2, 32:96:2, 78:142:2]), w.status.value
     w.level.value = 2
     click_and_wait(qtbot, w, "pick")
     assert "levels 0 to 1" in w.status.value, w.status.value

@@ -352,6 +352,36 @@ def test_filter_and_count_each_slice_of_a_batch_stack(viewer, qtbot, tmp_path):
     assert "needs a 3D stack" in w.status.value
 
 
+def test_proofread_reads_a_pyramid_at_full_resolution_and_never_writes_a_table_over_its_file(viewer, qtbot,
+                                                                                              tmp_path):
+    """Count, Filter and Jump of a multiscale labels layer read level 0 (np.asarray of a pyramid is its
+    coarsest level: wrong counts, a shrunk filtered layer); a table named as the layer's own file
+    is refused (the labels file had been replaced by CSV text)."""
+    from panoptem.io import write_labels
+    from panoptem.napari._proofread import ProofreadWidget
+    from test_napari import click
+    full = np.zeros((3, 32, 32), np.uint32)
+    full[:, 2:10, 2:10], full[:, 20:22, 20:22] = 1, 2          # label 2: 12 voxels, gone at level 1
+    lab = viewer.add_labels([full, full[:, ::4, ::4]], multiscale=True, name="pyr")
+    w = dock(viewer, ProofreadWidget)
+    w.labels_layer.value = lab
+    w.apply_3d.value = True
+    w.count_file.value = tmp_path / "pyr.csv"
+    click(qtbot, w, "count")
+    assert (tmp_path / "pyr.csv").read_text().splitlines() == ["class_id,label,voxels", "1,1,192", "1,2,12"]
+    w.min_size.value = 20
+    click(qtbot, w, "filter")
+    assert np.array_equal(viewer.layers["pyr-filtered"].data, np.where(full == 1, 1, 0))
+    src = write_labels(tmp_path / "mine.tif", full)
+    w.labels_layer.value = viewer.open(src, plugin="panoptem")[0]
+    before = src.read_bytes()
+    for target in (src, tmp_path / "notes.txt"):
+        w.count_file.value = target
+        click(qtbot, w, "count")
+        assert w.status.value.startswith("Error: ") and ("input" in w.status.value or ".csv" in w.status.value)
+    assert src.read_bytes() == before and not (tmp_path / "notes.txt").exists()
+
+
 def test_tiles_dock_cuts_and_merges_files(viewer, qtbot, tmp_path):
     """Create / Merge Tiles from the dock: files in, files out, the image back exactly."""
     import tifffile

@@ -10,15 +10,25 @@ from ._atomic import atomic_path
 from .errors import PanoptemError
 
 
-def write_table(table: dict[str, np.ndarray], path) -> Path:
-    """Write the table as CSV, as an Excel workbook when ``path`` ends in ``.xlsx``
+#: the file names a table may take (CSV, Excel, Parquet)
+TABLE_SUFFIXES = (".csv", ".xlsx", ".parquet")
+
+
+def write_table(table: dict[str, np.ndarray], path, inputs=()) -> Path:
+    """Write the table as CSV (``.csv``), as an Excel workbook when ``path`` ends in ``.xlsx``
     (header row, then one row per object), or as Parquet for ``.parquet`` (needs
-    pyarrow); returns the path.
+    pyarrow); returns the path. Another suffix, or a path that is one of ``inputs`` (the files
+    measured), is refused: a table never takes the place of an image or labels file.
 
     The file is written to a temporary name first and then renamed, so a crash never leaves a
     half-written table. Floats keep full precision.
     """
     path = Path(path).expanduser()
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise PanoptemError(f"Cannot write the table to '{path.name}': give a file name ending in "
+                            f"{', '.join(TABLE_SUFFIXES)}.")
+    from ._atomic import check_output
+    check_output(path, overwrite=True, inputs=[i for i in inputs if i])
     if not path.parent.exists():
         raise PanoptemError(f"The folder '{path.parent}' does not exist; create it or choose another path.")
     lengths = {len(np.asarray(v)) for v in table.values()}

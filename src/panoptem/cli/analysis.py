@@ -76,7 +76,6 @@ def evaluate_cmd(
 
 
 #: what `measure` writes (see panoptem._table.write_table)
-TABLE_SUFFIXES = (".csv", ".xlsx", ".parquet")
 
 # the options of blockwise measurement, for `measure` and `report`
 BLOCKWISE = typer.Option(False, "--blockwise", help="Measure a 3D volume block by block on Dask (volumes "
@@ -168,7 +167,8 @@ def measure_cmd(
     """Per-object measurements in physical units (volume, surface, extents, centroid...) to CSV."""
     from .._atomic import check_output
     from .._measure import summarize, write_table
-    if Path(output).suffix.lower() not in TABLE_SUFFIXES:
+    from .._table import TABLE_SUFFIXES
+    if Path(output).suffix.lower() not in TABLE_SUFFIXES:  # before the measurement, as write_table would
         raise PanoptemError(f"Cannot write the table to '{Path(output).name}': give a file name ending in "
                             f"{', '.join(TABLE_SUFFIXES)}.")
     check_output(output, overwrite, [labels] + ([image] if image else []))  # before the measurement

@@ -55,6 +55,11 @@ def image_array(layer):
     return data
 
 
+def layer_sources(*layers) -> list[str]:
+    """The files the layers were opened from (napari's ``layer.source.path``), to write nothing over."""
+    return [str(lay.source.path) for lay in layers if lay is not None and getattr(lay.source, "path", None)]
+
+
 def level_array(layer, level: int):
     """Level ``level`` of an image layer (0: :func:`image_array`) and its downsampling factor
     per axis from level 0 (the layer's data coordinates are those of level 0)."""

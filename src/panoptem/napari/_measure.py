@@ -13,7 +13,7 @@ from ..errors import PanoptemError
 from ..params import MeasureParams, default_of
 from ._forms import Group, row
 from ._inference import layer_picker
-from ._layers import full_resolution, layer_voxel_size
+from ._layers import full_resolution, layer_sources, layer_voxel_size
 from ._worker import Dock
 
 
@@ -25,15 +25,16 @@ def _measure_function():
     return measure
 
 
-def _measure(measure, labels, voxel_size, kw: dict, path: str) -> dict:
-    """The table (with napari's 'index' column), written to ``path`` when given (worker thread)."""
+def _measure(measure, labels, voxel_size, kw: dict, path: str, sources=()) -> dict:
+    """The table (with napari's 'index' column), written to ``path`` when given, never over one of
+    ``sources`` (the layers' files) (worker thread)."""
     table = measure(np.asarray(labels), voxel_size, **kw)
     table = {k: np.asarray(v) for k, v in table.items()}
     if "index" not in table and "label" in table:  # napari looks labels up by an 'index' column
         table = {"index": table["label"], **table}
     if path:
         from .._table import write_table
-        write_table(table, path)
+        write_table(table, path, inputs=sources)
     return table
 
 
@@ -102,4 +103,4 @@ class MeasureWidget(Dock):
 
         if "image" in kw:
             kw["image"] = np.asarray(kw["image"])
-        self._start(_measure, done, measure, labels, vs, kw, path)
+        self._start(_measure, done, measure, labels, vs, kw, path, layer_sources(layer, self.image.value))

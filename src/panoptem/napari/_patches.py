@@ -16,7 +16,7 @@ from ..errors import PanoptemError
 from ..params import PATCH_PLANES, PatchParams, default_of
 from ._forms import Group, row
 from ._inference import layer_picker
-from ._layers import coords_in, level_array
+from ._layers import coords_in, full_resolution, level_array
 from ._worker import Dock
 
 
@@ -48,6 +48,16 @@ def with_painted_labels(patches, painted: np.ndarray) -> list:
             lab = full
         out.append(replace(p, labels=lab))
     return out
+
+
+def _at_level(labels, factor, shape, name: str, level: int):
+    """Full-resolution labels taken at a pyramid level whose factors are whole numbers (every
+    factor-th pixel: ids stay ids); else one error saying what to give."""
+    if not all(float(f).is_integer() for f in factor):
+        raise PanoptemError(f"Labels '{name}' have no level {level} and the level's factors {tuple(factor)} are "
+                            "not whole numbers; give multiscale labels or pick from level 0.")
+    step = tuple(slice(None, None, int(f)) for f in factor)
+    return np.asarray(labels[step])[tuple(slice(0, n) for n in shape)]
 
 
 def _pick(name: str, **kw):
@@ -138,6 +148,8 @@ class PatchesWidget(Dock):
                 labels = self.labels_layer.value.data
                 if getattr(self.labels_layer.value, "multiscale", False):
                     labels = labels[min(level, len(labels) - 1)]
+                elif level and tuple(labels.shape) == tuple(full_resolution(layer).shape):
+                    labels = _at_level(labels, factor, data.shape, self.labels_layer.value.name, level)
                 if tuple(labels.shape) != tuple(data.shape):
                     raise PanoptemError(f"Labels '{self.labels_layer.value.name}' have shape "
                                         f"{tuple(labels.shape)}, the image {tuple(data.shape)}; choose the labels "

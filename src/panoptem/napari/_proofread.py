@@ -19,7 +19,7 @@ from .. import proofread as pr
 from ..errors import PanoptemError
 from ._forms import Group, row
 from ._inference import layer_picker
-from ._layers import PLANE_OF_AXIS, camera_of, coords_in, current_plane
+from ._layers import PLANE_OF_AXIS, camera_of, coords_in, current_plane, full_resolution, layer_sources
 from ._worker import Dock
 
 MORPH_NOTHING = {
@@ -347,7 +347,7 @@ class ProofreadWidget(Dock):
         def action():
             layer = self._layer()
             plane, per_slice = self._whole_array_plane(layer)
-            data = np.asarray(layer.data)
+            data = np.asarray(full_resolution(layer))  # level 0 of a pyramid (asarray gives the coarsest)
             min_size, boundary = self.min_size.value or None, self.boundary.value
             kw = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": dict(layer.metadata),
                   "name": f"{layer.name}-filtered"}
@@ -372,21 +372,22 @@ class ProofreadWidget(Dock):
             from .._table import write_table
             layer = self._layer()
             plane, per_slice = self._whole_array_plane(layer)
-            data, div = layer.data, self.divisor.value or None
+            data, div = full_resolution(layer), self.divisor.value or None
+            sources = layer_sources(layer)
             path = str(self.count_file.value or "")
             path = "" if path in ("", ".") else path
 
             def compute():
                 table = pr.count_table(np.asarray(data), div, plane=plane, per_slice=per_slice)
                 if path:
-                    write_table(table, path)
+                    write_table(table, path, inputs=sources)
                 return table
 
             def done(table):
                 self.last_count = table
                 cls, n = np.unique(table["class_id"], return_counts=True)
                 parts = [f"class {c}: {k}" for c, k in zip(cls.tolist(), n.tolist())]
-                self.status.value = ("Labels per class" + (f" (over {len(data)} slices)" if per_slice else "")
+                self.status.value = ("Labels per class" + (f" (over {data.shape[0]} slices)" if per_slice else "")
                                      + ": " + (", ".join(parts) if parts else "none")
                                      + (f"; table saved to {path}" if path else ""))
             self._run(compute, done, heavy=plane is None and layer.ndim == 3)
@@ -395,7 +396,7 @@ class ProofreadWidget(Dock):
     def jump(self) -> None:
         def action():
             layer = self._layer()
-            data, lid = layer.data, self.label_id.value
+            data, lid = full_resolution(layer), self.label_id.value
 
             def compute():
                 return pr.label_bbox(np.asarray(data), lid)
@@ -419,7 +420,7 @@ class ProofreadWidget(Dock):
         def action():
             layer = self._layer()
             plane = self._plane(layer)
-            data, cid, div = layer.data, self.class_id.value, self.divisor.value or None
+            data, cid, div = full_resolution(layer), self.class_id.value, self.divisor.value or None
 
             def compute():
                 return pr.find_next_available_label(np.asarray(data), cid, div, plane=plane)
