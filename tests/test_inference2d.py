@@ -117,6 +117,13 @@ def test_a_flat_region_larger_than_a_tile_is_segmented_as_untiled():
     assert not segment_2d(np.full((256, 320), 40, np.uint8), dark_blob_model(), tile_size=64).any()  # blank: none
 
 
+def test_an_empty_stack_is_one_error():
+    for shape, kw in (((0, 64, 64), dict(batch=True)), ((0, 64, 64), dict(batch=True, unique_ids=True)),
+                      ((64, 0), {})):
+        with pytest.raises(PanoptemError, match="holds no pixel"):
+            segment_2d(np.zeros(shape, np.uint8), dark_blob_model(), **kw)
+
+
 def test_a_channel_axis_of_one_last_is_refused_not_segmented_as_slices():
     """(Y, X, 1) was refused as "a 3D input" with the advice batch=True, which then segmented
     Y slices of X x 1 pixels."""

@@ -663,6 +663,24 @@ def test_automatic_tiles_fit_the_model_at_any_reduction_and_count_network_pixels
     assert plane[-1] == 4800 and tile == 2048           # network pixels, on the resampled plane
 
 
+def test_labels_land_where_the_network_saw_them_past_64_times_smaller():
+    """Image Downsampling 32 on pixels told 2.1 nm for a 10 nm model (a network grid 96 x
+    smaller: its scale was cut to 1/64, the labels stretched over the padding; from 128 x, a raw
+    ZeroDivisionError): the labels stay out of the black half."""
+    from panoptem.inference.segment2d import segment_2d
+    from panoptem.models.card import ModelCard, Weights
+    from panoptem.models.load import LoadedModel
+    from _models import DarkBlobNet
+    model = LoadedModel(ModelCard(name="darkblob10", weights=Weights(file="none"), padding_factor=32,
+                                  label_divisor=None, voxel_size_nm=10.0), DarkBlobNet().eval(), "cpu")
+    img = np.full((1536, 1536), 200, np.uint8)
+    img[:768] = 0                                        # black padding above
+    img[900:1400, 200:1300] = 40
+    for ds in (32, 64):
+        lab = segment_2d(img, model, downsampling=ds, voxel_size=(2.1, 2.1), tile_size=0)
+        assert lab.shape == img.shape and not lab[:768].any(), ds
+
+
 def test_a_tiled_image_resampled_by_a_fraction_gets_the_labels_of_an_untiled_one():
     """4 nm pixels for a model of 6 nm (2/3): tiles decoded on the input's grid give the
     whole-image decoding's labels, outlines included, not 3 x 3 steps of the network's grid."""

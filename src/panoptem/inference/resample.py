@@ -100,10 +100,12 @@ def as_fraction(factor: float) -> Fraction:
     """A factor of a pixel plan (a whole number, one over a whole number, or :func:`nice_fraction`) as
     the exact fraction it stands for.
 
-    >>> as_fraction(float(Fraction(12, 11))), as_fraction(0.25), as_fraction(3.0)
-    (Fraction(12, 11), Fraction(1, 4), Fraction(3, 1))
+    >>> as_fraction(float(Fraction(12, 11))), as_fraction(0.25), as_fraction(3.0), as_fraction(1 / 96)
+    (Fraction(12, 11), Fraction(1, 4), Fraction(3, 1), Fraction(1, 96))
     """
-    return Fraction(factor).limit_denominator(MAX_DENOMINATOR * 4)
+    # a plan's fractions times Image Downsampling (up to 64) have small denominators; any other
+    # fraction this near the float differs from it by far more than the float's rounding
+    return Fraction(factor).limit_denominator(1 << 20)
 
 
 def working_pixel(v: float, lo: float, hi: float) -> float:

@@ -344,6 +344,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
                             "with take_plane(volume, index, plane), or use segment_3d.")
     if image.ndim not in (2, 3):
         raise PanoptemError(f"Expected a 2D image or a 3D stack, got shape {tuple(image.shape)}.")
+    if 0 in tuple(image.shape):
+        raise PanoptemError(f"The {'stack' if image.ndim == 3 else 'image'} of shape {tuple(image.shape)} holds "
+                            "no pixel; give at least one image of at least one pixel.")
     if preview is not None:
         from ..reporting._preview import prepare_preview
         preview = prepare_preview(preview, overwrite)  # before the work: fail fast
