@@ -14,6 +14,15 @@ from .errors import PanoptemError
 TABLE_SUFFIXES = (".csv", ".xlsx", ".parquet")
 
 
+def check_table_name(path) -> Path:
+    """``path`` (``~`` expanded) where it names a table file; else one error saying which names do."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise PanoptemError(f"Cannot write the table to '{path.name}': give a file name ending in "
+                            f"{', '.join(TABLE_SUFFIXES)}.")
+    return path
+
+
 def write_table(table: dict[str, np.ndarray], path, inputs=()) -> Path:
     """Write the table as CSV (``.csv``), as an Excel workbook when ``path`` ends in ``.xlsx``
     (header row, then one row per object), or as Parquet for ``.parquet`` (needs
@@ -23,10 +32,7 @@ def write_table(table: dict[str, np.ndarray], path, inputs=()) -> Path:
     The file is written to a temporary name first and then renamed, so a crash never leaves a
     half-written table. Floats keep full precision.
     """
-    path = Path(path).expanduser()
-    if path.suffix.lower() not in TABLE_SUFFIXES:
-        raise PanoptemError(f"Cannot write the table to '{path.name}': give a file name ending in "
-                            f"{', '.join(TABLE_SUFFIXES)}.")
+    path = check_table_name(path)
     from ._atomic import check_output
     check_output(path, overwrite=True, inputs=[i for i in inputs if i])
     if not path.parent.exists():

@@ -169,7 +169,8 @@ class Params3D(PlaneParams):
             try:
                 return [int(t) for t in v.replace(";", ",").split(",")]
             except ValueError:
-                raise ValueError(f"Chunk size must be one whole number or three separated by commas, not '{v}'") from None
+                raise ValueError("Chunk size must be one whole number or three separated by commas, "
+                                 f"not '{v}'") from None
         return [v] if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) else v
 
     @field_validator("chunk_size")

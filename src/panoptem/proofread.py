@@ -386,11 +386,10 @@ def split_labels(labels: np.ndarray, ids, markers=None, min_distance: int = 10,
     start = new_ids_start
     try:
         for i in order:
-            before = set(np.unique(view[union]).tolist())
+            before = set(np.unique(view[union]).tolist()) if start is not None else None
             split_label(labels, i, markers, min_distance, start, label_divisor, plane)
-            made = set(np.unique(view[union]).tolist()) - before
-            if start is not None:
-                start = max(made) + 1
+            if start is not None:  # the next label's pieces follow this one's
+                start = max(set(np.unique(view[union]).tolist()) - before) + 1
     except PanoptemError as e:
         edit.undo(labels)
         raise PanoptemError(f"Nothing split: {e}" if len(order) > 1 else str(e)) from None

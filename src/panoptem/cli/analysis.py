@@ -75,8 +75,6 @@ def evaluate_cmd(
     typer.echo(json.dumps(scores))
 
 
-#: what `measure` writes (see panoptem._table.write_table)
-
 # the options of blockwise measurement, for `measure` and `report`
 BLOCKWISE = typer.Option(False, "--blockwise", help="Measure a 3D volume block by block on Dask (volumes "
                          "larger than memory); same columns.", rich_help_panel="Blockwise")
@@ -167,10 +165,8 @@ def measure_cmd(
     """Per-object measurements in physical units (volume, surface, extents, centroid...) to CSV."""
     from .._atomic import check_output
     from .._measure import summarize, write_table
-    from .._table import TABLE_SUFFIXES
-    if Path(output).suffix.lower() not in TABLE_SUFFIXES:  # before the measurement, as write_table would
-        raise PanoptemError(f"Cannot write the table to '{Path(output).name}': give a file name ending in "
-                            f"{', '.join(TABLE_SUFFIXES)}.")
+    from .._table import check_table_name
+    check_table_name(output)  # before the measurement
     check_output(output, overwrite, [labels] + ([image] if image else []))  # before the measurement
     lab = read_input(labels, key)
     vs = voxel_size_option(voxel_size, lab)

@@ -369,7 +369,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         voxel_size = plan.voxel_size or voxel_size
     pred = pred.with_factor(plan.factor("xy"))
     # automatic tiling looks at the network grid and the input's (the labels are decoded there); the
-    # tile is counted in input pixels
+    # tile is counted in pixels of the plane cut
     shape = planes.shape[-2:]
     net = pred.network_shape(shape)
     cut = net if pred.resample is not None else shape  # a resampled plane is cut into tiles after resampling
@@ -391,8 +391,9 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     # a store holds the labels on disk (all of them come back to number them across the stack)
     held = planes.shape if store is None or unique_ids else (min(batch_size, len(planes)), *planes.shape[1:])
     # a stack held whole: its slices (or the store's, read back) and the stack made of them
-    whole = image.ndim == 3 and (store is None or unique_ids)
-    _check_memory(held, np.dtype(image.dtype).itemsize, batch_size, 2 if whole else 1)
+    if image.ndim == 3:  # a 2D image was checked before it was read
+        whole = store is None or unique_ids
+        _check_memory(held, np.dtype(image.dtype).itemsize, batch_size, 2 if whole else 1)
     with torch_threads(host_threads(pred.runtime, pred.model.device, threads)):
         labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress, intensity,
                                          store)

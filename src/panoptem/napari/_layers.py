@@ -68,8 +68,9 @@ def level_array(layer, level: int):
         return data, (1.0,) * data.ndim
     levels = len(layer.data) if getattr(layer, "multiscale", False) else 1
     if level >= levels:
-        raise PanoptemError(f"Layer '{layer.name}' has {'no other level' if levels == 1 else f'levels 0 to {levels - 1}'}"
-                            f"; choose a Multiscale level {'of 0' if levels == 1 else f'up to {levels - 1}'}.")
+        has = "no other level" if levels == 1 else f"levels 0 to {levels - 1}"
+        raise PanoptemError(f"Layer '{layer.name}' has {has}; choose a Multiscale level "
+                            f"{'of 0' if levels == 1 else f'up to {levels - 1}'}.")
     arr = layer.data[level]
     return arr, tuple(a / b for a, b in zip(data.shape, arr.shape))
 

@@ -272,12 +272,13 @@ def _validation(val_dir, data: "DatasetFolders", fraction: float, seed: int, gam
     return _subset(data, train_idx, gamma), val, where, [data.names[i] for i in held]
 
 
-def _finetune_folder(a: dict) -> Path:
+def _training_folder(a: dict) -> Path:
+    """Where a run named ``a["name"]`` trains: ``a["out_dir"]``, else the models home's folder."""
     from ..models.home import training_dir
     return Path(a["out_dir"]).expanduser() if a["out_dir"] else training_dir(a["name"])
 
 
-@one_run_per_folder(_finetune_folder)
+@one_run_per_folder(_training_folder)
 def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedModel", iterations: int = 100,
              patch_size: int = 256, layers: str = "none", lr: float = 1e-3, device: str = "auto",
              batch_size: int = 8, gamma: float = 0.7, scale_range: tuple[float, float] = (0.75, 1.33),
@@ -383,7 +384,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
                       checkpoint_every=int(iterations), validate_every=every,
                       architecture=architecture_config(base.module.config), device=dev)
     losses: list[float] = []
-    stage = _finetune_folder({"out_dir": out_dir, "name": name})
+    stage = _training_folder({"out_dir": out_dir, "name": name})
     keep = out_dir is not None
     best_file, history_file = stage / "best.pt", stage / "scores.json"
     history: list[dict] = []
@@ -492,7 +493,7 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
     dict with ``after`` scores, ``evaluated_on``, ``weights``, ``card``, ``name``, ``losses``.
     """
     from ..models.architecture import architecture_config
-    from ..models.home import check_new_name, training_dir
+    from ..models.home import check_new_name
     from ..models.load import pick_device
     from .dataset import DatasetFolders, dataset_folders, load_dataset, parse_classes
     from ..params import TrainParams, make_params
@@ -518,7 +519,7 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
     dev = pick_device(device)
     norm = Normalization()
     data = DatasetFolders(dirs, classes, label_divisor, gamma, norm)
-    out = Path(out_dir) if out_dir else training_dir(name)
+    out = _training_folder({"out_dir": out_dir, "name": name})
     cfg = TrainConfig(iterations=int(iterations), batch_size=min(batch_size, len(data)), patch_size=patch_size,
                       lr=lr, seed=seed, architecture=arch, device=dev,
                       validate_every=max(1, min(500, int(iterations) // 5)))
