@@ -1222,6 +1222,21 @@ def test_a_failed_pass_returns_only_when_its_running_tasks_have_ended(tmp_path):
         assert len(at_raise) < 5  # those not started were cancelled
 
 
+def test_a_pass_whose_workers_are_all_paused_by_their_memory_limit_is_one_error(tmp_path, monkeypatch):
+    """Workers that sit above their memory limit's pause mark start no task: the pass is stopped
+    with one error naming the limit (it waited forever), and no task ran."""
+    from distributed import Client, LocalCluster
+    from panoptem.distributed import _cluster
+    monkeypatch.setattr(_cluster, "POLL_S", 0.2)
+    monkeypatch.setattr(_cluster, "PAUSED_S", 1.0)
+    # an in-process worker: the test process alone is far above 80 % of 40 MB
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="40MB",
+                      dashboard_address=None) as lc, Client(lc) as c:
+        with pytest.raises(PanoptemError, match=r"paused by its memory limit .* pause mark of 3\d MiB"):
+            _cluster.run_tasks(c, _slow_or_failing, str(tmp_path), [0, 2, 3, 4], "test", False)
+    assert len(list(tmp_path.iterdir())) < 4  # the worker may pause only once a task has begun
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path

@@ -299,7 +299,7 @@ def _task(fn, job, item):
 def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     """``fn(job, item)`` for every item on the cluster; results in item order.
     The job is sent to every worker once."""
-    from distributed import KilledWorker, as_completed
+    from distributed import KilledWorker, wait
     if not items:
         return []
     import pickle
@@ -316,11 +316,19 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(items), unit="block", desc=desc)
+    pending, paused_since = set(futures), None
     try:
-        for fut in as_completed(futures):
-            results[pos[fut.key]] = fut.result()
-            if bar is not None:
-                bar.update(1)
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing ended meanwhile: are the workers held by their memory limit?
+                paused_since = _check_not_stalled(client, paused_since, desc)
+                continue
+            paused_since = None
+            for fut in done:
+                results[pos[fut.key]] = fut.result()
+                if bar is not None:
+                    bar.update(1)
     except KilledWorker as e:
         _stop(client, futures)
         raise PanoptemError(
@@ -343,6 +351,53 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
         if bar is not None:
             bar.close()
     return results
+
+
+#: how often a pass that waits for its tasks looks at its workers (seconds)
+POLL_S = 5.0
+#: how long every worker may stay paused by its memory limit, running none of a pass's tasks,
+#: before the pass is stopped (Dask holds a paused worker's tasks until its memory falls)
+PAUSED_S = 30.0
+
+
+def _check_not_stalled(client, paused_since: float | None, desc: str) -> float | None:
+    """Raise once every worker has been paused by Dask's memory limit (its process above the
+    limit's pause mark), running none of the pass's tasks, for :data:`PAUSED_S` seconds: a
+    worker that uses that much at rest never starts a block, and the run would wait forever.
+    Returns when the pause began (None while some worker runs)."""
+    import time
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # older distributed: every worker anyway
+        workers = client.scheduler_info()["workers"]
+    except Exception:  # noqa: BLE001 - a lost scheduler is told where the pass waits
+        return None
+    if not workers or any(w.get("status") != "paused" for w in workers.values()):
+        return None
+    try:
+        if any(client.run(_executing_keys).values()):
+            return None  # a block still runs: it may end and free its memory
+        held = client.run(_memory_marks)
+    except Exception:  # noqa: BLE001 - workers going away: the pass's own errors tell it
+        return None
+    now = time.monotonic()
+    if paused_since is None or now - paused_since < PAUSED_S:
+        return now if paused_since is None else paused_since
+    worker, (used, limit, pause) = next(iter(held.items()))
+    mib = 1 << 20
+    raise PanoptemError(
+        f"The {desc} pass cannot go on: every Dask worker ({len(held)}) is paused by its memory limit and "
+        f"starts no block (worker {worker} uses {used / mib:.0f} MiB, above its pause mark of "
+        f"{pause * limit / mib:.0f} MiB, {pause:.0%} of its {limit / mib:.0f} MiB limit). Give each worker more "
+        "memory (dask worker --memory-limit, LocalCluster(memory_limit=...)), a few GB each, then run the "
+        "same command again: a segmentation resumes from its finished blocks.")
+
+
+def _memory_marks(dask_worker) -> tuple[int, int, float]:
+    """A worker's process memory, its memory limit and the fraction of it at which it pauses."""
+    mm = dask_worker.memory_manager
+    return int(dask_worker.monitor.get_process_memory()), int(mm.memory_limit or 0), \
+        float(mm.memory_pause_fraction or 0.0)
 
 
 def _scheduler_lost(client, error: BaseException) -> bool:
