@@ -222,3 +222,18 @@ def test_a_table_is_never_written_over_an_input_nor_under_another_suffix(tmp_pat
         write_table(table, tmp_path / "t.csv", inputs=[tmp_path / "t.csv"])
     assert labels.read_bytes() == b"II*\x00 not a table" and not (tmp_path / "t.csv").exists()
     assert write_table(table, tmp_path / "t.csv").read_text().splitlines()[0] == "label,volume_nm3"
+
+
+def test_a_table_never_replaces_a_folder_unless_asked(tmp_path):
+    """A folder at the table's name (a partitioned Parquet dataset, say) was removed and replaced
+    by the table, from the Measure and Count docks too; only --overwrite replaces it."""
+    from panoptem._table import write_table
+    from panoptem.errors import PanoptemError
+    table = {"label": np.array([1, 2]), "voxels": np.array([10, 20])}
+    ds = tmp_path / "cells.csv"
+    ds.mkdir()
+    (ds / "part-0.parquet").write_bytes(b"PAR1 earlier")
+    with pytest.raises(PanoptemError, match="is a folder; a table is one file"):
+        write_table(table, ds)
+    assert (ds / "part-0.parquet").read_bytes() == b"PAR1 earlier"
+    assert write_table(table, ds, replace_folder=True).read_text().startswith("label,voxels")

@@ -69,6 +69,8 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
+from panoptem.errors import PanoptemError  # noqa: E402
+
 MANIFEST = Path(__file__).resolve().parents[1] / "src" / "panoptem" / "napari" / "napari.yaml"
 
 
@@ -669,6 +671,14 @@ def test_3d_inference_streams_to_a_zarr_folder(viewer, qtbot, home, tmp_path):
     assert w.status.value.endswith(f"(written to {path}); model pixel size unknown: not resampled.")
     run_and_wait(qtbot, w)                             # never overwritten
     assert w.status.value.startswith("Error: ") and "already exists" in w.status.value
+    (tmp_path / "a file").write_text("kept")
+    w.zarr_dir.value = tmp_path / "a file"             # was a raw FileExistsError, the status unchanged
+    run_and_wait(qtbot, w)
+    assert w.status.value == f"Error: {tmp_path / 'a file'} is a file, not a folder; choose a Zarr output folder."
+    w.zarr_dir.value = tmp_path / "a file" / "sub"
+    run_and_wait(qtbot, w)
+    assert w.status.value.startswith(f"Error: Cannot make the folder {tmp_path / 'a file' / 'sub'}")
+    assert (tmp_path / "a file").read_text() == "kept"
 
 
 def test_3d_multi_gpu_runs_blockwise_with_one_worker_per_device(viewer, qtbot, home, tmp_path, monkeypatch):
@@ -995,6 +1005,30 @@ def test_export_widget_writes_masks_and_images(viewer, qtbot, tmp_path):
     w.name.value, w.voxel_size.value = "bad", "4, 4"
     run_and_wait(qtbot, w)
     assert w.status.value.startswith("Error: Voxel size needs 3 positive numbers")
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_export_never_writes_or_cleans_up_outside_its_own_folder(tmp_path, name):
+    """A Name of '..' or '.' is refused (with a folder not made yet, '..' wrote beside it, and a
+    failed second export removed the folder above it, the user's files with it)."""
+    from panoptem.napari._export_files import export_segmentation
+    projects = tmp_path / "projects"
+    projects.mkdir()
+    (projects / "notes.txt").write_text("a month of annotations")
+    for folder in ("exports", "exports2"):
+        with pytest.raises(PanoptemError, match="not '.' or '..'"):
+            export_segmentation(projects / folder, name, np.ones((2, 8, 8), np.uint32))
+    assert sorted(p.name for p in projects.iterdir()) == ["notes.txt"]
+
+
+def test_export_into_a_file_or_a_folder_it_cannot_make_is_one_error(tmp_path):
+    from panoptem.napari._export_files import export_segmentation
+    (tmp_path / "afile").write_text("kept")
+    with pytest.raises(PanoptemError, match="afile is a file, not a folder"):
+        export_segmentation(tmp_path / "afile", "lab", np.ones((2, 8, 8), np.uint32))
+    with pytest.raises(PanoptemError, match="Cannot make the export folder .*afile/sub/lab"):
+        export_segmentation(tmp_path / "afile" / "sub", "lab", np.ones((2, 8, 8), np.uint32))
+    assert (tmp_path / "afile").read_text() == "kept"
 
 
 def test_inference_docks_take_the_pixel_size_from_the_layer(viewer, qtbot, home, tmp_path):

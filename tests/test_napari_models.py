@@ -111,6 +111,29 @@ def test_pick_patches_paint_and_store(viewer, qtbot, tmp_path):
     assert all(m.shape == (64, 64) and not m.any() for m in masks.values())     # true negatives
 
 
+def test_picking_again_never_discards_painting_that_is_not_stored(viewer, qtbot, tmp_path):
+    """Pick patches again replaced the painted patch labels without a word (napari cannot undo a
+    removed layer): refused while painting is unstored; after Store (or with nothing painted) it
+    picks anew."""
+    from panoptem.napari._patches import PatchesWidget
+    img = viewer.add_image(blobs(), name="blobs")
+    w = dock(viewer, PatchesWidget)
+    w.image.value, w.n.value, w.patch_size.value = img, 3, 64
+    click_and_wait(qtbot, w, "pick")
+    click_and_wait(qtbot, w, "pick")                      # nothing painted: picked anew
+    assert w.status.value.startswith("Picked 3 patches"), w.status.value
+    paint = viewer.layers["blobs-patches-labels"]
+    paint.data[:, 5:20, 5:20] = 2
+    click_and_wait(qtbot, w, "drop")                      # the dock's own change keeps it unstored
+    click_and_wait(qtbot, w, "pick")
+    assert "holds painting that is not stored" in w.status.value, w.status.value
+    assert viewer.layers["blobs-patches-labels"] is paint and paint.data.any()
+    w.folder.value = tmp_path / "ds"
+    click_and_wait(qtbot, w, "store")
+    click_and_wait(qtbot, w, "pick")
+    assert w.status.value.startswith("Picked 3 patches") and not viewer.layers["blobs-patches-labels"].data.any()
+
+
 def test_pick_patches_from_a_multiscale_level(viewer, qtbot, tmp_path):
     """Patches cut from level 1 of a pyramid, centred on a point clicked at full resolution
     (empanada's Multiscale image level); paired multiscale labels come from the same level."""

@@ -23,16 +23,19 @@ def check_table_name(path) -> Path:
     return path
 
 
-def write_table(table: dict[str, np.ndarray], path, inputs=()) -> Path:
+def write_table(table: dict[str, np.ndarray], path, inputs=(), replace_folder: bool = False) -> Path:
     """Write the table as CSV (``.csv``), as an Excel workbook when ``path`` ends in ``.xlsx``
     (header row, then one row per object), or as Parquet for ``.parquet`` (needs
     pyarrow); returns the path. Another suffix, or a path that is one of ``inputs`` (the files
-    measured), is refused: a table never takes the place of an image or labels file.
+    measured), is refused: a table never takes the place of an image or labels file; nor of a
+    folder (a Parquet dataset, say) unless ``replace_folder`` (the command line's --overwrite).
 
     The file is written to a temporary name first and then renamed, so a crash never leaves a
     half-written table. Floats keep full precision.
     """
     path = check_table_name(path)
+    if path.is_dir() and not replace_folder:
+        raise PanoptemError(f"{path} is a folder; a table is one file: choose another name for it.")
     from ._atomic import check_output
     check_output(path, overwrite=True, inputs=[i for i in inputs if i])
     if not path.parent.exists():

@@ -33,9 +33,12 @@ def export_segmentation(folder, name: str, labels, image=None, voxel_size=None, 
     if fmt not in FORMATS:
         raise PanoptemError(f"Format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
     name = name.strip()
-    if not name or Path(name).name != name:
-        raise PanoptemError("Fill in a name without '/' for the export folder.")
-    root = Path(folder) / name
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise PanoptemError("Fill in a name for the export folder: without '/', and not '.' or '..'.")
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise PanoptemError(f"{folder} is a file, not a folder; choose a folder for the export.")
+    root = folder / name
     if root.exists():
         raise PanoptemError(f"{root} already exists; choose another name or folder.")
     if image is not None and tuple(image.shape) != tuple(labels.shape):
@@ -51,10 +54,15 @@ def export_segmentation(folder, name: str, labels, image=None, voxel_size=None, 
         vs, items = voxel_size, [(f"{name}{ext}", None)]
     written = []
     try:
+        root.mkdir(parents=True)  # this export's own folder: the only one removed if it fails
+    except OSError as e:
+        raise PanoptemError(f"Cannot make the export folder {root} ({e.strerror or e}); choose another name "
+                            "or a folder you can write to.") from None
+    try:
         for sub, arr, write in (("masks", labels, write_labels), ("images", image, write_image)):
             if arr is None:
                 continue
-            (root / sub).mkdir(parents=True)
+            (root / sub).mkdir()
             for fname, z in items:
                 written.append(write(root / sub / fname, np.asarray(arr if z is None else arr[z]), voxel_size=vs))
     except BaseException:  # nothing half-written stays to block the next try

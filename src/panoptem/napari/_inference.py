@@ -518,7 +518,13 @@ class Inference3DWidget(_InferenceBase):
             if output is not None:
                 if output.exists():
                     raise PanoptemError(f"{output} already exists; remove it or choose another Zarr folder.")
-                output.parent.mkdir(parents=True, exist_ok=True)
+                if output.parent.is_file():
+                    raise PanoptemError(f"{output.parent} is a file, not a folder; choose a Zarr output folder.")
+                try:
+                    output.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise PanoptemError(f"Cannot make the folder {output.parent} for the labels ({e.strerror or e}); "
+                                        "choose another Zarr output folder.") from None
         except PanoptemError as e:
             self._fail(e)
             return

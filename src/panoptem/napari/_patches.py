@@ -129,6 +129,7 @@ class PatchesWidget(Dock):
         self.store_button.changed.connect(self.store)
         self.patches: list = []
         self.patch_layers: tuple = ()
+        self._kept: str | None = None  # digest of the patch labels as picked, dropped from or stored
         self.extend([
             Group("Pick", [self.image, self.points, self.labels_layer, self.n, self.patch_size, self.plane,
                            row(self.is_2d_stack, self.flipbook), self.flipbook_depth, self.level, self.seed,
@@ -154,11 +155,12 @@ class PatchesWidget(Dock):
                     raise PanoptemError(f"Labels '{self.labels_layer.value.name}' have shape "
                                         f"{tuple(labels.shape)}, the image {tuple(data.shape)}; choose the labels "
                                         "of this image.")
+            name = f"{layer.name}-patches"
+            self._check_unsaved(f"{name}-labels")
         except PanoptemError as e:
             self._fail(e)
             return
         self.status.value = "Picking patches..."
-        name = f"{layer.name}-patches"
 
         def show(result):
             patches, img_layer, lab_layer = result
@@ -172,6 +174,7 @@ class PatchesWidget(Dock):
 
             def shown(added):
                 self.patch_layers = tuple(added)
+                self._kept = _digest(added[1].data)
                 self.viewer.layers.selection.active = lab_layer
                 self.status.value = (f"Picked {len(patches)} patches of {img_layer.data.shape[-1]} pixels; paint "
                                      f"them in '{lab_layer.name}' (an unpainted patch is a true negative), drop "
@@ -182,6 +185,17 @@ class PatchesWidget(Dock):
                     plane=self.plane.value, is_2d_stack=self.is_2d_stack.value, flipbook=self.flipbook.value,
                     flipbook_depth=self.flipbook_depth.value, labels=labels, seed=self.seed.value,
                     source=layer.name if level == 0 else f"{layer.name}-s{level}")
+
+    def _check_unsaved(self, name: str) -> None:
+        """Refuse to pick anew over a layer ``name`` whose painting is not stored: picking
+        replaces the patch layers, and napari cannot undo a removed layer."""
+        if name not in self.viewer.layers:
+            return
+        lay = self.viewer.layers[name]
+        ours = len(self.patch_layers) == 2 and lay is self.patch_layers[1]
+        if not ours or _digest(lay.data) != self._kept:
+            raise PanoptemError(f"'{name}' holds painting that is not stored, and picking again would replace it: "
+                                "Store dataset first, or rename or delete that layer to pick anew.")
 
     def _patch_layers(self):
         if not self.patches or not self.patch_layers:
@@ -211,7 +225,9 @@ class PatchesWidget(Dock):
         painted = np.delete(np.asarray(lab_layer.data), i, axis=0)
         img_layer.data = np.delete(np.asarray(img_layer.data), i, axis=0)
         img_layer.metadata = {**img_layer.metadata, "patch_names": [p.name for p in self.patches]}
+        unsaved = _digest(lab_layer.data) != self._kept
         lab_layer.data = painted
+        self._kept = None if unsaved else _digest(painted)
         self.status.value = f"Dropped patch {i} ({gone.name}); {len(self.patches)} left."
 
     def store(self) -> None:
@@ -227,9 +243,18 @@ class PatchesWidget(Dock):
             self._fail(e)
             return
         n_empty = sum(not p.labels.any() for p in patches)
+        stored = _digest(lab_layer.data)
 
         def done(names):
+            self._kept = stored
             self.status.value = (f"Stored {len(names)} patches ({len(names) - n_empty} painted, {n_empty} with no "
                                  f"object as true negatives) in {Path(folder)}.")
 
         self._start(store_dataset, done, patches, folder, label_divisor=div)
+
+
+def _digest(data) -> str:
+    """A digest of a patch labels layer's values (a few MB at most)."""
+    import hashlib
+    a = np.ascontiguousarray(np.asarray(data))
+    return hashlib.blake2b(a.view(np.uint8).reshape(-1), digest_size=16).hexdigest() + str(a.shape)
