@@ -124,6 +124,9 @@ def test_too_few_patches_are_not_scored_on_themselves(home, tmp_path, tiny_card)
                  log=lines.append)
     assert r["before"] is None and r["after"] is None and r["evaluated_on"] is None
     assert any("too few to hold any out" in s for s in lines)
+    # the last weights are kept, and said so (it said step 0: the base model's)
+    assert r["kept_step"] == 2 and get_card("two").validation["kept_step"] == 2
+    assert not all(torch.equal(_weights(r["weights"])[k], v) for k, v in _weights(tiny_card.parent / "tiny.pt").items())
 
 
 def test_replay_mixes_the_stated_share_of_every_batch(tmp_path):

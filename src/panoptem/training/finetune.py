@@ -422,6 +422,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     weights = train(source, stage, cfg, resume=resume, log=log, init_state=state, frozen=frozen,
                     on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop,
                     validate=validate if val is not None else None, run=run, restart=restart)
+    if val is None:  # nothing held out to score: the last step's weights are kept
+        best["step"] = int(iterations)
     after = best["scores"]
     if val is not None and best["step"] != int(iterations):
         chosen = stage / "kept.pt"
