@@ -599,3 +599,65 @@ def test_3d_inference_keeps_the_window_responsive(make_napari_viewer, registered
             f.write(report + "\n")
     assert p95 < 0.25, report
     assert worst < 2.0, report
+
+
+# ------------------------------------------------------------------ errors in a dock's words
+
+def test_dock_errors_name_the_docks_controls_not_command_line_flags(viewer, qtbot, home, monkeypatch):
+    """An error shown in a dock names its controls ('Tile size'), not --tile-size or --help, and
+    leaves out advice a dock user cannot follow (--overwrite, Python keywords)."""
+    from panoptem.napari._inference import Inference2DWidget, Inference3DWidget
+    w = dock(viewer, Inference2DWidget)
+    w.image.value = viewer.add_image(blobs(), name="em")
+    w.model.value = "darkblob"
+    w.form["tile_size"].value = 5
+    run_and_wait(qtbot, w)
+    assert w.status.value == "Error: 'Tile size' = 5: Tile size must be 0 (no tiling) or at least 64 pixels.", \
+        w.status.value
+    w3 = dock(viewer, Inference3DWidget)
+    w3.image.value, w3.model.value = viewer.layers["em"], "darkblob"
+    w3.form["chunk_size"].value = "abc"
+    run_and_wait(qtbot, w3)
+    assert w3.status.value.startswith("Error: 'Zarr chunk size' = 'abc': ") and "--" not in w3.status.value
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    w.form["tile_size"].value, w.device.value = 0, "cuda"
+    run_and_wait(qtbot, w)
+    assert w.status.value.endswith("no CUDA GPU is visible; choose Device cpu or auto."), w.status.value
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("'/d/busy' already exists; choose another folder or pass --overwrite.",
+     "'/d/busy' already exists; choose another folder."),
+    ("A model named 'tiny' is already registered; choose another name, or pass overwrite=True (--overwrite) to "
+     "replace it.", "A model named 'tiny' is already registered; choose another name."),
+    ("The volume (1, 32, 32) is too thin for 3D inference; use segment2d --batch.",
+     "The volume (1, 32, 32) is too thin for 3D inference; use 2D Inference with Batch mode."),
+    ("'/d' holds no tiles.json: it is not a tile folder made by create_tiles (panoptem tiles create).",
+     "'/d' holds no tiles.json: it is not a tile folder made by Create tiles."),
+    ("X was saved with other settings; run the command as it was to resume it, or pass --restart "
+     "(resume=False in Python) to start afresh, or choose another --name than 'X' (or another --out-dir).",
+     "X was saved with other settings; run the command as it was to resume it, or choose another "
+     "'New model name' than 'X'."),
+    ("Checkpoint c.pt is not a panoptem training checkpoint; delete it or pass --restart.",
+     "Checkpoint c.pt is not a panoptem training checkpoint; delete it."),
+    ("Several classes need --label-divisor: the divisor the masks were painted with",
+     "Several classes need 'Label divisor (0: none)': the divisor the masks were painted with"),
+    ("beyond the x0.01562..x8 panoptem accepts; pass --pixel-size NM if the file's metadata is wrong, or turn "
+     "resampling off (--no-resample).", "beyond the x0.01562..x8 panoptem accepts; set Pixel size if the file's "
+     "metadata is wrong, or untick Resample to model."),
+    ("A 2D image has only xy planes; use plane='xy'.", "A 2D image has only xy planes; set 'Plane' to xy."),
+    ("fewer than 5 planes along the normal of xz; use a smaller flipbook_depth.",
+     "fewer than 5 planes along the normal of xz; use a smaller 'Flipbook depth (planes)'."),
+])
+def test_dock_words_of_the_librarys_messages(raw, expected):
+    from panoptem.napari._advice import dock_words
+    controls = {"new_name": "New model name", "label_divisor": "Label divisor (0: none)", "tile_size": "Tile size",
+                "plane": "Plane", "flipbook_depth": "Flipbook depth (planes)"}
+    assert dock_words(raw, controls) == expected
+
+
+def test_dock_words_keep_flags_without_a_control_and_messages_without_flags():
+    from panoptem.napari._advice import dock_words
+    assert dock_words("use --key to name it", {}) == "use --key to name it"
+    assert dock_words("Nothing to say: x-- y", {"x": "X"}) == "Nothing to say: x-- y"

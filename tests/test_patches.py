@@ -222,7 +222,8 @@ def test_store_refuses_unknown_classes_and_other_divisors(tmp_path):
     with pytest.raises(PanoptemError, match=r"class\(es\) \[3\]"):
         store_dataset(ps, tmp_path, class_names={1: "mito", 2: ("er", "semantic")}, label_divisor=1000)
     store_dataset(disc_patches(1), tmp_path)
-    with pytest.raises(PanoptemError, match="label divisor None"):
+    with pytest.raises(PanoptemError, match=r"label divisor none and classes 1 mitochondria \(instance\); these "
+                                            "patches have divisor 1000"):
         store_dataset(disc_patches(1), tmp_path, label_divisor=1000)
 
 

@@ -311,6 +311,13 @@ def test_cli_errors_are_one_line(home, tmp_path, tiny_card):
     assert_one_line_error(*cli("model", "archive", "nope")[::2], "Unknown model")
     assert_one_line_error(*cli("model", "restore", "t")[::2], "not archived")
     assert_one_line_error(*cli("model", "import", tmp_path / "none.panoptem")[::2], "does not exist")
+    # a folder given for the package, a file given for the export's folder: said as they are
+    assert_one_line_error(*cli("model", "import", tmp_path)[::2], "is a folder; give the package file itself")
+    (tmp_path / "afile").write_text("kept")
+    for fmt in ("package", "onnx", "torchscript", "bioimageio"):
+        assert_one_line_error(*cli("model", "export", "t", "-o", tmp_path / "afile" / "x", "--format", fmt)[::2],
+                              "afile' is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "kept"
 
 
 def test_shipped_card_names_every_architecture_setting():

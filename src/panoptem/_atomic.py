@@ -64,6 +64,15 @@ def check_outside_inputs(folder: str | Path, inputs: Iterable, what: str) -> Non
                                 "outside it (inputs are never written to).")
 
 
+def existing_folder(path: str | Path, what: str) -> Path:
+    """``path`` where it is a folder; else one error saying it does not exist or is a file."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise PanoptemError(f"'{p}' is a file, not a folder; choose a folder for {what}." if p.exists() else
+                            f"The folder '{p}' does not exist; create it, or choose another for {what}.")
+    return p
+
+
 def work_folder(path: str | Path, what: str, create: bool = True) -> Path:
     """``path`` as a folder to work in (created where missing, unless ``create`` is False); one
     clear error where it, or a folder it would be made in, is a file."""

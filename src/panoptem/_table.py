@@ -36,10 +36,9 @@ def write_table(table: dict[str, np.ndarray], path, inputs=(), replace_folder: b
     path = check_table_name(path)
     if path.is_dir() and not replace_folder:
         raise PanoptemError(f"{path} is a folder; a table is one file: choose another name for it.")
-    from ._atomic import check_output
+    from ._atomic import check_output, existing_folder
     check_output(path, overwrite=True, inputs=[i for i in inputs if i])
-    if not path.parent.exists():
-        raise PanoptemError(f"The folder '{path.parent}' does not exist; create it or choose another path.")
+    existing_folder(path.parent, "the table")
     lengths = {len(np.asarray(v)) for v in table.values()}
     if len(lengths) > 1:
         raise PanoptemError("The table's columns have different lengths; "

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, existing_folder
 from ..errors import PanoptemError
 from .card import ClassInfo, ModelCard, Normalization, Weights, read_yaml, resolve_reference
 
@@ -218,8 +218,7 @@ def export_bioimageio(name_or_card, out_file: str | Path, overwrite: bool = Fals
     if out.suffix.lower() != ".zip":
         out = out.with_name(out.name + ".zip")
     check_outside_store(out)
-    if not out.parent.is_dir():
-        raise PanoptemError(f"Folder {out.parent} does not exist; create it first.")
+    existing_folder(out.parent, "the package")
     if out.exists() and not overwrite:
         raise PanoptemError(f"{out} already exists; choose another output file or pass --overwrite.")
     lm = _load_cpu(name_or_card)
@@ -377,7 +376,8 @@ def import_bioimageio(file: str | Path, name: str | None = None) -> str:
     from .registry import register
     f = Path(file)
     if not f.is_file():
-        raise PanoptemError(f"Model package {f} does not exist; check the path.")
+        raise PanoptemError(f"Model package {f} is a folder; give the package file itself." if f.is_dir() else
+                            f"Model package {f} does not exist; check the path.")
     with home.staging("import-bioimageio-") as stage:
         rdf_name = _extract(f, stage)
         rdf = read_yaml(stage / rdf_name, what="bioimage.io description")

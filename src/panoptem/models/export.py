@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .._atomic import atomic_path, write_text
+from .._atomic import atomic_path, existing_folder, write_text
 from ..errors import PanoptemError
 from .architecture import EmpanadaAdapter
 from .card import EXPORT_FORMATS, OUTPUTS, ModelCard, Weights
@@ -110,8 +110,7 @@ def _check_out(out_file: str | Path, overwrite: bool, source: str | Path) -> Pat
     check_outside_store(out.with_suffix(".yaml"))
     if out.suffix in (".yaml", ".yml"):
         raise PanoptemError(f"{out} would clash with the card written next to the export; use another suffix.")
-    if not out.parent.is_dir():
-        raise PanoptemError(f"Folder {out.parent} does not exist; create it first.")
+    existing_folder(out.parent, "the export")
     mine = _source_files(source)
     for p in (out, out.with_suffix(".yaml")):
         if p.resolve() in mine:

@@ -21,7 +21,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from .._atomic import atomic_path, move_into_place, write_text
+from .._atomic import atomic_path, existing_folder, move_into_place, write_text
 from ..errors import PanoptemError
 from . import home
 from .card import ONNX_ONLY, ModelCard, Weights, load_card
@@ -301,8 +301,7 @@ def export_package(name: str, out_file: str | Path) -> Path:
         out = out.with_suffix(PACKAGE_SUFFIX)
     if out.exists():
         raise PanoptemError(f"{out} already exists; choose another output file or delete it.")
-    if not out.parent.is_dir():
-        raise PanoptemError(f"Folder {out.parent} does not exist; create it first.")
+    existing_folder(out.parent, "the package")
     home.check_outside_store(out)
     pack = card.model_copy(deep=True)
     files: dict[str, Path] = {}
@@ -336,7 +335,8 @@ def import_package(file: str | Path, name: str | None = None) -> str:
     refused (pass another ``name``)."""
     f = Path(file)
     if not f.is_file():
-        raise PanoptemError(f"Model package {f} does not exist; check the path.")
+        raise PanoptemError(f"Model package {f} is a folder; give the package file itself." if f.is_dir() else
+                            f"Model package {f} does not exist; check the path.")
     from .bioimageio import import_bioimageio, is_bioimageio_package
     if is_bioimageio_package(f):
         return import_bioimageio(f, name=name)

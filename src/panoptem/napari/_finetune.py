@@ -213,7 +213,8 @@ class FinetuneWidget(_TrainingDock):
     def run(self) -> None:
         try:
             if not self.model.value:
-                raise PanoptemError("No model is registered; register one (Models widget) to fine-tune.")
+                raise PanoptemError("No model is available (none is registered, or all are archived); register "
+                                    "or restore one in the Models dock to fine-tune.")
             train_dir, name = self._dataset_and_name()
         except PanoptemError as e:
             self._fail(e)

@@ -200,7 +200,8 @@ class _InferenceBase(Dock):
 
     def _model_name(self) -> str:
         if not self.model.value:
-            raise PanoptemError("No model is registered; register one with `panoptem model register`.")
+            raise PanoptemError("No model is available (none is registered, or all are archived); register or "
+                                "restore one in the Models dock.")
         return self.model.value
 
 

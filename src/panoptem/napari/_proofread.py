@@ -257,11 +257,11 @@ class ProofreadWidget(Dock):
         def action():
             layer = self._layer()
             plane = self._plane(layer)
-            make, detail = prepare(layer, plane)
             data = layer.data
-            if not isinstance(data, np.ndarray):
+            if not isinstance(data, np.ndarray):  # before the points are read from it
                 raise PanoptemError("This labels layer is read from a file; load it into memory "
                                     "(File > Save, reopen, or use a smaller crop) to proofread it.")
+            make, detail = prepare(layer, plane)
             where = ("" if layer.ndim == 2 else " in 3D" if plane is None else
                      f" in {PLANE_OF_AXIS[plane[0]]} plane {plane[1]}")
 

@@ -35,7 +35,9 @@ class WorkerMixin:
         return self.worker is not None
 
     def _fail(self, err: BaseException) -> None:
-        msg = str(err) if isinstance(err, PanoptemError) else f"{type(err).__name__}: {err}"
+        from ._advice import control_labels, dock_words
+        msg = dock_words(str(err), control_labels(self)) if isinstance(err, PanoptemError) else \
+            f"{type(err).__name__}: {err}"
         self.status.value = f"Error: {msg}"
         napari.utils.notifications.show_error(msg)
 

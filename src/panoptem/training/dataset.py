@@ -190,9 +190,11 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
     cls_json = [dict(id=c, name=n, kind=k) for c, n, k in classes]
     if meta:
         if meta.get("label_divisor") != label_divisor or meta.get("classes", cls_json) != cls_json:
-            raise PanoptemError(f"Dataset {root} holds masks with label divisor {meta.get('label_divisor')} and "
-                                f"classes {meta.get('classes')}; store these patches in another folder or "
-                                "with the same divisor and classes.")
+            had = meta.get("label_divisor") or "none"
+            raise PanoptemError(f"Dataset {root} holds masks painted with label divisor {had} and classes "
+                                f"{_classes_text(meta.get('classes', cls_json))}; these patches have divisor "
+                                f"{label_divisor or 'none'} and classes {_classes_text(cls_json)}: store them in "
+                                "another folder, or with the same divisor and classes.")
     ids = {c[0] for c in classes}
     pairs = []
     for p in patches:
@@ -617,3 +619,11 @@ def _pad_to(image01: np.ndarray, code: np.ndarray, size: int) -> tuple[np.ndarra
     lead = [(0, 0)] * (image01.ndim - 2)
     return (np.pad(image01, lead + [(0, ph), (0, pw)], constant_values=float(np.median(image01))),
             np.pad(code, ((0, ph), (0, pw))))
+
+
+def _classes_text(classes) -> str:
+    """Classes as a dataset records them (dicts of id, name, kind), in words: ``1 mitochondria (instance)``."""
+    try:
+        return ", ".join(f"{c['id']} {c['name']} ({c['kind']})" for c in classes)
+    except (TypeError, KeyError):  # a hand-edited record: as it stands
+        return str(classes)
