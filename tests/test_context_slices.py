@@ -256,3 +256,17 @@ def test_segment3d_says_when_the_neighbours_lie_farther_apart_than_in_training(c
     err = capsys.readouterr().err
     assert ("sees each plane with neighbours 5 nm away" in err) == warned
     assert ("the xy planes are 50 nm apart, so it is given neighbours 5 nm away" in err) == warned
+
+
+@pytest.mark.parametrize("args, words", [
+    (dict(index=1, neighbours=-1), "neighbours must be a whole number >= 0"),  # was an empty (0, H, W) array
+    (dict(index=1.5), "slice index must be a whole number"),                  # was a raw IndexError
+    (dict(index=1, stride=0), "stride >= 1"),
+])
+def test_take_plane_refuses_arguments_it_cannot_honour(args, words):
+    v = np.zeros((4, 8, 8), np.uint8)
+    with pytest.raises(PanoptemError, match=words):
+        take_plane(v, **args)
+    with pytest.raises(PanoptemError, match=r"ZYX volume, not of an array of shape \(8, 8\)"):
+        take_plane(v[0], 0)
+    assert take_plane(v, np.int64(2), neighbours=1).shape == (3, 8, 8)

@@ -207,3 +207,12 @@ def test_evaluate_files(tmp_path):
     tifffile.imwrite(tmp_path / "gt.tif", gt.astype(np.uint16))
     r = evaluate_files(tmp_path / "pred.tif", tmp_path / "gt.tif", iou_thresholds=(0.5,))
     assert r["tp_50"] == 2 and r["matched_iou_mean"] == pytest.approx(0.8)
+
+
+def test_one_iou_threshold_may_be_given_as_a_number():
+    """evaluate(p, g, 0.5) raised a raw TypeError (a float is not iterable)."""
+    from panoptem import evaluate
+    lab = np.zeros((8, 8), np.uint32)
+    lab[1:4, 1:4] = 1
+    r = evaluate(lab, lab, 0.5)
+    assert r["f1_50"] == 1.0 and "f1_75" not in r

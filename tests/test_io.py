@@ -518,3 +518,17 @@ def test_a_plain_file_named_zarr_is_told_a_store_is_a_folder(tmp_path):
     (tmp_path / "x.zarr").write_bytes(b"not a folder")
     with pytest.raises(PanoptemError, match="store is a folder"):
         read_image(tmp_path / "x.zarr")
+
+
+@pytest.mark.parametrize("given", [5, "5,5", (5, "x")])
+def test_write_labels_refuses_a_voxel_size_that_is_not_one_size_per_axis(tmp_path, given):
+    from panoptem.io import write_labels
+    with pytest.raises(PanoptemError, match="voxel_size must be 2 positive numbers"):
+        write_labels(tmp_path / "l.tif", np.ones((4, 4), np.uint32), voxel_size=given)
+    assert not (tmp_path / "l.tif").exists()
+
+
+def test_write_labels_of_ragged_nested_lists_is_one_error(tmp_path):
+    from panoptem.io import write_labels
+    with pytest.raises(PanoptemError, match="labels is nested lists of unequal lengths"):
+        write_labels(tmp_path / "l.tif", [[1, 2], [3]])

@@ -216,3 +216,24 @@ def test_label_helpers_take_any_integer_dtype():
                    np.uint8).tolist() == [0, 0]
     got = overlap_table(np.array([1, 1, 2, 0], np.int32), np.array([1, 2, 2, 2], np.uint64), 2, 2)
     assert [x.tolist() for x in got] == [[1, 1, 2], [1, 2, 2], [1, 1, 1]] and got[0].dtype == np.int64
+
+
+def test_relabel_sequential_per_class_keeps_the_class_of_uint64_ids_past_2_63():
+    """uint64 ids at or past 2**63 were cast to int64 (negative) before their class was taken:
+    [2**63 + 1005, 2**63 + 1009] with divisor 1000 came out as 809, 810 (uint32)."""
+    from panoptem.labels import relabel_sequential_per_class
+    base = 2**63 // 1000 * 1000 + 1000  # a class boundary past 2**63
+    lab = np.array([0, base + 5, base + 9, base, 2 * 1000 + 7], np.uint64)
+    out = relabel_sequential_per_class(lab, 1000)
+    assert out.dtype == np.uint64 and out.tolist() == [0, base + 1, base + 2, base, 2001]
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0, 4)])
+def test_object_statistics_of_an_array_with_no_voxels_are_empty(shape):
+    """cc3d took no empty array: object_stats, filter_objects and filter_labels raised its TypeError."""
+    from panoptem.labels import filter_objects, object_stats
+    from panoptem.proofread import filter_labels
+    ids, voxels, bbox = object_stats(np.zeros(shape, np.uint32))
+    assert ids.size == 0 and voxels.size == 0 and bbox.shape == (0, 2 * len(shape))
+    assert filter_objects(np.zeros(shape, np.uint32), 2, 0).shape == shape
+    assert filter_labels(np.zeros(shape, np.uint16), 2).shape == shape

@@ -237,3 +237,11 @@ def test_a_table_never_replaces_a_folder_unless_asked(tmp_path):
         write_table(table, ds)
     assert (ds / "part-0.parquet").read_bytes() == b"PAR1 earlier"
     assert write_table(table, ds, replace_folder=True).read_text().startswith("label,voxels")
+
+
+def test_a_table_column_given_as_one_value_is_one_error(tmp_path):
+    from panoptem._table import write_table
+    from panoptem.errors import PanoptemError
+    with pytest.raises(PanoptemError, match="give each column as a list or 1D array"):
+        write_table({"a": 1}, tmp_path / "t.csv")
+    assert not (tmp_path / "t.csv").exists()

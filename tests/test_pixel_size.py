@@ -722,3 +722,23 @@ def test_a_plane_tested_in_2d_is_scaled_as_the_3d_run_scales_it(tmp_path):
         assert np.count_nonzero(two != three[:, :, x]) <= 0.01 * max(np.count_nonzero(three[:, :, x]), 100), x
         checked += np.count_nonzero(three[:, :, x])
     assert checked > 200
+
+
+@pytest.mark.parametrize("given, words", [
+    (5, r"voxel_size takes 3 positive sizes in nm, one per axis \(Z, Y, X\), not 5; .* give pixel_size=5 instead"),
+    ((5, 5), r"voxel_size takes 3 positive sizes .* not \(5, 5\)\.$"),
+    ((40, 0, 5), r"not \(40, 0, 5\)"),
+    (("a", 5, 5), r"not \('a', 5, 5\)"),
+])
+def test_a_voxel_size_with_too_few_or_bad_sizes_is_one_error(tiny_card, given, words):
+    """A scalar raised a raw TypeError; two sizes for a volume were dropped without a word (the run
+    went on as if the pixel size were unknown, not resampled)."""
+    with pytest.raises(PanoptemError, match=words):
+        segment_3d(np.zeros((3, 64, 64), np.uint8), str(tiny_card), voxel_size=given)
+
+
+def test_a_2d_run_takes_the_last_two_sizes_of_a_stacks_voxel_size(tiny_card):
+    with pytest.raises(PanoptemError, match=r"one per axis \(Y, X\), not 5; .* pixel_size=5 instead"):
+        segment_2d(np.zeros((64, 64), np.uint8), str(tiny_card), voxel_size=5)
+    img = np.zeros((64, 64), np.uint8)
+    assert segment_2d(img, str(tiny_card), voxel_size=(40, 5, 5)).shape == (64, 64)

@@ -591,3 +591,18 @@ def test_ids_that_are_not_objects_are_refused():
         np.testing.assert_array_equal(lab, before)
     merge_labels(lab, [np.uint64(1), 2.0])                      # whole numbers of any type are ids
     assert set(np.unique(lab)) == {0, 1}
+
+
+def test_split_gives_every_voxel_of_the_label_a_new_id_even_where_no_seed_reaches():
+    """A pixel joined to the label only at a corner kept the old id beside the new pieces (the
+    watershed floods face neighbours only): it now goes to the nearest piece."""
+    lab = np.zeros((7, 12), np.uint32)
+    lab[1:6, 1:5] = 1
+    lab[1:6, 6:10] = 1
+    lab[3, 5] = 1
+    lab[0, 0] = 1                         # touches the left blob at a corner only
+    lab[6, 11] = 7                        # another label: untouched
+    before = lab.copy()
+    split_label(lab, 1, markers=[[3, 2], [3, 8]])
+    assert lab[0, 0] == lab[3, 2] and sorted(np.unique(lab[before == 1]).tolist()) == [8, 9]
+    assert lab[6, 11] == 7 and (lab == 0).sum() == (before == 0).sum()

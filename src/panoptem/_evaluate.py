@@ -97,7 +97,7 @@ def evaluate(prediction: np.ndarray, ground_truth: np.ndarray,
     ----------
     prediction, ground_truth : integer label images of the same shape (2D or 3D, any integer
         dtype, 0 = background). Whole-numbered float arrays are accepted too.
-    iou_thresholds : thresholds at which precision, recall, F1 and AP are reported, as keys
+    iou_thresholds : thresholds (or one number) at which precision, recall, F1 and AP are reported, as keys
         ``precision_50``, ``recall_50``, ``f1_50``, ``ap_50``, ``tp_50``, ``fp_50``, ``fn_50``
         (the suffix is the threshold in percent).
     label_divisor : when set, ``label // label_divisor`` is the class of a label; objects are
@@ -124,7 +124,7 @@ def evaluate(prediction: np.ndarray, ground_truth: np.ndarray,
     >>> round(r["matched_iou_mean"], 4), r["f1_50"], r["f1_75"]
     (0.6667, 1.0, 0.0)
     """
-    thresholds = tuple(float(t) for t in iou_thresholds)
+    thresholds = tuple(float(t) for t in np.ravel(iou_thresholds))  # one number: one threshold
     if any(not 0.0 < t <= 1.0 for t in thresholds):
         raise PanoptemError(f"IoU thresholds must lie in (0, 1], not {list(iou_thresholds)}.")
     t, same, ignored = _prepare(prediction, ground_truth, label_divisor, per_slice, ignore_smaller)

@@ -39,6 +39,9 @@ def write_table(table: dict[str, np.ndarray], path, inputs=(), replace_folder: b
     from ._atomic import check_output, existing_folder
     check_output(path, overwrite=True, inputs=[i for i in inputs if i])
     existing_folder(path.parent, "the table")
+    if any(np.ndim(v) != 1 for v in table.values()):
+        raise PanoptemError("A table is columns of values: give each column as a list or 1D array "
+                            "(one value per row).")
     lengths = {len(np.asarray(v)) for v in table.values()}
     if len(lengths) > 1:
         raise PanoptemError("The table's columns have different lengths; "

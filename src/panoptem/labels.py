@@ -272,6 +272,8 @@ def object_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     nd = labels.ndim
     if nd not in (2, 3):
         raise PanoptemError(f"Object statistics need a 2D or 3D label array, got {nd} dimensions.")
+    if labels.size == 0:  # no voxels: no objects (cc3d takes no empty array)
+        return np.zeros(0, labels.dtype), np.zeros(0, np.int64), np.zeros((0, 2 * nd), np.int64)
     _, top = _id_range(labels)
     if top < min(1 << 24, max(labels.size, 1)):  # ids small enough to count directly
         local, ids = labels, None
@@ -500,12 +502,14 @@ def relabel_sequential_per_class(labels: np.ndarray, label_divisor: int | None) 
     """
     labels = np.asarray(labels)
     local, ids = compact(labels)
-    ids = ids.astype(np.int64)
     if label_divisor:
         div = int(label_divisor)
-        thing = ids % div != 0
-        new = np.where(thing, number_per_class(ids // div, thing, div), ids)
+        thing = ids % div != 0  # class and instance from the ids in their own dtype (uint64 past 2**63)
+        # int64 arithmetic wraps modulo 2**64: ids past 2**63 come out right once read back as uint64
+        new = np.where(thing, number_per_class((ids // div).astype(np.int64), thing, div), ids.astype(np.int64))
+        if ids.dtype == np.uint64:
+            new = new.view(np.uint64)
     else:
-        new = number_per_class(np.zeros_like(ids), np.ones(ids.size, bool), None)
-    lut = np.concatenate([[0], new]).astype(dtype_for_max_label(int(new.max(initial=0))))
+        new = number_per_class(np.zeros(ids.size, np.int64), np.ones(ids.size, bool), None)
+    lut = np.concatenate([np.zeros(1, new.dtype), new]).astype(dtype_for_max_label(int(new.max(initial=0))))
     return lut[local]

@@ -327,7 +327,12 @@ def split_label(labels: np.ndarray, label_id: int, markers=None, min_distance: i
         raise PanoptemError(f"Found {len(pts)} seed(s) in label {label_id}, need 2 to split; {how}.")
     seeds = np.zeros(mask.shape, np.int32)
     seeds[tuple(pts.T)] = np.arange(1, len(pts) + 1)
-    pieces = watershed(-dist, seeds, mask=mask)[(slice(1, -1),) * mask.ndim]
+    pieces = watershed(-dist, seeds, mask=mask)
+    lost = mask & (pieces == 0)  # parts no seed reaches (joined to the label only at a corner or edge)
+    if lost.any():  # go to the nearest piece: every voxel of the label gets a new id
+        near = ndi.distance_transform_edt(pieces == 0, return_distances=False, return_indices=True)
+        pieces[lost] = pieces[tuple(i[lost] for i in near)]
+    pieces = pieces[(slice(1, -1),) * mask.ndim]
     k = len(pts)
     all_ids = np.unique(labels)  # in the labels' dtype: uint64 ids past 2^63 stay exact
     top = int(all_ids.max())

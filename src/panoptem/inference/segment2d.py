@@ -47,6 +47,14 @@ def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step:
     if plane not in PLANE_AXIS:
         raise PanoptemError(f"Plane must be one of xy, xz, yz, not '{plane}'.")
     volume = volume if hasattr(volume, "shape") else np.asarray(volume)  # nested lists too
+    if len(volume.shape) != 3:
+        raise PanoptemError(f"take_plane takes a plane of a ZYX volume, not of an array of shape "
+                            f"{tuple(volume.shape)}.")
+    if int(neighbours) != neighbours or neighbours < 0 or int(stride) != stride or stride < 1:
+        raise PanoptemError(f"neighbours must be a whole number >= 0 and stride >= 1, not {neighbours} and {stride}.")
+    if int(index) != index:
+        raise PanoptemError(f"The slice index must be a whole number, not {index}.")
+    index, neighbours = int(index), int(neighbours)
     ax = PLANE_AXIS[plane]
     if not 0 <= index < volume.shape[ax]:
         raise PanoptemError(f"Slice {index} is outside the volume ({volume.shape[ax]} slices along {plane}); "
@@ -182,12 +190,26 @@ def pixel_plan(card, params, voxel_size, ndim: int, given_by: str = "file"):
     (``voxel_size``, overridden in-plane by ``params.pixel_size``; ``given_by``: where it came
     from), resampling on or off and Image Downsampling from ``params``."""
     from .resample import plan_pixels
-    vs = None if voxel_size is None else tuple(voxel_size)
-    if vs is not None and len(vs) != ndim:
-        vs = vs[-ndim:] if len(vs) > ndim else None
+    vs = None if voxel_size is None else _voxel_tuple(voxel_size, ndim)
     return plan_pixels(card.voxel_size_nm, vs, params.pixel_size, params.resample, params.downsampling, ndim,
                        neighbour_nm=card.neighbour_spacing_nm if card.context_slices else None,
                        working=card.pixel_range_nm, given_by=given_by)
+
+
+def _voxel_tuple(voxel_size, ndim: int) -> tuple[float, ...]:
+    """The last ``ndim`` of the sizes in ``voxel_size`` (a stack's (Z, Y, X) for its planes);
+    one error where it gives fewer, or sizes that are not positive numbers."""
+    try:
+        vs = tuple(float(v) for v in np.ravel(np.asarray(voxel_size, dtype=object)))
+    except (TypeError, ValueError):
+        vs = ()
+    if len(vs) < ndim or not all(np.isfinite(v) and v > 0 for v in vs):
+        axes = "(Z, Y, X)" if ndim == 3 else "(Y, X)"
+        alone = f"; for the pixel size in the plane alone, give pixel_size={voxel_size!r} instead" \
+            if np.ndim(voxel_size) == 0 else ""
+        raise PanoptemError(f"voxel_size takes {ndim} positive sizes in nm, one per axis {axes}, not "
+                            f"{voxel_size!r}{alone}.")
+    return vs[-ndim:]
 
 
 def plane_pixels(voxel_size, axis: int, params):

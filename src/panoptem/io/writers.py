@@ -61,7 +61,10 @@ def _check_shape(shape) -> tuple[int, ...]:
 def _check_voxel(voxel_size, ndim: int) -> tuple[float, ...] | None:
     if voxel_size is None:
         return None
-    vs = tuple(float(v) for v in voxel_size)
+    try:
+        vs = tuple(float(v) for v in np.ravel(np.asarray(voxel_size, dtype=object)))
+    except (TypeError, ValueError):
+        vs = ()
     if len(vs) != ndim or not all(np.isfinite(v) and v > 0 for v in vs):
         raise PanoptemError(f"voxel_size must be {ndim} positive numbers in nm (one per axis), not {voxel_size}.")
     return vs
@@ -505,7 +508,9 @@ def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bo
     with ExitStack() as stack:
         writers = []
         for path, labels, *rest in items:
-            labels = labels if hasattr(labels, "shape") and hasattr(labels, "dtype") else np.asarray(labels)
+            if not (hasattr(labels, "shape") and hasattr(labels, "dtype")):
+                from ..labels import as_array
+                labels = as_array(labels, "labels")
             dt = label_dtype(labels)
             chunks = rest[0] if rest else None
             w = stack.enter_context(open_label_writer(path, labels.shape, dt, voxel_size, chunks, overwrite, inputs,
