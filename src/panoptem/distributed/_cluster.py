@@ -299,7 +299,7 @@ def _task(fn, job, item):
 def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     """``fn(job, item)`` for every item on the cluster; results in item order.
     The job is sent to every worker once."""
-    from distributed import KilledWorker, wait
+    from distributed import KilledWorker, as_completed
     if not items:
         return []
     import pickle
@@ -316,15 +316,18 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(items), unit="block", desc=desc)
-    pending, paused_since = set(futures), None
+    import time
+    ended = as_completed(futures)  # O(1) a future: waiting on the whole pending set each time is O(n)
+    paused_since, quiet_since = None, time.monotonic()
     try:
-        while pending:
-            try:
-                done, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
-            except TimeoutError:  # nothing ended meanwhile: are the workers held by their memory limit?
-                paused_since = _check_not_stalled(client, paused_since, desc)
+        while not ended.is_empty():
+            done = ended.next_batch(block=False)
+            if not done:
+                time.sleep(0.05)
+                if time.monotonic() - quiet_since >= POLL_S:  # are the workers held by their memory limit?
+                    paused_since, quiet_since = _check_not_stalled(client, paused_since, desc), time.monotonic()
                 continue
-            paused_since = None
+            paused_since, quiet_since = None, time.monotonic()
             for fut in done:
                 results[pos[fut.key]] = fut.result()
                 if bar is not None:
