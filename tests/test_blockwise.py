@@ -1376,3 +1376,15 @@ def test_shipped_model_on_real_data_agrees_with_a_whole_volume_run(lucchi, clien
     x, y, inter = overlap_table(la, lb, ia.size, ib.size)
     matched = np.unique(x[inter / (ca[x - 1] + cb[y - 1] - inter) >= 0.9]).size
     assert ia.size >= 4 and matched / ia.size >= 0.95
+
+
+@pytest.mark.parametrize("params", [dict(inference_plane="xz"), dict(orthoplane=True),
+                                    dict(orthoplane=True, fusion="probability")])
+def test_blockwise_xz_and_orthoplane_find_nothing_on_a_blank_section(vol, tmp_path, params):
+    """As a whole-volume run: a blank section seen edge-on by the xz and yz stacks holds no object."""
+    vol = vol.copy()
+    vol[10] = 0                                        # through the touching balls
+    whole = segment_3d(vol, dark_blob_model(), **P, **params).labels["mitochondria"]
+    res, got = _blockwise(vol, tmp_path, block_shape=(16, 64, 64), halo=(32, 32, 32), **params)
+    assert res.blocks > 1 and got.any() and not got[10].any()
+    np.testing.assert_array_equal(got, whole)

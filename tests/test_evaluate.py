@@ -216,3 +216,11 @@ def test_one_iou_threshold_may_be_given_as_a_number():
     lab[1:4, 1:4] = 1
     r = evaluate(lab, lab, 0.5)
     assert r["f1_50"] == 1.0 and "f1_75" not in r
+
+
+def test_one_iou_threshold_out_of_range_is_one_error():
+    from panoptem import evaluate
+    lab = np.zeros((8, 8), np.uint32)
+    lab[1:4, 1:4] = 1
+    with pytest.raises(PanoptemError, match=r"IoU thresholds must lie in \(0, 1\], not \[1.5\]"):
+        evaluate(lab, lab, 1.5)

@@ -260,3 +260,21 @@ def test_exports_of_a_model_that_sees_neighbours(home, tmp_path):
     assert get_card(str(tmp_path / "ts3.yaml")).context_slices == 1
     with torch.no_grad():
         np.testing.assert_allclose(torch.jit.load(str(ts))(x)["offsets"].numpy(), ref["offsets"].numpy(), atol=1e-5)
+
+
+def test_an_export_over_an_earlier_one_replaces_network_and_card_as_a_pair(home, tmp_path, tiny_card, monkeypatch):
+    """export --overwrite moved the new network into place, then wrote its card: stopped between
+    the two, a new network lay beside the old card (whose sha256 no longer matched). Both are now
+    complete before either is moved."""
+    from panoptem.models import export as ex
+    out = tmp_path / "m.pt"
+    ex.export_torchscript(tiny_card, out)
+    before = (out.read_bytes(), out.with_suffix(".yaml").read_bytes())
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ex, "sha256_of", stopped)          # stopped before the card is written
+    with pytest.raises(KeyboardInterrupt):
+        ex.export_torchscript(tiny_card, out, empanada_interface=True, overwrite=True)
+    assert (out.read_bytes(), out.with_suffix(".yaml").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".m", "m"))) == ["m.pt", "m.yaml"]

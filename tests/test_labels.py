@@ -237,3 +237,10 @@ def test_object_statistics_of_an_array_with_no_voxels_are_empty(shape):
     assert ids.size == 0 and voxels.size == 0 and bbox.shape == (0, 2 * len(shape))
     assert filter_objects(np.zeros(shape, np.uint32), 2, 0).shape == shape
     assert filter_labels(np.zeros(shape, np.uint16), 2).shape == shape
+
+
+@pytest.mark.parametrize("dtype, div", [(np.uint8, 1000), (np.int8, 1000), (np.uint16, 100000), (np.uint32, 2**33)])
+def test_relabel_sequential_per_class_with_a_divisor_past_the_labels_dtype(dtype, div):
+    """Class 0 ids under a divisor larger than the dtype holds: 1..N, not an OverflowError."""
+    from panoptem.labels import relabel_sequential_per_class
+    assert relabel_sequential_per_class(np.array([0, 5, 9, 7], dtype), div).tolist() == [0, 1, 3, 2]

@@ -132,6 +132,18 @@ def test_picking_again_never_discards_painting_that_is_not_stored(viewer, qtbot,
     click_and_wait(qtbot, w, "store")
     click_and_wait(qtbot, w, "pick")
     assert w.status.value.startswith("Picked 3 patches") and not viewer.layers["blobs-patches-labels"].data.any()
+    # another image's patches would replace the set Store writes: refused while painting is unstored ...
+    other = viewer.add_image(blobs(), name="other")
+    viewer.layers["blobs-patches-labels"].data[0, 1:5, 1:5] = 1
+    w.image.value = other
+    click_and_wait(qtbot, w, "pick")
+    assert "'blobs-patches-labels' holds painting that is not stored" in w.status.value, w.status.value
+    w.folder.value = tmp_path / "ds2"
+    click_and_wait(qtbot, w, "store")
+    click_and_wait(qtbot, w, "pick")                      # ... and stored, it picks; then back to the first image
+    w.image.value = img
+    click_and_wait(qtbot, w, "pick")                      # its old layers unchanged since stored: replaced
+    assert w.status.value.startswith("Picked 3 patches"), w.status.value
 
 
 def test_pick_patches_from_a_multiscale_level(viewer, qtbot, tmp_path):

@@ -659,5 +659,10 @@ def test_dock_words_of_the_librarys_messages(raw, expected):
 
 def test_dock_words_keep_flags_without_a_control_and_messages_without_flags():
     from panoptem.napari._advice import dock_words
+    # a folder named like a control stays as it is (it became /tmp/x/'Training dataset')
+    assert dock_words("/tmp/x/train_dir is not a dataset folder", {"train_dir": "Training dataset"}) == \
+        "/tmp/x/train_dir is not a dataset folder"
+    assert dock_words("download the file and pass it with --weights FILE, or pass --allow-unverified to download "
+                      "it now and record its sha256.", {}) == "download the file and register it with its Weights file."
     assert dock_words("use --key to name it", {}) == "use --key to name it"
     assert dock_words("Nothing to say: x-- y", {"x": "X"}) == "Nothing to say: x-- y"

@@ -1,6 +1,7 @@
 """Kill a 3D run with SIGKILL, run the same command again: the output equals an
 uninterrupted run's to the last bit, and nothing is left beside it."""
 import os
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -135,6 +136,37 @@ def test_an_output_made_drops_what_other_engines_kept_to_make_it(tmp_path):
     drop_resume_state(out, "2d")
     assert kept[".panoptem-cache"].is_dir()
     # a killed run's leftovers are this output's, not those of an output whose name begins alike
-    for name in (".o.tif.ab12cd34.part", ".o.tif.v2.tif.ab12cd34.part", ".o.tif.k3j_x9qz.old", ".o.tif.work"):
+    for name in (".o.tif.ab12cd34.part", ".o.tif.v2.tif.ab12cd34.part", ".o.tif.k3j_x9qz.old", ".o.tif.work",
+                 ".o.tif.q1w2e3r4.tmp", ".o.tif.a1b2c3d4.tif", ".o.tif.z9y8x7w6"):  # the last three: atomic_path's
         (tmp_path / name).touch()
-    assert [p.name for p in leftovers(out)] == [".o.tif.ab12cd34.part", ".o.tif.k3j_x9qz.old", ".o.tif.work"]
+    assert [p.name for p in leftovers(out)] == [".o.tif.a1b2c3d4.tif", ".o.tif.ab12cd34.part", ".o.tif.k3j_x9qz.old",
+                                               ".o.tif.q1w2e3r4.tmp", ".o.tif.work", ".o.tif.z9y8x7w6"]
+
+
+@pytest.mark.parametrize("blockwise", [False, True])
+def test_a_run_killed_while_removing_its_work_leaves_nothing_a_rerun_trusts(tmp_path, monkeypatch, blockwise):
+    """A finished run removes its network outputs (or blockwise work) beside the output; killed
+    while removing them, it left a half-deleted folder that the next run resumed from (a raw
+    KeyError, or labels with no object). The folder is renamed aside first: the next run finds
+    only a leftover, removes it and gives the same labels."""
+    import shutil
+
+    import panoptem
+    from panoptem import _atomic
+    from _models import dark_blob_model
+    vol, _ = phantom()
+    out = tmp_path / "o.zarr"
+    kw = dict(min_size=0, min_extent=1, blockwise=blockwise, **({"n_workers": 1} if blockwise else {}))
+    first = panoptem.segment_3d(vol, dark_blob_model(), output=out, **kw)
+    ref = np.asarray(first.labels["mitochondria"][:])
+    killed, real_rmtree = [], shutil.rmtree
+    # killed as removals begin: the folders were renamed aside, none of them deleted
+    monkeypatch.setattr(_atomic.shutil, "rmtree", lambda p, **k: killed.append(p))
+    panoptem.segment_3d(vol, dark_blob_model(), output=out, overwrite=True, **kw)
+    monkeypatch.setattr(_atomic.shutil, "rmtree", real_rmtree)
+    state = ".o.zarr.blockwise" if blockwise else ".o.zarr.panoptem-cache"
+    assert killed and not (tmp_path / state).exists()
+    assert any(p.name.startswith(".o.zarr.") and p.name.endswith(".old") for p in map(Path, killed))
+    again = panoptem.segment_3d(vol, dark_blob_model(), output=out, overwrite=True, **kw)
+    np.testing.assert_array_equal(np.asarray(again.labels["mitochondria"][:]), ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]

@@ -517,3 +517,53 @@ def test_an_object_erosion_removes_leaves_its_number_unused_in_memory_and_stream
         st = segment_3d(vol, dark_blob_model(), output=tmp_path / "l.tif", **kw)
         np.testing.assert_array_equal(np.asarray(st.labels["mitochondria"][:]), lab)
         assert st.objects == mem.objects
+
+
+@pytest.mark.parametrize("kw", [dict(inference_plane="xz"), dict(inference_plane="yz"),
+                                dict(orthoplane=True), dict(orthoplane=True, fusion="probability"),
+                                dict(inference_plane="yz", output="out.zarr")])
+@pytest.mark.parametrize("fill", [0, 200])
+def test_xz_yz_and_orthoplane_find_nothing_on_a_blank_section(tmp_path, kw, fill):
+    """A blank (or grey-filled) section seen edge-on by the xz and yz stacks was one dark row of
+    each plane: objects were painted across it (an xy stack finds nothing on a plane of one
+    value). Objects away from it are found as before."""
+    vol, truth = phantom()
+    blank = vol.copy()
+    blank[14] = fill                                   # through balls 1 and 2
+    if "output" in kw:
+        kw = {**kw, "output": tmp_path / kw["output"]}
+    lab = np.asarray(segment_3d(blank, dark_blob_model(), batch_size=16, **P, **kw).labels["mitochondria"][:])
+    assert not lab[14].any()
+    ref = segment_3d(vol, dark_blob_model(), batch_size=16, **P, **{k: v for k, v in kw.items() if k != "output"})
+    far = np.zeros(vol.shape, bool)
+    far[24:] = True                                    # balls 3 and 4 (z 30, 34; radius 11)
+    ref_far = ref.labels["mitochondria"] * far
+    assert evaluate(lab * far, ref_far)["f1_50"] == 1.0 and evaluate(lab * far, ref_far)["foreground_iou"] > 0.99
+
+
+def test_blank_sections_and_their_rows_on_a_coarser_network_grid():
+    from panoptem.inference.predict import ModelOutput
+    from panoptem.inference.segment3d import blank_sections, clear_rows
+    vol = np.random.default_rng(0).integers(0, 255, (6, 8, 8)).astype(np.uint8)
+    assert blank_sections(vol) is None
+    vol[2], vol[3], vol[5] = 0, 7, 9
+    assert blank_sections(vol, chunk=4).tolist() == [False, False, True, True, False, True]
+    out = ModelOutput(np.ones((2, 1, 3, 8), np.float32), np.ones((2, 1, 1, 2), np.float32),
+                      np.zeros((2, 2, 1, 2), np.float32))
+    cleared = clear_rows(out, blank_sections(vol))      # network row r covers sections 2r, 2r + 1
+    assert cleared.semantic_probability[0, 0, :, 0].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_a_cache_missing_some_arrays_is_made_afresh_or_refused(tmp_path):
+    """A cache whose hashes were removed (a folder half deleted) raised a raw KeyError."""
+    import shutil
+    vol, _ = phantom(shape=(8, 64, 64), balls=[(4, 30, 30)], r=8)
+    ref = segment_3d(vol, dark_blob_model(), output=tmp_path / "o.tif", keep_cache=True, min_size=0, min_extent=1)
+    cache = tmp_path / ".o.tif.panoptem-cache"
+    shutil.rmtree(cache / "xy.zarr" / "hash")
+    again = segment_3d(vol, dark_blob_model(), output=tmp_path / "o.tif", overwrite=True, min_size=0, min_extent=1)
+    assert (again.labels["mitochondria"][:] == ref.labels["mitochondria"][:]).all()
+    segment_3d(vol, dark_blob_model(), cache_dir=tmp_path / "mine", keep_cache=True, min_size=0, min_extent=1)
+    shutil.rmtree(tmp_path / "mine" / "xy.zarr" / "hash")
+    with pytest.raises(PanoptemError, match="some of its arrays are missing"):
+        segment_3d(vol, dark_blob_model(), cache_dir=tmp_path / "mine", min_size=0, min_extent=1)

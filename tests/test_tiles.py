@@ -109,3 +109,22 @@ def test_bad_tile_input_is_one_clear_error(big):
     (tmp / "t" / "images" / "000_128.tif").unlink()
     with pytest.raises(PanoptemError, match="missing"):
         merge_tiles(tmp / "t", tmp / "b")
+
+
+def test_merge_over_an_earlier_pair_replaces_it_as_a_pair(big, monkeypatch):
+    """merge --overwrite wrote the new image.tif, then mask.tif: stopped between the two, a new
+    image was left beside the old mask. Both are now complete before either is moved into place."""
+    from panoptem.io import writers
+    tmp, img, _ = big
+    create_tiles(tmp / "big.tif", tmp / "t", tile_size=128, mask=tmp / "mask.tif")
+    merge_tiles(tmp / "t", tmp / "back")
+    before = {k: (tmp / "back" / f"{k}.tif").read_bytes() for k in ("image", "mask")}
+    tifffile.imwrite(tmp / "t" / "images" / "000_000.tif", np.zeros((128, 128), np.uint16))  # a tile changed
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(writers, "label_dtype", stopped)   # stopped as the mask begins
+    with pytest.raises(KeyboardInterrupt):
+        merge_tiles(tmp / "t", tmp / "back", overwrite=True)
+    assert {k: (tmp / "back" / f"{k}.tif").read_bytes() for k in ("image", "mask")} == before
+    assert sorted(p.name for p in (tmp / "back").iterdir()) == ["image.tif", "mask.tif"]

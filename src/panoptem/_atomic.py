@@ -152,14 +152,17 @@ _held: dict[tuple, list] = {}  # (thread, lock path) -> [fd, depth]: re-entrant 
 def leftovers(target: str | Path) -> list[Path]:
     """Temporary files and folders a run writing ``target`` leaves when it is
     killed: ``.NAME.<id>.part`` (output being written), ``.NAME.<id>.old``
-    (a replaced output being removed) and ``.NAME.work`` (a 3D run's work folder)."""
+    (a replaced output or a work folder being removed), ``.NAME.<id>`` with no suffix, ``.tmp``
+    or the output's own (a file being written by :func:`atomic_path`) and ``.NAME.work`` (a 3D
+    run's work folder)."""
     t = Path(target)
     d, n = t.parent, t.name
     if not d.is_dir():
         return []
     # the <id> of 8 characters that writers give them: not the files of another output whose name
     # begins with this one's (mito.tif.v2.tif beside mito.tif)
-    mine = re.compile(rf"\.{re.escape(n)}\.(?:[A-Za-z0-9_]{{8}}\.(?:part|old)|work)")
+    ends = "|".join(re.escape(e) for e in (".part", ".old", ".tmp", t.suffix) if e)
+    mine = re.compile(rf"\.{re.escape(n)}\.(?:[A-Za-z0-9_]{{8}}(?:{ends})?|work)")
     return sorted(p for p in d.iterdir() if mine.fullmatch(p.name))
 
 
@@ -178,14 +181,31 @@ def drop_resume_state(target: str | Path, keep: str) -> None:
     for engine, suffix in RESUME_STATE.items():
         folder = t.parent / f".{t.name}{suffix}"
         if engine != keep and not (folder / KEPT).exists():
-            _remove(folder)
+            _remove(folder, t)
 
 
-def _remove(p: Path) -> None:
+def _remove(p: Path, target: Path | None = None) -> None:
     if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
+        discard(p, target)
     else:
         p.unlink(missing_ok=True)
+
+
+def discard(folder: str | Path, target: str | Path | None = None) -> None:
+    """Remove a work or resume folder, renamed first (to ``.NAME.<id>.old`` of the output
+    ``target`` it lies beside, which :func:`leftovers` finds; else of its own name): a run killed
+    while removing it leaves nothing under its name that a later run would resume from."""
+    p = Path(folder)
+    if not p.is_dir() or p.is_symlink():
+        return
+    t = Path(target) if target is not None else None
+    name = t.name if t is not None and t.parent.absolute() == p.parent.absolute() else p.name.lstrip(".")
+    old = p.parent / f".{name}.{uuid.uuid4().hex[:8]}.old"
+    try:
+        os.replace(p, old)
+    except OSError:  # not renamable (permissions): removed in place
+        old = p
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

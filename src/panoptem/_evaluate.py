@@ -126,7 +126,7 @@ def evaluate(prediction: np.ndarray, ground_truth: np.ndarray,
     """
     thresholds = tuple(float(t) for t in np.ravel(iou_thresholds))  # one number: one threshold
     if any(not 0.0 < t <= 1.0 for t in thresholds):
-        raise PanoptemError(f"IoU thresholds must lie in (0, 1], not {list(iou_thresholds)}.")
+        raise PanoptemError(f"IoU thresholds must lie in (0, 1], not {list(thresholds)}.")
     t, same, ignored = _prepare(prediction, ground_truth, label_divisor, per_slice, ignore_smaller)
     if label_divisor is None:
         out = _scores(t, thresholds)

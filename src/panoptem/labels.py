@@ -504,9 +504,11 @@ def relabel_sequential_per_class(labels: np.ndarray, label_divisor: int | None) 
     local, ids = compact(labels)
     if label_divisor:
         div = int(label_divisor)
-        thing = ids % div != 0  # class and instance from the ids in their own dtype (uint64 past 2**63)
-        # int64 arithmetic wraps modulo 2**64: ids past 2**63 come out right once read back as uint64
-        new = np.where(thing, number_per_class((ids // div).astype(np.int64), thing, div), ids.astype(np.int64))
+        # class and instance in 64 bits (unsigned for uint64 ids: past 2**63 too; a divisor may exceed a
+        # small dtype); int64 arithmetic wraps modulo 2**64, so ids past 2**63 come out right as uint64
+        wide = ids.astype(np.uint64 if ids.dtype == np.uint64 else np.int64)
+        thing = wide % div != 0
+        new = np.where(thing, number_per_class((wide // div).astype(np.int64), thing, div), wide.astype(np.int64))
         if ids.dtype == np.uint64:
             new = new.view(np.uint64)
     else:

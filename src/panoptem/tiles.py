@@ -125,7 +125,6 @@ def merge_tiles(folder, out_dir, overwrite: bool = False) -> dict[str, Path]:
     where the folder has masks, ``out_dir/mask.tif`` (tiles without a mask are background).
     Returns the files written by kind."""
     from ._memory import check_fits
-    from .io import write_image, write_labels
     from .io.readers import read_plane
     from .training.dataset import label_mask
     src = Path(folder).expanduser()
@@ -169,7 +168,17 @@ def merge_tiles(folder, out_dir, overwrite: bool = False) -> dict[str, Path]:
     for p in targets.values():
         check_output(p, overwrite, inputs=[src])
     vs = rec["voxel_size"]
-    written = {"image": write_image(targets["image"], image, voxel_size=vs, overwrite=overwrite, inputs=[src])}
-    if mask is not None:
-        written["mask"] = write_labels(targets["mask"], mask, voxel_size=vs, overwrite=overwrite, inputs=[src])
-    return written
+    from contextlib import ExitStack
+
+    from .io.writers import fill, label_dtype, open_image_writer, open_label_writer
+    with ExitStack() as stack:  # both complete before either is moved into place: an old pair stays a pair
+        writers = {"image": stack.enter_context(open_image_writer(targets["image"], image.shape, image.dtype, vs,
+                                                                  overwrite, [src]))}
+        fill(writers["image"], image)
+        if mask is not None:
+            writers["mask"] = stack.enter_context(open_label_writer(targets["mask"], mask.shape, label_dtype(mask),
+                                                                    vs, None, overwrite, [src]))
+            fill(writers["mask"], mask)
+        for w in writers.values():
+            w.finish()
+    return {k: w.path for k, w in writers.items()}

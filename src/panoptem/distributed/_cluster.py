@@ -317,7 +317,9 @@ def run_tasks(client, fn, job, items, desc: str, progress: bool) -> list:
         from tqdm import tqdm
         bar = tqdm(total=len(items), unit="block", desc=desc)
     import time
-    ended = as_completed(futures)  # O(1) a future: waiting on the whole pending set each time is O(n)
+    # as they end (O(1) each; waiting on the whole pending set after each one is O(n)), on this client (a
+    # scheduler's is not the process's default client)
+    ended = as_completed(futures, loop=client.loop)
     paused_since, quiet_since = None, time.monotonic()
     try:
         while not ended.is_empty():

@@ -90,6 +90,7 @@ class StackJob:
     # volume pixels per network pixel along Z, Y and X where the planes are not reduced by one whole
     # factor (then Image Downsampling is 1): blocks lie on multiples of the numerators / denominators
     resample: tuple | None = None
+    blank: tuple = ()  # the volume's blank sections (z): xz / yz planes find nothing on them (section_ranges)
 
     @property
     def volume_shape(self) -> tuple:
@@ -392,16 +393,45 @@ def _predict_planes(job: StackJob, predictor, planes: np.ndarray, ctx):
 # ---------------------------------------------------------------- pass 1: network
 
 
+def section_ranges(source: VolumeSource, block: Block) -> dict:
+    """The lowest and highest value of each section (z) of ``block``'s core: over every block's
+    core, which sections of the volume hold one value throughout (see :func:`blank_of`)."""
+    data = read_region(source.open(), block.core)
+    return {"z0": block.core[0].start, "min": data.min(axis=(1, 2)), "max": data.max(axis=(1, 2))}
+
+
+def blank_of(ranges: list[dict], depth: int) -> tuple:
+    """The sections (z) that hold one value throughout, from every core's :func:`section_ranges`."""
+    lo = np.full(depth, np.inf)
+    hi = np.full(depth, -np.inf)
+    for r in ranges:
+        z = slice(r["z0"], r["z0"] + len(r["min"]))
+        lo[z] = np.fmin(lo[z], np.asarray(r["min"], np.float64))
+        hi[z] = np.fmax(hi[z], np.asarray(r["max"], np.float64))
+    return tuple(int(z) for z in np.flatnonzero(lo == hi))
+
+
+def _blank_rows(job: StackJob, region) -> np.ndarray | None:
+    """Which sections of ``region`` (its z slice) are blank sections of the volume."""
+    if not job.blank:
+        return None
+    rows = np.isin(np.arange(region[0].start, region[0].stop), job.blank)
+    return rows if rows.any() else None
+
+
 def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
     """Probability fusion of the xy slices of ``region``: the mean of the three
     stacks' raw probabilities, as a whole-volume run computes it (xz / yz planes averaged
     in groups from the region's start, which lies on the volume's groups)."""
-    from ..inference.segment3d import fused_probability, stack_means
+    from ..inference.segment3d import clear_rows, fused_probability, stack_means
+    blank = _blank_rows(job, where)  # edge-on in the xz and yz planes: nothing is found there
     sinks = []
     for ax in (1, 2):
         k = job.fused_strides[ax]
         planes = stack_means(planes_along(region, ax, 0, region.shape[ax]), k)
         out = _predict(job, job.predictor(lm, ax), _planes(job, planes, axis=ax), ax, where)
+        if blank is not None:
+            out = clear_rows(out, blank)
         full = np.zeros(region.shape, np.uint8)
         along = np.moveaxis(full, ax, 0)
         for j in range(len(planes)):
@@ -436,7 +466,6 @@ def network_block(job: StackJob, block: Block) -> dict:
         _mark(done_dir, "", block.index)
         return summary
     lm = worker_model(job.model, worker_device(job.device))
-    p = job.p
     predictor = job.predictor(lm)
     a = job.axis
     rm = planes_along(data, a, 0, data.shape[a])  # yz planes: one contiguous copy, normalised 6 x faster
@@ -466,10 +495,14 @@ def network_block(job: StackJob, block: Block) -> dict:
         store(k0, _fused(job, lm, rm, out, region)[k0:k1], out[k0:k1])
     else:  # batch by batch: memory holds one batch of outputs
         ctx = _context(job, a, region)
+        from ..inference.segment3d import clear_rows
+        blank = _blank_rows(job, region) if a != 0 else None  # xz / yz planes see a blank section edge-on
         for i0 in range(k0, k1, job.batch_size):
             i1 = min(i0 + job.batch_size, k1)
             out = _predict_planes(job, predictor, _planes(job, rm, i0, i1, a),
                                   None if ctx is None else np.array(ctx[i0:i1]))
+            if blank is not None:
+                out = clear_rows(out, blank)
             store(i0, out.semantic_probability, out)
     summary["network_s"] = time.perf_counter() - t0
     _mark(done_dir, "", block.index)

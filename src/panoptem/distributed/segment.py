@@ -319,7 +319,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
     aligned = tuple(-(-b // k) * k for b, k in zip(aligned, strides))  # whole groups of averaged planes
     chunk_shape = _chunks(chunks, aligned, vol.shape)  # before any work
     msource, mask_stamp = _open_mask(mask, vol.shape) if mask is not None else (None, None)
-    from .._atomic import exclusive_output, move_into_place
+    from .._atomic import discard, exclusive_output, move_into_place
     with exclusive_output(out):
         from ..inference.engine import card_intensity
         intensity = card_intensity(card, vol)
@@ -398,6 +398,12 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                 raise
             check_workers_see(cl, [source.path, work, cache_dir, msource.path if msource is not None else None],
                               None if isinstance(model, LoadedModel) else model)
+            if p.orthoplane or p.inference_plane != "xy":  # xz / yz planes see a blank section edge-on
+                from ._pass1 import blank_of, section_ranges
+                t = time.perf_counter()
+                blank = blank_of(run_tasks(cl, section_ranges, source, list(grid), "sections", False), vol.shape[0])
+                jobs = [dataclasses.replace(j, blank=blank) for j in jobs]
+                timings["sections_s"] = time.perf_counter() - t
             infos, summaries = [], []
             for job, g in zip(jobs, grids):
                 info, summ = _run_stack(cl, job, g, card, p, progress, timings)
@@ -461,8 +467,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                             "class": c.name, "objects": objects[c.name],
                             "shape": list(vol.shape), "dtype": str(labels[c.name].dtype)})
         from .._atomic import KEPT, drop_resume_state
-        if not keep_work:
-            shutil.rmtree(work, ignore_errors=True)
+        if not keep_work:  # renamed first: a run killed while removing it leaves no half work folder
+            discard(work, out)
         else:  # kept on purpose: another engine writing this output leaves it
             (work / KEPT).touch()
         drop_resume_state(out, "blockwise")  # the folders are named after the output as given

@@ -230,10 +230,11 @@ class OutputCache:
         misshapen = "probability" in g and tuple(g["probability"].shape) != (n, c, h, w)
         other = stored is not None and json.loads(json.dumps(stored)) != json.loads(json.dumps(key))
         other = other or (stored is None and "done" in g)  # an earlier release's, killed before its key
-        if misshapen or other:
+        damaged = "done" in g and any(k not in g for k in ("probability", "heatmap", "offsets", "hash"))
+        if misshapen or other or damaged:
             if not reset_stale:
                 why = ("its record of the run is missing" if stored is None else differing(stored, key)) if other \
-                    else "its probability has another shape"
+                    else "some of its arrays are missing" if damaged else "its probability has another shape"
                 raise PanoptemError(f"The cache {self.path} was made by a different run ({why}); "
                                     "choose another --cache-dir or delete that folder.")
             shutil.rmtree(self.path)

@@ -86,7 +86,7 @@ def network_input(planes, intensity, downsampling, padding_factor, mean_std, bla
     return x, h, w, pad
 
 
-def _clear_padding(out: "ModelOutput", pad: np.ndarray | None) -> "ModelOutput":
+def clear_padding(out: "ModelOutput", pad: np.ndarray | None) -> "ModelOutput":
     """Outputs with nothing found where the planes hold padding: background probability 1, no
     centre in a heatmap cell that is padding throughout."""
     if pad is None:
@@ -155,8 +155,8 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     x, h, w, pad = prepared
     with clock("forward"):
         if isinstance(model, OnnxNet):
-            return _clear_padding(_run_onnx(model, x, h, w, tta, context), pad)
-        return _clear_padding(_run(model, _on_device(x, device), h, w, context, device, precision, tta), pad)
+            return clear_padding(_run_onnx(model, x, h, w, tta, context), pad)
+        return clear_padding(_run(model, _on_device(x, device), h, w, context, device, precision, tta), pad)
 
 
 def _flip_average(model, x, ctx) -> dict:

@@ -362,7 +362,7 @@ def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
 PAD_WINDOW = 33
 #: what network outputs kept in a cache were cleared on (zero squares of PAD_WINDOW, planes of one
 #: value): outputs kept under another rule are made anew
-PADDING_RULE = f"{PAD_WINDOW} px zero squares; uniform planes"
+PADDING_RULE = f"{PAD_WINDOW} px zero squares; uniform planes; blank sections edge-on"
 
 
 def padding_mask(planes: np.ndarray) -> np.ndarray | None:

@@ -27,7 +27,8 @@ from .decode import decode_planes, decode_settings
 from .engine import Predictor
 from .linking import LinkResult, SliceLinker
 from .median import RunningMedian
-from .preprocess import PADDING_RULE, downsample
+from .predict import clear_padding
+from .preprocess import PADDING_RULE, downsample, uniform_planes
 from .resample import resize_at
 
 
@@ -135,6 +136,34 @@ def stack_means(block: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def blank_sections(volume, chunk: int = 16) -> np.ndarray | None:
+    """Which xy sections of a ZYX volume hold a single value throughout (a blank or grey-filled
+    section: see :func:`~.preprocess.uniform_planes`), a bool per z; None where none does. An xz
+    or yz stack sees such a section edge-on, as one row of each of its planes."""
+    n = volume.shape[0]
+    out = np.zeros(n, bool)
+    for z0 in range(0, n, chunk):
+        flags = uniform_planes(planes_along(volume, 0, z0, min(z0 + chunk, n)))
+        if flags is not None:
+            out[z0:z0 + len(flags)] = flags
+    return out if out.any() else None
+
+
+def clear_rows(out, rows: np.ndarray):
+    """Network outputs of xz / yz planes (their rows: the volume's z) with nothing found on the
+    rows that cover only flagged sections (``rows``, a bool per z), as on padding."""
+    h, z = out.semantic_probability.shape[-2], len(rows)
+    lo = (np.arange(h) * z) // h  # the sections each network row covers
+    hi = np.maximum(-(-(np.arange(1, h + 1) * z) // h), lo + 1)
+    unflagged = np.concatenate([[0], np.cumsum(~rows)])
+    on = (unflagged[hi] - unflagged[lo]) == 0
+    if not on.any():
+        return out
+    pad = np.zeros((len(out.semantic_probability), h, out.semantic_probability.shape[-1]), bool)
+    pad[:, on] = True
+    return clear_padding(out, pad)
+
+
 class PlaneReader:
     """Batches of planes along ``axis`` (see :func:`planes_along`), called in order; yz
     planes are read :data:`YZ_READ` at a time and handed out from there. ``stride`` k > 1:
@@ -183,7 +212,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               probability_sink=None, timings: dict | None = None, cache_dir=None,
               callback=None, work_dir=None, output=None, reset_stale: bool = False,
               overlap: bool = True, renumber: Callable[[LinkResult], np.ndarray] | None = None,
-              deferred: bool = False) -> np.ndarray | int | Callable[[], np.ndarray | int]:
+              deferred: bool = False, blank_rows: np.ndarray | None = None
+              ) -> np.ndarray | int | Callable[[], np.ndarray | int]:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
 
@@ -212,6 +242,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     ``deferred``: return as soon as the network is done, with a function that completes the
     stack (the last decoding, the linking's solution, the relabelling) and returns what
     ``run_stack`` would: the next stack's network can then run while it completes.
+    ``blank_rows``: the volume's blank sections (:func:`blank_sections`): an xz / yz stack finds
+    nothing on them (an xy stack finds nothing on any plane of one value by itself).
     ``timings`` receives wall and CPU seconds per stage (``read``, ``normalise``,
     ``forward``, ``quantise``, ``median``, ``decode``, ``link``, ``link_solve``, ``relabel``), plus
     ``network_s`` (the network's calls; each batch's input is normalised ahead of them, in the
@@ -274,6 +306,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             cache.flush()  # the last batch, or the run stops: every slice stored is marked
         if stopping.is_set():
             return  # the run stops: what the network computed is kept for a resume, nothing more
+        if blank_rows is not None and axis != 0:  # after the cache: it keeps the network's own outputs
+            out = clear_rows(out, blank_rows)
         ready = []
         for j in range(len(out)):
             # probabilities stay at network resolution (the median is cheaper there);
@@ -671,7 +705,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                           batch_size=batch_size, runtime=runtime, precision=precision, threads=threads,
                           tta=p.tta)
-    nt = predictor.threads = network_threads(threads)  # the ONNX session is made later
+    predictor.threads = network_threads(threads)  # the ONNX session is made later
     from .resample import planes_of
     from .segment2d import check_classes, pixel_plan
     check_classes(predictor.card, p)
@@ -686,8 +720,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         with torch_threads(ht):
             res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan, overlap=overlap)
         return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
-    import shutil
-    from .._atomic import exclusive_output
+    from .._atomic import discard, exclusive_output
     out = Path(output).expanduser()
     for path in output_paths(out, predictor.card, p):
         _check_new(path, overwrite, inputs)
@@ -702,10 +735,10 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
                                work=work, output=out, voxel_size=voxel_size, overwrite=overwrite,
                                inputs=inputs, overlap=overlap, origin=origin)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            discard(work, out)
         from .._atomic import KEPT, drop_resume_state
-        if own_cache and not keep_cache:
-            shutil.rmtree(cache_dir, ignore_errors=True)
+        if own_cache and not keep_cache:  # renamed first: a run killed while removing it leaves no half cache
+            discard(cache_dir, out)
         elif own_cache:  # kept on purpose: another engine writing this output leaves it
             (Path(cache_dir) / KEPT).touch()
         drop_resume_state(out, "3d")  # the folders are named after the output as given
@@ -787,6 +820,9 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     if record is not None and predictor.card.context_slices:  # where the neighbours the network saw lie
         record["neighbour_step"] = {pl: plan.neighbour_step(pl) for pl in planes_of(p)}
     kw = dict(timings=timings, cache_dir=cache_dir, callback=callback, reset_stale=reset_stale, overlap=overlap)
+    if p.orthoplane or p.inference_plane != "xy":  # xz / yz stacks see a blank section edge-on
+        with StageClock(timings)("read"):
+            kw["blank_rows"] = blank_sections(volume)
     if output is not None and not p.orthoplane and card.num_classes == 1 and not p.return_panoptic:
         from ..io import open_label_writer, read_image
         work.mkdir(parents=True, exist_ok=True)

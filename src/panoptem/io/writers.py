@@ -531,7 +531,16 @@ def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: I
     bool is stored as uint8 and float16 as float32 (TIFF/OME have no such pixel types).
     """
     image = image if hasattr(image, "shape") and hasattr(image, "dtype") else np.asarray(image)  # nested lists too
-    dt = np.dtype(image.dtype).newbyteorder("=")  # big-endian data (ImageJ's TIFFs) is stored by value
+    with open_image_writer(path, image.shape, image.dtype, voxel_size, overwrite, inputs, origin) as w:
+        fill(w, image)
+    return w.path
+
+
+def open_image_writer(path, shape: Sequence[int], dtype, voxel_size=None, overwrite: bool = False,
+                      inputs: Iterable = (), origin=None) -> LabelWriter:
+    """A streaming writer of a grey image of ``dtype`` (as :func:`write_image` stores it), used
+    as :func:`open_label_writer`."""
+    dt = np.dtype(dtype).newbyteorder("=")  # big-endian data (ImageJ's TIFFs) is stored by value
     if dt.kind == "b":
         dt = np.dtype(np.uint8)
     elif dt == np.float16:
@@ -539,7 +548,10 @@ def write_image(path, image, voxel_size=None, overwrite: bool = False, inputs: I
     elif dt.kind not in "uif":
         raise PanoptemError(f"Cannot write an image of type {dt}; convert it to integers or floats.")
     cls = _TiffWriter if _format(Path(path)) == "tiff" else _ZarrWriter
-    with cls(path, image.shape, dt, voxel_size, None, overwrite, inputs, labels=False, origin=origin) as w:
-        for index, block in _blocks(image):
-            w[index] = block  # stored by value in ``dt`` (the writer's _fit)
-    return w.path
+    return cls(path, shape, dt, voxel_size, None, overwrite, inputs, labels=False, origin=origin)
+
+
+def fill(writer: LabelWriter, array) -> None:
+    """Write all of ``array`` (in memory or lazy) into an open writer, block by block."""
+    for index, block in _blocks(array):
+        writer[index] = block  # stored by value in the writer's dtype (its _fit)

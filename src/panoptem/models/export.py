@@ -14,6 +14,8 @@ import inspect
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict
 
@@ -157,13 +159,27 @@ def _record(card: ModelCard, out: Path, fmt: str) -> Weights:
     return w
 
 
-def _companion_card(card: ModelCard, out: Path, w: Weights) -> Path:
-    new = card.model_copy(deep=True)
-    new.weights = Weights(file=out.name, sha256=w.sha256, format=w.format)
-    new.exports = []
-    path = out.with_suffix(".yaml")
-    _write_yaml(path, new.to_yaml())
-    return path
+@contextmanager
+def _with_card(out: Path, card_text: Callable[[str], str]) -> Iterator[Path]:
+    """A temporary path for the network file ``out``; once it is written, its card
+    (``card_text(sha256 of the file)``) is written as a temporary beside it, and then both are
+    moved into place, one right after the other: an earlier export's network and card are
+    replaced as a pair (a run killed while writing leaves them as they were)."""
+    with _atomic(out) as tmp:
+        yield tmp
+        text = card_text(sha256_of(tmp))
+        with atomic_path(out.with_suffix(".yaml"), suffix=".yaml") as card_tmp:
+            card_tmp.write_text(text, encoding="utf-8")
+
+
+def _companion_text(card: ModelCard, out: Path, fmt: str) -> Callable[[str], str]:
+    """The card of an export ``out`` of ``card`` (its weights: the file beside it), by sha256."""
+    def text(sha256: str) -> str:
+        new = card.model_copy(deep=True)
+        new.weights = Weights(file=out.name, sha256=sha256, format=fmt)
+        new.exports = []
+        return new.to_yaml()
+    return text
 
 
 def empanada_config(card: ModelCard, model_file: str, sha256: str | None = None) -> dict:
@@ -234,13 +250,11 @@ def export_torchscript(name_or_card: str | Path, out_file: str | Path, empanada_
     else:
         scripted = _script(module)
         fmt = "torchscript"
-    with _atomic(out) as tmp:
+    text = (lambda sha: yaml.safe_dump(empanada_config(card, str(out.resolve()), sha), sort_keys=False)) \
+        if empanada_interface else _companion_text(card, out, fmt)
+    with _with_card(out, text) as tmp:
         torch.jit.save(scripted, str(tmp))
-    w = _record(card, out, fmt)
-    if empanada_interface:
-        _write_yaml(out.with_suffix(".yaml"), empanada_config(card, str(out.resolve()), w.sha256))
-    else:
-        _companion_card(card, out, w)
+    _record(card, out, fmt)
     return out
 
 
@@ -269,7 +283,7 @@ def export_onnx(name_or_card: str | Path, out_file: str | Path, overwrite: bool 
             "sem_logits": {0: "batch", 2: "sem_height", 3: "sem_width"},
             "ctr_hmp": {0: "batch", 2: "out_height", 3: "out_width"},
             "offsets": {0: "batch", 2: "out_height", 3: "out_width"}}
-    with _atomic(out) as tmp:
+    with _with_card(out, _companion_text(lm.card, out, "onnx")) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             try:
@@ -281,8 +295,7 @@ def export_onnx(name_or_card: str | Path, out_file: str | Path, overwrite: bool 
                                     f"{str(e).splitlines()[0] if str(e) else ''}).") from None
         onnx.checker.check_model(str(tmp))
         _verify_onnx(tmp, net, (2, lm.card.input_channels, size, size + step))
-    w = _record(lm.card, out, "onnx")
-    _companion_card(lm.card, out, w)
+    _record(lm.card, out, "onnx")
     return out
 
 

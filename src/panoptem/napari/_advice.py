@@ -36,8 +36,8 @@ PHRASES: list[tuple[str, str]] = [
     (r"or use --precision fp32", "or untick Use quantized model"),
     (r"; check the path or pass --weights", "; check the path"),
     (r"pass --weights with the file's path or URL", "give the Weights file"),
-    (r"pass (?:a local file|it) with --weights", "give it as the Weights file"),
     (r"(?:pass it|register it) with --weights FILE", "register it with its Weights file"),
+    (r"pass (?:a local file|it) with --weights", "give it as the Weights file"),
     (r"leave --val-dir out", "leave Validation dataset empty"),
     (r" \(or another --out-dir\)", ""),
     (r", or pass --allow-unverified to download it now and record its sha256", ""),
@@ -79,7 +79,7 @@ def dock_words(message: str, controls: dict[str, str]) -> str:
 
     def identifier(m: re.Match) -> str:  # a smaller flipbook_depth
         return f"'{controls[m.group(0)]}'" if m.group(0) in controls else m.group(0)
-    message = re.sub(r"(?<![\w'-])[a-z]+(?:_[a-z0-9]+)+(?![\w'])", identifier, message)
+    message = re.sub(r"(?<![\w'./\\-])[a-z]+(?:_[a-z0-9]+)+(?![\w'/\\])", identifier, message)  # not in a path
 
     def flag(m: re.Match) -> str:
         name = FLAG_CONTROLS.get(m.group(1), m.group(1).replace("-", "_"))

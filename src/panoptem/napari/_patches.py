@@ -129,7 +129,7 @@ class PatchesWidget(Dock):
         self.store_button.changed.connect(self.store)
         self.patches: list = []
         self.patch_layers: tuple = ()
-        self._kept: str | None = None  # digest of the patch labels as picked, dropped from or stored
+        self._kept: dict = {}  # id -> (patch labels layer, digest as picked, dropped from or stored)
         self.extend([
             Group("Pick", [self.image, self.points, self.labels_layer, self.n, self.patch_size, self.plane,
                            row(self.is_2d_stack, self.flipbook), self.flipbook_depth, self.level, self.seed,
@@ -170,11 +170,12 @@ class PatchesWidget(Dock):
             self.patches = patches
             for old in (name, f"{name}-labels"):
                 if old in self.viewer.layers:
+                    self._kept.pop(id(self.viewer.layers[old]), None)
                     self.viewer.layers.remove(old)
 
             def shown(added):
                 self.patch_layers = tuple(added)
-                self._kept = _digest(added[1].data)
+                self._keep(added[1])
                 self.viewer.layers.selection.active = lab_layer
                 self.status.value = (f"Picked {len(patches)} patches of {img_layer.data.shape[-1]} pixels; paint "
                                      f"them in '{lab_layer.name}' (an unpainted patch is a true negative), drop "
@@ -186,16 +187,25 @@ class PatchesWidget(Dock):
                     flipbook_depth=self.flipbook_depth.value, labels=labels, seed=self.seed.value,
                     source=layer.name if level == 0 else f"{layer.name}-s{level}")
 
+    def _keep(self, layer) -> None:
+        """Record a patch labels layer's values as stored (or as picked: nothing to store)."""
+        self._kept[id(layer)] = (layer, _digest(layer.data))
+
+    def _unstored(self, layer) -> bool:
+        kept = self._kept.get(id(layer))
+        return kept is None or kept[0] is not layer or _digest(layer.data) != kept[1]
+
     def _check_unsaved(self, name: str) -> None:
-        """Refuse to pick anew over a layer ``name`` whose painting is not stored: picking
-        replaces the patch layers, and napari cannot undo a removed layer."""
-        if name not in self.viewer.layers:
-            return
-        lay = self.viewer.layers[name]
-        ours = len(self.patch_layers) == 2 and lay is self.patch_layers[1]
-        if not ours or _digest(lay.data) != self._kept:
-            raise PanoptemError(f"'{name}' holds painting that is not stored, and picking again would replace it: "
-                                "Store dataset first, or rename or delete that layer to pick anew.")
+        """Refuse to pick anew while the patch labels painted hold what is not stored: picking
+        replaces the patches Store dataset writes, and the layer ``name`` (napari cannot undo a
+        removed layer)."""
+        at_risk = [self.patch_layers[1]] if len(self.patch_layers) == 2 else []
+        if name in self.viewer.layers:
+            at_risk.append(self.viewer.layers[name])
+        for lay in at_risk:
+            if lay in self.viewer.layers and self._unstored(lay):
+                raise PanoptemError(f"'{lay.name}' holds painting that is not stored, and picking again would lose "
+                                    "it: Store dataset first, or delete that layer to pick anew.")
 
     def _patch_layers(self):
         if not self.patches or not self.patch_layers:
@@ -225,9 +235,10 @@ class PatchesWidget(Dock):
         painted = np.delete(np.asarray(lab_layer.data), i, axis=0)
         img_layer.data = np.delete(np.asarray(img_layer.data), i, axis=0)
         img_layer.metadata = {**img_layer.metadata, "patch_names": [p.name for p in self.patches]}
-        unsaved = _digest(lab_layer.data) != self._kept
+        unstored = self._unstored(lab_layer)
         lab_layer.data = painted
-        self._kept = None if unsaved else _digest(painted)
+        if not unstored:
+            self._keep(lab_layer)
         self.status.value = f"Dropped patch {i} ({gone.name}); {len(self.patches)} left."
 
     def store(self) -> None:
@@ -243,10 +254,10 @@ class PatchesWidget(Dock):
             self._fail(e)
             return
         n_empty = sum(not p.labels.any() for p in patches)
-        stored = _digest(lab_layer.data)
+        stored = (lab_layer, _digest(lab_layer.data))
 
         def done(names):
-            self._kept = stored
+            self._kept[id(lab_layer)] = stored
             self.status.value = (f"Stored {len(names)} patches ({len(names) - n_empty} painted, {n_empty} with no "
                                  f"object as true negatives) in {Path(folder)}.")
 

@@ -13,7 +13,6 @@ For example (needs a dataset folder)::
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from .._atomic import write_text
+from .._atomic import discard, write_text
 from ..errors import PanoptemError
 from ..models.card import ClassInfo, ModelCard, Normalization, Weights
 from ..params import LAYERS
@@ -340,7 +339,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     from ..models.load import LoadedModel, load_model, pick_device
     from ..params import FinetuneParams, make_params
     from .dataset import DatasetFolders
-    from .train import TrainConfig, TrainingCancelled, _atomic_save, better_scores, train
+    from .train import TrainConfig, _atomic_save, better_scores, train
     opts = make_params(FinetuneParams, iterations=iterations, patch_size=patch_size, layers=layers, lr=lr,
                        batch_size=batch_size, gamma=gamma, scale_range=tuple(scale_range), seed=seed,
                        val_fraction=val_fraction, validate_every=validate_every, replay_ratio=replay_ratio)
@@ -455,7 +454,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
                          "final_loss": float(np.mean(losses[-5:])) if losses else None}
     path = _register(new_card, weights, name, overwrite)
     if not keep:  # registered: the default work folder goes
-        shutil.rmtree(stage, ignore_errors=True)
+        discard(stage)  # renamed first: a run killed while removing it leaves no half checkpoint to resume
     return {"name": name, "before": before, "after": after, "evaluated_on": where, "held_out": held,
             "kept_step": best["step"], "validation": history, "weights": get_card(name).weights_path(),
             "card": str(path), "losses": losses}
@@ -552,7 +551,7 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
                      "label_divisor": label_divisor}
     path = _register(card, weights, name, overwrite)
     if not out_dir:  # registered: its default work folder goes (a later run of the name starts afresh)
-        shutil.rmtree(out, ignore_errors=True)
+        discard(out)
     from ..models.home import get_card
     return {"name": name, "after": after, "evaluated_on": where, "weights": get_card(name).weights_path(),
             "card": str(path), "losses": losses}
