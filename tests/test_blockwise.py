@@ -1089,6 +1089,12 @@ def test_worker_processes_and_external_scheduler_agree(on_disk, tmp_path, vol, c
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
         ext = segment_blockwise(str(on_disk / "vol.tif"), card, tmp_path / "ext.zarr", scheduler=lc.scheduler_address,
                                 **kw)
+        # a process of its own, whose only client is the scheduler's (not the default client): its passes
+        # waited on the default client and failed with "No clients found"
+        cmd = [sys.executable, "-m", "panoptem", "measure", str(tmp_path / "ext.zarr"), "-o", str(tmp_path / "e.csv"),
+               "--blockwise", "--block-shape", "16,64,64", "--scheduler", lc.scheduler_address]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0 and (tmp_path / "e.csv").is_file(), done.stderr[-2000:]
     ref = segment_3d(vol, dark_blob_model(), **P).labels["mitochondria"]
     np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "two.zarr").data[:]), ref)
     np.testing.assert_array_equal(np.asarray(ext.labels["mitochondria"][:]), ref)
