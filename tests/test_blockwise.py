@@ -1385,12 +1385,14 @@ def test_shipped_model_on_real_data_agrees_with_a_whole_volume_run(lucchi, clien
 
 
 @pytest.mark.parametrize("params", [dict(inference_plane="xz"), dict(orthoplane=True),
-                                    dict(orthoplane=True, fusion="probability")])
+                                    dict(orthoplane=True, fusion="probability"),
+                                    dict(inference_plane="yz", downsampling=4)])
 def test_blockwise_xz_and_orthoplane_find_nothing_on_a_blank_section(vol, tmp_path, params):
     """As a whole-volume run: a blank section seen edge-on by the xz and yz stacks holds no object."""
     vol = vol.copy()
     vol[10] = 0                                        # through the touching balls
+    vol[38:] = 90                                      # the last two (of 40: half a network row at 4)
     whole = segment_3d(vol, dark_blob_model(), **P, **params).labels["mitochondria"]
     res, got = _blockwise(vol, tmp_path, block_shape=(16, 64, 64), halo=(32, 32, 32), **params)
-    assert res.blocks > 1 and got.any() and not got[10].any()
+    assert res.blocks > 1 and got.any() and not got[10].any() and not got[38:].any()
     np.testing.assert_array_equal(got, whole)

@@ -137,10 +137,11 @@ def test_an_output_made_drops_what_other_engines_kept_to_make_it(tmp_path):
     assert kept[".panoptem-cache"].is_dir()
     # a killed run's leftovers are this output's, not those of an output whose name begins alike
     for name in (".o.tif.ab12cd34.part", ".o.tif.v2.tif.ab12cd34.part", ".o.tif.k3j_x9qz.old", ".o.tif.work",
-                 ".o.tif.q1w2e3r4.tmp", ".o.tif.a1b2c3d4.tif", ".o.tif.z9y8x7w6"):  # the last three: atomic_path's
+                 ".o.tif.q1w2e3r4.part.tmp", ".o.tif.a1b2c3d4.part.tif",  # atomic_path's, with their suffix
+                 ".o.tif.20261207", ".o.tif.original", ".o.tif.previous.tif"):  # the user's own: kept
         (tmp_path / name).touch()
-    assert [p.name for p in leftovers(out)] == [".o.tif.a1b2c3d4.tif", ".o.tif.ab12cd34.part", ".o.tif.k3j_x9qz.old",
-                                               ".o.tif.q1w2e3r4.tmp", ".o.tif.work", ".o.tif.z9y8x7w6"]
+    assert [p.name for p in leftovers(out)] == [".o.tif.a1b2c3d4.part.tif", ".o.tif.ab12cd34.part",
+                                               ".o.tif.k3j_x9qz.old", ".o.tif.q1w2e3r4.part.tmp", ".o.tif.work"]
 
 
 @pytest.mark.parametrize("blockwise", [False, True])

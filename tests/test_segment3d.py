@@ -550,8 +550,39 @@ def test_blank_sections_and_their_rows_on_a_coarser_network_grid():
     assert blank_sections(vol, chunk=4).tolist() == [False, False, True, True, False, True]
     out = ModelOutput(np.ones((2, 1, 3, 8), np.float32), np.ones((2, 1, 1, 2), np.float32),
                       np.zeros((2, 2, 1, 2), np.float32))
-    cleared = clear_rows(out, blank_sections(vol))      # network row r covers sections 2r, 2r + 1
+    cleared = clear_rows(out, blank_sections(vol), 2)   # network row r covers sections 2r, 2r + 1
     assert cleared.semantic_probability[0, 0, :, 0].tolist() == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, "1/4", "3/2"])
+def test_clear_rows_clears_a_network_row_only_where_all_its_sections_are_blank(factor):
+    """Row j of the network covers sections [j f, (j + 1) f): with a depth that is not a multiple
+    of f, rows were taken as depth / rows sections each, leaving blank sections with objects and
+    clearing rows over content."""
+    from fractions import Fraction
+    from math import ceil, floor
+
+    from panoptem.inference.predict import ModelOutput
+    from panoptem.inference.segment3d import clear_rows
+    f = Fraction(factor)
+    for z in range(1, 10):
+        h = ceil(z / f)
+        for bits in range(1 << z):
+            rows = np.array([(bits >> i) & 1 for i in range(z)], bool)
+            out = ModelOutput(np.ones((1, 1, h, 4), np.float32), np.ones((1, 1, -(-h // 4), 1), np.float32),
+                              np.zeros((1, 2, -(-h // 4), 1), np.float32))
+            got = clear_rows(out, rows, f).semantic_probability[0, 0, :, 0] == 0
+            want = [rows[floor(j * f):max(min(ceil((j + 1) * f), z), floor(j * f) + 1)].all() for j in range(h)]
+            assert got.tolist() == want, (z, bits)
+
+
+@pytest.mark.parametrize("depth", [9, 11])
+def test_a_downsampled_xz_run_finds_nothing_on_a_last_blank_section_of_an_odd_depth(depth):
+    vol, _ = phantom(shape=(depth, 64, 64), balls=[(depth - 3, 30, 30)], r=8)
+    vol[-1] = 120
+    lab = segment_3d(vol, dark_blob_model(), inference_plane="xz", downsampling=2, min_size=0,
+                     min_extent=1).labels["mitochondria"]
+    assert lab[:-1].any() and not lab[-1].any()
 
 
 def test_a_cache_missing_some_arrays_is_made_afresh_or_refused(tmp_path):

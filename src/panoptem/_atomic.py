@@ -97,7 +97,8 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     'done'
     """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    # .NAME.<id>.part (then ``suffix``): a leftover the next run writing target finds
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -151,18 +152,17 @@ _held: dict[tuple, list] = {}  # (thread, lock path) -> [fd, depth]: re-entrant 
 
 def leftovers(target: str | Path) -> list[Path]:
     """Temporary files and folders a run writing ``target`` leaves when it is
-    killed: ``.NAME.<id>.part`` (output being written), ``.NAME.<id>.old``
-    (a replaced output or a work folder being removed), ``.NAME.<id>`` with no suffix, ``.tmp``
-    or the output's own (a file being written by :func:`atomic_path`) and ``.NAME.work`` (a 3D
-    run's work folder)."""
+    killed: ``.NAME.<id>.part`` (output being written; :func:`atomic_path`'s with a suffix
+    after it), ``.NAME.<id>.old`` (a replaced output or a work folder being removed) and
+    ``.NAME.work`` (a 3D run's work folder). Nothing else beside the output: a user's own
+    ``.NAME.backup`` stays."""
     t = Path(target)
     d, n = t.parent, t.name
     if not d.is_dir():
         return []
     # the <id> of 8 characters that writers give them: not the files of another output whose name
     # begins with this one's (mito.tif.v2.tif beside mito.tif)
-    ends = "|".join(re.escape(e) for e in (".part", ".old", ".tmp", t.suffix) if e)
-    mine = re.compile(rf"\.{re.escape(n)}\.(?:[A-Za-z0-9_]{{8}}(?:{ends})?|work)")
+    mine = re.compile(rf"\.{re.escape(n)}\.(?:[A-Za-z0-9_]{{8}}\.(?:part(?:\.[A-Za-z0-9]{{1,8}})?|old)|work)")
     return sorted(p for p in d.iterdir() if mine.fullmatch(p.name))
 
 
@@ -181,12 +181,13 @@ def drop_resume_state(target: str | Path, keep: str) -> None:
     for engine, suffix in RESUME_STATE.items():
         folder = t.parent / f".{t.name}{suffix}"
         if engine != keep and not (folder / KEPT).exists():
-            _remove(folder, t)
+            discard(folder, t) if folder.is_dir() and not folder.is_symlink() else _remove(folder)
 
 
-def _remove(p: Path, target: Path | None = None) -> None:
+def _remove(p: Path) -> None:
+    """Remove a leftover (found again by its name if this is cut short)."""
     if p.is_dir() and not p.is_symlink():
-        discard(p, target)
+        shutil.rmtree(p, ignore_errors=True)
     else:
         p.unlink(missing_ok=True)
 

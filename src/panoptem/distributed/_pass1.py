@@ -431,7 +431,7 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
         planes = stack_means(planes_along(region, ax, 0, region.shape[ax]), k)
         out = _predict(job, job.predictor(lm, ax), _planes(job, planes, axis=ax), ax, where)
         if blank is not None:
-            out = clear_rows(out, blank)
+            out = clear_rows(out, blank, job.factor(0))
         full = np.zeros(region.shape, np.uint8)
         along = np.moveaxis(full, ax, 0)
         for j in range(len(planes)):
@@ -502,7 +502,7 @@ def network_block(job: StackJob, block: Block) -> dict:
             out = _predict_planes(job, predictor, _planes(job, rm, i0, i1, a),
                                   None if ctx is None else np.array(ctx[i0:i1]))
             if blank is not None:
-                out = clear_rows(out, blank)
+                out = clear_rows(out, blank, job.factor(0))
             store(i0, out.semantic_probability, out)
     summary["network_s"] = time.perf_counter() - t0
     _mark(done_dir, "", block.index)

@@ -149,12 +149,17 @@ def blank_sections(volume, chunk: int = 16) -> np.ndarray | None:
     return out if out.any() else None
 
 
-def clear_rows(out, rows: np.ndarray):
+def clear_rows(out, rows: np.ndarray, factor=1):
     """Network outputs of xz / yz planes (their rows: the volume's z) with nothing found on the
-    rows that cover only flagged sections (``rows``, a bool per z), as on padding."""
+    rows that cover only flagged sections (``rows``, a bool per z), as on padding. ``factor``:
+    sections per network row (Image Downsampling, or the exact resampling factor along z):
+    network row j covers sections [j * factor, (j + 1) * factor)."""
+    from fractions import Fraction
+    f = Fraction(factor)
     h, z = out.semantic_probability.shape[-2], len(rows)
-    lo = (np.arange(h) * z) // h  # the sections each network row covers
-    hi = np.maximum(-(-(np.arange(1, h + 1) * z) // h), lo + 1)
+    j = np.arange(h, dtype=np.int64)
+    lo = np.minimum(j * f.numerator // f.denominator, z - 1)  # the sections each network row covers
+    hi = np.clip(-(-(j + 1) * f.numerator // f.denominator), lo + 1, z)
     unflagged = np.concatenate([[0], np.cumsum(~rows)])
     on = (unflagged[hi] - unflagged[lo]) == 0
     if not on.any():
@@ -307,7 +312,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         if stopping.is_set():
             return  # the run stops: what the network computed is kept for a resume, nothing more
         if blank_rows is not None and axis != 0:  # after the cache: it keeps the network's own outputs
-            out = clear_rows(out, blank_rows)
+            out = clear_rows(out, blank_rows, (predictor.out_scale() or (1, 1))[0])
         ready = []
         for j in range(len(out)):
             # probabilities stay at network resolution (the median is cheaper there);
