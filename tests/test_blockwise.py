@@ -1396,3 +1396,72 @@ def test_blockwise_xz_and_orthoplane_find_nothing_on_a_blank_section(vol, tmp_pa
     res, got = _blockwise(vol, tmp_path, block_shape=(16, 64, 64), halo=(32, 32, 32), **params)
     assert res.blocks > 1 and got.any() and not got[10].any() and not got[38:].any()
     np.testing.assert_array_equal(got, whole)
+
+
+def test_workers_that_outlive_a_run_read_an_input_replaced_at_its_path(on_disk, tmp_path, vol, client):
+    """A cluster the user keeps (client=, --scheduler) ran the next run on the old content of an
+    input replaced at the same path (its workers kept the volume they had opened)."""
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, vol, metadata={"axes": "ZYX"})
+    card = str(on_disk / "oracle.yaml")
+    kw = dict(block_shape=(16, 64, 64), halo=(32, 32, 32), client=client, **P)
+    segment_blockwise(str(src), card, tmp_path / "a.zarr", **kw)
+    flipped = np.ascontiguousarray(vol[:, ::-1])
+    src.unlink()
+    tifffile.imwrite(src, flipped, metadata={"axes": "ZYX"})
+    got = np.asarray(segment_blockwise(str(src), card, tmp_path / "b.zarr", **kw).labels["mitochondria"][:])
+    np.testing.assert_array_equal(got, segment_3d(flipped, dark_blob_model(), **P).labels["mitochondria"])
+
+
+def test_workers_load_a_model_registered_anew_under_its_name(home, tiny_card, monkeypatch):
+    from panoptem.distributed import _source
+    from panoptem.models import registry
+    from panoptem.models import load as load_mod
+    loads = []
+    monkeypatch.setattr(load_mod, "load_model", lambda spec, device: loads.append(spec) or object())
+    registry.register("m", tiny_card)
+    first = _source.worker_model("m", "cpu")
+    assert _source.worker_model("m", "cpu") is first and len(loads) == 1       # once per process
+    registry.register("m", tiny_card, overwrite=True)                          # new weights file, same name
+    assert _source.worker_model("m", "cpu") is not first and len(loads) == 2
+
+
+def test_a_run_without_devices_clears_the_device_an_earlier_run_set_on_a_worker():
+    """Workers of a cluster kept between runs stayed on the device of a --devices run: every later
+    run went there (on a CPU machine: 'CUDA was requested')."""
+    import types
+
+    from panoptem.distributed import _source
+    from panoptem.distributed._cluster import _WorkerSetup
+    worker = types.SimpleNamespace(name="0", address="tcp://127.0.0.1:1")
+    try:
+        _WorkerSetup(["cuda:0"], 0).setup(worker)
+        assert _source.worker_device("cpu") == "cuda:0"
+        _WorkerSetup(None, 0).setup(worker)
+        assert _source.worker_device("cpu") == "cpu"
+    finally:
+        _source.set_worker_device(None)
+
+
+def test_a_scheduler_lost_while_workers_are_set_up_is_one_error():
+    import types
+
+    from panoptem.distributed._cluster import _scheduler_answers
+    lost = types.SimpleNamespace(status="closed")
+    with pytest.raises(PanoptemError, match="scheduler was lost while setting up its workers .OSError."):
+        with _scheduler_answers(lost, "setting up its workers"):
+            raise OSError("Timed out trying to connect")
+    with pytest.raises(ValueError, match="not a scheduler's"):
+        with _scheduler_answers(types.SimpleNamespace(status="running"), "setting up its workers"):
+            raise ValueError("not a scheduler's")
+
+
+@pytest.mark.parametrize("address, words", [
+    ("inproc://192.0.2.9/1/1", "inside a Python process, which only that process reaches"),
+    ("tls://127.0.0.1:8786", "no TLS settings for Dask's client"),
+])
+def test_a_scheduler_address_no_client_here_can_use_is_refused_at_once(address, words):
+    """These printed Dask's error, then hung 40 s on exit in the half-made client."""
+    from panoptem.distributed._cluster import check_scheduler
+    with pytest.raises(PanoptemError, match=words):
+        check_scheduler(address)

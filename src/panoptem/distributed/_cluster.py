@@ -34,12 +34,14 @@ class _WorkerSetup(WorkerPlugin):
         limit_arenas(WORKER_ARENAS)
         if self.quiet_failures and os.getpid() != self.caller_pid:
             logging.getLogger("distributed.worker").addFilter(_not_a_task_failure)
+        device = None  # a run without devices leaves no earlier run's device on a worker that outlives it
         if self.devices:
             try:
                 i = int(worker.name)
             except (TypeError, ValueError):
                 i = abs(hash(worker.name))
-            set_worker_device(self.devices[i % len(self.devices)])
+            device = self.devices[i % len(self.devices)]
+        set_worker_device(device)
         from ..inference.runtime import cpu_count, limit_threads
         threads = self.threads
         slots = self.slots_per_host.get(_host(worker.address))
@@ -138,6 +140,35 @@ def check_scheduler(address: str) -> None:
     except (ValueError, TypeError) as e:
         raise PanoptemError(f"--scheduler '{address}' is not a Dask scheduler address ({e}); give one such as "
                             "tcp://host:8786, as the scheduler prints it.") from None
+    # schemes a client cannot use here: refused at once (Dask's client would fail, then hang on exit)
+    if scheme == "inproc" and not _in_this_process(address):
+        raise PanoptemError(f"--scheduler '{address}' names a scheduler inside a Python process, which only that "
+                            "process reaches, and it is not this one: give the scheduler's tcp:// address.")
+    if scheme == "ucx" and not any(_importable(m) for m in ("distributed_ucxx", "ucp")):
+        raise PanoptemError(f"--scheduler '{address}' needs UCX, which is not installed here (distributed-ucxx); "
+                            "install it, or give the scheduler's tcp:// address.")
+    if scheme == "tls":
+        import dask
+        tls = dask.config.get("distributed.comm.tls", None) or {}
+        if not (tls.get("client") or {}).get("cert") and not tls.get("ca-file"):
+            raise PanoptemError(f"--scheduler '{address}' speaks TLS, and no TLS settings for Dask's client are "
+                                "configured (distributed.comm.tls in Dask's configuration); set them, or give a "
+                                "tcp:// address.")
+
+
+def _in_this_process(address: str) -> bool:
+    """Whether an inproc:// scheduler address is one of this process's."""
+    from distributed.comm.addressing import parse_address
+    from distributed.comm.inproc import global_manager
+    try:
+        return global_manager.get_listener_for(parse_address(address)[1]) is not None
+    except ValueError:
+        return False
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
 
 
 def check_cluster(n_workers: int | None, scheduler: str | None, client=None) -> None:
@@ -182,9 +213,11 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
         quiet = logging.getLogger("distributed.client")
         level, quiet.level = quiet.level, logging.CRITICAL
         try:
-            _set_up_workers(client, devices)
+            with _scheduler_answers(client, "setting up its workers"):
+                _set_up_workers(client, devices)
+                n = len(client.scheduler_info()['workers'])
             if log:
-                log(f"dask: scheduler {scheduler}, {len(client.scheduler_info()['workers'])} worker(s)")
+                log(f"dask: scheduler {scheduler}, {n} worker(s)")
             yield client
         finally:
             client.close()
@@ -275,7 +308,8 @@ def check_workers_see(client, paths, model: str | None = None) -> None:
     """Refuse a run before any work when a worker cannot find its files: the input, the work
     folder beside the output, a mask, the model (workers on other hosts read them at the same
     paths, and the model from their own model home)."""
-    found = client.run(_unseen, [str(p) for p in paths if p is not None], None if model is None else str(model))
+    with _scheduler_answers(client, "asking the workers for the run's files"):
+        found = client.run(_unseen, [str(p) for p in paths if p is not None], None if model is None else str(model))
     bad = {w: miss for w, miss in found.items() if miss}
     if bad:
         worker, missing = next(iter(bad.items()))
@@ -403,6 +437,19 @@ def _memory_marks(dask_worker) -> tuple[int, int, float]:
     mm = dask_worker.memory_manager
     return int(dask_worker.monitor.get_process_memory()), int(mm.memory_limit or 0), \
         float(mm.memory_pause_fraction or 0.0)
+
+
+@contextmanager
+def _scheduler_answers(client, doing: str):
+    """One error where the scheduler is lost while panoptem is ``doing`` something before the
+    passes (those tell it themselves: :func:`run_tasks`)."""
+    try:
+        yield
+    except Exception as e:
+        if not _scheduler_lost(client, e):
+            raise
+        raise PanoptemError(f"The Dask scheduler was lost while {doing} ({type(e).__name__}); check that it is "
+                            "running (and reachable), then run the same command again.") from None
 
 
 def _scheduler_lost(client, error: BaseException) -> bool:

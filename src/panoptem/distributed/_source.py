@@ -35,10 +35,14 @@ class VolumeSource:
         if self.array is not None:
             vol = self.array
         else:
-            k = (self.path, self.key, self.pixel_size_nm)
+            # the file as it is now: one replaced at the same path (a later run of a cluster that
+            # outlives runs) is opened anew, and the old one let go
+            k = (self.path, self.key, self.pixel_size_nm, file_stamp(self.path))
             with _lock:
                 if k not in _volumes:
                     from ..io import read_image
+                    for old in [o for o in _volumes if o[0] == self.path]:
+                        del _volumes[old]
                     _volumes[k] = read_image(self.path, key=self.key).data
                 vol = _volumes[k]
         return MeanPlanes(vol, self.axis, self.stride) if self.stride > 1 else vol
@@ -65,6 +69,16 @@ class MeanPlanes:
         return np.moveaxis(stack_means(block, k), 0, a)
 
 
+def file_stamp(path) -> tuple | None:
+    """Which file or folder stands at ``path`` now (inode, modification time, size), or None."""
+    import os
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def set_worker_device(device: str | None) -> None:
     _device[0] = device
 
@@ -80,9 +94,13 @@ def worker_model(spec, device: str):
     from ..models.load import LoadedModel, load_model
     if isinstance(spec, LoadedModel):
         return spec
-    k = (str(spec), device)
+    from ..models.home import get_card
+    card = get_card(str(spec))  # as registered now: a model registered anew under the name is loaded anew
+    k = (str(spec), device, card.weights.sha256, file_stamp(card.weights_path()))
     with _lock:
         if k not in _models:
+            for old in [o for o in _models if o[:2] == k[:2]]:
+                del _models[old]
             _models[k] = load_model(str(spec), device)
         return _models[k]
 
