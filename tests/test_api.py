@@ -162,3 +162,13 @@ def test_ragged_nested_lists_are_one_error():
                        (lambda: panoptem.evaluate(ragged, [[1, 2], [3, 4]]), "prediction")):
         with pytest.raises(PanoptemError, match=f"The {what} is nested lists of unequal lengths"):
             call()
+
+
+def test_blockwise_options_without_blockwise_are_one_error():
+    """scheduler=, n_workers=, mask=... without blockwise=True were ignored (the run went in memory);
+    the command line refuses them without --blockwise, and client= was refused already."""
+    import panoptem
+    from panoptem.errors import PanoptemError
+    vol = np.zeros((4, 64, 64), np.uint8)
+    with pytest.raises(PanoptemError, match=r"scheduler=, mask= apply to blockwise runs only"):
+        panoptem.segment_3d(vol, scheduler="tcp://127.0.0.1:8786", mask=np.ones((4, 64, 64), bool))

@@ -689,6 +689,11 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         check_cache_dir(cache_dir, [output, preview], inputs)
     if client is not None and not blockwise:
         raise PanoptemError("client= is a Dask client for blockwise runs; pass blockwise=True with it.")
+    given = [k for k, v in dict(block_shape=block_shape, halo=halo, n_workers=n_workers, scheduler=scheduler,
+                                devices=devices, mask=mask).items() if v is not None]
+    if given and not blockwise:  # as the command line refuses them without --blockwise (they were ignored)
+        raise PanoptemError(f"{', '.join(f'{k}=' for k in given)} apply to blockwise runs only; pass blockwise=True "
+                            "with them.")
     if blockwise:
         return _blockwise(volume, model, output, p, dict(
             block_shape=block_shape, halo=halo, n_workers=n_workers, scheduler=scheduler, devices=devices,
