@@ -1386,15 +1386,17 @@ def test_shipped_model_on_real_data_agrees_with_a_whole_volume_run(lucchi, clien
 
 @pytest.mark.parametrize("params", [dict(inference_plane="xz"), dict(orthoplane=True),
                                     dict(orthoplane=True, fusion="probability"),
-                                    dict(inference_plane="yz", downsampling=4)])
+                                    dict(inference_plane="yz", downsampling=4),
+                                    dict(inference_plane="xz", downsampling=2),
+                                    dict(orthoplane=True, fusion="probability", downsampling=2)])
 def test_blockwise_xz_and_orthoplane_find_nothing_on_a_blank_section(vol, tmp_path, params):
     """As a whole-volume run: a blank section seen edge-on by the xz and yz stacks holds no object."""
     vol = vol.copy()
-    vol[10] = 0                                        # through the touching balls
+    vol[11] = 0                                        # through the touching balls (odd: shares a row at 2)
     vol[38:] = 90                                      # the last two (of 40: half a network row at 4)
     whole = segment_3d(vol, dark_blob_model(), **P, **params).labels["mitochondria"]
     res, got = _blockwise(vol, tmp_path, block_shape=(16, 64, 64), halo=(32, 32, 32), **params)
-    assert res.blocks > 1 and got.any() and not got[10].any() and not got[38:].any()
+    assert res.blocks > 1 and got.any() and not got[11].any() and not got[38:].any()
     np.testing.assert_array_equal(got, whole)
 
 
@@ -1465,3 +1467,18 @@ def test_a_scheduler_address_no_client_here_can_use_is_refused_at_once(address, 
     from panoptem.distributed._cluster import check_scheduler
     with pytest.raises(PanoptemError, match=words):
         check_scheduler(address)
+
+
+def test_tls_needs_both_settings_dasks_client_uses_and_devices_need_processes():
+    import dask
+
+    from panoptem.distributed._cluster import check_scheduler, client_for
+    with dask.config.set({"distributed.comm.tls.ca-file": "ca.pem"}):   # the CA alone: Dask's client cannot
+        with pytest.raises(PanoptemError, match="no TLS settings"):
+            check_scheduler("tls://127.0.0.1:8786")
+    with dask.config.set({"distributed.comm.tls.ca-file": "ca.pem", "distributed.comm.tls.client.cert": "c.pem"}):
+        check_scheduler("tls://127.0.0.1:8786")
+    # in-process workers share one module's device: every one ended on the last device set
+    with pytest.raises(PanoptemError, match="One worker per device needs worker processes"):
+        with client_for(devices=["cuda:0", "cuda:1"], processes=False):
+            pass

@@ -126,3 +126,17 @@ def test_blockwise_int8_keeps_the_objects_of_an_int8_run_in_memory(tmp_path, mon
     assert q["f1_50"] == 1.0 and q["foreground_iou"] >= 0.97, q
     names = [p.name for p in (tmp_path / "home" / "cache" / "onnx").glob("*.onnx")]
     assert sum(".int8" in n for n in names) == 3, names  # plain (in memory), context and encode (blockwise)
+
+
+def test_a_process_keeps_a_bounded_number_of_onnx_sessions(tmp_path, monkeypatch):
+    """A Dask worker serving many runs (models registered anew) kept every network's session."""
+    import onnxruntime as ort
+
+    from panoptem.inference import runtime
+    (tmp_path / "g.onnx").write_bytes(b"")
+    monkeypatch.setattr(runtime, "_onnx_path", lambda *a: tmp_path / "g.onnx")
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: object())
+    monkeypatch.setattr(runtime, "_sessions", {})
+    for i in range(runtime.MAX_SESSIONS + 5):
+        runtime._session(None, f"net{i}", 1, "full", "fp32")
+    assert len(runtime._sessions) == runtime.MAX_SESSIONS and ("net12", 1, "full", "fp32") in runtime._sessions

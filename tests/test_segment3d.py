@@ -521,7 +521,10 @@ def test_an_object_erosion_removes_leaves_its_number_unused_in_memory_and_stream
 
 @pytest.mark.parametrize("kw", [dict(inference_plane="xz"), dict(inference_plane="yz"),
                                 dict(orthoplane=True), dict(orthoplane=True, fusion="probability"),
-                                dict(inference_plane="yz", output="out.zarr")])
+                                dict(inference_plane="yz", output="out.zarr"),
+                                # a network row covers the blank section and the next: still nothing on it
+                                dict(inference_plane="xz", downsampling=2),
+                                dict(orthoplane=True, fusion="probability", downsampling=2)])
 @pytest.mark.parametrize("fill", [0, 200])
 def test_xz_yz_and_orthoplane_find_nothing_on_a_blank_section(tmp_path, kw, fill):
     """A blank (or grey-filled) section seen edge-on by the xz and yz stacks was one dark row of

@@ -149,8 +149,8 @@ def check_scheduler(address: str) -> None:
                             "install it, or give the scheduler's tcp:// address.")
     if scheme == "tls":
         import dask
-        tls = dask.config.get("distributed.comm.tls", None) or {}
-        if not (tls.get("client") or {}).get("cert") and not tls.get("ca-file"):
+        if not (dask.config.get("distributed.comm.tls.ca-file", None)  # what Dask's client needs, both
+                and dask.config.get("distributed.comm.tls.client.cert", None)):
             raise PanoptemError(f"--scheduler '{address}' speaks TLS, and no TLS settings for Dask's client are "
                                 "configured (distributed.comm.tls in Dask's configuration); set them, or give a "
                                 "tcp:// address.")
@@ -223,6 +223,9 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
             client.close()
             quiet.setLevel(level)
         return
+    if devices and len(set(devices)) > 1 and not processes:
+        raise PanoptemError("One worker per device needs worker processes: threads of one process share one "
+                            "device; leave processes at True (the default) with devices.")
     n, threads = plan_workers(n_workers, devices, bytes_per_worker)
     try:
         cluster = local_cluster(n, processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)

@@ -423,7 +423,7 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
     """Probability fusion of the xy slices of ``region``: the mean of the three
     stacks' raw probabilities, as a whole-volume run computes it (xz / yz planes averaged
     in groups from the region's start, which lies on the volume's groups)."""
-    from ..inference.segment3d import clear_rows, fused_probability, stack_means
+    from ..inference.segment3d import clear_rows, fused_probability, off_rows, stack_means
     blank = _blank_rows(job, where)  # edge-on in the xz and yz planes: nothing is found there
     sinks = []
     for ax in (1, 2):
@@ -438,7 +438,7 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
             pr = out.semantic_probability[j]
             # as a whole-volume run brings them back and takes them in (segment3d.run_stack)
             f = resize_at(pr, [1 / job.factor(a) for a in range(3) if a != ax], planes.shape[-2:])
-            along[j * k:(j + 1) * k] = probability_bytes(f[0])
+            along[j * k:(j + 1) * k] = probability_bytes(off_rows(f[0], blank))
         sinks.append(full)
     probs = []
     for z in range(region.shape[0]):
@@ -592,6 +592,10 @@ def decode_block(job: StackJob, block: Block) -> dict:
                     for i, ax in enumerate(ip))
     origin = tuple(block.core[ax].start for ax in ip)
     builder = _Pieces(things, origin, tuple(job.shape[ax] for ax in ip), (c0, c1))
+    blank = None  # the blank sections among the window's rows (xz / yz planes: rows are z)
+    if a != 0 and job.blank:
+        blank = np.isin(np.arange(*full_win[0]), job.blank)
+        blank = blank if blank.any() else None
     from ..inference.median import RunningMedian
     median = RunningMedian(p.median_slices)
     emitted = []
@@ -606,6 +610,8 @@ def decode_block(job: StackJob, block: Block) -> dict:
                            (gh, gw), bool(things), f)
         pm_full = resize_at(pm, (1 / f[0], 1 / f[1]), out_shape)  # exact, as a whole-volume run brings it back
         sem = semantic_classes(pm_full, card_classes, p.confidence_thr)
+        if blank is not None:  # exactly: a network row may cover a blank section and another
+            sem[blank] = 0
         builder.add(d, d < c0, sem[core_rc], ids[core_rc], keys, things, stuff)
     table, core_labels, halo_maps = builder.finish()
     if halo_maps is not None:  # before the table, which marks the block done

@@ -41,7 +41,7 @@ class VolumeSource:
             with _lock:
                 if k not in _volumes:
                     from ..io import read_image
-                    for old in [o for o in _volumes if o[0] == self.path]:
+                    for old in [o for o in _volumes if o[:3] == k[:3]]:  # this dataset's earlier file
                         del _volumes[old]
                     _volumes[k] = read_image(self.path, key=self.key).data
                 vol = _volumes[k]

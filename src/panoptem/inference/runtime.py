@@ -423,4 +423,10 @@ def _session(model, key: str, threads: int, graph: str, precision: str):
         _make(model, key, graph, precision, threads)
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     _sessions[(key, threads, graph, precision)] = sess
+    while len(_sessions) > MAX_SESSIONS:  # a process serving many runs (a Dask worker) lets old networks go
+        _sessions.pop(next(iter(_sessions)))
     return sess
+
+
+#: ONNX Runtime sessions a process keeps (graphs x precisions of a few networks)
+MAX_SESSIONS = 8
