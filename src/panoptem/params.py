@@ -137,7 +137,8 @@ class Params3D(PlaneParams):
     orthoplane: bool = Field(False, description="Run ortho-plane: xy, xz and yz stacks, then a consensus.")
     pixel_vote_thr: int = Field(2, ge=1, le=3, description="Voxel Vote Thr Out of 3: stacks that must agree on a voxel of a matched object.")
     allow_one_view: bool = Field(False, description="Permit detections found in 1 stack: keep objects seen by one stack only.")
-    return_panoptic: bool = Field(False, description="Return xy, xz, yz stacks: return the per-plane volumes as well (with probability fusion xz and yz: the xy pass is the fused result).")
+    return_panoptic: bool = Field(False, description="Return xy, xz, yz stacks: return the per-plane volumes as "
+                                  "well (with probability fusion xz and yz: the xy pass is the fused result).")
     fusion: Literal["consensus", "probability"] = Field("consensus", description="Ortho-plane fusion: "
                                                         "'consensus' votes on 3 label volumes; 'probability' "
                                                         "averages the 3 network outputs, then decodes once.")
