@@ -1482,3 +1482,22 @@ def test_tls_needs_both_settings_dasks_client_uses_and_devices_need_processes():
     with pytest.raises(PanoptemError, match="One worker per device needs worker processes"):
         with client_for(devices=["cuda:0", "cuda:1"], processes=False):
             pass
+
+
+@pytest.mark.parametrize("gap", [8, 6])
+def test_a_blank_section_sharing_a_network_row_cuts_objects_as_blockwise_does(tmp_path, gap):
+    """Image Downsampling 2, a blank section through the arms of a U (gap 8) or of two bars over
+    one (gap 6), in every xz plane: the whole-volume run cut its decoded labels afterwards, so the
+    arms above the section kept one id (and parts came out in another order) where blockwise,
+    which cuts the semantic map first, made two."""
+    vol = np.full((32, 64, 64), 200, np.uint8)
+    ys = slice(16, 48)
+    vol[2:14, ys, 16:16 + gap] = 40
+    vol[2:14, ys, 16 + 2 * gap:16 + 3 * gap] = 40
+    vol[14:26, ys, 16:16 + 3 * gap] = 40
+    vol[9] = 200                                       # a blank section through the arms
+    kw = dict(min_size=10, min_extent=1, inference_plane="xz", downsampling=2)
+    whole = segment_3d(vol, dark_blob_model(), **kw).labels["mitochondria"]
+    res, got = _blockwise(vol, tmp_path, block_shape=(32, 32, 32), halo=(16, 16, 16), **kw)
+    assert not got[9].any() and len(np.unique(got)) - 1 >= 3
+    np.testing.assert_array_equal(got, whole)

@@ -313,7 +313,8 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
                     center_confidence_thr: float = 0.1, min_distance_object_centers: int = 3,
                     fine_boundaries: bool = False, semantic_only: bool = False,
                     label_divisor: int | None = 10000, out_shape: tuple[int, int] | None = None,
-                    stride: int = STRIDE, stuff_area: int = 64, return_centers: bool = False, scale=None):
+                    stride: int = STRIDE, stuff_area: int = 64, return_centers: bool = False, scale=None,
+                    background_rows: np.ndarray | None = None):
     """Panoptic labels for one plane from the network's outputs.
 
     ``probability`` (C, H, W) at the network-input resolution; ``heatmap``
@@ -334,6 +335,8 @@ def decode_panoptic(probability: np.ndarray, heatmap: np.ndarray, offsets: np.nd
         center_confidence_thr=center_confidence_thr, min_distance_object_centers=min_distance_object_centers,
         fine_boundaries=fine_boundaries, semantic_only=semantic_only, out_shape=out_shape, stride=stride,
         scale=scale)
+    if background_rows is not None:  # rows with nothing to find (an xz / yz plane's blank sections)
+        semantic[np.asarray(background_rows, bool)] = 0
     labels = merge_panoptic(semantic, ids, things, stuff, label_divisor, stuff_area)
     if return_centers:
         return labels, centers
@@ -345,7 +348,7 @@ SMALL_PLANE = 1 << 18
 
 
 def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] | None = None,
-                  compacted: bool = False, **settings) -> list:
+                  compacted: bool = False, background_rows: np.ndarray | None = None, **settings) -> list:
     """:func:`decode_panoptic` of each of N planes: ``probability`` (N, C, H, W), ``heatmap``
     (N, 1, h, w) and ``offsets`` (N, 2, h, w), as arrays or sequences of planes; returns the N
     label planes, equal to decoding them one by one. For a model with one thing class and
@@ -355,27 +358,29 @@ def decode_planes(probability, heatmap, offsets, *, out_shape: tuple[int, int] |
     plane skips the general merge (also when ``out_shape`` is larger than the network's: the
     probabilities of a group are brought to it in one call). ``compacted``: each plane as
     ``(local, ids)``, what :func:`~panoptem.labels.compact` gives for its labels, which the
-    decoding knows without another pass."""
+    decoding knows without another pass. ``background_rows``: rows of the labels where nothing is
+    found (a bool per row: an xz / yz plane's blank sections), cut before the pieces are made."""
     n = len(probability)
     cls, things = list(settings.get("class_ids", (1,))), list(settings.get("thing_ids", (1,)))
     C, H, W = probability[0].shape[-3:] if n else (1, 0, 0)
     simple = (n and C == 1 and len(cls) == 1 and things == cls and not settings.get("fine_boundaries")
               and not settings.get("semantic_only"))
     if not simple:
-        labs = [decode_panoptic(probability[i], heatmap[i], offsets[i], out_shape=out_shape, **settings)
-                for i in range(n)]
+        labs = [decode_panoptic(probability[i], heatmap[i], offsets[i], out_shape=out_shape,
+                                background_rows=background_rows, **settings) for i in range(n)]
         return [compact(a) for a in labs] if compacted else labs
     shape = tuple(out_shape or (H, W))
     group = max(1, SMALL_PLANE // max(shape[0] * shape[1], 1))
     out = []
     for i in range(0, n, group):
         j = min(i + group, n)
-        out += _decode_group(probability[i:j], heatmap[i:j], offsets[i:j], cls[0], compacted, settings, shape)
+        out += _decode_group(probability[i:j], heatmap[i:j], offsets[i:j], cls[0], compacted, settings, shape,
+                             background_rows)
     return out
 
 
 def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, settings: dict,
-                  shape: tuple[int, int]) -> list:
+                  shape: tuple[int, int], background_rows: np.ndarray | None = None) -> list:
     """:func:`decode_planes` of planes of one thing class, together, labels of ``shape``."""
     n = len(probability)
     H, W = probability[0].shape[-2:]
@@ -393,6 +398,8 @@ def _decode_group(probability, heatmap, offsets, thing: int, compacted: bool, se
     else:  # the planes as the channels of one image: each resized as decode_panoptic resizes it
         np.greater_equal(linear_resize(np.stack([np.asarray(p, np.float32)[0] for p in probability]), shape),
                          thr, out=fg)
+    if background_rows is not None:
+        fg[:, np.asarray(background_rows, bool)] = False
     hm = np.stack([np.asarray(a, np.float32).reshape(a.shape[-2:]) for a in heatmap])
     offsets = np.stack([np.asarray(a, np.float32) for a in offsets])
     h, w = hm.shape[1:]

@@ -19,7 +19,7 @@ from ..errors import PanoptemError
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel
 from .._memory import release_free
-from ..labels import as_array, compact, dtype_for_max_label, lookup, map_ids
+from ..labels import as_array, dtype_for_max_label, lookup, map_ids
 from ..params import PLANE_AXIS, PLANES, Params3D, params_with, zarr_chunks
 from ._pipeline import BehindNetwork, Prefetch, StageClock, Worker, yield_to_network
 from .cache import at_cache_precision, byte_steps, plane_hashes, probability_bytes
@@ -169,22 +169,6 @@ def clear_rows(out, rows: np.ndarray, factor=1):
     return clear_padding(out, pad)
 
 
-def without_rows(compacted: tuple, rows: np.ndarray) -> tuple:
-    """The labels of an xz / yz plane, as :func:`~panoptem.labels.compact` gives them (``(local,
-    ids)``), with nothing on the ``rows`` (blank sections) flagged, and every object cut there."""
-    local, ids = compacted
-    if not rows.any() or not local.any():
-        return compacted
-    # each object cut where a blank section crosses it, as an xy stack cuts it: its parts between
-    # blank sections are objects of their own (of its class)
-    part = np.cumsum(rows)[:, None]
-    n = int(part[-1, 0]) + 1
-    keyed = np.where(local > 0, local.astype(np.int64) * n + part, 0)
-    keyed[rows] = 0
-    local, kept = compact(keyed)  # the parts left, numbered 1..k
-    return local, np.asarray(ids)[np.asarray(kept, np.int64) // n - 1]
-
-
 def off_rows(plane: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     """An xz / yz plane of probabilities (rows: z) with 0 on the ``rows`` flagged (None: as it is)."""
     if rows is None or not rows.any():
@@ -308,10 +292,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
         if not items:
             return
         with clock("decode"):  # all planes at once: thin planes cost little more than their pixels
+            # blank sections cut exactly (a network row may cover a blank section and another), as blockwise
             labs = decode_planes([it[1] for it in items], [it[2][0] for it in items], [it[2][1] for it in items],
-                                 out_shape=shape, compacted=True, scale=predictor.out_scale(), **settings)
-            if blank_rows is not None and axis != 0:  # exactly: a network row may cover a blank section and another
-                labs = [without_rows(lab, blank_rows) for lab in labs]
+                                 out_shape=shape, compacted=True, scale=predictor.out_scale(),
+                                 background_rows=blank_rows if axis != 0 else None, **settings)
         for (idx, _, _), lab in zip(items, labs):
             with clock("link"):
                 into = provisional[idx] if isinstance(provisional, np.ndarray) else None
