@@ -199,11 +199,9 @@ def pixel_plan(card, params, voxel_size, ndim: int, given_by: str = "file"):
 def _voxel_tuple(voxel_size, ndim: int) -> tuple[float, ...]:
     """The last ``ndim`` of the sizes in ``voxel_size`` (a stack's (Z, Y, X) for its planes);
     one error where it gives fewer, or sizes that are not positive numbers."""
-    try:
-        vs = tuple(float(v) for v in np.ravel(np.asarray(voxel_size, dtype=object)))
-    except (TypeError, ValueError):
-        vs = ()
-    if len(vs) < ndim or not all(np.isfinite(v) and v > 0 for v in vs):
+    from ..io.writers import positive_sizes
+    vs = positive_sizes(voxel_size)
+    if vs is None or len(vs) < ndim:
         axes = "(Z, Y, X)" if ndim == 3 else "(Y, X)"
         alone = f"; for the pixel size in the plane alone, give pixel_size={voxel_size!r} instead" \
             if np.ndim(voxel_size) == 0 else ""

@@ -58,14 +58,21 @@ def _check_shape(shape) -> tuple[int, ...]:
     return shape
 
 
+def positive_sizes(value) -> tuple[float, ...] | None:
+    """The sizes ``value`` gives (a number or a sequence of them) as floats, or None where one
+    is not a positive finite number."""
+    try:
+        vs = tuple(float(v) for v in np.ravel(np.asarray(value, dtype=object)))
+    except (TypeError, ValueError):
+        return None
+    return vs if all(np.isfinite(v) and v > 0 for v in vs) else None
+
+
 def _check_voxel(voxel_size, ndim: int) -> tuple[float, ...] | None:
     if voxel_size is None:
         return None
-    try:
-        vs = tuple(float(v) for v in np.ravel(np.asarray(voxel_size, dtype=object)))
-    except (TypeError, ValueError):
-        vs = ()
-    if len(vs) != ndim or not all(np.isfinite(v) and v > 0 for v in vs):
+    vs = positive_sizes(voxel_size)
+    if vs is None or len(vs) != ndim:
         raise PanoptemError(f"voxel_size must be {ndim} positive numbers in nm (one per axis), not {voxel_size}.")
     return vs
 
