@@ -47,6 +47,23 @@ def test_padding_is_left_out_of_the_intensity_range():
     assert intensity_range(np.zeros((40, 40), np.uint8)) == (0.0, 0.0)
 
 
+def test_a_heatmap_cell_past_the_planes_edge_whose_part_in_it_is_padding_has_no_centre():
+    """The last cell of a plane 94 wide spans columns 92-95: its part in the plane (92, 93) is
+    padding, so nothing is found there (a centre kept there drew real pixels to it); a cell
+    holding one pixel of the image keeps the network's heatmap."""
+    from panoptem.inference.predict import STRIDE, ModelOutput, clear_padding
+    pad = np.zeros((2, 8, 94), bool)
+    pad[0, :, 92:] = True                      # plane 0: the edge cell's part in the plane is padding
+    pad[1, :, 89:] = True                      # plane 1 as well, but the cell before keeps pixel 88
+    pad[1, 4:, 93] = False                     # ... and its edge cell holds image in rows 4-7
+    out = clear_padding(ModelOutput(np.ones((2, 1, 8, 94), np.float32), np.ones((2, 1, 2, 24), np.float32),
+                                    np.zeros((2, 2, 2, 24), np.float32)), pad)
+    hm = out.heatmap[:, 0]
+    assert STRIDE == 4 and hm[0, :, 23].tolist() == [0, 0] and hm[0, :, :23].all()
+    assert hm[1, :, 22].all() and hm[1, :, 23].tolist() == [0, 1]
+    assert not out.semantic_probability[0, 0, :, 92:].any() and out.semantic_probability[0, 0, :, :92].all()
+
+
 @pytest.mark.parametrize("rows, n_reads", [(4, 32), (40, 4)])
 def test_intensity_of_a_volume_in_strips_reads_each_strip_once(tmp_path, monkeypatch, rows, n_reads):
     """A deflate TIFF stored in image-wide strips: the sampled boxes that share rows are read

@@ -90,7 +90,14 @@ class StackJob:
     # volume pixels per network pixel along Z, Y and X where the planes are not reduced by one whole
     # factor (then Image Downsampling is 1): blocks lie on multiples of the numerators / denominators
     resample: tuple | None = None
-    blank: tuple = ()  # the volume's blank sections (z): xz / yz planes find nothing on them (section_ranges)
+    # the volume's planes of one value along Z, Y and X (plane_ranges): the network finds nothing on
+    # them, as a whole-volume run sees them (a block's crop of a plane may be of one value alone)
+    uniform: tuple = ((), (), ())
+
+    @property
+    def blank(self) -> tuple:
+        """The volume's blank sections (z): xz / yz planes see them edge-on and find nothing there."""
+        return self.uniform[0]
 
     @property
     def volume_shape(self) -> tuple:
@@ -340,7 +347,8 @@ def context_block(job: StackJob, block: Block) -> None:
         planes = stack_means(planes_along(data, v, 0, data.shape[v]), s)
         k0 = (block.core[v].start - region[v].start) // s
         k1 = k0 + -(-(block.core[v].stop - block.core[v].start) // s)
-        c4 = job.predictor(lm, v).encode(_planes(job, planes, k0, k1, v), job.intensity)  # (n, C, h, w)
+        c4 = job.predictor(lm, v).encode(_planes(job, planes, k0, k1, v), job.intensity,
+                                         blank=_blank_planes(job, v, region, k0, k1, s))  # (n, C, h, w)
         sel = []
         for i, ax in enumerate(ax for ax in range(3) if ax != v):
             cell = CONTEXT_STRIDE * job.factor(ax)
@@ -379,36 +387,67 @@ def _context(job: StackJob, v: int, region) -> np.ndarray | None:
     return np.load(job.context_dir() / f"view{v}.npy", mmap_mode="r")[region[v].start // s:-(-region[v].stop // s)]
 
 
-def _predict(job: StackJob, predictor, planes: np.ndarray, v: int, region):
+def _predict(job: StackJob, predictor, planes: np.ndarray, v: int, region, blank):
     ctx = _context(job, v, region)
-    return _predict_planes(job, predictor, planes, None if ctx is None else np.array(ctx))
+    return _predict_planes(job, predictor, planes, None if ctx is None else np.array(ctx), blank)
 
 
-def _predict_planes(job: StackJob, predictor, planes: np.ndarray, ctx):
-    out = predictor.predict(planes, job.intensity) if ctx is None else \
-        predictor.predict_with_context(planes, job.intensity, ctx)
+def _predict_planes(job: StackJob, predictor, planes: np.ndarray, ctx, blank):
+    out = predictor.predict(planes, job.intensity, blank=blank) if ctx is None else \
+        predictor.predict_with_context(planes, job.intensity, ctx, blank=blank)
     return at_cache_precision(out)
+
+
+def _blank_planes(job: StackJob, axis: int, region, i0: int = 0, i1: int | None = None,
+                  group: int = 1) -> np.ndarray | None:
+    """Which of the planes ``i0:i1`` that :func:`_planes` makes of ``region``'s stack along
+    ``axis`` (each the mean of ``group`` of the region's, see ``stack_means``) are planes of one
+    value of the whole volume, as :meth:`~panoptem.inference.engine.Predictor.predict` takes
+    them ((n,) or (n, C) with neighbours); None where none is. A plane averaged from several is
+    one where all of them are; a neighbour between two planes, where both it lies on are."""
+    k = job.stride if axis == job.axis else 1  # the job's planes along its axis: means of k of the volume's
+    lo, hi = region[axis].start * k, min(region[axis].stop * k, job.volume_shape[axis])
+    one = np.isin(np.arange(lo, hi), job.uniform[axis])
+    if k * group > 1 and one.size:
+        one = np.logical_and.reduceat(one, np.arange(0, one.size, k * group))
+    if not one.any():
+        return None
+    flags = _planes(job, one.astype(np.float32)[:, None, None], i0, i1, axis)  # neighbours interpolate
+    flags = flags[..., 0, 0] >= 1.0
+    return flags if flags.any() else None
 
 
 # ---------------------------------------------------------------- pass 1: network
 
 
-def section_ranges(source: VolumeSource, block: Block) -> dict:
-    """The lowest and highest value of each section (z) of ``block``'s core: over every block's
-    core, which sections of the volume hold one value throughout (see :func:`blank_of`)."""
+def plane_ranges(source: VolumeSource, block: Block) -> dict:
+    """The lowest and highest value of each plane along Z, Y and X of ``block``'s core: over every
+    block's core, which planes of the volume hold one value throughout (see :func:`uniform_of`)."""
     data = read_region(source.open(), block.core)
-    return {"z0": block.core[0].start, "min": data.min(axis=(1, 2)), "max": data.max(axis=(1, 2))}
+    out: dict = {"start": tuple(s.start for s in block.core)}
+    for a in range(3):
+        others = tuple(b for b in range(3) if b != a)
+        out[f"min{a}"], out[f"max{a}"] = data.min(axis=others), data.max(axis=others)
+    return out
 
 
-def blank_of(ranges: list[dict], depth: int) -> tuple:
-    """The sections (z) that hold one value throughout, from every core's :func:`section_ranges`."""
-    lo = np.full(depth, np.inf)
-    hi = np.full(depth, -np.inf)
-    for r in ranges:
-        z = slice(r["z0"], r["z0"] + len(r["min"]))
-        lo[z] = np.fmin(lo[z], np.asarray(r["min"], np.float64))
-        hi[z] = np.fmax(hi[z], np.asarray(r["max"], np.float64))
-    return tuple(int(z) for z in np.flatnonzero(lo == hi))
+def uniform_of(ranges: list[dict], shape) -> tuple:
+    """The planes along Z, Y and X that hold one value throughout (three tuples of indices), from
+    every core's :func:`plane_ranges` (values compared in the volume's dtype)."""
+    found = []
+    for a, n in enumerate(shape):
+        lo = hi = None
+        seen = np.zeros(n, bool)
+        for r in ranges:
+            mn, mx = np.asarray(r[f"min{a}"]), np.asarray(r[f"max{a}"])
+            if lo is None:
+                lo, hi = np.zeros(n, mn.dtype), np.zeros(n, mx.dtype)
+            at = slice(r["start"][a], r["start"][a] + len(mn))
+            lo[at] = np.where(seen[at], np.minimum(lo[at], mn), mn)
+            hi[at] = np.where(seen[at], np.maximum(hi[at], mx), mx)
+            seen[at] = True
+        found.append(() if lo is None else tuple(int(i) for i in np.flatnonzero(seen & (lo == hi))))
+    return tuple(found)
 
 
 def _blank_rows(job: StackJob, region) -> np.ndarray | None:
@@ -429,7 +468,8 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
     for ax in (1, 2):
         k = job.fused_strides[ax]
         planes = stack_means(planes_along(region, ax, 0, region.shape[ax]), k)
-        out = _predict(job, job.predictor(lm, ax), _planes(job, planes, axis=ax), ax, where)
+        out = _predict(job, job.predictor(lm, ax), _planes(job, planes, axis=ax), ax, where,
+                       _blank_planes(job, ax, where, group=k))
         if blank is not None:
             out = clear_rows(out, blank, job.factor(0))
         full = np.zeros(region.shape, np.uint8)
@@ -491,7 +531,7 @@ def network_block(job: StackJob, block: Block) -> dict:
             out.offsets[:, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)))
 
     if job.fusion:  # the xz and yz stacks need every slice of the region at once
-        out = _predict(job, predictor, _planes(job, rm, axis=a), a, region)
+        out = _predict(job, predictor, _planes(job, rm, axis=a), a, region, _blank_planes(job, a, region))
         store(k0, _fused(job, lm, rm, out, region)[k0:k1], out[k0:k1])
     else:  # batch by batch: memory holds one batch of outputs
         ctx = _context(job, a, region)
@@ -500,7 +540,7 @@ def network_block(job: StackJob, block: Block) -> dict:
         for i0 in range(k0, k1, job.batch_size):
             i1 = min(i0 + job.batch_size, k1)
             out = _predict_planes(job, predictor, _planes(job, rm, i0, i1, a),
-                                  None if ctx is None else np.array(ctx[i0:i1]))
+                                  None if ctx is None else np.array(ctx[i0:i1]), _blank_planes(job, a, region, i0, i1))
             if blank is not None:
                 out = clear_rows(out, blank, job.factor(0))
             store(i0, out.semantic_probability, out)

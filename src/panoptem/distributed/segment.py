@@ -398,12 +398,13 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                 raise
             check_workers_see(cl, [source.path, work, cache_dir, msource.path if msource is not None else None],
                               None if isinstance(model, LoadedModel) else model)
-            if p.orthoplane or p.inference_plane != "xy":  # xz / yz planes see a blank section edge-on
-                from ._pass1 import blank_of, section_ranges
-                t = time.perf_counter()
-                blank = blank_of(run_tasks(cl, section_ranges, source, list(grid), "sections", False), vol.shape[0])
-                jobs = [dataclasses.replace(j, blank=blank) for j in jobs]
-                timings["sections_s"] = time.perf_counter() - t
+            # the planes of one value, as a whole-volume run sees them: a block's crop of a plane may be
+            # of one value alone, and xz / yz planes see a blank section edge-on
+            from ._pass1 import plane_ranges, uniform_of
+            t = time.perf_counter()
+            uniform = uniform_of(run_tasks(cl, plane_ranges, source, list(grid), "sections", False), vol.shape)
+            jobs = [dataclasses.replace(j, uniform=uniform) for j in jobs]
+            timings["sections_s"] = time.perf_counter() - t
             infos, summaries = [], []
             for job, g in zip(jobs, grids):
                 info, summ = _run_stack(cl, job, g, card, p, progress, timings)

@@ -208,20 +208,24 @@ class Predictor:
                              mean_std=(n.mean, n.std), context=context, precision=self.precision,
                              timings=timings, tta=self.tta, prepared=prepared, blank=blank)
 
-    def encode(self, planes: np.ndarray, intensity) -> np.ndarray:
-        """Deepest features (N, C, h, w) of (N, H, W) planes (see :meth:`planes_in`), in batches."""
+    def encode(self, planes: np.ndarray, intensity, blank="auto") -> np.ndarray:
+        """Deepest features (N, C, h, w) of (N, H, W) planes (see :meth:`planes_in`), in batches
+        (``blank``: see :meth:`predict`)."""
         n = self.card.normalization
         planes = self.to_network_grid(self.planes_in(planes))
         return np.concatenate([encode_batch(self._graph("encode"), planes[i:i + self.batch_size], intensity,
                                             device=self.model.device, downsampling=self.downsampling,
-                                            padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std))
+                                            padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std),
+                                            blank=_part(blank, i, i + self.batch_size))
                                for i in range(0, len(planes), self.batch_size)])
 
-    def predict_with_context(self, planes: np.ndarray, intensity, context: np.ndarray) -> ModelOutput:
+    def predict_with_context(self, planes: np.ndarray, intensity, context: np.ndarray,
+                             blank="auto") -> ModelOutput:
         """:meth:`predict` of planes that are tiles of larger images whose global
         context (N, C) is known."""
         planes = self.to_network_grid(self.planes_in(planes))
-        outs = [self._predict(planes[i:i + self.batch_size], intensity, context[i:i + self.batch_size])
+        outs = [self._predict(planes[i:i + self.batch_size], intensity, context[i:i + self.batch_size],
+                              blank=_part(blank, i, i + self.batch_size))
                 for i in range(0, len(planes), self.batch_size)]
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
                              for f in ("semantic_probability", "heatmap", "offsets")))
@@ -240,14 +244,17 @@ class Predictor:
                              for batch, rng in self._batches(planes, intensity)], len(planes))
 
     def predict(self, planes: np.ndarray | Prepared, intensity: tuple[float, float] | None = None,
-                timings: dict | None = None) -> ModelOutput:
+                timings: dict | None = None, blank="auto") -> ModelOutput:
         """Outputs for (N, H, W) planes, or for what :meth:`prepare` made of them (``intensity``
         is then unused), at network-input resolution; ``timings`` receives the seconds of
-        ``normalise`` and ``forward`` (see :func:`.predict.predict_batch`)."""
+        ``normalise`` and ``forward`` (see :func:`.predict.predict_batch`). ``blank``: which
+        planes are padding throughout (a bool per plane, (N,) or (N, C) with neighbours, or
+        None), by default those of one value; a caller that holds crops of larger planes gives
+        the whole planes' (a crop's uniformity says nothing of its plane's)."""
         if isinstance(planes, Prepared):
             outs = [self._predict(None, None, timings=timings, prepared=p) for p in planes.batches]
         else:
-            outs = self._predict_planes(planes, intensity, timings)
+            outs = self._predict_planes(planes, intensity, timings, blank)
             if isinstance(outs, ModelOutput):
                 return outs
         if len(outs) == 1:
@@ -255,15 +262,19 @@ class Predictor:
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
                              for f in ("semantic_probability", "heatmap", "offsets")))
 
-    def _predict_planes(self, planes, intensity, timings) -> list[ModelOutput] | ModelOutput:
+    def _predict_planes(self, planes, intensity, timings, blank="auto") -> list[ModelOutput] | ModelOutput:
         """:meth:`predict` of planes: the outputs of each batch, or the stitched tiles' outputs."""
         planes = self.planes_in(planes)
         if intensity is None:
             intensity = self.intensity(planes)
         planes = self.to_network_grid(planes)
         if self._tiled(planes):
-            return self._predict_tiled(planes, intensity)
-        return [self._predict(batch, rng, timings=timings) for batch, rng in self._batches(planes, intensity)]
+            return self._predict_tiled(planes, intensity, blank=blank)
+        outs, i = [], 0
+        for batch, rng in self._batches(planes, intensity):
+            outs.append(self._predict(batch, rng, timings=timings, blank=_part(blank, i, i + len(batch))))
+            i += len(batch)
+        return outs
 
     def _tiled(self, planes: np.ndarray) -> bool:
         """Whether planes (on the network grid) are predicted in tiles."""
@@ -279,9 +290,10 @@ class Predictor:
         for i in range(0, len(planes), b):
             yield planes[i:i + b], rng[i:i + b] if per_plane else rng
 
-    def _predict_tiled(self, planes: np.ndarray, intensity, compact: bool = False) -> ModelOutput:
+    def _predict_tiled(self, planes: np.ndarray, intensity, compact: bool = False, blank="auto") -> ModelOutput:
         """Stitched outputs of overlapping tiles; ``compact`` keeps the semantic
-        probability as uint8 (x 255) to hold large images in 1 byte per pixel."""
+        probability as uint8 (x 255) to hold large images in 1 byte per pixel; ``blank``: see
+        :meth:`predict`."""
         f = self.downsampling
         align = self._align()  # tile origins on the network grid
         h, w = planes.shape[-2:]
@@ -293,7 +305,8 @@ class Predictor:
         hn, wn = -(-h // f), -(-w // f)
         hs, ws = -(-hn // STRIDE), -(-wn // STRIDE)
         n = len(planes)
-        blank = uniform_planes(planes)  # of the whole planes, as an untiled run sees them, for every tile
+        if isinstance(blank, str):  # of the whole planes, as an untiled run sees them, for every tile
+            blank = uniform_planes(planes)
         prob = None
         hm = np.zeros((n, 1, hs, ws), np.float32)
         off = np.zeros((n, 2, hs, ws), np.float32)
@@ -326,3 +339,8 @@ class Predictor:
         if self.runtime == "onnx":  # before the labels of the whole image are made
             self.network.release_memory()
         return ModelOutput(prob, hm, off)
+
+
+def _part(blank, i0: int, i1: int):
+    """Planes ``i0:i1``'s part of a ``blank`` argument (see :meth:`Predictor.predict`)."""
+    return blank if blank is None or isinstance(blank, str) else np.asarray(blank)[i0:i1]

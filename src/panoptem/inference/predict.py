@@ -98,8 +98,9 @@ def clear_padding(out: "ModelOutput", pad: np.ndarray | None) -> "ModelOutput":
         prob[:, 1:][np.broadcast_to(pad[:, None], prob[:, 1:].shape)] = 0.0
         prob[:, 0][pad] = 1.0
     hh, ww = out.heatmap.shape[-2:]
+    # a cell past the plane's edge counts its part in the plane alone (the rest is the network's margin)
     cells = np.pad(pad, [(0, 0), (0, hh * STRIDE - pad.shape[1]), (0, ww * STRIDE - pad.shape[2])],
-                   constant_values=False)
+                   constant_values=True)
     cells = cells.reshape(len(pad), hh, STRIDE, ww, STRIDE).all(axis=(2, 4))
     out.heatmap[:, 0][cells] = 0.0
     return out
@@ -115,15 +116,17 @@ def _on_device(x: np.ndarray, device: str):
 
 
 def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", downsampling: int = 1,
-                 padding_factor: int = 32, mean_std: tuple[float, float] = (0.5, 0.25)) -> np.ndarray:
+                 padding_factor: int = 32, mean_std: tuple[float, float] = (0.5, 0.25),
+                 blank="auto") -> np.ndarray:
     """The deepest features (N, C, h, w) of ``planes``, prepared as :func:`predict_batch`
     prepares them (for the global context of a tiled image). ``model``: a PyTorch module or
     the encode graph's :class:`~.runtime.OnnxNet`."""
     from .runtime import OnnxNet
+    x = network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)[0]
     if isinstance(model, OnnxNet):
-        return model.features(network_input(planes, intensity, downsampling, padding_factor, mean_std)[0])
+        return model.features(x)
     import torch
-    x = _on_device(network_input(planes, intensity, downsampling, padding_factor, mean_std)[0], device)
+    x = _on_device(x, device)
     with torch.inference_mode():
         return model.encode(x).float().cpu().numpy()
 
