@@ -48,7 +48,7 @@ def segment2d_cmd(
     if chose_plane and (data.ndim == 2 or batch):  # nothing to choose: say so rather than ignore them
         why = "the input is one 2D image" if data.ndim == 2 else "--batch segments every xy slice"
         raise PanoptemError(f"--slice and --plane choose one plane of a volume, but {why}; drop them.")
-    neighbours, given_by, intensity = False, "file", None
+    neighbours, given_by, intensity, volume_nm = False, "file", None, None
     if data.ndim == 3 and not batch:
         ax = PLANE_AXIS.get(plane)
         if ax is None:
@@ -64,7 +64,7 @@ def segment2d_cmd(
         # an xz / yz slice as the 3D stack gives it to the network: the mean of its group of slices
         data = take_plane(data, idx, plane, neighbours=k, step=step, stride=stack_step(card, params, vs, plane))
         neighbours = k > 0
-        vs, plane_params = plane_pixels(vs, ax, params)
+        vs, plane_params, volume_nm = plane_pixels(vs, ax, params)
         given_by = "file" if plane_params is params else "file + pixel_size"
         params = plane_params
         if origin is not None:
@@ -90,7 +90,7 @@ def segment2d_cmd(
             labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
                                 runtime=runtime, precision=precision, threads=threads,
                                 preview=preview, voxel_size=vs, overwrite=overwrite, with_neighbours=neighbours,
-                                intensity=intensity, resume_dir=kept,
+                                intensity=intensity, resume_dir=kept, volume_pixel_nm=volume_nm,
                                 **params.model_dump())
         except PanoptemError:  # refused (a bad input, options...): nothing left behind; interrupted: kept
             if kept is not None and not earlier:
@@ -100,25 +100,27 @@ def segment2d_cmd(
         if labels.ndim == 2 or vs is not None:  # the pixel size as run (--pixel-size included) goes with them
             from ..inference.segment2d import pixel_plan  # (a --batch stack's unknown z spacing stays unknown)
             from ..models.home import get_card
-            written_vs = pixel_plan(get_card(model), params, vs, labels.ndim).voxel_size or vs
+            written_vs = pixel_plan(get_card(model), params, vs, labels.ndim, volume_pixel_nm=volume_nm).voxel_size or vs
         written = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs,
                                origin=origin if written_vs is not None else None)
         _report(labels, params.label_divisor, written, preview,
-                pixel_note(model, params, vs, 2, given_by=given_by), per_slice=batch and not unique_ids)
+                pixel_note(model, params, vs, 2, given_by=given_by, volume_pixel_nm=volume_nm),
+                per_slice=batch and not unique_ids)
         if kept is not None:
             shutil.rmtree(kept, ignore_errors=True)
         from .._atomic import drop_resume_state
         drop_resume_state(out, "2d")
 
 
-def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",), given_by: str = "file") -> dict:
+def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",), given_by: str = "file",
+               volume_pixel_nm: float | None = None) -> dict:
     """Print the pixel sizes a run used and what it resampled (a ``note:`` line, after the run so
     that a refused run prints its one error line only); returns the record for the JSON summary
-    (``given_by``: where ``voxel_size`` came from)."""
+    (``given_by``: where ``voxel_size`` came from; ``volume_pixel_nm``: see ``segment_2d``)."""
     from ..inference.segment2d import pixel_plan
     from ..models.home import get_card
     card = get_card(model)
-    plan = pixel_plan(card, params, voxel_size, ndim, given_by)
+    plan = pixel_plan(card, params, voxel_size, ndim, given_by, volume_pixel_nm)
     typer.echo(f"note: {plan.describe(planes)}", err=True)
     if ndim == 3:
         far = neighbour_spacing(card, plan, planes)

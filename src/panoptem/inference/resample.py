@@ -296,7 +296,8 @@ class PixelPlan:
 
 def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | None = None, resample: bool = True,
                 downsampling: int = 1, ndim: int | None = None, neighbour_nm: float | None = None,
-                working: tuple[float, float] | None = None, given_by: str = "file") -> PixelPlan:
+                working: tuple[float, float] | None = None, given_by: str = "file",
+                finest_nm: float | None = None) -> PixelPlan:
     """The :class:`PixelPlan` of an input with ``voxel_size`` (nm per axis, from its file;
     None: unknown) for a model trained at ``model_nm`` that segments best at ``working``
     (smallest, largest nm; None: at ``model_nm``).
@@ -307,7 +308,9 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
     ``neighbour_nm``: see :class:`PixelPlan`. With ``working``, every axis is brought to
     :func:`working_pixel` of the finer in-plane axis, so the network's pixels stay square.
     ``given_by``: where ``voxel_size`` came from, for the plan's ``source`` (``"file"``, or
-    ``"voxel_size"`` when a caller of the Python API gave it).
+    ``"voxel_size"`` when a caller of the Python API gave it). ``finest_nm``: the finer in-plane
+    size the working pixel is chosen for, where it is not the input's own (an xz / yz plane of
+    a volume takes the volume's y and x, as its 3D run does).
     """
     vs = None
     if voxel_size is not None:
@@ -331,7 +334,8 @@ def plan_pixels(model_nm: float | None, voxel_size=None, pixel_size: float | Non
     d = int(downsampling)
     work = (float(working[0]), float(working[1])) if working else None
     if work:
-        model_nm = working_pixel(min(vs[-2:]), *work) if vs is not None else math.sqrt(work[0] * work[1])
+        finest = None if vs is None else min(vs[-2:]) if finest_nm is None else float(finest_nm)
+        model_nm = working_pixel(finest, *work) if finest is not None else math.sqrt(work[0] * work[1])
     if model_nm is None or vs is None or not resample:
         return PixelPlan(model_nm, vs, source, bool(resample), d, (1.0,) * n, z_assumed, neighbour_nm, work)
     ratios = tuple(snap(float(model_nm) / v) for v in vs)

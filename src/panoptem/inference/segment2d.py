@@ -185,15 +185,16 @@ def check_classes(card, params) -> None:
                             "use Semantic only.")
 
 
-def pixel_plan(card, params, voxel_size, ndim: int, given_by: str = "file"):
+def pixel_plan(card, params, voxel_size, ndim: int, given_by: str = "file", volume_pixel_nm: float | None = None):
     """The :class:`~.resample.PixelPlan` of a run: the model's pixel size (or range), the input's
     (``voxel_size``, overridden in-plane by ``params.pixel_size``; ``given_by``: where it came
-    from), resampling on or off and Image Downsampling from ``params``."""
+    from), resampling on or off and Image Downsampling from ``params``; ``volume_pixel_nm``: see
+    :func:`segment_2d`."""
     from .resample import plan_pixels
     vs = None if voxel_size is None else _voxel_tuple(voxel_size, ndim)
     return plan_pixels(card.voxel_size_nm, vs, params.pixel_size, params.resample, params.downsampling, ndim,
                        neighbour_nm=card.neighbour_spacing_nm if card.context_slices else None,
-                       working=card.pixel_range_nm, given_by=given_by)
+                       working=card.pixel_range_nm, given_by=given_by, finest_nm=volume_pixel_nm)
 
 
 def _voxel_tuple(voxel_size, ndim: int) -> tuple[float, ...]:
@@ -211,18 +212,20 @@ def _voxel_tuple(voxel_size, ndim: int) -> tuple[float, ...]:
 
 
 def plane_pixels(voxel_size, axis: int, params):
-    """The voxel size of the plane of a ZYX volume that cuts ``axis`` (its two other axes), and
-    the parameters of its 2D run: a Pixel size overrides the volume's y and x, as a 3D run
-    applies it, before the plane's axes are taken, so an xz / yz plane keeps its z spacing
-    (the 2D run is then given that voxel size and no Pixel size). A volume of unknown voxel
-    size keeps the Pixel size on both axes of any plane."""
+    """The voxel size of the plane of a ZYX volume that cuts ``axis`` (its two other axes), the
+    parameters of its 2D run and the volume's finer in-plane (y, x) size (its 2D run's
+    ``volume_pixel_nm``, so that the network sees the plane at the 3D run's pixel size): a
+    Pixel size overrides the volume's y and x, as a 3D run applies it, before the plane's axes
+    are taken, so an xz / yz plane keeps its z spacing (the 2D run is then given that voxel
+    size and no Pixel size). A volume of unknown voxel size keeps the Pixel size on both axes
+    of any plane."""
     if voxel_size is None:
-        return None, params
+        return None, params, None
     vs = tuple(float(v) for v in voxel_size)
     if axis != 0 and params.pixel_size is not None:
         vs = (vs[0], float(params.pixel_size), float(params.pixel_size))
         params = params.model_copy(update={"pixel_size": None})
-    return tuple(v for i, v in enumerate(vs) if i != axis), params
+    return tuple(v for i, v in enumerate(vs) if i != axis), params, min(vs[-2:])
 
 
 def _check_memory(shape, itemsize: int, batch_size: int, copies: int = 1) -> None:
@@ -277,7 +280,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
                runtime: str = "auto", precision: str = "auto", threads: int | None = None,
                return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
                overwrite: bool = False, with_neighbours: bool = False, intensity=None, resume_dir=None,
-               **overrides) -> np.ndarray | Result2D:
+               volume_pixel_nm: float | None = None, **overrides) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
     With a known pixel size (``voxel_size``, or the ``pixel_size`` parameter) that differs
@@ -315,6 +318,10 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         and parameters takes the slices done from there, so an interrupted run resumes. The
         labels are then returned as the folder's array, read lazily (uint64; not held in memory
         but with ``unique_ids``); not with ``return_outputs``.
+    volume_pixel_nm : for a plane of a volume, the volume's finer in-plane (y, x) pixel size
+        (see :func:`plane_pixels`): a model that segments best over a range of pixel sizes then
+        sees an xz / yz plane at the pixel size the volume's 3D run gives it, not one chosen
+        for the plane's own finer axis.
     **overrides : any field of :class:`~panoptem.params.Params2D`
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
@@ -383,7 +390,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
                                 f"side ({pred.card.input_channels} planes), but {len(stack)} planes were given.")
         planes = stack[None]
     check_classes(pred.card, p)
-    plan = pixel_plan(pred.card, p, voxel_size, 2, "voxel_size")
+    plan = pixel_plan(pred.card, p, voxel_size, 2, "voxel_size", volume_pixel_nm)
     plan.check(("xy",))
     if image.ndim == 2:  # as run (pixel_size included): the preview's scale bar
         voxel_size = plan.voxel_size or voxel_size

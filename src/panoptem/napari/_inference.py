@@ -211,9 +211,10 @@ def _labels_layer(data, **kw):
 
 
 def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, plane_shape, mask, new_layer,
-            voxel_size=None, quantized: bool = False, volume=None):
+            voxel_size=None, quantized: bool = False, volume=None, volume_pixel_nm=None):
     """Segment, place the result in its plane, count objects, and build the layer (worker thread);
-    ``volume``: the layer's data a plane was taken from, scaled with its range, as the 3D run."""
+    ``volume``: the layer's data a plane was taken from, scaled with its range, as the 3D run
+    (``volume_pixel_nm``: its finer in-plane pixel size, see ``segment_2d``)."""
     from ..inference.engine import card_intensity
     from ..inference.segment2d import segment_2d
     array = np.asarray(array)
@@ -222,7 +223,8 @@ def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, 
     precision = precision_for(lm, quantized)
     res = segment_2d(array, lm, batch=batch, voxel_size=voxel_size, precision=precision,
                      return_outputs=True, with_neighbours=not batch and array.ndim == 3,
-                     intensity=None if volume is None else card_intensity(lm.card, volume), **params.model_dump())
+                     intensity=None if volume is None else card_intensity(lm.card, volume),
+                     volume_pixel_nm=volume_pixel_nm, **params.model_dump())
     labels = res.labels
     if batch:
         data, n = labels, count_objects(labels, per_slice=True)
@@ -236,14 +238,15 @@ def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, 
         placed = {"data": data, "scale": geo.scale, "translate": geo.translate} if batch else \
             place_plane(data, axis, index, geo)
         layer = _labels_layer(placed.pop("data"), name=kw["name"], **placed)
-    return data, n, layer, _pixel_words(lm.card, params, voxel_size, 2) + _precision_words(precision)
+    return data, n, layer, _pixel_words(lm.card, params, voxel_size, 2, volume_pixel_nm) + _precision_words(precision)
 
 
-def _pixel_words(card, params, voxel_size, ndim: int) -> str:
+def _pixel_words(card, params, voxel_size, ndim: int, volume_pixel_nm=None) -> str:
     """The status line's words on the pixel size used (see :meth:`~panoptem.inference.resample.PixelPlan.short`)."""
     from ..inference.resample import planes_of
     from ..inference.segment2d import pixel_plan
-    return pixel_plan(card, params, voxel_size, ndim).short(planes_of(params) if ndim == 3 else ("xy",))
+    return pixel_plan(card, params, voxel_size, ndim, volume_pixel_nm=volume_pixel_nm).short(
+        planes_of(params) if ndim == 3 else ("xy",))
 
 
 class _Geometry:
@@ -330,10 +333,10 @@ class Inference2DWidget(_InferenceBase):
                 raise PanoptemError(f"Labels layer '{target.name}' has shape {tuple(target.data.shape)} but the "
                                     f"image has {tuple(data.shape)}; choose a labels layer of the same shape.")
             plane_shape = array.shape[-2:]
-            vs = layer_voxel_size(layer)
+            vs, volume_nm = layer_voxel_size(layer), None
             if axis is not None:  # the shown plane's two axes
                 from ..inference.segment2d import plane_pixels
-                vs, params = plane_pixels(vs, axis, params)
+                vs, params, volume_nm = plane_pixels(vs, axis, params)
             box, mask = ((slice(0, plane_shape[0]), slice(0, plane_shape[1])), None) if batch else \
                 self._region(layer, axis, index, plane_shape)
             array = array if batch else np.asarray(array)[(..., *box)]
@@ -384,7 +387,7 @@ class Inference2DWidget(_InferenceBase):
                                  + (f" into '{out.name}'" if target is not None else "") + f"; {pixels}.")
 
         self._start(_run_2d, show, array, model, self.device.value, params, batch, box, plane_shape, mask,
-                    new_layer, vs, self.quantized.value, data if data.ndim == 3 and not batch else None)
+                    new_layer, vs, self.quantized.value, data if data.ndim == 3 and not batch else None, volume_nm)
 
 
 class _Progress(QObject):
