@@ -25,7 +25,7 @@ def test_ome_zarr_level_nearest_the_models_pixel_size(tmp_path):
     assert read_image(path, key="1", pixel_size_nm=20.0).key == "1"  # a named level wins
 
 
-def _write_n5(root, name, arr, block, compression="raw", resolution=None):
+def _write_n5(root, name, arr, block, compression="raw", resolution=None, **extra):
     root.mkdir(exist_ok=True)
     (root / "attributes.json").write_text(json.dumps({"n5": "2.5.1"}))
     d = root / name
@@ -34,6 +34,7 @@ def _write_n5(root, name, arr, block, compression="raw", resolution=None):
              "dataType": arr.dtype.name, "compression": {"type": compression}}
     if resolution:
         attrs.update(resolution=list(reversed(resolution)), units=["nm"] * arr.ndim)
+    attrs.update(extra)
     (d / "attributes.json").write_text(json.dumps(attrs))
     import itertools
     for idx in itertools.product(*(range(-(-n // b)) for n, b in zip(arr.shape, block))):
@@ -44,6 +45,21 @@ def _write_n5(root, name, arr, block, compression="raw", resolution=None):
         f = d.joinpath(*[str(i) for i in reversed(idx)])
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(struct.pack(">HH", 0, arr.ndim) + struct.pack(f">{arr.ndim}I", *size) + body)
+
+
+def test_n5_offset_and_scale_levels_give_where_the_volume_lies_and_its_pixel_size(tmp_path):
+    """funlib/daisy's ``offset`` beside ``resolution`` (x, y, z in N5) is the origin, as on Zarr
+    and HDF5; an N5 Viewer scale level's pixel is ``pixelResolution`` x ``downsamplingFactors``."""
+    arr = np.zeros((4, 32, 40), np.uint8)
+    _write_n5(tmp_path / "a.n5", "raw", arr, (4, 32, 40), resolution=(30.0, 5.0, 7.0), offset=[70, 50, 300])
+    img = read_image(tmp_path / "a.n5")
+    assert img.voxel_size == (30.0, 5.0, 7.0) and img.origin == (300.0, 50.0, 70.0)
+    viewer = {"pixelResolution": {"unit": "um", "dimensions": [0.005, 0.005, 0.03]}}
+    _write_n5(tmp_path / "b.n5", "s0", arr, (4, 32, 40), downsamplingFactors=[1, 1, 1], **viewer)
+    _write_n5(tmp_path / "b.n5", "s1", arr[:, :16, :20], (4, 16, 20), downsamplingFactors=[2, 2, 1], **viewer)
+    assert read_image(tmp_path / "b.n5", key="s0").voxel_size == (30.0, 5.0, 5.0)
+    assert read_image(tmp_path / "b.n5", key="s1").voxel_size == (30.0, 10.0, 10.0)
+    assert read_image(tmp_path / "b.n5", key="s1").origin is None
 
 
 @pytest.mark.parametrize("compression", ["raw", "gzip"])

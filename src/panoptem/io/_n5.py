@@ -11,6 +11,7 @@ numcodecs (raw, gzip, zlib, zstd, blosc, lz4, xz, bzip2).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -76,17 +77,49 @@ class N5Array:
         self._codec = _codec(a.get("compression"))
 
     def voxel_size(self) -> list[float | None] | None:
-        """nm per axis from ``resolution`` (+ ``units``) or ``pixelResolution`` attributes."""
+        """nm per axis from ``resolution`` (+ ``units``) or ``pixelResolution`` attributes; a
+        scale level of the N5 Viewer layout gives the full resolution's ``pixelResolution`` and
+        its own ``downsamplingFactors``, whose product is its pixel size."""
         from . import _meta
         res = self.attrs.get("resolution")
         units = self.attrs.get("units")
+        factors = [1.0] * self.ndim
         if res is None and isinstance(self.attrs.get("pixelResolution"), dict):
             res, units = self.attrs["pixelResolution"].get("dimensions"), self.attrs["pixelResolution"].get("unit")
-        if not isinstance(res, list) or len(res) != self.ndim:
+            factors = self._factors()
+        if not isinstance(res, list) or len(res) != self.ndim or factors is None:
             return None
         if isinstance(units, str) or units is None:
             units = [units] * self.ndim
-        return [_meta.to_nm(float(r), u or "nm") for r, u in zip(reversed(res), reversed(units))]
+        try:
+            return [_meta.to_nm(float(r) * f, u or "nm") for r, f, u in zip(reversed(res), reversed(factors),
+                                                                             reversed(units))]
+        except (TypeError, ValueError):
+            return None
+
+    def _factors(self) -> list[float] | None:
+        """A scale level's ``downsamplingFactors`` (x, y, z; all 1 where absent); None where
+        they are not one positive number per axis."""
+        f = self.attrs.get("downsamplingFactors")
+        if f is None:
+            return [1.0] * self.ndim
+        try:
+            f = [float(v) for v in f]
+        except (TypeError, ValueError):
+            return None
+        return f if len(f) == self.ndim and all(math.isfinite(v) and v > 0 for v in f) else None
+
+    def origin(self) -> tuple[float, ...] | None:
+        """nm position of the first voxel, slowest axis first, from an ``offset`` beside
+        ``resolution`` (both x, y, z in N5, as funlib/daisy write them); None where not given."""
+        from . import _meta
+        a = self.attrs
+        if not (isinstance(a.get("resolution"), list) and isinstance(a.get("offset"), list)):
+            return None
+        flipped = {"resolution": a["resolution"][::-1], "offset": a["offset"][::-1]}
+        if "units" in a:
+            flipped["units"] = a["units"][::-1] if isinstance(a["units"], list) else a["units"]
+        return _meta.attrs_origin(flipped, self.ndim)
 
     def _read_block(self, idx: tuple[int, ...]) -> np.ndarray | None:
         f = self.path.joinpath(*[str(i) for i in reversed(idx)])

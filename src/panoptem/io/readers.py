@@ -46,7 +46,7 @@ class ImageData:
     notes : what the reader assumed where the file left it open (e.g. planes that
         the file marks as colour planes, read as slices); the command line prints them.
     origin : nm position of the first voxel, one entry per axis of ``data`` (an OME-Zarr
-        level's translation, or a Zarr or HDF5 array's ``offset`` attribute); None when the file
+        level's translation, or a Zarr, HDF5 or N5 array's ``offset`` attribute); None when the file
         does not say or the voxel size is unknown. Outputs on the same grid carry it (OME-Zarr).
     """
 
@@ -124,6 +124,10 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
         raise unreadable(p, kind, e) from None
     if kind == "zarr" and voxel is not None:
         origin = _zarr_origin(p, key)
+    elif kind == "n5" and voxel is not None:
+        from ._n5 import open_dataset
+        arr = open_dataset(p, key)
+        origin = _kept(arr.origin(), arr.shape)
     return ImageData(data, voxel, str(p), notes=renamed + tuple(n for n in notes if n), key=key, origin=origin)
 
 
