@@ -179,6 +179,40 @@ def test_store_appends_without_clobbering_and_overwrite_replaces(tmp_path):
     assert set(json.loads((tmp_path / "dataset.json").read_text())["patches"]) == set(meta["names"])
 
 
+def test_a_store_that_stopped_half_way_is_finished_by_running_it_again(tmp_path, monkeypatch):
+    """A store stopped after some patches' files (a kill, a full disk) leaves the folder marked:
+    loading refuses it in one line, and storing the same patches again replaces what the stopped
+    run wrote under the same names (it stored them a second time as NAME_2, beside an image
+    without its mask); earlier patches, and a mask the user painted since, stay."""
+    import panoptem.io as io
+    store_dataset(disc_patches(1), tmp_path)
+    ps = disc_patches(3)[1:]
+    real_write, calls = io.write_labels, []
+
+    def failing(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(path, *a, **k)
+    monkeypatch.setattr(io, "write_labels", failing)
+    with pytest.raises(OSError):
+        store_dataset(ps, tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "images" / "disc_y0_x8.tif").exists() and not (tmp_path / "masks" / "disc_y0_x8.tif").exists()
+    with pytest.raises(PanoptemError, match="run it again to finish"):
+        load_dataset(tmp_path)
+    assert store_dataset(ps, tmp_path) == ["disc_y0_x4", "disc_y0_x8"]
+    images, masks, meta = load_dataset(tmp_path)
+    assert meta["names"] == ["disc_y0_x0", "disc_y0_x4", "disc_y0_x8"] and len(images) == 3
+    # stopped again before its record: the patch whose mask the user painted since keeps it
+    (tmp_path / ".storing.json").write_text(json.dumps({"names": ["mine", "theirs"], "masks": ["theirs"]}))
+    for name in ("mine", "theirs"):
+        for d in ("images", "masks"):
+            (tmp_path / d / f"{name}.tif").write_bytes((tmp_path / d / "disc_y0_x0.tif").read_bytes())
+    store_dataset([], tmp_path)
+    assert load_dataset(tmp_path)[2]["names"] == ["disc_y0_x0", "disc_y0_x4", "disc_y0_x8", "mine"]
+
+
 def test_overwrite_keeps_the_mask_of_the_same_image_and_drops_another_images(tmp_path):
     vol = np.random.default_rng(0).integers(0, 255, (10, 64, 64), dtype=np.uint8)
     lab = np.zeros(vol.shape, np.uint32)

@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 INTERRUPTED = "interrupted. An output is written whole or not at all; re-run the same command to resume " \
               "(segment3d keeps the network outputs computed so far, segment2d --batch the slices done, training " \
-              "its checkpoint)."
+              "its checkpoint, patches finishes the dataset it was adding to)."
 
 
 # Libraries that decode input files: an error of theirs that escaped the readers' own checks

@@ -18,6 +18,7 @@ dataset folders (and a root holding several of them) load too.
 """
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -35,6 +36,9 @@ from .targets import make_panoptic_targets
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 META = "dataset.json"
+#: the patches a store_dataset call is writing (names, and those it writes a mask for), removed once
+#: dataset.json lists them: one left behind marks a call that stopped half-way
+PENDING = ".storing.json"
 KINDS = ("instance", "semantic")
 
 
@@ -206,17 +210,23 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
     from .._atomic import work_folder
     images, masks, books = root / "images", root / "masks", root / "flipbooks"
     work_folder(root, "the dataset")
-    images.mkdir(exist_ok=True)
     entries = dict(meta.get("patches", {}))
+    _undo_stopped(root, entries)
+    images.mkdir(exist_ok=True)
     taken = {f.stem for d in (images, masks) if d.is_dir() for f in d.iterdir()}
-    written = []
-    for p, img, lab in pairs:
+    names = []
+    for p, _, _ in pairs:
         name = p.name
         if not overwrite:
             k = 2
-            while name in taken or name in written:
+            while name in taken or name in names:
                 name, k = f"{p.name}_{k}", k + 1
-        elif name in taken:
+        names.append(name)
+    write_text(root / PENDING, json.dumps({"names": [n for n in names if n not in entries],
+                                           "masks": [n for n, (_, _, lab) in zip(names, pairs) if lab is not None]}))
+    written = []
+    for name, (p, img, lab) in zip(names, pairs):
+        if overwrite and name in taken:
             _drop_stale(root, name, img, lab is not None, p.is_flipbook)
         write_image(images / f"{name}.tif", img, overwrite=True)
         if p.is_flipbook:
@@ -231,7 +241,34 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
     masks.mkdir(exist_ok=True)
     write_text(root / META, json.dumps({"format": "panoptem-dataset", "version": 1, "classes": cls_json,
                                         "label_divisor": label_divisor, "patches": entries}, indent=1))
+    (root / PENDING).unlink()
     return written
+
+
+def _undo_stopped(root: Path, entries: dict) -> None:
+    """Remove what a :func:`store_dataset` call that stopped half-way (a kill, a full disk) wrote
+    of the patches it was adding, which ``dataset.json`` does not list (``entries``): their
+    images and flipbooks, and the masks it wrote (a mask painted since is kept, with its image),
+    so that running it again stores them under the same names, not beside them."""
+    f = root / PENDING
+    if not f.exists():
+        return
+    try:
+        record = json.loads(f.read_text())
+        names, with_masks = [str(n) for n in record["names"]], {str(n) for n in record["masks"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        names, with_masks = [], set()
+    for name in names:
+        if name in entries:
+            continue
+        found = {d: [g for g in (root / d).glob(f"{glob.escape(name)}.*")
+                     if g.stem == name and g.suffix.lower() in IMAGE_SUFFIXES] if (root / d).is_dir() else []
+                 for d in ("images", "masks", "flipbooks")}
+        if found["masks"] and name not in with_masks:
+            continue  # painted by the user since: a pair of theirs now
+        for g in found["images"] + found["masks"] + found["flipbooks"]:
+            g.unlink()
+    f.unlink()
 
 
 def _drop_stale(root: Path, name: str, image: np.ndarray, has_mask: bool, is_flipbook: bool) -> None:
@@ -294,6 +331,10 @@ def load_dataset(folder: str | Path, context: int = 0) -> tuple[list[np.ndarray]
     if not im_dir.is_dir():
         raise PanoptemError(f"{root} has no images/ folder; a dataset folder holds images/ and masks/ with "
                             "files of the same names.")
+    if (root / PENDING).exists():
+        raise PanoptemError(f"{root} was being written when its `panoptem patches` (or Pick patches) run stopped: "
+                            "run it again to finish the dataset (what the stopped run wrote is replaced), or "
+                            f"delete {root / PENDING} to use the dataset as it is.")
     ims = _files(im_dir)
     mks = _files(mk_dir) if mk_dir.is_dir() else {}
     if not ims:
