@@ -96,6 +96,14 @@ def test_tiff_voxel_from_imagej_and_ome_micrometres(tmp_path):
     assert read_image(tmp_path / "o.ome.tif").voxel_size == pytest.approx((0.3, 5.0, 4.0))
     tifffile.imwrite(tmp_path / "plain.tif", vol, photometric="minisblack")
     assert read_image(tmp_path / "plain.tif").voxel_size is None
+    # an image editor's dots per inch are no pixel size (300 dpi read as 84.7 um pixels); a
+    # microscope's pixel given per inch is
+    for dpi, want in ((300, None), (72, None), (1200, None), (2.54e7 / 5, (5.0, 5.0))):
+        tifffile.imwrite(tmp_path / "dpi.tif", vol[0], resolution=(dpi, dpi), resolutionunit="INCH")
+        got = read_image(tmp_path / "dpi.tif").voxel_size
+        assert got == (None if want is None else pytest.approx(want)), dpi
+    from panoptem.io._meta import to_nm  # ImageJ's escaped units: µ and Å
+    assert to_nm(2, "\\u00B5m") == 2000.0 and to_nm(2, "\\u00C5") == to_nm(2, "\\u00c5") == pytest.approx(0.2)
 
 
 def test_tiff_singleton_axes_dropped_and_4d_refused(tmp_path):

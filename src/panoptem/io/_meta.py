@@ -21,15 +21,20 @@ _NM_PER_UNIT = {
     "in": 2.54e7, "inch": 2.54e7,
 }
 
-# A pixel larger than 0.1 mm is a display resolution (72 dpi...), not an EM voxel size.
+# A pixel larger than 0.1 mm is a display resolution (72 dpi...), not an EM voxel size; so is, in
+# pixels per inch, one of a micrometre or more: image editors write 72 to 1200 dpi, while a
+# microscope's pixel of 5 nm is 5 million dots per inch.
 _MAX_PLAUSIBLE_NM = 1e5
+_MAX_PLAUSIBLE_INCH_NM = 1e3
 
 
 def to_nm(value, unit: str | None) -> float | None:
     """``value`` in ``unit`` converted to nm; None for an unknown unit or a non-positive value."""
     if unit is None or value is None:
         return None
-    u = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+    u = str(unit).strip()
+    for escaped, char in (("\\u00B5", "µ"), ("\\u00C5", "Å")):  # as ImageJ may write them
+        u = u.replace(escaped, char).replace(escaped.lower(), char)
     factor = _NM_PER_UNIT.get(u.lower())
     try:
         v = float(value)
@@ -83,8 +88,10 @@ def tiff_tag_sizes(page, imagej: Mapping | None) -> dict[str, float]:
     out = {}
     for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
         per_unit = _rational(tags[tag].value) if tag in tags else None
-        nm = to_nm(1.0 / per_unit, ij.get(f"{ax.lower()}unit", unit)) if per_unit else None
-        if nm is not None and nm <= _MAX_PLAUSIBLE_NM:
+        axis_unit = ij.get(f"{ax.lower()}unit", unit)
+        nm = to_nm(1.0 / per_unit, axis_unit) if per_unit else None
+        cap = _MAX_PLAUSIBLE_INCH_NM if str(axis_unit).lower() in ("in", "inch") else _MAX_PLAUSIBLE_NM
+        if nm is not None and nm <= cap:
             out[ax] = nm
     if "spacing" in ij:
         nm = to_nm(ij["spacing"], ij.get("zunit", ij.get("unit")))
