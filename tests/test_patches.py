@@ -211,6 +211,18 @@ def test_a_store_that_stopped_half_way_is_finished_by_running_it_again(tmp_path,
             (tmp_path / d / f"{name}.tif").write_bytes((tmp_path / d / "disc_y0_x0.tif").read_bytes())
     store_dataset([], tmp_path)
     assert load_dataset(tmp_path)[2]["names"] == ["disc_y0_x0", "disc_y0_x4", "disc_y0_x8", "mine"]
+    # a pair of the user's in a hand-made folder, which a stopped overwrite never reached, stays
+    hand = tmp_path / "hand"
+    (hand / "images").mkdir(parents=True)
+    (hand / "masks").mkdir()
+    for d in ("images", "masks"):
+        (hand / d / "disc_y0_x4.tif").write_bytes((tmp_path / d / "disc_y0_x0.tif").read_bytes())
+    monkeypatch.setattr(io, "write_labels", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "disk full")))
+    with pytest.raises(OSError):
+        store_dataset(disc_patches(2), hand, overwrite=True)
+    monkeypatch.undo()
+    store_dataset(disc_patches(3)[2:], hand)
+    assert (hand / "images" / "disc_y0_x4.tif").exists() and (hand / "masks" / "disc_y0_x4.tif").exists()
 
 
 def test_overwrite_keeps_the_mask_of_the_same_image_and_drops_another_images(tmp_path):

@@ -87,9 +87,10 @@ def work_folder(path: str | Path, what: str, create: bool = True) -> Path:
 
 
 @contextmanager
-def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(target: str | Path, suffix: str = "", replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it becomes
-    ``target`` (mode 0644), on any exception it is deleted.
+    ``target`` (mode 0644), on any exception it is deleted. ``replace=False``: a file that
+    appeared at ``target`` meanwhile (another run's) is kept, and this one is refused.
 
     >>> with atomic_path("out.txt") as tmp:
     ...     _ = tmp.write_text("done")
@@ -103,21 +104,43 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-        move_into_place(tmp, target)  # a folder in the way (replaced with --overwrite) too
+        if replace:
+            move_into_place(tmp, target)  # a folder in the way (replaced with --overwrite) too
+        else:
+            _place_new(Path(tmp), target)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def write_text(path: str | Path, text: str, suffix: str = "") -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically (creating its folder); returns the path."""
-    return write_bytes(path, text.encode("utf-8"), suffix)
+def _place_new(tmp: Path, target: Path) -> None:
+    """Give the finished file ``tmp`` the name ``target`` unless something has it: a hard link
+    fails where a name exists, so a run that checked before its work cannot replace what another
+    run wrote meanwhile (where the file system has no hard links, the check is made again)."""
+    try:
+        os.link(tmp, target)
+        return
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links here
+        if not (target.exists() or target.is_symlink()):
+            os.replace(tmp, target)
+            return
+    raise PanoptemError(f"'{target}' appeared while this run was writing it (another run's?); it is kept: "
+                        "choose another output path, or give --overwrite (overwrite=True) to replace it.")
 
 
-def write_bytes(path: str | Path, data: bytes, suffix: str = "") -> Path:
-    """Write ``data`` to ``path`` atomically (creating its folder); returns the path."""
+def write_text(path: str | Path, text: str, suffix: str = "", replace: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (creating its folder); returns the path
+    (``replace``: see :func:`atomic_path`)."""
+    return write_bytes(path, text.encode("utf-8"), suffix, replace)
+
+
+def write_bytes(path: str | Path, data: bytes, suffix: str = "", replace: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (creating its folder); returns the path
+    (``replace``: see :func:`atomic_path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=suffix) as tmp:
+    with atomic_path(path, suffix=suffix, replace=replace) as tmp:
         tmp.write_bytes(data)
     return path
 
@@ -211,15 +234,19 @@ def discard(folder: str | Path, target: str | Path | None = None) -> None:
 
 @contextmanager
 def waiting_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file ``path`` (created), waiting for another process
-    holding it: for a short read-modify-write of a shared file. No-op without ``fcntl``."""
+    """Hold an exclusive lock on the file ``path`` (created), or on the folder ``path`` itself
+    (no file left in it), waiting for another process holding it: for a short read-modify-write
+    of a shared file or folder. No-op without ``fcntl``."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if Path(path).is_dir():
+        fd = os.open(path, os.O_RDONLY)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -243,7 +270,8 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
         yield
         return
     t = Path(target).expanduser().absolute()
-    lock = t.parent / f".{t.name}.lock"
+    real = t.resolve()  # one lock for every path to the target (a link to a folder, a linked parent)
+    lock = real.parent / f".{real.name}.lock"
     key = (threading.get_ident(), str(lock))
     if key in _held:
         _held[key][1] += 1
@@ -253,6 +281,7 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
             _held[key][1] -= 1
         return
     t.parent.mkdir(parents=True, exist_ok=True)
+    real.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -269,7 +298,7 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
         os.close(fd)
     _held[key] = [fd, 1]
     try:
-        for p in leftovers(t):
+        for p in leftovers(t) + (leftovers(real) if real != t else []):
             _remove(p)
         yield
     finally:

@@ -23,12 +23,14 @@ def check_table_name(path) -> Path:
     return path
 
 
-def write_table(table: dict[str, np.ndarray], path, inputs=(), replace_folder: bool = False) -> Path:
+def write_table(table: dict[str, np.ndarray], path, inputs=(), replace_folder: bool = False,
+                overwrite: bool = True) -> Path:
     """Write the table as CSV (``.csv``), as an Excel workbook when ``path`` ends in ``.xlsx``
     (header row, then one row per object), or as Parquet for ``.parquet`` (needs
     pyarrow); returns the path. Another suffix, or a path that is one of ``inputs`` (the files
     measured), is refused: a table never takes the place of an image or labels file; nor of a
     folder (a Parquet dataset, say) unless ``replace_folder`` (the command line's --overwrite).
+    ``overwrite=False``: a file at ``path`` is refused, one another run wrote meanwhile too.
 
     The file is written to a temporary name first and then renamed, so a crash never leaves a
     half-written table. Floats keep full precision.
@@ -37,7 +39,7 @@ def write_table(table: dict[str, np.ndarray], path, inputs=(), replace_folder: b
     if path.is_dir() and not replace_folder:
         raise PanoptemError(f"{path} is a folder; a table is one file: choose another name for it.")
     from ._atomic import check_output, existing_folder
-    check_output(path, overwrite=True, inputs=[i for i in inputs if i])
+    check_output(path, overwrite=overwrite, inputs=[i for i in inputs if i])
     existing_folder(path.parent, "the table")
     if any(np.ndim(v) != 1 for v in table.values()):
         raise PanoptemError("A table is columns of values: give each column as a list or 1D array "
@@ -53,15 +55,15 @@ def write_table(table: dict[str, np.ndarray], path, inputs=(), replace_folder: b
         except ImportError:
             raise PanoptemError("Parquet tables need pyarrow, which is not installed; install it with: "
                                 "pip install pyarrow (or write a .csv table).") from None
-        with atomic_path(path, suffix=".tmp") as tmp:
+        with atomic_path(path, suffix=".tmp", replace=overwrite) as tmp:
             pq.write_table(pa.table({k: np.asarray(v) for k, v in table.items()}), str(tmp))
         return path
     rows = list(zip(*(np.asarray(v).tolist() for v in table.values())))
     if path.suffix.lower() == ".xlsx":
-        with atomic_path(path, suffix=".tmp") as tmp:
+        with atomic_path(path, suffix=".tmp", replace=overwrite) as tmp:
             _write_xlsx(tmp, list(table), rows)
         return path
-    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path, suffix=".tmp", replace=overwrite) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(list(table))
         w.writerows(rows)

@@ -171,7 +171,7 @@ def measure_cmd(
     lab = read_input(labels, key)
     vs = voxel_size_option(voxel_size, lab)
     table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params, image_key)
-    out = write_table(table, output, replace_folder=overwrite)  # named as given
+    out = write_table(table, output, replace_folder=overwrite, overwrite=overwrite)  # named as given
     note_voxels_as_nm(vs, lab.data.ndim)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
     typer.echo(json.dumps({"output": str(out), "objects": int(len(table["label"])), "voxel_size_nm": vs,

@@ -54,12 +54,21 @@ def _file_url_path(url: str) -> Path:
     return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
 
 
+def _registry_lock():
+    """The lock under which models' folders are put in place, archived and restored: a check and
+    its rename are one step for every panoptem process sharing the home."""
+    from .._atomic import waiting_lock
+    return waiting_lock(home.user_home() / ".registry.lock")
+
+
 def _move_dir_into_place(src: Path, dest: Path, replace: bool = False) -> None:
     """Rename folder ``src`` to ``dest``; with ``replace`` an existing ``dest``
     is first renamed aside (into the staging area), then deleted once the new one is in place."""
-    if dest.exists() and not replace:
-        raise PanoptemError(f"{dest} already exists.")
-    move_into_place(src, dest, aside=src.parent / (src.name + ".old"))
+    with _registry_lock():
+        if dest.exists() and not replace:
+            raise PanoptemError(f"A model named '{dest.name}' was registered meanwhile (by another run?); choose "
+                                "another name, or pass overwrite=True (--overwrite) to replace it.")
+        move_into_place(src, dest, aside=src.parent / (src.name + ".old"))
 
 
 # ---------------------------------------------------------------- register
@@ -320,7 +329,7 @@ def export_package(name: str, out_file: str | Path) -> Path:
             files[p.name] = p
             exports.append(Weights(file=p.name, sha256=_verified_sha(card, w, p), format=w.format))
     pack.exports = exports
-    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+    with atomic_path(out, replace=False) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr("card.yaml", pack.to_yaml())
         for arc, p in files.items():
             z.write(p, arc)
@@ -363,14 +372,15 @@ def archive(name: str) -> Path:
     Returns where the model now is. Undo with :func:`restore`.
     """
     check_name(name)
-    if is_user_model(name):
-        dest = home.archived_dir(name)
-        if dest.exists():
-            raise PanoptemError(f"An archived model '{name}' already exists in {dest}; restore it or delete "
-                                "that folder first.")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(home.model_dir(name), dest)
-        return dest
+    with _registry_lock():
+        if is_user_model(name):
+            dest = home.archived_dir(name)
+            if dest.exists():
+                raise PanoptemError(f"An archived model '{name}' already exists in {dest}; restore it or delete "
+                                    "that folder first.")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(home.model_dir(name), dest)
+            return dest
     hidden = home.archived_builtins()
     if home.is_builtin(name):
         if name in hidden:
@@ -385,14 +395,15 @@ def restore(name: str) -> Path:
     """Bring an archived model back; returns its card path."""
     check_name(name)
     src = home.archived_dir(name)
-    hidden = home.archived_builtins()
-    if src.exists():
-        dest = home.model_dir(name)
-        if dest.exists() or (home.is_builtin(name) and name not in hidden):
-            raise PanoptemError(f"A model named '{name}' exists again; archive or rename it before restoring.")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
-        return dest / "card.yaml"
+    with _registry_lock():
+        hidden = home.archived_builtins()
+        if src.exists():
+            dest = home.model_dir(name)
+            if dest.exists() or (home.is_builtin(name) and name not in hidden):
+                raise PanoptemError(f"A model named '{name}' exists again; archive or rename it before restoring.")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            return dest / "card.yaml"
     if name in hidden:
         home.change_archived_builtins(remove={name})
         return home.builtin_card(name)

@@ -88,7 +88,7 @@ def evaluation_report(prediction, ground_truth, path, *, image=None, label_divis
         if len(items) > n_examples:
             body.append(f"<p class=\"note\">{len(items) - int(n_examples)} more not shown.</p>")
     title = f"panoptem evaluation: {names[0]} against {names[1]}"
-    return write_bytes(path, _html.page(title, "\n".join(body)).encode("utf-8"))
+    return write_bytes(path, _html.page(title, "\n".join(body)).encode("utf-8"), replace=overwrite)
 
 
 def _settings(names, shape, per_slice, ignore_smaller, label_divisor, scores) -> str:

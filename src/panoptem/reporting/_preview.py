@@ -134,7 +134,7 @@ def preview(labels, path=None, *, image=None, voxel_size=None, planes=None, n_sl
     if n_objects is None and isinstance(labels, np.ndarray):
         n_objects = _count(labels)
     text = title if title is not None else _title(model, params, n_objects, labels.shape, voxel_size)
-    return _compose(rows, panels, lo, hi, px, unit, text, path, ndim)
+    return _compose(rows, panels, lo, hi, px, unit, text, path, ndim, overwrite)
 
 
 def prepare_preview(path, overwrite: bool = False, inputs=(), outputs=()) -> Path | None:
@@ -179,7 +179,7 @@ def _title(model, params, n_objects, shape, voxel_size) -> str:
     return "\n".join(lines)
 
 
-def _compose(rows, panels, lo, hi, px, unit, text, path, ndim) -> Preview:
+def _compose(rows, panels, lo, hi, px, unit, text, path, ndim, overwrite: bool = True) -> Preview:
     # Panel sizes and positions.
     row_sizes, p = [], 0
     for _, _, _, idx in rows:
@@ -230,7 +230,7 @@ def _compose(rows, panels, lo, hi, px, unit, text, path, ndim) -> Preview:
     fig.canvas.draw()
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     if path is not None:
-        write_bytes(path, _png(rgb))
+        write_bytes(path, _png(rgb), replace=overwrite)  # not over a file another run wrote meanwhile
     out_panels = [{"plane": pn["plane"], "index": pn["index"], "box": pn["box"]} for pn in panels]
     return Preview(rgb, path, float(px), unit, float(bar), bar_px, box, out_panels, text)
 

@@ -99,9 +99,9 @@ def report(labels, path, *, image=None, voxel_size=None, label_divisor: int | No
     order = np.argsort(-np.asarray(table["voxels"]), kind="stable")[:int(top)]
     title = title or f"panoptem report: {name}"
     if fmt == "pdf":
-        return _write_pdf(path, title, pv.rgb, figs, table, summary, order, lab.shape, voxel_size)
+        return _write_pdf(path, title, pv.rgb, figs, table, summary, order, lab.shape, voxel_size, overwrite)
     body = _html_body(pv.rgb, figs, table, summary, order, lab.shape, voxel_size)
-    return write_bytes(path, _html.page(title, body).encode("utf-8"))
+    return write_bytes(path, _html.page(title, body).encode("utf-8"), replace=overwrite)
 
 
 def prepare_report(path, format: str | None = None, overwrite: bool = False, inputs=()) -> Path:
@@ -276,12 +276,12 @@ def _html_body(montage, figs, table, summary, order, shape, voxel_size) -> str:
     return "\n".join(parts)
 
 
-def _write_pdf(path, title, montage, figs, table, summary, order, shape, voxel_size) -> Path:
+def _write_pdf(path, title, montage, figs, table, summary, order, shape, voxel_size, overwrite: bool = True) -> Path:
     from matplotlib.backends.backend_pdf import PdfPages
     from matplotlib.image import imread
 
     from .._atomic import atomic_path
-    with atomic_path(path, suffix=".tmp") as tmp:
+    with atomic_path(path, suffix=".tmp", replace=overwrite) as tmp:
         with PdfPages(tmp) as pdf:
             fig = figure(8.27, 11.69)
             fig.text(0.06, 0.96, title, fontsize=14, va="top")

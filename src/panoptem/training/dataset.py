@@ -183,22 +183,14 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
         ``class_names``, or a folder holding another label divisor or classes;
         nothing is written then.
     """
-    from ..io import write_image, write_labels
     classes = parse_classes(class_names if class_names is not None else {1: "mitochondria"})
     if label_divisor is not None and int(label_divisor) < 1:
         raise PanoptemError(f"label_divisor must be a positive integer or None, not {label_divisor}.")
     if len(classes) > 1 and not label_divisor:
         raise PanoptemError("Several classes need a label divisor (masks painted as class * divisor + n).")
     root = Path(folder).expanduser()
-    meta = _read_meta(root) or {}
     cls_json = [dict(id=c, name=n, kind=k) for c, n, k in classes]
-    if meta:
-        if meta.get("label_divisor") != label_divisor or meta.get("classes", cls_json) != cls_json:
-            had = meta.get("label_divisor") or "none"
-            raise PanoptemError(f"Dataset {root} holds masks painted with label divisor {had} and classes "
-                                f"{_classes_text(meta.get('classes', cls_json))}; these patches have divisor "
-                                f"{label_divisor or 'none'} and classes {_classes_text(cls_json)}: store them in "
-                                "another folder, or with the same divisor and classes.")
+    _check_same_classes(root, _read_meta(root) or {}, label_divisor, cls_json)  # before the work
     ids = {c[0] for c in classes}
     pairs = []
     for p in patches:
@@ -207,9 +199,28 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
             _check_pair(p.name, img, lab, label_divisor, ids)
         pairs.append((p, img, lab))
 
-    from .._atomic import work_folder
-    images, masks, books = root / "images", root / "masks", root / "flipbooks"
+    from .._atomic import waiting_lock, work_folder
     work_folder(root, "the dataset")
+    with waiting_lock(root):  # runs storing into one folder take turns
+        meta = _read_meta(root) or {}
+        _check_same_classes(root, meta, label_divisor, cls_json)  # as it is now
+        return _store(root, pairs, meta, cls_json, label_divisor, overwrite)
+
+
+def _check_same_classes(root: Path, meta: dict, label_divisor: int | None, cls_json: list) -> None:
+    if meta and (meta.get("label_divisor") != label_divisor or meta.get("classes", cls_json) != cls_json):
+        had = meta.get("label_divisor") or "none"
+        raise PanoptemError(f"Dataset {root} holds masks painted with label divisor {had} and classes "
+                            f"{_classes_text(meta.get('classes', cls_json))}; these patches have divisor "
+                            f"{label_divisor or 'none'} and classes {_classes_text(cls_json)}: store them in "
+                            "another folder, or with the same divisor and classes.")
+
+
+def _store(root: Path, pairs: list, meta: dict, cls_json: list, label_divisor: int | None,
+           overwrite: bool) -> list[str]:
+    """:func:`store_dataset`'s writing, under the folder's lock."""
+    from ..io import write_image, write_labels
+    images, masks, books = root / "images", root / "masks", root / "flipbooks"
     entries = dict(meta.get("patches", {}))
     _undo_stopped(root, entries)
     images.mkdir(exist_ok=True)
@@ -222,7 +233,8 @@ def store_dataset(patches: Sequence[Patch], folder: str | Path, class_names=None
             while name in taken or name in names:
                 name, k = f"{p.name}_{k}", k + 1
         names.append(name)
-    write_text(root / PENDING, json.dumps({"names": [n for n in names if n not in entries],
+    # the names this run adds: not one listed, nor a pair already in the folder (the user's own)
+    write_text(root / PENDING, json.dumps({"names": [n for n in names if n not in entries and n not in taken],
                                            "masks": [n for n, (_, _, lab) in zip(names, pairs) if lab is not None]}))
     written = []
     for name, (p, img, lab) in zip(names, pairs):

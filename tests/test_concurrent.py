@@ -1,0 +1,98 @@
+"""Two runs at once: an output neither replaces without being told, one model registry, one
+dataset folder, one lock for every path to an output."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from panoptem._atomic import atomic_path, exclusive_output, waiting_lock
+from panoptem.errors import PanoptemError
+
+
+def _blocked_until_released(lock_path, work):
+    """Run ``work`` in a thread while ``lock_path`` is held here: whether it was still waiting
+    after half a second, and what it returned (or raised) once the lock was released."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = work()
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+    with waiting_lock(lock_path):
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.5)
+        waited = t.is_alive()
+    t.join(30)
+    if "error" in out:
+        raise out["error"]
+    return waited, out.get("value")
+
+
+def test_a_file_another_run_wrote_meanwhile_is_kept_and_this_run_refused(tmp_path):
+    """Checked before its work, written after: a table (measure), report, preview or package
+    that appeared at the output meanwhile was replaced without --overwrite."""
+    from panoptem._table import write_table
+    target = tmp_path / "table.csv"
+    with pytest.raises(PanoptemError, match="appeared while this run was writing"):
+        with atomic_path(target, replace=False) as tmp:
+            tmp.write_text("mine")
+            target.write_text("theirs")
+    assert target.read_text() == "theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+    with pytest.raises(PanoptemError, match="already exists"):
+        write_table({"label": np.array([1])}, target, overwrite=False)
+    write_table({"label": np.array([1])}, tmp_path / "new.csv", overwrite=False)
+    assert (tmp_path / "new.csv").read_text().splitlines() == ["label", "1"]
+
+
+def test_registering_archiving_and_restoring_take_turns_in_the_registry(home, tiny_card):
+    """Check and rename are one step under the registry's lock: two registrations of one name at
+    once both succeeded (the later replacing the other) or one failed with a raw OSError."""
+    from panoptem.models import registry
+    lock = home / ".registry.lock"
+    waited, card = _blocked_until_released(lock, lambda: registry.register("m1", tiny_card))
+    assert waited and card == home / "models" / "m1" / "card.yaml"
+    with pytest.raises(PanoptemError, match="already registered"):
+        registry.register("m1", tiny_card)
+    waited, where = _blocked_until_released(lock, lambda: registry.archive("m1"))
+    assert waited and where == home / "archived" / "m1"
+    waited, _ = _blocked_until_released(lock, lambda: registry.restore("m1"))
+    assert waited and (home / "models" / "m1" / "card.yaml").exists()
+
+
+def test_stores_into_one_dataset_folder_take_turns(tmp_path):
+    """Two `patches` runs into one folder picked the same free names and overwrote each other's
+    files and dataset.json entries."""
+    from panoptem.training.dataset import load_dataset, store_dataset
+    from test_patches import disc_patches
+    store_dataset(disc_patches(1), tmp_path)
+    waited, names = _blocked_until_released(tmp_path, lambda: store_dataset(disc_patches(2), tmp_path))
+    assert waited and names == ["disc_y0_x0_2", "disc_y0_x4"]
+    assert load_dataset(tmp_path)[2]["names"] == ["disc_y0_x0", "disc_y0_x0_2", "disc_y0_x4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset.json", "images", "masks"]
+
+
+def test_one_output_reached_by_two_paths_has_one_lock(tmp_path):
+    """`train-volume -o runs/m1` and `-o runs/latest` (a link to m1) both wrote the same folder."""
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "latest").symlink_to(tmp_path / "m1")
+    held, release = threading.Event(), threading.Event()
+
+    def first():
+        with exclusive_output(tmp_path / "m1"):
+            held.set()
+            release.wait(30)
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(PanoptemError, match="Another panoptem run is writing"):
+            with exclusive_output(tmp_path / "latest"):
+                pass
+    finally:
+        release.set()
+        t.join(30)
+    with exclusive_output(tmp_path / "latest"):  # free again
+        pass
