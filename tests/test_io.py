@@ -98,8 +98,9 @@ def test_tiff_voxel_from_imagej_and_ome_micrometres(tmp_path):
     assert read_image(tmp_path / "plain.tif").voxel_size is None
     # an image editor's dots per inch are no pixel size (300 dpi read as 84.7 um pixels); a
     # microscope's pixel given per inch is
-    for dpi, want in ((300, None), (72, None), (1200, None), (2.54e7 / 5, (5.0, 5.0))):
-        tifffile.imwrite(tmp_path / "dpi.tif", vol[0], resolution=(dpi, dpi), resolutionunit="INCH")
+    for dpi, unit, want in ((300, "INCH", None), (72, "INCH", None), (1200, "INCH", None), (300 / 2.54, "CENTIMETER", None),
+                            (2.54e7 / 5, "INCH", (5.0, 5.0)), (1e7 / 5, "CENTIMETER", (5.0, 5.0))):
+        tifffile.imwrite(tmp_path / "dpi.tif", vol[0], resolution=(dpi, dpi), resolutionunit=unit)
         got = read_image(tmp_path / "dpi.tif").voxel_size
         assert got == (None if want is None else pytest.approx(want)), dpi
     from panoptem.io._meta import to_nm  # ImageJ's escaped units: µ and Å

@@ -16,6 +16,8 @@ from panoptem.inference.resample import PixelPlan, plan_pixels, snap
 from panoptem.models.card import ModelCard, Weights
 from panoptem.models.load import LoadedModel
 
+from _models import dark_blob_model
+
 MODEL_NM = 5.0
 RADIUS_NM = 45.0  # disks of 9 pixels' radius at the model's 5 nm
 
@@ -744,11 +746,12 @@ def test_a_2d_run_takes_the_last_two_sizes_of_a_stacks_voxel_size(tiny_card):
     assert segment_2d(img, str(tiny_card), voxel_size=(40, 5, 5)).shape == (64, 64)
 
 
-@pytest.mark.parametrize("zyx_nm", [(5.0, 7.0, 7.0), (30.0, 5.0, 7.0)])
-def test_a_parameter_test_on_an_xz_plane_runs_at_the_3d_runs_pixel_size(tmp_path, capsys, zyx_nm):
+@pytest.mark.parametrize("zyx_nm,plane,extra", [((5.0, 7.0, 7.0), "xz", []), ((30.0, 5.0, 7.0), "xz", []),
+                                                ((5.0, 5.0, 5.0), "xy", ["--pixel-size", "8"])])
+def test_a_parameter_test_on_a_plane_runs_at_the_3d_runs_pixel_size(tmp_path, capsys, zyx_nm, plane, extra):
     """The shipped model segments best at 6-10 nm: a 3D xz stack picks the pixel from the
-    volume's y and x; the 2D test of one xz plane picked it from the plane's z and x (7 nm
-    where the stack runs at 7, 10 where it runs at 7, or 7 where it runs at 10)."""
+    volume's y and x; the 2D test of one xz plane picked it from the plane's z and x (10 nm
+    where the stack runs at 7, or 7 where it runs at 10); an xy plane told 8 nm runs at 8."""
     import tifffile
     from panoptem.cli import main
     from panoptem.sample import load_sample
@@ -757,10 +760,20 @@ def test_a_parameter_test_on_an_xz_plane_runs_at_the_3d_runs_pixel_size(tmp_path
     tifffile.imwrite(src, vol, imagej=True, resolution=(1 / zyx_nm[2], 1 / zyx_nm[1]),
                      metadata={"axes": "ZYX", "unit": "nm", "spacing": zyx_nm[0]})
     got = {}
-    for cmd, extra in (("segment3d", ["--inference-plane", "xz"]), ("segment2d", ["--plane", "xz", "--slice", "30"])):
+    for cmd, how in (("segment3d", ["--inference-plane", plane]), ("segment2d", ["--plane", plane, "--slice", "6"])):
         code = main([cmd, str(src), "-o", str(tmp_path / f"{cmd}.tif"), "--model", "MitoLite_v1", "--threads", "1",
-                     *extra])
+                     *how, *extra])
         out, err = capsys.readouterr()
         assert code == 0, err
         got[cmd] = json.loads(out.strip().splitlines()[-1])["pixel_size"]["network_pixel_nm"]
-    assert got["segment2d"]["xy"] == got["segment3d"]["xz"]
+    assert got["segment2d"]["xy"] == got["segment3d"][plane]
+
+
+def test_a_plane_of_one_value_resampled_by_a_fraction_finds_nothing():
+    """One value throughout is a blank plane, whatever the pixel size: resampled at 3/2 first,
+    its float32 values were no longer all equal, and the whole grey plane was one object."""
+    model = dark_blob_model()
+    model.card = model.card.model_copy(update={"voxel_size_nm": 7.5})
+    for nm in (5.0, 7.5):
+        labels = segment_2d(np.full((96, 96), 41, np.uint8), model, voxel_size=(nm, nm), intensity=(0, 255))
+        assert not labels.any(), nm

@@ -65,6 +65,23 @@ class BlockwiseResult:
     pixel_size: dict | None = None
 
 
+def _uniform_planes(cl, source: VolumeSource, grid, shape, folder: Path, progress: bool = False) -> tuple:
+    """The volume's planes of one value along Z, Y and X (see ``uniform_of``): read once, and
+    kept in ``folder`` (the run's work, or its cache) for a resumed or re-decoding run."""
+    from ._cluster import run_tasks
+    from ._pass1 import plane_ranges, uniform_of
+    kept = folder / "uniform.json"
+    try:
+        found = json.loads(kept.read_text())
+        if isinstance(found, list) and len(found) == 3:
+            return tuple(tuple(int(i) for i in a) for a in found)
+    except (OSError, ValueError, TypeError):
+        pass  # none yet (or damaged): read the volume
+    uniform = uniform_of(run_tasks(cl, plane_ranges, source, list(grid), "sections", progress), shape)
+    write_text(kept, json.dumps([list(a) for a in uniform]))
+    return uniform
+
+
 def _open_volume(volume, key):
     """(VolumeSource, lazy array, voxel size, input path or None, origin)."""
     from ..io import ImageData
@@ -400,9 +417,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                               None if isinstance(model, LoadedModel) else model)
             # the planes of one value, as a whole-volume run sees them: a block's crop of a plane may be
             # of one value alone, and xz / yz planes see a blank section edge-on
-            from ._pass1 import plane_ranges, uniform_of
             t = time.perf_counter()
-            uniform = uniform_of(run_tasks(cl, plane_ranges, source, list(grid), "sections", False), vol.shape)
+            uniform = _uniform_planes(cl, source, grid, vol.shape, Path(cache_dir) if cache_dir else work, progress)
             jobs = [dataclasses.replace(j, uniform=uniform) for j in jobs]
             timings["sections_s"] = time.perf_counter() - t
             infos, summaries = [], []

@@ -212,7 +212,7 @@ class Predictor:
         """Deepest features (N, C, h, w) of (N, H, W) planes (see :meth:`planes_in`), in batches
         (``blank``: see :meth:`predict`)."""
         n = self.card.normalization
-        planes = self.to_network_grid(self.planes_in(planes))
+        planes, blank = self._on_grid(self.planes_in(planes), blank)
         return np.concatenate([encode_batch(self._graph("encode"), planes[i:i + self.batch_size], intensity,
                                             device=self.model.device, downsampling=self.downsampling,
                                             padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std),
@@ -223,7 +223,7 @@ class Predictor:
                              blank="auto") -> ModelOutput:
         """:meth:`predict` of planes that are tiles of larger images whose global
         context (N, C) is known."""
-        planes = self.to_network_grid(self.planes_in(planes))
+        planes, blank = self._on_grid(self.planes_in(planes), blank)
         outs = [self._predict(planes[i:i + self.batch_size], intensity, context[i:i + self.batch_size],
                               blank=_part(blank, i, i + self.batch_size))
                 for i in range(0, len(planes), self.batch_size)]
@@ -235,13 +235,17 @@ class Predictor:
         reading thread while the network computes the previous planes); None for planes that
         :meth:`predict` tiles. ``timings`` receives the seconds of ``normalise``."""
         from ._pipeline import StageClock
-        planes = self.to_network_grid(self.planes_in(planes))
+        planes, blank = self._on_grid(self.planes_in(planes), "auto")
         if self._tiled(planes):
             return None
         n = self.card.normalization
         with StageClock(timings if timings is not None else {})("normalise"):
-            return Prepared([network_input(batch, rng, self.downsampling, self.card.pad_multiple, (n.mean, n.std))
-                             for batch, rng in self._batches(planes, intensity)], len(planes))
+            batches, i = [], 0
+            for batch, rng in self._batches(planes, intensity):
+                batches.append(network_input(batch, rng, self.downsampling, self.card.pad_multiple, (n.mean, n.std),
+                                             _part(blank, i, i + len(batch))))
+                i += len(batch)
+            return Prepared(batches, len(planes))
 
     def predict(self, planes: np.ndarray | Prepared, intensity: tuple[float, float] | None = None,
                 timings: dict | None = None, blank="auto") -> ModelOutput:
@@ -267,7 +271,7 @@ class Predictor:
         planes = self.planes_in(planes)
         if intensity is None:
             intensity = self.intensity(planes)
-        planes = self.to_network_grid(planes)
+        planes, blank = self._on_grid(planes, blank)
         if self._tiled(planes):
             return self._predict_tiled(planes, intensity, blank=blank)
         outs, i = [], 0
@@ -275,6 +279,14 @@ class Predictor:
             outs.append(self._predict(batch, rng, timings=timings, blank=_part(blank, i, i + len(batch))))
             i += len(batch)
         return outs
+
+    def _on_grid(self, planes: np.ndarray, blank):
+        """``planes`` on the network grid (:meth:`to_network_grid`) and their ``blank`` flags (see
+        :meth:`predict`), found before resampling where not given: a plane of one value resampled
+        by a fraction is not of one value to the last bit of float32."""
+        if isinstance(blank, str) and self.resample is not None:
+            blank = uniform_planes(planes)
+        return self.to_network_grid(planes), blank
 
     def _tiled(self, planes: np.ndarray) -> bool:
         """Whether planes (on the network grid) are predicted in tiles."""

@@ -362,7 +362,8 @@ def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
 PAD_WINDOW = 33
 #: what network outputs kept in a cache were cleared on (zero squares of PAD_WINDOW, planes of one
 #: value): outputs kept under another rule are made anew
-PADDING_RULE = f"{PAD_WINDOW} px zero squares; uniform planes; blank sections edge-on"
+PADDING_RULE = (f"{PAD_WINDOW} px zero squares; uniform planes (before resampling; blockwise: whole planes); "
+                "blank sections edge-on; edge cells by their part in the plane")
 
 
 def padding_mask(planes: np.ndarray) -> np.ndarray | None:

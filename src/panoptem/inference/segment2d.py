@@ -88,8 +88,8 @@ def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings
     scale = pred.out_scale()
     out = []
     for j in range(len(chunk)):
-        plane = pred.to_network_grid(pred.planes_in(chunk[j:j + 1]))
-        o = pred._predict_tiled(plane, rng[j], compact=True)
+        plane, blank = pred._on_grid(pred.planes_in(chunk[j:j + 1]), "auto")
+        o = pred._predict_tiled(plane, rng[j], compact=True, blank=blank)
         while_decoding = 0 if stuff else min_piece_area
         lab = decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], chunk.shape[-2:],
                            scale=scale,
@@ -222,9 +222,10 @@ def plane_pixels(voxel_size, axis: int, params):
     if voxel_size is None:
         return None, params, None
     vs = tuple(float(v) for v in voxel_size)
-    if axis != 0 and params.pixel_size is not None:
+    if params.pixel_size is not None:  # the volume's y and x, as a 3D run applies it
         vs = (vs[0], float(params.pixel_size), float(params.pixel_size))
-        params = params.model_copy(update={"pixel_size": None})
+        if axis != 0:
+            params = params.model_copy(update={"pixel_size": None})
     return tuple(v for i, v in enumerate(vs) if i != axis), params, min(vs[-2:])
 
 

@@ -22,10 +22,10 @@ _NM_PER_UNIT = {
 }
 
 # A pixel larger than 0.1 mm is a display resolution (72 dpi...), not an EM voxel size; so is, in
-# pixels per inch, one of a micrometre or more: image editors write 72 to 1200 dpi, while a
-# microscope's pixel of 5 nm is 5 million dots per inch.
+# pixels per inch or per centimetre, one of a micrometre or more: image editors write 72 to 1200
+# dpi, in either unit, while a microscope's pixel of 5 nm is 5 million dots per inch.
 _MAX_PLAUSIBLE_NM = 1e5
-_MAX_PLAUSIBLE_INCH_NM = 1e3
+_MAX_PLAUSIBLE_EDITOR_NM = 1e3
 
 
 def to_nm(value, unit: str | None) -> float | None:
@@ -90,7 +90,7 @@ def tiff_tag_sizes(page, imagej: Mapping | None) -> dict[str, float]:
         per_unit = _rational(tags[tag].value) if tag in tags else None
         axis_unit = ij.get(f"{ax.lower()}unit", unit)
         nm = to_nm(1.0 / per_unit, axis_unit) if per_unit else None
-        cap = _MAX_PLAUSIBLE_INCH_NM if str(axis_unit).lower() in ("in", "inch") else _MAX_PLAUSIBLE_NM
+        cap = _MAX_PLAUSIBLE_EDITOR_NM if str(axis_unit).lower() in ("in", "inch", "cm") else _MAX_PLAUSIBLE_NM
         if nm is not None and nm <= cap:
             out[ax] = nm
     if "spacing" in ij:
