@@ -60,6 +60,26 @@ def test_register_copies_card_and_weights(home, tiny_card):
     assert not list((home / "tmp").iterdir())  # staging cleaned up
 
 
+def test_a_killed_registration_leaves_nothing_in_the_staging_area(home, tmp_path, tiny_card):
+    """A process killed while staging (a copy of the weights) leaves its folder in <home>/tmp: the
+    next staging removes it, but not a folder a live process holds, nor one that is not panoptem's."""
+    import os
+    import subprocess
+    import sys
+    kill = ("import os; from panoptem.models import home; cm = home.staging('register-x-'); d = cm.__enter__(); "
+            "(d / 'w.pt').write_bytes(bytes(1000)); os._exit(9)")
+    env = {**os.environ, "PANOPTEM_HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path)}
+    assert subprocess.run([sys.executable, "-c", kill], env=env).returncode == 9
+    tmp = home / "tmp"
+    assert len(list(tmp.iterdir())) == 1                     # the killed process's copy
+    (tmp / "users-own").mkdir()
+    with home_mod.staging("import-") as live:
+        registry.register("tiny_reg", tiny_card)
+        assert live.is_dir()
+    assert [p.name for p in tmp.iterdir()] == ["users-own"]
+    assert not any(p.name.startswith(".") for p in (home / "models" / "tiny_reg").iterdir())
+
+
 def test_register_records_sha256_when_card_has_none(home, tmp_path, tiny_card):
     card = write_card(tmp_path / "nosha.yaml", "tiny.pt")
     registry.register("nosha", card)

@@ -307,3 +307,57 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
             os.unlink(lock)
         finally:
             os.close(fd)
+
+
+#: the lock file :func:`held_folder` keeps in a folder while it is in use
+FOLDER_LOCK = ".in-use.lock"
+
+
+@contextmanager
+def held_folder(folder: str | Path) -> Iterator[None]:
+    """Lock the folder ``folder`` while in use (its :data:`FOLDER_LOCK`, locked before it takes that
+    name, so it is never seen unlocked while held), so that :func:`remove_abandoned` tells it
+    from one a killed process left. No-op without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f"{FOLDER_LOCK}.", dir=folder)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a file system without locks: the folder is not published as held
+            pass
+        else:
+            os.replace(tmp, Path(folder) / FOLDER_LOCK)
+        yield
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        os.close(fd)
+
+
+def remove_abandoned(parent: str | Path) -> None:
+    """Remove the folders in ``parent`` left by processes that died holding them (see
+    :func:`held_folder`): those whose lock no live process holds. Folders without the lock (being
+    made, or not :func:`held_folder`'s) stay. No-op without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    for d in Path(parent).iterdir():
+        if d.is_symlink() or not d.is_dir():
+            continue
+        try:
+            fd = os.open(d / FOLDER_LOCK, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: in use
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            os.close(fd)

@@ -84,14 +84,21 @@ def builtin_card(name: str) -> Path:
 @contextmanager
 def staging(prefix: str) -> Iterator[Path]:
     """A fresh folder under ``<home>/tmp`` (on the file system of the registry, so a finished
-    folder moves into place with one atomic rename); removed on exit."""
+    folder moves into place with one atomic rename); removed on exit. It lies in a folder held
+    while in use (:func:`~panoptem._atomic.held_folder`; the lock stays out of what moves into
+    place): what killed processes left in ``<home>/tmp`` goes when the next staging starts."""
+    from .._atomic import held_folder, remove_abandoned
     tmp = user_home() / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
+    remove_abandoned(tmp)
+    holder = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
     try:
-        yield d
+        with held_folder(holder):
+            d = holder / "stage"
+            d.mkdir()
+            yield d
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 #: the most a model package may unpack to (the largest weights are a few hundred MB)
