@@ -425,3 +425,22 @@ def test_a_hand_made_config_no_run_can_use_is_refused_naming_the_field(tmp_path)
             train(VolumeSlices(img, lab), tmp_path / "run",
                   TrainConfig(**{"iterations": 1, "batch_size": 1, "patch_size": 64, **kw}), log=lambda s: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_removes_the_temporary_files_of_killed_saves(tmp_path):
+    """A run killed while saving leaves .NAME.<id>.part files in its folder: the next run into the
+    folder removes them, and nothing else (a user's files of other names stay)."""
+    from conftest import TINY_ARCH
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.train import TrainConfig, train
+    run = tmp_path / "run"
+    run.mkdir()
+    left = [run / ".checkpoint.pt.abcd1234.part.tmp", run / ".best.pt.x_y9z0ab.part.tmp",
+            run / ".run.json.q1w2e3r4.part"]
+    mine = [run / "notes.part", run / ".checkpoint.pt.backup", run / ".other.pt.abcd1234.part.tmp"]
+    for p in left + mine:
+        p.write_bytes(b"x")
+    img, lab = disc_volume(n=2)
+    train(VolumeSlices(img, lab), run, TrainConfig(iterations=1, batch_size=1, patch_size=64, architecture=TINY_ARCH),
+          log=lambda s: None)
+    assert not any(p.exists() for p in left) and all(p.exists() for p in mine)

@@ -126,6 +126,19 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
 _HOW_RUN = ("device", "threads", "checkpoint_every", "validate_every", "iterations")
 #: how to start afresh, where a caller does not say
 RESTART = "pass --restart (resume=False in Python) to start afresh, or choose another output folder"
+#: the files a run keeps in its folder (train, finetune, train-volume)
+RUN_FILES = ("run.json", "train_config.json", "checkpoint.pt", "log.jsonl", "weights.pt", "best.pt", "best.json",
+             "val3d.jsonl", "scores.json", "kept.pt")
+
+
+def drop_partial_files(folder: Path) -> None:
+    """Remove the temporary files of :func:`~panoptem._atomic.atomic_path` (``.NAME.<id>.part``...)
+    that runs killed while writing :data:`RUN_FILES` left in ``folder``; to be called holding its lock."""
+    from .._atomic import leftovers
+    for name in RUN_FILES:
+        for p in leftovers(folder / name):
+            if p.is_file() and ".part" in p.name[len(name) + 1:]:
+                p.unlink(missing_ok=True)
 
 
 def one_run_per_folder(folder_of):
@@ -143,6 +156,7 @@ def one_run_per_folder(folder_of):
             bound.apply_defaults()
             folder = work_folder(folder_of(bound.arguments), "checkpoints and weights", create=False)
             with exclusive_output(folder):
+                drop_partial_files(folder)
                 return func(*args, **kwargs)
         return wrapper
     return deco
