@@ -589,3 +589,54 @@ def test_finetune_takes_every_train_dir_given(home, tmp_path, tiny_card, capsys)
     # a folder given twice, or also inside a root given, is taken once: none held out is trained on
     from panoptem.training.dataset import dataset_folders
     assert dataset_folders([a, a, tmp_path]) == [a, b]
+
+
+def test_a_killed_finetune_resumes_from_its_last_scoring(home, tmp_path, tiny_card):
+    """Killed at any step (here by an error after step 5), fine-tuning resumes from the checkpoint
+    of its last scored step (4), not from step 0."""
+    from panoptem.training.train import load_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def die(rec):
+        if rec["step"] == 5:
+            raise Killed
+    data = disc_dataset(tmp_path / "ds", n=4)
+    kw = dict(name="k", iterations=8, patch_size=64, val_fraction=0.5, validate_every=2)
+    with pytest.raises(Killed):
+        finetune(str(tiny_card), data, log=lambda s: None, on_step=die, **kw)
+    assert load_checkpoint(home / "training" / "k" / "checkpoint.pt")["step"] == 4
+    lines, steps = [], []
+    r = finetune(str(tiny_card), data, log=lines.append, on_step=lambda r: steps.append(r["step"]), **kw)
+    assert "resumed from step 4" in lines and steps == [5, 6, 7, 8]
+    assert [h["step"] for h in r["validation"]] == [2, 4, 6, 8]
+
+
+def test_ctrl_c_of_the_finetune_command_keeps_a_checkpoint_the_same_command_resumes(home, tmp_path, tiny_card,
+                                                                                   monkeypatch, capsys):
+    """Ctrl-C: exit status 130 and the message to re-run; the same command resumes from the step
+    it stopped at (it started over from step 0)."""
+    import os
+    import signal
+
+    from panoptem.cli import main
+    from panoptem.training import train as train_mod
+    data = disc_dataset(tmp_path / "ds", n=4)
+    args = ["finetune", str(tiny_card), "--train-dir", str(data), "--name", "cc", "--iterations", "6",
+            "--patch-size", "64", "--validate-every", "100"]
+    real, calls = train_mod.panoptic_loss, []
+
+    def loss_then_ctrl_c(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a)
+    monkeypatch.setattr(train_mod, "panoptic_loss", loss_then_ctrl_c)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "stopped after step 3 of 6" in err and "re-run the same command to resume" in err
+    monkeypatch.setattr(train_mod, "panoptic_loss", real)
+    assert main(args) == 0
+    assert "resumed from step 3" in capsys.readouterr().err
+    assert get_card("cc").training["iterations"] == 6

@@ -427,6 +427,40 @@ def test_a_hand_made_config_no_run_can_use_is_refused_naming_the_field(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_ctrl_c_stops_once_the_step_is_checkpointed(tmp_path):
+    """Ctrl-C (SIGINT) stops a run when its step is done and checkpointed, then raises
+    KeyboardInterrupt (the command's exit 130); the same run again resumes there, not from the
+    last periodic checkpoint (none yet here: every 200 steps). A second Ctrl-C stops at once."""
+    import os
+    import signal
+
+    from conftest import TINY_ARCH
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.train import TrainConfig, load_checkpoint, train
+    img, lab = disc_volume(n=2)
+    cfg = TrainConfig(iterations=6, batch_size=1, patch_size=64, architecture=TINY_ARCH)
+
+    def ctrl_c(times):
+        def on_step(rec):
+            if rec["step"] == 2:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+        return on_step
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train(VolumeSlices(img, lab), tmp_path / "run", cfg, log=lines.append, on_step=ctrl_c(1))
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3   # pressed as step 2 was reported
+    assert any(line.startswith("stopped after step 3 of 6") for line in lines)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    steps = []
+    train(VolumeSlices(img, lab), tmp_path / "run", cfg, log=lines.append, on_step=lambda r: steps.append(r["step"]))
+    assert "resumed from step 3" in lines and steps == [4, 5, 6]
+    with pytest.raises(KeyboardInterrupt):
+        train(VolumeSlices(img, lab), tmp_path / "again", cfg, log=lambda s: None, on_step=ctrl_c(2))
+    assert not (tmp_path / "again" / "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_run_removes_the_temporary_files_of_killed_saves(tmp_path):
     """A run killed while saving leaves .NAME.<id>.part files in its folder: the next run into the
     folder removes them, and nothing else (a user's files of other names stay)."""

@@ -378,9 +378,10 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
         k = source.replayed(n_batch)
         log(f"replay: {k} of every {n_batch} patches from {', '.join(str(d) for d in replay_dirs)}")
     every = opts.validate_every or max(1, int(iterations) // 10)
+    # checkpointed as it is scored (at most every 200 steps): a killed run resumes from its last scoring
     cfg = TrainConfig(iterations=int(iterations), batch_size=n_batch, patch_size=patch_size,
                       lr=lr, weight_decay=1e-4, scale_range=opts.scale_range, seed=seed,
-                      checkpoint_every=int(iterations), validate_every=every,
+                      checkpoint_every=min(200, every), validate_every=every,
                       architecture=architecture_config(base.module.config), device=dev)
     losses: list[float] = []
     stage = _training_folder({"out_dir": out_dir, "name": name})

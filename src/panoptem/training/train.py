@@ -5,6 +5,9 @@ import functools
 import inspect
 import json
 import math
+import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -275,6 +278,32 @@ class OneCycle:
         self.last_epoch = int(state["last_epoch"])
 
 
+class _CtrlC:
+    """Ctrl-C (SIGINT) while a run trains: the first is noted (``pressed``), so that the run stops
+    once its step is done and checkpointed; a second stops it at once. Python's handler comes
+    back on exit. Nothing changes outside the main thread, or where SIGINT has another handler."""
+
+    def __enter__(self):
+        self.pressed, self._old = False, None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        try:  # not print(): the handler may run while the main thread writes to stderr
+            os.write(2, b"\nCtrl-C: stopping once this step is checkpointed (Ctrl-C again stops at once)\n")
+        except OSError:
+            pass
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 class TrainingCancelled(Exception):
     """A training run stopped on request after ``step`` steps; ``checkpoint`` holds them."""
 
@@ -320,7 +349,8 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
 
     ``stop()`` is asked after every step; when it returns True the run saves a
     checkpoint of that step and raises :class:`TrainingCancelled` (a later run
-    with ``resume`` continues from there). ``run`` and ``restart``: see :func:`claim_run`
+    with ``resume`` continues from there). Ctrl-C (in the main thread) stops the same
+    way, raising ``KeyboardInterrupt``. ``run`` and ``restart``: see :func:`claim_run`
     (a resumed run must be the same run).
     """
     from .._atomic import work_folder
@@ -349,51 +379,54 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
         step = _resume(ckpt, cfg, arch, model, opt, sched, rng)
         log(f"resumed from step {step}")
     write_text(out / "train_config.json", json.dumps({**asdict(cfg), "architecture": arch}, indent=1))
-    logf = open(out / "log.jsonl", "a")
     t0 = time.time()
     _train_mode(model, frozen)
-    while step < cfg.iterations:
-        x, sem, hm, off, wt = (a.to(cfg.device) for a in dataset.batch(rng, cfg))
-        x = x.contiguous(memory_format=torch.channels_last)
-        outp = model(x)
-        loss, parts = (panoptic_loss if sem.is_floating_point() else panoptic_loss_ce)(outp, sem, hm, off, wt)
-        if not torch.isfinite(loss):  # weights of NaN would be kept, registered and run
-            logf.close()
-            raise PanoptemError(f"Training diverged at step {step + 1} (the loss is {float(loss.detach())}): start "
-                                "afresh with a lower learning rate (--lr ... --restart).")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step(); sched.step()
-        step += 1
-        if lr_cut is not None and step >= cfg.anneal_from:
-            frac = (step - cfg.anneal_from) / max(cfg.iterations - cfg.anneal_from, 1)
-            for g in opt.param_groups:
-                g["lr"] = lr_cut * 0.5 * (1 + math.cos(math.pi * frac))
-        rec = {"step": step, "loss": round(float(loss.detach()), 5), **parts, "lr": opt.param_groups[0]["lr"],
-               "elapsed_s": round(time.time() - t0, 1)}
-        stopping = stop is not None and step < cfg.iterations and bool(stop())
-        if val is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
-            model.eval()
-            rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
-            _train_mode(model, frozen)
-        if validate is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
-            model.eval()
-            validate(model, step)
-            _train_mode(model, frozen)
-        # after the step's scoring: a run killed while scoring resumes before this step and scores it again
-        if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping:
-            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                          "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                          "architecture": arch}, ckpt)
-        if on_step is not None:
-            on_step(rec)
-        if step % 20 == 0 or "val_iou" in rec or stopping:
-            logf.write(json.dumps(rec) + "\n"); logf.flush()
-            log(json.dumps(rec))
-        if stopping:
-            logf.close()
-            raise TrainingCancelled(step, cfg.iterations, ckpt)
-    logf.close()
+    with open(out / "log.jsonl", "a") as logf, _CtrlC() as ctrl_c:
+        while step < cfg.iterations:
+            x, sem, hm, off, wt = (a.to(cfg.device) for a in dataset.batch(rng, cfg))
+            x = x.contiguous(memory_format=torch.channels_last)
+            outp = model(x)
+            loss, parts = (panoptic_loss if sem.is_floating_point() else panoptic_loss_ce)(outp, sem, hm, off, wt)
+            if not torch.isfinite(loss):  # weights of NaN would be kept, registered and run
+                raise PanoptemError(f"Training diverged at step {step + 1} (the loss is {float(loss.detach())}): "
+                                    "start afresh with a lower learning rate (--lr ... --restart).")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step(); sched.step()
+            step += 1
+            if lr_cut is not None and step >= cfg.anneal_from:
+                frac = (step - cfg.anneal_from) / max(cfg.iterations - cfg.anneal_from, 1)
+                for g in opt.param_groups:
+                    g["lr"] = lr_cut * 0.5 * (1 + math.cos(math.pi * frac))
+            rec = {"step": step, "loss": round(float(loss.detach()), 5), **parts, "lr": opt.param_groups[0]["lr"],
+                   "elapsed_s": round(time.time() - t0, 1)}
+            stopping = stop is not None and step < cfg.iterations and bool(stop())
+            if val is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
+                model.eval()
+                rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
+                _train_mode(model, frozen)
+            if validate is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
+                model.eval()
+                validate(model, step)
+                _train_mode(model, frozen)
+            interrupted = ctrl_c.pressed  # Ctrl-C in this step, its scoring included: checkpointed now
+            # after the step's scoring: a run killed while scoring resumes before this step and scores it again
+            if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping or interrupted:
+                _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                              "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+                              "architecture": arch}, ckpt)
+            if on_step is not None:
+                on_step(rec)
+            if step % 20 == 0 or "val_iou" in rec or stopping or interrupted:
+                logf.write(json.dumps(rec) + "\n"); logf.flush()
+                log(json.dumps(rec))
+            if interrupted:
+                log(f"stopped after step {step} of {cfg.iterations}; checkpoint kept in {ckpt}")
+                raise KeyboardInterrupt
+            if stopping:
+                raise TrainingCancelled(step, cfg.iterations, ckpt)
+        if ctrl_c.pressed:  # while the last step was logged: it is checkpointed
+            raise KeyboardInterrupt
     model.eval()
     final = out / "weights.pt"
     _atomic_save({"architecture": arch, "state_dict": model.state_dict()}, final)
