@@ -170,3 +170,30 @@ def test_a_validation_folder_without_dataset_json_takes_the_given_divisor(tmp_pa
     data = DatasetFolders([tmp_path / "train"], label_divisor=1000)
     assert _eval_set(tmp_path / "val", data)[2] == [1000, 1000]
     assert _validation(tmp_path / "val", data, 0.25, 0, 0.7)[1][2] == [1000, 1000]
+
+
+def test_a_resumed_run_keeps_no_best_scored_after_its_checkpoint(home, tmp_path, tiny_card, monkeypatch):
+    """Killed while checkpointing step 2, which scored best, a fine-tuning resumed from step 1 (here
+    asked to end there) keeps step 1's weights and scores: never those of a step it did not reach."""
+    from panoptem.training import train as train_mod
+    seen = _scripted(monkeypatch, [0.2, 0.5, 0.9, 0.2])   # before, steps 1, 2; before again
+
+    class Killed(Exception):
+        pass
+    real = train_mod._atomic_save
+
+    def save_or_die(obj, path):
+        if "opt" in obj and obj["step"] == 2:
+            raise Killed
+        real(obj, path)
+    monkeypatch.setattr(train_mod, "_atomic_save", save_or_die)
+    data = disc_dataset(tmp_path / "ds", n=4)
+    kw = dict(name="kb", patch_size=64, layers="all", lr=1e-2, validate_every=1, log=lambda s: None)
+    with pytest.raises(Killed):
+        finetune(str(tiny_card), data, iterations=3, **kw)
+    assert torch.load(home / "training" / "kb" / "best.pt", weights_only=True)["step"] == 2
+    r = finetune(str(tiny_card), data, iterations=1, **kw)
+    assert r["kept_step"] == 1 and r["after"]["f1_50"] == 0.5 and [h["step"] for h in r["validation"]] == [1]
+    assert get_card("kb").validation["scored_steps"] == [1]
+    got = _weights(r["weights"])
+    assert all(torch.equal(got[k], v) for k, v in seen[1].items())   # the weights scored at step 1

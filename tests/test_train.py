@@ -461,6 +461,42 @@ def test_ctrl_c_stops_once_the_step_is_checkpointed(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_resumed_run_keeps_nothing_scored_after_its_checkpoint(tmp_path, volume_files, monkeypatch):
+    """Killed while scoring step 4, after step 3 scored best but checkpointed at step 2, a run
+    resumed (here to end at step 2, as --iterations may change) keeps the best of steps 1-2 and
+    their scores only: never weights of a step it did not reach."""
+    from conftest import TINY_ARCH
+    from panoptem.training import from_volume
+    from panoptem.training.train import TrainConfig, load_checkpoint
+
+    class Killed(Exception):
+        pass
+    f1 = iter([0.1, 0.2, 0.9])
+
+    def scripted(labels, mask, min_size):
+        f = next(f1, None)
+        if f is None:
+            raise Killed
+        return dict(foreground_iou=f, f1_50=f, precision_50=f, recall_50=f, n_pred=1, n_gt=1)
+    monkeypatch.setattr(from_volume, "score_3d", scripted)
+    out = tmp_path / "run"
+
+    def run(iterations):
+        cfg = TrainConfig(iterations=iterations, batch_size=2, patch_size=64, validate_every=1, checkpoint_every=2,
+                          architecture=TINY_ARCH)
+        return from_volume.train_from_volume(str(volume_files[0]), str(volume_files[1]), str(out), "0:4", "4:6",
+                                             cfg, log=lambda s: None)
+    with pytest.raises(Killed):
+        run(4)
+    assert torch.load(out / "best.pt", weights_only=True)["step"] == 3      # the killed run's best, past step 2
+    assert run(2) == out / "best.pt"
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["step"] == 2 and json.loads((out / "best.json").read_text())["step"] == 2
+    model = load_checkpoint(out / "checkpoint.pt")["model"]
+    assert all(torch.equal(best["state_dict"][k], model[k]) for k in model)
+    assert [json.loads(s)["step"] for s in (out / "val3d.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_a_run_removes_the_temporary_files_of_killed_saves(tmp_path):
     """A run killed while saving leaves .NAME.<id>.part files in its folder: the next run into the
     folder removes them, and nothing else (a user's files of other names stay)."""

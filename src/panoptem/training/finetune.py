@@ -339,7 +339,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     from ..models.load import LoadedModel, load_model, pick_device
     from ..params import FinetuneParams, make_params
     from .dataset import DatasetFolders
-    from .train import TrainConfig, _atomic_save, better_scores, train
+    from .train import BestWeights, TrainConfig, _atomic_save, train
     opts = make_params(FinetuneParams, iterations=iterations, patch_size=patch_size, layers=layers, lr=lr,
                        batch_size=batch_size, gamma=gamma, scale_range=tuple(scale_range), seed=seed,
                        val_fraction=val_fraction, validate_every=validate_every, replay_ratio=replay_ratio)
@@ -386,9 +386,9 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     losses: list[float] = []
     stage = _training_folder({"out_dir": out_dir, "name": name})
     keep = out_dir is not None
-    best_file, history_file = stage / "best.pt", stage / "scores.json"
+    history_file = stage / "scores.json"
     history: list[dict] = []
-    best = {"step": 0, "scores": before}
+    best = BestWeights(stage / "best.pt", cfg.architecture, start=(0, before))
 
     def validate(model, step: int) -> None:
         # PyTorch: weights that change every step are not worth an ONNX export (nor a cache file each)
@@ -396,10 +396,15 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
         history[:] = [h for h in history if h["step"] < step] + [{"step": step, **scores}]
         write_text(history_file, json.dumps(history))  # a resumed run reports every step scored
         log(f"step {step}: {scores_line(scores)}")
-        if better_scores(scores, best["scores"]):
-            best.update(step=step, scores=scores)
-            _atomic_save({"architecture": cfg.architecture, "state_dict": model.state_dict(), "step": step,
-                          "scores": scores}, best_file)
+        best.offer(model, step, scores)
+
+    def resumed(step: int, extra: dict | None) -> None:
+        # what a killed run scored after the checkpoint goes: this run scores those steps again, or ends before
+        best.restore(extra, step)
+        old = json.loads(history_file.read_text()) if history_file.exists() else []
+        history[:] = [h for h in old if h["step"] <= step]
+        if history != old:
+            write_text(history_file, json.dumps(history))
 
     # a run stopped, refused or failed leaves its work folder (its checkpoint) to the next run of the
     # name, which resumes it only when it is the same run
@@ -413,31 +418,24 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     claim_run(work_folder(stage, "checkpoints and weights"), cfg, run, resume, restart,
               ("best.pt", "scores.json", "kept.pt"))
     state = {k: v.detach().cpu().clone() for k, v in base.module.state_dict().items()}
-    if val is not None and resume and best_file.exists():  # a stopped run's best so far
-        import torch
-        kept = torch.load(best_file, map_location="cpu", weights_only=True)  # tensors and numbers only
-        best.update(step=int(kept["step"]), scores=dict(kept["scores"]))
-    if val is not None and resume and history_file.exists():
-        history[:] = json.loads(history_file.read_text())
+    scored = val is not None
     weights = train(source, stage, cfg, resume=resume, log=log, init_state=state, frozen=frozen,
                     on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop,
-                    validate=validate if val is not None else None, run=run, restart=restart)
-    if val is None:  # nothing held out to score: the last step's weights are kept
-        best["step"] = int(iterations)
-    after = best["scores"]
-    if val is not None and best["step"] != int(iterations):
+                    validate=validate if scored else None, run=run, restart=restart,
+                    extra_state=best.state if scored else None, on_resume=resumed if scored else None)
+    kept_step = best.step if scored else int(iterations)  # nothing held out to score: the last step's weights
+    after = best.scores
+    if kept_step != int(iterations):
         chosen = stage / "kept.pt"
-        if best["step"] == 0:
+        if best.weights is None:
             _atomic_save({"architecture": cfg.architecture, "state_dict": state}, chosen)
             log("kept the base model's weights: no step scored better on the held-out patches")
         else:
-            import torch
-            kept = torch.load(best_file, map_location="cpu", weights_only=True)
-            _atomic_save({"architecture": cfg.architecture, "state_dict": kept["state_dict"]}, chosen)
-            log(f"kept the weights of step {best['step']} (best held-out F1@0.5), not those of the last step")
+            _atomic_save({"architecture": cfg.architecture, "state_dict": best.weights}, chosen)
+            log(f"kept the weights of step {kept_step} (best held-out F1@0.5), not those of the last step")
         weights = chosen
     if after is not None:
-        log(f"after: {scores_line(after)} ({where}; step {best['step']})")
+        log(f"after: {scores_line(after)} ({where}; step {kept_step})")
     new_card = card.model_copy(deep=True)
     new_card.description = (f"{card.name} fine-tuned on {len(train_data)} patch(es) from "
                             f"{', '.join(Path(d).name for d in dirs)} "
@@ -445,7 +443,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
                             f"Base model: {card.description.strip()}").strip()
     new_card.architecture = cfg.architecture
     new_card.validation = {"evaluated_on": where or "nothing (too few patches to hold out)",
-                           "before": before, "after": after, "kept_step": best["step"],
+                           "before": before, "after": after, "kept_step": kept_step,
                            "scored_steps": [h["step"] for h in history]}
     new_card.training = {"base_model": card.name, "train_dirs": [str(d) for d in dirs], "n_patches": len(train_data),
                          "held_out": held, "iterations": int(iterations), "layers": layers, "lr": lr,
@@ -457,7 +455,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     if not keep:  # registered: the default work folder goes
         discard(stage)  # renamed first: a run killed while removing it leaves no half checkpoint to resume
     return {"name": name, "before": before, "after": after, "evaluated_on": where, "held_out": held,
-            "kept_step": best["step"], "validation": history, "weights": get_card(name).weights_path(),
+            "kept_step": kept_step, "validation": history, "weights": get_card(name).weights_path(),
             "card": str(path), "losses": losses}
 
 

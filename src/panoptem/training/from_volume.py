@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import write_text
 from ..errors import PanoptemError
 from .dataset import VolumeSlices
-from .train import TrainConfig, _atomic_save, better_scores, one_run_per_folder, train
+from .train import BestWeights, TrainConfig, drop_records_after, one_run_per_folder, train
 
 
 def parse_range(text: str) -> slice:
@@ -61,8 +60,9 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     With ``val_slices``, the held-out block is segmented in 3D (xy stack, default
     parameters) every ``cfg.validate_every`` steps and at the end, scored with
     :func:`score_3d` (``min_size``), logged to ``val3d.jsonl``, and the best weights
-    (:func:`~.train.better_scores`) are written to ``out_dir/best.pt``, which is returned; a
-    resumed run remembers the best so far (``best.json``), a restarted one starts afresh.
+    (:func:`~.train.better_scores`) are written to ``out_dir/best.pt`` (their scores to
+    ``best.json``), which is returned; a resumed run remembers the best of the steps up to its
+    checkpoint (:class:`~.train.BestWeights`), a restarted one starts afresh.
     Without, the last weights are returned.
     ``init``: a registered model (or card / weights path) to start from, with its architecture.
     ``context_slices`` k: the network sees each slice with its k neighbours on each side (2k + 1
@@ -123,13 +123,16 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     out = work_folder(out_dir, "checkpoints and weights")
     # before the folder's scores are read; a restarted run scores afresh
     claim_run(out, cfg, run, resume, restart, ("best.pt", "best.json", "val3d.jsonl"))
-    best_file, best_json = out / "best.pt", out / "best.json"
-    best = json.loads(best_json.read_text()) if resume and best_json.exists() and best_file.exists() else None
+    from ..models.architecture import architecture_config
+    best = BestWeights(out / "best.pt", architecture_config(cfg.architecture), record=out / "best.json")
+
+    def resumed(step: int, extra: dict | None) -> None:
+        # what a killed run scored after the checkpoint goes: this run scores those steps again, or ends before
+        best.restore(extra, step)
+        drop_records_after(out / "val3d.jsonl", step)
 
     def validate(model, step: int) -> None:
-        nonlocal best
         from ..inference.segment3d import segment_3d
-        from ..models.architecture import architecture_config
         from ..models.card import ModelCard, Weights
         from ..models.load import LoadedModel
         card = ModelCard(name="validation", architecture=architecture_config(model.config), context_slices=k,
@@ -139,20 +142,16 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
         log(json.dumps({"val3d": scores}))
         with open(out / "val3d.jsonl", "a") as f:
             f.write(json.dumps(scores) + "\n")
-        if better_scores(scores, best):
-            best = scores
-            _atomic_save({"architecture": architecture_config(model.config), "state_dict": model.state_dict(),
-                          "step": step}, best_file)
-            write_text(best_json, json.dumps(best))
+        best.offer(model, step, scores)
 
     zs = range(*vs.indices(img.shape[0]))[::4]  # 2D checks in training: every 4th held-out slice
     from ..inference.segment2d import take_plane
     val = ([take_plane(img, z, "xy", neighbours=k) if k else np.asarray(img[z]) for z in zs], list(vlab[::4]))
     train(ds, out_dir, cfg, resume=resume, val=val, log=log, init_state=init_state, validate=validate, run=run,
-          restart=restart)
-    if best is None:  # an earlier panoptem checkpointed the last step before scoring it; killed in between
+          restart=restart, extra_state=best.state, on_resume=resumed)
+    if best.scores is None:  # an earlier panoptem checkpointed the last step before scoring it; killed in between
         raise PanoptemError(f"{out_dir} holds a finished run whose held-out slices were never scored; run again "
                             "with --restart.")
-    log(f"kept the weights of step {best['step']} (best 3D F1@0.5 on the held-out slices, the later on a "
-        f"tie): {json.dumps(best)}")
-    return best_file
+    log(f"kept the weights of step {best.step} (best 3D F1@0.5 on the held-out slices, the later on a "
+        f"tie): {json.dumps(best.scores)}")
+    return best.file

@@ -94,6 +94,85 @@ def _atomic_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def drop_records_after(path: Path, step: int) -> None:
+    """Keep only the records of steps up to ``step`` in the JSON-lines file ``path`` (a resumed run
+    scores and logs the later ones again); a line cut short by a kill goes too."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(line)
+    if kept != lines:
+        write_text(path, "".join(s + "\n" for s in kept))
+
+
+class BestWeights:
+    """The weights of a run's best-scored step (:func:`better_scores`), written to ``file`` (with
+    their ``step`` and ``scores``; ``record``: the scores alone, as JSON) as they come, and kept
+    in every checkpoint (:meth:`state`): a resumed run (:meth:`restore`) goes on with the best of
+    the steps up to its checkpoint, never with one a killed run scored after it. Until a step
+    scores better, the best is ``start`` (step, scores: e.g. the base model's) and ``file`` is absent."""
+
+    def __init__(self, file: Path, architecture: dict, start: tuple[int, dict | None] = (0, None),
+                 record: Path | None = None):
+        self.file, self.architecture, self.start, self.record = Path(file), architecture, start, record
+        self.step, self.scores = start
+        self.weights: dict | None = None
+
+    def offer(self, model, step: int, scores: dict) -> bool:
+        """Keep ``model``'s weights if ``scores`` are at least as good as the best's; whether kept."""
+        if not better_scores(scores, self.scores):
+            return False
+        self.step, self.scores = step, scores
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self._write()
+        return True
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the best."""
+        return {"step": self.step, "scores": self.scores, "state_dict": self.weights}
+
+    def restore(self, state: dict | None, step: int) -> None:
+        """Take the best from ``state`` (a checkpoint's, of step ``step``), or, where the checkpoint
+        holds none (there is none, or an earlier panoptem wrote it), from ``file`` where its step
+        is ``step`` or earlier; else start afresh. ``file`` is rewritten to match."""
+        state = state if state is not None else self._read(step)
+        if state is None:
+            state = {"step": self.start[0], "scores": self.start[1], "state_dict": None}
+        self.step, self.scores = int(state["step"]), state["scores"]
+        weights = state["state_dict"]
+        self.weights = None if weights is None else {k: v.cpu() for k, v in weights.items()}
+        self._write()
+
+    def _read(self, step: int) -> dict | None:
+        if not self.file.exists():
+            return None
+        kept = torch.load(self.file, map_location="cpu", weights_only=True)  # tensors and numbers only
+        if int(kept["step"]) > step:
+            return None
+        scores = kept.get("scores")
+        if scores is None and self.record is not None and self.record.exists():
+            scores = json.loads(self.record.read_text())
+        return {"step": int(kept["step"]), "scores": scores, "state_dict": kept["state_dict"]}
+
+    def _write(self) -> None:
+        if self.weights is None:
+            self.file.unlink(missing_ok=True)
+            if self.record is not None:
+                self.record.unlink(missing_ok=True)
+            return
+        _atomic_save({"architecture": self.architecture, "state_dict": self.weights, "step": self.step,
+                      "scores": self.scores}, self.file)
+        if self.record is not None:
+            write_text(self.record, json.dumps(self.scores))
+
+
 def semantic_iou(model, images: list[np.ndarray], masks: list[np.ndarray], device="cpu") -> float:
     """Foreground IoU of thresholded semantic output on whole slices."""
 
@@ -194,9 +273,10 @@ def claim_run(out: Path, cfg: TrainConfig, run: dict | None = None, resume: bool
     write_text(record, json.dumps(ident, indent=1))
 
 
-def _resume(ckpt: Path, cfg: TrainConfig, arch: dict, model, opt, sched, rng) -> int:
-    """Restore model, optimiser, schedule and random states; returns the step. ``arch``: the
-    run's whole architecture (checkpoints record theirs, completed with the defaults when older)."""
+def _resume(ckpt: Path, cfg: TrainConfig, arch: dict, model, opt, sched, rng) -> tuple[int, dict | None]:
+    """Restore model, optimiser, schedule and random states; returns the step and what the
+    caller kept in the checkpoint (``extra_state``; None). ``arch``: the run's whole architecture
+    (checkpoints record theirs, completed with the defaults when older)."""
     state = load_checkpoint(ckpt, cfg.device)
     if architecture_config(state.get("architecture", arch)) != arch:
         raise PanoptemError(f"{ckpt} is a checkpoint of another network; delete {ckpt.parent} to start afresh "
@@ -213,7 +293,7 @@ def _resume(ckpt: Path, cfg: TrainConfig, arch: dict, model, opt, sched, rng) ->
     if step > cfg.iterations:
         raise PanoptemError(f"{ckpt} was saved at step {step}, past the {cfg.iterations} iterations asked for; "
                             f"ask for {step} or more to resume it, or start afresh (--restart).")
-    return step
+    return step, state.get("extra")
 
 
 class OneCycle:
@@ -330,7 +410,7 @@ def _train_mode(model, frozen=()) -> None:
 def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume: bool = True,
           val: tuple[list, list] | None = None, log=print, *, init_state: dict | None = None,
           frozen: tuple[str, ...] = (), on_step=None, stop=None, validate=None, run: dict | None = None,
-          restart: str = RESTART) -> Path:
+          restart: str = RESTART, extra_state=None, on_resume=None) -> Path:
     """Train a :class:`PanopticNet` on batches of ``dataset`` (a
     :class:`~panoptem.training.dataset.TrainingData`) and return the path of the final weights.
 
@@ -345,7 +425,11 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
     indices trains with cross-entropy (:func:`panoptic_loss_ce`).
 
     ``validate(model, step)`` is called (model in eval mode) every ``cfg.validate_every`` steps
-    and at the last one, e.g. to score held-out data and keep the best weights.
+    and at the last one, e.g. to score held-out data and keep the best weights. What
+    ``extra_state()`` returns (e.g. :meth:`BestWeights.state`) is saved in every checkpoint, and
+    ``on_resume(step, extra)`` is called before the first step with the step the run starts from
+    (0 when afresh) and what ``extra_state()`` gave its checkpoint (None when nothing): what the
+    caller kept of later steps was scored by a killed run, and is the caller's to drop.
 
     ``stop()`` is asked after every step; when it returns True the run saves a
     checkpoint of that step and raises :class:`TrainingCancelled` (a later run
@@ -373,11 +457,14 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
     sched = OneCycle(opt, cfg.lr, cfg.schedule_steps or cfg.iterations)
     lr_cut = _one_cycle_lr(cfg, cfg.anneal_from) if cfg.anneal_from else None
     rng = np.random.default_rng(cfg.seed)
-    step = 0
+    step, extra = 0, None
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
-        step = _resume(ckpt, cfg, arch, model, opt, sched, rng)
+        step, extra = _resume(ckpt, cfg, arch, model, opt, sched, rng)
         log(f"resumed from step {step}")
+    drop_records_after(out / "log.jsonl", step)
+    if on_resume is not None:
+        on_resume(step, extra)
     write_text(out / "train_config.json", json.dumps({**asdict(cfg), "architecture": arch}, indent=1))
     t0 = time.time()
     _train_mode(model, frozen)
@@ -414,7 +501,7 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
             if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping or interrupted:
                 _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                               "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                              "architecture": arch}, ckpt)
+                              "architecture": arch, "extra": extra_state() if extra_state else None}, ckpt)
             if on_step is not None:
                 on_step(rec)
             if step % 20 == 0 or "val_iou" in rec or stopping or interrupted:
