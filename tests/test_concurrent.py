@@ -96,3 +96,38 @@ def test_one_output_reached_by_two_paths_has_one_lock(tmp_path):
         t.join(30)
     with exclusive_output(tmp_path / "latest"):  # free again
         pass
+
+
+def test_a_preview_another_run_wrote_meanwhile_is_kept(tmp_path, monkeypatch):
+    """segment2d / segment3d checked their --preview before the work and drew it over whatever
+    was there after it."""
+    import panoptem
+    from panoptem.inference import segment2d
+    from _models import dark_blob_model
+    img = np.full((64, 64), 200, np.uint8)
+    img[20:40, 20:40] = 40
+    theirs = tmp_path / "p.png"
+    check = segment2d.check_classes
+
+    def meanwhile(*a):
+        theirs.write_bytes(b"theirs")
+        return check(*a)
+    monkeypatch.setattr(segment2d, "check_classes", meanwhile)
+    with pytest.raises(PanoptemError, match="already exists"):
+        panoptem.segment_2d(img, dark_blob_model(), preview=theirs)
+    assert theirs.read_bytes() == b"theirs"
+    theirs3 = tmp_path / "p3.png"
+    with pytest.raises(PanoptemError, match="already exists"):
+        panoptem.segment_3d(np.stack([img] * 4), dark_blob_model(), preview=theirs3, min_size=0,
+                            callback=lambda *a: theirs3.write_bytes(b"theirs") and None)
+    assert theirs3.read_bytes() == b"theirs"
+
+
+def test_an_output_that_is_a_link_is_replaced_not_written_through(tmp_path):
+    """The lock of a link to a file is the link's own: a dangling link's missing folders were
+    made where it pointed."""
+    from panoptem.io import write_labels
+    link = tmp_path / "out.tif"
+    link.symlink_to(tmp_path / "gone" / "run5" / "out.tif")
+    write_labels(link, np.ones((4, 4), np.uint8), overwrite=True)
+    assert not link.is_symlink() and link.is_file() and not (tmp_path / "gone").exists()

@@ -462,11 +462,12 @@ def test_ctrl_c_stops_once_the_step_is_checkpointed(tmp_path):
 
 
 def test_a_resumed_run_keeps_nothing_scored_after_its_checkpoint(tmp_path, volume_files, monkeypatch):
-    """Killed while scoring step 4, after step 3 scored best but checkpointed at step 2, a run
-    resumed (here to end at step 2, as --iterations may change) keeps the best of steps 1-2 and
+    """Killed while checkpointing step 3, which scored best (its best.pt written), a run resumed
+    from step 2 (here to end there, as --iterations may change) keeps the best of steps 1-2 and
     their scores only: never weights of a step it did not reach."""
     from conftest import TINY_ARCH
     from panoptem.training import from_volume
+    from panoptem.training import train as train_mod
     from panoptem.training.train import TrainConfig, load_checkpoint
 
     class Killed(Exception):
@@ -479,6 +480,13 @@ def test_a_resumed_run_keeps_nothing_scored_after_its_checkpoint(tmp_path, volum
             raise Killed
         return dict(foreground_iou=f, f1_50=f, precision_50=f, recall_50=f, n_pred=1, n_gt=1)
     monkeypatch.setattr(from_volume, "score_3d", scripted)
+    save = train_mod._atomic_save
+
+    def killed_at_step_3(obj, path):
+        if str(path).endswith("checkpoint.pt") and obj["step"] == 3:
+            raise Killed
+        save(obj, path)
+    monkeypatch.setattr(train_mod, "_atomic_save", killed_at_step_3)
     out = tmp_path / "run"
 
     def run(iterations):
@@ -514,3 +522,26 @@ def test_a_run_removes_the_temporary_files_of_killed_saves(tmp_path):
     train(VolumeSlices(img, lab), run, TrainConfig(iterations=1, batch_size=1, patch_size=64, architecture=TINY_ARCH),
           log=lambda s: None)
     assert not any(p.exists() for p in left) and all(p.exists() for p in mine)
+
+
+def test_every_scored_step_is_checkpointed(tmp_path):
+    """A run that scores every 3 steps and checkpoints every 5 keeps a checkpoint of step 3: what
+    it scored there (its best weights) is in a checkpoint a killed run resumes from."""
+    from conftest import TINY_ARCH
+    from panoptem.training.dataset import VolumeSlices
+    from panoptem.training.train import TrainConfig, load_checkpoint, train
+
+    class Killed(Exception):
+        pass
+
+    def killed_after(rec):
+        if rec["step"] == 3:
+            raise Killed
+    img, lab = disc_volume(n=2)
+    cfg = TrainConfig(iterations=6, batch_size=1, patch_size=64, validate_every=3, checkpoint_every=5,
+                      architecture=TINY_ARCH)
+    scored = []
+    with pytest.raises(Killed):
+        train(VolumeSlices(img, lab), tmp_path / "run", cfg, log=lambda s: None, on_step=killed_after,
+              validate=lambda model, step: scored.append(step))
+    assert scored == [3] and load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3

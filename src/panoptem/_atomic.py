@@ -126,7 +126,7 @@ def _place_new(tmp: Path, target: Path) -> None:
             os.replace(tmp, target)
             return
     raise PanoptemError(f"'{target}' appeared while this run was writing it (another run's?); it is kept: "
-                        "choose another output path, or give --overwrite (overwrite=True) to replace it.")
+                        "choose another output path.")
 
 
 def write_text(path: str | Path, text: str, suffix: str = "", replace: bool = True) -> Path:
@@ -246,7 +246,9 @@ def waiting_lock(path: str | Path) -> Iterator[None]:
         fd = os.open(path, os.O_RDONLY)
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # read-only opens lock as well, and a file made writable for all as the umask allows: a lock
+        # another user of a shared home made does not keep this one out
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -270,7 +272,9 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
         yield
         return
     t = Path(target).expanduser().absolute()
-    real = t.resolve()  # one lock for every path to the target (a link to a folder, a linked parent)
+    # one lock for every path to the target (a linked parent, a link to a folder); a link to a file
+    # is replaced by the output, not written through, so it is its own target
+    real = t.resolve() if t.is_dir() else t.parent.resolve() / t.name
     lock = real.parent / f".{real.name}.lock"
     key = (threading.get_ident(), str(lock))
     if key in _held:
@@ -281,7 +285,6 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
             _held[key][1] -= 1
         return
     t.parent.mkdir(parents=True, exist_ok=True)
-    real.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -438,7 +438,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         from ..reporting import preview as draw
         n = sum(_objects(labels[z]) for z in range(len(labels) if store is None else labels.shape[0]))  # every slice
         draw(out, preview, image=image, voxel_size=voxel_size, model=pred.card.name, params=p.model_dump(),
-             n_objects=n, overwrite=True)
+             n_objects=n, overwrite=overwrite)
     if return_outputs:
         sp = np.stack(probs) if image.ndim == 3 else probs[0]
         return Result2D(out, sp, centers if image.ndim == 3 else centers[0], plan.record())

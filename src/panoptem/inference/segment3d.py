@@ -741,7 +741,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     if output is None:
         with torch_threads(ht):
             res = _segment(volume, predictor, p, progress, cache_dir, callback, plan=plan, overlap=overlap)
-        return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
+        return _with_preview(res, preview, volume, voxel_size, predictor.card, p, overwrite)
     from .._atomic import discard, exclusive_output
     out = Path(output).expanduser()
     for path in output_paths(out, predictor.card, p):
@@ -764,7 +764,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
         elif own_cache:  # kept on purpose: another engine writing this output leaves it
             (Path(cache_dir) / KEPT).touch()
         drop_resume_state(out, "3d")  # the folders are named after the output as given
-    return _with_preview(res, preview, volume, voxel_size, predictor.card, p)
+    return _with_preview(res, preview, volume, voxel_size, predictor.card, p, overwrite)
 
 
 def _blockwise(volume, model, output, p: Params3D, kw: dict, preview, inputs) -> Result3D:
@@ -784,7 +784,7 @@ def _blockwise(volume, model, output, p: Params3D, kw: dict, preview, inputs) ->
         from ..io import ImageData
         image = (volume.data if isinstance(volume, ImageData) else
                  read_image(str(volume)).data if isinstance(volume, (str, Path)) else volume)
-        _with_preview(res, preview, image, kw["voxel_size"], card, p)
+        _with_preview(res, preview, image, kw["voxel_size"], card, p, kw["overwrite"])
     return res
 
 
@@ -959,13 +959,13 @@ def _write(res: Result3D, output, voxel_size, overwrite: bool, inputs, p: Params
     return res
 
 
-def _with_preview(res: Result3D, path, volume, voxel_size, card, p: Params3D) -> Result3D:
+def _with_preview(res: Result3D, path, volume, voxel_size, card, p: Params3D, overwrite: bool = False) -> Result3D:
     """Draw the preview of a finished run (when asked) from its panoptic volume."""
     if path is not None:
         from ..reporting import preview
         planes = PLANES if p.orthoplane else tuple(dict.fromkeys(("xy", p.inference_plane)))
         preview(res.panoptic, path, image=volume, voxel_size=voxel_size, planes=planes, model=card.name,
-                params=p.model_dump(), n_objects=sum(res.objects.values()), overwrite=True)
+                params=p.model_dump(), n_objects=sum(res.objects.values()), overwrite=overwrite)
     return res
 
 

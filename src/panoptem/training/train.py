@@ -492,13 +492,15 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
                 model.eval()
                 rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
                 _train_mode(model, frozen)
-            if validate is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
+            scored = validate is not None and (step % cfg.validate_every == 0 or step == cfg.iterations)
+            if scored:
                 model.eval()
                 validate(model, step)
                 _train_mode(model, frozen)
             interrupted = ctrl_c.pressed  # Ctrl-C in this step, its scoring included: checkpointed now
-            # after the step's scoring: a run killed while scoring resumes before this step and scores it again
-            if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping or interrupted:
+            # after the step's scoring (every scored step is, so a resumed run keeps what it scored): a run
+            # killed while scoring resumes before this step and scores it again
+            if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping or interrupted or scored:
                 _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                               "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                               "architecture": arch, "extra": extra_state() if extra_state else None}, ckpt)
