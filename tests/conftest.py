@@ -1,6 +1,7 @@
 import functools
 import http.server
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,24 @@ def server(tmp_path):
         httpd.shutdown()
         httpd.server_close()
         t.join(timeout=5)
+
+
+@contextmanager
+def output_held_elsewhere(target):
+    """``target``'s output lock (``exclusive_output``) held by another thread of this process while
+    the block runs, as a napari dock's worker or another run holds it."""
+    from panoptem._atomic import exclusive_output
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with exclusive_output(target):
+            held.set()
+            release.wait(30)
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(30)
+        yield
+    finally:
+        release.set()
+        t.join(30)

@@ -78,22 +78,11 @@ def test_one_output_reached_by_two_paths_has_one_lock(tmp_path):
     """`train-volume -o runs/m1` and `-o runs/latest` (a link to m1) both wrote the same folder."""
     (tmp_path / "m1").mkdir()
     (tmp_path / "latest").symlink_to(tmp_path / "m1")
-    held, release = threading.Event(), threading.Event()
-
-    def first():
-        with exclusive_output(tmp_path / "m1"):
-            held.set()
-            release.wait(30)
-    t = threading.Thread(target=first)
-    t.start()
-    try:
-        assert held.wait(30)
+    from conftest import output_held_elsewhere
+    with output_held_elsewhere(tmp_path / "m1"):
         with pytest.raises(PanoptemError, match="Another panoptem run is writing"):
             with exclusive_output(tmp_path / "latest"):
                 pass
-    finally:
-        release.set()
-        t.join(30)
     with exclusive_output(tmp_path / "latest"):  # free again
         pass
 

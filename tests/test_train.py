@@ -193,30 +193,19 @@ def test_a_second_run_into_a_training_folder_is_refused(tmp_path, entry, tiny_ca
 def test_a_second_thread_training_into_the_same_folder_is_refused(tmp_path):
     """napari's docks train in worker threads: a second thread into the same folder is refused
     (the lock was re-entrant for the whole process, and the first run's end removed it)."""
-    import threading
+    from conftest import output_held_elsewhere
     from panoptem._atomic import exclusive_output
     from panoptem.errors import PanoptemError
     from panoptem.training import train as train_mod
     from panoptem.training.dataset import VolumeSlices
-    held, release, errors = threading.Event(), threading.Event(), []
-
-    def first():
-        with exclusive_output(tmp_path / "run"):
-            held.set()
-            release.wait(30)
-    t = threading.Thread(target=first)
-    t.start()
-    try:
-        assert held.wait(30)
+    errors = []
+    with output_held_elsewhere(tmp_path / "run"):
         img, lab = disc_volume(n=2)
         try:
             train_mod.train(VolumeSlices(img, lab), tmp_path / "run", train_mod.TrainConfig(
                 iterations=1, batch_size=1, patch_size=64), log=lambda s: None)
         except PanoptemError as e:
             errors.append(str(e))
-    finally:
-        release.set()
-        t.join()
     assert len(errors) == 1 and "Another panoptem run is writing" in errors[0]
     with exclusive_output(tmp_path / "run"):          # nested in one thread: re-entrant
         with exclusive_output(tmp_path / "run"):
