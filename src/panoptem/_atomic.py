@@ -103,7 +103,7 @@ def atomic_path(target: str | Path, suffix: str = "", replace: bool = True) -> I
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
+        os.chmod(tmp, shared_mode())  # mkstemp makes 0600; outputs are shared as the umask says
         if replace:
             move_into_place(tmp, target)  # a folder in the way (replaced with --overwrite) too
         else:
@@ -127,6 +127,27 @@ def _place_new(tmp: Path, target: Path) -> None:
             return
     raise PanoptemError(f"'{target}' appeared while this run was writing it (another run's?); it is kept: "
                         "choose another output path.")
+
+
+_umask_lock = threading.Lock()
+
+
+def shared_mode(folder: bool = False) -> int:
+    """The permissions a new file (``folder``: folder) gets under this process's umask, for what
+    panoptem makes with a mode of its own (temporary files are made private): group members of a
+    shared folder (umask 002) can then read, replace and resume what another made."""
+    mask = None
+    try:  # read where it can be, without changing it (other threads may be creating files)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                mask = int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    if mask is None:
+        with _umask_lock:
+            mask = os.umask(0o022)
+            os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
 
 
 def write_text(path: str | Path, text: str, suffix: str = "", replace: bool = True) -> Path:
@@ -286,7 +307,8 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
         return
     t.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        # read-only opens lock too: a lock a killed run of another user left does not keep this one out
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -327,6 +349,7 @@ def held_folder(folder: str | Path) -> Iterator[None]:
         yield
         return
     fd, tmp = tempfile.mkstemp(prefix=f"{FOLDER_LOCK}.", dir=folder)
+    os.fchmod(fd, shared_mode())  # others sharing the home can tell a held folder from an abandoned one
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -352,7 +375,7 @@ def remove_abandoned(parent: str | Path) -> None:
         if d.is_symlink() or not d.is_dir():
             continue
         try:
-            fd = os.open(d / FOLDER_LOCK, os.O_RDWR)
+            fd = os.open(d / FOLDER_LOCK, os.O_RDONLY)
         except OSError:
             continue
         try:

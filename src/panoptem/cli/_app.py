@@ -36,8 +36,8 @@ def _known_error(e: BaseException) -> str | None:
                 "a larger one, then run the same command again: a 3D run resumes where it stopped.")
     if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         where = "a file or folder this command uses"
-        if e.filename:
-            f = Path(e.filename)  # a file panoptem was creating (a temporary or lock file): its folder
+        if e.filename:  # a rename's target (filename2): the file another user owns in a shared folder
+            f = Path(e.filename2 or e.filename)  # else a file panoptem was creating (a temporary or lock): its folder
             where = f"'{f.parent}'" if not f.exists() else f"'{f}'"
         return (f"no permission to use {where} ({e.strerror or first}); write outputs (and --cache-dir, and "
                 "PANOPTEM_HOME for models and caches) to a folder you can write to, and give inputs you can read.")

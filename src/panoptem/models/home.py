@@ -87,11 +87,12 @@ def staging(prefix: str) -> Iterator[Path]:
     folder moves into place with one atomic rename); removed on exit. It lies in a folder held
     while in use (:func:`~panoptem._atomic.held_folder`; the lock stays out of what moves into
     place): what killed processes left in ``<home>/tmp`` goes when the next staging starts."""
-    from .._atomic import held_folder, remove_abandoned
+    from .._atomic import held_folder, remove_abandoned, shared_mode
     tmp = user_home() / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     remove_abandoned(tmp)
     holder = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
+    os.chmod(holder, shared_mode(folder=True))  # mkdtemp makes it private: others could not clear it
     try:
         with held_folder(holder):
             d = holder / "stage"

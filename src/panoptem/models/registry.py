@@ -9,6 +9,7 @@ For example (needs the files)::
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -223,7 +224,11 @@ def _verified(path: Path, expected: str | None) -> bool:
         return True
     if sha256_of(path) != expected.lower():
         return False
-    write_text(marker, stamp + "\n")
+    try:
+        write_text(marker, stamp + "\n")
+    except OSError as e:  # a home this user cannot write to (a site-wide one): hashed again next time
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
     return True
 
 

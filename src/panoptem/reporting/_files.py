@@ -1,6 +1,7 @@
 """Output paths of pictures and reports: never over an input, never over a file unless asked."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -16,4 +17,8 @@ def check_target(path, suffixes: tuple[str, ...], overwrite: bool, inputs: Itera
     p = Path(path).expanduser()
     if p.suffix.lower() not in suffixes:
         raise PanoptemError(f"Cannot write '{p.name}': give a file name ending in {' or '.join(suffixes)}.")
-    return check_output(p, overwrite, inputs, outputs)
+    out = check_output(p, overwrite, inputs, outputs)
+    there = next((q for q in out.parents if q.exists()), None)  # the folder it is made in, or the nearest
+    if there is not None and there.is_dir() and not os.access(there, os.W_OK | os.X_OK):
+        raise PanoptemError(f"No permission to write '{out.name}' into '{there}'; choose a folder you can write to.")
+    return out
