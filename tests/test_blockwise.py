@@ -1546,3 +1546,20 @@ def test_a_plane_of_one_value_resampled_by_a_fraction_is_blank_as_in_the_whole_v
                             halo=(0, 32, 32), **params)
     assert res.blocks > 1 and whole.any() and not whole[5].any()
     np.testing.assert_array_equal(np.asarray(res.labels["mitochondria"][:]), whole)
+
+
+def test_a_cache_shared_by_runs_on_two_volumes_serves_each_its_own(tmp_path, client):
+    """In-memory volumes of one shape: the second was given the first's network outputs (its key
+    held no digest of an array's voxels), and the planes of one value the first run found (kept at
+    the cache's root) blanked the second's tissue."""
+    a = scene((24, 96, 96))
+    a[8:16] = 0                                         # sections of one value in the first volume only
+    b = np.flip(scene((24, 96, 96)), axis=2).copy()
+    cache = tmp_path / "cache"
+    _blockwise(a, tmp_path, "a.zarr", client=client, block_shape=(16, 64, 64), halo=(32, 32, 32), cache_dir=cache,
+               inference_plane="xz")
+    res, got = _blockwise(b, tmp_path, "b.zarr", client=client, block_shape=(16, 64, 64), halo=(32, 32, 32),
+                          cache_dir=cache)
+    whole = segment_3d(b, dark_blob_model(), **P).labels["mitochondria"]
+    assert res.blocks > 1 and whole[8:16].any()
+    np.testing.assert_array_equal(got, whole)

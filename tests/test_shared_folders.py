@@ -114,3 +114,17 @@ def test_weights_a_read_only_model_home_holds_are_used_without_writing_beside_th
     expected = sha256_of(weights)
     as_another_user(lambda: None if _verified(weights, expected) else pytest.fail("not verified"))
     assert not (cache / "w.pt.sha256").exists()
+
+
+def test_a_lock_left_in_a_sticky_folder_is_left_there_by_the_run_that_took_it_over(shared):
+    """In a sticky scratch folder (/tmp's mode) only its owner may delete the killed run's lock: the
+    run that went past it failed with a raw PermissionError after all its work."""
+    from panoptem._atomic import exclusive_output
+    shared.chmod(0o1777)
+    (shared / ".out.zarr.lock").write_text("")
+
+    def run():
+        with exclusive_output(shared / "out.zarr"):
+            (shared / "out.zarr").mkdir()
+        assert (shared / "out.zarr").is_dir()
+    as_another_user(run)

@@ -330,6 +330,8 @@ def exclusive_output(target: str | Path) -> Iterator[None]:
         del _held[key]
         try:
             os.unlink(lock)
+        except PermissionError:  # another user's, left by a killed run in a sticky folder: it stays, harmless
+            pass
         finally:
             os.close(fd)
 

@@ -65,20 +65,23 @@ class BlockwiseResult:
     pixel_size: dict | None = None
 
 
-def _uniform_planes(cl, source: VolumeSource, grid, shape, folder: Path, progress: bool = False) -> tuple:
+def _uniform_planes(cl, source: VolumeSource, grid, shape, folder: Path, volume: dict,
+                    progress: bool = False) -> tuple:
     """The volume's planes of one value along Z, Y and X (see ``uniform_of``): read once, and
-    kept in ``folder`` (the run's work, or its cache) for a resumed or re-decoding run."""
+    kept in ``folder`` (the run's work, or its cache, which runs on other inputs may share) with
+    ``volume`` (what tells the input: its stamp, content digest, shape...) for a resumed or
+    re-decoding run on the same input."""
     from ._cluster import run_tasks
     from ._pass1 import plane_ranges, uniform_of
     kept = folder / "uniform.json"
     try:
         found = json.loads(kept.read_text())
-        if isinstance(found, list) and len(found) == 3:
-            return tuple(tuple(int(i) for i in a) for a in found)
-    except (OSError, ValueError, TypeError):
-        pass  # none yet (or damaged): read the volume
+        if found["volume"] == json.loads(json.dumps(volume, default=str)) and len(found["planes"]) == 3:
+            return tuple(tuple(int(i) for i in a) for a in found["planes"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass  # none yet, another input's, or damaged: read the volume
     uniform = uniform_of(run_tasks(cl, plane_ranges, source, list(grid), "sections", progress), shape)
-    write_text(kept, json.dumps([list(a) for a in uniform]))
+    write_text(kept, json.dumps({"volume": volume, "planes": [list(a) for a in uniform]}, default=str))
     return uniform
 
 
@@ -345,7 +348,7 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
                    "downsampling": p.downsampling, "plane": p.inference_plane, "orthoplane": p.orthoplane,
                    "block": block_shape, "halo": halo, "shape": list(vol.shape), "dtype": str(np.dtype(vol.dtype)),
                    "intensity": list(intensity), "input": _input_stamp(in_path), "key": source.key,
-                   "content": _content_digest(vol) if in_path else None, "mask": mask_stamp,
+                   "content": _content_digest(vol), "mask": mask_stamp,  # arrays too: a shared cache
                    "skip_empty": skip_empty, "exact_context": exact_context,
                    "padding": PADDING_RULE}  # outputs cleared on zero padding (earlier releases' were not)
         if card.num_classes > 1:  # every class's channel (an earlier release stored one too few)
@@ -418,7 +421,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             # the planes of one value, as a whole-volume run sees them: a block's crop of a plane may be
             # of one value alone, and xz / yz planes see a blank section edge-on
             t = time.perf_counter()
-            uniform = _uniform_planes(cl, source, grid, vol.shape, Path(cache_dir) if cache_dir else work, progress)
+            uniform = _uniform_planes(cl, source, grid, vol.shape, Path(cache_dir) if cache_dir else work,
+                                      {k: net_key[k] for k in ("input", "key", "content", "shape", "dtype")}, progress)
             jobs = [dataclasses.replace(j, uniform=uniform) for j in jobs]
             timings["sections_s"] = time.perf_counter() - t
             infos, summaries = [], []
