@@ -89,7 +89,8 @@ def work_folder(path: str | Path, what: str, create: bool = True) -> Path:
 @contextmanager
 def atomic_path(target: str | Path, suffix: str = "", replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it becomes
-    ``target`` (mode 0644), on any exception it is deleted. ``replace=False``: a file that
+    ``target`` (permissions as the umask gives, :func:`shared_mode`), on any exception it is
+    deleted. ``replace=False``: a file that
     appeared at ``target`` meanwhile (another run's) is kept, and this one is refused.
 
     >>> with atomic_path("out.txt") as tmp:
