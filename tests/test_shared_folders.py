@@ -128,3 +128,22 @@ def test_a_lock_left_in_a_sticky_folder_is_left_there_by_the_run_that_took_it_ov
             (shared / "out.zarr").mkdir()
         assert (shared / "out.zarr").is_dir()
     as_another_user(run)
+
+
+def test_replacing_another_members_output_in_a_sticky_folder_is_refused_before_the_work(shared, monkeypatch):
+    """--overwrite of another user's file in a folder with the sticky bit (/tmp, a facility's
+    scratch) did all the work, then failed at the final rename."""
+    from panoptem._atomic import check_output
+    shared.chmod(0o1777)
+    theirs = shared / "mito.tif"
+    theirs.write_bytes(b"their labels")
+    mine = shared / "mine.tif"
+    if os.geteuid() != 0:  # without root no file can be another's: this user plays another one
+        monkeypatch.setattr(os, "geteuid", lambda: NOBODY)
+
+    def check():
+        with pytest.raises(PanoptemError, match="belongs to another user"):
+            check_output(theirs, overwrite=True)
+        assert check_output(mine, overwrite=True) == mine  # a new name there is fine
+    as_another_user(check)
+    assert theirs.read_bytes() == b"their labels"

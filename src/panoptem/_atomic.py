@@ -47,8 +47,25 @@ def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable = (
     if (p.exists() or p.is_symlink()) and not overwrite:
         raise PanoptemError(f"'{p}' already exists; choose another output path or pass overwrite=True "
                             "(--overwrite) to replace it.")
+    if p.exists() or p.is_symlink():
+        _check_replaceable(p)
     work_folder(p.parent, f"'{p.name}'")
     return p
+
+
+def _check_replaceable(p: Path) -> None:
+    """One error, before any work, where ``p`` lies in a folder with the sticky bit (a shared
+    folder such as /tmp or a facility's scratch) and belongs to another user: only its owner, the
+    folder's owner or root may replace it there, and the run would fail at its very end."""
+    import stat
+    try:
+        folder, own = p.parent.stat(), p.lstat()
+    except OSError:
+        return
+    me = os.geteuid()
+    if folder.st_mode & stat.S_ISVTX and me not in (0, own.st_uid, folder.st_uid):
+        raise PanoptemError(f"'{p}' belongs to another user in the shared folder '{p.parent}' (sticky bit): "
+                            "only they can replace it; choose another output path.")
 
 
 def check_outside_inputs(folder: str | Path, inputs: Iterable, what: str) -> None:
