@@ -908,6 +908,31 @@ def test_workers_of_a_running_cluster_take_their_share_of_the_cores():
     assert got == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
 
 
+def test_a_scheduler_without_workers_is_waited_on_saying_so():
+    """A scheduler whose workers a batch system is still starting: the run said "0 worker(s)",
+    set their threads up for none and waited unseen; it now says it waits, and goes on (the
+    workers set up) once one joins."""
+    import threading
+
+    from distributed import LocalCluster
+
+    from panoptem.distributed._cluster import client_for
+    said, got = [], {}
+    with LocalCluster(n_workers=0, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
+        def run():
+            with client_for(scheduler=lc.scheduler_address, log=said.append) as cl:
+                got["cores"] = list(cl.run(_cores).values())
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(3)
+        assert t.is_alive() and "cores" not in got
+        assert any("no worker yet" in s for s in said)
+        lc.scale(1)
+        t.join(60)
+    assert not t.is_alive() and len(got["cores"]) == 1
+    assert any("1 worker(s)" in s for s in said)
+
+
 def test_a_scheduler_that_never_answers_or_is_lost_is_one_error(monkeypatch, tmp_path):
     """A port that accepts and never speaks Dask (a dashboard's given for the scheduler's) is
     refused within the deadline, not waited on forever; a pass ended by the lost scheduler is

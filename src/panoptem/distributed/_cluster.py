@@ -213,6 +213,7 @@ def client_for(n_workers: int | None = None, scheduler: str | None = None, devic
         quiet = logging.getLogger("distributed.client")
         level, quiet.level = quiet.level, logging.CRITICAL
         try:
+            _wait_for_a_worker(client, scheduler, log)
             with _scheduler_answers(client, "setting up its workers"):
                 _set_up_workers(client, devices)
                 n = len(client.scheduler_info()['workers'])
@@ -276,6 +277,17 @@ def _connect(scheduler: str):
     if error is not None:
         raise error
     return made["client"]
+
+
+def _wait_for_a_worker(client, scheduler: str, log=None) -> None:
+    """Wait, saying so, while the scheduler has no worker (a batch system still starting them):
+    the run's checks and thread shares need its workers, and its tasks would wait unseen."""
+    with _scheduler_answers(client, "counting its workers"):
+        if client.scheduler_info()["workers"]:
+            return
+    (log or print)(f"dask: scheduler {scheduler} has no worker yet; waiting for one to join (start workers "
+                   f"with `dask worker {scheduler}`; Ctrl-C stops)")
+    client.wait_for_workers(1)
 
 
 def _set_up_workers(client, devices: list[str] | None) -> None:
