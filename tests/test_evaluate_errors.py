@@ -37,8 +37,8 @@ def test_breakdown_attributes_every_unmatched_object_once():
     assert (r["n_pred"], r["n_gt"], r["tp_50"], r["fp_50"], r["fn_50"]) == (8, 6, 1, 7, 5)
     e = r["errors"]
     assert (e["false_objects"], e["misses"], e["splits"], e["merges"]) == (1, 1, 2, 1)
-    assert e["fp"] == {"false_object": 1, "merge": 1, "split_piece": 4, "other": 1}
-    assert e["fn"] == {"miss": 1, "merged": 2, "split": 1, "other": 1}
+    assert e["fp"] == {"false_object": 1, "wrong_class": 0, "merge": 1, "split_piece": 4, "other": 1}
+    assert e["fn"] == {"miss": 1, "wrong_class": 0, "merged": 2, "split": 1, "other": 1}
     assert sum(e["fp"].values()) == r["fp_50"] and sum(e["fn"].values()) == r["fn_50"]
     json.dumps(r)  # stays JSON-serialisable
 
@@ -66,7 +66,7 @@ def test_small_slivers_are_no_split_and_a_merge_needs_substance():
     pred[:, 30:60] = 3
     e = evaluate(pred, gt)["errors"]
     assert e["splits"] == 0 and e["merges"] == 0
-    assert e["fp"] == {"false_object": 1, "merge": 0, "split_piece": 0, "other": 1}
+    assert e["fp"] == {"false_object": 1, "wrong_class": 0, "merge": 0, "split_piece": 0, "other": 1}
 
 
 def stack_2d_results():
@@ -139,10 +139,32 @@ def test_breakdown_stays_within_classes():
     pred[:, :10], pred[:, 10:] = 1001, 2001  # the second piece is of another class
     assert evaluate(pred, gt)["errors"]["splits"] == 1
     e = evaluate(pred, gt, label_divisor=1000)["errors"]
-    assert e["splits"] == 0 and e["fp"]["false_object"] == 1
+    assert e["splits"] == 0 and e["fp"]["false_object"] == 0 and e["fp"]["wrong_class"] == 1  # on an object, not background
 
 
 def test_bad_ignore_smaller_is_a_user_error():
     pred, gt = every_error()
     with pytest.raises(PanoptemError, match="ignore_smaller"):
         evaluate(pred, gt, ignore_smaller=-1)
+
+
+def test_an_object_found_in_place_with_the_wrong_class_is_a_wrong_class_not_a_false_object_and_a_miss():
+    """With a label divisor, a prediction lying exactly on a ground-truth object of another class
+    was called a false object ("mostly on background") and the ground truth a miss, although each
+    lies wholly inside the other."""
+    from panoptem._evaluate import error_breakdown
+    gt = np.zeros((20, 40), np.uint32)
+    gt[2:10, 2:10] = 1001
+    gt[2:10, 20:30] = 1002                     # found right
+    pred = np.zeros_like(gt)
+    pred[2:10, 2:10] = 2001                    # the very same pixels, class 2
+    pred[2:10, 20:30] = 1005
+    pred[12:18, 30:38] = 1009                  # on background: a false object still
+    e = evaluate(pred, gt, label_divisor=1000)["errors"]
+    assert (e["false_objects"], e["misses"], e["wrong_class"]) == (1, 0, 1)
+    assert e["fp"]["wrong_class"] == 1 and e["fn"]["wrong_class"] == 1 and e["fp"]["false_object"] == 1
+    b = error_breakdown(pred, gt, label_divisor=1000)
+    assert b["wrong_class"] == [{"label": 2001, "voxels": 64, "ground_truth": [1001]}]
+    assert [f["label"] for f in b["false_objects"]] == [1009]
+    # without classes the same pair is a match
+    assert evaluate(pred, gt)["errors"]["wrong_class"] == 0

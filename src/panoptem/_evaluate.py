@@ -59,12 +59,15 @@ ground-truth object ``g`` (``|p & g|`` = overlapping voxels):
 - **false object**: an unmatched prediction with less than half of its voxels inside ground-truth
   objects (mostly on background).
 - **miss**: an unmatched ground-truth object with less than half of its voxels inside predictions.
+- **wrong class** (with a label divisor): an unmatched object that overlaps an object of another
+  class at IoU 0.5 or more: found in the right place, given the wrong class.
 
-Every unmatched prediction (``fp_50``) falls in exactly one of ``errors["fp"]``: ``false_object``,
-else ``merge`` (it is a merge), else ``split_piece`` (a piece of a split object), else ``other``
-(it overlaps ground truth, but with IoU < 0.5). Every unmatched ground-truth object (``fn_50``) in
-exactly one of ``errors["fn"]``: ``miss``, else ``merged`` (a part of a merge), else ``split``,
-else ``other``.
+Objects of any class count as "inside" for false objects and misses; matches, splits and merges
+are within a class. Every unmatched prediction (``fp_50``) falls in exactly one of
+``errors["fp"]``: ``false_object``, else ``wrong_class``, else ``merge`` (it is a merge), else
+``split_piece`` (a piece of a split object), else ``other`` (it overlaps ground truth, but with
+IoU < 0.5). Every unmatched ground-truth object (``fn_50``) in exactly one of ``errors["fn"]``:
+``miss``, else ``wrong_class``, else ``merged`` (a part of a merge), else ``split``, else ``other``.
 """
 from __future__ import annotations
 
@@ -112,7 +115,7 @@ def evaluate(prediction: np.ndarray, ground_truth: np.ndarray,
     dict
         JSON-serialisable: ``foreground_iou``, the per-threshold scores, ``pq``, ``sq``, ``rq``,
         ``mean_ap``, ``n_pred``, ``n_gt``, ``matched_iou_mean``, ``n_ignored_pred``,
-        ``n_ignored_gt``, ``errors`` (counts of false objects, misses, splits, merges and the
+        ``n_ignored_gt``, ``errors`` (counts of false objects, misses, splits, merges, wrong classes and the
         attribution of ``fp_50`` and ``fn_50``; see the module docstring for the exact
         definitions), plus ``per_class`` when ``label_divisor`` is set.
 
@@ -145,8 +148,7 @@ def evaluate(prediction: np.ndarray, ground_truth: np.ndarray,
                       thresholds, fg_inter=int(t["inter"].sum()))
         out["per_class"] = per_class
     out["n_ignored_pred"], out["n_ignored_gt"] = ignored
-    whole = np.ones(len(t["p_labels"]), bool), np.ones(len(t["g_labels"]), bool)
-    out["errors"] = _breakdown(_subset(t, *whole, same))["counts"]
+    out["errors"] = _breakdown(t, same)["counts"]
     return out
 
 
@@ -162,7 +164,9 @@ def error_breakdown(prediction: np.ndarray, ground_truth: np.ndarray, label_divi
         ``counts`` (as ``evaluate(...)["errors"]``) and one list per kind, largest object first:
         ``false_objects`` and ``misses`` hold ``{"label", "voxels"}``; ``splits`` holds the
         ground-truth ``label``, its ``voxels`` and its ``pieces`` (predicted labels); ``merges``
-        holds the predicted ``label``, its ``voxels`` and its ``parts`` (ground-truth labels).
+        holds the predicted ``label``, its ``voxels`` and its ``parts`` (ground-truth labels);
+        ``wrong_class`` holds the predicted ``label``, its ``voxels`` and the ``ground_truth``
+        object of another class it lies on.
         In per-slice mode every entry also has its ``slice``.
 
     Examples
@@ -174,8 +178,7 @@ def error_breakdown(prediction: np.ndarray, ground_truth: np.ndarray, label_divi
     (1, [1, 2])
     """
     t, same, _ = _prepare(prediction, ground_truth, label_divisor, per_slice, ignore_smaller)
-    t = _subset(t, np.ones(len(t["p_labels"]), bool), np.ones(len(t["g_labels"]), bool), same)
-    b = _breakdown(t)
+    b = _breakdown(t, same)
     sl = "p_z" in t
 
     def entry(side: str, i: int, **extra) -> dict:
@@ -198,6 +201,8 @@ def error_breakdown(prediction: np.ndarray, ground_truth: np.ndarray, label_divi
                    for i in largest(b["split_g"], "g")],
         "merges": [entry("p", i, parts=[int(t["g_labels"][j]) for j in parts[i]])
                    for i in largest(b["merge_p"], "p")],
+        "wrong_class": [entry("p", i, ground_truth=[int(t["g_labels"][b["wrong_of"][i]])])
+                        for i in largest(b["wrong_p"], "p")],
     }
 
 
@@ -281,12 +286,22 @@ def _drop_ignored(t: dict, n: int) -> tuple[dict, tuple[int, int]]:
     return _subset(t, p_keep, g_keep, keep), (int(p_drop.sum()), int((~g_keep).sum()))
 
 
-def _breakdown(t: dict) -> dict:
-    """Error breakdown of a pair table (definitions in the module docstring)."""
+def _breakdown(t: dict, same: np.ndarray) -> dict:
+    """Error breakdown of a pair table whose pairs ``same`` are of one class (definitions in the
+    module docstring)."""
     n_p, n_g = len(t["p_labels"]), len(t["g_labels"])
-    pi, gi, inter = t["pi"], t["gi"], t["inter"].astype(np.float64)
     ps, gs = t["p_sizes"].astype(np.float64), t["g_sizes"].astype(np.float64)
-    iou = inter / np.maximum(ps[pi] + gs[gi] - inter, 1)
+    # any class covers: an object lying on one of another class is not on background
+    false_p = np.bincount(t["pi"], t["inter"], minlength=n_p) < 0.5 * ps
+    miss_g = np.bincount(t["gi"], t["inter"], minlength=n_g) < 0.5 * gs
+    iou_all = t["inter"] / np.maximum(ps[t["pi"]] + gs[t["gi"]] - t["inter"], 1)
+    across = ~same & (iou_all >= 0.5)
+    wrong_p, wrong_g = np.zeros(n_p, bool), np.zeros(n_g, bool)
+    wrong_p[t["pi"][across]] = True
+    wrong_g[t["gi"][across]] = True
+    wrong_of = dict(zip(t["pi"][across].tolist(), t["gi"][across].tolist()))
+    pi, gi, inter = t["pi"][same], t["gi"][same], t["inter"][same].astype(np.float64)
+    iou = iou_all[same]
     sel = np.flatnonzero(iou >= 0.5)
     ok = sel[_match(pi[sel], gi[sel], iou[sel], n_p, n_g)]
     p_un, g_un = np.ones(n_p, bool), np.ones(n_g, bool)
@@ -299,24 +314,24 @@ def _breakdown(t: dict) -> dict:
     part = (inter >= PIECE_OF_SELF * gs[gi]) & (inter >= PIECE_OF_OTHER * ps[pi])
     n_parts = np.bincount(pi[part], minlength=n_p)
     merge_p = (n_parts >= 2) & (np.bincount(pi[part], inter[part], minlength=n_p) >= COVERED * ps)
-    false_p = np.bincount(pi, inter, minlength=n_p) < 0.5 * ps
-    miss_g = np.bincount(gi, inter, minlength=n_g) < 0.5 * gs
     piece_of_split = np.zeros(n_p, bool)
     piece_of_split[pi[piece & split_g[gi]]] = True
     part_of_merge = np.zeros(n_g, bool)
     part_of_merge[gi[part & merge_p[pi]]] = True
 
     fp, rest = {}, p_un.copy()
-    for k, m in (("false_object", false_p), ("merge", merge_p), ("split_piece", piece_of_split)):
+    for k, m in (("false_object", false_p), ("wrong_class", wrong_p), ("merge", merge_p),
+                 ("split_piece", piece_of_split)):
         fp[k], rest = rest & m, rest & ~m
     fp["other"] = rest
     fn, rest = {}, g_un.copy()
-    for k, m in (("miss", miss_g), ("merged", part_of_merge), ("split", split_g)):
+    for k, m in (("miss", miss_g), ("wrong_class", wrong_g), ("merged", part_of_merge), ("split", split_g)):
         fn[k], rest = rest & m, rest & ~m
     fn["other"] = rest
 
     counts = {"false_objects": int(fp["false_object"].sum()), "misses": int(fn["miss"].sum()),
               "splits": int(split_g.sum()), "merges": int(merge_p.sum()),
+              "wrong_class": int(fp["wrong_class"].sum()),
               "fp": {k: int(v.sum()) for k, v in fp.items()}, "fn": {k: int(v.sum()) for k, v in fn.items()}}
     sel = np.flatnonzero(piece & split_g[gi])
     pieces = _groups(gi[sel], pi[sel], ps[pi[sel]])
@@ -324,7 +339,7 @@ def _breakdown(t: dict) -> dict:
     parts = _groups(pi[sel], gi[sel], gs[gi[sel]])
     return {"counts": counts, "false_p": np.flatnonzero(fp["false_object"]), "miss_g": np.flatnonzero(fn["miss"]),
             "split_g": np.flatnonzero(split_g), "merge_p": np.flatnonzero(merge_p), "pieces": pieces,
-            "parts": parts}
+            "parts": parts, "wrong_p": np.flatnonzero(fp["wrong_class"]), "wrong_of": wrong_of}
 
 
 def _positions(values: np.ndarray, labels: np.ndarray, scale: int, dtype) -> np.ndarray:

@@ -15,6 +15,7 @@ _KINDS = (  # key in error_breakdown, heading, side of the main object, key of t
     ("misses", "Misses", "ground truth", None),
     ("splits", "Splits", "ground truth", "pieces"),
     ("merges", "Merges", "prediction", "parts"),
+    ("wrong_class", "Wrong class", "prediction", "ground_truth"),
 )
 _DEFINITIONS = {
     "false_objects": "predicted objects matched to nothing (IoU 0.5) with less than half of their voxels "
@@ -24,6 +25,8 @@ _DEFINITIONS = {
               "covering at least 10 % of it) that together cover at least half of it.",
     "merges": "predicted objects with two or more parts (ground-truth objects lying at least half inside it "
               "and filling at least 10 % of it) that together fill at least half of it.",
+    "wrong_class": "predicted objects matched to nothing that overlap a ground-truth object of another class "
+                   "at IoU 0.5 or more (classes from the label divisor).",
 }
 
 
@@ -110,7 +113,7 @@ def _scores_table(s: dict) -> str:
 
 def _errors_table(e: dict) -> str:
     rows = [("false objects", e["false_objects"]), ("misses", e["misses"]), ("splits", e["splits"]),
-            ("merges", e["merges"])]
+            ("merges", e["merges"]), ("wrong class", e["wrong_class"])]
     rows += [(f"unmatched predictions: {k.replace('_', ' ')}", v) for k, v in e["fp"].items()]
     rows += [(f"unmatched ground truth: {k.replace('_', ' ')}", v) for k, v in e["fn"].items()]
     return _html.table(["error", "objects"], rows)
