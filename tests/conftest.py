@@ -115,3 +115,13 @@ def output_held_elsewhere(target):
     finally:
         release.set()
         t.join(30)
+
+
+@pytest.fixture
+def terminal_ctrl_c():
+    """SIGINT as in a terminal's foreground: Python's KeyboardInterrupt handler (a suite started
+    in the background of a non-interactive shell inherits SIGINT ignored)."""
+    import signal
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)

@@ -614,7 +614,8 @@ def test_a_killed_finetune_resumes_from_its_last_scoring(home, tmp_path, tiny_ca
 
 
 def test_ctrl_c_of_the_finetune_command_keeps_a_checkpoint_the_same_command_resumes(home, tmp_path, tiny_card,
-                                                                                   monkeypatch, capsys):
+                                                                                   monkeypatch, capsys,
+                                                                                   terminal_ctrl_c):
     """Ctrl-C: exit status 130 and the message to re-run; the same command resumes from the step
     it stopped at (it started over from step 0)."""
     import os

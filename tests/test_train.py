@@ -416,7 +416,7 @@ def test_a_hand_made_config_no_run_can_use_is_refused_naming_the_field(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
-def test_ctrl_c_stops_once_the_step_is_checkpointed(tmp_path):
+def test_ctrl_c_stops_once_the_step_is_checkpointed(tmp_path, terminal_ctrl_c):
     """Ctrl-C (SIGINT) stops a run when its step is done and checkpointed, then raises
     KeyboardInterrupt (the command's exit 130); the same run again resumes there, not from the
     last periodic checkpoint (none yet here: every 200 steps). A second Ctrl-C stops at once."""
