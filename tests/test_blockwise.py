@@ -1208,28 +1208,26 @@ def test_blockwise_measure_equals_measure_on_random_labels(client, seed, shape, 
                                    err_msg=col)
 
 
-def test_blockwise_measure_of_an_object_thin_elsewhere_meshes_it_binary_as_a_whole(client, monkeypatch):
-    """An object smoothed well in one block but thin in another (a ball and a one-voxel sheet of
-    one label) is meshed binary as a whole, as the in-memory measure meshes it: the block that
-    skipped its part's binary mesh computes it in a second pass."""
-    from panoptem.distributed import measure as dm
+def test_blockwise_measure_takes_an_objects_mesh_level_from_all_its_blocks(client):
+    """An object whose blocks see different parts of it (a ball in one, a one-voxel sheet of the
+    same label in the other, on serial-section voxels): each block meshes its part at the level
+    of the whole object, as the in-memory measure does, and the unsmoothed mask where the whole
+    is flattened by the smoothing."""
     from panoptem.distributed.measure import measure_blockwise
     from panoptem import measure
     g = np.mgrid[:24, :40, :64]
     lab = np.zeros((24, 40, 64), np.uint16)
     lab[((g - np.array([12, 20, 14])[:, None, None, None]) ** 2).sum(0) <= 64] = 5  # a ball, x < 32
     lab[12, 5:35, 36:60] = 5  # a sheet, x >= 32
-    lab[((g - np.array([12, 20, 48])[:, None, None, None]) ** 2).sum(0) <= 9] = 0
-    ref = measure(lab, voxel_size=(5, 5, 5))
-    monkeypatch.setattr(dm, "SMALL_PART", 0)  # no part is small: the ball's block skips the binary mesh
-    second = []
-    orig = dm._missing_binary
-    monkeypatch.setattr(dm, "_missing_binary", lambda parts: (second.append(orig(parts)), second[-1])[1])
-    got = measure_blockwise(lab, voxel_size=(5, 5, 5), block_shape=(24, 40, 32), client=client)
-    assert [{i: v.tolist() for i, v in s.items()} for s in second] == [{0: [5]}]  # the ball's block
-    np.testing.assert_allclose(got["surface_area_nm2"], ref["surface_area_nm2"], rtol=1e-9)
-    smoothed = measure(np.where(lab[:, :, :32] == 5, 5, 0).astype(np.uint16), voxel_size=(5, 5, 5))
-    assert smoothed["surface_area_nm2"][0] < 0.95 * ref["surface_area_nm2"][0]  # not the ball's smoothed mesh + ...
+    lab[2, 3, 40] = 7  # a single voxel: meshed unsmoothed
+    for vs in ((5, 5, 5), (30, 5, 5)):
+        ref = measure(lab, voxel_size=vs)
+        got = measure_blockwise(lab, voxel_size=vs, block_shape=(24, 40, 32), client=client)
+        np.testing.assert_allclose(got["surface_area_nm2"], ref["surface_area_nm2"], rtol=1e-6)
+        ball = measure(np.where(lab[:, :, :32] == 5, 5, 0).astype(np.uint16), voxel_size=vs)
+        assert ball["surface_area_nm2"][0] < 0.95 * ref["surface_area_nm2"][0]  # the sheet's part is there
+    one = measure((lab == 7).astype(np.uint8), voxel_size=(5, 5, 5))
+    assert one["surface_area_nm2"][0] == pytest.approx(6 * 25 * 0.2887, rel=0.01)  # the binary mesh's octahedron
 
 
 def _slow_or_failing(folder, item):

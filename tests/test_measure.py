@@ -78,6 +78,24 @@ def test_anisotropic_ball_in_physical_units():
     assert t["centroid_z_nm"][0] == 48.0 and t["centroid_x_nm"][0] == 46.0
 
 
+@pytest.mark.parametrize("vs", [(5, 5, 5), (30, 5, 5), (50, 5, 5)])
+def test_surface_of_a_ball_and_a_capsule_holds_on_serial_section_voxels(vs):
+    """Smoothing in voxels left the coarse axis's terraces: a ball of 300 nm measured +9 % at
+    30 x 5 x 5 nm and +14 % at 50 x 5 x 5 nm (sphericity 0.92, 0.88), numbers that changed with
+    the section thickness."""
+    r = 300.0
+    n = [int(2 * (r + 40) / v) + 1 for v in vs]
+    t = measure(ball(r, n, vs=vs), voxel_size=vs)
+    assert t["surface_area_nm2"][0] == pytest.approx(4 * np.pi * r ** 2, rel=0.015)
+    assert t["sphericity"][0] == pytest.approx(1.0, abs=0.015)
+    # a capsule lying in the sections (150 nm radius, 800 nm between its caps' centres)
+    g = np.meshgrid(*[(np.arange(int(1300 / v)) - (int(1300 / v) - 1) / 2) * v for v in vs], indexing="ij")
+    y = np.clip(g[1], -400, 400)
+    cap = (g[0] ** 2 + (g[1] - y) ** 2 + g[2] ** 2 <= 150 ** 2).astype(np.uint8)
+    want = 2 * np.pi * 150 * 800 + 4 * np.pi * 150 ** 2
+    assert measure(cap, voxel_size=vs)["surface_area_nm2"][0] == pytest.approx(want, rel=0.025)
+
+
 def test_axes_match_skimage_with_spacing():
     import skimage.measure as skm
     z, y, x = np.ogrid[-12:13, -22:23, -9:10]

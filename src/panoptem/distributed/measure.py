@@ -1,16 +1,17 @@
 """Per-object measurements of a 3D label volume, block by block on Dask.
 
 Every block adds up, per label in its core, the voxel count, coordinate sums
-and second moments, bounding box and intensity sum, and the part of the
-object's surface mesh that lies in its core (the mesh is traced on the
-block's core plus a halo wide enough for the smoothing, and a triangle
-belongs to the block holding its first corner). Summed over blocks these
-give exactly the columns of :func:`panoptem.measure` (up to float rounding).
+and second moments, bounding box and intensity sum, and per label within the
+smoothing's reach of its core, the sums that give the level of the object's
+surface mesh (:func:`panoptem._measure.level_sums`). A second pass meshes each
+object at its level on the block's core plus a halo wide enough for the
+smoothing (a triangle belongs to the block holding its first corner). Summed
+over blocks these give the columns of :func:`panoptem.measure` (up to float
+rounding).
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 from skimage.measure import marching_cubes, mesh_surface_area
 
 from ..errors import PanoptemError
@@ -18,12 +19,7 @@ from ..labels import nonzero_ids
 from ._source import VolumeSource, read_region
 from .blocks import Block, BlockGrid
 
-HALO = 4  # >= the smoothing's reach (3 voxels) + 1
-#: an object's part of at most this many voxels in a block also gets its binary mesh in the first
-#: pass (cheap); a larger part only where the smoothing eats it here, or, rarely, in a second pass
-#: when the object as a whole is meshed binary (it has thin parts elsewhere)
-SMALL_PART = 20_000
-#: voxels per block: a block reads its core and a halo of 4, whole chunks of the labels around it, so
+#: voxels per block: a block reads its core and a halo (the surface smoothing's margin), whole chunks of the labels around it, so
 #: larger blocks read fewer chunks per voxel (on Lucchi's labels in 64 x 256 x 256 chunks: 6.8 CPU-s
 #: in 36 blocks of 64 x 256 x 256, 4.4 in 12 of this shape)
 MEASURE_BLOCK = (64, 512, 512)
@@ -53,8 +49,7 @@ def _block_stats(job: dict, block: Block) -> dict:
     out = {"label": _wide(ids)}
     out["block"] = block.index
     if job["surface"]:
-        out["surface_label"], out["area"], out["area_bin"], out["kept"] = _surfaces(
-            lab_full, block, job["shape"], job["voxel_size"])
+        out.update(_level_parts(lab_full, block, job["shape"], job["voxel_size"]))
     if ids.size == 0:
         return out
     n = ids.size
@@ -92,89 +87,112 @@ def _meeting(lab: np.ndarray, cells: tuple[slice, ...]) -> tuple[np.ndarray, lis
     return ids, [tuple(slice(int(a), int(b)) for a, b in zip(l, h)) for l, h in zip(lo, hi)]
 
 
-def _surfaces(lab: np.ndarray, block: Block, shape, vs, binary_of=None):
-    """Per label meeting this block's mesh cells (its core and one voxel on): the smoothed-mesh
-    area of the cells this block owns, the binary-mesh area (for small parts and where the
-    smoothing eats the part, :func:`~panoptem._measure.smooth_keeps`; NaN otherwise) and how many
-    of the object's voxels in the core the smoothing keeps. ``binary_of``: only the binary-mesh
-    areas of these labels (the second pass)."""
-    from .._measure import _PAD, _SIGMA, smooth_keeps
-    # zero padding where the region ends at the volume's border (the in-memory measure pads crops)
-    pad = [(_PAD if r.start == 0 else 0, _PAD if r.stop == n else 0) for r, n in zip(block.region, shape)]
+def _padded(lab: np.ndarray, block: Block, shape, vs):
+    """The block's region of the labels, zero-padded by the smoothing's margin where it ends at
+    the volume's border (the in-memory measure pads each crop so), and the voxels this block
+    owns in it: its core, and at the volume's border the padding past it."""
+    from .._measure import smoothing
+    margin = smoothing(vs)[1]
+    pad = [(int(m) if r.start == 0 else 0, int(m) if r.stop == n else 0)
+           for m, r, n in zip(margin, block.region, shape)]
     lab = np.pad(lab, pad)
-    core = [slice(c.start - r.start + p[0], c.stop - r.start + p[0]) for c, r, p in zip(block.core, block.region, pad)]
-    ids, boxes = _meeting(lab, tuple(slice(c.start, c.stop + 1) for c in core))
-    if binary_of is not None:
-        keep = np.isin(ids, binary_of)
-        ids, boxes = ids[keep], [b for b, k in zip(boxes, keep) if k]
-    reach = _PAD + 1
-    area = np.zeros(ids.size)
-    area_bin = np.full(ids.size, np.nan)
-    kept = np.zeros(ids.size, np.int64)
-    for i, box in enumerate(boxes):
-        sl = tuple(slice(max(0, b.start - reach), min(n, b.stop + reach)) for b, n in zip(box, lab.shape))
-        mask = (lab[sl] == ids[i]).astype(np.float32)
-        # cells this block owns; at the volume's border also those of the zero padding
-        mine = [slice(-reach if b.start == 0 else c.start - s.start, lab.shape[a] if b.stop == n else c.stop - s.start)
-                for a, (c, s, b, n) in enumerate(zip(core, sl, block.core, shape))]
-        if binary_of is not None:
-            area_bin[i] = _area_in(mask, mine, vs)
-            continue
-        smooth = ndimage.gaussian_filter(mask, _SIGMA, mode="constant")
-        sub = tuple(slice(max(c.start, s.start) - s.start, max(min(c.stop, s.stop) - s.start, 0))
-                    for c, s in zip(core, sl))
-        voxels = np.count_nonzero(mask[sub])
-        kept[i] = np.count_nonzero((smooth[sub] > 0.5) & (mask[sub] > 0))
-        area[i] = _area_in(smooth, mine, vs)
-        if voxels <= SMALL_PART or not smooth_keeps(kept[i], voxels):
-            area_bin[i] = _area_in(mask, mine, vs)
-    if binary_of is not None:
-        return _wide(ids), area_bin
-    return _wide(ids), area, area_bin, kept
+    own = tuple(slice(0 if c.start == 0 else c.start - r.start + p[0],
+                      lab.shape[a] if c.stop == n else c.stop - r.start + p[0])
+                for a, (c, r, p, n) in enumerate(zip(block.core, block.region, pad, shape)))
+    return lab, own, margin
 
 
-def _binary_areas(job: dict, item) -> dict:
-    """The second pass of a block: binary-mesh areas of the labels ``item[1]``."""
-    block, labels = item
-    lab_full = read_region(job["labels"].open(), block.region)
-    ids, area_bin = _surfaces(lab_full, block, job["shape"], job["voxel_size"], binary_of=labels)
-    return {"block": block.index, "surface_label": ids, "area_bin": area_bin}
+def _near(lab: np.ndarray, own, margin):
+    """The labels with voxels within the smoothing's margin of the owned voxels, each one's
+    crop (its box in ``lab`` widened by the margin) and the owned voxels in that crop."""
+    near = tuple(slice(max(0, o.start - int(m)), min(n, o.stop + int(m))) for o, m, n in zip(own, margin, lab.shape))
+    ids, boxes = _meeting(lab, near)
+    for label, box in zip(ids, boxes):
+        sl = tuple(slice(max(0, b.start - int(m)), min(n, b.stop + int(m))) for b, m, n in zip(box, margin, lab.shape))
+        mine = tuple(slice(max(o.start, c.start) - c.start, max(min(o.stop, c.stop) - c.start, 0))
+                     for o, c in zip(own, sl))
+        yield label, sl, mine
 
 
-def _missing_binary(parts: list[dict]) -> dict[int, np.ndarray]:
-    """Per block index, the labels meshed binary as a whole (:func:`~panoptem._measure.smooth_keeps`
-    of their summed counts) whose binary area that block left out."""
-    from .._measure import smooth_keeps
+def _level_parts(lab: np.ndarray, block: Block, shape, vs) -> dict:
+    """Pass 1's surface part of a block: per label near its owned voxels, the
+    :func:`~panoptem._measure.level_sums` and the smoothed peak over them (sparse: the bins
+    where the sums are not all 0)."""
+    from .._measure import level_sums, smooth_mask
+    lab, own, margin = _padded(lab, block, shape, vs)
+    labels, peaks, at, bins, sums = [], [], [], [], []
+    for i, (label, sl, mine) in enumerate(_near(lab, own, margin)):
+        smooth = smooth_mask((lab[sl] == label).astype(np.float32), vs)
+        part = level_sums(smooth, mine)
+        used = np.flatnonzero(part.any(axis=0))
+        labels.append(label)
+        peaks.append(float(smooth[mine].max()) if smooth[mine].size else 0.0)
+        at.append(np.full(used.size, i, np.int64))
+        bins.append(used)
+        sums.append(part[:, used])
+    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
+    return {"surface_label": _wide(np.asarray(labels, lab.dtype)), "peak": np.asarray(peaks, np.float64),
+            "level_at": cat(at, np.int64), "level_bin": cat(bins, np.int64),
+            "level_sums": np.concatenate(sums, axis=1) if sums else np.zeros((5, 0))}
+
+
+def _levels(parts: list[dict], ids: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Each label's mesh level from the blocks' sums (:func:`~panoptem._measure.volume_level`;
+    NaN: meshed unsmoothed)."""
+    from .._measure import _LEVEL_BINS, volume_level
     parts = [p for p in parts if "surface_label" in p]
+    levels = np.full(ids.size, np.nan)
     if not parts:
-        return {}
-    sl = np.concatenate([p["surface_label"] for p in parts])
-    ids, inv = np.unique(sl, return_inverse=True)
-    kept = np.bincount(inv, np.concatenate([p["kept"] for p in parts]), minlength=ids.size)
-    counted = [p for p in parts if "count" in p]
-    voxels = np.zeros(ids.size)
-    if counted:
-        cl = np.concatenate([p["label"] for p in counted])
-        np.add.at(voxels, np.searchsorted(ids, cl), np.concatenate([p["count"] for p in counted]))
-    binary = ids[~smooth_keeps(kept, voxels)]
-    todo = {}
+        return levels
+    j = np.concatenate([np.searchsorted(ids, p["surface_label"])[p["level_at"]] for p in parts])
+    bins = np.concatenate([p["level_bin"] for p in parts])
+    sums = np.concatenate([p["level_sums"] for p in parts], axis=1)
+    peak = np.zeros(ids.size)
     for p in parts:
-        gap = p["surface_label"][np.isnan(p["area_bin"]) & np.isin(p["surface_label"], binary)]
-        if gap.size:
-            todo[p["block"]] = gap
-    return todo
+        np.maximum.at(peak, np.searchsorted(ids, p["surface_label"]), p["peak"])
+    if not j.size:
+        return levels
+    order = np.argsort(j, kind="stable")
+    j, bins, sums = j[order], bins[order], sums[:, order]
+    starts = np.flatnonzero(np.r_[True, np.diff(j) != 0])
+    for a, b in zip(starts, np.r_[starts[1:], j.size]):
+        dense = np.zeros((5, _LEVEL_BINS))
+        np.add.at(dense, (slice(None), bins[a:b]), sums[:, a:b])
+        level = volume_level(dense, peak[j[a]], count[j[a]])
+        levels[j[a]] = np.nan if level is None else level
+    return levels
 
 
-def _area_in(vol: np.ndarray, core, vs) -> float:
-    """Area of the level-0.5 mesh of ``vol`` whose triangles start in ``core``."""
-    if vol.max() <= 0.5 or vol.min() >= 0.5:
+def _block_areas(job: dict, item) -> dict:
+    """Pass 2 of a block: the area of each label's mesh (at its level, ``item[1]``: label ->
+    level, NaN for the unsmoothed mask at 0.5) in the cells this block owns."""
+    from .._measure import smooth_mask
+    block, levels = item
+    lab, own, margin = _padded(read_region(job["labels"].open(), block.region), block, job["shape"],
+                               job["voxel_size"])
+    vs = job["voxel_size"]
+    labels, areas = [], []
+    for label, sl, mine in _near(lab, own, margin):
+        level = levels.get(int(label))
+        if level is None:
+            continue
+        mask = (lab[sl] == label).astype(np.float32)
+        vol, level = (mask, 0.5) if np.isnan(level) else (smooth_mask(mask, vs), level)
+        labels.append(label)
+        areas.append(_area_in(vol, mine, vs, level))
+    return {"area_label": _wide(np.asarray(labels, lab.dtype)), "area": np.asarray(areas, np.float64)}
+
+
+def _area_in(vol: np.ndarray, cells, vs, level: float) -> float:
+    """Area of the mesh of ``vol`` at ``level`` whose triangles start in ``cells``."""
+    if vol.max() <= level or vol.min() >= level:
         return 0.0
-    verts, faces, _, _ = marching_cubes(vol, level=0.5, spacing=(1.0, 1.0, 1.0))
+    verts, faces, _, _ = marching_cubes(vol, level=level, spacing=(1.0, 1.0, 1.0))
     first = np.floor(verts[faces].min(axis=1) + 1e-6).astype(np.int64)  # the cell a triangle lies in
-    own = np.all([(first[:, a] >= core[a].start) & (first[:, a] < core[a].stop) for a in range(3)], axis=0)
-    if not own.any():
+    mine = np.all([(first[:, a] >= cells[a].start) & (first[:, a] < cells[a].stop) for a in range(3)], axis=0)
+    if not mine.any():
         return 0.0
-    return float(mesh_surface_area(verts * np.asarray(vs, np.float64), faces[own]))
+    return float(mesh_surface_area(verts * np.asarray(vs, np.float64), faces[mine]))
 
 
 def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | None = None,
@@ -219,23 +237,34 @@ def measure_blockwise(labels, voxel_size=None, image=None, label_divisor: int | 
                                 "give an image of the same size as the labels.")
     if label_divisor is not None and int(label_divisor) < 1:
         raise PanoptemError(f"label_divisor must be a positive integer or None, not {label_divisor}.")
-    grid = BlockGrid(shape, triple(block_shape, "--block-shape"), (HALO if surface else 0,) * 3)
+    from .._measure import smoothing
+    grid = BlockGrid(shape, triple(block_shape, "--block-shape"),
+                     tuple(int(m) for m in smoothing(vs)[1]) if surface else (0, 0, 0))
     job = {"labels": src, "image": isrc, "surface": surface, "shape": tuple(shape), "voxel_size": tuple(vs)}
     from ._cluster import callers_client, check_workers_see, client_for, run_tasks
     with (callers_client(client) if client is not None else
           client_for(n_workers, scheduler, processes=processes)) as cl:
         check_workers_see(cl, [src.path, isrc.path if isrc is not None else None])
         parts = run_tasks(cl, _block_stats, job, list(grid), "measuring", progress)
-        todo = _missing_binary(parts) if surface else {}
-        if todo:
-            blocks = list(grid)
-            parts += run_tasks(cl, _binary_areas, job, [(blocks[i], labs) for i, labs in todo.items()],
-                               "measuring thin objects", False)
+        if surface:
+            ids, count = _counts(parts)
+            levels = dict(zip(ids.tolist(), _levels(parts, ids, count).tolist()))
+            blocks = {p["block"]: p for p in parts}
+            todo = [(b, {int(k): levels[int(k)] for k in blocks[b.index]["surface_label"]}) for b in grid]
+            parts += run_tasks(cl, _block_areas, job, [t for t in todo if t[1]], "meshing surfaces", progress)
     return _combine(parts, vs, surface, image is not None, label_divisor, dtype)
 
 
+def _counts(parts: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Every label and its voxel count, from pass 1's parts."""
+    counted = [p for p in parts if "count" in p]
+    if not counted:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ids, inv = np.unique(np.concatenate([p["label"] for p in counted]), return_inverse=True)
+    return ids, np.bincount(inv, np.concatenate([p["count"] for p in counted]), minlength=ids.size).astype(np.int64)
+
+
 def _combine(parts: list[dict], vs, surface: bool, intensity: bool, label_divisor, dtype) -> dict:
-    parts = [p for p in parts if "count" in p or "surface_label" in p]
     counted = [p for p in parts if "count" in p]
     all_ids = np.concatenate([p["label"] for p in counted]) if counted else np.zeros(0, np.int64)
     ids, inv = np.unique(all_ids, return_inverse=True)
@@ -281,18 +310,11 @@ def _combine(parts: list[dict], vs, surface: bool, intensity: bool, label_diviso
     table["major_axis_length_nm"] = np.sqrt(20.0 * eig[:, -1])
     table["minor_axis_length_nm"] = np.sqrt(20.0 * eig[:, 0])
     if surface:
-        kept = np.zeros(n, np.int64)
-        area = np.zeros(n)
-        area_bin = np.zeros(n)
-        first = [p for p in parts if "kept" in p]
-        second = [p for p in parts if "surface_label" in p and "kept" not in p]  # binary areas only
-        for group, cols in ((first, {"kept": kept, "area": area, "area_bin": area_bin}), (second, {"area_bin": area_bin})):
-            if group:
-                j = np.searchsorted(ids, np.concatenate([p["surface_label"] for p in group]))
-                for k, column in cols.items():
-                    np.add.at(column, j, np.nan_to_num(np.concatenate([p[k] for p in group])))
-        from .._measure import smooth_keeps
-        boundary = np.where(smooth_keeps(kept, count), area, area_bin)
+        boundary = np.zeros(n)
+        meshed = [p for p in parts if "area_label" in p]
+        if meshed:
+            np.add.at(boundary, np.searchsorted(ids, np.concatenate([p["area_label"] for p in meshed])),
+                      np.concatenate([p["area"] for p in meshed]))
         table["surface_area_nm2"] = boundary
         with np.errstate(divide="ignore", invalid="ignore"):
             table["sphericity"] = np.where(boundary > 0, np.cbrt(np.pi) * np.cbrt(6.0 * size) ** 2 / boundary, 0.0)
