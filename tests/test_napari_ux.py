@@ -666,3 +666,86 @@ def test_dock_words_keep_flags_without_a_control_and_messages_without_flags():
                       "it now and record its sha256.", {}) == "download the file and register it with its Weights file."
     assert dock_words("use --key to name it", {}) == "use --key to name it"
     assert dock_words("Nothing to say: x-- y", {"x": "X"}) == "Nothing to say: x-- y"
+
+
+# ------------------------------------------------------------------ the viewer closed, files, scales
+
+def test_closing_the_viewer_while_inference_runs_is_quiet(make_napari_viewer, registered, qtbot, home, monkeypatch):
+    """The worker's progress and result reached docks whose Qt widgets were deleted: "wrapped
+    C/C++ object ... has been deleted", which aborts a plain Python process with PyQt6."""
+    import sys
+    import threading
+
+    import panoptem.inference.segment3d as s3
+    from panoptem.napari._inference import Inference3DWidget
+    started, go = threading.Event(), threading.Event()
+    real = s3.segment_3d
+
+    def held(*a, **k):  # the run goes on once the viewer is closed
+        started.set()
+        go.wait(30)
+        return real(*a, **k)
+    monkeypatch.setattr(s3, "segment_3d", held)
+    errors = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: errors.append(a[1]))
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs(), name="em")
+    w = dock(viewer, Inference3DWidget)
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.run_button.native.click()
+    assert started.wait(30)
+    worker = w.worker
+    viewer.close()
+    qtbot.wait(100)
+    go.set()
+    qtbot.waitUntil(lambda: worker.is_running is False, timeout=60_000)
+    qtbot.wait(300)
+    assert not [e for e in errors if "has been deleted" in str(e)], errors
+    assert w._closed and w._stop.is_set()
+
+
+def test_a_result_read_from_its_file_is_in_memory_or_view_only(viewer, qtbot, home, tmp_path, monkeypatch):
+    """A 3D result written to a Zarr folder came back as a read-only file array on an editable
+    layer: painting raised TypeError at every brush move, and using it as 2D Output to layer
+    left the dock "Running" for good."""
+    from panoptem.napari import _reader
+    from panoptem.napari._inference import Inference2DWidget, Inference3DWidget
+    img = viewer.add_image(blobs(), name="em")
+    w3 = dock(viewer, Inference3DWidget)
+    w3.model.value, w3.device.value = "darkblob", "cpu"
+    w3.zarr_dir.value = str(tmp_path / "small")
+    run_and_wait(qtbot, w3)
+    small = w3.result_layers[0]
+    assert isinstance(small.data, np.ndarray) and small.editable  # fits in memory: editable
+    small.paint((1, 5, 5), 9)
+    assert small.data[1, 5, 5] == 9
+    monkeypatch.setattr(_reader, "IN_MEMORY_LABELS_BYTES", 0)  # as a volume too large to hold
+    w3.zarr_dir.value = str(tmp_path / "large")
+    run_and_wait(qtbot, w3)
+    lazy = w3.result_layers[0]
+    assert not isinstance(lazy.data, np.ndarray) and not lazy.editable
+    w2 = dock(viewer, Inference2DWidget)
+    w2.reset_choices()
+    w2.image.value, w2.output.value = img, lazy
+    w2.model.value, w2.device.value = "darkblob", "cpu"
+    run_and_wait(qtbot, w2)
+    assert w2.status.value.startswith("Error:") and "read from a file" in w2.status.value, w2.status.value
+
+
+def test_a_scale_set_after_opening_a_file_is_the_voxel_size(viewer, qtbot, home, tmp_path):
+    """The file's voxel size kept in the layer's metadata won over a scale the user set later:
+    volumes measured 8 x too small, with no word."""
+    from panoptem.io import write_labels
+    from panoptem.napari._measure import MeasureWidget
+    from panoptem.napari._reader import get_reader
+    lab = np.zeros((4, 20, 20), np.uint32)
+    lab[1:3, 5:15, 5:15] = 1
+    write_labels(tmp_path / "l.tif", lab, voxel_size=(5, 5, 5))
+    data, meta, kind = get_reader(str(tmp_path / "l.tif"))(str(tmp_path / "l.tif"))[0]
+    layer = viewer.add_labels(data, **meta)
+    layer.scale = (40, 5, 5)
+    w = dock(viewer, MeasureWidget)
+    w.reset_choices()
+    w.labels_layer.value = layer
+    run_and_wait(qtbot, w)
+    assert float(layer.features["volume_nm3"][0]) == 200 * 40 * 25

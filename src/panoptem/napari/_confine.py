@@ -96,6 +96,9 @@ def write_plane(target, plane: np.ndarray, region: np.ndarray, axis: int | None,
                 image_shape: tuple[int, ...]) -> int:
     """Write ``plane`` where ``region`` is True into labels layer ``target`` at plane ``index``
     as one undoable edit; returns the number of pixels written."""
+    if not isinstance(target.data, np.ndarray) or not target.data.flags.writeable:
+        raise PanoptemError(f"Labels layer '{target.name}' is read from a file (view only); choose a labels "
+                            "layer in memory for Output to layer, or leave it empty for a new layer.")
     shape = tuple(target.data.shape)
     if shape != tuple(image_shape):
         raise PanoptemError(f"Labels layer '{target.name}' has shape {shape} but the image has "

@@ -118,8 +118,8 @@ class _TrainingDock(Dock):
         self.result: dict | None = None
         self._stop = threading.Event()
         self._bridge = _Bridge()
-        self._bridge.step.connect(self._on_step)
-        self._bridge.line.connect(self._on_line)
+        self._bridge.step.connect(self._while_open(self._on_step))
+        self._bridge.line.connect(self._while_open(self._on_line))
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
 

@@ -206,8 +206,14 @@ class _InferenceBase(Dock):
 
 
 def _labels_layer(data, **kw):
-    """A napari Labels layer (built here, in the worker; the GUI thread only adds it)."""
-    return napari.layers.Labels(data, **kw)
+    """A napari Labels layer (built here, in the worker; the GUI thread only adds it): in memory,
+    editable, where it fits; else read from its file and view only (painting on it failed)."""
+    from ._reader import labels_in_memory
+    data = labels_in_memory(data)
+    layer = napari.layers.Labels(data, **kw)
+    if not isinstance(data, np.ndarray):
+        layer.editable = False
+    return layer
 
 
 def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, plane_shape, mask, new_layer,
@@ -446,7 +452,7 @@ class Inference3DWidget(_InferenceBase):
         self._stop = threading.Event()
         self.result = None
         self._bridge = _Progress()
-        self._bridge.step.connect(self._on_step)
+        self._bridge.step.connect(self._while_open(self._on_step))
         self.multigpu = CheckBox(text="Multi GPU", name="multigpu", value=False,
                                  tooltip="Run on every CUDA GPU of this machine at once: the volume in blocks on "
                                          "Dask, one worker per GPU (as segment3d --blockwise --devices all), "

@@ -11,14 +11,15 @@ PLANE_OF_AXIS = {ax: plane for plane, ax in PLANE_AXIS.items()}
 
 
 def voxel_size_from_meta(meta: dict, ndim: int) -> tuple[float, ...] | None:
-    """Voxel size (nm) of a layer from its ``metadata['voxel_size']``, else its scale
-    unless that is all ones (napari's default, i.e. unknown)."""
-    vs = (meta.get("metadata") or {}).get("voxel_size")
-    if vs is not None and len(vs) == ndim:
-        return tuple(float(v) for v in vs)
+    """Voxel size (nm) of a layer: its scale, the size napari draws it at (a scale the user set
+    after opening a file wins over the file's), unless that is all ones (napari's default, i.e.
+    unknown); then its ``metadata['voxel_size']``."""
     scale = meta.get("scale")
     if scale is not None and len(scale) == ndim and not np.allclose(scale, 1):
         return tuple(float(s) for s in scale)
+    vs = (meta.get("metadata") or {}).get("voxel_size")
+    if vs is not None and len(vs) == ndim:
+        return tuple(float(v) for v in vs)
     return None
 
 

@@ -9,6 +9,17 @@ import numpy as np
 IN_MEMORY_LABELS_BYTES = 4 * 2**30
 
 
+
+def labels_in_memory(data):
+    """Labels read from a file, in memory (writable) where they fit
+    :data:`IN_MEMORY_LABELS_BYTES`, so that they can be edited; larger ones stay lazy (view only)."""
+    if isinstance(data, np.ndarray) and data.flags.writeable:
+        return data
+    if int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize > IN_MEMORY_LABELS_BYTES:
+        return data
+    data = np.asarray(data)
+    return data if data.flags.writeable else data.copy()  # not a view of a read-only file mapping
+
 def _suffixes() -> tuple[str, ...]:
     from ..io.readers import SUPPORTED
     return SUPPORTED
@@ -161,11 +172,8 @@ def _layer(path, key: str | None) -> tuple:
     if not labels and key is None and img.key and p.is_dir() and np.issubdtype(data.dtype, np.integer):
         labels = "image-label" in _zarr_attrs((p / img.key.strip("/")).parent)  # the one image, in a group
     if labels:
-        nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
-        if nbytes <= IN_MEMORY_LABELS_BYTES:  # editable in memory; larger ones stay lazy (view only)
-            data = np.asarray(data)
-            if not data.flags.writeable:  # a view of a read-only file mapping (raw TIFF, MRC)
-                data = data.copy()
+        data = labels_in_memory(data)
+        if isinstance(data, np.ndarray):
             return (data, meta, "labels")
         return (levels or data, meta, "labels")
     return (levels or data, meta, "image")

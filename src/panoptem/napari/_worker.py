@@ -34,6 +34,26 @@ class WorkerMixin:
     def running(self) -> bool:
         return self.worker is not None
 
+    def _while_open(self, slot):
+        """``slot`` for a worker's signals, doing nothing once the dock is closed (the viewer
+        closed mid-run): its Qt widgets are deleted, and touching them aborted the process."""
+        def call(*args):
+            if getattr(self, "_closed", False):
+                return None
+            try:
+                return slot(*args)
+            except RuntimeError as e:  # deleted before ``destroyed`` was delivered
+                if "has been deleted" not in str(e):
+                    raise
+        return call
+
+    def _on_closed(self, *_) -> None:
+        """The dock's widget is gone: a running job stops at its next step, its results unseen."""
+        self._closed = True
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
     def _fail(self, err: BaseException) -> None:
         from ._advice import control_labels, dock_words
         msg = dock_words(str(err), control_labels(self)) if isinstance(err, PanoptemError) else \
@@ -57,8 +77,9 @@ class WorkerMixin:
             b.enabled = False
         _fresh_threads()
         self.worker = create_worker(func, *args, **kwargs, _start_thread=False,
-                                    _connect={"returned": on_result, "errored": self._fail,
-                                              "finished": self._finished})
+                                    _connect={"returned": self._while_open(on_result),
+                                              "errored": self._while_open(self._fail),
+                                              "finished": self._while_open(self._finished)})
         self.worker.start()
 
 
@@ -78,6 +99,7 @@ class Dock(WorkerMixin, Container):
                                       tooltip=f"Show the README section on {self.help_title or 'this module'}.")
         self.help_button.changed.connect(self.show_help)
         follow_layers(viewer, self)
+        self.native.destroyed.connect(self._on_closed)
 
     @property
     def running(self) -> bool:
@@ -92,6 +114,8 @@ class Dock(WorkerMixin, Container):
         self._adding = True
 
         def step():
+            if getattr(self, "_closed", False):  # the viewer closed meanwhile
+                return
             if todo:
                 added.append(self.viewer.add_layer(todo.pop(0)))
                 QTimer.singleShot(10, step)  # timers, input and painting get their turn in between
