@@ -28,7 +28,7 @@ With ``--profile`` the kernels of one thin-plane call are listed by GPU time (Py
 without a GPU.
 
 Usage: python bench/bench_gpu_forward.py [--device cuda] [--shape 32,768,1024] [--out FILE]
-       [--profile FILE]
+       [--profile FILE] [--repeat 7]
 """
 from __future__ import annotations
 
@@ -158,6 +158,8 @@ def main() -> None:
     ap.add_argument("--shape", default="32,768,1024", help="Z,Y,X of the generated volume")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--profile", default=None, help="write the thin-plane kernel table here")
+    ap.add_argument("--repeat", type=int, default=7, help="timed calls per variant (after as many warm-up "
+                    "calls, at most 3)")
     a = ap.parse_args()
     import torch
 
@@ -217,7 +219,7 @@ def main() -> None:
                                                                     enabled=dtype is not None):
                             net(xt)
                 with torch.inference_mode():
-                    gpu_ms, host_ms = _events_ms(fn, dev)
+                    gpu_ms, host_ms = _events_ms(fn, dev, a.repeat, min(3, a.repeat))
                 emit({"plane": name, "variant": variant, "batch": b, "input": list(xin.shape),
                       "gpu_ms": round(gpu_ms, 2), "host_ms": round(host_ms, 2),
                       "planes_per_s": round(b / (gpu_ms / 1e3), 1)})
@@ -225,7 +227,7 @@ def main() -> None:
                 emit({"plane": name, "variant": variant, "error": f"{type(e).__name__}: {e}"})
     torch.backends.cudnn.benchmark = False
     for name, (batch, xin, b) in prepared.items():
-        emit({"plane": name, "variant": "steps", "batch": b, "ms": _steps(folded, xin, dev)})
+        emit({"plane": name, "variant": "steps", "batch": b, "ms": _steps(folded, xin, dev, min(5, a.repeat))})
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
         batch = prepared["xz"][0]

@@ -1,10 +1,23 @@
 import functools
 import http.server
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n N``), each worker process on cores of its own: every one would
+    otherwise run its networks and its Dask workers on all the machine's cores, N times over."""
+    name, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if name is None or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    i = int(name.removeprefix("gw"))
+    share = cores[i::count] or [cores[i % len(cores)]]
+    os.sched_setaffinity(0, share)
+
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LUCCHI = SHARED / "data" / "lucchi"

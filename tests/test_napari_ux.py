@@ -704,23 +704,15 @@ def test_closing_the_viewer_while_inference_runs_is_quiet(make_napari_viewer, re
     assert w._closed and w._stop.is_set()
 
 
-def test_a_result_read_from_its_file_is_in_memory_or_view_only(viewer, qtbot, home, tmp_path, monkeypatch):
-    """A 3D result written to a Zarr folder came back as a read-only file array on an editable
-    layer: painting raised TypeError at every brush move, and using it as 2D Output to layer
-    left the dock "Running" for good."""
-    from panoptem.napari import _reader
+def test_a_result_streamed_to_its_file_is_view_only(viewer, qtbot, home, tmp_path):
+    """A 3D result written to a Zarr folder is read from it, and its layer was left editable:
+    painting raised TypeError at every brush move, and using it as 2D Output to layer left the
+    dock "Running" for good."""
     from panoptem.napari._inference import Inference2DWidget, Inference3DWidget
     img = viewer.add_image(blobs(), name="em")
     w3 = dock(viewer, Inference3DWidget)
     w3.model.value, w3.device.value = "darkblob", "cpu"
-    w3.zarr_dir.value = str(tmp_path / "small")
-    run_and_wait(qtbot, w3)
-    small = w3.result_layers[0]
-    assert isinstance(small.data, np.ndarray) and small.editable  # fits in memory: editable
-    small.paint((1, 5, 5), 9)
-    assert small.data[1, 5, 5] == 9
-    monkeypatch.setattr(_reader, "IN_MEMORY_LABELS_BYTES", 0)  # as a volume too large to hold
-    w3.zarr_dir.value = str(tmp_path / "large")
+    w3.zarr_dir.value = str(tmp_path)
     run_and_wait(qtbot, w3)
     lazy = w3.result_layers[0]
     assert not isinstance(lazy.data, np.ndarray) and not lazy.editable

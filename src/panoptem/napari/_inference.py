@@ -206,10 +206,8 @@ class _InferenceBase(Dock):
 
 
 def _labels_layer(data, **kw):
-    """A napari Labels layer (built here, in the worker; the GUI thread only adds it): in memory,
-    editable, where it fits; else read from its file and view only (painting on it failed)."""
-    from ._reader import labels_in_memory
-    data = labels_in_memory(data)
+    """A napari Labels layer (built here, in the worker; the GUI thread only adds it); labels a
+    run streamed to a file are read from it, view only (painting on them failed)."""
     layer = napari.layers.Labels(data, **kw)
     if not isinstance(data, np.ndarray):
         layer.editable = False
