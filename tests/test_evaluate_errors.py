@@ -139,7 +139,8 @@ def test_breakdown_stays_within_classes():
     pred[:, :10], pred[:, 10:] = 1001, 2001  # the second piece is of another class
     assert evaluate(pred, gt)["errors"]["splits"] == 1
     e = evaluate(pred, gt, label_divisor=1000)["errors"]
-    assert e["splits"] == 0 and e["fp"]["false_object"] == 0 and e["fp"]["wrong_class"] == 1  # on an object, not background
+    # the piece of another class lies on an object, not on background
+    assert e["splits"] == 0 and e["fp"]["false_object"] == 0 and e["fp"]["wrong_class"] == 1
 
 
 def test_bad_ignore_smaller_is_a_user_error():
