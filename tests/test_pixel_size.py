@@ -499,6 +499,22 @@ def test_blockwise_takes_the_pixel_size_a_whole_volume_run_takes(tmp_path):
     assert min(_match(out[:, :125, :125], gt)) > 0.8
 
 
+def test_pixel_size_given_for_a_pyramid_is_its_full_resolution_levels(tmp_path, capsys):
+    """--pixel-size with an OME-Zarr pyramid: the level was chosen from the file's scales, then the
+    size given was taken as that coarser level's: the network saw the image at twice the size
+    asked, and the labels, written at the size given, covered half the image."""
+    from panoptem.cli import main
+    from panoptem.io import read_image, write_image
+    img, _ = disks(5.0)
+    src = write_image(tmp_path / "img.zarr", img[:256, :256], voxel_size=(5.0, 5.0))  # levels of 5, 10, ... nm
+    for extra in ([], ["--pixel-size", "5"]):
+        out = tmp_path / f"l{len(extra)}.zarr"
+        assert main(["segment2d", str(src), "-o", str(out), "--model", "MitoLite_v1", *extra]) == 0
+        lab = read_image(out)
+        assert np.allclose(np.array(lab.data.shape) * lab.voxel_size, 256 * 5.0), (extra, lab.data.shape, lab.voxel_size)
+    capsys.readouterr()
+
+
 def test_cli_says_what_it_used(tmp_path, capsys):
     from panoptem.cli import main
     from panoptem.io import read_image, write_image

@@ -79,15 +79,17 @@ def with_params(cls, exclude: tuple[str, ...] = ()):
     return deco
 
 
-def read_input(path: str, key: Optional[str] = None, model: Optional[str] = None):
+def read_input(path: str, key: Optional[str] = None, model: Optional[str] = None, pixel_size=None):
     """Read an input image (``sample``: the bundled crop); print what the reader assumed.
-    With ``model``, an OME-Zarr multiscale is read at the level nearest the model's pixel size."""
+    With ``model``, an OME-Zarr multiscale is read at the level nearest the model's pixel size,
+    unless the user gives the ``pixel_size`` (--pixel-size): that is the full-resolution level's,
+    which is read then."""
     from ..io import read_image
     from ..sample import SAMPLE_PATH
     if path == "sample" and not Path(path).exists():
         path = str(SAMPLE_PATH)
     pixel = None
-    if model is not None:
+    if model is not None and pixel_size is None:
         from ..models.home import get_card
         pixel = get_card(model).working_pixel_nm
     img = read_image(path, key=key, pixel_size_nm=pixel)

@@ -56,7 +56,7 @@ def bench_cmd(
                                 f"not '{shape}'.")
         volume, name, vs = synthetic_volume(zyx), f"generated {shape}", None
     else:
-        img = read_input(input, key, model)
+        img = read_input(input, key, model, params.pixel_size)
         if img.data.ndim != 3:
             raise PanoptemError(f"bench needs a ZYX volume, got shape {tuple(img.data.shape)}.")
         volume, name, vs = img.data, input, img.voxel_size

@@ -41,7 +41,7 @@ def segment2d_cmd(
     if unique_ids and not batch:
         raise PanoptemError("--unique-ids numbers the objects of a --batch run across its slices; add --batch, "
                             "or drop --unique-ids.")
-    img = read_input(input, key, model)
+    img = read_input(input, key, model, params.pixel_size)
     data = img.data
     vs, origin = img.voxel_size, img.origin
     chose_plane = slice_index is not None or plane != "xy"
@@ -231,7 +231,7 @@ def segment3d_cmd(
 ):
     """3D inference along one plane or ortho-plane (empanada's "3D Inference")."""
     from ..inference.segment3d import segment_3d
-    img = read_input(input, key, model)
+    img = read_input(input, key, model, params.pixel_size)
     if ortho:
         params.orthoplane = True
     extra = {}
