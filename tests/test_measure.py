@@ -96,6 +96,20 @@ def test_surface_of_a_ball_and_a_capsule_holds_on_serial_section_voxels(vs):
     assert measure(cap, voxel_size=vs)["surface_area_nm2"][0] == pytest.approx(want, rel=0.025)
 
 
+@pytest.mark.parametrize("vs, thick", [((30, 5, 5), 80.0), ((50, 5, 5), 120.0), ((5, 5, 5), 20.0)])
+def test_a_tilted_sheet_is_meshed_smoothed_whatever_its_width(vs, thick):
+    """A flat sheet a few sections thick was taken for an object the smoothing flattens once it
+    was wide enough, and meshed unsmoothed: +28 % at 1200 nm across against -7 % at 800."""
+    tilt = np.deg2rad(35)  # its normal 35 degrees off z
+    for radius in (400, 600):
+        n = [int(np.ceil(2 * (radius + 100) / v)) + 8 for v in vs]
+        z, y, x = np.meshgrid(*[(np.arange(k) - (k - 1) / 2) * v for k, v in zip(n, vs)], indexing="ij")
+        across, along = np.cos(tilt) * z + np.sin(tilt) * y, -np.sin(tilt) * z + np.cos(tilt) * y
+        sheet = ((np.abs(across) < thick / 2) & (along ** 2 + x ** 2 < radius ** 2)).astype(np.uint8)
+        truth = 2 * np.pi * radius ** 2 + 2 * np.pi * radius * thick
+        assert measure(sheet, voxel_size=vs)["surface_area_nm2"][0] == pytest.approx(truth, rel=0.1), radius
+
+
 def test_axes_match_skimage_with_spacing():
     import skimage.measure as skm
     z, y, x = np.ogrid[-12:13, -22:23, -9:10]

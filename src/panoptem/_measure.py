@@ -311,11 +311,27 @@ def level_sums(smooth: np.ndarray, owned: tuple[slice, ...] | None = None) -> np
     - g/2``, by ``(b - t) / g`` up to ``b = s + g/2``. Rows: the count of ``a`` in each bin, and
     the sums of ``b / g`` and ``1 / g`` by the bin of ``a`` and by the bin of ``b``."""
     smooth = np.ascontiguousarray(smooth)
-    part = smooth if owned is None else smooth[owned]
-    at = np.nonzero(part > 0)  # never on the crop's edge: crops reach past the smoothing's margin
-    if owned is not None:
-        at = tuple(i + (o.start or 0) for i, o in zip(at, owned))
+    owned = owned if owned is not None else tuple(slice(0, n) for n in smooth.shape)
+    first = owned[0]
+    plane = int(np.prod([len(range(*o.indices(n))) for o, n in zip(owned[1:], smooth.shape[1:])]))
+    step = max(1, _LEVEL_CHUNK // max(plane, 1))  # slabs along the first axis bound the temporary arrays
+    total = np.zeros((5, _LEVEL_BINS))
+    lo, hi = first.indices(smooth.shape[0])[:2]
+    for z in range(lo, hi, step):
+        total += _slab_sums(smooth, (slice(z, min(z + step, hi)),) + tuple(owned[1:]))
+    return total
+
+
+#: voxels per slab of :func:`level_sums`
+_LEVEL_CHUNK = 1 << 18
+
+
+def _slab_sums(smooth: np.ndarray, owned: tuple[slice, ...]) -> np.ndarray:
+    """:func:`level_sums` over the voxels ``owned`` of a C-contiguous smoothed mask."""
+    at = np.nonzero(smooth[owned] > 0)  # never on the crop's edge: crops reach past the smoothing's margin
+    at = tuple(i + (o.start or 0) for i, o in zip(at, owned))
     flat = np.ravel_multi_index(at, smooth.shape)
+    del at
     values = smooth.reshape(-1)
     s = values[flat].astype(np.float64)
     g = np.zeros(s.size)
@@ -334,16 +350,16 @@ def level_sums(smooth: np.ndarray, owned: tuple[slice, ...] | None = None) -> np
 
 def volume_level(sums: np.ndarray, peak: float, voxels) -> float | None:
     """The level whose inside holds ``voxels`` voxels, from an object's :func:`level_sums` (linear
-    between grid levels); None where it lies above half the object's smoothed ``peak``: the
-    smoothing flattened the object (a few voxels across, less than the smoothing's width), whose
-    mesh there would be a sliver, and it is meshed unsmoothed."""
+    between grid levels); None where the smoothing flattened the object, its smoothed ``peak``
+    under 1/2 (thinner than about the smoothing's width in every direction: a mesh at the level
+    that keeps its volume shrinks to a sliver), and it is meshed unsmoothed."""
     B = _LEVEL_BINS
     below = np.concatenate([np.zeros((5, 1)), np.cumsum(sums, axis=1)], axis=1)  # sums over bins < k
     t = np.arange(B + 1) / B
     vol = (below[0, -1] - below[0]) + (below[1] - below[3]) - t * (below[2] - below[4])
     k = int(np.flatnonzero(vol >= voxels)[-1]) if vol[0] >= voxels else 0
     level = t[k] if k >= B else t[k] + (vol[k] - voxels) / max(vol[k] - vol[k + 1], 1e-12) / B
-    return None if level > peak / 2 else float(max(level, 0.5 / B))
+    return None if peak < 0.5 or level >= peak else float(max(level, 0.5 / B))
 
 
 def _boundaries(lab: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray,
