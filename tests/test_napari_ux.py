@@ -704,7 +704,7 @@ def test_closing_the_viewer_while_inference_runs_is_quiet(make_napari_viewer, re
     assert w._closed and w._stop.is_set()
 
 
-def test_a_result_streamed_to_its_file_is_view_only(viewer, qtbot, home, tmp_path):
+def test_a_result_streamed_to_its_file_is_view_only(viewer, qtbot, home, tmp_path, monkeypatch):
     """A 3D result written to a Zarr folder is read from it, and its layer was left editable:
     painting raised TypeError at every brush move, and using it as 2D Output to layer left the
     dock "Running" for good."""
@@ -720,8 +720,12 @@ def test_a_result_streamed_to_its_file_is_view_only(viewer, qtbot, home, tmp_pat
     w2.reset_choices()
     w2.image.value, w2.output.value = img, lazy
     w2.model.value, w2.device.value = "darkblob", "cpu"
+    import panoptem.inference.segment2d as s2
+    ran, real = [], s2.segment_2d
+    monkeypatch.setattr(s2, "segment_2d", lambda *a, **k: (ran.append(1), real(*a, **k))[1])
     run_and_wait(qtbot, w2)
     assert w2.status.value.startswith("Error:") and "read from a file" in w2.status.value, w2.status.value
+    assert not ran  # refused before the run
 
 
 def test_a_scale_set_after_opening_a_file_is_the_voxel_size(viewer, qtbot, home, tmp_path):

@@ -92,10 +92,9 @@ def region_indices(region: np.ndarray, axis: int | None, index: int) -> tuple[np
     return tuple(idx)
 
 
-def write_plane(target, plane: np.ndarray, region: np.ndarray, axis: int | None, index: int,
-                image_shape: tuple[int, ...]) -> int:
-    """Write ``plane`` where ``region`` is True into labels layer ``target`` at plane ``index``
-    as one undoable edit; returns the number of pixels written."""
+def check_output_layer(target, image_shape: tuple[int, ...]) -> None:
+    """One error where labels layer ``target`` cannot take planes of an image of ``image_shape``
+    (Output to layer): it is read from a file (view only), or of another shape."""
     if not isinstance(target.data, np.ndarray) or not target.data.flags.writeable:
         raise PanoptemError(f"Labels layer '{target.name}' is read from a file (view only); choose a labels "
                             "layer in memory for Output to layer, or leave it empty for a new layer.")
@@ -103,6 +102,13 @@ def write_plane(target, plane: np.ndarray, region: np.ndarray, axis: int | None,
     if shape != tuple(image_shape):
         raise PanoptemError(f"Labels layer '{target.name}' has shape {shape} but the image has "
                             f"{tuple(image_shape)}; choose a labels layer of the same shape.")
+
+
+def write_plane(target, plane: np.ndarray, region: np.ndarray, axis: int | None, index: int,
+                image_shape: tuple[int, ...]) -> int:
+    """Write ``plane`` where ``region`` is True into labels layer ``target`` at plane ``index``
+    as one undoable edit; returns the number of pixels written."""
+    check_output_layer(target, image_shape)
     if np.dtype(target.data.dtype).itemsize < plane.dtype.itemsize and plane.max() > np.iinfo(target.data.dtype).max:
         raise PanoptemError(f"Labels layer '{target.name}' ({target.data.dtype}) cannot hold label "
                             f"{int(plane.max())}; choose a uint32 labels layer.")

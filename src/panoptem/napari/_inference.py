@@ -26,7 +26,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..errors import PanoptemError
 from ..params import Params2D, Params3D
-from ._confine import mask_box, place_in_plane, shapes_mask, viewport_box, write_plane
+from ._confine import check_output_layer, mask_box, place_in_plane, shapes_mask, viewport_box, write_plane
 from ._forms import Group, ParamsForm, compact_combo, labelled, row
 from ._layers import (
     PLANE_OF_AXIS,
@@ -333,9 +333,8 @@ class Inference2DWidget(_InferenceBase):
             if batch and (confined or target is not None):
                 raise PanoptemError("Confine to ROI / viewport and Output to layer work on one plane; "
                                     "untick Batch mode.")
-            if target is not None and tuple(target.data.shape) != tuple(data.shape):
-                raise PanoptemError(f"Labels layer '{target.name}' has shape {tuple(target.data.shape)} but the "
-                                    f"image has {tuple(data.shape)}; choose a labels layer of the same shape.")
+            if target is not None:  # before the run, not after it
+                check_output_layer(target, data.shape)
             plane_shape = array.shape[-2:]
             vs, volume_nm = layer_voxel_size(layer), None
             if axis is not None:  # the shown plane's two axes
