@@ -310,7 +310,7 @@ def test_large_image_drops_small_pieces_while_decoding(monkeypatch):
     by a tile border keeps its whole area."""
     import panoptem.inference.segment2d as s2
     from panoptem.inference import large2d
-    from panoptem.inference.postprocess import remove_small_pieces
+    from panoptem.inference.postprocess import compact_ids, remove_small_pieces
     monkeypatch.setattr(large2d, "DECODE_TILE", 96)
     img = blobs_image(shape=(620, 700), centers=((60, 60), (400, 500)), r=20)
     img[91:101, 300:310] = 40  # a speck across the decode-tile border at row 96
@@ -322,7 +322,7 @@ def test_large_image_drops_small_pieces_while_decoding(monkeypatch):
     assert a and b and plain[97, 304] == a and plain[193, 97] == b and area[b] < 70 < area[a] < 140
     monkeypatch.setattr(s2, "remove_small_pieces", lambda *a, **k: pytest.fail("whole-image filter"))
     got = segment_2d(img, model, tile_size=256, maximum_objects_per_class=0, min_piece_area=70)
-    assert np.array_equal(got, remove_small_pieces(plain, 70))
+    assert np.array_equal(got, compact_ids(remove_small_pieces(plain, 70), None))  # ids 1..N as well
     assert got[95, 304] and not got[191, 95]  # kept whole, though each tile holds less than 70 of it
 
 
@@ -445,3 +445,18 @@ def test_an_intensity_range_that_is_not_one_is_refused(bad):
     import panoptem
     with pytest.raises(PanoptemError, match="intensity must be"):
         panoptem.segment_2d(panoptem.load_sample()[0], intensity=bad)
+
+
+@pytest.mark.parametrize("kw", [{}, {"tile_size": 128}])
+def test_objects_removed_whole_by_min_piece_area_leave_no_gap_in_the_ids(kw):
+    """Objects were numbered before small pieces were removed: an object removed whole left its
+    number unused (ids 1, 3, 4 where 1..N is promised; 10001, 10003 with the divisor)."""
+    img = blobs_image(centers=((60, 60), (150, 200), (40, 250), (200, 80)), r=18)
+    yy, xx = np.mgrid[:256, :320]
+    img[(yy - 120) ** 2 + (xx - 110) ** 2 < 9] = 30  # a speck: an object, then a piece under 40 px
+    for divisor, first in ((0, 1), (10000, 10001)):
+        with_speck = segment_2d(img, dark_blob_model(), maximum_objects_per_class=divisor, min_piece_area=0, **kw)
+        lab = segment_2d(img, dark_blob_model(), maximum_objects_per_class=divisor, min_piece_area=40, **kw)
+        ids = np.unique(lab[lab > 0])
+        assert len(np.unique(with_speck[with_speck > 0])) == len(ids) + 1  # the speck was an object
+        assert ids.tolist() == list(range(first, first + len(ids)))
