@@ -25,6 +25,23 @@ def dark_blob_model():
     return LoadedModel(card, DarkBlobNet().eval(), "cpu")
 
 
+class GreyBlobNet(nn.Module):
+    """:class:`DarkBlobNet` of mid-grey pixels (normalised near 0): what a network may make of a
+    featureless fill, as the real ones did of the mean grey that missing data becomes."""
+
+    def forward(self, x):
+        grey = F.relu(0.5 - x.abs())
+        d4 = F.avg_pool2d(grey, 4)
+        blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
+        return {"sem_logits": 20 * (d4 - 0.25), "ctr_hmp": blur,
+                "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
+
+
+def grey_blob_model():
+    card = ModelCard(name="greyblob", weights=Weights(file="none"), padding_factor=32, label_divisor=None)
+    return LoadedModel(card, GreyBlobNet().eval(), "cpu")
+
+
 class NeighbourNet(nn.Module):
     """:class:`DarkBlobNet` of the brightest of a plane and its neighbours (the input's
     channels): a pixel is foreground only where the plane and both neighbours are dark, so its

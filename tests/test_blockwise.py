@@ -1429,6 +1429,21 @@ def test_blockwise_xz_and_orthoplane_find_nothing_on_a_blank_section(vol, tmp_pa
     np.testing.assert_array_equal(got, whole)
 
 
+@pytest.mark.parametrize("params", [{}, dict(inference_plane="xz")])
+def test_blockwise_finds_nothing_on_missing_data_as_a_whole_volume_run(vol, tmp_path, params):
+    """A float stack's all-NaN section (missing data: the mean grey to the network) is blank to
+    both engines; a block's crop of it as to the whole-volume run."""
+    from _models import grey_blob_model
+    f = np.where(vol > 100, 220.0, 40.0).astype(np.float32)  # nothing mid-grey but what the NaN becomes
+    f[11] = np.nan
+    f[20, 30:100, 30:100] = np.nan  # a region of missing data in a section
+    kw = dict(params, min_size=0, min_extent=1, median_slices=1)  # a section's object would be kept
+    whole = segment_3d(f, grey_blob_model(), **kw).labels["mitochondria"]
+    res, got = _blockwise(f, tmp_path, model=grey_blob_model(), block_shape=(16, 64, 64), halo=(32, 32, 32), **kw)
+    assert res.blocks > 1 and not whole.any()
+    np.testing.assert_array_equal(got, whole)
+
+
 def test_workers_that_outlive_a_run_read_an_input_replaced_at_its_path(on_disk, tmp_path, vol, client):
     """A cluster the user keeps (client=, --scheduler) ran the next run on the old content of an
     input replaced at the same path (its workers kept the volume they had opened)."""

@@ -460,3 +460,31 @@ def test_objects_removed_whole_by_min_piece_area_leave_no_gap_in_the_ids(kw):
         ids = np.unique(lab[lab > 0])
         assert len(np.unique(with_speck[with_speck > 0])) == len(ids) + 1  # the speck was an object
         assert ids.tolist() == list(range(first, first + len(ids)))
+
+
+def _stripes(shape):
+    """Stripes of 40 and 220: nothing mid-grey (normalised far from 0) anywhere."""
+    img = np.full(shape, 220.0, np.float32)
+    img[..., ::8, :] = img[..., 1::8, :] = img[..., 2::8, :] = img[..., 3::8, :] = 40.0
+    return img
+
+
+def test_missing_data_is_padding_not_an_object():
+    """NaN (missing data) became the mean grey and nothing told it from tissue: a NaN region was
+    found as an object, an all-NaN section of a stack was one object over the whole plane, and
+    one such slice stopped a --batch run ("no finite values")."""
+    from _models import grey_blob_model
+    from panoptem.inference.segment3d import segment_3d
+    model = grey_blob_model()
+    img = _stripes((256, 320))
+    img[100:180, 120:200] = np.nan
+    assert not segment_2d(img, model, maximum_objects_per_class=0).any()
+    grey = img.copy()
+    grey[100:180, 120:200] = 130.0  # the same region mid-grey: found (the model sees grey)
+    assert segment_2d(grey, model, maximum_objects_per_class=0)[140, 160] > 0
+    vol = np.stack([_stripes((128, 160))] * 6)
+    vol[3] = np.nan
+    assert not segment_3d(vol, model, median_slices=1, min_size=0).labels["mitochondria"].any()
+    stack = np.stack([grey[:128, :160], np.full((128, 160), np.nan, np.float32)])
+    lab = segment_2d(stack, model, batch=True)
+    assert not lab[1].any()

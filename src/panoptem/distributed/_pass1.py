@@ -425,15 +425,17 @@ def plane_ranges(source: VolumeSource, block: Block) -> dict:
     block's core, which planes of the volume hold one value throughout (see :func:`uniform_of`)."""
     data = read_region(source.open(), block.core)
     out: dict = {"start": tuple(s.start for s in block.core)}
+    from ..inference.preprocess import finite_extremes
     for a in range(3):
-        others = tuple(b for b in range(3) if b != a)
-        out[f"min{a}"], out[f"max{a}"] = data.min(axis=others), data.max(axis=others)
+        out[f"min{a}"], out[f"max{a}"] = finite_extremes(data, tuple(b for b in range(3) if b != a))
     return out
 
 
 def uniform_of(ranges: list[dict], shape) -> tuple:
-    """The planes along Z, Y and X that hold one value throughout (three tuples of indices), from
-    every core's :func:`plane_ranges` (values compared in the volume's dtype)."""
+    """The planes along Z, Y and X that hold one value throughout, or no finite number (three
+    tuples of indices), from every core's :func:`plane_ranges` (values compared in the volume's
+    dtype)."""
+    from ..inference.preprocess import one_value
     found = []
     for a, n in enumerate(shape):
         lo = hi = None
@@ -443,10 +445,10 @@ def uniform_of(ranges: list[dict], shape) -> tuple:
             if lo is None:
                 lo, hi = np.zeros(n, mn.dtype), np.zeros(n, mx.dtype)
             at = slice(r["start"][a], r["start"][a] + len(mn))
-            lo[at] = np.where(seen[at], np.minimum(lo[at], mn), mn)
-            hi[at] = np.where(seen[at], np.maximum(hi[at], mx), mx)
+            lo[at] = np.where(seen[at], np.fmin(lo[at], mn), mn)  # fmin: a core of no number says nothing
+            hi[at] = np.where(seen[at], np.fmax(hi[at], mx), mx)
             seen[at] = True
-        found.append(() if lo is None else tuple(int(i) for i in np.flatnonzero(seen & (lo == hi))))
+        found.append(() if lo is None else tuple(int(i) for i in np.flatnonzero(seen & one_value(lo, hi))))
     return tuple(found)
 
 

@@ -71,9 +71,11 @@ def _uniform_planes(cl, source: VolumeSource, grid, shape, folder: Path, volume:
     kept in ``folder`` (the run's work, or its cache, which runs on other inputs may share) with
     ``volume`` (what tells the input: its stamp, content digest, shape...) for a resumed or
     re-decoding run on the same input."""
+    from ..inference.preprocess import PADDING_RULE
     from ._cluster import run_tasks
     from ._pass1 import plane_ranges, uniform_of
     kept = folder / "uniform.json"
+    volume = {**volume, "rule": PADDING_RULE}  # what counts as one value
     try:
         found = json.loads(kept.read_text())
         if found["volume"] == json.loads(json.dumps(volume, default=str)) and len(found["planes"]) == 3:

@@ -362,13 +362,14 @@ def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
 PAD_WINDOW = 33
 #: what network outputs kept in a cache were cleared on (zero squares of PAD_WINDOW, planes of one
 #: value): outputs kept under another rule are made anew
-PADDING_RULE = (f"{PAD_WINDOW} px zero squares; uniform planes (before resampling; blockwise: whole planes); "
-                "blank sections edge-on; edge cells by their part in the plane")
+PADDING_RULE = (f"{PAD_WINDOW} px zero or not-finite squares; uniform planes, not-finite values left out "
+                "(before resampling; blockwise: whole planes); blank sections edge-on; edge cells by their "
+                "part in the plane")
 
 
 def padding_mask(planes: np.ndarray) -> np.ndarray | None:
-    """Where ``(..., H, W)`` planes hold padding: pixels of 0 inside some all-zero square of
-    :data:`PAD_WINDOW` pixels lying in the plane, what aligning a stack or stitching tiles leaves
+    """Where ``(..., H, W)`` planes hold padding: pixels of 0 (or not a finite number) inside some
+    square of such pixels, :data:`PAD_WINDOW` on a side, lying in the plane, what aligning a stack or stitching tiles leaves
     around the data. The network is given the mean grey there and finds nothing there: black
     padding is darker than anything its intensity range expects, and was found as one huge
     object. None where the planes hold none (most: the test costs one comparison then).
@@ -377,7 +378,10 @@ def padding_mask(planes: np.ndarray) -> np.ndarray | None:
     >>> m = padding_mask(p); int(m.sum()), bool(m[0, 5, 50])
     (1440, False)
     """
-    zero = np.asarray(planes) == 0
+    planes = np.asarray(planes)
+    zero = planes == 0
+    if planes.dtype.kind in "fc":  # missing data (NaN, inf) is padding as zeros are
+        zero |= ~np.isfinite(planes)
     if np.count_nonzero(zero) < PAD_WINDOW * PAD_WINDOW:
         return None
     from scipy import ndimage
@@ -401,8 +405,25 @@ def uniform_planes(planes: np.ndarray) -> np.ndarray | None:
     planes = np.asarray(planes)
     if planes.size == 0:
         return None
-    same = planes.min(axis=(-2, -1)) == planes.max(axis=(-2, -1))  # strided views are not copied
+    same = one_value(*finite_extremes(planes, (-2, -1)))
     return same if same.any() else None
+
+
+def finite_extremes(a: np.ndarray, axis) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest value of ``a`` along ``axis``, values that are not finite numbers
+    (missing data) left out: NaN where there is none (strided views of integers are not copied)."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        return a.min(axis=axis), a.max(axis=axis)
+    a = np.where(np.isfinite(a), a, np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.fmin.reduce(a, axis=axis), np.fmax.reduce(a, axis=axis)
+
+
+def one_value(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Whether planes of these :func:`finite_extremes` hold one value, or none that is a number."""
+    lo = np.asarray(lo)
+    return (lo == hi) | np.isnan(lo) if lo.dtype.kind == "f" else lo == hi
 
 
 def pad_to_multiple(batch, factor: int):

@@ -105,6 +105,14 @@ def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings
     return out
 
 
+def _slice_range(pred, plane: np.ndarray) -> tuple[float, float]:
+    """The intensity range of one slice of a batch; any for a slice of no finite value, which is
+    blank (nothing is found on it) and must not stop the others."""
+    if plane.dtype.kind == "f" and not np.isfinite(plane).any():
+        return (0.0, 1.0)
+    return pred.intensity(plane)
+
+
 def make_unique(stack, label_divisor: int | None) -> np.ndarray:
     """Shift the ids of each slice so no id repeats across the stack.
 
@@ -484,7 +492,7 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
                 continue
             chunk, digests = chunk[todo], digests[todo]
         # each slice is its own image, with its own intensity range, unless one is given
-        rng = np.array([intensity if intensity is not None else pred.intensity(sl) for sl in chunk], np.float64)
+        rng = np.array([intensity if intensity is not None else _slice_range(pred, sl) for sl in chunk], np.float64)
         if tile and max(chunk.shape[-2:]) > tile:
             # bounded memory, decoded per tile (the same labels whether or not the outputs are kept)
             kept: list | None = [] if return_outputs else None
