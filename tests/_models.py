@@ -1,4 +1,6 @@
 """Small hand-set models for tests (no training, no download)."""
+from typing import Dict
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -7,17 +9,21 @@ from panoptem.models.card import ClassInfo, ModelCard, Weights
 from panoptem.models.load import LoadedModel
 
 
+def _blob_outputs(strength: torch.Tensor, cut: float) -> Dict[str, torch.Tensor]:
+    """Outputs at stride 4 of a per-pixel foreground ``strength``: foreground where its 4 x 4 mean
+    passes ``cut``, the centre heatmap its blur, offsets 0."""
+    d4 = F.avg_pool2d(strength, 4)
+    blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
+    return {"sem_logits": 20 * (d4 - cut), "ctr_hmp": blur, "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
+
+
 class DarkBlobNet(nn.Module):
     """A hand-set network with a small receptive field: dark pixels are
     foreground, the centre heatmap is a blurred darkness map, offsets are 0.
     Outputs at stride 4, like the real networks."""
 
     def forward(self, x):
-        dark = F.relu(-x - 0.5)                       # x is normalised: dark < 0
-        d4 = F.avg_pool2d(dark, 4)
-        blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
-        return {"sem_logits": 20 * (d4 - 0.75), "ctr_hmp": blur,
-                "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
+        return _blob_outputs(F.relu(-x - 0.5), 0.75)  # x is normalised: dark < 0
 
 
 def dark_blob_model():
@@ -30,11 +36,7 @@ class GreyBlobNet(nn.Module):
     featureless fill, as the real ones did of the mean grey that missing data becomes."""
 
     def forward(self, x):
-        grey = F.relu(0.5 - x.abs())
-        d4 = F.avg_pool2d(grey, 4)
-        blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
-        return {"sem_logits": 20 * (d4 - 0.25), "ctr_hmp": blur,
-                "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
+        return _blob_outputs(F.relu(0.5 - x.abs()), 0.25)
 
 
 def grey_blob_model():
@@ -47,12 +49,8 @@ class NeighbourNet(nn.Module):
     channels): a pixel is foreground only where the plane and both neighbours are dark, so its
     outputs equal DarkBlobNet's on a volume max-filtered along the stack's axis."""
 
-    def forward(self, x):  # DarkBlobNet's, written out (TorchScript does not follow super())
-        dark = F.relu(-x.amax(dim=1, keepdim=True) - 0.5)
-        d4 = F.avg_pool2d(dark, 4)
-        blur = F.avg_pool2d(d4, 5, stride=1, padding=2, count_include_pad=False)
-        return {"sem_logits": 20 * (d4 - 0.75), "ctr_hmp": blur,
-                "offsets": torch.zeros_like(d4).repeat(1, 2, 1, 1)}
+    def forward(self, x):
+        return _blob_outputs(F.relu(-x.amax(dim=1, keepdim=True) - 0.5), 0.75)
 
 
 def neighbour_model(voxel_size_nm: float | None = None):
