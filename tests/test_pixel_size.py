@@ -511,7 +511,8 @@ def test_pixel_size_given_for_a_pyramid_is_its_full_resolution_levels(tmp_path, 
         out = tmp_path / f"l{len(extra)}.zarr"
         assert main(["segment2d", str(src), "-o", str(out), "--model", "MitoLite_v1", *extra]) == 0
         lab = read_image(out)
-        assert np.allclose(np.array(lab.data.shape) * lab.voxel_size, 256 * 5.0), (extra, lab.data.shape, lab.voxel_size)
+        extent = np.array(lab.data.shape) * lab.voxel_size
+        assert np.allclose(extent, 256 * 5.0), (extra, lab.data.shape, lab.voxel_size)
     capsys.readouterr()
 
 

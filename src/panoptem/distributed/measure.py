@@ -20,8 +20,8 @@ from ._source import VolumeSource, read_region
 from .blocks import Block, BlockGrid
 
 #: voxels per block: a block reads its core and a halo (the surface smoothing's margin), whole
-#: chunks of the labels around it, so larger blocks read fewer chunks per voxel (on Lucchi's labels in 64 x 256 x 256 chunks: 6.8 CPU-s
-#: in 36 blocks of 64 x 256 x 256, 4.4 in 12 of this shape)
+#: chunks of the labels around it, so larger blocks read fewer chunks per voxel (on Lucchi's labels
+#: in 64 x 256 x 256 chunks: 6.8 CPU-s in 36 blocks of 64 x 256 x 256, 4.4 in 12 of this shape)
 MEASURE_BLOCK = (64, 512, 512)
 
 

@@ -369,8 +369,8 @@ PADDING_RULE = (f"{PAD_WINDOW} px zero or not-finite squares; uniform planes, no
 
 def padding_mask(planes: np.ndarray) -> np.ndarray | None:
     """Where ``(..., H, W)`` planes hold padding: pixels of 0 (or not a finite number) inside some
-    square of such pixels, :data:`PAD_WINDOW` on a side, lying in the plane, what aligning a stack or stitching tiles leaves
-    around the data. The network is given the mean grey there and finds nothing there: black
+    square of such pixels, :data:`PAD_WINDOW` on a side, lying in the plane, what aligning a stack
+    or stitching tiles leaves around the data (or missing data). The network is given the mean grey there and finds nothing there: black
     padding is darker than anything its intensity range expects, and was found as one huge
     object. None where the planes hold none (most: the test costs one comparison then).
 
