@@ -310,7 +310,8 @@ def test_large_image_drops_small_pieces_while_decoding(monkeypatch):
     by a tile border keeps its whole area."""
     import panoptem.inference.segment2d as s2
     from panoptem.inference import large2d
-    from panoptem.inference.postprocess import compact_ids, remove_small_pieces
+    from panoptem.inference.postprocess import remove_small_pieces
+    from panoptem.labels import relabel_sequential_per_class
     monkeypatch.setattr(large2d, "DECODE_TILE", 96)
     img = blobs_image(shape=(620, 700), centers=((60, 60), (400, 500)), r=20)
     img[91:101, 300:310] = 40  # a speck across the decode-tile border at row 96
@@ -322,7 +323,7 @@ def test_large_image_drops_small_pieces_while_decoding(monkeypatch):
     assert a and b and plain[97, 304] == a and plain[193, 97] == b and area[b] < 70 < area[a] < 140
     monkeypatch.setattr(s2, "remove_small_pieces", lambda *a, **k: pytest.fail("whole-image filter"))
     got = segment_2d(img, model, tile_size=256, maximum_objects_per_class=0, min_piece_area=70)
-    assert np.array_equal(got, compact_ids(remove_small_pieces(plain, 70), None))  # ids 1..N as well
+    assert np.array_equal(got, relabel_sequential_per_class(remove_small_pieces(plain, 70), None))  # ids 1..N too
     assert got[95, 304] and not got[191, 95]  # kept whole, though each tile holds less than 70 of it
 
 

@@ -180,34 +180,6 @@ def postprocess_labels(labels, erosion: int = 0, dilation: int = 0, holes: bool 
     return out
 
 
-def compact_ids(labels: np.ndarray, label_divisor: int | None) -> np.ndarray:
-    """The objects numbered 1..n again within each class, in their order (``class × divisor + n``;
-    without a divisor 1..N): after small pieces are removed, an object removed whole left its
-    number unused. Ids of a class itself (``class × divisor``, stuff) keep it. Changes
-    ``labels`` in place.
-
-    >>> compact_ids(np.array([[10001, 10003], [20002, 20000]], np.uint32), 10000)
-    array([[10001, 10002],
-           [20001, 20000]], dtype=uint32)
-    """
-    import fastremap
-    ids = fastremap.unique(labels)
-    ids = ids[ids != 0]
-    if not ids.size:
-        return labels
-    new = ids.copy()
-    d = int(label_divisor or 0)
-    cls = ids // d if d else np.zeros_like(ids)
-    inst = ids % d != 0 if d else np.ones(ids.size, bool)
-    c = cls[inst]
-    starts = np.r_[0, np.flatnonzero(np.diff(c)) + 1]  # ids are sorted: so are their classes
-    rank = np.arange(c.size) - np.repeat(starts, np.diff(np.r_[starts, c.size])) + 1
-    new[inst] = c * d + rank.astype(ids.dtype) if d else rank.astype(ids.dtype)
-    if np.array_equal(new, ids):
-        return labels
-    return fastremap.remap(labels, dict(zip(ids.tolist(), new.tolist())), preserve_missing_labels=True, in_place=True)
-
-
 def remove_small_pieces(labels, min_area: int, in_place: bool = False) -> np.ndarray:
     """Pieces of a label (8-connected in 2D, 26-connected in 3D) smaller than ``min_area``
     pixels become background; larger pieces of the same label keep it. Returns a copy, or

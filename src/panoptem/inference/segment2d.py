@@ -13,7 +13,7 @@ from ..models.load import LoadedModel
 from ..params import AUTO_TILE, AUTO_TILE_ABOVE, PLANE_AXIS, Params2D, params_with
 from .decode import decode_panoptic, decode_settings
 from .engine import Predictor
-from .postprocess import compact_ids, remove_small_pieces
+from .postprocess import remove_small_pieces
 
 
 @dataclass
@@ -513,7 +513,9 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
                 if return_outputs:
                     probs.append(o.semantic_probability[j])
         if p.min_piece_area and not p.semantic_only:  # objects removed whole leave no gap in the ids
-            made = [compact_ids(lab, settings["label_divisor"]) for lab in made]
+            from ..labels import relabel_sequential_per_class
+            made = [relabel_sequential_per_class(lab, settings["label_divisor"]).astype(lab.dtype, copy=False)
+                    for lab in made]
         if p.fill_holes_in_segmentation:
             from .postprocess import fill_holes
             made = [fill_holes(lab) for lab in made]
