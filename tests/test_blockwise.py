@@ -1413,6 +1413,22 @@ def test_shipped_model_on_real_data_agrees_with_a_whole_volume_run(lucchi, clien
     assert ia.size >= 4 and matched / ia.size >= 0.95
 
 
+def test_blocks_of_a_framed_volume_take_the_tissues_context(client, tmp_path):
+    """Blocks that cut slices are given each slice's global context from the blocks' sums (pass 0),
+    there too over the cells by their part that is not padding: a volume framed by black pixels
+    gives the whole-volume run's objects."""
+    import panoptem
+    vol = np.zeros((12, 512, 448), np.uint8)
+    vol[:, 128:, 64:] = panoptem.load_sample()[:12]  # black on two sides
+    whole = segment_3d(vol, "MitoLite_v1", device="cpu").labels["mitochondria"]
+    res = segment_blockwise(vol, "MitoLite_v1", tmp_path / "m.zarr", block_shape=(12, 256, 224),
+                            halo=(0, 96, 96), client=client, device="cpu")
+    got = np.asarray(res.labels["mitochondria"][:])
+    assert res.timings["context_pass_s"] > 0
+    fa, fb = whole > 0, got > 0
+    assert fa.sum() > 50_000 and (fa & fb).sum() / (fa | fb).sum() > 0.99
+
+
 @pytest.mark.parametrize("params", [dict(inference_plane="xz"), dict(orthoplane=True),
                                     dict(orthoplane=True, fusion="probability"),
                                     dict(inference_plane="yz", downsampling=4),

@@ -134,6 +134,32 @@ def test_a_flat_region_larger_than_a_tile_is_segmented_as_untiled():
     assert not segment_2d(np.full((256, 320), 40, np.uint8), dark_blob_model(), tile_size=64).any()  # blank: none
 
 
+def test_a_black_border_changes_little_inside_the_tissue():
+    """The shipped model's global context is the mean of its deepest features over the tissue, not
+    over a black border too: slices of the bundled sample framed by 128 black pixels give about the
+    objects of the unframed slices (foreground IoU 0.95; 0.82 when the border entered the mean, which
+    moved objects up to 120 pixels inside the tissue)."""
+    import panoptem
+    img = panoptem.load_sample()[10:13]
+    framed = np.zeros((3, 640, 640), np.uint8)
+    framed[:, 128:-128, 128:-128] = img
+    ref = panoptem.segment_3d(img, device="cpu").labels["mitochondria"] > 0
+    got = panoptem.segment_3d(framed, device="cpu").labels["mitochondria"][:, 128:-128, 128:-128] > 0
+    assert ref.sum() > 10_000 and (ref & got).sum() / (ref | got).sum() > 0.92
+
+
+def test_tiles_of_a_real_slice_take_the_whole_slices_context():
+    """Tiles are given the global context of their whole slice (summed over the tiles' cores), so
+    the shipped model's tiles of 256 find the untiled objects: foreground IoU 0.999 on slices of
+    the bundled sample (0.992 when each tile took its own context)."""
+    import panoptem
+    img = panoptem.load_sample()
+    for z in (5, 20):
+        whole = segment_2d(img[z], "MitoLite_v1", device="cpu") > 0
+        tiled = segment_2d(img[z], "MitoLite_v1", device="cpu", tile_size=256) > 0
+        assert whole.sum() > 5_000 and (whole & tiled).sum() / (whole | tiled).sum() > 0.997, z
+
+
 def test_an_empty_stack_is_one_error():
     for shape, kw in (((0, 64, 64), dict(batch=True)), ((0, 64, 64), dict(batch=True, unique_ids=True)),
                       ((64, 0), {})):

@@ -47,7 +47,7 @@ def test_int8_graphs_of_tiles_with_context(tiny_card, home, monkeypatch):
     f32 = Predictor(lm, device="cpu", runtime="onnx", precision="fp32", threads=1, batch_size=3)
     i8 = Predictor(lm, device="cpu", runtime="auto", precision="int8", threads=1, batch_size=3)
     assert i8.runtime == "onnx"
-    fa, fb = f32.encode(planes, (0, 255)), i8.encode(planes, (0, 255))
+    fa, fb = f32.encode(planes, (0, 255))[0], i8.encode(planes, (0, 255))[0]
     ctx = fa.mean(axis=(2, 3))
     a, b = f32.predict_with_context(planes, (0, 255), ctx), i8.predict_with_context(planes, (0, 255), ctx)
     p, q = f32.predict(planes, (0, 255)), i8.predict(planes, (0, 255))

@@ -342,8 +342,9 @@ def test_onnx_runtime_matches_torch(tiny_card, home, monkeypatch):
     # deepest features, and the context graph the outputs given each plane's context
     pt = Predictor(lm, device="cpu", runtime="torch", batch_size=2)
     po = Predictor(lm, device="cpu", runtime="onnx", threads=1, batch_size=2)
-    fa, fb = pt.encode(planes, (0, 255)), po.encode(planes, (0, 255))
+    (fa, ta), (fb, tb) = pt.encode(planes, (0, 255)), po.encode(planes, (0, 255))
     assert fa.shape == fb.shape and fa.shape[0] == 3
+    assert (ta == 1).all() and (tb == 1).all() and ta.shape == (3, 1, *fa.shape[2:])  # no padding: cells alike
     np.testing.assert_allclose(fa, fb, atol=1e-4)
     ctx = rng.normal(size=(3, fa.shape[1])).astype(np.float32)
     a, b = pt.predict_with_context(planes, (0, 255), ctx), po.predict_with_context(planes, (0, 255), ctx)
@@ -354,6 +355,48 @@ def test_onnx_runtime_matches_torch(tiny_card, home, monkeypatch):
         np.testing.assert_allclose(getattr(own, f), getattr(plain, f), atol=1e-4, err_msg=f)
     assert np.abs(a.semantic_probability - plain.semantic_probability).max() > 1e-3  # the context matters
     assert len(list((home / "cache" / "onnx").glob("*.onnx"))) == 3  # plain, context and encode graphs
+
+
+def test_padding_is_left_out_of_the_global_context(tiny_card, home, monkeypatch):
+    """A plane that holds padding (a black border) takes as its global context the mean of its
+    deepest features over the cells by their part that is not padding, in PyTorch and in ONNX
+    Runtime's tissue graph alike: the outputs are the context graph's given that mean, not the
+    plain mean over every cell's; planes without padding keep the plain graph."""
+    import torch
+
+    from panoptem.inference import runtime
+    from panoptem.inference.engine import Predictor
+    from panoptem.models.load import load_model
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(runtime, "_sessions", {})
+    lm = load_model(str(tiny_card), "cpu")
+    with torch.no_grad():  # a random network's context barely matters: make it matter
+        c = lm.module.context[0].weight
+        c[:, c.shape[1] // 2:] *= 40
+    rng = np.random.default_rng(0)
+    held = rng.integers(0, 255, (3, 70, 90), dtype=np.uint8)
+    held[0, :, :40] = 0  # a black border a cell and a quarter wide
+    held[2, 30:, 50:] = 0
+    pt = Predictor(lm, device="cpu", runtime="torch", batch_size=2)
+    po = Predictor(lm, device="cpu", runtime="onnx", threads=1, batch_size=2)
+    a, b = pt.predict(held, (0, 255)), po.predict(held, (0, 255))
+    fh, th = po.encode(held, (0, 255))
+    assert th[0, 0, :, 0].max() == 0 and th[0, 0, 0, 1] == 0.75 and (th[1] == 1).all() and th[2].min() == 0 and 0 < th[2, 0, 1, 1] < 1
+    tissue_mean = (fh * th).sum(axis=(2, 3)) / th.sum(axis=(2, 3))
+    own = po.predict_with_context(held, (0, 255), tissue_mean)
+    every_cell = po.predict_with_context(held, (0, 255), fh.mean(axis=(2, 3)))
+    for f in ("semantic_probability", "heatmap", "offsets"):
+        np.testing.assert_allclose(getattr(a, f), getattr(b, f), atol=1e-4, err_msg=f)
+        np.testing.assert_allclose(getattr(own, f), getattr(b, f), atol=2e-5, err_msg=f)
+        np.testing.assert_allclose(getattr(every_cell, f)[1], getattr(b, f)[1], atol=2e-5, err_msg=f)  # no padding
+    for i in (0, 2):  # the plain mean's outputs lie far further off
+        off_own, off_every = (np.abs(o.offsets[i] - b.offsets[i]).max() for o in (own, every_cell))
+        assert off_every > max(20 * off_own, 5e-5), (i, off_own, off_every)
+    names = sorted(p.name for p in (home / "cache" / "onnx").glob("*.onnx"))
+    assert len(names) == 3 and sum(".tissue" in n for n in names) == 1, names  # tissue, context, encode
+    plain = po.predict(held[1:2], (0, 255))  # no padding: the plain graph, the same outputs
+    np.testing.assert_allclose(plain.offsets[0], b.offsets[1], atol=1e-4)
+    assert len(list((home / "cache" / "onnx").glob("*.onnx"))) == 4
 
 
 def test_onnx_export_goes_to_a_scratch_folder_when_the_cache_cannot_be_written(tiny_card, home, monkeypatch):
@@ -379,8 +422,9 @@ def test_onnx_export_goes_to_a_scratch_folder_when_the_cache_cannot_be_written(t
 
 
 def test_tiled_onnx_prediction_hands_back_the_arena_and_keeps_its_outputs(tiny_card, home, monkeypatch):
-    """After the tiles of a large plane, ONNX Runtime's arena is shrunk by one small call; the
-    session gives the same outputs after it."""
+    """After the tiles of a large plane, ONNX Runtime's arena is shrunk by one small call per
+    graph the tiles ran (the encoder for the plane's context, then the context graph); the
+    sessions give the same outputs after it."""
     from panoptem.inference import runtime
     from panoptem.inference.engine import Predictor
     from panoptem.models.load import load_model
@@ -392,9 +436,9 @@ def test_tiled_onnx_prediction_hands_back_the_arena_and_keeps_its_outputs(tiny_c
     released, orig = [], runtime.OnnxNet.release_memory
     monkeypatch.setattr(runtime.OnnxNet, "release_memory", lambda self: (released.append(self.graph), orig(self)))
     a = pr.predict(planes, (0, 255))
-    assert released == ["plain"]  # once, after the last tile
+    assert sorted(released) == ["context", "encode"]  # each graph the tiles ran, once, after the last tile
     b = pr.predict(planes, (0, 255))
-    assert released == ["plain", "plain"]
+    assert sorted(released) == ["context", "context", "encode", "encode"]
     for f in ("semantic_probability", "heatmap", "offsets"):
         np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
 

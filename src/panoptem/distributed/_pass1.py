@@ -32,6 +32,7 @@ import numpy as np
 from ..inference.cache import at_cache_precision, probability_bytes
 from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, \
     _upsample_nearest
+from ..inference.predict import CELL, cell_sums, context_of_sums
 from ..inference.preprocess import downsample, linear_resize
 from ..inference.resample import resize_at
 from ..inference.segment3d import planes_along, with_neighbours
@@ -325,13 +326,13 @@ def _empty(job: StackJob, block: Block, data: np.ndarray | None) -> bool:
 
 # ---------------------------------------------------------------- pass 0: global context
 
-CONTEXT_STRIDE = 32  # a cell of the network's deepest features, in network-input pixels
 
 
 def context_block(job: StackJob, block: Block) -> None:
     """Pass 0, for networks with a global-context branch (the mean of their
     deepest features over the whole slice): per view, the sums of those
-    features over the cells of this block's core, for the slices of its core.
+    features over the cells of this block's core, for the slices of its core
+    (:func:`~panoptem.inference.predict.cell_sums`: padding left out).
     Summed over blocks they give every whole slice's context, so a block sees
     what a whole-slice run sees, not just its tile's."""
     out = job.context_dir() / f"{block.index}.npz"
@@ -347,18 +348,17 @@ def context_block(job: StackJob, block: Block) -> None:
         planes = stack_means(planes_along(data, v, 0, data.shape[v]), s)
         k0 = (block.core[v].start - region[v].start) // s
         k1 = k0 + -(-(block.core[v].stop - block.core[v].start) // s)
-        c4 = job.predictor(lm, v).encode(_planes(job, planes, k0, k1, v), job.intensity,
-                                         blank=_blank_planes(job, v, region, k0, k1, s))  # (n, C, h, w)
+        c4, tissue = job.predictor(lm, v).encode(_planes(job, planes, k0, k1, v), job.intensity,
+                                                 blank=_blank_planes(job, v, region, k0, k1, s))  # (n, C, h, w)
         sel = []
         for i, ax in enumerate(ax for ax in range(3) if ax != v):
-            cell = CONTEXT_STRIDE * job.factor(ax)
+            cell = CELL * job.factor(ax)
             first = (block.core[ax].start - region[ax].start) // cell
             last = c4.shape[2 + i] if block.core[ax].stop == job.shape[ax] else \
                 first + -(-(block.core[ax].stop - block.core[ax].start) // cell)
             sel.append(slice(first, last))
-        part = c4[:, :, sel[0], sel[1]].astype(np.float64)
-        res[f"sum{v}"] = part.sum(axis=(2, 3))
-        res[f"count{v}"] = np.full(len(part), part.shape[2] * part.shape[3], np.int64)
+        sums = cell_sums(c4[:, :, sel[0], sel[1]], tissue[:, :, sel[0], sel[1]])
+        res.update({f"{name}{v}": a for name, a in sums.items()})
         res[f"start{v}"] = np.int64(block.core[v].start // s)
     save_npz(out, **res)
 
@@ -368,16 +368,16 @@ def context_table(job: StackJob, grid) -> None:
     d = job.context_dir()
     for v in job.views():
         n = -(-job.shape[v] // job.fused_strides[v])
-        total, count = None, np.zeros(n, np.int64)
+        sums = {}
         for b in grid:
             t = np.load(d / f"{b.index}.npz")
             s0 = int(t[f"start{v}"])
-            s = t[f"sum{v}"]
-            if total is None:
-                total = np.zeros((n, s.shape[1]), np.float64)
-            total[s0:s0 + len(s)] += s
-            count[s0:s0 + len(s)] += t[f"count{v}"]
-        np.save(d / f"view{v}.npy", (total / np.maximum(count, 1)[:, None]).astype(np.float32))
+            for name in ("sum", "count", "plain", "cells"):
+                a = t[f"{name}{v}"]
+                if name not in sums:
+                    sums[name] = np.zeros((n, *a.shape[1:]), np.float64)
+                sums[name][s0:s0 + len(a)] += a
+        np.save(d / f"view{v}.npy", context_of_sums(sums))
 
 
 def _context(job: StackJob, v: int, region) -> np.ndarray | None:

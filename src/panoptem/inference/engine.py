@@ -12,7 +12,8 @@ from ..models.card import OUTPUT_STRIDE as STRIDE
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel, load_model
 from .cache import probability_bytes
-from .predict import ModelOutput, encode_batch, network_input, predict_batch
+from .predict import (CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, network_input, predict_batch,
+                      tissue_weights)
 from .preprocess import dtype_range, intensity_range, uniform_planes
 
 
@@ -201,23 +202,41 @@ class Predictor:
 
     def _predict(self, planes: np.ndarray | None, intensity, context=None, timings: dict | None = None,
                  prepared: tuple | None = None, blank="auto") -> ModelOutput:
+        """One network call: with each plane's global ``context`` given, or else its own, over the
+        cells that are not padding (the tissue graph where a plane holds padding)."""
+        from ._pipeline import StageClock
         n = self.card.normalization
-        net = self._graph("context") if context is not None else self.network
-        return predict_batch(net, planes, intensity, device=self.model.device,
+        if prepared is None:
+            with StageClock(timings if timings is not None else {})("normalise"):
+                prepared = network_input(planes, intensity, self.downsampling, self.card.pad_multiple,
+                                         (n.mean, n.std), blank)
+        tissue = None
+        if context is None and self.weighs_tissue:
+            tissue = tissue_weights(prepared[3], prepared[0].shape, self.card.pad_multiple)
+        graph = "context" if context is not None else "tissue" if tissue is not None else "plain"
+        return predict_batch(self._graph(graph), None, None, device=self.model.device,
                              downsampling=self.downsampling, padding_factor=self.card.pad_multiple,
-                             mean_std=(n.mean, n.std), context=context, precision=self.precision,
-                             timings=timings, tta=self.tta, prepared=prepared, blank=blank)
+                             context=context, precision=self.precision, timings=timings, tta=self.tta,
+                             prepared=prepared, tissue=tissue)
 
-    def encode(self, planes: np.ndarray, intensity, blank="auto") -> np.ndarray:
+    @property
+    def weighs_tissue(self) -> bool:
+        """Whether the network's global context can leave padding out (and be given, for tiles):
+        panoptem's own networks; a scripted empanada network averages over the whole input."""
+        return self.model.own_network  # known without building the PyTorch network
+
+    def encode(self, planes: np.ndarray, intensity, blank="auto") -> tuple[np.ndarray, np.ndarray]:
         """Deepest features (N, C, h, w) of (N, H, W) planes (see :meth:`planes_in`), in batches
-        (``blank``: see :meth:`predict`)."""
+        (``blank``: see :meth:`predict`), and each cell's weight in its plane's global context
+        (N, 1, h, w; see :func:`.predict.tissue_weights`)."""
         n = self.card.normalization
         planes, blank = self._on_grid(self.planes_in(planes), blank)
-        return np.concatenate([encode_batch(self._graph("encode"), planes[i:i + self.batch_size], intensity,
-                                            device=self.model.device, downsampling=self.downsampling,
-                                            padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std),
-                                            blank=_part(blank, i, i + self.batch_size))
-                               for i in range(0, len(planes), self.batch_size)])
+        parts = [encode_batch(self._graph("encode"), planes[i:i + self.batch_size], intensity,
+                              device=self.model.device, downsampling=self.downsampling,
+                              padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std),
+                              blank=_part(blank, i, i + self.batch_size))
+                 for i in range(0, len(planes), self.batch_size)]
+        return np.concatenate([f for f, _ in parts]), np.concatenate([t for _, t in parts])
 
     def predict_with_context(self, planes: np.ndarray, intensity, context: np.ndarray,
                              blank="auto") -> ModelOutput:
@@ -292,6 +311,23 @@ class Predictor:
         """Whether planes (on the network grid) are predicted in tiles."""
         return bool(self.tile_size) and max(planes.shape[-2:]) > self.tile_size
 
+    def _tiles_context(self, planes: np.ndarray, intensity, blank, tiles) -> np.ndarray:
+        """Each plane's global context (N, C) from its tiles' deepest features, as one pass over
+        the whole plane gives it: a cell counts in the tile whose core (on the network grid) holds
+        its first pixel, by its part that is not padding (see :func:`.predict.cell_sums`)."""
+        n, f = self.card.normalization, self.downsampling
+        sums = {}
+        for (y0, y1, x0, x1), (ny0, ny1, nx0, nx1) in tiles:
+            feats, tissue = encode_batch(self._graph("encode"), planes[..., y0:y1, x0:x1], intensity,
+                                         device=self.model.device, downsampling=f,
+                                         padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std), blank=blank)
+            ty, tx = y0 // f, x0 // f
+            rows = slice(-(-(ny0 - ty) // CELL), -(-(ny1 - ty) // CELL))
+            cols = slice(-(-(nx0 - tx) // CELL), -(-(nx1 - tx) // CELL))
+            for name, a in cell_sums(feats[:, :, rows, cols], tissue[:, :, rows, cols]).items():
+                sums[name] = sums.get(name, 0) + a
+        return context_of_sums(sums)
+
     def _batches(self, planes: np.ndarray, intensity):
         """(planes, intensity) of each network call over planes on the network grid; ``intensity``
         one (low, high) for all, or one per plane (N, 2)."""
@@ -329,27 +365,30 @@ class Predictor:
                 s.append(s[-1] + step)
             return s
 
+        tiles = []
         for y0 in starts(h):
             for x0 in starts(w):
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                o = self._predict(planes[..., y0:y1, x0:x1], intensity, blank=blank)
-                if prob is None:
-                    prob = np.zeros((n, o.semantic_probability.shape[1], hn, wn), np.uint8 if compact else np.float32)
-                # core of this tile in original pixels
+                # core of this tile in original pixels, then on the network's grid
                 cy0 = 0 if y0 == 0 else y0 + overlap // 2
                 cx0 = 0 if x0 == 0 else x0 + overlap // 2
                 cy1 = h if y1 == h else y1 - overlap // 2
                 cx1 = w if x1 == w else x1 - overlap // 2
-                # network-resolution core, then stride-grid core
-                ny0, ny1, nx0, nx1 = cy0 // f, -(-cy1 // f), cx0 // f, -(-cx1 // f)
-                core = o.semantic_probability[:, :, ny0 - y0 // f:ny1 - y0 // f, nx0 - x0 // f:nx1 - x0 // f]
-                prob[:, :, ny0:ny1, nx0:nx1] = probability_bytes(core) if compact else core
-                gy0, gy1, gx0, gx1 = ny0 // STRIDE, -(-ny1 // STRIDE), nx0 // STRIDE, -(-nx1 // STRIDE)
-                oy, ox = (y0 // f) // STRIDE, (x0 // f) // STRIDE
-                hm[:, :, gy0:gy1, gx0:gx1] = o.heatmap[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]
-                off[:, :, gy0:gy1, gx0:gx1] = o.offsets[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]
+                tiles.append(((y0, y1, x0, x1), (cy0 // f, -(-cy1 // f), cx0 // f, -(-cx1 // f))))
+        context = self._tiles_context(planes, intensity, blank, tiles) if self.weighs_tissue else None
+        for (y0, y1, x0, x1), (ny0, ny1, nx0, nx1) in tiles:
+            o = self._predict(planes[..., y0:y1, x0:x1], intensity, context=context, blank=blank)
+            if prob is None:
+                prob = np.zeros((n, o.semantic_probability.shape[1], hn, wn), np.uint8 if compact else np.float32)
+            core = o.semantic_probability[:, :, ny0 - y0 // f:ny1 - y0 // f, nx0 - x0 // f:nx1 - x0 // f]
+            prob[:, :, ny0:ny1, nx0:nx1] = probability_bytes(core) if compact else core
+            gy0, gy1, gx0, gx1 = ny0 // STRIDE, -(-ny1 // STRIDE), nx0 // STRIDE, -(-nx1 // STRIDE)
+            oy, ox = (y0 // f) // STRIDE, (x0 // f) // STRIDE
+            hm[:, :, gy0:gy1, gx0:gx1] = o.heatmap[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]
+            off[:, :, gy0:gy1, gx0:gx1] = o.offsets[:, :, gy0 - oy:gy1 - oy, gx0 - ox:gx1 - ox]
         if self.runtime == "onnx":  # before the labels of the whole image are made
-            self.network.release_memory()
+            for net in self._graphs.values():
+                net.release_memory()
         return ModelOutput(prob, hm, off)
 
 

@@ -37,8 +37,14 @@ class ModelOutput:
         return ModelOutput(self.semantic_probability[s], self.heatmap[s], self.offsets[s])
 
 
-def _forward(model, x, context=None) -> dict:
-    out = model(x) if context is None else model(x, context=context)
+#: the side of a cell of a network's deepest features (and of its global context's weights), in
+#: network-input pixels
+CELL = 32
+
+
+def _forward(model, x, context=None, tissue=None) -> dict:
+    extra = {k: v for k, v in (("context", context), ("tissue", tissue)) if v is not None}
+    out = model(x, **extra)
     if isinstance(out, (tuple, list)):
         out = dict(zip(("sem_logits", "ctr_hmp", "offsets"), out))
     return out
@@ -48,6 +54,46 @@ def supports_context(model) -> bool:
     """Whether ``model`` can take the global context of a larger image (see
     :meth:`~panoptem.models.architecture.PanopticNet.encode`)."""
     return callable(getattr(model, "encode", None))
+
+
+def tissue_weights(pad: np.ndarray | None, shape: tuple, padding_factor: int,
+                   whole: bool = True) -> np.ndarray | None:
+    """The weight of each deepest network cell (:data:`CELL` pixels on a side) in its plane's
+    global context: its share of pixels that are not padding, (N, 1, h, w) float32, for a
+    network input of ``shape`` (N, C, H, W) made with ``padding_factor``; None where no pixel is
+    padding (every cell then weighs the same). ``pad``: the mask :func:`network_input` gives.
+    ``whole``: the planes are whole, and one that is padding throughout weighs its cells the same
+    (its outputs are cleared); parts of planes (tiles, blocks) keep their zeros: the other parts
+    decide (see :func:`context_of_sums`)."""
+    if pad is None or not pad.any():
+        return None
+    tissue = pad_to_multiple(~pad, padding_factor)[0].view(np.uint8)  # the margin mirrors padding too
+    H, W = shape[-2:]
+    rows, cols = np.arange(0, H, CELL), np.arange(0, W, CELL)
+    counts = np.add.reduceat(np.add.reduceat(tissue, rows, axis=1, dtype=np.int32), cols, axis=2)
+    sizes = np.outer(np.diff(rows, append=H), np.diff(cols, append=W))
+    t = (counts / sizes).astype(np.float32)
+    if whole:
+        t[t.sum(axis=(1, 2)) == 0] = 1.0
+    return t[:, None]
+
+
+def cell_sums(feats: np.ndarray, tissue: np.ndarray) -> dict[str, np.ndarray]:
+    """What each plane's part (a tile, a block's core) adds to the plane's global context: its
+    deepest features ``feats`` (N, C, h, w) weighed by ``tissue`` (N, 1, h, w; see
+    :func:`tissue_weights`) summed, those weights summed, and the plain sums and cell count."""
+    f, t = feats.astype(np.float64), tissue.astype(np.float64)
+    return {"sum": (f * t).sum(axis=(2, 3)), "count": t.sum(axis=(1, 2, 3)), "plain": f.sum(axis=(2, 3)),
+            "cells": np.full(len(f), f.shape[2] * f.shape[3], np.float64)}
+
+
+def context_of_sums(sums: dict[str, np.ndarray]) -> np.ndarray:
+    """Each plane's global context (N, C) float32 from :func:`cell_sums` added over its parts: the
+    mean over the cells by their part that is not padding, or where all is padding, over every cell."""
+    tissue = sums["count"] > 1e-9
+    total = np.where(tissue[:, None], sums["sum"], sums["plain"])
+    count = np.where(tissue, sums["count"], sums["cells"])
+    return (total / np.maximum(count, 1e-9)[:, None]).astype(np.float32)
 
 
 def network_input(planes, intensity, downsampling, padding_factor, mean_std, blank="auto") -> tuple:
@@ -117,25 +163,30 @@ def _on_device(x: np.ndarray, device: str):
 
 def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", downsampling: int = 1,
                  padding_factor: int = 32, mean_std: tuple[float, float] = (0.5, 0.25),
-                 blank="auto") -> np.ndarray:
+                 blank="auto") -> tuple[np.ndarray, np.ndarray]:
     """The deepest features (N, C, h, w) of ``planes``, prepared as :func:`predict_batch`
-    prepares them (for the global context of a tiled image). ``model``: a PyTorch module or
-    the encode graph's :class:`~.runtime.OnnxNet`."""
+    prepares them, and each cell's weight in the global context (N, 1, h, w; see
+    :func:`tissue_weights`, planes taken as parts of larger ones): for the global context of a
+    tiled image (:func:`cell_sums`). ``model``: a PyTorch
+    module or the encode graph's :class:`~.runtime.OnnxNet`."""
     from .runtime import OnnxNet
-    x = network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)[0]
+    x, _, _, pad = network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)
     if isinstance(model, OnnxNet):
-        return model.features(x)
-    import torch
-    x = _on_device(x, device)
-    with torch.inference_mode():
-        return model.encode(x).float().cpu().numpy()
+        feats = model.features(x)
+    else:
+        import torch
+        with torch.inference_mode():
+            feats = model.encode(_on_device(x, device)).float().cpu().numpy()
+    t = tissue_weights(pad, x.shape, padding_factor, whole=False)
+    return feats, np.ones((len(feats), 1, *feats.shape[2:]), np.float32) if t is None else t
 
 
 def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], device: str = "cpu",
                   downsampling: int = 1, padding_factor: int = 32,
                   mean_std: tuple[float, float] = (0.5, 0.25), context: np.ndarray | None = None,
                   precision: str = "auto", timings: dict | None = None, tta: bool = False,
-                  prepared: tuple[np.ndarray, int, int] | None = None, blank="auto") -> ModelOutput:
+                  prepared: tuple[np.ndarray, int, int] | None = None, blank="auto",
+                  tissue="auto") -> ModelOutput:
     """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
 
     ``intensity`` is the (low, high) range mapped to [0, 1], or one per plane (N, 2) (see
@@ -147,7 +198,10 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     outputs are averaged over the input and its flips (see :func:`_flip_average`). ``prepared``:
     the network input of ``planes`` made beforehand, ``(x, h, w, pad)`` as
     :meth:`~.engine.Predictor.prepare` gives it (``planes`` and ``intensity`` are then unused).
-    Nothing is found where the planes hold padding (:func:`network_input`; ``blank``: see there).
+    Nothing is found where the planes hold padding (:func:`network_input`; ``blank``: see there),
+    and a plane's own global context leaves the padding out: ``tissue`` the cells' weights in it
+    (:func:`tissue_weights`; by default made where ``model`` takes them: panoptem's own PyTorch
+    networks, the ONNX tissue graph), None: every cell weighs the same.
     """
     from ._pipeline import StageClock
     from .runtime import OnnxNet
@@ -156,26 +210,31 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
         with clock("normalise"):
             prepared = network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)
     x, h, w, pad = prepared
+    if isinstance(tissue, str):
+        takes = model.graph == "tissue" if isinstance(model, OnnxNet) else supports_context(model)
+        tissue = tissue_weights(pad, x.shape, padding_factor) if takes and context is None else None
     with clock("forward"):
         if isinstance(model, OnnxNet):
-            return clear_padding(_run_onnx(model, x, h, w, tta, context), pad)
-        return clear_padding(_run(model, _on_device(x, device), h, w, context, device, precision, tta), pad)
+            return clear_padding(_run_onnx(model, x, h, w, tta, context, tissue), pad)
+        return clear_padding(_run(model, _on_device(x, device), h, w, context, device, precision, tta, tissue),
+                             pad)
 
 
-def _flip_average(model, x, ctx) -> dict:
+def _flip_average(model, x, ctx, tissue=None) -> dict:
     """Outputs averaged over ``x`` and its flips along rows, columns and both, each flipped
-    back; offsets change sign along a flipped axis. Cell ``i`` of the stride-4 grid is
-    centred at pixel ``4i + 1.5``, and padded inputs are multiples of 4, so a flip maps
-    cells onto cells exactly. ``x``: a torch tensor, or a numpy array for an ONNX session."""
+    back (the context's ``tissue`` weights flipped with it); offsets change sign along a
+    flipped axis. Cell ``i`` of the stride-4 grid is centred at pixel ``4i + 1.5``, and padded
+    inputs are multiples of 4, so a flip maps cells onto cells exactly. ``x``: a torch tensor,
+    or a numpy array for an ONNX session."""
     if isinstance(x, np.ndarray):
         def flip(a, dims):
             return np.ascontiguousarray(np.flip(a, dims))
     else:
         def flip(a, dims):
             return a.flip(dims)
-    out = {k: v.float() if hasattr(v, "float") else v for k, v in _forward(model, x, ctx).items()}
+    out = {k: v.float() if hasattr(v, "float") else v for k, v in _forward(model, x, ctx, tissue).items()}
     for dims in ((-1,), (-2,), (-2, -1)):
-        o = _forward(model, flip(x, dims), ctx)
+        o = _forward(model, flip(x, dims), ctx, None if tissue is None else flip(tissue, dims))
         for k in out:
             v = flip(o[k].float() if hasattr(o[k], "float") else o[k], dims)
             if k == "offsets":
@@ -190,15 +249,16 @@ def _flip_average(model, x, ctx) -> dict:
 
 
 def _run(model, x, h: int, w: int, context, device: str, precision: str,
-         tta: bool = False) -> ModelOutput:
+         tta: bool = False, tissue: np.ndarray | None = None) -> ModelOutput:
     """Forward pass of a prepared input tensor, outputs cropped to (h, w) and moved to the CPU."""
     import torch
     import torch.nn.functional as F
 
     from .runtime import autocast, resolve_precision
     ctx = None if context is None else torch.from_numpy(np.asarray(context, np.float32))[:, :, None, None].to(device)
+    tis = None if tissue is None else torch.from_numpy(tissue).to(device)
     with torch.inference_mode(), autocast(device, resolve_precision(precision, device)):
-        out = _flip_average(model, x, ctx) if tta else _forward(model, x, ctx)
+        out = _flip_average(model, x, ctx, tis) if tta else _forward(model, x, ctx, tis)
     logits = out["sem_logits"].float()
     if logits.shape[-2:] != x.shape[-2:]:
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -210,11 +270,12 @@ def _run(model, x, h: int, w: int, context, device: str, precision: str,
     return ModelOutput(prob.cpu().numpy(), hm.cpu().numpy(), off.cpu().numpy())
 
 
-def _run_onnx(net, x: np.ndarray, h: int, w: int, tta: bool = False, context=None) -> ModelOutput:
+def _run_onnx(net, x: np.ndarray, h: int, w: int, tta: bool = False, context=None,
+              tissue: np.ndarray | None = None) -> ModelOutput:
     """:func:`_run` for an ONNX Runtime session (its semantic logits come at the input's size)."""
     from scipy.special import softmax
     ctx = None if context is None else np.asarray(context, np.float32)
-    out = _flip_average(net, x, ctx) if tta else _forward(net, x, ctx)
+    out = _flip_average(net, x, ctx, tissue) if tta else _forward(net, x, ctx, tissue)
     logits = np.ascontiguousarray(out["sem_logits"][..., :h, :w], np.float32)
     prob = sigmoid_(logits) if logits.shape[1] == 1 else softmax(logits, axis=1).astype(np.float32)
     hh, ww = -(-h // STRIDE), -(-w // STRIDE)

@@ -361,10 +361,10 @@ def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
 #: dark structures clipped to 0 by a contrast stretch are rarely taken for it; odd, so centred
 PAD_WINDOW = 33
 #: what network outputs kept in a cache were cleared on (zero squares of PAD_WINDOW, planes of one
-#: value): outputs kept under another rule are made anew
+#: value), and how padding enters the global context: outputs kept under another rule are made anew
 PADDING_RULE = (f"{PAD_WINDOW} px zero or not-finite squares; uniform planes, not-finite values left out "
                 "(before resampling; blockwise: whole planes); blank sections edge-on; edge cells by their "
-                "part in the plane")
+                "part in the plane; global context over the cells by their part that is not padding")
 
 
 def padding_mask(planes: np.ndarray) -> np.ndarray | None:

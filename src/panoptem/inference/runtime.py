@@ -238,9 +238,11 @@ def _network_key(model) -> str:
 
 
 #: the graphs a network is exported as: ``plain`` (image -> outputs), ``context`` (image and
-#: each plane's global context -> outputs, for tiles of larger planes) and ``encode`` (image ->
-#: the deepest features, whose mean over a plane is its global context)
-GRAPHS = ("plain", "context", "encode")
+#: each plane's global context -> outputs, for tiles of larger planes), ``tissue`` (image and
+#: each deepest cell's weight in the plane's own context -> outputs, for planes that hold
+#: padding) and ``encode`` (image -> the deepest features, whose mean over a plane is its global
+#: context)
+GRAPHS = ("plain", "context", "tissue", "encode")
 
 
 def _onnx_path(key: str, graph: str = "plain", precision: str = "fp32") -> Path:
@@ -281,10 +283,10 @@ def onnx_cached(model) -> bool:
 
 
 def _export(module, path: Path, graph: str = "plain") -> None:
-    """Export ``module`` to ONNX at ``path``, atomically, as one of :data:`GRAPHS`: the plain
-    and context graphs take (N, C_in, H, W) (and the context, (N, C)) and give the semantic
-    logits at (H, W), the centre heatmap and the offsets; the encode graph gives the
-    features."""
+    """Export ``module`` to ONNX at ``path``, atomically, as one of :data:`GRAPHS`: the plain,
+    context and tissue graphs take (N, C_in, H, W) (and the context, (N, C), or the cells'
+    weights, (N, 1, h, w)) and give the semantic logits at (H, W), the centre heatmap and the
+    offsets; the encode graph gives the features."""
     import copy
 
     import torch
@@ -298,10 +300,13 @@ def _export(module, path: Path, graph: str = "plain") -> None:
             super().__init__()
             self.net = net
 
-        def forward(self, x, context=None):
+        def forward(self, x, extra=None):
             if graph == "encode":
                 return self.net.encode(x)
-            out = self.net(x) if context is None else self.net(x, context=context[:, :, None, None])
+            if graph == "context":
+                out = self.net(x, context=extra[:, :, None, None])
+            else:
+                out = self.net(x) if extra is None else self.net(x, tissue=extra)
             logits = out["sem_logits"]
             if logits.shape[-2:] != x.shape[-2:]:
                 logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -321,6 +326,9 @@ def _export(module, path: Path, graph: str = "plain") -> None:
         with torch.no_grad():
             args, inputs = (x, net.net.encode(x).mean(dim=(2, 3))), ["image", "context"]
         axes["context"] = {0: "batch"}
+    if graph == "tissue":
+        args, inputs = (x, _tissue_ones(x.shape)), ["image", "tissue"]
+        axes["tissue"] = {0: "batch", 2: "cells_h", 3: "cells_w"}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -328,37 +336,54 @@ def _export(module, path: Path, graph: str = "plain") -> None:
                           opset_version=OPSET, dynamo=False)
 
 
+def _tissue_ones(shape):
+    """Every deepest cell of an input of ``shape`` weighing the same (the tissue graph's example
+    and calibration input)."""
+    import torch
+
+    from .predict import CELL
+    return torch.ones(shape[0], 1, -(-shape[2] // CELL), -(-shape[3] // CELL))
+
+
 class OnnxNet:
-    """Runs an ONNX Runtime session on a prepared numpy batch: ``net(x)`` (or ``net(x,
-    context)`` for the context graph) -> dict of numpy arrays (semantic logits at the input's
-    size, heatmap, offsets); ``net.features(x)`` for the encode graph."""
+    """Runs an ONNX Runtime session on a prepared numpy batch: ``net(x)`` (``net(x, context)``
+    for the context graph, ``net(x, tissue=weights)`` for the tissue graph) -> dict of numpy
+    arrays (semantic logits at the input's size, heatmap, offsets); ``net.features(x)`` for the
+    encode graph."""
 
     def __init__(self, session, graph: str = "plain"):
         self.session = session
         self.graph = graph
 
-    def __call__(self, x: np.ndarray, context=None) -> dict:
+    def __call__(self, x: np.ndarray, context=None, tissue=None) -> dict:
         from ..models.card import OUTPUTS
         feed = {"image": np.ascontiguousarray(x, np.float32)}
-        if (context is not None) != (self.graph == "context"):
-            raise PanoptemError(f"This ONNX graph ({self.graph}) takes "
-                                f"{'a' if self.graph == 'context' else 'no'} global context.")
+        for name, value in (("context", context), ("tissue", tissue)):
+            if (value is not None) != (self.graph == name):
+                raise PanoptemError(f"This ONNX graph ({self.graph}) takes {'a' if self.graph == name else 'no'} "
+                                    f"{'global context' if name == 'context' else 'weights of its cells'}.")
         if context is not None:
             feed["context"] = np.ascontiguousarray(context, np.float32).reshape(len(x), -1)
+        if tissue is not None:
+            feed["tissue"] = np.ascontiguousarray(tissue, np.float32)
         return dict(zip(OUTPUTS, self.session.run(list(OUTPUTS), feed)))
 
     def release_memory(self) -> None:
         """Hand back the memory ONNX Runtime keeps for this graph's largest activations (its
         arena grows to the largest call and stays so): one call on a small input that shrinks
         the arena after it. About 0.2 GB after the 2048-pixel tiles of a large image."""
-        if self.graph != "plain":
-            return
         import onnxruntime as ort
-        channels = self.session.get_inputs()[0].shape[1]
+        inputs = self.session.get_inputs()
+        channels = inputs[0].shape[1]
+        x = np.zeros((1, channels if isinstance(channels, int) else 1, 64, 64), np.float32)
+        feed = {"image": x}
+        if self.graph == "context":
+            feed["context"] = np.zeros((1, inputs[1].shape[1]), np.float32)
+        elif self.graph == "tissue":
+            feed["tissue"] = _tissue_ones(x.shape).numpy()
         ro = ort.RunOptions()
         ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        x = np.zeros((1, channels if isinstance(channels, int) else 1, 64, 64), np.float32)
-        self.session.run(None, {"image": x}, ro)
+        self.session.run(None, feed, ro)
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """The deepest features (N, C, h, w) of a prepared batch (the encode graph)."""
@@ -373,6 +398,8 @@ def _quantize(model, key: str, graph: str, threads: int) -> None:
     if graph == "context":
         enc = _session(model, key, threads, "encode", "fp32")
         feeds = [{"image": x, "context": enc.run(["features"], {"image": x})[0].mean(axis=(2, 3))} for x in xs]
+    elif graph == "tissue":
+        feeds = [{"image": x, "tissue": _tissue_ones(x.shape).numpy()} for x in xs]
     else:
         feeds = [{"image": x} for x in xs]
     src = _onnx_path(key, graph)

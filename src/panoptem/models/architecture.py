@@ -104,19 +104,27 @@ class PanopticNet(nn.Module):
         the network's global context."""
         return self.stage4(self.stage3(self.stage2(self.stage1(self.stem(x)))))
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                tissue: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """``context`` (N, C, 1, 1): the global context to use instead of this
         input's own (the mean of :meth:`encode` over a larger image, when ``x``
-        is a tile of it)."""
+        is a tile of it). ``tissue`` (N, 1, H/32, W/32): the weight of each deepest
+        cell in this input's own context (its share of pixels that are not padding), so
+        that padding around an image does not change what is found inside it; by
+        default every cell weighs the same."""
         x = self.stem(x)
         c1 = self.stage1(x)
         c2 = self.stage2(c1)
         c3 = self.stage3(c2)
         c4 = self.stage4(c3)
-        if context is None:
-            g = c4.mean(dim=(2, 3), keepdim=True).expand_as(c4)
-        else:
+        if context is not None:
             g = context.to(c4.dtype).expand_as(c4)
+        elif tissue is not None:
+            t = tissue.float()  # sums in float32: half precision overflows over a large plane's cells
+            g = (c4.float() * t).sum(dim=(2, 3), keepdim=True) / t.sum(dim=(2, 3), keepdim=True)
+            g = g.to(c4.dtype).expand_as(c4)
+        else:
+            g = c4.mean(dim=(2, 3), keepdim=True).expand_as(c4)
         p = self.context(torch.cat([c4, g], 1))
         p = self.fuse3(self.lat3(c3) + F.interpolate(p, size=c3.shape[-2:], mode="bilinear", align_corners=False))
         p = self.fuse2(self.lat2(c2) + F.interpolate(p, size=c2.shape[-2:], mode="bilinear", align_corners=False))
