@@ -99,3 +99,12 @@ class Timer:
 
     def __exit__(self, *a):
         self.s = time.perf_counter() - self.t
+
+
+def lucchi_mosaic(folder: Path, n: int):
+    """An n x n uint8 image tiled from ten Lucchi slices (z 140-149, in two rows of five)."""
+    import numpy as np
+    import tifffile
+    img = tifffile.imread(lucchi_dir(folder) / "training_image.tif", key=range(140, 150))
+    mosaic = np.concatenate([np.concatenate(list(img[:5]), 1), np.concatenate(list(img[5:]), 1)], 0)
+    return np.tile(mosaic, (-(-n // mosaic.shape[0]), -(-n // mosaic.shape[1])))[:n, :n].copy()

@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from _common import Timer, add_lucchi_argument, emit, lucchi_dir, machine, peak_rss_mb
+from _common import Timer, add_lucchi_argument, emit, lucchi_mosaic, machine, peak_rss_mb
 
 
 def main():
@@ -21,13 +21,9 @@ def main():
     ap.add_argument("--label", default="", help="a name for the code measured")
     add_lucchi_argument(ap)
     a = ap.parse_args()
-    import tifffile
-
     import panoptem
     n = a.n
-    img = tifffile.imread(lucchi_dir(a.lucchi) / "training_image.tif", key=range(140, 150))
-    mosaic = np.concatenate([np.concatenate(list(img[:5]), 1), np.concatenate(list(img[5:]), 1)], 0)
-    big = np.tile(mosaic, (-(-n // mosaic.shape[0]), -(-n // mosaic.shape[1])))[:n, :n].copy()
+    big = lucchi_mosaic(a.lucchi, n)
     before = peak_rss_mb()
     with Timer() as t:
         lab = panoptem.segment_2d(big, tile_size=a.tile_size,

@@ -224,3 +224,12 @@ def test_min_piece_area_script_measures_every_area_it_is_given(lucchi):
     rows = {r["min_piece_area"]: r for r in map(json.loads, _run(BENCH / "min_piece_area.py", "--lucchi", lucchi,
                                                                  "--areas", "0,40"))}
     assert rows[0]["objects"] > rows[40]["objects"] and rows[0]["f1_50"] < rows[40]["f1_50"]
+
+
+def test_tile_context_script_compares_both_contexts_with_one_pass(lucchi):
+    lines = [json.loads(x) for x in _run(BENCH / "tile_context.py", "--lucchi", lucchi, "600", "--tiles", "256")]
+    assert [(r["tile"], r.get("context")) for r in lines] == [(0, None), (256, "plane"), (256, "own")]
+    plane, own = lines[1:]
+    assert plane["default"] and not own["default"]
+    assert plane["foreground_agreement"] > 0.99 and own["foreground_agreement"] > 0.98
+    assert plane["mean_abs_difference"] < own["mean_abs_difference"]  # the plane's context: nearer the one pass

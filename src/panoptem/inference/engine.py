@@ -11,6 +11,7 @@ from ..errors import PanoptemError
 from ..models.card import OUTPUT_STRIDE as STRIDE
 from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel, load_model
+from ..params import AUTO_TILE
 from .cache import probability_bytes
 from .predict import (CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, network_input, predict_batch,
                       tissue_weights)
@@ -375,7 +376,12 @@ class Predictor:
                 cy1 = h if y1 == h else y1 - overlap // 2
                 cx1 = w if x1 == w else x1 - overlap // 2
                 tiles.append(((y0, y1, x0, x1), (cy0 // f, -(-cy1 // f), cx0 // f, -(-cx1 // f))))
-        context = self._tiles_context(planes, intensity, blank, tiles) if self.weighs_tissue else None
+        # small tiles are given their whole plane's context (one more encoder pass, about a third of the
+        # network's time); a tile of AUTO_TILE network pixels is its plane's context within 3e-5 of the
+        # foreground (bench/tile_context.py)
+        context = None
+        if self.weighs_tissue and tile // f < AUTO_TILE:
+            context = self._tiles_context(planes, intensity, blank, tiles)
         for (y0, y1, x0, x1), (ny0, ny1, nx0, nx1) in tiles:
             o = self._predict(planes[..., y0:y1, x0:x1], intensity, context=context, blank=blank)
             if prob is None:
