@@ -108,6 +108,15 @@ def test_measure_and_evaluate_commands(capsys, tmp_path):
     assert float(next(csv.DictReader(open(tmp_path / "v.csv")))["volume_nm3"]) == 4 * 6 * 8
     code, out, err = run(capsys, "evaluate", str(p), str(p))
     assert code == 0 and json.loads(out)["f1_50"] == 1.0
+    # a stack of 2D images measured slice by slice: objects in every slice they cross, in 2D
+    code, out, err = run(capsys, "measure", str(p), "-o", str(tmp_path / "s.csv"), "--per-slice")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert json.loads(out.strip().splitlines()[-1])["objects"] == 8 == len(rows)
+    assert [(r["slice"], r["label"]) for r in rows[:2]] == [("2", "1"), ("3", "1")]
+    assert float(rows[0]["area_nm2"]) == 6 * 8 * 5 * 5 and "volume_nm3" not in rows[0]
+    code, out, err = run(capsys, "measure", str(p), "-o", str(tmp_path / "b.csv"), "--per-slice", "--blockwise")
+    assert code != 0 and "leave out --blockwise" in err and not (tmp_path / "b.csv").exists()
 
 
 def test_segment3d_hdf5_key_streams_to_zarr(capsys, tmp_path, tiny_card):

@@ -137,6 +137,28 @@ def test_2d_disc_area_and_perimeter():
     assert t["equivalent_diameter_nm"][0] == pytest.approx(2 * np.sqrt(n * 0.25 / np.pi))
 
 
+def test_per_slice_measures_each_slice_as_its_own_2d_image():
+    """A stack of separate 2D images (a 2D batch run's, ids restarting in every slice): id 1 of
+    slice 0 and id 1 of slice 2 are two objects, each measured in 2D, not one object in 3D."""
+    lab = np.zeros((3, 30, 40), np.uint16)
+    lab[0, 2:10, 3:20] = 1
+    lab[0, 15:25, 25:35] = 2
+    lab[2, 5:12, 5:9] = 1                                  # slice 1 holds nothing
+    img = np.arange(lab.size, dtype=np.float32).reshape(lab.shape)
+    t = measure(lab, voxel_size=(50.0, 4.0, 5.0), image=img, per_slice=True)
+    assert list(t)[:2] == ["slice", "label"] and "area_nm2" in t and "volume_nm3" not in t
+    assert t["slice"].tolist() == [0, 0, 2] and t["label"].tolist() == [1, 2, 1]
+    for z in (0, 2):
+        one = measure(lab[z], voxel_size=(4.0, 5.0), image=img[z])
+        rows = t["slice"] == z
+        assert set(one) == set(t) - {"slice"}
+        for k in one:
+            np.testing.assert_array_equal(t[k][rows], one[k], err_msg=k)
+    assert t["area_nm2"].tolist() == [8 * 17 * 20.0, 10 * 10 * 20.0, 7 * 4 * 20.0]
+    with pytest.raises(PanoptemError, match="3D stack of 2D label images"):
+        measure(lab[0], per_slice=True)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_mean_intensity_leaves_out_nan_padding(bad):
     # a running total spread one NaN voxel to the mean of every object after it

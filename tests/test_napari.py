@@ -942,6 +942,28 @@ def test_measure_widget_with_the_real_measure(viewer, qtbot):
     assert lab.features["mean_intensity"].tolist() == [100.0, 100.0, 100.0]
 
 
+def test_measure_widget_measures_a_stack_of_2d_images_per_slice(viewer, qtbot, tmp_path):
+    """Per slice: a 2D batch result's slices measured as separate images (ids restart in each); the
+    table is saved, not set as the layer's features, where ids repeat across slices."""
+    from panoptem.napari._measure import MeasureWidget
+    stack = np.zeros((3, 20, 20), np.uint32)
+    stack[0, 2:6, 2:6] = 1
+    stack[2, 10:15, 10:12] = 1
+    lab = viewer.add_labels(stack, name="batch", scale=(1.0, 5.0, 5.0))
+    w = dock(viewer, MeasureWidget)
+    w.labels_layer.value = lab
+    w.per_slice.value = True
+    w.csv.value = str(tmp_path / "t.csv")
+    run_and_wait(qtbot, w)
+    assert w.table["slice"].tolist() == [0, 2] and w.table["area_nm2"].tolist() == [16 * 25.0, 10 * 25.0]
+    assert "slice" not in lab.features and w.status.value.startswith("Measured 2 objects in 3 slices (nm)")
+    assert open(tmp_path / "t.csv").readline().startswith("index,slice,label,")
+    viewer.add_labels(stack[0], name="one")
+    w.labels_layer.value = viewer.layers["one"]
+    w.run()
+    assert "untick Per slice" in w.status.value
+
+
 def test_measure_widget_measures_a_multiscale_layer_at_full_resolution_if_it_fits(viewer, qtbot, monkeypatch):
     """A multiscale labels layer (an OME-Zarr output) is measured at level 0; labels that cannot
     fit in memory are refused in the status line, pointing to blockwise measurement."""

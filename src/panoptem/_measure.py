@@ -41,7 +41,7 @@ _LEVEL_BINS = 1024  # the grid of levels on which an object's inside volume is s
 
 def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
             image: np.ndarray | None = None, label_divisor: int | None = None,
-            surface: bool = True) -> dict[str, np.ndarray]:
+            surface: bool = True, per_slice: bool = False) -> dict[str, np.ndarray]:
     """Measure every object of a 2D or 3D label image.
 
     Parameters
@@ -56,6 +56,10 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
     surface : compute ``surface_area_nm2`` and ``sphericity`` (3D) or ``perimeter_nm`` and
         ``circularity`` (2D). These are the only per-object loops; turn them off on huge volumes
         when only sizes and positions are needed.
+    per_slice : measure every z slice of a 3D stack as a 2D image of its own (a stack of separate
+        images, such as ``segment_2d(..., batch=True)`` gives, whose ids restart in every slice):
+        the 2D columns, after a first column ``slice`` (the z index); ``voxel_size`` is still
+        given for z, y, x.
 
     Returns
     -------
@@ -105,6 +109,14 @@ def measure(labels: np.ndarray, voxel_size: tuple[float, ...] | None = None,
                                 f"{lab.shape}; give an image of the same size as the labels.")
     if label_divisor is not None and int(label_divisor) < 1:
         raise PanoptemError(f"label_divisor must be a positive integer or None, not {label_divisor}.")
+    if per_slice:
+        if ndim != 3:
+            raise PanoptemError(f"Measuring per slice takes a 3D stack of 2D label images; this label image is "
+                                f"{ndim}D: measure it without per slice.")
+        parts = [measure(lab[z], tuple(vs[1:]), None if image is None else image[z], label_divisor, surface)
+                 for z in range(len(lab))]
+        table = {"slice": np.concatenate([np.full(len(p["label"]), z, np.int64) for z, p in enumerate(parts)])}
+        return {**table, **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}}
 
     runs = _runs(lab, image)
     ids, obj = np.unique(runs["value"], return_inverse=True)

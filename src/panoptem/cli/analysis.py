@@ -86,12 +86,15 @@ SCHEDULER = typer.Option(None, "--scheduler", help="Address of a running Dask sc
 
 
 def _measured(lab, image: str | None, vs, blockwise: bool, block_shape, workers, scheduler, params,
-              image_key: str | None = None) -> dict:
+              image_key: str | None = None, per_slice: bool = False) -> dict:
     """The measurement table of ``lab`` (read with read_input): block by block on Dask, or in
-    memory (refused up front where it cannot fit)."""
+    memory (refused up front where it cannot fit); ``per_slice``: see :func:`panoptem.measure`."""
     import numpy as np
 
     from .._measure import measure
+    if per_slice and blockwise:
+        raise PanoptemError("--per-slice measures a stack of 2D images in memory, slice by slice; leave out "
+                            "--blockwise.")
     if blockwise:
         from ..distributed.measure import MEASURE_BLOCK, measure_blockwise
         if image:  # read lazily here first: its errors name the option to give
@@ -105,7 +108,7 @@ def _measured(lab, image: str | None, vs, blockwise: bool, block_shape, workers,
     img = _read(image, image_key, "--image-key").data if image else None
     check_fits(array_bytes(lab.data, img), "Measuring in memory", "add --blockwise to measure block by block.")
     return measure(np.asarray(lab.data), voxel_size=vs, image=None if img is None else np.asarray(img),
-                   **params.model_dump())
+                   per_slice=per_slice, **params.model_dump())
 
 
 @app.command("report")
@@ -156,6 +159,9 @@ def measure_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table."),
     key: Optional[str] = KEY,
     image_key: Optional[str] = IMAGE_KEY,
+    per_slice: bool = typer.Option(False, "--per-slice", help="Measure every z slice on its own as a 2D image "
+                                   "(for segment2d --batch outputs, whose ids restart in every slice); the "
+                                   "table's first column is the slice."),
     blockwise: bool = BLOCKWISE,
     block_shape: Optional[str] = BLOCK_SHAPE,
     workers: Optional[int] = WORKERS,
@@ -170,7 +176,7 @@ def measure_cmd(
     check_output(output, overwrite, [labels] + ([image] if image else []))  # before the measurement
     lab = read_input(labels, key)
     vs = voxel_size_option(voxel_size, lab)
-    table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params, image_key)
+    table = _measured(lab, image, vs, blockwise, block_shape, workers, scheduler, params, image_key, per_slice)
     out = write_table(table, output, replace_folder=overwrite, overwrite=overwrite)  # named as given
     note_voxels_as_nm(vs, lab.data.ndim)
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}

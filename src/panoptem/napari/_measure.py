@@ -57,12 +57,17 @@ class MeasureWidget(Dock):
         self.surface = CheckBox(text="Surface area and shape", name="surface", value=default_of(MeasureParams, "surface"),
                                 tooltip="Surface area (nm²) and sphericity in 3D, perimeter (nm) and circularity "
                                         "in 2D: the slow part; untick for sizes and positions only.")
+        self.per_slice = CheckBox(text="Per slice (a stack of 2D images)", name="per_slice", value=False,
+                                  tooltip="Measure every z slice on its own as a 2D image, as 2D batch runs "
+                                          "give them (ids restart in every slice); the table's first column "
+                                          "is the slice. Not shown as the layer's features (ids repeat).")
         self.csv = FileEdit(label="Table file (optional)", name="csv", mode="w", filter="*.csv *.xlsx", value="",
                             tooltip="Save the table: .csv, or an Excel workbook when the name ends in .xlsx.")
         self.run_button = PushButton(text="Measure", name="run", tooltip="Measure every object of the layer.")
         self.run_button.changed.connect(self.run)
         self.table: dict | None = None
-        self.extend([Group("Measure", [self.labels_layer, self.image, self.divisor, self.surface, self.csv]),
+        self.extend([Group("Measure", [self.labels_layer, self.image, self.divisor, self.surface, self.per_slice,
+                                        self.csv]),
                      row(self.run_button, self.help_button), self.status])
 
     def run(self) -> None:
@@ -87,6 +92,11 @@ class MeasureWidget(Dock):
                 kw["label_divisor"] = self.divisor.value
             if not self.surface.value:
                 kw["surface"] = False
+            if self.per_slice.value:
+                if labels.ndim != 3:
+                    raise PanoptemError(f"Per slice measures a stack of 2D images; '{layer.name}' is {labels.ndim}D: "
+                                        "untick Per slice.")
+                kw["per_slice"] = True
             path = str(self.csv.value or "")
             path = path if path not in ("", ".") and Path(path).name else ""
         except PanoptemError as e:
@@ -95,10 +105,13 @@ class MeasureWidget(Dock):
         self.status.value = "Measuring..."
 
         def done(table: dict) -> None:
-            layer.features = table
+            per_slice = "slice" in table
+            if not per_slice:  # napari finds a label's row by its id: ids repeat across slices
+                layer.features = table
             self.table = table
             n = len(next(iter(table.values()))) if table else 0
-            msg = f"Measured {n} objects ({'nm' if vs else 'voxels: the layer has no voxel size'})"
+            where = f" in {labels.shape[0]} slices" if per_slice else ""
+            msg = f"Measured {n} objects{where} ({'nm' if vs else 'voxels: the layer has no voxel size'})"
             self.status.value = msg + (f"; saved {path}." if path else ".")
 
         if "image" in kw:
