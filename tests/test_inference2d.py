@@ -148,6 +148,27 @@ def test_a_black_border_changes_little_inside_the_tissue():
     assert ref.sum() > 10_000 and (ref & got).sum() / (ref | got).sum() > 0.92
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_test_time_flips_of_a_framed_image_each_weigh_their_own_cells(runtime):
+    """Flip TTA of a plane that holds padding: every flipped pass leaves the padding out of its own
+    context as a run on the flipped plane does, on sides that are not whole 32-pixel cells too
+    (MitoLite_v1 pads to 16: 336 pixels flip cells onto cells 16 pixels off)."""
+    import panoptem
+    img = panoptem.load_sample()[10][:, :336].copy()
+    img[:, :72] = 0
+    img[:40] = 0
+    one = Predictor("MitoLite_v1", device="cpu", runtime=runtime, batch_size=1)
+    rng = one.intensity(img)
+    tta = Predictor("MitoLite_v1", device="cpu", runtime=runtime, batch_size=1, tta=True).predict(img, rng)
+    flips = ((), (-1,), (-2,), (-2, -1))
+    probs = [np.flip(one.predict(np.flip(img, f).copy(), rng).semantic_probability, f).astype(np.float64)
+             for f in flips]
+    logits = [np.log(p / (1 - p)) for p in np.clip(probs, 1e-7, 1 - 1e-7)]  # TTA averages the logits
+    want = 1 / (1 + np.exp(-sum(logits) / 4))
+    tissue = img[None, None] > 0
+    np.testing.assert_allclose(tta.semantic_probability[tissue], want[tissue], atol=1e-4)
+
+
 def test_tiles_of_a_real_slice_take_the_whole_slices_context():
     """Tiles are given the global context of their whole slice (summed over the tiles' cores), so
     the shipped model's tiles of 256 find the untiled objects: foreground IoU 0.999 on slices of

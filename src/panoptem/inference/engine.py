@@ -13,8 +13,7 @@ from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel, load_model
 from ..params import AUTO_TILE
 from .cache import probability_bytes
-from .predict import (CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, network_input, predict_batch,
-                      tissue_weights)
+from .predict import CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, network_input, predict_batch
 from .preprocess import dtype_range, intensity_range, uniform_planes
 
 
@@ -211,14 +210,13 @@ class Predictor:
             with StageClock(timings if timings is not None else {})("normalise"):
                 prepared = network_input(planes, intensity, self.downsampling, self.card.pad_multiple,
                                          (n.mean, n.std), blank)
-        tissue = None
-        if context is None and self.weighs_tissue:
-            tissue = tissue_weights(prepared[3], prepared[0].shape, self.card.pad_multiple)
-        graph = "context" if context is not None else "tissue" if tissue is not None else "plain"
+        pad = prepared[3]
+        padded = context is None and self.weighs_tissue and pad is not None and bool(pad.any())
+        graph = "context" if context is not None else "tissue" if padded else "plain"
         return predict_batch(self._graph(graph), None, None, device=self.model.device,
                              downsampling=self.downsampling, padding_factor=self.card.pad_multiple,
                              context=context, precision=self.precision, timings=timings, tta=self.tta,
-                             prepared=prepared, tissue=tissue)
+                             prepared=prepared)
 
     @property
     def weighs_tissue(self) -> bool:

@@ -56,18 +56,25 @@ def supports_context(model) -> bool:
     return callable(getattr(model, "encode", None))
 
 
+#: test-time augmentation's passes: the input, and its flips along columns, rows and both
+FLIPS = ((), (-1,), (-2,), (-2, -1))
+
+
 def tissue_weights(pad: np.ndarray | None, shape: tuple, padding_factor: int,
-                   whole: bool = True) -> np.ndarray | None:
+                   whole: bool = True, flip: tuple[int, ...] = ()) -> np.ndarray | None:
     """The weight of each deepest network cell (:data:`CELL` pixels on a side) in its plane's
     global context: its share of pixels that are not padding, (N, 1, h, w) float32, for a
     network input of ``shape`` (N, C, H, W) made with ``padding_factor``; None where no pixel is
     padding (every cell then weighs the same). ``pad``: the mask :func:`network_input` gives.
     ``whole``: the planes are whole, and one that is padding throughout weighs its cells the same
     (its outputs are cleared); parts of planes (tiles, blocks) keep their zeros: the other parts
-    decide (see :func:`context_of_sums`)."""
+    decide (see :func:`context_of_sums`). ``flip``: the weights of the input flipped along these
+    axes (its cells start from the flipped corner: a side that is not a multiple of
+    :data:`CELL` does not flip cells onto cells)."""
     if pad is None or not pad.any():
         return None
     tissue = pad_to_multiple(~pad, padding_factor)[0].view(np.uint8)  # the margin mirrors padding too
+    tissue = np.flip(tissue, flip) if flip else tissue
     H, W = shape[-2:]
     rows, cols = np.arange(0, H, CELL), np.arange(0, W, CELL)
     counts = np.add.reduceat(np.add.reduceat(tissue, rows, axis=1, dtype=np.int32), cols, axis=2)
@@ -186,7 +193,7 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
                   mean_std: tuple[float, float] = (0.5, 0.25), context: np.ndarray | None = None,
                   precision: str = "auto", timings: dict | None = None, tta: bool = False,
                   prepared: tuple[np.ndarray, int, int] | None = None, blank="auto",
-                  tissue="auto") -> ModelOutput:
+                  tissue: str | None = "auto") -> ModelOutput:
     """Network outputs for ``planes`` (N, H, W) of any numeric dtype.
 
     ``intensity`` is the (low, high) range mapped to [0, 1], or one per plane (N, 2) (see
@@ -199,9 +206,9 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
     the network input of ``planes`` made beforehand, ``(x, h, w, pad)`` as
     :meth:`~.engine.Predictor.prepare` gives it (``planes`` and ``intensity`` are then unused).
     Nothing is found where the planes hold padding (:func:`network_input`; ``blank``: see there),
-    and a plane's own global context leaves the padding out: ``tissue`` the cells' weights in it
-    (:func:`tissue_weights`; by default made where ``model`` takes them: panoptem's own PyTorch
-    networks, the ONNX tissue graph), None: every cell weighs the same.
+    and a plane's own global context leaves the padding out (:func:`tissue_weights`), where
+    ``tissue`` is "auto" and ``model`` takes the cells' weights (panoptem's own PyTorch networks, the
+    ONNX tissue graph); None: every cell weighs the same.
     """
     from ._pipeline import StageClock
     from .runtime import OnnxNet
@@ -210,9 +217,11 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
         with clock("normalise"):
             prepared = network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)
     x, h, w, pad = prepared
-    if isinstance(tissue, str):
-        takes = model.graph == "tissue" if isinstance(model, OnnxNet) else supports_context(model)
-        tissue = tissue_weights(pad, x.shape, padding_factor) if takes and context is None else None
+    takes = model.graph == "tissue" if isinstance(model, OnnxNet) else supports_context(model)
+    weights = None  # the cells' weights of each pass (the flips' too)
+    if tissue is not None and takes and context is None and pad is not None and pad.any():
+        weights = {f: tissue_weights(pad, x.shape, padding_factor, flip=f) for f in (FLIPS if tta else FLIPS[:1])}
+    tissue = weights
     with clock("forward"):
         if isinstance(model, OnnxNet):
             return clear_padding(_run_onnx(model, x, h, w, tta, context, tissue), pad)
@@ -222,19 +231,19 @@ def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], dev
 
 def _flip_average(model, x, ctx, tissue=None) -> dict:
     """Outputs averaged over ``x`` and its flips along rows, columns and both, each flipped
-    back (the context's ``tissue`` weights flipped with it); offsets change sign along a
-    flipped axis. Cell ``i`` of the stride-4 grid is centred at pixel ``4i + 1.5``, and padded
-    inputs are multiples of 4, so a flip maps cells onto cells exactly. ``x``: a torch tensor,
-    or a numpy array for an ONNX session."""
+    back; offsets change sign along a flipped axis. Cell ``i`` of the stride-4 grid is
+    centred at pixel ``4i + 1.5``, and padded inputs are multiples of 4, so a flip maps
+    cells onto cells exactly. ``x``: a torch tensor, or a numpy array for an ONNX session;
+    ``tissue``: each pass's weights of the global context (keyed by :data:`FLIPS`), or None."""
     if isinstance(x, np.ndarray):
         def flip(a, dims):
             return np.ascontiguousarray(np.flip(a, dims))
     else:
         def flip(a, dims):
             return a.flip(dims)
-    out = {k: v.float() if hasattr(v, "float") else v for k, v in _forward(model, x, ctx, tissue).items()}
-    for dims in ((-1,), (-2,), (-2, -1)):
-        o = _forward(model, flip(x, dims), ctx, None if tissue is None else flip(tissue, dims))
+    out = {k: v.float() if hasattr(v, "float") else v for k, v in _forward(model, x, ctx, _of(tissue, ())).items()}
+    for dims in FLIPS[1:]:
+        o = _forward(model, flip(x, dims), ctx, _of(tissue, dims))
         for k in out:
             v = flip(o[k].float() if hasattr(o[k], "float") else o[k], dims)
             if k == "offsets":
@@ -248,17 +257,21 @@ def _flip_average(model, x, ctx, tissue=None) -> dict:
     return {k: v / 4 for k, v in out.items()}
 
 
+def _of(tissue: dict | None, dims: tuple):
+    return None if tissue is None else tissue[dims]
+
+
 def _run(model, x, h: int, w: int, context, device: str, precision: str,
-         tta: bool = False, tissue: np.ndarray | None = None) -> ModelOutput:
+         tta: bool = False, tissue: dict | None = None) -> ModelOutput:
     """Forward pass of a prepared input tensor, outputs cropped to (h, w) and moved to the CPU."""
     import torch
     import torch.nn.functional as F
 
     from .runtime import autocast, resolve_precision
     ctx = None if context is None else torch.from_numpy(np.asarray(context, np.float32))[:, :, None, None].to(device)
-    tis = None if tissue is None else torch.from_numpy(tissue).to(device)
+    tis = None if tissue is None else {f: torch.from_numpy(t.copy()).to(device) for f, t in tissue.items()}
     with torch.inference_mode(), autocast(device, resolve_precision(precision, device)):
-        out = _flip_average(model, x, ctx, tis) if tta else _forward(model, x, ctx, tis)
+        out = _flip_average(model, x, ctx, tis) if tta else _forward(model, x, ctx, _of(tis, ()))
     logits = out["sem_logits"].float()
     if logits.shape[-2:] != x.shape[-2:]:
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -271,11 +284,11 @@ def _run(model, x, h: int, w: int, context, device: str, precision: str,
 
 
 def _run_onnx(net, x: np.ndarray, h: int, w: int, tta: bool = False, context=None,
-              tissue: np.ndarray | None = None) -> ModelOutput:
+              tissue: dict | None = None) -> ModelOutput:
     """:func:`_run` for an ONNX Runtime session (its semantic logits come at the input's size)."""
     from scipy.special import softmax
     ctx = None if context is None else np.asarray(context, np.float32)
-    out = _flip_average(net, x, ctx, tissue) if tta else _forward(net, x, ctx, tissue)
+    out = _flip_average(net, x, ctx, tissue) if tta else _forward(net, x, ctx, _of(tissue, ()))
     logits = np.ascontiguousarray(out["sem_logits"][..., :h, :w], np.float32)
     prob = sigmoid_(logits) if logits.shape[1] == 1 else softmax(logits, axis=1).astype(np.float32)
     hh, ww = -(-h // STRIDE), -(-w // STRIDE)
