@@ -13,15 +13,16 @@ from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel, load_model
 from ..params import AUTO_TILE
 from .cache import probability_bytes
-from .predict import CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, network_input, predict_batch
+from .predict import (CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, framed_input, placed,
+                      predict_batch)
 from .preprocess import dtype_range, intensity_range, uniform_planes
 
 
 @dataclass
 class Prepared:
     """Network inputs made ahead of the network (:meth:`Predictor.prepare`) for ``planes``
-    planes: one ``(x, h, w, pad)`` per batch, as :func:`.predict.predict_batch` takes them. Its
-    length is the number of planes, as for the planes themselves."""
+    planes: one tuple per batch, as :meth:`Predictor._inputs` makes them. Its length is the
+    number of planes, as for the planes themselves."""
 
     batches: list
     planes: int
@@ -205,18 +206,28 @@ class Predictor:
         """One network call: with each plane's global ``context`` given, or else its own, over the
         cells that are not padding (the tissue graph where a plane holds padding)."""
         from ._pipeline import StageClock
-        n = self.card.normalization
         if prepared is None:
             with StageClock(timings if timings is not None else {})("normalise"):
-                prepared = network_input(planes, intensity, self.downsampling, self.card.pad_multiple,
-                                         (n.mean, n.std), blank)
-        pad = prepared[3]
-        padded = context is None and self.weighs_tissue and pad is not None and bool(pad.any())
-        graph = "context" if context is not None else "tissue" if padded else "plain"
-        return predict_batch(self._graph(graph), None, None, device=self.model.device,
-                             downsampling=self.downsampling, padding_factor=self.card.pad_multiple,
-                             context=context, precision=self.precision, timings=timings, tta=self.tta,
-                             prepared=prepared)
+                prepared = self._inputs(planes, intensity, blank)
+        x, h, w, pad, box, n, size = prepared
+        out = None
+        if x is not None:  # else all is padding: nothing to find
+            padded = context is None and self.weighs_tissue and pad is not None and bool(pad.any())
+            graph = "context" if context is not None else "tissue" if padded else "plain"
+            out = predict_batch(self._graph(graph), None, None, device=self.model.device,
+                                downsampling=self.downsampling, padding_factor=self.card.pad_multiple,
+                                context=context, precision=self.precision, timings=timings, tta=self.tta,
+                                prepared=(x, h, w, pad))
+        return placed(out, box, size, self.downsampling, n, self.card.probability_channels)
+
+    def _inputs(self, planes: np.ndarray, intensity, blank="auto") -> tuple:
+        """What one network call takes for ``planes`` (on the network grid): the network input of
+        the part within their :func:`.predict.tissue_box` and where it holds padding, that box, and
+        the number and network size of the planes: ``(x, h, w, pad, box, n, size)``."""
+        n = self.card.normalization
+        f = self.downsampling
+        size = (-(-planes.shape[-2] // f), -(-planes.shape[-1] // f))
+        return (*framed_input(planes, intensity, f, self.card.pad_multiple, (n.mean, n.std), blank), len(planes), size)
 
     @property
     def weighs_tissue(self) -> bool:
@@ -256,12 +267,10 @@ class Predictor:
         planes, blank = self._on_grid(self.planes_in(planes), "auto")
         if self._tiled(planes):
             return None
-        n = self.card.normalization
         with StageClock(timings if timings is not None else {})("normalise"):
             batches, i = [], 0
             for batch, rng in self._batches(planes, intensity):
-                batches.append(network_input(batch, rng, self.downsampling, self.card.pad_multiple, (n.mean, n.std),
-                                             _part(blank, i, i + len(batch))))
+                batches.append(self._inputs(batch, rng, _part(blank, i, i + len(batch))))
                 i += len(batch)
             return Prepared(batches, len(planes))
 

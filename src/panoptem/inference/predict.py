@@ -103,7 +103,76 @@ def context_of_sums(sums: dict[str, np.ndarray]) -> np.ndarray:
     return (total / np.maximum(count, 1e-9)[:, None]).astype(np.float32)
 
 
-def network_input(planes, intensity, downsampling, padding_factor, mean_std, blank="auto") -> tuple:
+def plane_padding(planes: np.ndarray, blank="auto") -> np.ndarray | None:
+    """Where ``planes`` hold padding, at their own pixels: :func:`~.preprocess.padding_mask`, and
+    every pixel of a plane of one value (``blank``: a bool per plane, None, or "auto":
+    :func:`~.preprocess.uniform_planes` of ``planes``); None where nothing is padding."""
+    pad = padding_mask(planes)
+    blank = uniform_planes(planes) if isinstance(blank, str) else blank
+    if blank is not None:  # a blank section, a grey fill: nothing to find there either
+        pad = np.zeros(planes.shape, bool) if pad is None else pad
+        pad[blank] = True
+    return pad
+
+
+#: a box that holds nothing: every pixel of the planes is padding
+NOTHING = (0, 0, 0, 0)
+
+
+def tissue_box(pad: np.ndarray | None, shape: tuple[int, int], step: int) -> tuple[int, int, int, int] | None:
+    """The rows and columns of (..., H, W) planes that the network is given where padding frames
+    them, (y0, y1, x0, x1): from the first that holds something not padding in any plane, down to a
+    multiple of ``step``, to the last; None where that is the whole plane, :data:`NOTHING` where all
+    is padding. A framed image is then segmented as the image without its frame is."""
+    if pad is None:
+        return None
+    some = ~pad.reshape(-1, *shape).all(axis=0)
+    rows, cols = np.flatnonzero(some.any(axis=1)), np.flatnonzero(some.any(axis=0))
+    if rows.size == 0:
+        return NOTHING
+    box = (int(rows[0]) // step * step, int(rows[-1]) + 1, int(cols[0]) // step * step, int(cols[-1]) + 1)
+    return None if box == (0, shape[0], 0, shape[1]) else box
+
+
+def framed_input(planes: np.ndarray, intensity, downsampling: int, padding_factor: int, mean_std,
+                 blank="auto", step: int = STRIDE) -> tuple:
+    """:func:`network_input` of the part of ``planes`` within their :func:`tissue_box`, starting
+    on a multiple of ``step`` network pixels (the output grid's, or the deepest cells' so that the
+    cells are the whole planes'), and that box: ``(x, h, w, pad, box)``; ``x`` None where all is
+    padding (see :func:`placed`)."""
+    pad = plane_padding(planes, blank)
+    box = tissue_box(pad, planes.shape[-2:], step * downsampling)
+    if box == NOTHING:
+        return None, 0, 0, None, box
+    if box is not None:
+        y0, y1, x0, x1 = box
+        planes, pad = planes[..., y0:y1, x0:x1], pad[..., y0:y1, x0:x1]
+    return (*network_input(planes, intensity, downsampling, padding_factor, mean_std, pad=pad), box)
+
+
+def placed(out: "ModelOutput | None", box, size: tuple[int, int], downsampling: int, n: int,
+           channels: int) -> "ModelOutput":
+    """The outputs of ``n`` planes whose network size is ``size`` from those of their
+    :func:`tissue_box` (``out``; None where all is padding): nothing found outside the box."""
+    if box is None:
+        return out
+    hn, wn = size
+    hs, ws = -(-hn // STRIDE), -(-wn // STRIDE)
+    whole = ModelOutput(np.zeros((n, channels, hn, wn), np.float32), np.zeros((n, 1, hs, ws), np.float32),
+                        np.zeros((n, 2, hs, ws), np.float32))
+    if channels > 1:  # softmax over background + classes
+        whole.semantic_probability[:, 0] = 1.0
+    if out is None:
+        return whole
+    ny, nx = box[0] // downsampling, box[2] // downsampling
+    for a, part, cell in ((whole.semantic_probability, out.semantic_probability, 1),
+                          (whole.heatmap, out.heatmap, STRIDE), (whole.offsets, out.offsets, STRIDE)):
+        h, w = part.shape[-2:]
+        a[..., ny // cell:ny // cell + h, nx // cell:nx // cell + w] = part
+    return whole
+
+
+def network_input(planes, intensity, downsampling, padding_factor, mean_std, blank="auto", pad="auto") -> tuple:
     """The network input of ``planes``, (N, C, H', W') float32 (normalised, downsampled,
     padded), the size (h, w) of its outputs before padding, and where the planes hold padding
     (:func:`~.preprocess.padding_mask`, (N, h, w) on the network's grid; None where none): the
@@ -111,17 +180,14 @@ def network_input(planes, intensity, downsampling, padding_factor, mean_std, bla
     padding throughout: ``blank`` says which (a bool per plane, or None), by default
     :func:`~.preprocess.uniform_planes` of ``planes`` (tiles of larger planes take their planes'
     flags: a tile's uniformity says nothing of its plane's). ``planes``: (N, H, W), one
-    channel each, or (N, C, H, W), a plane and its neighbours (see ``context_slices``)."""
+    channel each, or (N, C, H, W), a plane and its neighbours (see ``context_slices``). ``pad``:
+    where the planes hold padding, made beforehand (:func:`plane_padding`), or "auto"."""
     planes = np.asarray(planes)
     rng = np.asarray(intensity, np.float32)
     if rng.ndim == 2:  # one (low, high) per plane
         rng = rng.T.reshape(2, len(rng), *[1] * (planes.ndim - 1))
     h, w = (-(-int(s) // downsampling) for s in planes.shape[-2:])
-    pad = padding_mask(planes)
-    blank = uniform_planes(planes) if isinstance(blank, str) else blank
-    if blank is not None:  # a blank section, a grey fill: nothing to find there either
-        pad = np.zeros(planes.shape, bool) if pad is None else pad
-        pad[blank] = True
+    pad = plane_padding(planes, blank) if isinstance(pad, str) else pad
     if pad is not None and downsampling > 1:  # a network pixel is padding where all its pixels are
         pad = integer_block_means(pad.view(np.uint8), downsampling) == 1
     if downsampling == 1:  # pad the raw planes: the same values as padding the float input, far fewer bytes
@@ -177,7 +243,10 @@ def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", down
     tiled image (:func:`cell_sums`). ``model``: a PyTorch
     module or the encode graph's :class:`~.runtime.OnnxNet`."""
     from .runtime import OnnxNet
-    x, _, _, pad = network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)
+    x, _, _, pad, box = framed_input(planes, intensity, downsampling, padding_factor, mean_std, blank, step=CELL)
+    if x is None:  # all padding: the whole planes' cells, weighing nothing
+        x, _, _, pad = network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)
+        box = None
     if isinstance(model, OnnxNet):
         feats = model.features(x)
     else:
@@ -185,7 +254,22 @@ def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", down
         with torch.inference_mode():
             feats = model.encode(_on_device(x, device)).float().cpu().numpy()
     t = tissue_weights(pad, x.shape, padding_factor, whole=False)
-    return feats, np.ones((len(feats), 1, *feats.shape[2:]), np.float32) if t is None else t
+    t = np.ones((len(feats), 1, *feats.shape[2:]), np.float32) if t is None else t
+    if box is None:
+        return feats, t
+    # the box's cells among the whole planes' (the box starts on a cell): the others weigh nothing
+    grid = [_cells(-(-n // downsampling), padding_factor) for n in planes.shape[-2:]]
+    whole_f = np.zeros((len(planes), feats.shape[1], *grid), np.float32)
+    whole_t = np.zeros((len(planes), 1, *grid), np.float32)
+    cy, cx = box[0] // downsampling // CELL, box[2] // downsampling // CELL
+    h, w = feats.shape[-2:]
+    whole_f[..., cy:cy + h, cx:cx + w], whole_t[..., cy:cy + h, cx:cx + w] = feats, t
+    return whole_f, whole_t
+
+
+def _cells(n: int, padding_factor: int) -> int:
+    """The deepest cells along a side of ``n`` network pixels, padded to ``padding_factor``."""
+    return -(-(-(-n // padding_factor) * padding_factor) // CELL)
 
 
 def predict_batch(model, planes: np.ndarray, intensity: tuple[float, float], device: str = "cpu",

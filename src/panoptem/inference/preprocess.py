@@ -28,12 +28,17 @@ def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
     """
     if not hasattr(image, "shape") or image.size <= max_samples:
         parts = [np.asarray(image)]
-    else:
-        parts = read_boxes(image, _sample_boxes(image.shape, max_samples))
+        inner = [(...,)]
+    else:  # each box read with the margin that says which of its zeros are padding
+        boxes = _sample_boxes(image.shape, max_samples)
+        wide = [_widened(b, image.shape, PAD_WINDOW - 1) for b in boxes]
+        parts = read_boxes(image, wide)
+        inner = [tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(b, wb)) for b, wb in zip(boxes, wide)]
     kept = []
-    for b in parts:  # padding (see padding_mask) tells nothing of the data's range: left out
+    for b, box in zip(parts, inner):  # padding (see padding_mask) tells nothing of the data's range: left out
         pad = padding_mask(b) if b.ndim >= 2 else None
-        kept.append(b.ravel() if pad is None else b[~pad])
+        b = b[box]
+        kept.append(b.ravel() if pad is None else b[~pad[box]])
     a = np.concatenate(kept)
     if a.size == 0:  # nothing but padding
         a = np.concatenate([b.ravel() for b in parts])
@@ -52,6 +57,13 @@ def intensity_range(image: np.ndarray, max_samples: int = 2_000_000,
 #: the most slices deep a box sampled from a volume is: neighbouring slices add little, and a
 #: volume stored by slice (TIFF pages, per-slice chunks) decodes every slice a box touches whole
 SAMPLE_DEPTH = 4
+
+
+def _widened(box: tuple[slice, ...], shape, margin: int) -> tuple[slice, ...]:
+    """``box`` with ``margin`` more pixels on both sides of its last two axes, within ``shape``."""
+    k = max(len(box) - 2, 0)
+    return box[:k] + tuple(slice(max(0, b.start - margin), min(n, b.stop + margin))
+                           for b, n in zip(box[k:], shape[k:]))
 
 
 def _sample_boxes(shape, max_samples: int) -> list[tuple[slice, ...]]:
