@@ -376,7 +376,8 @@ PAD_WINDOW = 33
 #: value), and how padding enters the global context: outputs kept under another rule are made anew
 PADDING_RULE = (f"{PAD_WINDOW} px zero or not-finite squares; uniform planes, not-finite values left out "
                 "(before resampling; blockwise: whole planes); blank sections edge-on; edge cells by their "
-                "part in the plane; global context over the cells by their part that is not padding")
+                "part in the plane; global context over the cells by their part that is not padding; the network "
+                "given the box within a frame of padding")
 
 
 def padding_mask(planes: np.ndarray) -> np.ndarray | None:
