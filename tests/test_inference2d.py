@@ -150,6 +150,34 @@ def test_a_black_frame_changes_nothing_inside_it():
         assert got.sum() == ref.sum()  # nothing in the frame
 
 
+def test_a_framed_image_is_segmented_alone_whatever_its_batch():
+    """Each plane is cut to its own frame: a framed image batched with an unframed one (or another
+    frame) gets the labels it gets alone (the batch's common box had given it other labels)."""
+    import panoptem
+    v = panoptem.load_sample()
+    a = np.pad(v[0, 224:384, 0:160], ((40, 0), (0, 0)))        # a band of 40 black rows on top
+    b = v[1, 184:384, 0:160]
+    c = np.pad(v[2, 200:384, 16:160], ((0, 16), (16, 0)))      # another frame
+    alone = [segment_2d(p, "MitoLite_v1", device="cpu") for p in (a, b, c)]
+    for bs in (2, 3):
+        got = segment_2d(np.stack([a, b, c]), "MitoLite_v1", batch=True, batch_size=bs, device="cpu")
+        for i in range(3):
+            np.testing.assert_array_equal(got[i], alone[i], err_msg=f"batch {bs}, image {i}")
+    assert all(lab.any() for lab in alone)
+
+
+def test_tiles_of_a_framed_image_for_a_network_that_pads_to_64(tmp_path):
+    """A card padding to 64 pixels: a tile's framed box reaches a cell past the tile's grid (the
+    network's margin), which is left out of the plane's context rather than failing."""
+    from conftest import make_tiny_card
+    card = make_tiny_card(tmp_path, name="pf64", padding_factor=64)
+    img = np.random.default_rng(0).integers(60, 200, (256, 256)).astype(np.uint8)
+    img[:40] = 0
+    img[:, :40] = 0
+    lab = segment_2d(img, str(card), tile_size=128, device="cpu")
+    assert lab.shape == img.shape and not lab[:40].any() and not lab[:, :40].any()
+
+
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_test_time_flips_of_a_framed_image_each_weigh_their_own_cells(runtime):
     """Flip TTA of a plane that holds padding: every flipped pass leaves the padding out of its own

@@ -13,7 +13,7 @@ from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel, load_model
 from ..params import AUTO_TILE
 from .cache import probability_bytes
-from .predict import (CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, framed_input, placed,
+from .predict import (CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, framed_inputs, placed,
                       predict_batch)
 from .preprocess import dtype_range, intensity_range, uniform_planes
 
@@ -209,25 +209,35 @@ class Predictor:
         if prepared is None:
             with StageClock(timings if timings is not None else {})("normalise"):
                 prepared = self._inputs(planes, intensity, blank)
-        x, h, w, pad, box, n, size = prepared
-        out = None
-        if x is not None:  # else all is padding: nothing to find
-            padded = context is None and self.weighs_tissue and pad is not None and bool(pad.any())
-            graph = "context" if context is not None else "tissue" if padded else "plain"
-            out = predict_batch(self._graph(graph), None, None, device=self.model.device,
-                                downsampling=self.downsampling, padding_factor=self.card.pad_multiple,
-                                context=context, precision=self.precision, timings=timings, tta=self.tta,
-                                prepared=(x, h, w, pad))
-        return placed(out, box, size, self.downsampling, n, self.card.probability_channels)
+        groups, n, size = prepared
+        parts = []
+        for idx, x, h, w, pad, box in groups:
+            out = None
+            if x is not None:  # else all is padding: nothing to find
+                padded = context is None and self.weighs_tissue and pad is not None and bool(pad.any())
+                graph = "context" if context is not None else "tissue" if padded else "plain"
+                out = predict_batch(self._graph(graph), None, None, device=self.model.device,
+                                    downsampling=self.downsampling, padding_factor=self.card.pad_multiple,
+                                    context=None if context is None else np.asarray(context)[idx],
+                                    precision=self.precision, timings=timings, tta=self.tta, prepared=(x, h, w, pad))
+            parts.append((idx, placed(out, box, size, self.downsampling, len(idx), self.card.probability_channels)))
+        if len(parts) == 1:
+            return parts[0][1]
+        whole = ModelOutput(*(np.zeros((n, *getattr(parts[0][1], f).shape[1:]), np.float32)
+                              for f in ("semantic_probability", "heatmap", "offsets")))
+        for idx, out in parts:
+            for f in ("semantic_probability", "heatmap", "offsets"):
+                getattr(whole, f)[idx] = getattr(out, f)
+        return whole
 
     def _inputs(self, planes: np.ndarray, intensity, blank="auto") -> tuple:
-        """What one network call takes for ``planes`` (on the network grid): the network input of
-        the part within their :func:`.predict.tissue_box` and where it holds padding, that box, and
-        the number and network size of the planes: ``(x, h, w, pad, box, n, size)``."""
+        """What one network call takes for ``planes`` (on the network grid): the network inputs of
+        each plane's part within its :func:`.predict.tissue_box` (see :func:`.predict.framed_inputs`),
+        and the number and network size of the planes: ``(groups, n, size)``."""
         n = self.card.normalization
         f = self.downsampling
         size = (-(-planes.shape[-2] // f), -(-planes.shape[-1] // f))
-        return (*framed_input(planes, intensity, f, self.card.pad_multiple, (n.mean, n.std), blank), len(planes), size)
+        return framed_inputs(planes, intensity, f, self.card.pad_multiple, (n.mean, n.std), blank), len(planes), size
 
     @property
     def weighs_tissue(self) -> bool:

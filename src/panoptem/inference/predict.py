@@ -120,10 +120,11 @@ NOTHING = (0, 0, 0, 0)
 
 
 def tissue_box(pad: np.ndarray | None, shape: tuple[int, int], step: int) -> tuple[int, int, int, int] | None:
-    """The rows and columns of (..., H, W) planes that the network is given where padding frames
-    them, (y0, y1, x0, x1): from the first that holds something not padding in any plane, down to a
-    multiple of ``step``, to the last; None where that is the whole plane, :data:`NOTHING` where all
-    is padding. A framed image is then segmented as the image without its frame is."""
+    """The rows and columns of a plane (``pad``: where it holds padding, (H, W), or (C, H, W) with
+    its neighbours) that the network is given where padding frames it, (y0, y1, x0, x1): from the
+    first that holds something not padding, down to a multiple of ``step``, to the last; None where
+    that is the whole plane, :data:`NOTHING` where all is padding. A framed image is then segmented
+    as the image without its frame is."""
     if pad is None:
         return None
     some = ~pad.reshape(-1, *shape).all(axis=0)
@@ -134,20 +135,32 @@ def tissue_box(pad: np.ndarray | None, shape: tuple[int, int], step: int) -> tup
     return None if box == (0, shape[0], 0, shape[1]) else box
 
 
-def framed_input(planes: np.ndarray, intensity, downsampling: int, padding_factor: int, mean_std,
-                 blank="auto", step: int = STRIDE) -> tuple:
-    """:func:`network_input` of the part of ``planes`` within their :func:`tissue_box`, starting
-    on a multiple of ``step`` network pixels (the output grid's, or the deepest cells' so that the
-    cells are the whole planes'), and that box: ``(x, h, w, pad, box)``; ``x`` None where all is
-    padding (see :func:`placed`)."""
+def framed_inputs(planes: np.ndarray, intensity, downsampling: int, padding_factor: int, mean_std,
+                  blank="auto", step: int = STRIDE) -> list[tuple]:
+    """The network inputs of ``planes``, each plane cut to its :func:`tissue_box` (starting on a
+    multiple of ``step`` network pixels: the output grid's, or the deepest cells' so that the
+    cells are the whole plane's), planes of one box together: ``(planes, x, h, w, pad, box)`` per
+    box, ``planes`` their indices, ``x`` None where all is padding (see :func:`placed`). Each
+    plane is so cut whatever the planes beside it."""
     pad = plane_padding(planes, blank)
-    box = tissue_box(pad, planes.shape[-2:], step * downsampling)
-    if box == NOTHING:
-        return None, 0, 0, None, box
-    if box is not None:
-        y0, y1, x0, x1 = box
-        planes, pad = planes[..., y0:y1, x0:x1], pad[..., y0:y1, x0:x1]
-    return (*network_input(planes, intensity, downsampling, padding_factor, mean_std, pad=pad), box)
+    rng = np.asarray(intensity, np.float32)
+    boxes: dict = {}
+    for i in range(len(planes)):
+        boxes.setdefault(None if pad is None else tissue_box(pad[i], planes.shape[-2:], step * downsampling),
+                         []).append(i)
+    out = []
+    for box, idx in boxes.items():
+        idx = np.asarray(idx)
+        if box == NOTHING:
+            out.append((idx, None, 0, 0, None, box))
+            continue
+        some, p = (planes, pad) if len(boxes) == 1 else (planes[idx], None if pad is None else pad[idx])
+        if box is not None:
+            y0, y1, x0, x1 = box
+            some, p = some[..., y0:y1, x0:x1], p[..., y0:y1, x0:x1]
+        r = rng[idx] if rng.ndim == 2 else rng
+        out.append((idx, *network_input(some, r, downsampling, padding_factor, mean_std, pad=p), box))
+    return out
 
 
 def placed(out: "ModelOutput | None", box, size: tuple[int, int], downsampling: int, n: int,
@@ -242,29 +255,41 @@ def encode_batch(model, planes: np.ndarray, intensity, device: str = "cpu", down
     :func:`tissue_weights`, planes taken as parts of larger ones): for the global context of a
     tiled image (:func:`cell_sums`). ``model``: a PyTorch
     module or the encode graph's :class:`~.runtime.OnnxNet`."""
-    from .runtime import OnnxNet
-    x, _, _, pad, box = framed_input(planes, intensity, downsampling, padding_factor, mean_std, blank, step=CELL)
-    if x is None:  # all padding: the whole planes' cells, weighing nothing
-        x, _, _, pad = network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)
-        box = None
-    if isinstance(model, OnnxNet):
-        feats = model.features(x)
-    else:
-        import torch
-        with torch.inference_mode():
-            feats = model.encode(_on_device(x, device)).float().cpu().numpy()
-    t = tissue_weights(pad, x.shape, padding_factor, whole=False)
-    t = np.ones((len(feats), 1, *feats.shape[2:]), np.float32) if t is None else t
-    if box is None:
-        return feats, t
-    # the box's cells among the whole planes' (the box starts on a cell): the others weigh nothing
+    groups = framed_inputs(planes, intensity, downsampling, padding_factor, mean_std, blank, step=CELL)
     grid = [_cells(-(-n // downsampling), padding_factor) for n in planes.shape[-2:]]
-    whole_f = np.zeros((len(planes), feats.shape[1], *grid), np.float32)
-    whole_t = np.zeros((len(planes), 1, *grid), np.float32)
-    cy, cx = box[0] // downsampling // CELL, box[2] // downsampling // CELL
-    h, w = feats.shape[-2:]
-    whole_f[..., cy:cy + h, cx:cx + w], whole_t[..., cy:cy + h, cx:cx + w] = feats, t
+    whole_f = whole_t = None
+    for idx, x, _, _, pad, box in groups:
+        if x is None:  # all padding: weighs nothing
+            continue
+        feats = _features(model, x, device)
+        t = tissue_weights(pad, x.shape, padding_factor, whole=False)
+        t = np.ones((len(feats), 1, *feats.shape[2:]), np.float32) if t is None else t
+        if box is None and len(groups) == 1:
+            return feats, t
+        if whole_f is None:
+            whole_f = np.zeros((len(planes), feats.shape[1], *grid), np.float32)
+            whole_t = np.zeros((len(planes), 1, *grid), np.float32)
+        # the box's cells among the whole plane's (the box starts on a cell; cells of the network's
+        # margin past the plane's grid are left out): the others weigh nothing
+        cy, cx = (0, 0) if box is None else (box[0] // downsampling // CELL, box[2] // downsampling // CELL)
+        h, w = min(feats.shape[-2], grid[0] - cy), min(feats.shape[-1], grid[1] - cx)
+        whole_f[idx, :, cy:cy + h, cx:cx + w] = feats[..., :h, :w]
+        whole_t[idx, :, cy:cy + h, cx:cx + w] = t[..., :h, :w]
+    if whole_f is None:  # every plane is padding: the whole planes' features, weighing nothing
+        feats = _features(model, network_input(planes, intensity, downsampling, padding_factor, mean_std, blank)[0],
+                          device)
+        return feats, np.zeros((len(feats), 1, *feats.shape[2:]), np.float32)
     return whole_f, whole_t
+
+
+def _features(model, x: np.ndarray, device: str) -> np.ndarray:
+    """The deepest features of a prepared input (a PyTorch module, or the encode graph's session)."""
+    from .runtime import OnnxNet
+    if isinstance(model, OnnxNet):
+        return model.features(x)
+    import torch
+    with torch.inference_mode():
+        return model.encode(_on_device(x, device)).float().cpu().numpy()
 
 
 def _cells(n: int, padding_factor: int) -> int:
