@@ -36,7 +36,7 @@ def main() -> None:
 
     def remembered(self, planes, intensity=None, timings=None):
         # planes, or the network input made of them ahead (Predictor.prepare)
-        parts = [b[0] for b in planes.batches] if isinstance(planes, engine.Prepared) else [np.asarray(planes)]
+        parts = planes.inputs() if isinstance(planes, engine.Prepared) else [np.asarray(planes)]
         h = hashlib.blake2b(digest_size=16)
         for x in parts:
             h.update(np.ascontiguousarray(x).tobytes())

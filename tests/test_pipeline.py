@@ -243,7 +243,7 @@ def test_inputs_are_padded_to_the_cards_input_multiple(tiny_card, home):
     for multiple in (None, 16):
         lm.card.input_multiple = multiple
         pred = Predictor(lm, device="cpu", runtime="torch")
-        shapes[multiple] = pred.prepare(planes, (0.0, 255.0)).batches[0][0].shape[-2:]
+        shapes[multiple] = pred.prepare(planes, (0.0, 255.0)).inputs()[0].shape[-2:]
         out = pred.predict(planes, (0.0, 255.0))
         assert out.semantic_probability.shape[-2:] == (37, 70) and out.heatmap.shape[-2:] == (10, 18)
         assert pred._align() == 32
@@ -658,7 +658,7 @@ def test_a_stack_part_runs_in_the_calls_the_stack_chose():
     pr = Predictor(batch_size=0, runtime="torch", device="cpu")
     b = pr.batch_for((30, 1024), 768)
     prep = pr.prepare(np.random.default_rng(0).integers(1, 255, (b, 30, 1024), dtype=np.uint8), (0, 255))
-    assert b == 34 and [(n, len(groups), groups[0][1].shape[0]) for groups, n, _ in prep.batches] == [(34, 1, 34)]
+    assert b == 34 and [x.shape[0] for x in prep.inputs()] == [34]
 
 
 def test_large_images_are_tiled_automatically_unless_a_tile_size_is_given(monkeypatch):

@@ -30,6 +30,10 @@ class Prepared:
     def __len__(self) -> int:
         return self.planes
 
+    def inputs(self) -> list[np.ndarray]:
+        """The network input of every call, (N, C, H, W) float32 (planes of padding alone need none)."""
+        return [g[1] for groups, _, _ in self.batches for g in groups if g[1] is not None]
+
 
 def card_intensity(card, image) -> tuple[float, float]:
     """The (low, high) intensities a model with ``card`` maps to 0..1 for ``image`` (a plane, or a

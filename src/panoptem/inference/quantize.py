@@ -58,7 +58,7 @@ def calibration_inputs(model) -> list[np.ndarray]:
     out = []
     for f in sorted(factors):
         prep = pr.with_factor(f).prepare(planes, rng)
-        out += [g[1] for b in prep.batches for g in b[0] if g[1] is not None]  # (None: planes of padding alone)
+        out += prep.inputs()
     return out
 
 
