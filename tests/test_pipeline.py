@@ -357,6 +357,24 @@ def test_onnx_runtime_matches_torch(tiny_card, home, monkeypatch):
     assert len(list((home / "cache" / "onnx").glob("*.onnx"))) == 3  # plain, context and encode graphs
 
 
+def test_planes_in_batches_keep_their_own_intensity_ranges(tiny_card):
+    """encode and predict_with_context cut a stack into batches: each plane is normalised with its
+    own (low, high) row, as when it is given alone (later batches took the first batch's rows)."""
+    from panoptem.inference.engine import Predictor
+    from panoptem.models.load import load_model
+    lm = load_model(str(tiny_card), "cpu")
+    planes = np.random.default_rng(4).integers(0, 255, (4, 64, 64), dtype=np.uint8)
+    rng = np.array([[0, 255], [10, 200], [30, 120], [60, 250]], np.float32)
+    pr = Predictor(lm, device="cpu", runtime="torch", batch_size=2)
+    feats, _ = pr.encode(planes, rng)
+    ctx = np.random.default_rng(5).normal(size=(4, feats.shape[1])).astype(np.float32)
+    out = pr.predict_with_context(planes, rng, ctx)
+    for i in range(4):
+        np.testing.assert_allclose(feats[i], pr.encode(planes[i:i + 1], rng[i])[0][0], atol=1e-5)
+        alone = pr.predict_with_context(planes[i:i + 1], rng[i], ctx[i:i + 1])
+        np.testing.assert_allclose(out.offsets[i], alone.offsets[0], atol=1e-5)
+
+
 def test_padding_is_left_out_of_the_global_context(tiny_card, home, monkeypatch):
     """A plane that holds padding (a black border) takes as its global context the mean of its
     deepest features over the cells by their part that is not padding, in PyTorch and in ONNX

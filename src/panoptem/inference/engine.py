@@ -255,7 +255,8 @@ class Predictor:
         (N, 1, h, w; see :func:`.predict.tissue_weights`)."""
         n = self.card.normalization
         planes, blank = self._on_grid(self.planes_in(planes), blank)
-        parts = [encode_batch(self._graph("encode"), planes[i:i + self.batch_size], intensity,
+        parts = [encode_batch(self._graph("encode"), planes[i:i + self.batch_size],
+                              _rows(intensity, i, i + self.batch_size),
                               device=self.model.device, downsampling=self.downsampling,
                               padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std),
                               blank=_part(blank, i, i + self.batch_size))
@@ -267,7 +268,8 @@ class Predictor:
         """:meth:`predict` of planes that are tiles of larger images whose global
         context (N, C) is known."""
         planes, blank = self._on_grid(self.planes_in(planes), blank)
-        outs = [self._predict(planes[i:i + self.batch_size], intensity, context[i:i + self.batch_size],
+        outs = [self._predict(planes[i:i + self.batch_size], _rows(intensity, i, i + self.batch_size),
+                              context[i:i + self.batch_size],
                               blank=_part(blank, i, i + self.batch_size))
                 for i in range(0, len(planes), self.batch_size)]
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
@@ -417,6 +419,12 @@ class Predictor:
             for net in self._graphs.values():
                 net.release_memory()
         return ModelOutput(prob, hm, off)
+
+
+def _rows(intensity, i0: int, i1: int):
+    """Planes ``i0:i1``'s part of an ``intensity`` argument: one (low, high) for all, or one per plane."""
+    rng = np.asarray(intensity, np.float32)
+    return rng[i0:i1] if rng.ndim == 2 else rng
 
 
 def _part(blank, i0: int, i1: int):
