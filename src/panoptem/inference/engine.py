@@ -355,12 +355,10 @@ class Predictor:
     def _batches(self, planes: np.ndarray, intensity):
         """(planes, intensity) of each network call over planes on the network grid; ``intensity``
         one (low, high) for all, or one per plane (N, 2)."""
-        rng = np.asarray(intensity, np.float32)
-        per_plane = rng.ndim == 2
         # the planes of one call of predict or prepare: callers cut a stack into parts already
         b = self.batch_for(planes.shape[-2:], len(planes), steps=1)
         for i in range(0, len(planes), b):
-            yield planes[i:i + b], rng[i:i + b] if per_plane else rng
+            yield planes[i:i + b], _rows(intensity, i, i + b)
 
     def _predict_tiled(self, planes: np.ndarray, intensity, compact: bool = False, blank="auto") -> ModelOutput:
         """Stitched outputs of overlapping tiles; ``compact`` keeps the semantic
