@@ -1429,6 +1429,23 @@ def test_blocks_of_a_framed_volume_take_the_tissues_context(client, tmp_path):
     assert fa.sum() > 50_000 and (fa & fb).sum() / (fa | fb).sum() > 0.99
 
 
+@pytest.mark.parametrize("plane", ["xz", "yz"])
+def test_blocks_of_a_thin_framed_volume_take_the_frame_from_the_sections(client, tmp_path, plane):
+    """xz / yz planes of a volume thinner than the padding window take the frame from its xy
+    sections, judged around each block's region as the whole volume shows it: nothing is found in
+    the frame (many objects there before) and the in-memory run's labels come out."""
+    import panoptem
+    vol = np.zeros((12, 384 + 128, 384 + 64), np.uint8)
+    vol[:, 64:-64, 64:] = panoptem.load_sample()[:12]   # 64 black pixels on three sides
+    whole = segment_3d(vol, "MitoLite_v1", device="cpu", inference_plane=plane).labels["mitochondria"]
+    res = segment_blockwise(vol, "MitoLite_v1", tmp_path / "m.zarr", block_shape=(12, 256, 224),
+                            halo=(0, 96, 96), client=client, device="cpu", inference_plane=plane)
+    got = np.asarray(res.labels["mitochondria"][:])
+    assert res.blocks > 1 and not got[:, :64].any() and not got[:, -64:].any() and not got[..., :64].any()
+    fa, fb = whole > 0, got > 0
+    assert fa.sum() > 50_000 and (fa & fb).sum() / (fa | fb).sum() > 0.99
+
+
 @pytest.mark.parametrize("params", [dict(inference_plane="xz"), dict(orthoplane=True),
                                     dict(orthoplane=True, fusion="probability"),
                                     dict(inference_plane="yz", downsampling=4),

@@ -565,3 +565,24 @@ def test_missing_data_is_padding_not_an_object():
     stack = np.stack([grey[:128, :160], np.full((128, 160), np.nan, np.float32)])
     lab = segment_2d(stack, model, batch=True)
     assert not lab[1].any()
+
+
+def test_a_tile_that_cuts_a_band_of_padding_sees_it_as_padding():
+    """A tile judges padding with the pixels around it in its plane: the 20 columns of a 40-column
+    black band that it holds are padding (alone they are narrower than the window), a dark spot
+    is not, and a plane of one value is padding throughout."""
+    from panoptem.inference.engine import _tile_blank
+    from panoptem.inference.preprocess import padding_mask
+    planes = np.random.default_rng(0).integers(1, 255, (2, 120, 150)).astype(np.uint8)
+    planes[0, :, :40] = 0
+    planes[0, 60:70, 80:90] = 0
+    tile = planes[:, 10:110, 20:140]
+    assert padding_mask(tile) is None
+    pad = _tile_blank(planes, None, (10, 110, 20, 140))
+    assert pad.shape == tile.shape and pad[0, :, :20].all() and not pad[0, :, 20:].any() and not pad[1].any()
+    flagged = _tile_blank(planes, np.array([False, True]), (10, 110, 20, 140))
+    assert flagged[1].all() and not flagged[0, :, 20:].any()
+    assert _tile_blank(planes, None, (10, 110, 60, 140)) is None
+    given = np.zeros(planes.shape, bool)
+    given[1, :5] = True
+    np.testing.assert_array_equal(_tile_blank(planes, given, (0, 50, 0, 60)), given[:, :50, :60])

@@ -548,15 +548,34 @@ def test_xz_yz_and_orthoplane_find_nothing_on_a_blank_section(tmp_path, kw, fill
 
 def test_blank_sections_and_their_rows_on_a_coarser_network_grid():
     from panoptem.inference.predict import ModelOutput
-    from panoptem.inference.segment3d import blank_sections, clear_rows
-    vol = np.random.default_rng(0).integers(0, 255, (6, 8, 8)).astype(np.uint8)
-    assert blank_sections(vol) is None
+    from panoptem.inference.segment3d import clear_rows, sections_edge_on
+    vol = np.random.default_rng(0).integers(1, 255, (6, 40, 40)).astype(np.uint8)
+    assert sections_edge_on(vol) == (None, False)
     vol[2], vol[3], vol[5] = 0, 7, 9
-    assert blank_sections(vol, chunk=4).tolist() == [False, False, True, True, False, True]
+    blank, padded = sections_edge_on(vol, chunk=4)
+    assert blank.tolist() == [False, False, True, True, False, True] and padded  # section 2 is all zero
     out = ModelOutput(np.ones((2, 1, 3, 8), np.float32), np.ones((2, 1, 1, 2), np.float32),
                       np.zeros((2, 2, 1, 2), np.float32))
-    cleared = clear_rows(out, blank_sections(vol), 2)   # network row r covers sections 2r, 2r + 1
+    cleared = clear_rows(out, blank, 2)   # network row r covers sections 2r, 2r + 1
     assert cleared.semantic_probability[0, 0, :, 0].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_stack_padding_takes_a_band_the_thin_planes_cannot_tell_from_the_sections():
+    from panoptem.inference.preprocess import padding_mask
+    from panoptem.inference.segment3d import sections_edge_on, stack_padding
+    vol = np.random.default_rng(1).integers(1, 255, (5, 90, 70)).astype(np.uint8)
+    vol[:, :, :36] = 0            # a frame 36 columns wide, in a volume 5 sections deep
+    vol[:, 50:60, 40:45] = 0      # a dark spot: not padding
+    assert sections_edge_on(vol) == (None, True)
+    xz = np.moveaxis(vol, 1, 0)   # (Y, Z, X) planes of 5 rows: too thin for the window themselves
+    assert padding_mask(xz) is None
+    pad = stack_padding(vol, 1, 10, 60)
+    assert pad.shape == (50, 5, 70) and pad[..., :36].all() and not pad[..., 36:].any()
+    yz = stack_padding(vol, 2, 30, 50)          # yz planes 30..49: 30..35 in the frame, all padding
+    assert yz.shape == (20, 5, 90) and yz[:6].all() and not yz[6:].any()
+    means = stack_padding(vol, 2, 17, 25, stride=2)  # planes 34..49 in pairs: (34, 35) padding, (36, 37) not
+    assert means.shape == (8, 5, 90) and means[0].all() and not means[1:].any()
+    assert stack_padding(vol, 2, 38, 60) is None   # the dark spot is no padding
 
 
 @pytest.mark.parametrize("factor", [1, 2, 3, 4, "1/4", "3/2"])
@@ -603,3 +622,24 @@ def test_a_cache_missing_some_arrays_is_made_afresh_or_refused(tmp_path):
     shutil.rmtree(tmp_path / "mine" / "xy.zarr" / "hash")
     with pytest.raises(PanoptemError, match="some of its arrays are missing"):
         segment_3d(vol, dark_blob_model(), cache_dir=tmp_path / "mine", min_size=0, min_extent=1)
+
+
+@pytest.mark.parametrize("plane, voxel_size, b, iou", [("xz", None, 48, 0.99), ("yz", (5.0, 5.0, 5.0), 48, 0.99),
+                                                   ("xz", (12.0, 12.0, 12.0), 60, 0.9)])
+def test_xz_and_yz_stacks_of_a_thin_framed_volume_take_the_frame_from_the_sections(plane, voxel_size, b, iou):
+    """The xz / yz planes of a volume of fewer sections than the padding window cannot tell a
+    frame themselves: they take it from the xy sections, and find what the unframed volume gives
+    (foreground IoU 0.74 / 0.85 and objects all over the frame before, on 20 Lucchi sections).
+    Told 5 nm, network pixels of 2 x 2 and planes of two sections' means; told 12 nm, the planes
+    and their padding are resampled by 5 / 6 (a fraction: the xy stack itself gives 0.96 there)."""
+    import panoptem
+    img = panoptem.load_sample()[:20]
+    framed = np.zeros((len(img), img.shape[1] + 2 * b, img.shape[2] + 2 * b), np.uint8)
+    framed[:, b:-b, b:-b] = img
+    kw = dict(device="cpu", inference_plane=plane, voxel_size=voxel_size)
+    ref = panoptem.segment_3d(img, **kw).labels["mitochondria"] > 0
+    got = panoptem.segment_3d(framed, **kw).labels["mitochondria"]
+    inside = got[:, b:-b, b:-b] > 0
+    assert ref.sum() > 10_000
+    assert np.count_nonzero(got) == np.count_nonzero(inside)  # nothing in the frame
+    assert (ref & inside).sum() / (ref | inside).sum() > iou

@@ -33,7 +33,7 @@ from ..inference.cache import at_cache_precision, probability_bytes
 from ..inference.decode import STRIDE, find_centers, group_pixels, semantic_classes, \
     _upsample_nearest
 from ..inference.predict import CELL, cell_sums, context_of_sums
-from ..inference.preprocess import downsample, linear_resize
+from ..inference.preprocess import downsample, linear_resize, may_hold_padding, padding_in
 from ..inference.resample import resize_at
 from ..inference.segment3d import planes_along, with_neighbours
 from ..io.zarr_write import ChunkRows
@@ -343,13 +343,14 @@ def context_block(job: StackJob, block: Block) -> None:
     lm = worker_model(job.model, worker_device(job.device))
     res = {}
     from ..inference.segment3d import stack_means
+    pad = _section_padding(job, data, region)
     for v in job.views():
         s = job.fused_strides[v]  # probability fusion's xz / yz planes: means of s (regions start on a group)
         planes = stack_means(planes_along(data, v, 0, data.shape[v]), s)
         k0 = (block.core[v].start - region[v].start) // s
         k1 = k0 + -(-(block.core[v].stop - block.core[v].start) // s)
         c4, tissue = job.predictor(lm, v).encode(_planes(job, planes, k0, k1, v), job.intensity,
-                                                 blank=_blank_planes(job, v, region, k0, k1, s))  # (n, C, h, w)
+                                                 blank=_stack_blank(job, pad, v, region, k0, k1, s))  # (n, C, h, w)
         sel = []
         for i, ax in enumerate(ax for ax in range(3) if ax != v):
             cell = CELL * job.factor(ax)
@@ -452,6 +453,34 @@ def uniform_of(ranges: list[dict], shape) -> tuple:
     return tuple(found)
 
 
+def _section_padding(job: StackJob, data: np.ndarray, region) -> np.ndarray | None:
+    """Where the xy sections of ``region`` (read: ``data``) hold padding, judged with the pixels
+    around it (:func:`~panoptem.inference.preprocess.padding_in`, read again only where the
+    region holds zeros): a band of padding the region cuts is padding, as in a whole-volume run,
+    and xz / yz planes take it from the sections, as there (see ``segment3d.stack_padding``)."""
+    if not may_hold_padding(data):
+        return None
+    return padding_in(job.source.open(), tuple(region))
+
+
+def _stack_blank(job: StackJob, pad: np.ndarray | None, axis: int, region, i0: int = 0,
+                 i1: int | None = None, group: int = 1):
+    """The ``blank`` argument of :func:`_planes`' planes ``i0:i1`` of the region's stack along
+    ``axis`` (means of ``group``): padding per pixel from the sections' (``pad``, see
+    :func:`_section_padding`) where they hold some, for xy planes and the xz / yz planes of a
+    thin volume (``segment3d.thin_stack``) as a whole-volume run judges them, with the volume's
+    planes of one value (see :func:`_blank_planes`); else those planes alone."""
+    from ..inference.segment3d import stack_means, thin_stack
+    flags = _blank_planes(job, axis, region, i0, i1, group)
+    if pad is None or (axis != 0 and not thin_stack(job.volume_shape)):
+        return flags
+    given = stack_means(planes_along(pad.view(np.uint8), axis, 0, pad.shape[axis]).astype(np.float32), group)
+    given = _planes(job, given, i0, i1, axis) >= 1.0  # a mean or a neighbour between: where all are padding
+    if flags is not None:
+        given[flags] = True
+    return given if given.any() else flags
+
+
 def _blank_rows(job: StackJob, region) -> np.ndarray | None:
     """Which sections of ``region`` (its z slice) are blank sections of the volume."""
     if not job.blank:
@@ -460,7 +489,7 @@ def _blank_rows(job: StackJob, region) -> np.ndarray | None:
     return rows if rows.any() else None
 
 
-def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
+def _fused(job: StackJob, lm, region: np.ndarray, xy, where, pad: np.ndarray | None = None) -> np.ndarray:
     """Probability fusion of the xy slices of ``region``: the mean of the three
     stacks' raw probabilities, as a whole-volume run computes it (xz / yz planes averaged
     in groups from the region's start, which lies on the volume's groups)."""
@@ -471,7 +500,7 @@ def _fused(job: StackJob, lm, region: np.ndarray, xy, where) -> np.ndarray:
         k = job.fused_strides[ax]
         planes = stack_means(planes_along(region, ax, 0, region.shape[ax]), k)
         out = _predict(job, job.predictor(lm, ax), _planes(job, planes, axis=ax), ax, where,
-                       _blank_planes(job, ax, where, group=k))
+                       _stack_blank(job, pad, ax, where, group=k))
         if blank is not None:
             out = clear_rows(out, blank, job.factor(0))
         full = np.zeros(region.shape, np.uint8)
@@ -532,9 +561,10 @@ def network_block(job: StackJob, block: Block) -> dict:
             out.heatmap[:, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16),
             out.offsets[:, :, cells[0]:cells[0] + csize[0], cells[1]:cells[1] + csize[1]].astype(np.float16)))
 
+    pad = _section_padding(job, data, region)
     if job.fusion:  # the xz and yz stacks need every slice of the region at once
-        out = _predict(job, predictor, _planes(job, rm, axis=a), a, region, _blank_planes(job, a, region))
-        store(k0, _fused(job, lm, rm, out, region)[k0:k1], out[k0:k1])
+        out = _predict(job, predictor, _planes(job, rm, axis=a), a, region, _stack_blank(job, pad, a, region))
+        store(k0, _fused(job, lm, rm, out, region, pad)[k0:k1], out[k0:k1])
     else:  # batch by batch: memory holds one batch of outputs
         ctx = _context(job, a, region)
         from ..inference.segment3d import clear_rows
@@ -542,7 +572,7 @@ def network_block(job: StackJob, block: Block) -> dict:
         for i0 in range(k0, k1, job.batch_size):
             i1 = min(i0 + job.batch_size, k1)
             out = _predict_planes(job, predictor, _planes(job, rm, i0, i1, a),
-                                  None if ctx is None else np.array(ctx[i0:i1]), _blank_planes(job, a, region, i0, i1))
+                                  None if ctx is None else np.array(ctx[i0:i1]), _stack_blank(job, pad, a, region, i0, i1))
             if blank is not None:
                 out = clear_rows(out, blank, job.factor(0))
             store(i0, out.semantic_probability, out)

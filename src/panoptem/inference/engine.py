@@ -13,9 +13,9 @@ from ..models.home import DEFAULT_MODEL
 from ..models.load import LoadedModel, load_model
 from ..params import AUTO_TILE
 from .cache import probability_bytes
-from .predict import (CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, framed_inputs, placed,
+from .predict import (CELL, ModelOutput, cell_sums, context_of_sums, encode_batch, framed_inputs, per_pixel, placed,
                       predict_batch)
-from .preprocess import dtype_range, intensity_range, uniform_planes
+from .preprocess import dtype_range, intensity_range, padding_in, uniform_planes
 
 
 @dataclass
@@ -275,12 +275,13 @@ class Predictor:
         return ModelOutput(*(np.concatenate([getattr(o, f) for o in outs])
                              for f in ("semantic_probability", "heatmap", "offsets")))
 
-    def prepare(self, planes: np.ndarray, intensity, timings: dict | None = None) -> Prepared | None:
+    def prepare(self, planes: np.ndarray, intensity, timings: dict | None = None, blank="auto") -> Prepared | None:
         """The network inputs of (N, H, W) planes, made ahead of :meth:`predict` (e.g. in a
         reading thread while the network computes the previous planes); None for planes that
-        :meth:`predict` tiles. ``timings`` receives the seconds of ``normalise``."""
+        :meth:`predict` tiles. ``timings`` receives the seconds of ``normalise``; ``blank``: see
+        :meth:`predict`."""
         from ._pipeline import StageClock
-        planes, blank = self._on_grid(self.planes_in(planes), "auto")
+        planes, blank = self._on_grid(self.planes_in(planes), blank)
         if self._tiled(planes):
             return None
         with StageClock(timings if timings is not None else {})("normalise"):
@@ -297,7 +298,9 @@ class Predictor:
         ``normalise`` and ``forward`` (see :func:`.predict.predict_batch`). ``blank``: which
         planes are padding throughout (a bool per plane, (N,) or (N, C) with neighbours, or
         None), by default those of one value; a caller that holds crops of larger planes gives
-        the whole planes' (a crop's uniformity says nothing of its plane's)."""
+        the whole planes' (a crop's uniformity says nothing of its plane's). Or where the planes
+        hold padding, per pixel (N, H, W), as found where they were cut from (see
+        :func:`.predict.per_pixel`): added to what the planes show, those of one value among it."""
         if isinstance(planes, Prepared):
             outs = [self._predict(None, None, timings=timings, prepared=p) for p in planes.batches]
         else:
@@ -326,8 +329,16 @@ class Predictor:
     def _on_grid(self, planes: np.ndarray, blank):
         """``planes`` on the network grid (:meth:`to_network_grid`) and their ``blank`` flags (see
         :meth:`predict`), found before resampling where not given: a plane of one value resampled
-        by a fraction is not of one value to the last bit of float32."""
-        if isinstance(blank, str) and self.resample is not None:
+        by a fraction is not of one value to the last bit of float32. Padding given per pixel is
+        resampled with them (a network pixel is padding where all it covers is), the planes of one
+        value added."""
+        if self.resample is not None and per_pixel(blank):
+            given = np.array(blank, bool)
+            one = uniform_planes(planes)
+            if one is not None:
+                given[one if given.ndim == planes.ndim else one.reshape(len(one), -1).all(axis=1)] = True
+            blank = self.to_network_grid(given.astype(np.float32)) >= 1.0
+        elif isinstance(blank, str) and self.resample is not None:
             blank = uniform_planes(planes)
         return self.to_network_grid(planes), blank
 
@@ -344,7 +355,8 @@ class Predictor:
         for (y0, y1, x0, x1), (ny0, ny1, nx0, nx1) in tiles:
             feats, tissue = encode_batch(self._graph("encode"), planes[..., y0:y1, x0:x1], intensity,
                                          device=self.model.device, downsampling=f,
-                                         padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std), blank=blank)
+                                         padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std),
+                                         blank=_tile_blank(planes, blank, (y0, y1, x0, x1)))
             ty, tx = y0 // f, x0 // f
             rows = slice(-(-(ny0 - ty) // CELL), -(-(ny1 - ty) // CELL))
             cols = slice(-(-(nx0 - tx) // CELL), -(-(nx1 - tx) // CELL))
@@ -404,7 +416,8 @@ class Predictor:
         if self.weighs_tissue and tile // f < AUTO_TILE:
             context = self._tiles_context(planes, intensity, blank, tiles)
         for (y0, y1, x0, x1), (ny0, ny1, nx0, nx1) in tiles:
-            o = self._predict(planes[..., y0:y1, x0:x1], intensity, context=context, blank=blank)
+            o = self._predict(planes[..., y0:y1, x0:x1], intensity, context=context,
+                              blank=_tile_blank(planes, blank, (y0, y1, x0, x1)))
             if prob is None:
                 prob = np.zeros((n, o.semantic_probability.shape[1], hn, wn), np.uint8 if compact else np.float32)
             core = o.semantic_probability[:, :, ny0 - y0 // f:ny1 - y0 // f, nx0 - x0 // f:nx1 - x0 // f]
@@ -423,6 +436,23 @@ def _rows(intensity, i0: int, i1: int):
     """Planes ``i0:i1``'s part of an ``intensity`` argument: one (low, high) for all, or one per plane."""
     rng = np.asarray(intensity, np.float32)
     return rng[i0:i1] if rng.ndim == 2 else rng
+
+
+def _tile_blank(planes: np.ndarray, blank, box: tuple[int, int, int, int]):
+    """The ``blank`` argument of a tile (``box``: y0, y1, x0, x1) of ``planes`` given the whole
+    planes' (flags per plane, or padding per pixel): its padding per pixel as the whole planes
+    show it (a band of padding the tile cuts is padding), with the planes of one value."""
+    y0, y1, x0, x1 = box
+    if per_pixel(blank):
+        return np.asarray(blank)[..., y0:y1, x0:x1]
+    first = planes if planes.ndim == 3 else planes[:, planes.shape[1] // 2]  # the middle plane's, with neighbours
+    pad = padding_in(first, (slice(None), slice(y0, y1), slice(x0, x1)))
+    if pad is None:
+        return blank
+    if blank is not None:
+        one = np.asarray(blank)
+        pad[one if one.ndim == 1 else one[:, one.shape[1] // 2]] = True
+    return pad
 
 
 def _part(blank, i0: int, i1: int):

@@ -106,13 +106,29 @@ def context_of_sums(sums: dict[str, np.ndarray]) -> np.ndarray:
 def plane_padding(planes: np.ndarray, blank="auto") -> np.ndarray | None:
     """Where ``planes`` hold padding, at their own pixels: :func:`~.preprocess.padding_mask`, and
     every pixel of a plane of one value (``blank``: a bool per plane, None, or "auto":
-    :func:`~.preprocess.uniform_planes` of ``planes``); None where nothing is padding."""
+    :func:`~.preprocess.uniform_planes` of ``planes``), and where a ``blank`` given per pixel
+    (see :func:`per_pixel`) says so; None where nothing is padding."""
     pad = padding_mask(planes)
+    given = None
+    if per_pixel(blank):  # found where the planes were cut from: added to what they show themselves
+        given, blank = np.asarray(blank, bool), "auto"
+        given = given[:, None] if given.ndim < planes.ndim else given
+        if given.any():
+            pad = np.broadcast_to(given, planes.shape).copy() if pad is None else pad | given
     blank = uniform_planes(planes) if isinstance(blank, str) else blank
     if blank is not None:  # a blank section, a grey fill: nothing to find there either
         pad = np.zeros(planes.shape, bool) if pad is None else pad
         pad[blank] = True
     return pad
+
+
+def per_pixel(blank) -> bool:
+    """Whether a ``blank`` argument says where the planes hold padding pixel by pixel, (N, H, W):
+    found where they were cut from (a volume's xy sections for its xz / yz planes, the pixels
+    around a tile), which a plane cannot always tell by itself (a band of padding narrower than
+    :data:`~.preprocess.PAD_WINDOW` at its edge, or across a plane thinner than that). Else it
+    says which planes are padding throughout: a bool per plane, or None, or "auto"."""
+    return blank is not None and not isinstance(blank, str) and np.ndim(blank) >= 3
 
 
 #: a box that holds nothing: every pixel of the planes is padding

@@ -377,7 +377,8 @@ PAD_WINDOW = 33
 PADDING_RULE = (f"{PAD_WINDOW} px zero or not-finite squares; uniform planes, not-finite values left out "
                 "(before resampling; blockwise: whole planes); blank sections edge-on; edge cells by their "
                 "part in the plane; global context over the cells by their part that is not padding; the network "
-                "given the box within a frame of padding")
+                "given the box within a frame of padding; judged around tiles and regions; xz / yz planes of "
+                f"volumes under {PAD_WINDOW} sections take their sections' padding")
 
 
 def padding_mask(planes: np.ndarray) -> np.ndarray | None:
@@ -404,6 +405,31 @@ def padding_mask(planes: np.ndarray) -> np.ndarray | None:
     if not inner.any():
         return None
     return ndimage.maximum_filter(inner, size=size, mode="constant", cval=0).astype(bool) & zero
+
+
+def padding_in(planes, box: tuple[slice, ...]) -> np.ndarray | None:
+    """:func:`padding_mask` of ``planes[box]`` (a numpy or lazy array of planes; ``box``: a slice
+    per axis, the last two the rows and columns) judged with the ``PAD_WINDOW - 1`` pixels around
+    it where the planes have them: a band of padding that the box cuts, or a plane thinner than
+    the window made of its rows or columns, is padding as in the whole planes. None where the
+    box holds none."""
+    shape = tuple(planes.shape)
+    box = tuple(slice(*b.indices(n)[:2]) for b, n in zip(box, shape))
+    wide = _widened(box, shape, PAD_WINDOW - 1)
+    pad = padding_mask(np.asarray(planes[wide]))
+    if pad is None:
+        return None
+    pad = pad[tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide))]
+    return pad if pad.any() else None
+
+
+def may_hold_padding(planes: np.ndarray) -> bool:
+    """Whether ``planes`` hold enough zeros (or values that are not finite numbers) for a square
+    of :func:`padding_mask` or for part of one that lies beyond them: a test of one comparison."""
+    zero = planes == 0
+    if planes.dtype.kind in "fc":
+        zero |= ~np.isfinite(planes)
+    return np.count_nonzero(zero) >= PAD_WINDOW * PAD_WINDOW
 
 
 def uniform_planes(planes: np.ndarray) -> np.ndarray | None:

@@ -28,7 +28,7 @@ from .engine import Predictor
 from .linking import LinkResult, SliceLinker
 from .median import RunningMedian
 from .predict import clear_padding
-from .preprocess import PADDING_RULE, downsample, uniform_planes
+from .preprocess import PAD_WINDOW, PADDING_RULE, downsample, padding_in, padding_mask, uniform_planes
 from .resample import resize_at
 
 
@@ -136,17 +136,48 @@ def stack_means(block: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def blank_sections(volume, chunk: int = 16) -> np.ndarray | None:
-    """Which xy sections of a ZYX volume hold a single value throughout (a blank or grey-filled
-    section: see :func:`~.preprocess.uniform_planes`), a bool per z; None where none does. An xz
-    or yz stack sees such a section edge-on, as one row of each of its planes."""
+def sections_edge_on(volume, chunk: int = 16) -> tuple[np.ndarray | None, bool]:
+    """What an xz or yz stack sees edge-on in the xy sections of a ZYX volume, read once: which
+    sections hold a single value throughout (a blank or grey-filled section: see
+    :func:`~.preprocess.uniform_planes`; a bool per z, None where none does: one row of each
+    xz / yz plane), and whether the stack takes padding from the sections (see
+    :func:`stack_padding`): where some hold padding (:func:`~.preprocess.padding_mask`) and the
+    volume is too thin for its xz / yz planes to tell it themselves."""
     n = volume.shape[0]
     out = np.zeros(n, bool)
+    padded = False
     for z0 in range(0, n, chunk):
-        flags = uniform_planes(planes_along(volume, 0, z0, min(z0 + chunk, n)))
+        sections = planes_along(volume, 0, z0, min(z0 + chunk, n))
+        flags = uniform_planes(sections)
         if flags is not None:
             out[z0:z0 + len(flags)] = flags
-    return out if out.any() else None
+        padded = padded or (thin_stack(volume.shape) and padding_mask(sections) is not None)
+    return (out if out.any() else None), padded
+
+
+def thin_stack(shape) -> bool:
+    """Whether the xz / yz planes of a ZYX volume of ``shape`` are too thin to tell padding
+    themselves (fewer sections than :data:`~.preprocess.PAD_WINDOW`): they take it from the xy
+    sections (:func:`stack_padding`); deeper ones judge their own, as xy planes do."""
+    return shape[0] < PAD_WINDOW
+
+
+def stack_padding(volume, axis: int, i0: int, i1: int, stride: int = 1) -> np.ndarray | None:
+    """Where the planes ``i0:i1`` of the volume's xz (``axis`` 1) or yz (2) stack hold padding,
+    per pixel, as its xy sections show it (:func:`~.preprocess.padding_in`): (n, Z, X or Y),
+    None where they hold none. A plane thinner than :data:`~.preprocess.PAD_WINDOW` cannot tell a
+    band of padding by itself (a volume of few sections in a frame). ``stride`` k > 1: each
+    plane the mean of k (:func:`stack_means`), padding where all k are."""
+    n = volume.shape[axis]
+    a, b = i0 * stride, min(i1 * stride, n)
+    pad = padding_in(volume, (slice(None), slice(a, b), slice(None)) if axis == 1 else
+                     (slice(None), slice(None), slice(a, b)))
+    if pad is None:
+        return None
+    pad = np.moveaxis(pad, axis, 0)
+    if stride > 1:
+        pad = np.logical_and.reduceat(pad, np.arange(0, len(pad), stride), axis=0)
+    return pad if pad.any() else None
 
 
 def clear_rows(out, rows: np.ndarray, factor=1):
@@ -226,7 +257,7 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
               probability_sink=None, timings: dict | None = None, cache_dir=None,
               callback=None, work_dir=None, output=None, reset_stale: bool = False,
               overlap: bool = True, renumber: Callable[[LinkResult], np.ndarray] | None = None,
-              deferred: bool = False, blank_rows: np.ndarray | None = None
+              deferred: bool = False, blank_rows: np.ndarray | None = None, padded_sections: bool = False
               ) -> np.ndarray | int | Callable[[], np.ndarray | int]:
     """Segment ``volume`` (ZYX) as a stack of planes; returns the linked,
     filtered panoptic volume in ZYX order.
@@ -256,8 +287,10 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     ``deferred``: return as soon as the network is done, with a function that completes the
     stack (the last decoding, the linking's solution, the relabelling) and returns what
     ``run_stack`` would: the next stack's network can then run while it completes.
-    ``blank_rows``: the volume's blank sections (:func:`blank_sections`): an xz / yz stack finds
-    nothing on them (an xy stack finds nothing on any plane of one value by itself).
+    ``blank_rows``, ``padded_sections``: the volume's blank sections and whether any holds padding
+    (:func:`sections_edge_on`): an xz / yz stack finds nothing on the blank ones (an xy stack finds
+    nothing on any plane of one value by itself) and takes the padding from the sections
+    (:func:`stack_padding`).
     ``timings`` receives wall and CPU seconds per stage (``read``, ``normalise``,
     ``forward``, ``quantise``, ``median``, ``decode``, ``link``, ``link_solve``, ``relabel``), plus
     ``network_s`` (the network's calls; each batch's input is normalised ahead of them, in the
@@ -382,9 +415,11 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
             i1 = min(i0 + b, n)
             planes = planes_at(i0, i1)
             hashes = plane_hashes(planes) if cache is not None else None
+            pad = stack_padding(volume, axis, i0, i1, stride) if padded_sections and axis != 0 else None
         # valid() reads the cache's table in memory, at slices the decoding thread is not storing
         cached = cache is not None and cache.valid(i0, hashes)
-        return i0, i1, planes, hashes, cached, None if cached else predictor.prepare(planes, intensity, tm)
+        blank = "auto" if pad is None else pad
+        return i0, i1, planes, hashes, cached, None if cached else predictor.prepare(planes, intensity, tm, blank), blank
 
     bar = None
     if progress:
@@ -396,14 +431,14 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
     behind = BehindNetwork(reader, worker) if cpu_network and overlap else None
     stopping = threading.Event()
     try:
-        for i0, i1, planes, hashes, cached, prepared in reader:
+        for i0, i1, planes, hashes, cached, prepared, blank in reader:
             fresh = not cached
             if cached:
                 with clock("quantise"):
                     out = cache.get(i0, i1)
             else:
                 t = time.perf_counter()
-                out = predictor.predict(planes if prepared is None else prepared, intensity, timings=tm)
+                out = predictor.predict(planes if prepared is None else prepared, intensity, timings=tm, blank=blank)
                 t = time.perf_counter() - t
                 tm["network_s"] += t
                 if behind is not None:
@@ -842,9 +877,9 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     if record is not None and predictor.card.context_slices:  # where the neighbours the network saw lie
         record["neighbour_step"] = {pl: plan.neighbour_step(pl) for pl in planes_of(p)}
     kw = dict(timings=timings, cache_dir=cache_dir, callback=callback, reset_stale=reset_stale, overlap=overlap)
-    if p.orthoplane or p.inference_plane != "xy":  # xz / yz stacks see a blank section edge-on
+    if p.orthoplane or p.inference_plane != "xy":  # xz / yz stacks see the sections edge-on
         with StageClock(timings)("read"):
-            kw["blank_rows"] = blank_sections(volume)
+            kw["blank_rows"], kw["padded_sections"] = sections_edge_on(volume)
     if output is not None and not p.orthoplane and card.num_classes == 1 and not p.return_panoptic:
         from ..io import open_label_writer, read_image
         work.mkdir(parents=True, exist_ok=True)
