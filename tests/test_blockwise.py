@@ -282,6 +282,23 @@ def test_blockwise_of_a_model_that_sees_neighbours_equals_whole_volume(vol, tmp_
     assert not np.array_equal(whole, segment_3d(vol, dark_blob_model(), **P, **params).labels["mitochondria"])
 
 
+@pytest.mark.parametrize("params,neighbours", [({"inference_plane": "xz"}, True), ({"inference_plane": "yz"}, False),
+                                              ({"orthoplane": True, "fusion": "probability"}, True),
+                                              ({"orthoplane": True}, False)])
+def test_blockwise_thin_framed_volume_as_the_whole_volume(tmp_path, client, params, neighbours):
+    """A volume thinner than the padding window in a black frame: its xz / yz planes (with their
+    neighbours too) take the frame from the sections in blocks as in a whole-volume run, and a dark
+    blob finder finds nothing in it (the frame is darker than any blob)."""
+    vol = np.zeros((16, 160, 160), np.uint8)
+    vol[:, 40:, 40:] = scene((16, 120, 120))
+    m = neighbour_model() if neighbours else dark_blob_model()
+    whole = segment_3d(vol, m, **P, **params).labels["mitochondria"]
+    res, got = _blockwise(vol, tmp_path, model=m, client=client, block_shape=(16, 64, 64), halo=(32, 32, 32),
+                          **params)
+    assert res.blocks > 1 and whole.any() and not whole[:, :40].any() and not whole[..., :40].any()
+    np.testing.assert_array_equal(got, whole)
+
+
 @pytest.mark.parametrize("params,neighbours,block", [({"orthoplane": True}, False, (16, 64, 64)),
                                                     ({"orthoplane": True, "fusion": "probability"}, True, (16, 64, 64)),
                                                     ({"inference_plane": "xz"}, False, (16, 64, 64)),
