@@ -233,3 +233,11 @@ def test_tile_context_script_compares_both_contexts_with_one_pass(lucchi):
     assert plane["default"] and not own["default"]
     assert plane["foreground_agreement"] > 0.99 and own["foreground_agreement"] > 0.98
     assert plane["mean_abs_difference"] < own["mean_abs_difference"]  # the plane's context: nearer the one pass
+
+
+def test_framed_thin_script_finds_nothing_in_the_frame_in_either_engine(lucchi):
+    lines = [json.loads(x) for x in _run(BENCH / "framed_thin.py", "--lucchi", lucchi, "--z", "135:143",
+                                         "--crop", "0:256,0:256", "--planes", "xz", "--blockwise")]
+    assert [(r["plane"], r["engine"]) for r in lines] == [("xz", "memory"), ("xz", "blockwise")]
+    assert all(r["voxels_in_frame"] == 0 and r["shape"] == [8, 336, 336] for r in lines)
+    assert lines[0]["foreground_iou"] > 0.98 and lines[1]["foreground_iou"] > 0.9

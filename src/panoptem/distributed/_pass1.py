@@ -467,12 +467,13 @@ def _stack_blank(job: StackJob, pad: np.ndarray | None, axis: int, region, i0: i
                  i1: int | None = None, group: int = 1):
     """The ``blank`` argument of :func:`_planes`' planes ``i0:i1`` of the region's stack along
     ``axis`` (means of ``group``): padding per pixel from the sections' (``pad``, see
-    :func:`_section_padding`) where they hold some, for xy planes and the xz / yz planes of a
-    thin volume (``segment3d.thin_stack``) as a whole-volume run judges them, with the volume's
-    planes of one value (see :func:`_blank_planes`); else those planes alone."""
+    :func:`_section_padding`) where they hold some, for xy planes, and for xz / yz planes where
+    the region is too thin for them to tell it themselves (``segment3d.thin_stack``: a thin
+    volume, as a whole-volume run judges them, or a region cut thin from a deeper one), with the
+    volume's planes of one value (see :func:`_blank_planes`); else those planes alone."""
     from ..inference.segment3d import stack_means, thin_stack
     flags = _blank_planes(job, axis, region, i0, i1, group)
-    if pad is None or (axis != 0 and not thin_stack(job.volume_shape)):
+    if pad is None or (axis != 0 and not thin_stack((region[0].stop - region[0].start,))):
         return flags
     given = stack_means(planes_along(pad.view(np.uint8), axis, 0, pad.shape[axis]).astype(np.float32), group)
     given = _planes(job, given, i0, i1, axis) >= 1.0  # a mean or a neighbour between: where all are padding
