@@ -109,7 +109,6 @@ def plane_padding(planes: np.ndarray, blank="auto") -> np.ndarray | None:
     :func:`~.preprocess.uniform_planes` of ``planes``), and where a ``blank`` given per pixel
     (see :func:`per_pixel`) says so; None where nothing is padding."""
     pad = padding_mask(planes)
-    given = None
     if per_pixel(blank):  # found where the planes were cut from: added to what they show themselves
         given, blank = np.asarray(blank, bool), "auto"
         given = given[:, None] if given.ndim < planes.ndim else given
