@@ -34,16 +34,18 @@ def main() -> None:
     memo: dict[str, object] = {}
     network = engine.Predictor.predict
 
-    def remembered(self, planes, intensity=None, timings=None):
-        # planes, or the network input made of them ahead (Predictor.prepare)
+    def remembered(self, planes, intensity=None, timings=None, blank="auto"):
+        # planes, or the network input made of them ahead (Predictor.prepare), and padding given per pixel
         parts = planes.inputs() if isinstance(planes, engine.Prepared) else [np.asarray(planes)]
+        if not isinstance(blank, str):
+            parts.append(np.asarray(blank))
         h = hashlib.blake2b(digest_size=16)
         for x in parts:
             h.update(np.ascontiguousarray(x).tobytes())
             h.update(str(x.shape).encode())
         key = h.hexdigest()
         if key not in memo:
-            memo[key] = network(self, planes, intensity, timings)
+            memo[key] = network(self, planes, intensity, timings, blank)
         return memo[key]
 
     engine.Predictor.predict = remembered
