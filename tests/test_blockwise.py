@@ -1666,3 +1666,15 @@ def test_a_cache_shared_by_runs_on_two_volumes_serves_each_its_own(tmp_path, cli
     whole = segment_3d(b, dark_blob_model(), **P).labels["mitochondria"]
     assert res.blocks > 1 and whole[8:16].any()
     np.testing.assert_array_equal(got, whole)
+
+
+def test_blockwise_invert_sees_the_volume_inverted_and_keeps_its_cache_apart(tmp_path, client, vol):
+    """``invert`` in blocks: an inverted volume gives the plain volume's labels, and network
+    outputs cached without it are refused with the reason."""
+    kw = dict(client=client, block_shape=(16, 64, 64), halo=(32, 32, 32))
+    _, plain = _blockwise(vol, tmp_path, "plain.zarr", cache_dir=tmp_path / "cache", **kw)
+    _, inv = _blockwise(255 - vol, tmp_path, "inv.zarr", invert=True, **kw)
+    assert plain.any()
+    np.testing.assert_array_equal(inv, plain)
+    with pytest.raises(PanoptemError, match=r"invert contrast differs"):
+        _blockwise(vol, tmp_path, "again.zarr", cache_dir=tmp_path / "cache", invert=True, **kw)

@@ -69,6 +69,10 @@ class PlaneParams(_Params):
                            "differs from the model's by more than 5 % (or lies outside the range it segments "
                            "best at), resample to it (labels come back on the input grid); Image "
                            "Downsampling then shrinks further.")
+    invert: bool = Field(False, description="Invert contrast: for images whose membranes and stained "
+                         "structures are bright on a dark background (e.g. backscattered-electron images "
+                         "not inverted for display); the network then sees them with the dark membranes of "
+                         "the transmission-like contrast it was trained on. Labels come back as usual.")
     confidence_thr: float = Field(0.5, ge=0.0, le=1.0, description="Segmentation Confidence Thr: "
                                   "probability above which a pixel is organelle (single-class models).")
     center_confidence_thr: float = Field(0.1, ge=0.0, le=1.0, description="Center Confidence Thr: "

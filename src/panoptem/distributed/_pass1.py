@@ -147,7 +147,8 @@ class StackJob:
         ip = [ax for ax in range(3) if ax != (self.axis if axis is None else axis)]
         return Predictor(lm, device=lm.device, downsampling=self.p.downsampling, batch_size=self.batch_size,
                          factor=tuple(float(self.factor(ax)) for ax in ip) if self.resample else None,
-                         runtime=self.runtime, precision=self.precision, threads=self.threads)
+                         runtime=self.runtime, precision=self.precision, threads=self.threads,
+                         invert=self.p.invert)
 
     def inplane(self) -> list[int]:
         return [ax for ax in range(3) if ax != self.axis]

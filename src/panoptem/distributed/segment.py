@@ -363,6 +363,8 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             net_key["stack_steps"] = list(strides)
         if precision == "int8":  # a quantized network's outputs
             net_key["precision"] = "int8"
+        if p.invert:  # the network saw the volume inverted
+            net_key["invert"] = True
         run_key = {"net": net_key, "params": p.model_dump()}
         work_existed = work.exists()  # an interrupted run's, to resume: kept whatever this run meets
         try:  # a run refused here (a cache of another run) leaves no work folder it made

@@ -112,7 +112,8 @@ KEY_WORDS = {"model": "model", "weights": "model", "intensity": "input", "shape"
              "input": "input", "plane": "plane", "downsampling": "downsampling or pixel size",
              "tile_size": "tile size", "tta": "tta", "stack_step": "pixel size", "precision": "precision",
              "block": "block shape", "halo": "halo", "neighbour_steps": "pixel size",
-             "stack_steps": "pixel size", "exact_context": "block context", "skip_empty": "skip empty blocks"}
+             "stack_steps": "pixel size", "exact_context": "block context", "skip_empty": "skip empty blocks",
+             "invert": "invert contrast"}
 
 
 def differing(stored: dict, key: dict) -> str:

@@ -61,7 +61,8 @@ class Predictor:
 
     def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, device: str = "auto",
                  downsampling: int = 1, tile_size: int = 0, batch_size: int = 4, factor=None,
-                 runtime: str = "torch", precision: str = "auto", threads: int | None = None, tta: bool = False):
+                 runtime: str = "torch", precision: str = "auto", threads: int | None = None, tta: bool = False,
+                 invert: bool = False):
         from .._memory import avoid_hugepage_stalls, fix_mmap_threshold, limit_arenas
         from .runtime import resolve_precision, resolve_runtime
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
@@ -80,6 +81,8 @@ class Predictor:
         self.runtime = resolve_runtime(runtime, self.model, self.model.device, self.precision)
         self.threads = threads
         self.tta = bool(tta)
+        #: whether the network sees the planes' contrast inverted (bright membranes made dark)
+        self.invert = bool(invert)
         #: how many of a stack's planes apart the neighbours of a model with context_slices lie (see
         #: segment3d.with_neighbours): 1 unless a run's pixel plan says the planes are farther or closer
         self.neighbour_step = 1.0
@@ -165,6 +168,12 @@ class Predictor:
         """The intensity range used to normalise ``image`` (plane or volume), see :func:`card_intensity`."""
         return card_intensity(self.card, image)
 
+    def _mapped(self, intensity) -> np.ndarray:
+        """The (low, high) intensities the network's input maps to 0 and 1: ``intensity`` (one
+        range, or one per plane), reversed where the contrast is inverted."""
+        rng = np.asarray(intensity, np.float32)
+        return rng[..., ::-1] if self.invert else rng
+
     @property
     def network(self):
         """What runs the forward pass: the PyTorch module or an ONNX Runtime session."""
@@ -241,7 +250,8 @@ class Predictor:
         n = self.card.normalization
         f = self.downsampling
         size = (-(-planes.shape[-2] // f), -(-planes.shape[-1] // f))
-        return framed_inputs(planes, intensity, f, self.card.pad_multiple, (n.mean, n.std), blank), len(planes), size
+        return (framed_inputs(planes, self._mapped(intensity), f, self.card.pad_multiple, (n.mean, n.std), blank),
+                len(planes), size)
 
     @property
     def weighs_tissue(self) -> bool:
@@ -256,7 +266,7 @@ class Predictor:
         n = self.card.normalization
         planes, blank = self._on_grid(self.planes_in(planes), blank)
         parts = [encode_batch(self._graph("encode"), planes[i:i + self.batch_size],
-                              _rows(intensity, i, i + self.batch_size),
+                              self._mapped(_rows(intensity, i, i + self.batch_size)),
                               device=self.model.device, downsampling=self.downsampling,
                               padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std),
                               blank=_part(blank, i, i + self.batch_size))
@@ -353,7 +363,7 @@ class Predictor:
         n, f = self.card.normalization, self.downsampling
         sums = {}
         for (y0, y1, x0, x1), (ny0, ny1, nx0, nx1) in tiles:
-            feats, tissue = encode_batch(self._graph("encode"), planes[..., y0:y1, x0:x1], intensity,
+            feats, tissue = encode_batch(self._graph("encode"), planes[..., y0:y1, x0:x1], self._mapped(intensity),
                                          device=self.model.device, downsampling=f,
                                          padding_factor=self.card.pad_multiple, mean_std=(n.mean, n.std),
                                          blank=_tile_blank(planes, blank, (y0, y1, x0, x1)))

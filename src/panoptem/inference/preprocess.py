@@ -176,13 +176,14 @@ def dtype_range(image) -> tuple[float, float]:
 
 
 def to_unit(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map ``[low, high]`` to ``[0, 1]``, clipped to :data:`CLIP_MARGIN` beyond; a new float32
-    array (NaN stays NaN). Where the range is a single value (a uniform image: a blank section,
-    a grey fill) that value is the mean grey 0.5 and any other lies beyond the ends: no
-    contrast, nothing to see, not the darkest grey (which looks like membranes and matrix).
+    """Map ``low`` to 0 and ``high`` to 1, clipped to :data:`CLIP_MARGIN` beyond; a new float32
+    array (NaN stays NaN). ``low`` above ``high`` inverts the contrast. Where the range is a
+    single value (a uniform image: a blank section, a grey fill) that value is the mean grey 0.5
+    and any other lies beyond the ends: no contrast, nothing to see, not the darkest grey (which
+    looks like membranes and matrix).
 
-    >>> to_unit(np.array([7, 7, 9]), 7, 7).tolist()
-    [0.5, 0.5, 1.5]
+    >>> to_unit(np.array([7, 7, 9]), 7, 7).tolist(), to_unit(np.array([10, 20]), 20, 10).tolist()
+    ([0.5, 0.5, 1.5], [1.0, 0.0])
     """
     image = np.asarray(image)
     narrow = np.asarray(high, np.float32) - np.asarray(low, np.float32)
@@ -196,9 +197,9 @@ def to_unit(image: np.ndarray, low: float, high: float) -> np.ndarray:
         if np.all(np.isfinite(span.astype(np.float32))):
             x, span = x.astype(np.float32), span.astype(np.float32)
         else:  # a range past float32's (+-3e38): divide in float64 too
-            x = (x / np.where(span > 0, span, 1.0)).astype(np.float32)
-            span = (span > 0).astype(np.float32)
-    flat = ~(span > 0)  # one value per range given (one per plane, or the whole image's)
+            x = (x / np.where(np.abs(span) > 0, span, 1.0)).astype(np.float32)
+            span = (np.abs(span) > 0).astype(np.float32)
+    flat = ~(np.abs(span) > 0)  # one value per range given (one per plane, or the whole image's)
     x /= np.where(flat, 1.0, span)
     if np.any(flat):
         const = np.broadcast_to(flat, x.shape)
@@ -208,7 +209,8 @@ def to_unit(image: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, low: float, high: float, mean: float = MEAN, std: float = STD) -> np.ndarray:
-    """Map ``[low, high]`` to ``[0, 1]`` (:func:`to_unit`) then standardise; returns float32.
+    """Map ``low`` to 0 and ``high`` to 1 (:func:`to_unit`; ``low`` above ``high`` inverts the
+    contrast) then standardise; returns float32.
 
     Values outside the range are clipped to a small margin, so a 16-bit image
     with a narrow range becomes as contrasty as an 8-bit one; values that are not
@@ -279,6 +281,7 @@ def means_first(planes: np.ndarray, low, high, factor: int) -> bool:
     if not planes.size:
         return False
     low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    low, high = np.minimum(low, high), np.maximum(low, high)  # an inverted range clips the same values
     span = np.where(high > low, high - low, 1.0)
     lo, hi = low - CLIP_MARGIN * span, high + CLIP_MARGIN * span
     info = np.iinfo(planes.dtype)

@@ -392,7 +392,8 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
     from .runtime import host_threads, network_threads, torch_threads
     nt = network_threads(threads)
     pred = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
-                     batch_size=batch_size, runtime=runtime, precision=precision, threads=nt, tta=p.tta)
+                     batch_size=batch_size, runtime=runtime, precision=precision, threads=nt, tta=p.tta,
+                     invert=p.invert)
     if stack is not None:
         if len(stack) != pred.card.input_channels:
             raise PanoptemError(f"Model '{pred.card.name}' sees {pred.card.context_slices} neighbour(s) on each "

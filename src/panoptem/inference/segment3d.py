@@ -399,6 +399,8 @@ def run_stack(volume, predictor: Predictor, params: Params3D, plane: str = "xy",
                "tile_size": predictor.tile_size, "padding": PADDING_RULE}  # outputs cleared on padding
         if predictor.tta:  # only then, so that caches made without the option stay valid
             key["tta"] = True
+        if predictor.invert:  # as tta: the network saw the planes inverted
+            key["invert"] = True
         if stride > 1:
             key["stack_step"] = stride
         if predictor.precision == "int8":  # a quantized network: its outputs are not a float run's to resume
@@ -761,7 +763,7 @@ def segment_3d(volume, model: str | LoadedModel = DEFAULT_MODEL, *, device: str 
     from .runtime import host_threads, network_threads, torch_threads
     predictor = Predictor(model, device=device, downsampling=p.downsampling, tile_size=p.tile_size,
                           batch_size=batch_size, runtime=runtime, precision=precision, threads=threads,
-                          tta=p.tta)
+                          tta=p.tta, invert=p.invert)
     predictor.threads = network_threads(threads)  # the ONNX session is made later
     from .resample import planes_of
     from .segment2d import check_classes, pixel_plan

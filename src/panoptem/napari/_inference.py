@@ -60,7 +60,7 @@ def precision_for(lm, quantized: bool) -> str:
 
 #: fields of the 3D form, grouped as empanada-napari groups them; the last group starts folded
 GROUPS_3D = {
-    "Input": ("pixel_size", "resample"),
+    "Input": ("pixel_size", "resample", "invert"),
     "2D Parameters": ("downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
                       "fine_boundaries", "semantic_only", "maximum_objects_per_class"),
     "Stack Parameters": ("median_slices", "min_size", "min_extent", "inference_plane", "label_erosion",
@@ -70,7 +70,7 @@ GROUPS_3D = {
     "Advanced": ("iou_thr", "ioa_thr", "bridge_gaps", "tile_size", "tta"),
 }
 GROUPS_2D = {
-    "Input": ("pixel_size", "resample"),
+    "Input": ("pixel_size", "resample", "invert"),
     "2D Parameters": ("downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
                       "fine_boundaries", "semantic_only", "min_piece_area", "fill_holes_in_segmentation",
                       "maximum_objects_per_class"),
