@@ -4,6 +4,8 @@ The other tissue is simulated from the Lucchi volume, and labelled as such:
 
 - ``invert``: the same EM with inverted contrast (bright membranes on dark), as some detectors /
   preparations give; the network never saw this polarity.
+- ``invert_told``: the same inverted EM, fine-tuned and scored with ``invert`` (the contrast told:
+  the network sees it as it knows it).
 - ``15nm``: the same EM at 15 nm/pixel (area-averaged x3 in y and x; labels take the centre pixel
   of each 3x3 block): objects a third the size the model was trained on.
 - ``control``: unchanged data (fine-tuning should not hurt where the model already works).
@@ -39,7 +41,7 @@ VAL_Z = range(135, 165)
 
 def transform(variant: str, img: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(Z, Y, X) uint8 image and 2D labels -> the variant's version of both."""
-    if variant == "invert":
+    if variant in ("invert", "invert_told"):
         return 255 - img, lab
     if variant == "15nm":
         z, h, w = img.shape
@@ -48,7 +50,7 @@ def transform(variant: str, img: np.ndarray, lab: np.ndarray) -> tuple[np.ndarra
         return np.round(small).astype(np.uint8), np.ascontiguousarray(lab[:, 1:h3 * 3:3, 1:w3 * 3:3])
     if variant == "control":
         return img, lab
-    raise SystemExit(f"unknown variant {variant}; choose invert, 15nm or control")
+    raise SystemExit(f"unknown variant {variant}; choose invert, invert_told, 15nm or control")
 
 
 def write_folder(folder: Path, images, masks) -> None:
@@ -107,7 +109,7 @@ def main():
             t1 = time.perf_counter()
             r = finetune(a.model, root / "train", val_dir=root / "val", name=f"demo_{variant}",
                          iterations=a.iterations, patch_size=size, layers=a.layers, lr=a.lr, device=a.device,
-                         seed=a.seed, log=lambda s: None)
+                         seed=a.seed, log=lambda s: None, invert=variant == "invert_told")
             losses = r["losses"]
             emit(what="finetune demo", variant=variant, base_model=model_card.name,
                  data=f"lucchi {variant}: {len(picked)} random {size}px patches from z0-124 (ground truth as "

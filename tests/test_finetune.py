@@ -406,6 +406,21 @@ def test_train_new_at_ten_iterations(home, tmp_path):
     assert len(r["losses"]) == 10
 
 
+def test_train_new_on_inverted_images_with_invert_trains_as_on_plain_ones(home, tmp_path):
+    from conftest import TINY_ARCH
+    plain = disc_dataset(tmp_path / "plain", n=2)
+    store_dataset([Patch(255 - img, lab, img.shape, "xy", i, 0, 0, img.shape[0], img.shape, source="discs")
+                   for i, (img, lab) in enumerate(discs(i) for i in range(2))], tmp_path / "inv")
+    arch = {k: v for k, v in TINY_ARCH.items() if k != "num_classes"}
+    a = train_new(plain, "a", iterations=3, patch_size=64, architecture=arch, log=lambda s: None)
+    b = train_new(tmp_path / "inv", "b", iterations=3, patch_size=64, architecture=arch, log=lambda s: None,
+                  invert=True)
+    np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-5)
+    assert get_card("b").training["invert"] is True
+    c = train_new(tmp_path / "inv", "c", iterations=3, patch_size=64, architecture=arch, log=lambda s: None)
+    assert not np.allclose(c["losses"], a["losses"], rtol=1e-3)
+
+
 def test_empty_patches_are_true_negatives_but_all_empty_is_refused(home, tmp_path, tiny_card):
     img, lab = discs(0)
     blank = np.full_like(img, 200)
@@ -641,3 +656,42 @@ def test_ctrl_c_of_the_finetune_command_keeps_a_checkpoint_the_same_command_resu
     assert main(args) == 0
     assert "resumed from step 3" in capsys.readouterr().err
     assert get_card("cc").training["iterations"] == 6
+
+
+def test_inverted_patches_train_and_score_as_the_plain_ones(home, tmp_path, tiny_card, monkeypatch):
+    """``invert``: patches with bright discs on a dark ground give the network the input of the
+    plain patches, so a fine-tuning run on them trains as the plain run does, and scores them
+    segmented with ``invert`` (as the dark-disc finder below finds what it finds in the plain
+    patches); the new card says so, and a scoring asked for with the other contrast is refused."""
+    from panoptem.training import finetune as ft
+    from _models import dark_blob_model
+    plain, inv = disc_dataset(tmp_path / "plain", n=3), tmp_path / "inv"
+    ps = []
+    for i in range(3):
+        img, lab = discs(i)
+        ps.append(Patch(255 - img, lab, img.shape, "xy", i, 0, 0, img.shape[0], img.shape, source="discs"))
+    store_dataset(ps, inv)
+    cfg = TrainConfig(batch_size=2, patch_size=64)
+    xa = DatasetFolders(plain).batch(np.random.default_rng(0), cfg)[0]
+    xb = DatasetFolders(inv, invert=True).batch(np.random.default_rng(0), cfg)[0]
+    torch.testing.assert_close(xb, xa, atol=1e-5, rtol=0)
+    assert not torch.allclose(DatasetFolders(inv).batch(np.random.default_rng(0), cfg)[0], xa, atol=0.1)
+    scored = []
+    real = ft.evaluate_pairs
+
+    def by_a_disc_finder(model, images, masks, divisors, **params):  # the scoring, with a model that finds discs
+        scored.append(real(dark_blob_model(), images, masks, divisors, **params))
+        return real(model, images, masks, divisors, **params)
+
+    monkeypatch.setattr(ft, "evaluate_pairs", by_a_disc_finder)
+    kw = dict(iterations=3, patch_size=64, val_fraction=0.34, log=lambda s: None)
+    a = finetune(str(tiny_card), plain, name="plain", **kw)
+    b = finetune(str(tiny_card), inv, name="inv", invert=True, **kw)
+    assert a["before"] == b["before"] and a["after"] == b["after"]
+    assert [h.split("/", 1)[1] for h in a["held_out"]] == [h.split("/", 1)[1] for h in b["held_out"]]
+    np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-5)
+    half = len(scored) // 2
+    assert scored[0]["n_pred"] > 0 and scored[half:] == scored[:half]  # the discs found, in both runs alike
+    assert get_card("inv").training["invert"] is True and "invert" not in get_card("plain").training
+    with pytest.raises(PanoptemError, match="invert is given twice"):
+        finetune(str(tiny_card), inv, name="again", invert=True, segment_params={"invert": False}, **kw)

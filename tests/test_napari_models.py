@@ -257,6 +257,7 @@ def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, 
     w.model.value, w.device.value = "tiny", "cpu"
     w.train_dir.value = tmp_path / "ds"
     w.name.value, w.iterations.value, w.patch_size.value, w.layers.value = "tiny_ft", 5, 64, "all"
+    w.invert.value = True  # the patches' contrast, told to the run
     _run_and_check_training(w, qtbot, 'tiny_ft', iterations=5)
     lines = w.results.value.splitlines()
     assert lines[0] == f"evaluated on {w.result['evaluated_on']}" and "held-out patch of 4" in lines[0]
@@ -264,7 +265,7 @@ def test_finetune_widget_trains_registers_and_shows_scores(viewer, qtbot, home, 
                         f"{w.result['after']['foreground_iou']:.3f}")
     assert any(s.startswith("precision_50: ") for s in lines) and any(s.startswith("recall_50: ") for s in lines)
     assert lines[-1].startswith("kept: ")
-    assert get_card("tiny_ft").training["iterations"] == 5
+    assert get_card("tiny_ft").training["iterations"] == 5 and get_card("tiny_ft").training["invert"] is True
     assert "tiny_ft" in inf.model.choices and "tiny_ft" in w.model.choices
 
 
@@ -296,4 +297,5 @@ def test_train_widget_trains_and_registers_a_new_model(viewer, qtbot, home, tmp_
     assert w.results.value.splitlines()[0] == f"evaluated on {w.result['evaluated_on']}"
     card = get_card("fresh")
     assert card.training["iterations"] == 5 and [c.name for c in card.classes] == ["mitochondria"]
+    assert "invert" not in card.training and not w.invert.value  # images as they are, unless told
     assert "fresh" in inf.model.choices

@@ -534,3 +534,36 @@ def test_every_scored_step_is_checkpointed(tmp_path):
         train(VolumeSlices(img, lab), tmp_path / "run", cfg, log=lambda s: None, on_step=killed_after,
               validate=lambda model, step: scored.append(step))
     assert scored == [3] and load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+
+
+def test_train_volume_on_an_inverted_volume_with_invert_is_the_plain_run(capsys, tmp_path, volume_files,
+                                                                         monkeypatch):
+    """``--invert``: a volume of bright discs trains, checks (2D) and scores its held-out block (3D)
+    as the plain volume does: the same weights and the same figures."""
+    from panoptem.training import train as train_mod
+    checked, real = [], train_mod.semantic_iou
+    monkeypatch.setattr(train_mod, "semantic_iou", lambda *a, **k: (checked.append(k.get("invert")), real(*a, **k))[1])
+    img, _ = disc_volume()
+    tifffile.imwrite(tmp_path / "inverted.tif", 255 - img)
+    kw = ("--iterations", "2", "--validate-every", "2")
+    train_volume(capsys, volume_files, tmp_path / "a", *kw)
+    train_volume(capsys, (tmp_path / "inverted.tif", volume_files[1]), tmp_path / "b", *kw, "--invert")
+    logs = [[json.loads(s) for s in (tmp_path / r / "log.jsonl").read_text().splitlines()] for r in "ab"]
+    assert [r.get("val_iou") for r in logs[1]] == pytest.approx([r.get("val_iou") for r in logs[0]], rel=1e-5)
+    assert (tmp_path / "b" / "val3d.jsonl").read_text() == (tmp_path / "a" / "val3d.jsonl").read_text()
+    wa, wb = weights(tmp_path / "a" / "weights.pt"), weights(tmp_path / "b" / "weights.pt")
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["invert"] is True
+    assert checked and checked == [False] * (len(checked) // 2) + [True] * (len(checked) // 2)
+
+
+def test_the_2d_checks_of_training_see_inverted_slices_inverted():
+    """The semantic IoU logged while training (``val_iou``) scores inverted slices inverted."""
+    from panoptem.training.train import semantic_iou
+    from _models import dark_blob_model
+    img, lab = disc_volume(n=2)
+    net = dark_blob_model().module
+    plain = semantic_iou(net, list(img), list(lab))
+    assert plain > 0.8
+    assert semantic_iou(net, list(255 - img), list(lab), invert=True) == pytest.approx(plain)
+    assert semantic_iou(net, list(255 - img), list(lab)) < 0.2

@@ -218,6 +218,9 @@ class _TrainingParams(_Params):
     gamma: float = Field(0.7, ge=0.0, le=10.0, description="Folder re-weighting: each image of a folder "
                          "holding n images is drawn with weight (1/n)^gamma.")
     seed: int = Field(0, ge=0, description="Seed of the random crops and augmentations.")
+    invert: bool = Field(False, description="Invert contrast: the images have bright membranes (see "
+                         "inference's invert); they are inverted for training and scoring, so the model keeps "
+                         "the dark-membrane contrast of its base. Segment with invert too.")
 
 
 class FinetuneParams(_TrainingParams):

@@ -37,7 +37,8 @@ def train_cmd(
                       schedule_steps=p.schedule_steps, anneal_from=p.anneal_from, hard_negatives=p.hard_negatives,
                       pale=p.pale, validate_every=p.validate_every)
     path = train_from_volume(image, labels, str(out_dir), train_slices, val_slices, cfg, resume=resume,
-                             log=lambda s: typer.echo(s, err=True), init=p.init, context_slices=p.context_slices)
+                             log=lambda s: typer.echo(s, err=True), init=p.init, context_slices=p.context_slices,
+                             invert=p.invert)
     typer.echo(json.dumps({"weights": str(path)}))
 
 

@@ -8,6 +8,7 @@ import threading
 
 import napari
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     FileEdit,
     FloatSpinBox,
@@ -80,6 +81,8 @@ class _TrainingDock(Dock):
         self.val_dir = FileEdit(label="Validation dataset (optional)", name="val_dir", mode="d", value="",
                                 tooltip=val_tip)
         self.name = LineEdit(label="New model name", name="new_name", value=name, tooltip=name_tip)
+        self.invert = CheckBox(label="Invert contrast", name="invert", value=False,
+                               tooltip=FinetuneParams.model_fields["invert"].description)
 
     def _dataset_and_name(self) -> tuple[str, str]:
         """The chosen training dataset folder and the new model's name; a :class:`PanoptemError`
@@ -205,8 +208,8 @@ class FinetuneWidget(_TrainingDock):
                                max=1.0, step=1e-4,
                                tooltip="Peak learning rate of the one-cycle schedule.")
         self.lr.native.setDecimals(6)
-        self.extend([Group("Fine-tune", [self.model, self.train_dir, self.val_dir, self.val_fraction, self.name,
-                                         self.iterations, self.patch_size, self.layers, self.lr, self.device]),
+        self.extend([Group("Fine-tune", [self.model, self.train_dir, self.val_dir, self.val_fraction, self.invert,
+                                         self.name, self.iterations, self.patch_size, self.layers, self.lr, self.device]),
                      Group("Replay", [self.replay_dir, self.replay_ratio], folded=True),
                      *self._footer()])
 
@@ -223,7 +226,7 @@ class FinetuneWidget(_TrainingDock):
               "name": name, "iterations": self.iterations.value, "patch_size": self.patch_size.value,
               "layers": self.layers.value, "lr": self.lr.value, "device": self.device.value,
               "val_fraction": self.val_fraction.value, "replay": chosen_path(self.replay_dir.value) or None,
-              "replay_ratio": self.replay_ratio.value}
+              "replay_ratio": self.replay_ratio.value, "invert": self.invert.value}
         self.status.value = "Scoring the model before fine-tuning..."
         self.start_training("finetune", kw, finetune_results)
 

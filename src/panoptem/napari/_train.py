@@ -69,7 +69,7 @@ class TrainWidget(_TrainingDock):
                                tooltip="Peak learning rate of the one-cycle schedule.")
         self.lr.native.setDecimals(6)
         self.architecture: dict | None = None
-        self.extend([Group("Data", [self.train_dir, self.val_dir, self.classes, self.label_divisor]),
+        self.extend([Group("Data", [self.train_dir, self.val_dir, self.classes, self.label_divisor, self.invert]),
                      Group("Model", [self.name, self.size, self.widths, self.iterations, self.patch_size,
                                      self.lr, self.device]),
                      *self._footer()])
@@ -103,7 +103,7 @@ class TrainWidget(_TrainingDock):
         kw = {"train_dirs": [train_dir], "name": name, "labels": classes, "label_divisor": div,
               "val_dir": chosen_path(self.val_dir.value) or None, "iterations": self.iterations.value,
               "patch_size": self.patch_size.value, "lr": self.lr.value, "device": self.device.value,
-              "architecture": arch}
+              "architecture": arch, "invert": self.invert.value}
         self.status.value = "Training..."
 
         def scores(res: dict) -> str:

@@ -486,12 +486,15 @@ class TrainingData:
     gamma : re-weighting exponent.
     normalization : the model card's :class:`~panoptem.models.card.Normalization`
         (default: percentiles 0.5 / 99.5, mean 0.5, std 0.25).
+    invert : the images have bright membranes: each is scaled with its range run backwards, as
+        inference with ``invert`` scales it.
     """
 
     def __init__(self, sources, classes=((1, "mitochondria", "instance"),), gamma: float = 0.7,
-                 normalization=None):
+                 normalization=None, invert: bool = False):
         self.classes = parse_classes(classes)
         self.normalization = normalization
+        self.invert = bool(invert)
         ids = [c[0] for c in self.classes]
         self.thing_channels = [i + 1 for i, c in enumerate(self.classes) if c[2] == "instance"]
         self.images, self.masks, self.divisors, self.names = [], [], [], []
@@ -507,7 +510,8 @@ class TrainingData:
                 code, cdiv = self._encode(f"Mask '{name}' in {source}", m, div, ids)
                 self.images.append(im); self.masks.append(m); self.divisors.append(div)
                 self.names.append(f"{Path(str(source)).name}/{name}")
-                self._ranges.append(_range(im, normalization))
+                rng = _range(im, normalization)
+                self._ranges.append(rng[::-1] if self.invert else rng)
                 self._codes.append(code); self._code_div.append(cdiv)
             counts.append(len(imgs))
             where.append(str(source))
@@ -621,7 +625,7 @@ class DatasetFolders(TrainingData):
     flipbook's neighbouring planes (see :func:`load_dataset`); the rest as :class:`TrainingData`."""
 
     def __init__(self, folders, classes=((1, "mitochondria", "instance"),), label_divisor: int | None = None,
-                 gamma: float = 0.7, normalization=None, context: int = 0):
+                 gamma: float = 0.7, normalization=None, context: int = 0, invert: bool = False):
         self.folders = dataset_folders([folders] if isinstance(folders, (str, Path)) else folders)
         self.label_divisor = label_divisor  # of the folders without dataset.json
         sources = []
@@ -629,7 +633,7 @@ class DatasetFolders(TrainingData):
             imgs, msks, meta = load_dataset(f, context)
             div = meta["label_divisor"] if meta["has_meta"] else label_divisor
             sources.append((f, imgs, msks, div, meta["names"]))
-        super().__init__(sources, classes, gamma, normalization)
+        super().__init__(sources, classes, gamma, normalization, invert)
 
 
 class VolumeSlices(TrainingData):
@@ -647,7 +651,7 @@ class VolumeSlices(TrainingData):
 
     def __init__(self, image, labels, slices: slice = slice(None), classes=((1, "mitochondria", "instance"),),
                  label_divisor: int | None = None, gamma: float = 0.7, normalization=None, name: str = "volume",
-                 context: int = 0):
+                 context: int = 0, invert: bool = False):
         if tuple(image.shape) != tuple(labels.shape) or len(image.shape) != 3:
             raise PanoptemError(f"A training volume and its labels must be ZYX arrays of one shape, not "
                                 f"{tuple(image.shape)} and {tuple(labels.shape)}.")
@@ -659,7 +663,7 @@ class VolumeSlices(TrainingData):
             imgs = [np.asarray(image[z]) for z in zs]
         msks = [label_mask(np.asarray(labels[z]), f"Labels of slice {z}") for z in zs]
         super().__init__([(name, imgs, msks, label_divisor, [f"z{z}" for z in zs])], classes, gamma,
-                         normalization)
+                         normalization, invert)
 
 
 def _pad_to(image01: np.ndarray, code: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -221,6 +221,7 @@ class _Mixed:
 
     def __init__(self, own, replay, ratio: float):
         self.own, self.replay, self.ratio = own, replay, float(ratio)
+        self.invert = own.invert  # the user's patches' contrast (the replayed data is the model's own)
 
     def __len__(self) -> int:
         return len(self.own)
@@ -253,7 +254,7 @@ def _subset(data: "DatasetFolders", idx: list[int], gamma: float):
         if mine:
             sources.append((folder, [data.images[i] for i in mine], [data.masks[i] for i in mine],
                             data.divisors[mine[0]], [data.names[i].split("/", 1)[1] for i in mine]))
-    return TrainingData(sources, data.classes, gamma, data.normalization)
+    return TrainingData(sources, data.classes, gamma, data.normalization, data.invert)
 
 
 def _validation(val_dir, data: "DatasetFolders", fraction: float, seed: int, gamma: float, context: int = 0):
@@ -271,6 +272,17 @@ def _validation(val_dir, data: "DatasetFolders", fraction: float, seed: int, gam
     return _subset(data, train_idx, gamma), val, where, [data.names[i] for i in held]
 
 
+def _scoring(segment_params: dict | None, invert: bool) -> dict:
+    """The inference parameters a training run scores with: ``segment_params`` with the run's
+    ``invert`` (the images' contrast, given once)."""
+    params = dict(segment_params or {})
+    if bool(params.get("invert", invert)) != bool(invert):
+        raise PanoptemError("invert is given twice, differently (the run's and segment_params'): the images "
+                            "are scored with the contrast they are trained with; give it once.")
+    params["invert"] = bool(invert)
+    return params
+
+
 def _training_folder(a: dict) -> Path:
     """Where a run named ``a["name"]`` trains: ``a["out_dir"]``, else the models home's folder."""
     from ..models.home import training_dir
@@ -283,7 +295,7 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
              batch_size: int = 8, gamma: float = 0.7, scale_range: tuple[float, float] = (0.75, 1.33),
              seed: int = 0, val_fraction: float = 0.25, validate_every: int = 0, replay=None,
              replay_ratio: float = 0.25, overwrite: bool = False, segment_params: dict | None = None, log=print,
-             on_step=None, stop=None, out_dir=None, resume: bool = True) -> dict:
+             on_step=None, stop=None, out_dir=None, resume: bool = True, invert: bool = False) -> dict:
     """Fine-tune a registered model on a dataset folder and register the result.
 
     Scores are never measured on the patches trained on: on ``val_dir``, or else on a
@@ -316,6 +328,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     replay : dataset folder(s) of the model's own training data to mix in.
     replay_ratio : share of every batch drawn from ``replay``.
     segment_params : inference parameters for the scoring (``segment_2d``'s).
+    invert : the patches have bright membranes: they are inverted for training and scoring (the
+        replayed data is not), and the new model is run with ``invert`` as well.
     log : receives progress lines; ``on_step`` receives every step's record
         (``step``, ``loss``, ...); raising from it stops the run.
     stop : asked after every step; True stops the run after that step, keeps a
@@ -342,8 +356,10 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     from .train import BestWeights, TrainConfig, _atomic_save, train
     opts = make_params(FinetuneParams, iterations=iterations, patch_size=patch_size, layers=layers, lr=lr,
                        batch_size=batch_size, gamma=gamma, scale_range=tuple(scale_range), seed=seed,
-                       val_fraction=val_fraction, validate_every=validate_every, replay_ratio=replay_ratio)
+                       val_fraction=val_fraction, validate_every=validate_every, replay_ratio=replay_ratio,
+                       invert=invert)
     iterations, lr, batch_size, gamma, seed = opts.iterations, opts.lr, opts.batch_size, opts.gamma, opts.seed
+    params = _scoring(segment_params, opts.invert)
     check_new_name(name, overwrite)
     card = get_card(model_name)
     if card.weights.format != "state_dict":
@@ -356,14 +372,14 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     base = load_model(model_name, device=dev)
     context = card.context_slices  # a model that sees neighbours trains on flipbook patches' planes around each
     dirs = [train_dir] if isinstance(train_dir, (str, Path)) else list(train_dir)
-    data = DatasetFolders(dirs, card.classes, card.label_divisor, gamma, card.normalization, context=context)
+    data = DatasetFolders(dirs, card.classes, card.label_divisor, gamma, card.normalization, context=context,
+                          invert=opts.invert)
     train_data, val, where, held = _validation(val_dir, data, opts.val_fraction, seed, gamma, context)
     replay_dirs = [replay] if isinstance(replay, (str, Path)) else list(replay or [])
     source = train_data
     if replay_dirs:
         source = _Mixed(train_data, DatasetFolders(replay_dirs, card.classes, card.label_divisor, gamma,
                                                    card.normalization, context=context), opts.replay_ratio)
-    params = segment_params or {}
     if val is None:
         log(f"note: {len(data)} patch(es) are too few to hold any out, and no validation folder was given: "
             "before/after are not measured and the last weights are kept; give --val-dir (or 3 patches or "
@@ -413,6 +429,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
     run = {"base_model": model_name, "train_dir": [_where(d) for d in dirs], "val_dir": _where(val_dir),
            "layers": layers, "gamma": gamma, "val_fraction": opts.val_fraction,
            "replay": [_where(r) for r in replay_dirs], "replay_ratio": opts.replay_ratio if replay_dirs else None}
+    if opts.invert:  # only then: runs of earlier releases stay resumable
+        run["invert"] = True
     restart = f"pass --restart (resume=False in Python) to start afresh, or choose another --name than '{name}'"
     # before its scores are read; a restarted run scores afresh
     claim_run(work_folder(stage, "checkpoints and weights"), cfg, run, resume, restart,
@@ -451,6 +469,8 @@ def finetune(model_name: str, train_dir, val_dir=None, name: str = "FinetunedMod
                          "replay_dirs": [str(d) for d in replay_dirs],
                          "replay_ratio": opts.replay_ratio if replay_dirs else 0.0,
                          "final_loss": float(np.mean(losses[-5:])) if losses else None}
+    if opts.invert:
+        new_card.training["invert"] = True  # its users' images have bright membranes: segment with invert
     path = _register(new_card, weights, name, overwrite)
     if not keep:  # registered: the default work folder goes
         discard(stage)  # renamed first: a run killed while removing it leaves no half checkpoint to resume
@@ -464,9 +484,9 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
               lr: float = 2e-3, batch_size: int = 8, gamma: float = 0.7, device: str = "auto",
               description: str = "", voxel_size_nm: float | None = None, out_dir=None, resume: bool = True,
               seed: int = 0, overwrite: bool = False, segment_params: dict | None = None, log=print,
-              on_step=None, stop=None) -> dict:
+              on_step=None, stop=None, invert: bool = False) -> dict:
     """Train a new model from dataset folders and register it (``log``,
-    ``on_step`` and ``stop`` as in :func:`finetune`).
+    ``on_step``, ``stop`` and ``invert`` as in :func:`finetune`).
 
     Parameters
     ----------
@@ -501,8 +521,9 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
     arch = dict(architecture or {})
     opts = make_params(TrainParams, iterations=iterations, patch_size=patch_size, lr=lr, batch_size=batch_size,
                        gamma=gamma, seed=seed, widths=arch.get("widths"), label_divisor=label_divisor,
-                       voxel_size_nm=voxel_size_nm)
+                       voxel_size_nm=voxel_size_nm, invert=invert)
     iterations, lr, batch_size, gamma, seed = opts.iterations, opts.lr, opts.batch_size, opts.gamma, opts.seed
+    params = _scoring(segment_params, opts.invert)
     check_new_name(name, overwrite)
     classes = parse_classes(labels)
     if len(classes) > 1 and not label_divisor:
@@ -518,7 +539,7 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
     arch = architecture_config(arch)  # the card records every setting, not only those given
     dev = pick_device(device)
     norm = Normalization()
-    data = DatasetFolders(dirs, classes, label_divisor, gamma, norm)
+    data = DatasetFolders(dirs, classes, label_divisor, gamma, norm, invert=opts.invert)
     out = _training_folder({"out_dir": out_dir, "name": name})
     cfg = TrainConfig(iterations=int(iterations), batch_size=min(batch_size, len(data)), patch_size=patch_size,
                       lr=lr, seed=seed, architecture=arch, device=dev,
@@ -531,6 +552,8 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
     losses: list[float] = []
     run = {"train_dirs": [_where(d) for d in dirs], "labels": [list(c) for c in classes],
            "label_divisor": label_divisor, "val_dir": _where(val_dir), "gamma": gamma}
+    if opts.invert:  # only then: runs of earlier releases stay resumable
+        run["invert"] = True
     weights = train(data, out, cfg, resume=resume, val=val, log=log,
                     on_step=lambda r: (losses.append(r["loss"]), on_step and on_step(r)), stop=stop, run=run,
                     restart=f"pass --restart (resume=False in Python) to start afresh, or choose another "
@@ -542,12 +565,14 @@ def train_new(train_dirs, name: str, labels=((1, "mitochondria", "instance"),), 
         classes=[ClassInfo(id=c, name=n, kind=k) for c, n, k in classes],
         label_divisor=label_divisor, normalization=norm, voxel_size_nm=voxel_size_nm, architecture=arch,
         weights=Weights(file=str(weights), format="state_dict"))
-    after = evaluate_pairs(_loaded(card, weights, dev), ims, mks, divs, **(segment_params or {}))
+    after = evaluate_pairs(_loaded(card, weights, dev), ims, mks, divs, **params)
     log(f"after: {after} on {where}")
     card.validation = {"evaluated_on": where, "after": after}
     card.training = {"train_dirs": [str(d) for d in dirs], "n_images": len(data), "iterations": int(iterations),
                      "lr": lr, "patch_size": patch_size, "batch_size": cfg.batch_size, "gamma": gamma,
                      "label_divisor": label_divisor}
+    if opts.invert:
+        card.training["invert"] = True
     path = _register(card, weights, name, overwrite)
     if not out_dir:  # registered: its default work folder goes (a later run of the name starts afresh)
         discard(out)

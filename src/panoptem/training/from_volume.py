@@ -54,7 +54,8 @@ def init_weights(name: str) -> tuple[dict, dict]:
 @one_run_per_folder(lambda a: Path(a["out_dir"]).expanduser())
 def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_slices: str,
                       val_slices: str | None, cfg: TrainConfig, resume: bool = True, log=print,
-                      init: str | None = None, min_size: int = 500, context_slices: int | None = None) -> Path:
+                      init: str | None = None, min_size: int = 500, context_slices: int | None = None,
+                      invert: bool = False) -> Path:
     """Train on ``train_slices`` of a ZYX volume and return the weights to keep.
 
     With ``val_slices``, the held-out block is segmented in 3D (xy stack, default
@@ -66,7 +67,8 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
     Without, the last weights are returned.
     ``init``: a registered model (or card / weights path) to start from, with its architecture.
     ``context_slices`` k: the network sees each slice with its k neighbours on each side (2k + 1
-    input channels; None: 0, or the ``init`` model's).
+    input channels; None: 0, or the ``init`` model's). ``invert``: the volume has bright membranes;
+    it is inverted for training and for the held-out block's scoring (segment with invert too).
     """
     from .._atomic import check_outside_inputs
     from ..io import read_image
@@ -108,10 +110,12 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
             log(f"training on the {len(train_zs)} slices outside the validation slices {val_slices}")
             if not train_zs:
                 raise PanoptemError(f"Validation slices '{val_slices}' leave no slice to train on; hold out fewer.")
-    ds = VolumeSlices(img, lab, train_zs, name=Path(labels_path).name, context=k)
+    ds = VolumeSlices(img, lab, train_zs, name=Path(labels_path).name, context=k, invert=invert)
     # a resumed run is this run: the same volume, slices, held-out block and scoring
     run = {"image": str(Path(image_path).absolute()), "labels": str(Path(labels_path).absolute()),
            "train_slices": train_slices, "val_slices": val_slices, "min_size": min_size}
+    if invert:  # only then: runs of earlier releases stay resumable
+        run["invert"] = True
     restart = "pass --restart to start afresh, or give another -o folder"
     if vs is None:
         return train(ds, out_dir, cfg, resume=resume, log=log, init_state=init_state, run=run, restart=restart)
@@ -137,7 +141,8 @@ def train_from_volume(image_path: str, labels_path: str, out_dir: str, train_sli
         from ..models.load import LoadedModel
         card = ModelCard(name="validation", architecture=architecture_config(model.config), context_slices=k,
                          weights=Weights(file="(in training)"))
-        res = segment_3d(vimg, LoadedModel(card, model, cfg.device), runtime="torch", min_size=min_size)
+        res = segment_3d(vimg, LoadedModel(card, model, cfg.device), runtime="torch", min_size=min_size,
+                         invert=invert)
         scores = {"step": step, **score_3d(next(iter(res.labels.values())), vlab, min_size)}
         log(json.dumps({"val3d": scores}))
         with open(out / "val3d.jsonl", "a") as f:

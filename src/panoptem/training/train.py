@@ -173,13 +173,15 @@ class BestWeights:
             write_text(self.record, json.dumps(self.scores))
 
 
-def semantic_iou(model, images: list[np.ndarray], masks: list[np.ndarray], device="cpu") -> float:
-    """Foreground IoU of thresholded semantic output on whole slices."""
+def semantic_iou(model, images: list[np.ndarray], masks: list[np.ndarray], device="cpu",
+                 invert: bool = False) -> float:
+    """Foreground IoU of thresholded semantic output on whole slices (``invert``: seen with
+    their contrast inverted)."""
 
     inter = union = 0
     for im, m in zip(images, masks):
         lo, hi = intensity_range(im)
-        out = predict_batch(model, im[None], (lo, hi), device=device)
+        out = predict_batch(model, im[None], (hi, lo) if invert else (lo, hi), device=device)
         prob = out.semantic_probability[0]
         # several channels: softmax over background + classes, foreground = not background
         pred = prob[0] >= 0.5 if prob.shape[0] == 1 else prob.argmax(0) > 0
@@ -490,7 +492,7 @@ def train(dataset: "TrainingData", out_dir: str | Path, cfg: TrainConfig, resume
             stopping = stop is not None and step < cfg.iterations and bool(stop())
             if val is not None and (step % cfg.validate_every == 0 or step == cfg.iterations):
                 model.eval()
-                rec["val_iou"] = semantic_iou(model, *val, device=cfg.device)
+                rec["val_iou"] = semantic_iou(model, *val, device=cfg.device, invert=dataset.invert)
                 _train_mode(model, frozen)
             scored = validate is not None and (step % cfg.validate_every == 0 or step == cfg.iterations)
             if scored:
