@@ -1029,6 +1029,32 @@ def test_export_widget_writes_masks_and_images(viewer, qtbot, tmp_path):
     assert w.status.value.startswith("Error: Voxel size needs 3 positive numbers")
 
 
+def test_export_widget_writes_surface_meshes_where_napari_shows_the_objects(viewer, qtbot, tmp_path):
+    """Surface meshes (3D): meshes/<label>.ply beside masks/, x, y, z in nm with the layer's
+    position added; refused for a 2D layer, with nothing written."""
+    from panoptem import measure
+    from panoptem.napari._export import ExportWidget
+    from panoptem.meshes import INDEX, mesh_area
+    from test_meshes import VS, read_ply, scene
+    lab_data = scene()
+    lab = viewer.add_labels(lab_data, name="mito", scale=VS, translate=(500.0, 0.0, -40.0))
+    w = dock(viewer, ExportWidget)
+    w.labels_layer.value, w.folder.value, w.meshes.value = lab, tmp_path, True
+    run_and_wait(qtbot, w)
+    root = tmp_path / "mito"
+    assert w.status.value == f"Exported 1 mask file(s), 3 mesh(es) to {root}."
+    assert sorted(p.name for p in (root / "meshes").iterdir()) == ["12.ply", "3.ply", "7.ply", INDEX]
+    table = measure(lab_data, voxel_size=VS)
+    v, f = read_ply(root / "meshes" / "3.ply")
+    assert mesh_area(v, f) == pytest.approx(table["surface_area_nm2"][0], rel=1e-4)
+    centre = [table[f"centroid_{a}_nm"][0] + t for a, t in zip("xyz", (-40.0, 0.0, 500.0))]
+    assert np.allclose(v.mean(axis=0), centre, atol=5.0)
+    flat = viewer.add_labels(lab_data[10], name="flat")
+    w.labels_layer.value = flat
+    run_and_wait(qtbot, w)
+    assert w.status.value.startswith("Error: Surface meshes are made of 3D objects") and not (tmp_path / "flat").exists()
+
+
 @pytest.mark.parametrize("name", ["..", "."])
 def test_export_never_writes_or_cleans_up_outside_its_own_folder(tmp_path, name):
     """A Name of '..' or '.' is refused (with a folder not made yet, '..' wrote beside it, and a

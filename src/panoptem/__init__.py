@@ -26,6 +26,7 @@ _LAZY = {
     "measure": ("._measure", "measure"),
     "summarize": ("._measure", "summarize"),
     "to_rows": ("._measure", "to_rows"),
+    "export_meshes": (".meshes", "export_meshes"),
     "write_table": ("._table", "write_table"),
     "preview": (".reporting", "preview"),
     "report": (".reporting", "report"),

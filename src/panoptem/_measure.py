@@ -374,22 +374,30 @@ def volume_level(sums: np.ndarray, peak: float, voxels) -> float | None:
     return None if peak < 0.5 or level >= peak else float(max(level, 0.5 / B))
 
 
+def surface_field(mask: np.ndarray, vs) -> tuple[np.ndarray, float, np.ndarray]:
+    """What an object's surface is drawn on: its mask (bool, its box) zero-padded by the
+    smoothing's margin and smoothed (:func:`smooth_mask`), the level that keeps its volume
+    (:func:`volume_level`; the unsmoothed mask at 0.5 where the smoothing flattens it), and the
+    margin added on both sides of each axis (voxels, one per axis)."""
+    margin = smoothing(vs)[1]
+    crop = np.pad(mask, [(int(m),) * 2 for m in margin]).astype(np.float32)
+    smooth = smooth_mask(crop, vs)
+    level = volume_level(level_sums(smooth), float(smooth.max()), np.count_nonzero(mask))
+    if level is None:
+        return crop, 0.5, margin
+    return smooth, level, margin
+
+
 def _boundaries(lab: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                 vs: np.ndarray) -> np.ndarray:
     """Surface area (3D, marching cubes) or perimeter (2D, marching squares) of each object."""
     out = np.zeros(len(lo))
-    pad = [(int(m),) * 2 for m in smoothing(vs)[1]]
     for i in range(len(lo)):  # meshes are per object by nature; crops keep each one small
-        mask = lab[tuple(slice(a, b) for a, b in zip(lo[i], hi[i]))] == ids[i]
-        crop = np.pad(mask, pad).astype(np.float32)
-        smooth = smooth_mask(crop, vs)
-        level = volume_level(level_sums(smooth), float(smooth.max()), np.count_nonzero(mask))
-        if level is None:
-            smooth, level = crop, 0.5
+        field, level, _ = surface_field(lab[tuple(slice(a, b) for a, b in zip(lo[i], hi[i]))] == ids[i], vs)
         if lab.ndim == 3:
-            verts, faces, _, _ = marching_cubes(smooth, level=level, spacing=tuple(vs))
+            verts, faces, _, _ = marching_cubes(field, level=level, spacing=tuple(vs))
             out[i] = mesh_surface_area(verts, faces)
         else:
             out[i] = sum(np.linalg.norm(np.diff(c * vs, axis=0), axis=1).sum()
-                         for c in find_contours(smooth, level))
+                         for c in find_contours(field, level))
     return out

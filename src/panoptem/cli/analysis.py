@@ -1,4 +1,4 @@
-"""``panoptem evaluate``, ``panoptem report`` and ``panoptem measure``."""
+"""``panoptem evaluate``, ``panoptem report``, ``panoptem measure`` and ``panoptem mesh``."""
 
 import json
 from pathlib import Path
@@ -182,3 +182,52 @@ def measure_cmd(
     summ = {k: [float(x) for x in v] for k, v in summarize(table).items()}
     typer.echo(json.dumps({"output": str(out), "objects": int(len(table["label"])), "voxel_size_nm": vs,
                            "summary": summ}))
+
+
+@app.command("mesh")
+def mesh_cmd(
+    labels: str = typer.Argument(..., help="Label volume (ZYX, any readable format)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder of meshes: <label>.<format> per object and "
+                                "meshes.json listing them."),
+    fmt: str = typer.Option("ply", "--format", help="ply (binary), obj (text) or stl (binary)."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Only these labels, comma-separated (default: every "
+                                      "object)."),
+    voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel, 'z,y,x' (default: "
+                                             "from the file's metadata, else 1 nm)."),
+    key: Optional[str] = KEY,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing mesh folder."),
+    blockwise: bool = typer.Option(False, "--blockwise", help="Find the objects' boxes block by block on Dask "
+                                   "(volumes larger than memory); each object is then read alone.",
+                                   rich_help_panel="Blockwise"),
+    block_shape: Optional[str] = BLOCK_SHAPE,
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
+):
+    """Surface meshes of the objects (those whose area `panoptem measure` gives), one file per object, x, y, z
+    in nm: for Blender, Amira, Imaris, ParaView, MeshLab."""
+    from ..meshes import MESH_FORMATS, export_meshes
+    if fmt not in MESH_FORMATS:
+        raise PanoptemError(f"--format must be one of {', '.join(MESH_FORMATS)}, not '{fmt}'.")
+    wanted = None
+    if ids is not None:
+        try:
+            wanted = [int(v) for v in ids.split(",") if v.strip()]
+        except ValueError:
+            wanted = []
+        if not wanted or min(wanted) < 1:
+            raise PanoptemError(f"--ids must be labels (whole numbers from 1) separated by commas, not '{ids}'.")
+    from .._atomic import check_output
+    check_output(output, overwrite, [labels])  # before the work
+    lab = read_input(labels, key)
+    if lab.data.ndim != 3:
+        raise PanoptemError(f"'{labels}' is a {lab.data.ndim}D image; meshes are made of 3D objects: give a "
+                            "ZYX label volume.")
+    vs = voxel_size_option(voxel_size, lab)
+    table = _measured(lab, None, vs, blockwise, block_shape, workers, scheduler, MeasureParams(surface=False))
+    origin = None if lab.origin is None else tuple(0.0 if o is None else float(o) for o in lab.origin)
+    res = export_meshes(lab.data, output, voxel_size=vs, origin=origin, ids=wanted, fmt=fmt, table=table,
+                        overwrite=overwrite, inputs=[labels], progress=True)
+    note_voxels_as_nm(vs, 3)
+    typer.echo(json.dumps({"output": str(Path(output).expanduser().absolute()), "objects": len(res["objects"]),
+                           "format": fmt, "voxel_size_nm": res["voxel_size_nm"], "origin_nm": res["origin_nm"],
+                           "area_nm2": round(sum(o["area_nm2"] for o in res["objects"]), 3)}))

@@ -35,13 +35,17 @@ class ExportWidget(Dock):
         self.slices = CheckBox(text="2D slices (one file per plane)", name="slices", value=False,
                                tooltip="Write every z plane of a 3D layer as its own 2D file (a training-style "
                                        "folder) instead of one volume.")
+        self.meshes = CheckBox(text="Surface meshes (3D)", name="meshes", value=False,
+                               tooltip="Also write every object's surface into meshes/ as <label>.ply: x, y, z in nm "
+                                       "(the layer's position added), the surface Measure gives the area of; "
+                                       "for Blender, Amira, Imaris, ParaView.")
         self.voxel_size = LineEdit(label="Voxel size (nm)", name="voxel_size", value="",
                                    tooltip="Like '40, 5, 5' (z, y, x, in nm); empty: the labels layer's voxel size.")
         self.run_button = PushButton(text="Export", name="run", tooltip="Write the files (never over existing ones).")
         self.written: list = []
         self.run_button.changed.connect(self.run)
         self.extend([Group("Export", [self.labels_layer, self.image, self.folder, self.name, self.format,
-                                      self.slices, self.voxel_size]),
+                                      self.slices, self.meshes, self.voxel_size]),
                      row(self.run_button, self.help_button), self.status])
 
     def run(self) -> None:
@@ -65,8 +69,12 @@ class ExportWidget(Dock):
         def done(written):
             self.written = written
             n_img = sum(p.parent.name == "images" for p in written)
-            self.status.value = (f"Exported {len(written) - n_img} mask file(s)"
+            n_mesh = sum(p.parent.name == "meshes" for p in written)
+            self.status.value = (f"Exported {len(written) - n_img - n_mesh} mask file(s)"
+                                 + (f", {n_mesh} mesh(es)" if n_mesh else "")
                                  + (f" and {n_img} image file(s)" if n_img else "") + f" to {written[0].parents[1]}.")
 
+        # the layer's position in nm (with its scale the voxel size) places the meshes where napari shows it
+        origin = tuple(float(t) for t in lab.translate) if self.meshes.value and data.ndim == 3 else None
         self._start(export_segmentation, done, folder, name, data, img_data, vs, self.format.value,
-                    self.slices.value)
+                    self.slices.value, self.meshes.value, origin)

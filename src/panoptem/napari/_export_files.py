@@ -25,10 +25,12 @@ def parse_voxel_size(text: str, ndim: int) -> tuple[float, ...] | None:
 
 
 def export_segmentation(folder, name: str, labels, image=None, voxel_size=None, fmt: str = "tiff",
-                        slices: bool = False) -> list[Path]:
+                        slices: bool = False, meshes: bool = False, origin=None) -> list[Path]:
     """Write ``labels`` to ``<folder>/<name>/masks`` (and ``image`` to ``.../images``) as TIFF
     or Zarr: one file ``<name>.<ext>``, or with ``slices`` one 2D file ``<name>_<z:04d>.<ext>``
-    per plane of a 3D array. Returns the files written; an existing ``<folder>/<name>`` is refused."""
+    per plane of a 3D array; with ``meshes``, the surface of every object of a 3D array as
+    ``.../meshes/<label>.ply`` (x, y, z in nm from ``origin``, see :func:`panoptem.export_meshes`).
+    Returns the files written; an existing ``<folder>/<name>`` is refused."""
     from ..io import write_image, write_labels
     if fmt not in FORMATS:
         raise PanoptemError(f"Format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
@@ -46,6 +48,8 @@ def export_segmentation(folder, name: str, labels, image=None, voxel_size=None, 
                             "choose the image the labels were made on.")
     if slices and labels.ndim != 3:
         raise PanoptemError("2D slices need a 3D labels layer; untick 2D slices for a 2D one.")
+    if meshes and labels.ndim != 3:
+        raise PanoptemError("Surface meshes are made of 3D objects; untick Surface meshes for a 2D labels layer.")
     ext = FORMATS[fmt]
     if slices:
         vs = None if voxel_size is None else tuple(voxel_size)[1:]
@@ -65,6 +69,10 @@ def export_segmentation(folder, name: str, labels, image=None, voxel_size=None, 
             (root / sub).mkdir()
             for fname, z in items:
                 written.append(write(root / sub / fname, np.asarray(arr if z is None else arr[z]), voxel_size=vs))
+        if meshes:
+            from ..meshes import export_meshes
+            res = export_meshes(np.asarray(labels), root / "meshes", voxel_size=voxel_size, origin=origin)
+            written += [root / "meshes" / o["file"] for o in res["objects"]]
     except BaseException:  # nothing half-written stays to block the next try
         shutil.rmtree(root, ignore_errors=True)
         raise
