@@ -108,3 +108,12 @@ def test_cli_invert_on_the_bundled_model_and_sample(capsys, tmp_path):
     assert (outs["plain"] > 0).mean() > 0.05
     np.testing.assert_array_equal(outs["inv"], outs["plain"])
     assert _iou(outs["wrong"] > 0, outs["plain"] > 0) < 0.3
+
+
+def test_a_preview_says_the_contrast_was_inverted():
+    from panoptem.reporting import preview
+    _, lab = phantom()
+    told = preview(lab, None, voxel_size=(5.0, 5.0, 5.0), params={"invert": True, "min_size": 200})
+    plain = preview(lab, None, voxel_size=(5.0, 5.0, 5.0), params={"invert": False, "min_size": 200})
+    assert "invert=True" in told.title and "min_size=200" in told.title
+    assert "invert" not in plain.title and "min_size=200" in plain.title

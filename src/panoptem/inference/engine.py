@@ -56,7 +56,9 @@ class Predictor:
     CUDA from free memory, see :func:`.runtime.auto_batch_size`). ``runtime``,
     ``precision`` and ``threads`` (intra-op threads; None: every core) say how the
     network runs (see :mod:`.runtime`), tiles given their whole plane's global context
-    included.
+    included. ``invert``: every network input is made with the intensity range run backwards
+    (bright membranes seen dark; see :class:`~panoptem.params.PlaneParams`), whatever range the
+    caller gives.
     """
 
     def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, device: str = "auto",

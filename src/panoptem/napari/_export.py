@@ -1,6 +1,6 @@
 """Widget "Export Segmentations": a labels layer (one volume or 2D slices), optionally with its
-image, to TIFF or Zarr files with the voxel size, in ``<folder>/<name>/masks`` and ``images``
-(written in a worker thread)."""
+image, to TIFF or Zarr files with the voxel size, in ``<folder>/<name>/masks`` and ``images``,
+and optionally its objects' surface meshes in ``meshes`` (written in a worker thread)."""
 from __future__ import annotations
 
 import napari
@@ -36,9 +36,9 @@ class ExportWidget(Dock):
                                tooltip="Write every z plane of a 3D layer as its own 2D file (a training-style "
                                        "folder) instead of one volume.")
         self.meshes = CheckBox(text="Surface meshes (3D)", name="meshes", value=False,
-                               tooltip="Also write every object's surface into meshes/ as <label>.ply: x, y, z in nm "
-                                       "(the layer's position added), the surface Measure gives the area of; "
-                                       "for Blender, Amira, Imaris, ParaView.")
+                               tooltip="Also write every object's surface (the one whose area Measure gives) into "
+                                       "meshes/ as <label>.ply: x, y, z in nm, the layer's position added; for "
+                                       "Blender, Amira, Imaris, ParaView.")
         self.voxel_size = LineEdit(label="Voxel size (nm)", name="voxel_size", value="",
                                    tooltip="Like '40, 5, 5' (z, y, x, in nm); empty: the labels layer's voxel size.")
         self.run_button = PushButton(text="Export", name="run", tooltip="Write the files (never over existing ones).")

@@ -17,7 +17,7 @@ _MIN_WIDTH, _FONT = 560, 9  # narrowest picture; title font size (points)
 _DPI = 100
 
 #: Parameters shown in titles, in this order, when given.
-MAIN_PARAMS = ("downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
+MAIN_PARAMS = ("invert", "downsampling", "confidence_thr", "center_confidence_thr", "min_distance_object_centers",
                "fine_boundaries", "semantic_only", "tile_size", "median_slices", "min_size", "min_extent",
                "inference_plane", "orthoplane", "fusion", "pixel_vote_thr", "allow_one_view")
 _ORTHO_ONLY = ("fusion", "pixel_vote_thr", "allow_one_view")
