@@ -49,7 +49,8 @@ def segment2d_cmd(
         why = "the input is one 2D image" if data.ndim == 2 else "--batch segments every xy slice"
         raise PanoptemError(f"--slice and --plane choose one plane of a volume, but {why}; drop them.")
     neighbours, given_by, intensity, volume_nm = False, "file", None, None
-    if data.ndim == 3 and not batch:
+    data_was_volume, idx = data.ndim == 3 and not batch, None
+    if data_was_volume:
         ax = PLANE_AXIS.get(plane)
         if ax is None:
             raise PanoptemError(f"--plane must be xy, xz or yz, not '{plane}'.")
@@ -101,11 +102,15 @@ def segment2d_cmd(
             from ..inference.segment2d import pixel_plan  # (a --batch stack's unknown z spacing stays unknown)
             from ..models.home import get_card
             written_vs = pixel_plan(get_card(model), params, vs, labels.ndim, volume_pixel_nm=volume_nm).voxel_size or vs
+        pixels = pixel_note(model, params, vs, 2, given_by=given_by, volume_pixel_nm=volume_nm)
+        from .._provenance import run_record
+        from ..models.home import get_card
+        where = {"plane": plane, "slice": idx} if data_was_volume else {"batch": batch}
+        prov = run_record("segment2d", get_card(model), params.model_dump(), inputs, pixels, key=key,
+                          runtime=runtime, precision=precision, **where)
         written = write_labels(output, labels, voxel_size=written_vs, overwrite=overwrite, inputs=inputs,
-                               origin=origin if written_vs is not None else None)
-        _report(labels, params.label_divisor, written, preview,
-                pixel_note(model, params, vs, 2, given_by=given_by, volume_pixel_nm=volume_nm),
-                per_slice=batch and not unique_ids)
+                               origin=origin if written_vs is not None else None, provenance=prov)
+        _report(labels, params.label_divisor, written, preview, pixels, per_slice=batch and not unique_ids)
         if kept is not None:
             shutil.rmtree(kept, ignore_errors=True)
         from .._atomic import drop_resume_state

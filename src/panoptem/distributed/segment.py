@@ -476,10 +476,15 @@ def segment_blockwise(volume, model=DEFAULT_MODEL, output=None, *, block_shape=N
             written_ids = run_tasks(cl, write_block, wjob, list(grid), "writing", progress)
             import zarr
 
+            from .._provenance import KEY, run_record
             from ..io.ome import write_metadata
+            prov = run_record("segment3d blockwise", card, p.model_dump(), [in_path] if in_path else [], plan_record,
+                              runtime=runtime, precision=precision, block_shape=list(block_shape),
+                              halo=list(halo))
             for (tmp, _, kind), (path, c) in zip(tmp_outputs, outputs):
-                write_metadata(zarr.open_group(tmp, mode="a", zarr_format=2), voxel_size, factors,
-                               path.name[: -len(".zarr")], labels=True, origin=origin)
+                group = zarr.open_group(tmp, mode="a", zarr_format=2)
+                write_metadata(group, voxel_size, factors, path.name[: -len(".zarr")], labels=True, origin=origin)
+                group.attrs[KEY] = prov
             timings["write_s"] = time.perf_counter() - t
         written, labels, objects = [], {}, {}
         for i, ((tmp, _, kind), (path, c)) in enumerate(zip(tmp_outputs, outputs)):

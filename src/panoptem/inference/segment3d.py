@@ -56,6 +56,8 @@ class Result3D:
     written: list[dict] = field(default_factory=list)
     #: the pixel sizes used and how each plane was resampled (:meth:`~.resample.PixelPlan.record`)
     pixel_size: dict | None = None
+    #: what made it (:func:`panoptem._provenance.run_record`), written with the labels
+    provenance: dict | None = None
 
     @property
     def panoptic(self) -> np.ndarray:
@@ -878,6 +880,9 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
     record = plan.record(planes_of(p)) if plan is not None else None
     if record is not None and predictor.card.context_slices:  # where the neighbours the network saw lie
         record["neighbour_step"] = {pl: plan.neighbour_step(pl) for pl in planes_of(p)}
+    from .._provenance import run_record
+    prov = run_record("segment3d", card, p.model_dump(), inputs, record, runtime=predictor.runtime,
+                      precision=predictor.precision)
     kw = dict(timings=timings, cache_dir=cache_dir, callback=callback, reset_stale=reset_stale, overlap=overlap)
     if p.orthoplane or p.inference_plane != "xy":  # xz / yz stacks see the sections edge-on
         with StageClock(timings)("read"):
@@ -887,7 +892,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         work.mkdir(parents=True, exist_ok=True)
         with open_label_writer(output, volume.shape, np.uint32, voxel_size=voxel_size,
                                chunks=zarr_chunks(p.chunk_size, volume.shape),
-                               overwrite=overwrite, inputs=inputs, origin=origin) as w:
+                               overwrite=overwrite, inputs=inputs, origin=origin, provenance=prov) as w:
             n_obj = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress,
                               work_dir=work, output=w, **kw)
         written = read_image(output).data
@@ -896,7 +901,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         summary = [{"output": str(output), "class": name, "objects": n_obj, "shape": list(written.shape),
                     "dtype": str(written.dtype)}]
         return Result3D({name: written}, written, {}, {name: n_obj}, timings, streamed=True, written=summary,
-                        pixel_size=record)
+                        pixel_size=record, provenance=prov)
     post = p.label_erosion or p.label_dilation or p.fill_holes_in_segmentation
     one_class = card.num_classes == 1 and card.classes[0].kind == "instance"
     if not p.orthoplane and not p.return_panoptic and not post and one_class:
@@ -905,7 +910,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
         labels = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress,
                            renumber=one, **kw)
         res = Result3D({one.name: labels}, one.panoptic(labels), {}, {one.name: one.n}, timings,
-                       pixel_size=record)
+                       pixel_size=record, provenance=prov)
         return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0, origin)
     if not p.orthoplane:
         panoptic = run_stack(volume, by_plane[p.inference_plane], p, p.inference_plane, intensity, progress, **kw)
@@ -942,7 +947,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
             name, n = card.classes[0].name, int(panoptic.max(initial=0))
             div = p.label_divisor or 0
             res = Result3D({name: panoptic}, lambda: _shifted(panoptic, div, n), {}, {name: n}, timings,
-                           pixel_size=record)
+                           pixel_size=record, provenance=prov)
             return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0, origin)
         if not p.return_panoptic:
             stacks = {}
@@ -953,7 +958,7 @@ def _segment(volume, predictor: Predictor, p: Params3D, progress: bool, cache_di
                                           p.fill_holes_in_segmentation)
     with StageClock(timings)("split"):
         labels, counts = split_classes(panoptic, card, p.label_divisor)
-    res = Result3D(labels, panoptic, stacks, counts, timings, pixel_size=record)
+    res = Result3D(labels, panoptic, stacks, counts, timings, pixel_size=record, provenance=prov)
     return _write(res, output, voxel_size, overwrite, inputs, p, timings, t0, origin)
 
 
@@ -1010,8 +1015,8 @@ def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False
                  chunk_size: int | Sequence[int] = 0, origin=None) -> list[dict]:
     """Write a :class:`Result3D`: one volume for a single-class model at
     ``output``, else ``NAME_<class>.EXT`` per class; ``NAME_xy.EXT`` etc. for
-    returned stacks; Zarr chunks of ``chunk_size`` voxels per side, or per axis (0: automatic).
-    Returns one summary dict per file written."""
+    returned stacks; Zarr chunks of ``chunk_size`` voxels per side, or per axis (0: automatic),
+    each with the run's record (``res.provenance``). Returns one summary dict per file written."""
     from ..io.writers import write_labels_together
     out = Path(output).expanduser()
     stem, ext = _stem_ext(out)
@@ -1026,5 +1031,5 @@ def write_result(res: Result3D, output, voxel_size=None, overwrite: bool = False
         path = out.with_name(f"{stem}_{plane}{ext}")
         files.append((path, vol, zarr_chunks(chunk_size, vol.shape)))
         written.append({"output": str(path), "stack": plane, "shape": list(vol.shape), "dtype": str(vol.dtype)})
-    write_labels_together(files, voxel_size, overwrite, inputs, origin)
+    write_labels_together(files, voxel_size, overwrite, inputs, origin, res.provenance)
     return written  # the outputs named as given, as a streamed or a blockwise run names them

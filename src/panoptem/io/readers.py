@@ -48,6 +48,9 @@ class ImageData:
     origin : nm position of the first voxel, one entry per axis of ``data`` (an OME-Zarr
         level's translation, or a Zarr, HDF5 or N5 array's ``offset`` attribute); None when the file
         does not say or the voxel size is unknown. Outputs on the same grid carry it (OME-Zarr).
+    provenance : what made the labels, for a TIFF or Zarr file panoptem wrote (model, weights'
+        hash, parameters, inputs, pixel sizes, release, time: see :mod:`panoptem._provenance`);
+        None for any other file.
     """
 
     data: object
@@ -57,6 +60,7 @@ class ImageData:
     key: str | None = None
     notes: tuple[str, ...] = ()
     origin: tuple[float, ...] | None = None
+    provenance: dict | None = None
 
     def __post_init__(self):
         if not self.axes:
@@ -128,7 +132,10 @@ def read_image(path, key: str | None = None, lazy: bool = True, pixel_size_nm: f
         from ._n5 import open_dataset
         arr = open_dataset(p, key)
         origin = _kept(arr.origin(), arr.shape)
-    return ImageData(data, voxel, str(p), notes=renamed + tuple(n for n in notes if n), key=key, origin=origin)
+    from .._provenance import read_provenance
+    prov = read_provenance(p, key) if kind in ("tiff", "zarr") else None
+    return ImageData(data, voxel, str(p), notes=renamed + tuple(n for n in notes if n), key=key, origin=origin,
+                     provenance=prov)
 
 
 def image_keys(path) -> list[str]:

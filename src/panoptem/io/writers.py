@@ -185,8 +185,9 @@ class LabelWriter:
     """
 
     def __init__(self, path, shape, dtype, voxel_size=None, chunks=None, overwrite=False, inputs=(),
-                 labels=True, origin=None):
+                 labels=True, origin=None, provenance: dict | None = None):
         self.shape = _check_shape(shape)
+        self.provenance = provenance
         self.dtype = np.dtype(dtype)
         self.voxel_size = _check_voxel(voxel_size, len(self.shape))
         self.origin = check_origin(origin, self.voxel_size, len(self.shape))
@@ -271,13 +272,19 @@ class LabelWriter:
         pass
 
 
-def _tiff_description(shape, dtype: np.dtype, voxel) -> str:
+def _tiff_description(shape, dtype: np.dtype, voxel, provenance: dict | None = None) -> str:
+    """OME-XML (or JSON, for the types OME lacks) with the voxel size in nm and the run's
+    record (see :mod:`panoptem._provenance`)."""
     import tifffile
+
+    from .._provenance import KEY, ome_annotation
     axes = "ZYX"[-len(shape):]
     if dtype.name in _OME_DTYPES:
         md = {}
         for ax, v in zip(axes, voxel or ()):
             md[f"PhysicalSize{ax}"], md[f"PhysicalSize{ax}Unit"] = v, "nm"
+        if provenance:
+            md["CommentAnnotation"] = ome_annotation(provenance)
         ome = tifffile.OmeXml()
         planes = shape[0] if len(shape) == 3 else 1
         ome.addimage(dtype, shape, (planes, 1, 1, shape[-2], shape[-1], 1), axes=axes, **md)
@@ -285,6 +292,8 @@ def _tiff_description(shape, dtype: np.dtype, voxel) -> str:
     md = {"shape": list(shape), "axes": axes}
     if voxel:
         md["voxel_size_nm"] = list(voxel)
+    if provenance:
+        md[KEY] = provenance
     return json.dumps(md)
 
 
@@ -316,7 +325,7 @@ class _TiffWriter(LabelWriter):
         self._tw = tifffile.TiffWriter(self._tmp, bigtiff=nbytes >= 2**31 - 2**25, ome=False)
         self._next = 0
         self._buf = np.zeros(self.shape, self.dtype) if self.ndim == 2 else None
-        self._desc = _tiff_description(self.shape, self.dtype, self.voxel_size)
+        self._desc = _tiff_description(self.shape, self.dtype, self.voxel_size, self.provenance)
         # zlib (deflate), which every reader decodes
         # the Software tag tells labels from grey images (napari's reader opens them as such)
         self._kw = dict(compression="zlib", photometric="minisblack", metadata=None,
@@ -450,10 +459,16 @@ class _ZarrWriter(LabelWriter):
         self._flush(list(self._slabs))
         write_pyramid_and_metadata(str(self._tmp), self.voxel_size, self.path.stem, labels=self.labels,
                                    origin=self.origin)
+        if self.provenance:
+            import zarr
+
+            from .._provenance import KEY
+            zarr.open_group(str(self._tmp), mode="a").attrs[KEY] = self.provenance
 
 
 def open_label_writer(path, shape: Sequence[int], dtype=np.uint32, voxel_size=None, chunks=None,
-                      overwrite: bool = False, inputs: Iterable = (), origin=None) -> LabelWriter:
+                      overwrite: bool = False, inputs: Iterable = (), origin=None,
+                      provenance: dict | None = None) -> LabelWriter:
     """A streaming writer for labels larger than memory (.tif/.tiff or .zarr).
 
     Parameters
@@ -467,6 +482,8 @@ def open_label_writer(path, shape: Sequence[int], dtype=np.uint32, voxel_size=No
     chunks : zarr chunk shape (default: up to 32 x 256 x 256); ignored for TIFF.
     overwrite : replace an existing target.
     inputs : paths the target must never be, contain or be inside.
+    provenance : what made the labels (:func:`panoptem._provenance.run_record`), kept with them
+        (an OME-TIFF comment annotation, an OME-Zarr group attribute).
 
     Examples
     --------
@@ -480,18 +497,19 @@ def open_label_writer(path, shape: Sequence[int], dtype=np.uint32, voxel_size=No
     if dt.kind != "u":
         raise PanoptemError(f"Labels are written as an unsigned integer type (uint32 or uint64), not {dt}.")
     cls = _TiffWriter if _format(Path(path)) == "tiff" else _ZarrWriter
-    return cls(path, shape, dt, voxel_size, chunks, overwrite, inputs, labels=True, origin=origin)
+    return cls(path, shape, dt, voxel_size, chunks, overwrite, inputs, labels=True, origin=origin,
+               provenance=provenance)
 
 
 def write_labels(path, labels, voxel_size=None, overwrite: bool = False, inputs: Iterable = (),
-                 chunks=None, origin=None) -> Path:
+                 chunks=None, origin=None, provenance: dict | None = None) -> Path:
     """Write a 2D or 3D label array to .tif/.tiff (OME-TIFF, zlib) or .zarr (OME-Zarr), atomically.
 
     The file holds uint32, or uint64 when the largest id needs it; values are never changed
     (negative or non-integer labels raise PanoptemError). ``labels`` may be a lazy array-like,
     which is read block by block. ``inputs`` are paths never to overwrite; ``chunks`` is the
-    Zarr chunk shape (default: up to 32 x 256 x 256; ignored for TIFF); ``origin``: see
-    :func:`open_label_writer`.
+    Zarr chunk shape (default: up to 32 x 256 x 256; ignored for TIFF); ``origin``,
+    ``provenance``: see :func:`open_label_writer`.
 
     Examples
     --------
@@ -499,15 +517,15 @@ def write_labels(path, labels, voxel_size=None, overwrite: bool = False, inputs:
     >>> write_labels("mito.tif", labels, voxel_size=(5.0, 5.0, 5.0)).name
     'mito.tif'
     """
-    return write_labels_together([(path, labels, chunks)], voxel_size, overwrite, inputs, origin)[0]
+    return write_labels_together([(path, labels, chunks)], voxel_size, overwrite, inputs, origin, provenance)[0]
 
 
 def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bool = False,
-                          inputs: Iterable = (), origin=None) -> list[Path]:
+                          inputs: Iterable = (), origin=None, provenance: dict | None = None) -> list[Path]:
     """Write several label arrays (``[(path, labels), ...]``, or ``(path, labels, chunks)``
     for a Zarr chunk shape) as :func:`write_labels` does, moving them into place only once
     all are complete: a run killed while writing leaves none of them, so running it again
-    writes them all afresh."""
+    writes them all afresh. ``provenance``: the run's record, kept with each."""
     inputs = list(inputs or ())
     targets = [Path(it[0]).expanduser().absolute() for it in items]
     if len(set(targets)) < len(targets):
@@ -521,7 +539,7 @@ def write_labels_together(items: Sequence[tuple], voxel_size=None, overwrite: bo
             dt = label_dtype(labels)
             chunks = rest[0] if rest else None
             w = stack.enter_context(open_label_writer(path, labels.shape, dt, voxel_size, chunks, overwrite, inputs,
-                                                      origin))
+                                                      origin, provenance))
             for index, block in _blocks(labels):
                 w[index] = block.astype(dt, copy=False)  # values were checked by label_dtype
             writers.append(w)

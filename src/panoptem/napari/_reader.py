@@ -134,7 +134,8 @@ def read_layers(path) -> list[tuple]:
     edit are read whole, first level only); an HDF5 file, Zarr group or N5 container holding
     several images gives a layer for each (named FILE/KEY; any that cannot be read are left out,
     and a notification says why). An OME-Zarr level's translation (or a Zarr array's ``offset``)
-    places the layer, in nm as its scale: panoptem's outputs carry their input's, so the two overlay."""
+    places the layer, in nm as its scale: panoptem's outputs carry their input's, so the two overlay.
+    The record of how panoptem made a labels file is the layer's ``metadata["panoptem"]``."""
     from ..errors import PanoptemError
     from ..io.readers import image_keys
     if isinstance(path, (list, tuple)):
@@ -162,6 +163,8 @@ def _layer(path, key: str | None) -> tuple:
     p = Path(path)
     name = _layer_name(p) if key is None else f"{_layer_name(p)}/{key.strip('/')}"
     meta = {"name": name, "metadata": {"voxel_size": img.voxel_size, "path": img.path, "key": img.key}}
+    if img.provenance is not None:  # what made these labels (model, parameters...): layer.metadata["panoptem"]
+        meta["metadata"]["panoptem"] = img.provenance
     if img.voxel_size is not None:
         meta["scale"] = tuple(img.voxel_size)
     if img.origin is not None:  # in nm, as the scale
