@@ -587,7 +587,7 @@ def test_3d_inference_on_the_sample_with_screenshot(make_napari_viewer, register
         assert shot[..., :3].std() > 10
 
 
-def test_3d_inference_finds_exactly_the_synthetic_objects(viewer, qtbot, home):
+def test_3d_inference_finds_exactly_the_synthetic_objects(viewer, qtbot, home, tmp_path):
     from panoptem.napari._inference import Inference3DWidget
     img = viewer.add_image(blobs((8, 128, 160)), name="tubes", scale=(20.0, 5.0, 5.0), translate=(100.0, 0, 0))
     w = dock(viewer, Inference3DWidget)
@@ -599,6 +599,13 @@ def test_3d_inference_finds_exactly_the_synthetic_objects(viewer, qtbot, home):
     assert np.unique(out.data).tolist() == [0, 1, 2, 3]
     assert tuple(out.scale) == (20.0, 5.0, 5.0) and tuple(out.translate) == (100.0, 0.0, 0.0)
     assert "Done: 3 mitochondria" in w.status.value
+    rec = out.metadata["panoptem"]  # how the layer was made, and it goes into the file it is saved to
+    assert rec["model"] == "darkblob" and rec["params"]["min_size"] == 50
+    from panoptem._provenance import read_provenance
+    from panoptem.napari._writer import write_labels
+    path, = write_labels(str(tmp_path / "saved.zarr"), out.data, {"scale": out.scale, "metadata": out.metadata})
+    saved = read_provenance(path)
+    assert saved["saved_from"].startswith("a napari labels layer") and saved["params"] == rec["params"]
 
 
 def test_two_class_model_gives_a_layer_per_class_as_the_engine(viewer, qtbot, home):

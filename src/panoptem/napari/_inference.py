@@ -422,6 +422,8 @@ def _run_3d(volume, model: str, device: str, params: Params3D, voxel_size, callb
         card, precision = lm.card, precision_for(lm, quantized)
         res = segment_3d(volume, lm, voxel_size=voxel_size, callback=callback, output=output, precision=precision,
                          origin=origin, **params.model_dump())
+    if res.provenance is not None:  # how they were made, kept when the layer is saved
+        layer_kw = {**layer_kw, "metadata": {**layer_kw.get("metadata", {}), "panoptem": res.provenance}}
     layers = [_labels_layer(vol, name=f"{image_name}-{cls}-prediction", **layer_kw)
               for cls, vol in res.labels.items()]
     layers += [_labels_layer(vol, name=f"{image_name}-panoptic-stack-{plane}", **layer_kw)
