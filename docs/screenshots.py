@@ -181,7 +181,7 @@ def main() -> None:
     # export
     w = only(ExportWidget)
     w.labels_layer.value, w.image.value = mito, sample
-    w.folder.value, w.name.value = data, "sample_mito"
+    w.folder.value, w.name.value, w.meshes.value = data, "sample_mito", True
     click(w)
     save(viewer, app, out / "napari" / "export.png")
     viewer.close()
