@@ -181,3 +181,9 @@ def test_boxes_found_block_by_block_give_the_same_meshes(tmp_path):
     a = panoptem.export_meshes(lazy, tmp_path / "a", voxel_size=VS, table=table)
     b = panoptem.export_meshes(lab, tmp_path / "b", voxel_size=VS)
     assert a == b
+
+
+def test_ids_asked_twice_are_meshed_once_in_the_order_given(tmp_path):
+    res = panoptem.export_meshes(scene(), tmp_path / "m", voxel_size=VS, ids=[7, 7, 3])
+    assert [o["label"] for o in res["objects"]] == [7, 3]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["3.ply", "7.ply", meshes.INDEX]

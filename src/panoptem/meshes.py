@@ -127,7 +127,7 @@ def export_meshes(labels, output, voxel_size=None, origin=None, ids=None, fmt: s
     boxes = {int(lab): (lo, hi) for lab, lo, hi in zip(
         np.asarray(table["label"]), np.stack([np.asarray(table[f"bbox_min_{a}"]) for a in "zyx"], axis=1),
         np.stack([np.asarray(table[f"bbox_max_{a}"]) for a in "zyx"], axis=1))}
-    wanted = sorted(boxes) if ids is None else [int(i) for i in ids]
+    wanted = sorted(boxes) if ids is None else list(dict.fromkeys(int(i) for i in ids))  # each once
     missing = [i for i in wanted if i not in boxes]
     if missing:
         raise PanoptemError(f"Label(s) {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''} "
@@ -143,11 +143,9 @@ def export_meshes(labels, output, voxel_size=None, origin=None, ids=None, fmt: s
         write_text(work / "run.json", json.dumps(stamp))
         done = _written(work, fmt)  # by the stopped run this one resumes
         index = []
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(wanted), unit="object", desc="meshes")
-        with open(work / DONE, "a") as log:
+        from tqdm import tqdm
+        with open(work / DONE, "a") as log, tqdm(total=len(wanted), unit="object", desc="meshes",
+                                                  disable=not progress) as bar:
             for lab in wanted:
                 if lab not in done:
                     lo, hi = boxes[lab]
@@ -159,10 +157,7 @@ def export_meshes(labels, output, voxel_size=None, origin=None, ids=None, fmt: s
                     log.write(json.dumps(done[lab]) + "\n")
                     log.flush()
                 index.append(done[lab])
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.update(1)
         result = {"objects": index, "voxel_size_nm": vs.tolist(), "origin_nm": org.tolist(),
                   "format": fmt, "coordinates": "x, y, z in nm"}
         write_text(work / INDEX, json.dumps(result, indent=1))
