@@ -117,3 +117,27 @@ def test_a_preview_says_the_contrast_was_inverted():
     plain = preview(lab, None, voxel_size=(5.0, 5.0, 5.0), params={"invert": False, "min_size": 200})
     assert "invert=True" in told.title and "min_size=200" in told.title
     assert "invert" not in plain.title and "min_size=200" in plain.title
+
+
+def test_a_model_trained_with_invert_says_so_to_a_run_without_it(capsys, tmp_path):
+    from conftest import make_tiny_card
+    card = make_tiny_card(tmp_path, training={"invert": True})
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, load_sample()[15])
+    notes = []
+    for extra in ((), ("--invert",)):
+        code = main(["segment2d", str(img), "-o", str(tmp_path / f"o{len(extra)}.tif"), "--model", str(card), *extra])
+        _, err = capsys.readouterr()
+        assert code == 0, err
+        notes.append("trained on images with bright membranes" in err)
+    assert notes == [True, False]
+
+
+def test_the_docks_say_so_too():
+    from panoptem.models.card import ModelCard, Weights
+    from panoptem.napari._inference import _contrast_words
+    from panoptem.params import Params2D
+    card = ModelCard(name="m", weights=Weights(file="m.pt"), training={"invert": True})
+    assert "tick Invert contrast" in _contrast_words(card, Params2D())
+    assert _contrast_words(card, Params2D(invert=True)) == ""
+    assert _contrast_words(ModelCard(name="n", weights=Weights(file="n.pt")), Params2D()) == ""

@@ -131,7 +131,28 @@ def pixel_note(model: str, params, voxel_size, ndim: int, planes=("xy",), given_
         far = neighbour_spacing(card, plan, planes)
         if far:
             typer.echo(f"note: {far}", err=True)
+    contrast = contrast_note(card, params.invert)
+    if contrast:
+        typer.echo(f"note: {contrast}", err=True)
     return plan.record(planes)
+
+
+def contrast_note(card, invert: bool) -> str | None:
+    """A note when a model was trained or fine-tuned on images with bright membranes (its card's
+    ``training`` says ``invert``) and a run sees its images as they are, else None.
+
+    >>> from panoptem.models.card import ModelCard, Weights
+    >>> card = ModelCard(name="m", weights=Weights(file="m.pt"), training={"invert": True})
+    >>> print(contrast_note(card, False))  # doctest: +NORMALIZE_WHITESPACE
+    model m was trained on images with bright membranes, inverted (--invert); this run sees the
+    images as they are: if they have bright membranes too, run it with --invert.
+    >>> contrast_note(card, True) is None
+    True
+    """
+    if invert or not (card.training or {}).get("invert"):
+        return None
+    return (f"model {card.name} was trained on images with bright membranes, inverted (--invert); this run sees "
+            "the images as they are: if they have bright membranes too, run it with --invert.")
 
 
 def neighbour_spacing(card, plan, planes) -> str | None:

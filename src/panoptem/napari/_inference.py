@@ -50,6 +50,14 @@ def _precision_words(precision: str) -> str:
     return "; int8 network" if precision == "int8" else ""
 
 
+def _contrast_words(card, params) -> str:
+    """What the status line adds when the model was trained on images with bright membranes
+    (inverted, its card's ``training`` says) and the run saw its images as they are."""
+    if params.invert or not (card.training or {}).get("invert"):
+        return ""
+    return "; the model was trained on bright-membrane images, inverted: tick Invert contrast for such data"
+
+
 def precision_for(lm, quantized: bool) -> str:
     """``int8`` where "Use quantized model" can be honoured (a CPU, one of panoptem's own
     networks, ONNX Runtime installed), else ``auto``: on a GPU or for another model the box
@@ -242,7 +250,8 @@ def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, 
         placed = {"data": data, "scale": geo.scale, "translate": geo.translate} if batch else \
             place_plane(data, axis, index, geo)
         layer = _labels_layer(placed.pop("data"), name=kw["name"], **placed)
-    return data, n, layer, _pixel_words(lm.card, params, voxel_size, 2, volume_pixel_nm) + _precision_words(precision)
+    return data, n, layer, (_pixel_words(lm.card, params, voxel_size, 2, volume_pixel_nm) + _precision_words(precision)
+                            + _contrast_words(lm.card, params))
 
 
 def _pixel_words(card, params, voxel_size, ndim: int, volume_pixel_nm=None) -> str:
@@ -428,7 +437,8 @@ def _run_3d(volume, model: str, device: str, params: Params3D, voxel_size, callb
               for cls, vol in res.labels.items()]
     layers += [_labels_layer(vol, name=f"{image_name}-panoptic-stack-{plane}", **layer_kw)
                for plane, vol in res.stacks.items()]
-    return res, layers, _pixel_words(card, params, voxel_size, 3) + _precision_words(precision)
+    return res, layers, _pixel_words(card, params, voxel_size, 3) + _precision_words(precision) + \
+        _contrast_words(card, params)
 
 
 class Inference3DWidget(_InferenceBase):
