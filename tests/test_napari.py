@@ -345,6 +345,32 @@ def test_2d_inference_of_an_xz_plane_averages_its_pair_as_the_3d_stack(viewer, q
     assert strides == [2] and "xz plane 64" in w.status.value
 
 
+def test_2d_inference_of_an_xz_plane_takes_blank_sections_as_its_3d_stack(viewer, qtbot, home, monkeypatch):
+    """The 2D dock on an xz plane of a volume with a missing section: the section's row is
+    nothing, as in the 3D xz stack."""
+    from panoptem.inference import segment2d
+    from panoptem.napari._inference import Inference2DWidget
+    from test_edge_on import textured
+    from test_segment3d import phantom
+    vol = textured(phantom()[0])
+    vol[14] = 0
+    seen, real = [], segment2d.segment_2d
+    monkeypatch.setattr(segment2d, "segment_2d", lambda *a, **k: (seen.append(k.get("edge_on")), real(*a, **k))[1])
+    img = viewer.add_image(vol, name="vol")
+    w = dock(viewer, Inference2DWidget)
+    w.image.value = img
+    w.model.value, w.device.value = "darkblob", "cpu"
+    w.form.set_values(min_piece_area=0)
+    viewer.dims.order = (1, 0, 2)                      # show xz: y is the slider
+    viewer.dims.set_point(1, 30)
+    run_and_wait(qtbot, w)
+    assert "xz plane 30" in w.status.value, w.status.value
+    rows, pad = seen[-1]
+    assert rows.tolist() == [z == 14 for z in range(len(vol))] and pad is None
+    out = viewer.layers["vol-2D-prediction"].data
+    assert out.any() and not out[14].any()
+
+
 def test_2d_inference_on_the_current_plane_xy_xz_and_batch(viewer, qtbot, home):
     from panoptem.napari._inference import Inference2DWidget
     img = viewer.add_image(blobs(), name="blobs", scale=(10.0, 5.0, 5.0))

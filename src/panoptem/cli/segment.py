@@ -49,7 +49,7 @@ def segment2d_cmd(
         why = "the input is one 2D image" if data.ndim == 2 else "--batch segments every xy slice"
         raise PanoptemError(f"--slice and --plane choose one plane of a volume, but {why}; drop them.")
     neighbours, given_by, intensity, volume_nm = False, "file", None, None
-    data_was_volume, idx = data.ndim == 3 and not batch, None
+    data_was_volume, idx, edge_on = data.ndim == 3 and not batch, None, None
     if data_was_volume:
         ax = PLANE_AXIS.get(plane)
         if ax is None:
@@ -62,8 +62,13 @@ def segment2d_cmd(
         from ..inference.engine import card_intensity
         intensity = card_intensity(card, data)  # the volume's, as the 3D run scales the plane
         step = neighbour_step(card, params, vs, plane)
-        # an xz / yz slice as the 3D stack gives it to the network: the mean of its group of slices
-        data = take_plane(data, idx, plane, neighbours=k, step=step, stride=stack_step(card, params, vs, plane))
+        # an xz / yz slice as the 3D stack gives it to the network: the mean of its group of slices, with
+        # the blank sections and (a thin volume's) padding the stack takes from the xy sections
+        stride = stack_step(card, params, vs, plane)
+        if ax != 0:
+            from ..inference.segment3d import plane_edge_on
+            edge_on = plane_edge_on(data, ax, idx // stride, stride)
+        data = take_plane(data, idx, plane, neighbours=k, step=step, stride=stride)
         neighbours = k > 0
         vs, plane_params, volume_nm = plane_pixels(vs, ax, params)
         given_by = "file" if plane_params is params else "file + pixel_size"
@@ -91,7 +96,7 @@ def segment2d_cmd(
             labels = segment_2d(data, model, batch=batch, unique_ids=unique_ids, device=device, progress=True,
                                 runtime=runtime, precision=precision, threads=threads,
                                 preview=preview, voxel_size=vs, overwrite=overwrite, with_neighbours=neighbours,
-                                intensity=intensity, resume_dir=kept, volume_pixel_nm=volume_nm,
+                                intensity=intensity, resume_dir=kept, volume_pixel_nm=volume_nm, edge_on=edge_on,
                                 **params.model_dump())
         except PanoptemError:  # refused (a bad input, options...): nothing left behind; interrupted: kept
             if kept is not None and not earlier:

@@ -99,7 +99,7 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
                  min_distance_object_centers: int = 3, fine_boundaries: bool = False,
                  semantic_only: bool = False, label_divisor: int | None = 10000, stride: int = OUTPUT_STRIDE,
                  stuff_area: int = 64, tile: int | None = None,
-                 min_piece_area: int = 0, scale=None) -> np.ndarray:
+                 min_piece_area: int = 0, scale=None, background_rows: np.ndarray | None = None) -> np.ndarray:
     """Panoptic labels of one large plane, decoded tile by tile (same rules as
     :func:`~.decode.decode_panoptic`). ``prob`` (C, h, w) uint8 (x 255) or float
     at network resolution; ``heatmap`` (1, gh, gw); ``offsets`` (2, gh, gw). ``scale``: output
@@ -107,7 +107,9 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
     the network, as :func:`~.decode.decode_panoptic` takes it (None: the input's own pixels).
     ``min_piece_area``: objects (each one 8-connected piece) of fewer pixels become
     background, as :func:`~.postprocess.remove_small_pieces` would make them, from the pieces'
-    areas counted per tile (for models without semantic, 'stuff', classes; see :mod:`.segment2d`)."""
+    areas counted per tile (for models without semantic, 'stuff', classes; see :mod:`.segment2d`).
+    ``background_rows``: rows where nothing is found (a bool per row: an xz / yz plane's blank
+    sections), cut before the pieces are made, as :func:`~.decode.decode_panoptic` cuts them."""
     from fractions import Fraction
     H, W = out_shape
     sy, sx = (Fraction(v) for v in scale) if scale is not None else (Fraction(1), Fraction(1))
@@ -130,7 +132,10 @@ def decode_large(prob: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, out
     def semantic(y0, y1, x0, x1):
         p = (prob[:, y0:y1, x0:x1].astype(np.float32) if scale is None else
              _crop_resized(prob, y0, y1, x0, x1, (sy, sx))) * unit_prob
-        return semantic_classes(p, class_ids, confidence_thr)
+        sem = semantic_classes(p, class_ids, confidence_thr)
+        if background_rows is not None:
+            sem[np.asarray(background_rows, bool)[y0:y1]] = 0
+        return sem
 
     def cells(lo, hi, per_cell):  # output pixels lo..hi-1 -> cells of per_cell pixels (as _upsample_nearest)
         at = np.arange(lo, hi, dtype=np.int64) * per_cell.denominator // per_cell.numerator

@@ -243,7 +243,7 @@ def clear_padding(out: "ModelOutput", pad: np.ndarray | None) -> "ModelOutput":
         prob[:, 0][pad] = 0.0
     else:  # softmax over background + classes
         prob[:, 1:][np.broadcast_to(pad[:, None], prob[:, 1:].shape)] = 0.0
-        prob[:, 0][pad] = 1.0
+        prob[:, 0][pad] = 255 if prob.dtype == np.uint8 else 1.0  # kept as bytes (x 255), or as probabilities
     hh, ww = out.heatmap.shape[-2:]
     # a cell past the plane's edge counts its part in the plane alone (the rest is the network's margin)
     cells = np.pad(pad, [(0, 0), (0, hh * STRIDE - pad.shape[1]), (0, ww * STRIDE - pad.shape[2])],

@@ -75,24 +75,29 @@ def take_plane(volume, index: int, plane: str = "xy", neighbours: int = 0, step:
 
 
 def _segment_large(pred: Predictor, chunk: np.ndarray, rng: np.ndarray, settings: dict,
-                   min_piece_area: int = 0, outputs: list | None = None) -> list[np.ndarray]:
+                   min_piece_area: int = 0, outputs: list | None = None, rows: np.ndarray | None = None,
+                   blank="auto") -> list[np.ndarray]:
     """Planes larger than a tile: compact stitched outputs, then tile-wise decoding on the
     input's grid (a plane resampled for the network is decoded as :func:`decode_panoptic`
     decodes it, its outputs brought back tile by tile). Pieces under ``min_piece_area`` pixels
     are removed while decoding (no whole-image temporaries) where the model has no
     semantic-only classes, else after. ``outputs``: receives each plane's ``(probability,
-    centres)``, the probabilities (float32, 0..1) as the labels were decoded from them."""
+    centres)``, the probabilities (float32, 0..1) as the labels were decoded from them.
+    ``rows``, ``blank``: a lone plane's blank sections and padding (see :func:`segment_2d`)."""
     from .decode import find_centers, things_and_stuff
     from .large2d import decode_large
     things, stuff = things_and_stuff(settings["class_ids"], settings["thing_ids"], settings.get("semantic_only", False))
     scale = pred.out_scale()
     out = []
     for j in range(len(chunk)):
-        plane, blank = pred._on_grid(pred.planes_in(chunk[j:j + 1]), "auto")
-        o = pred._predict_tiled(plane, rng[j], compact=True, blank=blank)
+        plane, flags = pred._on_grid(pred.planes_in(chunk[j:j + 1]), blank)
+        o = pred._predict_tiled(plane, rng[j], compact=True, blank=flags)
+        if rows is not None:  # as the 3D stack clears them
+            from .segment3d import clear_rows
+            o = clear_rows(o, rows, (scale or (1, 1))[0])
         while_decoding = 0 if stuff else min_piece_area
         lab = decode_large(o.semantic_probability[0], o.heatmap[0], o.offsets[0], chunk.shape[-2:],
-                           scale=scale,
+                           scale=scale, background_rows=rows,
                            min_piece_area=while_decoding, **settings)
         if min_piece_area and not while_decoding:
             lab = remove_small_pieces(lab, min_piece_area, in_place=True)
@@ -289,7 +294,8 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
                runtime: str = "auto", precision: str = "auto", threads: int | None = None,
                return_outputs: bool = False, progress: bool = False, preview=None, voxel_size=None,
                overwrite: bool = False, with_neighbours: bool = False, intensity=None, resume_dir=None,
-               volume_pixel_nm: float | None = None, **overrides) -> np.ndarray | Result2D:
+               volume_pixel_nm: float | None = None, edge_on: tuple | None = None,
+               **overrides) -> np.ndarray | Result2D:
     """Panoptic segmentation of a 2D image, or of every slice of a stack.
 
     With a known pixel size (``voxel_size``, or the ``pixel_size`` parameter) that differs
@@ -331,6 +337,10 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         (see :func:`plane_pixels`): a model that segments best over a range of pixel sizes then
         sees an xz / yz plane at the pixel size the volume's 3D run gives it, not one chosen
         for the plane's own finer axis.
+    edge_on : for one xz / yz plane of a volume, what it sees edge-on in the volume's xy sections,
+        ``(rows, padding)`` as :func:`~.segment3d.plane_edge_on` gives them: nothing is found on
+        the rows of sections of one value, and the padding a thin volume's sections hold is
+        padding, as in the volume's 3D stack of that plane.
     **overrides : any field of :class:`~panoptem.params.Params2D`
         (``downsampling``, ``confidence_thr``, ``center_confidence_thr``,
         ``min_distance_object_centers``, ``fine_boundaries``, ``semantic_only``,
@@ -388,6 +398,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         preview = prepare_preview(preview, overwrite)  # before the work: fail fast
     if image.ndim == 2:  # before a lazy image (Zarr, HDF5) is read whole below
         _check_memory((1, *image.shape), np.dtype(image.dtype).itemsize, 1)
+    edge_on = _checked_edge_on(edge_on, image.shape if image.ndim == 2 else None)
     planes = image if image.ndim == 3 else _one_plane_stack(image)
     from .runtime import host_threads, network_threads, torch_threads
     nt = network_threads(threads)
@@ -433,7 +444,7 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         _check_memory(held, np.dtype(image.dtype).itemsize, batch_size, 2 if whole else 1)
     with torch_threads(host_threads(pred.runtime, pred.model.device, threads)):
         labels, centers, probs = _run_2d(pred, planes, p, tile, batch_size, return_outputs, progress, intensity,
-                                         store)
+                                         store, edge_on)
     if store is not None:
         labels = store.labels
         out = labels if image.ndim == 3 else labels[0]
@@ -452,6 +463,22 @@ def segment_2d(image, model: str | LoadedModel = DEFAULT_MODEL, *, params: Param
         sp = np.stack(probs) if image.ndim == 3 else probs[0]
         return Result2D(out, sp, centers if image.ndim == 3 else centers[0], plan.record())
     return out
+
+
+def _checked_edge_on(edge_on, shape) -> tuple:
+    """``edge_on`` of :func:`segment_2d` as (rows, padding), each None or a bool array that fits
+    the lone plane of ``shape`` (None: a stack, which takes none)."""
+    if edge_on is None:
+        return None, None
+    if shape is None:
+        raise PanoptemError("edge_on describes one xz / yz plane of a volume; give that plane alone, without batch.")
+    rows, pad = edge_on
+    rows = None if rows is None else np.asarray(rows, bool)
+    pad = None if pad is None else np.asarray(pad, bool)
+    if (rows is not None and rows.shape != (shape[0],)) or (pad is not None and pad.shape != tuple(shape)):
+        raise PanoptemError(f"edge_on must be (rows, padding) of the plane of shape {tuple(shape)}: a bool per "
+                            "row and one per pixel (or None), as plane_edge_on gives them.")
+    return rows, pad
 
 
 def _weights_id(card) -> str:
@@ -473,10 +500,13 @@ def _objects(labels: np.ndarray) -> int:
 
 
 def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, return_outputs: bool,
-            progress: bool, intensity=None, store=None) -> tuple[list, list, list]:
+            progress: bool, intensity=None, store=None, edge_on=(None, None)) -> tuple[list, list, list]:
     """Labels, centres and (with ``return_outputs``) probabilities of every plane; with a
     :class:`~.slice_store.SliceStore`, the labels go there (slices it holds from the same input
-    are skipped) and none are returned."""
+    are skipped) and none are returned. ``edge_on``: (rows, padding) of a lone plane (see
+    :func:`segment_2d`)."""
+    rows, pad = edge_on
+    blank = "auto" if pad is None else pad[None]
     settings = decode_settings(p, pred.card)
     labels, probs, centers = [], [], []
     it = range(0, planes.shape[0], batch_size)
@@ -497,16 +527,19 @@ def _run_2d(pred: Predictor, planes, p: Params2D, tile: int, batch_size: int, re
         if tile and max(chunk.shape[-2:]) > tile:
             # bounded memory, decoded per tile (the same labels whether or not the outputs are kept)
             kept: list | None = [] if return_outputs else None
-            made = _segment_large(pred, chunk, rng, settings, p.min_piece_area, kept)
+            made = _segment_large(pred, chunk, rng, settings, p.min_piece_area, kept, rows, blank)
             centers.extend([c for _, c in kept] if kept is not None else [None] * len(chunk))
             probs.extend(pr for pr, _ in kept or ())
         else:
-            o = pred.predict(chunk, rng)
+            o = pred.predict(chunk, rng, blank=blank)
+            if rows is not None:  # as the 3D stack clears them
+                from .segment3d import clear_rows
+                o = clear_rows(o, rows, (pred.out_scale() or (1, 1))[0])
             made = []
             for j in range(len(chunk)):
                 lab, ctr = decode_panoptic(o.semantic_probability[j], o.heatmap[j], o.offsets[j],
                                            out_shape=chunk.shape[-2:], return_centers=True, scale=pred.out_scale(),
-                                           **settings)
+                                           background_rows=rows, **settings)
                 if p.min_piece_area:
                     lab = remove_small_pieces(lab, p.min_piece_area, in_place=True)
                 made.append(lab)

@@ -182,6 +182,25 @@ def stack_padding(volume, axis: int, i0: int, i1: int, stride: int = 1) -> np.nd
     return pad if pad.any() else None
 
 
+def plane_edge_on(volume, axis: int, index: int, stride: int = 1) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """What plane ``index`` of a ZYX volume's xz (``axis`` 1) or yz (2) stack sees edge-on in the
+    xy sections, as that stack sees it (:func:`sections_edge_on`, :func:`stack_padding`): the
+    sections of one value (a bool per z, None where none: rows where nothing is found), and for a
+    volume too thin to tell padding itself (:func:`thin_stack`) where the plane holds padding,
+    (Z, X or Y) per pixel or None. Only the sections whose row in the plane holds one value are
+    read whole. ``stride``: see :func:`stack_padding`."""
+    first = np.asarray(planes_along(volume, axis, index * stride, index * stride + 1)[0])
+    flags = uniform_planes(first[:, None, :])  # its rows of one value: the candidates
+    one_value = np.flatnonzero(flags) if flags is not None else np.zeros(0, np.int64)
+    rows = np.zeros(volume.shape[0], bool)
+    if len(one_value) < volume.shape[0]:  # a plane of one value throughout is padding anyway
+        for z in one_value:
+            flags = uniform_planes(planes_along(volume, 0, int(z), int(z) + 1))
+            rows[z] = flags is not None and bool(flags[0])
+    pad = stack_padding(volume, axis, index, index + 1, stride) if thin_stack(volume.shape) else None
+    return (rows if rows.any() else None), (None if pad is None else pad[0])
+
+
 def clear_rows(out, rows: np.ndarray, factor=1):
     """Network outputs of xz / yz planes (their rows: the volume's z) with nothing found on the
     rows that cover only flagged sections (``rows``, a bool per z), as on padding. ``factor``:

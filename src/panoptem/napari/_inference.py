@@ -223,10 +223,11 @@ def _labels_layer(data, **kw):
 
 
 def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, plane_shape, mask, new_layer,
-            voxel_size=None, quantized: bool = False, volume=None, volume_pixel_nm=None):
+            voxel_size=None, quantized: bool = False, volume=None, volume_pixel_nm=None, edge_on=None):
     """Segment, place the result in its plane, count objects, and build the layer (worker thread);
     ``volume``: the layer's data a plane was taken from, scaled with its range, as the 3D run
-    (``volume_pixel_nm``: its finer in-plane pixel size, see ``segment_2d``)."""
+    (``volume_pixel_nm``: its finer in-plane pixel size; ``edge_on``: what an xz / yz plane sees of
+    the xy sections; see ``segment_2d``)."""
     from ..inference.engine import card_intensity
     from ..inference.segment2d import segment_2d
     array = np.asarray(array)
@@ -236,7 +237,7 @@ def _run_2d(array, model: str, device: str, params: Params2D, batch: bool, box, 
     res = segment_2d(array, lm, batch=batch, voxel_size=voxel_size, precision=precision,
                      return_outputs=True, with_neighbours=not batch and array.ndim == 3,
                      intensity=None if volume is None else card_intensity(lm.card, volume),
-                     volume_pixel_nm=volume_pixel_nm, **params.model_dump())
+                     volume_pixel_nm=volume_pixel_nm, edge_on=edge_on, **params.model_dump())
     labels = res.labels
     if batch:
         data, n = labels, count_objects(labels, per_slice=True)
@@ -319,7 +320,7 @@ class Inference2DWidget(_InferenceBase):
             params = self._params()
             model = self._model_name()
             batch = self.batch.value
-            axis = index = None
+            axis = index = edge_on = None
             if batch:
                 if data.ndim != 3:
                     raise PanoptemError("Batch mode needs a 3D stack; untick it for a 2D image.")
@@ -334,9 +335,13 @@ class Inference2DWidget(_InferenceBase):
                 # as far apart as in its training (the layer's voxel size says how far its slices are)
                 card, plane = get_card(model), PLANE_OF_AXIS[axis]
                 step = neighbour_step(card, params, layer_voxel_size(layer), plane)
-                # an xz / yz plane as a 3D stack gives it to the network (the mean of its group)
-                array = take_plane(data, index, plane, neighbours=card.context_slices, step=step,
-                                   stride=stack_step(card, params, layer_voxel_size(layer), plane))
+                # an xz / yz plane as a 3D stack gives it to the network (the mean of its group), with the
+                # blank sections and (a thin volume's) padding the stack takes from the xy sections
+                stride = stack_step(card, params, layer_voxel_size(layer), plane)
+                array = take_plane(data, index, plane, neighbours=card.context_slices, step=step, stride=stride)
+                if axis != 0:
+                    from ..inference.segment3d import plane_edge_on
+                    edge_on = plane_edge_on(data, axis, index // stride, stride)
             confined = self.roi.value is not None or self.viewport.value
             target = self.output.value
             if batch and (confined or target is not None):
@@ -352,6 +357,9 @@ class Inference2DWidget(_InferenceBase):
             box, mask = ((slice(0, plane_shape[0]), slice(0, plane_shape[1])), None) if batch else \
                 self._region(layer, axis, index, plane_shape)
             array = array if batch else np.asarray(array)[(..., *box)]
+            if edge_on is not None:  # cut as the plane is (a region of it)
+                edge_on = (None if edge_on[0] is None else edge_on[0][box[0]],
+                           None if edge_on[1] is None else edge_on[1][box])
         except PanoptemError as e:
             self._fail(e)
             return
@@ -399,7 +407,8 @@ class Inference2DWidget(_InferenceBase):
                                  + (f" into '{out.name}'" if target is not None else "") + f"; {pixels}.")
 
         self._start(_run_2d, show, array, model, self.device.value, params, batch, box, plane_shape, mask,
-                    new_layer, vs, self.quantized.value, data if data.ndim == 3 and not batch else None, volume_nm)
+                    new_layer, vs, self.quantized.value, data if data.ndim == 3 and not batch else None, volume_nm,
+                    edge_on)
 
 
 class _Progress(QObject):
