@@ -187,3 +187,16 @@ def test_ids_asked_twice_are_meshed_once_in_the_order_given(tmp_path):
     res = panoptem.export_meshes(scene(), tmp_path / "m", voxel_size=VS, ids=[7, 7, 3])
     assert [o["label"] for o in res["objects"]] == [7, 3]
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["3.ply", "7.ply", meshes.INDEX]
+
+
+def test_cli_mesh_blockwise_gives_the_meshes_of_the_labels_in_memory(capsys, tmp_path):
+    lab = scene()
+    panoptem.write_labels(tmp_path / "lab.zarr", lab, voxel_size=VS, origin=(0.0, 100.0, 0.0))
+    for name, extra in (("mem", []), ("blocks", ["--blockwise", "--workers", "1", "--block-shape", "16,32,32"])):
+        code = main(["mesh", str(tmp_path / "lab.zarr"), "-o", str(tmp_path / name), *extra])
+        _, err = capsys.readouterr()
+        assert code == 0, err
+    a, b = (json.loads((tmp_path / n / meshes.INDEX).read_text()) for n in ("mem", "blocks"))
+    assert a == b and [o["label"] for o in a["objects"]] == [3, 7, 12] and a["origin_nm"] == [0.0, 100.0, 0.0]
+    for o in a["objects"]:
+        assert (tmp_path / "mem" / o["file"]).read_bytes() == (tmp_path / "blocks" / o["file"]).read_bytes()
