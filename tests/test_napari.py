@@ -1067,7 +1067,8 @@ def test_export_widget_writes_surface_meshes_where_napari_shows_the_objects(view
     position added; refused for a 2D layer, with nothing written."""
     from panoptem import measure
     from panoptem.napari._export import ExportWidget
-    from panoptem.meshes import INDEX, mesh_area
+    from panoptem.meshes import INDEX
+    from skimage.measure import mesh_surface_area
     from test_meshes import VS, read_ply, scene
     lab_data = scene()
     lab = viewer.add_labels(lab_data, name="mito", scale=VS, translate=(500.0, 0.0, -40.0))
@@ -1079,7 +1080,7 @@ def test_export_widget_writes_surface_meshes_where_napari_shows_the_objects(view
     assert sorted(p.name for p in (root / "meshes").iterdir()) == ["12.ply", "3.ply", "7.ply", INDEX]
     table = measure(lab_data, voxel_size=VS)
     v, f = read_ply(root / "meshes" / "3.ply")
-    assert mesh_area(v, f) == pytest.approx(table["surface_area_nm2"][0], rel=1e-4)
+    assert mesh_surface_area(v, f) == pytest.approx(table["surface_area_nm2"][0], rel=1e-4)
     centre = [table[f"centroid_{a}_nm"][0] + t for a, t in zip("xyz", (-40.0, 0.0, 500.0))]
     assert np.allclose(v.mean(axis=0), centre, atol=5.0)
     flat = viewer.add_labels(lab_data[10], name="flat")

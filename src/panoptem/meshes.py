@@ -58,12 +58,6 @@ def object_mesh(mask: np.ndarray, voxel_size=None, corner=(0, 0, 0),
     return np.ascontiguousarray(verts[:, ::-1]), faces.astype(np.int64)
 
 
-def mesh_area(verts: np.ndarray, faces: np.ndarray) -> float:
-    """Area of a triangle mesh (in the units of ``verts`` squared)."""
-    a, b, c = (verts[faces[:, i]] for i in range(3))
-    return float(0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
-
-
 def mesh_volume(verts: np.ndarray, faces: np.ndarray) -> float:
     """Signed volume a closed triangle mesh encloses: positive where its faces turn
     counter-clockwise seen from outside."""
@@ -112,15 +106,18 @@ def export_meshes(labels, output, voxel_size=None, origin=None, ids=None, fmt: s
     beside under another name and put in place at the end; a run of the same call that was
     stopped resumes with the objects it had written (an array given in memory starts afresh).
     """
+    from skimage.measure import mesh_surface_area
+
     from ._atomic import check_output, discard, exclusive_output, move_into_place, write_bytes, write_text
+    from .io.writers import check_voxel_size, check_origin
     if fmt not in MESH_FORMATS:
         raise PanoptemError(f"Mesh format must be one of {', '.join(MESH_FORMATS)}, not '{fmt}'.")
     shape = tuple(int(n) for n in getattr(labels, "shape", np.shape(labels)))
     if len(shape) != 3:
         raise PanoptemError(f"Meshes are made of 3D objects; these labels have shape {shape}: give a ZYX "
                             "label volume.")
-    vs = _triple(voxel_size, "voxel_size", 1.0)
-    org = _triple(origin, "origin", 0.0)
+    vs = np.asarray(check_voxel_size(voxel_size, 3) or (1.0, 1.0, 1.0))
+    org = np.asarray(check_origin(origin, tuple(vs), 3) or (0.0, 0.0, 0.0))
     if table is None:
         from ._measure import measure
         table = measure(np.asarray(labels), voxel_size=tuple(vs), surface=False)
@@ -153,7 +150,7 @@ def export_meshes(labels, output, voxel_size=None, origin=None, ids=None, fmt: s
                     verts, faces = object_mesh(mask, vs, lo, org)
                     write_bytes(work / f"{lab}.{fmt}", mesh_bytes(verts, faces, fmt, str(lab)))
                     done[lab] = {"label": lab, "file": f"{lab}.{fmt}", "vertices": len(verts),
-                                 "faces": len(faces), "area_nm2": mesh_area(verts, faces)}
+                                 "faces": len(faces), "area_nm2": float(mesh_surface_area(verts, faces))}
                     log.write(json.dumps(done[lab]) + "\n")
                     log.flush()
                 index.append(done[lab])
@@ -165,17 +162,6 @@ def export_meshes(labels, output, voxel_size=None, origin=None, ids=None, fmt: s
             (work / name).unlink()
         move_into_place(work, out)
     return result
-
-
-def _triple(value, what: str, default: float) -> np.ndarray:
-    """Three finite numbers (z, y, x), ``default`` each when ``value`` is None."""
-    if value is None:
-        return np.full(3, float(default))
-    v = np.asarray(value, np.float64).ravel()
-    if v.size != 3 or not np.isfinite(v).all() or (what == "voxel_size" and np.any(v <= 0)):
-        raise PanoptemError(f"{what} must be three {'positive ' if what == 'voxel_size' else ''}numbers in nm "
-                            f"(z, y, x), not {value}.")
-    return v
 
 
 def _stamp(work: Path) -> dict | None:

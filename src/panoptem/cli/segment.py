@@ -154,7 +154,7 @@ def contrast_note(card, invert: bool) -> str | None:
     >>> contrast_note(card, True) is None
     True
     """
-    if invert or not (card.training or {}).get("invert"):
+    if invert or not card.trained_inverted:
         return None
     return (f"model {card.name} was trained on images with bright membranes, inverted (--invert); this run sees "
             "the images as they are: if they have bright membranes too, run it with --invert.")

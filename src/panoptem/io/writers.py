@@ -68,7 +68,8 @@ def positive_sizes(value) -> tuple[float, ...] | None:
     return vs if all(np.isfinite(v) and v > 0 for v in vs) else None
 
 
-def _check_voxel(voxel_size, ndim: int) -> tuple[float, ...] | None:
+def check_voxel_size(voxel_size, ndim: int) -> tuple[float, ...] | None:
+    """``voxel_size`` (nm, one per axis) as floats, None as None; refused unless positive and finite."""
     if voxel_size is None:
         return None
     vs = positive_sizes(voxel_size)
@@ -189,7 +190,7 @@ class LabelWriter:
         self.shape = _check_shape(shape)
         self.provenance = provenance
         self.dtype = np.dtype(dtype)
-        self.voxel_size = _check_voxel(voxel_size, len(self.shape))
+        self.voxel_size = check_voxel_size(voxel_size, len(self.shape))
         self.origin = check_origin(origin, self.voxel_size, len(self.shape))
         self.path = prepare_target(path, overwrite, inputs)
         self.labels = labels

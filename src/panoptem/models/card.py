@@ -166,6 +166,12 @@ class ModelCard(BaseModel):
     #: folder the card was read from; relative weight paths resolve against it
     source_dir: str | None = Field(default=None, exclude=True)
 
+    @property
+    def trained_inverted(self) -> bool:
+        """Whether the model was trained or fine-tuned on images with bright membranes, inverted
+        (``training`` says ``invert``): its runs on such images invert them too."""
+        return bool((self.training or {}).get("invert"))
+
     @model_validator(mode="after")
     def _input_multiple_fits(self) -> "ModelCard":
         if self.padding_factor < 1:

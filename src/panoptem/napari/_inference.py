@@ -53,7 +53,7 @@ def _precision_words(precision: str) -> str:
 def _contrast_words(card, params) -> str:
     """What the status line adds when the model was trained on images with bright membranes
     (inverted, its card's ``training`` says) and the run saw its images as they are."""
-    if params.invert or not (card.training or {}).get("invert"):
+    if params.invert or not card.trained_inverted:
         return ""
     return "; the model was trained on bright-membrane images, inverted: tick Invert contrast for such data"
 
